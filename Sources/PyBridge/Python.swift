@@ -1,0 +1,108 @@
+import CPython
+
+/// A borrowed or new `PyObject*`. Threading: only touched while holding the GIL.
+public typealias PyPtr = UnsafeMutablePointer<PyObject>
+
+/// Small helpers over the C API. Every function here requires the GIL.
+enum Py {
+  static var none: PyPtr { sr_NewRefNone() }
+  static func bool(_ b: Bool) -> PyPtr { let o = b ? sr_True()! : sr_False()!; sr_IncRef(o); return o }
+  static func str(_ s: String) -> PyPtr { PyUnicode_FromString(s) }
+  static func int(_ i: Int) -> PyPtr { PyLong_FromLongLong(Int64(i)) }
+  static func bytes(_ b: some Collection<UInt8>) -> PyPtr {
+    if let r = b.withContiguousStorageIfAvailable({ PyBytes_FromStringAndSize(UnsafeRawPointer($0.baseAddress).map { $0.assumingMemoryBound(to: CChar.self) }, $0.count) }) {
+      return r!
+    }
+    return bytes(Array(b))
+  }
+  /// Copies the bytes out of a `bytes` object; nil (with TypeError set) otherwise.
+  static func toBytes(_ o: PyPtr?) -> [UInt8]? {
+    guard let o, sr_IsBytes(o) != 0 else {
+      PyErr_SetString(sr_ExcTypeError(), "expected bytes"); return nil
+    }
+    let n = sr_BytesSize(o)
+    return sr_BytesData(o).withMemoryRebound(to: UInt8.self, capacity: n) { Array(UnsafeBufferPointer(start: $0, count: n)) }
+  }
+  static func toString(_ o: PyPtr?) -> String? {
+    guard let o, sr_IsUnicode(o) != 0, let c = PyUnicode_AsUTF8(o) else {
+      PyErr_SetString(sr_ExcTypeError(), "expected str"); return nil
+    }
+    return String(cString: c)
+  }
+  static func toInt(_ o: PyPtr?) -> Int? {
+    guard let o else { return nil }
+    let v = PyLong_AsLongLong(o)
+    if v == -1 && PyErr_Occurred() != nil { return nil }
+    return Int(v)
+  }
+  static func toDouble(_ o: PyPtr?) -> Double? {
+    guard let o else { return nil }
+    let v = PyFloat_AsDouble(o)
+    if v == -1 && PyErr_Occurred() != nil { return nil }
+    return v
+  }
+  static func isNone(_ o: PyPtr?) -> Bool { o == nil || o == sr_None() }
+
+  /// Builds a tuple, stealing the references passed in.
+  static func tuple(_ items: [PyPtr]) -> PyPtr {
+    let t = PyTuple_New(items.count)!
+    for (i, it) in items.enumerated() { PyTuple_SetItem(t, i, it) }
+    return t
+  }
+  /// Builds a list, stealing the references passed in.
+  static func list(_ items: [PyPtr]) -> PyPtr {
+    let l = PyList_New(items.count)!
+    for (i, it) in items.enumerated() { PyList_SetItem(l, i, it) }
+    return l
+  }
+  /// The items of a list or tuple as borrowed references.
+  static func sequence(_ o: PyPtr?) -> [PyPtr]? {
+    guard let o else { return nil }
+    if sr_IsList(o) != 0 {
+      return (0..<PyList_Size(o)).map { PyList_GetItem(o, $0)! }
+    }
+    if sr_IsTuple(o) != 0 {
+      return (0..<PyTuple_Size(o)).map { PyTuple_GetItem(o, $0)! }
+    }
+    PyErr_SetString(sr_ExcTypeError(), "expected a list or tuple"); return nil
+  }
+  static func dict(_ pairs: [(String, PyPtr)]) -> PyPtr {
+    let d = PyDict_New()!
+    for (k, v) in pairs { PyDict_SetItemString(d, k, v); sr_DecRef(v) }
+    return d
+  }
+  /// Items of a str->number dict.
+  static func numberDict(_ o: PyPtr?) -> [String: Double]? {
+    guard let o else { return nil }
+    guard sr_IsDict(o) != 0 else { PyErr_SetString(sr_ExcTypeError(), "expected a dict"); return nil }
+    var out: [String: Double] = [:]
+    var pos: Py_ssize_t = 0
+    var k: PyPtr? = nil, v: PyPtr? = nil
+    while PyDict_Next(o, &pos, &k, &v) != 0 {
+      guard let ks = toString(k), let vd = toDouble(v) else { return nil }
+      out[ks] = vd
+    }
+    return out
+  }
+  static func raise(_ type: PyPtr, _ message: String) -> PyPtr? {
+    PyErr_SetString(type, message); return nil
+  }
+}
+
+/// Holds a Python object across threads. Threading: create, read and release only
+/// while holding the GIL; the box itself may be passed between threads.
+final class PyBox: @unchecked Sendable {
+  let object: PyPtr
+  /// Takes a new reference.
+  init(_ o: PyPtr) { sr_IncRef(o); object = o }
+  /// Must be called with the GIL held.
+  func release() { sr_DecRef(object) }
+}
+
+/// Releases the GIL around `body` (a blocking wait in Swift). Must be called with the GIL.
+@inline(__always)
+func withoutGIL<T>(_ body: () throws -> T) rethrows -> T {
+  let state = PyEval_SaveThread()
+  defer { PyEval_RestoreThread(state) }
+  return try body()
+}

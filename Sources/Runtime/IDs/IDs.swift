@@ -1,0 +1,150 @@
+import Foundation
+
+/// Random bytes for IDs. Threading: safe from any thread (SystemRandomNumberGenerator).
+@inline(__always) public func randomWord() -> UInt64 { UInt64.random(in: .min ... .max) }
+
+/// Hex helpers shared by every ID type.
+enum Hex {
+  static func encode<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+    let digits: [Character] = Array("0123456789abcdef")
+    var s = ""
+    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 0xF)]) }
+    return s
+  }
+  static func decode(_ hex: String) -> [UInt8]? {
+    let chars = Array(hex.utf8)
+    guard chars.count % 2 == 0 else { return nil }
+    var out = [UInt8](); out.reserveCapacity(chars.count / 2)
+    func nib(_ c: UInt8) -> UInt8? {
+      switch c {
+      case 48...57: return c - 48
+      case 97...102: return c - 87
+      case 65...70: return c - 55
+      default: return nil
+      }
+    }
+    var i = 0
+    while i < chars.count {
+      guard let h = nib(chars[i]), let l = nib(chars[i + 1]) else { return nil }
+      out.append(h << 4 | l); i += 2
+    }
+    return out
+  }
+}
+
+/// Big-endian packing of words into bytes, the wire form of every ID.
+enum WordBytes {
+  static func pack(_ words: [UInt64], tail: UInt32? = nil) -> [UInt8] {
+    var out = [UInt8]()
+    for w in words { withUnsafeBytes(of: w.bigEndian) { out.append(contentsOf: $0) } }
+    if let t = tail { withUnsafeBytes(of: t.bigEndian) { out.append(contentsOf: $0) } }
+    return out
+  }
+  static func word(_ b: some Collection<UInt8>, at offset: Int) -> UInt64 {
+    var v: UInt64 = 0
+    var i = b.index(b.startIndex, offsetBy: offset)
+    for _ in 0..<8 { v = v << 8 | UInt64(b[i]); i = b.index(after: i) }
+    return v
+  }
+  static func word32(_ b: some Collection<UInt8>, at offset: Int) -> UInt32 {
+    var v: UInt32 = 0
+    var i = b.index(b.startIndex, offsetBy: offset)
+    for _ in 0..<4 { v = v << 8 | UInt32(b[i]); i = b.index(after: i) }
+    return v
+  }
+}
+
+/// A job (one driver's run). 4 bytes, assigned by the ControlService.
+public struct JobID: Hashable, Sendable, CustomStringConvertible {
+  public var value: UInt32
+  public init(_ value: UInt32) { self.value = value }
+  public var binary: [UInt8] { WordBytes.pack([], tail: value) }
+  public init?(binary b: some Collection<UInt8>) {
+    guard b.count == 4 else { return nil }
+    value = WordBytes.word32(b, at: 0)
+  }
+  public var hex: String { Hex.encode(binary) }
+  public var description: String { hex }
+}
+
+/// A 28-byte random identity: nodes and workers.
+public struct UniqueID: Hashable, Sendable, CustomStringConvertible {
+  public var a: UInt64, b: UInt64, c: UInt64, d: UInt32
+  public init(a: UInt64, b: UInt64, c: UInt64, d: UInt32) { self.a = a; self.b = b; self.c = c; self.d = d }
+  public static func random() -> UniqueID {
+    UniqueID(a: randomWord(), b: randomWord(), c: randomWord(), d: UInt32(truncatingIfNeeded: randomWord()))
+  }
+  public static let nil_ = UniqueID(a: 0, b: 0, c: 0, d: 0)
+  public var isNil: Bool { self == .nil_ }
+  public var binary: [UInt8] { WordBytes.pack([a, b, c], tail: d) }
+  public init?(binary bytes: some Collection<UInt8>) {
+    guard bytes.count == 28 else { return nil }
+    a = WordBytes.word(bytes, at: 0); b = WordBytes.word(bytes, at: 8)
+    c = WordBytes.word(bytes, at: 16); d = WordBytes.word32(bytes, at: 24)
+  }
+  public init?(hex: String) {
+    guard let b = Hex.decode(hex), let id = UniqueID(binary: b) else { return nil }
+    self = id
+  }
+  public var hex: String { Hex.encode(binary) }
+  public var description: String { hex }
+}
+
+public typealias NodeID = UniqueID
+public typealias WorkerID = UniqueID
+
+/// A task: 24 bytes = a per-process random prefix, a per-process counter, the job.
+/// Derivable without coordination, unique across processes.
+public struct TaskID: Hashable, Sendable, CustomStringConvertible {
+  public var prefix: UInt64, counter: UInt64, job: UInt64
+  public init(prefix: UInt64, counter: UInt64, job: UInt64) {
+    self.prefix = prefix; self.counter = counter; self.job = job
+  }
+  public var binary: [UInt8] { WordBytes.pack([prefix, counter, job]) }
+  public init?(binary b: some Collection<UInt8>) {
+    guard b.count == 24 else { return nil }
+    prefix = WordBytes.word(b, at: 0); counter = WordBytes.word(b, at: 8); job = WordBytes.word(b, at: 16)
+  }
+  public var hex: String { Hex.encode(binary) }
+  public var description: String { hex }
+  public static let nil_ = TaskID(prefix: 0, counter: 0, job: 0)
+}
+
+/// An object: the task that creates it plus an index. Return values use 1...n;
+/// `put` values set the top bit, so they are never confused with returns.
+public struct ObjectID: Hashable, Sendable, CustomStringConvertible {
+  public var task: TaskID
+  public var index: UInt32
+  public static let putFlag: UInt32 = 0x8000_0000
+  public init(task: TaskID, index: UInt32) { self.task = task; self.index = index }
+  public static func forReturn(of task: TaskID, index: Int) -> ObjectID {
+    ObjectID(task: task, index: UInt32(index + 1))
+  }
+  public static func forPut(by task: TaskID, index: UInt32) -> ObjectID {
+    ObjectID(task: task, index: index | putFlag)
+  }
+  public var isPut: Bool { index & Self.putFlag != 0 }
+  public var binary: [UInt8] { task.binary + WordBytes.pack([], tail: index) }
+  public init?(binary b: some Collection<UInt8>) {
+    guard b.count == 28, let t = TaskID(binary: b.prefix(24)) else { return nil }
+    task = t; index = WordBytes.word32(b, at: 24)
+  }
+  public init?(hex: String) {
+    guard let b = Hex.decode(hex), let id = ObjectID(binary: b) else { return nil }
+    self = id
+  }
+  public var hex: String { Hex.encode(binary) }
+  public var description: String { hex }
+}
+
+/// Makes task IDs for one process. Threading: not thread-safe; owned by one state.
+public struct TaskIDGenerator: Sendable {
+  public let prefix: UInt64
+  public var job: JobID
+  private var counter: UInt64 = 0
+  public init(job: JobID, prefix: UInt64 = randomWord()) { self.job = job; self.prefix = prefix }
+  public mutating func next() -> TaskID {
+    counter += 1
+    return TaskID(prefix: prefix, counter: counter, job: UInt64(job.value))
+  }
+}

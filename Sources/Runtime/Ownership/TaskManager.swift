@@ -1,0 +1,114 @@
+import RuntimeProto
+
+/// The owner's record of the tasks it submitted: their specs (lineage), attempts left,
+/// and what to do when a reply or a failure arrives. Pure state machine.
+///
+/// Threading: value type, owned by the CoreWorker shell under its lock.
+public struct TaskManager: Sendable {
+  public enum Status: Sendable, Equatable {
+    case pending      // waiting for args, a lease, or running
+    case finished
+    case failed
+  }
+  public struct Entry: Sendable {
+    public var spec: Swiftray_TaskSpec
+    public var retriesLeft: Int  // -1: unlimited
+    public var status: Status
+    public var cancelRequested = false
+  }
+
+  public enum Outcome: Sendable, Equatable {
+    case success
+    /// The user's code raised; `retryable` when it matched `retry_exceptions`.
+    case applicationError(retryable: Bool)
+    case cancelled
+  }
+
+  public enum Action: Sendable, Equatable {
+    /// Store the reply's return objects; the task is done.
+    case complete(TaskID)
+    /// Submit again (spec's `attempt` already incremented); `reason` is for the warning.
+    case resubmit(TaskID, reason: String)
+    /// Store `error` in every return slot; the task is done.
+    case fail(TaskID, SwiftrayError)
+  }
+
+  public private(set) var entries: [TaskID: Entry] = [:]
+  public init() {}
+
+  public var numPending: Int { entries.values.filter { $0.status == .pending }.count }
+  public func spec(_ id: TaskID) -> Swiftray_TaskSpec? { entries[id]?.spec }
+  public func isPending(_ id: TaskID) -> Bool { entries[id]?.status == .pending }
+
+  public mutating func taskSubmitted(_ id: TaskID, spec: Swiftray_TaskSpec) {
+    entries[id] = Entry(spec: spec, retriesLeft: Int(spec.maxRetries), status: .pending)
+  }
+
+  public mutating func taskReplied(_ id: TaskID, outcome: Outcome) -> [Action] {
+    guard var e = entries[id], e.status == .pending else { return [] }
+    switch outcome {
+    case .success:
+      e.status = .finished
+      entries[id] = e
+      return [.complete(id)]
+    case .cancelled:
+      e.status = .failed
+      entries[id] = e
+      return [.fail(id, Self.cancelledError(e.spec))]
+    case .applicationError(let retryable):
+      if retryable && !e.cancelRequested && consumeRetry(&e) {
+        entries[id] = e
+        return [.resubmit(id, reason: "the task raised an exception listed in retry_exceptions")]
+      }
+      e.status = .failed
+      entries[id] = e
+      // The error objects came back in the reply; store them like values.
+      return [.complete(id)]
+    }
+  }
+
+  /// The worker died or the reply never came. Retried while attempts remain.
+  public mutating func taskFailed(_ id: TaskID, error: SwiftrayError) -> [Action] {
+    guard var e = entries[id], e.status == .pending else { return [] }
+    if e.cancelRequested {
+      e.status = .failed
+      entries[id] = e
+      return [.fail(id, Self.cancelledError(e.spec))]
+    }
+    if error.code == .workerCrashed && consumeRetry(&e) {
+      entries[id] = e
+      return [.resubmit(id, reason: error.message)]
+    }
+    e.status = .failed
+    entries[id] = e
+    var final = error
+    if error.code == .workerCrashed {
+      final.message += " The task was attempted \(e.spec.attempt + 1) time(s) (max_retries=\(e.spec.maxRetries))."
+    }
+    return [.fail(id, final)]
+  }
+
+  /// `cancel` was called. Returns true when the task is still pending.
+  public mutating func cancelRequested(_ id: TaskID) -> Bool {
+    guard var e = entries[id], e.status == .pending else { return false }
+    e.cancelRequested = true
+    entries[id] = e
+    return true
+  }
+
+  /// Lineage is released once nothing can ask for the task's returns again.
+  public mutating func release(_ id: TaskID) {
+    if let e = entries[id], e.status != .pending { entries[id] = nil }
+  }
+
+  private func consumeRetry(_ e: inout Entry) -> Bool {
+    if e.retriesLeft == 0 { return false }
+    if e.retriesLeft > 0 { e.retriesLeft -= 1 }
+    e.spec.attempt += 1
+    return true
+  }
+
+  static func cancelledError(_ spec: Swiftray_TaskSpec) -> SwiftrayError {
+    SwiftrayError(.taskCancelled, "Task \(spec.name) (\(TaskID(binary: spec.taskID).map { $0.hex } ?? "?")) was cancelled.")
+  }
+}

@@ -1,0 +1,220 @@
+import DequeModule
+
+/// The NodeManager's lease scheduler and worker-pool bookkeeping as a pure state
+/// machine: events in (one `mutating func` each), actions out. No I/O, no clocks.
+///
+/// Threading: a value type; the shell (`NodeManager`) owns one and mutates it under
+/// its lock, then performs the returned actions outside the lock.
+public struct LeaseQueue: Sendable {
+  public struct Limits: Sendable, Equatable {
+    /// Workers being spawned at once (each costs a process start).
+    public var maxStartingWorkers: Int
+    /// Hard cap on worker processes on this node (blocked workers can push the pool
+    /// past the CPU count; this bounds it).
+    public var maxWorkers: Int
+    public init(maxStartingWorkers: Int, maxWorkers: Int) {
+      self.maxStartingWorkers = maxStartingWorkers; self.maxWorkers = maxWorkers
+    }
+  }
+
+  public struct Request: Sendable, Equatable {
+    public var id: UInt64
+    public var shape: ResourceSet
+    public var owner: WorkerID
+    public var taskName: String
+    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, taskName: String = "") {
+      self.id = id; self.shape = shape; self.owner = owner; self.taskName = taskName
+    }
+  }
+
+  public struct Lease: Sendable, Equatable {
+    public var id: UInt64
+    public var worker: WorkerID
+    public var shape: ResourceSet
+    public var owner: WorkerID
+  }
+
+  public enum WorkerState: Sendable, Equatable {
+    case starting
+    case idle
+    case leased(UInt64)
+  }
+
+  public struct Worker: Sendable, Equatable {
+    public var id: WorkerID
+    public var state: WorkerState
+    /// Blocked in `get` while leased: its CPUs are lent back to the node.
+    public var blocked = false
+  }
+
+  public enum Action: Sendable, Equatable {
+    case grant(requestID: UInt64, lease: Lease)
+    /// No node can ever fit the shape; `detail` names what is missing.
+    case reject(requestID: UInt64, detail: String)
+    case canceled(requestID: UInt64)
+    /// Spawn a worker process; report it with `workerStarting`.
+    case startWorker
+    case killWorker(WorkerID)
+  }
+
+  public private(set) var total: ResourceSet
+  public private(set) var available: ResourceSet
+  public private(set) var workers: [WorkerID: Worker] = [:]
+  public private(set) var pending: Deque<Request> = []
+  public private(set) var leases: [UInt64: Lease] = [:]
+  private var idle: [WorkerID] = []
+  /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`.
+  private var requestedStarts = 0
+  private var nextLeaseID: UInt64 = 1
+  public let limits: Limits
+
+  public init(total: ResourceSet, limits: Limits) {
+    self.total = total; self.available = total; self.limits = limits
+  }
+
+  public var idleWorkerCount: Int { idle.count }
+  public var startingWorkerCount: Int {
+    requestedStarts + workers.values.filter { $0.state == .starting }.count
+  }
+
+  // MARK: events
+
+  /// Start-up: keep `count` workers warm so the first tasks need no process spawn.
+  public mutating func prestart(count: Int) -> [Action] {
+    let n = max(0, min(count, limits.maxWorkers) - workers.count - requestedStarts)
+    requestedStarts += n
+    return Array(repeating: .startWorker, count: n)
+  }
+
+  public mutating func workerStarting(_ id: WorkerID) -> [Action] {
+    requestedStarts = max(0, requestedStarts - 1)
+    workers[id] = Worker(id: id, state: .starting)
+    return []
+  }
+
+  /// A spawn that failed before the process existed.
+  public mutating func workerStartFailed() -> [Action] {
+    requestedStarts = max(0, requestedStarts - 1)
+    return []
+  }
+
+  public mutating func workerRegistered(_ id: WorkerID) -> [Action] {
+    guard var w = workers[id], w.state == .starting else { return [] }
+    w.state = .idle
+    workers[id] = w
+    idle.append(id)
+    return dispatch()
+  }
+
+  public mutating func leaseRequested(_ request: Request) -> [Action] {
+    guard total.contains(request.shape) else {
+      return [.reject(requestID: request.id, detail: Self.infeasibleDetail(request.shape, total: total))]
+    }
+    pending.append(request)
+    return dispatch()
+  }
+
+  public mutating func leaseRequestCanceled(_ requestID: UInt64) -> [Action] {
+    guard let i = pending.firstIndex(where: { $0.id == requestID }) else { return [] }
+    pending.remove(at: i)
+    return [.canceled(requestID: requestID)]
+  }
+
+  /// The owner is done with the lease. `disconnect` when it saw the worker misbehave.
+  public mutating func leaseReturned(_ leaseID: UInt64, disconnect: Bool) -> [Action] {
+    guard let lease = leases.removeValue(forKey: leaseID) else { return [] }
+    var actions: [Action] = []
+    if var w = workers[lease.worker] {
+      release(lease, blocked: w.blocked)
+      if disconnect {
+        workers[lease.worker] = nil
+        actions.append(.killWorker(lease.worker))
+      } else {
+        w.state = .idle; w.blocked = false
+        workers[lease.worker] = w
+        idle.append(lease.worker)
+      }
+    }
+    return actions + dispatch()
+  }
+
+  /// The process is gone (exit, signal, kill). Frees whatever its lease held.
+  public mutating func workerExited(_ id: WorkerID) -> [Action] {
+    guard let w = workers.removeValue(forKey: id) else { return dispatch() }
+    idle.removeAll { $0 == id }
+    if case .leased(let leaseID) = w.state, let lease = leases.removeValue(forKey: leaseID) {
+      release(lease, blocked: w.blocked)
+    }
+    return dispatch()
+  }
+
+  /// A leased worker blocked in `get`: lend its CPUs back so nested tasks can run.
+  public mutating func workerBlocked(_ id: WorkerID) -> [Action] {
+    guard var w = workers[id], case .leased(let leaseID) = w.state, !w.blocked,
+      let lease = leases[leaseID]
+    else { return [] }
+    w.blocked = true
+    workers[id] = w
+    available = available + Self.cpuPart(lease.shape)
+    return dispatch()
+  }
+
+  /// Unblocked: it takes its CPUs back even if that oversubscribes for a while (as Ray).
+  public mutating func workerUnblocked(_ id: WorkerID) -> [Action] {
+    guard var w = workers[id], case .leased(let leaseID) = w.state, w.blocked,
+      let lease = leases[leaseID]
+    else { return [] }
+    w.blocked = false
+    workers[id] = w
+    available = available - Self.cpuPart(lease.shape)
+    return []
+  }
+
+  // MARK: internals
+
+  private static func cpuPart(_ shape: ResourceSet) -> ResourceSet {
+    shape.restricted(to: [ResourceSet.cpu])
+  }
+
+  private mutating func release(_ lease: Lease, blocked: Bool) {
+    available = available + (blocked ? lease.shape - Self.cpuPart(lease.shape) : lease.shape)
+  }
+
+  static func infeasibleDetail(_ shape: ResourceSet, total: ResourceSet) -> String {
+    let missing = total.shortfall(for: shape).keys.sorted().map { k in
+      "\(k) (asks \(shape.units(k)), the largest node has \(total.units(k)))"
+    }
+    return "no node in the cluster has enough \(missing.joined(separator: ", ")) for \(shape)"
+  }
+
+  /// Grants what fits, in arrival order without head-of-line blocking across shapes,
+  /// and asks for workers when resources are free but no idle worker is.
+  private mutating func dispatch() -> [Action] {
+    var actions: [Action] = []
+    var waitingForWorker = 0
+    var i = 0
+    while i < pending.count {
+      let req = pending[i]
+      if available.contains(req.shape) {
+        if let wid = idle.popLast() {
+          let lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
+          nextLeaseID += 1
+          leases[lease.id] = lease
+          workers[wid]?.state = .leased(lease.id)
+          available = available - req.shape
+          pending.remove(at: i)
+          actions.append(.grant(requestID: req.id, lease: lease))
+          continue
+        }
+        waitingForWorker += 1
+      }
+      i += 1
+    }
+    let starting = startingWorkerCount
+    let room = min(limits.maxStartingWorkers - starting, limits.maxWorkers - workers.count - requestedStarts)
+    let n = max(0, min(waitingForWorker - starting, room))
+    requestedStarts += n
+    actions.append(contentsOf: Array(repeating: .startWorker, count: n))
+    return actions
+  }
+}

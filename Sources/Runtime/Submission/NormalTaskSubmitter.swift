@@ -1,0 +1,218 @@
+import DequeModule
+
+/// The owner side of the lease protocol for normal tasks (DESIGN §3): queue ready
+/// tasks per resource shape, ask the local NodeManager for worker leases, push tasks
+/// straight to leased workers, reuse a lease for the next task of the same shape, and
+/// return it after it has been idle for `idleLinger`. Pure state machine; time is
+/// passed in as monotonic nanoseconds.
+///
+/// Threading: value type, owned by the CoreWorker shell under its lock.
+public struct NormalTaskSubmitter: Sendable {
+  public typealias Key = ResourceSet
+
+  public struct Settings: Sendable, Equatable {
+    /// Lease requests outstanding per shape at once.
+    public var maxPendingLeaseRequests: Int
+    /// Tasks pushed to one leased worker before the first replies.
+    public var maxTasksInFlightPerWorker: Int
+    /// How long an idle lease is kept for the next task of its shape.
+    public var idleLingerNanos: UInt64
+    /// Retry delay after the node said the shape is infeasible (a node may join).
+    public var infeasibleRetryNanos: UInt64
+    public init(maxPendingLeaseRequests: Int = 10, maxTasksInFlightPerWorker: Int = 1,
+                idleLingerNanos: UInt64 = 10_000_000, infeasibleRetryNanos: UInt64 = 1_000_000_000) {
+      self.maxPendingLeaseRequests = maxPendingLeaseRequests
+      self.maxTasksInFlightPerWorker = maxTasksInFlightPerWorker
+      self.idleLingerNanos = idleLingerNanos
+      self.infeasibleRetryNanos = infeasibleRetryNanos
+    }
+  }
+
+  public struct GrantedLease: Sendable, Equatable {
+    public var leaseID: UInt64
+    public var worker: WorkerID
+    public init(leaseID: UInt64, worker: WorkerID) { self.leaseID = leaseID; self.worker = worker }
+  }
+
+  struct LeaseState: Sendable {
+    var lease: GrantedLease
+    var key: Key
+    var inFlight: Set<TaskID> = []
+    var idleSince: UInt64?
+  }
+
+  struct KeyState: Sendable {
+    var queue: Deque<TaskID> = []
+    var leases: Set<UInt64> = []
+    var pendingRequests: Set<UInt64> = []
+    var retryAt: UInt64?
+    var warned = false
+  }
+
+  public enum Action: Sendable, Equatable {
+    case requestLease(requestID: UInt64, key: Key)
+    case cancelLeaseRequest(requestID: UInt64)
+    case push(TaskID, lease: GrantedLease)
+    case returnLease(leaseID: UInt64, disconnect: Bool)
+    /// Once per shape until it becomes schedulable: tell the user.
+    case warnInfeasible(key: Key, detail: String)
+    /// These tasks were on a worker that is gone.
+    case tasksLost([TaskID], lease: GrantedLease)
+  }
+
+  public let settings: Settings
+  private var keys: [Key: KeyState] = [:]
+  private var leases: [UInt64: LeaseState] = [:]
+  private var requestKeys: [UInt64: Key] = [:]
+  private var nextRequestID: UInt64
+
+  public init(settings: Settings = Settings(), firstRequestID: UInt64 = 1) {
+    self.settings = settings
+    self.nextRequestID = firstRequestID
+  }
+
+  public var numLeases: Int { leases.count }
+  public var numQueued: Int { keys.values.reduce(0) { $0 + $1.queue.count } }
+  public func leaseOf(task: TaskID) -> GrantedLease? {
+    leases.values.first { $0.inFlight.contains(task) }?.lease
+  }
+
+  // MARK: events
+
+  public mutating func taskReady(_ task: TaskID, key: Key, now: UInt64) -> [Action] {
+    keys[key, default: KeyState()].queue.append(task)
+    return schedule(key, now: now)
+  }
+
+  public mutating func leaseGranted(requestID: UInt64, lease: GrantedLease, now: UInt64) -> [Action] {
+    guard let key = requestKeys.removeValue(forKey: requestID) else {
+      return [.returnLease(leaseID: lease.leaseID, disconnect: false)]
+    }
+    keys[key]?.pendingRequests.remove(requestID)
+    keys[key]?.warned = false
+    leases[lease.leaseID] = LeaseState(lease: lease, key: key, idleSince: now)
+    keys[key, default: KeyState()].leases.insert(lease.leaseID)
+    return schedule(key, now: now)
+  }
+
+  /// The node said no node can run this shape. Keep the tasks; ask again later.
+  public mutating func leaseRejected(requestID: UInt64, detail: String, now: UInt64) -> [Action] {
+    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys[key] else { return [] }
+    ks.pendingRequests.remove(requestID)
+    ks.retryAt = now + settings.infeasibleRetryNanos
+    var actions: [Action] = []
+    if !ks.warned { ks.warned = true; actions.append(.warnInfeasible(key: key, detail: detail)) }
+    keys[key] = ks
+    return actions
+  }
+
+  /// The request failed in transport (node unreachable): ask again after a pause.
+  public mutating func leaseRequestFailed(requestID: UInt64, now: UInt64) -> [Action] {
+    guard let key = requestKeys.removeValue(forKey: requestID) else { return [] }
+    keys[key]?.pendingRequests.remove(requestID)
+    keys[key]?.retryAt = now + settings.infeasibleRetryNanos / 10
+    return []
+  }
+
+  /// The node confirmed a `.cancelLeaseRequest`.
+  public mutating func leaseRequestCanceled(requestID: UInt64, now: UInt64) -> [Action] {
+    guard let key = requestKeys.removeValue(forKey: requestID) else { return [] }
+    keys[key]?.pendingRequests.remove(requestID)
+    return schedule(key, now: now)
+  }
+
+  /// A pushed task got its reply. The lease takes the next task or goes idle.
+  public mutating func taskReplied(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
+    guard var l = leases[leaseID] else { return [] }
+    l.inFlight.remove(task)
+    if l.inFlight.isEmpty { l.idleSince = now }
+    leases[leaseID] = l
+    return schedule(l.key, now: now)
+  }
+
+  /// The connection to the leased worker broke: its in-flight tasks are lost.
+  public mutating func workerLost(leaseID: UInt64, now: UInt64) -> [Action] {
+    guard let l = leases.removeValue(forKey: leaseID) else { return [] }
+    keys[l.key]?.leases.remove(leaseID)
+    var actions: [Action] = [.returnLease(leaseID: leaseID, disconnect: true)]
+    if !l.inFlight.isEmpty {
+      actions.append(.tasksLost(l.inFlight.sorted { $0.counter < $1.counter }, lease: l.lease))
+    }
+    return actions + schedule(l.key, now: now)
+  }
+
+  /// Removes a queued (not yet pushed) task. True when it was queued.
+  public mutating func taskCanceled(_ task: TaskID, now: UInt64) -> (removed: Bool, actions: [Action]) {
+    for (key, var ks) in keys {
+      if let i = ks.queue.firstIndex(of: task) {
+        ks.queue.remove(at: i)
+        keys[key] = ks
+        return (true, schedule(key, now: now))
+      }
+    }
+    return (false, [])
+  }
+
+  /// Periodic: return leases idle past the linger, retry rejected shapes.
+  public mutating func tick(now: UInt64) -> [Action] {
+    var actions: [Action] = []
+    for key in Array(keys.keys) { actions += schedule(key, now: now) }
+    return actions
+  }
+
+  /// The earliest time `tick` has something to do, if any.
+  public func nextDeadline() -> UInt64? {
+    var d: UInt64? = nil
+    for l in leases.values { if let s = l.idleSince { d = min(d ?? .max, s + settings.idleLingerNanos) } }
+    for ks in keys.values { if let r = ks.retryAt { d = min(d ?? .max, r) } }
+    return d
+  }
+
+  // MARK: internals
+
+  private mutating func schedule(_ key: Key, now: UInt64) -> [Action] {
+    guard var ks = keys[key] else { return [] }
+    var actions: [Action] = []
+    // 1. Fill leases that have room, least loaded first.
+    let leaseIDs = ks.leases.sorted { (leases[$0]?.inFlight.count ?? 0, $0) < (leases[$1]?.inFlight.count ?? 0, $1) }
+    for lid in leaseIDs {
+      guard var l = leases[lid] else { continue }
+      while !ks.queue.isEmpty && l.inFlight.count < settings.maxTasksInFlightPerWorker {
+        let t = ks.queue.removeFirst()
+        l.inFlight.insert(t)
+        l.idleSince = nil
+        actions.append(.push(t, lease: l.lease))
+      }
+      // 2. Return leases idle past the linger.
+      if let s = l.idleSince, l.inFlight.isEmpty, ks.queue.isEmpty, now >= s + settings.idleLingerNanos {
+        leases[lid] = nil
+        ks.leases.remove(lid)
+        actions.append(.returnLease(leaseID: lid, disconnect: false))
+        continue
+      }
+      leases[lid] = l
+    }
+    // 3. Ask for more leases for what is still queued, or cancel what is not needed.
+    if ks.queue.isEmpty {
+      for r in ks.pendingRequests.sorted() { actions.append(.cancelLeaseRequest(requestID: r)) }
+      ks.pendingRequests.removeAll()
+      ks.retryAt = nil
+    } else if ks.retryAt.map({ now >= $0 }) ?? true {
+      ks.retryAt = nil
+      let want = min(ks.queue.count, settings.maxPendingLeaseRequests)
+      while ks.pendingRequests.count < want {
+        let r = nextRequestID
+        nextRequestID += 1
+        ks.pendingRequests.insert(r)
+        requestKeys[r] = key
+        actions.append(.requestLease(requestID: r, key: key))
+      }
+    }
+    if ks.queue.isEmpty && ks.leases.isEmpty && ks.pendingRequests.isEmpty {
+      keys[key] = nil
+    } else {
+      keys[key] = ks
+    }
+    return actions
+  }
+}

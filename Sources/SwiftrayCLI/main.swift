@@ -1,0 +1,62 @@
+import ArgumentParser
+import CPythonEmbed
+import Foundation
+import PyBridge
+import Runtime
+
+/// `swiftray`: the node daemon and the Python host (DESIGN §1).
+@main
+struct SwiftrayCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "swiftray",
+    abstract: "Ray's programming model for Python, with a Swift core.",
+    version: SwiftrayVersion.string,
+    subcommands: [Run.self, Worker.self]
+  )
+}
+
+/// The interpreter a hosted Python should use: `--python`, else the one recorded by
+/// the pip build next to this binary, else `python3`.
+func hostPython(_ explicit: String?) -> String {
+  if let e = explicit { return e }
+  if let env = ProcessInfo.processInfo.environment["SWIFTRAY_PYTHON"], !env.isEmpty { return env }
+  return "python3"
+}
+
+struct Run: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run a Python script in the embedded interpreter, with `import ray` resolving to swiftray.")
+  @Option(help: "The Python interpreter whose environment (prefix, venv, site-packages) to use.")
+  var python: String?
+  @Argument(parsing: .captureForPassthrough, help: "The script and its arguments.")
+  var script: [String] = []
+
+  func run() throws {
+    guard let path = script.first else { throw ValidationError("usage: swiftray run SCRIPT [ARGS...]") }
+    // Before start-up: os.environ is a snapshot taken then.
+    setenv("SWIFTRAY_RUN_SCRIPT", path, 1)
+    Interpreter.start(.init(programName: hostPython(python), argv: script, sysPath: nil))
+    let code = Interpreter.runMain(module: "swiftray._run", function: "main")
+    let fin = Interpreter.finalize()
+    throw ExitCode(code != 0 ? code : fin)
+  }
+}
+
+struct Worker: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Internal: a worker process, started by a NodeManager (never by hand).")
+  func run() throws {
+    let env = ProcessInfo.processInfo.environment
+    var sysPath: [String]? = nil
+    if let json = env["SWIFTRAY_SYS_PATH"], let data = json.data(using: .utf8),
+      let list = try? JSONDecoder().decode([String].self, from: data)
+    {
+      sysPath = list
+    }
+    Interpreter.start(.init(programName: hostPython(nil), argv: ["swiftray-worker"], sysPath: sysPath))
+    let code = Interpreter.runMain(module: "swiftray._worker", function: "main")
+    // Workers exit without finalizing: threads of the core may still hold the GIL's
+    // waiters, and the NodeManager only needs the exit code.
+    Foundation.exit(code)
+  }
+}

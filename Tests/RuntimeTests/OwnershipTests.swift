@@ -1,0 +1,156 @@
+import Testing
+import Runtime
+import RuntimeProto
+
+private func spec(_ id: TaskID, maxRetries: Int32 = 3, retryExceptions: Bool = false) -> Swiftray_TaskSpec {
+  var s = Swiftray_TaskSpec()
+  s.taskID = .init(id.binary)
+  s.name = "f"
+  s.maxRetries = maxRetries
+  s.retryExceptions = retryExceptions
+  s.numReturns = 1
+  return s
+}
+
+private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal 9")
+
+@Suite struct TaskManagerTests {
+  var gen = TaskIDGenerator(job: JobID(1))
+
+  @Test mutating func aWorkerCrashIsRetriedUpToMaxRetriesThenFails() {
+    var tm = TaskManager()
+    let t = gen.next()
+    tm.taskSubmitted(t, spec: spec(t, maxRetries: 2))
+    #expect(tm.taskFailed(t, error: crash) == [.resubmit(t, reason: crash.message)])
+    #expect(tm.spec(t)?.attempt == 1)
+    #expect(tm.taskFailed(t, error: crash) == [.resubmit(t, reason: crash.message)])
+    guard case .fail(t, let e)? = tm.taskFailed(t, error: crash).first else { Issue.record("no fail"); return }
+    #expect(e.code == .workerCrashed)
+    #expect(e.message.contains("signal 9"))
+    #expect(e.message.contains("3 time(s)"))
+    #expect(!tm.isPending(t))
+  }
+
+  @Test mutating func maxRetriesMinusOneRetriesForever() {
+    var tm = TaskManager()
+    let t = gen.next()
+    tm.taskSubmitted(t, spec: spec(t, maxRetries: -1))
+    for _ in 0..<50 { #expect(tm.taskFailed(t, error: crash) == [.resubmit(t, reason: crash.message)]) }
+  }
+
+  @Test mutating func applicationErrorsAreRetriedOnlyWhenRetryable() {
+    var tm = TaskManager()
+    let a = gen.next(), b = gen.next()
+    tm.taskSubmitted(a, spec: spec(a))
+    tm.taskSubmitted(b, spec: spec(b, retryExceptions: true))
+    #expect(tm.taskReplied(a, outcome: .applicationError(retryable: false)) == [.complete(a)])
+    guard case .resubmit(b, _)? = tm.taskReplied(b, outcome: .applicationError(retryable: true)).first else {
+      Issue.record("expected resubmit"); return
+    }
+  }
+
+  @Test mutating func aCancelledTaskIsNotRetriedAfterItsWorkerDies() {
+    var tm = TaskManager()
+    let t = gen.next()
+    tm.taskSubmitted(t, spec: spec(t))
+    let pending = tm.cancelRequested(t)
+    #expect(pending)
+    guard case .fail(t, let e)? = tm.taskFailed(t, error: crash).first else { Issue.record("no fail"); return }
+    #expect(e.code == .taskCancelled)
+  }
+
+  @Test mutating func lateRepliesForFinishedTasksAreIgnored() {
+    var tm = TaskManager()
+    let t = gen.next()
+    tm.taskSubmitted(t, spec: spec(t))
+    #expect(tm.taskReplied(t, outcome: .success) == [.complete(t)])
+    #expect(tm.taskReplied(t, outcome: .success).isEmpty)
+    #expect(tm.taskFailed(t, error: crash).isEmpty)
+  }
+}
+
+@Suite struct DependencyResolverTests {
+  var gen = TaskIDGenerator(job: JobID(1))
+
+  @Test mutating func aTaskWaitsForAllItsArgumentsThenBecomesReadyOnce() {
+    var r = DependencyResolver()
+    let t = gen.next()
+    let o1 = ObjectID.forReturn(of: gen.next(), index: 0), o2 = ObjectID.forReturn(of: gen.next(), index: 0)
+    let readyNow = r.taskArrived(t, dependencies: [o1, o2, o1], isReady: { _ in false })
+    #expect(!readyNow)
+    #expect(r.objectAvailable(o1).isEmpty)
+    #expect(r.objectAvailable(o2) == [t])
+    #expect(r.objectAvailable(o2).isEmpty)
+    #expect(r.numWaitingTasks == 0)
+  }
+
+  @Test mutating func readyArgumentsDoNotBlock() {
+    var r = DependencyResolver()
+    let o = ObjectID.forReturn(of: gen.next(), index: 0)
+    let ready = r.taskArrived(gen.next(), dependencies: [o], isReady: { $0 == o })
+    #expect(ready)
+  }
+
+  @Test mutating func tasksWaitingOnOneObjectWakeInArrivalOrder() {
+    var r = DependencyResolver()
+    let o = ObjectID.forReturn(of: gen.next(), index: 0)
+    let ts = (0..<5).map { _ in gen.next() }
+    for t in ts { _ = r.taskArrived(t, dependencies: [o], isReady: { _ in false }) }
+    let removed = r.taskRemoved(ts[2])
+    #expect(removed)
+    #expect(r.objectAvailable(o) == [ts[0], ts[1], ts[3], ts[4]])
+  }
+}
+
+@Suite struct ReferenceTableTests {
+  var gen = TaskIDGenerator(job: JobID(1))
+
+  @Test mutating func anOwnedObjectIsFreedWhenTheLastLocalRefAndTaskRefGo() {
+    var t = ReferenceTable()
+    let o = ObjectID.forReturn(of: gen.next(), index: 0)
+    t.ownedObjectCreated(o)
+    t.localRefAdded(o)
+    t.submittedTaskRefsAdded([o])
+    #expect(t.localRefRemoved(o).isEmpty, "a pending task still uses it")
+    #expect(t.submittedTaskRefsRemoved([o]) == [.free(o)])
+    #expect(!t.isInScope(o))
+  }
+
+  @Test mutating func aBorrowedObjectIsForgottenNotFreed() {
+    var t = ReferenceTable()
+    let o = ObjectID.forReturn(of: gen.next(), index: 0)
+    t.localRefAdded(o)
+    #expect(t.localRefRemoved(o) == [.forget(o)])
+  }
+
+  @Test mutating func anEscapedRefStaysAlive() {
+    var t = ReferenceTable()
+    let o = ObjectID.forPut(by: gen.next(), index: 1)
+    t.ownedObjectCreated(o)
+    t.localRefAdded(o)
+    t.refEscaped(o)
+    #expect(t.localRefRemoved(o).isEmpty)
+    #expect(t.isInScope(o))
+  }
+}
+
+@Suite struct IDTests {
+  @Test func idsRoundTripThroughBinaryAndHex() {
+    var g = TaskIDGenerator(job: JobID(7))
+    let t = g.next()
+    let o = ObjectID.forReturn(of: t, index: 2)
+    #expect(ObjectID(binary: o.binary) == o)
+    #expect(ObjectID(hex: o.hex) == o)
+    #expect(o.hex.count == 56)
+    #expect(!o.isPut && ObjectID.forPut(by: t, index: 3).isPut)
+    let w = WorkerID.random()
+    #expect(WorkerID(hex: w.hex) == w)
+    #expect(JobID(binary: JobID(9).binary) == JobID(9))
+  }
+
+  @Test func resourceArithmeticIsExactForFractions() {
+    var r = ResourceSet(units: ["CPU": 1])
+    for _ in 0..<10 { r = r - ResourceSet(units: ["CPU": 0.1]) }
+    #expect(r == .empty)
+  }
+}

@@ -1,0 +1,93 @@
+import Testing
+import Runtime
+
+private let cpu1 = ResourceSet(units: ["CPU": 1])
+private let ms: UInt64 = 1_000_000
+
+private func pushes(_ a: [NormalTaskSubmitter.Action]) -> [TaskID] {
+  a.compactMap { if case .push(let t, _) = $0 { return t } else { return nil } }
+}
+private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
+  a.compactMap { if case .requestLease(let r, _) = $0 { return r } else { return nil } }
+}
+
+@Suite struct NormalTaskSubmitterTests {
+  var gen = TaskIDGenerator(job: JobID(1))
+  let settings = NormalTaskSubmitter.Settings(maxPendingLeaseRequests: 2, maxTasksInFlightPerWorker: 1,
+                                              idleLingerNanos: 10 * ms, infeasibleRetryNanos: 1000 * ms)
+
+  @Test mutating func aTaskAsksForALeaseAndIsPushedWhenGranted() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t = gen.next()
+    let r = requests(s.taskReady(t, key: cpu1, now: 0))
+    #expect(r.count == 1)
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 5, worker: .random())
+    #expect(s.leaseGranted(requestID: r[0], lease: lease, now: 1) == [.push(t, lease: lease)])
+  }
+
+  @Test mutating func leaseRequestsAreBoundedPerShape() {
+    var s = NormalTaskSubmitter(settings: settings)
+    var all: [UInt64] = []
+    for _ in 0..<10 { all += requests(s.taskReady(gen.next(), key: cpu1, now: 0)) }
+    #expect(all.count == 2)
+  }
+
+  @Test mutating func aLeaseIsReusedForTheNextTaskThenReturnedAfterTheLinger() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t1 = gen.next(), t2 = gen.next()
+    let r = requests(s.taskReady(t1, key: cpu1, now: 0))
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    _ = s.leaseGranted(requestID: r[0], lease: lease, now: 0)
+    #expect(s.taskReplied(t1, leaseID: 1, now: 1 * ms).isEmpty)
+    // Within the linger: the next task goes straight to the same worker, no new request.
+    #expect(s.taskReady(t2, key: cpu1, now: 2 * ms) == [.push(t2, lease: lease)])
+    _ = s.taskReplied(t2, leaseID: 1, now: 3 * ms)
+    #expect(s.tick(now: 5 * ms).isEmpty)
+    #expect(s.tick(now: 13 * ms) == [.returnLease(leaseID: 1, disconnect: false)])
+    #expect(s.numLeases == 0)
+  }
+
+  @Test mutating func extraLeaseRequestsAreCanceledWhenTheQueueEmpties() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t1 = gen.next(), t2 = gen.next()
+    let r = requests(s.taskReady(t1, key: cpu1, now: 0)) + requests(s.taskReady(t2, key: cpu1, now: 0))
+    #expect(r.count == 2)
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    _ = s.leaseGranted(requestID: r[0], lease: lease, now: 0)
+    let a = s.taskReplied(t1, leaseID: 1, now: 1)
+    #expect(pushes(a) == [t2])
+    #expect(a.contains(.cancelLeaseRequest(requestID: r[1])))
+  }
+
+  @Test mutating func infeasibleShapesWarnOnceAndRetryLater() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let gpu = ResourceSet(units: ["GPU": 1])
+    let r = requests(s.taskReady(gen.next(), key: gpu, now: 0))
+    let a = s.leaseRejected(requestID: r[0], detail: "no GPU", now: 0)
+    #expect(a == [.warnInfeasible(key: gpu, detail: "no GPU")])
+    #expect(s.tick(now: 500 * ms).isEmpty)
+    let again = requests(s.tick(now: 1000 * ms))
+    #expect(again.count == 1)
+    #expect(s.leaseRejected(requestID: again[0], detail: "no GPU", now: 1000 * ms).isEmpty, "warned once")
+  }
+
+  @Test mutating func aLostWorkerReportsItsInFlightTasksAndDisconnectsTheLease() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t = gen.next()
+    let r = requests(s.taskReady(t, key: cpu1, now: 0))
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 3, worker: .random())
+    _ = s.leaseGranted(requestID: r[0], lease: lease, now: 0)
+    let a = s.workerLost(leaseID: 3, now: 1)
+    #expect(a.contains(.returnLease(leaseID: 3, disconnect: true)))
+    #expect(a.contains(.tasksLost([t], lease: lease)))
+  }
+
+  @Test mutating func aQueuedTaskCanBeCanceledBeforeItIsPushed() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t = gen.next()
+    let r = requests(s.taskReady(t, key: cpu1, now: 0))
+    let (removed, a) = s.taskCanceled(t, now: 0)
+    #expect(removed)
+    #expect(a == [.cancelLeaseRequest(requestID: r[0])])
+  }
+}

@@ -1,0 +1,3 @@
+from swiftray._cli import main
+
+main()
