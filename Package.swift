@@ -49,10 +49,12 @@ let package = Package(
       ],
       swiftSettings: swift6
     ),
+    // POSIX helpers for process management (no Python).
+    .target(name: "CSwiftray", path: "Sources/CSwiftray"),
     .target(
       name: "Runtime",
       dependencies: [
-        "RuntimeProto",
+        "RuntimeProto", "CSwiftray",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOExtras", package: "swift-nio-extras"),

@@ -1,7 +1,453 @@
 import CPython
+import Foundation
+import NIOPosix
 import Runtime
+import RuntimeProto
 
-/// The runtime calls exposed to the Python layer. Filled in as the core grows.
+/// The runtime calls exposed to the Python layer as `swiftray._core.<name>`.
+/// Threading: called with the GIL held; every blocking wait releases it.
 enum CoreAPI {
-  static let methods: [CoreModule.Method] = []
+  static let methods: [CoreModule.Method] = [
+    .init(name: "init", fn: initCluster, doc: "init(options: dict) -> dict: start a local cluster and connect as its driver."),
+    .init(name: "connect_worker", fn: connectWorker, doc: "Connect this worker process to its NodeManager (from the environment)."),
+    .init(name: "shutdown", fn: { _, _, _ in shutdown() }, doc: "Stop this process's core (and the local cluster it started)."),
+    .init(name: "is_initialized", fn: { _, _, _ in Py.bool(Session.active != nil) }, doc: "True when connected."),
+    .init(name: "submit_task", fn: submitTask, doc: "submit_task(function_id, name, args, num_returns, resources, max_retries, retry_exceptions, retry_filter) -> [id]"),
+    .init(name: "put", fn: put, doc: "put(data: bytes) -> id"),
+    .init(name: "get", fn: get, doc: "get(ids, timeout) -> [(data, metadata) | exception]"),
+    .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
+    .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
+    .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
+    .init(name: "ref_escaped", fn: refEscaped, doc: "ref_escaped(id): the ref was serialized into a value."),
+    .init(name: "owner_address", fn: ownerAddress, doc: "owner_address(id) -> bytes"),
+    .init(name: "cancel", fn: cancel, doc: "cancel(id, force) -> bool"),
+    .init(name: "kv_put", fn: kvPut, doc: "kv_put(namespace, key, value, overwrite) -> bool"),
+    .init(name: "kv_get", fn: kvGet, doc: "kv_get(namespace, key) -> bytes | None"),
+    .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
+    .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
+    .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
+    .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown."),
+  ]
+
+  static func session() -> Session? {
+    if let s = Session.active { return s }
+    _ = ErrorMapping.raise(SwiftrayError(.notInitialized, "swiftray is not initialized: call swiftray.init() first."))
+    return nil
+  }
+
+  static func objectID(_ o: PyPtr?) -> ObjectID? {
+    guard let b = Py.toBytes(o) else { return nil }
+    guard let id = ObjectID(binary: b) else {
+      PyErr_SetString(sr_ExcValueError(), "not an object id (expected 28 bytes)"); return nil
+    }
+    return id
+  }
+
+  static func objectIDs(_ o: PyPtr?) -> [ObjectID]? {
+    guard let items = Py.sequence(o) else { return nil }
+    var out: [ObjectID] = []
+    out.reserveCapacity(items.count)
+    for it in items { guard let id = objectID(it) else { return nil }; out.append(id) }
+    return out
+  }
+
+  static func address(_ o: PyPtr?) -> Swiftray_Address? {
+    guard let o, !Py.isNone(o), let b = Py.toBytes(o) else { PyErr_Clear(); return nil }
+    return try? Swiftray_Address(serializedBytes: b)
+  }
+
+  /// Seconds (None = forever) to nanoseconds.
+  static func timeoutNanos(_ o: PyPtr?) -> UInt64?? {
+    if Py.isNone(o) { return .some(nil) }
+    guard let t = Py.toDouble(o) else { return nil }
+    return .some(UInt64(max(0, t) * 1e9))
+  }
+
+  // MARK: lifecycle
+
+  static let initCluster: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "init"), let opts = args[0] else { return nil }
+    if Session.active != nil { return ErrorMapping.raise(SwiftrayError(.system, "already initialized")) }
+    func item(_ k: String) -> PyPtr? { PyDict_GetItemString(opts, k) }
+    guard let resources = Py.numberDict(item("resources")),
+      let exe = Py.toString(item("worker_executable")),
+      let python = Py.toString(item("python")),
+      let sysPath = Py.sequence(item("sys_path"))?.compactMap({ Py.toString($0) }),
+      let prestart = Py.toInt(item("prestart")),
+      let systemConfig = Py.numberDict(item("system_config"))
+    else { return nil }
+    let logToDriver = PyObject_IsTrue(item("log_to_driver") ?? sr_True()) == 1
+    var env = ProcessInfo.processInfo.environment
+    env["SWIFTRAY_PYTHON"] = python
+    env["SWIFTRAY_SYS_PATH"] = (try? String(data: JSONEncoder().encode(sysPath), encoding: .utf8)) ?? "[]"
+    let result: Result<Session, SwiftrayError> = withoutGIL {
+      do {
+        let config = try Config.resolve(overrides: systemConfig.mapValues { Int($0) })
+        let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+        let cluster = try LocalCluster.start(
+          resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
+          workerEnvironment: env, prestartWorkers: prestart, group: group)
+        let core = try CoreWorker(
+          options: .init(isDriver: true, workerID: .random(), nodeID: cluster.nodeID,
+                         nodeManager: cluster.nodeManagerEndpoint, control: cluster.controlEndpoint,
+                         sessionDir: cluster.sessionDir, config: config),
+          group: group, jobID: nil)
+        if logToDriver { core.forwardWorkerLogs() }
+        return .success(Session(core: core, cluster: cluster, group: group))
+      } catch let e as SwiftrayError {
+        return .failure(e)
+      } catch {
+        return .failure(SwiftrayError(.system, "could not start the local cluster: \(error)"))
+      }
+    }
+    switch result {
+    case .failure(let e): return ErrorMapping.raise(e)
+    case .success(let s):
+      Session.current.withLock { $0 = s }
+      return contextDict(s)
+    }
+  }
+
+  static let connectWorker: CoreModule.FastFn = { _, _, _ in
+    let env = ProcessInfo.processInfo.environment
+    guard let wid = env["SWIFTRAY_WORKER_ID"].flatMap(WorkerID.init(hex:)),
+      let nid = env["SWIFTRAY_NODE_ID"].flatMap(NodeID.init(hex:)),
+      let nm = env["SWIFTRAY_NODE_MANAGER"].flatMap(Endpoint.init),
+      let control = env["SWIFTRAY_CONTROL"].flatMap(Endpoint.init),
+      let session = env["SWIFTRAY_SESSION_DIR"]
+    else { return ErrorMapping.raise(SwiftrayError(.system, "not started as a swiftray worker (SWIFTRAY_* variables missing)")) }
+    let result: Result<Session, SwiftrayError> = withoutGIL {
+      do {
+        let config = try Config.resolve()
+        let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+        let core = try CoreWorker(
+          options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
+                         sessionDir: session, config: config),
+          group: group, jobID: nil)
+        core.exitWhenNodeManagerDies()
+        return .success(Session(core: core, cluster: nil, group: group))
+      } catch let e as SwiftrayError {
+        return .failure(e)
+      } catch {
+        return .failure(SwiftrayError(.system, "worker could not connect to its node: \(error)"))
+      }
+    }
+    switch result {
+    case .failure(let e): return ErrorMapping.raise(e)
+    case .success(let s):
+      Session.current.withLock { $0 = s }
+      return contextDict(s)
+    }
+  }
+
+  static func shutdown() -> PyPtr? {
+    guard let s = Session.current.withLock({ cur -> Session? in let s = cur; cur = nil; return s }) else { return Py.none }
+    withoutGIL { s.shutdown() }
+    return Py.none
+  }
+
+  static func contextDict(_ s: Session) -> PyPtr {
+    let core = s.core
+    return Py.dict([
+      ("job_id", Py.str(core.currentJobID.hex)),
+      ("node_id", Py.str(core.options.nodeID.hex)),
+      ("worker_id", Py.str(core.options.workerID.hex)),
+      ("task_id", core.currentTaskID.map { Py.str($0.hex) } ?? Py.none),
+      ("is_driver", Py.bool(core.options.isDriver)),
+      ("session_dir", Py.str(core.options.sessionDir)),
+      ("node_manager", Py.str(core.options.nodeManager.description)),
+      ("control", Py.str(core.options.control.description)),
+    ])
+  }
+
+  static let context: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    return contextDict(s)
+  }
+
+  // MARK: tasks and objects
+
+  static let submitTask: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(8, "submit_task"), let s = session() else { return nil }
+    guard let fid = Py.toBytes(args[0]), let name = Py.toString(args[1]), let items = Py.sequence(args[2]),
+      let numReturns = Py.toInt(args[3]), let resources = Py.numberDict(args[4]),
+      let maxRetries = Py.toInt(args[5]), let filter = Py.toBytes(args[7])
+    else { return nil }
+    let retryExceptions = PyObject_IsTrue(args[6]) == 1
+    var taskArgs: [CoreWorker.TaskArgument] = []
+    taskArgs.reserveCapacity(items.count)
+    for it in items {
+      guard let parts = Py.sequence(it), parts.count >= 2, let kind = Py.toInt(parts[0]) else { return nil }
+      if kind == 0 {
+        guard let data = Py.toBytes(parts[1]) else { return nil }
+        var v = Swiftray_RayObject()
+        v.data = Data(data)
+        taskArgs.append(.init(.value(v)))
+      } else {
+        guard let id = objectID(parts[1]) else { return nil }
+        let owner = parts.count > 2 ? address(parts[2]) : nil
+        taskArgs.append(.init(.ref(id, owner: owner)))
+      }
+    }
+    var fn = Swiftray_FunctionDescriptor()
+    fn.functionID = Data(fid)
+    fn.name = name
+    let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
+                                resources: ResourceSet(units: resources), maxRetries: maxRetries,
+                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter))
+    return Py.list(ids.map { Py.bytes($0.binary) })
+  }
+
+  static let put: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "put"), let s = session(), let data = Py.toBytes(args[0]) else { return nil }
+    var o = Swiftray_RayObject()
+    o.data = Data(data)
+    return Py.bytes(s.core.put(o).binary)
+  }
+
+  /// Waits for `needed` of `ids` in 100 ms slices with the GIL released, checking for
+  /// Ctrl-C between slices. Returns false on timeout, nil with an exception set.
+  static func blockingWait(_ core: CoreWorker, _ ids: [ObjectID], needed: Int, timeout: UInt64?) -> Bool? {
+    let slice: UInt64 = 100_000_000
+    let start = DispatchTime.now().uptimeNanoseconds
+    var blocked = false
+    defer { if blocked { core.setBlocked(false) } }
+    while true {
+      let elapsed = DispatchTime.now().uptimeNanoseconds - start
+      let left = timeout.map { $0 > elapsed ? $0 - elapsed : 0 }
+      let wait = min(left ?? slice, slice)
+      // Quick check first so a ready get never notifies the NodeManager.
+      if !blocked {
+        let ready = core.waitFor(ids, needed: needed, timeoutNanos: 0)
+        if ready { return true }
+        if core.currentTaskID != nil { core.setBlocked(true); blocked = true }
+      }
+      let ok = withoutGIL { core.waitFor(ids, needed: needed, timeoutNanos: wait) }
+      if ok { return true }
+      if PyErr_CheckSignals() != 0 { return nil }
+      if let left, left <= wait { return false }
+    }
+  }
+
+  static let get: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "get"), let s = session(), let ids = objectIDs(args[0]), let timeout = timeoutNanos(args[1]) else { return nil }
+    guard let ok = blockingWait(s.core, ids, needed: ids.count, timeout: timeout) else { return nil }
+    if !ok {
+      return ErrorMapping.raise(SwiftrayError(.getTimeout,
+        "Get timed out: some object(s) not ready after \(Double(timeout ?? 0) / 1e9) s."))
+    }
+    let objs = s.core.objects(ids)
+    var out: [PyPtr] = []
+    out.reserveCapacity(objs.count)
+    for o in objs {
+      guard let o else { out.append(Py.none); continue }
+      if let code = ErrorObject.code(fromMetadata: o.metadata), code != .taskError {
+        guard let exc = ErrorMapping.instance(code, String(decoding: o.data, as: UTF8.self)) else {
+          out.forEach { sr_DecRef($0) }; return nil
+        }
+        out.append(exc)
+      } else {
+        out.append(Py.tuple([Py.bytes(o.data), Py.bytes(o.metadata)]))
+      }
+    }
+    return Py.list(out)
+  }
+
+  static let wait: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(3, "wait"), let s = session(), let ids = objectIDs(args[0]), let k = Py.toInt(args[1]),
+      let timeout = timeoutNanos(args[2])
+    else { return nil }
+    guard blockingWait(s.core, ids, needed: k, timeout: timeout) != nil else { return nil }
+    return Py.list(s.core.available(ids).map { Py.bool($0) })
+  }
+
+  static let addLocalRef: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard let s = Session.active else { return Py.none }
+    guard let id = objectID(args[0]) else { return nil }
+    s.core.addLocalRef(id, owner: address(args[1]))
+    return Py.none
+  }
+
+  static let removeLocalRef: CoreModule.FastFn = { _, a, n in
+    // Called from ObjectRef.__del__, possibly after shutdown: never raise.
+    guard let s = Session.active, let id = objectID(Args(a, n)[0]) else { PyErr_Clear(); return Py.none }
+    s.core.removeLocalRef(id)
+    return Py.none
+  }
+
+  static let refEscaped: CoreModule.FastFn = { _, a, n in
+    guard let s = Session.active, let id = objectID(Args(a, n)[0]) else { PyErr_Clear(); return Py.none }
+    s.core.refEscaped(id)
+    return Py.none
+  }
+
+  static let ownerAddress: CoreModule.FastFn = { _, a, n in
+    guard let s = session(), let id = objectID(Args(a, n)[0]) else { return nil }
+    guard let b: [UInt8] = try? s.core.ownerAddress(id).serializedBytes() else { return Py.bytes([UInt8]()) }
+    return Py.bytes(b)
+  }
+
+  static let cancel: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "cancel"), let s = session(), let id = objectID(args[0]) else { return nil }
+    return Py.bool(s.core.cancel(id, force: PyObject_IsTrue(args[1]) == 1))
+  }
+
+  // MARK: control plane
+
+  static let kvPut: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(4, "kv_put"), let s = session(), let ns = Py.toString(args[0]), let k = Py.toBytes(args[1]),
+      let v = Py.toBytes(args[2])
+    else { return nil }
+    let overwrite = PyObject_IsTrue(args[3]) == 1
+    let r: Result<Bool, SwiftrayError> = withoutGIL {
+      do { return .success(try s.core.kvPut(namespace: ns, key: Data(k), value: Data(v), overwrite: overwrite)) }
+      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
+    }
+    switch r {
+    case .success(let b): return Py.bool(b)
+    case .failure(let e): return ErrorMapping.raise(e)
+    }
+  }
+
+  static let kvGet: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "kv_get"), let s = session(), let ns = Py.toString(args[0]), let k = Py.toBytes(args[1]) else { return nil }
+    let r: Result<Data?, SwiftrayError> = withoutGIL {
+      do { return .success(try s.core.kvGet(namespace: ns, key: Data(k))) }
+      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
+    }
+    switch r {
+    case .success(let v): return v.map { Py.bytes($0) } ?? Py.none
+    case .failure(let e): return ErrorMapping.raise(e)
+    }
+  }
+
+  static func resourcesDict(_ r: Swiftray_ResourceShape) -> PyPtr {
+    Py.dict(ResourceSet(proto: r).asUnits.sorted { $0.key < $1.key }.map { ($0.key, PyFloat_FromDouble($0.value)) })
+  }
+
+  static let nodes: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    let r: Result<[Swiftray_NodeInfo], SwiftrayError> = withoutGIL {
+      do { return .success(try s.core.allNodes()) }
+      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
+    }
+    switch r {
+    case .failure(let e): return ErrorMapping.raise(e)
+    case .success(let nodes):
+      return Py.list(nodes.map { node in
+        Py.dict([
+          ("NodeID", Py.str(NodeID(binary: node.nodeID)?.hex ?? "")),
+          ("Alive", Py.bool(node.alive)),
+          ("NodeManagerAddress", Py.str(node.ipAddress)),
+          ("NodeManagerEndpoint", Py.str(node.nodeManagerEndpoint)),
+          ("Resources", resourcesDict(node.total)),
+        ])
+      })
+    }
+  }
+
+  static let nodeStats: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    let r: Result<Swiftray_GetNodeStatsReply, SwiftrayError> = withoutGIL {
+      do { return .success(try s.core.nodeStats()) }
+      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
+    }
+    switch r {
+    case .failure(let e): return ErrorMapping.raise(e)
+    case .success(let st):
+      return Py.dict([
+        ("total", resourcesDict(st.node.total)),
+        ("available", resourcesDict(st.node.available)),
+        ("num_workers", Py.int(Int(st.numWorkers))),
+        ("num_idle_workers", Py.int(Int(st.numIdleWorkers))),
+        ("worker_pids", Py.list(st.workerPids.map { Py.int(Int($0)) })),
+      ])
+    }
+  }
+
+  // MARK: executor
+
+  static func argTuple(_ arg: Swiftray_TaskArg) -> PyPtr {
+    switch arg.kind {
+    case .value(let v)?:
+      if let code = ErrorObject.code(fromMetadata: v.metadata), code != .taskError {
+        return Py.tuple([Py.int(2), ErrorMapping.instance(code, String(decoding: v.data, as: UTF8.self)) ?? Py.none])
+      }
+      return Py.tuple([Py.int(0), Py.bytes(v.data), Py.bytes(v.metadata)])
+    case .ref(let r)?:
+      let owner: [UInt8] = (try? r.owner.serializedBytes()) ?? []
+      return Py.tuple([Py.int(1), Py.bytes(r.objectID), Py.bytes(owner)])
+    case nil:
+      return Py.tuple([Py.int(0), Py.bytes([UInt8]()), Py.bytes([UInt8]())])
+    }
+  }
+
+  static let workerLoop: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "worker_loop"), let s = session(), let execute = args[0] else { return nil }
+    let core = s.core
+    core.setInterruptHandler { PyErr_SetInterrupt() }
+    while true {
+      guard let e = withoutGIL({ core.nextExecution(timeoutNanos: 1_000_000_000) }) else {
+        if PyErr_CheckSignals() != 0 {
+          // A cancel that arrived after its task finished: not for us.
+          if PyErr_ExceptionMatches(sr_ExcKeyboardInterrupt()) != 0 { PyErr_Clear(); continue }
+          return nil
+        }
+        if Session.active == nil { return Py.none }
+        continue
+      }
+      let spec = e.spec
+      let task = Py.tuple([
+        Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
+        Py.list(spec.args.map(argTuple)), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
+        Py.int(Int(spec.attempt)),
+      ])
+      let result = PyObject_CallOneArg(execute, task)
+      sr_DecRef(task)
+      var reply = Swiftray_PushTaskReply()
+      if let result, let parts = Py.sequence(result), parts.count == 4, let rets = Py.sequence(parts[0]) {
+        reply.isApplicationError = PyObject_IsTrue(parts[1]) == 1
+        reply.isRetryableError = PyObject_IsTrue(parts[2]) == 1
+        reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
+        for (i, r) in rets.enumerated() {
+          guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
+            let data = Py.toBytes(pair[0]), let meta = Py.toBytes(pair[1])
+          else { PyErr_Clear(); continue }
+          var ro = Swiftray_ReturnObject()
+          ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
+          ro.object.data = Data(data)
+          ro.object.metadata = Data(meta)
+          reply.returns.append(ro)
+        }
+        sr_DecRef(result)
+      } else {
+        // The executor itself failed (a bug, or KeyboardInterrupt outside the task).
+        let cancelled = PyErr_ExceptionMatches(sr_ExcKeyboardInterrupt()) != 0
+        PyErr_Print()
+        reply.wasCancelled = cancelled
+        if !cancelled, let tid = TaskID(binary: spec.taskID) {
+          reply.isApplicationError = true
+          for i in 0..<Int(spec.numReturns) {
+            var ro = Swiftray_ReturnObject()
+            ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
+            ro.object.metadata = Data(ErrorObject.metadata(.system))
+            ro.object.data = Data("the worker could not run task \(spec.name); see its stderr above".utf8)
+            reply.returns.append(ro)
+          }
+        }
+        if result != nil { sr_DecRef(result!) }
+      }
+      core.finish(e, reply: reply)
+    }
+  }
 }

@@ -1,4 +1,24 @@
-"""swiftray: Ray's programming model for Python, with a core written in Swift."""
-from swiftray import _core
+"""swiftray: Ray's programming model for Python, with a core written in Swift.
+
+    import swiftray as ray
+    ray.init()
+
+    @ray.remote
+    def f(x):
+        return x * 2
+
+    ray.get([f.remote(i) for i in range(4)])
+"""
+from swiftray import _core, exceptions
+from swiftray._api import (available_resources, cancel, cluster_resources, get, init, is_initialized,
+                           nodes, put, shutdown, wait)
+from swiftray.object_ref import ObjectRef
+from swiftray.remote_function import remote
+from swiftray.runtime_context import get_runtime_context
 
 __version__ = _core.version()
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "ObjectRef",
+    "get_runtime_context", "nodes", "cluster_resources", "available_resources", "exceptions",
+]

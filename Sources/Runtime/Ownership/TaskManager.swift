@@ -15,6 +15,8 @@ public struct TaskManager: Sendable {
     public var retriesLeft: Int  // -1: unlimited
     public var status: Status
     public var cancelRequested = false
+    /// The objects passed by reference, held (submitted-task refs) until the task ends.
+    public var argRefs: [ObjectID] = []
   }
 
   public enum Outcome: Sendable, Equatable {
@@ -41,8 +43,20 @@ public struct TaskManager: Sendable {
   public func isPending(_ id: TaskID) -> Bool { entries[id]?.status == .pending }
 
   public mutating func taskSubmitted(_ id: TaskID, spec: Swiftray_TaskSpec) {
-    entries[id] = Entry(spec: spec, retriesLeft: Int(spec.maxRetries), status: .pending)
+    var e = Entry(spec: spec, retriesLeft: Int(spec.maxRetries), status: .pending)
+    e.argRefs = spec.args.compactMap { a in
+      if case .ref(let r)? = a.kind { return ObjectID(binary: r.objectID) }
+      return nil
+    }
+    entries[id] = e
   }
+
+  /// Replaces the spec (arguments inlined once resolved), keeping attempts and status.
+  public mutating func specResolved(_ id: TaskID, spec: Swiftray_TaskSpec) {
+    entries[id]?.spec = spec
+  }
+
+  public func argRefs(_ id: TaskID) -> [ObjectID] { entries[id]?.argRefs ?? [] }
 
   public mutating func taskReplied(_ id: TaskID, outcome: Outcome) -> [Action] {
     guard var e = entries[id], e.status == .pending else { return [] }

@@ -170,6 +170,14 @@ public struct LeaseQueue: Sendable {
     return []
   }
 
+  /// Workers cannot start (a broken environment): fail every waiting request rather
+  /// than respawning forever.
+  public mutating func rejectAllPending(detail: String) -> [Action] {
+    let all = pending.map { Action.reject(requestID: $0.id, detail: detail) }
+    pending.removeAll()
+    return all
+  }
+
   // MARK: internals
 
   private static func cpuPart(_ shape: ResourceSet) -> ResourceSet {

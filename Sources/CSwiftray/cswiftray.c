@@ -1,0 +1,44 @@
+#define _GNU_SOURCE
+#include "cswiftray.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int sr_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+int sr_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int sr_spawn(const char *path, char *const argv[], char *const envp[],
+             int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid) {
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&attr);
+  posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
+  posix_spawn_file_actions_adddup2(&fa, stdout_fd, 1);
+  posix_spawn_file_actions_adddup2(&fa, stderr_fd, 2);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  // Reset handlers the host (e.g. Python) installed: SIGINT, SIGPIPE, ...
+  sigdelset(&all, SIGKILL);
+  sigdelset(&all, SIGSTOP);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+  int rc = posix_spawn(pid, path, &fa, &attr, argv, envp);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  return rc;
+}

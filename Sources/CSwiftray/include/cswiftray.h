@@ -1,0 +1,18 @@
+// POSIX/Linux calls Swift cannot reach directly (variadic syscall) or that need
+// several C steps (posix_spawn set-up). No Python here: Runtime links this.
+#ifndef SWIFTRAY_CSWIFTRAY_H
+#define SWIFTRAY_CSWIFTRAY_H
+#include <sys/types.h>
+
+// A pollable fd that becomes readable when `pid` exits; -1 if unsupported.
+int sr_pidfd_open(pid_t pid);
+
+// Spawns `path` with argv/envp (NULL-terminated). stdin <- stdin_fd, stdout/stderr <-
+// the given fds; the child gets its own process group (terminal Ctrl-C goes to the
+// driver only) and a default signal mask. Returns 0 and sets *pid, or an errno.
+int sr_spawn(const char *path, char *const argv[], char *const envp[],
+             int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
+
+// pipe2(O_CLOEXEC); both ends close on exec unless dup2'ed by sr_spawn.
+int sr_pipe_cloexec(int fds[2]);
+#endif

@@ -1,0 +1,27 @@
+import Foundation
+import NIOPosix
+import Runtime
+import Synchronization
+
+/// This process's connection to a cluster: its CoreWorker and, for a driver that
+/// started a local cluster, that cluster. Threading: any thread.
+final class Session: Sendable {
+  let core: CoreWorker
+  let cluster: LocalCluster?
+  let group: MultiThreadedEventLoopGroup
+
+  init(core: CoreWorker, cluster: LocalCluster?, group: MultiThreadedEventLoopGroup) {
+    self.core = core; self.cluster = cluster; self.group = group
+  }
+
+  static let current = Mutex<Session?>(nil)
+  static var active: Session? { current.withLock { $0 } }
+
+  /// The group is NIO's process-wide singleton and is never shut down: a driver may
+  /// init and shut down many times, and late connection callbacks must not find a dead
+  /// event loop.
+  func shutdown() {
+    core.shutdown()
+    cluster?.shutdown()
+  }
+}

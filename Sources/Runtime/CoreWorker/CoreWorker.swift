@@ -1,0 +1,768 @@
+import DequeModule
+import Foundation
+import GRPCCore
+import Logging
+import NIOCore
+import NIOPosix
+import RuntimeProto
+import Synchronization
+
+/// The CoreWorker of one process (driver or worker): the owner side (submit, put, get,
+/// wait, reference counts, retries) and the executor side (tasks pushed to it).
+/// A shell: `TaskManager`, `DependencyResolver`, `ReferenceTable` and
+/// `NormalTaskSubmitter` decide; this class stores values, sends RPCs and wakes waiters.
+///
+/// Threading: public methods may be called from any thread (Python threads with the
+/// GIL released, NIO event loops, gRPC tasks). All state is behind `state`; actions
+/// run outside the lock. Nothing here blocks an event loop.
+public final class CoreWorker: Sendable {
+  public struct Options: Sendable {
+    public var isDriver: Bool
+    public var workerID: WorkerID
+    public var nodeID: NodeID
+    public var nodeManager: Endpoint
+    public var control: Endpoint
+    public var sessionDir: String
+    public var config: Config
+    public init(isDriver: Bool, workerID: WorkerID, nodeID: NodeID, nodeManager: Endpoint, control: Endpoint,
+                sessionDir: String, config: Config) {
+      self.isDriver = isDriver; self.workerID = workerID; self.nodeID = nodeID; self.nodeManager = nodeManager
+      self.control = control; self.sessionDir = sessionDir; self.config = config
+    }
+  }
+
+  /// A task pushed to this worker, waiting for or in execution by the language layer.
+  public struct Execution: Sendable {
+    public let spec: Swiftray_TaskSpec
+    let responder: DataPlaneResponder
+  }
+
+  struct State {
+    var refs = ReferenceTable()
+    var tasks = TaskManager()
+    var resolver = DependencyResolver()
+    var submitter: NormalTaskSubmitter
+    var store: [ObjectID: Swiftray_RayObject] = [:]
+    var owners: [ObjectID: Swiftray_Address] = [:]
+    var fetching: Set<ObjectID> = []
+    var waiters: [ObjectID: [ObjectWaiter]] = [:]
+    /// Borrowers asking for values we own that do not exist yet.
+    var remoteGets: [ObjectID: [DataPlaneResponder]] = [:]
+    var leaseWorkers: [UInt64: Swiftray_Address] = [:]
+    var idGen: TaskIDGenerator
+    var putTask: TaskID
+    var putCounter: UInt32 = 0
+    var tickAt: UInt64?
+    // Executor side.
+    var executions: Deque<Execution> = []
+    var running: TaskID?
+    var shutdown = false
+  }
+
+  public let options: Options
+  public let group: MultiThreadedEventLoopGroup
+  public let address: Swiftray_Address
+  public let jobID: JobID
+  let state: Mutex<State>
+  let executionReady = DispatchSemaphore(value: 0)
+  let pool: DataPlaneClientPool
+  let server: DataPlaneServer
+  let nodeManager: ControlPlane.Connection
+  let control: ControlPlane.Connection
+  let notifications: AsyncStream<@Sendable () async -> Void>.Continuation
+  let log = Logger(label: "swiftray.core")
+  /// Set by the language layer: interrupts the task running on the main thread.
+  let interruptRunningTask = Mutex<(@Sendable () -> Void)?>(nil)
+  /// The log subscription, cancelled at shutdown so the NodeManager client can close.
+  let logForwarding = Mutex<Task<Void, Never>?>(nil)
+  /// Where user-facing warnings go (stderr of this process by default).
+  let warn: @Sendable (String) -> Void
+
+  public init(options: Options, group: MultiThreadedEventLoopGroup, jobID: JobID?,
+              warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws {
+    self.options = options
+    self.group = group
+    self.warn = warn
+    let settings = NormalTaskSubmitter.Settings(
+      maxPendingLeaseRequests: options.config.maxPendingLeaseRequestsPerShape,
+      maxTasksInFlightPerWorker: options.config.maxTasksInFlightPerWorker,
+      idleLingerNanos: UInt64(options.config.leaseIdleLingerMs) * 1_000_000,
+      infeasibleRetryNanos: UInt64(options.config.infeasibleRetryMs) * 1_000_000)
+    nodeManager = try ControlPlane.connect(options.nodeManager, group: group)
+    control = try ControlPlane.connect(options.control, group: group)
+    let job: JobID
+    if let jobID {
+      job = jobID
+    } else if options.isDriver {
+      let control = control
+      let reply = try blockingAwait {
+        var req = Swiftray_RegisterJobRequest()
+        req.driverPid = getpid()
+        return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
+      }
+      job = JobID(binary: reply.jobID) ?? JobID(0)
+    } else {
+      job = JobID(0)
+    }
+    self.jobID = job
+    var gen = TaskIDGenerator(job: job)
+    let putTask = gen.next()
+    state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
+                        idGen: gen, putTask: putTask))
+    pool = DataPlaneClientPool(group: group)
+    let sockDir = options.sessionDir + "/sockets"
+    try? FileManager.default.createDirectory(atPath: sockDir, withIntermediateDirectories: true)
+    let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "driver" : "worker")-\(options.workerID.hex.prefix(16)).sock")
+    var addr = Swiftray_Address()
+    addr.workerID = Data(options.workerID.binary)
+    addr.nodeID = Data(options.nodeID.binary)
+    addr.endpoint = endpoint.description
+    addr.pid = getpid()
+    address = addr
+    // One sender keeps NodeManager notifications (blocked/unblocked) in order.
+    let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
+    notifications = cont
+    Task { for await job in stream { await job() } }
+    // `server` needs `self` in its handler; a box breaks the init-order knot.
+    let box = WeakBox()
+    server = try DataPlaneServer(group: group, endpoint: endpoint) { frame, responder in
+      box.core?.handle(frame, responder)
+    }
+    box.core = self
+    let nm = nodeManager
+    let workerID = options.workerID
+    let isDriver = options.isDriver
+    let endpointText = endpoint.description
+    _ = try blockingAwait {
+      var req = Swiftray_RegisterWorkerRequest()
+      req.workerID = Data(workerID.binary)
+      req.pid = getpid()
+      req.endpoint = endpointText
+      req.isDriver = isDriver
+      return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
+    }
+  }
+
+  final class WeakBox: @unchecked Sendable {
+    // Written once during init before the server can deliver a frame.
+    weak var core: CoreWorker?
+  }
+
+  public static func writeStderr(_ s: String) {
+    var s = s
+    s.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) }
+  }
+
+  static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+  // MARK: - owner API
+
+  public struct TaskArgument: Sendable {
+    public enum Kind: Sendable { case value(Swiftray_RayObject), ref(ObjectID, owner: Swiftray_Address?) }
+    public var kind: Kind
+    public init(_ kind: Kind) { self.kind = kind }
+  }
+
+  /// Submits a normal task. Returns its return object IDs, each already holding one
+  /// local reference (the caller's `ObjectRef`). Never blocks.
+  public func submitTask(function: Swiftray_FunctionDescriptor, name: String, args: [TaskArgument], numReturns: Int,
+                         resources: ResourceSet, maxRetries: Int, retryExceptions: Bool,
+                         retryExceptionFilter: Data) -> [ObjectID] {
+    var spec = Swiftray_TaskSpec()
+    spec.function = function
+    spec.name = name
+    spec.numReturns = Int32(numReturns)
+    spec.resources = resources.proto
+    spec.maxRetries = Int32(maxRetries)
+    spec.retryExceptions = retryExceptions
+    spec.retryExceptionFilter = retryExceptionFilter
+    spec.owner = address
+    var deps: [ObjectID] = []
+    spec.args = args.map { a in
+      var t = Swiftray_TaskArg()
+      switch a.kind {
+      case .value(let v): t.value = v
+      case .ref(let id, let owner):
+        var r = Swiftray_ObjectReference()
+        r.objectID = Data(id.binary)
+        if let owner { r.owner = owner }
+        t.ref = r
+        deps.append(id)
+      }
+      return t
+    }
+    let now = Self.now()
+    var fetches: [ObjectID] = []
+    let (returnIDs, actions): ([ObjectID], [NormalTaskSubmitter.Action]) = state.withLock { s in
+      let tid = s.idGen.next()
+      spec.taskID = Data(tid.binary)
+      spec.jobID = Data(JobID(UInt32(truncatingIfNeeded: tid.job)).binary)
+      if let parent = s.running { spec.parentTaskID = Data(parent.binary) }
+      let ids = (0..<numReturns).map { ObjectID.forReturn(of: tid, index: $0) }
+      for id in ids { s.refs.ownedObjectCreated(id); s.refs.localRefAdded(id) }
+      for a in args { if case .ref(let id, let owner?) = a.kind, s.owners[id] == nil { s.owners[id] = owner } }
+      s.refs.submittedTaskRefsAdded(deps)
+      s.tasks.taskSubmitted(tid, spec: spec)
+      let store = s.store
+      let ready = s.resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil })
+      if !ready { fetches = deps.filter { store[$0] == nil && Self.startFetch(&s, $0) } }
+      return (ids, ready ? Self.taskReady(&s, tid, now: now) : [])
+    }
+    for id in fetches { fetch(id) }
+    perform(actions)
+    return returnIDs
+  }
+
+  /// Stores a value owned by this process. Returns its ID with one local reference.
+  public func put(_ object: Swiftray_RayObject) -> ObjectID {
+    let (id, w) = state.withLock { s -> (ObjectID, [ObjectWaiter]) in
+      s.putCounter += 1
+      let id = ObjectID.forPut(by: s.running ?? s.putTask, index: s.putCounter)
+      s.refs.ownedObjectCreated(id)
+      s.refs.localRefAdded(id)
+      s.store[id] = object
+      return (id, s.waiters.removeValue(forKey: id) ?? [])
+    }
+    w.forEach { $0.arrived() }
+    return id
+  }
+
+  /// Waits until at least `needed` of `ids` are available or `timeoutNanos` passes.
+  /// Returns true when enough are. Blocks the caller; call with the GIL released.
+  public func waitFor(_ ids: [ObjectID], needed: Int, timeoutNanos: UInt64) -> Bool {
+    var fetches: [ObjectID] = []
+    let unique = Array(Set(ids))
+    let (done, waiter): (Bool, ObjectWaiter?) = state.withLock { s in
+      var missing: [ObjectID] = []
+      for id in unique where s.store[id] == nil { missing.append(id) }
+      let have = unique.count - missing.count
+      if have >= min(needed, unique.count) { return (true, nil) }
+      for id in missing {
+        if Self.startFetch(&s, id) { fetches.append(id) }
+        else if s.owners[id] == nil && !s.tasks.isPending(id.task) && !s.fetching.contains(id) {
+          // Owned here, yet neither stored nor being computed: it was freed.
+          s.store[id] = Self.errorObject(.objectFreed, "Object \(id.hex) was freed: no reference to it remained in its owner.")
+        }
+      }
+      let stillMissing = missing.filter { s.store[$0] == nil }
+      let nowHave = unique.count - stillMissing.count
+      if nowHave >= min(needed, unique.count) { return (true, nil) }
+      let w = ObjectWaiter(needed: min(needed, unique.count) - nowHave)
+      for id in stillMissing { s.waiters[id, default: []].append(w) }
+      return (false, w)
+    }
+    for id in fetches { fetch(id) }
+    guard let waiter, !done else { return true }
+    if waiter.wait(nanos: timeoutNanos) { return true }
+    // Timed out: unregister, then check once more (an arrival may have raced us).
+    return state.withLock { s in
+      for id in unique { s.waiters[id]?.removeAll { $0 === waiter } ; if s.waiters[id]?.isEmpty == true { s.waiters[id] = nil } }
+      return unique.filter { s.store[$0] != nil }.count >= min(needed, unique.count)
+    }
+  }
+
+  /// Which of `ids` are available now.
+  public func available(_ ids: [ObjectID]) -> [Bool] {
+    state.withLock { s in ids.map { s.store[$0] != nil } }
+  }
+
+  /// The stored objects (values or error objects); nil for one not available.
+  public func objects(_ ids: [ObjectID]) -> [Swiftray_RayObject?] {
+    state.withLock { s in ids.map { s.store[$0] } }
+  }
+
+  /// Tells the NodeManager this worker is blocked in `get` (lend its CPUs) or not.
+  public func setBlocked(_ blocked: Bool) {
+    guard !options.isDriver else { return }
+    let nm = nodeManager
+    let wid = options.workerID
+    notifications.yield {
+      var req = Swiftray_WorkerBlockedRequest()
+      req.workerID = Data(wid.binary)
+      req.blocked = blocked
+      _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).workerBlocked(req)
+    }
+  }
+
+  public func addLocalRef(_ id: ObjectID, owner: Swiftray_Address?) {
+    state.withLock { s in
+      s.refs.localRefAdded(id)
+      if let owner, s.owners[id] == nil, owner.workerID != address.workerID { s.owners[id] = owner }
+    }
+  }
+
+  public func removeLocalRef(_ id: ObjectID) {
+    let actions = state.withLock { $0.refs.localRefRemoved(id) }
+    applyRefActions(actions)
+  }
+
+  /// The ref was serialized into a value that may reach a borrower.
+  public func refEscaped(_ id: ObjectID) {
+    state.withLock { $0.refs.refEscaped(id) }
+  }
+
+  /// The owner's address for a ref this process knows (itself when it owns it).
+  public func ownerAddress(_ id: ObjectID) -> Swiftray_Address {
+    state.withLock { $0.owners[id] } ?? address
+  }
+
+  /// Cancels the task that creates `id`. Returns false when it already finished.
+  @discardableResult
+  public func cancel(_ id: ObjectID, force: Bool) -> Bool {
+    let tid = id.task
+    let now = Self.now()
+    enum Step { case none, failNow([NormalTaskSubmitter.Action]), remote(Swiftray_Address, WorkerID) }
+    let step: Step = state.withLock { s in
+      guard s.tasks.cancelRequested(tid) else { return .none }
+      if s.resolver.taskRemoved(tid) { return .failNow([]) }
+      let (removed, actions) = s.submitter.taskCanceled(tid, now: now)
+      if removed { return .failNow(actions) }
+      if let lease = s.submitter.leaseOf(task: tid), let addr = s.leaseWorkers[lease.leaseID] {
+        return .remote(addr, lease.worker)
+      }
+      return .none
+    }
+    switch step {
+    case .none: return false
+    case .failNow(let actions):
+      perform(actions)
+      let acts = state.withLock { $0.tasks.taskReplied(tid, outcome: .cancelled) }
+      applyTaskActions(acts, reply: nil)
+    case .remote(let addr, let worker):
+      if force {
+        let nm = nodeManager
+        Task {
+          var req = Swiftray_KillWorkerRequest()
+          req.workerID = Data(worker.binary)
+          req.reason = "killed by cancel(force=True)"
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req)
+        }
+      } else if let ep = Endpoint(addr.endpoint) {
+        var req = Swiftray_CancelTaskRequest()
+        req.taskID = Data(tid.binary)
+        pool.request(ep, .cancelTask(req)) { _ in }
+      }
+    }
+    return true
+  }
+
+  // MARK: - control-plane queries
+
+  public func kvPut(namespace: String, key: Data, value: Data, overwrite: Bool) throws -> Bool {
+    let c = control
+    return try blockingAwait {
+      var req = Swiftray_KVPutRequest()
+      req.namespace = namespace; req.key = key; req.value = value; req.overwrite = overwrite
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).kvPut(req).added }
+      catch { throw ControlPlane.error(error, calling: "KVPut", at: c.endpoint) }
+    }
+  }
+
+  public func kvGet(namespace: String, key: Data) throws -> Data? {
+    let c = control
+    return try blockingAwait {
+      var req = Swiftray_KVGetRequest()
+      req.namespace = namespace; req.key = key
+      do {
+        let r = try await Swiftray_ControlService.Client(wrapping: c.client).kvGet(req)
+        return r.found ? r.value : nil
+      } catch { throw ControlPlane.error(error, calling: "KVGet", at: c.endpoint) }
+    }
+  }
+
+  public func allNodes() throws -> [Swiftray_NodeInfo] {
+    let c = control
+    return try blockingAwait {
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
+      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: c.endpoint) }
+    }
+  }
+
+  public func nodeStats() throws -> Swiftray_GetNodeStatsReply {
+    let nm = nodeManager
+    return try blockingAwait {
+      do { return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(Swiftray_GetNodeStatsRequest()) }
+      catch { throw ControlPlane.error(error, calling: "GetNodeStats", at: nm.endpoint) }
+    }
+  }
+
+  /// Prints worker output of this node with a `(pid=N)` prefix, as Ray does.
+  public func forwardWorkerLogs() {
+    let nm = nodeManager
+    let task = Task {
+      do {
+        try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
+          for try await batch in response.messages {
+            var text = ""
+            for line in batch.lines { text += "(pid=\(batch.pid)) \(line)\n" }
+            text.withUTF8 { buf in _ = write(batch.isErr ? 2 : 1, buf.baseAddress, buf.count) }
+          }
+        }
+      } catch {}
+    }
+    logForwarding.withLock { $0 = task }
+  }
+
+  // MARK: - executor API
+
+  public func setInterruptHandler(_ h: @escaping @Sendable () -> Void) {
+    interruptRunningTask.withLock { $0 = h }
+  }
+
+  /// The next task pushed to this worker, or nil after `timeoutNanos`. Blocks.
+  public func nextExecution(timeoutNanos: UInt64) -> Execution? {
+    guard executionReady.wait(timeout: .now() + .nanoseconds(Int(timeoutNanos))) == .success else { return nil }
+    return state.withLock { s in
+      guard let e = s.executions.popFirst() else { return nil }
+      s.running = TaskID(binary: e.spec.taskID)
+      if let job = JobID(binary: e.spec.jobID) { s.idGen.job = job }
+      return e
+    }
+  }
+
+  public var currentTaskID: TaskID? { state.withLock { $0.running } }
+  /// The job of the task running here (a worker serves one job at a time), else ours.
+  public var currentJobID: JobID { state.withLock { $0.idGen.job } }
+
+  /// Sends the result of an execution back to the task's owner.
+  public func finish(_ e: Execution, reply: Swiftray_PushTaskReply) {
+    state.withLock { $0.running = nil }
+    e.responder.respond(.pushTaskReply(reply))
+  }
+
+  /// Workers only: exit when the NodeManager's process dies (stdin reaches EOF).
+  public func exitWhenNodeManagerDies() {
+    let t = Thread {
+      var b: UInt8 = 0
+      while true {
+        let n = read(0, &b, 1)
+        if n == 0 || (n < 0 && errno != EINTR) { _exit(1) }
+      }
+    }
+    t.name = "swiftray-lifeline"
+    t.start()
+  }
+
+  public func shutdown() {
+    state.withLock { $0.shutdown = true }
+    logForwarding.withLock { $0 }?.cancel()
+    server.close()
+    pool.closeAll()
+    notifications.finish()
+    nodeManager.shutdown()
+    control.shutdown()
+  }
+
+  // MARK: - data-plane requests
+
+  func handle(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
+    switch frame.body {
+    case .pushTask(let req):
+      state.withLock { $0.executions.append(Execution(spec: req.spec, responder: responder)) }
+      executionReady.signal()
+    case .getObject(let req):
+      guard let id = ObjectID(binary: req.objectID) else { return }
+      let obj: Swiftray_RayObject?? = state.withLock { s in
+        if let o = s.store[id] { return .some(o) }
+        if s.tasks.isPending(id.task) || s.refs.isInScope(id) {
+          s.remoteGets[id, default: []].append(responder)
+          return .some(nil)
+        }
+        return nil
+      }
+      var reply = Swiftray_GetObjectReply()
+      switch obj {
+      case .some(.some(let o)): reply.status = .ready; reply.object = o; responder.respond(.getObjectReply(reply))
+      case .some(.none): break  // answered when it arrives
+      case .none: reply.status = .notFound; responder.respond(.getObjectReply(reply))
+      }
+    case .cancelTask(let req):
+      guard let tid = TaskID(binary: req.taskID) else { return }
+      let (queued, running): (Execution?, Bool) = state.withLock { s in
+        if let i = s.executions.firstIndex(where: { $0.spec.taskID == req.taskID }) {
+          return (s.executions.remove(at: i), false)
+        }
+        return (nil, s.running == tid)
+      }
+      if let queued {
+        var r = Swiftray_PushTaskReply()
+        r.wasCancelled = true
+        queued.responder.respond(.pushTaskReply(r))
+        _ = executionReady.wait(timeout: .now())  // keep the semaphore count equal to the queue
+      } else if running {
+        interruptRunningTask.withLock { $0 }?()
+      }
+      var r = Swiftray_CancelTaskReply()
+      r.attempted = queued != nil || running
+      responder.respond(.cancelTaskReply(r))
+    default:
+      break
+    }
+  }
+
+  // MARK: - internals (callers hold no lock unless the name says `&s`)
+
+  /// Marks a borrowed object as being fetched from its owner. True when the caller
+  /// must send the fetch.
+  static func startFetch(_ s: inout State, _ id: ObjectID) -> Bool {
+    guard s.owners[id] != nil, s.store[id] == nil, !s.fetching.contains(id) else { return false }
+    s.fetching.insert(id)
+    return true
+  }
+
+  func fetch(_ id: ObjectID) {
+    guard let owner = state.withLock({ $0.owners[id] }), let ep = Endpoint(owner.endpoint) else { return }
+    var req = Swiftray_GetObjectRequest()
+    req.objectID = Data(id.binary)
+    pool.request(ep, .getObject(req)) { [self] result in
+      let obj: Swiftray_RayObject
+      switch result {
+      case .success(let f):
+        if case .getObjectReply(let r)? = f.body, r.status == .ready {
+          obj = r.object
+        } else {
+          obj = Self.errorObject(.objectFreed, "Object \(id.hex) was freed by its owner (\(owner.endpoint)) before it could be read.")
+        }
+      case .failure(let e):
+        obj = Self.errorObject(.ownerDied,
+          "The owner of object \(id.hex) (worker \(WorkerID(binary: owner.workerID)?.hex.prefix(12) ?? "?"), pid \(owner.pid)) died or is unreachable: \(e.message).")
+      }
+      state.withLock { _ = $0.fetching.remove(id) }
+      objectsArrived([(id, obj)])
+    }
+  }
+
+  static func errorObject(_ code: SwiftrayError.Code, _ message: String) -> Swiftray_RayObject {
+    var o = Swiftray_RayObject()
+    o.metadata = Data(ErrorObject.metadata(code))
+    o.data = Data(message.utf8)
+    return o
+  }
+
+  /// Stores values (or error objects) and wakes whoever waited for them: local `get`s,
+  /// tasks whose arguments they were, borrowers that asked.
+  func objectsArrived(_ objs: [(ObjectID, Swiftray_RayObject)]) {
+    let now = Self.now()
+    var wake: [ObjectWaiter] = []
+    var remote: [(DataPlaneResponder, Swiftray_RayObject)] = []
+    let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
+      var actions: [NormalTaskSubmitter.Action] = []
+      for (id, o) in objs {
+        // A freed owned object must not come back to life from a late reply.
+        if s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task) { continue }
+        s.store[id] = o
+        wake += s.waiters.removeValue(forKey: id) ?? []
+        for r in s.remoteGets.removeValue(forKey: id) ?? [] { remote.append((r, o)) }
+        for t in s.resolver.objectAvailable(id) { actions += Self.taskReady(&s, t, now: now) }
+      }
+      return actions
+    }
+    wake.forEach { $0.arrived() }
+    for (r, o) in remote {
+      var reply = Swiftray_GetObjectReply()
+      reply.status = .ready
+      reply.object = o
+      r.respond(.getObjectReply(reply))
+    }
+    perform(actions)
+  }
+
+  /// All arguments are here: inline them into the spec, queue for a lease.
+  static func taskReady(_ s: inout State, _ tid: TaskID, now: UInt64) -> [NormalTaskSubmitter.Action] {
+    guard var spec = s.tasks.spec(tid) else { return [] }
+    for i in spec.args.indices {
+      if case .ref(let r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID), let v = s.store[id] {
+        spec.args[i].value = v
+      }
+    }
+    s.tasks.specResolved(tid, spec: spec)
+    return s.submitter.taskReady(tid, key: ResourceSet(proto: spec.resources), now: now)
+  }
+
+  func perform(_ actions: [NormalTaskSubmitter.Action]) {
+    for a in actions {
+      switch a {
+      case .requestLease(let requestID, let key):
+        requestLease(requestID, key)
+      case .cancelLeaseRequest(let requestID):
+        let nm = nodeManager
+        Task {
+          var req = Swiftray_CancelWorkerLeaseRequest()
+          req.leaseRequestID = requestID
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).cancelWorkerLease(req)
+        }
+      case .push(let tid, let lease):
+        push(tid, lease)
+      case .returnLease(let leaseID, let disconnect):
+        state.withLock { _ = $0.leaseWorkers.removeValue(forKey: leaseID) }
+        let nm = nodeManager
+        Task {
+          var req = Swiftray_ReturnWorkerLeaseRequest()
+          req.leaseID = leaseID
+          req.disconnectWorker = disconnect
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
+        }
+      case .warnInfeasible(let key, let detail):
+        warn("The following resource request cannot be scheduled right now: \(key). \(detail). "
+          + "The task stays pending until a node that fits joins the cluster; "
+          + "check num_cpus/num_gpus/resources in @remote(...) or start a node with those resources.")
+      case .tasksLost(let tids, let lease):
+        tasksLost(tids, lease)
+      }
+    }
+    scheduleTick()
+  }
+
+  func requestLease(_ requestID: UInt64, _ key: ResourceSet) {
+    let nm = nodeManager
+    let owner = address
+    let job = jobID
+    Task { [self] in
+      var req = Swiftray_RequestWorkerLeaseRequest()
+      req.leaseRequestID = requestID
+      req.resources = key.proto
+      req.owner = owner
+      req.jobID = Data(job.binary)
+      let reply: Swiftray_RequestWorkerLeaseReply?
+      do { reply = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req) }
+      catch { reply = nil }
+      let now = Self.now()
+      let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
+        guard let reply else { return s.submitter.leaseRequestFailed(requestID: requestID, now: now) }
+        switch reply.status {
+        case .granted:
+          guard let wid = WorkerID(binary: reply.worker.workerID) else { return [] }
+          s.leaseWorkers[reply.leaseID] = reply.worker
+          return s.submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
+        case .infeasible:
+          return s.submitter.leaseRejected(requestID: requestID, detail: reply.detail, now: now)
+        case .canceled:
+          return s.submitter.leaseRequestCanceled(requestID: requestID, now: now)
+        default:
+          return s.submitter.leaseRequestFailed(requestID: requestID, now: now)
+        }
+      }
+      perform(actions)
+    }
+  }
+
+  func push(_ tid: TaskID, _ lease: NormalTaskSubmitter.GrantedLease) {
+    guard let (spec, addr) = state.withLock({ s in s.tasks.spec(tid).flatMap { sp in s.leaseWorkers[lease.leaseID].map { (sp, $0) } } }),
+      let ep = Endpoint(addr.endpoint)
+    else { return }
+    var req = Swiftray_PushTaskRequest()
+    req.spec = spec
+    pool.request(ep, .pushTask(req)) { [self] result in
+      switch result {
+      case .success(let frame):
+        guard case .pushTaskReply(let reply)? = frame.body else { return }
+        taskReplied(tid, lease: lease, reply: reply)
+      case .failure:
+        let now = Self.now()
+        perform(state.withLock { s in s.shutdown ? [] : s.submitter.workerLost(leaseID: lease.leaseID, now: now) })
+      }
+    }
+  }
+
+  func taskReplied(_ tid: TaskID, lease: NormalTaskSubmitter.GrantedLease, reply: Swiftray_PushTaskReply) {
+    let now = Self.now()
+    let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
+      : reply.isApplicationError ? .applicationError(retryable: reply.isRetryableError) : .success
+    let (submitActions, taskActions) = state.withLock { s in
+      (s.submitter.taskReplied(tid, leaseID: lease.leaseID, now: now), s.tasks.taskReplied(tid, outcome: outcome))
+    }
+    perform(submitActions)
+    applyTaskActions(taskActions, reply: reply)
+  }
+
+  func tasksLost(_ tids: [TaskID], _ lease: NormalTaskSubmitter.GrantedLease) {
+    let nm = nodeManager
+    Task { [self] in
+      var req = Swiftray_GetWorkerFailureCauseRequest()
+      req.workerID = Data(lease.worker.binary)
+      let cause = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).getWorkerFailureCause(req)
+      let how = cause?.found == true ? cause!.exit.detail : "worker \(lease.worker.hex.prefix(12)) died (its exit status is unknown)"
+      for tid in tids {
+        let (acts, name, attempt, maxRetries) = state.withLock { s in
+          if s.shutdown { return ([TaskManager.Action](), "", 0, 0) }
+          let spec = s.tasks.spec(tid)
+          let e = SwiftrayError(.workerCrashed,
+            "A worker died or was killed while executing task \(spec?.name ?? "?") (\(tid.hex)): \(how).")
+          let acts = s.tasks.taskFailed(tid, error: e)
+          return (acts, spec?.name ?? "?", Int(s.tasks.spec(tid)?.attempt ?? 0), Int(spec?.maxRetries ?? 0))
+        }
+        if case .resubmit? = acts.first {
+          let limit = maxRetries < 0 ? "unlimited" : "\(maxRetries)"
+          warn("A worker died or was killed while executing task \(name) (\(tid.hex)): \(how). "
+            + "Retrying it (retry \(attempt) of \(limit), max_retries=\(maxRetries)).")
+        }
+        applyTaskActions(acts, reply: nil)
+      }
+    }
+  }
+
+  func applyTaskActions(_ actions: [TaskManager.Action], reply: Swiftray_PushTaskReply?) {
+    let now = Self.now()
+    for a in actions {
+      switch a {
+      case .complete(let tid):
+        guard let reply else { continue }
+        let objs = reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }
+        objectsArrived(objs)
+        taskDone(tid)
+      case .resubmit(let tid, _):
+        perform(state.withLock { s in Self.taskReady(&s, tid, now: now) })
+      case .fail(let tid, let error):
+        let n = state.withLock { Int($0.tasks.spec(tid)?.numReturns ?? 0) }
+        let obj = Self.errorObject(error.code, error.message)
+        objectsArrived((0..<n).map { (ObjectID.forReturn(of: tid, index: $0), obj) })
+        taskDone(tid)
+      }
+    }
+  }
+
+  /// The task will not run again: release the references its arguments held.
+  func taskDone(_ tid: TaskID) {
+    let actions = state.withLock { s -> [ReferenceTable.Action] in
+      // Args were inlined into the spec; the refs it was submitted with are kept apart.
+      s.refs.submittedTaskRefsRemoved(s.tasks.argRefs(tid))
+    }
+    applyRefActions(actions)
+  }
+
+  func applyRefActions(_ actions: [ReferenceTable.Action]) {
+    guard !actions.isEmpty else { return }
+    state.withLock { s in
+      for a in actions {
+        switch a {
+        case .free(let id):
+          s.store[id] = nil
+          if !s.refs.refs.keys.contains(where: { $0.task == id.task }) { s.tasks.release(id.task) }
+        case .forget(let id):
+          s.store[id] = nil
+          s.owners[id] = nil
+        }
+      }
+    }
+  }
+
+  /// Keeps one timer armed for the submitter's next deadline (idle leases, retries).
+  func scheduleTick() {
+    let (deadline, arm): (UInt64?, Bool) = state.withLock { s in
+      guard let d = s.submitter.nextDeadline(), !s.shutdown else { return (nil, false) }
+      if let t = s.tickAt, t <= d { return (d, false) }
+      s.tickAt = d
+      return (d, true)
+    }
+    guard arm, let deadline else { return }
+    let delay = deadline > Self.now() ? deadline - Self.now() : 0
+    group.next().scheduleTask(in: .nanoseconds(Int64(delay) + 1000)) { [self] in
+      let now = Self.now()
+      let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
+        s.tickAt = nil
+        return s.submitter.tick(now: now)
+      }
+      perform(actions)
+    }
+  }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import NIOPosix
+import RuntimeProto
+
+/// A cluster of one node inside the calling process (DESIGN §1): the ControlService and
+/// a NodeManager served over gRPC on Unix sockets in the session directory, with real
+/// worker processes. The same services and RPCs as a multi-node cluster.
+///
+/// Threading: `start` and `shutdown` from one thread; blocks while services start/stop.
+public final class LocalCluster: Sendable {
+  public let sessionDir: String
+  public let nodeID: NodeID
+  public let nodeManager: NodeManager
+  let controlServer: ControlPlane.Server
+  let nodeServer: ControlPlane.Server
+
+  public var controlEndpoint: Endpoint { controlServer.endpoint }
+  public var nodeManagerEndpoint: Endpoint { nodeServer.endpoint }
+
+  /// A fresh session directory under `root` (Ray: /tmp/ray/session_<time>_<pid>).
+  public static func makeSessionDir(root: String = NSTemporaryDirectory() + "swiftray") throws -> String {
+    let f = DateFormatter()
+    f.dateFormat = "yyyy-MM-dd_HH-mm-ss"
+    let dir = "\(root)/session_\(f.string(from: Date()))_\(getpid())_\(String(UInt32.random(in: 0 ... .max), radix: 16))"
+    try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
+    return dir
+  }
+
+  public static func start(resources: ResourceSet, config: Config, workerExecutable: String,
+                           workerEnvironment: [String: String], prestartWorkers: Int,
+                           group: MultiThreadedEventLoopGroup) throws -> LocalCluster {
+    let session = try makeSessionDir()
+    let nodeID = NodeID.random()
+    let control = ControlService()
+    let controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
+    let controlServer = try blockingAwait { try await ControlPlane.serve([control], at: controlEP, group: group) }
+    let nm = NodeManager(options: .init(
+      nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
+      workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,
+      prestartWorkers: prestartWorkers))
+    let nmEP = nm.endpoint
+    let nodeServer = try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) }
+    var node = nm.nodeInfo
+    node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
+    let registration = node
+    let c = try ControlPlane.connect(controlEP, group: group)
+    defer { c.shutdown() }
+    _ = try blockingAwait {
+      var req = Swiftray_RegisterNodeRequest()
+      req.node = registration
+      return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
+    }
+    nm.start()
+    return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm,
+                        controlServer: controlServer, nodeServer: nodeServer)
+  }
+
+  init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, controlServer: ControlPlane.Server,
+       nodeServer: ControlPlane.Server) {
+    self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager
+    self.controlServer = controlServer; self.nodeServer = nodeServer
+  }
+
+  /// Stops every worker, then the services, then removes the session directory.
+  public func shutdown() {
+    nodeManager.shutdown()
+    nodeServer.shutdown()
+    controlServer.shutdown()
+    try? FileManager.default.removeItem(atPath: sessionDir)
+  }
+}

@@ -1,0 +1,351 @@
+import Foundation
+import GRPCCore
+import Logging
+import NIOPosix
+import RuntimeProto
+import Synchronization
+
+/// The NodeManager (Ray's raylet) of one node: the worker pool and the lease scheduler.
+/// A thin shell: `LeaseQueue` decides, this performs (spawn, kill, reply, forward logs).
+///
+/// Threading: gRPC handlers and the process monitor thread call in concurrently; all
+/// state is behind one Mutex and actions run outside it.
+public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtocol, Sendable {
+  public struct Options: Sendable {
+    public var nodeID: NodeID
+    public var resources: ResourceSet
+    public var sessionDir: String
+    public var workerExecutable: String
+    /// Environment every worker starts with (the driver's, plus its Python settings).
+    public var workerEnvironment: [String: String]
+    public var controlEndpoint: Endpoint
+    public var config: Config
+    public var prestartWorkers: Int
+    public init(nodeID: NodeID, resources: ResourceSet, sessionDir: String, workerExecutable: String,
+                workerEnvironment: [String: String], controlEndpoint: Endpoint, config: Config, prestartWorkers: Int) {
+      self.nodeID = nodeID; self.resources = resources; self.sessionDir = sessionDir
+      self.workerExecutable = workerExecutable; self.workerEnvironment = workerEnvironment
+      self.controlEndpoint = controlEndpoint; self.config = config; self.prestartWorkers = prestartWorkers
+    }
+  }
+
+  struct WorkerProc: Sendable {
+    var id: WorkerID
+    var pid: Int32
+    var endpoint: String = ""
+    var killReason: String?
+  }
+
+  struct State {
+    var queue: LeaseQueue
+    var replies: [UInt64: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>] = [:]
+    var procs: [WorkerID: WorkerProc] = [:]
+    var byPid: [Int32: WorkerID] = [:]
+    /// How recent workers ended, for owners asking why (bounded).
+    var exits: [WorkerID: Swiftray_WorkerExitInfo] = [:]
+    var exitOrder: [WorkerID] = []
+    var stderrTail: [Int32: [String]] = [:]
+    var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
+    var nextSubscriber: UInt64 = 1
+    var consecutiveStartFailures = 0
+    var shuttingDown = false
+  }
+
+  public let options: Options
+  public var endpoint: Endpoint { Endpoint.unix(options.sessionDir + "/sockets/raylet.sock") }
+  let state: Mutex<State>
+  let log = Logger(label: "swiftray.node")
+  nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
+
+  public init(options: Options) {
+    self.options = options
+    let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
+                                   maxWorkers: options.config.maxWorkersPerNode)
+    state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits)))
+    monitor = ProcessMonitor(
+      onOutput: { [weak self] pid, isErr, lines in self?.workerOutput(pid: pid, isErr: isErr, lines: lines) },
+      onExit: { [weak self] status in self?.workerExited(status) })
+  }
+
+  /// Starts the prestarted workers. Call once, after the gRPC server is up.
+  public func start() {
+    perform(state.withLock { $0.queue.prestart(count: options.prestartWorkers) })
+  }
+
+  public var nodeInfo: Swiftray_NodeInfo {
+    var n = Swiftray_NodeInfo()
+    n.nodeID = Data(options.nodeID.binary)
+    n.nodeManagerEndpoint = endpoint.description
+    n.ipAddress = "127.0.0.1"
+    n.total = options.resources.proto
+    n.available = state.withLock { $0.queue.available }.proto
+    n.alive = true
+    n.sessionDir = options.sessionDir
+    return n
+  }
+
+  // MARK: actions
+
+  func perform(_ actions: [LeaseQueue.Action]) {
+    for a in actions {
+      switch a {
+      case .grant(let requestID, let lease):
+        let (cont, proc) = state.withLock { ($0.replies.removeValue(forKey: requestID), $0.procs[lease.worker]) }
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .granted
+        r.leaseID = lease.id
+        r.worker.workerID = Data(lease.worker.binary)
+        r.worker.nodeID = Data(options.nodeID.binary)
+        r.worker.endpoint = proc?.endpoint ?? ""
+        r.worker.pid = proc?.pid ?? 0
+        if let cont { cont.resume(returning: r) } else {
+          // The owner went away between asking and the grant: take it back.
+          perform(state.withLock { $0.queue.leaseReturned(lease.id, disconnect: false) })
+        }
+      case .reject(let requestID, let detail):
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .infeasible
+        r.detail = detail
+        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+      case .canceled(let requestID):
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .canceled
+        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+      case .startWorker:
+        startWorker()
+      case .killWorker(let id):
+        if let pid = state.withLock({ $0.procs[id]?.pid }) { monitor.signal(pid, SIGKILL) }
+      }
+    }
+  }
+
+  private func startWorker() {
+    if state.withLock({ $0.shuttingDown }) { perform(state.withLock { _ = $0.queue.workerStartFailed(); return [] }); return }
+    let id = WorkerID.random()
+    var env = options.workerEnvironment
+    for (k, v) in options.config.asEnvironment { env[k] = v }
+    env["SWIFTRAY_WORKER_ID"] = id.hex
+    env["SWIFTRAY_NODE_ID"] = options.nodeID.hex
+    env["SWIFTRAY_NODE_MANAGER"] = endpoint.description
+    env["SWIFTRAY_CONTROL"] = options.controlEndpoint.description
+    env["SWIFTRAY_SESSION_DIR"] = options.sessionDir
+    env["PYTHONUNBUFFERED"] = "1"
+    do {
+      let pid = try monitor.spawn(executable: options.workerExecutable, arguments: ["worker"], environment: env)
+      state.withLock { s in
+        s.procs[id] = WorkerProc(id: id, pid: pid)
+        s.byPid[pid] = id
+        _ = s.queue.workerStarting(id)
+      }
+    } catch {
+      log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
+      _ = state.withLock { $0.queue.workerStartFailed() }
+    }
+  }
+
+  // MARK: process monitor callbacks
+
+  func workerOutput(pid: Int32, isErr: Bool, lines: [String]) {
+    var batch = Swiftray_LogBatch()
+    batch.pid = pid
+    batch.isErr = isErr
+    batch.lines = lines
+    let subs = state.withLock { s -> [AsyncStream<Swiftray_LogBatch>.Continuation] in
+      if isErr {
+        var tail = s.stderrTail[pid] ?? []
+        tail.append(contentsOf: lines.suffix(20))
+        s.stderrTail[pid] = Array(tail.suffix(20))
+      }
+      return Array(s.logSubscribers.values)
+    }
+    for c in subs { c.yield(batch) }
+  }
+
+  func workerExited(_ status: ProcessMonitor.ExitStatus) {
+    let actions: [LeaseQueue.Action] = state.withLock { s in
+      guard let id = s.byPid.removeValue(forKey: status.pid), let proc = s.procs.removeValue(forKey: id) else { return [] }
+      var info = Swiftray_WorkerExitInfo()
+      info.workerID = Data(id.binary)
+      info.pid = status.pid
+      info.exitCode = status.exitCode
+      info.signal = status.signal
+      info.nodeID = Data(options.nodeID.binary)
+      info.intended = proc.killReason != nil || s.shuttingDown
+      let how = status.signal != 0 ? "was killed by signal \(status.signal) (\(signalName(status.signal)))" : "exited with code \(status.exitCode)"
+      var detail = "worker \(id.hex.prefix(12)) (pid \(status.pid)) on node \(options.nodeID.hex.prefix(12)) \(how)"
+      if let r = proc.killReason { detail += "; \(r)" }
+      let tail = s.stderrTail.removeValue(forKey: status.pid) ?? []
+      if proc.endpoint.isEmpty {
+        s.consecutiveStartFailures += 1
+        detail += " before it registered"
+        if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
+        if !s.shuttingDown { log.error("worker/start-failed", metadata: ["detail": "\(detail)"]) }
+      }
+      info.detail = detail
+      s.exits[id] = info
+      s.exitOrder.append(id)
+      if s.exitOrder.count > 1000 { s.exits[s.exitOrder.removeFirst()] = nil }
+      if s.shuttingDown { return [] }
+      // A worker that cannot start at all (broken environment) must not respawn forever.
+      if s.consecutiveStartFailures >= 3 {
+        s.consecutiveStartFailures = 0
+        let rejected = s.queue.rejectAllPending(detail: "worker processes fail to start: \(detail)")
+        return rejected + s.queue.workerExited(id)
+      }
+      return s.queue.workerExited(id)
+    }
+    perform(actions)
+  }
+
+  // MARK: gRPC service
+
+  public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
+    let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
+                                 owner: WorkerID(binary: request.owner.workerID) ?? .nil_, taskName: request.taskName)
+    return await withTaskCancellationHandler {
+      await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
+        let actions = state.withLock { s -> [LeaseQueue.Action] in
+          s.replies[req.id] = c
+          return s.queue.leaseRequested(req)
+        }
+        perform(actions)
+      }
+    } onCancel: {
+      perform(state.withLock { $0.queue.leaseRequestCanceled(req.id) })
+    }
+  }
+
+  public func returnWorkerLease(request: Swiftray_ReturnWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_ReturnWorkerLeaseReply {
+    perform(state.withLock { $0.queue.leaseReturned(request.leaseID, disconnect: request.disconnectWorker) })
+    return Swiftray_ReturnWorkerLeaseReply()
+  }
+
+  public func cancelWorkerLease(request: Swiftray_CancelWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_CancelWorkerLeaseReply {
+    let actions = state.withLock { $0.queue.leaseRequestCanceled(request.leaseRequestID) }
+    var r = Swiftray_CancelWorkerLeaseReply()
+    r.canceled = !actions.isEmpty
+    perform(actions)
+    return r
+  }
+
+  public func registerWorker(request: Swiftray_RegisterWorkerRequest, context: ServerContext) async throws -> Swiftray_RegisterWorkerReply {
+    var r = Swiftray_RegisterWorkerReply()
+    r.nodeID = Data(options.nodeID.binary)
+    r.controlEndpoint = options.controlEndpoint.description
+    guard !request.isDriver, let id = WorkerID(binary: request.workerID) else { return r }
+    let actions = state.withLock { s -> [LeaseQueue.Action] in
+      guard s.procs[id] != nil else { return [] }
+      s.procs[id]?.endpoint = request.endpoint
+      s.consecutiveStartFailures = 0
+      return s.queue.workerRegistered(id)
+    }
+    perform(actions)
+    return r
+  }
+
+  public func workerBlocked(request: Swiftray_WorkerBlockedRequest, context: ServerContext) async throws -> Swiftray_WorkerBlockedReply {
+    if let id = WorkerID(binary: request.workerID) {
+      perform(state.withLock { request.blocked ? $0.queue.workerBlocked(id) : $0.queue.workerUnblocked(id) })
+    }
+    return Swiftray_WorkerBlockedReply()
+  }
+
+  public func getWorkerFailureCause(request: Swiftray_GetWorkerFailureCauseRequest, context: ServerContext) async throws -> Swiftray_GetWorkerFailureCauseReply {
+    var r = Swiftray_GetWorkerFailureCauseReply()
+    guard let id = WorkerID(binary: request.workerID) else { return r }
+    // The exit may race the owner's question by a few milliseconds: wait a little.
+    for _ in 0..<50 {
+      if let info = state.withLock({ $0.exits[id] }) {
+        r.found = true
+        r.exit = info
+        return r
+      }
+      try? await Task.sleep(for: .milliseconds(10))
+    }
+    return r
+  }
+
+  public func killWorker(request: Swiftray_KillWorkerRequest, context: ServerContext) async throws -> Swiftray_KillWorkerReply {
+    var r = Swiftray_KillWorkerReply()
+    guard let id = WorkerID(binary: request.workerID) else { return r }
+    let pid: Int32? = state.withLock { s in
+      s.procs[id]?.killReason = request.reason
+      return s.procs[id]?.pid
+    }
+    if let pid { monitor.signal(pid, SIGKILL); r.killed = true }
+    return r
+  }
+
+  public func getNodeStats(request: Swiftray_GetNodeStatsRequest, context: ServerContext) async throws -> Swiftray_GetNodeStatsReply {
+    var r = Swiftray_GetNodeStatsReply()
+    r.node = nodeInfo
+    state.withLock { s in
+      r.numWorkers = Int32(s.procs.count)
+      r.numIdleWorkers = Int32(s.queue.idleWorkerCount)
+      r.workerPids = s.procs.values.map { $0.pid }.sorted()
+    }
+    return r
+  }
+
+  public func subscribeLogs(request: Swiftray_SubscribeLogsRequest, response: RPCWriter<Swiftray_LogBatch>, context: ServerContext) async throws {
+    let (stream, cont) = AsyncStream<Swiftray_LogBatch>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+    let key = state.withLock { s in
+      let k = s.nextSubscriber
+      s.nextSubscriber += 1
+      s.logSubscribers[k] = cont
+      return k
+    }
+    defer { _ = state.withLock { $0.logSubscribers.removeValue(forKey: key) } }
+    for await batch in stream { try await response.write(batch) }
+  }
+
+  // MARK: shutdown
+
+  /// Stops every worker: SIGTERM, then SIGKILL after `grace`. Blocks until they are gone
+  /// (bounded by `grace` + 2 s).
+  public func shutdown(grace: Duration = .milliseconds(500)) {
+    let (pids, subs) = state.withLock { s -> ([Int32], [AsyncStream<Swiftray_LogBatch>.Continuation]) in
+      s.shuttingDown = true
+      let pending = s.replies.values
+      s.replies.removeAll()
+      var r = Swiftray_RequestWorkerLeaseReply()
+      r.status = .canceled
+      for c in pending { c.resume(returning: r) }
+      let subs = Array(s.logSubscribers.values)
+      s.logSubscribers.removeAll()
+      return (s.procs.values.map { $0.pid }, subs)
+    }
+    for p in pids { monitor.signal(p, SIGTERM) }
+    let clock = ContinuousClock()
+    let deadline = clock.now + grace
+    while !monitor.livePids.isEmpty && clock.now < deadline { usleep(5_000) }
+    for p in monitor.livePids { monitor.signal(p, SIGKILL) }
+    let hard = clock.now + .seconds(2)
+    while !monitor.livePids.isEmpty && clock.now < hard { usleep(5_000) }
+    monitor.shutdown()
+    for c in subs { c.finish() }
+  }
+}
+
+func signalName(_ s: Int32) -> String {
+  switch s {
+  case SIGKILL: return "SIGKILL"
+  case SIGTERM: return "SIGTERM"
+  case SIGSEGV: return "SIGSEGV"
+  case SIGABRT: return "SIGABRT"
+  case SIGINT: return "SIGINT"
+  case SIGBUS: return "SIGBUS"
+  case SIGFPE: return "SIGFPE"
+  case SIGILL: return "SIGILL"
+  default: return "signal \(s)"
+  }
+}
+
+extension ResourceSet {
+  public var proto: Swiftray_ResourceShape {
+    var p = Swiftray_ResourceShape()
+    p.quantities = quantities
+    return p
+  }
+  public init(proto: Swiftray_ResourceShape) { self.init(fixedPoint: proto.quantities) }
+}

@@ -1,0 +1,112 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NIOPosix
+import Synchronization
+
+/// The control plane (DESIGN §5): gRPC servers and clients over Unix sockets or TCP.
+/// The one place that turns RPC failures into `SwiftrayError`s.
+public enum ControlPlane {
+  public typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+
+  /// A running gRPC server. Threading: any thread.
+  public final class Server: Sendable {
+    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let task: Task<Void, Never>
+    public let endpoint: Endpoint
+
+    /// Stops accepting, lets in-flight RPCs finish (bounded), removes the socket.
+    public func shutdown() {
+      server.beginGracefulShutdown()
+      let t = task
+      _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
+      if case .unix(let p) = endpoint { unlink(p) }
+    }
+
+    init(server: GRPCServer<HTTP2ServerTransport.Posix>, task: Task<Void, Never>, endpoint: Endpoint) {
+      self.server = server; self.task = task; self.endpoint = endpoint
+    }
+  }
+
+  /// Starts serving `services` and returns once bound (with the real port for port 0).
+  public static func serve(_ services: [any RegistrableRPCService], at endpoint: Endpoint,
+                           group: MultiThreadedEventLoopGroup) async throws -> Server {
+    let address: GRPCNIOTransportCore.SocketAddress
+    switch endpoint {
+    case .unix(let p):
+      unlink(p)
+      address = .unixDomainSocket(path: p)
+    case .tcp(let h, let p): address = .ipv4(host: h, port: p)
+    }
+    let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext,
+                                               eventLoopGroup: group)
+    let server = GRPCServer(transport: transport, services: services)
+    let task = Task { _ = try? await server.serve() }
+    let bound = try await transport.listeningAddress
+    var actual = endpoint
+    if case .tcp(let h, _) = endpoint, let v4 = bound.ipv4 { actual = .tcp(host: h, port: v4.port) }
+    return Server(server: server, task: task, endpoint: actual)
+  }
+
+  /// A client whose connections run in the background until `shutdown`.
+  public final class Connection: Sendable {
+    public let client: Client
+    let task: Task<Void, Never>
+    public let endpoint: Endpoint
+    init(client: Client, task: Task<Void, Never>, endpoint: Endpoint) {
+      self.client = client; self.task = task; self.endpoint = endpoint
+    }
+    /// Closes the connections once in-flight RPCs finish (bounded).
+    public func shutdown() {
+      client.beginGracefulShutdown()
+      let t = task
+      _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
+    }
+  }
+
+  public static func connect(_ endpoint: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Connection {
+    let target: any ResolvableTarget
+    switch endpoint {
+    case .unix(let p): target = .unixDomainSocket(path: p)
+    case .tcp(let h, let p): target = .dns(host: h, port: p)
+    }
+    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext,
+                                                   eventLoopGroup: group)
+    let client = GRPCClient(transport: transport)
+    let task = Task { _ = try? await client.runConnections() }
+    return Connection(client: client, task: task, endpoint: endpoint)
+  }
+
+  /// Maps a failed RPC to the runtime's error, naming the peer.
+  public static func error(_ e: any Error, calling method: String, at endpoint: Endpoint) -> SwiftrayError {
+    if let s = e as? SwiftrayError { return s }
+    if let rpc = e as? RPCError {
+      let code: SwiftrayError.Code = rpc.code == .unavailable ? .localRayletDied : .system
+      return SwiftrayError(code, "\(method) to \(endpoint) failed: \(rpc.code): \(rpc.message)")
+    }
+    return SwiftrayError(.system, "\(method) to \(endpoint) failed: \(e)")
+  }
+}
+
+/// Runs async work from a synchronous caller thread (never a cooperative-pool thread)
+/// and waits for it. Threading: blocks the calling thread.
+public func blockingAwait<T: Sendable>(timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) throws -> T {
+  let box = Mutex<Result<T, any Error>?>(nil)
+  let sem = DispatchSemaphore(value: 0)
+  let task = Task {
+    let r: Result<T, any Error>
+    do { r = .success(try await body()) } catch { r = .failure(error) }
+    box.withLock { $0 = r }
+    sem.signal()
+  }
+  if let timeout {
+    let ns = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+    if sem.wait(timeout: .now() + .nanoseconds(Int(ns))) == .timedOut {
+      task.cancel()
+      throw SwiftrayError(.system, "timed out after \(timeout)")
+    }
+  } else {
+    sem.wait()
+  }
+  return try box.withLock { $0! }.get()
+}

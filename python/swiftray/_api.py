@@ -1,0 +1,183 @@
+"""The driver-facing calls: init, shutdown, get, put, wait, cancel, cluster queries.
+Thin: validation and (de)serialization here, everything else in the Swift core."""
+import atexit
+import logging
+import os
+import sys
+import threading
+
+from swiftray import _core, _serialization, exceptions
+from swiftray.object_ref import ObjectRef
+
+logger = logging.getLogger("swiftray")
+_lock = threading.RLock()
+_state = {"session": 0, "info": None}
+
+
+def _bin_path():
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "swiftray")
+
+
+def _total_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def is_initialized():
+    return _core.is_initialized()
+
+
+def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+         namespace=None, ignore_reinit_error=False, logging_level=logging.INFO, log_to_driver=True,
+         include_dashboard=None, _system_config=None, **kwargs):
+    """Starts a local cluster of one node inside this process and connects to it."""
+    if kwargs:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    with _lock:
+        if _core.is_initialized():
+            if ignore_reinit_error:
+                return _state["info"]
+            raise RuntimeError("Maybe you called swiftray.init twice by accident? "
+                               "This error can be suppressed by passing in 'ignore_reinit_error=True' "
+                               "or by calling 'swiftray.shutdown()' prior to 'swiftray.init()'.")
+        address = address or os.environ.get("SWIFTRAY_ADDRESS") or None
+        if address not in (None, "local"):
+            raise ConnectionError(
+                f"Cannot connect to a cluster at {address!r}: joining a running cluster is not "
+                "supported yet; call init() without an address to start a local cluster.")
+        for name, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+        if resources is not None:
+            if not isinstance(resources, dict) or not all(isinstance(k, str) for k in resources):
+                raise TypeError("resources must be a dict of str to number")
+            if "CPU" in resources or "GPU" in resources:
+                raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU' in 'resources' keyword")
+        if _system_config is not None and not isinstance(_system_config, dict):
+            raise TypeError("_system_config must be a dict")
+        logging.getLogger("swiftray").setLevel(logging_level)
+        cpus = os.cpu_count() if num_cpus is None else num_cpus
+        total = {"CPU": float(cpus), "GPU": float(num_gpus or 0), "memory": float(_total_memory())}
+        for k, v in (resources or {}).items():
+            total[k] = float(v)
+        opts = {
+            "resources": {k: v for k, v in total.items() if v},
+            "worker_executable": _bin_path(),
+            "python": sys.executable,
+            "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+            "prestart": int(cpus),
+            "system_config": {k: v for k, v in (_system_config or {}).items()},
+            "log_to_driver": bool(log_to_driver),
+        }
+        info = _core.init(opts)
+        _state["session"] += 1
+        _state["info"] = info
+        _state["namespace"] = namespace
+        return info
+
+
+def _ensure_init():
+    if not _core.is_initialized():
+        init()
+
+
+def shutdown():
+    """Stops every worker and the local cluster; nothing is left behind."""
+    with _lock:
+        _core.shutdown()
+        _state["info"] = None
+
+
+atexit.register(shutdown)
+
+
+def _check_refs(object_refs, what):
+    for r in object_refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"{what} expects ObjectRefs, got {type(r).__name__} {r!r}")
+
+
+def put(value):
+    _ensure_init()
+    if isinstance(value, ObjectRef):
+        raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
+                        "you can wrap the ObjectRef in a list and call 'put' on it.")
+    data = _serialization.dumps_checked(value, "the value passed to put()")
+    return ObjectRef(_core.put(data), _add_ref=False)
+
+
+def get(object_refs, *, timeout=None):
+    """The value of one ref, or a list of values for a list of refs."""
+    _ensure_init()
+    single = isinstance(object_refs, ObjectRef)
+    refs = [object_refs] if single else object_refs
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}")
+    _check_refs(refs, "get()")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    items = _core.get([r._id for r in refs], timeout)
+    values = []
+    for item in items:
+        is_error, v = _serialization.value_from_core(item)
+        if is_error:
+            raise v
+        values.append(v)
+    return values[0] if single else values
+
+
+def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
+    """(ready, not_ready): at least `num_returns` ready refs in input order, unless
+    `timeout` passes first."""
+    _ensure_init()
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef" if isinstance(object_refs, ObjectRef)
+                        else f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    _check_refs(object_refs, "wait()")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait().")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    if not object_refs:
+        return [], []
+    flags = _core.wait([r._id for r in object_refs], num_returns, timeout)
+    ready, not_ready = [], []
+    for r, f in zip(object_refs, flags):
+        (ready if f and len(ready) < num_returns else not_ready).append(r)
+    return ready, not_ready
+
+
+def cancel(object_ref, *, force=False, recursive=True):
+    """Cancels the task that creates `object_ref`: a queued task never runs, a running
+    one gets KeyboardInterrupt (force=True kills its worker). `get` then raises
+    TaskCancelledError."""
+    _ensure_init()
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    _core.cancel(object_ref._id, bool(force))
+
+
+def nodes():
+    _ensure_init()
+    return _core.nodes()
+
+
+def cluster_resources():
+    _ensure_init()
+    total = {}
+    for n in _core.nodes():
+        if n["Alive"]:
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def available_resources():
+    _ensure_init()
+    return dict(_core.node_stats()["available"])

@@ -1,0 +1,124 @@
+"""@remote functions: RemoteFunction.remote() submits a task to the Swift core."""
+import functools
+import hashlib
+
+from swiftray import _api, _core, _options, _serialization
+from swiftray.object_ref import ObjectRef
+
+
+class _ArgSlot:
+    """Stands in, inside the pickled call, for a top-level ObjectRef argument: the core
+    resolves the ref and the worker puts its value back in this slot."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return (_ArgSlot, (self.index,))
+
+
+class RemoteFunction:
+    def __init__(self, function, options):
+        self._function = function
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        self._module = getattr(function, "__module__", "")
+        self._options = dict(_options.TASK_DEFAULTS, **options)
+        self._export = None  # (session, function_id)
+        self._pickled = None
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Remote functions cannot be called directly. Instead of running "
+                        f"'{self._name}()', try '{self._name}.remote()'.")
+
+    def remote(self, *args, **kwargs):
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **options):
+        _options.validate_task_options(options)
+        merged = dict(self._options, **options)
+        func = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return func._remote(args, kwargs, merged)
+
+            def options(self, **more):
+                return func.options(**dict(options, **more))
+
+        return _Bound()
+
+    def _function_id(self):
+        session = _api._state["session"]
+        if self._export and self._export[0] == session:
+            return self._export[1]
+        if self._pickled is None:  # pickled once per definition
+            self._pickled = _serialization.dumps_checked(self._function, f"remote function {self._name}")
+        fid = hashlib.sha256(self._pickled).digest()[:20]
+        _core.kv_put("fn", fid, self._pickled, False)
+        self._export = (session, fid)
+        return fid
+
+    def _remote(self, args, kwargs, options):
+        _api._ensure_init()
+        fid = self._function_id()
+        refs = []
+
+        def slot(v):
+            if isinstance(v, ObjectRef):
+                refs.append(v)
+                return _ArgSlot(len(refs) - 1)
+            return v
+
+        call = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
+        try:
+            blob = _serialization.dumps(call)
+        except Exception as e:
+            raise _locate_bad_argument(self._name, args, kwargs, e) from None
+        arglist = [(0, blob)] + [(1, r._id, _core.owner_address(r._id)) for r in refs]
+        retry = options["retry_exceptions"]
+        retry_filter = b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry))
+        num_returns = options["num_returns"]
+        ids = _core.submit_task(fid, options["name"] or self._name, arglist, num_returns,
+                                _options.resource_shape(options), options["max_retries"],
+                                retry is not False, retry_filter)
+        out = [ObjectRef(i, _add_ref=False) for i in ids]
+        if num_returns == 1:
+            return out[0]
+        return out if num_returns else None
+
+
+def _locate_bad_argument(name, args, kwargs, error):
+    for i, a in enumerate(args):
+        try:
+            _serialization.dumps(a)
+        except Exception as e:
+            return _serialization.serialization_error(a, f"argument {i} of task {name}", e)
+    for k, v in kwargs.items():
+        try:
+            _serialization.dumps(v)
+        except Exception as e:
+            return _serialization.serialization_error(v, f"keyword argument {k!r} of task {name}", e)
+    return TypeError(f"Could not serialize the arguments of task {name}: {error}")
+
+
+def remote(*args, **options):
+    """@remote or @remote(**options) on a function."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make(args[0], {})
+    if args:
+        raise TypeError("The @remote decorator must be applied either with no arguments and no "
+                        "parentheses, for example '@remote', or with keyword arguments, "
+                        "for example '@remote(num_returns=2, resources={\"CustomResource\": 1})'.")
+    _options.validate_task_options(options)
+    return lambda f: _make(f, options)
+
+
+def _make(target, options):
+    if isinstance(target, type):
+        raise TypeError(f"@remote on a class ({target.__name__}) makes an actor; "
+                        "actors are not supported by swiftray yet.")
+    if not callable(target):
+        raise TypeError("The @remote decorator must be applied to a function or a class.")
+    return RemoteFunction(target, options)

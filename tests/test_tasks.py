@@ -1,0 +1,176 @@
+"""Remote tasks, futures, get/put/wait on a local cluster (real worker processes)."""
+import os
+import pickle
+import time
+
+import pytest
+
+import swiftray
+from swiftray import exceptions
+
+
+@swiftray.remote
+def double(x):
+    return x * 2
+
+
+@swiftray.remote
+def add(a, b):
+    return a + b
+
+
+@swiftray.remote
+def pid():
+    return os.getpid()
+
+
+def test_remote_returns_a_future_whose_value_get_returns(ray_module):
+    ref = double.remote(21)
+    assert isinstance(ref, swiftray.ObjectRef)
+    assert swiftray.get(ref) == 42
+
+
+def test_get_of_a_list_keeps_order(ray_module):
+    assert swiftray.get([double.remote(i) for i in range(50)]) == [i * 2 for i in range(50)]
+
+
+def test_tasks_run_in_worker_processes_not_the_driver(ray_module):
+    pids = set(swiftray.get([pid.remote() for _ in range(10)]))
+    assert os.getpid() not in pids
+
+
+def test_refs_as_arguments_are_resolved_and_chain(ray_module):
+    a = double.remote(1)
+    b = add.remote(a, double.remote(a))
+    assert swiftray.get(b) == 2 + 4
+    assert swiftray.get(add.remote(a, b=10)) == 12
+
+
+def test_put_and_get_round_trip_values(ray_module):
+    for v in [1, "s", None, {"k": [1, 2]}, b"x" * 200_000, list(range(1000))]:
+        assert swiftray.get(swiftray.put(v)) == v
+
+
+def test_put_values_are_usable_as_task_arguments(ray_module):
+    r = swiftray.put(20)
+    assert swiftray.get(add.remote(r, 1)) == 21
+
+
+def test_refs_nested_in_arguments_stay_refs(ray_module):
+    @swiftray.remote
+    def inner(refs):
+        assert all(isinstance(r, swiftray.ObjectRef) for r in refs)
+        return sum(swiftray.get(refs))
+
+    refs = [swiftray.put(i) for i in range(5)]
+    assert swiftray.get(inner.remote(refs)) == 10
+
+
+def test_num_returns(ray_module):
+    @swiftray.remote(num_returns=3)
+    def three():
+        return 1, 2, 3
+
+    a, b, c = three.remote()
+    assert swiftray.get([a, b, c]) == [1, 2, 3]
+
+    @swiftray.remote(num_returns=0)
+    def nothing():
+        return None
+
+    assert nothing.remote() is None
+
+
+def test_options_override_per_call(ray_module):
+    @swiftray.remote
+    def pair():
+        return "x", "y"
+
+    x, y = pair.options(num_returns=2).remote()
+    assert swiftray.get([x, y]) == ["x", "y"]
+
+
+def test_object_ref_api(ray_module):
+    r = double.remote(1)
+    assert len(r.hex()) == 56 and r.binary() == bytes.fromhex(r.hex())
+    assert repr(r) == f"ObjectRef({r.hex()})"
+    assert r == swiftray.ObjectRef(r.binary()) and hash(r) == hash(swiftray.ObjectRef(r.binary()))
+    assert r.task_id() == r.hex()[:48]
+    r2 = pickle.loads(pickle.dumps(r))
+    assert r2 == r and swiftray.get(r2) == 2
+    assert r.future().result(timeout=30) == 2
+
+
+def test_object_ref_is_awaitable(ray_module):
+    import asyncio
+
+    async def main():
+        return await double.remote(5)
+
+    assert asyncio.run(main()) == 10
+
+
+def test_get_timeout_raises_get_timeout_error(ray2):
+    @swiftray.remote
+    def slow():
+        time.sleep(5)
+
+    start = time.time()
+    with pytest.raises(exceptions.GetTimeoutError) as ei:
+        swiftray.get(slow.remote(), timeout=0.2)
+    assert isinstance(ei.value, TimeoutError)
+    assert time.time() - start < 3
+
+
+def test_wait_returns_ready_refs_in_input_order(ray2):
+    @swiftray.remote
+    def sleep(d):
+        time.sleep(d)
+        return d
+
+    refs = [sleep.remote(2), sleep.remote(0), sleep.remote(0.1)]
+    ready, not_ready = swiftray.wait(refs, num_returns=2, timeout=10)
+    assert ready == [refs[1], refs[2]]
+    assert not_ready == [refs[0]]
+    ready, not_ready = swiftray.wait([sleep.remote(3)], timeout=0.1)
+    assert ready == [] and len(not_ready) == 1
+
+
+def test_wait_rejects_bad_arguments(ray_module):
+    r = double.remote(1)
+    with pytest.raises(TypeError):
+        swiftray.wait(r)
+    with pytest.raises(ValueError):
+        swiftray.wait([r], num_returns=2)
+    with pytest.raises(ValueError):
+        swiftray.wait([r, r])
+
+
+def test_runtime_context_ids(ray_module):
+    ctx = swiftray.get_runtime_context()
+    assert len(ctx.get_job_id()) == 8 and len(ctx.get_node_id()) == 56
+    assert ctx.get_task_id() is None
+
+    @swiftray.remote
+    def inside():
+        c = swiftray.get_runtime_context()
+        return c.get_job_id(), c.get_node_id(), c.get_worker_id(), c.get_task_id()
+
+    job, node, worker, task = swiftray.get(inside.remote())
+    assert job == ctx.get_job_id() and node == ctx.get_node_id()
+    assert worker != ctx.get_worker_id() and task is not None and len(task) == 48
+
+
+def test_cluster_resources_and_nodes(ray_module):
+    assert swiftray.cluster_resources()["CPU"] == 2
+    nodes = swiftray.nodes()
+    assert len(nodes) == 1 and nodes[0]["Alive"] and nodes[0]["Resources"]["CPU"] == 2
+    deadline = time.time() + 5
+    while swiftray.available_resources().get("CPU") != 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert swiftray.available_resources()["CPU"] == 2
+
+
+def test_calling_a_remote_function_directly_is_an_error(ray_module):
+    with pytest.raises(TypeError, match=r"double.remote\(\)"):
+        double(1)
