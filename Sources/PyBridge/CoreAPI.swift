@@ -125,7 +125,6 @@ enum CoreAPI {
           options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
                          sessionDir: session, config: config),
           group: group, jobID: nil)
-        core.exitWhenNodeManagerDies()
         return .success(Session(core: core, cluster: nil, group: group))
       } catch let e as SwiftrayError {
         return .failure(e)
@@ -395,7 +394,10 @@ enum CoreAPI {
     let args = Args(a, n)
     guard args.need(1, "worker_loop"), let s = session(), let execute = args[0] else { return nil }
     let core = s.core
-    core.setInterruptHandler { PyErr_SetInterrupt() }
+    // A real SIGINT aimed at this (main) thread: unlike PyErr_SetInterrupt it also
+    // breaks a blocking call such as time.sleep, which then raises KeyboardInterrupt.
+    let mainThread = pthread_self()
+    core.setInterruptHandler { pthread_kill(mainThread, SIGINT) }
     while true {
       guard let e = withoutGIL({ core.nextExecution(timeoutNanos: 1_000_000_000) }) else {
         if PyErr_CheckSignals() != 0 {

@@ -46,6 +46,7 @@ struct Worker: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Internal: a worker process, started by a NodeManager (never by hand).")
   func run() throws {
+    Lifeline.exitWhenParentDies()
     let env = ProcessInfo.processInfo.environment
     var sysPath: [String]? = nil
     if let json = env["SWIFTRAY_SYS_PATH"], let data = json.data(using: .utf8),

@@ -95,7 +95,7 @@ public final class CoreWorker: Sendable {
       job = jobID
     } else if options.isDriver {
       let control = control
-      let reply = try blockingAwait {
+      let reply = try blockingAwait(timeout: .seconds(30)) {
         var req = Swiftray_RegisterJobRequest()
         req.driverPid = getpid()
         return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
@@ -133,7 +133,7 @@ public final class CoreWorker: Sendable {
     let workerID = options.workerID
     let isDriver = options.isDriver
     let endpointText = endpoint.description
-    _ = try blockingAwait {
+    _ = try blockingAwait(timeout: .seconds(30)) {
       var req = Swiftray_RegisterWorkerRequest()
       req.workerID = Data(workerID.binary)
       req.pid = getpid()
@@ -428,19 +428,6 @@ public final class CoreWorker: Sendable {
   public func finish(_ e: Execution, reply: Swiftray_PushTaskReply) {
     state.withLock { $0.running = nil }
     e.responder.respond(.pushTaskReply(reply))
-  }
-
-  /// Workers only: exit when the NodeManager's process dies (stdin reaches EOF).
-  public func exitWhenNodeManagerDies() {
-    let t = Thread {
-      var b: UInt8 = 0
-      while true {
-        let n = read(0, &b, 1)
-        if n == 0 || (n < 0 && errno != EINTR) { _exit(1) }
-      }
-    }
-    t.name = "swiftray-lifeline"
-    t.start()
   }
 
   public func shutdown() {

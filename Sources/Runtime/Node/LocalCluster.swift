@@ -19,11 +19,25 @@ public final class LocalCluster: Sendable {
 
   /// A fresh session directory under `root` (Ray: /tmp/ray/session_<time>_<pid>).
   public static func makeSessionDir(root: String = NSTemporaryDirectory() + "swiftray") throws -> String {
+    removeStaleSessions(root: root)
     let f = DateFormatter()
     f.dateFormat = "yyyy-MM-dd_HH-mm-ss"
     let dir = "\(root)/session_\(f.string(from: Date()))_\(getpid())_\(String(UInt32.random(in: 0 ... .max), radix: 16))"
     try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
     return dir
+  }
+
+  /// Session directories of processes that were killed before they could clean up
+  /// (the pid is the third `_` field).
+  static func removeStaleSessions(root: String) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
+    for name in names where name.hasPrefix("session_") {
+      let parts = name.split(separator: "_")
+      guard parts.count >= 5, let pid = Int32(parts[3]) else { continue }
+      if kill(pid, 0) != 0 && errno == ESRCH {
+        try? FileManager.default.removeItem(atPath: root + "/" + name)
+      }
+    }
   }
 
   public static func start(resources: ResourceSet, config: Config, workerExecutable: String,

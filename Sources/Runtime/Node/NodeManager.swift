@@ -130,6 +130,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     env["SWIFTRAY_CONTROL"] = options.controlEndpoint.description
     env["SWIFTRAY_SESSION_DIR"] = options.sessionDir
     env["PYTHONUNBUFFERED"] = "1"
+    // Swift's crash handler would catch SIGSEGV raised by user code and print a Swift
+    // backtrace of the host; a crashing task must simply kill its worker.
+    if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
     do {
       let pid = try monitor.spawn(executable: options.workerExecutable, arguments: ["worker"], environment: env)
       state.withLock { s in

@@ -1,0 +1,97 @@
+"""Resources are hard requirements; nested tasks; infeasible demand."""
+import os
+import time
+
+import pytest
+
+import swiftray
+from swiftray import exceptions
+
+
+def test_a_two_cpu_task_never_runs_beside_another_cpu_task(ray2, tmp_path):
+    log = tmp_path / "log"
+
+    @swiftray.remote(num_cpus=2)
+    def big(path):
+        with open(path, "a") as f:
+            f.write(f"big-start {time.time()}\n")
+        time.sleep(0.5)
+        with open(path, "a") as f:
+            f.write(f"big-end {time.time()}\n")
+
+    @swiftray.remote(num_cpus=1)
+    def small(path):
+        with open(path, "a") as f:
+            f.write(f"small {time.time()}\n")
+        time.sleep(0.2)
+        with open(path, "a") as f:
+            f.write(f"small-end {time.time()}\n")
+
+    refs = [small.remote(str(log)), big.remote(str(log)), small.remote(str(log)), big.remote(str(log))]
+    swiftray.get(refs, timeout=60)
+    events = [(float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())]
+    events.sort()
+    running_big, running_small = 0, 0
+    for _, kind in events:
+        if kind == "big-start":
+            running_big += 1
+        elif kind == "big-end":
+            running_big -= 1
+        elif kind == "small":
+            running_small += 1
+        else:
+            running_small -= 1
+        assert not (running_big and running_small), events
+        assert running_big <= 1
+
+
+def test_custom_resources_are_hard_requirements(tmp_path):
+    swiftray.shutdown()
+    swiftray.init(num_cpus=2, resources={"accel": 1})
+    try:
+        @swiftray.remote(num_cpus=0, resources={"accel": 1})
+        def use_accel():
+            time.sleep(0.3)
+            return time.time()
+
+        t0 = time.time()
+        ends = swiftray.get([use_accel.remote() for _ in range(3)], timeout=60)
+        assert max(ends) - t0 >= 0.85  # one at a time
+        assert swiftray.cluster_resources()["accel"] == 1
+    finally:
+        swiftray.shutdown()
+
+
+def test_nested_tasks_do_not_deadlock_a_two_cpu_node(ray2):
+    @swiftray.remote
+    def leaf(i):
+        return i
+
+    @swiftray.remote
+    def middle(i):
+        return sum(swiftray.get([leaf.remote(i), leaf.remote(i + 1)]))
+
+    @swiftray.remote
+    def top():
+        # Every CPU is held by a task blocked in get: blocked workers lend their CPU.
+        return sum(swiftray.get([middle.remote(i) for i in range(4)]))
+
+    assert swiftray.get([top.remote(), top.remote()], timeout=60) == [16, 16]
+
+
+def test_an_infeasible_task_warns_naming_the_resource_and_get_times_out(ray2, capfd):
+    @swiftray.remote(num_gpus=1)
+    def needs_gpu():
+        return 1
+
+    ref = needs_gpu.remote()
+    with pytest.raises(exceptions.GetTimeoutError):
+        swiftray.get(ref, timeout=1.5)
+    err = capfd.readouterr().err
+    assert "cannot be scheduled" in err and "GPU" in err
+    # The cluster still works.
+    @swiftray.remote
+    def fine():
+        return 2
+
+    assert swiftray.get(fine.remote(), timeout=30) == 2
