@@ -21,7 +21,9 @@ final class Session: Sendable {
   /// init and shut down many times, and late connection callbacks must not find a dead
   /// event loop.
   func shutdown() {
-    core.shutdown()
+    // Workers stop first (their last output drains to the log stream), then the core.
+    core.prepareShutdown()
     cluster?.shutdown()
+    core.shutdown()
   }
 }

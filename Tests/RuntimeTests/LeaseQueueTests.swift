@@ -94,6 +94,22 @@ private func grants(_ actions: [LeaseQueue.Action]) -> [UInt64] {
     #expect(q.leaseReturned(lease.id, disconnect: true).isEmpty)
   }
 
+  @Test func whenAnOwnerDiesTheWorkersItLeasedAreKilledAndTheirResourcesFreed() {
+    var (q, _) = queueWithIdleWorkers(3, total: cpus(2))
+    _ = q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner))
+    let ownersLease = q.leases.values.first!
+    // The leased worker submits nested work: it is the owner of the next lease.
+    _ = q.leaseRequested(.init(id: 2, shape: cpus(1), owner: ownersLease.worker))
+    _ = q.leaseRequested(.init(id: 3, shape: cpus(1), owner: ownersLease.worker))
+    #expect(q.pending.count == 1)
+    let child = q.leases.values.first { $0.owner == ownersLease.worker }!
+    let a = q.workerExited(ownersLease.worker)
+    #expect(a.contains(.killWorker(child.worker)))
+    #expect(q.leases.isEmpty)
+    #expect(q.pending.isEmpty, "its queued requests go too")
+    #expect(q.available == cpus(2))
+  }
+
   @Test func aDisconnectedReturnKillsTheWorkerInsteadOfReusingIt() {
     var (q, _) = queueWithIdleWorkers(1, total: cpus(1))
     _ = q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner))

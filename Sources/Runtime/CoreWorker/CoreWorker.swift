@@ -430,9 +430,19 @@ public final class CoreWorker: Sendable {
     e.responder.respond(.pushTaskReply(reply))
   }
 
-  public func shutdown() {
+  /// First step of shutdown: from now on worker deaths are expected, not failures.
+  public func prepareShutdown() {
     state.withLock { $0.shutdown = true }
-    logForwarding.withLock { $0 }?.cancel()
+  }
+
+  /// Closes servers and connections. Worker output already on its way is printed
+  /// first (bounded), so a driver that exits right after `get` loses no lines.
+  public func shutdown() {
+    prepareShutdown()
+    if let t = logForwarding.withLock({ $0 }) {
+      _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }
+      t.cancel()
+    }
     server.close()
     pool.closeAll()
     notifications.finish()
@@ -708,13 +718,24 @@ public final class CoreWorker: Sendable {
     }
   }
 
-  /// The task will not run again: release the references its arguments held.
+  /// The task will not run again: release the references its arguments held, and its
+  /// spec if nothing refers to its returns any more.
   func taskDone(_ tid: TaskID) {
     let actions = state.withLock { s -> [ReferenceTable.Action] in
       // Args were inlined into the spec; the refs it was submitted with are kept apart.
-      s.refs.submittedTaskRefsRemoved(s.tasks.argRefs(tid))
+      let a = s.refs.submittedTaskRefsRemoved(s.tasks.argRefs(tid))
+      Self.releaseLineageIfUnused(&s, tid)
+      return a
     }
     applyRefActions(actions)
+  }
+
+  /// Drops a finished task's spec once none of its return objects is referenced.
+  static func releaseLineageIfUnused(_ s: inout State, _ tid: TaskID) {
+    guard let n = s.tasks.spec(tid)?.numReturns, !s.tasks.isPending(tid) else { return }
+    if !(0..<Int(n)).contains(where: { s.refs.isInScope(ObjectID.forReturn(of: tid, index: $0)) }) {
+      s.tasks.release(tid)
+    }
   }
 
   func applyRefActions(_ actions: [ReferenceTable.Action]) {
@@ -724,7 +745,7 @@ public final class CoreWorker: Sendable {
         switch a {
         case .free(let id):
           s.store[id] = nil
-          if !s.refs.refs.keys.contains(where: { $0.task == id.task }) { s.tasks.release(id.task) }
+          Self.releaseLineageIfUnused(&s, id.task)
         case .forget(let id):
           s.store[id] = nil
           s.owners[id] = nil

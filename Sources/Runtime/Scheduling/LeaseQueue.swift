@@ -138,14 +138,26 @@ public struct LeaseQueue: Sendable {
     return actions + dispatch()
   }
 
-  /// The process is gone (exit, signal, kill). Frees whatever its lease held.
+  /// The process is gone (exit, signal, kill). Frees whatever its lease held, and the
+  /// leases it held as an owner: their workers run tasks nobody will collect, so they
+  /// are killed (as Ray does).
   public mutating func workerExited(_ id: WorkerID) -> [Action] {
-    guard let w = workers.removeValue(forKey: id) else { return dispatch() }
-    idle.removeAll { $0 == id }
-    if case .leased(let leaseID) = w.state, let lease = leases.removeValue(forKey: leaseID) {
-      release(lease, blocked: w.blocked)
+    var actions: [Action] = []
+    if let w = workers.removeValue(forKey: id) {
+      idle.removeAll { $0 == id }
+      if case .leased(let leaseID) = w.state, let lease = leases.removeValue(forKey: leaseID) {
+        release(lease, blocked: w.blocked)
+      }
     }
-    return dispatch()
+    for lease in leases.values where lease.owner == id {
+      leases[lease.id] = nil
+      if let w = workers.removeValue(forKey: lease.worker) {
+        release(lease, blocked: w.blocked)
+        actions.append(.killWorker(lease.worker))
+      }
+    }
+    pending.removeAll { $0.owner == id }
+    return actions + dispatch()
   }
 
   /// A leased worker blocked in `get`: lend its CPUs back so nested tasks can run.
