@@ -239,8 +239,9 @@ public final class CoreWorker: Sendable {
       if have >= min(needed, unique.count) { return (true, nil) }
       for id in missing {
         if Self.startFetch(&s, id) { fetches.append(id) }
-        else if s.owners[id] == nil && !s.tasks.isPending(id.task) && !s.fetching.contains(id) {
-          // Owned here, yet neither stored nor being computed: it was freed.
+        else if s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task) {
+          // Owned here, out of scope and not being computed: it was freed. (A value in
+          // scope may be between its task's reply and the store: wait for it.)
           s.store[id] = Self.errorObject(.objectFreed, "Object \(id.hex) was freed: no reference to it remained in its owner.")
         }
       }
