@@ -113,6 +113,15 @@ def test_worker_crashed_error_after_the_last_retry(ray2, capfd):
     assert "2 time(s)" in msg
 
 
+def test_the_name_option_names_the_task_in_errors(ray2):
+    @swiftray.remote(max_retries=0)
+    def anonymous():
+        os._exit(2)
+
+    with pytest.raises(exceptions.WorkerCrashedError, match="nightly-etl"):
+        swiftray.get(anonymous.options(name="nightly-etl").remote(), timeout=60)
+
+
 def test_max_retries_zero_fails_at_once(ray2):
     @swiftray.remote(max_retries=0)
     def dies():

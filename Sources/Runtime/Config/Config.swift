@@ -19,10 +19,6 @@ public struct Config: Sendable, Equatable {
   /// Upper bound on worker processes per node (blocked workers lend CPUs, so the pool
   /// can grow past the CPU count; this caps it).
   public var maxWorkersPerNode = 64
-  /// A worker that has not registered by then is killed.
-  public var workerRegisterTimeoutMs = 30_000
-  /// `get` warns once that it may be hung after this long.
-  public var getHungWarningMs = 60_000
 
   public init() {}
 
@@ -35,8 +31,6 @@ public struct Config: Sendable, Equatable {
     "infeasible_retry_ms": \.infeasibleRetryMs,
     "maximum_startup_concurrency": \.maximumStartupConcurrency,
     "max_workers_per_node": \.maxWorkersPerNode,
-    "worker_register_timeout_ms": \.workerRegisterTimeoutMs,
-    "get_hung_warning_ms": \.getHungWarningMs,
   ]
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error
