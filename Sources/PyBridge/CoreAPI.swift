@@ -63,6 +63,21 @@ enum CoreAPI {
     return .some(UInt64(max(0, t) * 1e9))
   }
 
+  /// Runs `body` with the GIL released (it blocks on the runtime), then builds the
+  /// Python result from its value with the GIL held; a thrown error becomes the mapped
+  /// Python exception.
+  static func blocking<T>(_ what: String, _ body: () throws -> T, then build: (T) -> PyPtr?) -> PyPtr? {
+    let r: Result<T, SwiftrayError> = withoutGIL {
+      do { return .success(try body()) }
+      catch let e as SwiftrayError { return .failure(e) }
+      catch { return .failure(SwiftrayError(.system, "\(what) failed: \(error)")) }
+    }
+    switch r {
+    case .success(let v): return build(v)
+    case .failure(let e): return ErrorMapping.raise(e)
+    }
+  }
+
   // MARK: lifecycle
 
   static let initCluster: CoreModule.FastFn = { _, a, n in
@@ -81,32 +96,31 @@ enum CoreAPI {
     var env = ProcessInfo.processInfo.environment
     env["SWIFTRAY_PYTHON"] = python
     env["SWIFTRAY_SYS_PATH"] = (try? String(data: JSONEncoder().encode(sysPath), encoding: .utf8)) ?? "[]"
-    let result: Result<Session, SwiftrayError> = withoutGIL {
+    return blocking("starting the local cluster", {
+      let config = try Config.resolve(overrides: systemConfig.mapValues { Int($0) })
+      let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      let cluster = try LocalCluster.start(
+        resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
+        workerEnvironment: env, prestartWorkers: prestart, group: group)
+      let core: CoreWorker
       do {
-        let config = try Config.resolve(overrides: systemConfig.mapValues { Int($0) })
-        let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-        let cluster = try LocalCluster.start(
-          resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
-          workerEnvironment: env, prestartWorkers: prestart, group: group)
-        let core = try CoreWorker(
+        core = try CoreWorker(
           options: .init(isDriver: true, workerID: .random(), nodeID: cluster.nodeID,
                          nodeManager: cluster.nodeManagerEndpoint, control: cluster.controlEndpoint,
                          sessionDir: cluster.sessionDir, config: config),
           group: group, jobID: nil)
-        if logToDriver { core.forwardWorkerLogs() }
-        return .success(Session(core: core, cluster: cluster, group: group))
-      } catch let e as SwiftrayError {
-        return .failure(e)
       } catch {
-        return .failure(SwiftrayError(.system, "could not start the local cluster: \(error)"))
+        cluster.shutdown()  // a half-started cluster must not leave workers behind
+        throw error
       }
-    }
-    switch result {
-    case .failure(let e): return ErrorMapping.raise(e)
-    case .success(let s):
-      Session.current.withLock { $0 = s }
-      return contextDict(s)
-    }
+      if logToDriver { core.forwardWorkerLogs() }
+      return Session(core: core, cluster: cluster, group: group)
+    }, then: activate)
+  }
+
+  static func activate(_ s: Session) -> PyPtr? {
+    Session.current.withLock { $0 = s }
+    return contextDict(s)
   }
 
   static let connectWorker: CoreModule.FastFn = { _, _, _ in
@@ -117,27 +131,15 @@ enum CoreAPI {
       let control = env["SWIFTRAY_CONTROL"].flatMap(Endpoint.init),
       let session = env["SWIFTRAY_SESSION_DIR"]
     else { return ErrorMapping.raise(SwiftrayError(.system, "not started as a swiftray worker (SWIFTRAY_* variables missing)")) }
-    let result: Result<Session, SwiftrayError> = withoutGIL {
-      do {
-        let config = try Config.resolve()
-        let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-        let core = try CoreWorker(
-          options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                         sessionDir: session, config: config),
-          group: group, jobID: nil)
-        return .success(Session(core: core, cluster: nil, group: group))
-      } catch let e as SwiftrayError {
-        return .failure(e)
-      } catch {
-        return .failure(SwiftrayError(.system, "worker could not connect to its node: \(error)"))
-      }
-    }
-    switch result {
-    case .failure(let e): return ErrorMapping.raise(e)
-    case .success(let s):
-      Session.current.withLock { $0 = s }
-      return contextDict(s)
-    }
+    return blocking("connecting the worker to its node", {
+      let config = try Config.resolve()
+      let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      let core = try CoreWorker(
+        options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
+                       sessionDir: session, config: config),
+        group: group, jobID: nil)
+      return Session(core: core, cluster: nil, group: group)
+    }, then: activate)
   }
 
   static func shutdown() -> PyPtr? {
@@ -306,27 +308,15 @@ enum CoreAPI {
       let v = Py.toBytes(args[2])
     else { return nil }
     let overwrite = PyObject_IsTrue(args[3]) == 1
-    let r: Result<Bool, SwiftrayError> = withoutGIL {
-      do { return .success(try s.core.kvPut(namespace: ns, key: Data(k), value: Data(v), overwrite: overwrite)) }
-      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
-    }
-    switch r {
-    case .success(let b): return Py.bool(b)
-    case .failure(let e): return ErrorMapping.raise(e)
-    }
+    return blocking("KVPut", { try s.core.kvPut(namespace: ns, key: Data(k), value: Data(v), overwrite: overwrite) },
+                    then: { Py.bool($0) })
   }
 
   static let kvGet: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
     guard args.need(2, "kv_get"), let s = session(), let ns = Py.toString(args[0]), let k = Py.toBytes(args[1]) else { return nil }
-    let r: Result<Data?, SwiftrayError> = withoutGIL {
-      do { return .success(try s.core.kvGet(namespace: ns, key: Data(k))) }
-      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
-    }
-    switch r {
-    case .success(let v): return v.map { Py.bytes($0) } ?? Py.none
-    case .failure(let e): return ErrorMapping.raise(e)
-    }
+    return blocking("KVGet", { try s.core.kvGet(namespace: ns, key: Data(k)) },
+                    then: { v in v.map { Py.bytes($0) } ?? Py.none })
   }
 
   static func resourcesDict(_ r: Swiftray_ResourceShape) -> PyPtr {
@@ -335,14 +325,8 @@ enum CoreAPI {
 
   static let nodes: CoreModule.FastFn = { _, _, _ in
     guard let s = session() else { return nil }
-    let r: Result<[Swiftray_NodeInfo], SwiftrayError> = withoutGIL {
-      do { return .success(try s.core.allNodes()) }
-      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
-    }
-    switch r {
-    case .failure(let e): return ErrorMapping.raise(e)
-    case .success(let nodes):
-      return Py.list(nodes.map { node in
+    return blocking("GetAllNodes", { try s.core.allNodes() }, then: { nodes in
+      Py.list(nodes.map { node in
         Py.dict([
           ("NodeID", Py.str(NodeID(binary: node.nodeID)?.hex ?? "")),
           ("Alive", Py.bool(node.alive)),
@@ -351,26 +335,20 @@ enum CoreAPI {
           ("Resources", resourcesDict(node.total)),
         ])
       })
-    }
+    })
   }
 
   static let nodeStats: CoreModule.FastFn = { _, _, _ in
     guard let s = session() else { return nil }
-    let r: Result<Swiftray_GetNodeStatsReply, SwiftrayError> = withoutGIL {
-      do { return .success(try s.core.nodeStats()) }
-      catch { return .failure(error as? SwiftrayError ?? SwiftrayError(.system, "\(error)")) }
-    }
-    switch r {
-    case .failure(let e): return ErrorMapping.raise(e)
-    case .success(let st):
-      return Py.dict([
+    return blocking("GetNodeStats", { try s.core.nodeStats() }, then: { st in
+      Py.dict([
         ("total", resourcesDict(st.node.total)),
         ("available", resourcesDict(st.node.available)),
         ("num_workers", Py.int(Int(st.numWorkers))),
         ("num_idle_workers", Py.int(Int(st.numIdleWorkers))),
         ("worker_pids", Py.list(st.workerPids.map { Py.int(Int($0)) })),
       ])
-    }
+    })
   }
 
   // MARK: executor
