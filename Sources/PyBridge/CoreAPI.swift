@@ -35,12 +35,16 @@ enum CoreAPI {
     return nil
   }
 
+  /// Reads an id straight out of a `bytes` object's buffer (hot: `wait` on 1k refs).
   static func objectID(_ o: PyPtr?) -> ObjectID? {
-    guard let b = Py.toBytes(o) else { return nil }
-    guard let id = ObjectID(binary: b) else {
-      PyErr_SetString(sr_ExcValueError(), "not an object id (expected 28 bytes)"); return nil
+    guard let o, sr_IsBytes(o) != 0, sr_BytesSize(o) == 28 else {
+      PyErr_SetString(sr_ExcTypeError(), "not an object id (expected 28 bytes)"); return nil
     }
-    return id
+    let p = UnsafeRawPointer(sr_BytesData(o)!)
+    let task = TaskID(prefix: UInt64(bigEndian: p.loadUnaligned(as: UInt64.self)),
+                      counter: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                      job: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+    return ObjectID(task: task, index: UInt32(bigEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
   }
 
   static func objectIDs(_ o: PyPtr?) -> [ObjectID]? {
@@ -51,9 +55,19 @@ enum CoreAPI {
     return out
   }
 
+  /// The last owner address parsed: refs arrive in runs from one owner (a list of 10k
+  /// refs unpickled at once), so parsing each would dominate. Guarded by the GIL.
+  nonisolated(unsafe) static var lastAddress: (bytes: [UInt8], address: Swiftray_Address)?
+
   static func address(_ o: PyPtr?) -> Swiftray_Address? {
-    guard let o, !Py.isNone(o), let b = Py.toBytes(o) else { PyErr_Clear(); return nil }
-    return try? Swiftray_Address(serializedBytes: b)
+    guard let o, !Py.isNone(o), sr_IsBytes(o) != 0 else { PyErr_Clear(); return nil }
+    let n = sr_BytesSize(o)
+    let raw = UnsafeRawBufferPointer(start: sr_BytesData(o), count: n)
+    if let last = lastAddress, last.bytes.count == n, last.bytes.elementsEqual(raw) { return last.address }
+    let bytes = [UInt8](raw)
+    guard let a = try? Swiftray_Address(serializedBytes: bytes) else { return nil }
+    lastAddress = (bytes, a)
+    return a
   }
 
   /// Seconds (None = forever) to nanoseconds.
@@ -258,13 +272,22 @@ enum CoreAPI {
     return Py.list(out)
   }
 
+  /// wait(ids, k, timeout) -> indices of the first (at most k) ready ids, input order.
+  /// Stops parsing at the k-th ready id when enough are ready already.
   static let wait: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(3, "wait"), let s = session(), let ids = objectIDs(args[0]), let k = Py.toInt(args[1]),
+    guard args.need(3, "wait"), let s = session(), let items = Py.sequence(args[0]), let k = Py.toInt(args[1]),
       let timeout = timeoutNanos(args[2])
     else { return nil }
-    guard blockingWait(s.core, ids, needed: k, timeout: timeout) != nil else { return nil }
-    return Py.list(s.core.available(ids).map { Py.bool($0) })
+    var ids: [ObjectID] = []
+    ids.reserveCapacity(items.count)
+    for it in items { guard let id = objectID(it) else { return nil }; ids.append(id) }
+    var ready = s.core.firstAvailable(ids, limit: k)
+    if ready.count < k {
+      guard blockingWait(s.core, ids, needed: k, timeout: timeout) != nil else { return nil }
+      ready = s.core.firstAvailable(ids, limit: k)
+    }
+    return Py.list(ready.map { Py.int($0) })
   }
 
   static let addLocalRef: CoreModule.FastFn = { _, a, n in

@@ -146,11 +146,12 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
     if not object_refs:
         return [], []
-    flags = _core.wait([r._id for r in object_refs], num_returns, timeout)
-    ready, not_ready = [], []
-    for r, f in zip(object_refs, flags):
-        (ready if f and len(ready) < num_returns else not_ready).append(r)
-    return ready, not_ready
+    positions = _core.wait([r._id for r in object_refs], num_returns, timeout)
+    if not positions:
+        return [], list(object_refs)
+    ready = [object_refs[i] for i in positions]
+    taken = set(positions)
+    return ready, [r for i, r in enumerate(object_refs) if i not in taken]
 
 
 def cancel(object_ref, *, force=False, recursive=True):

@@ -13,6 +13,12 @@ TASK_DEFAULTS = {
     "scheduling_strategy": None,
 }
 
+# Options that only make sense on an actor class (checked once the class is known).
+ACTOR_ONLY = {
+    "max_restarts", "max_task_retries", "max_concurrency", "max_pending_calls", "namespace",
+    "lifetime", "get_if_exists", "concurrency_groups",
+}
+
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
     "max_calls", "runtime_env", "accelerator_type", "label_selector", "_metadata",

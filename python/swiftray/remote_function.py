@@ -111,14 +111,18 @@ def remote(*args, **options):
         raise TypeError("The @remote decorator must be applied either with no arguments and no "
                         "parentheses, for example '@remote', or with keyword arguments, "
                         "for example '@remote(num_returns=2, resources={\"CustomResource\": 1})'.")
-    _options.validate_task_options(options)
+    for k, v in options.items():  # names and types that hold whatever is decorated
+        if k not in _options.TASK_DEFAULTS and k not in _options.ACTOR_ONLY:
+            _options.validate_task_options({k: v})
     return lambda f: _make(f, options)
 
 
 def _make(target, options):
+    """Options are checked against what is decorated: a function's task options."""
     if isinstance(target, type):
         raise TypeError(f"@remote on a class ({target.__name__}) makes an actor; "
                         "actors are not supported by swiftray yet.")
     if not callable(target):
         raise TypeError("The @remote decorator must be applied to a function or a class.")
+    _options.validate_task_options(options)
     return RemoteFunction(target, options)

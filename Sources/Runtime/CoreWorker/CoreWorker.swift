@@ -262,9 +262,16 @@ public final class CoreWorker: Sendable {
     }
   }
 
-  /// Which of `ids` are available now.
-  public func available(_ ids: [ObjectID]) -> [Bool] {
-    state.withLock { s in ids.map { s.store[$0] != nil } }
+  /// Positions of the first `limit` available ids, in input order.
+  public func firstAvailable(_ ids: [ObjectID], limit: Int) -> [Int] {
+    state.withLock { s in
+      var out: [Int] = []
+      for (i, id) in ids.enumerated() where s.store[id] != nil {
+        out.append(i)
+        if out.count == limit { break }
+      }
+      return out
+    }
   }
 
   /// The stored objects (values or error objects); nil for one not available.
