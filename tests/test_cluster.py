@@ -106,7 +106,7 @@ def test_worker_output_is_forwarded_with_its_pid(tmp_path):
             print("to stderr", file=sys.stderr)
             return os.getpid()
         pid = swiftray.get(talk.remote())
-        print("PID", pid)
+        sys.stdout.write(f"PID {pid}\\n")  # one write: forwarded lines interleave by line
     """)
     assert r.returncode == 0, r.stderr
     pid = [l.split()[1] for l in r.stdout.splitlines() if l.startswith("PID")][0]

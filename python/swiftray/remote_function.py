@@ -111,9 +111,8 @@ def remote(*args, **options):
         raise TypeError("The @remote decorator must be applied either with no arguments and no "
                         "parentheses, for example '@remote', or with keyword arguments, "
                         "for example '@remote(num_returns=2, resources={\"CustomResource\": 1})'.")
-    for k, v in options.items():  # names and types that hold whatever is decorated
-        if k not in _options.TASK_DEFAULTS and k not in _options.ACTOR_ONLY:
-            _options.validate_task_options({k: v})
+    # Check now what holds whatever is decorated; actor-only names wait for the target.
+    _options.validate_task_options({k: v for k, v in options.items() if k not in _options.ACTOR_ONLY})
     return lambda f: _make(f, options)
 
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every benchmark against swiftray and Ray (2.60, from PyPI, in its own venv:
+# never a project dependency), writes JSON to benchmarks/results/, and regenerates the
+# README's benchmark section from it. Takes ~15 minutes on 2 cores.
+#   SWIFTRAY_BENCH_RAY_PYTHON=/path/to/python   use an existing Ray install
+#   NO_RAY=1                                    swiftray only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${NO_RAY:-}" ] && [ -z "${SWIFTRAY_BENCH_RAY_PYTHON:-}" ]; then
+  if [ ! -x .bench-venv-ray/bin/python ]; then
+    python3 -m venv .bench-venv-ray
+    .bench-venv-ray/bin/pip install -q --disable-pip-version-check ray==2.60.0 numpy
+  fi
+  export SWIFTRAY_BENCH_RAY_PYTHON="$PWD/.bench-venv-ray/bin/python"
+fi
+impl=both; [ -n "${NO_RAY:-}" ] && impl=swiftray
+mkdir -p benchmarks/results
+python3 benchmarks/microbenchmark.py --impl "$impl" --json benchmarks/results/microbenchmark.json
+python3 benchmarks/vs_serial.py --json benchmarks/results/vs_serial.json $([ -n "${NO_RAY:-}" ] && echo --impl serial,swiftray,pool)
+python3 benchmarks/large_objects.py --impl "$impl" --json benchmarks/results/large_objects.json
+python3 benchmarks/core_figures.py --json benchmarks/results/core_figures.json
+python3 benchmarks/update_readme.py
