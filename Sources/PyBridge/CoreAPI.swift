@@ -196,9 +196,9 @@ enum CoreAPI {
     for it in items {
       guard let parts = Py.sequence(it), parts.count >= 2, let kind = Py.toInt(parts[0]) else { return nil }
       if kind == 0 {
-        guard let data = Py.toBytes(parts[1]) else { return nil }
+        guard let data = Py.toData(parts[1]) else { return nil }
         var v = Swiftray_RayObject()
-        v.data = Data(data)
+        v.data = data
         taskArgs.append(.init(.value(v)))
       } else {
         guard let id = objectID(parts[1]) else { return nil }
@@ -217,9 +217,9 @@ enum CoreAPI {
 
   static let put: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(1, "put"), let s = session(), let data = Py.toBytes(args[0]) else { return nil }
+    guard args.need(1, "put"), let s = session(), let data = Py.toData(args[0]) else { return nil }
     var o = Swiftray_RayObject()
-    o.data = Data(data)
+    o.data = data
     return Py.bytes(s.core.put(o).binary)
   }
 
@@ -424,12 +424,12 @@ enum CoreAPI {
         reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
         for (i, r) in rets.enumerated() {
           guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
-            let data = Py.toBytes(pair[0]), let meta = Py.toBytes(pair[1])
+            let data = Py.toData(pair[0]), let meta = Py.toData(pair[1])
           else { PyErr_Clear(); continue }
           var ro = Swiftray_ReturnObject()
           ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
-          ro.object.data = Data(data)
-          ro.object.metadata = Data(meta)
+          ro.object.data = data
+          ro.object.metadata = meta
           reply.returns.append(ro)
         }
         sr_DecRef(result)

@@ -1,4 +1,5 @@
 import CPython
+import Foundation
 
 /// A borrowed or new `PyObject*`. Threading: only touched while holding the GIL.
 public typealias PyPtr = UnsafeMutablePointer<PyObject>
@@ -22,6 +23,13 @@ enum Py {
     }
     let n = sr_BytesSize(o)
     return sr_BytesData(o).withMemoryRebound(to: UInt8.self, capacity: n) { Array(UnsafeBufferPointer(start: $0, count: n)) }
+  }
+  /// One copy of a `bytes` object's buffer into `Data` (values on their way to the core).
+  static func toData(_ o: PyPtr?) -> Data? {
+    guard let o, sr_IsBytes(o) != 0 else {
+      PyErr_SetString(sr_ExcTypeError(), "expected bytes"); return nil
+    }
+    return Data(bytes: sr_BytesData(o), count: sr_BytesSize(o))
   }
   static func toString(_ o: PyPtr?) -> String? {
     guard let o, sr_IsUnicode(o) != 0, let c = PyUnicode_AsUTF8(o) else {
