@@ -196,7 +196,7 @@ enum CoreAPI {
     for it in items {
       guard let parts = Py.sequence(it), parts.count >= 2, let kind = Py.toInt(parts[0]) else { return nil }
       if kind == 0 {
-        guard let data = Py.toData(parts[1]) else { return nil }
+        guard let data = Py.valueData(parts[1]) else { return nil }
         var v = Swiftray_RayObject()
         v.data = data
         taskArgs.append(.init(.value(v)))
@@ -217,7 +217,7 @@ enum CoreAPI {
 
   static let put: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(1, "put"), let s = session(), let data = Py.toData(args[0]) else { return nil }
+    guard args.need(1, "put"), let s = session(), let data = Py.valueData(args[0]) else { return nil }
     var o = Swiftray_RayObject()
     o.data = data
     return Py.bytes(s.core.put(o).binary)
@@ -424,7 +424,7 @@ enum CoreAPI {
         reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
         for (i, r) in rets.enumerated() {
           guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
-            let data = Py.toData(pair[0]), let meta = Py.toData(pair[1])
+            let data = Py.valueData(pair[0]), let meta = Py.toData(pair[1])
           else { PyErr_Clear(); continue }
           var ro = Swiftray_ReturnObject()
           ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)

@@ -31,6 +31,43 @@ enum Py {
     }
     return Data(bytes: sr_BytesData(o), count: sr_BytesSize(o))
   }
+  /// A value for the core: `bytes`, or a packed value `(parts, offsets, total)` whose
+  /// buffer-protocol parts are copied once, each to its offset (`_serialization.pack`).
+  /// Large copies run with the GIL released; the parts stay pinned by their views.
+  static func valueData(_ o: PyPtr?) -> Data? {
+    guard let o else { return nil }
+    if sr_IsBytes(o) != 0 { return toData(o) }
+    guard let items = sequence(o), items.count == 3, let parts = sequence(items[0]),
+      let offsets = sequence(items[1])?.map({ toInt($0) }), let total = toInt(items[2]),
+      parts.count == offsets.count, total >= 0
+    else {
+      if PyErr_Occurred() == nil { PyErr_SetString(sr_ExcTypeError(), "expected bytes or a packed value") }
+      return nil
+    }
+    var views: [Py_buffer] = []
+    defer { for i in views.indices { PyBuffer_Release(&views[i]) } }
+    for p in parts {
+      var v = Py_buffer()
+      guard PyObject_GetBuffer(p, &v, 0) == 0 else { return nil }
+      views.append(v)
+    }
+    for (v, off) in zip(views, offsets) {
+      guard let off, off >= 0, off + v.len <= total else {
+        PyErr_SetString(sr_ExcValueError(), "packed value part out of bounds"); return nil
+      }
+    }
+    var data = Data(count: total)
+    let copy = {
+      data.withUnsafeMutableBytes { dst in
+        for (v, off) in zip(views, offsets) where v.len > 0 {
+          memcpy(dst.baseAddress! + off!, v.buf, v.len)
+        }
+      }
+    }
+    if total > 1 << 20 { withoutGIL(copy) } else { copy() }
+    return data
+  }
+
   static func toString(_ o: PyPtr?) -> String? {
     guard let o, sr_IsUnicode(o) != 0, let c = PyUnicode_AsUTF8(o) else {
       PyErr_SetString(sr_ExcTypeError(), "expected str"); return nil

@@ -104,8 +104,8 @@ def put(value):
     if isinstance(value, ObjectRef):
         raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
                         "you can wrap the ObjectRef in a list and call 'put' on it.")
-    data = _serialization.dumps_checked(value, "the value passed to put()")
-    return ObjectRef(_core.put(data), _add_ref=False)
+    packed = _serialization.pack_checked(value, "the value passed to put()")
+    return ObjectRef(_core.put(packed.for_core()), _add_ref=False)
 
 
 def get(object_refs, *, timeout=None):

@@ -1,6 +1,7 @@
 """Values <-> bytes with cloudpickle (pickle protocol 5). Refs inside values stay refs
 (ObjectRef.__reduce__). Errors say which object could not be pickled and where."""
 import pickle
+import struct
 
 import cloudpickle
 
@@ -10,12 +11,83 @@ TASK_ERROR_METADATA = b"ERR:TASK_ERROR"
 
 
 def dumps(value):
+    """Plain cloudpickle (functions, errors, small control values)."""
     return cloudpickle.dumps(value, protocol=5)
 
 
+# The stored layout of a value (DESIGN §4): a header, the pickle stream, then every
+# out-of-band buffer (pickle protocol 5) at a 64-byte-aligned offset, so a reader can
+# hand numpy a view of the stored bytes instead of a copy.
+#
+#   b"SRV1" | u32 nbuffers | u64 pickle_len | nbuffers x (u64 offset, u64 length) | pickle | buffers
+MAGIC = b"SRV1"
+ALIGN = 64
+_HEAD = struct.Struct("<4sIQ")
+_ENTRY = struct.Struct("<QQ")
+
+
+class Packed:
+    """A value laid out for the core without copying its buffers: `parts` are
+    buffer-protocol objects to be written at `offsets`; `total` bytes in all."""
+    __slots__ = ("parts", "offsets", "total")
+
+    def __init__(self, parts, offsets, total):
+        self.parts, self.offsets, self.total = parts, offsets, total
+
+    def for_core(self):
+        return (self.parts, self.offsets, self.total)
+
+    def tobytes(self):
+        out = bytearray(self.total)
+        for part, off in zip(self.parts, self.offsets):
+            mv = memoryview(part).cast("B")
+            out[off:off + mv.nbytes] = mv
+        return bytes(out)
+
+
+def pack(value):
+    buffers = []
+    stream = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    raws = []
+    for b in buffers:
+        try:
+            raws.append(b.raw())
+        except BufferError:  # not contiguous: let pickle copy it in-band order
+            raws.append(memoryview(bytes(b)))
+    header_len = _HEAD.size + _ENTRY.size * len(raws)
+    pos = header_len + len(stream)
+    entries = []
+    for r in raws:
+        pos = (pos + ALIGN - 1) // ALIGN * ALIGN
+        entries.append((pos, r.nbytes))
+        pos += r.nbytes
+    header = bytearray(_HEAD.pack(MAGIC, len(raws), len(stream)))
+    for off, n in entries:
+        header += _ENTRY.pack(off, n)
+    parts = [bytes(header) + stream] + raws
+    offsets = [0] + [off for off, _ in entries]
+    return Packed(parts, offsets, pos)
+
+
+def unpack(data):
+    """The value stored in `data` (bytes or a buffer); numpy arrays and other
+    out-of-band buffers are views of `data`, read-only, not copies."""
+    mv = memoryview(data).cast("B")
+    magic, nbuf, plen = _HEAD.unpack_from(mv, 0)
+    if magic != MAGIC:
+        return pickle.loads(mv)
+    pos = _HEAD.size
+    bufs = []
+    for i in range(nbuf):
+        off, n = _ENTRY.unpack_from(mv, pos + i * _ENTRY.size)
+        bufs.append(mv[off:off + n].toreadonly())
+    start = pos + nbuf * _ENTRY.size
+    return pickle.loads(mv[start:start + plen], buffers=bufs)
+
+
 def loads(data, metadata=b""):
-    """Returns the value; an error object is returned as the exception instance."""
-    return pickle.loads(data)
+    """Returns the value stored by `pack` (or a plain pickle)."""
+    return unpack(data)
 
 
 def find_unpicklable(value, path, depth=0, seen=None):
@@ -70,6 +142,13 @@ def _short_repr(obj):
 def dumps_checked(value, what):
     try:
         return dumps(value)
+    except Exception as e:
+        raise serialization_error(value, what, e) from None
+
+
+def pack_checked(value, what):
+    try:
+        return pack(value)
     except Exception as e:
         raise serialization_error(value, what, e) from None
 

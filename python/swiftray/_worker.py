@@ -48,13 +48,13 @@ def _args(arglist):
             values.append(v)
         else:
             raise exceptions.RaySystemError("an object argument reached the worker unresolved")
-    args, kwargs = pickle.loads(blob)
+    args, kwargs = _serialization.unpack(blob)
     return tuple(_resolve(a, values) for a in args), {k: _resolve(v, values) for k, v in kwargs.items()}
 
 
 def _returns(result, num_returns, name):
     if num_returns == 1:
-        return [(_serialization.dumps_checked(result, f"the return value of task {name}"), b"")]
+        return [(_serialization.pack_checked(result, f"the return value of task {name}").for_core(), b"")]
     if num_returns == 0:
         return []
     try:
@@ -64,7 +64,8 @@ def _returns(result, num_returns, name):
                          f"{type(result).__name__}") from None
     if len(items) != num_returns:
         raise ValueError(f"Task {name} declared num_returns={num_returns} but returned {len(items)} values")
-    return [(_serialization.dumps_checked(v, f"return value {i} of task {name}"), b"") for i, v in enumerate(items)]
+    return [(_serialization.pack_checked(v, f"return value {i} of task {name}").for_core(), b"")
+            for i, v in enumerate(items)]
 
 
 def execute(task):

@@ -73,10 +73,10 @@ class RemoteFunction:
 
         call = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
         try:
-            blob = _serialization.dumps(call)
+            packed = _serialization.pack(call)
         except Exception as e:
             raise _locate_bad_argument(self._name, args, kwargs, e) from None
-        arglist = [(0, blob)] + [(1, r._id, _core.owner_address(r._id)) for r in refs]
+        arglist = [(0, packed.for_core())] + [(1, r._id, _core.owner_address(r._id)) for r in refs]
         retry = options["retry_exceptions"]
         retry_filter = b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry))
         num_returns = options["num_returns"]
