@@ -194,7 +194,7 @@ def actor_calls_concurrent(ray, scale):
     return (lambda: ray.get([a.small_value.remote() for _ in range(n)])), n
 
 
-def _caller_class(ray, async_target=False):
+def _caller_class(ray):
     class Caller:
         def __init__(self, actors):
             self.actors = actors
@@ -211,28 +211,36 @@ def _caller_class(ray, async_target=False):
     return _remote_class(ray, Caller)
 
 
-def one_to_n_actor_calls_async(ray, scale):
-    n_cpu = max(2, (os.cpu_count() or 2) // 2)
-    actors = [_remote_class(ray, _Actor).remote() for _ in range(n_cpu)]
-    n = max(1, int(1000 * scale))
+def _one_to_n(ray, scale, cls):
+    """One driver calling n actors (n = half the CPUs, at least 2)."""
+    actors = [_remote_class(ray, cls).remote() for _ in range(max(2, (os.cpu_count() or 2) // 2))]
+    per_actor = max(1, int(1000 * scale)) // len(actors) or 1
 
     def op():
-        ray.get([a.small_value.remote() for a in actors for _ in range(n // len(actors))])
+        ray.get([a.small_value.remote() for a in actors for _ in range(per_actor)])
 
-    return op, (n // len(actors)) * len(actors)
+    return op, per_actor * len(actors)
 
 
-def n_to_n_actor_calls_async(ray, scale, with_arg=False):
-    n_cpu = max(2, (os.cpu_count() or 2) // 2)
-    actors = [_remote_class(ray, _Actor).remote() for _ in range(n_cpu)]
+def _n_to_n(ray, scale, cls, with_arg=False):
+    """n caller actors, each calling its own target actor."""
+    actors = [_remote_class(ray, cls).remote() for _ in range(max(2, (os.cpu_count() or 2) // 2))]
     Caller = _caller_class(ray)
     callers = [Caller.remote([a]) for a in actors]
     n = max(1, int(1000 * scale))
     return (lambda: ray.get([c.batch.remote(n, with_arg) for c in callers])), n * len(callers)
 
 
+def one_to_n_actor_calls_async(ray, scale):
+    return _one_to_n(ray, scale, _Actor)
+
+
+def n_to_n_actor_calls_async(ray, scale):
+    return _n_to_n(ray, scale, _Actor)
+
+
 def n_to_n_actor_calls_with_arg_async(ray, scale):
-    return n_to_n_actor_calls_async(ray, scale, with_arg=True)
+    return _n_to_n(ray, scale, _Actor, with_arg=True)
 
 
 def async_actor_calls_sync(ray, scale):
@@ -254,23 +262,11 @@ def async_actor_calls_with_args_async(ray, scale):
 
 
 def one_to_n_async_actor_calls_async(ray, scale):
-    n_cpu = max(2, (os.cpu_count() or 2) // 2)
-    actors = [_remote_class(ray, _AsyncActor).remote() for _ in range(n_cpu)]
-    n = max(1, int(1000 * scale))
-
-    def op():
-        ray.get([a.small_value.remote() for a in actors for _ in range(n // len(actors))])
-
-    return op, (n // len(actors)) * len(actors)
+    return _one_to_n(ray, scale, _AsyncActor)
 
 
 def n_to_n_async_actor_calls_async(ray, scale):
-    n_cpu = max(2, (os.cpu_count() or 2) // 2)
-    actors = [_remote_class(ray, _AsyncActor).remote() for _ in range(n_cpu)]
-    Caller = _caller_class(ray)
-    callers = [Caller.remote([a]) for a in actors]
-    n = max(1, int(1000 * scale))
-    return (lambda: ray.get([c.batch.remote(n) for c in callers])), n * len(callers)
+    return _n_to_n(ray, scale, _AsyncActor)
 
 
 def placement_group_create_removal(ray, scale):
