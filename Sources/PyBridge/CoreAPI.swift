@@ -26,6 +26,7 @@ enum CoreAPI {
     .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
     .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
     .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
+    .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown."),
   ]
 
@@ -173,6 +174,16 @@ enum CoreAPI {
       ("session_dir", Py.str(core.options.sessionDir)),
       ("node_manager", Py.str(core.options.nodeManager.description)),
       ("control", Py.str(core.options.control.description)),
+    ])
+  }
+
+  static let coreStats: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    let st = s.core.stats()
+    return Py.dict([
+      ("objects", Py.int(st.objects)), ("object_bytes", Py.int(st.objectBytes)),
+      ("references", Py.int(st.references)), ("tasks", Py.int(st.tasks)),
+      ("pending_tasks", Py.int(st.pendingTasks)), ("leases", Py.int(st.leases)),
     ])
   }
 

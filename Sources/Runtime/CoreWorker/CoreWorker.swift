@@ -262,6 +262,19 @@ public final class CoreWorker: Sendable {
     }
   }
 
+  /// Sizes of this process's ownership tables, for leak checks and `memory` views.
+  public struct Stats: Sendable {
+    public var objects: Int, objectBytes: Int, references: Int, tasks: Int, pendingTasks: Int, leases: Int
+  }
+
+  public func stats() -> Stats {
+    state.withLock { s in
+      Stats(objects: s.store.count, objectBytes: s.store.values.reduce(0) { $0 + $1.data.count },
+            references: s.refs.refs.count, tasks: s.tasks.entries.count, pendingTasks: s.tasks.numPending,
+            leases: s.submitter.numLeases)
+    }
+  }
+
   /// Positions of the first `limit` available ids, in input order.
   public func firstAvailable(_ ids: [ObjectID], limit: Int) -> [Int] {
     state.withLock { s in
