@@ -235,3 +235,26 @@ def test_cancel_a_queued_task_never_runs_it(ray2, tmp_path):
     swiftray.get(h)
     time.sleep(0.2)
     assert not ran.exists()
+
+
+def test_a_broken_worker_environment_fails_tasks_with_the_workers_output(tmp_path):
+    from conftest import run_script
+    r = run_script(tmp_path, f"""
+        import os, sys, swiftray
+        shadow = {str(tmp_path / 'shadow')!r}
+        os.makedirs(os.path.join(shadow, "swiftray"))
+        with open(os.path.join(shadow, "swiftray", "__init__.py"), "w") as f:
+            f.write("raise ImportError('broken environment for the test')\\n")
+        sys.path.insert(0, shadow)  # workers inherit the driver's sys.path
+        swiftray.init(num_cpus=1)
+        @swiftray.remote
+        def f():
+            return 1
+        try:
+            swiftray.get(f.remote(), timeout=60)
+        except swiftray.exceptions.RaySystemError as e:
+            print("ERROR", e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "ERROR" in r.stdout and "fail to start" in r.stdout
+    assert "broken environment for the test" in r.stdout

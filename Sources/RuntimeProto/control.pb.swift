@@ -318,6 +318,10 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
 
     /// The request can never be satisfied by any node known now; `detail` says why.
     case infeasible // = 3
+
+    /// Worker processes on this node fail to start (a broken environment); `detail`
+    /// carries the last one's exit status and output. The owner fails the tasks.
+    case workerStartFailed // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -330,6 +334,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case 1: self = .spillback
       case 2: self = .canceled
       case 3: self = .infeasible
+      case 4: self = .workerStartFailed
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -340,6 +345,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case .spillback: return 1
       case .canceled: return 2
       case .infeasible: return 3
+      case .workerStartFailed: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -350,6 +356,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       .spillback,
       .canceled,
       .infeasible,
+      .workerStartFailed,
     ]
 
   }
@@ -1153,7 +1160,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
 }
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0")
 }
 
 nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -91,3 +91,20 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(a == [.cancelLeaseRequest(requestID: r[0])])
   }
 }
+
+@Suite struct SubmitterFailureTests {
+  var gen = TaskIDGenerator(job: JobID(2))
+
+  @Test mutating func whenWorkersCannotStartTheQueuedTasksFailInsteadOfWaiting() {
+    var s = NormalTaskSubmitter(settings: .init(maxPendingLeaseRequests: 1))
+    let cpu = ResourceSet(units: ["CPU": 1])
+    let t1 = gen.next(), t2 = gen.next()
+    let r = s.taskReady(t1, key: cpu, now: 0).compactMap { a -> UInt64? in
+      if case .requestLease(let id, _) = a { return id } else { return nil }
+    }
+    _ = s.taskReady(t2, key: cpu, now: 0)
+    let a = s.leaseFailed(requestID: r[0], detail: "exit code 1", now: 1)
+    #expect(a == [.tasksFailed([t1, t2], detail: "exit code 1")])
+    #expect(s.numQueued == 0)
+  }
+}

@@ -626,6 +626,15 @@ public final class CoreWorker: Sendable {
           + "check num_cpus/num_gpus/resources in @remote(...) or start a node with those resources.")
       case .tasksLost(let tids, let lease):
         tasksLost(tids, lease)
+      case .tasksFailed(let tids, let detail):
+        for tid in tids {
+          let acts = state.withLock { s in
+            s.tasks.taskFailed(tid, error: SwiftrayError(.system,
+              "Task \(s.tasks.spec(tid)?.name ?? "?") (\(tid.hex)) cannot run: \(detail). "
+              + "Check that the driver's Python environment imports swiftray cleanly."))
+          }
+          applyTaskActions(acts, reply: nil)
+        }
       }
     }
     scheduleTick()
@@ -656,6 +665,8 @@ public final class CoreWorker: Sendable {
           return s.submitter.leaseRejected(requestID: requestID, detail: reply.detail, now: now)
         case .canceled:
           return s.submitter.leaseRequestCanceled(requestID: requestID, now: now)
+        case .workerStartFailed:
+          return s.submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now)
         default:
           return s.submitter.leaseRequestFailed(requestID: requestID, now: now)
         }

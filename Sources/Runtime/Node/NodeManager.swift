@@ -107,6 +107,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.status = .infeasible
         r.detail = detail
         state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+      case .workerStartFailed(let requestID, let detail):
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .workerStartFailed
+        r.detail = detail
+        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
       case .canceled(let requestID):
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .canceled
@@ -192,7 +197,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       // A worker that cannot start at all (broken environment) must not respawn forever.
       if s.consecutiveStartFailures >= 3 {
         s.consecutiveStartFailures = 0
-        let rejected = s.queue.rejectAllPending(detail: "worker processes fail to start: \(detail)")
+        let rejected = s.queue.workersFailToStart(detail: "worker processes fail to start: \(detail)")
         return rejected + s.queue.workerExited(id)
       }
       return s.queue.workerExited(id)

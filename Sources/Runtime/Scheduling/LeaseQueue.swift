@@ -52,6 +52,8 @@ public struct LeaseQueue: Sendable {
     /// No node can ever fit the shape; `detail` names what is missing.
     case reject(requestID: UInt64, detail: String)
     case canceled(requestID: UInt64)
+    /// Workers cannot start here; `detail` says how the last one died.
+    case workerStartFailed(requestID: UInt64, detail: String)
     /// Spawn a worker process; report it with `workerStarting`.
     case startWorker
     case killWorker(WorkerID)
@@ -184,8 +186,8 @@ public struct LeaseQueue: Sendable {
 
   /// Workers cannot start (a broken environment): fail every waiting request rather
   /// than respawning forever.
-  public mutating func rejectAllPending(detail: String) -> [Action] {
-    let all = pending.map { Action.reject(requestID: $0.id, detail: detail) }
+  public mutating func workersFailToStart(detail: String) -> [Action] {
+    let all = pending.map { Action.workerStartFailed(requestID: $0.id, detail: detail) }
     pending.removeAll()
     return all
   }

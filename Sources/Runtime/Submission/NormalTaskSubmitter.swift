@@ -58,6 +58,8 @@ public struct NormalTaskSubmitter: Sendable {
     case warnInfeasible(key: Key, detail: String)
     /// These tasks were on a worker that is gone.
     case tasksLost([TaskID], lease: GrantedLease)
+    /// These queued tasks cannot run on this node at all (workers fail to start).
+    case tasksFailed([TaskID], detail: String)
   }
 
   public let settings: Settings
@@ -104,6 +106,17 @@ public struct NormalTaskSubmitter: Sendable {
     if !ks.warned { ks.warned = true; actions.append(.warnInfeasible(key: key, detail: detail)) }
     keys[key] = ks
     return actions
+  }
+
+  /// The node cannot start workers: the tasks queued for this shape fail now rather
+  /// than wait forever. Tasks already pushed to live leases are unaffected.
+  public mutating func leaseFailed(requestID: UInt64, detail: String, now: UInt64) -> [Action] {
+    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys[key] else { return [] }
+    ks.pendingRequests.remove(requestID)
+    let failed = Array(ks.queue)
+    ks.queue.removeAll()
+    keys[key] = ks
+    return (failed.isEmpty ? [] : [.tasksFailed(failed, detail: detail)]) + schedule(key, now: now)
   }
 
   /// The request failed in transport (node unreachable): ask again after a pause.
