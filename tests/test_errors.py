@@ -179,10 +179,9 @@ def test_cancel_a_running_task_interrupts_it(ray2, tmp_path):
     while not started.exists() and time.time() < deadline:
         time.sleep(0.02)
     swiftray.cancel(ref)
-    t = time.time()
+    # Not interrupted, the task would sleep 60 s and this get would time out instead.
     with pytest.raises(exceptions.TaskCancelledError):
         swiftray.get(ref, timeout=30)
-    assert time.time() - t < 10
 
 
 def test_cancel_force_kills_the_worker(ray2, tmp_path):

