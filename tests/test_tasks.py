@@ -195,3 +195,22 @@ def test_cluster_resources_and_nodes(ray_module):
 def test_calling_a_remote_function_directly_is_an_error(ray_module):
     with pytest.raises(TypeError, match=r"double.remote\(\)"):
         double(1)
+
+
+class _CountsPickles:
+    """A callable whose every pickling is counted in the driver."""
+    pickled = 0
+
+    def __call__(self, x):
+        return x + 100
+
+    def __reduce__(self):
+        type(self).pickled += 1
+        return (_CountsPickles, ())
+
+
+def test_a_function_is_pickled_once_per_definition(ray_module):
+    f = swiftray.remote(_CountsPickles())
+    assert swiftray.get([f.remote(i) for i in range(20)]) == [i + 100 for i in range(20)]
+    assert swiftray.get(f.options(name="again").remote(1)) == 101
+    assert _CountsPickles.pickled == 1
