@@ -177,21 +177,27 @@ class _AsyncActor:
         return b"ok"
 
 
-def actor_calls_sync(ray, scale):
-    a = _remote_class(ray, _Actor).remote()
+def _one_to_one_sync(ray, cls):
+    a = _remote_class(ray, cls).remote()
     return (lambda: ray.get(a.small_value.remote())), 1
 
 
-def actor_calls_async(ray, scale):
-    a = _remote_class(ray, _Actor).remote()
+def _one_to_one_async(ray, scale, cls, **options):
+    a = _remote_class(ray, cls, **options).remote()
     n = max(1, int(1000 * scale))
     return (lambda: ray.get([a.small_value.remote() for _ in range(n)])), n
+
+
+def actor_calls_sync(ray, scale):
+    return _one_to_one_sync(ray, _Actor)
+
+
+def actor_calls_async(ray, scale):
+    return _one_to_one_async(ray, scale, _Actor)
 
 
 def actor_calls_concurrent(ray, scale):
-    a = _remote_class(ray, _Actor, max_concurrency=16).remote()
-    n = max(1, int(1000 * scale))
-    return (lambda: ray.get([a.small_value.remote() for _ in range(n)])), n
+    return _one_to_one_async(ray, scale, _Actor, max_concurrency=16)
 
 
 def _caller_class(ray):
@@ -244,14 +250,11 @@ def n_to_n_actor_calls_with_arg_async(ray, scale):
 
 
 def async_actor_calls_sync(ray, scale):
-    a = _remote_class(ray, _AsyncActor).remote()
-    return (lambda: ray.get(a.small_value.remote())), 1
+    return _one_to_one_sync(ray, _AsyncActor)
 
 
 def async_actor_calls_async(ray, scale):
-    a = _remote_class(ray, _AsyncActor).remote()
-    n = max(1, int(1000 * scale))
-    return (lambda: ray.get([a.small_value.remote() for _ in range(n)])), n
+    return _one_to_one_async(ray, scale, _AsyncActor)
 
 
 def async_actor_calls_with_args_async(ray, scale):
