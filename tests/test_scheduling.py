@@ -11,22 +11,15 @@ from swiftray import exceptions
 def test_a_two_cpu_task_never_runs_beside_another_cpu_task(ray2, tmp_path):
     log = tmp_path / "log"
 
-    @swiftray.remote(num_cpus=2)
-    def big(path):
+    def hold(path, start, end, seconds):
         with open(path, "a") as f:
-            f.write(f"big-start {time.time()}\n")
-        time.sleep(0.5)
+            f.write(f"{start} {time.time()}\n")
+        time.sleep(seconds)
         with open(path, "a") as f:
-            f.write(f"big-end {time.time()}\n")
+            f.write(f"{end} {time.time()}\n")
 
-    @swiftray.remote(num_cpus=1)
-    def small(path):
-        with open(path, "a") as f:
-            f.write(f"small {time.time()}\n")
-        time.sleep(0.2)
-        with open(path, "a") as f:
-            f.write(f"small-end {time.time()}\n")
-
+    big = swiftray.remote(num_cpus=2)(lambda path: hold(path, "big-start", "big-end", 0.5))
+    small = swiftray.remote(num_cpus=1)(lambda path: hold(path, "small", "small-end", 0.2))
     refs = [small.remote(str(log)), big.remote(str(log)), small.remote(str(log)), big.remote(str(log))]
     swiftray.get(refs, timeout=60)
     events = [(float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())]

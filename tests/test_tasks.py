@@ -89,6 +89,16 @@ def test_refs_nested_in_arguments_stay_refs(ray_module):
     assert swiftray.get(inner.remote(refs)) == 10
 
 
+def test_a_borrowed_ref_passed_on_as_a_top_level_argument_is_resolved_from_its_owner(ray_module):
+    @swiftray.remote
+    def forward(refs):
+        # The worker borrows the driver's ref and passes it on: the core resolves it
+        # from its owner (the driver) before `add` runs.
+        return swiftray.get(add.remote(refs[0], 1))
+
+    assert swiftray.get(forward.remote([swiftray.put(41)])) == 42
+
+
 def test_num_returns(ray_module):
     @swiftray.remote(num_returns=3)
     def three():

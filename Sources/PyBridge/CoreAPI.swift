@@ -12,7 +12,7 @@ enum CoreAPI {
     .init(name: "connect_worker", fn: connectWorker, doc: "Connect this worker process to its NodeManager (from the environment)."),
     .init(name: "shutdown", fn: { _, _, _ in shutdown() }, doc: "Stop this process's core (and the local cluster it started)."),
     .init(name: "is_initialized", fn: { _, _, _ in Py.bool(Session.active != nil) }, doc: "True when connected."),
-    .init(name: "submit_task", fn: submitTask, doc: "submit_task(function_id, name, args, num_returns, resources, max_retries, retry_exceptions, retry_filter) -> [id]"),
+    .init(name: "submit_task", fn: submitTask, doc: "submit_task(function_id, name, args, num_returns, resources, max_retries, retry_exceptions, retry_filter) -> [id]; args: (0, value) | (1, id)"),
     .init(name: "put", fn: put, doc: "put(data: bytes) -> id"),
     .init(name: "get", fn: get, doc: "get(ids, timeout) -> [(data, metadata) | exception]"),
     .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
@@ -129,7 +129,7 @@ enum CoreAPI {
         throw error
       }
       if logToDriver { core.forwardWorkerLogs() }
-      return Session(core: core, cluster: cluster, group: group)
+      return Session(core: core, cluster: cluster)
     }, then: activate)
   }
 
@@ -153,7 +153,7 @@ enum CoreAPI {
         options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
                        sessionDir: session, config: config),
         group: group, jobID: nil)
-      return Session(core: core, cluster: nil, group: group)
+      return Session(core: core, cluster: nil)
     }, then: activate)
   }
 

@@ -63,14 +63,9 @@ public enum Interpreter {
     return code
   }
 
-  /// Prints the pending exception like the `python` command does and picks its exit
-  /// code (SystemExit keeps its code).
+  /// Prints the pending exception like the `python` command does. For SystemExit,
+  /// PyErr_Print exits the process with its code and does not return.
   static func printException() -> Int32 {
-    if PyErr_ExceptionMatches(sr_ExcSystemExit()) != 0 {
-      // PyErr_Print handles SystemExit by exiting the process with its code.
-      PyErr_Print()
-      return 1
-    }
     PyErr_Print()
     return 1
   }

@@ -1,5 +1,4 @@
 import Foundation
-import NIOPosix
 import Runtime
 import Synchronization
 
@@ -8,16 +7,15 @@ import Synchronization
 final class Session: Sendable {
   let core: CoreWorker
   let cluster: LocalCluster?
-  let group: MultiThreadedEventLoopGroup
 
-  init(core: CoreWorker, cluster: LocalCluster?, group: MultiThreadedEventLoopGroup) {
-    self.core = core; self.cluster = cluster; self.group = group
+  init(core: CoreWorker, cluster: LocalCluster?) {
+    self.core = core; self.cluster = cluster
   }
 
   static let current = Mutex<Session?>(nil)
   static var active: Session? { current.withLock { $0 } }
 
-  /// The group is NIO's process-wide singleton and is never shut down: a driver may
+  /// The event-loop group is NIO's process-wide singleton, never shut down: a driver may
   /// init and shut down many times, and late connection callbacks must not find a dead
   /// event loop.
   func shutdown() {

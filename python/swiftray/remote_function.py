@@ -26,6 +26,7 @@ class RemoteFunction:
         self._options = dict(_options.TASK_DEFAULTS, **options)
         self._export = None  # (session, function_id)
         self._pickled = None
+        self._submissions = {}  # id(options) -> (options, submit_task fields)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args, **kwargs):
@@ -48,6 +49,20 @@ class RemoteFunction:
                 return func.options(**dict(options, **more))
 
         return _Bound()
+
+    def _submission(self, options):
+        """What submit_task needs from `options`, derived once per options dict (the
+        retry filter is a pickle): nothing per call but the arguments."""
+        key = id(options)
+        cached = self._submissions.get(key)
+        if cached is not None and cached[0] is options:
+            return cached[1]
+        retry = options["retry_exceptions"]
+        fields = (options["name"] or self._name, options["num_returns"], _options.resource_shape(options),
+                  options["max_retries"], retry is not False,
+                  b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)))
+        self._submissions[key] = (options, fields)
+        return fields
 
     def _function_id(self):
         session = _api._state["session"]
@@ -76,13 +91,9 @@ class RemoteFunction:
             packed = _serialization.pack(call)
         except Exception as e:
             raise _locate_bad_argument(self._name, args, kwargs, e) from None
-        arglist = [(0, packed.for_core())] + [(1, r._id, _core.owner_address(r._id)) for r in refs]
-        retry = options["retry_exceptions"]
-        retry_filter = b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry))
-        num_returns = options["num_returns"]
-        ids = _core.submit_task(fid, options["name"] or self._name, arglist, num_returns,
-                                _options.resource_shape(options), options["max_retries"],
-                                retry is not False, retry_filter)
+        arglist = [(0, packed.for_core())] + [(1, r._id) for r in refs]
+        name, num_returns, shape, max_retries, retry, retry_filter = self._submission(options)
+        ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns == 1:
             return out[0]

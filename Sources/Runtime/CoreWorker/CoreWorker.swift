@@ -182,10 +182,9 @@ public final class CoreWorker: Sendable {
       var t = Swiftray_TaskArg()
       switch a.kind {
       case .value(let v): t.value = v
-      case .ref(let id, let owner):
+      case .ref(let id, _):
         var r = Swiftray_ObjectReference()
         r.objectID = Data(id.binary)
-        if let owner { r.owner = owner }
         t.ref = r
         deps.append(id)
       }
@@ -201,6 +200,13 @@ public final class CoreWorker: Sendable {
       let ids = (0..<numReturns).map { ObjectID.forReturn(of: tid, index: $0) }
       for id in ids { s.refs.ownedObjectCreated(id); s.refs.localRefAdded(id) }
       for a in args { if case .ref(let id, let owner?) = a.kind, s.owners[id] == nil { s.owners[id] = owner } }
+      // Each ref argument names its owner: the one recorded for it here, else this process.
+      for i in spec.args.indices {
+        if case .ref(var r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID) {
+          r.owner = s.owners[id] ?? address
+          spec.args[i].ref = r
+        }
+      }
       s.refs.submittedTaskRefsAdded(deps)
       s.tasks.taskSubmitted(tid, spec: spec)
       let store = s.store

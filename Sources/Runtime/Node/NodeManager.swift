@@ -125,7 +125,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   private func startWorker() {
-    if state.withLock({ $0.shuttingDown }) { perform(state.withLock { _ = $0.queue.workerStartFailed(); return [] }); return }
+    let stopping = state.withLock { s -> Bool in
+      if s.shuttingDown { _ = s.queue.workerStartFailed() }
+      return s.shuttingDown
+    }
+    if stopping { return }
     let id = WorkerID.random()
     var env = options.workerEnvironment
     for (k, v) in options.config.asEnvironment { env[k] = v }
@@ -209,7 +213,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
-                                 owner: WorkerID(binary: request.owner.workerID) ?? .nil_, taskName: request.taskName)
+                                 owner: WorkerID(binary: request.owner.workerID) ?? .nil_)
     return await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
         let actions = state.withLock { s -> [LeaseQueue.Action] in

@@ -21,9 +21,8 @@ public struct LeaseQueue: Sendable {
     public var id: UInt64
     public var shape: ResourceSet
     public var owner: WorkerID
-    public var taskName: String
-    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, taskName: String = "") {
-      self.id = id; self.shape = shape; self.owner = owner; self.taskName = taskName
+    public init(id: UInt64, shape: ResourceSet, owner: WorkerID) {
+      self.id = id; self.shape = shape; self.owner = owner
     }
   }
 
