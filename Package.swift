@@ -66,7 +66,9 @@ let package = Package(
       ],
       swiftSettings: swift6
     ),
-    .target(name: "PyBridge", dependencies: ["CPython", "Runtime"], swiftSettings: swift6),
+    // The read-only Python buffer type over object-store memory (C: a static type object).
+    .target(name: "CPyStoreView", dependencies: ["CPython"], path: "Sources/CPyStoreView"),
+    .target(name: "PyBridge", dependencies: ["CPython", "CPyStoreView", "Runtime"], swiftSettings: swift6),
     .target(name: "SwiftrayCoreExtension", dependencies: ["PyBridge"], swiftSettings: swift6),
     .executableTarget(
       name: "SwiftrayCLI",

@@ -26,6 +26,7 @@ enum CoreAPI {
     .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
     .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
     .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
+    .init(name: "store_stats", fn: storeStats, doc: "store_stats() -> dict: this node's object store (capacity, used, pinned, spilled)"),
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown."),
   ]
@@ -108,6 +109,9 @@ enum CoreAPI {
       let systemConfig = Py.numberDict(item("system_config"))
     else { return nil }
     let logToDriver = PyObject_IsTrue(item("log_to_driver") ?? sr_True()) == 1
+    let storeMemory = Py.isNone(item("object_store_memory")) ? nil : Py.toInt(item("object_store_memory"))
+    let spillDir = Py.isNone(item("object_spilling_directory")) ? nil : Py.toString(item("object_spilling_directory"))
+    if PyErr_Occurred() != nil { return nil }
     var env = ProcessInfo.processInfo.environment
     env["SWIFTRAY_PYTHON"] = python
     env["SWIFTRAY_SYS_PATH"] = (try? String(data: JSONEncoder().encode(sysPath), encoding: .utf8)) ?? "[]"
@@ -116,7 +120,8 @@ enum CoreAPI {
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       let cluster = try LocalCluster.start(
         resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
-        workerEnvironment: env, prestartWorkers: prestart, group: group)
+        workerEnvironment: env, prestartWorkers: prestart, objectStoreMemory: storeMemory,
+        spillDirectory: spillDir, group: group)
       let core: CoreWorker
       do {
         core = try CoreWorker(
@@ -184,7 +189,26 @@ enum CoreAPI {
       ("objects", Py.int(st.objects)), ("object_bytes", Py.int(st.objectBytes)),
       ("references", Py.int(st.references)), ("tasks", Py.int(st.tasks)),
       ("pending_tasks", Py.int(st.pendingTasks)), ("leases", Py.int(st.leases)),
+      ("stored_objects", Py.int(st.storedObjects)), ("stored_bytes", Py.int(st.storedBytes)),
+      ("live_store_views", Py.int(StoredValues.liveViews)),
     ])
+  }
+
+  static func storeStatsDict(_ st: Swiftray_StoreStats) -> PyPtr {
+    Py.dict([
+      ("capacity", Py.int(Int(st.capacity))), ("used", Py.int(Int(st.used))),
+      ("pinned_bytes", Py.int(Int(st.pinnedBytes))), ("spilled_bytes", Py.int(Int(st.spilledBytes))),
+      ("num_objects", Py.int(Int(st.numObjects))), ("num_pinned", Py.int(Int(st.numPinned))),
+      ("num_spilled", Py.int(Int(st.numSpilled))), ("num_readers", Py.int(Int(st.numReaders))),
+      ("bytes_spilled_total", Py.int(Int(st.bytesSpilledTotal))),
+      ("bytes_restored_total", Py.int(Int(st.bytesRestoredTotal))),
+      ("arena_path", Py.str(st.arenaPath)), ("spill_dir", Py.str(st.spillDir)),
+    ])
+  }
+
+  static let storeStats: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    return blocking("StoreStats", { try s.core.objectStore.stats() }, then: storeStatsDict)
   }
 
   static let context: CoreModule.FastFn = { _, _, _ in
@@ -204,13 +228,23 @@ enum CoreAPI {
     let retryExceptions = PyObject_IsTrue(args[6]) == 1
     var taskArgs: [CoreWorker.TaskArgument] = []
     taskArgs.reserveCapacity(items.count)
+    // Large values go to the store first and travel as refs; the task's reference keeps
+    // them alive once our temporary local reference is dropped after submission.
+    var stored: [ObjectID] = []
+    defer { stored.forEach { s.core.removeLocalRef($0) } }
     for it in items {
       guard let parts = Py.sequence(it), parts.count >= 2, let kind = Py.toInt(parts[0]) else { return nil }
       if kind == 0 {
-        guard let data = Py.valueData(parts[1]) else { return nil }
-        var v = Swiftray_RayObject()
-        v.data = data
-        taskArgs.append(.init(.value(v)))
+        switch StoredValues.place(s.core, parts[1]) {
+        case nil: return nil
+        case .inline(let data)?:
+          var v = Swiftray_RayObject()
+          v.data = data
+          taskArgs.append(.init(.value(v)))
+        case .stored(let id)?:
+          stored.append(id)
+          taskArgs.append(.init(.ref(id, owner: nil)))
+        }
       } else {
         guard let id = objectID(parts[1]) else { return nil }
         let owner = parts.count > 2 ? address(parts[2]) : nil
@@ -228,10 +262,15 @@ enum CoreAPI {
 
   static let put: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(1, "put"), let s = session(), let data = Py.valueData(args[0]) else { return nil }
-    var o = Swiftray_RayObject()
-    o.data = data
-    return Py.bytes(s.core.put(o).binary)
+    guard args.need(1, "put"), let s = session() else { return nil }
+    switch StoredValues.place(s.core, args[0]) {
+    case nil: return nil
+    case .stored(let id)?: return Py.bytes(id.binary)
+    case .inline(let data)?:
+      var o = Swiftray_RayObject()
+      o.data = data
+      return Py.bytes(s.core.put(o).binary)
+    }
   }
 
   /// Waits for `needed` of `ids` in 100 ms slices with the GIL released, checking for
@@ -267,17 +306,22 @@ enum CoreAPI {
         "Get timed out: some object(s) not ready after \(Double(timeout ?? 0) / 1e9) s."))
     }
     let objs = s.core.objects(ids)
+    let pins = StoredValues.pinAll(s.core, zip(ids, objs).map { id, o in o.map { (id, $0) } })
     var out: [PyPtr] = []
     out.reserveCapacity(objs.count)
-    for o in objs {
+    for (i, o) in objs.enumerated() {
       guard let o else { out.append(Py.none); continue }
       if let code = ErrorObject.code(fromMetadata: o.metadata), code != .taskError {
         guard let exc = ErrorMapping.instance(code, String(decoding: o.data, as: UTF8.self)) else {
           out.forEach { sr_DecRef($0) }; return nil
         }
         out.append(exc)
+      } else if case .failure(let e)? = pins[i] {
+        guard let exc = ErrorMapping.instance(e.code, e.message) else { out.forEach { sr_DecRef($0) }; return nil }
+        out.append(exc)
       } else {
-        out.append(Py.tuple([Py.bytes(o.data), Py.bytes(o.metadata)]))
+        guard let data = StoredValues.data(s.core, ids[i], o, pins[i]) else { out.forEach { sr_DecRef($0) }; return nil }
+        out.append(Py.tuple([data, Py.bytes(o.metadata)]))
       }
     }
     return Py.list(out)
@@ -381,19 +425,27 @@ enum CoreAPI {
         ("num_workers", Py.int(Int(st.numWorkers))),
         ("num_idle_workers", Py.int(Int(st.numIdleWorkers))),
         ("worker_pids", Py.list(st.workerPids.map { Py.int(Int($0)) })),
+        ("object_store", storeStatsDict(st.store)),
       ])
     })
   }
 
   // MARK: executor
 
-  static func argTuple(_ arg: Swiftray_TaskArg) -> PyPtr {
+  static func argTuple(_ core: CoreWorker, _ arg: Swiftray_TaskArg, _ pin: Result<UnsafeRawBufferPointer, SwiftrayError>?) -> PyPtr {
     switch arg.kind {
     case .value(let v)?:
       if let code = ErrorObject.code(fromMetadata: v.metadata), code != .taskError {
         return Py.tuple([Py.int(2), ErrorMapping.instance(code, String(decoding: v.data, as: UTF8.self)) ?? Py.none])
       }
-      return Py.tuple([Py.int(0), Py.bytes(v.data), Py.bytes(v.metadata)])
+      if case .failure(let e)? = pin { return Py.tuple([Py.int(2), ErrorMapping.instance(e.code, e.message) ?? Py.none]) }
+      let id = ObjectID(binary: arg.objectID) ?? ObjectID(task: .nil_, index: 0)  // the id matters only when stored
+      guard let data = StoredValues.data(core, id, v, pin)
+      else {
+        PyErr_Clear()
+        return Py.tuple([Py.int(2), ErrorMapping.instance(.system, "argument value could not be read") ?? Py.none])
+      }
+      return Py.tuple([Py.int(0), data, Py.bytes(v.metadata)])
     case .ref(let r)?:
       let owner: [UInt8] = (try? r.owner.serializedBytes()) ?? []
       return Py.tuple([Py.int(1), Py.bytes(r.objectID), Py.bytes(owner)])
@@ -421,9 +473,13 @@ enum CoreAPI {
         continue
       }
       let spec = e.spec
+      let pins = StoredValues.pinAll(core, spec.args.map { a in
+        if case .value(let v)? = a.kind, let id = ObjectID(binary: a.objectID) { return (id, v) }
+        return nil
+      })
       let task = Py.tuple([
         Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
-        Py.list(spec.args.map(argTuple)), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
+        Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
         Py.int(Int(spec.attempt)),
       ])
       let result = PyObject_CallOneArg(execute, task)
@@ -435,12 +491,14 @@ enum CoreAPI {
         reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
         for (i, r) in rets.enumerated() {
           guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
-            let data = Py.valueData(pair[0]), let meta = Py.toData(pair[1])
+            let meta = Py.toData(pair[1])
           else { PyErr_Clear(); continue }
+          let rid = ObjectID.forReturn(of: tid, index: i)
+          guard var obj = StoredValues.placeReturn(core, rid, ownerPid: spec.owner.pid, pair[0]) else { PyErr_Clear(); continue }
+          if ErrorObject.code(fromMetadata: obj.metadata) == nil { obj.metadata = meta }
           var ro = Swiftray_ReturnObject()
-          ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
-          ro.object.data = data
-          ro.object.metadata = meta
+          ro.objectID = Data(rid.binary)
+          ro.object = obj
           reply.returns.append(ro)
         }
         sr_DecRef(result)

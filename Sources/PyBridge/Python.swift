@@ -31,12 +31,42 @@ enum Py {
     }
     return Data(bytes: sr_BytesData(o), count: sr_BytesSize(o))
   }
-  /// A value for the core: `bytes`, or a packed value `(parts, offsets, total)` whose
-  /// buffer-protocol parts are copied once, each to its offset (`_serialization.pack`).
-  /// Large copies run with the GIL released; the parts stay pinned by their views.
-  static func valueData(_ o: PyPtr?) -> Data? {
+  /// A value on its way to the core with its parts still in Python's memory: `bytes`,
+  /// or a packed value `(parts, offsets, total)` from `_serialization.pack` whose
+  /// buffer-protocol parts are to be copied once, each to its offset. The views pin
+  /// the parts until `release()` (GIL held).
+  struct PackedValue {
+    var views: [Py_buffer]
+    var offsets: [Int]
+    let total: Int
+
+    /// Copies every part to its offset in `dst` (at least `total` bytes). Touches no
+    /// Python object: may run with the GIL released.
+    func copy(into dst: UnsafeMutableRawBufferPointer) {
+      for (v, off) in zip(views, offsets) where v.len > 0 { memcpy(dst.baseAddress! + off, v.buf, v.len) }
+    }
+
+    /// The value as one `Data` (one copy; the GIL released for large values).
+    func data() -> Data {
+      var data = Data(count: total)
+      let fill = { data.withUnsafeMutableBytes { copy(into: $0) } }
+      if total > 1 << 20 { withoutGIL(fill) } else { fill() }
+      return data
+    }
+
+    mutating func release() {
+      for i in views.indices { PyBuffer_Release(&views[i]) }
+      views = []
+    }
+  }
+
+  static func packed(_ o: PyPtr?) -> PackedValue? {
     guard let o else { return nil }
-    if sr_IsBytes(o) != 0 { return toData(o) }
+    if sr_IsBytes(o) != 0 {
+      var v = Py_buffer()
+      guard PyObject_GetBuffer(o, &v, 0) == 0 else { return nil }
+      return PackedValue(views: [v], offsets: [0], total: v.len)
+    }
     guard let items = sequence(o), items.count == 3, let parts = sequence(items[0]),
       let offsets = sequence(items[1])?.map({ toInt($0) }), let total = toInt(items[2]),
       parts.count == offsets.count, total >= 0
@@ -44,28 +74,25 @@ enum Py {
       if PyErr_Occurred() == nil { PyErr_SetString(sr_ExcTypeError(), "expected bytes or a packed value") }
       return nil
     }
-    var views: [Py_buffer] = []
-    defer { for i in views.indices { PyBuffer_Release(&views[i]) } }
-    for p in parts {
+    var p = PackedValue(views: [], offsets: [], total: total)
+    for (part, off) in zip(parts, offsets) {
       var v = Py_buffer()
-      guard PyObject_GetBuffer(p, &v, 0) == 0 else { return nil }
-      views.append(v)
-    }
-    for (v, off) in zip(views, offsets) {
+      guard PyObject_GetBuffer(part, &v, 0) == 0 else { p.release(); return nil }
+      p.views.append(v)
       guard let off, off >= 0, off + v.len <= total else {
+        p.release()
         PyErr_SetString(sr_ExcValueError(), "packed value part out of bounds"); return nil
       }
+      p.offsets.append(off)
     }
-    var data = Data(count: total)
-    let copy = {
-      data.withUnsafeMutableBytes { dst in
-        for (v, off) in zip(views, offsets) where v.len > 0 {
-          memcpy(dst.baseAddress! + off!, v.buf, v.len)
-        }
-      }
-    }
-    if total > 1 << 20 { withoutGIL(copy) } else { copy() }
-    return data
+    return p
+  }
+
+  /// A packed value copied into one `Data`.
+  static func valueData(_ o: PyPtr?) -> Data? {
+    guard var p = packed(o) else { return nil }
+    defer { p.release() }
+    return p.data()
   }
 
   static func toString(_ o: PyPtr?) -> String? {

@@ -83,6 +83,12 @@ public nonisolated struct Swiftray_RayObject: Sendable {
 
   public var nestedRefs: [Swiftray_ObjectReference] = []
 
+  /// > 0: the value lives in the shared-memory store of node `store_node` (`data` is
+  /// empty); readers pin it there and map it.
+  public var storeSize: UInt64 = 0
+
+  public var storeNode: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -110,6 +116,10 @@ public nonisolated struct Swiftray_TaskArg: Sendable {
     }
     set {kind = .value(newValue)}
   }
+
+  /// For a ref resolved by the owner into `value`: the object's id (a stored value is
+  /// pinned by it).
+  public var objectID: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -278,6 +288,41 @@ public nonisolated struct Swiftray_WorkerExitInfo: Sendable {
   public init() {}
 }
 
+/// One node's shared-memory object store (DESIGN §4), for `swiftray memory`.
+public nonisolated struct Swiftray_StoreStats: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var capacity: UInt64 = 0
+
+  public var used: UInt64 = 0
+
+  public var pinnedBytes: UInt64 = 0
+
+  public var spilledBytes: UInt64 = 0
+
+  public var numObjects: UInt64 = 0
+
+  public var numPinned: UInt64 = 0
+
+  public var numSpilled: UInt64 = 0
+
+  public var numReaders: UInt64 = 0
+
+  public var arenaPath: String = String()
+
+  public var spillDir: String = String()
+
+  public var bytesSpilledTotal: UInt64 = 0
+
+  public var bytesRestoredTotal: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "swiftray"
@@ -368,7 +413,7 @@ nonisolated extension Swiftray_ObjectReference: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RayObject"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}metadata\0\u{3}nested_refs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}metadata\0\u{3}nested_refs\0\u{3}store_size\0\u{3}store_node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -379,6 +424,8 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
       case 1: try { try decoder.decodeSingularBytesField(value: &self.data) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.metadata) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.nestedRefs) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.storeSize) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.storeNode) }()
       default: break
       }
     }
@@ -394,6 +441,12 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.nestedRefs.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.nestedRefs, fieldNumber: 3)
     }
+    if self.storeSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storeSize, fieldNumber: 4)
+    }
+    if !self.storeNode.isEmpty {
+      try visitor.visitSingularBytesField(value: self.storeNode, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -401,6 +454,8 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.data != rhs.data {return false}
     if lhs.metadata != rhs.metadata {return false}
     if lhs.nestedRefs != rhs.nestedRefs {return false}
+    if lhs.storeSize != rhs.storeSize {return false}
+    if lhs.storeNode != rhs.storeNode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -408,7 +463,7 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Swiftray_TaskArg: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskArg"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}value\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}value\0\u{3}object_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -442,6 +497,7 @@ nonisolated extension Swiftray_TaskArg: SwiftProtobuf.Message, SwiftProtobuf._Me
           self.kind = .value(v)
         }
       }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
       default: break
       }
     }
@@ -463,11 +519,15 @@ nonisolated extension Swiftray_TaskArg: SwiftProtobuf.Message, SwiftProtobuf._Me
     }()
     case nil: break
     }
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_TaskArg, rhs: Swiftray_TaskArg) -> Bool {
     if lhs.kind != rhs.kind {return false}
+    if lhs.objectID != rhs.objectID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -761,6 +821,91 @@ nonisolated extension Swiftray_WorkerExitInfo: SwiftProtobuf.Message, SwiftProto
     if lhs.detail != rhs.detail {return false}
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.intended != rhs.intended {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_StoreStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}capacity\0\u{1}used\0\u{3}pinned_bytes\0\u{3}spilled_bytes\0\u{3}num_objects\0\u{3}num_pinned\0\u{3}num_spilled\0\u{3}num_readers\0\u{3}arena_path\0\u{3}spill_dir\0\u{3}bytes_spilled_total\0\u{3}bytes_restored_total\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.capacity) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.used) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.pinnedBytes) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.spilledBytes) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.numObjects) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.numPinned) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.numSpilled) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.numReaders) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.arenaPath) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.spillDir) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.bytesSpilledTotal) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.bytesRestoredTotal) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.capacity != 0 {
+      try visitor.visitSingularUInt64Field(value: self.capacity, fieldNumber: 1)
+    }
+    if self.used != 0 {
+      try visitor.visitSingularUInt64Field(value: self.used, fieldNumber: 2)
+    }
+    if self.pinnedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pinnedBytes, fieldNumber: 3)
+    }
+    if self.spilledBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spilledBytes, fieldNumber: 4)
+    }
+    if self.numObjects != 0 {
+      try visitor.visitSingularUInt64Field(value: self.numObjects, fieldNumber: 5)
+    }
+    if self.numPinned != 0 {
+      try visitor.visitSingularUInt64Field(value: self.numPinned, fieldNumber: 6)
+    }
+    if self.numSpilled != 0 {
+      try visitor.visitSingularUInt64Field(value: self.numSpilled, fieldNumber: 7)
+    }
+    if self.numReaders != 0 {
+      try visitor.visitSingularUInt64Field(value: self.numReaders, fieldNumber: 8)
+    }
+    if !self.arenaPath.isEmpty {
+      try visitor.visitSingularStringField(value: self.arenaPath, fieldNumber: 9)
+    }
+    if !self.spillDir.isEmpty {
+      try visitor.visitSingularStringField(value: self.spillDir, fieldNumber: 10)
+    }
+    if self.bytesSpilledTotal != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesSpilledTotal, fieldNumber: 11)
+    }
+    if self.bytesRestoredTotal != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesRestoredTotal, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_StoreStats, rhs: Swiftray_StoreStats) -> Bool {
+    if lhs.capacity != rhs.capacity {return false}
+    if lhs.used != rhs.used {return false}
+    if lhs.pinnedBytes != rhs.pinnedBytes {return false}
+    if lhs.spilledBytes != rhs.spilledBytes {return false}
+    if lhs.numObjects != rhs.numObjects {return false}
+    if lhs.numPinned != rhs.numPinned {return false}
+    if lhs.numSpilled != rhs.numSpilled {return false}
+    if lhs.numReaders != rhs.numReaders {return false}
+    if lhs.arenaPath != rhs.arenaPath {return false}
+    if lhs.spillDir != rhs.spillDir {return false}
+    if lhs.bytesSpilledTotal != rhs.bytesSpilledTotal {return false}
+    if lhs.bytesRestoredTotal != rhs.bytesRestoredTotal {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -543,31 +543,49 @@ public nonisolated struct Swiftray_GetNodeStatsRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Swiftray_GetNodeStatsReply: Sendable {
+public nonisolated struct Swiftray_GetNodeStatsReply: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var node: Swiftray_NodeInfo {
-    get {_node ?? Swiftray_NodeInfo()}
-    set {_node = newValue}
+    get {_storage._node ?? Swiftray_NodeInfo()}
+    set {_uniqueStorage()._node = newValue}
   }
   /// Returns true if `node` has been explicitly set.
-  public var hasNode: Bool {self._node != nil}
+  public var hasNode: Bool {_storage._node != nil}
   /// Clears the value of `node`. Subsequent reads from it will return its default value.
-  public mutating func clearNode() {self._node = nil}
+  public mutating func clearNode() {_uniqueStorage()._node = nil}
 
-  public var numWorkers: Int32 = 0
+  public var numWorkers: Int32 {
+    get {_storage._numWorkers}
+    set {_uniqueStorage()._numWorkers = newValue}
+  }
 
-  public var numIdleWorkers: Int32 = 0
+  public var numIdleWorkers: Int32 {
+    get {_storage._numIdleWorkers}
+    set {_uniqueStorage()._numIdleWorkers = newValue}
+  }
 
-  public var workerPids: [Int32] = []
+  public var workerPids: [Int32] {
+    get {_storage._workerPids}
+    set {_uniqueStorage()._workerPids = newValue}
+  }
+
+  public var store: Swiftray_StoreStats {
+    get {_storage._store ?? Swiftray_StoreStats()}
+    set {_uniqueStorage()._store = newValue}
+  }
+  /// Returns true if `store` has been explicitly set.
+  public var hasStore: Bool {_storage._store != nil}
+  /// Clears the value of `store`. Subsequent reads from it will return its default value.
+  public mutating func clearStore() {_uniqueStorage()._store = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _node: Swiftray_NodeInfo? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Swiftray_SubscribeLogsRequest: Sendable {
@@ -1566,48 +1584,97 @@ nonisolated extension Swiftray_GetNodeStatsRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Swiftray_GetNodeStatsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetNodeStatsReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}num_workers\0\u{3}num_idle_workers\0\u{3}worker_pids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}num_workers\0\u{3}num_idle_workers\0\u{3}worker_pids\0\u{1}store\0")
+
+  fileprivate class _StorageClass {
+    var _node: Swiftray_NodeInfo? = nil
+    var _numWorkers: Int32 = 0
+    var _numIdleWorkers: Int32 = 0
+    var _workerPids: [Int32] = []
+    var _store: Swiftray_StoreStats? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _node = source._node
+      _numWorkers = source._numWorkers
+      _numIdleWorkers = source._numIdleWorkers
+      _workerPids = source._workerPids
+      _store = source._store
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._node) }()
-      case 2: try { try decoder.decodeSingularInt32Field(value: &self.numWorkers) }()
-      case 3: try { try decoder.decodeSingularInt32Field(value: &self.numIdleWorkers) }()
-      case 4: try { try decoder.decodeRepeatedInt32Field(value: &self.workerPids) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._node) }()
+        case 2: try { try decoder.decodeSingularInt32Field(value: &_storage._numWorkers) }()
+        case 3: try { try decoder.decodeSingularInt32Field(value: &_storage._numIdleWorkers) }()
+        case 4: try { try decoder.decodeRepeatedInt32Field(value: &_storage._workerPids) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._store) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._node {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.numWorkers != 0 {
-      try visitor.visitSingularInt32Field(value: self.numWorkers, fieldNumber: 2)
-    }
-    if self.numIdleWorkers != 0 {
-      try visitor.visitSingularInt32Field(value: self.numIdleWorkers, fieldNumber: 3)
-    }
-    if !self.workerPids.isEmpty {
-      try visitor.visitPackedInt32Field(value: self.workerPids, fieldNumber: 4)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._node {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if _storage._numWorkers != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._numWorkers, fieldNumber: 2)
+      }
+      if _storage._numIdleWorkers != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._numIdleWorkers, fieldNumber: 3)
+      }
+      if !_storage._workerPids.isEmpty {
+        try visitor.visitPackedInt32Field(value: _storage._workerPids, fieldNumber: 4)
+      }
+      try { if let v = _storage._store {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_GetNodeStatsReply, rhs: Swiftray_GetNodeStatsReply) -> Bool {
-    if lhs._node != rhs._node {return false}
-    if lhs.numWorkers != rhs.numWorkers {return false}
-    if lhs.numIdleWorkers != rhs.numIdleWorkers {return false}
-    if lhs.workerPids != rhs.workerPids {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._node != rhs_storage._node {return false}
+        if _storage._numWorkers != rhs_storage._numWorkers {return false}
+        if _storage._numIdleWorkers != rhs_storage._numIdleWorkers {return false}
+        if _storage._workerPids != rhs_storage._workerPids {return false}
+        if _storage._store != rhs_storage._store {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -3,92 +3,177 @@ import Runtime
 
 private let mib = 1 << 20
 
+@Suite struct AllocatorTests {
+  @Test func firstFitCoalescesNeighboursOnRelease() {
+    var a = Allocator(capacity: 10 * mib)
+    let x = a.allocate(mib)!, y = a.allocate(mib)!, z = a.allocate(mib)!
+    #expect([x, y, z] == [0, mib, 2 * mib])
+    a.release(offset: y, size: mib)
+    #expect(a.allocate(2 * mib) == 3 * mib, "the 1 MiB hole is too small")
+    a.release(offset: x, size: mib)
+    a.release(offset: z, size: mib)
+    // x, y, z merged into one 3 MiB hole at 0.
+    #expect(a.free.first!.offset == 0 && a.free.first!.size == 3 * mib)
+    #expect(a.allocate(3 * mib) == 0)
+  }
+
+  @Test func extentsArePageAligned() {
+    var a = Allocator(capacity: mib)
+    let p = a.allocate(100)!, q = a.allocate(5000)!
+    #expect(p == 0 && q == 4096 && a.allocated == 3 * 4096)
+  }
+
+  @Test func randomAllocationsNeverOverlapAndFreeingAllRestoresOneExtent() {
+    var rng = SeededRandom(seed: 11)
+    var a = Allocator(capacity: 64 * mib)
+    var live: [(Int, Int)] = []
+    for _ in 0..<4000 {
+      if rng.next() % 2 == 0, let size = Optional(Int(rng.next() % UInt64(3 * mib)) + 1), let off = a.allocate(size) {
+        let end = off + Allocator.rounded(size)
+        #expect(!live.contains { $0.0 < end && off < $0.0 + Allocator.rounded($0.1) })
+        live.append((off, size))
+      } else if !live.isEmpty {
+        let (off, size) = live.remove(at: Int(rng.next() % UInt64(live.count)))
+        a.release(offset: off, size: size)
+      }
+      #expect(a.allocated == live.reduce(0) { $0 + Allocator.rounded($1.1) })
+    }
+    for (off, size) in live { a.release(offset: off, size: size) }
+    #expect(a.free.count == 1 && a.free[0].size == 64 * mib && a.allocated == 0)
+  }
+}
+
 @Suite struct StoreStateTests {
   var gen = TaskIDGenerator(job: JobID(1))
   mutating func oid() -> ObjectID { ObjectID.forPut(by: gen.next(), index: 1) }
 
+  /// Creates and seals; returns the offset.
+  @discardableResult
+  static func make(_ s: inout StoreState, _ id: ObjectID, _ size: Int, now: UInt64 = 0, owner: UInt64 = 1) -> Int? {
+    guard case .created(let off) = s.createRequested(id, size: size, creator: owner, owner: owner, now: now).0 else { return nil }
+    _ = s.sealed(id)
+    return off
+  }
+
+  static func pin(_ s: inout StoreState, _ id: ObjectID, reader: UInt64, now: UInt64 = 0) -> Bool {
+    if case .pinned = s.pinRequested(id, reader: reader, now: now).0 { return true }
+    return false
+  }
+
   @Test mutating func createsWithinCapacityAndFreesOnDelete() {
     var s = StoreState(limits: .init(capacity: 100 * mib))
     let a = oid()
-    #expect(s.createRequested(a, size: 10 * mib, now: 0).0 == .created)
-    _ = s.sealed(a)
+    #expect(Self.make(&s, a, 10 * mib) == 0)
     #expect(s.used == 10 * mib)
-    #expect(s.deleted(a).contains(.releaseMemory(a)))
+    #expect(s.createRequested(a, size: 10 * mib, creator: 2, owner: 1, now: 1).0 == .exists)
+    #expect(s.deleted(a) == [.retryWaiting])
+    #expect(s.used == 0 && s.entries.isEmpty)
+  }
+
+  @Test mutating func aPinnedObjectDeletedKeepsItsExtentUntilUnpinned() {
+    var s = StoreState(limits: .init(capacity: 10 * mib))
+    let a = oid()
+    Self.make(&s, a, 4 * mib)
+    #expect(Self.pin(&s, a, reader: 9))
+    _ = s.deleted(a)
+    #expect(s.used == 4 * mib, "a reader still maps it: the extent must not be reused")
+    #expect(s.pinRequested(a, reader: 8, now: 1).0 == .notFound)
+    #expect(s.stats.objects == 0)
+    _ = s.unpinned(a, reader: 9)
     #expect(s.used == 0)
+  }
+
+  @Test mutating func anObjectDeletedWhileBeingWrittenKeepsItsExtentUntilSealed() {
+    var s = StoreState(limits: .init(capacity: 10 * mib))
+    let a = oid()
+    _ = s.createRequested(a, size: 4 * mib, creator: 5, owner: 6, now: 0)
+    _ = s.processDied(6)  // the owner died while a worker writes the value
+    #expect(s.used == 4 * mib, "the writer still writes there: the extent must not be reused")
+    #expect(s.createRequested(oid(), size: 8 * mib, creator: 1, owner: 1, now: 1).0.fullError?.message.contains("4194304 bytes are being written") == true)
+    _ = s.sealed(a)
+    #expect(s.used == 0 && s.entries.isEmpty)
   }
 
   @Test mutating func passingTheThresholdSpillsLeastRecentlyUsedUnpinnedObjects() {
     var s = StoreState(limits: .init(capacity: 100 * mib, spillThreshold: 0.8))
     let ids = (0..<4).map { _ in oid() }
-    for (i, id) in ids.enumerated() {
-      _ = s.createRequested(id, size: 20 * mib, now: UInt64(i))
-      _ = s.sealed(id)
-    }
-    let pinnedFirst = s.pinned(ids[0], reader: 7, now: 10)
-    #expect(pinnedFirst)
-    let (outcome, actions) = s.createRequested(oid(), size: 20 * mib, now: 11)
-    #expect(outcome == .created)
+    for (i, id) in ids.enumerated() { Self.make(&s, id, 20 * mib, now: UInt64(i)) }
+    #expect(Self.pin(&s, ids[0], reader: 7, now: 10))
+    let (outcome, actions) = s.createRequested(oid(), size: 20 * mib, creator: 1, owner: 1, now: 11)
+    #expect(outcome == .created(offset: 80 * mib))
     // 100 MiB used > 80 MiB: the oldest unpinned object (ids[1]) goes, not the pinned ids[0].
-    #expect(actions == [.spill(ids[1])])
-    #expect(s.spillFinished(ids[1]) == [.releaseMemory(ids[1]), .retryWaiting])
+    #expect(actions == [.spill(ids[1], offset: 20 * mib, size: 20 * mib)])
+    #expect(s.spillFinished(ids[1]) == [.retryWaiting])
     #expect(s.used == 80 * mib && s.spilledBytes == 20 * mib)
   }
 
   @Test mutating func aFullStoreWaitsForSpillingThenFailsOnlyWhenNothingCanMove() {
     var s = StoreState(limits: .init(capacity: 50 * mib, spillThreshold: 1.0))
     let a = oid(), b = oid()
-    _ = s.createRequested(a, size: 40 * mib, now: 0); _ = s.sealed(a)
-    let (o1, acts) = s.createRequested(b, size: 20 * mib, now: 1)
-    #expect(o1 == .waitForSpill && acts == [.spill(a)])
+    Self.make(&s, a, 40 * mib)
+    let (o1, acts) = s.createRequested(b, size: 20 * mib, creator: 1, owner: 1, now: 1)
+    #expect(o1 == .waitForSpill && acts == [.spill(a, offset: 0, size: 40 * mib)])
+    #expect(s.createRequested(b, size: 20 * mib, creator: 1, owner: 1, now: 1).0 == .waitForSpill, "still spilling")
     _ = s.spillFinished(a)
-    #expect(s.createRequested(b, size: 20 * mib, now: 2).0 == .created)
-    _ = s.sealed(b)
-    let pinnedB = s.pinned(b, reader: 1, now: 3)
-    #expect(pinnedB)
-    let (o2, _) = s.createRequested(oid(), size: 40 * mib, now: 4)
+    #expect(Self.make(&s, b, 20 * mib, now: 2) != nil)
+    #expect(Self.pin(&s, b, reader: 1234, now: 3))
+    let (o2, _) = s.createRequested(oid(), size: 40 * mib, creator: 1, owner: 1, now: 4)
     guard case .full(let e) = o2 else { Issue.record("expected full, got \(o2)"); return }
     #expect(e.code == .objectStoreFull)
     #expect(e.message.contains("41943040 bytes"))  // what was asked
-    #expect(e.message.contains("pinned by 1 reader"))
+    #expect(e.message.contains("pinned by 1 reader(s) (pids 1234)"))
     #expect(e.message.contains("object_store_memory"))
   }
 
   @Test mutating func anObjectLargerThanTheStoreFailsAtOnce() {
     var s = StoreState(limits: .init(capacity: 10 * mib))
-    guard case .full(let e) = s.createRequested(oid(), size: 11 * mib, now: 0).0 else { Issue.record("not full"); return }
+    guard case .full(let e) = s.createRequested(oid(), size: 11 * mib, creator: 1, owner: 1, now: 0).0 else {
+      Issue.record("not full"); return
+    }
     #expect(e.message.contains("larger than the whole store"))
   }
 
-  @Test mutating func aDeadReaderReleasesItsPins() {
+  @Test mutating func aDeadProcessReleasesPinsHalfWrittenAndOwnedObjects() {
     var s = StoreState(limits: .init(capacity: 100 * mib))
-    let a = oid()
-    _ = s.createRequested(a, size: mib, now: 0); _ = s.sealed(a)
-    let p1 = s.pinned(a, reader: 3, now: 1), p2 = s.pinned(a, reader: 3, now: 2), p3 = s.pinned(a, reader: 4, now: 3)
-    #expect(p1 && p2 && p3)
+    let a = oid(), half = oid(), owned = oid()
+    Self.make(&s, a, mib)
+    #expect(Self.pin(&s, a, reader: 3) && Self.pin(&s, a, reader: 3) && Self.pin(&s, a, reader: 4))
     #expect(s.pinnedBytes == mib)
-    _ = s.readerDied(3)
+    _ = s.createRequested(half, size: mib, creator: 3, owner: 1, now: 0)
+    Self.make(&s, owned, mib, owner: 3)
+    _ = s.processDied(3)
     #expect(s.entries[a]?.pinCount == 1)
+    #expect(s.entries[half] == nil && s.entries[owned] == nil)
     _ = s.unpinned(a, reader: 4)
-    #expect(s.pinnedBytes == 0)
+    #expect(s.pinnedBytes == 0 && s.used == mib)
   }
 
-  @Test mutating func spilledObjectsRestoreOnDemandMakingRoomFirst() {
+  @Test mutating func spilledObjectsRestoreOnPinMakingRoomFirst() {
     var s = StoreState(limits: .init(capacity: 30 * mib, spillThreshold: 1.0))
     let a = oid(), b = oid()
-    _ = s.createRequested(a, size: 20 * mib, now: 0); _ = s.sealed(a)
-    _ = s.createRequested(b, size: 20 * mib, now: 1)
+    Self.make(&s, a, 20 * mib)
+    _ = s.createRequested(b, size: 20 * mib, creator: 1, owner: 1, now: 1)
     _ = s.spillFinished(a)
-    _ = s.createRequested(b, size: 20 * mib, now: 2); _ = s.sealed(b)
-    let readable = s.pinned(a, reader: 1, now: 3)
-    #expect(!readable, "spilled: not readable until restored")
-    let (o, acts) = s.restoreRequested(a, now: 4)
-    #expect(o == .waitForSpill && acts == [.spill(b)])
+    Self.make(&s, b, 20 * mib, now: 2)
+    let (o, acts) = s.pinRequested(a, reader: 1, now: 3)
+    #expect(o == .wait && acts == [.spill(b, offset: 0, size: 20 * mib)])
     _ = s.spillFinished(b)
-    let (o3, acts3) = s.restoreRequested(a, now: 5)
-    #expect(o3 == .created && acts3 == [.restore(a)])
+    let (o3, acts3) = s.pinRequested(a, reader: 1, now: 5)
+    #expect(o3 == .wait && acts3 == [.restore(a, offset: 0, size: 20 * mib)])
+    #expect(s.pinRequested(a, reader: 1, now: 5).0 == .wait, "still restoring")
     _ = s.restoreFinished(a)
-    let readableNow = s.pinned(a, reader: 1, now: 6)
-    #expect(readableNow)
+    #expect(s.pinRequested(a, reader: 1, now: 6).0 == .pinned(offset: 0, size: 20 * mib))
+  }
+
+  @Test mutating func fragmentationSpillsNeighboursToMakeAContiguousExtent() {
+    var s = StoreState(limits: .init(capacity: 40 * mib, spillThreshold: 1.0))
+    let ids = (0..<4).map { _ in oid() }
+    for (i, id) in ids.enumerated() { Self.make(&s, id, 10 * mib, now: UInt64(i)) }
+    _ = s.deleted(ids[1])
+    #expect(Self.pin(&s, ids[2], reader: 5, now: 9))
+    // 10 MiB free at 10 MiB; 20 MiB contiguous needs ids[0] (LRU) spilled next to it.
+    let (o, acts) = s.createRequested(oid(), size: 20 * mib, creator: 1, owner: 1, now: 10)
+    #expect(o == .waitForSpill && acts == [.spill(ids[0], offset: 0, size: 10 * mib)])
   }
 
   @Test mutating func usedBytesMatchResidentObjectsUnderRandomEvents() {
@@ -97,26 +182,41 @@ private let mib = 1 << 20
     var ids: [ObjectID] = []
     for step in 0..<3000 {
       let now = UInt64(step)
+      var acts: [StoreState.Action] = []
       switch rng.next() % 6 {
       case 0, 1:
         let id = oid()
-        let (o, acts) = s.createRequested(id, size: Int(rng.next() % 16 + 1) * mib, now: now)
-        if o == .created { _ = s.sealed(id); ids.append(id) }
-        for case .spill(let v) in acts { _ = s.spillFinished(v) }
+        let (o, a) = s.createRequested(id, size: Int(rng.next() % 16 + 1) * mib, creator: 1, owner: 1, now: now)
+        acts = a
+        if case .created = o { acts += s.sealed(id); ids.append(id) }
       case 2:
-        if let id = ids.randomElement(using: &rng) { _ = s.pinned(id, reader: rng.next() % 3, now: now) }
+        if let id = ids.randomElement(using: &rng) { acts = s.pinRequested(id, reader: rng.next() % 3, now: now).1 }
       case 3:
-        if let id = ids.randomElement(using: &rng) { _ = s.unpinned(id, reader: rng.next() % 3) }
+        if let id = ids.randomElement(using: &rng) { acts = s.unpinned(id, reader: rng.next() % 3) }
       case 4:
-        if !ids.isEmpty { _ = s.deleted(ids.remove(at: Int(rng.next() % UInt64(ids.count)))) }
+        if !ids.isEmpty { acts = s.deleted(ids.remove(at: Int(rng.next() % UInt64(ids.count)))) }
       default:
-        _ = s.readerDied(rng.next() % 3)
+        acts = s.processDied(rng.next() % 3 + 100)
       }
-      let resident = s.entries.values.filter { $0.inMemory }.reduce(0) { $0 + $1.size }
+      for a in acts {
+        switch a {
+        case .spill(let v, _, _): _ = s.spillFinished(v)
+        case .restore(let v, _, _): _ = s.restoreFinished(v)
+        default: break
+        }
+      }
+      let resident = s.entries.values.filter { $0.inMemory }.reduce(0) { $0 + Allocator.rounded($1.size) }
       #expect(s.used == resident)
       #expect(s.used <= s.limits.capacity)
+      // No two resident objects overlap.
+      let spans = s.entries.values.compactMap { e in e.offset.map { ($0, $0 + Allocator.rounded(e.size)) } }.sorted { $0.0 < $1.0 }
+      #expect(zip(spans, spans.dropFirst()).allSatisfy { $0.1 <= $1.0 })
     }
   }
 }
 
 extension SeededRandom: RandomNumberGenerator {}
+
+extension StoreState.CreateOutcome {
+  var fullError: SwiftrayError? { if case .full(let e) = self { return e }; return nil }
+}

@@ -31,8 +31,12 @@ def is_initialized():
 
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
          namespace=None, ignore_reinit_error=False, logging_level=logging.INFO, log_to_driver=True,
-         include_dashboard=None, _system_config=None, **kwargs):
-    """Starts a local cluster of one node inside this process and connects to it."""
+         include_dashboard=None, object_spilling_directory=None, _system_config=None, **kwargs):
+    """Starts a local cluster of one node inside this process and connects to it.
+
+    object_store_memory: bytes of the node's shared-memory object store (default 30 % of
+    RAM, or SWIFTRAY_OBJECT_STORE_MEMORY). object_spilling_directory: where objects are
+    spilled when the store passes 80 % (default: the session's temp dir)."""
     if kwargs:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
     with _lock:
@@ -55,6 +59,15 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                 raise TypeError("resources must be a dict of str to number")
             if "CPU" in resources or "GPU" in resources:
                 raise ValueError("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU' in 'resources' keyword")
+        if object_store_memory is None and os.environ.get("SWIFTRAY_OBJECT_STORE_MEMORY"):
+            object_store_memory = int(os.environ["SWIFTRAY_OBJECT_STORE_MEMORY"])
+        if object_store_memory is not None and (isinstance(object_store_memory, bool)
+                                                or not isinstance(object_store_memory, int)
+                                                or object_store_memory < (1 << 20)):
+            raise ValueError(f"object_store_memory must be a number of bytes of at least 1 MiB, "
+                             f"got {object_store_memory!r}")
+        if object_spilling_directory is not None and not isinstance(object_spilling_directory, (str, os.PathLike)):
+            raise TypeError(f"object_spilling_directory must be a path, got {object_spilling_directory!r}")
         if _system_config is not None and not isinstance(_system_config, dict):
             raise TypeError("_system_config must be a dict")
         logging.getLogger("swiftray").setLevel(logging_level)
@@ -70,6 +83,9 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
             "prestart": int(cpus),
             "system_config": {k: v for k, v in (_system_config or {}).items()},
             "log_to_driver": bool(log_to_driver),
+            "object_store_memory": object_store_memory,
+            "object_spilling_directory": (os.path.abspath(os.fspath(object_spilling_directory))
+                                          if object_spilling_directory is not None else None),
         }
         info = _core.init(opts)
         _state["session"] += 1

@@ -69,6 +69,8 @@ public final class CoreWorker: Sendable {
   let server: DataPlaneServer
   let nodeManager: ControlPlane.Connection
   let control: ControlPlane.Connection
+  /// This node's shared-memory object store.
+  public let objectStore: StoreClient
   let notifications: AsyncStream<@Sendable () async -> Void>.Continuation
   let log = Logger(label: "swiftray.core")
   /// Set by the language layer: interrupts the task running on the main thread.
@@ -110,6 +112,7 @@ public final class CoreWorker: Sendable {
     state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
                         idGen: gen, putTask: putTask))
     pool = DataPlaneClientPool(group: group)
+    objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool)
     let sockDir = options.sessionDir + "/sockets"
     try? FileManager.default.createDirectory(atPath: sockDir, withIntermediateDirectories: true)
     let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "driver" : "worker")-\(options.workerID.hex.prefix(16)).sock")
@@ -221,13 +224,60 @@ public final class CoreWorker: Sendable {
 
   /// Stores a value owned by this process. Returns its ID with one local reference.
   public func put(_ object: Swiftray_RayObject) -> ObjectID {
-    let (id, w) = state.withLock { s -> (ObjectID, [ObjectWaiter]) in
+    put(object, id: nextPutID())
+  }
+
+  func nextPutID() -> ObjectID {
+    state.withLock { s in
       s.putCounter += 1
-      let id = ObjectID.forPut(by: s.running ?? s.putTask, index: s.putCounter)
+      return ObjectID.forPut(by: s.running ?? s.putTask, index: s.putCounter)
+    }
+  }
+
+  /// Puts a value of `size` bytes into the node's shared-memory store: `write` fills
+  /// the object's memory in place (one copy, by this process). Returns its ID with one
+  /// local reference. Blocks while the store makes room; call with the GIL released.
+  public func putStored(size: Int, write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> ObjectID {
+    let id = nextPutID()
+    let object = try writeStored(id, size: size, ownerPid: getpid(), write: write)
+    return put(object, id: id)
+  }
+
+  /// Writes a task's return value into the node's store for its owner; returns what
+  /// the owner keeps (a descriptor, not the bytes). Blocks like `putStored`.
+  public func storeReturn(_ id: ObjectID, size: Int, ownerPid: Int32,
+                          write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> Swiftray_RayObject {
+    try writeStored(id, size: size, ownerPid: ownerPid, write: write)
+  }
+
+  func writeStored(_ id: ObjectID, size: Int, ownerPid: Int32,
+                   write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> Swiftray_RayObject {
+    if let buf = try objectStore.create(id, size: size, ownerPid: ownerPid) {
+      write(buf)
+      try objectStore.seal(id)
+    }  // else: a previous attempt of the same task stored it already
+    var o = Swiftray_RayObject()
+    o.storeSize = UInt64(size)
+    o.storeNode = Data(options.nodeID.binary)
+    return o
+  }
+
+  /// Pins a stored object for this process and returns its bytes; valid until
+  /// `unpinStored`. Blocks (restoring a spilled object first); GIL released.
+  public func pinStored(_ id: ObjectID) throws(SwiftrayError) -> UnsafeRawBufferPointer {
+    guard let buf = try objectStore.pin(id) else {
+      throw SwiftrayError(.objectFreed, "Object \(id.hex) is no longer in the object store of node "
+        + "\(options.nodeID.hex.prefix(12)): it was freed after its last reference was dropped.")
+    }
+    return buf
+  }
+
+  func put(_ object: Swiftray_RayObject, id: ObjectID) -> ObjectID {
+    let w = state.withLock { s -> [ObjectWaiter] in
       s.refs.ownedObjectCreated(id)
       s.refs.localRefAdded(id)
       s.store[id] = object
-      return (id, s.waiters.removeValue(forKey: id) ?? [])
+      return s.waiters.removeValue(forKey: id) ?? []
     }
     w.forEach { $0.arrived() }
     return id
@@ -271,13 +321,16 @@ public final class CoreWorker: Sendable {
   /// Sizes of this process's ownership tables, for leak checks and `memory` views.
   public struct Stats: Sendable {
     public var objects: Int, objectBytes: Int, references: Int, tasks: Int, pendingTasks: Int, leases: Int
+    /// Objects of this owner that live in the shared-memory store, and their bytes.
+    public var storedObjects: Int, storedBytes: Int
   }
 
   public func stats() -> Stats {
     state.withLock { s in
       Stats(objects: s.store.count, objectBytes: s.store.values.reduce(0) { $0 + $1.data.count },
             references: s.refs.refs.count, tasks: s.tasks.entries.count, pendingTasks: s.tasks.numPending,
-            leases: s.submitter.numLeases)
+            leases: s.submitter.numLeases, storedObjects: s.store.values.filter { $0.storeSize > 0 }.count,
+            storedBytes: s.store.values.reduce(0) { $0 + Int($1.storeSize) })
     }
   }
 
@@ -556,7 +609,7 @@ public final class CoreWorker: Sendable {
     }
   }
 
-  static func errorObject(_ code: SwiftrayError.Code, _ message: String) -> Swiftray_RayObject {
+  public static func errorObject(_ code: SwiftrayError.Code, _ message: String) -> Swiftray_RayObject {
     var o = Swiftray_RayObject()
     o.metadata = Data(ErrorObject.metadata(code))
     o.data = Data(message.utf8)
@@ -569,11 +622,15 @@ public final class CoreWorker: Sendable {
     let now = Self.now()
     var wake: [ObjectWaiter] = []
     var remote: [(DataPlaneResponder, Swiftray_RayObject)] = []
+    var orphans: [ObjectID] = []
     let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
       var actions: [NormalTaskSubmitter.Action] = []
       for (id, o) in objs {
         // A freed owned object must not come back to life from a late reply.
-        if s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task) { continue }
+        if s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task) {
+          if o.storeSize > 0 { orphans.append(id) }
+          continue
+        }
         s.store[id] = o
         wake += s.waiters.removeValue(forKey: id) ?? []
         for r in s.remoteGets.removeValue(forKey: id) ?? [] { remote.append((r, o)) }
@@ -581,6 +638,7 @@ public final class CoreWorker: Sendable {
       }
       return actions
     }
+    objectStore.delete(orphans)
     wake.forEach { $0.arrived() }
     for (r, o) in remote {
       var reply = Swiftray_GetObjectReply()
@@ -597,6 +655,7 @@ public final class CoreWorker: Sendable {
     for i in spec.args.indices {
       if case .ref(let r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID), let v = s.store[id] {
         spec.args[i].value = v
+        spec.args[i].objectID = r.objectID
       }
     }
     s.tasks.specResolved(tid, spec: spec)
@@ -778,18 +837,21 @@ public final class CoreWorker: Sendable {
 
   func applyRefActions(_ actions: [ReferenceTable.Action]) {
     guard !actions.isEmpty else { return }
-    state.withLock { s in
+    let stored: [ObjectID] = state.withLock { s in
+      var stored: [ObjectID] = []
       for a in actions {
         switch a {
         case .free(let id):
-          s.store[id] = nil
+          if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append(id) }
           Self.releaseLineageIfUnused(&s, id.task)
         case .forget(let id):
           s.store[id] = nil
           s.owners[id] = nil
         }
       }
+      return stored
     }
+    objectStore.delete(stored)
   }
 
   /// Keeps one timer armed for the submitter's next deadline (idle leases, retries).

@@ -42,8 +42,14 @@ public final class LocalCluster: Sendable {
 
   public static func start(resources: ResourceSet, config: Config, workerExecutable: String,
                            workerEnvironment: [String: String], prestartWorkers: Int,
-                           group: MultiThreadedEventLoopGroup) throws -> LocalCluster {
+                           objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
+                           group: MultiThreadedEventLoopGroup,
+                           warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir()
+    let store = try ObjectStore(
+      options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
+                     spillDirectory: spillDirectory),
+      group: group, warn: warn)
     let nodeID = NodeID.random()
     let control = ControlService()
     let controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
@@ -51,7 +57,7 @@ public final class LocalCluster: Sendable {
     let nm = NodeManager(options: .init(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
       workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,
-      prestartWorkers: prestartWorkers))
+      prestartWorkers: prestartWorkers), store: store)
     let nmEP = nm.endpoint
     let nodeServer = try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) }
     var node = nm.nodeInfo
@@ -80,6 +86,7 @@ public final class LocalCluster: Sendable {
     nodeManager.shutdown()
     nodeServer.shutdown()
     controlServer.shutdown()
+    nodeManager.store.close()
     try? FileManager.default.removeItem(atPath: sessionDir)
   }
 }

@@ -52,13 +52,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   public let options: Options
+  /// This node's shared-memory object store.
+  public let store: ObjectStore
   public var endpoint: Endpoint { Endpoint.unix(options.sessionDir + "/sockets/raylet.sock") }
   let state: Mutex<State>
   let log = Logger(label: "swiftray.node")
   nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
 
-  public init(options: Options) {
+  public init(options: Options, store: ObjectStore) {
     self.options = options
+    self.store = store
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
     state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits)))
@@ -174,6 +177,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   func workerExited(_ status: ProcessMonitor.ExitStatus) {
+    store.processDied(status.pid)
     let actions: [LeaseQueue.Action] = state.withLock { s in
       guard let id = s.byPid.removeValue(forKey: status.pid), let proc = s.procs.removeValue(forKey: id) else { return [] }
       var info = Swiftray_WorkerExitInfo()
@@ -291,6 +295,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func getNodeStats(request: Swiftray_GetNodeStatsRequest, context: ServerContext) async throws -> Swiftray_GetNodeStatsReply {
     var r = Swiftray_GetNodeStatsReply()
     r.node = nodeInfo
+    r.store = store.stats
     state.withLock { s in
       r.numWorkers = Int32(s.procs.count)
       r.numIdleWorkers = Int32(s.queue.idleWorkerCount)

@@ -1,8 +1,11 @@
 /// The accounting of one node's shared-memory object store (DESIGN §4) as a pure state
-/// machine: which objects occupy memory, who pins them, what to spill when the store
-/// passes its threshold, and when a create must fail with `ObjectStoreFullError`.
-/// Bytes are moved by the shell (`ObjectStore`, next step); this decides. Time is
-/// passed in for least-recently-used choices.
+/// machine: where each object sits in the arena, who pins it, what to spill when the
+/// store passes its threshold, and when a create must fail with `ObjectStoreFullError`.
+/// The shell (`ObjectStore`) moves bytes; this decides. Time is passed in for
+/// least-recently-used choices. Processes are named by pid (creators, owners, readers).
+///
+/// Safety rule: an extent is reused only when its object is neither pinned nor being
+/// written; a pinned object that is deleted keeps its extent until the last unpin.
 ///
 /// Threading: value type, owned by its shell under a lock.
 public struct StoreState: Sendable {
@@ -25,188 +28,279 @@ public struct StoreState: Sendable {
 
   public struct Entry: Sendable, Equatable {
     public var size: Int
+    /// Where it sits in the arena; nil while spilled.
+    public var offset: Int?
     public var residence: Residence
-    /// Readers with a live mapping, by reader (a process); a pinned object never leaves memory.
+    /// Live mappings per reader process; a pinned object never leaves memory.
     public var pins: [UInt64: Int] = [:]
     public var lastUsed: UInt64
+    public var creator: UInt64
+    public var owner: UInt64
+    /// Deleted by its owner while pinned: gone for new readers, extent kept until unpinned.
+    public var deleted = false
     public var pinCount: Int { pins.values.reduce(0, +) }
-    public var inMemory: Bool { residence != .spilled }
+    public var inMemory: Bool { offset != nil }
   }
 
   public enum Action: Sendable, Equatable {
-    /// Write the object to disk, then report `spillFinished`.
-    case spill(ObjectID)
-    /// Read it back from disk into memory, then report `restoreFinished`.
-    case restore(ObjectID)
-    /// Drop its memory (it is spilled, or deleted).
-    case releaseMemory(ObjectID)
+    /// Write the object's bytes at `offset` to disk, then report `spillFinished`.
+    case spill(ObjectID, offset: Int, size: Int)
+    /// Read it back from disk to `offset`, then report `restoreFinished`.
+    case restore(ObjectID, offset: Int, size: Int)
     case deleteSpillFile(ObjectID)
-    /// Wake creates and restores that waited for room.
+    /// Room was made or an object became readable: retry creates and pins that waited.
     case retryWaiting
   }
 
   public enum CreateOutcome: Sendable, Equatable {
-    case created
-    /// Room is being made by spilling; ask again after `spillFinished`.
+    /// Write `size` bytes at `offset`, then seal.
+    case created(offset: Int)
+    /// The object exists already (a retried task made it before): do not write.
+    case exists
+    /// Room is being made by spilling; ask again on `retryWaiting`.
     case waitForSpill
     case full(SwiftrayError)
   }
 
+  public enum PinOutcome: Sendable, Equatable {
+    case pinned(offset: Int, size: Int)
+    /// Being written or restored; ask again on `retryWaiting`.
+    case wait
+    case notFound
+    case full(SwiftrayError)
+  }
+
+  public struct Stats: Sendable, Equatable {
+    public var capacity = 0, used = 0, pinnedBytes = 0, spilledBytes = 0
+    public var objects = 0, pinnedObjects = 0, spilledObjects = 0, readers = 0
+  }
+
   public let limits: Limits
   public private(set) var entries: [ObjectID: Entry] = [:]
-  /// Bytes of memory in use (creating, in memory, spilling, restoring).
-  public private(set) var used = 0
+  public private(set) var allocator: Allocator
+  /// Bytes of arena in use (creating, in memory, spilling, restoring, deleted-but-pinned).
+  public var used: Int { allocator.allocated }
 
-  public init(limits: Limits) { self.limits = limits }
+  public init(limits: Limits) {
+    self.limits = limits
+    allocator = Allocator(capacity: limits.capacity)
+  }
 
-  public var pinnedBytes: Int { entries.values.filter { $0.pinCount > 0 && $0.inMemory }.reduce(0) { $0 + $1.size } }
+  public var pinnedBytes: Int { entries.values.filter { $0.pinCount > 0 && $0.inMemory }.reduce(0) { $0 + Allocator.rounded($1.size) } }
   public var spilledBytes: Int { entries.values.filter { $0.residence == .spilled }.reduce(0) { $0 + $1.size } }
-  var spillingBytes: Int { entries.values.filter { $0.residence == .spilling }.reduce(0) { $0 + $1.size } }
+
+  public var stats: Stats {
+    var s = Stats()
+    s.capacity = allocator.capacity
+    s.used = used
+    s.pinnedBytes = pinnedBytes
+    s.spilledBytes = spilledBytes
+    let live = entries.values.filter { !$0.deleted }
+    s.objects = live.count
+    s.pinnedObjects = entries.values.filter { $0.pinCount > 0 }.count
+    s.spilledObjects = live.filter { $0.residence == .spilled }.count
+    s.readers = Set(entries.values.flatMap { $0.pins.keys }).count
+    return s
+  }
 
   // MARK: events
 
-  /// A process wants to write an object of `size` bytes.
-  public mutating func createRequested(_ id: ObjectID, size: Int, now: UInt64) -> (CreateOutcome, [Action]) {
-    if entries[id] != nil { return (.created, []) }  // idempotent (retried task, same id)
-    if size > limits.capacity {
+  /// Process `creator` wants to write an object of `size` bytes owned by process `owner`.
+  public mutating func createRequested(_ id: ObjectID, size: Int, creator: UInt64, owner: UInt64,
+                                       now: UInt64) -> (CreateOutcome, [Action]) {
+    if let e = entries[id], !e.deleted { return (.exists, []) }
+    if Allocator.rounded(size) > allocator.capacity {
       return (.full(fullError(id, size, why: "the object is larger than the whole store")), [])
     }
-    if used + size <= limits.capacity {
-      entries[id] = Entry(size: size, residence: .creating, lastUsed: now)
-      used += size
-      return (.created, spillIfAboveThreshold())
+    if let off = allocator.allocate(size) {
+      entries[id] = Entry(size: size, offset: off, residence: .creating, lastUsed: now, creator: creator, owner: owner)
+      return (.created(offset: off), spillIfAboveThreshold())
     }
-    let victims = spillVictims(toFree: used + size - limits.capacity - spillingBytes)
-    if victims.isEmpty && spillingBytes == 0 {
+    let victims = spillVictims(toFit: size)
+    if victims.isEmpty {
+      if spillingCount > 0 { return (.waitForSpill, []) }
       return (.full(fullError(id, size, why: "everything in memory is pinned or being written")), [])
     }
     return (.waitForSpill, victims.map { markSpilling($0) })
   }
 
   public mutating func sealed(_ id: ObjectID) -> [Action] {
-    guard entries[id]?.residence == .creating else { return [] }
+    guard let e = entries[id], e.residence == .creating else { return [] }
     entries[id]?.residence = .memory
-    return []
+    if e.deleted && e.pinCount == 0 { return releaseDeleted(id) }
+    return [.retryWaiting]
   }
 
-  /// A reader mapped the object. Returns false when it is not in memory (restore first).
-  public mutating func pinned(_ id: ObjectID, reader: UInt64, now: UInt64) -> Bool {
-    guard var e = entries[id], e.residence == .memory || e.residence == .spilling else { return false }
-    e.pins[reader, default: 0] += 1
-    e.lastUsed = now
-    entries[id] = e
-    return true
+  /// The creator gave up (its value could not be written): drop the extent.
+  public mutating func aborted(_ id: ObjectID) -> [Action] {
+    guard entries[id]?.residence == .creating else { return [] }
+    entries[id]?.residence = .memory
+    entries[id]?.deleted = false
+    return deleted(id)
+  }
+
+  /// A reader wants to map the object; a spilled one is restored first.
+  public mutating func pinRequested(_ id: ObjectID, reader: UInt64, now: UInt64) -> (PinOutcome, [Action]) {
+    guard var e = entries[id], !e.deleted else { return (.notFound, []) }
+    switch e.residence {
+    case .memory, .spilling:
+      e.pins[reader, default: 0] += 1
+      e.lastUsed = now
+      entries[id] = e
+      return (.pinned(offset: e.offset!, size: e.size), [])
+    case .creating, .restoring:
+      return (.wait, [])
+    case .spilled:
+      if let off = allocator.allocate(e.size) {
+        e.offset = off
+        e.residence = .restoring
+        e.lastUsed = now
+        entries[id] = e
+        return (.wait, [.restore(id, offset: off, size: e.size)])
+      }
+      let victims = spillVictims(toFit: e.size)
+      if victims.isEmpty {
+        if spillingCount > 0 { return (.wait, []) }
+        return (.full(fullError(id, e.size, why: "it cannot be restored from disk")), [])
+      }
+      return (.wait, victims.map { markSpilling($0) })
+    }
   }
 
   public mutating func unpinned(_ id: ObjectID, reader: UInt64) -> [Action] {
     guard var e = entries[id], let n = e.pins[reader] else { return [] }
     e.pins[reader] = n > 1 ? n - 1 : nil
     entries[id] = e
+    if e.deleted && e.pinCount == 0 { return releaseDeleted(id) }
     return spillIfAboveThreshold()
   }
 
-  /// A reader process died: its mappings are gone, and so are its pins.
-  public mutating func readerDied(_ reader: UInt64) -> [Action] {
-    for id in entries.keys where entries[id]?.pins[reader] != nil { entries[id]?.pins[reader] = nil }
-    return spillIfAboveThreshold()
+  /// A process died: its mappings are gone (pins), its half-written objects are
+  /// dropped, and the objects it owned are freed (no one can reference them now).
+  public mutating func processDied(_ pid: UInt64) -> [Action] {
+    var actions: [Action] = []
+    for id in Array(entries.keys) {
+      guard var e = entries[id] else { continue }
+      if e.pins[pid] != nil { e.pins[pid] = nil; entries[id] = e }
+      if e.residence == .creating && e.creator == pid {
+        actions += aborted(id)
+      } else if e.owner == pid {
+        actions += deleted(id)
+      } else if e.deleted && e.pinCount == 0 {
+        actions += releaseDeleted(id)
+      }
+    }
+    return actions + spillIfAboveThreshold()
   }
 
   /// The owner freed the object.
   public mutating func deleted(_ id: ObjectID) -> [Action] {
-    guard let e = entries.removeValue(forKey: id) else { return [] }
+    guard var e = entries[id], !e.deleted else { return [] }
     var actions: [Action] = []
-    switch e.residence {
-    case .spilled:
+    if e.residence == .spilled || e.residence == .spilling || e.residence == .restoring {
       actions.append(.deleteSpillFile(id))
-    case .spilling, .restoring:
-      used -= e.size
-      actions += [.releaseMemory(id), .deleteSpillFile(id)]
-    case .creating, .memory:
-      used -= e.size
-      actions.append(.releaseMemory(id))
     }
+    // A reader maps it, or a writer (creator, restore) is still writing into its extent.
+    if e.pinCount > 0 || e.residence == .creating || e.residence == .restoring {
+      e.deleted = true
+      entries[id] = e
+      return actions
+    }
+    entries[id] = nil
+    if let off = e.offset { allocator.release(offset: off, size: e.size) }
     return actions + [.retryWaiting]
   }
 
   public mutating func spillFinished(_ id: ObjectID) -> [Action] {
     guard var e = entries[id], e.residence == .spilling else { return [] }
-    if e.pinCount > 0 {  // pinned while spilling: keep both copies
+    if e.pinCount > 0 {  // pinned while spilling: keep it in memory too
       e.residence = .memory
       entries[id] = e
       return [.retryWaiting]
     }
+    allocator.release(offset: e.offset!, size: e.size)
+    e.offset = nil
     e.residence = .spilled
     entries[id] = e
-    used -= e.size
-    return [.releaseMemory(id), .retryWaiting]
+    return [.retryWaiting]
   }
 
-  /// A reader wants a spilled object back.
-  public mutating func restoreRequested(_ id: ObjectID, now: UInt64) -> (CreateOutcome, [Action]) {
-    guard var e = entries[id] else { return (.full(SwiftrayError(.objectLost, "object \(id.hex) is not in this store")), []) }
-    guard e.residence == .spilled else { return (.created, []) }
-    if used + e.size > limits.capacity {
-      let victims = spillVictims(toFree: used + e.size - limits.capacity - spillingBytes)
-      if victims.isEmpty && spillingBytes == 0 {
-        return (.full(fullError(id, e.size, why: "it cannot be restored from disk")), [])
-      }
-      return (.waitForSpill, victims.map { markSpilling($0) })
-    }
-    e.residence = .restoring
-    e.lastUsed = now
-    entries[id] = e
-    used += e.size
-    return (.created, [.restore(id)])
+  /// Writing to disk failed: the object stays in memory.
+  public mutating func spillFailed(_ id: ObjectID) -> [Action] {
+    guard entries[id]?.residence == .spilling else { return [] }
+    entries[id]?.residence = .memory
+    return [.retryWaiting]
   }
 
   public mutating func restoreFinished(_ id: ObjectID) -> [Action] {
-    guard entries[id]?.residence == .restoring else { return [] }
+    guard let e = entries[id], e.residence == .restoring else { return [] }
     entries[id]?.residence = .memory
+    if e.deleted && e.pinCount == 0 { return releaseDeleted(id) }
     return [.retryWaiting]
   }
 
   // MARK: internals
 
+  private var spillingCount: Int { entries.values.filter { $0.residence == .spilling }.count }
+
   private mutating func markSpilling(_ id: ObjectID) -> Action {
     entries[id]?.residence = .spilling
-    return .spill(id)
+    let e = entries[id]!
+    return .spill(id, offset: e.offset!, size: e.size)
   }
 
-  /// Unpinned sealed objects, least recently used first, until `bytes` are covered.
-  private func spillVictims(toFree bytes: Int) -> [ObjectID] {
-    guard bytes > 0 else { return [] }
-    let candidates = entries.filter { $0.value.residence == .memory && $0.value.pinCount == 0 }
+  private mutating func releaseDeleted(_ id: ObjectID) -> [Action] {
+    guard let e = entries.removeValue(forKey: id) else { return [] }
+    if let off = e.offset { allocator.release(offset: off, size: e.size) }
+    return [.retryWaiting]
+  }
+
+  private var spillCandidates: [(key: ObjectID, value: Entry)] {
+    entries.filter { $0.value.residence == .memory && $0.value.pinCount == 0 && !$0.value.deleted }
       .sorted { ($0.value.lastUsed, $0.key.hex) < ($1.value.lastUsed, $1.key.hex) }
-    var freed = 0
+  }
+
+  /// Unpinned sealed objects, least recently used first, whose extents once free leave
+  /// room for `size` contiguous bytes (counting extents already being spilled). Empty
+  /// when even all of them would not.
+  private func spillVictims(toFit size: Int) -> [ObjectID] {
+    var sim = allocator
+    for e in entries.values where e.residence == .spilling { sim.release(offset: e.offset!, size: e.size) }
+    if sim.largestFree >= Allocator.rounded(size) { return [] }
     var out: [ObjectID] = []
-    for (id, e) in candidates where freed < bytes {
+    for (id, e) in spillCandidates {
+      sim.release(offset: e.offset!, size: e.size)
       out.append(id)
-      freed += e.size
+      if sim.largestFree >= Allocator.rounded(size) { return out }
     }
-    return freed >= bytes ? out : []
+    return []
   }
 
   private mutating func spillIfAboveThreshold() -> [Action] {
     let threshold = Int(Double(limits.capacity) * limits.spillThreshold)
-    let over = used - spillingBytes - threshold
+    let spilling = entries.values.filter { $0.residence == .spilling }.reduce(0) { $0 + Allocator.rounded($1.size) }
+    var over = used - spilling - threshold
     guard over > 0 else { return [] }
-    var victims = spillVictims(toFree: over)
-    if victims.isEmpty {  // spill what can be spilled even if it does not reach the threshold
-      victims = entries.filter { $0.value.residence == .memory && $0.value.pinCount == 0 }.map(\.key)
-        .sorted { $0.hex < $1.hex }
+    var actions: [Action] = []
+    for (id, e) in spillCandidates where over > 0 {
+      actions.append(markSpilling(id))
+      over -= Allocator.rounded(e.size)
     }
-    return victims.map { markSpilling($0) }
+    return actions
   }
 
   private func fullError(_ id: ObjectID, _ size: Int, why: String) -> SwiftrayError {
     let pinned = entries.filter { $0.value.pinCount > 0 && $0.value.inMemory }
-    let readers = Set(pinned.values.flatMap { $0.pins.keys }).count
+    let readers = Set(pinned.values.flatMap { $0.pins.keys })
+    let creating = entries.values.filter { $0.residence == .creating }
+    let by = readers.isEmpty ? "" : " (pids \(readers.sorted().map(String.init).joined(separator: ", ")))"
     return SwiftrayError(.objectStoreFull, """
       Cannot create object \(id.hex) of \(size) bytes: \(why). The object store holds \(used) of \
-      \(limits.capacity) bytes; \(pinnedBytes) bytes in \(pinned.count) object(s) are pinned by \(readers) \
-      reader(s) (values still referenced from Python); \(spilledBytes) bytes are spilled. Drop references \
-      you no longer need, or raise object_store_memory (init(object_store_memory=...) or \
-      `swiftray start --object-store-memory`).
+      \(allocator.capacity) bytes; \(pinnedBytes) bytes in \(pinned.count) object(s) are pinned by \
+      \(readers.count) reader(s)\(by) (values from get() still referenced from Python); \
+      \(creating.reduce(0) { $0 + $1.size }) bytes are being written; \(spilledBytes) bytes are spilled. \
+      Drop references you no longer need, or raise object_store_memory \
+      (init(object_store_memory=...) or `swiftray start --object-store-memory`).
       """)
   }
 }

@@ -1,0 +1,87 @@
+import CPyStoreView
+import CPython
+import Foundation
+import Runtime
+import RuntimeProto
+
+/// Values between Python and the node's shared-memory store: large values are written
+/// straight from Python's buffers into the store (one copy, GIL released); stored
+/// values reach Python as read-only `StoreView`s over the store's memory that unpin the
+/// object when the last view (or numpy array made from one) dies.
+///
+/// Threading: every function requires the GIL; each releases it around store I/O.
+enum StoredValues {
+  enum Placed { case inline(Data), stored(ObjectID) }
+
+  /// A value for `put` or a task argument: inline bytes up to the inline threshold,
+  /// else a new object in the store owned by this process (one local reference).
+  /// nil with a Python exception set on failure.
+  static func place(_ core: CoreWorker, _ o: PyPtr?) -> Placed? {
+    guard var p = Py.packed(o) else { return nil }
+    defer { p.release() }
+    if p.total <= core.options.config.maxDirectCallObjectSize { return .inline(p.data()) }
+    let r: Result<ObjectID, SwiftrayError> = withoutGIL {
+      do throws(SwiftrayError) { return .success(try core.putStored(size: p.total) { p.copy(into: $0) }) } catch { return .failure(error) }
+    }
+    switch r {
+    case .success(let id): return .stored(id)
+    case .failure(let e): _ = ErrorMapping.raise(e); return nil
+    }
+  }
+
+  /// A task's return value for its owner: inline, or written to the store (a store
+  /// that cannot make room turns into an `ObjectStoreFullError` for the owner).
+  static func placeReturn(_ core: CoreWorker, _ id: ObjectID, ownerPid: Int32, _ o: PyPtr?) -> Swiftray_RayObject? {
+    guard var p = Py.packed(o) else { return nil }
+    defer { p.release() }
+    if p.total <= core.options.config.maxDirectCallObjectSize {
+      var ro = Swiftray_RayObject()
+      ro.data = p.data()
+      return ro
+    }
+    return withoutGIL {
+      do throws(SwiftrayError) { return try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) } }
+      catch { return CoreWorker.errorObject(error.code, error.message) }
+    }
+  }
+
+  /// Pins the stored objects among `items` (one store round trip each, GIL released);
+  /// nil entries are inline values.
+  static func pinAll(_ core: CoreWorker, _ items: [(ObjectID, Swiftray_RayObject)?]) -> [Result<UnsafeRawBufferPointer, SwiftrayError>?] {
+    guard items.contains(where: { ($0?.1.storeSize ?? 0) > 0 }) else { return items.map { _ in nil } }
+    return withoutGIL {
+      items.map { item -> Result<UnsafeRawBufferPointer, SwiftrayError>? in
+        guard let (id, o) = item, o.storeSize > 0 else { return nil }
+        do throws(SwiftrayError) { return .success(try core.pinStored(id)) } catch { return .failure(error) }
+      }
+    }
+  }
+
+  /// A read-only view of a pinned object; its death unpins it.
+  static func view(_ core: CoreWorker, _ id: ObjectID, _ buf: UnsafeRawBufferPointer) -> PyPtr? {
+    sr_StoreView_SetRelease(released)
+    let ctx = Unmanaged.passRetained(core.objectStore).toOpaque()
+    let v = id.binary.withUnsafeBufferPointer { sr_StoreView_New(buf.baseAddress, buf.count, ctx, $0.baseAddress) }
+    if v == nil { Unmanaged<StoreClient>.fromOpaque(ctx).release(); core.objectStore.unpin([id]) }
+    return v
+  }
+
+  /// The data of a value for Python: a view when it is stored (pinned by `pin`),
+  /// `bytes` when inline; nil with an exception set on failure.
+  static func data(_ core: CoreWorker, _ id: ObjectID, _ o: Swiftray_RayObject,
+                   _ pin: Result<UnsafeRawBufferPointer, SwiftrayError>?) -> PyPtr? {
+    switch pin {
+    case nil: return Py.bytes(o.data)
+    case .success(let buf)?: return view(core, id, buf)
+    case .failure(let e)?: return ErrorMapping.instance(e.code, e.message)
+    }
+  }
+
+  static let released: sr_view_release_fn = { ctx, idp in
+    guard let ctx, let idp else { return }
+    let client = Unmanaged<StoreClient>.fromOpaque(ctx).takeRetainedValue()
+    if let id = ObjectID(binary: Data(bytes: idp, count: 28)) { client.unpin([id]) }
+  }
+
+  static var liveViews: Int { sr_StoreView_Live() }
+}

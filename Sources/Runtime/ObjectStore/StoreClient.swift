@@ -1,0 +1,117 @@
+import Foundation
+import RuntimeProto
+import Synchronization
+
+/// One process's handle on its node's object store: the arena mapped once (so a read
+/// is pointer arithmetic after a pin) and the store's data-plane socket for create,
+/// seal, pin, unpin and delete.
+///
+/// Threading: any thread. `create`, `seal`, `pin` and `stats` block until the store
+/// answers: never call them on an event loop, and release the GIL first.
+public final class StoreClient: Sendable {
+  public let endpoint: Endpoint
+  public let capacity: Int
+  let base: ObjectStore.RawPointer
+  let pool: DataPlaneClientPool
+  let pid = getpid()
+
+  /// Asks the store where its arena is and maps it. Blocks for one round trip.
+  init(endpoint: Endpoint, pool: DataPlaneClientPool) throws {
+    self.endpoint = endpoint
+    self.pool = pool
+    let info = try Self.call(.storeStats(.init()), endpoint: endpoint, pool: pool)
+    guard case .storeStatsReply(let st) = info else { throw SwiftrayError(.system, "bad reply from the object store") }
+    let fd = open(st.arenaPath, O_RDWR | O_CLOEXEC)
+    guard fd >= 0 else { throw SwiftrayError(.system, "cannot open the object store \(st.arenaPath): \(String(cString: strerror(errno)))") }
+    defer { Foundation.close(fd) }
+    guard let p = mmap(nil, Int(st.capacity), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+      throw SwiftrayError(.system, "cannot map the object store \(st.arenaPath): \(String(cString: strerror(errno)))")
+    }
+    capacity = Int(st.capacity)
+    base = ObjectStore.RawPointer(p: p)
+  }
+
+  /// Sends a request and waits for its reply.
+  func call(_ body: Swiftray_DataFrame.OneOf_Body) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
+    try Self.call(body, endpoint: endpoint, pool: pool)
+  }
+
+  static func call(_ body: Swiftray_DataFrame.OneOf_Body, endpoint: Endpoint,
+                   pool: DataPlaneClientPool) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
+    let box = Mutex<Result<Swiftray_DataFrame, SwiftrayError>?>(nil)
+    let sem = DispatchSemaphore(value: 0)
+    pool.request(endpoint, body) { r in box.withLock { $0 = r }; sem.signal() }
+    sem.wait()
+    let r = box.withLock { $0! }
+    switch r {
+    case .success(let f):
+      if case .error(let e)? = f.body { throw SwiftrayError(.localRayletDied, "the object store failed: \(e.message)") }
+      guard let b = f.body else { throw SwiftrayError(.system, "empty reply from the object store") }
+      return b
+    case .failure(let e):
+      throw SwiftrayError(.localRayletDied, "the node's object store at \(endpoint) is unreachable: \(e.message)")
+    }
+  }
+
+  /// Where to write a new object of `size` bytes, or nil when it exists already.
+  /// Waits while the store spills to make room; throws `objectStoreFull` when it cannot.
+  public func create(_ id: ObjectID, size: Int, ownerPid: Int32) throws(SwiftrayError) -> UnsafeMutableRawBufferPointer? {
+    var req = Swiftray_CreateObjectRequest()
+    req.objectID = Data(id.binary)
+    req.size = UInt64(size)
+    req.creatorPid = pid
+    req.ownerPid = ownerPid
+    guard case .createObjectReply(let r) = try call(.createObject(req)) else { throw SwiftrayError(.system, "bad create reply") }
+    switch r.status {
+    case .created: return UnsafeMutableRawBufferPointer(start: base.p + Int(r.offset), count: size)
+    case .exists: return nil
+    case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)
+    }
+  }
+
+  public func seal(_ id: ObjectID, abort: Bool = false) throws(SwiftrayError) {
+    var req = Swiftray_SealObjectRequest()
+    req.objectID = Data(id.binary)
+    req.abort = abort
+    _ = try call(.sealObject(req))
+  }
+
+  /// Pins the object for this process and returns its bytes (read them only until
+  /// `unpin`), or nil when the store does not have it. Restores a spilled object first.
+  public func pin(_ id: ObjectID) throws(SwiftrayError) -> UnsafeRawBufferPointer? {
+    var req = Swiftray_PinObjectRequest()
+    req.objectID = Data(id.binary)
+    req.readerPid = pid
+    guard case .pinObjectReply(let r) = try call(.pinObject(req)) else { throw SwiftrayError(.system, "bad pin reply") }
+    switch r.status {
+    case .pinned: return UnsafeRawBufferPointer(start: base.p + Int(r.offset), count: Int(r.size))
+    case .notFound: return nil
+    case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)
+    }
+  }
+
+  /// Does not wait.
+  public func unpin(_ ids: [ObjectID]) {
+    var req = Swiftray_UnpinObjectsRequest()
+    req.objectIds = ids.map { Data($0.binary) }
+    req.readerPid = pid
+    pool.request(endpoint, .unpinObjects(req)) { _ in }
+  }
+
+  /// Does not wait.
+  public func delete(_ ids: [ObjectID]) {
+    guard !ids.isEmpty else { return }
+    var req = Swiftray_DeleteObjectsRequest()
+    req.objectIds = ids.map { Data($0.binary) }
+    pool.request(endpoint, .deleteObjects(req)) { _ in }
+  }
+
+  public func stats() throws(SwiftrayError) -> Swiftray_StoreStats {
+    guard case .storeStatsReply(let r) = try call(.storeStats(.init())) else { throw SwiftrayError(.system, "bad stats reply") }
+    return r
+  }
+
+  // Views handed to Python retain this client, so the arena is unmapped only after the
+  // last of them (and the CoreWorker) is gone.
+  deinit { munmap(base.p, capacity) }
+}
