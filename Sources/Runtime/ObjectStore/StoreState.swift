@@ -235,8 +235,9 @@ public struct StoreState: Sendable {
   public mutating func restoreFinished(_ id: ObjectID) -> [Action] {
     guard let e = entries[id], e.residence == .restoring else { return [] }
     entries[id]?.residence = .memory
-    if e.deleted && e.pinCount == 0 { return releaseDeleted(id) }
-    return [.retryWaiting]
+    // Back in memory: the file is stale (spilling again writes it anew).
+    if e.deleted && e.pinCount == 0 { return [.deleteSpillFile(id)] + releaseDeleted(id) }
+    return [.deleteSpillFile(id), .retryWaiting]
   }
 
   // MARK: internals
