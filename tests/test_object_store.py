@@ -224,3 +224,23 @@ def test_object_store_memory_is_validated():
     with pytest.raises(ValueError, match="object_store_memory"):
         swiftray.init(object_store_memory="1GB")
     assert not swiftray.is_initialized()
+
+
+def test_swiftray_memory_reports_the_running_clusters_store(store_cluster, tmp_path):
+    import subprocess
+    import sys
+    ref = swiftray.put(np.ones(2 * MiB // 8))  # 2 MiB
+    view = swiftray.get(ref)
+    session = swiftray._core.context()["session_dir"]
+    out = subprocess.run([sys.executable, "-m", "swiftray", "memory", "--address", session],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "capacity:        512.0 MiB" in out.stdout
+    assert "1 object(s)" in out.stdout and "mapped by 1 process(es)" in out.stdout
+    summary = swiftray.util.memory_summary()
+    assert "pinned:          2.0 MiB in 1 object(s)" in summary
+    del view
+    assert wait_until(lambda: "pinned:          0.0 MiB" in swiftray.util.memory_summary())
+    bad = subprocess.run([sys.executable, "-m", "swiftray", "memory", "--address", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "Cannot reach the object store" in bad.stdout

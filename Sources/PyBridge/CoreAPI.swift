@@ -19,6 +19,11 @@ enum CoreAPI {
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
     .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
     .init(name: "ref_escaped", fn: refEscaped, doc: "ref_escaped(id): the ref was serialized into a value."),
+    .init(name: "stored_object_ids", fn: { _, _, _ in
+      guard let s = session() else { return nil }
+      return Py.list(s.core.storedObjectIDs().map { Py.bytes($0.binary) })
+    }, doc: "stored_object_ids() -> [id]: objects this process owns in the shared-memory store"),
+    .init(name: "ref_counts", fn: refCounts, doc: "ref_counts(id) -> dict | None: why this process holds the object"),
     .init(name: "owner_address", fn: ownerAddress, doc: "owner_address(id) -> bytes"),
     .init(name: "cancel", fn: cancel, doc: "cancel(id, force) -> bool"),
     .init(name: "kv_put", fn: kvPut, doc: "kv_put(namespace, key, value, overwrite) -> bool"),
@@ -26,6 +31,7 @@ enum CoreAPI {
     .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
     .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
     .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
+    .init(name: "memory_summary", fn: memorySummary, doc: "memory_summary() -> str: the text of `swiftray memory` for this node"),
     .init(name: "store_stats", fn: storeStats, doc: "store_stats() -> dict: this node's object store (capacity, used, pinned, spilled)"),
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown."),
@@ -211,6 +217,12 @@ enum CoreAPI {
     return blocking("StoreStats", { try s.core.objectStore.stats() }, then: storeStatsDict)
   }
 
+  static let memorySummary: CoreModule.FastFn = { _, _, _ in
+    guard let s = session() else { return nil }
+    let node = "node \(s.core.options.nodeID.hex.prefix(12))"
+    return blocking("StoreStats", { try s.core.objectStore.stats() }, then: { Py.str(MemoryReport.format($0, node: node)) })
+  }
+
   static let context: CoreModule.FastFn = { _, _, _ in
     guard let s = session() else { return nil }
     return contextDict(s)
@@ -237,9 +249,7 @@ enum CoreAPI {
       if kind == 0 {
         switch StoredValues.place(s.core, parts[1]) {
         case nil: return nil
-        case .inline(let data)?:
-          var v = Swiftray_RayObject()
-          v.data = data
+        case .inline(let v)?:
           taskArgs.append(.init(.value(v)))
         case .stored(let id)?:
           stored.append(id)
@@ -266,9 +276,7 @@ enum CoreAPI {
     switch StoredValues.place(s.core, args[0]) {
     case nil: return nil
     case .stored(let id)?: return Py.bytes(id.binary)
-    case .inline(let data)?:
-      var o = Swiftray_RayObject()
-      o.data = data
+    case .inline(let o)?:
       return Py.bytes(s.core.put(o).binary)
     }
   }
@@ -364,6 +372,17 @@ enum CoreAPI {
     guard let s = Session.active, let id = objectID(Args(a, n)[0]) else { PyErr_Clear(); return Py.none }
     s.core.refEscaped(id)
     return Py.none
+  }
+
+  static let refCounts: CoreModule.FastFn = { _, a, n in
+    guard let s = session(), let id = objectID(Args(a, n)[0]) else { return nil }
+    guard let r = s.core.referenceInfo(id) else { return Py.none }
+    return Py.dict([
+      ("local", Py.int(r.localRefs)), ("submitted_tasks", Py.int(r.submittedTaskRefs)),
+      ("contained", Py.int(r.contained)), ("owned", Py.bool(r.owned)),
+      ("borrowers", Py.int(r.borrowers.values.reduce(0, +))), ("registrations", Py.int(r.registrations)),
+      ("escaped", Py.bool(r.escaped)),
+    ])
   }
 
   static let ownerAddress: CoreModule.FastFn = { _, a, n in
@@ -501,6 +520,12 @@ enum CoreAPI {
           ro.object = obj
           reply.returns.append(ro)
         }
+        // While the returned values still hold their refs: register the owner as their
+        // borrower, so none is freed before the owner counts it.
+        let nested = reply.returns.flatMap { $0.object.nestedRefs }
+        if !nested.isEmpty, let owner = WorkerID(binary: spec.owner.workerID) {
+          withoutGIL { core.registerReceiver(owner, of: nested) }
+        }
         sr_DecRef(result)
       } else {
         // The executor itself failed (a bug, or KeyboardInterrupt outside the task).
@@ -519,7 +544,7 @@ enum CoreAPI {
         }
         if result != nil { sr_DecRef(result!) }
       }
-      core.finish(e, reply: reply)
+      withoutGIL { core.finish(e, reply: reply) }
     }
   }
 }

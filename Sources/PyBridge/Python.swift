@@ -1,5 +1,7 @@
 import CPython
 import Foundation
+import Runtime
+import RuntimeProto
 
 /// A borrowed or new `PyObject*`. Threading: only touched while holding the GIL.
 public typealias PyPtr = UnsafeMutablePointer<PyObject>
@@ -39,6 +41,13 @@ enum Py {
     var views: [Py_buffer]
     var offsets: [Int]
     let total: Int
+    /// Refs pickled inside the value.
+    var nested: [ObjectID] = []
+
+    /// `nested` as the core lists them (owners filled in by the core).
+    var nestedRefs: [Swiftray_ObjectReference] {
+      nested.map { id in Swiftray_ObjectReference.with { $0.objectID = Data(id.binary) } }
+    }
 
     /// Copies every part to its offset in `dst` (at least `total` bytes). Touches no
     /// Python object: may run with the GIL released.
@@ -67,7 +76,7 @@ enum Py {
       guard PyObject_GetBuffer(o, &v, 0) == 0 else { return nil }
       return PackedValue(views: [v], offsets: [0], total: v.len)
     }
-    guard let items = sequence(o), items.count == 3, let parts = sequence(items[0]),
+    guard let items = sequence(o), items.count == 3 || items.count == 4, let parts = sequence(items[0]),
       let offsets = sequence(items[1])?.map({ toInt($0) }), let total = toInt(items[2]),
       parts.count == offsets.count, total >= 0
     else {
@@ -75,6 +84,15 @@ enum Py {
       return nil
     }
     var p = PackedValue(views: [], offsets: [], total: total)
+    if items.count == 4 {
+      guard let refs = sequence(items[3]) else { return nil }
+      for r in refs {  // ObjectRefs
+        guard let b = PyObject_GetAttrString(r, "_id") else { return nil }
+        defer { sr_DecRef(b) }
+        guard let id = CoreAPI.objectID(b) else { return nil }
+        p.nested.append(id)
+      }
+    }
     for (part, off) in zip(parts, offsets) {
       var v = Py_buffer()
       guard PyObject_GetBuffer(part, &v, 0) == 0 else { p.release(); return nil }

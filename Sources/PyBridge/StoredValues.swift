@@ -11,7 +11,7 @@ import RuntimeProto
 ///
 /// Threading: every function requires the GIL; each releases it around store I/O.
 enum StoredValues {
-  enum Placed { case inline(Data), stored(ObjectID) }
+  enum Placed { case inline(Swiftray_RayObject), stored(ObjectID) }
 
   /// A value for `put` or a task argument: inline bytes up to the inline threshold,
   /// else a new object in the store owned by this process (one local reference).
@@ -19,9 +19,14 @@ enum StoredValues {
   static func place(_ core: CoreWorker, _ o: PyPtr?) -> Placed? {
     guard var p = Py.packed(o) else { return nil }
     defer { p.release() }
-    if p.total <= core.options.config.maxDirectCallObjectSize { return .inline(p.data()) }
+    if p.total <= core.options.config.maxDirectCallObjectSize {
+      var o = Swiftray_RayObject()
+      o.data = p.data()
+      o.nestedRefs = p.nestedRefs
+      return .inline(o)
+    }
     let r: Result<ObjectID, SwiftrayError> = withoutGIL {
-      do throws(SwiftrayError) { return .success(try core.putStored(size: p.total) { p.copy(into: $0) }) } catch { return .failure(error) }
+      do throws(SwiftrayError) { return .success(try core.putStored(size: p.total, nested: p.nested) { p.copy(into: $0) }) } catch { return .failure(error) }
     }
     switch r {
     case .success(let id): return .stored(id)
@@ -34,15 +39,22 @@ enum StoredValues {
   static func placeReturn(_ core: CoreWorker, _ id: ObjectID, ownerPid: Int32, _ o: PyPtr?) -> Swiftray_RayObject? {
     guard var p = Py.packed(o) else { return nil }
     defer { p.release() }
+    var ro: Swiftray_RayObject
     if p.total <= core.options.config.maxDirectCallObjectSize {
-      var ro = Swiftray_RayObject()
+      ro = Swiftray_RayObject()
       ro.data = p.data()
-      return ro
+    } else {
+      let r: Result<Swiftray_RayObject, SwiftrayError> = withoutGIL {
+        do throws(SwiftrayError) { return .success(try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) }) }
+        catch { return .failure(error) }
+      }
+      switch r {
+      case .success(let o): ro = o
+      case .failure(let e): return CoreWorker.errorObject(e.code, e.message)
+      }
     }
-    return withoutGIL {
-      do throws(SwiftrayError) { return try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) } }
-      catch { return CoreWorker.errorObject(error.code, error.message) }
-    }
+    ro.nestedRefs = p.nestedRefs
+    return ro
   }
 
   /// Pins the stored objects among `items` (one store round trip each, GIL released);

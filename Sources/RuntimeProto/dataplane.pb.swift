@@ -101,6 +101,9 @@ public nonisolated struct Swiftray_GetObjectRequest: Sendable {
 
   public var objectID: Data = Data()
 
+  /// The asking process: registered as a borrower of refs nested in the value.
+  public var requesterID: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -390,10 +393,44 @@ public nonisolated struct Swiftray_DeleteObjectsRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Swiftray_StoreAck: Sendable {
+public nonisolated struct Swiftray_Ack: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Borrower protocol (DESIGN §3): `borrower_id` holds `count` more (or fewer)
+/// registrations for the owner's object `object_id`.
+public nonisolated struct Swiftray_AddBorrowerRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectID: Data = Data()
+
+  public var borrowerID: Data = Data()
+
+  public var count: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_RemoveBorrowerRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectID: Data = Data()
+
+  public var borrowerID: Data = Data()
+
+  public var count: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -531,12 +568,12 @@ public nonisolated struct Swiftray_DataFrame: Sendable {
     set {body = .deleteObjects(newValue)}
   }
 
-  public var storeAck: Swiftray_StoreAck {
+  public var ack: Swiftray_Ack {
     get {
-      if case .storeAck(let v)? = body {return v}
-      return Swiftray_StoreAck()
+      if case .ack(let v)? = body {return v}
+      return Swiftray_Ack()
     }
-    set {body = .storeAck(newValue)}
+    set {body = .ack(newValue)}
   }
 
   public var storeStats: Swiftray_StoreStatsRequest {
@@ -553,6 +590,22 @@ public nonisolated struct Swiftray_DataFrame: Sendable {
       return Swiftray_StoreStats()
     }
     set {body = .storeStatsReply(newValue)}
+  }
+
+  public var addBorrower: Swiftray_AddBorrowerRequest {
+    get {
+      if case .addBorrower(let v)? = body {return v}
+      return Swiftray_AddBorrowerRequest()
+    }
+    set {body = .addBorrower(newValue)}
+  }
+
+  public var removeBorrower: Swiftray_RemoveBorrowerRequest {
+    get {
+      if case .removeBorrower(let v)? = body {return v}
+      return Swiftray_RemoveBorrowerRequest()
+    }
+    set {body = .removeBorrower(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -572,9 +625,11 @@ public nonisolated struct Swiftray_DataFrame: Sendable {
     case pinObjectReply(Swiftray_PinObjectReply)
     case unpinObjects(Swiftray_UnpinObjectsRequest)
     case deleteObjects(Swiftray_DeleteObjectsRequest)
-    case storeAck(Swiftray_StoreAck)
+    case ack(Swiftray_Ack)
     case storeStats(Swiftray_StoreStatsRequest)
     case storeStatsReply(Swiftray_StoreStats)
+    case addBorrower(Swiftray_AddBorrowerRequest)
+    case removeBorrower(Swiftray_RemoveBorrowerRequest)
 
   }
 
@@ -705,7 +760,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetObjectRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}requester_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -714,6 +769,7 @@ nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.requesterID) }()
       default: break
       }
     }
@@ -723,11 +779,15 @@ nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftPro
     if !self.objectID.isEmpty {
       try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
     }
+    if !self.requesterID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.requesterID, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_GetObjectRequest, rhs: Swiftray_GetObjectRequest) -> Bool {
     if lhs.objectID != rhs.objectID {return false}
+    if lhs.requesterID != rhs.requesterID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1144,8 +1204,8 @@ nonisolated extension Swiftray_DeleteObjectsRequest: SwiftProtobuf.Message, Swif
   }
 }
 
-nonisolated extension Swiftray_StoreAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".StoreAck"
+nonisolated extension Swiftray_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Ack"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -1157,7 +1217,87 @@ nonisolated extension Swiftray_StoreAck: SwiftProtobuf.Message, SwiftProtobuf._M
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Swiftray_StoreAck, rhs: Swiftray_StoreAck) -> Bool {
+  public static func ==(lhs: Swiftray_Ack, rhs: Swiftray_Ack) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_AddBorrowerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AddBorrowerRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}borrower_id\0\u{1}count\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.borrowerID) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.count) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
+    }
+    if !self.borrowerID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.borrowerID, fieldNumber: 2)
+    }
+    if self.count != 0 {
+      try visitor.visitSingularInt32Field(value: self.count, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_AddBorrowerRequest, rhs: Swiftray_AddBorrowerRequest) -> Bool {
+    if lhs.objectID != rhs.objectID {return false}
+    if lhs.borrowerID != rhs.borrowerID {return false}
+    if lhs.count != rhs.count {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_RemoveBorrowerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemoveBorrowerRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}borrower_id\0\u{1}count\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.borrowerID) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.count) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
+    }
+    if !self.borrowerID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.borrowerID, fieldNumber: 2)
+    }
+    if self.count != 0 {
+      try visitor.visitSingularInt32Field(value: self.count, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_RemoveBorrowerRequest, rhs: Swiftray_RemoveBorrowerRequest) -> Bool {
+    if lhs.objectID != rhs.objectID {return false}
+    if lhs.borrowerID != rhs.borrowerID {return false}
+    if lhs.count != rhs.count {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1184,7 +1324,7 @@ nonisolated extension Swiftray_StoreStatsRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{4}\u{9}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{3}store_ack\0\u{3}store_stats\0\u{3}store_stats_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{4}\u{9}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1376,16 +1516,16 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
         }
       }()
       case 27: try {
-        var v: Swiftray_StoreAck?
+        var v: Swiftray_Ack?
         var hadOneofValue = false
         if let current = self.body {
           hadOneofValue = true
-          if case .storeAck(let m) = current {v = m}
+          if case .ack(let m) = current {v = m}
         }
         try decoder.decodeSingularMessageField(value: &v)
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .storeAck(v)
+          self.body = .ack(v)
         }
       }()
       case 28: try {
@@ -1412,6 +1552,32 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .storeStatsReply(v)
+        }
+      }()
+      case 30: try {
+        var v: Swiftray_AddBorrowerRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .addBorrower(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .addBorrower(v)
+        }
+      }()
+      case 31: try {
+        var v: Swiftray_RemoveBorrowerRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .removeBorrower(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .removeBorrower(v)
         }
       }()
       default: break
@@ -1484,8 +1650,8 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       guard case .deleteObjects(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
     }()
-    case .storeAck?: try {
-      guard case .storeAck(let v)? = self.body else { preconditionFailure() }
+    case .ack?: try {
+      guard case .ack(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
     }()
     case .storeStats?: try {
@@ -1495,6 +1661,14 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
     case .storeStatsReply?: try {
       guard case .storeStatsReply(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+    }()
+    case .addBorrower?: try {
+      guard case .addBorrower(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .removeBorrower?: try {
+      guard case .removeBorrower(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
     }()
     case nil: break
     }

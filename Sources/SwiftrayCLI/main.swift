@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOPosix
 import CPythonEmbed
 import Foundation
 import PyBridge
@@ -11,7 +12,7 @@ struct SwiftrayCommand: ParsableCommand {
     commandName: "swiftray",
     abstract: "Ray's programming model for Python, with a Swift core.",
     version: SwiftrayVersion.string,
-    subcommands: [Run.self, Worker.self]
+    subcommands: [Run.self, Worker.self, Memory.self]
   )
 }
 
@@ -59,5 +60,34 @@ struct Worker: ParsableCommand {
     // Workers exit without finalizing: threads of the core may still hold the GIL's
     // waiters, and the NodeManager only needs the exit code.
     Foundation.exit(code)
+  }
+}
+
+struct Memory: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Print the object store usage (capacity, used, pinned, spilled) of the running local clusters.")
+  @Option(help: "The session directory of the cluster to inspect (default: every running one on this machine).")
+  var address: String?
+  @Flag(help: "Only the aggregate numbers (the only view for now; accepted for Ray compatibility).")
+  var statsOnly = false
+
+  func run() throws {
+    let sessions = address.map { [$0] } ?? MemoryReport.liveSessions()
+    guard !sessions.isEmpty else {
+      print("No running swiftray cluster found on this machine (looked in \(NSTemporaryDirectory())swiftray).")
+      throw ExitCode(1)
+    }
+    let pool = DataPlaneClientPool(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
+    defer { pool.closeAll() }
+    var failed = false
+    for dir in sessions {
+      do {
+        print(MemoryReport.format(try MemoryReport.stats(sessionDir: dir, pool: pool), node: "the node of session \(dir)"))
+      } catch {
+        failed = true
+        print("Cannot reach the object store of session \(dir): \(error.message)")
+      }
+    }
+    if failed { throw ExitCode(1) }
   }
 }

@@ -104,30 +104,63 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
 
 @Suite struct ReferenceTableTests {
   var gen = TaskIDGenerator(job: JobID(1))
+  let me = WorkerID.random(), other = WorkerID.random()
 
   @Test mutating func anOwnedObjectIsFreedWhenTheLastLocalRefAndTaskRefGo() {
     var t = ReferenceTable()
     let o = ObjectID.forReturn(of: gen.next(), index: 0)
     t.ownedObjectCreated(o)
-    t.localRefAdded(o)
+    #expect(t.localRefAdded(o).isEmpty)
     t.submittedTaskRefsAdded([o])
     #expect(t.localRefRemoved(o).isEmpty, "a pending task still uses it")
     #expect(t.submittedTaskRefsRemoved([o]) == [.free(o)])
     #expect(!t.isInScope(o))
   }
 
-  @Test mutating func aBorrowedObjectIsForgottenNotFreed() {
+  @Test mutating func aBorrowerRegistersOnceAndRemovesEveryRegistrationWhenDone() {
     var t = ReferenceTable()
     let o = ObjectID.forReturn(of: gen.next(), index: 0)
-    t.localRefAdded(o)
-    #expect(t.localRefRemoved(o) == [.forget(o)])
+    #expect(t.localRefAdded(o, borrowed: true) == [.register(o)])
+    #expect(t.localRefAdded(o, borrowed: true).isEmpty, "registered already")
+    // A value holding the ref arrives, registered for us by its sender.
+    t.containedRefsAdded([o])
+    #expect(t.registrationsReceived(o, count: 1, me: me).isEmpty)
+    #expect(t.localRefRemoved(o).isEmpty && t.localRefRemoved(o).isEmpty, "the value still holds it")
+    #expect(t.containedRefsRemoved([o]) == [.forget(o, registrations: 2)])
+  }
+
+  @Test mutating func anOwnedObjectLivesWhileBorrowersAndContainingValuesDo() {
+    var t = ReferenceTable()
+    let inner = ObjectID.forPut(by: gen.next(), index: 1)
+    t.ownedObjectCreated(inner)
+    _ = t.localRefAdded(inner)
+    t.containedRefsAdded([inner])  // put([inner])
+    t.borrowerAdded(inner, other, count: 2)
+    #expect(t.localRefRemoved(inner).isEmpty)
+    #expect(t.containedRefsRemoved([inner]).isEmpty, "a borrower still holds it")
+    #expect(t.borrowerRemoved(inner, other, count: 1).isEmpty)
+    #expect(t.borrowerRemoved(inner, other, count: 1) == [.free(inner)])
+  }
+
+  @Test mutating func aRegistrationNamingTheOwnerItselfTurnsIntoContainment() {
+    var t = ReferenceTable()
+    let o = ObjectID.forPut(by: gen.next(), index: 1)
+    t.ownedObjectCreated(o)
+    _ = t.localRefAdded(o)
+    // A worker returns our own ref to us: it registered us (the owner) as borrower first.
+    t.borrowerAdded(o, me)
+    #expect(t.localRefRemoved(o).isEmpty)
+    t.containedRefsAdded([o])
+    #expect(t.registrationsReceived(o, count: 1, me: me).isEmpty)
+    #expect(t.refs[o]?.borrowers.isEmpty == true)
+    #expect(t.containedRefsRemoved([o]) == [.free(o)])
   }
 
   @Test mutating func anEscapedRefStaysAlive() {
     var t = ReferenceTable()
     let o = ObjectID.forPut(by: gen.next(), index: 1)
     t.ownedObjectCreated(o)
-    t.localRefAdded(o)
+    _ = t.localRefAdded(o)
     t.refEscaped(o)
     #expect(t.localRefRemoved(o).isEmpty)
     #expect(t.isInScope(o))

@@ -9,7 +9,7 @@
 
     ray.get([f.remote(i) for i in range(4)])
 """
-from swiftray import _core, exceptions
+from swiftray import _core, exceptions, util
 from swiftray._api import (available_resources, cancel, cluster_resources, get, init, is_initialized,
                            nodes, put, shutdown, wait)
 from swiftray.object_ref import ObjectRef
@@ -20,5 +20,5 @@ __version__ = _core.version()
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "ObjectRef",
-    "get_runtime_context", "nodes", "cluster_resources", "available_resources", "exceptions",
+    "get_runtime_context", "nodes", "cluster_resources", "available_resources", "exceptions", "util",
 ]

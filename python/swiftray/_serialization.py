@@ -6,6 +6,7 @@ import struct
 import cloudpickle
 
 from swiftray import exceptions
+from swiftray.object_ref import collector
 
 TASK_ERROR_METADATA = b"ERR:TASK_ERROR"
 
@@ -28,14 +29,16 @@ _ENTRY = struct.Struct("<QQ")
 
 class Packed:
     """A value laid out for the core without copying its buffers: `parts` are
-    buffer-protocol objects to be written at `offsets`; `total` bytes in all."""
-    __slots__ = ("parts", "offsets", "total")
+    buffer-protocol objects to be written at `offsets`; `total` bytes in all; `refs`
+    the ObjectRefs pickled inside it (kept alive with the packed value, so the refs
+    outlive it until the core holds them)."""
+    __slots__ = ("parts", "offsets", "total", "refs")
 
-    def __init__(self, parts, offsets, total):
-        self.parts, self.offsets, self.total = parts, offsets, total
+    def __init__(self, parts, offsets, total, refs=()):
+        self.parts, self.offsets, self.total, self.refs = parts, offsets, total, refs
 
     def for_core(self):
-        return (self.parts, self.offsets, self.total)
+        return (self.parts, self.offsets, self.total, self.refs)
 
     def tobytes(self):
         out = bytearray(self.total)
@@ -47,7 +50,12 @@ class Packed:
 
 def pack(value):
     buffers = []
-    stream = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    outer = getattr(collector, "refs", None)
+    collector.refs = refs = []
+    try:
+        stream = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    finally:
+        collector.refs = outer
     raws = []
     for b in buffers:
         try:
@@ -66,7 +74,7 @@ def pack(value):
         header += _ENTRY.pack(off, n)
     parts = [bytes(header) + stream] + raws
     offsets = [0] + [off for off, _ in entries]
-    return Packed(parts, offsets, pos)
+    return Packed(parts, offsets, pos, list({r._id: r for r in refs}.values()))
 
 
 def unpack(data):

@@ -5,6 +5,11 @@ import threading
 
 from swiftray import _core
 
+# While a value is packed for the core, the refs pickled inside it are collected here
+# (per thread): the core holds them for as long as the value lives and registers
+# whoever receives the value as their borrower.
+collector = threading.local()
+
 
 def _rebuild(id_bytes, owner):
     return ObjectRef(id_bytes, owner)
@@ -49,7 +54,11 @@ class ObjectRef:
         return f"ObjectRef({self.hex()})"
 
     def __reduce__(self):
-        _core.ref_escaped(self._id)
+        refs = getattr(collector, "refs", None)
+        if refs is not None:
+            refs.append(self)
+        else:  # pickled outside a value the core tracks: keep it for the owner's life
+            _core.ref_escaped(self._id)
         return (_rebuild, (self._id, _core.owner_address(self._id)))
 
     def future(self):

@@ -44,12 +44,15 @@ public final class CoreWorker: Sendable {
     var submitter: NormalTaskSubmitter
     var store: [ObjectID: Swiftray_RayObject] = [:]
     var owners: [ObjectID: Swiftray_Address] = [:]
+    /// Refs contained in values held here (owned objects, cached borrowed values).
+    var nestedOf: [ObjectID: [ObjectID]] = [:]
     var fetching: Set<ObjectID> = []
     var waiters: [ObjectID: [ObjectWaiter]] = [:]
     /// Borrowers asking for values we own that do not exist yet.
-    var remoteGets: [ObjectID: [DataPlaneResponder]] = [:]
+    var remoteGets: [ObjectID: [(DataPlaneResponder, WorkerID?)]] = [:]
     var leaseWorkers: [UInt64: Swiftray_Address] = [:]
     var idGen: TaskIDGenerator
+    var selfAddress: Swiftray_Address
     var putTask: TaskID
     var putCounter: UInt32 = 0
     var tickAt: UInt64?
@@ -77,6 +80,9 @@ public final class CoreWorker: Sendable {
   let interruptRunningTask = Mutex<(@Sendable () -> Void)?>(nil)
   /// The log subscription, cancelled at shutdown so the NodeManager client can close.
   let logForwarding = Mutex<Task<Void, Never>?>(nil)
+  /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
+  /// them, so its submitter cannot drop a ref before the owner counts this process.
+  let registering = DispatchGroup()
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
 
@@ -109,8 +115,6 @@ public final class CoreWorker: Sendable {
     self.jobID = job
     var gen = TaskIDGenerator(job: job)
     let putTask = gen.next()
-    state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
-                        idGen: gen, putTask: putTask))
     pool = DataPlaneClientPool(group: group)
     objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool)
     let sockDir = options.sessionDir + "/sockets"
@@ -122,6 +126,8 @@ public final class CoreWorker: Sendable {
     addr.endpoint = endpoint.description
     addr.pid = getpid()
     address = addr
+    state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
+                        idGen: gen, selfAddress: addr, putTask: putTask))
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
@@ -161,6 +167,7 @@ public final class CoreWorker: Sendable {
   // MARK: - owner API
 
   public struct TaskArgument: Sendable {
+    /// A `value`'s `nestedRefs` may list refs by id only: the core fills in owners.
     public enum Kind: Sendable { case value(Swiftray_RayObject), ref(ObjectID, owner: Swiftray_Address?) }
     public var kind: Kind
     public init(_ kind: Kind) { self.kind = kind }
@@ -180,11 +187,14 @@ public final class CoreWorker: Sendable {
     spec.retryExceptions = retryExceptions
     spec.retryExceptionFilter = retryExceptionFilter
     spec.owner = address
-    var deps: [ObjectID] = []
+    var deps: [ObjectID] = []      // ref arguments: resolved before the task runs
+    var nested: [ObjectID] = []    // refs inside value arguments: only held
     spec.args = args.map { a in
       var t = Swiftray_TaskArg()
       switch a.kind {
-      case .value(let v): t.value = v
+      case .value(let v):
+        t.value = v
+        nested += v.nestedRefs.compactMap { ObjectID(binary: $0.objectID) }
       case .ref(let id, _):
         var r = Swiftray_ObjectReference()
         r.objectID = Data(id.binary)
@@ -201,16 +211,19 @@ public final class CoreWorker: Sendable {
       spec.jobID = Data(JobID(UInt32(truncatingIfNeeded: tid.job)).binary)
       if let parent = s.running { spec.parentTaskID = Data(parent.binary) }
       let ids = (0..<numReturns).map { ObjectID.forReturn(of: tid, index: $0) }
-      for id in ids { s.refs.ownedObjectCreated(id); s.refs.localRefAdded(id) }
+      for id in ids { s.refs.ownedObjectCreated(id); _ = s.refs.localRefAdded(id) }
       for a in args { if case .ref(let id, let owner?) = a.kind, s.owners[id] == nil { s.owners[id] = owner } }
       // Each ref argument names its owner: the one recorded for it here, else this process.
       for i in spec.args.indices {
         if case .ref(var r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID) {
           r.owner = s.owners[id] ?? address
           spec.args[i].ref = r
+        } else if !spec.args[i].value.nestedRefs.isEmpty {
+          spec.args[i].value.nestedRefs = Self.nestedReferences(&s, spec.args[i].value.nestedRefs)
         }
       }
-      s.refs.submittedTaskRefsAdded(deps)
+      // The task holds its ref arguments and the refs inside its value arguments.
+      s.refs.submittedTaskRefsAdded(deps + nested)
       s.tasks.taskSubmitted(tid, spec: spec)
       let store = s.store
       let ready = s.resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil })
@@ -237,9 +250,10 @@ public final class CoreWorker: Sendable {
   /// Puts a value of `size` bytes into the node's shared-memory store: `write` fills
   /// the object's memory in place (one copy, by this process). Returns its ID with one
   /// local reference. Blocks while the store makes room; call with the GIL released.
-  public func putStored(size: Int, write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> ObjectID {
+  public func putStored(size: Int, nested: [ObjectID] = [], write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> ObjectID {
     let id = nextPutID()
-    let object = try writeStored(id, size: size, ownerPid: getpid(), write: write)
+    var object = try writeStored(id, size: size, ownerPid: getpid(), write: write)
+    object.nestedRefs = nested.map { n in Swiftray_ObjectReference.with { $0.objectID = Data(n.binary) } }
     return put(object, id: id)
   }
 
@@ -273,9 +287,14 @@ public final class CoreWorker: Sendable {
   }
 
   func put(_ object: Swiftray_RayObject, id: ObjectID) -> ObjectID {
+    var object = object
     let w = state.withLock { s -> [ObjectWaiter] in
+      if !object.nestedRefs.isEmpty {
+        object.nestedRefs = Self.nestedReferences(&s, object.nestedRefs)
+        Self.holdNested(&s, id, object.nestedRefs)
+      }
       s.refs.ownedObjectCreated(id)
-      s.refs.localRefAdded(id)
+      _ = s.refs.localRefAdded(id)
       s.store[id] = object
       return s.waiters.removeValue(forKey: id) ?? []
     }
@@ -334,6 +353,16 @@ public final class CoreWorker: Sendable {
     }
   }
 
+  /// The reference counts of one object here (nil when it is not referenced).
+  public func referenceInfo(_ id: ObjectID) -> ReferenceTable.Reference? {
+    state.withLock { $0.refs.refs[id] }
+  }
+
+  /// Ids of the stored (shared-memory) objects this process owns.
+  public func storedObjectIDs() -> [ObjectID] {
+    state.withLock { s in s.store.filter { $0.value.storeSize > 0 }.map(\.key) }
+  }
+
   /// Positions of the first `limit` available ids, in input order.
   public func firstAvailable(_ ids: [ObjectID], limit: Int) -> [Int] {
     state.withLock { s in
@@ -365,10 +394,11 @@ public final class CoreWorker: Sendable {
   }
 
   public func addLocalRef(_ id: ObjectID, owner: Swiftray_Address?) {
-    state.withLock { s in
-      s.refs.localRefAdded(id)
+    let actions = state.withLock { s -> [ReferenceTable.Action] in
       if let owner, s.owners[id] == nil, owner.workerID != address.workerID { s.owners[id] = owner }
+      return s.refs.localRefAdded(id, borrowed: s.owners[id] != nil)
     }
+    applyRefActions(actions)
   }
 
   public func removeLocalRef(_ id: ObjectID) {
@@ -505,8 +535,19 @@ public final class CoreWorker: Sendable {
   public var currentJobID: JobID { state.withLock { $0.idGen.job } }
 
   /// Sends the result of an execution back to the task's owner.
+  /// Blocks while this worker's own borrower registrations are unacknowledged
+  /// (bounded): call with the GIL released. The language layer has registered the
+  /// owner for refs inside the returns already (`registerReceiver`), while the values
+  /// still held them.
   public func finish(_ e: Execution, reply: Swiftray_PushTaskReply) {
-    state.withLock { $0.running = nil }
+    var reply = reply
+    state.withLock { s in
+      s.running = nil
+      for i in reply.returns.indices where !reply.returns[i].object.nestedRefs.isEmpty {
+        reply.returns[i].object.nestedRefs = Self.nestedReferences(&s, reply.returns[i].object.nestedRefs)
+      }
+    }
+    _ = registering.wait(timeout: .now() + .seconds(10))
     e.responder.respond(.pushTaskReply(reply))
   }
 
@@ -539,20 +580,33 @@ public final class CoreWorker: Sendable {
       executionReady.signal()
     case .getObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return }
+      let requester = WorkerID(binary: req.requesterID)
       let obj: Swiftray_RayObject?? = state.withLock { s in
         if let o = s.store[id] { return .some(o) }
         if s.tasks.isPending(id.task) || s.refs.isInScope(id) {
-          s.remoteGets[id, default: []].append(responder)
+          s.remoteGets[id, default: []].append((responder, requester))
           return .some(nil)
         }
         return nil
       }
-      var reply = Swiftray_GetObjectReply()
       switch obj {
-      case .some(.some(let o)): reply.status = .ready; reply.object = o; responder.respond(.getObjectReply(reply))
+      case .some(.some(let o)): replyObject(o, to: responder, requester: requester)
       case .some(.none): break  // answered when it arrives
-      case .none: reply.status = .notFound; responder.respond(.getObjectReply(reply))
+      case .none:
+        var reply = Swiftray_GetObjectReply()
+        reply.status = .notFound
+        responder.respond(.getObjectReply(reply))
       }
+    case .addBorrower(let req):
+      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID) {
+        state.withLock { $0.refs.borrowerAdded(id, b, count: Int(req.count)) }
+      }
+      responder.respond(.ack(.init()))
+    case .removeBorrower(let req):
+      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID) {
+        applyRefActions(state.withLock { $0.refs.borrowerRemoved(id, b, count: Int(req.count)) })
+      }
+      responder.respond(.ack(.init()))
     case .cancelTask(let req):
       guard let tid = TaskID(binary: req.taskID) else { return }
       let (queued, running): (Execution?, Bool) = state.withLock { s in
@@ -591,6 +645,7 @@ public final class CoreWorker: Sendable {
     guard let owner = state.withLock({ $0.owners[id] }), let ep = Endpoint(owner.endpoint) else { return }
     var req = Swiftray_GetObjectRequest()
     req.objectID = Data(id.binary)
+    req.requesterID = Data(options.workerID.binary)
     pool.request(ep, .getObject(req)) { [self] result in
       let obj: Swiftray_RayObject
       switch result {
@@ -621,32 +676,67 @@ public final class CoreWorker: Sendable {
   func objectsArrived(_ objs: [(ObjectID, Swiftray_RayObject)]) {
     let now = Self.now()
     var wake: [ObjectWaiter] = []
-    var remote: [(DataPlaneResponder, Swiftray_RayObject)] = []
+    var remote: [(DataPlaneResponder, WorkerID?, Swiftray_RayObject)] = []
     var orphans: [ObjectID] = []
+    var refActions: [ReferenceTable.Action] = []
+    let me = options.workerID
     let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
       var actions: [NormalTaskSubmitter.Action] = []
       for (id, o) in objs {
-        // A freed owned object must not come back to life from a late reply.
-        if s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task) {
-          if o.storeSize > 0 { orphans.append(id) }
+        // Refs inside the value came registered for this process by its sender: the
+        // value holds them while it is kept here.
+        let nested = o.nestedRefs.compactMap { r in ObjectID(binary: r.objectID).map { (r, $0) } }
+        for (r, n) in nested where r.owner.workerID != address.workerID && s.owners[n] == nil { s.owners[n] = r.owner }
+        s.refs.containedRefsAdded(nested.map(\.1))
+        for (_, n) in nested { refActions += s.refs.registrationsReceived(n, count: 1, me: me) }
+        // A freed owned object must not come back to life from a late reply (nor a
+        // value be stored twice).
+        if s.store[id] != nil || (s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task)) {
+          if o.storeSize > 0 && s.store[id] == nil { orphans.append(id) }
+          refActions += s.refs.containedRefsRemoved(nested.map(\.1))
           continue
         }
+        if !nested.isEmpty { s.nestedOf[id] = nested.map(\.1) }
         s.store[id] = o
         wake += s.waiters.removeValue(forKey: id) ?? []
-        for r in s.remoteGets.removeValue(forKey: id) ?? [] { remote.append((r, o)) }
+        for (r, who) in s.remoteGets.removeValue(forKey: id) ?? [] { remote.append((r, who, o)) }
         for t in s.resolver.objectAvailable(id) { actions += Self.taskReady(&s, t, now: now) }
       }
       return actions
     }
     objectStore.delete(orphans)
+    applyRefActions(refActions)
     wake.forEach { $0.arrived() }
-    for (r, o) in remote {
-      var reply = Swiftray_GetObjectReply()
-      reply.status = .ready
-      reply.object = o
-      r.respond(.getObjectReply(reply))
-    }
+    for (r, who, o) in remote { replyObject(o, to: r, requester: who) }
     perform(actions)
+  }
+
+  /// Answers a borrower's GetObject, registering it first for refs inside the value
+  /// (at their owners, asynchronously: never blocks the event loop).
+  func replyObject(_ o: Swiftray_RayObject, to responder: DataPlaneResponder, requester: WorkerID?) {
+    var reply = Swiftray_GetObjectReply()
+    reply.status = .ready
+    reply.object = o
+    guard let requester, !o.nestedRefs.isEmpty else { return responder.respond(.getObjectReply(reply)) }
+    let remote: [(Swiftray_Address, ObjectID)] = state.withLock { s in
+      var remote: [(Swiftray_Address, ObjectID)] = []
+      for r in o.nestedRefs {
+        guard let id = ObjectID(binary: r.objectID) else { continue }
+        if let owner = s.owners[id] { remote.append((owner, id)) } else { s.refs.borrowerAdded(id, requester) }
+      }
+      return remote
+    }
+    if remote.isEmpty { return responder.respond(.getObjectReply(reply)) }
+    let left = Mutex(remote.count)
+    let ready = reply
+    for (owner, id) in remote {
+      let done: @Sendable (Result<Swiftray_DataFrame, SwiftrayError>) -> Void = { _ in
+        if left.withLock({ $0 -= 1; return $0 == 0 }) { responder.respond(.getObjectReply(ready)) }
+      }
+      guard let ep = Endpoint(owner.endpoint) else { done(.failure(SwiftrayError(.system, "bad endpoint"))); continue }
+      pool.request(ep, .addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(requester.binary); $0.count = 1 }),
+                   callback: done)
+    }
   }
 
   /// All arguments are here: inline them into the spec, queue for a lease.
@@ -802,25 +892,28 @@ public final class CoreWorker: Sendable {
       case .complete(let tid):
         guard let reply else { continue }
         let objs = reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }
+        // Read before the returns arrive: a getter may drop them at once and with them
+        // the task's entry (lineage), and the argument refs must still be released.
+        let args = state.withLock { $0.tasks.argRefs(tid) }
         objectsArrived(objs)
-        taskDone(tid)
+        taskDone(tid, args: args)
       case .resubmit(let tid, _):
         perform(state.withLock { s in Self.taskReady(&s, tid, now: now) })
       case .fail(let tid, let error):
-        let n = state.withLock { Int($0.tasks.spec(tid)?.numReturns ?? 0) }
+        let (n, args) = state.withLock { (Int($0.tasks.spec(tid)?.numReturns ?? 0), $0.tasks.argRefs(tid)) }
         let obj = Self.errorObject(error.code, error.message)
         objectsArrived((0..<n).map { (ObjectID.forReturn(of: tid, index: $0), obj) })
-        taskDone(tid)
+        taskDone(tid, args: args)
       }
     }
   }
 
   /// The task will not run again: release the references its arguments held, and its
   /// spec if nothing refers to its returns any more.
-  func taskDone(_ tid: TaskID) {
+  func taskDone(_ tid: TaskID, args: [ObjectID]) {
     let actions = state.withLock { s -> [ReferenceTable.Action] in
       // Args were inlined into the spec; the refs it was submitted with are kept apart.
-      let a = s.refs.submittedTaskRefsRemoved(s.tasks.argRefs(tid))
+      let a = s.refs.submittedTaskRefsRemoved(args)
       Self.releaseLineageIfUnused(&s, tid)
       return a
     }
@@ -835,23 +928,81 @@ public final class CoreWorker: Sendable {
     }
   }
 
+  /// Carries out reference-count decisions: frees owned values (and what they
+  /// contain, recursively), forgets borrowed ones, and sends borrower registrations
+  /// and removals to owners.
   func applyRefActions(_ actions: [ReferenceTable.Action]) {
     guard !actions.isEmpty else { return }
+    var sends: [(Swiftray_Address, Swiftray_DataFrame.OneOf_Body, Bool)] = []
+    let me = Data(options.workerID.binary)
     let stored: [ObjectID] = state.withLock { s in
       var stored: [ObjectID] = []
-      for a in actions {
+      var work = actions
+      while let a = work.popLast() {
         switch a {
         case .free(let id):
           if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append(id) }
+          if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
           Self.releaseLineageIfUnused(&s, id.task)
-        case .forget(let id):
+        case .forget(let id, let n):
           s.store[id] = nil
-          s.owners[id] = nil
+          if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
+          if let owner = s.owners.removeValue(forKey: id), n > 0 {
+            sends.append((owner, .removeBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = me; $0.count = Int32(n) }), false))
+          }
+        case .register(let id):
+          if let owner = s.owners[id] {
+            sends.append((owner, .addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = me; $0.count = 1 }), true))
+          }
         }
       }
       return stored
     }
     objectStore.delete(stored)
+    for (owner, body, acked) in sends {
+      guard let ep = Endpoint(owner.endpoint) else { continue }
+      if acked { registering.enter() }
+      pool.request(ep, body) { [registering] _ in if acked { registering.leave() } }
+    }
+  }
+
+  /// Refs listed by id inside a value, with their owners filled in from this process's
+  /// table (itself when it owns them).
+  static func nestedReferences(_ s: inout State, _ refs: [Swiftray_ObjectReference]) -> [Swiftray_ObjectReference] {
+    refs.map { r in
+      var r = r
+      if !r.hasOwner, let id = ObjectID(binary: r.objectID) { r.owner = s.owners[id] ?? s.selfAddress }
+      return r
+    }
+  }
+
+  /// `id`, a value held here, contains `refs`: they live at least as long as it does.
+  static func holdNested(_ s: inout State, _ id: ObjectID, _ refs: [Swiftray_ObjectReference]) {
+    let ids = refs.compactMap { ObjectID(binary: $0.objectID) }
+    s.nestedOf[id] = ids
+    s.refs.containedRefsAdded(ids)
+  }
+
+  /// Before refs inside a value leave this process for `receiver`, register the
+  /// receiver as their borrower: locally for refs owned here, else at their owners
+  /// (acknowledged before this returns, bounded). Blocks; not on an event loop.
+  public func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) {
+    guard !refs.isEmpty else { return }
+    let remote: [(Swiftray_Address, ObjectID)] = state.withLock { s in
+      var remote: [(Swiftray_Address, ObjectID)] = []
+      for r in refs {
+        guard let id = ObjectID(binary: r.objectID) else { continue }
+        if let owner = s.owners[id] { remote.append((owner, id)) } else { s.refs.borrowerAdded(id, receiver) }
+      }
+      return remote
+    }
+    let acks = DispatchGroup()
+    for (owner, id) in remote {
+      guard let ep = Endpoint(owner.endpoint) else { continue }
+      acks.enter()
+      pool.request(ep, .addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1 })) { _ in acks.leave() }
+    }
+    _ = acks.wait(timeout: .now() + .seconds(10))
   }
 
   /// Keeps one timer armed for the submitter's next deadline (idle leases, retries).

@@ -141,19 +141,19 @@ public final class ObjectStore: Sendable {
     case .createObject(let req): create(req, responder, now: now)
     case .pinObject(let req): pin(req, responder, now: now)
     case .sealObject(let req):
-      guard let id = ObjectID(binary: req.objectID) else { return responder.respond(.storeAck(.init())) }
+      guard let id = ObjectID(binary: req.objectID) else { return responder.respond(.ack(.init())) }
       let actions = state.withLock { req.abort ? $0.store.aborted(id) : $0.store.sealed(id) }
-      responder.respond(.storeAck(.init()))
+      responder.respond(.ack(.init()))
       perform(actions)
     case .unpinObjects(let req):
       let actions = state.withLock { s in
         req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { s.store.unpinned($0, reader: UInt64(req.readerPid)) }
       }
-      responder.respond(.storeAck(.init()))
+      responder.respond(.ack(.init()))
       perform(actions)
     case .deleteObjects(let req):
       let actions = state.withLock { s in req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { s.store.deleted($0) } }
-      responder.respond(.storeAck(.init()))
+      responder.respond(.ack(.init()))
       perform(actions)
     case .storeStats:
       responder.respond(.storeStatsReply(stats))

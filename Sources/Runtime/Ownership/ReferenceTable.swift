@@ -1,24 +1,48 @@
-/// Reference counts for the objects a process knows about (DESIGN §3): local refs
-/// (Python `ObjectRef`s alive), refs held by pending tasks it submitted, and refs that
-/// escaped inside serialized values. Pure state machine.
+/// Reference counts for the objects a process knows about (DESIGN §3), and the
+/// borrower protocol. Pure state machine.
+///
+/// A process holds a ref while any of these is non-zero: local refs (Python
+/// `ObjectRef`s alive), refs held by pending tasks it submitted, owned objects here
+/// that contain the ref, and — at the owner — registered borrowers. A borrower (a
+/// process holding a ref it does not own) is registered at the owner, counted, so an
+/// object lives until every borrower has dropped it:
+/// - a process registers itself when a borrowed ref first comes into use (`.register`);
+/// - a process that sends refs inside a value (a task's return, a `get` reply) first
+///   registers the receiver, who counts those registrations as its own
+///   (`registrationsReceived`);
+/// - when a borrowed ref goes out of use, every registration counted on this process
+///   is removed at once (`.forget(id, registrations:)`).
+/// Counts commute, and each process's messages to an owner travel in order, so a
+/// removal never overtakes the registration it undoes.
 ///
 /// Threading: value type, owned by the CoreWorker shell under its lock.
 public struct ReferenceTable: Sendable {
   public struct Reference: Sendable, Equatable {
     public var localRefs = 0
     public var submittedTaskRefs = 0
+    /// Live owned objects of this process whose values contain the ref.
+    public var contained = 0
     public var owned: Bool
-    /// Serialized into another value: a borrower we cannot count yet may hold it.
-    /// Kept until the borrower protocol tracks it (object store issue).
+    /// At the owner: registrations per borrowing process.
+    public var borrowers: [WorkerID: Int] = [:]
+    /// At a borrower: registrations the owner counts on this process.
+    public var registrations = 0
+    /// Serialized outside any value the core tracks (e.g. captured by a pickled
+    /// function): kept for the owner's lifetime.
     public var escaped = false
-    public var isInUse: Bool { localRefs > 0 || submittedTaskRefs > 0 || escaped }
+    public var isInUse: Bool {
+      localRefs > 0 || submittedTaskRefs > 0 || contained > 0 || !borrowers.isEmpty || escaped
+    }
   }
 
   public enum Action: Sendable, Equatable {
     /// Owned object out of scope: free its value and lineage.
     case free(ObjectID)
-    /// Borrowed object out of scope here: drop any cached copy.
-    case forget(ObjectID)
+    /// Borrowed object out of scope here: drop any cached copy, and tell the owner to
+    /// remove `registrations` registrations of this process (when > 0).
+    case forget(ObjectID, registrations: Int)
+    /// A borrowed ref came into use: register this process at its owner (one count).
+    case register(ObjectID)
   }
 
   public private(set) var refs: [ObjectID: Reference] = [:]
@@ -28,8 +52,14 @@ public struct ReferenceTable: Sendable {
     if refs[id] == nil { refs[id] = Reference(owned: true) }
   }
 
-  public mutating func localRefAdded(_ id: ObjectID) {
-    refs[id, default: Reference(owned: false)].localRefs += 1
+  /// A Python `ObjectRef` was made. `borrowed`: the ref is owned by another process.
+  public mutating func localRefAdded(_ id: ObjectID, borrowed: Bool = false) -> [Action] {
+    var r = refs[id] ?? Reference(owned: false)
+    r.localRefs += 1
+    let register = borrowed && !r.owned && r.registrations == 0
+    if register { r.registrations = 1 }
+    refs[id] = r
+    return register ? [.register(id)] : []
   }
 
   public mutating func localRefRemoved(_ id: ObjectID) -> [Action] {
@@ -52,6 +82,48 @@ public struct ReferenceTable: Sendable {
     return actions
   }
 
+  /// An owned object whose value contains `ids` was created here.
+  public mutating func containedRefsAdded(_ ids: [ObjectID]) {
+    for id in ids { refs[id, default: Reference(owned: false)].contained += 1 }
+  }
+
+  /// That object was freed (or, for a cached borrowed value, forgotten).
+  public mutating func containedRefsRemoved(_ ids: [ObjectID]) -> [Action] {
+    var actions: [Action] = []
+    for id in ids {
+      guard var r = refs[id] else { continue }
+      r.contained = max(0, r.contained - 1)
+      actions += update(id, r)
+    }
+    return actions
+  }
+
+  /// Refs arrived inside a value whose sender registered this process for them,
+  /// `count` times. At the owner itself the sender's registration named the owner as
+  /// borrower: it is undone here (the value's containment holds the ref instead).
+  /// Call after `containedRefsAdded` (or with another hold) for the same refs.
+  public mutating func registrationsReceived(_ id: ObjectID, count: Int, me: WorkerID) -> [Action] {
+    guard var r = refs[id] else { return [] }
+    if r.owned {
+      let n = (r.borrowers[me] ?? 0) - count
+      r.borrowers[me] = n > 0 ? n : nil
+    } else {
+      r.registrations += count
+    }
+    return update(id, r)
+  }
+
+  /// At the owner: `borrower` holds the ref (`count` more registrations).
+  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, count: Int = 1) {
+    refs[id, default: Reference(owned: true)].borrowers[borrower, default: 0] += count
+  }
+
+  public mutating func borrowerRemoved(_ id: ObjectID, _ borrower: WorkerID, count: Int) -> [Action] {
+    guard var r = refs[id], let n = r.borrowers[borrower] else { return [] }
+    r.borrowers[borrower] = n > count ? n - count : nil
+    return update(id, r)
+  }
+
   public mutating func refEscaped(_ id: ObjectID) {
     refs[id, default: Reference(owned: false)].escaped = true
   }
@@ -61,6 +133,6 @@ public struct ReferenceTable: Sendable {
   private mutating func update(_ id: ObjectID, _ r: Reference) -> [Action] {
     if r.isInUse { refs[id] = r; return [] }
     refs[id] = nil
-    return [r.owned ? .free(id) : .forget(id)]
+    return [r.owned ? .free(id) : .forget(id, registrations: r.registrations)]
   }
 }

@@ -44,9 +44,13 @@ public struct TaskManager: Sendable {
 
   public mutating func taskSubmitted(_ id: TaskID, spec: Swiftray_TaskSpec) {
     var e = Entry(spec: spec, retriesLeft: Int(spec.maxRetries), status: .pending)
-    e.argRefs = spec.args.compactMap { a in
-      if case .ref(let r)? = a.kind { return ObjectID(binary: r.objectID) }
-      return nil
+    // Ref arguments, and refs nested in value arguments: both held until the task ends.
+    e.argRefs = spec.args.flatMap { a -> [ObjectID] in
+      switch a.kind {
+      case .ref(let r)?: return ObjectID(binary: r.objectID).map { [$0] } ?? []
+      case .value(let v)?: return v.nestedRefs.compactMap { ObjectID(binary: $0.objectID) }
+      case nil: return []
+      }
     }
     entries[id] = e
   }

@@ -4,3 +4,19 @@ import socket
 
 def get_node_ip_address():
     return "127.0.0.1"
+
+
+def object_store_stats():
+    """This node's shared-memory object store as a dict: capacity, used, pinned_bytes,
+    spilled_bytes, num_objects, num_pinned, num_spilled, num_readers, totals spilled
+    and restored, the arena and spill paths."""
+    from swiftray import _api, _core
+    _api._ensure_init()
+    return _core.store_stats()
+
+
+def memory_summary(stats_only=False):
+    """The report `swiftray memory` prints, for this node's object store."""
+    from swiftray import _api, _core
+    _api._ensure_init()
+    return _core.memory_summary()
