@@ -19,11 +19,6 @@ enum CoreAPI {
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
     .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
     .init(name: "ref_escaped", fn: refEscaped, doc: "ref_escaped(id): the ref was serialized into a value."),
-    .init(name: "stored_object_ids", fn: { _, _, _ in
-      guard let s = session() else { return nil }
-      return Py.list(s.core.storedObjectIDs().map { Py.bytes($0.binary) })
-    }, doc: "stored_object_ids() -> [id]: objects this process owns in the shared-memory store"),
-    .init(name: "ref_counts", fn: refCounts, doc: "ref_counts(id) -> dict | None: why this process holds the object"),
     .init(name: "owner_address", fn: ownerAddress, doc: "owner_address(id) -> bytes"),
     .init(name: "cancel", fn: cancel, doc: "cancel(id, force) -> bool"),
     .init(name: "kv_put", fn: kvPut, doc: "kv_put(namespace, key, value, overwrite) -> bool"),
@@ -328,7 +323,7 @@ enum CoreAPI {
         guard let exc = ErrorMapping.instance(e.code, e.message) else { out.forEach { sr_DecRef($0) }; return nil }
         out.append(exc)
       } else {
-        guard let data = StoredValues.data(s.core, ids[i], o, pins[i]) else { out.forEach { sr_DecRef($0) }; return nil }
+        guard let data = StoredValues.data(s.core, o, pins[i]) else { out.forEach { sr_DecRef($0) }; return nil }
         out.append(Py.tuple([data, Py.bytes(o.metadata)]))
       }
     }
@@ -372,17 +367,6 @@ enum CoreAPI {
     guard let s = Session.active, let id = objectID(Args(a, n)[0]) else { PyErr_Clear(); return Py.none }
     s.core.refEscaped(id)
     return Py.none
-  }
-
-  static let refCounts: CoreModule.FastFn = { _, a, n in
-    guard let s = session(), let id = objectID(Args(a, n)[0]) else { return nil }
-    guard let r = s.core.referenceInfo(id) else { return Py.none }
-    return Py.dict([
-      ("local", Py.int(r.localRefs)), ("submitted_tasks", Py.int(r.submittedTaskRefs)),
-      ("contained", Py.int(r.contained)), ("owned", Py.bool(r.owned)),
-      ("borrowers", Py.int(r.borrowers.values.reduce(0, +))), ("registrations", Py.int(r.registrations)),
-      ("escaped", Py.bool(r.escaped)),
-    ])
   }
 
   static let ownerAddress: CoreModule.FastFn = { _, a, n in
@@ -451,15 +435,14 @@ enum CoreAPI {
 
   // MARK: executor
 
-  static func argTuple(_ core: CoreWorker, _ arg: Swiftray_TaskArg, _ pin: Result<UnsafeRawBufferPointer, SwiftrayError>?) -> PyPtr {
+  static func argTuple(_ core: CoreWorker, _ arg: Swiftray_TaskArg, _ pin: Result<StoredValues.Pinned, SwiftrayError>?) -> PyPtr {
     switch arg.kind {
     case .value(let v)?:
       if let code = ErrorObject.code(fromMetadata: v.metadata), code != .taskError {
         return Py.tuple([Py.int(2), ErrorMapping.instance(code, String(decoding: v.data, as: UTF8.self)) ?? Py.none])
       }
       if case .failure(let e)? = pin { return Py.tuple([Py.int(2), ErrorMapping.instance(e.code, e.message) ?? Py.none]) }
-      let id = ObjectID(binary: arg.objectID) ?? ObjectID(task: .nil_, index: 0)  // the id matters only when stored
-      guard let data = StoredValues.data(core, id, v, pin)
+      guard let data = StoredValues.data(core, v, pin)
       else {
         PyErr_Clear()
         return Py.tuple([Py.int(2), ErrorMapping.instance(.system, "argument value could not be read") ?? Py.none])

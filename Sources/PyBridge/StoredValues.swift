@@ -13,78 +13,84 @@ import RuntimeProto
 enum StoredValues {
   enum Placed { case inline(Swiftray_RayObject), stored(ObjectID) }
 
-  /// A value for `put` or a task argument: inline bytes up to the inline threshold,
-  /// else a new object in the store owned by this process (one local reference).
-  /// nil with a Python exception set on failure.
-  static func place(_ core: CoreWorker, _ o: PyPtr?) -> Placed? {
+  /// A stored object pinned for this process: its bytes stay valid until unpinned.
+  struct Pinned { let id: ObjectID; let bytes: UnsafeRawBufferPointer }
+
+  /// The packed value `o` (see `Py.packed`) as an inline object up to the inline
+  /// threshold, else written by `store` straight from Python's buffers with the GIL
+  /// released. nil with a Python exception set when `o` is not a packed value.
+  static func write<T>(_ core: CoreWorker, _ o: PyPtr?, inline: (Swiftray_RayObject) -> T,
+                       store: (Py.PackedValue) throws(SwiftrayError) -> T) -> Result<T, SwiftrayError>? {
     guard var p = Py.packed(o) else { return nil }
     defer { p.release() }
     if p.total <= core.options.config.maxDirectCallObjectSize {
-      var o = Swiftray_RayObject()
-      o.data = p.data()
-      o.nestedRefs = p.nestedRefs
-      return .inline(o)
+      var ro = Swiftray_RayObject()
+      ro.data = p.data()
+      ro.nestedRefs = p.nestedRefs
+      return .success(inline(ro))
     }
-    let r: Result<ObjectID, SwiftrayError> = withoutGIL {
-      do throws(SwiftrayError) { return .success(try core.putStored(size: p.total, nested: p.nested) { p.copy(into: $0) }) } catch { return .failure(error) }
+    return withoutGIL {
+      do throws(SwiftrayError) { return .success(try store(p)) } catch { return .failure(error) }
     }
+  }
+
+  /// A value for `put` or a task argument: inline, or a new object in the store owned
+  /// by this process (one local reference). nil with a Python exception set on failure.
+  static func place(_ core: CoreWorker, _ o: PyPtr?) -> Placed? {
+    let r = write(core, o, inline: { Placed.inline($0) }, store: { p throws(SwiftrayError) in
+      .stored(try core.putStored(size: p.total, nested: p.nested) { p.copy(into: $0) })
+    })
     switch r {
-    case .success(let id): return .stored(id)
-    case .failure(let e): _ = ErrorMapping.raise(e); return nil
+    case nil: return nil
+    case .success(let placed)?: return placed
+    case .failure(let e)?: _ = ErrorMapping.raise(e); return nil
     }
   }
 
   /// A task's return value for its owner: inline, or written to the store (a store
   /// that cannot make room turns into an `ObjectStoreFullError` for the owner).
   static func placeReturn(_ core: CoreWorker, _ id: ObjectID, ownerPid: Int32, _ o: PyPtr?) -> Swiftray_RayObject? {
-    guard var p = Py.packed(o) else { return nil }
-    defer { p.release() }
-    var ro: Swiftray_RayObject
-    if p.total <= core.options.config.maxDirectCallObjectSize {
-      ro = Swiftray_RayObject()
-      ro.data = p.data()
-    } else {
-      let r: Result<Swiftray_RayObject, SwiftrayError> = withoutGIL {
-        do throws(SwiftrayError) { return .success(try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) }) }
-        catch { return .failure(error) }
-      }
-      switch r {
-      case .success(let o): ro = o
-      case .failure(let e): return CoreWorker.errorObject(e.code, e.message)
-      }
+    let r = write(core, o, inline: { $0 }, store: { p throws(SwiftrayError) in
+      var ro = try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) }
+      ro.nestedRefs = p.nestedRefs
+      return ro
+    })
+    switch r {
+    case nil: return nil
+    case .success(let ro)?: return ro
+    case .failure(let e)?: return CoreWorker.errorObject(e.code, e.message)
     }
-    ro.nestedRefs = p.nestedRefs
-    return ro
   }
 
   /// Pins the stored objects among `items` (one store round trip each, GIL released);
-  /// nil entries are inline values.
-  static func pinAll(_ core: CoreWorker, _ items: [(ObjectID, Swiftray_RayObject)?]) -> [Result<UnsafeRawBufferPointer, SwiftrayError>?] {
+  /// nil for inline values.
+  static func pinAll(_ core: CoreWorker, _ items: [(ObjectID, Swiftray_RayObject)?]) -> [Result<Pinned, SwiftrayError>?] {
     guard items.contains(where: { ($0?.1.storeSize ?? 0) > 0 }) else { return items.map { _ in nil } }
     return withoutGIL {
-      items.map { item -> Result<UnsafeRawBufferPointer, SwiftrayError>? in
+      items.map { item -> Result<Pinned, SwiftrayError>? in
         guard let (id, o) = item, o.storeSize > 0 else { return nil }
-        do throws(SwiftrayError) { return .success(try core.pinStored(id)) } catch { return .failure(error) }
+        do throws(SwiftrayError) { return .success(Pinned(id: id, bytes: try core.pinStored(id))) }
+        catch { return .failure(error) }
       }
     }
   }
 
   /// A read-only view of a pinned object; its death unpins it.
-  static func view(_ core: CoreWorker, _ id: ObjectID, _ buf: UnsafeRawBufferPointer) -> PyPtr? {
+  static func view(_ core: CoreWorker, _ pinned: Pinned) -> PyPtr? {
     sr_StoreView_SetRelease(released)
     let ctx = Unmanaged.passRetained(core.objectStore).toOpaque()
-    let v = id.binary.withUnsafeBufferPointer { sr_StoreView_New(buf.baseAddress, buf.count, ctx, $0.baseAddress) }
-    if v == nil { Unmanaged<StoreClient>.fromOpaque(ctx).release(); core.objectStore.unpin([id]) }
+    let buf = pinned.bytes
+    let v = pinned.id.binary.withUnsafeBufferPointer { sr_StoreView_New(buf.baseAddress, buf.count, ctx, $0.baseAddress) }
+    if v == nil { Unmanaged<StoreClient>.fromOpaque(ctx).release(); core.objectStore.unpin([pinned.id]) }
     return v
   }
 
-  /// The data of a value for Python: a view when it is stored (pinned by `pin`),
+  /// The data of a value for Python: a view when it is stored (pinned by `pinAll`),
   /// `bytes` when inline; nil with an exception set on failure.
-  static func data(_ core: CoreWorker, _ id: ObjectID, _ o: Swiftray_RayObject,
-                   _ pin: Result<UnsafeRawBufferPointer, SwiftrayError>?) -> PyPtr? {
+  static func data(_ core: CoreWorker, _ o: Swiftray_RayObject, _ pin: Result<Pinned, SwiftrayError>?) -> PyPtr? {
     switch pin {
     case nil: return Py.bytes(o.data)
-    case .success(let buf)?: return view(core, id, buf)
+    case .success(let p)?: return view(core, p)
     case .failure(let e)?: return ErrorMapping.instance(e.code, e.message)
     }
   }

@@ -353,16 +353,6 @@ public final class CoreWorker: Sendable {
     }
   }
 
-  /// The reference counts of one object here (nil when it is not referenced).
-  public func referenceInfo(_ id: ObjectID) -> ReferenceTable.Reference? {
-    state.withLock { $0.refs.refs[id] }
-  }
-
-  /// Ids of the stored (shared-memory) objects this process owns.
-  public func storedObjectIDs() -> [ObjectID] {
-    state.withLock { s in s.store.filter { $0.value.storeSize > 0 }.map(\.key) }
-  }
-
   /// Positions of the first `limit` available ids, in input order.
   public func firstAvailable(_ ids: [ObjectID], limit: Int) -> [Int] {
     state.withLock { s in
@@ -711,32 +701,14 @@ public final class CoreWorker: Sendable {
     perform(actions)
   }
 
-  /// Answers a borrower's GetObject, registering it first for refs inside the value
-  /// (at their owners, asynchronously: never blocks the event loop).
+  /// Answers a borrower's GetObject, registering it first for refs inside the value.
   func replyObject(_ o: Swiftray_RayObject, to responder: DataPlaneResponder, requester: WorkerID?) {
     var reply = Swiftray_GetObjectReply()
     reply.status = .ready
     reply.object = o
-    guard let requester, !o.nestedRefs.isEmpty else { return responder.respond(.getObjectReply(reply)) }
-    let remote: [(Swiftray_Address, ObjectID)] = state.withLock { s in
-      var remote: [(Swiftray_Address, ObjectID)] = []
-      for r in o.nestedRefs {
-        guard let id = ObjectID(binary: r.objectID) else { continue }
-        if let owner = s.owners[id] { remote.append((owner, id)) } else { s.refs.borrowerAdded(id, requester) }
-      }
-      return remote
-    }
-    if remote.isEmpty { return responder.respond(.getObjectReply(reply)) }
-    let left = Mutex(remote.count)
+    guard let requester else { return responder.respond(.getObjectReply(reply)) }
     let ready = reply
-    for (owner, id) in remote {
-      let done: @Sendable (Result<Swiftray_DataFrame, SwiftrayError>) -> Void = { _ in
-        if left.withLock({ $0 -= 1; return $0 == 0 }) { responder.respond(.getObjectReply(ready)) }
-      }
-      guard let ep = Endpoint(owner.endpoint) else { done(.failure(SwiftrayError(.system, "bad endpoint"))); continue }
-      pool.request(ep, .addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(requester.binary); $0.count = 1 }),
-                   callback: done)
-    }
+    registerReceiver(requester, of: o.nestedRefs) { responder.respond(.getObjectReply(ready)) }
   }
 
   /// All arguments are here: inline them into the spec, queue for a lease.
@@ -960,9 +932,8 @@ public final class CoreWorker: Sendable {
     }
     objectStore.delete(stored)
     for (owner, body, acked) in sends {
-      guard let ep = Endpoint(owner.endpoint) else { continue }
       if acked { registering.enter() }
-      pool.request(ep, body) { [registering] _ in if acked { registering.leave() } }
+      sendBorrowerChange(body, to: owner) { [registering] in if acked { registering.leave() } }
     }
   }
 
@@ -984,10 +955,9 @@ public final class CoreWorker: Sendable {
   }
 
   /// Before refs inside a value leave this process for `receiver`, register the
-  /// receiver as their borrower: locally for refs owned here, else at their owners
-  /// (acknowledged before this returns, bounded). Blocks; not on an event loop.
-  public func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) {
-    guard !refs.isEmpty else { return }
+  /// receiver as their borrower: locally for refs owned here, else at their owners;
+  /// `then` runs once every owner has acknowledged. Never blocks (event-loop safe).
+  func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference], then: @escaping @Sendable () -> Void) {
     let remote: [(Swiftray_Address, ObjectID)] = state.withLock { s in
       var remote: [(Swiftray_Address, ObjectID)] = []
       for r in refs {
@@ -996,13 +966,28 @@ public final class CoreWorker: Sendable {
       }
       return remote
     }
-    let acks = DispatchGroup()
+    if remote.isEmpty { return then() }
+    let left = Mutex(remote.count)
     for (owner, id) in remote {
-      guard let ep = Endpoint(owner.endpoint) else { continue }
-      acks.enter()
-      pool.request(ep, .addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1 })) { _ in acks.leave() }
+      sendBorrowerChange(.addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1 }),
+                         to: owner) { if left.withLock({ $0 -= 1; return $0 == 0 }) { then() } }
     }
-    _ = acks.wait(timeout: .now() + .seconds(10))
+  }
+
+  /// The blocking form, bounded: call off the event loops (the executor's reply path).
+  public func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) {
+    guard !refs.isEmpty else { return }
+    let done = DispatchSemaphore(value: 0)
+    registerReceiver(receiver, of: refs) { done.signal() }
+    _ = done.wait(timeout: .now() + .seconds(10))
+  }
+
+  /// Sends a borrower registration or removal to an owner; `acked` runs on its reply
+  /// (or failure: an owner that is gone counts nothing).
+  func sendBorrowerChange(_ body: Swiftray_DataFrame.OneOf_Body, to owner: Swiftray_Address,
+                          acked: @escaping @Sendable () -> Void = {}) {
+    guard let ep = Endpoint(owner.endpoint) else { return acked() }
+    pool.request(ep, body) { _ in acked() }
   }
 
   /// Keeps one timer armed for the submitter's next deadline (idle leases, retries).

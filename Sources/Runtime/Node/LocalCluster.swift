@@ -27,16 +27,21 @@ public final class LocalCluster: Sendable {
     return dir
   }
 
-  /// Session directories of processes that were killed before they could clean up
-  /// (the pid is the third `_` field).
-  static func removeStaleSessions(root: String) {
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
-    for name in names where name.hasPrefix("session_") {
+  /// The sessions under `root` by name, with the pid of the process that started
+  /// each (`session_<date>_<time>_<pid>_<rand>`) and whether it still runs.
+  public static func sessions(root: String = NSTemporaryDirectory() + "swiftray") -> [(name: String, alive: Bool)] {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
+    return names.compactMap { name in
       let parts = name.split(separator: "_")
-      guard parts.count >= 5, let pid = Int32(parts[3]) else { continue }
-      if kill(pid, 0) != 0 && errno == ESRCH {
-        try? FileManager.default.removeItem(atPath: root + "/" + name)
-      }
+      guard name.hasPrefix("session_"), parts.count >= 5, let pid = Int32(parts[3]) else { return nil }
+      return (name, kill(pid, 0) == 0 || errno != ESRCH)
+    }
+  }
+
+  /// Session directories of processes that were killed before they could clean up.
+  static func removeStaleSessions(root: String) {
+    for (name, alive) in sessions(root: root) where !alive {
+      try? FileManager.default.removeItem(atPath: root + "/" + name)
     }
   }
 

@@ -20,12 +20,7 @@ public enum MemoryReport {
 
   /// Session directories of running local clusters under `root`, newest first.
   public static func liveSessions(root: String = NSTemporaryDirectory() + "swiftray") -> [String] {
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
-    return names.filter { name in
-      let parts = name.split(separator: "_")
-      guard name.hasPrefix("session_"), parts.count >= 5, let pid = Int32(parts[3]) else { return false }
-      return kill(pid, 0) == 0 || errno == EPERM
-    }.sorted(by: >).map { root + "/" + $0 }
+    LocalCluster.sessions(root: root).filter(\.alive).map(\.name).sorted(by: >).map { root + "/" + $0 }
   }
 
   /// Asks the store of the node whose session directory is `sessionDir`. Blocks.

@@ -35,6 +35,9 @@ public final class ObjectStore: Sendable {
   enum Waiting {
     case create(Swiftray_CreateObjectRequest, DataPlaneResponder)
     case pin(Swiftray_PinObjectRequest, DataPlaneResponder)
+    var responder: DataPlaneResponder {
+      switch self { case .create(_, let r), .pin(_, let r): return r }
+    }
   }
 
   struct State {
@@ -274,12 +277,7 @@ public final class ObjectStore: Sendable {
   /// Stops serving, fails waiters, unmaps and removes the arena and spill files.
   public func close() {
     let waiting = state.withLock { s -> [Waiting] in s.closed = true; let w = s.waiting; s.waiting = []; return w }
-    for w in waiting {
-      switch w {
-      case .create(_, let r): r.respond(.error(.with { $0.message = "the object store is shutting down" }))
-      case .pin(_, let r): r.respond(.error(.with { $0.message = "the object store is shutting down" }))
-      }
-    }
+    for w in waiting { w.responder.respond(.error(.with { $0.message = "the object store is shutting down" })) }
     server.withLock { $0 }?.close()
     io.sync {}
     munmap(base.p, capacity)
