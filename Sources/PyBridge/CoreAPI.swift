@@ -29,8 +29,9 @@ enum CoreAPI {
     .init(name: "memory_summary", fn: memorySummary, doc: "memory_summary() -> str: the text of `swiftray memory` for this node"),
     .init(name: "store_stats", fn: storeStats, doc: "store_stats() -> dict: this node's object store (capacity, used, pinned, spilled)"),
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
-    .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown."),
-  ]
+    .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown; execute returning None defers the reply."),
+    .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
+  ] + actorMethods
 
   static func session() -> Session? {
     if let s = Session.active { return s }
@@ -233,16 +234,28 @@ enum CoreAPI {
       let maxRetries = Py.toInt(args[5]), let filter = Py.toBytes(args[7])
     else { return nil }
     let retryExceptions = PyObject_IsTrue(args[6]) == 1
-    var taskArgs: [CoreWorker.TaskArgument] = []
-    taskArgs.reserveCapacity(items.count)
-    // Large values go to the store first and travel as refs; the task's reference keeps
-    // them alive once our temporary local reference is dropped after submission.
     var stored: [ObjectID] = []
     defer { stored.forEach { s.core.removeLocalRef($0) } }
+    guard let taskArgs = taskArguments(s.core, items, stored: &stored) else { return nil }
+    var fn = Swiftray_FunctionDescriptor()
+    fn.functionID = Data(fid)
+    fn.name = name
+    let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
+                                resources: ResourceSet(units: resources), maxRetries: maxRetries,
+                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter))
+    return Py.list(ids.map { Py.bytes($0.binary) })
+  }
+
+  /// Python's `[(0, packed value) | (1, id, owner)]` as task arguments. Large values go
+  /// to the store first and travel as refs (`stored`: the caller drops its temporary
+  /// local references once the task holds them). Nil with a Python error set.
+  static func taskArguments(_ core: CoreWorker, _ items: [PyPtr], stored: inout [ObjectID]) -> [CoreWorker.TaskArgument]? {
+    var taskArgs: [CoreWorker.TaskArgument] = []
+    taskArgs.reserveCapacity(items.count)
     for it in items {
       guard let parts = Py.sequence(it), parts.count >= 2, let kind = Py.toInt(parts[0]) else { return nil }
       if kind == 0 {
-        switch StoredValues.place(s.core, parts[1]) {
+        switch StoredValues.place(core, parts[1]) {
         case nil: return nil
         case .inline(let v)?:
           taskArgs.append(.init(.value(v)))
@@ -256,13 +269,7 @@ enum CoreAPI {
         taskArgs.append(.init(.ref(id, owner: owner)))
       }
     }
-    var fn = Swiftray_FunctionDescriptor()
-    fn.functionID = Data(fid)
-    fn.name = name
-    let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
-                                resources: ResourceSet(units: resources), maxRetries: maxRetries,
-                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter))
-    return Py.list(ids.map { Py.bytes($0.binary) })
+    return taskArgs
   }
 
   static let put: CoreModule.FastFn = { _, a, n in
@@ -456,6 +463,11 @@ enum CoreAPI {
     }
   }
 
+  /// Executions handed to Python that reply later (threaded and async actors), by
+  /// token. Guarded by the GIL.
+  nonisolated(unsafe) static var deferred: [Int: CoreWorker.Execution] = [:]
+  nonisolated(unsafe) static var nextToken = 1
+
   static let workerLoop: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
     guard args.need(1, "worker_loop"), let s = session(), let execute = args[0] else { return nil }
@@ -479,55 +491,96 @@ enum CoreAPI {
         if case .value(let v)? = a.kind, let id = ObjectID(binary: a.objectID) { return (id, v) }
         return nil
       })
+      let token = nextToken
+      nextToken += 1
       let task = Py.tuple([
         Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
         Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
-        Py.int(Int(spec.attempt)),
+        Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
       ])
+      // Registered before the call: a pool thread may finish it before execute returns.
+      deferred[token] = e
       let result = PyObject_CallOneArg(execute, task)
       sr_DecRef(task)
-      var reply = Swiftray_PushTaskReply()
-      if let result, let parts = Py.sequence(result), parts.count == 4, let rets = Py.sequence(parts[0]) {
-        reply.isApplicationError = PyObject_IsTrue(parts[1]) == 1
-        reply.isRetryableError = PyObject_IsTrue(parts[2]) == 1
-        reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
-        for (i, r) in rets.enumerated() {
-          guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
-            let meta = Py.toData(pair[1])
-          else { PyErr_Clear(); continue }
-          let rid = ObjectID.forReturn(of: tid, index: i)
-          guard var obj = StoredValues.placeReturn(core, rid, ownerPid: spec.owner.pid, pair[0]) else { PyErr_Clear(); continue }
-          if ErrorObject.code(fromMetadata: obj.metadata) == nil { obj.metadata = meta }
-          var ro = Swiftray_ReturnObject()
-          ro.objectID = Data(rid.binary)
-          ro.object = obj
-          reply.returns.append(ro)
-        }
-        // While the returned values still hold their refs: register the owner as their
-        // borrower, so none is freed before the owner counts it.
-        let nested = reply.returns.flatMap { $0.object.nestedRefs }
-        if !nested.isEmpty, let owner = WorkerID(binary: spec.owner.workerID) {
-          withoutGIL { core.registerReceiver(owner, of: nested) }
-        }
+      if let result, Py.isNone(result) {
+        // Runs on the actor's thread pool or event loop; it replies with finish_task.
         sr_DecRef(result)
-      } else {
-        // The executor itself failed (a bug, or KeyboardInterrupt outside the task).
-        let cancelled = PyErr_ExceptionMatches(sr_ExcKeyboardInterrupt()) != 0
-        PyErr_Print()
-        reply.wasCancelled = cancelled
-        if !cancelled, let tid = TaskID(binary: spec.taskID) {
-          reply.isApplicationError = true
-          for i in 0..<Int(spec.numReturns) {
-            var ro = Swiftray_ReturnObject()
-            ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
-            ro.object.metadata = Data(ErrorObject.metadata(.system))
-            ro.object.data = Data("the worker could not run task \(spec.name); see its stderr above".utf8)
-            reply.returns.append(ro)
-          }
-        }
-        if result != nil { sr_DecRef(result!) }
+        continue
       }
+      deferred[token] = nil
+      let reply = buildReply(core, spec, result)
       withoutGIL { core.finish(e, reply: reply) }
     }
+  }
+
+  static let finishTask: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "finish_task"), let s = session(), let token = Py.toInt(args[0]) else { return nil }
+    guard let e = deferred.removeValue(forKey: token) else { return Py.none }
+    if let r = args[1] { sr_IncRef(r) }
+    let reply = buildReply(s.core, e.spec, args[1])
+    withoutGIL { s.core.finish(e, reply: reply) }
+    return Py.none
+  }
+
+  static func actorCreationDict(_ spec: Swiftray_TaskSpec) -> PyPtr {
+    guard spec.hasActorCreation else { return Py.none }
+    let c = spec.actorCreation
+    return Py.dict([
+      ("max_concurrency", Py.int(Int(c.maxConcurrency))), ("is_async", Py.bool(c.isAsync)),
+      ("num_restarts", Py.int(Int(c.numRestarts))), ("name", Py.str(c.name)),
+      ("namespace", Py.str(c.namespace)), ("class_name", Py.str(c.className)),
+    ])
+  }
+
+  /// The reply for an execution from Python's `(returns, is_application_error,
+  /// is_retryable, was_cancelled[, actor_creation_error])` (consumed; nil when the
+  /// executor itself raised). Writes large returns into the store.
+  static func buildReply(_ core: CoreWorker, _ spec: Swiftray_TaskSpec, _ result: PyPtr?) -> Swiftray_PushTaskReply {
+    var reply = Swiftray_PushTaskReply()
+    if let result, let parts = Py.sequence(result), parts.count >= 4, let rets = Py.sequence(parts[0]) {
+      reply.isApplicationError = PyObject_IsTrue(parts[1]) == 1
+      reply.isRetryableError = PyObject_IsTrue(parts[2]) == 1
+      reply.wasCancelled = PyObject_IsTrue(parts[3]) == 1
+      if parts.count >= 5, let creationError = Py.toString(parts[4]) { reply.actorCreationError = creationError }
+      PyErr_Clear()
+      for (i, r) in rets.enumerated() {
+        guard let tid = TaskID(binary: spec.taskID), let pair = Py.sequence(r), pair.count == 2,
+          let meta = Py.toData(pair[1])
+        else { PyErr_Clear(); continue }
+        let rid = ObjectID.forReturn(of: tid, index: i)
+        guard var obj = StoredValues.placeReturn(core, rid, ownerPid: spec.owner.pid, pair[0]) else { PyErr_Clear(); continue }
+        if ErrorObject.code(fromMetadata: obj.metadata) == nil { obj.metadata = meta }
+        var ro = Swiftray_ReturnObject()
+        ro.objectID = Data(rid.binary)
+        ro.object = obj
+        reply.returns.append(ro)
+      }
+      // While the returned values still hold their refs: register the owner as their
+      // borrower, so none is freed before the owner counts it.
+      let nested = reply.returns.flatMap { $0.object.nestedRefs }
+      if !nested.isEmpty, let owner = WorkerID(binary: spec.owner.workerID) {
+        withoutGIL { core.registerReceiver(owner, of: nested) }
+      }
+      sr_DecRef(result)
+      return reply
+    }
+    // The executor itself failed (a bug, or KeyboardInterrupt outside the task).
+    let cancelled = PyErr_ExceptionMatches(sr_ExcKeyboardInterrupt()) != 0
+    PyErr_Print()
+    reply.wasCancelled = cancelled
+    if !cancelled, let tid = TaskID(binary: spec.taskID) {
+      reply.isApplicationError = true
+      for i in 0..<Int(spec.numReturns) {
+        var ro = Swiftray_ReturnObject()
+        ro.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
+        ro.object.metadata = Data(ErrorObject.metadata(.system))
+        ro.object.data = Data("the worker could not run task \(spec.name); see its stderr above".utf8)
+        reply.returns.append(ro)
+      }
+      if spec.hasActorCreation { reply.actorCreationError = "the worker could not run the constructor; see its stderr" }
+    }
+    if let result { sr_DecRef(result) }
+    return reply
   }
 }

@@ -18,6 +18,9 @@ enum ErrorMapping {
     case .nodeDied: return "NodeDiedError"
     case .localRayletDied: return "LocalRayletDiedError"
     case .unschedulable: return "TaskUnschedulableError"
+    case .actorDied: return "ActorDiedError"
+    case .actorUnschedulable: return "ActorUnschedulableError"
+    case .pendingCallsLimitExceeded: return "PendingCallsLimitExceeded"
     case .invalidArgument, .notInitialized, .system: return "RaySystemError"
     }
   }

@@ -255,11 +255,86 @@ public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
     set {_uniqueStorage()._submitSeq = newValue}
   }
 
+  /// Actor tasks: the actor, and for method calls the caller's sequence number.
+  public var actorID: Data {
+    get {_storage._actorID}
+    set {_uniqueStorage()._actorID = newValue}
+  }
+
+  public var actorCreation: Swiftray_ActorCreationSpec {
+    get {_storage._actorCreation ?? Swiftray_ActorCreationSpec()}
+    set {_uniqueStorage()._actorCreation = newValue}
+  }
+  /// Returns true if `actorCreation` has been explicitly set.
+  public var hasActorCreation: Bool {_storage._actorCreation != nil}
+  /// Clears the value of `actorCreation`. Subsequent reads from it will return its default value.
+  public mutating func clearActorCreation() {_uniqueStorage()._actorCreation = nil}
+
+  public var actorSeq: UInt64 {
+    get {_storage._actorSeq}
+    set {_uniqueStorage()._actorSeq = newValue}
+  }
+
+  public var callerID: Data {
+    get {_storage._callerID}
+    set {_uniqueStorage()._callerID = newValue}
+  }
+
+  public var methodName: String {
+    get {_storage._methodName}
+    set {_uniqueStorage()._methodName = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// What makes a task an actor's constructor: how the actor lives, restarts and runs.
+public nonisolated struct Swiftray_ActorCreationSpec: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var maxRestarts: Int32 = 0
+
+  public var maxTaskRetries: Int32 = 0
+
+  public var maxConcurrency: Int32 = 0
+
+  public var isAsync: Bool = false
+
+  public var name: String = String()
+
+  public var namespace: String = String()
+
+  public var detached: Bool = false
+
+  /// Needed to place the actor (the worker holds `resources` while it lives).
+  public var placementResources: Swiftray_ResourceShape {
+    get {_placementResources ?? Swiftray_ResourceShape()}
+    set {_placementResources = newValue}
+  }
+  /// Returns true if `placementResources` has been explicitly set.
+  public var hasPlacementResources: Bool {self._placementResources != nil}
+  /// Clears the value of `placementResources`. Subsequent reads from it will return its default value.
+  public mutating func clearPlacementResources() {self._placementResources = nil}
+
+  /// Opaque to the core: what a language needs to rebuild a handle (class, methods).
+  public var handleMeta: Data = Data()
+
+  /// Set by the ControlService: which incarnation this is (0 = the first).
+  public var numRestarts: Int32 = 0
+
+  public var className: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _placementResources: Swiftray_ResourceShape? = nil
 }
 
 /// How a worker process ended, as its NodeManager saw it.
@@ -600,7 +675,7 @@ nonisolated extension Swiftray_ResourceShape: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0")
 
   fileprivate class _StorageClass {
     var _taskID: Data = Data()
@@ -618,6 +693,11 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _name: String = String()
     var _depth: Int32 = 0
     var _submitSeq: UInt64 = 0
+    var _actorID: Data = Data()
+    var _actorCreation: Swiftray_ActorCreationSpec? = nil
+    var _actorSeq: UInt64 = 0
+    var _callerID: Data = Data()
+    var _methodName: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -643,6 +723,11 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _name = source._name
       _depth = source._depth
       _submitSeq = source._submitSeq
+      _actorID = source._actorID
+      _actorCreation = source._actorCreation
+      _actorSeq = source._actorSeq
+      _callerID = source._callerID
+      _methodName = source._methodName
     }
   }
 
@@ -676,6 +761,11 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
         case 14: try { try decoder.decodeSingularInt32Field(value: &_storage._depth) }()
         case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._submitSeq) }()
+        case 16: try { try decoder.decodeSingularBytesField(value: &_storage._actorID) }()
+        case 17: try { try decoder.decodeSingularMessageField(value: &_storage._actorCreation) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._actorSeq) }()
+        case 19: try { try decoder.decodeSingularBytesField(value: &_storage._callerID) }()
+        case 20: try { try decoder.decodeSingularStringField(value: &_storage._methodName) }()
         default: break
         }
       }
@@ -733,6 +823,21 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       if _storage._submitSeq != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._submitSeq, fieldNumber: 15)
       }
+      if !_storage._actorID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._actorID, fieldNumber: 16)
+      }
+      try { if let v = _storage._actorCreation {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      } }()
+      if _storage._actorSeq != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._actorSeq, fieldNumber: 18)
+      }
+      if !_storage._callerID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._callerID, fieldNumber: 19)
+      }
+      if !_storage._methodName.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._methodName, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -757,10 +862,99 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._name != rhs_storage._name {return false}
         if _storage._depth != rhs_storage._depth {return false}
         if _storage._submitSeq != rhs_storage._submitSeq {return false}
+        if _storage._actorID != rhs_storage._actorID {return false}
+        if _storage._actorCreation != rhs_storage._actorCreation {return false}
+        if _storage._actorSeq != rhs_storage._actorSeq {return false}
+        if _storage._callerID != rhs_storage._callerID {return false}
+        if _storage._methodName != rhs_storage._methodName {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ActorCreationSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ActorCreationSpec"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_restarts\0\u{3}max_task_retries\0\u{3}max_concurrency\0\u{3}is_async\0\u{1}name\0\u{1}namespace\0\u{1}detached\0\u{3}placement_resources\0\u{3}handle_meta\0\u{3}num_restarts\0\u{3}class_name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.maxRestarts) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.maxTaskRetries) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.maxConcurrency) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.isAsync) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.detached) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._placementResources) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.handleMeta) }()
+      case 10: try { try decoder.decodeSingularInt32Field(value: &self.numRestarts) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.className) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.maxRestarts != 0 {
+      try visitor.visitSingularInt32Field(value: self.maxRestarts, fieldNumber: 1)
+    }
+    if self.maxTaskRetries != 0 {
+      try visitor.visitSingularInt32Field(value: self.maxTaskRetries, fieldNumber: 2)
+    }
+    if self.maxConcurrency != 0 {
+      try visitor.visitSingularInt32Field(value: self.maxConcurrency, fieldNumber: 3)
+    }
+    if self.isAsync != false {
+      try visitor.visitSingularBoolField(value: self.isAsync, fieldNumber: 4)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 5)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 6)
+    }
+    if self.detached != false {
+      try visitor.visitSingularBoolField(value: self.detached, fieldNumber: 7)
+    }
+    try { if let v = self._placementResources {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    if !self.handleMeta.isEmpty {
+      try visitor.visitSingularBytesField(value: self.handleMeta, fieldNumber: 9)
+    }
+    if self.numRestarts != 0 {
+      try visitor.visitSingularInt32Field(value: self.numRestarts, fieldNumber: 10)
+    }
+    if !self.className.isEmpty {
+      try visitor.visitSingularStringField(value: self.className, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ActorCreationSpec, rhs: Swiftray_ActorCreationSpec) -> Bool {
+    if lhs.maxRestarts != rhs.maxRestarts {return false}
+    if lhs.maxTaskRetries != rhs.maxTaskRetries {return false}
+    if lhs.maxConcurrency != rhs.maxConcurrency {return false}
+    if lhs.isAsync != rhs.isAsync {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.detached != rhs.detached {return false}
+    if lhs._placementResources != rhs._placementResources {return false}
+    if lhs.handleMeta != rhs.handleMeta {return false}
+    if lhs.numRestarts != rhs.numRestarts {return false}
+    if lhs.className != rhs.className {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -100,6 +100,97 @@ public enum Swiftray_ControlService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CreateActor" metadata.
+        public enum CreateActor: Sendable {
+            /// Request type for "CreateActor".
+            public typealias Input = Swiftray_CreateActorRequest
+            /// Response type for "CreateActor".
+            public typealias Output = Swiftray_CreateActorReply
+            /// Descriptor for "CreateActor".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "CreateActor",
+                type: .unary
+            )
+        }
+        /// Namespace for "WaitActorState" metadata.
+        public enum WaitActorState: Sendable {
+            /// Request type for "WaitActorState".
+            public typealias Input = Swiftray_WaitActorStateRequest
+            /// Response type for "WaitActorState".
+            public typealias Output = Swiftray_WaitActorStateReply
+            /// Descriptor for "WaitActorState".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "WaitActorState",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetNamedActor" metadata.
+        public enum GetNamedActor: Sendable {
+            /// Request type for "GetNamedActor".
+            public typealias Input = Swiftray_GetNamedActorRequest
+            /// Response type for "GetNamedActor".
+            public typealias Output = Swiftray_GetNamedActorReply
+            /// Descriptor for "GetNamedActor".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "GetNamedActor",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListNamedActors" metadata.
+        public enum ListNamedActors: Sendable {
+            /// Request type for "ListNamedActors".
+            public typealias Input = Swiftray_ListNamedActorsRequest
+            /// Response type for "ListNamedActors".
+            public typealias Output = Swiftray_ListNamedActorsReply
+            /// Descriptor for "ListNamedActors".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "ListNamedActors",
+                type: .unary
+            )
+        }
+        /// Namespace for "KillActor" metadata.
+        public enum KillActor: Sendable {
+            /// Request type for "KillActor".
+            public typealias Input = Swiftray_KillActorRequest
+            /// Response type for "KillActor".
+            public typealias Output = Swiftray_KillActorReply
+            /// Descriptor for "KillActor".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "KillActor",
+                type: .unary
+            )
+        }
+        /// Namespace for "ReportWorkerFailure" metadata.
+        public enum ReportWorkerFailure: Sendable {
+            /// Request type for "ReportWorkerFailure".
+            public typealias Input = Swiftray_ReportWorkerFailureRequest
+            /// Response type for "ReportWorkerFailure".
+            public typealias Output = Swiftray_ReportWorkerFailureReply
+            /// Descriptor for "ReportWorkerFailure".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "ReportWorkerFailure",
+                type: .unary
+            )
+        }
+        /// Namespace for "MarkJobFinished" metadata.
+        public enum MarkJobFinished: Sendable {
+            /// Request type for "MarkJobFinished".
+            public typealias Input = Swiftray_MarkJobFinishedRequest
+            /// Response type for "MarkJobFinished".
+            public typealias Output = Swiftray_MarkJobFinishedReply
+            /// Descriptor for "MarkJobFinished".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "MarkJobFinished",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "swiftray.ControlService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             RegisterNode.descriptor,
@@ -107,7 +198,14 @@ public enum Swiftray_ControlService: Sendable {
             RegisterJob.descriptor,
             KVPut.descriptor,
             KVGet.descriptor,
-            ReportResources.descriptor
+            ReportResources.descriptor,
+            CreateActor.descriptor,
+            WaitActorState.descriptor,
+            GetNamedActor.descriptor,
+            ListNamedActors.descriptor,
+            KillActor.descriptor,
+            ReportWorkerFailure.descriptor,
+            MarkJobFinished.descriptor
         ]
     }
 }
@@ -133,10 +231,6 @@ extension Swiftray_ControlService {
     ///
     /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
     /// or ``SimpleServiceProtocol`` instead.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > The GCS: cluster membership, resource view, KV (functions), jobs.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
         /// Handle the "RegisterNode" method.
         ///
@@ -221,6 +315,104 @@ extension Swiftray_ControlService {
             request: GRPCCore.StreamingServerRequest<Swiftray_ReportResourcesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportResourcesReply>
+
+        /// Handle the "CreateActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_CreateActorRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_CreateActorReply` messages.
+        func createActor(
+            request: GRPCCore.StreamingServerRequest<Swiftray_CreateActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CreateActorReply>
+
+        /// Handle the "WaitActorState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_WaitActorStateRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_WaitActorStateReply` messages.
+        func waitActorState(
+            request: GRPCCore.StreamingServerRequest<Swiftray_WaitActorStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_WaitActorStateReply>
+
+        /// Handle the "GetNamedActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_GetNamedActorRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_GetNamedActorReply` messages.
+        func getNamedActor(
+            request: GRPCCore.StreamingServerRequest<Swiftray_GetNamedActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetNamedActorReply>
+
+        /// Handle the "ListNamedActors" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ListNamedActorsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ListNamedActorsReply` messages.
+        func listNamedActors(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ListNamedActorsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListNamedActorsReply>
+
+        /// Handle the "KillActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_KillActorRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_KillActorReply` messages.
+        func killActor(
+            request: GRPCCore.StreamingServerRequest<Swiftray_KillActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_KillActorReply>
+
+        /// Handle the "ReportWorkerFailure" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ReportWorkerFailureRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ReportWorkerFailureReply` messages.
+        func reportWorkerFailure(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ReportWorkerFailureRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportWorkerFailureReply>
+
+        /// Handle the "MarkJobFinished" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_MarkJobFinishedRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_MarkJobFinishedReply` messages.
+        func markJobFinished(
+            request: GRPCCore.StreamingServerRequest<Swiftray_MarkJobFinishedRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_MarkJobFinishedReply>
     }
 
     /// Service protocol for the "swiftray.ControlService" service.
@@ -230,10 +422,6 @@ extension Swiftray_ControlService {
     /// trailing response metadata. If you don't need these then consider using
     /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
     /// use ``StreamingServiceProtocol``.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > The GCS: cluster membership, resource view, KV (functions), jobs.
     public protocol ServiceProtocol: Swiftray_ControlService.StreamingServiceProtocol {
         /// Handle the "RegisterNode" method.
         ///
@@ -318,6 +506,104 @@ extension Swiftray_ControlService {
             request: GRPCCore.ServerRequest<Swiftray_ReportResourcesRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swiftray_ReportResourcesReply>
+
+        /// Handle the "CreateActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreateActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_CreateActorReply` message.
+        func createActor(
+            request: GRPCCore.ServerRequest<Swiftray_CreateActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_CreateActorReply>
+
+        /// Handle the "WaitActorState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitActorStateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_WaitActorStateReply` message.
+        func waitActorState(
+            request: GRPCCore.ServerRequest<Swiftray_WaitActorStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_WaitActorStateReply>
+
+        /// Handle the "GetNamedActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetNamedActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_GetNamedActorReply` message.
+        func getNamedActor(
+            request: GRPCCore.ServerRequest<Swiftray_GetNamedActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_GetNamedActorReply>
+
+        /// Handle the "ListNamedActors" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListNamedActorsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_ListNamedActorsReply` message.
+        func listNamedActors(
+            request: GRPCCore.ServerRequest<Swiftray_ListNamedActorsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_ListNamedActorsReply>
+
+        /// Handle the "KillActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_KillActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_KillActorReply` message.
+        func killActor(
+            request: GRPCCore.ServerRequest<Swiftray_KillActorRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_KillActorReply>
+
+        /// Handle the "ReportWorkerFailure" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportWorkerFailureRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_ReportWorkerFailureReply` message.
+        func reportWorkerFailure(
+            request: GRPCCore.ServerRequest<Swiftray_ReportWorkerFailureRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_ReportWorkerFailureReply>
+
+        /// Handle the "MarkJobFinished" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_MarkJobFinishedRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_MarkJobFinishedReply` message.
+        func markJobFinished(
+            request: GRPCCore.ServerRequest<Swiftray_MarkJobFinishedRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply>
     }
 
     /// Simple service protocol for the "swiftray.ControlService" service.
@@ -325,10 +611,6 @@ extension Swiftray_ControlService {
     /// This is the highest level protocol for the service. The API is the easiest to use but
     /// doesn't provide access to request or response metadata. If you need access to these
     /// then use ``ServiceProtocol`` instead.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > The GCS: cluster membership, resource view, KV (functions), jobs.
     public protocol SimpleServiceProtocol: Swiftray_ControlService.ServiceProtocol {
         /// Handle the "RegisterNode" method.
         ///
@@ -413,6 +695,104 @@ extension Swiftray_ControlService {
             request: Swiftray_ReportResourcesRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Swiftray_ReportResourcesReply
+
+        /// Handle the "CreateActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_CreateActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_CreateActorReply` to respond with.
+        func createActor(
+            request: Swiftray_CreateActorRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_CreateActorReply
+
+        /// Handle the "WaitActorState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_WaitActorStateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_WaitActorStateReply` to respond with.
+        func waitActorState(
+            request: Swiftray_WaitActorStateRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_WaitActorStateReply
+
+        /// Handle the "GetNamedActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_GetNamedActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_GetNamedActorReply` to respond with.
+        func getNamedActor(
+            request: Swiftray_GetNamedActorRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_GetNamedActorReply
+
+        /// Handle the "ListNamedActors" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ListNamedActorsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_ListNamedActorsReply` to respond with.
+        func listNamedActors(
+            request: Swiftray_ListNamedActorsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_ListNamedActorsReply
+
+        /// Handle the "KillActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_KillActorRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_KillActorReply` to respond with.
+        func killActor(
+            request: Swiftray_KillActorRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_KillActorReply
+
+        /// Handle the "ReportWorkerFailure" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ReportWorkerFailureRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_ReportWorkerFailureReply` to respond with.
+        func reportWorkerFailure(
+            request: Swiftray_ReportWorkerFailureRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_ReportWorkerFailureReply
+
+        /// Handle the "MarkJobFinished" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_MarkJobFinishedRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_MarkJobFinishedReply` to respond with.
+        func markJobFinished(
+            request: Swiftray_MarkJobFinishedRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_MarkJobFinishedReply
     }
 }
 
@@ -486,6 +866,83 @@ extension Swiftray_ControlService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.CreateActor.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CreateActorRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CreateActorReply>(),
+            handler: { request, context in
+                try await self.createActor(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.WaitActorState.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WaitActorStateRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitActorStateReply>(),
+            handler: { request, context in
+                try await self.waitActorState(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.GetNamedActor.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetNamedActorRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetNamedActorReply>(),
+            handler: { request, context in
+                try await self.getNamedActor(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.ListNamedActors.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListNamedActorsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListNamedActorsReply>(),
+            handler: { request, context in
+                try await self.listNamedActors(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.KillActor.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_KillActorRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_KillActorReply>(),
+            handler: { request, context in
+                try await self.killActor(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.ReportWorkerFailure.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReportWorkerFailureRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReportWorkerFailureReply>(),
+            handler: { request, context in
+                try await self.reportWorkerFailure(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.MarkJobFinished.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_MarkJobFinishedRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_MarkJobFinishedReply>(),
+            handler: { request, context in
+                try await self.markJobFinished(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -552,6 +1009,83 @@ extension Swiftray_ControlService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportResourcesReply> {
         let response = try await self.reportResources(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func createActor(
+        request: GRPCCore.StreamingServerRequest<Swiftray_CreateActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CreateActorReply> {
+        let response = try await self.createActor(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func waitActorState(
+        request: GRPCCore.StreamingServerRequest<Swiftray_WaitActorStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_WaitActorStateReply> {
+        let response = try await self.waitActorState(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getNamedActor(
+        request: GRPCCore.StreamingServerRequest<Swiftray_GetNamedActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetNamedActorReply> {
+        let response = try await self.getNamedActor(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listNamedActors(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ListNamedActorsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListNamedActorsReply> {
+        let response = try await self.listNamedActors(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func killActor(
+        request: GRPCCore.StreamingServerRequest<Swiftray_KillActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_KillActorReply> {
+        let response = try await self.killActor(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reportWorkerFailure(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ReportWorkerFailureRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportWorkerFailureReply> {
+        let response = try await self.reportWorkerFailure(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func markJobFinished(
+        request: GRPCCore.StreamingServerRequest<Swiftray_MarkJobFinishedRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_MarkJobFinishedReply> {
+        let response = try await self.markJobFinished(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -639,6 +1173,97 @@ extension Swiftray_ControlService.SimpleServiceProtocol {
             metadata: [:]
         )
     }
+
+    public func createActor(
+        request: GRPCCore.ServerRequest<Swiftray_CreateActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_CreateActorReply> {
+        return GRPCCore.ServerResponse<Swiftray_CreateActorReply>(
+            message: try await self.createActor(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func waitActorState(
+        request: GRPCCore.ServerRequest<Swiftray_WaitActorStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_WaitActorStateReply> {
+        return GRPCCore.ServerResponse<Swiftray_WaitActorStateReply>(
+            message: try await self.waitActorState(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getNamedActor(
+        request: GRPCCore.ServerRequest<Swiftray_GetNamedActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_GetNamedActorReply> {
+        return GRPCCore.ServerResponse<Swiftray_GetNamedActorReply>(
+            message: try await self.getNamedActor(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listNamedActors(
+        request: GRPCCore.ServerRequest<Swiftray_ListNamedActorsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_ListNamedActorsReply> {
+        return GRPCCore.ServerResponse<Swiftray_ListNamedActorsReply>(
+            message: try await self.listNamedActors(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func killActor(
+        request: GRPCCore.ServerRequest<Swiftray_KillActorRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_KillActorReply> {
+        return GRPCCore.ServerResponse<Swiftray_KillActorReply>(
+            message: try await self.killActor(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func reportWorkerFailure(
+        request: GRPCCore.ServerRequest<Swiftray_ReportWorkerFailureRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_ReportWorkerFailureReply> {
+        return GRPCCore.ServerResponse<Swiftray_ReportWorkerFailureReply>(
+            message: try await self.reportWorkerFailure(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func markJobFinished(
+        request: GRPCCore.ServerRequest<Swiftray_MarkJobFinishedRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply> {
+        return GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply>(
+            message: try await self.markJobFinished(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
 }
 
 // MARK: swiftray.ControlService (client)
@@ -649,10 +1274,6 @@ extension Swiftray_ControlService {
     ///
     /// You don't need to implement this protocol directly, use the generated
     /// implementation, ``Client``.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > The GCS: cluster membership, resource view, KV (functions), jobs.
     public protocol ClientProtocol: Sendable {
         /// Call the "RegisterNode" method.
         ///
@@ -767,6 +1388,139 @@ extension Swiftray_ControlService {
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportResourcesReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
+
+        /// Call the "CreateActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreateActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CreateActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CreateActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CreateActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CreateActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CreateActorReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreateActorReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WaitActorState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitActorStateRequest` message.
+        ///   - serializer: A serializer for `Swiftray_WaitActorStateRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_WaitActorStateReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func waitActorState<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_WaitActorStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_WaitActorStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_WaitActorStateReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitActorStateReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetNamedActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetNamedActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetNamedActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetNamedActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getNamedActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetNamedActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetNamedActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetNamedActorReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetNamedActorReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListNamedActors" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListNamedActorsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListNamedActorsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListNamedActorsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listNamedActors<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListNamedActorsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListNamedActorsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListNamedActorsReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListNamedActorsReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "KillActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_KillActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_KillActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_KillActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func killActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_KillActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_KillActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_KillActorReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_KillActorReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReportWorkerFailure" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportWorkerFailureRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReportWorkerFailureRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReportWorkerFailureReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reportWorkerFailure<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReportWorkerFailureRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReportWorkerFailureRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReportWorkerFailureReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportWorkerFailureReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "MarkJobFinished" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_MarkJobFinishedRequest` message.
+        ///   - serializer: A serializer for `Swiftray_MarkJobFinishedRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_MarkJobFinishedReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func markJobFinished<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_MarkJobFinishedRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_MarkJobFinishedRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_MarkJobFinishedReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_MarkJobFinishedReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
     }
 
     /// Generated client for the "swiftray.ControlService" service.
@@ -774,10 +1528,6 @@ extension Swiftray_ControlService {
     /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
     /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
     /// means of communication with the remote peer.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > The GCS: cluster membership, resource view, KV (functions), jobs.
     public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
         private let client: GRPCCore.GRPCClient<Transport>
 
@@ -968,6 +1718,216 @@ extension Swiftray_ControlService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "CreateActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreateActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CreateActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CreateActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CreateActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CreateActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CreateActorReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreateActorReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.CreateActor.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "WaitActorState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitActorStateRequest` message.
+        ///   - serializer: A serializer for `Swiftray_WaitActorStateRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_WaitActorStateReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func waitActorState<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_WaitActorStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_WaitActorStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_WaitActorStateReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitActorStateReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.WaitActorState.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetNamedActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetNamedActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetNamedActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetNamedActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getNamedActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetNamedActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetNamedActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetNamedActorReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetNamedActorReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.GetNamedActor.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListNamedActors" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListNamedActorsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListNamedActorsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListNamedActorsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listNamedActors<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListNamedActorsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListNamedActorsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListNamedActorsReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListNamedActorsReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.ListNamedActors.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "KillActor" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_KillActorRequest` message.
+        ///   - serializer: A serializer for `Swiftray_KillActorRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_KillActorReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func killActor<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_KillActorRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_KillActorRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_KillActorReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_KillActorReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.KillActor.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ReportWorkerFailure" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportWorkerFailureRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReportWorkerFailureRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReportWorkerFailureReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reportWorkerFailure<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReportWorkerFailureRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReportWorkerFailureRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReportWorkerFailureReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportWorkerFailureReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.ReportWorkerFailure.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "MarkJobFinished" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_MarkJobFinishedRequest` message.
+        ///   - serializer: A serializer for `Swiftray_MarkJobFinishedRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_MarkJobFinishedReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func markJobFinished<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_MarkJobFinishedRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_MarkJobFinishedRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_MarkJobFinishedReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_MarkJobFinishedReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.MarkJobFinished.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1119,6 +2079,181 @@ extension Swiftray_ControlService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReportResourcesRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReportResourcesReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CreateActor" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_CreateActorRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createActor<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_CreateActorRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreateActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createActor(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CreateActorRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CreateActorReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WaitActorState" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_WaitActorStateRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func waitActorState<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_WaitActorStateRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitActorStateReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.waitActorState(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitActorStateRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WaitActorStateReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetNamedActor" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_GetNamedActorRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getNamedActor<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_GetNamedActorRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetNamedActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getNamedActor(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetNamedActorRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetNamedActorReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListNamedActors" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ListNamedActorsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listNamedActors<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ListNamedActorsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListNamedActorsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listNamedActors(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListNamedActorsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListNamedActorsReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "KillActor" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_KillActorRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func killActor<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_KillActorRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_KillActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.killActor(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_KillActorRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_KillActorReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportWorkerFailure" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ReportWorkerFailureRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportWorkerFailure<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ReportWorkerFailureRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportWorkerFailureReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reportWorkerFailure(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReportWorkerFailureRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReportWorkerFailureReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "MarkJobFinished" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_MarkJobFinishedRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func markJobFinished<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_MarkJobFinishedRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_MarkJobFinishedReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.markJobFinished(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_MarkJobFinishedRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_MarkJobFinishedReply>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1296,6 +2431,209 @@ extension Swiftray_ControlService.ClientProtocol {
             metadata: metadata
         )
         return try await self.reportResources(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CreateActor" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createActor<Result>(
+        _ message: Swiftray_CreateActorRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreateActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_CreateActorRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createActor(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WaitActorState" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func waitActorState<Result>(
+        _ message: Swiftray_WaitActorStateRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitActorStateReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_WaitActorStateRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.waitActorState(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetNamedActor" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getNamedActor<Result>(
+        _ message: Swiftray_GetNamedActorRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetNamedActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_GetNamedActorRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getNamedActor(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListNamedActors" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listNamedActors<Result>(
+        _ message: Swiftray_ListNamedActorsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListNamedActorsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ListNamedActorsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listNamedActors(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "KillActor" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func killActor<Result>(
+        _ message: Swiftray_KillActorRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_KillActorReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_KillActorRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.killActor(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportWorkerFailure" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportWorkerFailure<Result>(
+        _ message: Swiftray_ReportWorkerFailureRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportWorkerFailureReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ReportWorkerFailureRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reportWorkerFailure(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "MarkJobFinished" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func markJobFinished<Result>(
+        _ message: Swiftray_MarkJobFinishedRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_MarkJobFinishedReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_MarkJobFinishedRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.markJobFinished(
             request: request,
             options: options,
             onResponse: handleResponse

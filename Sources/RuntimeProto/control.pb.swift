@@ -133,6 +133,8 @@ public nonisolated struct Swiftray_RegisterJobRequest: Sendable {
 
   public var driverPid: Int32 = 0
 
+  public var driverID: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -243,6 +245,438 @@ public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
   public init() {}
 }
 
+/// The GCS: cluster membership, resource view, KV (functions), jobs.
+public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var actorID: Data {
+    get {_storage._actorID}
+    set {_uniqueStorage()._actorID = newValue}
+  }
+
+  public var state: Swiftray_ActorInfo.State {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  /// Bumped on every change: watchers ask for "newer than N".
+  public var version: UInt64 {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
+
+  public var address: Swiftray_Address {
+    get {_storage._address ?? Swiftray_Address()}
+    set {_uniqueStorage()._address = newValue}
+  }
+  /// Returns true if `address` has been explicitly set.
+  public var hasAddress: Bool {_storage._address != nil}
+  /// Clears the value of `address`. Subsequent reads from it will return its default value.
+  public mutating func clearAddress() {_uniqueStorage()._address = nil}
+
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
+
+  public var namespace: String {
+    get {_storage._namespace}
+    set {_uniqueStorage()._namespace = newValue}
+  }
+
+  public var detached: Bool {
+    get {_storage._detached}
+    set {_uniqueStorage()._detached = newValue}
+  }
+
+  public var numRestarts: Int32 {
+    get {_storage._numRestarts}
+    set {_uniqueStorage()._numRestarts = newValue}
+  }
+
+  public var maxRestarts: Int32 {
+    get {_storage._maxRestarts}
+    set {_uniqueStorage()._maxRestarts = newValue}
+  }
+
+  /// Why it is dead (DEAD), or why it is not placed yet (PENDING).
+  public var detail: String {
+    get {_storage._detail}
+    set {_uniqueStorage()._detail = newValue}
+  }
+
+  public var deathCause: Swiftray_ActorInfo.DeathCause {
+    get {_storage._deathCause}
+    set {_uniqueStorage()._deathCause = newValue}
+  }
+
+  public var handleMeta: Data {
+    get {_storage._handleMeta}
+    set {_uniqueStorage()._handleMeta = newValue}
+  }
+
+  public var owner: Swiftray_Address {
+    get {_storage._owner ?? Swiftray_Address()}
+    set {_uniqueStorage()._owner = newValue}
+  }
+  /// Returns true if `owner` has been explicitly set.
+  public var hasOwner: Bool {_storage._owner != nil}
+  /// Clears the value of `owner`. Subsequent reads from it will return its default value.
+  public mutating func clearOwner() {_uniqueStorage()._owner = nil}
+
+  public var jobID: Data {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
+
+  public var className: String {
+    get {_storage._className}
+    set {_uniqueStorage()._className = newValue}
+  }
+
+  public var maxTaskRetries: Int32 {
+    get {_storage._maxTaskRetries}
+    set {_uniqueStorage()._maxTaskRetries = newValue}
+  }
+
+  public var pid: Int64 {
+    get {_storage._pid}
+    set {_uniqueStorage()._pid = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum State: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case pending // = 0
+    case alive // = 1
+    case restarting // = 2
+    case dead // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .pending
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .pending
+      case 1: self = .alive
+      case 2: self = .restarting
+      case 3: self = .dead
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .pending: return 0
+      case .alive: return 1
+      case .restarting: return 2
+      case .dead: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_ActorInfo.State] = [
+      .pending,
+      .alive,
+      .restarting,
+      .dead,
+    ]
+
+  }
+
+  public nonisolated enum DeathCause: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case none // = 0
+    case killed // = 1
+    case ownerDied // = 2
+    case creationFailed // = 3
+    case workerDied // = 4
+    case outOfScope // = 5
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .none
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .none
+      case 1: self = .killed
+      case 2: self = .ownerDied
+      case 3: self = .creationFailed
+      case 4: self = .workerDied
+      case 5: self = .outOfScope
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .none: return 0
+      case .killed: return 1
+      case .ownerDied: return 2
+      case .creationFailed: return 3
+      case .workerDied: return 4
+      case .outOfScope: return 5
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_ActorInfo.DeathCause] = [
+      .none,
+      .killed,
+      .ownerDied,
+      .creationFailed,
+      .workerDied,
+      .outOfScope,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Swiftray_CreateActorRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var spec: Swiftray_TaskSpec {
+    get {_spec ?? Swiftray_TaskSpec()}
+    set {_spec = newValue}
+  }
+  /// Returns true if `spec` has been explicitly set.
+  public var hasSpec: Bool {self._spec != nil}
+  /// Clears the value of `spec`. Subsequent reads from it will return its default value.
+  public mutating func clearSpec() {self._spec = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _spec: Swiftray_TaskSpec? = nil
+}
+
+public nonisolated struct Swiftray_CreateActorReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Empty when registered; else why not (a name taken in the namespace).
+  public var error: String = String()
+
+  public var existing: Swiftray_ActorInfo {
+    get {_existing ?? Swiftray_ActorInfo()}
+    set {_existing = newValue}
+  }
+  /// Returns true if `existing` has been explicitly set.
+  public var hasExisting: Bool {self._existing != nil}
+  /// Clears the value of `existing`. Subsequent reads from it will return its default value.
+  public mutating func clearExisting() {self._existing = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _existing: Swiftray_ActorInfo? = nil
+}
+
+public nonisolated struct Swiftray_WaitActorStateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var actorID: Data = Data()
+
+  public var afterVersion: UInt64 = 0
+
+  public var timeoutMs: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_WaitActorStateReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var actor: Swiftray_ActorInfo {
+    get {_actor ?? Swiftray_ActorInfo()}
+    set {_actor = newValue}
+  }
+  /// Returns true if `actor` has been explicitly set.
+  public var hasActor: Bool {self._actor != nil}
+  /// Clears the value of `actor`. Subsequent reads from it will return its default value.
+  public mutating func clearActor() {self._actor = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _actor: Swiftray_ActorInfo? = nil
+}
+
+public nonisolated struct Swiftray_GetNamedActorRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var namespace: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_GetNamedActorReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var actor: Swiftray_ActorInfo {
+    get {_actor ?? Swiftray_ActorInfo()}
+    set {_actor = newValue}
+  }
+  /// Returns true if `actor` has been explicitly set.
+  public var hasActor: Bool {self._actor != nil}
+  /// Clears the value of `actor`. Subsequent reads from it will return its default value.
+  public mutating func clearActor() {self._actor = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _actor: Swiftray_ActorInfo? = nil
+}
+
+public nonisolated struct Swiftray_ListNamedActorsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var namespace: String = String()
+
+  public var allNamespaces: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ListNamedActorsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var actors: [Swiftray_ActorInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_KillActorRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var actorID: Data = Data()
+
+  public var noRestart: Bool = false
+
+  public var reason: String = String()
+
+  public var outOfScope: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_KillActorReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ReportWorkerFailureRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var exit: Swiftray_WorkerExitInfo {
+    get {_exit ?? Swiftray_WorkerExitInfo()}
+    set {_exit = newValue}
+  }
+  /// Returns true if `exit` has been explicitly set.
+  public var hasExit: Bool {self._exit != nil}
+  /// Clears the value of `exit`. Subsequent reads from it will return its default value.
+  public mutating func clearExit() {self._exit = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _exit: Swiftray_WorkerExitInfo? = nil
+}
+
+public nonisolated struct Swiftray_ReportWorkerFailureReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_MarkJobFinishedRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: Data = Data()
+
+  public var driverID: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_MarkJobFinishedReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -277,12 +711,23 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
   /// True once a node already spilled this request back here: do not spill again.
   public var grantOrReject: Bool = false
 
+  /// Actors: must be free to place the worker (the lease holds only `resources`).
+  public var placementResources: Swiftray_ResourceShape {
+    get {_placementResources ?? Swiftray_ResourceShape()}
+    set {_placementResources = newValue}
+  }
+  /// Returns true if `placementResources` has been explicitly set.
+  public var hasPlacementResources: Bool {self._placementResources != nil}
+  /// Clears the value of `placementResources`. Subsequent reads from it will return its default value.
+  public mutating func clearPlacementResources() {self._placementResources = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _resources: Swiftray_ResourceShape? = nil
   fileprivate var _owner: Swiftray_Address? = nil
+  fileprivate var _placementResources: Swiftray_ResourceShape? = nil
 }
 
 public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
@@ -793,7 +1238,7 @@ nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterJobRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0\u{3}driver_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -803,6 +1248,7 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.driverEndpoint) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.driverPid) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.driverID) }()
       default: break
       }
     }
@@ -815,12 +1261,16 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
     if self.driverPid != 0 {
       try visitor.visitSingularInt32Field(value: self.driverPid, fieldNumber: 2)
     }
+    if !self.driverID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.driverID, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_RegisterJobRequest, rhs: Swiftray_RegisterJobRequest) -> Bool {
     if lhs.driverEndpoint != rhs.driverEndpoint {return false}
     if lhs.driverPid != rhs.driverPid {return false}
+    if lhs.driverID != rhs.driverID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1064,9 +1514,672 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
   }
 }
 
+nonisolated extension Swiftray_ActorInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ActorInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}actor_id\0\u{1}state\0\u{1}version\0\u{1}address\0\u{1}name\0\u{1}namespace\0\u{1}detached\0\u{3}num_restarts\0\u{3}max_restarts\0\u{1}detail\0\u{3}death_cause\0\u{3}handle_meta\0\u{1}owner\0\u{3}job_id\0\u{3}class_name\0\u{3}max_task_retries\0\u{1}pid\0")
+
+  fileprivate class _StorageClass {
+    var _actorID: Data = Data()
+    var _state: Swiftray_ActorInfo.State = .pending
+    var _version: UInt64 = 0
+    var _address: Swiftray_Address? = nil
+    var _name: String = String()
+    var _namespace: String = String()
+    var _detached: Bool = false
+    var _numRestarts: Int32 = 0
+    var _maxRestarts: Int32 = 0
+    var _detail: String = String()
+    var _deathCause: Swiftray_ActorInfo.DeathCause = .none
+    var _handleMeta: Data = Data()
+    var _owner: Swiftray_Address? = nil
+    var _jobID: Data = Data()
+    var _className: String = String()
+    var _maxTaskRetries: Int32 = 0
+    var _pid: Int64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _actorID = source._actorID
+      _state = source._state
+      _version = source._version
+      _address = source._address
+      _name = source._name
+      _namespace = source._namespace
+      _detached = source._detached
+      _numRestarts = source._numRestarts
+      _maxRestarts = source._maxRestarts
+      _detail = source._detail
+      _deathCause = source._deathCause
+      _handleMeta = source._handleMeta
+      _owner = source._owner
+      _jobID = source._jobID
+      _className = source._className
+      _maxTaskRetries = source._maxTaskRetries
+      _pid = source._pid
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularBytesField(value: &_storage._actorID) }()
+        case 2: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._version) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._address) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._namespace) }()
+        case 7: try { try decoder.decodeSingularBoolField(value: &_storage._detached) }()
+        case 8: try { try decoder.decodeSingularInt32Field(value: &_storage._numRestarts) }()
+        case 9: try { try decoder.decodeSingularInt32Field(value: &_storage._maxRestarts) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._detail) }()
+        case 11: try { try decoder.decodeSingularEnumField(value: &_storage._deathCause) }()
+        case 12: try { try decoder.decodeSingularBytesField(value: &_storage._handleMeta) }()
+        case 13: try { try decoder.decodeSingularMessageField(value: &_storage._owner) }()
+        case 14: try { try decoder.decodeSingularBytesField(value: &_storage._jobID) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._className) }()
+        case 16: try { try decoder.decodeSingularInt32Field(value: &_storage._maxTaskRetries) }()
+        case 17: try { try decoder.decodeSingularInt64Field(value: &_storage._pid) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._actorID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._actorID, fieldNumber: 1)
+      }
+      if _storage._state != .pending {
+        try visitor.visitSingularEnumField(value: _storage._state, fieldNumber: 2)
+      }
+      if _storage._version != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._version, fieldNumber: 3)
+      }
+      try { if let v = _storage._address {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 5)
+      }
+      if !_storage._namespace.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._namespace, fieldNumber: 6)
+      }
+      if _storage._detached != false {
+        try visitor.visitSingularBoolField(value: _storage._detached, fieldNumber: 7)
+      }
+      if _storage._numRestarts != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._numRestarts, fieldNumber: 8)
+      }
+      if _storage._maxRestarts != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._maxRestarts, fieldNumber: 9)
+      }
+      if !_storage._detail.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._detail, fieldNumber: 10)
+      }
+      if _storage._deathCause != .none {
+        try visitor.visitSingularEnumField(value: _storage._deathCause, fieldNumber: 11)
+      }
+      if !_storage._handleMeta.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._handleMeta, fieldNumber: 12)
+      }
+      try { if let v = _storage._owner {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      } }()
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._jobID, fieldNumber: 14)
+      }
+      if !_storage._className.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._className, fieldNumber: 15)
+      }
+      if _storage._maxTaskRetries != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._maxTaskRetries, fieldNumber: 16)
+      }
+      if _storage._pid != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._pid, fieldNumber: 17)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ActorInfo, rhs: Swiftray_ActorInfo) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._actorID != rhs_storage._actorID {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._version != rhs_storage._version {return false}
+        if _storage._address != rhs_storage._address {return false}
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._namespace != rhs_storage._namespace {return false}
+        if _storage._detached != rhs_storage._detached {return false}
+        if _storage._numRestarts != rhs_storage._numRestarts {return false}
+        if _storage._maxRestarts != rhs_storage._maxRestarts {return false}
+        if _storage._detail != rhs_storage._detail {return false}
+        if _storage._deathCause != rhs_storage._deathCause {return false}
+        if _storage._handleMeta != rhs_storage._handleMeta {return false}
+        if _storage._owner != rhs_storage._owner {return false}
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._className != rhs_storage._className {return false}
+        if _storage._maxTaskRetries != rhs_storage._maxTaskRetries {return false}
+        if _storage._pid != rhs_storage._pid {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ActorInfo.State: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PENDING\0\u{1}ALIVE\0\u{1}RESTARTING\0\u{1}DEAD\0")
+}
+
+nonisolated extension Swiftray_ActorInfo.DeathCause: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NONE\0\u{1}KILLED\0\u{1}OWNER_DIED\0\u{1}CREATION_FAILED\0\u{1}WORKER_DIED\0\u{1}OUT_OF_SCOPE\0")
+}
+
+nonisolated extension Swiftray_CreateActorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreateActorRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._spec {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CreateActorRequest, rhs: Swiftray_CreateActorRequest) -> Bool {
+    if lhs._spec != rhs._spec {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_CreateActorReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreateActorReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{1}existing\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._existing) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 1)
+    }
+    try { if let v = self._existing {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CreateActorReply, rhs: Swiftray_CreateActorReply) -> Bool {
+    if lhs.error != rhs.error {return false}
+    if lhs._existing != rhs._existing {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_WaitActorStateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WaitActorStateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}actor_id\0\u{3}after_version\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.actorID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.afterVersion) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.actorID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.actorID, fieldNumber: 1)
+    }
+    if self.afterVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.afterVersion, fieldNumber: 2)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularInt32Field(value: self.timeoutMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_WaitActorStateRequest, rhs: Swiftray_WaitActorStateRequest) -> Bool {
+    if lhs.actorID != rhs.actorID {return false}
+    if lhs.afterVersion != rhs.afterVersion {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_WaitActorStateReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WaitActorStateReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0\u{1}actor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._actor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try { if let v = self._actor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_WaitActorStateReply, rhs: Swiftray_WaitActorStateReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs._actor != rhs._actor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetNamedActorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetNamedActorRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}namespace\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetNamedActorRequest, rhs: Swiftray_GetNamedActorRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetNamedActorReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetNamedActorReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0\u{1}actor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._actor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try { if let v = self._actor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetNamedActorReply, rhs: Swiftray_GetNamedActorReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs._actor != rhs._actor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListNamedActorsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListNamedActorsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}namespace\0\u{3}all_namespaces\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.allNamespaces) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 1)
+    }
+    if self.allNamespaces != false {
+      try visitor.visitSingularBoolField(value: self.allNamespaces, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListNamedActorsRequest, rhs: Swiftray_ListNamedActorsRequest) -> Bool {
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.allNamespaces != rhs.allNamespaces {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListNamedActorsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListNamedActorsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}actors\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.actors) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.actors.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.actors, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListNamedActorsReply, rhs: Swiftray_ListNamedActorsReply) -> Bool {
+    if lhs.actors != rhs.actors {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_KillActorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KillActorRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}actor_id\0\u{3}no_restart\0\u{1}reason\0\u{3}out_of_scope\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.actorID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.noRestart) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.outOfScope) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.actorID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.actorID, fieldNumber: 1)
+    }
+    if self.noRestart != false {
+      try visitor.visitSingularBoolField(value: self.noRestart, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    if self.outOfScope != false {
+      try visitor.visitSingularBoolField(value: self.outOfScope, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_KillActorRequest, rhs: Swiftray_KillActorRequest) -> Bool {
+    if lhs.actorID != rhs.actorID {return false}
+    if lhs.noRestart != rhs.noRestart {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.outOfScope != rhs.outOfScope {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_KillActorReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KillActorReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_KillActorReply, rhs: Swiftray_KillActorReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReportWorkerFailureRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportWorkerFailureRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}exit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._exit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._exit {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReportWorkerFailureRequest, rhs: Swiftray_ReportWorkerFailureRequest) -> Bool {
+    if lhs._exit != rhs._exit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReportWorkerFailureReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportWorkerFailureReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReportWorkerFailureReply, rhs: Swiftray_ReportWorkerFailureReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_MarkJobFinishedRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MarkJobFinishedRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}driver_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.driverID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.driverID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.driverID, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_MarkJobFinishedRequest, rhs: Swiftray_MarkJobFinishedRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.driverID != rhs.driverID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_MarkJobFinishedReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MarkJobFinishedReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_MarkJobFinishedReply, rhs: Swiftray_MarkJobFinishedReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1080,6 +2193,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       case 4: try { try decoder.decodeSingularBytesField(value: &self.jobID) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.taskName) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.grantOrReject) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._placementResources) }()
       default: break
       }
     }
@@ -1108,6 +2222,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     if self.grantOrReject != false {
       try visitor.visitSingularBoolField(value: self.grantOrReject, fieldNumber: 6)
     }
+    try { if let v = self._placementResources {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1118,6 +2235,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     if lhs.jobID != rhs.jobID {return false}
     if lhs.taskName != rhs.taskName {return false}
     if lhs.grantOrReject != rhs.grantOrReject {return false}
+    if lhs._placementResources != rhs._placementResources {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -88,6 +88,9 @@ public nonisolated struct Swiftray_PushTaskReply: Sendable {
   /// Cancelled by CancelTask while it ran.
   public var wasCancelled: Bool = false
 
+  /// An actor constructor raised: its traceback, for the ActorDiedError of later calls.
+  public var actorCreationError: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -715,7 +718,7 @@ nonisolated extension Swiftray_ReturnObject: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -727,6 +730,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularBoolField(value: &self.isApplicationError) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.isRetryableError) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.wasCancelled) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.actorCreationError) }()
       default: break
       }
     }
@@ -745,6 +749,9 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if self.wasCancelled != false {
       try visitor.visitSingularBoolField(value: self.wasCancelled, fieldNumber: 4)
     }
+    if !self.actorCreationError.isEmpty {
+      try visitor.visitSingularStringField(value: self.actorCreationError, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -753,6 +760,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.isApplicationError != rhs.isApplicationError {return false}
     if lhs.isRetryableError != rhs.isRetryableError {return false}
     if lhs.wasCancelled != rhs.wasCancelled {return false}
+    if lhs.actorCreationError != rhs.actorCreationError {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -9,9 +9,10 @@
 
     ray.get([f.remote(i) for i in range(4)])
 """
-from swiftray import _core, exceptions, util
+from swiftray import _core, actor, exceptions, util
 from swiftray._api import (available_resources, cancel, cluster_resources, get, init, is_initialized,
                            nodes, put, shutdown, wait)
+from swiftray.actor import ActorHandle, get_actor, kill, method
 from swiftray.object_ref import ObjectRef
 from swiftray.remote_function import remote
 from swiftray.runtime_context import get_runtime_context
@@ -21,4 +22,5 @@ __version__ = _core.version()
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "ObjectRef",
     "get_runtime_context", "nodes", "cluster_resources", "available_resources", "exceptions", "util",
+    "method", "kill", "get_actor", "ActorHandle", "actor",
 ]

@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import threading
+import uuid
 
 from swiftray import _core, _serialization, exceptions
 from swiftray.object_ref import ObjectRef
@@ -68,6 +69,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                              f"got {object_store_memory!r}")
         if object_spilling_directory is not None and not isinstance(object_spilling_directory, (str, os.PathLike)):
             raise TypeError(f"object_spilling_directory must be a path, got {object_spilling_directory!r}")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
         if _system_config is not None and not isinstance(_system_config, dict):
             raise TypeError("_system_config must be a dict")
         logging.getLogger("swiftray").setLevel(logging_level)
@@ -90,8 +93,13 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         info = _core.init(opts)
         _state["session"] += 1
         _state["info"] = info
-        _state["namespace"] = namespace
+        # As Ray: a job without a namespace gets an anonymous one of its own.
+        _state["namespace"] = namespace or f"anonymous-{uuid.uuid4()}"
         return info
+
+
+def current_namespace():
+    return _state.get("namespace") or "default"
 
 
 def _ensure_init():

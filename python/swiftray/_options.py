@@ -13,11 +13,31 @@ TASK_DEFAULTS = {
     "scheduling_strategy": None,
 }
 
+ACTOR_DEFAULTS = {
+    "num_cpus": None,  # None: 1 CPU to place the actor, 0 held while it lives (as Ray)
+    "num_gpus": 0,
+    "memory": None,
+    "resources": None,
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": None,  # None: 1 for a sync actor, 1000 for an async one
+    "max_pending_calls": -1,
+    "name": None,
+    "namespace": None,
+    "lifetime": None,
+    "get_if_exists": False,
+    "scheduling_strategy": None,
+}
+
 # Options that only make sense on an actor class (checked once the class is known).
 ACTOR_ONLY = {
     "max_restarts", "max_task_retries", "max_concurrency", "max_pending_calls", "namespace",
     "lifetime", "get_if_exists", "concurrency_groups",
 }
+# ... and those only for functions.
+TASK_ONLY = {"num_returns", "max_retries", "retry_exceptions"}
+
+METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None}
 
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
@@ -79,6 +99,60 @@ def validate_task_options(options):
             if v not in ("DEFAULT",):
                 raise ValueError(f"scheduling_strategy={v!r} is not supported by swiftray yet; use None or 'DEFAULT'.")
     return options
+
+
+def validate_actor_options(options):
+    """Checks an actor class's options (Ray's names, types and ranges)."""
+    for k, v in options.items():
+        if k in _NOT_YET:
+            raise ValueError(f"The option '{k}' is not supported by swiftray yet.")
+        if k not in ACTOR_DEFAULTS:
+            hint = " (num_returns is set per method with @swiftray.method(num_returns=...))" if k == "num_returns" else ""
+            raise ValueError(f"Invalid option keyword {k} for actors{hint}. Valid ones are {sorted(ACTOR_DEFAULTS)}.")
+        if v is None and k in ("num_cpus", "memory", "resources", "name", "namespace", "lifetime",
+                               "scheduling_strategy", "max_concurrency"):
+            continue
+        if k in ("num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "name"):
+            validate_task_options({k: v})
+        elif k in ("max_restarts", "max_task_retries", "max_pending_calls"):
+            _int(k, v, -1)
+        elif k == "max_concurrency":
+            _int(k, v, 1)
+        elif k == "namespace":
+            if not isinstance(v, str) or not v:
+                raise TypeError(f"The option 'namespace' must be a non-empty str, got {v!r}.")
+        elif k == "lifetime":
+            if v not in ("detached", "non_detached"):
+                raise ValueError(f"actor `lifetime` argument must be one of 'detached', 'non_detached' and 'None', got {v!r}.")
+        elif k == "get_if_exists":
+            if not isinstance(v, bool):
+                raise TypeError(f"The option 'get_if_exists' must be a bool, got {type(v).__name__}.")
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("The actor name must be specified to use `get_if_exists`.")
+    return options
+
+
+def validate_method_options(options):
+    for k, v in options.items():
+        if k not in METHOD_DEFAULTS:
+            raise ValueError(f"Invalid option keyword {k} for actor methods. Valid ones are {sorted(METHOD_DEFAULTS)}.")
+        if k == "num_returns":
+            _int(k, v, 0)
+        elif k == "max_task_retries" and v is not None:
+            _int(k, v, -1)
+        elif k == "name" and v is not None and not isinstance(v, str):
+            raise TypeError(f"The option 'name' must be a str, got {type(v).__name__}.")
+    return options
+
+
+def actor_shapes(options):
+    """(held while alive, needed to place) for an actor's options: an actor that does not
+    say how many CPUs it needs takes 1 to be placed and holds none (as Ray)."""
+    held = resource_shape(options)
+    placement = dict(held)
+    if options.get("num_cpus") is None:
+        placement["CPU"] = max(placement.get("CPU", 0.0), 1.0)
+    return held, placement
 
 
 def resource_shape(options):

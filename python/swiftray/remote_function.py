@@ -18,14 +18,52 @@ class _ArgSlot:
         return (_ArgSlot, (self.index,))
 
 
-class RemoteFunction:
+class Exported:
+    """Something pickled once and published in the cluster's function table (a task's
+    function, an actor's class), under the id of its pickle's hash."""
+    _function = None
+    _name = ""
+    _export = None  # (session, function_id)
+    _pickled = None
+
+    def _function_id(self):
+        session = _api._state["session"]
+        if self._export and self._export[0] == session:
+            return self._export[1]
+        if self._pickled is None:  # pickled once per definition
+            self._pickled = _serialization.dumps_checked(self._function, f"remote function {self._name}")
+        fid = hashlib.sha256(self._pickled).digest()[:20]
+        _core.kv_put("fn", fid, self._pickled, False)
+        self._export = (session, fid)
+        return fid
+
+
+def pack_call(name, args, kwargs, what="task"):
+    """The core's argument list for a call: the pickled (args, kwargs) with each
+    top-level ObjectRef replaced by a slot, then the refs themselves (resolved before
+    the call runs)."""
+    refs = []
+
+    def slot(v):
+        if isinstance(v, ObjectRef):
+            refs.append(v)
+            return _ArgSlot(len(refs) - 1)
+        return v
+
+    call = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
+    try:
+        packed = _serialization.pack(call)
+    except Exception as e:
+        raise _locate_bad_argument(name, args, kwargs, e, what) from None
+    return [(0, packed.for_core())] + [(1, r._id) for r in refs]
+
+
+class RemoteFunction(Exported):
     def __init__(self, function, options):
         self._function = function
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         self._module = getattr(function, "__module__", "")
         self._options = dict(_options.TASK_DEFAULTS, **options)
-        self._export = None  # (session, function_id)
-        self._pickled = None
         self._submissions = {}  # id(options) -> (options, submit_task fields)
         functools.update_wrapper(self, function)
 
@@ -64,34 +102,10 @@ class RemoteFunction:
         self._submissions[key] = (options, fields)
         return fields
 
-    def _function_id(self):
-        session = _api._state["session"]
-        if self._export and self._export[0] == session:
-            return self._export[1]
-        if self._pickled is None:  # pickled once per definition
-            self._pickled = _serialization.dumps_checked(self._function, f"remote function {self._name}")
-        fid = hashlib.sha256(self._pickled).digest()[:20]
-        _core.kv_put("fn", fid, self._pickled, False)
-        self._export = (session, fid)
-        return fid
-
     def _remote(self, args, kwargs, options):
         _api._ensure_init()
         fid = self._function_id()
-        refs = []
-
-        def slot(v):
-            if isinstance(v, ObjectRef):
-                refs.append(v)
-                return _ArgSlot(len(refs) - 1)
-            return v
-
-        call = (tuple(slot(a) for a in args), {k: slot(v) for k, v in kwargs.items()})
-        try:
-            packed = _serialization.pack(call)
-        except Exception as e:
-            raise _locate_bad_argument(self._name, args, kwargs, e) from None
-        arglist = [(0, packed.for_core())] + [(1, r._id) for r in refs]
+        arglist = pack_call(self._name, args, kwargs)
         name, num_returns, shape, max_retries, retry, retry_filter = self._submission(options)
         ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
@@ -100,18 +114,18 @@ class RemoteFunction:
         return out if num_returns else None
 
 
-def _locate_bad_argument(name, args, kwargs, error):
+def _locate_bad_argument(name, args, kwargs, error, what="task"):
     for i, a in enumerate(args):
         try:
             _serialization.dumps(a)
         except Exception as e:
-            return _serialization.serialization_error(a, f"argument {i} of task {name}", e)
+            return _serialization.serialization_error(a, f"argument {i} of {what} {name}", e)
     for k, v in kwargs.items():
         try:
             _serialization.dumps(v)
         except Exception as e:
-            return _serialization.serialization_error(v, f"keyword argument {k!r} of task {name}", e)
-    return TypeError(f"Could not serialize the arguments of task {name}: {error}")
+            return _serialization.serialization_error(v, f"keyword argument {k!r} of {what} {name}", e)
+    return TypeError(f"Could not serialize the arguments of {what} {name}: {error}")
 
 
 def remote(*args, **options):
@@ -128,10 +142,11 @@ def remote(*args, **options):
 
 
 def _make(target, options):
-    """Options are checked against what is decorated: a function's task options."""
+    """Options are checked against what is decorated: an actor's or a task's options."""
     if isinstance(target, type):
-        raise TypeError(f"@remote on a class ({target.__name__}) makes an actor; "
-                        "actors are not supported by swiftray yet.")
+        from swiftray.actor import ActorClass
+        _options.validate_actor_options(options)
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError("The @remote decorator must be applied to a function or a class.")
     _options.validate_task_options(options)

@@ -20,7 +20,9 @@ class RuntimeContext:
         return self._ctx()["task_id"]
 
     def get_actor_id(self):
-        return None
+        """The hex id of the actor this code runs in, else None."""
+        a = _hosted_actor()
+        return a.actor_id.hex() if a is not None and a.actor_id is not None else None
 
     @property
     def namespace(self):
@@ -32,12 +34,20 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self):
-        return False
+        """True in an actor that was restarted (its constructor ran again on a new worker)."""
+        a = _hosted_actor()
+        return bool(a is not None and a.reconstructed)
 
     def get(self):
         c = self._ctx()
         return {"job_id": c["job_id"], "node_id": c["node_id"], "worker_id": c["worker_id"],
                 "task_id": c["task_id"]}
+
+
+def _hosted_actor():
+    import sys
+    worker = sys.modules.get("swiftray._worker")
+    return getattr(worker, "actor", None) if worker is not None else None
 
 
 def get_runtime_context():

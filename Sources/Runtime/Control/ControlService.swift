@@ -1,21 +1,63 @@
 import Foundation
 import GRPCCore
+import Logging
+import NIOPosix
 import RuntimeProto
 import Synchronization
 
-/// The ControlService (Ray's GCS): cluster membership, jobs, and the KV table that
-/// holds pickled functions. Tables are in memory here; the storage interface for Redis
-/// comes with the recovery issue.
+/// The ControlService (Ray's GCS): cluster membership, jobs, the KV table that holds
+/// pickled functions, and the actor directory (placement through NodeManager leases,
+/// restarts, names, watchers). A shell: `ActorDirectory` decides. Tables are in memory;
+/// the storage interface for Redis comes with the recovery issue.
 ///
-/// Threading: gRPC handlers run concurrently; all state sits behind one Mutex.
+/// Threading: gRPC handlers run concurrently; all state sits behind one Mutex and
+/// actions run outside it.
 public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol, Sendable {
+  struct Watcher {
+    var after: UInt64
+    var continuation: CheckedContinuation<Swiftray_ActorInfo?, Never>
+  }
+
   struct State {
     var nodes: [Data: Swiftray_NodeInfo] = [:]
     var nextJob: UInt32 = 1
     var kv: [String: [Data: Data]] = [:]
+    var actors = ActorDirectory()
+    var watchers: [ActorID: [UInt64: Watcher]] = [:]
+    var nextWatcher: UInt64 = 1
+    var nodeClients: [String: ControlPlane.Connection] = [:]
+    var tickArmed = false
+    var closed = false
   }
+
   let state = Mutex(State())
-  public init() {}
+  let group: MultiThreadedEventLoopGroup
+  let pool: DataPlaneClientPool
+  let log = Logger(label: "swiftray.control")
+
+  public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup) {
+    self.group = group
+    self.pool = DataPlaneClientPool(group: group)
+  }
+
+  static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+  /// Closes connections to NodeManagers and workers; wakes every watcher.
+  public func shutdown() {
+    let (clients, watchers) = state.withLock { s -> ([ControlPlane.Connection], [Watcher]) in
+      s.closed = true
+      let w = s.watchers.values.flatMap { $0.values }
+      s.watchers.removeAll()
+      let c = Array(s.nodeClients.values)
+      s.nodeClients.removeAll()
+      return (c, w)
+    }
+    for w in watchers { w.continuation.resume(returning: nil) }
+    for c in clients { c.shutdown() }
+    pool.closeAll()
+  }
+
+  // MARK: nodes, jobs, KV
 
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
     state.withLock { $0.nodes[request.node.nodeID] = request.node }
@@ -57,5 +99,221 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func reportResources(request: Swiftray_ReportResourcesRequest, context: ServerContext) async throws -> Swiftray_ReportResourcesReply {
     state.withLock { s in s.nodes[request.nodeID]?.available = request.available }
     return Swiftray_ReportResourcesReply()
+  }
+
+  // MARK: actors
+
+  public func createActor(request: Swiftray_CreateActorRequest, context: ServerContext) async throws -> Swiftray_CreateActorReply {
+    var r = Swiftray_CreateActorReply()
+    let actions: [ActorDirectory.Action] = state.withLock { s in
+      switch s.actors.actorRegistered(request.spec) {
+      case .success(let actions): return actions
+      case .failure(.nameTaken(let other)):
+        r.error = "The name '\(other.name)' (namespace '\(other.namespace)') is already taken by actor "
+          + "\(other.className) \(TaskID(binary: other.actorID)?.hex.prefix(16) ?? "?"). Use get_actor(name) to reach it, "
+          + "options(get_if_exists=True) to reuse it, or pick another name."
+        r.existing = other
+        return []
+      }
+    }
+    perform(actions)
+    return r
+  }
+
+  public func waitActorState(request: Swiftray_WaitActorStateRequest, context: ServerContext) async throws -> Swiftray_WaitActorStateReply {
+    var r = Swiftray_WaitActorStateReply()
+    guard let id = TaskID(binary: request.actorID) else { return r }
+    enum Now { case unknown, ready(Swiftray_ActorInfo), wait }
+    let key = state.withLock { s -> UInt64 in let k = s.nextWatcher; s.nextWatcher += 1; return k }
+    let timeout = Duration.milliseconds(Int64(max(10, min(request.timeoutMs > 0 ? request.timeoutMs : 10_000, 60_000))))
+    let info: Swiftray_ActorInfo? = await withCheckedContinuation { (c: CheckedContinuation<Swiftray_ActorInfo?, Never>) in
+      let now: Now = state.withLock { s in
+        guard let info = s.actors.info(id) else { return .unknown }
+        if info.version > request.afterVersion || s.closed { return .ready(info) }
+        s.watchers[id, default: [:]][key] = Watcher(after: request.afterVersion, continuation: c)
+        return .wait
+      }
+      switch now {
+      case .unknown: c.resume(returning: nil)
+      case .ready(let i): c.resume(returning: i)
+      case .wait:
+        group.next().scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds * 1_000_000_000
+                                                         + timeout.components.attoseconds / 1_000_000_000))) { [self] in
+          let w = state.withLock { s -> Watcher? in
+            let w = s.watchers[id]?.removeValue(forKey: key)
+            if s.watchers[id]?.isEmpty == true { s.watchers[id] = nil }
+            return w
+          }
+          w?.continuation.resume(returning: state.withLock { $0.actors.info(id) })
+        }
+      }
+    }
+    if let info { r.found = true; r.actor = info }
+    return r
+  }
+
+  public func getNamedActor(request: Swiftray_GetNamedActorRequest, context: ServerContext) async throws -> Swiftray_GetNamedActorReply {
+    var r = Swiftray_GetNamedActorReply()
+    if let info = state.withLock({ $0.actors.named(request.name, namespace: request.namespace) }) {
+      r.found = true
+      r.actor = info
+    }
+    return r
+  }
+
+  public func listNamedActors(request: Swiftray_ListNamedActorsRequest, context: ServerContext) async throws -> Swiftray_ListNamedActorsReply {
+    var r = Swiftray_ListNamedActorsReply()
+    r.actors = state.withLock { $0.actors.namedActors(namespace: request.allNamespaces ? nil : request.namespace) }
+    return r
+  }
+
+  public func killActor(request: Swiftray_KillActorRequest, context: ServerContext) async throws -> Swiftray_KillActorReply {
+    var r = Swiftray_KillActorReply()
+    guard let id = TaskID(binary: request.actorID) else { return r }
+    let actions: [ActorDirectory.Action] = state.withLock { s in
+      if request.outOfScope {
+        r.found = s.actors.info(id) != nil
+        return s.actors.outOfScope(id)
+      }
+      let (found, actions) = s.actors.killRequested(id, noRestart: request.noRestart, reason: request.reason)
+      r.found = found
+      return actions
+    }
+    perform(actions)
+    return r
+  }
+
+  public func reportWorkerFailure(request: Swiftray_ReportWorkerFailureRequest, context: ServerContext) async throws -> Swiftray_ReportWorkerFailureReply {
+    perform(state.withLock { $0.actors.workerDied(request.exit.workerID, detail: request.exit.detail) })
+    return Swiftray_ReportWorkerFailureReply()
+  }
+
+  public func markJobFinished(request: Swiftray_MarkJobFinishedRequest, context: ServerContext) async throws -> Swiftray_MarkJobFinishedReply {
+    let job = JobID(binary: request.jobID).map { " (job \($0.hex))" } ?? ""
+    perform(state.withLock { $0.actors.driverExited(request.driverID, detail: "the driver that created it exited\(job)") })
+    return Swiftray_MarkJobFinishedReply()
+  }
+
+  // MARK: actions
+
+  func perform(_ actions: [ActorDirectory.Action]) {
+    for a in actions {
+      switch a {
+      case .requestLease(let id, let spec): requestLease(id, spec)
+      case .pushCreation(let id, let spec, let lease): pushCreation(id, spec, lease)
+      case .returnLease(let lease, let disconnect):
+        guard let nm = nodeClient(lease.node) else { continue }
+        Task {
+          var req = Swiftray_ReturnWorkerLeaseRequest()
+          req.leaseID = lease.leaseID
+          req.disconnectWorker = disconnect
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
+        }
+      case .killWorker(let lease, let reason):
+        guard let nm = nodeClient(lease.node) else { continue }
+        Task {
+          var req = Swiftray_KillWorkerRequest()
+          req.workerID = lease.worker.workerID
+          req.reason = reason
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req)
+        }
+      case .published(let id):
+        let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in
+          guard let info = s.actors.info(id), var ws = s.watchers[id] else { return ([], nil) }
+          let ready = ws.filter { $0.value.after < info.version }
+          for k in ready.keys { ws[k] = nil }
+          s.watchers[id] = ws.isEmpty ? nil : ws
+          return (Array(ready.values), info)
+        }
+        for w in ready { w.continuation.resume(returning: info) }
+      }
+    }
+    armTick()
+  }
+
+  /// The NodeManager to place actors on: the first live node (one node until the
+  /// multi-node scheduler arrives).
+  func placementNode() -> String? {
+    state.withLock { s in
+      s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }?.nodeManagerEndpoint
+    }
+  }
+
+  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? {
+    guard let ep = Endpoint(endpoint) else { return nil }
+    return state.withLock { s -> ControlPlane.Connection? in
+      if s.closed { return nil }
+      if let c = s.nodeClients[endpoint] { return c }
+      guard let c = try? ControlPlane.connect(ep, group: group) else { return nil }
+      s.nodeClients[endpoint] = c
+      return c
+    }
+  }
+
+  func requestLease(_ id: ActorID, _ spec: Swiftray_TaskSpec) {
+    guard let node = placementNode(), let nm = nodeClient(node) else {
+      let now = Self.now()
+      perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
+      return
+    }
+    Task { [self] in
+      var req = Swiftray_RequestWorkerLeaseRequest()
+      req.leaseRequestID = randomWord() >> 1
+      req.resources = spec.resources
+      req.placementResources = spec.actorCreation.placementResources
+      req.owner = Swiftray_Address()
+      req.jobID = spec.jobID
+      req.taskName = spec.name
+      let reply = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req)
+      let now = Self.now()
+      let actions: [ActorDirectory.Action] = state.withLock { s in
+        guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }
+        switch reply.status {
+        case .granted:
+          return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node))
+        case .infeasible:
+          return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
+        case .workerStartFailed:
+          return s.actors.workersFailToStart(id, detail: reply.detail)
+        default:
+          return s.actors.leaseRequestFailed(id, now: now)
+        }
+      }
+      perform(actions)
+    }
+  }
+
+  func pushCreation(_ id: ActorID, _ spec: Swiftray_TaskSpec, _ lease: ActorDirectory.Lease) {
+    guard let ep = Endpoint(lease.worker.endpoint) else { return }
+    var req = Swiftray_PushTaskRequest()
+    req.spec = spec
+    pool.request(ep, .pushTask(req)) { [self] result in
+      // A broken connection means the worker died: its NodeManager reports that.
+      guard case .success(let frame) = result, case .pushTaskReply(let reply)? = frame.body else { return }
+      let error: String? = reply.actorCreationError.isEmpty
+        ? (reply.isApplicationError ? "the constructor failed (no traceback was sent)" : nil)
+        : reply.actorCreationError
+      perform(state.withLock { $0.actors.creationReplied(id, lease: lease, error: error) })
+    }
+  }
+
+  /// Keeps one timer armed for the directory's next lease retry.
+  func armTick() {
+    let delay: UInt64? = state.withLock { s in
+      guard !s.tickArmed, !s.closed, let d = s.actors.nextDeadline() else { return nil }
+      s.tickArmed = true
+      let now = Self.now()
+      return d > now ? d - now : 0
+    }
+    guard let delay else { return }
+    group.next().scheduleTask(in: .nanoseconds(Int64(delay) + 1000)) { [self] in
+      let now = Self.now()
+      let actions = state.withLock { s -> [ActorDirectory.Action] in
+        s.tickArmed = false
+        s.actors.trimDead(keep: 10_000)
+        return s.actors.tick(now: now)
+      }
+      perform(actions)
+    }
   }
 }

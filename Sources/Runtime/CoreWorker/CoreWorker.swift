@@ -42,6 +42,16 @@ public final class CoreWorker: Sendable {
     var tasks = TaskManager()
     var resolver = DependencyResolver()
     var submitter: NormalTaskSubmitter
+    var actorSubmitter = ActorTaskSubmitter()
+    /// Actor work decided under the lock, carried out by `perform`.
+    var actorOutbox: [ActorStep] = []
+    var actorDraining = false
+    /// Actors this process created: their handle objects, and the constructor's
+    /// argument refs (held while the actor may restart).
+    var ownedActors: [ObjectID: (actor: ActorID, detached: Bool, args: [ObjectID])] = [:]
+    /// Named creations registered by their creator's thread (a taken name raises there).
+    var syncCreations: Set<TaskID> = []
+    var syncReady: Set<TaskID> = []
     var store: [ObjectID: Swiftray_RayObject] = [:]
     var owners: [ObjectID: Swiftray_Address] = [:]
     /// Refs contained in values held here (owned objects, cached borrowed values).
@@ -186,6 +196,18 @@ public final class CoreWorker: Sendable {
     spec.maxRetries = Int32(maxRetries)
     spec.retryExceptions = retryExceptions
     spec.retryExceptionFilter = retryExceptionFilter
+    // A normal task cannot be refused.
+    return (try? submit(spec, args: args, kind: .normal).returns) ?? []
+  }
+
+  /// What a submitted task is, for where it goes once its arguments are resolved.
+  enum TaskKind { case normal, actorCreation(sync: Bool), actorCall(ActorID, maxTaskRetries: Int) }
+
+  /// The common path of every submission: fills in the spec's arguments (each ref with
+  /// its owner), registers the returns with one local reference each, holds the
+  /// arguments' refs for the task, records the task and starts resolving arguments.
+  func submit(_ spec: Swiftray_TaskSpec, args: [TaskArgument], kind: TaskKind) throws(SwiftrayError) -> (task: TaskID, returns: [ObjectID]) {
+    var spec = spec
     spec.owner = address
     var deps: [ObjectID] = []      // ref arguments: resolved before the task runs
     var nested: [ObjectID] = []    // refs inside value arguments: only held
@@ -203,13 +225,35 @@ public final class CoreWorker: Sendable {
       }
       return t
     }
+    let numReturns = Int(spec.numReturns)
     let now = Self.now()
     var fetches: [ObjectID] = []
-    let (returnIDs, actions): ([ObjectID], [NormalTaskSubmitter.Action]) = state.withLock { s in
+    typealias Admitted = Result<(TaskID, [ObjectID], [NormalTaskSubmitter.Action]), SwiftrayError>
+    let result: Admitted = state.withLock { (s: inout State) -> Admitted in
       let tid = s.idGen.next()
       spec.taskID = Data(tid.binary)
       spec.jobID = Data(JobID(UInt32(truncatingIfNeeded: tid.job)).binary)
       if let parent = s.running { spec.parentTaskID = Data(parent.binary) }
+      var held: [ObjectID] = []
+      switch kind {
+      case .normal: break
+      case .actorCreation(let sync):
+        spec.actorID = Data(tid.binary)
+        // The handle object: the caller's handle holds its one local reference.
+        s.refs.ownedObjectCreated(tid.actorHandleObject)
+        _ = s.refs.localRefAdded(tid.actorHandleObject)
+        if sync { s.syncCreations.insert(tid) }
+      case .actorCall(let actor, let retries):
+        // Refused before anything is registered: nothing to undo.
+        switch s.actorSubmitter.callSubmitted(tid, actor: actor, maxTaskRetries: retries) {
+        case .failure(let e): return .failure(e)
+        case .success(let admitted):
+          spec.actorSeq = admitted.seq
+          s.actorOutbox += admitted.actions.map { ActorStep.call($0) }
+        }
+        // A pending call keeps its actor's handle alive, as an argument would.
+        if s.refs.isInScope(actor.actorHandleObject) { held.append(actor.actorHandleObject) }
+      }
       let ids = (0..<numReturns).map { ObjectID.forReturn(of: tid, index: $0) }
       for id in ids { s.refs.ownedObjectCreated(id); _ = s.refs.localRefAdded(id) }
       for a in args { if case .ref(let id, let owner?) = a.kind, s.owners[id] == nil { s.owners[id] = owner } }
@@ -223,16 +267,17 @@ public final class CoreWorker: Sendable {
         }
       }
       // The task holds its ref arguments and the refs inside its value arguments.
-      s.refs.submittedTaskRefsAdded(deps + nested)
-      s.tasks.taskSubmitted(tid, spec: spec)
+      s.refs.submittedTaskRefsAdded(deps + nested + held)
+      s.tasks.taskSubmitted(tid, spec: spec, extraRefs: held)
       let store = s.store
       let ready = s.resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil })
       if !ready { fetches = deps.filter { store[$0] == nil && Self.startFetch(&s, $0) } }
-      return (ids, ready ? Self.taskReady(&s, tid, now: now) : [])
+      return .success((tid, ids, ready ? Self.taskReady(&s, tid, now: now) : []))
     }
+    let (tid, returnIDs, actions) = try result.get()
     for id in fetches { fetch(id) }
     perform(actions)
-    return returnIDs
+    return (tid, returnIDs)
   }
 
   /// Stores a value owned by this process. Returns its ID with one local reference.
@@ -411,10 +456,19 @@ public final class CoreWorker: Sendable {
   public func cancel(_ id: ObjectID, force: Bool) -> Bool {
     let tid = id.task
     let now = Self.now()
-    enum Step { case none, failNow([NormalTaskSubmitter.Action]), remote(Swiftray_Address, WorkerID) }
+    enum Step { case none, failNow([NormalTaskSubmitter.Action]), remote(Swiftray_Address, WorkerID), remoteSoft(Swiftray_Address, WorkerID) }
     let step: Step = state.withLock { s in
       guard s.tasks.cancelRequested(tid) else { return .none }
-      if s.resolver.taskRemoved(tid) { return .failNow([]) }
+      if s.resolver.taskRemoved(tid) {
+        _ = s.actorSubmitter.callRemoved(tid)
+        return .failNow([])
+      }
+      if let spec = s.tasks.spec(tid), let actor = TaskID(binary: spec.actorID) {
+        // An actor call: drop it if not sent; else ask the actor's worker (never a kill).
+        if s.actorSubmitter.callRemoved(tid) { return .failNow([]) }
+        if let addr = s.actorSubmitter.address(actor), let w = WorkerID(binary: addr.workerID) { return .remoteSoft(addr, w) }
+        return .none
+      }
       let (removed, actions) = s.submitter.taskCanceled(tid, now: now)
       if removed { return .failNow(actions) }
       if let lease = s.submitter.leaseOf(task: tid), let addr = s.leaseWorkers[lease.leaseID] {
@@ -428,6 +482,12 @@ public final class CoreWorker: Sendable {
       perform(actions)
       let acts = state.withLock { $0.tasks.taskReplied(tid, outcome: .cancelled) }
       applyTaskActions(acts, reply: nil)
+    case .remoteSoft(let addr, _):
+      if let ep = Endpoint(addr.endpoint) {
+        var req = Swiftray_CancelTaskRequest()
+        req.taskID = Data(tid.binary)
+        pool.request(ep, .cancelTask(req)) { _ in }
+      }
     case .remote(let addr, let worker):
       if force {
         let nm = nodeManager
@@ -543,7 +603,8 @@ public final class CoreWorker: Sendable {
 
   /// First step of shutdown: from now on worker deaths are expected, not failures.
   public func prepareShutdown() {
-    state.withLock { $0.shutdown = true }
+    let first = state.withLock { s in let f = !s.shutdown; s.shutdown = true; return f }
+    if first { markJobFinished() }
   }
 
   /// Closes servers and connections. Worker output already on its way is printed
@@ -721,6 +782,14 @@ public final class CoreWorker: Sendable {
       }
     }
     s.tasks.specResolved(tid, spec: spec)
+    if spec.hasActorCreation {
+      if s.syncCreations.contains(tid) { s.syncReady.insert(tid) } else { s.actorOutbox.append(.create(tid)) }
+      return []
+    }
+    if !spec.actorID.isEmpty {
+      s.actorOutbox += s.actorSubmitter.callReady(tid).map { .call($0) }
+      return []
+    }
     return s.submitter.taskReady(tid, key: ResourceSet(proto: spec.resources), now: now)
   }
 
@@ -765,6 +834,7 @@ public final class CoreWorker: Sendable {
       }
     }
     scheduleTick()
+    performActorSteps()
   }
 
   func requestLease(_ requestID: UInt64, _ key: ResourceSet) {
@@ -907,12 +977,17 @@ public final class CoreWorker: Sendable {
     guard !actions.isEmpty else { return }
     var sends: [(Swiftray_Address, Swiftray_DataFrame.OneOf_Body, Bool)] = []
     let me = Data(options.workerID.binary)
+    var outOfScope: [ActorID] = []
     let stored: [ObjectID] = state.withLock { s in
       var stored: [ObjectID] = []
       var work = actions
       while let a = work.popLast() {
         switch a {
         case .free(let id):
+          if let a = s.ownedActors.removeValue(forKey: id) {
+            if !a.detached { outOfScope.append(a.actor) }
+            work += s.refs.submittedTaskRefsRemoved(a.args)
+          }
           if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append(id) }
           if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
           Self.releaseLineageIfUnused(&s, id.task)
@@ -931,6 +1006,7 @@ public final class CoreWorker: Sendable {
       return stored
     }
     objectStore.delete(stored)
+    outOfScope.forEach(actorOutOfScope)
     for (owner, body, acked) in sends {
       if acked { registering.enter() }
       sendBorrowerChange(body, to: owner) { [registering] in if acked { registering.leave() } }

@@ -110,6 +110,14 @@ public struct TaskID: Hashable, Sendable, CustomStringConvertible {
   public static let nil_ = TaskID(prefix: 0, counter: 0, job: 0)
 }
 
+/// An actor is named by its creation task; its handle object (what handles count,
+/// like refs) is that task's first return.
+public typealias ActorID = TaskID
+
+extension TaskID {
+  public var actorHandleObject: ObjectID { ObjectID.forReturn(of: self, index: 0) }
+}
+
 /// An object: the task that creates it plus an index. Return values use 1...n;
 /// `put` values set the top bit, so they are never confused with returns.
 public struct ObjectID: Hashable, Sendable, CustomStringConvertible {

@@ -57,6 +57,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public var endpoint: Endpoint { Endpoint.unix(options.sessionDir + "/sockets/raylet.sock") }
   let state: Mutex<State>
   let log = Logger(label: "swiftray.node")
+  let control = Mutex<ControlPlane.Connection?>(nil)
+  let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
   nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
 
   public init(options: Options, store: ObjectStore) {
@@ -65,6 +67,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
     state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits)))
+    let (reports, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
+    controlReports = cont
+    Task { for await job in reports { await job() } }
     monitor = ProcessMonitor(
       onOutput: { [weak self] pid, isErr, lines in self?.workerOutput(pid: pid, isErr: isErr, lines: lines) },
       onExit: { [weak self] status in self?.workerExited(status) })
@@ -178,6 +183,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   func workerExited(_ status: ProcessMonitor.ExitStatus) {
     store.processDied(status.pid)
+    var report: Swiftray_WorkerExitInfo?
     let actions: [LeaseQueue.Action] = state.withLock { s in
       guard let id = s.byPid.removeValue(forKey: status.pid), let proc = s.procs.removeValue(forKey: id) else { return [] }
       var info = Swiftray_WorkerExitInfo()
@@ -198,6 +204,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         if !s.shuttingDown { log.error("worker/start-failed", metadata: ["detail": "\(detail)"]) }
       }
       info.detail = detail
+      report = s.shuttingDown ? nil : info
       s.exits[id] = info
       s.exitOrder.append(id)
       if s.exitOrder.count > 1000 { s.exits[s.exitOrder.removeFirst()] = nil }
@@ -211,13 +218,31 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       return s.queue.workerExited(id)
     }
     perform(actions)
+    // The ControlService restarts or buries the actor it hosted and the actors it owned.
+    if let report { reportToControl(.with { $0.exit = report }) }
+  }
+
+  /// Tells the ControlService a worker (or driver) of this node is gone. Ordered.
+  func reportToControl(_ req: Swiftray_ReportWorkerFailureRequest) {
+    controlReports.yield { [self] in
+      guard let c = controlClient() else { return }
+      _ = try? await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req)
+    }
+  }
+
+  func controlClient() -> ControlPlane.Connection? {
+    control.withLock { c in
+      if c == nil { c = try? ControlPlane.connect(options.controlEndpoint, group: .singletonMultiThreadedEventLoopGroup) }
+      return c
+    }
   }
 
   // MARK: gRPC service
 
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
-                                 owner: WorkerID(binary: request.owner.workerID) ?? .nil_)
+                                 owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
+                                 placement: ResourceSet(proto: request.placementResources))
     return await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
         let actions = state.withLock { s -> [LeaseQueue.Action] in
@@ -341,6 +366,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     while !monitor.livePids.isEmpty && clock.now < hard { usleep(5_000) }
     monitor.shutdown()
     for c in subs { c.finish() }
+    controlReports.finish()
+    control.withLock { c in c?.shutdown(); c = nil }
   }
 }
 

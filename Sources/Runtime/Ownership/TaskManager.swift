@@ -42,7 +42,8 @@ public struct TaskManager: Sendable {
   public func spec(_ id: TaskID) -> Swiftray_TaskSpec? { entries[id]?.spec }
   public func isPending(_ id: TaskID) -> Bool { entries[id]?.status == .pending }
 
-  public mutating func taskSubmitted(_ id: TaskID, spec: Swiftray_TaskSpec) {
+  /// `extraRefs`: more refs the task holds until it ends (an actor call's handle).
+  public mutating func taskSubmitted(_ id: TaskID, spec: Swiftray_TaskSpec, extraRefs: [ObjectID] = []) {
     var e = Entry(spec: spec, retriesLeft: Int(spec.maxRetries), status: .pending)
     // Ref arguments, and refs nested in value arguments: both held until the task ends.
     e.argRefs = spec.args.flatMap { a -> [ObjectID] in
@@ -51,7 +52,7 @@ public struct TaskManager: Sendable {
       case .value(let v)?: return v.nestedRefs.compactMap { ObjectID(binary: $0.objectID) }
       case nil: return []
       }
-    }
+    } + extraRefs
     entries[id] = e
   }
 

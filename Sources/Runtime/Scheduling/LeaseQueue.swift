@@ -19,11 +19,16 @@ public struct LeaseQueue: Sendable {
 
   public struct Request: Sendable, Equatable {
     public var id: UInt64
+    /// Held by the lease while it lasts.
     public var shape: ResourceSet
     public var owner: WorkerID
-    public init(id: UInt64, shape: ResourceSet, owner: WorkerID) {
-      self.id = id; self.shape = shape; self.owner = owner
+    /// Must be free when the lease is granted, but is not held (an actor's default
+    /// 1 CPU to be placed, 0 while it lives).
+    public var placement: ResourceSet
+    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet()) {
+      self.id = id; self.shape = shape; self.owner = owner; self.placement = placement
     }
+    var needsFree: ResourceSet { shape.union(placement) }
   }
 
   public struct Lease: Sendable, Equatable {
@@ -108,8 +113,8 @@ public struct LeaseQueue: Sendable {
   }
 
   public mutating func leaseRequested(_ request: Request) -> [Action] {
-    guard total.contains(request.shape) else {
-      return [.reject(requestID: request.id, detail: Self.infeasibleDetail(request.shape, total: total))]
+    guard total.contains(request.needsFree) else {
+      return [.reject(requestID: request.id, detail: Self.infeasibleDetail(request.needsFree, total: total))]
     }
     pending.append(request)
     return dispatch()
@@ -216,7 +221,7 @@ public struct LeaseQueue: Sendable {
     var i = 0
     while i < pending.count {
       let req = pending[i]
-      if available.contains(req.shape) {
+      if available.contains(req.needsFree) {
         if let wid = idle.popLast() {
           let lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
           nextLeaseID += 1

@@ -46,6 +46,12 @@ public struct ResourceSet: Hashable, Sendable, CustomStringConvertible {
     for (k, v) in r.quantities { q[k, default: 0] -= v }
     return ResourceSet(fixedPoint: q)
   }
+  /// The larger quantity of each name: what must be free to satisfy both.
+  public func union(_ other: ResourceSet) -> ResourceSet {
+    var q = quantities
+    for (k, v) in other.quantities { q[k] = max(q[k] ?? 0, v) }
+    return ResourceSet(fixedPoint: q)
+  }
   public func restricted(to names: Set<String>) -> ResourceSet {
     ResourceSet(fixedPoint: quantities.filter { names.contains($0.key) })
   }

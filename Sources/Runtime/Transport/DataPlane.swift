@@ -98,6 +98,9 @@ public final class DataPlaneConnection: Sendable {
     var pending: [UInt64: Callback] = [:]
     var closed: SwiftrayError?
     var onClose: [@Sendable (SwiftrayError) -> Void] = []
+    /// Frames in the order `request` was called, written by one event-loop task.
+    var outbox: [ByteBuffer] = []
+    var flushScheduled = false
   }
 
   private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
@@ -141,28 +144,45 @@ public final class DataPlaneConnection: Sendable {
   public var isClosed: Bool { state.withLock { $0.closed != nil } }
 
   /// Sends a request; `callback` runs once, on an event loop thread, with the reply or
-  /// the error that closed the connection.
+  /// the error that closed the connection. Frames leave in the order of `request`
+  /// calls across all threads (actor calls rely on it): each is queued under the lock
+  /// and one event-loop task writes the queue, batching the writes.
   public func request(_ body: Swiftray_DataFrame.OneOf_Body, callback: @escaping Callback) {
-    let r: Result<UInt64, SwiftrayError> = state.withLock { s in
-      if let e = s.closed { return .failure(e) }
-      let id = s.nextID
+    var f = Swiftray_DataFrame()
+    f.body = body
+    enum Step { case failed(SwiftrayError), queued(schedule: Bool), unencodable }
+    let step: Step = state.withLock { s in
+      if let e = s.closed { return .failed(e) }
+      f.id = s.nextID
+      guard let buf = DataPlane.encode(f, allocator: channel.allocator) else { return .unencodable }
       s.nextID += 1
-      s.pending[id] = callback
-      return .success(id)
+      s.pending[f.id] = callback
+      s.outbox.append(buf)
+      let schedule = !s.flushScheduled
+      s.flushScheduled = true
+      return .queued(schedule: schedule)
     }
-    switch r {
-    case .failure(let e): callback(.failure(e))
-    case .success(let id):
-      var f = Swiftray_DataFrame()
-      f.id = id
-      f.body = body
-      guard let buf = DataPlane.encode(f, allocator: channel.allocator) else {
-        let cb = state.withLock { $0.pending.removeValue(forKey: id) }
-        cb?(.failure(SwiftrayError(.system, "could not encode a data-plane frame")))
-        return
-      }
-      channel.writeAndFlush(NIOAny(buf), promise: nil)
+    // Failures are reported from the event loop, never inline: callers may hold locks.
+    switch step {
+    case .failed(let e): channel.eventLoop.execute { callback(.failure(e)) }
+    case .unencodable:
+      channel.eventLoop.execute { callback(.failure(SwiftrayError(.system, "could not encode a data-plane frame"))) }
+    case .queued(let schedule):
+      if schedule { channel.eventLoop.execute { self.flushOutbox() } }
     }
+  }
+
+  /// On the channel's event loop: writes every queued frame, then flushes once.
+  private func flushOutbox() {
+    let frames = state.withLock { s -> [ByteBuffer] in
+      s.flushScheduled = false
+      let o = s.outbox
+      s.outbox.removeAll(keepingCapacity: true)
+      return o
+    }
+    guard !frames.isEmpty else { return }
+    for buf in frames { channel.write(NIOAny(buf), promise: nil) }
+    channel.flush()
   }
 
   /// Called once when the connection closes (immediately if it already has).
@@ -196,45 +216,89 @@ public final class DataPlaneConnection: Sendable {
   }
 }
 
-/// One connection per endpoint, made on first use and reused. Threading: any thread.
+/// One connection per endpoint, made on first use and reused. Requests to one endpoint
+/// leave in the order `request` was called, also while the connection is being made.
+/// Threading: any thread.
 public final class DataPlaneClientPool: Sendable {
+  enum Entry {
+    case connecting(EventLoopFuture<DataPlaneConnection>, [(Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Callback)])
+    case connected(DataPlaneConnection)
+  }
   let group: EventLoopGroup
-  let conns: Mutex<[Endpoint: EventLoopFuture<DataPlaneConnection>]> = Mutex([:])
+  let conns: Mutex<[Endpoint: Entry]> = Mutex([:])
   public init(group: EventLoopGroup) { self.group = group }
 
+  /// The connection to `endpoint`, made if needed.
   public func connection(_ endpoint: Endpoint) -> EventLoopFuture<DataPlaneConnection> {
     conns.withLock { m in
-      if let f = m[endpoint] { return f }
-      let f = DataPlaneConnection.connect(group: group, to: endpoint)
-      m[endpoint] = f
-      f.whenComplete { [self] r in
-        switch r {
-        case .success(let c): c.onClose { _ in self.drop(endpoint, f) }
-        case .failure: self.drop(endpoint, f)
-        }
+      switch m[endpoint] {
+      case .connected(let c)?: return c.channel.eventLoop.makeSucceededFuture(c)
+      case .connecting(let f, _)?: return f
+      case nil: return connect(endpoint, &m)
       }
-      return f
     }
   }
 
-  private func drop(_ endpoint: Endpoint, _ f: EventLoopFuture<DataPlaneConnection>) {
-    conns.withLock { m in if m[endpoint] === f { m[endpoint] = nil } }
+  private func connect(_ endpoint: Endpoint, _ m: inout [Endpoint: Entry]) -> EventLoopFuture<DataPlaneConnection> {
+    let f = DataPlaneConnection.connect(group: group, to: endpoint)
+    m[endpoint] = .connecting(f, [])
+    f.whenComplete { [self] r in
+      // Requests queued while connecting go out first, in order, before the entry
+      // becomes visible as connected (both under the lock).
+      let failed: [DataPlaneConnection.Callback] = conns.withLock { m in
+        guard case .connecting(let g, let queued)? = m[endpoint], g === f else { return [] }
+        switch r {
+        case .success(let c):
+          m[endpoint] = .connected(c)
+          for (body, cb) in queued { c.request(body, callback: cb) }
+          return []
+        case .failure:
+          m[endpoint] = nil
+          return queued.map(\.1)
+        }
+      }
+      switch r {
+      case .success(let c): c.onClose { _ in self.drop(endpoint, c) }
+      case .failure(let e):
+        for cb in failed { cb(.failure(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)"))) }
+      }
+    }
+    return f
+  }
+
+  private func drop(_ endpoint: Endpoint, _ c: DataPlaneConnection) {
+    conns.withLock { m in if case .connected(let x)? = m[endpoint], x === c { m[endpoint] = nil } }
   }
 
   /// Sends a request, connecting first if needed; errors arrive through `callback`.
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
                       callback: @escaping DataPlaneConnection.Callback) {
-    connection(endpoint).whenComplete { r in
-      switch r {
-      case .success(let c): c.request(body, callback: callback)
-      case .failure(let e):
-        callback(.failure(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)")))
+    let direct: DataPlaneConnection? = conns.withLock { m in
+      switch m[endpoint] {
+      case .connected(let c)?:
+        return c
+      case .connecting(let f, var queued)?:
+        queued.append((body, callback))
+        m[endpoint] = .connecting(f, queued)
+        return nil
+      case nil:
+        _ = connect(endpoint, &m)
+        guard case .connecting(let f, var queued)? = m[endpoint] else { return nil }
+        queued.append((body, callback))
+        m[endpoint] = .connecting(f, queued)
+        return nil
       }
     }
+    direct?.request(body, callback: callback)
   }
 
   public func closeAll() {
     let all = conns.withLock { m in let v = Array(m.values); m.removeAll(); return v }
-    for f in all { f.whenSuccess { $0.close() } }
+    for e in all {
+      switch e {
+      case .connected(let c): c.close()
+      case .connecting(let f, _): f.whenSuccess { $0.close() }
+      }
+    }
   }
 }

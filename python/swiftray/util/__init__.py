@@ -1,6 +1,15 @@
 """swiftray.util: helpers mirroring ray.util."""
 import socket
 
+from swiftray.util.actor_pool import ActorPool
+
+
+def list_named_actors(all_namespaces=False):
+    """Names of the live named actors in this job's namespace (dicts of name and
+    namespace with all_namespaces=True)."""
+    from swiftray.actor import list_named_actors as _list
+    return _list(all_namespaces)
+
 
 def get_node_ip_address():
     return "127.0.0.1"

@@ -1,0 +1,282 @@
+import Foundation
+import RuntimeProto
+
+/// The ControlService's actor table as a pure state machine (DESIGN §3): where each actor
+/// lives, its incarnation, names per namespace, and what to do when a lease is granted,
+/// a constructor returns, a worker or an owner dies, or a kill is asked for. Time is
+/// passed in; the shell (`ControlService`) carries out the actions.
+///
+/// Threading: a value type, owned by the ControlService under its lock.
+public struct ActorDirectory: Sendable {
+  public typealias State = Swiftray_ActorInfo.State
+  public typealias Cause = Swiftray_ActorInfo.DeathCause
+
+  public struct Lease: Sendable, Equatable {
+    public var leaseID: UInt64
+    public var worker: Swiftray_Address
+    public var node: String
+    public init(leaseID: UInt64, worker: Swiftray_Address, node: String) {
+      self.leaseID = leaseID; self.worker = worker; self.node = node
+    }
+  }
+
+  struct Entry: Sendable {
+    var info: Swiftray_ActorInfo
+    /// The constructor call with its arguments inlined: rerun on every restart.
+    var spec: Swiftray_TaskSpec
+    var lease: Lease?
+    /// A lease request is out for this incarnation.
+    var requesting = false
+    var retryAt: UInt64?
+    /// `kill(no_restart=False)` asked for a restart; the reason names it.
+    var restartReason: String?
+  }
+
+  public enum Action: Sendable, Equatable {
+    /// Ask a NodeManager for a worker for the actor's constructor.
+    case requestLease(ActorID, Swiftray_TaskSpec)
+    /// Push the constructor to the leased worker.
+    case pushCreation(ActorID, Swiftray_TaskSpec, Lease)
+    /// Give a lease back; `disconnect` kills its worker.
+    case returnLease(Lease, disconnect: Bool)
+    /// Kill the worker hosting an actor (it is being killed or its owner died).
+    case killWorker(Lease, reason: String)
+    /// The actor's info changed: wake its watchers.
+    case published(ActorID)
+  }
+
+  public enum RegisterError: Error, Sendable, Equatable {
+    case nameTaken(Swiftray_ActorInfo)
+  }
+
+  private(set) var actors: [ActorID: Entry] = [:]
+  private var names: [String: [String: ActorID]] = [:]
+  public let leaseRetryNanos: UInt64
+
+  public init(leaseRetryNanos: UInt64 = 1_000_000_000) {
+    self.leaseRetryNanos = leaseRetryNanos
+  }
+
+  public func info(_ id: ActorID) -> Swiftray_ActorInfo? { actors[id]?.info }
+
+  public func named(_ name: String, namespace: String) -> Swiftray_ActorInfo? {
+    names[namespace]?[name].flatMap { actors[$0]?.info }
+  }
+
+  /// Live named actors, in `namespace` or in every namespace.
+  public func namedActors(namespace: String?) -> [Swiftray_ActorInfo] {
+    var out: [Swiftray_ActorInfo] = []
+    for (ns, table) in names where namespace == nil || ns == namespace {
+      for id in table.values { if let i = actors[id]?.info, i.state != .dead { out.append(i) } }
+    }
+    return out.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+  }
+
+  public var count: Int { actors.count }
+
+  // MARK: events
+
+  /// An owner registers an actor whose constructor arguments are resolved.
+  public mutating func actorRegistered(_ spec: Swiftray_TaskSpec) -> Result<[Action], RegisterError> {
+    guard let id = TaskID(binary: spec.actorID), actors[id] == nil else { return .success([]) }
+    let c = spec.actorCreation
+    if !c.name.isEmpty, let other = names[c.namespace]?[c.name], let o = actors[other], o.info.state != .dead {
+      return .failure(.nameTaken(o.info))
+    }
+    var info = Swiftray_ActorInfo()
+    info.actorID = spec.actorID
+    info.state = .pending
+    info.version = 1
+    info.name = c.name
+    info.namespace = c.namespace
+    info.detached = c.detached
+    info.maxRestarts = c.maxRestarts
+    info.maxTaskRetries = c.maxTaskRetries
+    info.handleMeta = c.handleMeta
+    info.owner = spec.owner
+    info.jobID = spec.jobID
+    info.className = c.className
+    actors[id] = Entry(info: info, spec: spec, requesting: true)
+    if !c.name.isEmpty { names[c.namespace, default: [:]][c.name] = id }
+    return .success([.published(id), .requestLease(id, spec)])
+  }
+
+  public mutating func leaseGranted(_ id: ActorID, _ lease: Lease) -> [Action] {
+    guard var e = actors[id], e.requesting else { return [.returnLease(lease, disconnect: false)] }
+    e.requesting = false
+    guard e.info.state == .pending || e.info.state == .restarting else {
+      actors[id] = e
+      return [.returnLease(lease, disconnect: false)]
+    }
+    e.lease = lease
+    e.spec.actorCreation.numRestarts = e.info.numRestarts
+    actors[id] = e
+    return [.pushCreation(id, e.spec, lease)]
+  }
+
+  /// No node can host the actor now: ask again later; watchers learn why (once).
+  public mutating func leaseRejected(_ id: ActorID, detail: String, now: UInt64) -> [Action] {
+    guard var e = actors[id], e.requesting else { return [] }
+    e.requesting = false
+    e.retryAt = now + leaseRetryNanos
+    let changed = e.info.detail != detail
+    e.info.detail = detail
+    if changed { e.info.version += 1 }
+    actors[id] = e
+    return changed ? [.published(id)] : []
+  }
+
+  /// The request failed in transport (a NodeManager unreachable): retry soon.
+  public mutating func leaseRequestFailed(_ id: ActorID, now: UInt64) -> [Action] {
+    guard var e = actors[id], e.requesting else { return [] }
+    e.requesting = false
+    e.retryAt = now + leaseRetryNanos / 10
+    actors[id] = e
+    return []
+  }
+
+  /// Workers cannot start on the node: the actor cannot be created.
+  public mutating func workersFailToStart(_ id: ActorID, detail: String) -> [Action] {
+    guard var e = actors[id], e.requesting else { return [] }
+    e.requesting = false
+    actors[id] = e
+    return died(id, cause: .creationFailed, detail: "its worker could not start: \(detail)")
+  }
+
+  /// The constructor returned on `lease`; `error` is its traceback when it raised.
+  public mutating func creationReplied(_ id: ActorID, lease: Lease, error: String?) -> [Action] {
+    guard var e = actors[id], e.lease == lease else { return [] }
+    if let error {
+      // A constructor that raised fails the actor for good (as Ray): no restart.
+      return died(id, cause: .creationFailed, detail: "its constructor raised:\n\(error)")
+    }
+    guard e.info.state == .pending || e.info.state == .restarting else { return [] }
+    e.info.state = .alive
+    e.info.address = lease.worker
+    e.info.pid = Int64(lease.worker.pid)
+    e.info.detail = ""
+    e.info.version += 1
+    actors[id] = e
+    return [.published(id)]
+  }
+
+  /// A worker process ended. Its actor restarts or dies; actors it owned die with it.
+  public mutating func workerDied(_ worker: Data, detail: String) -> [Action] {
+    var actions: [Action] = []
+    for (id, e) in actors where e.info.state != .dead {
+      if e.lease?.worker.workerID == worker {
+        actions += hostDied(id, detail: detail)
+      }
+    }
+    actions += ownerDied(worker, detail: "its owner (worker \(Self.short(worker))) died: \(detail)")
+    return actions
+  }
+
+  /// A driver finished (or died): its non-detached actors die with it.
+  public mutating func driverExited(_ driver: Data, detail: String) -> [Action] {
+    ownerDied(driver, detail: detail)
+  }
+
+  /// `kill(actor, no_restart=)`. Returns false for an unknown actor.
+  public mutating func killRequested(_ id: ActorID, noRestart: Bool, reason: String) -> (found: Bool, actions: [Action]) {
+    guard var e = actors[id] else { return (false, []) }
+    guard e.info.state != .dead else { return (true, []) }
+    if !noRestart, e.lease != nil, canRestart(e) {
+      e.restartReason = reason
+      actors[id] = e
+      return (true, [.killWorker(e.lease!, reason: reason)])
+    }
+    return (true, died(id, cause: .killed, detail: reason))
+  }
+
+  /// Every handle of an actor is gone (its owner freed the handle object).
+  public mutating func outOfScope(_ id: ActorID) -> [Action] {
+    guard let e = actors[id], e.info.state != .dead, !e.info.detached else { return [] }
+    return died(id, cause: .outOfScope, detail: "all references to the actor were removed (its handles went out of scope)")
+  }
+
+  /// Lease requests to send again (rejected shapes, transport failures).
+  public mutating func tick(now: UInt64) -> [Action] {
+    var actions: [Action] = []
+    for (id, var e) in actors where !e.requesting && e.lease == nil {
+      guard let at = e.retryAt, now >= at, e.info.state == .pending || e.info.state == .restarting else { continue }
+      e.retryAt = nil
+      e.requesting = true
+      actors[id] = e
+      actions.append(.requestLease(id, e.spec))
+    }
+    return actions
+  }
+
+  public func nextDeadline() -> UInt64? {
+    actors.values.compactMap { $0.requesting ? nil : $0.retryAt }.min()
+  }
+
+  /// Forgets dead actors beyond the newest `keep` (bounded table; names are freed at death).
+  public mutating func trimDead(keep: Int) {
+    let dead = actors.filter { $0.value.info.state == .dead }
+    guard dead.count > keep else { return }
+    for (id, _) in dead.sorted(by: { $0.value.info.version < $1.value.info.version }).prefix(dead.count - keep) {
+      actors[id] = nil
+    }
+  }
+
+  // MARK: internals
+
+  private func canRestart(_ e: Entry) -> Bool {
+    e.info.maxRestarts < 0 || e.info.numRestarts < e.info.maxRestarts
+  }
+
+  private mutating func hostDied(_ id: ActorID, detail: String) -> [Action] {
+    guard var e = actors[id] else { return [] }
+    let wasCreating = e.info.state != .alive
+    if canRestart(e) {
+      e.lease = nil
+      e.info.state = .restarting
+      e.info.numRestarts += 1
+      e.info.address = Swiftray_Address()
+      let why = e.restartReason ?? detail
+      e.restartReason = nil
+      e.info.detail = "its worker died (\(why)); restarting it (restart \(e.info.numRestarts) of "
+        + "\(e.info.maxRestarts < 0 ? "unlimited" : String(e.info.maxRestarts)), max_restarts=\(e.info.maxRestarts))"
+      e.info.version += 1
+      e.requesting = true
+      actors[id] = e
+      return [.published(id), .requestLease(id, e.spec)]
+    }
+    let limit = e.info.maxRestarts == 0 ? "max_restarts=0" : "it was restarted \(e.info.numRestarts) time(s), max_restarts=\(e.info.maxRestarts)"
+    let what = wasCreating ? "its worker died while running the constructor" : "its worker died"
+    return died(id, cause: .workerDied, detail: "\(what) (\(e.restartReason ?? detail)); \(limit)", workerGone: true)
+  }
+
+  private mutating func ownerDied(_ owner: Data, detail: String) -> [Action] {
+    var actions: [Action] = []
+    for (id, e) in actors where e.info.state != .dead && !e.info.detached && e.info.owner.workerID == owner {
+      actions += died(id, cause: .ownerDied, detail: detail)
+    }
+    return actions
+  }
+
+  private mutating func died(_ id: ActorID, cause: Cause, detail: String, workerGone: Bool = false) -> [Action] {
+    guard var e = actors[id] else { return [] }
+    var actions: [Action] = []
+    if let lease = e.lease, !workerGone {
+      actions.append(cause == .creationFailed ? .returnLease(lease, disconnect: true) : .killWorker(lease, reason: "the actor died: \(detail)"))
+    }
+    e.lease = nil
+    e.retryAt = nil
+    e.info.state = .dead
+    e.info.deathCause = cause
+    e.info.detail = detail
+    e.info.address = Swiftray_Address()
+    e.info.version += 1
+    if !e.info.name.isEmpty, names[e.info.namespace]?[e.info.name] == id {
+      names[e.info.namespace]?[e.info.name] = nil
+    }
+    actors[id] = e
+    actions.append(.published(id))
+    return actions
+  }
+
+  static func short(_ id: Data) -> String { WorkerID(binary: id)?.hex.prefix(12).description ?? "?" }
+}

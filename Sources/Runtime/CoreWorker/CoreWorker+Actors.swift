@@ -1,0 +1,316 @@
+import Foundation
+import GRPCCore
+import RuntimeProto
+import Synchronization
+
+/// Actors, the owner and caller side (DESIGN §3): creating an actor registers its
+/// constructor with the ControlService once the arguments are resolved; calls go straight
+/// to the actor's worker in this caller's order (`ActorTaskSubmitter` decides); the
+/// actor's address and fate come from ControlService long-polls.
+///
+/// Threading: as the rest of CoreWorker: any thread, state behind `state`, RPCs outside.
+extension CoreWorker {
+  enum ActorStep: Sendable {
+    case call(ActorTaskSubmitter.Action)
+    /// The constructor's arguments are resolved: register it with the ControlService.
+    case create(TaskID)
+  }
+
+  /// How an actor lives and runs; the language layer's options, checked already.
+  public struct ActorOptions: Sendable {
+    public var className: String
+    public var resources: ResourceSet
+    public var placement: ResourceSet
+    public var maxRestarts: Int
+    public var maxTaskRetries: Int
+    public var maxConcurrency: Int
+    public var isAsync: Bool
+    public var maxPendingCalls: Int
+    public var name: String
+    public var namespace: String
+    public var detached: Bool
+    public var handleMeta: Data
+    public init(className: String, resources: ResourceSet, placement: ResourceSet, maxRestarts: Int,
+                maxTaskRetries: Int, maxConcurrency: Int, isAsync: Bool, maxPendingCalls: Int, name: String,
+                namespace: String, detached: Bool, handleMeta: Data) {
+      self.className = className; self.resources = resources; self.placement = placement
+      self.maxRestarts = maxRestarts; self.maxTaskRetries = maxTaskRetries; self.maxConcurrency = maxConcurrency
+      self.isAsync = isAsync; self.maxPendingCalls = maxPendingCalls; self.name = name
+      self.namespace = namespace; self.detached = detached; self.handleMeta = handleMeta
+    }
+  }
+
+  /// Creates an actor. Returns its id; its handle object holds one local reference (the
+  /// caller's handle). A named actor whose arguments are ready is registered before this
+  /// returns, so a taken name throws here. Blocks only then (one control-plane call).
+  public func createActor(function: Swiftray_FunctionDescriptor, args: [TaskArgument],
+                          options o: ActorOptions) throws(SwiftrayError) -> ActorID {
+    var spec = Swiftray_TaskSpec()
+    spec.function = function
+    spec.name = "\(o.className).__init__"
+    spec.numReturns = 0
+    spec.resources = o.resources.proto
+    var c = Swiftray_ActorCreationSpec()
+    c.maxRestarts = Int32(o.maxRestarts)
+    c.maxTaskRetries = Int32(o.maxTaskRetries)
+    c.maxConcurrency = Int32(o.maxConcurrency)
+    c.isAsync = o.isAsync
+    c.name = o.name
+    c.namespace = o.namespace
+    c.detached = o.detached
+    c.placementResources = o.placement.proto
+    c.handleMeta = o.handleMeta
+    c.className = o.className
+    spec.actorCreation = c
+    let named = !o.name.isEmpty
+    let (tid, _) = try submit(spec, args: args, kind: .actorCreation(sync: named))
+    let readyNow = state.withLock { s in
+      s.syncCreations.remove(tid)
+      return s.syncReady.remove(tid) != nil
+    }
+    // A named actor ready now is registered before returning, so a taken name raises here.
+    if readyNow, let e = registerActor(tid, sync: true) {
+      removeLocalRef(tid.actorHandleObject)
+      throw e
+    }
+    withActorSubmitter { s in s.actorSubmitter.handleAdded(tid, maxPendingCalls: o.maxPendingCalls) }
+    return tid
+  }
+
+  /// Calls `method` on an actor. Returns the call's return ids (one local ref each).
+  /// Throws when the actor's `max_pending_calls` is reached. Never blocks.
+  public func submitActorTask(actor: ActorID, method: String, name: String, args: [TaskArgument], numReturns: Int,
+                              maxTaskRetries: Int) throws(SwiftrayError) -> [ObjectID] {
+    var spec = Swiftray_TaskSpec()
+    spec.actorID = Data(actor.binary)
+    spec.methodName = method
+    spec.name = name
+    spec.numReturns = Int32(numReturns)
+    spec.callerID = Data(options.workerID.binary)
+    return try submit(spec, args: args, kind: .actorCall(actor, maxTaskRetries: maxTaskRetries)).returns
+  }
+
+  /// This process holds a handle it did not create (unpickled, or from `get_actor`).
+  public func actorHandleAdded(_ actor: ActorID, maxPendingCalls: Int) {
+    withActorSubmitter { $0.actorSubmitter.handleAdded(actor, maxPendingCalls: maxPendingCalls) }
+  }
+
+  /// `kill(actor, no_restart=)`: asks the ControlService; false for an unknown actor.
+  public func killActor(_ actor: ActorID, noRestart: Bool) throws -> Bool {
+    let c = control
+    return try blockingAwait(timeout: .seconds(30)) {
+      var req = Swiftray_KillActorRequest()
+      req.actorID = Data(actor.binary)
+      req.noRestart = noRestart
+      req.reason = "kill() was called on it\(noRestart ? "" : " with no_restart=False")"
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).killActor(req).found }
+      catch { throw ControlPlane.error(error, calling: "KillActor", at: c.endpoint) }
+    }
+  }
+
+  public func namedActor(_ name: String, namespace: String) throws -> Swiftray_ActorInfo? {
+    let c = control
+    return try blockingAwait(timeout: .seconds(30)) {
+      var req = Swiftray_GetNamedActorRequest()
+      req.name = name
+      req.namespace = namespace
+      do {
+        let r = try await Swiftray_ControlService.Client(wrapping: c.client).getNamedActor(req)
+        return r.found ? r.actor : nil
+      } catch { throw ControlPlane.error(error, calling: "GetNamedActor", at: c.endpoint) }
+    }
+  }
+
+  public func namedActors(namespace: String, all: Bool) throws -> [Swiftray_ActorInfo] {
+    let c = control
+    return try blockingAwait(timeout: .seconds(30)) {
+      var req = Swiftray_ListNamedActorsRequest()
+      req.namespace = namespace
+      req.allNamespaces = all
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).listNamedActors(req).actors }
+      catch { throw ControlPlane.error(error, calling: "ListNamedActors", at: c.endpoint) }
+    }
+  }
+
+  /// The actor's state as the ControlService has it now (`after` 0 answers at once).
+  public func actorState(_ actor: ActorID, after: UInt64 = 0, timeoutMs: Int32 = 10_000) throws -> Swiftray_ActorInfo? {
+    let c = control
+    return try blockingAwait(timeout: .milliseconds(Int64(timeoutMs) + 5_000)) {
+      var req = Swiftray_WaitActorStateRequest()
+      req.actorID = Data(actor.binary)
+      req.afterVersion = after
+      req.timeoutMs = timeoutMs
+      do {
+        let r = try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
+        return r.found ? r.actor : nil
+      } catch { throw ControlPlane.error(error, calling: "WaitActorState", at: c.endpoint) }
+    }
+  }
+
+  // MARK: carrying out actor steps
+
+  /// Runs a submitter event under the lock and queues its actions in the same critical
+  /// section, so actions leave in the order the submitter decided them.
+  func withActorSubmitter(_ body: (inout State) -> [ActorTaskSubmitter.Action]) {
+    state.withLock { s in s.actorOutbox += body(&s).map { .call($0) } }
+    performActorSteps()
+  }
+
+  /// Carries out queued actor steps. One thread at a time drains the queue (others
+  /// leave their steps to it), so calls reach an actor's connection in sequence order.
+  func performActorSteps() {
+    while true {
+      let steps: [ActorStep]? = state.withLock { s in
+        if s.actorDraining || s.actorOutbox.isEmpty { return nil }
+        s.actorDraining = true
+        let o = s.actorOutbox
+        s.actorOutbox = []
+        return o
+      }
+      guard let steps else { return }
+      for step in steps { perform(step) }
+      state.withLock { $0.actorDraining = false }
+    }
+  }
+
+  private func perform(_ step: ActorStep) {
+    switch step {
+    case .create(let tid): _ = registerActor(tid, sync: false)
+    case .call(.push(let tid, let addr, let incarnation)): pushActorCall(tid, addr, incarnation)
+    case .call(.fail(let tid, let error)):
+      let acts = state.withLock { $0.tasks.taskFailed(tid, error: error) }
+      applyTaskActions(acts, reply: nil)
+    case .call(.watch(let actor, let after)): watchActor(actor, after: after)
+    case .call(.warnPending(let actor, let detail)):
+      warn("The actor \(actor.hex.prefix(16)) cannot be placed yet: \(detail). It stays pending until "
+        + "resources free up or a node that fits joins; calls to it wait meanwhile.")
+    }
+  }
+
+  /// Sends the resolved constructor to the ControlService. `sync`: waits for the answer
+  /// (GIL released by the caller) and returns the refusal, if any.
+  func registerActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
+    guard let spec = state.withLock({ s -> Swiftray_TaskSpec? in
+      guard let spec = s.tasks.spec(tid) else { return nil }
+      // The handle object, owned here: when it is freed the actor goes with it.
+      let handle = tid.actorHandleObject
+      s.ownedActors[handle] = (tid, spec.actorCreation.detached, s.tasks.argRefs(tid))
+      // The constructor's arguments stay held (for restarts) until the handle goes.
+      _ = s.tasks.taskReplied(tid, outcome: .success)
+      s.tasks.release(tid)
+      return spec
+    }) else { return nil }
+    let c = control
+    let register: @Sendable () async -> SwiftrayError? = {
+      var req = Swiftray_CreateActorRequest()
+      req.spec = spec
+      do {
+        let r = try await Swiftray_ControlService.Client(wrapping: c.client).createActor(req)
+        return r.error.isEmpty ? nil : SwiftrayError(.invalidArgument, r.error)
+      } catch { return ControlPlane.error(error, calling: "CreateActor", at: c.endpoint) }
+    }
+    if sync {
+      let e: SwiftrayError?
+      do { e = try blockingAwait(timeout: .seconds(30)) { await register() } }
+      catch { e = SwiftrayError(.system, "CreateActor to \(c.endpoint) failed: \(error)") }
+      if let e { creationFailed(tid, e) }
+      return e
+    }
+    Task { [self] in if let e = await register() { creationFailed(tid, e) } }
+    return nil
+  }
+
+  /// The ControlService refused the actor: calls to it fail with why.
+  func creationFailed(_ tid: TaskID, _ e: SwiftrayError) {
+    var info = Swiftray_ActorInfo()
+    info.actorID = Data(tid.binary)
+    info.state = .dead
+    info.version = .max
+    info.deathCause = .creationFailed
+    info.detail = e.message
+    withActorSubmitter { s in s.actorSubmitter.actorInfo(info) }
+  }
+
+  func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
+    guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = Endpoint(addr.endpoint) else { return }
+    var req = Swiftray_PushTaskRequest()
+    req.spec = spec
+    pool.request(ep, .pushTask(req)) { [self] result in
+      switch result {
+      case .success(let frame):
+        guard case .pushTaskReply(let reply)? = frame.body else { return }
+        let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
+          : reply.isApplicationError ? .applicationError(retryable: false) : .success
+        let acts = state.withLock { s in
+          s.actorOutbox += s.actorSubmitter.callReplied(tid).map { .call($0) }
+          return s.tasks.taskReplied(tid, outcome: outcome)
+        }
+        performActorSteps()
+        applyTaskActions(acts, reply: reply)
+      case .failure:
+        withActorSubmitter { s in s.shutdown ? [] : s.actorSubmitter.callLost(tid, incarnation: incarnation) }
+      }
+    }
+  }
+
+  /// One long-poll for the actor's state newer than `after`; the answer goes to the
+  /// submitter, which asks again while the actor is not settled.
+  func watchActor(_ actor: ActorID, after: UInt64) {
+    let c = control
+    Task { [self] in
+      var unknownFor = 0
+      while true {
+        var req = Swiftray_WaitActorStateRequest()
+        req.actorID = Data(actor.binary)
+        req.afterVersion = after
+        req.timeoutMs = 10_000
+        let steps: [ActorTaskSubmitter.Action]
+        do {
+          let r = try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
+          if state.withLock({ $0.shutdown }) { return }
+          if !r.found {
+            // Not registered yet (its constructor's arguments may be pending): wait, bounded.
+            unknownFor += 1
+            if unknownFor < 30 { continue }
+            steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail:
+              "the cluster has no record of it (its creator may have died before creating it)", unknown: true) }
+          } else {
+            steps = state.withLock { $0.actorSubmitter.actorInfo(r.actor) }
+          }
+        } catch {
+          if state.withLock({ $0.shutdown }) { return }
+          try? await Task.sleep(for: .milliseconds(200))
+          steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail: "\(error)", unknown: false) }
+        }
+        withActorSubmitter { s in s.actorOutbox += steps.map { .call($0) }; return [] }
+        return
+      }
+    }
+  }
+
+  /// The handle object of an actor created here was freed: every handle is gone.
+  func actorOutOfScope(_ actor: ActorID) {
+    let c = control
+    Task {
+      var req = Swiftray_KillActorRequest()
+      req.actorID = Data(actor.binary)
+      req.outOfScope = true
+      _ = try? await Swiftray_ControlService.Client(wrapping: c.client).killActor(req)
+    }
+  }
+
+  /// A driver's non-detached actors die with it: tell the ControlService now rather
+  /// than let it find out. Bounded.
+  func markJobFinished() {
+    guard options.isDriver else { return }
+    let c = control
+    let job = jobID
+    let me = options.workerID
+    _ = try? blockingAwait(timeout: .seconds(2)) {
+      var req = Swiftray_MarkJobFinishedRequest()
+      req.jobID = Data(job.binary)
+      req.driverID = Data(me.binary)
+      _ = try await Swiftray_ControlService.Client(wrapping: c.client).markJobFinished(req)
+    }
+  }
+}

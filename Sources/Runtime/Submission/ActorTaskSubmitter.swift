@@ -1,0 +1,262 @@
+import DequeModule
+import Foundation
+import RuntimeProto
+
+/// The caller side of actor method calls (DESIGN §3) as a pure state machine: per actor,
+/// number this caller's calls, send them to the actor's worker strictly in that order
+/// once their arguments are resolved and the actor is alive, resend unfinished calls
+/// after a restart (`max_task_retries`), and fail them with the actor's death cause.
+/// The actor's state comes from the ControlService through `.watch` long-polls.
+///
+/// Threading: value type, owned by the CoreWorker shell under its lock.
+public struct ActorTaskSubmitter: Sendable {
+  public enum Action: Sendable, Equatable {
+    /// Send the call to the actor's worker.
+    case push(TaskID, to: Swiftray_Address, incarnation: Int32)
+    /// The call will not run: store `error` in its returns.
+    case fail(TaskID, SwiftrayError)
+    /// Ask the ControlService for the actor's state newer than `afterVersion`.
+    case watch(ActorID, afterVersion: UInt64)
+    /// The actor cannot be placed yet: tell the user (once).
+    case warnPending(ActorID, detail: String)
+  }
+
+  struct Call: Sendable {
+    var task: TaskID
+    var seq: UInt64
+    var ready: Bool
+    /// Resends left after the actor restarts (-1: unlimited).
+    var retriesLeft: Int
+    /// The incarnation (restart count) it was last sent to.
+    var sentTo: Int32 = -1
+  }
+
+  struct Actor: Sendable {
+    var info = Swiftray_ActorInfo()
+    var watching = false
+    var maxPendingCalls = -1
+    var nextSeq: UInt64 = 0
+    /// Not yet sent, in sequence order.
+    var queue: Deque<Call> = []
+    /// Sent to the current incarnation, awaiting replies.
+    var inFlight: [TaskID: Call] = [:]
+    /// Sent to an incarnation whose connection broke: resent or failed once the
+    /// ControlService says what happened.
+    var lost: [Call] = []
+    var warned = false
+    /// A connection to the current incarnation broke: send nothing until the
+    /// ControlService reports a newer state.
+    var suspect = false
+    var pending: Int { queue.count + inFlight.count + lost.count }
+  }
+
+  private var actors: [ActorID: Actor] = [:]
+  private var callActor: [TaskID: ActorID] = [:]
+
+  public init() {}
+
+  public func address(_ id: ActorID) -> Swiftray_Address? {
+    actors[id].flatMap { $0.info.state == .alive ? $0.info.address : nil }
+  }
+  public func knows(_ id: ActorID) -> Bool { actors[id] != nil }
+  public func info(_ id: ActorID) -> Swiftray_ActorInfo? { actors[id]?.info }
+  public var numPendingCalls: Int { callActor.count }
+
+  // MARK: events
+
+  /// This process holds a handle: start learning where the actor lives.
+  public mutating func handleAdded(_ id: ActorID, maxPendingCalls: Int) -> [Action] {
+    var a = actors[id] ?? Actor()
+    if maxPendingCalls != 0 { a.maxPendingCalls = maxPendingCalls }
+    let first = actors[id] == nil
+    actors[id] = a
+    return first ? startWatch(id) : []
+  }
+
+  /// A call was submitted (arguments may still be pending). Returns its sequence
+  /// number, or the error that refuses it (too many pending calls).
+  public mutating func callSubmitted(_ task: TaskID, actor id: ActorID, maxTaskRetries: Int)
+    -> Result<(seq: UInt64, actions: [Action]), SwiftrayError>
+  {
+    var actions: [Action] = []
+    if actors[id] == nil { actions += handleAdded(id, maxPendingCalls: -1) }
+    var a = actors[id]!
+    if a.maxPendingCalls >= 0 && a.pending >= a.maxPendingCalls {
+      return .failure(SwiftrayError(.pendingCallsLimitExceeded,
+        "The actor \(Self.describe(a.info, id)) has \(a.pending) pending calls from this caller, its "
+        + "max_pending_calls=\(a.maxPendingCalls): wait for some to finish (get/wait their results) "
+        + "before submitting more, or create the actor with a larger max_pending_calls."))
+    }
+    let seq = a.nextSeq
+    a.nextSeq += 1
+    a.queue.append(Call(task: task, seq: seq, ready: false, retriesLeft: maxTaskRetries))
+    actors[id] = a
+    callActor[task] = id
+    return .success((seq, actions))
+  }
+
+  /// The call's arguments are resolved: send what can go, in order.
+  public mutating func callReady(_ task: TaskID) -> [Action] {
+    guard let id = callActor[task], var a = actors[id] else { return [] }
+    if let i = a.queue.firstIndex(where: { $0.task == task }) { a.queue[i].ready = true }
+    actors[id] = a
+    return flush(id)
+  }
+
+  /// The actor's worker replied to the call.
+  public mutating func callReplied(_ task: TaskID) -> [Action] {
+    guard let id = callActor.removeValue(forKey: task) else { return [] }
+    actors[id]?.inFlight[task] = nil
+    return []
+  }
+
+  /// The connection to the worker the call was sent to broke before its reply.
+  public mutating func callLost(_ task: TaskID, incarnation: Int32) -> [Action] {
+    guard let id = callActor[task], var a = actors[id], a.inFlight[task]?.sentTo == incarnation,
+      let c = a.inFlight.removeValue(forKey: task)
+    else { return [] }
+    a.lost.append(c)
+    // Stop sending to that incarnation: what became of it, the ControlService will say.
+    a.suspect = true
+    actors[id] = a
+    return startWatch(id)
+  }
+
+  /// The call was cancelled or failed before it was sent.
+  public mutating func callRemoved(_ task: TaskID) -> Bool {
+    guard let id = callActor[task], var a = actors[id], let i = a.queue.firstIndex(where: { $0.task == task }) else { return false }
+    a.queue.remove(at: i)
+    actors[id] = a
+    callActor[task] = nil
+    return true
+  }
+
+  /// What the ControlService says about the actor (a `.watch` answer).
+  public mutating func actorInfo(_ info: Swiftray_ActorInfo) -> [Action] {
+    guard let id = TaskID(binary: info.actorID), var a = actors[id] else { return [] }
+    a.watching = false
+    guard info.version > a.info.version else {
+      actors[id] = a
+      return a.info.state == .dead || (a.info.state == .alive && !a.suspect) ? [] : startWatch(id)
+    }
+    let newIncarnation = info.numRestarts != a.info.numRestarts || info.state == .dead
+    a.info = info
+    a.suspect = false
+    var actions: [Action] = []
+    switch info.state {
+    case .dead:
+      let error = Self.deathError(info, id)
+      let calls = a.lost + a.inFlight.values.sorted { $0.seq < $1.seq } + Array(a.queue)
+      a.lost = []; a.inFlight = [:]; a.queue = []
+      for c in calls { callActor[c.task] = nil; actions.append(.fail(c.task, error)) }
+      actors[id] = a
+      return actions
+    case .alive:
+      // Calls lost with the previous incarnation go first, in order; those out of
+      // retries fail (as Ray: at-most-once unless max_task_retries).
+      if newIncarnation || !a.lost.isEmpty {
+        var resend: [Call] = []
+        for var c in (a.lost + a.inFlight.values).sorted(by: { $0.seq < $1.seq }) {
+          if c.retriesLeft == 0 {
+            callActor[c.task] = nil
+            actions.append(.fail(c.task, SwiftrayError(.actorDied,
+              "The actor \(Self.describe(info, id)) died before finishing this call, and the call is not "
+              + "retried (max_task_retries=0; set max_task_retries to resend unfinished calls after a restart). "
+              + "The actor \(info.numRestarts > 0 ? "was restarted: \(Self.lastDeath(info))" : "is alive again").")))
+          } else {
+            if c.retriesLeft > 0 { c.retriesLeft -= 1 }
+            c.ready = true
+            resend.append(c)
+          }
+        }
+        a.lost = []; a.inFlight = [:]
+        a.queue = Deque(resend) + a.queue
+      }
+      actors[id] = a
+      return actions + flush(id)
+    case .pending, .restarting:
+      if info.state == .pending, !info.detail.isEmpty, !a.warned {
+        a.warned = true
+        actions.append(.warnPending(id, detail: info.detail))
+      }
+      actors[id] = a
+      return actions + startWatch(id)
+    default:
+      actors[id] = a
+      return startWatch(id)
+    }
+  }
+
+  /// The ControlService could not be asked (or did not know the actor).
+  public mutating func watchFailed(_ id: ActorID, detail: String, unknown: Bool) -> [Action] {
+    guard var a = actors[id] else { return [] }
+    a.watching = false
+    actors[id] = a
+    guard unknown else { return startWatch(id) }
+    var info = a.info
+    info.actorID = Data(id.binary)
+    info.state = .dead
+    info.version += 1
+    info.deathCause = .none
+    info.detail = detail
+    return actorInfo(info)
+  }
+
+  /// This process no longer holds a handle and has nothing pending for the actor.
+  public mutating func handleReleased(_ id: ActorID) {
+    if let a = actors[id], a.pending == 0 { actors[id] = nil }
+  }
+
+  // MARK: internals
+
+  private mutating func startWatch(_ id: ActorID) -> [Action] {
+    guard var a = actors[id], !a.watching else { return [] }
+    a.watching = true
+    actors[id] = a
+    return [.watch(id, afterVersion: a.info.version)]
+  }
+
+  /// Sends queued calls in sequence order while the head of the queue is ready.
+  private mutating func flush(_ id: ActorID) -> [Action] {
+    if var a = actors[id], a.info.state == .dead {
+      // Calls made after the actor died fail at once, with its death cause.
+      let error = Self.deathError(a.info, id)
+      let calls = Array(a.queue)
+      a.queue = []
+      actors[id] = a
+      return calls.map { c in callActor[c.task] = nil; return .fail(c.task, error) }
+    }
+    guard var a = actors[id], a.info.state == .alive, !a.suspect else { return [] }
+    var actions: [Action] = []
+    while var c = a.queue.first, c.ready {
+      a.queue.removeFirst()
+      c.sentTo = a.info.numRestarts
+      a.inFlight[c.task] = c
+      actions.append(.push(c.task, to: a.info.address, incarnation: c.sentTo))
+    }
+    actors[id] = a
+    return actions
+  }
+
+  static func describe(_ info: Swiftray_ActorInfo, _ id: ActorID) -> String {
+    let cls = info.className.isEmpty ? "" : "\(info.className) "
+    let name = info.name.isEmpty ? "" : " named '\(info.name)'"
+    return "\(cls)(\(id.hex.prefix(16)))\(name)"
+  }
+
+  static func lastDeath(_ info: Swiftray_ActorInfo) -> String { info.detail.isEmpty ? "restarted" : info.detail }
+
+  /// The error every call to a dead actor gets: which actor, and why it died.
+  public static func deathError(_ info: Swiftray_ActorInfo, _ id: ActorID) -> SwiftrayError {
+    let why: String
+    switch info.deathCause {
+    case .killed: why = "it was killed: \(info.detail)"
+    case .ownerDied: why = "its owner died or exited: \(info.detail)"
+    case .creationFailed: why = "its creation failed: \(info.detail)"
+    case .workerDied: why = "\(info.detail)"
+    case .outOfScope: why = "\(info.detail)"
+    default: why = info.detail.isEmpty ? "unknown cause" : info.detail
+    }
+    return SwiftrayError(.actorDied, "The actor \(describe(info, id)) is dead: \(why)")
+  }
+}
