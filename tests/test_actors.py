@@ -357,3 +357,93 @@ def test_actor_pool_map_submit_and_get_next(ray2):
     assert not pool.has_next()
     with pytest.raises(StopIteration):
         pool.get_next()
+
+
+SECOND_DRIVER = """
+import os, signal, sys
+import swiftray
+swiftray.init(address=sys.argv[1], namespace="team")
+shared = swiftray.get_actor("shared")
+print("value", swiftray.get(shared.inc.remote(1)))
+
+@swiftray.remote
+class Mine:
+    def ping(self):
+        return "pong"
+
+mine = Mine.options(name=sys.argv[2]).remote()
+print(swiftray.get(mine.ping.remote()))
+if sys.argv[3] == "crash":
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "crash"])
+def test_a_second_driver_finds_named_actors_and_its_actors_die_with_it(ray2, tmp_path, ending):
+    from conftest import run_script
+    shared = Counter.options(name="shared", namespace="team").remote(5)
+    address = swiftray.get_runtime_context().gcs_address
+    r = run_script(tmp_path, SECOND_DRIVER, args=[address, f"mine-{ending}", ending])
+    assert "value 6" in r.stdout and "pong" in r.stdout, r.stdout + r.stderr
+    assert swiftray.get(shared.inc.remote(1)) == 7
+    # The second driver's actor died with it (a clean exit or a SIGKILL).
+    assert _wait_until(lambda: f"mine-{ending}" not in
+                       [a["name"] for a in swiftray.util.list_named_actors(all_namespaces=True)], timeout=15)
+
+
+DETACHED_CREATE = """
+import sys
+import swiftray
+swiftray.init(address=sys.argv[1], namespace="jobs")
+
+@swiftray.remote
+class Registry:
+    def __init__(self):
+        self.items = []
+
+    def add(self, x):
+        self.items.append(x)
+        return len(self.items)
+
+    def items_(self):
+        return self.items
+
+r = Registry.options(name="registry", lifetime="detached").remote()
+print(swiftray.get([r.add.remote("a"), r.add.remote("b")]))
+"""
+
+DETACHED_READ = """
+import sys
+import swiftray
+swiftray.init(address=sys.argv[1], namespace="jobs")
+r = swiftray.get_actor("registry")
+print("items", swiftray.get(r.items_.remote()))
+swiftray.kill(r)
+"""
+
+
+def test_detached_actor_outlives_its_driver_on_a_node_daemon(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from conftest import run_script
+    swiftray.shutdown()
+    cli = [sys.executable, "-m", "swiftray"]
+    root = tempfile.mkdtemp(prefix="sr", dir="/tmp")  # short: socket paths are limited
+    out = subprocess.run(cli + ["start", "--head", "--num-cpus", "2", "--temp-dir", str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    session = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Session:"))
+    try:
+        first = run_script(tmp_path, DETACHED_CREATE, args=[session])
+        assert "[1, 2]" in first.stdout, first.stdout + first.stderr
+        # The first driver is gone; its detached actor is not.
+        second = run_script(tmp_path, DETACHED_READ, args=[session])
+        assert "items ['a', 'b']" in second.stdout, second.stdout + second.stderr
+    finally:
+        stop = subprocess.run(cli + ["stop", "--temp-dir", str(root)], capture_output=True, text=True, timeout=60)
+        assert "Stopped 1" in stop.stdout, stop.stdout + stop.stderr
+        assert not os.path.exists(session)
+        shutil.rmtree(root, ignore_errors=True)

@@ -9,6 +9,11 @@ import RuntimeProto
 enum CoreAPI {
   static let methods: [CoreModule.Method] = [
     .init(name: "init", fn: initCluster, doc: "init(options: dict) -> dict: start a local cluster and connect as its driver."),
+    .init(name: "connect_driver", fn: connectDriver, doc: "connect_driver(session_dir, log_to_driver) -> dict: join a running cluster on this machine as a driver."),
+    .init(name: "newest_session", fn: { _, a, n in
+      guard let root = Py.toString(Args(a, n)[0]) else { return nil }
+      return LocalCluster.newestLiveSession(root: root).map { Py.str($0) } ?? Py.none
+    }, doc: "newest_session(root) -> str | None: the newest running cluster's session directory."),
     .init(name: "connect_worker", fn: connectWorker, doc: "Connect this worker process to its NodeManager (from the environment)."),
     .init(name: "shutdown", fn: { _, _, _ in shutdown() }, doc: "Stop this process's core (and the local cluster it started)."),
     .init(name: "is_initialized", fn: { _, _, _ in Py.bool(Session.active != nil) }, doc: "True when connected."),
@@ -143,6 +148,27 @@ enum CoreAPI {
   static func activate(_ s: Session) -> PyPtr? {
     Session.current.withLock { $0 = s }
     return contextDict(s)
+  }
+
+  static let connectDriver: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "connect_driver"), let session = Py.toString(args[0]) else { return nil }
+    if Session.active != nil { return ErrorMapping.raise(SwiftrayError(.system, "already initialized")) }
+    let logToDriver = PyObject_IsTrue(args[1]) == 1
+    return blocking("connecting to the cluster at \(session)", {
+      let config = try Config.resolve()
+      let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      let nm = Endpoint.unix(session + "/sockets/raylet.sock")
+      let control = Endpoint.unix(session + "/sockets/gcs.sock")
+      let node = try LocalCluster.nodeInfo(nodeManager: nm, group: group)
+      guard let nodeID = NodeID(binary: node.nodeID) else { throw SwiftrayError(.system, "the node at \(nm) sent no node id") }
+      let core = try CoreWorker(
+        options: .init(isDriver: true, workerID: .random(), nodeID: nodeID, nodeManager: nm, control: control,
+                       sessionDir: session, config: config),
+        group: group, jobID: nil)
+      if logToDriver { core.forwardWorkerLogs() }
+      return Session(core: core, cluster: nil)
+    }, then: activate)
   }
 
   static let connectWorker: CoreModule.FastFn = { _, _, _ in

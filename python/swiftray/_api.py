@@ -48,10 +48,15 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                                "This error can be suppressed by passing in 'ignore_reinit_error=True' "
                                "or by calling 'swiftray.shutdown()' prior to 'swiftray.init()'.")
         address = address or os.environ.get("SWIFTRAY_ADDRESS") or None
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
         if address not in (None, "local"):
-            raise ConnectionError(
-                f"Cannot connect to a cluster at {address!r}: joining a running cluster is not "
-                "supported yet; call init() without an address to start a local cluster.")
+            if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None:
+                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                                 "object_store_memory must not be provided: the cluster's nodes set them.")
+            session = _resolve_address(address)
+            info = _core.connect_driver(session, bool(log_to_driver))
+            return _started(info, namespace, logging_level)
         for name, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ValueError(f"{name} must be a non-negative number, got {v!r}")
@@ -69,11 +74,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                              f"got {object_store_memory!r}")
         if object_spilling_directory is not None and not isinstance(object_spilling_directory, (str, os.PathLike)):
             raise TypeError(f"object_spilling_directory must be a path, got {object_spilling_directory!r}")
-        if namespace is not None and (not isinstance(namespace, str) or not namespace):
-            raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
         if _system_config is not None and not isinstance(_system_config, dict):
             raise TypeError("_system_config must be a dict")
-        logging.getLogger("swiftray").setLevel(logging_level)
         cpus = os.cpu_count() if num_cpus is None else num_cpus
         total = {"CPU": float(cpus), "GPU": float(num_gpus or 0), "memory": float(_total_memory())}
         for k, v in (resources or {}).items():
@@ -91,11 +93,57 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                                           if object_spilling_directory is not None else None),
         }
         info = _core.init(opts)
-        _state["session"] += 1
-        _state["info"] = info
-        # As Ray: a job without a namespace gets an anonymous one of its own.
-        _state["namespace"] = namespace or f"anonymous-{uuid.uuid4()}"
-        return info
+        return _started(info, namespace, logging_level)
+
+
+def _started(info, namespace, logging_level):
+    logging.getLogger("swiftray").setLevel(logging_level)
+    _state["session"] += 1
+    _state["info"] = info
+    # As Ray: a job without a namespace gets an anonymous one of its own.
+    _state["namespace"] = namespace or f"anonymous-{uuid.uuid4()}"
+    # Workers import this driver's modules with its sys.path (they may have been
+    # started for another driver).
+    _core.kv_put("job", job_key(info["job_id"]), _serialization.dumps([os.path.abspath(p) if p else os.getcwd() for p in sys.path]), True)
+    return info
+
+
+def job_key(job_id_hex):
+    return str(int(job_id_hex, 16)).encode()
+
+
+def _sessions_root():
+    import tempfile
+    return os.path.join(tempfile.gettempdir(), "swiftray")
+
+
+def _resolve_address(address):
+    """The session directory of the running cluster `address` names: "auto" (the newest
+    one running on this machine), its ControlService socket ("unix:.../gcs.sock", as
+    get_runtime_context().gcs_address gives it), or the session directory itself."""
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str, got {type(address).__name__}")
+    if address == "auto":
+        session = _core.newest_session(_sessions_root())
+        if session is None:
+            raise ConnectionError(
+                "Could not find any running swiftray cluster on this machine (looked in "
+                f"{_sessions_root()}). Start one with `swiftray start --head`, or call init() without "
+                "an address to start a local cluster.")
+        return session
+    path = address[len("unix:"):] if address.startswith("unix:") else address
+    if path.endswith(".sock"):
+        path = os.path.dirname(os.path.dirname(path))
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "sockets", "gcs.sock")):
+        return path
+    if ":" in address and not address.startswith("unix:"):
+        raise ConnectionError(
+            f"Cannot connect to {address!r}: joining a cluster over TCP (HOST:PORT) is not supported yet; "
+            "use address='auto' for a cluster running on this machine, or call init() without an address "
+            "to start a local cluster.")
+    raise ConnectionError(f"No running swiftray cluster at {address!r}: its ControlService socket "
+                          f"({os.path.join(path, 'sockets', 'gcs.sock')}) does not exist. "
+                          "Use address='auto' to join the cluster running on this machine.")
 
 
 def current_namespace():

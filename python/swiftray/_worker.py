@@ -106,10 +106,27 @@ def _arg_failure(name, num_returns, err):
     return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, False, False
 
 
+_job = {"key": None}
+
+
+def _enter_job(task_id):
+    """A task of a job this worker has not served yet: add that driver's sys.path."""
+    key = str(int.from_bytes(task_id[16:24], "big")).encode()
+    if key == _job["key"]:
+        return
+    _job["key"] = key
+    blob = _core.kv_get("job", key)
+    if blob:
+        for p in pickle.loads(blob):
+            if p not in sys.path:
+                sys.path.append(p)
+
+
 def execute(task):
     """(returns, is_application_error, is_retryable, was_cancelled[, creation_error]) for
     one task; None when the reply comes later through _core.finish_task."""
     task_id, fid, name, arglist, num_returns, retry_filter, attempt, actor_id, method, creation, token = task
+    _enter_job(task_id)
     if creation is not None:
         return _create_actor(fid, name, arglist, actor_id, creation)
     if method:

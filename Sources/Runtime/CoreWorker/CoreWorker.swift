@@ -129,7 +129,11 @@ public final class CoreWorker: Sendable {
     objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool)
     let sockDir = options.sessionDir + "/sockets"
     try? FileManager.default.createDirectory(atPath: sockDir, withIntermediateDirectories: true)
-    let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "driver" : "worker")-\(options.workerID.hex.prefix(16)).sock")
+    let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "d" : "w")-\(options.workerID.hex.prefix(16)).sock")
+    if case .unix(let path) = endpoint, path.utf8.count > 103 {
+      throw SwiftrayError(.invalidArgument, "The session directory \(options.sessionDir) is too long for Unix socket "
+        + "paths (\(path.utf8.count) bytes; the limit is 103): use a shorter temp dir.")
+    }
     var addr = Swiftray_Address()
     addr.workerID = Data(options.workerID.binary)
     addr.nodeID = Data(options.nodeID.binary)

@@ -11,6 +11,7 @@ public final class LocalCluster: Sendable {
   public let sessionDir: String
   public let nodeID: NodeID
   public let nodeManager: NodeManager
+  let control: ControlService
   let controlServer: ControlPlane.Server
   let nodeServer: ControlPlane.Server
 
@@ -34,7 +35,38 @@ public final class LocalCluster: Sendable {
     return names.compactMap { name in
       let parts = name.split(separator: "_")
       guard name.hasPrefix("session_"), parts.count >= 5, let pid = Int32(parts[3]) else { return nil }
-      return (name, kill(pid, 0) == 0 || errno != ESRCH)
+      return (name, processAlive(pid))
+    }
+  }
+
+  /// True while `pid` runs (a zombie, exited but not yet reaped, counts as gone).
+  public static func processAlive(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 || errno != ESRCH else { return false }
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")")
+    else { return true }
+    return !stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+  }
+
+  /// The newest session on this machine whose cluster is running (its ControlService
+  /// socket exists and the process that started it lives): what `address="auto"` joins.
+  public static func newestLiveSession(root: String = NSTemporaryDirectory() + "swiftray") -> String? {
+    let fm = FileManager.default
+    let live = sessions(root: root).filter(\.alive).map { root + "/" + $0.name }
+      .filter { fm.fileExists(atPath: $0 + "/sockets/gcs.sock") && fm.fileExists(atPath: $0 + "/sockets/raylet.sock") }
+    func created(_ p: String) -> Date {
+      (try? fm.attributesOfItem(atPath: p + "/sockets/gcs.sock")[.modificationDate] as? Date) ?? .distantPast
+    }
+    return live.max { (created($0), $0) < (created($1), $1) }
+  }
+
+  /// The NodeManager's own description (node id, resources), asked over its socket.
+  public static func nodeInfo(nodeManager: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Swiftray_NodeInfo {
+    let c = try ControlPlane.connect(nodeManager, group: group)
+    defer { c.shutdown() }
+    return try blockingAwait(timeout: .seconds(10)) {
+      do { return try await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(Swiftray_GetNodeStatsRequest()).node }
+      catch { throw ControlPlane.error(error, calling: "GetNodeStats", at: nodeManager) }
     }
   }
 
@@ -48,15 +80,15 @@ public final class LocalCluster: Sendable {
   public static func start(resources: ResourceSet, config: Config, workerExecutable: String,
                            workerEnvironment: [String: String], prestartWorkers: Int,
                            objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
-                           group: MultiThreadedEventLoopGroup,
+                           group: MultiThreadedEventLoopGroup, root: String = NSTemporaryDirectory() + "swiftray",
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
-    let session = try makeSessionDir()
+    let session = try makeSessionDir(root: root)
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
                      spillDirectory: spillDirectory),
       group: group, warn: warn)
     let nodeID = NodeID.random()
-    let control = ControlService()
+    let control = ControlService(group: group)
     let controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
     let controlServer = try blockingAwait { try await ControlPlane.serve([control], at: controlEP, group: group) }
     let nm = NodeManager(options: .init(
@@ -76,13 +108,13 @@ public final class LocalCluster: Sendable {
       return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
     }
     nm.start()
-    return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm,
+    return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
                         controlServer: controlServer, nodeServer: nodeServer)
   }
 
-  init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, controlServer: ControlPlane.Server,
-       nodeServer: ControlPlane.Server) {
-    self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager
+  init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService,
+       controlServer: ControlPlane.Server, nodeServer: ControlPlane.Server) {
+    self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
     self.controlServer = controlServer; self.nodeServer = nodeServer
   }
 
@@ -90,6 +122,7 @@ public final class LocalCluster: Sendable {
   public func shutdown() {
     nodeManager.shutdown()
     nodeServer.shutdown()
+    control.shutdown()
     controlServer.shutdown()
     nodeManager.store.close()
     try? FileManager.default.removeItem(atPath: sessionDir)

@@ -48,6 +48,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
     var nextSubscriber: UInt64 = 1
     var consecutiveStartFailures = 0
+    /// Drivers of other processes connected to this node, watched so that their
+    /// non-detached actors die with them even when they exit without saying so.
+    var drivers: [WorkerID: Int32] = [:]
+    var watchingDrivers = false
     var shuttingDown = false
   }
 
@@ -273,6 +277,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var r = Swiftray_RegisterWorkerReply()
     r.nodeID = Data(options.nodeID.binary)
     r.controlEndpoint = options.controlEndpoint.description
+    if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid != getpid() {
+      let start = state.withLock { s -> Bool in
+        s.drivers[id] = request.pid
+        defer { s.watchingDrivers = true }
+        return !s.watchingDrivers
+      }
+      if start { Task { await watchDrivers() } }
+    }
     guard !request.isDriver, let id = WorkerID(binary: request.workerID) else { return r }
     let actions = state.withLock { s -> [LeaseQueue.Action] in
       guard s.procs[id] != nil else { return [] }
@@ -282,6 +294,28 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     perform(actions)
     return r
+  }
+
+  /// Every second: a connected driver whose process is gone is reported like a dead
+  /// worker (it owned actors and objects). Ends at shutdown.
+  func watchDrivers() async {
+    while true {
+      try? await Task.sleep(for: .seconds(1))
+      let (gone, stop) = state.withLock { s -> ([(WorkerID, Int32)], Bool) in
+        let gone = s.drivers.filter { kill($0.value, 0) != 0 && errno == ESRCH }
+        for (id, _) in gone { s.drivers[id] = nil }
+        return (gone.map { ($0.key, $0.value) }, s.shuttingDown)
+      }
+      if stop { return }
+      for (id, pid) in gone {
+        var info = Swiftray_WorkerExitInfo()
+        info.workerID = Data(id.binary)
+        info.pid = pid
+        info.nodeID = Data(options.nodeID.binary)
+        info.detail = "the driver (pid \(pid)) on node \(options.nodeID.hex.prefix(12)) exited"
+        reportToControl(.with { $0.exit = info })
+      }
+    }
   }
 
   public func workerBlocked(request: Swiftray_WorkerBlockedRequest, context: ServerContext) async throws -> Swiftray_WorkerBlockedReply {

@@ -1,0 +1,193 @@
+import ArgumentParser
+import Foundation
+import NIOPosix
+import Runtime
+
+/// `swiftray start --head`: a node daemon (no Python in it) hosting the ControlService
+/// and a NodeManager, which drivers join with `init(address="auto")`. Without `--block`
+/// it starts the daemon in the background and returns once the node is up.
+struct Start: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Start a node daemon (the head of a cluster on this machine).")
+  @Flag(help: "Start the head node (ControlService and NodeManager).")
+  var head = false
+  @Option(help: "Join the cluster at this address (multi-node clusters come later).")
+  var address: String?
+  @Option(help: "Port of the head (accepted for Ray compatibility; this machine's drivers join over Unix sockets).")
+  var port: Int?
+  @Option(name: .customLong("num-cpus"), help: "CPUs of this node (default: all).")
+  var numCPUs: Double?
+  @Option(name: .customLong("num-gpus"), help: "GPUs of this node (default: 0).")
+  var numGPUs: Double?
+  @Option(help: "Custom resources of this node as JSON, e.g. '{\"disk\": 2}'.")
+  var resources: String?
+  @Option(name: .customLong("object-store-memory"), help: "Bytes of the node's shared-memory object store (default 30% of RAM).")
+  var objectStoreMemory: Int?
+  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
+  var tempDir: String?
+  @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
+  var block = false
+
+  func validate() throws {
+    if !head && address == nil { throw ValidationError("give --head to start a head node") }
+    if address != nil {
+      throw ValidationError("joining a cluster (--address) arrives with multi-node clusters; start a head with --head")
+    }
+    if let n = numCPUs, n < 0 { throw ValidationError("--num-cpus must be >= 0") }
+    if let n = numGPUs, n < 0 { throw ValidationError("--num-gpus must be >= 0") }
+    if let m = objectStoreMemory, m < (1 << 20) { throw ValidationError("--object-store-memory must be at least 1 MiB") }
+    _ = try customResources()
+    // Sockets live in the session directory; Unix socket paths are limited to 103 bytes.
+    let longest = root + "/session_2026-01-01_00-00-00_4194304_ffffffff/sockets/w-0123456789abcdef.sock"
+    if longest.utf8.count > 103 {
+      throw ValidationError("--temp-dir \(tempDir ?? "") is too long: the Unix socket paths under it would pass "
+        + "the 103-byte limit; use a shorter directory (at most \(103 - (longest.utf8.count - root.utf8.count) - "/swiftray".count) bytes)")
+    }
+  }
+
+  func customResources() throws -> [String: Double] {
+    guard let resources else { return [:] }
+    guard let data = resources.data(using: .utf8),
+      let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+    else { throw ValidationError("--resources must be a JSON object of name to number, got \(resources)") }
+    var out: [String: Double] = [:]
+    for (k, v) in obj {
+      guard let n = v as? NSNumber, !(v is Bool) else { throw ValidationError("--resources: '\(k)' must be a number") }
+      if k == "CPU" || k == "GPU" { throw ValidationError("use --num-cpus/--num-gpus instead of CPU/GPU in --resources") }
+      out[k] = n.doubleValue
+    }
+    return out
+  }
+
+  var root: String { (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray") }
+
+  func run() throws {
+    if block { return try serve() }
+    // The daemon is this same command with --block, in its own session, writing where
+    // it lives to a file we wait for.
+    let ready = NSTemporaryDirectory() + "swiftray-start-\(getpid())-\(UInt32.random(in: 0 ... .max)).ready"
+    defer { unlink(ready) }
+    var args = Array(CommandLine.arguments.dropFirst()) + ["--block"]
+    if let i = args.firstIndex(of: "start") { args.remove(at: i) }
+    var env = ProcessInfo.processInfo.environment
+    env["SWIFTRAY_START_READY_FILE"] = ready
+    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    let logPath = NSTemporaryDirectory() + "swiftray-start-\(getpid()).log"
+    let pid = try spawnDaemon(executable: selfExecutable(), arguments: ["start"] + args, environment: env, log: logPath)
+    let deadline = Date().addingTimeInterval(60)
+    while Date() < deadline {
+      if let text = try? String(contentsOfFile: ready, encoding: .utf8), !text.isEmpty {
+        let session = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        unlink(logPath)
+        print("""
+          swiftray head node started (pid \(pid)).
+          Session: \(session)
+          To connect from Python on this machine:
+            import swiftray
+            swiftray.init(address="auto")
+          To stop it: swiftray stop
+          """)
+        return
+      }
+      if !LocalCluster.processAlive(pid) {
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        throw ValidationError("the node daemon exited during start-up:\n\(log.suffix(2000))")
+      }
+      usleep(20_000)
+    }
+    throw ValidationError("the node daemon did not come up within 60 s (log: \(logPath))")
+  }
+
+  /// Runs the node in this process until SIGTERM/SIGINT.
+  func serve() throws {
+    // Blocked before any thread starts (threads inherit the mask; workers get a clean
+    // one from the spawn), then taken synchronously below: a clean stop on TERM/INT.
+    var stopSignals = sigset_t()
+    sigemptyset(&stopSignals)
+    sigaddset(&stopSignals, SIGTERM)
+    sigaddset(&stopSignals, SIGINT)
+    pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+    var units = try customResources()
+    units["CPU"] = numCPUs ?? Double(ProcessInfo.processInfo.activeProcessorCount)
+    if let g = numGPUs, g > 0 { units["GPU"] = g }
+    units["memory"] = Double(ProcessInfo.processInfo.physicalMemory)
+    let config = try Config.resolve()
+    let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+    let cluster = try LocalCluster.start(
+      resources: ResourceSet(units: units.filter { $0.value > 0 }), config: config,
+      workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
+      prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
+      root: root)
+    try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
+    // From here on the daemon's own output goes to its session.
+    let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
+    if let ready = ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] {
+      try? cluster.sessionDir.write(toFile: ready, atomically: true, encoding: .utf8)
+    } else {
+      print("swiftray head node running; session \(cluster.sessionDir). Connect with swiftray.init(address=\"auto\").")
+    }
+    var received: Int32 = 0
+    sigwait(&stopSignals, &received)
+    cluster.shutdown()
+  }
+}
+
+/// `swiftray stop`: stops the node daemons started on this machine (and their workers).
+struct Stop: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Stop the node daemons started on this machine.")
+  @Flag(help: "Kill them at once (SIGKILL) instead of a clean stop.")
+  var force = false
+  @Option(name: .customLong("grace-period"), help: "Seconds to wait for a clean stop before killing.")
+  var gracePeriod: Double = 16
+  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
+  var tempDir: String?
+
+  func run() throws {
+    let root = (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray")
+    var pids: [Int32] = []
+    for (name, alive) in LocalCluster.sessions(root: root) where alive {
+      if let text = try? String(contentsOfFile: "\(root)/\(name)/daemon.pid", encoding: .utf8),
+        let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+      {
+        pids.append(pid)
+      }
+    }
+    guard !pids.isEmpty else {
+      print("No swiftray node daemon is running on this machine.")
+      return
+    }
+    for p in pids { kill(p, force ? SIGKILL : SIGTERM) }
+    let deadline = Date().addingTimeInterval(force ? 5 : gracePeriod)
+    while Date() < deadline && pids.contains(where: LocalCluster.processAlive) { usleep(50_000) }
+    let left = pids.filter(LocalCluster.processAlive)
+    for p in left { kill(p, SIGKILL) }
+    print("Stopped \(pids.count) swiftray node daemon(s)\(left.isEmpty ? "" : " (\(left.count) killed after the grace period)").")
+  }
+}
+
+func selfExecutable() -> String {
+  (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+}
+
+/// Starts `executable` detached from this terminal (its own session), output to `log`.
+func spawnDaemon(executable: String, arguments: [String], environment: [String: String], log: String) throws -> Int32 {
+  var fileActions: posix_spawn_file_actions_t = posix_spawn_file_actions_t()
+  posix_spawn_file_actions_init(&fileActions)
+  defer { posix_spawn_file_actions_destroy(&fileActions) }
+  posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
+  posix_spawn_file_actions_addopen(&fileActions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+  posix_spawn_file_actions_adddup2(&fileActions, 1, 2)
+  var attr: posix_spawnattr_t = posix_spawnattr_t()
+  posix_spawnattr_init(&attr)
+  defer { posix_spawnattr_destroy(&attr) }
+  // POSIX_SPAWN_SETSID (glibc 0x80) is not imported into Swift.
+  posix_spawnattr_setflags(&attr, Int16(0x80))
+  let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+  let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+  defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
+  var pid: pid_t = 0
+  let rc = posix_spawn(&pid, executable, &fileActions, &attr, argv, envp)
+  guard rc == 0 else { throw ValidationError("cannot start the node daemon: \(String(cString: strerror(rc)))") }
+  return pid
+}

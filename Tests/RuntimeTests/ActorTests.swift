@@ -1,0 +1,219 @@
+import Foundation
+import Runtime
+import RuntimeProto
+import Testing
+
+private func creationSpec(_ id: ActorID, owner: WorkerID, name: String = "", maxRestarts: Int32 = 0,
+                          detached: Bool = false) -> Swiftray_TaskSpec {
+  var spec = Swiftray_TaskSpec()
+  spec.taskID = Data(id.binary)
+  spec.actorID = Data(id.binary)
+  spec.owner.workerID = Data(owner.binary)
+  spec.actorCreation.name = name
+  spec.actorCreation.namespace = "ns"
+  spec.actorCreation.maxRestarts = maxRestarts
+  spec.actorCreation.detached = detached
+  spec.actorCreation.className = "Counter"
+  return spec
+}
+
+private func worker(_ id: WorkerID = .random()) -> Swiftray_Address {
+  var a = Swiftray_Address()
+  a.workerID = Data(id.binary)
+  a.endpoint = "unix:/tmp/w-\(id.hex.prefix(8)).sock"
+  a.pid = 42
+  return a
+}
+
+private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job: 1) }
+
+@Suite struct ActorDirectoryTests {
+  let owner = WorkerID.random()
+
+  /// Registers an actor and drives it to ALIVE on a fresh worker; returns its lease.
+  func alive(_ d: inout ActorDirectory, _ id: ActorID, maxRestarts: Int32 = 0, detached: Bool = false,
+             name: String = "") -> ActorDirectory.Lease {
+    let actions = try! d.actorRegistered(creationSpec(id, owner: owner, name: name, maxRestarts: maxRestarts,
+                                                      detached: detached)).get()
+    #expect(actions.contains { if case .requestLease(id, _) = $0 { return true } else { return false } })
+    let lease = ActorDirectory.Lease(leaseID: UInt64.random(in: 1...1000), worker: worker(), node: "unix:/nm")
+    let push = d.leaseGranted(id, lease)
+    #expect(push.count == 1)
+    _ = d.creationReplied(id, lease: lease, error: nil)
+    #expect(d.info(id)?.state == .alive)
+    return lease
+  }
+
+  @Test func anActorIsPlacedThroughALeaseAndBecomesAliveAtItsWorker() {
+    var d = ActorDirectory()
+    let lease = alive(&d, actorID(1))
+    let info = d.info(actorID(1))!
+    #expect(info.address == lease.worker)
+    #expect(info.version == 2)
+  }
+
+  @Test func aNameIsUniqueInItsNamespaceWhileItsActorLives() {
+    var d = ActorDirectory()
+    _ = alive(&d, actorID(1), name: "a")
+    guard case .failure(.nameTaken(let other)) = d.actorRegistered(creationSpec(actorID(2), owner: owner, name: "a")) else {
+      Issue.record("a taken name was accepted")
+      return
+    }
+    #expect(other.actorID == Data(actorID(1).binary))
+    #expect(d.named("a", namespace: "ns") != nil)
+    _ = d.killRequested(actorID(1), noRestart: true, reason: "test")
+    #expect(d.named("a", namespace: "ns") == nil)
+    #expect((try? d.actorRegistered(creationSpec(actorID(3), owner: owner, name: "a")).get()) != nil)
+  }
+
+  @Test func aDeadWorkerRestartsTheActorWhileRestartsRemainThenItDies() {
+    var d = ActorDirectory()
+    let lease = alive(&d, actorID(1), maxRestarts: 1)
+    let restart = d.workerDied(lease.worker.workerID, detail: "worker w exited with code 1")
+    #expect(restart.contains { if case .requestLease = $0 { return true } else { return false } })
+    #expect(d.info(actorID(1))?.state == .restarting)
+    #expect(d.info(actorID(1))?.numRestarts == 1)
+    let second = ActorDirectory.Lease(leaseID: 99, worker: worker(), node: "unix:/nm")
+    let push = d.leaseGranted(actorID(1), second)
+    guard case .pushCreation(_, let spec, _)? = push.first else { Issue.record("no push"); return }
+    #expect(spec.actorCreation.numRestarts == 1)  // the constructor knows it was reconstructed
+    _ = d.creationReplied(actorID(1), lease: second, error: nil)
+    _ = d.workerDied(second.worker.workerID, detail: "killed by signal 9 (SIGKILL)")
+    let info = d.info(actorID(1))!
+    #expect(info.state == .dead)
+    #expect(info.deathCause == .workerDied)
+    #expect(info.detail.contains("SIGKILL") && info.detail.contains("max_restarts=1"))
+  }
+
+  @Test func aConstructorThatRaisesFailsTheActorForGoodAndDropsItsWorker() {
+    var d = ActorDirectory()
+    _ = try! d.actorRegistered(creationSpec(actorID(1), owner: owner, maxRestarts: 5)).get()
+    let lease = ActorDirectory.Lease(leaseID: 1, worker: worker(), node: "unix:/nm")
+    _ = d.leaseGranted(actorID(1), lease)
+    let actions = d.creationReplied(actorID(1), lease: lease, error: "ValueError: bad")
+    #expect(actions.contains(.returnLease(lease, disconnect: true)))
+    #expect(d.info(actorID(1))?.deathCause == .creationFailed)
+    #expect(d.info(actorID(1))?.detail.contains("ValueError: bad") == true)
+  }
+
+  @Test func killWithoutRestartIsImmediateAndKillWithRestartCountsARestart() {
+    var d = ActorDirectory()
+    let lease = alive(&d, actorID(1), maxRestarts: 2)
+    let (found, actions) = d.killRequested(actorID(1), noRestart: false, reason: "kill() was called")
+    #expect(found)
+    #expect(actions == [.killWorker(lease, reason: "kill() was called")])
+    #expect(d.info(actorID(1))?.state == .alive)  // until its worker is gone
+    _ = d.workerDied(lease.worker.workerID, detail: "killed by signal 9")
+    #expect(d.info(actorID(1))?.state == .restarting)
+    let (_, final) = d.killRequested(actorID(1), noRestart: true, reason: "kill() was called")
+    #expect(final.contains(.published(actorID(1))))
+    #expect(d.info(actorID(1))?.deathCause == .killed)
+    // A lease granted after death goes straight back.
+    let late = ActorDirectory.Lease(leaseID: 5, worker: worker(), node: "unix:/nm")
+    #expect(d.leaseGranted(actorID(1), late) == [.returnLease(late, disconnect: false)])
+  }
+
+  @Test func anOwnersDeathTakesItsNonDetachedActorsAndNotItsDetachedOnes() {
+    var d = ActorDirectory()
+    let l1 = alive(&d, actorID(1))
+    _ = alive(&d, actorID(2), detached: true)
+    let actions = d.driverExited(Data(owner.binary), detail: "the driver exited")
+    #expect(actions.contains(.killWorker(l1, reason: "the actor died: the driver exited")))
+    #expect(d.info(actorID(1))?.deathCause == .ownerDied)
+    #expect(d.info(actorID(2))?.state == .alive)
+    #expect(d.outOfScope(actorID(2)).isEmpty)  // detached: handles do not count
+  }
+
+  @Test func anInfeasibleActorWaitsAndIsAskedForAgainLater() {
+    var d = ActorDirectory(leaseRetryNanos: 1000)
+    _ = try! d.actorRegistered(creationSpec(actorID(1), owner: owner)).get()
+    let first = d.leaseRejected(actorID(1), detail: "no node has GPU", now: 0)
+    #expect(first == [.published(actorID(1))])
+    #expect(d.info(actorID(1))?.detail == "no node has GPU")
+    #expect(d.tick(now: 500).isEmpty)
+    #expect(d.nextDeadline() == 1000)
+    let again = d.tick(now: 1000)
+    #expect(again.count == 1)
+    #expect(d.leaseRejected(actorID(1), detail: "no node has GPU", now: 1000).isEmpty)  // said once
+  }
+}
+
+@Suite struct ActorTaskSubmitterTests {
+  let actor = actorID(1)
+
+  func info(_ state: Swiftray_ActorInfo.State, version: UInt64, restarts: Int32 = 0, cause: Swiftray_ActorInfo.DeathCause = .none,
+            detail: String = "") -> Swiftray_ActorInfo {
+    var i = Swiftray_ActorInfo()
+    i.actorID = Data(actor.binary)
+    i.state = state
+    i.version = version
+    i.numRestarts = restarts
+    i.address = worker(WorkerID(a: 1, b: 2, c: 3, d: UInt32(restarts)))
+    i.deathCause = cause
+    i.detail = detail
+    return i
+  }
+
+  func pushes(_ a: [ActorTaskSubmitter.Action]) -> [TaskID] {
+    a.compactMap { if case .push(let t, _, _) = $0 { return t } else { return nil } }
+  }
+
+  func call(_ n: UInt64) -> TaskID { TaskID(prefix: 9, counter: n, job: 1) }
+
+  @Test func callsWaitForTheActorThenGoInSequenceOrder() {
+    var s = ActorTaskSubmitter()
+    #expect(s.handleAdded(actor, maxPendingCalls: -1) == [.watch(actor, afterVersion: 0)])
+    for n: UInt64 in 1...3 { _ = try! s.callSubmitted(call(n), actor: actor, maxTaskRetries: 0).get() }
+    // Call 2 is ready first but may not overtake call 1.
+    #expect(pushes(s.callReady(call(2))).isEmpty)
+    #expect(pushes(s.callReady(call(1))).isEmpty)  // the actor is not alive yet
+    #expect(pushes(s.actorInfo(info(.alive, version: 2))) == [call(1), call(2)])
+    #expect(pushes(s.callReady(call(3))) == [call(3)])
+  }
+
+  @Test func maxPendingCallsRefusesTheNextCall() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: 1)
+    #expect((try? s.callSubmitted(call(1), actor: actor, maxTaskRetries: 0).get()) != nil)
+    guard case .failure(let e) = s.callSubmitted(call(2), actor: actor, maxTaskRetries: 0) else {
+      Issue.record("a call past max_pending_calls was accepted"); return
+    }
+    #expect(e.code == .pendingCallsLimitExceeded)
+    _ = s.actorInfo(info(.alive, version: 2))
+    _ = s.callReady(call(1))
+    _ = s.callReplied(call(1))
+    #expect((try? s.callSubmitted(call(3), actor: actor, maxTaskRetries: 0).get()) != nil)
+  }
+
+  @Test func lostCallsAreResentAfterARestartInOrderOrFailWithoutRetries() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = s.actorInfo(info(.alive, version: 2))
+    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 1).get()
+    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 0).get()
+    _ = try! s.callSubmitted(call(3), actor: actor, maxTaskRetries: 1).get()
+    for n: UInt64 in 1...3 { _ = s.callReady(call(n)) }
+    #expect(s.callLost(call(2), incarnation: 0) == [.watch(actor, afterVersion: 2)])
+    _ = s.callLost(call(1), incarnation: 0)
+    _ = s.callLost(call(3), incarnation: 0)
+    // A stale answer (same version) sends nothing to the old incarnation.
+    #expect(pushes(s.actorInfo(info(.alive, version: 2))).isEmpty)
+    let after = s.actorInfo(info(.alive, version: 4, restarts: 1))
+    #expect(pushes(after) == [call(1), call(3)])
+    #expect(after.contains { if case .fail(call(2), let e) = $0 { return e.code == .actorDied } else { return false } })
+    // A loss reported for the old incarnation does not touch the resent call.
+    #expect(s.callLost(call(1), incarnation: 0).isEmpty)
+  }
+
+  @Test func aDeadActorFailsEveryCallWithItsCauseIncludingLaterOnes() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: -1).get()
+    _ = s.callReady(call(1))
+    let dead = s.actorInfo(info(.dead, version: 3, cause: .killed, detail: "kill() was called on it"))
+    guard case .fail(call(1), let e)? = dead.first else { Issue.record("no failure"); return }
+    #expect(e.code == .actorDied && e.message.contains("killed: kill() was called on it"))
+    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 0).get()
+    #expect(s.callReady(call(2)).contains { if case .fail(call(2), _) = $0 { return true } else { return false } })
+  }
+}
