@@ -994,9 +994,11 @@ public final class CoreWorker: Sendable {
           }
           if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append(id) }
           if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
+          if id == id.task.actorHandleObject { s.actorSubmitter.handleReleased(id.task) }
           Self.releaseLineageIfUnused(&s, id.task)
         case .forget(let id, let n):
           s.store[id] = nil
+          if id == id.task.actorHandleObject { s.actorSubmitter.handleReleased(id.task) }
           if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
           if let owner = s.owners.removeValue(forKey: id), n > 0 {
             sends.append((owner, .removeBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = me; $0.count = Int32(n) }), false))
