@@ -33,3 +33,76 @@ def run_script(tmp_path, source, timeout=120, args=(), via=None, env=None):
     cmd = [sys.executable, str(path), *args] if via is None else [*via, str(path), *args]
     e = dict(os.environ, SWIFTRAY_PYTHON=sys.executable, **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=str(tmp_path))
+
+
+class Cluster:
+    """Node daemons on 127.0.0.1 with their own ports, resources and temp dir (like Ray's
+    cluster_utils.Cluster): the first added is the head. Stopped by pid."""
+
+    def __init__(self, health_check_period_ms=200, health_check_failure_threshold=3):
+        import tempfile
+        self.root = tempfile.mkdtemp(prefix="sr", dir="/tmp")  # short: Unix socket paths are limited
+        self.env = dict(os.environ, SWIFTRAY_PYTHON=sys.executable,
+                        SWIFTRAY_HEALTH_CHECK_PERIOD_MS=str(health_check_period_ms),
+                        SWIFTRAY_HEALTH_CHECK_FAILURE_THRESHOLD=str(health_check_failure_threshold),
+                        SWIFTRAY_HEALTH_CHECK_TIMEOUT_MS="1000")
+        self.address = None
+        self.nodes = []  # dicts: pid, session
+
+    def add_node(self, num_cpus=1, resources=None):
+        import json
+        args = [sys.executable, "-m", "swiftray", "start", "--num-cpus", str(num_cpus), "--temp-dir", self.root]
+        args += ["--head", "--port", "0"] if self.address is None else ["--address", self.address]
+        if resources:
+            args += ["--resources", json.dumps(resources)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=self.env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        fields = dict(line.split(":", 1) for line in out.stdout.splitlines() if line.startswith(("Session:", "Address:")))
+        if self.address is None:
+            self.address = fields["Address"].strip()
+        session = fields["Session"].strip()
+        with open(os.path.join(session, "daemon.pid")) as f:
+            node = {"pid": int(f.read()), "session": session}
+        self.nodes.append(node)
+        return node
+
+    def kill_node(self, node, sig=9):
+        os.kill(node["pid"], sig)
+
+    def shutdown(self):
+        import shutil
+        import signal
+        import time
+        for n in self.nodes:
+            try:
+                os.kill(n["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        end = time.time() + 10
+        for n in self.nodes:
+            while time.time() < end and _alive(n["pid"]):
+                time.sleep(0.05)
+            if _alive(n["pid"]):
+                os.kill(n["pid"], signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def cluster():
+    swiftray.shutdown()
+    c = Cluster()
+    yield c
+    swiftray.shutdown()
+    c.shutdown()

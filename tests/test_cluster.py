@@ -92,8 +92,10 @@ def test_bad_init_arguments_are_clear_errors():
         swiftray.init(resources={"GPU": 1})
     with pytest.raises(ValueError, match="_system_config key 'no_such_key'"):
         swiftray.init(num_cpus=1, _system_config={"no_such_key": 1})
-    with pytest.raises(ConnectionError, match="local cluster"):
-        swiftray.init(address="10.0.0.1:6379")
+    with pytest.raises(ConnectionError, match="Cannot reach the swiftray cluster at 127.0.0.1:1"):
+        swiftray.init(address="127.0.0.1:1")
+    with pytest.raises(ConnectionError, match="No running swiftray cluster"):
+        swiftray.init(address="/nonexistent/session")
     assert not swiftray.is_initialized()
 
 

@@ -14,6 +14,12 @@ enum CoreAPI {
       guard let root = Py.toString(Args(a, n)[0]) else { return nil }
       return LocalCluster.newestLiveSession(root: root).map { Py.str($0) } ?? Py.none
     }, doc: "newest_session(root) -> str | None: the newest running cluster's session directory."),
+    .init(name: "local_node_session", fn: { _, a, n in
+      guard let text = Py.toString(Args(a, n)[0]), let ep = Endpoint(text) else { return nil }
+      return blocking("asking the cluster at \(text) for its nodes", {
+        try LocalCluster.localNodeSession(control: ep, group: .singletonMultiThreadedEventLoopGroup)
+      }, then: { $0.map { Py.str($0) } ?? Py.none })
+    }, doc: "local_node_session(control_endpoint) -> str | None: a node of that cluster on this machine."),
     .init(name: "connect_worker", fn: connectWorker, doc: "Connect this worker process to its NodeManager (from the environment)."),
     .init(name: "shutdown", fn: { _, _, _ in shutdown() }, doc: "Stop this process's core (and the local cluster it started)."),
     .init(name: "is_initialized", fn: { _, _, _ in Py.bool(Session.active != nil) }, doc: "True when connected."),
@@ -159,7 +165,7 @@ enum CoreAPI {
       let config = try Config.resolve()
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       let nm = Endpoint.unix(session + "/sockets/raylet.sock")
-      let control = Endpoint.unix(session + "/sockets/gcs.sock")
+      let control = LocalCluster.controlEndpoint(session: session)
       let node = try LocalCluster.nodeInfo(nodeManager: nm, group: group)
       guard let nodeID = NodeID(binary: node.nodeID) else { throw SwiftrayError(.system, "the node at \(nm) sent no node id") }
       let core = try CoreWorker(
@@ -446,6 +452,9 @@ enum CoreAPI {
           ("Alive", Py.bool(node.alive)),
           ("NodeManagerAddress", Py.str(node.ipAddress)),
           ("NodeManagerEndpoint", Py.str(node.nodeManagerEndpoint)),
+          ("NodeManagerTCPAddress", Py.str(node.nodeManagerAddress)),
+          ("SessionDir", Py.str(node.sessionDir)),
+          ("DeathDetail", Py.str(node.deathDetail)),
           ("Resources", resourcesDict(node.total)),
         ])
       })

@@ -63,6 +63,13 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
 
   public var startTimeMs: Int64 = 0
 
+  /// The same service over TCP, for the ControlService and other nodes (empty on a
+  /// cluster that lives inside one driver process).
+  public var nodeManagerAddress: String = String()
+
+  /// Why a dead node is dead.
+  public var deathDetail: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1067,7 +1074,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1083,6 +1090,8 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 6: try { try decoder.decodeSingularBoolField(value: &self.alive) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.sessionDir) }()
       case 8: try { try decoder.decodeSingularInt64Field(value: &self.startTimeMs) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.nodeManagerAddress) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.deathDetail) }()
       default: break
       }
     }
@@ -1117,6 +1126,12 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.startTimeMs != 0 {
       try visitor.visitSingularInt64Field(value: self.startTimeMs, fieldNumber: 8)
     }
+    if !self.nodeManagerAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeManagerAddress, fieldNumber: 9)
+    }
+    if !self.deathDetail.isEmpty {
+      try visitor.visitSingularStringField(value: self.deathDetail, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1129,6 +1144,8 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.alive != rhs.alive {return false}
     if lhs.sessionDir != rhs.sessionDir {return false}
     if lhs.startTimeMs != rhs.startTimeMs {return false}
+    if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
+    if lhs.deathDetail != rhs.deathDetail {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -3,18 +3,21 @@ import Foundation
 import NIOPosix
 import Runtime
 
-/// `swiftray start --head`: a node daemon (no Python in it) hosting the ControlService
-/// and a NodeManager, which drivers join with `init(address="auto")`. Without `--block`
-/// it starts the daemon in the background and returns once the node is up.
+/// `swiftray start --head | --address=HOST:PORT`: a node daemon (no Python in it) hosting
+/// a NodeManager and, on the head, the ControlService; drivers join with
+/// `init(address=...)`. Without `--block` it starts the daemon in the background and
+/// returns once the node is registered.
 struct Start: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Start a node daemon (the head of a cluster on this machine).")
   @Flag(help: "Start the head node (ControlService and NodeManager).")
   var head = false
-  @Option(help: "Join the cluster at this address (multi-node clusters come later).")
+  @Option(help: "Join the cluster whose head listens at HOST:PORT.")
   var address: String?
-  @Option(help: "Port of the head (accepted for Ray compatibility; this machine's drivers join over Unix sockets).")
-  var port: Int?
+  @Option(help: "TCP port of the head's ControlService (default 6379; 0 picks a free one).")
+  var port: Int = 6379
+  @Option(name: .customLong("node-ip-address"), help: "The IP address other nodes reach this node at (default 127.0.0.1).")
+  var nodeIPAddress: String = "127.0.0.1"
   @Option(name: .customLong("num-cpus"), help: "CPUs of this node (default: all).")
   var numCPUs: Double?
   @Option(name: .customLong("num-gpus"), help: "GPUs of this node (default: 0).")
@@ -29,10 +32,9 @@ struct Start: ParsableCommand {
   var block = false
 
   func validate() throws {
-    if !head && address == nil { throw ValidationError("give --head to start a head node") }
-    if address != nil {
-      throw ValidationError("joining a cluster (--address) arrives with multi-node clusters; start a head with --head")
-    }
+    if head == (address != nil) { throw ValidationError("give either --head (start a cluster) or --address=HOST:PORT (join one)") }
+    if let a = address, Self.endpoint(a) == nil { throw ValidationError("--address must be HOST:PORT, got \(a)") }
+    if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
     if let n = numCPUs, n < 0 { throw ValidationError("--num-cpus must be >= 0") }
     if let n = numGPUs, n < 0 { throw ValidationError("--num-gpus must be >= 0") }
     if let m = objectStoreMemory, m < (1 << 20) { throw ValidationError("--object-store-memory must be at least 1 MiB") }
@@ -48,15 +50,20 @@ struct Start: ParsableCommand {
   func customResources() throws -> [String: Double] {
     guard let resources else { return [:] }
     guard let data = resources.data(using: .utf8),
-      let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-    else { throw ValidationError("--resources must be a JSON object of name to number, got \(resources)") }
+      let obj = try? JSONDecoder().decode([String: Double].self, from: data)
+    else { throw ValidationError("--resources must be a JSON object of name to number, e.g. '{\"disk\": 2}', got \(resources)") }
     var out: [String: Double] = [:]
-    for (k, v) in obj {
-      guard let n = v as? NSNumber, !(v is Bool) else { throw ValidationError("--resources: '\(k)' must be a number") }
+    for (k, n) in obj {
+      guard n >= 0 else { throw ValidationError("--resources: '\(k)' must be a non-negative number") }
       if k == "CPU" || k == "GPU" { throw ValidationError("use --num-cpus/--num-gpus instead of CPU/GPU in --resources") }
-      out[k] = n.doubleValue
+      out[k] = n
     }
     return out
+  }
+
+  static func endpoint(_ address: String) -> Endpoint? {
+    guard let colon = address.lastIndex(of: ":"), let p = Int(address[address.index(after: colon)...]), p > 0 else { return nil }
+    return .tcp(host: String(address[..<colon]), port: p)
   }
 
   var root: String { (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray") }
@@ -79,14 +86,26 @@ struct Start: ParsableCommand {
       if let text = try? String(contentsOfFile: ready, encoding: .utf8), !text.isEmpty {
         let session = text.trimmingCharacters(in: .whitespacesAndNewlines)
         unlink(logPath)
-        print("""
-          swiftray head node started (pid \(pid)).
-          Session: \(session)
-          To connect from Python on this machine:
-            import swiftray
-            swiftray.init(address="auto")
-          To stop it: swiftray stop
-          """)
+        let parts = session.split(separator: "\n", maxSplits: 1).map(String.init)
+        let cluster = parts.count > 1 ? parts[1] : ""
+        if head {
+          print("""
+            swiftray head node started (pid \(pid)).
+            Session: \(parts[0])
+            Address: \(cluster)
+            To connect from Python on this machine:
+              import swiftray
+              swiftray.init(address="auto")
+            To add a node (on this or another machine): swiftray start --address=\(cluster)
+            To stop it: swiftray stop
+            """)
+        } else {
+          print("""
+            swiftray node started (pid \(pid)) and joined the cluster at \(cluster).
+            Session: \(parts[0])
+            To stop it: swiftray stop
+            """)
+        }
         return
       }
       if !LocalCluster.processAlive(pid) {
@@ -117,15 +136,18 @@ struct Start: ParsableCommand {
       resources: ResourceSet(units: units.filter { $0.value > 0 }), config: config,
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
-      root: root)
+      root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
+      nodeIP: nodeIPAddress)
+    let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     // From here on the daemon's own output goes to its session.
     let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
     if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
     if let ready = ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] {
-      try? cluster.sessionDir.write(toFile: ready, atomically: true, encoding: .utf8)
+      try? (cluster.sessionDir + "\n" + clusterAddress).write(toFile: ready, atomically: true, encoding: .utf8)
     } else {
-      print("swiftray head node running; session \(cluster.sessionDir). Connect with swiftray.init(address=\"auto\").")
+      print("swiftray node running; session \(cluster.sessionDir), cluster address \(clusterAddress). "
+        + "Connect with swiftray.init(address=\"auto\").")
     }
     var received: Int32 = 0
     sigwait(&stopSignals, &received)

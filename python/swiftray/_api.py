@@ -134,13 +134,22 @@ def _resolve_address(address):
     path = address[len("unix:"):] if address.startswith("unix:") else address
     if path.endswith(".sock"):
         path = os.path.dirname(os.path.dirname(path))
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "sockets", "gcs.sock")):
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "sockets", "raylet.sock")):
         return path
     if ":" in address and not address.startswith("unix:"):
-        raise ConnectionError(
-            f"Cannot connect to {address!r}: joining a cluster over TCP (HOST:PORT) is not supported yet; "
-            "use address='auto' for a cluster running on this machine, or call init() without an address "
-            "to start a local cluster.")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"address must be 'auto', HOST:PORT or a session directory, got {address!r}")
+        try:
+            session = _core.local_node_session(f"tcp:{host}:{port}")
+        except Exception as e:
+            raise ConnectionError(f"Cannot reach the swiftray cluster at {address}: {e}. Is its head running "
+                                  "(`swiftray start --head --port ...`) and the port open?") from None
+        if session is None:
+            raise ConnectionError(
+                f"The cluster at {address} has no node on this machine: a driver needs a local node. "
+                f"Start one with `swiftray start --address={address}`.")
+        return session
     raise ConnectionError(f"No running swiftray cluster at {address!r}: its ControlService socket "
                           f"({os.path.join(path, 'sockets', 'gcs.sock')}) does not exist. "
                           "Use address='auto' to join the cluster running on this machine.")

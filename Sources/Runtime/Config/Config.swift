@@ -19,6 +19,12 @@ public struct Config: Sendable, Equatable {
   /// Upper bound on worker processes per node (blocked workers lend CPUs, so the pool
   /// can grow past the CPU count; this caps it).
   public var maxWorkersPerNode = 64
+  /// The ControlService checks every node this often...
+  public var healthCheckPeriodMs = 3000
+  /// ...waits this long for an answer...
+  public var healthCheckTimeoutMs = 10000
+  /// ...and declares the node dead after this many failures in a row (Ray's defaults).
+  public var healthCheckFailureThreshold = 5
 
   public init() {}
 
@@ -31,6 +37,9 @@ public struct Config: Sendable, Equatable {
     "infeasible_retry_ms": \.infeasibleRetryMs,
     "maximum_startup_concurrency": \.maximumStartupConcurrency,
     "max_workers_per_node": \.maxWorkersPerNode,
+    "health_check_period_ms": \.healthCheckPeriodMs,
+    "health_check_timeout_ms": \.healthCheckTimeoutMs,
+    "health_check_failure_threshold": \.healthCheckFailureThreshold,
   ]
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error

@@ -172,6 +172,15 @@ public struct ActorDirectory: Sendable {
     return actions
   }
 
+  /// A node died: its actors restart elsewhere or die; actors owned by its workers die.
+  public mutating func nodeDied(_ node: Set<String>, detail: String) -> [Action] {
+    var actions: [Action] = []
+    for (id, e) in actors where e.info.state != .dead {
+      if let l = e.lease, node.contains(l.node) { actions += hostDied(id, detail: detail) }
+    }
+    return actions
+  }
+
   /// A driver finished (or died): its non-detached actors die with it.
   public mutating func driverExited(_ driver: Data, detail: String) -> [Action] {
     ownerDied(driver, detail: detail)

@@ -28,22 +28,28 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var nodeClients: [String: ControlPlane.Connection] = [:]
     var tickArmed = false
     var closed = false
+    var health: NodeHealth
   }
 
-  let state = Mutex(State())
+  let state: Mutex<State>
   let group: MultiThreadedEventLoopGroup
   let pool: DataPlaneClientPool
+  let config: Config
   let log = Logger(label: "swiftray.control")
+  let healthLoop = Mutex<Task<Void, Never>?>(nil)
 
-  public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup) {
+  public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config()) {
     self.group = group
+    self.config = config
     self.pool = DataPlaneClientPool(group: group)
+    self.state = Mutex(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
   }
 
   static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
   /// Closes connections to NodeManagers and workers; wakes every watcher.
   public func shutdown() {
+    healthLoop.withLock { $0?.cancel(); $0 = nil }
     let (clients, watchers) = state.withLock { s -> ([ControlPlane.Connection], [Watcher]) in
       s.closed = true
       let w = s.watchers.values.flatMap { $0.values }
@@ -60,8 +66,75 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   // MARK: nodes, jobs, KV
 
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
-    state.withLock { $0.nodes[request.node.nodeID] = request.node }
+    var node = request.node
+    node.alive = true
+    state.withLock { s in
+      s.nodes[node.nodeID] = node
+      s.health.nodeRegistered(node.nodeID)
+    }
+    startHealthChecks()
     return Swiftray_RegisterNodeReply()
+  }
+
+  // MARK: health checks
+
+  /// One loop per ControlService: every period, ask each node's NodeManager for its
+  /// stats with the configured timeout; `NodeHealth` decides who is dead.
+  func startHealthChecks() {
+    healthLoop.withLock { loop in
+      guard loop == nil else { return }
+      loop = Task { [self] in
+        let period = max(10, config.healthCheckPeriodMs)
+        while !Task.isCancelled {
+          try? await Task.sleep(for: .milliseconds(period))
+          let checks = state.withLock { $0.closed ? [] : $0.health.tick() }
+          for case .check(let id) in checks { check(id, periodMs: period) }
+        }
+      }
+    }
+  }
+
+  func check(_ id: Data, periodMs: Int) {
+    guard let node = state.withLock({ $0.nodes[id] }), let nm = nodeClient(Self.address(of: node)) else {
+      _ = state.withLock { $0.health.checkFailed(id, error: "no address", periodMs: periodMs) }
+      return
+    }
+    let timeout = max(10, config.healthCheckTimeoutMs)
+    Task { [self] in
+      var options = CallOptions.defaults
+      options.timeout = .milliseconds(Int64(timeout))
+      do {
+        _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
+          Swiftray_GetNodeStatsRequest(), options: options)
+        state.withLock { $0.health.checkSucceeded(id) }
+      } catch {
+        let actions = state.withLock { $0.health.checkFailed(id, error: "\(error)", periodMs: periodMs) }
+        for case .died(let id, let detail) in actions { nodeDied(id, detail: detail) }
+      }
+    }
+  }
+
+  /// Marks a node dead; its actors restart elsewhere or die.
+  func nodeDied(_ id: Data, detail: String) {
+    let endpoints: Set<String> = state.withLock { s in
+      guard var n = s.nodes[id] else { return [] }
+      n.alive = false
+      n.deathDetail = detail
+      s.nodes[id] = n
+      s.health.nodeRemoved(id)
+      return [n.nodeManagerEndpoint, n.nodeManagerAddress]
+    }
+    guard !endpoints.isEmpty else { return }
+    log.warning("node/died", metadata: ["node": "\(NodeID(binary: id)?.hex.prefix(12) ?? "?")", "detail": "\(detail)"])
+    let short = NodeID(binary: id)?.hex.prefix(12) ?? "?"
+    perform(state.withLock { $0.actors.nodeDied(endpoints, detail: "its node \(short) died: \(detail)") })
+    let dropped = state.withLock { s in endpoints.compactMap { s.nodeClients.removeValue(forKey: $0) } }
+    for c in dropped { c.shutdown() }
+  }
+
+  /// How the ControlService reaches a node's NodeManager: TCP when it has it.
+  static func address(of node: Swiftray_NodeInfo) -> String {
+    node.nodeManagerAddress.isEmpty ? node.nodeManagerEndpoint : node.nodeManagerAddress
   }
 
   public func getAllNodes(request: Swiftray_GetAllNodesRequest, context: ServerContext) async throws -> Swiftray_GetAllNodesReply {
@@ -235,7 +308,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// multi-node scheduler arrives).
   func placementNode() -> String? {
     state.withLock { s in
-      s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }?.nodeManagerEndpoint
+      s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }.map(Self.address)
     }
   }
 

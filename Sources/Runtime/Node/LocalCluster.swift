@@ -11,12 +11,23 @@ public final class LocalCluster: Sendable {
   public let sessionDir: String
   public let nodeID: NodeID
   public let nodeManager: NodeManager
-  let control: ControlService
-  let controlServer: ControlPlane.Server
-  let nodeServer: ControlPlane.Server
+  /// The ControlService, on the head node only.
+  let control: ControlService?
+  /// Where this node's ControlService is (a Unix socket on the head, TCP elsewhere).
+  public let controlEndpoint: Endpoint
+  let servers: [ControlPlane.Server]
+  /// This node as registered (its TCP addresses when networked).
+  public let node: Swiftray_NodeInfo
 
-  public var controlEndpoint: Endpoint { controlServer.endpoint }
-  public var nodeManagerEndpoint: Endpoint { nodeServer.endpoint }
+  public var nodeManagerEndpoint: Endpoint { nodeManager.endpoint }
+  /// The ControlService's TCP address on a networked head ("HOST:PORT"), else nil.
+  public var controlAddress: String? {
+    guard control != nil else { return nil }
+    for s in servers {
+      if case .tcp(let h, let p) = s.endpoint, node.nodeManagerAddress != s.endpoint.description { return "\(h):\(p)" }
+    }
+    return nil
+  }
 
   /// A fresh session directory under `root` (Ray: /tmp/ray/session_<time>_<pid>).
   public static func makeSessionDir(root: String = NSTemporaryDirectory() + "swiftray") throws -> String {
@@ -77,53 +88,131 @@ public final class LocalCluster: Sendable {
     }
   }
 
+  /// What this node is in its cluster.
+  public enum Role: Sendable {
+    /// Hosts the ControlService; `port` also serves it (and the NodeManager) over TCP
+    /// on `nodeIP` so other nodes can join (0: a free port). nil: this machine only.
+    case head(port: Int?)
+    /// Joins the cluster whose ControlService listens at this endpoint.
+    case worker(control: Endpoint)
+  }
+
   public static func start(resources: ResourceSet, config: Config, workerExecutable: String,
                            workerEnvironment: [String: String], prestartWorkers: Int,
                            objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
                            group: MultiThreadedEventLoopGroup, root: String = NSTemporaryDirectory() + "swiftray",
+                           role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
+    do {
+      return try start(session: session, resources: resources, config: config, workerExecutable: workerExecutable,
+                       workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
+                       objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
+                       role: role, nodeIP: nodeIP, warn: warn)
+    } catch {
+      try? FileManager.default.removeItem(atPath: session)
+      throw error
+    }
+  }
+
+  static func start(session: String, resources: ResourceSet, config: Config, workerExecutable: String,
+                    workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
+                    spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
+                    warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
                      spillDirectory: spillDirectory),
       group: group, warn: warn)
     let nodeID = NodeID.random()
-    let control = ControlService(group: group)
-    let controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
-    let controlServer = try blockingAwait { try await ControlPlane.serve([control], at: controlEP, group: group) }
+    var servers: [ControlPlane.Server] = []
+    var control: ControlService?
+    let controlEP: Endpoint
+    var networked = false
+    switch role {
+    case .head(let port):
+      let c = ControlService(group: group, config: config)
+      control = c
+      controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
+      servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group) })
+      if let port {
+        networked = true
+        let tcp = Endpoint.tcp(host: nodeIP, port: port)
+        do { servers.append(try blockingAwait { try await ControlPlane.serve([c], at: tcp, group: group) }) }
+        catch { throw SwiftrayError(.invalidArgument, "cannot listen on \(nodeIP):\(port) for the ControlService: \(error). Is the port taken? Use --port 0 for a free one.") }
+      }
+    case .worker(let c):
+      controlEP = c
+      networked = true
+    }
     let nm = NodeManager(options: .init(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
       workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,
       prestartWorkers: prestartWorkers), store: store)
     let nmEP = nm.endpoint
-    let nodeServer = try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) }
+    servers.append(try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) })
     var node = nm.nodeInfo
+    node.ipAddress = nodeIP
+    if networked {
+      let tcp = try blockingAwait { try await ControlPlane.serve([nm], at: .tcp(host: nodeIP, port: 0), group: group) }
+      servers.append(tcp)
+      node.nodeManagerAddress = tcp.endpoint.description
+    }
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
     let registration = node
     let c = try ControlPlane.connect(controlEP, group: group)
     defer { c.shutdown() }
-    _ = try blockingAwait {
-      var req = Swiftray_RegisterNodeRequest()
-      req.node = registration
-      return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
+    do {
+      _ = try blockingAwait(timeout: .seconds(30)) {
+        var req = Swiftray_RegisterNodeRequest()
+        req.node = registration
+        return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
+      }
+    } catch {
+      nm.shutdown()
+      for s in servers { s.shutdown() }
+      throw SwiftrayError(.system, "cannot register this node with the ControlService at \(controlEP): \(error)")
     }
+    // Where this node's cluster is, for drivers that join through the session directory.
+    try? controlEP.description.write(toFile: session + "/control.address", atomically: true, encoding: .utf8)
     nm.start()
     return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
-                        controlServer: controlServer, nodeServer: nodeServer)
+                        controlEndpoint: controlEP, servers: servers, node: registration)
   }
 
-  init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService,
-       controlServer: ControlPlane.Server, nodeServer: ControlPlane.Server) {
+  /// Where a node's ControlService is, from its session directory.
+  public static func controlEndpoint(session: String) -> Endpoint {
+    if let text = try? String(contentsOfFile: session + "/control.address", encoding: .utf8),
+      let ep = Endpoint(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    {
+      return ep
+    }
+    return .unix(session + "/sockets/gcs.sock")
+  }
+
+  /// The session directory of a live node of the cluster at `control` that runs on this
+  /// machine (the earliest started), for a driver joining with "HOST:PORT".
+  public static func localNodeSession(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> String? {
+    let c = try ControlPlane.connect(control, group: group)
+    defer { c.shutdown() }
+    let nodes = try blockingAwait(timeout: .seconds(10)) {
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
+      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
+    }
+    return nodes.filter { $0.alive && FileManager.default.fileExists(atPath: $0.sessionDir + "/sockets/raylet.sock") }
+      .min { $0.startTimeMs < $1.startTimeMs }?.sessionDir
+  }
+
+  init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService?,
+       controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo) {
     self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
-    self.controlServer = controlServer; self.nodeServer = nodeServer
+    self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node
   }
 
   /// Stops every worker, then the services, then removes the session directory.
   public func shutdown() {
     nodeManager.shutdown()
-    nodeServer.shutdown()
-    control.shutdown()
-    controlServer.shutdown()
+    control?.shutdown()
+    for s in servers.reversed() { s.shutdown() }
     nodeManager.store.close()
     try? FileManager.default.removeItem(atPath: sessionDir)
   }
