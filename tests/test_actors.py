@@ -280,9 +280,12 @@ def test_crashing_actor_restarts_with_fresh_state_and_resends_calls(ray2, tmp_pa
     refs = [f.work.remote(1), f.crash_once.remote()] + [f.work.remote(i) for i in range(2, 6)]
     out = swiftray.get(refs, timeout=60)
     assert out[1] == "survived"
-    # Fresh state after the restart, then the resent and later calls in order.
+    # Fresh state after the restart, then the resent and later calls in order. (work(1)
+    # may run again too: its reply can die with the worker, and resent calls are
+    # at-least-once.)
     assert [o[0] for o in out[2:]] == [2, 3, 4, 5]
-    assert [o[1] for o in out[2:]] == [1, 2, 3, 4]
+    counts = [o[1] for o in out[2:]]
+    assert counts[0] in (1, 2) and counts == list(range(counts[0], counts[0] + 4))
     assert all(o[2] for o in out[2:])
 
 

@@ -60,3 +60,30 @@ def test_a_killed_node_daemon_is_marked_dead_within_the_health_check_time(cluste
     assert "health checks" in dead["DeathDetail"]
     assert took < 10
     assert swiftray.cluster_resources()["CPU"] == 1.0
+
+
+def test_tasks_and_actors_needing_a_nodes_custom_resource_run_there(cluster):
+    cluster.add_node(num_cpus=1)
+    special = cluster.add_node(num_cpus=1, resources={"special": 2})
+    disk = cluster.add_node(num_cpus=1, resources={"disk": 1})
+    swiftray.init(address=cluster.address)
+    special_id = _node_of(special["session"])["NodeID"]
+    # Spilled back from the driver's node to the only node that has the resource.
+    refs = [where.options(resources={"special": 1}).remote() for _ in range(6)]
+    assert swiftray.get(refs, timeout=60) == [special_id] * 6
+
+    @swiftray.remote(resources={"disk": 1})
+    class Store:
+        def __init__(self):
+            self.items = {}
+
+        def put(self, k, v):
+            self.items[k] = v
+            return swiftray.get_runtime_context().get_node_id()
+
+        def get(self, k):
+            return self.items[k]
+
+    s = Store.remote()
+    assert swiftray.get(s.put.remote("a", 1), timeout=60) == _node_of(disk["session"])["NodeID"]
+    assert swiftray.get(s.get.remote("a")) == 1

@@ -304,11 +304,17 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     armTick()
   }
 
-  /// The NodeManager to place actors on: the first live node (one node until the
-  /// multi-node scheduler arrives).
-  func placementNode() -> String? {
+  /// The NodeManager to place an actor needing `shape` on (`NodePicker` over the nodes'
+  /// reported resources); the first live node when none can fit, so the actor waits there
+  /// with the infeasible warning.
+  func placementNode(_ shape: ResourceSet) -> String? {
     state.withLock { s in
-      s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }.map(Self.address)
+      let view = s.nodes.values.map { n in
+        NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
+                            available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs)
+      }
+      return NodePicker.pick(shape, among: view)?.address
+        ?? s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }.map(Self.address)
     }
   }
 
@@ -324,7 +330,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   func requestLease(_ id: ActorID, _ spec: Swiftray_TaskSpec) {
-    guard let node = placementNode(), let nm = nodeClient(node) else {
+    if state.withLock({ $0.closed }) { return }
+    let shape = ResourceSet(proto: spec.resources).union(ResourceSet(proto: spec.actorCreation.placementResources))
+    guard let node = placementNode(shape), let nm = nodeClient(node) else {
       let now = Self.now()
       perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
       return

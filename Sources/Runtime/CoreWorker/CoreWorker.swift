@@ -61,6 +61,8 @@ public final class CoreWorker: Sendable {
     /// Borrowers asking for values we own that do not exist yet.
     var remoteGets: [ObjectID: [(DataPlaneResponder, WorkerID?)]] = [:]
     var leaseWorkers: [UInt64: Swiftray_Address] = [:]
+    /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
+    var leaseNodes: [UInt64: String] = [:]
     var idGen: TaskIDGenerator
     var selfAddress: Swiftray_Address
     var putTask: TaskID
@@ -93,6 +95,8 @@ public final class CoreWorker: Sendable {
   /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
   /// them, so its submitter cannot drop a ref before the owner counts this process.
   let registering = DispatchGroup()
+  /// NodeManagers of other nodes this process leased from, by endpoint.
+  let otherNodes = Mutex<[String: ControlPlane.Connection]>([:])
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
 
@@ -624,6 +628,7 @@ public final class CoreWorker: Sendable {
     notifications.finish()
     nodeManager.shutdown()
     control.shutdown()
+    for c in otherNodes.withLock({ m in let v = Array(m.values); m.removeAll(); return v }) { c.shutdown() }
   }
 
   // MARK: - data-plane requests
@@ -812,8 +817,11 @@ public final class CoreWorker: Sendable {
       case .push(let tid, let lease):
         push(tid, lease)
       case .returnLease(let leaseID, let disconnect):
-        state.withLock { _ = $0.leaseWorkers.removeValue(forKey: leaseID) }
-        let nm = nodeManager
+        let node = state.withLock { s in
+          _ = s.leaseWorkers.removeValue(forKey: leaseID)
+          return s.leaseNodes.removeValue(forKey: leaseID)
+        }
+        guard let nm = node.map(nodeClient) ?? nodeManager else { continue }
         Task {
           var req = Swiftray_ReturnWorkerLeaseRequest()
           req.leaseID = leaseID
@@ -841,8 +849,13 @@ public final class CoreWorker: Sendable {
     performActorSteps()
   }
 
-  func requestLease(_ requestID: UInt64, _ key: ResourceSet) {
-    let nm = nodeManager
+  /// Asks a NodeManager for a lease: this node's, or (`node`) the one a spillback named,
+  /// which must then grant or reject.
+  func requestLease(_ requestID: UInt64, _ key: ResourceSet, node: String? = nil) {
+    guard let nm = node.map(nodeClient) ?? nodeManager else {
+      let now = Self.now()
+      return perform(state.withLock { $0.submitter.leaseRequestFailed(requestID: requestID, now: now) })
+    }
     let owner = address
     let job = jobID
     Task { [self] in
@@ -851,9 +864,13 @@ public final class CoreWorker: Sendable {
       req.resources = key.proto
       req.owner = owner
       req.jobID = Data(job.binary)
+      req.grantOrReject = node != nil
       let reply: Swiftray_RequestWorkerLeaseReply?
       do { reply = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req) }
       catch { reply = nil }
+      if let reply, reply.status == .spillback, node == nil {
+        return requestLease(requestID, key, node: reply.retryAtEndpoint)
+      }
       let now = Self.now()
       let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
         guard let reply else { return s.submitter.leaseRequestFailed(requestID: requestID, now: now) }
@@ -861,6 +878,7 @@ public final class CoreWorker: Sendable {
         case .granted:
           guard let wid = WorkerID(binary: reply.worker.workerID) else { return [] }
           s.leaseWorkers[reply.leaseID] = reply.worker
+          if let node { s.leaseNodes[reply.leaseID] = node }
           return s.submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
         case .infeasible:
           return s.submitter.leaseRejected(requestID: requestID, detail: reply.detail, now: now)
@@ -873,6 +891,17 @@ public final class CoreWorker: Sendable {
         }
       }
       perform(actions)
+    }
+  }
+
+  /// A client of another node's NodeManager (spillback), made once.
+  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? {
+    guard let ep = Endpoint(endpoint) else { return nil }
+    return otherNodes.withLock { m -> ControlPlane.Connection? in
+      if let c = m[endpoint] { return c }
+      guard let c = try? ControlPlane.connect(ep, group: group) else { return nil }
+      m[endpoint] = c
+      return c
     }
   }
 

@@ -52,6 +52,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// non-detached actors die with them even when they exit without saying so.
     var drivers: [WorkerID: Int32] = [:]
     var watchingDrivers = false
+    /// The other nodes as the ControlService last described them (for spillback).
+    var cluster: [NodePicker.NodeView] = []
     var shuttingDown = false
   }
 
@@ -70,7 +72,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     self.store = store
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
-    state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits)))
+    state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits,
+                                          firstLeaseID: UInt64.random(in: 1 ... (1 << 48)) << 12)))
     let (reports, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     controlReports = cont
     Task { for await job in reports { await job() } }
@@ -82,6 +85,30 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
   public func start() {
     perform(state.withLock { $0.queue.prestart(count: options.prestartWorkers) })
+    Task { await syncClusterView() }
+  }
+
+  /// Every half second: report this node's free resources to the ControlService and
+  /// take its view of every node (for spillback). Ends at shutdown.
+  func syncClusterView() async {
+    while !state.withLock({ $0.shuttingDown }) {
+      if let c = controlClient() {
+        let client = Swiftray_ControlService.Client(wrapping: c.client)
+        var report = Swiftray_ReportResourcesRequest()
+        report.nodeID = Data(options.nodeID.binary)
+        report.available = state.withLock { $0.queue.available }.proto
+        _ = try? await client.reportResources(report)
+        if let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes {
+          let view = nodes.map { n in
+            NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
+                                total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
+                                alive: n.alive, startTimeMs: n.startTimeMs)
+          }
+          state.withLock { $0.cluster = view }
+        }
+      }
+      try? await Task.sleep(for: .milliseconds(500))
+    }
   }
 
   public var nodeInfo: Swiftray_NodeInfo {
@@ -247,11 +274,30 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
                                  placement: ResourceSet(proto: request.placementResources))
+    // A shape this node can never fit goes to a node that can (spillback), unless the
+    // request was spilled here already.
+    let needs = req.shape.union(req.placement)
+    if !options.resources.contains(needs), !request.grantOrReject {
+      let view = state.withLock { $0.cluster }
+      if let target = NodePicker.pick(needs, among: view, excluding: Data(options.nodeID.binary)) {
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .spillback
+        r.retryAtEndpoint = target.address
+        return r
+      }
+    }
     return await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
-        let actions = state.withLock { s -> [LeaseQueue.Action] in
+        let actions = state.withLock { s -> [LeaseQueue.Action]? in
+          // Stopping: nothing will be granted any more; say so rather than hang the caller.
+          if s.shuttingDown { return nil }
           s.replies[req.id] = c
           return s.queue.leaseRequested(req)
+        }
+        guard let actions else {
+          var r = Swiftray_RequestWorkerLeaseReply()
+          r.status = .canceled
+          return c.resume(returning: r)
         }
         perform(actions)
       }

@@ -71,11 +71,13 @@ public struct LeaseQueue: Sendable {
   private var idle: [WorkerID] = []
   /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`.
   private var requestedStarts = 0
-  private var nextLeaseID: UInt64 = 1
+  private var nextLeaseID: UInt64
   public let limits: Limits
 
-  public init(total: ResourceSet, limits: Limits) {
-    self.total = total; self.available = total; self.limits = limits
+  /// `firstLeaseID`: owners hold leases from several nodes, so each node numbers its
+  /// leases from its own (random) base.
+  public init(total: ResourceSet, limits: Limits, firstLeaseID: UInt64 = 1) {
+    self.total = total; self.available = total; self.limits = limits; self.nextLeaseID = firstLeaseID
   }
 
   public var idleWorkerCount: Int { idle.count }
