@@ -73,7 +73,7 @@ let package = Package(
     .executableTarget(
       name: "SwiftrayCLI",
       dependencies: [
-        "PyBridge", "Runtime", "CPythonEmbed",
+        "PyBridge", "Runtime", "RuntimeProto", "CPythonEmbed",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: swift6,

@@ -87,3 +87,74 @@ def test_tasks_and_actors_needing_a_nodes_custom_resource_run_there(cluster):
     s = Store.remote()
     assert swiftray.get(s.put.remote("a", 1), timeout=60) == _node_of(disk["session"])["NodeID"]
     assert swiftray.get(s.get.remote("a")) == 1
+
+
+def test_tasks_running_on_a_killed_node_are_retried_on_another(cluster, tmp_path):
+    cluster.add_node(num_cpus=1)
+    first = cluster.add_node(num_cpus=1, resources={"r": 1})
+    second = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+    marker = tmp_path / "started"
+
+    @swiftray.remote(resources={"r": 1}, max_retries=2)
+    def slow(path):
+        import os
+        import time as t
+        open(path, "a").write(swiftray.get_runtime_context().get_node_id() + "\n")
+        t.sleep(3)
+        return swiftray.get_runtime_context().get_node_id()
+
+    ref = slow.remote(str(marker))
+    assert _wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=30)
+    started_on = marker.read_text().split()[0]
+    victim = first if _node_of(first["session"])["NodeID"] == started_on else second
+    survivor = second if victim is first else first
+    cluster.kill_node(victim)
+    assert swiftray.get(ref, timeout=60) == _node_of(survivor["session"])["NodeID"]
+
+
+def test_spread_and_node_affinity_strategies(cluster):
+    from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(3)]
+    swiftray.init(address=cluster.address)
+    ids = [_node_of(n["session"])["NodeID"] for n in nodes]
+    time.sleep(1)  # NodeManagers refresh their view of the cluster every 0.5 s
+
+    @swiftray.remote
+    def hold(seconds):
+        time.sleep(seconds)
+        return swiftray.get_runtime_context().get_node_id()
+
+    spread = swiftray.get([hold.options(scheduling_strategy="SPREAD").remote(0.5) for _ in range(3)], timeout=60)
+    assert sorted(spread) == sorted(ids)
+    pinned = NodeAffinitySchedulingStrategy(ids[2], soft=False)
+    assert swiftray.get([hold.options(scheduling_strategy=pinned).remote(0) for _ in range(3)], timeout=60) == [ids[2]] * 3
+    cluster.kill_node(nodes[2])
+    assert _wait_until(lambda: not _node_of(nodes[2]["session"])["Alive"], timeout=10)
+    time.sleep(1)  # the NodeManagers' view catches up
+    soft = NodeAffinitySchedulingStrategy(ids[2], soft=True)
+    assert swiftray.get(hold.options(scheduling_strategy=soft).remote(0), timeout=60) in ids[:2]
+    import pytest
+    with pytest.raises(ValueError, match="scheduling_strategy"):
+        hold.options(scheduling_strategy="PACKED")
+
+
+def test_swiftray_status_shows_each_node_its_resources_and_pending_demand(cluster):
+    import subprocess
+    import sys
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=2, resources={"special": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(num_cpus=1)
+    def busy():
+        time.sleep(3)
+
+    refs = [busy.remote() for _ in range(4)]  # 3 CPUs: one request waits
+    time.sleep(1.5)  # nodes report twice a second
+    out = subprocess.run([sys.executable, "-m", "swiftray", "status", "--address", cluster.address],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "Nodes: 2 alive, 0 dead" in out, out
+    assert "0/1 special" in out and "/2 CPU" in out, out
+    assert "{CPU: 1}: " in out and "waiting" in out, out
+    swiftray.get(refs, timeout=60)

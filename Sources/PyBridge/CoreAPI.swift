@@ -272,9 +272,11 @@ enum CoreAPI {
     var fn = Swiftray_FunctionDescriptor()
     fn.functionID = Data(fid)
     fn.name = name
+    guard let strategy = schedulingStrategy(args.count > 8 ? args[8] : nil) else { return nil }
     let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
                                 resources: ResourceSet(units: resources), maxRetries: maxRetries,
-                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter))
+                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter),
+                                strategy: strategy)
     return Py.list(ids.map { Py.bytes($0.binary) })
   }
 
@@ -302,6 +304,22 @@ enum CoreAPI {
       }
     }
     return taskArgs
+  }
+
+  /// None | "SPREAD" | (node_id_hex, soft) as a strategy; nil with a Python error set.
+  static func schedulingStrategy(_ o: PyPtr?) -> SchedulingKey.Strategy? {
+    guard let o, !Py.isNone(o) else { return .default }
+    if let text = Py.toString(o) {
+      if text == "SPREAD" { return .spread }
+      if text == "DEFAULT" { return .default }
+    }
+    PyErr_Clear()
+    if let parts = Py.sequence(o), parts.count == 2, let hex = Py.toString(parts[0]), let node = NodeID(hex: hex) {
+      return .nodeAffinity(node, soft: PyObject_IsTrue(parts[1]) == 1)
+    }
+    PyErr_Clear()
+    PyErr_SetString(sr_ExcValueError(), "unknown scheduling strategy")
+    return nil
   }
 
   static let put: CoreModule.FastFn = { _, a, n in
@@ -456,6 +474,7 @@ enum CoreAPI {
           ("SessionDir", Py.str(node.sessionDir)),
           ("DeathDetail", Py.str(node.deathDetail)),
           ("Resources", resourcesDict(node.total)),
+          ("Available", resourcesDict(node.available)),
         ])
       })
     })

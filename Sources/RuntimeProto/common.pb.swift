@@ -161,6 +161,62 @@ public nonisolated struct Swiftray_ResourceShape: Sendable {
   public init() {}
 }
 
+/// Where a task or actor may run (Ray's scheduling_strategy).
+public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Swiftray_SchedulingStrategy.Kind = .default
+
+  public var nodeID: Data = Data()
+
+  /// NODE_AFFINITY: run elsewhere when that node is dead or cannot fit the task.
+  public var soft: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case `default` // = 0
+    case spread // = 1
+    case nodeAffinity // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .default
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .default
+      case 1: self = .spread
+      case 2: self = .nodeAffinity
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .default: return 0
+      case .spread: return 1
+      case .nodeAffinity: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_SchedulingStrategy.Kind] = [
+      .default,
+      .spread,
+      .nodeAffinity,
+    ]
+
+  }
+
+  public init() {}
+}
+
 public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -284,6 +340,15 @@ public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
     get {_storage._methodName}
     set {_uniqueStorage()._methodName = newValue}
   }
+
+  public var strategy: Swiftray_SchedulingStrategy {
+    get {_storage._strategy ?? Swiftray_SchedulingStrategy()}
+    set {_uniqueStorage()._strategy = newValue}
+  }
+  /// Returns true if `strategy` has been explicitly set.
+  public var hasStrategy: Bool {_storage._strategy != nil}
+  /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
+  public mutating func clearStrategy() {_uniqueStorage()._strategy = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -673,9 +738,53 @@ nonisolated extension Swiftray_ResourceShape: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
+nonisolated extension Swiftray_SchedulingStrategy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SchedulingStrategy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}node_id\0\u{1}soft\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.soft) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.kind != .default {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.nodeID, fieldNumber: 2)
+    }
+    if self.soft != false {
+      try visitor.visitSingularBoolField(value: self.soft, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_SchedulingStrategy, rhs: Swiftray_SchedulingStrategy) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.soft != rhs.soft {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_SchedulingStrategy.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DEFAULT\0\u{1}SPREAD\0\u{1}NODE_AFFINITY\0")
+}
+
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0")
 
   fileprivate class _StorageClass {
     var _taskID: Data = Data()
@@ -698,6 +807,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _actorSeq: UInt64 = 0
     var _callerID: Data = Data()
     var _methodName: String = String()
+    var _strategy: Swiftray_SchedulingStrategy? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -728,6 +838,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _actorSeq = source._actorSeq
       _callerID = source._callerID
       _methodName = source._methodName
+      _strategy = source._strategy
     }
   }
 
@@ -766,6 +877,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._actorSeq) }()
         case 19: try { try decoder.decodeSingularBytesField(value: &_storage._callerID) }()
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._methodName) }()
+        case 21: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
         default: break
         }
       }
@@ -838,6 +950,9 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       if !_storage._methodName.isEmpty {
         try visitor.visitSingularStringField(value: _storage._methodName, fieldNumber: 20)
       }
+      try { if let v = _storage._strategy {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -867,6 +982,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._actorSeq != rhs_storage._actorSeq {return false}
         if _storage._callerID != rhs_storage._callerID {return false}
         if _storage._methodName != rhs_storage._methodName {return false}
+        if _storage._strategy != rhs_storage._strategy {return false}
         return true
       }
       if !storagesAreEqual {return false}

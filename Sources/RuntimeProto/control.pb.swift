@@ -70,6 +70,9 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
   /// Why a dead node is dead.
   public var deathDetail: String = String()
 
+  /// Lease requests waiting at the node (one shape per waiting request).
+  public var pendingDemand: [Swiftray_ResourceShape] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -728,6 +731,15 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
   /// Clears the value of `placementResources`. Subsequent reads from it will return its default value.
   public mutating func clearPlacementResources() {self._placementResources = nil}
 
+  public var strategy: Swiftray_SchedulingStrategy {
+    get {_strategy ?? Swiftray_SchedulingStrategy()}
+    set {_strategy = newValue}
+  }
+  /// Returns true if `strategy` has been explicitly set.
+  public var hasStrategy: Bool {self._strategy != nil}
+  /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
+  public mutating func clearStrategy() {self._strategy = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -735,6 +747,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
   fileprivate var _resources: Swiftray_ResourceShape? = nil
   fileprivate var _owner: Swiftray_Address? = nil
   fileprivate var _placementResources: Swiftray_ResourceShape? = nil
+  fileprivate var _strategy: Swiftray_SchedulingStrategy? = nil
 }
 
 public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
@@ -1074,7 +1087,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1092,6 +1105,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 8: try { try decoder.decodeSingularInt64Field(value: &self.startTimeMs) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.nodeManagerAddress) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.deathDetail) }()
+      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pendingDemand) }()
       default: break
       }
     }
@@ -1132,6 +1146,9 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.deathDetail.isEmpty {
       try visitor.visitSingularStringField(value: self.deathDetail, fieldNumber: 10)
     }
+    if !self.pendingDemand.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pendingDemand, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1146,6 +1163,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.startTimeMs != rhs.startTimeMs {return false}
     if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
     if lhs.deathDetail != rhs.deathDetail {return false}
+    if lhs.pendingDemand != rhs.pendingDemand {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2196,7 +2214,7 @@ nonisolated extension Swiftray_MarkJobFinishedReply: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2211,6 +2229,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       case 5: try { try decoder.decodeSingularStringField(value: &self.taskName) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.grantOrReject) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._placementResources) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._strategy) }()
       default: break
       }
     }
@@ -2242,6 +2261,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     try { if let v = self._placementResources {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     } }()
+    try { if let v = self._strategy {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2253,6 +2275,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     if lhs.taskName != rhs.taskName {return false}
     if lhs.grantOrReject != rhs.grantOrReject {return false}
     if lhs._placementResources != rhs._placementResources {return false}
+    if lhs._strategy != rhs._strategy {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NIOPosix
 import Runtime
+import RuntimeProto
 
 /// `swiftray start --head | --address=HOST:PORT`: a node daemon (no Python in it) hosting
 /// a NodeManager and, on the head, the ControlService; drivers join with
@@ -212,4 +213,61 @@ func spawnDaemon(executable: String, arguments: [String], environment: [String: 
   let rc = posix_spawn(&pid, executable, &fileActions, &attr, argv, envp)
   guard rc == 0 else { throw ValidationError("cannot start the node daemon: \(String(cString: strerror(rc)))") }
   return pid
+}
+
+/// `swiftray status`: every node of the cluster with its resources used/total, and the
+/// demand waiting for resources.
+struct Status: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Print the cluster's nodes, resources and pending demand.")
+  @Option(help: "The cluster: HOST:PORT of its head, or a session directory (default: the newest on this machine).")
+  var address: String?
+
+  func run() throws {
+    let control: Endpoint
+    if let a = address, let ep = Start.endpoint(a), !FileManager.default.fileExists(atPath: a) {
+      control = ep
+    } else if let session = address ?? LocalCluster.newestLiveSession() {
+      control = LocalCluster.controlEndpoint(session: session)
+    } else {
+      print("No running swiftray cluster found on this machine; give --address=HOST:PORT.")
+      throw ExitCode(1)
+    }
+    let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+    let c = try ControlPlane.connect(control, group: group)
+    defer { c.shutdown() }
+    let nodes = try blockingAwait(timeout: .seconds(10)) {
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
+      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
+    }
+    print(StatusReport.format(nodes))
+  }
+}
+
+enum StatusReport {
+  static func format(_ nodes: [Swiftray_NodeInfo]) -> String {
+    func amount(_ v: Double, _ k: String) -> String {
+      if k == ResourceSet.memory { return String(format: "%.1f GiB", v / 1_073_741_824) }
+      return v == v.rounded() ? String(Int(v)) : String(format: "%.2f", v)
+    }
+    var out = ["======== Cluster status ========"]
+    let alive = nodes.filter(\.alive), dead = nodes.filter { !$0.alive }
+    out.append("Nodes: \(alive.count) alive, \(dead.count) dead")
+    var demand: [String: Int] = [:]
+    for n in nodes {
+      let id = NodeID(binary: n.nodeID)?.hex.prefix(12) ?? "?"
+      out.append("")
+      out.append("Node \(id) at \(n.ipAddress) — \(n.alive ? "ALIVE" : "DEAD: \(n.deathDetail)")")
+      let total = ResourceSet(proto: n.total), free = ResourceSet(proto: n.available)
+      for k in total.quantities.keys.sorted() {
+        let t = total.units(k), used = t - free.units(k)
+        out.append("  \(amount(used, k))/\(amount(t, k)) \(k)")
+      }
+      for d in n.pendingDemand { demand[ResourceSet(proto: d).description, default: 0] += 1 }
+    }
+    out.append("")
+    out.append("Pending demand:")
+    if demand.isEmpty { out.append("  (none)") }
+    for (shape, count) in demand.sorted(by: { $0.key < $1.key }) { out.append("  \(shape): \(count) request(s) waiting") }
+    return out.joined(separator: "\n")
+  }
 }

@@ -12,7 +12,7 @@ struct SwiftrayCommand: ParsableCommand {
     commandName: "swiftray",
     abstract: "Ray's programming model for Python, with a Swift core.",
     version: SwiftrayVersion.string,
-    subcommands: [Start.self, Stop.self, Run.self, Worker.self, Memory.self]
+    subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self]
   )
 }
 

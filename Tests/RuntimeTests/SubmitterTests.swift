@@ -64,7 +64,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     let gpu = ResourceSet(units: ["GPU": 1])
     let r = requests(s.taskReady(gen.next(), key: gpu, now: 0))
     let a = s.leaseRejected(requestID: r[0], detail: "no GPU", now: 0)
-    #expect(a == [.warnInfeasible(key: gpu, detail: "no GPU")])
+    #expect(a == [.warnInfeasible(key: .init(gpu), detail: "no GPU")])
     #expect(s.tick(now: 500 * ms).isEmpty)
     let again = requests(s.tick(now: 1000 * ms))
     #expect(again.count == 1)

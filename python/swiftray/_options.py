@@ -96,8 +96,10 @@ def validate_task_options(options):
             if not isinstance(v, str):
                 raise TypeError(f"The option 'name' must be a str, got {type(v).__name__}.")
         elif k == "scheduling_strategy":
-            if v not in ("DEFAULT",):
-                raise ValueError(f"scheduling_strategy={v!r} is not supported by swiftray yet; use None or 'DEFAULT'.")
+            from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            if v not in ("DEFAULT", "SPREAD") and not isinstance(v, NodeAffinitySchedulingStrategy):
+                raise ValueError(f"Invalid scheduling_strategy {v!r}: use None, 'DEFAULT', 'SPREAD' or "
+                                 "NodeAffinitySchedulingStrategy(node_id, soft).")
     return options
 
 
@@ -153,6 +155,15 @@ def actor_shapes(options):
     if options.get("num_cpus") is None:
         placement["CPU"] = max(placement.get("CPU", 0.0), 1.0)
     return held, placement
+
+
+def strategy_for_core(strategy):
+    """The core's form of a scheduling strategy: None, "SPREAD" or (node_id_hex, soft)."""
+    if strategy is None or strategy == "DEFAULT":
+        return None
+    if strategy == "SPREAD":
+        return "SPREAD"
+    return (strategy.node_id, bool(strategy.soft))
 
 
 def resource_shape(options):

@@ -98,7 +98,8 @@ class RemoteFunction(Exported):
         retry = options["retry_exceptions"]
         fields = (options["name"] or self._name, options["num_returns"], _options.resource_shape(options),
                   options["max_retries"], retry is not False,
-                  b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)))
+                  b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)),
+                  _options.strategy_for_core(options["scheduling_strategy"]))
         self._submissions[key] = (options, fields)
         return fields
 
@@ -106,8 +107,8 @@ class RemoteFunction(Exported):
         _api._ensure_init()
         fid = self._function_id()
         arglist = pack_call(self._name, args, kwargs)
-        name, num_returns, shape, max_retries, retry, retry_filter = self._submission(options)
-        ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter)
+        name, num_returns, shape, max_retries, retry, retry_filter, strategy = self._submission(options)
+        ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter, strategy)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns == 1:
             return out[0]

@@ -170,7 +170,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   public func reportResources(request: Swiftray_ReportResourcesRequest, context: ServerContext) async throws -> Swiftray_ReportResourcesReply {
-    state.withLock { s in s.nodes[request.nodeID]?.available = request.available }
+    state.withLock { s in
+      s.nodes[request.nodeID]?.available = request.available
+      s.nodes[request.nodeID]?.pendingDemand = request.infeasibleDemand
+    }
     return Swiftray_ReportResourcesReply()
   }
 

@@ -195,8 +195,9 @@ public final class CoreWorker: Sendable {
   /// local reference (the caller's `ObjectRef`). Never blocks.
   public func submitTask(function: Swiftray_FunctionDescriptor, name: String, args: [TaskArgument], numReturns: Int,
                          resources: ResourceSet, maxRetries: Int, retryExceptions: Bool,
-                         retryExceptionFilter: Data) -> [ObjectID] {
+                         retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default) -> [ObjectID] {
     var spec = Swiftray_TaskSpec()
+    spec.strategy = SchedulingKey(resources, strategy: strategy).strategyProto
     spec.function = function
     spec.name = name
     spec.numReturns = Int32(numReturns)
@@ -799,7 +800,7 @@ public final class CoreWorker: Sendable {
       s.actorOutbox += s.actorSubmitter.callReady(tid).map { .call($0) }
       return []
     }
-    return s.submitter.taskReady(tid, key: ResourceSet(proto: spec.resources), now: now)
+    return s.submitter.taskReady(tid, key: SchedulingKey(shape: ResourceSet(proto: spec.resources), proto: spec.strategy), now: now)
   }
 
   func perform(_ actions: [NormalTaskSubmitter.Action]) {
@@ -851,7 +852,7 @@ public final class CoreWorker: Sendable {
 
   /// Asks a NodeManager for a lease: this node's, or (`node`) the one a spillback named,
   /// which must then grant or reject.
-  func requestLease(_ requestID: UInt64, _ key: ResourceSet, node: String? = nil) {
+  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil) {
     guard let nm = node.map(nodeClient) ?? nodeManager else {
       let now = Self.now()
       return perform(state.withLock { $0.submitter.leaseRequestFailed(requestID: requestID, now: now) })
@@ -861,7 +862,8 @@ public final class CoreWorker: Sendable {
     Task { [self] in
       var req = Swiftray_RequestWorkerLeaseRequest()
       req.leaseRequestID = requestID
-      req.resources = key.proto
+      req.resources = key.shape.proto
+      req.strategy = key.strategyProto
       req.owner = owner
       req.jobID = Data(job.binary)
       req.grantOrReject = node != nil

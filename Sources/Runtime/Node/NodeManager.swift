@@ -54,6 +54,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var watchingDrivers = false
     /// The other nodes as the ControlService last described them (for spillback).
     var cluster: [NodePicker.NodeView] = []
+    var spreadTurn = 0
     var shuttingDown = false
   }
 
@@ -96,7 +97,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         let client = Swiftray_ControlService.Client(wrapping: c.client)
         var report = Swiftray_ReportResourcesRequest()
         report.nodeID = Data(options.nodeID.binary)
-        report.available = state.withLock { $0.queue.available }.proto
+        state.withLock { s in
+          report.available = s.queue.available.proto
+          report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
+        }
         _ = try? await client.reportResources(report)
         if let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes {
           let view = nodes.map { n in
@@ -274,15 +278,26 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
                                  placement: ResourceSet(proto: request.placementResources))
-    // A shape this node can never fit goes to a node that can (spillback), unless the
-    // request was spilled here already.
-    let needs = req.shape.union(req.placement)
-    if !options.resources.contains(needs), !request.grantOrReject {
-      let view = state.withLock { $0.cluster }
-      if let target = NodePicker.pick(needs, among: view, excluding: Data(options.nodeID.binary)) {
-        var r = Swiftray_RequestWorkerLeaseReply()
+    // Where the request goes by its strategy (spillback), unless it was spilled here.
+    if !request.grantOrReject {
+      let key = SchedulingKey(shape: req.shape, proto: request.strategy)
+      let (view, turn) = state.withLock { s -> ([NodePicker.NodeView], Int) in
+        if key.strategy == .spread { s.spreadTurn += 1 }
+        return (s.cluster, s.spreadTurn)
+      }
+      let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: options.resources,
+                                   available: state.withLock { $0.queue.available }, alive: true, startTimeMs: 0)
+      var r = Swiftray_RequestWorkerLeaseReply()
+      switch NodePicker.route(key, needs: req.shape.union(req.placement), me: me,
+                              others: view.filter { $0.id != me.id }, turn: turn) {
+      case .local: break
+      case .spillback(let address):
         r.status = .spillback
-        r.retryAtEndpoint = target.address
+        r.retryAtEndpoint = address
+        return r
+      case .reject(let detail):
+        r.status = .infeasible
+        r.detail = detail
         return r
       }
     }

@@ -8,7 +8,7 @@ import DequeModule
 ///
 /// Threading: value type, owned by the CoreWorker shell under its lock.
 public struct NormalTaskSubmitter: Sendable {
-  public typealias Key = ResourceSet
+  public typealias Key = SchedulingKey
 
   public struct Settings: Sendable, Equatable {
     /// Lease requests outstanding per shape at once.
@@ -80,6 +80,10 @@ public struct NormalTaskSubmitter: Sendable {
   }
 
   // MARK: events
+
+  public mutating func taskReady(_ task: TaskID, key shape: ResourceSet, now: UInt64) -> [Action] {
+    taskReady(task, key: Key(shape), now: now)
+  }
 
   public mutating func taskReady(_ task: TaskID, key: Key, now: UInt64) -> [Action] {
     keys[key, default: KeyState()].queue.append(task)
