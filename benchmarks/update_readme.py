@@ -74,6 +74,16 @@ def render():
         out += ["", "#### Core figures (`benchmarks/core_figures.py`)", "", "| figure | swiftray |", "|---|---:|"]
         for k, v in cf["results"].items():
             out.append(f"| {k} | {v:,.1f} |")
+    mn = load("multinode.json")
+    if mn:
+        out += ["", "#### Clusters of node daemons (`benchmarks/multinode.py`)", "",
+                "| implementation | `start --head` (s) | driver connect + first task (s) | start to first result (s) |",
+                "|---|---:|---:|---:|"]
+        for impl, r in mn["startup"].items():
+            out.append(f"| {impl} | {r['start_s']:.2f} | {r['first_task_s']:.2f} | {r['start_to_first_result_s']:.2f} |")
+        out += ["", "| cluster | strategy | noop tasks/s | nodes used |", "|---|---|---:|---:|"]
+        for r in mn["throughput"]:
+            out.append(f"| {r['nodes']} node(s), {r['cpus']} CPUs | {r['strategy']} | {r['tasks_per_s']:,.0f} | {r['nodes_used']} |")
     return "\n".join(out)
 
 
