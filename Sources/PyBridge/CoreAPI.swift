@@ -170,7 +170,8 @@ enum CoreAPI {
       guard let nodeID = NodeID(binary: node.nodeID) else { throw SwiftrayError(.system, "the node at \(nm) sent no node id") }
       let core = try CoreWorker(
         options: .init(isDriver: true, workerID: .random(), nodeID: nodeID, nodeManager: nm, control: control,
-                       sessionDir: session, config: config),
+                       sessionDir: session, config: config,
+                       nodeIP: node.nodeManagerAddress.isEmpty ? nil : node.ipAddress),
         group: group, jobID: nil)
       if logToDriver { core.forwardWorkerLogs() }
       return Session(core: core, cluster: nil)
@@ -190,7 +191,7 @@ enum CoreAPI {
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       let core = try CoreWorker(
         options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                       sessionDir: session, config: config),
+                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"]),
         group: group, jobID: nil)
       return Session(core: core, cluster: nil)
     }, then: activate)

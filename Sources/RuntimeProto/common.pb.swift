@@ -37,10 +37,14 @@ public nonisolated struct Swiftray_Address: Sendable {
 
   public var nodeID: Data = Data()
 
-  /// "unix:/path/to.sock" or "tcp:host:port".
+  /// Where any process of the cluster reaches this one: "unix:/path/to.sock", or
+  /// "tcp:host:port" on a networked node.
   public var endpoint: String = String()
 
   public var pid: Int32 = 0
+
+  /// Where processes of the same node reach it faster (a Unix socket); may be empty.
+  public var localEndpoint: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -469,7 +473,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_Address: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Address"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}endpoint\0\u{1}pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}endpoint\0\u{1}pid\0\u{3}local_endpoint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -481,6 +485,7 @@ nonisolated extension Swiftray_Address: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 2: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
       case 4: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.localEndpoint) }()
       default: break
       }
     }
@@ -499,6 +504,9 @@ nonisolated extension Swiftray_Address: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.pid != 0 {
       try visitor.visitSingularInt32Field(value: self.pid, fieldNumber: 4)
     }
+    if !self.localEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.localEndpoint, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -507,6 +515,7 @@ nonisolated extension Swiftray_Address: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.endpoint != rhs.endpoint {return false}
     if lhs.pid != rhs.pid {return false}
+    if lhs.localEndpoint != rhs.localEndpoint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -894,6 +894,8 @@ public nonisolated struct Swiftray_RegisterWorkerRequest: Sendable {
   /// Drivers register too (to lend CPU when blocked, to get logs); they are not leased.
   public var isDriver: Bool = false
 
+  public var localEndpoint: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2455,7 +2457,7 @@ nonisolated extension Swiftray_CancelWorkerLeaseReply: SwiftProtobuf.Message, Sw
 
 nonisolated extension Swiftray_RegisterWorkerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterWorkerRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}pid\0\u{1}endpoint\0\u{3}is_driver\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}pid\0\u{1}endpoint\0\u{3}is_driver\0\u{3}local_endpoint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2467,6 +2469,7 @@ nonisolated extension Swiftray_RegisterWorkerRequest: SwiftProtobuf.Message, Swi
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.isDriver) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.localEndpoint) }()
       default: break
       }
     }
@@ -2485,6 +2488,9 @@ nonisolated extension Swiftray_RegisterWorkerRequest: SwiftProtobuf.Message, Swi
     if self.isDriver != false {
       try visitor.visitSingularBoolField(value: self.isDriver, fieldNumber: 4)
     }
+    if !self.localEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.localEndpoint, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2493,6 +2499,7 @@ nonisolated extension Swiftray_RegisterWorkerRequest: SwiftProtobuf.Message, Swi
     if lhs.pid != rhs.pid {return false}
     if lhs.endpoint != rhs.endpoint {return false}
     if lhs.isDriver != rhs.isDriver {return false}
+    if lhs.localEndpoint != rhs.localEndpoint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

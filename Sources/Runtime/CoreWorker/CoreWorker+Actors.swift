@@ -232,7 +232,7 @@ extension CoreWorker {
   }
 
   func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
-    guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = Endpoint(addr.endpoint) else { return }
+    guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = reach(addr) else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
     pool.request(ep, .pushTask(req)) { [self] result in

@@ -24,10 +24,12 @@ public final class CoreWorker: Sendable {
     public var control: Endpoint
     public var sessionDir: String
     public var config: Config
+    /// The node's IP on a networked node: this process also listens there over TCP.
+    public var nodeIP: String?
     public init(isDriver: Bool, workerID: WorkerID, nodeID: NodeID, nodeManager: Endpoint, control: Endpoint,
-                sessionDir: String, config: Config) {
+                sessionDir: String, config: Config, nodeIP: String? = nil) {
       self.isDriver = isDriver; self.workerID = workerID; self.nodeID = nodeID; self.nodeManager = nodeManager
-      self.control = control; self.sessionDir = sessionDir; self.config = config
+      self.control = control; self.sessionDir = sessionDir; self.config = config; self.nodeIP = nodeIP
     }
   }
 
@@ -82,6 +84,7 @@ public final class CoreWorker: Sendable {
   let executionReady = DispatchSemaphore(value: 0)
   let pool: DataPlaneClientPool
   let server: DataPlaneServer
+  let tcpServer: DataPlaneServer?
   let nodeManager: ControlPlane.Connection
   let control: ControlPlane.Connection
   /// This node's shared-memory object store.
@@ -138,10 +141,18 @@ public final class CoreWorker: Sendable {
       throw SwiftrayError(.invalidArgument, "The session directory \(options.sessionDir) is too long for Unix socket "
         + "paths (\(path.utf8.count) bytes; the limit is 103): use a shorter temp dir.")
     }
+    // `server` needs `self` in its handler; a box breaks the init-order knot.
+    let box = WeakBox()
+    let handler: DataPlaneServer.Handler = { frame, responder in box.core?.handle(frame, responder) }
+    server = try DataPlaneServer(group: group, endpoint: endpoint, handler: handler)
+    // On a networked node other nodes reach this process over TCP; its own node keeps
+    // using the Unix socket.
+    tcpServer = try options.nodeIP.map { ip in try DataPlaneServer(group: group, endpoint: .tcp(host: ip, port: 0), handler: handler) }
     var addr = Swiftray_Address()
     addr.workerID = Data(options.workerID.binary)
     addr.nodeID = Data(options.nodeID.binary)
-    addr.endpoint = endpoint.description
+    addr.endpoint = (tcpServer?.endpoint ?? endpoint).description
+    if tcpServer != nil { addr.localEndpoint = endpoint.description }
     addr.pid = getpid()
     address = addr
     state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
@@ -150,21 +161,18 @@ public final class CoreWorker: Sendable {
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
     Task { for await job in stream { await job() } }
-    // `server` needs `self` in its handler; a box breaks the init-order knot.
-    let box = WeakBox()
-    server = try DataPlaneServer(group: group, endpoint: endpoint) { frame, responder in
-      box.core?.handle(frame, responder)
-    }
     box.core = self
     let nm = nodeManager
     let workerID = options.workerID
     let isDriver = options.isDriver
-    let endpointText = endpoint.description
+    let endpointText = addr.endpoint
+    let localText = addr.localEndpoint
     _ = try blockingAwait(timeout: .seconds(30)) {
       var req = Swiftray_RegisterWorkerRequest()
       req.workerID = Data(workerID.binary)
       req.pid = getpid()
       req.endpoint = endpointText
+      req.localEndpoint = localText
       req.isDriver = isDriver
       return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
     }
@@ -492,7 +500,7 @@ public final class CoreWorker: Sendable {
       let acts = state.withLock { $0.tasks.taskReplied(tid, outcome: .cancelled) }
       applyTaskActions(acts, reply: nil)
     case .remoteSoft(let addr, _):
-      if let ep = Endpoint(addr.endpoint) {
+      if let ep = reach(addr) {
         var req = Swiftray_CancelTaskRequest()
         req.taskID = Data(tid.binary)
         pool.request(ep, .cancelTask(req)) { _ in }
@@ -506,7 +514,7 @@ public final class CoreWorker: Sendable {
           req.reason = "killed by cancel(force=True)"
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req)
         }
-      } else if let ep = Endpoint(addr.endpoint) {
+      } else if let ep = reach(addr) {
         var req = Swiftray_CancelTaskRequest()
         req.taskID = Data(tid.binary)
         pool.request(ep, .cancelTask(req)) { _ in }
@@ -625,6 +633,7 @@ public final class CoreWorker: Sendable {
       t.cancel()
     }
     server.close()
+    tcpServer?.close()
     pool.closeAll()
     notifications.finish()
     nodeManager.shutdown()
@@ -703,7 +712,7 @@ public final class CoreWorker: Sendable {
   }
 
   func fetch(_ id: ObjectID) {
-    guard let owner = state.withLock({ $0.owners[id] }), let ep = Endpoint(owner.endpoint) else { return }
+    guard let owner = state.withLock({ $0.owners[id] }), let ep = reach(owner) else { return }
     var req = Swiftray_GetObjectRequest()
     req.objectID = Data(id.binary)
     req.requesterID = Data(options.workerID.binary)
@@ -909,7 +918,7 @@ public final class CoreWorker: Sendable {
 
   func push(_ tid: TaskID, _ lease: NormalTaskSubmitter.GrantedLease) {
     guard let (spec, addr) = state.withLock({ s in s.tasks.spec(tid).flatMap { sp in s.leaseWorkers[lease.leaseID].map { (sp, $0) } } }),
-      let ep = Endpoint(addr.endpoint)
+      let ep = reach(addr)
     else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
@@ -1099,8 +1108,15 @@ public final class CoreWorker: Sendable {
   /// (or failure: an owner that is gone counts nothing).
   func sendBorrowerChange(_ body: Swiftray_DataFrame.OneOf_Body, to owner: Swiftray_Address,
                           acked: @escaping @Sendable () -> Void = {}) {
-    guard let ep = Endpoint(owner.endpoint) else { return acked() }
+    guard let ep = reach(owner) else { return acked() }
     pool.request(ep, body) { _ in acked() }
+  }
+
+  /// How this process reaches another: its Unix socket when both live on one node,
+  /// else the address every node can reach.
+  func reach(_ a: Swiftray_Address) -> Endpoint? {
+    if !a.localEndpoint.isEmpty, a.nodeID == address.nodeID { return Endpoint(a.localEndpoint) }
+    return Endpoint(a.endpoint)
   }
 
   /// Keeps one timer armed for the submitter's next deadline (idle leases, retries).

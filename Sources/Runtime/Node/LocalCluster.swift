@@ -144,10 +144,12 @@ public final class LocalCluster: Sendable {
       controlEP = c
       networked = true
     }
-    let nm = NodeManager(options: .init(
+    var nmOptions = NodeManager.Options(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
       workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,
-      prestartWorkers: prestartWorkers), store: store)
+      prestartWorkers: prestartWorkers)
+    if networked { nmOptions.nodeIP = nodeIP }
+    let nm = NodeManager(options: nmOptions, store: store)
     let nmEP = nm.endpoint
     servers.append(try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) })
     var node = nm.nodeInfo

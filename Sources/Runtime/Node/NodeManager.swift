@@ -21,6 +21,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     public var controlEndpoint: Endpoint
     public var config: Config
     public var prestartWorkers: Int
+    /// Set on a networked node: workers also listen on TCP at this IP.
+    public var nodeIP: String? = nil
     public init(nodeID: NodeID, resources: ResourceSet, sessionDir: String, workerExecutable: String,
                 workerEnvironment: [String: String], controlEndpoint: Endpoint, config: Config, prestartWorkers: Int) {
       self.nodeID = nodeID; self.resources = resources; self.sessionDir = sessionDir
@@ -33,6 +35,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var id: WorkerID
     var pid: Int32
     var endpoint: String = ""
+    var localEndpoint: String = ""
     var killReason: String?
   }
 
@@ -140,6 +143,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.worker.workerID = Data(lease.worker.binary)
         r.worker.nodeID = Data(options.nodeID.binary)
         r.worker.endpoint = proc?.endpoint ?? ""
+        r.worker.localEndpoint = proc?.localEndpoint ?? ""
         r.worker.pid = proc?.pid ?? 0
         if let cont { cont.resume(returning: r) } else {
           // The owner went away between asking and the grant: take it back.
@@ -181,6 +185,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     env["SWIFTRAY_NODE_MANAGER"] = endpoint.description
     env["SWIFTRAY_CONTROL"] = options.controlEndpoint.description
     env["SWIFTRAY_SESSION_DIR"] = options.sessionDir
+    if let ip = options.nodeIP { env["SWIFTRAY_NODE_IP"] = ip }
     env["PYTHONUNBUFFERED"] = "1"
     // Swift's crash handler would catch SIGSEGV raised by user code and print a Swift
     // backtrace of the host; a crashing task must simply kill its worker.
@@ -350,6 +355,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let actions = state.withLock { s -> [LeaseQueue.Action] in
       guard s.procs[id] != nil else { return [] }
       s.procs[id]?.endpoint = request.endpoint
+      s.procs[id]?.localEndpoint = request.localEndpoint
       s.consecutiveStartFailures = 0
       return s.queue.workerRegistered(id)
     }
