@@ -1,4 +1,5 @@
 """Clusters of several node daemons on 127.0.0.1 (distinct ports, resources, temp dirs)."""
+import os
 import time
 
 import swiftray
@@ -158,3 +159,38 @@ def test_swiftray_status_shows_each_node_its_resources_and_pending_demand(cluste
     assert "0/1 special" in out and "/2 CPU" in out, out
     assert "{CPU: 1}: " in out and "waiting" in out, out
     swiftray.get(refs, timeout=60)
+
+
+def test_a_task_no_node_fits_waits_with_a_warning_until_a_node_that_fits_joins(cluster):
+    cluster.add_node(num_cpus=1)
+    script = """
+import sys, swiftray
+swiftray.init(address=sys.argv[1])
+@swiftray.remote(resources={"accelerator": 1})
+def accelerated():
+    return swiftray.get_runtime_context().get_node_id()
+ref = accelerated.remote()
+print("submitted", flush=True)
+print("ran on", swiftray.get(ref, timeout=60))
+"""
+    import subprocess
+    import sys
+    import tempfile
+    fd, path = tempfile.mkstemp(suffix=".py", dir="/tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+    proc = subprocess.Popen([sys.executable, path, cluster.address], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cluster.env)
+    try:
+        assert proc.stdout.readline().strip() == "submitted"
+        time.sleep(2)  # pending, warned about
+        assert proc.poll() is None
+        joined = cluster.add_node(num_cpus=1, resources={"accelerator": 1})
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.unlink(path)
+    assert "accelerator" in err and "cannot be scheduled right now" in err, err
+    swiftray.init(address=cluster.address)
+    assert f"ran on {_node_of(joined['session'])['NodeID']}" in out, out + err
