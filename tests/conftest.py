@@ -87,6 +87,22 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def wait_until(pred, timeout=10.0):
+    """Polls `pred` until it holds or `timeout` passes; returns its last value."""
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def pid_alive(pid):
+    """True while `pid` runs (a zombie counts as gone)."""
+    return _alive(pid)
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import swiftray
+from conftest import pid_alive as _pid_alive, wait_until as _wait_until
 from swiftray.exceptions import ActorDiedError, PendingCallsLimitExceeded, RayActorError, RayTaskError
 
 
@@ -31,28 +32,6 @@ class Counter:
 
     def fail(self):
         raise KeyError("no such thing")
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of the node manager counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_until(pred, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_state_is_kept_across_calls_and_1000_calls_run_in_order(ray2):
@@ -164,8 +143,8 @@ def test_named_actors_get_actor_get_if_exists_and_list(ray2):
     with pytest.raises(ValueError, match="Failed to look up actor with name 'counter-b'"):
         swiftray.get_actor("counter-b")
     swiftray.kill(c)
+    assert _wait_until(lambda: "counter-a" not in swiftray.util.list_named_actors())
     with pytest.raises(ValueError, match="Failed to look up"):
-        _wait_until(lambda: "counter-a" not in swiftray.util.list_named_actors())
         swiftray.get_actor("counter-a")
     # As in Ray, a named (non-detached) actor goes when its last handle does.
     del b
@@ -203,14 +182,12 @@ def test_threaded_actor_overlaps_calls():
     swiftray.shutdown()
     swiftray.init(num_cpus=2)
     try:
-        serial = Counter.remote()  # max_concurrency=1: one at a time
         threaded = Sleeper.options(max_concurrency=4).remote()
         spans = swiftray.get([threaded.span.remote(0.4) for _ in range(4)])
         assert _max_overlap(spans) == 4
         one = Sleeper.options(max_concurrency=1).remote()
         spans = swiftray.get([one.span.remote(0.1) for _ in range(3)])
         assert _max_overlap(spans) == 1
-        del serial
     finally:
         swiftray.shutdown()
 

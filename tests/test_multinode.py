@@ -3,15 +3,7 @@ import os
 import time
 
 import swiftray
-
-
-def _wait_until(pred, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
+from conftest import wait_until as _wait_until
 
 
 def _node_of(session):
@@ -52,14 +44,11 @@ def test_a_killed_node_daemon_is_marked_dead_within_the_health_check_time(cluste
     victim = cluster.add_node(num_cpus=1)
     swiftray.init(address=cluster.address)
     node_id = _node_of(victim["session"])["NodeID"]
-    start = time.time()
     cluster.kill_node(victim)
     # 3 failed checks, 200 ms apart (each waits at most 1 s): dead well within 10 s.
     assert _wait_until(lambda: not _node_of(victim["session"])["Alive"], timeout=10)
-    took = time.time() - start
     dead = next(n for n in swiftray.nodes() if n["NodeID"] == node_id)
     assert "health checks" in dead["DeathDetail"]
-    assert took < 10
     assert swiftray.cluster_resources()["CPU"] == 1.0
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import swiftray
+from conftest import wait_until
 from swiftray import exceptions
 
 MiB = 1 << 20
@@ -36,15 +37,6 @@ def exporter(arr):
     while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
         base = base.base
     return type(base.obj).__name__
-
-
-def wait_until(pred, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 @swiftray.remote

@@ -15,7 +15,6 @@ extension CoreAPI {
     .init(name: "kill_actor", fn: killActor, doc: "kill_actor(actor_id, no_restart) -> bool"),
     .init(name: "get_named_actor", fn: getNamedActor, doc: "get_named_actor(name, namespace) -> dict | None"),
     .init(name: "list_named_actors", fn: listNamedActors, doc: "list_named_actors(namespace, all_namespaces) -> [dict]"),
-    .init(name: "actor_state", fn: actorState, doc: "actor_state(actor_id) -> dict | None: the ControlService's record"),
   ]
 
   static func actorID(_ o: PyPtr?) -> ActorID? {
@@ -53,9 +52,6 @@ extension CoreAPI {
     else { return nil }
     let isAsync = PyObject_IsTrue(item("is_async") ?? sr_False()) == 1
     let detached = PyObject_IsTrue(item("detached") ?? sr_False()) == 1
-    var stored: [ObjectID] = []
-    defer { stored.forEach { s.core.removeLocalRef($0) } }
-    guard let taskArgs = taskArguments(s.core, items, stored: &stored) else { return nil }
     var fn = Swiftray_FunctionDescriptor()
     fn.functionID = Data(fid)
     fn.name = className
@@ -64,8 +60,10 @@ extension CoreAPI {
       maxRestarts: maxRestarts, maxTaskRetries: maxTaskRetries, maxConcurrency: maxConcurrency, isAsync: isAsync,
       maxPendingCalls: maxPending, name: name, namespace: namespace, detached: detached, handleMeta: Data(meta))
     let core = s.core
-    return blocking("creating actor \(className)", { try core.createActor(function: fn, args: taskArgs, options: options) },
-                    then: { Py.bytes($0.binary) })
+    return withTaskArguments(core, items) { taskArgs in
+      blocking("creating actor \(className)", { try core.createActor(function: fn, args: taskArgs, options: options) },
+               then: { Py.bytes($0.binary) })
+    }
   }
 
   static let submitActorTask: CoreModule.FastFn = { _, a, n in
@@ -74,17 +72,14 @@ extension CoreAPI {
     guard let actor = actorID(args[0]), let method = Py.toString(args[1]), let name = Py.toString(args[2]),
       let items = Py.sequence(args[3]), let numReturns = Py.toInt(args[4]), let retries = Py.toInt(args[5])
     else { return nil }
-    var stored: [ObjectID] = []
-    defer { stored.forEach { s.core.removeLocalRef($0) } }
-    guard let taskArgs = taskArguments(s.core, items, stored: &stored) else { return nil }
-    do {
-      let ids = try s.core.submitActorTask(actor: actor, method: method, name: name, args: taskArgs,
-                                           numReturns: numReturns, maxTaskRetries: retries)
-      return Py.list(ids.map { Py.bytes($0.binary) })
-    } catch let e as SwiftrayError {
-      return ErrorMapping.raise(e)
-    } catch {
-      return ErrorMapping.raise(SwiftrayError(.system, "\(error)"))
+    return withTaskArguments(s.core, items) { taskArgs in
+      do throws(SwiftrayError) {
+        let ids = try s.core.submitActorTask(actor: actor, method: method, name: name, args: taskArgs,
+                                             numReturns: numReturns, maxTaskRetries: retries)
+        return Py.list(ids.map { Py.bytes($0.binary) })
+      } catch {
+        return ErrorMapping.raise(error)
+      }
     }
   }
 
@@ -119,11 +114,5 @@ extension CoreAPI {
     let all = PyObject_IsTrue(args[1]) == 1
     return blocking("ListNamedActors", { try s.core.namedActors(namespace: ns, all: all) },
                     then: { Py.list($0.map(actorInfoDict)) })
-  }
-
-  static let actorState: CoreModule.FastFn = { _, a, n in
-    let args = Args(a, n)
-    guard args.need(1, "actor_state"), let s = session(), let actor = actorID(args[0]) else { return nil }
-    return blocking("WaitActorState", { try s.core.actorState(actor) }, then: { $0.map(actorInfoDict) ?? Py.none })
   }
 }

@@ -267,23 +267,31 @@ enum CoreAPI {
       let maxRetries = Py.toInt(args[5]), let filter = Py.toBytes(args[7])
     else { return nil }
     let retryExceptions = PyObject_IsTrue(args[6]) == 1
-    var stored: [ObjectID] = []
-    defer { stored.forEach { s.core.removeLocalRef($0) } }
-    guard let taskArgs = taskArguments(s.core, items, stored: &stored) else { return nil }
     var fn = Swiftray_FunctionDescriptor()
     fn.functionID = Data(fid)
     fn.name = name
     guard let strategy = schedulingStrategy(args.count > 8 ? args[8] : nil) else { return nil }
-    let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
-                                resources: ResourceSet(units: resources), maxRetries: maxRetries,
-                                retryExceptions: retryExceptions, retryExceptionFilter: Data(filter),
-                                strategy: strategy)
-    return Py.list(ids.map { Py.bytes($0.binary) })
+    return withTaskArguments(s.core, items) { taskArgs in
+      let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
+                                  resources: ResourceSet(units: resources), maxRetries: maxRetries,
+                                  retryExceptions: retryExceptions, retryExceptionFilter: Data(filter),
+                                  strategy: strategy)
+      return Py.list(ids.map { Py.bytes($0.binary) })
+    }
   }
 
   /// Python's `[(0, packed value) | (1, id, owner)]` as task arguments. Large values go
   /// to the store first and travel as refs (`stored`: the caller drops its temporary
   /// local references once the task holds them). Nil with a Python error set.
+  /// Runs `body` with `items` as task arguments, then drops the temporary local refs of
+  /// values it placed in the store (the submitted task holds them by then).
+  static func withTaskArguments(_ core: CoreWorker, _ items: [PyPtr], _ body: ([CoreWorker.TaskArgument]) -> PyPtr?) -> PyPtr? {
+    var stored: [ObjectID] = []
+    defer { stored.forEach { core.removeLocalRef($0) } }
+    guard let args = taskArguments(core, items, stored: &stored) else { return nil }
+    return body(args)
+  }
+
   static func taskArguments(_ core: CoreWorker, _ items: [PyPtr], stored: inout [ObjectID]) -> [CoreWorker.TaskArgument]? {
     var taskArgs: [CoreWorker.TaskArgument] = []
     taskArgs.reserveCapacity(items.count)

@@ -232,14 +232,7 @@ struct Status: ParsableCommand {
       print("No running swiftray cluster found on this machine; give --address=HOST:PORT.")
       throw ExitCode(1)
     }
-    let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-    let c = try ControlPlane.connect(control, group: group)
-    defer { c.shutdown() }
-    let nodes = try blockingAwait(timeout: .seconds(10)) {
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
-      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
-    }
-    print(StatusReport.format(nodes))
+    print(StatusReport.format(try LocalCluster.allNodes(control: control, group: .singletonMultiThreadedEventLoopGroup)))
   }
 }
 

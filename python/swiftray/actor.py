@@ -6,7 +6,7 @@ import weakref
 
 from swiftray import _api, _core, _options, exceptions
 from swiftray.object_ref import ObjectRef
-from swiftray.remote_function import Exported, pack_call
+from swiftray.remote_function import BoundOptions, Exported, pack_call
 
 
 def method(*args, **options):
@@ -28,7 +28,7 @@ def _methods_of(cls):
     for name, member in inspect.getmembers(cls):
         if not callable(member) or (name.startswith("__") and name.endswith("__")):
             continue
-        fn = inspect.unwrap(member) if hasattr(member, "__wrapped__") else member
+        fn = inspect.unwrap(member)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             is_async = True
         opts = dict(_options.METHOD_DEFAULTS, **getattr(member, "__swiftray_method_options__", {}))
@@ -42,7 +42,6 @@ class ActorClass(Exported):
 
     def __init__(self, cls, options):
         self._function = cls
-        self._cls = cls
         self._name = cls.__name__
         self._options = dict(_options.ACTOR_DEFAULTS, **options)
         self._methods, self._is_async = _methods_of(cls)
@@ -56,23 +55,13 @@ class ActorClass(Exported):
                         f"use '{self._name}.remote()'.")
 
     def remote(self, *args, **kwargs):
-        return self._create(args, kwargs, self._options)
+        return self._remote(args, kwargs, self._options)
 
     def options(self, **options):
         _options.validate_actor_options(options)
-        merged = dict(self._options, **options)
-        cls = self
+        return BoundOptions(self, options, dict(self._options, **options))
 
-        class _Bound:
-            def remote(self, *args, **kwargs):
-                return cls._create(args, kwargs, merged)
-
-            def options(self, **more):
-                return cls.options(**dict(options, **more))
-
-        return _Bound()
-
-    def _create(self, args, kwargs, options):
+    def _remote(self, args, kwargs, options):
         _api._ensure_init()
         name = options["name"] or ""
         namespace = options["namespace"] or _api.current_namespace()
@@ -138,7 +127,6 @@ class ActorHandle:
         self._meta = meta
         # None for a handle from get_actor: it does not keep the actor alive.
         self._ref = ref
-        self._methods = {}
         if _received or ref is None:
             _core.actor_handle_added(actor_id, meta.get("max_pending_calls", -1))
 
@@ -148,8 +136,7 @@ class ActorHandle:
         opts = self._meta["methods"].get(name)
         if opts is None:
             raise AttributeError(f"'{self._meta['class_name']}' actor has no method '{name}'")
-        m = ActorMethod(self, name, opts)
-        return m
+        return ActorMethod(self, name, opts)
 
     def _call(self, method_name, args, kwargs, options):
         num_returns = options["num_returns"]
@@ -175,10 +162,6 @@ class ActorHandle:
 
     def __repr__(self):
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
-
-    @property
-    def _actor_id_hex(self):
-        return self._actor_id.hex()
 
 
 def _lookup(name, namespace):

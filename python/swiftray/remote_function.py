@@ -38,6 +38,22 @@ class Exported:
         return fid
 
 
+class BoundOptions:
+    """`X.options(...)`: `.remote(...)` with those options merged over X's, and
+    `.options(...)` to add more. X (a remote function or an actor class) provides
+    `_remote(args, kwargs, options)` and `options(**options)`."""
+    __slots__ = ("_target", "_given", "_merged")
+
+    def __init__(self, target, given, merged):
+        self._target, self._given, self._merged = target, given, merged
+
+    def remote(self, *args, **kwargs):
+        return self._target._remote(args, kwargs, self._merged)
+
+    def options(self, **more):
+        return self._target.options(**dict(self._given, **more))
+
+
 def pack_call(name, args, kwargs, what="task"):
     """The core's argument list for a call: the pickled (args, kwargs) with each
     top-level ObjectRef replaced by a slot, then the refs themselves (resolved before
@@ -76,17 +92,7 @@ class RemoteFunction(Exported):
 
     def options(self, **options):
         _options.validate_task_options(options)
-        merged = dict(self._options, **options)
-        func = self
-
-        class _Bound:
-            def remote(self, *args, **kwargs):
-                return func._remote(args, kwargs, merged)
-
-            def options(self, **more):
-                return func.options(**dict(options, **more))
-
-        return _Bound()
+        return BoundOptions(self, options, dict(self._options, **options))
 
     def _submission(self, options):
         """What submit_task needs from `options`, derived once per options dict (the

@@ -72,8 +72,6 @@ public struct ActorDirectory: Sendable {
     return out.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
   }
 
-  public var count: Int { actors.count }
-
   // MARK: events
 
   /// An owner registers an actor whose constructor arguments are resolved.

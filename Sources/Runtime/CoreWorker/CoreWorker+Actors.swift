@@ -97,54 +97,28 @@ extension CoreWorker {
 
   /// `kill(actor, no_restart=)`: asks the ControlService; false for an unknown actor.
   public func killActor(_ actor: ActorID, noRestart: Bool) throws -> Bool {
-    let c = control
-    return try blockingAwait(timeout: .seconds(30)) {
-      var req = Swiftray_KillActorRequest()
-      req.actorID = Data(actor.binary)
-      req.noRestart = noRestart
-      req.reason = "kill() was called on it\(noRestart ? "" : " with no_restart=False")"
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).killActor(req).found }
-      catch { throw ControlPlane.error(error, calling: "KillActor", at: c.endpoint) }
-    }
+    var req = Swiftray_KillActorRequest()
+    req.actorID = Data(actor.binary)
+    req.noRestart = noRestart
+    req.reason = "kill() was called on it\(noRestart ? "" : " with no_restart=False")"
+    return try callControl("KillActor") { [req] in try await $0.killActor(req).found }
   }
 
   public func namedActor(_ name: String, namespace: String) throws -> Swiftray_ActorInfo? {
-    let c = control
-    return try blockingAwait(timeout: .seconds(30)) {
-      var req = Swiftray_GetNamedActorRequest()
-      req.name = name
-      req.namespace = namespace
-      do {
-        let r = try await Swiftray_ControlService.Client(wrapping: c.client).getNamedActor(req)
-        return r.found ? r.actor : nil
-      } catch { throw ControlPlane.error(error, calling: "GetNamedActor", at: c.endpoint) }
+    var req = Swiftray_GetNamedActorRequest()
+    req.name = name
+    req.namespace = namespace
+    return try callControl("GetNamedActor") { [req] c in
+      let r = try await c.getNamedActor(req)
+      return r.found ? r.actor : nil
     }
   }
 
   public func namedActors(namespace: String, all: Bool) throws -> [Swiftray_ActorInfo] {
-    let c = control
-    return try blockingAwait(timeout: .seconds(30)) {
-      var req = Swiftray_ListNamedActorsRequest()
-      req.namespace = namespace
-      req.allNamespaces = all
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).listNamedActors(req).actors }
-      catch { throw ControlPlane.error(error, calling: "ListNamedActors", at: c.endpoint) }
-    }
-  }
-
-  /// The actor's state as the ControlService has it now (`after` 0 answers at once).
-  public func actorState(_ actor: ActorID, after: UInt64 = 0, timeoutMs: Int32 = 10_000) throws -> Swiftray_ActorInfo? {
-    let c = control
-    return try blockingAwait(timeout: .milliseconds(Int64(timeoutMs) + 5_000)) {
-      var req = Swiftray_WaitActorStateRequest()
-      req.actorID = Data(actor.binary)
-      req.afterVersion = after
-      req.timeoutMs = timeoutMs
-      do {
-        let r = try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
-        return r.found ? r.actor : nil
-      } catch { throw ControlPlane.error(error, calling: "WaitActorState", at: c.endpoint) }
-    }
+    var req = Swiftray_ListNamedActorsRequest()
+    req.namespace = namespace
+    req.allNamespaces = all
+    return try callControl("ListNamedActors") { [req] in try await $0.listNamedActors(req).actors }
   }
 
   // MARK: carrying out actor steps
@@ -232,24 +206,17 @@ extension CoreWorker {
   }
 
   func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
-    guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = reach(addr) else { return }
-    var req = Swiftray_PushTaskRequest()
-    req.spec = spec
-    pool.request(ep, .pushTask(req)) { [self] result in
-      switch result {
-      case .success(let frame):
-        guard case .pushTaskReply(let reply)? = frame.body else { return }
-        let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
-          : reply.isApplicationError ? .applicationError(retryable: false) : .success
-        let acts = state.withLock { s in
-          s.actorOutbox += s.actorSubmitter.callReplied(tid).map { .call($0) }
-          return s.tasks.taskReplied(tid, outcome: outcome)
-        }
-        performActorSteps()
-        applyTaskActions(acts, reply: reply)
-      case .failure:
-        withActorSubmitter { s in s.shutdown ? [] : s.actorSubmitter.callLost(tid, incarnation: incarnation) }
+    send(tid, to: addr) { [self] reply in
+      let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
+        : reply.isApplicationError ? .applicationError(retryable: false) : .success
+      let acts = state.withLock { s in
+        s.actorOutbox += s.actorSubmitter.callReplied(tid).map { .call($0) }
+        return s.tasks.taskReplied(tid, outcome: outcome)
       }
+      performActorSteps()
+      applyTaskActions(acts, reply: reply)
+    } lost: { [self] in
+      withActorSubmitter { s in s.shutdown ? [] : s.actorSubmitter.callLost(tid, incarnation: incarnation) }
     }
   }
 

@@ -1,6 +1,7 @@
 import DequeModule
 import Foundation
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import Logging
 import NIOCore
 import NIOPosix
@@ -525,34 +526,34 @@ public final class CoreWorker: Sendable {
 
   // MARK: - control-plane queries
 
-  public func kvPut(namespace: String, key: Data, value: Data, overwrite: Bool) throws -> Bool {
+  /// One ControlService call from a synchronous caller (GIL released), bounded, its
+  /// failure mapped to the runtime's error naming the method and the endpoint.
+  func callControl<T: Sendable>(_ method: String, timeout: Duration = .seconds(30),
+                                _ body: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> T) throws -> T {
     let c = control
-    return try blockingAwait {
-      var req = Swiftray_KVPutRequest()
-      req.namespace = namespace; req.key = key; req.value = value; req.overwrite = overwrite
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).kvPut(req).added }
-      catch { throw ControlPlane.error(error, calling: "KVPut", at: c.endpoint) }
+    return try blockingAwait(timeout: timeout) {
+      do { return try await body(Swiftray_ControlService.Client(wrapping: c.client)) }
+      catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
     }
   }
 
+  public func kvPut(namespace: String, key: Data, value: Data, overwrite: Bool) throws -> Bool {
+    var req = Swiftray_KVPutRequest()
+    req.namespace = namespace; req.key = key; req.value = value; req.overwrite = overwrite
+    return try callControl("KVPut") { [req] in try await $0.kvPut(req).added }
+  }
+
   public func kvGet(namespace: String, key: Data) throws -> Data? {
-    let c = control
-    return try blockingAwait {
-      var req = Swiftray_KVGetRequest()
-      req.namespace = namespace; req.key = key
-      do {
-        let r = try await Swiftray_ControlService.Client(wrapping: c.client).kvGet(req)
-        return r.found ? r.value : nil
-      } catch { throw ControlPlane.error(error, calling: "KVGet", at: c.endpoint) }
+    var req = Swiftray_KVGetRequest()
+    req.namespace = namespace; req.key = key
+    return try callControl("KVGet") { [req] c in
+      let r = try await c.kvGet(req)
+      return r.found ? r.value : nil
     }
   }
 
   public func allNodes() throws -> [Swiftray_NodeInfo] {
-    let c = control
-    return try blockingAwait {
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
-      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: c.endpoint) }
-    }
+    try callControl("GetAllNodes") { try await $0.getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
   }
 
   public func nodeStats() throws -> Swiftray_GetNodeStatsReply {
@@ -917,19 +918,28 @@ public final class CoreWorker: Sendable {
   }
 
   func push(_ tid: TaskID, _ lease: NormalTaskSubmitter.GrantedLease) {
-    guard let (spec, addr) = state.withLock({ s in s.tasks.spec(tid).flatMap { sp in s.leaseWorkers[lease.leaseID].map { (sp, $0) } } }),
-      let ep = reach(addr)
-    else { return }
+    guard let addr = state.withLock({ $0.leaseWorkers[lease.leaseID] }) else { return }
+    send(tid, to: addr) { [self] reply in
+      taskReplied(tid, lease: lease, reply: reply)
+    } lost: { [self] in
+      let now = Self.now()
+      perform(state.withLock { s in s.shutdown ? [] : s.submitter.workerLost(leaseID: lease.leaseID, now: now) })
+    }
+  }
+
+  /// Pushes a task's spec to the worker at `addr` over the data plane; `replied` gets its
+  /// reply, `lost` runs when the connection broke first. (Normal tasks and actor calls.)
+  func send(_ tid: TaskID, to addr: Swiftray_Address, replied: @escaping @Sendable (Swiftray_PushTaskReply) -> Void,
+            lost: @escaping @Sendable () -> Void) {
+    guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = reach(addr) else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
-    pool.request(ep, .pushTask(req)) { [self] result in
+    pool.request(ep, .pushTask(req)) { result in
       switch result {
       case .success(let frame):
-        guard case .pushTaskReply(let reply)? = frame.body else { return }
-        taskReplied(tid, lease: lease, reply: reply)
+        if case .pushTaskReply(let reply)? = frame.body { replied(reply) }
       case .failure:
-        let now = Self.now()
-        perform(state.withLock { s in s.shutdown ? [] : s.submitter.workerLost(leaseID: lease.leaseID, now: now) })
+        lost()
       }
     }
   }

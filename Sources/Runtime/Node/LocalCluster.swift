@@ -71,6 +71,17 @@ public final class LocalCluster: Sendable {
     return live.max { (created($0), $0) < (created($1), $1) }
   }
 
+  /// Every node the ControlService at `control` knows, asked once over a connection made
+  /// for it (CLI and join paths, not per task).
+  public static func allNodes(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> [Swiftray_NodeInfo] {
+    let c = try ControlPlane.connect(control, group: group)
+    defer { c.shutdown() }
+    return try blockingAwait(timeout: .seconds(10)) {
+      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
+      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
+    }
+  }
+
   /// The NodeManager's own description (node id, resources), asked over its socket.
   public static func nodeInfo(nodeManager: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Swiftray_NodeInfo {
     let c = try ControlPlane.connect(nodeManager, group: group)
@@ -194,13 +205,7 @@ public final class LocalCluster: Sendable {
   /// The session directory of a live node of the cluster at `control` that runs on this
   /// machine (the earliest started), for a driver joining with "HOST:PORT".
   public static func localNodeSession(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> String? {
-    let c = try ControlPlane.connect(control, group: group)
-    defer { c.shutdown() }
-    let nodes = try blockingAwait(timeout: .seconds(10)) {
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
-      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
-    }
-    return nodes.filter { $0.alive && FileManager.default.fileExists(atPath: $0.sessionDir + "/sockets/raylet.sock") }
+    try allNodes(control: control, group: group).filter { $0.alive && FileManager.default.fileExists(atPath: $0.sessionDir + "/sockets/raylet.sock") }
       .min { $0.startTimeMs < $1.startTimeMs }?.sessionDir
   }
 

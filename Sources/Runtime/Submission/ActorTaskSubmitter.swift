@@ -58,9 +58,6 @@ public struct ActorTaskSubmitter: Sendable {
   public func address(_ id: ActorID) -> Swiftray_Address? {
     actors[id].flatMap { $0.info.state == .alive ? $0.info.address : nil }
   }
-  public func knows(_ id: ActorID) -> Bool { actors[id] != nil }
-  public func info(_ id: ActorID) -> Swiftray_ActorInfo? { actors[id]?.info }
-  public var numPendingCalls: Int { callActor.count }
 
   // MARK: events
 
