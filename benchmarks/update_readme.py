@@ -84,6 +84,11 @@ def render():
         out += ["", "| cluster | strategy | noop tasks/s | nodes used |", "|---|---|---:|---:|"]
         for r in mn["throughput"]:
             out.append(f"| {r['nodes']} node(s), {r['cpus']} CPUs | {r['strategy']} | {r['tasks_per_s']:,.0f} | {r['nodes_used']} |")
+        if "transfer" in mn:
+            out += ["", "| implementation | cross-node `get` of 1 GiB: first (s) | later (s) | best GB/s |", "|---|---:|---:|---:|"]
+            for impl, r in mn["transfer"].items():
+                later = ", ".join(f"{t:.2f}" for t in r["seconds"][1:])
+                out.append(f"| {impl} | {r['seconds'][0]:.2f} | {later} | {r['best_gb_per_s']:.2f} |")
     return "\n".join(out)
 
 

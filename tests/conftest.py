@@ -49,12 +49,14 @@ class Cluster:
         self.address = None
         self.nodes = []  # dicts: pid, session
 
-    def add_node(self, num_cpus=1, resources=None):
+    def add_node(self, num_cpus=1, resources=None, object_store_memory=None):
         import json
         args = [sys.executable, "-m", "swiftray", "start", "--num-cpus", str(num_cpus), "--temp-dir", self.root]
         args += ["--head", "--port", "0"] if self.address is None else ["--address", self.address]
         if resources:
             args += ["--resources", json.dumps(resources)]
+        if object_store_memory:
+            args += ["--object-store-memory", str(object_store_memory)]
         out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=self.env)
         assert out.returncode == 0, out.stdout + out.stderr
         fields = dict(line.split(":", 1) for line in out.stdout.splitlines() if line.startswith(("Session:", "Address:")))

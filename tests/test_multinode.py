@@ -183,3 +183,85 @@ print("ran on", swiftray.get(ref, timeout=60))
     assert "accelerator" in err and "cannot be scheduled right now" in err, err
     swiftray.init(address=cluster.address)
     assert f"ran on {_node_of(joined['session'])['NodeID']}" in out, out + err
+
+
+def _pattern(n):
+    import numpy as np
+    return np.arange(n, dtype=np.uint64) * np.uint64(2654435761)
+
+
+def test_arrays_of_100_mib_and_1_gib_made_on_one_node_are_read_intact_on_another(cluster):
+    import numpy as np
+    head = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    swiftray.init(address=cluster.address)  # the driver attaches to the head node
+
+    @swiftray.remote(resources={"far": 1})
+    def make(n):
+        return _pattern(n)
+
+    @swiftray.remote(resources={"far": 1})
+    def check(a):
+        return swiftray.get_runtime_context().get_node_id(), a.nbytes, bool(np.array_equal(a, _pattern(a.size)))
+
+    head_id = _node_of(head["session"])["NodeID"]
+    for nbytes in (100 << 20, 1 << 30):
+        ref = make.remote(nbytes // 8)
+        arr = swiftray.get(ref)  # pulled from the far node into the head's store
+        assert arr.nbytes == nbytes and np.array_equal(arr, _pattern(arr.size))
+        assert not arr.flags.writeable
+        del arr, ref
+    # The other way: a value put on the head, read by a task on the far node.
+    src = swiftray.put(_pattern((100 << 20) // 8))
+    node, nbytes, same = swiftray.get(check.remote(src))
+    assert node != head_id and nbytes == 100 << 20 and same
+
+
+def test_a_pulled_copy_is_a_secondary_copy_that_goes_when_its_owner_frees_it(cluster):
+    import numpy as np
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"far": 1})
+    def make():
+        return np.ones(20 << 20, dtype=np.uint8)
+
+    @swiftray.remote(resources={"far": 1})
+    def far_store():
+        from swiftray import _core
+        return _core.store_stats()
+
+    def here():
+        from swiftray import _core
+        return _core.store_stats()
+
+    ref = make.remote()
+    assert swiftray.get(ref).sum() == 20 << 20
+    assert here()["num_secondary"] == 1 and here()["bytes_pulled_total"] >= 20 << 20
+    assert swiftray.get(far_store.remote())["num_objects"] == 1
+    del ref  # the owner (this driver) frees the primary on the far node and the copy here
+    assert _wait_until(lambda: swiftray.get(far_store.remote())["num_objects"] == 0)
+    assert _wait_until(lambda: here()["num_objects"] == 0)
+
+
+def test_reading_an_object_whose_node_died_raises_object_lost(cluster):
+    import numpy as np
+    from swiftray.exceptions import ObjectLostError
+    cluster.add_node(num_cpus=1)
+    far = cluster.add_node(num_cpus=1, resources={"far": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"far": 1}, max_retries=0)
+    def make():
+        return np.ones(10 << 20, dtype=np.uint8)
+
+    ref = make.remote()
+    swiftray.wait([ref])
+    cluster.kill_node(far)
+    assert _wait_until(lambda: not _node_of(far["session"])["Alive"], timeout=15)
+    try:
+        swiftray.get(ref, timeout=30)
+        raise AssertionError("the object's only copy died with its node")
+    except ObjectLostError as e:
+        assert ref.hex() in str(e)

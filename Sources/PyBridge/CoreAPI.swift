@@ -237,7 +237,10 @@ enum CoreAPI {
       ("num_spilled", Py.int(Int(st.numSpilled))), ("num_readers", Py.int(Int(st.numReaders))),
       ("bytes_spilled_total", Py.int(Int(st.bytesSpilledTotal))),
       ("bytes_restored_total", Py.int(Int(st.bytesRestoredTotal))),
+      ("num_secondary", Py.int(Int(st.numSecondary))), ("bytes_pulled_total", Py.int(Int(st.bytesPulledTotal))),
+      ("bytes_evicted_total", Py.int(Int(st.bytesEvictedTotal))),
       ("arena_path", Py.str(st.arenaPath)), ("spill_dir", Py.str(st.spillDir)),
+      ("remote_address", Py.str(st.remoteAddress)),
     ])
   }
 
@@ -612,7 +615,7 @@ enum CoreAPI {
           let meta = Py.toData(pair[1])
         else { PyErr_Clear(); continue }
         let rid = ObjectID.forReturn(of: tid, index: i)
-        guard var obj = StoredValues.placeReturn(core, rid, ownerPid: spec.owner.pid, pair[0]) else { PyErr_Clear(); continue }
+        guard var obj = StoredValues.placeReturn(core, rid, owner: spec.owner, pair[0]) else { PyErr_Clear(); continue }
         if ErrorObject.code(fromMetadata: obj.metadata) == nil { obj.metadata = meta }
         var ro = Swiftray_ReturnObject()
         ro.objectID = Data(rid.binary)

@@ -49,9 +49,9 @@ enum StoredValues {
 
   /// A task's return value for its owner: inline, or written to the store (a store
   /// that cannot make room turns into an `ObjectStoreFullError` for the owner).
-  static func placeReturn(_ core: CoreWorker, _ id: ObjectID, ownerPid: Int32, _ o: PyPtr?) -> Swiftray_RayObject? {
+  static func placeReturn(_ core: CoreWorker, _ id: ObjectID, owner: Swiftray_Address, _ o: PyPtr?) -> Swiftray_RayObject? {
     let r = write(core, o, inline: { $0 }, store: { p throws(SwiftrayError) in
-      var ro = try core.storeReturn(id, size: p.total, ownerPid: ownerPid) { p.copy(into: $0) }
+      var ro = try core.storeReturn(id, size: p.total, owner: owner) { p.copy(into: $0) }
       ro.nestedRefs = p.nestedRefs
       return ro
     })
@@ -69,7 +69,7 @@ enum StoredValues {
     return withoutGIL {
       items.map { item -> Result<Pinned, SwiftrayError>? in
         guard let (id, o) = item, o.storeSize > 0 else { return nil }
-        do throws(SwiftrayError) { return .success(Pinned(id: id, bytes: try core.pinStored(id))) }
+        do throws(SwiftrayError) { return .success(Pinned(id: id, bytes: try core.pinStored(id, o))) }
         catch { return .failure(error) }
       }
     }

@@ -93,6 +93,10 @@ public nonisolated struct Swiftray_RayObject: Sendable {
 
   public var storeNode: Data = Data()
 
+  /// Where other nodes pull it from: the store of `store_node` on TCP ("tcp:host:port");
+  /// empty on a node that is not networked.
+  public var storeAddress: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -462,6 +466,15 @@ public nonisolated struct Swiftray_StoreStats: Sendable {
 
   public var bytesRestoredTotal: UInt64 = 0
 
+  /// Where other nodes pull objects from this store; empty when not networked.
+  public var remoteAddress: String = String()
+
+  public var numSecondary: UInt64 = 0
+
+  public var bytesPulledTotal: UInt64 = 0
+
+  public var bytesEvictedTotal: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -562,7 +575,7 @@ nonisolated extension Swiftray_ObjectReference: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RayObject"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}metadata\0\u{3}nested_refs\0\u{3}store_size\0\u{3}store_node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}metadata\0\u{3}nested_refs\0\u{3}store_size\0\u{3}store_node\0\u{3}store_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -575,6 +588,7 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.nestedRefs) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.storeSize) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.storeNode) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.storeAddress) }()
       default: break
       }
     }
@@ -596,6 +610,9 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.storeNode.isEmpty {
       try visitor.visitSingularBytesField(value: self.storeNode, fieldNumber: 5)
     }
+    if !self.storeAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.storeAddress, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -605,6 +622,7 @@ nonisolated extension Swiftray_RayObject: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.nestedRefs != rhs.nestedRefs {return false}
     if lhs.storeSize != rhs.storeSize {return false}
     if lhs.storeNode != rhs.storeNode {return false}
+    if lhs.storeAddress != rhs.storeAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1147,7 +1165,7 @@ nonisolated extension Swiftray_WorkerExitInfo: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Swiftray_StoreStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}capacity\0\u{1}used\0\u{3}pinned_bytes\0\u{3}spilled_bytes\0\u{3}num_objects\0\u{3}num_pinned\0\u{3}num_spilled\0\u{3}num_readers\0\u{3}arena_path\0\u{3}spill_dir\0\u{3}bytes_spilled_total\0\u{3}bytes_restored_total\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}capacity\0\u{1}used\0\u{3}pinned_bytes\0\u{3}spilled_bytes\0\u{3}num_objects\0\u{3}num_pinned\0\u{3}num_spilled\0\u{3}num_readers\0\u{3}arena_path\0\u{3}spill_dir\0\u{3}bytes_spilled_total\0\u{3}bytes_restored_total\0\u{3}remote_address\0\u{3}num_secondary\0\u{3}bytes_pulled_total\0\u{3}bytes_evicted_total\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1167,6 +1185,10 @@ nonisolated extension Swiftray_StoreStats: SwiftProtobuf.Message, SwiftProtobuf.
       case 10: try { try decoder.decodeSingularStringField(value: &self.spillDir) }()
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.bytesSpilledTotal) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.bytesRestoredTotal) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.remoteAddress) }()
+      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.numSecondary) }()
+      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.bytesPulledTotal) }()
+      case 16: try { try decoder.decodeSingularUInt64Field(value: &self.bytesEvictedTotal) }()
       default: break
       }
     }
@@ -1209,6 +1231,18 @@ nonisolated extension Swiftray_StoreStats: SwiftProtobuf.Message, SwiftProtobuf.
     if self.bytesRestoredTotal != 0 {
       try visitor.visitSingularUInt64Field(value: self.bytesRestoredTotal, fieldNumber: 12)
     }
+    if !self.remoteAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.remoteAddress, fieldNumber: 13)
+    }
+    if self.numSecondary != 0 {
+      try visitor.visitSingularUInt64Field(value: self.numSecondary, fieldNumber: 14)
+    }
+    if self.bytesPulledTotal != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesPulledTotal, fieldNumber: 15)
+    }
+    if self.bytesEvictedTotal != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesEvictedTotal, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1225,6 +1259,10 @@ nonisolated extension Swiftray_StoreStats: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.spillDir != rhs.spillDir {return false}
     if lhs.bytesSpilledTotal != rhs.bytesSpilledTotal {return false}
     if lhs.bytesRestoredTotal != rhs.bytesRestoredTotal {return false}
+    if lhs.remoteAddress != rhs.remoteAddress {return false}
+    if lhs.numSecondary != rhs.numSecondary {return false}
+    if lhs.bytesPulledTotal != rhs.bytesPulledTotal {return false}
+    if lhs.bytesEvictedTotal != rhs.bytesEvictedTotal {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -300,6 +300,8 @@ public nonisolated struct Swiftray_SealObjectRequest: Sendable {
   public init() {}
 }
 
+/// `pull_from` set: when this store lacks the object, it pulls its `size` bytes from
+/// the store at that address first (a secondary copy, evictable).
 public nonisolated struct Swiftray_PinObjectRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -308,6 +310,10 @@ public nonisolated struct Swiftray_PinObjectRequest: Sendable {
   public var objectID: Data = Data()
 
   public var readerPid: Int32 = 0
+
+  public var pullFrom: String = String()
+
+  public var size: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -334,6 +340,9 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
     case pinned // = 0
     case notFound // = 1
     case full // = 2
+
+    /// Pulling it from another node failed (`error` says why).
+    case pullFailed // = 3
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -345,6 +354,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       case 0: self = .pinned
       case 1: self = .notFound
       case 2: self = .full
+      case 3: self = .pullFailed
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -354,6 +364,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       case .pinned: return 0
       case .notFound: return 1
       case .full: return 2
+      case .pullFailed: return 3
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -363,6 +374,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       .pinned,
       .notFound,
       .full,
+      .pullFailed,
     ]
 
   }
@@ -450,165 +462,267 @@ public nonisolated struct Swiftray_StoreStatsRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Swiftray_DataFrame: Sendable {
+/// Object transfer between nodes (DESIGN §4): one chunk of a stored object. The reply's
+/// bytes travel raw in the frame after it (`DataFrame.payload_size`).
+public nonisolated struct Swiftray_ReadChunkRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var id: UInt64 = 0
+  public var objectID: Data = Data()
 
-  public var body: Swiftray_DataFrame.OneOf_Body? = nil
+  public var offset: UInt64 = 0
+
+  public var length: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ReadChunkReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var status: Swiftray_ReadChunkReply.Status = .ok
+
+  public var error: String = String()
+
+  /// The object's whole size, so a reader can check the chunk belongs to what it expects.
+  public var objectSize: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Status: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case ok // = 0
+    case notFound // = 1
+    case failed // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .ok
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .ok
+      case 1: self = .notFound
+      case 2: self = .failed
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .ok: return 0
+      case .notFound: return 1
+      case .failed: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_ReadChunkReply.Status] = [
+      .ok,
+      .notFound,
+      .failed,
+    ]
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: UInt64 {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
+
+  /// > 0: the next frame on the connection is this many raw bytes belonging to this one
+  /// (object chunks, kept out of protobuf to save copies).
+  public var payloadSize: UInt64 {
+    get {_storage._payloadSize}
+    set {_uniqueStorage()._payloadSize = newValue}
+  }
+
+  public var body: OneOf_Body? {
+    get {return _storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   public var pushTask: Swiftray_PushTaskRequest {
     get {
-      if case .pushTask(let v)? = body {return v}
+      if case .pushTask(let v)? = _storage._body {return v}
       return Swiftray_PushTaskRequest()
     }
-    set {body = .pushTask(newValue)}
+    set {_uniqueStorage()._body = .pushTask(newValue)}
   }
 
   public var pushTaskReply: Swiftray_PushTaskReply {
     get {
-      if case .pushTaskReply(let v)? = body {return v}
+      if case .pushTaskReply(let v)? = _storage._body {return v}
       return Swiftray_PushTaskReply()
     }
-    set {body = .pushTaskReply(newValue)}
+    set {_uniqueStorage()._body = .pushTaskReply(newValue)}
   }
 
   public var getObject: Swiftray_GetObjectRequest {
     get {
-      if case .getObject(let v)? = body {return v}
+      if case .getObject(let v)? = _storage._body {return v}
       return Swiftray_GetObjectRequest()
     }
-    set {body = .getObject(newValue)}
+    set {_uniqueStorage()._body = .getObject(newValue)}
   }
 
   public var getObjectReply: Swiftray_GetObjectReply {
     get {
-      if case .getObjectReply(let v)? = body {return v}
+      if case .getObjectReply(let v)? = _storage._body {return v}
       return Swiftray_GetObjectReply()
     }
-    set {body = .getObjectReply(newValue)}
+    set {_uniqueStorage()._body = .getObjectReply(newValue)}
   }
 
   public var cancelTask: Swiftray_CancelTaskRequest {
     get {
-      if case .cancelTask(let v)? = body {return v}
+      if case .cancelTask(let v)? = _storage._body {return v}
       return Swiftray_CancelTaskRequest()
     }
-    set {body = .cancelTask(newValue)}
+    set {_uniqueStorage()._body = .cancelTask(newValue)}
   }
 
   public var cancelTaskReply: Swiftray_CancelTaskReply {
     get {
-      if case .cancelTaskReply(let v)? = body {return v}
+      if case .cancelTaskReply(let v)? = _storage._body {return v}
       return Swiftray_CancelTaskReply()
     }
-    set {body = .cancelTaskReply(newValue)}
+    set {_uniqueStorage()._body = .cancelTaskReply(newValue)}
   }
 
   public var error: Swiftray_ErrorReply {
     get {
-      if case .error(let v)? = body {return v}
+      if case .error(let v)? = _storage._body {return v}
       return Swiftray_ErrorReply()
     }
-    set {body = .error(newValue)}
+    set {_uniqueStorage()._body = .error(newValue)}
   }
 
   public var createObject: Swiftray_CreateObjectRequest {
     get {
-      if case .createObject(let v)? = body {return v}
+      if case .createObject(let v)? = _storage._body {return v}
       return Swiftray_CreateObjectRequest()
     }
-    set {body = .createObject(newValue)}
+    set {_uniqueStorage()._body = .createObject(newValue)}
   }
 
   public var createObjectReply: Swiftray_CreateObjectReply {
     get {
-      if case .createObjectReply(let v)? = body {return v}
+      if case .createObjectReply(let v)? = _storage._body {return v}
       return Swiftray_CreateObjectReply()
     }
-    set {body = .createObjectReply(newValue)}
+    set {_uniqueStorage()._body = .createObjectReply(newValue)}
   }
 
   public var sealObject: Swiftray_SealObjectRequest {
     get {
-      if case .sealObject(let v)? = body {return v}
+      if case .sealObject(let v)? = _storage._body {return v}
       return Swiftray_SealObjectRequest()
     }
-    set {body = .sealObject(newValue)}
+    set {_uniqueStorage()._body = .sealObject(newValue)}
   }
 
   public var pinObject: Swiftray_PinObjectRequest {
     get {
-      if case .pinObject(let v)? = body {return v}
+      if case .pinObject(let v)? = _storage._body {return v}
       return Swiftray_PinObjectRequest()
     }
-    set {body = .pinObject(newValue)}
+    set {_uniqueStorage()._body = .pinObject(newValue)}
   }
 
   public var pinObjectReply: Swiftray_PinObjectReply {
     get {
-      if case .pinObjectReply(let v)? = body {return v}
+      if case .pinObjectReply(let v)? = _storage._body {return v}
       return Swiftray_PinObjectReply()
     }
-    set {body = .pinObjectReply(newValue)}
+    set {_uniqueStorage()._body = .pinObjectReply(newValue)}
   }
 
   public var unpinObjects: Swiftray_UnpinObjectsRequest {
     get {
-      if case .unpinObjects(let v)? = body {return v}
+      if case .unpinObjects(let v)? = _storage._body {return v}
       return Swiftray_UnpinObjectsRequest()
     }
-    set {body = .unpinObjects(newValue)}
+    set {_uniqueStorage()._body = .unpinObjects(newValue)}
   }
 
   public var deleteObjects: Swiftray_DeleteObjectsRequest {
     get {
-      if case .deleteObjects(let v)? = body {return v}
+      if case .deleteObjects(let v)? = _storage._body {return v}
       return Swiftray_DeleteObjectsRequest()
     }
-    set {body = .deleteObjects(newValue)}
+    set {_uniqueStorage()._body = .deleteObjects(newValue)}
   }
 
   public var ack: Swiftray_Ack {
     get {
-      if case .ack(let v)? = body {return v}
+      if case .ack(let v)? = _storage._body {return v}
       return Swiftray_Ack()
     }
-    set {body = .ack(newValue)}
+    set {_uniqueStorage()._body = .ack(newValue)}
   }
 
   public var storeStats: Swiftray_StoreStatsRequest {
     get {
-      if case .storeStats(let v)? = body {return v}
+      if case .storeStats(let v)? = _storage._body {return v}
       return Swiftray_StoreStatsRequest()
     }
-    set {body = .storeStats(newValue)}
+    set {_uniqueStorage()._body = .storeStats(newValue)}
   }
 
   public var storeStatsReply: Swiftray_StoreStats {
     get {
-      if case .storeStatsReply(let v)? = body {return v}
+      if case .storeStatsReply(let v)? = _storage._body {return v}
       return Swiftray_StoreStats()
     }
-    set {body = .storeStatsReply(newValue)}
+    set {_uniqueStorage()._body = .storeStatsReply(newValue)}
   }
 
   public var addBorrower: Swiftray_AddBorrowerRequest {
     get {
-      if case .addBorrower(let v)? = body {return v}
+      if case .addBorrower(let v)? = _storage._body {return v}
       return Swiftray_AddBorrowerRequest()
     }
-    set {body = .addBorrower(newValue)}
+    set {_uniqueStorage()._body = .addBorrower(newValue)}
   }
 
   public var removeBorrower: Swiftray_RemoveBorrowerRequest {
     get {
-      if case .removeBorrower(let v)? = body {return v}
+      if case .removeBorrower(let v)? = _storage._body {return v}
       return Swiftray_RemoveBorrowerRequest()
     }
-    set {body = .removeBorrower(newValue)}
+    set {_uniqueStorage()._body = .removeBorrower(newValue)}
+  }
+
+  public var readChunk: Swiftray_ReadChunkRequest {
+    get {
+      if case .readChunk(let v)? = _storage._body {return v}
+      return Swiftray_ReadChunkRequest()
+    }
+    set {_uniqueStorage()._body = .readChunk(newValue)}
+  }
+
+  public var readChunkReply: Swiftray_ReadChunkReply {
+    get {
+      if case .readChunkReply(let v)? = _storage._body {return v}
+      return Swiftray_ReadChunkReply()
+    }
+    set {_uniqueStorage()._body = .readChunkReply(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -633,10 +747,14 @@ public nonisolated struct Swiftray_DataFrame: Sendable {
     case storeStatsReply(Swiftray_StoreStats)
     case addBorrower(Swiftray_AddBorrowerRequest)
     case removeBorrower(Swiftray_RemoveBorrowerRequest)
+    case readChunk(Swiftray_ReadChunkRequest)
+    case readChunkReply(Swiftray_ReadChunkReply)
 
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -1065,7 +1183,7 @@ nonisolated extension Swiftray_SealObjectRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Swiftray_PinObjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PinObjectRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}reader_pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}reader_pid\0\u{3}pull_from\0\u{1}size\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1075,6 +1193,8 @@ nonisolated extension Swiftray_PinObjectRequest: SwiftProtobuf.Message, SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.readerPid) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.pullFrom) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
       default: break
       }
     }
@@ -1087,12 +1207,20 @@ nonisolated extension Swiftray_PinObjectRequest: SwiftProtobuf.Message, SwiftPro
     if self.readerPid != 0 {
       try visitor.visitSingularInt32Field(value: self.readerPid, fieldNumber: 2)
     }
+    if !self.pullFrom.isEmpty {
+      try visitor.visitSingularStringField(value: self.pullFrom, fieldNumber: 3)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_PinObjectRequest, rhs: Swiftray_PinObjectRequest) -> Bool {
     if lhs.objectID != rhs.objectID {return false}
     if lhs.readerPid != rhs.readerPid {return false}
+    if lhs.pullFrom != rhs.pullFrom {return false}
+    if lhs.size != rhs.size {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1144,7 +1272,7 @@ nonisolated extension Swiftray_PinObjectReply: SwiftProtobuf.Message, SwiftProto
 }
 
 nonisolated extension Swiftray_PinObjectReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PINNED\0\u{1}NOT_FOUND\0\u{1}FULL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PINNED\0\u{1}NOT_FOUND\0\u{1}FULL\0\u{1}PULL_FAILED\0")
 }
 
 nonisolated extension Swiftray_UnpinObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1330,9 +1458,9 @@ nonisolated extension Swiftray_StoreStatsRequest: SwiftProtobuf.Message, SwiftPr
   }
 }
 
-nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{4}\u{9}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0")
+nonisolated extension Swiftray_ReadChunkRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReadChunkRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{1}offset\0\u{1}length\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1340,352 +1468,515 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
-      case 10: try {
-        var v: Swiftray_PushTaskRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .pushTask(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .pushTask(v)
-        }
-      }()
-      case 11: try {
-        var v: Swiftray_PushTaskReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .pushTaskReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .pushTaskReply(v)
-        }
-      }()
-      case 12: try {
-        var v: Swiftray_GetObjectRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .getObject(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .getObject(v)
-        }
-      }()
-      case 13: try {
-        var v: Swiftray_GetObjectReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .getObjectReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .getObjectReply(v)
-        }
-      }()
-      case 14: try {
-        var v: Swiftray_CancelTaskRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .cancelTask(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .cancelTask(v)
-        }
-      }()
-      case 15: try {
-        var v: Swiftray_CancelTaskReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .cancelTaskReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .cancelTaskReply(v)
-        }
-      }()
-      case 16: try {
-        var v: Swiftray_ErrorReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .error(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .error(v)
-        }
-      }()
-      case 20: try {
-        var v: Swiftray_CreateObjectRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .createObject(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .createObject(v)
-        }
-      }()
-      case 21: try {
-        var v: Swiftray_CreateObjectReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .createObjectReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .createObjectReply(v)
-        }
-      }()
-      case 22: try {
-        var v: Swiftray_SealObjectRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .sealObject(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .sealObject(v)
-        }
-      }()
-      case 23: try {
-        var v: Swiftray_PinObjectRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .pinObject(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .pinObject(v)
-        }
-      }()
-      case 24: try {
-        var v: Swiftray_PinObjectReply?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .pinObjectReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .pinObjectReply(v)
-        }
-      }()
-      case 25: try {
-        var v: Swiftray_UnpinObjectsRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .unpinObjects(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .unpinObjects(v)
-        }
-      }()
-      case 26: try {
-        var v: Swiftray_DeleteObjectsRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .deleteObjects(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .deleteObjects(v)
-        }
-      }()
-      case 27: try {
-        var v: Swiftray_Ack?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ack(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ack(v)
-        }
-      }()
-      case 28: try {
-        var v: Swiftray_StoreStatsRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .storeStats(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .storeStats(v)
-        }
-      }()
-      case 29: try {
-        var v: Swiftray_StoreStats?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .storeStatsReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .storeStatsReply(v)
-        }
-      }()
-      case 30: try {
-        var v: Swiftray_AddBorrowerRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .addBorrower(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .addBorrower(v)
-        }
-      }()
-      case 31: try {
-        var v: Swiftray_RemoveBorrowerRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .removeBorrower(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .removeBorrower(v)
-        }
-      }()
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.length) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.id != 0 {
-      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
     }
-    switch self.body {
-    case .pushTask?: try {
-      guard case .pushTask(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .pushTaskReply?: try {
-      guard case .pushTaskReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .getObject?: try {
-      guard case .getObject(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .getObjectReply?: try {
-      guard case .getObjectReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .cancelTask?: try {
-      guard case .cancelTask(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .cancelTaskReply?: try {
-      guard case .cancelTaskReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .error?: try {
-      guard case .error(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case .createObject?: try {
-      guard case .createObject(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-    }()
-    case .createObjectReply?: try {
-      guard case .createObjectReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-    }()
-    case .sealObject?: try {
-      guard case .sealObject(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-    }()
-    case .pinObject?: try {
-      guard case .pinObject(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
-    }()
-    case .pinObjectReply?: try {
-      guard case .pinObjectReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
-    }()
-    case .unpinObjects?: try {
-      guard case .unpinObjects(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
-    }()
-    case .deleteObjects?: try {
-      guard case .deleteObjects(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
-    }()
-    case .ack?: try {
-      guard case .ack(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
-    }()
-    case .storeStats?: try {
-      guard case .storeStats(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
-    }()
-    case .storeStatsReply?: try {
-      guard case .storeStatsReply(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
-    }()
-    case .addBorrower?: try {
-      guard case .addBorrower(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
-    }()
-    case .removeBorrower?: try {
-      guard case .removeBorrower(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
-    }()
-    case nil: break
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 2)
+    }
+    if self.length != 0 {
+      try visitor.visitSingularUInt64Field(value: self.length, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReadChunkRequest, rhs: Swiftray_ReadChunkRequest) -> Bool {
+    if lhs.objectID != rhs.objectID {return false}
+    if lhs.offset != rhs.offset {return false}
+    if lhs.length != rhs.length {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReadChunkReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReadChunkReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}error\0\u{3}object_size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.status) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.objectSize) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.status != .ok {
+      try visitor.visitSingularEnumField(value: self.status, fieldNumber: 1)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 2)
+    }
+    if self.objectSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectSize, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReadChunkReply, rhs: Swiftray_ReadChunkReply) -> Bool {
+    if lhs.status != rhs.status {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.objectSize != rhs.objectSize {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReadChunkReply.Status: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OK\0\u{1}NOT_FOUND\0\u{1}FAILED\0")
+}
+
+nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DataFrame"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0")
+
+  fileprivate class _StorageClass {
+    var _id: UInt64 = 0
+    var _payloadSize: UInt64 = 0
+    var _body: Swiftray_DataFrame.OneOf_Body?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _payloadSize = source._payloadSize
+      _body = source._body
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._payloadSize) }()
+        case 10: try {
+          var v: Swiftray_PushTaskRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pushTask(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pushTask(v)
+          }
+        }()
+        case 11: try {
+          var v: Swiftray_PushTaskReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pushTaskReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pushTaskReply(v)
+          }
+        }()
+        case 12: try {
+          var v: Swiftray_GetObjectRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .getObject(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .getObject(v)
+          }
+        }()
+        case 13: try {
+          var v: Swiftray_GetObjectReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .getObjectReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .getObjectReply(v)
+          }
+        }()
+        case 14: try {
+          var v: Swiftray_CancelTaskRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelTask(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelTask(v)
+          }
+        }()
+        case 15: try {
+          var v: Swiftray_CancelTaskReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancelTaskReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancelTaskReply(v)
+          }
+        }()
+        case 16: try {
+          var v: Swiftray_ErrorReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .error(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .error(v)
+          }
+        }()
+        case 20: try {
+          var v: Swiftray_CreateObjectRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .createObject(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .createObject(v)
+          }
+        }()
+        case 21: try {
+          var v: Swiftray_CreateObjectReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .createObjectReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .createObjectReply(v)
+          }
+        }()
+        case 22: try {
+          var v: Swiftray_SealObjectRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .sealObject(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .sealObject(v)
+          }
+        }()
+        case 23: try {
+          var v: Swiftray_PinObjectRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pinObject(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pinObject(v)
+          }
+        }()
+        case 24: try {
+          var v: Swiftray_PinObjectReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .pinObjectReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .pinObjectReply(v)
+          }
+        }()
+        case 25: try {
+          var v: Swiftray_UnpinObjectsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .unpinObjects(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .unpinObjects(v)
+          }
+        }()
+        case 26: try {
+          var v: Swiftray_DeleteObjectsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .deleteObjects(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .deleteObjects(v)
+          }
+        }()
+        case 27: try {
+          var v: Swiftray_Ack?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ack(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ack(v)
+          }
+        }()
+        case 28: try {
+          var v: Swiftray_StoreStatsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .storeStats(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .storeStats(v)
+          }
+        }()
+        case 29: try {
+          var v: Swiftray_StoreStats?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .storeStatsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .storeStatsReply(v)
+          }
+        }()
+        case 30: try {
+          var v: Swiftray_AddBorrowerRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .addBorrower(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .addBorrower(v)
+          }
+        }()
+        case 31: try {
+          var v: Swiftray_RemoveBorrowerRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .removeBorrower(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .removeBorrower(v)
+          }
+        }()
+        case 32: try {
+          var v: Swiftray_ReadChunkRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .readChunk(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .readChunk(v)
+          }
+        }()
+        case 33: try {
+          var v: Swiftray_ReadChunkReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .readChunkReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .readChunkReply(v)
+          }
+        }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._id != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._id, fieldNumber: 1)
+      }
+      if _storage._payloadSize != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._payloadSize, fieldNumber: 2)
+      }
+      switch _storage._body {
+      case .pushTask?: try {
+        guard case .pushTask(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .pushTaskReply?: try {
+        guard case .pushTaskReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .getObject?: try {
+        guard case .getObject(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .getObjectReply?: try {
+        guard case .getObjectReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .cancelTask?: try {
+        guard case .cancelTask(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .cancelTaskReply?: try {
+        guard case .cancelTaskReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .error?: try {
+        guard case .error(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .createObject?: try {
+        guard case .createObject(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .createObjectReply?: try {
+        guard case .createObjectReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .sealObject?: try {
+        guard case .sealObject(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .pinObject?: try {
+        guard case .pinObject(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .pinObjectReply?: try {
+        guard case .pinObjectReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .unpinObjects?: try {
+        guard case .unpinObjects(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .deleteObjects?: try {
+        guard case .deleteObjects(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .ack?: try {
+        guard case .ack(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      }()
+      case .storeStats?: try {
+        guard case .storeStats(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case .storeStatsReply?: try {
+        guard case .storeStatsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+      }()
+      case .addBorrower?: try {
+        guard case .addBorrower(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+      }()
+      case .removeBorrower?: try {
+        guard case .removeBorrower(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .readChunk?: try {
+        guard case .readChunk(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+      }()
+      case .readChunkReply?: try {
+        guard case .readChunkReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_DataFrame, rhs: Swiftray_DataFrame) -> Bool {
-    if lhs.id != rhs.id {return false}
-    if lhs.body != rhs.body {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._payloadSize != rhs_storage._payloadSize {return false}
+        if _storage._body != rhs_storage._body {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -107,6 +107,43 @@ private let mib = 1 << 20
     #expect(s.used == 80 * mib && s.spilledBytes == 20 * mib)
   }
 
+  @Test mutating func secondaryCopiesAreDroppedBeforeAnyPrimaryIsSpilled() {
+    var s = StoreState(limits: .init(capacity: 100 * mib, spillThreshold: 0.8))
+    let primary = oid(), copy = oid(), pinnedCopy = oid()
+    Self.make(&s, primary, 30 * mib, now: 0)  // oldest, yet kept: it is the only copy
+    for (i, id) in [copy, pinnedCopy].enumerated() {
+      guard case .created = s.createRequested(id, size: 25 * mib, creator: 0, owner: 0, now: UInt64(1 + i), secondary: true).0 else {
+        Issue.record("secondary copy not created"); return
+      }
+      _ = s.sealed(id)
+    }
+    #expect(s.stats.secondaryObjects == 2)
+    #expect(Self.pin(&s, pinnedCopy, reader: 7, now: 5))
+    // 30 + 25 + 25 + 15 = 95 MiB > 80 MiB: the unpinned secondary copy goes, without I/O.
+    let (outcome, actions) = s.createRequested(oid(), size: 15 * mib, creator: 1, owner: 1, now: 6)
+    guard case .created = outcome else { Issue.record("not created: \(outcome)"); return }
+    #expect(actions == [.evicted(copy, size: 25 * mib), .retryWaiting])
+    #expect(s.entries[copy] == nil && s.entries[primary]?.residence == .memory)
+    #expect(s.used == 70 * mib)
+  }
+
+  @Test mutating func aCreateThatDoesNotFitEvictsSecondaryCopiesFirst() {
+    var s = StoreState(limits: .init(capacity: 40 * mib, spillThreshold: 1.0))
+    let copy = oid(), primary = oid()
+    Self.make(&s, primary, 10 * mib, now: 0)
+    _ = s.createRequested(copy, size: 30 * mib, creator: 0, owner: 0, now: 1, secondary: true)
+    _ = s.sealed(copy)
+    let big = oid()
+    let (outcome, actions) = s.createRequested(big, size: 25 * mib, creator: 1, owner: 1, now: 2)
+    #expect(outcome == .created(offset: 10 * mib))
+    #expect(actions == [.evicted(copy, size: 30 * mib)])
+    // With no secondary copy left, making room spills the unpinned primary.
+    _ = s.sealed(big)
+    #expect(Self.pin(&s, big, reader: 3))
+    let (o2, a2) = s.createRequested(oid(), size: 10 * mib, creator: 1, owner: 1, now: 3)
+    #expect(o2 == .waitForSpill && a2 == [.spill(primary, offset: 0, size: 10 * mib)])
+  }
+
   @Test mutating func aFullStoreWaitsForSpillingThenFailsOnlyWhenNothingCanMove() {
     var s = StoreState(limits: .init(capacity: 50 * mib, spillThreshold: 1.0))
     let a = oid(), b = oid()

@@ -322,9 +322,12 @@ public final class CoreWorker: Sendable {
 
   /// Writes a task's return value into the node's store for its owner; returns what
   /// the owner keeps (a descriptor, not the bytes). Blocks like `putStored`.
-  public func storeReturn(_ id: ObjectID, size: Int, ownerPid: Int32,
+  public func storeReturn(_ id: ObjectID, size: Int, owner: Swiftray_Address,
                           write: (UnsafeMutableRawBufferPointer) -> Void) throws(SwiftrayError) -> Swiftray_RayObject {
-    try writeStored(id, size: size, ownerPid: ownerPid, write: write)
+    // The store frees an object with its owner's process only when that process is on
+    // this node: a pid from another machine means nothing here.
+    let local = owner.nodeID.isEmpty || owner.nodeID == Data(options.nodeID.binary)
+    return try writeStored(id, size: size, ownerPid: local ? owner.pid : 0, write: write)
   }
 
   func writeStored(_ id: ObjectID, size: Int, ownerPid: Int32,
@@ -336,17 +339,43 @@ public final class CoreWorker: Sendable {
     var o = Swiftray_RayObject()
     o.storeSize = UInt64(size)
     o.storeNode = Data(options.nodeID.binary)
+    o.storeAddress = objectStore.remoteAddress
     return o
   }
 
   /// Pins a stored object for this process and returns its bytes; valid until
-  /// `unpinStored`. Blocks (restoring a spilled object first); GIL released.
-  public func pinStored(_ id: ObjectID) throws(SwiftrayError) -> UnsafeRawBufferPointer {
-    guard let buf = try objectStore.pin(id) else {
+  /// `unpinStored`. An object whose primary copy is on another node is pulled into
+  /// this node's store first. Blocks (restoring or pulling); GIL released.
+  public func pinStored(_ id: ObjectID, _ o: Swiftray_RayObject) throws(SwiftrayError) -> UnsafeRawBufferPointer {
+    let remote = !o.storeNode.isEmpty && o.storeNode != Data(options.nodeID.binary)
+    if remote && o.storeAddress.isEmpty {
+      throw SwiftrayError(.objectLost, "Object \(id.hex) lives on node \(NodeID(binary: o.storeNode)?.hex.prefix(12) ?? "?"), whose object store "
+        + "other nodes cannot reach (it was started without networking).")
+    }
+    let buf = try objectStore.pin(id, pullFrom: remote ? o.storeAddress : "", size: Int(o.storeSize))
+    guard let buf else {
       throw SwiftrayError(.objectFreed, "Object \(id.hex) is no longer in the object store of node "
         + "\(options.nodeID.hex.prefix(12)): it was freed after its last reference was dropped.")
     }
     return buf
+  }
+
+  /// Frees owned stored objects where they live: the primary copy in its node's store
+  /// (this node's, or another's over TCP) and the copy this node may have pulled.
+  func deleteStored(_ objects: [(ObjectID, Swiftray_RayObject)]) {
+    guard !objects.isEmpty else { return }
+    let me = Data(options.nodeID.binary)
+    var elsewhere: [String: [ObjectID]] = [:]
+    for (id, o) in objects where !o.storeNode.isEmpty && o.storeNode != me && !o.storeAddress.isEmpty {
+      elsewhere[o.storeAddress, default: []].append(id)
+    }
+    objectStore.delete(objects.map(\.0))
+    for (address, ids) in elsewhere {
+      guard let ep = Endpoint(address) else { continue }
+      var req = Swiftray_DeleteObjectsRequest()
+      req.objectIds = ids.map { Data($0.binary) }
+      pool.request(ep, .deleteObjects(req)) { _ in }
+    }
   }
 
   func put(_ object: Swiftray_RayObject, id: ObjectID) -> ObjectID {
@@ -748,7 +777,7 @@ public final class CoreWorker: Sendable {
     let now = Self.now()
     var wake: [ObjectWaiter] = []
     var remote: [(DataPlaneResponder, WorkerID?, Swiftray_RayObject)] = []
-    var orphans: [ObjectID] = []
+    var orphans: [(ObjectID, Swiftray_RayObject)] = []
     var refActions: [ReferenceTable.Action] = []
     let me = options.workerID
     let actions: [NormalTaskSubmitter.Action] = state.withLock { s in
@@ -763,7 +792,7 @@ public final class CoreWorker: Sendable {
         // A freed owned object must not come back to life from a late reply (nor a
         // value be stored twice).
         if s.store[id] != nil || (s.owners[id] == nil && !s.refs.isInScope(id) && !s.tasks.isPending(id.task)) {
-          if o.storeSize > 0 && s.store[id] == nil { orphans.append(id) }
+          if o.storeSize > 0 && s.store[id] == nil { orphans.append((id, o)) }
           refActions += s.refs.containedRefsRemoved(nested.map(\.1))
           continue
         }
@@ -775,7 +804,7 @@ public final class CoreWorker: Sendable {
       }
       return actions
     }
-    objectStore.delete(orphans)
+    deleteStored(orphans)
     applyRefActions(refActions)
     wake.forEach { $0.arrived() }
     for (r, who, o) in remote { replyObject(o, to: r, requester: who) }
@@ -1032,8 +1061,8 @@ public final class CoreWorker: Sendable {
     var sends: [(Swiftray_Address, Swiftray_DataFrame.OneOf_Body, Bool)] = []
     let me = Data(options.workerID.binary)
     var outOfScope: [ActorID] = []
-    let stored: [ObjectID] = state.withLock { s in
-      var stored: [ObjectID] = []
+    let stored: [(ObjectID, Swiftray_RayObject)] = state.withLock { s in
+      var stored: [(ObjectID, Swiftray_RayObject)] = []
       var work = actions
       while let a = work.popLast() {
         switch a {
@@ -1042,7 +1071,7 @@ public final class CoreWorker: Sendable {
             if !a.detached { outOfScope.append(a.actor) }
             work += s.refs.submittedTaskRefsRemoved(a.args)
           }
-          if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append(id) }
+          if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append((id, o)) }
           if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
           if id == id.task.actorHandleObject { s.actorSubmitter.handleReleased(id.task) }
           Self.releaseLineageIfUnused(&s, id.task)
@@ -1061,7 +1090,7 @@ public final class CoreWorker: Sendable {
       }
       return stored
     }
-    objectStore.delete(stored)
+    deleteStored(stored)
     outOfScope.forEach(actorOutOfScope)
     for (owner, body, acked) in sends {
       if acked { registering.enter() }

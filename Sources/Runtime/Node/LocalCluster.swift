@@ -130,15 +130,19 @@ public final class LocalCluster: Sendable {
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
                     warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+    let networked: Bool
+    switch role {
+    case .head(let port): networked = port != nil
+    case .worker: networked = true
+    }
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
-                     spillDirectory: spillDirectory),
+                     spillDirectory: spillDirectory, remoteHost: networked ? nodeIP : nil),
       group: group, warn: warn)
     let nodeID = NodeID.random()
     var servers: [ControlPlane.Server] = []
     var control: ControlService?
     let controlEP: Endpoint
-    var networked = false
     switch role {
     case .head(let port):
       let c = ControlService(group: group, config: config)
@@ -146,14 +150,12 @@ public final class LocalCluster: Sendable {
       controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
       servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group) })
       if let port {
-        networked = true
         let tcp = Endpoint.tcp(host: nodeIP, port: port)
         do { servers.append(try blockingAwait { try await ControlPlane.serve([c], at: tcp, group: group) }) }
         catch { throw SwiftrayError(.invalidArgument, "cannot listen on \(nodeIP):\(port) for the ControlService: \(error). Is the port taken? Use --port 0 for a free one.") }
       }
     case .worker(let c):
       controlEP = c
-      networked = true
     }
     var nmOptions = NodeManager.Options(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,

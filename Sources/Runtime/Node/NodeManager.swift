@@ -105,17 +105,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
         _ = try? await client.reportResources(report)
-        if let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes {
-          let view = nodes.map { n in
-            NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
-                                total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
-                                alive: n.alive, startTimeMs: n.startTimeMs)
-          }
-          state.withLock { $0.cluster = view }
-        }
+        await refreshClusterView(client)
       }
       try? await Task.sleep(for: .milliseconds(500))
     }
+  }
+
+  func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
+    guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes else { return }
+    let view = nodes.map { n in
+      NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
+                          total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
+                          alive: n.alive, startTimeMs: n.startTimeMs)
+    }
+    state.withLock { $0.cluster = view }
   }
 
   public var nodeInfo: Swiftray_NodeInfo {
@@ -286,15 +289,23 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     // Where the request goes by its strategy (spillback), unless it was spilled here.
     if !request.grantOrReject {
       let key = SchedulingKey(shape: req.shape, proto: request.strategy)
+      let needs = req.shape.union(req.placement)
       let (view, turn) = state.withLock { s -> ([NodePicker.NodeView], Int) in
         if key.strategy == .spread { s.spreadTurn += 1 }
         return (s.cluster, s.spreadTurn)
       }
       let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: options.resources,
                                    available: state.withLock { $0.queue.available }, alive: true, startTimeMs: 0)
+      var route = NodePicker.route(key, needs: needs, me: me, others: view.filter { $0.id != me.id }, turn: turn)
+      if route == .local && !me.total.contains(needs), let c = controlClient() {
+        // No node fits in a view up to half a second old: a node may just have joined.
+        // Look again before calling the request infeasible.
+        await refreshClusterView(Swiftray_ControlService.Client(wrapping: c.client))
+        let fresh = state.withLock { $0.cluster }
+        route = NodePicker.route(key, needs: needs, me: me, others: fresh.filter { $0.id != me.id }, turn: turn)
+      }
       var r = Swiftray_RequestWorkerLeaseReply()
-      switch NodePicker.route(key, needs: req.shape.union(req.placement), me: me,
-                              others: view.filter { $0.id != me.id }, turn: turn) {
+      switch route {
       case .local: break
       case .spillback(let address):
         r.status = .spillback

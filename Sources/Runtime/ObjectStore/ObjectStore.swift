@@ -9,7 +9,9 @@ import Synchronization
 /// every process of the node maps, placement and spilling decided by `StoreState`,
 /// served on a data-plane socket (create/seal/pin/unpin/delete/stats) so that a `get`
 /// costs one local round trip, never a gRPC call. Spill files are written and read on
-/// one serial I/O queue.
+/// one serial I/O queue. On a networked node it also listens on TCP, serving object
+/// chunks to other nodes' stores, and pulls the objects its readers need from them
+/// (`PullQueue` decides which chunks; copies pulled here are secondary, evictable).
 ///
 /// Threading: data-plane handlers (NIO event loops), the I/O queue and the NodeManager
 /// (process deaths) call in concurrently; all state is behind one Mutex and actions
@@ -21,9 +23,14 @@ public final class ObjectStore: Sendable {
     public var sessionDir: String
     /// Parent directory for spill files (`object_spilling_directory`); the session dir if nil.
     public var spillDirectory: String?
-    public init(capacity: Int, spillThreshold: Double = 0.8, sessionDir: String, spillDirectory: String? = nil) {
+    /// Serve other nodes on TCP on this host (a free port); nil: this node only.
+    public var remoteHost: String?
+    public var pull: PullQueue.Config
+    public init(capacity: Int, spillThreshold: Double = 0.8, sessionDir: String, spillDirectory: String? = nil,
+                remoteHost: String? = nil, pull: PullQueue.Config = .init()) {
       self.capacity = capacity; self.spillThreshold = spillThreshold
       self.sessionDir = sessionDir; self.spillDirectory = spillDirectory
+      self.remoteHost = remoteHost; self.pull = pull
     }
   }
 
@@ -35,16 +42,23 @@ public final class ObjectStore: Sendable {
   enum Waiting {
     case create(Swiftray_CreateObjectRequest, DataPlaneResponder)
     case pin(Swiftray_PinObjectRequest, DataPlaneResponder)
+    case chunk(Swiftray_ReadChunkRequest, DataPlaneResponder)
     var responder: DataPlaneResponder {
-      switch self { case .create(_, let r), .pin(_, let r): return r }
+      switch self { case .create(_, let r), .pin(_, let r), .chunk(_, let r): return r }
     }
   }
 
+  /// The pin holder of a chunk being copied out to another node (no pid is this large).
+  static let transferReader = UInt64(UInt32.max) + 1
+
   struct State {
     var store: StoreState
+    var pulls: PullQueue
     var waiting: [Waiting] = []
     var spilledTotal: UInt64 = 0
     var restoredTotal: UInt64 = 0
+    var pulledTotal: UInt64 = 0
+    var evictedTotal: UInt64 = 0
     var closed = false
   }
 
@@ -52,10 +66,14 @@ public final class ObjectStore: Sendable {
   public let spillDir: String
   public let capacity: Int
   public let endpoint: Endpoint
+  /// Where other nodes reach this store ("tcp:host:port"); empty when not networked.
+  public let remoteAddress: String
   let base: RawPointer
   let state: Mutex<State>
   let io = DispatchQueue(label: "swiftray.store.io")
-  let server: Mutex<DataPlaneServer?> = Mutex(nil)
+  let servers: Mutex<[DataPlaneServer]> = Mutex([])
+  /// Connections to other nodes' stores, for pulls.
+  let peers: DataPlaneClientPool
   let log = Logger(label: "swiftray.store")
   let warn: @Sendable (String) -> Void
 
@@ -90,13 +108,19 @@ public final class ObjectStore: Sendable {
     capacity = cap
     base = RawPointer(p: p)
     spillDir = (options.spillDirectory ?? options.sessionDir) + "/\(tag)_spill"
-    state = Mutex(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold))))
+    state = Mutex(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold)),
+                        pulls: PullQueue(config: options.pull)))
     endpoint = Self.endpoint(sessionDir: options.sessionDir)
+    peers = DataPlaneClientPool(group: group)
     let box = WeakBox()
-    let srv = try DataPlaneServer(group: group, endpoint: endpoint) { frame, responder in
-      box.store?.handle(frame, responder)
+    let handler: DataPlaneServer.Handler = { frame, responder in box.store?.handle(frame, responder) }
+    var srvs = [try DataPlaneServer(group: group, endpoint: endpoint, handler: handler)]
+    if let host = options.remoteHost {
+      do { srvs.append(try DataPlaneServer(group: group, endpoint: .tcp(host: host, port: 0), handler: handler)) }
+      catch { srvs[0].close(); munmap(p, cap); unlink(path); throw SwiftrayError(.system, "the object store cannot listen on \(host): \(error)") }
     }
-    server.withLock { $0 = srv }
+    remoteAddress = srvs.count > 1 ? srvs[1].endpoint.description : ""
+    servers.withLock { $0 = srvs }
     box.store = self
   }
 
@@ -119,7 +143,9 @@ public final class ObjectStore: Sendable {
   }
 
   public var stats: Swiftray_StoreStats {
-    let (st, spilled, restored) = state.withLock { ($0.store.stats, $0.spilledTotal, $0.restoredTotal) }
+    let (st, spilled, restored, pulled, evicted) = state.withLock {
+      ($0.store.stats, $0.spilledTotal, $0.restoredTotal, $0.pulledTotal, $0.evictedTotal)
+    }
     var r = Swiftray_StoreStats()
     r.capacity = UInt64(st.capacity)
     r.used = UInt64(st.used)
@@ -133,6 +159,10 @@ public final class ObjectStore: Sendable {
     r.spillDir = spillDir
     r.bytesSpilledTotal = spilled
     r.bytesRestoredTotal = restored
+    r.remoteAddress = remoteAddress
+    r.numSecondary = UInt64(st.secondaryObjects)
+    r.bytesPulledTotal = pulled
+    r.bytesEvictedTotal = evicted
     return r
   }
 
@@ -158,6 +188,7 @@ public final class ObjectStore: Sendable {
       let actions = state.withLock { s in req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { s.store.deleted($0) } }
       responder.respond(.ack(.init()))
       perform(actions)
+    case .readChunk(let req): readChunk(req, responder, now: now)
     case .storeStats:
       responder.respond(.storeStatsReply(stats))
     default:
@@ -185,10 +216,25 @@ public final class ObjectStore: Sendable {
 
   func pin(_ req: Swiftray_PinObjectRequest, _ responder: DataPlaneResponder, now: UInt64) {
     guard let id = ObjectID(binary: req.objectID) else { return }
-    let (outcome, actions) = state.withLock { s in
-      let r = s.store.pinRequested(id, reader: UInt64(req.readerPid), now: now)
-      if case .wait = r.0 { s.waiting.append(.pin(req, responder)) }
-      return r
+    let (outcome, actions, pulls) = state.withLock { s -> (StoreState.PinOutcome, [StoreState.Action], [PullQueue.Action]) in
+      var (r, actions) = s.store.pinRequested(id, reader: UInt64(req.readerPid), now: now)
+      var pulls: [PullQueue.Action] = []
+      if case .notFound = r, !req.pullFrom.isEmpty, req.size > 0 {
+        if s.pulls.isActive(id) {
+          r = .wait  // freed while being pulled: wait for that pull to settle
+        } else {
+          // Not here: reserve its extent as a secondary copy and pull it.
+          let (c, more) = s.store.createRequested(id, size: Int(req.size), creator: 0, owner: 0, now: now, secondary: true)
+          actions += more
+          switch c {
+          case .created: pulls = s.pulls.started(id, size: Int(req.size), source: req.pullFrom); r = .wait
+          case .exists, .waitForSpill: r = .wait
+          case .full(let e): r = .full(e)
+          }
+        }
+      }
+      if case .wait = r { s.waiting.append(.pin(req, responder)) }
+      return (r, actions, pulls)
     }
     var reply = Swiftray_PinObjectReply()
     switch outcome {
@@ -200,6 +246,111 @@ public final class ObjectStore: Sendable {
     case .wait: break
     }
     perform(actions)
+    perform(pulls)
+  }
+
+  // MARK: transfer
+
+  /// Another node's store asks for a chunk: pinned while it is copied out, then sent raw
+  /// after the reply frame.
+  func readChunk(_ req: Swiftray_ReadChunkRequest, _ responder: DataPlaneResponder, now: UInt64) {
+    guard let id = ObjectID(binary: req.objectID) else { return }
+    let (outcome, actions) = state.withLock { s in
+      let r = s.store.pinRequested(id, reader: Self.transferReader, now: now)
+      if case .wait = r.0 { s.waiting.append(.chunk(req, responder)) }
+      return r
+    }
+    perform(actions)
+    var reply = Swiftray_ReadChunkReply()
+    switch outcome {
+    case .pinned(let off, let size):
+      reply.objectSize = UInt64(size)
+      let (from, count) = (Int(req.offset), Int(req.length))
+      var payload = responder.allocator.buffer(capacity: 0)
+      if from + count > size {
+        reply.status = .failed
+        reply.error = "chunk \(from)+\(count) is past the end of object \(id.hex) (\(size) bytes)"
+      } else {
+        payload = responder.allocator.buffer(capacity: count)
+        payload.writeBytes(UnsafeRawBufferPointer(start: base.p + off + from, count: count))
+      }
+      perform(state.withLock { $0.store.unpinned(id, reader: Self.transferReader) })
+      reply.status == .ok ? responder.respond(.readChunkReply(reply), payload: payload) : responder.respond(.readChunkReply(reply))
+    case .notFound:
+      reply.status = .notFound
+      responder.respond(.readChunkReply(reply))
+    case .full(let e):
+      reply.status = .failed
+      reply.error = e.message
+      responder.respond(.readChunkReply(reply))
+    case .wait: break
+    }
+  }
+
+  func perform(_ actions: [PullQueue.Action]) {
+    for a in actions {
+      switch a {
+      case .request(let c):
+        guard let ep = Endpoint(c.source) else {
+          perform(state.withLock { $0.pulls.chunkFailed(c.id, length: c.length, reason: "bad store address \(c.source)") })
+          continue
+        }
+        var req = Swiftray_ReadChunkRequest()
+        req.objectID = Data(c.id.binary)
+        req.offset = UInt64(c.offset)
+        req.length = UInt64(c.length)
+        peers.requestWithPayload(ep, .readChunk(req)) { [self] r in chunkReplied(c, r) }
+      case .complete(let id):
+        perform(state.withLock { s in
+          s.pulledTotal += UInt64(s.store.entries[id]?.size ?? 0)
+          return s.store.sealed(id)
+        })
+      case .fail(let id, let reason):
+        let (actions, pins) = state.withLock { s -> ([StoreState.Action], [DataPlaneResponder]) in
+          var pins: [DataPlaneResponder] = []
+          s.waiting.removeAll { w in
+            guard case .pin(let req, let r) = w, req.objectID == Data(id.binary) else { return false }
+            pins.append(r)
+            return true
+          }
+          return (s.store.aborted(id), pins)
+        }
+        var reply = Swiftray_PinObjectReply()
+        reply.status = .pullFailed
+        reply.error = reason
+        for r in pins { r.respond(.pinObjectReply(reply)) }
+        perform(actions)
+      }
+    }
+  }
+
+  /// On an event loop: writes an arrived chunk into the copy's extent (reserved while
+  /// the pull is active, so the write needs no lock), then reports it.
+  func chunkReplied(_ c: PullQueue.Chunk, _ r: Result<(Swiftray_DataFrame, ByteBuffer?), SwiftrayError>) {
+    var failure: String?
+    switch r {
+    case .success(let (frame, payload)):
+      guard case .readChunkReply(let reply)? = frame.body else { failure = "bad reply from the store at \(c.source)"; break }
+      switch reply.status {
+      case .ok:
+        guard let payload, payload.readableBytes == c.length else {
+          failure = "short chunk from the store at \(c.source)"
+          break
+        }
+        let off = state.withLock { s in s.pulls.isActive(c.id) ? s.store.entries[c.id]?.offset : nil }
+        guard let off else { return }
+        payload.withUnsafeReadableBytes { src in (base.p + off + c.offset).copyMemory(from: src.baseAddress!, byteCount: c.length) }
+      case .notFound:
+        failure = "object \(c.id.hex) is no longer in the object store at \(c.source) (freed, or lost with its node)"
+      default:
+        failure = "the object store at \(c.source) could not send object \(c.id.hex): \(reply.error)"
+      }
+    case .failure(let e):
+      failure = "the object store at \(c.source), which holds object \(c.id.hex), is unreachable: \(e.message)"
+    }
+    perform(state.withLock { s in
+      failure.map { s.pulls.chunkFailed(c.id, length: c.length, reason: $0) } ?? s.pulls.chunkArrived(c.id, offset: c.offset, length: c.length)
+    })
   }
 
   /// A process of this node died: its pins, half-written and owned objects go.
@@ -232,6 +383,8 @@ public final class ObjectStore: Sendable {
         }
       case .deleteSpillFile(let id):
         io.async { [self] in unlink(spillPath(id)) }
+      case .evicted(_, let size):
+        state.withLock { $0.evictedTotal += UInt64(size) }
       case .retryWaiting:
         let waiting = state.withLock { s -> [Waiting] in let w = s.waiting; s.waiting = []; return w }
         let now = DispatchTime.now().uptimeNanoseconds
@@ -239,6 +392,7 @@ public final class ObjectStore: Sendable {
           switch w {
           case .create(let req, let r): create(req, r, now: now)
           case .pin(let req, let r): pin(req, r, now: now)
+          case .chunk(let req, let r): readChunk(req, r, now: now)
           }
         }
       }
@@ -278,7 +432,8 @@ public final class ObjectStore: Sendable {
   public func close() {
     let waiting = state.withLock { s -> [Waiting] in s.closed = true; let w = s.waiting; s.waiting = []; return w }
     for w in waiting { w.responder.respond(.error(.with { $0.message = "the object store is shutting down" })) }
-    server.withLock { $0 }?.close()
+    for srv in servers.withLock({ $0 }) { srv.close() }
+    peers.closeAll()
     io.sync {}
     munmap(base.p, capacity)
     unlink(arenaPath)

@@ -11,12 +11,14 @@ import Synchronization
 public final class StoreClient: Sendable {
   public let endpoint: Endpoint
   public let capacity: Int
+  /// Where other nodes pull this node's objects from; empty when not networked.
+  public let remoteAddress: String
   let base: ObjectStore.RawPointer
   let pool: DataPlaneClientPool
   let pid = getpid()
 
   /// Asks the store where its arena is and maps it. Blocks for one round trip.
-  init(endpoint: Endpoint, pool: DataPlaneClientPool) throws {
+  public init(endpoint: Endpoint, pool: DataPlaneClientPool) throws {
     self.endpoint = endpoint
     self.pool = pool
     let info = try Self.call(.storeStats(.init()), endpoint: endpoint, pool: pool)
@@ -28,6 +30,7 @@ public final class StoreClient: Sendable {
       throw SwiftrayError(.system, "cannot map the object store \(st.arenaPath): \(String(cString: strerror(errno)))")
     }
     capacity = Int(st.capacity)
+    remoteAddress = st.remoteAddress
     base = ObjectStore.RawPointer(p: p)
   }
 
@@ -77,15 +80,19 @@ public final class StoreClient: Sendable {
   }
 
   /// Pins the object for this process and returns its bytes (read them only until
-  /// `unpin`), or nil when the store does not have it. Restores a spilled object first.
-  public func pin(_ id: ObjectID) throws(SwiftrayError) -> UnsafeRawBufferPointer? {
+  /// `unpin`), or nil when the store does not have it. Restores a spilled object first;
+  /// with `pullFrom` (another node's store), pulls its `size` bytes from there first.
+  public func pin(_ id: ObjectID, pullFrom: String = "", size: Int = 0) throws(SwiftrayError) -> UnsafeRawBufferPointer? {
     var req = Swiftray_PinObjectRequest()
     req.objectID = Data(id.binary)
     req.readerPid = pid
+    req.pullFrom = pullFrom
+    req.size = UInt64(size)
     guard case .pinObjectReply(let r) = try call(.pinObject(req)) else { throw SwiftrayError(.system, "bad pin reply") }
     switch r.status {
     case .pinned: return UnsafeRawBufferPointer(start: base.p + Int(r.offset), count: Int(r.size))
     case .notFound: return nil
+    case .pullFailed: throw SwiftrayError(.objectLost, "Object \(id.hex) could not be fetched from another node: \(r.error).")
     case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)
     }
   }

@@ -38,6 +38,9 @@ public struct StoreState: Sendable {
     public var owner: UInt64
     /// Deleted by its owner while pinned: gone for new readers, extent kept until unpinned.
     public var deleted = false
+    /// A copy pulled from another node (the primary lives there): under memory pressure
+    /// it is dropped, never spilled.
+    public var secondary = false
     public var pinCount: Int { pins.values.reduce(0, +) }
     public var inMemory: Bool { offset != nil }
   }
@@ -48,6 +51,8 @@ public struct StoreState: Sendable {
     /// Read it back from disk to `offset`, then report `restoreFinished`.
     case restore(ObjectID, offset: Int, size: Int)
     case deleteSpillFile(ObjectID)
+    /// A secondary copy was dropped to make room (for the shell's counters).
+    case evicted(ObjectID, size: Int)
     /// Room was made or an object became readable: retry creates and pins that waited.
     case retryWaiting
   }
@@ -72,7 +77,7 @@ public struct StoreState: Sendable {
 
   public struct Stats: Sendable, Equatable {
     public var capacity = 0, used = 0, pinnedBytes = 0, spilledBytes = 0
-    public var objects = 0, pinnedObjects = 0, spilledObjects = 0, readers = 0
+    public var objects = 0, pinnedObjects = 0, spilledObjects = 0, readers = 0, secondaryObjects = 0
   }
 
   public let limits: Limits
@@ -100,28 +105,33 @@ public struct StoreState: Sendable {
     s.pinnedObjects = entries.values.filter { $0.pinCount > 0 }.count
     s.spilledObjects = live.filter { $0.residence == .spilled }.count
     s.readers = Set(entries.values.flatMap { $0.pins.keys }).count
+    s.secondaryObjects = live.filter(\.secondary).count
     return s
   }
 
   // MARK: events
 
   /// Process `creator` wants to write an object of `size` bytes owned by process `owner`.
+  /// `secondary`: a copy being pulled from another node (see `Entry.secondary`).
   public mutating func createRequested(_ id: ObjectID, size: Int, creator: UInt64, owner: UInt64,
-                                       now: UInt64) -> (CreateOutcome, [Action]) {
+                                       now: UInt64, secondary: Bool = false) -> (CreateOutcome, [Action]) {
     if let e = entries[id], !e.deleted { return (.exists, []) }
     if Allocator.rounded(size) > allocator.capacity {
       return (.full(fullError(id, size, why: "the object is larger than the whole store")), [])
     }
+    let evicted = evictSecondaries(toFit: size)
     if let off = allocator.allocate(size) {
-      entries[id] = Entry(size: size, offset: off, residence: .creating, lastUsed: now, creator: creator, owner: owner)
-      return (.created(offset: off), spillIfAboveThreshold())
+      var e = Entry(size: size, offset: off, residence: .creating, lastUsed: now, creator: creator, owner: owner)
+      e.secondary = secondary
+      entries[id] = e
+      return (.created(offset: off), evicted + spillIfAboveThreshold())
     }
     let victims = spillVictims(toFit: size)
     if victims.isEmpty {
-      if spillingCount > 0 { return (.waitForSpill, []) }
-      return (.full(fullError(id, size, why: "everything in memory is pinned or being written")), [])
+      if spillingCount > 0 { return (.waitForSpill, evicted) }
+      return (.full(fullError(id, size, why: "everything in memory is pinned or being written")), evicted)
     }
-    return (.waitForSpill, victims.map { markSpilling($0) })
+    return (.waitForSpill, evicted + victims.map { markSpilling($0) })
   }
 
   public mutating func sealed(_ id: ObjectID) -> [Action] {
@@ -151,19 +161,20 @@ public struct StoreState: Sendable {
     case .creating, .restoring:
       return (.wait, [])
     case .spilled:
+      let evicted = evictSecondaries(toFit: e.size)
       if let off = allocator.allocate(e.size) {
         e.offset = off
         e.residence = .restoring
         e.lastUsed = now
         entries[id] = e
-        return (.wait, [.restore(id, offset: off, size: e.size)])
+        return (.wait, evicted + [.restore(id, offset: off, size: e.size)])
       }
       let victims = spillVictims(toFit: e.size)
       if victims.isEmpty {
-        if spillingCount > 0 { return (.wait, []) }
-        return (.full(fullError(id, e.size, why: "it cannot be restored from disk")), [])
+        if spillingCount > 0 { return (.wait, evicted) }
+        return (.full(fullError(id, e.size, why: "it cannot be restored from disk")), evicted)
       }
-      return (.wait, victims.map { markSpilling($0) })
+      return (.wait, evicted + victims.map { markSpilling($0) })
     }
   }
 
@@ -256,9 +267,28 @@ public struct StoreState: Sendable {
     return [.retryWaiting]
   }
 
-  private var spillCandidates: [(key: ObjectID, value: Entry)] {
-    entries.filter { $0.value.residence == .memory && $0.value.pinCount == 0 && !$0.value.deleted }
+  /// Unpinned sealed objects in memory, least recently used first: secondary copies
+  /// (`evictable: true`) or primaries (spillable).
+  private func unpinned(evictable: Bool) -> [(key: ObjectID, value: Entry)] {
+    entries.filter { $0.value.residence == .memory && $0.value.pinCount == 0 && !$0.value.deleted && $0.value.secondary == evictable }
       .sorted { ($0.value.lastUsed, $0.key.hex) < ($1.value.lastUsed, $1.key.hex) }
+  }
+  private var spillCandidates: [(key: ObjectID, value: Entry)] { unpinned(evictable: false) }
+
+  /// Drops unpinned secondary copies, least recently used first, until `size`
+  /// contiguous bytes are free or none is left.
+  private mutating func evictSecondaries(toFit size: Int) -> [Action] {
+    var out: [Action] = []
+    for (id, e) in unpinned(evictable: true) where allocator.largestFree < Allocator.rounded(size) {
+      out.append(evict(id, e))
+    }
+    return out
+  }
+
+  private mutating func evict(_ id: ObjectID, _ e: Entry) -> Action {
+    entries[id] = nil
+    allocator.release(offset: e.offset!, size: e.size)
+    return .evicted(id, size: e.size)
   }
 
   /// Unpinned sealed objects, least recently used first, whose extents once free leave
@@ -283,6 +313,12 @@ public struct StoreState: Sendable {
     var over = used - spilling - threshold
     guard over > 0 else { return [] }
     var actions: [Action] = []
+    // Copies whose primary lives elsewhere go first: dropping them costs no I/O.
+    for (id, e) in unpinned(evictable: true) where over > 0 {
+      actions.append(evict(id, e))
+      over -= Allocator.rounded(e.size)
+    }
+    if !actions.isEmpty { actions.append(.retryWaiting) }
     for (id, e) in spillCandidates where over > 0 {
       actions.append(markSpilling(id))
       over -= Allocator.rounded(e.size)

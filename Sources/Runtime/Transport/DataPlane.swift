@@ -42,6 +42,26 @@ public struct DataPlaneResponder: Sendable {
     guard let buf = DataPlane.encode(f, allocator: channel.allocator) else { return }
     channel.writeAndFlush(NIOAny(buf), promise: nil)
   }
+
+  /// Allocates buffers for `respond(_:payload:)` on this connection.
+  public var allocator: ByteBufferAllocator { channel.allocator }
+
+  /// Replies with raw bytes after the frame (an object chunk): both frames are written
+  /// in one event-loop task, so no other reply lands between them.
+  public func respond(_ body: Swiftray_DataFrame.OneOf_Body, payload: ByteBuffer) {
+    var f = Swiftray_DataFrame()
+    f.id = id
+    f.body = body
+    f.payloadSize = UInt64(max(payload.readableBytes, 1))
+    guard let header = DataPlane.encode(f, allocator: channel.allocator) else { return }
+    // An empty payload still sends one byte so the receiver's frame pairing holds.
+    let raw = payload.readableBytes > 0 ? payload : channel.allocator.buffer(bytes: [0])
+    let ch = channel
+    ch.eventLoop.execute {
+      ch.write(NIOAny(header), promise: nil)
+      ch.writeAndFlush(NIOAny(raw), promise: nil)
+    }
+  }
 }
 
 /// Serves requests on a Unix socket or TCP port. The handler is called on a NIO event
@@ -89,13 +109,26 @@ public final class DataPlaneServer: Sendable {
 /// A client connection with requests in flight. Threading: any thread.
 public final class DataPlaneConnection: Sendable {
   public typealias Callback = @Sendable (Result<Swiftray_DataFrame, SwiftrayError>) -> Void
+  /// A reply with the raw bytes that followed it (`DataPlaneResponder.respond(_:payload:)`).
+  public typealias PayloadCallback = @Sendable (Result<(Swiftray_DataFrame, ByteBuffer?), SwiftrayError>) -> Void
+  /// Who waits for a reply; two cases so the per-task path wraps no closure.
+  public enum Waiter: Sendable {
+    case frame(Callback)
+    case withPayload(PayloadCallback)
+    func fail(_ e: SwiftrayError) {
+      switch self {
+      case .frame(let cb): cb(.failure(e))
+      case .withPayload(let cb): cb(.failure(e))
+      }
+    }
+  }
   let channel: Channel
   let state: Mutex<State>
   public let endpoint: Endpoint
 
   struct State {
     var nextID: UInt64 = 1
-    var pending: [UInt64: Callback] = [:]
+    var pending: [UInt64: Waiter] = [:]
     var closed: SwiftrayError?
     var onClose: [@Sendable (SwiftrayError) -> Void] = []
     /// Frames in the order `request` was called, written by one event-loop task.
@@ -107,9 +140,18 @@ public final class DataPlaneConnection: Sendable {
     // Only touched on the channel's event loop; `conn` is set before the first read.
     typealias InboundIn = ByteBuffer
     weak var conn: DataPlaneConnection?
+    /// A reply whose raw payload is the next frame.
+    var awaitingPayload: Swiftray_DataFrame?
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-      guard let frame = DataPlane.decode(unwrapInboundIn(data)) else { context.close(promise: nil); return }
-      conn?.deliver(frame)
+      let buf = unwrapInboundIn(data)
+      if let header = awaitingPayload {
+        awaitingPayload = nil
+        conn?.deliver(header, payload: buf)
+        return
+      }
+      guard let frame = DataPlane.decode(buf) else { context.close(promise: nil); return }
+      if frame.payloadSize > 0 { awaitingPayload = frame; return }
+      conn?.deliver(frame, payload: nil)
     }
     func channelInactive(context: ChannelHandlerContext) {
       conn?.failAll(SwiftrayError(.system, "connection lost"))
@@ -148,6 +190,15 @@ public final class DataPlaneConnection: Sendable {
   /// calls across all threads (actor calls rely on it): each is queued under the lock
   /// and one event-loop task writes the queue, batching the writes.
   public func request(_ body: Swiftray_DataFrame.OneOf_Body, callback: @escaping Callback) {
+    request(body, .frame(callback))
+  }
+
+  /// As `request`, for a reply that may carry raw bytes.
+  public func requestWithPayload(_ body: Swiftray_DataFrame.OneOf_Body, callback: @escaping PayloadCallback) {
+    request(body, .withPayload(callback))
+  }
+
+  func request(_ body: Swiftray_DataFrame.OneOf_Body, _ waiter: Waiter) {
     var f = Swiftray_DataFrame()
     f.body = body
     enum Step { case failed(SwiftrayError), queued(schedule: Bool), unencodable }
@@ -156,7 +207,7 @@ public final class DataPlaneConnection: Sendable {
       f.id = s.nextID
       guard let buf = DataPlane.encode(f, allocator: channel.allocator) else { return .unencodable }
       s.nextID += 1
-      s.pending[f.id] = callback
+      s.pending[f.id] = waiter
       s.outbox.append(buf)
       let schedule = !s.flushScheduled
       s.flushScheduled = true
@@ -164,9 +215,9 @@ public final class DataPlaneConnection: Sendable {
     }
     // Failures are reported from the event loop, never inline: callers may hold locks.
     switch step {
-    case .failed(let e): channel.eventLoop.execute { callback(.failure(e)) }
+    case .failed(let e): channel.eventLoop.execute { waiter.fail(e) }
     case .unencodable:
-      channel.eventLoop.execute { callback(.failure(SwiftrayError(.system, "could not encode a data-plane frame"))) }
+      channel.eventLoop.execute { waiter.fail(SwiftrayError(.system, "could not encode a data-plane frame")) }
     case .queued(let schedule):
       if schedule { channel.eventLoop.execute { self.flushOutbox() } }
     }
@@ -196,13 +247,16 @@ public final class DataPlaneConnection: Sendable {
 
   public func close() { channel.close(promise: nil) }
 
-  func deliver(_ frame: Swiftray_DataFrame) {
-    let cb = state.withLock { $0.pending.removeValue(forKey: frame.id) }
-    cb?(.success(frame))
+  func deliver(_ frame: Swiftray_DataFrame, payload: ByteBuffer?) {
+    switch state.withLock({ $0.pending.removeValue(forKey: frame.id) }) {
+    case .frame(let cb)?: cb(.success(frame))
+    case .withPayload(let cb)?: cb(.success((frame, payload)))
+    case nil: break
+    }
   }
 
   func failAll(_ error: SwiftrayError) {
-    let (cbs, closers): ([Callback], [@Sendable (SwiftrayError) -> Void]) = state.withLock { s in
+    let (cbs, closers): ([Waiter], [@Sendable (SwiftrayError) -> Void]) = state.withLock { s in
       if s.closed != nil { return ([], []) }
       s.closed = error
       let c = Array(s.pending.values)
@@ -211,7 +265,7 @@ public final class DataPlaneConnection: Sendable {
       s.onClose.removeAll()
       return (c, o)
     }
-    for cb in cbs { cb(.failure(error)) }
+    for w in cbs { w.fail(error) }
     for c in closers { c(error) }
   }
 }
@@ -221,7 +275,7 @@ public final class DataPlaneConnection: Sendable {
 /// Threading: any thread.
 public final class DataPlaneClientPool: Sendable {
   enum Entry {
-    case connecting(EventLoopFuture<DataPlaneConnection>, [(Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Callback)])
+    case connecting(EventLoopFuture<DataPlaneConnection>, [(Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Waiter)])
     case connected(DataPlaneConnection)
   }
   let group: EventLoopGroup
@@ -245,12 +299,12 @@ public final class DataPlaneClientPool: Sendable {
     f.whenComplete { [self] r in
       // Requests queued while connecting go out first, in order, before the entry
       // becomes visible as connected (both under the lock).
-      let failed: [DataPlaneConnection.Callback] = conns.withLock { m in
+      let failed: [DataPlaneConnection.Waiter] = conns.withLock { m in
         guard case .connecting(let g, let queued)? = m[endpoint], g === f else { return [] }
         switch r {
         case .success(let c):
           m[endpoint] = .connected(c)
-          for (body, cb) in queued { c.request(body, callback: cb) }
+          for (body, w) in queued { c.request(body, w) }
           return []
         case .failure:
           m[endpoint] = nil
@@ -260,7 +314,7 @@ public final class DataPlaneClientPool: Sendable {
       switch r {
       case .success(let c): c.onClose { _ in self.drop(endpoint, c) }
       case .failure(let e):
-        for cb in failed { cb(.failure(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)"))) }
+        for w in failed { w.fail(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)")) }
       }
     }
     return f
@@ -273,23 +327,33 @@ public final class DataPlaneClientPool: Sendable {
   /// Sends a request, connecting first if needed; errors arrive through `callback`.
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
                       callback: @escaping DataPlaneConnection.Callback) {
+    request(endpoint, body, .frame(callback))
+  }
+
+  /// As `request`, for a reply that may carry raw bytes (object chunks).
+  public func requestWithPayload(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
+                                 callback: @escaping DataPlaneConnection.PayloadCallback) {
+    request(endpoint, body, .withPayload(callback))
+  }
+
+  func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter) {
     let direct: DataPlaneConnection? = conns.withLock { m in
       switch m[endpoint] {
       case .connected(let c)?:
         return c
       case .connecting(let f, var queued)?:
-        queued.append((body, callback))
+        queued.append((body, waiter))
         m[endpoint] = .connecting(f, queued)
         return nil
       case nil:
         _ = connect(endpoint, &m)
         guard case .connecting(let f, var queued)? = m[endpoint] else { return nil }
-        queued.append((body, callback))
+        queued.append((body, waiter))
         m[endpoint] = .connecting(f, queued)
         return nil
       }
     }
-    direct?.request(body, callback: callback)
+    direct?.request(body, waiter)
   }
 
   public func closeAll() {

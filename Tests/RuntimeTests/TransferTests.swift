@@ -1,0 +1,118 @@
+import Foundation
+import NIOPosix
+import Runtime
+import Testing
+
+private let mib = 1 << 20
+
+@Suite struct PullQueueTests {
+  var gen = TaskIDGenerator(job: JobID(1))
+  mutating func oid() -> ObjectID { ObjectID.forPut(by: gen.next(), index: 1) }
+
+  static func requests(_ actions: [PullQueue.Action]) -> [PullQueue.Chunk] {
+    actions.compactMap { if case .request(let c) = $0 { return c } else { return nil } }
+  }
+
+  @Test mutating func chunksCoverTheObjectWithinTheBytesInFlightBudget() {
+    var q = PullQueue(config: .init(chunkSize: 4 * mib, maxBytesInFlight: 10 * mib))
+    let a = oid()
+    var sent = Self.requests(q.started(a, size: 17 * mib + 3, source: "tcp:h:1"))
+    #expect(sent.map(\.offset) == [0, 4 * mib])  // a third 4 MiB chunk would pass 10 MiB
+    #expect(q.bytesInFlight == 8 * mib)
+    var all = sent
+    var done = false
+    while let c = sent.first {
+      sent.removeFirst()
+      let acts = q.chunkArrived(a, offset: c.offset, length: c.length)
+      #expect(q.bytesInFlight <= 10 * mib)
+      sent += Self.requests(acts)
+      all += Self.requests(acts)
+      if acts.contains(.complete(a)) { done = true }
+    }
+    #expect(done && !q.isActive(a) && q.bytesInFlight == 0)
+    #expect(all.map(\.offset) == [0, 4, 8, 12, 16].map { $0 * mib })
+    #expect(all.map(\.length) == [4 * mib, 4 * mib, 4 * mib, 4 * mib, mib + 3])
+  }
+
+  @Test mutating func theOldestPullIsServedFirstAndAChunkLargerThanTheBudgetStillGoes() {
+    var q = PullQueue(config: .init(chunkSize: 8 * mib, maxBytesInFlight: 5 * mib))
+    let a = oid(), b = oid()
+    let first = Self.requests(q.started(a, size: 16 * mib, source: "tcp:h:1"))
+    #expect(first.count == 1 && first[0].length == 8 * mib)
+    #expect(q.started(b, size: mib, source: "tcp:h:2").isEmpty)  // budget taken by a
+    let next = Self.requests(q.chunkArrived(a, offset: 0, length: 8 * mib))
+    #expect(next.map(\.id) == [a])  // a's second chunk before b's first
+    let acts = q.chunkArrived(a, offset: 8 * mib, length: 8 * mib)
+    #expect(acts.first == .complete(a) && Self.requests(acts).map(\.id) == [b])
+  }
+
+  @Test mutating func aFailedPullSettlesOnlyAfterItsChunksInFlightReturn() {
+    var q = PullQueue(config: .init(chunkSize: mib, maxBytesInFlight: 3 * mib))
+    let a = oid()
+    #expect(Self.requests(q.started(a, size: 10 * mib, source: "tcp:h:1")).count == 3)
+    #expect(q.chunkFailed(a, length: mib, reason: "gone").isEmpty, "two chunks may still be written")
+    #expect(q.chunkArrived(a, offset: mib, length: mib).isEmpty, "no more chunks are asked for")
+    #expect(q.chunkFailed(a, length: mib, reason: "also gone") == [.fail(a, "gone")])
+    #expect(!q.isActive(a) && q.bytesInFlight == 0)
+  }
+}
+
+/// Two real stores on loopback TCP, as on two nodes: a reader of one pulls an object
+/// that only the other holds.
+@Suite(.serialized) struct TransferTests {
+  static func stores(_ group: MultiThreadedEventLoopGroup, pull: PullQueue.Config) throws -> [(ObjectStore, StoreClient, String)] {
+    try (0..<2).map { i in
+      let dir = NSTemporaryDirectory() + "xfer-\(i)-\(UInt32.random(in: 0 ... .max))"
+      try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
+      let store = try ObjectStore(options: .init(capacity: 64 * mib, sessionDir: dir, remoteHost: "127.0.0.1", pull: pull),
+                                  group: group, warn: { _ in })
+      return (store, try StoreClient(endpoint: store.endpoint, pool: DataPlaneClientPool(group: group)), dir)
+    }
+  }
+
+  @Test func anObjectPulledInChunksArrivesIntactAsAnEvictableCopy() throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let nodes = try Self.stores(group, pull: .init(chunkSize: mib, maxBytesInFlight: 3 * mib))
+    defer { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
+    let (a, ca, _) = nodes[0], (b, cb, _) = nodes[1]
+    var gen = TaskIDGenerator(job: JobID(2))
+    let id = ObjectID.forPut(by: gen.next(), index: 1)
+    let size = 20 * mib + 12_345
+    let buf = try #require(try ca.create(id, size: size, ownerPid: getpid()))
+    for i in 0..<size { buf[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 12) }
+    try ca.seal(id)
+
+    #expect(try cb.pin(id) == nil, "without a source the reader's store does not have it")
+    let got = try #require(try cb.pin(id, pullFrom: a.remoteAddress, size: size))
+    #expect(got.count == size)
+    #expect((0..<size).allSatisfy { got[$0] == UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) })
+    let st = try cb.stats()
+    #expect(st.numSecondary == 1 && st.bytesPulledTotal == UInt64(size))
+    #expect(try ca.stats().numPinned == 0, "the source holds no pin after the transfer")
+    cb.unpin([id])
+    _ = b
+  }
+
+  @Test func aPullOfAnObjectTheSourceLacksFailsWithTheReason() throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let nodes = try Self.stores(group, pull: .init())
+    defer { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
+    var gen = TaskIDGenerator(job: JobID(3))
+    let id = ObjectID.forPut(by: gen.next(), index: 1)
+    do {
+      _ = try nodes[1].1.pin(id, pullFrom: nodes[0].0.remoteAddress, size: 3 * mib)
+      Issue.record("pin of a missing remote object succeeded")
+    } catch {
+      #expect(error.code == .objectLost)
+      #expect(error.message.contains("no longer in the object store at \(nodes[0].0.remoteAddress)"))
+    }
+    #expect(try nodes[1].1.stats().used == 0, "the reserved extent is released")
+    // A source that is not there at all.
+    do {
+      _ = try nodes[1].1.pin(id, pullFrom: "tcp:127.0.0.1:1", size: mib)
+      Issue.record("pin from a dead source succeeded")
+    } catch {
+      #expect(error.code == .objectLost && error.message.contains("unreachable"))
+    }
+  }
+}
