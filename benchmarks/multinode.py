@@ -188,7 +188,8 @@ def main():
             print(f"{impl:9s} start --head: {r['start_s']:.2f} s; driver connect + first task: {r['first_task_s']:.2f} s; "
                   f"start to first result: {r['start_to_first_result_s']:.2f} s")
     if args.only in (None, "throughput"):
-        results["throughput"] = [throughput([3], args.tasks, "DEFAULT"), throughput([1, 1, 1], args.tasks, "SPREAD")]
+        results["throughput"] = [throughput([3], args.tasks, "DEFAULT"), throughput([1, 1, 1], args.tasks, "DEFAULT"),
+                                 throughput([1, 1, 1], args.tasks, "SPREAD")]
         for r in results["throughput"]:
             print(f"{r['nodes']} node(s), {r['cpus']} CPUs, {r['strategy']}: {r['tasks_per_s']:,.0f} noop tasks/s "
                   f"(ran on {r['nodes_used']} node(s))")

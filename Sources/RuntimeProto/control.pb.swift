@@ -740,6 +740,9 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
   /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
   public mutating func clearStrategy() {self._strategy = nil}
 
+  /// The node holding most of the bytes of a queued task's stored arguments (locality).
+  public var preferredNode: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2216,7 +2219,7 @@ nonisolated extension Swiftray_MarkJobFinishedReply: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2232,6 +2235,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       case 6: try { try decoder.decodeSingularBoolField(value: &self.grantOrReject) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._placementResources) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._strategy) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.preferredNode) }()
       default: break
       }
     }
@@ -2266,6 +2270,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     try { if let v = self._strategy {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if !self.preferredNode.isEmpty {
+      try visitor.visitSingularBytesField(value: self.preferredNode, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2278,6 +2285,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     if lhs.grantOrReject != rhs.grantOrReject {return false}
     if lhs._placementResources != rhs._placementResources {return false}
     if lhs._strategy != rhs._strategy {return false}
+    if lhs.preferredNode != rhs.preferredNode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -8,7 +8,7 @@ private func pushes(_ a: [NormalTaskSubmitter.Action]) -> [TaskID] {
   a.compactMap { if case .push(let t, _) = $0 { return t } else { return nil } }
 }
 private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
-  a.compactMap { if case .requestLease(let r, _) = $0 { return r } else { return nil } }
+  a.compactMap { if case .requestLease(let r, _, _) = $0 { return r } else { return nil } }
 }
 
 @Suite struct NormalTaskSubmitterTests {
@@ -100,7 +100,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     let cpu = ResourceSet(units: ["CPU": 1])
     let t1 = gen.next(), t2 = gen.next()
     let r = s.taskReady(t1, key: cpu, now: 0).compactMap { a -> UInt64? in
-      if case .requestLease(let id, _) = a { return id } else { return nil }
+      if case .requestLease(let id, _, _) = a { return id } else { return nil }
     }
     _ = s.taskReady(t2, key: cpu, now: 0)
     let a = s.leaseFailed(requestID: r[0], detail: "exit code 1", now: 1)

@@ -25,6 +25,9 @@ public struct Config: Sendable, Equatable {
   public var healthCheckTimeoutMs = 10000
   /// ...and declares the node dead after this many failures in a row (Ray's defaults).
   public var healthCheckFailureThreshold = 5
+  /// How often each NodeManager reports its free resources and refreshes its view of
+  /// the other nodes (the view spillback and the hybrid policy decide on). Ray: 100 ms.
+  public var resourceReportPeriodMs = 200
 
   public init() {}
 
@@ -40,6 +43,7 @@ public struct Config: Sendable, Equatable {
     "health_check_period_ms": \.healthCheckPeriodMs,
     "health_check_timeout_ms": \.healthCheckTimeoutMs,
     "health_check_failure_threshold": \.healthCheckFailureThreshold,
+    "raylet_report_resources_period_milliseconds": \.resourceReportPeriodMs,
   ]
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error

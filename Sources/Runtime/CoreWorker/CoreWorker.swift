@@ -845,8 +845,8 @@ public final class CoreWorker: Sendable {
   func perform(_ actions: [NormalTaskSubmitter.Action]) {
     for a in actions {
       switch a {
-      case .requestLease(let requestID, let key):
-        requestLease(requestID, key)
+      case .requestLease(let requestID, let key, let task):
+        requestLease(requestID, key, preferred: preferredNode(for: task))
       case .cancelLeaseRequest(let requestID):
         let nm = nodeManager
         Task {
@@ -889,9 +889,20 @@ public final class CoreWorker: Sendable {
     performActorSteps()
   }
 
+  /// The node holding most of `task`'s stored argument bytes (locality), if any.
+  func preferredNode(for task: TaskID) -> Data? {
+    // A queued task's arguments are resolved: stored ones are descriptors in the spec.
+    guard let spec = state.withLock({ $0.tasks.spec(task) }) else { return nil }
+    let stored = spec.args.compactMap { a -> (node: Data, bytes: UInt64)? in
+      guard case .value(let o)? = a.kind, o.storeSize > 0 else { return nil }
+      return (o.storeNode, o.storeSize)
+    }
+    return LocalityPolicy.preferredNode(stored)
+  }
+
   /// Asks a NodeManager for a lease: this node's, or (`node`) the one a spillback named,
   /// which must then grant or reject.
-  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil) {
+  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil, preferred: Data? = nil) {
     guard let nm = node.map(nodeClient) ?? nodeManager else {
       let now = Self.now()
       return perform(state.withLock { $0.submitter.leaseRequestFailed(requestID: requestID, now: now) })
@@ -906,6 +917,7 @@ public final class CoreWorker: Sendable {
       req.owner = owner
       req.jobID = Data(job.binary)
       req.grantOrReject = node != nil
+      if let preferred { req.preferredNode = preferred }
       let reply: Swiftray_RequestWorkerLeaseReply?
       do { reply = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req) }
       catch { reply = nil }

@@ -92,8 +92,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     Task { await syncClusterView() }
   }
 
-  /// Every half second: report this node's free resources to the ControlService and
-  /// take its view of every node (for spillback). Ends at shutdown.
+  /// Every `resourceReportPeriodMs`: report this node's free resources and pending
+  /// demand to the ControlService and take its view of every node (for routing). Ends
+  /// at shutdown.
   func syncClusterView() async {
     while !state.withLock({ $0.shuttingDown }) {
       if let c = controlClient() {
@@ -107,7 +108,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         _ = try? await client.reportResources(report)
         await refreshClusterView(client)
       }
-      try? await Task.sleep(for: .milliseconds(500))
+      try? await Task.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
     }
   }
 
@@ -286,51 +287,54 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
                                  placement: ResourceSet(proto: request.placementResources))
-    // Where the request goes by its strategy (spillback), unless it was spilled here.
-    if !request.grantOrReject {
-      let key = SchedulingKey(shape: req.shape, proto: request.strategy)
-      let needs = req.shape.union(req.placement)
-      let (view, turn) = state.withLock { s -> ([NodePicker.NodeView], Int) in
-        if key.strategy == .spread { s.spreadTurn += 1 }
-        return (s.cluster, s.spreadTurn)
-      }
-      let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: options.resources,
-                                   available: state.withLock { $0.queue.available }, alive: true, startTimeMs: 0)
-      var route = NodePicker.route(key, needs: needs, me: me, others: view.filter { $0.id != me.id }, turn: turn)
-      if route == .local && !me.total.contains(needs), let c = controlClient() {
-        // No node fits in a view up to half a second old: a node may just have joined.
-        // Look again before calling the request infeasible.
-        await refreshClusterView(Swiftray_ControlService.Client(wrapping: c.client))
-        let fresh = state.withLock { $0.cluster }
-        route = NodePicker.route(key, needs: needs, me: me, others: fresh.filter { $0.id != me.id }, turn: turn)
-      }
-      var r = Swiftray_RequestWorkerLeaseReply()
-      switch route {
-      case .local: break
-      case .spillback(let address):
-        r.status = .spillback
-        r.retryAtEndpoint = address
-        return r
-      case .reject(let detail):
-        r.status = .infeasible
-        r.detail = detail
-        return r
-      }
+    let key = SchedulingKey(shape: req.shape, proto: request.strategy)
+    let needs = req.shape.union(req.placement)
+    let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
+    // Unless a node already spilled it here, the request goes where its strategy says.
+    let routed = !request.grantOrReject
+    if routed && !options.resources.contains(needs), let c = controlClient() {
+      // This node can never fit it and the view of the others is up to one report
+      // period old: a node may just have joined. Look again before calling it infeasible.
+      await refreshClusterView(Swiftray_ControlService.Client(wrapping: c.client))
     }
     return await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
-        let actions = state.withLock { s -> [LeaseQueue.Action]? in
-          // Stopping: nothing will be granted any more; say so rather than hang the caller.
-          if s.shuttingDown { return nil }
-          s.replies[req.id] = c
-          return s.queue.leaseRequested(req)
-        }
-        guard let actions else {
+        enum Step { case reply(Swiftray_RequestWorkerLeaseReply), queued([LeaseQueue.Action]) }
+        // Routing and queueing under one lock: concurrent requests each see the ones
+        // before them (a burst must not all stay because the first saw a free CPU).
+        let step = state.withLock { s -> Step in
           var r = Swiftray_RequestWorkerLeaseReply()
-          r.status = .canceled
-          return c.resume(returning: r)
+          // Stopping: nothing will be granted any more; say so rather than hang the caller.
+          if s.shuttingDown { r.status = .canceled; return .reply(r) }
+          if routed {
+            if key.strategy == .spread { s.spreadTurn += 1 }
+            let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: options.resources,
+                                         available: s.queue.uncommitted, alive: true, startTimeMs: 0)
+            var rng = SystemRandomNumberGenerator()
+            switch NodePicker.route(key, needs: needs, me: me, others: s.cluster, turn: s.spreadTurn, preferred: preferred, using: &rng) {
+            case .local: break
+            case .spillback(let address):
+              // Count it against that node until its next report, so the requests that
+              // follow in the meantime do not all pile onto it.
+              if let i = s.cluster.firstIndex(where: { $0.address == address }) {
+                s.cluster[i].available = s.cluster[i].available - needs
+              }
+              r.status = .spillback
+              r.retryAtEndpoint = address
+              return .reply(r)
+            case .reject(let detail):
+              r.status = .infeasible
+              r.detail = detail
+              return .reply(r)
+            }
+          }
+          s.replies[req.id] = c
+          return .queued(s.queue.leaseRequested(req))
         }
-        perform(actions)
+        switch step {
+        case .reply(let r): c.resume(returning: r)
+        case .queued(let actions): perform(actions)
+        }
       }
     } onCancel: {
       perform(state.withLock { $0.queue.leaseRequestCanceled(req.id) })

@@ -114,6 +114,10 @@ public struct LeaseQueue: Sendable {
     return dispatch()
   }
 
+  /// What is free once the requests waiting here are granted: what a new request can
+  /// count on (routing must not send it here just because workers are still starting).
+  public var uncommitted: ResourceSet { pending.reduce(available) { $0 - $1.shape } }
+
   public mutating func leaseRequested(_ request: Request) -> [Action] {
     guard total.contains(request.needsFree) else {
       return [.reject(requestID: request.id, detail: Self.infeasibleDetail(request.needsFree, total: total))]

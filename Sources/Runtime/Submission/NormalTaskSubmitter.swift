@@ -50,7 +50,8 @@ public struct NormalTaskSubmitter: Sendable {
   }
 
   public enum Action: Sendable, Equatable {
-    case requestLease(requestID: UInt64, key: Key)
+    /// `forTask`: a queued task the lease would serve first (for locality).
+    case requestLease(requestID: UInt64, key: Key, forTask: TaskID)
     case cancelLeaseRequest(requestID: UInt64)
     case push(TaskID, lease: GrantedLease)
     case returnLease(leaseID: UInt64, disconnect: Bool)
@@ -220,9 +221,12 @@ public struct NormalTaskSubmitter: Sendable {
       while ks.pendingRequests.count < want {
         let r = nextRequestID
         nextRequestID += 1
+        // Each request speaks for a different queued task, so several requests can
+        // follow the arguments of several tasks to their nodes.
+        let task = ks.queue[min(ks.pendingRequests.count, ks.queue.count - 1)]
         ks.pendingRequests.insert(r)
         requestKeys[r] = key
-        actions.append(.requestLease(requestID: r, key: key))
+        actions.append(.requestLease(requestID: r, key: key, forTask: task))
       }
     }
     if ks.queue.isEmpty && ks.leases.isEmpty && ks.pendingRequests.isEmpty {
