@@ -7,8 +7,9 @@ import Synchronization
 
 /// The ControlService (Ray's GCS): cluster membership, jobs, the KV table that holds
 /// pickled functions, and the actor directory (placement through NodeManager leases,
-/// restarts, names, watchers). A shell: `ActorDirectory` decides. Tables are in memory;
-/// the storage interface for Redis comes with the recovery issue.
+/// restarts, names, watchers). A shell: `ActorDirectory` decides. Its tables sit behind
+/// `ControlStorage` (in memory by default): the KV is read and written there, nodes,
+/// jobs and actors are written through on every change and cached here.
 ///
 /// Threading: gRPC handlers run concurrently; all state sits behind one Mutex and
 /// actions run outside it.
@@ -21,7 +22,6 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   struct State {
     var nodes: [Data: Swiftray_NodeInfo] = [:]
     var nextJob: UInt32 = 1
-    var kv: [String: [Data: Data]] = [:]
     var actors = ActorDirectory()
     var watchers: [ActorID: [UInt64: Watcher]] = [:]
     var nextWatcher: UInt64 = 1
@@ -37,10 +37,18 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let config: Config
   let log = Logger(label: "swiftray.control")
   let healthLoop = Mutex<Task<Void, Never>?>(nil)
+  let storage: any ControlStorage
+  let writer: StorageWriter
 
-  public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config()) {
+  public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config(),
+              storage: any ControlStorage = InMemoryControlStorage()) {
     self.group = group
     self.config = config
+    self.storage = storage
+    let log = self.log
+    self.writer = StorageWriter(storage) { table, error in
+      log.error("storage/write-failed", metadata: ["table": "\(table)", "error": "\(error)"])
+    }
     self.pool = DataPlaneClientPool(group: group)
     self.state = Mutex(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
   }
@@ -61,6 +69,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     for w in watchers { w.continuation.resume(returning: nil) }
     for c in clients { c.shutdown() }
     pool.closeAll()
+    writer.close()
   }
 
   // MARK: nodes, jobs, KV
@@ -72,6 +81,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       s.nodes[node.nodeID] = node
       s.health.nodeRegistered(node.nodeID)
     }
+    persist(node)
     startHealthChecks()
     return Swiftray_RegisterNodeReply()
   }
@@ -122,6 +132,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       n.deathDetail = detail
       s.nodes[id] = n
       s.health.nodeRemoved(id)
+      persist(n)
       return [n.nodeManagerEndpoint, n.nodeManagerAddress]
     }
     guard !endpoints.isEmpty else { return }
@@ -130,6 +141,13 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     perform(state.withLock { $0.actors.nodeDied(endpoints, detail: "its node \(short) died: \(detail)") })
     let dropped = state.withLock { s in endpoints.compactMap { s.nodeClients.removeValue(forKey: $0) } }
     for c in dropped { c.shutdown() }
+  }
+
+  func persist(_ node: Swiftray_NodeInfo) {
+    var durable = node
+    durable.available = durable.total  // soft state: reported anew
+    durable.pendingDemand = []
+    if let bytes: Data = try? durable.serializedBytes() { writer.write(ControlTable.nodes, node.nodeID, bytes) }
   }
 
   /// How the ControlService reaches a node's NodeManager: TCP when it has it.
@@ -147,22 +165,24 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var r = Swiftray_RegisterJobReply()
     let job = state.withLock { s in let j = s.nextJob; s.nextJob += 1; return j }
     r.jobID = Data(JobID(job).binary)
+    var next = job + 1
+    writer.write(ControlTable.jobs, Data("next".utf8), Data(bytes: &next, count: 4))
     return r
   }
 
   public func kvPut(request: Swiftray_KVPutRequest, context: ServerContext) async throws -> Swiftray_KVPutReply {
     var r = Swiftray_KVPutReply()
-    r.added = state.withLock { s in
-      if !request.overwrite, s.kv[request.namespace]?[request.key] != nil { return false }
-      s.kv[request.namespace, default: [:]][request.key] = request.value
-      return true
-    }
+    do { r.added = try await storage.put(ControlTable.kv(request.namespace), request.key, request.value, overwrite: request.overwrite) }
+    catch { throw RPCError(code: .unavailable, message: "the ControlService's storage failed: \(error)") }
     return r
   }
 
   public func kvGet(request: Swiftray_KVGetRequest, context: ServerContext) async throws -> Swiftray_KVGetReply {
     var r = Swiftray_KVGetReply()
-    if let v = state.withLock({ $0.kv[request.namespace]?[request.key] }) {
+    let v: Data?
+    do { v = try await storage.get(ControlTable.kv(request.namespace), request.key) }
+    catch { throw RPCError(code: .unavailable, message: "the ControlService's storage failed: \(error)") }
+    if let v {
       r.found = true
       r.value = v
     }
@@ -295,7 +315,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
         }
       case .published(let id):
         let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in
-          guard let info = s.actors.info(id), var ws = s.watchers[id] else { return ([], nil) }
+          guard let info = s.actors.info(id) else { return ([], nil) }
+          if let bytes: Data = try? info.serializedBytes() { writer.write(ControlTable.actors, Data(id.binary), bytes) }
+          guard var ws = s.watchers[id] else { return ([], info) }
           let ready = ws.filter { $0.value.after < info.version }
           for k in ready.keys { ws[k] = nil }
           s.watchers[id] = ws.isEmpty ? nil : ws

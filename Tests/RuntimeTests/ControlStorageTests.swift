@@ -1,0 +1,60 @@
+import Foundation
+import NIOPosix
+import Runtime
+import RuntimeProto
+import Testing
+
+@Suite struct ControlStorageTests {
+  @Test func inMemoryTablesKeepOrRefuseOverwritesAndListAKeyspace() async throws {
+    let s = InMemoryControlStorage()
+    let k = Data("fn".utf8)
+    #expect(try await s.put("kv:a", k, Data([1]), overwrite: false))
+    #expect(try await !s.put("kv:a", k, Data([2]), overwrite: false))
+    #expect(try await s.get("kv:a", k) == Data([1]))
+    #expect(try await s.put("kv:a", k, Data([3]), overwrite: true))
+    #expect(try await s.get("kv:b", k) == nil, "namespaces are separate tables")
+    #expect(try await s.getAll("kv:a") == [k: Data([3])])
+    try await s.delete("kv:a", k)
+    #expect(try await s.getAll("kv:a").isEmpty)
+  }
+
+  /// A real ControlService over gRPC: what clients change lands in its storage.
+  @Test func theControlServiceWritesNodesJobsAndTheKVThroughItsStorage() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let storage = InMemoryControlStorage()
+    let control = ControlService(group: group, storage: storage)
+    let path = NSTemporaryDirectory() + "gcs-\(UInt32.random(in: 0 ... .max)).sock"
+    let server = try await ControlPlane.serve([control], at: .unix(path), group: group)
+    let conn = try ControlPlane.connect(.unix(path), group: group)
+    let client = Swiftray_ControlService.Client(wrapping: conn.client)
+
+    var node = Swiftray_NodeInfo()
+    node.nodeID = Data(NodeID.random().binary)
+    node.total = ResourceSet(units: ["CPU": 2]).proto
+    node.nodeManagerEndpoint = "unix:/nonexistent"
+    _ = try await client.registerNode(.with { $0.node = node })
+    var put = Swiftray_KVPutRequest()
+    put.namespace = "fun"
+    put.key = Data("f".utf8)
+    put.value = Data([9, 9])
+    put.overwrite = false
+    #expect(try await client.kvPut(put).added)
+    #expect(try await !client.kvPut(put).added, "an existing key is kept")
+    _ = try await client.registerJob(Swiftray_RegisterJobRequest())
+
+    #expect(try await storage.get("kv:fun", Data("f".utf8)) == Data([9, 9]))
+    // Write-through is ordered and asynchronous: wait for it to land.
+    var stored: Swiftray_NodeInfo?
+    for _ in 0..<100 where stored == nil {
+      stored = try await storage.get(ControlTable.nodes, node.nodeID).map { try Swiftray_NodeInfo(serializedBytes: $0) }
+      if stored == nil { try await Task.sleep(for: .milliseconds(10)) }
+    }
+    #expect(stored?.alive == true && stored?.total == node.total)
+    #expect(try await storage.get(ControlTable.jobs, Data("next".utf8)) != nil)
+
+    conn.shutdown()
+    control.shutdown()
+    server.shutdown()
+    try await group.shutdownGracefully()
+  }
+}
