@@ -42,6 +42,9 @@ def test_vs_serial_large_objects_and_core_figures_run(tmp_path):
          "--json", str(tmp_path / "lo.json")])
     assert json.loads((tmp_path / "lo.json").read_text())[0]["mib"] == 1
     run([os.path.join(BENCH, "core_figures.py"), "--quick", "--repeat", "1", "--json", str(tmp_path / "cf.json")])
-    run([os.path.join(BENCH, "multinode.py"), "--tasks", "20", "--json", str(tmp_path / "mn.json")])
-    assert [r["nodes"] for r in json.loads((tmp_path / "mn.json").read_text())["throughput"]] == [1, 3]
+    run([os.path.join(BENCH, "multinode.py"), "--tasks", "20", "--transfer-bytes", str(1 << 20), "--transfer-trials", "1",
+         "--json", str(tmp_path / "mn.json")])
+    mn = json.loads((tmp_path / "mn.json").read_text())
+    assert [r["nodes"] for r in mn["throughput"]] == [1, 3, 3]
+    assert mn["transfer"]["swiftray"]["bytes"] == 1 << 20 and len(mn["transfer"]["swiftray"]["seconds"]) == 1
     assert "sync_noop_task_median_us" in json.loads((tmp_path / "cf.json").read_text())["results"]

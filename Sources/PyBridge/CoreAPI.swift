@@ -171,7 +171,7 @@ enum CoreAPI {
       let core = try CoreWorker(
         options: .init(isDriver: true, workerID: .random(), nodeID: nodeID, nodeManager: nm, control: control,
                        sessionDir: session, config: config,
-                       nodeIP: node.nodeManagerAddress.isEmpty ? nil : node.ipAddress),
+                       nodeIP: node.ipAddress.isEmpty ? nil : node.ipAddress),
         group: group, jobID: nil)
       if logToDriver { core.forwardWorkerLogs() }
       return Session(core: core, cluster: nil)

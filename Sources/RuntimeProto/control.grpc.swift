@@ -2767,6 +2767,19 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "SubscribeNodeDeaths" metadata.
+        public enum SubscribeNodeDeaths: Sendable {
+            /// Request type for "SubscribeNodeDeaths".
+            public typealias Input = Swiftray_SubscribeNodeDeathsRequest
+            /// Response type for "SubscribeNodeDeaths".
+            public typealias Output = Swiftray_NodeDeath
+            /// Descriptor for "SubscribeNodeDeaths".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "SubscribeNodeDeaths",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "swiftray.NodeManagerService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             RequestWorkerLease.descriptor,
@@ -2777,7 +2790,8 @@ public enum Swiftray_NodeManagerService: Sendable {
             GetWorkerFailureCause.descriptor,
             KillWorker.descriptor,
             GetNodeStats.descriptor,
-            SubscribeLogs.descriptor
+            SubscribeLogs.descriptor,
+            SubscribeNodeDeaths.descriptor
         ]
     }
 }
@@ -2933,6 +2947,20 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeLogsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
+
+        /// Handle the "SubscribeNodeDeaths" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_SubscribeNodeDeathsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_NodeDeath` messages.
+        func subscribeNodeDeaths(
+            request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
     }
 
     /// Service protocol for the "swiftray.NodeManagerService" service.
@@ -3072,6 +3100,20 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.ServerRequest<Swiftray_SubscribeLogsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
+
+        /// Handle the "SubscribeNodeDeaths" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_NodeDeath` messages.
+        func subscribeNodeDeaths(
+            request: GRPCCore.ServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
     }
 
     /// Simple service protocol for the "swiftray.NodeManagerService" service.
@@ -3210,6 +3252,21 @@ extension Swiftray_NodeManagerService {
             response: GRPCCore.RPCWriter<Swiftray_LogBatch>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "SubscribeNodeDeaths" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_SubscribeNodeDeathsRequest` message.
+        ///   - response: A response stream of `Swiftray_NodeDeath` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func subscribeNodeDeaths(
+            request: Swiftray_SubscribeNodeDeathsRequest,
+            response: GRPCCore.RPCWriter<Swiftray_NodeDeath>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -3316,6 +3373,17 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.SubscribeNodeDeaths.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_SubscribeNodeDeathsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_NodeDeath>(),
+            handler: { request, context in
+                try await self.subscribeNodeDeaths(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -3415,6 +3483,17 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch> {
         let response = try await self.subscribeLogs(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
+
+    public func subscribeNodeDeaths(
+        request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath> {
+        let response = try await self.subscribeNodeDeaths(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -3537,6 +3616,23 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.subscribeLogs(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func subscribeNodeDeaths(
+        request: GRPCCore.ServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath> {
+        return GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>(
+            metadata: [:],
+            producer: { writer in
+                try await self.subscribeNodeDeaths(
                     request: request.message,
                     response: writer,
                     context: context
@@ -3729,6 +3825,25 @@ extension Swiftray_NodeManagerService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_LogBatch>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogBatch>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SubscribeNodeDeaths" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_SubscribeNodeDeathsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_NodeDeath` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func subscribeNodeDeaths<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_SubscribeNodeDeathsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_NodeDeath>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -4019,6 +4134,34 @@ extension Swiftray_NodeManagerService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "SubscribeNodeDeaths" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_SubscribeNodeDeathsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_NodeDeath` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func subscribeNodeDeaths<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_SubscribeNodeDeathsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_NodeDeath>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.SubscribeNodeDeaths.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -4243,6 +4386,29 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeLogsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_LogBatch>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SubscribeNodeDeaths" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func subscribeNodeDeaths<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.subscribeNodeDeaths(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeNodeDeathsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_NodeDeath>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4505,6 +4671,33 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.subscribeLogs(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SubscribeNodeDeaths" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func subscribeNodeDeaths<Result>(
+        _ message: Swiftray_SubscribeNodeDeathsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.subscribeNodeDeaths(
             request: request,
             options: options,
             onResponse: handleResponse

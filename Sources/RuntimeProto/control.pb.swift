@@ -1086,6 +1086,37 @@ public nonisolated struct Swiftray_LogBatch: Sendable {
   public init() {}
 }
 
+/// A node the ControlService declared dead, as each NodeManager passes it on to the
+/// processes of its node (owners fail leases there and name the death in errors).
+public nonisolated struct Swiftray_SubscribeNodeDeathsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_NodeDeath: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: Data = Data()
+
+  /// Its NodeManager's addresses (owners know leased nodes by them).
+  public var nodeManagerAddress: String = String()
+
+  public var nodeManagerEndpoint: String = String()
+
+  public var detail: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "swiftray"
@@ -2918,6 +2949,70 @@ nonisolated extension Swiftray_LogBatch: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.pid != rhs.pid {return false}
     if lhs.isErr != rhs.isErr {return false}
     if lhs.lines != rhs.lines {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_SubscribeNodeDeathsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubscribeNodeDeathsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_SubscribeNodeDeathsRequest, rhs: Swiftray_SubscribeNodeDeathsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodeDeath"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_address\0\u{3}node_manager_endpoint\0\u{1}detail\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nodeManagerAddress) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.nodeManagerEndpoint) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.nodeID, fieldNumber: 1)
+    }
+    if !self.nodeManagerAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeManagerAddress, fieldNumber: 2)
+    }
+    if !self.nodeManagerEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeManagerEndpoint, fieldNumber: 3)
+    }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_NodeDeath, rhs: Swiftray_NodeDeath) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
+    if lhs.nodeManagerEndpoint != rhs.nodeManagerEndpoint {return false}
+    if lhs.detail != rhs.detail {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -66,6 +66,9 @@ public final class CoreWorker: Sendable {
     var leaseWorkers: [UInt64: Swiftray_Address] = [:]
     /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
     var leaseNodes: [UInt64: String] = [:]
+    /// Nodes the cluster declared dead: why, by node id and by NodeManager address.
+    var deadNodes: [Data: String] = [:]
+    var deadNodeManagers: [String: String] = [:]
     var idGen: TaskIDGenerator
     var selfAddress: Swiftray_Address
     var putTask: TaskID
@@ -96,6 +99,8 @@ public final class CoreWorker: Sendable {
   let interruptRunningTask = Mutex<(@Sendable () -> Void)?>(nil)
   /// The log subscription, cancelled at shutdown so the NodeManager client can close.
   let logForwarding = Mutex<Task<Void, Never>?>(nil)
+  /// The node-death subscription (networked nodes), cancelled at shutdown.
+  let deathWatch = Mutex<Task<Void, Never>?>(nil)
   /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
   /// them, so its submitter cannot drop a ref before the owner counts this process.
   let registering = DispatchGroup()
@@ -177,6 +182,36 @@ public final class CoreWorker: Sendable {
       req.isDriver = isDriver
       return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
     }
+    if options.nodeIP != nil { watchNodeDeaths() }
+  }
+
+  /// Listens to this node's NodeManager for nodes the cluster declares dead: leases
+  /// there are lost at once (their tasks retried), and errors about them say why.
+  func watchNodeDeaths() {
+    let nm = nodeManager
+    let box = WeakBox()
+    box.core = self
+    let task = Task {
+      do {
+        try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeNodeDeaths(Swiftray_SubscribeNodeDeathsRequest()) { response in
+          for try await d in response.messages { box.core?.nodeDied(d) }
+        }
+      } catch {}
+    }
+    deathWatch.withLock { $0 = task }
+  }
+
+  func nodeDied(_ d: Swiftray_NodeDeath) {
+    let short = NodeID(binary: d.nodeID)?.hex.prefix(12) ?? "?"
+    let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
+    let now = Self.now()
+    let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
+      s.deadNodes[d.nodeID] = why
+      for a in [d.nodeManagerAddress, d.nodeManagerEndpoint] where !a.isEmpty { s.deadNodeManagers[a] = why }
+      let lost = s.leaseNodes.filter { $0.value == d.nodeManagerAddress || $0.value == d.nodeManagerEndpoint }.keys
+      return lost.sorted().flatMap { s.submitter.workerLost(leaseID: $0, now: now) }
+    }
+    perform(actions)
   }
 
   final class WeakBox: @unchecked Sendable {
@@ -348,6 +383,9 @@ public final class CoreWorker: Sendable {
   /// this node's store first. Blocks (restoring or pulling); GIL released.
   public func pinStored(_ id: ObjectID, _ o: Swiftray_RayObject) throws(SwiftrayError) -> UnsafeRawBufferPointer {
     let remote = !o.storeNode.isEmpty && o.storeNode != Data(options.nodeID.binary)
+    if remote, let why = state.withLock({ $0.deadNodes[o.storeNode] }) {
+      throw SwiftrayError(.objectLost, "Object \(id.hex) was lost with its node (\(why)); its only copy was in that node's object store.")
+    }
     if remote && o.storeAddress.isEmpty {
       throw SwiftrayError(.objectLost, "Object \(id.hex) lives on node \(NodeID(binary: o.storeNode)?.hex.prefix(12) ?? "?"), whose object store "
         + "other nodes cannot reach (it was started without networking).")
@@ -662,6 +700,7 @@ public final class CoreWorker: Sendable {
       _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }
       t.cancel()
     }
+    deathWatch.withLock { $0 }?.cancel()
     server.close()
     tcpServer?.close()
     pool.closeAll()
@@ -843,6 +882,12 @@ public final class CoreWorker: Sendable {
   }
 
   func perform(_ actions: [NormalTaskSubmitter.Action]) {
+    // A lost lease's node, read before its `.returnLease` in the same batch forgets it.
+    let lostOn: [UInt64: String] = state.withLock { s in
+      var m: [UInt64: String] = [:]
+      for case .tasksLost(_, let lease) in actions { m[lease.leaseID] = s.leaseNodes[lease.leaseID] }
+      return m
+    }
     for a in actions {
       switch a {
       case .requestLease(let requestID, let key, let task):
@@ -873,7 +918,7 @@ public final class CoreWorker: Sendable {
           + "The task stays pending until a node that fits joins the cluster; "
           + "check num_cpus/num_gpus/resources in @remote(...) or start a node with those resources.")
       case .tasksLost(let tids, let lease):
-        tasksLost(tids, lease)
+        tasksLost(tids, lease, node: lostOn[lease.leaseID])
       case .tasksFailed(let tids, let detail):
         for tid in tids {
           let acts = state.withLock { s in
@@ -996,13 +1041,17 @@ public final class CoreWorker: Sendable {
     applyTaskActions(taskActions, reply: reply)
   }
 
-  func tasksLost(_ tids: [TaskID], _ lease: NormalTaskSubmitter.GrantedLease) {
-    let nm = nodeManager
+  /// `node`: the NodeManager that granted the lease, when not this node's.
+  func tasksLost(_ tids: [TaskID], _ lease: NormalTaskSubmitter.GrantedLease, node: String?) {
+    let nm = node.flatMap(nodeClient) ?? nodeManager
+    let nodeDeath = node.flatMap { n in state.withLock { $0.deadNodeManagers[n] } }
     Task { [self] in
       var req = Swiftray_GetWorkerFailureCauseRequest()
       req.workerID = Data(lease.worker.binary)
-      let cause = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).getWorkerFailureCause(req)
-      let how = cause?.found == true ? cause!.exit.detail : "worker \(lease.worker.hex.prefix(12)) died (its exit status is unknown)"
+      let cause = nodeDeath == nil ? try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).getWorkerFailureCause(req) : nil
+      let how = cause?.found == true ? cause!.exit.detail
+        : nodeDeath.map { "worker \(lease.worker.hex.prefix(12)) was on \($0)" }
+        ?? "worker \(lease.worker.hex.prefix(12)) died (its exit status is unknown)"
       for tid in tids {
         let (acts, name, attempt, maxRetries) = state.withLock { s in
           if s.shutdown { return ([TaskManager.Action](), "", 0, 0) }

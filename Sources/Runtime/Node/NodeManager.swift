@@ -49,6 +49,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var exitOrder: [WorkerID] = []
     var stderrTail: [Int32: [String]] = [:]
     var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
+    /// Processes of this node listening for node deaths, and the deaths seen so far.
+    var deathSubscribers: [UInt64: AsyncStream<Swiftray_NodeDeath>.Continuation] = [:]
+    var deadNodes: [Data: Swiftray_NodeDeath] = [:]
     var nextSubscriber: UInt64 = 1
     var consecutiveStartFailures = 0
     /// Drivers of other processes connected to this node, watched so that their
@@ -114,6 +117,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
     guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes else { return }
+    publishDeaths(of: nodes)
     let view = nodes.map { n in
       NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
                           total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
@@ -122,11 +126,30 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     state.withLock { $0.cluster = view }
   }
 
+  /// Passes on, once each, the nodes the ControlService now lists as dead.
+  func publishDeaths(of nodes: [Swiftray_NodeInfo]) {
+    let (fresh, subs) = state.withLock { s -> ([Swiftray_NodeDeath], [AsyncStream<Swiftray_NodeDeath>.Continuation]) in
+      var fresh: [Swiftray_NodeDeath] = []
+      for n in nodes where !n.alive && s.deadNodes[n.nodeID] == nil {
+        var d = Swiftray_NodeDeath()
+        d.nodeID = n.nodeID
+        d.nodeManagerAddress = n.nodeManagerAddress
+        d.nodeManagerEndpoint = n.nodeManagerEndpoint
+        d.detail = n.deathDetail
+        s.deadNodes[n.nodeID] = d
+        fresh.append(d)
+      }
+      return (fresh, fresh.isEmpty ? [] : Array(s.deathSubscribers.values))
+    }
+    for d in fresh { for c in subs { c.yield(d) } }
+  }
+
   public var nodeInfo: Swiftray_NodeInfo {
     var n = Swiftray_NodeInfo()
     n.nodeID = Data(options.nodeID.binary)
     n.nodeManagerEndpoint = endpoint.description
-    n.ipAddress = "127.0.0.1"
+    // Empty when this node is not networked: its processes then listen on Unix sockets only.
+    n.ipAddress = options.nodeIP ?? ""
     n.total = options.resources.proto
     n.available = state.withLock { $0.queue.available }.proto
     n.alive = true
@@ -457,6 +480,21 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for await batch in stream { try await response.write(batch) }
   }
 
+  /// Every node death known here, then each new one, until the caller goes.
+  public func subscribeNodeDeaths(request: Swiftray_SubscribeNodeDeathsRequest, response: RPCWriter<Swiftray_NodeDeath>,
+                                  context: ServerContext) async throws {
+    let (stream, cont) = AsyncStream<Swiftray_NodeDeath>.makeStream()
+    let key = state.withLock { s in
+      let k = s.nextSubscriber
+      s.nextSubscriber += 1
+      s.deathSubscribers[k] = cont
+      for d in s.deadNodes.values { cont.yield(d) }
+      return k
+    }
+    defer { _ = state.withLock { $0.deathSubscribers.removeValue(forKey: key) } }
+    for await d in stream { try await response.write(d) }
+  }
+
   // MARK: shutdown
 
   /// Stops every worker: SIGTERM, then SIGKILL after `grace`. Blocks until they are gone
@@ -471,6 +509,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       for c in pending { c.resume(returning: r) }
       let subs = Array(s.logSubscribers.values)
       s.logSubscribers.removeAll()
+      for c in s.deathSubscribers.values { c.finish() }
+      s.deathSubscribers.removeAll()
       return (s.procs.values.map { $0.pid }, subs)
     }
     for p in pids { monitor.signal(p, SIGTERM) }
