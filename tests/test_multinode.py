@@ -318,3 +318,14 @@ def test_a_task_runs_where_its_large_argument_is(cluster):
         node, total = swiftray.get(consume.remote(data, i))
         assert node == far_id and total == (8 << 20) + i
     assert _node_of(head["session"])["Alive"]
+
+
+def test_a_node_whose_head_is_gone_stops_after_the_reconnect_timeout(cluster):
+    from conftest import pid_alive
+    cluster.env["SWIFTRAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S"] = "2"
+    head = cluster.add_node(num_cpus=1)
+    node = cluster.add_node(num_cpus=1)
+    cluster.kill_node(head)
+    # Its workers would serve a cluster that no longer exists: it stops, cleanly.
+    assert _wait_until(lambda: not pid_alive(node["pid"]), timeout=20)
+    assert _wait_until(lambda: not os.path.exists(node["session"]), timeout=5)

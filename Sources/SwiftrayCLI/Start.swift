@@ -150,6 +150,14 @@ struct Start: ParsableCommand {
       print("swiftray node running; session \(cluster.sessionDir), cluster address \(clusterAddress). "
         + "Connect with swiftray.init(address=\"auto\").")
     }
+    // A joined node whose head is gone stops as Ray's raylet does, rather than keep
+    // workers for a cluster that no longer exists.
+    cluster.nodeManager.controlLost.withLock { h in
+      h = { reason in
+        CoreWorker.writeStderr("swiftray node stopping: \(reason).\n")
+        kill(getpid(), SIGTERM)
+      }
+    }
     var received: Int32 = 0
     sigwait(&stopSignals, &received)
     cluster.shutdown()

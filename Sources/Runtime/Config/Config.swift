@@ -28,6 +28,8 @@ public struct Config: Sendable, Equatable {
   /// How often each NodeManager reports its free resources and refreshes its view of
   /// the other nodes (the view spillback and the hybrid policy decide on). Ray: 100 ms.
   public var resourceReportPeriodMs = 200
+  /// A node that cannot reach the ControlService this long stops (its cluster is gone).
+  public var gcsRpcServerReconnectTimeoutS = 60
 
   public init() {}
 
@@ -44,6 +46,7 @@ public struct Config: Sendable, Equatable {
     "health_check_timeout_ms": \.healthCheckTimeoutMs,
     "health_check_failure_threshold": \.healthCheckFailureThreshold,
     "raylet_report_resources_period_milliseconds": \.resourceReportPeriodMs,
+    "gcs_rpc_server_reconnect_timeout_s": \.gcsRpcServerReconnectTimeoutS,
   ]
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error

@@ -71,6 +71,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   let state: Mutex<State>
   let log = Logger(label: "swiftray.node")
   let control = Mutex<ControlPlane.Connection?>(nil)
+  /// Called once when the ControlService stays unreachable (see `syncClusterView`).
+  public let controlLost = Mutex<(@Sendable (String) -> Void)?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
   nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
 
@@ -98,7 +100,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// Every `resourceReportPeriodMs`: report this node's free resources and pending
   /// demand to the ControlService and take its view of every node (for routing). Ends
   /// at shutdown.
+  /// Stops short of reporting when the ControlService stays unreachable for
+  /// `gcsRpcServerReconnectTimeoutS`: `controlLost` runs once with the reason (the
+  /// daemon then stops; its workers would serve a cluster that is gone).
   func syncClusterView() async {
+    let clock = ContinuousClock()
+    var lastContact = clock.now
+    let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
     while !state.withLock({ $0.shuttingDown }) {
       if let c = controlClient() {
         let client = Swiftray_ControlService.Client(wrapping: c.client)
@@ -108,7 +116,12 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           report.available = s.queue.available.proto
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
-        _ = try? await client.reportResources(report)
+        if (try? await client.reportResources(report)) != nil {
+          lastContact = clock.now
+        } else if clock.now - lastContact > patience, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
+          lost("the ControlService at \(options.controlEndpoint) has been unreachable for "
+            + "\(options.config.gcsRpcServerReconnectTimeoutS) s (gcs_rpc_server_reconnect_timeout_s)")
+        }
         await refreshClusterView(client)
       }
       try? await Task.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
