@@ -31,6 +31,46 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(!tm.isPending(t))
   }
 
+  @Test mutating func aLostReturnIsRebuiltWithinMaxRetriesAndSaysWhyWhenItCannotBe() {
+    var tm = TaskManager()
+    let t = gen.next(), once = gen.next(), never = gen.next()
+    let lost = ObjectID.forReturn(of: t, index: 0)
+    tm.taskSubmitted(t, spec: spec(t, maxRetries: 1))
+    #expect(tm.taskReplied(t, outcome: .success) == [.complete(t)])
+    #expect(tm.rebuild(t, lost: lost, why: "node died") == .resubmit)
+    #expect(tm.isPending(t) && tm.spec(t)?.attempt == 1)
+    #expect(tm.rebuild(t, lost: lost, why: "node died") == .alreadyRunning, "a second lost return: one re-run")
+    #expect(tm.taskReplied(t, outcome: .success) == [.complete(t)])
+    guard case .fail(let spent) = tm.rebuild(t, lost: lost, why: "node died") else { Issue.record("rebuilt twice"); return }
+    #expect(spent.code == .reconstructionFailed && spent.message.contains("out of retries"))
+
+    tm.taskSubmitted(never, spec: spec(never, maxRetries: 0))
+    _ = tm.taskReplied(never, outcome: .success)
+    guard case .fail(let zero) = tm.rebuild(never, lost: lost, why: "x") else { Issue.record("rebuilt"); return }
+    #expect(zero.message.contains("max_retries=0"))
+
+    guard case .fail(let gone) = tm.rebuild(once, lost: lost, why: "x") else { Issue.record("rebuilt"); return }
+    #expect(gone.message.contains("lineage"))
+  }
+
+  @Test mutating func aKeptSpecPinsItsArgumentsLineageUntilItIsReleased() {
+    var tm = TaskManager()
+    let a = gen.next(), b = gen.next()
+    let aOut = ObjectID.forReturn(of: a, index: 0)
+    tm.taskSubmitted(a, spec: spec(a))
+    var sb = spec(b)
+    var arg = Swiftray_TaskArg()
+    arg.ref.objectID = .init(aOut.binary)
+    sb.args = [arg]
+    tm.taskSubmitted(b, spec: sb)
+    _ = tm.taskReplied(a, outcome: .success)
+    _ = tm.taskReplied(b, outcome: .success)
+    #expect(tm.isLineagePinned(aOut), "b's spec names a's return")
+    #expect(tm.release(b) == [aOut], "releasing b unpins a's return")
+    #expect(!tm.isLineagePinned(aOut))
+    #expect(tm.release(a).isEmpty && tm.spec(a) == nil)
+  }
+
   @Test mutating func maxRetriesMinusOneRetriesForever() {
     var tm = TaskManager()
     let t = gen.next()

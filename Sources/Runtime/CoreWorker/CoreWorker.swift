@@ -201,19 +201,6 @@ public final class CoreWorker: Sendable {
     deathWatch.withLock { $0 = task }
   }
 
-  func nodeDied(_ d: Swiftray_NodeDeath) {
-    let short = NodeID(binary: d.nodeID)?.hex.prefix(12) ?? "?"
-    let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
-    let now = Self.now()
-    let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
-      s.deadNodes[d.nodeID] = why
-      for a in [d.nodeManagerAddress, d.nodeManagerEndpoint] where !a.isEmpty { s.deadNodeManagers[a] = why }
-      let lost = s.leaseNodes.filter { $0.value == d.nodeManagerAddress || $0.value == d.nodeManagerEndpoint }.keys
-      return lost.sorted().flatMap { s.submitter.workerLost(leaseID: $0, now: now) }
-    }
-    perform(actions)
-  }
-
   final class WeakBox: @unchecked Sendable {
     // Written once during init before the server can deliver a frame.
     weak var core: CoreWorker?
@@ -378,10 +365,7 @@ public final class CoreWorker: Sendable {
     return o
   }
 
-  /// Pins a stored object for this process and returns its bytes; valid until
-  /// `unpinStored`. An object whose primary copy is on another node is pulled into
-  /// this node's store first. Blocks (restoring or pulling); GIL released.
-  public func pinStored(_ id: ObjectID, _ o: Swiftray_RayObject) throws(SwiftrayError) -> UnsafeRawBufferPointer {
+  func pinOnce(_ id: ObjectID, _ o: Swiftray_RayObject) throws(SwiftrayError) -> UnsafeRawBufferPointer {
     let remote = !o.storeNode.isEmpty && o.storeNode != Data(options.nodeID.binary)
     if remote, let why = state.withLock({ $0.deadNodes[o.storeNode] }) {
       throw SwiftrayError(.objectLost, "Object \(id.hex) was lost with its node (\(why)); its only copy was in that node's object store.")
@@ -1106,11 +1090,17 @@ public final class CoreWorker: Sendable {
     applyRefActions(actions)
   }
 
-  /// Drops a finished task's spec once none of its return objects is referenced.
+  /// Drops a finished task's spec once none of its return objects is referenced or
+  /// needed as an argument by a kept spec; then, recursively, its arguments' specs.
   static func releaseLineageIfUnused(_ s: inout State, _ tid: TaskID) {
-    guard let n = s.tasks.spec(tid)?.numReturns, !s.tasks.isPending(tid) else { return }
-    if !(0..<Int(n)).contains(where: { s.refs.isInScope(ObjectID.forReturn(of: tid, index: $0)) }) {
-      s.tasks.release(tid)
+    var work = [tid]
+    while let t = work.popLast() {
+      guard let n = s.tasks.spec(t)?.numReturns, !s.tasks.isPending(t) else { continue }
+      let needed = (0..<Int(n)).contains { i in
+        let r = ObjectID.forReturn(of: t, index: i)
+        return s.refs.isInScope(r) || s.tasks.isLineagePinned(r)
+      }
+      if !needed { work += s.tasks.release(t).filter { !$0.isPut }.map(\.task) }
     }
   }
 

@@ -36,7 +36,13 @@ public struct TaskManager: Sendable {
   }
 
   public private(set) var entries: [TaskID: Entry] = [:]
+  /// Per object: how many kept specs (lineage) name it as an argument. While > 0 its own
+  /// task's spec is kept too, so a lost downstream object can be rebuilt through it
+  /// even after its value was freed (Ray's lineage pinning).
+  public private(set) var lineageRefs: [ObjectID: Int] = [:]
   public init() {}
+
+  public func isLineagePinned(_ id: ObjectID) -> Bool { (lineageRefs[id] ?? 0) > 0 }
 
   public var numPending: Int { entries.values.filter { $0.status == .pending }.count }
   public func spec(_ id: TaskID) -> Swiftray_TaskSpec? { entries[id]?.spec }
@@ -53,6 +59,7 @@ public struct TaskManager: Sendable {
       case nil: return []
       }
     } + extraRefs
+    if entries[id] == nil { for a in e.argRefs { lineageRefs[a, default: 0] += 1 } }
     entries[id] = e
   }
 
@@ -115,9 +122,51 @@ public struct TaskManager: Sendable {
     return true
   }
 
-  /// Lineage is released once nothing can ask for the task's returns again.
-  public mutating func release(_ id: TaskID) {
-    if let e = entries[id], e.status != .pending { entries[id] = nil }
+  public enum Rebuild: Sendable, Equatable {
+    /// Run the task again (an attempt is used); its returns come back under the same ids.
+    case resubmit
+    /// It is running again already (another of its returns was lost too).
+    case alreadyRunning
+    /// The object cannot come back: store this error in its place.
+    case fail(SwiftrayError)
+  }
+
+  /// A return of task `id` was lost with its node (lineage reconstruction). `object`
+  /// and `why` are for the error when it cannot be rebuilt.
+  public mutating func rebuild(_ id: TaskID, lost object: ObjectID, why: String) -> Rebuild {
+    guard var e = entries[id] else {
+      return .fail(SwiftrayError(.reconstructionFailed, "Object \(object.hex) was lost (\(why)) and cannot be rebuilt: "
+        + "the lineage of the task that made it was released (lineage evicted)."))
+    }
+    if e.status == .pending { return .alreadyRunning }
+    let name = e.spec.name
+    if e.spec.maxRetries == 0 {
+      return .fail(SwiftrayError(.reconstructionFailed, "Object \(object.hex) was lost (\(why)) and cannot be rebuilt: "
+        + "its task \(name) has max_retries=0, so it is never re-executed. Set max_retries > 0 to let lost objects be rebuilt."))
+    }
+    guard consumeRetry(&e) else {
+      return .fail(SwiftrayError(.reconstructionFailed, "Object \(object.hex) was lost (\(why)) and cannot be rebuilt: "
+        + "its task \(name) is out of retries (max_retries=\(e.spec.maxRetries), attempted \(e.spec.attempt + 1) time(s); "
+        + "maximum attempts exceeded)."))
+    }
+    e.status = .pending
+    entries[id] = e
+    return .resubmit
+  }
+
+  /// Lineage is released once nothing can ask for the task's returns again. Returns
+  /// the arguments no kept spec names any more (their own lineage may go now).
+  @discardableResult
+  public mutating func release(_ id: TaskID) -> [ObjectID] {
+    guard let e = entries[id], e.status != .pending else { return [] }
+    entries[id] = nil
+    var unpinned: [ObjectID] = []
+    for a in e.argRefs {
+      let n = (lineageRefs[a] ?? 1) - 1
+      lineageRefs[a] = n > 0 ? n : nil
+      if n <= 0 { unpinned.append(a) }
+    }
+    return unpinned
   }
 
   private func consumeRetry(_ e: inout Entry) -> Bool {

@@ -1,0 +1,147 @@
+import Foundation
+import RuntimeProto
+
+/// What an owner does when a node dies (DESIGN §3, lineage reconstruction): leases
+/// there are lost, owned objects whose only copy lived there are rebuilt by running
+/// their task again (recursively through lost arguments, within `max_retries`), `put`
+/// objects become `ObjectLostError`s, and readers wait through the rebuild.
+///
+/// Threading: called from the node-death subscription task and from readers (GIL
+/// released); state under the CoreWorker's lock, actions outside it.
+extension CoreWorker {
+  func nodeDied(_ d: Swiftray_NodeDeath) {
+    let short = NodeID(binary: d.nodeID)?.hex.prefix(12) ?? "?"
+    let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
+    let now = Self.now()
+    var fetches: [ObjectID] = []
+    let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
+      s.deadNodes[d.nodeID] = why
+      for a in [d.nodeManagerAddress, d.nodeManagerEndpoint] where !a.isEmpty { s.deadNodeManagers[a] = why }
+      let lost = s.leaseNodes.filter { $0.value == d.nodeManagerAddress || $0.value == d.nodeManagerEndpoint }.keys
+      var actions = lost.sorted().flatMap { s.submitter.workerLost(leaseID: $0, now: now) }
+      let rerun = Self.objectsLost(&s, on: d.nodeID, why: why)
+      for t in rerun { actions += Self.resolveAgain(&s, t, now: now, fetches: &fetches) }
+      return actions
+    }
+    for id in fetches { fetch(id) }
+    perform(actions)
+  }
+
+  /// Owned objects stored on the dead node: each becomes pending again (its task runs
+  /// again) or an error saying why it cannot come back. Cached descriptors of borrowed
+  /// ones are dropped so the next read asks their owner, who rebuilds them. Returns the
+  /// tasks to run again, in id order.
+  static func objectsLost(_ s: inout State, on node: Data, why: String) -> [TaskID] {
+    let lost = s.store.filter { $0.value.storeSize > 0 && $0.value.storeNode == node }.keys.sorted { $0.hex < $1.hex }
+    var rerun: [TaskID] = []
+    for id in lost {
+      if s.owners[id] != nil {
+        if s.store[id]?.nestedRefs.isEmpty == true { s.store[id] = nil }
+        continue
+      }
+      if id.isPut {
+        s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was made by put(), "
+          + "whose only copy lived in that node's object store, and put objects cannot be rebuilt.")
+        continue
+      }
+      if let spec = s.tasks.spec(id.task), !spec.actorID.isEmpty || spec.hasActorCreation {
+        s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was returned by an "
+          + "actor method, which is not re-executed to rebuild it.")
+        continue
+      }
+      switch s.tasks.rebuild(id.task, lost: id, why: why) {
+      case .resubmit:
+        s.store[id] = nil
+        rerun.append(id.task)
+      case .alreadyRunning:
+        s.store[id] = nil
+      case .fail(let e):
+        s.store[id] = errorObject(e.code, e.message)
+      }
+    }
+    return rerun
+  }
+
+  /// Runs a finished task again: its arguments are resolved anew (a lost one waits for
+  /// its own rebuild; a borrowed one is fetched from its owner), then it is queued.
+  static func resolveAgain(_ s: inout State, _ t: TaskID, now: UInt64, fetches: inout [ObjectID]) -> [NormalTaskSubmitter.Action] {
+    guard var spec = s.tasks.spec(t) else { return [] }
+    var deps: [ObjectID] = []
+    for i in spec.args.indices where !spec.args[i].objectID.isEmpty {
+      guard let id = ObjectID(binary: spec.args[i].objectID) else { continue }
+      // Back to a reference: `taskReady` inlines whatever the argument is now.
+      var r = Swiftray_ObjectReference()
+      r.objectID = spec.args[i].objectID
+      spec.args[i].kind = .ref(r)
+      deps.append(id)
+    }
+    s.tasks.specResolved(t, spec: spec)
+    // The run holds its arguments again until it ends, as the first run did.
+    let held = s.tasks.argRefs(t)
+    for a in held where s.owners[a] == nil { s.refs.ownedObjectCreated(a) }
+    s.refs.submittedTaskRefsAdded(held)
+    var nested: [TaskID] = []
+    for id in deps where s.store[id] == nil && s.owners[id] == nil && !s.tasks.isPending(id.task) {
+      // Owned and freed once used: rebuilt through its own kept lineage.
+      let why = "it is needed to rebuild the return values of task \(spec.name) (\(t.hex))"
+      switch id.isPut ? .fail(SwiftrayError(.objectLost, "Object \(id.hex) was freed, and put objects cannot be rebuilt (\(why)).")) : s.tasks.rebuild(id.task, lost: id, why: why) {
+      case .resubmit: nested.append(id.task)
+      case .alreadyRunning: break
+      case .fail(let e): s.store[id] = errorObject(e.code, e.message)
+      }
+    }
+    var actions: [NormalTaskSubmitter.Action] = []
+    for n in nested { actions += resolveAgain(&s, n, now: now, fetches: &fetches) }
+    let store = s.store
+    if s.resolver.taskArrived(t, dependencies: deps, isReady: { store[$0] != nil }) { return actions + taskReady(&s, t, now: now) }
+    for id in deps where s.store[id] == nil && startFetch(&s, id) { fetches.append(id) }
+    return actions
+  }
+
+  /// Pins a stored object for this process and returns its bytes; valid until
+  /// `unpinStored`. An object whose primary copy is on another node is pulled into
+  /// this node's store first; if that node died, waits for the object to come back
+  /// (its owner rebuilds it) and pins the new copy. Blocks; call with the GIL released.
+  public func pinStored(_ id: ObjectID, _ o: Swiftray_RayObject) throws(SwiftrayError) -> UnsafeRawBufferPointer {
+    var o = o
+    var attempt = 0
+    while true {
+      do throws(SwiftrayError) {
+        return try pinOnce(id, o)
+      } catch {
+        attempt += 1
+        guard error.code == .objectLost, attempt <= 3, let fresh = try recovered(id, from: o) else { throw error }
+        o = fresh
+      }
+    }
+  }
+
+  /// After a failed read of `o`: waits (bounded by the health-check time) for the
+  /// cluster to declare its node dead, then for the object's new value. nil when the
+  /// node is not declared dead or nothing new comes; throws the error the owner stored
+  /// when it cannot be rebuilt.
+  func recovered(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
+    let c = options.config
+    let verdictMs = c.healthCheckPeriodMs * max(1, c.healthCheckFailureThreshold) + c.healthCheckTimeoutMs + 2 * c.resourceReportPeriodMs + 1000
+    let deadline = Self.now() + UInt64(max(1000, verdictMs)) * 1_000_000
+    while state.withLock({ $0.deadNodes[o.storeNode] == nil }) {
+      if Self.now() > deadline { return nil }
+      usleep(50_000)
+    }
+    var fetch = false
+    let known: Bool = state.withLock { s in
+      if s.owners[id] != nil, let cached = s.store[id], cached.storeNode == o.storeNode, cached.nestedRefs.isEmpty {
+        s.store[id] = nil
+      }
+      fetch = s.store[id] == nil && Self.startFetch(&s, id)
+      return s.store[id] != nil || s.owners[id] != nil || s.tasks.isPending(id.task)
+    }
+    guard known else { return nil }  // not ours and not borrowed: nobody here can bring it back
+    if fetch { self.fetch(id) }
+    guard waitFor([id], needed: 1, timeoutNanos: UInt64(Int64.max)) else { return nil }
+    guard let now = objects([id]).first ?? nil else { return nil }
+    if let code = ErrorObject.code(fromMetadata: now.metadata) { throw SwiftrayError(code, String(decoding: now.data, as: UTF8.self)) }
+    guard now.storeSize > 0, now.storeNode != o.storeNode else { return nil }
+    return now
+  }
+}
