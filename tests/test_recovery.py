@@ -84,3 +84,66 @@ def test_an_object_whose_task_has_max_retries_0_raises_reconstruction_failed(clu
     with pytest.raises(ObjectReconstructionFailedError, match="max_retries=0") as e:
         swiftray.get(never, timeout=60)
     assert never.hex() in str(e.value) and "died" in str(e.value)
+
+
+def test_an_object_whose_lineage_was_evicted_raises_reconstruction_failed(cluster, monkeypatch):
+    from swiftray.exceptions import ObjectReconstructionFailedError
+    monkeypatch.setenv("SWIFTRAY_MAX_LINEAGE_BYTES", "1")  # keep no finished spec at all
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"r": 1})
+    def make():
+        return np.ones(N)
+
+    ref = make.remote()
+    swiftray.wait([ref])
+    cluster.kill_node(victim)
+    assert _dead(victim["session"])
+    with pytest.raises(ObjectReconstructionFailedError, match="lineage evicted"):
+        swiftray.get(ref, timeout=60)
+
+
+def _node_id(session):
+    return next(n["NodeID"] for n in swiftray.nodes() if n["SessionDir"] == session)
+
+
+def test_an_actor_on_a_killed_node_restarts_on_another(cluster):
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"r": 1}, max_restarts=1)
+    class Where:
+        def __init__(self):
+            self.calls = 0
+
+        def node(self):
+            self.calls += 1
+            return swiftray.get_runtime_context().get_node_id(), self.calls
+
+    w = Where.remote()
+    assert swiftray.get(w.node.remote()) == (_node_id(victim["session"]), 1)
+    spare = cluster.add_node(num_cpus=1, resources={"r": 1})
+    cluster.kill_node(victim)
+    assert _dead(victim["session"])
+    # The call waits for the restart, on the spare node, with fresh state.
+    assert swiftray.get(w.node.remote(), timeout=60) == (_node_id(spare["session"]), 1)
+
+
+def test_a_borrower_of_an_object_whose_owner_died_gets_owner_died(cluster):
+    from swiftray.exceptions import OwnerDiedError
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"r": 1})
+    def owner():
+        return [swiftray.put(np.ones(N))]  # owned by this worker, on the victim node
+
+    [inner] = swiftray.get(owner.remote())
+    cluster.kill_node(victim)
+    assert _dead(victim["session"])
+    with pytest.raises(OwnerDiedError):
+        swiftray.get(inner, timeout=60)

@@ -71,6 +71,27 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(tm.release(a).isEmpty && tm.spec(a) == nil)
   }
 
+  @Test mutating func keptLineageIsBoundedOldestFirstAndEvictedObjectsCannotBeRebuilt() {
+    var tm = TaskManager()
+    let ts = (0..<4).map { _ in gen.next() }
+    for t in ts {
+      var sp = spec(t)
+      var arg = Swiftray_TaskArg()
+      arg.value.data = .init(repeating: 7, count: 1000)
+      sp.args = [arg]
+      tm.taskSubmitted(t, spec: sp)
+      _ = tm.taskReplied(t, outcome: .success)
+    }
+    #expect(tm.lineageBytes == 4 * 1256)
+    _ = tm.evictLineage(limit: 2 * 1256)
+    #expect(tm.spec(ts[0]) == nil && tm.spec(ts[1]) == nil && tm.spec(ts[2]) != nil && tm.lineageBytes == 2 * 1256)
+    guard case .fail(let e) = tm.rebuild(ts[0], lost: ObjectID.forReturn(of: ts[0], index: 0), why: "node died")
+    else { Issue.record("an evicted task was rebuilt"); return }
+    #expect(e.code == .reconstructionFailed && e.message.contains("lineage evicted"))
+    #expect(tm.rebuild(ts[3], lost: ObjectID.forReturn(of: ts[3], index: 0), why: "node died") == .resubmit)
+    #expect(tm.lineageBytes == 1256, "a task running again is not kept lineage until it finishes")
+  }
+
   @Test mutating func maxRetriesMinusOneRetriesForever() {
     var tm = TaskManager()
     let t = gen.next()

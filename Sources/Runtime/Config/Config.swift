@@ -28,6 +28,9 @@ public struct Config: Sendable, Equatable {
   /// How often each NodeManager reports its free resources and refreshes its view of
   /// the other nodes (the view spillback and the hybrid policy decide on). Ray: 100 ms.
   public var resourceReportPeriodMs = 200
+  /// Bytes of finished tasks' specs an owner keeps to rebuild lost objects; the
+  /// oldest are evicted past it (their objects then cannot be rebuilt). Ray: 1 GiB.
+  public var maxLineageBytes = 1 << 30
   /// A node that cannot reach the ControlService this long stops (its cluster is gone).
   public var gcsRpcServerReconnectTimeoutS = 60
 
@@ -47,6 +50,7 @@ public struct Config: Sendable, Equatable {
     "health_check_failure_threshold": \.healthCheckFailureThreshold,
     "raylet_report_resources_period_milliseconds": \.resourceReportPeriodMs,
     "gcs_rpc_server_reconnect_timeout_s": \.gcsRpcServerReconnectTimeoutS,
+    "max_lineage_bytes": \.maxLineageBytes,
   ]
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error

@@ -1085,6 +1085,11 @@ public final class CoreWorker: Sendable {
       // Args were inlined into the spec; the refs it was submitted with are kept apart.
       let a = s.refs.submittedTaskRefsRemoved(args)
       Self.releaseLineageIfUnused(&s, tid)
+      if s.tasks.lineageBytes > options.config.maxLineageBytes {
+        for arg in s.tasks.evictLineage(limit: options.config.maxLineageBytes) where !arg.isPut {
+          Self.releaseLineageIfUnused(&s, arg.task)
+        }
+      }
       return a
     }
     applyRefActions(actions)

@@ -40,6 +40,12 @@ public struct TaskManager: Sendable {
   /// task's spec is kept too, so a lost downstream object can be rebuilt through it
   /// even after its value was freed (Ray's lineage pinning).
   public private(set) var lineageRefs: [ObjectID: Int] = [:]
+  /// Specs of finished tasks kept for lineage, in the order they finished, with their
+  /// estimated sizes; bounded by `evictLineage` (Ray's `max_lineage_bytes`).
+  private var kept: [TaskID: Int] = [:]
+  private var keptOrder: [TaskID] = []
+  private var keptHead = 0
+  public private(set) var lineageBytes = 0
   public init() {}
 
   public func isLineagePinned(_ id: ObjectID) -> Bool { (lineageRefs[id] ?? 0) > 0 }
@@ -75,11 +81,11 @@ public struct TaskManager: Sendable {
     switch outcome {
     case .success:
       e.status = .finished
-      entries[id] = e
+      settled(id, e)
       return [.complete(id)]
     case .cancelled:
       e.status = .failed
-      entries[id] = e
+      settled(id, e)
       return [.fail(id, Self.cancelledError(e.spec))]
     case .applicationError(let retryable):
       if retryable && !e.cancelRequested && consumeRetry(&e) {
@@ -87,7 +93,7 @@ public struct TaskManager: Sendable {
         return [.resubmit(id, reason: "the task raised an exception listed in retry_exceptions")]
       }
       e.status = .failed
-      entries[id] = e
+      settled(id, e)
       // The error objects came back in the reply; store them like values.
       return [.complete(id)]
     }
@@ -98,7 +104,7 @@ public struct TaskManager: Sendable {
     guard var e = entries[id], e.status == .pending else { return [] }
     if e.cancelRequested {
       e.status = .failed
-      entries[id] = e
+      settled(id, e)
       return [.fail(id, Self.cancelledError(e.spec))]
     }
     if error.code == .workerCrashed && consumeRetry(&e) {
@@ -106,7 +112,7 @@ public struct TaskManager: Sendable {
       return [.resubmit(id, reason: error.message)]
     }
     e.status = .failed
-    entries[id] = e
+    settled(id, e)
     var final = error
     if error.code == .workerCrashed {
       final.message += " The task was attempted \(e.spec.attempt + 1) time(s) (max_retries=\(e.spec.maxRetries))."
@@ -151,7 +157,41 @@ public struct TaskManager: Sendable {
     }
     e.status = .pending
     entries[id] = e
+    unkept(id)
     return .resubmit
+  }
+
+  /// Evicts the oldest kept specs until their estimated bytes are within `limit`;
+  /// their returns can no longer be rebuilt. Returns the arguments no kept spec names
+  /// any more (their own lineage may go now).
+  public mutating func evictLineage(limit: Int) -> [ObjectID] {
+    var unpinned: [ObjectID] = []
+    while lineageBytes > limit && keptHead < keptOrder.count {
+      let t = keptOrder[keptHead]
+      keptHead += 1
+      if kept[t] != nil { unpinned += release(t) }
+    }
+    return unpinned
+  }
+
+  private mutating func settled(_ id: TaskID, _ e: Entry) {
+    entries[id] = e
+    guard kept[id] == nil else { return }
+    // What the spec costs to keep: its inline argument bytes plus a fixed overhead.
+    let size = 256 + e.spec.args.reduce(0) { $0 + $1.value.data.count + $1.value.metadata.count }
+    kept[id] = size
+    keptOrder.append(id)
+    lineageBytes += size
+    // Most specs are released long before eviction: drop their ids from the order now
+    // and then (amortized O(1)), so it stays proportional to what is kept.
+    if keptOrder.count - keptHead > 2 * kept.count + 1024 {
+      keptOrder = keptOrder[keptHead...].filter { kept[$0] != nil }
+      keptHead = 0
+    }
+  }
+
+  private mutating func unkept(_ id: TaskID) {
+    if let size = kept.removeValue(forKey: id) { lineageBytes -= size }
   }
 
   /// Lineage is released once nothing can ask for the task's returns again. Returns
@@ -160,6 +200,7 @@ public struct TaskManager: Sendable {
   public mutating func release(_ id: TaskID) -> [ObjectID] {
     guard let e = entries[id], e.status != .pending else { return [] }
     entries[id] = nil
+    unkept(id)
     var unpinned: [ObjectID] = []
     for a in e.argRefs {
       let n = (lineageRefs[a] ?? 1) - 1
