@@ -114,7 +114,8 @@ def test_an_actor_on_a_killed_node_restarts_on_another(cluster):
     victim = cluster.add_node(num_cpus=1, resources={"r": 1})
     swiftray.init(address=cluster.address)
 
-    @swiftray.remote(resources={"r": 1}, max_restarts=1)
+    # max_task_retries: a call sent before this driver learns of the death is resent.
+    @swiftray.remote(resources={"r": 1}, max_restarts=1, max_task_retries=1)
     class Where:
         def __init__(self):
             self.calls = 0
@@ -128,7 +129,7 @@ def test_an_actor_on_a_killed_node_restarts_on_another(cluster):
     spare = cluster.add_node(num_cpus=1, resources={"r": 1})
     cluster.kill_node(victim)
     assert _dead(victim["session"])
-    # The call waits for the restart, on the spare node, with fresh state.
+    # The call waits for the restart and runs on the spare node, with fresh state.
     assert swiftray.get(w.node.remote(), timeout=60) == (_node_id(spare["session"]), 1)
 
 
