@@ -75,6 +75,20 @@ enum StoredValues {
     }
   }
 
+  /// The reply for a normal task whose stored arguments could not be read from the
+  /// store (their node died or is unreachable), or nil when all are readable. Errors
+  /// the owner stored as the arguments' values are not this: the task fails with them.
+  static func lostArguments(_ spec: Swiftray_TaskSpec, _ pins: [Result<Pinned, SwiftrayError>?]) -> Swiftray_PushTaskReply? {
+    guard spec.actorID.isEmpty, !spec.hasActorCreation else { return nil }
+    var reply = Swiftray_PushTaskReply()
+    for (a, p) in zip(spec.args, pins) {
+      guard case .failure(let e)? = p, e.code == .objectLost else { continue }
+      reply.lostArguments.append(a.objectID)
+      if reply.lostDetail.isEmpty { reply.lostDetail = e.message }
+    }
+    return reply.lostArguments.isEmpty ? nil : reply
+  }
+
   /// A read-only view of a pinned object; its death unpins it.
   static func view(_ core: CoreWorker, _ pinned: Pinned) -> PyPtr? {
     sr_StoreView_SetRelease(released)

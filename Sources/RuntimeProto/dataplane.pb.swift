@@ -91,6 +91,12 @@ public nonisolated struct Swiftray_PushTaskReply: Sendable {
   /// An actor constructor raised: its traceback, for the ActorDiedError of later calls.
   public var actorCreationError: String = String()
 
+  /// The task did not run: these stored arguments could not be read (their node died or
+  /// is unreachable). The owner resolves them again (rebuilding lost ones) and resends.
+  public var lostArguments: [Data] = []
+
+  public var lostDetail: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -836,7 +842,7 @@ nonisolated extension Swiftray_ReturnObject: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -849,6 +855,8 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeSingularBoolField(value: &self.isRetryableError) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.wasCancelled) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.actorCreationError) }()
+      case 6: try { try decoder.decodeRepeatedBytesField(value: &self.lostArguments) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.lostDetail) }()
       default: break
       }
     }
@@ -870,6 +878,12 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if !self.actorCreationError.isEmpty {
       try visitor.visitSingularStringField(value: self.actorCreationError, fieldNumber: 5)
     }
+    if !self.lostArguments.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.lostArguments, fieldNumber: 6)
+    }
+    if !self.lostDetail.isEmpty {
+      try visitor.visitSingularStringField(value: self.lostDetail, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -879,6 +893,8 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.isRetryableError != rhs.isRetryableError {return false}
     if lhs.wasCancelled != rhs.wasCancelled {return false}
     if lhs.actorCreationError != rhs.actorCreationError {return false}
+    if lhs.lostArguments != rhs.lostArguments {return false}
+    if lhs.lostDetail != rhs.lostDetail {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

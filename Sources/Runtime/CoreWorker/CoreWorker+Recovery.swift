@@ -62,9 +62,50 @@ extension CoreWorker {
     return rerun
   }
 
-  /// Runs a finished task again: its arguments are resolved anew (a lost one waits for
-  /// its own rebuild; a borrowed one is fetched from its owner), then it is queued.
-  static func resolveAgain(_ s: inout State, _ t: TaskID, now: UInt64, fetches: inout [ObjectID]) -> [NormalTaskSubmitter.Action] {
+  /// A worker could not read some of `t`'s stored arguments (their node died or is
+  /// unreachable), so `t` did not run. Once the cluster has declared those nodes dead
+  /// (the arguments are then being rebuilt, or hold the error saying why not), `t` is
+  /// resolved and sent again; if no verdict comes, it fails with the reason.
+  func argumentsLost(_ t: TaskID, _ ids: [ObjectID], detail: String) {
+    // The nodes the worker tried: those of the arguments as they were sent (since then
+    // they may have been rebuilt elsewhere already).
+    let lost = Set(ids.map { Data($0.binary) })
+    let nodes = state.withLock { s in
+      Set((s.tasks.spec(t)?.args ?? []).filter { lost.contains($0.objectID) }.map(\.value.storeNode).filter { !$0.isEmpty })
+    }
+    let deadline = Self.now() + verdictNanos
+    Task { [self] in
+      while state.withLock({ s in !nodes.allSatisfy { s.deadNodes[$0] != nil } }) && Self.now() < deadline {
+        try? await Task.sleep(for: .milliseconds(50))
+      }
+      let now = Self.now()
+      var fetches: [ObjectID] = []
+      let (submit, failed) = state.withLock { s -> ([NormalTaskSubmitter.Action], [TaskManager.Action]) in
+        guard s.tasks.isPending(t) else { return ([], []) }
+        if nodes.allSatisfy({ s.deadNodes[$0] != nil }) {
+          return (Self.resolveAgain(&s, t, now: now, fetches: &fetches, rerun: false), [])
+        }
+        return ([], s.tasks.taskFailed(t, error: SwiftrayError(.objectLost,
+          "Task \(s.tasks.spec(t)?.name ?? "?") (\(t.hex)) could not read its arguments: \(detail)")))
+      }
+      for id in fetches { fetch(id) }
+      perform(submit)
+      applyTaskActions(failed, reply: nil)
+    }
+  }
+
+  /// How long a reader waits for the cluster to declare an unreachable node dead.
+  var verdictNanos: UInt64 {
+    let c = options.config
+    let ms = c.healthCheckPeriodMs * max(1, c.healthCheckFailureThreshold) + c.healthCheckTimeoutMs + 2 * c.resourceReportPeriodMs + 1000
+    return UInt64(max(1000, ms)) * 1_000_000
+  }
+
+  /// Resolves a task's arguments anew (a lost one waits for its own rebuild; a borrowed
+  /// one is fetched from its owner), then queues it. `rerun`: the task had finished and
+  /// runs again to rebuild its returns, so it holds its arguments again.
+  static func resolveAgain(_ s: inout State, _ t: TaskID, now: UInt64, fetches: inout [ObjectID],
+                           rerun: Bool = true) -> [NormalTaskSubmitter.Action] {
     guard var spec = s.tasks.spec(t) else { return [] }
     var deps: [ObjectID] = []
     for i in spec.args.indices where !spec.args[i].objectID.isEmpty {
@@ -76,10 +117,12 @@ extension CoreWorker {
       deps.append(id)
     }
     s.tasks.specResolved(t, spec: spec)
-    // The run holds its arguments again until it ends, as the first run did.
-    let held = s.tasks.argRefs(t)
-    for a in held where s.owners[a] == nil { s.refs.ownedObjectCreated(a) }
-    s.refs.submittedTaskRefsAdded(held)
+    if rerun {
+      // The run holds its arguments again until it ends, as the first run did.
+      let held = s.tasks.argRefs(t)
+      for a in held where s.owners[a] == nil { s.refs.ownedObjectCreated(a) }
+      s.refs.submittedTaskRefsAdded(held)
+    }
     var nested: [TaskID] = []
     for id in deps where s.store[id] == nil && s.owners[id] == nil && !s.tasks.isPending(id.task) {
       // Owned and freed once used: rebuilt through its own kept lineage.
@@ -121,9 +164,7 @@ extension CoreWorker {
   /// node is not declared dead or nothing new comes; throws the error the owner stored
   /// when it cannot be rebuilt.
   func recovered(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
-    let c = options.config
-    let verdictMs = c.healthCheckPeriodMs * max(1, c.healthCheckFailureThreshold) + c.healthCheckTimeoutMs + 2 * c.resourceReportPeriodMs + 1000
-    let deadline = Self.now() + UInt64(max(1000, verdictMs)) * 1_000_000
+    let deadline = Self.now() + verdictNanos
     while state.withLock({ $0.deadNodes[o.storeNode] == nil }) {
       if Self.now() > deadline { return nil }
       usleep(50_000)

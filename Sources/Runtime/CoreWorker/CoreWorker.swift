@@ -1016,6 +1016,10 @@ public final class CoreWorker: Sendable {
 
   func taskReplied(_ tid: TaskID, lease: NormalTaskSubmitter.GrantedLease, reply: Swiftray_PushTaskReply) {
     let now = Self.now()
+    if !reply.lostArguments.isEmpty {
+      perform(state.withLock { $0.submitter.taskReplied(tid, leaseID: lease.leaseID, now: now) })
+      return argumentsLost(tid, reply.lostArguments.compactMap(ObjectID.init(binary:)), detail: reply.lostDetail)
+    }
     let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
       : reply.isApplicationError ? .applicationError(retryable: reply.isRetryableError) : .success
     let (submitActions, taskActions) = state.withLock { s in
