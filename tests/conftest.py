@@ -49,10 +49,14 @@ class Cluster:
         self.address = None
         self.nodes = []  # dicts: pid, session
 
-    def add_node(self, num_cpus=1, resources=None, object_store_memory=None):
+    def add_node(self, num_cpus=1, resources=None, object_store_memory=None, head_port=None):
+        """The first node is the head (a free port); `head_port` starts a head again there."""
         import json
         args = [sys.executable, "-m", "swiftray", "start", "--num-cpus", str(num_cpus), "--temp-dir", self.root]
-        args += ["--head", "--port", "0"] if self.address is None else ["--address", self.address]
+        if head_port is not None:
+            args += ["--head", "--port", str(head_port)]
+        else:
+            args += ["--head", "--port", "0"] if self.address is None else ["--address", self.address]
         if resources:
             args += ["--resources", json.dumps(resources)]
         if object_store_memory:
@@ -87,6 +91,28 @@ class Cluster:
             if _alive(n["pid"]):
                 os.kill(n["pid"], signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_address():
+    """A real redis-server on a free loopback port for one test (Debian's redis-server)."""
+    import socket
+    import time
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    yield f"127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
 
 
 def wait_until(pred, timeout=10.0):

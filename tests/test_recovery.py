@@ -148,3 +148,29 @@ def test_a_borrower_of_an_object_whose_owner_died_gets_owner_died(cluster):
     assert _dead(victim["session"])
     with pytest.raises(OwnerDiedError):
         swiftray.get(inner, timeout=60)
+
+
+def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(cluster, redis_address):
+    from swiftray import _core
+    cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
+    head = cluster.add_node(num_cpus=1)
+    worker = cluster.add_node(num_cpus=1, resources={"w": 1})
+    port = int(cluster.address.rsplit(":", 1)[1])
+    swiftray.init(address=cluster.address)
+    _core.kv_put("user", b"model", b"v1", True)
+    first_job = swiftray.get_runtime_context().get_job_id()
+    swiftray.shutdown()
+
+    cluster.kill_node(head)  # kill -9: nothing is saved at exit
+    cluster.add_node(num_cpus=1, head_port=port)  # same port, same Redis
+    worker_id = lambda: next((n for n in swiftray.nodes() if n["SessionDir"] == worker["session"]), {})
+    swiftray.init(address=cluster.address)
+    assert wait_until(lambda: worker_id().get("Alive"), timeout=20), "the worker node registered again"
+    assert _core.kv_get("user", b"model") == b"v1"
+    assert int(swiftray.get_runtime_context().get_job_id(), 16) > int(first_job, 16), "job ids continue"
+
+    @swiftray.remote(resources={"w": 1})
+    def on_worker():
+        return swiftray.get_runtime_context().get_node_id()
+
+    assert swiftray.get(on_worker.remote(), timeout=60) == worker_id()["NodeID"]

@@ -29,6 +29,8 @@ struct Start: ParsableCommand {
   var objectStoreMemory: Int?
   @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
   var tempDir: String?
+  @Option(name: .customLong("redis-password"), help: "Password of the Redis in SWIFTRAY_REDIS_ADDRESS (head only).")
+  var redisPassword: String?
   @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
   var block = false
 
@@ -133,12 +135,20 @@ struct Start: ParsableCommand {
     units["memory"] = Double(ProcessInfo.processInfo.physicalMemory)
     let config = try Config.resolve()
     let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+    // A head with SWIFTRAY_REDIS_ADDRESS keeps the ControlService's tables in that Redis
+    // (and finds them there after a restart); without it they live in memory, as Ray's.
+    var storage: (any ControlStorage)? = nil
+    if head, let redis = ProcessInfo.processInfo.environment["SWIFTRAY_REDIS_ADDRESS"], !redis.isEmpty {
+      let r = try RedisControlStorage(address: redis, password: redisPassword, group: group)
+      try blockingAwait(timeout: .seconds(10)) { try await r.check() }
+      storage = r
+    }
     let cluster = try LocalCluster.start(
       resources: ResourceSet(units: units.filter { $0.value > 0 }), config: config,
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
       root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
-      nodeIP: nodeIPAddress)
+      nodeIP: nodeIPAddress, controlStorage: storage)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     // From here on the daemon's own output goes to its session.

@@ -72,6 +72,23 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     writer.close()
   }
 
+  /// Takes up the tables a previous head left in storage (a restart on Redis): the job
+  /// counter continues, and the nodes it knew wait to register again (dead until then).
+  public func restore() async throws {
+    if let next = try await storage.get(ControlTable.jobs, Data("next".utf8)), next.count == 4 {
+      let n = next.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+      state.withLock { $0.nextJob = max($0.nextJob, n) }
+    }
+    for (id, bytes) in try await storage.getAll(ControlTable.nodes) {
+      guard var n = try? Swiftray_NodeInfo(serializedBytes: bytes), n.alive else { continue }
+      n.alive = false
+      n.deathDetail = Self.awaitingRegistration
+      state.withLock { s in if s.nodes[id] == nil { s.nodes[id] = n } }
+    }
+  }
+
+  static let awaitingRegistration = "it has not registered again since the head restarted"
+
   // MARK: nodes, jobs, KV
 
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
@@ -190,11 +207,17 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   public func reportResources(request: Swiftray_ReportResourcesRequest, context: ServerContext) async throws -> Swiftray_ReportResourcesReply {
-    state.withLock { s in
+    var r = Swiftray_ReportResourcesReply()
+    r.unknownNode = state.withLock { s in
+      // Unknown, or known from before a restart: it should register (a node declared
+      // dead by health checks stays dead).
+      guard let n = s.nodes[request.nodeID] else { return true }
+      guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
       s.nodes[request.nodeID]?.available = request.available
       s.nodes[request.nodeID]?.pendingDemand = request.infeasibleDemand
+      return false
     }
-    return Swiftray_ReportResourcesReply()
+    return r
   }
 
   // MARK: actors

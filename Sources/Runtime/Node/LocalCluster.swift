@@ -113,13 +113,14 @@ public final class LocalCluster: Sendable {
                            objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
                            group: MultiThreadedEventLoopGroup, root: String = NSTemporaryDirectory() + "swiftray",
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
+                           controlStorage: (any ControlStorage)? = nil,
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
     do {
       return try start(session: session, resources: resources, config: config, workerExecutable: workerExecutable,
                        workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
-                       role: role, nodeIP: nodeIP, warn: warn)
+                       role: role, nodeIP: nodeIP, controlStorage: controlStorage, warn: warn)
     } catch {
       try? FileManager.default.removeItem(atPath: session)
       throw error
@@ -129,7 +130,7 @@ public final class LocalCluster: Sendable {
   static func start(session: String, resources: ResourceSet, config: Config, workerExecutable: String,
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
-                    warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+                    controlStorage: (any ControlStorage)?, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let networked: Bool
     switch role {
     case .head(let port): networked = port != nil
@@ -145,7 +146,8 @@ public final class LocalCluster: Sendable {
     let controlEP: Endpoint
     switch role {
     case .head(let port):
-      let c = ControlService(group: group, config: config)
+      let c = ControlService(group: group, config: config, storage: controlStorage ?? InMemoryControlStorage())
+      try blockingAwait(timeout: .seconds(30)) { try await c.restore() }
       control = c
       controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
       servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group) })
@@ -187,6 +189,7 @@ public final class LocalCluster: Sendable {
       for s in servers { s.shutdown() }
       throw SwiftrayError(.system, "cannot register this node with the ControlService at \(controlEP): \(error)")
     }
+    nm.registration.withLock { $0 = registration }
     // Where this node's cluster is, for drivers that join through the session directory.
     try? controlEP.description.write(toFile: session + "/control.address", atomically: true, encoding: .utf8)
     nm.start()

@@ -71,6 +71,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   let state: Mutex<State>
   let log = Logger(label: "swiftray.node")
   let control = Mutex<ControlPlane.Connection?>(nil)
+  /// This node as registered with the ControlService, to register again after a head
+  /// restart. Set by whoever registered it.
+  public let registration = Mutex<Swiftray_NodeInfo?>(nil)
   /// Called once when the ControlService stays unreachable (see `syncClusterView`).
   public let controlLost = Mutex<(@Sendable (String) -> Void)?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
@@ -116,8 +119,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           report.available = s.queue.available.proto
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
-        if (try? await client.reportResources(report)) != nil {
+        if let reply = try? await client.reportResources(report) {
           lastContact = clock.now
+          if reply.unknownNode, let me = registration.withLock({ $0 }) {
+            // The head restarted (its tables on Redis) and does not know this node yet.
+            var req = Swiftray_RegisterNodeRequest()
+            req.node = me
+            if (try? await client.registerNode(req)) != nil {
+              log.info("node/re-registered", metadata: ["control": "\(options.controlEndpoint)"])
+            }
+          }
         } else if clock.now - lastContact > patience, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
           lost("the ControlService at \(options.controlEndpoint) has been unreachable for "
             + "\(options.config.gcsRpcServerReconnectTimeoutS) s (gcs_rpc_server_reconnect_timeout_s)")

@@ -1,0 +1,183 @@
+import DequeModule
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// `ControlStorage` on a real Redis (Ray's GCS fault tolerance): each table is one Redis
+/// hash, `swiftray:<table>`, so a restarted head finds its KV, jobs, nodes and actors.
+/// RESP over one SwiftNIO connection, pipelined (Redis answers in order), reconnected
+/// on demand; `AUTH` first when a password is set.
+///
+/// Threading: any task; the connection's reply queue is behind a lock.
+public final class RedisControlStorage: ControlStorage {
+  public let host: String
+  public let port: Int
+  let password: String?
+  let group: EventLoopGroup
+  let current = Mutex<Conn?>(nil)
+
+  public init(address: String, password: String? = nil, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws(SwiftrayError) {
+    guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+      throw SwiftrayError(.invalidArgument, "bad Redis address '\(address)': use HOST:PORT (e.g. 127.0.0.1:6379)")
+    }
+    self.host = String(address[..<colon])
+    self.port = port
+    self.password = password?.isEmpty == false ? password : nil
+    self.group = group
+  }
+
+  /// Connects (and authenticates) now, so a wrong address or password fails at start.
+  public func check() async throws {
+    guard case .simple("PONG") = try await call(RESP.command("PING")) else {
+      throw SwiftrayError(.system, "Redis at \(host):\(port) did not answer PING")
+    }
+  }
+
+  static func key(_ table: String) -> Data { Data(("swiftray:" + table).utf8) }
+
+  public func put(_ table: String, _ key: Data, _ value: Data, overwrite: Bool) async throws -> Bool {
+    let cmd = Data((overwrite ? "HSET" : "HSETNX").utf8)
+    let r = try await call(RESP.command([cmd, Self.key(table), key, value]))
+    guard case .integer(let n) = r else { throw SwiftrayError(.system, "unexpected Redis reply \(r)") }
+    return overwrite || n == 1
+  }
+
+  public func get(_ table: String, _ key: Data) async throws -> Data? {
+    let r = try await call(RESP.command([Data("HGET".utf8), Self.key(table), key]))
+    guard case .bulk(let v) = r else { throw SwiftrayError(.system, "unexpected Redis reply \(r)") }
+    return v
+  }
+
+  public func delete(_ table: String, _ key: Data) async throws {
+    _ = try await call(RESP.command([Data("HDEL".utf8), Self.key(table), key]))
+  }
+
+  public func getAll(_ table: String) async throws -> [Data: Data] {
+    let r = try await call(RESP.command([Data("HGETALL".utf8), Self.key(table)]))
+    guard case .array(let items?) = r, items.count % 2 == 0 else { throw SwiftrayError(.system, "unexpected Redis reply \(r)") }
+    var out: [Data: Data] = [:]
+    for i in stride(from: 0, to: items.count, by: 2) {
+      if case .bulk(let k?) = items[i], case .bulk(let v?) = items[i + 1] { out[k] = v }
+    }
+    return out
+  }
+
+  /// Sends one command and waits for its reply; a Redis error reply throws.
+  func call(_ command: [UInt8]) async throws -> RESPValue {
+    let conn = try await connection()
+    let r = try await conn.send(command)
+    if case .error(let e) = r { throw SwiftrayError(.system, "Redis at \(host):\(port): \(e)") }
+    return r
+  }
+
+  enum Conn { case connecting(EventLoopFuture<RedisConnection>), ready(RedisConnection) }
+
+  func connection() async throws -> RedisConnection {
+    let f: EventLoopFuture<RedisConnection> = current.withLock { c in
+      switch c {
+      case .ready(let conn)? where !conn.isClosed: return group.next().makeSucceededFuture(conn)
+      case .connecting(let f)?: return f
+      default:
+        let f = RedisConnection.connect(group: group, host: host, port: port, password: password)
+        c = .connecting(f)
+        return f
+      }
+    }
+    do {
+      let conn = try await f.get()
+      current.withLock { c in if case .connecting(let g)? = c, g === f { c = .ready(conn) } }
+      return conn
+    } catch {
+      current.withLock { c in if case .connecting(let g)? = c, g === f { c = nil } }
+      throw SwiftrayError(.system, "cannot reach Redis at \(host):\(port): \(error)")
+    }
+  }
+}
+
+/// One pipelined RESP connection: replies are matched to requests in order.
+final class RedisConnection: Sendable {
+  let channel: Channel
+  let state = Mutex<(waiting: Deque<CheckedContinuation<RESPValue, Error>>, closed: Bool)>(([], false))
+
+  init(channel: Channel) { self.channel = channel }
+
+  var isClosed: Bool { state.withLock { $0.closed } }
+
+  static func connect(group: EventLoopGroup, host: String, port: Int, password: String?) -> EventLoopFuture<RedisConnection> {
+    let handler = ReplyHandler()
+    return ClientBootstrap(group: group)
+      .channelOption(.socketOption(.tcp_nodelay), value: 1)
+      .connectTimeout(.seconds(5))
+      .channelInitializer { ch in
+        ch.eventLoop.makeCompletedFuture {
+          try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(Decoder()))
+          try ch.pipeline.syncOperations.addHandler(handler)
+        }
+      }
+      .connect(host: host, port: port)
+      .flatMap { ch in
+        let c = RedisConnection(channel: ch)
+        handler.conn = c
+        guard let password else { return ch.eventLoop.makeSucceededFuture(c) }
+        let p = ch.eventLoop.makePromise(of: RedisConnection.self)
+        p.completeWithTask {
+          let r = try await c.send(RESP.command("AUTH", password))
+          if case .error(let e) = r { c.close(); throw SwiftrayError(.invalidArgument, "Redis refused the password: \(e)") }
+          return c
+        }
+        return p.futureResult
+      }
+  }
+
+  func send(_ command: [UInt8]) async throws -> RESPValue {
+    try await withCheckedThrowingContinuation { (c: CheckedContinuation<RESPValue, Error>) in
+      // Queued and written under one lock: replies come back in write order.
+      let open = state.withLock { s -> Bool in
+        if s.closed { return false }
+        s.waiting.append(c)
+        channel.writeAndFlush(NIOAny(channel.allocator.buffer(bytes: command)), promise: nil)
+        return true
+      }
+      if !open { c.resume(throwing: SwiftrayError(.system, "the Redis connection is closed")) }
+    }
+  }
+
+  func close() { channel.close(promise: nil) }
+
+  func deliver(_ v: RESPValue) {
+    state.withLock { $0.waiting.popFirst() }?.resume(returning: v)
+  }
+
+  func failAll(_ why: String) {
+    let w = state.withLock { s -> Deque<CheckedContinuation<RESPValue, Error>> in
+      s.closed = true
+      let w = s.waiting
+      s.waiting.removeAll()
+      return w
+    }
+    for c in w { c.resume(throwing: SwiftrayError(.system, why)) }
+  }
+
+  struct Decoder: ByteToMessageDecoder {
+    typealias InboundOut = RESPValue
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+      guard let (v, n) = try RESP.parse(buffer.readableBytesView) else { return .needMoreData }
+      buffer.moveReaderIndex(forwardBy: n)
+      context.fireChannelRead(NIOAny(v))
+      return .continue
+    }
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+      try decode(context: context, buffer: &buffer)
+    }
+  }
+
+  final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
+    // Only touched on the channel's event loop; `conn` is set before the first read.
+    typealias InboundIn = RESPValue
+    weak var conn: RedisConnection?
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { conn?.deliver(unwrapInboundIn(data)) }
+    func channelInactive(context: ChannelHandlerContext) { conn?.failAll("the Redis connection closed") }
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+  }
+}
