@@ -89,6 +89,14 @@ def render():
             for impl, r in mn["transfer"].items():
                 later = ", ".join(f"{t:.2f}" for t in r["seconds"][1:])
                 out.append(f"| {impl} | {r['seconds'][0]:.2f} | {later} | {r['best_gb_per_s']:.2f} |")
+    rec = load("recovery.json")
+    if rec:
+        out += ["", "#### Recovery (`benchmarks/recovery.py`)", "",
+                "| health checks | node killed → declared dead (s) | → chain of 3 rebuilt and read (s) | head restart on Redis: start (s) | → new actor's result (s) |",
+                "|---|---:|---:|---:|---:|"]
+        for r in rec.values():
+            out.append(f"| every {r['health_check_period_ms']} ms, {r['failure_threshold']} failures | {r['kill_to_verdict_s']:.2f} | "
+                       f"{r['kill_to_rebuilt_s']:.2f} | {r['head_start_s']:.2f} | {r['restart_to_actor_result_s']:.2f} |")
     return "\n".join(out)
 
 
