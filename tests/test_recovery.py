@@ -12,22 +12,31 @@ def _dead(session):
     return wait_until(lambda: not next(n for n in swiftray.nodes() if n["SessionDir"] == session)["Alive"], timeout=20)
 
 
+# The chains below run where resource "r" is: on the victim node, later on a spare one.
+@swiftray.remote(resources={"r": 1})
+def first():
+    return np.arange(N, dtype=np.float64)
+
+
+@swiftray.remote(resources={"r": 1})
+def step(a):
+    return a + 1
+
+
+@swiftray.remote(resources={"r": 1})
+def double(a):
+    return a * 2
+
+
+@swiftray.remote(resources={"r": 1})
+def where():
+    return swiftray.get_runtime_context().get_node_id()
+
+
 def test_a_chain_whose_objects_lived_on_a_killed_node_is_rebuilt_on_another(cluster):
     cluster.add_node(num_cpus=1)
     victim = cluster.add_node(num_cpus=1, resources={"r": 1})
     swiftray.init(address=cluster.address)
-
-    @swiftray.remote(resources={"r": 1})
-    def first():
-        return np.arange(N, dtype=np.float64)
-
-    @swiftray.remote(resources={"r": 1})
-    def step(a):
-        return a + 1
-
-    @swiftray.remote(resources={"r": 1})
-    def where():
-        return swiftray.get_runtime_context().get_node_id()
 
     a = first.remote()
     b = step.remote(a)
@@ -49,17 +58,9 @@ def test_lost_objects_are_rebuilt_through_intermediates_that_were_already_freed(
     victim = cluster.add_node(num_cpus=1, resources={"r": 1})
     swiftray.init(address=cluster.address)
 
-    @swiftray.remote(resources={"r": 1})
-    def first():
-        return np.arange(N, dtype=np.float64)
-
-    @swiftray.remote(resources={"r": 1})
-    def step(a):
-        return a * 2
-
     # Only the last ref is kept: the intermediates are freed once used, their lineage
     # stays (pinned by the specs that name them).
-    out = step.remote(step.remote(step.remote(first.remote())))
+    out = double.remote(double.remote(double.remote(first.remote())))
     swiftray.wait([out])
     cluster.add_node(num_cpus=1, resources={"r": 1})
     cluster.kill_node(victim)
