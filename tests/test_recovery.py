@@ -151,22 +151,51 @@ def test_a_borrower_of_an_object_whose_owner_died_gets_owner_died(cluster):
         swiftray.get(inner, timeout=60)
 
 
-def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(cluster, redis_address):
+def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(cluster, redis_address, tmp_path):
+    from conftest import run_script
     from swiftray import _core
     cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
     head = cluster.add_node(num_cpus=1)
-    worker = cluster.add_node(num_cpus=1, resources={"w": 1})
+    worker = cluster.add_node(num_cpus=1, resources={"w": 2})  # the actor holds one
     port = int(cluster.address.rsplit(":", 1)[1])
-    swiftray.init(address=cluster.address)
-    _core.kv_put("user", b"model", b"v1", True)
-    first_job = swiftray.get_runtime_context().get_job_id()
-    swiftray.shutdown()
+    # A first driver (its own process, gone before the restart) leaves a KV entry and a
+    # named detached actor on the worker node.
+    first = run_script(tmp_path, """
+        import sys
+        import swiftray
+        from swiftray import _core
+        swiftray.init(address=sys.argv[1], namespace="app")
+        _core.kv_put("user", b"model", b"v1", True)
+
+        @swiftray.remote(resources={"w": 1})
+        class Keeper:
+            def __init__(self):
+                self.n = 0
+
+            def add(self):
+                self.n += 1
+                return self.n
+
+        k = Keeper.options(name="keeper", lifetime="detached").remote()
+        assert swiftray.get(k.add.remote()) == 1
+        print("job", swiftray.get_runtime_context().get_job_id())
+    """, args=[cluster.address], env={"SWIFTRAY_REDIS_ADDRESS": redis_address})
+    assert first.returncode == 0, first.stderr
+    first_job = first.stdout.split()[-1]
 
     cluster.kill_node(head)  # kill -9: nothing is saved at exit
     cluster.add_node(num_cpus=1, head_port=port)  # same port, same Redis
     worker_id = lambda: next((n for n in swiftray.nodes() if n["SessionDir"] == worker["session"]), {})
-    swiftray.init(address=cluster.address)
+    swiftray.init(address=cluster.address, namespace="app")
     assert wait_until(lambda: worker_id().get("Alive"), timeout=20), "the worker node registered again"
+    # A new driver finds the detached actor by name; it kept its state (same process).
+    again = run_script(tmp_path, """
+        import sys
+        import swiftray
+        swiftray.init(address=sys.argv[1], namespace="app")
+        print("count", swiftray.get(swiftray.get_actor("keeper").add.remote(), timeout=60))
+    """, args=[cluster.address], env={"SWIFTRAY_REDIS_ADDRESS": redis_address})
+    assert again.returncode == 0 and again.stdout.split()[-1] == "2", again.stdout + again.stderr
     assert _core.kv_get("user", b"model") == b"v1"
     assert int(swiftray.get_runtime_context().get_job_id(), 16) > int(first_job, 16), "job ids continue"
 

@@ -259,6 +259,53 @@ public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
 }
 
 /// The GCS: cluster membership, resource view, KV (functions), jobs.
+/// What the ControlService keeps of an actor in its storage, to take it up again after
+/// a restart: its public info, its constructor (for restarts) and its worker's lease.
+public nonisolated struct Swiftray_ActorRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var info: Swiftray_ActorInfo {
+    get {_info ?? Swiftray_ActorInfo()}
+    set {_info = newValue}
+  }
+  /// Returns true if `info` has been explicitly set.
+  public var hasInfo: Bool {self._info != nil}
+  /// Clears the value of `info`. Subsequent reads from it will return its default value.
+  public mutating func clearInfo() {self._info = nil}
+
+  public var spec: Swiftray_TaskSpec {
+    get {_spec ?? Swiftray_TaskSpec()}
+    set {_spec = newValue}
+  }
+  /// Returns true if `spec` has been explicitly set.
+  public var hasSpec: Bool {self._spec != nil}
+  /// Clears the value of `spec`. Subsequent reads from it will return its default value.
+  public mutating func clearSpec() {self._spec = nil}
+
+  public var leaseID: UInt64 = 0
+
+  public var worker: Swiftray_Address {
+    get {_worker ?? Swiftray_Address()}
+    set {_worker = newValue}
+  }
+  /// Returns true if `worker` has been explicitly set.
+  public var hasWorker: Bool {self._worker != nil}
+  /// Clears the value of `worker`. Subsequent reads from it will return its default value.
+  public mutating func clearWorker() {self._worker = nil}
+
+  public var node: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _info: Swiftray_ActorInfo? = nil
+  fileprivate var _spec: Swiftray_TaskSpec? = nil
+  fileprivate var _worker: Swiftray_Address? = nil
+}
+
 public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1594,6 +1641,60 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
 
   public static func ==(lhs: Swiftray_ReportResourcesReply, rhs: Swiftray_ReportResourcesReply) -> Bool {
     if lhs.unknownNode != rhs.unknownNode {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ActorRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ActorRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}spec\0\u{3}lease_id\0\u{1}worker\0\u{1}node\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._info) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaseID) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._worker) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._info {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._spec {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.leaseID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaseID, fieldNumber: 3)
+    }
+    try { if let v = self._worker {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ActorRecord, rhs: Swiftray_ActorRecord) -> Bool {
+    if lhs._info != rhs._info {return false}
+    if lhs._spec != rhs._spec {return false}
+    if lhs.leaseID != rhs.leaseID {return false}
+    if lhs._worker != rhs._worker {return false}
+    if lhs.node != rhs.node {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -59,6 +59,36 @@ public struct ActorDirectory: Sendable {
 
   public func info(_ id: ActorID) -> Swiftray_ActorInfo? { actors[id]?.info }
 
+  /// What storage keeps of an actor (see `restore`).
+  public func record(_ id: ActorID) -> Swiftray_ActorRecord? {
+    guard let e = actors[id] else { return nil }
+    var r = Swiftray_ActorRecord()
+    r.info = e.info
+    r.spec = e.spec
+    if let l = e.lease { r.leaseID = l.leaseID; r.worker = l.worker; r.node = l.node }
+    return r
+  }
+
+  /// Takes up actors a previous ControlService recorded (a head restarted on Redis):
+  /// live ones keep their worker and lease, names are claimed again. Dead ones are
+  /// kept for their errors. Actors still being placed are placed again by `tick`.
+  public mutating func restore(_ records: [Swiftray_ActorRecord], now: UInt64) -> [Action] {
+    var actions: [Action] = []
+    for r in records {
+      guard let id = ActorID(binary: r.info.actorID), actors[id] == nil else { continue }
+      var e = Entry(info: r.info, spec: r.spec)
+      if !r.node.isEmpty { e.lease = Lease(leaseID: r.leaseID, worker: r.worker, node: r.node) }
+      if r.info.state == .pending || r.info.state == .restarting {
+        e.lease = nil
+        actions.append(.requestLease(id, r.spec))
+        e.requesting = true
+      }
+      actors[id] = e
+      if !r.info.name.isEmpty && r.info.state != .dead { names[r.info.namespace, default: [:]][r.info.name] = id }
+    }
+    return actions
+  }
+
   public func named(_ name: String, namespace: String) -> Swiftray_ActorInfo? {
     names[namespace]?[name].flatMap { actors[$0]?.info }
   }

@@ -85,6 +85,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       n.deathDetail = Self.awaitingRegistration
       state.withLock { s in if s.nodes[id] == nil { s.nodes[id] = n } }
     }
+    let records = try await storage.getAll(ControlTable.actors).values.compactMap { try? Swiftray_ActorRecord(serializedBytes: $0) }
+    let now = Self.now()
+    perform(state.withLock { $0.actors.restore(records, now: now) })
   }
 
   static let awaitingRegistration = "it has not registered again since the head restarted"
@@ -339,7 +342,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       case .published(let id):
         let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in
           guard let info = s.actors.info(id) else { return ([], nil) }
-          if let bytes: Data = try? info.serializedBytes() { writer.write(ControlTable.actors, Data(id.binary), bytes) }
+          if let bytes: Data = try? s.actors.record(id)?.serializedBytes() { writer.write(ControlTable.actors, Data(id.binary), bytes) }
           guard var ws = s.watchers[id] else { return ([], info) }
           let ready = ws.filter { $0.value.after < info.version }
           for k in ready.keys { ws[k] = nil }
