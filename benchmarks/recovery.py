@@ -11,13 +11,14 @@
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from multinode import field, sh, swiftray_stop  # run as a script: benchmarks/ is on sys.path
 
 REBUILD = """
 import sys, time, os, signal
@@ -68,17 +69,6 @@ print("actor_s", time.time() - t0)
 """
 
 
-def sh(cmd, env, timeout=120):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"{cmd} failed:\n{r.stdout}\n{r.stderr}")
-    return r.stdout
-
-
-def field(out, name):
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith(name)))
-
-
 def start(env, root, *extra):
     out = sh([sys.executable, "-m", "swiftray", "start", "--num-cpus", "1", "--temp-dir", root, *extra], env)
     info = dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("Session:", "Address:")))
@@ -96,8 +86,7 @@ def rebuild_figures(env):
         out = sh([sys.executable, "-c", REBUILD, address, str(victim), session, root], env, timeout=600)
         return {"kill_to_rebuilt_s": field(out, "total_s"), "kill_to_verdict_s": field(out, "verdict_s")}
     finally:
-        sh([sys.executable, "-m", "swiftray", "stop", "--temp-dir", root], env)
-        shutil.rmtree(root, ignore_errors=True)
+        swiftray_stop(root)
 
 
 def head_restart_figures(env):
@@ -121,8 +110,7 @@ def head_restart_figures(env):
         out = sh([sys.executable, "-c", ACTOR, address, repr(t0)], env)
         return {"head_start_s": started, "restart_to_actor_result_s": field(out, "actor_s")}
     finally:
-        sh([sys.executable, "-m", "swiftray", "stop", "--temp-dir", root], env)
-        shutil.rmtree(root, ignore_errors=True)
+        swiftray_stop(root)
         redis.kill()
 
 

@@ -74,7 +74,7 @@ private let mib = 1 << 20
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     let nodes = try Self.stores(group, pull: .init(chunkSize: mib, maxBytesInFlight: 3 * mib))
     defer { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
-    let (a, ca, _) = nodes[0], (b, cb, _) = nodes[1]
+    let (a, ca, _) = nodes[0], (_, cb, _) = nodes[1]
     var gen = TaskIDGenerator(job: JobID(2))
     let id = ObjectID.forPut(by: gen.next(), index: 1)
     let size = 20 * mib + 12_345
@@ -90,7 +90,6 @@ private let mib = 1 << 20
     #expect(st.numSecondary == 1 && st.bytesPulledTotal == UInt64(size))
     #expect(try ca.stats().numPinned == 0, "the source holds no pin after the transfer")
     cb.unpin([id])
-    _ = b
   }
 
   @Test func aPullOfAnObjectTheSourceLacksFailsWithTheReason() throws {

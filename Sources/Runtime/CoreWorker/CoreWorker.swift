@@ -866,11 +866,12 @@ public final class CoreWorker: Sendable {
   }
 
   func perform(_ actions: [NormalTaskSubmitter.Action]) {
-    // A lost lease's node, read before its `.returnLease` in the same batch forgets it.
-    let lostOn: [UInt64: String] = state.withLock { s in
-      var m: [UInt64: String] = [:]
-      for case .tasksLost(_, let lease) in actions { m[lease.leaseID] = s.leaseNodes[lease.leaseID] }
-      return m
+    // A lost lease's node, read before its `.returnLease` in the same batch forgets it
+    // (no lock taken on the per-task path, where no lease is lost).
+    var lostLeases: [UInt64] = []
+    for case .tasksLost(_, let lease) in actions { lostLeases.append(lease.leaseID) }
+    let lostOn: [UInt64: String] = lostLeases.isEmpty ? [:] : state.withLock { s in
+      Dictionary(lostLeases.compactMap { id in s.leaseNodes[id].map { (id, $0) } }) { a, _ in a }
     }
     for a in actions {
       switch a {
