@@ -557,12 +557,6 @@ enum CoreAPI {
         if case .value(let v)? = a.kind, let id = ObjectID(binary: a.objectID) { return (id, v) }
         return nil
       })
-      if pins.contains(where: { if case .failure(let e)? = $0 { return e.code == .localRayletDied } else { return false } }) {
-        // This node's daemon is gone (the lifeline will end us anyway): die now, so the
-        // owner retries the task elsewhere instead of seeing it fail.
-        CoreWorker.writeStderr("swiftray worker \(getpid()) exiting: its node's object store is gone.\n")
-        _exit(1)
-      }
       if let lost = StoredValues.lostArguments(spec, pins) {
         // Not the task's failure: its owner rebuilds or re-resolves them and sends it again.
         core.objectStore.unpin(zip(spec.args, pins).compactMap { a, p in

@@ -175,17 +175,21 @@ extension CoreWorker {
       return spec
     }) else { return nil }
     let c = control
+    let patience = controlPatience
     let register: @Sendable () async -> SwiftrayError? = {
       var req = Swiftray_CreateActorRequest()
       req.spec = spec
       do {
-        let r = try await Swiftray_ControlService.Client(wrapping: c.client).createActor(req)
+        // Idempotent: the directory ignores an actor id it has.
+        let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
+          try await Swiftray_ControlService.Client(wrapping: c.client).createActor(req)
+        }
         return r.error.isEmpty ? nil : SwiftrayError(.invalidArgument, r.error)
       } catch { return ControlPlane.error(error, calling: "CreateActor", at: c.endpoint) }
     }
     if sync {
       let e: SwiftrayError?
-      do { e = try blockingAwait(timeout: .seconds(30)) { await register() } }
+      do { e = try blockingAwait(timeout: .seconds(30) + patience) { await register() } }
       catch { e = SwiftrayError(.system, "CreateActor to \(c.endpoint) failed: \(error)") }
       if let e { creationFailed(tid, e) }
       return e
@@ -224,6 +228,7 @@ extension CoreWorker {
   /// submitter, which asks again while the actor is not settled.
   func watchActor(_ actor: ActorID, after: UInt64) {
     let c = control
+    let patience = controlPatience
     Task { [self] in
       var unknownFor = 0
       while true {
@@ -233,7 +238,9 @@ extension CoreWorker {
         req.timeoutMs = 10_000
         let steps: [ActorTaskSubmitter.Action]
         do {
-          let r = try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
+          let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
+            try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
+          }
           if state.withLock({ $0.shutdown }) { return }
           if !r.found {
             // Not registered yet (its constructor's arguments may be pending): wait, bounded.
@@ -258,11 +265,14 @@ extension CoreWorker {
   /// The handle object of an actor created here was freed: every handle is gone.
   func actorOutOfScope(_ actor: ActorID) {
     let c = control
+    let patience = controlPatience
     Task {
       var req = Swiftray_KillActorRequest()
       req.actorID = Data(actor.binary)
       req.outOfScope = true
-      _ = try? await Swiftray_ControlService.Client(wrapping: c.client).killActor(req)
+      _ = try? await ControlPlane.whileUnavailable(patience: patience) { [req] in
+        try await Swiftray_ControlService.Client(wrapping: c.client).killActor(req)
+      }
     }
   }
 

@@ -19,7 +19,7 @@ extension CoreWorker {
       for a in [d.nodeManagerAddress, d.nodeManagerEndpoint] where !a.isEmpty { s.deadNodeManagers[a] = why }
       let lost = s.leaseNodes.filter { $0.value == d.nodeManagerAddress || $0.value == d.nodeManagerEndpoint }.keys
       var actions = lost.sorted().flatMap { s.submitter.workerLost(leaseID: $0, now: now) }
-      let rerun = Self.objectsLost(&s, on: d.nodeID, why: why)
+      let rerun = Self.objectsLost(&s, on: d.nodeID, why: why, fetches: &fetches)
       for t in rerun { actions += Self.resolveAgain(&s, t, now: now, fetches: &fetches) }
       return actions
     }
@@ -29,14 +29,18 @@ extension CoreWorker {
 
   /// Owned objects stored on the dead node: each becomes pending again (its task runs
   /// again) or an error saying why it cannot come back. Cached descriptors of borrowed
-  /// ones are dropped so the next read asks their owner, who rebuilds them. Returns the
-  /// tasks to run again, in id order.
-  static func objectsLost(_ s: inout State, on node: Data, why: String) -> [TaskID] {
+  /// ones are dropped and asked of their owner again (it answers once it rebuilt them;
+  /// `fetches` gets those to ask). Returns the tasks to run again, in id order.
+  static func objectsLost(_ s: inout State, on node: Data, why: String, fetches: inout [ObjectID]) -> [TaskID] {
     let lost = s.store.filter { $0.value.storeSize > 0 && $0.value.storeNode == node }.keys.sorted { $0.hex < $1.hex }
     var rerun: [TaskID] = []
     for id in lost {
       if s.owners[id] != nil {
-        if s.store[id]?.nestedRefs.isEmpty == true { s.store[id] = nil }
+        if s.store[id]?.nestedRefs.isEmpty == true {
+          s.store[id] = nil
+          // A task here may have counted it as resolved already (`taskReady` waits again).
+          if s.refs.isInScope(id) && startFetch(&s, id) { fetches.append(id) }
+        }
         continue
       }
       if id.isPut {

@@ -139,7 +139,11 @@ public final class CoreWorker: Sendable {
     var gen = TaskIDGenerator(job: job)
     let putTask = gen.next()
     pool = DataPlaneClientPool(group: group)
-    objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool)
+    // A worker whose node's store is gone dies at once, whatever it was doing (reading
+    // arguments, storing returns, a put): its owner then retries the task elsewhere
+    // instead of seeing it fail with this node's death.
+    objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool,
+                                  onUnreachable: options.isDriver ? nil : Self.exitStoreGone)
     let sockDir = options.sessionDir + "/sockets"
     try? FileManager.default.createDirectory(atPath: sockDir, withIntermediateDirectories: true)
     let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "d" : "w")-\(options.workerID.hex.prefix(16)).sock")
@@ -204,6 +208,11 @@ public final class CoreWorker: Sendable {
   final class WeakBox: @unchecked Sendable {
     // Written once during init before the server can deliver a frame.
     weak var core: CoreWorker?
+  }
+
+  @Sendable static func exitStoreGone(_ e: SwiftrayError) {
+    writeStderr("swiftray worker \(getpid()) exiting: \(e.message)\n")
+    _exit(1)
   }
 
   public static func writeStderr(_ s: String) {
@@ -577,13 +586,18 @@ public final class CoreWorker: Sendable {
 
   // MARK: - control-plane queries
 
+  /// How long a control call waits out an unreachable head (it may be restarting).
+  var controlPatience: Duration { .seconds(options.config.gcsRpcServerReconnectTimeoutS) }
+
   /// One ControlService call from a synchronous caller (GIL released), bounded, its
-  /// failure mapped to the runtime's error naming the method and the endpoint.
+  /// failure mapped to the runtime's error naming the method and the endpoint. While
+  /// the head is unreachable it is tried again, for `controlPatience`.
   func callControl<T: Sendable>(_ method: String, timeout: Duration = .seconds(30),
                                 _ body: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> T) throws -> T {
     let c = control
-    return try blockingAwait(timeout: timeout) {
-      do { return try await body(Swiftray_ControlService.Client(wrapping: c.client)) }
+    let patience = controlPatience
+    return try blockingAwait(timeout: timeout + patience) {
+      do { return try await ControlPlane.whileUnavailable(patience: patience) { try await body(Swiftray_ControlService.Client(wrapping: c.client)) } }
       catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
     }
   }
@@ -847,13 +861,23 @@ public final class CoreWorker: Sendable {
   /// All arguments are here: inline them into the spec, queue for a lease.
   static func taskReady(_ s: inout State, _ tid: TaskID, now: UInt64) -> [NormalTaskSubmitter.Action] {
     guard var spec = s.tasks.spec(tid) else { return [] }
+    var missing: [ObjectID] = []
     for i in spec.args.indices {
-      if case .ref(let r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID), let v = s.store[id] {
+      guard case .ref(let r)? = spec.args[i].kind, let id = ObjectID(binary: r.objectID) else { continue }
+      if let v = s.store[id] {
         spec.args[i].value = v
         spec.args[i].objectID = r.objectID
+      } else {
+        missing.append(id)
       }
     }
     s.tasks.specResolved(tid, spec: spec)
+    if !missing.isEmpty {
+      // An argument was lost with its node after it counted as available (it is being
+      // rebuilt, or asked of its owner again): wait for it again, never send a bare ref.
+      _ = s.resolver.taskArrived(tid, dependencies: missing, isReady: { _ in false })
+      return []
+    }
     if spec.hasActorCreation {
       if s.syncCreations.contains(tid) { s.syncReady.insert(tid) } else { s.actorOutbox.append(.create(tid)) }
       return []

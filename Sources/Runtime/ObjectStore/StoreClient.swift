@@ -16,11 +16,16 @@ public final class StoreClient: Sendable {
   let base: ObjectStore.RawPointer
   let pool: DataPlaneClientPool
   let pid = getpid()
+  /// Called (on the calling thread) when the store cannot be reached, before the error
+  /// is thrown: a worker ends itself there, since its node is gone.
+  let onUnreachable: (@Sendable (SwiftrayError) -> Void)?
 
   /// Asks the store where its arena is and maps it. Blocks for one round trip.
-  public init(endpoint: Endpoint, pool: DataPlaneClientPool) throws {
+  public init(endpoint: Endpoint, pool: DataPlaneClientPool,
+              onUnreachable: (@Sendable (SwiftrayError) -> Void)? = nil) throws {
     self.endpoint = endpoint
     self.pool = pool
+    self.onUnreachable = onUnreachable
     let info = try Self.call(.storeStats(.init()), endpoint: endpoint, pool: pool)
     guard case .storeStatsReply(let st) = info else { throw SwiftrayError(.system, "bad reply from the object store") }
     let fd = open(st.arenaPath, O_RDWR | O_CLOEXEC)
@@ -36,11 +41,11 @@ public final class StoreClient: Sendable {
 
   /// Sends a request and waits for its reply.
   func call(_ body: Swiftray_DataFrame.OneOf_Body) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
-    try Self.call(body, endpoint: endpoint, pool: pool)
+    try Self.call(body, endpoint: endpoint, pool: pool, onUnreachable: onUnreachable)
   }
 
-  static func call(_ body: Swiftray_DataFrame.OneOf_Body, endpoint: Endpoint,
-                   pool: DataPlaneClientPool) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
+  static func call(_ body: Swiftray_DataFrame.OneOf_Body, endpoint: Endpoint, pool: DataPlaneClientPool,
+                   onUnreachable: (@Sendable (SwiftrayError) -> Void)? = nil) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
     let box = Mutex<Result<Swiftray_DataFrame, SwiftrayError>?>(nil)
     let sem = DispatchSemaphore(value: 0)
     pool.request(endpoint, body) { r in box.withLock { $0 = r }; sem.signal() }
@@ -52,7 +57,9 @@ public final class StoreClient: Sendable {
       guard let b = f.body else { throw SwiftrayError(.system, "empty reply from the object store") }
       return b
     case .failure(let e):
-      throw SwiftrayError(.localRayletDied, "the node's object store at \(endpoint) is unreachable: \(e.message)")
+      let error = SwiftrayError(.localRayletDied, "the node's object store at \(endpoint) is unreachable: \(e.message)")
+      onUnreachable?(error)
+      throw error
     }
   }
 

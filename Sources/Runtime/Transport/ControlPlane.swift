@@ -77,6 +77,24 @@ public enum ControlPlane {
     return Connection(client: client, task: task, endpoint: endpoint)
   }
 
+  /// Runs `body` again while its peer is unavailable (a head restarting: Ray's clients
+  /// wait `gcs_rpc_server_reconnect_timeout_s` for it), backing off from 100 ms to 1 s,
+  /// for at most `patience`; then throws the last error. Only for idempotent calls.
+  /// Threading: any task; sleeps between tries.
+  public static func whileUnavailable<T: Sendable>(patience: Duration,
+                                                   _ body: @Sendable () async throws -> T) async throws -> T {
+    let deadline = ContinuousClock.now + patience
+    var pause = Duration.milliseconds(100)
+    while true {
+      do { return try await body() }
+      catch let e as RPCError where e.code == .unavailable {
+        guard ContinuousClock.now + pause < deadline else { throw e }
+        try await Task.sleep(for: pause)
+        pause = min(pause * 2, .seconds(1))
+      }
+    }
+  }
+
   /// Maps a failed RPC to the runtime's error, naming the peer.
   public static func error(_ e: any Error, calling method: String, at endpoint: Endpoint) -> SwiftrayError {
     if let s = e as? SwiftrayError { return s }
