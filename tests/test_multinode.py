@@ -120,6 +120,18 @@ def test_spread_and_node_affinity_strategies(cluster):
     assert sorted(spread) == sorted(ids)
     pinned = NodeAffinitySchedulingStrategy(ids[2], soft=False)
     assert swiftray.get([hold.options(scheduling_strategy=pinned).remote(0) for _ in range(3)], timeout=60) == [ids[2]] * 3
+
+    @swiftray.remote
+    class Where:
+        def node(self):
+            return swiftray.get_runtime_context().get_node_id()
+
+    # Actors follow their strategy too.
+    for i in (1, 2):
+        a = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(ids[i], soft=False)).remote()
+        assert swiftray.get(a.node.remote(), timeout=60) == ids[i]
+    spread_actors = [Where.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]
+    assert sorted(swiftray.get([a.node.remote() for a in spread_actors], timeout=60)) == sorted(ids)
     cluster.kill_node(nodes[2])
     assert _wait_until(lambda: not _node_of(nodes[2]["session"])["Alive"], timeout=10)
     time.sleep(1)  # the NodeManagers' view catches up

@@ -52,13 +52,15 @@ extension CoreAPI {
     else { return nil }
     let isAsync = PyObject_IsTrue(item("is_async") ?? sr_False()) == 1
     let detached = PyObject_IsTrue(item("detached") ?? sr_False()) == 1
+    guard let strategy = schedulingStrategy(item("scheduling_strategy")) else { return nil }
     var fn = Swiftray_FunctionDescriptor()
     fn.functionID = Data(fid)
     fn.name = className
     let options = CoreWorker.ActorOptions(
       className: className, resources: ResourceSet(units: resources), placement: ResourceSet(units: placement),
       maxRestarts: maxRestarts, maxTaskRetries: maxTaskRetries, maxConcurrency: maxConcurrency, isAsync: isAsync,
-      maxPendingCalls: maxPending, name: name, namespace: namespace, detached: detached, handleMeta: Data(meta))
+      maxPendingCalls: maxPending, name: name, namespace: namespace, detached: detached, handleMeta: Data(meta),
+      strategy: strategy)
     let core = s.core
     return withTaskArguments(core, items) { taskArgs in
       blocking("creating actor \(className)", { try core.createActor(function: fn, args: taskArgs, options: options) },

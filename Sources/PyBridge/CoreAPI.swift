@@ -42,7 +42,7 @@ enum CoreAPI {
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown; execute returning None defers the reply."),
     .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
-  ] + actorMethods
+  ] + actorMethods + placementGroupMethods
 
   static func session() -> Session? {
     if let s = Session.active { return s }
@@ -318,7 +318,8 @@ enum CoreAPI {
     return taskArgs
   }
 
-  /// None | "SPREAD" | (node_id_hex, soft) as a strategy; nil with a Python error set.
+  /// None | "SPREAD" | (node_id_hex, soft) | ("PG", group_id_bytes, bundle_index,
+  /// capture_child_tasks) as a strategy; nil with a Python error set.
   static func schedulingStrategy(_ o: PyPtr?) -> SchedulingKey.Strategy? {
     guard let o, !Py.isNone(o) else { return .default }
     if let text = Py.toString(o) {
@@ -328,6 +329,11 @@ enum CoreAPI {
     PyErr_Clear()
     if let parts = Py.sequence(o), parts.count == 2, let hex = Py.toString(parts[0]), let node = NodeID(hex: hex) {
       return .nodeAffinity(node, soft: PyObject_IsTrue(parts[1]) == 1)
+    }
+    PyErr_Clear()
+    if let parts = Py.sequence(o), parts.count == 4, Py.toString(parts[0]) == "PG", let raw = Py.toBytes(parts[1]),
+       let group = PlacementGroupID(binary: raw), let index = Py.toInt(parts[2]) {
+      return .placementGroup(group, index: index, captureChildTasks: PyObject_IsTrue(parts[3]) == 1)
     }
     PyErr_Clear()
     PyErr_SetString(sr_ExcValueError(), "unknown scheduling strategy")

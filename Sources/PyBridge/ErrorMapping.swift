@@ -21,6 +21,8 @@ enum ErrorMapping {
     case .actorDied: return "ActorDiedError"
     case .actorUnschedulable: return "ActorUnschedulableError"
     case .pendingCallsLimitExceeded: return "PendingCallsLimitExceeded"
+    case .taskPlacementGroupRemoved: return "TaskPlacementGroupRemoved"
+    case .actorPlacementGroupRemoved: return "ActorPlacementGroupRemoved"
     case .invalidArgument, .notInitialized, .system: return "RaySystemError"
     }
   }

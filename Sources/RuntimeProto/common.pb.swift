@@ -182,6 +182,14 @@ public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
   /// NODE_AFFINITY: run elsewhere when that node is dead or cannot fit the task.
   public var soft: Bool = false
 
+  public var placementGroupID: Data = Data()
+
+  /// -1: any bundle of the group.
+  public var bundleIndex: Int32 = 0
+
+  /// Tasks and actors this one submits go into the same group by default.
+  public var captureChildTasks: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -189,6 +197,9 @@ public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
     case `default` // = 0
     case spread // = 1
     case nodeAffinity // = 2
+
+    /// Inside a placement group's bundles (the task's resources are renamed to them).
+    case placementGroup // = 3
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -200,6 +211,7 @@ public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
       case 0: self = .default
       case 1: self = .spread
       case 2: self = .nodeAffinity
+      case 3: self = .placementGroup
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -209,6 +221,7 @@ public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
       case .default: return 0
       case .spread: return 1
       case .nodeAffinity: return 2
+      case .placementGroup: return 3
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -218,6 +231,7 @@ public nonisolated struct Swiftray_SchedulingStrategy: Sendable {
       .default,
       .spread,
       .nodeAffinity,
+      .placementGroup,
     ]
 
   }
@@ -767,7 +781,7 @@ nonisolated extension Swiftray_ResourceShape: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_SchedulingStrategy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SchedulingStrategy"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}node_id\0\u{1}soft\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}node_id\0\u{1}soft\0\u{3}placement_group_id\0\u{3}bundle_index\0\u{3}capture_child_tasks\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -778,6 +792,9 @@ nonisolated extension Swiftray_SchedulingStrategy: SwiftProtobuf.Message, SwiftP
       case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.soft) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.bundleIndex) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.captureChildTasks) }()
       default: break
       }
     }
@@ -793,6 +810,15 @@ nonisolated extension Swiftray_SchedulingStrategy: SwiftProtobuf.Message, SwiftP
     if self.soft != false {
       try visitor.visitSingularBoolField(value: self.soft, fieldNumber: 3)
     }
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 4)
+    }
+    if self.bundleIndex != 0 {
+      try visitor.visitSingularInt32Field(value: self.bundleIndex, fieldNumber: 5)
+    }
+    if self.captureChildTasks != false {
+      try visitor.visitSingularBoolField(value: self.captureChildTasks, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -800,13 +826,16 @@ nonisolated extension Swiftray_SchedulingStrategy: SwiftProtobuf.Message, SwiftP
     if lhs.kind != rhs.kind {return false}
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.soft != rhs.soft {return false}
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.bundleIndex != rhs.bundleIndex {return false}
+    if lhs.captureChildTasks != rhs.captureChildTasks {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
 nonisolated extension Swiftray_SchedulingStrategy.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DEFAULT\0\u{1}SPREAD\0\u{1}NODE_AFFINITY\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DEFAULT\0\u{1}SPREAD\0\u{1}NODE_AFFINITY\0\u{1}PLACEMENT_GROUP\0")
 }
 
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -191,6 +191,71 @@ public enum Swiftray_ControlService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CreatePlacementGroup" metadata.
+        public enum CreatePlacementGroup: Sendable {
+            /// Request type for "CreatePlacementGroup".
+            public typealias Input = Swiftray_CreatePlacementGroupRequest
+            /// Response type for "CreatePlacementGroup".
+            public typealias Output = Swiftray_CreatePlacementGroupReply
+            /// Descriptor for "CreatePlacementGroup".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "CreatePlacementGroup",
+                type: .unary
+            )
+        }
+        /// Namespace for "RemovePlacementGroup" metadata.
+        public enum RemovePlacementGroup: Sendable {
+            /// Request type for "RemovePlacementGroup".
+            public typealias Input = Swiftray_RemovePlacementGroupRequest
+            /// Response type for "RemovePlacementGroup".
+            public typealias Output = Swiftray_RemovePlacementGroupReply
+            /// Descriptor for "RemovePlacementGroup".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "RemovePlacementGroup",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetPlacementGroup" metadata.
+        public enum GetPlacementGroup: Sendable {
+            /// Request type for "GetPlacementGroup".
+            public typealias Input = Swiftray_GetPlacementGroupRequest
+            /// Response type for "GetPlacementGroup".
+            public typealias Output = Swiftray_GetPlacementGroupReply
+            /// Descriptor for "GetPlacementGroup".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "GetPlacementGroup",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetAllPlacementGroups" metadata.
+        public enum GetAllPlacementGroups: Sendable {
+            /// Request type for "GetAllPlacementGroups".
+            public typealias Input = Swiftray_GetAllPlacementGroupsRequest
+            /// Response type for "GetAllPlacementGroups".
+            public typealias Output = Swiftray_GetAllPlacementGroupsReply
+            /// Descriptor for "GetAllPlacementGroups".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "GetAllPlacementGroups",
+                type: .unary
+            )
+        }
+        /// Namespace for "WaitPlacementGroup" metadata.
+        public enum WaitPlacementGroup: Sendable {
+            /// Request type for "WaitPlacementGroup".
+            public typealias Input = Swiftray_WaitPlacementGroupRequest
+            /// Response type for "WaitPlacementGroup".
+            public typealias Output = Swiftray_WaitPlacementGroupReply
+            /// Descriptor for "WaitPlacementGroup".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "WaitPlacementGroup",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "swiftray.ControlService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             RegisterNode.descriptor,
@@ -205,7 +270,12 @@ public enum Swiftray_ControlService: Sendable {
             ListNamedActors.descriptor,
             KillActor.descriptor,
             ReportWorkerFailure.descriptor,
-            MarkJobFinished.descriptor
+            MarkJobFinished.descriptor,
+            CreatePlacementGroup.descriptor,
+            RemovePlacementGroup.descriptor,
+            GetPlacementGroup.descriptor,
+            GetAllPlacementGroups.descriptor,
+            WaitPlacementGroup.descriptor
         ]
     }
 }
@@ -413,6 +483,76 @@ extension Swiftray_ControlService {
             request: GRPCCore.StreamingServerRequest<Swiftray_MarkJobFinishedRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_MarkJobFinishedReply>
+
+        /// Handle the "CreatePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_CreatePlacementGroupRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_CreatePlacementGroupReply` messages.
+        func createPlacementGroup(
+            request: GRPCCore.StreamingServerRequest<Swiftray_CreatePlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CreatePlacementGroupReply>
+
+        /// Handle the "RemovePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_RemovePlacementGroupRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_RemovePlacementGroupReply` messages.
+        func removePlacementGroup(
+            request: GRPCCore.StreamingServerRequest<Swiftray_RemovePlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_RemovePlacementGroupReply>
+
+        /// Handle the "GetPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_GetPlacementGroupRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_GetPlacementGroupReply` messages.
+        func getPlacementGroup(
+            request: GRPCCore.StreamingServerRequest<Swiftray_GetPlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetPlacementGroupReply>
+
+        /// Handle the "GetAllPlacementGroups" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_GetAllPlacementGroupsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_GetAllPlacementGroupsReply` messages.
+        func getAllPlacementGroups(
+            request: GRPCCore.StreamingServerRequest<Swiftray_GetAllPlacementGroupsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetAllPlacementGroupsReply>
+
+        /// Handle the "WaitPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_WaitPlacementGroupRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_WaitPlacementGroupReply` messages.
+        func waitPlacementGroup(
+            request: GRPCCore.StreamingServerRequest<Swiftray_WaitPlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_WaitPlacementGroupReply>
     }
 
     /// Service protocol for the "swiftray.ControlService" service.
@@ -604,6 +744,76 @@ extension Swiftray_ControlService {
             request: GRPCCore.ServerRequest<Swiftray_MarkJobFinishedRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply>
+
+        /// Handle the "CreatePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreatePlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_CreatePlacementGroupReply` message.
+        func createPlacementGroup(
+            request: GRPCCore.ServerRequest<Swiftray_CreatePlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_CreatePlacementGroupReply>
+
+        /// Handle the "RemovePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_RemovePlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_RemovePlacementGroupReply` message.
+        func removePlacementGroup(
+            request: GRPCCore.ServerRequest<Swiftray_RemovePlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_RemovePlacementGroupReply>
+
+        /// Handle the "GetPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetPlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_GetPlacementGroupReply` message.
+        func getPlacementGroup(
+            request: GRPCCore.ServerRequest<Swiftray_GetPlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_GetPlacementGroupReply>
+
+        /// Handle the "GetAllPlacementGroups" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetAllPlacementGroupsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_GetAllPlacementGroupsReply` message.
+        func getAllPlacementGroups(
+            request: GRPCCore.ServerRequest<Swiftray_GetAllPlacementGroupsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_GetAllPlacementGroupsReply>
+
+        /// Handle the "WaitPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitPlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_WaitPlacementGroupReply` message.
+        func waitPlacementGroup(
+            request: GRPCCore.ServerRequest<Swiftray_WaitPlacementGroupRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_WaitPlacementGroupReply>
     }
 
     /// Simple service protocol for the "swiftray.ControlService" service.
@@ -793,6 +1003,76 @@ extension Swiftray_ControlService {
             request: Swiftray_MarkJobFinishedRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Swiftray_MarkJobFinishedReply
+
+        /// Handle the "CreatePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_CreatePlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_CreatePlacementGroupReply` to respond with.
+        func createPlacementGroup(
+            request: Swiftray_CreatePlacementGroupRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_CreatePlacementGroupReply
+
+        /// Handle the "RemovePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_RemovePlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_RemovePlacementGroupReply` to respond with.
+        func removePlacementGroup(
+            request: Swiftray_RemovePlacementGroupRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_RemovePlacementGroupReply
+
+        /// Handle the "GetPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_GetPlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_GetPlacementGroupReply` to respond with.
+        func getPlacementGroup(
+            request: Swiftray_GetPlacementGroupRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_GetPlacementGroupReply
+
+        /// Handle the "GetAllPlacementGroups" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_GetAllPlacementGroupsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_GetAllPlacementGroupsReply` to respond with.
+        func getAllPlacementGroups(
+            request: Swiftray_GetAllPlacementGroupsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_GetAllPlacementGroupsReply
+
+        /// Handle the "WaitPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_WaitPlacementGroupRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_WaitPlacementGroupReply` to respond with.
+        func waitPlacementGroup(
+            request: Swiftray_WaitPlacementGroupRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_WaitPlacementGroupReply
     }
 }
 
@@ -943,6 +1223,61 @@ extension Swiftray_ControlService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.CreatePlacementGroup.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CreatePlacementGroupRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CreatePlacementGroupReply>(),
+            handler: { request, context in
+                try await self.createPlacementGroup(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.RemovePlacementGroup.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_RemovePlacementGroupRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_RemovePlacementGroupReply>(),
+            handler: { request, context in
+                try await self.removePlacementGroup(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.GetPlacementGroup.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetPlacementGroupRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetPlacementGroupReply>(),
+            handler: { request, context in
+                try await self.getPlacementGroup(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.GetAllPlacementGroups.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetAllPlacementGroupsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetAllPlacementGroupsReply>(),
+            handler: { request, context in
+                try await self.getAllPlacementGroups(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.WaitPlacementGroup.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WaitPlacementGroupRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitPlacementGroupReply>(),
+            handler: { request, context in
+                try await self.waitPlacementGroup(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -1086,6 +1421,61 @@ extension Swiftray_ControlService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_MarkJobFinishedReply> {
         let response = try await self.markJobFinished(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func createPlacementGroup(
+        request: GRPCCore.StreamingServerRequest<Swiftray_CreatePlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CreatePlacementGroupReply> {
+        let response = try await self.createPlacementGroup(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func removePlacementGroup(
+        request: GRPCCore.StreamingServerRequest<Swiftray_RemovePlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_RemovePlacementGroupReply> {
+        let response = try await self.removePlacementGroup(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getPlacementGroup(
+        request: GRPCCore.StreamingServerRequest<Swiftray_GetPlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetPlacementGroupReply> {
+        let response = try await self.getPlacementGroup(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getAllPlacementGroups(
+        request: GRPCCore.StreamingServerRequest<Swiftray_GetAllPlacementGroupsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetAllPlacementGroupsReply> {
+        let response = try await self.getAllPlacementGroups(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func waitPlacementGroup(
+        request: GRPCCore.StreamingServerRequest<Swiftray_WaitPlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_WaitPlacementGroupReply> {
+        let response = try await self.waitPlacementGroup(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1258,6 +1648,71 @@ extension Swiftray_ControlService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply> {
         return GRPCCore.ServerResponse<Swiftray_MarkJobFinishedReply>(
             message: try await self.markJobFinished(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func createPlacementGroup(
+        request: GRPCCore.ServerRequest<Swiftray_CreatePlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_CreatePlacementGroupReply> {
+        return GRPCCore.ServerResponse<Swiftray_CreatePlacementGroupReply>(
+            message: try await self.createPlacementGroup(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func removePlacementGroup(
+        request: GRPCCore.ServerRequest<Swiftray_RemovePlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_RemovePlacementGroupReply> {
+        return GRPCCore.ServerResponse<Swiftray_RemovePlacementGroupReply>(
+            message: try await self.removePlacementGroup(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getPlacementGroup(
+        request: GRPCCore.ServerRequest<Swiftray_GetPlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_GetPlacementGroupReply> {
+        return GRPCCore.ServerResponse<Swiftray_GetPlacementGroupReply>(
+            message: try await self.getPlacementGroup(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getAllPlacementGroups(
+        request: GRPCCore.ServerRequest<Swiftray_GetAllPlacementGroupsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_GetAllPlacementGroupsReply> {
+        return GRPCCore.ServerResponse<Swiftray_GetAllPlacementGroupsReply>(
+            message: try await self.getAllPlacementGroups(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func waitPlacementGroup(
+        request: GRPCCore.ServerRequest<Swiftray_WaitPlacementGroupRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_WaitPlacementGroupReply> {
+        return GRPCCore.ServerResponse<Swiftray_WaitPlacementGroupReply>(
+            message: try await self.waitPlacementGroup(
                 request: request.message,
                 context: context
             ),
@@ -1520,6 +1975,101 @@ extension Swiftray_ControlService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_MarkJobFinishedReply>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_MarkJobFinishedReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CreatePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreatePlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CreatePlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CreatePlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func createPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CreatePlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CreatePlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CreatePlacementGroupReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreatePlacementGroupReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RemovePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_RemovePlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_RemovePlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_RemovePlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func removePlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_RemovePlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_RemovePlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_RemovePlacementGroupReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RemovePlacementGroupReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetPlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetPlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetPlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetPlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetPlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetPlacementGroupReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetPlacementGroupReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetAllPlacementGroups" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetAllPlacementGroupsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetAllPlacementGroupsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetAllPlacementGroupsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getAllPlacementGroups<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetAllPlacementGroupsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetAllPlacementGroupsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetAllPlacementGroupsReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetAllPlacementGroupsReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "WaitPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitPlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_WaitPlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_WaitPlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func waitPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_WaitPlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_WaitPlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_WaitPlacementGroupReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitPlacementGroupReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1928,6 +2478,156 @@ extension Swiftray_ControlService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "CreatePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CreatePlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CreatePlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CreatePlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func createPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CreatePlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CreatePlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CreatePlacementGroupReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreatePlacementGroupReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.CreatePlacementGroup.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RemovePlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_RemovePlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_RemovePlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_RemovePlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func removePlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_RemovePlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_RemovePlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_RemovePlacementGroupReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RemovePlacementGroupReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.RemovePlacementGroup.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetPlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetPlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetPlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetPlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetPlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetPlacementGroupReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetPlacementGroupReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.GetPlacementGroup.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetAllPlacementGroups" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetAllPlacementGroupsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetAllPlacementGroupsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_GetAllPlacementGroupsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getAllPlacementGroups<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetAllPlacementGroupsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetAllPlacementGroupsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetAllPlacementGroupsReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetAllPlacementGroupsReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.GetAllPlacementGroups.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "WaitPlacementGroup" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_WaitPlacementGroupRequest` message.
+        ///   - serializer: A serializer for `Swiftray_WaitPlacementGroupRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_WaitPlacementGroupReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func waitPlacementGroup<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_WaitPlacementGroupRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_WaitPlacementGroupRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_WaitPlacementGroupReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitPlacementGroupReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.WaitPlacementGroup.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2254,6 +2954,131 @@ extension Swiftray_ControlService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_MarkJobFinishedRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_MarkJobFinishedReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CreatePlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_CreatePlacementGroupRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createPlacementGroup<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_CreatePlacementGroupRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreatePlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.createPlacementGroup(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CreatePlacementGroupRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CreatePlacementGroupReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RemovePlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_RemovePlacementGroupRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func removePlacementGroup<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_RemovePlacementGroupRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RemovePlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.removePlacementGroup(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_RemovePlacementGroupRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_RemovePlacementGroupReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetPlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_GetPlacementGroupRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getPlacementGroup<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_GetPlacementGroupRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetPlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getPlacementGroup(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetPlacementGroupRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetPlacementGroupReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetAllPlacementGroups" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_GetAllPlacementGroupsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getAllPlacementGroups<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_GetAllPlacementGroupsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetAllPlacementGroupsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getAllPlacementGroups(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetAllPlacementGroupsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetAllPlacementGroupsReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WaitPlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_WaitPlacementGroupRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func waitPlacementGroup<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_WaitPlacementGroupRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitPlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.waitPlacementGroup(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitPlacementGroupRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WaitPlacementGroupReply>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2639,6 +3464,151 @@ extension Swiftray_ControlService.ClientProtocol {
             onResponse: handleResponse
         )
     }
+
+    /// Call the "CreatePlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func createPlacementGroup<Result>(
+        _ message: Swiftray_CreatePlacementGroupRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CreatePlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_CreatePlacementGroupRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.createPlacementGroup(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RemovePlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func removePlacementGroup<Result>(
+        _ message: Swiftray_RemovePlacementGroupRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RemovePlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_RemovePlacementGroupRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.removePlacementGroup(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetPlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getPlacementGroup<Result>(
+        _ message: Swiftray_GetPlacementGroupRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetPlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_GetPlacementGroupRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getPlacementGroup(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetAllPlacementGroups" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getAllPlacementGroups<Result>(
+        _ message: Swiftray_GetAllPlacementGroupsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetAllPlacementGroupsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_GetAllPlacementGroupsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getAllPlacementGroups(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "WaitPlacementGroup" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func waitPlacementGroup<Result>(
+        _ message: Swiftray_WaitPlacementGroupRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitPlacementGroupReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_WaitPlacementGroupRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.waitPlacementGroup(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
 }
 
 // MARK: - swiftray.NodeManagerService
@@ -2780,6 +3750,45 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "PrepareBundles" metadata.
+        public enum PrepareBundles: Sendable {
+            /// Request type for "PrepareBundles".
+            public typealias Input = Swiftray_PrepareBundlesRequest
+            /// Response type for "PrepareBundles".
+            public typealias Output = Swiftray_PrepareBundlesReply
+            /// Descriptor for "PrepareBundles".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "PrepareBundles",
+                type: .unary
+            )
+        }
+        /// Namespace for "CommitBundles" metadata.
+        public enum CommitBundles: Sendable {
+            /// Request type for "CommitBundles".
+            public typealias Input = Swiftray_CommitBundlesRequest
+            /// Response type for "CommitBundles".
+            public typealias Output = Swiftray_CommitBundlesReply
+            /// Descriptor for "CommitBundles".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "CommitBundles",
+                type: .unary
+            )
+        }
+        /// Namespace for "ReturnBundles" metadata.
+        public enum ReturnBundles: Sendable {
+            /// Request type for "ReturnBundles".
+            public typealias Input = Swiftray_ReturnBundlesRequest
+            /// Response type for "ReturnBundles".
+            public typealias Output = Swiftray_ReturnBundlesReply
+            /// Descriptor for "ReturnBundles".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "ReturnBundles",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "swiftray.NodeManagerService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             RequestWorkerLease.descriptor,
@@ -2791,7 +3800,10 @@ public enum Swiftray_NodeManagerService: Sendable {
             KillWorker.descriptor,
             GetNodeStats.descriptor,
             SubscribeLogs.descriptor,
-            SubscribeNodeDeaths.descriptor
+            SubscribeNodeDeaths.descriptor,
+            PrepareBundles.descriptor,
+            CommitBundles.descriptor,
+            ReturnBundles.descriptor
         ]
     }
 }
@@ -2961,6 +3973,48 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
+
+        /// Handle the "PrepareBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_PrepareBundlesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_PrepareBundlesReply` messages.
+        func prepareBundles(
+            request: GRPCCore.StreamingServerRequest<Swiftray_PrepareBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_PrepareBundlesReply>
+
+        /// Handle the "CommitBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_CommitBundlesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_CommitBundlesReply` messages.
+        func commitBundles(
+            request: GRPCCore.StreamingServerRequest<Swiftray_CommitBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CommitBundlesReply>
+
+        /// Handle the "ReturnBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ReturnBundlesRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ReturnBundlesReply` messages.
+        func returnBundles(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ReturnBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReturnBundlesReply>
     }
 
     /// Service protocol for the "swiftray.NodeManagerService" service.
@@ -3114,6 +4168,48 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.ServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
+
+        /// Handle the "PrepareBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_PrepareBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_PrepareBundlesReply` message.
+        func prepareBundles(
+            request: GRPCCore.ServerRequest<Swiftray_PrepareBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_PrepareBundlesReply>
+
+        /// Handle the "CommitBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CommitBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_CommitBundlesReply` message.
+        func commitBundles(
+            request: GRPCCore.ServerRequest<Swiftray_CommitBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_CommitBundlesReply>
+
+        /// Handle the "ReturnBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReturnBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_ReturnBundlesReply` message.
+        func returnBundles(
+            request: GRPCCore.ServerRequest<Swiftray_ReturnBundlesRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_ReturnBundlesReply>
     }
 
     /// Simple service protocol for the "swiftray.NodeManagerService" service.
@@ -3267,6 +4363,48 @@ extension Swiftray_NodeManagerService {
             response: GRPCCore.RPCWriter<Swiftray_NodeDeath>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "PrepareBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_PrepareBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_PrepareBundlesReply` to respond with.
+        func prepareBundles(
+            request: Swiftray_PrepareBundlesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_PrepareBundlesReply
+
+        /// Handle the "CommitBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_CommitBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_CommitBundlesReply` to respond with.
+        func commitBundles(
+            request: Swiftray_CommitBundlesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_CommitBundlesReply
+
+        /// Handle the "ReturnBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ReturnBundlesRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_ReturnBundlesReply` to respond with.
+        func returnBundles(
+            request: Swiftray_ReturnBundlesRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_ReturnBundlesReply
     }
 }
 
@@ -3379,6 +4517,39 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_NodeDeath>(),
             handler: { request, context in
                 try await self.subscribeNodeDeaths(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.PrepareBundles.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_PrepareBundlesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_PrepareBundlesReply>(),
+            handler: { request, context in
+                try await self.prepareBundles(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.CommitBundles.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CommitBundlesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CommitBundlesReply>(),
+            handler: { request, context in
+                try await self.commitBundles(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.ReturnBundles.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReturnBundlesRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReturnBundlesReply>(),
+            handler: { request, context in
+                try await self.returnBundles(
                     request: request,
                     context: context
                 )
@@ -3498,6 +4669,39 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func prepareBundles(
+        request: GRPCCore.StreamingServerRequest<Swiftray_PrepareBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_PrepareBundlesReply> {
+        let response = try await self.prepareBundles(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func commitBundles(
+        request: GRPCCore.StreamingServerRequest<Swiftray_CommitBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CommitBundlesReply> {
+        let response = try await self.commitBundles(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func returnBundles(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ReturnBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReturnBundlesReply> {
+        let response = try await self.returnBundles(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -3639,6 +4843,45 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func prepareBundles(
+        request: GRPCCore.ServerRequest<Swiftray_PrepareBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_PrepareBundlesReply> {
+        return GRPCCore.ServerResponse<Swiftray_PrepareBundlesReply>(
+            message: try await self.prepareBundles(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func commitBundles(
+        request: GRPCCore.ServerRequest<Swiftray_CommitBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_CommitBundlesReply> {
+        return GRPCCore.ServerResponse<Swiftray_CommitBundlesReply>(
+            message: try await self.commitBundles(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func returnBundles(
+        request: GRPCCore.ServerRequest<Swiftray_ReturnBundlesRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_ReturnBundlesReply> {
+        return GRPCCore.ServerResponse<Swiftray_ReturnBundlesReply>(
+            message: try await self.returnBundles(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -3844,6 +5087,63 @@ extension Swiftray_NodeManagerService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_NodeDeath>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "PrepareBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_PrepareBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_PrepareBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_PrepareBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func prepareBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_PrepareBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_PrepareBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_PrepareBundlesReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_PrepareBundlesReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CommitBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CommitBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CommitBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CommitBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func commitBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CommitBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CommitBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CommitBundlesReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CommitBundlesReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReturnBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReturnBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReturnBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReturnBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func returnBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReturnBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReturnBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReturnBundlesReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReturnBundlesReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -4162,6 +5462,96 @@ extension Swiftray_NodeManagerService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "PrepareBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_PrepareBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_PrepareBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_PrepareBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func prepareBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_PrepareBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_PrepareBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_PrepareBundlesReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_PrepareBundlesReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.PrepareBundles.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "CommitBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_CommitBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_CommitBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_CommitBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func commitBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_CommitBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_CommitBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_CommitBundlesReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CommitBundlesReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.CommitBundles.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ReturnBundles" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReturnBundlesRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReturnBundlesRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReturnBundlesReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func returnBundles<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReturnBundlesRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReturnBundlesRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReturnBundlesReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReturnBundlesReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.ReturnBundles.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -4409,6 +5799,81 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeNodeDeathsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_NodeDeath>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareBundles" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_PrepareBundlesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareBundles<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_PrepareBundlesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_PrepareBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.prepareBundles(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_PrepareBundlesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_PrepareBundlesReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CommitBundles" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_CommitBundlesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commitBundles<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_CommitBundlesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CommitBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.commitBundles(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_CommitBundlesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_CommitBundlesReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReturnBundles" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ReturnBundlesRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func returnBundles<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ReturnBundlesRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReturnBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.returnBundles(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReturnBundlesRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReturnBundlesReply>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4698,6 +6163,93 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.subscribeNodeDeaths(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareBundles" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareBundles<Result>(
+        _ message: Swiftray_PrepareBundlesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_PrepareBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_PrepareBundlesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.prepareBundles(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CommitBundles" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commitBundles<Result>(
+        _ message: Swiftray_CommitBundlesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CommitBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_CommitBundlesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.commitBundles(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReturnBundles" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func returnBundles<Result>(
+        _ message: Swiftray_ReturnBundlesRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReturnBundlesReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ReturnBundlesRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.returnBundles(
             request: request,
             options: options,
             onResponse: handleResponse

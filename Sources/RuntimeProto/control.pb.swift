@@ -238,11 +238,22 @@ public nonisolated struct Swiftray_ReportResourcesRequest: Sendable {
 
   public var infeasibleDemand: [Swiftray_ResourceShape] = []
 
+  /// Changes as placement group bundles are committed and returned.
+  public var total: Swiftray_ResourceShape {
+    get {_total ?? Swiftray_ResourceShape()}
+    set {_total = newValue}
+  }
+  /// Returns true if `total` has been explicitly set.
+  public var hasTotal: Bool {self._total != nil}
+  /// Clears the value of `total`. Subsequent reads from it will return its default value.
+  public mutating func clearTotal() {self._total = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _available: Swiftray_ResourceShape? = nil
+  fileprivate var _total: Swiftray_ResourceShape? = nil
 }
 
 public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
@@ -458,6 +469,7 @@ public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
     case creationFailed // = 3
     case workerDied // = 4
     case outOfScope // = 5
+    case placementGroupRemoved // = 6
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -472,6 +484,7 @@ public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
       case 3: self = .creationFailed
       case 4: self = .workerDied
       case 5: self = .outOfScope
+      case 6: self = .placementGroupRemoved
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -484,6 +497,7 @@ public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
       case .creationFailed: return 3
       case .workerDied: return 4
       case .outOfScope: return 5
+      case .placementGroupRemoved: return 6
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -496,6 +510,7 @@ public nonisolated struct Swiftray_ActorInfo: @unchecked Sendable {
       .creationFailed,
       .workerDied,
       .outOfScope,
+      .placementGroupRemoved,
     ]
 
   }
@@ -737,70 +752,326 @@ public nonisolated struct Swiftray_MarkJobFinishedReply: Sendable {
   public init() {}
 }
 
-public nonisolated struct Swiftray_RequestWorkerLeaseRequest: Sendable {
+/// A placement group: bundles of resources reserved together on nodes.
+public nonisolated struct Swiftray_PlacementGroupInfo: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Unique per request, chosen by the owner, so it can cancel it.
-  public var leaseRequestID: UInt64 = 0
+  public var placementGroupID: Data = Data()
 
-  public var resources: Swiftray_ResourceShape {
-    get {_resources ?? Swiftray_ResourceShape()}
-    set {_resources = newValue}
+  public var name: String = String()
+
+  public var namespace: String = String()
+
+  /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
+  public var strategy: String = String()
+
+  public var bundles: [Swiftray_ResourceShape] = []
+
+  /// The node of each bundle (empty while it is not placed).
+  public var bundleNodes: [Data] = []
+
+  public var state: Swiftray_PlacementGroupInfo.State = .pending
+
+  public var creatorJobID: Data = Data()
+
+  /// The worker or driver that created it: a non-detached group goes with it.
+  public var creatorID: Data = Data()
+
+  public var detached: Bool = false
+
+  /// Why it is not placed yet (PENDING, RESCHEDULING), or removed.
+  public var detail: String = String()
+
+  /// It cannot be placed with the nodes that exist, whatever frees up.
+  public var infeasible: Bool = false
+
+  public var version: UInt64 = 0
+
+  public var createdMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum State: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case pending // = 0
+    case created // = 1
+    case removed // = 2
+
+    /// A node holding some of its bundles died; they are being placed again.
+    case rescheduling // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .pending
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .pending
+      case 1: self = .created
+      case 2: self = .removed
+      case 3: self = .rescheduling
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .pending: return 0
+      case .created: return 1
+      case .removed: return 2
+      case .rescheduling: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_PlacementGroupInfo.State] = [
+      .pending,
+      .created,
+      .removed,
+      .rescheduling,
+    ]
+
   }
-  /// Returns true if `resources` has been explicitly set.
-  public var hasResources: Bool {self._resources != nil}
-  /// Clears the value of `resources`. Subsequent reads from it will return its default value.
-  public mutating func clearResources() {self._resources = nil}
 
-  public var owner: Swiftray_Address {
-    get {_owner ?? Swiftray_Address()}
-    set {_owner = newValue}
+  public init() {}
+}
+
+public nonisolated struct Swiftray_CreatePlacementGroupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var group: Swiftray_PlacementGroupInfo {
+    get {_group ?? Swiftray_PlacementGroupInfo()}
+    set {_group = newValue}
   }
-  /// Returns true if `owner` has been explicitly set.
-  public var hasOwner: Bool {self._owner != nil}
-  /// Clears the value of `owner`. Subsequent reads from it will return its default value.
-  public mutating func clearOwner() {self._owner = nil}
-
-  public var jobID: Data = Data()
-
-  /// The first task's spec, for the node's warning about infeasible demand.
-  public var taskName: String = String()
-
-  /// True once a node already spilled this request back here: do not spill again.
-  public var grantOrReject: Bool = false
-
-  /// Actors: must be free to place the worker (the lease holds only `resources`).
-  public var placementResources: Swiftray_ResourceShape {
-    get {_placementResources ?? Swiftray_ResourceShape()}
-    set {_placementResources = newValue}
-  }
-  /// Returns true if `placementResources` has been explicitly set.
-  public var hasPlacementResources: Bool {self._placementResources != nil}
-  /// Clears the value of `placementResources`. Subsequent reads from it will return its default value.
-  public mutating func clearPlacementResources() {self._placementResources = nil}
-
-  public var strategy: Swiftray_SchedulingStrategy {
-    get {_strategy ?? Swiftray_SchedulingStrategy()}
-    set {_strategy = newValue}
-  }
-  /// Returns true if `strategy` has been explicitly set.
-  public var hasStrategy: Bool {self._strategy != nil}
-  /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
-  public mutating func clearStrategy() {self._strategy = nil}
-
-  /// The node holding most of the bytes of a queued task's stored arguments (locality).
-  public var preferredNode: Data = Data()
+  /// Returns true if `group` has been explicitly set.
+  public var hasGroup: Bool {self._group != nil}
+  /// Clears the value of `group`. Subsequent reads from it will return its default value.
+  public mutating func clearGroup() {self._group = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _resources: Swiftray_ResourceShape? = nil
-  fileprivate var _owner: Swiftray_Address? = nil
-  fileprivate var _placementResources: Swiftray_ResourceShape? = nil
-  fileprivate var _strategy: Swiftray_SchedulingStrategy? = nil
+  fileprivate var _group: Swiftray_PlacementGroupInfo? = nil
+}
+
+public nonisolated struct Swiftray_CreatePlacementGroupReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var error: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_RemovePlacementGroupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_RemovePlacementGroupReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_GetPlacementGroupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var name: String = String()
+
+  public var namespace: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_GetPlacementGroupReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var group: Swiftray_PlacementGroupInfo {
+    get {_group ?? Swiftray_PlacementGroupInfo()}
+    set {_group = newValue}
+  }
+  /// Returns true if `group` has been explicitly set.
+  public var hasGroup: Bool {self._group != nil}
+  /// Clears the value of `group`. Subsequent reads from it will return its default value.
+  public mutating func clearGroup() {self._group = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _group: Swiftray_PlacementGroupInfo? = nil
+}
+
+public nonisolated struct Swiftray_GetAllPlacementGroupsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_GetAllPlacementGroupsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var groups: [Swiftray_PlacementGroupInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Long poll: answers when the group is created or removed, or after the timeout.
+public nonisolated struct Swiftray_WaitPlacementGroupRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var timeoutMs: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_WaitPlacementGroupReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var found: Bool = false
+
+  public var group: Swiftray_PlacementGroupInfo {
+    get {_group ?? Swiftray_PlacementGroupInfo()}
+    set {_group = newValue}
+  }
+  /// Returns true if `group` has been explicitly set.
+  public var hasGroup: Bool {self._group != nil}
+  /// Clears the value of `group`. Subsequent reads from it will return its default value.
+  public mutating func clearGroup() {self._group = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _group: Swiftray_PlacementGroupInfo? = nil
+}
+
+public nonisolated struct Swiftray_RequestWorkerLeaseRequest: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Unique per request, chosen by the owner, so it can cancel it.
+  public var leaseRequestID: UInt64 {
+    get {_storage._leaseRequestID}
+    set {_uniqueStorage()._leaseRequestID = newValue}
+  }
+
+  public var resources: Swiftray_ResourceShape {
+    get {_storage._resources ?? Swiftray_ResourceShape()}
+    set {_uniqueStorage()._resources = newValue}
+  }
+  /// Returns true if `resources` has been explicitly set.
+  public var hasResources: Bool {_storage._resources != nil}
+  /// Clears the value of `resources`. Subsequent reads from it will return its default value.
+  public mutating func clearResources() {_uniqueStorage()._resources = nil}
+
+  public var owner: Swiftray_Address {
+    get {_storage._owner ?? Swiftray_Address()}
+    set {_uniqueStorage()._owner = newValue}
+  }
+  /// Returns true if `owner` has been explicitly set.
+  public var hasOwner: Bool {_storage._owner != nil}
+  /// Clears the value of `owner`. Subsequent reads from it will return its default value.
+  public mutating func clearOwner() {_uniqueStorage()._owner = nil}
+
+  public var jobID: Data {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
+
+  /// The first task's spec, for the node's warning about infeasible demand.
+  public var taskName: String {
+    get {_storage._taskName}
+    set {_uniqueStorage()._taskName = newValue}
+  }
+
+  /// True once a node already spilled this request back here: do not spill again.
+  public var grantOrReject: Bool {
+    get {_storage._grantOrReject}
+    set {_uniqueStorage()._grantOrReject = newValue}
+  }
+
+  /// Actors: must be free to place the worker (the lease holds only `resources`).
+  public var placementResources: Swiftray_ResourceShape {
+    get {_storage._placementResources ?? Swiftray_ResourceShape()}
+    set {_uniqueStorage()._placementResources = newValue}
+  }
+  /// Returns true if `placementResources` has been explicitly set.
+  public var hasPlacementResources: Bool {_storage._placementResources != nil}
+  /// Clears the value of `placementResources`. Subsequent reads from it will return its default value.
+  public mutating func clearPlacementResources() {_uniqueStorage()._placementResources = nil}
+
+  public var strategy: Swiftray_SchedulingStrategy {
+    get {_storage._strategy ?? Swiftray_SchedulingStrategy()}
+    set {_uniqueStorage()._strategy = newValue}
+  }
+  /// Returns true if `strategy` has been explicitly set.
+  public var hasStrategy: Bool {_storage._strategy != nil}
+  /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
+  public mutating func clearStrategy() {_uniqueStorage()._strategy = nil}
+
+  /// The node holding most of the bytes of a queued task's stored arguments (locality).
+  public var preferredNode: Data {
+    get {_storage._preferredNode}
+    set {_uniqueStorage()._preferredNode = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
@@ -840,6 +1111,12 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
     /// Worker processes on this node fail to start (a broken environment); `detail`
     /// carries the last one's exit status and output. The owner fails the tasks.
     case workerStartFailed // = 4
+
+    /// It asks for a placement group's bundles: the group was removed (`detail` says so).
+    case placementGroupRemoved // = 5
+
+    /// ... the group is not placed yet: ask again shortly (no warning).
+    case placementGroupPending // = 6
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -853,6 +1130,8 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case 2: self = .canceled
       case 3: self = .infeasible
       case 4: self = .workerStartFailed
+      case 5: self = .placementGroupRemoved
+      case 6: self = .placementGroupPending
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -864,6 +1143,8 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case .canceled: return 2
       case .infeasible: return 3
       case .workerStartFailed: return 4
+      case .placementGroupRemoved: return 5
+      case .placementGroupPending: return 6
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -875,6 +1156,8 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       .canceled,
       .infeasible,
       .workerStartFailed,
+      .placementGroupRemoved,
+      .placementGroupPending,
     ]
 
   }
@@ -1165,6 +1448,105 @@ public nonisolated struct Swiftray_NodeDeath: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// Two-phase reservation of a placement group's bundles on one node.
+public nonisolated struct Swiftray_PrepareBundlesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var indices: [Int32] = []
+
+  public var bundles: [Swiftray_ResourceShape] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_PrepareBundlesReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var prepared: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_CommitBundlesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_CommitBundlesReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Undoes a prepare, or gives back a removed group's bundles (its workers are killed).
+public nonisolated struct Swiftray_ReturnBundlesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  /// Only these bundles (an undone prepare); empty: all of the group's on this node.
+  public var indices: [Int32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The node's resources after the return.
+public nonisolated struct Swiftray_ReturnBundlesReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var total: Swiftray_ResourceShape {
+    get {_total ?? Swiftray_ResourceShape()}
+    set {_total = newValue}
+  }
+  /// Returns true if `total` has been explicitly set.
+  public var hasTotal: Bool {self._total != nil}
+  /// Clears the value of `total`. Subsequent reads from it will return its default value.
+  public mutating func clearTotal() {self._total = nil}
+
+  public var available: Swiftray_ResourceShape {
+    get {_available ?? Swiftray_ResourceShape()}
+    set {_available = newValue}
+  }
+  /// Returns true if `available` has been explicitly set.
+  public var hasAvailable: Bool {self._available != nil}
+  /// Clears the value of `available`. Subsequent reads from it will return its default value.
+  public mutating func clearAvailable() {self._available = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _total: Swiftray_ResourceShape? = nil
+  fileprivate var _available: Swiftray_ResourceShape? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -1574,7 +1956,7 @@ nonisolated extension Swiftray_KVGetReply: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0\u{1}total\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1585,6 +1967,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
       case 1: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._available) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.infeasibleDemand) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._total) }()
       default: break
       }
     }
@@ -1604,6 +1987,9 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     if !self.infeasibleDemand.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.infeasibleDemand, fieldNumber: 3)
     }
+    try { if let v = self._total {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1611,6 +1997,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs._available != rhs._available {return false}
     if lhs.infeasibleDemand != rhs.infeasibleDemand {return false}
+    if lhs._total != rhs._total {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1887,7 +2274,7 @@ nonisolated extension Swiftray_ActorInfo.State: SwiftProtobuf._ProtoNameProvidin
 }
 
 nonisolated extension Swiftray_ActorInfo.DeathCause: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NONE\0\u{1}KILLED\0\u{1}OWNER_DIED\0\u{1}CREATION_FAILED\0\u{1}WORKER_DIED\0\u{1}OUT_OF_SCOPE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NONE\0\u{1}KILLED\0\u{1}OWNER_DIED\0\u{1}CREATION_FAILED\0\u{1}WORKER_DIED\0\u{1}OUT_OF_SCOPE\0\u{1}PLACEMENT_GROUP_REMOVED\0")
 }
 
 nonisolated extension Swiftray_CreateActorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -2363,9 +2750,9 @@ nonisolated extension Swiftray_MarkJobFinishedReply: SwiftProtobuf.Message, Swif
   }
 }
 
-nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0")
+nonisolated extension Swiftray_PlacementGroupInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PlacementGroupInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}name\0\u{1}namespace\0\u{1}strategy\0\u{1}bundles\0\u{3}bundle_nodes\0\u{1}state\0\u{3}creator_job_id\0\u{3}creator_id\0\u{1}detached\0\u{1}detail\0\u{1}infeasible\0\u{1}version\0\u{3}created_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2373,15 +2760,106 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.leaseRequestID) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._resources) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._owner) }()
-      case 4: try { try decoder.decodeSingularBytesField(value: &self.jobID) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.taskName) }()
-      case 6: try { try decoder.decodeSingularBoolField(value: &self.grantOrReject) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._placementResources) }()
-      case 8: try { try decoder.decodeSingularMessageField(value: &self._strategy) }()
-      case 9: try { try decoder.decodeSingularBytesField(value: &self.preferredNode) }()
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.strategy) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
+      case 6: try { try decoder.decodeRepeatedBytesField(value: &self.bundleNodes) }()
+      case 7: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.creatorJobID) }()
+      case 9: try { try decoder.decodeSingularBytesField(value: &self.creatorID) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.detached) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.infeasible) }()
+      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      case 14: try { try decoder.decodeSingularInt64Field(value: &self.createdMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 3)
+    }
+    if !self.strategy.isEmpty {
+      try visitor.visitSingularStringField(value: self.strategy, fieldNumber: 4)
+    }
+    if !self.bundles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.bundles, fieldNumber: 5)
+    }
+    if !self.bundleNodes.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.bundleNodes, fieldNumber: 6)
+    }
+    if self.state != .pending {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 7)
+    }
+    if !self.creatorJobID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.creatorJobID, fieldNumber: 8)
+    }
+    if !self.creatorID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.creatorID, fieldNumber: 9)
+    }
+    if self.detached != false {
+      try visitor.visitSingularBoolField(value: self.detached, fieldNumber: 10)
+    }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 11)
+    }
+    if self.infeasible != false {
+      try visitor.visitSingularBoolField(value: self.infeasible, fieldNumber: 12)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 13)
+    }
+    if self.createdMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.createdMs, fieldNumber: 14)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_PlacementGroupInfo, rhs: Swiftray_PlacementGroupInfo) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.strategy != rhs.strategy {return false}
+    if lhs.bundles != rhs.bundles {return false}
+    if lhs.bundleNodes != rhs.bundleNodes {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.creatorJobID != rhs.creatorJobID {return false}
+    if lhs.creatorID != rhs.creatorID {return false}
+    if lhs.detached != rhs.detached {return false}
+    if lhs.detail != rhs.detail {return false}
+    if lhs.infeasible != rhs.infeasible {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.createdMs != rhs.createdMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_PlacementGroupInfo.State: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PENDING\0\u{1}CREATED\0\u{1}REMOVED\0\u{1}RESCHEDULING\0")
+}
+
+nonisolated extension Swiftray_CreatePlacementGroupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreatePlacementGroupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}group\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._group) }()
       default: break
       }
     }
@@ -2392,46 +2870,432 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if self.leaseRequestID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.leaseRequestID, fieldNumber: 1)
+    try { if let v = self._group {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CreatePlacementGroupRequest, rhs: Swiftray_CreatePlacementGroupRequest) -> Bool {
+    if lhs._group != rhs._group {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_CreatePlacementGroupReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CreatePlacementGroupReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      default: break
+      }
     }
-    try { if let v = self._resources {
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CreatePlacementGroupReply, rhs: Swiftray_CreatePlacementGroupReply) -> Bool {
+    if lhs.error != rhs.error {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_RemovePlacementGroupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemovePlacementGroupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_RemovePlacementGroupRequest, rhs: Swiftray_RemovePlacementGroupRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_RemovePlacementGroupReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RemovePlacementGroupReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_RemovePlacementGroupReply, rhs: Swiftray_RemovePlacementGroupReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetPlacementGroupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetPlacementGroupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}name\0\u{1}namespace\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.namespace) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.namespace.isEmpty {
+      try visitor.visitSingularStringField(value: self.namespace, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetPlacementGroupRequest, rhs: Swiftray_GetPlacementGroupRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.namespace != rhs.namespace {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetPlacementGroupReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetPlacementGroupReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0\u{1}group\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._group) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try { if let v = self._group {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
-    try { if let v = self._owner {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
-    if !self.jobID.isEmpty {
-      try visitor.visitSingularBytesField(value: self.jobID, fieldNumber: 4)
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetPlacementGroupReply, rhs: Swiftray_GetPlacementGroupReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs._group != rhs._group {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetAllPlacementGroupsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetAllPlacementGroupsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetAllPlacementGroupsRequest, rhs: Swiftray_GetAllPlacementGroupsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GetAllPlacementGroupsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetAllPlacementGroupsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}groups\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
+      default: break
+      }
     }
-    if !self.taskName.isEmpty {
-      try visitor.visitSingularStringField(value: self.taskName, fieldNumber: 5)
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.groups.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.groups, fieldNumber: 1)
     }
-    if self.grantOrReject != false {
-      try visitor.visitSingularBoolField(value: self.grantOrReject, fieldNumber: 6)
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GetAllPlacementGroupsReply, rhs: Swiftray_GetAllPlacementGroupsReply) -> Bool {
+    if lhs.groups != rhs.groups {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_WaitPlacementGroupRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WaitPlacementGroupRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
     }
-    try { if let v = self._placementResources {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularInt32Field(value: self.timeoutMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_WaitPlacementGroupRequest, rhs: Swiftray_WaitPlacementGroupRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_WaitPlacementGroupReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WaitPlacementGroupReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}found\0\u{1}group\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.found) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._group) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.found != false {
+      try visitor.visitSingularBoolField(value: self.found, fieldNumber: 1)
+    }
+    try { if let v = self._group {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
-    try { if let v = self._strategy {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
-    } }()
-    if !self.preferredNode.isEmpty {
-      try visitor.visitSingularBytesField(value: self.preferredNode, fieldNumber: 9)
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_WaitPlacementGroupReply, rhs: Swiftray_WaitPlacementGroupReply) -> Bool {
+    if lhs.found != rhs.found {return false}
+    if lhs._group != rhs._group {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0")
+
+  fileprivate class _StorageClass {
+    var _leaseRequestID: UInt64 = 0
+    var _resources: Swiftray_ResourceShape? = nil
+    var _owner: Swiftray_Address? = nil
+    var _jobID: Data = Data()
+    var _taskName: String = String()
+    var _grantOrReject: Bool = false
+    var _placementResources: Swiftray_ResourceShape? = nil
+    var _strategy: Swiftray_SchedulingStrategy? = nil
+    var _preferredNode: Data = Data()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _leaseRequestID = source._leaseRequestID
+      _resources = source._resources
+      _owner = source._owner
+      _jobID = source._jobID
+      _taskName = source._taskName
+      _grantOrReject = source._grantOrReject
+      _placementResources = source._placementResources
+      _strategy = source._strategy
+      _preferredNode = source._preferredNode
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._leaseRequestID) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._resources) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._owner) }()
+        case 4: try { try decoder.decodeSingularBytesField(value: &_storage._jobID) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._taskName) }()
+        case 6: try { try decoder.decodeSingularBoolField(value: &_storage._grantOrReject) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._placementResources) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
+        case 9: try { try decoder.decodeSingularBytesField(value: &_storage._preferredNode) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._leaseRequestID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._leaseRequestID, fieldNumber: 1)
+      }
+      try { if let v = _storage._resources {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      try { if let v = _storage._owner {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._jobID, fieldNumber: 4)
+      }
+      if !_storage._taskName.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._taskName, fieldNumber: 5)
+      }
+      if _storage._grantOrReject != false {
+        try visitor.visitSingularBoolField(value: _storage._grantOrReject, fieldNumber: 6)
+      }
+      try { if let v = _storage._placementResources {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      try { if let v = _storage._strategy {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      if !_storage._preferredNode.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._preferredNode, fieldNumber: 9)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_RequestWorkerLeaseRequest, rhs: Swiftray_RequestWorkerLeaseRequest) -> Bool {
-    if lhs.leaseRequestID != rhs.leaseRequestID {return false}
-    if lhs._resources != rhs._resources {return false}
-    if lhs._owner != rhs._owner {return false}
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.taskName != rhs.taskName {return false}
-    if lhs.grantOrReject != rhs.grantOrReject {return false}
-    if lhs._placementResources != rhs._placementResources {return false}
-    if lhs._strategy != rhs._strategy {return false}
-    if lhs.preferredNode != rhs.preferredNode {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._leaseRequestID != rhs_storage._leaseRequestID {return false}
+        if _storage._resources != rhs_storage._resources {return false}
+        if _storage._owner != rhs_storage._owner {return false}
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._taskName != rhs_storage._taskName {return false}
+        if _storage._grantOrReject != rhs_storage._grantOrReject {return false}
+        if _storage._placementResources != rhs_storage._placementResources {return false}
+        if _storage._strategy != rhs_storage._strategy {return false}
+        if _storage._preferredNode != rhs_storage._preferredNode {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2492,7 +3356,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
 }
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0")
 }
 
 nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -3128,6 +3992,199 @@ nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
     if lhs.nodeManagerEndpoint != rhs.nodeManagerEndpoint {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareBundlesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0\u{1}bundles\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.indices) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if !self.indices.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.indices, fieldNumber: 2)
+    }
+    if !self.bundles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.bundles, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_PrepareBundlesRequest, rhs: Swiftray_PrepareBundlesRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.indices != rhs.indices {return false}
+    if lhs.bundles != rhs.bundles {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareBundlesReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prepared\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.prepared) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.prepared != false {
+      try visitor.visitSingularBoolField(value: self.prepared, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_PrepareBundlesReply, rhs: Swiftray_PrepareBundlesReply) -> Bool {
+    if lhs.prepared != rhs.prepared {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_CommitBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommitBundlesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CommitBundlesRequest, rhs: Swiftray_CommitBundlesRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_CommitBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommitBundlesReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_CommitBundlesReply, rhs: Swiftray_CommitBundlesReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReturnBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReturnBundlesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.indices) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if !self.indices.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.indices, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReturnBundlesRequest, rhs: Swiftray_ReturnBundlesRequest) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.indices != rhs.indices {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReturnBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReturnBundlesReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}total\0\u{1}available\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._total) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._available) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._total {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._available {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReturnBundlesReply, rhs: Swiftray_ReturnBundlesReply) -> Bool {
+    if lhs._total != rhs._total {return false}
+    if lhs._available != rhs._available {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

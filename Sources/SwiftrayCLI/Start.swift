@@ -250,16 +250,20 @@ struct Status: ParsableCommand {
       print("No running swiftray cluster found on this machine; give --address=HOST:PORT.")
       throw ExitCode(1)
     }
-    print(StatusReport.format(try LocalCluster.allNodes(control: control, group: .singletonMultiThreadedEventLoopGroup)))
+    let state = try LocalCluster.clusterState(control: control, group: .singletonMultiThreadedEventLoopGroup, groups: true)
+    print(StatusReport.format(state.nodes, groups: state.groups))
   }
 }
 
 enum StatusReport {
-  static func format(_ nodes: [Swiftray_NodeInfo]) -> String {
-    func amount(_ v: Double, _ k: String) -> String {
-      if k == ResourceSet.memory { return String(format: "%.1f GiB", v / 1_073_741_824) }
-      return v == v.rounded() ? String(Int(v)) : String(format: "%.2f", v)
-    }
+  static func amount(_ v: Double, _ k: String) -> String {
+    if k == ResourceSet.memory { return String(format: "%.1f GiB", v / 1_073_741_824) }
+    return v == v.rounded() ? String(Int(v)) : String(format: "%.2f", v)
+  }
+
+  /// Nodes with what is used of their resources (bundles reserved for placement groups
+  /// count as used, and are listed per group below), pending demand, and each group.
+  static func format(_ nodes: [Swiftray_NodeInfo], groups: [Swiftray_PlacementGroupInfo] = []) -> String {
     var out = ["======== Cluster status ========"]
     let alive = nodes.filter(\.alive), dead = nodes.filter { !$0.alive }
     out.append("Nodes: \(alive.count) alive, \(dead.count) dead")
@@ -269,7 +273,7 @@ enum StatusReport {
       out.append("")
       out.append("Node \(id) at \(n.ipAddress) — \(n.alive ? "ALIVE" : "DEAD: \(n.deathDetail)")")
       let total = ResourceSet(proto: n.total), free = ResourceSet(proto: n.available)
-      for k in total.quantities.keys.sorted() {
+      for k in total.quantities.keys.sorted() where BundleResources.group(of: k) == nil {
         let t = total.units(k), used = t - free.units(k)
         out.append("  \(amount(used, k))/\(amount(t, k)) \(k)")
       }
@@ -279,6 +283,40 @@ enum StatusReport {
     out.append("Pending demand:")
     if demand.isEmpty { out.append("  (none)") }
     for (shape, count) in demand.sorted(by: { $0.key < $1.key }) { out.append("  \(shape): \(count) request(s) waiting") }
+    out += placementGroups(groups.filter { $0.state != .removed }, nodes: nodes)
     return out.joined(separator: "\n")
+  }
+
+  /// Each live group: its state and, per bundle, its node and what its tasks use of it.
+  static func placementGroups(_ groups: [Swiftray_PlacementGroupInfo], nodes: [Swiftray_NodeInfo]) -> [String] {
+    var out = ["", "Placement groups: \(groups.isEmpty ? "(none)" : String(groups.count))"]
+    let byID = Dictionary(nodes.map { ($0.nodeID, $0) }) { a, _ in a }
+    for g in groups {
+      let hex = PlacementGroupID(binary: g.placementGroupID)?.hex ?? "?"
+      let name = g.name.isEmpty ? "" : " '\(g.name)'"
+      let state: String
+      switch g.state {
+      case .created: state = "CREATED"
+      case .rescheduling: state = "RESCHEDULING"
+      case .removed: state = "REMOVED"
+      default: state = g.infeasible ? "PENDING (infeasible)" : "PENDING"
+      }
+      out.append("  \(hex)\(name) \(g.strategy) \(state)\(g.detail.isEmpty ? "" : ": \(g.detail)")")
+      for (i, b) in g.bundles.enumerated() {
+        let shape = ResourceSet(proto: b)
+        let node = i < g.bundleNodes.count ? g.bundleNodes[i] : Data()
+        guard let n = byID[node] else {
+          out.append("    bundle \(i) \(shape): not placed")
+          continue
+        }
+        let free = ResourceSet(proto: n.available)
+        let used = shape.quantities.keys.sorted().map { k in
+          let t = shape.units(k)
+          return "\(amount(t - free.units("\(k)_group_\(i)_\(hex)"), k))/\(amount(t, k)) \(k)"
+        }
+        out.append("    bundle \(i) on node \(NodeID(binary: node)?.hex.prefix(12) ?? "?"): \(used.joined(separator: ", ")) used")
+      }
+    }
+    return out
   }
 }

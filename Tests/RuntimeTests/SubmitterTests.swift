@@ -104,7 +104,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     }
     _ = s.taskReady(t2, key: cpu, now: 0)
     let a = s.leaseFailed(requestID: r[0], detail: "exit code 1", now: 1)
-    #expect(a == [.tasksFailed([t1, t2], detail: "exit code 1")])
+    #expect(a == [.tasksFailed([t1, t2], detail: "exit code 1", code: .system)])
     #expect(s.numQueued == 0)
   }
 }

@@ -42,9 +42,27 @@ METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None}
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
     "max_calls", "runtime_env", "accelerator_type", "label_selector", "_metadata",
-    "concurrency_groups", "enable_task_events", "_labels", "placement_group",
-    "placement_group_bundle_index", "placement_group_capture_child_tasks",
+    "concurrency_groups", "enable_task_events", "_labels",
 }
+# Ray's older spelling of PlacementGroupSchedulingStrategy, still accepted.
+_LEGACY_PG = ("placement_group", "placement_group_bundle_index", "placement_group_capture_child_tasks")
+
+
+def _fold_legacy_placement(options):
+    """options(placement_group=pg, placement_group_bundle_index=i, ...) -> the strategy."""
+    if not any(k in options for k in _LEGACY_PG):
+        return options
+    from swiftray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    options = dict(options)
+    pg = options.pop("placement_group", None)
+    index = options.pop("placement_group_bundle_index", -1)
+    capture = options.pop("placement_group_capture_child_tasks", None)
+    if pg is None or pg == "default":
+        return options
+    if options.get("scheduling_strategy") is not None:
+        raise ValueError("Use either scheduling_strategy or placement_group, not both.")
+    options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, index, capture)
+    return options
 
 
 def _number(name, v, minimum=0):
@@ -62,7 +80,9 @@ def _int(name, v, minimum):
 
 
 def validate_task_options(options):
-    """Checks names and types; raises ValueError/TypeError naming the option."""
+    """Checks names and types; raises ValueError/TypeError naming the option. Returns
+    the options (the legacy placement group options folded into the strategy)."""
+    options = _fold_legacy_placement(options)
     for k, v in options.items():
         if k in _NOT_YET:
             raise ValueError(f"The option '{k}' is not supported by swiftray yet.")
@@ -96,15 +116,20 @@ def validate_task_options(options):
             if not isinstance(v, str):
                 raise TypeError(f"The option 'name' must be a str, got {type(v).__name__}.")
         elif k == "scheduling_strategy":
-            from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-            if v not in ("DEFAULT", "SPREAD") and not isinstance(v, NodeAffinitySchedulingStrategy):
-                raise ValueError(f"Invalid scheduling_strategy {v!r}: use None, 'DEFAULT', 'SPREAD' or "
-                                 "NodeAffinitySchedulingStrategy(node_id, soft).")
+            from swiftray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                                             PlacementGroupSchedulingStrategy)
+            if v not in ("DEFAULT", "SPREAD") and not isinstance(
+                    v, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy)):
+                raise ValueError(f"Invalid scheduling_strategy {v!r}: use None, 'DEFAULT', 'SPREAD', "
+                                 "NodeAffinitySchedulingStrategy(node_id, soft) or "
+                                 "PlacementGroupSchedulingStrategy(placement_group, bundle_index).")
     return options
 
 
 def validate_actor_options(options):
-    """Checks an actor class's options (Ray's names, types and ranges)."""
+    """Checks an actor class's options (Ray's names, types and ranges). Returns the
+    options (the legacy placement group options folded into the strategy)."""
+    options = _fold_legacy_placement(options)
     for k, v in options.items():
         if k in _NOT_YET:
             raise ValueError(f"The option '{k}' is not supported by swiftray yet.")
@@ -158,11 +183,15 @@ def actor_shapes(options):
 
 
 def strategy_for_core(strategy):
-    """The core's form of a scheduling strategy: None, "SPREAD" or (node_id_hex, soft)."""
+    """The core's form of a scheduling strategy: None, "SPREAD", (node_id_hex, soft) or
+    ("PG", group_id_bytes, bundle_index, capture_child_tasks)."""
     if strategy is None or strategy == "DEFAULT":
         return None
     if strategy == "SPREAD":
         return "SPREAD"
+    if hasattr(strategy, "placement_group"):
+        return ("PG", strategy.placement_group.id.binary(), strategy.placement_group_bundle_index,
+                bool(strategy.placement_group_capture_child_tasks))
     return (strategy.node_id, bool(strategy.soft))
 
 

@@ -58,7 +58,7 @@ class ActorClass(Exported):
         return self._remote(args, kwargs, self._options)
 
     def options(self, **options):
-        _options.validate_actor_options(options)
+        options = _options.validate_actor_options(options)
         return BoundOptions(self, options, dict(self._options, **options))
 
     def _remote(self, args, kwargs, options):
@@ -79,6 +79,7 @@ class ActorClass(Exported):
             "max_concurrency": concurrency, "max_pending_calls": options["max_pending_calls"],
             "is_async": self._is_async, "name": name, "namespace": namespace, "detached": detached,
             "handle_meta": pickle.dumps(meta),
+            "scheduling_strategy": _options.strategy_for_core(options["scheduling_strategy"]),
         }
         arglist = pack_call(self._name, args, kwargs, what="actor constructor")
         try:

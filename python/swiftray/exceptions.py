@@ -148,8 +148,8 @@ class TaskPlacementGroupRemoved(RayError):
     """The task's placement group was removed."""
 
 
-class ActorPlacementGroupRemoved(RayError):
-    """The actor's placement group was removed."""
+class ActorPlacementGroupRemoved(ActorDiedError):
+    """The actor's placement group was removed (it died with it)."""
 
 
 class PendingCallsLimitExceeded(RayError):

@@ -91,7 +91,7 @@ class RemoteFunction(Exported):
         return self._remote(args, kwargs, self._options)
 
     def options(self, **options):
-        _options.validate_task_options(options)
+        options = _options.validate_task_options(options)
         return BoundOptions(self, options, dict(self._options, **options))
 
     def _submission(self, options):
@@ -152,9 +152,7 @@ def _make(target, options):
     """Options are checked against what is decorated: an actor's or a task's options."""
     if isinstance(target, type):
         from swiftray.actor import ActorClass
-        _options.validate_actor_options(options)
-        return ActorClass(target, options)
+        return ActorClass(target, _options.validate_actor_options(options))
     if not callable(target):
         raise TypeError("The @remote decorator must be applied to a function or a class.")
-    _options.validate_task_options(options)
-    return RemoteFunction(target, options)
+    return RemoteFunction(target, _options.validate_task_options(options))

@@ -171,6 +171,25 @@ public struct ActorDirectory: Sendable {
     return died(id, cause: .creationFailed, detail: "its worker could not start: \(detail)")
   }
 
+  /// Its placement group was removed before it was placed.
+  public mutating func placementGroupGone(_ id: ActorID, detail: String) -> [Action] {
+    guard var e = actors[id], e.requesting else { return [] }
+    e.requesting = false
+    actors[id] = e
+    return died(id, cause: .placementGroupRemoved, detail: detail)
+  }
+
+  /// Placement group `group` was removed: the actors placed in it (or waiting for it)
+  /// die, whatever their `max_restarts`.
+  public mutating func placementGroupRemoved(_ group: Data) -> [Action] {
+    var actions: [Action] = []
+    for (id, e) in actors where e.info.state != .dead && e.spec.strategy.placementGroupID == group {
+      actions += died(id, cause: .placementGroupRemoved,
+                      detail: "its placement group \(PlacementGroupID(binary: group)?.hex ?? "?") was removed")
+    }
+    return actions
+  }
+
   /// The constructor returned on `lease`; `error` is its traceback when it raised.
   public mutating func creationReplied(_ id: ActorID, lease: Lease, error: String?) -> [Action] {
     guard var e = actors[id], e.lease == lease else { return [] }
@@ -302,6 +321,7 @@ public struct ActorDirectory: Sendable {
     }
     e.lease = nil
     e.retryAt = nil
+    e.requesting = false  // a lease granted from now on goes back
     e.info.state = .dead
     e.info.deathCause = cause
     e.info.detail = detail

@@ -29,6 +29,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var tickArmed = false
     var closed = false
     var health: NodeHealth
+    var groups = PlacementGroupTable()
+    var groupWatchers: [Data: [UInt64: CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>]] = [:]
   }
 
   let state: Mutex<State>
@@ -39,6 +41,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let healthLoop = Mutex<Task<Void, Never>?>(nil)
   let storage: any ControlStorage
   let writer: StorageWriter
+  /// Wakes the placement loop (one pass at a time; kicks while it runs coalesce).
+  let placementKicks: AsyncStream<Void>.Continuation
 
   public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config(),
               storage: any ControlStorage = InMemoryControlStorage()) {
@@ -51,6 +55,14 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
     self.pool = DataPlaneClientPool(group: group)
     self.state = Mutex(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
+    let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    self.placementKicks = cont
+    Task { [weak self] in
+      for await _ in kicks {
+        guard let self else { return }
+        await self.placeWaitingGroups()
+      }
+    }
   }
 
   static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -67,6 +79,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       return (c, w)
     }
     for w in watchers { w.continuation.resume(returning: nil) }
+    let groupWatchers = state.withLock { s in defer { s.groupWatchers.removeAll() }; return s.groupWatchers.values.flatMap(\.values) }
+    for w in groupWatchers { w.resume(returning: nil) }
+    placementKicks.finish()
     for c in clients { c.shutdown() }
     pool.closeAll()
     writer.close()
@@ -85,6 +100,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       n.deathDetail = Self.awaitingRegistration
       state.withLock { s in if s.nodes[id] == nil { s.nodes[id] = n } }
     }
+    let groups = try await storage.getAll(ControlTable.placementGroups).values.compactMap { try? Swiftray_PlacementGroupInfo(serializedBytes: $0) }
+    performGroups(state.withLock { $0.groups.restore(groups) })
     let records = try await storage.getAll(ControlTable.actors).values.compactMap { try? Swiftray_ActorRecord(serializedBytes: $0) }
     let now = Self.now()
     perform(state.withLock { $0.actors.restore(records, now: now) })
@@ -103,6 +120,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
     persist(node)
     startHealthChecks()
+    placementKicks.yield()
     return Swiftray_RegisterNodeReply()
   }
 
@@ -159,6 +177,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     log.warning("node/died", metadata: ["node": "\(NodeID(binary: id)?.hex.prefix(12) ?? "?")", "detail": "\(detail)"])
     let short = NodeID(binary: id)?.hex.prefix(12) ?? "?"
     perform(state.withLock { $0.actors.nodeDied(endpoints, detail: "its node \(short) died: \(detail)") })
+    performGroups(state.withLock { $0.groups.nodeDied(id) })
     let dropped = state.withLock { s in endpoints.compactMap { s.nodeClients.removeValue(forKey: $0) } }
     for c in dropped { c.shutdown() }
   }
@@ -217,9 +236,12 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       guard let n = s.nodes[request.nodeID] else { return true }
       guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
       s.nodes[request.nodeID]?.available = request.available
+      if request.hasTotal { s.nodes[request.nodeID]?.total = request.total }
       s.nodes[request.nodeID]?.pendingDemand = request.infeasibleDemand
       return false
     }
+    // Resources may have freed up for a group that waits.
+    if !r.unknownNode, state.withLock({ !$0.groups.waiting.isEmpty }) { placementKicks.yield() }
     return r
   }
 
@@ -307,12 +329,14 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func reportWorkerFailure(request: Swiftray_ReportWorkerFailureRequest, context: ServerContext) async throws -> Swiftray_ReportWorkerFailureReply {
     perform(state.withLock { $0.actors.workerDied(request.exit.workerID, detail: request.exit.detail) })
+    performGroups(state.withLock { $0.groups.creatorDied(request.exit.workerID) })
     return Swiftray_ReportWorkerFailureReply()
   }
 
   public func markJobFinished(request: Swiftray_MarkJobFinishedRequest, context: ServerContext) async throws -> Swiftray_MarkJobFinishedReply {
     let job = JobID(binary: request.jobID).map { " (job \($0.hex))" } ?? ""
     perform(state.withLock { $0.actors.driverExited(request.driverID, detail: "the driver that created it exited\(job)") })
+    performGroups(state.withLock { $0.groups.jobFinished(request.jobID) })
     return Swiftray_MarkJobFinishedReply()
   }
 
@@ -393,12 +417,21 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.leaseRequestID = randomWord() >> 1
       req.resources = spec.resources
       req.placementResources = spec.actorCreation.placementResources
+      req.strategy = spec.strategy
       req.owner = Swiftray_Address()
       req.jobID = spec.jobID
       req.taskName = spec.name
-      let reply = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req)
+      var node = node
+      var reply = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req)
+      if let r = reply, r.status == .spillback, let there = nodeClient(r.retryAtEndpoint) {
+        // Its strategy (SPREAD, node affinity) or the node's policy chose another node:
+        // ask that one, which must grant or reject.
+        node = r.retryAtEndpoint
+        req.grantOrReject = true
+        reply = try? await Swiftray_NodeManagerService.Client(wrapping: there.client).requestWorkerLease(req)
+      }
       let now = Self.now()
-      let actions: [ActorDirectory.Action] = state.withLock { s in
+      let actions: [ActorDirectory.Action] = state.withLock { [node, reply] s in
         guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }
         switch reply.status {
         case .granted:
@@ -407,6 +440,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
         case .workerStartFailed:
           return s.actors.workersFailToStart(id, detail: reply.detail)
+        case .placementGroupRemoved:
+          return s.actors.placementGroupGone(id, detail: reply.detail)
         default:
           return s.actors.leaseRequestFailed(id, now: now)
         }

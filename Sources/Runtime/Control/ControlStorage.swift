@@ -22,6 +22,7 @@ public enum ControlTable {
   public static let nodes = "nodes"
   public static let jobs = "jobs"
   public static let actors = "actors"
+  public static let placementGroups = "placement_groups"
   public static func kv(_ namespace: String) -> String { "kv:" + namespace }
 }
 

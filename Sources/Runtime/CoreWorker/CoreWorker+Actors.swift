@@ -30,13 +30,14 @@ extension CoreWorker {
     public var namespace: String
     public var detached: Bool
     public var handleMeta: Data
+    public var strategy: SchedulingKey.Strategy
     public init(className: String, resources: ResourceSet, placement: ResourceSet, maxRestarts: Int,
                 maxTaskRetries: Int, maxConcurrency: Int, isAsync: Bool, maxPendingCalls: Int, name: String,
-                namespace: String, detached: Bool, handleMeta: Data) {
+                namespace: String, detached: Bool, handleMeta: Data, strategy: SchedulingKey.Strategy = .default) {
       self.className = className; self.resources = resources; self.placement = placement
       self.maxRestarts = maxRestarts; self.maxTaskRetries = maxTaskRetries; self.maxConcurrency = maxConcurrency
       self.isAsync = isAsync; self.maxPendingCalls = maxPendingCalls; self.name = name
-      self.namespace = namespace; self.detached = detached; self.handleMeta = handleMeta
+      self.namespace = namespace; self.detached = detached; self.handleMeta = handleMeta; self.strategy = strategy
     }
   }
 
@@ -49,7 +50,9 @@ extension CoreWorker {
     spec.function = function
     spec.name = "\(o.className).__init__"
     spec.numReturns = 0
-    spec.resources = o.resources.proto
+    let strategy = strategyOrCaptured(o.strategy)
+    spec.strategy = SchedulingKey(o.resources, strategy: strategy).strategyProto
+    spec.resources = SchedulingKey.shape(o.resources, under: strategy).proto
     var c = Swiftray_ActorCreationSpec()
     c.maxRestarts = Int32(o.maxRestarts)
     c.maxTaskRetries = Int32(o.maxTaskRetries)
@@ -58,7 +61,7 @@ extension CoreWorker {
     c.name = o.name
     c.namespace = o.namespace
     c.detached = o.detached
-    c.placementResources = o.placement.proto
+    c.placementResources = SchedulingKey.shape(o.placement, under: strategy).proto
     c.handleMeta = o.handleMeta
     c.className = o.className
     spec.actorCreation = c

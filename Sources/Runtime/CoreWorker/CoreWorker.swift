@@ -77,6 +77,8 @@ public final class CoreWorker: Sendable {
     // Executor side.
     var executions: Deque<Execution> = []
     var running: TaskID?
+    /// The placement strategy of the task or actor running here (placement groups only).
+    var runningStrategy: SchedulingKey.Strategy?
     var shutdown = false
   }
 
@@ -237,17 +239,30 @@ public final class CoreWorker: Sendable {
                          resources: ResourceSet, maxRetries: Int, retryExceptions: Bool,
                          retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default) -> [ObjectID] {
     var spec = Swiftray_TaskSpec()
+    let strategy = strategyOrCaptured(strategy)
     spec.strategy = SchedulingKey(resources, strategy: strategy).strategyProto
     spec.function = function
     spec.name = name
     spec.numReturns = Int32(numReturns)
-    spec.resources = resources.proto
+    spec.resources = SchedulingKey.shape(resources, under: strategy).proto
     spec.maxRetries = Int32(maxRetries)
     spec.retryExceptions = retryExceptions
     spec.retryExceptionFilter = retryExceptionFilter
     // A normal task cannot be refused.
     return (try? submit(spec, args: args, kind: .normal).returns) ?? []
   }
+
+  /// `strategy`, or for a task that names none, the placement group of the task or actor
+  /// running here when it captures its children (`placement_group_capture_child_tasks`):
+  /// any bundle of that group.
+  func strategyOrCaptured(_ strategy: SchedulingKey.Strategy) -> SchedulingKey.Strategy {
+    guard strategy == .default, let current = state.withLock({ $0.runningStrategy }),
+          case .placementGroup(let g, _, true) = current else { return strategy }
+    return .placementGroup(g, index: -1, captureChildTasks: true)
+  }
+
+  /// The placement strategy of the task (or actor) this worker runs now.
+  public var currentStrategy: SchedulingKey.Strategy? { state.withLock { $0.runningStrategy } }
 
   /// What a submitted task is, for where it goes once its arguments are resolved.
   enum TaskKind { case normal, actorCreation(sync: Bool), actorCall(ActorID, maxTaskRetries: Int) }
@@ -659,6 +674,11 @@ public final class CoreWorker: Sendable {
       guard let e = s.executions.popFirst() else { return nil }
       s.running = TaskID(binary: e.spec.taskID)
       if let job = JobID(binary: e.spec.jobID) { s.idGen.job = job }
+      // An actor's methods run in its constructor's placement group.
+      if e.spec.actorID.isEmpty || e.spec.hasActorCreation {
+        let strategy = SchedulingKey(shape: ResourceSet(), proto: e.spec.strategy).strategy
+        if case .placementGroup = strategy { s.runningStrategy = strategy } else { s.runningStrategy = nil }
+      }
       return e
     }
   }
@@ -928,12 +948,13 @@ public final class CoreWorker: Sendable {
           + "check num_cpus/num_gpus/resources in @remote(...) or start a node with those resources.")
       case .tasksLost(let tids, let lease):
         tasksLost(tids, lease, node: lostOn[lease.leaseID])
-      case .tasksFailed(let tids, let detail):
+      case .tasksFailed(let tids, let detail, let code):
         for tid in tids {
           let acts = state.withLock { s in
-            s.tasks.taskFailed(tid, error: SwiftrayError(.system,
-              "Task \(s.tasks.spec(tid)?.name ?? "?") (\(tid.hex)) cannot run: \(detail). "
-              + "Check that the driver's Python environment imports swiftray cleanly."))
+            let what = "Task \(s.tasks.spec(tid)?.name ?? "?") (\(tid.hex)) cannot run: \(detail)"
+            return s.tasks.taskFailed(tid, error: code == .system
+              ? SwiftrayError(.system, what + ". Check that the driver's Python environment imports swiftray cleanly.")
+              : SwiftrayError(code, what + "."))
           }
           applyTaskActions(acts, reply: nil)
         }
@@ -993,6 +1014,11 @@ public final class CoreWorker: Sendable {
           return s.submitter.leaseRequestCanceled(requestID: requestID, now: now)
         case .workerStartFailed:
           return s.submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now)
+        case .placementGroupRemoved:
+          return s.submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now, code: .taskPlacementGroupRemoved)
+        case .placementGroupPending:
+          // Waits for its group to be placed: asked again shortly, without a warning.
+          return s.submitter.leaseRequestFailed(requestID: requestID, now: now)
         default:
           return s.submitter.leaseRequestFailed(requestID: requestID, now: now)
         }

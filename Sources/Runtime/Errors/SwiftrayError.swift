@@ -18,6 +18,8 @@ public struct SwiftrayError: Error, Sendable, Equatable, CustomStringConvertible
     case actorDied = "ACTOR_DIED"
     case actorUnschedulable = "ACTOR_UNSCHEDULABLE"
     case pendingCallsLimitExceeded = "PENDING_CALLS_LIMIT_EXCEEDED"
+    case taskPlacementGroupRemoved = "TASK_PLACEMENT_GROUP_REMOVED"
+    case actorPlacementGroupRemoved = "ACTOR_PLACEMENT_GROUP_REMOVED"
     case invalidArgument = "INVALID_ARGUMENT"
     case notInitialized = "NOT_INITIALIZED"
     case system = "SYSTEM"

@@ -156,3 +156,22 @@ public struct TaskIDGenerator: Sendable {
     return TaskID(prefix: prefix, counter: counter, job: UInt64(job.value))
   }
 }
+
+/// A placement group's id: 16 random bytes; its hex names the group's bundle
+/// resources (`BundleResources`).
+public struct PlacementGroupID: Hashable, Sendable, CustomStringConvertible {
+  public let binary: [UInt8]
+  public init?(binary: some Collection<UInt8>) {
+    guard binary.count == 16 else { return nil }
+    self.binary = Array(binary)
+  }
+  public init?(hex: String) {
+    guard let b = Hex.decode(hex) else { return nil }
+    self.init(binary: b)
+  }
+  public static func random() -> PlacementGroupID {
+    PlacementGroupID(binary: WordBytes.pack([randomWord(), randomWord()]))!
+  }
+  public var hex: String { Hex.encode(binary) }
+  public var description: String { hex }
+}

@@ -71,14 +71,23 @@ public final class LocalCluster: Sendable {
     return live.max { (created($0), $0) < (created($1), $1) }
   }
 
-  /// Every node the ControlService at `control` knows, asked once over a connection made
-  /// for it (CLI and join paths, not per task).
+  /// Every node the ControlService at `control` knows, and (`groups`) its placement
+  /// groups, asked over one connection made for it (CLI and join paths, not per task).
   public static func allNodes(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> [Swiftray_NodeInfo] {
+    try clusterState(control: control, group: group, groups: false).nodes
+  }
+
+  public static func clusterState(control: Endpoint, group: MultiThreadedEventLoopGroup, groups: Bool)
+    throws -> (nodes: [Swiftray_NodeInfo], groups: [Swiftray_PlacementGroupInfo]) {
     let c = try ControlPlane.connect(control, group: group)
     defer { c.shutdown() }
     return try blockingAwait(timeout: .seconds(10)) {
-      do { return try await Swiftray_ControlService.Client(wrapping: c.client).getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
-      catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
+      let client = Swiftray_ControlService.Client(wrapping: c.client)
+      do {
+        let nodes = try await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes
+        let all = groups ? try await client.getAllPlacementGroups(Swiftray_GetAllPlacementGroupsRequest()).groups : []
+        return (nodes, all)
+      } catch { throw ControlPlane.error(error, calling: "GetAllNodes", at: control) }
     }
   }
 

@@ -117,6 +117,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         report.nodeID = Data(options.nodeID.binary)
         state.withLock { s in
           report.available = s.queue.available.proto
+          report.total = s.queue.total.proto
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
         if let reply = try? await client.reportResources(report) {
@@ -174,8 +175,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     n.nodeManagerEndpoint = endpoint.description
     // Empty when this node is not networked: its processes then listen on Unix sockets only.
     n.ipAddress = options.nodeIP ?? ""
-    n.total = options.resources.proto
-    n.available = state.withLock { $0.queue.available }.proto
+    let (total, available) = state.withLock { ($0.queue.total, $0.queue.available) }
+    n.total = total.proto
+    n.available = available.proto
     n.alive = true
     n.sessionDir = options.sessionDir
     return n
@@ -203,6 +205,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       case .reject(let requestID, let detail):
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .infeasible
+        r.detail = detail
+        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+      case .placementGroupUnavailable(let requestID, let removed, let detail):
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = removed ? .placementGroupRemoved : .placementGroupPending
         r.detail = detail
         state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
       case .workerStartFailed(let requestID, let detail):
@@ -339,10 +346,15 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
     // Unless a node already spilled it here, the request goes where its strategy says.
     let routed = !request.grantOrReject
-    if routed && !options.resources.contains(needs), let c = controlClient() {
+    if routed && !state.withLock({ $0.queue.total.contains(needs) }), let c = controlClient() {
       // This node can never fit it and the view of the others is up to one report
       // period old: a node may just have joined. Look again before calling it infeasible.
-      await refreshClusterView(Swiftray_ControlService.Client(wrapping: c.client))
+      let client = Swiftray_ControlService.Client(wrapping: c.client)
+      if let group = BundleResources.groups(in: needs).first,
+         let r = await placementGroupAnswer(group, needs: needs, client) {
+        return r
+      }
+      await refreshClusterView(client)
     }
     return await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
@@ -355,7 +367,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           if s.shuttingDown { r.status = .canceled; return .reply(r) }
           if routed {
             if key.strategy == .spread { s.spreadTurn += 1 }
-            let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: options.resources,
+            let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: s.queue.total,
                                          available: s.queue.uncommitted, alive: true, startTimeMs: 0)
             var rng = SystemRandomNumberGenerator()
             switch NodePicker.route(key, needs: needs, me: me, others: s.cluster, turn: s.spreadTurn, preferred: preferred, using: &rng) {
@@ -386,6 +398,62 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     } onCancel: {
       perform(state.withLock { $0.queue.leaseRequestCanceled(req.id) })
     }
+  }
+
+  /// For a request inside placement group `group` that this node cannot fit: the reply
+  /// when the group is removed (or unknown) or not placed yet; nil when it is placed
+  /// (then routing finds its bundles' node).
+  func placementGroupAnswer(_ group: String, needs: ResourceSet,
+                            _ client: Swiftray_ControlService.Client<some ClientTransport>) async -> Swiftray_RequestWorkerLeaseReply? {
+    var req = Swiftray_GetPlacementGroupRequest()
+    req.placementGroupID = Data(PlacementGroupID(hex: group)?.binary ?? [])
+    guard let reply = try? await client.getPlacementGroup(req) else { return nil }
+    var r = Swiftray_RequestWorkerLeaseReply()
+    if !reply.found || reply.group.state == .removed {
+      r.status = .placementGroupRemoved
+      r.detail = "its placement group \(group) was removed"
+      return r
+    }
+    if reply.group.state != .created {
+      r.status = .placementGroupPending
+      r.detail = "its placement group \(group) is not placed yet"
+      return r
+    }
+    let bundles = reply.group.bundles.map { ResourceSet(proto: $0) }
+    if let why = BundleResources.neverFits(needs, bundles: bundles) {
+      r.status = .infeasible
+      r.detail = why
+      return r
+    }
+    return nil
+  }
+
+  // MARK: placement group bundles
+
+  public func prepareBundles(request: Swiftray_PrepareBundlesRequest, context: ServerContext) async throws -> Swiftray_PrepareBundlesReply {
+    var wanted: [Int: ResourceSet] = [:]
+    for (i, b) in zip(request.indices, request.bundles) { wanted[Int(i)] = ResourceSet(proto: b) }
+    guard let group = PlacementGroupID(binary: request.placementGroupID)?.hex else { return .init() }
+    var r = Swiftray_PrepareBundlesReply()
+    r.prepared = state.withLock { $0.queue.bundlesPrepared(group: group, wanted) }
+    return r
+  }
+
+  public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
+    guard let group = PlacementGroupID(binary: request.placementGroupID)?.hex else { return .init() }
+    perform(state.withLock { $0.queue.bundlesCommitted(group: group) })
+    return Swiftray_CommitBundlesReply()
+  }
+
+  public func returnBundles(request: Swiftray_ReturnBundlesRequest, context: ServerContext) async throws -> Swiftray_ReturnBundlesReply {
+    guard let group = PlacementGroupID(binary: request.placementGroupID)?.hex else { return .init() }
+    let only = request.indices.isEmpty ? nil : Set(request.indices.map(Int.init))
+    var r = Swiftray_ReturnBundlesReply()
+    perform(state.withLock { s in
+      defer { r.total = s.queue.total.proto; r.available = s.queue.available.proto }
+      return s.queue.bundlesReturned(group: group, only: only)
+    })
+    return r
   }
 
   public func returnWorkerLease(request: Swiftray_ReturnWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_ReturnWorkerLeaseReply {

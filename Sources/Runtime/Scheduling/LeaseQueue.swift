@@ -55,6 +55,9 @@ public struct LeaseQueue: Sendable {
     case grant(requestID: UInt64, lease: Lease)
     /// No node can ever fit the shape; `detail` names what is missing.
     case reject(requestID: UInt64, detail: String)
+    /// It asks for a placement group's bundles this node does not hold: the group was
+    /// `removed`, or they are elsewhere or not placed yet (the owner asks again).
+    case placementGroupUnavailable(requestID: UInt64, removed: Bool, detail: String)
     case canceled(requestID: UInt64)
     /// Workers cannot start here; `detail` says how the last one died.
     case workerStartFailed(requestID: UInt64, detail: String)
@@ -63,8 +66,17 @@ public struct LeaseQueue: Sendable {
     case killWorker(WorkerID)
   }
 
+  /// A placement group's bundle on this node: `base` is set aside when prepared;
+  /// `added` (its renamed resources, see `BundleResources`) exists once committed.
+  public struct Bundle: Sendable, Equatable {
+    public var base: ResourceSet
+    public var added: ResourceSet?
+  }
+
   public private(set) var total: ResourceSet
   public private(set) var available: ResourceSet
+  /// Bundles by group (hex id) and index.
+  public private(set) var bundles: [String: [Int: Bundle]] = [:]
   public private(set) var workers: [WorkerID: Worker] = [:]
   public private(set) var pending: Deque<Request> = []
   public private(set) var leases: [UInt64: Lease] = [:]
@@ -120,6 +132,10 @@ public struct LeaseQueue: Sendable {
 
   public mutating func leaseRequested(_ request: Request) -> [Action] {
     guard total.contains(request.needsFree) else {
+      if let group = BundleResources.groups(in: request.needsFree).first {
+        return [.placementGroupUnavailable(requestID: request.id, removed: false,
+                                           detail: "the bundles of placement group \(group) it asks for are not on this node")]
+      }
       return [.reject(requestID: request.id, detail: Self.infeasibleDetail(request.needsFree, total: total))]
     }
     pending.append(request)
@@ -200,6 +216,66 @@ public struct LeaseQueue: Sendable {
     let all = pending.map { Action.workerStartFailed(requestID: $0.id, detail: detail) }
     pending.removeAll()
     return all
+  }
+
+  // MARK: placement group bundles (two-phase: prepare, then commit or return)
+
+  /// Phase 1: sets aside the bundles' resources if they are free now. True when they
+  /// are reserved (again: a repeated prepare of the same bundles is a no-op).
+  public mutating func bundlesPrepared(group: String, _ wanted: [Int: ResourceSet]) -> Bool {
+    let fresh = wanted.filter { bundles[group]?[$0.key] == nil }
+    let need = fresh.values.reduce(ResourceSet()) { $0 + $1 }
+    guard available.contains(need) else { return false }
+    available = available - need
+    for (i, b) in fresh { bundles[group, default: [:]][i] = Bundle(base: b) }
+    return true
+  }
+
+  /// Phase 2: the prepared bundles of `group` become usable by its tasks and actors.
+  public mutating func bundlesCommitted(group: String) -> [Action] {
+    guard var mine = bundles[group] else { return [] }
+    for (i, b) in mine where b.added == nil {
+      let added = BundleResources.committed(b.base, group: group, index: i)
+      mine[i]?.added = added
+      total = total + added
+      available = available + added
+    }
+    bundles[group] = mine
+    return dispatch()
+  }
+
+  /// The group was removed: workers leased inside it are killed, requests waiting for
+  /// it are turned away, and its resources go back. `only`: just these bundles, prepared
+  /// and not committed (a round that failed elsewhere is undone).
+  public mutating func bundlesReturned(group: String, only: Set<Int>? = nil) -> [Action] {
+    if let only {
+      for i in only {
+        guard let b = bundles[group]?[i], b.added == nil else { continue }
+        bundles[group]?[i] = nil
+        available = available + b.base
+      }
+      if bundles[group]?.isEmpty == true { bundles[group] = nil }
+      return dispatch()
+    }
+    guard let mine = bundles.removeValue(forKey: group) else { return [] }
+    var actions: [Action] = []
+    for lease in leases.values where BundleResources.groups(in: lease.shape).contains(group) {
+      leases[lease.id] = nil
+      if let w = workers.removeValue(forKey: lease.worker) {
+        release(lease, blocked: w.blocked)
+        actions.append(.killWorker(lease.worker))
+      }
+    }
+    for req in pending where BundleResources.groups(in: req.needsFree).contains(group) {
+      actions.append(.placementGroupUnavailable(requestID: req.id, removed: true,
+                                                detail: "its placement group \(group) was removed"))
+    }
+    pending.removeAll { BundleResources.groups(in: $0.needsFree).contains(group) }
+    for b in mine.values {
+      if let added = b.added { total = total - added; available = available - added }
+      available = available + b.base
+    }
+    return actions + dispatch()
   }
 
   // MARK: internals

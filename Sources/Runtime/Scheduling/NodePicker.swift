@@ -51,7 +51,7 @@ public enum NodePicker {
                            preferred: Data? = nil, using rng: inout some RandomNumberGenerator) -> Route {
     let others = others.filter { $0.id != me.id }
     switch key.strategy {
-    case .default:
+    case .default, .placementGroup:
       if let r = LocalityPolicy.route(preferred: preferred, needs: needs, me: me, others: others) { return r }
       return HybridPolicy.route(needs: needs, me: me, others: others, using: &rng)
     case .spread:

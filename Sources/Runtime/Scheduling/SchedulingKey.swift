@@ -8,6 +8,9 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
     case `default`
     case spread
     case nodeAffinity(NodeID, soft: Bool)
+    /// Inside a placement group's bundle (`index` -1: any). The shape is already renamed
+    /// to the bundle's resources (`BundleResources.inside`), so it routes as DEFAULT.
+    case placementGroup(PlacementGroupID, index: Int, captureChildTasks: Bool)
   }
   public var shape: ResourceSet
   public var strategy: Strategy
@@ -21,6 +24,10 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
     switch proto.kind {
     case .spread: strategy = .spread
     case .nodeAffinity: strategy = NodeID(binary: proto.nodeID).map { .nodeAffinity($0, soft: proto.soft) } ?? .default
+    case .placementGroup:
+      strategy = PlacementGroupID(binary: proto.placementGroupID).map {
+        .placementGroup($0, index: Int(proto.bundleIndex), captureChildTasks: proto.captureChildTasks)
+      } ?? .default
     default: strategy = .default
     }
   }
@@ -34,8 +41,20 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
       p.kind = .nodeAffinity
       p.nodeID = Data(n.binary)
       p.soft = soft
+    case .placementGroup(let g, let index, let capture):
+      p.kind = .placementGroup
+      p.placementGroupID = Data(g.binary)
+      p.bundleIndex = Int32(index)
+      p.captureChildTasks = capture
     }
     return p
+  }
+
+  /// The shape a task of `shape` asks for under `strategy`: renamed to its placement
+  /// group's bundle resources when it runs inside one.
+  public static func shape(_ shape: ResourceSet, under strategy: Strategy) -> ResourceSet {
+    guard case .placementGroup(let g, let index, _) = strategy else { return shape }
+    return BundleResources.inside(shape, group: g.hex, index: index)
   }
 
   public var description: String {
@@ -43,6 +62,8 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
     case .default: return shape.description
     case .spread: return "\(shape) (SPREAD)"
     case .nodeAffinity(let n, let soft): return "\(shape) (on node \(n.hex.prefix(12))\(soft ? ", soft" : ""))"
+    case .placementGroup(let g, let index, _):
+      return "\(BundleResources.plain(shape)) (in placement group \(g.hex.prefix(16)), bundle \(index < 0 ? "any" : String(index)))"
     }
   }
 }

@@ -252,6 +252,8 @@ public struct ActorTaskSubmitter: Sendable {
     case .creationFailed: why = "its creation failed: \(info.detail)"
     case .workerDied: why = "\(info.detail)"
     case .outOfScope: why = "\(info.detail)"
+    case .placementGroupRemoved:
+      return SwiftrayError(.actorPlacementGroupRemoved, "The actor \(describe(info, id)) is dead: \(info.detail)")
     default: why = info.detail.isEmpty ? "unknown cause" : info.detail
     }
     return SwiftrayError(.actorDied, "The actor \(describe(info, id)) is dead: \(why)")

@@ -60,7 +60,7 @@ public struct NormalTaskSubmitter: Sendable {
     /// These tasks were on a worker that is gone.
     case tasksLost([TaskID], lease: GrantedLease)
     /// These queued tasks cannot run on this node at all (workers fail to start).
-    case tasksFailed([TaskID], detail: String)
+    case tasksFailed([TaskID], detail: String, code: SwiftrayError.Code)
   }
 
   public let settings: Settings
@@ -115,13 +115,14 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// The node cannot start workers: the tasks queued for this shape fail now rather
   /// than wait forever. Tasks already pushed to live leases are unaffected.
-  public mutating func leaseFailed(requestID: UInt64, detail: String, now: UInt64) -> [Action] {
+  public mutating func leaseFailed(requestID: UInt64, detail: String, now: UInt64,
+                                   code: SwiftrayError.Code = .system) -> [Action] {
     guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys[key] else { return [] }
     ks.pendingRequests.remove(requestID)
     let failed = Array(ks.queue)
     ks.queue.removeAll()
     keys[key] = ks
-    return (failed.isEmpty ? [] : [.tasksFailed(failed, detail: detail)]) + schedule(key, now: now)
+    return (failed.isEmpty ? [] : [.tasksFailed(failed, detail: detail, code: code)]) + schedule(key, now: now)
   }
 
   /// The request failed in transport (node unreachable): ask again after a pause.

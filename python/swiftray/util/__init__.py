@@ -2,6 +2,8 @@
 import socket
 
 from swiftray.util.actor_pool import ActorPool
+from swiftray.util.placement_group import (PlacementGroup, get_current_placement_group, get_placement_group,
+                                           placement_group, placement_group_table, remove_placement_group)
 
 
 def list_named_actors(all_namespaces=False):

@@ -1,0 +1,213 @@
+import Foundation
+import RuntimeProto
+
+/// The ControlService's placement groups as a pure state machine: their bundles and
+/// where each is reserved, names per namespace, and what to do when a group is created,
+/// placed, refused, removed, or loses a node. Where bundles go is `BundlePlacement`'s
+/// choice; reserving them (prepare, then commit, on each node) is the shell's.
+///
+/// Threading: a value type, owned by the ControlService under its lock.
+public struct PlacementGroupTable: Sendable {
+  public typealias Info = Swiftray_PlacementGroupInfo
+
+  struct Entry: Sendable {
+    var info: Info
+    /// A prepare/commit round is out for it.
+    var placing = false
+    /// Warned that it cannot be placed with the nodes there are.
+    var warned = false
+  }
+
+  public enum Action: Sendable, Equatable {
+    /// Try to place the groups still waiting (the shell runs one pass at a time).
+    case placeWaiting
+    /// Give back the group's bundles on these nodes (all of them there).
+    case returnBundles(group: Data, nodes: [Data])
+    /// Its info changed: wake waiters, write it to storage.
+    case published(Data)
+    /// Removed: its actors die, its tasks fail.
+    case removed(Data)
+    case warn(String)
+  }
+
+  public enum CreateError: Error, Sendable, Equatable {
+    case nameTaken(String)
+    case invalid(String)
+  }
+
+  private(set) var groups: [Data: Entry] = [:]
+  private var names: [String: [String: Data]] = [:]
+  private var order: [Data] = []
+
+  public init() {}
+
+  public func info(_ id: Data) -> Info? { groups[id]?.info }
+  public func named(_ name: String, namespace: String) -> Info? {
+    names[namespace]?[name].flatMap { groups[$0]?.info }
+  }
+  /// Every group, oldest first.
+  public var all: [Info] { order.compactMap { groups[$0]?.info } }
+
+  /// Groups waiting to be placed, oldest first, that no round is placing now.
+  public var waiting: [Data] {
+    order.filter { id in
+      guard let e = groups[id] else { return false }
+      return !e.placing && (e.info.state == .pending || e.info.state == .rescheduling)
+    }
+  }
+
+  // MARK: events
+
+  public mutating func created(_ info: Info) -> Result<[Action], CreateError> {
+    if groups[info.placementGroupID] != nil { return .success([]) }  // a retried create
+    guard !info.bundles.isEmpty else { return .failure(.invalid("a placement group needs at least one bundle")) }
+    guard BundlePlacement.Strategy(rawValue: info.strategy) != nil else {
+      return .failure(.invalid("unknown placement strategy \(info.strategy)"))
+    }
+    if !info.name.isEmpty, names[info.namespace]?[info.name] != nil {
+      return .failure(.nameTaken(info.name))
+    }
+    var i = info
+    i.state = .pending
+    i.bundleNodes = Array(repeating: Data(), count: info.bundles.count)
+    i.version = 1
+    groups[i.placementGroupID] = Entry(info: i)
+    order.append(i.placementGroupID)
+    if !i.name.isEmpty { names[i.namespace, default: [:]][i.name] = i.placementGroupID }
+    return .success([.published(i.placementGroupID), .placeWaiting])
+  }
+
+  /// A round starts for `id`: what to place (nil when it no longer waits).
+  public mutating func placementStarted(_ id: Data) -> Info? {
+    guard var e = groups[id], !e.placing, e.info.state == .pending || e.info.state == .rescheduling else { return nil }
+    e.placing = true
+    groups[id] = e
+    return e.info
+  }
+
+  /// Every bundle is reserved and committed on `nodes` (one per bundle).
+  public mutating func placed(_ id: Data, nodes: [Data]) -> [Action] {
+    guard var e = groups[id] else { return [] }
+    e.placing = false
+    if e.info.state == .removed {
+      // Removed while its round was out: what the round reserved goes back.
+      groups[id] = e
+      return [.returnBundles(group: id, nodes: Array(Set(nodes)))]
+    }
+    e.info.bundleNodes = nodes
+    e.info.state = .created
+    e.info.detail = ""
+    e.info.infeasible = false
+    e.info.version += 1
+    e.warned = false
+    groups[id] = e
+    return [.published(id)]
+  }
+
+  /// The round did not place it: it waits (`detail` says why). `infeasible`: not with
+  /// the nodes there are (warned about once).
+  public mutating func placementFailed(_ id: Data, detail: String, infeasible: Bool) -> [Action] {
+    guard var e = groups[id] else { return [] }
+    e.placing = false
+    guard e.info.state != .removed else {
+      // Removed while its round was out: the bundles it kept from before go back.
+      groups[id] = e
+      let held = Array(Set(e.info.bundleNodes.filter { !$0.isEmpty }))
+      return held.isEmpty ? [] : [.returnBundles(group: id, nodes: held)]
+    }
+    var actions: [Action] = []
+    if e.info.detail != detail || e.info.infeasible != infeasible {
+      e.info.detail = detail
+      e.info.infeasible = infeasible
+      e.info.version += 1
+      actions.append(.published(id))
+    }
+    if infeasible && !e.warned {
+      e.warned = true
+      actions.append(.warn("Placement group \(Self.describe(e.info)) cannot be placed on the nodes of this cluster: "
+        + "\(detail). It stays pending until nodes that fit it join."))
+    }
+    groups[id] = e
+    return actions
+  }
+
+  /// `remove_placement_group`. Returns false for an unknown group.
+  public mutating func removeRequested(_ id: Data) -> (found: Bool, actions: [Action]) {
+    guard let e = groups[id] else { return (false, []) }
+    guard e.info.state != .removed else { return (true, []) }
+    return (true, remove(id, detail: "removed by remove_placement_group()"))
+  }
+
+  /// A node died: the bundles it held are placed again; the group is RESCHEDULING.
+  public mutating func nodeDied(_ node: Data) -> [Action] {
+    var actions: [Action] = []
+    for (id, var e) in groups where e.info.state != .removed && e.info.bundleNodes.contains(node) {
+      e.info.bundleNodes = e.info.bundleNodes.map { $0 == node ? Data() : $0 }
+      e.info.state = .rescheduling
+      e.info.detail = "a node holding some of its bundles died; placing them again"
+      e.info.version += 1
+      groups[id] = e
+      actions.append(.published(id))
+    }
+    return actions.isEmpty ? [] : actions + [.placeWaiting]
+  }
+
+  /// The job that created them ended (its driver exited): its non-detached groups go.
+  public mutating func jobFinished(_ job: Data) -> [Action] {
+    var actions: [Action] = []
+    for id in order {
+      guard let e = groups[id], e.info.state != .removed, !e.info.detached, e.info.creatorJobID == job else { continue }
+      actions += remove(id, detail: "the job that created it finished")
+    }
+    return actions
+  }
+
+  /// The driver that created them died without saying so: as `jobFinished`.
+  public mutating func creatorDied(_ creator: Data) -> [Action] {
+    var actions: [Action] = []
+    for id in order {
+      guard let e = groups[id], e.info.state != .removed, !e.info.detached, !creator.isEmpty,
+            e.info.creatorID == creator else { continue }
+      actions += remove(id, detail: "the driver that created it exited")
+    }
+    return actions
+  }
+
+  /// Takes up the groups a previous ControlService recorded (a head restart on Redis).
+  public mutating func restore(_ infos: [Info]) -> [Action] {
+    for i in infos.sorted(by: { $0.createdMs < $1.createdMs }) where groups[i.placementGroupID] == nil {
+      groups[i.placementGroupID] = Entry(info: i)
+      order.append(i.placementGroupID)
+      if !i.name.isEmpty && i.state != .removed { names[i.namespace, default: [:]][i.name] = i.placementGroupID }
+    }
+    return [.placeWaiting]
+  }
+
+  /// Forgets removed groups beyond the newest `keep` (a bounded table).
+  public mutating func trimRemoved(keep: Int) {
+    let removed = order.filter { groups[$0]?.info.state == .removed }
+    guard removed.count > keep else { return }
+    for id in removed.prefix(removed.count - keep) { groups[id] = nil }
+    order.removeAll { groups[$0] == nil }
+  }
+
+  // MARK: internals
+
+  private mutating func remove(_ id: Data, detail: String) -> [Action] {
+    guard var e = groups[id] else { return [] }
+    let held = Array(Set(e.info.bundleNodes.filter { !$0.isEmpty }))
+    e.info.state = .removed
+    e.info.detail = detail
+    e.info.version += 1
+    if !e.info.name.isEmpty, names[e.info.namespace]?[e.info.name] == id { names[e.info.namespace]?[e.info.name] = nil }
+    groups[id] = e
+    // A round out for it returns what it reserved when it ends (`placed`).
+    let give: [Action] = held.isEmpty || e.placing ? [] : [.returnBundles(group: id, nodes: held)]
+    return [.removed(id)] + give + [.published(id), .placeWaiting]
+  }
+
+  static func describe(_ i: Info) -> String {
+    let hex = PlacementGroupID(binary: i.placementGroupID)?.hex ?? "?"
+    return i.name.isEmpty ? hex : "'\(i.name)' (\(hex))"
+  }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import RuntimeProto
+
+/// Placement groups from an owner's side: create, look up, remove, wait. The
+/// ControlService reserves the bundles; tasks and actors in a group ask for its renamed
+/// resources (`SchedulingKey.shape(_:under:)`), so nothing else here changes.
+///
+/// Threading: any thread; the calls block on one control-plane round trip (release the
+/// GIL first), except `placementGroupReady`, which returns at once.
+extension CoreWorker {
+  public typealias PlacementGroupInfo = Swiftray_PlacementGroupInfo
+
+  /// Registers a group; the ControlService places it in the background. Throws
+  /// `invalidArgument` for a name taken in the namespace or a malformed group.
+  public func createPlacementGroup(bundles: [ResourceSet], strategy: String, name: String, namespace: String,
+                                   detached: Bool) throws(SwiftrayError) -> PlacementGroupID {
+    let id = PlacementGroupID.random()
+    var info = PlacementGroupInfo()
+    info.placementGroupID = Data(id.binary)
+    info.bundles = bundles.map(\.proto)
+    info.strategy = strategy
+    info.name = name
+    info.namespace = namespace
+    info.detached = detached
+    info.creatorJobID = Data(currentJobID.binary)
+    // A driver's non-detached groups go when it exits (a worker's, with its job).
+    if options.isDriver { info.creatorID = Data(options.workerID.binary) }
+    var req = Swiftray_CreatePlacementGroupRequest()
+    req.group = info
+    let error: String
+    do { error = try callControl("CreatePlacementGroup") { [req] in try await $0.createPlacementGroup(req).error } }
+    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+    if !error.isEmpty { throw SwiftrayError(.invalidArgument, error) }
+    return id
+  }
+
+  /// Returns false for a group the cluster does not know.
+  public func removePlacementGroup(_ id: PlacementGroupID) throws(SwiftrayError) -> Bool {
+    var req = Swiftray_RemovePlacementGroupRequest()
+    req.placementGroupID = Data(id.binary)
+    do { return try callControl("RemovePlacementGroup") { [req] in try await $0.removePlacementGroup(req).found } }
+    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+  }
+
+  /// A group by id, or by name in `namespace` (a removed group is not found by name).
+  public func placementGroup(id: PlacementGroupID?, name: String = "", namespace: String = "") throws(SwiftrayError) -> PlacementGroupInfo? {
+    var req = Swiftray_GetPlacementGroupRequest()
+    if let id { req.placementGroupID = Data(id.binary) }
+    req.name = name
+    req.namespace = namespace
+    do {
+      return try callControl("GetPlacementGroup") { [req] c in
+        let r = try await c.getPlacementGroup(req)
+        return r.found ? r.group : nil
+      }
+    } catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+  }
+
+  public func allPlacementGroups() throws(SwiftrayError) -> [PlacementGroupInfo] {
+    do { return try callControl("GetAllPlacementGroups") { try await $0.getAllPlacementGroups(.init()).groups } }
+    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+  }
+
+  /// Waits (bounded by `timeoutNanos`) until the group is created or removed, or is
+  /// known not to fit the nodes there are. Returns its info then (nil: unknown group).
+  public func waitPlacementGroup(_ id: PlacementGroupID, timeoutNanos: UInt64) throws(SwiftrayError) -> PlacementGroupInfo? {
+    let deadline = Self.now() &+ min(timeoutNanos, UInt64(Int64.max) / 2)
+    while true {
+      let now = Self.now()
+      let left = deadline > now ? deadline - now : 0
+      var req = Swiftray_WaitPlacementGroupRequest()
+      req.placementGroupID = Data(id.binary)
+      req.timeoutMs = Int32(max(10, min(left / 1_000_000, 10_000)))
+      let reply: Swiftray_WaitPlacementGroupReply
+      do { reply = try callControl("WaitPlacementGroup", timeout: .seconds(15)) { [req] in try await $0.waitPlacementGroup(req) } }
+      catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+      guard reply.found else { return nil }
+      let g = reply.group
+      if g.state == .created || g.state == .removed || Self.now() >= deadline { return g }
+      if g.infeasible { return g }
+    }
+  }
+
+  /// `PlacementGroup.ready()`: an object owned here that becomes `value` once the group
+  /// is created, or a `TaskPlacementGroupRemoved` error if it is removed first. Its id
+  /// holds one local reference (the caller's ObjectRef). Warns once if the group cannot
+  /// be placed on the nodes there are. Never blocks.
+  public func placementGroupReady(_ id: PlacementGroupID, value: Swiftray_RayObject) -> ObjectID {
+    let oid = nextPutID()
+    state.withLock { s in
+      s.refs.ownedObjectCreated(oid)
+      _ = s.refs.localRefAdded(oid)
+    }
+    let c = control
+    let patience = controlPatience
+    Task { [self] in
+      var warned = false
+      while state.withLock({ !$0.shutdown && $0.refs.isInScope(oid) }) {
+        var req = Swiftray_WaitPlacementGroupRequest()
+        req.placementGroupID = Data(id.binary)
+        req.timeoutMs = 10_000
+        guard let r = try? await ControlPlane.whileUnavailable(patience: patience, { [req] in
+          try await Swiftray_ControlService.Client(wrapping: c.client).waitPlacementGroup(req)
+        }) else {
+          try? await Task.sleep(for: .milliseconds(200))
+          continue
+        }
+        let g = r.group
+        if !r.found || g.state == .removed {
+          let why = r.found ? g.detail : "the cluster does not know it"
+          objectsArrived([(oid, Self.errorObject(.taskPlacementGroupRemoved,
+            "Placement group \(id.hex) was removed before it was ready: \(why)."))])
+          return
+        }
+        if g.state == .created { objectsArrived([(oid, value)]); return }
+        if g.infeasible && !warned {
+          warned = true
+          warn("Placement group \(g.name.isEmpty ? id.hex : "'\(g.name)' (\(id.hex))") cannot be placed on the nodes of this cluster: "
+            + "\(g.detail). ready() waits until nodes that fit it join.")
+        }
+        if g.infeasible { try? await Task.sleep(for: .milliseconds(500)) }
+      }
+    }
+    return oid
+  }
+}

@@ -1,0 +1,230 @@
+import Foundation
+import Runtime
+import RuntimeProto
+import Testing
+
+private func node(_ id: UInt8, cpus: Double, free: Double? = nil, extra: [String: Double] = [:],
+                  alive: Bool = true) -> NodePicker.NodeView {
+  NodePicker.NodeView(id: Data([id]), address: "tcp:h:\(id)",
+                      total: ResourceSet(units: extra.merging(["CPU": cpus]) { a, _ in a }),
+                      available: ResourceSet(units: extra.merging(["CPU": free ?? cpus]) { a, _ in a }),
+                      alive: alive, startTimeMs: Int64(id))
+}
+
+private func cpu(_ n: Double) -> ResourceSet { ResourceSet(units: ["CPU": n]) }
+
+private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
+  if case .placed(let n) = o { return n } else { return nil }
+}
+
+@Suite struct BundlePlacementTests {
+  let three = [node(1, cpus: 4), node(2, cpus: 4), node(3, cpus: 4)]
+
+  @Test func packPutsEveryBundleOnOneNodeWhenOneHasRoomElseAsFewAsItTakes() {
+    let one = placed(BundlePlacement.place([cpu(1), cpu(2)], .pack, placed: [nil, nil], nodes: three))
+    #expect(one.map { Set($0).count } == 1)
+    let small = [node(1, cpus: 2), node(2, cpus: 2), node(3, cpus: 2)]
+    let two = placed(BundlePlacement.place([cpu(2), cpu(1), cpu(1)], .pack, placed: [nil, nil, nil], nodes: small))
+    #expect(two.map { Set($0).count } == 2)
+  }
+
+  @Test func strictPackNeedsOneNodeForAllAndSaysWhetherItEverCould() {
+    let nodes = [node(1, cpus: 2), node(2, cpus: 2, free: 1)]
+    #expect(placed(BundlePlacement.place([cpu(1), cpu(1)], .strictPack, placed: [nil, nil], nodes: nodes)) == [Data([1]), Data([1])])
+    let busy = [node(1, cpus: 2, free: 1), node(2, cpus: 2, free: 1)]
+    guard case .notNow = BundlePlacement.place([cpu(1), cpu(1)], .strictPack, placed: [nil, nil], nodes: busy) else {
+      Issue.record("two half-free nodes cannot take a STRICT_PACK group now"); return
+    }
+    guard case .infeasible(let why) = BundlePlacement.place([cpu(2), cpu(1)], .strictPack, placed: [nil, nil], nodes: busy) else {
+      Issue.record("no node is large enough"); return
+    }
+    #expect(why.contains("STRICT_PACK"))
+  }
+
+  @Test func spreadPrefersDistinctNodesButDoublesUpRatherThanWait() {
+    let spread = placed(BundlePlacement.place([cpu(1), cpu(1), cpu(1)], .spread, placed: [nil, nil, nil], nodes: three))
+    #expect(spread.map { Set($0).count } == 3)
+    let two = [node(1, cpus: 4), node(2, cpus: 4)]
+    let doubled = placed(BundlePlacement.place([cpu(1), cpu(1), cpu(1)], .spread, placed: [nil, nil, nil], nodes: two))
+    #expect(doubled.map { Set($0).count } == 2)
+  }
+
+  @Test func strictSpreadNeedsDistinctNodesAndBacktracksToFindThem() {
+    // Greedy would put the small bundle on the only node the big one fits.
+    let nodes = [node(1, cpus: 4), node(2, cpus: 1)]
+    let r = placed(BundlePlacement.place([cpu(1), cpu(3)], .strictSpread, placed: [nil, nil], nodes: nodes))
+    #expect(r == [Data([2]), Data([1])])
+    guard case .infeasible(let why) = BundlePlacement.place([cpu(1), cpu(1), cpu(1)], .strictSpread,
+                                                            placed: [nil, nil, nil], nodes: nodes) else {
+      Issue.record("three bundles, two nodes"); return
+    }
+    #expect(why.contains("distinct nodes"))
+  }
+
+  @Test func aBundleLargerThanAnyNodeIsInfeasibleNamingTheLargestNode() {
+    guard case .infeasible(let why) = BundlePlacement.place([cpu(16)], .pack, placed: [nil], nodes: three) else {
+      Issue.record("16 CPUs fit nowhere"); return
+    }
+    #expect(why.contains("larger than any node") && why.contains("4.0 CPU"))
+  }
+
+  @Test func reschedulingKeepsSurvivorsAndHonoursTheStrategyAroundThem() {
+    let nodes = [node(1, cpus: 2), node(2, cpus: 2, alive: false), node(3, cpus: 2)]
+    // STRICT_SPREAD: bundle 1 lost its node; it may not join bundle 0's node.
+    let r = placed(BundlePlacement.place([cpu(1), cpu(1)], .strictSpread, placed: [Data([1]), nil], nodes: nodes))
+    #expect(r == [Data([1]), Data([3])])
+    // STRICT_PACK: the lost bundle must come back to the survivors' node.
+    let p = placed(BundlePlacement.place([cpu(1), cpu(1)], .strictPack, placed: [Data([3]), nil], nodes: nodes))
+    #expect(p == [Data([3]), Data([3])])
+  }
+}
+
+@Suite struct BundleResourcesTests {
+  let g = PlacementGroupID.random()
+
+  @Test func aCommittedBundleAddsItsResourcesUnderItsIndexAndTheGroupsWildcard() {
+    let added = BundleResources.committed(ResourceSet(units: ["CPU": 2, "GPU": 1]), group: g.hex, index: 1)
+    #expect(added.units("CPU_group_1_\(g.hex)") == 2 && added.units("CPU_group_\(g.hex)") == 2)
+    #expect(added.units("GPU_group_1_\(g.hex)") == 1 && added.units("bundle_group_1_\(g.hex)") == 1000)
+  }
+
+  @Test func aTaskInABundleAsksForBothNamesAndATaskAnywhereInTheGroupForTheWildcard() {
+    let inOne = BundleResources.inside(cpu(1), group: g.hex, index: 0)
+    #expect(inOne.units("CPU_group_0_\(g.hex)") == 1 && inOne.units("CPU_group_\(g.hex)") == 1)
+    #expect(inOne.units("bundle_group_0_\(g.hex)") == 0.001)
+    let anywhere = BundleResources.inside(ResourceSet(), group: g.hex, index: -1)
+    #expect(anywhere.quantities.keys.sorted() == ["bundle_group_\(g.hex)"])
+    #expect(BundleResources.groups(in: inOne) == [g.hex] && BundleResources.groups(in: cpu(1)).isEmpty)
+    #expect(BundleResources.plain(inOne) == cpu(1))
+  }
+
+  @Test func aRequestLargerThanItsBundleIsExplained() {
+    let bundles = [cpu(2), cpu(1)]
+    #expect(BundleResources.neverFits(BundleResources.inside(cpu(2), group: g.hex, index: 0), bundles: bundles) == nil)
+    let why = BundleResources.neverFits(BundleResources.inside(cpu(2), group: g.hex, index: 1), bundles: bundles)
+    #expect(why?.contains("more than bundle 1") == true)
+    #expect(BundleResources.neverFits(BundleResources.inside(cpu(3), group: g.hex, index: -1), bundles: bundles) != nil)
+  }
+}
+
+@Suite struct LeaseQueueBundleTests {
+  let g = PlacementGroupID.random()
+
+  @Test func preparedBundlesSetResourcesAsideCommittedOnesAreUsableAndReturnsGiveThemBack() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    let first = q.bundlesPrepared(group: g.hex, [0: cpu(3)])
+    #expect(first && q.available == cpu(1))
+    let tooMuch = q.bundlesPrepared(group: g.hex, [1: cpu(2)])
+    #expect(!tooMuch, "only 1 CPU is left")
+    let again = q.bundlesPrepared(group: g.hex, [0: cpu(3)])
+    #expect(again && q.available == cpu(1), "a repeated prepare is a no-op")
+    _ = q.bundlesCommitted(group: g.hex)
+    #expect(q.total.units("CPU_group_0_\(g.hex)") == 3 && q.available.units("CPU_group_\(g.hex)") == 3)
+    _ = q.bundlesReturned(group: g.hex)
+    #expect(q.total == cpu(4) && q.available == cpu(4))
+  }
+
+  @Test func returningAGroupKillsItsLeasedWorkersAndTurnsAwayItsWaitingRequests() {
+    var q = LeaseQueue(total: cpu(2), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.prestart(count: 1)
+    let w = WorkerID.random()
+    _ = q.workerStarting(w)
+    _ = q.workerRegistered(w)
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(1)])
+    _ = q.bundlesCommitted(group: g.hex)
+    let shape = BundleResources.inside(cpu(1), group: g.hex, index: 0)
+    let granted = q.leaseRequested(.init(id: 1, shape: shape, owner: .random()))
+    #expect(granted.contains { if case .grant(1, _) = $0 { return true } else { return false } })
+    _ = q.leaseRequested(.init(id: 2, shape: shape, owner: .random()))  // waits: the bundle is busy
+    let actions = q.bundlesReturned(group: g.hex)
+    #expect(actions.contains(.killWorker(w)))
+    #expect(actions.contains(.placementGroupUnavailable(requestID: 2, removed: true, detail: "its placement group \(g.hex) was removed")))
+    #expect(q.total == cpu(2) && q.available == cpu(2) && q.leases.isEmpty)
+  }
+
+  @Test func undoingAPrepareLeavesCommittedBundlesOfTheGroupAlone() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(1)])
+    _ = q.bundlesCommitted(group: g.hex)
+    _ = q.bundlesPrepared(group: g.hex, [1: cpu(2)])
+    _ = q.bundlesReturned(group: g.hex, only: [1])
+    #expect(q.available.units("CPU") == 3 && q.total.units("CPU_group_0_\(g.hex)") == 1)
+  }
+}
+
+@Suite struct PlacementGroupTableTests {
+  func group(_ name: String = "", bundles: Int = 2, strategy: String = "PACK", job: UInt8 = 1,
+             detached: Bool = false) -> Swiftray_PlacementGroupInfo {
+    var i = Swiftray_PlacementGroupInfo()
+    i.placementGroupID = Data(PlacementGroupID.random().binary)
+    i.name = name
+    i.namespace = "ns"
+    i.strategy = strategy
+    i.bundles = Array(repeating: cpu(1).proto, count: bundles)
+    i.creatorJobID = Data([job])
+    i.detached = detached
+    return i
+  }
+
+  @Test func aGroupIsPendingUntilPlacedAndANameIsTakenUntilItIsRemoved() throws {
+    var t = PlacementGroupTable()
+    let g = group("gang")
+    let id = g.placementGroupID
+    #expect(try t.created(g).get().contains(.placeWaiting))
+    let again = t.created(group("gang"))
+    #expect(throws: PlacementGroupTable.CreateError.nameTaken("gang")) { try again.get() }
+    #expect(t.waiting == [id])
+    #expect(t.placementStarted(id) != nil)
+    #expect(t.waiting.isEmpty && t.placementStarted(id) == nil, "one round at a time")
+    _ = t.placed(id, nodes: [Data([1]), Data([2])])
+    #expect(t.info(id)?.state == .created && t.named("gang", namespace: "ns")?.placementGroupID == id)
+    let (found, actions) = t.removeRequested(id)
+    #expect(found && actions.contains(.removed(id)))
+    #expect(actions.contains { if case .returnBundles(id, let n) = $0 { return Set(n) == [Data([1]), Data([2])] } else { return false } })
+    #expect(t.named("gang", namespace: "ns") == nil && t.info(id)?.state == .removed)
+  }
+
+  @Test func removedWhilePlacingItsRoundsReservationGoesBack() throws {
+    var t = PlacementGroupTable()
+    let g = group()
+    _ = try t.created(g).get()
+    _ = t.placementStarted(g.placementGroupID)
+    let (_, actions) = t.removeRequested(g.placementGroupID)
+    #expect(!actions.contains { if case .returnBundles = $0 { return true } else { return false } })
+    #expect(t.placed(g.placementGroupID, nodes: [Data([1]), Data([1])]) == [.returnBundles(group: g.placementGroupID, nodes: [Data([1])])])
+  }
+
+  @Test func anInfeasibleGroupIsWarnedAboutOnce() throws {
+    var t = PlacementGroupTable()
+    let g = group()
+    _ = try t.created(g).get()
+    _ = t.placementStarted(g.placementGroupID)
+    let first = t.placementFailed(g.placementGroupID, detail: "too big", infeasible: true)
+    _ = t.placementStarted(g.placementGroupID)
+    let second = t.placementFailed(g.placementGroupID, detail: "too big", infeasible: true)
+    #expect(first.contains { if case .warn = $0 { return true } else { return false } })
+    #expect(second.isEmpty)
+    #expect(t.info(g.placementGroupID)?.infeasible == true && t.waiting == [g.placementGroupID])
+  }
+
+  @Test func aDeadNodesBundlesArePlacedAgainAndTheGroupIsReschedulingMeanwhile() throws {
+    var t = PlacementGroupTable()
+    let g = group()
+    let id = g.placementGroupID
+    _ = try t.created(g).get()
+    _ = t.placementStarted(id)
+    _ = t.placed(id, nodes: [Data([1]), Data([2])])
+    #expect(t.nodeDied(Data([2])).contains(.placeWaiting))
+    #expect(t.info(id)?.state == .rescheduling && t.info(id)?.bundleNodes == [Data([1]), Data()])
+    #expect(t.waiting == [id])
+  }
+
+  @Test func aJobsNonDetachedGroupsGoWhenItFinishes() throws {
+    var t = PlacementGroupTable()
+    let mine = group(job: 1), detached = group(job: 1, detached: true), other = group(job: 2)
+    for g in [mine, detached, other] { _ = try t.created(g).get() }
+    let actions = t.jobFinished(Data([1]))
+    #expect(actions.contains(.removed(mine.placementGroupID)))
+    #expect(t.info(detached.placementGroupID)?.state == .pending && t.info(other.placementGroupID)?.state == .pending)
+  }
+}
