@@ -293,3 +293,27 @@ def test_swiftray_status_shows_each_groups_reserved_bundles(cluster):
     assert "bundle 1 on node" in out and "0/1 CPU used" in out, out
     assert "_group_" not in out, out  # nodes list their own resources, not the bundles' names
     swiftray.get(held, timeout=30)
+
+
+def test_a_node_that_refuses_its_bundles_leaves_nothing_half_reserved(cluster):
+    from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    cluster.add_node(num_cpus=2)
+    # This node does not report for a minute: the head believes its CPUs free while two
+    # tasks hold them, so its prepare is refused after the other node's succeeded.
+    cluster.env["SWIFTRAY_RAYLET_REPORT_RESOURCES_PERIOD_MILLISECONDS"] = "60000"
+    stale = cluster.add_node(num_cpus=2)
+    swiftray.init(address=cluster.address)
+    stale_id = next(n["NodeID"] for n in swiftray.nodes() if n["SessionDir"] == stale["session"])
+    on_stale = NodeAffinitySchedulingStrategy(stale_id, soft=False)
+    time.sleep(0.5)  # the driver's node has the new node in its view
+    busy = [span.options(scheduling_strategy=on_stale).remote(4) for _ in range(2)]
+    time.sleep(1.5)  # both run now
+    pg = placement_group([{"CPU": 2}, {"CPU": 2}], strategy="STRICT_SPREAD")
+    assert pg.wait(1) is False
+    assert "refused" in placement_group_table(pg)["detail"], placement_group_table(pg)
+    # The other node's bundle was given back: its 2 CPUs are free for anyone meanwhile.
+    assert wait_until(lambda: swiftray.available_resources().get("CPU") == 4.0)
+    swiftray.get(busy, timeout=30)
+    assert pg.wait(10), placement_group_table(pg)
+    remove_placement_group(pg)
+    assert wait_until(lambda: swiftray.available_resources().get("CPU") == 4.0)

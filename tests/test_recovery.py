@@ -160,7 +160,7 @@ def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(clu
     from swiftray import _core
     cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
     head = cluster.add_node(num_cpus=1)
-    worker = cluster.add_node(num_cpus=1, resources={"w": 2})  # the actor holds one
+    worker = cluster.add_node(num_cpus=1, resources={"w": 3})  # the actor and a placement group hold one each
     port = int(cluster.address.rsplit(":", 1)[1])
     # A first driver (its own process, gone before the restart) leaves a KV entry and a
     # named detached actor on the worker node.
@@ -182,6 +182,8 @@ def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(clu
 
         k = Keeper.options(name="keeper", lifetime="detached").remote()
         assert swiftray.get(k.add.remote()) == 1
+        from swiftray.util import placement_group
+        assert placement_group([{"w": 1}], name="reserved", lifetime="detached").wait(30)
         print("job", swiftray.get_runtime_context().get_job_id())
     """, args=[cluster.address], env={"SWIFTRAY_REDIS_ADDRESS": redis_address})
     assert first.returncode == 0, first.stderr
@@ -208,6 +210,13 @@ def test_a_head_on_redis_comes_back_with_its_tables_and_nodes_register_again(clu
         return swiftray.get_runtime_context().get_node_id()
 
     assert swiftray.get(on_worker.remote(), timeout=60) == worker_id()["NodeID"]
+    # The detached placement group is still reserved on the worker node, and usable.
+    from swiftray.util import get_placement_group, placement_group_table
+    from swiftray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    pg = get_placement_group("reserved")
+    assert placement_group_table(pg)["state"] == "CREATED"
+    inside = on_worker.options(num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0))
+    assert swiftray.get(inside.remote(), timeout=60) == worker_id()["NodeID"]
 
 
 def test_work_on_other_nodes_goes_on_while_the_head_is_down_and_the_driver_reconnects(cluster, redis_address):
@@ -272,3 +281,40 @@ def test_work_on_other_nodes_goes_on_while_the_head_is_down_and_the_driver_recon
     _core.kv_put("user", b"k", b"v", True)
     assert _core.kv_get("user", b"k") == b"v"
     assert swiftray.get(c.add.remote(1), timeout=60) == 7
+
+
+def test_an_actor_whose_driver_died_while_the_head_was_down_dies_when_the_head_is_back(cluster, redis_address, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from conftest import pid_alive
+    cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
+    head = cluster.add_node(num_cpus=1)
+    worker = cluster.add_node(num_cpus=1, resources={"w": 1})
+    port = int(cluster.address.rsplit(":", 1)[1])
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import os, sys, time, swiftray\n"
+        "swiftray.init(address=sys.argv[1], namespace='app')\n"
+        "@swiftray.remote(resources={'w': 1})\n"
+        "class Held:\n"
+        "    def pid(self):\n"
+        "        return os.getpid()\n"
+        "h = Held.options(name='held').remote()\n"
+        "print(swiftray.get(h.pid.remote()), flush=True)\n"
+        "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, str(script), worker["session"]], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, SWIFTRAY_REDIS_ADDRESS=redis_address))
+    actor_pid = int(owner.stdout.readline())
+    cluster.kill_node(head)
+    owner.send_signal(signal.SIGKILL)  # no goodbye: its node notices within a second
+    owner.wait()
+    time.sleep(1.5)
+    assert pid_alive(actor_pid), "nobody kills it while the head is down"
+    cluster.add_node(num_cpus=1, head_port=port)
+    # The node's report of the driver's death reaches the restarted head: its actor dies.
+    assert wait_until(lambda: not pid_alive(actor_pid), timeout=20)
+    swiftray.init(address=cluster.address, namespace="app")
+    with pytest.raises(ValueError):
+        swiftray.get_actor("held")

@@ -1451,7 +1451,9 @@ public nonisolated struct Swiftray_NodeDeath: Sendable {
 }
 
 /// Two-phase reservation of a placement group's bundles on one node.
-public nonisolated struct Swiftray_PrepareBundlesRequest: Sendable {
+/// Bundles of one group for one node. `commit`: the group has no bundle on another
+/// node, so a successful prepare commits at once (one round trip instead of two).
+public nonisolated struct Swiftray_BundleReservation: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -1461,6 +1463,21 @@ public nonisolated struct Swiftray_PrepareBundlesRequest: Sendable {
   public var indices: [Int32] = []
 
   public var bundles: [Swiftray_ResourceShape] = []
+
+  public var commit: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Several groups at once (a placement pass); each is prepared whole or not at all.
+public nonisolated struct Swiftray_PrepareBundlesRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var groups: [Swiftray_BundleReservation] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1472,7 +1489,7 @@ public nonisolated struct Swiftray_PrepareBundlesReply: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var prepared: Bool = false
+  public var prepared: [Bool] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1484,7 +1501,7 @@ public nonisolated struct Swiftray_CommitBundlesRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var placementGroupID: Data = Data()
+  public var placementGroupIds: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3997,9 +4014,9 @@ nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._
   }
 }
 
-nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".PrepareBundlesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0\u{1}bundles\0")
+nonisolated extension Swiftray_BundleReservation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BundleReservation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0\u{1}bundles\0\u{1}commit\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4010,6 +4027,7 @@ nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.indices) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.commit) }()
       default: break
       }
     }
@@ -4025,13 +4043,47 @@ nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, Swi
     if !self.bundles.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.bundles, fieldNumber: 3)
     }
+    if self.commit != false {
+      try visitor.visitSingularBoolField(value: self.commit, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_BundleReservation, rhs: Swiftray_BundleReservation) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.indices != rhs.indices {return false}
+    if lhs.bundles != rhs.bundles {return false}
+    if lhs.commit != rhs.commit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareBundlesRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}groups\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.groups.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.groups, fieldNumber: 1)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_PrepareBundlesRequest, rhs: Swiftray_PrepareBundlesRequest) -> Bool {
-    if lhs.placementGroupID != rhs.placementGroupID {return false}
-    if lhs.indices != rhs.indices {return false}
-    if lhs.bundles != rhs.bundles {return false}
+    if lhs.groups != rhs.groups {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4047,15 +4099,15 @@ nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, Swift
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularBoolField(value: &self.prepared) }()
+      case 1: try { try decoder.decodeRepeatedBoolField(value: &self.prepared) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.prepared != false {
-      try visitor.visitSingularBoolField(value: self.prepared, fieldNumber: 1)
+    if !self.prepared.isEmpty {
+      try visitor.visitPackedBoolField(value: self.prepared, fieldNumber: 1)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4069,7 +4121,7 @@ nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, Swift
 
 nonisolated extension Swiftray_CommitBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommitBundlesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4077,21 +4129,21 @@ nonisolated extension Swiftray_CommitBundlesRequest: SwiftProtobuf.Message, Swif
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 1: try { try decoder.decodeRepeatedBytesField(value: &self.placementGroupIds) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.placementGroupID.isEmpty {
-      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    if !self.placementGroupIds.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.placementGroupIds, fieldNumber: 1)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_CommitBundlesRequest, rhs: Swiftray_CommitBundlesRequest) -> Bool {
-    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.placementGroupIds != rhs.placementGroupIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -30,15 +30,10 @@ extension ControlService {
     var r = Swiftray_RemovePlacementGroupReply()
     let (found, actions) = state.withLock { $0.groups.removeRequested(request.placementGroupID) }
     r.found = found
-    // The bundles are back on their nodes (and in the view here) before this returns:
-    // a group created right after sees the freed resources.
-    await withTaskGroup(of: Void.self) { g in
-      for case .returnBundles(let group, let nodes) in actions {
-        for node in nodes { g.addTask { await self.returnBundles(group, on: node) } }
-      }
-    }
-    performGroups(actions.filter { if case .returnBundles = $0 { return false } else { return true } })
-    placementKicks.yield()
+    // The view here frees the bundles at once, so a group created right after sees the
+    // resources (the nodes' own return follows on the same connections).
+    for case .returnBundles(let group, let nodes) in actions { bundlesFreedInView(group, on: nodes) }
+    performGroups(actions)
     return r
   }
 
@@ -119,38 +114,47 @@ extension ControlService {
         log.warning("placement-group/infeasible", metadata: ["detail": "\(message)"])
       }
     }
-    state.withLock { $0.groups.trimRemoved(keep: 10_000) }
+    state.withLock { $0.groups.trimRemoved(keep: 1_000) }
   }
 
-  /// One pass over the waiting groups, oldest first: choose nodes from the current view,
-  /// then reserve there. Later groups see what earlier ones took.
+  /// One pass over the waiting groups, oldest first: choose nodes for each from the
+  /// current view (later groups see what earlier ones took), then reserve them all at
+  /// once (each group's prepare/commit round runs concurrently with the others').
   func placeWaitingGroups() async {
+    var view = state.withLock { s in
+      Dictionary(s.nodes.values.map { n in
+        (n.nodeID, NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
+                                       available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs))
+      }) { a, _ in a }
+    }
+    var rounds: [(id: Data, bundles: [ResourceSet], nodes: [Data], already: [Data?])] = []
     for id in state.withLock({ $0.groups.waiting }) {
       guard let info = state.withLock({ $0.groups.placementStarted(id) }) else { continue }
       guard let strategy = BundlePlacement.Strategy(rawValue: info.strategy) else { continue }
       let bundles = info.bundles.map { ResourceSet(proto: $0) }
       let already: [Data?] = info.bundleNodes.map { $0.isEmpty ? nil : $0 }
-      let view = state.withLock { s in
-        s.nodes.values.map { n in
-          NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
-                              available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs)
-        }
-      }
-      switch BundlePlacement.place(bundles, strategy, placed: already, nodes: view) {
+      switch BundlePlacement.place(bundles, strategy, placed: already, nodes: Array(view.values)) {
       case .placed(let nodes):
-        let ok = await reserve(id, bundles, on: nodes, already: already)
-        performGroups(state.withLock { s in
-          ok ? s.groups.placed(id, nodes: nodes)
-            : s.groups.placementFailed(id, detail: "a node refused or did not answer while its bundles were reserved; trying again",
-                                       infeasible: false)
-        })
-        if !ok { retryPlacementSoon() }
+        for i in bundles.indices where already[i] == nil {
+          if let free = view[nodes[i]]?.available { view[nodes[i]]?.available = free - bundles[i] }
+        }
+        rounds.append((id, bundles, nodes, already))
       case .notNow(let detail):
         performGroups(state.withLock { $0.groups.placementFailed(id, detail: detail, infeasible: false) })
       case .infeasible(let detail):
         performGroups(state.withLock { $0.groups.placementFailed(id, detail: detail, infeasible: true) })
       }
     }
+    guard !rounds.isEmpty else { return }
+    let placed = await reserve(rounds)
+    for (k, r) in rounds.enumerated() {
+      performGroups(state.withLock { s in
+        placed[k] ? s.groups.placed(r.id, nodes: r.nodes)
+          : s.groups.placementFailed(r.id, detail: "a node refused or did not answer while its bundles were reserved; trying again",
+                                     infeasible: false)
+      })
+    }
+    if placed.contains(false) { retryPlacementSoon() }
   }
 
   /// A refused prepare (the node's view was stale) is tried again after a pause.
@@ -160,66 +164,115 @@ extension ControlService {
     }
   }
 
-  /// Prepares the bundles to place on their nodes (in parallel), then commits them all;
-  /// undoes the prepared ones if any node refuses or cannot be reached. On success the
-  /// nodes' totals and free resources here change at once (their next reports agree),
-  /// so tasks routed right after see the bundles.
-  func reserve(_ id: Data, _ bundles: [ResourceSet], on nodes: [Data], already: [Data?]) async -> Bool {
-    var perNode: [Data: [Int]] = [:]
-    for i in bundles.indices where already[i] == nil { perNode[nodes[i], default: []].append(i) }
-    let clients = state.withLock { s in
-      perNode.keys.map { node in (node, s.nodes[node].map(Self.address).flatMap { a in a.isEmpty ? nil : a }) }
+  typealias Round = (id: Data, bundles: [ResourceSet], nodes: [Data], already: [Data?])
+
+  /// Reserves the bundles of a pass's groups: one prepare request per node carrying
+  /// every group's bundles there (in parallel); a group whose bundles all went to one
+  /// node commits with its prepare, the others commit (one request per node) once
+  /// every node prepared theirs, or give back what was prepared if any node refused or
+  /// could not be reached. On success the nodes' totals and free resources here change
+  /// at once (their next reports agree), so tasks routed right after see the bundles.
+  /// Returns, per round, whether it is placed.
+  func reserve(_ rounds: [Round]) async -> [Bool] {
+    // Per round: node -> bundle indices to place there.
+    let perRound: [[Data: [Int]]] = rounds.map { r in
+      var m: [Data: [Int]] = [:]
+      for i in r.bundles.indices where r.already[i] == nil { m[r.nodes[i], default: []].append(i) }
+      return m
     }
-    var connections: [Data: ControlPlane.Connection] = [:]
-    for (node, address) in clients { if let address, let c = nodeClient(address) { connections[node] = c } }
-    guard connections.count == perNode.count else { return false }
-    let prepared: [Data: Bool] = await withTaskGroup(of: (Data, Bool).self) { g in
-      for (node, indices) in perNode {
-        let client = Swiftray_NodeManagerService.Client(wrapping: connections[node]!.client)
-        var req = Swiftray_PrepareBundlesRequest()
-        req.placementGroupID = id
-        req.indices = indices.map(Int32.init)
-        req.bundles = indices.map { bundles[$0].proto }
-        g.addTask { (node, (try? await client.prepareBundles(req).prepared) ?? false) }
+    var requests: [Data: (req: Swiftray_PrepareBundlesRequest, rounds: [Int])] = [:]
+    for (k, m) in perRound.enumerated() {
+      for (node, indices) in m {
+        var g = Swiftray_BundleReservation()
+        g.placementGroupID = rounds[k].id
+        g.indices = indices.map(Int32.init)
+        g.bundles = indices.map { rounds[k].bundles[$0].proto }
+        g.commit = m.count == 1
+        requests[node, default: (Swiftray_PrepareBundlesRequest(), [])].req.groups.append(g)
+        requests[node, default: (Swiftray_PrepareBundlesRequest(), [])].rounds.append(k)
       }
-      var out: [Data: Bool] = [:]
-      for await (n, ok) in g { out[n] = ok }
-      return out
     }
-    guard prepared.values.allSatisfy({ $0 }) else {
-      // Undo only what this round prepared: bundles kept from before stay.
-      for (node, ok) in prepared where ok {
-        var req = Swiftray_ReturnBundlesRequest()
-        req.placementGroupID = id
-        req.indices = perNode[node, default: []].map(Int32.init)
-        _ = try? await Swiftray_NodeManagerService.Client(wrapping: connections[node]!.client).returnBundles(req)
+    var clients: [Data: ControlPlane.Connection] = [:]
+    for node in requests.keys {
+      if let a = state.withLock({ $0.nodes[node].map(Self.address) }), !a.isEmpty, let c = nodeClient(a) { clients[node] = c }
+    }
+    // prepared[k][node]
+    var prepared: [[Data: Bool]] = Array(repeating: [:], count: rounds.count)
+    await withTaskGroup(of: (Data, [Bool]).self) { g in
+      for (node, entry) in requests {
+        guard let c = clients[node] else { continue }
+        let req = entry.req
+        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req).prepared) ?? []) }
       }
-      return false
+      for await (node, answers) in g {
+        for (j, k) in requests[node]!.rounds.enumerated() { prepared[k][node] = j < answers.count && answers[j] }
+      }
+    }
+    var ok = perRound.indices.map { k in perRound[k].keys.allSatisfy { prepared[k][$0] == true } }
+    // Multi-node rounds: commit where all prepared, undo where some did not.
+    var commits: [Data: [Data]] = [:]
+    var undo: [(node: Data, group: Data, indices: [Int])] = []
+    for k in perRound.indices where perRound[k].count > 1 {
+      for (node, indices) in perRound[k] {
+        if ok[k] { commits[node, default: []].append(rounds[k].id) }
+        else if prepared[k][node] == true { undo.append((node, rounds[k].id, indices)) }
+      }
     }
     await withTaskGroup(of: Void.self) { g in
-      for node in perNode.keys {
-        let client = Swiftray_NodeManagerService.Client(wrapping: connections[node]!.client)
+      for (node, groups) in commits {
+        guard let c = clients[node] else { continue }
         var req = Swiftray_CommitBundlesRequest()
-        req.placementGroupID = id
-        g.addTask { _ = try? await client.commitBundles(req) }
+        req.placementGroupIds = groups
+        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req) }
+      }
+      for u in undo {
+        guard let c = clients[u.node] else { continue }
+        var req = Swiftray_ReturnBundlesRequest()
+        req.placementGroupID = u.group
+        req.indices = u.indices.map(Int32.init)
+        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req) }
       }
     }
-    guard let hex = PlacementGroupID(binary: id)?.hex else { return true }
     state.withLock { s in
-      for (node, indices) in perNode {
+      for k in perRound.indices where ok[k] {
+        guard let hex = PlacementGroupID(binary: rounds[k].id)?.hex else { ok[k] = false; continue }
+        for (node, indices) in perRound[k] {
+          guard var n = s.nodes[node] else { continue }
+          var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
+          for i in indices {
+            let added = BundleResources.committed(rounds[k].bundles[i], group: hex, index: i)
+            total = total + added
+            available = available - rounds[k].bundles[i] + added
+          }
+          n.total = total.proto
+          n.available = available.proto
+          s.nodes[node] = n
+        }
+      }
+    }
+    return ok
+  }
+
+  /// What the group's committed bundles on `nodes` held goes back to those nodes' free
+  /// resources in the view here, before the nodes confirm.
+  func bundlesFreedInView(_ group: Data, on nodes: [Data]) {
+    guard let hex = PlacementGroupID(binary: group)?.hex else { return }
+    state.withLock { s in
+      guard let info = s.groups.info(group) else { return }
+      for node in Set(nodes) {
         guard var n = s.nodes[node] else { continue }
         var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
-        for i in indices {
-          let added = BundleResources.committed(bundles[i], group: hex, index: i)
-          total = total + added
-          available = available - bundles[i] + added
+        for (i, b) in info.bundles.enumerated() where i < info.bundleNodes.count && info.bundleNodes[i] == node {
+          let shape = ResourceSet(proto: b)
+          let added = BundleResources.committed(shape, group: hex, index: i)
+          total = total - added
+          available = ResourceSet(fixedPoint: (available - added).quantities.filter { $0.value > 0 }) + shape
         }
         n.total = total.proto
         n.available = available.proto
         s.nodes[node] = n
       }
     }
-    return true
   }
 
   /// Gives a removed group's bundles back on `node` (its workers there are killed) and

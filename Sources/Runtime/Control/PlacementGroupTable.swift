@@ -38,6 +38,7 @@ public struct PlacementGroupTable: Sendable {
   private(set) var groups: [Data: Entry] = [:]
   private var names: [String: [String: Data]] = [:]
   private var order: [Data] = []
+  private var removedCount = 0
 
   public init() {}
 
@@ -183,12 +184,14 @@ public struct PlacementGroupTable: Sendable {
     return [.placeWaiting]
   }
 
-  /// Forgets removed groups beyond the newest `keep` (a bounded table).
+  /// Forgets removed groups beyond the newest `keep` (a bounded table). Amortized: it
+  /// scans only once twice as many are kept.
   public mutating func trimRemoved(keep: Int) {
+    guard removedCount > 2 * keep else { return }
     let removed = order.filter { groups[$0]?.info.state == .removed }
-    guard removed.count > keep else { return }
     for id in removed.prefix(removed.count - keep) { groups[id] = nil }
     order.removeAll { groups[$0] == nil }
+    removedCount = keep
   }
 
   // MARK: internals
@@ -197,6 +200,7 @@ public struct PlacementGroupTable: Sendable {
     guard var e = groups[id] else { return [] }
     let held = Array(Set(e.info.bundleNodes.filter { !$0.isEmpty }))
     e.info.state = .removed
+    removedCount += 1
     e.info.detail = detail
     e.info.version += 1
     if !e.info.name.isEmpty, names[e.info.namespace]?[e.info.name] == id { names[e.info.namespace]?[e.info.name] = nil }

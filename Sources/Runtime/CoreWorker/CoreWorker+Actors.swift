@@ -179,7 +179,9 @@ extension CoreWorker {
     }) else { return nil }
     let c = control
     let patience = controlPatience
-    let register: @Sendable () async -> SwiftrayError? = {
+    let register: @Sendable () async -> SwiftrayError? = { [self] in
+      let strategy = SchedulingKey(shape: ResourceSet(), proto: spec.strategy).strategy
+      if case .placementGroup(let g, _, _) = strategy { await placementGroupRegistered(g) }
       var req = Swiftray_CreateActorRequest()
       req.spec = spec
       do {

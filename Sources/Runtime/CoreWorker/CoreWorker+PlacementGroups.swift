@@ -1,4 +1,5 @@
 import Foundation
+import GRPCNIOTransportHTTP2
 import RuntimeProto
 
 /// Placement groups from an owner's side: create, look up, remove, wait. The
@@ -10,8 +11,11 @@ import RuntimeProto
 extension CoreWorker {
   public typealias PlacementGroupInfo = Swiftray_PlacementGroupInfo
 
-  /// Registers a group; the ControlService places it in the background. Throws
-  /// `invalidArgument` for a name taken in the namespace or a malformed group.
+  /// Registers a group; the ControlService places it in the background. A named group
+  /// is registered before this returns (throws `invalidArgument` for a name taken in
+  /// the namespace); an unnamed one, which nothing can refuse, in the background: what
+  /// this process does with it next (ready, wait, remove, its tasks' and actors' leases)
+  /// waits for that first, so it costs no round trip here.
   public func createPlacementGroup(bundles: [ResourceSet], strategy: String, name: String, namespace: String,
                                    detached: Bool) throws(SwiftrayError) -> PlacementGroupID {
     let id = PlacementGroupID.random()
@@ -27,6 +31,11 @@ extension CoreWorker {
     if options.isDriver { info.creatorID = Data(options.workerID.binary) }
     var req = Swiftray_CreatePlacementGroupRequest()
     req.group = info
+    if name.isEmpty {
+      let request = req
+      groupCall(id, "registered with the head", method: "CreatePlacementGroup") { _ = try await $0.createPlacementGroup(request) }
+      return id
+    }
     let error: String
     do { error = try callControl("CreatePlacementGroup") { [req] in try await $0.createPlacementGroup(req).error } }
     catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
@@ -34,12 +43,54 @@ extension CoreWorker {
     return id
   }
 
-  /// Returns false for a group the cluster does not know.
-  public func removePlacementGroup(_ id: PlacementGroupID) throws(SwiftrayError) -> Bool {
+  /// Returns once the head has this process's registration of `id` (at once when it
+  /// was not made here or is done).
+  func placementGroupRegistered(_ id: PlacementGroupID) async {
+    guard let t = state.withLock({ $0.groupRegistrations[id]?.task }) else { return }
+    await t.value
+  }
+
+  /// Asks the head to remove the group, in the background after whatever this process
+  /// sent about it before: what this process does with the group afterwards (ready,
+  /// wait, its tasks' leases) waits for the removal to land, so it costs no round trip.
+  public func removePlacementGroup(_ id: PlacementGroupID) {
     var req = Swiftray_RemovePlacementGroupRequest()
     req.placementGroupID = Data(id.binary)
-    do { return try callControl("RemovePlacementGroup") { [req] in try await $0.removePlacementGroup(req).found } }
-    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+    let request = req
+    groupCall(id, "removed", method: "RemovePlacementGroup") { _ = try await $0.removePlacementGroup(request) }
+  }
+
+  /// `afterGroupOps` with one ControlService call, tried again while the head is
+  /// unreachable (it may be restarting); a failure in the end is warned about.
+  func groupCall(_ id: PlacementGroupID, _ what: String, method: String,
+                 _ call: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> Void) {
+    let c = control
+    let patience = controlPatience
+    let log = warn
+    afterGroupOps(id) {
+      do {
+        try await ControlPlane.whileUnavailable(patience: patience) { try await call(Swiftray_ControlService.Client(wrapping: c.client)) }
+      } catch {
+        log("Placement group \(id.hex) could not be \(what): \(ControlPlane.error(error, calling: method, at: c.endpoint).message)")
+      }
+    }
+  }
+
+  /// Runs `body` (a call to the head about group `id`) in the background, after what
+  /// this process sent about the group before; what concerns the group afterwards waits
+  /// for it (`placementGroupRegistered`).
+  func afterGroupOps(_ id: PlacementGroupID, _ body: @escaping @Sendable () async -> Void) {
+    state.withLock { s in
+      let before = s.groupRegistrations[id]?.task
+      s.nextGroupOp += 1
+      let op = s.nextGroupOp
+      let task = Task { [self] in
+        await before?.value
+        await body()
+        state.withLock { s in if s.groupRegistrations[id]?.op == op { s.groupRegistrations[id] = nil } }
+      }
+      s.groupRegistrations[id] = (op, task)
+    }
   }
 
   /// A group by id, or by name in `namespace` (a removed group is not found by name).
@@ -49,7 +100,8 @@ extension CoreWorker {
     req.name = name
     req.namespace = namespace
     do {
-      return try callControl("GetPlacementGroup") { [req] c in
+      return try callControl("GetPlacementGroup") { [self, req] c in
+        if let id { await placementGroupRegistered(id) }
         let r = try await c.getPlacementGroup(req)
         return r.found ? r.group : nil
       }
@@ -72,7 +124,12 @@ extension CoreWorker {
       req.placementGroupID = Data(id.binary)
       req.timeoutMs = Int32(max(10, min(left / 1_000_000, 10_000)))
       let reply: Swiftray_WaitPlacementGroupReply
-      do { reply = try callControl("WaitPlacementGroup", timeout: .seconds(15)) { [req] in try await $0.waitPlacementGroup(req) } }
+      do {
+        reply = try callControl("WaitPlacementGroup", timeout: .seconds(15)) { [self, req] c in
+          await placementGroupRegistered(id)
+          return try await c.waitPlacementGroup(req)
+        }
+      }
       catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
       guard reply.found else { return nil }
       let g = reply.group
@@ -94,7 +151,9 @@ extension CoreWorker {
     let c = control
     let patience = controlPatience
     Task { [self] in
+      await placementGroupRegistered(id)
       var warned = false
+      var unknown = 0
       while state.withLock({ !$0.shutdown && $0.refs.isInScope(oid) }) {
         var req = Swiftray_WaitPlacementGroupRequest()
         req.placementGroupID = Data(id.binary)
@@ -106,6 +165,12 @@ extension CoreWorker {
           continue
         }
         let g = r.group
+        if !r.found && unknown < 50 {
+          // Made by another process whose registration may still be on its way.
+          unknown += 1
+          try? await Task.sleep(for: .milliseconds(100))
+          continue
+        }
         if !r.found || g.state == .removed {
           let why = r.found ? g.detail : "the cluster does not know it"
           objectsArrived([(oid, Self.errorObject(.taskPlacementGroupRemoved,

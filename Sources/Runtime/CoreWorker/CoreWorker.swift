@@ -79,6 +79,10 @@ public final class CoreWorker: Sendable {
     var running: TaskID?
     /// The placement strategy of the task or actor running here (placement groups only).
     var runningStrategy: SchedulingKey.Strategy?
+    /// Placement groups created here whose registration with the head is in flight:
+    /// what concerns them waits for it.
+    var groupRegistrations: [PlacementGroupID: (op: UInt64, task: Task<Void, Never>)] = [:]
+    var nextGroupOp: UInt64 = 0
     var shutdown = false
   }
 
@@ -985,6 +989,7 @@ public final class CoreWorker: Sendable {
     let owner = address
     let job = jobID
     Task { [self] in
+      if case .placementGroup(let g, _, _) = key.strategy { await placementGroupRegistered(g) }
       var req = Swiftray_RequestWorkerLeaseRequest()
       req.leaseRequestID = requestID
       req.resources = key.shape.proto

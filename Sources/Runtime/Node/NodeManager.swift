@@ -321,10 +321,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   /// Tells the ControlService a worker (or driver) of this node is gone. Ordered.
+  /// Reports in order; one made while the head is down (restarting on Redis) waits for
+  /// it, up to `gcs_rpc_server_reconnect_timeout_s`, so the restarted head still learns
+  /// of the workers and drivers that died meanwhile (their actors restart or die).
   func reportToControl(_ req: Swiftray_ReportWorkerFailureRequest) {
+    let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
     controlReports.yield { [self] in
       guard let c = controlClient() else { return }
-      _ = try? await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req)
+      _ = try? await ControlPlane.whileUnavailable(patience: patience) {
+        try await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req)
+      }
     }
   }
 
@@ -409,7 +415,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     req.placementGroupID = Data(PlacementGroupID(hex: group)?.binary ?? [])
     guard let reply = try? await client.getPlacementGroup(req) else { return nil }
     var r = Swiftray_RequestWorkerLeaseReply()
-    if !reply.found || reply.group.state == .removed {
+    if !reply.found {
+      // Not registered yet (its creator registers it in the background; its own leases
+      // wait for that, a process it passed the group to may not): ask again shortly.
+      r.status = .placementGroupPending
+      r.detail = "its placement group \(group) is not registered yet"
+      return r
+    }
+    if reply.group.state == .removed {
       r.status = .placementGroupRemoved
       r.detail = "its placement group \(group) was removed"
       return r
@@ -431,17 +444,25 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   // MARK: placement group bundles
 
   public func prepareBundles(request: Swiftray_PrepareBundlesRequest, context: ServerContext) async throws -> Swiftray_PrepareBundlesReply {
-    var wanted: [Int: ResourceSet] = [:]
-    for (i, b) in zip(request.indices, request.bundles) { wanted[Int(i)] = ResourceSet(proto: b) }
-    guard let group = PlacementGroupID(binary: request.placementGroupID)?.hex else { return .init() }
     var r = Swiftray_PrepareBundlesReply()
-    r.prepared = state.withLock { $0.queue.bundlesPrepared(group: group, wanted) }
+    var actions: [LeaseQueue.Action] = []
+    state.withLock { s in
+      for g in request.groups {
+        guard let group = PlacementGroupID(binary: g.placementGroupID)?.hex else { r.prepared.append(false); continue }
+        var wanted: [Int: ResourceSet] = [:]
+        for (i, b) in zip(g.indices, g.bundles) { wanted[Int(i)] = ResourceSet(proto: b) }
+        let ok = s.queue.bundlesPrepared(group: group, wanted)
+        if ok && g.commit { actions += s.queue.bundlesCommitted(group: group) }
+        r.prepared.append(ok)
+      }
+    }
+    perform(actions)
     return r
   }
 
   public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
-    guard let group = PlacementGroupID(binary: request.placementGroupID)?.hex else { return .init() }
-    perform(state.withLock { $0.queue.bundlesCommitted(group: group) })
+    let groups = request.placementGroupIds.compactMap { PlacementGroupID(binary: $0)?.hex }
+    perform(state.withLock { s in groups.flatMap { s.queue.bundlesCommitted(group: $0) } })
     return Swiftray_CommitBundlesReply()
   }
 
