@@ -207,6 +207,19 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     #expect(t.info(g.placementGroupID)?.infeasible == true && t.waiting == [g.placementGroupID])
   }
 
+  @Test func aGroupWaitingForResourcesIsWarnedAboutOnceAndAgainIfItTurnsOutInfeasible() throws {
+    var t = PlacementGroupTable()
+    let g = group()
+    _ = try t.created(g).get()
+    var warnings = 0
+    for (detail, infeasible) in [("busy", false), ("busy", false), ("too big", true), ("too big", true)] {
+      _ = t.placementStarted(g.placementGroupID)
+      warnings += t.placementFailed(g.placementGroupID, detail: detail, infeasible: infeasible)
+        .filter { if case .warn = $0 { return true } else { return false } }.count
+    }
+    #expect(warnings == 2)
+  }
+
   @Test func aDeadNodesBundlesArePlacedAgainAndTheGroupIsReschedulingMeanwhile() throws {
     var t = PlacementGroupTable()
     let g = group()

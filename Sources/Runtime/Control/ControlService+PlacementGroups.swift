@@ -111,7 +111,7 @@ extension ControlService {
       case .removed(let id):
         perform(state.withLock { $0.actors.placementGroupRemoved(id) })
       case .warn(let message):
-        log.warning("placement-group/infeasible", metadata: ["detail": "\(message)"])
+        log.warning("placement-group/pending", metadata: ["detail": "\(message)"])
       }
     }
     state.withLock { $0.groups.trimRemoved(keep: 1_000) }
@@ -127,7 +127,7 @@ extension ControlService {
                                        available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs))
       }) { a, _ in a }
     }
-    var rounds: [(id: Data, bundles: [ResourceSet], nodes: [Data], already: [Data?])] = []
+    var rounds: [Round] = []
     for id in state.withLock({ $0.groups.waiting }) {
       guard let info = state.withLock({ $0.groups.placementStarted(id) }) else { continue }
       guard let strategy = BundlePlacement.Strategy(rawValue: info.strategy) else { continue }

@@ -14,8 +14,9 @@ public struct PlacementGroupTable: Sendable {
     var info: Info
     /// A prepare/commit round is out for it.
     var placing = false
-    /// Warned that it cannot be placed with the nodes there are.
-    var warned = false
+    /// Warned that it cannot be placed now / with the nodes there are.
+    var warnedWaiting = false
+    var warnedInfeasible = false
   }
 
   public enum Action: Sendable, Equatable {
@@ -100,7 +101,8 @@ public struct PlacementGroupTable: Sendable {
     e.info.detail = ""
     e.info.infeasible = false
     e.info.version += 1
-    e.warned = false
+    e.warnedWaiting = false
+    e.warnedInfeasible = false
     groups[id] = e
     return [.published(id)]
   }
@@ -123,10 +125,14 @@ public struct PlacementGroupTable: Sendable {
       e.info.version += 1
       actions.append(.published(id))
     }
-    if infeasible && !e.warned {
-      e.warned = true
+    if infeasible && !e.warnedInfeasible {
+      e.warnedInfeasible = true
       actions.append(.warn("Placement group \(Self.describe(e.info)) cannot be placed on the nodes of this cluster: "
         + "\(detail). It stays pending until nodes that fit it join."))
+    } else if !infeasible && !e.warnedWaiting {
+      e.warnedWaiting = true
+      actions.append(.warn("Placement group \(Self.describe(e.info)) cannot be placed now: \(detail). "
+        + "It stays pending until resources free up or nodes join."))
     }
     groups[id] = e
     return actions

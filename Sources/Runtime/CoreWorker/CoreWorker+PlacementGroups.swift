@@ -152,7 +152,7 @@ extension CoreWorker {
     let patience = controlPatience
     Task { [self] in
       await placementGroupRegistered(id)
-      var warned = false
+      var warned = false, warnedWaiting = false
       var unknown = 0
       while state.withLock({ !$0.shutdown && $0.refs.isInScope(oid) }) {
         var req = Swiftray_WaitPlacementGroupRequest()
@@ -178,10 +178,16 @@ extension CoreWorker {
           return
         }
         if g.state == .created { objectsArrived([(oid, value)]); return }
+        let which = g.name.isEmpty ? id.hex : "'\(g.name)' (\(id.hex))"
         if g.infeasible && !warned {
           warned = true
-          warn("Placement group \(g.name.isEmpty ? id.hex : "'\(g.name)' (\(id.hex))") cannot be placed on the nodes of this cluster: "
+          warn("Placement group \(which) cannot be placed on the nodes of this cluster: "
             + "\(g.detail). ready() waits until nodes that fit it join.")
+        } else if !g.infeasible && !warnedWaiting {
+          // The long poll came back unsettled: it has waited 10 s for resources.
+          warnedWaiting = true
+          warn("Placement group \(which) has waited 10 s to be placed: \(g.detail.isEmpty ? "no room yet" : g.detail). "
+            + "ready() waits until resources free up or nodes join.")
         }
         if g.infeasible { try? await Task.sleep(for: .milliseconds(500)) }
       }
