@@ -260,7 +260,8 @@ public final class CoreWorker: Sendable {
   /// running here when it captures its children (`placement_group_capture_child_tasks`):
   /// any bundle of that group.
   func strategyOrCaptured(_ strategy: SchedulingKey.Strategy) -> SchedulingKey.Strategy {
-    guard strategy == .default, let current = state.withLock({ $0.runningStrategy }),
+    // A driver runs no task: no lock on its per-task path.
+    guard strategy == .default, !options.isDriver, let current = state.withLock({ $0.runningStrategy }),
           case .placementGroup(let g, _, true) = current else { return strategy }
     return .placementGroup(g, index: -1, captureChildTasks: true)
   }

@@ -320,10 +320,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     if let report { reportToControl(.with { $0.exit = report }) }
   }
 
-  /// Tells the ControlService a worker (or driver) of this node is gone. Ordered.
-  /// Reports in order; one made while the head is down (restarting on Redis) waits for
-  /// it, up to `gcs_rpc_server_reconnect_timeout_s`, so the restarted head still learns
-  /// of the workers and drivers that died meanwhile (their actors restart or die).
+  /// Tells the ControlService a worker (or driver) of this node is gone. Reports go in
+  /// order; one made while the head is down (restarting on Redis) waits for it, up to
+  /// `gcs_rpc_server_reconnect_timeout_s`, so the restarted head still learns of the
+  /// workers and drivers that died meanwhile (their actors restart or die).
   func reportToControl(_ req: Swiftray_ReportWorkerFailureRequest) {
     let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
     controlReports.yield { [self] in
@@ -407,8 +407,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   /// For a request inside placement group `group` that this node cannot fit: the reply
-  /// when the group is removed (or unknown) or not placed yet; nil when it is placed
-  /// (then routing finds its bundles' node).
+  /// when the group is removed, not registered or placed yet (ask again), or too small
+  /// for the request; nil when it is placed (routing then finds its bundles' node).
   func placementGroupAnswer(_ group: String, needs: ResourceSet,
                             _ client: Swiftray_ControlService.Client<some ClientTransport>) async -> Swiftray_RequestWorkerLeaseReply? {
     var req = Swiftray_GetPlacementGroupRequest()
