@@ -91,6 +91,22 @@ def test_an_object_whose_task_has_max_retries_0_raises_reconstruction_failed(clu
     assert never.hex() in str(e.value) and "died" in str(e.value)
 
 
+def test_an_object_this_node_holds_a_copy_of_survives_its_nodes_death_without_a_rebuild(cluster):
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+    # max_retries=0: were it rebuilt rather than kept, reading it would raise.
+    a = first.options(max_retries=0).remote()
+    assert swiftray.get(a, timeout=60).sum() == np.arange(N, dtype=np.float64).sum()  # pulls a copy here
+    spare = cluster.add_node(num_cpus=1, resources={"r": 1})
+    cluster.kill_node(victim)
+    assert _dead(victim["session"])
+    # The driver's node copy is the object now: read here, and by a task on the spare.
+    assert np.array_equal(swiftray.get(a, timeout=60), np.arange(N, dtype=np.float64))
+    assert np.array_equal(swiftray.get(step.remote(a), timeout=60), np.arange(N, dtype=np.float64) + 1)
+    assert swiftray.get(where.remote(), timeout=60) == _node_id(spare["session"])
+
+
 def test_an_object_whose_lineage_was_evicted_raises_reconstruction_failed(cluster, monkeypatch):
     from swiftray.exceptions import ObjectReconstructionFailedError
     monkeypatch.setenv("SWIFTRAY_MAX_LINEAGE_BYTES", "1")  # keep no finished spec at all

@@ -414,6 +414,34 @@ public nonisolated struct Swiftray_DeleteObjectsRequest: Sendable {
   public init() {}
 }
 
+/// The primary copies of these objects died with their node: the copies pulled here
+/// become primary (never dropped; freed by their owner, or when `owner_pid` dies).
+public nonisolated struct Swiftray_PromoteObjectsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectIds: [Data] = []
+
+  public var ownerPid: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_PromoteObjectsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var promoted: [Bool] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Swiftray_Ack: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -731,6 +759,22 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .readChunkReply(newValue)}
   }
 
+  public var promoteObjects: Swiftray_PromoteObjectsRequest {
+    get {
+      if case .promoteObjects(let v)? = _storage._body {return v}
+      return Swiftray_PromoteObjectsRequest()
+    }
+    set {_uniqueStorage()._body = .promoteObjects(newValue)}
+  }
+
+  public var promoteObjectsReply: Swiftray_PromoteObjectsReply {
+    get {
+      if case .promoteObjectsReply(let v)? = _storage._body {return v}
+      return Swiftray_PromoteObjectsReply()
+    }
+    set {_uniqueStorage()._body = .promoteObjectsReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -755,6 +799,8 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     case removeBorrower(Swiftray_RemoveBorrowerRequest)
     case readChunk(Swiftray_ReadChunkRequest)
     case readChunkReply(Swiftray_ReadChunkReply)
+    case promoteObjects(Swiftray_PromoteObjectsRequest)
+    case promoteObjectsReply(Swiftray_PromoteObjectsReply)
 
   }
 
@@ -1356,6 +1402,71 @@ nonisolated extension Swiftray_DeleteObjectsRequest: SwiftProtobuf.Message, Swif
   }
 }
 
+nonisolated extension Swiftray_PromoteObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PromoteObjectsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_ids\0\u{3}owner_pid\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedBytesField(value: &self.objectIds) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.ownerPid) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectIds.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.objectIds, fieldNumber: 1)
+    }
+    if self.ownerPid != 0 {
+      try visitor.visitSingularInt32Field(value: self.ownerPid, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_PromoteObjectsRequest, rhs: Swiftray_PromoteObjectsRequest) -> Bool {
+    if lhs.objectIds != rhs.objectIds {return false}
+    if lhs.ownerPid != rhs.ownerPid {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_PromoteObjectsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PromoteObjectsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}promoted\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedBoolField(value: &self.promoted) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.promoted.isEmpty {
+      try visitor.visitPackedBoolField(value: self.promoted, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_PromoteObjectsReply, rhs: Swiftray_PromoteObjectsReply) -> Bool {
+    if lhs.promoted != rhs.promoted {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Swiftray_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
@@ -1560,7 +1671,7 @@ nonisolated extension Swiftray_ReadChunkReply.Status: SwiftProtobuf._ProtoNamePr
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
@@ -1872,6 +1983,32 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
             _storage._body = .readChunkReply(v)
           }
         }()
+        case 34: try {
+          var v: Swiftray_PromoteObjectsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .promoteObjects(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .promoteObjects(v)
+          }
+        }()
+        case 35: try {
+          var v: Swiftray_PromoteObjectsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .promoteObjectsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .promoteObjectsReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -1974,6 +2111,14 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       case .readChunkReply?: try {
         guard case .readChunkReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+      }()
+      case .promoteObjects?: try {
+        guard case .promoteObjects(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+      }()
+      case .promoteObjectsReply?: try {
+        guard case .promoteObjectsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
       }()
       case nil: break
       }

@@ -14,24 +14,46 @@ extension CoreWorker {
     let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
     let now = Self.now()
     var fetches: [ObjectID] = []
+    var promote: [ObjectID] = []
+    let here = (node: Data(options.nodeID.binary), store: objectStore.remoteAddress)
     let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
       s.deadNodes[d.nodeID] = why
       for a in [d.nodeManagerAddress, d.nodeManagerEndpoint] where !a.isEmpty { s.deadNodeManagers[a] = why }
       let lost = s.leaseNodes.filter { $0.value == d.nodeManagerAddress || $0.value == d.nodeManagerEndpoint }.keys
       var actions = lost.sorted().flatMap { s.submitter.workerLost(leaseID: $0, now: now) }
-      let rerun = Self.objectsLost(&s, on: d.nodeID, why: why, fetches: &fetches)
+      let rerun = Self.objectsLost(&s, on: d.nodeID, why: why, fetches: &fetches, here: here, promote: &promote)
       for t in rerun { actions += Self.resolveAgain(&s, t, now: now, fetches: &fetches) }
       return actions
     }
     for id in fetches { fetch(id) }
     perform(actions)
+    guard !promote.isEmpty else { return }
+    // Copies this node pulled become the primaries; where one is gone (dropped for
+    // room meanwhile), the object is rebuilt after all.
+    objectStore.promote(promote) { [self, promote] ok in
+      let now = Self.now()
+      var fetches: [ObjectID] = []
+      let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
+        var rerun: [TaskID] = []
+        for (id, promoted) in zip(promote, ok) where !promoted {
+          s.localCopies.remove(id)
+          if let t = Self.objectLost(&s, id, why: why) { rerun.append(t) }
+        }
+        return rerun.flatMap { Self.resolveAgain(&s, $0, now: now, fetches: &fetches) }
+      }
+      for id in fetches { fetch(id) }
+      perform(actions)
+    }
   }
 
   /// Owned objects stored on the dead node: each becomes pending again (its task runs
   /// again) or an error saying why it cannot come back. Cached descriptors of borrowed
   /// ones are dropped and asked of their owner again (it answers once it rebuilt them;
   /// `fetches` gets those to ask). Returns the tasks to run again, in id order.
-  static func objectsLost(_ s: inout State, on node: Data, why: String, fetches: inout [ObjectID]) -> [TaskID] {
+  /// Owned ones of which this node pulled a copy (`localCopies`) now point at this
+  /// node's store and go to `promote` instead (the shell makes those copies primary).
+  static func objectsLost(_ s: inout State, on node: Data, why: String, fetches: inout [ObjectID],
+                          here: (node: Data, store: String), promote: inout [ObjectID]) -> [TaskID] {
     let lost = s.store.filter { $0.value.storeSize > 0 && $0.value.storeNode == node }.keys.sorted { $0.hex < $1.hex }
     var rerun: [TaskID] = []
     for id in lost {
@@ -43,27 +65,41 @@ extension CoreWorker {
         }
         continue
       }
-      if id.isPut {
-        s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was made by put(), "
-          + "whose only copy lived in that node's object store, and put objects cannot be rebuilt.")
+      if s.localCopies.contains(id), var o = s.store[id] {
+        o.storeNode = here.node
+        o.storeAddress = here.store
+        s.store[id] = o
+        promote.append(id)
         continue
       }
-      if let spec = s.tasks.spec(id.task), !spec.actorID.isEmpty || spec.hasActorCreation {
-        s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was returned by an "
-          + "actor method, which is not re-executed to rebuild it.")
-        continue
-      }
-      switch s.tasks.rebuild(id.task, lost: id, why: why) {
-      case .resubmit:
-        s.store[id] = nil
-        rerun.append(id.task)
-      case .alreadyRunning:
-        s.store[id] = nil
-      case .fail(let e):
-        s.store[id] = errorObject(e.code, e.message)
-      }
+      if let t = objectLost(&s, id, why: why) { rerun.append(t) }
     }
     return rerun
+  }
+
+  /// One owned object whose only copy is gone: it becomes pending again (returns the
+  /// task to run again) or the error that says why it cannot come back.
+  static func objectLost(_ s: inout State, _ id: ObjectID, why: String) -> TaskID? {
+    if id.isPut {
+      s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was made by put(), "
+        + "whose only copy lived in that node's object store, and put objects cannot be rebuilt.")
+      return nil
+    }
+    if let spec = s.tasks.spec(id.task), !spec.actorID.isEmpty || spec.hasActorCreation {
+      s.store[id] = errorObject(.objectLost, "Object \(id.hex) was lost with its node (\(why)): it was returned by an "
+        + "actor method, which is not re-executed to rebuild it.")
+      return nil
+    }
+    switch s.tasks.rebuild(id.task, lost: id, why: why) {
+    case .resubmit:
+      s.store[id] = nil
+      return id.task
+    case .alreadyRunning:
+      s.store[id] = nil
+    case .fail(let e):
+      s.store[id] = errorObject(e.code, e.message)
+    }
+    return nil
   }
 
   /// A worker could not read some of `t`'s stored arguments (their node died or is

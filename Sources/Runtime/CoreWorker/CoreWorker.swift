@@ -82,6 +82,9 @@ public final class CoreWorker: Sendable {
     /// Placement groups created here whose registration with the head is in flight:
     /// what concerns them waits for it.
     var groupRegistrations: [PlacementGroupID: (op: UInt64, task: Task<Void, Never>)] = [:]
+    /// Owned stored objects whose primary is on another node and of which this node's
+    /// store pulled a copy: if that node dies, the copy is promoted instead of rebuilding.
+    var localCopies: Set<ObjectID> = []
     var nextGroupOp: UInt64 = 0
     var shutdown = false
   }
@@ -408,6 +411,7 @@ public final class CoreWorker: Sendable {
       throw SwiftrayError(.objectFreed, "Object \(id.hex) is no longer in the object store of node "
         + "\(options.nodeID.hex.prefix(12)): it was freed after its last reference was dropped.")
     }
+    if remote { state.withLock { s in if s.owners[id] == nil && s.store[id] != nil { s.localCopies.insert(id) } } }
     return buf
   }
 
@@ -421,6 +425,7 @@ public final class CoreWorker: Sendable {
       elsewhere[o.storeAddress, default: []].append(id)
     }
     objectStore.delete(objects.map(\.0))
+    state.withLock { s in for (id, _) in objects { s.localCopies.remove(id) } }
     for (address, ids) in elsewhere {
       guard let ep = Endpoint(address) else { continue }
       var req = Swiftray_DeleteObjectsRequest()

@@ -188,6 +188,12 @@ public final class ObjectStore: Sendable {
       let actions = state.withLock { s in req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { s.store.deleted($0) } }
       responder.respond(.ack(.init()))
       perform(actions)
+    case .promoteObjects(let req):
+      var reply = Swiftray_PromoteObjectsReply()
+      reply.promoted = state.withLock { s in
+        req.objectIds.map { ObjectID(binary: $0).map { s.store.promoted($0, owner: UInt64(req.ownerPid)) } ?? false }
+      }
+      responder.respond(.promoteObjectsReply(reply))
     case .readChunk(let req): readChunk(req, responder, now: now)
     case .storeStats:
       responder.respond(.storeStatsReply(stats))

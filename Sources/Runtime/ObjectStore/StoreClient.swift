@@ -112,6 +112,21 @@ public final class StoreClient: Sendable {
     pool.request(endpoint, .unpinObjects(req)) { _ in }
   }
 
+  /// Makes the copies of `ids` pulled into this store primary, owned by this process;
+  /// `done` gets which were here to promote (none if the store did not answer). Does
+  /// not wait.
+  public func promote(_ ids: [ObjectID], done: @escaping @Sendable ([Bool]) -> Void) {
+    var req = Swiftray_PromoteObjectsRequest()
+    req.objectIds = ids.map { Data($0.binary) }
+    req.ownerPid = pid
+    pool.request(endpoint, .promoteObjects(req)) { result in
+      guard case .success(let f) = result, case .promoteObjectsReply(let r)? = f.body else {
+        return done(ids.map { _ in false })
+      }
+      done(ids.indices.map { $0 < r.promoted.count && r.promoted[$0] })
+    }
+  }
+
   /// Does not wait.
   public func delete(_ ids: [ObjectID]) {
     guard !ids.isEmpty else { return }

@@ -204,6 +204,16 @@ public struct StoreState: Sendable {
     return actions + spillIfAboveThreshold()
   }
 
+  /// The primary copy died with its node: this pulled copy becomes the primary (kept
+  /// until its owner, `owner`, frees it or dies). False when there is no whole copy here.
+  public mutating func promoted(_ id: ObjectID, owner: UInt64) -> Bool {
+    guard var e = entries[id], !e.deleted, e.residence != .creating else { return false }
+    e.secondary = false
+    e.owner = owner
+    entries[id] = e
+    return true
+  }
+
   /// The owner freed the object.
   public mutating func deleted(_ id: ObjectID) -> [Action] {
     guard var e = entries[id], !e.deleted else { return [] }
