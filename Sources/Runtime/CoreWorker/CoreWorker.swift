@@ -788,7 +788,7 @@ public final class CoreWorker: Sendable {
         queued.responder.respond(.pushTaskReply(r))
         _ = executionReady.wait(timeout: .now())  // keep the semaphore count equal to the queue
       } else if running {
-        interruptRunningTask.withLock { $0 }?()
+        interruptUntilStopped(tid)
       }
       var r = Swiftray_CancelTaskReply()
       r.attempted = queued != nil || running
@@ -799,6 +799,18 @@ public final class CoreWorker: Sendable {
   }
 
   // MARK: - internals (callers hold no lock unless the name says `&s`)
+
+  /// Interrupts the running task `tid`, and twice more, 200 ms apart, while it still
+  /// runs: a signal that lands just before the task enters a blocking call (between
+  /// Python's checks and, say, `time.sleep`) is otherwise only seen when that call ends.
+  /// (A task that catches the interrupt and goes on needs `force=True`, as in Ray.)
+  func interruptUntilStopped(_ tid: TaskID, tries: Int = 3) {
+    guard tries > 0, state.withLock({ $0.running == tid }) else { return }
+    interruptRunningTask.withLock { $0 }?()
+    DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { [weak self] in
+      self?.interruptUntilStopped(tid, tries: tries - 1)
+    }
+  }
 
   /// Marks a borrowed object as being fetched from its owner. True when the caller
   /// must send the fetch.
