@@ -17,7 +17,7 @@ extension CoreWorker {
   /// this process does with it next (ready, wait, remove, its tasks' and actors' leases)
   /// waits for that first, so it costs no round trip here.
   public func createPlacementGroup(bundles: [ResourceSet], strategy: String, name: String, namespace: String,
-                                   detached: Bool) throws(SwiftrayError) -> PlacementGroupID {
+                                   detached: Bool) throws -> PlacementGroupID {
     let id = PlacementGroupID.random()
     var info = PlacementGroupInfo()
     info.placementGroupID = Data(id.binary)
@@ -36,9 +36,7 @@ extension CoreWorker {
       groupCall(id, "registered with the head", method: "CreatePlacementGroup") { _ = try await $0.createPlacementGroup(request) }
       return id
     }
-    let error: String
-    do { error = try callControl("CreatePlacementGroup") { [req] in try await $0.createPlacementGroup(req).error } }
-    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+    let error = try callControl("CreatePlacementGroup") { [req] in try await $0.createPlacementGroup(req).error }
     if !error.isEmpty { throw SwiftrayError(.invalidArgument, error) }
     return id
   }
@@ -94,28 +92,25 @@ extension CoreWorker {
   }
 
   /// A group by id, or by name in `namespace` (a removed group is not found by name).
-  public func placementGroup(id: PlacementGroupID?, name: String = "", namespace: String = "") throws(SwiftrayError) -> PlacementGroupInfo? {
+  public func placementGroup(id: PlacementGroupID?, name: String = "", namespace: String = "") throws -> PlacementGroupInfo? {
     var req = Swiftray_GetPlacementGroupRequest()
     if let id { req.placementGroupID = Data(id.binary) }
     req.name = name
     req.namespace = namespace
-    do {
-      return try callControl("GetPlacementGroup") { [self, req] c in
-        if let id { await placementGroupRegistered(id) }
-        let r = try await c.getPlacementGroup(req)
-        return r.found ? r.group : nil
-      }
-    } catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+    return try callControl("GetPlacementGroup") { [self, req] c in
+      if let id { await placementGroupRegistered(id) }
+      let r = try await c.getPlacementGroup(req)
+      return r.found ? r.group : nil
+    }
   }
 
-  public func allPlacementGroups() throws(SwiftrayError) -> [PlacementGroupInfo] {
-    do { return try callControl("GetAllPlacementGroups") { try await $0.getAllPlacementGroups(.init()).groups } }
-    catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
+  public func allPlacementGroups() throws -> [PlacementGroupInfo] {
+    try callControl("GetAllPlacementGroups") { try await $0.getAllPlacementGroups(.init()).groups }
   }
 
   /// Waits (bounded by `timeoutNanos`) until the group is created or removed, or is
   /// known not to fit the nodes there are. Returns its info then (nil: unknown group).
-  public func waitPlacementGroup(_ id: PlacementGroupID, timeoutNanos: UInt64) throws(SwiftrayError) -> PlacementGroupInfo? {
+  public func waitPlacementGroup(_ id: PlacementGroupID, timeoutNanos: UInt64) throws -> PlacementGroupInfo? {
     let deadline = Self.now() &+ min(timeoutNanos, UInt64(Int64.max) / 2)
     while true {
       let now = Self.now()
@@ -123,14 +118,10 @@ extension CoreWorker {
       var req = Swiftray_WaitPlacementGroupRequest()
       req.placementGroupID = Data(id.binary)
       req.timeoutMs = Int32(max(10, min(left / 1_000_000, 10_000)))
-      let reply: Swiftray_WaitPlacementGroupReply
-      do {
-        reply = try callControl("WaitPlacementGroup", timeout: .seconds(15)) { [self, req] c in
-          await placementGroupRegistered(id)
-          return try await c.waitPlacementGroup(req)
-        }
+      let reply = try callControl("WaitPlacementGroup", timeout: .seconds(15)) { [self, req] c in
+        await placementGroupRegistered(id)
+        return try await c.waitPlacementGroup(req)
       }
-      catch let e as SwiftrayError { throw e } catch { throw SwiftrayError(.system, "\(error)") }
       guard reply.found else { return nil }
       let g = reply.group
       if g.state == .created || g.state == .removed || Self.now() >= deadline { return g }
