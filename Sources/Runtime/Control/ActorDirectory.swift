@@ -165,18 +165,18 @@ public struct ActorDirectory: Sendable {
 
   /// Workers cannot start on the node: the actor cannot be created.
   public mutating func workersFailToStart(_ id: ActorID, detail: String) -> [Action] {
-    guard var e = actors[id], e.requesting else { return [] }
-    e.requesting = false
-    actors[id] = e
-    return died(id, cause: .creationFailed, detail: "its worker could not start: \(detail)")
+    placementRefused(id, cause: .creationFailed, detail: "its worker could not start: \(detail)")
   }
 
   /// Its placement group was removed before it was placed.
   public mutating func placementGroupGone(_ id: ActorID, detail: String) -> [Action] {
-    guard var e = actors[id], e.requesting else { return [] }
-    e.requesting = false
-    actors[id] = e
-    return died(id, cause: .placementGroupRemoved, detail: detail)
+    placementRefused(id, cause: .placementGroupRemoved, detail: detail)
+  }
+
+  /// Its lease request came back with a reason it can never be placed: it dies.
+  private mutating func placementRefused(_ id: ActorID, cause: Cause, detail: String) -> [Action] {
+    guard let e = actors[id], e.requesting else { return [] }
+    return died(id, cause: cause, detail: detail)  // `died` clears `requesting`
   }
 
   /// Placement group `group` was removed: the actors placed in it (or waiting for it)

@@ -237,16 +237,7 @@ extension ControlService {
       for k in perRound.indices where ok[k] {
         guard let hex = PlacementGroupID(binary: rounds[k].id)?.hex else { ok[k] = false; continue }
         for (node, indices) in perRound[k] {
-          guard var n = s.nodes[node] else { continue }
-          var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
-          for i in indices {
-            let added = BundleResources.committed(rounds[k].bundles[i], group: hex, index: i)
-            total = total + added
-            available = available - rounds[k].bundles[i] + added
-          }
-          n.total = total.proto
-          n.available = available.proto
-          s.nodes[node] = n
+          Self.bundlesInView(&s, node: node, group: hex, indices.map { ($0, rounds[k].bundles[$0]) }, committed: true)
         }
       }
     }
@@ -260,19 +251,32 @@ extension ControlService {
     state.withLock { s in
       guard let info = s.groups.info(group) else { return }
       for node in Set(nodes) {
-        guard var n = s.nodes[node] else { continue }
-        var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
-        for (i, b) in info.bundles.enumerated() where i < info.bundleNodes.count && info.bundleNodes[i] == node {
-          let shape = ResourceSet(proto: b)
-          let added = BundleResources.committed(shape, group: hex, index: i)
-          total = total - added
-          available = ResourceSet(fixedPoint: (available - added).quantities.filter { $0.value > 0 }) + shape
-        }
-        n.total = total.proto
-        n.available = available.proto
-        s.nodes[node] = n
+        let held = info.bundles.indices.filter { $0 < info.bundleNodes.count && info.bundleNodes[$0] == node }
+        Self.bundlesInView(&s, node: node, group: hex, held.map { ($0, ResourceSet(proto: info.bundles[$0])) }, committed: false)
       }
     }
+  }
+
+  /// `node` in the view here as its NodeManager has it once `bundles` of `group` are
+  /// committed there (their shapes become the renamed resources) or given back (the
+  /// reverse; what tasks still hold of them is dropped with them).
+  static func bundlesInView(_ s: inout State, node: Data, group: String, _ bundles: [(index: Int, shape: ResourceSet)],
+                            committed: Bool) {
+    guard var n = s.nodes[node] else { return }
+    var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
+    for (i, shape) in bundles {
+      let added = BundleResources.committed(shape, group: group, index: i)
+      if committed {
+        total = total + added
+        available = available - shape + added
+      } else {
+        total = total - added
+        available = ResourceSet(fixedPoint: (available - added).quantities.filter { $0.value > 0 }) + shape
+      }
+    }
+    n.total = total.proto
+    n.available = available.proto
+    s.nodes[node] = n
   }
 
   /// Gives a removed group's bundles back on `node` (its workers there are killed) and

@@ -161,21 +161,19 @@ public struct PlacementGroupTable: Sendable {
 
   /// The job that created them ended (its driver exited): its non-detached groups go.
   public mutating func jobFinished(_ job: Data) -> [Action] {
-    var actions: [Action] = []
-    for id in order {
-      guard let e = groups[id], e.info.state != .removed, !e.info.detached, e.info.creatorJobID == job else { continue }
-      actions += remove(id, detail: "the job that created it finished")
-    }
-    return actions
+    removeNonDetached(detail: "the job that created it finished") { $0.creatorJobID == job }
   }
 
   /// The driver that created them died without saying so: as `jobFinished`.
   public mutating func creatorDied(_ creator: Data) -> [Action] {
+    creator.isEmpty ? [] : removeNonDetached(detail: "the driver that created it exited") { $0.creatorID == creator }
+  }
+
+  private mutating func removeNonDetached(detail: String, where made: (Info) -> Bool) -> [Action] {
     var actions: [Action] = []
     for id in order {
-      guard let e = groups[id], e.info.state != .removed, !e.info.detached, !creator.isEmpty,
-            e.info.creatorID == creator else { continue }
-      actions += remove(id, detail: "the driver that created it exited")
+      guard let e = groups[id], e.info.state != .removed, !e.info.detached, made(e.info) else { continue }
+      actions += remove(id, detail: detail)
     }
     return actions
   }

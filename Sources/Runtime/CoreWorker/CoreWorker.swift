@@ -686,8 +686,8 @@ public final class CoreWorker: Sendable {
       if let job = JobID(binary: e.spec.jobID) { s.idGen.job = job }
       // An actor's methods run in its constructor's placement group.
       if e.spec.actorID.isEmpty || e.spec.hasActorCreation {
-        let strategy = SchedulingKey(shape: ResourceSet(), proto: e.spec.strategy).strategy
-        if case .placementGroup = strategy { s.runningStrategy = strategy } else { s.runningStrategy = nil }
+        s.runningStrategy = e.spec.strategy.kind == .placementGroup
+          ? SchedulingKey(shape: ResourceSet(), proto: e.spec.strategy).strategy : nil
       }
       return e
     }
