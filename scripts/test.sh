@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Every breach of the lock rule traps with its reason (Sources/Runtime/Concurrency/Locked.swift).
+export SWIFTRAY_LOCK_CHECKS=1
+python3 scripts/check-locks.py
 scripts/swift.sh test -c release --disable-testable-imports
 python3 -m pytest -q tests "$@"

@@ -5,7 +5,11 @@ import textwrap
 
 import pytest
 
-import swiftray
+# Every breach of the lock rule (Sources/Runtime/Concurrency/Locked.swift) traps with its
+# reason, in this process and in every process it starts (workers, node daemons).
+os.environ.setdefault("SWIFTRAY_LOCK_CHECKS", "1")
+
+import swiftray  # noqa: E402
 
 
 @pytest.fixture

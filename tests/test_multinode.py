@@ -306,6 +306,72 @@ def test_default_tasks_spill_to_idle_nodes_when_the_drivers_node_is_busy(cluster
     assert len(set(swiftray.get([hold.remote() for _ in range(3)]))) >= 2
 
 
+@swiftray.remote
+def _held_interval():
+    start = time.time()
+    time.sleep(0.5)
+    return swiftray.get_runtime_context().get_node_id(), start, time.time()
+
+
+def test_overlapping_tasks_run_on_every_idle_node_at_once_round_after_round(cluster):
+    """As in Ray: three one-CPU tasks that overlap in time, on three one-CPU nodes, run on
+    all three at once — from the very first round after the nodes join, and in rounds
+    that follow each other at once (the views of the nodes are stale then: a request
+    queued on a busy node goes on to an idle one as soon as a node's view shows it)."""
+    for _ in range(3):
+        cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+    assert _wait_until(lambda: len([n for n in swiftray.nodes() if n["Alive"]]) == 3)
+    for round_ in range(6):
+        out = swiftray.get([_held_interval.remote() for _ in range(3)], timeout=60)
+        nodes = {o[0] for o in out}
+        assert len(nodes) == 3, (round_, out)
+        # All three ran at the same time: the latest start is before the earliest end.
+        assert max(o[1] for o in out) < min(o[2] for o in out), (round_, out)
+
+
+@swiftray.remote
+def _ip_and_node():
+    return swiftray.util.get_node_ip_address(), swiftray.get_runtime_context().get_node_id()
+
+
+def test_get_node_ip_address_is_the_ip_of_the_callers_node(cluster):
+    head = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, resources={"there": 1})
+    swiftray.init(address=cluster.address)
+    assert _wait_until(lambda: len([n for n in swiftray.nodes() if n["Alive"]]) == 2)
+    by_id = {n["NodeID"]: n["NodeManagerAddress"] for n in swiftray.nodes()}
+    assert swiftray.util.get_node_ip_address() == by_id[_node_of(head["session"])["NodeID"]]
+    ip, node = swiftray.get(_ip_and_node.options(resources={"there": 1}).remote(), timeout=60)
+    assert ip == by_id[node] and ip == "127.0.0.1"
+
+
+def test_a_long_temp_dir_works_and_its_sockets_are_kept_short(tmp_path):
+    import subprocess
+    import sys
+    root = tmp_path / ("a-rather-long-directory-name-for-the-sessions-" * 3)
+    root.mkdir(parents=True)
+    env = dict(os.environ, SWIFTRAY_PYTHON=sys.executable)
+    out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--head", "--port", "0", "--num-cpus", "1",
+                          "--temp-dir", str(root)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    address = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Address:"))
+    session = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Session:"))
+    sockets = os.path.join(session, "sockets")
+    try:
+        assert len(session) > 150 and os.path.islink(sockets)
+        short = os.readlink(sockets)
+        assert all(len(os.path.join(short, f)) <= 103 for f in os.listdir(short))
+        swiftray.init(address=address)
+        assert swiftray.get(where.remote(), timeout=60)
+        # The ControlService socket it reports is a valid address too.
+        assert swiftray.get_runtime_context().gcs_address.startswith("unix:" + short)
+    finally:
+        swiftray.shutdown()
+        subprocess.run([sys.executable, "-m", "swiftray", "stop", "--temp-dir", str(root)], env=env, timeout=60)
+    assert not os.path.exists(short), "the short socket directory goes with its session"
+
+
 def test_a_task_runs_where_its_large_argument_is(cluster):
     import numpy as np
     head = cluster.add_node(num_cpus=2)

@@ -18,24 +18,33 @@ def inc(x):
     return x + 1
 
 
-def test_many_threads_submit_and_get_concurrently(ray_module):
+def _run_clients(client, n, timeout):
+    """Runs client(k) for k < n on n threads at once; fails on any error or a hang."""
     errors = []
 
-    def client(k):
+    def run(k):
         try:
-            refs = [inc.remote(k * 1000 + i) for i in range(300)]
-            assert swiftray.get(refs, timeout=120) == [k * 1000 + i + 1 for i in range(300)]
-            for i in range(50):
-                assert swiftray.get(inc.remote(i), timeout=60) == i + 1
+            client(k)
         except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=180)
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a client hung"
     assert not errors, errors
+
+
+def test_many_threads_submit_and_get_concurrently(ray_module):
+    def client(k):
+        refs = [inc.remote(k * 1000 + i) for i in range(300)]
+        assert swiftray.get(refs, timeout=120) == [k * 1000 + i + 1 for i in range(300)]
+        for i in range(50):
+            assert swiftray.get(inc.remote(i), timeout=60) == i + 1
+
+    _run_clients(client, 4, timeout=180)
 
 
 def test_fan_out_of_ten_thousand_tasks(ray_module):
@@ -107,3 +116,41 @@ def test_ctrl_c_interrupts_a_blocked_get_and_the_driver_exits_cleanly(tmp_path):
                 break
         else:
             pytest.fail(f"worker {p} outlived its driver")
+
+
+@swiftray.remote
+class Accumulator:
+    def __init__(self, start):
+        self.total = start
+
+    def add(self, *values):
+        self.total += sum(values)
+        return self.total
+
+
+@swiftray.remote
+def slow_value(x):
+    time.sleep(0.01 * (x % 3))
+    return x
+
+
+def test_fresh_actors_called_at_once_with_results_of_running_tasks_from_several_threads(ray_module):
+    """The shape of the issue-14 crash, hammered: each round makes fresh actors and calls
+    each at once with arguments that are results of tasks still running (so the calls
+    wait for them, then go out from the event loop that delivered the results, to
+    actors whose connections are still being made), from several threads at once."""
+    def client(k):
+        for rnd in range(6):
+            actors = [Accumulator.remote(k * 100 + rnd) for _ in range(3)]
+            refs = []
+            for j, a in enumerate(actors):
+                args = [slow_value.remote(j + i) for i in range(3)]
+                refs.append((a.add.remote(*args), k * 100 + rnd + sum(j + i for i in range(3))))
+                refs.append((a.add.remote(swiftray.put(1)), None))
+            for ref, want in refs:
+                got = swiftray.get(ref, timeout=120)
+                if want is not None:
+                    assert got == want, (got, want)
+            del actors
+
+    _run_clients(client, 4, timeout=300)

@@ -42,3 +42,31 @@ int sr_spawn(const char *path, char *const argv[], char *const envp[],
   posix_spawnattr_destroy(&attr);
   return rc;
 }
+
+// Lock discipline bookkeeping: the ids of the locks this thread is inside, innermost
+// last. Deeper nesting than the array is counted but not identified.
+enum { SR_LOCK_SLOTS = 8 };
+static _Thread_local unsigned long sr_held[SR_LOCK_SLOTS];
+static _Thread_local int sr_depth;
+
+int sr_lock_enter(unsigned long id) {
+  int result = sr_depth > 0 ? 1 : 0;
+  int known = sr_depth < SR_LOCK_SLOTS ? sr_depth : SR_LOCK_SLOTS;
+  for (int i = 0; i < known; i++) {
+    if (sr_held[i] == id) { result = 2; break; }
+  }
+  if (sr_depth < SR_LOCK_SLOTS) sr_held[sr_depth] = id;
+  sr_depth++;
+  return result;
+}
+
+void sr_lock_exit(void) {
+  if (sr_depth > 0) sr_depth--;
+}
+
+int sr_locks_held(void) { return sr_depth; }
+
+unsigned long sr_lock_innermost(void) {
+  if (sr_depth == 0) return 0;
+  return sr_depth <= SR_LOCK_SLOTS ? sr_held[sr_depth - 1] : 0;
+}

@@ -12,7 +12,7 @@ extension CoreAPI {
     .init(name: "submit_actor_task", fn: submitActorTask,
           doc: "submit_actor_task(actor_id, method, name, args, num_returns, max_task_retries) -> [id]"),
     .init(name: "actor_handle_added", fn: actorHandleAdded, doc: "actor_handle_added(actor_id, max_pending_calls)"),
-    .init(name: "kill_actor", fn: killActor, doc: "kill_actor(actor_id, no_restart) -> bool"),
+    .init(name: "kill_actor", fn: killActor, doc: "kill_actor(actor_id, no_restart[, reason]) -> bool"),
     .init(name: "get_named_actor", fn: getNamedActor, doc: "get_named_actor(name, namespace) -> dict | None"),
     .init(name: "list_named_actors", fn: listNamedActors, doc: "list_named_actors(namespace, all_namespaces) -> [dict]"),
   ]
@@ -98,7 +98,9 @@ extension CoreAPI {
     let args = Args(a, n)
     guard args.need(2, "kill_actor"), let s = session(), let actor = actorID(args[0]) else { return nil }
     let noRestart = PyObject_IsTrue(args[1]) == 1
-    return blocking("KillActor", { try s.core.killActor(actor, noRestart: noRestart) }, then: { Py.bool($0) })
+    // An optional third argument says why (exit_actor: an intended exit).
+    let reason = args.count > 2 ? Py.toString(args[2]) : nil
+    return blocking("KillActor", { try s.core.killActor(actor, noRestart: noRestart, reason: reason) }, then: { Py.bool($0) })
   }
 
   static let getNamedActor: CoreModule.FastFn = { _, a, n in

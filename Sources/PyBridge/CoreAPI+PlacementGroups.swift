@@ -9,7 +9,9 @@ extension CoreAPI {
   static let placementGroupMethods: [CoreModule.Method] = [
     .init(name: "create_placement_group", fn: createPlacementGroup,
           doc: "create_placement_group(bundles: [dict], strategy, name, namespace, detached) -> id bytes"),
-    .init(name: "remove_placement_group", fn: removePlacementGroup, doc: "remove_placement_group(id): in the background, ordered before this process's next calls about the group"),
+    .init(name: "remove_placement_group", fn: removePlacementGroup, doc: "remove_placement_group(id): returns once the head removed it"),
+    .init(name: "placement_group_registered", fn: placementGroupRegistered,
+          doc: "placement_group_registered(id): waits until the head has this process's registration of the group"),
     .init(name: "get_placement_group", fn: getPlacementGroup,
           doc: "get_placement_group(id | None, name, namespace) -> dict | None"),
     .init(name: "placement_group_table", fn: placementGroupTable, doc: "placement_group_table() -> [dict]"),
@@ -83,7 +85,13 @@ extension CoreAPI {
   static let removePlacementGroup: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
     guard args.need(1, "remove_placement_group"), let s = session(), let id = groupID(args[0]) else { return nil }
-    s.core.removePlacementGroup(id)
+    return blocking("RemovePlacementGroup", { try s.core.removePlacementGroup(id) }, then: { _ in Py.none })
+  }
+
+  static let placementGroupRegistered: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "placement_group_registered"), let s = session(), let id = groupID(args[0]) else { return nil }
+    withoutGIL { s.core.awaitPlacementGroupRegistered(id) }
     return Py.none
   }
 

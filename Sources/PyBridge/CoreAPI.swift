@@ -41,6 +41,10 @@ enum CoreAPI {
     .init(name: "store_stats", fn: storeStats, doc: "store_stats() -> dict: this node's object store (capacity, used, pinned, spilled)"),
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown; execute returning None defers the reply."),
+    .init(name: "take_interrupt", fn: { _, _, _ in
+      guard let s = session() else { return nil }
+      return Py.bool(s.core.takeInterrupt())
+    }, doc: "take_interrupt(): True when a cancel aimed at the running task sent the SIGINT being handled."),
     .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
   ] + actorMethods + placementGroupMethods
 
@@ -164,7 +168,7 @@ enum CoreAPI {
     return blocking("connecting to the cluster at \(session)", {
       let config = try Config.resolve()
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-      let nm = Endpoint.unix(session + "/sockets/raylet.sock")
+      let nm = Endpoint.unix(SessionPaths.socket(session, "raylet.sock"))
       let control = LocalCluster.controlEndpoint(session: session)
       let node = try LocalCluster.nodeInfo(nodeManager: nm, group: group)
       guard let nodeID = NodeID(binary: node.nodeID) else { throw SwiftrayError(.system, "the node at \(nm) sent no node id") }
@@ -214,6 +218,8 @@ enum CoreAPI {
       ("session_dir", Py.str(core.options.sessionDir)),
       ("node_manager", Py.str(core.options.nodeManager.description)),
       ("control", Py.str(core.options.control.description)),
+      // The node's address as the cluster lists it (a node without networking: loopback).
+      ("node_ip", Py.str(core.options.nodeIP ?? "127.0.0.1")),
     ])
   }
 
@@ -577,6 +583,7 @@ enum CoreAPI {
         Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
         Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
         Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
+        Py.list(e.gpuIDs.map { Py.int(Int($0)) }), resourcesDict(spec),
       ])
       // Registered before the call: a pool thread may finish it before execute returns.
       deferred[token] = e
@@ -601,6 +608,14 @@ enum CoreAPI {
     let reply = buildReply(s.core, e.spec, args[1])
     withoutGIL { s.core.finish(e, reply: reply) }
     return Py.none
+  }
+
+  /// What the task (or actor) holds while it runs, in the user's names (a placement
+  /// group's renamed resources under their plain names), as
+  /// `get_runtime_context().get_assigned_resources()` reports it.
+  static func resourcesDict(_ spec: Swiftray_TaskSpec) -> PyPtr {
+    let held = BundleResources.plain(ResourceSet(proto: spec.resources))
+    return Py.dict(held.asUnits.sorted { $0.key < $1.key }.map { ($0.key, Py.float($0.value)) })
   }
 
   static func actorCreationDict(_ spec: Swiftray_TaskSpec) -> PyPtr {

@@ -113,6 +113,8 @@ enum Py {
     return p.data()
   }
 
+  static func float(_ v: Double) -> PyPtr { PyFloat_FromDouble(v)! }
+
   static func toString(_ o: PyPtr?) -> String? {
     guard let o, sr_IsUnicode(o) != 0, let c = PyUnicode_AsUTF8(o) else {
       PyErr_SetString(sr_ExcTypeError(), "expected str"); return nil

@@ -12,7 +12,7 @@ final class Session: Sendable {
     self.core = core; self.cluster = cluster
   }
 
-  static let current = Mutex<Session?>(nil)
+  static let current = Locked<Session?>(nil)
   static var active: Session? { current.withLock { $0 } }
 
   /// The event-loop group is NIO's process-wide singleton, never shut down: a driver may

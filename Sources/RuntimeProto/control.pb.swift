@@ -1097,6 +1097,9 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
 
   public var detail: String = String()
 
+  /// GRANTED: the GPUs the lease holds (fractions share an id).
+  public var gpuIds: [Int32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Status: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -3320,7 +3323,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{3}lease_id\0\u{1}worker\0\u{3}retry_at_endpoint\0\u{1}detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{3}lease_id\0\u{1}worker\0\u{3}retry_at_endpoint\0\u{1}detail\0\u{3}gpu_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3333,6 +3336,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
       case 3: try { try decoder.decodeSingularMessageField(value: &self._worker) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.retryAtEndpoint) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.gpuIds) }()
       default: break
       }
     }
@@ -3358,6 +3362,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
     if !self.detail.isEmpty {
       try visitor.visitSingularStringField(value: self.detail, fieldNumber: 5)
     }
+    if !self.gpuIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.gpuIds, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3367,6 +3374,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
     if lhs._worker != rhs._worker {return false}
     if lhs.retryAtEndpoint != rhs.retryAtEndpoint {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs.gpuIds != rhs.gpuIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

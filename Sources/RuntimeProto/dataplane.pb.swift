@@ -42,6 +42,10 @@ public nonisolated struct Swiftray_PushTaskRequest: Sendable {
   /// Clears the value of `spec`. Subsequent reads from it will return its default value.
   public mutating func clearSpec() {self._spec = nil}
 
+  /// The GPUs the NodeManager assigned to the lease this task runs under (its worker
+  /// sees them in CUDA_VISIBLE_DEVICES); for an actor, those of its creation lease.
+  public var gpuIds: [Int32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -815,7 +819,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}gpu_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -824,6 +828,7 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
+      case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.gpuIds) }()
       default: break
       }
     }
@@ -837,11 +842,15 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
     try { if let v = self._spec {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if !self.gpuIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.gpuIds, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_PushTaskRequest, rhs: Swiftray_PushTaskRequest) -> Bool {
     if lhs._spec != rhs._spec {return false}
+    if lhs.gpuIds != rhs.gpuIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -42,12 +42,6 @@ struct Start: ParsableCommand {
     if let n = numGPUs, n < 0 { throw ValidationError("--num-gpus must be >= 0") }
     if let m = objectStoreMemory, m < (1 << 20) { throw ValidationError("--object-store-memory must be at least 1 MiB") }
     _ = try customResources()
-    // Sockets live in the session directory; Unix socket paths are limited to 103 bytes.
-    let longest = root + "/session_2026-01-01_00-00-00_4194304_ffffffff/sockets/w-0123456789abcdef.sock"
-    if longest.utf8.count > 103 {
-      throw ValidationError("--temp-dir \(tempDir ?? "") is too long: the Unix socket paths under it would pass "
-        + "the 103-byte limit; use a shorter directory (at most \(103 - (longest.utf8.count - root.utf8.count) - "/swiftray".count) bytes)")
-    }
   }
 
   func customResources() throws -> [String: Double] {

@@ -29,14 +29,22 @@ struct Run: ParsableCommand {
     abstract: "Run a Python script in the embedded interpreter, with `import ray` resolving to swiftray.")
   @Option(help: "The Python interpreter whose environment (prefix, venv, site-packages) to use.")
   var python: String?
-  @Argument(parsing: .captureForPassthrough, help: "The script and its arguments.")
+  @Argument(parsing: .captureForPassthrough, help: "The script and its arguments, or -m MODULE and its arguments (as python -m).")
   var script: [String] = []
 
   func run() throws {
-    guard let path = script.first else { throw ValidationError("usage: swiftray run SCRIPT [ARGS...]") }
+    let usage = "usage: swiftray run SCRIPT [ARGS...] | swiftray run -m MODULE [ARGS...]"
+    guard let first = script.first else { throw ValidationError(usage) }
     // Before start-up: os.environ is a snapshot taken then.
-    setenv("SWIFTRAY_RUN_SCRIPT", path, 1)
-    Interpreter.start(.init(programName: hostPython(python), argv: script, sysPath: nil))
+    if first == "-m" {
+      guard script.count > 1, !script[1].isEmpty else { throw ValidationError(usage) }
+      setenv("SWIFTRAY_RUN_MODULE", script[1], 1)
+    } else {
+      setenv("SWIFTRAY_RUN_SCRIPT", first, 1)
+    }
+    // With -m, sys.argv[0] becomes the module's file once it is found (as python -m).
+    let argv = first == "-m" ? Array(script.dropFirst()) : script
+    Interpreter.start(.init(programName: hostPython(python), argv: argv, sysPath: nil))
     let code = Interpreter.runMain(module: "swiftray._run", function: "main")
     let fin = Interpreter.finalize()
     throw ExitCode(code != 0 ? code : fin)

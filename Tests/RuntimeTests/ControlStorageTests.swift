@@ -52,9 +52,11 @@ import Testing
     #expect(stored?.alive == true && stored?.total == node.total)
     #expect(try await storage.get(ControlTable.jobs, Data("next".utf8)) != nil)
 
-    conn.shutdown()
-    control.shutdown()
-    server.shutdown()
+    try await onOwnThread {
+      conn.shutdown()
+      control.shutdown()
+      server.shutdown()
+    }
     try await group.shutdownGracefully()
   }
 }

@@ -52,16 +52,55 @@ import Testing
   @Test func pendingRequestsFailWhenTheServerGoesAway() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
-    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { _, _ in /* never answers */ }
+    let received = DispatchSemaphore(value: 0)
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { _, _ in received.signal() /* never answers */ }
     let pool = DataPlaneClientPool(group: group)
-    let conn = try await pool.connection(.unix(path)).get()
     let result: Result<Swiftray_DataFrame, SwiftrayError> = await withCheckedContinuation { c in
-      conn.request(.getObject(Swiftray_GetObjectRequest())) { c.resume(returning: $0) }
-      server.close()
-      conn.close()
+      pool.request(.unix(path), .getObject(Swiftray_GetObjectRequest())) { c.resume(returning: $0) }
+      DispatchQueue.global().async {
+        _ = received.wait(timeout: .now() + 10)
+        pool.closeAll()
+        server.close()
+      }
     }
     guard case .failure(let e) = result else { Issue.record("expected failure"); return }
     #expect(e.message.contains("connection lost"))
+    try await group.shutdownGracefully()
+  }
+
+  /// The issue-14 crash: a request made on an event loop thread to an endpoint whose
+  /// connect completes at once ran the pool's completion inline, under the pool's lock,
+  /// which took the lock again (SIGILL). Many such requests, from the loop itself, to a
+  /// socket that refuses at once and to one that accepts: each is called back once.
+  @Test func requestsMadeOnAnEventLoopToEndpointsThatAnswerAtOnceAreCalledBack() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { frame, responder in
+      responder.respond(.ack(.init()))
+    }
+    let missing = Endpoint.unix(NSTemporaryDirectory() + "dp-missing-\(UInt32.random(in: 0 ... .max)).sock")
+    let pool = DataPlaneClientPool(group: group)
+    let n = 200
+    let outcomes: [Bool] = await withTaskGroup(of: Bool.self) { g in
+      for i in 0..<n {
+        g.addTask {
+          await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            group.next().execute {
+              pool.request(i % 2 == 0 ? missing : .unix(path), .ack(.init())) { r in
+                if case .success = r { c.resume(returning: true) } else { c.resume(returning: false) }
+              }
+            }
+          }
+        }
+      }
+      var all: [Bool] = []
+      for await o in g { all.append(o) }
+      return all
+    }
+    #expect(outcomes.count == n)
+    #expect(outcomes.filter { $0 }.count == n / 2)  // the refused half fails, the other half is answered
+    pool.closeAll()
+    server.close()
     try await group.shutdownGracefully()
   }
 }

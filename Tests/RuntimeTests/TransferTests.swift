@@ -70,48 +70,54 @@ private let mib = 1 << 20
     }
   }
 
-  @Test func anObjectPulledInChunksArrivesIntactAsAnEvictableCopy() throws {
+  @Test func anObjectPulledInChunksArrivesIntactAsAnEvictableCopy() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    let nodes = try Self.stores(group, pull: .init(chunkSize: mib, maxBytesInFlight: 3 * mib))
-    defer { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
+    let nodes = try await onOwnThread { try Self.stores(group, pull: .init(chunkSize: mib, maxBytesInFlight: 3 * mib)) }
     let (a, ca, _) = nodes[0], (_, cb, _) = nodes[1]
     var gen = TaskIDGenerator(job: JobID(2))
     let id = ObjectID.forPut(by: gen.next(), index: 1)
     let size = 20 * mib + 12_345
-    let buf = try #require(try ca.create(id, size: size, ownerPid: getpid()))
-    for i in 0..<size { buf[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 12) }
-    try ca.seal(id)
-
-    #expect(try cb.pin(id) == nil, "without a source the reader's store does not have it")
-    let got = try #require(try cb.pin(id, pullFrom: a.remoteAddress, size: size))
-    #expect(got.count == size)
-    #expect((0..<size).allSatisfy { got[$0] == UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) })
-    let st = try cb.stats()
+    let created = try await onOwnThread { () throws -> Bool in
+      guard let buf = try ca.create(id, size: size, ownerPid: getpid()) else { return false }
+      for i in 0..<size { buf[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 12) }
+      try ca.seal(id)
+      return true
+    }
+    #expect(created)
+    let withoutSource = try await onOwnThread { try cb.pin(id) == nil }
+    #expect(withoutSource, "without a source the reader's store does not have it")
+    let (count, intact) = try await onOwnThread { () throws -> (Int, Bool) in
+      guard let got = try cb.pin(id, pullFrom: a.remoteAddress, size: size) else { return (-1, false) }
+      return (got.count, (0..<size).allSatisfy { got[$0] == UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) })
+    }
+    #expect(count == size && intact)
+    let (st, sourcePins) = try await onOwnThread { (try cb.stats(), try ca.stats().numPinned) }
     #expect(st.numSecondary == 1 && st.bytesPulledTotal == UInt64(size))
-    #expect(try ca.stats().numPinned == 0, "the source holds no pin after the transfer")
+    #expect(sourcePins == 0, "the source holds no pin after the transfer")
     cb.unpin([id])
+    try await onOwnThread { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
   }
 
-  @Test func aPullOfAnObjectTheSourceLacksFailsWithTheReason() throws {
+  @Test func aPullOfAnObjectTheSourceLacksFailsWithTheReason() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    let nodes = try Self.stores(group, pull: .init())
-    defer { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
+    let nodes = try await onOwnThread { try Self.stores(group, pull: .init()) }
     var gen = TaskIDGenerator(job: JobID(3))
     let id = ObjectID.forPut(by: gen.next(), index: 1)
-    do {
-      _ = try nodes[1].1.pin(id, pullFrom: nodes[0].0.remoteAddress, size: 3 * mib)
-      Issue.record("pin of a missing remote object succeeded")
-    } catch {
-      #expect(error.code == .objectLost)
-      #expect(error.message.contains("no longer in the object store at \(nodes[0].0.remoteAddress)"))
+    let source = nodes[0].0.remoteAddress
+    let missing = try await onOwnThread { () -> Result<Bool, SwiftrayError> in
+      do { return .success(try nodes[1].1.pin(id, pullFrom: source, size: 3 * mib) != nil) } catch let e as SwiftrayError { return .failure(e) } catch { return .failure(SwiftrayError(.system, "\(error)")) }
     }
-    #expect(try nodes[1].1.stats().used == 0, "the reserved extent is released")
+    guard case .failure(let e1) = missing else { Issue.record("pin of a missing remote object succeeded"); return }
+    #expect(e1.code == .objectLost)
+    #expect(e1.message.contains("no longer in the object store at \(source)"))
+    let used = try await onOwnThread { try nodes[1].1.stats().used }
+    #expect(used == 0, "the reserved extent is released")
     // A source that is not there at all.
-    do {
-      _ = try nodes[1].1.pin(id, pullFrom: "tcp:127.0.0.1:1", size: mib)
-      Issue.record("pin from a dead source succeeded")
-    } catch {
-      #expect(error.code == .objectLost && error.message.contains("unreachable"))
+    let dead = try await onOwnThread { () -> Result<Bool, SwiftrayError> in
+      do { return .success(try nodes[1].1.pin(id, pullFrom: "tcp:127.0.0.1:1", size: mib) != nil) } catch let e as SwiftrayError { return .failure(e) } catch { return .failure(SwiftrayError(.system, "\(error)")) }
     }
+    guard case .failure(let e2) = dead else { Issue.record("pin from a dead source succeeded"); return }
+    #expect(e2.code == .objectLost && e2.message.contains("unreachable"))
+    try await onOwnThread { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
   }
 }

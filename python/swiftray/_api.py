@@ -104,7 +104,10 @@ def _started(info, namespace, logging_level):
     _state["namespace"] = namespace or f"anonymous-{uuid.uuid4()}"
     # Workers import this driver's modules with its sys.path (they may have been
     # started for another driver).
-    _core.kv_put("job", job_key(info["job_id"]), _serialization.dumps([os.path.abspath(p) if p else os.getcwd() for p in sys.path]), True)
+    # Its tasks and actors run in its namespace.
+    record = {"sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+              "namespace": _state["namespace"]}
+    _core.kv_put("job", job_key(info["job_id"]), _serialization.dumps(record), True)
     return info
 
 
@@ -133,7 +136,13 @@ def _resolve_address(address):
         return session
     path = address[len("unix:"):] if address.startswith("unix:") else address
     if path.endswith(".sock"):
-        path = os.path.dirname(os.path.dirname(path))
+        sockets = os.path.dirname(path)
+        back = os.path.join(sockets, "session")  # sockets kept apart from a long temp dir
+        if os.path.exists(back):
+            with open(back) as f:
+                path = f.read().strip()
+        else:
+            path = os.path.dirname(sockets)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "sockets", "raylet.sock")):
         return path
     if ":" in address and not address.startswith("unix:"):
@@ -217,16 +226,16 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef" if isinstance(object_refs, ObjectRef)
                         else f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     _check_refs(object_refs, "wait()")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    if not object_refs:  # as Ray: nothing to wait for, whatever num_returns says
+        return [], []
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns!r}.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait().")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
-    if not object_refs:
-        return [], []
     positions = _core.wait([r._id for r in object_refs], num_returns, timeout)
     if not positions:
         return [], list(object_refs)

@@ -11,6 +11,7 @@ TASK_DEFAULTS = {
     "retry_exceptions": False,
     "name": None,
     "scheduling_strategy": None,
+    "accelerator_type": None,
 }
 
 ACTOR_DEFAULTS = {
@@ -27,6 +28,7 @@ ACTOR_DEFAULTS = {
     "lifetime": None,
     "get_if_exists": False,
     "scheduling_strategy": None,
+    "accelerator_type": None,
 }
 
 # Options that only make sense on an actor class (checked once the class is known).
@@ -41,7 +43,7 @@ METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None}
 
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
-    "max_calls", "runtime_env", "accelerator_type", "label_selector", "_metadata",
+    "max_calls", "runtime_env", "label_selector", "_metadata",
     "concurrency_groups", "enable_task_events", "_labels",
 }
 # Ray's older spelling of PlacementGroupSchedulingStrategy, still accepted.
@@ -90,7 +92,7 @@ def validate_task_options(options):
             raise ValueError(
                 f"Invalid option keyword {k} for remote functions. "
                 f"Valid ones are {sorted(TASK_DEFAULTS)}.")
-        if v is None and k in ("memory", "resources", "name", "scheduling_strategy"):
+        if v is None and k in ("memory", "resources", "name", "scheduling_strategy", "accelerator_type"):
             continue
         if k in ("num_cpus", "num_gpus", "memory"):
             _number(k, v)
@@ -115,6 +117,10 @@ def validate_task_options(options):
         elif k == "name":
             if not isinstance(v, str):
                 raise TypeError(f"The option 'name' must be a str, got {type(v).__name__}.")
+        elif k == "accelerator_type":
+            if not isinstance(v, str) or not v:
+                raise TypeError(f"The option 'accelerator_type' must be a non-empty str such as "
+                                f"swiftray.util.accelerators.NVIDIA_TESLA_V100, got {v!r}.")
         elif k == "scheduling_strategy":
             from swiftray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                                              PlacementGroupSchedulingStrategy)
@@ -137,9 +143,9 @@ def validate_actor_options(options):
             hint = " (num_returns is set per method with @swiftray.method(num_returns=...))" if k == "num_returns" else ""
             raise ValueError(f"Invalid option keyword {k} for actors{hint}. Valid ones are {sorted(ACTOR_DEFAULTS)}.")
         if v is None and k in ("num_cpus", "memory", "resources", "name", "namespace", "lifetime",
-                               "scheduling_strategy", "max_concurrency"):
+                               "scheduling_strategy", "max_concurrency", "accelerator_type"):
             continue
-        if k in ("num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "name"):
+        if k in ("num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "name", "accelerator_type"):
             validate_task_options({k: v})
         elif k in ("max_restarts", "max_task_retries", "max_pending_calls"):
             _int(k, v, -1)
@@ -206,4 +212,7 @@ def resource_shape(options):
     for k, v in (options.get("resources") or {}).items():
         if v:
             shape[k] = float(v)
+    if options.get("accelerator_type"):
+        # As Ray: a sliver of the node's `accelerator_type:<name>` resource.
+        shape[f"accelerator_type:{options['accelerator_type']}"] = 0.001
     return shape

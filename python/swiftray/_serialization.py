@@ -1,5 +1,6 @@
 """Values <-> bytes with cloudpickle (pickle protocol 5). Refs inside values stay refs
 (ObjectRef.__reduce__). Errors say which object could not be pickled and where."""
+import io
 import pickle
 import struct
 
@@ -7,13 +8,33 @@ import cloudpickle
 
 from swiftray import exceptions
 from swiftray.object_ref import collector
+from swiftray.util import serialization as _custom
 
 TASK_ERROR_METADATA = b"ERR:TASK_ERROR"
 
 
 def dumps(value):
     """Plain cloudpickle (functions, errors, small control values)."""
-    return cloudpickle.dumps(value, protocol=5)
+    return _dumps(value)
+
+
+class _CustomPickler(cloudpickle.CloudPickler):
+    """cloudpickle, with the classes of `util.register_serializer` pickled their way."""
+
+    def reducer_override(self, obj):
+        custom = _custom.reducer(obj)
+        if custom is not None:
+            return custom
+        return super().reducer_override(obj)
+
+
+def _dumps(value, buffer_callback=None):
+    # The plain (C-accelerated) path unless a serializer is registered.
+    if not _custom._serializers:
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    out = io.BytesIO()
+    _CustomPickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
 
 
 # The stored layout of a value (DESIGN §4): a header, the pickle stream, then every
@@ -53,7 +74,7 @@ def pack(value):
     outer = getattr(collector, "refs", None)
     collector.refs = refs = []
     try:
-        stream = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        stream = _dumps(value, buffer_callback=buffers.append)
     finally:
         collector.refs = outer
     raws = []

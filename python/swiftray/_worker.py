@@ -5,6 +5,7 @@ import concurrent.futures
 import inspect
 import os
 import pickle
+import signal
 import sys
 import threading
 import traceback
@@ -86,6 +87,22 @@ def _returns(result, num_returns, name):
             for i, v in enumerate(items)]
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_traceback():
+    """The traceback of the exception being handled, as the user wants it (as Ray
+    shows it): the user's frames only, without swiftray's own (the worker loop, get)."""
+    etype, value, tb = sys.exc_info()
+    te = traceback.TracebackException(etype, value, tb)
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not os.path.abspath(f.filename).startswith(_PACKAGE_DIR)])
+    lines = list(te.format())
+    if lines and lines[0].startswith("Traceback (most recent call last)"):
+        lines = lines[1:]
+    return "".join(lines)
+
+
 def _fail(name, num_returns, exc_info_tb, e, retry_filter=b""):
     err = exceptions.RayTaskError(name, exc_info_tb, e)
     retryable = False
@@ -110,27 +127,81 @@ _job = {"key": None}
 
 
 def _enter_job(task_id):
-    """A task of a job this worker has not served yet: add that driver's sys.path."""
+    """A task of a job this worker has not served yet: add that driver's sys.path, and
+    run in its namespace (an actor keeps its creator's, whoever calls it)."""
     key = str(int.from_bytes(task_id[16:24], "big")).encode()
     if key == _job["key"]:
         return
     _job["key"] = key
     blob = _core.kv_get("job", key)
-    if blob:
-        for p in pickle.loads(blob):
-            if p not in sys.path:
-                sys.path.append(p)
+    if not blob:
+        return
+    record = pickle.loads(blob)
+    if isinstance(record, list):  # a driver of an earlier version
+        record = {"sys_path": record}
+    for p in record.get("sys_path", ()):
+        if p not in sys.path:
+            sys.path.append(p)
+    if record.get("namespace") and actor.instance is None:
+        from swiftray import _api
+        _api._state["namespace"] = record["namespace"]
+
+
+class _Assigned:
+    """What the running task (or this worker's actor) holds: its GPU ids and resources."""
+    gpu_ids = []
+    resources = {}
+
+
+assigned = _Assigned()
+# CUDA_VISIBLE_DEVICES as the worker started: assigned ids index into it (as in Ray).
+_original_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _visible_ids(ids):
+    if _original_visible is None:
+        return list(ids)
+    original = [x for x in _original_visible.split(",") if x.strip()]
+    if all(i < len(original) for i in ids):
+        return [original[i] for i in ids]
+    return original
+
+
+def _hold(gpu_ids, resources):
+    """Records what the task holds and shows its GPUs to CUDA (only when it holds some,
+    as Ray); returns what to restore after it."""
+    assigned.gpu_ids = _visible_ids(gpu_ids)
+    assigned.resources = resources
+    if not gpu_ids:
+        return None
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in assigned.gpu_ids)
+    return (before,)
+
+
+def _release(saved):
+    assigned.gpu_ids, assigned.resources = [], {}
+    if saved is None:
+        return
+    if saved[0] is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved[0]
 
 
 def execute(task):
     """(returns, is_application_error, is_retryable, was_cancelled[, creation_error]) for
     one task; None when the reply comes later through _core.finish_task."""
-    task_id, fid, name, arglist, num_returns, retry_filter, attempt, actor_id, method, creation, token = task
+    (task_id, fid, name, arglist, num_returns, retry_filter, attempt, actor_id, method, creation, token,
+     gpu_ids, resources) = task
     _enter_job(task_id)
     if creation is not None:
+        # The actor holds its GPUs and resources for its whole life.
+        _hold(gpu_ids, resources)
         return _create_actor(fid, name, arglist, actor_id, creation)
     if method:
         return _call_actor(name, method, arglist, num_returns, token)
+    saved = _hold(gpu_ids, resources)
     try:
         try:
             args, kwargs = _args(arglist)
@@ -142,7 +213,25 @@ def execute(task):
     except KeyboardInterrupt:
         return [], False, False, True
     except Exception as e:
-        return _fail(name, num_returns, traceback.format_exc(), e, retry_filter)
+        return _fail(name, num_returns, _user_traceback(), e, retry_filter)
+    finally:
+        _release(saved)
+
+
+class ActorExit(SystemExit):
+    """Raised by exit_actor(): a SystemExit, so `except Exception` in user code lets it
+    through to the worker, which ends the actor on purpose."""
+
+
+def _exit_actor():
+    """exit_actor() was called in this actor: the head records an intended death (no
+    restart; its callers get ActorDiedError saying so), then the process ends."""
+    try:
+        _core.kill_actor(actor.actor_id, True, "exit_actor() was called in it (an intended exit; it is not restarted)")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _create_actor(fid, name, arglist, actor_id, creation):
@@ -157,9 +246,11 @@ def _create_actor(fid, name, arglist, actor_id, creation):
         actor.class_name = creation["class_name"]
         actor.reconstructed = creation["num_restarts"] > 0
         actor.instance = cls(*args, **kwargs)
+    except ActorExit:
+        _exit_actor()
     except BaseException as e:  # noqa: B036 - the constructor's failure is the actor's
         actor.instance = None
-        tb = traceback.format_exc()
+        tb = _user_traceback()
         return [], True, False, False, f"{type(e).__name__}: {e}\n{tb}"
     if creation["is_async"]:
         actor.slots = None
@@ -189,10 +280,12 @@ def _run_method(name, method, arglist, num_returns):
             return _arg_failure(name, num_returns, e.error)
         result = getattr(actor.instance, method)(*args, **kwargs)
         return _returns(result, num_returns, name), False, False, False
+    except ActorExit:
+        _exit_actor()
     except KeyboardInterrupt:
         return [], False, False, True
     except Exception as e:
-        return _fail(name, num_returns, traceback.format_exc(), e)
+        return _fail(name, num_returns, _user_traceback(), e)
 
 
 async def _run_async_method(name, method, arglist, num_returns, token):
@@ -207,10 +300,12 @@ async def _run_async_method(name, method, arglist, num_returns, token):
                 if inspect.isawaitable(result):
                     result = await result
                 out = _returns(result, num_returns, name), False, False, False
+        except ActorExit:
+            _exit_actor()
         except asyncio.CancelledError:
             out = [], False, False, True
         except Exception as e:
-            out = _fail(name, num_returns, traceback.format_exc(), e)
+            out = _fail(name, num_returns, _user_traceback(), e)
     _core.finish_task(token, out)
 
 
@@ -230,7 +325,20 @@ def _call_actor(name, method, arglist, num_returns, token):
     return _run_method(name, method, arglist, num_returns)
 
 
+def _on_sigint(signum, frame):
+    # cancel() interrupts the running task with SIGINT; the core says whether this one
+    # is for the task running now (one that lands after its task ended is dropped).
+    if _core.take_interrupt():
+        raise KeyboardInterrupt
+
+
+_running_as_worker = False
+
+
 def main():
+    global _running_as_worker
+    _running_as_worker = True
+    signal.signal(signal.SIGINT, _on_sigint)
     _core.connect_worker()
     try:
         _core.worker_loop(execute)

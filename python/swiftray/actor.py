@@ -206,3 +206,15 @@ def list_named_actors(all_namespaces=False):
     if all_namespaces:
         return [{"name": i["name"], "namespace": i["namespace"]} for i in infos]
     return [i["name"] for i in infos]
+
+
+def exit_actor():
+    """Ends the actor this is called in, on purpose (Ray's `ray.actor.exit_actor`): the
+    call that runs it and every later call fail with ActorDiedError saying so, and the
+    actor is not restarted whatever its max_restarts. Only inside an actor."""
+    import sys
+    worker = sys.modules.get("swiftray._worker")
+    if worker is None or worker.actor.actor_id is None:
+        raise TypeError("exit_actor API is called on a non-actor worker, it can only be called inside an actor "
+                        "(a method or the constructor of a @remote class).")
+    raise worker.ActorExit(0)

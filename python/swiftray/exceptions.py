@@ -19,12 +19,16 @@ class RayTaskError(RayError):
     error that is also an instance of the user's exception class when it can be."""
 
     def __init__(self, function_name="", traceback_str="", cause=None, proctitle=None, pid=None, ip=None):
+        # A task that failed because a task it waited on failed: the cause is the user's
+        # innermost exception (the traceback text carries both tasks'), as in Ray.
+        while isinstance(cause, RayTaskError) and cause.cause is not None and cause is not self:
+            cause = cause.cause
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
         self.proctitle = proctitle or f"swiftray::{function_name}"
         self.pid = pid if pid is not None else os.getpid()
-        self.ip = ip or "127.0.0.1"
+        self.ip = ip or _node_ip()
         super().__init__(function_name, traceback_str, cause, self.proctitle, self.pid, self.ip)
 
     def __reduce__(self):
@@ -50,6 +54,17 @@ class RayTaskError(RayError):
             return self
 
 
+def _node_ip():
+    """The IP of the node this process runs on (where the error happened)."""
+    try:
+        from swiftray import _core
+        if _core.is_initialized():
+            return _core.context()["node_ip"]
+    except Exception:  # noqa: BLE001 - a message detail must never fail the error itself
+        pass
+    return "127.0.0.1"
+
+
 _dual_classes = {}
 
 
@@ -67,7 +82,9 @@ def _dual_class(cause_cls):
             "__str__": RayTaskError.__str__,
             "__reduce__": RayTaskError.__reduce__,
         })
-        cls.__module__ = cause_cls.__module__
+        # Shown as swiftray.exceptions.RayTaskError(ValueError) in tracebacks, as Ray's.
+        cls.__module__ = __name__
+        cls.__qualname__ = name
         _dual_classes[cause_cls] = cls
     return cls
 

@@ -38,10 +38,46 @@ class RuntimeContext:
         a = _hosted_actor()
         return bool(a is not None and a.reconstructed)
 
+    def get_assigned_resources(self):
+        """What the running task (or this actor) holds, by resource name (a placement
+        group's resources under their plain names): {"CPU": 1.0} for a default task, {}
+        for a default actor. Only in a worker, as in Ray."""
+        worker = _worker_module()
+        assert worker is not None, "This method is only available when the process is a worker. Current mode: driver"
+        return dict(worker.assigned.resources)
+
+    def get_accelerator_ids(self):
+        """The accelerator ids visible to this worker, by accelerator resource name
+        (`{"GPU": ["0", "1"], ...}`); empty lists in a driver."""
+        ids = {name: [] for name in _ACCELERATORS}
+        ids["GPU"] = [str(i) for i in get_gpu_ids()]
+        return ids
+
     def get(self):
         c = self._ctx()
         return {"job_id": c["job_id"], "node_id": c["node_id"], "worker_id": c["worker_id"],
                 "task_id": c["task_id"]}
+
+
+# The accelerator resource names Ray reports in get_accelerator_ids().
+_ACCELERATORS = ("GPU", "TPU", "NPU", "HPU", "neuron_cores", "RBLN", "FURIOSA", "TTNPU", "MBLT")
+
+
+def _worker_module():
+    """swiftray._worker when this process is a worker (it imported it), else None."""
+    import sys
+    worker = sys.modules.get("swiftray._worker")
+    return worker if worker is not None and getattr(worker, "_running_as_worker", False) else None
+
+
+def get_gpu_ids():
+    """The GPU ids the running task or actor holds (the ones in its CUDA_VISIBLE_DEVICES);
+    [] in a driver or a task that asked for no GPU."""
+    _api._ensure_init()
+    worker = _worker_module()
+    if worker is None:
+        return []
+    return sorted(worker.assigned.gpu_ids, key=lambda x: (isinstance(x, str), x))
 
 
 def _hosted_actor():

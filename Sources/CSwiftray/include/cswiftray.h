@@ -15,4 +15,15 @@ int sr_spawn(const char *path, char *const argv[], char *const envp[],
 
 // pipe2(O_CLOEXEC); both ends close on exec unless dup2'ed by sr_spawn.
 int sr_pipe_cloexec(int fds[2]);
+
+// Lock discipline (Runtime/Concurrency/Locked.swift): which `Locked` values the calling
+// thread holds, as a small stack of ids. Thread-local, so no synchronization.
+// sr_lock_enter returns 0 when the thread held no lock, 1 when it held others, 2 when
+// it held this very lock already (re-entry; the caller traps with the reason).
+int sr_lock_enter(unsigned long id);
+void sr_lock_exit(void);
+// The number of `Locked` critical sections the calling thread is inside, and the
+// innermost one's id (0 when none).
+int sr_locks_held(void);
+unsigned long sr_lock_innermost(void);
 #endif

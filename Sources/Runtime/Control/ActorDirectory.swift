@@ -15,8 +15,10 @@ public struct ActorDirectory: Sendable {
     public var leaseID: UInt64
     public var worker: Swiftray_Address
     public var node: String
-    public init(leaseID: UInt64, worker: Swiftray_Address, node: String) {
-      self.leaseID = leaseID; self.worker = worker; self.node = node
+    /// The GPUs the lease holds: the actor's worker sees them for its life.
+    public var gpuIDs: [Int32]
+    public init(leaseID: UInt64, worker: Swiftray_Address, node: String, gpuIDs: [Int32] = []) {
+      self.leaseID = leaseID; self.worker = worker; self.node = node; self.gpuIDs = gpuIDs
     }
   }
 

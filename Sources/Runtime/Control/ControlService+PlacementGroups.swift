@@ -103,10 +103,12 @@ extension ControlService {
       case .published(let id):
         let (info, ready) = state.withLock { s -> (Swiftray_PlacementGroupInfo?, [CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>]) in
           guard let info = s.groups.info(id) else { return (nil, []) }
+          if let bytes: Data = try? info.serializedBytes() {
+            writer.write(ControlTable.placementGroups, id, bytes)  // lock-ok: an enqueue, in the order of the changes
+          }
           guard Self.settled(info), let ws = s.groupWatchers.removeValue(forKey: id) else { return (info, []) }
           return (info, Array(ws.values))
         }
-        if let info, let bytes: Data = try? info.serializedBytes() { writer.write(ControlTable.placementGroups, id, bytes) }
         for w in ready { w.resume(returning: info) }
       case .removed(let id):
         perform(state.withLock { $0.actors.placementGroupRemoved(id) })

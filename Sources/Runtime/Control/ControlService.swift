@@ -11,7 +11,7 @@ import Synchronization
 /// `ControlStorage` (in memory by default): the KV is read and written there, nodes,
 /// jobs and actors are written through on every change and cached here.
 ///
-/// Threading: gRPC handlers run concurrently; all state sits behind one Mutex and
+/// Threading: gRPC handlers run concurrently; all state sits behind one lock and
 /// actions run outside it.
 public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol, Sendable {
   struct Watcher {
@@ -25,7 +25,6 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var actors = ActorDirectory()
     var watchers: [ActorID: [UInt64: Watcher]] = [:]
     var nextWatcher: UInt64 = 1
-    var nodeClients: [String: ControlPlane.Connection] = [:]
     var tickArmed = false
     var closed = false
     var health: NodeHealth
@@ -33,12 +32,14 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var groupWatchers: [Data: [UInt64: CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>]] = [:]
   }
 
-  let state: Mutex<State>
+  let state: Locked<State>
   let group: MultiThreadedEventLoopGroup
   let pool: DataPlaneClientPool
+  /// gRPC clients of the NodeManagers, by address.
+  let nodeClients: ControlClients
   let config: Config
   let log = Logger(label: "swiftray.control")
-  let healthLoop = Mutex<Task<Void, Never>?>(nil)
+  let healthLoop = Locked<Task<Void, Never>?>(nil)
   let storage: any ControlStorage
   let writer: StorageWriter
   /// Wakes the placement loop (one pass at a time; kicks while it runs coalesce).
@@ -54,7 +55,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       log.error("storage/write-failed", metadata: ["table": "\(table)", "error": "\(error)"])
     }
     self.pool = DataPlaneClientPool(group: group)
-    self.state = Mutex(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
+    self.nodeClients = ControlClients(group: group)
+    self.state = Locked(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
     let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     self.placementKicks = cont
     Task { [weak self] in
@@ -69,20 +71,16 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   /// Closes connections to NodeManagers and workers; wakes every watcher.
   public func shutdown() {
-    healthLoop.withLock { $0?.cancel(); $0 = nil }
-    let (clients, watchers) = state.withLock { s -> ([ControlPlane.Connection], [Watcher]) in
+    healthLoop.withLock { l in defer { l = nil }; return l }?.cancel()
+    let (watchers, groupWatchers) = state.withLock { s in
       s.closed = true
-      let w = s.watchers.values.flatMap { $0.values }
-      s.watchers.removeAll()
-      let c = Array(s.nodeClients.values)
-      s.nodeClients.removeAll()
-      return (c, w)
+      defer { s.watchers.removeAll(); s.groupWatchers.removeAll() }
+      return (s.watchers.values.flatMap { $0.values }, s.groupWatchers.values.flatMap(\.values))
     }
     for w in watchers { w.continuation.resume(returning: nil) }
-    let groupWatchers = state.withLock { s in defer { s.groupWatchers.removeAll() }; return s.groupWatchers.values.flatMap(\.values) }
     for w in groupWatchers { w.resume(returning: nil) }
     placementKicks.finish()
-    for c in clients { c.shutdown() }
+    nodeClients.shutdown()
     pool.closeAll()
     writer.close()
   }
@@ -117,8 +115,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     state.withLock { s in
       s.nodes[node.nodeID] = node
       s.health.nodeRegistered(node.nodeID)
+      persist(node)  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
     }
-    persist(node)
     startHealthChecks()
     placementKicks.yield()
     return Swiftray_RegisterNodeReply()
@@ -129,17 +127,21 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// One loop per ControlService: every period, ask each node's NodeManager for its
   /// stats with the configured timeout; `NodeHealth` decides who is dead.
   func startHealthChecks() {
-    healthLoop.withLock { loop in
-      guard loop == nil else { return }
-      loop = Task { [self] in
-        let period = max(10, config.healthCheckPeriodMs)
-        while !Task.isCancelled {
-          try? await Task.sleep(for: .milliseconds(period))
-          let checks = state.withLock { $0.closed ? [] : $0.health.tick() }
-          for case .check(let id) in checks { check(id, periodMs: period) }
-        }
+    // Started outside the lock; of two racing starts, one loop is kept.
+    guard healthLoop.withLock({ $0 == nil }), !state.withLock({ $0.closed }) else { return }
+    let loop = Task { [self] in
+      let period = max(10, config.healthCheckPeriodMs)
+      while !Task.isCancelled {
+        try? await Task.sleep(for: .milliseconds(period))
+        let checks = state.withLock { $0.closed ? [] : $0.health.tick() }
+        for case .check(let id) in checks { check(id, periodMs: period) }
       }
     }
+    let spare: Task<Void, Never>? = healthLoop.withLock { l in
+      if l == nil { l = loop; return nil }
+      return loop
+    }
+    spare?.cancel()
   }
 
   func check(_ id: Data, periodMs: Int) {
@@ -170,7 +172,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       n.deathDetail = detail
       s.nodes[id] = n
       s.health.nodeRemoved(id)
-      persist(n)
+      persist(n)  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
       return [n.nodeManagerEndpoint, n.nodeManagerAddress]
     }
     guard !endpoints.isEmpty else { return }
@@ -178,8 +180,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let short = NodeID(binary: id)?.hex.prefix(12) ?? "?"
     perform(state.withLock { $0.actors.nodeDied(endpoints, detail: "its node \(short) died: \(detail)") })
     performGroups(state.withLock { $0.groups.nodeDied(id) })
-    let dropped = state.withLock { s in endpoints.compactMap { s.nodeClients.removeValue(forKey: $0) } }
-    for c in dropped { c.shutdown() }
+    // Closed without waiting: this runs in a Task, which must not block.
+    nodeClients.remove(endpoints)
   }
 
   func persist(_ node: Swiftray_NodeInfo) {
@@ -202,10 +204,14 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func registerJob(request: Swiftray_RegisterJobRequest, context: ServerContext) async throws -> Swiftray_RegisterJobReply {
     var r = Swiftray_RegisterJobReply()
-    let job = state.withLock { s in let j = s.nextJob; s.nextJob += 1; return j }
+    let job = state.withLock { s in
+      let j = s.nextJob
+      s.nextJob += 1
+      var next = s.nextJob
+      writer.write(ControlTable.jobs, Data("next".utf8), Data(bytes: &next, count: 4))  // lock-ok: an enqueue, in order
+      return j
+    }
     r.jobID = Data(JobID(job).binary)
-    var next = job + 1
-    writer.write(ControlTable.jobs, Data("next".utf8), Data(bytes: &next, count: 4))
     return r
   }
 
@@ -366,7 +372,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       case .published(let id):
         let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in
           guard let info = s.actors.info(id) else { return ([], nil) }
-          if let bytes: Data = try? s.actors.record(id)?.serializedBytes() { writer.write(ControlTable.actors, Data(id.binary), bytes) }
+          if let bytes: Data = try? s.actors.record(id)?.serializedBytes() {
+            writer.write(ControlTable.actors, Data(id.binary), bytes)  // lock-ok: an enqueue, in the order of the changes
+          }
           guard var ws = s.watchers[id] else { return ([], info) }
           let ready = ws.filter { $0.value.after < info.version }
           for k in ready.keys { ws[k] = nil }
@@ -393,16 +401,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
   }
 
-  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? {
-    guard let ep = Endpoint(endpoint) else { return nil }
-    return state.withLock { s -> ControlPlane.Connection? in
-      if s.closed { return nil }
-      if let c = s.nodeClients[endpoint] { return c }
-      guard let c = try? ControlPlane.connect(ep, group: group) else { return nil }
-      s.nodeClients[endpoint] = c
-      return c
-    }
-  }
+  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? { nodeClients.client(endpoint) }
 
   func requestLease(_ id: ActorID, _ spec: Swiftray_TaskSpec) {
     if state.withLock({ $0.closed }) { return }
@@ -435,7 +434,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
         guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }
         switch reply.status {
         case .granted:
-          return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node))
+          return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node, gpuIDs: reply.gpuIds))
         case .infeasible:
           return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
         case .workerStartFailed:
@@ -454,6 +453,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     guard let ep = Endpoint(lease.worker.endpoint) else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
+    req.gpuIds = lease.gpuIDs
     pool.request(ep, .pushTask(req)) { [self] result in
       // A broken connection means the worker died: its NodeManager reports that.
       guard case .success(let frame) = result, case .pushTaskReply(let reply)? = frame.body else { return }

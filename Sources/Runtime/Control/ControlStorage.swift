@@ -28,7 +28,7 @@ public enum ControlTable {
 
 /// Ray's default: the tables live in the head's memory and die with it.
 public final class InMemoryControlStorage: ControlStorage {
-  let tables = Mutex<[String: [Data: Data]]>([:])
+  let tables = Locked<[String: [Data: Data]]>([:])
   public init() {}
 
   public func put(_ table: String, _ key: Data, _ value: Data, overwrite: Bool) async throws -> Bool {
@@ -61,6 +61,10 @@ final class StorageWriter: Sendable {
     }
   }
 
+  /// Queues a write. Allowed under a lock (the one exception to `Locked`'s rule, and why):
+  /// it only appends to the writer's stream, which has no `onTermination` and an
+  /// unbounded buffer, so it never runs anyone's code; and a caller writes inside the
+  /// critical section that made the change, so writes of one key keep their order.
   func write(_ table: String, _ key: Data, _ value: Data) { continuation.yield((table, key, value)) }
   func close() { continuation.finish() }
 }

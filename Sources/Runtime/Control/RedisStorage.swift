@@ -15,7 +15,7 @@ public final class RedisControlStorage: ControlStorage {
   public let port: Int
   let password: String?
   let group: EventLoopGroup
-  let current = Mutex<Conn?>(nil)
+  let current = Locked<Conn?>(nil)
 
   public init(address: String, password: String? = nil, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws(SwiftrayError) {
     guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
@@ -74,15 +74,32 @@ public final class RedisControlStorage: ControlStorage {
   enum Conn { case connecting(EventLoopFuture<RedisConnection>), ready(RedisConnection) }
 
   func connection() async throws -> RedisConnection {
-    let f: EventLoopFuture<RedisConnection> = current.withLock { c in
-      switch c {
-      case .ready(let conn)? where !conn.isClosed: return group.next().makeSucceededFuture(conn)
-      case .connecting(let f)?: return f
-      default:
-        let f = RedisConnection.connect(group: group, host: host, port: port, password: password)
-        c = .connecting(f)
-        return f
+    enum Next { case ready(RedisConnection), wait(EventLoopFuture<RedisConnection>), connect(EventLoopPromise<RedisConnection>) }
+    var next: Next
+    while true {
+      next = current.withLock { c in
+        switch c {
+        case .ready(let conn)?: return .ready(conn)
+        case .connecting(let f)?: return .wait(f)
+        case nil:
+          // A promise only, here: the connect starts once the lock is released.
+          let p = group.next().makePromise(of: RedisConnection.self)
+          c = .connecting(p.futureResult)
+          return .connect(p)
+        }
       }
+      // A closed connection is forgotten (checked outside this lock: locks are leaves),
+      // and the next round makes or waits for a new one.
+      guard case .ready(let conn) = next, conn.isClosed else { break }
+      current.withLock { c in if case .ready(let x)? = c, x === conn { c = nil } }
+    }
+    let f: EventLoopFuture<RedisConnection>
+    switch next {
+    case .ready(let conn): return conn
+    case .wait(let g): f = g
+    case .connect(let p):
+      RedisConnection.connect(group: group, host: host, port: port, password: password).cascade(to: p)
+      f = p.futureResult
     }
     do {
       let conn = try await f.get()
@@ -98,7 +115,14 @@ public final class RedisControlStorage: ControlStorage {
 /// One pipelined RESP connection: replies are matched to requests in order.
 final class RedisConnection: Sendable {
   let channel: Channel
-  let state = Mutex<(waiting: Deque<CheckedContinuation<RESPValue, Error>>, closed: Bool)>(([], false))
+  struct State {
+    var waiting: Deque<CheckedContinuation<RESPValue, Error>> = []
+    /// Commands in the order their waiters were queued, written by one event-loop task.
+    var outbox: [[UInt8]] = []
+    var flushScheduled = false
+    var closed = false
+  }
+  let state = Locked(State())
 
   init(channel: Channel) { self.channel = channel }
 
@@ -132,15 +156,32 @@ final class RedisConnection: Sendable {
 
   func send(_ command: [UInt8]) async throws -> RESPValue {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<RESPValue, Error>) in
-      // Queued and written under one lock: replies come back in write order.
-      let open = state.withLock { s -> Bool in
-        if s.closed { return false }
+      // Waiter and command queued in one critical section, written in that order by
+      // the event loop: replies come back in write order.
+      enum Step { case closed, queued(flush: Bool) }
+      let step: Step = state.withLock { s in
+        if s.closed { return .closed }
         s.waiting.append(c)
-        channel.writeAndFlush(NIOAny(channel.allocator.buffer(bytes: command)), promise: nil)
-        return true
+        s.outbox.append(command)
+        defer { s.flushScheduled = true }
+        return .queued(flush: !s.flushScheduled)
       }
-      if !open { c.resume(throwing: SwiftrayError(.system, "the Redis connection is closed")) }
+      switch step {
+      case .closed: c.resume(throwing: SwiftrayError(.system, "the Redis connection is closed"))
+      case .queued(let flush): if flush { channel.eventLoop.execute { self.flushOutbox() } }
+      }
     }
+  }
+
+  /// On the channel's event loop: writes every queued command, then flushes once.
+  private func flushOutbox() {
+    let commands = state.withLock { s in
+      s.flushScheduled = false
+      defer { s.outbox.removeAll(keepingCapacity: true) }
+      return s.outbox
+    }
+    for command in commands { channel.write(NIOAny(channel.allocator.buffer(bytes: command)), promise: nil) }
+    channel.flush()
   }
 
   func close() { channel.close(promise: nil) }
@@ -152,6 +193,7 @@ final class RedisConnection: Sendable {
   func failAll(_ why: String) {
     let w = state.withLock { s -> Deque<CheckedContinuation<RESPValue, Error>> in
       s.closed = true
+      s.outbox.removeAll()
       let w = s.waiting
       s.waiting.removeAll()
       return w

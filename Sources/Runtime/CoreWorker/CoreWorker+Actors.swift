@@ -99,11 +99,11 @@ extension CoreWorker {
   }
 
   /// `kill(actor, no_restart=)`: asks the ControlService; false for an unknown actor.
-  public func killActor(_ actor: ActorID, noRestart: Bool) throws -> Bool {
+  public func killActor(_ actor: ActorID, noRestart: Bool, reason: String? = nil) throws -> Bool {
     var req = Swiftray_KillActorRequest()
     req.actorID = Data(actor.binary)
     req.noRestart = noRestart
-    req.reason = "kill() was called on it\(noRestart ? "" : " with no_restart=False")"
+    req.reason = reason ?? "kill() was called on it\(noRestart ? "" : " with no_restart=False")"
     return try callControl("KillActor") { [req] in try await $0.killActor(req).found }
   }
 

@@ -44,18 +44,35 @@ extension CoreWorker {
   /// Returns once the head has this process's registration of `id` (at once when it
   /// was not made here or is done).
   func placementGroupRegistered(_ id: PlacementGroupID) async {
-    guard let t = state.withLock({ $0.groupRegistrations[id]?.task }) else { return }
-    await t.value
+    guard let done = state.withLock({ $0.groupRegistrations[id]?.done }) else { return }
+    await done.wait()
   }
 
-  /// Asks the head to remove the group, in the background after whatever this process
-  /// sent about it before: what this process does with the group afterwards (ready,
-  /// wait, its tasks' leases) waits for the removal to land, so it costs no round trip.
-  public func removePlacementGroup(_ id: PlacementGroupID) {
+  /// Removes the group: returns once the head has it removed (after this process's
+  /// registration of it landed), so what the return promises holds for every process
+  /// at once — its name is free, its resources are being given back, its tasks and
+  /// actors fail. One round trip; call with the GIL released.
+  public func removePlacementGroup(_ id: PlacementGroupID) throws {
     var req = Swiftray_RemovePlacementGroupRequest()
     req.placementGroupID = Data(id.binary)
-    let request = req
-    groupCall(id, "removed", method: "RemovePlacementGroup") { _ = try await $0.removePlacementGroup(request) }
+    _ = try callControl("RemovePlacementGroup") { [self, req] c in
+      await placementGroupRegistered(id)
+      return try await c.removePlacementGroup(req)
+    }
+  }
+
+  /// Returns once every registration this process sent in the background has landed.
+  func placementGroupsSettled() async {
+    let pending = state.withLock { s in s.groupRegistrations.values.map(\.done) }
+    for done in pending { await done.wait() }
+  }
+
+  /// Blocks (bounded) until the head has this process's registration of `id`: before the
+  /// group's id leaves this process (pickled), so no other process can meet a group the
+  /// head does not know. At once when there is none in flight. Call with the GIL released.
+  public func awaitPlacementGroupRegistered(_ id: PlacementGroupID) {
+    guard state.withLock({ $0.groupRegistrations[id] != nil }) else { return }
+    _ = try? blockingAwait(timeout: .seconds(30) + controlPatience) { [self] in await placementGroupRegistered(id) }
   }
 
   /// `afterGroupOps` with one ControlService call, tried again while the head is
@@ -78,16 +95,19 @@ extension CoreWorker {
   /// this process sent about the group before; what concerns the group afterwards waits
   /// for it (`placementGroupRegistered`).
   func afterGroupOps(_ id: PlacementGroupID, _ body: @escaping @Sendable () async -> Void) {
-    state.withLock { s in
-      let before = s.groupRegistrations[id]?.task
+    // Chained under the lock (each op waits for the one before), started after it.
+    let done = AsyncLatch()
+    let (op, before) = state.withLock { s in
+      let before = s.groupRegistrations[id]?.done
       s.nextGroupOp += 1
-      let op = s.nextGroupOp
-      let task = Task { [self] in
-        await before?.value
-        await body()
-        state.withLock { s in if s.groupRegistrations[id]?.op == op { s.groupRegistrations[id] = nil } }
-      }
-      s.groupRegistrations[id] = (op, task)
+      s.groupRegistrations[id] = (s.nextGroupOp, done)
+      return (s.nextGroupOp, before)
+    }
+    Task { [self] in
+      await before?.wait()
+      await body()
+      state.withLock { s in if s.groupRegistrations[id]?.op == op { s.groupRegistrations[id] = nil } }
+      done.open()
     }
   }
 
@@ -98,14 +118,18 @@ extension CoreWorker {
     req.name = name
     req.namespace = namespace
     return try callControl("GetPlacementGroup") { [self, req] c in
-      if let id { await placementGroupRegistered(id) }
+      if let id { await placementGroupRegistered(id) } else { await placementGroupsSettled() }
       let r = try await c.getPlacementGroup(req)
       return r.found ? r.group : nil
     }
   }
 
+  /// Every group the head knows, after this process's own registrations landed.
   public func allPlacementGroups() throws -> [PlacementGroupInfo] {
-    try callControl("GetAllPlacementGroups") { try await $0.getAllPlacementGroups(.init()).groups }
+    try callControl("GetAllPlacementGroups") { [self] c in
+      await placementGroupsSettled()
+      return try await c.getAllPlacementGroups(.init()).groups
+    }
   }
 
   /// Waits (bounded by `timeoutNanos`) until the group is created or removed, or is

@@ -37,6 +37,8 @@ public final class CoreWorker: Sendable {
   /// A task pushed to this worker, waiting for or in execution by the language layer.
   public struct Execution: Sendable {
     public let spec: Swiftray_TaskSpec
+    /// The GPUs of the lease it runs under (an actor's: those of its creation).
+    public let gpuIDs: [Int32]
     let responder: DataPlaneResponder
   }
 
@@ -64,6 +66,8 @@ public final class CoreWorker: Sendable {
     /// Borrowers asking for values we own that do not exist yet.
     var remoteGets: [ObjectID: [(DataPlaneResponder, WorkerID?)]] = [:]
     var leaseWorkers: [UInt64: Swiftray_Address] = [:]
+    /// The GPUs each granted lease holds, sent with every task pushed under it.
+    var leaseGPUs: [UInt64: [Int32]] = [:]
     /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
     var leaseNodes: [UInt64: String] = [:]
     /// Nodes the cluster declared dead: why, by node id and by NodeManager address.
@@ -77,11 +81,14 @@ public final class CoreWorker: Sendable {
     // Executor side.
     var executions: Deque<Execution> = []
     var running: TaskID?
+    /// The running task a cancel interrupts: the language layer's interrupt handler
+    /// acts only while this is still the task running (`takeInterrupt`).
+    var interruptTarget: TaskID?
     /// The placement strategy of the task or actor running here (placement groups only).
     var runningStrategy: SchedulingKey.Strategy?
     /// Placement groups created here whose registration with the head is in flight:
     /// what concerns them waits for it.
-    var groupRegistrations: [PlacementGroupID: (op: UInt64, task: Task<Void, Never>)] = [:]
+    var groupRegistrations: [PlacementGroupID: (op: UInt64, done: AsyncLatch)] = [:]
     /// Owned stored objects whose primary is on another node and of which this node's
     /// store pulled a copy: if that node dies, the copy is promoted instead of rebuilding.
     var localCopies: Set<ObjectID> = []
@@ -93,7 +100,7 @@ public final class CoreWorker: Sendable {
   public let group: MultiThreadedEventLoopGroup
   public let address: Swiftray_Address
   public let jobID: JobID
-  let state: Mutex<State>
+  let state: Locked<State>
   let executionReady = DispatchSemaphore(value: 0)
   let pool: DataPlaneClientPool
   let server: DataPlaneServer
@@ -105,16 +112,16 @@ public final class CoreWorker: Sendable {
   let notifications: AsyncStream<@Sendable () async -> Void>.Continuation
   let log = Logger(label: "swiftray.core")
   /// Set by the language layer: interrupts the task running on the main thread.
-  let interruptRunningTask = Mutex<(@Sendable () -> Void)?>(nil)
+  let interruptRunningTask = Locked<(@Sendable () -> Void)?>(nil)
   /// The log subscription, cancelled at shutdown so the NodeManager client can close.
-  let logForwarding = Mutex<Task<Void, Never>?>(nil)
+  let logForwarding = Locked<Task<Void, Never>?>(nil)
   /// The node-death subscription (networked nodes), cancelled at shutdown.
-  let deathWatch = Mutex<Task<Void, Never>?>(nil)
+  let deathWatch = Locked<Task<Void, Never>?>(nil)
   /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
   /// them, so its submitter cannot drop a ref before the owner counts this process.
   let registering = DispatchGroup()
   /// NodeManagers of other nodes this process leased from, by endpoint.
-  let otherNodes = Mutex<[String: ControlPlane.Connection]>([:])
+  let otherNodes: ControlClients
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
 
@@ -123,6 +130,7 @@ public final class CoreWorker: Sendable {
     self.options = options
     self.group = group
     self.warn = warn
+    otherNodes = ControlClients(group: group)
     let settings = NormalTaskSubmitter.Settings(
       maxPendingLeaseRequests: options.config.maxPendingLeaseRequestsPerShape,
       maxTasksInFlightPerWorker: options.config.maxTasksInFlightPerWorker,
@@ -153,8 +161,7 @@ public final class CoreWorker: Sendable {
     // instead of seeing it fail with this node's death.
     objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool,
                                   onUnreachable: options.isDriver ? nil : Self.exitStoreGone)
-    let sockDir = options.sessionDir + "/sockets"
-    try? FileManager.default.createDirectory(atPath: sockDir, withIntermediateDirectories: true)
+    let sockDir = SessionPaths.socketDir(options.sessionDir)
     let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "d" : "w")-\(options.workerID.hex.prefix(16)).sock")
     if case .unix(let path) = endpoint, path.utf8.count > 103 {
       throw SwiftrayError(.invalidArgument, "The session directory \(options.sessionDir) is too long for Unix socket "
@@ -174,7 +181,7 @@ public final class CoreWorker: Sendable {
     if tcpServer != nil { addr.localEndpoint = endpoint.description }
     addr.pid = getpid()
     address = addr
-    state = Mutex(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
+    state = Locked(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
                         idGen: gen, selfAddress: addr, putTask: putTask))
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
@@ -679,10 +686,12 @@ public final class CoreWorker: Sendable {
 
   /// The next task pushed to this worker, or nil after `timeoutNanos`. Blocks.
   public func nextExecution(timeoutNanos: UInt64) -> Execution? {
+    LockDiscipline.mayBlock("waiting for the next task")
     guard executionReady.wait(timeout: .now() + .nanoseconds(Int(timeoutNanos))) == .success else { return nil }
     return state.withLock { s in
       guard let e = s.executions.popFirst() else { return nil }
       s.running = TaskID(binary: e.spec.taskID)
+      s.interruptTarget = nil
       if let job = JobID(binary: e.spec.jobID) { s.idGen.job = job }
       // An actor's methods run in its constructor's placement group.
       if e.spec.actorID.isEmpty || e.spec.hasActorCreation {
@@ -694,6 +703,17 @@ public final class CoreWorker: Sendable {
   }
 
   public var currentTaskID: TaskID? { state.withLock { $0.running } }
+
+  /// Called by the interrupt handler on the thread that runs tasks: true (once per
+  /// interrupt sent) when a cancel aimed at the task running now asked for it; false for
+  /// an interrupt that arrived after its task ended.
+  public func takeInterrupt() -> Bool {
+    state.withLock { s in
+      guard let t = s.interruptTarget, t == s.running else { return false }
+      s.interruptTarget = nil
+      return true
+    }
+  }
   /// The job of the task running here (a worker serves one job at a time), else ours.
   public var currentJobID: JobID { state.withLock { $0.idGen.job } }
 
@@ -710,6 +730,7 @@ public final class CoreWorker: Sendable {
         reply.returns[i].object.nestedRefs = Self.nestedReferences(&s, reply.returns[i].object.nestedRefs)
       }
     }
+    LockDiscipline.mayBlock("a task's reply waiting for its borrower registrations")
     _ = registering.wait(timeout: .now() + .seconds(10))
     e.responder.respond(.pushTaskReply(reply))
   }
@@ -735,7 +756,7 @@ public final class CoreWorker: Sendable {
     notifications.finish()
     nodeManager.shutdown()
     control.shutdown()
-    for c in otherNodes.withLock({ m in let v = Array(m.values); m.removeAll(); return v }) { c.shutdown() }
+    otherNodes.shutdown()
   }
 
   // MARK: - data-plane requests
@@ -743,7 +764,7 @@ public final class CoreWorker: Sendable {
   func handle(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
     switch frame.body {
     case .pushTask(let req):
-      state.withLock { $0.executions.append(Execution(spec: req.spec, responder: responder)) }
+      state.withLock { $0.executions.append(Execution(spec: req.spec, gpuIDs: req.gpuIds, responder: responder)) }
       executionReady.signal()
     case .getObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return }
@@ -804,8 +825,15 @@ public final class CoreWorker: Sendable {
   /// runs: a signal that lands just before the task enters a blocking call (between
   /// Python's checks and, say, `time.sleep`) is otherwise only seen when that call ends.
   /// (A task that catches the interrupt and goes on needs `force=True`, as in Ray.)
+  /// The interrupt is aimed: the target is recorded under the lock, and the handler
+  /// (on the thread that runs tasks) checks it with `takeInterrupt`, so an interrupt
+  /// that lands after `tid` ended never reaches the task that runs next.
   func interruptUntilStopped(_ tid: TaskID, tries: Int = 3) {
-    guard tries > 0, state.withLock({ $0.running == tid }) else { return }
+    guard tries > 0, state.withLock({ s in
+      guard s.running == tid else { return false }
+      s.interruptTarget = tid
+      return true
+    }) else { return }
     interruptRunningTask.withLock { $0 }?()
     DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { [weak self] in
       self?.interruptUntilStopped(tid, tries: tries - 1)
@@ -955,6 +983,7 @@ public final class CoreWorker: Sendable {
       case .returnLease(let leaseID, let disconnect):
         let node = state.withLock { s in
           _ = s.leaseWorkers.removeValue(forKey: leaseID)
+          _ = s.leaseGPUs.removeValue(forKey: leaseID)
           return s.leaseNodes.removeValue(forKey: leaseID)
         }
         guard let nm = node.map(nodeClient) ?? nodeManager else { continue }
@@ -1029,6 +1058,7 @@ public final class CoreWorker: Sendable {
         case .granted:
           guard let wid = WorkerID(binary: reply.worker.workerID) else { return [] }
           s.leaseWorkers[reply.leaseID] = reply.worker
+          if !reply.gpuIds.isEmpty { s.leaseGPUs[reply.leaseID] = reply.gpuIds }
           if let node { s.leaseNodes[reply.leaseID] = node }
           return s.submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
         case .infeasible:
@@ -1051,19 +1081,12 @@ public final class CoreWorker: Sendable {
   }
 
   /// A client of another node's NodeManager (spillback), made once.
-  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? {
-    guard let ep = Endpoint(endpoint) else { return nil }
-    return otherNodes.withLock { m -> ControlPlane.Connection? in
-      if let c = m[endpoint] { return c }
-      guard let c = try? ControlPlane.connect(ep, group: group) else { return nil }
-      m[endpoint] = c
-      return c
-    }
-  }
+  func nodeClient(_ endpoint: String) -> ControlPlane.Connection? { otherNodes.client(endpoint) }
 
   func push(_ tid: TaskID, _ lease: NormalTaskSubmitter.GrantedLease) {
-    guard let addr = state.withLock({ $0.leaseWorkers[lease.leaseID] }) else { return }
-    send(tid, to: addr) { [self] reply in
+    guard let (addr, gpus) = state.withLock({ s in s.leaseWorkers[lease.leaseID].map { ($0, s.leaseGPUs[lease.leaseID] ?? []) } })
+    else { return }
+    send(tid, to: addr, gpuIDs: gpus) { [self] reply in
       taskReplied(tid, lease: lease, reply: reply)
     } lost: { [self] in
       let now = Self.now()
@@ -1073,11 +1096,12 @@ public final class CoreWorker: Sendable {
 
   /// Pushes a task's spec to the worker at `addr` over the data plane; `replied` gets its
   /// reply, `lost` runs when the connection broke first. (Normal tasks and actor calls.)
-  func send(_ tid: TaskID, to addr: Swiftray_Address, replied: @escaping @Sendable (Swiftray_PushTaskReply) -> Void,
-            lost: @escaping @Sendable () -> Void) {
+  func send(_ tid: TaskID, to addr: Swiftray_Address, gpuIDs: [Int32] = [],
+            replied: @escaping @Sendable (Swiftray_PushTaskReply) -> Void, lost: @escaping @Sendable () -> Void) {
     guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = reach(addr) else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
+    req.gpuIds = gpuIDs
     pool.request(ep, .pushTask(req)) { result in
       switch result {
       case .success(let frame):
@@ -1262,7 +1286,7 @@ public final class CoreWorker: Sendable {
       return remote
     }
     if remote.isEmpty { return then() }
-    let left = Mutex(remote.count)
+    let left = Locked(remote.count)
     for (owner, id) in remote {
       sendBorrowerChange(.addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1 }),
                          to: owner) { if left.withLock({ $0 -= 1; return $0 == 0 }) { then() } }
@@ -1272,6 +1296,7 @@ public final class CoreWorker: Sendable {
   /// The blocking form, bounded: call off the event loops (the executor's reply path).
   public func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) {
     guard !refs.isEmpty else { return }
+    LockDiscipline.mayBlock("registering borrowers")
     let done = DispatchSemaphore(value: 0)
     registerReceiver(receiver, of: refs) { done.signal() }
     _ = done.wait(timeout: .now() + .seconds(10))

@@ -5,14 +5,15 @@ import Synchronization
 /// Threading: `arrived` from any thread; `wait` from the blocked caller's thread.
 final class ObjectWaiter: Sendable {
   let sem = DispatchSemaphore(value: 0)
-  let remaining: Mutex<Int>
-  init(needed: Int) { remaining = Mutex(needed) }
+  let remaining: Locked<Int>
+  init(needed: Int) { remaining = Locked(needed) }
   func arrived() {
     let done = remaining.withLock { r -> Bool in r -= 1; return r == 0 }
     if done { sem.signal() }
   }
   /// True when released before the timeout.
   func wait(nanos: UInt64) -> Bool {
-    sem.wait(timeout: .now() + .nanoseconds(Int(min(nanos, UInt64(Int.max))))) == .success
+    LockDiscipline.mayBlock("a get or wait")
+    return sem.wait(timeout: .now() + .nanoseconds(Int(min(nanos, UInt64(Int.max))))) == .success
   }
 }

@@ -35,7 +35,11 @@ public final class LocalCluster: Sendable {
     let f = DateFormatter()
     f.dateFormat = "yyyy-MM-dd_HH-mm-ss"
     let dir = "\(root)/session_\(f.string(from: Date()))_\(getpid())_\(String(UInt32.random(in: 0 ... .max), radix: 16))"
-    try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    do { try SessionPaths.makeSocketDir(dir) } catch {
+      SessionPaths.removeSession(dir)
+      throw error
+    }
     return dir
   }
 
@@ -64,9 +68,9 @@ public final class LocalCluster: Sendable {
   public static func newestLiveSession(root: String = NSTemporaryDirectory() + "swiftray") -> String? {
     let fm = FileManager.default
     let live = sessions(root: root).filter(\.alive).map { root + "/" + $0.name }
-      .filter { fm.fileExists(atPath: $0 + "/sockets/gcs.sock") && fm.fileExists(atPath: $0 + "/sockets/raylet.sock") }
+      .filter { fm.fileExists(atPath: SessionPaths.socket($0, "gcs.sock")) && fm.fileExists(atPath: SessionPaths.socket($0, "raylet.sock")) }
     func created(_ p: String) -> Date {
-      (try? fm.attributesOfItem(atPath: p + "/sockets/gcs.sock")[.modificationDate] as? Date) ?? .distantPast
+      (try? fm.attributesOfItem(atPath: SessionPaths.socket(p, "gcs.sock"))[.modificationDate] as? Date) ?? .distantPast
     }
     return live.max { (created($0), $0) < (created($1), $1) }
   }
@@ -104,7 +108,7 @@ public final class LocalCluster: Sendable {
   /// Session directories of processes that were killed before they could clean up.
   static func removeStaleSessions(root: String) {
     for (name, alive) in sessions(root: root) where !alive {
-      try? FileManager.default.removeItem(atPath: root + "/" + name)
+      SessionPaths.removeSession(root + "/" + name)
     }
   }
 
@@ -131,7 +135,7 @@ public final class LocalCluster: Sendable {
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
                        role: role, nodeIP: nodeIP, controlStorage: controlStorage, warn: warn)
     } catch {
-      try? FileManager.default.removeItem(atPath: session)
+      SessionPaths.removeSession(session)
       throw error
     }
   }
@@ -158,7 +162,7 @@ public final class LocalCluster: Sendable {
       let c = ControlService(group: group, config: config, storage: controlStorage ?? InMemoryControlStorage())
       try blockingAwait(timeout: .seconds(30)) { try await c.restore() }
       control = c
-      controlEP = Endpoint.unix(session + "/sockets/gcs.sock")
+      controlEP = Endpoint.unix(SessionPaths.socket(session, "gcs.sock"))
       servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group) })
       if let port {
         let tcp = Endpoint.tcp(host: nodeIP, port: port)
@@ -213,13 +217,13 @@ public final class LocalCluster: Sendable {
     {
       return ep
     }
-    return .unix(session + "/sockets/gcs.sock")
+    return .unix(SessionPaths.socket(session, "gcs.sock"))
   }
 
   /// The session directory of a live node of the cluster at `control` that runs on this
   /// machine (the earliest started), for a driver joining with "HOST:PORT".
   public static func localNodeSession(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> String? {
-    try allNodes(control: control, group: group).filter { $0.alive && FileManager.default.fileExists(atPath: $0.sessionDir + "/sockets/raylet.sock") }
+    try allNodes(control: control, group: group).filter { $0.alive && FileManager.default.fileExists(atPath: SessionPaths.socket($0.sessionDir, "raylet.sock")) }
       .min { $0.startTimeMs < $1.startTimeMs }?.sessionDir
   }
 
@@ -235,6 +239,6 @@ public final class LocalCluster: Sendable {
     control?.shutdown()
     for s in servers.reversed() { s.shutdown() }
     nodeManager.store.close()
-    try? FileManager.default.removeItem(atPath: sessionDir)
+    SessionPaths.removeSession(sessionDir)
   }
 }

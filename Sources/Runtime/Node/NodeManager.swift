@@ -9,7 +9,7 @@ import Synchronization
 /// A thin shell: `LeaseQueue` decides, this performs (spawn, kill, reply, forward logs).
 ///
 /// Threading: gRPC handlers and the process monitor thread call in concurrently; all
-/// state is behind one Mutex and actions run outside it.
+/// state is behind one lock and actions run outside it.
 public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtocol, Sendable {
   public struct Options: Sendable {
     public var nodeID: NodeID
@@ -67,15 +67,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public let options: Options
   /// This node's shared-memory object store.
   public let store: ObjectStore
-  public var endpoint: Endpoint { Endpoint.unix(options.sessionDir + "/sockets/raylet.sock") }
-  let state: Mutex<State>
+  public var endpoint: Endpoint { Endpoint.unix(SessionPaths.socket(options.sessionDir, "raylet.sock")) }
+  let state: Locked<State>
   let log = Logger(label: "swiftray.node")
-  let control = Mutex<ControlPlane.Connection?>(nil)
+  /// The head's ControlService (one client, made on first use).
+  let control = ControlClients(group: .singletonMultiThreadedEventLoopGroup)
   /// This node as registered with the ControlService, to register again after a head
   /// restart. Set by whoever registered it.
-  public let registration = Mutex<Swiftray_NodeInfo?>(nil)
+  public let registration = Locked<Swiftray_NodeInfo?>(nil)
   /// Called once when the ControlService stays unreachable (see `syncClusterView`).
-  public let controlLost = Mutex<(@Sendable (String) -> Void)?>(nil)
+  public let controlLost = Locked<(@Sendable (String) -> Void)?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
   nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
 
@@ -84,7 +85,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     self.store = store
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
-    state = Mutex(State(queue: LeaseQueue(total: options.resources, limits: limits,
+    state = Locked(State(queue: LeaseQueue(total: options.resources, limits: limits,
                                           firstLeaseID: UInt64.random(in: 1 ... (1 << 48)) << 12)))
     let (reports, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     controlReports = cont
@@ -148,7 +149,37 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
                           total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
                           alive: n.alive, startTimeMs: n.startTimeMs)
     }
-    state.withLock { $0.cluster = view }
+    let moved = state.withLock { s in
+      s.cluster = view
+      return Self.spillQueued(&s, me: options.nodeID)
+    }
+    for (c, r) in moved { c.resume(returning: r) }
+  }
+
+  /// Sends waiting requests this node cannot run now to nodes of the fresh view that
+  /// can (`QueueSpillback`): their owners get a spillback answer. Under the lock; returns
+  /// the continuations to resume after it.
+  static func spillQueued(_ s: inout State, me: NodeID)
+    -> [(CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>, Swiftray_RequestWorkerLeaseReply)] {
+    let queued = s.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
+    guard !queued.isEmpty, !s.shuttingDown else { return [] }
+    let myID = Data(me.binary)
+    var others = s.cluster.filter { $0.id != myID }
+    var rng = SystemRandomNumberGenerator()
+    let moves = QueueSpillback.moves(queued, free: s.queue.available, others: &others, using: &rng)
+    var out: [(CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>, Swiftray_RequestWorkerLeaseReply)] = []
+    for m in moves {
+      guard s.queue.leaseRequestMoved(m.requestID), let c = s.replies.removeValue(forKey: m.requestID) else { continue }
+      // Counted against that node until its next report, as a routed spillback is.
+      for o in others where o.address == m.address {
+        if let i = s.cluster.firstIndex(where: { $0.id == o.id }) { s.cluster[i].available = o.available }
+      }
+      var r = Swiftray_RequestWorkerLeaseReply()
+      r.status = .spillback
+      r.retryAtEndpoint = m.address
+      out.append((c, r))
+    }
+    return out
   }
 
   /// Passes on, once each, the nodes the ControlService now lists as dead.
@@ -198,6 +229,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.worker.endpoint = proc?.endpoint ?? ""
         r.worker.localEndpoint = proc?.localEndpoint ?? ""
         r.worker.pid = proc?.pid ?? 0
+        r.gpuIds = lease.gpuIDs.map { Int32(truncatingIfNeeded: $0) }
         if let cont { cont.resume(returning: r) } else {
           // The owner went away between asking and the grant: take it back.
           perform(state.withLock { $0.queue.leaseReturned(lease.id, disconnect: false) })
@@ -334,20 +366,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
   }
 
-  func controlClient() -> ControlPlane.Connection? {
-    control.withLock { c in
-      if c == nil { c = try? ControlPlane.connect(options.controlEndpoint, group: .singletonMultiThreadedEventLoopGroup) }
-      return c
-    }
-  }
+  func controlClient() -> ControlPlane.Connection? { control.client(options.controlEndpoint.description) }
 
   // MARK: gRPC service
 
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
-    let req = LeaseQueue.Request(id: request.leaseRequestID, shape: ResourceSet(proto: request.resources),
+    let shape = ResourceSet(proto: request.resources), placement = ResourceSet(proto: request.placementResources)
+    let key = SchedulingKey(shape: shape, proto: request.strategy)
+    // Routed here by this node's own choice: it may still move if another node frees up
+    // first (QueueSpillback). Affinity, bundles and spillbacks from elsewhere stay.
+    let movable = !request.grantOrReject && (key.strategy == .default || key.strategy == .spread)
+      && BundleResources.groups(in: shape.union(placement)).isEmpty
+    let req = LeaseQueue.Request(id: request.leaseRequestID, shape: shape,
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
-                                 placement: ResourceSet(proto: request.placementResources))
-    let key = SchedulingKey(shape: req.shape, proto: request.strategy)
+                                 placement: placement, movable: movable)
     let needs = req.shape.union(req.placement)
     let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
     // Unless a node already spilled it here, the request goes where its strategy says.
@@ -597,13 +629,15 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func subscribeNodeDeaths(request: Swiftray_SubscribeNodeDeathsRequest, response: RPCWriter<Swiftray_NodeDeath>,
                                   context: ServerContext) async throws {
     let (stream, cont) = AsyncStream<Swiftray_NodeDeath>.makeStream()
-    let key = state.withLock { s in
+    // Registered and the known deaths read in one critical section: each death reaches
+    // the caller once, from this list or from `publishDeaths`.
+    let (key, known) = state.withLock { s in
       let k = s.nextSubscriber
       s.nextSubscriber += 1
       s.deathSubscribers[k] = cont
-      for d in s.deadNodes.values { cont.yield(d) }
-      return k
+      return (k, Array(s.deadNodes.values))
     }
+    for d in known { cont.yield(d) }
     defer { _ = state.withLock { $0.deathSubscribers.removeValue(forKey: key) } }
     for await d in stream { try await response.write(d) }
   }
@@ -613,19 +647,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// Stops every worker: SIGTERM, then SIGKILL after `grace`. Blocks until they are gone
   /// (bounded by `grace` + 2 s).
   public func shutdown(grace: Duration = .milliseconds(500)) {
-    let (pids, subs) = state.withLock { s -> ([Int32], [AsyncStream<Swiftray_LogBatch>.Continuation]) in
+    typealias Taken = (pids: [Int32], replies: [CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>],
+                       logs: [AsyncStream<Swiftray_LogBatch>.Continuation], deaths: [AsyncStream<Swiftray_NodeDeath>.Continuation])
+    let taken: Taken = state.withLock { s in
       s.shuttingDown = true
-      let pending = s.replies.values
-      s.replies.removeAll()
-      var r = Swiftray_RequestWorkerLeaseReply()
-      r.status = .canceled
-      for c in pending { c.resume(returning: r) }
-      let subs = Array(s.logSubscribers.values)
-      s.logSubscribers.removeAll()
-      for c in s.deathSubscribers.values { c.finish() }
-      s.deathSubscribers.removeAll()
-      return (s.procs.values.map { $0.pid }, subs)
+      defer { s.replies.removeAll(); s.logSubscribers.removeAll(); s.deathSubscribers.removeAll() }
+      return (s.procs.values.map { $0.pid }, Array(s.replies.values), Array(s.logSubscribers.values),
+              Array(s.deathSubscribers.values))
     }
+    // Stopping: nothing will be granted any more; say so rather than hang the callers.
+    var canceled = Swiftray_RequestWorkerLeaseReply()
+    canceled.status = .canceled
+    for c in taken.replies { c.resume(returning: canceled) }
+    for c in taken.deaths { c.finish() }
+    let (pids, subs) = (taken.pids, taken.logs)
     for p in pids { monitor.signal(p, SIGTERM) }
     let clock = ContinuousClock()
     let deadline = clock.now + grace
@@ -636,7 +671,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     monitor.shutdown()
     for c in subs { c.finish() }
     controlReports.finish()
-    control.withLock { c in c?.shutdown(); c = nil }
+    control.shutdown()
   }
 }
 

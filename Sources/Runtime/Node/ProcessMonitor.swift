@@ -31,7 +31,7 @@ public final class ProcessMonitor: Sendable {
     var stopped = false
   }
 
-  let state = Mutex(State())
+  let state = Locked(State())
   let wakeRead: Int32, wakeWrite: Int32
   /// Write end of the lifeline pipe; every worker's stdin is its read end, so when
   /// this process dies, however it dies, workers read EOF and exit.

@@ -14,7 +14,7 @@ import Synchronization
 /// (`PullQueue` decides which chunks; copies pulled here are secondary, evictable).
 ///
 /// Threading: data-plane handlers (NIO event loops), the I/O queue and the NodeManager
-/// (process deaths) call in concurrently; all state is behind one Mutex and actions
+/// (process deaths) call in concurrently; all state is behind one lock and actions
 /// run outside it. Nothing here blocks an event loop.
 public final class ObjectStore: Sendable {
   public struct Options: Sendable {
@@ -69,9 +69,9 @@ public final class ObjectStore: Sendable {
   /// Where other nodes reach this store ("tcp:host:port"); empty when not networked.
   public let remoteAddress: String
   let base: RawPointer
-  let state: Mutex<State>
+  let state: Locked<State>
   let io = DispatchQueue(label: "swiftray.store.io")
-  let servers: Mutex<[DataPlaneServer]> = Mutex([])
+  let servers: Locked<[DataPlaneServer]> = Locked([])
   /// Connections to other nodes' stores, for pulls.
   let peers: DataPlaneClientPool
   let log = Logger(label: "swiftray.store")
@@ -108,7 +108,7 @@ public final class ObjectStore: Sendable {
     capacity = cap
     base = RawPointer(p: p)
     spillDir = (options.spillDirectory ?? options.sessionDir) + "/\(tag)_spill"
-    state = Mutex(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold)),
+    state = Locked(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold)),
                         pulls: PullQueue(config: options.pull)))
     endpoint = Self.endpoint(sessionDir: options.sessionDir)
     peers = DataPlaneClientPool(group: group)
@@ -130,7 +130,7 @@ public final class ObjectStore: Sendable {
   }
 
   /// Where the store of the node whose session directory is `sessionDir` listens.
-  public static func endpoint(sessionDir: String) -> Endpoint { .unix(sessionDir + "/sockets/store.sock") }
+  public static func endpoint(sessionDir: String) -> Endpoint { .unix(SessionPaths.socket(sessionDir, "store.sock")) }
 
   /// Arenas in /dev/shm of processes that died without cleaning up (pid is the 2nd field).
   static func removeStaleArenas() {

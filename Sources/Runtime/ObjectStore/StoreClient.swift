@@ -46,7 +46,8 @@ public final class StoreClient: Sendable {
 
   static func call(_ body: Swiftray_DataFrame.OneOf_Body, endpoint: Endpoint, pool: DataPlaneClientPool,
                    onUnreachable: (@Sendable (SwiftrayError) -> Void)? = nil) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
-    let box = Mutex<Result<Swiftray_DataFrame, SwiftrayError>?>(nil)
+    LockDiscipline.mayBlock("a call to the object store")
+    let box = Locked<Result<Swiftray_DataFrame, SwiftrayError>?>(nil)
     let sem = DispatchSemaphore(value: 0)
     pool.request(endpoint, body) { r in box.withLock { $0 = r }; sem.signal() }
     sem.wait()

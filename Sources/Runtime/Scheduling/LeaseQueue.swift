@@ -25,10 +25,14 @@ public struct LeaseQueue: Sendable {
     /// Must be free when the lease is granted, but is not held (an actor's default
     /// 1 CPU to be placed, 0 while it lives).
     public var placement: ResourceSet
-    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet()) {
-      self.id = id; self.shape = shape; self.owner = owner; self.placement = placement
+    /// It may go to another node while it waits here (a DEFAULT or SPREAD request this
+    /// node routed to itself; not one another node spilled here, nor one tied to this
+    /// node by affinity or a bundle).
+    public var movable: Bool
+    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet(), movable: Bool = false) {
+      self.id = id; self.shape = shape; self.owner = owner; self.placement = placement; self.movable = movable
     }
-    var needsFree: ResourceSet { shape.union(placement) }
+    public var needsFree: ResourceSet { shape.union(placement) }
   }
 
   public struct Lease: Sendable, Equatable {
@@ -36,6 +40,17 @@ public struct LeaseQueue: Sendable {
     public var worker: WorkerID
     public var shape: ResourceSet
     public var owner: WorkerID
+    /// The GPUs it holds (the node's, or its bundle's), if it asked for any.
+    public var gpus: [GPUInstances.Share] = []
+    /// The bundle those GPUs belong to, when it runs in a placement group.
+    public var gpuBundle: BundleRef?
+    /// The GPU ids its worker sees (`CUDA_VISIBLE_DEVICES`), ascending.
+    public var gpuIDs: [Int] { Array(Set(gpus.map(\.id))).sorted() }
+  }
+
+  public struct BundleRef: Sendable, Equatable {
+    public var group: String
+    public var index: Int
   }
 
   public enum WorkerState: Sendable, Equatable {
@@ -71,6 +86,9 @@ public struct LeaseQueue: Sendable {
   public struct Bundle: Sendable, Equatable {
     public var base: ResourceSet
     public var added: ResourceSet?
+    /// The node's GPUs it set aside, and what of them its tasks do not hold now.
+    public var gpuShares: [GPUInstances.Share] = []
+    public var gpuPool = GPUInstances(count: 0)
   }
 
   public private(set) var total: ResourceSet
@@ -79,6 +97,8 @@ public struct LeaseQueue: Sendable {
   public private(set) var bundles: [String: [Int: Bundle]] = [:]
   public private(set) var workers: [WorkerID: Worker] = [:]
   public private(set) var pending: Deque<Request> = []
+  /// The node's GPUs by id (those not set aside for bundles nor held by leases).
+  public private(set) var gpus: GPUInstances
   public private(set) var leases: [UInt64: Lease] = [:]
   private var idle: [WorkerID] = []
   /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`.
@@ -90,6 +110,7 @@ public struct LeaseQueue: Sendable {
   /// leases from its own (random) base.
   public init(total: ResourceSet, limits: Limits, firstLeaseID: UInt64 = 1) {
     self.total = total; self.available = total; self.limits = limits; self.nextLeaseID = firstLeaseID
+    self.gpus = GPUInstances(count: Int(max(0, total[ResourceSet.gpu]) / ResourceSet.unit))
   }
 
   public var idleWorkerCount: Int { idle.count }
@@ -140,6 +161,16 @@ public struct LeaseQueue: Sendable {
     }
     pending.append(request)
     return dispatch()
+  }
+
+  /// The waiting requests that may still move to another node, oldest first.
+  public var movableRequests: [Request] { pending.filter(\.movable) }
+
+  /// A waiting request went to another node (spillback from the queue): it leaves here.
+  public mutating func leaseRequestMoved(_ requestID: UInt64) -> Bool {
+    guard let i = pending.firstIndex(where: { $0.id == requestID }) else { return false }
+    pending.remove(at: i)
+    return true
   }
 
   public mutating func leaseRequestCanceled(_ requestID: UInt64) -> [Action] {
@@ -226,8 +257,19 @@ public struct LeaseQueue: Sendable {
     let fresh = wanted.filter { bundles[group]?[$0.key] == nil }
     let need = fresh.values.reduce(ResourceSet()) { $0 + $1 }
     guard available.contains(need) else { return false }
+    // Each bundle's GPUs are chosen now, so its tasks get ids of their own bundle.
+    var pool = gpus
+    var shares: [Int: [GPUInstances.Share]] = [:]
+    for (i, b) in fresh.sorted(by: { $0.key < $1.key }) {
+      guard let taken = pool.take(b[ResourceSet.gpu]) else { return false }
+      shares[i] = taken
+    }
+    gpus = pool
     available = available - need
-    for (i, b) in fresh { bundles[group, default: [:]][i] = Bundle(base: b) }
+    for (i, b) in fresh {
+      let mine = shares[i] ?? []
+      bundles[group, default: [:]][i] = Bundle(base: b, gpuShares: mine, gpuPool: GPUInstances(shares: mine))
+    }
     return true
   }
 
@@ -253,6 +295,7 @@ public struct LeaseQueue: Sendable {
         guard let b = bundles[group]?[i], b.added == nil else { continue }
         bundles[group]?[i] = nil
         available = available + b.base
+        gpus.give(b.gpuShares)
       }
       if bundles[group]?.isEmpty == true { bundles[group] = nil }
       return dispatch()
@@ -274,6 +317,7 @@ public struct LeaseQueue: Sendable {
     for b in mine.values {
       if let added = b.added { total = total - added; available = available - added }
       available = available + b.base
+      gpus.give(b.gpuShares)
     }
     return actions + dispatch()
   }
@@ -286,6 +330,57 @@ public struct LeaseQueue: Sendable {
 
   private mutating func release(_ lease: Lease, blocked: Bool) {
     available = available + (blocked ? lease.shape - Self.cpuPart(lease.shape) : lease.shape)
+    if let b = lease.gpuBundle {
+      // Back to the bundle they came from (gone with its group if that was removed).
+      bundles[b.group]?[b.index]?.gpuPool.give(lease.gpus)
+    } else {
+      gpus.give(lease.gpus)
+    }
+  }
+
+  /// How much GPU a shape asks for, and from where: the node's own GPUs, or a bundle
+  /// of a placement group (its renamed `GPU_group_[i_]<id>`; index -1: any bundle of
+  /// the group on this node).
+  static func gpuDemand(_ shape: ResourceSet) -> (amount: Int64, group: String?, index: Int) {
+    if shape[ResourceSet.gpu] > 0 { return (shape[ResourceSet.gpu], nil, -1) }
+    var amount: Int64 = 0, group: String?, index = -1
+    for (name, q) in shape.quantities where name.hasPrefix(ResourceSet.gpu + "_group_") {
+      guard let g = BundleResources.group(of: name) else { continue }
+      group = g
+      amount = max(amount, q)
+      if let i = BundleResources.bundleIndex(of: name) { index = i }
+    }
+    return (amount, group, index)
+  }
+
+  /// The bundles of `group` here a request may take GPUs from, in the order tried.
+  func candidateBundles(_ group: String, _ index: Int) -> [Int] {
+    guard let mine = bundles[group] else { return [] }
+    return index >= 0 ? (mine[index] != nil ? [index] : []) : mine.keys.sorted()
+  }
+
+  func canTakeGPUs(_ shape: ResourceSet) -> Bool {
+    let d = Self.gpuDemand(shape)
+    guard d.amount > 0 else { return true }
+    guard let group = d.group else { return gpus.canTake(d.amount) }
+    return candidateBundles(group, d.index).contains { bundles[group]?[$0]?.gpuPool.canTake(d.amount) == true }
+  }
+
+  /// Assigns the GPUs of a lease about to be granted (`canTakeGPUs` said they fit).
+  mutating func assignGPUs(_ lease: inout Lease) {
+    let d = Self.gpuDemand(lease.shape)
+    guard d.amount > 0 else { return }
+    guard let group = d.group else {
+      lease.gpus = gpus.take(d.amount) ?? []
+      return
+    }
+    for i in candidateBundles(group, d.index) {
+      if let taken = bundles[group]?[i]?.gpuPool.take(d.amount) {
+        lease.gpus = taken
+        lease.gpuBundle = .init(group: group, index: i)
+        return
+      }
+    }
   }
 
   static func infeasibleDetail(_ shape: ResourceSet, total: ResourceSet) -> String {
@@ -303,9 +398,10 @@ public struct LeaseQueue: Sendable {
     var i = 0
     while i < pending.count {
       let req = pending[i]
-      if available.contains(req.needsFree) {
+      if available.contains(req.needsFree), canTakeGPUs(req.shape) {
         if let wid = idle.popLast() {
-          let lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
+          var lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
+          assignGPUs(&lease)
           nextLeaseID += 1
           leases[lease.id] = lease
           workers[wid]?.state = .leased(lease.id)

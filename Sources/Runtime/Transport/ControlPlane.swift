@@ -16,7 +16,9 @@ public enum ControlPlane {
     public let endpoint: Endpoint
 
     /// Stops accepting, lets in-flight RPCs finish (bounded), removes the socket.
+    /// Blocks: call from a thread of your own, never from a Task or an event loop.
     public func shutdown() {
+      LockDiscipline.mayBlock("ControlPlane.Server.shutdown")
       server.beginGracefulShutdown()
       let t = task
       _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
@@ -56,15 +58,26 @@ public enum ControlPlane {
     init(client: Client, task: Task<Void, Never>, endpoint: Endpoint) {
       self.client = client; self.task = task; self.endpoint = endpoint
     }
-    /// Closes the connections once in-flight RPCs finish (bounded).
+    /// Closes the connections once in-flight RPCs finish (bounded). Blocks: call from
+    /// a thread of your own, never from a Task or an event loop (use `close()` there).
     public func shutdown() {
+      LockDiscipline.mayBlock("ControlPlane.Connection.shutdown")
       client.beginGracefulShutdown()
       let t = task
       _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
     }
+
+    /// Begins closing (in-flight RPCs finish) without waiting for it. Any thread or
+    /// task; no lock held.
+    public func close() {
+      LockDiscipline.mustNotHoldLock("ControlPlane.Connection.close")
+      client.beginGracefulShutdown()
+    }
   }
 
+  /// Starts a client (its connections run in a Task). No lock held: it starts a Task.
   public static func connect(_ endpoint: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Connection {
+    LockDiscipline.mustNotHoldLock("ControlPlane.connect")
     let target: any ResolvableTarget
     switch endpoint {
     case .unix(let p): target = .unixDomainSocket(path: p)
@@ -109,7 +122,8 @@ public enum ControlPlane {
 /// Runs async work from a synchronous caller thread (never a cooperative-pool thread)
 /// and waits for it. Threading: blocks the calling thread.
 public func blockingAwait<T: Sendable>(timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) throws -> T {
-  let box = Mutex<Result<T, any Error>?>(nil)
+  LockDiscipline.mayBlock("blockingAwait")
+  let box = Locked<Result<T, any Error>?>(nil)
   let sem = DispatchSemaphore(value: 0)
   let task = Task {
     let r: Result<T, any Error>

@@ -36,6 +36,7 @@ public struct DataPlaneResponder: Sendable {
   let channel: Channel
   let id: UInt64
   public func respond(_ body: Swiftray_DataFrame.OneOf_Body) {
+    LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
@@ -49,6 +50,7 @@ public struct DataPlaneResponder: Sendable {
   /// Replies with raw bytes after the frame (an object chunk): both frames are written
   /// in one event-loop task, so no other reply lands between them.
   public func respond(_ body: Swiftray_DataFrame.OneOf_Body, payload: ByteBuffer) {
+    LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
@@ -123,7 +125,7 @@ public final class DataPlaneConnection: Sendable {
     }
   }
   let channel: Channel
-  let state: Mutex<State>
+  let state: Locked<State>
   public let endpoint: Endpoint
 
   struct State {
@@ -160,11 +162,12 @@ public final class DataPlaneConnection: Sendable {
   }
 
   init(channel: Channel, endpoint: Endpoint) {
-    self.channel = channel; self.endpoint = endpoint; self.state = Mutex(State())
+    self.channel = channel; self.endpoint = endpoint; self.state = Locked(State())
   }
 
   /// Connects without blocking; the future completes on the event loop.
   public static func connect(group: EventLoopGroup, to endpoint: Endpoint) -> EventLoopFuture<DataPlaneConnection> {
+    LockDiscipline.mustNotHoldLock("DataPlaneConnection.connect")
     let handler = ClientHandler()
     let bootstrap = ClientBootstrap(group: group)
       .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -199,6 +202,7 @@ public final class DataPlaneConnection: Sendable {
   }
 
   func request(_ body: Swiftray_DataFrame.OneOf_Body, _ waiter: Waiter) {
+    LockDiscipline.mustNotHoldLock("DataPlaneConnection.request")
     var f = Swiftray_DataFrame()
     f.body = body
     enum Step { case failed(SwiftrayError), queued(schedule: Bool), unencodable }
@@ -238,6 +242,7 @@ public final class DataPlaneConnection: Sendable {
 
   /// Called once when the connection closes (immediately if it already has).
   public func onClose(_ cb: @escaping @Sendable (SwiftrayError) -> Void) {
+    LockDiscipline.mustNotHoldLock("DataPlaneConnection.onClose")
     let closed: SwiftrayError? = state.withLock { s in
       if s.closed == nil { s.onClose.append(cb) }
       return s.closed
@@ -245,9 +250,15 @@ public final class DataPlaneConnection: Sendable {
     if let e = closed { cb(e) }
   }
 
-  public func close() { channel.close(promise: nil) }
+  public func close() {
+    LockDiscipline.mustNotHoldLock("DataPlaneConnection.close")
+    channel.close(promise: nil)
+  }
 
+  /// On the event loop: a reply arrived; its waiter is called back (so no lock may be
+  /// held here: one would mean a channel operation ran this inline under it).
   func deliver(_ frame: Swiftray_DataFrame, payload: ByteBuffer?) {
+    LockDiscipline.mustNotHoldLock("a data-plane reply callback")
     switch state.withLock({ $0.pending.removeValue(forKey: frame.id) }) {
     case .frame(let cb)?: cb(.success(frame))
     case .withPayload(let cb)?: cb(.success((frame, payload)))
@@ -256,6 +267,7 @@ public final class DataPlaneConnection: Sendable {
   }
 
   func failAll(_ error: SwiftrayError) {
+    LockDiscipline.mustNotHoldLock("a data-plane failure callback")
     let (cbs, closers): ([Waiter], [@Sendable (SwiftrayError) -> Void]) = state.withLock { s in
       if s.closed != nil { return ([], []) }
       s.closed = error
@@ -272,57 +284,25 @@ public final class DataPlaneConnection: Sendable {
 
 /// One connection per endpoint, made on first use and reused. Requests to one endpoint
 /// leave in the order `request` was called, also while the connection is being made.
-/// Threading: any thread.
+/// Threading: any thread; callbacks run on event loops, never inline in `request`.
 public final class DataPlaneClientPool: Sendable {
+  typealias Queued = (Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Waiter)
   enum Entry {
-    case connecting(EventLoopFuture<DataPlaneConnection>, [(Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Waiter)])
+    /// The connect is in flight (`attempt` tells a stale completion apart); requests
+    /// wait here in call order.
+    case connecting(attempt: UInt64, queued: [Queued])
+    /// Connected, and the requests that waited are being handed to it (outside the
+    /// lock); requests made meanwhile still queue behind them, so order holds.
+    case draining(DataPlaneConnection, queued: [Queued])
     case connected(DataPlaneConnection)
   }
+  struct State {
+    var entries: [Endpoint: Entry] = [:]
+    var nextAttempt: UInt64 = 1
+  }
   let group: EventLoopGroup
-  let conns: Mutex<[Endpoint: Entry]> = Mutex([:])
+  let state = Locked(State())
   public init(group: EventLoopGroup) { self.group = group }
-
-  /// The connection to `endpoint`, made if needed.
-  public func connection(_ endpoint: Endpoint) -> EventLoopFuture<DataPlaneConnection> {
-    conns.withLock { m in
-      switch m[endpoint] {
-      case .connected(let c)?: return c.channel.eventLoop.makeSucceededFuture(c)
-      case .connecting(let f, _)?: return f
-      case nil: return connect(endpoint, &m)
-      }
-    }
-  }
-
-  private func connect(_ endpoint: Endpoint, _ m: inout [Endpoint: Entry]) -> EventLoopFuture<DataPlaneConnection> {
-    let f = DataPlaneConnection.connect(group: group, to: endpoint)
-    m[endpoint] = .connecting(f, [])
-    f.whenComplete { [self] r in
-      // Requests queued while connecting go out first, in order, before the entry
-      // becomes visible as connected (both under the lock).
-      let failed: [DataPlaneConnection.Waiter] = conns.withLock { m in
-        guard case .connecting(let g, let queued)? = m[endpoint], g === f else { return [] }
-        switch r {
-        case .success(let c):
-          m[endpoint] = .connected(c)
-          for (body, w) in queued { c.request(body, w) }
-          return []
-        case .failure:
-          m[endpoint] = nil
-          return queued.map(\.1)
-        }
-      }
-      switch r {
-      case .success(let c): c.onClose { _ in self.drop(endpoint, c) }
-      case .failure(let e):
-        for w in failed { w.fail(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)")) }
-      }
-    }
-    return f
-  }
-
-  private func drop(_ endpoint: Endpoint, _ c: DataPlaneConnection) {
-    conns.withLock { m in if case .connected(let x)? = m[endpoint], x === c { m[endpoint] = nil } }
-  }
 
   /// Sends a request, connecting first if needed; errors arrive through `callback`.
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
@@ -337,31 +317,119 @@ public final class DataPlaneClientPool: Sendable {
   }
 
   func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter) {
-    let direct: DataPlaneConnection? = conns.withLock { m in
-      switch m[endpoint] {
+    LockDiscipline.mustNotHoldLock("DataPlaneClientPool.request")
+    enum Step { case send(DataPlaneConnection), queued, connect(UInt64) }
+    let step: Step = state.withLock { s in
+      switch s.entries[endpoint] {
       case .connected(let c)?:
-        return c
-      case .connecting(let f, var queued)?:
+        return .send(c)
+      case .draining(let c, var queued)?:
         queued.append((body, waiter))
-        m[endpoint] = .connecting(f, queued)
-        return nil
+        s.entries[endpoint] = .draining(c, queued: queued)
+        return .queued
+      case .connecting(let attempt, var queued)?:
+        queued.append((body, waiter))
+        s.entries[endpoint] = .connecting(attempt: attempt, queued: queued)
+        return .queued
       case nil:
-        _ = connect(endpoint, &m)
-        guard case .connecting(let f, var queued)? = m[endpoint] else { return nil }
-        queued.append((body, waiter))
-        m[endpoint] = .connecting(f, queued)
-        return nil
+        let attempt = s.nextAttempt
+        s.nextAttempt += 1
+        s.entries[endpoint] = .connecting(attempt: attempt, queued: [(body, waiter)])
+        return .connect(attempt)
       }
     }
-    direct?.request(body, waiter)
+    switch step {
+    case .send(let c): c.request(body, waiter)
+    case .queued: break
+    case .connect(let attempt):
+      // Outside the lock: the completion may run inline (a connect that fails or
+      // succeeds at once on this event loop) and takes the lock.
+      DataPlaneConnection.connect(group: group, to: endpoint).whenComplete { [self] r in
+        connectFinished(endpoint, attempt: attempt, r)
+      }
+    }
   }
 
+  private func connectFinished(_ endpoint: Endpoint, attempt: UInt64, _ r: Result<DataPlaneConnection, Error>) {
+    enum Step { case drain(DataPlaneConnection, [Queued]), fail([Queued], Error), stale(DataPlaneConnection?) }
+    let step: Step = state.withLock { s in
+      guard case .connecting(let a, let queued)? = s.entries[endpoint], a == attempt else {
+        // closeAll ran meanwhile (and failed what was queued).
+        if case .success(let c) = r { return .stale(c) }
+        return .stale(nil)
+      }
+      switch r {
+      case .success(let c):
+        s.entries[endpoint] = .draining(c, queued: [])
+        return .drain(c, queued)
+      case .failure(let e):
+        s.entries[endpoint] = nil
+        return .fail(queued, e)
+      }
+    }
+    switch step {
+    case .drain(let c, let first):
+      c.onClose { [self] _ in drop(endpoint, c) }
+      drain(endpoint, c, first)
+    case .fail(let queued, let e):
+      for (_, w) in queued { w.fail(SwiftrayError(.system, "cannot connect to \(endpoint): \(e)")) }
+    case .stale(let c):
+      c?.close()
+    }
+  }
+
+  /// Hands the requests that waited for the connection to it, in order, batch after
+  /// batch, until none are left; then the entry is plainly connected.
+  private func drain(_ endpoint: Endpoint, _ c: DataPlaneConnection, _ first: [Queued]) {
+    var batch = first
+    while true {
+      for (body, w) in batch { c.request(body, w) }
+      let next: [Queued]? = state.withLock { s in
+        guard case .draining(let x, let queued)? = s.entries[endpoint], x === c else { return nil }
+        if queued.isEmpty {
+          s.entries[endpoint] = .connected(c)
+          return nil
+        }
+        s.entries[endpoint] = .draining(c, queued: [])
+        return queued
+      }
+      guard let next else { return }
+      batch = next
+    }
+  }
+
+  private func drop(_ endpoint: Endpoint, _ c: DataPlaneConnection) {
+    let orphans: [Queued] = state.withLock { s in
+      switch s.entries[endpoint] {
+      case .connected(let x)? where x === c:
+        s.entries[endpoint] = nil
+        return []
+      case .draining(let x, let queued)? where x === c:
+        s.entries[endpoint] = nil
+        return queued
+      default:
+        return []
+      }
+    }
+    // Requests still queued behind a connection that closed: fail them as it failed its own.
+    for (body, w) in orphans { c.request(body, w) }
+  }
+
+  /// Closes every connection; requests still waiting for one fail.
   public func closeAll() {
-    let all = conns.withLock { m in let v = Array(m.values); m.removeAll(); return v }
+    let all: [Entry] = state.withLock { s in
+      let v = Array(s.entries.values)
+      s.entries.removeAll()
+      return v
+    }
     for e in all {
       switch e {
       case .connected(let c): c.close()
-      case .connecting(let f, _): f.whenSuccess { $0.close() }
+      case .draining(let c, let queued):
+        c.close()
+        for (_, w) in queued { w.fail(SwiftrayError(.system, "the connection to \(c.endpoint) was closed")) }
+      case .connecting(_, let queued):
+        for (_, w) in queued { w.fail(SwiftrayError(.system, "the connection was closed before it was made")) }
       }
     }
   }

@@ -80,6 +80,10 @@ class PlacementGroup:
         return f"PlacementGroup(id={self.id.hex()})"
 
     def __reduce__(self):
+        # Its id leaves this process: the head must know the group by then (an unnamed
+        # group is registered in the background).
+        if _core.is_initialized():
+            _core.placement_group_registered(self.id.binary())
         return PlacementGroup, (self.id.binary(), self._bundle_cache)
 
 

@@ -1,0 +1,53 @@
+import Foundation
+
+/// Where a session keeps its Unix sockets. `<session>/sockets` is a directory when the
+/// socket paths under it fit the kernel's limit (`sockaddr_un`: 108 bytes with the NUL;
+/// we keep to 103), else a link to a short directory of its own under
+/// `/tmp/swiftray-<uid>/`, so any `--temp-dir` works however long (Ray refuses long
+/// ones, and its users hate it).
+///
+/// Threading: any thread (file system calls only).
+public enum SessionPaths {
+  /// The longest path a socket may have.
+  public static let maxSocketPath = 103
+  /// The longest socket name a session uses (a worker's: `w-<16 hex>.sock`).
+  static let longestSocketName = "w-0123456789abcdef.sock"
+  /// Where the short socket directories live.
+  static var shortRoot: String { "/tmp/swiftray-\(getuid())" }
+
+  /// The directory holding the session's sockets (the link's target when it is one).
+  public static func socketDir(_ session: String) -> String {
+    let dir = session + "/sockets"
+    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: dir) { return target }
+    return dir
+  }
+
+  /// The path of socket `name` (e.g. "raylet.sock") of the session.
+  public static func socket(_ session: String, _ name: String) -> String { socketDir(session) + "/" + name }
+
+  /// Makes `<session>/sockets` (the session directory must exist): a directory when its
+  /// paths fit, else a link to a fresh short directory, private to this user.
+  public static func makeSocketDir(_ session: String) throws {
+    let fm = FileManager.default
+    let dir = session + "/sockets"
+    if (dir + "/" + longestSocketName).utf8.count <= maxSocketPath {
+      try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+      return
+    }
+    try fm.createDirectory(atPath: shortRoot, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    let short = shortRoot + "/" + String(UInt64.random(in: 0 ... .max) & 0xffff_ffff_ffff, radix: 16)
+    try fm.createDirectory(atPath: short, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+    // The way back, for an address given as one of these sockets ("unix:.../gcs.sock").
+    try session.write(toFile: short + "/session", atomically: true, encoding: .utf8)
+    try fm.createSymbolicLink(atPath: dir, withDestinationPath: short)
+  }
+
+  /// Removes the session directory and, when its sockets lived elsewhere, that directory.
+  public static func removeSession(_ session: String) {
+    let fm = FileManager.default
+    if let target = try? fm.destinationOfSymbolicLink(atPath: session + "/sockets"), target.hasPrefix(shortRoot + "/") {
+      try? fm.removeItem(atPath: target)
+    }
+    try? fm.removeItem(atPath: session)
+  }
+}
