@@ -109,6 +109,54 @@ def test_a_named_namespace_reaches_tasks_too(tmp_path):
     assert "('pong', 'team-a')" in out.stdout
 
 
+# ---------------------------------------------------------------- actors known at once
+
+@swiftray.remote
+def _slow_value(x, seconds=1.0):
+    time.sleep(seconds)
+    return x
+
+
+@swiftray.remote
+class _Holds:
+    def __init__(self, x):
+        self.x = x
+
+    def get(self):
+        return self.x
+
+
+@swiftray.remote
+def _call_get(handle):
+    return swiftray.get(handle.get.remote())
+
+
+def test_an_actor_is_known_at_once_though_its_constructor_waits_for_a_task(ray2):
+    # Its handle reaches a task before the constructor's argument exists: the task's
+    # call waits for the actor (as in Ray) instead of failing.
+    a = _Holds.remote(_slow_value.remote(5))
+    assert swiftray.get(_call_get.remote(a), timeout=60) == 5
+    # A named one is found by name at once, and its name is taken at once.
+    n = _Holds.options(name="waiting").remote(_slow_value.remote(6))
+    assert swiftray.get(swiftray.get_actor("waiting").get.remote(), timeout=60) == 6
+    with pytest.raises(ValueError, match="already taken"):
+        _Holds.options(name="waiting").remote(1)
+    del n
+
+
+def test_an_actor_dropped_before_its_arguments_exist_is_never_created(ray2):
+    from conftest import wait_until
+    h = _Holds.options(name="dropped").remote(_slow_value.remote(7, 1.5))
+    assert swiftray.get_actor("dropped")
+    del h
+    # Its last handle went: the name is free again, and no actor is made later.
+    assert wait_until(lambda: "dropped" not in swiftray.util.list_named_actors(), timeout=30)
+    time.sleep(2.0)  # the argument has arrived by now
+    assert "dropped" not in swiftray.util.list_named_actors()
+    again = _Holds.options(name="dropped").remote(8)
+    assert swiftray.get(again.get.remote(), timeout=60) == 8
+
+
 # ---------------------------------------------------------------- ray.util
 
 def test_import_alone_makes_ray_util_reachable_as_in_ray(tmp_path):

@@ -12,6 +12,12 @@ extension CoreAPI {
     .init(name: "submit_actor_task", fn: submitActorTask,
           doc: "submit_actor_task(actor_id, method, name, args, num_returns, max_task_retries) -> [id]"),
     .init(name: "actor_handle_added", fn: actorHandleAdded, doc: "actor_handle_added(actor_id, max_pending_calls)"),
+    .init(name: "actor_registered", fn: { _, a, n in
+      let args = Args(a, n)
+      guard args.need(1, "actor_registered"), let s = session(), let actor = actorID(args[0]) else { return nil }
+      withoutGIL { s.core.awaitActorRegistered(actor) }
+      return Py.none
+    }, doc: "actor_registered(actor_id): waits until the head has this process's registration of the actor"),
     .init(name: "kill_actor", fn: killActor, doc: "kill_actor(actor_id, no_restart[, reason]) -> bool"),
     .init(name: "get_named_actor", fn: getNamedActor, doc: "get_named_actor(name, namespace) -> dict | None"),
     .init(name: "list_named_actors", fn: listNamedActors, doc: "list_named_actors(namespace, all_namespaces) -> [dict]"),

@@ -308,6 +308,10 @@ public nonisolated struct Swiftray_ActorRecord: Sendable {
 
   public var node: String = String()
 
+  /// Announced by its owner, whose constructor arguments are not resolved yet: not
+  /// placed until the owner sends the constructor (see CreateActorRequest).
+  public var awaitingArguments: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -533,6 +537,11 @@ public nonisolated struct Swiftray_CreateActorRequest: Sendable {
   public var hasSpec: Bool {self._spec != nil}
   /// Clears the value of `spec`. Subsequent reads from it will return its default value.
   public mutating func clearSpec() {self._spec = nil}
+
+  /// The owner announces the actor (its id, name, owner) at once, before its constructor's
+  /// arguments are resolved: others can find it and call it; it is placed when the owner
+  /// sends the same request again with the arguments resolved (this false).
+  public var awaitingArguments: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2055,7 +2064,7 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swiftray_ActorRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ActorRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}spec\0\u{3}lease_id\0\u{1}worker\0\u{1}node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}info\0\u{1}spec\0\u{3}lease_id\0\u{1}worker\0\u{1}node\0\u{3}awaiting_arguments\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2068,6 +2077,7 @@ nonisolated extension Swiftray_ActorRecord: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaseID) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._worker) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.awaitingArguments) }()
       default: break
       }
     }
@@ -2093,6 +2103,9 @@ nonisolated extension Swiftray_ActorRecord: SwiftProtobuf.Message, SwiftProtobuf
     if !self.node.isEmpty {
       try visitor.visitSingularStringField(value: self.node, fieldNumber: 5)
     }
+    if self.awaitingArguments != false {
+      try visitor.visitSingularBoolField(value: self.awaitingArguments, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2102,6 +2115,7 @@ nonisolated extension Swiftray_ActorRecord: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.leaseID != rhs.leaseID {return false}
     if lhs._worker != rhs._worker {return false}
     if lhs.node != rhs.node {return false}
+    if lhs.awaitingArguments != rhs.awaitingArguments {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2299,7 +2313,7 @@ nonisolated extension Swiftray_ActorInfo.DeathCause: SwiftProtobuf._ProtoNamePro
 
 nonisolated extension Swiftray_CreateActorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateActorRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}awaiting_arguments\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2308,6 +2322,7 @@ nonisolated extension Swiftray_CreateActorRequest: SwiftProtobuf.Message, SwiftP
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.awaitingArguments) }()
       default: break
       }
     }
@@ -2321,11 +2336,15 @@ nonisolated extension Swiftray_CreateActorRequest: SwiftProtobuf.Message, SwiftP
     try { if let v = self._spec {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if self.awaitingArguments != false {
+      try visitor.visitSingularBoolField(value: self.awaitingArguments, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_CreateActorRequest, rhs: Swiftray_CreateActorRequest) -> Bool {
     if lhs._spec != rhs._spec {return false}
+    if lhs.awaitingArguments != rhs.awaitingArguments {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

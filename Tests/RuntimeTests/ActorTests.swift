@@ -66,6 +66,39 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect((try? d.actorRegistered(creationSpec(actorID(3), owner: owner, name: "a")).get()) != nil)
   }
 
+  @Test func anAnnouncedActorIsFoundAndNamedButPlacedOnlyOnceItsConstructorArrives() {
+    var d = ActorDirectory()
+    let id = actorID(1)
+    let announced = try! d.actorRegistered(creationSpec(id, owner: owner, name: "a"), awaitingArguments: true).get()
+    #expect(announced == [.published(id)], "found at once, not placed")
+    #expect(d.info(id)?.state == .pending && d.named("a", namespace: "ns") != nil)
+    #expect(d.tick(now: .max).isEmpty, "no lease while its arguments are on their way")
+    // The name is taken from the announcement on.
+    guard case .failure = d.actorRegistered(creationSpec(actorID(2), owner: owner, name: "a")) else {
+      Issue.record("a name taken by an announced actor was accepted"); return
+    }
+    // The constructor, its arguments resolved: placed now; repeating either step changes nothing.
+    let placed = try! d.actorRegistered(creationSpec(id, owner: owner, name: "a")).get()
+    #expect(placed.count == 1 && { if case .requestLease(id, _) = placed[0] { return true } else { return false } }())
+    #expect(try! d.actorRegistered(creationSpec(id, owner: owner, name: "a"), awaitingArguments: true).get().isEmpty)
+    #expect(try! d.actorRegistered(creationSpec(id, owner: owner, name: "a")).get().isEmpty)
+  }
+
+  @Test func anAnnouncedActorWhoseHandlesGoNeverRunsAndFreesItsName() {
+    var d = ActorDirectory()
+    let id = actorID(1)
+    _ = try! d.actorRegistered(creationSpec(id, owner: owner, name: "a"), awaitingArguments: true).get()
+    #expect(d.outOfScope(id) == [.published(id)])
+    #expect(d.info(id)?.state == .dead && d.named("a", namespace: "ns") == nil)
+    #expect(try! d.actorRegistered(creationSpec(id, owner: owner, name: "a")).get().isEmpty, "its constructor, late, is dropped")
+    // A head restarted on its records keeps an announced actor waiting, not placed.
+    var e = ActorDirectory()
+    _ = try! e.actorRegistered(creationSpec(actorID(2), owner: owner), awaitingArguments: true).get()
+    var restored = ActorDirectory()
+    #expect(restored.restore([e.record(actorID(2))!], now: 0).isEmpty)
+    #expect(try! restored.actorRegistered(creationSpec(actorID(2), owner: owner)).get().count == 1)
+  }
+
   @Test func aDeadWorkerRestartsTheActorWhileRestartsRemainThenItDies() {
     var d = ActorDirectory()
     let lease = alive(&d, actorID(1), maxRestarts: 1)

@@ -153,6 +153,10 @@ class ActorHandle:
         return out if num_returns else None
 
     def __reduce__(self):
+        # The handle leaves this process: the head must know the actor by then (one
+        # created here is registered in the background).
+        if self._ref is not None and _core.is_initialized():
+            _core.actor_registered(self._actor_id)
         return (_rebuild_handle, (self._actor_id, self._meta, self._ref))
 
     def __eq__(self, other):

@@ -32,6 +32,9 @@ public struct ActorDirectory: Sendable {
     var retryAt: UInt64?
     /// `kill(no_restart=False)` asked for a restart; the reason names it.
     var restartReason: String?
+    /// Announced by its owner before its constructor's arguments were resolved: found by
+    /// id and name, called (calls wait), not placed until the owner sends the constructor.
+    var awaitingArguments = false
   }
 
   public enum Action: Sendable, Equatable {
@@ -67,6 +70,7 @@ public struct ActorDirectory: Sendable {
     var r = Swiftray_ActorRecord()
     r.info = e.info
     r.spec = e.spec
+    r.awaitingArguments = e.awaitingArguments
     if let l = e.lease { r.leaseID = l.leaseID; r.worker = l.worker; r.node = l.node }
     return r
   }
@@ -78,9 +82,9 @@ public struct ActorDirectory: Sendable {
     var actions: [Action] = []
     for r in records {
       guard let id = ActorID(binary: r.info.actorID), actors[id] == nil else { continue }
-      var e = Entry(info: r.info, spec: r.spec)
+      var e = Entry(info: r.info, spec: r.spec, awaitingArguments: r.awaitingArguments)
       if !r.node.isEmpty { e.lease = Lease(leaseID: r.leaseID, worker: r.worker, node: r.node) }
-      if r.info.state == .pending || r.info.state == .restarting {
+      if (r.info.state == .pending || r.info.state == .restarting) && !r.awaitingArguments {
         e.lease = nil
         actions.append(.requestLease(id, r.spec))
         e.requesting = true
@@ -106,9 +110,21 @@ public struct ActorDirectory: Sendable {
 
   // MARK: events
 
-  /// An owner registers an actor whose constructor arguments are resolved.
-  public mutating func actorRegistered(_ spec: Swiftray_TaskSpec) -> Result<[Action], RegisterError> {
-    guard let id = TaskID(binary: spec.actorID), actors[id] == nil else { return .success([]) }
+  /// An owner registers an actor: announced (`awaitingArguments`: its constructor's
+  /// arguments are not resolved yet; it is found and called, not placed), or with its
+  /// constructor ready to run (placed now; the second step of an announced one).
+  /// Idempotent: the same registration again changes nothing.
+  public mutating func actorRegistered(_ spec: Swiftray_TaskSpec, awaitingArguments: Bool = false) -> Result<[Action], RegisterError> {
+    guard let id = TaskID(binary: spec.actorID) else { return .success([]) }
+    if var e = actors[id] {
+      // The constructor of an announced actor: place it now.
+      guard e.awaitingArguments, !awaitingArguments, e.info.state == .pending else { return .success([]) }
+      e.awaitingArguments = false
+      e.spec = spec
+      e.requesting = true
+      actors[id] = e
+      return .success([.requestLease(id, spec)])
+    }
     let c = spec.actorCreation
     if !c.name.isEmpty, let other = names[c.namespace]?[c.name], let o = actors[other], o.info.state != .dead {
       return .failure(.nameTaken(o.info))
@@ -126,9 +142,9 @@ public struct ActorDirectory: Sendable {
     info.owner = spec.owner
     info.jobID = spec.jobID
     info.className = c.className
-    actors[id] = Entry(info: info, spec: spec, requesting: true)
+    actors[id] = Entry(info: info, spec: spec, requesting: !awaitingArguments, awaitingArguments: awaitingArguments)
     if !c.name.isEmpty { names[c.namespace, default: [:]][c.name] = id }
-    return .success([.published(id), .requestLease(id, spec)])
+    return .success(awaitingArguments ? [.published(id)] : [.published(id), .requestLease(id, spec)])
   }
 
   public mutating func leaseGranted(_ id: ActorID, _ lease: Lease) -> [Action] {

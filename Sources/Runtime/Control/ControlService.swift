@@ -256,7 +256,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func createActor(request: Swiftray_CreateActorRequest, context: ServerContext) async throws -> Swiftray_CreateActorReply {
     var r = Swiftray_CreateActorReply()
     let actions: [ActorDirectory.Action] = state.withLock { s in
-      switch s.actors.actorRegistered(request.spec) {
+      switch s.actors.actorRegistered(request.spec, awaitingArguments: request.awaitingArguments) {
       case .success(let actions): return actions
       case .failure(.nameTaken(let other)):
         r.error = "The name '\(other.name)' (namespace '\(other.namespace)') is already taken by actor "

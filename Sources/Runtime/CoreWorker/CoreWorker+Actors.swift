@@ -66,18 +66,56 @@ extension CoreWorker {
     c.className = o.className
     spec.actorCreation = c
     let named = !o.name.isEmpty
-    let (tid, _) = try submit(spec, args: args, kind: .actorCreation(sync: named))
+    let (tid, _) = try submit(spec, args: args, kind: .actorCreation(sync: true))
     let readyNow = state.withLock { s in
       s.syncCreations.remove(tid)
       return s.syncReady.remove(tid) != nil
     }
-    // A named actor ready now is registered before returning, so a taken name raises here.
-    if readyNow, let e = registerActor(tid, sync: true) {
+    // The head knows the actor from now on (as Ray): with its constructor when its
+    // arguments are ready, else announced, its constructor following once they are.
+    // A named one is registered before returning, so a taken name raises here.
+    let refused = readyNow ? registerActor(tid, sync: named) : announceActor(tid, sync: named)
+    if let e = refused {
+      abandonCreation(tid)
       removeLocalRef(tid.actorHandleObject)
       throw e
     }
     withActorSubmitter { s in s.actorSubmitter.handleAdded(tid, maxPendingCalls: o.maxPendingCalls) }
     return tid
+  }
+
+  /// Tells the head of an actor whose constructor waits for its arguments (its spec as
+  /// submitted), so that it can be found by name and called from elsewhere at once.
+  /// `sync`: waits for the answer (GIL released by the caller) and returns a refusal.
+  func announceActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
+    guard let spec = state.withLock({ s -> Swiftray_TaskSpec? in
+      guard let spec = s.tasks.spec(tid) else { return nil }
+      // The handle object, owned here: freed, the actor goes (its arguments are still
+      // held by the pending constructor, not here).
+      if s.ownedActors[tid.actorHandleObject] == nil {
+        s.ownedActors[tid.actorHandleObject] = (tid, spec.actorCreation.detached, [])
+      }
+      return spec
+    }) else { return nil }
+    return sendCreateActor(tid, spec, awaitingArguments: true, sync: sync)
+  }
+
+  /// A creation refused by the head (a taken name): its constructor never runs.
+  func abandonCreation(_ tid: TaskID) {
+    let acts: [TaskManager.Action] = state.withLock { s in
+      _ = s.ownedActors.removeValue(forKey: tid.actorHandleObject)
+      guard s.resolver.taskRemoved(tid) else { return [] }
+      return s.tasks.taskReplied(tid, outcome: .cancelled)
+    }
+    applyTaskActions(acts, reply: nil)
+  }
+
+  /// Blocks (bounded) until the head has this process's registration of `actor`: before
+  /// a handle leaves this process (pickled), so no other process meets an actor the head
+  /// does not know. At once when none is in flight. Call with the GIL released.
+  public func awaitActorRegistered(_ actor: ActorID) {
+    guard let done = state.withLock({ $0.actorRegistrations[actor] }) else { return }
+    _ = try? blockingAwait(timeout: .seconds(30) + controlPatience) { await done.wait() }
   }
 
   /// Calls `method` on an actor. Returns the call's return ids (one local ref each).
@@ -167,23 +205,40 @@ extension CoreWorker {
   /// Sends the resolved constructor to the ControlService. `sync`: waits for the answer
   /// (GIL released by the caller) and returns the refusal, if any.
   func registerActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
-    guard let spec = state.withLock({ s -> Swiftray_TaskSpec? in
-      guard let spec = s.tasks.spec(tid) else { return nil }
-      // The handle object, owned here: when it is freed the actor goes with it.
+    enum Step { case none, register(Swiftray_TaskSpec), drop([TaskManager.Action]) }
+    let step: Step = state.withLock { s in
+      guard let spec = s.tasks.spec(tid) else { return .none }
       let handle = tid.actorHandleObject
+      // Every handle went while the arguments were on their way: it is not created.
+      guard s.refs.isInScope(handle) else { return .drop(s.tasks.taskReplied(tid, outcome: .cancelled)) }
+      // The handle object, owned here: when it is freed the actor goes with it.
       s.ownedActors[handle] = (tid, spec.actorCreation.detached, s.tasks.argRefs(tid))
       // The constructor's arguments stay held (for restarts) until the handle goes.
       _ = s.tasks.taskReplied(tid, outcome: .success)
       s.tasks.release(tid)
-      return spec
-    }) else { return nil }
+      return .register(spec)
+    }
+    switch step {
+    case .none: return nil
+    case .drop(let acts):
+      applyTaskActions(acts, reply: nil)
+      return nil
+    case .register(let spec):
+      return sendCreateActor(tid, spec, awaitingArguments: false, sync: sync)
+    }
+  }
+
+  /// One CreateActor to the head (announce or constructor); in the background unless
+  /// `sync`, tracked so that handles leaving this process wait for it.
+  func sendCreateActor(_ tid: TaskID, _ spec: Swiftray_TaskSpec, awaitingArguments: Bool, sync: Bool) -> SwiftrayError? {
     let c = control
     let patience = controlPatience
     let register: @Sendable () async -> SwiftrayError? = { [self] in
       let strategy = SchedulingKey(shape: ResourceSet(), proto: spec.strategy).strategy
-      if case .placementGroup(let g, _, _) = strategy { await placementGroupRegistered(g) }
+      if case .placementGroup(let g, _, _) = strategy, !awaitingArguments { await placementGroupRegistered(g) }
       var req = Swiftray_CreateActorRequest()
       req.spec = spec
+      req.awaitingArguments = awaitingArguments
       do {
         // Idempotent: the directory ignores an actor id it has.
         let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
@@ -199,7 +254,18 @@ extension CoreWorker {
       if let e { creationFailed(tid, e) }
       return e
     }
-    Task { [self] in if let e = await register() { creationFailed(tid, e) } }
+    // In the background, after an announcement still on its way.
+    let done = AsyncLatch()
+    let before = state.withLock { s in
+      defer { s.actorRegistrations[tid] = done }
+      return s.actorRegistrations[tid]
+    }
+    Task { [self] in
+      await before?.wait()
+      if let e = await register() { creationFailed(tid, e) }
+      state.withLock { s in if s.actorRegistrations[tid] === done { s.actorRegistrations[tid] = nil } }
+      done.open()
+    }
     return nil
   }
 
@@ -248,9 +314,12 @@ extension CoreWorker {
           }
           if state.withLock({ $0.shutdown }) { return }
           if !r.found {
-            // Not registered yet (its constructor's arguments may be pending): wait, bounded.
+            // Not registered yet (its creator's announcement may be on its way): wait, bounded.
             unknownFor += 1
-            if unknownFor < 30 { continue }
+            if unknownFor < 30 {
+              try? await Task.sleep(for: .milliseconds(50))
+              continue
+            }
             steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail:
               "the cluster has no record of it (its creator may have died before creating it)", unknown: true) }
           } else {

@@ -57,6 +57,8 @@ public final class CoreWorker: Sendable {
     /// Named creations registered by their creator's thread (a taken name raises there).
     var syncCreations: Set<TaskID> = []
     var syncReady: Set<TaskID> = []
+    /// Actors created here whose registration with the head is in flight (background).
+    var actorRegistrations: [ActorID: AsyncLatch] = [:]
     var store: [ObjectID: Swiftray_RayObject] = [:]
     var owners: [ObjectID: Swiftray_Address] = [:]
     /// Refs contained in values held here (owned objects, cached borrowed values).
@@ -1219,6 +1221,7 @@ public final class CoreWorker: Sendable {
     var sends: [(Swiftray_Address, Swiftray_DataFrame.OneOf_Body, Bool)] = []
     let me = Data(options.workerID.binary)
     var outOfScope: [ActorID] = []
+    var abandoned: [TaskManager.Action] = []
     let stored: [(ObjectID, Swiftray_RayObject)] = state.withLock { s in
       var stored: [(ObjectID, Swiftray_RayObject)] = []
       var work = actions
@@ -1228,6 +1231,8 @@ public final class CoreWorker: Sendable {
           if let a = s.ownedActors.removeValue(forKey: id) {
             if !a.detached { outOfScope.append(a.actor) }
             work += s.refs.submittedTaskRefsRemoved(a.args)
+            // Announced, its constructor still waiting for arguments: it never runs.
+            if s.resolver.taskRemoved(a.actor) { abandoned += s.tasks.taskReplied(a.actor, outcome: .cancelled) }
           }
           if let o = s.store.removeValue(forKey: id), o.storeSize > 0 { stored.append((id, o)) }
           if let nested = s.nestedOf.removeValue(forKey: id) { work += s.refs.containedRefsRemoved(nested) }
@@ -1249,6 +1254,7 @@ public final class CoreWorker: Sendable {
       return stored
     }
     deleteStored(stored)
+    applyTaskActions(abandoned, reply: nil)
     outOfScope.forEach(actorOutOfScope)
     for (owner, body, acked) in sends {
       if acked { registering.enter() }

@@ -314,6 +314,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   func workerExited(_ status: ProcessMonitor.ExitStatus) {
     store.processDied(status.pid)
     var report: Swiftray_WorkerExitInfo?
+    var failedStart: String?
     let actions: [LeaseQueue.Action] = state.withLock { s in
       guard let id = s.byPid.removeValue(forKey: status.pid), let proc = s.procs.removeValue(forKey: id) else { return [] }
       var info = Swiftray_WorkerExitInfo()
@@ -331,7 +332,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         s.consecutiveStartFailures += 1
         detail += " before it registered"
         if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
-        if !s.shuttingDown { log.error("worker/start-failed", metadata: ["detail": "\(detail)"]) }
+        if !s.shuttingDown { failedStart = detail }
       }
       info.detail = detail
       report = s.shuttingDown ? nil : info
@@ -347,6 +348,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       }
       return s.queue.workerExited(id)
     }
+    if let failedStart { log.error("worker/start-failed", metadata: ["detail": "\(failedStart)"]) }
     perform(actions)
     // The ControlService restarts or buries the actor it hosted and the actors it owned.
     if let report { reportToControl(.with { $0.exit = report }) }
