@@ -8,6 +8,9 @@ import pytest
 # Every breach of the lock rule (Sources/Runtime/Concurrency/Locked.swift) traps with its
 # reason, in this process and in every process it starts (workers, node daemons).
 os.environ.setdefault("SWIFTRAY_LOCK_CHECKS", "1")
+# One cluster token for every process the tests start (daemons, drivers, workers), so no
+# test reads or writes ~/.swiftray; tests of the token's sources set their own.
+os.environ.setdefault("SWIFTRAY_AUTH_TOKEN", "test-" + os.urandom(16).hex())
 
 import swiftray  # noqa: E402
 

@@ -27,6 +27,11 @@ int sr_spawn(const char *path, char *const argv[], char *const envp[],
   posix_spawn_file_actions_adddup2(&fa, stdin_fd, 0);
   posix_spawn_file_actions_adddup2(&fa, stdout_fd, 1);
   posix_spawn_file_actions_adddup2(&fa, stderr_fd, 2);
+  // Nothing else crosses into the worker: not the node's listening sockets (user code
+  // could accept() on the head's port), not its connections, not other workers' pipes.
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+#endif
   sigset_t none, all;
   sigemptyset(&none);
   sigfillset(&all);

@@ -17,7 +17,8 @@ enum CoreAPI {
     .init(name: "local_node_session", fn: { _, a, n in
       guard let text = Py.toString(Args(a, n)[0]), let ep = Endpoint(text) else { return nil }
       return blocking("asking the cluster at \(text) for its nodes", {
-        try LocalCluster.localNodeSession(control: ep, group: .singletonMultiThreadedEventLoopGroup)
+        let auth = try ClusterAuth.required(for: "join the cluster at \(text)")
+        return try LocalCluster.localNodeSession(control: ep, group: .singletonMultiThreadedEventLoopGroup, auth: auth)
       }, then: { $0.map { Py.str($0) } ?? Py.none })
     }, doc: "local_node_session(control_endpoint) -> str | None: a node of that cluster on this machine."),
     .init(name: "connect_worker", fn: connectWorker, doc: "Connect this worker process to its NodeManager (from the environment)."),
@@ -135,16 +136,21 @@ enum CoreAPI {
     return blocking("starting the local cluster", {
       let config = try Config.resolve(overrides: systemConfig.mapValues { Int($0) })
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      // A cluster of its own: the token the environment names, else one of its own (kept
+      // in the session, for other drivers of this user on this machine; never the
+      // machine's ~/.swiftray token, which belongs to its daemons).
+      let auth = try ClusterAuth.fromEnvironment()
+        ?? ClusterAuth(token: ClusterAuth.generate(), source: "this local cluster's session")
       let cluster = try LocalCluster.start(
         resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
         workerEnvironment: env, prestartWorkers: prestart, objectStoreMemory: storeMemory,
-        spillDirectory: spillDir, group: group)
+        spillDirectory: spillDir, group: group, auth: auth)
       let core: CoreWorker
       do {
         core = try CoreWorker(
           options: .init(isDriver: true, workerID: .random(), nodeID: cluster.nodeID,
                          nodeManager: cluster.nodeManagerEndpoint, control: cluster.controlEndpoint,
-                         sessionDir: cluster.sessionDir, config: config),
+                         sessionDir: cluster.sessionDir, config: config, auth: auth),
           group: group, jobID: nil)
       } catch {
         cluster.shutdown()  // a half-started cluster must not leave workers behind
@@ -170,12 +176,13 @@ enum CoreAPI {
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       let nm = Endpoint.unix(SessionPaths.socket(session, "raylet.sock"))
       let control = LocalCluster.controlEndpoint(session: session)
-      let node = try LocalCluster.nodeInfo(nodeManager: nm, group: group)
+      let auth = try ClusterAuth.required(for: "join the cluster of session \(session)", session: session)
+      let node = try LocalCluster.nodeInfo(nodeManager: nm, group: group, auth: auth)
       guard let nodeID = NodeID(binary: node.nodeID) else { throw SwiftrayError(.system, "the node at \(nm) sent no node id") }
       let core = try CoreWorker(
         options: .init(isDriver: true, workerID: .random(), nodeID: nodeID, nodeManager: nm, control: control,
                        sessionDir: session, config: config,
-                       nodeIP: node.ipAddress.isEmpty ? nil : node.ipAddress),
+                       nodeIP: node.ipAddress.isEmpty ? nil : node.ipAddress, auth: auth),
         group: group, jobID: nil)
       if logToDriver { core.forwardWorkerLogs() }
       return Session(core: core, cluster: nil)
@@ -193,9 +200,11 @@ enum CoreAPI {
     return blocking("connecting the worker to its node", {
       let config = try Config.resolve()
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
+      // Its NodeManager put the cluster's token in its environment.
+      let auth = try ClusterAuth.required(for: "connect this worker to its node", environment: env)
       let core = try CoreWorker(
         options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"]),
+                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"], auth: auth),
         group: group, jobID: nil)
       return Session(core: core, cluster: nil)
     }, then: activate)

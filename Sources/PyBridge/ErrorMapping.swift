@@ -23,6 +23,7 @@ enum ErrorMapping {
     case .pendingCallsLimitExceeded: return "PendingCallsLimitExceeded"
     case .taskPlacementGroupRemoved: return "TaskPlacementGroupRemoved"
     case .actorPlacementGroupRemoved: return "ActorPlacementGroupRemoved"
+    case .authentication: return "AuthenticationError"
     case .invalidArgument, .notInitialized, .system: return "RaySystemError"
     }
   }

@@ -65,8 +65,32 @@ struct Start: ParsableCommand {
 
   var root: String { (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray") }
 
+  /// The token this node uses: the one found (`ClusterAuth.resolve`); a head makes one
+  /// in ~/.swiftray/auth_token when there is none; a joining node must have the head's.
+  func clusterAuth(announce: Bool) throws -> ClusterAuth {
+    if let auth = try ClusterAuth.resolve() {
+      if !auth.isEnabled && announce {
+        CoreWorker.writeStderr("(swiftray) WARNING: authentication is disabled (SWIFTRAY_AUTH_MODE=disabled): anyone "
+          + "who can reach this node's ports can run code as \(NSUserName()).\n")
+      }
+      return auth
+    }
+    guard head else {
+      throw ValidationError("No cluster token was found to join the cluster at \(address ?? ""). "
+        + ClusterAuth.whereToLook())
+    }
+    let path = ClusterAuth.defaultPath()
+    if try ClusterAuth.writeTokenFile(ClusterAuth.generate(), to: path), announce {
+      print("Generated this cluster's token in \(path) (copy it to the other machines: `swiftray get-auth-token`).")
+    }
+    guard let auth = try ClusterAuth.resolve() else { throw ValidationError("cannot read the cluster token at \(path)") }
+    return auth
+  }
+
   func run() throws {
     if block { return try serve() }
+    // Found (or made) before the daemon starts, so a missing token fails here, clearly.
+    _ = try clusterAuth(announce: true)
     // The daemon is this same command with --block, in its own session, writing where
     // it lives to a file we wait for.
     let ready = NSTemporaryDirectory() + "swiftray-start-\(getpid())-\(UInt32.random(in: 0 ... .max)).ready"
@@ -128,6 +152,7 @@ struct Start: ParsableCommand {
     if let g = numGPUs, g > 0 { units["GPU"] = g }
     units["memory"] = Double(ProcessInfo.processInfo.physicalMemory)
     let config = try Config.resolve()
+    let auth = try clusterAuth(announce: false)
     let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
     // A head with SWIFTRAY_REDIS_ADDRESS keeps the ControlService's tables in that Redis
     // (and finds them there after a restart); without it they live in memory, as Ray's.
@@ -142,7 +167,7 @@ struct Start: ParsableCommand {
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
       root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
-      nodeIP: nodeIPAddress, controlStorage: storage)
+      nodeIP: nodeIPAddress, controlStorage: storage, auth: auth)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     // From here on the daemon's own output goes to its session.
@@ -236,15 +261,18 @@ struct Status: ParsableCommand {
 
   func run() throws {
     let control: Endpoint
+    var session: String?
     if let a = address, let ep = Start.endpoint(a), !FileManager.default.fileExists(atPath: a) {
       control = ep
-    } else if let session = address ?? LocalCluster.newestLiveSession() {
-      control = LocalCluster.controlEndpoint(session: session)
+    } else if let s = address ?? LocalCluster.newestLiveSession() {
+      session = s
+      control = LocalCluster.controlEndpoint(session: s)
     } else {
       print("No running swiftray cluster found on this machine; give --address=HOST:PORT.")
       throw ExitCode(1)
     }
-    let state = try LocalCluster.clusterState(control: control, group: .singletonMultiThreadedEventLoopGroup, groups: true)
+    let auth = try ClusterAuth.required(for: "ask the cluster at \(control) for its status", session: session)
+    let state = try LocalCluster.clusterState(control: control, group: .singletonMultiThreadedEventLoopGroup, groups: true, auth: auth)
     print(StatusReport.format(state.nodes, groups: state.groups))
   }
 }

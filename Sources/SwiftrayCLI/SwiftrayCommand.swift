@@ -12,7 +12,7 @@ struct SwiftrayCommand: ParsableCommand {
     commandName: "swiftray",
     abstract: "Ray's programming model for Python, with a Swift core.",
     version: SwiftrayVersion.string,
-    subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self]
+    subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self, GetAuthToken.self]
   )
 }
 
@@ -85,11 +85,12 @@ struct Memory: ParsableCommand {
       print("No running swiftray cluster found on this machine (looked in \(NSTemporaryDirectory())swiftray).")
       throw ExitCode(1)
     }
-    let pool = DataPlaneClientPool(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
-    defer { pool.closeAll() }
     var failed = false
     for dir in sessions {
       do {
+        let auth = try ClusterAuth.required(for: "read the object store of session \(dir)", session: dir)
+        let pool = DataPlaneClientPool(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup, auth: auth)
+        defer { pool.closeAll() }
         print(MemoryReport.format(try MemoryReport.stats(sessionDir: dir, pool: pool), node: "the node of session \(dir)"))
       } catch {
         failed = true
@@ -97,5 +98,36 @@ struct Memory: ParsableCommand {
       }
     }
     if failed { throw ExitCode(1) }
+  }
+}
+
+/// `swiftray get-auth-token [--generate]`: prints this machine's cluster token (Ray's
+/// `ray get-auth-token`), to copy to the other machines of the cluster.
+struct GetAuthToken: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "get-auth-token",
+    abstract: "Print the cluster token this machine uses (to copy to the cluster's other machines).")
+  @Flag(help: "Make a new token in ~/.swiftray/auth_token when there is none.")
+  var generate = false
+
+  func run() throws {
+    if ClusterAuth.disabledByEnvironment() {
+      throw ValidationError("authentication is disabled here (SWIFTRAY_AUTH_MODE=disabled): there is no token")
+    }
+    if let auth = try ClusterAuth.resolve(), let text = auth.tokenText {
+      print(text)
+      return
+    }
+    guard generate else {
+      throw ValidationError("no cluster token found. " + ClusterAuth.whereToLook()
+        + " Or make one with `swiftray get-auth-token --generate`.")
+    }
+    let token = ClusterAuth.generate()
+    let path = ClusterAuth.defaultPath()
+    if try !ClusterAuth.writeTokenFile(token, to: path), let again = try ClusterAuth.resolve(), let text = again.tokenText {
+      print(text)  // made meanwhile by another command
+      return
+    }
+    print(token)
   }
 }

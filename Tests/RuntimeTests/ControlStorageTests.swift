@@ -22,10 +22,11 @@ import Testing
   @Test func theControlServiceWritesNodesJobsAndTheKVThroughItsStorage() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let storage = InMemoryControlStorage()
-    let control = ControlService(group: group, storage: storage)
+    let auth = try ClusterAuth(token: ClusterAuth.generate(), source: "test")
+    let control = ControlService(group: group, storage: storage, auth: auth)
     let path = NSTemporaryDirectory() + "gcs-\(UInt32.random(in: 0 ... .max)).sock"
-    let server = try await ControlPlane.serve([control], at: .unix(path), group: group)
-    let conn = try ControlPlane.connect(.unix(path), group: group)
+    let server = try await ControlPlane.serve([control], at: .unix(path), group: group, auth: auth)
+    let conn = try ControlPlane.connect(.unix(path), group: group, auth: auth)
     let client = Swiftray_ControlService.Client(wrapping: conn.client)
 
     var node = Swiftray_NodeInfo()

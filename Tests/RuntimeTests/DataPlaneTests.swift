@@ -11,14 +11,14 @@ import Testing
   @Test func manyRequestsInFlightAreMatchedToTheirRepliesOverAUnixSocket() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
-    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { frame, responder in
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path), auth: .disabled) { frame, responder in
       guard case .getObject(let req)? = frame.body else { return }
       var reply = Swiftray_GetObjectReply()
       reply.object.data = req.objectID
       let delay = req.objectID.last! % 2 == 0 ? 2 : 0
       group.next().scheduleTask(in: .milliseconds(Int64(delay))) { responder.respond(.getObjectReply(reply)) }
     }
-    let pool = DataPlaneClientPool(group: group)
+    let pool = DataPlaneClientPool(group: group, auth: .disabled)
     let n = 500
     let results = try await withThrowingTaskGroup(of: Bool.self) { g in
       for i in 0..<n {
@@ -53,8 +53,8 @@ import Testing
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
     let received = DispatchSemaphore(value: 0)
-    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { _, _ in received.signal() /* never answers */ }
-    let pool = DataPlaneClientPool(group: group)
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path), auth: .disabled) { _, _ in received.signal() /* never answers */ }
+    let pool = DataPlaneClientPool(group: group, auth: .disabled)
     let result: Result<Swiftray_DataFrame, SwiftrayError> = await withCheckedContinuation { c in
       pool.request(.unix(path), .getObject(Swiftray_GetObjectRequest())) { c.resume(returning: $0) }
       DispatchQueue.global().async {
@@ -75,11 +75,11 @@ import Testing
   @Test func requestsMadeOnAnEventLoopToEndpointsThatAnswerAtOnceAreCalledBack() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
-    let server = try DataPlaneServer(group: group, endpoint: .unix(path)) { frame, responder in
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path), auth: .disabled) { frame, responder in
       responder.respond(.ack(.init()))
     }
     let missing = Endpoint.unix(NSTemporaryDirectory() + "dp-missing-\(UInt32.random(in: 0 ... .max)).sock")
-    let pool = DataPlaneClientPool(group: group)
+    let pool = DataPlaneClientPool(group: group, auth: .disabled)
     let n = 200
     let outcomes: [Bool] = await withTaskGroup(of: Bool.self) { g in
       for i in 0..<n {

@@ -59,14 +59,16 @@ private let mib = 1 << 20
 
 /// Two real stores on loopback TCP, as on two nodes: a reader of one pulls an object
 /// that only the other holds.
+private let testAuth = try! ClusterAuth(token: ClusterAuth.generate(), source: "test")
+
 @Suite(.serialized) struct TransferTests {
   static func stores(_ group: MultiThreadedEventLoopGroup, pull: PullQueue.Config) throws -> [(ObjectStore, StoreClient, String)] {
     try (0..<2).map { i in
       let dir = NSTemporaryDirectory() + "xfer-\(i)-\(UInt32.random(in: 0 ... .max))"
       try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
       let store = try ObjectStore(options: .init(capacity: 64 * mib, sessionDir: dir, remoteHost: "127.0.0.1", pull: pull),
-                                  group: group, warn: { _ in })
-      return (store, try StoreClient(endpoint: store.endpoint, pool: DataPlaneClientPool(group: group)), dir)
+                                  group: group, auth: testAuth, warn: { _ in })
+      return (store, try StoreClient(endpoint: store.endpoint, pool: DataPlaneClientPool(group: group, auth: testAuth)), dir)
     }
   }
 

@@ -151,6 +151,8 @@ def _resolve_address(address):
             raise ValueError(f"address must be 'auto', HOST:PORT or a session directory, got {address!r}")
         try:
             session = _core.local_node_session(f"tcp:{host}:{port}")
+        except exceptions.AuthenticationError:
+            raise  # reached, and refused: it says which token and where to find the right one
         except Exception as e:
             raise ConnectionError(f"Cannot reach the swiftray cluster at {address}: {e}. Is its head running "
                                   "(`swiftray start --head --port ...`) and the port open?") from None

@@ -9,7 +9,8 @@ int sr_pidfd_open(pid_t pid);
 
 // Spawns `path` with argv/envp (NULL-terminated). stdin <- stdin_fd, stdout/stderr <-
 // the given fds; the child gets its own process group (terminal Ctrl-C goes to the
-// driver only) and a default signal mask. Returns 0 and sets *pid, or an errno.
+// driver only) and a default signal mask; every other fd is closed in the child
+// (closefrom 3). Returns 0 and sets *pid, or an errno.
 int sr_spawn(const char *path, char *const argv[], char *const envp[],
              int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
 

@@ -45,8 +45,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// Wakes the placement loop (one pass at a time; kicks while it runs coalesce).
   let placementKicks: AsyncStream<Void>.Continuation
 
+  /// Its calls to NodeManagers and workers carry `auth`'s token.
   public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config(),
-              storage: any ControlStorage = InMemoryControlStorage()) {
+              storage: any ControlStorage = InMemoryControlStorage(), auth: ClusterAuth) {
     self.group = group
     self.config = config
     self.storage = storage
@@ -54,8 +55,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     self.writer = StorageWriter(storage) { table, error in
       log.error("storage/write-failed", metadata: ["table": "\(table)", "error": "\(error)"])
     }
-    self.pool = DataPlaneClientPool(group: group)
-    self.nodeClients = ControlClients(group: group)
+    self.pool = DataPlaneClientPool(group: group, auth: auth)
+    self.nodeClients = ControlClients(group: group, auth: auth)
     self.state = Locked(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
     let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     self.placementKicks = cont

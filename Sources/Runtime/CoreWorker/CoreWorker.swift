@@ -27,10 +27,13 @@ public final class CoreWorker: Sendable {
     public var config: Config
     /// The node's IP on a networked node: this process also listens there over TCP.
     public var nodeIP: String?
+    /// The cluster's token: every connection this process makes or accepts shows it.
+    public var auth: ClusterAuth
     public init(isDriver: Bool, workerID: WorkerID, nodeID: NodeID, nodeManager: Endpoint, control: Endpoint,
-                sessionDir: String, config: Config, nodeIP: String? = nil) {
+                sessionDir: String, config: Config, nodeIP: String? = nil, auth: ClusterAuth) {
       self.isDriver = isDriver; self.workerID = workerID; self.nodeID = nodeID; self.nodeManager = nodeManager
       self.control = control; self.sessionDir = sessionDir; self.config = config; self.nodeIP = nodeIP
+      self.auth = auth
     }
   }
 
@@ -132,24 +135,27 @@ public final class CoreWorker: Sendable {
     self.options = options
     self.group = group
     self.warn = warn
-    otherNodes = ControlClients(group: group)
+    otherNodes = ControlClients(group: group, auth: options.auth)
     let settings = NormalTaskSubmitter.Settings(
       maxPendingLeaseRequests: options.config.maxPendingLeaseRequestsPerShape,
       maxTasksInFlightPerWorker: options.config.maxTasksInFlightPerWorker,
       idleLingerNanos: UInt64(options.config.leaseIdleLingerMs) * 1_000_000,
       infeasibleRetryNanos: UInt64(options.config.infeasibleRetryMs) * 1_000_000)
-    nodeManager = try ControlPlane.connect(options.nodeManager, group: group)
-    control = try ControlPlane.connect(options.control, group: group)
+    nodeManager = try ControlPlane.connect(options.nodeManager, group: group, auth: options.auth)
+    control = try ControlPlane.connect(options.control, group: group, auth: options.auth)
     let job: JobID
     if let jobID {
       job = jobID
     } else if options.isDriver {
       let control = control
-      let reply = try blockingAwait(timeout: .seconds(30)) {
-        var req = Swiftray_RegisterJobRequest()
-        req.driverPid = getpid()
-        return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
-      }
+      let reply: Swiftray_RegisterJobReply
+      do {
+        reply = try blockingAwait(timeout: .seconds(30)) {
+          var req = Swiftray_RegisterJobRequest()
+          req.driverPid = getpid()
+          return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
+        }
+      } catch { throw ControlPlane.error(error, calling: "RegisterJob", at: options.control) }
       job = JobID(binary: reply.jobID) ?? JobID(0)
     } else {
       job = JobID(0)
@@ -157,7 +163,7 @@ public final class CoreWorker: Sendable {
     self.jobID = job
     var gen = TaskIDGenerator(job: job)
     let putTask = gen.next()
-    pool = DataPlaneClientPool(group: group)
+    pool = DataPlaneClientPool(group: group, auth: options.auth)
     // A worker whose node's store is gone dies at once, whatever it was doing (reading
     // arguments, storing returns, a put): its owner then retries the task elsewhere
     // instead of seeing it fail with this node's death.
@@ -172,10 +178,12 @@ public final class CoreWorker: Sendable {
     // `server` needs `self` in its handler; a box breaks the init-order knot.
     let box = WeakBox()
     let handler: DataPlaneServer.Handler = { frame, responder in box.core?.handle(frame, responder) }
-    server = try DataPlaneServer(group: group, endpoint: endpoint, handler: handler)
+    server = try DataPlaneServer(group: group, endpoint: endpoint, auth: options.auth, handler: handler)
     // On a networked node other nodes reach this process over TCP; its own node keeps
     // using the Unix socket.
-    tcpServer = try options.nodeIP.map { ip in try DataPlaneServer(group: group, endpoint: .tcp(host: ip, port: 0), handler: handler) }
+    tcpServer = try options.nodeIP.map { ip in
+      try DataPlaneServer(group: group, endpoint: .tcp(host: ip, port: 0), auth: options.auth, handler: handler)
+    }
     var addr = Swiftray_Address()
     addr.workerID = Data(options.workerID.binary)
     addr.nodeID = Data(options.nodeID.binary)
@@ -195,6 +203,7 @@ public final class CoreWorker: Sendable {
     let isDriver = options.isDriver
     let endpointText = addr.endpoint
     let localText = addr.localEndpoint
+    do {
     _ = try blockingAwait(timeout: .seconds(30)) {
       var req = Swiftray_RegisterWorkerRequest()
       req.workerID = Data(workerID.binary)
@@ -204,6 +213,7 @@ public final class CoreWorker: Sendable {
       req.isDriver = isDriver
       return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
     }
+    } catch { throw ControlPlane.error(error, calling: "RegisterWorker", at: options.nodeManager) }
     if options.nodeIP != nil { watchNodeDeaths() }
   }
 
@@ -1030,7 +1040,11 @@ public final class CoreWorker: Sendable {
 
   /// Asks a NodeManager for a lease: this node's, or (`node`) the one a spillback named,
   /// which must then grant or reject.
-  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil, preferred: Data? = nil) {
+  /// A node may send a queued request on again when another frees up first
+  /// (`QueueSpillback`): it is followed up to `maxLeaseHops` nodes, then asked again here.
+  static let maxLeaseHops = 3
+
+  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil, preferred: Data? = nil, hops: Int = 0) {
     guard let nm = node.map(nodeClient) ?? nodeManager else {
       let now = Self.now()
       return perform(state.withLock { $0.submitter.leaseRequestFailed(requestID: requestID, now: now) })
@@ -1050,8 +1064,8 @@ public final class CoreWorker: Sendable {
       let reply: Swiftray_RequestWorkerLeaseReply?
       do { reply = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req) }
       catch { reply = nil }
-      if let reply, reply.status == .spillback, node == nil {
-        return requestLease(requestID, key, node: reply.retryAtEndpoint)
+      if let reply, reply.status == .spillback, hops < Self.maxLeaseHops {
+        return requestLease(requestID, key, node: reply.retryAtEndpoint, hops: hops + 1)
       }
       let now = Self.now()
       let actions: [NormalTaskSubmitter.Action] = state.withLock { s in

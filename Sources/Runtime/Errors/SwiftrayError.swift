@@ -22,6 +22,8 @@ public struct SwiftrayError: Error, Sendable, Equatable, CustomStringConvertible
     case actorPlacementGroupRemoved = "ACTOR_PLACEMENT_GROUP_REMOVED"
     case invalidArgument = "INVALID_ARGUMENT"
     case notInitialized = "NOT_INITIALIZED"
+    /// A peer refused this process's cluster token, or none was found.
+    case authentication = "AUTHENTICATION"
     case system = "SYSTEM"
   }
   public var code: Code

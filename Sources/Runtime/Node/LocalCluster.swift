@@ -77,13 +77,13 @@ public final class LocalCluster: Sendable {
 
   /// Every node the ControlService at `control` knows, and (`groups`) its placement
   /// groups, asked over one connection made for it (CLI and join paths, not per task).
-  public static func allNodes(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> [Swiftray_NodeInfo] {
-    try clusterState(control: control, group: group, groups: false).nodes
+  public static func allNodes(control: Endpoint, group: MultiThreadedEventLoopGroup, auth: ClusterAuth) throws -> [Swiftray_NodeInfo] {
+    try clusterState(control: control, group: group, groups: false, auth: auth).nodes
   }
 
-  public static func clusterState(control: Endpoint, group: MultiThreadedEventLoopGroup, groups: Bool)
+  public static func clusterState(control: Endpoint, group: MultiThreadedEventLoopGroup, groups: Bool, auth: ClusterAuth)
     throws -> (nodes: [Swiftray_NodeInfo], groups: [Swiftray_PlacementGroupInfo]) {
-    let c = try ControlPlane.connect(control, group: group)
+    let c = try ControlPlane.connect(control, group: group, auth: auth)
     defer { c.shutdown() }
     return try blockingAwait(timeout: .seconds(10)) {
       let client = Swiftray_ControlService.Client(wrapping: c.client)
@@ -96,8 +96,8 @@ public final class LocalCluster: Sendable {
   }
 
   /// The NodeManager's own description (node id, resources), asked over its socket.
-  public static func nodeInfo(nodeManager: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Swiftray_NodeInfo {
-    let c = try ControlPlane.connect(nodeManager, group: group)
+  public static func nodeInfo(nodeManager: Endpoint, group: MultiThreadedEventLoopGroup, auth: ClusterAuth) throws -> Swiftray_NodeInfo {
+    let c = try ControlPlane.connect(nodeManager, group: group, auth: auth)
     defer { c.shutdown() }
     return try blockingAwait(timeout: .seconds(10)) {
       do { return try await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(Swiftray_GetNodeStatsRequest()).node }
@@ -126,14 +126,17 @@ public final class LocalCluster: Sendable {
                            objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
                            group: MultiThreadedEventLoopGroup, root: String = NSTemporaryDirectory() + "swiftray",
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
-                           controlStorage: (any ControlStorage)? = nil,
+                           controlStorage: (any ControlStorage)? = nil, auth: ClusterAuth,
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
     do {
+      // Drivers of this user on this machine join through the session: its token is there
+      // (0600), beside its sockets.
+      if let token = auth.tokenText { try ClusterAuth.writeTokenFile(token, to: ClusterAuth.sessionTokenPath(session)) }
       return try start(session: session, resources: resources, config: config, workerExecutable: workerExecutable,
                        workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
-                       role: role, nodeIP: nodeIP, controlStorage: controlStorage, warn: warn)
+                       role: role, nodeIP: nodeIP, controlStorage: controlStorage, auth: auth, warn: warn)
     } catch {
       SessionPaths.removeSession(session)
       throw error
@@ -143,7 +146,7 @@ public final class LocalCluster: Sendable {
   static func start(session: String, resources: ResourceSet, config: Config, workerExecutable: String,
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
-                    controlStorage: (any ControlStorage)?, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+                    controlStorage: (any ControlStorage)?, auth: ClusterAuth, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let networked: Bool
     switch role {
     case .head(let port): networked = port != nil
@@ -152,21 +155,21 @@ public final class LocalCluster: Sendable {
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
                      spillDirectory: spillDirectory, remoteHost: networked ? nodeIP : nil),
-      group: group, warn: warn)
+      group: group, auth: auth, warn: warn)
     let nodeID = NodeID.random()
     var servers: [ControlPlane.Server] = []
     var control: ControlService?
     let controlEP: Endpoint
     switch role {
     case .head(let port):
-      let c = ControlService(group: group, config: config, storage: controlStorage ?? InMemoryControlStorage())
+      let c = ControlService(group: group, config: config, storage: controlStorage ?? InMemoryControlStorage(), auth: auth)
       try blockingAwait(timeout: .seconds(30)) { try await c.restore() }
       control = c
       controlEP = Endpoint.unix(SessionPaths.socket(session, "gcs.sock"))
-      servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group) })
+      servers.append(try blockingAwait { try await ControlPlane.serve([c], at: controlEP, group: group, auth: auth) })
       if let port {
         let tcp = Endpoint.tcp(host: nodeIP, port: port)
-        do { servers.append(try blockingAwait { try await ControlPlane.serve([c], at: tcp, group: group) }) }
+        do { servers.append(try blockingAwait { try await ControlPlane.serve([c], at: tcp, group: group, auth: auth) }) }
         catch { throw SwiftrayError(.invalidArgument, "cannot listen on \(nodeIP):\(port) for the ControlService: \(error). Is the port taken? Use --port 0 for a free one.") }
       }
     case .worker(let c):
@@ -175,21 +178,21 @@ public final class LocalCluster: Sendable {
     var nmOptions = NodeManager.Options(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
       workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,
-      prestartWorkers: prestartWorkers)
+      prestartWorkers: prestartWorkers, auth: auth)
     if networked { nmOptions.nodeIP = nodeIP }
     let nm = NodeManager(options: nmOptions, store: store)
     let nmEP = nm.endpoint
-    servers.append(try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group) })
+    servers.append(try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group, auth: auth) })
     var node = nm.nodeInfo
     node.ipAddress = nodeIP
     if networked {
-      let tcp = try blockingAwait { try await ControlPlane.serve([nm], at: .tcp(host: nodeIP, port: 0), group: group) }
+      let tcp = try blockingAwait { try await ControlPlane.serve([nm], at: .tcp(host: nodeIP, port: 0), group: group, auth: auth) }
       servers.append(tcp)
       node.nodeManagerAddress = tcp.endpoint.description
     }
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
     let registration = node
-    let c = try ControlPlane.connect(controlEP, group: group)
+    let c = try ControlPlane.connect(controlEP, group: group, auth: auth)
     defer { c.shutdown() }
     do {
       _ = try blockingAwait(timeout: .seconds(30)) {
@@ -200,6 +203,8 @@ public final class LocalCluster: Sendable {
     } catch {
       nm.shutdown()
       for s in servers { s.shutdown() }
+      let e = ControlPlane.error(error, calling: "RegisterNode", at: controlEP)
+      if e.code == .authentication { throw e }
       throw SwiftrayError(.system, "cannot register this node with the ControlService at \(controlEP): \(error)")
     }
     nm.registration.withLock { $0 = registration }
@@ -222,8 +227,8 @@ public final class LocalCluster: Sendable {
 
   /// The session directory of a live node of the cluster at `control` that runs on this
   /// machine (the earliest started), for a driver joining with "HOST:PORT".
-  public static func localNodeSession(control: Endpoint, group: MultiThreadedEventLoopGroup) throws -> String? {
-    try allNodes(control: control, group: group).filter { $0.alive && FileManager.default.fileExists(atPath: SessionPaths.socket($0.sessionDir, "raylet.sock")) }
+  public static func localNodeSession(control: Endpoint, group: MultiThreadedEventLoopGroup, auth: ClusterAuth) throws -> String? {
+    try allNodes(control: control, group: group, auth: auth).filter { $0.alive && FileManager.default.fileExists(atPath: SessionPaths.socket($0.sessionDir, "raylet.sock")) }
       .min { $0.startTimeMs < $1.startTimeMs }?.sessionDir
   }
 

@@ -23,8 +23,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     public var prestartWorkers: Int
     /// Set on a networked node: workers also listen on TCP at this IP.
     public var nodeIP: String? = nil
+    /// The cluster's token: its calls carry it, and its workers get it (in their
+    /// environment, never on a command line).
+    public var auth: ClusterAuth
     public init(nodeID: NodeID, resources: ResourceSet, sessionDir: String, workerExecutable: String,
-                workerEnvironment: [String: String], controlEndpoint: Endpoint, config: Config, prestartWorkers: Int) {
+                workerEnvironment: [String: String], controlEndpoint: Endpoint, config: Config, prestartWorkers: Int,
+                auth: ClusterAuth) {
+      self.auth = auth
       self.nodeID = nodeID; self.resources = resources; self.sessionDir = sessionDir
       self.workerExecutable = workerExecutable; self.workerEnvironment = workerEnvironment
       self.controlEndpoint = controlEndpoint; self.config = config; self.prestartWorkers = prestartWorkers
@@ -71,7 +76,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   let state: Locked<State>
   let log = Logger(label: "swiftray.node")
   /// The head's ControlService (one client, made on first use).
-  let control = ControlClients(group: .singletonMultiThreadedEventLoopGroup)
+  let control: ControlClients
   /// This node as registered with the ControlService, to register again after a head
   /// restart. Set by whoever registered it.
   public let registration = Locked<Swiftray_NodeInfo?>(nil)
@@ -83,6 +88,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public init(options: Options, store: ObjectStore) {
     self.options = options
     self.store = store
+    control = ControlClients(group: .singletonMultiThreadedEventLoopGroup, auth: options.auth)
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
     state = Locked(State(queue: LeaseQueue(total: options.resources, limits: limits,
@@ -275,6 +281,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     env["SWIFTRAY_NODE_MANAGER"] = endpoint.description
     env["SWIFTRAY_CONTROL"] = options.controlEndpoint.description
     env["SWIFTRAY_SESSION_DIR"] = options.sessionDir
+    // The worker proves itself with the cluster's token; whatever the driver's
+    // environment said about tokens does not apply to it.
+    for k in ["SWIFTRAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE"] { env[k] = nil }
+    if let token = options.auth.tokenText {
+      env["SWIFTRAY_AUTH_TOKEN"] = token
+      env["SWIFTRAY_AUTH_MODE"] = nil
+    } else {
+      env["SWIFTRAY_AUTH_TOKEN"] = nil
+      env["SWIFTRAY_AUTH_MODE"] = "disabled"
+    }
     if let ip = options.nodeIP { env["SWIFTRAY_NODE_IP"] = ip }
     env["PYTHONUNBUFFERED"] = "1"
     // Swift's crash handler would catch SIGSEGV raised by user code and print a Swift
@@ -375,9 +391,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let shape = ResourceSet(proto: request.resources), placement = ResourceSet(proto: request.placementResources)
     let key = SchedulingKey(shape: shape, proto: request.strategy)
-    // Routed here by this node's own choice: it may still move if another node frees up
-    // first (QueueSpillback). Affinity, bundles and spillbacks from elsewhere stay.
-    let movable = !request.grantOrReject && (key.strategy == .default || key.strategy == .spread)
+    // While it waits here it may still move to a node that frees up first
+    // (QueueSpillback), also when another node sent it here (its owner follows a few such
+    // hops, then asks its own node again). Affinity and bundles tie it to its node.
+    let movable = (key.strategy == .default || key.strategy == .spread)
       && BundleResources.groups(in: shape.union(placement)).isEmpty
     let req = LeaseQueue.Request(id: request.leaseRequestID, shape: shape,
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,

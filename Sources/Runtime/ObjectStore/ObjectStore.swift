@@ -79,7 +79,8 @@ public final class ObjectStore: Sendable {
 
   struct RawPointer: @unchecked Sendable { let p: UnsafeMutableRawPointer }  // the arena mapping, alive until close
 
-  public init(options: Options, group: EventLoopGroup, warn: @escaping @Sendable (String) -> Void) throws {
+  /// Its listeners and its pulls from other stores use `auth`'s token.
+  public init(options: Options, group: EventLoopGroup, auth: ClusterAuth, warn: @escaping @Sendable (String) -> Void) throws {
     self.warn = warn
     let cap = options.capacity / Allocator.alignment * Allocator.alignment
     Self.removeStaleArenas()
@@ -111,12 +112,12 @@ public final class ObjectStore: Sendable {
     state = Locked(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold)),
                         pulls: PullQueue(config: options.pull)))
     endpoint = Self.endpoint(sessionDir: options.sessionDir)
-    peers = DataPlaneClientPool(group: group)
+    peers = DataPlaneClientPool(group: group, auth: auth)
     let box = WeakBox()
     let handler: DataPlaneServer.Handler = { frame, responder in box.store?.handle(frame, responder) }
-    var srvs = [try DataPlaneServer(group: group, endpoint: endpoint, handler: handler)]
+    var srvs = [try DataPlaneServer(group: group, endpoint: endpoint, auth: auth, handler: handler)]
     if let host = options.remoteHost {
-      do { srvs.append(try DataPlaneServer(group: group, endpoint: .tcp(host: host, port: 0), handler: handler)) }
+      do { srvs.append(try DataPlaneServer(group: group, endpoint: .tcp(host: host, port: 0), auth: auth, handler: handler)) }
       catch { srvs[0].close(); munmap(p, cap); unlink(path); throw SwiftrayError(.system, "the object store cannot listen on \(host): \(error)") }
     }
     remoteAddress = srvs.count > 1 ? srvs[1].endpoint.description : ""

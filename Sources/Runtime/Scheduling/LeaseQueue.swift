@@ -25,9 +25,8 @@ public struct LeaseQueue: Sendable {
     /// Must be free when the lease is granted, but is not held (an actor's default
     /// 1 CPU to be placed, 0 while it lives).
     public var placement: ResourceSet
-    /// It may go to another node while it waits here (a DEFAULT or SPREAD request this
-    /// node routed to itself; not one another node spilled here, nor one tied to this
-    /// node by affinity or a bundle).
+    /// It may go to another node while it waits here (a DEFAULT or SPREAD request; not
+    /// one tied to this node by affinity or a bundle).
     public var movable: Bool
     public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet(), movable: Bool = false) {
       self.id = id; self.shape = shape; self.owner = owner; self.placement = placement; self.movable = movable

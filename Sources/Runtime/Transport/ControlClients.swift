@@ -11,9 +11,11 @@ public final class ControlClients: Sendable {
     var closed = false
   }
   let group: MultiThreadedEventLoopGroup
+  let auth: ClusterAuth
   let state = Locked(State())
 
-  public init(group: MultiThreadedEventLoopGroup) { self.group = group }
+  /// Clients whose calls carry `auth`'s token.
+  public init(group: MultiThreadedEventLoopGroup, auth: ClusterAuth) { self.group = group; self.auth = auth }
 
   /// The client for `endpoint` (text form), made if needed; nil for an endpoint that
   /// does not parse, or once closed.
@@ -28,7 +30,7 @@ public final class ControlClients: Sendable {
     case .closed: return nil
     case .none: break
     }
-    guard let ep = Endpoint(endpoint), let made = try? ControlPlane.connect(ep, group: group) else { return nil }
+    guard let ep = Endpoint(endpoint), let made = try? ControlPlane.connect(ep, group: group, auth: auth) else { return nil }
     let (use, spare): (ControlPlane.Connection?, ControlPlane.Connection?) = state.withLock { s in
       if s.closed { return (nil, made) }
       if let c = s.clients[endpoint] { return (c, made) }

@@ -31,8 +31,9 @@ public enum ControlPlane {
   }
 
   /// Starts serving `services` and returns once bound (with the real port for port 0).
+  /// Every call must carry `auth`'s token (checked before its request is decoded).
   public static func serve(_ services: [any RegistrableRPCService], at endpoint: Endpoint,
-                           group: MultiThreadedEventLoopGroup) async throws -> Server {
+                           group: MultiThreadedEventLoopGroup, auth: ClusterAuth) async throws -> Server {
     let address: GRPCNIOTransportCore.SocketAddress
     switch endpoint {
     case .unix(let p):
@@ -42,7 +43,7 @@ public enum ControlPlane {
     }
     let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext,
                                                eventLoopGroup: group)
-    let server = GRPCServer(transport: transport, services: services)
+    let server = GRPCServer(transport: transport, services: services, interceptors: [BearerTokenCheck(auth: auth)])
     let task = Task { _ = try? await server.serve() }
     let bound = try await transport.listeningAddress
     var actual = endpoint
@@ -75,8 +76,9 @@ public enum ControlPlane {
     }
   }
 
-  /// Starts a client (its connections run in a Task). No lock held: it starts a Task.
-  public static func connect(_ endpoint: Endpoint, group: MultiThreadedEventLoopGroup) throws -> Connection {
+  /// Starts a client (its connections run in a Task) whose calls carry `auth`'s token.
+  /// No lock held: it starts a Task.
+  public static func connect(_ endpoint: Endpoint, group: MultiThreadedEventLoopGroup, auth: ClusterAuth) throws -> Connection {
     LockDiscipline.mustNotHoldLock("ControlPlane.connect")
     let target: any ResolvableTarget
     switch endpoint {
@@ -85,7 +87,7 @@ public enum ControlPlane {
     }
     let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext,
                                                    eventLoopGroup: group)
-    let client = GRPCClient(transport: transport)
+    let client = GRPCClient(transport: transport, interceptors: auth.bearer.map { [BearerToken(value: $0)] } ?? [])
     let task = Task { _ = try? await client.runConnections() }
     return Connection(client: client, task: task, endpoint: endpoint)
   }
@@ -112,10 +114,47 @@ public enum ControlPlane {
   public static func error(_ e: any Error, calling method: String, at endpoint: Endpoint) -> SwiftrayError {
     if let s = e as? SwiftrayError { return s }
     if let rpc = e as? RPCError {
+      if rpc.code == .unauthenticated {
+        return SwiftrayError(.authentication, "\(method) to \(endpoint) was refused: the cluster did not accept this "
+          + "process's token (\(rpc.message)). " + ClusterAuth.whereToLook())
+      }
       let code: SwiftrayError.Code = rpc.code == .unavailable ? .localRayletDied : .system
       return SwiftrayError(code, "\(method) to \(endpoint) failed: \(rpc.code): \(rpc.message)")
     }
     return SwiftrayError(.system, "\(method) to \(endpoint) failed: \(e)")
+  }
+}
+
+/// Refuses every call that does not carry this cluster's token, with `UNAUTHENTICATED`
+/// and nothing else: the handler never runs and the request is never decoded.
+/// Threading: any task (stateless).
+struct BearerTokenCheck: ServerInterceptor {
+  let auth: ClusterAuth
+
+  func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingServerRequest<Input>, context: ServerContext,
+    next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    var presented: String?
+    for v in request.metadata[stringValues: "authorization"] { presented = v; break }
+    guard auth.accepts(bearer: presented) else {
+      throw RPCError(code: .unauthenticated, message: presented == nil ? "no cluster token was sent" : "wrong cluster token")
+    }
+    return try await next(request, context)
+  }
+}
+
+/// Adds this cluster's token to every call. Threading: any task (immutable).
+struct BearerToken: ClientInterceptor {
+  let value: String
+
+  func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingClientRequest<Input>, context: ClientContext,
+    next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+  ) async throws -> StreamingClientResponse<Output> {
+    var request = request
+    request.metadata.replaceOrAddString(value, forKey: "authorization")
+    return try await next(request, context)
   }
 }
 

@@ -10,9 +10,11 @@ import Synchronization
 /// Callback-based on purpose: a task push is a write and a dictionary insert, with no
 /// async hop on the hot path.
 public enum DataPlane {
-  static func configure(_ channel: Channel, handler: ChannelHandler) -> EventLoopFuture<Void> {
+  /// `gate`: on a server's connections, the cluster token the peer must show first.
+  static func configure(_ channel: Channel, handler: ChannelHandler, gate: ClusterAuth? = nil) -> EventLoopFuture<Void> {
     channel.eventLoop.makeCompletedFuture {
       let sync = channel.pipeline.syncOperations
+      if let gate { try sync.addHandler(AuthGate(gate)) }
       try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
       try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
       try sync.addHandler(handler)
@@ -29,6 +31,63 @@ public enum DataPlane {
       try? Swiftray_DataFrame(serializedBytes: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none))
     }
   }
+}
+
+/// The first handler of every data-plane connection a server accepts: the peer must
+/// first send one length-prefixed preamble (`"SRA1"` and the cluster token; the token is
+/// empty when authentication is disabled, and then anything is accepted). Until it has,
+/// nothing reaches the frame decoder; a wrong token, anything else first, more than a
+/// preamble can hold, or nothing within `timeout` closes the connection. Then the gate
+/// leaves the pipeline and passes on what followed the preamble.
+///
+/// Threading: one per channel, only touched on its event loop.
+final class AuthGate: ChannelInboundHandler, RemovableChannelHandler {
+  typealias InboundIn = ByteBuffer
+  typealias InboundOut = ByteBuffer
+  static let magic: [UInt8] = Array("SRA1".utf8)
+  static let timeout = TimeAmount.seconds(5)
+
+  /// What a client sends first (the prepender adds the length).
+  static func preamble(_ auth: ClusterAuth) -> [UInt8] { magic + (auth.token ?? []) }
+
+  let auth: ClusterAuth
+  var received: ByteBuffer?
+  var timer: Scheduled<Void>?
+  var passed = false
+
+  init(_ auth: ClusterAuth) { self.auth = auth }
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+    timer = context.eventLoop.scheduleTask(in: Self.timeout) { ctx.value.close(promise: nil) }
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    guard !passed else { return context.fireChannelRead(data) }
+    var chunk = unwrapInboundIn(data)
+    if received == nil { received = chunk } else { received!.writeBuffer(&chunk) }
+    guard var buf = received, let length = buf.getInteger(at: buf.readerIndex, as: UInt32.self) else { return }
+    guard length >= UInt32(Self.magic.count), length <= UInt32(Self.magic.count + ClusterAuth.maximumLength) else {
+      return context.close(promise: nil)
+    }
+    guard buf.readableBytes >= 4 + Int(length) else { return }  // wait for the rest of it
+    buf.moveReaderIndex(forwardBy: 4)
+    let body = buf.readBytes(length: Int(length)) ?? []
+    guard Array(body.prefix(Self.magic.count)) == Self.magic, auth.accepts(body.dropFirst(Self.magic.count)) else {
+      return context.close(promise: nil)
+    }
+    passed = true
+    received = nil
+    timer?.cancel()
+    // What followed the preamble goes on first, then the gate leaves (reads in between
+    // pass through it, `passed`).
+    if buf.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(buf)) }
+    context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }
 
 /// Replies to one request. Threading: may be used from any thread, once.
@@ -85,12 +144,13 @@ public final class DataPlaneServer: Sendable {
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
   }
 
-  public init(group: EventLoopGroup, endpoint: Endpoint, handler: @escaping Handler) throws {
+  /// Every connection must open with `auth`'s token (`AuthGate`) before a frame is read.
+  public init(group: EventLoopGroup, endpoint: Endpoint, auth: ClusterAuth, handler: @escaping Handler) throws {
     let bootstrap = ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 256)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer { ch in DataPlane.configure(ch, handler: ServerHandler(handler)) }
+      .childChannelInitializer { ch in DataPlane.configure(ch, handler: ServerHandler(handler), gate: auth) }
     switch endpoint {
     case .unix(let path):
       unlink(path)
@@ -166,7 +226,8 @@ public final class DataPlaneConnection: Sendable {
   }
 
   /// Connects without blocking; the future completes on the event loop.
-  public static func connect(group: EventLoopGroup, to endpoint: Endpoint) -> EventLoopFuture<DataPlaneConnection> {
+  /// Opens a connection that shows `auth`'s token first (`AuthGate.preamble`).
+  public static func connect(group: EventLoopGroup, to endpoint: Endpoint, auth: ClusterAuth) -> EventLoopFuture<DataPlaneConnection> {
     LockDiscipline.mustNotHoldLock("DataPlaneConnection.connect")
     let handler = ClientHandler()
     let bootstrap = ClientBootstrap(group: group)
@@ -179,6 +240,8 @@ public final class DataPlaneConnection: Sendable {
     case .tcp(let h, let p): f = bootstrap.connect(host: h, port: p)
     }
     return f.map { ch in
+      // On the event loop, before the connection is handed out: the token goes first.
+      ch.writeAndFlush(NIOAny(ch.allocator.buffer(bytes: AuthGate.preamble(auth))), promise: nil)
       let c = DataPlaneConnection(channel: ch, endpoint: endpoint)
       handler.conn = c
       if !ch.isActive { c.failAll(SwiftrayError(.system, "connection lost")) }
@@ -301,8 +364,10 @@ public final class DataPlaneClientPool: Sendable {
     var nextAttempt: UInt64 = 1
   }
   let group: EventLoopGroup
+  let auth: ClusterAuth
   let state = Locked(State())
-  public init(group: EventLoopGroup) { self.group = group }
+  /// Connections show `auth`'s token first.
+  public init(group: EventLoopGroup, auth: ClusterAuth) { self.group = group; self.auth = auth }
 
   /// Sends a request, connecting first if needed; errors arrive through `callback`.
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
@@ -344,7 +409,7 @@ public final class DataPlaneClientPool: Sendable {
     case .connect(let attempt):
       // Outside the lock: the completion may run inline (a connect that fails or
       // succeeds at once on this event loop) and takes the lock.
-      DataPlaneConnection.connect(group: group, to: endpoint).whenComplete { [self] r in
+      DataPlaneConnection.connect(group: group, to: endpoint, auth: auth).whenComplete { [self] r in
         connectFinished(endpoint, attempt: attempt, r)
       }
     }

@@ -1,0 +1,286 @@
+"""Token authentication on every listener (issue 15): nothing a peer without the
+cluster's token sends is acted on, and the node keeps serving; where tokens come from;
+the errors a node or driver with a wrong or missing token gets."""
+import glob
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+import swiftray
+from conftest import Cluster, wait_until
+
+TOKEN = os.environ["SWIFTRAY_AUTH_TOKEN"]  # the tests' cluster token (conftest)
+
+
+# ---------------------------------------------------------------- raw clients
+
+def _grpc_call(target, method, body=b"", token=None, timeout=10):
+    """One raw gRPC call (no generated stubs): the reply's bytes, or the grpc.RpcError."""
+    with grpc.insecure_channel(target) as ch:
+        call = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else None
+        try:
+            return call(body, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as e:
+            return e
+
+
+def _grpc_target(endpoint):
+    """A swiftray endpoint ("unix:/p", "tcp:h:p") as a gRPC target."""
+    if endpoint.startswith("tcp:"):
+        return endpoint[len("tcp:"):]
+    return endpoint
+
+
+def _frame(body_field, body=b"", id_=1):
+    """A length-prefixed DataFrame: id, and one body field (tag number, message bytes)."""
+    def varint(n):
+        out = b""
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            if n:
+                out += bytes([b | 0x80])
+            else:
+                return out + bytes([b])
+    msg = b"\x08" + varint(id_) + varint((body_field << 3) | 2) + varint(len(body)) + body
+    return struct.pack(">I", len(msg)) + msg
+
+
+STORE_STATS = 28   # DataFrame.store_stats
+READ_CHUNK = 32    # DataFrame.read_chunk
+PUSH_TASK = 10     # DataFrame.push_task
+
+
+def _preamble(token):
+    payload = b"SRA1" + token.encode()
+    return struct.pack(">I", len(payload)) + payload
+
+
+def _connect(endpoint):
+    if endpoint.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(endpoint[len("unix:"):])
+    else:
+        host, _, port = endpoint[len("tcp:"):].rpartition(":")
+        s = socket.create_connection((host, int(port)))
+    s.settimeout(10)
+    return s
+
+
+def _exchange(endpoint, data, wait=2.0):
+    """Sends `data`, then reads until the peer closes or `wait` passes: (bytes, closed)."""
+    s = _connect(endpoint)
+    try:
+        s.sendall(data)
+        s.settimeout(wait)
+        got = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return got, True
+                got += chunk
+        except socket.timeout:
+            return got, False
+        except ConnectionResetError:
+            return got, True
+    finally:
+        s.close()
+
+
+def _listening_tcp_ports(pid):
+    """TCP ports process `pid` listens on (from /proc)."""
+    inodes = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN
+                ports.append(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# ---------------------------------------------------------------- the tests
+
+def test_every_grpc_listener_refuses_calls_without_the_token(cluster):
+    head = cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+    node = next(n for n in swiftray.nodes() if n["SessionDir"] == head["session"])
+    targets = {
+        "ControlService over TCP": cluster.address,
+        "ControlService over its Unix socket": "unix:" + os.path.join(head["session"], "sockets", "gcs.sock"),
+        "NodeManager over TCP": _grpc_target(node["NodeManagerTCPAddress"]),
+        "NodeManager over its Unix socket": _grpc_target(node["NodeManagerEndpoint"]),
+    }
+    for name, target in targets.items():
+        service = "ControlService/GetAllNodes" if "Control" in name else "NodeManagerService/GetNodeStats"
+        for token in (None, "wrong-token-of-the-right-length"):
+            r = _grpc_call(target, f"/swiftray.{service}", token=token)
+            assert isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.UNAUTHENTICATED, (name, token, r)
+        assert isinstance(_grpc_call(target, f"/swiftray.{service}", token=TOKEN), bytes), name
+
+    # Nothing sent without the token is acted on: a KV write, a lease (the attack's first step).
+    key, value = b"\x0a\x02ns\x12\x03key\x1a\x04evil\x20\x01", None  # KVPutRequest(ns, key, "evil", overwrite)
+    assert _grpc_call(cluster.address, "/swiftray.ControlService/KVPut", key).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert swiftray._core.kv_get("ns", b"key") is value
+    before = swiftray._core.node_stats()["available"]
+    lease = b"\x08\x07\x12\x0a\x0a\x08\x0a\x03CPU\x10\x90\x4e"  # RequestWorkerLeaseRequest(id 7, CPU: 1)
+    r = _grpc_call(targets["NodeManager over TCP"], "/swiftray.NodeManagerService/RequestWorkerLease", lease)
+    assert r.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert swiftray._core.node_stats()["available"] == before
+
+    # And the node serves its cluster as before.
+    @swiftray.remote
+    def ping():
+        return "pong"
+    assert swiftray.get(ping.remote(), timeout=60) == "pong"
+
+
+def test_every_data_plane_listener_closes_a_connection_without_the_token(cluster):
+    head = cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote
+    class Holder:
+        def pid(self):
+            return os.getpid()
+
+    h = Holder.remote()
+    worker_pid = swiftray.get(h.pid.remote(), timeout=60)
+    big = swiftray.put(b"x" * (1 << 20))  # a stored object a foreign reader would want
+    store = swiftray.util.object_store_stats()
+    sockets = os.path.join(head["session"], "sockets")
+    worker_unix = [p for p in glob.glob(os.path.join(sockets, "w-*.sock"))]
+    # A worker holds no listening socket of its node or head (fds are not inherited).
+    assert not set(_listening_tcp_ports(worker_pid)) & set(_listening_tcp_ports(head["pid"]))
+    worker_tcp = [f"tcp:127.0.0.1:{p}" for p in _listening_tcp_ports(worker_pid)]
+    assert len(worker_tcp) == 1, worker_tcp
+    listeners = {
+        "store over its Unix socket": "unix:" + os.path.join(sockets, "store.sock"),
+        "store over TCP": store["remote_address"],
+        "a worker over its Unix socket": "unix:" + worker_unix[0],
+        "a worker over TCP": worker_tcp[0],
+        "the driver over its Unix socket": "unix:" + glob.glob(os.path.join(sockets, "d-*.sock"))[0],
+    }
+    probe = _frame(STORE_STATS)
+    for name, ep in listeners.items():
+        # A frame first, or a wrong token first: closed, nothing answered.
+        for data in (probe, _preamble("wrong-token-of-the-right-length") + probe):
+            got, closed = _exchange(ep, data)
+            assert closed and got == b"", (name, got)
+    # The store answers a client that shows the token (the probe itself is sound).
+    got, _ = _exchange(listeners["store over its Unix socket"], _preamble(TOKEN) + probe, wait=1.0)
+    assert len(got) > 4, got
+    # A foreign read of another driver's object's bytes gets nothing.
+    oid = big.binary()
+    read = _frame(READ_CHUNK, b"\x0a" + bytes([len(oid)]) + oid + b"\x10\x00\x18\x80\x80\x01")  # 16 KiB from 0
+    got, closed = _exchange(store["remote_address"], read)
+    assert closed and got == b""
+    # A connection that says nothing is closed within a few seconds.
+    s = _connect(store["remote_address"])
+    s.settimeout(15)
+    try:
+        assert s.recv(1) == b""
+    finally:
+        s.close()
+    # Everything still works for the cluster.
+    assert swiftray.get(h.pid.remote(), timeout=60) == worker_pid
+    assert len(swiftray.get(big)) == 1 << 20
+
+
+def test_a_head_makes_its_token_and_nodes_and_drivers_without_it_are_told_where_to_look(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SWIFTRAY_AUTH", "RAY_AUTH"))}
+    env = dict(base, HOME=str(home), SWIFTRAY_PYTHON=sys.executable)
+    c = Cluster()
+    c.env = dict(c.env, HOME=str(home))
+    for k in ("SWIFTRAY_AUTH_TOKEN",):
+        c.env.pop(k, None)
+    try:
+        c.add_node(num_cpus=1)
+        token_file = home / ".swiftray" / "auth_token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+        token = token_file.read_text().strip()
+        assert len(token) == 64
+        out = subprocess.run([sys.executable, "-m", "swiftray", "get-auth-token"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == token
+
+        # A node with a wrong token, and one with none, are refused at start, saying why.
+        wrong = dict(env, SWIFTRAY_AUTH_TOKEN="wrong-token-of-the-right-length")
+        out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--address", c.address, "--num-cpus", "1",
+                              "--temp-dir", c.root], env=wrong, capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "token" in (out.stdout + out.stderr), out.stdout + out.stderr
+        nohome = tmp_path / "elsewhere"
+        nohome.mkdir()
+        out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--address", c.address, "--num-cpus", "1",
+                              "--temp-dir", c.root], env=dict(env, HOME=str(nohome)), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode != 0
+        assert "No cluster token was found" in out.stdout + out.stderr and "get-auth-token" in out.stdout + out.stderr
+
+        # A driver with a wrong token gets AuthenticationError naming where tokens come from.
+        script = tmp_path / "driver.py"
+        script.write_text(
+            "import sys, swiftray\n"
+            "try:\n"
+            f"    swiftray.init(address={c.address!r})\n"
+            "except swiftray.exceptions.AuthenticationError as e:\n"
+            "    print('REFUSED', e)\n"
+            "    sys.exit(0)\n"
+            "print('JOINED', swiftray.get(swiftray.remote(lambda: 7).remote()))\n")
+        out = subprocess.run([sys.executable, str(script)], env=wrong, capture_output=True, text=True, timeout=120)
+        assert "REFUSED" in out.stdout and "SWIFTRAY_AUTH_TOKEN" in out.stdout, out.stdout + out.stderr
+        # With the head's token (its file, found by default) it joins.
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+        assert "JOINED 7" in out.stdout, out.stdout + out.stderr
+    finally:
+        c.shutdown()
+
+
+def test_a_local_cluster_keeps_its_token_in_its_session_for_other_drivers():
+    swiftray.shutdown()
+    swiftray.init(num_cpus=1)
+    try:
+        session = swiftray._core.context()["session_dir"]
+        token_file = os.path.join(session, "auth_token")
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+        # A second driver of this user joins through the session (no token in its environment).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWIFTRAY_AUTH", "RAY_AUTH"))}
+        out = subprocess.run(
+            [sys.executable, "-c", f"import swiftray; swiftray.init(address={session!r}); "
+                                   f"print('JOINED', swiftray.get(swiftray.remote(lambda: 3).remote()))"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert "JOINED 3" in out.stdout, out.stdout + out.stderr
+    finally:
+        swiftray.shutdown()
+
+
+def test_auth_can_be_turned_off_explicitly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWIFTRAY_AUTH", "RAY_AUTH"))}
+    env["SWIFTRAY_AUTH_MODE"] = "disabled"
+    out = subprocess.run([sys.executable, "-c", "import swiftray; swiftray.init(num_cpus=1); "
+                          "print(swiftray.get(swiftray.remote(lambda: 5).remote()))"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "5", out.stdout + out.stderr
