@@ -284,3 +284,69 @@ def test_auth_can_be_turned_off_explicitly(tmp_path):
                           "print(swiftray.get(swiftray.remote(lambda: 5).remote()))"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "5", out.stdout + out.stderr
+
+
+def test_a_local_cluster_listens_on_no_tcp_port_and_workers_inherit_no_listener():
+    swiftray.shutdown()
+    swiftray.init(num_cpus=2)
+    try:
+        @swiftray.remote
+        def pid():
+            return os.getpid()
+
+        workers = set(swiftray.get([pid.remote() for _ in range(4)], timeout=60))
+        for p in [os.getpid(), *workers]:
+            assert _listening_tcp_ports(p) == [], p
+    finally:
+        swiftray.shutdown()
+
+
+def test_the_redis_password_never_reaches_a_command_line(tmp_path):
+    import shutil
+    import socket as sk
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    with sk.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    password = "s3cret-" + os.urandom(6).hex()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--requirepass", password], stdout=subprocess.DEVNULL)
+    c = Cluster()
+    try:
+        assert wait_until(lambda: _can_connect(port))
+        c.env["SWIFTRAY_REDIS_ADDRESS"] = f"127.0.0.1:{port}"
+        for how in ("flag", "env"):
+            env = dict(c.env)
+            args = [sys.executable, "-m", "swiftray", "start", "--head", "--port", "0", "--num-cpus", "1",
+                    "--temp-dir", c.root]
+            if how == "flag":
+                args += ["--redis-password", password]
+            else:
+                env["SWIFTRAY_REDIS_PASSWORD"] = password
+            out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+            assert out.returncode == 0, out.stdout + out.stderr
+            session = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Session:"))
+            pid = int(open(os.path.join(session, "daemon.pid")).read())
+            c.nodes.append({"pid": pid, "session": session})
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            assert password not in cmdline, cmdline
+            os.kill(pid, 15)
+            assert wait_until(lambda: not _alive_pid(pid), timeout=20)
+    finally:
+        c.shutdown()
+        redis.kill()
+        redis.wait()
+
+
+def _can_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _alive_pid(pid):
+    from conftest import pid_alive
+    return pid_alive(pid)

@@ -29,8 +29,10 @@ struct Start: ParsableCommand {
   var objectStoreMemory: Int?
   @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
   var tempDir: String?
-  @Option(name: .customLong("redis-password"), help: "Password of the Redis in SWIFTRAY_REDIS_ADDRESS (head only).")
+  @Option(name: .customLong("redis-password"), help: "Password of the Redis in SWIFTRAY_REDIS_ADDRESS (head only; better: SWIFTRAY_REDIS_PASSWORD or --redis-password-file).")
   var redisPassword: String?
+  @Option(name: .customLong("redis-password-file"), help: "A file holding the Redis password (head only).")
+  var redisPasswordFile: String?
   @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
   var block = false
 
@@ -87,20 +89,47 @@ struct Start: ParsableCommand {
     return auth
   }
 
+  /// The Redis password: `--redis-password-file`, `SWIFTRAY_REDIS_PASSWORD` (Ray's
+  /// `REDIS_PASSWORD` too), or `--redis-password`.
+  func redisPasswordGiven() throws -> String? {
+    if let path = redisPasswordFile {
+      guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw ValidationError("cannot read the Redis password file \(path)")
+      }
+      return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    let env = ProcessInfo.processInfo.environment
+    return env["SWIFTRAY_REDIS_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
+      ?? env["REDIS_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 } ?? redisPassword
+  }
+
   func run() throws {
     if block { return try serve() }
     // Found (or made) before the daemon starts, so a missing token fails here, clearly.
     _ = try clusterAuth(announce: true)
     // The daemon is this same command with --block, in its own session, writing where
     // it lives to a file we wait for.
-    let ready = NSTemporaryDirectory() + "swiftray-start-\(getpid())-\(UInt32.random(in: 0 ... .max)).ready"
+    // Its start-up files live in this user's private folder, under names no one else can
+    // guess or plant a link at (created with O_EXCL|O_NOFOLLOW).
+    let dir = try SessionPaths.privateRoot()
+    let tag = "start-\(getpid())-\(String(UInt64.random(in: 0 ... .max), radix: 16))"
+    let ready = "\(dir)/\(tag).ready", logPath = "\(dir)/\(tag).log"
     defer { unlink(ready) }
     var args = Array(CommandLine.arguments.dropFirst()) + ["--block"]
     if let i = args.firstIndex(of: "start") { args.remove(at: i) }
     var env = ProcessInfo.processInfo.environment
     env["SWIFTRAY_START_READY_FILE"] = ready
+    // A password never rides on the daemon's command line (visible in /proc to everyone).
+    if let i = args.firstIndex(of: "--redis-password"), i + 1 < args.count {
+      env["SWIFTRAY_REDIS_PASSWORD"] = args[i + 1]
+      args.removeSubrange(i...(i + 1))
+    }
+    args.removeAll { $0.hasPrefix("--redis-password=") }
+    if let p = redisPassword, !args.contains("--redis-password") { env["SWIFTRAY_REDIS_PASSWORD"] = p }
     try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-    let logPath = NSTemporaryDirectory() + "swiftray-start-\(getpid()).log"
+    let log = open(logPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard log >= 0 else { throw ValidationError("cannot create \(logPath): \(String(cString: strerror(errno)))") }
+    close(log)
     let pid = try spawnDaemon(executable: selfExecutable(), arguments: ["start"] + args, environment: env, log: logPath)
     let deadline = Date().addingTimeInterval(60)
     while Date() < deadline {
@@ -158,7 +187,7 @@ struct Start: ParsableCommand {
     // (and finds them there after a restart); without it they live in memory, as Ray's.
     var storage: (any ControlStorage)? = nil
     if head, let redis = ProcessInfo.processInfo.environment["SWIFTRAY_REDIS_ADDRESS"], !redis.isEmpty {
-      let r = try RedisControlStorage(address: redis, password: redisPassword, group: group)
+      let r = try RedisControlStorage(address: redis, password: try redisPasswordGiven(), group: group)
       try blockingAwait(timeout: .seconds(10)) { try await r.check() }
       storage = r
     }
@@ -171,7 +200,7 @@ struct Start: ParsableCommand {
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     // From here on the daemon's own output goes to its session.
-    let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
     if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
     if let ready = ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] {
       try? (cluster.sessionDir + "\n" + clusterAddress).write(toFile: ready, atomically: true, encoding: .utf8)
@@ -236,7 +265,7 @@ func spawnDaemon(executable: String, arguments: [String], environment: [String: 
   posix_spawn_file_actions_init(&fileActions)
   defer { posix_spawn_file_actions_destroy(&fileActions) }
   posix_spawn_file_actions_addopen(&fileActions, 0, "/dev/null", O_RDONLY, 0)
-  posix_spawn_file_actions_addopen(&fileActions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+  posix_spawn_file_actions_addopen(&fileActions, 1, log, O_WRONLY | O_APPEND | O_NOFOLLOW, 0)
   posix_spawn_file_actions_adddup2(&fileActions, 1, 2)
   var attr: posix_spawnattr_t = posix_spawnattr_t()
   posix_spawnattr_init(&attr)

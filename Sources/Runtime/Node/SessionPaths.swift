@@ -15,6 +15,21 @@ public enum SessionPaths {
   /// Where the short socket directories live.
   static var shortRoot: String { "/tmp/swiftray-\(getuid())" }
 
+  /// This user's private folder for swiftray's own files (`/tmp/swiftray-<uid>`, 0700):
+  /// made if needed, and refused when it belongs to someone else or others may write it.
+  public static func privateRoot() throws(SwiftrayError) -> String {
+    let dir = shortRoot
+    if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+      throw SwiftrayError(.system, "cannot create \(dir): \(String(cString: strerror(errno)))")
+    }
+    var st = stat()
+    guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == getuid(), st.st_mode & 0o077 == 0 else {
+      throw SwiftrayError(.system, "\(dir) is not a private folder of this user (owner, type or permissions differ): "
+        + "remove it and start again")
+    }
+    return dir
+  }
+
   /// The directory holding the session's sockets (the link's target when it is one).
   public static func socketDir(_ session: String) -> String {
     let dir = session + "/sockets"
@@ -34,8 +49,7 @@ public enum SessionPaths {
       try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
       return
     }
-    try fm.createDirectory(atPath: shortRoot, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-    let short = shortRoot + "/" + String(UInt64.random(in: 0 ... .max) & 0xffff_ffff_ffff, radix: 16)
+    let short = try privateRoot() + "/" + String(UInt64.random(in: 0 ... .max) & 0xffff_ffff_ffff, radix: 16)
     try fm.createDirectory(atPath: short, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
     // The way back, for an address given as one of these sockets ("unix:.../gcs.sock").
     try session.write(toFile: short + "/session", atomically: true, encoding: .utf8)
