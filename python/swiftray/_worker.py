@@ -162,7 +162,7 @@ def _visible_ids(ids):
     if _original_visible is None:
         return list(ids)
     original = [x for x in _original_visible.split(",") if x.strip()]
-    if all(i < len(original) for i in ids):
+    if all(0 <= i < len(original) for i in ids):
         return [original[i] for i in ids]
     return original
 
