@@ -146,12 +146,13 @@ def test_an_actor_is_known_at_once_though_its_constructor_waits_for_a_task(ray2)
 
 def test_an_actor_dropped_before_its_arguments_exist_is_never_created(ray2):
     from conftest import wait_until
-    h = _Holds.options(name="dropped").remote(_slow_value.remote(7, 1.5))
+    arg = _slow_value.remote(7, 1.5)
+    h = _Holds.options(name="dropped").remote(arg)
     assert swiftray.get_actor("dropped")
     del h
     # Its last handle went: the name is free again, and no actor is made later.
     assert wait_until(lambda: "dropped" not in swiftray.util.list_named_actors(), timeout=30)
-    time.sleep(2.0)  # the argument has arrived by now
+    assert swiftray.get(arg, timeout=60) == 7  # the argument has arrived
     assert "dropped" not in swiftray.util.list_named_actors()
     again = _Holds.options(name="dropped").remote(8)
     assert swiftray.get(again.get.remote(), timeout=60) == 8

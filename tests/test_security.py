@@ -139,9 +139,13 @@ def test_every_grpc_listener_refuses_calls_without_the_token(cluster):
         assert isinstance(_grpc_call(target, f"/swiftray.{service}", token=TOKEN), bytes), name
 
     # Nothing sent without the token is acted on: a KV write, a lease (the attack's first step).
-    key, value = b"\x0a\x02ns\x12\x03key\x1a\x04evil\x20\x01", None  # KVPutRequest(ns, key, "evil", overwrite)
-    assert _grpc_call(cluster.address, "/swiftray.ControlService/KVPut", key).code() == grpc.StatusCode.UNAUTHENTICATED
-    assert swiftray._core.kv_get("ns", b"key") is value
+    swiftray._core.kv_put("ns", b"key", b"good", True)
+    evil = b"\x0a\x02ns\x12\x03key\x1a\x04evil\x20\x01"  # KVPutRequest("ns", "key", "evil", overwrite)
+    assert _grpc_call(cluster.address, "/swiftray.ControlService/KVPut", evil).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert swiftray._core.kv_get("ns", b"key") == b"good"
+    # The same request with the token would have been obeyed (the bytes are a real KVPut).
+    assert isinstance(_grpc_call(cluster.address, "/swiftray.ControlService/KVPut", evil, token=TOKEN), bytes)
+    assert swiftray._core.kv_get("ns", b"key") == b"evil"
     before = swiftray._core.node_stats()["available"]
     lease = b"\x08\x07\x12\x0a\x0a\x08\x0a\x03CPU\x10\x90\x4e"  # RequestWorkerLeaseRequest(id 7, CPU: 1)
     r = _grpc_call(targets["NodeManager over TCP"], "/swiftray.NodeManagerService/RequestWorkerLease", lease)
@@ -213,9 +217,8 @@ def test_a_head_makes_its_token_and_nodes_and_drivers_without_it_are_told_where_
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SWIFTRAY_AUTH", "RAY_AUTH"))}
     env = dict(base, HOME=str(home), SWIFTRAY_PYTHON=sys.executable)
     c = Cluster()
-    c.env = dict(c.env, HOME=str(home))
-    for k in ("SWIFTRAY_AUTH_TOKEN",):
-        c.env.pop(k, None)
+    c.env = {k: v for k, v in c.env.items() if k != "SWIFTRAY_AUTH_TOKEN"}
+    c.env["HOME"] = str(home)
     try:
         c.add_node(num_cpus=1)
         token_file = home / ".swiftray" / "auth_token"

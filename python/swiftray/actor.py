@@ -216,8 +216,8 @@ def exit_actor():
     """Ends the actor this is called in, on purpose (Ray's `ray.actor.exit_actor`): the
     call that runs it and every later call fail with ActorDiedError saying so, and the
     actor is not restarted whatever its max_restarts. Only inside an actor."""
-    import sys
-    worker = sys.modules.get("swiftray._worker")
+    from swiftray.runtime_context import _worker_module
+    worker = _worker_module()
     if worker is None or worker.actor.actor_id is None:
         raise TypeError("exit_actor API is called on a non-actor worker, it can only be called inside an actor "
                         "(a method or the constructor of a @remote class).")

@@ -81,9 +81,8 @@ def get_gpu_ids():
 
 
 def _hosted_actor():
-    import sys
-    worker = sys.modules.get("swiftray._worker")
-    return getattr(worker, "actor", None) if worker is not None else None
+    worker = _worker_module()
+    return worker.actor if worker is not None else None
 
 
 def get_runtime_context():

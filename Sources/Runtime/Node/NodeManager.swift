@@ -174,12 +174,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var rng = SystemRandomNumberGenerator()
     let moves = QueueSpillback.moves(queued, free: s.queue.available, others: &others, using: &rng)
     var out: [(CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>, Swiftray_RequestWorkerLeaseReply)] = []
+    // What was sent counts against those nodes until their next report, as a routed
+    // spillback does (`moves` debited `others`).
+    for o in others { if let i = s.cluster.firstIndex(where: { $0.id == o.id }) { s.cluster[i].available = o.available } }
     for m in moves {
       guard s.queue.leaseRequestMoved(m.requestID), let c = s.replies.removeValue(forKey: m.requestID) else { continue }
-      // Counted against that node until its next report, as a routed spillback is.
-      for o in others where o.address == m.address {
-        if let i = s.cluster.firstIndex(where: { $0.id == o.id }) { s.cluster[i].available = o.available }
-      }
       var r = Swiftray_RequestWorkerLeaseReply()
       r.status = .spillback
       r.retryAtEndpoint = m.address

@@ -350,14 +350,19 @@ public final class DataPlaneConnection: Sendable {
 /// Threading: any thread; callbacks run on event loops, never inline in `request`.
 public final class DataPlaneClientPool: Sendable {
   typealias Queued = (Swiftray_DataFrame.OneOf_Body, DataPlaneConnection.Waiter)
-  enum Entry {
-    /// The connect is in flight (`attempt` tells a stale completion apart); requests
-    /// wait here in call order.
-    case connecting(attempt: UInt64, queued: [Queued])
+  enum Phase {
+    /// The connect is in flight (`attempt` tells a stale completion apart).
+    case connecting(attempt: UInt64)
     /// Connected, and the requests that waited are being handed to it (outside the
     /// lock); requests made meanwhile still queue behind them, so order holds.
-    case draining(DataPlaneConnection, queued: [Queued])
+    case draining(DataPlaneConnection)
     case connected(DataPlaneConnection)
+  }
+  /// An endpoint's connection and the requests waiting for it, in call order (appended
+  /// in place: no copy of the queue per request).
+  struct Entry {
+    var phase: Phase
+    var queued: [Queued] = []
   }
   struct State {
     var entries: [Endpoint: Entry] = [:]
@@ -385,21 +390,16 @@ public final class DataPlaneClientPool: Sendable {
     LockDiscipline.mustNotHoldLock("DataPlaneClientPool.request")
     enum Step { case send(DataPlaneConnection), queued, connect(UInt64) }
     let step: Step = state.withLock { s in
-      switch s.entries[endpoint] {
+      switch s.entries[endpoint]?.phase {
       case .connected(let c)?:
         return .send(c)
-      case .draining(let c, var queued)?:
-        queued.append((body, waiter))
-        s.entries[endpoint] = .draining(c, queued: queued)
-        return .queued
-      case .connecting(let attempt, var queued)?:
-        queued.append((body, waiter))
-        s.entries[endpoint] = .connecting(attempt: attempt, queued: queued)
+      case .draining?, .connecting?:
+        s.entries[endpoint]!.queued.append((body, waiter))
         return .queued
       case nil:
         let attempt = s.nextAttempt
         s.nextAttempt += 1
-        s.entries[endpoint] = .connecting(attempt: attempt, queued: [(body, waiter)])
+        s.entries[endpoint] = Entry(phase: .connecting(attempt: attempt), queued: [(body, waiter)])
         return .connect(attempt)
       }
     }
@@ -418,18 +418,18 @@ public final class DataPlaneClientPool: Sendable {
   private func connectFinished(_ endpoint: Endpoint, attempt: UInt64, _ r: Result<DataPlaneConnection, Error>) {
     enum Step { case drain(DataPlaneConnection, [Queued]), fail([Queued], Error), stale(DataPlaneConnection?) }
     let step: Step = state.withLock { s in
-      guard case .connecting(let a, let queued)? = s.entries[endpoint], a == attempt else {
+      guard let e = s.entries[endpoint], case .connecting(let a) = e.phase, a == attempt else {
         // closeAll ran meanwhile (and failed what was queued).
         if case .success(let c) = r { return .stale(c) }
         return .stale(nil)
       }
       switch r {
       case .success(let c):
-        s.entries[endpoint] = .draining(c, queued: [])
-        return .drain(c, queued)
-      case .failure(let e):
+        s.entries[endpoint] = Entry(phase: .draining(c))
+        return .drain(c, e.queued)
+      case .failure(let err):
         s.entries[endpoint] = nil
-        return .fail(queued, e)
+        return .fail(e.queued, err)
       }
     }
     switch step {
@@ -443,6 +443,14 @@ public final class DataPlaneClientPool: Sendable {
     }
   }
 
+  /// The connection of `endpoint` when it is `c` (draining or connected).
+  private static func holds(_ e: Entry?, _ c: DataPlaneConnection) -> Bool {
+    switch e?.phase {
+    case .draining(let x)?, .connected(let x)?: return x === c
+    default: return false
+    }
+  }
+
   /// Hands the requests that waited for the connection to it, in order, batch after
   /// batch, until none are left; then the entry is plainly connected.
   private func drain(_ endpoint: Endpoint, _ c: DataPlaneConnection, _ first: [Queued]) {
@@ -450,13 +458,10 @@ public final class DataPlaneClientPool: Sendable {
     while true {
       for (body, w) in batch { c.request(body, w) }
       let next: [Queued]? = state.withLock { s in
-        guard case .draining(let x, let queued)? = s.entries[endpoint], x === c else { return nil }
-        if queued.isEmpty {
-          s.entries[endpoint] = .connected(c)
-          return nil
-        }
-        s.entries[endpoint] = .draining(c, queued: [])
-        return queued
+        guard Self.holds(s.entries[endpoint], c) else { return nil }
+        let queued = s.entries[endpoint]!.queued
+        s.entries[endpoint] = Entry(phase: queued.isEmpty ? .connected(c) : .draining(c))
+        return queued.isEmpty ? nil : queued
       }
       guard let next else { return }
       batch = next
@@ -465,16 +470,8 @@ public final class DataPlaneClientPool: Sendable {
 
   private func drop(_ endpoint: Endpoint, _ c: DataPlaneConnection) {
     let orphans: [Queued] = state.withLock { s in
-      switch s.entries[endpoint] {
-      case .connected(let x)? where x === c:
-        s.entries[endpoint] = nil
-        return []
-      case .draining(let x, let queued)? where x === c:
-        s.entries[endpoint] = nil
-        return queued
-      default:
-        return []
-      }
+      guard Self.holds(s.entries[endpoint], c) else { return [] }
+      return s.entries.removeValue(forKey: endpoint)?.queued ?? []
     }
     // Requests still queued behind a connection that closed: fail them as it failed its own.
     for (body, w) in orphans { c.request(body, w) }
@@ -483,18 +480,16 @@ public final class DataPlaneClientPool: Sendable {
   /// Closes every connection; requests still waiting for one fail.
   public func closeAll() {
     let all: [Entry] = state.withLock { s in
-      let v = Array(s.entries.values)
-      s.entries.removeAll()
-      return v
+      defer { s.entries.removeAll() }
+      return Array(s.entries.values)
     }
     for e in all {
-      switch e {
-      case .connected(let c): c.close()
-      case .draining(let c, let queued):
+      switch e.phase {
+      case .connected(let c), .draining(let c):
         c.close()
-        for (_, w) in queued { w.fail(SwiftrayError(.system, "the connection to \(c.endpoint) was closed")) }
-      case .connecting(_, let queued):
-        for (_, w) in queued { w.fail(SwiftrayError(.system, "the connection was closed before it was made")) }
+        for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection to \(c.endpoint) was closed")) }
+      case .connecting:
+        for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection was closed before it was made")) }
       }
     }
   }
