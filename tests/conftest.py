@@ -38,7 +38,8 @@ def run_script(tmp_path, source, timeout=120, args=(), via=None, env=None):
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(source))
     cmd = [sys.executable, str(path), *args] if via is None else [*via, str(path), *args]
-    e = dict(os.environ, SWIFTRAY_PYTHON=sys.executable, **(env or {}))
+    e = dict(os.environ, SWIFTRAY_PYTHON=sys.executable)
+    e.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=str(tmp_path))
 
 
@@ -46,13 +47,13 @@ class Cluster:
     """Node daemons on 127.0.0.1 with their own ports, resources and temp dir (like Ray's
     cluster_utils.Cluster): the first added is the head. Stopped by pid."""
 
-    def __init__(self, health_check_period_ms=200, health_check_failure_threshold=3):
+    def __init__(self, health_check_period_ms=200, health_check_failure_threshold=3, env=None):
         import tempfile
         self.root = tempfile.mkdtemp(prefix="sr", dir="/tmp")  # short: Unix socket paths are limited
         self.env = dict(os.environ, SWIFTRAY_PYTHON=sys.executable,
                         SWIFTRAY_HEALTH_CHECK_PERIOD_MS=str(health_check_period_ms),
                         SWIFTRAY_HEALTH_CHECK_FAILURE_THRESHOLD=str(health_check_failure_threshold),
-                        SWIFTRAY_HEALTH_CHECK_TIMEOUT_MS="1000")
+                        SWIFTRAY_HEALTH_CHECK_TIMEOUT_MS="1000", **(env or {}))
         self.address = None
         self.nodes = []  # dicts: pid, session
 
@@ -120,6 +121,30 @@ def redis_address():
     yield f"127.0.0.1:{port}"
     proc.kill()
     proc.wait()
+
+
+def make_certificates(folder, name="cluster", hosts=("127.0.0.1",)):
+    """A CA and one certificate it signed (for the IPs `hosts`, usable by servers and
+    clients), made with openssl into `folder`: {"ca", "cert", "key"} paths, and `env`,
+    the variables that turn swiftray's mutual TLS on with them."""
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    ca_key, ca = f"{folder}/{name}-ca.key", f"{folder}/{name}-ca.crt"
+    key, csr, cert = f"{folder}/{name}.key", f"{folder}/{name}.csr", f"{folder}/{name}.crt"
+    ext = f"{folder}/{name}.ext"
+    with open(ext, "w") as f:
+        f.write("subjectAltName=" + ",".join(f"IP:{h}" for h in hosts) + "\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cmd in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+                 "-subj", f"/CN={name} test CA"],
+                ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={name} node"],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-out", cert, "-days", "2", "-extfile", ext]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return {"ca": ca, "cert": cert, "key": key,
+            "env": {"SWIFTRAY_USE_TLS": "1", "SWIFTRAY_TLS_SERVER_CERT": cert,
+                    "SWIFTRAY_TLS_SERVER_KEY": key, "SWIFTRAY_TLS_CA_CERT": ca}}
 
 
 def wait_until(pred, timeout=10.0):

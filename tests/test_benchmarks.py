@@ -48,3 +48,11 @@ def test_vs_serial_large_objects_and_core_figures_run(tmp_path):
     assert [r["nodes"] for r in mn["throughput"]] == [1, 3, 3]
     assert mn["transfer"]["swiftray"]["bytes"] == 1 << 20 and len(mn["transfer"]["swiftray"]["seconds"]) == 1
     assert "sync_noop_task_median_us" in json.loads((tmp_path / "cf.json").read_text())["results"]
+
+
+def test_the_security_benchmark_runs_every_mode(tmp_path):
+    run([os.path.join(BENCH, "security.py"), "--rounds", "1", "--seconds", "0.1", "--transfer-bytes", str(1 << 20),
+         "--transfer-trials", "1", "--json", str(tmp_path / "sec.json")])
+    best = json.loads((tmp_path / "sec.json").read_text())["best"]
+    assert set(best) == {"off", "token", "token+tls"}
+    assert all(b["sync_other_node_tasks_per_s"] > 0 and b["transfer_best_gb_per_s"] > 0 for b in best.values())

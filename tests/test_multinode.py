@@ -3,7 +3,7 @@ import os
 import time
 
 import swiftray
-from conftest import wait_until as _wait_until
+from conftest import run_script, wait_until as _wait_until
 
 
 def _node_of(session):
@@ -286,6 +286,40 @@ def test_reading_an_object_whose_node_died_raises_object_lost(cluster):
         raise AssertionError("the object's only copy died with its node")
     except ObjectLostError as e:
         assert ref.hex() in str(e) and "died" in str(e), str(e)
+
+
+def test_a_driver_that_exits_busy_gives_its_leases_back_on_every_node(cluster, tmp_path):
+    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    # A driver whose last tasks (here and on the other node) held their workers when it
+    # exited: the next driver gets both nodes' only CPU.
+    code = f"""
+import swiftray
+swiftray.init(address="{cluster.address}")
+@swiftray.remote
+def here():
+    return 1
+@swiftray.remote(resources={{"far": 1}})
+def far():
+    return 1
+for _ in range(50):
+    swiftray.get([here.remote(), far.remote()])
+"""
+    for _ in range(2):
+        out = run_script(tmp_path, code, timeout=120, env=cluster.env)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"far": 1})
+    def far():
+        return swiftray.get_runtime_context().get_node_id()
+
+    @swiftray.remote
+    def anywhere():
+        return 1
+    assert swiftray.get(far.remote(), timeout=30)
+    assert swiftray.get([anywhere.remote() for _ in range(4)], timeout=30) == [1] * 4
 
 
 def test_default_tasks_spill_to_idle_nodes_when_the_drivers_node_is_busy(cluster):

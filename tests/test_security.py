@@ -289,6 +289,119 @@ def test_auth_can_be_turned_off_explicitly(tmp_path):
     assert out.stdout.strip() == "5", out.stdout + out.stderr
 
 
+DELETE_OBJECTS = 26  # DataFrame.delete_objects
+ERROR = 16          # DataFrame.error
+
+
+def _replies(got):
+    """The DataFrames in `got`, as (body field number, body bytes) pairs."""
+    out = []
+    while len(got) >= 4:
+        n = struct.unpack(">I", got[:4])[0]
+        msg, got = got[4:4 + n], got[4 + n:]
+        i = 0
+        while i < len(msg):
+            key, i = _varint(msg, i)
+            if key & 7 == 0:
+                _, i = _varint(msg, i)
+            elif key & 7 == 2:
+                ln, i = _varint(msg, i)
+                out.append((key >> 3, msg[i:i + ln]))
+                i += ln
+            else:
+                break
+    return out
+
+
+def _varint(b, i):
+    v = shift = 0
+    while True:
+        x = b[i]
+        i += 1
+        v |= (x & 0x7F) << shift
+        shift += 7
+        if not x & 0x80:
+            return v, i
+
+
+def test_members_get_only_what_they_need_a_stores_tcp_port_reads_and_a_worker_runs_only_leased_tasks(cluster):
+    cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote
+    def pid():
+        return os.getpid()
+    worker_pid = swiftray.get(pid.remote(), timeout=60)
+
+    @swiftray.remote
+    def lease_key_seen():
+        return os.environ.get("SWIFTRAY_LEASE_KEY")
+    assert swiftray.get(lease_key_seen.remote(), timeout=60) is None, "user code never sees the node's key"
+    store = swiftray.util.object_store_stats()
+    data = swiftray.put(b"z" * (1 << 20))
+    oid = data.binary()
+
+    # With the token, the store's TCP port still only serves chunk reads: a delete sent
+    # there is answered with an error and the object stays.
+    delete = _frame(DELETE_OBJECTS, b"\x0a" + bytes([len(oid)]) + oid)
+    got, _ = _exchange(store["remote_address"], _preamble(TOKEN) + delete, wait=1.0)
+    (reply,) = _replies(got)
+    assert reply[0] == ERROR and b"only chunk reads" in reply[1], reply
+    read = _frame(READ_CHUNK, b"\x0a" + bytes([len(oid)]) + oid + b"\x10\x00\x18\x80\x80\x01")
+    got, _ = _exchange(store["remote_address"], _preamble(TOKEN) + read, wait=1.0)
+    assert b"z" * 1000 in got, "a member reads chunks of it over TCP"
+    assert swiftray.get(data) == b"z" * (1 << 20)
+
+    # With the token, a push that no lease of the worker's node covers is refused: the
+    # task never runs (its spec is empty: it would fail, but it is not even tried).
+    (worker_port,) = _listening_tcp_ports(worker_pid)
+    push = _frame(PUSH_TASK, b"\x0a\x00")  # PushTaskRequest{spec: {}}, no lease grant
+    got, _ = _exchange(f"tcp:127.0.0.1:{worker_port}", _preamble(TOKEN) + push, wait=2.0)
+    (reply,) = _replies(got)
+    assert reply[0] == ERROR and b"refused" in reply[1] and b"not granted" in reply[1], reply
+    # The worker goes on running the tasks its node leases to the cluster's owners.
+    assert swiftray.get(pid.remote(), timeout=60) == worker_pid
+
+
+PIN_OBJECT = 23        # DataFrame.pin_object
+PIN_OBJECT_REPLY = 24
+
+
+def test_a_store_pulls_only_from_stores_of_nodes_in_the_cluster(cluster):
+    head = cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+    # A listener no node owns: a pull from it must never even connect.
+    bait = socket.socket()
+    bait.bind(("127.0.0.1", 0))
+    bait.listen(8)
+    bait.settimeout(0.1)
+    port = bait.getsockname()[1]
+    oid = os.urandom(28)
+    source = f"tcp:127.0.0.1:{port}".encode()
+    # PinObjectRequest{object_id, reader_pid, pull_from, size: 1 MiB}, from a member (token).
+    pin = (b"\x0a" + bytes([len(oid)]) + oid + b"\x10\x01" + b"\x1a" + bytes([len(source)]) + source
+           + b"\x20\x80\x80\x40")
+    store = "unix:" + os.path.join(head["session"], "sockets", "store.sock")
+    got, _ = _exchange(store, _preamble(TOKEN) + _frame(PIN_OBJECT, pin), wait=3.0)
+    (reply,) = _replies(got)
+    assert reply[0] == PIN_OBJECT_REPLY and b"not the object store of a node" in reply[1], reply
+    try:
+        conn, _ = bait.accept()
+        conn.close()
+        raise AssertionError("the store connected to an address no node of the cluster has")
+    except socket.timeout:
+        pass
+    finally:
+        bait.close()
+    # Pulls from the cluster's own stores go on working.
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+
+    @swiftray.remote(resources={"far": 1})
+    def make():
+        return b"q" * (2 << 20)
+    assert swiftray.get(make.remote(), timeout=60) == b"q" * (2 << 20)
+
+
 def test_a_local_cluster_listens_on_no_tcp_port_and_workers_inherit_no_listener():
     swiftray.shutdown()
     swiftray.init(num_cpus=2)
@@ -353,3 +466,53 @@ def _can_connect(port):
 def _alive_pid(pid):
     from conftest import pid_alive
     return pid_alive(pid)
+
+
+def test_sessions_sockets_and_logs_are_this_users_only_and_stop_signals_only_its_own_daemons(tmp_path):
+    # A local init() cluster: its session lives in this user's own folder, 0700.
+    swiftray.shutdown()
+    swiftray.init(num_cpus=1)
+    try:
+        session = swiftray.nodes()[0]["SessionDir"]
+        root = os.path.dirname(session)
+        assert root == os.path.join(os.environ.get("TMPDIR") or "/tmp", f"swiftray-{os.getuid()}"), root
+        st = os.lstat(root)
+        assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0, oct(st.st_mode)
+        for sock in glob.glob(os.path.join(session, "sockets", "*.sock")):
+            assert os.stat(sock).st_mode & 0o077 == 0, (sock, oct(os.stat(sock).st_mode))
+    finally:
+        swiftray.shutdown()
+
+    c = Cluster()
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        head = c.add_node(num_cpus=1)
+        session = head["session"]
+        assert os.stat(os.path.dirname(session)).st_mode & 0o077 == 0
+        for name in ("daemon.log", "daemon.identity"):
+            assert os.stat(os.path.join(session, name)).st_mode & 0o077 == 0, name
+        for sock in glob.glob(os.path.join(session, "sockets", "*.sock")):
+            assert os.stat(sock).st_mode & 0o077 == 0, sock
+        # The session says its daemon is another process (a recycled pid, a tampered
+        # file): stop leaves that process alone and says why.
+        identity = os.path.join(session, "daemon.identity")
+        real = open(identity).read()
+        pid_line, exe_line = real.splitlines()[:2]
+        for fake in (f"{sleeper.pid} {pid_line.split()[1]}\n{exe_line}\n",      # another pid, the daemon's start time
+                     f"{sleeper.pid} 1\n/usr/bin/sleep\n"):                    # the sleeper's exe, another start time
+            open(identity, "w").write(fake)
+            out = subprocess.run([sys.executable, "-m", "swiftray", "stop", "--temp-dir", c.root],
+                                 capture_output=True, text=True, timeout=60, env=c.env)
+            assert "Skipping session" in out.stdout, out.stdout + out.stderr
+            assert sleeper.poll() is None, "a process that is not the daemon was signalled"
+            assert _alive_pid(head["pid"])
+        # With its true identity back, stop stops it.
+        open(identity, "w").write(real)
+        out = subprocess.run([sys.executable, "-m", "swiftray", "stop", "--temp-dir", c.root],
+                             capture_output=True, text=True, timeout=60, env=c.env)
+        assert "Stopped 1" in out.stdout, out.stdout + out.stderr
+        assert wait_until(lambda: not _alive_pid(head["pid"]), timeout=20)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        c.shutdown()

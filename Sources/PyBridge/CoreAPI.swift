@@ -202,9 +202,13 @@ enum CoreAPI {
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       // Its NodeManager put the cluster's token in its environment.
       let auth = try ClusterAuth.required(for: "connect this worker to its node", environment: env)
+      // The node's lease-grant key: kept by the core, gone from the environment.
+      let grants = env[LeaseGrants.environmentKey].flatMap(LeaseGrants.init(hex:))
+      unsetenv(LeaseGrants.environmentKey)
       let core = try CoreWorker(
         options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"], auth: auth),
+                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"], auth: auth,
+                       leaseGrants: grants),
         group: group, jobID: nil)
       return Session(core: core, cluster: nil)
     }, then: activate)

@@ -3724,6 +3724,19 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "FreeObjects" metadata.
+        public enum FreeObjects: Sendable {
+            /// Request type for "FreeObjects".
+            public typealias Input = Swiftray_FreeObjectsRequest
+            /// Response type for "FreeObjects".
+            public typealias Output = Swiftray_FreeObjectsReply
+            /// Descriptor for "FreeObjects".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "FreeObjects",
+                type: .unary
+            )
+        }
         /// Namespace for "SubscribeLogs" metadata.
         public enum SubscribeLogs: Sendable {
             /// Request type for "SubscribeLogs".
@@ -3799,6 +3812,7 @@ public enum Swiftray_NodeManagerService: Sendable {
             GetWorkerFailureCause.descriptor,
             KillWorker.descriptor,
             GetNodeStats.descriptor,
+            FreeObjects.descriptor,
             SubscribeLogs.descriptor,
             SubscribeNodeDeaths.descriptor,
             PrepareBundles.descriptor,
@@ -3945,6 +3959,25 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_GetNodeStatsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetNodeStatsReply>
+
+        /// Handle the "FreeObjects" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Frees objects in this node's store (their owner on another node is done with
+        /// > them): the store's own TCP port serves only chunk reads.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_FreeObjectsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_FreeObjectsReply` messages.
+        func freeObjects(
+            request: GRPCCore.StreamingServerRequest<Swiftray_FreeObjectsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_FreeObjectsReply>
 
         /// Handle the "SubscribeLogs" method.
         ///
@@ -4141,6 +4174,25 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swiftray_GetNodeStatsReply>
 
+        /// Handle the "FreeObjects" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Frees objects in this node's store (their owner on another node is done with
+        /// > them): the store's own TCP port serves only chunk reads.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_FreeObjectsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_FreeObjectsReply` message.
+        func freeObjects(
+            request: GRPCCore.ServerRequest<Swiftray_FreeObjectsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_FreeObjectsReply>
+
         /// Handle the "SubscribeLogs" method.
         ///
         /// - Parameters:
@@ -4334,6 +4386,25 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws -> Swiftray_GetNodeStatsReply
 
+        /// Handle the "FreeObjects" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Frees objects in this node's store (their owner on another node is done with
+        /// > them): the store's own TCP port serves only chunk reads.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_FreeObjectsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_FreeObjectsReply` to respond with.
+        func freeObjects(
+            request: Swiftray_FreeObjectsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_FreeObjectsReply
+
         /// Handle the "SubscribeLogs" method.
         ///
         /// - Parameters:
@@ -4501,6 +4572,17 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.FreeObjects.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_FreeObjectsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_FreeObjectsReply>(),
+            handler: { request, context in
+                try await self.freeObjects(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Swiftray_NodeManagerService.Method.SubscribeLogs.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_SubscribeLogsRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_LogBatch>(),
@@ -4643,6 +4725,17 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_GetNodeStatsReply> {
         let response = try await self.getNodeStats(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func freeObjects(
+        request: GRPCCore.StreamingServerRequest<Swiftray_FreeObjectsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_FreeObjectsReply> {
+        let response = try await self.freeObjects(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -4805,6 +4898,19 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Swiftray_GetNodeStatsReply> {
         return GRPCCore.ServerResponse<Swiftray_GetNodeStatsReply>(
             message: try await self.getNodeStats(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func freeObjects(
+        request: GRPCCore.ServerRequest<Swiftray_FreeObjectsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_FreeObjectsReply> {
+        return GRPCCore.ServerResponse<Swiftray_FreeObjectsReply>(
+            message: try await self.freeObjects(
                 request: request.message,
                 context: context
             ),
@@ -5049,6 +5155,30 @@ extension Swiftray_NodeManagerService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_GetNodeStatsReply>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_GetNodeStatsReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "FreeObjects" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Frees objects in this node's store (their owner on another node is done with
+        /// > them): the store's own TCP port serves only chunk reads.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_FreeObjectsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_FreeObjectsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_FreeObjectsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func freeObjects<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_FreeObjectsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_FreeObjectsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_FreeObjectsReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_FreeObjectsReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "SubscribeLogs" method.
@@ -5407,6 +5537,41 @@ extension Swiftray_NodeManagerService {
             )
         }
 
+        /// Call the "FreeObjects" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Frees objects in this node's store (their owner on another node is done with
+        /// > them): the store's own TCP port serves only chunk reads.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_FreeObjectsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_FreeObjectsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_FreeObjectsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func freeObjects<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_FreeObjectsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_FreeObjectsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_FreeObjectsReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_FreeObjectsReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.FreeObjects.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "SubscribeLogs" method.
         ///
         /// - Parameters:
@@ -5753,6 +5918,36 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetNodeStatsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetNodeStatsReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FreeObjects" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Frees objects in this node's store (their owner on another node is done with
+    /// > them): the store's own TCP port serves only chunk reads.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_FreeObjectsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func freeObjects<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_FreeObjectsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_FreeObjectsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.freeObjects(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_FreeObjectsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_FreeObjectsReply>(),
             options: options,
             onResponse: handleResponse
         )
@@ -6109,6 +6304,40 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.getNodeStats(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FreeObjects" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Frees objects in this node's store (their owner on another node is done with
+    /// > them): the store's own TCP port serves only chunk reads.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func freeObjects<Result>(
+        _ message: Swiftray_FreeObjectsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_FreeObjectsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_FreeObjectsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.freeObjects(
             request: request,
             options: options,
             onResponse: handleResponse

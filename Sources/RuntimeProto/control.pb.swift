@@ -73,6 +73,10 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
   /// Lease requests waiting at the node (one shape per waiting request).
   public var pendingDemand: [Swiftray_ResourceShape] = []
 
+  /// Where other nodes pull its objects from ("tcp:host:port"; empty when not
+  /// networked): stores pull only from the stores of nodes in their cluster view.
+  public var storeAddress: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1109,6 +1113,10 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
   /// GRANTED: the GPUs the lease holds (fractions share an id).
   public var gpuIds: [Int32] = []
 
+  /// GRANTED: the node's proof of this lease (HMAC of lease id, worker, owner under a
+  /// key only the node and its workers hold); every push under the lease carries it.
+  public var leaseGrant: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Status: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -1177,6 +1185,28 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
   public init() {}
 
   fileprivate var _worker: Swiftray_Address? = nil
+}
+
+public nonisolated struct Swiftray_FreeObjectsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectIds: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_FreeObjectsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Swiftray_ReturnWorkerLeaseRequest: Sendable {
@@ -1584,7 +1614,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1603,6 +1633,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 9: try { try decoder.decodeSingularStringField(value: &self.nodeManagerAddress) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.deathDetail) }()
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pendingDemand) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.storeAddress) }()
       default: break
       }
     }
@@ -1646,6 +1677,9 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.pendingDemand.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.pendingDemand, fieldNumber: 11)
     }
+    if !self.storeAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.storeAddress, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1661,6 +1695,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
     if lhs.deathDetail != rhs.deathDetail {return false}
     if lhs.pendingDemand != rhs.pendingDemand {return false}
+    if lhs.storeAddress != rhs.storeAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3342,7 +3377,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{3}lease_id\0\u{1}worker\0\u{3}retry_at_endpoint\0\u{1}detail\0\u{3}gpu_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{3}lease_id\0\u{1}worker\0\u{3}retry_at_endpoint\0\u{1}detail\0\u{3}gpu_ids\0\u{3}lease_grant\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3356,6 +3391,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
       case 4: try { try decoder.decodeSingularStringField(value: &self.retryAtEndpoint) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.detail) }()
       case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.gpuIds) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.leaseGrant) }()
       default: break
       }
     }
@@ -3384,6 +3420,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
     if !self.gpuIds.isEmpty {
       try visitor.visitPackedInt32Field(value: self.gpuIds, fieldNumber: 6)
     }
+    if !self.leaseGrant.isEmpty {
+      try visitor.visitSingularBytesField(value: self.leaseGrant, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3394,6 +3433,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
     if lhs.retryAtEndpoint != rhs.retryAtEndpoint {return false}
     if lhs.detail != rhs.detail {return false}
     if lhs.gpuIds != rhs.gpuIds {return false}
+    if lhs.leaseGrant != rhs.leaseGrant {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3401,6 +3441,55 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply.Status: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0")
+}
+
+nonisolated extension Swiftray_FreeObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FreeObjectsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedBytesField(value: &self.objectIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectIds.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.objectIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_FreeObjectsRequest, rhs: Swiftray_FreeObjectsRequest) -> Bool {
+    if lhs.objectIds != rhs.objectIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_FreeObjectsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FreeObjectsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_FreeObjectsReply, rhs: Swiftray_FreeObjectsReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

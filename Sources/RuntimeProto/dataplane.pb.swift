@@ -46,6 +46,13 @@ public nonisolated struct Swiftray_PushTaskRequest: Sendable {
   /// sees them in CUDA_VISIBLE_DEVICES); for an actor, those of its creation lease.
   public var gpuIds: [Int32] = []
 
+  /// The lease it runs under and its NodeManager's grant (RequestWorkerLeaseReply):
+  /// a worker runs a task (or an actor's creation) only under a grant of its node's
+  /// for itself and the spec's owner. Actor method calls carry none.
+  public var leaseID: UInt64 = 0
+
+  public var leaseGrant: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -819,7 +826,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}gpu_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}gpu_ids\0\u{3}lease_id\0\u{3}lease_grant\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -829,6 +836,8 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.gpuIds) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaseID) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.leaseGrant) }()
       default: break
       }
     }
@@ -845,12 +854,20 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
     if !self.gpuIds.isEmpty {
       try visitor.visitPackedInt32Field(value: self.gpuIds, fieldNumber: 2)
     }
+    if self.leaseID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaseID, fieldNumber: 3)
+    }
+    if !self.leaseGrant.isEmpty {
+      try visitor.visitSingularBytesField(value: self.leaseGrant, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_PushTaskRequest, rhs: Swiftray_PushTaskRequest) -> Bool {
     if lhs._spec != rhs._spec {return false}
     if lhs.gpuIds != rhs.gpuIds {return false}
+    if lhs.leaseID != rhs.leaseID {return false}
+    if lhs.leaseGrant != rhs.leaseGrant {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

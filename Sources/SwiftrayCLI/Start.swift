@@ -27,7 +27,7 @@ struct Start: ParsableCommand {
   var resources: String?
   @Option(name: .customLong("object-store-memory"), help: "Bytes of the node's shared-memory object store (default 30% of RAM).")
   var objectStoreMemory: Int?
-  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
+  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: this user's $TMPDIR/swiftray-<uid>, 0700).")
   var tempDir: String?
   @Option(name: .customLong("redis-password"), help: "Password of the Redis in SWIFTRAY_REDIS_ADDRESS (head only; better: SWIFTRAY_REDIS_PASSWORD or --redis-password-file).")
   var redisPassword: String?
@@ -65,7 +65,7 @@ struct Start: ParsableCommand {
     return .tcp(host: String(address[..<colon]), port: p)
   }
 
-  var root: String { (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray") }
+  var root: String { SessionPaths.sessionsRoot(tempDir: tempDir) }
 
   /// The token this node uses: the one found (`ClusterAuth.resolve`); a head makes one
   /// in ~/.swiftray/auth_token when there is none; a joining node must have the head's.
@@ -126,7 +126,7 @@ struct Start: ParsableCommand {
     }
     args.removeAll { $0.hasPrefix("--redis-password=") }
     if let p = redisPassword, !args.contains("--redis-password") { env["SWIFTRAY_REDIS_PASSWORD"] = p }
-    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    try SessionPaths.makePrivate(root)
     let log = open(logPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard log >= 0 else { throw ValidationError("cannot create \(logPath): \(String(cString: strerror(errno)))") }
     close(log)
@@ -199,6 +199,7 @@ struct Start: ParsableCommand {
       nodeIP: nodeIPAddress, controlStorage: storage, auth: auth)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
+    DaemonIdentity.record(in: cluster.sessionDir)
     // From here on the daemon's own output goes to its session.
     let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
     if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
@@ -229,18 +230,16 @@ struct Stop: ParsableCommand {
   var force = false
   @Option(name: .customLong("grace-period"), help: "Seconds to wait for a clean stop before killing.")
   var gracePeriod: Double = 16
-  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: the system temp dir).")
+  @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: this user's $TMPDIR/swiftray-<uid>, 0700).")
   var tempDir: String?
 
   func run() throws {
-    let root = (tempDir ?? NSTemporaryDirectory()) + (tempDir == nil ? "swiftray" : "/swiftray")
+    let root = SessionPaths.sessionsRoot(tempDir: tempDir)
     var pids: [Int32] = []
     for (name, alive) in LocalCluster.sessions(root: root) where alive {
-      if let text = try? String(contentsOfFile: "\(root)/\(name)/daemon.pid", encoding: .utf8),
-        let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
-      {
-        pids.append(pid)
-      }
+      // Only a daemon of this user that is still the process the session recorded.
+      let (pid, why) = DaemonIdentity.verifiedPid(session: "\(root)/\(name)")
+      if let pid { pids.append(pid) } else if let why { print("Skipping session \(name): \(why).") }
     }
     guard !pids.isEmpty else {
       print("No swiftray node daemon is running on this machine.")

@@ -82,7 +82,7 @@ struct Memory: ParsableCommand {
   func run() throws {
     let sessions = address.map { [$0] } ?? MemoryReport.liveSessions()
     guard !sessions.isEmpty else {
-      print("No running swiftray cluster found on this machine (looked in \(NSTemporaryDirectory())swiftray).")
+      print("No running swiftray cluster found on this machine (looked in \(SessionPaths.sessionsRoot())).")
       throw ExitCode(1)
     }
     var failed = false

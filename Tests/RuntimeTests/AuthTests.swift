@@ -105,3 +105,29 @@ final class ManagedCount: Sendable {
   func add() { n.withLock { $0 += 1 } }
   var value: Int { n.withLock { $0 } }
 }
+
+@Suite struct ClusterTLSTests {
+  @Test func tlsIsOffUnlessAskedForAndAskingWithoutFilesSaysWhichIsMissing() throws {
+    #expect(try ClusterTLS.fromEnvironment([:]) == nil)
+    #expect(try ClusterTLS.fromEnvironment(["SWIFTRAY_USE_TLS": "0", "SWIFTRAY_TLS_CA_CERT": "/nope"]) == nil)
+    do {
+      _ = try ClusterTLS.fromEnvironment(["RAY_USE_TLS": "1"])
+      Issue.record("TLS without certificates was accepted")
+    } catch {
+      #expect(error.message.contains("SWIFTRAY_TLS_SERVER_CERT"))
+    }
+    do {
+      _ = try ClusterTLS.fromEnvironment(["SWIFTRAY_USE_TLS": "1", "SWIFTRAY_TLS_SERVER_CERT": "/no/such.pem",
+                                          "SWIFTRAY_TLS_SERVER_KEY": "/no/key.pem", "SWIFTRAY_TLS_CA_CERT": "/no/ca.pem"])
+      Issue.record("unreadable files were accepted")
+    } catch {
+      #expect(error.message.contains("/no/such.pem"))
+    }
+    do {
+      _ = try ClusterTLS.fromEnvironment(["SWIFTRAY_USE_TLS": "maybe"])
+      Issue.record("a value that is neither on nor off was accepted")
+    } catch {
+      #expect(error.message.contains("SWIFTRAY_USE_TLS=maybe"))
+    }
+  }
+}

@@ -47,6 +47,18 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.numLeases == 0)
   }
 
+  @Test mutating func anOwnerThatShutsDownGivesBackEveryLeaseAndCancelsEveryRequest() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t1 = gen.next(), t2 = gen.next(), t3 = gen.next()
+    let r = requests(s.taskReady(t1, key: cpu1, now: 0)) + requests(s.taskReady(t2, key: cpu1, now: 0))
+    _ = s.taskReady(t3, key: cpu1, now: 0)
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 9, worker: .random())
+    let more = requests(s.leaseGranted(requestID: r[0], lease: lease, now: 0))  // busy with t1; r[1] (and t3's) out
+    #expect(s.ownerExiting() == [.returnLease(leaseID: 9, disconnect: false)]
+      + ([r[1]] + more).sorted().map { .cancelLeaseRequest(requestID: $0) })
+    #expect(s.numLeases == 0 && s.numQueued == 0 && s.tick(now: 1_000 * ms).isEmpty)
+  }
+
   @Test mutating func extraLeaseRequestsAreCanceledWhenTheQueueEmpties() {
     var s = NormalTaskSubmitter(settings: settings)
     let t1 = gen.next(), t2 = gen.next()

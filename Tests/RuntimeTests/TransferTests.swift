@@ -62,14 +62,19 @@ private let mib = 1 << 20
 private let testAuth = try! ClusterAuth(token: ClusterAuth.generate(), source: "test")
 
 @Suite(.serialized) struct TransferTests {
-  static func stores(_ group: MultiThreadedEventLoopGroup, pull: PullQueue.Config) throws -> [(ObjectStore, StoreClient, String)] {
-    try (0..<2).map { i in
+  /// Two stores, each with both in its cluster view (and `extra`, as a node's would be).
+  static func stores(_ group: MultiThreadedEventLoopGroup, pull: PullQueue.Config,
+                     extra: Set<String> = []) throws -> [(ObjectStore, StoreClient, String)] {
+    let made = try (0..<2).map { i in
       let dir = NSTemporaryDirectory() + "xfer-\(i)-\(UInt32.random(in: 0 ... .max))"
       try FileManager.default.createDirectory(atPath: dir + "/sockets", withIntermediateDirectories: true)
       let store = try ObjectStore(options: .init(capacity: 64 * mib, sessionDir: dir, remoteHost: "127.0.0.1", pull: pull),
                                   group: group, auth: testAuth, warn: { _ in })
       return (store, try StoreClient(endpoint: store.endpoint, pool: DataPlaneClientPool(group: group, auth: testAuth)), dir)
     }
+    let view = Set(made.map { $0.0.remoteAddress }).union(extra)
+    for (store, _, _) in made { store.setPullSources(view) }
+    return made
   }
 
   @Test func anObjectPulledInChunksArrivesIntactAsAnEvictableCopy() async throws {
@@ -102,7 +107,7 @@ private let testAuth = try! ClusterAuth(token: ClusterAuth.generate(), source: "
 
   @Test func aPullOfAnObjectTheSourceLacksFailsWithTheReason() async throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    let nodes = try await onOwnThread { try Self.stores(group, pull: .init()) }
+    let nodes = try await onOwnThread { try Self.stores(group, pull: .init(), extra: ["tcp:127.0.0.1:1"]) }
     var gen = TaskIDGenerator(job: JobID(3))
     let id = ObjectID.forPut(by: gen.next(), index: 1)
     let source = nodes[0].0.remoteAddress
@@ -120,6 +125,27 @@ private let testAuth = try! ClusterAuth(token: ClusterAuth.generate(), source: "
     }
     guard case .failure(let e2) = dead else { Issue.record("pin from a dead source succeeded"); return }
     #expect(e2.code == .objectLost && e2.message.contains("unreachable"))
+    try await onOwnThread { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
+  }
+
+  @Test func aPullFromAStoreOutsideTheClusterViewIsRefusedOnceViewsHaveNotShownIt() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let nodes = try await onOwnThread { try Self.stores(group, pull: .init()) }
+    var gen = TaskIDGenerator(job: JobID(4))
+    let id = ObjectID.forPut(by: gen.next(), index: 1)
+    let view = Set(nodes.map { $0.0.remoteAddress })
+    // Two more views come (as a NodeManager refreshes every 200 ms) without the address.
+    let refresher = Task.detached {
+      for _ in 0..<2 { try? await Task.sleep(for: .milliseconds(100)); nodes[1].0.setPullSources(view) }
+    }
+    let got = try await onOwnThread { () -> Result<Bool, SwiftrayError> in
+      do { return .success(try nodes[1].1.pin(id, pullFrom: "tcp:127.0.0.1:9", size: mib) != nil) } catch let e as SwiftrayError { return .failure(e) } catch { return .failure(SwiftrayError(.system, "\(error)")) }
+    }
+    await refresher.value
+    guard case .failure(let e) = got else { Issue.record("pulled from a store outside the cluster"); return }
+    #expect(e.message.contains("not the object store of a node alive"), "\(e.message)")
+    let used = try await onOwnThread { try nodes[1].1.stats().used }
+    #expect(used == 0, "nothing was reserved for it")
     try await onOwnThread { for (s, _, d) in nodes { s.close(); try? FileManager.default.removeItem(atPath: d) } }
   }
 }

@@ -116,8 +116,8 @@ def job_key(job_id_hex):
 
 
 def _sessions_root():
-    import tempfile
-    return os.path.join(tempfile.gettempdir(), "swiftray")
+    """This user's sessions folder, as the core computes it ($TMPDIR/swiftray-<uid>)."""
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"swiftray-{os.getuid()}")
 
 
 def _resolve_address(address):

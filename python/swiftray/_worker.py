@@ -340,6 +340,9 @@ def main():
     _running_as_worker = True
     signal.signal(signal.SIGINT, _on_sigint)
     _core.connect_worker()
+    # The node's lease-grant key was for the core (which cleared its own copy); user
+    # code and the processes it starts do not see it.
+    os.environ.pop("SWIFTRAY_LEASE_KEY", None)
     try:
         _core.worker_loop(execute)
     finally:

@@ -17,8 +17,10 @@ public struct ActorDirectory: Sendable {
     public var node: String
     /// The GPUs the lease holds: the actor's worker sees them for its life.
     public var gpuIDs: [Int32]
-    public init(leaseID: UInt64, worker: Swiftray_Address, node: String, gpuIDs: [Int32] = []) {
-      self.leaseID = leaseID; self.worker = worker; self.node = node; self.gpuIDs = gpuIDs
+    /// The node's grant, shown with the creation push.
+    public var grant: Data
+    public init(leaseID: UInt64, worker: Swiftray_Address, node: String, gpuIDs: [Int32] = [], grant: Data = Data()) {
+      self.leaseID = leaseID; self.worker = worker; self.node = node; self.gpuIDs = gpuIDs; self.grant = grant
     }
   }
 

@@ -435,7 +435,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
         guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }
         switch reply.status {
         case .granted:
-          return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node, gpuIDs: reply.gpuIds))
+          return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node, gpuIDs: reply.gpuIds,
+                                                 grant: reply.leaseGrant))
         case .infeasible:
           return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
         case .workerStartFailed:
@@ -455,6 +456,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
     req.gpuIds = lease.gpuIDs
+    req.leaseID = lease.leaseID
+    req.leaseGrant = lease.grant
     pool.request(ep, .pushTask(req)) { [self] result in
       // A broken connection means the worker died: its NodeManager reports that.
       guard case .success(let frame) = result, case .pushTaskReply(let reply)? = frame.body else { return }

@@ -2,12 +2,16 @@ import DequeModule
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// `ControlStorage` on a real Redis (Ray's GCS fault tolerance): each table is one Redis
 /// hash, `swiftray:<table>`, so a restarted head finds its KV, jobs, nodes and actors.
 /// RESP over one SwiftNIO connection, pipelined (Redis answers in order), reconnected
-/// on demand; `AUTH` first when a password is set.
+/// on demand; `AUTH` first when a password is set. `rediss://HOST:PORT` speaks TLS,
+/// trusting `SWIFTRAY_REDIS_CA_CERT` (else the system's roots) and showing
+/// `SWIFTRAY_REDIS_CLIENT_CERT`/`_KEY` when Redis asks for a client certificate (Ray's
+/// `RAY_REDIS_*` names too).
 ///
 /// Threading: any task; the connection's reply queue is behind a lock.
 public final class RedisControlStorage: ControlStorage {
@@ -15,16 +19,53 @@ public final class RedisControlStorage: ControlStorage {
   public let port: Int
   let password: String?
   let group: EventLoopGroup
+  /// Set for `rediss://`: the context every connection's TLS handler is made from.
+  let tls: NIOSSLContext?
   let current = Locked<Conn?>(nil)
 
-  public init(address: String, password: String? = nil, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws(SwiftrayError) {
-    guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-      throw SwiftrayError(.invalidArgument, "bad Redis address '\(address)': use HOST:PORT (e.g. 127.0.0.1:6379)")
+  public init(address: String, password: String? = nil, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+              environment: [String: String] = ProcessInfo.processInfo.environment) throws(SwiftrayError) {
+    var rest = Substring(address)
+    var useTLS = false
+    if rest.hasPrefix("rediss://") { rest = rest.dropFirst(9); useTLS = true }
+    else if rest.hasPrefix("redis://") { rest = rest.dropFirst(8) }
+    guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]),
+      (1...65535).contains(port), colon > rest.startIndex
+    else {
+      throw SwiftrayError(.invalidArgument, "bad Redis address '\(address)': use HOST:PORT (e.g. 127.0.0.1:6379), "
+        + "or rediss://HOST:PORT for TLS")
     }
-    self.host = String(address[..<colon])
+    self.host = String(rest[..<colon])
     self.port = port
     self.password = password?.isEmpty == false ? password : nil
     self.group = group
+    self.tls = useTLS ? try Self.tlsContext(environment) : nil
+  }
+
+  /// The client TLS context for `rediss://`: the server's certificate must chain to the
+  /// CA given (or the system's roots) and name the host or IP address connected to.
+  static func tlsContext(_ environment: [String: String]) throws(SwiftrayError) -> NIOSSLContext {
+    func value(_ name: String) -> String? {
+      for key in ["SWIFTRAY_" + name, "RAY_" + name] { if let v = environment[key], !v.isEmpty { return v } }
+      return nil
+    }
+    var config = TLSConfiguration.makeClientConfiguration()
+    do {
+      if let ca = value("REDIS_CA_CERT") { config.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+      switch (value("REDIS_CLIENT_CERT"), value("REDIS_CLIENT_KEY")) {
+      case (let cert?, let key?):
+        config.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+        config.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+      case (nil, nil): break
+      default:
+        throw SwiftrayError(.invalidArgument, "set both SWIFTRAY_REDIS_CLIENT_CERT and SWIFTRAY_REDIS_CLIENT_KEY, or neither")
+      }
+      return try NIOSSLContext(configuration: config)
+    } catch let e as SwiftrayError {
+      throw e
+    } catch {
+      throw SwiftrayError(.invalidArgument, "cannot set up TLS to Redis (SWIFTRAY_REDIS_CA_CERT, _CLIENT_CERT, _CLIENT_KEY): \(error)")
+    }
   }
 
   /// Connects (and authenticates) now, so a wrong address or password fails at start.
@@ -98,7 +139,7 @@ public final class RedisControlStorage: ControlStorage {
     case .ready(let conn): return conn
     case .wait(let g): f = g
     case .connect(let p):
-      RedisConnection.connect(group: group, host: host, port: port, password: password).cascade(to: p)
+      RedisConnection.connect(group: group, host: host, port: port, password: password, tls: tls).cascade(to: p)
       f = p.futureResult
     }
     do {
@@ -128,13 +169,20 @@ final class RedisConnection: Sendable {
 
   var isClosed: Bool { state.withLock { $0.closed } }
 
-  static func connect(group: EventLoopGroup, host: String, port: Int, password: String?) -> EventLoopFuture<RedisConnection> {
+  static func connect(group: EventLoopGroup, host: String, port: Int, password: String?,
+                      tls: NIOSSLContext?) -> EventLoopFuture<RedisConnection> {
     let handler = ReplyHandler()
+    // SNI takes a host name only; for an IP address NIOSSL checks the certificate
+    // against the address connected to.
+    let isIP = host.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" }
     return ClientBootstrap(group: group)
       .channelOption(.socketOption(.tcp_nodelay), value: 1)
       .connectTimeout(.seconds(5))
       .channelInitializer { ch in
         ch.eventLoop.makeCompletedFuture {
+          if let tls {
+            try ch.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: isIP ? nil : host))
+          }
           try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(Decoder()))
           try ch.pipeline.syncOperations.addHandler(handler)
         }

@@ -29,11 +29,14 @@ public final class CoreWorker: Sendable {
     public var nodeIP: String?
     /// The cluster's token: every connection this process makes or accepts shows it.
     public var auth: ClusterAuth
+    /// A worker's: its node's lease-grant key (pushed tasks run only under its grants);
+    /// nil for a driver, which runs no pushed task.
+    public var leaseGrants: LeaseGrants?
     public init(isDriver: Bool, workerID: WorkerID, nodeID: NodeID, nodeManager: Endpoint, control: Endpoint,
-                sessionDir: String, config: Config, nodeIP: String? = nil, auth: ClusterAuth) {
+                sessionDir: String, config: Config, nodeIP: String? = nil, auth: ClusterAuth, leaseGrants: LeaseGrants? = nil) {
       self.isDriver = isDriver; self.workerID = workerID; self.nodeID = nodeID; self.nodeManager = nodeManager
       self.control = control; self.sessionDir = sessionDir; self.config = config; self.nodeIP = nodeIP
-      self.auth = auth
+      self.auth = auth; self.leaseGrants = leaseGrants
     }
   }
 
@@ -71,6 +74,13 @@ public final class CoreWorker: Sendable {
     /// Borrowers asking for values we own that do not exist yet.
     var remoteGets: [ObjectID: [(DataPlaneResponder, WorkerID?)]] = [:]
     var leaseWorkers: [UInt64: Swiftray_Address] = [:]
+    /// NodeManager addresses of the cluster's nodes by node id (for freeing objects
+    /// elsewhere), refreshed from the ControlService when a node is missing.
+    var nodeManagers: [Data: String] = [:]
+    /// The node's grant of each held lease, shown with every push under it.
+    var leaseGrants: [UInt64: Data] = [:]
+    /// A worker's: which pushes it runs (set at init from `Options.leaseGrants`).
+    var leaseGate = LeaseGate(grants: nil, worker: Data())
     /// The GPUs each granted lease holds, sent with every task pushed under it.
     var leaseGPUs: [UInt64: [Int32]] = [:]
     /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
@@ -193,6 +203,7 @@ public final class CoreWorker: Sendable {
     address = addr
     state = Locked(State(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
                         idGen: gen, selfAddress: addr, putTask: putTask))
+    state.withLock { $0.leaseGate = LeaseGate(grants: options.leaseGrants, worker: Data(options.workerID.binary)) }
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
@@ -435,21 +446,40 @@ public final class CoreWorker: Sendable {
   }
 
   /// Frees owned stored objects where they live: the primary copy in its node's store
-  /// (this node's, or another's over TCP) and the copy this node may have pulled.
+  /// (this node's, or another's through that node's NodeManager: a store's TCP port
+  /// serves only chunk reads) and the copy this node may have pulled.
   func deleteStored(_ objects: [(ObjectID, Swiftray_RayObject)]) {
     guard !objects.isEmpty else { return }
     let me = Data(options.nodeID.binary)
-    var elsewhere: [String: [ObjectID]] = [:]
+    var elsewhere: [Data: [ObjectID]] = [:]
     for (id, o) in objects where !o.storeNode.isEmpty && o.storeNode != me && !o.storeAddress.isEmpty {
-      elsewhere[o.storeAddress, default: []].append(id)
+      elsewhere[o.storeNode, default: []].append(id)
     }
     objectStore.delete(objects.map(\.0))
     state.withLock { s in for (id, _) in objects { s.localCopies.remove(id) } }
-    for (address, ids) in elsewhere {
-      guard let ep = Endpoint(address) else { continue }
-      var req = Swiftray_DeleteObjectsRequest()
-      req.objectIds = ids.map { Data($0.binary) }
-      pool.request(ep, .deleteObjects(req)) { _ in }
+    if !elsewhere.isEmpty { Task { await freeElsewhere(elsewhere) } }
+  }
+
+  /// Asks each node's NodeManager to free the objects in its store; a node not in the
+  /// cached node table is looked up (once) at the ControlService. A node that is gone
+  /// took its store with it, so errors are dropped.
+  func freeElsewhere(_ byNode: [Data: [ObjectID]]) async {
+    var known = state.withLock { $0.nodeManagers }
+    if byNode.keys.contains(where: { known[$0] == nil }),
+      let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init()).nodes {
+      known = [:]
+      for n in nodes where n.alive { known[n.nodeID] = n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress }
+      let table = known
+      state.withLock { $0.nodeManagers = table }
+    }
+    await withTaskGroup(of: Void.self) { g in
+      for (node, ids) in byNode {
+        guard let address = known[node], let nm = nodeClient(address) else { continue }
+        g.addTask {
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client)
+            .freeObjects(.with { $0.objectIds = ids.map { Data($0.binary) } })
+        }
+      }
     }
   }
 
@@ -757,6 +787,7 @@ public final class CoreWorker: Sendable {
   /// first (bounded), so a driver that exits right after `get` loses no lines.
   public func shutdown() {
     prepareShutdown()
+    returnLeasesAtExit()
     if let t = logForwarding.withLock({ $0 }) {
       _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }
       t.cancel()
@@ -771,12 +802,70 @@ public final class CoreWorker: Sendable {
     otherNodes.shutdown()
   }
 
+  /// Gives every held lease back and cancels every lease request still out, waiting
+  /// (at most 2 s) for the nodes to hear it: a node that never hears keeps the worker
+  /// and its CPUs for an owner that is gone. Blocks the calling thread (shutdown's).
+  func returnLeasesAtExit() {
+    let actions = state.withLock { $0.submitter.ownerExiting() }
+    var calls: [(ControlPlane.Connection, NormalTaskSubmitter.Action)] = []
+    for a in actions {
+      switch a {
+      case .returnLease(let leaseID, _):
+        let node = state.withLock { s in
+          _ = s.leaseWorkers.removeValue(forKey: leaseID)
+          _ = s.leaseGrants.removeValue(forKey: leaseID)
+          _ = s.leaseGPUs.removeValue(forKey: leaseID)
+          return s.leaseNodes.removeValue(forKey: leaseID)
+        }
+        if let nm = node.map(nodeClient) ?? nodeManager { calls.append((nm, a)) }
+      case .cancelLeaseRequest:
+        calls.append((nodeManager, a))
+      default: break
+      }
+    }
+    guard !calls.isEmpty else { return }
+    let sendable = calls.map { (conn: $0.0, action: $0.1) }
+    _ = try? blockingAwait(timeout: .seconds(2)) {
+      await withTaskGroup(of: Void.self) { g in
+        for (conn, action) in sendable {
+          g.addTask {
+            let nm = Swiftray_NodeManagerService.Client(wrapping: conn.client)
+            switch action {
+            case .returnLease(let leaseID, _):
+              _ = try? await nm.returnWorkerLease(.with { $0.leaseID = leaseID })
+            case .cancelLeaseRequest(let requestID):
+              _ = try? await nm.cancelWorkerLease(.with { $0.leaseRequestID = requestID })
+            default: break
+            }
+          }
+        }
+      }
+    }
+  }
+
   // MARK: - data-plane requests
 
   func handle(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
     switch frame.body {
     case .pushTask(let req):
-      state.withLock { $0.executions.append(Execution(spec: req.spec, gpuIDs: req.gpuIds, responder: responder)) }
+      // A task, or an actor's creation, runs only under a lease this worker's node
+      // granted to its owner (the ControlService, for a creation); actor calls need none.
+      let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
+      let owner = req.spec.hasActorCreation ? Data() : req.spec.owner.workerID
+      let verdict: LeaseGate.Verdict = state.withLock { s in
+        if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
+          return .refuse(why)
+        }
+        s.executions.append(Execution(spec: req.spec, gpuIDs: req.gpuIds, responder: responder))
+        return .admit
+      }
+      guard verdict == .admit else {
+        if case .refuse(let why) = verdict {
+          log.warning("worker/push-refused", metadata: ["task": "\(req.spec.name)", "why": "\(why)"])
+          responder.respond(.error(.with { $0.message = "task \(req.spec.name) refused by worker \(options.workerID.hex.prefix(12)): \(why)" }))
+        }
+        return
+      }
       executionReady.signal()
     case .getObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return }
@@ -995,6 +1084,7 @@ public final class CoreWorker: Sendable {
       case .returnLease(let leaseID, let disconnect):
         let node = state.withLock { s in
           _ = s.leaseWorkers.removeValue(forKey: leaseID)
+          _ = s.leaseGrants.removeValue(forKey: leaseID)
           _ = s.leaseGPUs.removeValue(forKey: leaseID)
           return s.leaseNodes.removeValue(forKey: leaseID)
         }
@@ -1074,6 +1164,7 @@ public final class CoreWorker: Sendable {
         case .granted:
           guard let wid = WorkerID(binary: reply.worker.workerID) else { return [] }
           s.leaseWorkers[reply.leaseID] = reply.worker
+          s.leaseGrants[reply.leaseID] = reply.leaseGrant
           if !reply.gpuIds.isEmpty { s.leaseGPUs[reply.leaseID] = reply.gpuIds }
           if let node { s.leaseNodes[reply.leaseID] = node }
           return s.submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
@@ -1100,9 +1191,11 @@ public final class CoreWorker: Sendable {
   func nodeClient(_ endpoint: String) -> ControlPlane.Connection? { otherNodes.client(endpoint) }
 
   func push(_ tid: TaskID, _ lease: NormalTaskSubmitter.GrantedLease) {
-    guard let (addr, gpus) = state.withLock({ s in s.leaseWorkers[lease.leaseID].map { ($0, s.leaseGPUs[lease.leaseID] ?? []) } })
+    guard let (addr, gpus, grant) = state.withLock({ s in
+      s.leaseWorkers[lease.leaseID].map { ($0, s.leaseGPUs[lease.leaseID] ?? [], s.leaseGrants[lease.leaseID] ?? Data()) }
+    })
     else { return }
-    send(tid, to: addr, gpuIDs: gpus) { [self] reply in
+    send(tid, to: addr, gpuIDs: gpus, lease: (lease.leaseID, grant)) { [self] reply in
       taskReplied(tid, lease: lease, reply: reply)
     } lost: { [self] in
       let now = Self.now()
@@ -1112,12 +1205,14 @@ public final class CoreWorker: Sendable {
 
   /// Pushes a task's spec to the worker at `addr` over the data plane; `replied` gets its
   /// reply, `lost` runs when the connection broke first. (Normal tasks and actor calls.)
-  func send(_ tid: TaskID, to addr: Swiftray_Address, gpuIDs: [Int32] = [],
+  /// `lease`: the lease a normal task runs under and its node's grant (actor calls: nil).
+  func send(_ tid: TaskID, to addr: Swiftray_Address, gpuIDs: [Int32] = [], lease: (id: UInt64, grant: Data)? = nil,
             replied: @escaping @Sendable (Swiftray_PushTaskReply) -> Void, lost: @escaping @Sendable () -> Void) {
     guard let spec = state.withLock({ $0.tasks.spec(tid) }), let ep = reach(addr) else { return }
     var req = Swiftray_PushTaskRequest()
     req.spec = spec
     req.gpuIds = gpuIDs
+    if let lease { req.leaseID = lease.id; req.leaseGrant = lease.grant }
     pool.request(ep, .pushTask(req)) { result in
       switch result {
       case .success(let frame):

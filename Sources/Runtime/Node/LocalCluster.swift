@@ -30,7 +30,8 @@ public final class LocalCluster: Sendable {
   }
 
   /// A fresh session directory under `root` (Ray: /tmp/ray/session_<time>_<pid>).
-  public static func makeSessionDir(root: String = NSTemporaryDirectory() + "swiftray") throws -> String {
+  public static func makeSessionDir(root: String = SessionPaths.sessionsRoot()) throws -> String {
+    try SessionPaths.makePrivate(root)
     removeStaleSessions(root: root)
     let f = DateFormatter()
     f.dateFormat = "yyyy-MM-dd_HH-mm-ss"
@@ -45,7 +46,7 @@ public final class LocalCluster: Sendable {
 
   /// The sessions under `root` by name, with the pid of the process that started
   /// each (`session_<date>_<time>_<pid>_<rand>`) and whether it still runs.
-  public static func sessions(root: String = NSTemporaryDirectory() + "swiftray") -> [(name: String, alive: Bool)] {
+  public static func sessions(root: String = SessionPaths.sessionsRoot()) -> [(name: String, alive: Bool)] {
     guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
     return names.compactMap { name in
       let parts = name.split(separator: "_")
@@ -65,7 +66,7 @@ public final class LocalCluster: Sendable {
 
   /// The newest session on this machine whose cluster is running (its ControlService
   /// socket exists and the process that started it lives): what `address="auto"` joins.
-  public static func newestLiveSession(root: String = NSTemporaryDirectory() + "swiftray") -> String? {
+  public static func newestLiveSession(root: String = SessionPaths.sessionsRoot()) -> String? {
     let fm = FileManager.default
     let live = sessions(root: root).filter(\.alive).map { root + "/" + $0.name }
       .filter { fm.fileExists(atPath: SessionPaths.socket($0, "gcs.sock")) && fm.fileExists(atPath: SessionPaths.socket($0, "raylet.sock")) }
@@ -124,7 +125,7 @@ public final class LocalCluster: Sendable {
   public static func start(resources: ResourceSet, config: Config, workerExecutable: String,
                            workerEnvironment: [String: String], prestartWorkers: Int,
                            objectStoreMemory: Int? = nil, spillDirectory: String? = nil,
-                           group: MultiThreadedEventLoopGroup, root: String = NSTemporaryDirectory() + "swiftray",
+                           group: MultiThreadedEventLoopGroup, root: String = SessionPaths.sessionsRoot(),
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
                            controlStorage: (any ControlStorage)? = nil, auth: ClusterAuth,
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {

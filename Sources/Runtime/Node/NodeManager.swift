@@ -84,10 +84,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public let controlLost = Locked<(@Sendable (String) -> Void)?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
   nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
+  /// This node's lease-grant key (a fresh one per daemon), and what it signs with.
+  let leaseKey = LeaseGrants.generateKey()
+  let leaseGrants: LeaseGrants
 
   public init(options: Options, store: ObjectStore) {
     self.options = options
     self.store = store
+    leaseGrants = LeaseGrants(hex: leaseKey)!
     control = ControlClients(group: .singletonMultiThreadedEventLoopGroup, auth: options.auth)
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
@@ -150,6 +154,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
     guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes else { return }
     publishDeaths(of: nodes)
+    store.setPullSources(Set(nodes.filter { $0.alive && !$0.storeAddress.isEmpty }.map(\.storeAddress)))
     let view = nodes.map { n in
       NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
                           total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
@@ -211,6 +216,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     n.nodeManagerEndpoint = endpoint.description
     // Empty when this node is not networked: its processes then listen on Unix sockets only.
     n.ipAddress = options.nodeIP ?? ""
+    n.storeAddress = store.remoteAddress
     let (total, available) = state.withLock { ($0.queue.total, $0.queue.available) }
     n.total = total.proto
     n.available = available.proto
@@ -235,6 +241,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.worker.localEndpoint = proc?.localEndpoint ?? ""
         r.worker.pid = proc?.pid ?? 0
         r.gpuIds = lease.gpuIDs.map { Int32(truncatingIfNeeded: $0) }
+        r.leaseGrant = leaseGrants.grant(leaseID: lease.id, worker: Data(lease.worker.binary),
+                                         owner: lease.owner == .nil_ ? Data() : Data(lease.owner.binary))
         if let cont { cont.resume(returning: r) } else {
           // The owner went away between asking and the grant: take it back.
           perform(state.withLock { $0.queue.leaseReturned(lease.id, disconnect: false) })
@@ -291,6 +299,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       env["SWIFTRAY_AUTH_MODE"] = "disabled"
     }
     if let ip = options.nodeIP { env["SWIFTRAY_NODE_IP"] = ip }
+    env[LeaseGrants.environmentKey] = leaseKey
     env["PYTHONUNBUFFERED"] = "1"
     // Swift's crash handler would catch SIGSEGV raised by user code and print a Swift
     // backtrace of the host; a crashing task must simply kill its worker.
@@ -569,12 +578,18 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   func watchDrivers() async {
     while true {
       try? await Task.sleep(for: .seconds(1))
-      let (gone, stop) = state.withLock { s -> ([(WorkerID, Int32)], Bool) in
+      let (gone, stop, actions) = state.withLock { s -> ([(WorkerID, Int32)], Bool, [LeaseQueue.Action]) in
         let gone = s.drivers.filter { kill($0.value, 0) != 0 && errno == ESRCH }
-        for (id, _) in gone { s.drivers[id] = nil }
-        return (gone.map { ($0.key, $0.value) }, s.shuttingDown)
+        var actions: [LeaseQueue.Action] = []
+        for (id, _) in gone {
+          s.drivers[id] = nil
+          // Leases it held here (a driver killed before it could give them back).
+          actions += s.queue.workerExited(id)
+        }
+        return (gone.map { ($0.key, $0.value) }, s.shuttingDown, actions)
       }
       if stop { return }
+      perform(actions)
       for (id, pid) in gone {
         var info = Swiftray_WorkerExitInfo()
         info.workerID = Data(id.binary)
@@ -617,6 +632,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     if let pid { monitor.signal(pid, SIGKILL); r.killed = true }
     return r
+  }
+
+  public func freeObjects(request: Swiftray_FreeObjectsRequest, context: ServerContext) async throws -> Swiftray_FreeObjectsReply {
+    store.free(request.objectIds.prefix(100_000).compactMap(ObjectID.init(binary:)))
+    return Swiftray_FreeObjectsReply()
   }
 
   public func getNodeStats(request: Swiftray_GetNodeStatsRequest, context: ServerContext) async throws -> Swiftray_GetNodeStatsReply {

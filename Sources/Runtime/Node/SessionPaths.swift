@@ -15,10 +15,27 @@ public enum SessionPaths {
   /// Where the short socket directories live.
   static var shortRoot: String { "/tmp/swiftray-\(getuid())" }
 
+  /// Where sessions live: `<tempDir>/swiftray` when one is given, else this user's own
+  /// `$TMPDIR/swiftray-<uid>` (never a folder shared by all users).
+  public static func sessionsRoot(tempDir: String? = nil) -> String {
+    if let tempDir { return tempDir + "/swiftray" }
+    return NSTemporaryDirectory() + "swiftray-\(getuid())"
+  }
+
   /// This user's private folder for swiftray's own files (`/tmp/swiftray-<uid>`, 0700):
   /// made if needed, and refused when it belongs to someone else or others may write it.
   public static func privateRoot() throws(SwiftrayError) -> String {
-    let dir = shortRoot
+    try makePrivate(shortRoot)
+  }
+
+  /// Makes `dir` (and its parents) if needed, 0700; refused when it is a link, belongs
+  /// to someone else, or others may write or read it.
+  @discardableResult
+  public static func makePrivate(_ dir: String) throws(SwiftrayError) -> String {
+    let parent = (dir as NSString).deletingLastPathComponent
+    if !parent.isEmpty, !FileManager.default.fileExists(atPath: parent) {
+      try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+    }
     if mkdir(dir, 0o700) != 0 && errno != EEXIST {
       throw SwiftrayError(.system, "cannot create \(dir): \(String(cString: strerror(errno)))")
     }

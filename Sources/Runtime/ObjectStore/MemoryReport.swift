@@ -19,7 +19,7 @@ public enum MemoryReport {
   }
 
   /// Session directories of running local clusters under `root`, newest first.
-  public static func liveSessions(root: String = NSTemporaryDirectory() + "swiftray") -> [String] {
+  public static func liveSessions(root: String = SessionPaths.sessionsRoot()) -> [String] {
     LocalCluster.sessions(root: root).filter(\.alive).map(\.name).sorted(by: >).map { root + "/" + $0 }
   }
 

@@ -60,6 +60,8 @@ public final class ObjectStore: Sendable {
     var pulledTotal: UInt64 = 0
     var evictedTotal: UInt64 = 0
     var closed = false
+    /// The stores of the cluster view: the only ones pulled from.
+    var sources = PullSources<(Swiftray_PinObjectRequest, DataPlaneResponder)>()
   }
 
   public let arenaPath: String
@@ -115,9 +117,19 @@ public final class ObjectStore: Sendable {
     peers = DataPlaneClientPool(group: group, auth: auth)
     let box = WeakBox()
     let handler: DataPlaneServer.Handler = { frame, responder in box.store?.handle(frame, responder) }
+    // Other nodes need only chunk reads (pulls): create, seal, pin, unpin, delete and
+    // the rest are served on this node's Unix socket alone.
+    let remoteHandler: DataPlaneServer.Handler = { frame, responder in
+      guard case .readChunk? = frame.body else {
+        return responder.respond(.error(.with {
+          $0.message = "an object store serves only chunk reads over TCP; other requests go to its node's Unix socket"
+        }))
+      }
+      box.store?.handle(frame, responder)
+    }
     var srvs = [try DataPlaneServer(group: group, endpoint: endpoint, auth: auth, handler: handler)]
     if let host = options.remoteHost {
-      do { srvs.append(try DataPlaneServer(group: group, endpoint: .tcp(host: host, port: 0), auth: auth, handler: handler)) }
+      do { srvs.append(try DataPlaneServer(group: group, endpoint: .tcp(host: host, port: 0), auth: auth, handler: remoteHandler)) }
       catch { srvs[0].close(); munmap(p, cap); unlink(path); throw SwiftrayError(.system, "the object store cannot listen on \(host): \(error)") }
     }
     remoteAddress = srvs.count > 1 ? srvs[1].endpoint.description : ""
@@ -165,6 +177,29 @@ public final class ObjectStore: Sendable {
     r.bytesPulledTotal = pulled
     r.bytesEvictedTotal = evicted
     return r
+  }
+
+  /// The stores of the nodes alive in the cluster view (their TCP addresses): the only
+  /// ones this store pulls from. Pins that waited for a view are decided now. Any thread.
+  public func setPullSources(_ sources: Set<String>) {
+    let (allowed, refused) = state.withLock { $0.sources.viewChanged(sources) }
+    let now = DispatchTime.now().uptimeNanoseconds
+    for (req, responder) in allowed { pin(req, responder, now: now) }
+    for (req, responder) in refused { refusePull(req, responder) }
+  }
+
+  func refusePull(_ req: Swiftray_PinObjectRequest, _ responder: DataPlaneResponder) {
+    log.warning("store/pull-refused", metadata: ["from": "\(req.pullFrom)"])
+    var reply = Swiftray_PinObjectReply()
+    reply.status = .pullFailed
+    reply.error = "\(req.pullFrom) is not the object store of a node alive in this node's view of the cluster: not pulled from"
+    responder.respond(.pinObjectReply(reply))
+  }
+
+  /// Frees `ids` here (their owner, on another node, is done with them). Any thread.
+  public func free(_ ids: [ObjectID]) {
+    let actions = state.withLock { s in ids.flatMap { s.store.deleted($0) } }
+    perform(actions)
   }
 
   // MARK: requests
@@ -223,9 +258,17 @@ public final class ObjectStore: Sendable {
 
   func pin(_ req: Swiftray_PinObjectRequest, _ responder: DataPlaneResponder, now: UInt64) {
     guard let id = ObjectID(binary: req.objectID) else { return }
+    var refusedSource = false
     let (outcome, actions, pulls) = state.withLock { s -> (StoreState.PinOutcome, [StoreState.Action], [PullQueue.Action]) in
       var (r, actions) = s.store.pinRequested(id, reader: UInt64(req.readerPid), now: now)
       var pulls: [PullQueue.Action] = []
+      if case .notFound = r, !req.pullFrom.isEmpty, req.size > 0, !s.pulls.isActive(id) {
+        switch s.sources.check(req.pullFrom, (req, responder)) {
+        case .allowed: break
+        case .parked: return (.wait, actions, [])  // decided by the next cluster view
+        case .refused: refusedSource = true; return (.wait, actions, [])
+        }
+      }
       if case .notFound = r, !req.pullFrom.isEmpty, req.size > 0 {
         if s.pulls.isActive(id) {
           r = .wait  // freed while being pulled: wait for that pull to settle
@@ -243,6 +286,7 @@ public final class ObjectStore: Sendable {
       if case .wait = r { s.waiting.append(.pin(req, responder)) }
       return (r, actions, pulls)
     }
+    if refusedSource { refusePull(req, responder) }
     var reply = Swiftray_PinObjectReply()
     switch outcome {
     case .pinned(let off, let size):

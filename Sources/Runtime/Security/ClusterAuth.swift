@@ -11,6 +11,8 @@ public struct ClusterAuth: Sendable, Equatable, CustomStringConvertible {
   public let token: [UInt8]?
   /// Where it came from, for error messages (never the token itself).
   public let source: String
+  /// Mutual TLS for TCP connections (`SWIFTRAY_USE_TLS=1`); nil when off.
+  public let tls: ClusterTLS?
 
   /// No authentication: every peer is accepted. Only by explicit choice.
   public static let disabled = ClusterAuth(token: nil, source: "authentication disabled")
@@ -32,14 +34,20 @@ public struct ClusterAuth: Sendable, Equatable, CustomStringConvertible {
     self.init(token: bytes, source: source)
   }
 
-  init(token: [UInt8]?, source: String) {
+  init(token: [UInt8]?, source: String, tls: ClusterTLS? = nil) {
     self.token = token
     self.source = source
+    self.tls = tls
   }
+
+  /// This authentication with `tls` for TCP connections.
+  public func with(tls: ClusterTLS?) -> ClusterAuth { ClusterAuth(token: token, source: source, tls: tls) }
 
   public var isEnabled: Bool { token != nil }
   public var tokenText: String? { token.map { String(decoding: $0, as: UTF8.self) } }
-  public var description: String { isEnabled ? "token from \(source)" : source }
+  public var description: String {
+    (isEnabled ? "token from \(source)" : source) + (tls != nil ? ", mutual TLS" : "")
+  }
 
   /// The gRPC `authorization` metadata value.
   var bearer: String? { tokenText.map { "Bearer " + $0 } }
@@ -87,9 +95,15 @@ public struct ClusterAuth: Sendable, Equatable, CustomStringConvertible {
   /// `RAY_AUTH_TOKEN`), the file `SWIFTRAY_AUTH_TOKEN_PATH` (or `RAY_AUTH_TOKEN_PATH`)
   /// names, `session`'s own token file (a local cluster's, when joining one on this
   /// machine), `~/.swiftray/auth_token`. nil when there is none; `.disabled` when the
-  /// environment turns authentication off.
+  /// environment turns authentication off. Either way with the TLS the environment
+  /// asks for (`ClusterTLS.fromEnvironment`).
   public static func resolve(environment: [String: String] = ProcessInfo.processInfo.environment,
                              session: String? = nil, defaultFile: Bool = true) throws(SwiftrayError) -> ClusterAuth? {
+    guard let found = try resolveToken(environment: environment, session: session, defaultFile: defaultFile) else { return nil }
+    return found.with(tls: try ClusterTLS.fromEnvironment(environment))
+  }
+
+  static func resolveToken(environment: [String: String], session: String?, defaultFile: Bool) throws(SwiftrayError) -> ClusterAuth? {
     if disabledByEnvironment(environment) { return .disabled }
     for key in ["SWIFTRAY_AUTH_TOKEN", "RAY_AUTH_TOKEN"] {
       if let t = environment[key], !t.isEmpty { return try ClusterAuth(token: t, source: "$\(key)") }

@@ -179,6 +179,18 @@ public struct NormalTaskSubmitter: Sendable {
     return actions
   }
 
+  /// The owner is going away: every lease it holds goes back to its node and every
+  /// lease request still out is canceled, so no node keeps a worker (and its CPUs) for
+  /// an owner that is gone. Leaves the submitter empty.
+  public mutating func ownerExiting() -> [Action] {
+    var actions: [Action] = leases.keys.sorted().map { .returnLease(leaseID: $0, disconnect: false) }
+    actions += requestKeys.keys.sorted().map { .cancelLeaseRequest(requestID: $0) }
+    leases.removeAll()
+    requestKeys.removeAll()
+    keys.removeAll()
+    return actions
+  }
+
   /// The earliest time `tick` has something to do, if any.
   public func nextDeadline() -> UInt64? {
     var d: UInt64? = nil

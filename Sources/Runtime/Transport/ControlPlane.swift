@@ -31,7 +31,8 @@ public enum ControlPlane {
   }
 
   /// Starts serving `services` and returns once bound (with the real port for port 0).
-  /// Every call must carry `auth`'s token (checked before its request is decoded).
+  /// Every call must carry `auth`'s token (checked before its request is decoded); on
+  /// TCP with `auth.tls`, every connection must be mutual TLS with the cluster's CA.
   public static func serve(_ services: [any RegistrableRPCService], at endpoint: Endpoint,
                            group: MultiThreadedEventLoopGroup, auth: ClusterAuth) async throws -> Server {
     let address: GRPCNIOTransportCore.SocketAddress
@@ -41,11 +42,13 @@ public enum ControlPlane {
       address = .unixDomainSocket(path: p)
     case .tcp(let h, let p): address = .ipv4(host: h, port: p)
     }
-    let transport = HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext,
+    let transport = HTTP2ServerTransport.Posix(address: address,
+                                               transportSecurity: auth.tls(for: endpoint)?.grpcServerSecurity ?? .plaintext,
                                                eventLoopGroup: group)
     let server = GRPCServer(transport: transport, services: services, interceptors: [BearerTokenCheck(auth: auth)])
     let task = Task { _ = try? await server.serve() }
     let bound = try await transport.listeningAddress
+    if case .unix(let p) = endpoint { chmod(p, 0o600) }  // this user's processes only
     var actual = endpoint
     if case .tcp(let h, _) = endpoint, let v4 = bound.ipv4 { actual = .tcp(host: h, port: v4.port) }
     return Server(server: server, task: task, endpoint: actual)
@@ -83,9 +86,13 @@ public enum ControlPlane {
     let target: any ResolvableTarget
     switch endpoint {
     case .unix(let p): target = .unixDomainSocket(path: p)
-    case .tcp(let h, let p): target = .dns(host: h, port: p)
+    case .tcp(let h, let p):
+      // An IP literal as such: a DNS target would put it in TLS's SNI, which refuses IPs.
+      var probe = in_addr()
+      target = inet_pton(AF_INET, h, &probe) == 1 ? .ipv4(address: h, port: p) : .dns(host: h, port: p)
     }
-    let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext,
+    let transport = try HTTP2ClientTransport.Posix(target: target,
+                                                   transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
                                                    eventLoopGroup: group)
     let client = GRPCClient(transport: transport, interceptors: auth.bearer.map { [BearerToken(value: $0)] } ?? [])
     let task = Task { _ = try? await client.runConnections() }
@@ -119,10 +126,25 @@ public enum ControlPlane {
           + "process's token (\(rpc.message)). " + ClusterAuth.whereToLook())
       }
       let code: SwiftrayError.Code = rpc.code == .unavailable ? .localRayletDied : .system
-      return SwiftrayError(code, "\(method) to \(endpoint) failed: \(rpc.code): \(rpc.message)")
+      return SwiftrayError(code, "\(method) to \(endpoint) failed: \(rpc.code): \(rpc.message)" + tlsHint(rpc))
     }
     return SwiftrayError(.system, "\(method) to \(endpoint) failed: \(e)")
   }
+}
+
+/// A connection closed before gRPC's preface, or a TLS failure, is most often the two
+/// ends disagreeing about TLS: say so, since gRPC's own words do not.
+func tlsHint(_ rpc: RPCError) -> String {
+  var text = rpc.message
+  var cause = rpc.cause
+  while let c = cause {
+    text += " \(c)"
+    cause = (c as? RPCError)?.cause ?? (c as? RuntimeError)?.cause
+  }
+  guard text.contains("preface") || text.contains("SSL") || text.contains("TLS") || text.contains("handshake") else { return "" }
+  return ". The peer closed the connection during set-up: one side may use mutual TLS and the other not "
+    + "(SWIFTRAY_USE_TLS=1 with SWIFTRAY_TLS_SERVER_CERT, SWIFTRAY_TLS_SERVER_KEY and SWIFTRAY_TLS_CA_CERT must be set "
+    + "alike on every node and driver), or this process's certificate is not signed by the cluster's CA"
 }
 
 /// Refuses every call that does not carry this cluster's token, with `UNAUTHENTICATED`

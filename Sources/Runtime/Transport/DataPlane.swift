@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOExtras
+import NIOSSL
 import RuntimeProto
 import Synchronization
 
@@ -10,10 +11,20 @@ import Synchronization
 /// Callback-based on purpose: a task push is a write and a dictionary insert, with no
 /// async hop on the hot path.
 public enum DataPlane {
-  /// `gate`: on a server's connections, the cluster token the peer must show first.
-  static func configure(_ channel: Channel, handler: ChannelHandler, gate: ClusterAuth? = nil) -> EventLoopFuture<Void> {
+  /// TLS side of a connection's pipeline.
+  enum TLSRole { case none, server(ClusterTLS), client(ClusterTLS) }
+
+  /// `gate`: on a server's connections, the cluster token the peer must show first;
+  /// `tls`: the TLS handler that goes before everything (TCP with TLS on).
+  static func configure(_ channel: Channel, handler: ChannelHandler, gate: ClusterAuth? = nil,
+                        tls: TLSRole = .none) -> EventLoopFuture<Void> {
     channel.eventLoop.makeCompletedFuture {
       let sync = channel.pipeline.syncOperations
+      switch tls {
+      case .none: break
+      case .server(let t): try sync.addHandler(t.serverHandler())
+      case .client(let t): try sync.addHandler(t.clientHandler())
+      }
       if let gate { try sync.addHandler(AuthGate(gate)) }
       try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
       try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
@@ -144,17 +155,20 @@ public final class DataPlaneServer: Sendable {
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
   }
 
-  /// Every connection must open with `auth`'s token (`AuthGate`) before a frame is read.
+  /// Every connection must open with `auth`'s token (`AuthGate`) before a frame is read,
+  /// and on TCP with `auth.tls` complete a mutual-TLS handshake before that.
   public init(group: EventLoopGroup, endpoint: Endpoint, auth: ClusterAuth, handler: @escaping Handler) throws {
+    let tls: DataPlane.TLSRole = auth.tls(for: endpoint).map { .server($0) } ?? .none
     let bootstrap = ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 256)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer { ch in DataPlane.configure(ch, handler: ServerHandler(handler), gate: auth) }
+      .childChannelInitializer { ch in DataPlane.configure(ch, handler: ServerHandler(handler), gate: auth, tls: tls) }
     switch endpoint {
     case .unix(let path):
       unlink(path)
       channel = try bootstrap.bind(unixDomainSocketPath: path).wait()
+      chmod(path, 0o600)  // this user's processes only (its folder is 0700 too)
       self.endpoint = endpoint
     case .tcp(let host, let port):
       channel = try bootstrap.bind(host: host, port: port).wait()
@@ -226,14 +240,16 @@ public final class DataPlaneConnection: Sendable {
   }
 
   /// Connects without blocking; the future completes on the event loop.
-  /// Opens a connection that shows `auth`'s token first (`AuthGate.preamble`).
+  /// Opens a connection that shows `auth`'s token first (`AuthGate.preamble`), inside
+  /// mutual TLS on TCP when `auth.tls` is set (writes wait for the handshake).
   public static func connect(group: EventLoopGroup, to endpoint: Endpoint, auth: ClusterAuth) -> EventLoopFuture<DataPlaneConnection> {
     LockDiscipline.mustNotHoldLock("DataPlaneConnection.connect")
     let handler = ClientHandler()
+    let tls: DataPlane.TLSRole = auth.tls(for: endpoint).map { .client($0) } ?? .none
     let bootstrap = ClientBootstrap(group: group)
       .channelOption(.socketOption(.tcp_nodelay), value: 1)
       .connectTimeout(.seconds(10))
-      .channelInitializer { ch in DataPlane.configure(ch, handler: handler) }
+      .channelInitializer { ch in DataPlane.configure(ch, handler: handler, tls: tls) }
     let f: EventLoopFuture<Channel>
     switch endpoint {
     case .unix(let p): f = bootstrap.connect(unixDomainSocketPath: p)
