@@ -184,6 +184,7 @@ def test_every_data_plane_listener_closes_a_connection_without_the_token(cluster
         "a worker over its Unix socket": "unix:" + worker_unix[0],
         "a worker over TCP": worker_tcp[0],
         "the driver over its Unix socket": "unix:" + glob.glob(os.path.join(sockets, "d-*.sock"))[0],
+        "the driver over TCP": "tcp:127.0.0.1:%d" % _listening_tcp_ports(os.getpid())[0],
     }
     probe = _frame(STORE_STATS)
     for name, ep in listeners.items():

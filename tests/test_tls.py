@@ -203,7 +203,9 @@ def test_every_tcp_listener_refuses_plaintext_and_certificates_of_another_ca(tls
     probe = _preamble(TOKEN) + _frame(STORE_STATS)
     got, _ = _tls_exchange(store["remote_address"], probe, good, wait=1.0)
     assert len(got) > 4, "the store answers a member (the probe is sound)"
-    for name, ep in {"store": store["remote_address"], "worker": f"tcp:127.0.0.1:{worker_port}"}.items():
+    (driver_port,) = _listening_tcp_ports(os.getpid())
+    for name, ep in {"store": store["remote_address"], "worker": f"tcp:127.0.0.1:{worker_port}",
+                     "driver": f"tcp:127.0.0.1:{driver_port}"}.items():
         got, closed = _exchange(ep, probe)
         assert closed and _only_a_tls_alert(got), (name, "plaintext", got)
         got, closed = _tls_exchange(ep, probe, rogue)

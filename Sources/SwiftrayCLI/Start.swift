@@ -237,7 +237,9 @@ struct Stop: ParsableCommand {
     let root = SessionPaths.sessionsRoot(tempDir: tempDir)
     var pids: [Int32] = []
     for (name, alive) in LocalCluster.sessions(root: root) where alive {
-      // Only a daemon of this user that is still the process the session recorded.
+      // A node daemon's session (a driver's local cluster has none to stop), and only
+      // while its daemon is still the process the session recorded.
+      guard FileManager.default.fileExists(atPath: "\(root)/\(name)/daemon.pid") else { continue }
       let (pid, why) = DaemonIdentity.verifiedPid(session: "\(root)/\(name)")
       if let pid { pids.append(pid) } else if let why { print("Skipping session \(name): \(why).") }
     }
