@@ -39,17 +39,22 @@ def _grpc_target(endpoint):
     return endpoint
 
 
+def _encode_varint(n):
+    """A protobuf varint; a negative int64 goes on the wire as its two's complement."""
+    n &= (1 << 64) - 1
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
 def _frame(body_field, body=b"", id_=1):
     """A length-prefixed DataFrame: id, and one body field (tag number, message bytes)."""
-    def varint(n):
-        out = b""
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            if n:
-                out += bytes([b | 0x80])
-            else:
-                return out + bytes([b])
+    varint = _encode_varint
     msg = b"\x08" + varint(id_) + varint((body_field << 3) | 2) + varint(len(body)) + body
     return struct.pack(">I", len(msg)) + msg
 

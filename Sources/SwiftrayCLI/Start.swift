@@ -40,8 +40,9 @@ struct Start: ParsableCommand {
     if head == (address != nil) { throw ValidationError("give either --head (start a cluster) or --address=HOST:PORT (join one)") }
     if let a = address, Self.endpoint(a) == nil { throw ValidationError("--address must be HOST:PORT, got \(a)") }
     if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
-    if let n = numCPUs, n < 0 { throw ValidationError("--num-cpus must be >= 0") }
-    if let n = numGPUs, n < 0 { throw ValidationError("--num-gpus must be >= 0") }
+    let most = Int64(ResourceSet.maxUnits)
+    if let n = numCPUs, !(n >= 0 && n <= ResourceSet.maxUnits) { throw ValidationError("--num-cpus must be 0 ... \(most)") }
+    if let n = numGPUs, !(n >= 0 && n <= ResourceSet.maxUnits) { throw ValidationError("--num-gpus must be 0 ... \(most)") }
     if let m = objectStoreMemory, m < (1 << 20) { throw ValidationError("--object-store-memory must be at least 1 MiB") }
     _ = try customResources()
   }
@@ -53,7 +54,9 @@ struct Start: ParsableCommand {
     else { throw ValidationError("--resources must be a JSON object of name to number, e.g. '{\"disk\": 2}', got \(resources)") }
     var out: [String: Double] = [:]
     for (k, n) in obj {
-      guard n >= 0 else { throw ValidationError("--resources: '\(k)' must be a non-negative number") }
+      guard n.isFinite, n >= 0, n <= ResourceSet.maxUnits else {
+        throw ValidationError("--resources: '\(k)' must be a number in 0 ... \(Int64(ResourceSet.maxUnits))")
+      }
       if k == "CPU" || k == "GPU" { throw ValidationError("use --num-cpus/--num-gpus instead of CPU/GPU in --resources") }
       out[k] = n
     }

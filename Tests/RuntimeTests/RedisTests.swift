@@ -23,6 +23,17 @@ import Testing
     for cut in 0..<one.count { #expect(try RESP.parse(one[..<cut]) == nil) }
     #expect(throws: RESP.ParseError.self) { try RESP.parse(Array("?x\r\n".utf8)) }
   }
+
+  @Test func repliesClaimingHugeOrNegativeLengthsOrDeepNestingAreErrorsNotTraps() throws {
+    for bad in ["$9223372036854775807\r\n", "$9223372036854775806\r\nab\r\n", "$-2\r\n", "$99999999999999999999\r\n",
+                "*9223372036854775807\r\n", "*-5\r\n", "$\(RESP.maxBulk + 1)\r\n", "*\(RESP.maxArray + 1)\r\n",
+                String(repeating: "*1\r\n", count: RESP.maxDepth + 2) + ":1\r\n",
+                "+" + String(repeating: "x", count: RESP.maxLine + 1)] {
+      #expect(throws: RESP.ParseError.self, "\(bad.prefix(30))") { try RESP.parse(Array(bad.utf8)) }
+    }
+    // Within the bounds, a claimed length is only waited for.
+    #expect(try RESP.parse(Array("*1000000\r\n:1\r\n".utf8)) == nil)
+  }
 }
 
 /// A real redis-server on a loopback port, for as long as the test runs.

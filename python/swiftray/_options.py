@@ -72,6 +72,12 @@ def _number(name, v, minimum=0):
         raise TypeError(f"The option '{name}' must be a number, got {type(v).__name__} {v!r}.")
     if v < minimum:
         raise ValueError(f"The option '{name}' must be >= {minimum}, got {v!r}.")
+    if not v <= _MAX_QUANTITY:  # also NaN and infinity
+        raise ValueError(f"The option '{name}' must be at most {_MAX_QUANTITY:.3g}, got {v!r}.")
+
+
+# The core's largest quantity of one resource (ResourceSet.maxQuantity, in units).
+_MAX_QUANTITY = (1 << 60) / 10_000
 
 
 def _int(name, v, minimum):

@@ -14,6 +14,7 @@ extension ControlService {
   public func createPlacementGroup(request: Swiftray_CreatePlacementGroupRequest, context: ServerContext) async throws -> Swiftray_CreatePlacementGroupReply {
     var r = Swiftray_CreatePlacementGroupReply()
     var info = request.group
+    for (i, b) in info.bundles.enumerated() { _ = try ResourceSet.checked(b, field: "bundle \(i)") }
     info.createdMs = Int64(Date().timeIntervalSince1970 * 1000)
     let result = state.withLock { $0.groups.created(info) }
     switch result {

@@ -112,6 +112,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
     var node = request.node
+    _ = try ResourceSet.checked(node.total, field: "total")
+    _ = try ResourceSet.checked(node.available, field: "available")
     node.alive = true
     state.withLock { s in
       s.nodes[node.nodeID] = node
@@ -237,6 +239,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func reportResources(request: Swiftray_ReportResourcesRequest, context: ServerContext) async throws -> Swiftray_ReportResourcesReply {
     var r = Swiftray_ReportResourcesReply()
+    _ = try ResourceSet.checked(request.available, field: "available")
+    _ = try ResourceSet.checked(request.total, field: "total")
+    for (i, d) in request.infeasibleDemand.prefix(100).enumerated() { _ = try ResourceSet.checked(d, field: "infeasible_demand \(i)") }
     r.unknownNode = state.withLock { s in
       // Unknown, or known from before a restart: it should register (a node declared
       // dead by health checks stays dead).
@@ -244,7 +249,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
       s.nodes[request.nodeID]?.available = request.available
       if request.hasTotal { s.nodes[request.nodeID]?.total = request.total }
-      s.nodes[request.nodeID]?.pendingDemand = request.infeasibleDemand
+      s.nodes[request.nodeID]?.pendingDemand = Array(request.infeasibleDemand.prefix(100))
       return false
     }
     // Resources may have freed up for a group that waits.
@@ -256,6 +261,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func createActor(request: Swiftray_CreateActorRequest, context: ServerContext) async throws -> Swiftray_CreateActorReply {
     var r = Swiftray_CreateActorReply()
+    _ = try ResourceSet.checked(request.spec.resources, field: "resources")
+    _ = try ResourceSet.checked(request.spec.actorCreation.placementResources, field: "placement_resources")
     let actions: [ActorDirectory.Action] = state.withLock { s in
       switch s.actors.actorRegistered(request.spec, awaitingArguments: request.awaitingArguments) {
       case .success(let actions): return actions

@@ -887,12 +887,13 @@ public final class CoreWorker: Sendable {
         responder.respond(.getObjectReply(reply))
       }
     case .addBorrower(let req):
-      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID) {
+      // A count below 1 would corrupt the reference counts: nothing to add.
+      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID), req.count > 0 {
         state.withLock { $0.refs.borrowerAdded(id, b, count: Int(req.count)) }
       }
       responder.respond(.ack(.init()))
     case .removeBorrower(let req):
-      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID) {
+      if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID), req.count > 0 {
         applyRefActions(state.withLock { $0.refs.borrowerRemoved(id, b, count: Int(req.count)) })
       }
       responder.respond(.ack(.init()))

@@ -397,7 +397,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   // MARK: gRPC service
 
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
-    let shape = ResourceSet(proto: request.resources), placement = ResourceSet(proto: request.placementResources)
+    let shape = try ResourceSet.checked(request.resources, field: "resources")
+    let placement = try ResourceSet.checked(request.placementResources, field: "placement_resources")
     let key = SchedulingKey(shape: shape, proto: request.strategy)
     // While it waits here it may still move to a node that frees up first
     // (QueueSpillback), also when another node sent it here (its owner follows a few such
@@ -734,4 +735,11 @@ extension ResourceSet {
     return p
   }
   public init(proto: Swiftray_ResourceShape) { self.init(fixedPoint: proto.quantities) }
+
+  /// `checked(fixedPoint:field:)` of a peer's shape, as gRPC's `invalidArgument`.
+  static func checked(_ proto: Swiftray_ResourceShape, field: String) throws -> ResourceSet {
+    do { return try checked(fixedPoint: proto.quantities, field: field) } catch {
+      throw RPCError(code: .invalidArgument, message: error.message)
+    }
+  }
 }

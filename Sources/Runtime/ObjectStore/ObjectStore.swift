@@ -205,6 +205,9 @@ public final class ObjectStore: Sendable {
   // MARK: requests
 
   func handle(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
+    if let bad = Self.invalid(frame.body, capacity: capacity) {
+      return responder.respond(.error(.with { $0.message = bad }))
+    }
     let now = DispatchTime.now().uptimeNanoseconds
     switch frame.body {
     case .createObject(let req): create(req, responder, now: now)
@@ -235,6 +238,31 @@ public final class ObjectStore: Sendable {
       responder.respond(.storeStatsReply(stats))
     default:
       responder.respond(.error(.with { $0.message = "not a store request" }))
+    }
+  }
+
+  /// What is wrong with a request's numbers (nil when nothing): checked before any
+  /// conversion or arithmetic, so no peer's value can trap the store. Offsets and
+  /// lengths fit the arena (so a sum of two never overflows); an object's size fits an
+  /// Int (one larger than the store then gets the store's own "larger than the whole
+  /// store"); pids are not negative.
+  static func invalid(_ body: Swiftray_DataFrame.OneOf_Body?, capacity: Int) -> String? {
+    let cap = UInt64(capacity)
+    func pid(_ v: Int32, _ field: String) -> String? { v < 0 ? "\(field) \(v) is negative" : nil }
+    func size(_ v: UInt64, _ field: String) -> String? {
+      v > cap ? "\(field) \(v) is larger than the object store (\(cap) bytes)" : nil
+    }
+    func objectSize(_ v: UInt64) -> String? {
+      v > UInt64(Int.max / 2) ? "size \(v) is larger than any object store" : nil
+    }
+    switch body {
+    case .createObject(let r)?:
+      return objectSize(r.size) ?? pid(r.creatorPid, "creator_pid") ?? pid(r.ownerPid, "owner_pid")
+    case .pinObject(let r)?: return objectSize(r.size) ?? pid(r.readerPid, "reader_pid")
+    case .unpinObjects(let r)?: return pid(r.readerPid, "reader_pid")
+    case .promoteObjects(let r)?: return pid(r.ownerPid, "owner_pid")
+    case .readChunk(let r)?: return size(r.offset, "offset") ?? size(r.length, "length")
+    default: return nil
     }
   }
 

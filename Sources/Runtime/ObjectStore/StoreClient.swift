@@ -31,10 +31,15 @@ public final class StoreClient: Sendable {
     let fd = open(st.arenaPath, O_RDWR | O_CLOEXEC)
     guard fd >= 0 else { throw SwiftrayError(.system, "cannot open the object store \(st.arenaPath): \(String(cString: strerror(errno)))") }
     defer { Foundation.close(fd) }
-    guard let p = mmap(nil, Int(st.capacity), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+    // The arena's size as the store says, checked against the file itself before mapping.
+    var fst = stat()
+    guard fstat(fd, &fst) == 0, let cap = Int(exactly: st.capacity), cap > 0, cap <= Int(fst.st_size) else {
+      throw SwiftrayError(.system, "the object store at \(st.arenaPath) reported a capacity (\(st.capacity)) its file does not have")
+    }
+    guard let p = mmap(nil, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
       throw SwiftrayError(.system, "cannot map the object store \(st.arenaPath): \(String(cString: strerror(errno)))")
     }
-    capacity = Int(st.capacity)
+    capacity = cap
     remoteAddress = st.remoteAddress
     base = ObjectStore.RawPointer(p: p)
   }
@@ -74,10 +79,21 @@ public final class StoreClient: Sendable {
     req.ownerPid = ownerPid
     guard case .createObjectReply(let r) = try call(.createObject(req)) else { throw SwiftrayError(.system, "bad create reply") }
     switch r.status {
-    case .created: return UnsafeMutableRawBufferPointer(start: base.p + Int(r.offset), count: size)
+    case .created:
+      let off = try extent(r.offset, UInt64(size), of: id)
+      return UnsafeMutableRawBufferPointer(start: base.p + off, count: size)
     case .exists: return nil
     case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)
     }
+  }
+
+  /// A reply's extent, checked to lie inside the arena before it is turned into memory.
+  func extent(_ offset: UInt64, _ size: UInt64, of id: ObjectID) throws(SwiftrayError) -> Int {
+    let cap = UInt64(capacity)
+    guard offset <= cap, size <= cap - offset else {
+      throw SwiftrayError(.system, "the object store placed \(id.hex) at \(offset)+\(size), outside its \(cap)-byte arena")
+    }
+    return Int(offset)
   }
 
   public func seal(_ id: ObjectID, abort: Bool = false) throws(SwiftrayError) {
@@ -98,7 +114,9 @@ public final class StoreClient: Sendable {
     req.size = UInt64(size)
     guard case .pinObjectReply(let r) = try call(.pinObject(req)) else { throw SwiftrayError(.system, "bad pin reply") }
     switch r.status {
-    case .pinned: return UnsafeRawBufferPointer(start: base.p + Int(r.offset), count: Int(r.size))
+    case .pinned:
+      let off = try extent(r.offset, r.size, of: id)
+      return UnsafeRawBufferPointer(start: base.p + off, count: Int(r.size))
     case .notFound: return nil
     case .pullFailed: throw SwiftrayError(.objectLost, "Object \(id.hex) could not be fetched from another node: \(r.error).")
     case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)

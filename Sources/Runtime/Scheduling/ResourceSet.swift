@@ -12,10 +12,40 @@ public struct ResourceSet: Hashable, Sendable, CustomStringConvertible {
   public init(fixedPoint: [String: Int64] = [:]) {
     quantities = fixedPoint.filter { $0.value != 0 }
   }
+  /// Quantities given in units (callers validate first: `maxUnits`); a value beyond
+  /// ±`maxUnits` (or infinite) is clamped and NaN is 0, never trapped on.
   public init(units: [String: Double]) {
     var q: [String: Int64] = [:]
-    for (k, v) in units { q[k] = Int64((v * Double(Self.unit)).rounded()) }
+    for (k, v) in units { q[k] = Self.fixedPoint(units: v) }
     self.init(fixedPoint: q)
+  }
+
+  /// The most of one resource a node or a request may name, in fixed point: ~1.15e14
+  /// units (memory is in bytes: 115 TB), beyond any machine, and small enough that a
+  /// difference of two never overflows (sums of many saturate, see `+`).
+  public static let maxQuantity: Int64 = 1 << 60
+  public static var maxUnits: Double { Double(maxQuantity) / Double(unit) }
+
+  static func fixedPoint(units v: Double) -> Int64 {
+    guard !v.isNaN else { return 0 }
+    let x = (v * Double(unit)).rounded()  // ±infinity clamps below
+    return Int64(min(max(x, -Double(maxQuantity)), Double(maxQuantity)))
+  }
+
+  /// Quantities from a peer, checked before any arithmetic: each 0 ... `maxQuantity`, at
+  /// most 1,024 names of at most 256 bytes. The error names `field` and the resource.
+  public static func checked(fixedPoint q: [String: Int64], field: String) throws(SwiftrayError) -> ResourceSet {
+    guard q.count <= 1024 else { throw SwiftrayError(.invalidArgument, "\(field): \(q.count) resources (at most 1024)") }
+    for (k, v) in q {
+      guard !k.isEmpty, k.utf8.count <= 256 else {
+        throw SwiftrayError(.invalidArgument, "\(field): a resource name must be 1-256 bytes")
+      }
+      guard v >= 0, v <= maxQuantity else {
+        throw SwiftrayError(.invalidArgument, "\(field): \(k) = \(Double(v) / Double(unit)) is out of range "
+          + "(0 ... \(Int64(maxUnits)))")
+      }
+    }
+    return ResourceSet(fixedPoint: q)
   }
   public static let empty = ResourceSet()
 
@@ -36,15 +66,22 @@ public struct ResourceSet: Hashable, Sendable, CustomStringConvertible {
     }
     return out
   }
+  /// Sums and differences saturate at Int64's ends: quantities are checked where they
+  /// enter (`checked`), and an accounting slip must not trap a node.
   public static func + (l: ResourceSet, r: ResourceSet) -> ResourceSet {
     var q = l.quantities
-    for (k, v) in r.quantities { q[k, default: 0] += v }
+    for (k, v) in r.quantities { q[k] = saturated((q[k] ?? 0).addingReportingOverflow(v)) }
     return ResourceSet(fixedPoint: q)
   }
   public static func - (l: ResourceSet, r: ResourceSet) -> ResourceSet {
     var q = l.quantities
-    for (k, v) in r.quantities { q[k, default: 0] -= v }
+    for (k, v) in r.quantities { q[k] = saturated((q[k] ?? 0).subtractingReportingOverflow(v)) }
     return ResourceSet(fixedPoint: q)
+  }
+  /// An overflowed result wrapped past one end: pin it to that end instead.
+  private static func saturated(_ r: (partialValue: Int64, overflow: Bool)) -> Int64 {
+    guard r.overflow else { return r.partialValue }
+    return r.partialValue < 0 ? .max : .min
   }
   /// The larger quantity of each name: what must be free to satisfy both.
   public func union(_ other: ResourceSet) -> ResourceSet {
