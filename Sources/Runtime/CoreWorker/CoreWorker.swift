@@ -464,9 +464,11 @@ public final class CoreWorker: Sendable {
   /// cached node table is looked up (once) at the ControlService. A node that is gone
   /// took its store with it, so errors are dropped.
   func freeElsewhere(_ byNode: [Data: [ObjectID]]) async {
+    // A node that stopped answering holds nothing up.
+    let options: CallOptions = { var o = CallOptions.defaults; o.timeout = Self.freeDeadline; return o }()
     var known = state.withLock { $0.nodeManagers }
     if byNode.keys.contains(where: { known[$0] == nil }),
-      let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init()).nodes {
+      let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init(), options: options).nodes {
       known = [:]
       for n in nodes where n.alive { known[n.nodeID] = n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress }
       let table = known
@@ -477,7 +479,7 @@ public final class CoreWorker: Sendable {
         guard let address = known[node], let nm = nodeClient(address) else { continue }
         g.addTask {
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client)
-            .freeObjects(.with { $0.objectIds = ids.map { Data($0.binary) } })
+            .freeObjects(.with { $0.objectIds = ids.map { Data($0.binary) } }, options: options)
         }
       }
     }
@@ -801,6 +803,9 @@ public final class CoreWorker: Sendable {
     control.shutdown()
     otherNodes.shutdown()
   }
+
+  /// How long freeing objects on another node may take before it is given up.
+  static let freeDeadline = Duration.seconds(10)
 
   /// Gives every held lease back and cancels every lease request still out, waiting
   /// (at most 2 s) for the nodes to hear it: a node that never hears keeps the worker
