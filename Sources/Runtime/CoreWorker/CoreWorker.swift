@@ -85,6 +85,15 @@ public final class CoreWorker: Sendable {
     var leaseGPUs: [UInt64: [Int32]] = [:]
     /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
     var leaseNodes: [UInt64: String] = [:]
+
+    /// Drops what is kept of a lease given back; its node's NodeManager address when it
+    /// is another node's (nil: this node's).
+    mutating func forgetLease(_ leaseID: UInt64) -> String? {
+      leaseWorkers[leaseID] = nil
+      leaseGrants[leaseID] = nil
+      leaseGPUs[leaseID] = nil
+      return leaseNodes.removeValue(forKey: leaseID)
+    }
     /// Nodes the cluster declared dead: why, by node id and by NodeManager address.
     var deadNodes: [Data: String] = [:]
     var deadNodeManagers: [String: String] = [:]
@@ -816,12 +825,7 @@ public final class CoreWorker: Sendable {
     for a in actions {
       switch a {
       case .returnLease(let leaseID, _):
-        let node = state.withLock { s in
-          _ = s.leaseWorkers.removeValue(forKey: leaseID)
-          _ = s.leaseGrants.removeValue(forKey: leaseID)
-          _ = s.leaseGPUs.removeValue(forKey: leaseID)
-          return s.leaseNodes.removeValue(forKey: leaseID)
-        }
+        let node = state.withLock { $0.forgetLease(leaseID) }
         if let nm = node.map(nodeClient) ?? nodeManager { calls.append((nm, a)) }
       case .cancelLeaseRequest:
         calls.append((nodeManager, a))
@@ -1088,12 +1092,7 @@ public final class CoreWorker: Sendable {
       case .push(let tid, let lease):
         push(tid, lease)
       case .returnLease(let leaseID, let disconnect):
-        let node = state.withLock { s in
-          _ = s.leaseWorkers.removeValue(forKey: leaseID)
-          _ = s.leaseGrants.removeValue(forKey: leaseID)
-          _ = s.leaseGPUs.removeValue(forKey: leaseID)
-          return s.leaseNodes.removeValue(forKey: leaseID)
-        }
+        let node = state.withLock { $0.forgetLease(leaseID) }
         guard let nm = node.map(nodeClient) ?? nodeManager else { continue }
         Task {
           var req = Swiftray_ReturnWorkerLeaseRequest()

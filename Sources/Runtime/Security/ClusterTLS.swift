@@ -18,9 +18,6 @@ public struct ClusterTLS: Sendable, Equatable {
   public let certPath: String
   public let keyPath: String
   public let caPath: String
-  let certificateChain: [NIOSSLCertificate]
-  let privateKey: NIOSSLPrivateKey
-  let roots: [NIOSSLCertificate]
   /// The PEM bytes, for gRPC's configuration.
   let certPEM: [UInt8], keyPEM: [UInt8], caPEM: [UInt8]
   /// Data-plane contexts, made once: a context per connection would re-read the keys.
@@ -76,9 +73,9 @@ public struct ClusterTLS: Sendable, Equatable {
   init(certPath: String, keyPath: String, caPath: String, certPEM: [UInt8], keyPEM: [UInt8], caPEM: [UInt8]) throws {
     self.certPath = certPath; self.keyPath = keyPath; self.caPath = caPath
     self.certPEM = certPEM; self.keyPEM = keyPEM; self.caPEM = caPEM
-    certificateChain = try NIOSSLCertificate.fromPEMBytes(certPEM)
-    privateKey = try NIOSSLPrivateKey(bytes: keyPEM, format: .pem)
-    roots = try NIOSSLCertificate.fromPEMBytes(caPEM)
+    let certificateChain = try NIOSSLCertificate.fromPEMBytes(certPEM)
+    let privateKey = try NIOSSLPrivateKey(bytes: keyPEM, format: .pem)
+    let roots = try NIOSSLCertificate.fromPEMBytes(caPEM)
     guard !certificateChain.isEmpty, !roots.isEmpty else {
       throw SwiftrayError(.invalidArgument, "a certificate file holds no certificate")
     }

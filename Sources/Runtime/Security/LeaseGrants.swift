@@ -35,22 +35,23 @@ public struct LeaseGrants: Sendable {
   /// The grant of lease `leaseID` of `worker` to `owner` (an empty owner: the
   /// ControlService, placing an actor).
   public func grant(leaseID: UInt64, worker: Data, owner: Data) -> Data {
-    var message = Data()
-    withUnsafeBytes(of: leaseID.bigEndian) { message.append(contentsOf: $0) }
-    message.append(UInt8(truncatingIfNeeded: worker.count))
-    message.append(worker)
-    message.append(owner)
-    return Data(HMAC<SHA256>.authenticationCode(for: message, using: key))
+    Data(HMAC<SHA256>.authenticationCode(for: Self.message(leaseID, worker, owner), using: key))
   }
 
   /// True when `grant` is this node's for (lease, worker, owner); constant time.
   public func verify(_ grant: Data, leaseID: UInt64, worker: Data, owner: Data) -> Bool {
-    var message = Data()
-    withUnsafeBytes(of: leaseID.bigEndian) { message.append(contentsOf: $0) }
-    message.append(UInt8(truncatingIfNeeded: worker.count))
-    message.append(worker)
-    message.append(owner)
-    return HMAC<SHA256>.isValidAuthenticationCode(grant, authenticating: message, using: key)
+    HMAC<SHA256>.isValidAuthenticationCode(grant, authenticating: Self.message(leaseID, worker, owner), using: key)
+  }
+
+  /// What a grant signs: the lease id, then the worker id (length-prefixed, so the
+  /// boundary with the owner id cannot shift), then the owner id.
+  static func message(_ leaseID: UInt64, _ worker: Data, _ owner: Data) -> Data {
+    var m = Data()
+    withUnsafeBytes(of: leaseID.bigEndian) { m.append(contentsOf: $0) }
+    m.append(UInt8(truncatingIfNeeded: worker.count))
+    m.append(worker)
+    m.append(owner)
+    return m
   }
 }
 
