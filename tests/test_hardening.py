@@ -3,10 +3,17 @@ range gets an error reply naming the field, and the daemon goes on serving. Each
 here used to trap the whole node (a Swift integer trap). Messages are built by hand
 (raw protobuf) and sent with the cluster's token."""
 import os
+import signal
+import socket
+import struct
+import threading
+import time
 
 import grpc
+import pytest
 
 import swiftray
+from conftest import Cluster, wait_until
 from test_security import (ERROR, READ_CHUNK, TOKEN, _encode_varint, _exchange, _frame, _grpc_call, _grpc_target,
                            _preamble, _replies)
 
@@ -99,3 +106,361 @@ def test_quantities_too_large_for_the_core_are_refused_where_they_are_given(tmp_
         out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--head", "--port", "0",
                               "--temp-dir", str(tmp_path), *flag], capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and ("must be" in out.stderr + out.stdout), (flag, out.stdout + out.stderr)
+
+
+# ---------------------------------------------------------------- floods
+
+def _fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _tcp(endpoint):
+    host, _, port = endpoint[len("tcp:"):].rpartition(":")
+    return host, int(port)
+
+
+def _flood(endpoint, count):
+    """`count` connections that never send a byte: the sockets, open until closed."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(_tcp(endpoint))
+        socks.append(s)
+    return socks
+
+
+def _closed_by_peer(s):
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _blast(endpoint, prefix, total, token=None):
+    """Sends (after the token preamble, when given) a length prefix and then up to
+    `total` bytes, until the peer closes: the bytes it took."""
+    s = socket.create_connection(_tcp(endpoint))
+    s.settimeout(10)
+    sent = 0
+    try:
+        if token is not None:
+            s.sendall(_preamble(token))
+        s.sendall(struct.pack(">I", prefix))
+        block = b"\xab" * (1 << 20)
+        while sent < total:
+            s.sendall(block)
+            sent += len(block)
+    except OSError:
+        pass  # closed by the daemon: what we want
+    finally:
+        s.close()
+    return sent
+
+
+CAP = 512
+
+
+def test_a_flood_of_silent_connections_and_huge_frames_leaves_the_daemon_bounded_and_serving():
+    """2,000 connections that never authenticate on each of two listeners (a data-plane
+    port and a gRPC port), then a 2^31-1 length prefix followed by 512 MiB, with and
+    without the token: the daemon's descriptors stay under its listeners' caps, its
+    memory grows by less than 64 MiB, and a workload is served all along."""
+    c = Cluster(env={"SWIFTRAY_MAX_CONNECTIONS_PER_LISTENER": str(CAP),
+                     "SWIFTRAY_CONNECTION_HANDSHAKE_TIMEOUT_MS": "8000"})
+    try:
+        head = c.add_node(num_cpus=1)
+        swiftray.init(address=c.address)
+        _still_serves()
+        pid = head["pid"]
+        store_tcp = swiftray.util.object_store_stats()["remote_address"]
+        nm_tcp = swiftray.nodes()[0]["NodeManagerTCPAddress"]
+        fds0, rss0 = _fds(pid), _rss_kib(pid)
+        peak = [fds0]
+        sampling = threading.Event()
+
+        def sample():
+            while not sampling.is_set():
+                peak[0] = max(peak[0], _fds(pid))
+                time.sleep(0.01)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        socks = _flood(store_tcp, 2000) + _flood(nm_tcp, 2000)
+        try:
+            # Beyond the cap, connections are closed as they are accepted...
+            wait_until(lambda: sum(_closed_by_peer(s) for s in socks) >= 2 * (2000 - CAP), timeout=8)
+            _still_serves()  # ...and the flood does not stop the node's own work.
+            # The silent ones left are dropped at the handshake deadline.
+            wait_until(lambda: _fds(pid) <= fds0 + 16, timeout=20)
+        finally:
+            sampling.set()
+            sampler.join()
+            for s in socks:
+                s.close()
+        # (plus a few: a connection beyond the cap lives between its accept and its close)
+        assert peak[0] <= fds0 + 2 * CAP + 64, (fds0, peak[0])
+        print(f"flood: {fds0} fds before, peak {peak[0]} (cap {CAP} per listener)")
+        # Huge frames: refused at their length prefix, nothing of them buffered.
+        for endpoint, token in ((store_tcp, TOKEN), (store_tcp, None), (nm_tcp, None)):
+            sent = _blast(endpoint, (1 << 31) - 1, 512 << 20, token=token)
+            assert sent < (512 << 20), f"{endpoint} took all 512 MiB of a frame it cannot hold"
+        grown = (_rss_kib(pid) - rss0) / 1024
+        print(f"flood: resident memory {rss0 // 1024} MiB before, grew by {grown:.1f} MiB")
+        assert grown < 64, f"the daemon grew by {grown:.0f} MiB"
+        _still_serves()
+        assert _fds(pid) <= fds0 + 16
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+
+
+def test_a_too_large_message_fails_its_task_with_a_clear_error_and_nothing_else(cluster):
+    cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(num_returns=200)
+    def many():
+        # 200 inline returns of 90 KiB: an 18 MiB reply, above the 16 MiB frame cap.
+        return [bytes([i]) * (90 << 10) for i in range(200)]
+
+    refs = many.remote()
+    with pytest.raises(Exception, match="max_data_plane_frame_bytes"):
+        swiftray.get(refs[0], timeout=60)
+    # Stored values instead: fine; other work is untouched.
+    @swiftray.remote(num_returns=3)
+    def few():
+        return [bytes([i]) * (1 << 20) for i in range(3)]
+    assert [len(v) for v in swiftray.get(few.remote(), timeout=60)] == [1 << 20] * 3
+    _still_serves()
+
+
+# ---------------------------------------------------------------- Redis
+
+class _PoisoningRedisProxy:
+    """Forwards a head's Redis connections to a real Redis; once `poison()` is called,
+    the next command is not forwarded but answered with a bulk length of 2^63-1 (a
+    reply that used to trap the head)."""
+
+    def __init__(self, redis):
+        host, _, port = redis.rpartition(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.armed = threading.Event()
+        self.fired = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def poison(self):
+        self.armed.set()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._commands, args=(client, server), daemon=True).start()
+
+    def _pipe(self, src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def _commands(self, client, server):
+        try:
+            while data := client.recv(65536):
+                if self.armed.is_set() and not self.fired.is_set():
+                    self.fired.set()
+                    client.sendall(b"$9223372036854775807\r\n")
+                    continue
+                server.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_redis_reply_claiming_2_to_63_bytes_is_an_error_and_the_head_goes_on(redis_address):
+    proxy = _PoisoningRedisProxy(redis_address)
+    c = Cluster(env={"SWIFTRAY_REDIS_ADDRESS": proxy.address})
+    try:
+        head = c.add_node(num_cpus=1)
+        swiftray.init(address=c.address)
+        _still_serves()
+        proxy.poison()
+
+        @swiftray.remote
+        class Named:
+            def ping(self):
+                return "pong"
+
+        # Creating a named actor writes to Redis: that write meets the poisoned reply.
+        first = Named.options(name="first", lifetime="detached").remote()
+        wait_until(proxy.fired.is_set, timeout=30)
+        log = os.path.join(head["session"], "daemon.log")
+        wait_until(lambda: "storage" in open(log).read() and "Redis" in open(log).read(), timeout=30)
+        os.kill(head["pid"], 0)  # the head is alive
+        assert swiftray.get(first.ping.remote(), timeout=60) == "pong"
+        # Later writes reconnect and land in Redis.
+        second = Named.options(name="second", lifetime="detached").remote()
+        assert swiftray.get(swiftray.get_actor("second").ping.remote(), timeout=60) == "pong"
+        _still_serves()
+        swiftray.kill(first)
+        swiftray.kill(second)
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+        proxy.close()
+
+
+# ---------------------------------------------------------------- silent peers
+
+def test_a_store_that_goes_silent_during_a_pull_costs_the_reader_a_bounded_wait_not_a_hang():
+    """Node B holds the only copy of an object and is SIGSTOPped (its TCP stays open):
+    the reader's pull times out (object_manager_pull_timeout_ms), B is then declared
+    dead, and the reader gets the object rebuilt elsewhere, or, for a task that may not
+    be retried, an ObjectLostError naming what happened: never a hang."""
+    from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    c = Cluster(health_check_period_ms=500, health_check_failure_threshold=4,
+                env={"SWIFTRAY_OBJECT_MANAGER_PULL_TIMEOUT_MS": "2000"})
+    try:
+        c.add_node(num_cpus=1)
+        b = c.add_node(num_cpus=1, resources={"b": 1})
+        swiftray.init(address=c.address)
+        wait_until(lambda: len([n for n in swiftray.nodes() if n["Alive"]]) == 2, timeout=30)
+        b_id = next(n["NodeID"] for n in swiftray.nodes() if n["Resources"].get("b"))
+
+        @swiftray.remote
+        def make(tag):
+            return bytes([tag]) * (2 << 20)  # stored in B's object store
+
+        @swiftray.remote
+        def where():
+            return swiftray.get_runtime_context().get_node_id()
+
+        on_b = NodeAffinitySchedulingStrategy(b_id, soft=True)
+        # Soft affinity falls back to the head until the local node's view has B.
+        wait_until(lambda: swiftray.get(where.options(scheduling_strategy=on_b).remote()) == b_id, timeout=30)
+        rebuildable = make.options(scheduling_strategy=on_b).remote(1)
+        final = make.options(scheduling_strategy=on_b, max_retries=0).remote(2)
+        swiftray.wait([rebuildable, final], num_returns=2, timeout=60, fetch_local=False)
+        os.kill(b["pid"], signal.SIGSTOP)
+        try:
+            start = time.time()
+            assert swiftray.get(rebuildable, timeout=90) == b"\x01" * (2 << 20)
+            with pytest.raises(swiftray.exceptions.ObjectLostError):
+                swiftray.get(final, timeout=90)
+            assert time.time() - start < 60
+        finally:
+            os.kill(b["pid"], signal.SIGCONT)
+        _still_serves()
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+
+
+def test_a_hung_nodemanager_does_not_stall_placement_groups_on_other_nodes():
+    """Node B is SIGSTOPped (not yet declared dead: a long health check) while a group
+    that needs B is being reserved: a group that fits on node C is placed at once."""
+    from swiftray.util.placement_group import placement_group
+    c = Cluster(health_check_period_ms=1000, health_check_failure_threshold=60,
+                env={"SWIFTRAY_NODE_MANAGER_RPC_TIMEOUT_MS": "60000"})
+    try:
+        c.add_node(num_cpus=1)
+        b = c.add_node(num_cpus=1, resources={"b": 1})
+        c.add_node(num_cpus=1, resources={"c": 1})
+        swiftray.init(address=c.address)
+        wait_until(lambda: len([n for n in swiftray.nodes() if n["Alive"]]) == 3, timeout=30)
+        os.kill(b["pid"], signal.SIGSTOP)
+        try:
+            stuck = placement_group([{"b": 1}])  # its prepare waits on B
+            time.sleep(1.0)
+            start = time.time()
+            elsewhere = placement_group([{"c": 1}])
+            assert elsewhere.wait(timeout_seconds=20), "a group on a live node waited for the hung one"
+            assert time.time() - start < 20
+            assert not stuck.wait(timeout_seconds=0.5)
+        finally:
+            os.kill(b["pid"], signal.SIGCONT)
+        assert stuck.wait(timeout_seconds=60), "the group is placed once its node answers again"
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+
+
+# ---------------------------------------------------------------- lease request ids
+
+def _varint_at(data, i):
+    value, shift = 0, 0
+    while True:
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def test_two_owners_with_the_same_lease_request_number_each_get_their_own_request(cluster):
+    """Request numbers are the owner's own: another owner using the same number neither
+    replaces a waiting request (which then hung) nor can cancel it; a lease is given
+    back only by its owner."""
+    cluster.add_node(num_cpus=1, resources={"slot": 1})
+    swiftray.init(address=cluster.address)
+    target = _grpc_target(swiftray.nodes()[0]["NodeManagerTCPAddress"])
+    holder, a, b = os.urandom(28), os.urandom(28), os.urandom(28)
+
+    def request(owner, number=77):
+        body = _uint(1, number) + _field(2, _shape(slot=10_000)) + _field(3, _field(1, owner))
+        return _grpc_call(target, "/swiftray.NodeManagerService/RequestWorkerLease", body, token=TOKEN, timeout=60)
+
+    def cancel(owner):
+        return _grpc_call(target, "/swiftray.NodeManagerService/CancelWorkerLease", _uint(1, 77) + _field(2, owner),
+                          token=TOKEN)
+
+    def give_back(lease_id, owner):
+        return _grpc_call(target, "/swiftray.NodeManagerService/ReturnWorkerLease", _uint(1, lease_id) + _field(3, owner),
+                          token=TOKEN)
+
+    granted = request(holder, number=5)  # takes the only slot
+    assert granted[:1] == b"\x10", granted  # GRANTED (status 0, omitted), then lease_id
+    lease_id, _ = _varint_at(granted, 1)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(request, a)
+        time.sleep(0.5)
+        fb = pool.submit(request, b)
+        time.sleep(0.5)
+        assert not fa.done() and not fb.done(), "both wait for the slot"
+        assert cancel(a) == b"\x08\x01", "owner a cancels its own request"  # canceled: true
+        assert fa.result(timeout=10) == b"\x08\x02"  # status CANCELED
+        time.sleep(0.3)
+        assert not fb.done(), "owner b's request with the same number still waits"
+        assert cancel(a) == b"", "a's number is no longer waiting; b's is not a's to cancel"
+        # A stranger cannot give the holder's lease back (b would get the slot).
+        give_back(lease_id, a)
+        time.sleep(0.3)
+        assert not fb.done(), "a lease is given back only by its owner"
+        give_back(lease_id, holder)
+        reply = fb.result(timeout=30)
+        assert reply[:1] == b"\x10", reply  # b is granted the slot its owner freed
+        give_back(_varint_at(reply, 1)[0], b)
+    _still_serves()

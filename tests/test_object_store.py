@@ -236,3 +236,29 @@ def test_swiftray_memory_reports_the_running_clusters_store(store_cluster, tmp_p
     bad = subprocess.run([sys.executable, "-m", "swiftray", "memory", "--address", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "Cannot reach the object store" in bad.stdout
+
+
+@pytest.mark.parametrize("store_cluster", [256 * MiB], indirect=True)
+def test_a_spill_file_that_cannot_be_read_back_loses_the_object_instead_of_serving_garbage(store_cluster):
+    arrays = [np.full(60 * MiB // 8, i, dtype=np.float64) for i in range(6)]  # 360 MiB > 256 MiB
+    refs = [swiftray.put(a) for a in arrays]
+    spill_dir = stats()["spill_dir"]
+    files = sorted(os.listdir(spill_dir))
+    assert files
+    # A disk that lost the tail of every spill file.
+    for name in files:
+        path = os.path.join(spill_dir, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+    lost = 0
+    for i, r in enumerate(refs):
+        try:
+            got = swiftray.get(r, timeout=60)
+        except swiftray.exceptions.ObjectLostError as e:
+            assert "spill file could not be read back" in str(e), e
+            lost += 1
+            continue
+        assert np.array_equal(got, arrays[i]), "an object is served whole, or not at all"
+        del got
+    assert lost == len(files), (lost, files)
+    # The store goes on serving.
+    assert np.array_equal(swiftray.get(swiftray.put(arrays[0])), arrays[0])

@@ -134,7 +134,7 @@ enum CoreAPI {
     env["SWIFTRAY_PYTHON"] = python
     env["SWIFTRAY_SYS_PATH"] = (try? String(data: JSONEncoder().encode(sysPath), encoding: .utf8)) ?? "[]"
     return blocking("starting the local cluster", {
-      let config = try Config.resolve(overrides: systemConfig.mapValues { Int($0) })
+      let config = try Config.resolve(overrides: systemConfig.mapValues { Int(exactly: $0.rounded(.towardZero)) ?? (($0 < 0) ? Int.min : Int.max) })
       let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
       // A cluster of its own: the token the environment names, else one of its own (kept
       // in the session, for other drivers of this user on this machine; never the

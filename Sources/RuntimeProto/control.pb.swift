@@ -1216,6 +1216,10 @@ public nonisolated struct Swiftray_ReturnWorkerLeaseRequest: Sendable {
 
   public var leaseID: UInt64 = 0
 
+  /// The lease's owner (empty: the ControlService's, for actor creations): another
+  /// caller's lease is not returned.
+  public var ownerWorkerID: Data = Data()
+
   /// The owner saw the worker fail; do not hand it out again.
   public var disconnectWorker: Bool = false
 
@@ -1234,12 +1238,15 @@ public nonisolated struct Swiftray_ReturnWorkerLeaseReply: Sendable {
   public init() {}
 }
 
+/// The request is the one `owner_worker_id` numbered so (numbers are per owner).
 public nonisolated struct Swiftray_CancelWorkerLeaseRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var leaseRequestID: UInt64 = 0
+
+  public var ownerWorkerID: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3494,7 +3501,7 @@ nonisolated extension Swiftray_FreeObjectsReply: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReturnWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_id\0\u{3}disconnect_worker\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_id\0\u{3}disconnect_worker\0\u{3}owner_worker_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3504,6 +3511,7 @@ nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, 
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.leaseID) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.disconnectWorker) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.ownerWorkerID) }()
       default: break
       }
     }
@@ -3516,11 +3524,15 @@ nonisolated extension Swiftray_ReturnWorkerLeaseRequest: SwiftProtobuf.Message, 
     if self.disconnectWorker != false {
       try visitor.visitSingularBoolField(value: self.disconnectWorker, fieldNumber: 2)
     }
+    if !self.ownerWorkerID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ownerWorkerID, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_ReturnWorkerLeaseRequest, rhs: Swiftray_ReturnWorkerLeaseRequest) -> Bool {
     if lhs.leaseID != rhs.leaseID {return false}
+    if lhs.ownerWorkerID != rhs.ownerWorkerID {return false}
     if lhs.disconnectWorker != rhs.disconnectWorker {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -3548,7 +3560,7 @@ nonisolated extension Swiftray_ReturnWorkerLeaseReply: SwiftProtobuf.Message, Sw
 
 nonisolated extension Swiftray_CancelWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CancelWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{3}owner_worker_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3557,6 +3569,7 @@ nonisolated extension Swiftray_CancelWorkerLeaseRequest: SwiftProtobuf.Message, 
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.leaseRequestID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.ownerWorkerID) }()
       default: break
       }
     }
@@ -3566,11 +3579,15 @@ nonisolated extension Swiftray_CancelWorkerLeaseRequest: SwiftProtobuf.Message, 
     if self.leaseRequestID != 0 {
       try visitor.visitSingularUInt64Field(value: self.leaseRequestID, fieldNumber: 1)
     }
+    if !self.ownerWorkerID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.ownerWorkerID, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_CancelWorkerLeaseRequest, rhs: Swiftray_CancelWorkerLeaseRequest) -> Bool {
     if lhs.leaseRequestID != rhs.leaseRequestID {return false}
+    if lhs.ownerWorkerID != rhs.ownerWorkerID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -360,6 +360,9 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
 
     /// Pulling it from another node failed (`error` says why).
     case pullFailed // = 3
+
+    /// It was here but is lost (its spill file could not be read back; `error` says so).
+    case lost // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -372,6 +375,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       case 1: self = .notFound
       case 2: self = .full
       case 3: self = .pullFailed
+      case 4: self = .lost
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -382,6 +386,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       case .notFound: return 1
       case .full: return 2
       case .pullFailed: return 3
+      case .lost: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -392,6 +397,7 @@ public nonisolated struct Swiftray_PinObjectReply: Sendable {
       .notFound,
       .full,
       .pullFailed,
+      .lost,
     ]
 
   }
@@ -1360,7 +1366,7 @@ nonisolated extension Swiftray_PinObjectReply: SwiftProtobuf.Message, SwiftProto
 }
 
 nonisolated extension Swiftray_PinObjectReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PINNED\0\u{1}NOT_FOUND\0\u{1}FULL\0\u{1}PULL_FAILED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PINNED\0\u{1}NOT_FOUND\0\u{1}FULL\0\u{1}PULL_FAILED\0\u{1}LOST\0")
 }
 
 nonisolated extension Swiftray_UnpinObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

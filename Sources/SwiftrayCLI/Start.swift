@@ -190,7 +190,8 @@ struct Start: ParsableCommand {
     // (and finds them there after a restart); without it they live in memory, as Ray's.
     var storage: (any ControlStorage)? = nil
     if head, let redis = ProcessInfo.processInfo.environment["SWIFTRAY_REDIS_ADDRESS"], !redis.isEmpty {
-      let r = try RedisControlStorage(address: redis, password: try redisPasswordGiven(), group: group)
+      let r = try RedisControlStorage(address: redis, password: try redisPasswordGiven(), group: group,
+                                        commandTimeoutMs: config.redisCommandTimeoutMs)
       try blockingAwait(timeout: .seconds(10)) { try await r.check() }
       storage = r
     }

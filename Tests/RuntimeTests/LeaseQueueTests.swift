@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import Runtime
 
@@ -163,5 +164,35 @@ struct SeededRandom {
     z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
     return z ^ (z >> 31)
+  }
+}
+
+@Suite struct LeaseRequestIDsTests {
+  @Test func twoOwnersUsingTheSameNumberGetTwoRequestsAndNeitherTouchesTheOther() {
+    var ids = LeaseRequestIDs()
+    let a = LeaseRequestIDs.Key(owner: Data([1]), number: 7), b = LeaseRequestIDs.Key(owner: Data([2]), number: 7)
+    let ia = ids.admit(a), ib = ids.admit(b)
+    #expect(ia != nil && ib != nil && ia != ib)
+    #expect(ids.admit(a) == nil, "the same owner's number twice is refused; the first keeps waiting")
+    #expect(ids.find(a) == ia && ids.find(b) == ib)
+    ids.settled(ia!)
+    #expect(ids.find(a) == nil && ids.find(b) == ib, "answering one leaves the other")
+    #expect(ids.admit(a) != nil, "a settled number may be used again")
+    #expect(ids.pending == 2)
+  }
+}
+
+@Suite struct LeaseOwnershipTests {
+  @Test func onlyItsOwnerGivesALeaseBack() {
+    var q = LeaseQueue(total: ResourceSet(units: ["CPU": 1]), limits: .init(maxStartingWorkers: 1, maxWorkers: 1))
+    let w = WorkerID.random(), owner = WorkerID.random(), stranger = WorkerID.random()
+    _ = q.workerStarting(w)
+    _ = q.workerRegistered(w)
+    let granted = q.leaseRequested(.init(id: 1, shape: ResourceSet(units: ["CPU": 1]), owner: owner))
+    guard case .grant(_, let lease)? = granted.first else { Issue.record("granted: \(granted)"); return }
+    #expect(q.leaseReturned(lease.id, disconnect: true, owner: stranger).isEmpty)
+    #expect(q.available.units("CPU") == 0, "a stranger's return frees nothing")
+    _ = q.leaseReturned(lease.id, disconnect: false, owner: owner)
+    #expect(q.available.units("CPU") == 1)
   }
 }

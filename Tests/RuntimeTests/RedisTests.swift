@@ -106,4 +106,26 @@ final class RedisServer {
     }
     #expect(throws: SwiftrayError.self) { try RedisControlStorage(address: "no-port") }
   }
+
+  @Test func aRedisThatStopsAnsweringFailsTheCommandWithinItsDeadline() async throws {
+    // A listener that accepts and never answers (as a hung Redis would).
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    listen(fd, 4)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    let port = Int(UInt16(bigEndian: addr.sin_port))
+    let start = ContinuousClock.now
+    do {
+      try await RedisControlStorage(address: "127.0.0.1:\(port)", commandTimeoutMs: 300).check()
+      Issue.record("a silent Redis answered")
+    } catch let e as SwiftrayError {
+      #expect(e.message.contains("did not answer within 300 ms"), "\(e.message)")
+    }
+    #expect(ContinuousClock.now - start < .seconds(5))
+  }
 }

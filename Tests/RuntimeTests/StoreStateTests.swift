@@ -185,8 +185,9 @@ private let mib = 1 << 20
     #expect(s.pinnedBytes == 0 && s.used == mib)
   }
 
-  @Test mutating func spilledObjectsRestoreOnPinMakingRoomFirst() {
-    var s = StoreState(limits: .init(capacity: 30 * mib, spillThreshold: 1.0))
+  /// A store of 30 MiB where `a` (20 MiB) was spilled for `b` and a pin of `a` now
+  /// restores it (after spilling `b`): returns `a`, being restored.
+  mutating func restoring(_ s: inout StoreState) -> ObjectID {
     let a = oid(), b = oid()
     Self.make(&s, a, 20 * mib)
     _ = s.createRequested(b, size: 20 * mib, creator: 1, owner: 1, now: 1)
@@ -197,9 +198,32 @@ private let mib = 1 << 20
     _ = s.spillFinished(b)
     let (o3, acts3) = s.pinRequested(a, reader: 1, now: 5)
     #expect(o3 == .wait && acts3 == [.restore(a, offset: 0, size: 20 * mib)])
+    return a
+  }
+
+  @Test mutating func spilledObjectsRestoreOnPinMakingRoomFirst() {
+    var s = StoreState(limits: .init(capacity: 30 * mib, spillThreshold: 1.0))
+    let a = restoring(&s)
     #expect(s.pinRequested(a, reader: 1, now: 5).0 == .wait, "still restoring")
     _ = s.restoreFinished(a)
     #expect(s.pinRequested(a, reader: 1, now: 6).0 == .pinned(offset: 0, size: 20 * mib))
+  }
+
+  @Test mutating func aSpillFileThatCannotBeReadBackLosesTheObjectAndFreesItsExtent() {
+    var s = StoreState(limits: .init(capacity: 30 * mib, spillThreshold: 1.0))
+    let a = restoring(&s)
+    #expect(s.stats.used == 20 * mib)
+    #expect(s.restoreFailed(a) == [.deleteSpillFile(a), .retryWaiting])
+    guard case .lost(let why) = s.pinRequested(a, reader: 1, now: 6).0 else {
+      Issue.record("never served from the extent it was read into; readers hear it is lost")
+      return
+    }
+    #expect(why.contains("spill file"))
+    #expect(s.stats.used == 0, "the extent is free again")
+    #expect(s.restoreFailed(a).isEmpty, "a second report changes nothing")
+    // Made again (rebuilt by its owner): found as any object.
+    Self.make(&s, a, 20 * mib, now: 7)
+    #expect(s.pinRequested(a, reader: 1, now: 8).0 == .pinned(offset: 0, size: 20 * mib))
   }
 
   @Test mutating func fragmentationSpillsNeighboursToMakeAContiguousExtent() {

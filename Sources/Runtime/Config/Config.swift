@@ -33,6 +33,21 @@ public struct Config: Sendable, Equatable {
   public var maxLineageBytes = 1 << 30
   /// A node that cannot reach the ControlService this long stops (its cluster is gone).
   public var gcsRpcServerReconnectTimeoutS = 60
+  /// Largest data-plane frame (task specs with their inline arguments, replies, object
+  /// chunk headers); just above the 5 MiB transfer chunk with room for inline values.
+  public var maxDataPlaneFrameBytes = NetworkLimits().maxFrameBytes
+  /// How long a store waits for each chunk of an object it pulls from another node's
+  /// store; then the pull fails naming that store (the reader rebuilds or fails).
+  public var objectManagerPullTimeoutMs = 10_000
+  /// Deadline of the head's calls to a NodeManager (placement group prepare, commit,
+  /// return; leases for actors): a node that hangs counts as refusing.
+  public var nodeManagerRpcTimeoutMs = 10_000
+  /// How long the head waits for each Redis reply before it counts Redis as failed.
+  public var redisCommandTimeoutMs = 10_000
+  /// Connections one listener (gRPC or data plane) keeps open at once.
+  public var maxConnectionsPerListener = NetworkLimits().maxConnectionsPerListener
+  /// A new connection must authenticate (or start its handshake) within this.
+  public var connectionHandshakeTimeoutMs = NetworkLimits().handshakeTimeoutMs
 
   public init() {}
 
@@ -51,7 +66,48 @@ public struct Config: Sendable, Equatable {
     "raylet_report_resources_period_milliseconds": \.resourceReportPeriodMs,
     "gcs_rpc_server_reconnect_timeout_s": \.gcsRpcServerReconnectTimeoutS,
     "max_lineage_bytes": \.maxLineageBytes,
+    "max_data_plane_frame_bytes": \.maxDataPlaneFrameBytes,
+    "max_connections_per_listener": \.maxConnectionsPerListener,
+    "connection_handshake_timeout_ms": \.connectionHandshakeTimeoutMs,
+    "redis_command_timeout_ms": \.redisCommandTimeoutMs,
+    "object_manager_pull_timeout_ms": \.objectManagerPullTimeoutMs,
+    "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
   ]
+
+  /// The values each key accepts; anything else (from a variable, a flag or
+  /// `_system_config`) is refused naming the key and the range, before it is used.
+  static let ranges: [String: ClosedRange<Int>] = [
+    "max_data_plane_frame_bytes": (1 << 20)...(1 << 30),
+    "max_connections_per_listener": 16...(1 << 20),
+    "connection_handshake_timeout_ms": 100...600_000,
+    "redis_command_timeout_ms": 100...600_000,
+    "object_manager_pull_timeout_ms": 100...3_600_000,
+    "node_manager_rpc_timeout_ms": 100...3_600_000,
+    "max_tasks_in_flight_per_worker": 1...1_000_000,
+    "max_pending_lease_requests_per_shape": 1...1_000_000,
+    "maximum_startup_concurrency": 1...10_000,
+    "max_workers_per_node": 1...100_000,
+    "health_check_period_ms": 10...86_400_000,
+    "health_check_timeout_ms": 10...86_400_000,
+    "health_check_failure_threshold": 1...1_000_000,
+    "raylet_report_resources_period_milliseconds": 10...3_600_000,
+  ]
+  /// The range of keys not named in `ranges`.
+  static let defaultRange: ClosedRange<Int> = 0...(1 << 50)
+
+  static func checked(_ name: String, _ value: Int, from source: String) throws(SwiftrayError) -> Int {
+    let range = ranges[name] ?? defaultRange
+    guard range.contains(value) else {
+      throw SwiftrayError(.invalidArgument, "\(source) \(name) = \(value) is out of range: it must be in \(range.lowerBound)...\(range.upperBound)")
+    }
+    return value
+  }
+
+  /// The limits on what peers may make this process hold.
+  public var networkLimits: NetworkLimits {
+    NetworkLimits(maxFrameBytes: maxDataPlaneFrameBytes, maxConnectionsPerListener: maxConnectionsPerListener,
+                  handshakeTimeoutMs: connectionHandshakeTimeoutMs)
+  }
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error
   /// naming the known ones, so a typo is never silently ignored.
@@ -59,15 +115,23 @@ public struct Config: Sendable, Equatable {
                              overrides: [String: Int] = [:]) throws(SwiftrayError) -> Config {
     var c = Config()
     for (name, path) in keys {
-      if let v = environment["SWIFTRAY_" + name.uppercased()], let i = Int(v) { c[keyPath: path] = i }
+      let variable = "SWIFTRAY_" + name.uppercased()
+      guard let v = environment[variable] else { continue }
+      guard let i = Int(v.trimmingCharacters(in: .whitespaces)) else {
+        throw SwiftrayError(.invalidArgument, "\(variable)='\(v.prefix(40))' is not an integer")
+      }
+      c[keyPath: path] = try checked(name, i, from: variable)
     }
     for (name, value) in overrides {
       guard let path = keys[name] else {
         throw SwiftrayError(.invalidArgument,
           "unknown _system_config key '\(name)'; known keys: \(keys.keys.sorted().joined(separator: ", "))")
       }
-      c[keyPath: path] = value
+      c[keyPath: path] = try checked(name, value, from: "_system_config")
     }
+    // Every process resolves its settings once at start: its listeners and connections
+    // take their bounds from here.
+    NetworkLimits.install(c.networkLimits)
     return c
   }
 

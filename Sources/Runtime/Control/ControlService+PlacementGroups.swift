@@ -122,8 +122,12 @@ extension ControlService {
 
   /// One pass over the waiting groups, oldest first: choose nodes for each from the
   /// current view (later groups see what earlier ones took), then reserve them all at
-  /// once (each group's prepare/commit round runs concurrently with the others').
-  func placeWaitingGroups() async {
+  /// once (each group's prepare/commit round runs concurrently with the others'). The
+  /// reservation runs on its own, so the next pass need not wait for it: a node that
+  /// hangs holds up only the groups with bundles on it (until `node_manager_rpc_timeout_ms`),
+  /// never those placed elsewhere. (Groups being reserved are not waiting: no pass takes
+  /// them twice; a node a concurrent pass already filled refuses, and the group retries.)
+  func placeWaitingGroups() {
     var view = state.withLock { s in
       Dictionary(s.nodes.values.map { n in
         (n.nodeID, NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
@@ -149,15 +153,24 @@ extension ControlService {
       }
     }
     guard !rounds.isEmpty else { return }
-    let placed = await reserve(rounds)
-    for (k, r) in rounds.enumerated() {
-      performGroups(state.withLock { s in
-        placed[k] ? s.groups.placed(r.id, nodes: r.nodes)
-          : s.groups.placementFailed(r.id, detail: "a node refused or did not answer while its bundles were reserved; trying again",
-                                     infeasible: false)
-      })
+    Task { [self] in
+      let placed = await reserve(rounds)
+      for (k, r) in rounds.enumerated() {
+        performGroups(state.withLock { s in
+          placed[k] ? s.groups.placed(r.id, nodes: r.nodes)
+            : s.groups.placementFailed(r.id, detail: "a node refused or did not answer while its bundles were reserved; trying again",
+                                       infeasible: false)
+        })
+      }
+      if placed.contains(false) { retryPlacementSoon() }
     }
-    if placed.contains(false) { retryPlacementSoon() }
+  }
+
+  /// Deadline of each call to a NodeManager (prepare, commit, return).
+  var nodeCallOptions: CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = .milliseconds(Int64(config.nodeManagerRpcTimeoutMs))
+    return options
   }
 
   /// A refused prepare (the node's view was stale) is tried again after a pause.
@@ -195,6 +208,7 @@ extension ControlService {
         requests[node, default: (Swiftray_PrepareBundlesRequest(), [])].rounds.append(k)
       }
     }
+    let options = nodeCallOptions
     var clients: [Data: ControlPlane.Connection] = [:]
     for node in requests.keys {
       if let a = state.withLock({ $0.nodes[node].map(Self.address) }), !a.isEmpty, let c = nodeClient(a) { clients[node] = c }
@@ -205,7 +219,7 @@ extension ControlService {
       for (node, entry) in requests {
         guard let c = clients[node] else { continue }
         let req = entry.req
-        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req).prepared) ?? []) }
+        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req, options: options).prepared) ?? []) }
       }
       for await (node, answers) in g {
         for (j, k) in requests[node]!.rounds.enumerated() { prepared[k][node] = j < answers.count && answers[j] }
@@ -226,14 +240,14 @@ extension ControlService {
         guard let c = clients[node] else { continue }
         var req = Swiftray_CommitBundlesRequest()
         req.placementGroupIds = groups
-        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req) }
+        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req, options: options) }
       }
       for u in undo {
         guard let c = clients[u.node] else { continue }
         var req = Swiftray_ReturnBundlesRequest()
         req.placementGroupID = u.group
         req.indices = u.indices.map(Int32.init)
-        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req) }
+        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: options) }
       }
     }
     state.withLock { s in
@@ -288,7 +302,7 @@ extension ControlService {
     guard let address = state.withLock({ $0.nodes[node].map(Self.address) }), let c = nodeClient(address) else { return }
     var req = Swiftray_ReturnBundlesRequest()
     req.placementGroupID = group
-    guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req) else { return }
+    guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: nodeCallOptions) else { return }
     state.withLock { s in
       s.nodes[node]?.total = r.total
       s.nodes[node]?.available = r.available

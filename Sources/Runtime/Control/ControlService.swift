@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import GRPCCore
 import Logging
@@ -21,6 +22,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   struct State {
     var nodes: [Data: Swiftray_NodeInfo] = [:]
+    /// Dead nodes, oldest first: beyond `deadNodesKept` the oldest leave the table (so
+    /// nodes that come and go, or a peer registering made-up ones, cannot grow it).
+    var deadOrder: Deque<Data> = []
     var nextJob: UInt32 = 1
     var actors = ActorDirectory()
     var watchers: [ActorID: [UInt64: Watcher]] = [:]
@@ -63,7 +67,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     Task { [weak self] in
       for await _ in kicks {
         guard let self else { return }
-        await self.placeWaitingGroups()
+        self.placeWaitingGroups()
       }
     }
   }
@@ -176,6 +180,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       s.nodes[id] = n
       s.health.nodeRemoved(id)
       persist(n)  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
+      s.deadOrder.append(id)
+      while s.deadOrder.count > Self.deadNodesKept, let oldest = s.deadOrder.popFirst() {
+        if s.nodes[oldest]?.alive == false { s.nodes[oldest] = nil }
+      }
       return [n.nodeManagerEndpoint, n.nodeManagerAddress]
     }
     guard !endpoints.isEmpty else { return }
@@ -186,6 +194,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     // Closed without waiting: this runs in a Task, which must not block.
     nodeClients.remove(endpoints)
   }
+
+  /// Dead nodes kept in the table (Ray keeps `maximum_gcs_dead_node_cached_count` = 1000).
+  static let deadNodesKept = 1000
 
   func persist(_ node: Swiftray_NodeInfo) {
     var durable = node

@@ -22,9 +22,13 @@ public final class RedisControlStorage: ControlStorage {
   /// Set for `rediss://`: the context every connection's TLS handler is made from.
   let tls: NIOSSLContext?
   let current = Locked<Conn?>(nil)
+  /// Deadline of each command (`redis_command_timeout_ms`).
+  let commandTimeoutMs: Int
 
   public init(address: String, password: String? = nil, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-              environment: [String: String] = ProcessInfo.processInfo.environment) throws(SwiftrayError) {
+              environment: [String: String] = ProcessInfo.processInfo.environment,
+              commandTimeoutMs: Int = Config().redisCommandTimeoutMs) throws(SwiftrayError) {
+    self.commandTimeoutMs = commandTimeoutMs
     var rest = Substring(address)
     var useTLS = false
     if rest.hasPrefix("rediss://") { rest = rest.dropFirst(9); useTLS = true }
@@ -139,7 +143,8 @@ public final class RedisControlStorage: ControlStorage {
     case .ready(let conn): return conn
     case .wait(let g): f = g
     case .connect(let p):
-      RedisConnection.connect(group: group, host: host, port: port, password: password, tls: tls).cascade(to: p)
+      RedisConnection.connect(group: group, host: host, port: port, password: password, tls: tls,
+                              replyTimeout: .milliseconds(Int64(commandTimeoutMs))).cascade(to: p)
       f = p.futureResult
     }
     do {
@@ -156,8 +161,15 @@ public final class RedisControlStorage: ControlStorage {
 /// One pipelined RESP connection: replies are matched to requests in order.
 final class RedisConnection: Sendable {
   let channel: Channel
+  /// How long a reply may take: a Redis that stops answering (without closing TCP) has
+  /// its connection closed, which fails every command waiting on it; the next command
+  /// connects again. (A pipelined connection cannot skip one late reply.)
+  let replyTimeout: TimeAmount
   struct State {
     var waiting: Deque<CheckedContinuation<RESPValue, Error>> = []
+    /// Commands sent and replies delivered so far: a deadline checks its command's turn.
+    var sent: UInt64 = 0
+    var delivered: UInt64 = 0
     /// Commands in the order their waiters were queued, written by one event-loop task.
     var outbox: [[UInt8]] = []
     var flushScheduled = false
@@ -165,12 +177,12 @@ final class RedisConnection: Sendable {
   }
   let state = Locked(State())
 
-  init(channel: Channel) { self.channel = channel }
+  init(channel: Channel, replyTimeout: TimeAmount) { self.channel = channel; self.replyTimeout = replyTimeout }
 
   var isClosed: Bool { state.withLock { $0.closed } }
 
   static func connect(group: EventLoopGroup, host: String, port: Int, password: String?,
-                      tls: NIOSSLContext?) -> EventLoopFuture<RedisConnection> {
+                      tls: NIOSSLContext?, replyTimeout: TimeAmount) -> EventLoopFuture<RedisConnection> {
     let handler = ReplyHandler()
     // SNI takes a host name only; for an IP address NIOSSL checks the certificate
     // against the address connected to.
@@ -189,7 +201,7 @@ final class RedisConnection: Sendable {
       }
       .connect(host: host, port: port)
       .flatMap { ch in
-        let c = RedisConnection(channel: ch)
+        let c = RedisConnection(channel: ch, replyTimeout: replyTimeout)
         handler.conn = c
         guard let password else { return ch.eventLoop.makeSucceededFuture(c) }
         let p = ch.eventLoop.makePromise(of: RedisConnection.self)
@@ -206,17 +218,24 @@ final class RedisConnection: Sendable {
     try await withCheckedThrowingContinuation { (c: CheckedContinuation<RESPValue, Error>) in
       // Waiter and command queued in one critical section, written in that order by
       // the event loop: replies come back in write order.
-      enum Step { case closed, queued(flush: Bool) }
+      enum Step { case closed, queued(flush: Bool, turn: UInt64) }
       let step: Step = state.withLock { s in
         if s.closed { return .closed }
         s.waiting.append(c)
         s.outbox.append(command)
+        s.sent += 1
         defer { s.flushScheduled = true }
-        return .queued(flush: !s.flushScheduled)
+        return .queued(flush: !s.flushScheduled, turn: s.sent)
       }
       switch step {
       case .closed: c.resume(throwing: SwiftrayError(.system, "the Redis connection is closed"))
-      case .queued(let flush): if flush { channel.eventLoop.execute { self.flushOutbox() } }
+      case .queued(let flush, let turn):
+        if flush { channel.eventLoop.execute { self.flushOutbox() } }
+        channel.eventLoop.scheduleTask(in: replyTimeout) { [self] in
+          guard state.withLock({ $0.delivered < turn && !$0.closed }) else { return }
+          failAll("Redis did not answer within \(replyTimeout.nanoseconds / 1_000_000) ms")
+          close()
+        }
       }
     }
   }
@@ -235,7 +254,10 @@ final class RedisConnection: Sendable {
   func close() { channel.close(promise: nil) }
 
   func deliver(_ v: RESPValue) {
-    state.withLock { $0.waiting.popFirst() }?.resume(returning: v)
+    state.withLock { s in
+      s.delivered += 1
+      return s.waiting.popFirst()
+    }?.resume(returning: v)
   }
 
   func failAll(_ why: String) {

@@ -204,6 +204,9 @@ extension CoreWorker {
   /// node is not declared dead or nothing new comes; throws the error the owner stored
   /// when it cannot be rebuilt.
   func recovered(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
+    // This node's own store said the object is gone (a spill file it could not read
+    // back): no verdict on a node is coming, so none is waited for.
+    if o.storeNode == Data(options.nodeID.binary) { return nil }
     let deadline = Self.now() + verdictNanos
     while state.withLock({ $0.deadNodes[o.storeNode] == nil }) {
       if Self.now() > deadline { return nil }

@@ -834,6 +834,7 @@ public final class CoreWorker: Sendable {
     }
     guard !calls.isEmpty else { return }
     let sendable = calls.map { (conn: $0.0, action: $0.1) }
+    let me = Data(options.workerID.binary)
     _ = try? blockingAwait(timeout: .seconds(2)) {
       await withTaskGroup(of: Void.self) { g in
         for (conn, action) in sendable {
@@ -841,9 +842,9 @@ public final class CoreWorker: Sendable {
             let nm = Swiftray_NodeManagerService.Client(wrapping: conn.client)
             switch action {
             case .returnLease(let leaseID, _):
-              _ = try? await nm.returnWorkerLease(.with { $0.leaseID = leaseID })
+              _ = try? await nm.returnWorkerLease(.with { $0.leaseID = leaseID; $0.ownerWorkerID = me })
             case .cancelLeaseRequest(let requestID):
-              _ = try? await nm.cancelWorkerLease(.with { $0.leaseRequestID = requestID })
+              _ = try? await nm.cancelWorkerLease(.with { $0.leaseRequestID = requestID; $0.ownerWorkerID = me })
             default: break
             }
           }
@@ -879,13 +880,21 @@ public final class CoreWorker: Sendable {
     case .getObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return }
       let requester = WorkerID(binary: req.requesterID)
+      var crowded = false
       let obj: Swiftray_RayObject?? = state.withLock { s in
         if let o = s.store[id] { return .some(o) }
         if s.tasks.isPending(id.task) || s.refs.isInScope(id) {
+          // Bounded: peers asking again and again for one object cannot grow it without end.
+          guard s.remoteGets[id, default: []].count < Self.maxRemoteGetsPerObject else { crowded = true; return .some(nil) }
           s.remoteGets[id, default: []].append((responder, requester))
           return .some(nil)
         }
         return nil
+      }
+      if crowded {
+        return responder.respond(.error(.with {
+          $0.message = "object \(id.hex) already has \(Self.maxRemoteGetsPerObject) requests waiting at its owner; ask again later"
+        }))
       }
       switch obj {
       case .some(.some(let o)): replyObject(o, to: responder, requester: requester)
@@ -1087,6 +1096,7 @@ public final class CoreWorker: Sendable {
         Task {
           var req = Swiftray_CancelWorkerLeaseRequest()
           req.leaseRequestID = requestID
+          req.ownerWorkerID = Data(options.workerID.binary)
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).cancelWorkerLease(req)
         }
       case .push(let tid, let lease):
@@ -1098,6 +1108,7 @@ public final class CoreWorker: Sendable {
           var req = Swiftray_ReturnWorkerLeaseRequest()
           req.leaseID = leaseID
           req.disconnectWorker = disconnect
+          req.ownerWorkerID = Data(options.workerID.binary)
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
         }
       case .warnInfeasible(let key, let detail):
@@ -1221,11 +1232,37 @@ public final class CoreWorker: Sendable {
     pool.request(ep, .pushTask(req)) { result in
       switch result {
       case .success(let frame):
-        if case .pushTaskReply(let reply)? = frame.body { replied(reply) }
+        switch frame.body {
+        case .pushTaskReply(let reply)?: replied(reply)
+        case .error(let e)?: replied(Self.refusedReply(tid, spec, SwiftrayError(.system, e.message)))
+        default: replied(Self.refusedReply(tid, spec, SwiftrayError(.system, "worker at \(ep) answered a task with something else")))
+        }
+      case .failure(let e) where e.code == .invalidArgument:
+        // The spec could not be sent as it is (too large a frame): running it again would not help.
+        replied(Self.refusedReply(tid, spec, e))
       case .failure:
         lost()
       }
     }
+  }
+
+  /// Requests from other processes waiting for one object at its owner.
+  static let maxRemoteGetsPerObject = 10_000
+
+  /// The reply standing for a task that was refused, could not be sent, or whose reply
+  /// could not come back (too large a frame): every return is the error; not retried.
+  static func refusedReply(_ tid: TaskID, _ spec: Swiftray_TaskSpec, _ error: SwiftrayError) -> Swiftray_PushTaskReply {
+    var reply = Swiftray_PushTaskReply()
+    reply.isApplicationError = true
+    reply.isRetryableError = false
+    let obj = errorObject(error.code, "task \(spec.name) (\(tid.hex)) failed: \(error.message)")
+    reply.returns = (0..<Int(max(spec.numReturns, 0))).map { i in
+      var r = Swiftray_ReturnObject()
+      r.objectID = Data(ObjectID.forReturn(of: tid, index: i).binary)
+      r.object = obj
+      return r
+    }
+    return reply
   }
 
   func taskReplied(_ tid: TaskID, lease: NormalTaskSubmitter.GrantedLease, reply: Swiftray_PushTaskReply) {

@@ -155,7 +155,8 @@ public final class LocalCluster: Sendable {
     }
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
-                     spillDirectory: spillDirectory, remoteHost: networked ? nodeIP : nil),
+                     spillDirectory: spillDirectory, remoteHost: networked ? nodeIP : nil,
+                     pull: .init(chunkTimeoutMs: config.objectManagerPullTimeoutMs)),
       group: group, auth: auth, warn: warn)
     let nodeID = NodeID.random()
     var servers: [ControlPlane.Server] = []

@@ -46,7 +46,15 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   struct State {
     var queue: LeaseQueue
+    /// Waiting lease requests by the node's own id (`requestIDs`).
     var replies: [UInt64: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>] = [:]
+    var requestIDs = LeaseRequestIDs()
+
+    /// The waiter of a request that is answered now; its owner's number is free again.
+    mutating func takeReply(_ id: UInt64) -> CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>? {
+      requestIDs.settled(id)
+      return replies.removeValue(forKey: id)
+    }
     var procs: [WorkerID: WorkerProc] = [:]
     var byPid: [Int32: WorkerID] = [:]
     /// How recent workers ended, for owners asking why (bounded).
@@ -117,6 +125,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// Stops short of reporting when the ControlService stays unreachable for
   /// `gcsRpcServerReconnectTimeoutS`: `controlLost` runs once with the reason (the
   /// daemon then stops; its workers would serve a cluster that is gone).
+  /// Deadline of the node's reports to the head (`node_manager_rpc_timeout_ms`).
+  var headCallOptions: CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = .milliseconds(Int64(self.options.config.nodeManagerRpcTimeoutMs))
+    return options
+  }
+
   func syncClusterView() async {
     let clock = ContinuousClock()
     var lastContact = clock.now
@@ -131,13 +146,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           report.total = s.queue.total.proto
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
-        if let reply = try? await client.reportResources(report) {
+        // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
+        if let reply = try? await client.reportResources(report, options: headCallOptions) {
           lastContact = clock.now
           if reply.unknownNode, let me = registration.withLock({ $0 }) {
             // The head restarted (its tables on Redis) and does not know this node yet.
             var req = Swiftray_RegisterNodeRequest()
             req.node = me
-            if (try? await client.registerNode(req)) != nil {
+            if (try? await client.registerNode(req, options: headCallOptions)) != nil {
               log.info("node/re-registered", metadata: ["control": "\(options.controlEndpoint)"])
             }
           }
@@ -152,7 +168,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
-    guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes else { return }
+    guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest(), options: headCallOptions).nodes else { return }
     publishDeaths(of: nodes)
     store.setPullSources(Set(nodes.filter { $0.alive && !$0.storeAddress.isEmpty }.map(\.storeAddress)))
     let view = nodes.map { n in
@@ -183,7 +199,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     // spillback does (`moves` debited `others`).
     for o in others { if let i = s.cluster.firstIndex(where: { $0.id == o.id }) { s.cluster[i].available = o.available } }
     for m in moves {
-      guard s.queue.leaseRequestMoved(m.requestID), let c = s.replies.removeValue(forKey: m.requestID) else { continue }
+      guard s.queue.leaseRequestMoved(m.requestID), let c = s.takeReply(m.requestID) else { continue }
       var r = Swiftray_RequestWorkerLeaseReply()
       r.status = .spillback
       r.retryAtEndpoint = m.address
@@ -231,7 +247,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for a in actions {
       switch a {
       case .grant(let requestID, let lease):
-        let (cont, proc) = state.withLock { ($0.replies.removeValue(forKey: requestID), $0.procs[lease.worker]) }
+        let (cont, proc) = state.withLock { ($0.takeReply(requestID), $0.procs[lease.worker]) }
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .granted
         r.leaseID = lease.id
@@ -251,21 +267,21 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .infeasible
         r.detail = detail
-        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+        state.withLock { $0.takeReply(requestID) }?.resume(returning: r)
       case .placementGroupUnavailable(let requestID, let removed, let detail):
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = removed ? .placementGroupRemoved : .placementGroupPending
         r.detail = detail
-        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+        state.withLock { $0.takeReply(requestID) }?.resume(returning: r)
       case .workerStartFailed(let requestID, let detail):
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .workerStartFailed
         r.detail = detail
-        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+        state.withLock { $0.takeReply(requestID) }?.resume(returning: r)
       case .canceled(let requestID):
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .canceled
-        state.withLock { $0.replies.removeValue(forKey: requestID) }?.resume(returning: r)
+        state.withLock { $0.takeReply(requestID) }?.resume(returning: r)
       case .startWorker:
         startWorker()
       case .killWorker(let id):
@@ -405,9 +421,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     // hops, then asks its own node again). Affinity and bundles tie it to its node.
     let movable = (key.strategy == .default || key.strategy == .spread)
       && BundleResources.groups(in: shape.union(placement)).isEmpty
-    let req = LeaseQueue.Request(id: request.leaseRequestID, shape: shape,
+    // Numbered by the node once queued (`LeaseRequestIDs`): the owner's number is its own.
+    var req = LeaseQueue.Request(id: 0, shape: shape,
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
                                  placement: placement, movable: movable)
+    let requestKey = LeaseRequestIDs.Key(owner: request.owner.workerID, number: request.leaseRequestID)
     let needs = req.shape.union(req.placement)
     let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
     // Unless a node already spilled it here, the request goes where its strategy says.
@@ -453,7 +471,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
               return .reply(r)
             }
           }
-          s.replies[req.id] = c
+          guard let id = s.requestIDs.admit(requestKey) else {
+            r.status = .infeasible
+            r.detail = "lease request \(request.leaseRequestID) of this owner is already waiting on this node"
+            return .reply(r)
+          }
+          req.id = id
+          s.replies[id] = c
           return .queued(s.queue.leaseRequested(req))
         }
         switch step {
@@ -462,7 +486,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         }
       }
     } onCancel: {
-      perform(state.withLock { $0.queue.leaseRequestCanceled(req.id) })
+      perform(state.withLock { s in s.requestIDs.find(requestKey).map { s.queue.leaseRequestCanceled($0) } ?? [] })
     }
   }
 
@@ -538,12 +562,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   public func returnWorkerLease(request: Swiftray_ReturnWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_ReturnWorkerLeaseReply {
-    perform(state.withLock { $0.queue.leaseReturned(request.leaseID, disconnect: request.disconnectWorker) })
+    let owner = WorkerID(binary: request.ownerWorkerID) ?? .nil_
+    perform(state.withLock { $0.queue.leaseReturned(request.leaseID, disconnect: request.disconnectWorker, owner: owner) })
     return Swiftray_ReturnWorkerLeaseReply()
   }
 
   public func cancelWorkerLease(request: Swiftray_CancelWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_CancelWorkerLeaseReply {
-    let actions = state.withLock { $0.queue.leaseRequestCanceled(request.leaseRequestID) }
+    let key = LeaseRequestIDs.Key(owner: request.ownerWorkerID, number: request.leaseRequestID)
+    let actions = state.withLock { s in s.requestIDs.find(key).map { s.queue.leaseRequestCanceled($0) } ?? [] }
     var r = Swiftray_CancelWorkerLeaseReply()
     r.canceled = !actions.isEmpty
     perform(actions)

@@ -76,6 +76,8 @@ public final class ObjectStore: Sendable {
   let servers: Locked<[DataPlaneServer]> = Locked([])
   /// Connections to other nodes' stores, for pulls.
   let peers: DataPlaneClientPool
+  /// How long a pulled chunk may take (`object_manager_pull_timeout_ms`).
+  let chunkDeadline: TimeAmount
   let log = Logger(label: "swiftray.store")
   let warn: @Sendable (String) -> Void
 
@@ -84,6 +86,7 @@ public final class ObjectStore: Sendable {
   /// Its listeners and its pulls from other stores use `auth`'s token.
   public init(options: Options, group: EventLoopGroup, auth: ClusterAuth, warn: @escaping @Sendable (String) -> Void) throws {
     self.warn = warn
+    chunkDeadline = .milliseconds(Int64(options.pull.chunkTimeoutMs))
     let cap = options.capacity / Allocator.alignment * Allocator.alignment
     Self.removeStaleArenas()
     let tag = "swiftray_\(getpid())_\(String(UInt32.random(in: 0 ... .max), radix: 16))"
@@ -321,6 +324,7 @@ public final class ObjectStore: Sendable {
       reply.status = .pinned; reply.offset = UInt64(off); reply.size = UInt64(size)
       responder.respond(.pinObjectReply(reply))
     case .notFound: reply.status = .notFound; responder.respond(.pinObjectReply(reply))
+    case .lost(let why): reply.status = .lost; reply.error = why; responder.respond(.pinObjectReply(reply))
     case .full(let e): reply.status = .full; reply.error = e.message; responder.respond(.pinObjectReply(reply))
     case .wait: break
     }
@@ -355,7 +359,7 @@ public final class ObjectStore: Sendable {
       }
       perform(state.withLock { $0.store.unpinned(id, reader: Self.transferReader) })
       reply.status == .ok ? responder.respond(.readChunkReply(reply), payload: payload) : responder.respond(.readChunkReply(reply))
-    case .notFound:
+    case .notFound, .lost:
       reply.status = .notFound
       responder.respond(.readChunkReply(reply))
     case .full(let e):
@@ -378,7 +382,9 @@ public final class ObjectStore: Sendable {
         req.objectID = Data(c.id.binary)
         req.offset = UInt64(c.offset)
         req.length = UInt64(c.length)
-        peers.requestWithPayload(ep, .readChunk(req)) { [self] r in chunkReplied(c, r) }
+        peers.requestWithPayload(ep, .readChunk(req), deadline: chunkDeadline) { [self] r in
+          chunkReplied(c, r)
+        }
       case .complete(let id):
         perform(state.withLock { s in
           s.pulledTotal += UInt64(s.store.entries[id]?.size ?? 0)
@@ -454,8 +460,12 @@ public final class ObjectStore: Sendable {
       case .restore(let id, let off, let size):
         io.async { [self] in
           let ok = readFile(spillPath(id), into: base.p + off, count: size)
-          if !ok { log.error("store/restore-failed", metadata: ["object": "\(id.hex)"]) }
+          if !ok {
+            warn("object \(id.hex) could not be read back from its spill file \(spillPath(id)) (missing, short or "
+              + "unreadable): it is lost on this node; its owner rebuilds it or reports it lost")
+          }
           perform(state.withLock { s in
+            guard ok else { return s.store.restoreFailed(id) }
             s.restoredTotal += UInt64(size)
             return s.store.restoreFinished(id)
           })
@@ -498,6 +508,9 @@ public final class ObjectStore: Sendable {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return false }
     defer { Foundation.close(fd) }
+    // Exactly the object's bytes: a file of another length is not this object's.
+    var st = stat()
+    guard fstat(fd, &st) == 0, Int64(st.st_size) == Int64(count) else { return false }
     var done = 0
     while done < count {
       let n = pread(fd, p + done, count - done, off_t(done))

@@ -119,6 +119,7 @@ public final class StoreClient: Sendable {
       return UnsafeRawBufferPointer(start: base.p + off, count: Int(r.size))
     case .notFound: return nil
     case .pullFailed: throw SwiftrayError(.objectLost, "Object \(id.hex) could not be fetched from another node: \(r.error).")
+    case .lost: throw SwiftrayError(.objectLost, "Object \(id.hex) was lost from this node's object store: \(r.error).")
     case .full, .UNRECOGNIZED: throw SwiftrayError(.objectStoreFull, r.error)
     }
   }

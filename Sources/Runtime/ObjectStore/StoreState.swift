@@ -1,3 +1,4 @@
+import DequeModule
 /// The accounting of one node's shared-memory object store (DESIGN §4) as a pure state
 /// machine: where each object sits in the arena, who pins it, what to spill when the
 /// store passes its threshold, and when a create must fail with `ObjectStoreFullError`.
@@ -72,6 +73,8 @@ public struct StoreState: Sendable {
     /// Being written or restored; ask again on `retryWaiting`.
     case wait
     case notFound
+    /// It was here and is gone for a reason readers should hear (`restoreFailed`).
+    case lost(String)
     case full(SwiftrayError)
   }
 
@@ -116,6 +119,7 @@ public struct StoreState: Sendable {
   public mutating func createRequested(_ id: ObjectID, size: Int, creator: UInt64, owner: UInt64,
                                        now: UInt64, secondary: Bool = false) -> (CreateOutcome, [Action]) {
     if let e = entries[id], !e.deleted { return (.exists, []) }
+    lost[id] = nil  // made again (rebuilt): no longer lost
     if Allocator.rounded(size) > allocator.capacity {
       return (.full(fullError(id, size, why: "the object is larger than the whole store")), [])
     }
@@ -151,7 +155,7 @@ public struct StoreState: Sendable {
 
   /// A reader wants to map the object; a spilled one is restored first.
   public mutating func pinRequested(_ id: ObjectID, reader: UInt64, now: UInt64) -> (PinOutcome, [Action]) {
-    guard var e = entries[id], !e.deleted else { return (.notFound, []) }
+    guard var e = entries[id], !e.deleted else { return (lost[id].map { .lost($0) } ?? .notFound, []) }
     switch e.residence {
     case .memory, .spilling:
       e.pins[reader, default: 0] += 1
@@ -260,6 +264,25 @@ public struct StoreState: Sendable {
     if e.deleted && e.pinCount == 0 { return [.deleteSpillFile(id)] + releaseDeleted(id) }
     return [.deleteSpillFile(id), .retryWaiting]
   }
+
+  /// Its spill file could not be read back whole (missing, short, unreadable): the
+  /// object is gone from this node, never served with what its extent held. Readers
+  /// waiting for it find it missing (their owner rebuilds it or reports it lost).
+  public mutating func restoreFailed(_ id: ObjectID) -> [Action] {
+    guard let e = entries[id], e.residence == .restoring else { return [] }
+    entries[id] = nil
+    if let off = e.offset { allocator.release(offset: off, size: e.size) }
+    // Remembered (the newest few thousand) so readers hear why, not just "not found".
+    lost[id] = "its spill file could not be read back whole (the disk lost or changed it)"
+    lostOrder.append(id)
+    if lostOrder.count > Self.lostKept, let oldest = lostOrder.popFirst() { lost[oldest] = nil }
+    return [.deleteSpillFile(id), .retryWaiting]
+  }
+
+  /// Objects lost on this node, kept to answer readers (bounded: `lostKept`).
+  private var lost: [ObjectID: String] = [:]
+  private var lostOrder: Deque<ObjectID> = []
+  static let lostKept = 4096
 
   // MARK: internals
 

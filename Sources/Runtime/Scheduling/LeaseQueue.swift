@@ -179,7 +179,10 @@ public struct LeaseQueue: Sendable {
   }
 
   /// The owner is done with the lease. `disconnect` when it saw the worker misbehave.
-  public mutating func leaseReturned(_ leaseID: UInt64, disconnect: Bool) -> [Action] {
+  /// `owner`: who returns it; a lease is given back only by its own owner (nil: the
+  /// node itself, which may free any).
+  public mutating func leaseReturned(_ leaseID: UInt64, disconnect: Bool, owner: WorkerID? = nil) -> [Action] {
+    guard let held = leases[leaseID], owner == nil || held.owner == owner else { return [] }
     guard let lease = leases.removeValue(forKey: leaseID) else { return [] }
     var actions: [Action] = []
     if var w = workers[lease.worker] {

@@ -13,8 +13,11 @@ public struct PullQueue: Sendable {
     public var chunkSize: Int
     /// Bytes requested but not yet arrived, across all pulls.
     public var maxBytesInFlight: Int
-    public init(chunkSize: Int = 5 << 20, maxBytesInFlight: Int = 64 << 20) {
+    /// A chunk not answered within this fails its pull, naming the store asked.
+    public var chunkTimeoutMs: Int
+    public init(chunkSize: Int = 5 << 20, maxBytesInFlight: Int = 64 << 20, chunkTimeoutMs: Int = 10_000) {
       self.chunkSize = max(1, chunkSize); self.maxBytesInFlight = max(1, maxBytesInFlight)
+      self.chunkTimeoutMs = max(1, chunkTimeoutMs)
     }
   }
 

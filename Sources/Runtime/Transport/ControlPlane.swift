@@ -44,6 +44,7 @@ public enum ControlPlane {
     }
     let transport = HTTP2ServerTransport.Posix(address: address,
                                                transportSecurity: auth.tls(for: endpoint)?.grpcServerSecurity ?? .plaintext,
+                                               config: serverConfig(NetworkLimits.current),
                                                eventLoopGroup: group)
     let server = GRPCServer(transport: transport, services: services, interceptors: [BearerTokenCheck(auth: auth)])
     let task = Task { _ = try? await server.serve() }
@@ -53,6 +54,32 @@ public enum ControlPlane {
     if case .tcp(let h, _) = endpoint, let v4 = bound.ipv4 { actual = .tcp(host: h, port: v4.port) }
     return Server(server: server, task: task, endpoint: actual)
   }
+
+  /// Bounds on what one peer makes a server hold: a connection cap per listener and a
+  /// handshake deadline (`limits`), concurrent streams per connection, request size, and
+  /// connections without calls closed after a while (clients reconnect on their next call).
+  static func serverConfig(_ limits: NetworkLimits) -> HTTP2ServerTransport.Posix.Config {
+    var config = HTTP2ServerTransport.Posix.Config.defaults
+    config.http2.maxConcurrentStreams = maxConcurrentStreams
+    config.rpc.maxRequestPayloadSize = maxRequestBytes
+    config.connection.maxIdleTime = .seconds(300)
+    let limiter = ConnectionLimiter(cap: limits.maxConnectionsPerListener)
+    let timeout = limits.handshakeTimeout
+    config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+      guard limiter.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
+      return channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(HandshakeDeadline(timeout: timeout), position: .first)
+      }
+    }
+    return config
+  }
+
+  /// Streams (calls) one connection may have open at once: an owner's lease requests
+  /// to a node are bounded well below this by `max_pending_lease_requests_per_shape`.
+  static let maxConcurrentStreams = 1024
+  /// Largest request a server decodes (gRPC's default): node reports and placement
+  /// groups are far smaller; objects never travel on gRPC.
+  static let maxRequestBytes = 4 << 20
 
   /// A client whose connections run in the background until `shutdown`.
   public final class Connection: Sendable {

@@ -25,8 +25,8 @@ public enum DataPlane {
       case .server(let t): try sync.addHandler(t.serverHandler())
       case .client(let t): try sync.addHandler(t.clientHandler())
       }
-      if let gate { try sync.addHandler(AuthGate(gate)) }
-      try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
+      if let gate { try sync.addHandler(AuthGate(gate, timeout: NetworkLimits.current.handshakeTimeout)) }
+      try sync.addHandler(ByteToMessageHandler(BoundedFrameDecoder(max: NetworkLimits.current.maxFrameBytes)))
       try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
       try sync.addHandler(handler)
     }
@@ -35,6 +35,16 @@ public enum DataPlane {
   static func encode(_ frame: Swiftray_DataFrame, allocator: ByteBufferAllocator) -> ByteBuffer? {
     guard let bytes: [UInt8] = try? frame.serializedBytes() else { return nil }
     return allocator.buffer(bytes: bytes)
+  }
+
+  /// Why a frame of `size` bytes may not be sent (the peer would close the connection
+  /// on it), or nil.
+  static func tooLarge(_ size: Int) -> String? {
+    let max = NetworkLimits.current.maxFrameBytes
+    guard size > max else { return nil }
+    return "a data-plane message of \(size) bytes exceeds max_data_plane_frame_bytes (\(max)): "
+      + "pass large values as object refs (swiftray.put) rather than as many inline arguments or returns, "
+      + "or raise the limit on every node"
   }
 
   static func decode(_ buffer: ByteBuffer) -> Swiftray_DataFrame? {
@@ -56,21 +66,21 @@ final class AuthGate: ChannelInboundHandler, RemovableChannelHandler {
   typealias InboundIn = ByteBuffer
   typealias InboundOut = ByteBuffer
   static let magic: [UInt8] = Array("SRA1".utf8)
-  static let timeout = TimeAmount.seconds(5)
 
   /// What a client sends first (the prepender adds the length).
   static func preamble(_ auth: ClusterAuth) -> [UInt8] { magic + (auth.token ?? []) }
 
   let auth: ClusterAuth
+  let timeout: TimeAmount
   var received: ByteBuffer?
   var timer: Scheduled<Void>?
   var passed = false
 
-  init(_ auth: ClusterAuth) { self.auth = auth }
+  init(_ auth: ClusterAuth, timeout: TimeAmount) { self.auth = auth; self.timeout = timeout }
 
   func handlerAdded(context: ChannelHandlerContext) {
     let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-    timer = context.eventLoop.scheduleTask(in: Self.timeout) { ctx.value.close(promise: nil) }
+    timer = context.eventLoop.scheduleTask(in: timeout) { ctx.value.close(promise: nil) }
   }
 
   func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
@@ -110,7 +120,13 @@ public struct DataPlaneResponder: Sendable {
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
-    guard let buf = DataPlane.encode(f, allocator: channel.allocator) else { return }
+    guard var buf = DataPlane.encode(f, allocator: channel.allocator) else { return }
+    if let why = DataPlane.tooLarge(buf.readableBytes) {
+      // The requester gets an error it can show instead of a connection its peer closes.
+      f.body = .error(.with { $0.message = why })
+      guard let small = DataPlane.encode(f, allocator: channel.allocator) else { return }
+      buf = small
+    }
     channel.writeAndFlush(NIOAny(buf), promise: nil)
   }
 
@@ -142,6 +158,8 @@ public final class DataPlaneServer: Sendable {
   public typealias Handler = @Sendable (Swiftray_DataFrame, DataPlaneResponder) -> Void
   let channel: Channel
   public let endpoint: Endpoint
+  /// Caps this listener's open connections (`max_connections_per_listener`).
+  let limiter: ConnectionLimiter
 
   private final class ServerHandler: ChannelInboundHandler, @unchecked Sendable {
     // Only touched on the channel's event loop.
@@ -159,11 +177,16 @@ public final class DataPlaneServer: Sendable {
   /// and on TCP with `auth.tls` complete a mutual-TLS handshake before that.
   public init(group: EventLoopGroup, endpoint: Endpoint, auth: ClusterAuth, handler: @escaping Handler) throws {
     let tls: DataPlane.TLSRole = auth.tls(for: endpoint).map { .server($0) } ?? .none
+    let limiter = ConnectionLimiter(cap: NetworkLimits.current.maxConnectionsPerListener)
+    self.limiter = limiter
     let bootstrap = ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 256)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer { ch in DataPlane.configure(ch, handler: ServerHandler(handler), gate: auth, tls: tls) }
+      .childChannelInitializer { ch in
+        guard limiter.admit(ch) else { return ch.eventLoop.makeSucceededVoidFuture() }
+        return DataPlane.configure(ch, handler: ServerHandler(handler), gate: auth, tls: tls)
+      }
     switch endpoint {
     case .unix(let path):
       unlink(path)
@@ -284,11 +307,12 @@ public final class DataPlaneConnection: Sendable {
     LockDiscipline.mustNotHoldLock("DataPlaneConnection.request")
     var f = Swiftray_DataFrame()
     f.body = body
-    enum Step { case failed(SwiftrayError), queued(schedule: Bool), unencodable }
+    enum Step { case failed(SwiftrayError), queued(schedule: Bool), unencodable, tooLarge(String) }
     let step: Step = state.withLock { s in
       if let e = s.closed { return .failed(e) }
       f.id = s.nextID
       guard let buf = DataPlane.encode(f, allocator: channel.allocator) else { return .unencodable }
+      if let why = DataPlane.tooLarge(buf.readableBytes) { return .tooLarge(why) }
       s.nextID += 1
       s.pending[f.id] = waiter
       s.outbox.append(buf)
@@ -301,6 +325,8 @@ public final class DataPlaneConnection: Sendable {
     case .failed(let e): channel.eventLoop.execute { waiter.fail(e) }
     case .unencodable:
       channel.eventLoop.execute { waiter.fail(SwiftrayError(.system, "could not encode a data-plane frame")) }
+    case .tooLarge(let why):
+      channel.eventLoop.execute { waiter.fail(SwiftrayError(.invalidArgument, why)) }
     case .queued(let schedule):
       if schedule { channel.eventLoop.execute { self.flushOutbox() } }
     }
@@ -396,10 +422,21 @@ public final class DataPlaneClientPool: Sendable {
     request(endpoint, body, .frame(callback))
   }
 
-  /// As `request`, for a reply that may carry raw bytes (object chunks).
+  /// As `request`, for a reply that may carry raw bytes (object chunks). With
+  /// `deadline`, a reply that has not come by then fails the request with `.timedOut`
+  /// naming the peer (a late reply is then dropped): a peer that accepted the request
+  /// and went silent, without closing its connection, holds nothing up.
   public func requestWithPayload(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
+                                 deadline: TimeAmount? = nil,
                                  callback: @escaping DataPlaneConnection.PayloadCallback) {
-    request(endpoint, body, .withPayload(callback))
+    guard let deadline else { return request(endpoint, body, .withPayload(callback)) }
+    let once = ReplyOnce()
+    group.next().scheduleTask(in: deadline) {
+      guard once.claim() else { return }
+      callback(.failure(SwiftrayError(.system,
+        "\(endpoint) did not answer within \(deadline.nanoseconds / 1_000_000) ms")))
+    }
+    request(endpoint, body, .withPayload({ r in if once.claim() { callback(r) } }))
   }
 
   func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter) {
@@ -509,4 +546,11 @@ public final class DataPlaneClientPool: Sendable {
       }
     }
   }
+}
+
+/// Lets one of a reply and its deadline through. Threading: any thread.
+final class ReplyOnce: Sendable {
+  private let done = Atomic<Bool>(false)
+  /// True for the first caller only.
+  func claim() -> Bool { !done.exchange(true, ordering: .acquiringAndReleasing) }
 }
