@@ -168,9 +168,7 @@ extension ControlService {
 
   /// Deadline of each call to a NodeManager (prepare, commit, return).
   var nodeCallOptions: CallOptions {
-    var options = CallOptions.defaults
-    options.timeout = .milliseconds(Int64(config.nodeManagerRpcTimeoutMs))
-    return options
+    ControlPlane.deadline(milliseconds: config.nodeManagerRpcTimeoutMs)
   }
 
   /// A refused prepare (the node's view was stale) is tried again after a pause.

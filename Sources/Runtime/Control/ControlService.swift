@@ -158,8 +158,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
     let timeout = max(10, config.healthCheckTimeoutMs)
     Task { [self] in
-      var options = CallOptions.defaults
-      options.timeout = .milliseconds(Int64(timeout))
+      let options = ControlPlane.deadline(milliseconds: timeout)
       do {
         _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
           Swiftray_GetNodeStatsRequest(), options: options)

@@ -474,7 +474,7 @@ public final class CoreWorker: Sendable {
   /// took its store with it, so errors are dropped.
   func freeElsewhere(_ byNode: [Data: [ObjectID]]) async {
     // A node that stopped answering holds nothing up.
-    let options: CallOptions = { var o = CallOptions.defaults; o.timeout = Self.freeDeadline; return o }()
+    let options = ControlPlane.deadline(milliseconds: Self.freeDeadlineMs)
     var known = state.withLock { $0.nodeManagers }
     if byNode.keys.contains(where: { known[$0] == nil }),
       let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init(), options: options).nodes {
@@ -814,7 +814,7 @@ public final class CoreWorker: Sendable {
   }
 
   /// How long freeing objects on another node may take before it is given up.
-  static let freeDeadline = Duration.seconds(10)
+  static let freeDeadlineMs = 10_000
 
   /// Gives every held lease back and cancels every lease request still out, waiting
   /// (at most 2 s) for the nodes to hear it: a node that never hears keeps the worker

@@ -127,9 +127,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// daemon then stops; its workers would serve a cluster that is gone).
   /// Deadline of the node's reports to the head (`node_manager_rpc_timeout_ms`).
   var headCallOptions: CallOptions {
-    var options = CallOptions.defaults
-    options.timeout = .milliseconds(Int64(self.options.config.nodeManagerRpcTimeoutMs))
-    return options
+    ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs)
   }
 
   func syncClusterView() async {

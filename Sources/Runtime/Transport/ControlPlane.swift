@@ -81,6 +81,14 @@ public enum ControlPlane {
   /// groups are far smaller; objects never travel on gRPC.
   static let maxRequestBytes = 4 << 20
 
+  /// Options of a call that fails (`deadlineExceeded`) when no answer came within
+  /// `milliseconds`: every call to a peer that may hang gets one.
+  public static func deadline(milliseconds: Int) -> CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = .milliseconds(Int64(milliseconds))
+    return options
+  }
+
   /// A client whose connections run in the background until `shutdown`.
   public final class Connection: Sendable {
     public let client: Client
