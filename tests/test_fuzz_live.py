@@ -14,6 +14,7 @@ import grpc
 import swiftray
 from conftest import Cluster, wait_until
 from test_security import TOKEN, _encode_varint, _preamble
+from test_security import _connect as _security_connect
 
 SEED = int(os.environ.get("SWIFTRAY_FUZZ_SEED", random.randrange(1 << 32)))
 BUDGET_S = 60  # for the whole barrage
@@ -84,12 +85,8 @@ def _grpc_barrage(rng, target, service, methods, count, deadline):
 
 
 def _connect(endpoint):
-    if endpoint.startswith("unix:"):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(endpoint[5:])
-    else:
-        host, _, port = endpoint[4:].rpartition(":")
-        s = socket.create_connection((host, int(port)))
+    """A non-blocking connection (test_security's, which speaks both endpoint forms)."""
+    s = _security_connect(endpoint)
     s.setblocking(False)
     return s
 
