@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 import swiftray
-from conftest import Cluster, wait_until
-from test_security import (ERROR, READ_CHUNK, TOKEN, _encode_varint, _exchange, _frame, _grpc_call, _grpc_target,
+from conftest import Cluster, pid_alive, wait_until
+from test_security import (ERROR, READ_CHUNK, TOKEN, _connect, _encode_varint, _exchange, _frame, _grpc_call, _grpc_target,
                            _preamble, _replies)
 
 CREATE_OBJECT = 20  # DataFrame.create_object
@@ -462,3 +462,154 @@ def test_two_owners_with_the_same_lease_request_number_each_get_their_own_reques
         assert reply[:1] == b"\x10", reply  # b is granted the slot its owner freed
         give_back(_varint_at(reply, 1)[0], b)
     _still_serves()
+
+
+# ---------------------------------------------------------------- liveness of data-plane connections
+
+KEEPALIVE = {"SWIFTRAY_DATA_PLANE_KEEPALIVE_MS": "200", "SWIFTRAY_DATA_PLANE_IDLE_TIMEOUT_MS": "1500"}
+
+
+def test_an_authenticated_connection_that_goes_silent_is_closed_and_busy_ones_are_kept(monkeypatch, tmp_path):
+    """A peer that shows the token and then says nothing is cut off after
+    data_plane_idle_timeout_ms; connections of a real driver (whose keep-alives the
+    workers answer from Swift even while Python holds the GIL for longer than the
+    timeout) live on, also across an idle spell of the driver."""
+    for k, v in KEEPALIVE.items():
+        monkeypatch.setenv(k, v)
+    c = Cluster(env=KEEPALIVE)
+    try:
+        head = c.add_node(num_cpus=1)
+        swiftray.init(address=c.address)
+        store_unix = "unix:" + os.path.join(head["session"], "sockets", "store.sock")
+        for endpoint in (store_unix, swiftray.util.object_store_stats()["remote_address"]):
+            s = _connect(endpoint)
+            s.sendall(_preamble(TOKEN))
+            s.settimeout(30)
+            assert s.recv(1) == b"", f"{endpoint}: a silent, authenticated connection is closed"
+            s.close()
+
+        @swiftray.remote
+        def spin(seconds):
+            end = time.time() + seconds
+            n = 0
+            while time.time() < end:  # pure Python: the GIL is held throughout
+                n += 1
+            return os.getpid()
+
+        first = swiftray.get(spin.remote(3.0), timeout=60)
+        time.sleep(3.0)  # the driver idles for twice the timeout: its keep-alives go on
+        assert swiftray.get(spin.remote(0.1), timeout=60) == first, "same worker, same lease path, no reconnect error"
+        _still_serves()
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+
+
+def test_a_worker_that_stops_answering_is_treated_as_dead_and_its_task_retried(monkeypatch, tmp_path):
+    """A SIGSTOPped worker keeps its TCP connection open but answers no keep-alive: its
+    owner gives it up after data_plane_idle_timeout_ms, the node kills it, and the task
+    runs again on another worker instead of waiting forever."""
+    for k, v in KEEPALIVE.items():
+        monkeypatch.setenv(k, v)
+    c = Cluster(env=KEEPALIVE)
+    marker = tmp_path / "first_attempt_pid"
+    try:
+        c.add_node(num_cpus=1)
+        swiftray.init(address=c.address)
+
+        @swiftray.remote(max_retries=2)
+        def attempt(path):
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(600)  # stopped here by the test
+            return os.getpid()
+
+        ref = attempt.remote(str(marker))
+        assert wait_until(lambda: marker.exists() and marker.read_text(), timeout=60)
+        stopped = int(marker.read_text())
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            second = swiftray.get(ref, timeout=120)
+        finally:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert second != stopped
+        assert wait_until(lambda: not pid_alive(stopped), timeout=30), "the silent worker was killed by its node"
+        _still_serves()
+    finally:
+        swiftray.shutdown()
+        c.shutdown()
+
+
+
+# ---------------------------------------------------------------- bounded queues
+
+def test_a_worker_refuses_pushes_beyond_its_queue_bound_naming_the_setting_and_keeps_serving():
+    """Calls pushed to an actor faster than it runs queue up to
+    max_queued_tasks_per_worker; the ones beyond fail with an error that names the
+    setting and says what to do; the queued ones and later calls run."""
+    swiftray.shutdown()
+    swiftray.init(num_cpus=1, _system_config={"max_queued_tasks_per_worker": 5})
+    try:
+        @swiftray.remote
+        class Busy:
+            def slow(self):
+                time.sleep(2)
+                return "slow"
+
+            def echo(self, i):
+                return i
+
+        a = Busy.remote()
+        assert swiftray.get(a.echo.remote(-1), timeout=60) == -1
+        slow = a.slow.remote()
+        refs = [a.echo.remote(i) for i in range(20)]
+        done, refused = [], []
+        for i, r in enumerate(refs):
+            try:
+                done.append(swiftray.get(r, timeout=60))
+            except swiftray.exceptions.RaySystemError as e:
+                assert "max_queued_tasks_per_worker" in str(e) and "submit fewer at once" in str(e), e
+                refused.append(i)
+        assert swiftray.get(slow, timeout=60) == "slow"
+        assert done and refused, (done, refused)
+        assert done[:4] == [0, 1, 2, 3], "the calls that found room ran, in order"
+        assert swiftray.get(a.echo.remote(99), timeout=60) == 99
+    finally:
+        swiftray.shutdown()
+
+
+def test_the_kv_is_bounded_a_function_past_the_bound_fails_naming_the_setting_and_the_rest_run():
+    swiftray.shutdown()
+    swiftray.init(num_cpus=1, _system_config={"max_kv_bytes": 1 << 20})
+    try:
+        def make(i):
+            blob = os.urandom(300_000)  # captured: each function exports ~300 KB
+
+            @swiftray.remote
+            def f():
+                return len(blob) + i
+            return f
+
+        fs = [make(i) for i in range(5)]
+        assert [swiftray.get(f.remote(), timeout=60) for f in fs[:3]] == [300_000, 300_001, 300_002]
+        with pytest.raises(swiftray.exceptions.RaySystemError, match="max_kv_bytes"):
+            swiftray.get(fs[3].remote(), timeout=60)
+        assert swiftray.get(fs[0].remote(), timeout=60) == 300_000, "functions already exported still run"
+        _still_serves()
+    finally:
+        swiftray.shutdown()
+
+
+def test_liveness_and_bound_settings_are_range_checked_before_anything_starts():
+    swiftray.shutdown()
+    with pytest.raises(ValueError, match="data_plane_idle_timeout_ms .* at least twice data_plane_keepalive_ms"):
+        swiftray.init(num_cpus=1, _system_config={"data_plane_keepalive_ms": 800, "data_plane_idle_timeout_ms": 1000})
+    for key, bad in (("max_queued_tasks_per_worker", 0), ("max_kv_bytes", 1), ("grpc_client_keepalive_time_ms", -5),
+                     ("max_pending_lease_requests_per_node", 0)):
+        with pytest.raises(ValueError, match=f"{key} = {bad} is out of range"):
+            swiftray.init(num_cpus=1, _system_config={key: bad})
+    assert not swiftray.is_initialized()

@@ -586,6 +586,20 @@ public nonisolated struct Swiftray_ReadChunkReply: Sendable {
   public init() {}
 }
 
+/// Liveness (DESIGN §5): a client sends one (id 0) every `data_plane_keepalive_ms` on
+/// each connection it holds open and the server answers with one; either side closes a
+/// connection that has received nothing for `data_plane_idle_timeout_ms`, failing what
+/// was in flight on it (a peer that stopped answering counts as gone).
+public nonisolated struct Swiftray_KeepAlive: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -792,6 +806,14 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .promoteObjectsReply(newValue)}
   }
 
+  public var keepAlive: Swiftray_KeepAlive {
+    get {
+      if case .keepAlive(let v)? = _storage._body {return v}
+      return Swiftray_KeepAlive()
+    }
+    set {_uniqueStorage()._body = .keepAlive(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -818,6 +840,7 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     case readChunkReply(Swiftray_ReadChunkReply)
     case promoteObjects(Swiftray_PromoteObjectsRequest)
     case promoteObjectsReply(Swiftray_PromoteObjectsReply)
+    case keepAlive(Swiftray_KeepAlive)
 
   }
 
@@ -1701,9 +1724,28 @@ nonisolated extension Swiftray_ReadChunkReply.Status: SwiftProtobuf._ProtoNamePr
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OK\0\u{1}NOT_FOUND\0\u{1}FAILED\0")
 }
 
+nonisolated extension Swiftray_KeepAlive: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KeepAlive"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_KeepAlive, rhs: Swiftray_KeepAlive) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
@@ -2041,6 +2083,19 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
             _storage._body = .promoteObjectsReply(v)
           }
         }()
+        case 36: try {
+          var v: Swiftray_KeepAlive?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .keepAlive(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .keepAlive(v)
+          }
+        }()
         default: break
         }
       }
@@ -2151,6 +2206,10 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       case .promoteObjectsReply?: try {
         guard case .promoteObjectsReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+      }()
+      case .keepAlive?: try {
+        guard case .keepAlive(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
       }()
       case nil: break
       }

@@ -104,3 +104,33 @@ import Testing
     try await group.shutdownGracefully()
   }
 }
+
+@Suite struct LivenessClockTests {
+  let second: Int64 = 1_000_000_000
+
+  @Test func aClientPingsUntilItsPeerHasBeenSilentForTheIdleLimitThenCloses() {
+    var c = LivenessClock(idleLimit: 3 * second, pings: true, now: 10 * second)
+    #expect(c.tick(at: 11 * second) == .sendKeepAlive)
+    #expect(c.tick(at: 12 * second + second / 2) == .sendKeepAlive)
+    #expect(c.tick(at: 13 * second) == .close)
+    c.heard(at: 12 * second)  // an answer came: silence counts from it
+    #expect(c.tick(at: 14 * second) == .sendKeepAlive)
+    #expect(c.tick(at: 15 * second) == .close)
+  }
+
+  @Test func aServerNeverPingsAndClosesOnlyAfterSilence() {
+    var c = LivenessClock(idleLimit: 3 * second, pings: false, now: 0)
+    #expect(c.tick(at: 2 * second) == LivenessClock.Action.none)
+    c.heard(at: 2 * second)
+    #expect(c.tick(at: 4 * second) == LivenessClock.Action.none)
+    #expect(c.tick(at: 5 * second) == .close)
+  }
+
+  @Test func clockReadingsOutOfOrderOrAtTheExtremesDoNotTrap() {
+    var c = LivenessClock(idleLimit: second, pings: true, now: 5 * second)
+    c.heard(at: 1)  // an older reading never moves the last-heard time back
+    #expect(c.lastHeard == 5 * second)
+    #expect(c.tick(at: Int64.min) == .sendKeepAlive)  // overflowing difference: not silence
+    #expect(c.tick(at: Int64.max) == .close)
+  }
+}

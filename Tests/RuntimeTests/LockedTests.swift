@@ -46,3 +46,15 @@ import Testing
     await latch.wait()  // at once once open
   }
 }
+
+@Suite struct LogThrottleTests {
+  @Test func oneLinePerPeriodCountingTheOnesHeldBack() {
+    var t = LogThrottle(periodNanos: 1_000)
+    #expect(t.admit(now: 10_000) == 0)
+    #expect(t.admit(now: 10_100) == nil)
+    #expect(t.admit(now: 10_999) == nil)
+    #expect(t.admit(now: 11_000) == 2)
+    #expect(t.admit(now: 11_001) == nil)
+    #expect(t.admit(now: 5) == 1, "a clock that went back does not silence it for good")
+  }
+}

@@ -178,6 +178,23 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(!t.isInScope(o))
   }
 
+  @Test mutating func borrowersOfOneObjectAreBoundedAndTheirCountsCannotOverflow() {
+    var t = ReferenceTable()
+    let o = ObjectID.forReturn(of: gen.next(), index: 0)
+    t.ownedObjectCreated(o)
+    var accepted = 0
+    for _ in 0..<ReferenceTable.maxBorrowersPerObject where t.borrowerAdded(o, WorkerID.random()) { accepted += 1 }
+    #expect(accepted == ReferenceTable.maxBorrowersPerObject)
+    let extra = t.borrowerAdded(o, WorkerID.random())
+    #expect(!extra, "one borrower too many is refused")
+    #expect(t.refs[o]?.borrowers.count == ReferenceTable.maxBorrowersPerObject)
+    // A known borrower may still add registrations; a huge count saturates.
+    let known = t.refs[o]!.borrowers.keys.first!
+    let first = t.borrowerAdded(o, known, count: Int.max), second = t.borrowerAdded(o, known, count: Int.max)
+    #expect(first && second)
+    #expect(t.refs[o]?.borrowers[known] == ReferenceTable.maxRegistrationsPerBorrower)
+  }
+
   @Test mutating func aBorrowerRegistersOnceAndRemovesEveryRegistrationWhenDone() {
     var t = ReferenceTable()
     let o = ObjectID.forReturn(of: gen.next(), index: 0)

@@ -10,8 +10,14 @@ public struct Config: Sendable, Equatable {
   public var leaseIdleLingerMs = 10
   /// Tasks pushed to one leased worker before replies come back.
   public var maxTasksInFlightPerWorker = 1
+  /// Tasks one worker holds queued (an actor's calls, mostly); pushes beyond are
+  /// refused with an error naming this setting.
+  public var maxQueuedTasksPerWorker = 100_000
   /// Lease requests outstanding per resource shape.
   public var maxPendingLeaseRequestsPerShape = 10
+  /// Lease requests one node keeps waiting, from all owners; more are refused until
+  /// some are granted (their owners ask again).
+  public var maxPendingLeaseRequestsPerNode = 10_000
   /// How often an owner asks again for a shape no node could fit.
   public var infeasibleRetryMs = 1000
   /// Worker processes spawned at once.
@@ -44,10 +50,23 @@ public struct Config: Sendable, Equatable {
   public var nodeManagerRpcTimeoutMs = 10_000
   /// How long the head waits for each Redis reply before it counts Redis as failed.
   public var redisCommandTimeoutMs = 10_000
+  /// Bytes the head's KV (exported functions, job records) may hold; puts beyond are
+  /// refused naming this setting.
+  public var maxKvBytes = 1 << 30
   /// Connections one listener (gRPC or data plane) keeps open at once.
   public var maxConnectionsPerListener = NetworkLimits().maxConnectionsPerListener
   /// A new connection must authenticate (or start its handshake) within this.
   public var connectionHandshakeTimeoutMs = NetworkLimits().handshakeTimeoutMs
+  /// A data-plane client sends a keep-alive this often on each connection it holds.
+  public var dataPlaneKeepaliveMs = NetworkLimits().keepAliveMs
+  /// A data-plane connection that received nothing (not even a keep-alive) this long
+  /// is closed and what was in flight on it fails: its peer counts as gone.
+  public var dataPlaneIdleTimeoutMs = NetworkLimits().idleTimeoutMs
+  /// gRPC connections with calls in flight are pinged after this long without traffic
+  /// (both ways: clients ping servers, servers ping clients)...
+  public var grpcClientKeepaliveTimeMs = NetworkLimits().grpcKeepaliveTimeMs
+  /// ...and closed, failing their calls, when the ping is not answered within this.
+  public var grpcClientKeepaliveTimeoutMs = NetworkLimits().grpcKeepaliveTimeoutMs
 
   public init() {}
 
@@ -56,7 +75,9 @@ public struct Config: Sendable, Equatable {
     "max_direct_call_object_size": \.maxDirectCallObjectSize,
     "lease_idle_linger_ms": \.leaseIdleLingerMs,
     "max_tasks_in_flight_per_worker": \.maxTasksInFlightPerWorker,
+    "max_queued_tasks_per_worker": \.maxQueuedTasksPerWorker,
     "max_pending_lease_requests_per_shape": \.maxPendingLeaseRequestsPerShape,
+    "max_pending_lease_requests_per_node": \.maxPendingLeaseRequestsPerNode,
     "infeasible_retry_ms": \.infeasibleRetryMs,
     "maximum_startup_concurrency": \.maximumStartupConcurrency,
     "max_workers_per_node": \.maxWorkersPerNode,
@@ -66,9 +87,14 @@ public struct Config: Sendable, Equatable {
     "raylet_report_resources_period_milliseconds": \.resourceReportPeriodMs,
     "gcs_rpc_server_reconnect_timeout_s": \.gcsRpcServerReconnectTimeoutS,
     "max_lineage_bytes": \.maxLineageBytes,
+    "max_kv_bytes": \.maxKvBytes,
     "max_data_plane_frame_bytes": \.maxDataPlaneFrameBytes,
     "max_connections_per_listener": \.maxConnectionsPerListener,
     "connection_handshake_timeout_ms": \.connectionHandshakeTimeoutMs,
+    "data_plane_keepalive_ms": \.dataPlaneKeepaliveMs,
+    "data_plane_idle_timeout_ms": \.dataPlaneIdleTimeoutMs,
+    "grpc_client_keepalive_time_ms": \.grpcClientKeepaliveTimeMs,
+    "grpc_client_keepalive_timeout_ms": \.grpcClientKeepaliveTimeoutMs,
     "redis_command_timeout_ms": \.redisCommandTimeoutMs,
     "object_manager_pull_timeout_ms": \.objectManagerPullTimeoutMs,
     "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
@@ -78,13 +104,20 @@ public struct Config: Sendable, Equatable {
   /// `_system_config`) is refused naming the key and the range, before it is used.
   static let ranges: [String: ClosedRange<Int>] = [
     "max_data_plane_frame_bytes": (1 << 20)...(1 << 30),
+    "max_kv_bytes": (1 << 20)...(1 << 40),
     "max_connections_per_listener": 16...(1 << 20),
     "connection_handshake_timeout_ms": 100...600_000,
+    "data_plane_keepalive_ms": 50...600_000,
+    "data_plane_idle_timeout_ms": 200...86_400_000,
+    "grpc_client_keepalive_time_ms": 1000...86_400_000,
+    "grpc_client_keepalive_timeout_ms": 100...3_600_000,
     "redis_command_timeout_ms": 100...600_000,
     "object_manager_pull_timeout_ms": 100...3_600_000,
     "node_manager_rpc_timeout_ms": 100...3_600_000,
     "max_tasks_in_flight_per_worker": 1...1_000_000,
+    "max_queued_tasks_per_worker": 1...100_000_000,
     "max_pending_lease_requests_per_shape": 1...1_000_000,
+    "max_pending_lease_requests_per_node": 1...10_000_000,
     "maximum_startup_concurrency": 1...10_000,
     "max_workers_per_node": 1...100_000,
     "health_check_period_ms": 10...86_400_000,
@@ -106,7 +139,9 @@ public struct Config: Sendable, Equatable {
   /// The limits on what peers may make this process hold.
   public var networkLimits: NetworkLimits {
     NetworkLimits(maxFrameBytes: maxDataPlaneFrameBytes, maxConnectionsPerListener: maxConnectionsPerListener,
-                  handshakeTimeoutMs: connectionHandshakeTimeoutMs)
+                  handshakeTimeoutMs: connectionHandshakeTimeoutMs, keepAliveMs: dataPlaneKeepaliveMs,
+                  idleTimeoutMs: dataPlaneIdleTimeoutMs, grpcKeepaliveTimeMs: grpcClientKeepaliveTimeMs,
+                  grpcKeepaliveTimeoutMs: grpcClientKeepaliveTimeoutMs)
   }
 
   /// Applies `SWIFTRAY_<NAME>` variables, then `overrides`. Unknown keys are an error
@@ -128,6 +163,12 @@ public struct Config: Sendable, Equatable {
           "unknown _system_config key '\(name)'; known keys: \(keys.keys.sorted().joined(separator: ", "))")
       }
       c[keyPath: path] = try checked(name, value, from: "_system_config")
+    }
+    // A connection must carry at least two keep-alives per idle timeout, or a live
+    // peer whose answer is a little late would be cut off.
+    guard c.dataPlaneIdleTimeoutMs >= 2 * c.dataPlaneKeepaliveMs else {
+      throw SwiftrayError(.invalidArgument,
+        "data_plane_idle_timeout_ms (\(c.dataPlaneIdleTimeoutMs)) must be at least twice data_plane_keepalive_ms (\(c.dataPlaneKeepaliveMs))")
     }
     // Every process resolves its settings once at start: its listeners and connections
     // take their bounds from here.

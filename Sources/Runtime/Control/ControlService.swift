@@ -34,6 +34,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var health: NodeHealth
     var groups = PlacementGroupTable()
     var groupWatchers: [Data: [UInt64: CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>]] = [:]
+    /// Bytes of KV entries this ControlService accepted (namespace, key and value;
+    /// an overwrite counts again): bounded by `max_kv_bytes`.
+    var kvBytes = 0
   }
 
   let state: Locked<State>
@@ -228,10 +231,35 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     return r
   }
 
+  /// Longest KV namespace and key (function ids and job keys are far shorter).
+  static let maxKVNamespaceBytes = 256
+  static let maxKVKeyBytes = 64 << 10
+
   public func kvPut(request: Swiftray_KVPutRequest, context: ServerContext) async throws -> Swiftray_KVPutReply {
     var r = Swiftray_KVPutReply()
+    guard request.namespace.utf8.count <= Self.maxKVNamespaceBytes, request.key.count <= Self.maxKVKeyBytes else {
+      throw RPCError(code: .invalidArgument,
+                     message: "a KV namespace may have at most \(Self.maxKVNamespaceBytes) bytes and a key \(Self.maxKVKeyBytes)")
+    }
+    // Bounded: what peers put here lives as long as the cluster (in memory, or in Redis).
+    let size = request.namespace.utf8.count + request.key.count + request.value.count
+    let limit = config.maxKvBytes
+    let held: Int? = state.withLock { s in
+      guard s.kvBytes <= limit - size else { return s.kvBytes }
+      s.kvBytes += size
+      return nil
+    }
+    if let held {
+      throw RPCError(code: .resourceExhausted,
+                     message: "the cluster's KV already holds \(held) bytes; \(size) more would pass max_kv_bytes (\(limit)): "
+                       + "define fewer or smaller remote functions (large values belong in swiftray.put), or raise the limit")
+    }
     do { r.added = try await storage.put(ControlTable.kv(request.namespace), request.key, request.value, overwrite: request.overwrite) }
-    catch { throw RPCError(code: .unavailable, message: "the ControlService's storage failed: \(error)") }
+    catch {
+      state.withLock { $0.kvBytes -= size }
+      throw RPCError(code: .unavailable, message: "the ControlService's storage failed: \(error)")
+    }
+    if !r.added { state.withLock { $0.kvBytes -= size } }
     return r
   }
 

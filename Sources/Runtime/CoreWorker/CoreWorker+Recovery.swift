@@ -205,8 +205,10 @@ extension CoreWorker {
   /// when it cannot be rebuilt.
   func recovered(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
     // This node's own store said the object is gone (a spill file it could not read
-    // back): no verdict on a node is coming, so none is waited for.
-    if o.storeNode == Data(options.nodeID.binary) { return nil }
+    // back): no verdict on a node is coming, so none is waited for; the owner rebuilds
+    // its task returns from lineage right away.
+    if o.storeNode == Data(options.nodeID.binary) { return try rebuiltAfterLocalLoss(id, from: o) }
+    LockDiscipline.mayBlock("waiting for a node's verdict")
     let deadline = Self.now() + verdictNanos
     while state.withLock({ $0.deadNodes[o.storeNode] == nil }) {
       if Self.now() > deadline { return nil }
@@ -227,5 +229,34 @@ extension CoreWorker {
     if let code = ErrorObject.code(fromMetadata: now.metadata) { throw SwiftrayError(code, String(decoding: now.data, as: UTF8.self)) }
     guard now.storeSize > 0, now.storeNode != o.storeNode else { return nil }
     return now
+  }
+
+  /// At the owner, for a task's return this node's store lost (`StoreState.restoreFailed`):
+  /// runs its task again through its lineage (one whose lineage is gone becomes the
+  /// error that says so) and waits for the new copy. nil for a put object or when this
+  /// process does not own it (the reader gets the store's error).
+  func rebuiltAfterLocalLoss(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
+    let why = "its spill file on this node could not be read back whole"
+    let now = Self.now()
+    var fetches: [ObjectID] = []
+    // A put object cannot be rebuilt: the reader gets the store's error, naming the file.
+    if id.isPut { return nil }
+    let (owned, actions): (Bool, [NormalTaskSubmitter.Action]) = state.withLock { s in
+      // Only the descriptor that failed: another reader may have started the rebuild
+      // (the entry is then gone until it is done).
+      guard s.owners[id] == nil, let cached = s.store[id], cached.storeSize > 0, cached == o
+      else { return (s.owners[id] == nil && (s.store[id] != nil || s.tasks.isPending(id.task)), []) }
+      guard let t = Self.objectLost(&s, id, why: why) else { return (true, []) }
+      return (true, Self.resolveAgain(&s, t, now: now, fetches: &fetches))
+    }
+    guard owned else { return nil }
+    for f in fetches { fetch(f) }
+    perform(actions)
+    guard waitFor([id], needed: 1, timeoutNanos: UInt64(Int64.max)) else { return nil }
+    guard let fresh = objects([id]).first ?? nil else { return nil }
+    if let code = ErrorObject.code(fromMetadata: fresh.metadata) {
+      throw SwiftrayError(code, String(decoding: fresh.data, as: UTF8.self))
+    }
+    return fresh.storeSize > 0 ? fresh : nil
   }
 }

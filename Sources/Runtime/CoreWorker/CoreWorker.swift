@@ -81,6 +81,8 @@ public final class CoreWorker: Sendable {
     var leaseGrants: [UInt64: Data] = [:]
     /// A worker's: which pushes it runs (set at init from `Options.leaseGrants`).
     var leaseGate = LeaseGate(grants: nil, worker: Data())
+    /// Refused pushes are logged, but not one line each.
+    var refusalLog = LogThrottle()
     /// The GPUs each granted lease holds, sent with every task pushed under it.
     var leaseGPUs: [UInt64: [Int32]] = [:]
     /// Leases granted by other nodes (after a spillback), by the NodeManager to return them to.
@@ -862,16 +864,26 @@ public final class CoreWorker: Sendable {
       // granted to its owner (the ControlService, for a creation); actor calls need none.
       let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
       let owner = req.spec.hasActorCreation ? Data() : req.spec.owner.workerID
+      let maxQueued = options.config.maxQueuedTasksPerWorker
       let verdict: LeaseGate.Verdict = state.withLock { s in
         if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
           return .refuse(why)
+        }
+        // Bounded: callers pushing faster than this worker runs cannot grow its queue
+        // without end (an actor's callers, chiefly).
+        guard s.executions.count < maxQueued else {
+          return .refuse("it already has \(maxQueued) tasks queued (max_queued_tasks_per_worker); "
+            + "submit fewer at once, e.g. wait on some results before submitting more")
         }
         s.executions.append(Execution(spec: req.spec, gpuIDs: req.gpuIds, responder: responder))
         return .admit
       }
       guard verdict == .admit else {
         if case .refuse(let why) = verdict {
-          log.warning("worker/push-refused", metadata: ["task": "\(req.spec.name)", "why": "\(why)"])
+          let now = Self.now()
+          if let held = state.withLock({ $0.refusalLog.admit(now: now) }) {
+            log.warning("worker/push-refused", metadata: ["task": "\(req.spec.name)", "why": "\(why)", "also_refused_since_last": "\(held)"])
+          }
           responder.respond(.error(.with { $0.message = "task \(req.spec.name) refused by worker \(options.workerID.hex.prefix(12)): \(why)" }))
         }
         return
@@ -907,7 +919,11 @@ public final class CoreWorker: Sendable {
     case .addBorrower(let req):
       // A count below 1 would corrupt the reference counts: nothing to add.
       if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID), req.count > 0 {
-        state.withLock { $0.refs.borrowerAdded(id, b, count: Int(req.count)) }
+        guard state.withLock({ $0.refs.borrowerAdded(id, b, count: Int(req.count)) }) else {
+          return responder.respond(.error(.with {
+            $0.message = "object \(id.hex) already has \(ReferenceTable.maxBorrowersPerObject) borrowers at its owner"
+          }))
+        }
       }
       responder.respond(.ack(.init()))
     case .removeBorrower(let req):

@@ -413,6 +413,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let shape = try ResourceSet.checked(request.resources, field: "resources")
     let placement = try ResourceSet.checked(request.placementResources, field: "placement_resources")
+    // Bounded: owners keep a few requests per shape, so a full queue means a flood; the
+    // owner asks again shortly (as after any failed call).
+    let maxWaiting = options.config.maxPendingLeaseRequestsPerNode
+    guard state.withLock({ $0.queue.pending.count }) < maxWaiting else {
+      throw RPCError(code: .resourceExhausted,
+                     message: "node \(options.nodeID.hex.prefix(12)) already has \(maxWaiting) lease requests waiting (max_pending_lease_requests_per_node); ask again later")
+    }
     let key = SchedulingKey(shape: shape, proto: request.strategy)
     // While it waits here it may still move to a node that frees up first
     // (QueueSpillback), also when another node sent it here (its owner follows a few such
@@ -708,8 +715,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   // MARK: shutdown
 
   /// Stops every worker: SIGTERM, then SIGKILL after `grace`. Blocks until they are gone
-  /// (bounded by `grace` + 2 s).
+  /// (bounded by `grace` + 2 s): call from a thread of your own, never a Task or an
+  /// event loop.
   public func shutdown(grace: Duration = .milliseconds(500)) {
+    LockDiscipline.mayBlock("NodeManager.shutdown")
     typealias Taken = (pids: [Int32], replies: [CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>],
                        logs: [AsyncStream<Swiftray_LogBatch>.Continuation], deaths: [AsyncStream<Swiftray_NodeDeath>.Continuation])
     let taken: Taken = state.withLock { s in

@@ -113,9 +113,22 @@ public struct ReferenceTable: Sendable {
     return update(id, r)
   }
 
-  /// At the owner: `borrower` holds the ref (`count` more registrations).
-  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, count: Int = 1) {
-    refs[id, default: Reference(owned: true)].borrowers[borrower, default: 0] += count
+  /// Distinct borrowers one object may have at its owner: peers registering as
+  /// borrowers cannot grow an owner's table without end.
+  public static let maxBorrowersPerObject = 10_000
+  /// Registrations one borrower may hold on one object (well past any real count; the
+  /// sum then cannot overflow).
+  public static let maxRegistrationsPerBorrower = 1 << 40
+
+  /// At the owner: `borrower` holds the ref (`count` more registrations). False (and
+  /// nothing changes) when the object already has `maxBorrowersPerObject` others.
+  @discardableResult
+  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, count: Int = 1) -> Bool {
+    let held = refs[id]?.borrowers[borrower]
+    guard held != nil || (refs[id]?.borrowers.count ?? 0) < Self.maxBorrowersPerObject else { return false }
+    let total = (held ?? 0) + min(max(count, 0), Self.maxRegistrationsPerBorrower)
+    refs[id, default: Reference(owned: true)].borrowers[borrower] = min(total, Self.maxRegistrationsPerBorrower)
+    return true
   }
 
   public mutating func borrowerRemoved(_ id: ObjectID, _ borrower: WorkerID, count: Int) -> [Action] {

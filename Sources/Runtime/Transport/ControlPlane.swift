@@ -63,6 +63,11 @@ public enum ControlPlane {
     config.http2.maxConcurrentStreams = maxConcurrentStreams
     config.rpc.maxRequestPayloadSize = maxRequestBytes
     config.connection.maxIdleTime = .seconds(300)
+    // A client that holds a call open and stops answering (hung, cut off without a FIN)
+    // is found out; clients' own pings during calls are welcome.
+    config.connection.keepalive = .init(time: .milliseconds(limits.grpcKeepaliveTimeMs),
+                                        timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs),
+                                        clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(5 * 60), allowWithoutCalls: false))
     let limiter = ConnectionLimiter(cap: limits.maxConnectionsPerListener)
     let timeout = limits.handshakeTimeout
     config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
@@ -126,9 +131,15 @@ public enum ControlPlane {
       var probe = in_addr()
       target = inet_pton(AF_INET, h, &probe) == 1 ? .ipv4(address: h, port: p) : .dns(host: h, port: p)
     }
+    // A call in flight to a server that stopped answering (a hung node: a lease
+    // waiting there could otherwise wait forever) fails once a ping goes unanswered.
+    var config = HTTP2ClientTransport.Posix.Config.defaults
+    let limits = NetworkLimits.current
+    config.connection.keepalive = .init(time: .milliseconds(limits.grpcKeepaliveTimeMs),
+                                        timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs), allowWithoutCalls: false)
     let transport = try HTTP2ClientTransport.Posix(target: target,
                                                    transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
-                                                   eventLoopGroup: group)
+                                                   config: config, eventLoopGroup: group)
     let client = GRPCClient(transport: transport, interceptors: auth.bearer.map { [BearerToken(value: $0)] } ?? [])
     let task = Task { _ = try? await client.runConnections() }
     return Connection(client: client, task: task, endpoint: endpoint)

@@ -14,7 +14,8 @@ public enum DataPlane {
   /// TLS side of a connection's pipeline.
   enum TLSRole { case none, server(ClusterTLS), client(ClusterTLS) }
 
-  /// `gate`: on a server's connections, the cluster token the peer must show first;
+  /// `gate`: on a server's connections, the cluster token the peer must show first
+  /// (a connection without one is a client's, which sends keep-alives: `PeerLiveness`);
   /// `tls`: the TLS handler that goes before everything (TCP with TLS on).
   static func configure(_ channel: Channel, handler: ChannelHandler, gate: ClusterAuth? = nil,
                         tls: TLSRole = .none) -> EventLoopFuture<Void> {
@@ -25,6 +26,10 @@ public enum DataPlane {
       case .server(let t): try sync.addHandler(t.serverHandler())
       case .client(let t): try sync.addHandler(t.clientHandler())
       }
+      let limits = NetworkLimits.current
+      try sync.addHandler(PeerLiveness(keepAlive: .milliseconds(Int64(limits.keepAliveMs)),
+                                       idleTimeout: .milliseconds(Int64(limits.idleTimeoutMs)),
+                                       pings: gate == nil))
       if let gate { try sync.addHandler(AuthGate(gate, timeout: NetworkLimits.current.handshakeTimeout)) }
       try sync.addHandler(ByteToMessageHandler(BoundedFrameDecoder(max: NetworkLimits.current.maxFrameBytes)))
       try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
@@ -168,6 +173,11 @@ public final class DataPlaneServer: Sendable {
     init(_ h: @escaping Handler) { handler = h }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
       guard let frame = DataPlane.decode(unwrapInboundIn(data)) else { context.close(promise: nil); return }
+      if case .keepAlive? = frame.body {
+        // Answered here, on the event loop, so a busy or blocked handler never makes
+        // its connection look dead.
+        return DataPlaneResponder(channel: context.channel, id: frame.id).respond(.keepAlive(.init()))
+      }
       handler(frame, DataPlaneResponder(channel: context.channel, id: frame.id))
     }
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
