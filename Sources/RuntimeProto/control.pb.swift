@@ -1137,6 +1137,10 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
 
     /// ... the group is not placed yet: ask again shortly (no warning).
     case placementGroupPending // = 6
+
+    /// The node already has `max_pending_lease_requests_per_node` requests waiting
+    /// (`detail` says so): ask again shortly.
+    case busy // = 7
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1152,6 +1156,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case 4: self = .workerStartFailed
       case 5: self = .placementGroupRemoved
       case 6: self = .placementGroupPending
+      case 7: self = .busy
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1165,6 +1170,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case .workerStartFailed: return 4
       case .placementGroupRemoved: return 5
       case .placementGroupPending: return 6
+      case .busy: return 7
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1178,6 +1184,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       .workerStartFailed,
       .placementGroupRemoved,
       .placementGroupPending,
+      .busy,
     ]
 
   }
@@ -3447,7 +3454,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
 }
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0\u{1}BUSY\0")
 }
 
 nonisolated extension Swiftray_FreeObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

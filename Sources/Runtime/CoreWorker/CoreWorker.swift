@@ -1208,8 +1208,9 @@ public final class CoreWorker: Sendable {
           return s.submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now)
         case .placementGroupRemoved:
           return s.submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now, code: .taskPlacementGroupRemoved)
-        case .placementGroupPending:
-          // Waits for its group to be placed: asked again shortly, without a warning.
+        case .placementGroupPending, .busy:
+          // Waits for its group to be placed, or for room in the node's queue: asked
+          // again shortly, without a warning.
           return s.submitter.leaseRequestFailed(requestID: requestID, now: now)
         default:
           return s.submitter.leaseRequestFailed(requestID: requestID, now: now)

@@ -413,14 +413,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let shape = try ResourceSet.checked(request.resources, field: "resources")
     let placement = try ResourceSet.checked(request.placementResources, field: "placement_resources")
-    // Bounded: owners keep a few requests per shape, so a full queue means a flood; the
-    // owner asks again shortly (as after any failed call).
-    let maxWaiting = options.config.maxPendingLeaseRequestsPerNode
-    guard state.withLock({ $0.queue.pending.count }) < maxWaiting else {
-      throw RPCError(code: .resourceExhausted,
-                     message: "node \(options.nodeID.hex.prefix(12)) already has \(maxWaiting) lease requests waiting (max_pending_lease_requests_per_node); ask again later")
-    }
     let key = SchedulingKey(shape: shape, proto: request.strategy)
+    let maxWaiting = options.config.maxPendingLeaseRequestsPerNode
+    let nodeHex = options.nodeID.hex.prefix(12)
     // While it waits here it may still move to a node that frees up first
     // (QueueSpillback), also when another node sent it here (its owner follows a few such
     // hops, then asks its own node again). Affinity and bundles tie it to its node.
@@ -475,6 +470,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
               r.detail = detail
               return .reply(r)
             }
+          }
+          // Bounded: owners keep a few requests per shape, so a full queue means a
+          // flood; the owner asks again shortly.
+          guard s.queue.pending.count < maxWaiting else {
+            r.status = .busy
+            r.detail = "node \(nodeHex) already has \(maxWaiting) lease requests waiting (max_pending_lease_requests_per_node); ask again later"
+            return .reply(r)
           }
           guard let id = s.requestIDs.admit(requestKey) else {
             r.status = .infeasible
