@@ -464,6 +464,29 @@ def test_two_owners_with_the_same_lease_request_number_each_get_their_own_reques
     _still_serves()
 
 
+def test_an_actors_lease_is_given_back_only_by_the_controlservice_that_holds_it(cluster):
+    """The head holds the leases of actor creations under its own id: a caller that
+    gives leases back without naming an owner (or naming another) frees none of them."""
+    cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address)
+    target = _grpc_target(swiftray.nodes()[0]["NodeManagerTCPAddress"])
+
+    @swiftray.remote(num_cpus=1)
+    class Holder:
+        def ping(self):
+            return "pong"
+
+    h = Holder.remote()
+    assert swiftray.get(h.ping.remote(), timeout=60) == "pong"
+    assert wait_until(lambda: swiftray._core.node_stats()["available"].get("CPU", 0) == 0, timeout=30)
+    for lease_id in range(1, 50):
+        for owner in (b"", os.urandom(28)):
+            _grpc_call(target, "/swiftray.NodeManagerService/ReturnWorkerLease",
+                       _uint(1, lease_id) + (_field(3, owner) if owner else b""), token=TOKEN)
+    assert swiftray._core.node_stats()["available"].get("CPU", 0) == 0, "the actor still holds its CPU"
+    assert swiftray.get(h.ping.remote(), timeout=60) == "pong"
+
+
 def test_a_node_keeps_a_bounded_number_of_lease_requests_waiting_and_refuses_the_rest_by_name():
     """Owners keep a few requests each; a flood of them from made-up owners fills the
     node's queue up to max_pending_lease_requests_per_node and no further: the rest are

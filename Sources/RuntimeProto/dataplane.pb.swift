@@ -53,6 +53,10 @@ public nonisolated struct Swiftray_PushTaskRequest: Sendable {
 
   public var leaseGrant: Data = Data()
 
+  /// Who holds the lease when it is not the spec's owner: the ControlService, for an
+  /// actor's creation (the grant names it).
+  public var leaseOwner: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -855,7 +859,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}gpu_ids\0\u{3}lease_id\0\u{3}lease_grant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{3}gpu_ids\0\u{3}lease_id\0\u{3}lease_grant\0\u{3}lease_owner\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -867,6 +871,7 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.gpuIds) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaseID) }()
       case 4: try { try decoder.decodeSingularBytesField(value: &self.leaseGrant) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.leaseOwner) }()
       default: break
       }
     }
@@ -889,6 +894,9 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
     if !self.leaseGrant.isEmpty {
       try visitor.visitSingularBytesField(value: self.leaseGrant, fieldNumber: 4)
     }
+    if !self.leaseOwner.isEmpty {
+      try visitor.visitSingularBytesField(value: self.leaseOwner, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -897,6 +905,7 @@ nonisolated extension Swiftray_PushTaskRequest: SwiftProtobuf.Message, SwiftProt
     if lhs.gpuIds != rhs.gpuIds {return false}
     if lhs.leaseID != rhs.leaseID {return false}
     if lhs.leaseGrant != rhs.leaseGrant {return false}
+    if lhs.leaseOwner != rhs.leaseOwner {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -124,9 +124,13 @@ public struct Config: Sendable, Equatable {
     "health_check_timeout_ms": 10...86_400_000,
     "health_check_failure_threshold": 1...1_000_000,
     "raylet_report_resources_period_milliseconds": 10...3_600_000,
+    "lease_idle_linger_ms": 0...86_400_000,
+    "infeasible_retry_ms": 1...86_400_000,
+    "gcs_rpc_server_reconnect_timeout_s": 1...31_536_000,
   ]
-  /// The range of keys not named in `ranges`.
-  static let defaultRange: ClosedRange<Int> = 0...(1 << 50)
+  /// The range of keys not named in `ranges` (small enough that a value in
+  /// milliseconds times 10^6 still fits in 64 bits).
+  static let defaultRange: ClosedRange<Int> = 0...(1 << 40)
 
   static func checked(_ name: String, _ value: Int, from source: String) throws(SwiftrayError) -> Int {
     let range = ranges[name] ?? defaultRange

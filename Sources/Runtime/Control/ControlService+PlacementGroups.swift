@@ -72,7 +72,7 @@ extension ControlService {
         if case .answer(let i) = now { c.resume(returning: i) }
         return
       }
-      group.next().scheduleTask(in: .milliseconds(ms)) { [self] in
+      Clocks.current.schedule(after: .milliseconds(ms)) { [self] in
         let (w, info) = state.withLock { s in
           let w = s.groupWatchers[id]?.removeValue(forKey: key)
           if s.groupWatchers[id]?.isEmpty == true { s.groupWatchers[id] = nil }
@@ -173,7 +173,7 @@ extension ControlService {
 
   /// A refused prepare (the node's view was stale) is tried again after a pause.
   func retryPlacementSoon() {
-    group.next().scheduleTask(in: .milliseconds(Int64(max(10, config.resourceReportPeriodMs)))) { [self] in
+    Clocks.current.schedule(after: .milliseconds(max(10, config.resourceReportPeriodMs))) { [self] in
       placementKicks.yield()
     }
   }

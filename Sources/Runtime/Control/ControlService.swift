@@ -49,6 +49,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let healthLoop = Locked<Task<Void, Never>?>(nil)
   let storage: any ControlStorage
   let writer: StorageWriter
+  /// Who holds the leases of actor creations at the NodeManagers: this ControlService's
+  /// own id, so a lease it holds is given back only by it (as an owner's by its owner).
+  let leaseOwner = WorkerID.random()
   /// Wakes the placement loop (one pass at a time; kicks while it runs coalesce).
   let placementKicks: AsyncStream<Void>.Continuation
 
@@ -75,7 +78,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
   }
 
-  static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+  static func now() -> UInt64 { Clocks.current.now() }
 
   /// Closes connections to NodeManagers and workers; wakes every watcher.
   public func shutdown() {
@@ -142,7 +145,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let loop = Task { [self] in
       let period = max(10, config.healthCheckPeriodMs)
       while !Task.isCancelled {
-        try? await Task.sleep(for: .milliseconds(period))
+        await Clocks.current.sleep(for: .milliseconds(period))
         let checks = state.withLock { $0.closed ? [] : $0.health.tick() }
         for case .check(let id) in checks { check(id, periodMs: period) }
       }
@@ -333,8 +336,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       case .unknown: c.resume(returning: nil)
       case .ready(let i): c.resume(returning: i)
       case .wait:
-        group.next().scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds * 1_000_000_000
-                                                         + timeout.components.attoseconds / 1_000_000_000))) { [self] in
+        Clocks.current.schedule(after: timeout) { [self] in
           let w = state.withLock { s -> Watcher? in
             let w = s.watchers[id]?.removeValue(forKey: key)
             if s.watchers[id]?.isEmpty == true { s.watchers[id] = nil }
@@ -405,6 +407,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           var req = Swiftray_ReturnWorkerLeaseRequest()
           req.leaseID = lease.leaseID
           req.disconnectWorker = disconnect
+          req.ownerWorkerID = Data(leaseOwner.binary)
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
         }
       case .killWorker(let lease, let reason):
@@ -463,7 +466,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.resources = spec.resources
       req.placementResources = spec.actorCreation.placementResources
       req.strategy = spec.strategy
-      req.owner = Swiftray_Address()
+      req.owner.workerID = Data(leaseOwner.binary)
       req.jobID = spec.jobID
       req.taskName = spec.name
       var node = node
@@ -503,6 +506,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     req.gpuIds = lease.gpuIDs
     req.leaseID = lease.leaseID
     req.leaseGrant = lease.grant
+    req.leaseOwner = Data(leaseOwner.binary)
     pool.request(ep, .pushTask(req)) { [self] result in
       // A broken connection means the worker died: its NodeManager reports that.
       guard case .success(let frame) = result, case .pushTaskReply(let reply)? = frame.body else { return }
@@ -522,7 +526,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       return d > now ? d - now : 0
     }
     guard let delay else { return }
-    group.next().scheduleTask(in: .nanoseconds(Int64(delay) + 1000)) { [self] in
+    Clocks.current.schedule(after: .nanoseconds(delay + 1000)) { [self] in
       let now = Self.now()
       let actions = state.withLock { s -> [ActorDirectory.Action] in
         s.tickArmed = false

@@ -231,7 +231,7 @@ final class RedisConnection: Sendable {
       case .closed: c.resume(throwing: SwiftrayError(.system, "the Redis connection is closed"))
       case .queued(let flush, let turn):
         if flush { channel.eventLoop.execute { self.flushOutbox() } }
-        channel.eventLoop.scheduleTask(in: replyTimeout) { [self] in
+        Clocks.current.schedule(after: .nanoseconds(replyTimeout.nanoseconds), on: channel.eventLoop) { [self] in
           guard state.withLock({ $0.delivered < turn && !$0.closed }) else { return }
           failAll("Redis did not answer within \(replyTimeout.nanoseconds / 1_000_000) ms")
           close()

@@ -317,7 +317,7 @@ extension CoreWorker {
             // Not registered yet (its creator's announcement may be on its way): wait, bounded.
             unknownFor += 1
             if unknownFor < 30 {
-              try? await Task.sleep(for: .milliseconds(50))
+              await Clocks.current.sleep(for: .milliseconds(50))
               continue
             }
             steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail:
@@ -327,7 +327,7 @@ extension CoreWorker {
           }
         } catch {
           if state.withLock({ $0.shutdown }) { return }
-          try? await Task.sleep(for: .milliseconds(200))
+          await Clocks.current.sleep(for: .milliseconds(200))
           steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail: "\(error)", unknown: false) }
         }
         withActorSubmitter { s in s.actorOutbox += steps.map { .call($0) }; return [] }

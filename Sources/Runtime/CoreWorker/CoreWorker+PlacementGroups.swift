@@ -176,14 +176,14 @@ extension CoreWorker {
         guard let r = try? await ControlPlane.whileUnavailable(patience: patience, { [req] in
           try await Swiftray_ControlService.Client(wrapping: c.client).waitPlacementGroup(req)
         }) else {
-          try? await Task.sleep(for: .milliseconds(200))
+          await Clocks.current.sleep(for: .milliseconds(200))
           continue
         }
         let g = r.group
         if !r.found && unknown < 50 {
           // Made by another process whose registration may still be on its way.
           unknown += 1
-          try? await Task.sleep(for: .milliseconds(100))
+          await Clocks.current.sleep(for: .milliseconds(100))
           continue
         }
         if !r.found || g.state == .removed {
@@ -204,7 +204,7 @@ extension CoreWorker {
           warn("Placement group \(which) has waited 10 s to be placed: \(g.detail.isEmpty ? "no room yet" : g.detail). "
             + "ready() waits until resources free up or nodes join.")
         }
-        if g.infeasible { try? await Task.sleep(for: .milliseconds(500)) }
+        if g.infeasible { await Clocks.current.sleep(for: .milliseconds(500)) }
       }
     }
     return oid

@@ -116,7 +116,7 @@ extension CoreWorker {
     let deadline = Self.now() + verdictNanos
     Task { [self] in
       while state.withLock({ s in !nodes.allSatisfy { s.deadNodes[$0] != nil } }) && Self.now() < deadline {
-        try? await Task.sleep(for: .milliseconds(50))
+        await Clocks.current.sleep(for: .milliseconds(50))
       }
       let now = Self.now()
       var fetches: [ObjectID] = []

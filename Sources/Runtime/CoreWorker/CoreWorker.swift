@@ -270,7 +270,7 @@ public final class CoreWorker: Sendable {
     s.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) }
   }
 
-  static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+  static func now() -> UInt64 { Clocks.current.now() }
 
   // MARK: - owner API
 
@@ -863,7 +863,7 @@ public final class CoreWorker: Sendable {
       // A task, or an actor's creation, runs only under a lease this worker's node
       // granted to its owner (the ControlService, for a creation); actor calls need none.
       let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
-      let owner = req.spec.hasActorCreation ? Data() : req.spec.owner.workerID
+      let owner = req.spec.hasActorCreation ? req.leaseOwner : req.spec.owner.workerID
       let maxQueued = options.config.maxQueuedTasksPerWorker
       let verdict: LeaseGate.Verdict = state.withLock { s in
         if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
@@ -971,8 +971,10 @@ public final class CoreWorker: Sendable {
       return true
     }) else { return }
     interruptRunningTask.withLock { $0 }?()
-    DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) { [weak self] in
-      self?.interruptUntilStopped(tid, tries: tries - 1)
+    // The interrupt takes the GIL: off the timer's event loop, onto a thread that may wait.
+    Clocks.current.schedule(after: .milliseconds(200)) { [weak self] in
+      guard let worker = self else { return }
+      DispatchQueue.global().async { worker.interruptUntilStopped(tid, tries: tries - 1) }
     }
   }
 
@@ -1500,8 +1502,7 @@ public final class CoreWorker: Sendable {
       return (d, true)
     }
     guard arm, let deadline else { return }
-    let delay = deadline > Self.now() ? deadline - Self.now() : 0
-    group.next().scheduleTask(in: .nanoseconds(Int64(delay) + 1000)) { [self] in
+    Clocks.current.schedule(after: .nanoseconds(Clocks.current.nanos(until: deadline) + 1000)) { [self] in
       let now = Self.now()
       let actions = state.withLock { s -> [NormalTaskSubmitter.Action] in
         s.tickAt = nil

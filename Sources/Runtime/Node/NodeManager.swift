@@ -131,9 +131,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   func syncClusterView() async {
-    let clock = ContinuousClock()
-    var lastContact = clock.now
-    let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
+    let clock = Clocks.current
+    var lastContact = clock.now()
+    let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS)).clampedNanoseconds
     while !state.withLock({ $0.shuttingDown }) {
       if let c = controlClient() {
         let client = Swiftray_ControlService.Client(wrapping: c.client)
@@ -146,7 +146,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         }
         // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
         if let reply = try? await client.reportResources(report, options: headCallOptions) {
-          lastContact = clock.now
+          lastContact = clock.now()
           if reply.unknownNode, let me = registration.withLock({ $0 }) {
             // The head restarted (its tables on Redis) and does not know this node yet.
             var req = Swiftray_RegisterNodeRequest()
@@ -155,13 +155,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
               log.info("node/re-registered", metadata: ["control": "\(options.controlEndpoint)"])
             }
           }
-        } else if clock.now - lastContact > patience, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
+        } else if clock.now() - lastContact > patience, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
           lost("the ControlService at \(options.controlEndpoint) has been unreachable for "
             + "\(options.config.gcsRpcServerReconnectTimeoutS) s (gcs_rpc_server_reconnect_timeout_s)")
         }
         await refreshClusterView(client)
       }
-      try? await Task.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
+      await Clocks.current.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
     }
   }
 
@@ -611,7 +611,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// worker (it owned actors and objects). Ends at shutdown.
   func watchDrivers() async {
     while true {
-      try? await Task.sleep(for: .seconds(1))
+      await Clocks.current.sleep(for: .seconds(1))
       let (gone, stop, actions) = state.withLock { s -> ([(WorkerID, Int32)], Bool, [LeaseQueue.Action]) in
         let gone = s.drivers.filter { kill($0.value, 0) != 0 && errno == ESRCH }
         var actions: [LeaseQueue.Action] = []
@@ -652,7 +652,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.exit = info
         return r
       }
-      try? await Task.sleep(for: .milliseconds(10))
+      await Clocks.current.sleep(for: .milliseconds(10))
     }
     return r
   }
@@ -736,12 +736,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for c in taken.deaths { c.finish() }
     let (pids, subs) = (taken.pids, taken.logs)
     for p in pids { monitor.signal(p, SIGTERM) }
-    let clock = ContinuousClock()
-    let deadline = clock.now + grace
-    while !monitor.livePids.isEmpty && clock.now < deadline { usleep(5_000) }
+    // A blocking wait on the caller's own thread (polling the monitor), not a timer.
+    let clock = Clocks.current
+    let deadline = clock.deadline(after: grace)
+    while !monitor.livePids.isEmpty && clock.now() < deadline { usleep(5_000) }
     for p in monitor.livePids { monitor.signal(p, SIGKILL) }
-    let hard = clock.now + .seconds(2)
-    while !monitor.livePids.isEmpty && clock.now < hard { usleep(5_000) }
+    let hard = clock.deadline(after: .seconds(2))
+    while !monitor.livePids.isEmpty && clock.now() < hard { usleep(5_000) }
     monitor.shutdown()
     for c in subs { c.finish() }
     controlReports.finish()

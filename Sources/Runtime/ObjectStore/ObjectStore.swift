@@ -186,7 +186,7 @@ public final class ObjectStore: Sendable {
   /// ones this store pulls from. Pins that waited for a view are decided now. Any thread.
   public func setPullSources(_ sources: Set<String>) {
     let (allowed, refused) = state.withLock { $0.sources.viewChanged(sources) }
-    let now = DispatchTime.now().uptimeNanoseconds
+    let now = Clocks.current.now()
     for (req, responder) in allowed { pin(req, responder, now: now) }
     for (req, responder) in refused { refusePull(req, responder) }
   }
@@ -211,7 +211,7 @@ public final class ObjectStore: Sendable {
     if let bad = Self.invalid(frame.body, capacity: capacity) {
       return responder.respond(.error(.with { $0.message = bad }))
     }
-    let now = DispatchTime.now().uptimeNanoseconds
+    let now = Clocks.current.now()
     switch frame.body {
     case .createObject(let req): create(req, responder, now: now)
     case .pinObject(let req): pin(req, responder, now: now)
@@ -476,7 +476,7 @@ public final class ObjectStore: Sendable {
         state.withLock { $0.evictedTotal += UInt64(size) }
       case .retryWaiting:
         let waiting = state.withLock { s -> [Waiting] in let w = s.waiting; s.waiting = []; return w }
-        let now = DispatchTime.now().uptimeNanoseconds
+        let now = Clocks.current.now()
         for w in waiting {
           switch w {
           case .create(let req, let r): create(req, r, now: now)

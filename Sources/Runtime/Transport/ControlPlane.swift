@@ -151,13 +151,15 @@ public enum ControlPlane {
   /// Threading: any task; sleeps between tries.
   public static func whileUnavailable<T: Sendable>(patience: Duration,
                                                    _ body: @Sendable () async throws -> T) async throws -> T {
-    let deadline = ContinuousClock.now + patience
+    let clock = Clocks.current
+    let deadline = clock.deadline(after: patience)
     var pause = Duration.milliseconds(100)
     while true {
       do { return try await body() }
       catch let e as RPCError where e.code == .unavailable {
-        guard ContinuousClock.now + pause < deadline else { throw e }
-        try await Task.sleep(for: pause)
+        guard clock.deadline(after: pause) < deadline else { throw e }
+        await Clocks.current.sleep(for: pause)
+        try Task.checkCancellation()
         pause = min(pause * 2, .seconds(1))
       }
     }

@@ -78,14 +78,14 @@ final class AuthGate: ChannelInboundHandler, RemovableChannelHandler {
   let auth: ClusterAuth
   let timeout: TimeAmount
   var received: ByteBuffer?
-  var timer: Scheduled<Void>?
+  var timer: ScheduledTimer?
   var passed = false
 
   init(_ auth: ClusterAuth, timeout: TimeAmount) { self.auth = auth; self.timeout = timeout }
 
   func handlerAdded(context: ChannelHandlerContext) {
     let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-    timer = context.eventLoop.scheduleTask(in: timeout) { ctx.value.close(promise: nil) }
+    timer = Clocks.current.schedule(after: .nanoseconds(timeout.nanoseconds), on: context.eventLoop) { ctx.value.close(promise: nil) }
   }
 
   func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
@@ -441,7 +441,7 @@ public final class DataPlaneClientPool: Sendable {
                                  callback: @escaping DataPlaneConnection.PayloadCallback) {
     guard let deadline else { return request(endpoint, body, .withPayload(callback)) }
     let once = ReplyOnce()
-    group.next().scheduleTask(in: deadline) {
+    Clocks.current.schedule(after: .nanoseconds(deadline.nanoseconds)) {
       guard once.claim() else { return }
       callback(.failure(SwiftrayError(.system,
         "\(endpoint) did not answer within \(deadline.nanoseconds / 1_000_000) ms")))

@@ -115,7 +115,8 @@ final class PeerLiveness: ChannelInboundHandler {
   typealias InboundOut = ByteBuffer
   let period: TimeAmount
   var clock: LivenessClock
-  var timer: RepeatedTask?
+  var timer: ScheduledTimer?
+  var stopped = false
 
   /// `pings`: a client's side. A server checks as often as a client pings, so it
   /// notices silence within `idleTimeout` plus one period.
@@ -124,17 +125,24 @@ final class PeerLiveness: ChannelInboundHandler {
     clock = LivenessClock(idleLimit: idleTimeout.nanoseconds, pings: pings, now: Self.now())
   }
 
-  static func now() -> Int64 { Int64(clamping: NIODeadline.now().uptimeNanoseconds) }
+  static func now() -> Int64 { Int64(clamping: Clocks.current.now()) }
 
-  func handlerAdded(context: ChannelHandlerContext) {
+  func handlerAdded(context: ChannelHandlerContext) { arm(context) }
+
+  /// One check per period, each arming the next (on the channel's loop) until the
+  /// connection closes or the handler leaves.
+  func arm(_ context: ChannelHandlerContext) {
+    guard !stopped else { return }
     let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
     let me = NIOLoopBound(self, eventLoop: context.eventLoop)
-    timer = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { task in
-      switch me.value.clock.tick(at: Self.now()) {
+    timer = Clocks.current.schedule(after: .nanoseconds(period.nanoseconds), on: context.eventLoop) {
+      let liveness = me.value
+      guard !liveness.stopped else { return }
+      switch liveness.clock.tick(at: Self.now()) {
       case .none: break
       case .close:
-        task.cancel()
-        ctx.value.close(promise: nil)
+        liveness.stopped = true
+        return ctx.value.close(promise: nil)
       case .sendKeepAlive:
         var f = Swiftray_DataFrame()
         f.body = .keepAlive(.init())
@@ -143,13 +151,19 @@ final class PeerLiveness: ChannelInboundHandler {
           ctx.value.channel.writeAndFlush(NIOAny(buf), promise: nil)
         }
       }
+      liveness.arm(ctx.value)
     }
   }
 
-  func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+  func stop() {
+    stopped = true
+    timer?.cancel()
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) { stop() }
 
   func channelInactive(context: ChannelHandlerContext) {
-    timer?.cancel()
+    stop()
     context.fireChannelInactive()
   }
 
@@ -200,13 +214,13 @@ final class HandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
   typealias InboundOut = ByteBuffer
   let timeout: TimeAmount
   var remaining: Int
-  var timer: Scheduled<Void>?
+  var timer: ScheduledTimer?
 
   init(bytes: Int = 24, timeout: TimeAmount) { self.remaining = bytes; self.timeout = timeout }
 
   func handlerAdded(context: ChannelHandlerContext) {
     let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-    timer = context.eventLoop.scheduleTask(in: timeout) { ctx.value.close(promise: nil) }
+    timer = Clocks.current.schedule(after: .nanoseconds(timeout.nanoseconds), on: context.eventLoop) { ctx.value.close(promise: nil) }
   }
 
   func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
