@@ -408,7 +408,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           req.leaseID = lease.leaseID
           req.disconnectWorker = disconnect
           req.ownerWorkerID = Data(leaseOwner.binary)
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req, options: nodeCallOptions)
         }
       case .killWorker(let lease, let reason):
         guard let nm = nodeClient(lease.node) else { continue }
@@ -416,7 +416,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           var req = Swiftray_KillWorkerRequest()
           req.workerID = lease.worker.workerID
           req.reason = reason
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req)
+          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req, options: nodeCallOptions)
         }
       case .published(let id):
         let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in
@@ -470,6 +470,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.jobID = spec.jobID
       req.taskName = spec.name
       var node = node
+      // No deadline: a lease waits for resources as long as that takes. A node that
+      // hangs fails it through its connection's keep-alive (grpc_client_keepalive_*).
       var reply = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req)
       if let r = reply, r.status == .spillback, let there = nodeClient(r.retryAtEndpoint) {
         // Its strategy (SPREAD, node affinity) or the node's policy chose another node:
