@@ -530,6 +530,54 @@ def test_a_node_keeps_a_bounded_number_of_lease_requests_waiting_and_refuses_the
         c.shutdown()
 
 
+def test_a_waiting_lease_request_of_a_client_that_stops_answering_pings_is_withdrawn():
+    """gRPC keep-alive: a client whose lease request waits at a node and that then stops
+    (SIGSTOP: its connection stays open, it answers no ping) loses the request once
+    the node's pings go unanswered, so it holds no place in the node's bounded queue."""
+    import subprocess
+    import sys
+    env = {"SWIFTRAY_MAX_PENDING_LEASE_REQUESTS_PER_NODE": "1",
+           "SWIFTRAY_GRPC_CLIENT_KEEPALIVE_TIME_MS": "1000", "SWIFTRAY_GRPC_CLIENT_KEEPALIVE_TIMEOUT_MS": "1000"}
+    c = Cluster(env=env)
+    waiter = None
+    try:
+        c.add_node(num_cpus=1, resources={"slot": 1})
+        swiftray.init(address=c.address)
+        target = _grpc_target(swiftray.nodes()[0]["NodeManagerTCPAddress"])
+        body = _uint(1, 1) + _field(2, _shape(slot=10_000))
+
+        def request(owner, timeout=60):
+            return _grpc_call(target, "/swiftray.NodeManagerService/RequestWorkerLease", body + _field(3, _field(1, owner)),
+                              token=TOKEN, timeout=timeout)
+
+        holder = os.urandom(28)
+        assert request(holder)[:1] == b"\x10"  # the only slot is taken
+        # Another process asks for it and waits (the queue's one place).
+        waiter = subprocess.Popen([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_security import _grpc_call
+while True:  # until it has the queue's place (a probe of the test may hold it a moment)
+    r = _grpc_call({target!r}, "/swiftray.NodeManagerService/RequestWorkerLease", {body + _field(3, _field(1, os.urandom(28)))!r},
+                   token={TOKEN!r}, timeout=600)
+    if not (isinstance(r, bytes) and r[:2] == b"\\x08\\x07"):
+        break
+"""], stdout=subprocess.DEVNULL)
+
+        def busy():
+            r = request(os.urandom(28), timeout=0.5)  # queued then withdrawn by its deadline, or BUSY
+            return isinstance(r, bytes) and r[:2] == b"\x08\x07"
+        assert wait_until(busy, timeout=30), "the waiting process holds the queue's place"
+        os.kill(waiter.pid, signal.SIGSTOP)
+        # Bounded by the keep-alive (about 2 s here); a hang would keep answering BUSY.
+        assert wait_until(lambda: not busy(), timeout=60), "the stopped client's request was withdrawn"
+    finally:
+        if waiter is not None:
+            waiter.kill()
+            waiter.wait()
+        swiftray.shutdown()
+        c.shutdown()
+
+
 # ---------------------------------------------------------------- liveness of data-plane connections
 
 KEEPALIVE = {"SWIFTRAY_DATA_PLANE_KEEPALIVE_MS": "200", "SWIFTRAY_DATA_PLANE_IDLE_TIMEOUT_MS": "1500"}

@@ -114,7 +114,8 @@ extension Duration {
 
 /// A clock that moves only when told: for tests now, and the seeded simulation of
 /// issue 17. Timers fire inside `advance`, in deadline order (ties in scheduling
-/// order), on the thread that advances, with no lock held; `loop` is ignored.
+/// order), on the thread that advances, with no lock held; `loop` is ignored. Each
+/// firing scans the pending timers: fine for tests; the simulation will want a heap.
 ///
 /// Threading: any thread.
 public final class ManualClock: RuntimeClock {

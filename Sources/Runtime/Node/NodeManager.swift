@@ -440,7 +440,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       }
       await refreshClusterView(client)
     }
-    return await withTaskCancellationHandler {
+    // The caller gave up: its deadline passed (the handler's task is cancelled), or its
+    // connection went (gRPC says so only through the RPC's cancellation handle). Either
+    // way the waiting request leaves the queue rather than be granted to nobody.
+    let withdraw: @Sendable () -> Void = { [self] in
+      perform(state.withLock { s in s.requestIDs.find(requestKey).map { s.queue.leaseRequestCanceled($0) } ?? [] })
+    }
+    return await withRPCCancellationHandler { await withTaskCancellationHandler {
       await withCheckedContinuation { (c: CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>) in
         enum Step { case reply(Swiftray_RequestWorkerLeaseReply), queued([LeaseQueue.Action]) }
         // Routing and queueing under one lock: concurrent requests each see the ones
@@ -492,9 +498,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         case .queued(let actions): perform(actions)
         }
       }
-    } onCancel: {
-      perform(state.withLock { s in s.requestIDs.find(requestKey).map { s.queue.leaseRequestCanceled($0) } ?? [] })
-    }
+    } onCancel: { withdraw() } } onCancelRPC: { withdraw() }
   }
 
   /// For a request inside placement group `group` that this node cannot fit: the reply

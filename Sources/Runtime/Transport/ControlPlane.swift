@@ -1,5 +1,6 @@
 import Foundation
 import GRPCCore
+import NIOCore
 import GRPCNIOTransportHTTP2
 import NIOPosix
 import Synchronization
@@ -64,15 +65,26 @@ public enum ControlPlane {
     config.rpc.maxRequestPayloadSize = maxRequestBytes
     config.connection.maxIdleTime = .seconds(300)
     // A client that holds a call open and stops answering (hung, cut off without a FIN)
-    // is found out; clients' own pings during calls are welcome.
+    // is found out; clients' own pings (every keep-alive time, calls or not) are welcome.
     config.connection.keepalive = .init(time: .milliseconds(limits.grpcKeepaliveTimeMs),
                                         timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs),
-                                        clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(5 * 60), allowWithoutCalls: false))
+                                        clientBehavior: .init(minPingIntervalWithoutCalls: .milliseconds(limits.grpcKeepaliveTimeMs / 2),
+                                                              allowWithoutCalls: true))
+    config.connection.maxGraceTime = .milliseconds(limits.grpcKeepaliveTimeoutMs)
+    // An unanswered server ping only starts a graceful close that waits for the client to
+    // acknowledge it (grpc-swift-nio-transport 2.x), so a stopped client would hold its
+    // calls forever. `PeerLiveness` closes a connection silent for two keep-alive rounds
+    // instead: swiftray's clients ping, with or without calls, so only a dead one is that
+    // quiet.
+    let silentLimit = TimeAmount.milliseconds(Int64(2 * (limits.grpcKeepaliveTimeMs + limits.grpcKeepaliveTimeoutMs)))
+    let check = TimeAmount.milliseconds(Int64(limits.grpcKeepaliveTimeMs))
     let limiter = ConnectionLimiter(cap: limits.maxConnectionsPerListener)
     let timeout = limits.handshakeTimeout
     config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
       guard limiter.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
       return channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(PeerLiveness(keepAlive: check, idleTimeout: silentLimit, pings: false),
+                                                       position: .first)
         try channel.pipeline.syncOperations.addHandler(HandshakeDeadline(timeout: timeout), position: .first)
       }
     }
@@ -132,11 +144,12 @@ public enum ControlPlane {
       target = inet_pton(AF_INET, h, &probe) == 1 ? .ipv4(address: h, port: p) : .dns(host: h, port: p)
     }
     // A call in flight to a server that stopped answering (a hung node: a lease
-    // waiting there could otherwise wait forever) fails once a ping goes unanswered.
+    // waiting there could otherwise wait forever) fails once a ping goes unanswered; the
+    // pings go on between calls too, so the server can tell a quiet client from a dead one.
     var config = HTTP2ClientTransport.Posix.Config.defaults
     let limits = NetworkLimits.current
     config.connection.keepalive = .init(time: .milliseconds(limits.grpcKeepaliveTimeMs),
-                                        timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs), allowWithoutCalls: false)
+                                        timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs), allowWithoutCalls: true)
     let transport = try HTTP2ClientTransport.Posix(target: target,
                                                    transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
                                                    config: config, eventLoopGroup: group)

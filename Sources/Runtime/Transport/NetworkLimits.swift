@@ -104,10 +104,11 @@ public struct LivenessClock: Sendable, Equatable {
   }
 }
 
-/// Keeps a data-plane connection honest about its peer (`LivenessClock`): a client
+/// Keeps a connection honest about its peer (`LivenessClock`): a data-plane client
 /// writes a `KeepAlive` frame every `keepAlive`; either side closes the connection once
 /// nothing has arrived for `idleTimeout`, which fails the requests in flight on it. It
-/// sits first in the pipeline (after TLS) so every arriving byte counts.
+/// sits first in the pipeline so every arriving byte counts. gRPC servers use it too
+/// (`pings: false`), with HTTP/2 pings as the clients' keep-alives.
 ///
 /// Threading: one per channel, only touched on its event loop.
 final class PeerLiveness: ChannelInboundHandler {
