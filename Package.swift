@@ -23,6 +23,8 @@ let package = Package(
     .executable(name: "swiftray", targets: ["SwiftrayCLI"]),
     // Copied to python/swiftray/_core.<EXT_SUFFIX> by the pip build.
     .library(name: "SwiftrayCoreExtension", type: .dynamic, targets: ["SwiftrayCoreExtension"]),
+    // Seeded simulations of whole clusters on virtual time (scripts/simulate.sh).
+    .executable(name: "swiftray-sim", targets: ["SwiftraySim"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -82,6 +84,11 @@ let package = Package(
       ],
       swiftSettings: swift6,
       linkerSettings: embedLinker
+    ),
+    .executableTarget(
+      name: "SwiftraySim",
+      dependencies: ["Runtime", "RuntimeProto", .product(name: "HeapModule", package: "swift-collections")],
+      swiftSettings: swift6
     ),
     .testTarget(
       name: "RuntimeTests",

@@ -8,4 +8,8 @@ bash scripts/setup.sh
 export SWIFTRAY_LOCK_CHECKS=1
 python3 scripts/check-locks.py
 scripts/swift.sh test -c release --disable-testable-imports
+# Seeded simulations of whole clusters on virtual time (seconds; longer runs: more --seeds).
+./scripts/simulate.sh --seeds 400 --nodes 50
+./scripts/simulate.sh --seeds 200 --first-seed 100001 --nodes 8
+./scripts/simulate.sh --seeds 100 --first-seed 200001 --nodes 3 --tasks 300
 python3 -m pytest -q tests "$@"

@@ -10,12 +10,6 @@ import Synchronization
 ///
 /// Threading: as the rest of CoreWorker: any thread, state behind `state`, RPCs outside.
 extension CoreWorker {
-  enum ActorStep: Sendable {
-    case call(ActorTaskSubmitter.Action)
-    /// The constructor's arguments are resolved: register it with the ControlService.
-    case create(TaskID)
-  }
-
   /// How an actor lives and runs; the language layer's options, checked already.
   public struct ActorOptions: Sendable {
     public var className: String
@@ -67,10 +61,7 @@ extension CoreWorker {
     spec.actorCreation = c
     let named = !o.name.isEmpty
     let (tid, _) = try submit(spec, args: args, kind: .actorCreation(sync: true))
-    let readyNow = state.withLock { s in
-      s.syncCreations.remove(tid)
-      return s.syncReady.remove(tid) != nil
-    }
+    let readyNow = state.withLock { $0.syncCreationSubmitted(tid) }
     // The head knows the actor from now on (as Ray): with its constructor when its
     // arguments are ready, else announced, its constructor following once they are.
     // A named one is registered before returning, so a taken name raises here.
@@ -80,7 +71,7 @@ extension CoreWorker {
       removeLocalRef(tid.actorHandleObject)
       throw e
     }
-    withActorSubmitter { s in s.actorSubmitter.handleAdded(tid, maxPendingCalls: o.maxPendingCalls) }
+    owner { $0.actorHandleAdded(tid, maxPendingCalls: o.maxPendingCalls) }
     return tid
   }
 
@@ -88,33 +79,21 @@ extension CoreWorker {
   /// submitted), so that it can be found by name and called from elsewhere at once.
   /// `sync`: waits for the answer (GIL released by the caller) and returns a refusal.
   func announceActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
-    guard let spec = state.withLock({ s -> Swiftray_TaskSpec? in
-      guard let spec = s.tasks.spec(tid) else { return nil }
-      // The handle object, owned here: freed, the actor goes (its arguments are still
-      // held by the pending constructor, not here).
-      if s.ownedActors[tid.actorHandleObject] == nil {
-        s.ownedActors[tid.actorHandleObject] = (tid, spec.actorCreation.detached, [])
-      }
-      return spec
-    }) else { return nil }
+    guard let spec = state.withLock({ $0.actorAnnounced(tid) }) else { return nil }
     return sendCreateActor(tid, spec, awaitingArguments: true, sync: sync)
   }
 
   /// A creation refused by the head (a taken name): its constructor never runs.
   func abandonCreation(_ tid: TaskID) {
-    let acts: [TaskManager.Action] = state.withLock { s in
-      _ = s.ownedActors.removeValue(forKey: tid.actorHandleObject)
-      guard s.resolver.taskRemoved(tid) else { return [] }
-      return s.tasks.taskReplied(tid, outcome: .cancelled)
-    }
-    applyTaskActions(acts, reply: nil)
+    let now = Self.now()
+    owner { $0.creationAbandoned(tid, now: now) }
   }
 
   /// Blocks (bounded) until the head has this process's registration of `actor`: before
   /// a handle leaves this process (pickled), so no other process meets an actor the head
   /// does not know. At once when none is in flight. Call with the GIL released.
   public func awaitActorRegistered(_ actor: ActorID) {
-    guard let done = state.withLock({ $0.actorRegistrations[actor] }) else { return }
+    guard let done = registrations.withLock({ $0.actors[actor] }) else { return }
     _ = try? blockingAwait(timeout: .seconds(30) + controlPatience) { await done.wait() }
   }
 
@@ -133,7 +112,7 @@ extension CoreWorker {
 
   /// This process holds a handle it did not create (unpickled, or from `get_actor`).
   public func actorHandleAdded(_ actor: ActorID, maxPendingCalls: Int) {
-    withActorSubmitter { $0.actorSubmitter.handleAdded(actor, maxPendingCalls: maxPendingCalls) }
+    owner { $0.actorHandleAdded(actor, maxPendingCalls: maxPendingCalls) }
   }
 
   /// `kill(actor, no_restart=)`: asks the ControlService; false for an unknown actor.
@@ -164,27 +143,13 @@ extension CoreWorker {
 
   // MARK: carrying out actor steps
 
-  /// Runs a submitter event under the lock and queues its actions in the same critical
-  /// section, so actions leave in the order the submitter decided them.
-  func withActorSubmitter(_ body: (inout State) -> [ActorTaskSubmitter.Action]) {
-    state.withLock { s in s.actorOutbox += body(&s).map { .call($0) } }
-    performActorSteps()
-  }
-
   /// Carries out queued actor steps. One thread at a time drains the queue (others
   /// leave their steps to it), so calls reach an actor's connection in sequence order.
   func performActorSteps() {
     while true {
-      let steps: [ActorStep]? = state.withLock { s in
-        if s.actorDraining || s.actorOutbox.isEmpty { return nil }
-        s.actorDraining = true
-        let o = s.actorOutbox
-        s.actorOutbox = []
-        return o
-      }
-      guard let steps else { return }
+      guard let steps = state.withLock({ $0.takeActorSteps() }) else { return }
       for step in steps { perform(step) }
-      state.withLock { $0.actorDraining = false }
+      state.withLock { $0.actorStepsDone() }
     }
   }
 
@@ -193,8 +158,8 @@ extension CoreWorker {
     case .create(let tid): _ = registerActor(tid, sync: false)
     case .call(.push(let tid, let addr, let incarnation)): pushActorCall(tid, addr, incarnation)
     case .call(.fail(let tid, let error)):
-      let acts = state.withLock { $0.tasks.taskFailed(tid, error: error) }
-      applyTaskActions(acts, reply: nil)
+      let now = Self.now()
+      owner { $0.taskFailed(tid, error: error, now: now) }
     case .call(.watch(let actor, let after)): watchActor(actor, after: after)
     case .call(.warnPending(let actor, let detail)):
       warn("The actor \(actor.hex.prefix(16)) cannot be placed yet: \(detail). It stays pending until "
@@ -205,27 +170,9 @@ extension CoreWorker {
   /// Sends the resolved constructor to the ControlService. `sync`: waits for the answer
   /// (GIL released by the caller) and returns the refusal, if any.
   func registerActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
-    enum Step { case none, register(Swiftray_TaskSpec), drop([TaskManager.Action]) }
-    let step: Step = state.withLock { s in
-      guard let spec = s.tasks.spec(tid) else { return .none }
-      let handle = tid.actorHandleObject
-      // Every handle went while the arguments were on their way: it is not created.
-      guard s.refs.isInScope(handle) else { return .drop(s.tasks.taskReplied(tid, outcome: .cancelled)) }
-      // The handle object, owned here: when it is freed the actor goes with it.
-      s.ownedActors[handle] = (tid, spec.actorCreation.detached, s.tasks.argRefs(tid))
-      // The constructor's arguments stay held (for restarts) until the handle goes.
-      _ = s.tasks.taskReplied(tid, outcome: .success)
-      s.tasks.release(tid)
-      return .register(spec)
-    }
-    switch step {
-    case .none: return nil
-    case .drop(let acts):
-      applyTaskActions(acts, reply: nil)
-      return nil
-    case .register(let spec):
-      return sendCreateActor(tid, spec, awaitingArguments: false, sync: sync)
-    }
+    let now = Self.now()
+    guard let spec = owner({ $0.constructorReady(tid, now: now) }) else { return nil }
+    return sendCreateActor(tid, spec, awaitingArguments: false, sync: sync)
   }
 
   /// One CreateActor to the head (announce or constructor); in the background unless
@@ -256,14 +203,14 @@ extension CoreWorker {
     }
     // In the background, after an announcement still on its way.
     let done = AsyncLatch()
-    let before = state.withLock { s in
-      defer { s.actorRegistrations[tid] = done }
-      return s.actorRegistrations[tid]
+    let before = registrations.withLock { r in
+      defer { r.actors[tid] = done }
+      return r.actors[tid]
     }
     Task { [self] in
       await before?.wait()
       if let e = await register() { creationFailed(tid, e) }
-      state.withLock { s in if s.actorRegistrations[tid] === done { s.actorRegistrations[tid] = nil } }
+      registrations.withLock { r in if r.actors[tid] === done { r.actors[tid] = nil } }
       done.open()
     }
     return nil
@@ -271,27 +218,16 @@ extension CoreWorker {
 
   /// The ControlService refused the actor: calls to it fail with why.
   func creationFailed(_ tid: TaskID, _ e: SwiftrayError) {
-    var info = Swiftray_ActorInfo()
-    info.actorID = Data(tid.binary)
-    info.state = .dead
-    info.version = .max
-    info.deathCause = .creationFailed
-    info.detail = e.message
-    withActorSubmitter { s in s.actorSubmitter.actorInfo(info) }
+    owner { $0.creationFailed(tid, e) }
   }
 
   func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
-    send(tid, to: addr) { [self] reply in
-      let outcome: TaskManager.Outcome = reply.wasCancelled ? .cancelled
-        : reply.isApplicationError ? .applicationError(retryable: false) : .success
-      let acts = state.withLock { s in
-        s.actorOutbox += s.actorSubmitter.callReplied(tid).map { .call($0) }
-        return s.tasks.taskReplied(tid, outcome: outcome)
-      }
-      performActorSteps()
-      applyTaskActions(acts, reply: reply)
+    guard let spec = state.withLock({ $0.tasks.spec(tid) }) else { return }
+    send(tid, spec, to: addr) { [self] reply in
+      let now = Self.now()
+      owner { $0.actorCallReplied(tid, reply: reply, now: now) }
     } lost: { [self] in
-      withActorSubmitter { s in s.shutdown ? [] : s.actorSubmitter.callLost(tid, incarnation: incarnation) }
+      owner { $0.actorCallLost(tid, incarnation: incarnation) }
     }
   }
 
@@ -307,12 +243,11 @@ extension CoreWorker {
         req.actorID = Data(actor.binary)
         req.afterVersion = after
         req.timeoutMs = 10_000
-        let steps: [ActorTaskSubmitter.Action]
         do {
           let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
             try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
           }
-          if state.withLock({ $0.shutdown }) { return }
+          if state.withLock({ $0.shuttingDown }) { return }
           if !r.found {
             // Not registered yet (its creator's announcement may be on its way): wait, bounded.
             unknownFor += 1
@@ -320,17 +255,16 @@ extension CoreWorker {
               await Clocks.current.sleep(for: .milliseconds(50))
               continue
             }
-            steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail:
+            owner { $0.actorWatchFailed(actor, detail:
               "the cluster has no record of it (its creator may have died before creating it)", unknown: true) }
           } else {
-            steps = state.withLock { $0.actorSubmitter.actorInfo(r.actor) }
+            owner { $0.actorInfo(r.actor) }
           }
         } catch {
-          if state.withLock({ $0.shutdown }) { return }
+          if state.withLock({ $0.shuttingDown }) { return }
           await Clocks.current.sleep(for: .milliseconds(200))
-          steps = state.withLock { $0.actorSubmitter.watchFailed(actor, detail: "\(error)", unknown: false) }
+          owner { $0.actorWatchFailed(actor, detail: "\(error)", unknown: false) }
         }
-        withActorSubmitter { s in s.actorOutbox += steps.map { .call($0) }; return [] }
         return
       }
     }

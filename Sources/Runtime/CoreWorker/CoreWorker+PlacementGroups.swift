@@ -44,7 +44,7 @@ extension CoreWorker {
   /// Returns once the head has this process's registration of `id` (at once when it
   /// was not made here or is done).
   func placementGroupRegistered(_ id: PlacementGroupID) async {
-    guard let done = state.withLock({ $0.groupRegistrations[id]?.done }) else { return }
+    guard let done = registrations.withLock({ $0.groups[id]?.done }) else { return }
     await done.wait()
   }
 
@@ -63,7 +63,7 @@ extension CoreWorker {
 
   /// Returns once every registration this process sent in the background has landed.
   func placementGroupsSettled() async {
-    let pending = state.withLock { s in s.groupRegistrations.values.map(\.done) }
+    let pending = registrations.withLock { r in r.groups.values.map(\.done) }
     for done in pending { await done.wait() }
   }
 
@@ -71,7 +71,7 @@ extension CoreWorker {
   /// group's id leaves this process (pickled), so no other process can meet a group the
   /// head does not know. At once when there is none in flight. Call with the GIL released.
   public func awaitPlacementGroupRegistered(_ id: PlacementGroupID) {
-    guard state.withLock({ $0.groupRegistrations[id] != nil }) else { return }
+    guard registrations.withLock({ $0.groups[id] != nil }) else { return }
     _ = try? blockingAwait(timeout: .seconds(30) + controlPatience) { [self] in await placementGroupRegistered(id) }
   }
 
@@ -97,16 +97,16 @@ extension CoreWorker {
   func afterGroupOps(_ id: PlacementGroupID, _ body: @escaping @Sendable () async -> Void) {
     // Chained under the lock (each op waits for the one before), started after it.
     let done = AsyncLatch()
-    let (op, before) = state.withLock { s in
-      let before = s.groupRegistrations[id]?.done
-      s.nextGroupOp += 1
-      s.groupRegistrations[id] = (s.nextGroupOp, done)
-      return (s.nextGroupOp, before)
+    let (op, before) = registrations.withLock { r in
+      let before = r.groups[id]?.done
+      r.nextGroupOp += 1
+      r.groups[id] = (r.nextGroupOp, done)
+      return (r.nextGroupOp, before)
     }
     Task { [self] in
       await before?.wait()
       await body()
-      state.withLock { s in if s.groupRegistrations[id]?.op == op { s.groupRegistrations[id] = nil } }
+      registrations.withLock { r in if r.groups[id]?.op == op { r.groups[id] = nil } }
       done.open()
     }
   }
@@ -159,17 +159,14 @@ extension CoreWorker {
   /// be placed on the nodes there are. Never blocks.
   public func placementGroupReady(_ id: PlacementGroupID, value: Swiftray_RayObject) -> ObjectID {
     let oid = nextPutID()
-    state.withLock { s in
-      s.refs.ownedObjectCreated(oid)
-      _ = s.refs.localRefAdded(oid)
-    }
+    state.withLock { $0.futureObjectCreated(oid) }
     let c = control
     let patience = controlPatience
     Task { [self] in
       await placementGroupRegistered(id)
       var warned = false, warnedWaiting = false
       var unknown = 0
-      while state.withLock({ !$0.shutdown && $0.refs.isInScope(oid) }) {
+      while state.withLock({ !$0.shuttingDown && $0.refs.isInScope(oid) }) {
         var req = Swiftray_WaitPlacementGroupRequest()
         req.placementGroupID = Data(id.binary)
         req.timeoutMs = 10_000

@@ -1,0 +1,71 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import RuntimeProto
+
+/// Queries of the head and of this node: the KV store, nodes, node stats, and the
+/// forwarding of worker output.
+///
+/// Threading: the synchronous ones block the caller (GIL released), bounded.
+extension CoreWorker {
+  /// How long a control call waits out an unreachable head (it may be restarting).
+  var controlPatience: Duration { .seconds(options.config.gcsRpcServerReconnectTimeoutS) }
+
+  /// One ControlService call from a synchronous caller (GIL released), bounded, its
+  /// failure mapped to the runtime's error naming the method and the endpoint. While
+  /// the head is unreachable it is tried again, for `controlPatience`.
+  func callControl<T: Sendable>(_ method: String, timeout: Duration = .seconds(30),
+                                _ body: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> T) throws -> T {
+    let c = control
+    let patience = controlPatience
+    return try blockingAwait(timeout: timeout + patience) {
+      do { return try await ControlPlane.whileUnavailable(patience: patience) { try await body(Swiftray_ControlService.Client(wrapping: c.client)) } }
+      catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
+    }
+  }
+
+  public func kvPut(namespace: String, key: Data, value: Data, overwrite: Bool) throws -> Bool {
+    var req = Swiftray_KVPutRequest()
+    req.namespace = namespace; req.key = key; req.value = value; req.overwrite = overwrite
+    return try callControl("KVPut") { [req] in try await $0.kvPut(req).added }
+  }
+
+  public func kvGet(namespace: String, key: Data) throws -> Data? {
+    var req = Swiftray_KVGetRequest()
+    req.namespace = namespace; req.key = key
+    return try callControl("KVGet") { [req] c in
+      let r = try await c.kvGet(req)
+      return r.found ? r.value : nil
+    }
+  }
+
+  public func allNodes() throws -> [Swiftray_NodeInfo] {
+    try callControl("GetAllNodes") { try await $0.getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
+  }
+
+  public func nodeStats() throws -> Swiftray_GetNodeStatsReply {
+    let nm = nodeManager
+    return try blockingAwait {
+      do { return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(Swiftray_GetNodeStatsRequest()) }
+      catch { throw ControlPlane.error(error, calling: "GetNodeStats", at: nm.endpoint) }
+    }
+  }
+
+  /// Prints worker output of this node with a `(pid=N)` prefix, as Ray does.
+  public func forwardWorkerLogs() {
+    let nm = nodeManager
+    let task = Task {
+      do {
+        try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
+          for try await batch in response.messages {
+            var text = ""
+            for line in batch.lines { text += "(pid=\(batch.pid)) \(line)\n" }
+            text.withUTF8 { buf in _ = write(batch.isErr ? 2 : 1, buf.baseAddress, buf.count) }
+          }
+        }
+      } catch {}
+    }
+    logForwarding.withLock { $0 = task }
+  }
+
+}

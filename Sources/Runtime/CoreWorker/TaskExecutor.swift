@@ -1,0 +1,147 @@
+import DequeModule
+import Dispatch
+import Foundation
+import Logging
+import RuntimeProto
+
+/// The executor side of a worker: tasks pushed to it wait here, bounded, for the
+/// language layer's thread that runs them; cancels reach a queued task or interrupt the
+/// running one. A push runs only under a lease this worker's node granted (`LeaseGate`).
+///
+/// Threading: `admit`/`cancel` from the data plane's event loops (never block);
+/// `next` blocks the language layer's task thread (GIL released); the rest from any
+/// thread. State behind its own lock, never held together with the owner's.
+final class TaskExecutor: Sendable {
+  struct State {
+    var queue: Deque<CoreWorker.Execution> = []
+    var running: TaskID?
+    /// The running task a cancel interrupts: the language layer's interrupt handler
+    /// acts only while this is still the task running (`takeInterrupt`).
+    var interruptTarget: TaskID?
+    /// The placement strategy of the task or actor running here (placement groups only).
+    var runningStrategy: SchedulingKey.Strategy?
+    var leaseGate: LeaseGate
+    /// Refused pushes are logged, but not one line each.
+    var refusalLog = LogThrottle()
+  }
+
+  let state: Locked<State>
+  let ready = DispatchSemaphore(value: 0)
+  let maxQueued: Int
+  let workerID: WorkerID
+  let log = Logger(label: "swiftray.executor")
+  /// Set by the language layer: interrupts the task running on the main thread.
+  let interruptRunningTask = Locked<(@Sendable () -> Void)?>(nil)
+
+  init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int) {
+    self.workerID = workerID
+    self.maxQueued = maxQueued
+    state = Locked(State(leaseGate: LeaseGate(grants: grants, worker: Data(workerID.binary))))
+  }
+
+  var running: TaskID? { state.withLock { $0.running } }
+  var runningStrategy: SchedulingKey.Strategy? { state.withLock { $0.runningStrategy } }
+
+  /// A pushed task: queued for the task thread, or refused (with the reason sent back).
+  func admit(_ req: Swiftray_PushTaskRequest, _ responder: DataPlaneResponder) {
+    // A task, or an actor's creation, runs only under a lease this worker's node
+    // granted to its owner (the ControlService, for a creation); actor calls need none.
+    let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
+    let owner = req.spec.hasActorCreation ? req.leaseOwner : req.spec.owner.workerID
+    let maxQueued = maxQueued
+    let now = Clocks.current.now()
+    let (verdict, held): (LeaseGate.Verdict, Int?) = state.withLock { s in
+      var verdict = LeaseGate.Verdict.admit
+      if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
+        verdict = .refuse(why)
+      } else if s.queue.count >= maxQueued {
+        // Bounded: callers pushing faster than this worker runs cannot grow its queue
+        // without end (an actor's callers, chiefly).
+        verdict = .refuse("it already has \(maxQueued) tasks queued (max_queued_tasks_per_worker); "
+          + "submit fewer at once, e.g. wait on some results before submitting more")
+      } else {
+        s.queue.append(CoreWorker.Execution(spec: req.spec, gpuIDs: req.gpuIds, responder: responder))
+        return (.admit, nil)
+      }
+      return (verdict, s.refusalLog.admit(now: now))
+    }
+    guard case .refuse(let why) = verdict else {
+      ready.signal()
+      return
+    }
+    if let held {
+      log.warning("worker/push-refused", metadata: ["task": "\(req.spec.name)", "why": "\(why)", "also_refused_since_last": "\(held)"])
+    }
+    responder.respond(.error(.with { $0.message = "task \(req.spec.name) refused by worker \(workerID.hex.prefix(12)): \(why)" }))
+  }
+
+  /// The next task, or nil after `timeoutNanos`. Blocks. It is the running task from
+  /// now until `finished`.
+  func next(timeoutNanos: UInt64) -> CoreWorker.Execution? {
+    LockDiscipline.mayBlock("waiting for the next task")
+    guard ready.wait(timeout: .now() + .nanoseconds(Int(min(timeoutNanos, UInt64(Int.max))))) == .success else { return nil }
+    return state.withLock { s in
+      guard let e = s.queue.popFirst() else { return nil }
+      s.running = TaskID(binary: e.spec.taskID)
+      s.interruptTarget = nil
+      // An actor's methods run in its constructor's placement group.
+      if e.spec.actorID.isEmpty || e.spec.hasActorCreation {
+        s.runningStrategy = e.spec.strategy.kind == .placementGroup
+          ? SchedulingKey(shape: ResourceSet(), proto: e.spec.strategy).strategy : nil
+      }
+      return e
+    }
+  }
+
+  func finished() { state.withLock { $0.running = nil } }
+
+  /// Called by the interrupt handler on the task thread: true (once per interrupt sent)
+  /// when a cancel aimed at the task running now asked for it.
+  func takeInterrupt() -> Bool {
+    state.withLock { s in
+      guard let t = s.interruptTarget, t == s.running else { return false }
+      s.interruptTarget = nil
+      return true
+    }
+  }
+
+  /// A cancel from the task's owner: a queued task is answered as cancelled at once,
+  /// the running one interrupted. True when either was found.
+  func cancel(_ tid: TaskID) -> Bool {
+    let binary = Data(tid.binary)
+    let (queued, running): (CoreWorker.Execution?, Bool) = state.withLock { s in
+      if let i = s.queue.firstIndex(where: { $0.spec.taskID == binary }) { return (s.queue.remove(at: i), false) }
+      return (nil, s.running == tid)
+    }
+    if let queued {
+      var r = Swiftray_PushTaskReply()
+      r.wasCancelled = true
+      queued.responder.respond(.pushTaskReply(r))
+      _ = ready.wait(timeout: .now())  // keep the semaphore count equal to the queue
+    } else if running {
+      interruptUntilStopped(tid)
+    }
+    return queued != nil || running
+  }
+
+  /// Interrupts the running task `tid`, and twice more, 200 ms apart, while it still
+  /// runs: a signal that lands just before the task enters a blocking call (between
+  /// Python's checks and, say, `time.sleep`) is otherwise only seen when that call ends.
+  /// (A task that catches the interrupt and goes on needs `force=True`, as in Ray.)
+  /// The interrupt is aimed: the target is recorded under the lock, and the handler
+  /// (on the task thread) checks it with `takeInterrupt`, so an interrupt that lands
+  /// after `tid` ended never reaches the task that runs next.
+  func interruptUntilStopped(_ tid: TaskID, tries: Int = 3) {
+    guard tries > 0, state.withLock({ s in
+      guard s.running == tid else { return false }
+      s.interruptTarget = tid
+      return true
+    }) else { return }
+    interruptRunningTask.withLock { $0 }?()
+    // The interrupt takes the GIL: off the timer's event loop, onto a thread that may wait.
+    Clocks.current.schedule(after: .milliseconds(200)) { [weak self] in
+      guard let executor = self else { return }
+      DispatchQueue.global().async { executor.interruptUntilStopped(tid, tries: tries - 1) }
+    }
+  }
+}

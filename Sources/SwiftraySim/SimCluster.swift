@@ -1,0 +1,437 @@
+import Foundation
+import Runtime
+import RuntimeProto
+
+/// A blocked `get`, as the real shell's `ObjectWaiter`: here only counted.
+final class SimReader: Sendable {
+  init(needed: Int) {}
+}
+
+typealias SimOwnerState = OwnerState<SimReader, Int>
+
+/// A whole cluster on virtual time, driven by one seed: nodes whose scheduling is the
+/// NodeManager's `LeaseQueue`, drivers whose every decision is `OwnerState`'s, workers
+/// that run fake tasks, and a network of channels with delays, reordering between
+/// connections, broken connections, worker and node deaths, slow nodes. The shells
+/// here only deliver messages and carry out effects, as CoreWorker and NodeManager do;
+/// the decisions are the runtime's own code.
+///
+/// Threading: single-threaded.
+final class SimCluster {
+  struct Settings {
+    var nodes = 50
+    var cpusPerNode = 2
+    var drivers = 2
+    var tasksPerDriver = 120
+    /// Faults happen only before this time; afterwards the cluster must settle.
+    var faultWindow: UInt64 = 3_000 * ms
+    var workerKills = 4
+    var nodeKills = 2
+    var connectionDrops = 3
+    var slowNodes = 3
+    /// How long the head takes to declare a silent node dead.
+    var healthTimeout: UInt64 = 400 * ms
+    var maxSteps = 2_000_000
+  }
+
+  static let ms: UInt64 = 1_000_000
+  var ms: UInt64 { Self.ms }
+
+  final class Node {
+    let index: Int
+    let id: NodeID
+    var alive = true
+    var queue: LeaseQueue
+    var requests: [UInt64: (owner: Int, requestID: UInt64)] = [:]
+    var nextRequest: UInt64 = 1
+    /// The node's object store: stored values by id.
+    var objects: [ObjectID: Data] = [:]
+    var slowness: UInt64 = 1
+    init(index: Int, id: NodeID, queue: LeaseQueue) { self.index = index; self.id = id; self.queue = queue }
+    var address: String { "node-\(index)" }
+  }
+
+  final class Worker {
+    let id: WorkerID
+    let node: Int
+    var alive = true
+    typealias Job = (owner: Int, tid: TaskID, spec: Swiftray_TaskSpec, leaseID: UInt64, conn: UInt64)
+    var current: Job?
+    var busy: Bool { current != nil }
+    var inbox: [Job] = []
+    init(id: WorkerID, node: Int) { self.id = id; self.node = node }
+  }
+
+  final class Driver {
+    let index: Int
+    var state: SimOwnerState
+    let address: Swiftray_Address
+    /// Refs the driver holds, and the value each must have unless it failed.
+    var held: [ObjectID: UInt64] = [:]
+    var heldOrder: [ObjectID] = []
+    var submitted = 0
+    init(index: Int, state: SimOwnerState, address: Swiftray_Address) {
+      self.index = index; self.state = state; self.address = address
+    }
+  }
+
+  let seed: UInt64
+  let settings: Settings
+  var rng: SimRandom
+  var time = VirtualTime()
+  var nodes: [Node] = []
+  var workers: [WorkerID: Worker] = [:]
+  var drivers: [Driver] = []
+  /// Where each driver's lease request went, and which node granted each lease.
+  var requestNode: [Int: [UInt64: Int]] = [:]
+  var leaseNode: [UInt64: Int] = [:]
+  /// Push connections broken by the network: replies on them are never delivered.
+  var brokenConnections: Set<UInt64> = []
+  var nextConnection: UInt64 = 1
+  var failures: [String] = []
+  var faultsInjected: [String: Int] = [:]
+  var warnings = 0
+  /// Stored returns of attempts whose reply never reached their owner (left behind).
+  var orphanedCopies = 0
+
+  init(seed: UInt64, settings: Settings) {
+    self.seed = seed
+    self.settings = settings
+    rng = SimRandom(seed: seed)
+    for i in 0..<settings.nodes {
+      let total = ResourceSet(units: ["CPU": Double(settings.cpusPerNode)])
+      let q = LeaseQueue(total: total, limits: .init(maxStartingWorkers: 2, maxWorkers: 8),
+                         firstLeaseID: (UInt64(i) + 1) << 32)
+      let n = Node(index: i, id: NodeID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(i)), queue: q)
+      nodes.append(n)
+    }
+    for d in 0..<settings.drivers {
+      var addr = Swiftray_Address()
+      addr.workerID = Data(WorkerID(a: rng.next(), b: rng.next(), c: 0, d: UInt32(d)).binary)
+      addr.nodeID = Data(nodes[0].id.binary)
+      addr.endpoint = "driver-\(d)"
+      let submitter = NormalTaskSubmitter(settings: .init(maxPendingLeaseRequests: 4, maxTasksInFlightPerWorker: 1,
+                                                          idleLingerNanos: 10 * Self.ms, infeasibleRetryNanos: 1000 * Self.ms),
+                                          firstRequestID: UInt64(d + 1) << 40)
+      let state = SimOwnerState(submitter: submitter, idGen: TaskIDGenerator(job: JobID(UInt32(d + 1)), prefix: rng.next()),
+                                selfAddress: addr, maxLineageBytes: 1 << 30)
+      drivers.append(Driver(index: d, state: state, address: addr))
+    }
+  }
+
+  func fail(_ why: String) {
+    if failures.count < 5 { failures.append("t=\(Double(time.now) / 1e6)ms: \(why)") }
+  }
+
+  func latency(_ node: Int) -> UInt64 { rng.between(50_000, 2 * ms) * nodes[node].slowness }
+
+  // MARK: - drivers: feeding OwnerState events and carrying out its effects
+
+  func driverEvent(_ d: Int, _ event: (inout SimOwnerState) -> SimOwnerState.Effects) {
+    let e = event(&drivers[d].state)
+    perform(d, e)
+  }
+
+  func perform(_ d: Int, _ e: SimOwnerState.Effects) {
+    if !e.fetches.isEmpty { fail("driver \(d) fetches \(e.fetches.count) objects, but owns every object there is") }
+    for step in e.leases { perform(d, step) }
+    for (id, o) in e.freeStored {
+      if drivers[d].state.refs.isInScope(id) { fail("object \(id.hex) freed while in scope") }
+      let node = nodes.first { Data($0.id.binary) == o.storeNode }
+      if let node { time.send(on: "d\(d)->n\(node.index)", delay: latency(node.index), "free \(id.task.counter)#\(id.hex.suffix(2)) on n\(node.index)") {
+        node.objects[id] = nil
+      } }
+    }
+    warnings += e.warnings.count
+    if let at = e.armTick { time.at(at + 1000, "tick d\(d)") { [self] in driverEvent(d) { $0.tick(now: time.now) } } }
+  }
+
+  func perform(_ d: Int, _ step: SimOwnerState.LeaseStep) {
+    switch step {
+    case .request(let requestID, let key, let preferred):
+      let target = pickNode(for: key.shape, preferred: preferred)
+      requestNode[d, default: [:]][requestID] = target
+      time.send(on: "d\(d)->n\(target)", delay: latency(target), "lease request \(requestID & 0xffff) d\(d)->n\(target)") { [self] in
+        leaseRequested(target, driver: d, requestID: requestID, shape: key.shape)
+      }
+    case .cancelRequest(let requestID):
+      guard let target = requestNode[d]?[requestID] else { return }
+      time.send(on: "d\(d)->n\(target)", delay: latency(target), "cancel request \(requestID & 0xffff)") { [self] in
+        let n = nodes[target]
+        guard n.alive, let local = n.requests.first(where: { $0.value == (d, requestID) })?.key else { return }
+        perform(node: target, n.queue.leaseRequestCanceled(local))
+      }
+    case .push(let tid, let spec, let lease, let worker, _, _):
+      guard let wid = WorkerID(binary: worker.workerID), let w = workers[wid] else { return fail("push to an unknown worker") }
+      let conn = nextConnection
+      nextConnection += 1
+      time.send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w.node), "push \(spec.name) to w\(wid.hex.prefix(6))") { [self] in
+        guard w.alive else { return connectionBroke(d, leaseID: lease.leaseID) }
+        w.inbox.append((d, tid, spec, lease.leaseID, conn))
+        runNext(w)
+      }
+    case .giveBack(let leaseID, let disconnect, _):
+      guard let target = leaseNode[leaseID] else { return fail("lease \(leaseID) given back, never granted") }
+      time.send(on: "d\(d)->n\(target)", delay: latency(target), "return lease \(leaseID & 0xffff) disconnect=\(disconnect)") { [self] in
+        guard nodes[target].alive else { return }
+        perform(node: target, nodes[target].queue.leaseReturned(leaseID, disconnect: disconnect))
+      }
+    case .lost(let tids, let lease, _, let nodeDeath):
+      let how = nodeDeath.map { "worker \(lease.worker.hex.prefix(8)) was on \($0)" }
+        ?? "worker \(lease.worker.hex.prefix(8)) was killed by the simulation"
+      time.after(latency(0), "worker failure cause for \(tids.count) tasks") { [self] in
+        driverEvent(d) { $0.tasksLostWithWorker(tids, how: how, now: time.now) }
+      }
+    }
+  }
+
+  /// The node a request goes to: where its arguments are, else a live node it fits
+  /// (as a spillback from the driver's node would pick), else the driver's node.
+  func pickNode(for shape: ResourceSet, preferred: Data?) -> Int {
+    if let p = preferred, let n = nodes.first(where: { Data($0.id.binary) == p && $0.alive }), n.queue.total.contains(shape) {
+      return n.index
+    }
+    let fits = nodes.filter { $0.alive && $0.queue.total.contains(shape) }
+    return fits.randomElement(using: &rng)?.index ?? 0
+  }
+
+  func connectionBroke(_ d: Int, leaseID: UInt64) {
+    time.after(rng.between(1 * ms, 5 * ms), "connection of lease \(leaseID & 0xffff) broke") { [self] in
+      driverEvent(d) { $0.workerLost(leaseID: leaseID, now: time.now) }
+    }
+  }
+
+  // MARK: - nodes: LeaseQueue events and actions
+
+  func leaseRequested(_ n: Int, driver d: Int, requestID: UInt64, shape: ResourceSet) {
+    let node = nodes[n]
+    guard node.alive else {
+      // Connection refused: the driver asks again.
+      return time.after(rng.between(1 * ms, 3 * ms), "lease request to dead n\(n) failed") { [self] in
+        driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
+      }
+    }
+    let local = node.nextRequest
+    node.nextRequest += 1
+    node.requests[local] = (d, requestID)
+    let owner = WorkerID(binary: drivers[d].address.workerID)!
+    perform(node: n, node.queue.leaseRequested(.init(id: local, shape: shape, owner: owner)))
+  }
+
+  /// Answers a queued request; a node other than the driver's is named (as after a
+  /// spillback), so the driver knows where its lease lives.
+  func reply(_ n: Int, _ local: UInt64, _ make: (inout Swiftray_RequestWorkerLeaseReply) -> Void) {
+    guard let (d, requestID) = nodes[n].requests.removeValue(forKey: local) else { return }
+    var r = Swiftray_RequestWorkerLeaseReply()
+    make(&r)
+    let reply = r
+    time.send(on: "n\(n)->d\(d)", delay: latency(n), "lease reply \(reply.status) n\(n)->d\(d)") { [self] in
+      driverEvent(d) { $0.leaseReplied(requestID, reply, node: n == 0 ? nil : nodes[n].address, now: time.now) }
+    }
+  }
+
+  func perform(node n: Int, _ actions: [LeaseQueue.Action]) {
+    let node = nodes[n]
+    for a in actions {
+      switch a {
+      case .grant(let local, let lease):
+        leaseNode[lease.id] = n
+        reply(n, local) { r in
+          r.status = .granted
+          r.leaseID = lease.id
+          r.worker.workerID = Data(lease.worker.binary)
+          r.worker.nodeID = Data(node.id.binary)
+          r.worker.endpoint = "w-\(lease.worker.hex.prefix(8))"
+        }
+      case .reject(let local, let detail):
+        reply(n, local) { $0.status = .infeasible; $0.detail = detail }
+      case .placementGroupUnavailable(let local, let removed, let detail):
+        reply(n, local) { $0.status = removed ? .placementGroupRemoved : .placementGroupPending; $0.detail = detail }
+      case .canceled(let local):
+        reply(n, local) { $0.status = .canceled }
+      case .workerStartFailed(let local, let detail):
+        reply(n, local) { $0.status = .workerStartFailed; $0.detail = detail }
+      case .startWorker:
+        let id = WorkerID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(n))
+        perform(node: n, node.queue.workerStarting(id))
+        time.after(rng.between(5 * ms, 30 * ms) * node.slowness, "worker \(id.hex.prefix(6)) starts on n\(n)") { [self] in
+          guard node.alive else { return }
+          workers[id] = Worker(id: id, node: n)
+          perform(node: n, node.queue.workerRegistered(id))
+        }
+      case .killWorker(let id):
+        if let w = workers[id] { killWorker(w, why: "killed by its node") }
+      }
+    }
+    checkResources(node)
+  }
+
+  /// Resources are never over-committed: what is free never goes below zero nor
+  /// above the node's total.
+  func checkResources(_ node: Node) {
+    for (k, v) in node.queue.available.quantities where v < 0 || v > node.queue.total[k] {
+      fail("node \(node.index) has \(v) of \(k) free (total \(node.queue.total[k]))")
+    }
+  }
+
+  // MARK: - workers: fake tasks
+
+  func runNext(_ w: Worker) {
+    guard w.alive, !w.busy, !w.inbox.isEmpty else { return }
+    let job = w.inbox.removeFirst()
+    w.current = job
+    let node = nodes[w.node]
+    time.after(rng.between(1 * ms, 20 * ms) * node.slowness, "w\(w.id.hex.prefix(6)) ran \(job.spec.name)") { [self] in
+      guard w.alive else { return }
+      w.current = nil
+      let reply = execute(job.spec, on: node)
+      if brokenConnections.contains(job.conn) {
+        // The reply cannot reach its owner: what the attempt stored stays behind.
+        orphanedCopies += reply.returns.filter { $0.object.storeSize > 0 }.count
+      } else {
+        time.send(on: "w\(w.id.hex.prefix(6))->d\(job.owner)", delay: latency(w.node), "reply \(job.spec.name)") { [self] in
+          guard !brokenConnections.contains(job.conn) else {
+            orphanedCopies += reply.returns.filter { $0.object.storeSize > 0 }.count
+            return
+          }
+          let lostNodes: Set<Data>? = {
+            var got: Set<Data>?
+            driverEvent(job.owner) { s in
+              let (lost, e) = s.taskReplied(job.tid, leaseID: job.leaseID, reply: reply, now: time.now)
+              got = lost
+              return e
+            }
+            return got
+          }()
+          if let lostNodes { awaitVerdict(job.owner, job.tid, nodes: lostNodes, deadline: time.now + settings.healthTimeout * 3) }
+        }
+      }
+      runNext(w)
+    }
+  }
+
+  /// The task's value: its number plus its arguments' values; an argument that is an
+  /// error is raised again (the returns carry it); a stored argument is read from its
+  /// node's store, and one that cannot be read is reported as lost.
+  func execute(_ spec: Swiftray_TaskSpec, on node: Node) -> Swiftray_PushTaskReply {
+    var reply = Swiftray_PushTaskReply()
+    var sum = UInt64(spec.name.split(separator: "-").last.flatMap { UInt64($0) } ?? 0)
+    var error: Swiftray_RayObject?
+    for a in spec.args {
+      guard case .value(let v)? = a.kind else { fail("task \(spec.name) was sent an unresolved ref argument"); continue }
+      if ErrorObject.code(fromMetadata: v.metadata) != nil { error = v; continue }
+      var data = v.data
+      if v.storeSize > 0 {
+        guard let id = ObjectID(binary: a.objectID),
+              let at = nodes.first(where: { Data($0.id.binary) == v.storeNode }), at.alive, let stored = at.objects[id]
+        else {
+          reply.lostArguments.append(a.objectID)
+          reply.lostDetail = "the node holding it did not answer"
+          continue
+        }
+        data = stored
+      }
+      if v.nestedRefs.isEmpty { sum &+= UInt64(String(decoding: data, as: UTF8.self)) ?? 0 }
+    }
+    if !reply.lostArguments.isEmpty { return reply }
+    let tid = TaskID(binary: spec.taskID)!
+    var ret = Swiftray_ReturnObject()
+    ret.objectID = Data(ObjectID.forReturn(of: tid, index: 0).binary)
+    if let error {
+      reply.isApplicationError = true
+      ret.object = error
+    } else if spec.name.hasPrefix("big") {
+      let id = ObjectID.forReturn(of: tid, index: 0)
+      node.objects[id] = Data(String(sum).utf8)
+      ret.object.storeSize = 1_000_000
+      ret.object.storeNode = Data(node.id.binary)
+      ret.object.storeAddress = "\(node.address):store"
+    } else {
+      ret.object.data = Data(String(sum).utf8)
+    }
+    reply.returns = [ret]
+    return reply
+  }
+
+  /// As the shell does for a task whose arguments could not be read: waits for the
+  /// cluster's verdict on their nodes (bounded), then tells the owner.
+  func awaitVerdict(_ d: Int, _ t: TaskID, nodes lost: Set<Data>, deadline: UInt64) {
+    time.after(50 * ms, "verdict check for \(t.hex.suffix(6))") { [self] in
+      if !drivers[d].state.declaredDead(lost) && time.now < deadline {
+        return awaitVerdict(d, t, nodes: lost, deadline: deadline)
+      }
+      driverEvent(d) { $0.argumentsVerdict(t, nodes: lost, detail: "the node holding it did not answer", now: time.now) }
+    }
+  }
+
+  // MARK: - faults
+
+  func killWorker(_ w: Worker, why: String) {
+    guard w.alive else { return }
+    w.alive = false
+    let inFlight = (w.current.map { [$0] } ?? []) + w.inbox
+    w.current = nil
+    w.inbox = []
+    // Each driver with a task on it sees that connection break (an idle lease's owner
+    // finds out with its next push).
+    var seen = Set<UInt64>()
+    for job in inFlight where !brokenConnections.contains(job.conn) && seen.insert(job.leaseID).inserted {
+      brokenConnections.insert(job.conn)
+      connectionBroke(job.owner, leaseID: job.leaseID)
+    }
+    if nodes[w.node].alive { perform(node: w.node, nodes[w.node].queue.workerExited(w.id)) }
+  }
+
+  func killNode(_ n: Int) {
+    let node = nodes[n]
+    guard node.alive else { return }
+    faultsInjected["node kill", default: 0] += 1
+    node.alive = false
+    for w in workers.values.sorted(by: { $0.id.hex < $1.id.hex }) where w.node == n { killWorker(w, why: "its node died") }
+    node.objects = [:]
+    for (_, r) in node.requests {
+      let (d, requestID) = r
+      time.after(rng.between(1 * ms, 5 * ms), "lease request on dead n\(n) broke") { [self] in
+        driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
+      }
+    }
+    node.requests = [:]
+    time.after(settings.healthTimeout, "head declares n\(n) dead") { [self] in
+      for d in drivers.indices {
+        driverEvent(d) { $0.nodeDied(Data(node.id.binary), nodeManagers: [node.address], why: "node \(n) died (simulated)",
+                                      here: (Data(nodes[0].id.binary), "node-0:store"), now: time.now) }
+      }
+    }
+  }
+
+  func injectFaults() {
+    let s = settings
+    let window = s.faultWindow
+    for _ in 0..<s.workerKills {
+      time.at(rng.between(0, window), "fault: kill a worker") { [self] in
+        let busy = workers.values.filter { $0.alive && $0.busy }.sorted { $0.id.hex < $1.id.hex }
+        guard let w = busy.randomElement(using: &rng) else { return }
+        faultsInjected["worker kill", default: 0] += 1
+        killWorker(w, why: "SIGKILL")
+      }
+    }
+    for _ in 0..<s.nodeKills {
+      time.at(rng.between(0, window), "fault: kill a node") { [self] in
+        let alive = nodes.dropFirst().filter(\.alive)
+        if let n = alive.randomElement(using: &rng) { killNode(n.index) }
+      }
+    }
+    for _ in 0..<s.connectionDrops {
+      time.at(rng.between(0, window), "fault: drop a push connection") { [self] in
+        let busy = workers.values.filter { $0.alive && $0.busy }.sorted { $0.id.hex < $1.id.hex }
+        guard let w = busy.randomElement(using: &rng), let job = w.current, !brokenConnections.contains(job.conn) else { return }
+        faultsInjected["connection drop", default: 0] += 1
+        brokenConnections.insert(job.conn)
+        connectionBroke(job.owner, leaseID: job.leaseID)
+      }
+    }
+    for _ in 0..<s.slowNodes {
+      if let n = nodes.randomElement(using: &rng) { n.slowness = rng.between(3, 10) }
+    }
+  }
+}

@@ -1,0 +1,299 @@
+import Foundation
+import Runtime
+import RuntimeProto
+import Testing
+
+/// A blocked reader, as the shell's `ObjectWaiter` is: here only its identity matters.
+private final class Reader: Sendable {
+  let needed: Int
+  init(needed: Int) { self.needed = needed }
+}
+private typealias Owner = OwnerState<Reader, String>
+
+private let ms: UInt64 = 1_000_000
+
+private func address(_ w: WorkerID, node: NodeID = NodeID(a: 1, b: 1, c: 1, d: 1)) -> Swiftray_Address {
+  var a = Swiftray_Address()
+  a.workerID = Data(w.binary)
+  a.nodeID = Data(node.binary)
+  a.endpoint = "unix:/tmp/\(w.hex.prefix(8)).sock"
+  return a
+}
+
+private let me = WorkerID.random()
+
+/// A task id of another process (a fresh generator each time).
+private func otherTask(job: UInt32) -> TaskID {
+  var g = TaskIDGenerator(job: JobID(job))
+  return g.next()
+}
+private func makeOwner() -> Owner {
+  Owner(submitter: NormalTaskSubmitter(settings: .init(maxPendingLeaseRequests: 10, maxTasksInFlightPerWorker: 1,
+                                                      idleLingerNanos: 10 * ms, infeasibleRetryNanos: 1000 * ms)),
+        idGen: TaskIDGenerator(job: JobID(1)), selfAddress: address(me))
+}
+
+private func taskSpec(_ name: String = "f", returns: Int32 = 1, maxRetries: Int32 = 3) -> Swiftray_TaskSpec {
+  var s = Swiftray_TaskSpec()
+  s.name = name
+  s.numReturns = returns
+  s.maxRetries = maxRetries
+  return s
+}
+
+private func errorCode(_ o: Swiftray_RayObject?) -> SwiftrayError.Code? {
+  o.flatMap { ErrorObject.code(fromMetadata: $0.metadata) }
+}
+
+private func requests(_ e: Owner.Effects) -> [UInt64] {
+  e.leases.compactMap { if case .request(let r, _, _) = $0 { return r } else { return nil } }
+}
+private func pushes(_ e: Owner.Effects) -> [(TaskID, Swiftray_TaskSpec, Swiftray_Address)] {
+  e.leases.compactMap { if case .push(let t, let s, _, let w, _, _) = $0 { return (t, s, w) } else { return nil } }
+}
+
+private func granted(_ lease: UInt64, worker: WorkerID) -> Swiftray_RequestWorkerLeaseReply {
+  var r = Swiftray_RequestWorkerLeaseReply()
+  r.status = .granted
+  r.leaseID = lease
+  r.worker = address(worker)
+  r.leaseGrant = Data([7, 7])
+  return r
+}
+
+private func reply(_ tid: TaskID, value: String, stored: UInt64 = 0, on node: Data = Data()) -> Swiftray_PushTaskReply {
+  var r = Swiftray_PushTaskReply()
+  var ret = Swiftray_ReturnObject()
+  ret.objectID = Data(ObjectID.forReturn(of: tid, index: 0).binary)
+  ret.object.data = Data(value.utf8)
+  ret.object.storeSize = stored
+  ret.object.storeNode = node
+  r.returns = [ret]
+  return r
+}
+
+/// Submits `spec` with `args`, grants the lease it asks for to `worker`, and returns the
+/// task, its return, the lease and the push the owner decided.
+private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpec(), args: [TaskArgument] = [],
+                           lease: UInt64, worker: WorkerID, now: UInt64 = 0) throws -> (TaskID, ObjectID, Owner.Effects) {
+  let (tid, returns, e) = try o.taskSubmitted(spec, args: args, kind: .normal, parent: nil, now: now).get()
+  let r = try #require(requests(e).first)
+  let pushed = o.leaseReplied(r, granted(lease, worker: worker), node: nil, now: now)
+  return (tid, returns[0], pushed)
+}
+
+@Suite struct OwnerStateTests {
+  @Test func aTaskIsLeasedPushedAndItsReplyWakesItsReaderAndTheIdleLeaseGoesBack() throws {
+    var o = makeOwner()
+    let worker = WorkerID.random()
+    let (tid, ret, e) = try submitAndPush(&o, lease: 5, worker: worker)
+    let push = try #require(pushes(e).first)
+    #expect(push.0 == tid && push.2.workerID == Data(worker.binary))
+    #expect(push.1.owner.workerID == Data(me.binary), "the spec names its owner")
+    guard case .push(_, _, _, _, _, let grant)? = e.leases.first else { Issue.record("no push"); return }
+    #expect(grant == Data([7, 7]), "the node's grant goes with the push")
+
+    let (reader, waiting) = o.waitStarted([ret], needed: 1, makeWaiter: Reader.init(needed:))
+    #expect(reader?.needed == 1 && waiting.fetches.isEmpty)
+    let (lost, done) = o.taskReplied(tid, leaseID: 5, reply: reply(tid, value: "42"), now: 1 * ms)
+    #expect(lost == nil)
+    #expect(done.wake.count == 1 && done.wake.first === reader)
+    #expect(o.store[ret]?.data == Data("42".utf8))
+    let tickAt = try #require(done.armTick, "an idle lease arms the owner's timer")
+    let back = o.tick(now: tickAt + 1)
+    guard case .giveBack(5, false, nil)? = back.leases.first else { Issue.record("lease kept: \(back.leases)"); return }
+  }
+
+  @Test func whenTheLastReferenceGoesNoStateIsLeftBehind() throws {
+    var o = makeOwner()
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    _ = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "x", stored: 100, on: Data([9])), now: 0)
+    let freed = o.localRefRemoved(ret, now: 0)
+    #expect(freed.freeStored.map(\.0) == [ret], "the stored copy is freed where it lives")
+    let s = o.stats
+    #expect(s.objects == 0 && s.references == 0 && s.tasks == 0 && s.pendingTasks == 0)
+  }
+
+  @Test func aFreedObjectReadsAsFreedAndALateReplyDoesNotBringItBack() throws {
+    var o = makeOwner()
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    _ = o.localRefRemoved(ret, now: 0)  // dropped while its task runs: the task is still pending
+    let (late, _) = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "big", stored: 1 << 20, on: Data([9])), now: 0)
+    #expect(late == nil)
+    #expect(o.store[ret] == nil, "out of scope when its value came: never stored")
+    let (reader, _) = o.waitStarted([ret], needed: 1, makeWaiter: Reader.init(needed:))
+    #expect(reader == nil)
+    #expect(errorCode(o.store[ret]) == .objectFreed)
+
+    // A second reply for a finished task is dropped too, and its stored copy freed.
+    let again = o.objectsArrived([(ObjectID.forReturn(of: tid, index: 1), reply(tid, value: "y", stored: 8, on: Data([9])).returns[0].object)], now: 0)
+    #expect(again.freeStored.count == 1 && again.wake.isEmpty)
+  }
+
+  @Test func aValueHoldsTheRefsInsideItAndFreesThemWithIt() throws {
+    var o = makeOwner()
+    let inner = o.nextPutID(running: nil)
+    _ = o.objectPut(Swiftray_RayObject.with { $0.data = Data("inner".utf8); $0.storeSize = 64; $0.storeNode = Data([1]) }, id: inner)
+    let outer = o.nextPutID(running: nil)
+    _ = o.objectPut(Swiftray_RayObject.with {
+      $0.data = Data("outer".utf8)
+      $0.nestedRefs = [.with { $0.objectID = Data(inner.binary) }]
+    }, id: outer)
+    let kept = o.localRefRemoved(inner, now: 0)
+    #expect(kept.freeStored.isEmpty, "still held by the value that contains it")
+    let cascade = o.localRefRemoved(outer, now: 0)
+    #expect(cascade.freeStored.map(\.0) == [inner], "freeing the outer value frees what it contained")
+    #expect(o.stats.objects == 0 && o.stats.references == 0)
+  }
+
+  @Test func aBorrowedRefInsideAReturnIsGivenBackToItsOwnerWhenTheReturnGoes() throws {
+    var o = makeOwner()
+    let remoteOwner = address(.random(), node: .random())
+    let borrowed = ObjectID.forPut(by: otherTask(job: 2), index: 1)
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    // The worker registered this process at the ref's owner before replying.
+    var r = reply(tid, value: "holder")
+    r.returns[0].object.nestedRefs = [.with { $0.objectID = Data(borrowed.binary); $0.owner = remoteOwner }]
+    let (_, arrived) = o.taskReplied(tid, leaseID: 1, reply: r, now: 0)
+    #expect(arrived.borrowerChanges.isEmpty)
+    #expect(o.ownerAddress(borrowed) == remoteOwner)
+    let gone = o.localRefRemoved(ret, now: 0)
+    #expect(gone.borrowerChanges == [.init(owner: remoteOwner, object: borrowed, borrower: me, added: false, count: 1)])
+    #expect(o.owners[borrowed] == nil && o.stats.references == 0, "nothing is kept of a borrowed ref no one holds")
+  }
+
+  @Test func aReaderOfABorrowedRefAsksItsOwnerOnceAndIsWokenByTheAnswer() {
+    var o = makeOwner()
+    let theirs = ObjectID.forPut(by: otherTask(job: 2), index: 1)
+    _ = o.localRefAdded(theirs, owner: address(.random(), node: .random()), now: 0)
+    let (first, asked) = o.waitStarted([theirs], needed: 1, makeWaiter: Reader.init(needed:))
+    #expect(asked.fetches == [theirs])
+    let (_, again) = o.waitStarted([theirs], needed: 1, makeWaiter: Reader.init(needed:))
+    #expect(again.fetches.isEmpty, "one fetch in flight per object")
+    let answered = o.fetchEnded(theirs, Swiftray_RayObject.with { $0.data = Data("v".utf8) }, now: 0)
+    #expect(answered.wake.count == 2 && answered.wake.contains { $0 === first })
+    let enough = o.waitEnded([theirs], needed: 1, waiter: first!)
+    #expect(enough, "a reader that timed out as the value came still gets it")
+  }
+
+  @Test func aRemoteReaderWaitsForAValueBeingComputedAndIsAnsweredWhenItComes() throws {
+    var o = makeOwner()
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    guard case .queued = o.remoteGet(ret, from: "borrower-1") else { Issue.record("not queued"); return }
+    guard case .notFound = o.remoteGet(ObjectID.forReturn(of: otherTask(job: 3), index: 0), from: "x")
+    else { Issue.record("an unknown object was queued"); return }
+    let (_, e) = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "v"), now: 0)
+    #expect(e.replies.map(\.to) == ["borrower-1"])
+  }
+
+  @Test func aTaskWaitsForItsArgumentAndRunsWithItInlined() throws {
+    var o = makeOwner()
+    let (producer, arg, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    let (consumer, _, waiting) = try o.taskSubmitted(taskSpec("g"), args: [TaskArgument(.ref(arg, owner: nil))], kind: .normal,
+                                                     parent: nil, now: 0).get()
+    #expect(requests(waiting).isEmpty, "no lease before its argument exists")
+    let (_, done) = o.taskReplied(producer, leaseID: 1, reply: reply(producer, value: "arg"), now: 0)
+    // The producer's idle lease serves the consumer at once.
+    let push = try #require(pushes(done).first { $0.0 == consumer })
+    #expect(push.1.args.first?.value.data == Data("arg".utf8))
+    #expect(push.1.args.first?.objectID == Data(arg.binary))
+  }
+
+  @Test func cancellingATaskThatWaitsForArgumentsFailsItsReturnsAtOnce() throws {
+    var o = makeOwner()
+    let (_, arg, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    let (_, returns, _) = try o.taskSubmitted(taskSpec("g"), args: [TaskArgument(.ref(arg, owner: nil))], kind: .normal,
+                                               parent: nil, now: 0).get()
+    let (step, _) = o.cancelRequested(returns[0].task, now: 0)
+    #expect(step == .done)
+    #expect(errorCode(o.store[returns[0]]) == .taskCancelled)
+    let twice = o.cancelRequested(returns[0].task, now: 0).0
+    #expect(twice == .finished)
+    // The running producer is at its worker: cancel asks it, and may kill it.
+    let atWorker = o.cancelRequested(arg.task, now: 0).0
+    guard case .remote(_, _, true) = atWorker else { Issue.record("not remote: \(atWorker)"); return }
+  }
+
+  @Test func aWorkerDeathIsRetriedWithAWarningThenFailsWithHowTheWorkerWent() throws {
+    var o = makeOwner()
+    let (tid, ret, _) = try submitAndPush(&o, taskSpec(maxRetries: 1), lease: 1, worker: .random())
+    let lost = o.workerLost(leaseID: 1, now: 0)
+    guard case .lost([tid], _, nil, nil)? = lost.leases.first(where: { if case .lost = $0 { true } else { false } })
+    else { Issue.record("no lost tasks: \(lost.leases)"); return }
+    let retried = o.tasksLostWithWorker([tid], how: "exited with SIGKILL", now: 0)
+    #expect(retried.warnings.count == 1 && retried.warnings[0].contains("Retrying it (retry 1 of 1"))
+    #expect(requests(retried).count == 1)
+    let failed = o.tasksLostWithWorker([tid], how: "exited with SIGKILL", now: 0)
+    #expect(failed.warnings.isEmpty)
+    #expect(errorCode(o.store[ret]) == .workerCrashed)
+    let message = String(decoding: o.store[ret]?.data ?? Data(), as: UTF8.self)
+    #expect(message.contains("SIGKILL"))
+  }
+
+  @Test func aNodeDeathRebuildsTaskReturnsAndReportsLostPuts() throws {
+    var o = makeOwner()
+    let dead = Data(NodeID.random().binary)
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    _ = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "", stored: 4096, on: dead), now: 0)
+    let put = o.nextPutID(running: nil)
+    _ = o.objectPut(Swiftray_RayObject.with { $0.storeSize = 64; $0.storeNode = dead; $0.storeAddress = "x:1" }, id: put)
+    let e = o.nodeDied(dead, nodeManagers: ["10.0.0.9:1234"], why: "node d died", here: (Data([1]), "me:1"), now: 5 * ms)
+    #expect(o.store[ret] == nil, "pending again while it is rebuilt")
+    #expect(o.tasks.isPending(tid))
+    #expect(!e.leases.isEmpty, "the task runs again (its idle lease or a new one)")
+    #expect(errorCode(o.store[put]) == .objectLost)
+    #expect(o.declaredDead([dead]))
+    let (reader, _) = o.waitStarted([ret], needed: 1, makeWaiter: Reader.init(needed:))
+    #expect(reader != nil, "a reader waits through the rebuild")
+  }
+
+  @Test func aTaskWhoseArgumentsCouldNotBeReadWaitsForTheVerdictOnTheirNode() throws {
+    var o = makeOwner()
+    let far = Data(NodeID.random().binary)
+    let (p, arg, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    let (_, returns, _) = try o.taskSubmitted(taskSpec("g"), args: [TaskArgument(.ref(arg, owner: nil))], kind: .normal,
+                                               parent: nil, now: 0).get()
+    let done = o.taskReplied(p, leaseID: 1, reply: reply(p, value: "", stored: 10, on: far), now: 0).1
+    let consumer = returns[0].task
+    #expect(pushes(done).contains { $0.0 == consumer })
+    var couldNotRead = Swiftray_PushTaskReply()
+    couldNotRead.lostArguments = [Data(arg.binary)]
+    let (nodes, _) = o.taskReplied(consumer, leaseID: 1, reply: couldNotRead, now: 0)
+    #expect(nodes == [far])
+    // No verdict: the task fails with why.
+    _ = o.argumentsVerdict(consumer, nodes: [far], detail: "connection refused", now: 0)
+    #expect(errorCode(o.store[returns[0]]) == .objectLost)
+  }
+
+  @Test func aCallToAnActorPastItsMaxPendingCallsIsRefusedAndNothingIsRegistered() throws {
+    var o = makeOwner()
+    let actor = otherTask(job: 5)
+    _ = o.actorHandleAdded(actor, maxPendingCalls: 1)
+    var call = taskSpec("A.f")
+    call.actorID = Data(actor.binary)
+    _ = try o.taskSubmitted(call, args: [], kind: .actorCall(actor, maxTaskRetries: 0), parent: nil, now: 0).get()
+    let before = o.stats
+    guard case .failure(let e) = o.taskSubmitted(call, args: [], kind: .actorCall(actor, maxTaskRetries: 0), parent: nil, now: 0)
+    else { Issue.record("admitted past max_pending_calls"); return }
+    #expect(e.message.contains("max_pending_calls"))
+    #expect(o.stats.references == before.references && o.stats.tasks == before.tasks)
+  }
+
+  @Test func anInfeasibleShapeWarnsOnceAndAFailedWorkerStartFailsTheQueuedTasks() throws {
+    var o = makeOwner()
+    let (_, returns, e) = try o.taskSubmitted(taskSpec(), args: [], kind: .normal, parent: nil, now: 0).get()
+    let r = try #require(requests(e).first)
+    var infeasible = Swiftray_RequestWorkerLeaseReply()
+    infeasible.status = .infeasible
+    infeasible.detail = "no node has 64 GPUs"
+    let warned = o.leaseReplied(r, infeasible, node: nil, now: 0)
+    #expect(warned.warnings.count == 1 && warned.warnings[0].contains("no node has 64 GPUs"))
+    let retry = o.tick(now: 2000 * ms)
+    let again = try #require(requests(retry).first)
+    var failed = Swiftray_RequestWorkerLeaseReply()
+    failed.status = .workerStartFailed
+    failed.detail = "python exited 1"
+    _ = o.leaseReplied(again, failed, node: nil, now: 2000 * ms)
+    #expect(errorCode(o.store[returns[0]]) != nil)
+  }
+}
