@@ -22,4 +22,6 @@ python3 benchmarks/core_figures.py --json benchmarks/results/core_figures.json
 python3 benchmarks/multinode.py --json benchmarks/results/multinode.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
 python3 benchmarks/recovery.py --health-check-period-ms 1000 --failure-threshold 3
 python3 benchmarks/recovery.py --health-check-period-ms 3000 --failure-threshold 5
+./scripts/simulate.sh --scale --scale-tasks 100000 --scale-nodes 100 --json benchmarks/results/scale-small.json
+./scripts/simulate.sh --scale --json benchmarks/results/scale.json
 python3 benchmarks/update_readme.py

@@ -97,6 +97,29 @@ def render():
         for r in rec.values():
             out.append(f"| every {r['health_check_period_ms']} ms, {r['failure_threshold']} failures | {r['kill_to_verdict_s']:.2f} | "
                        f"{r['kill_to_rebuilt_s']:.2f} | {r['head_start_s']:.2f} | {r['restart_to_actor_result_s']:.2f} |")
+    sc, small = load("scale.json"), load("scale-small.json")
+    if sc and small:
+        f, g = sc["figures"], small["figures"]
+        n, t, n0, t0 = sc["nodes"], sc["tasks"], small["nodes"], small["tasks"]
+        rows = [
+            ("an owner's submissions, all queued for leases", "owner_submits_per_s", "{:,.0f} /s", "flat: no per-task cost grows with the queue"),
+            ("memory per pending task at the owner", "owner_bytes_per_pending_task", "{:,.0f} B", "linear in pending tasks"),
+            ("cancelling one queued task", "owner_cancel_us_at_depth", "{:,.1f} µs", "linear in the tasks queued (a scan)"),
+            ("memory per object reference (16-byte values)", "owner_bytes_per_reference", "{:,.0f} B", "linear in references"),
+            ("puts of owned values", "owner_puts_per_s", "{:,.0f} /s", "flat"),
+            ("frees of owned values", "owner_frees_per_s", "{:,.0f} /s", "flat"),
+            ("a node's lease decisions (request, grant, return)", "node_lease_decisions_per_s", "{:,.0f} /s", "flat"),
+            ("picking a node for a request", "cluster_picks_per_s", "{:,.0f} /s", "1 / nodes (a scan of the view)"),
+            ("the head's work per node report", "head_report_us", "{:,.2f} µs", "flat"),
+            ("building the view a node takes back each period", "head_view_us", "{:,.0f} µs", "linear in nodes, so nodes² per period at the head"),
+            ("size of that view", "head_view_bytes", "{:,.0f} B", "linear in nodes"),
+        ]
+        out += ["", "#### The control plane at scale (`./scripts/simulate.sh --scale`)", "",
+                "Measured on the runtime's own state machines in one process, at sizes this machine cannot hold as processes "
+                f"(`--scale-tasks {t0} --scale-nodes {n0}`, then the defaults).", "",
+                f"| figure | {t0:,} tasks, {n0:,} nodes | {t:,} tasks, {n:,} nodes | grows with |", "|---|---:|---:|---|"]
+        for label, key, form, grows in rows:
+            out.append(f"| {label} | {form.format(g[key])} | {form.format(f[key])} | {grows} |")
     return "\n".join(out)
 
 

@@ -42,12 +42,21 @@ final class SimCluster {
     let id: NodeID
     var alive = true
     var queue: LeaseQueue
-    var requests: [UInt64: (owner: Int, requestID: UInt64)] = [:]
+    var requests: [UInt64: (owner: Int, requestID: UInt64, key: SchedulingKey)] = [:]
     var nextRequest: UInt64 = 1
     /// The node's object store: stored values by id.
     var objects: [ObjectID: Data] = [:]
     var slowness: UInt64 = 1
-    init(index: Int, id: NodeID, queue: LeaseQueue) { self.index = index; self.id = id; self.queue = queue }
+    /// The cluster as the head last reported it, for routing (the NodeManager's).
+    var view: ClusterView<SimRandom>
+    /// Declared dead by the head (after `healthTimeout`).
+    var declaredDead = false
+    /// What it last reported free (what the head still believes of a dead node).
+    var lastReported = ResourceSet()
+    init(index: Int, id: NodeID, queue: LeaseQueue, rng: SimRandom) {
+      self.index = index; self.id = id; self.queue = queue
+      view = ClusterView(rng: rng)
+    }
     var address: String { "node-\(index)" }
   }
 
@@ -90,7 +99,8 @@ final class SimCluster {
   var nextConnection: UInt64 = 1
   var failures: [String] = []
   var faultsInjected: [String: Int] = [:]
-  var warnings = 0
+  /// What happened, counted: spillbacks, grants, tasks run, retries warned of.
+  var activity: [String: Int] = [:]
   /// Stored returns of attempts whose reply never reached their owner (left behind).
   var orphanedCopies = 0
 
@@ -102,7 +112,8 @@ final class SimCluster {
       let total = ResourceSet(units: ["CPU": Double(settings.cpusPerNode)])
       let q = LeaseQueue(total: total, limits: .init(maxStartingWorkers: 2, maxWorkers: 8),
                          firstLeaseID: (UInt64(i) + 1) << 32)
-      let n = Node(index: i, id: NodeID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(i)), queue: q)
+      let n = Node(index: i, id: NodeID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(i)), queue: q,
+                   rng: SimRandom(seed: rng.next()))
       nodes.append(n)
     }
     for d in 0..<settings.drivers {
@@ -142,23 +153,20 @@ final class SimCluster {
         node.objects[id] = nil
       } }
     }
-    warnings += e.warnings.count
+    activity["warning", default: 0] += e.warnings.count
     if let at = e.armTick { time.at(at + 1000, "tick d\(d)") { [self] in driverEvent(d) { $0.tick(now: time.now) } } }
   }
 
   func perform(_ d: Int, _ step: SimOwnerState.LeaseStep) {
     switch step {
     case .request(let requestID, let key, let preferred):
-      let target = pickNode(for: key.shape, preferred: preferred)
-      requestNode[d, default: [:]][requestID] = target
-      time.send(on: "d\(d)->n\(target)", delay: latency(target), "lease request \(requestID & 0xffff) d\(d)->n\(target)") { [self] in
-        leaseRequested(target, driver: d, requestID: requestID, shape: key.shape)
-      }
+      // To the driver's own node, which routes it (as NodeManager.requestWorkerLease).
+      sendRequest(d, requestID, key, preferred: preferred, to: 0, routed: true, hops: 0)
     case .cancelRequest(let requestID):
       guard let target = requestNode[d]?[requestID] else { return }
       time.send(on: "d\(d)->n\(target)", delay: latency(target), "cancel request \(requestID & 0xffff)") { [self] in
         let n = nodes[target]
-        guard n.alive, let local = n.requests.first(where: { $0.value == (d, requestID) })?.key else { return }
+        guard n.alive, let local = n.requests.first(where: { $0.value.owner == d && $0.value.requestID == requestID })?.key else { return }
         perform(node: target, n.queue.leaseRequestCanceled(local))
       }
     case .push(let tid, let spec, let lease, let worker, _, _):
@@ -185,14 +193,13 @@ final class SimCluster {
     }
   }
 
-  /// The node a request goes to: where its arguments are, else a live node it fits
-  /// (as a spillback from the driver's node would pick), else the driver's node.
-  func pickNode(for shape: ResourceSet, preferred: Data?) -> Int {
-    if let p = preferred, let n = nodes.first(where: { Data($0.id.binary) == p && $0.alive }), n.queue.total.contains(shape) {
-      return n.index
+  /// A lease request from driver `d` to node `n`; `routed`: the node decides where it
+  /// goes (else it was spilled back here and must queue or be rejected).
+  func sendRequest(_ d: Int, _ requestID: UInt64, _ key: SchedulingKey, preferred: Data?, to n: Int, routed: Bool, hops: Int) {
+    requestNode[d, default: [:]][requestID] = n
+    time.send(on: "d\(d)->n\(n)", delay: latency(n), "lease request \(requestID & 0xffff) d\(d)->n\(n)\(routed ? "" : " (spilled)")") { [self] in
+      leaseRequested(n, driver: d, requestID: requestID, key: key, preferred: preferred, routed: routed, hops: hops)
     }
-    let fits = nodes.filter { $0.alive && $0.queue.total.contains(shape) }
-    return fits.randomElement(using: &rng)?.index ?? 0
   }
 
   func connectionBroke(_ d: Int, leaseID: UInt64) {
@@ -203,7 +210,7 @@ final class SimCluster {
 
   // MARK: - nodes: LeaseQueue events and actions
 
-  func leaseRequested(_ n: Int, driver d: Int, requestID: UInt64, shape: ResourceSet) {
+  func leaseRequested(_ n: Int, driver d: Int, requestID: UInt64, key: SchedulingKey, preferred: Data?, routed: Bool, hops: Int) {
     let node = nodes[n]
     guard node.alive else {
       // Connection refused: the driver asks again.
@@ -211,17 +218,73 @@ final class SimCluster {
         driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
       }
     }
+    if routed {
+      let me = NodePicker.NodeView(id: Data(node.id.binary), address: node.address, total: node.queue.total,
+                                   available: node.queue.uncommitted, alive: true, startTimeMs: 0)
+      switch node.view.route(key, needs: key.shape, me: me, preferred: preferred) {
+      case .local: break
+      case .spillback(let address):
+        guard let target = nodes.first(where: { $0.address == address }) else { return fail("spillback to unknown \(address)") }
+        return spilledBack(d, requestID, key, from: n, to: target.index, hops: hops)
+      case .reject(let detail):
+        var r = Swiftray_RequestWorkerLeaseReply()
+        r.status = .infeasible
+        r.detail = detail
+        let reply = r
+        return time.send(on: "n\(n)->d\(d)", delay: latency(n), "lease request rejected by n\(n)") { [self] in
+          driverEvent(d) { $0.leaseReplied(requestID, reply, node: nil, now: time.now) }
+        }
+      }
+    }
     let local = node.nextRequest
     node.nextRequest += 1
-    node.requests[local] = (d, requestID)
+    node.requests[local] = (d, requestID, key)
     let owner = WorkerID(binary: drivers[d].address.workerID)!
-    perform(node: n, node.queue.leaseRequested(.init(id: local, shape: shape, owner: owner)))
+    let movable = key.strategy == .default || key.strategy == .spread
+    perform(node: n, node.queue.leaseRequested(.init(id: local, shape: key.shape, owner: owner, movable: movable)))
+  }
+
+  /// A spillback answer reaches the driver, which follows it (up to `maxLeaseHops`,
+  /// then asks its own node again), as CoreWorker.requestLease does.
+  func spilledBack(_ d: Int, _ requestID: UInt64, _ key: SchedulingKey, from n: Int, to target: Int, hops: Int) {
+    activity["spillback", default: 0] += 1
+    time.send(on: "n\(n)->d\(d)", delay: latency(n), "spillback n\(n)->n\(target) for d\(d)") { [self] in
+      if hops < 3 {
+        sendRequest(d, requestID, key, preferred: nil, to: target, routed: false, hops: hops + 1)
+      } else {
+        sendRequest(d, requestID, key, preferred: nil, to: 0, routed: true, hops: 0)
+      }
+    }
+  }
+
+  /// Every report period: each node reports to the head and takes back its view of all
+  /// nodes; queued requests move to nodes that freed up first.
+  func reportCycle() {
+    let view = nodes.map { n in
+      NodePicker.NodeView(id: Data(n.id.binary), address: n.address, total: n.queue.total,
+                          available: n.alive ? n.queue.available : n.lastReported, alive: !n.declaredDead, startTimeMs: 0)
+    }
+    for n in nodes where n.alive {
+      n.lastReported = n.queue.available
+      n.view.refreshed(view)
+      let queued = n.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
+      for m in n.view.spill(queued, free: n.queue.available, me: Data(n.id.binary)) {
+        guard n.queue.leaseRequestMoved(m.requestID), let (d, requestID, key) = n.requests.removeValue(forKey: m.requestID),
+              let target = nodes.first(where: { $0.address == m.address }) else { continue }
+        spilledBack(d, requestID, key, from: n.index, to: target.index, hops: 0)
+      }
+    }
+    // Until the work is done (bounded: a run that never finishes is reported as a hang).
+    if time.now < settings.faultWindow * 2
+      || (time.now < settings.faultWindow * 20 && drivers.contains(where: { $0.state.tasks.numPending > 0 })) {
+      time.after(100 * ms, "report cycle") { [self] in reportCycle() }
+    }
   }
 
   /// Answers a queued request; a node other than the driver's is named (as after a
   /// spillback), so the driver knows where its lease lives.
   func reply(_ n: Int, _ local: UInt64, _ make: (inout Swiftray_RequestWorkerLeaseReply) -> Void) {
-    guard let (d, requestID) = nodes[n].requests.removeValue(forKey: local) else { return }
+    guard let (d, requestID, _) = nodes[n].requests.removeValue(forKey: local) else { return }
     var r = Swiftray_RequestWorkerLeaseReply()
     make(&r)
     let reply = r
@@ -235,6 +298,7 @@ final class SimCluster {
     for a in actions {
       switch a {
       case .grant(let local, let lease):
+        activity["lease grant", default: 0] += 1
         leaseNode[lease.id] = n
         reply(n, local) { r in
           r.status = .granted
@@ -284,6 +348,7 @@ final class SimCluster {
     time.after(rng.between(1 * ms, 20 * ms) * node.slowness, "w\(w.id.hex.prefix(6)) ran \(job.spec.name)") { [self] in
       guard w.alive else { return }
       w.current = nil
+      activity["task run", default: 0] += 1
       let reply = execute(job.spec, on: node)
       if brokenConnections.contains(job.conn) {
         // The reply cannot reach its owner: what the attempt stored stays behind.
@@ -389,14 +454,15 @@ final class SimCluster {
     node.alive = false
     for w in workers.values.sorted(by: { $0.id.hex < $1.id.hex }) where w.node == n { killWorker(w, why: "its node died") }
     node.objects = [:]
-    for (_, r) in node.requests {
-      let (d, requestID) = r
+    for (_, r) in node.requests.sorted(by: { $0.key < $1.key }) {
+      let (d, requestID, _) = r
       time.after(rng.between(1 * ms, 5 * ms), "lease request on dead n\(n) broke") { [self] in
         driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
       }
     }
     node.requests = [:]
     time.after(settings.healthTimeout, "head declares n\(n) dead") { [self] in
+      node.declaredDead = true
       for d in drivers.indices {
         driverEvent(d) { $0.nodeDied(Data(node.id.binary), nodeManagers: [node.address], why: "node \(n) died (simulated)",
                                       here: (Data(nodes[0].id.binary), "node-0:store"), now: time.now) }

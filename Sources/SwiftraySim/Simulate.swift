@@ -67,10 +67,12 @@ struct Simulate {
     var failed = 0
     let started = Date()
     var faults: [String: Int] = [:]
+    var activity: [String: Int] = [:]
     for seed in seeds {
       let cluster = SimCluster(seed: seed, settings: settings)
       let failures = cluster.run()
       for (k, v) in cluster.faultsInjected { faults[k, default: 0] += v }
+      for (k, v) in cluster.activity { activity[k, default: 0] += v }
       if !failures.isEmpty || one != nil {
         if !failures.isEmpty { failed += 1 }
         print(failures.isEmpty ? "seed \(seed): ok" : "seed \(seed): FAILED")
@@ -84,6 +86,8 @@ struct Simulate {
     }
     let took = Date().timeIntervalSince(started)
     let injected = faults.keys.sorted().map { "\($0): \(faults[$0]!)" }.joined(separator: ", ")
+    let happened = activity.keys.sorted().map { "\($0): \(activity[$0]!)" }.joined(separator: ", ")
+    print("activity: \(happened)")
     print(String(format: "faults injected: %@ (%.1f s)", injected.isEmpty ? "none" : injected, took))
     print("simulated \(seeds.count) seeds: \(failed) failures")
     exit(failed == 0 ? 0 : 1)

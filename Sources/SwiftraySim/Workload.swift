@@ -140,6 +140,7 @@ extension SimCluster {
 
   /// One whole run: work, faults, settling, checks. Returns the failures.
   func run() -> [String] {
+    reportCycle()
     injectFaults()
     startWorkload()
     if settle("running the workload") { checkEnd() }

@@ -1,3 +1,4 @@
+import HeapModule
 import Dispatch
 import NIOCore
 import NIOPosix
@@ -119,9 +120,18 @@ extension Duration {
 ///
 /// Threading: any thread.
 public final class ManualClock: RuntimeClock {
+  /// A timer's place in the order of firing: by time, then by scheduling order.
+  struct Due: Comparable {
+    let at: UInt64
+    let id: UInt64
+    static func < (a: Due, b: Due) -> Bool { (a.at, a.id) < (b.at, b.id) }
+  }
   struct State {
     var nextID: UInt64 = 0
     var timers: [UInt64: (at: UInt64, body: @Sendable () -> Void)] = [:]
+    /// Every scheduled timer in firing order; a cancelled one is skipped when it comes
+    /// up (its body is gone from `timers`), so firing the next is O(log n).
+    var order = Heap<Due>()
   }
   let state = Locked(State())
   /// Lock-free: read under other locks, as the system clock is.
@@ -140,6 +150,9 @@ public final class ManualClock: RuntimeClock {
     let id: UInt64 = state.withLock { s in
       s.nextID += 1
       s.timers[s.nextID] = (at, body)
+      s.order.insert(Due(at: at, id: s.nextID))
+      // Cancelled timers stay in `order` until they come up: rebuilt when they dominate.
+      if s.order.count > 2 * s.timers.count + 64 { s.order = Heap(s.timers.map { Due(at: $0.value.at, id: $0.key) }) }
       return s.nextID
     }
     return ScheduledTimer { [self] in _ = state.withLock { $0.timers.removeValue(forKey: id) } }
@@ -152,10 +165,11 @@ public final class ManualClock: RuntimeClock {
     let target = deadline(after: d)
     while true {
       let due: (at: UInt64, body: @Sendable () -> Void)? = state.withLock { s in
-        guard let (id, t) = s.timers.filter({ $0.value.at <= target }).min(by: { ($0.value.at, $0.key) < ($1.value.at, $1.key) })
-        else { return nil }
-        s.timers[id] = nil
-        return t
+        while let next = s.order.min, next.at <= target {
+          s.order.removeMin()
+          if let t = s.timers.removeValue(forKey: next.id) { return t }
+        }
+        return nil
       }
       guard let due else { break }
       if due.at > now() { reading.store(due.at, ordering: .releasing) }

@@ -58,28 +58,12 @@ extension ControlService {
   public func waitPlacementGroup(request: Swiftray_WaitPlacementGroupRequest, context: ServerContext) async throws -> Swiftray_WaitPlacementGroupReply {
     var r = Swiftray_WaitPlacementGroupReply()
     let id = request.placementGroupID
-    let key = state.withLock { s -> UInt64 in let k = s.nextWatcher; s.nextWatcher += 1; return k }
-    let ms = Int64(max(10, min(request.timeoutMs > 0 ? request.timeoutMs : 10_000, 60_000)))
-    let info: Swiftray_PlacementGroupInfo? = await withCheckedContinuation { c in
-      enum Now { case answer(Swiftray_PlacementGroupInfo?), wait }
-      let now: Now = state.withLock { s in
-        guard let info = s.groups.info(id) else { return .answer(nil) }
-        if Self.settled(info) || s.closed { return .answer(info) }
-        s.groupWatchers[id, default: [:]][key] = c
-        return .wait
-      }
-      guard case .wait = now else {
-        if case .answer(let i) = now { c.resume(returning: i) }
-        return
-      }
-      Clocks.current.schedule(after: .milliseconds(ms)) { [self] in
-        let (w, info) = state.withLock { s in
-          let w = s.groupWatchers[id]?.removeValue(forKey: key)
-          if s.groupWatchers[id]?.isEmpty == true { s.groupWatchers[id] = nil }
-          return (w, s.groups.info(id))
-        }
-        w?.resume(returning: info)
-      }
+    let info: Swiftray_PlacementGroupInfo? = await longPoll(timeoutMs: Int64(request.timeoutMs)) { s, c in
+      guard let info = s.groups.info(id) else { return .answer(nil) }
+      if Self.settled(info) || s.closed { return .answer(info) }
+      return s.groupPolls.add(id, c).map { .wait($0) } ?? .answer(info)
+    } expire: { s, token in
+      (s.groupPolls.timedOut(id, token: token), s.groups.info(id))
     }
     if let info { r.found = true; r.group = info }
     return r
@@ -107,8 +91,7 @@ extension ControlService {
           if let bytes: Data = try? info.serializedBytes() {
             writer.write(ControlTable.placementGroups, id, bytes)  // lock-ok: an enqueue, in the order of the changes
           }
-          guard Self.settled(info), let ws = s.groupWatchers.removeValue(forKey: id) else { return (info, []) }
-          return (info, Array(ws.values))
+          return (info, Self.settled(info) ? s.groupPolls.take(id) : [])
         }
         for w in ready { w.resume(returning: info) }
       case .removed(let id):
@@ -128,12 +111,7 @@ extension ControlService {
   /// never those placed elsewhere. (Groups being reserved are not waiting: no pass takes
   /// them twice; a node a concurrent pass already filled refuses, and the group retries.)
   func placeWaitingGroups() {
-    var view = state.withLock { s in
-      Dictionary(s.nodes.values.map { n in
-        (n.nodeID, NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
-                                       available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs))
-      }) { a, _ in a }
-    }
+    var view = state.withLock { s in Dictionary(s.nodes.views.map { ($0.id, $0) }) { a, _ in a } }
     var rounds: [Round] = []
     for id in state.withLock({ $0.groups.waiting }) {
       guard let info = state.withLock({ $0.groups.placementStarted(id) }) else { continue }
@@ -180,59 +158,26 @@ extension ControlService {
 
   typealias Round = (id: Data, bundles: [ResourceSet], nodes: [Data], already: [Data?])
 
-  /// Reserves the bundles of a pass's groups: one prepare request per node carrying
-  /// every group's bundles there (in parallel); a group whose bundles all went to one
-  /// node commits with its prepare, the others commit (one request per node) once
-  /// every node prepared theirs, or give back what was prepared if any node refused or
-  /// could not be reached. On success the nodes' totals and free resources here change
-  /// at once (their next reports agree), so tasks routed right after see the bundles.
-  /// Returns, per round, whether it is placed.
+  /// Reserves the bundles of a pass's groups (`BundleReservation` decides): prepares in
+  /// parallel, then commits or gives back. On success the nodes' totals and free
+  /// resources here change at once (their next reports agree), so tasks routed right
+  /// after see the bundles. Returns, per round, whether it is placed.
   func reserve(_ rounds: [Round]) async -> [Bool] {
-    // Per round: node -> bundle indices to place there.
-    let perRound: [[Data: [Int]]] = rounds.map { r in
-      var m: [Data: [Int]] = [:]
-      for i in r.bundles.indices where r.already[i] == nil { m[r.nodes[i], default: []].append(i) }
-      return m
-    }
-    var requests: [Data: (req: Swiftray_PrepareBundlesRequest, rounds: [Int])] = [:]
-    for (k, m) in perRound.enumerated() {
-      for (node, indices) in m {
-        var g = Swiftray_BundleReservation()
-        g.placementGroupID = rounds[k].id
-        g.indices = indices.map(Int32.init)
-        g.bundles = indices.map { rounds[k].bundles[$0].proto }
-        g.commit = m.count == 1
-        requests[node, default: (Swiftray_PrepareBundlesRequest(), [])].req.groups.append(g)
-        requests[node, default: (Swiftray_PrepareBundlesRequest(), [])].rounds.append(k)
-      }
-    }
+    var reservation = BundleReservation(rounds.map { .init(group: $0.id, bundles: $0.bundles, nodes: $0.nodes, already: $0.already) })
     let options = nodeCallOptions
     var clients: [Data: ControlPlane.Connection] = [:]
-    for node in requests.keys {
+    for node in reservation.prepares.keys {
       if let a = state.withLock({ $0.nodes[node].map(Self.address) }), !a.isEmpty, let c = nodeClient(a) { clients[node] = c }
     }
-    // prepared[k][node]
-    var prepared: [[Data: Bool]] = Array(repeating: [:], count: rounds.count)
+    let prepares = reservation.prepares
     await withTaskGroup(of: (Data, [Bool]).self) { g in
-      for (node, entry) in requests {
+      for (node, req) in prepares {
         guard let c = clients[node] else { continue }
-        let req = entry.req
         g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req, options: options).prepared) ?? []) }
       }
-      for await (node, answers) in g {
-        for (j, k) in requests[node]!.rounds.enumerated() { prepared[k][node] = j < answers.count && answers[j] }
-      }
+      for await (node, answers) in g { reservation.prepared(node: node, answers: answers) }
     }
-    var ok = perRound.indices.map { k in perRound[k].keys.allSatisfy { prepared[k][$0] == true } }
-    // Multi-node rounds: commit where all prepared, undo where some did not.
-    var commits: [Data: [Data]] = [:]
-    var undo: [(node: Data, group: Data, indices: [Int])] = []
-    for k in perRound.indices where perRound[k].count > 1 {
-      for (node, indices) in perRound[k] {
-        if ok[k] { commits[node, default: []].append(rounds[k].id) }
-        else if prepared[k][node] == true { undo.append((node, rounds[k].id, indices)) }
-      }
-    }
+    let (commits, undo) = reservation.secondPhase
     await withTaskGroup(of: Void.self) { g in
       for (node, groups) in commits {
         guard let c = clients[node] else { continue }
@@ -248,12 +193,12 @@ extension ControlService {
         g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: options) }
       }
     }
+    var ok = reservation.placed
+    let done = reservation
     state.withLock { s in
-      for k in perRound.indices where ok[k] {
+      for k in rounds.indices where ok[k] {
         guard let hex = PlacementGroupID(binary: rounds[k].id)?.hex else { ok[k] = false; continue }
-        for (node, indices) in perRound[k] {
-          Self.bundlesInView(&s, node: node, group: hex, indices.map { ($0, rounds[k].bundles[$0]) }, committed: true)
-        }
+        for (node, bundles) in done.reserved(k) { Self.bundlesInView(&s, node: node, group: hex, bundles, committed: true) }
       }
     }
     return ok
@@ -277,7 +222,7 @@ extension ControlService {
   /// reverse; what tasks still hold of them is dropped with them).
   static func bundlesInView(_ s: inout State, node: Data, group: String, _ bundles: [(index: Int, shape: ResourceSet)],
                             committed: Bool) {
-    guard var n = s.nodes[node] else { return }
+    guard let n = s.nodes[node] else { return }
     var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
     for (i, shape) in bundles {
       let added = BundleResources.committed(shape, group: group, index: i)
@@ -289,9 +234,7 @@ extension ControlService {
         available = ResourceSet(fixedPoint: (available - added).quantities.filter { $0.value > 0 }) + shape
       }
     }
-    n.total = total.proto
-    n.available = available.proto
-    s.nodes[node] = n
+    s.nodes.resourcesChanged(node, total: total.proto, available: available.proto)
   }
 
   /// Gives a removed group's bundles back on `node` (its workers there are killed) and
@@ -301,9 +244,6 @@ extension ControlService {
     var req = Swiftray_ReturnBundlesRequest()
     req.placementGroupID = group
     guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: nodeCallOptions) else { return }
-    state.withLock { s in
-      s.nodes[node]?.total = r.total
-      s.nodes[node]?.available = r.available
-    }
+    state.withLock { $0.nodes.resourcesChanged(node, total: r.total, available: r.available) }
   }
 }

@@ -21,19 +21,14 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   struct State {
-    var nodes: [Data: Swiftray_NodeInfo] = [:]
-    /// Dead nodes, oldest first: beyond `deadNodesKept` the oldest leave the table (so
-    /// nodes that come and go, or a peer registering made-up ones, cannot grow it).
-    var deadOrder: Deque<Data> = []
+    var nodes: NodeTable
     var nextJob: UInt32 = 1
     var actors = ActorDirectory()
-    var watchers: [ActorID: [UInt64: Watcher]] = [:]
-    var nextWatcher: UInt64 = 1
+    var actorPolls = LongPolls<ActorID, Watcher>()
     var tickArmed = false
     var closed = false
-    var health: NodeHealth
     var groups = PlacementGroupTable()
-    var groupWatchers: [Data: [UInt64: CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>]] = [:]
+    var groupPolls = LongPolls<Data, CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>>()
     /// Bytes of KV entries this ControlService accepted (namespace, key and value;
     /// an overwrite counts again): bounded by `max_kv_bytes`.
     var kvBytes = 0
@@ -67,7 +62,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
     self.pool = DataPlaneClientPool(group: group, auth: auth)
     self.nodeClients = ControlClients(group: group, auth: auth)
-    self.state = Locked(State(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold)))
+    self.state = Locked(State(nodes: NodeTable(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold))))
     let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     self.placementKicks = cont
     Task { [weak self] in
@@ -85,8 +80,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     healthLoop.withLock { l in defer { l = nil }; return l }?.cancel()
     let (watchers, groupWatchers) = state.withLock { s in
       s.closed = true
-      defer { s.watchers.removeAll(); s.groupWatchers.removeAll() }
-      return (s.watchers.values.flatMap { $0.values }, s.groupWatchers.values.flatMap(\.values))
+      return (s.actorPolls.takeAll(), s.groupPolls.takeAll())
     }
     for w in watchers { w.continuation.resume(returning: nil) }
     for w in groupWatchers { w.resume(returning: nil) }
@@ -103,11 +97,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       let n = next.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
       state.withLock { $0.nextJob = max($0.nextJob, n) }
     }
-    for (id, bytes) in try await storage.getAll(ControlTable.nodes) {
-      guard var n = try? Swiftray_NodeInfo(serializedBytes: bytes), n.alive else { continue }
-      n.alive = false
-      n.deathDetail = Self.awaitingRegistration
-      state.withLock { s in if s.nodes[id] == nil { s.nodes[id] = n } }
+    for bytes in try await storage.getAll(ControlTable.nodes).values {
+      guard let n = try? Swiftray_NodeInfo(serializedBytes: bytes) else { continue }
+      state.withLock { $0.nodes.restored(n) }
     }
     let groups = try await storage.getAll(ControlTable.placementGroups).values.compactMap { try? Swiftray_PlacementGroupInfo(serializedBytes: $0) }
     performGroups(state.withLock { $0.groups.restore(groups) })
@@ -116,19 +108,13 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     perform(state.withLock { $0.actors.restore(records, now: now) })
   }
 
-  static let awaitingRegistration = "it has not registered again since the head restarted"
-
   // MARK: nodes, jobs, KV
 
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
-    var node = request.node
-    _ = try ResourceSet.checked(node.total, field: "total")
-    _ = try ResourceSet.checked(node.available, field: "available")
-    node.alive = true
+    _ = try ResourceSet.checked(request.node.total, field: "total")
+    _ = try ResourceSet.checked(request.node.available, field: "available")
     state.withLock { s in
-      s.nodes[node.nodeID] = node
-      s.health.nodeRegistered(node.nodeID)
-      persist(node)  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
+      persist(s.nodes.registered(request.node))  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
     }
     startHealthChecks()
     placementKicks.yield()
@@ -146,7 +132,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       let period = max(10, config.healthCheckPeriodMs)
       while !Task.isCancelled {
         await Clocks.current.sleep(for: .milliseconds(period))
-        let checks = state.withLock { $0.closed ? [] : $0.health.tick() }
+        let checks = state.withLock { $0.closed ? [] : $0.nodes.health.tick() }
         for case .check(let id) in checks { check(id, periodMs: period) }
       }
     }
@@ -159,7 +145,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   func check(_ id: Data, periodMs: Int) {
     guard let node = state.withLock({ $0.nodes[id] }), let nm = nodeClient(Self.address(of: node)) else {
-      _ = state.withLock { $0.health.checkFailed(id, error: "no address", periodMs: periodMs) }
+      _ = state.withLock { $0.nodes.health.checkFailed(id, error: "no address", periodMs: periodMs) }
       return
     }
     let timeout = max(10, config.healthCheckTimeoutMs)
@@ -168,9 +154,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       do {
         _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
           Swiftray_GetNodeStatsRequest(), options: options)
-        state.withLock { $0.health.checkSucceeded(id) }
+        state.withLock { $0.nodes.health.checkSucceeded(id) }
       } catch {
-        let actions = state.withLock { $0.health.checkFailed(id, error: "\(error)", periodMs: periodMs) }
+        let actions = state.withLock { $0.nodes.health.checkFailed(id, error: "\(error)", periodMs: periodMs) }
         for case .died(let id, let detail) in actions { nodeDied(id, detail: detail) }
       }
     }
@@ -179,16 +165,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// Marks a node dead; its actors restart elsewhere or die.
   func nodeDied(_ id: Data, detail: String) {
     let endpoints: Set<String> = state.withLock { s in
-      guard var n = s.nodes[id] else { return [] }
-      n.alive = false
-      n.deathDetail = detail
-      s.nodes[id] = n
-      s.health.nodeRemoved(id)
+      guard let n = s.nodes.died(id, detail: detail) else { return [] }
       persist(n)  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
-      s.deadOrder.append(id)
-      while s.deadOrder.count > Self.deadNodesKept, let oldest = s.deadOrder.popFirst() {
-        if s.nodes[oldest]?.alive == false { s.nodes[oldest] = nil }
-      }
       return [n.nodeManagerEndpoint, n.nodeManagerAddress]
     }
     guard !endpoints.isEmpty else { return }
@@ -200,24 +178,15 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     nodeClients.remove(endpoints)
   }
 
-  /// Dead nodes kept in the table (Ray keeps `maximum_gcs_dead_node_cached_count` = 1000).
-  static let deadNodesKept = 1000
-
   func persist(_ node: Swiftray_NodeInfo) {
-    var durable = node
-    durable.available = durable.total  // soft state: reported anew
-    durable.pendingDemand = []
-    if let bytes: Data = try? durable.serializedBytes() { writer.write(ControlTable.nodes, node.nodeID, bytes) }
+    if let bytes: Data = try? NodeTable.durable(node).serializedBytes() { writer.write(ControlTable.nodes, node.nodeID, bytes) }
   }
 
-  /// How the ControlService reaches a node's NodeManager: TCP when it has it.
-  static func address(of node: Swiftray_NodeInfo) -> String {
-    node.nodeManagerAddress.isEmpty ? node.nodeManagerEndpoint : node.nodeManagerAddress
-  }
+  static func address(of node: Swiftray_NodeInfo) -> String { NodeTable.address(of: node) }
 
   public func getAllNodes(request: Swiftray_GetAllNodesRequest, context: ServerContext) async throws -> Swiftray_GetAllNodesReply {
     var r = Swiftray_GetAllNodesReply()
-    r.nodes = state.withLock { Array($0.nodes.values) }.sorted { $0.startTimeMs < $1.startTimeMs }
+    r.nodes = state.withLock { $0.nodes.all }
     return r
   }
 
@@ -283,15 +252,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     _ = try ResourceSet.checked(request.available, field: "available")
     _ = try ResourceSet.checked(request.total, field: "total")
     for (i, d) in request.infeasibleDemand.prefix(100).enumerated() { _ = try ResourceSet.checked(d, field: "infeasible_demand \(i)") }
-    r.unknownNode = state.withLock { s in
-      // Unknown, or known from before a restart: it should register (a node declared
-      // dead by health checks stays dead).
-      guard let n = s.nodes[request.nodeID] else { return true }
-      guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
-      s.nodes[request.nodeID]?.available = request.available
-      if request.hasTotal { s.nodes[request.nodeID]?.total = request.total }
-      s.nodes[request.nodeID]?.pendingDemand = Array(request.infeasibleDemand.prefix(100))
-      return false
+    r.unknownNode = state.withLock {
+      $0.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
+                        demand: request.infeasibleDemand)
     }
     // Resources may have freed up for a group that waits.
     if !r.unknownNode, state.withLock({ !$0.groups.waiting.isEmpty }) { placementKicks.yield() }
@@ -322,29 +285,13 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func waitActorState(request: Swiftray_WaitActorStateRequest, context: ServerContext) async throws -> Swiftray_WaitActorStateReply {
     var r = Swiftray_WaitActorStateReply()
     guard let id = TaskID(binary: request.actorID) else { return r }
-    enum Now { case unknown, ready(Swiftray_ActorInfo), wait }
-    let key = state.withLock { s -> UInt64 in let k = s.nextWatcher; s.nextWatcher += 1; return k }
-    let timeout = Duration.milliseconds(Int64(max(10, min(request.timeoutMs > 0 ? request.timeoutMs : 10_000, 60_000))))
-    let info: Swiftray_ActorInfo? = await withCheckedContinuation { (c: CheckedContinuation<Swiftray_ActorInfo?, Never>) in
-      let now: Now = state.withLock { s in
-        guard let info = s.actors.info(id) else { return .unknown }
-        if info.version > request.afterVersion || s.closed { return .ready(info) }
-        s.watchers[id, default: [:]][key] = Watcher(after: request.afterVersion, continuation: c)
-        return .wait
-      }
-      switch now {
-      case .unknown: c.resume(returning: nil)
-      case .ready(let i): c.resume(returning: i)
-      case .wait:
-        Clocks.current.schedule(after: timeout) { [self] in
-          let w = state.withLock { s -> Watcher? in
-            let w = s.watchers[id]?.removeValue(forKey: key)
-            if s.watchers[id]?.isEmpty == true { s.watchers[id] = nil }
-            return w
-          }
-          w?.continuation.resume(returning: state.withLock { $0.actors.info(id) })
-        }
-      }
+    let after = request.afterVersion
+    let info: Swiftray_ActorInfo? = await longPoll(timeoutMs: Int64(request.timeoutMs)) { s, c in
+      guard let info = s.actors.info(id) else { return .answer(nil) }
+      if info.version > after || s.closed { return .answer(info) }
+      return s.actorPolls.add(id, Watcher(after: after, continuation: c)).map { .wait($0) } ?? .answer(info)
+    } expire: { s, token in
+      (s.actorPolls.timedOut(id, token: token)?.continuation, s.actors.info(id))
     }
     if let info { r.found = true; r.actor = info }
     return r
@@ -394,6 +341,28 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     return Swiftray_MarkJobFinishedReply()
   }
 
+  /// How a long poll starts: answered now, or waiting under its token.
+  enum PollStart<Answer: Sendable> { case answer(Answer), wait(UInt64) }
+
+  /// One long poll (`waitActorState`, `waitPlacementGroup`): `start` answers it now or
+  /// registers it (under the lock); if nothing answers it before the timeout (10 s by
+  /// default, 10 ms to 60 s), `expire` takes it back and it gets the state then.
+  func longPoll<Answer: Sendable>(timeoutMs: Int64,
+                                  start: @escaping (inout State, CheckedContinuation<Answer, Never>) -> PollStart<Answer>,
+                                  expire: @escaping @Sendable (inout State, UInt64) -> (CheckedContinuation<Answer, Never>?, Answer)) async -> Answer {
+    let ms = max(10, min(timeoutMs > 0 ? timeoutMs : 10_000, 60_000))
+    return await withCheckedContinuation { (c: CheckedContinuation<Answer, Never>) in
+      switch state.withLock({ start(&$0, c) }) {
+      case .answer(let a): c.resume(returning: a)
+      case .wait(let token):
+        Clocks.current.schedule(after: .milliseconds(ms)) { [self] in
+          let (waiter, answer) = state.withLock { expire(&$0, token) }
+          waiter?.resume(returning: answer)
+        }
+      }
+    }
+  }
+
   // MARK: actions
 
   func perform(_ actions: [ActorDirectory.Action]) {
@@ -424,11 +393,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           if let bytes: Data = try? s.actors.record(id)?.serializedBytes() {
             writer.write(ControlTable.actors, Data(id.binary), bytes)  // lock-ok: an enqueue, in the order of the changes
           }
-          guard var ws = s.watchers[id] else { return ([], info) }
-          let ready = ws.filter { $0.value.after < info.version }
-          for k in ready.keys { ws[k] = nil }
-          s.watchers[id] = ws.isEmpty ? nil : ws
-          return (Array(ready.values), info)
+          return (s.actorPolls.take(id) { $0.after < info.version }, info)
         }
         for w in ready { w.continuation.resume(returning: info) }
       }
@@ -441,12 +406,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// with the infeasible warning.
   func placementNode(_ shape: ResourceSet) -> String? {
     state.withLock { s in
-      let view = s.nodes.values.map { n in
-        NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
-                            available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs)
-      }
-      return NodePicker.pick(shape, among: view)?.address
-        ?? s.nodes.values.filter(\.alive).min { $0.startTimeMs < $1.startTimeMs }.map(Self.address)
+      NodePicker.pick(shape, among: s.nodes.views)?.address ?? s.nodes.all.first(where: \.alive).map(Self.address)
     }
   }
 

@@ -36,14 +36,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
   }
 
-  struct WorkerProc: Sendable {
-    var id: WorkerID
-    var pid: Int32
-    var endpoint: String = ""
-    var localEndpoint: String = ""
-    var killReason: String?
-  }
-
   struct State {
     var queue: LeaseQueue
     /// Waiting lease requests by the node's own id (`requestIDs`).
@@ -55,25 +47,18 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       requestIDs.settled(id)
       return replies.removeValue(forKey: id)
     }
-    var procs: [WorkerID: WorkerProc] = [:]
-    var byPid: [Int32: WorkerID] = [:]
-    /// How recent workers ended, for owners asking why (bounded).
-    var exits: [WorkerID: Swiftray_WorkerExitInfo] = [:]
-    var exitOrder: [WorkerID] = []
-    var stderrTail: [Int32: [String]] = [:]
+    var workers = WorkerPool()
     var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
     /// Processes of this node listening for node deaths, and the deaths seen so far.
     var deathSubscribers: [UInt64: AsyncStream<Swiftray_NodeDeath>.Continuation] = [:]
     var deadNodes: [Data: Swiftray_NodeDeath] = [:]
     var nextSubscriber: UInt64 = 1
-    var consecutiveStartFailures = 0
     /// Drivers of other processes connected to this node, watched so that their
     /// non-detached actors die with them even when they exit without saying so.
     var drivers: [WorkerID: Int32] = [:]
     var watchingDrivers = false
     /// The other nodes as the ControlService last described them (for spillback).
-    var cluster: [NodePicker.NodeView] = []
-    var spreadTurn = 0
+    var cluster = ClusterView(rng: SystemRandomNumberGenerator())
     var shuttingDown = false
   }
 
@@ -175,7 +160,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
                           alive: n.alive, startTimeMs: n.startTimeMs)
     }
     let moved = state.withLock { s in
-      s.cluster = view
+      s.cluster.refreshed(view)
       return Self.spillQueued(&s, me: options.nodeID)
     }
     for (c, r) in moved { c.resume(returning: r) }
@@ -186,17 +171,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// the continuations to resume after it.
   static func spillQueued(_ s: inout State, me: NodeID)
     -> [(CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>, Swiftray_RequestWorkerLeaseReply)] {
+    guard !s.shuttingDown else { return [] }
     let queued = s.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
-    guard !queued.isEmpty, !s.shuttingDown else { return [] }
-    let myID = Data(me.binary)
-    var others = s.cluster.filter { $0.id != myID }
-    var rng = SystemRandomNumberGenerator()
-    let moves = QueueSpillback.moves(queued, free: s.queue.available, others: &others, using: &rng)
     var out: [(CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>, Swiftray_RequestWorkerLeaseReply)] = []
-    // What was sent counts against those nodes until their next report, as a routed
-    // spillback does (`moves` debited `others`).
-    for o in others { if let i = s.cluster.firstIndex(where: { $0.id == o.id }) { s.cluster[i].available = o.available } }
-    for m in moves {
+    for m in s.cluster.spill(queued, free: s.queue.available, me: Data(me.binary)) {
       guard s.queue.leaseRequestMoved(m.requestID), let c = s.takeReply(m.requestID) else { continue }
       var r = Swiftray_RequestWorkerLeaseReply()
       r.status = .spillback
@@ -245,7 +223,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for a in actions {
       switch a {
       case .grant(let requestID, let lease):
-        let (cont, proc) = state.withLock { ($0.takeReply(requestID), $0.procs[lease.worker]) }
+        let (cont, proc) = state.withLock { ($0.takeReply(requestID), $0.workers.process(lease.worker)) }
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .granted
         r.leaseID = lease.id
@@ -283,7 +261,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       case .startWorker:
         startWorker()
       case .killWorker(let id):
-        if let pid = state.withLock({ $0.procs[id]?.pid }) { monitor.signal(pid, SIGKILL) }
+        if let pid = state.withLock({ $0.workers.pid(of: id) }) { monitor.signal(pid, SIGKILL) }
       }
     }
   }
@@ -321,8 +299,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     do {
       let pid = try monitor.spawn(executable: options.workerExecutable, arguments: ["worker"], environment: env)
       state.withLock { s in
-        s.procs[id] = WorkerProc(id: id, pid: pid)
-        s.byPid[pid] = id
+        s.workers.spawned(id, pid: pid)
         _ = s.queue.workerStarting(id)
       }
     } catch {
@@ -339,11 +316,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     batch.isErr = isErr
     batch.lines = lines
     let subs = state.withLock { s -> [AsyncStream<Swiftray_LogBatch>.Continuation] in
-      if isErr {
-        var tail = s.stderrTail[pid] ?? []
-        tail.append(contentsOf: lines.suffix(20))
-        s.stderrTail[pid] = Array(tail.suffix(20))
-      }
+      s.workers.output(pid: pid, isErr: isErr, lines: lines)
       return Array(s.logSubscribers.values)
     }
     for c in subs { c.yield(batch) }
@@ -354,37 +327,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var report: Swiftray_WorkerExitInfo?
     var failedStart: String?
     let actions: [LeaseQueue.Action] = state.withLock { s in
-      guard let id = s.byPid.removeValue(forKey: status.pid), let proc = s.procs.removeValue(forKey: id) else { return [] }
-      var info = Swiftray_WorkerExitInfo()
-      info.workerID = Data(id.binary)
-      info.pid = status.pid
-      info.exitCode = status.exitCode
-      info.signal = status.signal
-      info.nodeID = Data(options.nodeID.binary)
-      info.intended = proc.killReason != nil || s.shuttingDown
-      let how = status.signal != 0 ? "was killed by signal \(status.signal) (\(signalName(status.signal)))" : "exited with code \(status.exitCode)"
-      var detail = "worker \(id.hex.prefix(12)) (pid \(status.pid)) on node \(options.nodeID.hex.prefix(12)) \(how)"
-      if let r = proc.killReason { detail += "; \(r)" }
-      let tail = s.stderrTail.removeValue(forKey: status.pid) ?? []
-      if proc.endpoint.isEmpty {
-        s.consecutiveStartFailures += 1
-        detail += " before it registered"
-        if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
-        if !s.shuttingDown { failedStart = detail }
-      }
-      info.detail = detail
-      report = s.shuttingDown ? nil : info
-      s.exits[id] = info
-      s.exitOrder.append(id)
-      if s.exitOrder.count > 1000 { s.exits[s.exitOrder.removeFirst()] = nil }
+      guard let exit = s.workers.exited(pid: status.pid, exitCode: status.exitCode, signal: status.signal,
+                                        node: options.nodeID, shuttingDown: s.shuttingDown) else { return [] }
+      failedStart = exit.failedStart
+      report = s.shuttingDown ? nil : exit.info
       if s.shuttingDown { return [] }
-      // A worker that cannot start at all (broken environment) must not respawn forever.
-      if s.consecutiveStartFailures >= 3 {
-        s.consecutiveStartFailures = 0
-        let rejected = s.queue.workersFailToStart(detail: "worker processes fail to start: \(detail)")
-        return rejected + s.queue.workerExited(id)
-      }
-      return s.queue.workerExited(id)
+      let rejected = exit.stopStarting ? s.queue.workersFailToStart(detail: "worker processes fail to start: \(exit.info.detail)") : []
+      return rejected + s.queue.workerExited(exit.id)
     }
     if let failedStart { log.error("worker/start-failed", metadata: ["detail": "\(failedStart)"]) }
     perform(actions)
@@ -456,18 +405,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           // Stopping: nothing will be granted any more; say so rather than hang the caller.
           if s.shuttingDown { r.status = .canceled; return .reply(r) }
           if routed {
-            if key.strategy == .spread { s.spreadTurn += 1 }
             let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: s.queue.total,
                                          available: s.queue.uncommitted, alive: true, startTimeMs: 0)
-            var rng = SystemRandomNumberGenerator()
-            switch NodePicker.route(key, needs: needs, me: me, others: s.cluster, turn: s.spreadTurn, preferred: preferred, using: &rng) {
+            switch s.cluster.route(key, needs: needs, me: me, preferred: preferred) {
             case .local: break
             case .spillback(let address):
-              // Count it against that node until its next report, so the requests that
-              // follow in the meantime do not all pile onto it.
-              if let i = s.cluster.firstIndex(where: { $0.address == address }) {
-                s.cluster[i].available = s.cluster[i].available - needs
-              }
               r.status = .spillback
               r.retryAtEndpoint = address
               return .reply(r)
@@ -601,10 +543,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     guard !request.isDriver, let id = WorkerID(binary: request.workerID) else { return r }
     let actions = state.withLock { s -> [LeaseQueue.Action] in
-      guard s.procs[id] != nil else { return [] }
-      s.procs[id]?.endpoint = request.endpoint
-      s.procs[id]?.localEndpoint = request.localEndpoint
-      s.consecutiveStartFailures = 0
+      guard s.workers.registered(id, endpoint: request.endpoint, localEndpoint: request.localEndpoint) else { return [] }
       return s.queue.workerRegistered(id)
     }
     perform(actions)
@@ -651,7 +590,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     guard let id = WorkerID(binary: request.workerID) else { return r }
     // The exit may race the owner's question by a few milliseconds: wait a little.
     for _ in 0..<50 {
-      if let info = state.withLock({ $0.exits[id] }) {
+      if let info = state.withLock({ $0.workers.exitInfo(id) }) {
         r.found = true
         r.exit = info
         return r
@@ -664,10 +603,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func killWorker(request: Swiftray_KillWorkerRequest, context: ServerContext) async throws -> Swiftray_KillWorkerReply {
     var r = Swiftray_KillWorkerReply()
     guard let id = WorkerID(binary: request.workerID) else { return r }
-    let pid: Int32? = state.withLock { s in
-      s.procs[id]?.killReason = request.reason
-      return s.procs[id]?.pid
-    }
+    let pid = state.withLock { $0.workers.killing(id, reason: request.reason) }
     if let pid { monitor.signal(pid, SIGKILL); r.killed = true }
     return r
   }
@@ -682,9 +618,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     r.node = nodeInfo
     r.store = store.stats
     state.withLock { s in
-      r.numWorkers = Int32(s.procs.count)
+      r.numWorkers = Int32(s.workers.count)
       r.numIdleWorkers = Int32(s.queue.idleWorkerCount)
-      r.workerPids = s.procs.values.map { $0.pid }.sorted()
+      r.workerPids = s.workers.pids
     }
     return r
   }
@@ -730,7 +666,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let taken: Taken = state.withLock { s in
       s.shuttingDown = true
       defer { s.replies.removeAll(); s.logSubscribers.removeAll(); s.deathSubscribers.removeAll() }
-      return (s.procs.values.map { $0.pid }, Array(s.replies.values), Array(s.logSubscribers.values),
+      return (s.workers.pids, Array(s.replies.values), Array(s.logSubscribers.values),
               Array(s.deathSubscribers.values))
     }
     // Stopping: nothing will be granted any more; say so rather than hang the callers.
@@ -751,35 +687,5 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for c in subs { c.finish() }
     controlReports.finish()
     control.shutdown()
-  }
-}
-
-func signalName(_ s: Int32) -> String {
-  switch s {
-  case SIGKILL: return "SIGKILL"
-  case SIGTERM: return "SIGTERM"
-  case SIGSEGV: return "SIGSEGV"
-  case SIGABRT: return "SIGABRT"
-  case SIGINT: return "SIGINT"
-  case SIGBUS: return "SIGBUS"
-  case SIGFPE: return "SIGFPE"
-  case SIGILL: return "SIGILL"
-  default: return "signal \(s)"
-  }
-}
-
-extension ResourceSet {
-  public var proto: Swiftray_ResourceShape {
-    var p = Swiftray_ResourceShape()
-    p.quantities = quantities
-    return p
-  }
-  public init(proto: Swiftray_ResourceShape) { self.init(fixedPoint: proto.quantities) }
-
-  /// `checked(fixedPoint:field:)` of a peer's shape, as gRPC's `invalidArgument`.
-  static func checked(_ proto: Swiftray_ResourceShape, field: String) throws -> ResourceSet {
-    do { return try checked(fixedPoint: proto.quantities, field: field) } catch {
-      throw RPCError(code: .invalidArgument, message: error.message)
-    }
   }
 }

@@ -104,7 +104,7 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// The node said no node can run this shape. Keep the tasks; ask again later.
   public mutating func leaseRejected(requestID: UInt64, detail: String, now: UInt64) -> [Action] {
-    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys[key] else { return [] }
+    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys.removeValue(forKey: key) else { return [] }
     ks.pendingRequests.remove(requestID)
     ks.retryAt = now + settings.infeasibleRetryNanos
     var actions: [Action] = []
@@ -117,7 +117,7 @@ public struct NormalTaskSubmitter: Sendable {
   /// than wait forever. Tasks already pushed to live leases are unaffected.
   public mutating func leaseFailed(requestID: UInt64, detail: String, now: UInt64,
                                    code: SwiftrayError.Code = .system) -> [Action] {
-    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys[key] else { return [] }
+    guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys.removeValue(forKey: key) else { return [] }
     ks.pendingRequests.remove(requestID)
     let failed = Array(ks.queue)
     ks.queue.removeAll()
@@ -162,10 +162,10 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// Removes a queued (not yet pushed) task. True when it was queued.
   public mutating func taskCanceled(_ task: TaskID, now: UInt64) -> (removed: Bool, actions: [Action]) {
-    for (key, var ks) in keys {
-      if let i = ks.queue.firstIndex(of: task) {
-        ks.queue.remove(at: i)
-        keys[key] = ks
+    // A scan of the queues (cancels are rare); the queue changes in place.
+    for key in keys.keys {
+      if let i = keys[key]?.queue.firstIndex(of: task) {
+        keys[key]?.queue.remove(at: i)
         return (true, schedule(key, now: now))
       }
     }
@@ -202,7 +202,9 @@ public struct NormalTaskSubmitter: Sendable {
   // MARK: internals
 
   private mutating func schedule(_ key: Key, now: UInt64) -> [Action] {
-    guard var ks = keys[key] else { return [] }
+    // Taken out of the table while it changes: a copy left in it would make the first
+    // change to the queue copy it whole (copy-on-write), a cost that grows with the queue.
+    guard var ks = keys.removeValue(forKey: key) else { return [] }
     var actions: [Action] = []
     // 1. Fill leases that have room, least loaded first.
     let leaseIDs = ks.leases.sorted { (leases[$0]?.inFlight.count ?? 0, $0) < (leases[$1]?.inFlight.count ?? 0, $1) }
@@ -242,11 +244,7 @@ public struct NormalTaskSubmitter: Sendable {
         actions.append(.requestLease(requestID: r, key: key, forTask: task))
       }
     }
-    if ks.queue.isEmpty && ks.leases.isEmpty && ks.pendingRequests.isEmpty {
-      keys[key] = nil
-    } else {
-      keys[key] = ks
-    }
+    if !(ks.queue.isEmpty && ks.leases.isEmpty && ks.pendingRequests.isEmpty) { keys[key] = ks }
     return actions
   }
 }

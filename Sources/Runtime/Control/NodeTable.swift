@@ -1,0 +1,103 @@
+import DequeModule
+import Foundation
+import RuntimeProto
+
+/// The head's table of nodes: who registered, what each last reported free, who is
+/// dead and why, and which need to register again after a head restart. A node
+/// declared dead stays dead (it must register anew); dead entries beyond
+/// `deadNodesKept` leave the table, oldest first, so nodes that come and go (or a peer
+/// registering made-up ones) cannot grow it. Health checks (`NodeHealth`) decide deaths.
+///
+/// Threading: a value type, owned by the ControlService under its lock.
+public struct NodeTable: Sendable {
+  /// Dead nodes kept (Ray keeps `maximum_gcs_dead_node_cached_count` = 1000).
+  public static let deadNodesKept = 1000
+  /// Why a node the head knew before its restart counts as dead until it registers again.
+  public static let awaitingRegistration = "it has not registered again since the head restarted"
+  /// Pending demand kept per node report.
+  public static let demandKept = 100
+
+  public private(set) var nodes: [Data: Swiftray_NodeInfo] = [:]
+  var deadOrder: Deque<Data> = []
+  public var health: NodeHealth
+
+  public init(health: NodeHealth) { self.health = health }
+
+  public subscript(_ id: Data) -> Swiftray_NodeInfo? { nodes[id] }
+
+  /// Every node, in the order they started.
+  public var all: [Swiftray_NodeInfo] { nodes.values.sorted { $0.startTimeMs < $1.startTimeMs } }
+
+  /// How the head reaches a node's NodeManager: TCP when it has it.
+  public static func address(of node: Swiftray_NodeInfo) -> String {
+    node.nodeManagerAddress.isEmpty ? node.nodeManagerEndpoint : node.nodeManagerAddress
+  }
+
+  /// The node as storage keeps it: its resources are soft state, reported anew.
+  public static func durable(_ node: Swiftray_NodeInfo) -> Swiftray_NodeInfo {
+    var d = node
+    d.available = d.total
+    d.pendingDemand = []
+    return d
+  }
+
+  /// A node registered (again); returns it as it is now (to persist).
+  public mutating func registered(_ node: Swiftray_NodeInfo) -> Swiftray_NodeInfo {
+    var node = node
+    node.alive = true
+    nodes[node.nodeID] = node
+    health.nodeRegistered(node.nodeID)
+    return node
+  }
+
+  /// A node the head knew before it restarted (from storage): dead until it registers again.
+  public mutating func restored(_ node: Swiftray_NodeInfo) {
+    guard node.alive, nodes[node.nodeID] == nil else { return }
+    var n = node
+    n.alive = false
+    n.deathDetail = Self.awaitingRegistration
+    nodes[n.nodeID] = n
+  }
+
+  /// A node's report of its resources. True when the node should register (the head
+  /// does not know it, or knew it only before a restart); a node declared dead stays dead.
+  public mutating func reported(_ id: Data, available: Swiftray_ResourceShape, total: Swiftray_ResourceShape?,
+                                demand: [Swiftray_ResourceShape]) -> Bool {
+    guard let n = nodes[id] else { return true }
+    guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
+    nodes[id]?.available = available
+    if let total { nodes[id]?.total = total }
+    nodes[id]?.pendingDemand = Array(demand.prefix(Self.demandKept))
+    return false
+  }
+
+  /// The cluster declares a node dead: returns it as it is now (to persist), nil when
+  /// unknown. Its health checks stop; the oldest dead beyond the bound are forgotten.
+  public mutating func died(_ id: Data, detail: String) -> Swiftray_NodeInfo? {
+    guard var n = nodes[id] else { return nil }
+    n.alive = false
+    n.deathDetail = detail
+    nodes[id] = n
+    health.nodeRemoved(id)
+    deadOrder.append(id)
+    while deadOrder.count > Self.deadNodesKept, let oldest = deadOrder.popFirst() {
+      if nodes[oldest]?.alive == false { nodes[oldest] = nil }
+    }
+    return n
+  }
+
+  /// The head's view of a node's resources changed before its next report (bundles
+  /// committed or given back there).
+  public mutating func resourcesChanged(_ id: Data, total: Swiftray_ResourceShape, available: Swiftray_ResourceShape) {
+    nodes[id]?.total = total
+    nodes[id]?.available = available
+  }
+
+  /// Every node as `NodePicker` sees it.
+  public var views: [NodePicker.NodeView] {
+    nodes.values.map { n in
+      NodePicker.NodeView(id: n.nodeID, address: Self.address(of: n), total: ResourceSet(proto: n.total),
+                          available: ResourceSet(proto: n.available), alive: n.alive, startTimeMs: n.startTimeMs)
+    }
+  }
+}

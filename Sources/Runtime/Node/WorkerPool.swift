@@ -1,0 +1,125 @@
+import Foundation
+import RuntimeProto
+
+/// The worker processes of one node as its NodeManager knows them: by id and by pid,
+/// their endpoints once registered, why one was killed, the tail of each one's stderr,
+/// how recent ones ended (bounded, for owners asking why their task's worker died), and
+/// the crash-loop policy: when workers keep dying before they register (a broken
+/// environment), the node stops starting them and fails what waits for one.
+///
+/// Threading: a value type, owned by the NodeManager under its lock.
+public struct WorkerPool: Sendable {
+  public struct Process: Sendable, Equatable {
+    public var id: WorkerID
+    public var pid: Int32
+    public var endpoint = ""
+    public var localEndpoint = ""
+    /// Set when the node killed it on purpose (its exit is then expected).
+    public var killReason: String?
+  }
+
+  /// What a worker's exit means.
+  public struct Exit: Sendable {
+    public var id: WorkerID
+    public var info: Swiftray_WorkerExitInfo
+    /// It died before it registered: how (logged).
+    public var failedStart: String?
+    /// Workers keep failing to start: stop starting them (`LeaseQueue.workersFailToStart`).
+    public var stopStarting: Bool
+  }
+
+  public static let maxExitsKept = 1000
+  public static let stderrTailLines = 20
+  /// Consecutive deaths before registering that count as a crash loop.
+  public static let crashLoopLimit = 3
+
+  public private(set) var processes: [WorkerID: Process] = [:]
+  var byPid: [Int32: WorkerID] = [:]
+  var exits: [WorkerID: Swiftray_WorkerExitInfo] = [:]
+  var exitOrder: [WorkerID] = []
+  var stderrTail: [Int32: [String]] = [:]
+  var consecutiveStartFailures = 0
+
+  public init() {}
+
+  public var count: Int { processes.count }
+  public var pids: [Int32] { processes.values.map(\.pid).sorted() }
+  public func pid(of id: WorkerID) -> Int32? { processes[id]?.pid }
+  public func process(_ id: WorkerID) -> Process? { processes[id] }
+
+  public mutating func spawned(_ id: WorkerID, pid: Int32) {
+    processes[id] = Process(id: id, pid: pid)
+    byPid[pid] = id
+  }
+
+  /// The worker connected and said where it listens. False for one this node did not start.
+  public mutating func registered(_ id: WorkerID, endpoint: String, localEndpoint: String) -> Bool {
+    guard processes[id] != nil else { return false }
+    processes[id]?.endpoint = endpoint
+    processes[id]?.localEndpoint = localEndpoint
+    consecutiveStartFailures = 0
+    return true
+  }
+
+  /// The node kills it on purpose; returns its pid.
+  public mutating func killing(_ id: WorkerID, reason: String) -> Int32? {
+    processes[id]?.killReason = reason
+    return processes[id]?.pid
+  }
+
+  public mutating func output(pid: Int32, isErr: Bool, lines: [String]) {
+    guard isErr else { return }
+    var tail = stderrTail[pid] ?? []
+    tail.append(contentsOf: lines.suffix(Self.stderrTailLines))
+    stderrTail[pid] = Array(tail.suffix(Self.stderrTailLines))
+  }
+
+  /// How a worker that exited ended, if it ended recently.
+  public func exitInfo(_ id: WorkerID) -> Swiftray_WorkerExitInfo? { exits[id] }
+
+  /// Process `pid` ended; nil when it was not a worker of this node.
+  public mutating func exited(pid: Int32, exitCode: Int32, signal: Int32, node: NodeID, shuttingDown: Bool) -> Exit? {
+    guard let id = byPid.removeValue(forKey: pid), let proc = processes.removeValue(forKey: id) else { return nil }
+    var info = Swiftray_WorkerExitInfo()
+    info.workerID = Data(id.binary)
+    info.pid = pid
+    info.exitCode = exitCode
+    info.signal = signal
+    info.nodeID = Data(node.binary)
+    info.intended = proc.killReason != nil || shuttingDown
+    let how = signal != 0 ? "was killed by signal \(signal) (\(signalName(signal)))" : "exited with code \(exitCode)"
+    var detail = "worker \(id.hex.prefix(12)) (pid \(pid)) on node \(node.hex.prefix(12)) \(how)"
+    if let r = proc.killReason { detail += "; \(r)" }
+    let tail = stderrTail.removeValue(forKey: pid) ?? []
+    var failedStart: String?
+    if proc.endpoint.isEmpty {
+      consecutiveStartFailures += 1
+      detail += " before it registered"
+      if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
+      if !shuttingDown { failedStart = detail }
+    }
+    info.detail = detail
+    exits[id] = info
+    exitOrder.append(id)
+    if exitOrder.count > Self.maxExitsKept { exits[exitOrder.removeFirst()] = nil }
+    // A worker that cannot start at all (broken environment) must not respawn forever.
+    let stop = !shuttingDown && consecutiveStartFailures >= Self.crashLoopLimit
+    if stop { consecutiveStartFailures = 0 }
+    return Exit(id: id, info: info, failedStart: failedStart, stopStarting: stop)
+  }
+}
+
+/// A signal's name, for how a worker died.
+func signalName(_ s: Int32) -> String {
+  switch s {
+  case SIGKILL: return "SIGKILL"
+  case SIGTERM: return "SIGTERM"
+  case SIGSEGV: return "SIGSEGV"
+  case SIGABRT: return "SIGABRT"
+  case SIGINT: return "SIGINT"
+  case SIGBUS: return "SIGBUS"
+  case SIGFPE: return "SIGFPE"
+  case SIGILL: return "SIGILL"
+  default: return "signal \(s)"
+  }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Runtime
+import RuntimeProto
+import Testing
+
+private let a = Data([0xA]), b = Data([0xB]), c = Data([0xC])
+private let g1 = Data([1]), g2 = Data([2])
+private let cpu = ResourceSet(units: ["CPU": 1])
+
+@Suite struct BundleReservationTests {
+  @Test func aGroupOnOneNodeCommitsWithItsPrepare() {
+    var r = BundleReservation([.init(group: g1, bundles: [cpu, cpu], nodes: [a, a], already: [nil, nil])])
+    #expect(r.prepares.keys.sorted { $0.lexicographicallyPrecedes($1) } == [a])
+    #expect(r.prepares[a]?.groups.first?.commit == true)
+    #expect(r.prepares[a]?.groups.first?.indices == [0, 1])
+    r.prepared(node: a, answers: [true])
+    #expect(r.placed == [true])
+    #expect(r.secondPhase.commits.isEmpty && r.secondPhase.undo.isEmpty, "nothing left to do")
+  }
+
+  @Test func aSpreadGroupCommitsOnlyOnceEveryNodePrepared() {
+    var r = BundleReservation([.init(group: g1, bundles: [cpu, cpu], nodes: [a, b], already: [nil, nil])])
+    #expect(r.prepares[a]?.groups.first?.commit == false)
+    r.prepared(node: a, answers: [true])
+    #expect(r.placed == [false], "b has not answered")
+    r.prepared(node: b, answers: [true])
+    #expect(r.placed == [true])
+    #expect(r.secondPhase.commits == [a: [g1], b: [g1]])
+  }
+
+  @Test func aRefusalOrSilenceUndoesWhatOtherNodesPreparedSoNoGroupIsHalfReserved() {
+    // g1 over a and b (b refuses); g2 over a and c (c never answers); both share a's prepare.
+    var r = BundleReservation([
+      .init(group: g1, bundles: [cpu, cpu], nodes: [a, b], already: [nil, nil]),
+      .init(group: g2, bundles: [cpu, cpu], nodes: [a, c], already: [nil, nil]),
+    ])
+    #expect(r.prepares[a]?.groups.count == 2, "one prepare per node for every group")
+    r.prepared(node: a, answers: [true, true])
+    r.prepared(node: b, answers: [false])
+    r.prepared(node: c, answers: [])
+    #expect(r.placed == [false, false])
+    let (commits, undo) = r.secondPhase
+    #expect(commits.isEmpty)
+    #expect(Set(undo.map(\.group)) == [g1, g2] && undo.allSatisfy { $0.node == a })
+  }
+
+  @Test func bundlesPlacedBeforeAreNotReservedAgain() {
+    var r = BundleReservation([.init(group: g1, bundles: [cpu, cpu, cpu], nodes: [a, b, b], already: [a, nil, nil])])
+    #expect(r.prepares[a] == nil)
+    #expect(r.prepares[b]?.groups.first?.indices == [1, 2])
+    r.prepared(node: b, answers: [true])
+    #expect(r.placed == [true])
+    #expect(r.reserved(0).map(\.node) == [b])
+  }
+}
+
+@Suite struct LongPollsTests {
+  @Test func pollsAreAnsweredTogetherWhenReadyOrAloneAtTheirTimeout() {
+    var p = LongPolls<String, Int>()
+    let t1 = p.add("actor", 1), t2 = p.add("actor", 5)
+    _ = p.add("other", 9)
+    #expect(t1 != nil && t2 != nil && t1 != t2)
+    let ready = p.take("actor") { $0 < 3 }
+    #expect(ready == [1], "only those waiting for an older version")
+    #expect(p.timedOut("actor", token: t1!) == nil, "already answered")
+    #expect(p.timedOut("actor", token: t2!) == 5)
+    #expect(p.count == 1)
+    #expect(p.takeAll() == [9] && p.count == 0)
+  }
+
+  @Test func pollsPerKeyAreBounded() {
+    var p = LongPolls<Int, Int>()
+    for i in 0..<LongPolls<Int, Int>.maxPerKey { _ = p.add(0, i) }
+    let over = p.add(0, -1)
+    #expect(over == nil, "answered at once by the caller instead")
+    let other = p.add(1, 0)
+    #expect(other != nil)
+  }
+}
+
+private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
+  var n = Swiftray_NodeInfo()
+  n.nodeID = Data([i])
+  n.nodeManagerEndpoint = "unix:/n\(i).sock"
+  n.nodeManagerAddress = "10.0.0.\(i):6380"
+  n.total = ResourceSet(units: ["CPU": 4]).proto
+  n.available = n.total
+  n.startTimeMs = start
+  return n
+}
+
+@Suite struct NodeTableTests {
+  @Test func aDeadNodeStaysDeadAndItsReportsAskNothingOfIt() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    _ = t.registered(nodeInfo(1))
+    let free = ResourceSet(units: ["CPU": 1]).proto
+    let registerAgain = t.reported(Data([1]), available: free, total: nil, demand: [])
+    #expect(!registerAgain)
+    #expect(t[Data([1])]?.available == free)
+    let dead = t.died(Data([1]), detail: "missed 3 health checks")
+    #expect(dead?.alive == false && dead?.deathDetail == "missed 3 health checks")
+    let deadAsked = t.reported(Data([1]), available: free, total: nil, demand: [])
+    #expect(!deadAsked, "declared dead: not asked to register")
+    let unknownAsked = t.reported(Data([9]), available: free, total: nil, demand: [])
+    #expect(unknownAsked, "unknown: asked to register")
+    #expect(t.health.watched == 0)
+  }
+
+  @Test func nodesKnownBeforeAHeadRestartRegisterAgain() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    var known = nodeInfo(2)
+    known.alive = true
+    t.restored(known)
+    #expect(t[Data([2])]?.alive == false)
+    let asked = t.reported(Data([2]), available: known.total, total: nil, demand: [])
+    #expect(asked, "asked to register again")
+    let back = t.registered(known)
+    #expect(back.alive && t[Data([2])]?.alive == true)
+    #expect(NodeTable.durable(t[Data([2])]!).pendingDemand.isEmpty)
+  }
+
+  @Test func deadNodesKeptAreBoundedAndTheTableIsInStartOrder() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    for i in 0..<(NodeTable.deadNodesKept + 5) {
+      var n = nodeInfo(0, start: Int64(i))
+      n.nodeID = withUnsafeBytes(of: UInt32(i).bigEndian) { Data($0) }
+      _ = t.registered(n)
+      _ = t.died(n.nodeID, detail: "gone")
+    }
+    #expect(t.all.count == NodeTable.deadNodesKept)
+    #expect(t.all.first?.startTimeMs == 5, "the oldest dead left first")
+    let demand = Array(repeating: ResourceSet(units: ["CPU": 1]).proto, count: 500)
+    _ = t.registered(nodeInfo(7))
+    _ = t.reported(Data([7]), available: nodeInfo(7).available, total: nil, demand: demand)
+    #expect(t[Data([7])]?.pendingDemand.count == NodeTable.demandKept)
+  }
+}

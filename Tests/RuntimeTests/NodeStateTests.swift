@@ -1,0 +1,129 @@
+import Foundation
+import Runtime
+import Testing
+
+/// A generator that repeats one value: routing that depends on chance is pinned.
+private struct Fixed: RandomNumberGenerator, Sendable {
+  var value: UInt64
+  mutating func next() -> UInt64 { value }
+}
+
+private func view(_ i: Int, cpus: Double, free: Double, alive: Bool = true) -> NodePicker.NodeView {
+  NodePicker.NodeView(id: Data([UInt8(i)]), address: "n\(i)", total: ResourceSet(units: ["CPU": cpus]),
+                      available: ResourceSet(units: ["CPU": free]), alive: alive, startTimeMs: Int64(i))
+}
+
+private let cpu1 = ResourceSet(units: ["CPU": 1])
+private let anyKey = SchedulingKey(shape: cpu1, proto: .init())
+
+@Suite struct ClusterViewTests {
+  @Test func aSpillbackCountsAgainstItsNodeUntilTheNextReport() {
+    var c = ClusterView(rng: Fixed(value: 0))
+    c.refreshed([view(1, cpus: 4, free: 1)])
+    let me = view(0, cpus: 1, free: 0)
+    #expect(c.route(anyKey, needs: cpu1, me: me, preferred: nil) == .spillback("n1"))
+    #expect(c.nodes[0].available == ResourceSet(units: ["CPU": 0]), "debited until its next report")
+    // The burst's next request does not pile onto the same node: it waits here.
+    #expect(c.route(anyKey, needs: cpu1, me: me, preferred: nil) != .spillback("n1"))
+    c.refreshed([view(1, cpus: 4, free: 1)])
+    #expect(c.route(anyKey, needs: cpu1, me: me, preferred: nil) == .spillback("n1"), "a fresh report restores it")
+  }
+
+  @Test func aRequestOnlyADeadNodeCouldFitStaysHereWhereTheQueueWarnsAndWaits() {
+    var c = ClusterView(rng: Fixed(value: 0))
+    c.refreshed([view(1, cpus: 2, free: 2), view(2, cpus: 64, free: 64, alive: false)])
+    let eight = ResourceSet(units: ["CPU": 8])
+    let route = c.route(SchedulingKey(shape: eight, proto: .init()), needs: eight, me: view(0, cpus: 2, free: 2), preferred: nil)
+    #expect(route == .local, "never sent to a dead node")
+    c.refreshed([view(1, cpus: 2, free: 2), view(2, cpus: 64, free: 0)])
+    let later = c.route(SchedulingKey(shape: eight, proto: .init()), needs: eight, me: view(0, cpus: 2, free: 2), preferred: nil)
+    #expect(later == .spillback("n2"), "queued where it will fit once resources free up")
+  }
+
+  @Test func queuedRequestsMoveToNodesThatFreedUpFirstAndAreDebited() {
+    var c = ClusterView(rng: Fixed(value: 0))
+    c.refreshed([view(0, cpus: 1, free: 0), view(1, cpus: 2, free: 2)])
+    let moves = c.spill([(id: 7, needs: cpu1), (id: 8, needs: cpu1), (id: 9, needs: cpu1)], free: ResourceSet(), me: Data([0]))
+    #expect(moves.map(\.requestID) == [7, 8] && moves.allSatisfy { $0.address == "n1" })
+    #expect(c.nodes[1].available == ResourceSet(units: ["CPU": 0]))
+    #expect(c.spill([], free: ResourceSet(), me: Data([0])).isEmpty)
+  }
+
+  @Test func spreadTakesTurnsAmongTheNodes() {
+    var c = ClusterView(rng: Fixed(value: 0))
+    c.refreshed([view(1, cpus: 4, free: 4), view(2, cpus: 4, free: 4)])
+    let spread = SchedulingKey(cpu1, strategy: .spread)
+    let me = view(0, cpus: 4, free: 4)
+    let routes = (0..<6).map { _ in c.route(spread, needs: cpu1, me: me, preferred: nil) }
+    #expect(Set(routes).count == 3, "each of the three nodes gets a turn: \(routes)")
+    #expect(c.spreadTurn == 6)
+  }
+}
+
+@Suite struct WorkerPoolTests {
+  let node = NodeID.random()
+
+  @Test func anExitSaysHowTheWorkerWentAndIsKeptForOwnersAsking() throws {
+    var p = WorkerPool()
+    let w = WorkerID.random()
+    p.spawned(w, pid: 101)
+    let known = p.registered(w, endpoint: "unix:/w.sock", localEndpoint: "")
+    #expect(known)
+    let exited = p.exited(pid: 101, exitCode: 0, signal: 9, node: node, shuttingDown: false)
+    let exit = try #require(exited)
+    #expect(exit.info.detail.contains("killed by signal 9 (SIGKILL)"))
+    #expect(!exit.info.intended && exit.failedStart == nil && !exit.stopStarting)
+    #expect(p.exitInfo(w)?.pid == 101 && p.count == 0)
+    let again = p.exited(pid: 101, exitCode: 0, signal: 9, node: node, shuttingDown: false)
+    #expect(again == nil, "once")
+  }
+
+  @Test func aKillByTheNodeIsIntendedAndSaysWhy() throws {
+    var p = WorkerPool()
+    let w = WorkerID.random()
+    p.spawned(w, pid: 5)
+    let pid = p.killing(w, reason: "killed by cancel(force=True)")
+    #expect(pid == 5)
+    let exited = p.exited(pid: 5, exitCode: 0, signal: 9, node: node, shuttingDown: false)
+    let exit = try #require(exited)
+    #expect(exit.info.intended && exit.info.detail.contains("cancel(force=True)"))
+  }
+
+  @Test func workersThatKeepDyingBeforeRegisteringStopBeingStartedWithTheirLastOutput() throws {
+    var p = WorkerPool()
+    var exits: [WorkerPool.Exit] = []
+    for pid in Int32(1)...3 {
+      p.spawned(.random(), pid: pid)
+      p.output(pid: pid, isErr: true, lines: ["Traceback (most recent call last):", "ImportError: no module named swiftray"])
+      let exited = p.exited(pid: pid, exitCode: 1, signal: 0, node: node, shuttingDown: false)
+      exits.append(try #require(exited))
+    }
+    #expect(exits.map(\.stopStarting) == [false, false, true])
+    #expect(exits[2].failedStart?.contains("ImportError") == true)
+    // One that registers resets the count.
+    let ok = WorkerID.random()
+    p.spawned(ok, pid: 10)
+    p.spawned(.random(), pid: 11)
+    _ = p.exited(pid: 11, exitCode: 1, signal: 0, node: node, shuttingDown: false)
+    let registered = p.registered(ok, endpoint: "e", localEndpoint: "")
+    #expect(registered)
+    p.spawned(.random(), pid: 12)
+    p.spawned(.random(), pid: 13)
+    let twelve = p.exited(pid: 12, exitCode: 1, signal: 0, node: node, shuttingDown: false)
+    let thirteen = p.exited(pid: 13, exitCode: 1, signal: 0, node: node, shuttingDown: false)
+    let a = try #require(twelve), b = try #require(thirteen)
+    #expect(!a.stopStarting && !b.stopStarting)
+  }
+
+  @Test func exitsKeptAreBounded() {
+    var p = WorkerPool()
+    let first = WorkerID.random()
+    p.spawned(first, pid: 1)
+    _ = p.exited(pid: 1, exitCode: 0, signal: 0, node: node, shuttingDown: true)
+    for i in 0..<WorkerPool.maxExitsKept {
+      p.spawned(.random(), pid: Int32(2 + i))
+      _ = p.exited(pid: Int32(2 + i), exitCode: 0, signal: 0, node: node, shuttingDown: true)
+    }
+    #expect(p.exitInfo(first) == nil, "the oldest is forgotten")
+  }
+}
