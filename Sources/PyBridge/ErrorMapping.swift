@@ -19,6 +19,7 @@ enum ErrorMapping {
     case .localRayletDied: return "LocalRayletDiedError"
     case .unschedulable: return "TaskUnschedulableError"
     case .actorDied: return "ActorDiedError"
+    case .actorUnavailable: return "ActorUnavailableError"
     case .actorUnschedulable: return "ActorUnschedulableError"
     case .pendingCallsLimitExceeded: return "PendingCallsLimitExceeded"
     case .taskPlacementGroupRemoved: return "TaskPlacementGroupRemoved"

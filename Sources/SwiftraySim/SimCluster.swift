@@ -64,7 +64,12 @@ final class SimCluster {
     let id: WorkerID
     let node: Int
     var alive = true
-    typealias Job = (owner: Int, tid: TaskID, spec: Swiftray_TaskSpec, leaseID: UInt64, conn: UInt64)
+    enum JobKind { case task, creation(ActorID, ActorDirectory.Lease), call(incarnation: Int32) }
+    typealias Job = (owner: Int, tid: TaskID, spec: Swiftray_TaskSpec, leaseID: UInt64, conn: UInt64, kind: JobKind)
+    /// The actor this worker hosts, and per caller the last call sequence it ran.
+    var actor: ActorID?
+    var lastSeq: [Int: UInt64] = [:]
+    var ran: [Int: Set<UInt64>] = [:]
     var current: Job?
     var busy: Bool { current != nil }
     var inbox: [Job] = []
@@ -79,6 +84,8 @@ final class SimCluster {
     var held: [ObjectID: UInt64] = [:]
     var heldOrder: [ObjectID] = []
     var submitted = 0
+    /// Actors this driver created (it holds each handle's one reference).
+    var actors: [ActorID] = []
     init(index: Int, state: SimOwnerState, address: Swiftray_Address) {
       self.index = index; self.state = state; self.address = address
     }
@@ -98,6 +105,20 @@ final class SimCluster {
   var brokenConnections: Set<UInt64> = []
   var nextConnection: UInt64 = 1
   var failures: [String] = []
+  // The head's actors (ControlService: ActorDirectory decides).
+  var actorDirectory = ActorDirectory(leaseRetryNanos: 200 * SimCluster.ms)
+  let headID = WorkerID(a: 0x4EAD, b: 0, c: 0, d: 0)
+  var headRequests: [UInt64: ActorID] = [:]
+  /// What an actor's creation needs free only while it is placed (its lifetime needs
+  /// `resources`), by the head's request.
+  var headPlacement: [UInt64: ResourceSet] = [:]
+  var nextHeadRequest: UInt64 = 1
+  var headTickArmed = false
+  /// Each actor's max_task_retries, as its handle knows it.
+  var actorRetries: [ActorID: Int] = [:]
+  /// Long polls of drivers for actors' states: (driver, after version).
+  var actorWatches: [ActorID: [(driver: Int, after: UInt64, token: UInt64)]] = [:]
+  var nextWatch: UInt64 = 1
   var faultsInjected: [String: Int] = [:]
   /// What happened, counted: spillbacks, grants, tasks run, retries warned of.
   var activity: [String: Int] = [:]
@@ -155,6 +176,12 @@ final class SimCluster {
     }
     activity["warning", default: 0] += e.warnings.count
     if let at = e.armTick { time.at(at + 1000, "tick d\(d)") { [self] in driverEvent(d) { $0.tick(now: time.now) } } }
+    for actor in e.actorsOutOfScope {
+      time.send(on: "d\(d)->head", delay: latency(0), "d\(d): actor \(actor.counter) out of scope") { [self] in
+        headPerform(actorDirectory.outOfScope(actor))
+      }
+    }
+    if e.actorSteps { driverActorSteps(d) }
   }
 
   func perform(_ d: Int, _ step: SimOwnerState.LeaseStep) {
@@ -175,7 +202,7 @@ final class SimCluster {
       nextConnection += 1
       time.send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w.node), "push \(spec.name) to w\(wid.hex.prefix(6))") { [self] in
         guard w.alive else { return connectionBroke(d, leaseID: lease.leaseID) }
-        w.inbox.append((d, tid, spec, lease.leaseID, conn))
+        w.inbox.append((d, tid, spec, lease.leaseID, conn, .task))
         runNext(w)
       }
     case .giveBack(let leaseID, let disconnect, _):
@@ -193,13 +220,25 @@ final class SimCluster {
     }
   }
 
-  /// A lease request from driver `d` to node `n`; `routed`: the node decides where it
-  /// goes (else it was spilled back here and must queue or be rejected).
-  func sendRequest(_ d: Int, _ requestID: UInt64, _ key: SchedulingKey, preferred: Data?, to n: Int, routed: Bool, hops: Int) {
-    requestNode[d, default: [:]][requestID] = n
-    time.send(on: "d\(d)->n\(n)", delay: latency(n), "lease request \(requestID & 0xffff) d\(d)->n\(n)\(routed ? "" : " (spilled)")") { [self] in
-      leaseRequested(n, driver: d, requestID: requestID, key: key, preferred: preferred, routed: routed, hops: hops)
+  /// The head's index among lease requesters (drivers are 0...).
+  static let head = -1
+  func name(_ o: Int) -> String { o == Self.head ? "head" : "d\(o)" }
+
+  /// A lease request from requester `o` (a driver, or the head for an actor) to node
+  /// `n`; `routed`: the node decides where it goes (else it was spilled back here and
+  /// must queue or be rejected).
+  func sendRequest(_ o: Int, _ requestID: UInt64, _ key: SchedulingKey, preferred: Data?, to n: Int, routed: Bool, hops: Int) {
+    requestNode[o, default: [:]][requestID] = n
+    time.send(on: "\(name(o))->n\(n)", delay: latency(n), "lease request \(requestID & 0xffff) \(name(o))->n\(n)\(routed ? "" : " (spilled)")") { [self] in
+      leaseRequested(n, from: o, requestID: requestID, key: key, preferred: preferred, routed: routed, hops: hops)
     }
+  }
+
+  /// The final answer to a lease request reaches its requester (nil: the node could
+  /// not be reached); `n`: the node that gave it.
+  func answer(_ o: Int, _ requestID: UInt64, _ reply: Swiftray_RequestWorkerLeaseReply?, from n: Int) {
+    if o == Self.head { return headLeaseAnswered(requestID, reply, node: n) }
+    driverEvent(o) { $0.leaseReplied(requestID, reply, node: n == 0 ? nil : nodes[n].address, now: time.now) }
   }
 
   func connectionBroke(_ d: Int, leaseID: UInt64) {
@@ -210,18 +249,19 @@ final class SimCluster {
 
   // MARK: - nodes: LeaseQueue events and actions
 
-  func leaseRequested(_ n: Int, driver d: Int, requestID: UInt64, key: SchedulingKey, preferred: Data?, routed: Bool, hops: Int) {
+  func leaseRequested(_ n: Int, from d: Int, requestID: UInt64, key: SchedulingKey, preferred: Data?, routed: Bool, hops: Int) {
     let node = nodes[n]
+    let placement = d == Self.head ? headPlacement[requestID] ?? ResourceSet() : ResourceSet()
     guard node.alive else {
-      // Connection refused: the driver asks again.
+      // Connection refused: the requester asks again.
       return time.after(rng.between(1 * ms, 3 * ms), "lease request to dead n\(n) failed") { [self] in
-        driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
+        answer(d, requestID, nil, from: n)
       }
     }
     if routed {
       let me = NodePicker.NodeView(id: Data(node.id.binary), address: node.address, total: node.queue.total,
                                    available: node.queue.uncommitted, alive: true, startTimeMs: 0)
-      switch node.view.route(key, needs: key.shape, me: me, preferred: preferred) {
+      switch node.view.route(key, needs: key.shape.union(placement), me: me, preferred: preferred) {
       case .local: break
       case .spillback(let address):
         guard let target = nodes.first(where: { $0.address == address }) else { return fail("spillback to unknown \(address)") }
@@ -231,25 +271,33 @@ final class SimCluster {
         r.status = .infeasible
         r.detail = detail
         let reply = r
-        return time.send(on: "n\(n)->d\(d)", delay: latency(n), "lease request rejected by n\(n)") { [self] in
-          driverEvent(d) { $0.leaseReplied(requestID, reply, node: nil, now: time.now) }
+        return time.send(on: "n\(n)->\(name(d))", delay: latency(n), "lease request rejected by n\(n)") { [self] in
+          answer(d, requestID, reply, from: n)
         }
       }
     }
     let local = node.nextRequest
     node.nextRequest += 1
     node.requests[local] = (d, requestID, key)
-    let owner = WorkerID(binary: drivers[d].address.workerID)!
+    let owner = d == Self.head ? headID : WorkerID(binary: drivers[d].address.workerID)!
     let movable = key.strategy == .default || key.strategy == .spread
-    perform(node: n, node.queue.leaseRequested(.init(id: local, shape: key.shape, owner: owner, movable: movable)))
+    perform(node: n, node.queue.leaseRequested(.init(id: local, shape: key.shape, owner: owner, placement: placement,
+                                                     movable: movable && placement.isEmpty)))
   }
 
-  /// A spillback answer reaches the driver, which follows it (up to `maxLeaseHops`,
-  /// then asks its own node again), as CoreWorker.requestLease does.
+  /// A spillback answer reaches its requester, which follows it (`LeaseClient`: a
+  /// driver up to 3 nodes, then asks its own node again; the head one node).
   func spilledBack(_ d: Int, _ requestID: UInt64, _ key: SchedulingKey, from n: Int, to target: Int, hops: Int) {
     activity["spillback", default: 0] += 1
-    time.send(on: "n\(n)->d\(d)", delay: latency(n), "spillback n\(n)->n\(target) for d\(d)") { [self] in
-      if hops < 3 {
+    time.send(on: "n\(n)->\(name(d))", delay: latency(n), "spillback n\(n)->n\(target) for \(name(d))") { [self] in
+      if d == Self.head {
+        guard hops < 1 else {
+          var r = Swiftray_RequestWorkerLeaseReply()
+          r.status = .spillback
+          return answer(d, requestID, r, from: n)
+        }
+        sendRequest(d, requestID, key, preferred: nil, to: target, routed: false, hops: hops + 1)
+      } else if hops < 3 {
         sendRequest(d, requestID, key, preferred: nil, to: target, routed: false, hops: hops + 1)
       } else {
         sendRequest(d, requestID, key, preferred: nil, to: 0, routed: true, hops: 0)
@@ -276,7 +324,7 @@ final class SimCluster {
     }
     // Until the work is done (bounded: a run that never finishes is reported as a hang).
     if time.now < settings.faultWindow * 2
-      || (time.now < settings.faultWindow * 20 && drivers.contains(where: { $0.state.tasks.numPending > 0 })) {
+      || (time.now < settings.faultWindow * 40 && drivers.contains(where: { $0.state.tasks.numPending > 0 })) {
       time.after(100 * ms, "report cycle") { [self] in reportCycle() }
     }
   }
@@ -288,8 +336,8 @@ final class SimCluster {
     var r = Swiftray_RequestWorkerLeaseReply()
     make(&r)
     let reply = r
-    time.send(on: "n\(n)->d\(d)", delay: latency(n), "lease reply \(reply.status) n\(n)->d\(d)") { [self] in
-      driverEvent(d) { $0.leaseReplied(requestID, reply, node: n == 0 ? nil : nodes[n].address, now: time.now) }
+    time.send(on: "n\(n)->\(name(d))", delay: latency(n), "lease reply \(reply.status) n\(n)->\(name(d))") { [self] in
+      answer(d, requestID, reply, from: n)
     }
   }
 
@@ -348,6 +396,10 @@ final class SimCluster {
     time.after(rng.between(1 * ms, 20 * ms) * node.slowness, "w\(w.id.hex.prefix(6)) ran \(job.spec.name)") { [self] in
       guard w.alive else { return }
       w.current = nil
+      if case .task = job.kind {} else {
+        actorJobDone(w, job)
+        return runNext(w)
+      }
       activity["task run", default: 0] += 1
       let reply = execute(job.spec, on: node)
       if brokenConnections.contains(job.conn) {
@@ -440,11 +492,22 @@ final class SimCluster {
     // Each driver with a task on it sees that connection break (an idle lease's owner
     // finds out with its next push).
     var seen = Set<UInt64>()
-    for job in inFlight where !brokenConnections.contains(job.conn) && seen.insert(job.leaseID).inserted {
+    for job in inFlight where !brokenConnections.contains(job.conn) {
       brokenConnections.insert(job.conn)
-      connectionBroke(job.owner, leaseID: job.leaseID)
+      switch job.kind {
+      case .task: if seen.insert(job.leaseID).inserted { connectionBroke(job.owner, leaseID: job.leaseID) }
+      case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation)
+      case .creation: break  // the head learns from the node's report below
+      }
     }
-    if nodes[w.node].alive { perform(node: w.node, nodes[w.node].queue.workerExited(w.id)) }
+    if nodes[w.node].alive {
+      perform(node: w.node, nodes[w.node].queue.workerExited(w.id))
+      // The node reports every worker exit to the head: its actor restarts or dies.
+      let wid = Data(w.id.binary)
+      time.send(on: "n\(w.node)->head", delay: latency(w.node), "n\(w.node) reports w\(w.id.hex.prefix(6)) exited") { [self] in
+        headPerform(actorDirectory.workerDied(wid, detail: "worker \(w.id.hex.prefix(8)) \(why)"))
+      }
+    }
   }
 
   func killNode(_ n: Int) {
@@ -457,12 +520,13 @@ final class SimCluster {
     for (_, r) in node.requests.sorted(by: { $0.key < $1.key }) {
       let (d, requestID, _) = r
       time.after(rng.between(1 * ms, 5 * ms), "lease request on dead n\(n) broke") { [self] in
-        driverEvent(d) { $0.leaseReplied(requestID, nil, node: nil, now: time.now) }
+        answer(d, requestID, nil, from: n)
       }
     }
     node.requests = [:]
     time.after(settings.healthTimeout, "head declares n\(n) dead") { [self] in
       node.declaredDead = true
+      headPerform(actorDirectory.nodeDied([node.address], detail: "its node \(n) died (simulated)"))
       for d in drivers.indices {
         driverEvent(d) { $0.nodeDied(Data(node.id.binary), nodeManagers: [node.address], why: "node \(n) died (simulated)",
                                       here: (Data(nodes[0].id.binary), "node-0:store"), now: time.now) }
@@ -491,9 +555,13 @@ final class SimCluster {
       time.at(rng.between(0, window), "fault: drop a push connection") { [self] in
         let busy = workers.values.filter { $0.alive && $0.busy }.sorted { $0.id.hex < $1.id.hex }
         guard let w = busy.randomElement(using: &rng), let job = w.current, !brokenConnections.contains(job.conn) else { return }
+        switch job.kind {
+        case .task: connectionBroke(job.owner, leaseID: job.leaseID)
+        case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation)
+        case .creation: return  // the head's push carries no reply it waits on
+        }
         faultsInjected["connection drop", default: 0] += 1
         brokenConnections.insert(job.conn)
-        connectionBroke(job.owner, leaseID: job.leaseID)
       }
     }
     for _ in 0..<s.slowNodes {

@@ -11,6 +11,12 @@ extension SimCluster {
   /// the driver drops refs it no longer needs as it goes.
   func startWorkload() {
     for d in drivers.indices {
+      for _ in 0..<Int(rng.between(1, 2)) {
+        time.at(rng.between(0, settings.faultWindow / 4), "d\(d) creates an actor") { [self] in createActor(d) }
+      }
+      for _ in 0..<settings.tasksPerDriver / 3 {
+        time.at(rng.between(settings.faultWindow / 4, settings.faultWindow * 3 / 4), "d\(d) calls an actor") { [self] in callActor(d) }
+      }
       for _ in 0..<settings.tasksPerDriver {
         time.at(rng.between(0, settings.faultWindow * 3 / 4), "d\(d) submits") { [self] in submitOne(d) }
       }
@@ -63,12 +69,67 @@ extension SimCluster {
     }
   }
 
+  /// As `CoreWorker.createActor`: submitted (its constructor takes no arguments, so it
+  /// is registered with the head at once), then its handle counted.
+  func createActor(_ d: Int) {
+    var spec = Swiftray_TaskSpec()
+    spec.name = "A.__init__"
+    spec.numReturns = 0
+    // Ray's default actor: a CPU to be placed, none while it lives.
+    var c = Swiftray_ActorCreationSpec()
+    c.placementResources = Self.cpu1.proto
+    c.maxRestarts = [0, 1, -1].randomElement(using: &rng)!
+    c.maxTaskRetries = [0, 1, -1].randomElement(using: &rng)!
+    c.className = "A"
+    spec.actorCreation = c
+    let now = time.now
+    var created: TaskID?
+    driverEvent(d) { s in
+      guard case .success(let r) = s.taskSubmitted(spec, args: [], kind: .actorCreation(sync: true), parent: nil, now: now)
+      else { return .init() }
+      created = r.task
+      return r.effects
+    }
+    guard let tid = created else { return fail("an actor creation was refused") }
+    if drivers[d].state.syncCreationSubmitted(tid) { registerActor(d, tid) } else { fail("a constructor without arguments waits") }
+    driverEvent(d) { $0.actorHandleAdded(tid, maxPendingCalls: -1) }
+    drivers[d].actors.append(tid)
+    actorRetries[tid] = Int(c.maxTaskRetries)
+  }
+
+  /// A call to one of the driver's actors: its result is its sequence number.
+  func callActor(_ d: Int) {
+    let drv = drivers[d]
+    guard let actor = drv.actors.randomElement(using: &rng) else { return }
+    var spec = Swiftray_TaskSpec()
+    spec.actorID = Data(actor.binary)
+    spec.methodName = "f"
+    spec.name = "A.f"
+    spec.numReturns = 1
+    spec.callerID = drv.address.workerID
+    let now = time.now
+    var ret: ObjectID?
+    driverEvent(d) { s in
+      switch s.taskSubmitted(spec, args: [], kind: .actorCall(actor, maxTaskRetries: actorRetries[actor] ?? 0), parent: nil, now: now) {
+      case .success(let r):
+        ret = r.returns.first
+        return r.effects
+      case .failure(let e):
+        fail("an actor call was refused: \(e.message)")
+        return .init()
+      }
+    }
+    guard let ret, let seq = drv.state.tasks.spec(ret.task)?.actorSeq else { return }
+    drv.held[ret] = seq
+    drv.heldOrder.append(ret)
+  }
+
   /// Runs events until none is left (or the step budget is spent: a livelock).
   func settle(_ what: String) -> Bool {
     while let e = time.next() {
       e.run()
-      if time.steps > settings.maxSteps {
-        fail("\(what): still busy after \(settings.maxSteps) events (\(time.pending) queued): a livelock")
+      if time.steps > settings.maxSteps || time.now > settings.faultWindow * 100 {
+        fail("\(what): still busy after \(time.steps) events and \(time.now / 1_000_000_000) s (\(time.pending) queued): a livelock")
         return false
       }
     }
@@ -76,7 +137,8 @@ extension SimCluster {
   }
 
   /// Errors a result may end with when faults exhausted its retries.
-  static let allowedErrors: Set<SwiftrayError.Code> = [.workerCrashed, .objectLost, .reconstructionFailed]
+  static let allowedErrors: Set<SwiftrayError.Code> = [.workerCrashed, .objectLost, .reconstructionFailed, .actorDied,
+                                                        .actorUnavailable, .actorUnschedulable]
 
   /// Every held result is there: its value right, or an error faults explain; a stored
   /// one readable where its descriptor says. Then every ref is dropped and nothing
@@ -87,7 +149,14 @@ extension SimCluster {
       for id in drv.heldOrder {
         guard let o = drv.state.store[id] else {
           let spec = drv.state.tasks.spec(id.task)
-          fail("driver \(drv.index): \(spec?.name ?? id.hex) never finished (pending=\(drv.state.tasks.isPending(id.task))): a hang")
+          var about = ""
+          if let a = spec.flatMap({ TaskID(binary: $0.actorID) }) {
+            let info = actorDirectory.info(a)
+            let watching = (actorWatches[a] ?? []).filter { $0.driver == drv.index }.map(\.after)
+            about = " — actor \(a.counter) at the head: \(info.map { "\($0.state) v\($0.version) \($0.detail)" } ?? "unknown"),"
+              + " watches waiting after \(watching), call #\(spec?.actorSeq ?? 0)"
+          }
+          fail("driver \(drv.index): \(spec?.name ?? id.hex) never finished (pending=\(drv.state.tasks.isPending(id.task))): a hang\(about)")
           continue
         }
         if let code = ErrorObject.code(fromMetadata: o.metadata) {
@@ -116,6 +185,8 @@ extension SimCluster {
     for drv in drivers {
       let now = time.now
       for id in drv.heldOrder { driverEvent(drv.index) { $0.localRefRemoved(id, now: now) } }
+      for actor in drv.actors { driverEvent(drv.index) { $0.localRefRemoved(actor.actorHandleObject, now: now) } }
+      drv.actors = []
       drv.heldOrder = []
       drv.held = [:]
     }

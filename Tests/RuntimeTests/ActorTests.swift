@@ -229,13 +229,30 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(s.callLost(call(2), incarnation: 0) == [.watch(actor, afterVersion: 2)])
     _ = s.callLost(call(1), incarnation: 0)
     _ = s.callLost(call(3), incarnation: 0)
-    // A stale answer (same version) sends nothing to the old incarnation.
-    #expect(pushes(s.actorInfo(info(.alive, version: 2))).isEmpty)
     let after = s.actorInfo(info(.alive, version: 4, restarts: 1))
     #expect(pushes(after) == [call(1), call(3)])
     #expect(after.contains { if case .fail(call(2), let e) = $0 { return e.code == .actorDied } else { return false } })
     // A loss reported for the old incarnation does not touch the resent call.
     #expect(s.callLost(call(1), incarnation: 0).isEmpty)
+  }
+
+  @Test func callsLostWhileTheSameIncarnationStaysAliveAreResentOrFailAsUnavailable() {
+    // The connection to the actor broke, but the head's poll ran out with the actor
+    // alive in the same incarnation: waiting for a newer state would wait forever.
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = s.actorInfo(info(.alive, version: 2))
+    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 0).get()
+    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 2).get()
+    for n: UInt64 in 1...2 { _ = s.callReady(call(n)) }
+    _ = s.callLost(call(1), incarnation: 0)
+    _ = s.callLost(call(2), incarnation: 0)
+    let answer = s.actorInfo(info(.alive, version: 2))
+    #expect(pushes(answer) == [call(2)], "resent: it may run again")
+    #expect(answer.contains { if case .fail(call(1), let e) = $0 { return e.code == .actorUnavailable } else { return false } })
+    // Later calls go out at once again.
+    _ = try! s.callSubmitted(call(3), actor: actor, maxTaskRetries: 0).get()
+    #expect(pushes(s.callReady(call(3))) == [call(3)])
   }
 
   @Test func aDeadActorFailsEveryCallWithItsCauseIncludingLaterOnes() {

@@ -415,11 +415,12 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   func requestLease(_ id: ActorID, _ spec: Swiftray_TaskSpec) {
     if state.withLock({ $0.closed }) { return }
     let shape = ResourceSet(proto: spec.resources).union(ResourceSet(proto: spec.actorCreation.placementResources))
-    guard let node = placementNode(shape), let nm = nodeClient(node) else {
+    guard let node = placementNode(shape), nodeClient(node) != nil else {
       let now = Self.now()
       perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
       return
     }
+    let leases = LeaseClient(local: nil, nodes: nodeClients, maxHops: 1)
     Task { [self] in
       var req = Swiftray_RequestWorkerLeaseRequest()
       req.leaseRequestID = randomWord() >> 1
@@ -429,17 +430,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.owner.workerID = Data(leaseOwner.binary)
       req.jobID = spec.jobID
       req.taskName = spec.name
-      var node = node
-      // No deadline: a lease waits for resources as long as that takes. A node that
-      // hangs fails it through its connection's keep-alive (grpc_client_keepalive_*).
-      var reply = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req)
-      if let r = reply, r.status == .spillback, let there = nodeClient(r.retryAtEndpoint) {
-        // Its strategy (SPREAD, node affinity) or the node's policy chose another node:
-        // ask that one, which must grant or reject.
-        node = r.retryAtEndpoint
-        req.grantOrReject = true
-        reply = try? await Swiftray_NodeManagerService.Client(wrapping: there.client).requestWorkerLease(req)
-      }
+      let (reply, answered) = await leases.request(req, at: node)
+      let node = answered ?? node
       let now = Self.now()
       let actions: [ActorDirectory.Action] = state.withLock { [node, reply] s in
         guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }

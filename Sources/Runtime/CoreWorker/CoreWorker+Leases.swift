@@ -43,19 +43,14 @@ extension CoreWorker {
     }
   }
 
-  /// Asks a NodeManager for a lease: this node's, or (`node`) the one a spillback named,
-  /// which must then grant or reject.
-  /// A node may send a queued request on again when another frees up first
-  /// (`QueueSpillback`): it is followed up to `maxLeaseHops` nodes, then asked again here.
+  /// Asks for a lease (`LeaseClient`: this node routes it; spillbacks are followed up to
+  /// `maxLeaseHops` nodes, then it is asked again here) and tells the owner the answer.
   static let maxLeaseHops = 3
 
-  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, node: String? = nil, preferred: Data? = nil, hops: Int = 0) {
-    guard let nm = node.map(nodeClient) ?? nodeManager else {
-      let now = Self.now()
-      return owner { $0.leaseReplied(requestID, nil, node: node, now: now) }
-    }
+  func requestLease(_ requestID: UInt64, _ key: SchedulingKey, preferred: Data?) {
     let owner = address
     let job = jobID
+    let leases = LeaseClient(local: nodeManager, nodes: otherNodes, maxHops: Self.maxLeaseHops)
     Task { [self] in
       if case .placementGroup(let g, _, _) = key.strategy { await placementGroupRegistered(g) }
       var req = Swiftray_RequestWorkerLeaseRequest()
@@ -64,14 +59,8 @@ extension CoreWorker {
       req.strategy = key.strategyProto
       req.owner = owner
       req.jobID = Data(job.binary)
-      req.grantOrReject = node != nil
       if let preferred { req.preferredNode = preferred }
-      let reply: Swiftray_RequestWorkerLeaseReply?
-      do { reply = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).requestWorkerLease(req) }
-      catch { reply = nil }
-      if let reply, reply.status == .spillback, hops < Self.maxLeaseHops {
-        return requestLease(requestID, key, node: reply.retryAtEndpoint, hops: hops + 1)
-      }
+      let (reply, node) = await leases.request(req)
       let now = Self.now()
       self.owner { $0.leaseReplied(requestID, reply, node: node, now: now) }
     }

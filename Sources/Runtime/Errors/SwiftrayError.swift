@@ -16,6 +16,8 @@ public struct SwiftrayError: Error, Sendable, Equatable, CustomStringConvertible
     case localRayletDied = "LOCAL_RAYLET_DIED"
     case unschedulable = "TASK_UNSCHEDULABLE"
     case actorDied = "ACTOR_DIED"
+    /// The actor is alive but this caller could not reach it (a broken connection).
+    case actorUnavailable = "ACTOR_UNAVAILABLE"
     case actorUnschedulable = "ACTOR_UNSCHEDULABLE"
     case pendingCallsLimitExceeded = "PENDING_CALLS_LIMIT_EXCEEDED"
     case taskPlacementGroupRemoved = "TASK_PLACEMENT_GROUP_REMOVED"

@@ -133,6 +133,33 @@ public struct ActorTaskSubmitter: Sendable {
     guard let id = TaskID(binary: info.actorID), var a = actors[id] else { return [] }
     a.watching = false
     guard info.version > a.info.version else {
+      if a.suspect, a.info.state == .alive, info.state == .alive, info.numRestarts == a.info.numRestarts {
+        // The head's poll ran out with the same incarnation alive: what broke was this
+        // caller's connection to it, not the actor (a network fault). Calls lost on it
+        // are resent if they may run again (max_task_retries), else fail as unavailable;
+        // the next send opens a new connection. (Found by the cluster simulation: the
+        // caller used to wait for a newer state that never came.)
+        a.suspect = false
+        var actions: [Action] = []
+        var resend: [Call] = []
+        for var c in a.lost.sorted(by: { $0.seq < $1.seq }) {
+          if c.retriesLeft == 0 {
+            callActor[c.task] = nil
+            actions.append(.fail(c.task, SwiftrayError(.actorUnavailable,
+              "The connection to actor \(Self.describe(info, id)) broke before this call's reply, while the actor "
+              + "stayed alive; the call may or may not have run, and it is not resent (max_task_retries=0; set "
+              + "max_task_retries to resend such calls).")))
+          } else {
+            if c.retriesLeft > 0 { c.retriesLeft -= 1 }
+            c.ready = true
+            resend.append(c)
+          }
+        }
+        a.lost = []
+        a.queue = Deque(resend) + a.queue
+        actors[id] = a
+        return actions + flush(id)
+      }
       actors[id] = a
       return a.info.state == .dead || (a.info.state == .alive && !a.suspect) ? [] : startWatch(id)
     }
