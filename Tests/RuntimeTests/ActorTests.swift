@@ -193,6 +193,18 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
 
   func call(_ n: UInt64) -> TaskID { TaskID(prefix: 9, counter: n, job: 1) }
 
+  /// A submitter whose actor is alive (version 2), with calls 1... sent to it, each with
+  /// its `max_task_retries`, and then lost with their connection.
+  func lostCalls(retries: [Int]) -> ActorTaskSubmitter {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = s.actorInfo(info(.alive, version: 2))
+    for (i, r) in retries.enumerated() { _ = try! s.callSubmitted(call(UInt64(i + 1)), actor: actor, maxTaskRetries: r).get() }
+    for i in retries.indices { _ = s.callReady(call(UInt64(i + 1))) }
+    for i in retries.indices { _ = s.callLost(call(UInt64(i + 1)), incarnation: 0) }
+    return s
+  }
+
   @Test func callsWaitForTheActorThenGoInSequenceOrder() {
     var s = ActorTaskSubmitter()
     #expect(s.handleAdded(actor, maxPendingCalls: -1) == [.watch(actor, afterVersion: 0)])
@@ -219,16 +231,13 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
   }
 
   @Test func lostCallsAreResentAfterARestartInOrderOrFailWithoutRetries() {
-    var s = ActorTaskSubmitter()
-    _ = s.handleAdded(actor, maxPendingCalls: -1)
-    _ = s.actorInfo(info(.alive, version: 2))
-    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 1).get()
-    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 0).get()
-    _ = try! s.callSubmitted(call(3), actor: actor, maxTaskRetries: 1).get()
-    for n: UInt64 in 1...3 { _ = s.callReady(call(n)) }
-    #expect(s.callLost(call(2), incarnation: 0) == [.watch(actor, afterVersion: 2)])
-    _ = s.callLost(call(1), incarnation: 0)
-    _ = s.callLost(call(3), incarnation: 0)
+    var first = ActorTaskSubmitter()
+    _ = first.handleAdded(actor, maxPendingCalls: -1)
+    _ = first.actorInfo(info(.alive, version: 2))
+    _ = try! first.callSubmitted(call(1), actor: actor, maxTaskRetries: 0).get()
+    _ = first.callReady(call(1))
+    #expect(first.callLost(call(1), incarnation: 0) == [.watch(actor, afterVersion: 2)], "a lost call asks the head")
+    var s = lostCalls(retries: [1, 0, 1])
     let after = s.actorInfo(info(.alive, version: 4, restarts: 1))
     #expect(pushes(after) == [call(1), call(3)])
     #expect(after.contains { if case .fail(call(2), let e) = $0 { return e.code == .actorDied } else { return false } })
@@ -239,14 +248,7 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
   @Test func callsLostWhileTheSameIncarnationStaysAliveAreResentOrFailAsUnavailable() {
     // The connection to the actor broke, but the head's poll ran out with the actor
     // alive in the same incarnation: waiting for a newer state would wait forever.
-    var s = ActorTaskSubmitter()
-    _ = s.handleAdded(actor, maxPendingCalls: -1)
-    _ = s.actorInfo(info(.alive, version: 2))
-    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 0).get()
-    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 2).get()
-    for n: UInt64 in 1...2 { _ = s.callReady(call(n)) }
-    _ = s.callLost(call(1), incarnation: 0)
-    _ = s.callLost(call(2), incarnation: 0)
+    var s = lostCalls(retries: [0, 2])
     let answer = s.actorInfo(info(.alive, version: 2))
     #expect(pushes(answer) == [call(2)], "resent: it may run again")
     #expect(answer.contains { if case .fail(call(1), let e) = $0 { return e.code == .actorUnavailable } else { return false } })
