@@ -1,16 +1,10 @@
 import HeapModule
+import Runtime
 
-/// A seeded generator (SplitMix64): the whole run follows from one seed.
-struct SimRandom: RandomNumberGenerator {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
+/// The simulation's random source: one seed for the whole run.
+typealias SimRandom = SeededRandom
+
+extension SeededRandom {
   mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
   mutating func between(_ lo: UInt64, _ hi: UInt64) -> UInt64 { UInt64.random(in: lo...hi, using: &self) }
 }

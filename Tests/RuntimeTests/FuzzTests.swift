@@ -10,7 +10,7 @@ import Testing
 /// object store. Nothing may trap; a failure prints its seed, and
 /// `SWIFTRAY_FUZZ_SEED=<seed>` replays the run. Each suite prints its cases per second.
 
-// `SeededRandom` (SplitMix64) is shared with the other seeded tests (LeaseQueueTests.swift).
+// `SeededRandom` (SplitMix64, in Runtime) is shared with the other seeded tests and the simulator.
 
 enum Fuzz {
   /// The run's seed: `SWIFTRAY_FUZZ_SEED`, else a fresh one (printed with every failure).

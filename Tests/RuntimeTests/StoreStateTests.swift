@@ -276,7 +276,6 @@ private let mib = 1 << 20
   }
 }
 
-extension SeededRandom: RandomNumberGenerator {}
 
 extension StoreState.CreateOutcome {
   var fullError: SwiftrayError? { if case .full(let e) = self { return e }; return nil }
