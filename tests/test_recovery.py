@@ -333,3 +333,34 @@ def test_an_actor_whose_driver_died_while_the_head_was_down_dies_when_the_head_i
     swiftray.init(address=cluster.address, namespace="app")
     with pytest.raises(ValueError):
         swiftray.get_actor("held")
+
+
+def test_a_head_restarted_without_storage_lets_nodes_take_back_the_bundles_it_forgot(cluster, tmp_path):
+    # The new head knows no placement group: each node, told which bundles it holds in the
+    # answers to its reports, gives back the ones nobody holds any more (after a grace
+    # of 3 call deadlines plus 2 report periods) instead of keeping them reserved forever.
+    from conftest import run_script
+    cluster.env["SWIFTRAY_NODE_MANAGER_RPC_TIMEOUT_MS"] = "500"
+    head = cluster.add_node(num_cpus=1)
+    worker = cluster.add_node(num_cpus=1, resources={"w": 2})
+    port = int(cluster.address.rsplit(":", 1)[1])
+    first = run_script(tmp_path, """
+        import sys
+        import swiftray
+        from swiftray.util import placement_group
+        swiftray.init(address=sys.argv[1])
+        assert placement_group([{"w": 2}], name="held", lifetime="detached").wait(30)
+    """, args=[cluster.address], env={"SWIFTRAY_NODE_MANAGER_RPC_TIMEOUT_MS": "500"})
+    assert first.returncode == 0, first.stderr
+    cluster.kill_node(head)
+    cluster.add_node(num_cpus=1, head_port=port)  # same port, no storage: the group is forgotten
+    swiftray.init(address=cluster.address)
+    assert wait_until(lambda: any(n["Alive"] and n["SessionDir"] == worker["session"] for n in swiftray.nodes()),
+                      timeout=20), "the worker node registered with the new head"
+
+    @swiftray.remote(resources={"w": 2}, num_cpus=0)
+    def both():
+        return swiftray.get_runtime_context().get_node_id()
+
+    node = next(n["NodeID"] for n in swiftray.nodes() if n["SessionDir"] == worker["session"])
+    assert swiftray.get(both.remote(), timeout=60) == node

@@ -268,6 +268,28 @@ public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
   /// The ControlService does not know this node (it restarted): register again.
   public var unknownNode: Bool = false
 
+  /// The placement-group bundles the cluster counts as reserved on this node (when
+  /// bundles_listed): the node commits those whose commit it never got and, after a
+  /// grace period, gives back the ones not listed (a lost answer or return, a head that
+  /// restarted without them). Bounded by the node's own bundles.
+  public var bundlesListed: Bool = false
+
+  public var bundles: [Swiftray_HeldBundles] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_HeldBundles: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var placementGroupID: Data = Data()
+
+  public var indices: [Int32] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2083,7 +2105,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0\u{3}bundles_listed\0\u{1}bundles\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2092,6 +2114,8 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.unknownNode) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.bundlesListed) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
       default: break
       }
     }
@@ -2101,11 +2125,54 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
     if self.unknownNode != false {
       try visitor.visitSingularBoolField(value: self.unknownNode, fieldNumber: 1)
     }
+    if self.bundlesListed != false {
+      try visitor.visitSingularBoolField(value: self.bundlesListed, fieldNumber: 2)
+    }
+    if !self.bundles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.bundles, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_ReportResourcesReply, rhs: Swiftray_ReportResourcesReply) -> Bool {
     if lhs.unknownNode != rhs.unknownNode {return false}
+    if lhs.bundlesListed != rhs.bundlesListed {return false}
+    if lhs.bundles != rhs.bundles {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_HeldBundles: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeldBundles"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.indices) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 1)
+    }
+    if !self.indices.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.indices, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_HeldBundles, rhs: Swiftray_HeldBundles) -> Bool {
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.indices != rhs.indices {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -31,6 +31,13 @@ final class SimCluster {
     var slowNodes = 3
     /// How long the head takes to declare a silent node dead.
     var healthTimeout: UInt64 = 400 * ms
+    /// Placement groups each driver creates; the deadline of the head's calls to nodes
+    /// (prepare, commit, return); the chance, in the fault window, that one such call or
+    /// its answer is lost; whether nodes settle their bundles with the head's list.
+    var groupsPerDriver = 3
+    var nodeCallTimeout: UInt64 = 300 * ms
+    var bundleMessageLoss = 0.1
+    var reconcileBundles = true
     var maxSteps = 2_000_000
   }
 
@@ -86,6 +93,8 @@ final class SimCluster {
     var submitted = 0
     /// Actors this driver created (it holds each handle's one reference).
     var actors: [ActorID] = []
+    /// Placement groups it created and has not removed.
+    var groups: [Data] = []
     init(index: Int, state: SimOwnerState, address: Swiftray_Address) {
       self.index = index; self.state = state; self.address = address
     }
@@ -120,6 +129,9 @@ final class SimCluster {
   var actorWatches: [ActorID: [(driver: Int, after: UInt64, token: UInt64)]] = [:]
   var nextWatch: UInt64 = 1
   var faultsInjected: [String: Int] = [:]
+  // The head's placement groups (ControlService: PlacementGroupTable decides).
+  var groups = PlacementGroupTable()
+  var placementKicked = false
   /// What happened, counted: spillbacks, grants, tasks run, retries warned of.
   var activity: [String: Int] = [:]
   /// Stored returns of attempts whose reply never reached their owner (left behind).
@@ -280,9 +292,11 @@ final class SimCluster {
     node.nextRequest += 1
     node.requests[local] = (d, requestID, key)
     let owner = d == Self.head ? headID : WorkerID(binary: drivers[d].address.workerID)!
-    let movable = key.strategy == .default || key.strategy == .spread
+    // As NodeManager.requestWorkerLease: only affinity and bundles tie a request here.
+    let movable = (key.strategy == .default || key.strategy == .spread)
+      && BundleResources.groups(in: key.shape.union(placement)).isEmpty
     perform(node: n, node.queue.leaseRequested(.init(id: local, shape: key.shape, owner: owner, placement: placement,
-                                                     movable: movable && placement.isEmpty)))
+                                                     movable: movable)))
   }
 
   /// A spillback answer reaches its requester, which follows it (`LeaseClient`: a
@@ -314,6 +328,7 @@ final class SimCluster {
     }
     for n in nodes where n.alive {
       n.lastReported = n.queue.available
+      reconcileBundles(n)
       n.view.refreshed(view)
       let queued = n.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
       for m in n.view.spill(queued, free: n.queue.available, me: Data(n.id.binary)) {
@@ -324,7 +339,8 @@ final class SimCluster {
     }
     // Until the work is done (bounded: a run that never finishes is reported as a hang).
     if time.now < settings.faultWindow * 2
-      || (time.now < settings.faultWindow * 40 && drivers.contains(where: { $0.state.tasks.numPending > 0 })) {
+      || (time.now < settings.faultWindow * 40
+          && (drivers.contains(where: { $0.state.tasks.numPending > 0 }) || !groups.waiting.isEmpty)) {
       time.after(100 * ms, "report cycle") { [self] in reportCycle() }
     }
   }
@@ -527,6 +543,7 @@ final class SimCluster {
     time.after(settings.healthTimeout, "head declares n\(n) dead") { [self] in
       node.declaredDead = true
       headPerform(actorDirectory.nodeDied([node.address], detail: "its node \(n) died (simulated)"))
+      headGroups(groups.nodeDied(Data(node.id.binary)))
       for d in drivers.indices {
         driverEvent(d) { $0.nodeDied(Data(node.id.binary), nodeManagers: [node.address], why: "node \(n) died (simulated)",
                                       here: (Data(nodes[0].id.binary), "node-0:store"), now: time.now) }

@@ -5,6 +5,7 @@ import Runtime
 //
 //   swiftray-sim --seeds N [--first-seed S] [--nodes K] [--tasks T]   N runs, seeds S..S+N-1
 //   swiftray-sim --seed S [--nodes K] [--tasks T]                     replay one run, with its trace
+//   swiftray-sim ... --no-bundle-reconcile   nodes ignore the head's list of their bundles
 //   swiftray-sim --scale [--scale-nodes N] [--scale-tasks T] [--json PATH]   control-plane figures
 //
 // Ends with `simulated N seeds: F failures`; exits 0 only when F = 0.
@@ -48,6 +49,10 @@ struct Simulate {
     let scale = args.contains("--scale")
     args.removeAll { $0 == "--scale" }
     var settings = SimCluster.Settings()
+    // Nodes that never settle their bundles with the head's list (what the NodeManager
+    // did before): shows the leaks the settling closes.
+    if args.contains("--no-bundle-reconcile") { settings.reconcileBundles = false }
+    args.removeAll { $0 == "--no-bundle-reconcile" }
     if let n = number("--nodes", 2...5_000) { settings.nodes = Int(n) }
     if let t = number("--tasks", 1...1_000_000) { settings.tasksPerDriver = Int(t) }
     let one = number("--seed", 0...UInt64.max)

@@ -14,6 +14,10 @@ extension SimCluster {
       for _ in 0..<Int(rng.between(1, 2)) {
         time.at(rng.between(0, settings.faultWindow / 4), "d\(d) creates an actor") { [self] in createActor(d) }
       }
+      // Small clusters cannot hold every group beside the actors once nodes die.
+      for _ in 0..<min(settings.groupsPerDriver, settings.nodes / 8) {
+        time.at(rng.between(0, settings.faultWindow * 3 / 4), "d\(d) creates a placement group") { [self] in createGroup(d) }
+      }
       for _ in 0..<settings.tasksPerDriver / 3 {
         time.at(rng.between(settings.faultWindow / 4, settings.faultWindow * 3 / 4), "d\(d) calls an actor") { [self] in callActor(d) }
       }
@@ -129,7 +133,12 @@ extension SimCluster {
     while let e = time.next() {
       e.run()
       if time.steps > settings.maxSteps || time.now > settings.faultWindow * 100 {
-        fail("\(what): still busy after \(time.steps) events and \(time.now / 1_000_000_000) s (\(time.pending) queued): a livelock")
+        let queued = nodes.filter { $0.alive && !$0.queue.pending.isEmpty }.map { n in
+          "n\(n.index): \(n.queue.pending.count) requests queued (first needs \(n.queue.pending.first!.needsFree)), "
+            + "\(n.queue.available) of \(n.queue.total) free, \(n.queue.workers.count) workers"
+        }
+        fail("\(what): still busy after \(time.steps) events and \(time.now / 1_000_000_000) s (\(time.pending) queued): a livelock"
+          + (queued.isEmpty ? "" : "; " + queued.joined(separator: "; ")))
         return false
       }
     }
@@ -182,6 +191,8 @@ extension SimCluster {
         if got != drv.held[id] { fail("driver \(drv.index): \(id.hex.suffix(8)) is \(got.map(String.init) ?? "?"), must be \(drv.held[id]!)") }
       }
     }
+    checkGroups()
+    removeAllGroups()
     for drv in drivers {
       let now = time.now
       for id in drv.heldOrder { driverEvent(drv.index) { $0.localRefRemoved(id, now: now) } }
@@ -199,8 +210,9 @@ extension SimCluster {
     }
     var stored = 0
     for n in nodes where n.alive {
-      if !n.queue.leases.isEmpty || !n.queue.pending.isEmpty || n.queue.available != n.queue.total {
-        fail("node \(n.index) keeps \(n.queue.leases.count) leases, \(n.queue.pending.count) requests, \(n.queue.available) of \(n.queue.total) free")
+      if !n.queue.leases.isEmpty || !n.queue.pending.isEmpty || n.queue.available != n.queue.total || !n.queue.bundles.isEmpty {
+        fail("node \(n.index) keeps \(n.queue.leases.count) leases, \(n.queue.pending.count) requests, "
+          + "\(n.queue.bundles.count) groups' bundles, \(n.queue.available) of \(n.queue.total) free")
       }
       stored += n.objects.count
     }

@@ -152,6 +152,72 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
   }
 }
 
+/// A node settles its bundles with the head's list of them (found by swiftray-sim: a
+/// lost prepare answer, commit or return otherwise leaves bundles reserved for nobody).
+@Suite struct BundleReconciliationTests {
+  let g = PlacementGroupID.random(), other = PlacementGroupID.random()
+  let second: UInt64 = 1_000_000_000
+
+  @Test func aListedBundleWhoseCommitWasLostIsCommitted() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(1), 1: cpu(1)], now: 10 * second)
+    _ = q.bundlesReconciled(listed: [g.hex: [0]], now: 11 * second, grace: 5 * second)
+    #expect(q.bundles[g.hex]?[0]?.added != nil, "listed: its commit never arrived")
+    #expect(q.bundles[g.hex]?[1]?.added == nil, "not listed, but a round may still be placing it")
+    #expect(q.total.units("CPU_group_0_\(g.hex)") == 1 && q.total.units("CPU_group_1_\(g.hex)") == 0)
+  }
+
+  @Test func anUnlistedBundleGoesBackOnlyAfterTheGrace() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(2)], now: 10 * second)
+    _ = q.bundlesReconciled(listed: [:], now: 14 * second, grace: 5 * second)
+    #expect(q.bundles[g.hex] != nil && q.available == cpu(2), "within the grace: a round may be placing it")
+    _ = q.bundlesReconciled(listed: [:], now: 15 * second, grace: 5 * second)
+    #expect(q.bundles.isEmpty && q.available == cpu(4), "its prepare's answer was lost and the round undone without it")
+  }
+
+  @Test func aCommittedGroupTheHeadNoLongerListsGoesWholeWithItsWorkersAndRequests() {
+    var q = LeaseQueue(total: cpu(2), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    let w = WorkerID.random()
+    _ = q.workerStarting(w)
+    _ = q.workerRegistered(w)
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(1)], now: 0)
+    _ = q.bundlesCommitted(group: g.hex, now: second)
+    _ = q.bundlesPrepared(group: other.hex, [0: cpu(1)], now: second)
+    _ = q.bundlesCommitted(group: other.hex, now: second)
+    let shape = BundleResources.inside(cpu(1), group: g.hex, index: 0)
+    _ = q.leaseRequested(.init(id: 1, shape: shape, owner: .random()))
+    let actions = q.bundlesReconciled(listed: [other.hex: [0]], now: 100 * second, grace: 5 * second)
+    #expect(actions.contains(.killWorker(w)), "its group was removed and the return was lost: nothing may run in it")
+    #expect(q.bundles[g.hex] == nil && q.bundles[other.hex]?[0]?.added != nil)
+    #expect(q.total == cpu(2) + BundleResources.committed(cpu(1), group: other.hex, index: 0))
+  }
+
+  @Test func theHeadListsANodesBundlesByGroupAndForgetsThemWhenTheGroupGoesOrTheNodeDies() throws {
+    var t = PlacementGroupTable()
+    var a = Swiftray_PlacementGroupInfo(), b = Swiftray_PlacementGroupInfo()
+    for (i, info) in [(0, a), (1, b)] {
+      var x = info
+      x.placementGroupID = Data(PlacementGroupID.random().binary)
+      x.strategy = "SPREAD"
+      x.bundles = [cpu(1).proto, cpu(1).proto, cpu(1).proto]
+      if i == 0 { a = x } else { b = x }
+    }
+    for g in [a, b] { _ = try t.created(g).get(); _ = t.placementStarted(g.placementGroupID) }
+    _ = t.placed(a.placementGroupID, nodes: [Data([1]), Data([2]), Data([1])])
+    _ = t.placed(b.placementGroupID, nodes: [Data([2]), Data([3]), Data([3])])
+    #expect(t.bundles(on: Data([1])) == [a.placementGroupID: [0, 2]])
+    #expect(t.bundles(on: Data([2])) == [a.placementGroupID: [1], b.placementGroupID: [0]])
+    _ = t.removeRequested(a.placementGroupID)
+    #expect(t.bundles(on: Data([1])).isEmpty && t.bundles(on: Data([2])) == [b.placementGroupID: [0]])
+    _ = t.nodeDied(Data([3]))
+    #expect(t.bundles(on: Data([3])).isEmpty && t.bundles(on: Data([2])) == [b.placementGroupID: [0]])
+    _ = t.placementStarted(b.placementGroupID)
+    _ = t.placed(b.placementGroupID, nodes: [Data([2]), Data([4]), Data([2])])
+    #expect(t.bundles(on: Data([2])) == [b.placementGroupID: [0, 2]] && t.bundles(on: Data([4])) == [b.placementGroupID: [1]])
+  }
+}
+
 @Suite struct PlacementGroupTableTests {
   func group(_ name: String = "", bundles: Int = 2, strategy: String = "PACK", job: UInt8 = 1,
              detached: Bool = false) -> Swiftray_PlacementGroupInfo {

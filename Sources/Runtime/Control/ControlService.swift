@@ -252,9 +252,21 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     _ = try ResourceSet.checked(request.available, field: "available")
     _ = try ResourceSet.checked(request.total, field: "total")
     for (i, d) in request.infeasibleDemand.prefix(100).enumerated() { _ = try ResourceSet.checked(d, field: "infeasible_demand \(i)") }
-    r.unknownNode = state.withLock {
-      $0.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
-                        demand: request.infeasibleDemand)
+    let held: [Data: [Int]]?
+    (r.unknownNode, held) = state.withLock { s in
+      let unknown = s.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
+                                     demand: request.infeasibleDemand)
+      // Only a live node it knows hears which bundles it holds (a dead one is fenced).
+      return (unknown, unknown || s.nodes[request.nodeID]?.alive != true ? nil : s.groups.bundles(on: request.nodeID))
+    }
+    if let held {
+      r.bundlesListed = true
+      r.bundles = held.map { id, indices in
+        var h = Swiftray_HeldBundles()
+        h.placementGroupID = id
+        h.indices = indices.map(Int32.init)
+        return h
+      }
     }
     // Resources may have freed up for a group that waits.
     if !r.unknownNode, state.withLock({ !$0.groups.waiting.isEmpty }) { placementKicks.yield() }

@@ -40,8 +40,30 @@ public struct PlacementGroupTable: Sendable {
   private var names: [String: [String: Data]] = [:]
   private var order: [Data] = []
   private var removedCount = 0
+  /// The groups holding bundles on each node (not removed): a node's report is answered
+  /// with its bundles without a scan of every group.
+  private var byNode: [Data: Set<Data>] = [:]
 
   public init() {}
+
+  /// The bundles the cluster counts as reserved on `node`, by group: what a node holds
+  /// beyond these it gives back (`LeaseQueue.bundlesReconciled`).
+  public func bundles(on node: Data) -> [Data: [Int]] {
+    var out: [Data: [Int]] = [:]
+    for id in byNode[node] ?? [] {
+      guard let i = groups[id]?.info, i.state != .removed else { continue }
+      let held = i.bundleNodes.indices.filter { i.bundleNodes[$0] == node }
+      if !held.isEmpty { out[id] = held }
+    }
+    return out
+  }
+
+  /// Keeps `byNode` in step with a group's bundle nodes (`old` before, `info` after).
+  private mutating func reindex(_ id: Data, old: [Data], new info: Info?) {
+    for n in Set(old) where !n.isEmpty { byNode[n]?.remove(id); if byNode[n]?.isEmpty == true { byNode[n] = nil } }
+    guard let info, info.state != .removed else { return }
+    for n in Set(info.bundleNodes) where !n.isEmpty { byNode[n, default: []].insert(id) }
+  }
 
   public func info(_ id: Data) -> Info? { groups[id]?.info }
   public func named(_ name: String, namespace: String) -> Info? {
@@ -96,6 +118,7 @@ public struct PlacementGroupTable: Sendable {
       groups[id] = e
       return [.returnBundles(group: id, nodes: Array(Set(nodes)))]
     }
+    let old = e.info.bundleNodes
     e.info.bundleNodes = nodes
     e.info.state = .created
     e.info.detail = ""
@@ -104,6 +127,7 @@ public struct PlacementGroupTable: Sendable {
     e.warnedWaiting = false
     e.warnedInfeasible = false
     groups[id] = e
+    reindex(id, old: old, new: e.info)
     return [.published(id)]
   }
 
@@ -148,12 +172,15 @@ public struct PlacementGroupTable: Sendable {
   /// A node died: the bundles it held are placed again; the group is RESCHEDULING.
   public mutating func nodeDied(_ node: Data) -> [Action] {
     var actions: [Action] = []
-    for (id, var e) in groups where e.info.state != .removed && e.info.bundleNodes.contains(node) {
+    for id in byNode[node] ?? [] {
+      guard var e = groups[id], e.info.state != .removed, e.info.bundleNodes.contains(node) else { continue }
+      let old = e.info.bundleNodes
       e.info.bundleNodes = e.info.bundleNodes.map { $0 == node ? Data() : $0 }
       e.info.state = .rescheduling
       e.info.detail = "a node holding some of its bundles died; placing them again"
       e.info.version += 1
       groups[id] = e
+      reindex(id, old: old, new: e.info)
       actions.append(.published(id))
     }
     return actions.isEmpty ? [] : actions + [.placeWaiting]
@@ -182,6 +209,7 @@ public struct PlacementGroupTable: Sendable {
   public mutating func restore(_ infos: [Info]) -> [Action] {
     for i in infos.sorted(by: { $0.createdMs < $1.createdMs }) where groups[i.placementGroupID] == nil {
       groups[i.placementGroupID] = Entry(info: i)
+      reindex(i.placementGroupID, old: [], new: i)
       order.append(i.placementGroupID)
       if !i.name.isEmpty && i.state != .removed { names[i.namespace, default: [:]][i.name] = i.placementGroupID }
     }
@@ -209,6 +237,7 @@ public struct PlacementGroupTable: Sendable {
     e.info.version += 1
     if !e.info.name.isEmpty, names[e.info.namespace]?[e.info.name] == id { names[e.info.namespace]?[e.info.name] = nil }
     groups[id] = e
+    reindex(id, old: e.info.bundleNodes, new: nil)
     // A round out for it returns what it reserved when it ends (`placed`).
     let give: [Action] = held.isEmpty || e.placing ? [] : [.returnBundles(group: id, nodes: held)]
     return [.removed(id)] + give + [.published(id), .placeWaiting]

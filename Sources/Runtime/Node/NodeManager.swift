@@ -104,17 +104,26 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     Task { await syncClusterView() }
   }
 
-  /// Every `resourceReportPeriodMs`: report this node's free resources and pending
-  /// demand to the ControlService and take its view of every node (for routing). Ends
-  /// at shutdown.
-  /// Stops short of reporting when the ControlService stays unreachable for
-  /// `gcsRpcServerReconnectTimeoutS`: `controlLost` runs once with the reason (the
-  /// daemon then stops; its workers would serve a cluster that is gone).
   /// Deadline of the node's reports to the head (`node_manager_rpc_timeout_ms`).
   var headCallOptions: CallOptions {
     ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs)
   }
 
+  /// How long a bundle the head does not list stays before it goes back: longer than a
+  /// whole placement round (a prepare and a commit, each up to the node call deadline)
+  /// plus a report's own deadline, so no round still placing it is undercut.
+  var bundleGraceNanos: UInt64 {
+    let ms = UInt64(clamping: max(0, options.config.nodeManagerRpcTimeoutMs)) &* 3
+      &+ UInt64(clamping: max(0, options.config.resourceReportPeriodMs)) &* 2
+    return ms.multipliedReportingOverflow(by: 1_000_000).overflow ? .max : ms * 1_000_000
+  }
+
+  /// Every `resourceReportPeriodMs`: report this node's free resources and pending
+  /// demand to the ControlService, settle its bundles with the head's list of them, and
+  /// take its view of every node (for routing). Ends at shutdown.
+  /// Stops short of reporting when the ControlService stays unreachable for
+  /// `gcsRpcServerReconnectTimeoutS`: `controlLost` runs once with the reason (the
+  /// daemon then stops; its workers would serve a cluster that is gone).
   func syncClusterView() async {
     let clock = Clocks.current
     var lastContact = clock.now()
@@ -132,6 +141,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
         if let reply = try? await client.reportResources(report, options: headCallOptions) {
           lastContact = clock.now()
+          if reply.bundlesListed { bundlesListed(reply.bundles) }
           if reply.unknownNode, let me = registration.withLock({ $0 }) {
             // The head restarted (its tables on Redis) and does not know this node yet.
             var req = Swiftray_RegisterNodeRequest()
@@ -483,13 +493,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func prepareBundles(request: Swiftray_PrepareBundlesRequest, context: ServerContext) async throws -> Swiftray_PrepareBundlesReply {
     var r = Swiftray_PrepareBundlesReply()
     var actions: [LeaseQueue.Action] = []
+    let now = Clocks.current.now()
     state.withLock { s in
       for g in request.groups {
         guard let group = PlacementGroupID(binary: g.placementGroupID)?.hex else { r.prepared.append(false); continue }
         var wanted: [Int: ResourceSet] = [:]
         for (i, b) in zip(g.indices, g.bundles) { wanted[Int(i)] = ResourceSet(proto: b) }
-        let ok = s.queue.bundlesPrepared(group: group, wanted)
-        if ok && g.commit { actions += s.queue.bundlesCommitted(group: group) }
+        let ok = s.queue.bundlesPrepared(group: group, wanted, now: now)
+        if ok && g.commit { actions += s.queue.bundlesCommitted(group: group, now: now) }
         r.prepared.append(ok)
       }
     }
@@ -497,9 +508,24 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     return r
   }
 
+  /// The head's list of this node's bundles (from a report's answer): `LeaseQueue`
+  /// commits what it lists and returns, after the grace, what it does not. Entries that
+  /// do not parse are dropped; only groups this node holds matter, so the list is cut.
+  func bundlesListed(_ held: [Swiftray_HeldBundles]) {
+    var listed: [String: Set<Int>] = [:]
+    for h in held.prefix(Self.maxListedGroups) {
+      guard let hex = PlacementGroupID(binary: h.placementGroupID)?.hex else { continue }
+      listed[hex, default: []].formUnion(h.indices.prefix(Self.maxListedGroups).filter { $0 >= 0 }.map(Int.init))
+    }
+    let now = Clocks.current.now(), grace = bundleGraceNanos
+    perform(state.withLock { $0.queue.bundlesReconciled(listed: listed, now: now, grace: grace) })
+  }
+  static let maxListedGroups = 10_000
+
   public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
     let groups = request.placementGroupIds.compactMap { PlacementGroupID(binary: $0)?.hex }
-    perform(state.withLock { s in groups.flatMap { s.queue.bundlesCommitted(group: $0) } })
+    let now = Clocks.current.now()
+    perform(state.withLock { s in groups.flatMap { s.queue.bundlesCommitted(group: $0, now: now) } })
     return Swiftray_CommitBundlesReply()
   }
 

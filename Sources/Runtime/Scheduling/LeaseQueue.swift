@@ -88,6 +88,9 @@ public struct LeaseQueue: Sendable {
     /// The node's GPUs it set aside, and what of them its tasks do not hold now.
     public var gpuShares: [GPUInstances.Share] = []
     public var gpuPool = GPUInstances(count: 0)
+    /// When it was last prepared or committed (the node's clock): a bundle the head
+    /// does not list is given back only once a round that made it must have ended.
+    public var since: UInt64 = 0
   }
 
   public private(set) var total: ResourceSet
@@ -255,7 +258,7 @@ public struct LeaseQueue: Sendable {
 
   /// Phase 1: sets aside the bundles' resources if they are free now. True when they
   /// are reserved (again: a repeated prepare of the same bundles is a no-op).
-  public mutating func bundlesPrepared(group: String, _ wanted: [Int: ResourceSet]) -> Bool {
+  public mutating func bundlesPrepared(group: String, _ wanted: [Int: ResourceSet], now: UInt64 = 0) -> Bool {
     let fresh = wanted.filter { bundles[group]?[$0.key] == nil }
     let need = fresh.values.reduce(ResourceSet()) { $0 + $1 }
     guard available.contains(need) else { return false }
@@ -270,22 +273,48 @@ public struct LeaseQueue: Sendable {
     available = available - need
     for (i, b) in fresh {
       let mine = shares[i] ?? []
-      bundles[group, default: [:]][i] = Bundle(base: b, gpuShares: mine, gpuPool: GPUInstances(shares: mine))
+      bundles[group, default: [:]][i] = Bundle(base: b, gpuShares: mine, gpuPool: GPUInstances(shares: mine), since: now)
     }
     return true
   }
 
   /// Phase 2: the prepared bundles of `group` become usable by its tasks and actors.
-  public mutating func bundlesCommitted(group: String) -> [Action] {
+  public mutating func bundlesCommitted(group: String, only: Set<Int>? = nil, now: UInt64 = 0) -> [Action] {
     guard var mine = bundles[group] else { return [] }
-    for (i, b) in mine where b.added == nil {
+    for (i, b) in mine where b.added == nil && only?.contains(i) != false {
       let added = BundleResources.committed(b.base, group: group, index: i)
       mine[i]?.added = added
+      mine[i]?.since = now
       total = total + added
       available = available + added
     }
     bundles[group] = mine
     return dispatch()
+  }
+
+  /// The head's list of the bundles this node should hold (group hex -> indices), from
+  /// its answer to a report: a commit that never arrived is done now; a bundle the head
+  /// does not list — its prepare's answer was lost so the round was undone without it,
+  /// its group was removed and the return was lost, or the head restarted without it —
+  /// goes back once it is older than `grace` (longer than a round takes, so a bundle a
+  /// round is still placing is left alone). A group none of whose bundles here is listed
+  /// goes whole (its workers killed, its waiting requests turned away, as on removal).
+  public mutating func bundlesReconciled(listed: [String: Set<Int>], now: UInt64, grace: UInt64) -> [Action] {
+    var actions: [Action] = []
+    for group in bundles.keys.sorted() {
+      guard let mine = bundles[group] else { continue }
+      let expected = listed[group] ?? []
+      let stale = Set(mine.filter { !expected.contains($0.key) && now >= grace && now - grace >= $0.value.since }.keys)
+      if expected.isEmpty {
+        if stale.count == mine.count { actions += bundlesReturned(group: group) }
+        else if !stale.isEmpty { actions += bundlesReturned(group: group, only: stale) }
+        continue
+      }
+      if !stale.isEmpty { actions += bundlesReturned(group: group, only: stale) }
+      let uncommitted = Set(mine.filter { expected.contains($0.key) && $0.value.added == nil }.keys)
+      if !uncommitted.isEmpty { actions += bundlesCommitted(group: group, only: uncommitted, now: now) }
+    }
+    return actions
   }
 
   /// The group was removed: workers leased inside it are killed, requests waiting for
