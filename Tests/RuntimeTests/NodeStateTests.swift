@@ -126,4 +126,45 @@ private let anyKey = SchedulingKey(shape: cpu1, proto: .init())
     }
     #expect(p.exitInfo(first) == nil, "the oldest is forgotten")
   }
+
+  @Test func aDriverProcessIsWatchedOnceAndEndsEveryDriverItWas() {
+    var p = WorkerPool()
+    let a = WorkerID.random(), b = WorkerID.random(), other = WorkerID.random()
+    let first = p.driverConnected(a, pid: 40), again = p.driverConnected(b, pid: 40), another = p.driverConnected(other, pid: 41)
+    #expect(first, "the first driver of a process: watch it")
+    #expect(!again, "init after shutdown in the same process: already watched")
+    #expect(another)
+    let ended = p.driverProcessEnded(pid: 40), twice = p.driverProcessEnded(pid: 40)
+    #expect(ended == [a, b])
+    #expect(twice.isEmpty && p.driverCount == 1)
+    for _ in 0..<(WorkerPool.driversKeptPerProcess + 10) { _ = p.driverConnected(.random(), pid: 42) }
+    #expect(p.driverCount == 1 + WorkerPool.driversKeptPerProcess, "a process connecting again and again is bounded")
+  }
+}
+
+private final class Calls: @unchecked Sendable {
+  let lock = NSLock()
+  var n = 0
+  func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
+  var count: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+/// The monitor's watch of processes that are not its children (drivers): a real process.
+@Suite struct ProcessWatchTests {
+  @Test func aWatchedProcessEndingIsReportedOnceAtOnce() async throws {
+    let monitor = ProcessMonitor(onOutput: { _, _, _ in }, onExit: { _ in })
+    defer { monitor.shutdown() }
+    let child = Foundation.Process()
+    child.executableURL = URL(fileURLWithPath: "/bin/sleep")
+    child.arguments = ["0.3"]
+    try child.run()
+    let calls = Calls()
+    monitor.watch(child.processIdentifier) { calls.add(1) }
+    monitor.watch(child.processIdentifier) { calls.add(100) }  // the first callback stays
+    let start = Date()
+    while calls.count == 0 && Date().timeIntervalSince(start) < 10 { try await Task.sleep(for: .milliseconds(20)) }
+    child.waitUntilExit()
+    try await Task.sleep(for: .milliseconds(200))
+    #expect(calls.count == 1)
+  }
 }

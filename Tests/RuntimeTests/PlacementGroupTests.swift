@@ -152,6 +152,30 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
   }
 }
 
+@Suite struct PlacementGroupLeaseAnswerTests {
+  let g = PlacementGroupID.random()
+
+  func info(_ state: Swiftray_PlacementGroupInfo.State, bundles: [ResourceSet] = [cpu(1)]) -> Swiftray_PlacementGroupInfo {
+    var i = Swiftray_PlacementGroupInfo()
+    i.state = state
+    i.bundles = bundles.map(\.proto)
+    return i
+  }
+
+  @Test func aRequestInAGroupTheNodeCannotFitIsAnsweredFromTheHeadsRecordOfIt() {
+    let needs = BundleResources.inside(cpu(1), group: g.hex, index: 0)
+    #expect(BundleResources.leaseAnswer(group: g.hex, needs: needs, info: nil)?.status == .placementGroupPending,
+            "not registered yet: ask again")
+    #expect(BundleResources.leaseAnswer(group: g.hex, needs: needs, info: info(.pending))?.status == .placementGroupPending)
+    #expect(BundleResources.leaseAnswer(group: g.hex, needs: needs, info: info(.rescheduling))?.status == .placementGroupPending)
+    #expect(BundleResources.leaseAnswer(group: g.hex, needs: needs, info: info(.removed))?.status == .placementGroupRemoved)
+    #expect(BundleResources.leaseAnswer(group: g.hex, needs: needs, info: info(.created)) == nil, "placed: routed to its node")
+    let tooBig = BundleResources.leaseAnswer(group: g.hex, needs: BundleResources.inside(cpu(3), group: g.hex, index: 0),
+                                             info: info(.created))
+    #expect(tooBig?.status == .infeasible && tooBig?.detail.isEmpty == false)
+  }
+}
+
 /// A node settles its bundles with the head's list of them (found by swiftray-sim: a
 /// lost prepare answer, commit or return otherwise leaves bundles reserved for nobody).
 @Suite struct BundleReconciliationTests {

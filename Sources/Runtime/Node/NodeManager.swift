@@ -55,8 +55,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var nextSubscriber: UInt64 = 1
     /// Drivers of other processes connected to this node, watched so that their
     /// non-detached actors die with them even when they exit without saying so.
-    var drivers: [WorkerID: Int32] = [:]
-    var watchingDrivers = false
     /// The other nodes as the ControlService last described them (for spillback).
     var cluster = ClusterView(rng: SystemRandomNumberGenerator())
     var shuttingDown = false
@@ -453,39 +451,15 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     } onCancel: { withdraw() } } onCancelRPC: { withdraw() }
   }
 
-  /// For a request inside placement group `group` that this node cannot fit: the reply
-  /// when the group is removed, not registered or placed yet (ask again), or too small
-  /// for the request; nil when it is placed (routing then finds its bundles' node).
+  /// For a request inside placement group `group` that this node cannot fit: asks the
+  /// head about the group; `BundleResources.leaseAnswer` decides the reply (nil: it is
+  /// placed; routing finds its bundles' node). Nil too when the head does not answer.
   func placementGroupAnswer(_ group: String, needs: ResourceSet,
                             _ client: Swiftray_ControlService.Client<some ClientTransport>) async -> Swiftray_RequestWorkerLeaseReply? {
     var req = Swiftray_GetPlacementGroupRequest()
     req.placementGroupID = Data(PlacementGroupID(hex: group)?.binary ?? [])
-    guard let reply = try? await client.getPlacementGroup(req) else { return nil }
-    var r = Swiftray_RequestWorkerLeaseReply()
-    if !reply.found {
-      // Not registered yet (its creator registers it in the background; its own leases
-      // wait for that, a process it passed the group to may not): ask again shortly.
-      r.status = .placementGroupPending
-      r.detail = "its placement group \(group) is not registered yet"
-      return r
-    }
-    if reply.group.state == .removed {
-      r.status = .placementGroupRemoved
-      r.detail = "its placement group \(group) was removed"
-      return r
-    }
-    if reply.group.state != .created {
-      r.status = .placementGroupPending
-      r.detail = "its placement group \(group) is not placed yet"
-      return r
-    }
-    let bundles = reply.group.bundles.map { ResourceSet(proto: $0) }
-    if let why = BundleResources.neverFits(needs, bundles: bundles) {
-      r.status = .infeasible
-      r.detail = why
-      return r
-    }
-    return nil
+    guard let reply = try? await client.getPlacementGroup(req, options: headCallOptions) else { return nil }
+    return BundleResources.leaseAnswer(group: group, needs: needs, info: reply.found ? reply.group : nil)
   }
 
   // MARK: placement group bundles
@@ -560,12 +534,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     r.nodeID = Data(options.nodeID.binary)
     r.controlEndpoint = options.controlEndpoint.description
     if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid != getpid() {
-      let start = state.withLock { s -> Bool in
-        s.drivers[id] = request.pid
-        defer { s.watchingDrivers = true }
-        return !s.watchingDrivers
+      let pid = request.pid
+      if state.withLock({ $0.workers.driverConnected(id, pid: pid) }) {
+        monitor.watch(pid) { [weak self] in self?.driverProcessEnded(pid: pid) }
       }
-      if start { Task { await watchDrivers() } }
     }
     guard !request.isDriver, let id = WorkerID(binary: request.workerID) else { return r }
     let actions = state.withLock { s -> [LeaseQueue.Action] in
@@ -576,31 +548,22 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     return r
   }
 
-  /// Every second: a connected driver whose process is gone is reported like a dead
-  /// worker (it owned actors and objects). Ends at shutdown.
-  func watchDrivers() async {
-    while true {
-      await Clocks.current.sleep(for: .seconds(1))
-      let (gone, stop, actions) = state.withLock { s -> ([(WorkerID, Int32)], Bool, [LeaseQueue.Action]) in
-        let gone = s.drivers.filter { kill($0.value, 0) != 0 && errno == ESRCH }
-        var actions: [LeaseQueue.Action] = []
-        for (id, _) in gone {
-          s.drivers[id] = nil
-          // Leases it held here (a driver killed before it could give them back).
-          actions += s.queue.workerExited(id)
-        }
-        return (gone.map { ($0.key, $0.value) }, s.shuttingDown, actions)
-      }
-      if stop { return }
-      perform(actions)
-      for (id, pid) in gone {
-        var info = Swiftray_WorkerExitInfo()
-        info.workerID = Data(id.binary)
-        info.pid = pid
-        info.nodeID = Data(options.nodeID.binary)
-        info.detail = "the driver (pid \(pid)) on node \(options.nodeID.hex.prefix(12)) exited"
-        reportToControl(.with { $0.exit = info })
-      }
+  /// A driver's process ended (the monitor thread says so, through its pidfd): each
+  /// driver it was is reported like a dead worker (it owned actors and objects), and the
+  /// leases it held here go (it was killed before it could give them back).
+  func driverProcessEnded(pid: Int32) {
+    let (gone, actions) = state.withLock { s -> ([WorkerID], [LeaseQueue.Action]) in
+      let ids = s.workers.driverProcessEnded(pid: pid)
+      return (ids, ids.flatMap { s.queue.workerExited($0) })
+    }
+    perform(actions)
+    for id in gone {
+      var info = Swiftray_WorkerExitInfo()
+      info.workerID = Data(id.binary)
+      info.pid = pid
+      info.nodeID = Data(options.nodeID.binary)
+      info.detail = "the driver (pid \(pid)) on node \(options.nodeID.hex.prefix(12)) exited"
+      reportToControl(.with { $0.exit = info })
     }
   }
 

@@ -26,8 +26,15 @@ public final class ProcessMonitor: Sendable {
     var outBuf: [UInt8] = []
     var errBuf: [UInt8] = []
   }
+  /// A process that is not our child (a driver): only its end is watched, through a
+  /// pidfd (or, where pidfds are missing, a probe each second).
+  struct Watched {
+    var pidFD: Int32
+    let onGone: @Sendable () -> Void
+  }
   struct State {
     var children: [Int32: Child] = [:]
+    var watched: [Int32: Watched] = [:]
     var stopped = false
   }
 
@@ -85,6 +92,21 @@ public final class ProcessMonitor: Sendable {
 
   public var livePids: [Int32] { state.withLock { Array($0.children.keys) } }
 
+  /// Calls `onGone` once (on the monitor thread) when process `pid`, not a child of this
+  /// one, ends — at once through a pidfd, within a second without one. A pid already
+  /// watched keeps its first callback; one already gone is reported at the next turn.
+  public func watch(_ pid: Int32, onGone: @escaping @Sendable () -> Void) {
+    guard pid > 0 else { return }
+    let fd = sr_pidfd_open(pid)
+    let added = state.withLock { s -> Bool in
+      guard s.watched[pid] == nil, !s.stopped else { return false }
+      s.watched[pid] = Watched(pidFD: fd, onGone: onGone)
+      return true
+    }
+    if !added { if fd >= 0 { close(fd) }; return }
+    wake()
+  }
+
   /// Stops watching. Children are not signalled here (the NodeManager decides).
   public func shutdown() {
     state.withLock { $0.stopped = true }
@@ -98,7 +120,7 @@ public final class ProcessMonitor: Sendable {
 
   private func loop() {
     while true {
-      let (children, stopped) = state.withLock { ($0.children, $0.stopped) }
+      let (children, watched, stopped) = state.withLock { ($0.children, $0.watched, $0.stopped) }
       if stopped { break }
       var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
       for c in children.values {
@@ -106,7 +128,10 @@ public final class ProcessMonitor: Sendable {
         if c.errFD >= 0 { fds.append(pollfd(fd: c.errFD, events: Int16(POLLIN), revents: 0)) }
         if c.pidFD >= 0 { fds.append(pollfd(fd: c.pidFD, events: Int16(POLLIN), revents: 0)) }
       }
-      // Without pidfds, fall back to a periodic reap.
+      let watchedFrom = fds.count
+      let watchedPids = watched.filter { $0.value.pidFD >= 0 }.map(\.key)
+      for pid in watchedPids { fds.append(pollfd(fd: watched[pid]!.pidFD, events: Int16(POLLIN), revents: 0)) }
+      // Without pidfds, fall back to a periodic reap (children) or probe (watched).
       let timeout: Int32 = children.values.contains { $0.pidFD < 0 } ? 100 : 1000
       _ = poll(&fds, nfds_t(fds.count), timeout)
       if fds[0].revents != 0 {
@@ -114,6 +139,13 @@ public final class ProcessMonitor: Sendable {
         while read(wakeRead, &buf, 64) > 0 {}
       }
       for pid in children.keys { service(pid) }
+      var gone = watchedPids.indices.filter { fds[watchedFrom + $0].revents != 0 }.map { watchedPids[$0] }
+      gone += watched.filter { $0.value.pidFD < 0 && kill($0.key, 0) != 0 && errno == ESRCH }.map(\.key)
+      let ended: [Watched] = state.withLock { s in gone.compactMap { s.watched.removeValue(forKey: $0) } }
+      for w in ended {
+        if w.pidFD >= 0 { close(w.pidFD) }
+        w.onGone()
+      }
     }
   }
 

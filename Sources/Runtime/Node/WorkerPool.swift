@@ -39,8 +39,32 @@ public struct WorkerPool: Sendable {
   var exitOrder: [WorkerID] = []
   var stderrTail: [Int32: [String]] = [:]
   var consecutiveStartFailures = 0
+  /// Drivers connected to this node, by process (one process may have been several
+  /// drivers, `init` after `shutdown`): when the process ends each is reported like a
+  /// dead worker, since it owned actors and objects.
+  var drivers: [Int32: [WorkerID]] = [:]
+  /// Driver ids kept per process (a process that connects again and again is bounded).
+  public static let driversKeptPerProcess = 64
 
   public init() {}
+
+  /// A driver connected. True for the first driver of its process: watch that process.
+  public mutating func driverConnected(_ id: WorkerID, pid: Int32) -> Bool {
+    var ids = drivers[pid] ?? []
+    let first = ids.isEmpty
+    if !ids.contains(id) { ids.append(id) }
+    if ids.count > Self.driversKeptPerProcess { ids.removeFirst(ids.count - Self.driversKeptPerProcess) }
+    drivers[pid] = ids
+    return first
+  }
+
+  /// A driver's process ended: the drivers it was (their leases here go, their exits
+  /// are reported).
+  public mutating func driverProcessEnded(pid: Int32) -> [WorkerID] {
+    drivers.removeValue(forKey: pid) ?? []
+  }
+
+  public var driverCount: Int { drivers.values.reduce(0) { $0 + $1.count } }
 
   public var count: Int { processes.count }
   public var pids: [Int32] { processes.values.map(\.pid).sorted() }

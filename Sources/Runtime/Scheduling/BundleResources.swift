@@ -1,4 +1,5 @@
 import Foundation
+import RuntimeProto
 
 /// How a placement group's reserved bundles appear to the lease scheduler, as Ray does
 /// it: a committed bundle `{"CPU": 2}` (index 1 of group G) takes 2 CPU from its node and
@@ -82,5 +83,38 @@ public enum BundleResources {
       if group(of: k) != nil && bundleIndex(of: k) == nil { q[String(k[..<r.lowerBound])] = v }
     }
     return ResourceSet(fixedPoint: q)
+  }
+}
+
+extension BundleResources {
+  /// The answer to a lease request inside placement group `group` that the receiving
+  /// node cannot fit, from the head's record of the group (nil: the head does not know
+  /// it): removed; not registered or not placed yet (ask again shortly: its creator
+  /// registers it in the background, and a process it was passed to may ask first);
+  /// too small for the request. Nil when the group is placed and could hold it (the
+  /// request is routed to its bundles' node).
+  public static func leaseAnswer(group: String, needs: ResourceSet,
+                                 info: Swiftray_PlacementGroupInfo?) -> Swiftray_RequestWorkerLeaseReply? {
+    var r = Swiftray_RequestWorkerLeaseReply()
+    guard let info else {
+      r.status = .placementGroupPending
+      r.detail = "its placement group \(group) is not registered yet"
+      return r
+    }
+    switch info.state {
+    case .removed:
+      r.status = .placementGroupRemoved
+      r.detail = "its placement group \(group) was removed"
+      return r
+    case .created:
+      guard let why = neverFits(needs, bundles: info.bundles.map { ResourceSet(proto: $0) }) else { return nil }
+      r.status = .infeasible
+      r.detail = why
+      return r
+    default:
+      r.status = .placementGroupPending
+      r.detail = "its placement group \(group) is not placed yet"
+      return r
+    }
   }
 }
