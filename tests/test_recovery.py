@@ -364,3 +364,30 @@ def test_a_head_restarted_without_storage_lets_nodes_take_back_the_bundles_it_fo
 
     node = next(n["NodeID"] for n in swiftray.nodes() if n["SessionDir"] == worker["session"])
     assert swiftray.get(both.remote(), timeout=60) == node
+
+
+def test_a_node_that_dies_while_the_head_is_down_is_found_dead_by_the_new_head(cluster, redis_address):
+    # The new head takes the nodes it knew from Redis and health-checks them at once: a
+    # node that died while it was down is declared dead (and its objects rebuilt), while
+    # the live ones, not registered again yet, are never announced dead meanwhile.
+    cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
+    head = cluster.add_node(num_cpus=1)
+    keeper = cluster.add_node(num_cpus=1)  # the driver's node
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    port = int(cluster.address.rsplit(":", 1)[1])
+    swiftray.init(address=keeper["session"])
+    a = first.remote()
+    swiftray.wait([a])  # only in the victim's store
+    spare = cluster.add_node(num_cpus=1, resources={"r": 1})
+    cluster.kill_node(head)
+    cluster.kill_node(victim)
+    time.sleep(1)
+    cluster.add_node(num_cpus=1, head_port=port)
+    out = swiftray.get(a, timeout=120)
+    assert np.array_equal(out, np.arange(N, dtype=np.float64)), "rebuilt on the spare node"
+    nodes = {n["SessionDir"]: n for n in swiftray.nodes()}
+    assert not nodes[victim["session"]]["Alive"]
+    assert wait_until(lambda: all(n["Alive"] for n in swiftray.nodes() if n["SessionDir"] in (keeper["session"], spare["session"])),
+                      timeout=20)
+    spare_id = nodes[spare["session"]]["NodeID"]
+    assert swiftray.get(where.remote(), timeout=60) == spare_id

@@ -31,23 +31,28 @@ extension SimCluster {
                     routed: true, hops: 0)
       case .pushCreation(let id, let spec, let lease):
         guard let wid = WorkerID(binary: lease.worker.workerID), let w = workers[wid] else { continue }
+        let epoch = headEpoch
         time.send(on: "head->w\(wid.hex.prefix(6))", delay: latency(w.node), "create actor \(id.counter) on w\(wid.hex.prefix(6))") { [self] in
           // A push to a dead worker: its node reports the death, the directory restarts it.
           guard w.alive else { return }
-          w.inbox.append((Self.head, id, spec, lease.leaseID, 0, .creation(id, lease)))
+          w.inbox.append((Self.head, id, spec, lease.leaseID, 0, .creation(id, lease, head: epoch)))
           runNext(w)
         }
       case .returnLease(let lease, let disconnect):
         guard let n = nodes.first(where: { $0.address == lease.node }) else { continue }
         time.send(on: "head->n\(n.index)", delay: latency(n.index), "head returns lease \(lease.leaseID & 0xffff)") { [self] in
           guard n.alive else { return }
-          perform(node: n.index, n.queue.leaseReturned(lease.leaseID, disconnect: disconnect))
+          // As NodeManager.returnWorkerLease: only the lease's owner gives it back.
+          perform(node: n.index, n.queue.leaseReturned(lease.leaseID, disconnect: disconnect, owner: headID))
         }
       case .killWorker(let lease, let reason):
         guard let wid = WorkerID(binary: lease.worker.workerID), let w = workers[wid] else { continue }
         time.after(latency(w.node), "head kills w\(wid.hex.prefix(6))") { [self] in killWorker(w, why: reason) }
+      case .recorded(let id):
+        if let record = actorDirectory.record(id) { storedActors[id] = record }
       case .published(let id):
         guard let info = actorDirectory.info(id) else { continue }
+        if let record = actorDirectory.record(id) { storedActors[id] = record }  // as the head writes it
         let ready = (actorWatches[id] ?? []).filter { $0.after < info.version }
         actorWatches[id] = (actorWatches[id] ?? []).filter { $0.after >= info.version }
         for w in ready { answerWatch(w.driver, info) }
@@ -55,9 +60,12 @@ extension SimCluster {
     }
     if !headTickArmed, let d = actorDirectory.nextDeadline() {
       headTickArmed = true
+      let epoch = headEpoch
       time.at(d + 1000, "head tick") { [self] in
-        headTickArmed = false
-        headPerform(actorDirectory.tick(now: time.now))
+        sameHead(epoch) {
+          headTickArmed = false
+          headPerform(actorDirectory.tick(now: time.now))
+        }
       }
     }
   }
@@ -65,13 +73,17 @@ extension SimCluster {
   func headView() -> [NodePicker.NodeView] {
     nodes.map { n in
       NodePicker.NodeView(id: Data(n.id.binary), address: n.address, total: n.queue.total,
-                          available: n.lastReported, alive: !n.declaredDead, startTimeMs: Int64(n.index))
+                          available: n.lastReported, alive: !headCountsDead(n), startTimeMs: Int64(n.index))
     }
   }
 
   func headLeaseAnswered(_ requestID: UInt64, _ reply: Swiftray_RequestWorkerLeaseReply?, node n: Int) {
     headPlacement[requestID] = nil
-    guard let id = headRequests.removeValue(forKey: requestID) else { return }
+    guard let id = headRequests.removeValue(forKey: requestID) else {
+      // The answer to a head that is gone: a lease it was granted stays behind (known).
+      if let reply, reply.status == .granted { leasesLostWithAHead.insert(reply.leaseID) }
+      return
+    }
     let now = time.now
     guard let reply else { return headPerform(actorDirectory.leaseRequestFailed(id, now: now)) }
     switch reply.status {
@@ -120,22 +132,7 @@ extension SimCluster {
     case .call(.fail(let tid, let error)):
       driverEvent(d) { $0.taskFailed(tid, error: error, now: time.now) }
     case .call(.watch(let actor, let after)):
-      time.send(on: "d\(d)->head", delay: latency(0), "d\(d) watches actor \(actor.counter) after v\(after)") { [self] in
-        guard let info = actorDirectory.info(actor) else {
-          return answerWatchUnknown(d, actor)
-        }
-        if info.version > after { return answerWatch(d, info) }
-        // A long poll: answered when the state changes, or at its timeout (10 s, as
-        // the ControlService's) with the state as it is then.
-        let token = nextWatch
-        nextWatch += 1
-        actorWatches[actor, default: []].append((d, after, token))
-        time.after(10_000 * ms, "actor \(actor.counter) watch of d\(d) times out") { [self] in
-          guard let i = actorWatches[actor]?.firstIndex(where: { $0.token == token }) else { return }
-          actorWatches[actor]?.remove(at: i)
-          if let info = actorDirectory.info(actor) { answerWatch(d, info) } else { answerWatchUnknown(d, actor) }
-        }
-      }
+      headWatch(d, actor, after: after)
     case .call(.warnPending):
       activity["warning", default: 0] += 1
     }
@@ -157,7 +154,7 @@ extension SimCluster {
       return e
     }
     guard let spec else { return }
-    time.send(on: "d\(d)->head", delay: latency(0), "d\(d) creates actor \(tid.counter)") { [self] in
+    toHead(on: "d\(d)->head", delay: latency(0), "d\(d) creates actor \(tid.counter)") { [self] in
       switch actorDirectory.actorRegistered(spec) {
       case .success(let actions): headPerform(actions)
       case .failure(let e): fail("actor registration refused: \(e)")
@@ -178,13 +175,14 @@ extension SimCluster {
   func actorJobDone(_ w: Worker, _ job: Worker.Job) {
     switch job.kind {
     case .task: return
-    case .creation(let id, let lease):
+    case .creation(let id, let lease, let epoch):
       w.actor = id
       w.lastSeq = [:]
       w.ran = [:]
       activity["actor created", default: 0] += 1
+      // The answer to the head's push: lost if that head is gone.
       time.send(on: "w\(w.id.hex.prefix(6))->head", delay: latency(w.node), "actor \(id.counter) constructed") { [self] in
-        headPerform(actorDirectory.creationReplied(id, lease: lease, error: nil))
+        sameHead(epoch) { headPerform(actorDirectory.creationReplied(id, lease: lease, error: nil)) }
       }
     case .call:
       guard let actor = TaskID(binary: job.spec.actorID), w.actor == actor else {

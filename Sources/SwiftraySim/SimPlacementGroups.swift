@@ -41,7 +41,8 @@ extension SimCluster {
     activity["placement group", default: 0] += 1
     drivers[d].groups.append(id)
     let made = info
-    time.send(on: "d\(d)->head", delay: latency(0), "d\(d) creates group \(Self.short(id))") { [self] in
+    toHead(on: "d\(d)->head", delay: latency(0), "d\(d) creates group \(Self.short(id))") { [self] in
+      registeredGroups.insert(id)
       switch groups.created(made) {
       case .success(let actions): headGroups(actions)
       case .failure(let e): fail("group \(Self.short(id)) refused: \(e)")
@@ -52,10 +53,15 @@ extension SimCluster {
     }
   }
 
+  /// As `CoreWorker.removePlacementGroup`: sent once the head has the group's
+  /// registration (which may have been retried while the head was down).
   func removeGroup(_ d: Int, _ id: Data) {
+    guard registeredGroups.contains(id) else {
+      return time.after(50 * ms, "d\(d) waits for group \(Self.short(id)) to be registered") { [self] in removeGroup(d, id) }
+    }
     guard let k = drivers[d].groups.firstIndex(of: id) else { return }
     drivers[d].groups.remove(at: k)
-    time.send(on: "d\(d)->head", delay: latency(0), "d\(d) removes group \(Self.short(id))") { [self] in
+    toHead(on: "d\(d)->head", delay: latency(0), "d\(d) removes group \(Self.short(id))") { [self] in
       headGroups(groups.removeRequested(id).actions)
     }
   }
@@ -75,7 +81,9 @@ extension SimCluster {
           nodeCall(n, "return group \(Self.short(group))") { [self] node in perform(node: n, node.queue.bundlesReturned(group: hex)) } answered: { [self] in kickPlacement() }
         }
       case .warn: activity["placement warning", default: 0] += 1
-      case .published, .removed: break
+      case .published(let id):
+        if let info = groups.info(id) { storedGroups[id] = info }  // as the head writes it
+      case .removed: break
       }
     }
   }
@@ -84,9 +92,12 @@ extension SimCluster {
   func kickPlacement() {
     guard !placementKicked else { return }
     placementKicked = true
+    let epoch = headEpoch
     time.after(1 * ms, "head places waiting groups") { [self] in
-      placementKicked = false
-      placeWaitingGroups()
+      sameHead(epoch) {
+        placementKicked = false
+        placeWaitingGroups()
+      }
     }
   }
 
@@ -132,13 +143,15 @@ extension SimCluster {
       }
     }
     // The calls' deadline: a node that did not answer by then refused.
-    time.after(settings.nodeCallTimeout, "prepare deadline") { [self] in if r.open { secondPhase(r) } }
+    let epoch = headEpoch
+    time.after(settings.nodeCallTimeout, "prepare deadline") { [self] in sameHead(epoch) { if r.open { secondPhase(r) } } }
   }
 
   /// Commits where every node of a group prepared, undoes the rest; the groups' fates
   /// are decided once those calls answered or timed out.
   func secondPhase(_ r: Reservation) {
     r.open = false
+    let epoch = headEpoch
     let (commits, undo) = r.plan.secondPhase
     let done = { [self] in
       r.finishing -= 1
@@ -152,7 +165,7 @@ extension SimCluster {
       nodeCall(n, "commit \(ids.count) groups") { [self] node in
         for id in ids { if let hex = PlacementGroupID(binary: id)?.hex { perform(node: n, node.queue.bundlesCommitted(group: hex, now: time.now)) } }
       } answered: { if !answered { answered = true; done() } }
-      time.after(settings.nodeCallTimeout, "commit deadline") { if !answered { answered = true; done() } }
+      time.after(settings.nodeCallTimeout, "commit deadline") { [self] in sameHead(epoch) { if !answered { answered = true; done() } } }
     }
     for u in undo {
       guard let n = nodes.firstIndex(where: { Data($0.id.binary) == u.node }), let hex = PlacementGroupID(binary: u.group)?.hex else { continue }
@@ -161,7 +174,7 @@ extension SimCluster {
       nodeCall(n, "undo group \(Self.short(u.group))") { [self] node in
         perform(node: n, node.queue.bundlesReturned(group: hex, only: Set(u.indices)))
       } answered: { if !answered { answered = true; done() } }
-      time.after(settings.nodeCallTimeout, "undo deadline") { if !answered { answered = true; done() } }
+      time.after(settings.nodeCallTimeout, "undo deadline") { [self] in sameHead(epoch) { if !answered { answered = true; done() } } }
     }
     done()
   }
@@ -177,12 +190,14 @@ extension SimCluster {
         headGroups(groups.placementFailed(round.group, detail: "a node refused or did not answer", infeasible: false))
       }
     }
-    if failed { time.after(100 * ms, "placement retry") { [self] in kickPlacement() } }
+    let epoch = headEpoch
+    if failed { time.after(100 * ms, "placement retry") { [self] in sameHead(epoch) { kickPlacement() } } }
   }
 
   /// A call from the head to node `n` with no retry: in the fault window the request or
   /// its answer may be lost; a dead node never answers.
   func nodeCall<T>(_ n: Int, _ label: String, _ handle: @escaping (Node) -> T, answered: @escaping (T) -> Void) {
+    let epoch = headEpoch
     if time.now < settings.faultWindow && rng.chance(settings.bundleMessageLoss) {
       faultsInjected["bundle call lost", default: 0] += 1
       return
@@ -194,14 +209,15 @@ extension SimCluster {
         faultsInjected["bundle answer lost", default: 0] += 1
         return
       }
-      time.send(on: "n\(n)->head", delay: latency(n), "\(label): n\(n) answered") { answered(out) }
+      // The answer reaches only the head that asked.
+      time.send(on: "n\(n)->head", delay: latency(n), "\(label): n\(n) answered") { [self] in sameHead(epoch) { answered(out) } }
     }
   }
 
   /// The head's answer to a node's report carries the bundles it counts there; the
   /// node settles its own with them.
   func reconcileBundles(_ node: Node) {
-    guard settings.reconcileBundles, !node.declaredDead else { return }
+    guard settings.reconcileBundles, !headCountsDead(node) else { return }
     var listed: [String: Set<Int>] = [:]
     for (id, indices) in groups.bundles(on: Data(node.id.binary)) {
       if let hex = PlacementGroupID(binary: id)?.hex { listed[hex] = Set(indices) }
@@ -223,7 +239,7 @@ extension SimCluster {
         }
       }
     }
-    for n in nodes where n.alive && !n.declaredDead {
+    for n in nodes where n.alive && !headCountsDead(n) {
       let listed = groups.bundles(on: Data(n.id.binary))
       var expected: [String: Set<Int>] = [:]
       for (id, indices) in listed { if let hex = PlacementGroupID(binary: id)?.hex { expected[hex] = Set(indices) } }

@@ -210,8 +210,16 @@ extension SimCluster {
     }
     var stored = 0
     for n in nodes where n.alive {
+      let known = n.queue.leases.keys.filter { leasesLostWithAHead.contains($0) }
+      activity["lease lost with a head's answer (known)", default: 0] += known.count
+      for id in known { perform(node: n.index, n.queue.leaseReturned(id, disconnect: true)) }
       if !n.queue.leases.isEmpty || !n.queue.pending.isEmpty || n.queue.available != n.queue.total || !n.queue.bundles.isEmpty {
-        fail("node \(n.index) keeps \(n.queue.leases.count) leases, \(n.queue.pending.count) requests, "
+        let owners = n.queue.leases.values.map { l -> String in
+          if l.owner == headID { return "the head" }
+          if let d = drivers.firstIndex(where: { WorkerID(binary: $0.address.workerID) == l.owner }) { return "d\(d)" }
+          return "a head before a restart (lease \(l.id & 0xffff) of w\(l.worker.hex.prefix(6)))"
+        }
+        fail("node \(n.index) keeps \(n.queue.leases.count) leases (held by \(owners.joined(separator: ", "))), \(n.queue.pending.count) requests, "
           + "\(n.queue.bundles.count) groups' bundles, \(n.queue.available) of \(n.queue.total) free")
       }
       stored += n.objects.count

@@ -119,6 +119,26 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
     #expect(NodeTable.durable(t[Data([2])]!).pendingDemand.isEmpty)
   }
 
+  /// Found by swiftray-sim: a node that died while the head was down was never declared
+  /// dead by the new head (no health check runs for a node that has not registered), so
+  /// its actors stayed ALIVE and its objects were never rebuilt; and a node merely not
+  /// registered yet was published to drivers as dead.
+  @Test func aRestoredNodeIsNotDeadButHealthCheckedAtOnce() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    var a = nodeInfo(3)
+    a.alive = true
+    t.restored(a)
+    #expect(!NodeTable.isDead(t[Data([3])]!) && t[Data([3])]?.alive == false, "awaiting registration: neither alive nor dead")
+    #expect(t.health.watched == 1, "checked from the start: if it died while the head was down, it is found out")
+    _ = t.registered(a)
+    #expect(t[Data([3])]?.alive == true && t.health.watched == 1)
+    var gone = nodeInfo(5)
+    gone.alive = false
+    gone.deathDetail = "missed 5 health checks"
+    t.restored(gone)
+    #expect(t[Data([5])].map(NodeTable.isDead) == true, "dead before the restart: still listed dead, for nodes yet to hear")
+  }
+
   @Test func deadNodesKeptAreBoundedAndTheTableIsInStartOrder() {
     var t = NodeTable(health: NodeHealth(failureThreshold: 1))
     for i in 0..<(NodeTable.deadNodesKept + 5) {

@@ -114,7 +114,7 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
     let first = q.bundlesPrepared(group: g.hex, [0: cpu(3)])
     #expect(first && q.available == cpu(1))
-    let tooMuch = q.bundlesPrepared(group: g.hex, [1: cpu(2)])
+    let tooMuch = q.bundlesPrepared(group: PlacementGroupID.random().hex, [0: cpu(2)])
     #expect(!tooMuch, "only 1 CPU is left")
     let again = q.bundlesPrepared(group: g.hex, [0: cpu(3)])
     #expect(again && q.available == cpu(1), "a repeated prepare is a no-op")
@@ -189,6 +189,16 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     #expect(q.bundles[g.hex]?[0]?.added != nil, "listed: its commit never arrived")
     #expect(q.bundles[g.hex]?[1]?.added == nil, "not listed, but a round may still be placing it")
     #expect(q.total.units("CPU_group_0_\(g.hex)") == 1 && q.total.units("CPU_group_1_\(g.hex)") == 0)
+  }
+
+  /// Found by swiftray-sim: a failed round's undo was lost, the next round of the same
+  /// group prepared another bundle here, and its commit committed both.
+  @Test func aNewRoundsPrepareDropsAnEarlierRoundsUncommittedBundlesOfTheGroup() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.bundlesPrepared(group: g.hex, [1: cpu(1)], now: 0)  // round 1 (undone elsewhere; the undo lost)
+    let ok = q.bundlesPrepared(group: g.hex, [2: cpu(1)], now: 5)  // round 2 puts bundle 2 here
+    _ = q.bundlesCommitted(group: g.hex, now: 6)
+    #expect(ok && Set(q.bundles[g.hex]?.keys ?? [:].keys) == [2] && q.available.units("CPU") == 3)
   }
 
   @Test func anUnlistedBundleGoesBackOnlyAfterTheGrace() {

@@ -48,8 +48,11 @@ public struct ActorDirectory: Sendable {
     case returnLease(Lease, disconnect: Bool)
     /// Kill the worker hosting an actor (it is being killed or its owner died).
     case killWorker(Lease, reason: String)
-    /// The actor's info changed: wake its watchers.
+    /// The actor's info changed: wake its watchers (and write its record).
     case published(ActorID)
+    /// Only its record changed (a lease was granted for its creation): write it, so a
+    /// head restarted from storage knows the worker it may already be running on.
+    case recorded(ActorID)
   }
 
   public enum RegisterError: Error, Sendable, Equatable {
@@ -87,6 +90,9 @@ public struct ActorDirectory: Sendable {
       var e = Entry(info: r.info, spec: r.spec, awaitingArguments: r.awaitingArguments)
       if !r.node.isEmpty { e.lease = Lease(leaseID: r.leaseID, worker: r.worker, node: r.node) }
       if (r.info.state == .pending || r.info.state == .restarting) && !r.awaitingArguments {
+        // Its creation was out when the head went: the worker it was pushed to may run it
+        // (its answer went to the old head). That worker goes; the actor is placed anew.
+        if let old = e.lease { actions.append(.killWorker(old, reason: "its actor's creation was interrupted by a head restart")) }
         e.lease = nil
         actions.append(.requestLease(id, r.spec))
         e.requesting = true
@@ -159,7 +165,7 @@ public struct ActorDirectory: Sendable {
     e.lease = lease
     e.spec.actorCreation.numRestarts = e.info.numRestarts
     actors[id] = e
-    return [.pushCreation(id, e.spec, lease)]
+    return [.recorded(id), .pushCreation(id, e.spec, lease)]
   }
 
   /// No node can host the actor now: ask again later; watchers learn why (once).

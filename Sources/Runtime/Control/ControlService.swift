@@ -101,6 +101,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       guard let n = try? Swiftray_NodeInfo(serializedBytes: bytes) else { continue }
       state.withLock { $0.nodes.restored(n) }
     }
+    startHealthChecks()  // of the restored nodes too: one that died meanwhile is declared dead
     let groups = try await storage.getAll(ControlTable.placementGroups).values.compactMap { try? Swiftray_PlacementGroupInfo(serializedBytes: $0) }
     performGroups(state.withLock { $0.groups.restore(groups) })
     let records = try await storage.getAll(ControlTable.actors).values.compactMap { try? Swiftray_ActorRecord(serializedBytes: $0) }
@@ -398,6 +399,12 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           req.workerID = lease.worker.workerID
           req.reason = reason
           _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req, options: nodeCallOptions)
+        }
+      case .recorded(let id):
+        state.withLock { s in
+          if let bytes: Data = try? s.actors.record(id)?.serializedBytes() {
+            writer.write(ControlTable.actors, Data(id.binary), bytes)  // lock-ok: an enqueue, in the order of the changes
+          }
         }
       case .published(let id):
         let (ready, info) = state.withLock { s -> ([Watcher], Swiftray_ActorInfo?) in

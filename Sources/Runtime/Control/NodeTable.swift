@@ -50,13 +50,36 @@ public struct NodeTable: Sendable {
     return node
   }
 
-  /// A node the head knew before it restarted (from storage): dead until it registers again.
+  /// Whether drivers and nodes should count `node` (as the head lists it) dead: a node
+  /// only waiting to register again after a head restart is not dead yet — treating it
+  /// so would rebuild its objects and fail its actors while it is alive and well.
+  public static func isDead(_ node: Swiftray_NodeInfo) -> Bool {
+    !node.alive && node.deathDetail != awaitingRegistration
+  }
+
+
+  /// A node the head knew before it restarted (from storage): not alive until it
+  /// registers again, but not dead either (`isDead`); health checks start at once, so
+  /// one that died meanwhile is declared dead as any other (its actors restart, its
+  /// bundles move, owners rebuild its objects), while a live one still reconnecting is
+  /// left alone.
   public mutating func restored(_ node: Swiftray_NodeInfo) {
-    guard node.alive, nodes[node.nodeID] == nil else { return }
+    guard nodes[node.nodeID] == nil else { return }
+    guard node.alive else {
+      // Dead before the restart: still listed as dead, so a node that had not yet seen
+      // the death in the old head's list learns it from the new one's.
+      nodes[node.nodeID] = node
+      deadOrder.append(node.nodeID)
+      while deadOrder.count > Self.deadNodesKept, let oldest = deadOrder.popFirst() {
+        if nodes[oldest]?.alive == false { nodes[oldest] = nil }
+      }
+      return
+    }
     var n = node
     n.alive = false
     n.deathDetail = Self.awaitingRegistration
     nodes[n.nodeID] = n
+    health.nodeRegistered(n.nodeID)
   }
 
   /// A node's report of its resources. True when the node should register (the head

@@ -196,7 +196,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   func publishDeaths(of nodes: [Swiftray_NodeInfo]) {
     let (fresh, subs) = state.withLock { s -> ([Swiftray_NodeDeath], [AsyncStream<Swiftray_NodeDeath>.Continuation]) in
       var fresh: [Swiftray_NodeDeath] = []
-      for n in nodes where !n.alive && s.deadNodes[n.nodeID] == nil {
+      for n in nodes where NodeTable.isDead(n) && s.deadNodes[n.nodeID] == nil {
         var d = Swiftray_NodeDeath()
         d.nodeID = n.nodeID
         d.nodeManagerAddress = n.nodeManagerAddress

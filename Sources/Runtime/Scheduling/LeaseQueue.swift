@@ -259,6 +259,11 @@ public struct LeaseQueue: Sendable {
   /// Phase 1: sets aside the bundles' resources if they are free now. True when they
   /// are reserved (again: a repeated prepare of the same bundles is a no-op).
   public mutating func bundlesPrepared(group: String, _ wanted: [Int: ResourceSet], now: UInt64 = 0) -> Bool {
+    // A group has one placement round at a time: bundles of it prepared here and never
+    // committed that this round does not want are an earlier failed round's (its undo
+    // was lost). They go now — else this round's commit would commit them too.
+    let leftovers = Set((bundles[group] ?? [:]).filter { $0.value.added == nil && wanted[$0.key] == nil }.keys)
+    if !leftovers.isEmpty { _ = bundlesReturned(group: group, only: leftovers) }
     let fresh = wanted.filter { bundles[group]?[$0.key] == nil }
     let need = fresh.values.reduce(ResourceSet()) { $0 + $1 }
     guard available.contains(need) else { return false }
