@@ -1,5 +1,6 @@
 """Recovery across node death (lineage reconstruction) and head restarts: real node daemons
 on 127.0.0.1."""
+import os
 import threading
 import time
 
@@ -335,14 +336,15 @@ def test_an_actor_whose_driver_died_while_the_head_was_down_dies_when_the_head_i
         swiftray.get_actor("held")
 
 
-def test_a_head_restarted_without_storage_lets_nodes_take_back_the_bundles_it_forgot(cluster, tmp_path):
-    # The new head knows no placement group: each node, told which bundles it holds in the
-    # answers to its reports, gives back the ones nobody holds any more (after a grace
-    # of 3 call deadlines plus 2 report periods) instead of keeping them reserved forever.
+def test_a_head_restarted_without_storage_lets_nodes_take_back_what_it_forgot(cluster, tmp_path):
+    # The new head knows no placement group and no actor: each node, told in the answers
+    # to its reports which bundles and which of the head's actor leases it holds, gives
+    # back the ones nobody holds any more (after a grace of 3 call deadlines plus 2 report
+    # periods) instead of keeping them reserved forever; the forgotten actor's worker stops.
     from conftest import run_script
     cluster.env["SWIFTRAY_NODE_MANAGER_RPC_TIMEOUT_MS"] = "500"
     head = cluster.add_node(num_cpus=1)
-    worker = cluster.add_node(num_cpus=1, resources={"w": 2})
+    worker = cluster.add_node(num_cpus=1, resources={"w": 3})
     port = int(cluster.address.rsplit(":", 1)[1])
     first = run_script(tmp_path, """
         import sys
@@ -350,20 +352,31 @@ def test_a_head_restarted_without_storage_lets_nodes_take_back_the_bundles_it_fo
         from swiftray.util import placement_group
         swiftray.init(address=sys.argv[1])
         assert placement_group([{"w": 2}], name="held", lifetime="detached").wait(30)
+
+        @swiftray.remote(resources={"w": 1}, num_cpus=0)
+        class Keeper:
+            def pid(self):
+                import os
+                return os.getpid()
+
+        k = Keeper.options(name="keeper", lifetime="detached").remote()
+        print("pid", swiftray.get(k.pid.remote(), timeout=60))
     """, args=[cluster.address], env={"SWIFTRAY_NODE_MANAGER_RPC_TIMEOUT_MS": "500"})
     assert first.returncode == 0, first.stderr
+    keeper_pid = int(first.stdout.split()[-1])
     cluster.kill_node(head)
-    cluster.add_node(num_cpus=1, head_port=port)  # same port, no storage: the group is forgotten
+    cluster.add_node(num_cpus=1, head_port=port)  # same port, no storage: the group and actor are forgotten
     swiftray.init(address=cluster.address)
     assert wait_until(lambda: any(n["Alive"] and n["SessionDir"] == worker["session"] for n in swiftray.nodes()),
                       timeout=20), "the worker node registered with the new head"
 
-    @swiftray.remote(resources={"w": 2}, num_cpus=0)
-    def both():
+    @swiftray.remote(resources={"w": 3}, num_cpus=0)
+    def everything():
         return swiftray.get_runtime_context().get_node_id()
 
     node = next(n["NodeID"] for n in swiftray.nodes() if n["SessionDir"] == worker["session"])
-    assert swiftray.get(both.remote(), timeout=60) == node
+    assert swiftray.get(everything.remote(), timeout=60) == node
+    assert wait_until(lambda: not os.path.exists(f"/proc/{keeper_pid}"), timeout=10), "the forgotten actor's worker stopped"
 
 
 def test_a_node_that_dies_while_the_head_is_down_is_found_dead_by_the_new_head(cluster, redis_address):

@@ -268,13 +268,17 @@ public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
   /// The ControlService does not know this node (it restarted): register again.
   public var unknownNode: Bool = false
 
-  /// The placement-group bundles the cluster counts as reserved on this node (when
-  /// bundles_listed): the node commits those whose commit it never got and, after a
-  /// grace period, gives back the ones not listed (a lost answer or return, a head that
-  /// restarted without them). Bounded by the node's own bundles.
-  public var bundlesListed: Bool = false
+  /// What the head counts as held on this node (when holdings_listed): placement-group
+  /// bundles — the node commits those whose commit it never got and, after a grace
+  /// period, gives back the ones not listed (a lost answer or return, a head that
+  /// restarted without them) — and the leases of its actors (`for_control`): one the
+  /// head does not list after the grace (its grant's answer was lost, the head that asked
+  /// is gone) is ended and its worker stopped. Bounded by what the node holds.
+  public var holdingsListed: Bool = false
 
   public var bundles: [Swiftray_HeldBundles] = []
+
+  public var controlLeases: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1100,6 +1104,13 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: @unchecked Sendabl
   public var preferredNode: Data {
     get {_storage._preferredNode}
     set {_uniqueStorage()._preferredNode = newValue}
+  }
+
+  /// Asked by the ControlService (an actor's creation): the lease lives only while the
+  /// head lists it in its answers to the node's reports.
+  public var forControl: Bool {
+    get {_storage._forControl}
+    set {_uniqueStorage()._forControl = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -2105,7 +2116,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0\u{3}bundles_listed\0\u{1}bundles\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0\u{3}holdings_listed\0\u{1}bundles\0\u{3}control_leases\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2114,8 +2125,9 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.unknownNode) }()
-      case 2: try { try decoder.decodeSingularBoolField(value: &self.bundlesListed) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.holdingsListed) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
+      case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.controlLeases) }()
       default: break
       }
     }
@@ -2125,19 +2137,23 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
     if self.unknownNode != false {
       try visitor.visitSingularBoolField(value: self.unknownNode, fieldNumber: 1)
     }
-    if self.bundlesListed != false {
-      try visitor.visitSingularBoolField(value: self.bundlesListed, fieldNumber: 2)
+    if self.holdingsListed != false {
+      try visitor.visitSingularBoolField(value: self.holdingsListed, fieldNumber: 2)
     }
     if !self.bundles.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.bundles, fieldNumber: 3)
+    }
+    if !self.controlLeases.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.controlLeases, fieldNumber: 4)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_ReportResourcesReply, rhs: Swiftray_ReportResourcesReply) -> Bool {
     if lhs.unknownNode != rhs.unknownNode {return false}
-    if lhs.bundlesListed != rhs.bundlesListed {return false}
+    if lhs.holdingsListed != rhs.holdingsListed {return false}
     if lhs.bundles != rhs.bundles {return false}
+    if lhs.controlLeases != rhs.controlLeases {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3332,7 +3348,7 @@ nonisolated extension Swiftray_WaitPlacementGroupReply: SwiftProtobuf.Message, S
 
 nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0\u{3}for_control\0")
 
   fileprivate class _StorageClass {
     var _leaseRequestID: UInt64 = 0
@@ -3344,6 +3360,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     var _placementResources: Swiftray_ResourceShape? = nil
     var _strategy: Swiftray_SchedulingStrategy? = nil
     var _preferredNode: Data = Data()
+    var _forControl: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3363,6 +3380,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       _placementResources = source._placementResources
       _strategy = source._strategy
       _preferredNode = source._preferredNode
+      _forControl = source._forControl
     }
   }
 
@@ -3390,6 +3408,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
         case 7: try { try decoder.decodeSingularMessageField(value: &_storage._placementResources) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
         case 9: try { try decoder.decodeSingularBytesField(value: &_storage._preferredNode) }()
+        case 10: try { try decoder.decodeSingularBoolField(value: &_storage._forControl) }()
         default: break
         }
       }
@@ -3429,6 +3448,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       if !_storage._preferredNode.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._preferredNode, fieldNumber: 9)
       }
+      if _storage._forControl != false {
+        try visitor.visitSingularBoolField(value: _storage._forControl, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3447,6 +3469,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
         if _storage._placementResources != rhs_storage._placementResources {return false}
         if _storage._strategy != rhs_storage._strategy {return false}
         if _storage._preferredNode != rhs_storage._preferredNode {return false}
+        if _storage._forControl != rhs_storage._forControl {return false}
         return true
       }
       if !storagesAreEqual {return false}

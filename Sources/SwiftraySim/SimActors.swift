@@ -79,11 +79,9 @@ extension SimCluster {
 
   func headLeaseAnswered(_ requestID: UInt64, _ reply: Swiftray_RequestWorkerLeaseReply?, node n: Int) {
     headPlacement[requestID] = nil
-    guard let id = headRequests.removeValue(forKey: requestID) else {
-      // The answer to a head that is gone: a lease it was granted stays behind (known).
-      if let reply, reply.status == .granted { leasesLostWithAHead.insert(reply.leaseID) }
-      return
-    }
+    // An answer to a head that is gone is lost: a lease it was granted is ended by its
+    // node once the head's lists leave it out (`controlLeasesReconciled`).
+    guard let id = headRequests.removeValue(forKey: requestID) else { return }
     let now = time.now
     guard let reply else { return headPerform(actorDirectory.leaseRequestFailed(id, now: now)) }
     switch reply.status {

@@ -40,8 +40,8 @@ final class SimCluster {
     var reconcileBundles = true
     /// The chance that the head restarts once in the fault window (down 100–600 ms), and
     /// that it keeps its tables in storage (Redis) across the restart. Restarts without
-    /// storage are not checked by default: they leave actors' workers leased to the
-    /// forgotten head running (known, not fixed yet).
+    /// storage are not checked by default: a node that dies while a head without storage
+    /// is down is never reported to owners (the new head never knew it; known, open).
     var headRestartChance = 0.5
     var headStorageChance = 1.0
     var maxSteps = 2_000_000
@@ -150,9 +150,6 @@ final class SimCluster {
   var placementKicked = false
   /// Groups whose creation reached the head (a driver's removal waits for it).
   var registeredGroups: Set<Data> = []
-  /// Leases granted to a head whose answer arrived after it restarted: left behind — a
-  /// known gap (the head does not yet list its leases to nodes, as it does bundles).
-  var leasesLostWithAHead: Set<UInt64> = []
   /// Dead nodes the drivers were told of (NodeManager.deadNodes).
   var toldDead: Set<Data> = []
   /// What happened, counted: spillbacks, grants, tasks run, retries warned of.
@@ -329,7 +326,7 @@ final class SimCluster {
     let movable = (key.strategy == .default || key.strategy == .spread)
       && BundleResources.groups(in: key.shape.union(placement)).isEmpty
     perform(node: n, node.queue.leaseRequested(.init(id: local, shape: key.shape, owner: owner, placement: placement,
-                                                     movable: movable)))
+                                                     movable: movable, forControl: d == Self.head)))
   }
 
   /// A spillback answer reaches its requester, which follows it (`LeaseClient`: a

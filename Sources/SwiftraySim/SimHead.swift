@@ -125,8 +125,9 @@ extension SimCluster {
       storedActors = [:]
       storedGroups = [:]
       storedNodes = [:]
-      // Groups the drivers hold are unknown to the new head: nothing to check of them.
-      for d in drivers.indices { drivers[d].groups = [] }
+      // Groups registered with the old head are unknown to the new one: nothing to
+      // check of them (creations still being retried land at the new head).
+      for d in drivers.indices { drivers[d].groups.removeAll { registeredGroups.contains($0) } }
       return
     }
     for id in storedNodes.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) { nodeTable.restored(storedNodes[id]!) }

@@ -214,10 +214,14 @@ extension SimCluster {
     }
   }
 
-  /// The head's answer to a node's report carries the bundles it counts there; the
-  /// node settles its own with them.
+  /// The head's answer to a node's report carries the bundles and the actor leases it
+  /// counts there; the node settles its own with them (`NodeManager.holdingsListed`).
   func reconcileBundles(_ node: Node) {
-    guard settings.reconcileBundles, !headCountsDead(node) else { return }
+    guard !headCountsDead(node) else { return }
+    let graceNanos = 3 * settings.nodeCallTimeout + 2 * 100 * ms
+    perform(node: node.index, node.queue.controlLeasesReconciled(listed: actorDirectory.leases(on: [node.address]),
+                                                                 now: time.now, grace: graceNanos))
+    guard settings.reconcileBundles else { return }
     var listed: [String: Set<Int>] = [:]
     for (id, indices) in groups.bundles(on: Data(node.id.binary)) {
       if let hex = PlacementGroupID(binary: id)?.hex { listed[hex] = Set(indices) }

@@ -210,9 +210,6 @@ extension SimCluster {
     }
     var stored = 0
     for n in nodes where n.alive {
-      let known = n.queue.leases.keys.filter { leasesLostWithAHead.contains($0) }
-      activity["lease lost with a head's answer (known)", default: 0] += known.count
-      for id in known { perform(node: n.index, n.queue.leaseReturned(id, disconnect: true)) }
       if !n.queue.leases.isEmpty || !n.queue.pending.isEmpty || n.queue.available != n.queue.total || !n.queue.bundles.isEmpty {
         let owners = n.queue.leases.values.map { l -> String in
           if l.owner == headID { return "the head" }

@@ -252,6 +252,46 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
   }
 }
 
+/// The head's actor leases: a node ends one the head no longer lists (found by
+/// swiftray-sim: a grant whose answer reached a head that had restarted was kept forever).
+@Suite struct ControlLeaseReconciliationTests {
+  let second: UInt64 = 1_000_000_000
+
+  @Test func aControlLeaseTheHeadLeavesOutEndsAfterTheGraceAndItsWorkerStops() {
+    var q = LeaseQueue(total: cpu(2), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    let w = WorkerID.random(), v = WorkerID.random()
+    for id in [w, v] { _ = q.workerStarting(id); _ = q.workerRegistered(id) }
+    _ = q.leaseRequested(.init(id: 1, shape: cpu(1), owner: .random(), forControl: true))
+    _ = q.leaseRequested(.init(id: 2, shape: cpu(1), owner: .random()))  // a driver's: not the head's business
+    let control = q.leases.values.first { $0.forControl }!
+    _ = q.controlLeasesReconciled(listed: [], now: 10 * second, grace: 5 * second)
+    #expect(q.leases.count == 2, "left out once: a grant's answer may still be on its way")
+    _ = q.controlLeasesReconciled(listed: [control.id], now: 12 * second, grace: 5 * second)
+    _ = q.controlLeasesReconciled(listed: [], now: 16 * second, grace: 5 * second)
+    #expect(q.leases.count == 2, "listed in between: the grace starts again")
+    let actions = q.controlLeasesReconciled(listed: [], now: 21 * second, grace: 5 * second)
+    #expect(actions.contains(.killWorker(control.worker)) && q.leases.count == 1 && q.leases.values.allSatisfy { !$0.forControl })
+  }
+
+  @Test func theHeadListsItsActorsLeasesByNode() {
+    var d = ActorDirectory()
+    let id: ActorID = TaskID(prefix: 9, counter: 1, job: 1)
+    var spec = Swiftray_TaskSpec()
+    spec.taskID = Data(id.binary)
+    spec.actorID = Data(id.binary)
+    spec.owner.workerID = Data(WorkerID.random().binary)
+    spec.actorCreation.maxRestarts = 1
+    spec.actorCreation.className = "A"
+    _ = try! d.actorRegistered(spec).get()
+    var worker = Swiftray_Address()
+    worker.workerID = Data(WorkerID.random().binary)
+    _ = d.leaseGranted(id, .init(leaseID: 7, worker: worker, node: "tcp:a:1"))
+    #expect(d.leases(on: ["tcp:a:1", "unix:/x"]) == [7] && d.leases(on: ["tcp:b:1"]).isEmpty)
+    _ = d.workerDied(worker.workerID, detail: "gone")
+    #expect(d.leases(on: ["tcp:a:1"]).isEmpty, "its host died: restarting, no lease")
+  }
+}
+
 @Suite struct PlacementGroupTableTests {
   func group(_ name: String = "", bundles: Int = 2, strategy: String = "PACK", job: UInt8 = 1,
              detached: Bool = false) -> Swiftray_PlacementGroupInfo {

@@ -61,6 +61,9 @@ public struct ActorDirectory: Sendable {
 
   private(set) var actors: [ActorID: Entry] = [:]
   private var names: [String: [String: ActorID]] = [:]
+  /// The leases its actors hold, by node (NodeManager address): a node's report is
+  /// answered with them (`leases(on:)`) without a scan of every actor.
+  private var leasesByNode: [String: Set<UInt64>] = [:]
   public let leaseRetryNanos: UInt64
 
   public init(leaseRetryNanos: UInt64 = 1_000_000_000) {
@@ -97,6 +100,7 @@ public struct ActorDirectory: Sendable {
         actions.append(.requestLease(id, r.spec))
         e.requesting = true
       }
+      index(old: nil, new: e.lease)
       actors[id] = e
       if !r.info.name.isEmpty && r.info.state != .dead { names[r.info.namespace, default: [:]][r.info.name] = id }
     }
@@ -162,6 +166,7 @@ public struct ActorDirectory: Sendable {
       actors[id] = e
       return [.returnLease(lease, disconnect: false)]
     }
+    index(old: e.lease, new: lease)
     e.lease = lease
     e.spec.actorCreation.numRestarts = e.info.numRestarts
     actors[id] = e
@@ -299,11 +304,25 @@ public struct ActorDirectory: Sendable {
     let dead = actors.filter { $0.value.info.state == .dead }
     guard dead.count > keep else { return }
     for (id, _) in dead.sorted(by: { $0.value.info.version < $1.value.info.version }).prefix(dead.count - keep) {
+      index(old: actors[id]?.lease, new: nil)
       actors[id] = nil
     }
   }
 
+  /// The leases the actors hold on the node known by these addresses.
+  public func leases(on node: Set<String>) -> Set<UInt64> {
+    node.reduce(into: Set<UInt64>()) { $0.formUnion(leasesByNode[$1] ?? []) }
+  }
+
   // MARK: internals
+
+  private mutating func index(old: Lease?, new: Lease?) {
+    if let o = old {
+      leasesByNode[o.node]?.remove(o.leaseID)
+      if leasesByNode[o.node]?.isEmpty == true { leasesByNode[o.node] = nil }
+    }
+    if let n = new { leasesByNode[n.node, default: []].insert(n.leaseID) }
+  }
 
   private func canRestart(_ e: Entry) -> Bool {
     e.info.maxRestarts < 0 || e.info.numRestarts < e.info.maxRestarts
@@ -313,6 +332,7 @@ public struct ActorDirectory: Sendable {
     guard var e = actors[id] else { return [] }
     let wasCreating = e.info.state != .alive
     if canRestart(e) {
+      index(old: e.lease, new: nil)
       e.lease = nil
       e.info.state = .restarting
       e.info.numRestarts += 1
@@ -345,6 +365,7 @@ public struct ActorDirectory: Sendable {
     if let lease = e.lease, !workerGone {
       actions.append(cause == .creationFailed ? .returnLease(lease, disconnect: true) : .killWorker(lease, reason: "the actor died: \(detail)"))
     }
+    index(old: e.lease, new: nil)
     e.lease = nil
     e.retryAt = nil
     e.requesting = false  // a lease granted from now on goes back

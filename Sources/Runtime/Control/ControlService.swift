@@ -253,16 +253,18 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     _ = try ResourceSet.checked(request.available, field: "available")
     _ = try ResourceSet.checked(request.total, field: "total")
     for (i, d) in request.infeasibleDemand.prefix(100).enumerated() { _ = try ResourceSet.checked(d, field: "infeasible_demand \(i)") }
-    let held: [Data: [Int]]?
+    let held: (bundles: [Data: [Int]], leases: Set<UInt64>)?
     (r.unknownNode, held) = state.withLock { s in
       let unknown = s.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
                                      demand: request.infeasibleDemand)
-      // Only a live node it knows hears which bundles it holds (a dead one is fenced).
-      return (unknown, unknown || s.nodes[request.nodeID]?.alive != true ? nil : s.groups.bundles(on: request.nodeID))
+      // Only a live node it knows hears what it holds (a dead one is fenced).
+      guard !unknown, let n = s.nodes[request.nodeID], n.alive else { return (unknown, nil) }
+      return (unknown, (s.groups.bundles(on: request.nodeID), s.actors.leases(on: [n.nodeManagerAddress, n.nodeManagerEndpoint])))
     }
     if let held {
-      r.bundlesListed = true
-      r.bundles = held.map { id, indices in
+      r.holdingsListed = true
+      r.controlLeases = held.leases.sorted()
+      r.bundles = held.bundles.map { id, indices in
         var h = Swiftray_HeldBundles()
         h.placementGroupID = id
         h.indices = indices.map(Int32.init)
@@ -447,6 +449,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.placementResources = spec.actorCreation.placementResources
       req.strategy = spec.strategy
       req.owner.workerID = Data(leaseOwner.binary)
+      req.forControl = true
       req.jobID = spec.jobID
       req.taskName = spec.name
       let (reply, answered) = await leases.request(req, at: node)

@@ -107,10 +107,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs)
   }
 
-  /// How long a bundle the head does not list stays before it goes back: longer than a
-  /// whole placement round (a prepare and a commit, each up to the node call deadline)
-  /// plus a report's own deadline, so no round still placing it is undercut.
-  var bundleGraceNanos: UInt64 {
+  /// How long a bundle or a ControlService lease the head does not list stays before it
+  /// goes: longer than a whole placement round (a prepare and a commit, each up to the
+  /// node call deadline) or a lease's answer, plus a report's own deadline, so nothing a
+  /// round or a grant still in flight holds is undercut.
+  var holdingsGraceNanos: UInt64 {
     let ms = UInt64(clamping: max(0, options.config.nodeManagerRpcTimeoutMs)) &* 3
       &+ UInt64(clamping: max(0, options.config.resourceReportPeriodMs)) &* 2
     return ms.multipliedReportingOverflow(by: 1_000_000).overflow ? .max : ms * 1_000_000
@@ -139,7 +140,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
         if let reply = try? await client.reportResources(report, options: headCallOptions) {
           lastContact = clock.now()
-          if reply.bundlesListed { bundlesListed(reply.bundles) }
+          if reply.holdingsListed { holdingsListed(reply) }
           if reply.unknownNode, let me = registration.withLock({ $0 }) {
             // The head restarted (its tables on Redis) and does not know this node yet.
             var req = Swiftray_RegisterNodeRequest()
@@ -381,7 +382,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     // Numbered by the node once queued (`LeaseRequestIDs`): the owner's number is its own.
     var req = LeaseQueue.Request(id: 0, shape: shape,
                                  owner: WorkerID(binary: request.owner.workerID) ?? .nil_,
-                                 placement: placement, movable: movable)
+                                 placement: placement, movable: movable, forControl: request.forControl)
     let requestKey = LeaseRequestIDs.Key(owner: request.owner.workerID, number: request.leaseRequestID)
     let needs = req.shape.union(req.placement)
     let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
@@ -482,19 +483,25 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     return r
   }
 
-  /// The head's list of this node's bundles (from a report's answer): `LeaseQueue`
-  /// commits what it lists and returns, after the grace, what it does not. Entries that
-  /// do not parse are dropped; only groups this node holds matter, so the list is cut.
-  func bundlesListed(_ held: [Swiftray_HeldBundles]) {
+  /// The head's list of what this node holds for it (from a report's answer):
+  /// `LeaseQueue` commits the bundles it lists and returns, after the grace, those it
+  /// does not; the ControlService's leases it does not list end after the grace (their
+  /// workers stopped). Entries that do not parse are dropped; only what this node holds
+  /// matters, so the lists are cut.
+  func holdingsListed(_ reply: Swiftray_ReportResourcesReply) {
     var listed: [String: Set<Int>] = [:]
-    for h in held.prefix(Self.maxListedGroups) {
+    for h in reply.bundles.prefix(Self.maxListed) {
       guard let hex = PlacementGroupID(binary: h.placementGroupID)?.hex else { continue }
-      listed[hex, default: []].formUnion(h.indices.prefix(Self.maxListedGroups).filter { $0 >= 0 }.map(Int.init))
+      listed[hex, default: []].formUnion(h.indices.prefix(Self.maxListed).filter { $0 >= 0 }.map(Int.init))
     }
-    let now = Clocks.current.now(), grace = bundleGraceNanos
-    perform(state.withLock { $0.queue.bundlesReconciled(listed: listed, now: now, grace: grace) })
+    let leases = Set(reply.controlLeases.prefix(Self.maxListed))
+    let now = Clocks.current.now(), grace = holdingsGraceNanos
+    perform(state.withLock { s in
+      s.queue.bundlesReconciled(listed: listed, now: now, grace: grace)
+        + s.queue.controlLeasesReconciled(listed: leases, now: now, grace: grace)
+    })
   }
-  static let maxListedGroups = 10_000
+  static let maxListed = 10_000
 
   public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
     let groups = request.placementGroupIds.compactMap { PlacementGroupID(binary: $0)?.hex }

@@ -28,8 +28,12 @@ public struct LeaseQueue: Sendable {
     /// It may go to another node while it waits here (a DEFAULT or SPREAD request; not
     /// one tied to this node by affinity or a bundle).
     public var movable: Bool
-    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet(), movable: Bool = false) {
+    /// Asked by the ControlService for an actor: its lease lives while the head lists it.
+    public var forControl: Bool
+    public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet(), movable: Bool = false,
+                forControl: Bool = false) {
       self.id = id; self.shape = shape; self.owner = owner; self.placement = placement; self.movable = movable
+      self.forControl = forControl
     }
     public var needsFree: ResourceSet { shape.union(placement) }
   }
@@ -39,6 +43,8 @@ public struct LeaseQueue: Sendable {
     public var worker: WorkerID
     public var shape: ResourceSet
     public var owner: WorkerID
+    /// The ControlService's (an actor's creation): see `controlLeasesReconciled`.
+    public var forControl = false
     /// The GPUs it holds (the node's, or its bundle's), if it asked for any.
     public var gpus: [GPUInstances.Share] = []
     /// The bundle those GPUs belong to, when it runs in a placement group.
@@ -102,6 +108,8 @@ public struct LeaseQueue: Sendable {
   /// The node's GPUs by id (those not set aside for bundles nor held by leases).
   public private(set) var gpus: GPUInstances
   public private(set) var leases: [UInt64: Lease] = [:]
+  /// The ControlService's leases its last lists left out, since when (node clock).
+  var unlistedSince: [UInt64: UInt64] = [:]
   private var idle: [WorkerID] = []
   /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`.
   private var requestedStarts = 0
@@ -297,6 +305,24 @@ public struct LeaseQueue: Sendable {
     return dispatch()
   }
 
+  /// The head's list of its leases on this node (from its answer to a report): a lease
+  /// of the ControlService's it has left out for `grace` (longer than a grant's answer
+  /// takes to be recorded) is one nobody holds — its answer was lost, or the head that
+  /// asked restarted without it — so it ends and its worker is stopped.
+  public mutating func controlLeasesReconciled(listed: Set<UInt64>, now: UInt64, grace: UInt64) -> [Action] {
+    var actions: [Action] = []
+    let unlisted = Set(leases.values.filter { $0.forControl && !listed.contains($0.id) }.map(\.id))
+    unlistedSince = unlistedSince.filter { unlisted.contains($0.key) }
+    for id in unlisted.sorted() {
+      let since = unlistedSince[id] ?? now
+      unlistedSince[id] = since
+      guard now >= since, now - since >= grace else { continue }
+      unlistedSince[id] = nil
+      actions += leaseReturned(id, disconnect: true)
+    }
+    return actions
+  }
+
   /// The head's list of the bundles this node should hold (group hex -> indices), from
   /// its answer to a report: a commit that never arrived is done now; a bundle the head
   /// does not list — its prepare's answer was lost so the round was undone without it,
@@ -437,6 +463,7 @@ public struct LeaseQueue: Sendable {
       if available.contains(req.needsFree), canTakeGPUs(req.shape) {
         if let wid = idle.popLast() {
           var lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
+          lease.forControl = req.forControl
           assignGPUs(&lease)
           nextLeaseID += 1
           leases[lease.id] = lease
