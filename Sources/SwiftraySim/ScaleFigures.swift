@@ -154,7 +154,7 @@ enum ScaleFigures {
     if let json {
       let data = try? JSONSerialization.data(withJSONObject: ["nodes": nodes, "tasks": tasks, "figures": figures],
                                              options: [.prettyPrinted, .sortedKeys])
-      FileManager.default.createFile(atPath: json, contents: data)
+      if !FileManager.default.createFile(atPath: json, contents: data) { print("swiftray-sim: could not write \(json)") }
     }
   }
 }

@@ -61,7 +61,7 @@ extension ControlService {
     let info: Swiftray_PlacementGroupInfo? = await longPoll(timeoutMs: Int64(request.timeoutMs)) { s, c in
       guard let info = s.groups.info(id) else { return .answer(nil) }
       if Self.settled(info) || s.closed { return .answer(info) }
-      return s.groupPolls.add(id, c).map { .wait($0) } ?? .answer(info)
+      return s.groupPolls.add(id, c).map { .wait($0) } ?? .full(info)
     } expire: { s, token in
       (s.groupPolls.timedOut(id, token: token), s.groups.info(id))
     }

@@ -304,7 +304,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let info: Swiftray_ActorInfo? = await longPoll(timeoutMs: Int64(request.timeoutMs)) { s, c in
       guard let info = s.actors.info(id) else { return .answer(nil) }
       if info.version > after || s.closed { return .answer(info) }
-      return s.actorPolls.add(id, Watcher(after: after, continuation: c)).map { .wait($0) } ?? .answer(info)
+      return s.actorPolls.add(id, Watcher(after: after, continuation: c)).map { .wait($0) } ?? .full(info)
     } expire: { s, token in
       (s.actorPolls.timedOut(id, token: token)?.continuation, s.actors.info(id))
     }
@@ -356,8 +356,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     return Swiftray_MarkJobFinishedReply()
   }
 
-  /// How a long poll starts: answered now, or waiting under its token.
-  enum PollStart<Answer: Sendable> { case answer(Answer), wait(UInt64) }
+  /// How a long poll starts: answered now, waiting under its token, or refused room
+  /// (`LongPolls.maxPerKey` polls wait on its key already).
+  enum PollStart<Answer: Sendable> { case answer(Answer), wait(UInt64), full(Answer) }
 
   /// One long poll (`waitActorState`, `waitPlacementGroup`): `start` answers it now or
   /// registers it (under the lock); if nothing answers it before the timeout (10 s by
@@ -369,6 +370,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     return await withCheckedContinuation { (c: CheckedContinuation<Answer, Never>) in
       switch state.withLock({ start(&$0, c) }) {
       case .answer(let a): c.resume(returning: a)
+      case .full(let a):
+        // Answered with the state as it is, but only after a pause (up to 1 s): the
+        // caller asks again, and must not spin against a full table.
+        Clocks.current.schedule(after: .milliseconds(min(ms, 1_000))) { c.resume(returning: a) }
       case .wait(let token):
         Clocks.current.schedule(after: .milliseconds(ms)) { [self] in
           let (waiter, answer) = state.withLock { expire(&$0, token) }

@@ -1,8 +1,9 @@
 /// Long polls waiting at the head for something to change (an actor's state, a
 /// placement group's): each is registered under its key with a token, answered together
 /// with the others of its key when what they wait for happens, or alone at its timeout.
-/// Bounded per key: beyond `maxPerKey` a poll is answered at once with the state as it is
-/// (the caller asks again), so peers polling without end cannot grow the table.
+/// Bounded per key: beyond `maxPerKey` a poll is answered with the state as it is after a
+/// short pause (the caller asks again; the pause keeps it from spinning), so peers
+/// polling without end cannot grow the table.
 ///
 /// Threading: a value type, owned by the ControlService under its lock.
 public struct LongPolls<Key: Hashable & Sendable, Waiter: Sendable>: Sendable {
