@@ -35,7 +35,7 @@ extension SimCluster {
     }
     guard !headCountsDead(n) else { return }
     n.lastReported = n.queue.available
-    reconcileBundles(n)
+    reconcileHoldings(n)
     // Resources may have freed up for a group that waits (as ControlService.reportResources).
     if !groups.waiting.isEmpty { kickPlacement() }
   }

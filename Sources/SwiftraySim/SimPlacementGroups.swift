@@ -216,7 +216,7 @@ extension SimCluster {
 
   /// The head's answer to a node's report carries the bundles and the actor leases it
   /// counts there; the node settles its own with them (`NodeManager.holdingsListed`).
-  func reconcileBundles(_ node: Node) {
+  func reconcileHoldings(_ node: Node) {
     guard !headCountsDead(node) else { return }
     let graceNanos = 3 * settings.nodeCallTimeout + 2 * 100 * ms
     perform(node: node.index, node.queue.controlLeasesReconciled(listed: actorDirectory.leases(on: [node.address]),

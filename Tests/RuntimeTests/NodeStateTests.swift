@@ -139,6 +139,8 @@ private let anyKey = SchedulingKey(shape: cpu1, proto: .init())
     #expect(twice.isEmpty && p.driverCount == 1)
     for _ in 0..<(WorkerPool.driversKeptPerProcess + 10) { _ = p.driverConnected(.random(), pid: 42) }
     #expect(p.driverCount == 1 + WorkerPool.driversKeptPerProcess, "a process connecting again and again is bounded")
+    let bogus = p.driverConnected(.random(), pid: -7)
+    #expect(!bogus && p.driverCount == 1 + WorkerPool.driversKeptPerProcess, "no process has pid -7: not kept")
   }
 }
 

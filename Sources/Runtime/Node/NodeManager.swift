@@ -540,7 +540,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var r = Swiftray_RegisterWorkerReply()
     r.nodeID = Data(options.nodeID.binary)
     r.controlEndpoint = options.controlEndpoint.description
-    if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid != getpid() {
+    if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid > 0, request.pid != getpid() {
       let pid = request.pid
       if state.withLock({ $0.workers.driverConnected(id, pid: pid) }) {
         monitor.watch(pid) { [weak self] in self?.driverProcessEnded(pid: pid) }

@@ -49,7 +49,9 @@ public struct WorkerPool: Sendable {
   public init() {}
 
   /// A driver connected. True for the first driver of its process: watch that process.
+  /// A pid that cannot be a process (≤ 0, from a confused or hostile peer) is not kept.
   public mutating func driverConnected(_ id: WorkerID, pid: Int32) -> Bool {
+    guard pid > 0 else { return false }
     var ids = drivers[pid] ?? []
     let first = ids.isEmpty
     if !ids.contains(id) { ids.append(id) }
