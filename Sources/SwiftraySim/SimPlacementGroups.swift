@@ -214,20 +214,27 @@ extension SimCluster {
     }
   }
 
-  /// The head's answer to a node's report carries the bundles and the actor leases it
-  /// counts there; the node settles its own with them (`NodeManager.holdingsListed`).
-  func reconcileHoldings(_ node: Node) {
-    guard !headCountsDead(node) else { return }
-    let graceNanos = 3 * settings.nodeCallTimeout + 2 * 100 * ms
-    perform(node: node.index, node.queue.controlLeasesReconciled(listed: actorDirectory.leases(on: [node.address]),
-                                                                 now: time.now, grace: graceNanos))
-    guard settings.reconcileBundles else { return }
+  /// How long a node keeps a bundle or a head's lease the head leaves out: as
+  /// `NodeManager.holdingsGraceNanos` (3 call deadlines plus 2 report periods).
+  var holdingsGrace: UInt64 { 3 * settings.nodeCallTimeout + 2 * 100 * ms }
+
+  /// The bundles the head counts on `node`, by group hex (as a node parses its list).
+  func listedBundles(on node: Node) -> [String: Set<Int>] {
     var listed: [String: Set<Int>] = [:]
     for (id, indices) in groups.bundles(on: Data(node.id.binary)) {
       if let hex = PlacementGroupID(binary: id)?.hex { listed[hex] = Set(indices) }
     }
-    let graceMs = 3 * settings.nodeCallTimeout + 2 * 100 * ms
-    perform(node: node.index, node.queue.bundlesReconciled(listed: listed, now: time.now, grace: graceMs))
+    return listed
+  }
+
+  /// The head's answer to a node's report carries the bundles and the actor leases it
+  /// counts there; the node settles its own with them (`NodeManager.holdingsListed`).
+  func reconcileHoldings(_ node: Node) {
+    guard !headCountsDead(node) else { return }
+    perform(node: node.index, node.queue.controlLeasesReconciled(listed: actorDirectory.leases(on: [node.address]),
+                                                                 now: time.now, grace: holdingsGrace))
+    guard settings.reconcileBundles else { return }
+    perform(node: node.index, node.queue.bundlesReconciled(listed: listedBundles(on: node), now: time.now, grace: holdingsGrace))
   }
 
   // MARK: - checks
@@ -244,9 +251,7 @@ extension SimCluster {
       }
     }
     for n in nodes where n.alive && !headCountsDead(n) {
-      let listed = groups.bundles(on: Data(n.id.binary))
-      var expected: [String: Set<Int>] = [:]
-      for (id, indices) in listed { if let hex = PlacementGroupID(binary: id)?.hex { expected[hex] = Set(indices) } }
+      let expected = listedBundles(on: n)
       for (hex, bundles) in n.queue.bundles.sorted(by: { $0.key < $1.key }) {
         for (i, b) in bundles.sorted(by: { $0.key < $1.key }) {
           if expected[hex]?.contains(i) != true {
