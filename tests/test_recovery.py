@@ -155,6 +155,52 @@ def test_an_actor_on_a_killed_node_restarts_on_another(cluster):
     assert swiftray.get(w.node.remote(), timeout=60) == (_node_id(spare["session"]), 1)
 
 
+def test_a_node_paused_past_its_health_checks_is_fenced_when_it_wakes(cluster):
+    # A node that stops answering (paused here; cut off by a partition is the same to the
+    # head) is declared dead while it still runs, and its actor restarts elsewhere. When
+    # it wakes, the head answers its next report "declared dead": it stops its workers
+    # and exits (as Ray's raylet), so the old incarnation never acts again.
+    import signal
+    from conftest import _alive
+    head = cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"r": 1}, max_restarts=1, max_task_retries=1)
+    class Counter:
+        def __init__(self):
+            self.calls = 0
+
+        def hit(self):
+            self.calls += 1
+            return os.getpid(), swiftray.get_runtime_context().get_node_id(), self.calls
+
+    c = Counter.remote()
+    old_pid, node, calls = swiftray.get(c.hit.remote())
+    assert (node, calls) == (_node_id(victim["session"]), 1)
+    spare = cluster.add_node(num_cpus=1, resources={"r": 1})
+    cluster.kill_node(victim, signal.SIGSTOP)
+    try:
+        assert _dead(victim["session"])
+        # The driver hears of the death from its node's next view of the cluster
+        # (raylet_report_resources_period_milliseconds, 200 ms); from then on no call
+        # goes to the incarnation there.
+        time.sleep(2)
+        pid, node, calls = swiftray.get(c.hit.remote(), timeout=60)
+        assert (node, calls) == (_node_id(spare["session"]), 1) and pid != old_pid
+        assert _alive(old_pid), "the old incarnation still runs while its node is paused"
+    finally:
+        cluster.kill_node(victim, signal.SIGCONT)
+    # Awake, it hears it was declared dead, and stops with its workers.
+    assert wait_until(lambda: not _alive(victim["pid"]), timeout=30), "the fenced node did not exit"
+    assert wait_until(lambda: not _alive(old_pid), timeout=30), "the old incarnation outlived its fenced node"
+    with open(os.path.join(head["session"], "daemon.log")) as f:
+        assert "node/fenced" in f.read(), "the head says it fenced the node"
+    # The actor goes on where it was restarted; the node stays dead in the cluster's list.
+    assert swiftray.get(c.hit.remote())[1:] == (_node_id(spare["session"]), 2)
+    assert not next(n for n in swiftray.nodes() if n["SessionDir"] == victim["session"])["Alive"]
+
+
 def test_a_borrower_of_an_object_whose_owner_died_gets_owner_died(cluster):
     from swiftray.exceptions import OwnerDiedError
     cluster.add_node(num_cpus=1)

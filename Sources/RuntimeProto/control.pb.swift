@@ -280,6 +280,14 @@ public nonisolated struct Swiftray_ReportResourcesReply: Sendable {
 
   public var controlLeases: [UInt64] = []
 
+  /// The head declared this node dead (death_detail says why): it is fenced. It stops its
+  /// workers and exits, as Ray's raylet does — its actors were restarted elsewhere, its
+  /// objects rebuilt, its bundles moved — and must be started again to rejoin (as a
+  /// new node).
+  public var declaredDead: Bool = false
+
+  public var deathDetail: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2116,7 +2124,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
 
 nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0\u{3}holdings_listed\0\u{1}bundles\0\u{3}control_leases\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}unknown_node\0\u{3}holdings_listed\0\u{1}bundles\0\u{3}control_leases\0\u{3}declared_dead\0\u{3}death_detail\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2128,6 +2136,8 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
       case 2: try { try decoder.decodeSingularBoolField(value: &self.holdingsListed) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.bundles) }()
       case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.controlLeases) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.declaredDead) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.deathDetail) }()
       default: break
       }
     }
@@ -2146,6 +2156,12 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
     if !self.controlLeases.isEmpty {
       try visitor.visitPackedUInt64Field(value: self.controlLeases, fieldNumber: 4)
     }
+    if self.declaredDead != false {
+      try visitor.visitSingularBoolField(value: self.declaredDead, fieldNumber: 5)
+    }
+    if !self.deathDetail.isEmpty {
+      try visitor.visitSingularStringField(value: self.deathDetail, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2154,6 +2170,8 @@ nonisolated extension Swiftray_ReportResourcesReply: SwiftProtobuf.Message, Swif
     if lhs.holdingsListed != rhs.holdingsListed {return false}
     if lhs.bundles != rhs.bundles {return false}
     if lhs.controlLeases != rhs.controlLeases {return false}
+    if lhs.declaredDead != rhs.declaredDead {return false}
+    if lhs.deathDetail != rhs.deathDetail {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -32,7 +32,7 @@ extension SimCluster {
       case .pushCreation(let id, let spec, let lease):
         guard let wid = WorkerID(binary: lease.worker.workerID), let w = workers[wid] else { continue }
         let epoch = headEpoch
-        time.send(on: "head->w\(wid.hex.prefix(6))", delay: latency(w.node), "create actor \(id.counter) on w\(wid.hex.prefix(6))") { [self] in
+        send(on: "head->w\(wid.hex.prefix(6))", delay: latency(w.node), "create actor \(id.counter) on w\(wid.hex.prefix(6))") { [self] in
           // A push to a dead worker: its node reports the death, the directory restarts it.
           guard w.alive else { return }
           w.inbox.append((Self.head, id, spec, lease.leaseID, 0, .creation(id, lease, head: epoch)))
@@ -40,7 +40,7 @@ extension SimCluster {
         }
       case .returnLease(let lease, let disconnect):
         guard let n = nodes.first(where: { $0.address == lease.node }) else { continue }
-        time.send(on: "head->n\(n.index)", delay: latency(n.index), "head returns lease \(lease.leaseID & 0xffff)") { [self] in
+        send(on: "head->n\(n.index)", delay: latency(n.index), "head returns lease \(lease.leaseID & 0xffff)") { [self] in
           guard n.alive else { return }
           // As NodeManager.returnWorkerLease: only the lease's owner gives it back.
           perform(node: n.index, n.queue.leaseReturned(lease.leaseID, disconnect: disconnect, owner: headID))
@@ -87,7 +87,8 @@ extension SimCluster {
     switch reply.status {
     case .granted:
       headPerform(actorDirectory.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: nodes[n].address,
-                                                         grant: reply.leaseGrant)))
+                                                         grant: reply.leaseGrant),
+                                              hostAlive: nodeTable[reply.worker.nodeID]?.alive == true, now: now))
     case .infeasible:
       headPerform(actorDirectory.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now))
     case .workerStartFailed:
@@ -98,7 +99,7 @@ extension SimCluster {
   }
 
   func answerWatch(_ d: Int, _ info: Swiftray_ActorInfo) {
-    time.send(on: "head->d\(d)", delay: latency(0), "actor \(TaskID(binary: info.actorID)?.counter ?? 0) is \(info.state) for d\(d)") { [self] in
+    send(on: "head->d\(d)", delay: latency(0), "actor \(TaskID(binary: info.actorID)?.counter ?? 0) is \(info.state) for d\(d)") { [self] in
       driverEvent(d) { $0.actorInfo(info) }
     }
   }
@@ -119,11 +120,16 @@ extension SimCluster {
       registerActor(d, tid)
     case .call(.push(let tid, let addr, let incarnation)):
       guard let spec = drivers[d].state.tasks.spec(tid), let wid = WorkerID(binary: addr.workerID) else { return }
+      // Fencing as callers see it: once a caller knows a node is dead, no call of its
+      // goes to an incarnation there (that actor was restarted elsewhere, or died).
+      if drivers[d].state.declaredDead([addr.nodeID]) {
+        fail("driver \(d) sent \(spec.name)#\(spec.actorSeq) to incarnation \(incarnation) on a node it knows is dead")
+      }
       let w = workers[wid]
       let conn = nextConnection
       nextConnection += 1
-      time.send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w?.node ?? 0), "d\(d) calls actor: \(spec.name)#\(spec.actorSeq)") { [self] in
-        guard let w, w.alive else { return actorCallBroke(d, tid, incarnation: incarnation) }
+      send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w?.node ?? 0), "d\(d) calls actor: \(spec.name)#\(spec.actorSeq)") { [self] in
+        guard let w, w.alive else { return actorCallBroke(d, tid, incarnation: incarnation, host: w?.node ?? 0) }
         w.inbox.append((d, tid, spec, 0, conn, .call(incarnation: incarnation)))
         runNext(w)
       }
@@ -137,7 +143,7 @@ extension SimCluster {
   }
 
   func answerWatchUnknown(_ d: Int, _ actor: ActorID) {
-    time.send(on: "head->d\(d)", delay: latency(0), "actor \(actor.counter) unknown to the head") { [self] in
+    send(on: "head->d\(d)", delay: latency(0), "actor \(actor.counter) unknown to the head") { [self] in
       driverEvent(d) { $0.actorWatchFailed(actor, detail: "the cluster has no record of it", unknown: true) }
     }
   }
@@ -161,8 +167,8 @@ extension SimCluster {
   }
 
   /// A driver's connection to an actor's worker broke before the call's reply.
-  func actorCallBroke(_ d: Int, _ tid: TaskID, incarnation: Int32) {
-    time.after(rng.between(1 * ms, 5 * ms), "d\(d): connection to actor broke") { [self] in
+  func actorCallBroke(_ d: Int, _ tid: TaskID, incarnation: Int32, host: Int) {
+    send(on: "n\(host)->d\(d)", delay: rng.between(1 * ms, 5 * ms), "d\(d): connection to actor broke") { [self] in
       driverEvent(d) { $0.actorCallLost(tid, incarnation: incarnation) }
     }
   }
@@ -179,7 +185,7 @@ extension SimCluster {
       w.ran = [:]
       activity["actor created", default: 0] += 1
       // The answer to the head's push: lost if that head is gone.
-      time.send(on: "w\(w.id.hex.prefix(6))->head", delay: latency(w.node), "actor \(id.counter) constructed") { [self] in
+      send(on: "w\(w.id.hex.prefix(6))->head", delay: latency(w.node), "actor \(id.counter) constructed") { [self] in
         sameHead(epoch) { headPerform(actorDirectory.creationReplied(id, lease: lease, error: nil)) }
       }
     case .call:
@@ -203,9 +209,10 @@ extension SimCluster {
       ret.object.data = Data(String(job.spec.actorSeq).utf8)
       reply.returns = [ret]
       let d = job.owner
-      time.send(on: "w\(w.id.hex.prefix(6))->d\(d)", delay: latency(w.node), "reply \(job.spec.name)#\(job.spec.actorSeq)") { [self] in
+      send(on: "w\(w.id.hex.prefix(6))->d\(d)", delay: latency(w.node), "reply \(job.spec.name)#\(job.spec.actorSeq)") { [self] in
         guard !brokenConnections.contains(job.conn) else { return }
-        driverEvent(d) { $0.actorCallReplied(job.tid, reply: reply, now: time.now) }
+        guard case .call(let incarnation) = job.kind else { return }
+        driverEvent(d) { $0.actorCallReplied(job.tid, incarnation: incarnation, reply: reply, now: time.now) }
       }
     }
   }

@@ -44,6 +44,9 @@ final class SimCluster {
     /// is down is never reported to owners (the new head never knew it; known, open).
     var headRestartChance = 0.5
     var headStorageChance = 1.0
+    /// Nodes cut off from every other host, each for a quarter to three times the
+    /// health-check time (so about half are declared dead and fenced when they heal).
+    var partitions = 2
     var maxSteps = 2_000_000
   }
 
@@ -145,6 +148,10 @@ final class SimCluster {
   var actorWatches: [ActorID: [(driver: Int, after: UInt64, token: UInt64)]] = [:]
   var nextWatch: UInt64 = 1
   var faultsInjected: [String: Int] = [:]
+  /// Nodes cut off by a partition: when the cut began and when it heals.
+  var cuts: [Int: (start: UInt64, end: UInt64)] = [:]
+  /// Each worker's node, by the name its channels use ("w" and 6 hex digits).
+  var workerHost: [String: Int] = [:]
   // The head's placement groups (ControlService: PlacementGroupTable decides).
   var groups = PlacementGroupTable()
   var placementKicked = false
@@ -203,7 +210,7 @@ final class SimCluster {
     for (id, o) in e.freeStored {
       if drivers[d].state.refs.isInScope(id) { fail("object \(id.hex) freed while in scope") }
       let node = nodes.first { Data($0.id.binary) == o.storeNode }
-      if let node { time.send(on: "d\(d)->n\(node.index)", delay: latency(node.index), "free \(id.task.counter)#\(id.hex.suffix(2)) on n\(node.index)") {
+      if let node { send(on: "d\(d)->n\(node.index)", delay: latency(node.index), "free \(id.task.counter)#\(id.hex.suffix(2)) on n\(node.index)") {
         node.objects[id] = nil
       } }
     }
@@ -224,7 +231,7 @@ final class SimCluster {
       sendRequest(d, requestID, key, preferred: preferred, to: 0, routed: true, hops: 0)
     case .cancelRequest(let requestID):
       guard let target = requestNode[d]?[requestID] else { return }
-      time.send(on: "d\(d)->n\(target)", delay: latency(target), "cancel request \(requestID & 0xffff)") { [self] in
+      send(on: "d\(d)->n\(target)", delay: latency(target), "cancel request \(requestID & 0xffff)") { [self] in
         let n = nodes[target]
         guard n.alive, let local = n.requests.first(where: { $0.value.owner == d && $0.value.requestID == requestID })?.key else { return }
         perform(node: target, n.queue.leaseRequestCanceled(local))
@@ -233,14 +240,14 @@ final class SimCluster {
       guard let wid = WorkerID(binary: worker.workerID), let w = workers[wid] else { return fail("push to an unknown worker") }
       let conn = nextConnection
       nextConnection += 1
-      time.send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w.node), "push \(spec.name) to w\(wid.hex.prefix(6))") { [self] in
-        guard w.alive else { return connectionBroke(d, leaseID: lease.leaseID) }
+      send(on: "d\(d)->w\(wid.hex.prefix(6))", delay: latency(w.node), "push \(spec.name) to w\(wid.hex.prefix(6))") { [self] in
+        guard w.alive else { return connectionBroke(d, leaseID: lease.leaseID, host: w.node) }
         w.inbox.append((d, tid, spec, lease.leaseID, conn, .task))
         runNext(w)
       }
     case .giveBack(let leaseID, let disconnect, _):
       guard let target = leaseNode[leaseID] else { return fail("lease \(leaseID) given back, never granted") }
-      time.send(on: "d\(d)->n\(target)", delay: latency(target), "return lease \(leaseID & 0xffff) disconnect=\(disconnect)") { [self] in
+      send(on: "d\(d)->n\(target)", delay: latency(target), "return lease \(leaseID & 0xffff) disconnect=\(disconnect)") { [self] in
         guard nodes[target].alive else { return }
         perform(node: target, nodes[target].queue.leaseReturned(leaseID, disconnect: disconnect,
                                                                  owner: WorkerID(binary: drivers[d].address.workerID)))
@@ -266,7 +273,7 @@ final class SimCluster {
     // The request names its owner as sent (a head's id is its incarnation's).
     let owner = o == Self.head ? headID : WorkerID(binary: drivers[o].address.workerID)!
     let epoch = headEpoch
-    time.send(on: "\(name(o))->n\(n)", delay: latency(n), "lease request \(requestID & 0xffff) \(name(o))->n\(n)\(routed ? "" : " (spilled)")") { [self] in
+    send(on: "\(name(o))->n\(n)", delay: latency(n), "lease request \(requestID & 0xffff) \(name(o))->n\(n)\(routed ? "" : " (spilled)")") { [self] in
       leaseRequested(n, from: o, owner: owner, requestID: requestID, key: key, preferred: preferred, routed: routed, hops: hops)
       // From a head that is gone: its connection broke, so the node withdraws the
       // request if it waits (one granted at once is lost with its answer).
@@ -284,8 +291,9 @@ final class SimCluster {
     driverEvent(o) { $0.leaseReplied(requestID, reply, node: n == 0 ? nil : nodes[n].address, now: time.now) }
   }
 
-  func connectionBroke(_ d: Int, leaseID: UInt64) {
-    time.after(rng.between(1 * ms, 5 * ms), "connection of lease \(leaseID & 0xffff) broke") { [self] in
+  /// The connection to a worker on node `host` broke (the news crosses the network).
+  func connectionBroke(_ d: Int, leaseID: UInt64, host: Int) {
+    send(on: "n\(host)->d\(d)", delay: rng.between(1 * ms, 5 * ms), "connection of lease \(leaseID & 0xffff) broke") { [self] in
       driverEvent(d) { $0.workerLost(leaseID: leaseID, now: time.now) }
     }
   }
@@ -314,7 +322,7 @@ final class SimCluster {
         r.status = .infeasible
         r.detail = detail
         let reply = r
-        return time.send(on: "n\(n)->\(name(d))", delay: latency(n), "lease request rejected by n\(n)") { [self] in
+        return send(on: "n\(n)->\(name(d))", delay: latency(n), "lease request rejected by n\(n)") { [self] in
           answer(d, requestID, reply, from: n)
         }
       }
@@ -333,7 +341,7 @@ final class SimCluster {
   /// driver up to 3 nodes, then asks its own node again; the head one node).
   func spilledBack(_ d: Int, _ requestID: UInt64, _ key: SchedulingKey, from n: Int, to target: Int, hops: Int) {
     activity["spillback", default: 0] += 1
-    time.send(on: "n\(n)->\(name(d))", delay: latency(n), "spillback n\(n)->n\(target) for \(name(d))") { [self] in
+    send(on: "n\(n)->\(name(d))", delay: latency(n), "spillback n\(n)->n\(target) for \(name(d))") { [self] in
       if d == Self.head {
         guard headRequests[requestID] != nil else { return }  // asked by a head that is gone
         guard hops < 1 else {
@@ -358,9 +366,11 @@ final class SimCluster {
                           available: n.alive ? n.queue.available : n.lastReported, alive: !headCountsDead(n), startTimeMs: 0)
     }
     for n in nodes where n.alive {
-      // A head that is down takes no report and gives no view: the node keeps its old one.
-      guard headUp else { continue }
+      // A head that is down, or a cut, takes no report and gives no view: the node
+      // keeps its old one.
+      guard headUp, cuts[n.index] == nil else { continue }
       nodeReported(n)
+      guard n.alive else { continue }  // fenced
       n.view.refreshed(view)
       if n.index == 0 { driversLearnDeaths() }
       let queued = n.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
@@ -385,7 +395,7 @@ final class SimCluster {
     var r = Swiftray_RequestWorkerLeaseReply()
     make(&r)
     let reply = r
-    time.send(on: "n\(n)->\(name(d))", delay: latency(n), "lease reply \(reply.status) n\(n)->\(name(d))") { [self] in
+    send(on: "n\(n)->\(name(d))", delay: latency(n), "lease reply \(reply.status) n\(n)->\(name(d))") { [self] in
       answer(d, requestID, reply, from: n)
     }
   }
@@ -418,6 +428,7 @@ final class SimCluster {
         time.after(rng.between(5 * ms, 30 * ms) * node.slowness, "worker \(id.hex.prefix(6)) starts on n\(n)") { [self] in
           guard node.alive else { return }
           workers[id] = Worker(id: id, node: n)
+          workerHost["w\(id.hex.prefix(6))"] = n
           perform(node: n, node.queue.workerRegistered(id))
         }
       case .killWorker(let id):
@@ -455,7 +466,7 @@ final class SimCluster {
         // The reply cannot reach its owner: what the attempt stored stays behind.
         orphanedCopies += reply.returns.filter { $0.object.storeSize > 0 }.count
       } else {
-        time.send(on: "w\(w.id.hex.prefix(6))->d\(job.owner)", delay: latency(w.node), "reply \(job.spec.name)") { [self] in
+        send(on: "w\(w.id.hex.prefix(6))->d\(job.owner)", delay: latency(w.node), "reply \(job.spec.name)") { [self] in
           guard !brokenConnections.contains(job.conn) else {
             orphanedCopies += reply.returns.filter { $0.object.storeSize > 0 }.count
             return
@@ -489,7 +500,8 @@ final class SimCluster {
       var data = v.data
       if v.storeSize > 0 {
         guard let id = ObjectID(binary: a.objectID),
-              let at = nodes.first(where: { Data($0.id.binary) == v.storeNode }), at.alive, let stored = at.objects[id]
+              let at = nodes.first(where: { Data($0.id.binary) == v.storeNode }), at.alive, reachable(node.index, at.index),
+              let stored = at.objects[id]
         else {
           reply.lostArguments.append(a.objectID)
           reply.lostDetail = "the node holding it did not answer"
@@ -544,8 +556,8 @@ final class SimCluster {
     for job in inFlight where !brokenConnections.contains(job.conn) {
       brokenConnections.insert(job.conn)
       switch job.kind {
-      case .task: if seen.insert(job.leaseID).inserted { connectionBroke(job.owner, leaseID: job.leaseID) }
-      case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation)
+      case .task: if seen.insert(job.leaseID).inserted { connectionBroke(job.owner, leaseID: job.leaseID, host: w.node) }
+      case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation, host: w.node)
       case .creation: break  // the head learns from the node's report below
       }
     }
@@ -559,12 +571,15 @@ final class SimCluster {
     }
   }
 
-  func killNode(_ n: Int) {
+  /// Node `n` stops (killed, or `why` another reason such as fencing): its workers,
+  /// store and queued requests are gone.
+  func killNode(_ n: Int, why: String = "killed") {
     let node = nodes[n]
     guard node.alive else { return }
-    faultsInjected["node kill", default: 0] += 1
+    if why == "killed" { faultsInjected["node kill", default: 0] += 1 }
+    cuts[n] = nil
     node.alive = false
-    for w in workers.values.sorted(by: { $0.id.hex < $1.id.hex }) where w.node == n { killWorker(w, why: "its node died") }
+    for w in workers.values.sorted(by: { $0.id.hex < $1.id.hex }) where w.node == n { killWorker(w, why: "its node was \(why)") }
     node.objects = [:]
     for (_, r) in node.requests.sorted(by: { $0.key < $1.key }) {
       let (d, requestID, _) = r
@@ -593,13 +608,22 @@ final class SimCluster {
         if let n = alive.randomElement(using: &rng) { killNode(n.index) }
       }
     }
+    for _ in 0..<s.partitions {
+      time.at(rng.between(0, window), "fault: cut a node off") { [self] in
+        // A busy node if there is one: cutting off an idle one tests little.
+        let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }
+        let busy = candidates.filter { !$0.queue.leases.isEmpty }
+        guard let n = (busy.isEmpty ? candidates : busy).randomElement(using: &rng) else { return }
+        cutOff(n.index, for: rng.between(s.healthTimeout / 4, s.healthTimeout * 3))
+      }
+    }
     for _ in 0..<s.connectionDrops {
       time.at(rng.between(0, window), "fault: drop a push connection") { [self] in
         let busy = workers.values.filter { $0.alive && $0.busy }.sorted { $0.id.hex < $1.id.hex }
         guard let w = busy.randomElement(using: &rng), let job = w.current, !brokenConnections.contains(job.conn) else { return }
         switch job.kind {
-        case .task: connectionBroke(job.owner, leaseID: job.leaseID)
-        case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation)
+        case .task: connectionBroke(job.owner, leaseID: job.leaseID, host: w.node)
+        case .call(let incarnation): actorCallBroke(job.owner, job.tid, incarnation: incarnation, host: w.node)
         case .creation: return  // the head's push carries no reply it waits on
         }
         faultsInjected["connection drop", default: 0] += 1

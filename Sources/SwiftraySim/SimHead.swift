@@ -26,12 +26,16 @@ extension SimCluster {
   /// since it restarted).
   func headCountsDead(_ n: Node) -> Bool { nodeTable[Data(n.id.binary)]?.alive != true }
 
-  /// A node's report reaches the head: taken, or answered with "register again".
+  /// A node's report reaches the head: taken, answered with "register again", or
+  /// with "you were declared dead" (the node is fenced: it stops).
   func nodeReported(_ n: Node) {
     let id = Data(n.id.binary)
-    if nodeTable.reported(id, available: n.queue.available.proto, total: n.queue.total.proto, demand: []) {
+    switch nodeTable.reported(id, available: n.queue.available.proto, total: n.queue.total.proto, demand: []) {
+    case .taken: break
+    case .register:
       storedNodes[id] = nodeTable.registered(info(of: n))
       activity["node registered again", default: 0] += 1
+    case .fenced: return fence(n.index)
     }
     guard !headCountsDead(n) else { return }
     n.lastReported = n.queue.available
@@ -78,7 +82,7 @@ extension SimCluster {
   /// the caller tries again every 200 ms (`ControlPlane.whileUnavailable`: the head's
   /// calls are idempotent), keeping the channel's order.
   func toHead(on channel: String, delay: UInt64, _ label: String, _ run: @escaping () -> Void) {
-    time.send(on: channel, delay: delay, label) { [self] in
+    send(on: channel, delay: delay, label) { [self] in
       guard headUp else {
         return time.after(200 * ms, "\(label) (head down: again)") { [self] in toHead(on: channel, delay: 0, label, run) }
       }

@@ -202,7 +202,7 @@ extension SimCluster {
       faultsInjected["bundle call lost", default: 0] += 1
       return
     }
-    time.send(on: "head->n\(n)", delay: latency(n), "\(label) -> n\(n)") { [self] in
+    send(on: "head->n\(n)", delay: latency(n), "\(label) -> n\(n)") { [self] in
       guard nodes[n].alive else { return }
       let out = handle(nodes[n])
       if time.now < settings.faultWindow && rng.chance(settings.bundleMessageLoss) {
@@ -210,7 +210,7 @@ extension SimCluster {
         return
       }
       // The answer reaches only the head that asked.
-      time.send(on: "n\(n)->head", delay: latency(n), "\(label): n\(n) answered") { [self] in sameHead(epoch) { answered(out) } }
+      send(on: "n\(n)->head", delay: latency(n), "\(label): n\(n) answered") { [self] in sameHead(epoch) { answered(out) } }
     }
   }
 

@@ -6,6 +6,7 @@ import Runtime
 //   swiftray-sim --seeds N [--first-seed S] [--nodes K] [--tasks T]   N runs, seeds S..S+N-1
 //   swiftray-sim --seed S [--nodes K] [--tasks T]                     replay one run, with its trace
 //   swiftray-sim ... --no-bundle-reconcile   nodes ignore the head's list of their bundles
+//   swiftray-sim ... --partitions P          nodes cut off per run (default 2; 0: none)
 //   swiftray-sim --scale [--scale-nodes N] [--scale-tasks T] [--json PATH]   control-plane figures
 //
 // Ends with `simulated N seeds: F failures`; exits 0 only when F = 0.
@@ -55,6 +56,7 @@ struct Simulate {
     args.removeAll { $0 == "--no-bundle-reconcile" }
     if let n = number("--nodes", 2...5_000) { settings.nodes = Int(n) }
     if let t = number("--tasks", 1...1_000_000) { settings.tasksPerDriver = Int(t) }
+    if let p = number("--partitions", 0...100) { settings.partitions = Int(p) }
     let one = number("--seed", 0...UInt64.max)
     let count = number("--seeds", 1...1_000_000)
     let first = number("--first-seed", 0...UInt64.max) ?? 1
@@ -86,7 +88,8 @@ struct Simulate {
           print("  last events:")
           for line in cluster.time.lastEvents() { print("    \(line)") }
         }
-        print("  replay: ./scripts/simulate.sh --seed \(seed) --nodes \(settings.nodes) --tasks \(settings.tasksPerDriver)")
+        print("  replay: ./scripts/simulate.sh --seed \(seed) --nodes \(settings.nodes) --tasks \(settings.tasksPerDriver)"
+          + " --partitions \(settings.partitions)" + (settings.reconcileBundles ? "" : " --no-bundle-reconcile"))
       }
     }
     let took = Date().timeIntervalSince(started)

@@ -160,6 +160,24 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(d.leaseGranted(actorID(1), late) == [.returnLease(late, disconnect: false)])
   }
 
+  /// Found by swiftray-sim with partitions (seed 137 at 50 nodes): a grant held by a
+  /// partition reached the head after it had declared the granting node dead; the actor
+  /// was created there, ALIVE on a node about to be fenced, and its callers waited forever.
+  @Test func aGrantFromANodeDeclaredDeadGoesBackAndTheLeaseIsAskedForAgain() {
+    var d = ActorDirectory(leaseRetryNanos: 100)
+    let actions = try! d.actorRegistered(creationSpec(actorID(1), owner: owner)).get()
+    #expect(actions.contains { if case .requestLease = $0 { true } else { false } })
+    let stale = ActorDirectory.Lease(leaseID: 4, worker: worker(), node: "unix:/cut")
+    let refused = d.leaseGranted(actorID(1), stale, hostAlive: false, now: 0)
+    #expect(refused == [.returnLease(stale, disconnect: true)])
+    #expect(d.info(actorID(1))?.state == .pending)
+    let retry = d.tick(now: 1_000)
+    #expect(retry.contains { if case .requestLease(actorID(1), _) = $0 { true } else { false } }, "asked again")
+    let good = ActorDirectory.Lease(leaseID: 5, worker: worker(), node: "unix:/nm")
+    let pushed = d.leaseGranted(actorID(1), good, hostAlive: true, now: 1_000)
+    #expect(pushed.count == 2)  // recorded, pushed
+  }
+
   @Test func anOwnersDeathTakesItsNonDetachedActorsAndNotItsDetachedOnes() {
     var d = ActorDirectory()
     let l1 = alive(&d, actorID(1))
@@ -196,6 +214,7 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     i.version = version
     i.numRestarts = restarts
     i.address = worker(WorkerID(a: 1, b: 2, c: 3, d: UInt32(restarts)))
+    i.address.nodeID = Data([0xA0, UInt8(truncatingIfNeeded: restarts)])  // each incarnation on its own node
     i.deathCause = cause
     i.detail = detail
     return i
@@ -240,7 +259,8 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(e.code == .pendingCallsLimitExceeded)
     _ = s.actorInfo(info(.alive, version: 2))
     _ = s.callReady(call(1))
-    _ = s.callReplied(call(1))
+    let replied = s.callReplied(call(1), incarnation: 0)
+    #expect(replied)
     #expect((try? s.callSubmitted(call(3), actor: actor, maxTaskRetries: 0).get()) != nil)
   }
 
@@ -257,6 +277,48 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(after.contains { if case .fail(call(2), let e) = $0 { return e.code == .actorDied } else { return false } })
     // A loss reported for the old incarnation does not touch the resent call.
     #expect(s.callLost(call(1), incarnation: 0).isEmpty)
+  }
+
+  /// Found by reading the partition runs of swiftray-sim: the reply of a call to an
+  /// incarnation declared dead (held by a partition that healed) was taken although the
+  /// call had been resent to the next one — the caller saw the old incarnation's answer.
+  @Test func aReplyFromAnIncarnationDeclaredDeadIsRefusedAndTheResentCallAnswers() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = s.actorInfo(info(.alive, version: 2))
+    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 1).get()
+    #expect(pushes(s.callReady(call(1))) == [call(1)])
+    // Its node is declared dead: the head restarts the actor, the call goes to the new one.
+    #expect(pushes(s.actorInfo(info(.alive, version: 4, restarts: 1))) == [call(1)])
+    let stale = s.callReplied(call(1), incarnation: 0)
+    #expect(!stale, "the old incarnation's late reply is refused")
+    let current = s.callReplied(call(1), incarnation: 1)
+    #expect(current)
+    let again = s.callReplied(call(1), incarnation: 1)
+    #expect(!again, "answered once")
+  }
+
+  /// Found by swiftray-sim (75 of 200 seeds at 50 nodes, e.g. seed 197) and by the
+  /// paused-node test: a caller that knew an actor's node was dead still sent calls to
+  /// the incarnation there (and took its answers) — it learned of restarts only from a
+  /// broken connection, which a cut-off or paused node never gives.
+  @Test func aNodesDeathStopsCallsToItsIncarnationUntilTheHeadNamesTheNextOne() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    _ = s.actorInfo(info(.alive, version: 2))
+    let node = info(.alive, version: 2).address.nodeID
+    _ = try! s.callSubmitted(call(1), actor: actor, maxTaskRetries: 1).get()
+    #expect(pushes(s.callReady(call(1))) == [call(1)])
+    let asks = s.nodeDied(node)
+    #expect(asks == [.watch(actor, afterVersion: 2)], "asks the head what became of the actor")
+    let stale = s.callReplied(call(1), incarnation: 0)
+    #expect(!stale, "a late answer of the incarnation on the dead node is refused")
+    _ = try! s.callSubmitted(call(2), actor: actor, maxTaskRetries: 0).get()
+    #expect(pushes(s.callReady(call(2))).isEmpty, "nothing goes to the dead node")
+    // An answer that crossed the death still names the old incarnation: wait for the next.
+    let crossed = s.actorInfo(info(.alive, version: 3), hostDead: true)
+    #expect(crossed == [.watch(actor, afterVersion: 3)])
+    #expect(pushes(s.actorInfo(info(.alive, version: 5, restarts: 1))) == [call(1), call(2)])
   }
 
   @Test func callsLostWhileTheSameIncarnationStaysAliveAreResentOrFailAsUnavailable() {

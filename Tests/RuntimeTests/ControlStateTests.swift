@@ -90,19 +90,19 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
 }
 
 @Suite struct NodeTableTests {
-  @Test func aDeadNodeStaysDeadAndItsReportsAskNothingOfIt() {
+  @Test func aDeadNodeStaysDeadAndItsReportsAreFencedWithWhy() {
     var t = NodeTable(health: NodeHealth(failureThreshold: 1))
     _ = t.registered(nodeInfo(1))
     let free = ResourceSet(units: ["CPU": 1]).proto
     let registerAgain = t.reported(Data([1]), available: free, total: nil, demand: [])
-    #expect(!registerAgain)
+    #expect(registerAgain == .taken)
     #expect(t[Data([1])]?.available == free)
     let dead = t.died(Data([1]), detail: "missed 3 health checks")
     #expect(dead?.alive == false && dead?.deathDetail == "missed 3 health checks")
     let deadAsked = t.reported(Data([1]), available: free, total: nil, demand: [])
-    #expect(!deadAsked, "declared dead: not asked to register")
+    #expect(deadAsked == .fenced(detail: "missed 3 health checks"), "declared dead: fenced, not asked to register")
     let unknownAsked = t.reported(Data([9]), available: free, total: nil, demand: [])
-    #expect(unknownAsked, "unknown: asked to register")
+    #expect(unknownAsked == .register, "unknown: asked to register")
     #expect(t.health.watched == 0)
   }
 
@@ -113,7 +113,7 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
     t.restored(known)
     #expect(t[Data([2])]?.alive == false)
     let asked = t.reported(Data([2]), available: known.total, total: nil, demand: [])
-    #expect(asked, "asked to register again")
+    #expect(asked == .register, "asked to register again")
     let back = t.registered(known)
     #expect(back.alive && t[Data([2])]?.alive == true)
     #expect(NodeTable.durable(t[Data([2])]!).pendingDemand.isEmpty)

@@ -52,11 +52,11 @@ private func pushes(_ e: Owner.Effects) -> [(TaskID, Swiftray_TaskSpec, Swiftray
   e.leases.compactMap { if case .push(let t, let s, _, let w, _, _) = $0 { return (t, s, w) } else { return nil } }
 }
 
-private func granted(_ lease: UInt64, worker: WorkerID) -> Swiftray_RequestWorkerLeaseReply {
+private func granted(_ lease: UInt64, worker: WorkerID, node: NodeID = NodeID(a: 1, b: 1, c: 1, d: 1)) -> Swiftray_RequestWorkerLeaseReply {
   var r = Swiftray_RequestWorkerLeaseReply()
   r.status = .granted
   r.leaseID = lease
-  r.worker = address(worker)
+  r.worker = address(worker, node: node)
   r.leaseGrant = Data([7, 7])
   return r
 }
@@ -75,10 +75,12 @@ private func reply(_ tid: TaskID, value: String, stored: UInt64 = 0, on node: Da
 /// Submits `spec` with `args`, grants the lease it asks for to `worker`, and returns the
 /// task, its return, the lease and the push the owner decided.
 private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpec(), args: [TaskArgument] = [],
-                           lease: UInt64, worker: WorkerID, now: UInt64 = 0) throws -> (TaskID, ObjectID, Owner.Effects) {
+                           lease: UInt64, worker: WorkerID, now: UInt64 = 0,
+                           on node: (id: NodeID, manager: String)? = nil) throws -> (TaskID, ObjectID, Owner.Effects) {
   let (tid, returns, e) = try o.taskSubmitted(spec, args: args, kind: .normal, parent: nil, now: now).get()
   let r = try #require(requests(e).first)
-  let pushed = o.leaseReplied(r, granted(lease, worker: worker), node: nil, now: now)
+  let reply = node.map { granted(lease, worker: worker, node: $0.id) } ?? granted(lease, worker: worker)
+  let pushed = o.leaseReplied(r, reply, node: node?.manager, now: now)
   return (tid, returns[0], pushed)
 }
 
@@ -245,6 +247,37 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
     #expect(o.declaredDead([dead]))
     let (reader, _) = o.waitStarted([ret], needed: 1, makeWaiter: Reader.init(needed:))
     #expect(reader != nil, "a reader waits through the rebuild")
+  }
+
+  /// Found by swiftray-sim with partitions (seeds 200018 at 3 nodes and 100011 at 8):
+  /// a node cut off past the health checks is declared dead while it still runs; when
+  /// the link heals, its late reply and its late lease grants reach the owner. Taken,
+  /// they pointed the owner at objects on a node that is then fenced — lost, and never
+  /// rebuilt, for the owner had already handled that node's death.
+  @Test func aReplyOrAGrantFromANodeDeclaredDeadMeanwhileIsRefusedAndTheTaskRunsElsewhere() throws {
+    var o = makeOwner()
+    let cut = NodeID.random()
+    let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random(), on: (cut, "10.0.0.9:1234"))
+    let death = o.nodeDied(Data(cut.binary), nodeManagers: ["10.0.0.9:1234"], why: "missed its health checks",
+                           here: (Data([1]), "me:1"), now: 1 * ms)
+    guard case .lost([tid], _, _, let why)? = death.leases.first(where: { if case .lost = $0 { true } else { false } })
+    else { Issue.record("the task was not counted lost: \(death.leases)"); return }
+    #expect(why == "missed its health checks")
+    let retried = o.tasksLostWithWorker([tid], how: "its node died", now: 1 * ms)
+    let again = try #require(requests(retried).first, "retried")
+    // The healed node's reply of the first attempt: refused.
+    let (_, stale) = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "1", stored: 64, on: Data(cut.binary)), now: 2 * ms)
+    #expect(stale.wake.isEmpty && stale.leases.isEmpty)
+    #expect(o.store[ret] == nil && o.tasks.isPending(tid), "still pending: its retry will answer")
+    // Its late grant: given back at once (disconnect), and the request made again.
+    let late = o.leaseReplied(again, granted(2, worker: .random(), node: cut), node: "10.0.0.9:1234", now: 3 * ms)
+    #expect(pushes(late).isEmpty, "nothing is pushed to a fenced node")
+    #expect(late.leases.contains { if case .giveBack(2, true, "10.0.0.9:1234") = $0 { true } else { false } })
+    let next = try #require(requests(o.tick(now: 200 * ms)).first, "asked again shortly")
+    let elsewhere = o.leaseReplied(next, granted(3, worker: .random()), node: nil, now: 4 * ms)
+    #expect(pushes(elsewhere).map(\.0) == [tid])
+    _ = o.taskReplied(tid, leaseID: 3, reply: reply(tid, value: "1"), now: 5 * ms)
+    #expect(o.store[ret]?.data == Data("1".utf8), "the retry's reply is taken")
   }
 
   @Test func aTaskWhoseArgumentsCouldNotBeReadWaitsForTheVerdictOnTheirNode() throws {

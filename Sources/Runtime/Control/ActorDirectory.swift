@@ -159,8 +159,12 @@ public struct ActorDirectory: Sendable {
     return .success(awaitingArguments ? [.published(id)] : [.published(id), .requestLease(id, spec)])
   }
 
-  public mutating func leaseGranted(_ id: ActorID, _ lease: Lease) -> [Action] {
+  /// `hostAlive`: whether the head counts the granting node alive — a grant from a node
+  /// it declared dead (an answer held by a partition that healed) is given back and
+  /// asked for again, for the node is fenced and the actor would die with it.
+  public mutating func leaseGranted(_ id: ActorID, _ lease: Lease, hostAlive: Bool = true, now: UInt64 = 0) -> [Action] {
     guard var e = actors[id], e.requesting else { return [.returnLease(lease, disconnect: false)] }
+    guard hostAlive else { return [.returnLease(lease, disconnect: true)] + leaseRequestFailed(id, now: now) }
     e.requesting = false
     guard e.info.state == .pending || e.info.state == .restarting else {
       actors[id] = e

@@ -254,12 +254,21 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     _ = try ResourceSet.checked(request.total, field: "total")
     for (i, d) in request.infeasibleDemand.prefix(100).enumerated() { _ = try ResourceSet.checked(d, field: "infeasible_demand \(i)") }
     let held: (bundles: [Data: [Int]], leases: Set<UInt64>)?
-    (r.unknownNode, held) = state.withLock { s in
-      let unknown = s.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
+    let verdict: NodeTable.ReportVerdict
+    (verdict, held) = state.withLock { s in
+      let verdict = s.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
                                      demand: request.infeasibleDemand)
       // Only a live node it knows hears what it holds (a dead one is fenced).
-      guard !unknown, let n = s.nodes[request.nodeID], n.alive else { return (unknown, nil) }
-      return (unknown, (s.groups.bundles(on: request.nodeID), s.actors.leases(on: [n.nodeManagerAddress, n.nodeManagerEndpoint])))
+      guard verdict == .taken, let n = s.nodes[request.nodeID] else { return (verdict, nil) }
+      return (verdict, (s.groups.bundles(on: request.nodeID), s.actors.leases(on: [n.nodeManagerAddress, n.nodeManagerEndpoint])))
+    }
+    switch verdict {
+    case .taken: break
+    case .register: r.unknownNode = true
+    case .fenced(let detail):
+      r.declaredDead = true
+      r.deathDetail = detail
+      log.warning("node/fenced", metadata: ["node": "\(NodeID(binary: request.nodeID)?.hex.prefix(12) ?? "?")", "why": "\(detail)"])
     }
     if let held {
       r.holdingsListed = true
@@ -272,7 +281,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       }
     }
     // Resources may have freed up for a group that waits.
-    if !r.unknownNode, state.withLock({ !$0.groups.waiting.isEmpty }) { placementKicks.yield() }
+    if verdict == .taken, state.withLock({ !$0.groups.waiting.isEmpty }) { placementKicks.yield() }
     return r
   }
 
@@ -465,7 +474,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
         switch reply.status {
         case .granted:
           return s.actors.leaseGranted(id, .init(leaseID: reply.leaseID, worker: reply.worker, node: node, gpuIDs: reply.gpuIds,
-                                                 grant: reply.leaseGrant))
+                                                 grant: reply.leaseGrant),
+                                       hostAlive: s.nodes[reply.worker.nodeID]?.alive == true, now: now)
         case .infeasible:
           return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
         case .workerStartFailed:

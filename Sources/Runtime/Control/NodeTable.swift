@@ -82,16 +82,27 @@ public struct NodeTable: Sendable {
     health.nodeRegistered(n.nodeID)
   }
 
-  /// A node's report of its resources. True when the node should register (the head
-  /// does not know it, or knew it only before a restart); a node declared dead stays dead.
+  /// What the head answers a node's report.
+  public enum ReportVerdict: Equatable, Sendable {
+    /// Taken: the node is alive in the table.
+    case taken
+    /// The head does not know the node (or knew it only before a restart): register.
+    case register
+    /// The node was declared dead (`detail` says why): it is fenced — it must stop its
+    /// workers and exit, not act on the state it had (its actors run elsewhere now,
+    /// its objects were rebuilt elsewhere, its bundles moved).
+    case fenced(detail: String)
+  }
+
+  /// A node's report of its resources; a node declared dead stays dead.
   public mutating func reported(_ id: Data, available: Swiftray_ResourceShape, total: Swiftray_ResourceShape?,
-                                demand: [Swiftray_ResourceShape]) -> Bool {
-    guard let n = nodes[id] else { return true }
-    guard n.alive else { return n.deathDetail == Self.awaitingRegistration }
+                                demand: [Swiftray_ResourceShape]) -> ReportVerdict {
+    guard let n = nodes[id] else { return .register }
+    guard n.alive else { return n.deathDetail == Self.awaitingRegistration ? .register : .fenced(detail: n.deathDetail) }
     nodes[id]?.available = available
     if let total { nodes[id]?.total = total }
     nodes[id]?.pendingDemand = Array(demand.prefix(Self.demandKept))
-    return false
+    return .taken
   }
 
   /// The cluster declares a node dead: returns it as it is now (to persist), nil when

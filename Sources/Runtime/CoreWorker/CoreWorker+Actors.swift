@@ -225,7 +225,7 @@ extension CoreWorker {
     guard let spec = state.withLock({ $0.tasks.spec(tid) }) else { return }
     send(tid, spec, to: addr) { [self] reply in
       let now = Self.now()
-      owner { $0.actorCallReplied(tid, reply: reply, now: now) }
+      owner { $0.actorCallReplied(tid, incarnation: incarnation, reply: reply, now: now) }
     } lost: { [self] in
       owner { $0.actorCallLost(tid, incarnation: incarnation) }
     }

@@ -121,8 +121,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// demand to the ControlService, settle its bundles with the head's list of them, and
   /// take its view of every node (for routing). Ends at shutdown.
   /// Stops short of reporting when the ControlService stays unreachable for
-  /// `gcsRpcServerReconnectTimeoutS`: `controlLost` runs once with the reason (the
-  /// daemon then stops; its workers would serve a cluster that is gone).
+  /// `gcsRpcServerReconnectTimeoutS`, or answers that it declared this node dead
+  /// (fenced): `controlLost` runs once with the reason (the daemon then stops; its
+  /// workers would serve a cluster that is gone, or work already moved elsewhere).
   func syncClusterView() async {
     let clock = Clocks.current
     var lastContact = clock.now()
@@ -140,6 +141,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
         if let reply = try? await client.reportResources(report, options: headCallOptions) {
           lastContact = clock.now()
+          if reply.declaredDead, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
+            // Fenced: a partition or a pause outlived the health checks. Its actors run
+            // elsewhere now and its objects were rebuilt: acting on them would run an
+            // actor twice or serve stale copies, so the node stops (as Ray's raylet).
+            lost("the head declared this node dead (\(reply.deathDetail)) and fenced it; its work was moved "
+              + "to other nodes. Start it again (swiftray start --address …) to rejoin as a new node")
+          }
           if reply.holdingsListed { holdingsListed(reply) }
           if reply.unknownNode, let me = registration.withLock({ $0 }) {
             // The head restarted (its tables on Redis) and does not know this node yet.
@@ -358,8 +366,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
     controlReports.yield { [self] in
       guard let c = controlClient() else { return }
-      _ = try? await ControlPlane.whileUnavailable(patience: patience) {
-        try await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req)
+      // Each try has the head's call deadline: a head that hangs must not stall the
+      // reports queued behind this one (a failure report is idempotent at the head).
+      let options = headCallOptions
+      _ = try? await ControlPlane.whileUnavailable(patience: patience, orTimedOut: true) {
+        try await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req, options: options)
       }
     }
   }

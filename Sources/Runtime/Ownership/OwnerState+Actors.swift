@@ -43,7 +43,7 @@ extension OwnerState {
   /// The head's view of an actor (its address, restart, or death).
   public mutating func actorInfo(_ info: Swiftray_ActorInfo) -> Effects {
     var e = Effects()
-    queueActorSteps(actorSubmitter.actorInfo(info), &e)
+    queueActorSteps(actorSubmitter.actorInfo(info, hostDead: deadNodes[info.address.nodeID] != nil), &e)
     return e
   }
 
@@ -66,9 +66,9 @@ extension OwnerState {
   }
 
   /// An actor call's reply came back.
-  public mutating func actorCallReplied(_ tid: TaskID, reply: Swiftray_PushTaskReply, now: UInt64) -> Effects {
+  public mutating func actorCallReplied(_ tid: TaskID, incarnation: Int32, reply: Swiftray_PushTaskReply, now: UInt64) -> Effects {
     var e = Effects()
-    queueActorSteps(actorSubmitter.callReplied(tid), &e)
+    guard actorSubmitter.callReplied(tid, incarnation: incarnation) else { return e }
     taskActionsDecided(tasks.taskReplied(tid, outcome: Self.outcome(reply, retryable: false)), reply: reply, now: now, &e)
     return e
   }

@@ -93,6 +93,14 @@ extension OwnerState {
       switch reply.status {
       case .granted:
         guard let wid = WorkerID(binary: reply.worker.workerID) else { return e }
+        if deadNodes[reply.worker.nodeID] != nil || node.map({ deadNodeManagers[$0] != nil }) == true {
+          // Granted by a node already declared dead (its answer was held by a partition
+          // that healed, or it had not heard yet): it is fenced, so what ran there would
+          // be lost with it. Given back; the request is made again elsewhere.
+          e.leases.append(.giveBack(leaseID: reply.leaseID, disconnect: true, node: node))
+          absorb(submitter.leaseRequestFailed(requestID: requestID, now: now), now: now, &e)
+          return e
+        }
         leases.byID[reply.leaseID] = .init(worker: reply.worker, grant: reply.leaseGrant, gpuIDs: reply.gpuIds, node: node)
         actions = submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
       case .infeasible:

@@ -5,7 +5,8 @@ import RuntimeProto
 /// there are lost, owned objects whose only copy lived there are rebuilt by running
 /// their task again (recursively through lost arguments, within `max_retries`), `put`
 /// objects become `ObjectLostError`s, copies this node pulled are promoted, cached
-/// borrowed descriptors are asked of their owners again.
+/// borrowed descriptors are asked of their owners again, and actor incarnations there
+/// get no more calls (fencing as callers see it).
 extension OwnerState {
   /// The cluster declared a node dead. `nodeManagers`: its NodeManager's addresses;
   /// `here`: this node and its store's address (for promoted copies).
@@ -18,6 +19,7 @@ extension OwnerState {
     let lost = leases.byID.filter { $0.value.node.map(gone.contains) ?? false }.keys.sorted()
     for l in lost { absorb(submitter.workerLost(leaseID: l, now: now), now: now, &e) }
     for t in objectsLost(on: node, why: why, here: here, &e) { resolveAgain(t, now: now, &e) }
+    queueActorSteps(actorSubmitter.nodeDied(node), &e)
     return e
   }
 

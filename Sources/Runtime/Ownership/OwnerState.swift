@@ -465,9 +465,13 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// A normal task's reply came back from the worker of `leaseID`. Returns the nodes
   /// of stored arguments the worker could not read, when that is why it did not run
   /// (the shell waits for the cluster's verdict on them, then `argumentsVerdict`).
+  /// The reply of an attempt already counted lost is refused: its worker's node was
+  /// declared dead while it was on its way (a partition that healed, a paused node), so
+  /// the task was retried or failed, and what the reply stored lives on a fenced node.
   public mutating func taskReplied(_ tid: TaskID, leaseID: UInt64, reply: Swiftray_PushTaskReply,
                                    now: UInt64) -> (lostArgumentNodes: Set<Data>?, Effects) {
     var e = Effects()
+    guard submitter.isInFlight(tid, on: leaseID) else { return (nil, e) }
     absorb(submitter.taskReplied(tid, leaseID: leaseID, now: now), now: now, &e)
     if !reply.lostArguments.isEmpty {
       // The nodes the worker tried: those of the arguments as they were sent (since

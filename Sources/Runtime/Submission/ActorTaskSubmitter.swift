@@ -100,11 +100,15 @@ public struct ActorTaskSubmitter: Sendable {
     return flush(id)
   }
 
-  /// The actor's worker replied to the call.
-  public mutating func callReplied(_ task: TaskID) -> [Action] {
-    guard let id = callActor.removeValue(forKey: task) else { return [] }
+  /// The worker of `incarnation` replied to the call. False when the reply is refused:
+  /// the call is no longer in flight to that incarnation — it was declared dead while
+  /// the reply was on its way (a partition that healed), and the call was resent to the
+  /// next incarnation or failed. Callers see one incarnation's answer, never a stale one.
+  public mutating func callReplied(_ task: TaskID, incarnation: Int32) -> Bool {
+    guard let id = callActor[task], actors[id]?.inFlight[task]?.sentTo == incarnation else { return false }
+    callActor[task] = nil
     actors[id]?.inFlight[task] = nil
-    return []
+    return true
   }
 
   /// The connection to the worker the call was sent to broke before its reply.
@@ -128,10 +132,34 @@ public struct ActorTaskSubmitter: Sendable {
     return true
   }
 
-  /// What the ControlService says about the actor (a `.watch` answer).
-  public mutating func actorInfo(_ info: Swiftray_ActorInfo) -> [Action] {
+  /// A node this caller learned is dead. Incarnations there get no more calls (their
+  /// actors were restarted elsewhere or died: the ControlService will say), calls in
+  /// flight to them count as lost — resent or failed once it has said — and their late
+  /// replies are refused (`callReplied`), even if the node still runs, cut off or paused,
+  /// until it is fenced.
+  public mutating func nodeDied(_ node: Data) -> [Action] {
+    var actions: [Action] = []
+    for id in actors.keys.sorted(by: { $0.hex < $1.hex }) {
+      guard var a = actors[id], a.info.state == .alive, a.info.address.nodeID == node else { continue }
+      Self.stopSending(&a)
+      actors[id] = a
+      actions += startWatch(id)
+    }
+    return actions
+  }
+
+  /// What the ControlService says about the actor (a `.watch` answer). `hostDead`: the
+  /// caller knows the node of the incarnation it names is dead (the answer crossed the
+  /// death): nothing is sent there; the caller waits for the next state.
+  public mutating func actorInfo(_ info: Swiftray_ActorInfo, hostDead: Bool = false) -> [Action] {
     guard let id = TaskID(binary: info.actorID), var a = actors[id] else { return [] }
     a.watching = false
+    if hostDead && info.state == .alive {
+      if info.version > a.info.version { a.info = info }
+      Self.stopSending(&a)
+      actors[id] = a
+      return startWatch(id)
+    }
     guard info.version > a.info.version else {
       if a.suspect, a.info.state == .alive, info.state == .alive, info.numRestarts == a.info.numRestarts {
         // The head's poll ran out with the same incarnation alive: what broke was this
@@ -232,6 +260,14 @@ public struct ActorTaskSubmitter: Sendable {
   }
 
   // MARK: internals
+
+  /// The current incarnation is on a dead node: send it nothing more; calls in flight
+  /// to it count as lost (their late replies are refused) until the head says more.
+  private static func stopSending(_ a: inout Actor) {
+    a.lost += a.inFlight.values.sorted { $0.seq < $1.seq }
+    a.inFlight = [:]
+    a.suspect = true
+  }
 
   private mutating func startWatch(_ id: ActorID) -> [Action] {
     guard var a = actors[id], !a.watching else { return [] }

@@ -140,6 +140,13 @@ public struct NormalTaskSubmitter: Sendable {
     return schedule(key, now: now)
   }
 
+  /// Whether `task` is in flight on lease `leaseID`: false for the reply of an attempt
+  /// already counted lost (its worker's node was declared dead while the reply was on
+  /// its way, as across a partition that healed).
+  public func isInFlight(_ task: TaskID, on leaseID: UInt64) -> Bool {
+    leases[leaseID]?.inFlight.contains(task) ?? false
+  }
+
   /// A pushed task got its reply. The lease takes the next task or goes idle.
   public mutating func taskReplied(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
     guard var l = leases[leaseID] else { return [] }

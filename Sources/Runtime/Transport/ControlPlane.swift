@@ -161,15 +161,17 @@ public enum ControlPlane {
   /// Runs `body` again while its peer is unavailable (a head restarting: Ray's clients
   /// wait `gcs_rpc_server_reconnect_timeout_s` for it), backing off from 100 ms to 1 s,
   /// for at most `patience`; then throws the last error. Only for idempotent calls.
+  /// `orTimedOut`: a call whose own deadline passed (a head that hangs, TCP open) is
+  /// tried again too.
   /// Threading: any task; sleeps between tries.
-  public static func whileUnavailable<T: Sendable>(patience: Duration,
+  public static func whileUnavailable<T: Sendable>(patience: Duration, orTimedOut: Bool = false,
                                                    _ body: @Sendable () async throws -> T) async throws -> T {
     let clock = Clocks.current
     let deadline = clock.deadline(after: patience)
     var pause = Duration.milliseconds(100)
     while true {
       do { return try await body() }
-      catch let e as RPCError where e.code == .unavailable {
+      catch let e as RPCError where e.code == .unavailable || (orTimedOut && e.code == .deadlineExceeded) {
         guard clock.deadline(after: pause) < deadline else { throw e }
         await Clocks.current.sleep(for: pause)
         try Task.checkCancellation()

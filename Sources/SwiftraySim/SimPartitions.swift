@@ -1,0 +1,74 @@
+import Foundation
+import Runtime
+import RuntimeProto
+
+/// Network partitions in the simulation: a node (never node 0, where the drivers and
+/// the head live) is cut off from every other host for a while, then the link heals.
+/// While it is cut, every message to or from it — its workers', its own, the head's
+/// calls to it — is held, as TCP holds them, and delivered in order once it heals; its
+/// reports do not reach the head and the head's health checks of it fail. A cut that
+/// outlives the health-check time gets the node declared dead (its actors restart
+/// elsewhere, its objects are rebuilt, its bundles move) while it still runs; when it
+/// heals, what it held in the meantime reaches drivers and the head (late replies, late
+/// grants, late constructions), and its first report is answered by the real
+/// `NodeTable` with `.fenced`: it stops its workers and is gone (as NodeManager does).
+extension SimCluster {
+  /// The host of one end of a channel ("d0", "n3", "w1a2b3c", "head"): drivers and the
+  /// head are on node 0.
+  func host(_ end: Substring) -> Int? {
+    switch end.first {
+    case "d": return 0
+    case "n": return Int(end.dropFirst())
+    case "w": return workerHost[String(end)]
+    default: return end == "head" ? 0 : nil
+    }
+  }
+
+  /// When the cut holding `channel` ("a->b") heals, if one end is cut off now.
+  func heldUntil(_ channel: String) -> UInt64? {
+    let ends = channel.split(separator: ">").map { $0.hasSuffix("-") ? $0.dropLast() : $0 }
+    return ends.compactMap { host($0).flatMap { cuts[$0]?.end } }.max()
+  }
+
+  /// A message on `channel` (see `VirtualTime.send`): held while an end is cut off.
+  func send(on channel: String, delay: UInt64, _ label: String, _ run: @escaping () -> Void) {
+    guard let end = heldUntil(channel) else { return time.send(on: channel, delay: delay, label, run) }
+    activity["message held by a partition", default: 0] += 1
+    time.send(on: channel, delay: end - time.now + delay, label + " (held by a partition)", run)
+  }
+
+  /// True when `a` and `b` can reach each other now.
+  func reachable(_ a: Int, _ b: Int) -> Bool { a == b || (cuts[a] == nil && cuts[b] == nil) }
+
+  func cutOff(_ n: Int, for length: UInt64) {
+    let start = time.now
+    cuts[n] = (start, start + length)
+    faultsInjected["partition", default: 0] += 1
+    time.after(settings.healthTimeout, "health checks of cut-off n\(n)") { [self] in partitionHealthCheck(n, cutAt: start) }
+    time.after(length, "n\(n) heals") { [self] in
+      guard cuts[n]?.start == start else { return }
+      cuts[n] = nil
+    }
+  }
+
+  /// The head's health checks of a node cut off since `start`: it is declared dead if
+  /// the cut lasts (checked again later while the head is down).
+  func partitionHealthCheck(_ n: Int, cutAt start: UInt64) {
+    guard cuts[n]?.start == start, nodes[n].alive else { return }
+    guard headUp else {
+      return time.after(settings.healthTimeout, "health checks of cut-off n\(n) (head down)") { [self] in
+        partitionHealthCheck(n, cutAt: start)
+      }
+    }
+    guard let known = nodeTable[Data(nodes[n].id.binary)], !NodeTable.isDead(known) else { return }
+    activity["cut-off node declared dead", default: 0] += 1
+    headDeclaresDead(n, detail: "node \(n) missed its health checks (cut off by a simulated partition)")
+  }
+
+  /// The head answered a healed node's report with `.fenced`: it stops its workers and
+  /// exits (NodeManager's `controlLost`).
+  func fence(_ n: Int) {
+    activity["node fenced", default: 0] += 1
+    killNode(n, why: "fenced")
+  }
+}
