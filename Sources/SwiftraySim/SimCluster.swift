@@ -44,8 +44,9 @@ final class SimCluster {
     /// is down is never reported to owners (the new head never knew it; known, open).
     var headRestartChance = 0.5
     var headStorageChance = 1.0
-    /// Nodes cut off from every other host, each for a quarter to three times the
-    /// health-check time (so about half are declared dead and fenced when they heal).
+    /// Nodes cut off from every other host (or, half of them, from the head alone), each
+    /// for a quarter to three times the health-check time (so most are declared dead,
+    /// and fenced when they heal).
     var partitions = 2
     var maxSteps = 2_000_000
   }
@@ -148,8 +149,10 @@ final class SimCluster {
   var actorWatches: [ActorID: [(driver: Int, after: UInt64, token: UInt64)]] = [:]
   var nextWatch: UInt64 = 1
   var faultsInjected: [String: Int] = [:]
-  /// Nodes cut off by a partition: when the cut began and when it heals.
-  var cuts: [Int: (start: UInt64, end: UInt64)] = [:]
+  /// Nodes cut off by a partition: when the cut began, when it heals, and whether only
+  /// the head is cut off from it (drivers and the other nodes still reach it).
+  struct Cut { let start: UInt64; let end: UInt64; let fromHeadOnly: Bool }
+  var cuts: [Int: Cut] = [:]
   /// Each worker's node, by the name its channels use ("w" and 6 hex digits).
   var workerHost: [String: Int] = [:]
   // The head's placement groups (ControlService: PlacementGroupTable decides).
@@ -614,7 +617,7 @@ final class SimCluster {
         let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }
         let busy = candidates.filter { !$0.queue.leases.isEmpty }
         guard let n = (busy.isEmpty ? candidates : busy).randomElement(using: &rng) else { return }
-        cutOff(n.index, for: rng.between(s.healthTimeout / 4, s.healthTimeout * 3))
+        cutOff(n.index, for: rng.between(s.healthTimeout / 4, s.healthTimeout * 3), fromHeadOnly: rng.chance(0.5))
       }
     }
     for _ in 0..<s.connectionDrops {

@@ -3,10 +3,11 @@ import Runtime
 import RuntimeProto
 
 /// Network partitions in the simulation: a node (never node 0, where the drivers and
-/// the head live) is cut off from every other host for a while, then the link heals.
-/// While it is cut, every message to or from it — its workers', its own, the head's
-/// calls to it — is held, as TCP holds them, and delivered in order once it heals; its
-/// reports do not reach the head and the head's health checks of it fail. A cut that
+/// the head live) is cut off from every other host — or from the head alone, while
+/// drivers and other nodes still reach it — for a while, then the link heals. While it
+/// is cut, every message across the cut — its workers', its own, the head's calls to
+/// it — is held, as TCP holds them, and delivered in order once it heals; its reports
+/// do not reach the head and the head's health checks of it fail. A cut that
 /// outlives the health-check time gets the node declared dead (its actors restart
 /// elsewhere, its objects are rebuilt, its bundles move) while it still runs; when it
 /// heals, what it held in the meantime reaches drivers and the head (late replies, late
@@ -24,10 +25,15 @@ extension SimCluster {
     }
   }
 
-  /// When the cut holding `channel` ("a->b") heals, if one end is cut off now.
+  /// When the cut holding `channel` ("a->b") heals, if it crosses one now.
   func heldUntil(_ channel: String) -> UInt64? {
     let ends = channel.split(separator: ">").map { $0.hasSuffix("-") ? $0.dropLast() : $0 }
-    return ends.compactMap { host($0).flatMap { cuts[$0]?.end } }.max()
+    guard ends.count == 2 else { return nil }
+    func across(_ end: Substring, _ other: Substring) -> UInt64? {
+      guard let h = host(end), let cut = cuts[h], !cut.fromHeadOnly || other == "head" else { return nil }
+      return cut.end
+    }
+    return [across(ends[0], ends[1]), across(ends[1], ends[0])].compactMap { $0 }.max()
   }
 
   /// A message on `channel` (see `VirtualTime.send`): held while an end is cut off.
@@ -38,12 +44,14 @@ extension SimCluster {
   }
 
   /// True when `a` and `b` can reach each other now.
-  func reachable(_ a: Int, _ b: Int) -> Bool { a == b || (cuts[a] == nil && cuts[b] == nil) }
+  func reachable(_ a: Int, _ b: Int) -> Bool {
+    a == b || ((cuts[a]?.fromHeadOnly ?? true) && (cuts[b]?.fromHeadOnly ?? true))
+  }
 
-  func cutOff(_ n: Int, for length: UInt64) {
+  func cutOff(_ n: Int, for length: UInt64, fromHeadOnly: Bool) {
     let start = time.now
-    cuts[n] = (start, start + length)
-    faultsInjected["partition", default: 0] += 1
+    cuts[n] = .init(start: start, end: start + length, fromHeadOnly: fromHeadOnly)
+    faultsInjected[fromHeadOnly ? "partition from the head" : "partition", default: 0] += 1
     time.after(settings.healthTimeout, "health checks of cut-off n\(n)") { [self] in partitionHealthCheck(n, cutAt: start) }
     time.after(length, "n\(n) heals") { [self] in
       guard cuts[n]?.start == start else { return }

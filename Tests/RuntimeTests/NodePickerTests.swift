@@ -95,6 +95,16 @@ import Testing
     #expect(routes == [.local, .spillback("tcp:h:2"), .spillback("tcp:h:3")])
   }
 
+  /// The head places SPREAD actors with one turn of its own (seen in CI: three SPREAD
+  /// actors routed by two nodes' own turns landed two on one node): successive turns
+  /// take distinct live nodes in a fixed order, whatever order they are listed in.
+  @Test mutating func oneSpreadTurnTakesEachLiveFeasibleNodeOnceWhateverTheListOrder() {
+    let nodes = [node(3, cpus: 1), node(1, cpus: 1), node(4, cpus: 1, alive: false), node(2, cpus: 1)]
+    let picked = (1...3).compactMap { SpreadPolicy.pick(needs: cpu, among: nodes.shuffled(), turn: $0)?.address }
+    #expect(Set(picked) == ["tcp:h:1", "tcp:h:2", "tcp:h:3"])
+    #expect(SpreadPolicy.pick(needs: cpu, among: [node(9, cpus: 1, alive: false)], turn: 1) == nil)
+  }
+
   @Test mutating func nodeAffinityGoesToItsNodeAndSoftFallsBackWhenItIsDead() {
     let me = node(1, cpus: 1), dead = node(2, cpus: 1, alive: false)
     let target = NodeID(binary: [UInt8](repeating: 7, count: 28))!

@@ -227,6 +227,30 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     #expect(q.total == cpu(2) + BundleResources.committed(cpu(1), group: other.hex, index: 0))
   }
 
+  /// Found by swiftray-sim with a node cut off from the head (seed 100054 at 8 nodes):
+  /// while the head could not tell the node, it placed bundle 1 of a group again
+  /// elsewhere and kept bundle 0 here; the node's committed bundle 1 stayed reserved
+  /// for nobody, for only uncommitted bundles were given back when others of the group
+  /// were still listed.
+  @Test func aCommittedBundleNoLongerListedGoesBackWhileTheGroupsListedOnesStay() {
+    var q = LeaseQueue(total: cpu(3), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    let w = WorkerID.random()
+    _ = q.workerStarting(w)
+    _ = q.workerRegistered(w)
+    _ = q.bundlesPrepared(group: g.hex, [0: cpu(1), 1: cpu(1)], now: 0)
+    _ = q.bundlesCommitted(group: g.hex, now: second)
+    let granted = q.leaseRequested(.init(id: 1, shape: BundleResources.inside(cpu(1), group: g.hex, index: 1), owner: .random()))
+    #expect(granted.contains { if case .grant(1, _) = $0 { true } else { false } })
+    _ = q.leaseRequested(.init(id: 2, shape: BundleResources.inside(cpu(1), group: g.hex, index: 1), owner: .random()))
+    let actions = q.bundlesReconciled(listed: [g.hex: [0]], now: 100 * second, grace: 5 * second)
+    #expect(actions.contains(.killWorker(w)), "nothing may run in a bundle that moved")
+    #expect(actions.contains { if case .placementGroupUnavailable(2, false, _) = $0 { true } else { false } },
+            "a request waiting for it asks again (the group is not removed)")
+    #expect(q.bundles[g.hex]?[1] == nil && q.bundles[g.hex]?[0]?.added != nil, "bundle 0 is still listed here: it stays")
+    #expect(q.total == cpu(3) + BundleResources.committed(cpu(1), group: g.hex, index: 0))
+    #expect(q.available == cpu(2) + BundleResources.committed(cpu(1), group: g.hex, index: 0))
+  }
+
   @Test func theHeadListsANodesBundlesByGroupAndForgetsThemWhenTheGroupGoesOrTheNodeDies() throws {
     var t = PlacementGroupTable()
     var a = Swiftray_PlacementGroupInfo(), b = Swiftray_PlacementGroupInfo()

@@ -29,6 +29,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var closed = false
     var groups = PlacementGroupTable()
     var groupPolls = LongPolls<Data, CheckedContinuation<Swiftray_PlacementGroupInfo?, Never>>()
+    /// Actors placed with SPREAD so far: the head takes the turns itself (nodes routing
+    /// each creation with their own turns could put two on one node).
+    var spreadTurn = 0
     /// Bytes of KV entries this ControlService accepted (namespace, key and value;
     /// an overwrite counts again): bounded by `max_kv_bytes`.
     var kvBytes = 0
@@ -438,10 +441,16 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   /// The NodeManager to place an actor needing `shape` on (`NodePicker` over the nodes'
   /// reported resources); the first live node when none can fit, so the actor waits there
-  /// with the infeasible warning.
-  func placementNode(_ shape: ResourceSet) -> String? {
+  /// with the infeasible warning. Under SPREAD the head takes the turn (`SpreadPolicy`)
+  /// and `pinned` says the node must grant or reject, not route it again.
+  func placementNode(_ shape: ResourceSet, spread: Bool) -> (address: String, pinned: Bool)? {
     state.withLock { s in
-      NodePicker.pick(shape, among: s.nodes.views)?.address ?? s.nodes.all.first(where: \.alive).map(Self.address)
+      if spread {
+        s.spreadTurn &+= 1
+        if let n = SpreadPolicy.pick(needs: shape, among: s.nodes.views, turn: s.spreadTurn & Int.max) { return (n.address, true) }
+      }
+      return (NodePicker.pick(shape, among: s.nodes.views)?.address ?? s.nodes.all.first(where: \.alive).map(Self.address))
+        .map { ($0, false) }
     }
   }
 
@@ -450,7 +459,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   func requestLease(_ id: ActorID, _ spec: Swiftray_TaskSpec) {
     if state.withLock({ $0.closed }) { return }
     let shape = ResourceSet(proto: spec.resources).union(ResourceSet(proto: spec.actorCreation.placementResources))
-    guard let node = placementNode(shape), nodeClient(node) != nil else {
+    let spread = SchedulingKey(shape: shape, proto: spec.strategy).strategy == .spread
+    guard let (node, pinned) = placementNode(shape, spread: spread), nodeClient(node) != nil else {
       let now = Self.now()
       perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
       return
@@ -464,6 +474,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.strategy = spec.strategy
       req.owner.workerID = Data(leaseOwner.binary)
       req.forControl = true
+      req.grantOrReject = pinned
       req.jobID = spec.jobID
       req.taskName = spec.name
       let (reply, answered) = await leases.request(req, at: node)

@@ -336,12 +336,14 @@ public struct LeaseQueue: Sendable {
       guard let mine = bundles[group] else { continue }
       let expected = listed[group] ?? []
       let stale = Set(mine.filter { !expected.contains($0.key) && now >= grace && now - grace >= $0.value.since }.keys)
-      if expected.isEmpty {
-        if stale.count == mine.count { actions += bundlesReturned(group: group) }
-        else if !stale.isEmpty { actions += bundlesReturned(group: group, only: stale) }
+      if expected.isEmpty && stale.count == mine.count {
+        actions += bundlesReturned(group: group)
         continue
       }
-      if !stale.isEmpty { actions += bundlesReturned(group: group, only: stale) }
+      if !stale.isEmpty {
+        actions += bundlesReturned(group: group, only: stale) + committedBundlesReturned(group: group, indices: stale)
+      }
+      if expected.isEmpty { continue }
       let uncommitted = Set(mine.filter { expected.contains($0.key) && $0.value.added == nil }.keys)
       if !uncommitted.isEmpty { actions += bundlesCommitted(group: group, only: uncommitted, now: now) }
     }
@@ -363,19 +365,7 @@ public struct LeaseQueue: Sendable {
       return dispatch()
     }
     guard let mine = bundles.removeValue(forKey: group) else { return [] }
-    var actions: [Action] = []
-    for lease in leases.values where BundleResources.groups(in: lease.shape).contains(group) {
-      leases[lease.id] = nil
-      if let w = workers.removeValue(forKey: lease.worker) {
-        release(lease, blocked: w.blocked)
-        actions.append(.killWorker(lease.worker))
-      }
-    }
-    for req in pending where BundleResources.groups(in: req.needsFree).contains(group) {
-      actions.append(.placementGroupUnavailable(requestID: req.id, removed: true,
-                                                detail: "its placement group \(group) was removed"))
-    }
-    pending.removeAll { BundleResources.groups(in: $0.needsFree).contains(group) }
+    let actions = groupWorkEnded(group, removed: true, detail: "its placement group \(group) was removed")
     for b in mine.values {
       if let added = b.added { total = total - added; available = available - added }
       available = available + b.base
@@ -384,7 +374,46 @@ public struct LeaseQueue: Sendable {
     return actions + dispatch()
   }
 
+  /// Committed bundles of `group` the head no longer counts here, while it counts
+  /// others of the group here (it placed them again elsewhere while it could not tell
+  /// this node: a lost answer, a cut, a restart). Found by swiftray-sim: they stayed
+  /// reserved for nobody. Every lease inside the group here ends (its worker is killed:
+  /// which bundle a lease draws on is not recorded), requests waiting for the group here
+  /// are sent back to ask again, and those bundles' resources go back.
+  mutating func committedBundlesReturned(group: String, indices: Set<Int>) -> [Action] {
+    guard let mine = bundles[group] else { return [] }
+    let gone = mine.filter { indices.contains($0.key) && $0.value.added != nil }
+    guard !gone.isEmpty else { return [] }
+    let actions = groupWorkEnded(group, removed: false, detail: "bundles of placement group \(group) moved to another node")
+    for (i, b) in gone.sorted(by: { $0.key < $1.key }) {
+      bundles[group]?[i] = nil
+      if let added = b.added { total = total - added; available = available - added }
+      available = available + b.base
+      gpus.give(b.gpuShares)
+    }
+    if bundles[group]?.isEmpty == true { bundles[group] = nil }
+    return actions + dispatch()
+  }
+
   // MARK: internals
+
+  /// Ends what runs or waits inside `group` here: leases end (their workers are killed),
+  /// waiting requests are answered unavailable (`removed`: for good).
+  private mutating func groupWorkEnded(_ group: String, removed: Bool, detail: String) -> [Action] {
+    var actions: [Action] = []
+    for lease in leases.values.sorted(by: { $0.id < $1.id }) where BundleResources.groups(in: lease.shape).contains(group) {
+      leases[lease.id] = nil
+      if let w = workers.removeValue(forKey: lease.worker) {
+        release(lease, blocked: w.blocked)
+        actions.append(.killWorker(lease.worker))
+      }
+    }
+    for req in pending where BundleResources.groups(in: req.needsFree).contains(group) {
+      actions.append(.placementGroupUnavailable(requestID: req.id, removed: removed, detail: detail))
+    }
+    pending.removeAll { BundleResources.groups(in: $0.needsFree).contains(group) }
+    return actions
+  }
 
   private static func cpuPart(_ shape: ResourceSet) -> ResourceSet {
     shape.restricted(to: [ResourceSet.cpu])
