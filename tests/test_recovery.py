@@ -182,12 +182,16 @@ def test_a_node_paused_past_its_health_checks_is_fenced_when_it_wakes(cluster):
     cluster.kill_node(victim, signal.SIGSTOP)
     try:
         assert _dead(victim["session"])
-        # The driver hears of the death from its node's next view of the cluster
-        # (raylet_report_resources_period_milliseconds, 200 ms); from then on no call
-        # goes to the incarnation there.
-        time.sleep(2)
-        pid, node, calls = swiftray.get(c.hit.remote(), timeout=60)
-        assert (node, calls) == (_node_id(spare["session"]), 1) and pid != old_pid
+        spare_id = _node_id(spare["session"])
+        # The driver hears of the death from its node's next view of the cluster (about
+        # raylet_report_resources_period_milliseconds); from then on every call goes to
+        # the new incarnation, none back to the paused node's.
+        answers = []
+        assert wait_until(lambda: answers.append(swiftray.get(c.hit.remote(), timeout=60)) or answers[-1][1] == spare_id,
+                          timeout=30)
+        pid, node, calls = answers[-1]
+        assert calls == 1 and pid != old_pid, "a fresh incarnation"
+        assert [swiftray.get(c.hit.remote(), timeout=60)[1:] for _ in range(3)] == [(spare_id, k) for k in (2, 3, 4)]
         assert _alive(old_pid), "the old incarnation still runs while its node is paused"
     finally:
         cluster.kill_node(victim, signal.SIGCONT)
@@ -197,7 +201,7 @@ def test_a_node_paused_past_its_health_checks_is_fenced_when_it_wakes(cluster):
     with open(os.path.join(head["session"], "daemon.log")) as f:
         assert "node/fenced" in f.read(), "the head says it fenced the node"
     # The actor goes on where it was restarted; the node stays dead in the cluster's list.
-    assert swiftray.get(c.hit.remote())[1:] == (_node_id(spare["session"]), 2)
+    assert swiftray.get(c.hit.remote())[1:] == (spare_id, 5)
     assert not next(n for n in swiftray.nodes() if n["SessionDir"] == victim["session"])["Alive"]
 
 

@@ -145,7 +145,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
             // Fenced: a partition or a pause outlived the health checks. Its actors run
             // elsewhere now and its objects were rebuilt: acting on them would run an
             // actor twice or serve stale copies, so the node stops (as Ray's raylet).
-            lost("the head declared this node dead (\(reply.deathDetail)) and fenced it; its work was moved "
+            lost("the head declared this node dead (\(reply.deathDetail.prefix(300))) and fenced it; its work was moved "
               + "to other nodes. Start it again (swiftray start --address …) to rejoin as a new node")
           }
           if reply.holdingsListed { holdingsListed(reply) }

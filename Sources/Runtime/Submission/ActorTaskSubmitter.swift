@@ -139,8 +139,9 @@ public struct ActorTaskSubmitter: Sendable {
   /// until it is fenced.
   public mutating func nodeDied(_ node: Data) -> [Action] {
     var actions: [Action] = []
-    for id in actors.keys.sorted(by: { $0.hex < $1.hex }) {
-      guard var a = actors[id], a.info.state == .alive, a.info.address.nodeID == node else { continue }
+    let there = actors.compactMap { id, a in a.info.state == .alive && a.info.address.nodeID == node ? id : nil }
+    for id in there {
+      guard var a = actors[id] else { continue }
       Self.stopSending(&a)
       actors[id] = a
       actions += startWatch(id)
