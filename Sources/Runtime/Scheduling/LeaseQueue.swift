@@ -358,19 +358,14 @@ public struct LeaseQueue: Sendable {
       for i in only {
         guard let b = bundles[group]?[i], b.added == nil else { continue }
         bundles[group]?[i] = nil
-        available = available + b.base
-        gpus.give(b.gpuShares)
+        resourcesReturned(of: b)
       }
       if bundles[group]?.isEmpty == true { bundles[group] = nil }
       return dispatch()
     }
     guard let mine = bundles.removeValue(forKey: group) else { return [] }
     let actions = groupWorkEnded(group, removed: true, detail: "its placement group \(group) was removed")
-    for b in mine.values {
-      if let added = b.added { total = total - added; available = available - added }
-      available = available + b.base
-      gpus.give(b.gpuShares)
-    }
+    for b in mine.values { resourcesReturned(of: b) }
     return actions + dispatch()
   }
 
@@ -387,15 +382,21 @@ public struct LeaseQueue: Sendable {
     let actions = groupWorkEnded(group, removed: false, detail: "bundles of placement group \(group) moved to another node")
     for (i, b) in gone.sorted(by: { $0.key < $1.key }) {
       bundles[group]?[i] = nil
-      if let added = b.added { total = total - added; available = available - added }
-      available = available + b.base
-      gpus.give(b.gpuShares)
+      resourcesReturned(of: b)
     }
     if bundles[group]?.isEmpty == true { bundles[group] = nil }
     return actions + dispatch()
   }
 
   // MARK: internals
+
+  /// A bundle leaves this node: what it set aside goes back, and a committed one's
+  /// resources (its group's names) are no more.
+  private mutating func resourcesReturned(of b: Bundle) {
+    if let added = b.added { total = total - added; available = available - added }
+    available = available + b.base
+    gpus.give(b.gpuShares)
+  }
 
   /// Ends what runs or waits inside `group` here: leases end (their workers are killed),
   /// waiting requests are answered unavailable (`removed`: for good).
