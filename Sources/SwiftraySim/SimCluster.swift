@@ -44,10 +44,12 @@ final class SimCluster {
     /// is down is never reported to owners (the new head never knew it; known, open).
     var headRestartChance = 0.5
     var headStorageChance = 1.0
-    /// Nodes cut off from every other host (or, half of them, from the head alone), each
-    /// for a quarter to three times the health-check time (so most are declared dead,
-    /// and fenced when they heal).
+    /// Partitions (see SimPartitions: one node cut off from all or from the head alone,
+    /// the cluster split in two, node 0 cut off from the rest), each for a quarter to
+    /// three times the health-check time (so most far sides are declared dead, and
+    /// fenced when they heal).
     var partitions = 2
+    var widePartitions = false
     var maxSteps = 2_000_000
   }
 
@@ -612,13 +614,7 @@ final class SimCluster {
       }
     }
     for _ in 0..<s.partitions {
-      time.at(rng.between(0, window), "fault: cut a node off") { [self] in
-        // A busy node if there is one: cutting off an idle one tests little.
-        let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }
-        let busy = candidates.filter { !$0.queue.leases.isEmpty }
-        guard let n = (busy.isEmpty ? candidates : busy).randomElement(using: &rng) else { return }
-        cutOff(n.index, for: rng.between(s.healthTimeout / 4, s.healthTimeout * 3), fromHeadOnly: rng.chance(0.5))
-      }
+      time.at(rng.between(0, window), "fault: partition") { [self] in injectPartition() }
     }
     for _ in 0..<s.connectionDrops {
       time.at(rng.between(0, window), "fault: drop a push connection") { [self] in

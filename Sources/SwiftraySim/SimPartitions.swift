@@ -2,10 +2,12 @@ import Foundation
 import Runtime
 import RuntimeProto
 
-/// Network partitions in the simulation: a node (never node 0, where the drivers and
-/// the head live) is cut off from every other host — or from the head alone, while
-/// drivers and other nodes still reach it — for a while, then the link heals. While it
-/// is cut, every message across the cut — its workers', its own, the head's calls to
+/// Network partitions in the simulation, each for a while before the links heal: a node
+/// cut off from every other host, or from the head alone (drivers and other nodes still
+/// reach it); the cluster split in two (a set of nodes that reach each other but none
+/// on the other side); node 0 — where the drivers and the head live — cut off from all
+/// the others (which still reach each other). The far side is always the one without
+/// node 0. While a node is cut, every message across the cut — its workers', its own, the head's calls to
 /// it — is held, as TCP holds them, and delivered in order once it heals; its reports
 /// do not reach the head and the head's health checks of it fail. A cut that
 /// outlives the health-check time gets the node declared dead (its actors restart
@@ -31,6 +33,8 @@ extension SimCluster {
     guard ends.count == 2 else { return nil }
     func across(_ end: Substring, _ other: Substring) -> UInt64? {
       guard let h = host(end), let cut = cuts[h], !cut.fromHeadOnly || other == "head" else { return nil }
+      // Both ends on the far side of the same cut: they still reach each other.
+      if other != "head", let o = host(other), cuts[o]?.start == cut.start { return nil }
       return cut.end
     }
     return [across(ends[0], ends[1]), across(ends[1], ends[0])].compactMap { $0 }.max()
@@ -45,17 +49,61 @@ extension SimCluster {
 
   /// True when `a` and `b` can reach each other now.
   func reachable(_ a: Int, _ b: Int) -> Bool {
-    a == b || ((cuts[a]?.fromHeadOnly ?? true) && (cuts[b]?.fromHeadOnly ?? true))
+    if a == b { return true }
+    switch (cuts[a], cuts[b]) {
+    case (nil, nil): return true
+    case let (x?, y?) where x.start == y.start: return true  // same far side
+    case let (x, y): return (x?.fromHeadOnly ?? true) && (y?.fromHeadOnly ?? true)
+    }
   }
 
-  func cutOff(_ n: Int, for length: UInt64, fromHeadOnly: Bool) {
+  /// The kinds of partition a run draws from (the last two cut many nodes at once, so
+  /// they are rarer: each leaves fewer nodes for the rest of the run).
+  enum PartitionKind: CaseIterable { case node, nodeFromHead, split, nodeZero }
+
+  func drawPartition() -> PartitionKind {
+    let r = rng.between(0, 11)
+    return r < 5 ? .node : r < 10 ? .nodeFromHead : r < 11 ? .split : .nodeZero
+  }
+
+  /// Cuts `far` (nodes other than 0, not cut already) off from the rest for `length`.
+  func cutOff(_ far: [Int], for length: UInt64, kind: PartitionKind) {
+    guard !far.isEmpty else { return }
     let start = time.now
-    cuts[n] = .init(start: start, end: start + length, fromHeadOnly: fromHeadOnly)
-    faultsInjected[fromHeadOnly ? "partition from the head" : "partition", default: 0] += 1
-    time.after(settings.healthTimeout, "health checks of cut-off n\(n)") { [self] in partitionHealthCheck(n, cutAt: start) }
-    time.after(length, "n\(n) heals") { [self] in
-      guard cuts[n]?.start == start else { return }
-      cuts[n] = nil
+    for n in far { cuts[n] = .init(start: start, end: start + length, fromHeadOnly: kind == .nodeFromHead) }
+    faultsInjected["partition: \(kind)", default: 0] += 1
+    for n in far {
+      time.after(settings.healthTimeout, "health checks of cut-off n\(n)") { [self] in partitionHealthCheck(n, cutAt: start) }
+      time.after(length, "n\(n) heals") { [self] in
+        guard cuts[n]?.start == start else { return }
+        cuts[n] = nil
+      }
+    }
+  }
+
+  /// A partition at a random moment of the fault window: one busy node if there is one
+  /// (cutting off an idle one tests little), half the nodes, or all but node 0.
+  func injectPartition() {
+    let s = settings
+    let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }.map(\.index)
+    guard !candidates.isEmpty else { return }
+    guard s.widePartitions else {
+      // One node (the draws in the order the checked seeds were made with).
+      let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
+      let n = (busy.isEmpty ? candidates : busy).randomElement(using: &rng)!
+      let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
+      return cutOff([n], for: length, kind: rng.chance(0.5) ? .nodeFromHead : .node)
+    }
+    let kind = drawPartition()
+    let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
+    switch kind {
+    case .node, .nodeFromHead:
+      let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
+      cutOff([(busy.isEmpty ? candidates : busy).randomElement(using: &rng)!], for: length, kind: kind)
+    case .split:
+      cutOff(candidates.filter { _ in rng.chance(0.5) }, for: length, kind: kind)
+    case .nodeZero:
+      cutOff(candidates, for: length, kind: kind)
     }
   }
 
