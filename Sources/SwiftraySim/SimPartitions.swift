@@ -59,7 +59,7 @@ extension SimCluster {
 
   /// The kinds of partition a run draws from (the last two cut many nodes at once, so
   /// they are rarer: each leaves fewer nodes for the rest of the run).
-  enum PartitionKind: CaseIterable { case node, nodeFromHead, split, nodeZero }
+  enum PartitionKind { case node, nodeFromHead, split, nodeZero }
 
   func drawPartition() -> PartitionKind {
     let r = rng.between(0, 11)
@@ -87,10 +87,14 @@ extension SimCluster {
     let s = settings
     let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }.map(\.index)
     guard !candidates.isEmpty else { return }
-    guard s.widePartitions else {
-      // One node (the draws in the order the checked seeds were made with).
+    // One busy node if there is one.
+    func pickOne() -> Int {
       let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
-      let n = (busy.isEmpty ? candidates : busy).randomElement(using: &rng)!
+      return (busy.isEmpty ? candidates : busy).randomElement(using: &rng)!
+    }
+    guard s.widePartitions else {
+      // The draws in the order the checked seeds were made with.
+      let n = pickOne()
       let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
       return cutOff([n], for: length, kind: rng.chance(0.5) ? .nodeFromHead : .node)
     }
@@ -98,8 +102,7 @@ extension SimCluster {
     let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
     switch kind {
     case .node, .nodeFromHead:
-      let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
-      cutOff([(busy.isEmpty ? candidates : busy).randomElement(using: &rng)!], for: length, kind: kind)
+      cutOff([pickOne()], for: length, kind: kind)
     case .split:
       cutOff(candidates.filter { _ in rng.chance(0.5) }, for: length, kind: kind)
     case .nodeZero:
