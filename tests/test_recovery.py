@@ -454,3 +454,36 @@ def test_a_node_that_dies_while_the_head_is_down_is_found_dead_by_the_new_head(c
                       timeout=20)
     spare_id = nodes[spare["session"]]["NodeID"]
     assert swiftray.get(where.remote(), timeout=60) == spare_id
+
+
+def test_objects_borrowed_only_by_processes_of_a_dead_node_are_freed(cluster):
+    # Processes on a node the cluster declares dead never remove their registrations
+    # (killed with it, or fenced): the owner drops every borrower on that node. The node
+    # is paused here, so its actor still runs and holds the ref when the verdict comes.
+    import signal
+    from conftest import _alive
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1, resources={"r": 1})
+    swiftray.init(address=cluster.address)
+
+    @swiftray.remote(resources={"r": 1})
+    class Keeper:
+        def keep(self, lst):
+            self.ref = lst[0]
+            return os.getpid(), swiftray.get_runtime_context().get_node_id()
+
+    ref = swiftray.put(np.ones(N))
+    keeper = Keeper.remote()
+    pid, node = swiftray.get(keeper.keep.remote([ref]))
+    assert node == _node_id(victim["session"])
+    del ref
+    time.sleep(0.5)
+    stored = lambda: swiftray._core.store_stats()["num_objects"]
+    assert stored() == 1, "the actor on the victim borrows it"
+    cluster.kill_node(victim, signal.SIGSTOP)
+    try:
+        assert _dead(victim["session"])
+        assert wait_until(lambda: stored() == 0, timeout=20), swiftray._core.core_stats()
+        assert _alive(pid), "freed while the borrower still runs: its node's verdict decided"
+    finally:
+        cluster.kill_node(victim, signal.SIGCONT)

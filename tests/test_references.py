@@ -102,6 +102,40 @@ def test_a_worker_that_keeps_a_borrowed_ref_keeps_the_object_alive(ray2):
     assert settled(lambda: store_objects() == 0)
 
 
+def test_a_borrower_that_dies_does_not_keep_the_object_alive(ray2):
+    # A process that dies never removes its registrations itself: its node reports the
+    # exit to the head, every node passes it on, and the owner drops the borrower.
+    @swiftray.remote
+    class Keeper:
+        def keep(self, lst):
+            self.ref = lst[0]
+            return True
+
+    @swiftray.remote(max_retries=0)
+    def stash_then_die(lst):
+        import os
+        import sys
+        sys.swiftray_test_stash = lst[0]
+        swiftray.get(lst[0])  # in use: registered at the owner
+        os._exit(3)
+
+    ref = swiftray.put(np.ones(MiB))
+    keeper = Keeper.remote()
+    assert swiftray.get(keeper.keep.remote([ref]))
+    try:
+        swiftray.get(stash_then_die.remote([ref]))
+    except swiftray.exceptions.WorkerCrashedError:
+        pass
+    del ref
+    gc.collect()
+    time.sleep(0.3)
+    assert store_objects() == 1, "the actor still borrows it"
+    swiftray.kill(keeper)
+    del keeper
+    assert settled(lambda: store_objects() == 0), swiftray._core.core_stats()
+    assert settled(empty), swiftray._core.core_stats()
+
+
 def test_a_value_holding_ten_thousand_refs_can_be_put_passed_and_got(ray2):
     refs = [swiftray.put(i) for i in range(10_000)]
     big = swiftray.put(refs)

@@ -668,7 +668,7 @@ enum CoreAPI {
       // borrower, so none is freed before the owner counts it.
       let nested = reply.returns.flatMap { $0.object.nestedRefs }
       if !nested.isEmpty, let owner = WorkerID(binary: spec.owner.workerID) {
-        withoutGIL { core.registerReceiver(owner, of: nested) }
+        withoutGIL { core.registerReceiver(owner, node: spec.owner.nodeID, of: nested) }
       }
       sr_DecRef(result)
       return reply

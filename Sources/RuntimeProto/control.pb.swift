@@ -99,6 +99,11 @@ public nonisolated struct Swiftray_RegisterNodeRequest: Sendable {
   /// Clears the value of `node`. Subsequent reads from it will return its default value.
   public mutating func clearNode() {self._node = nil}
 
+  /// Workers of this node that exited lately (at most 1,000): a head that restarted lost
+  /// its log of exits, so a node registering again reports its own once more (owners
+  /// that already dropped them as borrowers ignore them).
+  public var recentWorkerExits: [Data] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -116,10 +121,17 @@ public nonisolated struct Swiftray_RegisterNodeReply: Sendable {
   public init() {}
 }
 
+/// A node also asks for the worker exits the head heard of since it last asked: the
+/// entries of the head's log `worker_deaths_log` from `worker_deaths_next` on (a log id
+/// the head does not have — it restarted — starts from its first entry).
 public nonisolated struct Swiftray_GetAllNodesRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  public var workerDeathsLog: UInt64 = 0
+
+  public var workerDeathsNext: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -132,6 +144,12 @@ public nonisolated struct Swiftray_GetAllNodesReply: Sendable {
   // methods supported on all messages.
 
   public var nodes: [Swiftray_NodeInfo] = []
+
+  public var workerDeathsLog: UInt64 = 0
+
+  public var workerDeathsNext: UInt64 = 0
+
+  public var deadWorkers: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1542,6 +1560,10 @@ public nonisolated struct Swiftray_NodeDeath: Sendable {
 
   public var detail: String = String()
 
+  /// With node_id empty: no node died, these workers (or drivers) exited somewhere in the
+  /// cluster; owners drop them as borrowers.
+  public var deadWorkers: [Data] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1758,7 +1780,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Swiftray_RegisterNodeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterNodeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}recent_worker_exits\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1767,6 +1789,7 @@ nonisolated extension Swiftray_RegisterNodeRequest: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._node) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.recentWorkerExits) }()
       default: break
       }
     }
@@ -1780,11 +1803,15 @@ nonisolated extension Swiftray_RegisterNodeRequest: SwiftProtobuf.Message, Swift
     try { if let v = self._node {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if !self.recentWorkerExits.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.recentWorkerExits, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_RegisterNodeRequest, rhs: Swiftray_RegisterNodeRequest) -> Bool {
     if lhs._node != rhs._node {return false}
+    if lhs.recentWorkerExits != rhs.recentWorkerExits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1811,18 +1838,34 @@ nonisolated extension Swiftray_RegisterNodeReply: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Swiftray_GetAllNodesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetAllNodesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_deaths_log\0\u{3}worker_deaths_next\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.workerDeathsLog) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.workerDeathsNext) }()
+      default: break
+      }
+    }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.workerDeathsLog != 0 {
+      try visitor.visitSingularUInt64Field(value: self.workerDeathsLog, fieldNumber: 1)
+    }
+    if self.workerDeathsNext != 0 {
+      try visitor.visitSingularUInt64Field(value: self.workerDeathsNext, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_GetAllNodesRequest, rhs: Swiftray_GetAllNodesRequest) -> Bool {
+    if lhs.workerDeathsLog != rhs.workerDeathsLog {return false}
+    if lhs.workerDeathsNext != rhs.workerDeathsNext {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1830,7 +1873,7 @@ nonisolated extension Swiftray_GetAllNodesRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetAllNodesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0\u{3}worker_deaths_log\0\u{3}worker_deaths_next\0\u{3}dead_workers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1839,6 +1882,9 @@ nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.workerDeathsLog) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.workerDeathsNext) }()
+      case 4: try { try decoder.decodeRepeatedBytesField(value: &self.deadWorkers) }()
       default: break
       }
     }
@@ -1848,11 +1894,23 @@ nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftPro
     if !self.nodes.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.nodes, fieldNumber: 1)
     }
+    if self.workerDeathsLog != 0 {
+      try visitor.visitSingularUInt64Field(value: self.workerDeathsLog, fieldNumber: 2)
+    }
+    if self.workerDeathsNext != 0 {
+      try visitor.visitSingularUInt64Field(value: self.workerDeathsNext, fieldNumber: 3)
+    }
+    if !self.deadWorkers.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.deadWorkers, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_GetAllNodesReply, rhs: Swiftray_GetAllNodesReply) -> Bool {
     if lhs.nodes != rhs.nodes {return false}
+    if lhs.workerDeathsLog != rhs.workerDeathsLog {return false}
+    if lhs.workerDeathsNext != rhs.workerDeathsNext {return false}
+    if lhs.deadWorkers != rhs.deadWorkers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4219,7 +4277,7 @@ nonisolated extension Swiftray_SubscribeNodeDeathsRequest: SwiftProtobuf.Message
 
 nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeDeath"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_address\0\u{3}node_manager_endpoint\0\u{1}detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_address\0\u{3}node_manager_endpoint\0\u{1}detail\0\u{3}dead_workers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4231,6 +4289,7 @@ nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._
       case 2: try { try decoder.decodeSingularStringField(value: &self.nodeManagerAddress) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.nodeManagerEndpoint) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 5: try { try decoder.decodeRepeatedBytesField(value: &self.deadWorkers) }()
       default: break
       }
     }
@@ -4249,6 +4308,9 @@ nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.detail.isEmpty {
       try visitor.visitSingularStringField(value: self.detail, fieldNumber: 4)
     }
+    if !self.deadWorkers.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.deadWorkers, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4257,6 +4319,7 @@ nonisolated extension Swiftray_NodeDeath: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.nodeManagerAddress != rhs.nodeManagerAddress {return false}
     if lhs.nodeManagerEndpoint != rhs.nodeManagerEndpoint {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs.deadWorkers != rhs.deadWorkers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

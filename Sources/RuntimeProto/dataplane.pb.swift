@@ -128,6 +128,9 @@ public nonisolated struct Swiftray_GetObjectRequest: Sendable {
   /// The asking process: registered as a borrower of refs nested in the value.
   public var requesterID: Data = Data()
 
+  /// Its node: the owner drops it as a borrower when that node dies.
+  public var requesterNode: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -474,7 +477,8 @@ public nonisolated struct Swiftray_Ack: Sendable {
 }
 
 /// Borrower protocol (DESIGN §3): `borrower_id` holds `count` more (or fewer)
-/// registrations for the owner's object `object_id`.
+/// registrations for the owner's object `object_id`. `borrower_node`: the borrower's
+/// node; the owner drops the borrower when it exits or that node dies.
 public nonisolated struct Swiftray_AddBorrowerRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -485,6 +489,8 @@ public nonisolated struct Swiftray_AddBorrowerRequest: Sendable {
   public var borrowerID: Data = Data()
 
   public var count: Int32 = 0
+
+  public var borrowerNode: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1012,7 +1018,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetObjectRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}requester_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}requester_id\0\u{3}requester_node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1022,6 +1028,7 @@ nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.requesterID) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.requesterNode) }()
       default: break
       }
     }
@@ -1034,12 +1041,16 @@ nonisolated extension Swiftray_GetObjectRequest: SwiftProtobuf.Message, SwiftPro
     if !self.requesterID.isEmpty {
       try visitor.visitSingularBytesField(value: self.requesterID, fieldNumber: 2)
     }
+    if !self.requesterNode.isEmpty {
+      try visitor.visitSingularBytesField(value: self.requesterNode, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_GetObjectRequest, rhs: Swiftray_GetObjectRequest) -> Bool {
     if lhs.objectID != rhs.objectID {return false}
     if lhs.requesterID != rhs.requesterID {return false}
+    if lhs.requesterNode != rhs.requesterNode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1552,7 +1563,7 @@ nonisolated extension Swiftray_Ack: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension Swiftray_AddBorrowerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AddBorrowerRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}borrower_id\0\u{1}count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{3}borrower_id\0\u{1}count\0\u{3}borrower_node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1563,6 +1574,7 @@ nonisolated extension Swiftray_AddBorrowerRequest: SwiftProtobuf.Message, SwiftP
       case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.borrowerID) }()
       case 3: try { try decoder.decodeSingularInt32Field(value: &self.count) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.borrowerNode) }()
       default: break
       }
     }
@@ -1578,6 +1590,9 @@ nonisolated extension Swiftray_AddBorrowerRequest: SwiftProtobuf.Message, SwiftP
     if self.count != 0 {
       try visitor.visitSingularInt32Field(value: self.count, fieldNumber: 3)
     }
+    if !self.borrowerNode.isEmpty {
+      try visitor.visitSingularBytesField(value: self.borrowerNode, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1585,6 +1600,7 @@ nonisolated extension Swiftray_AddBorrowerRequest: SwiftProtobuf.Message, SwiftP
     if lhs.objectID != rhs.objectID {return false}
     if lhs.borrowerID != rhs.borrowerID {return false}
     if lhs.count != rhs.count {return false}
+    if lhs.borrowerNode != rhs.borrowerNode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

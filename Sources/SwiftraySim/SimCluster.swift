@@ -46,10 +46,9 @@ final class SimCluster {
     var headStorageChance = 1.0
     /// Partitions (see SimPartitions: one node cut off from all or from the head alone,
     /// the cluster split in two, node 0 cut off from the rest), each for a quarter to
-    /// three times the health-check time (so most far sides are declared dead, and
-    /// fenced when they heal).
+    /// three times the health-check time (so most far sides are declared dead, fenced
+    /// when they heal, and back as new nodes a little later).
     var partitions = 2
-    var widePartitions = false
     var maxSteps = 2_000_000
   }
 
@@ -70,6 +69,8 @@ final class SimCluster {
     var view: ClusterView<SimRandom>
     /// What it last reported free (what the head still believes of a dead node).
     var lastReported = ResourceSet()
+    /// Its latest worker exits, reported again when it registers again (NodeManager's).
+    var recentExits: [Data] = []
     init(index: Int, id: NodeID, queue: LeaseQueue, rng: SimRandom) {
       self.index = index; self.id = id; self.queue = queue
       view = ClusterView(rng: rng)
@@ -139,6 +140,10 @@ final class SimCluster {
   var storedActors: [ActorID: Swiftray_ActorRecord] = [:]
   var storedGroups: [Data: Swiftray_PlacementGroupInfo] = [:]
   var storedNodes: [Data: Swiftray_NodeInfo] = [:]
+  /// The head's log of worker exits (kept in memory only: a restart starts a new one),
+  /// and how far node 0 has read it.
+  var workerDeaths = WorkerDeathLog(id: 1)
+  var workerDeathsSeen: (log: UInt64, next: UInt64) = (0, 0)
   var headRequests: [UInt64: ActorID] = [:]
   /// What an actor's creation needs free only while it is placed (its lifetime needs
   /// `resources`), by the head's request.
@@ -173,13 +178,8 @@ final class SimCluster {
     self.seed = seed
     self.settings = settings
     rng = SimRandom(seed: seed)
-    for i in 0..<settings.nodes {
-      let total = ResourceSet(units: ["CPU": Double(settings.cpusPerNode)])
-      let q = LeaseQueue(total: total, limits: .init(maxStartingWorkers: 2, maxWorkers: 8),
-                         firstLeaseID: (UInt64(i) + 1) << 32)
-      let n = Node(index: i, id: NodeID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(i)), queue: q,
-                   rng: SimRandom(seed: rng.next()))
-      nodes.append(n)
+    for _ in 0..<settings.nodes {
+      let n = newNode()
       storedNodes[Data(n.id.binary)] = nodeTable.registered(info(of: n))
     }
     for d in 0..<settings.drivers {
@@ -194,6 +194,20 @@ final class SimCluster {
                                 selfAddress: addr, maxLineageBytes: 1 << 30)
       drivers.append(Driver(index: d, state: state, address: addr))
     }
+  }
+
+  /// A node daemon starting with a fresh id, at the next index (a fenced node's host
+  /// starts one again as a new node, so indices are never reused).
+  @discardableResult
+  func newNode() -> Node {
+    let i = nodes.count
+    let total = ResourceSet(units: ["CPU": Double(settings.cpusPerNode)])
+    let q = LeaseQueue(total: total, limits: .init(maxStartingWorkers: 2, maxWorkers: 8),
+                       firstLeaseID: (UInt64(i) + 1) << 32)
+    let n = Node(index: i, id: NodeID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(i)), queue: q,
+                 rng: SimRandom(seed: rng.next()))
+    nodes.append(n)
+    return n
   }
 
   func fail(_ why: String) {
@@ -377,7 +391,7 @@ final class SimCluster {
       nodeReported(n)
       guard n.alive else { continue }  // fenced
       n.view.refreshed(view)
-      if n.index == 0 { driversLearnDeaths() }
+      if n.index == 0 { driversLearnDeaths(); driversLearnWorkerDeaths() }
       let queued = n.queue.movableRequests.map { (id: $0.id, needs: $0.needsFree) }
       for m in n.view.spill(queued, free: n.queue.available, me: Data(n.id.binary)) {
         guard n.queue.leaseRequestMoved(m.requestID), let (d, requestID, key) = n.requests.removeValue(forKey: m.requestID),
@@ -467,6 +481,10 @@ final class SimCluster {
       }
       activity["task run", default: 0] += 1
       let reply = execute(job.spec, on: node)
+      if reply.lostArguments.isEmpty, rng.chance(0.2),
+         let kept = job.spec.args.compactMap({ ObjectID(binary: $0.objectID) }).randomElement(using: &rng) {
+        keepBorrowed(w, kept, owner: job.owner)
+      }
       if brokenConnections.contains(job.conn) {
         // The reply cannot reach its owner: what the attempt stored stays behind.
         orphanedCopies += reply.returns.filter { $0.object.storeSize > 0 }.count
@@ -570,7 +588,9 @@ final class SimCluster {
       perform(node: w.node, nodes[w.node].queue.workerExited(w.id))
       // The node reports every worker exit to the head: its actor restarts or dies.
       let wid = Data(w.id.binary)
+      nodes[w.node].recentExits = Array((nodes[w.node].recentExits + [wid]).suffix(WorkerDeathLog.maxPerAnswer))
       toHead(on: "n\(w.node)->head", delay: latency(w.node), "n\(w.node) reports w\(w.id.hex.prefix(6)) exited") { [self] in
+        workerDeaths.died(wid)
         headPerform(actorDirectory.workerDied(wid, detail: "worker \(w.id.hex.prefix(8)) \(why)"))
       }
     }

@@ -34,6 +34,7 @@ extension SimCluster {
     case .taken: break
     case .register:
       storedNodes[id] = nodeTable.registered(info(of: n))
+      for w in n.recentExits { workerDeaths.died(w) }
       activity["node registered again", default: 0] += 1
     case .fenced: return fence(n.index)
     }
@@ -114,6 +115,7 @@ extension SimCluster {
     actorDirectory = ActorDirectory(leaseRetryNanos: 200 * ms)
     groups = PlacementGroupTable()
     nodeTable = NodeTable(health: NodeHealth(failureThreshold: 3))
+    workerDeaths = WorkerDeathLog(id: rng.next())
     headRequests = [:]
     headPlacement = [:]
     headTickArmed = false

@@ -14,7 +14,8 @@ import RuntimeProto
 /// elsewhere, its objects are rebuilt, its bundles move) while it still runs; when it
 /// heals, what it held in the meantime reaches drivers and the head (late replies, late
 /// grants, late constructions), and its first report is answered by the real
-/// `NodeTable` with `.fenced`: it stops its workers and is gone (as NodeManager does).
+/// `NodeTable` with `.fenced`: it stops its workers and is gone (as NodeManager does);
+/// its host starts a new node (a new id) a little later.
 extension SimCluster {
   /// The host of one end of a channel ("d0", "n3", "w1a2b3c", "head"): drivers and the
   /// head are on node 0.
@@ -87,22 +88,12 @@ extension SimCluster {
     let s = settings
     let candidates = nodes.dropFirst().filter { $0.alive && cuts[$0.index] == nil }.map(\.index)
     guard !candidates.isEmpty else { return }
-    // One busy node if there is one.
-    func pickOne() -> Int {
-      let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
-      return (busy.isEmpty ? candidates : busy).randomElement(using: &rng)!
-    }
-    guard s.widePartitions else {
-      // The draws in the order the checked seeds were made with.
-      let n = pickOne()
-      let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
-      return cutOff([n], for: length, kind: rng.chance(0.5) ? .nodeFromHead : .node)
-    }
     let kind = drawPartition()
     let length = rng.between(s.healthTimeout / 4, s.healthTimeout * 3)
     switch kind {
     case .node, .nodeFromHead:
-      cutOff([pickOne()], for: length, kind: kind)
+      let busy = candidates.filter { !nodes[$0].queue.leases.isEmpty }
+      cutOff([(busy.isEmpty ? candidates : busy).randomElement(using: &rng)!], for: length, kind: kind)
     case .split:
       cutOff(candidates.filter { _ in rng.chance(0.5) }, for: length, kind: kind)
     case .nodeZero:
@@ -125,9 +116,16 @@ extension SimCluster {
   }
 
   /// The head answered a healed node's report with `.fenced`: it stops its workers and
-  /// exits (NodeManager's `controlLost`).
+  /// exits (NodeManager's `controlLost`). Its host's supervisor (systemd, KubeRay's pod
+  /// restart) starts the daemon again a little later: a new node with a new id, which
+  /// registers with its first report, so a fenced far side comes back empty rather than
+  /// shrinking the cluster for good.
   func fence(_ n: Int) {
     activity["node fenced", default: 0] += 1
     killNode(n, why: "fenced")
+    time.after(rng.between(100 * ms, 1_000 * ms), "the host of fenced n\(n) starts a new node") { [self] in
+      newNode()
+      activity["node rejoined with a new id", default: 0] += 1
+    }
   }
 }

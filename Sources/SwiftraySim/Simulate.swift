@@ -6,8 +6,7 @@ import Runtime
 //   swiftray-sim --seeds N [--first-seed S] [--nodes K] [--tasks T]   N runs, seeds S..S+N-1
 //   swiftray-sim --seed S [--nodes K] [--tasks T]                     replay one run, with its trace
 //   swiftray-sim ... --no-bundle-reconcile   nodes ignore the head's list of their bundles
-//   swiftray-sim ... --partitions P          nodes cut off per run (default 2; 0: none)
-//   swiftray-sim ... --wide-partitions       partitions may also split the cluster or cut node 0
+//   swiftray-sim ... --partitions P          partitions per run (default 2; 0: none)
 //   swiftray-sim --scale [--scale-nodes N] [--scale-tasks T] [--json PATH]   control-plane figures
 //
 // Ends with `simulated N seeds: F failures`; exits 0 only when F = 0.
@@ -55,11 +54,6 @@ struct Simulate {
     // did before): shows the leaks the settling closes.
     if args.contains("--no-bundle-reconcile") { settings.reconcileBundles = false }
     args.removeAll { $0 == "--no-bundle-reconcile" }
-    // Partitions that split the cluster in two or cut node 0 off too (not checked by
-    // default yet: a cluster whose far side is fenced shrinks for good, as fenced nodes
-    // do not rejoin here, and the checks assume room for the groups and the work).
-    if args.contains("--wide-partitions") { settings.widePartitions = true }
-    args.removeAll { $0 == "--wide-partitions" }
     if let n = number("--nodes", 2...5_000) { settings.nodes = Int(n) }
     if let t = number("--tasks", 1...1_000_000) { settings.tasksPerDriver = Int(t) }
     if let p = number("--partitions", 0...100) { settings.partitions = Int(p) }
@@ -95,8 +89,7 @@ struct Simulate {
           for line in cluster.time.lastEvents() { print("    \(line)") }
         }
         print("  replay: ./scripts/simulate.sh --seed \(seed) --nodes \(settings.nodes) --tasks \(settings.tasksPerDriver)"
-          + " --partitions \(settings.partitions)" + (settings.reconcileBundles ? "" : " --no-bundle-reconcile")
-          + (settings.widePartitions ? " --wide-partitions" : ""))
+          + " --partitions \(settings.partitions)" + (settings.reconcileBundles ? "" : " --no-bundle-reconcile"))
       }
     }
     let took = Date().timeIntervalSince(started)

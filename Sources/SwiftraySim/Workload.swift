@@ -205,7 +205,11 @@ extension SimCluster {
     for drv in drivers {
       let s = drv.state.stats
       if s.objects + s.references + s.tasks + s.pendingTasks + s.leases != 0 {
-        fail("driver \(drv.index) keeps state after its work: \(s)")
+        let left = drv.state.refs.refs.sorted { $0.key.hex < $1.key.hex }.prefix(3).map { id, r in
+          "\(id.task.counter)#\(id.hex.suffix(2)) (local \(r.localRefs), tasks \(r.submittedTaskRefs), contained \(r.contained), "
+            + "borrowers \(r.borrowers.keys.map { "w\($0.hex.prefix(6))" }.sorted()))"
+        }
+        fail("driver \(drv.index) keeps state after its work: \(s); refs \(left.joined(separator: ", "))")
       }
     }
     var stored = 0

@@ -155,3 +155,28 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
     #expect(t[Data([7])]?.pendingDemand.count == NodeTable.demandKept)
   }
 }
+
+@Suite struct WorkerDeathLogTests {
+  private func w(_ i: Int) -> Data { Data("worker-\(i)".utf8) }
+
+  @Test func aNodeGetsEachExitOnceInOrderAndCatchesUpInBoundedAnswers() {
+    var log = WorkerDeathLog(id: 5)
+    for i in 0..<(WorkerDeathLog.maxPerAnswer + 10) { log.died(w(i)) }
+    let first = log.since(log: 0, next: 0)  // never asked: from the start
+    #expect(first.workers.count == WorkerDeathLog.maxPerAnswer && first.workers.first == w(0))
+    let rest = log.since(log: 5, next: first.next)
+    #expect(rest.workers == (WorkerDeathLog.maxPerAnswer..<(WorkerDeathLog.maxPerAnswer + 10)).map(w))
+    #expect(log.since(log: 5, next: rest.next).workers.isEmpty, "nothing new")
+  }
+
+  @Test func aPeersNumbersAreTakenAsTheyComeAndOldEntriesGo() {
+    var log = WorkerDeathLog(id: 5)
+    for i in 0..<(WorkerDeathLog.kept + 3) { log.died(w(i)) }
+    #expect(log.since(log: 5, next: 0).workers.first == w(3), "fell behind: from the oldest kept")
+    let past = log.since(log: 5, next: .max)
+    #expect(past.workers.isEmpty && past.next == log.end, "past the end: nothing")
+    #expect(log.since(log: 9, next: .max).workers.first == w(3), "another log (the head restarted): from its start")
+    log.died(Data())
+    #expect(log.end == UInt64(WorkerDeathLog.kept + 3), "an empty id is no exit")
+  }
+}

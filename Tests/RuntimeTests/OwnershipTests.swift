@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import Runtime
 import RuntimeProto
@@ -218,6 +219,41 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(t.containedRefsRemoved([inner]).isEmpty, "a borrower still holds it")
     #expect(t.borrowerRemoved(inner, other, count: 1).isEmpty)
     #expect(t.borrowerRemoved(inner, other, count: 1) == [.free(inner)])
+  }
+
+  /// A borrower that dies never removes its registrations: the owner learns of the
+  /// death (the head's log of worker exits, or its node's death) and drops it.
+  @Test mutating func aBorrowerThatDiesNoLongerKeepsTheObjectsItHeld() {
+    var t = ReferenceTable()
+    let held = ObjectID.forPut(by: gen.next(), index: 1), shared = ObjectID.forPut(by: gen.next(), index: 2)
+    let node = Data([7]), survivor = WorkerID.random()
+    for o in [held, shared] { t.ownedObjectCreated(o) }
+    t.borrowerAdded(held, other, node: node, count: 3)
+    t.borrowerAdded(shared, other, node: node)
+    t.borrowerAdded(shared, survivor)
+    #expect(t.borrowersDied([other]) == [.free(held)], "the survivor still holds the shared one")
+    #expect(t.refs[shared]?.borrowers.keys.map { $0 } == [survivor])
+    #expect(t.borrowersDied([other]).isEmpty, "told twice: nothing more")
+    let late = t.borrowerAdded(shared, other)
+    #expect(late, "a registration arriving after the news of its death")
+    #expect(t.refs[shared]?.borrowers[other] == nil, "is not counted: it would keep the object forever")
+    #expect(t.borrowerRemoved(shared, survivor, count: 1) == [.free(shared)])
+  }
+
+  @Test mutating func aNodesDeathDropsEveryBorrowerOnItAndOnlyThose() {
+    var t = ReferenceTable()
+    let o = ObjectID.forPut(by: gen.next(), index: 1), p = ObjectID.forPut(by: gen.next(), index: 2)
+    let dying = Data([1]), living = Data([2])
+    let a = WorkerID.random(), b = WorkerID.random(), c = WorkerID.random()
+    for x in [o, p] { t.ownedObjectCreated(x) }
+    t.borrowerAdded(o, a, node: dying)
+    t.borrowerAdded(p, b, node: dying)
+    t.borrowerAdded(p, c, node: living)
+    #expect(t.borrowersDied(onNode: dying) == [.free(o)])
+    #expect(t.refs[p]?.borrowers.keys.map { $0 } == [c])
+    // A borrower that let go before its node died is forgotten with its last object.
+    #expect(t.borrowerRemoved(p, c, count: 1) == [.free(p)])
+    #expect(t.borrowersDied(onNode: living).isEmpty)
   }
 
   @Test mutating func aRegistrationNamingTheOwnerItselfTurnsIntoContainment() {

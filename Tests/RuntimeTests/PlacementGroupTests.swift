@@ -210,6 +210,21 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     #expect(q.bundles.isEmpty && q.available == cpu(4), "its prepare's answer was lost and the round undone without it")
   }
 
+  /// Found by swiftray-sim (seed 100131 at 8 nodes, wide partitions, fenced nodes not
+  /// rejoining): a round's prepare answer was lost; the next round prepared the same
+  /// bundle here again; a report in between judged it by the first round's time and gave
+  /// it back while the head went on to place it here.
+  @Test func aBundlePreparedAgainByANewRoundGetsAFreshGrace() {
+    var q = LeaseQueue(total: cpu(4), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
+    _ = q.bundlesPrepared(group: g.hex, [1: cpu(1)], now: 10 * second)  // round 1: its answer lost
+    let again = q.bundlesPrepared(group: g.hex, [1: cpu(1)], now: 20 * second)
+    #expect(again, "round 2 wants the same bundle here")
+    _ = q.bundlesReconciled(listed: [:], now: 21 * second, grace: 5 * second)
+    #expect(q.bundles[g.hex]?[1] != nil && q.available == cpu(3), "round 2 is still placing it")
+    _ = q.bundlesReconciled(listed: [g.hex: [1]], now: 22 * second, grace: 5 * second)
+    #expect(q.bundles[g.hex]?[1]?.added != nil, "listed: committed")
+  }
+
   @Test func aCommittedGroupTheHeadNoLongerListsGoesWholeWithItsWorkersAndRequests() {
     var q = LeaseQueue(total: cpu(2), limits: .init(maxStartingWorkers: 4, maxWorkers: 8))
     let w = WorkerID.random()

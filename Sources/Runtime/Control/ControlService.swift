@@ -35,6 +35,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     /// Bytes of KV entries this ControlService accepted (namespace, key and value;
     /// an overwrite counts again): bounded by `max_kv_bytes`.
     var kvBytes = 0
+    /// Workers and drivers that exited, for the nodes to pass on to owners.
+    var workerDeaths = WorkerDeathLog()
   }
 
   let state: Locked<State>
@@ -119,6 +121,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     _ = try ResourceSet.checked(request.node.available, field: "available")
     state.withLock { s in
       persist(s.nodes.registered(request.node))  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
+      for w in request.recentWorkerExits.prefix(WorkerDeathLog.maxPerAnswer) { s.workerDeaths.died(w) }
     }
     startHealthChecks()
     placementKicks.yield()
@@ -190,7 +193,12 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func getAllNodes(request: Swiftray_GetAllNodesRequest, context: ServerContext) async throws -> Swiftray_GetAllNodesReply {
     var r = Swiftray_GetAllNodesReply()
-    r.nodes = state.withLock { $0.nodes.all }
+    let deaths: (workers: [Data], next: UInt64)
+    (r.nodes, r.workerDeathsLog, deaths) = state.withLock { s in
+      (s.nodes.all, s.workerDeaths.id, s.workerDeaths.since(log: request.workerDeathsLog, next: request.workerDeathsNext))
+    }
+    r.deadWorkers = deaths.workers
+    r.workerDeathsNext = deaths.next
     return r
   }
 
@@ -356,7 +364,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   public func reportWorkerFailure(request: Swiftray_ReportWorkerFailureRequest, context: ServerContext) async throws -> Swiftray_ReportWorkerFailureReply {
-    perform(state.withLock { $0.actors.workerDied(request.exit.workerID, detail: request.exit.detail) })
+    perform(state.withLock { s in
+      s.workerDeaths.died(request.exit.workerID)
+      return s.actors.workerDied(request.exit.workerID, detail: request.exit.detail)
+    })
     performGroups(state.withLock { $0.groups.creatorDied(request.exit.workerID) })
     return Swiftray_ReportWorkerFailureReply()
   }

@@ -9,6 +9,12 @@ import RuntimeProto
 /// released); state under the CoreWorker's lock, effects outside it.
 extension CoreWorker {
   func nodeDied(_ d: Swiftray_NodeDeath) {
+    guard !d.nodeID.isEmpty else {
+      // No node died: workers exited somewhere (they borrow nothing any more).
+      let workers = d.deadWorkers.prefix(WorkerDeathLog.maxPerAnswer).compactMap { WorkerID(binary: $0) }
+      let now = Self.now()
+      return owner { $0.borrowersDied(workers, now: now) }
+    }
     let short = NodeID(binary: d.nodeID)?.hex.prefix(12) ?? "?"
     let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
     let now = Self.now()

@@ -53,7 +53,8 @@ public final class CoreWorker: Sendable {
   /// A remote reader waiting at this owner for a value not here yet.
   struct PendingGet: Sendable {
     let responder: DataPlaneResponder
-    let requester: WorkerID?
+    /// Who asks, and on which node (registered as a borrower of refs in the value).
+    let requester: (id: WorkerID, node: Data)?
   }
   typealias Owner = OwnerState<ObjectWaiter, PendingGet>
   public typealias TaskArgument = Runtime.TaskArgument
@@ -183,11 +184,12 @@ public final class CoreWorker: Sendable {
       return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
     }
     } catch { throw ControlPlane.error(error, calling: "RegisterWorker", at: options.nodeManager) }
-    if options.nodeIP != nil { watchNodeDeaths() }
+    watchNodeDeaths()
   }
 
-  /// Listens to this node's NodeManager for nodes the cluster declares dead: leases
-  /// there are lost at once (their tasks retried), and errors about them say why.
+  /// Listens to this node's NodeManager for nodes the cluster declares dead (leases
+  /// there are lost at once, their tasks retried, and errors about them say why) and
+  /// for workers that exited anywhere (they borrow nothing any more).
   func watchNodeDeaths() {
     let nm = nodeManager
     let box = WeakBox()
@@ -444,7 +446,7 @@ public final class CoreWorker: Sendable {
       executor.admit(req, responder)
     case .getObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return }
-      let requester = WorkerID(binary: req.requesterID)
+      let requester = WorkerID(binary: req.requesterID).map { (id: $0, node: req.requesterNode) }
       switch state.withLock({ $0.remoteGet(id, from: PendingGet(responder: responder, requester: requester)) }) {
       case .ready(let o): replyObject(o, to: responder, requester: requester)
       case .queued: break  // answered when it arrives
@@ -460,7 +462,7 @@ public final class CoreWorker: Sendable {
     case .addBorrower(let req):
       // A count below 1 would corrupt the reference counts: nothing to add.
       if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID), req.count > 0 {
-        guard state.withLock({ $0.borrowerAdded(id, b, count: Int(req.count)) }) else {
+        guard state.withLock({ $0.borrowerAdded(id, b, node: req.borrowerNode, count: Int(req.count)) }) else {
           return responder.respond(.error(.with {
             $0.message = "object \(id.hex) already has \(ReferenceTable.maxBorrowersPerObject) borrowers at its owner"
           }))
@@ -495,7 +497,10 @@ public final class CoreWorker: Sendable {
     for c in e.borrowerChanges {
       var body: Swiftray_DataFrame.OneOf_Body
       if c.added {
-        body = .addBorrower(.with { $0.objectID = Data(c.object.binary); $0.borrowerID = Data(c.borrower.binary); $0.count = c.count })
+        body = .addBorrower(.with {
+          $0.objectID = Data(c.object.binary); $0.borrowerID = Data(c.borrower.binary); $0.count = c.count
+          $0.borrowerNode = address.nodeID  // every change is this process's own
+        })
         registering.enter()
         sendBorrowerChange(body, to: c.owner) { [registering] in registering.leave() }
       } else {
@@ -517,6 +522,7 @@ public final class CoreWorker: Sendable {
     var req = Swiftray_GetObjectRequest()
     req.objectID = Data(id.binary)
     req.requesterID = Data(options.workerID.binary)
+    req.requesterNode = address.nodeID
     pool.request(ep, .getObject(req)) { [self] result in
       let obj: Swiftray_RayObject
       switch result {
@@ -543,34 +549,36 @@ public final class CoreWorker: Sendable {
   }
 
   /// Answers a borrower's GetObject, registering it first for refs inside the value.
-  func replyObject(_ o: Swiftray_RayObject, to responder: DataPlaneResponder, requester: WorkerID?) {
+  func replyObject(_ o: Swiftray_RayObject, to responder: DataPlaneResponder, requester: (id: WorkerID, node: Data)?) {
     var reply = Swiftray_GetObjectReply()
     reply.status = .ready
     reply.object = o
     guard let requester else { return responder.respond(.getObjectReply(reply)) }
     let ready = reply
-    registerReceiver(requester, of: o.nestedRefs) { responder.respond(.getObjectReply(ready)) }
+    registerReceiver(requester.id, node: requester.node, of: o.nestedRefs) { responder.respond(.getObjectReply(ready)) }
   }
 
   /// Before refs inside a value leave this process for `receiver`, register the
-  /// receiver as their borrower: locally for refs owned here, else at their owners;
-  /// `then` runs once every owner has acknowledged. Never blocks (event-loop safe).
-  func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference], then: @escaping @Sendable () -> Void) {
-    let remote = refs.isEmpty ? [] : state.withLock { $0.receiverRegistered(receiver, of: refs) }
+  /// receiver (on `node`) as their borrower: locally for refs owned here, else at their
+  /// owners; `then` runs once every owner has acknowledged. Never blocks (event-loop safe).
+  func registerReceiver(_ receiver: WorkerID, node: Data, of refs: [Swiftray_ObjectReference],
+                        then: @escaping @Sendable () -> Void) {
+    let remote = refs.isEmpty ? [] : state.withLock { $0.receiverRegistered(receiver, node: node, of: refs) }
     if remote.isEmpty { return then() }
     let left = Locked(remote.count)
     for (owner, id) in remote {
-      sendBorrowerChange(.addBorrower(.with { $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1 }),
-                         to: owner) { if left.withLock({ $0 -= 1; return $0 == 0 }) { then() } }
+      sendBorrowerChange(.addBorrower(.with {
+        $0.objectID = Data(id.binary); $0.borrowerID = Data(receiver.binary); $0.count = 1; $0.borrowerNode = node
+      }), to: owner) { if left.withLock({ $0 -= 1; return $0 == 0 }) { then() } }
     }
   }
 
   /// The blocking form, bounded: call off the event loops (the executor's reply path).
-  public func registerReceiver(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) {
+  public func registerReceiver(_ receiver: WorkerID, node: Data, of refs: [Swiftray_ObjectReference]) {
     guard !refs.isEmpty else { return }
     LockDiscipline.mayBlock("registering borrowers")
     let done = DispatchSemaphore(value: 0)
-    registerReceiver(receiver, of: refs) { done.signal() }
+    registerReceiver(receiver, node: node, of: refs) { done.signal() }
     _ = done.wait(timeout: .now() + .seconds(10))
   }
 

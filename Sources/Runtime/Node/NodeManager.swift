@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import GRPCCore
 import Logging
@@ -52,6 +53,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// Processes of this node listening for node deaths, and the deaths seen so far.
     var deathSubscribers: [UInt64: AsyncStream<Swiftray_NodeDeath>.Continuation] = [:]
     var deadNodes: [Data: Swiftray_NodeDeath] = [:]
+    /// How far this node has read the head's log of worker exits (`WorkerDeathLog`).
+    var workerDeathsSeen: (log: UInt64, next: UInt64) = (0, 0)
+    /// This node's latest worker exits, reported again when it registers again (a head
+    /// that restarted lost its log of them before every node read it).
+    var recentExits: Deque<Data> = []
     var nextSubscriber: UInt64 = 1
     /// Drivers of other processes connected to this node, watched so that their
     /// non-detached actors die with them even when they exit without saying so.
@@ -153,6 +159,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
             // The head restarted (its tables on Redis) and does not know this node yet.
             var req = Swiftray_RegisterNodeRequest()
             req.node = me
+            req.recentWorkerExits = state.withLock { Array($0.recentExits) }
             if (try? await client.registerNode(req, options: headCallOptions)) != nil {
               log.info("node/re-registered", metadata: ["control": "\(options.controlEndpoint)"])
             }
@@ -168,8 +175,12 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   }
 
   func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
-    guard let nodes = try? await client.getAllNodes(Swiftray_GetAllNodesRequest(), options: headCallOptions).nodes else { return }
+    var req = Swiftray_GetAllNodesRequest()
+    (req.workerDeathsLog, req.workerDeathsNext) = state.withLock { $0.workerDeathsSeen }
+    guard let reply = try? await client.getAllNodes(req, options: headCallOptions) else { return }
+    let nodes = reply.nodes
     publishDeaths(of: nodes)
+    publishWorkerDeaths(reply)
     store.setPullSources(Set(nodes.filter { $0.alive && !$0.storeAddress.isEmpty }.map(\.storeAddress)))
     let view = nodes.map { n in
       NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
@@ -199,24 +210,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       out.append((c, r))
     }
     return out
-  }
-
-  /// Passes on, once each, the nodes the ControlService now lists as dead.
-  func publishDeaths(of nodes: [Swiftray_NodeInfo]) {
-    let (fresh, subs) = state.withLock { s -> ([Swiftray_NodeDeath], [AsyncStream<Swiftray_NodeDeath>.Continuation]) in
-      var fresh: [Swiftray_NodeDeath] = []
-      for n in nodes where NodeTable.isDead(n) && s.deadNodes[n.nodeID] == nil {
-        var d = Swiftray_NodeDeath()
-        d.nodeID = n.nodeID
-        d.nodeManagerAddress = n.nodeManagerAddress
-        d.nodeManagerEndpoint = n.nodeManagerEndpoint
-        d.detail = n.deathDetail
-        s.deadNodes[n.nodeID] = d
-        fresh.append(d)
-      }
-      return (fresh, fresh.isEmpty ? [] : Array(s.deathSubscribers.values))
-    }
-    for d in fresh { for c in subs { c.yield(d) } }
   }
 
   public var nodeInfo: Swiftray_NodeInfo {
@@ -348,6 +341,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
                                         node: options.nodeID, shuttingDown: s.shuttingDown) else { return [] }
       failedStart = exit.failedStart
       report = s.shuttingDown ? nil : exit.info
+      s.recentExits.append(exit.info.workerID)
+      if s.recentExits.count > WorkerDeathLog.maxPerAnswer { s.recentExits.removeFirst() }
       if s.shuttingDown { return [] }
       let rejected = exit.stopStarting ? s.queue.workersFailToStart(detail: "worker processes fail to start: \(exit.info.detail)") : []
       return rejected + s.queue.workerExited(exit.id)
@@ -642,23 +637,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     defer { _ = state.withLock { $0.logSubscribers.removeValue(forKey: key) } }
     for await batch in stream { try await response.write(batch) }
-  }
-
-  /// Every node death known here, then each new one, until the caller goes.
-  public func subscribeNodeDeaths(request: Swiftray_SubscribeNodeDeathsRequest, response: RPCWriter<Swiftray_NodeDeath>,
-                                  context: ServerContext) async throws {
-    let (stream, cont) = AsyncStream<Swiftray_NodeDeath>.makeStream()
-    // Registered and the known deaths read in one critical section: each death reaches
-    // the caller once, from this list or from `publishDeaths`.
-    let (key, known) = state.withLock { s in
-      let k = s.nextSubscriber
-      s.nextSubscriber += 1
-      s.deathSubscribers[k] = cont
-      return (k, Array(s.deadNodes.values))
-    }
-    for d in known { cont.yield(d) }
-    defer { _ = state.withLock { $0.deathSubscribers.removeValue(forKey: key) } }
-    for await d in stream { try await response.write(d) }
   }
 
   // MARK: shutdown

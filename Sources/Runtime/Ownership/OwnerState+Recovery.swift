@@ -20,6 +20,7 @@ extension OwnerState {
     for l in lost { absorb(submitter.workerLost(leaseID: l, now: now), now: now, &e) }
     for t in objectsLost(on: node, why: why, here: here, &e) { resolveAgain(t, now: now, &e) }
     queueActorSteps(actorSubmitter.nodeDied(node), &e)
+    refActionsDecided(refs.borrowersDied(onNode: node), now: now, &e)
     return e
   }
 

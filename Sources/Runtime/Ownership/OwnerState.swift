@@ -380,9 +380,18 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// The ref was serialized into a value that may reach a borrower.
   public mutating func refEscaped(_ id: ObjectID) { refs.refEscaped(id) }
 
-  /// A borrower registered; false when the object has too many borrowers already.
-  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, count: Int) -> Bool {
-    refs.borrowerAdded(id, borrower, count: count)
+  /// A borrower (on `node`, when it said) registered; false when the object has too
+  /// many borrowers already. One on a node known dead is not counted.
+  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, node: Data = Data(), count: Int) -> Bool {
+    if !node.isEmpty, deadNodes[node] != nil { return true }
+    return refs.borrowerAdded(id, borrower, node: node, count: count)
+  }
+
+  /// Workers (or drivers) exited somewhere in the cluster: they borrow nothing any more.
+  public mutating func borrowersDied(_ workers: [WorkerID], now: UInt64) -> Effects {
+    var e = Effects()
+    refActionsDecided(refs.borrowersDied(workers.filter { $0 != me }), now: now, &e)
+    return e
   }
 
   public mutating func borrowerRemoved(_ id: ObjectID, _ borrower: WorkerID, count: Int, now: UInt64) -> Effects {
@@ -396,11 +405,11 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
 
   /// Before refs inside a value leave this process for `receiver`: those owned here
   /// count it as a borrower now; the others are returned, to register at their owners.
-  public mutating func receiverRegistered(_ receiver: WorkerID, of refs: [Swiftray_ObjectReference]) -> [(Swiftray_Address, ObjectID)] {
+  public mutating func receiverRegistered(_ receiver: WorkerID, node: Data, of refs: [Swiftray_ObjectReference]) -> [(Swiftray_Address, ObjectID)] {
     var remote: [(Swiftray_Address, ObjectID)] = []
     for r in refs {
       guard let id = ObjectID(binary: r.objectID) else { continue }
-      if let owner = owners[id] { remote.append((owner, id)) } else { self.refs.borrowerAdded(id, receiver) }
+      if let owner = owners[id] { remote.append((owner, id)) } else { _ = borrowerAdded(id, receiver, node: node, count: 1) }
     }
     return remote
   }

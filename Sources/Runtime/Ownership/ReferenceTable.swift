@@ -1,3 +1,6 @@
+import DequeModule
+import Foundation
+
 /// Reference counts for the objects a process knows about (DESIGN §3), and the
 /// borrower protocol. Pure state machine.
 ///
@@ -46,6 +49,17 @@ public struct ReferenceTable: Sendable {
   }
 
   public private(set) var refs: [ObjectID: Reference] = [:]
+  /// At the owner: what each borrower holds, and the borrowers on each node (when they
+  /// said), so a death costs what the dead held, never a scan of every ref.
+  private var borrowedBy: [WorkerID: Set<ObjectID>] = [:]
+  private var borrowerNode: [WorkerID: Data] = [:]
+  private var borrowersOn: [Data: Set<WorkerID>] = [:]
+  /// Borrowers known dead (bounded, oldest forgotten first): a registration of one that
+  /// arrives after the news of its death (sent by a process that returned it a value)
+  /// is not counted, else it would keep the object forever.
+  private var dead: Set<WorkerID> = []
+  private var deadOrder: Deque<WorkerID> = []
+  public static let deadBorrowersKept = 10_000
   public init() {}
 
   public mutating func ownedObjectCreated(_ id: ObjectID) {
@@ -107,6 +121,7 @@ public struct ReferenceTable: Sendable {
     if r.owned {
       let n = (r.borrowers[me] ?? 0) - count
       r.borrowers[me] = n > 0 ? n : nil
+      if n <= 0 { unindex(me, id) }
     } else {
       r.registrations += count
     }
@@ -120,21 +135,66 @@ public struct ReferenceTable: Sendable {
   /// sum then cannot overflow).
   public static let maxRegistrationsPerBorrower = 1 << 40
 
-  /// At the owner: `borrower` holds the ref (`count` more registrations). False (and
-  /// nothing changes) when the object already has `maxBorrowersPerObject` others.
+  /// At the owner: `borrower` (on `node`, when known) holds the ref (`count` more
+  /// registrations). False (and nothing changes) when the object already has
+  /// `maxBorrowersPerObject` others. A borrower known dead is not counted.
   @discardableResult
-  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, count: Int = 1) -> Bool {
+  public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, node: Data = Data(), count: Int = 1) -> Bool {
+    guard !dead.contains(borrower) else { return true }
     let held = refs[id]?.borrowers[borrower]
     guard held != nil || (refs[id]?.borrowers.count ?? 0) < Self.maxBorrowersPerObject else { return false }
     let total = (held ?? 0) + min(max(count, 0), Self.maxRegistrationsPerBorrower)
     refs[id, default: Reference(owned: true)].borrowers[borrower] = min(total, Self.maxRegistrationsPerBorrower)
+    borrowedBy[borrower, default: []].insert(id)
+    if !node.isEmpty, borrowerNode[borrower] == nil {
+      borrowerNode[borrower] = node
+      borrowersOn[node, default: []].insert(borrower)
+    }
     return true
   }
 
   public mutating func borrowerRemoved(_ id: ObjectID, _ borrower: WorkerID, count: Int) -> [Action] {
     guard var r = refs[id], let n = r.borrowers[borrower] else { return [] }
     r.borrowers[borrower] = n > count ? n - count : nil
+    if n <= count { unindex(borrower, id) }
     return update(id, r)
+  }
+
+  /// At the owner: these borrowers exited (a process that dies never removes its
+  /// registrations itself). What only they held goes.
+  public mutating func borrowersDied(_ workers: some Sequence<WorkerID>) -> [Action] {
+    var actions: [Action] = []
+    for w in workers where !dead.contains(w) {
+      dead.insert(w)
+      deadOrder.append(w)
+      if deadOrder.count > Self.deadBorrowersKept, let oldest = deadOrder.popFirst() { dead.remove(oldest) }
+      forgetNode(of: w)
+      for id in (borrowedBy.removeValue(forKey: w) ?? []).sorted(by: { $0.hex < $1.hex }) {
+        guard var r = refs[id] else { continue }
+        r.borrowers[w] = nil
+        actions += update(id, r)
+      }
+    }
+    return actions
+  }
+
+  /// At the owner: `node` died, and every borrower known to be on it with it.
+  public mutating func borrowersDied(onNode node: Data) -> [Action] {
+    borrowersDied(borrowersOn.removeValue(forKey: node).map { $0.sorted { $0.hex < $1.hex } } ?? [])
+  }
+
+  /// `borrower` no longer holds `id`.
+  private mutating func unindex(_ borrower: WorkerID, _ id: ObjectID) {
+    borrowedBy[borrower]?.remove(id)
+    guard borrowedBy[borrower]?.isEmpty == true else { return }
+    borrowedBy[borrower] = nil
+    forgetNode(of: borrower)
+  }
+
+  private mutating func forgetNode(of borrower: WorkerID) {
+    guard let node = borrowerNode.removeValue(forKey: borrower) else { return }
+    borrowersOn[node]?.remove(borrower)
+    if borrowersOn[node]?.isEmpty == true { borrowersOn[node] = nil }
   }
 
   public mutating func refEscaped(_ id: ObjectID) {

@@ -272,6 +272,10 @@ public struct LeaseQueue: Sendable {
     // was lost). They go now — else this round's commit would commit them too.
     let leftovers = Set((bundles[group] ?? [:]).filter { $0.value.added == nil && wanted[$0.key] == nil }.keys)
     if !leftovers.isEmpty { _ = bundlesReturned(group: group, only: leftovers) }
+    // Bundles an earlier round prepared and this one wants again (that round's answer
+    // was lost) are this round's claim now: reconciliation must not count them stale by
+    // the old round's time while the head is still placing them. Found by swiftray-sim.
+    for i in wanted.keys where bundles[group]?[i]?.added == nil { bundles[group]?[i]?.since = now }
     let fresh = wanted.filter { bundles[group]?[$0.key] == nil }
     let need = fresh.values.reduce(ResourceSet()) { $0 + $1 }
     guard available.contains(need) else { return false }
