@@ -25,7 +25,7 @@ public struct WorkerDeathLog: Sendable {
   public var end: UInt64 { first + UInt64(entries.count) }
 
   public mutating func died(_ worker: Data) {
-    guard !worker.isEmpty, worker.count <= 64 else { return }
+    guard WorkerID(binary: worker) != nil else { return }  // a peer's bytes
     entries.append(worker)
     if entries.count > Self.kept {
       entries.removeFirst()

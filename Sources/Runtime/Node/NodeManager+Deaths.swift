@@ -43,7 +43,10 @@ extension NodeManager {
   /// Every node death known here, then each new one, until the caller goes.
   public func subscribeNodeDeaths(request: Swiftray_SubscribeNodeDeathsRequest, response: RPCWriter<Swiftray_NodeDeath>,
                                   context: ServerContext) async throws {
-    let (stream, cont) = AsyncStream<Swiftray_NodeDeath>.makeStream()
+    // Bounded: a process that stops reading (stuck, or paused) cannot make this node
+    // hold every death since; one 20,000 messages behind (over an hour of batches of
+    // worker exits, one per report period) misses the newest.
+    let (stream, cont) = AsyncStream<Swiftray_NodeDeath>.makeStream(bufferingPolicy: .bufferingOldest(20_000))
     // Registered and the known deaths read in one critical section: each death reaches
     // the caller once, from this list or from `publishDeaths`.
     let (key, known) = state.withLock { s in

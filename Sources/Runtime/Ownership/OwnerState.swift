@@ -383,6 +383,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// A borrower (on `node`, when it said) registered; false when the object has too
   /// many borrowers already. One on a node known dead is not counted.
   public mutating func borrowerAdded(_ id: ObjectID, _ borrower: WorkerID, node: Data = Data(), count: Int) -> Bool {
+    // A peer's bytes: kept as a node id only when they are one.
+    let node = NodeID(binary: node) == nil ? Data() : node
     if !node.isEmpty, deadNodes[node] != nil { return true }
     return refs.borrowerAdded(id, borrower, node: node, count: count)
   }
