@@ -151,7 +151,7 @@ extension ControlService {
 
   /// A refused prepare (the node's view was stale) is tried again after a pause.
   func retryPlacementSoon() {
-    Clocks.current.schedule(after: .milliseconds(max(10, config.resourceReportPeriodMs))) { [self] in
+    clock.schedule(after: .milliseconds(max(10, config.resourceReportPeriodMs))) { [self] in
       placementKicks.yield()
     }
   }

@@ -54,11 +54,15 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let leaseOwner = WorkerID.random()
   /// Wakes the placement loop (one pass at a time; kicks while it runs coalesce).
   let placementKicks: AsyncStream<Void>.Continuation
+  /// Every timer and reading of time: the system's, or a simulation's `ManualClock`.
+  let clock: any RuntimeClock
 
   /// Its calls to NodeManagers and workers carry `auth`'s token.
   public init(group: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup, config: Config = Config(),
-              storage: any ControlStorage = InMemoryControlStorage(), auth: ClusterAuth) {
+              storage: any ControlStorage = InMemoryControlStorage(), auth: ClusterAuth,
+              clock: any RuntimeClock = Clocks.current) {
     self.group = group
+    self.clock = clock
     self.config = config
     self.storage = storage
     let log = self.log
@@ -77,8 +81,6 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       }
     }
   }
-
-  static func now() -> UInt64 { Clocks.current.now() }
 
   /// Closes connections to NodeManagers and workers; wakes every watcher.
   public func shutdown() {
@@ -110,7 +112,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let groups = try await storage.getAll(ControlTable.placementGroups).values.compactMap { try? Swiftray_PlacementGroupInfo(serializedBytes: $0) }
     performGroups(state.withLock { $0.groups.restore(groups) })
     let records = try await storage.getAll(ControlTable.actors).values.compactMap { try? Swiftray_ActorRecord(serializedBytes: $0) }
-    let now = Self.now()
+    let now = clock.now()
     perform(state.withLock { $0.actors.restore(records, now: now) })
   }
 
@@ -138,7 +140,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let loop = Task { [self] in
       let period = max(10, config.healthCheckPeriodMs)
       while !Task.isCancelled {
-        await Clocks.current.sleep(for: .milliseconds(period))
+        await clock.sleep(for: .milliseconds(period))
         let checks = state.withLock { $0.closed ? [] : $0.nodes.health.tick() }
         for case .check(let id) in checks { check(id, periodMs: period) }
       }
@@ -396,9 +398,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       case .full(let a):
         // Answered with the state as it is, but only after a pause (up to 1 s): the
         // caller asks again, and must not spin against a full table.
-        Clocks.current.schedule(after: .milliseconds(min(ms, 1_000))) { c.resume(returning: a) }
+        clock.schedule(after: .milliseconds(min(ms, 1_000))) { c.resume(returning: a) }
       case .wait(let token):
-        Clocks.current.schedule(after: .milliseconds(ms)) { [self] in
+        clock.schedule(after: .milliseconds(ms)) { [self] in
           let (waiter, answer) = state.withLock { expire(&$0, token) }
           waiter?.resume(returning: answer)
         }
@@ -472,7 +474,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let shape = ResourceSet(proto: spec.resources).union(ResourceSet(proto: spec.actorCreation.placementResources))
     let spread = SchedulingKey(shape: shape, proto: spec.strategy).strategy == .spread
     guard let (node, pinned) = placementNode(shape, spread: spread), nodeClient(node) != nil else {
-      let now = Self.now()
+      let now = clock.now()
       perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
       return
     }
@@ -490,7 +492,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.taskName = spec.name
       let (reply, answered) = await leases.request(req, at: node)
       let node = answered ?? node
-      let now = Self.now()
+      let now = clock.now()
       let actions: [ActorDirectory.Action] = state.withLock { [node, reply] s in
         guard let reply else { return s.actors.leaseRequestFailed(id, now: now) }
         switch reply.status {
@@ -535,12 +537,12 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let delay: UInt64? = state.withLock { s in
       guard !s.tickArmed, !s.closed, let d = s.actors.nextDeadline() else { return nil }
       s.tickArmed = true
-      let now = Self.now()
+      let now = clock.now()
       return d > now ? d - now : 0
     }
     guard let delay else { return }
-    Clocks.current.schedule(after: .nanoseconds(delay + 1000)) { [self] in
-      let now = Self.now()
+    clock.schedule(after: .nanoseconds(delay + 1000)) { [self] in
+      let now = clock.now()
       let actions = state.withLock { s -> [ActorDirectory.Action] in
         s.tickArmed = false
         s.actors.trimDead(keep: 10_000)

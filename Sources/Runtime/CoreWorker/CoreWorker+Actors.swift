@@ -85,7 +85,7 @@ extension CoreWorker {
 
   /// A creation refused by the head (a taken name): its constructor never runs.
   func abandonCreation(_ tid: TaskID) {
-    let now = Self.now()
+    let now = self.now()
     owner { $0.creationAbandoned(tid, now: now) }
   }
 
@@ -158,7 +158,7 @@ extension CoreWorker {
     case .create(let tid): _ = registerActor(tid, sync: false)
     case .call(.push(let tid, let addr, let incarnation)): pushActorCall(tid, addr, incarnation)
     case .call(.fail(let tid, let error)):
-      let now = Self.now()
+      let now = self.now()
       owner { $0.taskFailed(tid, error: error, now: now) }
     case .call(.watch(let actor, let after)): watchActor(actor, after: after)
     case .call(.warnPending(let actor, let detail)):
@@ -170,7 +170,7 @@ extension CoreWorker {
   /// Sends the resolved constructor to the ControlService. `sync`: waits for the answer
   /// (GIL released by the caller) and returns the refusal, if any.
   func registerActor(_ tid: TaskID, sync: Bool) -> SwiftrayError? {
-    let now = Self.now()
+    let now = self.now()
     guard let spec = owner({ $0.constructorReady(tid, now: now) }) else { return nil }
     return sendCreateActor(tid, spec, awaitingArguments: false, sync: sync)
   }
@@ -224,7 +224,7 @@ extension CoreWorker {
   func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
     guard let spec = state.withLock({ $0.tasks.spec(tid) }) else { return }
     send(tid, spec, to: addr) { [self] reply in
-      let now = Self.now()
+      let now = self.now()
       owner { $0.actorCallReplied(tid, incarnation: incarnation, reply: reply, now: now) }
     } lost: { [self] in
       owner { $0.actorCallLost(tid, incarnation: incarnation) }
@@ -252,7 +252,7 @@ extension CoreWorker {
             // Not registered yet (its creator's announcement may be on its way): wait, bounded.
             unknownFor += 1
             if unknownFor < 30 {
-              await Clocks.current.sleep(for: .milliseconds(50))
+              await clock.sleep(for: .milliseconds(50))
               continue
             }
             owner { $0.actorWatchFailed(actor, detail:
@@ -262,7 +262,7 @@ extension CoreWorker {
           }
         } catch {
           if state.withLock({ $0.shuttingDown }) { return }
-          await Clocks.current.sleep(for: .milliseconds(200))
+          await clock.sleep(for: .milliseconds(200))
           owner { $0.actorWatchFailed(actor, detail: "\(error)", unknown: false) }
         }
         return

@@ -15,7 +15,7 @@ extension CoreWorker {
   /// failure mapped to the runtime's error naming the method and the endpoint. While
   /// the head is unreachable it is tried again, for `controlPatience`.
   func callControl<T: Sendable>(_ method: String, timeout: Duration = .seconds(30),
-                                _ body: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> T) throws -> T {
+                                _ body: @escaping @Sendable (Swiftray_ControlService.Client<ControlPlane.Transport>) async throws -> T) throws -> T {
     let c = control
     let patience = controlPatience
     return try blockingAwait(timeout: timeout + patience) {

@@ -25,7 +25,7 @@ extension CoreWorker {
       send(tid, spec, to: worker, gpuIDs: gpus, lease: (lease.leaseID, grant)) { [self] reply in
         taskReplied(tid, lease: lease, reply: reply)
       } lost: { [self] in
-        let now = Self.now()
+        let now = self.now()
         owner { $0.workerLost(leaseID: lease.leaseID, now: now) }
       }
     case .giveBack(let leaseID, let disconnect, let node):
@@ -61,7 +61,7 @@ extension CoreWorker {
       req.jobID = Data(job.binary)
       if let preferred { req.preferredNode = preferred }
       let (reply, node) = await leases.request(req)
-      let now = Self.now()
+      let now = self.now()
       self.owner { $0.leaseReplied(requestID, reply, node: node, now: now) }
     }
   }
@@ -114,7 +114,7 @@ extension CoreWorker {
   }
 
   func taskReplied(_ tid: TaskID, lease: NormalTaskSubmitter.GrantedLease, reply: Swiftray_PushTaskReply) {
-    let now = Self.now()
+    let now = self.now()
     let lostNodes = owner { $0.taskReplied(tid, leaseID: lease.leaseID, reply: reply, now: now) }
     if let lostNodes { argumentsLost(tid, nodes: lostNodes, detail: reply.lostDetail) }
   }
@@ -133,7 +133,7 @@ extension CoreWorker {
       let how = cause?.found == true ? cause!.exit.detail
         : nodeDeath.map { "worker \(lease.worker.hex.prefix(12)) was on \($0)" }
         ?? "worker \(lease.worker.hex.prefix(12)) died (its exit status is unknown)"
-      let now = Self.now()
+      let now = self.now()
       owner { $0.tasksLostWithWorker(tids, how: how, now: now) }
     }
   }

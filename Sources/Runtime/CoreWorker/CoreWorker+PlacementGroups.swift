@@ -78,7 +78,7 @@ extension CoreWorker {
   /// `afterGroupOps` with one ControlService call, tried again while the head is
   /// unreachable (it may be restarting); a failure in the end is warned about.
   func groupCall(_ id: PlacementGroupID, _ what: String, method: String,
-                 _ call: @escaping @Sendable (Swiftray_ControlService.Client<HTTP2ClientTransport.Posix>) async throws -> Void) {
+                 _ call: @escaping @Sendable (Swiftray_ControlService.Client<ControlPlane.Transport>) async throws -> Void) {
     let c = control
     let patience = controlPatience
     let log = warn
@@ -135,9 +135,9 @@ extension CoreWorker {
   /// Waits (bounded by `timeoutNanos`) until the group is created or removed, or is
   /// known not to fit the nodes there are. Returns its info then (nil: unknown group).
   public func waitPlacementGroup(_ id: PlacementGroupID, timeoutNanos: UInt64) throws -> PlacementGroupInfo? {
-    let deadline = Self.now() &+ min(timeoutNanos, UInt64(Int64.max) / 2)
+    let deadline = self.now() &+ min(timeoutNanos, UInt64(Int64.max) / 2)
     while true {
-      let now = Self.now()
+      let now = self.now()
       let left = deadline > now ? deadline - now : 0
       var req = Swiftray_WaitPlacementGroupRequest()
       req.placementGroupID = Data(id.binary)
@@ -148,7 +148,7 @@ extension CoreWorker {
       }
       guard reply.found else { return nil }
       let g = reply.group
-      if g.state == .created || g.state == .removed || Self.now() >= deadline { return g }
+      if g.state == .created || g.state == .removed || self.now() >= deadline { return g }
       if g.infeasible { return g }
     }
   }
@@ -173,14 +173,14 @@ extension CoreWorker {
         guard let r = try? await ControlPlane.whileUnavailable(patience: patience, { [req] in
           try await Swiftray_ControlService.Client(wrapping: c.client).waitPlacementGroup(req)
         }) else {
-          await Clocks.current.sleep(for: .milliseconds(200))
+          await clock.sleep(for: .milliseconds(200))
           continue
         }
         let g = r.group
         if !r.found && unknown < 50 {
           // Made by another process whose registration may still be on its way.
           unknown += 1
-          await Clocks.current.sleep(for: .milliseconds(100))
+          await clock.sleep(for: .milliseconds(100))
           continue
         }
         if !r.found || g.state == .removed {
@@ -201,7 +201,7 @@ extension CoreWorker {
           warn("Placement group \(which) has waited 10 s to be placed: \(g.detail.isEmpty ? "no room yet" : g.detail). "
             + "ready() waits until resources free up or nodes join.")
         }
-        if g.infeasible { await Clocks.current.sleep(for: .milliseconds(500)) }
+        if g.infeasible { await clock.sleep(for: .milliseconds(500)) }
       }
     }
     return oid

@@ -12,12 +12,12 @@ extension CoreWorker {
     guard !d.nodeID.isEmpty else {
       // No node died: workers exited somewhere (they borrow nothing any more).
       let workers = d.deadWorkers.prefix(WorkerDeathLog.maxPerAnswer).compactMap { WorkerID(binary: $0) }
-      let now = Self.now()
+      let now = self.now()
       return owner { $0.borrowersDied(workers, now: now) }
     }
     let short = NodeID(binary: d.nodeID)?.hex.prefix(12) ?? "?"
     let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
-    let now = Self.now()
+    let now = self.now()
     let here = (node: Data(options.nodeID.binary), store: objectStore.remoteAddress)
     owner { $0.nodeDied(d.nodeID, nodeManagers: [d.nodeManagerAddress, d.nodeManagerEndpoint], why: why, here: here, now: now) }
   }
@@ -26,7 +26,7 @@ extension CoreWorker {
   /// (dropped for room meanwhile), the owner rebuilds the object after all.
   func promote(_ ids: [ObjectID], why: String) {
     objectStore.promote(ids) { [self] ok in
-      let now = Self.now()
+      let now = self.now()
       owner { $0.promotionsEnded(ids, ok: ok, why: why, now: now) }
     }
   }
@@ -36,12 +36,12 @@ extension CoreWorker {
   /// (the arguments are then being rebuilt, or hold the error saying why not), `t` is
   /// resolved and sent again; if no verdict comes, it fails with the reason.
   func argumentsLost(_ t: TaskID, nodes: Set<Data>, detail: String) {
-    let deadline = Self.now() + verdictNanos
+    let deadline = self.now() + verdictNanos
     Task { [self] in
-      while !state.withLock({ $0.declaredDead(nodes) }) && Self.now() < deadline {
-        await Clocks.current.sleep(for: .milliseconds(50))
+      while !state.withLock({ $0.declaredDead(nodes) }) && self.now() < deadline {
+        await clock.sleep(for: .milliseconds(50))
       }
-      let now = Self.now()
+      let now = self.now()
       owner { $0.argumentsVerdict(t, nodes: nodes, detail: detail, now: now) }
     }
   }
@@ -81,10 +81,10 @@ extension CoreWorker {
     // its task returns from lineage right away.
     if o.storeNode == Data(options.nodeID.binary) { return try rebuiltAfterLocalLoss(id, from: o) }
     LockDiscipline.mayBlock("waiting for a node's verdict")
-    let deadline = Self.now() + verdictNanos
+    let deadline = self.now() + verdictNanos
     let node: Set<Data> = [o.storeNode]
     while !state.withLock({ $0.declaredDead(node) }) {
-      if Self.now() > deadline { return nil }
+      if self.now() > deadline { return nil }
       usleep(50_000)
     }
     guard owner({ $0.readFailedOnDeadNode(id, lostNode: o.storeNode) }) else { return nil }
@@ -98,7 +98,7 @@ extension CoreWorker {
   func rebuiltAfterLocalLoss(_ id: ObjectID, from o: Swiftray_RayObject) throws(SwiftrayError) -> Swiftray_RayObject? {
     // A put object cannot be rebuilt: the reader gets the store's error, naming the file.
     if id.isPut { return nil }
-    let now = Self.now()
+    let now = self.now()
     guard owner({ $0.localCopyLost(id, was: o, why: "its spill file on this node could not be read back whole", now: now) })
     else { return nil }
     return try awaitNewCopy(id, elsewhereThan: nil)

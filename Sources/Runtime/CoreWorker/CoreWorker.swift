@@ -34,6 +34,11 @@ public final class CoreWorker: Sendable {
     /// A worker's: its node's lease-grant key (pushed tasks run only under its grants);
     /// nil for a driver, which runs no pushed task.
     public var leaseGrants: LeaseGrants?
+    /// Where its data plane listens (nil: a Unix socket in the session directory; a
+    /// `MemoryNetwork` name for a process simulated in a test's).
+    public var listen: Endpoint? = nil
+    /// Every timer and reading of time: the system's, or a simulation's `ManualClock`.
+    public var clock: any RuntimeClock = Clocks.current
     public init(isDriver: Bool, workerID: WorkerID, nodeID: NodeID, nodeManager: Endpoint, control: Endpoint,
                 sessionDir: String, config: Config, nodeIP: String? = nil, auth: ClusterAuth, leaseGrants: LeaseGrants? = nil) {
       self.isDriver = isDriver; self.workerID = workerID; self.nodeID = nodeID; self.nodeManager = nodeManager
@@ -138,7 +143,7 @@ public final class CoreWorker: Sendable {
     objectStore = try StoreClient(endpoint: ObjectStore.endpoint(sessionDir: options.sessionDir), pool: pool,
                                   onUnreachable: options.isDriver ? nil : Self.exitStoreGone)
     let sockDir = SessionPaths.socketDir(options.sessionDir)
-    let endpoint = Endpoint.unix("\(sockDir)/\(options.isDriver ? "d" : "w")-\(options.workerID.hex.prefix(16)).sock")
+    let endpoint = options.listen ?? Endpoint.unix("\(sockDir)/\(options.isDriver ? "d" : "w")-\(options.workerID.hex.prefix(16)).sock")
     if case .unix(let path) = endpoint, path.utf8.count > 103 {
       throw SwiftrayError(.invalidArgument, "The session directory \(options.sessionDir) is too long for Unix socket "
         + "paths (\(path.utf8.count) bytes; the limit is 103): use a shorter temp dir.")
@@ -162,7 +167,7 @@ public final class CoreWorker: Sendable {
     state = Locked(Owner(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
                          idGen: TaskIDGenerator(job: job), selfAddress: addr, maxLineageBytes: options.config.maxLineageBytes))
     executor = TaskExecutor(workerID: options.workerID, grants: options.leaseGrants,
-                            maxQueued: options.config.maxQueuedTasksPerWorker)
+                            maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock)
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
@@ -219,7 +224,9 @@ public final class CoreWorker: Sendable {
     s.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) }
   }
 
-  static func now() -> UInt64 { Clocks.current.now() }
+  /// Time as this process sees it (`Options.clock`).
+  var clock: any RuntimeClock { options.clock }
+  func now() -> UInt64 { options.clock.now() }
 
   public static func errorObject(_ code: SwiftrayError.Code, _ message: String) -> Swiftray_RayObject {
     Owner.errorObject(code, message)
@@ -277,7 +284,7 @@ public final class CoreWorker: Sendable {
   /// The common path of every submission (`OwnerState.taskSubmitted`).
   func submit(_ spec: Swiftray_TaskSpec, args: [TaskArgument], kind: Owner.TaskKind) throws(SwiftrayError) -> (task: TaskID, returns: [ObjectID]) {
     let parent = runningTask
-    let now = Self.now()
+    let now = self.now()
     let admitted = state.withLock { $0.taskSubmitted(spec, args: args, kind: kind, parent: parent, now: now) }
     let (tid, returns, effects) = try admitted.get()
     perform(effects)
@@ -324,12 +331,12 @@ public final class CoreWorker: Sendable {
   }
 
   public func addLocalRef(_ id: ObjectID, owner: Swiftray_Address?) {
-    let now = Self.now()
+    let now = self.now()
     self.owner { $0.localRefAdded(id, owner: owner, now: now) }
   }
 
   public func removeLocalRef(_ id: ObjectID) {
-    let now = Self.now()
+    let now = self.now()
     owner { $0.localRefRemoved(id, now: now) }
   }
 
@@ -347,7 +354,7 @@ public final class CoreWorker: Sendable {
   @discardableResult
   public func cancel(_ id: ObjectID, force: Bool) -> Bool {
     let tid = id.task
-    let now = Self.now()
+    let now = self.now()
     let step = owner { $0.cancelRequested(tid, now: now) }
     switch step {
     case .finished, .pending: return false
@@ -471,7 +478,7 @@ public final class CoreWorker: Sendable {
       responder.respond(.ack(.init()))
     case .removeBorrower(let req):
       if let id = ObjectID(binary: req.objectID), let b = WorkerID(binary: req.borrowerID), req.count > 0 {
-        let now = Self.now()
+        let now = self.now()
         owner { $0.borrowerRemoved(id, b, count: Int(req.count), now: now) }
       }
       responder.respond(.ack(.init()))
@@ -536,7 +543,7 @@ public final class CoreWorker: Sendable {
         obj = Self.errorObject(.ownerDied,
           "The owner of object \(id.hex) (worker \(WorkerID(binary: owner.workerID)?.hex.prefix(12) ?? "?"), pid \(owner.pid)) died or is unreachable: \(e.message).")
       }
-      let now = Self.now()
+      let now = self.now()
       self.owner { $0.fetchEnded(id, obj, now: now) }
     }
   }
@@ -544,7 +551,7 @@ public final class CoreWorker: Sendable {
   /// Stores values (or error objects) and wakes whoever waited for them: local `get`s,
   /// tasks whose arguments they were, borrowers that asked.
   func objectsArrived(_ objs: [(ObjectID, Swiftray_RayObject)]) {
-    let now = Self.now()
+    let now = self.now()
     owner { $0.objectsArrived(objs, now: now) }
   }
 
@@ -600,8 +607,8 @@ public final class CoreWorker: Sendable {
   /// Runs the owner's `tick` at `deadline` (idle leases, retries): the owner keeps one
   /// timer armed for its next deadline (`Effects.armTick`).
   func armTick(_ deadline: UInt64) {
-    Clocks.current.schedule(after: .nanoseconds(Clocks.current.nanos(until: deadline) + 1000)) { [self] in
-      let now = Self.now()
+    clock.schedule(after: .nanoseconds(clock.nanos(until: deadline) + 1000)) { [self] in
+      let now = self.now()
       owner { $0.tick(now: now) }
     }
   }

@@ -33,8 +33,11 @@ final class TaskExecutor: Sendable {
   /// Set by the language layer: interrupts the task running on the main thread.
   let interruptRunningTask = Locked<(@Sendable () -> Void)?>(nil)
 
-  init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int) {
+  let clock: any RuntimeClock
+
+  init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int, clock: any RuntimeClock = Clocks.current) {
     self.workerID = workerID
+    self.clock = clock
     self.maxQueued = maxQueued
     state = Locked(State(leaseGate: LeaseGate(grants: grants, worker: Data(workerID.binary))))
   }
@@ -49,7 +52,7 @@ final class TaskExecutor: Sendable {
     let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
     let owner = req.spec.hasActorCreation ? req.leaseOwner : req.spec.owner.workerID
     let maxQueued = maxQueued
-    let now = Clocks.current.now()
+    let now = clock.now()
     let (verdict, held): (LeaseGate.Verdict, Int?) = state.withLock { s in
       var verdict = LeaseGate.Verdict.admit
       if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
@@ -139,7 +142,7 @@ final class TaskExecutor: Sendable {
     }) else { return }
     interruptRunningTask.withLock { $0 }?()
     // The interrupt takes the GIL: off the timer's event loop, onto a thread that may wait.
-    Clocks.current.schedule(after: .milliseconds(200)) { [weak self] in
+    clock.schedule(after: .milliseconds(200)) { [weak self] in
       guard let executor = self else { return }
       DispatchQueue.global().async { executor.interruptUntilStopped(tid, tries: tries - 1) }
     }

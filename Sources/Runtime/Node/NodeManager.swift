@@ -27,6 +27,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// The cluster's token: its calls carry it, and its workers get it (in their
     /// environment, never on a command line).
     public var auth: ClusterAuth
+    /// Where its gRPC service is served (nil: the Unix socket in its session directory;
+    /// a `MemoryNetwork` name when several nodes run in one process).
+    public var endpoint: Endpoint? = nil
+    /// Seeds the random choices of routing (SPREAD ties, spillback): nil draws a seed.
+    public var seed: UInt64? = nil
     public init(nodeID: NodeID, resources: ResourceSet, sessionDir: String, workerExecutable: String,
                 workerEnvironment: [String: String], controlEndpoint: Endpoint, config: Config, prestartWorkers: Int,
                 auth: ClusterAuth) {
@@ -62,14 +67,17 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// Drivers of other processes connected to this node, watched so that their
     /// non-detached actors die with them even when they exit without saying so.
     /// The other nodes as the ControlService last described them (for spillback).
-    var cluster = ClusterView(rng: SystemRandomNumberGenerator())
+    var cluster: ClusterView<SeededRandom>
     var shuttingDown = false
   }
 
   public let options: Options
   /// This node's shared-memory object store.
   public let store: ObjectStore
-  public var endpoint: Endpoint { Endpoint.unix(SessionPaths.socket(options.sessionDir, "raylet.sock")) }
+  public var endpoint: Endpoint { options.endpoint ?? Endpoint.unix(SessionPaths.socket(options.sessionDir, "raylet.sock")) }
+  /// Every timer and reading of time but the blocking shutdown's: the system's, or a
+  /// simulation's `ManualClock`.
+  let clock: any RuntimeClock
   let state: Locked<State>
   let log = Logger(label: "swiftray.node")
   /// The head's ControlService (one client, made on first use).
@@ -80,26 +88,32 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// Called once when the ControlService stays unreachable (see `syncClusterView`).
   public let controlLost = Locked<(@Sendable (String) -> Void)?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
-  nonisolated(unsafe) var monitor: ProcessMonitor!  // set once in init, before any use
+  nonisolated(unsafe) var monitor: (any WorkerLauncher)!  // set once in init, before any use
   /// This node's lease-grant key (a fresh one per daemon), and what it signs with.
   let leaseKey = LeaseGrants.generateKey()
   let leaseGrants: LeaseGrants
 
-  public init(options: Options, store: ObjectStore) {
+  /// `launcher`: how workers start (nil: processes, `ProcessMonitor`).
+  public init(options: Options, store: ObjectStore, clock: any RuntimeClock = Clocks.current,
+              launcher: WorkerLauncherFactory? = nil) {
     self.options = options
+    self.clock = clock
     self.store = store
     leaseGrants = LeaseGrants(hex: leaseKey)!
     control = ControlClients(group: .singletonMultiThreadedEventLoopGroup, auth: options.auth)
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
     state = Locked(State(queue: LeaseQueue(total: options.resources, limits: limits,
-                                          firstLeaseID: UInt64.random(in: 1 ... (1 << 48)) << 12)))
+                                          firstLeaseID: UInt64.random(in: 1 ... (1 << 48)) << 12),
+                         cluster: ClusterView(rng: SeededRandom(seed: options.seed ?? .random(in: 0 ... .max)))))
     let (reports, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     controlReports = cont
     Task { for await job in reports { await job() } }
-    monitor = ProcessMonitor(
-      onOutput: { [weak self] pid, isErr, lines in self?.workerOutput(pid: pid, isErr: isErr, lines: lines) },
-      onExit: { [weak self] status in self?.workerExited(status) })
+    let onOutput: ProcessMonitor.OutputHandler = { [weak self] pid, isErr, lines in
+      self?.workerOutput(pid: pid, isErr: isErr, lines: lines)
+    }
+    let onExit: ProcessMonitor.ExitHandler = { [weak self] status in self?.workerExited(status) }
+    monitor = launcher?(onOutput, onExit) ?? ProcessMonitor(onOutput: onOutput, onExit: onExit)
   }
 
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
@@ -131,7 +145,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// (fenced): `controlLost` runs once with the reason (the daemon then stops; its
   /// workers would serve a cluster that is gone, or work already moved elsewhere).
   func syncClusterView() async {
-    let clock = Clocks.current
     var lastContact = clock.now()
     let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS)).clampedNanoseconds
     while !state.withLock({ $0.shuttingDown }) {
@@ -170,7 +183,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         }
         await refreshClusterView(client)
       }
-      await Clocks.current.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
+      await clock.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
     }
   }
 
@@ -474,7 +487,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func prepareBundles(request: Swiftray_PrepareBundlesRequest, context: ServerContext) async throws -> Swiftray_PrepareBundlesReply {
     var r = Swiftray_PrepareBundlesReply()
     var actions: [LeaseQueue.Action] = []
-    let now = Clocks.current.now()
+    let now = clock.now()
     state.withLock { s in
       for g in request.groups {
         guard let group = PlacementGroupID(binary: g.placementGroupID)?.hex else { r.prepared.append(false); continue }
@@ -501,7 +514,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       listed[hex, default: []].formUnion(h.indices.prefix(Self.maxListed).filter { $0 >= 0 }.map(Int.init))
     }
     let leases = Set(reply.controlLeases.prefix(Self.maxListed))
-    let now = Clocks.current.now(), grace = holdingsGraceNanos
+    let now = clock.now(), grace = holdingsGraceNanos
     perform(state.withLock { s in
       s.queue.bundlesReconciled(listed: listed, now: now, grace: grace)
         + s.queue.controlLeasesReconciled(listed: leases, now: now, grace: grace)
@@ -511,7 +524,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
     let groups = request.placementGroupIds.compactMap { PlacementGroupID(binary: $0)?.hex }
-    let now = Clocks.current.now()
+    let now = clock.now()
     perform(state.withLock { s in groups.flatMap { s.queue.bundlesCommitted(group: $0, now: now) } })
     return Swiftray_CommitBundlesReply()
   }
@@ -597,7 +610,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         r.exit = info
         return r
       }
-      await Clocks.current.sleep(for: .milliseconds(10))
+      await clock.sleep(for: .milliseconds(10))
     }
     return r
   }
@@ -661,8 +674,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for c in taken.deaths { c.finish() }
     let (pids, subs) = (taken.pids, taken.logs)
     for p in pids { monitor.signal(p, SIGTERM) }
-    // A blocking wait on the caller's own thread (polling the monitor), not a timer.
-    let clock = Clocks.current
+    // A blocking wait on the caller's own thread (polling the monitor), not a timer:
+    // real time even under a simulation's clock, which nothing advances meanwhile.
+    let clock = SystemClock()
     let deadline = clock.deadline(after: grace)
     while !monitor.livePids.isEmpty && clock.now() < deadline { usleep(5_000) }
     for p in monitor.livePids { monitor.signal(p, SIGKILL) }

@@ -14,6 +14,7 @@ public final class ProcessMonitor: Sendable {
     /// Valid when `signal == 0`.
     public var exitCode: Int32
     public var signal: Int32
+    public init(pid: Int32, exitCode: Int32, signal: Int32) { self.pid = pid; self.exitCode = exitCode; self.signal = signal }
   }
   public typealias OutputHandler = @Sendable (_ pid: Int32, _ isErr: Bool, _ lines: [String]) -> Void
   public typealias ExitHandler = @Sendable (ExitStatus) -> Void

@@ -5,16 +5,19 @@ import GRPCNIOTransportHTTP2
 import NIOPosix
 import Synchronization
 
-/// The control plane (DESIGN §5): gRPC servers and clients over Unix sockets or TCP.
+/// The control plane (DESIGN §5): gRPC servers and clients over Unix sockets or TCP
+/// (or a `MemoryNetwork` in one process: `ControlClientTransport`).
 /// The one place that turns RPC failures into `SwiftrayError`s.
 public enum ControlPlane {
-  public typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+  public typealias Client = GRPCClient<ControlClientTransport>
+  public typealias Transport = ControlClientTransport
 
   /// A running gRPC server. Threading: any thread.
   public final class Server: Sendable {
-    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let server: GRPCServer<ControlServerTransport>
     let task: Task<Void, Never>
     public let endpoint: Endpoint
+    let memory: MemoryServerTransport?
 
     /// Stops accepting, lets in-flight RPCs finish (bounded), removes the socket.
     /// Blocks: call from a thread of your own, never from a Task or an event loop.
@@ -23,11 +26,16 @@ public enum ControlPlane {
       server.beginGracefulShutdown()
       let t = task
       _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
-      if case .unix(let p) = endpoint { unlink(p) }
+      switch endpoint {
+      case .unix(let p): unlink(p)
+      case .memory(let name): memory.map { MemoryNetwork.shared.closeControl(name, $0) }
+      case .tcp: break
+      }
     }
 
-    init(server: GRPCServer<HTTP2ServerTransport.Posix>, task: Task<Void, Never>, endpoint: Endpoint) {
-      self.server = server; self.task = task; self.endpoint = endpoint
+    init(server: GRPCServer<ControlServerTransport>, task: Task<Void, Never>, endpoint: Endpoint,
+         memory: MemoryServerTransport? = nil) {
+      self.server = server; self.task = task; self.endpoint = endpoint; self.memory = memory
     }
   }
 
@@ -42,12 +50,19 @@ public enum ControlPlane {
       unlink(p)
       address = .unixDomainSocket(path: p)
     case .tcp(let h, let p): address = .ipv4(host: h, port: p)
+    case .memory(let name):
+      let memory = MemoryServerTransport()
+      try MemoryNetwork.shared.serveControl(name, memory)
+      let server = GRPCServer(transport: ControlServerTransport(kind: .memory(memory)), services: services,
+                              interceptors: [BearerTokenCheck(auth: auth)])
+      return Server(server: server, task: Task { _ = try? await server.serve() }, endpoint: endpoint, memory: memory)
     }
     let transport = HTTP2ServerTransport.Posix(address: address,
                                                transportSecurity: auth.tls(for: endpoint)?.grpcServerSecurity ?? .plaintext,
                                                config: serverConfig(NetworkLimits.current),
                                                eventLoopGroup: group)
-    let server = GRPCServer(transport: transport, services: services, interceptors: [BearerTokenCheck(auth: auth)])
+    let server = GRPCServer(transport: ControlServerTransport(kind: .http2(transport)), services: services,
+                            interceptors: [BearerTokenCheck(auth: auth)])
     let task = Task { _ = try? await server.serve() }
     let bound = try await transport.listeningAddress
     if case .unix(let p) = endpoint { chmod(p, 0o600) }  // this user's processes only
@@ -136,7 +151,12 @@ public enum ControlPlane {
   public static func connect(_ endpoint: Endpoint, group: MultiThreadedEventLoopGroup, auth: ClusterAuth) throws -> Connection {
     LockDiscipline.mustNotHoldLock("ControlPlane.connect")
     let target: any ResolvableTarget
+    let interceptors: [any ClientInterceptor] = auth.bearer.map { [BearerToken(value: $0)] } ?? []
     switch endpoint {
+    case .memory(let name):
+      let client = GRPCClient(transport: ControlClientTransport(kind: .memory(MemoryClientTransport(name: name, network: .shared))),
+                              interceptors: interceptors)
+      return Connection(client: client, task: Task { _ = try? await client.runConnections() }, endpoint: endpoint)
     case .unix(let p): target = .unixDomainSocket(path: p)
     case .tcp(let h, let p):
       // An IP literal as such: a DNS target would put it in TLS's SNI, which refuses IPs.
@@ -153,7 +173,7 @@ public enum ControlPlane {
     let transport = try HTTP2ClientTransport.Posix(target: target,
                                                    transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
                                                    config: config, eventLoopGroup: group)
-    let client = GRPCClient(transport: transport, interceptors: auth.bearer.map { [BearerToken(value: $0)] } ?? [])
+    let client = GRPCClient(transport: ControlClientTransport(kind: .http2(transport)), interceptors: interceptors)
     let task = Task { _ = try? await client.runConnections() }
     return Connection(client: client, task: task, endpoint: endpoint)
   }

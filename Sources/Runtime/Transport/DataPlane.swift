@@ -118,25 +118,42 @@ final class AuthGate: ChannelInboundHandler, RemovableChannelHandler {
 
 /// Replies to one request. Threading: may be used from any thread, once.
 public struct DataPlaneResponder: Sendable {
-  let channel: Channel
+  /// Where the reply goes: the request's connection, or its `MemoryNetwork` caller.
+  enum Peer: Sendable {
+    case channel(Channel)
+    case memory(MemoryReply)
+  }
+  let peer: Peer
   let id: UInt64
+
+  init(channel: Channel, id: UInt64) { peer = .channel(channel); self.id = id }
+  init(memory: MemoryReply) { peer = .memory(memory); id = memory.id }
+
   public func respond(_ body: Swiftray_DataFrame.OneOf_Body) {
     LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
-    guard var buf = DataPlane.encode(f, allocator: channel.allocator) else { return }
+    guard var buf = DataPlane.encode(f, allocator: allocator) else { return }
     if let why = DataPlane.tooLarge(buf.readableBytes) {
       // The requester gets an error it can show instead of a connection its peer closes.
       f.body = .error(.with { $0.message = why })
-      guard let small = DataPlane.encode(f, allocator: channel.allocator) else { return }
+      guard let small = DataPlane.encode(f, allocator: allocator) else { return }
       buf = small
     }
-    channel.writeAndFlush(NIOAny(buf), promise: nil)
+    switch peer {
+    case .channel(let channel): channel.writeAndFlush(NIOAny(buf), promise: nil)
+    case .memory(let reply): DataPlane.decode(buf).map { reply.send($0, payload: nil) }
+    }
   }
 
   /// Allocates buffers for `respond(_:payload:)` on this connection.
-  public var allocator: ByteBufferAllocator { channel.allocator }
+  public var allocator: ByteBufferAllocator {
+    switch peer {
+    case .channel(let channel): return channel.allocator
+    case .memory: return ByteBufferAllocator()
+    }
+  }
 
   /// Replies with raw bytes after the frame (an object chunk): both frames are written
   /// in one event-loop task, so no other reply lands between them.
@@ -146,10 +163,13 @@ public struct DataPlaneResponder: Sendable {
     f.id = id
     f.body = body
     f.payloadSize = UInt64(max(payload.readableBytes, 1))
-    guard let header = DataPlane.encode(f, allocator: channel.allocator) else { return }
+    guard case .channel(let ch) = peer else {
+      if case .memory(let reply) = peer { reply.send(f, payload: payload) }
+      return
+    }
+    guard let header = DataPlane.encode(f, allocator: ch.allocator) else { return }
     // An empty payload still sends one byte so the receiver's frame pairing holds.
-    let raw = payload.readableBytes > 0 ? payload : channel.allocator.buffer(bytes: [0])
-    let ch = channel
+    let raw = payload.readableBytes > 0 ? payload : ch.allocator.buffer(bytes: [0])
     ch.eventLoop.execute {
       ch.write(NIOAny(header), promise: nil)
       ch.writeAndFlush(NIOAny(raw), promise: nil)
@@ -157,11 +177,13 @@ public struct DataPlaneResponder: Sendable {
   }
 }
 
-/// Serves requests on a Unix socket or TCP port. The handler is called on a NIO event
-/// loop thread and must not block: it answers through the responder, now or later.
+/// Serves requests on a Unix socket or TCP port (or a `MemoryNetwork` name). The handler
+/// is called on a NIO event loop thread and must not block: it answers through the
+/// responder, now or later.
 public final class DataPlaneServer: Sendable {
   public typealias Handler = @Sendable (Swiftray_DataFrame, DataPlaneResponder) -> Void
-  let channel: Channel
+  /// The listening socket (nil on a memory endpoint).
+  let channel: Channel?
   public let endpoint: Endpoint
   /// Caps this listener's open connections (`max_connections_per_listener`).
   let limiter: ConnectionLimiter
@@ -204,14 +226,23 @@ public final class DataPlaneServer: Sendable {
       chmod(path, 0o600)  // this user's processes only (its folder is 0700 too)
       self.endpoint = endpoint
     case .tcp(let host, let port):
-      channel = try bootstrap.bind(host: host, port: port).wait()
-      self.endpoint = .tcp(host: host, port: channel.localAddress?.port ?? port)
+      let ch = try bootstrap.bind(host: host, port: port).wait()
+      channel = ch
+      self.endpoint = .tcp(host: host, port: ch.localAddress?.port ?? port)
+    case .memory(let name):
+      try MemoryNetwork.shared.serveData(name, loop: group.next(), handler: handler)
+      channel = nil
+      self.endpoint = endpoint
     }
   }
 
   public func close() {
-    try? channel.close().wait()
-    if case .unix(let path) = endpoint { unlink(path) }
+    try? channel?.close().wait()
+    switch endpoint {
+    case .unix(let path): unlink(path)
+    case .memory(let name): MemoryNetwork.shared.closeData(name)
+    case .tcp: break
+    }
   }
 }
 
@@ -287,6 +318,8 @@ public final class DataPlaneConnection: Sendable {
     switch endpoint {
     case .unix(let p): f = bootstrap.connect(unixDomainSocketPath: p)
     case .tcp(let h, let p): f = bootstrap.connect(host: h, port: p)
+    case .memory:
+      return group.next().makeFailedFuture(SwiftrayError(.system, "\(endpoint) is reached through a DataPlaneClientPool"))
     }
     return f.map { ch in
       // On the event loop, before the connection is handed out: the token goes first.
@@ -451,6 +484,9 @@ public final class DataPlaneClientPool: Sendable {
 
   func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter) {
     LockDiscipline.mustNotHoldLock("DataPlaneClientPool.request")
+    if case .memory(let name) = endpoint {
+      return MemoryNetwork.shared.request(name, body, waiter, fallback: group.next())
+    }
     enum Step { case send(DataPlaneConnection), queued, connect(UInt64) }
     let step: Step = state.withLock { s in
       switch s.entries[endpoint]?.phase {

@@ -1,0 +1,25 @@
+/// How a node starts and stops its workers: `ProcessMonitor` (real processes) in
+/// production; in tests, workers that are threads of the test process, so a head, its
+/// nodes and their workers run in one process over a `MemoryNetwork`.
+///
+/// Threading: every method from any thread, never under a lock of the caller's; the
+/// handlers given to its factory run on the launcher's own thread and must not block.
+public protocol WorkerLauncher: Sendable {
+  /// Starts `executable arguments` with exactly `environment`; returns its pid.
+  func spawn(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) -> Int32
+  /// Sends `sig` to a worker this launcher started (nothing for one that is gone).
+  func signal(_ pid: Int32, _ sig: Int32)
+  /// Workers started and not yet seen exiting.
+  var livePids: [Int32] { get }
+  /// Calls `onGone` once when `pid` (not a worker of ours: a driver) ends.
+  func watch(_ pid: Int32, onGone: @escaping @Sendable () -> Void)
+  /// Stops watching; later exits are not reported.
+  func shutdown()
+}
+
+extension ProcessMonitor: WorkerLauncher {}
+
+/// Makes a node's launcher from the node's handlers of its workers' output and exits.
+public typealias WorkerLauncherFactory = @Sendable (
+  _ onOutput: @escaping ProcessMonitor.OutputHandler, _ onExit: @escaping ProcessMonitor.ExitHandler
+) -> any WorkerLauncher
