@@ -89,6 +89,18 @@ def render():
             for impl, r in mn["transfer"].items():
                 later = ", ".join(f"{t:.2f}" for t in r["seconds"][1:])
                 out.append(f"| {impl} | {r['seconds'][0]:.2f} | {later} | {r['best_gb_per_s']:.2f} |")
+    fl = load("in_flight.json")
+    if fl:
+        out += ["", "#### Work in flight (`benchmarks/in_flight.py`)", "",
+                "N no-op tasks submitted at once, then gathered with one `get`; each N in a fresh driver. "
+                "A per-event cost that grew with the work in flight would show as tasks/s falling with N.", "",
+                "| implementation | N | tasks/s | vs the smallest N | driver peak RSS (MiB) | driver RSS growth per task (KiB) |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for impl in dict.fromkeys(r["impl"] for r in fl["rows"]):
+            rows = [r for r in fl["rows"] if r["impl"] == impl]
+            for r in rows:
+                out.append(f"| {impl} | {r['n']:,} | {r['tasks_per_s']:,.0f} | {r['tasks_per_s'] / rows[0]['tasks_per_s']:.2f} | "
+                           f"{r['peak_rss_mib']:,.0f} | {r['rss_growth_kib_per_task']:.2f} |")
     rec = load("recovery.json")
     if rec:
         out += ["", "#### Recovery (`benchmarks/recovery.py`)", "",

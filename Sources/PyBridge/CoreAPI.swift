@@ -191,25 +191,13 @@ enum CoreAPI {
 
   static let connectWorker: CoreModule.FastFn = { _, _, _ in
     let env = ProcessInfo.processInfo.environment
-    guard let wid = env["SWIFTRAY_WORKER_ID"].flatMap(WorkerID.init(hex:)),
-      let nid = env["SWIFTRAY_NODE_ID"].flatMap(NodeID.init(hex:)),
-      let nm = env["SWIFTRAY_NODE_MANAGER"].flatMap(Endpoint.init),
-      let control = env["SWIFTRAY_CONTROL"].flatMap(Endpoint.init),
-      let session = env["SWIFTRAY_SESSION_DIR"]
-    else { return ErrorMapping.raise(SwiftrayError(.system, "not started as a swiftray worker (SWIFTRAY_* variables missing)")) }
     return blocking("connecting the worker to its node", {
-      let config = try Config.resolve()
-      let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
-      // Its NodeManager put the cluster's token in its environment.
-      let auth = try ClusterAuth.required(for: "connect this worker to its node", environment: env)
+      // Its NodeManager put the ids, endpoints and the cluster's token in its environment.
+      let options = try CoreWorker.Options.worker(environment: env, config: try Config.resolve())
       // The node's lease-grant key: kept by the core, gone from the environment.
-      let grants = env[LeaseGrants.environmentKey].flatMap(LeaseGrants.init(hex:))
       unsetenv(LeaseGrants.environmentKey)
-      let core = try CoreWorker(
-        options: .init(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                       sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"], auth: auth,
-                       leaseGrants: grants),
-        group: group, jobID: nil)
+      let core = try CoreWorker(options: options, group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup,
+                                jobID: nil)
       return Session(core: core, cluster: nil)
     }, then: activate)
   }

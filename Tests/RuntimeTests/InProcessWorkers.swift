@@ -32,17 +32,8 @@ final class InProcessWorkers: WorkerLauncher {
   }
 
   func spawn(executable: String, arguments: [String], environment env: [String: String]) throws(SwiftrayError) -> Int32 {
-    guard let wid = env["SWIFTRAY_WORKER_ID"].flatMap(WorkerID.init(hex:)),
-      let nid = env["SWIFTRAY_NODE_ID"].flatMap(NodeID.init(hex:)),
-      let nm = env["SWIFTRAY_NODE_MANAGER"].flatMap(Endpoint.init),
-      let control = env["SWIFTRAY_CONTROL"].flatMap(Endpoint.init),
-      let session = env["SWIFTRAY_SESSION_DIR"]
-    else { throw SwiftrayError(.system, "a worker's environment lacks SWIFTRAY_* variables") }
-    let auth = try ClusterAuth.required(for: "start an in-process worker", environment: env)
-    var options = CoreWorker.Options(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
-                                     sessionDir: session, config: config, auth: auth,
-                                     leaseGrants: env[LeaseGrants.environmentKey].flatMap(LeaseGrants.init(hex:)))
-    options.listen = .memory("worker-\(wid.hex)")
+    var options = try CoreWorker.Options.worker(environment: env, config: config)
+    options.listen = .memory("worker-\(options.workerID.hex)")
     options.clock = clock
     let pid = nextPid.add(1, ordering: .relaxed).newValue
     live.withLock { $0[pid] = Live() }

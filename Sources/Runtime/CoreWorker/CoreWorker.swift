@@ -45,6 +45,22 @@ public final class CoreWorker: Sendable {
       self.control = control; self.sessionDir = sessionDir; self.config = config; self.nodeIP = nodeIP
       self.auth = auth; self.leaseGrants = leaseGrants
     }
+
+    /// A worker's options, from the environment its NodeManager started it with
+    /// (`NodeManager.startWorker`): ids, endpoints, session, the cluster's token and the
+    /// node's lease-grant key. Throws for a process not started as a swiftray worker.
+    public static func worker(environment env: [String: String], config: Config) throws(SwiftrayError) -> Options {
+      guard let wid = env["SWIFTRAY_WORKER_ID"].flatMap(WorkerID.init(hex:)),
+        let nid = env["SWIFTRAY_NODE_ID"].flatMap(NodeID.init(hex:)),
+        let nm = env["SWIFTRAY_NODE_MANAGER"].flatMap(Endpoint.init),
+        let control = env["SWIFTRAY_CONTROL"].flatMap(Endpoint.init),
+        let session = env["SWIFTRAY_SESSION_DIR"]
+      else { throw SwiftrayError(.system, "not started as a swiftray worker (SWIFTRAY_* variables missing)") }
+      let auth = try ClusterAuth.required(for: "connect this worker to its node", environment: env)
+      return Options(isDriver: false, workerID: wid, nodeID: nid, nodeManager: nm, control: control,
+                     sessionDir: session, config: config, nodeIP: env["SWIFTRAY_NODE_IP"], auth: auth,
+                     leaseGrants: env[LeaseGrants.environmentKey].flatMap(LeaseGrants.init(hex:)))
+    }
   }
 
   /// A task pushed to this worker, waiting for or in execution by the language layer.
