@@ -14,6 +14,9 @@ import os
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
+
 CHILD = r"""
 import json, resource, sys, time
 impl, n = sys.argv[1], int(sys.argv[2])
@@ -71,7 +74,7 @@ def main():
                   f"{r['peak_rss_mib']:>14.0f}{r['rss_growth_kib_per_task']:>10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows}, f, indent=1)
+            json.dump({"measured": provenance.stamp(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

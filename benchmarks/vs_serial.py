@@ -1,7 +1,10 @@
 """The blog's scenario, generalised: N tasks of duration d, sleeping and CPU-bound,
-run serially, with swiftray, with multiprocessing.Pool, and with Ray when available.
+run serially, with swiftray, with multiprocessing.Pool, concurrent.futures.ProcessPoolExecutor,
+joblib (loky) and Dask distributed (LocalCluster), and with Ray (joblib, Dask and Ray from
+the benchmark venv given by --ray-python, never project dependencies).
 
-    python benchmarks/vs_serial.py [--tasks N] [--duration D] [--impl all|serial,swiftray,pool,ray]
+    python benchmarks/vs_serial.py [--tasks N] [--duration D]
+        [--impl all|serial,swiftray,pool,executor,joblib,dask,ray]
         [--ray-python PATH] [--json PATH]
 
 Each implementation runs in its own process, so "whole process" is the real wall time
@@ -41,6 +44,25 @@ elif impl == "pool":
     with multiprocessing.Pool(os.cpu_count()) as pool:
         pool.map(work, [0]); out["first"] = time.perf_counter() - t0
         t0 = time.perf_counter(); pool.map(work, range(n), chunksize=1); out["section"] = time.perf_counter() - t0
+elif impl == "executor":
+    from concurrent.futures import ProcessPoolExecutor
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as ex:
+        list(ex.map(work, [0])); out["first"] = time.perf_counter() - t0
+        t0 = time.perf_counter(); list(ex.map(work, range(n))); out["section"] = time.perf_counter() - t0
+elif impl == "joblib":
+    from joblib import Parallel, delayed
+    t0 = time.perf_counter()
+    with Parallel(n_jobs=os.cpu_count(), backend="loky") as par:
+        par([delayed(work)(0)]); out["first"] = time.perf_counter() - t0
+        t0 = time.perf_counter(); par(delayed(work)(i) for i in range(n)); out["section"] = time.perf_counter() - t0
+elif impl == "dask":
+    from distributed import Client, LocalCluster
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            Client(c) as client:
+        client.submit(work, 0, pure=False).result(); out["first"] = time.perf_counter() - t0
+        t0 = time.perf_counter(); client.gather(client.map(work, range(n), pure=False)); out["section"] = time.perf_counter() - t0
 else:
     if impl == "ray":
         import ray
@@ -66,13 +88,15 @@ def main():
     ap.add_argument("--ray-python", default=os.environ.get("SWIFTRAY_BENCH_RAY_PYTHON"))
     ap.add_argument("--json")
     args = ap.parse_args()
-    impls = ["serial", "swiftray", "pool", "ray"] if args.impl == "all" else args.impl.split(",")
+    impls = ["serial", "swiftray", "pool", "executor", "joblib", "dask", "ray"] if args.impl == "all" else args.impl.split(",")
     ray_py = args.ray_python
-    if "ray" in impls and not ray_py:
-        if subprocess.run([sys.executable, "-c", "import ray"], capture_output=True).returncode == 0:
+    # Ray and the peers that are not in the standard library run from the benchmark venv.
+    venv_impls = [i for i in ("joblib", "dask", "ray") if i in impls]
+    if venv_impls and not ray_py:
+        if subprocess.run([sys.executable, "-c", "import ray, joblib, distributed"], capture_output=True).returncode == 0:
             ray_py = sys.executable
         else:
-            impls.remove("ray")
+            impls = [i for i in impls if i not in venv_impls]
     cpus = os.cpu_count() or 1
     results = []
     print(f"{args.tasks} tasks of {args.duration} s on {cpus} CPUs (ideal parallel section "
@@ -82,7 +106,7 @@ def main():
     for kind in ("sleep", "cpu"):
         serial_section = None
         for impl in impls:
-            py = ray_py if impl == "ray" else sys.executable
+            py = ray_py if impl in ("joblib", "dask", "ray") else sys.executable
             t0 = time.perf_counter()
             r = subprocess.run([py, "-c", CHILD, impl, kind, str(args.tasks), str(args.duration)],
                                capture_output=True, text=True, timeout=600)

@@ -167,6 +167,59 @@ def test_wait_returns_ready_refs_in_input_order(ray2):
     assert ready == [] and len(not_ready) == 1
 
 
+def test_a_wait_loop_leaves_no_reader_registered_on_the_refs_still_pending(ray2):
+    # The common `while refs: done, refs = wait(refs)` loop: each wait that returns
+    # with fewer than all of its refs must unregister from the others, or every later
+    # arrival pays for every earlier wait.
+    @swiftray.remote
+    def sleep(d):
+        time.sleep(d)
+        return d
+
+    refs = [sleep.remote(0.02 * (i % 5)) for i in range(40)]
+    slow = sleep.remote(3)
+    pending, done = refs + [slow], []
+    while len(pending) > 1:
+        ready, pending = swiftray.wait(pending, num_returns=1, timeout=30)
+        done += ready
+    assert pending == [slow] and sorted(swiftray.get(done)) == sorted(swiftray.get(refs))
+    assert swiftray._core.core_stats()["waited_objects"] == 0
+    # A timed-out get unregisters too.
+    with pytest.raises(exceptions.GetTimeoutError):
+        swiftray.get(slow, timeout=0.1)
+    assert swiftray._core.core_stats()["waited_objects"] == 0
+
+
+def test_a_get_over_thousands_of_refs_returns_every_value_in_order(ray_module):
+    refs = [double.remote(i) for i in range(2500)]
+    assert swiftray.get(refs) == [2 * i for i in range(2500)]
+    # Repeated refs are one object, returned at each of their positions.
+    assert swiftray.get([refs[7], refs[2499], refs[7]]) == [14, 4998, 14]
+
+
+def test_calls_under_many_distinct_options_each_run_with_their_own(ray_module):
+    # The core reuses what one function's calls under one set of options share; more
+    # distinct sets than it keeps must still each reach the worker intact.
+    @swiftray.remote
+    def cpus():
+        return swiftray.get_runtime_context().get_assigned_resources().get("CPU")
+
+    refs = [cpus.options(num_cpus=(i + 1) / 1000).remote() for i in range(300)]
+    refs.append(cpus.remote())
+    got = swiftray.get(refs)
+    assert got[:300] == pytest.approx([(i + 1) / 1000 for i in range(300)])
+    assert got[300] == 1
+
+    @swiftray.remote
+    def pair(i):
+        return i, -i
+
+    one = [pair.remote(i) for i in range(5)]
+    two = [pair.options(num_returns=2).remote(i) for i in range(5)]
+    assert swiftray.get(one) == [(i, -i) for i in range(5)]
+    assert [swiftray.get(list(t)) for t in two] == [[i, -i] for i in range(5)]
+
+
 def test_wait_rejects_bad_arguments(ray_module):
     r = double.remote(1)
     with pytest.raises(TypeError):

@@ -232,7 +232,7 @@ enum CoreAPI {
       ("references", Py.int(st.references)), ("tasks", Py.int(st.tasks)),
       ("pending_tasks", Py.int(st.pendingTasks)), ("leases", Py.int(st.leases)),
       ("stored_objects", Py.int(st.storedObjects)), ("stored_bytes", Py.int(st.storedBytes)),
-      ("live_store_views", Py.int(StoredValues.liveViews)),
+      ("live_store_views", Py.int(StoredValues.liveViews)), ("waited_objects", Py.int(st.waitedObjects)),
     ])
   }
 
@@ -271,22 +271,10 @@ enum CoreAPI {
 
   static let submitTask: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(8, "submit_task"), let s = session() else { return nil }
-    guard let fid = Py.toBytes(args[0]), let name = Py.toString(args[1]), let items = Py.sequence(args[2]),
-      let numReturns = Py.toInt(args[3]), let resources = Py.numberDict(args[4]),
-      let maxRetries = Py.toInt(args[5]), let filter = Py.toBytes(args[7])
-    else { return nil }
-    let retryExceptions = PyObject_IsTrue(args[6]) == 1
-    var fn = Swiftray_FunctionDescriptor()
-    fn.functionID = Data(fid)
-    fn.name = name
-    guard let strategy = schedulingStrategy(args.count > 8 ? args[8] : nil) else { return nil }
+    guard args.need(8, "submit_task"), let s = session(), let items = Py.sequence(args[2]) else { return nil }
+    guard let template = TaskTemplates.template(args) else { return nil }
     return withTaskArguments(s.core, items) { taskArgs in
-      let ids = s.core.submitTask(function: fn, name: name, args: taskArgs, numReturns: numReturns,
-                                  resources: ResourceSet(units: resources), maxRetries: maxRetries,
-                                  retryExceptions: retryExceptions, retryExceptionFilter: Data(filter),
-                                  strategy: strategy)
-      return Py.list(ids.map { Py.bytes($0.binary) })
+      Py.list(s.core.submitTask(template, args: taskArgs).map { Py.bytes($0.binary) })
     }
   }
 
@@ -359,26 +347,24 @@ enum CoreAPI {
   }
 
   /// Waits for `needed` of `ids` in 100 ms slices with the GIL released, checking for
-  /// Ctrl-C between slices. Returns false on timeout, nil with an exception set.
+  /// Ctrl-C between slices. The wait is registered once for all slices (a slice costs
+  /// nothing per id). Returns false on timeout, nil with an exception set.
   static func blockingWait(_ core: CoreWorker, _ ids: [ObjectID], needed: Int, timeout: UInt64?) -> Bool? {
     let slice: UInt64 = 100_000_000
     let start = DispatchTime.now().uptimeNanoseconds
-    var blocked = false
+    // A ready get registers nothing and never notifies the NodeManager.
+    let pending = core.startWait(ids, needed: needed)
+    if pending.isReady { return true }
+    let blocked = core.currentTaskID != nil
+    if blocked { core.setBlocked(true) }
     defer { if blocked { core.setBlocked(false) } }
     while true {
       let elapsed = DispatchTime.now().uptimeNanoseconds - start
       let left = timeout.map { $0 > elapsed ? $0 - elapsed : 0 }
       let wait = min(left ?? slice, slice)
-      // Quick check first so a ready get never notifies the NodeManager.
-      if !blocked {
-        let ready = core.waitFor(ids, needed: needed, timeoutNanos: 0)
-        if ready { return true }
-        if core.currentTaskID != nil { core.setBlocked(true); blocked = true }
-      }
-      let ok = withoutGIL { core.waitFor(ids, needed: needed, timeoutNanos: wait) }
-      if ok { return true }
-      if PyErr_CheckSignals() != 0 { return nil }
-      if let left, left <= wait { return false }
+      if withoutGIL({ core.wait(pending, nanos: wait) }) { return core.endWait(pending) }
+      if PyErr_CheckSignals() != 0 { _ = core.endWait(pending); return nil }
+      if let left, left <= wait { return core.endWait(pending) }
     }
   }
 
@@ -390,26 +376,33 @@ enum CoreAPI {
       return ErrorMapping.raise(SwiftrayError(.getTimeout,
         "Get timed out: some object(s) not ready after \(Double(timeout ?? 0) / 1e9) s."))
     }
-    let objs = s.core.objects(ids)
-    let pins = StoredValues.pinAll(s.core, zip(ids, objs).map { id, o in o.map { (id, $0) } })
     var out: [PyPtr] = []
-    out.reserveCapacity(objs.count)
-    for (i, o) in objs.enumerated() {
-      guard let o else { out.append(Py.none); continue }
-      if let code = ErrorObject.code(fromMetadata: o.metadata), code != .taskError {
-        guard let exc = ErrorMapping.instance(code, String(decoding: o.data, as: UTF8.self)) else {
-          out.forEach { sr_DecRef($0) }; return nil
-        }
-        out.append(exc)
-      } else if case .failure(let e)? = pins[i] {
-        guard let exc = ErrorMapping.instance(e.code, e.message) else { out.forEach { sr_DecRef($0) }; return nil }
-        out.append(exc)
-      } else {
-        guard let data = StoredValues.data(s.core, o, pins[i]) else { out.forEach { sr_DecRef($0) }; return nil }
-        out.append(Py.tuple([data, Py.bytes(o.metadata)]))
+    out.reserveCapacity(ids.count)
+    // In slices: a get over N refs never holds a second copy of all N values at once.
+    var start = 0
+    while start < ids.count {
+      let slice = Array(ids[start..<min(start + 1024, ids.count)])
+      start += slice.count
+      let objs = s.core.objects(slice)
+      let pins = StoredValues.pinAll(s.core, zip(slice, objs).map { id, o in o.map { (id, $0) } })
+      for (i, o) in objs.enumerated() {
+        guard let value = pythonValue(s.core, o, pins[i]) else { out.forEach { sr_DecRef($0) }; return nil }
+        out.append(value)
       }
     }
     return Py.list(out)
+  }
+
+  /// One value of a `get`: `(data, metadata)`, or the exception it is; nil with a
+  /// Python error set.
+  static func pythonValue(_ core: CoreWorker, _ o: Swiftray_RayObject?, _ pin: Result<StoredValues.Pinned, SwiftrayError>?) -> PyPtr? {
+    guard let o else { return Py.none }
+    if let code = ErrorObject.code(fromMetadata: o.metadata), code != .taskError {
+      return ErrorMapping.instance(code, String(decoding: o.data, as: UTF8.self))
+    }
+    if case .failure(let e)? = pin { return ErrorMapping.instance(e.code, e.message) }
+    guard let data = StoredValues.data(core, o, pin) else { return nil }
+    return Py.tuple([data, Py.bytes(o.metadata)])
   }
 
   /// wait(ids, k, timeout) -> indices of the first (at most k) ready ids, input order.

@@ -54,6 +54,32 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(gone.message.contains("lineage"))
   }
 
+  @Test mutating func aFinishedTasksSpecKeptAsLineageReadsBackWholeWithItsOwner() {
+    var tm = TaskManager()
+    let t = gen.next(), u = gen.next()
+    var full = spec(t, maxRetries: 3)
+    full.name = "m.f"
+    full.owner.workerID = Data(repeating: 7, count: 28)
+    full.owner.endpoint = "unix:/tmp/owner.sock"
+    var arg = Swiftray_TaskArg()
+    arg.value.data = Data("inline argument bytes".utf8)
+    full.args = [arg]
+    tm.taskSubmitted(t, spec: full)
+    var other = spec(u)
+    other.owner = full.owner
+    tm.taskSubmitted(u, spec: other)
+    #expect(tm.taskReplied(t, outcome: .success) == [.complete(t)])
+    _ = tm.taskReplied(u, outcome: .success)
+    #expect(tm.spec(t) == full, "packed once finished, read back unchanged, owner included")
+    #expect(tm.numReturns(t) == Int(full.numReturns))
+    // Rebuilding unpacks it: the new attempt carries everything, owner included.
+    #expect(tm.rebuild(t, lost: ObjectID.forReturn(of: t, index: 0), why: "node died") == .resubmit)
+    var next = full
+    next.attempt = 1
+    #expect(tm.spec(t) == next)
+    #expect(tm.spec(u)?.owner == full.owner)
+  }
+
   @Test mutating func aKeptSpecPinsItsArgumentsLineageUntilItIsReleased() {
     var tm = TaskManager()
     let a = gen.next(), b = gen.next()

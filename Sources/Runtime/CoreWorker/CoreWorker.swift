@@ -262,21 +262,52 @@ public final class CoreWorker: Sendable {
 
   // MARK: - owner API
 
+  /// What every call of one function under one set of options shares: the spec's
+  /// function, name, resources, retries and strategy, built once. Each task's spec
+  /// starts as a copy, sharing these fields' buffers (a task in flight then holds only
+  /// what is its own: ids and arguments).
+  public struct TaskTemplate: Sendable {
+    let spec: Swiftray_TaskSpec
+    let resources: ResourceSet
+    let strategy: SchedulingKey.Strategy
+
+    public init(function: Swiftray_FunctionDescriptor, name: String, numReturns: Int, resources: ResourceSet,
+                maxRetries: Int, retryExceptions: Bool, retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default) {
+      var spec = Swiftray_TaskSpec()
+      spec.function = function
+      spec.name = name
+      spec.numReturns = Int32(clamping: numReturns)
+      spec.maxRetries = Int32(clamping: maxRetries)
+      spec.retryExceptions = retryExceptions
+      spec.retryExceptionFilter = retryExceptionFilter
+      Self.place(&spec, resources, strategy)
+      self.spec = spec
+      self.resources = resources
+      self.strategy = strategy
+    }
+
+    static func place(_ spec: inout Swiftray_TaskSpec, _ resources: ResourceSet, _ strategy: SchedulingKey.Strategy) {
+      spec.strategy = SchedulingKey(resources, strategy: strategy).strategyProto
+      spec.resources = SchedulingKey.shape(resources, under: strategy).proto
+    }
+  }
+
   /// Submits a normal task. Returns its return object IDs, each already holding one
   /// local reference (the caller's `ObjectRef`). Never blocks.
   public func submitTask(function: Swiftray_FunctionDescriptor, name: String, args: [TaskArgument], numReturns: Int,
                          resources: ResourceSet, maxRetries: Int, retryExceptions: Bool,
                          retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default) -> [ObjectID] {
-    var spec = Swiftray_TaskSpec()
-    let strategy = strategyOrCaptured(strategy)
-    spec.strategy = SchedulingKey(resources, strategy: strategy).strategyProto
-    spec.function = function
-    spec.name = name
-    spec.numReturns = Int32(numReturns)
-    spec.resources = SchedulingKey.shape(resources, under: strategy).proto
-    spec.maxRetries = Int32(maxRetries)
-    spec.retryExceptions = retryExceptions
-    spec.retryExceptionFilter = retryExceptionFilter
+    submitTask(TaskTemplate(function: function, name: name, numReturns: numReturns, resources: resources,
+                            maxRetries: maxRetries, retryExceptions: retryExceptions,
+                            retryExceptionFilter: retryExceptionFilter, strategy: strategy), args: args)
+  }
+
+  /// Submits a normal task from its function's template. Never blocks.
+  public func submitTask(_ template: TaskTemplate, args: [TaskArgument]) -> [ObjectID] {
+    var spec = template.spec
+    // A task inside a capturing placement group lands in its bundles instead.
+    let strategy = strategyOrCaptured(template.strategy)
+    if strategy != template.strategy { TaskTemplate.place(&spec, template.resources, strategy) }
     // A normal task cannot be refused.
     return (try? submit(spec, args: args, kind: .normal).returns) ?? []
   }
@@ -307,15 +338,49 @@ public final class CoreWorker: Sendable {
     return (tid, returns)
   }
 
+  /// A `get`/`wait` registered once with the owner state, then waited on in slices.
+  /// Registering costs O(len(ids)) once; each arrival then costs O(1) (a count-down),
+  /// so a wait over N refs is O(N) in total however long it lasts.
+  public struct PendingWait: Sendable {
+    let ids: [ObjectID]
+    let needed: Int
+    let waiter: ObjectWaiter?
+    /// Enough were available at registration: nothing was registered.
+    public var isReady: Bool { waiter == nil }
+  }
+
+  /// Registers a wait for `needed` of `ids` (duplicates counted once). Never blocks.
+  /// End every wait that is not ready with `endWait`.
+  public func startWait(_ ids: [ObjectID], needed: Int) -> PendingWait {
+    let unique = ids.count == 1 ? ids : Array(Set(ids))
+    let waiter = owner { $0.waitStarted(unique, needed: needed, makeWaiter: ObjectWaiter.init(needed:)) }
+    return PendingWait(ids: unique, needed: needed, waiter: waiter)
+  }
+
+  /// Blocks up to `nanos` for a registered wait; true when it was released.
+  /// Threading: the caller's thread, with the GIL released.
+  public func wait(_ pending: PendingWait, nanos: UInt64) -> Bool {
+    pending.waiter?.wait(nanos: nanos) ?? true
+  }
+
+  /// Ends a wait: unregisters it from the ids that have not arrived. True when enough
+  /// are available (an arrival may have raced a timeout).
+  public func endWait(_ pending: PendingWait) -> Bool {
+    guard let waiter = pending.waiter else { return true }
+    // Released waiting for all of them: every id arrived, and each arrival already
+    // dropped its waiters, so there is nothing left to unregister.
+    if waiter.isReleased && pending.needed >= pending.ids.count { return true }
+    let enough = state.withLock { $0.waitEnded(pending.ids, needed: pending.needed, waiter: waiter) }
+    return enough || waiter.isReleased
+  }
+
   /// Waits until at least `needed` of `ids` are available or `timeoutNanos` passes.
   /// Returns true when enough are. Blocks the caller; call with the GIL released.
   public func waitFor(_ ids: [ObjectID], needed: Int, timeoutNanos: UInt64) -> Bool {
-    let unique = Array(Set(ids))
-    let waiter = owner { $0.waitStarted(unique, needed: needed, makeWaiter: ObjectWaiter.init(needed:)) }
-    guard let waiter else { return true }
-    if waiter.wait(nanos: timeoutNanos) { return true }
-    // Timed out: unregister, then check once more (an arrival may have raced us).
-    return state.withLock { $0.waitEnded(unique, needed: needed, waiter: waiter) }
+    let pending = startWait(ids, needed: needed)
+    if pending.isReady { return true }
+    _ = wait(pending, nanos: timeoutNanos)
+    return endWait(pending)
   }
 
   public typealias Stats = OwnerStats

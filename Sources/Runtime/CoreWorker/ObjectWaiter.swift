@@ -11,6 +11,8 @@ final class ObjectWaiter: Sendable {
     let done = remaining.withLock { r -> Bool in r -= 1; return r == 0 }
     if done { sem.signal() }
   }
+  /// Enough arrived (the count reached zero).
+  var isReleased: Bool { remaining.withLock { $0 <= 0 } }
   /// True when released before the timeout.
   func wait(nanos: UInt64) -> Bool {
     LockDiscipline.mayBlock("a get or wait")

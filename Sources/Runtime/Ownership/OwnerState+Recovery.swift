@@ -91,7 +91,7 @@ extension OwnerState {
   /// pulled a copy now point at this node's store and go to `e.promote`. Returns the
   /// tasks to run again, in id order.
   mutating func objectsLost(on node: Data, why: String, here: (node: Data, store: String), _ e: inout Effects) -> [TaskID] {
-    let lost = store.filter { $0.value.storeSize > 0 && $0.value.storeNode == node }.keys.sorted { $0.hex < $1.hex }
+    let lost = store.all.filter { $0.object.storeSize > 0 && $0.object.storeNode == node }.map(\.id).sorted { $0.hex < $1.hex }
     var rerun: [TaskID] = []
     for id in lost {
       if owners[id] != nil {

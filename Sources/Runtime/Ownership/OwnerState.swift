@@ -15,6 +15,8 @@ public struct OwnerStats: Sendable {
   public var objects: Int, objectBytes: Int, references: Int, tasks: Int, pendingTasks: Int, leases: Int
   /// Objects of this owner that live in the shared-memory store, and their bytes.
   public var storedObjects: Int, storedBytes: Int
+  /// Objects a blocked `get`/`wait` of this process is registered on.
+  public var waitedObjects = 0
 }
 
 /// Everything one process knows and decides as an owner (DESIGN §3): its references,
@@ -130,7 +132,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   var syncCreations: Set<TaskID> = []
   var syncReady: Set<TaskID> = []
   /// Values held here: owned ones, cached borrowed ones, error objects.
-  public internal(set) var store: [ObjectID: Swiftray_RayObject] = [:]
+  public internal(set) var store = ObjectTable()
   /// Owners of the refs this process borrows (absent: owned here).
   public internal(set) var owners: [ObjectID: Swiftray_Address] = [:]
   /// Refs contained in values held here (owned objects, cached borrowed values).
@@ -567,8 +569,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   mutating func releaseLineageIfUnused(_ tid: TaskID) {
     var work = [tid]
     while let t = work.popLast() {
-      guard let n = tasks.spec(t)?.numReturns, !tasks.isPending(t) else { continue }
-      let needed = (0..<Int(max(n, 0))).contains { i in
+      guard let n = tasks.numReturns(t), !tasks.isPending(t) else { continue }
+      let needed = (0..<n).contains { i in
         let r = ObjectID.forReturn(of: t, index: i)
         return refs.isInScope(r) || tasks.isLineagePinned(r)
       }
@@ -618,10 +620,11 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   // MARK: - stats
 
   public var stats: OwnerStats {
-    OwnerStats(objects: store.count, objectBytes: store.values.reduce(0) { $0 + $1.data.count },
+    let objects = store.all.map(\.object)
+    return OwnerStats(objects: store.count, objectBytes: objects.reduce(0) { $0 + $1.data.count },
           references: refs.refs.count, tasks: tasks.entries.count, pendingTasks: tasks.numPending,
-          leases: submitter.numLeases, storedObjects: store.values.filter { $0.storeSize > 0 }.count,
-          storedBytes: store.values.reduce(0) { $0 + Int($1.storeSize) })
+          leases: submitter.numLeases, storedObjects: objects.filter { $0.storeSize > 0 }.count,
+          storedBytes: objects.reduce(0) { $0 + Int($1.storeSize) }, waitedObjects: waiters.count)
   }
 
   /// Positions of the first `limit` available ids, in input order.

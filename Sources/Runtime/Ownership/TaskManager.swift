@@ -1,3 +1,4 @@
+import Foundation
 import RuntimeProto
 
 /// The owner's record of the tasks it submitted: their specs (lineage), attempts left,
@@ -11,13 +12,54 @@ public struct TaskManager: Sendable {
     case failed
   }
   public struct Entry: Sendable {
-    public var spec: Swiftray_TaskSpec
+    /// The spec while the task may still run. Once it ended and is kept only as lineage
+    /// it is packed into its encoding (a tenth of the memory of the message and its
+    /// buffers), read back only when a lost return is rebuilt.
+    private var live: Swiftray_TaskSpec?
+    private var packed: Data?
+    /// The owner's address, left out of `packed`: the same for every task of this owner.
+    private var packedOwner: SharedAddress?
+    public var spec: Swiftray_TaskSpec {
+      get {
+        if let live { return live }
+        var s = packed.flatMap { try? Swiftray_TaskSpec(serializedBytes: $0) } ?? Swiftray_TaskSpec()
+        if let packedOwner { s.owner = packedOwner.address }
+        return s
+      }
+      set { live = newValue; packed = nil; packedOwner = nil }
+    }
+    public let numReturns: Int
     public var retriesLeft: Int  // -1: unlimited
     public var status: Status
     public var cancelRequested = false
     /// The objects passed by reference, held (submitted-task refs) until the task ends.
     public var argRefs: [ObjectID] = []
+
+    init(spec: Swiftray_TaskSpec, retriesLeft: Int, status: Status) {
+      live = spec
+      numReturns = Int(max(spec.numReturns, 0))
+      self.retriesLeft = retriesLeft
+      self.status = status
+    }
+
+    /// Keeps the spec as its encoding (only lineage reads it from now on).
+    mutating func pack(owner: inout SharedAddress?) {
+      guard var spec = live else { return }
+      if owner?.address != spec.owner { owner = SharedAddress(spec.owner) }
+      spec.clearOwner()
+      guard let data = try? spec.serializedBytes() as Data else { return }
+      packed = data
+      packedOwner = owner
+      live = nil
+    }
   }
+
+  /// One owner address shared by the packed specs that name it.
+  final class SharedAddress: Sendable {
+    let address: Swiftray_Address
+    init(_ address: Swiftray_Address) { self.address = address }
+  }
+  private var packedOwner: SharedAddress?
 
   public enum Outcome: Sendable, Equatable {
     case success
@@ -52,6 +94,8 @@ public struct TaskManager: Sendable {
 
   public var numPending: Int { entries.values.filter { $0.status == .pending }.count }
   public func spec(_ id: TaskID) -> Swiftray_TaskSpec? { entries[id]?.spec }
+  /// How many objects task `id` returns (nil for a task not known here); never unpacks.
+  public func numReturns(_ id: TaskID) -> Int? { entries[id]?.numReturns }
   public func isPending(_ id: TaskID) -> Bool { entries[id]?.status == .pending }
 
   /// `extraRefs`: more refs the task holds until it ends (an actor call's handle).
@@ -175,10 +219,12 @@ public struct TaskManager: Sendable {
   }
 
   private mutating func settled(_ id: TaskID, _ e: Entry) {
-    entries[id] = e
-    guard kept[id] == nil else { return }
+    var e = e
     // What the spec costs to keep: its inline argument bytes plus a fixed overhead.
     let size = 256 + e.spec.args.reduce(0) { $0 + $1.value.data.count + $1.value.metadata.count }
+    e.pack(owner: &packedOwner)
+    entries[id] = e
+    guard kept[id] == nil else { return }
     kept[id] = size
     keptOrder.append(id)
     lineageBytes += size
