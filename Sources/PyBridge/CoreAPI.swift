@@ -26,7 +26,7 @@ enum CoreAPI {
     .init(name: "is_initialized", fn: { _, _, _ in Py.bool(Session.active != nil) }, doc: "True when connected."),
     .init(name: "submit_task", fn: submitTask, doc: "submit_task(function_id, name, args, num_returns, resources, max_retries, retry_exceptions, retry_filter) -> [id]; args: (0, value) | (1, id)"),
     .init(name: "put", fn: put, doc: "put(data: bytes) -> id"),
-    .init(name: "get", fn: get, doc: "get(ids, timeout) -> [(data, metadata) | exception]"),
+    .init(name: "get", fn: get, doc: "get(ids, timeout) -> [data | (data, metadata) | exception]"),
     .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
     .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
@@ -393,8 +393,8 @@ enum CoreAPI {
     return Py.list(out)
   }
 
-  /// One value of a `get`: `(data, metadata)`, or the exception it is; nil with a
-  /// Python error set.
+  /// One value of a `get`: `(data, metadata)` (the data alone when there is no
+  /// metadata: no tuple per value), or the exception it is; nil with a Python error set.
   static func pythonValue(_ core: CoreWorker, _ o: Swiftray_RayObject?, _ pin: Result<StoredValues.Pinned, SwiftrayError>?) -> PyPtr? {
     guard let o else { return Py.none }
     if let code = ErrorObject.code(fromMetadata: o.metadata), code != .taskError {
@@ -402,7 +402,7 @@ enum CoreAPI {
     }
     if case .failure(let e)? = pin { return ErrorMapping.instance(e.code, e.message) }
     guard let data = StoredValues.data(core, o, pin) else { return nil }
-    return Py.tuple([data, Py.bytes(o.metadata)])
+    return o.metadata.isEmpty ? data : Py.tuple([data, Py.bytes(o.metadata)])
   }
 
   /// wait(ids, k, timeout) -> indices of the first (at most k) ready ids, input order.

@@ -39,7 +39,8 @@ def _dumps(value, buffer_callback=None):
 
 # The stored layout of a value (DESIGN §4): a header, the pickle stream, then every
 # out-of-band buffer (pickle protocol 5) at a 64-byte-aligned offset, so a reader can
-# hand numpy a view of the stored bytes instead of a copy.
+# hand numpy a view of the stored bytes instead of a copy. A value without out-of-band
+# buffers is its pickle stream alone (a protocol-5 pickle starts with b"\x80\x05").
 #
 #   b"SRV1" | u32 nbuffers | u64 pickle_len | nbuffers x (u64 offset, u64 length) | pickle | buffers
 MAGIC = b"SRV1"
@@ -77,6 +78,11 @@ def pack(value):
         stream = _dumps(value, buffer_callback=buffers.append)
     finally:
         collector.refs = outer
+    if not buffers:
+        # No out-of-band buffer: the pickle stream alone (`unpack` tells it from the
+        # header by its first bytes). Small values then fit inside the core's object
+        # records without a separate allocation.
+        return Packed([stream], [0], len(stream), list({r._id: r for r in refs}.values()))
     raws = []
     for b in buffers:
         try:
@@ -102,9 +108,9 @@ def unpack(data):
     """The value stored in `data` (bytes or a buffer); numpy arrays and other
     out-of-band buffers are views of `data`, read-only, not copies."""
     mv = memoryview(data).cast("B")
-    magic, nbuf, plen = _HEAD.unpack_from(mv, 0)
-    if magic != MAGIC:
+    if mv[:4] != MAGIC:
         return pickle.loads(mv)
+    magic, nbuf, plen = _HEAD.unpack_from(mv, 0)
     pos = _HEAD.size
     bufs = []
     for i in range(nbuf):
@@ -175,6 +181,24 @@ def dumps_checked(value, what):
         raise serialization_error(value, what, e) from None
 
 
+# Values that pack to the same bytes every time, packed once: a call without arguments
+# and a task that returns None are the common small case, and pickling them again cost
+# a few microseconds of every such round trip.
+_CONSTANTS = {}
+
+
+def pack_constant(key, value):
+    """`pack(value)` for a value that never changes and holds no refs, packed once (the
+    core only reads a packed value). Not cached while a custom serializer is registered:
+    it may pack the value differently."""
+    if _custom._serializers:
+        return pack(value)
+    packed = _CONSTANTS.get(key)
+    if packed is None:
+        packed = _CONSTANTS[key] = pack(value)
+    return packed
+
+
 def pack_checked(value, what):
     try:
         return pack(value)
@@ -192,9 +216,12 @@ def error_to_bytes(err):
 
 
 def value_from_core(item):
-    """One entry of `_core.get`'s result -> (is_error, value or exception)."""
+    """One entry of `_core.get`'s result -> (is_error, value or exception). An entry is
+    an exception, `(data, metadata)`, or the data alone when it has no metadata."""
     if isinstance(item, BaseException):
         return True, item
+    if not isinstance(item, tuple):
+        return False, loads(item)
     data, metadata = item
     if metadata == TASK_ERROR_METADATA:
         err = loads(data)

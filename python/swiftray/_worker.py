@@ -53,7 +53,10 @@ def _resolve(v, values):
 
 
 def _args(arglist):
-    """Rebuilds (args, kwargs): the pickled call with top-level refs' values put back."""
+    """Rebuilds (args, kwargs): the pickled call with top-level refs' values put back.
+    A call without arguments sends none at all."""
+    if not arglist:
+        return (), {}
     blob = arglist[0][1]
     values = []
     for item in arglist[1:]:
@@ -73,6 +76,8 @@ def _args(arglist):
 
 def _returns(result, num_returns, name):
     if num_returns == 1:
+        if result is None:
+            return [(_serialization.pack_constant("none", None).for_core(), b"")]
         return [(_serialization.pack_checked(result, f"the return value of task {name}").for_core(), b"")]
     if num_returns == 0:
         return []

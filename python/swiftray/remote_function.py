@@ -57,7 +57,11 @@ class BoundOptions:
 def pack_call(name, args, kwargs, what="task"):
     """The core's argument list for a call: the pickled (args, kwargs) with each
     top-level ObjectRef replaced by a slot, then the refs themselves (resolved before
-    the call runs)."""
+    the call runs); empty for a call without arguments."""
+    if not args and not kwargs:
+        # Nothing to send: the worker reads an empty list as `()`, `{}` (and the task
+        # in flight holds no argument bytes).
+        return []
     refs = []
 
     def slot(v):

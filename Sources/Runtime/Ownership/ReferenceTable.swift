@@ -20,16 +20,18 @@ import Foundation
 ///
 /// Threading: value type, owned by the CoreWorker shell under its lock.
 public struct ReferenceTable: Sendable {
+  /// Counts are 32-bit (every live object has an entry: the table's slot size is what
+  /// a task in flight costs here), and saturate rather than trap.
   public struct Reference: Sendable, Equatable {
-    public var localRefs = 0
-    public var submittedTaskRefs = 0
+    public var localRefs: Int32 = 0
+    public var submittedTaskRefs: Int32 = 0
     /// Live owned objects of this process whose values contain the ref.
-    public var contained = 0
+    public var contained: Int32 = 0
     public var owned: Bool
     /// At the owner: registrations per borrowing process.
     public var borrowers: [WorkerID: Int] = [:]
     /// At a borrower: registrations the owner counts on this process.
-    public var registrations = 0
+    public var registrations: Int32 = 0
     /// Serialized outside any value the core tracks (e.g. captured by a pickled
     /// function): kept for the owner's lifetime.
     public var escaped = false
@@ -69,7 +71,7 @@ public struct ReferenceTable: Sendable {
   /// A Python `ObjectRef` was made. `borrowed`: the ref is owned by another process.
   public mutating func localRefAdded(_ id: ObjectID, borrowed: Bool = false) -> [Action] {
     var r = refs[id] ?? Reference(owned: false)
-    r.localRefs += 1
+    r.localRefs.saturatingIncrement()
     let register = borrowed && !r.owned && r.registrations == 0
     if register { r.registrations = 1 }
     refs[id] = r
@@ -83,7 +85,7 @@ public struct ReferenceTable: Sendable {
   }
 
   public mutating func submittedTaskRefsAdded(_ ids: [ObjectID]) {
-    for id in ids { refs[id, default: Reference(owned: false)].submittedTaskRefs += 1 }
+    for id in ids { refs[id, default: Reference(owned: false)].submittedTaskRefs.saturatingIncrement() }
   }
 
   public mutating func submittedTaskRefsRemoved(_ ids: [ObjectID]) -> [Action] {
@@ -98,7 +100,7 @@ public struct ReferenceTable: Sendable {
 
   /// An owned object whose value contains `ids` was created here.
   public mutating func containedRefsAdded(_ ids: [ObjectID]) {
-    for id in ids { refs[id, default: Reference(owned: false)].contained += 1 }
+    for id in ids { refs[id, default: Reference(owned: false)].contained.saturatingIncrement() }
   }
 
   /// That object was freed (or, for a cached borrowed value, forgotten).
@@ -123,7 +125,7 @@ public struct ReferenceTable: Sendable {
       r.borrowers[me] = n > 0 ? n : nil
       if n <= 0 { unindex(me, id) }
     } else {
-      r.registrations += count
+      r.registrations.saturatingIncrement(by: count)
     }
     return update(id, r)
   }
@@ -206,6 +208,14 @@ public struct ReferenceTable: Sendable {
   private mutating func update(_ id: ObjectID, _ r: Reference) -> [Action] {
     if r.isInUse { refs[id] = r; return [] }
     refs[id] = nil
-    return [r.owned ? .free(id) : .forget(id, registrations: r.registrations)]
+    return [r.owned ? .free(id) : .forget(id, registrations: Int(r.registrations))]
+  }
+}
+
+extension Int32 {
+  /// Adds without trapping: a count stops at `Int32.max`.
+  mutating func saturatingIncrement(by n: Int = 1) {
+    let (sum, overflow) = addingReportingOverflow(Int32(clamping: n))
+    self = overflow ? (n < 0 ? .min : .max) : sum
   }
 }

@@ -16,7 +16,7 @@ public struct TaskManager: Sendable {
     /// it is packed into its encoding (a tenth of the memory of the message and its
     /// buffers), read back only when a lost return is rebuilt.
     private var live: Swiftray_TaskSpec?
-    private var packed: Data?
+    private var packed: [UInt8]?
     /// The owner's address, left out of `packed`: the same for every task of this owner.
     private var packedOwner: SharedAddress?
     public var spec: Swiftray_TaskSpec {
@@ -34,6 +34,8 @@ public struct TaskManager: Sendable {
     public var cancelRequested = false
     /// The objects passed by reference, held (submitted-task refs) until the task ends.
     public var argRefs: [ObjectID] = []
+    /// > 0 while the finished spec is kept as lineage: what it is estimated to cost.
+    var keptSize = 0
 
     init(spec: Swiftray_TaskSpec, retriesLeft: Int, status: Status) {
       live = spec
@@ -47,7 +49,7 @@ public struct TaskManager: Sendable {
       guard var spec = live else { return }
       if owner?.address != spec.owner { owner = SharedAddress(spec.owner) }
       spec.clearOwner()
-      guard let data = try? spec.serializedBytes() as Data else { return }
+      guard let data = try? spec.serializedBytes() as [UInt8] else { return }
       packed = data
       packedOwner = owner
       live = nil
@@ -84,7 +86,7 @@ public struct TaskManager: Sendable {
   public private(set) var lineageRefs: [ObjectID: Int] = [:]
   /// Specs of finished tasks kept for lineage, in the order they finished, with their
   /// estimated sizes; bounded by `evictLineage` (Ray's `max_lineage_bytes`).
-  private var kept: [TaskID: Int] = [:]
+  private var keptCount = 0
   private var keptOrder: [TaskID] = []
   private var keptHead = 0
   public private(set) var lineageBytes = 0
@@ -213,7 +215,7 @@ public struct TaskManager: Sendable {
     while lineageBytes > limit && keptHead < keptOrder.count {
       let t = keptOrder[keptHead]
       keptHead += 1
-      if kept[t] != nil { unpinned += release(t) }
+      if (entries[t]?.keptSize ?? 0) > 0 { unpinned += release(t) }
     }
     return unpinned
   }
@@ -223,21 +225,26 @@ public struct TaskManager: Sendable {
     // What the spec costs to keep: its inline argument bytes plus a fixed overhead.
     let size = 256 + e.spec.args.reduce(0) { $0 + $1.value.data.count + $1.value.metadata.count }
     e.pack(owner: &packedOwner)
+    let isNew = e.keptSize == 0
+    if isNew { e.keptSize = size }
     entries[id] = e
-    guard kept[id] == nil else { return }
-    kept[id] = size
+    guard isNew else { return }
+    keptCount += 1
     keptOrder.append(id)
     lineageBytes += size
     // Most specs are released long before eviction: drop their ids from the order now
     // and then (amortized O(1)), so it stays proportional to what is kept.
-    if keptOrder.count - keptHead > 2 * kept.count + 1024 {
-      keptOrder = keptOrder[keptHead...].filter { kept[$0] != nil }
+    if keptOrder.count - keptHead > 2 * keptCount + 1024 {
+      keptOrder = keptOrder[keptHead...].filter { (entries[$0]?.keptSize ?? 0) > 0 }
       keptHead = 0
     }
   }
 
   private mutating func unkept(_ id: TaskID) {
-    if let size = kept.removeValue(forKey: id) { lineageBytes -= size }
+    guard let size = entries[id]?.keptSize, size > 0 else { return }
+    entries[id]?.keptSize = 0
+    keptCount -= 1
+    lineageBytes -= size
   }
 
   /// Lineage is released once nothing can ask for the task's returns again. Returns
@@ -245,8 +252,8 @@ public struct TaskManager: Sendable {
   @discardableResult
   public mutating func release(_ id: TaskID) -> [ObjectID] {
     guard let e = entries[id], e.status != .pending else { return [] }
-    entries[id] = nil
     unkept(id)
+    entries[id] = nil
     var unpinned: [ObjectID] = []
     for a in e.argRefs {
       let n = (lineageRefs[a] ?? 1) - 1
