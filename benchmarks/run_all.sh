@@ -25,6 +25,7 @@ python3 benchmarks/vs_serial.py --json benchmarks/results/vs_serial.json $([ -n 
 python3 benchmarks/large_objects.py --impl "$impl" --json benchmarks/results/large_objects.json
 python3 benchmarks/core_figures.py --json benchmarks/results/core_figures.json
 python3 benchmarks/in_flight.py --json benchmarks/results/in_flight.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
+python3 benchmarks/worker_start.py --json benchmarks/results/worker_start.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
 python3 benchmarks/multinode.py --json benchmarks/results/multinode.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
 python3 benchmarks/recovery.py --health-check-period-ms 1000 --failure-threshold 3
 python3 benchmarks/recovery.py --health-check-period-ms 3000 --failure-threshold 5

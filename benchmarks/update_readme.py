@@ -111,6 +111,15 @@ def render():
             for r in rows:
                 out.append(f"| {impl} | {r['n']:,} | {r['tasks_per_s']:,.0f} | {r['tasks_per_s'] / rows[0]['tasks_per_s']:.2f} | "
                            f"{r['peak_rss_mib']:,.0f} | {r['rss_growth_kib_per_task']:.2f} |")
+    ws = load("worker_start.json")
+    if ws:
+        out += ["", "#### Worker start (`benchmarks/worker_start.py`)", "",
+                "Actors (`num_cpus=0`) created at once, each answering one call: from the first creation to the last "
+                "answer, the median of the rounds; memory per worker process as PSS." + provenance(ws), "",
+                "| implementation | actors | actors/s | seconds | PSS per worker (MiB) |", "|---|---:|---:|---:|---:|"]
+        for r in ws["rows"]:
+            pss = f"{r['pss_mib_per_worker']:.1f}" if r.get("pss_mib_per_worker") is not None else "-"
+            out.append(f"| {r['impl']} | {r['actors']} | {r['actors_per_s']:.1f} | {r['seconds']:.2f} | {pss} |")
     rec = load("recovery.json")
     if rec:
         out += ["", "#### Recovery (`benchmarks/recovery.py`)", "",

@@ -50,12 +50,15 @@ def test_vs_serial_large_objects_and_core_figures_run(tmp_path):
     assert "sync_noop_task_median_us" in json.loads((tmp_path / "cf.json").read_text())["results"]
 
 
-def test_the_task_peers_benchmark_runs_the_standard_library_peers(tmp_path):
+def test_the_task_peers_and_worker_start_benchmarks_run(tmp_path):
     run([os.path.join(BENCH, "task_peers.py"), "--impl", "swiftray,pool,executor", "--sync", "20", "--batch", "20",
          "--rounds", "1", "--json", str(tmp_path / "tp.json")])
     rows = json.loads((tmp_path / "tp.json").read_text())["rows"]
     assert [r["impl"] for r in rows] == ["swiftray", "pool", "executor"]
     assert all(r["sync_per_s"] > 0 and r["batch_per_s"] > 0 and r["sync_p99_us"] >= r["sync_median_us"] for r in rows)
+    run([os.path.join(BENCH, "worker_start.py"), "--actors", "3", "--rounds", "1", "--json", str(tmp_path / "ws.json")])
+    ws = json.loads((tmp_path / "ws.json").read_text())["rows"][0]
+    assert ws["workers"] == 3 and ws["pss_mib_per_worker"] > 0
     run([os.path.join(BENCH, "vs_serial.py"), "--impl", "executor", "--tasks", "2", "--duration", "0.01",
          "--json", str(tmp_path / "vs.json")])
     assert {r["impl"] for r in json.loads((tmp_path / "vs.json").read_text())["results"]} == {"executor"}
