@@ -1,7 +1,5 @@
 """The Python half of a worker process: runs the tasks the core hands it, on the main
 thread. Started by the Swift host (`swiftray worker`), never by hand."""
-import asyncio
-import concurrent.futures
 import inspect
 import os
 import pickle
@@ -258,6 +256,7 @@ def _create_actor(fid, name, arglist, actor_id, creation):
         tb = _user_traceback()
         return [], True, False, False, f"{type(e).__name__}: {e}\n{tb}"
     if creation["is_async"]:
+        import asyncio  # only async actors pay for it (~30 ms of a worker's start)
         actor.slots = None
         actor.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -271,6 +270,7 @@ def _create_actor(fid, name, arglist, actor_id, creation):
         threading.Thread(target=run, name="swiftray-actor-loop", daemon=True).start()
         ready.wait()
     elif creation["max_concurrency"] > 1:
+        import concurrent.futures
         actor.pool = concurrent.futures.ThreadPoolExecutor(creation["max_concurrency"],
                                                            thread_name_prefix="swiftray-actor")
     return [], False, False, False
@@ -294,6 +294,7 @@ def _run_method(name, method, arglist, num_returns):
 
 
 async def _run_async_method(name, method, arglist, num_returns, token):
+    import asyncio
     async with actor.slots:
         try:
             try:
@@ -320,6 +321,7 @@ def _call_actor(name, method, arglist, num_returns, token):
         data = _serialization.error_to_bytes(exceptions.RayTaskError(name, str(err), err))
         return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, False, False
     if actor.loop is not None:
+        import asyncio
         asyncio.run_coroutine_threadsafe(_run_async_method(name, method, arglist, num_returns, token), actor.loop)
         return None
     if actor.pool is not None:

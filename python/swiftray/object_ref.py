@@ -1,6 +1,4 @@
 """ObjectRef: a future for a value owned by some process in the cluster."""
-import asyncio
-import concurrent.futures
 import threading
 
 from swiftray import _core
@@ -63,6 +61,8 @@ class ObjectRef:
 
     def future(self):
         """A concurrent.futures.Future resolved with the value (or its error)."""
+        import concurrent.futures  # imported on first use: most programs never ask
+
         from swiftray import _api
         fut = concurrent.futures.Future()
 
@@ -77,6 +77,7 @@ class ObjectRef:
 
     def as_future(self):
         """An asyncio future for this ref, on the running loop."""
+        import asyncio
         return asyncio.wrap_future(self.future())
 
     def __await__(self):
