@@ -88,7 +88,7 @@ let package = Package(
     ),
     .executableTarget(
       name: "SwiftraySim",
-      dependencies: ["Runtime", "RuntimeProto", .product(name: "HeapModule", package: "swift-collections")],
+      dependencies: ["Runtime", "RuntimeProto", "CSwiftray", .product(name: "HeapModule", package: "swift-collections")],
       swiftSettings: swift6
     ),
     .testTarget(

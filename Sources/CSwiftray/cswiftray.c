@@ -2,6 +2,7 @@
 #include "cswiftray.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/syscall.h>
@@ -74,4 +75,9 @@ int sr_locks_held(void) { return sr_depth; }
 unsigned long sr_lock_innermost(void) {
   if (sr_depth == 0) return 0;
   return sr_depth <= SR_LOCK_SLOTS ? sr_held[sr_depth - 1] : 0;
+}
+
+unsigned long long sr_heap_in_use(void) {
+  struct mallinfo2 m = mallinfo2();
+  return (unsigned long long)m.uordblks + (unsigned long long)m.hblkhd;
 }

@@ -17,9 +17,10 @@ enum TaskTemplates {
   /// the cache from empty, which costs one parse per pair.
   static let limit = 256
 
+  /// Plain fields, no arrays: building a key allocates nothing.
   struct Key: Hashable {
-    let objects: [UInt]  // function id, name, resources, retry filter, strategy
-    let numbers: [Int]   // num_returns, max_retries, retry_exceptions
+    let function: UInt, name: UInt, resources: UInt, retryFilter: UInt, strategy: UInt
+    let numReturns: Int, maxRetries: Int, retryExceptions: Bool
   }
 
   struct Entry {
@@ -32,10 +33,11 @@ enum TaskTemplates {
   /// `submit_task`'s arguments 0, 1, 3…8 as a template; nil with a Python error set.
   static func template(_ args: Args) -> CoreWorker.TaskTemplate? {
     let strategyArg = args.count > 8 ? args[8] : nil
-    let objects = [args[0], args[1], args[4], args[7], strategyArg].map { UInt(bitPattern: $0) }
     guard let numReturns = Py.toInt(args[3]), let maxRetries = Py.toInt(args[5]) else { return nil }
     let retryExceptions = PyObject_IsTrue(args[6]) == 1
-    let key = Key(objects: objects, numbers: [numReturns, maxRetries, retryExceptions ? 1 : 0])
+    let key = Key(function: UInt(bitPattern: args[0]), name: UInt(bitPattern: args[1]), resources: UInt(bitPattern: args[4]),
+                  retryFilter: UInt(bitPattern: args[7]), strategy: UInt(bitPattern: strategyArg),
+                  numReturns: numReturns, maxRetries: maxRetries, retryExceptions: retryExceptions)
     if let hit = entries[key] { return hit.template }
     guard let fid = Py.toBytes(args[0]), let name = Py.toString(args[1]), let resources = Py.numberDict(args[4]),
       let filter = Py.toBytes(args[7]), let strategy = CoreAPI.schedulingStrategy(strategyArg)

@@ -1,3 +1,4 @@
+import CSwiftray
 import Foundation
 import Runtime
 import RuntimeProto
@@ -7,10 +8,11 @@ import RuntimeProto
 /// references, a node's lease decisions, routing among a thousand nodes, and the head's
 /// work per node report. Measures and prints (and writes JSON); asserts nothing.
 enum ScaleFigures {
-  static func residentBytes() -> Int {
-    guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
-          let pages = s.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+  /// Bytes the heap has handed out and not taken back (malloc's in-use count, mmapped
+  /// blocks included). Not the resident size: memory freed by an earlier figure and
+  /// reused by the next would make a table's growth read as zero, or less.
+  static func heapInUseBytes() -> Int {
+    Int(clamping: sr_heap_in_use())
   }
 
   static func timed(_ body: () -> Void) -> Double {
@@ -34,7 +36,7 @@ enum ScaleFigures {
       spec.name = "f"
       spec.numReturns = 1
       spec.resources = cpu1.proto
-      let before = residentBytes()
+      let before = heapInUseBytes()
       var returns: [ObjectID] = []
       returns.reserveCapacity(tasks)
       let secs = timed {
@@ -43,7 +45,7 @@ enum ScaleFigures {
           returns.append(r.returns[0])
         }
       }
-      let grown = residentBytes() - before - tasks * MemoryLayout<ObjectID>.stride
+      let grown = heapInUseBytes() - before - tasks * MemoryLayout<ObjectID>.stride
       figures["owner_submits_per_s"] = Double(tasks) / secs
       figures["owner_bytes_per_pending_task"] = Double(grown) / Double(tasks)
       print(String(format: "owner: %d tasks queued for leases: %.0f submissions/s, %.0f bytes per pending task",
@@ -58,7 +60,7 @@ enum ScaleFigures {
       var owner = SimOwnerState(submitter: NormalTaskSubmitter(), idGen: TaskIDGenerator(job: JobID(1), prefix: 9), selfAddress: addr)
       var value = Swiftray_RayObject()
       value.data = Data(count: 16)
-      let before = residentBytes()
+      let before = heapInUseBytes()
       var ids: [ObjectID] = []
       ids.reserveCapacity(tasks)
       let put = timed {
@@ -68,7 +70,7 @@ enum ScaleFigures {
           ids.append(id)
         }
       }
-      let grown = residentBytes() - before - tasks * MemoryLayout<ObjectID>.stride
+      let grown = heapInUseBytes() - before - tasks * MemoryLayout<ObjectID>.stride
       let free = timed { for id in ids { _ = owner.localRefRemoved(id, now: 0) } }
       figures["owner_bytes_per_reference"] = Double(grown) / Double(tasks)
       figures["owner_puts_per_s"] = Double(tasks) / put

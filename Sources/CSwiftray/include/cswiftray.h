@@ -27,4 +27,7 @@ void sr_lock_exit(void);
 // innermost one's id (0 when none).
 int sr_locks_held(void);
 unsigned long sr_lock_innermost(void);
+// Bytes malloc has handed out and not taken back (glibc's mallinfo2: in-use chunks
+// plus mmapped blocks), for measurements that must not count freed memory malloc kept.
+unsigned long long sr_heap_in_use(void);
 #endif
