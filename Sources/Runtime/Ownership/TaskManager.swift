@@ -13,8 +13,8 @@ public struct TaskManager: Sendable {
   }
   public struct Entry: Sendable {
     /// The spec while the task may still run. Once it ended and is kept only as lineage
-    /// it is packed into its encoding (a tenth of the memory of the message and its
-    /// buffers), read back only when a lost return is rebuilt.
+    /// it is packed into its encoding (a fraction of the memory of the message and its
+    /// buffers), read back only when a lost return is rebuilt or an error names it.
     private var live: Swiftray_TaskSpec?
     private var packed: [UInt8]?
     /// The owner's address, left out of `packed`: the same for every task of this owner.
@@ -84,8 +84,8 @@ public struct TaskManager: Sendable {
   /// task's spec is kept too, so a lost downstream object can be rebuilt through it
   /// even after its value was freed (Ray's lineage pinning).
   public private(set) var lineageRefs: [ObjectID: Int] = [:]
-  /// Specs of finished tasks kept for lineage, in the order they finished, with their
-  /// estimated sizes; bounded by `evictLineage` (Ray's `max_lineage_bytes`).
+  /// Specs of finished tasks kept for lineage, in the order they finished (each entry's
+  /// `keptSize` says what it costs); bounded by `evictLineage` (Ray's `max_lineage_bytes`).
   private var keptCount = 0
   private var keptOrder: [TaskID] = []
   private var keptHead = 0
