@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import child_output  # noqa: E402
 import provenance  # noqa: E402
 
 CHILD = r"""
@@ -49,7 +50,7 @@ def run(python, impl, n):
     r = subprocess.run([python, "-c", CHILD, impl, str(n)], capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode != 0:
         raise SystemExit(f"{impl} with N={n} failed:\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return child_output.last_json(r.stdout)
 
 
 def main():

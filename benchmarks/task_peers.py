@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import child_output  # noqa: E402
 import provenance  # noqa: E402
 
 CHILD = r"""
@@ -110,7 +111,7 @@ def main():
         if r.returncode != 0:
             print(f"{impl:10} failed: {r.stderr.strip().splitlines()[-1:]}")
             continue
-        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out = child_output.last_json(r.stdout)
         out["impl"] = impl
         rows.append(out)
         print(f"{impl:10}{out['sync_median_us']:16.0f}{out['sync_p99_us']:13.0f}{out['sync_per_s']:10,.0f}"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import child_output  # noqa: E402
 import provenance  # noqa: E402
 
 CHILD = r"""
@@ -58,8 +59,7 @@ def run(python, impl, n):
     r = subprocess.run([python, "-c", CHILD, impl, str(n)], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise SystemExit(f"{impl} failed:\n{r.stderr[-2000:]}")
-    # The last JSON line: a library may print after it (Ray does at shutdown).
-    return next(json.loads(line) for line in reversed(r.stdout.splitlines()) if line.startswith("{"))
+    return child_output.last_json(r.stdout)
 
 
 def main():
