@@ -236,6 +236,36 @@ def test_cancel_a_queued_task_never_runs_it(ray2, tmp_path):
     assert not ran.exists()
 
 
+def test_cancel_an_actor_call_queued_behind_a_busy_one_never_runs_it(ray2, tmp_path):
+    # The queued call went by lane and still waits, unread, in the worker's socket
+    # while the busy call runs: the cancel must still reach it.
+    started, ran = tmp_path / "started", tmp_path / "ran"
+
+    @swiftray.remote
+    class Worker:
+        def busy(self, path):
+            open(path, "w").close()
+            time.sleep(1)
+            return "busy done"
+
+        def mark(self, path):
+            open(path, "w").close()
+            return "marked"
+
+    w = Worker.remote()
+    b = w.busy.remote(str(started))
+    deadline = time.time() + 30
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    q = w.mark.remote(str(ran))
+    swiftray.cancel(q)
+    with pytest.raises(exceptions.TaskCancelledError):
+        swiftray.get(q, timeout=30)
+    assert swiftray.get(b, timeout=30) == "busy done"
+    assert swiftray.get(w.mark.remote(str(tmp_path / "later")), timeout=30) == "marked"
+    assert not ran.exists()
+
+
 def test_a_broken_worker_environment_fails_tasks_with_the_workers_output(tmp_path):
     from conftest import run_script
     r = run_script(tmp_path, f"""

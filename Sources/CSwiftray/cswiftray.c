@@ -6,6 +6,9 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/syscall.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 int sr_pidfd_open(pid_t pid) {
@@ -81,3 +84,45 @@ unsigned long long sr_heap_in_use(void) {
   struct mallinfo2 m = mallinfo2();
   return (unsigned long long)m.uordblks + (unsigned long long)m.hblkhd;
 }
+
+int sr_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int sr_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+static uint32_t sr_epoll_bits(int events) {
+  if (events == 0) return 0;  // disarmed: only hang-ups and errors are reported
+  uint32_t e = EPOLLRDHUP;
+  if (events & SR_LANE_IN) e |= EPOLLIN;
+  if (events & SR_LANE_OUT) e |= EPOLLOUT;
+  return e;
+}
+
+int sr_epoll_set(int epfd, int fd, int events, int add) {
+  struct epoll_event ev = {0};
+  ev.events = sr_epoll_bits(events);
+  ev.data.fd = fd;
+  return epoll_ctl(epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
+}
+
+int sr_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
+
+int sr_epoll_wait(int epfd, int *fds, int *events, int max, int timeout_ms) {
+  struct epoll_event evs[64];
+  if (max > 64) max = 64;
+  int n = epoll_wait(epfd, evs, max, timeout_ms);
+  for (int i = 0; i < n; i++) {
+    fds[i] = evs[i].data.fd;
+    int e = 0;
+    if (evs[i].events & EPOLLIN) e |= SR_LANE_IN;
+    if (evs[i].events & EPOLLOUT) e |= SR_LANE_OUT;
+    if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) e |= SR_LANE_HUP;
+    events[i] = e;
+  }
+  return n;
+}
+
+int sr_accept_nonblocking(int listen_fd) { return accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+static _Thread_local int sr_last_lane_fd = -1;
+void sr_set_last_lane(int fd) { sr_last_lane_fd = fd; }
+int sr_last_lane(void) { return sr_last_lane_fd; }

@@ -30,4 +30,19 @@ unsigned long sr_lock_innermost(void);
 // Bytes malloc has handed out and not taken back (glibc's mallinfo2: in-use chunks
 // plus mmapped blocks), for measurements that must not count freed memory malloc kept.
 unsigned long long sr_heap_in_use(void);
+
+// Lanes (Runtime/Transport/Lane.swift): an eventfd (non-blocking, close-on-exec), an
+// epoll set and its calls by fd, and accept4 (non-blocking, close-on-exec).
+// `events` are SR_LANE_* bits; sr_epoll_wait fills fds[i]/events[i] and returns how many.
+enum { SR_LANE_IN = 1, SR_LANE_OUT = 2, SR_LANE_HUP = 4 };
+int sr_eventfd(void);
+int sr_epoll_create(void);
+int sr_epoll_set(int epfd, int fd, int events, int add);
+int sr_epoll_del(int epfd, int fd);
+int sr_epoll_wait(int epfd, int *fds, int *events, int max, int timeout_ms);
+int sr_accept_nonblocking(int listen_fd);
+// The lane the calling thread last wrote a request to (-1: none); thread-local.
+void sr_set_last_lane(int fd);
+int sr_last_lane(void);
+
 #endif

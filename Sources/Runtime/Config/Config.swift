@@ -68,6 +68,10 @@ public struct Config: Sendable, Equatable {
   /// ...and closed, failing their calls, when the ping is not answered within this.
   public var grpcClientKeepaliveTimeoutMs = NetworkLimits().grpcKeepaliveTimeoutMs
 
+  /// 1: an owner pushes tasks to the workers of its node by lane (`Lane`: written and
+  /// read by the threads that need them, no event-loop hop); 0: by the data plane only.
+  public var taskLanes = 1
+
   public init() {}
 
   /// Keys accepted in `_system_config` and as `SWIFTRAY_<UPPER_NAME>`.
@@ -98,6 +102,7 @@ public struct Config: Sendable, Equatable {
     "redis_command_timeout_ms": \.redisCommandTimeoutMs,
     "object_manager_pull_timeout_ms": \.objectManagerPullTimeoutMs,
     "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
+    "task_lanes": \.taskLanes,
   ]
 
   /// The values each key accepts; anything else (from a variable, a flag or
@@ -127,6 +132,7 @@ public struct Config: Sendable, Equatable {
     "lease_idle_linger_ms": 0...86_400_000,
     "infeasible_retry_ms": 1...86_400_000,
     "gcs_rpc_server_reconnect_timeout_s": 1...31_536_000,
+    "task_lanes": 0...1,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).

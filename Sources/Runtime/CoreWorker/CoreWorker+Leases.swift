@@ -80,7 +80,7 @@ extension CoreWorker {
     req.spec = spec
     req.gpuIds = gpuIDs
     if let lease { req.leaseID = lease.id; req.leaseGrant = lease.grant }
-    pool.request(ep, .pushTask(req)) { result in
+    let callback: DataPlaneConnection.Callback = { result in
       switch result {
       case .success(let frame):
         switch frame.body {
@@ -95,6 +95,8 @@ extension CoreWorker {
         lost()
       }
     }
+    // A worker of this node is pushed to by its lane when it has one.
+    if !lanes.request(ep, .pushTask(req), .frame(callback)) { pool.request(ep, .pushTask(req), callback: callback) }
   }
 
   /// The reply standing for a task that was refused, could not be sent, or whose reply

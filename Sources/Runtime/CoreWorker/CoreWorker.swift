@@ -101,6 +101,8 @@ public final class CoreWorker: Sendable {
   let registrations = Locked(Registrations())
   let executor: TaskExecutor
   let pool: DataPlaneClientPool
+  /// Lanes to the workers of this node (tasks and actor calls only).
+  let lanes: LaneClients
   let server: DataPlaneServer
   let tcpServer: DataPlaneServer?
   let nodeManager: ControlPlane.Connection
@@ -153,6 +155,9 @@ public final class CoreWorker: Sendable {
     }
     self.jobID = job
     pool = DataPlaneClientPool(group: group, auth: options.auth)
+    let pool = pool
+    lanes = LaneClients(auth: options.auth, group: group, enabled: options.config.taskLanes == 1,
+                        witness: { ep, dead in pool.watch(ep) { _ in dead() } })
     // A worker whose node's store is gone dies at once, whatever it was doing (reading
     // arguments, storing returns, a put): its owner then retries the task elsewhere
     // instead of seeing it fail with this node's death.
@@ -184,6 +189,9 @@ public final class CoreWorker: Sendable {
                          idGen: TaskIDGenerator(job: job), selfAddress: addr, maxLineageBytes: options.config.maxLineageBytes))
     executor = TaskExecutor(workerID: options.workerID, grants: options.leaseGrants,
                             maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock)
+    if !options.isDriver, options.config.taskLanes == 1, let lanePath = Lane.path(forWorker: endpoint) {
+      executor.lanes = try LaneServer(path: lanePath, auth: options.auth, wake: executor.ready)
+    }
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
@@ -360,7 +368,12 @@ public final class CoreWorker: Sendable {
   /// Blocks up to `nanos` for a registered wait; true when it was released.
   /// Threading: the caller's thread, with the GIL released.
   public func wait(_ pending: PendingWait, nanos: UInt64) -> Bool {
-    pending.waiter?.wait(nanos: nanos) ?? true
+    guard let w = pending.waiter else { return true }
+    // The reply of a task this thread just pushed by lane: read it here (no hand-off).
+    let start = DispatchTime.now().uptimeNanoseconds
+    if lanes.readWhileWaiting(nanos: nanos, wake: w.wake, until: { w.isReleased }) { return true }
+    let spent = DispatchTime.now().uptimeNanoseconds &- start
+    return w.wait(nanos: nanos > spent ? nanos - spent : 0)
   }
 
   /// Ends a wait: unregisters it from the ids that have not arrived. True when enough
@@ -452,6 +465,10 @@ public final class CoreWorker: Sendable {
       } else if let ep = reach(addr) {
         var req = Swiftray_CancelTaskRequest()
         req.taskID = Data(tid.binary)
+        // By the data plane for a running task (its worker's task thread is busy and
+        // reads no lane), and by lane too when the task went by lane: there the cancel
+        // comes after the push, so a push not read yet is still cancelled.
+        _ = lanes.request(ep, .cancelTask(req), .frame({ _ in }))
         pool.request(ep, .cancelTask(req)) { _ in }
       }
       return true
@@ -519,6 +536,8 @@ public final class CoreWorker: Sendable {
     deathWatch.withLock { $0 }?.cancel()
     server.close()
     tcpServer?.close()
+    executor.lanes?.close()
+    lanes.closeAll()
     pool.closeAll()
     notifications.finish()
     nodeManager.shutdown()

@@ -5,14 +5,19 @@ import Synchronization
 /// Threading: `arrived` from any thread; `wait` from the blocked caller's thread.
 final class ObjectWaiter: Sendable {
   let sem = DispatchSemaphore(value: 0)
-  let remaining: Locked<Int>
-  init(needed: Int) { remaining = Locked(needed) }
+  let remaining: Atomic<Int>
+  /// Also signalled on release: a waiter reading a lane (`LaneClients.readWhileWaiting`)
+  /// polls it beside the lane.
+  let wake = Wakeup()
+  init(needed: Int) { remaining = Atomic(needed) }
   func arrived() {
-    let done = remaining.withLock { r -> Bool in r -= 1; return r == 0 }
-    if done { sem.signal() }
+    if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+      sem.signal()
+      wake.signal()
+    }
   }
   /// Enough arrived (the count reached zero).
-  var isReleased: Bool { remaining.withLock { $0 <= 0 } }
+  var isReleased: Bool { remaining.load(ordering: .acquiring) <= 0 }
   /// True when released before the timeout.
   func wait(nanos: UInt64) -> Bool {
     LockDiscipline.mayBlock("a get or wait")

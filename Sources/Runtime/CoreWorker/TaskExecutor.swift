@@ -26,7 +26,10 @@ final class TaskExecutor: Sendable {
   }
 
   let state: Locked<State>
-  let ready = DispatchSemaphore(value: 0)
+  /// Wakes the task thread when a task is queued from another thread (the data plane's).
+  let ready = Wakeup()
+  /// This worker's lanes (`Lane`), polled by the task thread in `next`; nil in a driver.
+  nonisolated(unsafe) var lanes: LaneServer?
   let maxQueued: Int
   let workerID: WorkerID
   let log = Logger(label: "swiftray.executor")
@@ -46,15 +49,17 @@ final class TaskExecutor: Sendable {
   var runningStrategy: SchedulingKey.Strategy? { state.withLock { $0.runningStrategy } }
 
   /// A pushed task: queued for the task thread, or refused (with the reason sent back).
-  func admit(_ req: Swiftray_PushTaskRequest, _ responder: DataPlaneResponder) {
+  /// `onTaskThread`: pushed by a lane, which the task thread itself reads (no wake-up).
+  func admit(_ req: Swiftray_PushTaskRequest, _ responder: DataPlaneResponder, onTaskThread: Bool = false) {
     // A task, or an actor's creation, runs only under a lease this worker's node
     // granted to its owner (the ControlService, for a creation); actor calls need none.
     let underLease = req.spec.actorID.isEmpty || req.spec.hasActorCreation
     let owner = req.spec.hasActorCreation ? req.leaseOwner : req.spec.owner.workerID
     let maxQueued = maxQueued
     let now = clock.now()
-    let (verdict, held): (LeaseGate.Verdict, Int?) = state.withLock { s in
-      var verdict = LeaseGate.Verdict.admit
+    enum Verdict { case admit, refuse(String) }
+    let (verdict, held): (Verdict, Int?) = state.withLock { s in
+      var verdict = Verdict.admit
       if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
         verdict = .refuse(why)
       } else if s.queue.count >= maxQueued {
@@ -68,9 +73,12 @@ final class TaskExecutor: Sendable {
       }
       return (verdict, s.refusalLog.admit(now: now))
     }
-    guard case .refuse(let why) = verdict else {
-      ready.signal()
+    let why: String
+    switch verdict {
+    case .admit:
+      if !onTaskThread { ready.signal() }
       return
+    case .refuse(let w): why = w
     }
     if let held {
       log.warning("worker/push-refused", metadata: ["task": "\(req.spec.name)", "why": "\(why)", "also_refused_since_last": "\(held)"])
@@ -78,12 +86,38 @@ final class TaskExecutor: Sendable {
     responder.respond(.error(.with { $0.message = "task \(req.spec.name) refused by worker \(workerID.hex.prefix(12)): \(why)" }))
   }
 
-  /// The next task, or nil after `timeoutNanos`. Blocks. It is the running task from
-  /// now until `finished`.
+  /// Between tasks the thread polls its lanes and `ready` (GIL released): a task pushed
+  /// by lane is read, admitted and run by this one thread.
   func next(timeoutNanos: UInt64) -> CoreWorker.Execution? {
     LockDiscipline.mayBlock("waiting for the next task")
-    guard ready.wait(timeout: .now() + .nanoseconds(Int(min(timeoutNanos, UInt64(Int.max))))) == .success else { return nil }
-    return state.withLock { s in
+    let start = DispatchTime.now().uptimeNanoseconds
+    while true {
+      if let e = popNext() { return e }
+      let waited = DispatchTime.now().uptimeNanoseconds &- start
+      guard waited < timeoutNanos else { return nil }
+      if let lanes {
+        lanes.poll(timeoutNanos: timeoutNanos - waited) { frame, responder in
+          switch frame.body {
+          case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
+          case .cancelTask(let req)?:
+            // Its push came first on this lane, so it is queued or done by now (the
+            // same cancel also came by the data plane, for a task running meanwhile).
+            var r = Swiftray_CancelTaskReply()
+            r.attempted = TaskID(binary: req.taskID).map { cancel($0) } ?? false
+            responder.respond(.cancelTaskReply(r))
+          default:
+            responder.respond(.error(.with { $0.message = "a lane carries tasks and their cancels only; use the data plane" }))
+          }
+        }
+      } else {
+        var p = pollfd(fd: ready.fd, events: Int16(POLLIN), revents: 0)
+        if Glibc.poll(&p, 1, Int32(clamping: (timeoutNanos - waited + 999_999) / 1_000_000)) > 0 { ready.reset() }
+      }
+    }
+  }
+
+  private func popNext() -> CoreWorker.Execution? {
+    state.withLock { s in
       guard let e = s.queue.popFirst() else { return nil }
       s.running = TaskID(binary: e.spec.taskID)
       s.interruptTarget = nil
@@ -120,7 +154,6 @@ final class TaskExecutor: Sendable {
       var r = Swiftray_PushTaskReply()
       r.wasCancelled = true
       queued.responder.respond(.pushTaskReply(r))
-      _ = ready.wait(timeout: .now())  // keep the semaphore count equal to the queue
     } else if running {
       interruptUntilStopped(tid)
     }
@@ -148,3 +181,4 @@ final class TaskExecutor: Sendable {
     }
   }
 }
+

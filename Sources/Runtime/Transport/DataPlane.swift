@@ -122,18 +122,32 @@ public struct DataPlaneResponder: Sendable {
   enum Peer: Sendable {
     case channel(Channel)
     case memory(MemoryReply)
+    /// A lane (`Lane`); `wake` tells its poller when a reply waits for the socket.
+    case lane(LaneSocket, wake: Wakeup)
   }
   let peer: Peer
   let id: UInt64
 
   init(channel: Channel, id: UInt64) { peer = .channel(channel); self.id = id }
   init(memory: MemoryReply) { peer = .memory(memory); id = memory.id }
+  init(lane: LaneSocket, id: UInt64, wake: Wakeup) { peer = .lane(lane, wake: wake); self.id = id }
 
   public func respond(_ body: Swiftray_DataFrame.OneOf_Body) {
     LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
+    if case .lane(let socket, let wake) = peer {
+      guard var bytes = Lane.encode(f) else { return }
+      if let why = DataPlane.tooLarge(bytes.count - 4) {
+        f.body = .error(.with { $0.message = why })
+        guard let small = Lane.encode(f) else { return }
+        bytes = small
+      }
+      // Written from this thread; what the socket does not take now its poller sends.
+      if socket.write(bytes) == .queued { wake.signal() }
+      return
+    }
     guard var buf = DataPlane.encode(f, allocator: allocator) else { return }
     if let why = DataPlane.tooLarge(buf.readableBytes) {
       // The requester gets an error it can show instead of a connection its peer closes.
@@ -144,6 +158,7 @@ public struct DataPlaneResponder: Sendable {
     switch peer {
     case .channel(let channel): channel.writeAndFlush(NIOAny(buf), promise: nil)
     case .memory(let reply): DataPlane.decode(buf).map { reply.send($0, payload: nil) }
+    case .lane: break  // answered above
     }
   }
 
@@ -151,7 +166,7 @@ public struct DataPlaneResponder: Sendable {
   public var allocator: ByteBufferAllocator {
     switch peer {
     case .channel(let channel): return channel.allocator
-    case .memory: return ByteBufferAllocator()
+    case .memory, .lane: return ByteBufferAllocator()
     }
   }
 
@@ -164,7 +179,11 @@ public struct DataPlaneResponder: Sendable {
     f.body = body
     f.payloadSize = UInt64(max(payload.readableBytes, 1))
     guard case .channel(let ch) = peer else {
-      if case .memory(let reply) = peer { reply.send(f, payload: payload) }
+      switch peer {
+      case .memory(let reply): reply.send(f, payload: payload)
+      case .lane: respond(.error(.with { $0.message = "a lane carries no object chunks" }))
+      case .channel: break
+      }
       return
     }
     guard let header = DataPlane.encode(f, allocator: ch.allocator) else { return }
@@ -512,6 +531,24 @@ public final class DataPlaneClientPool: Sendable {
         connectFinished(endpoint, attempt: attempt, r)
       }
     }
+  }
+
+  /// Calls `closed` once the connection to `endpoint` closes, connecting first if
+  /// needed (at once if that fails). The connection's keep-alives make it close when
+  /// the peer stops answering (`data_plane_idle_timeout_ms`) even though its socket
+  /// stays open, as a stopped process's does: a lane to that peer uses it as its witness.
+  public func watch(_ endpoint: Endpoint, closed: @escaping @Sendable (SwiftrayError) -> Void) {
+    request(endpoint, .keepAlive(.init()), .frame({ [self] r in
+      if case .failure(let e) = r { return closed(e) }
+      let c: DataPlaneConnection? = state.withLock { s in
+        switch s.entries[endpoint]?.phase {
+        case .connected(let c)?, .draining(let c)?: return c
+        default: return nil
+        }
+      }
+      guard let c else { return closed(SwiftrayError(.system, "connection lost")) }
+      c.onClose(closed)
+    }))
   }
 
   private func connectFinished(_ endpoint: Endpoint, attempt: UInt64, _ r: Result<DataPlaneConnection, Error>) {

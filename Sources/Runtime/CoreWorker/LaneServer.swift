@@ -1,0 +1,160 @@
+import CSwiftray
+import Foundation
+import RuntimeProto
+import Synchronization
+
+/// Wakes a thread blocked in `poll` (an eventfd). Threading: `signal` from any thread.
+public final class Wakeup: Sendable {
+  let fd: Int32 = sr_eventfd()
+  public init() {}
+  public func signal() {
+    var one: UInt64 = 1
+    _ = Glibc.write(fd, &one, 8)
+  }
+  /// Clears the signal (after `poll` saw it).
+  func reset() {
+    var v: UInt64 = 0
+    _ = Glibc.read(fd, &v, 8)
+  }
+  deinit { Glibc.close(fd) }
+}
+
+/// A worker's lane listener and its lanes (`Lane`): polled by the worker's task thread
+/// itself while it waits for its next task, so a task pushed by lane wakes exactly the
+/// thread that runs it.
+///
+/// A lane must open with the cluster's preamble within the handshake time; until then
+/// nothing it sends is decoded. Lanes are capped (`max_connections_per_listener`), a
+/// frame beyond `max_data_plane_frame_bytes` closes its lane; the executor serves
+/// `pushTask` and `cancelTask` (anything else gets an error reply).
+///
+/// Threading: `poll` from the worker's task thread only (one caller at a time: the
+/// lanes live in that thread's hands); `close` from any thread; replies (through the
+/// responders it hands out) from any thread.
+public final class LaneServer: @unchecked Sendable {
+  struct Conn {
+    let socket: LaneSocket
+    var reader: FrameReader
+    var authed = false
+    /// When an unauthenticated lane is closed (monotonic nanoseconds).
+    let handshakeDeadline: UInt64
+  }
+
+  let path: String
+  let listenFD: Int32
+  let auth: ClusterAuth
+  let wake: Wakeup
+  /// The task thread's only.
+  private var conns: [Int32: Conn] = [:]
+  private var buffer: [pollfd] = []
+  private let closing = Atomic<Bool>(false)
+
+  public init(path: String, auth: ClusterAuth, wake: Wakeup) throws(SwiftrayError) {
+    self.path = path
+    self.auth = auth
+    self.wake = wake
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw SwiftrayError(.system, "cannot make a lane socket: \(String(cString: strerror(errno)))") }
+    unlink(path)
+    guard Lane.withSocketAddress(path, { bind(fd, $0, $1) }) == 0, listen(fd, 64) == 0 else {
+      let why = String(cString: strerror(errno))
+      Glibc.close(fd)
+      throw SwiftrayError(.system, "cannot listen on \(path): \(why)")
+    }
+    chmod(path, 0o600)  // this user's processes only, as the data-plane socket
+    listenFD = fd
+  }
+
+  /// Closes the listener now, and every lane at the next `poll` (their owners see them
+  /// close then; a worker's exit closes them in any case).
+  public func close() {
+    unlink(path)
+    shutdown(listenFD, Int32(SHUT_RDWR))
+    closing.store(true, ordering: .releasing)
+    wake.signal()
+  }
+
+  /// Waits up to `timeoutNanos` for lanes or `wake`, then serves what arrived: lanes
+  /// accepted, preambles checked, queued replies sent, and each frame handed to
+  /// `handle` (on this thread). Returns early when `wake` was signalled.
+  public func poll(timeoutNanos: UInt64, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
+    if closing.load(ordering: .acquiring) {
+      for (fd, c) in conns { drop(fd, c) }
+      var p = pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)
+      if Glibc.poll(&p, 1, Int32(clamping: (timeoutNanos + 999_999) / 1_000_000)) > 0 { wake.reset() }
+      return
+    }
+    let now = DispatchTime.now().uptimeNanoseconds
+    var timeout = timeoutNanos
+    buffer.removeAll(keepingCapacity: true)
+    buffer.append(pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0))
+    buffer.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
+    for (fd, c) in conns {
+      var events = Int16(POLLIN)
+      if c.socket.wantsWrite { events |= Int16(POLLOUT) }
+      buffer.append(pollfd(fd: fd, events: events, revents: 0))
+      if !c.authed { timeout = min(timeout, c.handshakeDeadline > now ? c.handshakeDeadline - now : 0) }
+    }
+    let ms = Int32(clamping: (timeout + 999_999) / 1_000_000)
+    let n = buffer.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), ms) }
+    if n > 0 {
+      if buffer[0].revents != 0 { wake.reset() }
+      if buffer[1].revents != 0 { accept(now: DispatchTime.now().uptimeNanoseconds) }
+      for p in buffer.dropFirst(2) where p.revents != 0 {
+        serve(p.fd, writable: p.revents & Int16(POLLOUT) != 0, handle: handle)
+      }
+    }
+    expireHandshakes(now: DispatchTime.now().uptimeNanoseconds)
+  }
+
+  private func accept(now: UInt64) {
+    let cap = NetworkLimits.current.maxConnectionsPerListener
+    let deadline = now + UInt64(max(NetworkLimits.current.handshakeTimeoutMs, 1)) * 1_000_000
+    while true {
+      let fd = sr_accept_nonblocking(listenFD)
+      guard fd >= 0 else { if errno == EINTR { continue }; return }
+      guard conns.count < cap else { Glibc.close(fd); continue }
+      conns[fd] = Conn(socket: LaneSocket(fd: fd),
+                       reader: FrameReader(max: AuthGate.magic.count + ClusterAuth.maximumLength),
+                       handshakeDeadline: deadline)
+    }
+  }
+
+  private func serve(_ fd: Int32, writable: Bool, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
+    guard var c = conns[fd] else { return }
+    if writable { c.socket.flush() }
+    let r = c.socket.read(into: &c.reader)
+    var open = r != .closed
+    frames: while open {
+      switch c.reader.next() {
+      case .incomplete: break frames
+      case .tooLarge: open = false
+      case .frame(let bytes):
+        if !c.authed {
+          guard bytes.count >= AuthGate.magic.count, Array(bytes.prefix(AuthGate.magic.count)) == AuthGate.magic,
+                auth.accepts(bytes.dropFirst(AuthGate.magic.count)) else { open = false; break }
+          c.authed = true
+          c.reader.max = NetworkLimits.current.maxFrameBytes
+          continue
+        }
+        guard let frame = Lane.decode(bytes) else { open = false; break }
+        let responder = DataPlaneResponder(lane: c.socket, id: frame.id, wake: wake)
+        if case .keepAlive? = frame.body { responder.respond(.keepAlive(.init())) } else { handle(frame, responder) }
+      }
+    }
+    if open {
+      conns[fd] = c
+    } else {
+      drop(fd, c)
+    }
+  }
+
+  private func expireHandshakes(now: UInt64) {
+    for (fd, c) in conns where !c.authed && c.handshakeDeadline <= now { drop(fd, c) }
+  }
+
+  private func drop(_ fd: Int32, _ c: Conn) {
+    conns[fd] = nil
+    c.socket.close()
+  }
+}

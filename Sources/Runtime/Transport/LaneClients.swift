@@ -1,0 +1,314 @@
+import CSwiftray
+import Foundation
+import NIOCore
+import RuntimeProto
+import Synchronization
+
+/// An owner's lanes to the workers of its node (`Lane`), and the one thread that reads
+/// their replies (the lane reactor, an `epoll` loop of its own: no event-loop hop).
+///
+/// Which way a request to a worker goes is decided once per worker and then kept: by
+/// lane when the worker listens on one, else by the data plane. Actor calls rely on
+/// their frames arriving in call order, and two ways to one worker could reorder them.
+///
+/// Threading: `request` from any thread (it writes the frame itself and never blocks);
+/// replies and failures are delivered on the reactor thread, or (a request that fails
+/// at once) on an event loop of `group`, never inline in `request`.
+public final class LaneClients: Sendable {
+  enum Route { case lane(LaneClient), dataPlane }
+
+  struct State {
+    var routes: [String: Route] = [:]
+    var byFD: [Int32: LaneClient] = [:]
+    var reactorStarted = false
+    var closed = false
+  }
+
+  let auth: ClusterAuth
+  let group: EventLoopGroup
+  let state = Locked(State())
+  let epfd: Int32
+  /// Written to stop the reactor (`closeAll`).
+  let stopFD: Int32
+  let enabled: Bool
+  let witness: Witness?
+
+  /// Watches a worker's liveness for its lane: calls the closure it is given once the
+  /// worker stops answering (`DataPlaneClientPool.watch`). A worker reads its lanes
+  /// only between tasks, so a lane cannot carry keep-alives itself.
+  public typealias Witness = @Sendable (Endpoint, _ dead: @escaping @Sendable () -> Void) -> Void
+
+  /// `enabled` false: every request goes by the data plane.
+  public init(auth: ClusterAuth, group: EventLoopGroup, enabled: Bool = true, witness: Witness? = nil) {
+    self.auth = auth
+    self.group = group
+    self.enabled = enabled
+    self.witness = witness
+    epfd = sr_epoll_create()
+    stopFD = sr_eventfd()
+    _ = sr_epoll_set(epfd, stopFD, Int32(SR_LANE_IN), 1)
+  }
+
+  /// Sends `body` to the worker at `endpoint` by its lane and returns true, or returns
+  /// false (nothing sent) when that worker is reached by the data plane.
+  public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
+                      _ waiter: DataPlaneConnection.Waiter) -> Bool {
+    LockDiscipline.mustNotHoldLock("LaneClients.request")
+    guard enabled, let path = Lane.path(forWorker: endpoint) else { return false }
+    guard let client = client(path, endpoint) else { return false }
+    client.request(body, waiter, group: group) { [self] in watchWrites(client) }
+    sr_set_last_lane(client.socket.fd)
+    return true
+  }
+
+  /// Called by a thread about to block for a result (GIL released): when this thread's
+  /// last request went by lane and that lane still has requests in flight, the thread
+  /// reads the lane itself until `done()`, `wake` is signalled, the lane has nothing
+  /// more in flight, or `nanos` pass. The reactor is kept off that lane meanwhile, so
+  /// a reply wakes only the thread that waits for it. True when `done()`.
+  /// Only the first wait after a request does this (the next ones sleep as usual).
+  func readWhileWaiting(nanos: UInt64, wake: Wakeup, until done: () -> Bool) -> Bool {
+    LockDiscipline.mayBlock("reading a lane while waiting")
+    let fd = sr_last_lane()
+    guard fd >= 0 else { return done() }
+    sr_set_last_lane(-1)
+    guard let c = state.withLock({ $0.byFD[fd] }), c.hasPending, c.beginRead() else { return done() }
+    c.foreground.withLock { $0 = wake }
+    _ = sr_epoll_set(epfd, fd, 0, 0)  // disarmed: the reactor sleeps through these replies
+    let start = DispatchTime.now().uptimeNanoseconds
+    var open = true
+    var fds = [pollfd(fd: fd, events: 0, revents: 0), pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
+    while open, !done(), c.hasPending {
+      let elapsed = DispatchTime.now().uptimeNanoseconds &- start
+      guard elapsed < nanos else { break }
+      fds[0].events = Int16(POLLIN) | (c.socket.wantsWrite ? Int16(POLLOUT) : 0)
+      fds[0].revents = 0
+      fds[1].revents = 0
+      let n = Glibc.poll(&fds, 2, Int32(clamping: (nanos - elapsed + 999_999) / 1_000_000))
+      guard n > 0 else { continue }
+      if fds[1].revents != 0 { wake.reset() }
+      if fds[0].revents & Int16(POLLOUT) != 0 { c.socket.flush() }
+      if fds[0].revents != 0 { open = c.readReplies() }
+    }
+    c.foreground.withLock { $0 = nil }
+    c.endRead()
+    if open {
+      _ = sr_epoll_set(epfd, fd, Int32(SR_LANE_IN) | (c.socket.wantsWrite ? Int32(SR_LANE_OUT) : 0), 0)
+    } else {
+      drop(c)
+    }
+    return done()
+  }
+
+  /// The lane to `path`, connected on first use; nil when that worker takes the data plane.
+  private func client(_ path: String, _ endpoint: Endpoint) -> LaneClient? {
+    enum Step { case use(LaneClient), dataPlane, connect }
+    let step: Step = state.withLock { s in
+      switch s.routes[path] {
+      case .lane(let c)?: return .use(c)
+      case .dataPlane?: return .dataPlane
+      case nil: return s.closed ? .dataPlane : .connect
+      }
+    }
+    switch step {
+    case .use(let c): return c
+    case .dataPlane: return nil
+    case .connect: break
+    }
+    // Connecting a Unix socket does not block: it succeeds or fails at once.
+    let socket = Lane.connect(path, auth: auth)
+    enum Outcome { case won(LaneClient, startReactor: Bool), lost(Route), closed }
+    let fresh = socket.map { LaneClient(socket: $0, path: path) }
+    let outcome: Outcome = state.withLock { s in
+      if s.closed { return .closed }
+      if let existing = s.routes[path] { return .lost(existing) }
+      guard let fresh else { s.routes[path] = .dataPlane; return .lost(.dataPlane) }
+      s.routes[path] = .lane(fresh)
+      s.byFD[fresh.socket.fd] = fresh
+      let start = !s.reactorStarted
+      s.reactorStarted = true
+      return .won(fresh, startReactor: start)
+    }
+    switch outcome {
+    case .won(let c, let start):
+      _ = sr_epoll_set(epfd, c.socket.fd, Int32(SR_LANE_IN), 1)
+      if start { startReactor() }
+      // A worker that stops answering (stopped, hung) keeps its socket open: the lane
+      // goes when its witness says so, and its requests fail as on a lost connection.
+      witness?(endpoint) { [weak self, weak c] in if let self, let c { drop(c) } }
+      return c
+    case .lost(let route):
+      // Another thread connected first (or the worker has no lane): use its choice.
+      fresh?.socket.close()
+      if case .lane(let c) = route { return c }
+      return nil
+    case .closed:
+      fresh?.socket.close()
+      return nil
+    }
+  }
+
+  /// The socket would not take a whole frame: whoever reads the lane sends the rest
+  /// when it can (a waiting thread reading it is told to look; else the reactor).
+  private func watchWrites(_ c: LaneClient) {
+    if let foreground = c.foreground.withLock({ $0 }) { return foreground.signal() }
+    _ = sr_epoll_set(epfd, c.socket.fd, Int32(SR_LANE_IN | SR_LANE_OUT), 0)
+  }
+
+  private func startReactor() {
+    let t = Thread { [self] in reactor() }
+    t.name = "swiftray-lanes"
+    t.stackSize = 1 << 20
+    t.start()
+  }
+
+  /// The reactor thread: reads replies and hands them to their waiters, sends what
+  /// writers left queued, and fails a lane's requests when its worker goes away.
+  private func reactor() {
+    var fds = [Int32](repeating: 0, count: 64)
+    var events = [Int32](repeating: 0, count: 64)
+    let inBit = Int32(SR_LANE_IN), outBit = Int32(SR_LANE_OUT), hupBit = Int32(SR_LANE_HUP)
+    while true {
+      let n = sr_epoll_wait(epfd, &fds, &events, 64, -1)
+      if n < 0 { if errno == EINTR { continue }; return }
+      for i in 0..<Int(n) {
+        let fd = fds[i]
+        if fd == stopFD { return }
+        // A lane a waiting thread reads itself (`readWhileWaiting`) is left to it.
+        guard let c = state.withLock({ $0.byFD[fd] }), c.beginRead() else { continue }
+        if events[i] & outBit != 0, c.socket.flush() != .queued {
+          _ = sr_epoll_set(epfd, fd, inBit, 0)
+        }
+        let open = events[i] & (inBit | hupBit) == 0 || c.readReplies()
+        c.endRead()
+        if !open { drop(c) }
+      }
+    }
+  }
+
+  /// A lane that closed (or whose worker stopped answering): its requests fail as a
+  /// lost data-plane connection's do, and the worker is no longer reached by it.
+  /// Any thread; more than once is harmless.
+  private func drop(_ c: LaneClient) {
+    _ = sr_epoll_del(epfd, c.socket.fd)
+    state.withLock { s in
+      if s.byFD[c.socket.fd] === c { s.byFD[c.socket.fd] = nil }
+      if case .lane(let x)? = s.routes[c.path], x === c { s.routes[c.path] = nil }
+    }
+    c.socket.close()
+    c.failAll(SwiftrayError(.system, "connection lost"))
+  }
+
+  /// Closes every lane (their requests fail) and stops the reactor.
+  public func closeAll() {
+    let all: [LaneClient] = state.withLock { s in
+      s.closed = true
+      defer { s.routes.removeAll() }
+      return Array(s.byFD.values)
+    }
+    for c in all {
+      c.socket.close()
+      c.failAll(SwiftrayError(.system, "the connection to \(c.path) was closed"))
+    }
+    var one: UInt64 = 1
+    _ = Glibc.write(stopFD, &one, 8)
+  }
+}
+
+/// One lane to one worker: the requests waiting for its replies.
+/// Threading: `request`/`failAll` from any thread; `readReplies` by the thread that
+/// holds `beginRead` (the reactor, or a thread waiting for a reply: `readWhileWaiting`).
+final class LaneClient: Sendable {
+  struct State {
+    var nextID: UInt64 = 1
+    var pending: [UInt64: DataPlaneConnection.Waiter] = [:]
+    var closed: SwiftrayError?
+  }
+  let socket: LaneSocket
+  let path: String
+  let state = Locked(State())
+  /// Read by one thread at a time: whoever holds `reading` (`beginRead`).
+  nonisolated(unsafe) var reader = FrameReader(max: NetworkLimits.current.maxFrameBytes)
+  let reading = Atomic<Bool>(false)
+  /// The wake-up of the thread reading this lane while it waits (`readWhileWaiting`),
+  /// signalled when a frame waits for the socket: that thread sends it.
+  let foreground = Locked<Wakeup?>(nil)
+
+  /// Takes the right to read this lane; false while another thread reads it.
+  func beginRead() -> Bool { !reading.exchange(true, ordering: .acquiring) }
+  func endRead() { reading.store(false, ordering: .releasing) }
+  /// Requests wait for replies on this lane.
+  var hasPending: Bool { state.withLock { !$0.pending.isEmpty } }
+
+  init(socket: LaneSocket, path: String) { self.socket = socket; self.path = path }
+
+  /// Writes the request's frame from this thread; `blocked` runs when the socket did
+  /// not take all of it (the reactor then sends the rest).
+  func request(_ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter,
+               group: EventLoopGroup, blocked: () -> Void) {
+    var f = Swiftray_DataFrame()
+    f.body = body
+    enum Step { case send([UInt8]), failed(SwiftrayError) }
+    // Frames leave in the order their `socket.write` calls ran (the socket's own queue
+    // keeps it), as a data-plane connection's leave in the order of `request` calls.
+    let step: Step = state.withLock { s in
+      if let e = s.closed { return .failed(e) }
+      f.id = s.nextID
+      guard let bytes = Lane.encode(f) else { return .failed(SwiftrayError(.system, "could not encode a data-plane frame")) }
+      if let why = DataPlane.tooLarge(bytes.count - 4) { return .failed(SwiftrayError(.invalidArgument, why)) }
+      s.nextID += 1
+      s.pending[f.id] = waiter
+      return .send(bytes)
+    }
+    switch step {
+    case .failed(let e):
+      group.next().execute { waiter.fail(e) }
+    case .send(let bytes):
+      switch socket.write(bytes) {
+      case .sent: break
+      case .queued: blocked()
+      case .closed:
+        // Whoever closed the lane fails its requests, this one with them: `failAll`
+        // either ran after the insert above or refused it.
+        break
+      }
+    }
+  }
+
+  /// Reads and delivers what arrived; false when the lane closed (or its worker sent
+  /// what cannot be a reply).
+  func readReplies() -> Bool {
+    let r = socket.read(into: &reader)
+    while true {
+      switch reader.next() {
+      case .incomplete:
+        return r != .closed
+      case .tooLarge:
+        return false
+      case .frame(let bytes):
+        guard let frame = Lane.decode(bytes) else { return false }
+        deliver(frame)
+      }
+    }
+  }
+
+  private func deliver(_ frame: Swiftray_DataFrame) {
+    LockDiscipline.mustNotHoldLock("a lane reply callback")
+    switch state.withLock({ $0.pending.removeValue(forKey: frame.id) }) {
+    case .frame(let cb)?: cb(.success(frame))
+    case .withPayload(let cb)?: cb(.success((frame, nil)))
+    case nil: break
+    }
+  }
+
+  func failAll(_ error: SwiftrayError) {
+    LockDiscipline.mustNotHoldLock("a lane failure callback")
+    let waiters: [DataPlaneConnection.Waiter] = state.withLock { s in
+      if s.closed != nil { return [] }
+      s.closed = error
+      defer { s.pending.removeAll() }
+      return Array(s.pending.values)
+    }
+    for w in waiters { w.fail(error) }
+  }
+}

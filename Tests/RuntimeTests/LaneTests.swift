@@ -1,0 +1,183 @@
+import Foundation
+import NIOPosix
+import Runtime
+import RuntimeProto
+import Synchronization
+import Testing
+
+@Suite struct LaneTests {
+  static func bytes(_ frames: [[UInt8]]) -> [UInt8] { frames.flatMap { Lane.lengthPrefixed($0) } }
+
+  @Test func framesAreCutWhereverTheStreamIsSplit() {
+    let frames: [[UInt8]] = (0..<50).map { i in (0..<(i * 7 % 23)).map { UInt8(($0 + i) & 0xFF) } }
+    let stream = Self.bytes(frames)
+    for chunk in [1, 3, 4, 5, 64, stream.count] {
+      var reader = FrameReader(max: 1 << 20)
+      var got: [[UInt8]] = []
+      var i = 0
+      while i < stream.count {
+        let end = min(i + chunk, stream.count)
+        stream[i..<end].withUnsafeBytes { reader.append($0) }
+        i = end
+        while case .frame(let f) = reader.next() { got.append(Array(f)) }
+      }
+      #expect(got == frames, "chunk \(chunk)")
+      #expect(reader.buffered == 0)
+    }
+  }
+
+  @Test func aLengthBeyondTheLimitIsReportedBeforeItsBytesArrive() {
+    var reader = FrameReader(max: 100)
+    let header = Lane.lengthPrefixed([UInt8](repeating: 1, count: 101)).prefix(4)
+    Array(header).withUnsafeBytes { reader.append($0) }
+    #expect(reader.next() == .tooLarge(101))
+    var ok = FrameReader(max: 100)
+    Lane.lengthPrefixed([UInt8](repeating: 1, count: 100)).withUnsafeBytes { ok.append($0) }
+    guard case .frame(let f) = ok.next() else { Issue.record("a frame of exactly the limit was refused"); return }
+    #expect(f.count == 100)
+  }
+
+  /// A worker's side of lanes, polled by a thread of its own as a worker's task thread
+  /// polls it; it answers each pushed task with its task id.
+  final class EchoWorker: Sendable {
+    let server: LaneServer
+    let stop = Atomic<Bool>(false)
+    let done = DispatchSemaphore(value: 0)
+    let path: String
+
+    init(auth: ClusterAuth) throws {
+      let dir = NSTemporaryDirectory() + "lane-\(UInt32.random(in: 0 ... .max))"
+      try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+      path = dir + "/w-0123456789abcdef.lane"
+      server = try LaneServer(path: path, auth: auth, wake: Wakeup())
+      let thread = Thread { [self] in
+        while !stop.load(ordering: .acquiring) {
+          server.poll(timeoutNanos: 20_000_000) { frame, responder in
+            guard case .pushTask(let req)? = frame.body else {
+              return responder.respond(.error(.with { $0.message = "not a task" }))
+            }
+            var reply = Swiftray_PushTaskReply()
+            reply.returns = [.with { $0.objectID = req.spec.taskID }]
+            responder.respond(.pushTaskReply(reply))
+          }
+        }
+        done.signal()
+      }
+      thread.start()
+    }
+
+    var endpoint: Endpoint { .unix(String(path.dropLast(5)) + ".sock") }
+
+    func shutdown() {
+      server.close()
+      stop.store(true, ordering: .releasing)
+      done.wait()
+    }
+  }
+
+  static func push(_ lanes: LaneClients, _ ep: Endpoint, _ id: UInt32, padding: Int = 0) async -> Result<Data, SwiftrayError> {
+    await withCheckedContinuation { c in
+      var req = Swiftray_PushTaskRequest()
+      req.spec.taskID = withUnsafeBytes(of: id.bigEndian) { Data($0) }
+      if padding > 0 { req.spec.name = String(repeating: "x", count: padding) }
+      let sent = lanes.request(ep, .pushTask(req), .frame({ r in
+        switch r {
+        case .success(let f):
+          guard case .pushTaskReply(let rep)? = f.body, let first = rep.returns.first else {
+            return c.resume(returning: .failure(SwiftrayError(.system, "unexpected reply \(f)")))
+          }
+          c.resume(returning: .success(first.objectID))
+        case .failure(let e): c.resume(returning: .failure(e))
+        }
+      }))
+      if !sent { c.resume(returning: .failure(SwiftrayError(.system, "not sent by lane"))) }
+    }
+  }
+
+  @Test func repliesFromManyThreadsComeBackToTheirRequests() async throws {
+    let auth = try ClusterAuth(token: "lane-secret-0123456789", source: "test")
+    let worker = try EchoWorker(auth: auth)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: auth, group: group)
+    let results = await withTaskGroup(of: (UInt32, Result<Data, SwiftrayError>).self) { g in
+      for i in 0..<400 as Range<UInt32> { g.addTask { (i, await Self.push(lanes, worker.endpoint, i)) } }
+      var all: [(UInt32, Result<Data, SwiftrayError>)] = []
+      for await r in g { all.append(r) }
+      return all
+    }
+    #expect(results.count == 400)
+    for (i, r) in results {
+      #expect((try? r.get()) == withUnsafeBytes(of: i.bigEndian) { Data($0) }, "request \(i)")
+    }
+    lanes.closeAll()
+    worker.shutdown()
+    try await group.shutdownGracefully()
+  }
+
+  /// Frames far larger than the socket's buffer: the writer leaves what the socket does
+  /// not take for the reactor, and every frame still arrives whole and in order.
+  @Test func framesLargerThanTheSocketBufferArriveWhole() async throws {
+    let worker = try EchoWorker(auth: .disabled)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: .disabled, group: group)
+    let results = await withTaskGroup(of: (UInt32, Result<Data, SwiftrayError>).self) { g in
+      for i in 0..<40 as Range<UInt32> {
+        g.addTask { (i, await Self.push(lanes, worker.endpoint, i, padding: 600_000)) }
+      }
+      var all: [(UInt32, Result<Data, SwiftrayError>)] = []
+      for await r in g { all.append(r) }
+      return all
+    }
+    #expect(results.count == 40)
+    for (i, r) in results {
+      #expect((try? r.get()) == withUnsafeBytes(of: i.bigEndian) { Data($0) }, "request \(i)")
+    }
+    lanes.closeAll()
+    worker.shutdown()
+    try await group.shutdownGracefully()
+  }
+
+  @Test func aLaneWithTheWrongTokenIsClosedBeforeAnythingIsServed() async throws {
+    let worker = try EchoWorker(auth: try ClusterAuth(token: "right-token-0123456789", source: "test"))
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: try ClusterAuth(token: "wrong-token-0123456789", source: "test"), group: group)
+    let r = await Self.push(lanes, worker.endpoint, 7)
+    guard case .failure(let e) = r else { Issue.record("a lane with the wrong token was served"); return }
+    #expect(e.message.contains("connection lost"))
+    lanes.closeAll()
+    worker.shutdown()
+    try await group.shutdownGracefully()
+  }
+
+  @Test func requestsInFlightFailWhenTheWorkerGoesAway() async throws {
+    let auth = ClusterAuth.disabled
+    let dir = NSTemporaryDirectory() + "lane-\(UInt32.random(in: 0 ... .max))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let path = dir + "/w-0123456789abcdef.lane"
+    // A worker that reads what it is sent and never answers, then goes away.
+    let server = try LaneServer(path: path, auth: auth, wake: Wakeup())
+    let received = DispatchSemaphore(value: 0)
+    let stop = Atomic<Bool>(false)
+    let stopped = DispatchSemaphore(value: 0)
+    Thread {
+      while !stop.load(ordering: .acquiring) {
+        server.poll(timeoutNanos: 20_000_000) { _, _ in received.signal() }
+      }
+      // The worker goes away: its listener and lanes close.
+      server.close()
+      server.poll(timeoutNanos: 0) { _, _ in }
+      stopped.signal()
+    }.start()
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: auth, group: group)
+    let ep = Endpoint.unix(dir + "/w-0123456789abcdef.sock")
+    async let r = Self.push(lanes, ep, 1)
+    await Task.detached { received.wait() }.value
+    stop.store(true, ordering: .releasing)
+    await Task.detached { stopped.wait() }.value
+    guard case .failure(let e) = await r else { Issue.record("a request to a worker that went away succeeded"); return }
+    #expect(e.message.contains("connection lost"))
+    lanes.closeAll()
+    try await group.shutdownGracefully()
+  }
+}
