@@ -71,6 +71,11 @@ public struct Config: Sendable, Equatable {
   /// 1: an owner pushes tasks to the workers of its node by lane (`Lane`: written and
   /// read by the threads that need them, no event-loop hop); 0: by the data plane only.
   public var taskLanes = 1
+  /// How long, in microseconds, a worker looks for its next task by lane right after
+  /// one, and a caller for the reply of a task it pushed by lane, before sleeping. A
+  /// thread still awake needs no wake-up: the round trip of a sync call halves. Each
+  /// look yields the CPU to any thread waiting for it first; 0 never spins.
+  public var taskLaneSpinUs = 500
 
   public init() {}
 
@@ -103,6 +108,7 @@ public struct Config: Sendable, Equatable {
     "object_manager_pull_timeout_ms": \.objectManagerPullTimeoutMs,
     "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
     "task_lanes": \.taskLanes,
+    "task_lane_spin_us": \.taskLaneSpinUs,
   ]
 
   /// The values each key accepts; anything else (from a variable, a flag or
@@ -133,6 +139,7 @@ public struct Config: Sendable, Equatable {
     "infeasible_retry_ms": 1...86_400_000,
     "gcs_rpc_server_reconnect_timeout_s": 1...31_536_000,
     "task_lanes": 0...1,
+    "task_lane_spin_us": 0...100_000,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).

@@ -157,7 +157,7 @@ public final class CoreWorker: Sendable {
     pool = DataPlaneClientPool(group: group, auth: options.auth)
     let pool = pool
     lanes = LaneClients(auth: options.auth, group: group, enabled: options.config.taskLanes == 1,
-                        witness: { ep, dead in pool.watch(ep) { _ in dead() } })
+                        spinMicros: options.config.taskLaneSpinUs, witness: { ep, dead in pool.watch(ep) { _ in dead() } })
     // A worker whose node's store is gone dies at once, whatever it was doing (reading
     // arguments, storing returns, a put): its owner then retries the task elsewhere
     // instead of seeing it fail with this node's death.
@@ -191,6 +191,7 @@ public final class CoreWorker: Sendable {
                             maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock)
     if !options.isDriver, options.config.taskLanes == 1, let lanePath = Lane.path(forWorker: endpoint) {
       executor.lanes = try LaneServer(path: lanePath, auth: options.auth, wake: executor.ready)
+      executor.spinNanos = UInt64(options.config.taskLaneSpinUs) * 1000
     }
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)

@@ -28,6 +28,14 @@ final class TaskExecutor: Sendable {
   let state: Locked<State>
   /// Wakes the task thread when a task is queued from another thread (the data plane's).
   let ready = Wakeup()
+  /// How long `next` looks at its lanes without sleeping right after a task
+  /// (`task_lane_spin_us`): a caller in a loop sends the next one within microseconds,
+  /// and a thread that has not gone to sleep needs no wake-up (tens of microseconds on
+  /// a virtual machine). Set before the task thread starts.
+  nonisolated(unsafe) var spinNanos: UInt64 = 0
+  /// The task thread's own: whether its last `next` returned a task (an idle worker
+  /// does not spin).
+  nonisolated(unsafe) private var busy = false
   /// This worker's lanes (`Lane`), polled by the task thread in `next`; nil in a driver.
   nonisolated(unsafe) var lanes: LaneServer?
   let maxQueued: Int
@@ -92,11 +100,13 @@ final class TaskExecutor: Sendable {
     LockDiscipline.mayBlock("waiting for the next task")
     let start = DispatchTime.now().uptimeNanoseconds
     while true {
-      if let e = popNext() { return e }
+      if let e = popNext() { busy = true; return e }
       let waited = DispatchTime.now().uptimeNanoseconds &- start
-      guard waited < timeoutNanos else { return nil }
+      guard waited < timeoutNanos else { busy = false; return nil }
       if let lanes {
-        lanes.poll(timeoutNanos: timeoutNanos - waited) { frame, responder in
+        let spin = busy && waited < spinNanos
+        if spin { sched_yield() }  // a peer on this CPU goes first: spinning never delays it
+        lanes.poll(timeoutNanos: spin ? 0 : timeoutNanos - waited) { frame, responder in
           switch frame.body {
           case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
           case .cancelTask(let req)?:

@@ -31,6 +31,8 @@ public final class LaneClients: Sendable {
   /// Written to stop the reactor (`closeAll`).
   let stopFD: Int32
   let enabled: Bool
+  /// How long a thread reading its reply looks without sleeping (`task_lane_spin_us`).
+  let spinNanos: UInt64
   let witness: Witness?
 
   /// Watches a worker's liveness for its lane: calls the closure it is given once the
@@ -39,7 +41,8 @@ public final class LaneClients: Sendable {
   public typealias Witness = @Sendable (Endpoint, _ dead: @escaping @Sendable () -> Void) -> Void
 
   /// `enabled` false: every request goes by the data plane.
-  public init(auth: ClusterAuth, group: EventLoopGroup, enabled: Bool = true, witness: Witness? = nil) {
+  public init(auth: ClusterAuth, group: EventLoopGroup, enabled: Bool = true, spinMicros: Int = 0, witness: Witness? = nil) {
+    self.spinNanos = UInt64(max(spinMicros, 0)) * 1000
     self.auth = auth
     self.group = group
     self.enabled = enabled
@@ -84,7 +87,11 @@ public final class LaneClients: Sendable {
       fds[0].events = Int16(POLLIN) | (c.socket.wantsWrite ? Int16(POLLOUT) : 0)
       fds[0].revents = 0
       fds[1].revents = 0
-      let n = Glibc.poll(&fds, 2, Int32(clamping: (nanos - elapsed + 999_999) / 1_000_000))
+      // Looking without sleeping for a moment first: a reply that comes that soon
+      // then needs no wake-up of this thread.
+      let spin = elapsed < spinNanos
+      if spin { sched_yield() }
+      let n = Glibc.poll(&fds, 2, spin ? 0 : Int32(clamping: (nanos - elapsed + 999_999) / 1_000_000))
       guard n > 0 else { continue }
       if fds[1].revents != 0 { wake.reset() }
       if fds[0].revents & Int16(POLLOUT) != 0 { c.socket.flush() }
