@@ -191,7 +191,7 @@ public final class CoreWorker: Sendable {
                             maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock)
     if !options.isDriver, options.config.taskLanes == 1, let lanePath = Lane.path(forWorker: endpoint) {
       executor.lanes = try LaneServer(path: lanePath, auth: options.auth, wake: executor.ready)
-      executor.spinNanos = UInt64(options.config.taskLaneSpinUs) * 1000
+      executor.spin = SpinPolicy(budgetNanos: UInt64(options.config.taskLaneSpinUs) * 1000)
     }
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)

@@ -29,10 +29,11 @@ final class TaskExecutor: Sendable {
   /// Wakes the task thread when a task is queued from another thread (the data plane's).
   let ready = Wakeup()
   /// How long `next` looks at its lanes without sleeping right after a task
-  /// (`task_lane_spin_us`): a caller in a loop sends the next one within microseconds,
-  /// and a thread that has not gone to sleep needs no wake-up (tens of microseconds on
-  /// a virtual machine). Set before the task thread starts.
-  nonisolated(unsafe) var spinNanos: UInt64 = 0
+  /// (`task_lane_spin_us`), and when it stops (`SpinPolicy`): a caller in a loop sends
+  /// the next one within microseconds, and a thread that has not gone to sleep needs no
+  /// wake-up (tens of microseconds on a virtual machine). Set before the task thread
+  /// starts; then the task thread's own.
+  nonisolated(unsafe) var spin = SpinPolicy(budgetNanos: 0)
   /// The task thread's own: whether its last `next` returned a task (an idle worker
   /// does not spin).
   nonisolated(unsafe) private var busy = false
@@ -99,14 +100,24 @@ final class TaskExecutor: Sendable {
   func next(timeoutNanos: UInt64) -> CoreWorker.Execution? {
     LockDiscipline.mayBlock("waiting for the next task")
     let start = DispatchTime.now().uptimeNanoseconds
+    var spinning = busy && lanes != nil && spin.begin()
+    var last = start
     while true {
-      if let e = popNext() { busy = true; return e }
-      let waited = DispatchTime.now().uptimeNanoseconds &- start
+      if let e = popNext() {
+        if spinning { spin.paid() }
+        busy = true
+        return e
+      }
+      let now = DispatchTime.now().uptimeNanoseconds
+      let waited = now &- start
       guard waited < timeoutNanos else { busy = false; return nil }
+      if spinning {
+        spinning = spin.look(elapsed: waited, sinceLast: now &- last)
+        last = now
+      }
       if let lanes {
-        let spin = busy && waited < spinNanos
-        if spin { sched_yield() }  // a peer on this CPU goes first: spinning never delays it
-        lanes.poll(timeoutNanos: spin ? 0 : timeoutNanos - waited) { frame, responder in
+        if spinning { sched_yield() }  // a thread waiting for this CPU goes first
+        lanes.poll(timeoutNanos: spinning ? 0 : timeoutNanos - waited) { frame, responder in
           switch frame.body {
           case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
           case .cancelTask(let req)?:

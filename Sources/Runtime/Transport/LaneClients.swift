@@ -18,7 +18,8 @@ public final class LaneClients: Sendable {
   enum Route { case lane(LaneClient), dataPlane }
 
   struct State {
-    var routes: [String: Route] = [:]
+    /// By worker endpoint (the lane's path is worked out only on a miss).
+    var routes: [Endpoint: Route] = [:]
     var byFD: [Int32: LaneClient] = [:]
     var reactorStarted = false
     var closed = false
@@ -31,8 +32,9 @@ public final class LaneClients: Sendable {
   /// Written to stop the reactor (`closeAll`).
   let stopFD: Int32
   let enabled: Bool
-  /// How long a thread reading its reply looks without sleeping (`task_lane_spin_us`).
-  let spinNanos: UInt64
+  /// How long a thread reading its reply looks without sleeping (`task_lane_spin_us`),
+  /// and when threads stop spinning (shared: they contend for the same CPUs).
+  let spin: Locked<SpinPolicy>
   let witness: Witness?
 
   /// Watches a worker's liveness for its lane: calls the closure it is given once the
@@ -42,7 +44,7 @@ public final class LaneClients: Sendable {
 
   /// `enabled` false: every request goes by the data plane.
   public init(auth: ClusterAuth, group: EventLoopGroup, enabled: Bool = true, spinMicros: Int = 0, witness: Witness? = nil) {
-    self.spinNanos = UInt64(max(spinMicros, 0)) * 1000
+    self.spin = Locked(SpinPolicy(budgetNanos: UInt64(max(spinMicros, 0)) * 1000))
     self.auth = auth
     self.group = group
     self.enabled = enabled
@@ -57,8 +59,7 @@ public final class LaneClients: Sendable {
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
                       _ waiter: DataPlaneConnection.Waiter) -> Bool {
     LockDiscipline.mustNotHoldLock("LaneClients.request")
-    guard enabled, let path = Lane.path(forWorker: endpoint) else { return false }
-    guard let client = client(path, endpoint) else { return false }
+    guard enabled, case .unix = endpoint, let client = client(endpoint) else { return false }
     client.request(body, waiter, group: group) { [self] in watchWrites(client) }
     sr_set_last_lane(client.socket.fd)
     return true
@@ -79,24 +80,32 @@ public final class LaneClients: Sendable {
     c.foreground.withLock { $0 = wake }
     _ = sr_epoll_set(epfd, fd, 0, 0)  // disarmed: the reactor sleeps through these replies
     let start = DispatchTime.now().uptimeNanoseconds
+    var spinning = spin.withLock { $0.begin() }
+    var last = start
     var open = true
     var fds = [pollfd(fd: fd, events: 0, revents: 0), pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)]
     while open, !done(), c.hasPending {
-      let elapsed = DispatchTime.now().uptimeNanoseconds &- start
+      let now = DispatchTime.now().uptimeNanoseconds
+      let elapsed = now &- start
       guard elapsed < nanos else { break }
+      if spinning {
+        let sinceLast = now &- last
+        spinning = spin.withLock { $0.look(elapsed: elapsed, sinceLast: sinceLast) }
+        last = now
+      }
       fds[0].events = Int16(POLLIN) | (c.socket.wantsWrite ? Int16(POLLOUT) : 0)
       fds[0].revents = 0
       fds[1].revents = 0
-      // Looking without sleeping for a moment first: a reply that comes that soon
-      // then needs no wake-up of this thread.
-      let spin = elapsed < spinNanos
-      if spin { sched_yield() }
-      let n = Glibc.poll(&fds, 2, spin ? 0 : Int32(clamping: (nanos - elapsed + 999_999) / 1_000_000))
+      // Looking without sleeping for a moment first (`SpinPolicy`): a reply that comes
+      // that soon then needs no wake-up of this thread.
+      if spinning { sched_yield() }
+      let n = Glibc.poll(&fds, 2, spinning ? 0 : Int32(clamping: (nanos - elapsed + 999_999) / 1_000_000))
       guard n > 0 else { continue }
       if fds[1].revents != 0 { wake.reset() }
       if fds[0].revents & Int16(POLLOUT) != 0 { c.socket.flush() }
       if fds[0].revents != 0 { open = c.readReplies() }
     }
+    if spinning, done() { spin.withLock { $0.paid() } }
     c.foreground.withLock { $0 = nil }
     c.endRead()
     if open {
@@ -108,10 +117,10 @@ public final class LaneClients: Sendable {
   }
 
   /// The lane to `path`, connected on first use; nil when that worker takes the data plane.
-  private func client(_ path: String, _ endpoint: Endpoint) -> LaneClient? {
+  private func client(_ endpoint: Endpoint) -> LaneClient? {
     enum Step { case use(LaneClient), dataPlane, connect }
     let step: Step = state.withLock { s in
-      switch s.routes[path] {
+      switch s.routes[endpoint] {
       case .lane(let c)?: return .use(c)
       case .dataPlane?: return .dataPlane
       case nil: return s.closed ? .dataPlane : .connect
@@ -123,14 +132,15 @@ public final class LaneClients: Sendable {
     case .connect: break
     }
     // Connecting a Unix socket does not block: it succeeds or fails at once.
-    let socket = Lane.connect(path, auth: auth)
+    let path = Lane.path(forWorker: endpoint)
+    let socket = path.flatMap { Lane.connect($0, auth: auth) }
     enum Outcome { case won(LaneClient, startReactor: Bool), lost(Route), closed }
-    let fresh = socket.map { LaneClient(socket: $0, path: path) }
+    let fresh = socket.map { LaneClient(socket: $0, endpoint: endpoint, path: path ?? "") }
     let outcome: Outcome = state.withLock { s in
       if s.closed { return .closed }
-      if let existing = s.routes[path] { return .lost(existing) }
-      guard let fresh else { s.routes[path] = .dataPlane; return .lost(.dataPlane) }
-      s.routes[path] = .lane(fresh)
+      if let existing = s.routes[endpoint] { return .lost(existing) }
+      guard let fresh else { s.routes[endpoint] = .dataPlane; return .lost(.dataPlane) }
+      s.routes[endpoint] = .lane(fresh)
       s.byFD[fresh.socket.fd] = fresh
       let start = !s.reactorStarted
       s.reactorStarted = true
@@ -200,7 +210,7 @@ public final class LaneClients: Sendable {
     _ = sr_epoll_del(epfd, c.socket.fd)
     state.withLock { s in
       if s.byFD[c.socket.fd] === c { s.byFD[c.socket.fd] = nil }
-      if case .lane(let x)? = s.routes[c.path], x === c { s.routes[c.path] = nil }
+      if case .lane(let x)? = s.routes[c.endpoint], x === c { s.routes[c.endpoint] = nil }
     }
     c.socket.close()
     c.failAll(SwiftrayError(.system, "connection lost"))
@@ -232,6 +242,7 @@ final class LaneClient: Sendable {
     var closed: SwiftrayError?
   }
   let socket: LaneSocket
+  let endpoint: Endpoint
   let path: String
   let state = Locked(State())
   /// Read by one thread at a time: whoever holds `reading` (`beginRead`).
@@ -247,7 +258,7 @@ final class LaneClient: Sendable {
   /// Requests wait for replies on this lane.
   var hasPending: Bool { state.withLock { !$0.pending.isEmpty } }
 
-  init(socket: LaneSocket, path: String) { self.socket = socket; self.path = path }
+  init(socket: LaneSocket, endpoint: Endpoint, path: String) { self.socket = socket; self.endpoint = endpoint; self.path = path }
 
   /// Writes the request's frame from this thread; `blocked` runs when the socket did
   /// not take all of it (the reactor then sends the rest).
