@@ -107,12 +107,11 @@ public final class LaneClients: Sendable {
     }
     if spinning, done() { spin.withLock { $0.paid() } }
     c.foreground.withLock { $0 = nil }
+    // Re-armed while this thread still reads the lane: the reactor cannot be flushing
+    // it meanwhile and have its write interest overwritten.
+    if open { rearm(c) }
     c.endRead()
-    if open {
-      _ = sr_epoll_set(epfd, fd, Int32(SR_LANE_IN) | (c.socket.wantsWrite ? Int32(SR_LANE_OUT) : 0), 0)
-    } else {
-      drop(c)
-    }
+    if !open { drop(c) }
     return done()
   }
 
@@ -165,6 +164,15 @@ public final class LaneClients: Sendable {
     }
   }
 
+  /// Arms `c` for replies, and for writes while bytes wait for its socket. Looked at
+  /// again after: a writer may queue bytes and ask for writes (`watchWrites`) between
+  /// the look and the arming, which would then drop its request.
+  private func rearm(_ c: LaneClient) {
+    let fd = c.socket.fd
+    _ = sr_epoll_set(epfd, fd, Int32(SR_LANE_IN) | (c.socket.wantsWrite ? Int32(SR_LANE_OUT) : 0), 0)
+    if c.socket.wantsWrite { _ = sr_epoll_set(epfd, fd, Int32(SR_LANE_IN | SR_LANE_OUT), 0) }
+  }
+
   /// The socket would not take a whole frame: whoever reads the lane sends the rest
   /// when it can (a waiting thread reading it is told to look; else the reactor).
   private func watchWrites(_ c: LaneClient) {
@@ -193,9 +201,7 @@ public final class LaneClients: Sendable {
         if fd == stopFD { return }
         // A lane a waiting thread reads itself (`readWhileWaiting`) is left to it.
         guard let c = state.withLock({ $0.byFD[fd] }), c.beginRead() else { continue }
-        if events[i] & outBit != 0, c.socket.flush() != .queued {
-          _ = sr_epoll_set(epfd, fd, inBit, 0)
-        }
+        if events[i] & outBit != 0, c.socket.flush() != .queued { rearm(c) }
         let open = events[i] & (inBit | hupBit) == 0 || c.readReplies()
         c.endRead()
         if !open { drop(c) }
