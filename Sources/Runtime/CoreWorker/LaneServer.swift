@@ -121,7 +121,8 @@ public final class LaneServer: @unchecked Sendable {
   }
 
   private func serve(_ fd: Int32, writable: Bool, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
-    guard var c = conns[fd] else { return }
+    // Taken out while served, so reading into its buffer copies nothing (copy-on-write).
+    guard var c = conns.removeValue(forKey: fd) else { return }
     if writable { c.socket.flush() }
     let r = c.socket.read(into: &c.reader)
     var open = r != .closed
