@@ -7,6 +7,81 @@
 #include <Python.h>
 #include <frameobject.h>
 
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// The fork server's fork (ForkServer.swift). The fork happens on a thread created for
+// it that ran no Swift before: the Swift runtime caches each thread's id the first
+// time the thread takes one of its locks, and a forked child inherits the forking
+// thread's cache with its parent's id in it. The runtime's locks record their
+// owner's id for the kernel (PI futexes), so a child running on a thread whose cache
+// is stale makes the kernel refuse its lock waiters, who then spin (two threads of
+// each new worker at full CPU in a profile). A fresh thread's cache is empty; it
+// fills with the child's own id.
+typedef void (*sr_fork_child_main)(void *ctx);
+struct sr_fork_job {
+  int out_fd, err_fd;
+  sr_fork_child_main child;
+  void *ctx;
+  pid_t pid;
+  int error;
+};
+
+static inline void *sr_fork_job_run(void *arg) {
+  struct sr_fork_job *job = (struct sr_fork_job *)arg;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyOS_BeforeFork();
+  pid_t pid = fork();
+  if (pid == 0) {
+    // The child: its own process group (as a spawned worker), its output pipes,
+    // nothing of the server's but the lifeline on stdin, no signal blocked.
+    setpgid(0, 0);
+    dup2(job->out_fd, 1);
+    dup2(job->err_fd, 2);
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 3, ~0U, 0) != 0)
+#endif
+    {
+      for (int fd = 3; fd < 65536; fd++) close(fd);
+    }
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    // This thread becomes the interpreter's main thread (signals, threading).
+    PyOS_AfterFork_Child();
+    job->child(job->ctx);
+    _exit(70);
+  }
+  job->error = pid < 0 ? errno : 0;
+  job->pid = pid;
+  PyOS_AfterFork_Parent();
+  PyGILState_Release(g);
+  return NULL;
+}
+
+// Forks a worker from a fresh thread (see above): returns the child's pid in the
+// caller, or -1 with errno; the child runs `child(ctx)`, which must not return.
+// Threading: the interpreter's main thread, GIL held (released while it waits).
+static inline pid_t sr_fork_on_fresh_thread(int out_fd, int err_fd, sr_fork_child_main child, void *ctx) {
+  struct sr_fork_job job = {out_fd, err_fd, child, ctx, -1, 0};
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 8u << 20);
+  PyThreadState *saved = PyEval_SaveThread();
+  pthread_t t;
+  int rc = pthread_create(&t, &attr, sr_fork_job_run, &job);
+  if (rc == 0) pthread_join(t, NULL);
+  PyEval_RestoreThread(saved);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) { errno = rc; return -1; }
+  if (job.pid < 0) errno = job.error;
+  return job.pid;
+}
+
 // Macros and globals Swift cannot import directly.
 static inline PyObject *sr_None(void) { return Py_None; }
 static inline PyObject *sr_True(void) { return Py_True; }

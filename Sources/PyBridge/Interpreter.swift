@@ -63,6 +63,54 @@ public enum Interpreter {
     return code
   }
 
+  /// Imports `module` (ahead of a fork: the fork server's children find it loaded);
+  /// false after printing why it failed.
+  public static func importModule(_ module: String) -> Bool {
+    guard let m = PyImport_ImportModule(module) else { _ = printException(); return false }
+    sr_DecRef(m)
+    return true
+  }
+
+  /// Forks a worker for a fork server (`sr_fork_on_fresh_thread`: from a fresh
+  /// thread, the interpreter's fork protocol around it). Returns the child's pid or
+  /// -errno; the child takes on `environment` (os.environ and the process's, through
+  /// `adopt`: `module.function(dict)`) and runs `child`, which must not return.
+  /// Threading: the main thread, GIL held.
+  public static func forkWorker(stdout: Int32, stderr: Int32, environment: [String: String],
+                                adopt: (module: String, function: String), child: @escaping () -> Never) -> Int32 {
+    let job = ForkedChild {
+      adoptEnvironment(environment, with: adopt)
+      child()
+    }
+    let ctx = Unmanaged.passRetained(job).toOpaque()
+    defer { Unmanaged<ForkedChild>.fromOpaque(ctx).release() }
+    let pid = sr_fork_on_fresh_thread(stdout, stderr, { ctx in
+      Unmanaged<ForkedChild>.fromOpaque(ctx!).takeUnretainedValue().run()
+    }, ctx)
+    return pid > 0 ? pid : -errno
+  }
+
+  private final class ForkedChild {
+    let run: () -> Never
+    init(_ run: @escaping () -> Never) { self.run = run }
+  }
+
+  private static func adoptEnvironment(_ env: [String: String], with adopt: (module: String, function: String)) {
+    guard let m = PyImport_ImportModule(adopt.module) else { _ = printException(); exit(70) }
+    defer { sr_DecRef(m) }
+    let dict = PyDict_New()!
+    defer { sr_DecRef(dict) }
+    for (k, v) in env {
+      let value = Py.str(v)
+      PyDict_SetItemString(dict, k, value)
+      sr_DecRef(value)
+    }
+    guard let f = PyObject_GetAttrString(m, adopt.function) else { _ = printException(); exit(70) }
+    defer { sr_DecRef(f) }
+    guard let r = PyObject_CallOneArg(f, dict) else { _ = printException(); exit(70) }
+    sr_DecRef(r)
+  }
+
   /// Prints the pending exception like the `python` command does. For SystemExit,
   /// PyErr_Print exits the process with its code and does not return.
   static func printException() -> Int32 {

@@ -54,8 +54,13 @@ struct Run: ParsableCommand {
 struct Worker: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Internal: a worker process, started by a NodeManager (never by hand).")
+  @Flag(name: .customLong("fork-server"), help: "Serve the node's fork requests (ForkServer) instead of running tasks.")
+  var forkServer = false
+
   func run() throws {
-    Lifeline.exitWhenParentDies()
+    // The fork server starts no thread (fork needs it alone); it watches the lifeline
+    // itself, and each child it forks starts its own watch.
+    if !forkServer { Lifeline.exitWhenParentDies() }
     let env = ProcessInfo.processInfo.environment
     var sysPath: [String]? = nil
     if let json = env["SWIFTRAY_SYS_PATH"], let data = json.data(using: .utf8),
@@ -64,6 +69,17 @@ struct Worker: ParsableCommand {
       sysPath = list
     }
     Interpreter.start(.init(programName: hostPython(nil), argv: ["swiftray-worker"], sysPath: sysPath))
+    if forkServer {
+      guard Interpreter.importModule("swiftray._worker") else { Foundation.exit(70) }
+      ForkServer.serve(hooks: .init(fork: { out, err, environment in
+        Interpreter.forkWorker(stdout: out, stderr: err, environment: environment,
+                               adopt: ("swiftray._worker", "_adopt_environment")) {
+          Lifeline.exitWhenParentDies()
+          Foundation.exit(Interpreter.runMain(module: "swiftray._worker", function: "main"))
+        }
+      }))
+      Foundation.exit(0)
+    }
     let code = Interpreter.runMain(module: "swiftray._worker", function: "main")
     // Workers exit without finalizing: threads of the core may still hold the GIL's
     // waiters, and the NodeManager only needs the exit code.

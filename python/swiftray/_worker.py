@@ -356,3 +356,11 @@ def main():
         sys.stdout.flush()
         sys.stderr.flush()
     return 0
+
+
+def _adopt_environment(env):
+    """In a worker just forked by the node's fork server: `env` becomes the whole
+    environment (os.environ and the process's own, which the core reads)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    os.environ.update(env)

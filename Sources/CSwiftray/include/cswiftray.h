@@ -14,6 +14,27 @@ int sr_pidfd_open(pid_t pid);
 int sr_spawn(const char *path, char *const argv[], char *const envp[],
              int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
 
+// sr_spawn that also passes `fd3` and `fd4` (when >= 0) as the child's fds 3 and 4.
+int sr_spawn_with(const char *path, char *const argv[], char *const envp[],
+                  int stdin_fd, int stdout_fd, int stderr_fd, int fd3, int fd4, pid_t *pid);
+
+// The fork server (see ForkServer.swift). At most this many descriptors per message.
+enum { SR_MAX_PASSED_FDS = 4 };
+// socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC): message boundaries kept.
+int sr_seqpacket_pair(int fds[2]);
+// One message with `nfds` descriptors (SCM_RIGHTS); EINTR retried; never SIGPIPE.
+ssize_t sr_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+// One message and up to `maxfds` descriptors (close-on-exec; extra ones closed). A
+// truncated message or descriptor list fails with EMSGSIZE; `*nfds` still says how
+// many were received (the caller closes them).
+ssize_t sr_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+// Blocks SIGCHLD for this thread and returns a signalfd for it (non-blocking).
+int sr_sigchld_fd(void);
+// Threads of this process (entries of /proc/self/task), -1 when unknown.
+int sr_thread_count(void);
+// waitpid(-1, status, WNOHANG), EINTR retried.
+int sr_wait_any(int *status);
+
 // pipe2(O_CLOEXEC); both ends close on exec unless dup2'ed by sr_spawn.
 int sr_pipe_cloexec(int fds[2]);
 

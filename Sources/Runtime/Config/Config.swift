@@ -76,6 +76,9 @@ public struct Config: Sendable, Equatable {
   /// thread still awake needs no wake-up: the round trip of a sync call halves. Each
   /// look yields the CPU to any thread waiting for it first; 0 never spins.
   public var taskLaneSpinUs = 500
+  /// 1: a node forks its workers from a fork server (an interpreter that imported the
+  /// worker's modules once; `ForkServer`) once it is ready; 0: spawns each worker.
+  public var workerForkServer = 1
 
   public init() {}
 
@@ -109,6 +112,7 @@ public struct Config: Sendable, Equatable {
     "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
     "task_lanes": \.taskLanes,
     "task_lane_spin_us": \.taskLaneSpinUs,
+    "worker_fork_server": \.workerForkServer,
   ]
 
   /// The values each key accepts; anything else (from a variable, a flag or
@@ -140,6 +144,7 @@ public struct Config: Sendable, Equatable {
     "gcs_rpc_server_reconnect_timeout_s": 1...31_536_000,
     "task_lanes": 0...1,
     "task_lane_spin_us": 0...100_000,
+    "worker_fork_server": 0...1,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).

@@ -118,6 +118,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
   public func start() {
+    // The prestarted workers are spawned (the fork server is not ready yet); workers
+    // started later fork from it once it is.
+    if options.config.workerForkServer == 1 {
+      do {
+        try monitor.startForkServer(executable: options.workerExecutable, arguments: ["worker", "--fork-server"],
+                                    environment: workerEnvironment(for: nil))
+      } catch {
+        log.warning("worker/fork-server-failed", metadata: ["error": "\(error)"])
+      }
+    }
     perform(state.withLock { $0.queue.prestart(count: options.prestartWorkers) })
     Task { await syncClusterView() }
   }
@@ -296,9 +306,27 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     if stopping { return }
     let id = WorkerID.random()
+    monitor.launch(executable: options.workerExecutable, arguments: ["worker"], environment: workerEnvironment(for: id)) {
+      [self] result in
+      switch result {
+      case .success(let pid):
+        state.withLock { s in
+          s.workers.spawned(id, pid: pid)
+          _ = s.queue.workerStarting(id)
+        }
+      case .failure(let error):
+        log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
+        _ = state.withLock { $0.queue.workerStartFailed() }
+      }
+    }
+  }
+
+  /// A worker's whole environment; without `id`, the fork server's (every worker's
+  /// but `ForkServer.perWorkerKeys`).
+  func workerEnvironment(for id: WorkerID?) -> [String: String] {
     var env = options.workerEnvironment
     for (k, v) in options.config.asEnvironment { env[k] = v }
-    env["SWIFTRAY_WORKER_ID"] = id.hex
+    env["SWIFTRAY_WORKER_ID"] = id?.hex
     env["SWIFTRAY_NODE_ID"] = options.nodeID.hex
     env["SWIFTRAY_NODE_MANAGER"] = endpoint.description
     env["SWIFTRAY_CONTROL"] = options.controlEndpoint.description
@@ -319,16 +347,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     // Swift's crash handler would catch SIGSEGV raised by user code and print a Swift
     // backtrace of the host; a crashing task must simply kill its worker.
     if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
-    do {
-      let pid = try monitor.spawn(executable: options.workerExecutable, arguments: ["worker"], environment: env)
-      state.withLock { s in
-        s.workers.spawned(id, pid: pid)
-        _ = s.queue.workerStarting(id)
-      }
-    } catch {
-      log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
-      _ = state.withLock { $0.queue.workerStartFailed() }
-    }
+    return env
   }
 
   // MARK: process monitor callbacks

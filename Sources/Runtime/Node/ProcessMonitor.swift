@@ -1,4 +1,5 @@
 import CSwiftray
+import DequeModule
 import Foundation
 import Synchronization
 
@@ -6,12 +7,20 @@ import Synchronization
 /// and stderr (forwarded line by line) and their exit (a pidfd per child, so a child
 /// that leaves its pipes open to a grandchild is still seen dying at once).
 ///
-/// Threading: `spawn`/`signal`/`shutdown` from any thread; callbacks run on the
+/// With a fork server started (`startForkServer`), a worker whose environment is the
+/// server's is forked from it (`ForkServer`) rather than spawned: its output comes the
+/// same way, its end as the server's notice (the server is its parent). A worker the
+/// server cannot fork, or any once the server is gone, is spawned.
+///
+/// Threading: `spawn` blocks (a process start: call it from a thread of your own),
+/// `launch` does not (it spawns on the monitor's launcher thread and calls back
+/// there); `signal`/`shutdown` from any thread; output and exit callbacks run on the
 /// monitor thread and must not block.
 public final class ProcessMonitor: Sendable {
   public struct ExitStatus: Sendable, Equatable {
     public var pid: Int32
-    /// Valid when `signal == 0`.
+    /// Valid when `signal == 0`; -1 when the status is unknown (a worker forked by a
+    /// fork server that died before it: only its parent could have reaped it).
     public var exitCode: Int32
     public var signal: Int32
     public init(pid: Int32, exitCode: Int32, signal: Int32) { self.pid = pid; self.exitCode = exitCode; self.signal = signal }
@@ -26,6 +35,21 @@ public final class ProcessMonitor: Sendable {
     var pidFD: Int32
     var outBuf: [UInt8] = []
     var errBuf: [UInt8] = []
+    /// Forked by the fork server: not our child, so never `waitpid`ed here; its wait
+    /// status comes as the server's notice (or, once the server is gone, its pidfd
+    /// says it ended).
+    var forked = false
+    var pendingExit: Int32?
+    var isForkServer = false
+  }
+  struct ForkServerLink {
+    var pid: Int32
+    var requestFD: Int32
+    var noticeFD: Int32
+    /// What every worker it forks starts from (`ForkServer.perWorkerKeys` aside).
+    var environment: [String: String]
+    var ready = false
+    var gone = false
   }
   /// A process that is not our child (a driver): only its end is watched, through a
   /// pidfd (or, where pidfds are missing, a probe each second).
@@ -37,9 +61,24 @@ public final class ProcessMonitor: Sendable {
     var children: [Int32: Child] = [:]
     var watched: [Int32: Watched] = [:]
     var stopped = false
+    var forkServer: ForkServerLink?
+    /// Ends the server reported before `spawn` learnt the pid (a child that died at
+    /// once). Bounded: a pid nobody claims is dropped with the oldest.
+    var unclaimedExits: [Int32: Int32] = [:]
+    var unclaimedOrder: [Int32] = []
   }
+  static let maxUnclaimedExits = 1024
 
   let state = Locked(State())
+  /// Starts waiting for the launcher thread (`launch`), first come first served.
+  let launches = Locked(Deque<Launch>())
+  let launchReady = DispatchSemaphore(value: 0)
+  struct Launch {
+    let executable: String
+    let arguments: [String]
+    let environment: [String: String]
+    let completion: @Sendable (Result<Int32, SwiftrayError>) -> Void
+  }
   let wakeRead: Int32, wakeWrite: Int32
   /// Write end of the lifeline pipe; every worker's stdin is its read end, so when
   /// this process dies, however it dies, workers read EOF and exit.
@@ -60,19 +99,93 @@ public final class ProcessMonitor: Sendable {
     let t = Thread { [self] in self.loop() }
     t.name = "swiftray-process-monitor"
     t.start()
+    let launcher = Thread { [self] in self.launchLoop() }
+    launcher.name = "swiftray-launcher"
+    launcher.start()
+  }
+
+  /// Starts a worker as `spawn` does, on the launcher thread, then calls `completion`
+  /// there with its pid (or why it could not start). Never blocks the caller: a
+  /// process start takes milliseconds, too long for an event loop or a Task's thread.
+  public func launch(executable: String, arguments: [String], environment: [String: String],
+                     completion: @escaping @Sendable (Result<Int32, SwiftrayError>) -> Void) {
+    launches.withLock { $0.append(Launch(executable: executable, arguments: arguments, environment: environment, completion: completion)) }
+    launchReady.signal()
+  }
+
+  private func launchLoop() {
+    while true {
+      launchReady.wait()
+      let (next, stopped) = (launches.withLock { $0.popFirst() }, state.withLock { $0.stopped })
+      guard let next else { if stopped { return }; continue }
+      if stopped {
+        next.completion(.failure(SwiftrayError(.system, "the node is stopping; no worker started")))
+        continue
+      }
+      do throws(SwiftrayError) {
+        next.completion(.success(try spawn(executable: next.executable, arguments: next.arguments, environment: next.environment)))
+      } catch {
+        next.completion(.failure(error))
+      }
+    }
   }
 
   /// Starts `executable args` with exactly `environment`. Returns the pid.
   public func spawn(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) -> Int32 {
+    LockDiscipline.mayBlock("ProcessMonitor.spawn")
+    let server = state.withLock { s -> Int32? in
+      guard let f = s.forkServer, f.ready, !f.gone, !s.stopped,
+            environment.filter({ !ForkServer.perWorkerKeys.contains($0.key) }) == f.environment else { return nil }
+      return f.requestFD
+    }
+    if let server, let pid = fork(from: server, environment: environment) { return pid }
+    return try start(executable: executable, arguments: arguments, environment: environment, extraFDs: (-1, -1)) { _, _ in }
+  }
+
+  /// Starts the node's fork server (`executable args`, which must run `ForkServer.serve`)
+  /// with `environment`: workers whose environment is this one (but for their
+  /// `ForkServer.perWorkerKeys`) are forked from it once it says it is ready.
+  public func startForkServer(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) {
+    var request: [Int32] = [0, 0], notice: [Int32] = [0, 0]
+    guard sr_seqpacket_pair(&request) == 0 else { throw SwiftrayError(.system, "cannot create the fork server's sockets: \(String(cString: strerror(errno)))") }
+    guard sr_seqpacket_pair(&notice) == 0 else {
+      close(request[0]); close(request[1])
+      throw SwiftrayError(.system, "cannot create the fork server's sockets: \(String(cString: strerror(errno)))")
+    }
+    _ = fcntl(notice[0], F_SETFL, O_NONBLOCK)
+    do {
+      // Every symbol bound once in the server, not lazily in each child (the children
+      // take on exactly `environment`, without this).
+      var own = environment
+      own["LD_BIND_NOW"] = "1"
+      _ = try start(executable: executable, arguments: arguments, environment: own, extraFDs: (request[1], notice[1])) { s, pid in
+        s.children[pid]?.isForkServer = true
+        s.forkServer = ForkServerLink(pid: pid, requestFD: request[0], noticeFD: notice[0], environment: environment)
+      }
+    } catch {
+      close(request[0]); close(notice[0])
+      throw error
+    }
+    close(request[1]); close(notice[1])
+  }
+
+  /// Spawns a process with stdout/stderr pipes this monitor drains; `register` runs
+  /// under the state lock with the new child's pid (before the monitor looks at it).
+  private func start(executable: String, arguments: [String], environment: [String: String],
+                     extraFDs: (Int32, Int32), register: (inout State, Int32) -> Void) throws(SwiftrayError) -> Int32 {
     var out: [Int32] = [0, 0], err: [Int32] = [0, 0]
-    guard sr_pipe_cloexec(&out) == 0, sr_pipe_cloexec(&err) == 0 else {
+    guard sr_pipe_cloexec(&out) == 0 else {
+      throw SwiftrayError(.system, "cannot create pipes for a worker: \(String(cString: strerror(errno)))")
+    }
+    guard sr_pipe_cloexec(&err) == 0 else {
+      close(out[0]); close(out[1])
       throw SwiftrayError(.system, "cannot create pipes for a worker: \(String(cString: strerror(errno)))")
     }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
     var pid: pid_t = 0
-    let rc = sr_spawn(executable, argv, envp, lifelineRead, out[1], err[1], &pid)
+    let rc = sr_spawn_with(executable, argv, envp, lifelineRead, out[1], err[1], extraFDs.0, extraFDs.1, &pid)
     close(out[1]); close(err[1])
     guard rc == 0 else {
       close(out[0]); close(err[0])
@@ -81,9 +194,73 @@ public final class ProcessMonitor: Sendable {
     _ = fcntl(out[0], F_SETFL, O_NONBLOCK)
     _ = fcntl(err[0], F_SETFL, O_NONBLOCK)
     let pidFD = sr_pidfd_open(pid)
-    state.withLock { $0.children[pid] = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: pidFD) }
+    state.withLock {
+      $0.children[pid] = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: pidFD)
+      register(&$0, pid)
+    }
     wake()
     return pid
+  }
+
+  /// Asks the fork server for a worker; nil when it cannot give one (the caller spawns
+  /// instead). A server that does not answer in time is given up for good.
+  private func fork(from server: Int32, environment: [String: String]) -> Int32? {
+    var out: [Int32] = [0, 0], err: [Int32] = [0, 0], answer: [Int32] = [0, 0]
+    guard sr_pipe_cloexec(&out) == 0 else { return nil }
+    guard sr_pipe_cloexec(&err) == 0 else { out.forEach { close($0) }; return nil }
+    guard sr_pipe_cloexec(&answer) == 0 else { (out + err).forEach { close($0) }; return nil }
+    let request = ForkServer.encodeRequest(environment: environment)
+    let passed = [out[1], err[1], answer[1]]
+    let sent = sr_send_fds(server, request, request.count, passed, 3)
+    passed.forEach { close($0) }
+    var reply = [UInt8](repeating: 0, count: 4)
+    var got = 0
+    if sent == request.count {
+      // The server answers right after its fork (milliseconds); ten seconds is a server
+      // that is stuck, not slow.
+      let deadline = ContinuousClock.now + .seconds(10)
+      while got < 4 {
+        let left = deadline - ContinuousClock.now
+        guard left > .zero else { break }
+        var p = pollfd(fd: answer[0], events: Int16(POLLIN), revents: 0)
+        let ms = Int32(min(10_000, max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+        let r = poll(&p, 1, ms)
+        if r < 0 && errno == EINTR { continue }
+        guard r > 0 else { break }
+        let n = reply.withUnsafeMutableBytes { read(answer[0], $0.baseAddress! + got, 4 - got) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { break }
+        got += n
+      }
+    }
+    close(answer[0])
+    guard got == 4, let pid = ForkServer.decodeReply(reply[...]), pid > 0 else {
+      close(out[0]); close(err[0])
+      if got != 4 { giveUpForkServer() }
+      return nil
+    }
+    _ = fcntl(out[0], F_SETFL, O_NONBLOCK)
+    _ = fcntl(err[0], F_SETFL, O_NONBLOCK)
+    state.withLock { s in
+      var c = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: -1)
+      c.forked = true
+      c.pendingExit = s.unclaimedExits.removeValue(forKey: pid)
+      if s.forkServer?.gone == true { c.pidFD = sr_pidfd_open(pid) }
+      s.children[pid] = c
+    }
+    wake()
+    return pid
+  }
+
+  /// A fork server that broke its protocol is killed; workers are spawned from now on.
+  private func giveUpForkServer() {
+    let pid = state.withLock { s -> Int32? in
+      guard var f = s.forkServer, !f.gone else { return nil }
+      f.ready = false
+      s.forkServer = f
+      return f.pid
+    }
+    if let pid { kill(pid, SIGKILL) }
   }
 
   public func signal(_ pid: Int32, _ sig: Int32) {
@@ -91,7 +268,8 @@ public final class ProcessMonitor: Sendable {
     if known { kill(pid, sig) }
   }
 
-  public var livePids: [Int32] { state.withLock { Array($0.children.keys) } }
+  /// Workers (the fork server is not one).
+  public var livePids: [Int32] { state.withLock { $0.children.values.filter { !$0.isForkServer }.map(\.pid) } }
 
   /// Calls `onGone` once (on the monitor thread) when process `pid`, not a child of this
   /// one, ends — at once through a pidfd, within a second without one. A pid already
@@ -108,10 +286,16 @@ public final class ProcessMonitor: Sendable {
     wake()
   }
 
-  /// Stops watching. Children are not signalled here (the NodeManager decides).
+  /// Stops watching. Workers are not signalled here (the NodeManager decides); the
+  /// fork server is killed (it would only fork more).
   public func shutdown() {
-    state.withLock { $0.stopped = true }
+    let server = state.withLock { s -> Int32? in
+      s.stopped = true
+      return s.forkServer.flatMap { $0.gone ? nil : $0.pid }
+    }
+    if let server { kill(server, SIGKILL) }
     wake()
+    launchReady.signal()
   }
 
   private func wake() {
@@ -121,9 +305,12 @@ public final class ProcessMonitor: Sendable {
 
   private func loop() {
     while true {
-      let (children, watched, stopped) = state.withLock { ($0.children, $0.watched, $0.stopped) }
+      let (children, watched, stopped, notices) = state.withLock {
+        ($0.children, $0.watched, $0.stopped, $0.forkServer.flatMap { $0.gone ? nil : $0.noticeFD })
+      }
       if stopped { break }
-      var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+      var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+                 pollfd(fd: notices ?? -1, events: Int16(POLLIN), revents: 0)]
       for c in children.values {
         if c.outFD >= 0 { fds.append(pollfd(fd: c.outFD, events: Int16(POLLIN), revents: 0)) }
         if c.errFD >= 0 { fds.append(pollfd(fd: c.errFD, events: Int16(POLLIN), revents: 0)) }
@@ -133,12 +320,14 @@ public final class ProcessMonitor: Sendable {
       let watchedPids = watched.filter { $0.value.pidFD >= 0 }.map(\.key)
       for pid in watchedPids { fds.append(pollfd(fd: watched[pid]!.pidFD, events: Int16(POLLIN), revents: 0)) }
       // Without pidfds, fall back to a periodic reap (children) or probe (watched).
-      let timeout: Int32 = children.values.contains { $0.pidFD < 0 } ? 100 : 1000
+      // (A forked child without one is the fork server's to report, while it lives.)
+      let timeout: Int32 = children.values.contains { $0.pidFD < 0 && (!$0.forked || notices == nil) } ? 100 : 1000
       _ = poll(&fds, nfds_t(fds.count), timeout)
       if fds[0].revents != 0 {
         var buf = [UInt8](repeating: 0, count: 64)
         while read(wakeRead, &buf, 64) > 0 {}
       }
+      if let notices, fds[1].revents != 0 { readNotices(notices) }
       for pid in children.keys { service(pid) }
       var gone = watchedPids.indices.filter { fds[watchedFrom + $0].revents != 0 }.map { watchedPids[$0] }
       gone += watched.filter { $0.value.pidFD < 0 && kill($0.key, 0) != 0 && errno == ESRCH }.map(\.key)
@@ -150,19 +339,87 @@ public final class ProcessMonitor: Sendable {
     }
   }
 
+  /// Reads the fork server's notices (non-blocking): it is ready; a child ended.
+  private func readNotices(_ fd: Int32) {
+    var buf = [UInt8](repeating: 0, count: 64)
+    while true {
+      var none: Int32 = 0
+      let n = buf.withUnsafeMutableBytes { sr_recv_fds(fd, $0.baseAddress, $0.count, nil, 0, &none) }
+      if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+      guard n > 0 else {
+        // The server closed its end (it is dying): its own exit is reaped as a child's.
+        state.withLock { $0.forkServer?.ready = false }
+        return
+      }
+      guard let notice = ForkServer.decodeNotice(buf[0..<n]) else { continue }
+      state.withLock { s in
+        switch notice {
+        case .ready(let pid):
+          if s.forkServer?.pid == pid { s.forkServer?.ready = true }
+        case .exited(let pid, let status):
+          if s.children[pid]?.forked == true {
+            s.children[pid]?.pendingExit = status
+          } else {
+            s.unclaimedExits[pid] = status
+            s.unclaimedOrder.append(pid)
+            if s.unclaimedOrder.count > Self.maxUnclaimedExits {
+              s.unclaimedExits[s.unclaimedOrder.removeFirst()] = nil
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// The fork server died: its forked workers live on (orphans now), and their ends can
+  /// only be seen through pidfds from now on (their wait status is lost with it).
+  private func forkServerEnded(_ server: Child) {
+    state.withLock { s in
+      guard let f = s.forkServer else { return }
+      // The request socket stays open: a `spawn` may be about to send on it (and then
+      // fails, and spawns); closing it could hand its number to another file meanwhile.
+      close(f.noticeFD)
+      s.forkServer?.gone = true
+      s.forkServer?.ready = false
+      for (pid, c) in s.children where c.forked && c.pidFD < 0 && c.pendingExit == nil {
+        s.children[pid]?.pidFD = sr_pidfd_open(pid)
+      }
+    }
+  }
+
   /// Drains a child's pipes and reaps it if it exited.
   private func service(_ pid: Int32) {
     guard var c = state.withLock({ $0.children[pid] }) else { return }
     drain(&c.outFD, &c.outBuf, pid: pid, isErr: false)
     drain(&c.errFD, &c.errBuf, pid: pid, isErr: true)
     var status: Int32 = 0
-    let r = waitpid(pid, &status, WNOHANG)
-    if r == pid {
+    let ended: Bool
+    if c.forked {
+      if let s = c.pendingExit {
+        status = s; ended = true
+      } else if c.pidFD >= 0 || state.withLock({ $0.forkServer?.gone == true }) {
+        // The server is gone: a pidfd that polls readable (or no process) is the end,
+        // with no status to tell.
+        var p = pollfd(fd: c.pidFD, events: Int16(POLLIN), revents: 0)
+        ended = c.pidFD >= 0 ? poll(&p, 1, 0) > 0 : (kill(pid, 0) != 0 && errno == ESRCH)
+        status = -1
+      } else {
+        ended = false
+      }
+    } else {
+      ended = waitpid(pid, &status, WNOHANG) == pid
+    }
+    if ended {
       // Pick up what it wrote just before dying.
       drain(&c.outFD, &c.outBuf, pid: pid, isErr: false, final: true)
       drain(&c.errFD, &c.errBuf, pid: pid, isErr: true, final: true)
       for fd in [c.outFD, c.errFD, c.pidFD] where fd >= 0 { close(fd) }
       state.withLock { _ = $0.children.removeValue(forKey: pid) }
+      if c.isForkServer { forkServerEnded(c); return }
+      if status == -1 && c.forked {
+        onExit(ExitStatus(pid: pid, exitCode: -1, signal: 0))
+        return
+      }
       let signaled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
       onExit(ExitStatus(pid: pid, exitCode: signaled ? 0 : (status >> 8) & 0xff, signal: signaled ? status & 0x7f : 0))
       return

@@ -7,6 +7,13 @@
 public protocol WorkerLauncher: Sendable {
   /// Starts `executable arguments` with exactly `environment`; returns its pid.
   func spawn(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) -> Int32
+  /// Starts a worker like `spawn`, without blocking the caller; `completion` gets its
+  /// pid or the error (on any thread, not under a lock of the caller's).
+  func launch(executable: String, arguments: [String], environment: [String: String],
+              completion: @escaping @Sendable (Result<Int32, SwiftrayError>) -> Void)
+  /// Starts a fork server that later workers with this environment are forked from
+  /// (`ForkServer`); launchers without processes ignore it.
+  func startForkServer(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError)
   /// Sends `sig` to a worker this launcher started (nothing for one that is gone).
   func signal(_ pid: Int32, _ sig: Int32)
   /// Workers started and not yet seen exiting.
@@ -18,6 +25,20 @@ public protocol WorkerLauncher: Sendable {
 }
 
 extension ProcessMonitor: WorkerLauncher {}
+
+extension WorkerLauncher {
+  /// Launchers whose `spawn` does not block start inline.
+  public func launch(executable: String, arguments: [String], environment: [String: String],
+                     completion: @escaping @Sendable (Result<Int32, SwiftrayError>) -> Void) {
+    do throws(SwiftrayError) {
+      completion(.success(try spawn(executable: executable, arguments: arguments, environment: environment)))
+    } catch {
+      completion(.failure(error))
+    }
+  }
+
+  public func startForkServer(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) {}
+}
 
 /// Makes a node's launcher from the node's handlers of its workers' output and exits.
 public typealias WorkerLauncherFactory = @Sendable (

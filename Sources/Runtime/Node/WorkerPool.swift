@@ -113,7 +113,9 @@ public struct WorkerPool: Sendable {
     info.signal = signal
     info.nodeID = Data(node.binary)
     info.intended = proc.killReason != nil || shuttingDown
-    let how = signal != 0 ? "was killed by signal \(signal) (\(signalName(signal)))" : "exited with code \(exitCode)"
+    let how = signal != 0 ? "was killed by signal \(signal) (\(signalName(signal)))"
+      : exitCode >= 0 ? "exited with code \(exitCode)"
+      : "ended (how is unknown: the node's fork server, its parent, died before it)"
     var detail = "worker \(id.hex.prefix(12)) (pid \(pid)) on node \(node.hex.prefix(12)) \(how)"
     if let r = proc.killReason { detail += "; \(r)" }
     let tail = stderrTail.removeValue(forKey: pid) ?? []
