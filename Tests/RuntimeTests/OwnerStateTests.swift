@@ -116,6 +116,27 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
     #expect(s.objects == 0 && s.references == 0 && s.tasks == 0 && s.pendingTasks == 0)
   }
 
+  /// A return held by the owner itself cannot be lost with a node, so its task keeps
+  /// no lineage (no spec packed, none counted) even while the return is referenced; a
+  /// return in a node's store keeps its task's spec until the return goes.
+  @Test func onlyReturnsInANodesStoreKeepTheirTasksLineage() throws {
+    var o = makeOwner()
+    let (inline, inlineRet, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    _ = o.taskReplied(inline, leaseID: 1, reply: reply(inline, value: "small"), now: 0)
+    #expect(o.store[inlineRet]?.data == Data("small".utf8), "the value is still there to read")
+    #expect(o.tasks.spec(inline) == nil && o.tasks.lineageBytes == 0 && o.stats.tasks == 0)
+
+    _ = o.localRefRemoved(inlineRet, now: 0)
+    #expect(o.stats.objects == 0 && o.stats.references == 0 && o.stats.tasks == 0)
+
+    var p = makeOwner()
+    let (stored, storedRet, _) = try submitAndPush(&p, lease: 2, worker: .random())
+    _ = p.taskReplied(stored, leaseID: 2, reply: reply(stored, value: "", stored: 1 << 20, on: Data([9])), now: 0)
+    #expect(p.tasks.spec(stored) != nil && p.tasks.lineageBytes > 0, "kept: a node's death can lose the return")
+    _ = p.localRefRemoved(storedRet, now: 0)
+    #expect(p.tasks.spec(stored) == nil && p.tasks.lineageBytes == 0, "released with its return")
+  }
+
   @Test func aFreedObjectReadsAsFreedAndALateReplyDoesNotBringItBack() throws {
     var o = makeOwner()
     let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())

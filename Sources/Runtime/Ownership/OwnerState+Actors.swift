@@ -69,7 +69,8 @@ extension OwnerState {
   public mutating func actorCallReplied(_ tid: TaskID, incarnation: Int32, reply: Swiftray_PushTaskReply, now: UInt64) -> Effects {
     var e = Effects()
     guard actorSubmitter.callReplied(tid, incarnation: incarnation) else { return e }
-    taskActionsDecided(tasks.taskReplied(tid, outcome: Self.outcome(reply, retryable: false)), reply: reply, now: now, &e)
+    taskActionsDecided(tasks.taskReplied(tid, outcome: Self.outcome(reply, retryable: false), returnsInline: Self.allInline(reply)),
+                       reply: reply, now: now, &e)
     return e
   }
 

@@ -493,8 +493,14 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       let nodes = Set((tasks.spec(tid)?.args ?? []).filter { lost.contains($0.objectID) }.map(\.value.storeNode).filter { !$0.isEmpty })
       return (nodes, e)
     }
-    taskActionsDecided(tasks.taskReplied(tid, outcome: Self.outcome(reply, retryable: reply.isRetryableError)), reply: reply, now: now, &e)
+    taskActionsDecided(tasks.taskReplied(tid, outcome: Self.outcome(reply, retryable: reply.isRetryableError),
+                                         returnsInline: Self.allInline(reply)), reply: reply, now: now, &e)
     return (nil, e)
+  }
+
+  /// Every return is in the reply itself, none in a node's store (so none can be lost).
+  static func allInline(_ reply: Swiftray_PushTaskReply) -> Bool {
+    reply.returns.allSatisfy { $0.object.storeSize == 0 && $0.object.storeNode.isEmpty }
   }
 
   static func outcome(_ reply: Swiftray_PushTaskReply, retryable: Bool) -> TaskManager.Outcome {
@@ -570,7 +576,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     var work = [tid]
     while let t = work.popLast() {
       guard let n = tasks.numReturns(t), !tasks.isPending(t) else { continue }
-      let needed = (0..<n).contains { i in
+      let needed = tasks.needsLineage(t) && (0..<n).contains { i in
         let r = ObjectID.forReturn(of: t, index: i)
         return refs.isInScope(r) || tasks.isLineagePinned(r)
       }

@@ -36,6 +36,9 @@ public struct TaskManager: Sendable {
     public var argRefs: [ObjectID] = []
     /// > 0 while the finished spec is kept as lineage: what it is estimated to cost.
     var keptSize = 0
+    /// Finished with every return inline (held by this owner, never in a node's store):
+    /// nothing can lose them, so nothing will rebuild them and the spec is not kept.
+    var needsNoLineage = false
 
     init(spec: Swiftray_TaskSpec, retriesLeft: Int, status: Status) {
       live = spec
@@ -122,12 +125,14 @@ public struct TaskManager: Sendable {
 
   public func argRefs(_ id: TaskID) -> [ObjectID] { entries[id]?.argRefs ?? [] }
 
-  public mutating func taskReplied(_ id: TaskID, outcome: Outcome) -> [Action] {
+  /// `returnsInline`: every return came in the reply itself (none is in a node's
+  /// store); such a task keeps no lineage (`needsLineage`).
+  public mutating func taskReplied(_ id: TaskID, outcome: Outcome, returnsInline: Bool = false) -> [Action] {
     guard var e = entries[id], e.status == .pending else { return [] }
     switch outcome {
     case .success:
       e.status = .finished
-      settled(id, e)
+      if returnsInline { finishedWithoutLineage(id, e) } else { settled(id, e) }
       return [.complete(id)]
     case .cancelled:
       e.status = .failed
@@ -139,7 +144,7 @@ public struct TaskManager: Sendable {
         return [.resubmit(id, reason: "the task raised an exception listed in retry_exceptions")]
       }
       e.status = .failed
-      settled(id, e)
+      if returnsInline { finishedWithoutLineage(id, e) } else { settled(id, e) }
       // The error objects came back in the reply; store them like values.
       return [.complete(id)]
     }
@@ -218,6 +223,18 @@ public struct TaskManager: Sendable {
       if (entries[t]?.keptSize ?? 0) > 0 { unpinned += release(t) }
     }
     return unpinned
+  }
+
+  /// False for a finished task whose returns cannot be lost: its entry goes once the
+  /// task is done, whether or not its returns are still referenced.
+  public func needsLineage(_ id: TaskID) -> Bool { entries[id]?.needsNoLineage != true }
+
+  /// Neither packed nor counted as lineage: the entry stays only until the owner is done
+  /// with the reply (it reads the argument refs to release them), then `release` drops it.
+  private mutating func finishedWithoutLineage(_ id: TaskID, _ e: Entry) {
+    var e = e
+    e.needsNoLineage = true
+    entries[id] = e
   }
 
   private mutating func settled(_ id: TaskID, _ e: Entry) {
