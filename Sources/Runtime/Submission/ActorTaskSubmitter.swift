@@ -77,26 +77,32 @@ public struct ActorTaskSubmitter: Sendable {
   {
     var actions: [Action] = []
     if actors[id] == nil { actions += handleAdded(id, maxPendingCalls: -1) }
-    var a = actors[id]!
-    if a.maxPendingCalls >= 0 && a.pending >= a.maxPendingCalls {
-      return .failure(SwiftrayError(.pendingCallsLimitExceeded,
-        "The actor \(Self.describe(a.info, id)) has \(a.pending) pending calls from this caller, its "
-        + "max_pending_calls=\(a.maxPendingCalls): wait for some to finish (get/wait their results) "
-        + "before submitting more, or create the actor with a larger max_pending_calls."))
+    let queued = withActor(id) { a -> Result<UInt64, SwiftrayError> in
+      if a.maxPendingCalls >= 0 && a.pending >= a.maxPendingCalls {
+        return .failure(SwiftrayError(.pendingCallsLimitExceeded,
+          "The actor \(Self.describe(a.info, id)) has \(a.pending) pending calls from this caller, its "
+          + "max_pending_calls=\(a.maxPendingCalls): wait for some to finish (get/wait their results) "
+          + "before submitting more, or create the actor with a larger max_pending_calls."))
+      }
+      let seq = a.nextSeq
+      a.nextSeq += 1
+      a.queue.append(Call(task: task, seq: seq, ready: false, retriesLeft: maxTaskRetries))
+      return .success(seq)
+    }!
+    switch queued {
+    case .failure(let error): return .failure(error)
+    case .success(let seq):
+      callActor[task] = id
+      return .success((seq, actions))
     }
-    let seq = a.nextSeq
-    a.nextSeq += 1
-    a.queue.append(Call(task: task, seq: seq, ready: false, retriesLeft: maxTaskRetries))
-    actors[id] = a
-    callActor[task] = id
-    return .success((seq, actions))
   }
 
   /// The call's arguments are resolved: send what can go, in order.
   public mutating func callReady(_ task: TaskID) -> [Action] {
-    guard let id = callActor[task], var a = actors[id] else { return [] }
-    if let i = a.queue.firstIndex(where: { $0.task == task }) { a.queue[i].ready = true }
-    actors[id] = a
+    guard let id = callActor[task] else { return [] }
+    withActor(id) { a in
+      if let i = a.queue.firstIndex(where: { $0.task == task }) { a.queue[i].ready = true }
+    }
     return flush(id)
   }
 
@@ -287,16 +293,27 @@ public struct ActorTaskSubmitter: Sendable {
       actors[id] = a
       return calls.map { c in callActor[c.task] = nil; return .fail(c.task, error) }
     }
-    guard var a = actors[id], a.info.state == .alive, !a.suspect else { return [] }
-    var actions: [Action] = []
-    while var c = a.queue.first, c.ready {
-      a.queue.removeFirst()
-      c.sentTo = a.info.numRestarts
-      a.inFlight[c.task] = c
-      actions.append(.push(c.task, to: a.info.address, incarnation: c.sentTo))
-    }
-    actors[id] = a
-    return actions
+    guard actors[id]?.info.state == .alive, actors[id]?.suspect == false else { return [] }
+    return withActor(id) { a in
+      var actions: [Action] = []
+      while var c = a.queue.first, c.ready {
+        a.queue.removeFirst()
+        c.sentTo = a.info.numRestarts
+        a.inFlight[c.task] = c
+        actions.append(.push(c.task, to: a.info.address, incarnation: c.sentTo))
+      }
+      return actions
+    } ?? []
+  }
+
+  /// Changes actor `id`'s state where it lies; nil for an actor not known here. A copy
+  /// taken out of `actors`, changed and written back would copy its whole queue and its
+  /// calls in flight on the first change (copy-on-write): a cost per call that grows
+  /// with the calls outstanding.
+  @discardableResult
+  private mutating func withActor<R>(_ id: ActorID, _ body: (inout Actor) -> R) -> R? {
+    guard actors[id] != nil else { return nil }
+    return body(&actors[id]!)
   }
 
   static func describe(_ info: Swiftray_ActorInfo, _ id: ActorID) -> String {
