@@ -133,9 +133,9 @@ public final class ProcessMonitor: Sendable {
   /// Starts `executable args` with exactly `environment`. Returns the pid.
   public func spawn(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) -> Int32 {
     LockDiscipline.mayBlock("ProcessMonitor.spawn")
+    let shared = environment.filter { !ForkServer.perWorkerKeys.contains($0.key) }
     let server = state.withLock { s -> Int32? in
-      guard let f = s.forkServer, f.ready, !f.gone, !s.stopped,
-            environment.filter({ !ForkServer.perWorkerKeys.contains($0.key) }) == f.environment else { return nil }
+      guard let f = s.forkServer, f.ready, !f.gone, !s.stopped, shared == f.environment else { return nil }
       return f.requestFD
     }
     if let server, let pid = fork(from: server, environment: environment) { return pid }
@@ -153,6 +153,8 @@ public final class ProcessMonitor: Sendable {
       throw SwiftrayError(.system, "cannot create the fork server's sockets: \(String(cString: strerror(errno)))")
     }
     _ = fcntl(notice[0], F_SETFL, O_NONBLOCK)
+    // The server's ends are its own once it started (or useless if it did not).
+    defer { close(request[1]); close(notice[1]) }
     do {
       // Every symbol bound once in the server, not lazily in each child (the children
       // take on exactly `environment`, without this).
@@ -166,7 +168,6 @@ public final class ProcessMonitor: Sendable {
       close(request[0]); close(notice[0])
       throw error
     }
-    close(request[1]); close(notice[1])
   }
 
   /// Spawns a process with stdout/stderr pipes this monitor drains; `register` runs
