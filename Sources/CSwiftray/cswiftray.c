@@ -24,6 +24,13 @@ int sr_pidfd_open(pid_t pid) {
 #endif
 }
 
+int sr_child_exited(pid_t pid) {
+  siginfo_t info;
+  memset(&info, 0, sizeof info);
+  if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return -1;
+  return info.si_pid == pid ? 1 : 0;
+}
+
 int sr_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int sr_spawn(const char *path, char *const argv[], char *const envp[],

@@ -6,6 +6,9 @@
 
 // A pollable fd that becomes readable when `pid` exits; -1 if unsupported.
 int sr_pidfd_open(pid_t pid);
+/// 1 when child `pid` has exited (it stays a zombie, so its pid cannot be reused until
+/// it is reaped), 0 while it runs, -1 (errno) when it is not a child.
+int sr_child_exited(pid_t pid);
 
 // Spawns `path` with argv/envp (NULL-terminated). stdin <- stdin_fd, stdout/stderr <-
 // the given fds; the child gets its own process group (terminal Ctrl-C goes to the

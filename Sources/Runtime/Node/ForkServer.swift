@@ -78,14 +78,9 @@ public enum ForkServer {
   /// A notice; nil for anything else (a wrong size, an unknown kind, a pid ≤ 0).
   public static func decodeNotice(_ bytes: ArraySlice<UInt8>) -> Notice? {
     guard bytes.count == noticeBytes else { return nil }
-    func word(_ i: Int) -> UInt32 {
-      var v: UInt32 = 0
-      for b in bytes.dropFirst(i * 4).prefix(4).reversed() { v = v << 8 | UInt32(b) }
-      return v
-    }
-    let pid = Int32(bitPattern: word(1)), status = Int32(bitPattern: word(2))
+    let pid = Int32(bitPattern: littleEndianWord(bytes, at: 1)), status = Int32(bitPattern: littleEndianWord(bytes, at: 2))
     guard pid > 0 else { return nil }
-    switch word(0) {
+    switch littleEndianWord(bytes, at: 0) {
     case 1: return .ready(pid: pid)
     case 2: return .exited(pid: pid, status: status)
     default: return nil
@@ -99,9 +94,14 @@ public enum ForkServer {
 
   public static func decodeReply(_ bytes: ArraySlice<UInt8>) -> Int32? {
     guard bytes.count == 4 else { return nil }
+    return Int32(bitPattern: littleEndianWord(bytes, at: 0))
+  }
+
+  /// The `index`th 32-bit little-endian word of `bytes` (the caller checked the size).
+  static func littleEndianWord(_ bytes: ArraySlice<UInt8>, at index: Int) -> UInt32 {
     var v: UInt32 = 0
-    for b in bytes.reversed() { v = v << 8 | UInt32(b) }
-    return Int32(bitPattern: v)
+    for b in bytes.dropFirst(index * 4).prefix(4).reversed() { v = v << 8 | UInt32(b) }
+    return v
   }
 
   // MARK: the server's loop

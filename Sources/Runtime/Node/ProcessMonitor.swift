@@ -68,6 +68,7 @@ public final class ProcessMonitor: Sendable {
     var unclaimedOrder: [Int32] = []
   }
   static let maxUnclaimedExits = 1024
+  static let maxNoticesPerWake = 256
 
   let state = Locked(State())
   /// Starts waiting for the launcher thread (`launch`), first come first served.
@@ -255,18 +256,27 @@ public final class ProcessMonitor: Sendable {
 
   /// A fork server that broke its protocol is killed; workers are spawned from now on.
   private func giveUpForkServer() {
-    let pid = state.withLock { s -> Int32? in
-      guard var f = s.forkServer, !f.gone else { return nil }
+    state.withLock { s in
+      guard var f = s.forkServer, !f.gone else { return }
       f.ready = false
       s.forkServer = f
-      return f.pid
+      killUnderLock(f.pid, SIGKILL)
     }
-    if let pid { kill(pid, SIGKILL) }
   }
 
   public func signal(_ pid: Int32, _ sig: Int32) {
-    let known = state.withLock { $0.children[pid] != nil }
-    if known { kill(pid, sig) }
+    state.withLock { s in
+      // A forked child whose end the server reported is reaped already: its pid is free.
+      guard let c = s.children[pid], c.pendingExit == nil else { return }
+      killUnderLock(pid, sig)
+    }
+  }
+
+  /// `kill` (a syscall that never calls back) under the state lock, on a pid found
+  /// there: the monitor takes a child out of the table (and marks the fork server gone)
+  /// under that lock *before* it reaps it, so the pid cannot have been reused.
+  private func killUnderLock(_ pid: Int32, _ sig: Int32) {
+    kill(pid, sig)
   }
 
   /// Workers (the fork server is not one).
@@ -290,11 +300,10 @@ public final class ProcessMonitor: Sendable {
   /// Stops watching. Workers are not signalled here (the NodeManager decides); the
   /// fork server is killed (it would only fork more).
   public func shutdown() {
-    let server = state.withLock { s -> Int32? in
+    state.withLock { s in
       s.stopped = true
-      return s.forkServer.flatMap { $0.gone ? nil : $0.pid }
+      if let f = s.forkServer, !f.gone { killUnderLock(f.pid, SIGKILL) }
     }
-    if let server { kill(server, SIGKILL) }
     wake()
     launchReady.signal()
   }
@@ -305,6 +314,9 @@ public final class ProcessMonitor: Sendable {
   }
 
   private func loop() {
+    // The monitor thread's one read buffer for every child's pipes.
+    var scratch = [UInt8](repeating: 0, count: 65536)
+    var lastSweep = ContinuousClock.now
     while true {
       let (children, watched, stopped, notices) = state.withLock {
         ($0.children, $0.watched, $0.stopped, $0.forkServer.flatMap { $0.gone ? nil : $0.noticeFD })
@@ -312,10 +324,12 @@ public final class ProcessMonitor: Sendable {
       if stopped { break }
       var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
                  pollfd(fd: notices ?? -1, events: Int16(POLLIN), revents: 0)]
+      var fdOwner: [Int32] = [0, 0]  // the child each entry of `fds` is for
       for c in children.values {
-        if c.outFD >= 0 { fds.append(pollfd(fd: c.outFD, events: Int16(POLLIN), revents: 0)) }
-        if c.errFD >= 0 { fds.append(pollfd(fd: c.errFD, events: Int16(POLLIN), revents: 0)) }
-        if c.pidFD >= 0 { fds.append(pollfd(fd: c.pidFD, events: Int16(POLLIN), revents: 0)) }
+        for fd in [c.outFD, c.errFD, c.pidFD] where fd >= 0 {
+          fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+          fdOwner.append(c.pid)
+        }
       }
       let watchedFrom = fds.count
       let watchedPids = watched.filter { $0.value.pidFD >= 0 }.map(\.key)
@@ -328,8 +342,17 @@ public final class ProcessMonitor: Sendable {
         var buf = [UInt8](repeating: 0, count: 64)
         while read(wakeRead, &buf, 64) > 0 {}
       }
-      if let notices, fds[1].revents != 0 { readNotices(notices) }
-      for pid in children.keys { service(pid) }
+      // Only the children something happened to; all of them on the periodic sweep (the
+      // only way to see the end of one without a pidfd).
+      var due = Set<Int32>()
+      if let notices, fds[1].revents != 0 { due.formUnion(readNotices(notices)) }
+      for i in 2..<watchedFrom where fds[i].revents != 0 { due.insert(fdOwner[i]) }
+      let now = ContinuousClock.now
+      if now - lastSweep >= .milliseconds(Int64(timeout)) {
+        lastSweep = now
+        due.formUnion(children.keys)
+      }
+      for pid in due { service(pid, &scratch) }
       var gone = watchedPids.indices.filter { fds[watchedFrom + $0].revents != 0 }.map { watchedPids[$0] }
       gone += watched.filter { $0.value.pidFD < 0 && kill($0.key, 0) != 0 && errno == ESRCH }.map(\.key)
       let ended: [Watched] = state.withLock { s in gone.compactMap { s.watched.removeValue(forKey: $0) } }
@@ -341,16 +364,20 @@ public final class ProcessMonitor: Sendable {
   }
 
   /// Reads the fork server's notices (non-blocking): it is ready; a child ended.
-  private func readNotices(_ fd: Int32) {
+  /// Returns the forked children whose end it reported. At most `maxNoticesPerWake` at
+  /// a time, so a server that floods notices cannot hold the monitor thread (the rest
+  /// wait for the next turn of the loop: the socket still polls readable).
+  private func readNotices(_ fd: Int32) -> [Int32] {
     var buf = [UInt8](repeating: 0, count: 64)
-    while true {
+    var ended: [Int32] = []
+    for _ in 0..<Self.maxNoticesPerWake {
       var none: Int32 = 0
       let n = buf.withUnsafeMutableBytes { sr_recv_fds(fd, $0.baseAddress, $0.count, nil, 0, &none) }
-      if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+      if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
       guard n > 0 else {
         // The server closed its end (it is dying): its own exit is reaped as a child's.
         state.withLock { $0.forkServer?.ready = false }
-        return
+        break
       }
       guard let notice = ForkServer.decodeNotice(buf[0..<n]) else { continue }
       state.withLock { s in
@@ -360,6 +387,7 @@ public final class ProcessMonitor: Sendable {
         case .exited(let pid, let status):
           if s.children[pid]?.forked == true {
             s.children[pid]?.pendingExit = status
+            ended.append(pid)
           } else {
             s.unclaimedExits[pid] = status
             s.unclaimedOrder.append(pid)
@@ -370,6 +398,7 @@ public final class ProcessMonitor: Sendable {
         }
       }
     }
+    return ended
   }
 
   /// The fork server died: its forked workers live on (orphans now), and their ends can
@@ -389,10 +418,10 @@ public final class ProcessMonitor: Sendable {
   }
 
   /// Drains a child's pipes and reaps it if it exited.
-  private func service(_ pid: Int32) {
+  private func service(_ pid: Int32, _ scratch: inout [UInt8]) {
     guard var c = state.withLock({ $0.children[pid] }) else { return }
-    drain(&c.outFD, &c.outBuf, pid: pid, isErr: false)
-    drain(&c.errFD, &c.errBuf, pid: pid, isErr: true)
+    drain(&c.outFD, &c.outBuf, pid: pid, isErr: false, scratch: &scratch)
+    drain(&c.errFD, &c.errBuf, pid: pid, isErr: true, scratch: &scratch)
     var status: Int32 = 0
     let ended: Bool
     if c.forked {
@@ -408,12 +437,21 @@ public final class ProcessMonitor: Sendable {
         ended = false
       }
     } else {
-      ended = waitpid(pid, &status, WNOHANG) == pid
+      ended = sr_child_exited(pid) == 1
+      if ended {
+        // Out of the table (the server marked gone) while its pid is still a zombie's,
+        // then reaped: `signal` and `giveUpForkServer` only kill what is in the table.
+        state.withLock { s in
+          s.children[pid] = nil
+          if c.isForkServer { s.forkServer?.gone = true; s.forkServer?.ready = false }
+        }
+        _ = waitpid(pid, &status, WNOHANG)
+      }
     }
     if ended {
       // Pick up what it wrote just before dying.
-      drain(&c.outFD, &c.outBuf, pid: pid, isErr: false, final: true)
-      drain(&c.errFD, &c.errBuf, pid: pid, isErr: true, final: true)
+      drain(&c.outFD, &c.outBuf, pid: pid, isErr: false, final: true, scratch: &scratch)
+      drain(&c.errFD, &c.errBuf, pid: pid, isErr: true, final: true, scratch: &scratch)
       for fd in [c.outFD, c.errFD, c.pidFD] where fd >= 0 { close(fd) }
       state.withLock { _ = $0.children.removeValue(forKey: pid) }
       if c.isForkServer { forkServerEnded(c); return }
@@ -430,9 +468,9 @@ public final class ProcessMonitor: Sendable {
     }
   }
 
-  private func drain(_ fd: inout Int32, _ buf: inout [UInt8], pid: Int32, isErr: Bool, final: Bool = false) {
+  private func drain(_ fd: inout Int32, _ buf: inout [UInt8], pid: Int32, isErr: Bool, final: Bool = false,
+                     scratch chunk: inout [UInt8]) {
     guard fd >= 0 else { return }
-    var chunk = [UInt8](repeating: 0, count: 65536)
     var lines: [String] = []
     while true {
       let n = read(fd, &chunk, chunk.count)
