@@ -19,6 +19,7 @@ public enum CoreModule {
   /// Creates the module object. Called once per process: by `PyInit__core` in the
   /// extension, or by the worker host before it imports the package.
   public static func create() -> PyPtr? {
+    TasksOnEventLoops.install()
     let defs = UnsafeMutablePointer<PyMethodDef>.allocate(capacity: methods.count + 1)
     for (i, m) in methods.enumerated() {
       defs[i] = PyMethodDef(

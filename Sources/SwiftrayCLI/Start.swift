@@ -172,6 +172,7 @@ struct Start: ParsableCommand {
 
   /// Runs the node in this process until SIGTERM/SIGINT.
   func serve() throws {
+    TasksOnEventLoops.install()
     // Blocked before any thread starts (threads inherit the mask; workers get a clean
     // one from the spawn), then taken synchronously below: a clean stop on TERM/INT.
     var stopSignals = sigset_t()
