@@ -120,6 +120,47 @@ import Testing
     try await group.shutdownGracefully()
   }
 
+  @Test func aSocketServedByThisProcessIsCalledThroughItsInProcessTwin() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let auth = try ClusterAuth(token: ClusterAuth.generate(), source: "test")
+    let control = ControlService(group: group, auth: auth)
+    let ep = Endpoint.unix(NSTemporaryDirectory() + "twin-\(UInt32.random(in: 0 ... .max)).sock")
+    let server = try await ControlPlane.serve([control], at: ep, group: group, auth: auth)
+    let conn = try ControlPlane.connect(ep, group: group, auth: auth)
+    #expect(conn.inProcess, "a client in the server's process calls through memory")
+    let client = Swiftray_ControlService.Client(wrapping: conn.client)
+    var put = Swiftray_KVPutRequest()
+    put.namespace = "fun"
+    put.key = Data("f".utf8)
+    put.value = Data([1])
+    #expect(try await client.kvPut(put).added)
+
+    // The same service answers on the socket, for other processes: what the twin
+    // changed is there.
+    let socket = try ControlPlane.connect(ep, group: group, auth: auth, viaTwin: false)
+    #expect(!socket.inProcess)
+    #expect(try await !Swiftray_ControlService.Client(wrapping: socket.client).kvPut(put).added)
+
+    // The token is checked on the twin too.
+    let stranger = try ControlPlane.connect(ep, group: group, auth: .disabled)
+    let refused = await #expect(throws: RPCError.self) {
+      _ = try await Swiftray_ControlService.Client(wrapping: stranger.client).kvPut(put)
+    }
+    #expect(refused?.code == .unauthenticated)
+
+    // The twin goes with its server: calls fail as on a closed socket, and a later
+    // client of the endpoint uses the socket.
+    try await onOwnThread { server.shutdown() }
+    await #expect(throws: RPCError.self) { _ = try await client.kvPut(put) }
+    let later = try ControlPlane.connect(ep, group: group, auth: auth)
+    #expect(!later.inProcess)
+    try await onOwnThread {
+      for c in [conn, socket, stranger, later] { c.shutdown() }
+      control.shutdown()
+    }
+    try await group.shutdownGracefully()
+  }
+
   /// A NodeManager that answers health checks only (the head's one call on its own).
   final class HealthOnlyNode: RegistrableRPCService {
     let answered = Mutex(0)

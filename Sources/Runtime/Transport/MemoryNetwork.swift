@@ -157,6 +157,11 @@ public final class MemoryNetwork: Sendable {
     if taken { throw SwiftrayError(.system, "memory:\(name) is already served") }
   }
 
+  /// Whether a gRPC server is served at `name` now.
+  func servesControl(_ name: String) -> Bool {
+    state.withLock { $0.control[name] != nil && !$0.cut.contains(name) }
+  }
+
   func closeControl(_ name: String, _ transport: MemoryServerTransport) {
     let calls: [@Sendable () -> Void] = state.withLock { s in
       guard s.control[name] === transport else { return [] }
