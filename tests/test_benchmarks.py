@@ -70,3 +70,13 @@ def test_the_security_benchmark_runs_every_mode(tmp_path):
     best = json.loads((tmp_path / "sec.json").read_text())["best"]
     assert set(best) == {"off", "token", "token+tls"}
     assert all(b["sync_other_node_tasks_per_s"] > 0 and b["transfer_best_gb_per_s"] > 0 for b in best.values())
+
+
+def test_the_control_calls_benchmark_runs(tmp_path):
+    out = tmp_path / "cc.json"
+    run([os.path.join(BENCH, "control_calls.py"), "--calls", "10", "--groups", "3", "--rounds", "1",
+         "--env", "SWIFTRAY_TASKS_ON_EVENT_LOOPS=1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["default", "SWIFTRAY_TASKS_ON_EVENT_LOOPS=1"]
+    for r in rows:
+        assert r["kv_get_wall_us"] > 0 and r["kv_get_cpu_us"] >= 0 and r["pg_ready_us"] > 0 and r["pg_remove_us"] > 0, r

@@ -9,8 +9,10 @@ import RuntimeProto
 /// socket, port or file. Links can be cut and healed: a cut endpoint refuses new calls
 /// and fails those in flight, as a connection reset or a missed keep-alive would.
 ///
-/// Not a production transport: nothing outside the process reaches it, so no token is
-/// checked on the data plane (gRPC's interceptors still run on the control plane).
+/// Nothing outside the process reaches it, so no token is checked on the data plane
+/// (gRPC's interceptors still run on the control plane). In production it carries only
+/// gRPC calls between services of one process, through each socket server's in-process
+/// twin (`ControlPlane.inProcessTwin`); the data plane there stays on sockets.
 ///
 /// Threading: any thread. Handlers and reply callbacks run on event loops, never inline
 /// in a request; no lock is held while either runs.
