@@ -12,7 +12,6 @@ nothing.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,13 +50,8 @@ swiftray.shutdown()
 
 
 def run(calls, groups, env_extra):
-    env = dict(os.environ, **env_extra)
-    out = subprocess.run([sys.executable, "-c", CHILD, str(calls), str(groups)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"control_calls: the driver failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    return child_output.last_json(out.stdout)
-
+    return child_output.run_child([sys.executable, "-c", CHILD, str(calls), str(groups)], "control_calls' driver",
+                                  timeout=600, env=dict(os.environ, **env_extra))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

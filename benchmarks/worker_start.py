@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +55,7 @@ api.shutdown()
 
 
 def run(python, impl, n):
-    r = subprocess.run([python, "-c", CHILD, impl, str(n)], capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        raise SystemExit(f"{impl} failed:\n{r.stderr[-2000:]}")
-    return child_output.last_json(r.stdout)
+    return child_output.run_child([python, "-c", CHILD, impl, str(n)], impl, timeout=900)
 
 
 def main():

@@ -95,10 +95,7 @@ import Testing
     let server = try await ControlPlane.serve([control], at: ep, group: group, auth: auth)
     let conn = try ControlPlane.connect(ep, group: group, auth: auth)
     let client = Swiftray_ControlService.Client(wrapping: conn.client)
-    var put = Swiftray_KVPutRequest()
-    put.namespace = "fun"
-    put.key = Data("f".utf8)
-    put.value = Data([1])
+    let put = Self.putF
     #expect(try await client.kvPut(put).added)
     MemoryNetwork.shared.cut(ep)
     await #expect(throws: RPCError.self) { _ = try await client.kvPut(put) }
@@ -129,10 +126,7 @@ import Testing
     let conn = try ControlPlane.connect(ep, group: group, auth: auth)
     #expect(conn.inProcess, "a client in the server's process calls through memory")
     let client = Swiftray_ControlService.Client(wrapping: conn.client)
-    var put = Swiftray_KVPutRequest()
-    put.namespace = "fun"
-    put.key = Data("f".utf8)
-    put.value = Data([1])
+    let put = Self.putF
     #expect(try await client.kvPut(put).added)
 
     // The same service answers on the socket, for other processes: what the twin
@@ -160,6 +154,15 @@ import Testing
     }
     try await group.shutdownGracefully()
   }
+
+  /// One key-value write, the same each time (the second is refused: the key exists).
+  static let putF: Swiftray_KVPutRequest = {
+    var put = Swiftray_KVPutRequest()
+    put.namespace = "fun"
+    put.key = Data("f".utf8)
+    put.value = Data([1])
+    return put
+  }()
 
   /// A NodeManager that answers health checks only (the head's one call on its own).
   final class HealthOnlyNode: RegistrableRPCService {
