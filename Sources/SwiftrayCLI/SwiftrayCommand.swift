@@ -71,6 +71,7 @@ struct Worker: ParsableCommand {
     Interpreter.start(.init(programName: hostPython(nil), argv: ["swiftray-worker"], sysPath: sysPath))
     if forkServer {
       guard Interpreter.importModule("swiftray._worker") else { Foundation.exit(70) }
+      ForkWarmUp.run(environment: env)
       ForkServer.serve(hooks: .init(fork: { out, err, environment in
         Interpreter.forkWorker(stdout: out, stderr: err, environment: environment,
                                adopt: ("swiftray._worker", "_adopt_environment")) {

@@ -37,6 +37,58 @@ import Testing
     #expect(f.count == 100)
   }
 
+  @Test func aFrameIsEncodedBehindItsLengthAndReadsBackWhole() throws {
+    var frame = Swiftray_DataFrame()
+    frame.id = 7
+    var push = Swiftray_PushTaskRequest()
+    push.spec.name = "f"
+    push.spec.taskID = Data((0..<24).map { UInt8($0) })
+    push.leaseGrant = Data(repeating: 9, count: 300)
+    frame.body = .pushTask(push)
+    let framed = try #require(Lane.encode(frame))
+    let body: [UInt8] = try frame.serializedBytes()
+    #expect(framed == Lane.lengthPrefixed(body))
+    var reader = FrameReader(max: 1 << 20)
+    framed.withUnsafeBytes { reader.append($0) }
+    guard case .frame(let f) = reader.next() else { Issue.record("no frame"); return }
+    #expect(try Swiftray_DataFrame(serializedBytes: Array(f)) == frame)
+    // An empty message is a frame of length zero.
+    #expect(Lane.encode(Swiftray_DataFrame()) == [0, 0, 0, 0])
+  }
+
+  @Test func idsReadTheSameFromEveryKindOfByteCollection() throws {
+    let task = TaskID(prefix: 0x0102_0304_0506_0708, counter: 0xFFEE_DDCC_BBAA_9988, job: 42)
+    let object = ObjectID.forReturn(of: task, index: 0xA1B2_C3D4)
+    let bytes = object.binary
+    #expect(bytes.count == 28)
+    #expect(ObjectID(binary: bytes) == object)
+    #expect(ObjectID(binary: Data(bytes)) == object)
+    // A slice that does not start at index 0, and bytes that are not contiguous.
+    let padded = Data([0xFF, 0xFF] + bytes)
+    #expect(ObjectID(binary: padded.dropFirst(2)) == object)
+    #expect(ObjectID(binary: ([0xEE] + bytes)[1...]) == object)
+    #expect(ObjectID(binary: bytes.lazy.map { $0 }) == object)
+    #expect(TaskID(binary: Data(task.binary)) == task)
+    #expect(ObjectID(binary: Data(bytes.dropLast())) == nil)
+  }
+
+  @Test func aThreadKeepsItsWakeupAndAnotherThreadHasItsOwn() async throws {
+    let mine = Wakeup.forThisThread()
+    #expect(Wakeup.forThisThread() === mine)
+    let other = Mutex<Wakeup?>(nil)
+    let t = Thread { other.withLock { $0 = Wakeup.forThisThread() } }
+    t.start()
+    let deadline = Date().addingTimeInterval(10)
+    while other.withLock({ $0 == nil }) && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+    let theirs = try #require(other.withLock { $0 })
+    #expect(theirs !== mine)
+    // Still usable after its thread ended (we hold a reference): a signal is seen.
+    try await Task.sleep(for: .milliseconds(50))
+    theirs.signal()
+    var p = pollfd(fd: theirs.fd, events: Int16(POLLIN), revents: 0)
+    #expect(poll(&p, 1, 1000) == 1)
+  }
+
   /// A worker's side of lanes, polled by a thread of its own as a worker's task thread
   /// polls it; it answers each pushed task with its task id.
   final class EchoWorker: Sendable {

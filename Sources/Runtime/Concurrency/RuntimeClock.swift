@@ -71,9 +71,12 @@ public struct ScheduledTimer: Sendable {
 /// Real time: `DispatchTime`'s uptime clock, and NIO's timers on the process's event
 /// loops. Threading: any thread.
 public struct SystemClock: RuntimeClock {
-  let group: any EventLoopGroup
+  /// Nil: NIO's singleton loops, taken only when a timer without a loop is scheduled,
+  /// so reading the time never starts them (a fork server reads it and must start no
+  /// thread: `ForkWarmUp`).
+  let group: (any EventLoopGroup)?
 
-  public init(group: any EventLoopGroup = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup) {
+  public init(group: (any EventLoopGroup)? = nil) {
     self.group = group
   }
 
@@ -82,7 +85,7 @@ public struct SystemClock: RuntimeClock {
   @discardableResult
   public func schedule(after delay: Duration, on loop: (any EventLoop)?, _ body: @escaping @Sendable () -> Void) -> ScheduledTimer {
     let nanos = Int64(clamping: delay.clampedNanoseconds)
-    let task = (loop ?? group.next()).scheduleTask(in: .nanoseconds(nanos)) { body() }
+    let task = (loop ?? (group ?? MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup).next()).scheduleTask(in: .nanoseconds(nanos)) { body() }
     return ScheduledTimer { task.cancel() }
   }
 }

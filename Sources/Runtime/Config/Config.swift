@@ -174,7 +174,7 @@ public struct Config: Sendable, Equatable {
     for (name, path) in keys {
       let variable = "SWIFTRAY_" + name.uppercased()
       guard let v = environment[variable] else { continue }
-      guard let i = Int(v.trimmingCharacters(in: .whitespaces)) else {
+      guard let i = Int(trimmed(v)) else {
         throw SwiftrayError(.invalidArgument, "\(variable)='\(v.prefix(40))' is not an integer")
       }
       c[keyPath: path] = try checked(name, i, from: variable)
@@ -196,6 +196,15 @@ public struct Config: Sendable, Equatable {
     // take their bounds from here.
     NetworkLimits.install(c.networkLimits)
     return c
+  }
+
+  /// `v` without leading and trailing blanks. (Not Foundation's trimming: its first use
+  /// in a process loads character tables, a cost every new worker paid.)
+  static func trimmed(_ v: String) -> Substring {
+    var s = Substring(v)
+    while let c = s.first, c == " " || c == "\t" { s.removeFirst() }
+    while let c = s.last, c == " " || c == "\t" { s.removeLast() }
+    return s
   }
 
   /// The settings as `name=value` pairs, to hand to processes this one starts.

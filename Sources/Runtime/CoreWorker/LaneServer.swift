@@ -5,7 +5,7 @@ import Synchronization
 
 /// Wakes a thread blocked in `poll` (an eventfd). Threading: `signal` from any thread.
 public final class Wakeup: Sendable {
-  let fd: Int32 = sr_eventfd()
+  public let fd: Int32 = sr_eventfd()
   public init() {}
   public func signal() {
     var one: UInt64 = 1
@@ -17,6 +17,30 @@ public final class Wakeup: Sendable {
     _ = Glibc.read(fd, &v, 8)
   }
   deinit { Glibc.close(fd) }
+
+  /// The calling thread's own wakeup, made on its first use and kept for the thread's
+  /// life (each holder keeps its own reference, so the eventfd outlives the thread as
+  /// long as someone may still signal it). For waits that loop on their condition: a
+  /// signal meant for an earlier wait of the same thread may wake a later one once.
+  /// Saves an eventfd's creation and close on every blocking `get`.
+  /// Threading: returns the caller's thread's wakeup.
+  public static func forThisThread() -> Wakeup {
+    let key = threadKey
+    if let p = pthread_getspecific(key) { return Unmanaged<Wakeup>.fromOpaque(p).takeUnretainedValue() }
+    let w = Wakeup()
+    pthread_setspecific(key, Unmanaged.passRetained(w).toOpaque())
+    return w
+  }
+
+  /// The thread-specific slot of `forThisThread`; its destructor drops the thread's
+  /// reference when the thread ends.
+  private static let threadKey: pthread_key_t = {
+    var key = pthread_key_t()
+    pthread_key_create(&key) { p in
+      if let p { Unmanaged<Wakeup>.fromOpaque(p).release() }
+    }
+    return key
+  }()
 }
 
 /// A worker's lane listener and its lanes (`Lane`): polled by the worker's task thread

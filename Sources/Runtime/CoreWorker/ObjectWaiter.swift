@@ -7,9 +7,14 @@ final class ObjectWaiter: Sendable {
   let sem = DispatchSemaphore(value: 0)
   let remaining: Atomic<Int>
   /// Also signalled on release: a waiter reading a lane (`LaneClients.readWhileWaiting`)
-  /// polls it beside the lane.
-  let wake = Wakeup()
-  init(needed: Int) { remaining = Atomic(needed) }
+  /// polls it beside the lane. The waiting thread's own (it loops on `isReleased`, so a
+  /// late signal of its previous wait costs one extra look, nothing else).
+  let wake: Wakeup
+  /// Made by the thread that will wait (`CoreWorker.startWait`).
+  init(needed: Int) {
+    remaining = Atomic(needed)
+    wake = Wakeup.forThisThread()
+  }
   func arrived() {
     if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
       sem.signal()

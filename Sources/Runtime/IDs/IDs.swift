@@ -36,17 +36,26 @@ enum Hex {
 enum WordBytes {
   static func pack(_ words: [UInt64], tail: UInt32? = nil) -> [UInt8] {
     var out = [UInt8]()
+    out.reserveCapacity(words.count * 8 + (tail == nil ? 0 : 4))
     for w in words { withUnsafeBytes(of: w.bigEndian) { out.append(contentsOf: $0) } }
     if let t = tail { withUnsafeBytes(of: t.bigEndian) { out.append(contentsOf: $0) } }
     return out
   }
+  // Callers check the count first, so `offset` + the word's size is within `b`.
   static func word(_ b: some Collection<UInt8>, at offset: Int) -> UInt64 {
+    // Contiguous bytes (arrays, `Data`): one unaligned load, not a walk of indices.
+    if let v = b.withContiguousStorageIfAvailable({
+      UInt64(bigEndian: UnsafeRawBufferPointer($0).loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }) { return v }
     var v: UInt64 = 0
     var i = b.index(b.startIndex, offsetBy: offset)
     for _ in 0..<8 { v = v << 8 | UInt64(b[i]); i = b.index(after: i) }
     return v
   }
   static func word32(_ b: some Collection<UInt8>, at offset: Int) -> UInt32 {
+    if let v = b.withContiguousStorageIfAvailable({
+      UInt32(bigEndian: UnsafeRawBufferPointer($0).loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    }) { return v }
     var v: UInt32 = 0
     var i = b.index(b.startIndex, offsetBy: offset)
     for _ in 0..<4 { v = v << 8 | UInt32(b[i]); i = b.index(after: i) }

@@ -207,6 +207,12 @@ public final class DataPlaneServer: Sendable {
   /// Caps this listener's open connections (`max_connections_per_listener`).
   let limiter: ConnectionLimiter
 
+  /// A served connection's pipeline on `channel`, for `ForkWarmUp`: keep-alives are
+  /// answered, anything else goes nowhere.
+  static func configureForWarmUp(_ channel: Channel, auth: ClusterAuth) -> EventLoopFuture<Void> {
+    DataPlane.configure(channel, handler: ServerHandler({ _, _ in }), gate: auth)
+  }
+
   private final class ServerHandler: ChannelInboundHandler, @unchecked Sendable {
     // Only touched on the channel's event loop.
     typealias InboundIn = ByteBuffer
@@ -293,6 +299,11 @@ public final class DataPlaneConnection: Sendable {
     /// Frames in the order `request` was called, written by one event-loop task.
     var outbox: [ByteBuffer] = []
     var flushScheduled = false
+  }
+
+  /// A connection's pipeline on `channel`, for `ForkWarmUp` (no connection behind it).
+  static func configureForWarmUp(_ channel: Channel) -> EventLoopFuture<Void> {
+    DataPlane.configure(channel, handler: ClientHandler())
   }
 
   private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {

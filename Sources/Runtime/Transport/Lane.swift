@@ -1,6 +1,7 @@
 import DequeModule
 import Foundation
 import RuntimeProto
+import SwiftProtobuf
 
 /// Lanes (DESIGN §5, "the hot path"): a second, lean way to push a task to a worker of
 /// the same node and get its reply, beside the NIO data plane. A lane is a Unix socket
@@ -25,9 +26,10 @@ public enum Lane {
   }
 
   /// `frame` encoded with its length in front, or nil when it cannot be encoded.
-  static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
-    guard let body: [UInt8] = try? frame.serializedBytes(), body.count <= Int(UInt32.max) else { return nil }
-    return lengthPrefixed(body)
+  /// Encoded straight behind its length (`LengthPrefixed`): one buffer, no copy.
+  public static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
+    guard let framed: LengthPrefixed = try? frame.serializedBytes(partial: true), framed.fits else { return nil }
+    return framed.bytes
   }
 
   public static func lengthPrefixed(_ body: [UInt8]) -> [UInt8] {
@@ -68,6 +70,32 @@ public enum Lane {
     return withUnsafePointer(to: &addr) { p in
       p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
+  }
+}
+
+/// A protobuf encoding with room for its 4-byte big-endian length in front: SwiftProtobuf
+/// sizes the buffer once and encodes into the part behind the length, so a frame is
+/// one allocation and no copy. Threading: a value.
+struct LengthPrefixed: SwiftProtobufContiguousBytes {
+  private(set) var bytes: [UInt8]
+  /// The body's length fits the 4-byte prefix.
+  var fits: Bool { bytes.count - 4 <= Int(UInt32.max) }
+
+  init(repeating: UInt8, count: Int) {
+    bytes = [UInt8](repeating: repeating, count: 4 + count)
+    bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(truncatingIfNeeded: count).bigEndian, toByteOffset: 0, as: UInt32.self) }
+  }
+  init<S: Sequence>(_ sequence: S) where S.Element == UInt8 {
+    let body = Array(sequence)
+    self.init(repeating: 0, count: body.count)
+    bytes.replaceSubrange(4..., with: body)
+  }
+  var count: Int { bytes.count - 4 }
+  func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[4...])) }
+  }
+  mutating func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+    try bytes.withUnsafeMutableBytes { try body(UnsafeMutableRawBufferPointer(rebasing: $0[4...])) }
   }
 }
 
