@@ -188,14 +188,16 @@ def test_each_strategy_places_bundles_as_it_says(cluster):
     assert len(set(_bundle_nodes(pack))) == 1 and len(set(_bundle_nodes(strict_pack))) == 1
     remove_placement_group(pack)
     remove_placement_group(strict_pack)
-    # SPREAD is best effort over the nodes with room: once the removed groups' CPUs are
-    # back (the nodes release bundles and report it), every node has room. The head
-    # credits a removed group's CPUs at once, and a node's report sent before it gave
-    # them back can take them away again for one report period (200 ms): wait until
-    # the view holds for longer than that.
-    def back_for_good():
-        return _free_cpus() == 6.0 and (time.sleep(0.5) or _free_cpus() == 6.0)
-    assert wait_until(back_for_good), swiftray.available_resources()
+    # The head credits a removed group's CPUs at once, and a node's report taken before
+    # the node gave them back never takes them away again (its bundle epoch is older
+    # than the return's answer): over a few report periods (200 ms) the view stays put.
+    assert wait_until(lambda: _free_cpus() == 6.0), swiftray.available_resources()
+    seen = []
+    for _ in range(12):
+        seen.append(_free_cpus())
+        time.sleep(0.05)
+    assert set(seen) == {6.0}, seen
+    # SPREAD is best effort over the nodes with room: every node has room now.
     spread = placement_group([{"CPU": 1}] * 3, strategy="SPREAD")
     assert spread.wait(10) and len(set(_bundle_nodes(spread))) == 3
     strict_spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")

@@ -270,6 +270,12 @@ public nonisolated struct Swiftray_ReportResourcesRequest: Sendable {
   /// Clears the value of `total`. Subsequent reads from it will return its default value.
   public mutating func clearTotal() {self._total = nil}
 
+  /// How many bundle changes (prepare, commit, return) the node had applied when it took
+  /// these figures. The head's view runs ahead of a node's reports while it changes
+  /// bundles there; a report older than a change the head already saw answered is stale
+  /// and its resources are not taken.
+  public var bundleEpoch: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1518,6 +1524,8 @@ public nonisolated struct Swiftray_SubscribeLogsRequest: Sendable {
   public init() {}
 }
 
+/// The first batch of a subscription is empty (pid 0, no lines): from then on the node
+/// has the subscription, so a driver that waits for it misses no line printed after.
 public nonisolated struct Swiftray_LogBatch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1603,12 +1611,16 @@ public nonisolated struct Swiftray_PrepareBundlesRequest: Sendable {
   public init() {}
 }
 
+/// `bundle_epoch` (here and below): the node's count of bundle changes after this one
+/// (ReportResourcesRequest.bundle_epoch).
 public nonisolated struct Swiftray_PrepareBundlesReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var prepared: [Bool] = []
+
+  public var bundleEpoch: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1631,6 +1643,8 @@ public nonisolated struct Swiftray_CommitBundlesReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  public var bundleEpoch: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1676,6 +1690,8 @@ public nonisolated struct Swiftray_ReturnBundlesReply: Sendable {
   public var hasAvailable: Bool {self._available != nil}
   /// Clears the value of `available`. Subsequent reads from it will return its default value.
   public mutating func clearAvailable() {self._available = nil}
+
+  public var bundleEpoch: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2133,7 +2149,7 @@ nonisolated extension Swiftray_KVGetReply: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0\u{1}total\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0\u{1}total\0\u{3}bundle_epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2145,6 +2161,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
       case 2: try { try decoder.decodeSingularMessageField(value: &self._available) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.infeasibleDemand) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._total) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bundleEpoch) }()
       default: break
       }
     }
@@ -2167,6 +2184,9 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     try { if let v = self._total {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
+    if self.bundleEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bundleEpoch, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2175,6 +2195,7 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     if lhs._available != rhs._available {return false}
     if lhs.infeasibleDemand != rhs.infeasibleDemand {return false}
     if lhs._total != rhs._total {return false}
+    if lhs.bundleEpoch != rhs.bundleEpoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4402,7 +4423,7 @@ nonisolated extension Swiftray_PrepareBundlesRequest: SwiftProtobuf.Message, Swi
 
 nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PrepareBundlesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prepared\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prepared\0\u{3}bundle_epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4411,6 +4432,7 @@ nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, Swift
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedBoolField(value: &self.prepared) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.bundleEpoch) }()
       default: break
       }
     }
@@ -4420,11 +4442,15 @@ nonisolated extension Swiftray_PrepareBundlesReply: SwiftProtobuf.Message, Swift
     if !self.prepared.isEmpty {
       try visitor.visitPackedBoolField(value: self.prepared, fieldNumber: 1)
     }
+    if self.bundleEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bundleEpoch, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_PrepareBundlesReply, rhs: Swiftray_PrepareBundlesReply) -> Bool {
     if lhs.prepared != rhs.prepared {return false}
+    if lhs.bundleEpoch != rhs.bundleEpoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4462,18 +4488,29 @@ nonisolated extension Swiftray_CommitBundlesRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swiftray_CommitBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommitBundlesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}bundle_epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.bundleEpoch) }()
+      default: break
+      }
+    }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.bundleEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bundleEpoch, fieldNumber: 1)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_CommitBundlesReply, rhs: Swiftray_CommitBundlesReply) -> Bool {
+    if lhs.bundleEpoch != rhs.bundleEpoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4516,7 +4553,7 @@ nonisolated extension Swiftray_ReturnBundlesRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swiftray_ReturnBundlesReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReturnBundlesReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}total\0\u{1}available\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}total\0\u{1}available\0\u{3}bundle_epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4526,6 +4563,7 @@ nonisolated extension Swiftray_ReturnBundlesReply: SwiftProtobuf.Message, SwiftP
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._total) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._available) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.bundleEpoch) }()
       default: break
       }
     }
@@ -4542,12 +4580,16 @@ nonisolated extension Swiftray_ReturnBundlesReply: SwiftProtobuf.Message, SwiftP
     try { if let v = self._available {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
+    if self.bundleEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bundleEpoch, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_ReturnBundlesReply, rhs: Swiftray_ReturnBundlesReply) -> Bool {
     if lhs._total != rhs._total {return false}
     if lhs._available != rhs._available {return false}
+    if lhs.bundleEpoch != rhs.bundleEpoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

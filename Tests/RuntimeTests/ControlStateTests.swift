@@ -106,6 +106,50 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
     #expect(t.health.watched == 0)
   }
 
+  /// The SPREAD test's flake: a group removed, the head credits its bundles back at
+  /// once, then a report the node took before it returned them arrives and puts them
+  /// back as held, so the next placement sees a full node for a report period.
+  @Test func aReportTakenBeforeABundleChangeTheHeadSawDoesNotUndoIt() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    let id = Data([1])
+    _ = t.registered(nodeInfo(1))
+    let four = ResourceSet(units: ["CPU": 4]).proto, one = ResourceSet(units: ["CPU": 1]).proto
+    let demand = [ResourceSet(units: ["GPU": 1]).proto]
+    // A node's report is taken while nothing is in flight.
+    #expect(t.reported(id, available: one, total: nil, demand: [], bundleEpoch: 3) == .taken)
+    #expect(t[id]?.available == one)
+    // The head returns a bundle there and credits it in its view.
+    t.bundleChangeStarted(id)
+    t.resourcesChanged(id, total: four, available: four)
+    #expect(t.bundleChangesInFlight(id) == 1)
+    // A report in flight meanwhile: its resources are not taken, its demand is.
+    #expect(t.reported(id, available: one, total: four, demand: demand, bundleEpoch: 3) == .taken)
+    #expect(t[id]?.available == four)
+    #expect(t[id]?.pendingDemand == demand)
+    // The node answers the return at epoch 4; a report from before it (3) is stale.
+    t.bundleChangeEnded(id, epoch: 4)
+    #expect(t.bundleChangesInFlight(id) == 0)
+    #expect(t.reported(id, available: one, total: nil, demand: [], bundleEpoch: 3) == .taken)
+    #expect(t[id]?.available == four)
+    // One taken after it is the truth again (whatever it says).
+    let two = ResourceSet(units: ["CPU": 2]).proto
+    #expect(t.reported(id, available: two, total: nil, demand: [], bundleEpoch: 4) == .taken)
+    #expect(t[id]?.available == two)
+    // A change that failed (no answer: epoch 0) leaves the next report to be taken.
+    t.bundleChangeStarted(id)
+    t.bundleChangeEnded(id, epoch: 0)
+    #expect(t.reported(id, available: one, total: nil, demand: [], bundleEpoch: 4) == .taken)
+    #expect(t[id]?.available == one)
+    // An end without a start (a start for a node not in the table) counts nothing.
+    t.bundleChangeEnded(id, epoch: 0)
+    t.bundleChangeStarted(Data([9]))
+    #expect(t.bundleChangesInFlight(id) == 0 && t.bundleChangesInFlight(Data([9])) == 0)
+    // A node that registers again counts its epochs from zero.
+    _ = t.registered(nodeInfo(1))
+    #expect(t.reported(id, available: two, total: nil, demand: [], bundleEpoch: 0) == .taken)
+    #expect(t[id]?.available == two)
+  }
+
   @Test func nodesKnownBeforeAHeadRestartRegisterAgain() {
     var t = NodeTable(health: NodeHealth(failureThreshold: 1))
     var known = nodeInfo(2)

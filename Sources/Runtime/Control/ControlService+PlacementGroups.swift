@@ -34,7 +34,7 @@ extension ControlService {
     // The view here frees the bundles at once, so a group created right after sees the
     // resources (the nodes' own return follows on the same connections).
     for case .returnBundles(let group, let nodes) in actions { bundlesFreedInView(group, on: nodes) }
-    performGroups(actions)
+    performGroups(actions, returnsStarted: true)
     return r
   }
 
@@ -75,12 +75,15 @@ extension ControlService {
 
   // MARK: actions
 
-  func performGroups(_ actions: [PlacementGroupTable.Action]) {
+  /// `returnsStarted`: the bundle changes of the returns are already counted in flight
+  /// (`bundlesFreedInView` did, with its credit); otherwise they are counted here.
+  func performGroups(_ actions: [PlacementGroupTable.Action], returnsStarted: Bool = false) {
     for a in actions {
       switch a {
       case .placeWaiting:
         placementKicks.yield()
       case .returnBundles(let group, let nodes):
+        if !returnsStarted { state.withLock { s in for node in nodes { s.nodes.bundleChangeStarted(node) } } }
         Task { [self] in
           for node in nodes { await returnBundles(group, on: node) }
           placementKicks.yield()  // resources freed: a waiting group may fit now
@@ -166,40 +169,51 @@ extension ControlService {
     var reservation = BundleReservation(rounds.map { .init(group: $0.id, bundles: $0.bundles, nodes: $0.nodes, already: $0.already) })
     let options = nodeCallOptions
     var clients: [Data: ControlPlane.Connection] = [:]
-    for node in reservation.prepares.keys {
+    let touched = Array(reservation.prepares.keys)
+    // Until the view here takes the outcome (below), reports of these nodes are not taken.
+    state.withLock { s in for node in touched { s.nodes.bundleChangeStarted(node) } }
+    for node in touched {
       if let a = state.withLock({ $0.nodes[node].map(Self.address) }), !a.isEmpty, let c = nodeClient(a) { clients[node] = c }
     }
+    // Each node's bundle epoch in its answers (the highest).
+    var epochs: [Data: UInt64] = [:]
     let prepares = reservation.prepares
-    await withTaskGroup(of: (Data, [Bool]).self) { g in
+    await withTaskGroup(of: (Data, Swiftray_PrepareBundlesReply?).self) { g in
       for (node, req) in prepares {
         guard let c = clients[node] else { continue }
-        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req, options: options).prepared) ?? []) }
+        g.addTask { (node, try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req, options: options)) }
       }
-      for await (node, answers) in g { reservation.prepared(node: node, answers: answers) }
+      for await (node, reply) in g {
+        reservation.prepared(node: node, answers: reply?.prepared ?? [])
+        if let reply { epochs[node] = max(epochs[node] ?? 0, reply.bundleEpoch) }
+      }
     }
     let (commits, undo) = reservation.secondPhase
-    await withTaskGroup(of: Void.self) { g in
+    await withTaskGroup(of: (Data, UInt64).self) { g in
       for (node, groups) in commits {
         guard let c = clients[node] else { continue }
         var req = Swiftray_CommitBundlesRequest()
         req.placementGroupIds = groups
-        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req, options: options) }
+        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req, options: options))?.bundleEpoch ?? 0) }
       }
       for u in undo {
         guard let c = clients[u.node] else { continue }
         var req = Swiftray_ReturnBundlesRequest()
         req.placementGroupID = u.group
         req.indices = u.indices.map(Int32.init)
-        g.addTask { _ = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: options) }
+        g.addTask { (u.node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: options))?.bundleEpoch ?? 0) }
       }
+      for await (node, epoch) in g { epochs[node] = max(epochs[node] ?? 0, epoch) }
     }
     var ok = reservation.placed
     let done = reservation
+    let answered = epochs
     state.withLock { s in
       for k in rounds.indices where ok[k] {
         guard let hex = PlacementGroupID(binary: rounds[k].id)?.hex else { ok[k] = false; continue }
         for (node, bundles) in done.reserved(k) { Self.bundlesInView(&s, node: node, group: hex, bundles, committed: true) }
       }
+      for node in touched { s.nodes.bundleChangeEnded(node, epoch: answered[node] ?? 0) }
     }
     return ok
   }
@@ -209,6 +223,8 @@ extension ControlService {
   func bundlesFreedInView(_ group: Data, on nodes: [Data]) {
     guard let hex = PlacementGroupID(binary: group)?.hex else { return }
     state.withLock { s in
+      // The returns that follow (`performGroups`) end these.
+      for node in nodes { s.nodes.bundleChangeStarted(node) }
       guard let info = s.groups.info(group) else { return }
       for node in Set(nodes) {
         let held = info.bundles.indices.filter { $0 < info.bundleNodes.count && info.bundleNodes[$0] == node }
@@ -239,11 +255,21 @@ extension ControlService {
 
   /// Gives a removed group's bundles back on `node` (its workers there are killed) and
   /// takes the node's resources after that into the view here.
+  /// Ends the bundle change counted for it (`bundleChangeStarted`), answered or not.
   func returnBundles(_ group: Data, on node: Data) async {
-    guard let address = state.withLock({ $0.nodes[node].map(Self.address) }), let c = nodeClient(address) else { return }
+    guard let address = state.withLock({ $0.nodes[node].map(Self.address) }), let c = nodeClient(address) else {
+      state.withLock { $0.nodes.bundleChangeEnded(node, epoch: 0) }
+      return
+    }
     var req = Swiftray_ReturnBundlesRequest()
     req.placementGroupID = group
-    guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: nodeCallOptions) else { return }
-    state.withLock { $0.nodes.resourcesChanged(node, total: r.total, available: r.available) }
+    guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: nodeCallOptions) else {
+      state.withLock { $0.nodes.bundleChangeEnded(node, epoch: 0) }
+      return
+    }
+    state.withLock { s in
+      s.nodes.resourcesChanged(node, total: r.total, available: r.available)
+      s.nodes.bundleChangeEnded(node, epoch: r.bundleEpoch)
+    }
   }
 }

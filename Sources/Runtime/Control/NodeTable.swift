@@ -19,6 +19,20 @@ public struct NodeTable: Sendable {
 
   public private(set) var nodes: [Data: Swiftray_NodeInfo] = [:]
   var deadOrder: Deque<Data> = []
+  /// Per node, how the head's view of its bundles relates to its reports (`BundleSync`).
+  var bundleSync: [Data: BundleSync] = [:]
+
+  /// While the head changes bundles on a node (prepare, commit, return) its view of
+  /// that node runs ahead of the node's reports: a report taken before the node applied
+  /// the change would put back what the head already moved (a removed group's resources
+  /// seen as still held, a committed bundle's resources as missing) until the next
+  /// report. So, per node: the changes in flight (no report's resources are taken
+  /// meanwhile), and the node's bundle epoch in the last answer the head had (a report
+  /// of an older epoch is stale).
+  struct BundleSync: Sendable, Equatable {
+    var inFlight = 0
+    var epochSeen: UInt64 = 0
+  }
   public var health: NodeHealth
 
   public init(health: NodeHealth) { self.health = health }
@@ -46,6 +60,9 @@ public struct NodeTable: Sendable {
     var node = node
     node.alive = true
     nodes[node.nodeID] = node
+    // Registering (again) starts its bundle epochs anew; changes still in flight stay
+    // counted until they end.
+    bundleSync[node.nodeID]?.epochSeen = 0
     health.nodeRegistered(node.nodeID)
     return node
   }
@@ -95,15 +112,41 @@ public struct NodeTable: Sendable {
   }
 
   /// A node's report of its resources; a node declared dead stays dead.
+  /// Its resources are not taken while the head changes bundles there or when the
+  /// report predates a change the head saw answered (`BundleSync`); its demand is.
   public mutating func reported(_ id: Data, available: Swiftray_ResourceShape, total: Swiftray_ResourceShape?,
-                                demand: [Swiftray_ResourceShape]) -> ReportVerdict {
+                                demand: [Swiftray_ResourceShape], bundleEpoch: UInt64 = 0) -> ReportVerdict {
     guard let n = nodes[id] else { return .register }
     guard n.alive else { return n.deathDetail == Self.awaitingRegistration ? .register : .fenced(detail: n.deathDetail) }
-    nodes[id]?.available = available
-    if let total { nodes[id]?.total = total }
+    let sync = bundleSync[id] ?? BundleSync()
+    if sync.inFlight == 0 && bundleEpoch >= sync.epochSeen {
+      nodes[id]?.available = available
+      if let total { nodes[id]?.total = total }
+      if bundleEpoch > sync.epochSeen { bundleSync[id, default: BundleSync()].epochSeen = bundleEpoch }
+    }
     nodes[id]?.pendingDemand = Array(demand.prefix(Self.demandKept))
     return .taken
   }
+
+  /// The head starts changing bundles on `id` (a call to its NodeManager follows); each
+  /// start is ended once by `bundleChangeEnded`.
+  public mutating func bundleChangeStarted(_ id: Data) {
+    guard nodes[id] != nil else { return }
+    bundleSync[id, default: BundleSync()].inFlight += 1
+  }
+
+  /// A change started with `bundleChangeStarted` ended: answered with the node's bundle
+  /// epoch after it, or 0 when it failed or was never sent (the node's next report is
+  /// then taken as it is).
+  public mutating func bundleChangeEnded(_ id: Data, epoch: UInt64) {
+    guard var sync = bundleSync[id] else { return }
+    sync.inFlight = max(0, sync.inFlight - 1)
+    sync.epochSeen = max(sync.epochSeen, epoch)
+    bundleSync[id] = sync
+  }
+
+  /// Changes in flight on `id` (for tests and `swiftray status`).
+  public func bundleChangesInFlight(_ id: Data) -> Int { bundleSync[id]?.inFlight ?? 0 }
 
   /// The cluster declares a node dead: returns it as it is now (to persist), nil when
   /// unknown. Its health checks stop; the oldest dead beyond the bound are forgotten.
@@ -115,7 +158,7 @@ public struct NodeTable: Sendable {
     health.nodeRemoved(id)
     deadOrder.append(id)
     while deadOrder.count > Self.deadNodesKept, let oldest = deadOrder.popFirst() {
-      if nodes[oldest]?.alive == false { nodes[oldest] = nil }
+      if nodes[oldest]?.alive == false { nodes[oldest] = nil; bundleSync[oldest] = nil }
     }
     return n
   }

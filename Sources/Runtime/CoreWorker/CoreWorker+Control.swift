@@ -51,21 +51,28 @@ extension CoreWorker {
     }
   }
 
-  /// Prints worker output of this node with a `(pid=N)` prefix, as Ray does.
+  /// Prints worker output of this node with a `(pid=N)` prefix, as Ray does. Returns
+  /// once the node has the subscription (its first, empty batch), so no line a task
+  /// prints after `init` returns is missed; at most 2 s.
+  /// Threading: blocks; call from a thread of your own, never a Task or an event loop.
   public func forwardWorkerLogs() {
     let nm = nodeManager
+    let subscribed = AsyncLatch()
     let task = Task {
       do {
         try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
           for try await batch in response.messages {
+            if batch.lines.isEmpty { subscribed.open(); continue }
             var text = ""
             for line in batch.lines { text += "(pid=\(batch.pid)) \(line)\n" }
             text.withUTF8 { buf in _ = write(batch.isErr ? 2 : 1, buf.baseAddress, buf.count) }
           }
         }
       } catch {}
+      subscribed.open()  // ended or refused: nothing more to wait for
     }
     logForwarding.withLock { $0 = task }
+    _ = try? blockingAwait(timeout: .seconds(2)) { await subscribed.wait() }
   }
 
 }

@@ -69,6 +69,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// The other nodes as the ControlService last described them (for spillback).
     var cluster: ClusterView<SeededRandom>
     var shuttingDown = false
+    /// Bundle changes the head asked for and this node applied (prepare, commit,
+    /// return), sent with each report and answer so the head can tell a report taken
+    /// before its latest change (`NodeTable.BundleSync`).
+    var bundleEpoch: UInt64 = 0
   }
 
   public let options: Options
@@ -165,6 +169,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         state.withLock { s in
           report.available = s.queue.available.proto
           report.total = s.queue.total.proto
+          report.bundleEpoch = s.bundleEpoch
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
         // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
@@ -516,6 +521,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         if ok && g.commit { actions += s.queue.bundlesCommitted(group: group, now: now) }
         r.prepared.append(ok)
       }
+      s.bundleEpoch &+= 1
+      r.bundleEpoch = s.bundleEpoch
     }
     perform(actions)
     return r
@@ -544,8 +551,12 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func commitBundles(request: Swiftray_CommitBundlesRequest, context: ServerContext) async throws -> Swiftray_CommitBundlesReply {
     let groups = request.placementGroupIds.compactMap { PlacementGroupID(binary: $0)?.hex }
     let now = clock.now()
-    perform(state.withLock { s in groups.flatMap { s.queue.bundlesCommitted(group: $0, now: now) } })
-    return Swiftray_CommitBundlesReply()
+    var r = Swiftray_CommitBundlesReply()
+    perform(state.withLock { s in
+      defer { s.bundleEpoch &+= 1; r.bundleEpoch = s.bundleEpoch }
+      return groups.flatMap { s.queue.bundlesCommitted(group: $0, now: now) }
+    })
+    return r
   }
 
   public func returnBundles(request: Swiftray_ReturnBundlesRequest, context: ServerContext) async throws -> Swiftray_ReturnBundlesReply {
@@ -553,7 +564,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let only = request.indices.isEmpty ? nil : Set(request.indices.map(Int.init))
     var r = Swiftray_ReturnBundlesReply()
     perform(state.withLock { s in
-      defer { r.total = s.queue.total.proto; r.available = s.queue.available.proto }
+      defer {
+        s.bundleEpoch &+= 1
+        r.total = s.queue.total.proto; r.available = s.queue.available.proto; r.bundleEpoch = s.bundleEpoch
+      }
       return s.queue.bundlesReturned(group: group, only: only)
     })
     return r
@@ -661,13 +675,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   public func subscribeLogs(request: Swiftray_SubscribeLogsRequest, response: RPCWriter<Swiftray_LogBatch>, context: ServerContext) async throws {
     let (stream, cont) = AsyncStream<Swiftray_LogBatch>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
-    let key = state.withLock { s in
+    // A node shutting down takes no new subscriber (its last ones are finished once).
+    guard let key = state.withLock({ s -> UInt64? in
+      guard !s.shuttingDown else { return nil }
       let k = s.nextSubscriber
       s.nextSubscriber += 1
       s.logSubscribers[k] = cont
       return k
-    }
+    }) else { return }
     defer { _ = state.withLock { $0.logSubscribers.removeValue(forKey: key) } }
+    try await response.write(Swiftray_LogBatch())  // subscribed (LogBatch)
     for await batch in stream { try await response.write(batch) }
   }
 
@@ -679,19 +696,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public func shutdown(grace: Duration = .milliseconds(500)) {
     LockDiscipline.mayBlock("NodeManager.shutdown")
     typealias Taken = (pids: [Int32], replies: [CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>],
-                       logs: [AsyncStream<Swiftray_LogBatch>.Continuation], deaths: [AsyncStream<Swiftray_NodeDeath>.Continuation])
+                       deaths: [AsyncStream<Swiftray_NodeDeath>.Continuation])
+    // Log subscribers stay until the workers are gone: what a worker printed just
+    // before (read when its pipe is drained at its end) still reaches the drivers.
     let taken: Taken = state.withLock { s in
       s.shuttingDown = true
-      defer { s.replies.removeAll(); s.logSubscribers.removeAll(); s.deathSubscribers.removeAll() }
-      return (s.workers.pids, Array(s.replies.values), Array(s.logSubscribers.values),
-              Array(s.deathSubscribers.values))
+      defer { s.replies.removeAll(); s.deathSubscribers.removeAll() }
+      return (s.workers.pids, Array(s.replies.values), Array(s.deathSubscribers.values))
     }
     // Stopping: nothing will be granted any more; say so rather than hang the callers.
     var canceled = Swiftray_RequestWorkerLeaseReply()
     canceled.status = .canceled
     for c in taken.replies { c.resume(returning: canceled) }
     for c in taken.deaths { c.finish() }
-    let (pids, subs) = (taken.pids, taken.logs)
+    let pids = taken.pids
     for p in pids { monitor.signal(p, SIGTERM) }
     // A blocking wait on the caller's own thread (polling the monitor), not a timer:
     // real time even under a simulation's clock, which nothing advances meanwhile.
@@ -702,6 +720,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let hard = clock.deadline(after: .seconds(2))
     while !monitor.livePids.isEmpty && clock.now() < hard { usleep(5_000) }
     monitor.shutdown()
+    let subs = state.withLock { s in
+      defer { s.logSubscribers.removeAll() }
+      return Array(s.logSubscribers.values)
+    }
     for c in subs { c.finish() }
     controlReports.finish()
     control.shutdown()

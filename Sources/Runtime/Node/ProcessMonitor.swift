@@ -439,6 +439,10 @@ public final class ProcessMonitor: Sendable {
     } else {
       ended = sr_child_exited(pid) == 1
       if ended {
+        // Its last output first, while it is still listed: a shutdown that waits for
+        // its workers to leave the table then finds their last lines delivered.
+        drain(&c.outFD, &c.outBuf, pid: pid, isErr: false, final: true, scratch: &scratch)
+        drain(&c.errFD, &c.errBuf, pid: pid, isErr: true, final: true, scratch: &scratch)
         // Out of the table (the server marked gone) while its pid is still a zombie's,
         // then reaped: `signal` and `giveUpForkServer` only kill what is in the table.
         state.withLock { s in
