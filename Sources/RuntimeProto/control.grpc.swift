@@ -3659,19 +3659,6 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .unary
             )
         }
-        /// Namespace for "RegisterWorker" metadata.
-        public enum RegisterWorker: Sendable {
-            /// Request type for "RegisterWorker".
-            public typealias Input = Swiftray_RegisterWorkerRequest
-            /// Response type for "RegisterWorker".
-            public typealias Output = Swiftray_RegisterWorkerReply
-            /// Descriptor for "RegisterWorker".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
-                method: "RegisterWorker",
-                type: .unary
-            )
-        }
         /// Namespace for "WorkerBlocked" metadata.
         public enum WorkerBlocked: Sendable {
             /// Request type for "WorkerBlocked".
@@ -3750,19 +3737,6 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .serverStreaming
             )
         }
-        /// Namespace for "SubscribeNodeDeaths" metadata.
-        public enum SubscribeNodeDeaths: Sendable {
-            /// Request type for "SubscribeNodeDeaths".
-            public typealias Input = Swiftray_SubscribeNodeDeathsRequest
-            /// Response type for "SubscribeNodeDeaths".
-            public typealias Output = Swiftray_NodeDeath
-            /// Descriptor for "SubscribeNodeDeaths".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
-                method: "SubscribeNodeDeaths",
-                type: .serverStreaming
-            )
-        }
         /// Namespace for "PrepareBundles" metadata.
         public enum PrepareBundles: Sendable {
             /// Request type for "PrepareBundles".
@@ -3807,14 +3781,12 @@ public enum Swiftray_NodeManagerService: Sendable {
             RequestWorkerLease.descriptor,
             ReturnWorkerLease.descriptor,
             CancelWorkerLease.descriptor,
-            RegisterWorker.descriptor,
             WorkerBlocked.descriptor,
             GetWorkerFailureCause.descriptor,
             KillWorker.descriptor,
             GetNodeStats.descriptor,
             FreeObjects.descriptor,
             SubscribeLogs.descriptor,
-            SubscribeNodeDeaths.descriptor,
             PrepareBundles.descriptor,
             CommitBundles.descriptor,
             ReturnBundles.descriptor
@@ -3889,20 +3861,6 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_CancelWorkerLeaseRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_CancelWorkerLeaseReply>
-
-        /// Handle the "RegisterWorker" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Swiftray_RegisterWorkerRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Swiftray_RegisterWorkerReply` messages.
-        func registerWorker(
-            request: GRPCCore.StreamingServerRequest<Swiftray_RegisterWorkerRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_RegisterWorkerReply>
 
         /// Handle the "WorkerBlocked" method.
         ///
@@ -3992,20 +3950,6 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeLogsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
-
-        /// Handle the "SubscribeNodeDeaths" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Swiftray_SubscribeNodeDeathsRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Swiftray_NodeDeath` messages.
-        func subscribeNodeDeaths(
-            request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
 
         /// Handle the "PrepareBundles" method.
         ///
@@ -4104,20 +4048,6 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swiftray_CancelWorkerLeaseReply>
 
-        /// Handle the "RegisterWorker" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_RegisterWorkerRequest` message.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A response containing a single `Swiftray_RegisterWorkerReply` message.
-        func registerWorker(
-            request: GRPCCore.ServerRequest<Swiftray_RegisterWorkerRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Swiftray_RegisterWorkerReply>
-
         /// Handle the "WorkerBlocked" method.
         ///
         /// - Parameters:
@@ -4206,20 +4136,6 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.ServerRequest<Swiftray_SubscribeLogsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
-
-        /// Handle the "SubscribeNodeDeaths" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Swiftray_NodeDeath` messages.
-        func subscribeNodeDeaths(
-            request: GRPCCore.ServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>
 
         /// Handle the "PrepareBundles" method.
         ///
@@ -4316,20 +4232,6 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws -> Swiftray_CancelWorkerLeaseReply
 
-        /// Handle the "RegisterWorker" method.
-        ///
-        /// - Parameters:
-        ///   - request: A `Swiftray_RegisterWorkerRequest` message.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A `Swiftray_RegisterWorkerReply` to respond with.
-        func registerWorker(
-            request: Swiftray_RegisterWorkerRequest,
-            context: GRPCCore.ServerContext
-        ) async throws -> Swiftray_RegisterWorkerReply
-
         /// Handle the "WorkerBlocked" method.
         ///
         /// - Parameters:
@@ -4420,21 +4322,6 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws
 
-        /// Handle the "SubscribeNodeDeaths" method.
-        ///
-        /// - Parameters:
-        ///   - request: A `Swiftray_SubscribeNodeDeathsRequest` message.
-        ///   - response: A response stream of `Swiftray_NodeDeath` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        func subscribeNodeDeaths(
-            request: Swiftray_SubscribeNodeDeathsRequest,
-            response: GRPCCore.RPCWriter<Swiftray_NodeDeath>,
-            context: GRPCCore.ServerContext
-        ) async throws
-
         /// Handle the "PrepareBundles" method.
         ///
         /// - Parameters:
@@ -4517,17 +4404,6 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
-            forMethod: Swiftray_NodeManagerService.Method.RegisterWorker.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_RegisterWorkerRequest>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_RegisterWorkerReply>(),
-            handler: { request, context in
-                try await self.registerWorker(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
             forMethod: Swiftray_NodeManagerService.Method.WorkerBlocked.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WorkerBlockedRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WorkerBlockedReply>(),
@@ -4588,17 +4464,6 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_LogBatch>(),
             handler: { request, context in
                 try await self.subscribeLogs(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
-            forMethod: Swiftray_NodeManagerService.Method.SubscribeNodeDeaths.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_SubscribeNodeDeathsRequest>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_NodeDeath>(),
-            handler: { request, context in
-                try await self.subscribeNodeDeaths(
                     request: request,
                     context: context
                 )
@@ -4676,17 +4541,6 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
-    public func registerWorker(
-        request: GRPCCore.StreamingServerRequest<Swiftray_RegisterWorkerRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_RegisterWorkerReply> {
-        let response = try await self.registerWorker(
-            request: GRPCCore.ServerRequest(stream: request),
-            context: context
-        )
-        return GRPCCore.StreamingServerResponse(single: response)
-    }
-
     public func workerBlocked(
         request: GRPCCore.StreamingServerRequest<Swiftray_WorkerBlockedRequest>,
         context: GRPCCore.ServerContext
@@ -4747,17 +4601,6 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch> {
         let response = try await self.subscribeLogs(
-            request: GRPCCore.ServerRequest(stream: request),
-            context: context
-        )
-        return response
-    }
-
-    public func subscribeNodeDeaths(
-        request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath> {
-        let response = try await self.subscribeNodeDeaths(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -4840,19 +4683,6 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
         )
     }
 
-    public func registerWorker(
-        request: GRPCCore.ServerRequest<Swiftray_RegisterWorkerRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Swiftray_RegisterWorkerReply> {
-        return GRPCCore.ServerResponse<Swiftray_RegisterWorkerReply>(
-            message: try await self.registerWorker(
-                request: request.message,
-                context: context
-            ),
-            metadata: [:]
-        )
-    }
-
     public func workerBlocked(
         request: GRPCCore.ServerRequest<Swiftray_WorkerBlockedRequest>,
         context: GRPCCore.ServerContext
@@ -4926,23 +4756,6 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.subscribeLogs(
-                    request: request.message,
-                    response: writer,
-                    context: context
-                )
-                return [:]
-            }
-        )
-    }
-
-    public func subscribeNodeDeaths(
-        request: GRPCCore.ServerRequest<Swiftray_SubscribeNodeDeathsRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_NodeDeath> {
-        return GRPCCore.StreamingServerResponse<Swiftray_NodeDeath>(
-            metadata: [:],
-            producer: { writer in
-                try await self.subscribeNodeDeaths(
                     request: request.message,
                     response: writer,
                     context: context
@@ -5062,25 +4875,6 @@ extension Swiftray_NodeManagerService {
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_CancelWorkerLeaseReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
-        /// Call the "RegisterWorker" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_RegisterWorkerRequest` message.
-        ///   - serializer: A serializer for `Swiftray_RegisterWorkerRequest` messages.
-        ///   - deserializer: A deserializer for `Swiftray_RegisterWorkerReply` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func registerWorker<Result>(
-            request: GRPCCore.ClientRequest<Swiftray_RegisterWorkerRequest>,
-            serializer: some GRPCCore.MessageSerializer<Swiftray_RegisterWorkerRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Swiftray_RegisterWorkerReply>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RegisterWorkerReply>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
         /// Call the "WorkerBlocked" method.
         ///
         /// - Parameters:
@@ -5198,25 +4992,6 @@ extension Swiftray_NodeManagerService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_LogBatch>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogBatch>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
-        /// Call the "SubscribeNodeDeaths" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
-        ///   - serializer: A serializer for `Swiftray_SubscribeNodeDeathsRequest` messages.
-        ///   - deserializer: A deserializer for `Swiftray_NodeDeath` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func subscribeNodeDeaths<Result>(
-            request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
-            serializer: some GRPCCore.MessageSerializer<Swiftray_SubscribeNodeDeathsRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Swiftray_NodeDeath>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "PrepareBundles" method.
@@ -5380,36 +5155,6 @@ extension Swiftray_NodeManagerService {
             try await self.client.unary(
                 request: request,
                 descriptor: Swiftray_NodeManagerService.Method.CancelWorkerLease.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
-        }
-
-        /// Call the "RegisterWorker" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_RegisterWorkerRequest` message.
-        ///   - serializer: A serializer for `Swiftray_RegisterWorkerRequest` messages.
-        ///   - deserializer: A deserializer for `Swiftray_RegisterWorkerReply` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func registerWorker<Result>(
-            request: GRPCCore.ClientRequest<Swiftray_RegisterWorkerRequest>,
-            serializer: some GRPCCore.MessageSerializer<Swiftray_RegisterWorkerRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Swiftray_RegisterWorkerReply>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RegisterWorkerReply>) async throws -> Result = { response in
-                try response.message
-            }
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.unary(
-                request: request,
-                descriptor: Swiftray_NodeManagerService.Method.RegisterWorker.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -5600,34 +5345,6 @@ extension Swiftray_NodeManagerService {
             )
         }
 
-        /// Call the "SubscribeNodeDeaths" method.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
-        ///   - serializer: A serializer for `Swiftray_SubscribeNodeDeathsRequest` messages.
-        ///   - deserializer: A deserializer for `Swiftray_NodeDeath` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func subscribeNodeDeaths<Result>(
-            request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
-            serializer: some GRPCCore.MessageSerializer<Swiftray_SubscribeNodeDeathsRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Swiftray_NodeDeath>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.serverStreaming(
-                request: request,
-                descriptor: Swiftray_NodeManagerService.Method.SubscribeNodeDeaths.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
-        }
-
         /// Call the "PrepareBundles" method.
         ///
         /// - Parameters:
@@ -5798,31 +5515,6 @@ extension Swiftray_NodeManagerService.ClientProtocol {
         )
     }
 
-    /// Call the "RegisterWorker" method.
-    ///
-    /// - Parameters:
-    ///   - request: A request containing a single `Swiftray_RegisterWorkerRequest` message.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func registerWorker<Result>(
-        request: GRPCCore.ClientRequest<Swiftray_RegisterWorkerRequest>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RegisterWorkerReply>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        try await self.registerWorker(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_RegisterWorkerRequest>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_RegisterWorkerReply>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "WorkerBlocked" method.
     ///
     /// - Parameters:
@@ -5971,29 +5663,6 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeLogsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_LogBatch>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "SubscribeNodeDeaths" method.
-    ///
-    /// - Parameters:
-    ///   - request: A request containing a single `Swiftray_SubscribeNodeDeathsRequest` message.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func subscribeNodeDeaths<Result>(
-        request: GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        try await self.subscribeNodeDeaths(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeNodeDeathsRequest>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_NodeDeath>(),
             options: options,
             onResponse: handleResponse
         )
@@ -6159,35 +5828,6 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.cancelWorkerLease(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "RegisterWorker" method.
-    ///
-    /// - Parameters:
-    ///   - message: request message to send.
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func registerWorker<Result>(
-        _ message: Swiftray_RegisterWorkerRequest,
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_RegisterWorkerReply>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.ClientRequest<Swiftray_RegisterWorkerRequest>(
-            message: message,
-            metadata: metadata
-        )
-        return try await self.registerWorker(
             request: request,
             options: options,
             onResponse: handleResponse
@@ -6365,33 +6005,6 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.subscribeLogs(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "SubscribeNodeDeaths" method.
-    ///
-    /// - Parameters:
-    ///   - message: request message to send.
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func subscribeNodeDeaths<Result>(
-        _ message: Swiftray_SubscribeNodeDeathsRequest,
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_NodeDeath>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.ClientRequest<Swiftray_SubscribeNodeDeathsRequest>(
-            message: message,
-            metadata: metadata
-        )
-        return try await self.subscribeNodeDeaths(
             request: request,
             options: options,
             onResponse: handleResponse

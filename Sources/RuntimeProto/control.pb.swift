@@ -1544,16 +1544,6 @@ public nonisolated struct Swiftray_LogBatch: Sendable {
 
 /// A node the ControlService declared dead, as each NodeManager passes it on to the
 /// processes of its node (owners fail leases there and name the death in errors).
-public nonisolated struct Swiftray_SubscribeNodeDeathsRequest: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
 public nonisolated struct Swiftray_NodeDeath: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -4272,25 +4262,6 @@ nonisolated extension Swiftray_LogBatch: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.pid != rhs.pid {return false}
     if lhs.isErr != rhs.isErr {return false}
     if lhs.lines != rhs.lines {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Swiftray_SubscribeNodeDeathsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".SubscribeNodeDeathsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Swiftray_SubscribeNodeDeathsRequest, rhs: Swiftray_SubscribeNodeDeathsRequest) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

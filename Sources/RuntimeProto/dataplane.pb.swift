@@ -824,6 +824,52 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .keepAlive(newValue)}
   }
 
+  /// A worker or driver registers with its node on the node's Unix socket (the store's)
+  /// and stays subscribed to deaths: the node answers with register_worker_reply, then
+  /// sends each node death and batch of worker exits as a node_death frame with the same
+  /// id, for as long as the connection lasts (DataPlaneConnection.Waiter.stream).
+  public var registerWorker: Swiftray_RegisterWorkerRequest {
+    get {
+      if case .registerWorker(let v)? = _storage._body {return v}
+      return Swiftray_RegisterWorkerRequest()
+    }
+    set {_uniqueStorage()._body = .registerWorker(newValue)}
+  }
+
+  public var registerWorkerReply: Swiftray_RegisterWorkerReply {
+    get {
+      if case .registerWorkerReply(let v)? = _storage._body {return v}
+      return Swiftray_RegisterWorkerReply()
+    }
+    set {_uniqueStorage()._body = .registerWorkerReply(newValue)}
+  }
+
+  public var nodeDeath: Swiftray_NodeDeath {
+    get {
+      if case .nodeDeath(let v)? = _storage._body {return v}
+      return Swiftray_NodeDeath()
+    }
+    set {_uniqueStorage()._body = .nodeDeath(newValue)}
+  }
+
+  /// A read of the head's key-value store through this node (the namespaces whose
+  /// values never change are cached there: functions, job records).
+  public var kvGet: Swiftray_KVGetRequest {
+    get {
+      if case .kvGet(let v)? = _storage._body {return v}
+      return Swiftray_KVGetRequest()
+    }
+    set {_uniqueStorage()._body = .kvGet(newValue)}
+  }
+
+  public var kvGetReply: Swiftray_KVGetReply {
+    get {
+      if case .kvGetReply(let v)? = _storage._body {return v}
+      return Swiftray_KVGetReply()
+    }
+    set {_uniqueStorage()._body = .kvGetReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -851,6 +897,17 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     case promoteObjects(Swiftray_PromoteObjectsRequest)
     case promoteObjectsReply(Swiftray_PromoteObjectsReply)
     case keepAlive(Swiftray_KeepAlive)
+    /// A worker or driver registers with its node on the node's Unix socket (the store's)
+    /// and stays subscribed to deaths: the node answers with register_worker_reply, then
+    /// sends each node death and batch of worker exits as a node_death frame with the same
+    /// id, for as long as the connection lasts (DataPlaneConnection.Waiter.stream).
+    case registerWorker(Swiftray_RegisterWorkerRequest)
+    case registerWorkerReply(Swiftray_RegisterWorkerReply)
+    case nodeDeath(Swiftray_NodeDeath)
+    /// A read of the head's key-value store through this node (the namespaces whose
+    /// values never change are cached there: functions, job records).
+    case kvGet(Swiftray_KVGetRequest)
+    case kvGetReply(Swiftray_KVGetReply)
 
   }
 
@@ -1770,7 +1827,7 @@ nonisolated extension Swiftray_KeepAlive: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
@@ -2121,6 +2178,71 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
             _storage._body = .keepAlive(v)
           }
         }()
+        case 37: try {
+          var v: Swiftray_RegisterWorkerRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerWorker(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerWorker(v)
+          }
+        }()
+        case 38: try {
+          var v: Swiftray_RegisterWorkerReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .registerWorkerReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .registerWorkerReply(v)
+          }
+        }()
+        case 39: try {
+          var v: Swiftray_NodeDeath?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .nodeDeath(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .nodeDeath(v)
+          }
+        }()
+        case 40: try {
+          var v: Swiftray_KVGetRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .kvGet(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .kvGet(v)
+          }
+        }()
+        case 41: try {
+          var v: Swiftray_KVGetReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .kvGetReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .kvGetReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -2235,6 +2357,26 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       case .keepAlive?: try {
         guard case .keepAlive(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+      }()
+      case .registerWorker?: try {
+        guard case .registerWorker(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
+      }()
+      case .registerWorkerReply?: try {
+        guard case .registerWorkerReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+      }()
+      case .nodeDeath?: try {
+        guard case .nodeDeath(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
+      }()
+      case .kvGet?: try {
+        guard case .kvGet(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+      }()
+      case .kvGetReply?: try {
+        guard case .kvGetReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
       }()
       case nil: break
       }

@@ -61,3 +61,42 @@ import Testing
     try await group.shutdownGracefully()
   }
 }
+
+@Suite struct ControlConnectionTests {
+  /// A process that never calls a peer never connects to it (most workers call neither
+  /// their node nor the head over gRPC): a client connects on its first call only, and
+  /// one closed before any call connects never.
+  @Test func aControlClientConnectsOnItsFirstUseOnly() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let path = NSTemporaryDirectory() + "lazy-\(UInt32.random(in: 0 ... .max)).sock"
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+      for (i, b) in path.utf8.enumerated() { p[i] = b }
+    }
+    let bound = withUnsafePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    #expect(bound == 0)
+    #expect(listen(fd, 8) == 0)
+    defer { close(fd); unlink(path) }
+    func accepted(within ms: Int) async -> Bool {
+      for _ in 0..<(ms / 10) {
+        let c = accept(fd, nil, nil)
+        if c >= 0 { close(c); return true }
+        try? await Task.sleep(for: .milliseconds(10))
+      }
+      return false
+    }
+    let unused = try ControlPlane.connect(.unix(path), group: group, auth: .disabled, viaTwin: false)
+    let closedFirst = try ControlPlane.connect(.unix(path), group: group, auth: .disabled, viaTwin: false)
+    closedFirst.close()
+    _ = closedFirst.client  // closed: stays unconnected
+    #expect(await accepted(within: 300) == false)
+    _ = unused.client  // the first use
+    #expect(await accepted(within: 5000) == true)
+    unused.close()
+    try await group.shutdownGracefully()
+  }
+}

@@ -134,3 +134,94 @@ import Testing
     #expect(c.tick(at: Int64.max) == .close)
   }
 }
+
+@Suite struct SubscriptionTests {
+  /// A registration with a node: one request answered, then more frames on its id
+  /// (deaths) as they happen; other requests on the same connection are answered as
+  /// usual meanwhile, the server learns when the subscriber's connection closes, and the
+  /// subscriber hears of its end.
+  @Test func aSubscriptionGetsEveryFrameOfItsIdUntilItsConnectionCloses() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let path = NSTemporaryDirectory() + "dp-\(UInt32.random(in: 0 ... .max)).sock"
+    let subscriber = Locked<DataPlaneResponder?>(nil)
+    let peerClosed = DispatchSemaphore(value: 0)
+    let server = try DataPlaneServer(group: group, endpoint: .unix(path), auth: .disabled) { frame, responder in
+      switch frame.body {
+      case .registerWorker?:
+        subscriber.withLock { $0 = responder }
+        responder.onPeerClose { peerClosed.signal() }
+        responder.respond(.registerWorkerReply(.init()))
+      default:
+        responder.respond(.ack(.init()))
+      }
+    }
+    let pool = DataPlaneClientPool(group: group, auth: .disabled)
+    let got = Locked<[String]>([])
+    let ended = DispatchSemaphore(value: 0)
+    pool.subscribe(.unix(path), .registerWorker(.init())) { r in
+      switch r {
+      case .success(let f):
+        switch f.body {
+        case .registerWorkerReply?: got.withLock { $0.append("registered") }
+        case .nodeDeath(let d)?: got.withLock { $0.append(d.detail) }
+        default: got.withLock { $0.append("other") }
+        }
+      case .failure: ended.signal()
+      }
+    }
+    func waitFor(_ n: Int) async {
+      for _ in 0..<500 where got.withLock({ $0.count }) < n { try? await Task.sleep(for: .milliseconds(10)) }
+    }
+    await waitFor(1)
+    let push = subscriber.withLock { $0 }
+    for i in 1...3 { push?.respond(.nodeDeath(.with { $0.detail = "death \(i)" })) }
+    await waitFor(4)
+    #expect(got.withLock { $0 } == ["registered", "death 1", "death 2", "death 3"])
+    // A one-shot request on the same connection is still answered once.
+    let acked: Bool = await withCheckedContinuation { c in
+      pool.request(.unix(path), .storeStats(.init())) { r in
+        if case .success(let f) = r, case .ack? = f.body { c.resume(returning: true) } else { c.resume(returning: false) }
+      }
+    }
+    #expect(acked)
+    pool.closeAll()
+    #expect(ended.wait(timeout: .now() + 10) == .success)
+    #expect(peerClosed.wait(timeout: .now() + 10) == .success)
+    // Nothing more reaches a subscription that ended.
+    push?.respond(.nodeDeath(.with { $0.detail = "late" }))
+    try await Task.sleep(for: .milliseconds(50))
+    #expect(got.withLock { $0.count } == 4)
+    server.close()
+    try await group.shutdownGracefully()
+  }
+}
+
+@Suite struct NodeKVCacheTests {
+  @Test func keepsOnlyFoundValuesOfTheNamespacesThatNeverChangeWithinItsBounds() {
+    var c = NodeKVCache(maxEntries: 3, maxBytes: 100)
+    let k = { (i: Int) in Data([UInt8(i)]) }
+    c.found("user", k(1), Data([1]))  // a namespace whose values may change: not kept
+    #expect(c.get("user", k(1)) == nil)
+    c.found("fn", k(1), Data(repeating: 1, count: 9))
+    c.found("job", k(1), Data([7]))
+    #expect(c.get("fn", k(1))?.count == 9)
+    #expect(c.get("job", k(1)) == Data([7]))
+    #expect(c.get("fn", k(2)) == nil)
+    // Entries: the oldest goes first.
+    c.found("fn", k(2), Data([2]))
+    c.found("fn", k(3), Data([3]))
+    #expect(c.count == 3)
+    #expect(c.get("fn", k(1)) == nil)
+    #expect(c.get("fn", k(3)) == Data([3]))
+    // Bytes: a large value pushes out what it must; one larger than the cache is not kept.
+    c.found("fn", k(4), Data(repeating: 4, count: 95))
+    #expect(c.bytes <= 100)
+    #expect(c.get("fn", k(4))?.count == 95)
+    c.found("fn", k(5), Data(repeating: 5, count: 200))
+    #expect(c.get("fn", k(5)) == nil)
+    #expect(c.bytes <= 100)
+    // A value already kept is not replaced (they never change).
+    c.found("fn", k(4), Data([0]))
+    #expect(c.get("fn", k(4))?.count == 95)
+  }
+}

@@ -30,9 +30,18 @@ extension CoreWorker {
     return try callControl("KVPut") { [req] in try await $0.kvPut(req).added }
   }
 
+  /// A key of the head's key-value store. The never-changing namespaces (functions,
+  /// job records: `NodeKVCache`) are read through this node, which keeps them: a new
+  /// worker then needs no connection to the head, and the head answers once per node.
   public func kvGet(namespace: String, key: Data) throws -> Data? {
     var req = Swiftray_KVGetRequest()
     req.namespace = namespace; req.key = key
+    if NodeKVCache.cacheable(namespace) {
+      guard case .kvGetReply(let r) = try objectStore.askNode(.kvGet(req), calling: "KVGet") else {
+        throw SwiftrayError(.system, "KVGet through the node at \(objectStore.endpoint) got an answer of another kind")
+      }
+      return r.found ? r.value : nil
+    }
     return try callControl("KVGet") { [req] c in
       let r = try await c.kvGet(req)
       return r.found ? r.value : nil

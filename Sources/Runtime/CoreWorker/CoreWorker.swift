@@ -113,8 +113,6 @@ public final class CoreWorker: Sendable {
   let log = Logger(label: "swiftray.core")
   /// The log subscription, cancelled at shutdown so the NodeManager client can close.
   let logForwarding = Locked<Task<Void, Never>?>(nil)
-  /// The node-death subscription (networked nodes), cancelled at shutdown.
-  let deathWatch = Locked<Task<Void, Never>?>(nil)
   /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
   /// them, so its submitter cannot drop a ref before the owner counts this process.
   let registering = DispatchGroup()
@@ -198,40 +196,53 @@ public final class CoreWorker: Sendable {
     notifications = cont
     Task { for await job in stream { await job() } }
     box.core = self
-    let nm = nodeManager
-    let workerID = options.workerID
-    let isDriver = options.isDriver
-    let endpointText = addr.endpoint
-    let localText = addr.localEndpoint
-    do {
-    _ = try blockingAwait(timeout: .seconds(30)) {
-      var req = Swiftray_RegisterWorkerRequest()
-      req.workerID = Data(workerID.binary)
-      req.pid = getpid()
-      req.endpoint = endpointText
-      req.localEndpoint = localText
-      req.isDriver = isDriver
-      return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).registerWorker(req)
-    }
-    } catch { throw ControlPlane.error(error, calling: "RegisterWorker", at: options.nodeManager) }
-    watchNodeDeaths()
+    try registerWithNode()
   }
 
-  /// Listens to this node's NodeManager for nodes the cluster declares dead (leases
-  /// there are lost at once, their tasks retried, and errors about them say why) and
-  /// for workers that exited anywhere (they borrow nothing any more).
-  func watchNodeDeaths() {
-    let nm = nodeManager
+  /// Registers this process with its node over the node's Unix socket (the data-plane
+  /// connection the store already uses: no gRPC connection, the larger part of a new
+  /// worker's start-up) and stays subscribed there to deaths: nodes the cluster declares
+  /// dead (leases there are lost at once, their tasks retried, and errors about them
+  /// say why) and workers that exited anywhere (they borrow nothing any more). Blocks
+  /// until the node answers (at most 30 s).
+  func registerWithNode() throws {
+    var req = Swiftray_RegisterWorkerRequest()
+    req.workerID = Data(options.workerID.binary)
+    req.pid = getpid()
+    req.endpoint = address.endpoint
+    req.localEndpoint = address.localEndpoint
+    req.isDriver = options.isDriver
+    let answer = Locked<Result<Void, SwiftrayError>?>(nil)
+    let answered = DispatchSemaphore(value: 0)
     let box = WeakBox()
     box.core = self
-    let task = Task {
-      do {
-        try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeNodeDeaths(Swiftray_SubscribeNodeDeathsRequest()) { response in
-          for try await d in response.messages { box.core?.nodeDied(d) }
+    let store = objectStore.endpoint
+    pool.subscribe(store, .registerWorker(req)) { r in
+      let first: Result<Void, SwiftrayError>
+      switch r {
+      case .success(let f):
+        switch f.body {
+        case .nodeDeath(let d)?: box.core?.nodeDied(d); return
+        case .registerWorkerReply?: first = .success(())
+        case .error(let e)?: first = .failure(SwiftrayError(.localRayletDied, "the node at \(store) refused to register this process: \(e.message)"))
+        default: first = .failure(SwiftrayError(.system, "the node at \(store) answered a registration with \(String(describing: f.body))"))
         }
-      } catch {}
+      case .failure(let e):
+        first = .failure(SwiftrayError(.localRayletDied, "cannot register with the node at \(store): \(e.message)"))
+      }
+      // Only the first answer counts (a registration is answered once; a connection
+      // lost later only ends the subscription).
+      let isFirst = answer.withLock { a -> Bool in
+        guard a == nil else { return false }
+        a = first
+        return true
+      }
+      if isFirst { answered.signal() }
     }
-    deathWatch.withLock { $0 = task }
+    guard answered.wait(timeout: .now() + .seconds(30)) == .success else {
+      throw SwiftrayError(.localRayletDied, "the node at \(store) did not answer this process's registration within 30 s")
+    }
+    try answer.withLock { $0! }.get()
   }
 
   final class WeakBox: @unchecked Sendable {
@@ -534,7 +545,6 @@ public final class CoreWorker: Sendable {
       _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }
       t.cancel()
     }
-    deathWatch.withLock { $0 }?.cancel()
     server.close()
     tcpServer?.close()
     executor.lanes?.close()

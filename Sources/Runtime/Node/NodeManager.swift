@@ -55,8 +55,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     var workers = WorkerPool()
     var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
-    /// Processes of this node listening for node deaths, and the deaths seen so far.
-    var deathSubscribers: [UInt64: AsyncStream<Swiftray_NodeDeath>.Continuation] = [:]
+    /// Processes of this node registered on its Unix socket (each answered with every
+    /// death, `registerLocal`), and the deaths seen so far.
+    var deathSubscribers: [UInt64: DataPlaneResponder] = [:]
+    /// The head's never-changing key-value entries its workers read (`NodeKVCache`).
+    var kvCache = NodeKVCache()
     var deadNodes: [Data: Swiftray_NodeDeath] = [:]
     /// How far this node has read the head's log of worker exits (`WorkerDeathLog`).
     var workerDeathsSeen: (log: UInt64, next: UInt64) = (0, 0)
@@ -118,6 +121,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     let onExit: ProcessMonitor.ExitHandler = { [weak self] status in self?.workerExited(status) }
     monitor = launcher?(onOutput, onExit) ?? ProcessMonitor(onOutput: onOutput, onExit: onExit)
+    store.localRequests.withLock { $0 = { [weak self] frame, responder in self?.localRequest(frame, responder) } }
   }
 
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
@@ -588,25 +592,6 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     return r
   }
 
-  public func registerWorker(request: Swiftray_RegisterWorkerRequest, context: ServerContext) async throws -> Swiftray_RegisterWorkerReply {
-    var r = Swiftray_RegisterWorkerReply()
-    r.nodeID = Data(options.nodeID.binary)
-    r.controlEndpoint = options.controlEndpoint.description
-    if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid > 0, request.pid != getpid() {
-      let pid = request.pid
-      if state.withLock({ $0.workers.driverConnected(id, pid: pid) }) {
-        monitor.watch(pid) { [weak self] in self?.driverProcessEnded(pid: pid) }
-      }
-    }
-    guard !request.isDriver, let id = WorkerID(binary: request.workerID) else { return r }
-    let actions = state.withLock { s -> [LeaseQueue.Action] in
-      guard s.workers.registered(id, endpoint: request.endpoint, localEndpoint: request.localEndpoint) else { return [] }
-      return s.queue.workerRegistered(id)
-    }
-    perform(actions)
-    return r
-  }
-
   /// A driver's process ended (the monitor thread says so, through its pidfd): each
   /// driver it was is reported like a dead worker (it owned actors and objects), and the
   /// leases it held here go (it was killed before it could give them back).
@@ -695,20 +680,18 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// event loop.
   public func shutdown(grace: Duration = .milliseconds(500)) {
     LockDiscipline.mayBlock("NodeManager.shutdown")
-    typealias Taken = (pids: [Int32], replies: [CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>],
-                       deaths: [AsyncStream<Swiftray_NodeDeath>.Continuation])
+    typealias Taken = (pids: [Int32], replies: [CheckedContinuation<Swiftray_RequestWorkerLeaseReply, Never>])
     // Log subscribers stay until the workers are gone: what a worker printed just
     // before (read when its pipe is drained at its end) still reaches the drivers.
     let taken: Taken = state.withLock { s in
       s.shuttingDown = true
       defer { s.replies.removeAll(); s.deathSubscribers.removeAll() }
-      return (s.workers.pids, Array(s.replies.values), Array(s.deathSubscribers.values))
+      return (s.workers.pids, Array(s.replies.values))
     }
     // Stopping: nothing will be granted any more; say so rather than hang the callers.
     var canceled = Swiftray_RequestWorkerLeaseReply()
     canceled.status = .canceled
     for c in taken.replies { c.resume(returning: canceled) }
-    for c in taken.deaths { c.finish() }
     let pids = taken.pids
     for p in pids { monitor.signal(p, SIGTERM) }
     // A blocking wait on the caller's own thread (polling the monitor), not a timer:

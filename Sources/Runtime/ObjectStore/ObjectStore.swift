@@ -74,6 +74,10 @@ public final class ObjectStore: Sendable {
   let state: Locked<State>
   let io = DispatchQueue(label: "swiftray.store.io")
   let servers: Locked<[DataPlaneServer]> = Locked([])
+  /// Serves the requests on this node's Unix socket that are the node's, not the
+  /// store's (`NodeManager.localRequest`: registration, key-value reads); set once by
+  /// the node. Never reachable over TCP.
+  public let localRequests = Locked<DataPlaneServer.Handler?>(nil)
   /// Connections to other nodes' stores, for pulls.
   let peers: DataPlaneClientPool
   /// How long a pulled chunk may take (`object_manager_pull_timeout_ms`).
@@ -239,6 +243,11 @@ public final class ObjectStore: Sendable {
     case .readChunk(let req): readChunk(req, responder, now: now)
     case .storeStats:
       responder.respond(.storeStatsReply(stats))
+    case .registerWorker, .kvGet:
+      guard let local = localRequests.withLock({ $0 }) else {
+        return responder.respond(.error(.with { $0.message = "this store has no node to register with" }))
+      }
+      local(frame, responder)
     default:
       responder.respond(.error(.with { $0.message = "not a store request" }))
     }

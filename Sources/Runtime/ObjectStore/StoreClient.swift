@@ -49,8 +49,15 @@ public final class StoreClient: Sendable {
     try Self.call(body, endpoint: endpoint, pool: pool, onUnreachable: onUnreachable)
   }
 
+  /// A request the node itself answers on this socket (`NodeManager.localRequest`),
+  /// its refusal named after `method`. Blocks until the node answers.
+  public func askNode(_ body: Swiftray_DataFrame.OneOf_Body, calling method: String) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
+    try Self.call(body, endpoint: endpoint, pool: pool, onUnreachable: onUnreachable, refused: "\(method) through this node failed")
+  }
+
   static func call(_ body: Swiftray_DataFrame.OneOf_Body, endpoint: Endpoint, pool: DataPlaneClientPool,
-                   onUnreachable: (@Sendable (SwiftrayError) -> Void)? = nil) throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
+                   onUnreachable: (@Sendable (SwiftrayError) -> Void)? = nil,
+                   refused: String = "the object store failed") throws(SwiftrayError) -> Swiftray_DataFrame.OneOf_Body {
     LockDiscipline.mayBlock("a call to the object store")
     let box = Locked<Result<Swiftray_DataFrame, SwiftrayError>?>(nil)
     let sem = DispatchSemaphore(value: 0)
@@ -59,7 +66,7 @@ public final class StoreClient: Sendable {
     let r = box.withLock { $0! }
     switch r {
     case .success(let f):
-      if case .error(let e)? = f.body { throw SwiftrayError(.localRayletDied, "the object store failed: \(e.message)") }
+      if case .error(let e)? = f.body { throw SwiftrayError(.localRayletDied, "\(refused): \(e.message)") }
       guard let b = f.body else { throw SwiftrayError(.system, "empty reply from the object store") }
       return b
     case .failure(let e):

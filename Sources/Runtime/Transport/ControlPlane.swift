@@ -152,23 +152,51 @@ public enum ControlPlane {
     return options
   }
 
-  /// A client whose connections run in the background until `shutdown`.
+  /// A client whose connections start on its first call and run in the background
+  /// until `shutdown`. A process that never calls a peer never connects to it: a
+  /// worker's node-local calls go by the data plane (`CoreWorker.registerWithNode`), so
+  /// most workers open no HTTP/2 connection at all, the larger part of a new worker's
+  /// start-up cost.
+  /// Threading: any thread.
   public final class Connection: Sendable {
-    public let client: Client
-    let task: Task<Void, Never>
     public let endpoint: Endpoint
     /// Calls go through this process's `MemoryNetwork` (a memory endpoint, or the
     /// in-process twin of a socket served here), not a socket.
     public let inProcess: Bool
-    init(client: Client, task: Task<Void, Never>, endpoint: Endpoint, inProcess: Bool = false) {
-      self.client = client; self.task = task; self.endpoint = endpoint; self.inProcess = inProcess
+    private let made: Client
+    enum Run { case idle, starting, running(Task<Void, Never>), stopped }
+    private let run = Locked(Run.idle)
+
+    init(client: Client, endpoint: Endpoint, inProcess: Bool = false) {
+      self.made = client; self.endpoint = endpoint; self.inProcess = inProcess
     }
+
+    /// The client, its connections started on first use. No lock held: may start a Task.
+    public var client: Client {
+      let start = run.withLock { r -> Bool in
+        guard case .idle = r else { return false }
+        r = .starting
+        return true
+      }
+      guard start else { return made }
+      LockDiscipline.mustNotHoldLock("ControlPlane.Connection.client")
+      let c = made
+      let t = Task { _ = try? await c.runConnections() }
+      let stoppedMeanwhile = run.withLock { r -> Bool in
+        guard case .starting = r else { return true }
+        r = .running(t)
+        return false
+      }
+      // Closed while starting: closed here (its calls then fail as on a closed client).
+      if stoppedMeanwhile { made.beginGracefulShutdown() }
+      return made
+    }
+
     /// Closes the connections once in-flight RPCs finish (bounded). Blocks: call from
     /// a thread of your own, never from a Task or an event loop (use `close()` there).
     public func shutdown() {
       LockDiscipline.mayBlock("ControlPlane.Connection.shutdown")
-      client.beginGracefulShutdown()
-      let t = task
+      guard let t = stop() else { return }
       _ = try? blockingAwait(timeout: .seconds(2)) { await t.value }
     }
 
@@ -176,7 +204,19 @@ public enum ControlPlane {
     /// task; no lock held.
     public func close() {
       LockDiscipline.mustNotHoldLock("ControlPlane.Connection.close")
-      client.beginGracefulShutdown()
+      _ = stop()
+    }
+
+    /// The running task to wait for; nil when the client never ran (nothing to close)
+    /// or is starting (its starter closes it).
+    private func stop() -> Task<Void, Never>? {
+      let t = run.withLock { r -> Task<Void, Never>? in
+        defer { r = .stopped }
+        if case .running(let t) = r { return t }
+        return nil
+      }
+      if t != nil { made.beginGracefulShutdown() }
+      return t
     }
   }
 
@@ -191,7 +231,7 @@ public enum ControlPlane {
     if let name = memoryName(for: endpoint, viaTwin: viaTwin) {
       let client = GRPCClient(transport: ControlClientTransport(kind: .memory(MemoryClientTransport(name: name, network: .shared))),
                               interceptors: interceptors)
-      return Connection(client: client, task: Task { _ = try? await client.runConnections() }, endpoint: endpoint, inProcess: true)
+      return Connection(client: client, endpoint: endpoint, inProcess: true)
     }
     let target: any ResolvableTarget
     switch endpoint {
@@ -213,8 +253,7 @@ public enum ControlPlane {
                                                    transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
                                                    config: config, eventLoopGroup: group)
     let client = GRPCClient(transport: ControlClientTransport(kind: .http2(transport)), interceptors: interceptors)
-    let task = Task { _ = try? await client.runConnections() }
-    return Connection(client: client, task: task, endpoint: endpoint)
+    return Connection(client: client, endpoint: endpoint)
   }
 
   /// Runs `body` again while its peer is unavailable (a head restarting: Ray's clients

@@ -162,6 +162,14 @@ public struct DataPlaneResponder: Sendable {
     }
   }
 
+  /// Runs `cb` once the requester's connection closes (at once if it has; on its
+  /// event loop): a subscription's end. Never for a memory peer or a lane, which carry
+  /// no subscriptions. No lock held.
+  public func onPeerClose(_ cb: @escaping @Sendable () -> Void) {
+    LockDiscipline.mustNotHoldLock("DataPlaneResponder.onPeerClose")
+    if case .channel(let ch) = peer { ch.closeFuture.whenComplete { _ in cb() } }
+  }
+
   /// Allocates buffers for `respond(_:payload:)` on this connection.
   public var allocator: ByteBufferAllocator {
     switch peer {
@@ -280,11 +288,25 @@ public final class DataPlaneConnection: Sendable {
   public enum Waiter: Sendable {
     case frame(Callback)
     case withPayload(PayloadCallback)
+    /// Called with every frame of its id until the connection closes (then once with
+    /// the error): a subscription, such as a registration with a node (`register_worker`).
+    case stream(Callback)
     func fail(_ e: SwiftrayError) {
       switch self {
-      case .frame(let cb): cb(.failure(e))
+      case .frame(let cb), .stream(let cb): cb(.failure(e))
       case .withPayload(let cb): cb(.failure(e))
       }
+    }
+    func succeed(_ frame: Swiftray_DataFrame, payload: ByteBuffer?) {
+      switch self {
+      case .frame(let cb), .stream(let cb): cb(.success(frame))
+      case .withPayload(let cb): cb(.success((frame, payload)))
+      }
+    }
+    /// Taken out of its table by the first frame (else it stays for the next).
+    var once: Bool {
+      if case .stream = self { return false }
+      return true
     }
   }
   let channel: Channel
@@ -437,11 +459,12 @@ public final class DataPlaneConnection: Sendable {
   /// held here: one would mean a channel operation ran this inline under it).
   func deliver(_ frame: Swiftray_DataFrame, payload: ByteBuffer?) {
     LockDiscipline.mustNotHoldLock("a data-plane reply callback")
-    switch state.withLock({ $0.pending.removeValue(forKey: frame.id) }) {
-    case .frame(let cb)?: cb(.success(frame))
-    case .withPayload(let cb)?: cb(.success((frame, payload)))
-    case nil: break
+    let waiter = state.withLock { s in
+      let w = s.pending.removeValue(forKey: frame.id)
+      if let w, !w.once { s.pending[frame.id] = w }
+      return w
     }
+    waiter?.succeed(frame, payload: payload)
   }
 
   func failAll(_ error: SwiftrayError) {
@@ -493,6 +516,14 @@ public final class DataPlaneClientPool: Sendable {
   public func request(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
                       callback: @escaping DataPlaneConnection.Callback) {
     request(endpoint, body, .frame(callback))
+  }
+
+  /// Sends `body` and calls `callback` with every frame answering it, until the
+  /// connection closes (then once with its error). Callbacks run on an event loop, in
+  /// the order the frames came.
+  public func subscribe(_ endpoint: Endpoint, _ body: Swiftray_DataFrame.OneOf_Body,
+                        callback: @escaping DataPlaneConnection.Callback) {
+    request(endpoint, body, .stream(callback))
   }
 
   /// As `request`, for a reply that may carry raw bytes (object chunks). With

@@ -318,11 +318,8 @@ final class LaneClient: Sendable {
 
   private func deliver(_ frame: Swiftray_DataFrame) {
     LockDiscipline.mustNotHoldLock("a lane reply callback")
-    switch state.withLock({ $0.pending.removeValue(forKey: frame.id) }) {
-    case .frame(let cb)?: cb(.success(frame))
-    case .withPayload(let cb)?: cb(.success((frame, nil)))
-    case nil: break
-    }
+    // Lanes carry requests answered once (a subscription goes by the data plane).
+    state.withLock({ $0.pending.removeValue(forKey: frame.id) })?.succeed(frame, payload: nil)
   }
 
   func failAll(_ error: SwiftrayError) {

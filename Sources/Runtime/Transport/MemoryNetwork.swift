@@ -136,15 +136,11 @@ public final class MemoryNetwork: Sendable {
   func reply(_ name: String, id: UInt64, _ frame: Swiftray_DataFrame, payload: ByteBuffer?) {
     let found: (DataPlaneConnection.Waiter, any EventLoop)? = state.withLock { s in
       guard let loop = s.data[name]?.loop, let w = s.data[name]?.pending.removeValue(forKey: id) else { return nil }
+      if !w.once { s.data[name]?.pending[id] = w }
       return (w, loop)
     }
     guard let (waiter, loop) = found else { return }  // cut, closed, or answered twice
-    loop.execute {
-      switch waiter {
-      case .frame(let cb): cb(.success(frame))
-      case .withPayload(let cb): cb(.success((frame, payload)))
-      }
-    }
+    loop.execute { waiter.succeed(frame, payload: payload) }
   }
 
   // MARK: control plane
