@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOCore
 import NIOPosix
 import CPythonEmbed
 import Foundation
@@ -58,6 +59,11 @@ struct Worker: ParsableCommand {
   var forkServer = false
 
   func run() throws {
+    // One event-loop thread per worker, not one per CPU: a worker's tasks come by lane
+    // to its task thread and objects move between stores, so its loop carries little,
+    // and each thread is a cost of every new worker (issue 18). Set before NIO's
+    // singleton group exists (the fork server never makes it: `ForkWarmUp`).
+    NIOSingletons.groupLoopCountSuggestion = 1
     // The fork server starts no thread (fork needs it alone); it watches the lifeline
     // itself, and each child it forks starts its own watch.
     if !forkServer { Lifeline.exitWhenParentDies() }

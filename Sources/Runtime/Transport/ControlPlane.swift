@@ -163,33 +163,53 @@ public enum ControlPlane {
     /// Calls go through this process's `MemoryNetwork` (a memory endpoint, or the
     /// in-process twin of a socket served here), not a socket.
     public let inProcess: Bool
-    private let made: Client
-    enum Run { case idle, starting, running(Task<Void, Never>), stopped }
+    /// Builds the client (its transport's types are a cost of their own for a new
+    /// worker that never calls: nothing is built before the first use).
+    private let make: @Sendable () -> Client
+    enum Run { case idle, starting(Client), running(Client, Task<Void, Never>), stopped(Client?) }
     private let run = Locked(Run.idle)
 
-    init(client: Client, endpoint: Endpoint, inProcess: Bool = false) {
-      self.made = client; self.endpoint = endpoint; self.inProcess = inProcess
+    init(endpoint: Endpoint, inProcess: Bool = false, make: @escaping @Sendable () -> Client) {
+      self.make = make; self.endpoint = endpoint; self.inProcess = inProcess
     }
 
-    /// The client, its connections started on first use. No lock held: may start a Task.
+    /// The client, built and its connections started on first use. No lock held: may
+    /// start a Task.
     public var client: Client {
-      let start = run.withLock { r -> Bool in
-        guard case .idle = r else { return false }
-        r = .starting
-        return true
+      enum Step { case use(Client), start(Client), closed(Client) }
+      // Built under the lock (a constructor that calls nothing back), so every caller
+      // gets the same client; started after it.
+      let step: Step = run.withLock { r in
+        switch r {
+        case .idle:
+          let c = make()
+          r = .starting(c)
+          return .start(c)
+        case .starting(let c), .running(let c, _), .stopped(let c?): return .use(c)
+        case .stopped(nil):
+          let c = make()
+          r = .stopped(c)
+          return .closed(c)
+        }
       }
-      guard start else { return made }
-      LockDiscipline.mustNotHoldLock("ControlPlane.Connection.client")
-      let c = made
-      let t = Task { _ = try? await c.runConnections() }
-      let stoppedMeanwhile = run.withLock { r -> Bool in
-        guard case .starting = r else { return true }
-        r = .running(t)
-        return false
+      switch step {
+      case .use(let c): return c
+      case .closed(let c):
+        // Closed before its first use: a client that never runs; its calls fail.
+        c.beginGracefulShutdown()
+        return c
+      case .start(let c):
+        LockDiscipline.mustNotHoldLock("ControlPlane.Connection.client")
+        let t = Task { _ = try? await c.runConnections() }
+        let stoppedMeanwhile = run.withLock { r -> Bool in
+          guard case .starting = r else { return true }
+          r = .running(c, t)
+          return false
+        }
+        // Closed while starting: closed here (its calls then fail as on a closed client).
+        if stoppedMeanwhile { c.beginGracefulShutdown() }
+        return c
       }
-      // Closed while starting: closed here (its calls then fail as on a closed client).
-      if stoppedMeanwhile { made.beginGracefulShutdown() }
-      return made
     }
 
     /// Closes the connections once in-flight RPCs finish (bounded). Blocks: call from
@@ -210,12 +230,16 @@ public enum ControlPlane {
     /// The running task to wait for; nil when the client never ran (nothing to close)
     /// or is starting (its starter closes it).
     private func stop() -> Task<Void, Never>? {
-      let t = run.withLock { r -> Task<Void, Never>? in
-        defer { r = .stopped }
-        if case .running(let t) = r { return t }
-        return nil
+      let running = run.withLock { r -> (Client, Task<Void, Never>)? in
+        switch r {
+        case .idle: r = .stopped(nil); return nil
+        case .starting(let c): r = .stopped(c); return nil
+        case .running(let c, let t): r = .stopped(c); return (c, t)
+        case .stopped: return nil
+        }
       }
-      if t != nil { made.beginGracefulShutdown() }
+      guard let (c, t) = running else { return nil }
+      c.beginGracefulShutdown()
       return t
     }
   }
@@ -229,19 +253,12 @@ public enum ControlPlane {
     LockDiscipline.mustNotHoldLock("ControlPlane.connect")
     let interceptors: [any ClientInterceptor] = auth.bearer.map { [BearerToken(value: $0)] } ?? []
     if let name = memoryName(for: endpoint, viaTwin: viaTwin) {
-      let client = GRPCClient(transport: ControlClientTransport(kind: .memory(MemoryClientTransport(name: name, network: .shared))),
-                              interceptors: interceptors)
-      return Connection(client: client, endpoint: endpoint, inProcess: true)
+      return Connection(endpoint: endpoint, inProcess: true) {
+        GRPCClient(transport: ControlClientTransport(kind: .memory(MemoryClientTransport(name: name, network: .shared))),
+                   interceptors: interceptors)
+      }
     }
-    let target: any ResolvableTarget
-    switch endpoint {
-    case .memory(let name): throw SwiftrayError(.system, "nothing serves memory:\(name)")  // memoryName answers for these
-    case .unix(let p): target = .unixDomainSocket(path: p)
-    case .tcp(let h, let p):
-      // An IP literal as such: a DNS target would put it in TLS's SNI, which refuses IPs.
-      var probe = in_addr()
-      target = inet_pton(AF_INET, h, &probe) == 1 ? .ipv4(address: h, port: p) : .dns(host: h, port: p)
-    }
+    if case .memory(let name) = endpoint { throw SwiftrayError(.system, "nothing serves memory:\(name)") }  // memoryName answers for these
     // A call in flight to a server that stopped answering (a hung node: a lease
     // waiting there could otherwise wait forever) fails once a ping goes unanswered; the
     // pings go on between calls too, so the server can tell a quiet client from a dead one.
@@ -249,11 +266,35 @@ public enum ControlPlane {
     let limits = NetworkLimits.current
     config.connection.keepalive = .init(time: .milliseconds(limits.grpcKeepaliveTimeMs),
                                         timeout: .milliseconds(limits.grpcKeepaliveTimeoutMs), allowWithoutCalls: true)
-    let transport = try HTTP2ClientTransport.Posix(target: target,
-                                                   transportSecurity: auth.tls(for: endpoint)?.grpcClientSecurity ?? .plaintext,
-                                                   config: config, eventLoopGroup: group)
-    let client = GRPCClient(transport: ControlClientTransport(kind: .http2(transport)), interceptors: interceptors)
-    return Connection(client: client, endpoint: endpoint)
+    let security = auth.tls(for: endpoint)?.grpcClientSecurity
+    let settings = config
+    let build: @Sendable () throws -> Client = {
+      let transport = try HTTP2ClientTransport.Posix(target: grpcTarget(endpoint), transportSecurity: security ?? .plaintext,
+                                                     config: settings, eventLoopGroup: group)
+      return GRPCClient(transport: ControlClientTransport(kind: .http2(transport)), interceptors: interceptors)
+    }
+    // With TLS the transport is built now, so a certificate it cannot load fails here.
+    if security != nil {
+      let client = try build()
+      return Connection(endpoint: endpoint) { client }
+    }
+    // Plaintext to a target of a kind gRPC resolves: nothing in the build can fail (should
+    // it, the client's calls fail naming the endpoint).
+    return Connection(endpoint: endpoint) {
+      (try? build()) ?? GRPCClient(transport: ControlClientTransport(kind: .memory(
+        MemoryClientTransport(name: "could not build a gRPC client for \(endpoint)", network: .shared))))
+    }
+  }
+
+  /// gRPC's target for a socket endpoint (memory endpoints have none).
+  static func grpcTarget(_ endpoint: Endpoint) -> any ResolvableTarget {
+    switch endpoint {
+    case .unix(let p), .memory(let p): return .unixDomainSocket(path: p)
+    case .tcp(let h, let p):
+      // An IP literal as such: a DNS target would put it in TLS's SNI, which refuses IPs.
+      var probe = in_addr()
+      return inet_pton(AF_INET, h, &probe) == 1 ? .ipv4(address: h, port: p) : .dns(host: h, port: p)
+    }
   }
 
   /// Runs `body` again while its peer is unavailable (a head restarting: Ray's clients
