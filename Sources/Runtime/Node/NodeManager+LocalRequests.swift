@@ -21,6 +21,9 @@ extension NodeManager {
   /// Most processes one node keeps subscribed (a registration beyond it is refused):
   /// far above any node's workers and drivers.
   static let maxDeathSubscribers = 65_536
+  /// Most key-value reads this node forwards to the head at once (more are refused:
+  /// the processes of a node read a few keys each, once).
+  static let maxForwardedKVGets = 1024
 
   /// A request on the node's Unix socket that is not the store's. On an event loop:
   /// never blocks (a key the cache does not hold is asked of the head in a Task).
@@ -86,10 +89,20 @@ extension NodeManager {
     if let v = state.withLock({ $0.kvCache.get(req.namespace, req.key) }) {
       return responder.respond(.kvGetReply(.with { $0.found = true; $0.value = v }))
     }
+    guard state.withLock({ s -> Bool in
+      guard s.kvGetsForwarded < Self.maxForwardedKVGets else { return false }
+      s.kvGetsForwarded += 1
+      return true
+    }) else {
+      return responder.respond(.error(.with {
+        $0.message = "this node already forwards \(Self.maxForwardedKVGets) key-value reads to the head; ask again later"
+      }))
+    }
     let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS))
     let callOptions = headCallOptions
     let endpoint = options.controlEndpoint
     Task { [self] in
+      defer { state.withLock { $0.kvGetsForwarded -= 1 } }
       do {
         guard let c = controlClient() else { throw SwiftrayError(.system, "this node has no client for the head") }
         let reply = try await ControlPlane.whileUnavailable(patience: patience, orTimedOut: true) {

@@ -60,6 +60,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     var deathSubscribers: [UInt64: DataPlaneResponder] = [:]
     /// The head's never-changing key-value entries its workers read (`NodeKVCache`).
     var kvCache = NodeKVCache()
+    /// Key-value reads forwarded to the head and not yet answered (bounded).
+    var kvGetsForwarded = 0
     var deadNodes: [Data: Swiftray_NodeDeath] = [:]
     /// How far this node has read the head's log of worker exits (`WorkerDeathLog`).
     var workerDeathsSeen: (log: UInt64, next: UInt64) = (0, 0)
@@ -126,8 +128,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
   public func start() {
-    // The prestarted workers are spawned (the fork server is not ready yet); workers
-    // started later fork from it once it is.
+    // Every worker, the prestarted ones too, forks from the fork server: one started
+    // while it is still starting waits for it (bounded: `ProcessMonitor.spawn`).
     if options.config.workerForkServer == 1 {
       do {
         try monitor.startForkServer(executable: options.workerExecutable, arguments: ["worker", "--fork-server"],
