@@ -286,7 +286,8 @@ public enum ControlPlane {
     }
   }
 
-  /// gRPC's target for a socket endpoint (memory endpoints have none).
+  /// gRPC's target for a socket endpoint. (A memory endpoint never gets here: `connect`
+  /// serves it through the `MemoryNetwork`.)
   static func grpcTarget(_ endpoint: Endpoint) -> any ResolvableTarget {
     switch endpoint {
     case .unix(let p), .memory(let p): return .unixDomainSocket(path: p)
