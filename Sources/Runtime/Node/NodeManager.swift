@@ -128,8 +128,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   /// Starts the prestarted workers. Call once, after the gRPC server is up.
   public func start() {
-    // The prestarted workers are spawned (the fork server is not ready yet); workers
-    // started later fork from it once it is.
+    // Every worker, the prestarted ones too, forks from the fork server: one started
+    // while it is still starting waits for it (bounded: `ProcessMonitor.spawn`).
     if options.config.workerForkServer == 1 {
       do {
         try monitor.startForkServer(executable: options.workerExecutable, arguments: ["worker", "--fork-server"],

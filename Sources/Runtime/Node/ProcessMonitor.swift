@@ -50,6 +50,9 @@ public final class ProcessMonitor: Sendable {
     var environment: [String: String]
     var ready = false
     var gone = false
+    /// When it was started (monotonic ns): a worker waits for it to be ready until
+    /// `forkServerPatienceNanos` after this.
+    var startedAt: UInt64 = 0
   }
   /// A process that is not our child (a driver): only its end is watched, through a
   /// pidfd (or, where pidfds are missing, a probe each second).
@@ -68,6 +71,15 @@ public final class ProcessMonitor: Sendable {
     var unclaimedOrder: [Int32] = []
   }
   static let maxUnclaimedExits = 1024
+  /// How long after the fork server's start a new worker waits for it to be ready
+  /// rather than being spawned. A spawned worker starts a whole interpreter (~100 ms of
+  /// CPU, against a few for a fork), and the fork server is ready a few hundred
+  /// milliseconds after its node starts: the first workers of a node then come sooner
+  /// by waiting, on a node with few CPUs above all. A server that is not ready by then
+  /// is not waited for again.
+  static let forkServerPatienceNanos: UInt64 = 3_000_000_000
+  /// Signalled when the fork server says it is ready (a waiting `spawn` looks again).
+  let forkServerReady = DispatchSemaphore(value: 0)
   static let maxNoticesPerWake = 256
 
   let state = Locked(State())
@@ -135,11 +147,23 @@ public final class ProcessMonitor: Sendable {
   public func spawn(executable: String, arguments: [String], environment: [String: String]) throws(SwiftrayError) -> Int32 {
     LockDiscipline.mayBlock("ProcessMonitor.spawn")
     let shared = environment.filter { !ForkServer.perWorkerKeys.contains($0.key) }
-    let server = state.withLock { s -> Int32? in
-      guard let f = s.forkServer, f.ready, !f.gone, !s.stopped, shared == f.environment else { return nil }
-      return f.requestFD
+    enum Server { case ready(Int32), starting(deadline: UInt64), none }
+    func look() -> Server {
+      state.withLock { s in
+        guard let f = s.forkServer, !f.gone, !s.stopped, shared == f.environment else { return .none }
+        return f.ready ? .ready(f.requestFD) : .starting(deadline: f.startedAt &+ Self.forkServerPatienceNanos)
+      }
     }
-    if let server, let pid = fork(from: server, environment: environment) { return pid }
+    var server = look()
+    // A fork server still starting is waited for (bounded), not raced by a spawn.
+    while case .starting(let deadline) = server {
+      let now = DispatchTime.now().uptimeNanoseconds
+      guard now < deadline else { break }
+      // Looked at again at least every 50 ms: another waiter may have taken the signal.
+      _ = forkServerReady.wait(timeout: .now() + .nanoseconds(Int(min(deadline - now, 50_000_000))))
+      server = look()
+    }
+    if case .ready(let fd) = server, let pid = fork(from: fd, environment: environment) { return pid }
     return try start(executable: executable, arguments: arguments, environment: environment, extraFDs: (-1, -1)) { _, _ in }
   }
 
@@ -163,7 +187,8 @@ public final class ProcessMonitor: Sendable {
       own["LD_BIND_NOW"] = "1"
       _ = try start(executable: executable, arguments: arguments, environment: own, extraFDs: (request[1], notice[1])) { s, pid in
         s.children[pid]?.isForkServer = true
-        s.forkServer = ForkServerLink(pid: pid, requestFD: request[0], noticeFD: notice[0], environment: environment)
+        s.forkServer = ForkServerLink(pid: pid, requestFD: request[0], noticeFD: notice[0], environment: environment,
+                                      startedAt: DispatchTime.now().uptimeNanoseconds)
       }
     } catch {
       close(request[0]); close(notice[0])
@@ -259,6 +284,7 @@ public final class ProcessMonitor: Sendable {
     state.withLock { s in
       guard var f = s.forkServer, !f.gone else { return }
       f.ready = false
+      f.startedAt = 0  // not waited for any more
       s.forkServer = f
       killUnderLock(f.pid, SIGKILL)
     }
@@ -376,14 +402,19 @@ public final class ProcessMonitor: Sendable {
       if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
       guard n > 0 else {
         // The server closed its end (it is dying): its own exit is reaped as a child's.
-        state.withLock { $0.forkServer?.ready = false }
+        state.withLock { s in
+          s.forkServer?.ready = false
+          s.forkServer?.startedAt = 0  // not waited for any more
+        }
         break
       }
       guard let notice = ForkServer.decodeNotice(buf[0..<n]) else { continue }
-      state.withLock { s in
+      let nowReady = state.withLock { s -> Bool in
         switch notice {
         case .ready(let pid):
-          if s.forkServer?.pid == pid { s.forkServer?.ready = true }
+          guard s.forkServer?.pid == pid else { return false }
+          s.forkServer?.ready = true
+          return true
         case .exited(let pid, let status):
           if s.children[pid]?.forked == true {
             s.children[pid]?.pendingExit = status
@@ -395,8 +426,10 @@ public final class ProcessMonitor: Sendable {
               s.unclaimedExits[s.unclaimedOrder.removeFirst()] = nil
             }
           }
+          return false
         }
       }
+      if nowReady { forkServerReady.signal() }
     }
     return ended
   }
