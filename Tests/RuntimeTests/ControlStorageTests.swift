@@ -44,14 +44,16 @@ import Testing
     _ = try await client.registerJob(Swiftray_RegisterJobRequest())
 
     #expect(try await storage.get("kv:fun", Data("f".utf8)) == Data([9, 9]))
-    // Write-through is ordered and asynchronous: wait for it to land.
-    var stored: Swiftray_NodeInfo?
-    for _ in 0..<100 where stored == nil {
-      stored = try await storage.get(ControlTable.nodes, node.nodeID).map { try Swiftray_NodeInfo(serializedBytes: $0) }
-      if stored == nil { try await Task.sleep(for: .milliseconds(10)) }
+    // Write-through is ordered and asynchronous: wait for the last write (the job's)
+    // to land; the node's came before it.
+    var job: Data?
+    for _ in 0..<300 where job == nil {
+      job = try await storage.get(ControlTable.jobs, Data("next".utf8))
+      if job == nil { try await Task.sleep(for: .milliseconds(10)) }
     }
+    #expect(job != nil)
+    let stored = try await storage.get(ControlTable.nodes, node.nodeID).map { try Swiftray_NodeInfo(serializedBytes: $0) }
     #expect(stored?.alive == true && stored?.total == node.total)
-    #expect(try await storage.get(ControlTable.jobs, Data("next".utf8)) != nil)
 
     try await onOwnThread {
       conn.shutdown()

@@ -72,6 +72,20 @@ private func grants(_ actions: [LeaseQueue.Action]) -> [UInt64] {
     #expect(grants(q.workerRegistered(w)) == [1])
   }
 
+  @Test func aLaunchThatFailsFreesItsPlaceForTheNextStart() {
+    var q = LeaseQueue(total: cpus(2), limits: .init(maxStartingWorkers: 1, maxWorkers: 8))
+    #expect(q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner)).filter { $0 == .startWorker }.count == 1)
+    let w = WorkerID.random()
+    _ = q.workerStarting(w)
+    #expect(q.startingWorkerCount == 1)
+    #expect(q.workerLaunchFailed(w) == [.startWorker], "another starts for the request waiting")
+    #expect(q.startingWorkerCount == 1)
+    let again = WorkerID.random()
+    _ = q.workerStarting(again)
+    #expect(q.workersFailToStart(detail: "fork: EAGAIN") == [.workerStartFailed(requestID: 1, detail: "fork: EAGAIN")])
+    #expect(q.workerLaunchFailed(again).isEmpty, "nothing waits: nothing starts")
+  }
+
   @Test func aBlockedWorkerLendsItsCPUSoNestedTasksRun() {
     var (q, ids) = queueWithIdleWorkers(2, total: cpus(1))
     #expect(grants(q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner))) == [1])

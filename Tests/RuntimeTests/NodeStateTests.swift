@@ -115,6 +115,60 @@ private let anyKey = SchedulingKey(shape: cpu1, proto: .init())
     #expect(!a.stopStarting && !b.stopStarting)
   }
 
+  @Test func aWorkerThatRegistersBeforeItsLaunchReturnsIsKnownAndLeasable() {
+    // The worker registers over the node's socket faster than the launcher hands its
+    // pid back: it used to be turned away, and requests waited for it forever.
+    var p = WorkerPool()
+    var q = LeaseQueue(total: ResourceSet(units: ["CPU": 1]), limits: .init(maxStartingWorkers: 1, maxWorkers: 4))
+    let w = WorkerID.random()
+    p.launching(w)
+    _ = q.workerStarting(w)
+    let known = p.registered(w, endpoint: "unix:/w.sock", localEndpoint: "")
+    #expect(known)
+    #expect(q.workerRegistered(w).isEmpty && q.idleWorkerCount == 1)
+    #expect(p.pid(of: w) == nil && p.pids.isEmpty, "no pid 0 is ever signalled")
+    #expect(p.spawned(w, pid: 42) == .none)
+    #expect(p.pid(of: w) == 42 && p.process(w)?.endpoint == "unix:/w.sock")
+  }
+
+  @Test func anExitSeenBeforeTheLaunchReturnsIsReportedWhenThePidComes() throws {
+    var p = WorkerPool()
+    let w = WorkerID.random()
+    p.launching(w)
+    let early = p.exited(pid: 77, exitCode: 3, signal: 0, node: node, shuttingDown: false)
+    #expect(early == nil, "not known yet")
+    #expect(p.spawned(w, pid: 77) == .ended(exitCode: 3, signal: 0))
+    let exited = p.exited(pid: 77, exitCode: 3, signal: 0, node: node, shuttingDown: false)
+    let exit = try #require(exited)
+    #expect(exit.id == w && exit.info.detail.contains("exited with code 3 before it registered"))
+    #expect(p.count == 0)
+  }
+
+  @Test func aKillBeforeThePidIsKnownHappensWhenItIs() {
+    var p = WorkerPool()
+    let w = WorkerID.random()
+    p.launching(w)
+    #expect(p.killing(w, reason: "its owner died") == nil)
+    #expect(p.spawned(w, pid: 9) == .kill(9))
+    var stops: [Bool] = []
+    for _ in 0..<WorkerPool.crashLoopLimit {
+      let failed = WorkerID.random()
+      p.launching(failed)
+      stops.append(p.launchFailed(failed))
+      #expect(p.process(failed) == nil && p.count == 1)
+    }
+    #expect(stops == [false, false, true], "launches that keep failing count as a crash loop")
+  }
+
+  @Test func earlyExitsKeptAreBounded() {
+    var p = WorkerPool()
+    for pid in 1...Int32(WorkerPool.maxEarlyExits + 10) {
+      _ = p.exited(pid: pid, exitCode: 0, signal: 0, node: node, shuttingDown: false)
+    }
+    #expect(p.earlyExitCount == WorkerPool.maxEarlyExits)
+    #expect(p.spawned(.random(), pid: 5) == .none, "dropped, oldest first")
+  }
+
   @Test func exitsKeptAreBounded() {
     var p = WorkerPool()
     let first = WorkerID.random()

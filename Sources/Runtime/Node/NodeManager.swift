@@ -305,29 +305,40 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       case .startWorker:
         startWorker()
       case .killWorker(let id):
-        if let pid = state.withLock({ $0.workers.pid(of: id) }) { monitor.signal(pid, SIGKILL) }
+        if let pid = state.withLock({ $0.workers.kill(id) }) { monitor.signal(pid, SIGKILL) }
       }
     }
   }
 
   private func startWorker() {
+    let id = WorkerID.random()
     let stopping = state.withLock { s -> Bool in
-      if s.shuttingDown { _ = s.queue.workerStartFailed() }
-      return s.shuttingDown
+      if s.shuttingDown { _ = s.queue.workerStartFailed(); return true }
+      // Known before its pid: the worker may register (over the node's socket) before
+      // the launcher returns, and must not be turned away then.
+      s.workers.launching(id)
+      _ = s.queue.workerStarting(id)
+      return false
     }
     if stopping { return }
-    let id = WorkerID.random()
     monitor.launch(executable: options.workerExecutable, arguments: ["worker"], environment: workerEnvironment(for: id)) {
       [self] result in
       switch result {
       case .success(let pid):
-        state.withLock { s in
-          s.workers.spawned(id, pid: pid)
-          _ = s.queue.workerStarting(id)
+        switch state.withLock({ $0.workers.spawned(id, pid: pid) }) {
+        case .none: break
+        case .kill(let pid): monitor.signal(pid, SIGKILL)
+        case .ended(let exitCode, let signal):
+          // Its exit was seen before its pid came back: reported now.
+          workerExited(.init(pid: pid, exitCode: exitCode, signal: signal))
         }
       case .failure(let error):
         log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
-        _ = state.withLock { $0.queue.workerStartFailed() }
+        perform(state.withLock { s in
+          let stop = s.workers.launchFailed(id)
+          let rejected = stop ? s.queue.workersFailToStart(detail: "worker processes cannot be started: \(error.message)") : []
+          return rejected + s.queue.workerLaunchFailed(id)
+        })
       }
     }
   }

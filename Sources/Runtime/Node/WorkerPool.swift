@@ -11,11 +11,24 @@ import RuntimeProto
 public struct WorkerPool: Sendable {
   public struct Process: Sendable, Equatable {
     public var id: WorkerID
+    /// 0 while its launch is under way (the launcher has not said the pid yet).
     public var pid: Int32
     public var endpoint = ""
     public var localEndpoint = ""
     /// Set when the node killed it on purpose (its exit is then expected).
     public var killReason: String?
+    /// Killed before its pid was known: signalled as soon as it is.
+    var killOnSpawn = false
+  }
+
+  /// What to do once a launched worker's pid is known (`spawned`).
+  public enum AfterSpawn: Sendable, Equatable {
+    case none
+    /// It was killed while its launch was under way: signal it now.
+    case kill(Int32)
+    /// It already ended (its exit was reported before its launch returned): report
+    /// the exit with `exited` now.
+    case ended(exitCode: Int32, signal: Int32)
   }
 
   /// What a worker's exit means.
@@ -37,6 +50,12 @@ public struct WorkerPool: Sendable {
   var byPid: [Int32: WorkerID] = [:]
   var exits: [WorkerID: Swiftray_WorkerExitInfo] = [:]
   var exitOrder: [WorkerID] = []
+  /// Exits of pids not known yet, by pid: a worker can end (or its exit be seen) before
+  /// the launcher returns its pid. Claimed by `spawned`; bounded (oldest dropped).
+  var earlyExits: [Int32: (exitCode: Int32, signal: Int32)] = [:]
+  var earlyExitOrder: [Int32] = []
+  public static let maxEarlyExits = 256
+  public var earlyExitCount: Int { earlyExits.count }
   var stderrTail: [Int32: [String]] = [:]
   var consecutiveStartFailures = 0
   /// Drivers connected to this node, by process (one process may have been several
@@ -68,14 +87,42 @@ public struct WorkerPool: Sendable {
 
   public var driverCount: Int { drivers.values.reduce(0) { $0 + $1.count } }
 
-  public var count: Int { processes.count }
-  public var pids: [Int32] { processes.values.map(\.pid).sorted() }
-  public func pid(of id: WorkerID) -> Int32? { processes[id]?.pid }
+  /// Worker processes (those whose launch has returned a pid).
+  public var count: Int { processes.values.reduce(0) { $0 + ($1.pid > 0 ? 1 : 0) } }
+  public var pids: [Int32] { processes.values.map(\.pid).filter { $0 > 0 }.sorted() }
+  public func pid(of id: WorkerID) -> Int32? { processes[id].flatMap { $0.pid > 0 ? $0.pid : nil } }
   public func process(_ id: WorkerID) -> Process? { processes[id] }
 
-  public mutating func spawned(_ id: WorkerID, pid: Int32) {
-    processes[id] = Process(id: id, pid: pid)
+  /// The node is starting worker `id`: known from now on, before its pid, for the worker
+  /// may register before the launcher returns.
+  public mutating func launching(_ id: WorkerID) {
+    processes[id] = Process(id: id, pid: 0)
+  }
+
+  /// The launch failed: no process was made. True when launches keep failing (a crash
+  /// loop, as workers dying before they register): stop starting them.
+  public mutating func launchFailed(_ id: WorkerID) -> Bool {
+    guard processes[id]?.pid == 0 else { return false }
+    processes[id] = nil
+    consecutiveStartFailures += 1
+    guard consecutiveStartFailures >= Self.crashLoopLimit else { return false }
+    consecutiveStartFailures = 0
+    return true
+  }
+
+  /// The launcher returned the worker's pid.
+  @discardableResult
+  public mutating func spawned(_ id: WorkerID, pid: Int32) -> AfterSpawn {
+    guard pid > 0 else { return .none }
+    var p = processes[id] ?? Process(id: id, pid: pid)
+    p.pid = pid
+    processes[id] = p
     byPid[pid] = id
+    if let early = earlyExits.removeValue(forKey: pid) {
+      earlyExitOrder.removeAll { $0 == pid }
+      return .ended(exitCode: early.exitCode, signal: early.signal)
+    }
+    return p.killOnSpawn ? .kill(pid) : .none
   }
 
   /// The worker connected and said where it listens. False for one this node did not start.
@@ -90,7 +137,16 @@ public struct WorkerPool: Sendable {
   /// The node kills it on purpose; returns its pid.
   public mutating func killing(_ id: WorkerID, reason: String) -> Int32? {
     processes[id]?.killReason = reason
-    return processes[id]?.pid
+    return kill(id)
+  }
+
+  /// The pid to signal to kill worker `id`; nil when it is unknown, or not known yet
+  /// (then `spawned` says to kill it).
+  public mutating func kill(_ id: WorkerID) -> Int32? {
+    guard let p = processes[id] else { return nil }
+    if p.pid > 0 { return p.pid }
+    processes[id]?.killOnSpawn = true
+    return nil
   }
 
   public mutating func output(pid: Int32, isErr: Bool, lines: [String]) {
@@ -104,8 +160,15 @@ public struct WorkerPool: Sendable {
   public func exitInfo(_ id: WorkerID) -> Swiftray_WorkerExitInfo? { exits[id] }
 
   /// Process `pid` ended; nil when it was not a worker of this node.
+  /// A pid not known yet is kept (bounded) for `spawned` to claim.
   public mutating func exited(pid: Int32, exitCode: Int32, signal: Int32, node: NodeID, shuttingDown: Bool) -> Exit? {
-    guard let id = byPid.removeValue(forKey: pid), let proc = processes.removeValue(forKey: id) else { return nil }
+    guard let id = byPid.removeValue(forKey: pid), let proc = processes.removeValue(forKey: id) else {
+      if pid > 0, earlyExits.updateValue((exitCode, signal), forKey: pid) == nil {
+        earlyExitOrder.append(pid)
+        if earlyExitOrder.count > Self.maxEarlyExits { earlyExits[earlyExitOrder.removeFirst()] = nil }
+      }
+      return nil
+    }
     var info = Swiftray_WorkerExitInfo()
     info.workerID = Data(id.binary)
     info.pid = pid

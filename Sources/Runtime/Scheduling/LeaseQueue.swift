@@ -149,6 +149,14 @@ public struct LeaseQueue: Sendable {
     return []
   }
 
+  /// The launch of a worker reported by `workerStarting` failed before the process
+  /// existed: another is started for what waits (the caller bounds the tries with
+  /// `WorkerPool`'s crash-loop count, failing what waits through `workersFailToStart`).
+  public mutating func workerLaunchFailed(_ id: WorkerID) -> [Action] {
+    if workers[id]?.state == .starting { workers[id] = nil }
+    return dispatch()
+  }
+
   public mutating func workerRegistered(_ id: WorkerID) -> [Action] {
     guard var w = workers[id], w.state == .starting else { return [] }
     w.state = .idle
