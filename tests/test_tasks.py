@@ -167,6 +167,25 @@ def test_wait_returns_ready_refs_in_input_order(ray2):
     assert ready == [] and len(not_ready) == 1
 
 
+def test_wait_keeps_input_order_on_both_sides_when_ready_refs_are_interleaved(ray2):
+    @swiftray.remote
+    def sleep(d):
+        time.sleep(d)
+        return d
+
+    slow = [sleep.remote(5) for _ in range(3)]
+    put = [swiftray.put(i) for i in range(3)]
+    refs = (slow[0], put[0], slow[1], put[1], put[2], slow[2])  # a tuple is accepted too
+    ready, not_ready = swiftray.wait(refs, num_returns=3, timeout=10)
+    assert ready == put and not_ready == slow
+    with pytest.raises(TypeError, match="expects ObjectRefs, got int"):
+        swiftray.wait([put[0], 7])
+    with pytest.raises(ValueError, match="unique"):
+        swiftray.wait([put[0], put[1], put[0]])
+    for r in slow:
+        swiftray.cancel(r)
+
+
 def test_a_wait_loop_leaves_no_reader_registered_on_the_refs_still_pending(ray2):
     # The common `while refs: done, refs = wait(refs)` loop: each wait that returns
     # with fewer than all of its refs must unregister from the others, or every later

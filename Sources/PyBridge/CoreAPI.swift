@@ -83,7 +83,12 @@ enum CoreAPI {
     guard let o, !Py.isNone(o), sr_IsBytes(o) != 0 else { PyErr_Clear(); return nil }
     let n = sr_BytesSize(o)
     let raw = UnsafeRawBufferPointer(start: sr_BytesData(o), count: n)
-    if let last = lastAddress, last.bytes.count == n, last.bytes.elementsEqual(raw) { return last.address }
+    // memcmp: a generic elementwise compare cost more than the rest of add_local_ref
+    // when a value holding thousands of refs from one owner is unpickled.
+    if let last = lastAddress, last.bytes.count == n,
+       n == 0 || last.bytes.withUnsafeBytes({ memcmp($0.baseAddress!, raw.baseAddress!, n) }) == 0 {
+      return last.address
+    }
     let bytes = [UInt8](raw)
     guard let a = try? Swiftray_Address(serializedBytes: bytes) else { return nil }
     lastAddress = (bytes, a)

@@ -2,6 +2,7 @@
 Thin: validation and (de)serialization here, everything else in the Swift core."""
 import atexit
 import logging
+import operator
 import os
 import sys
 import threading
@@ -186,6 +187,9 @@ atexit.register(shutdown)
 
 
 def _check_refs(object_refs, what):
+    # At C speed when all are plain ObjectRefs (the usual case: no Python-level loop).
+    if not set(map(type, object_refs)) - {ObjectRef}:
+        return
     for r in object_refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"{what} expects ObjectRefs, got {type(r).__name__} {r!r}")
@@ -210,7 +214,7 @@ def get(object_refs, *, timeout=None):
     _check_refs(refs, "get()")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
-    items = _core.get([r._id for r in refs], timeout)
+    items = _core.get(list(map(_ref_id, refs)), timeout)
     values = []
     for item in items:
         is_error, v = _serialization.value_from_core(item)
@@ -227,23 +231,39 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef" if isinstance(object_refs, ObjectRef)
                         else f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    # Checks and ids at C speed (map, set): a loop of waits over a shrinking list (the
+    # usual "process results as they come") costs O(len) per call in C, not in Python.
     _check_refs(object_refs, "wait()")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
     if not object_refs:  # as Ray: nothing to wait for, whatever num_returns says
         return [], []
-    if len(set(object_refs)) != len(object_refs):
+    ids = list(map(_ref_id, object_refs))
+    if len(set(ids)) != len(ids):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns!r}.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait().")
-    positions = _core.wait([r._id for r in object_refs], num_returns, timeout)
+    positions = _core.wait(ids, num_returns, timeout)
     if not positions:
         return [], list(object_refs)
-    ready = [object_refs[i] for i in positions]
-    taken = set(positions)
-    return ready, [r for i, r in enumerate(object_refs) if i not in taken]
+    return [object_refs[i] for i in positions], _without(object_refs, positions)
+
+
+_ref_id = operator.attrgetter("_id")
+
+
+def _without(items, positions):
+    """`items` (a list or tuple) as a list, less the ascending `positions`: slices
+    joined, so taking few out of many costs no Python-level loop over the rest."""
+    out = []
+    start = 0
+    for p in positions:
+        out += items[start:p]
+        start = p + 1
+    out += items[start:]
+    return out
 
 
 def cancel(object_ref, *, force=False, recursive=True):

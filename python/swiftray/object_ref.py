@@ -10,7 +10,15 @@ collector = threading.local()
 
 
 def _rebuild(id_bytes, owner):
-    return ObjectRef(id_bytes, owner)
+    # One Python frame per ref unpickled, not two (no __init__ call): a value holding
+    # thousands of refs pays this for each.
+    r = _new(ObjectRef)
+    r._id = id_bytes
+    _core.add_local_ref(id_bytes, owner)
+    return r
+
+
+_new = object.__new__
 
 
 class ObjectRef:

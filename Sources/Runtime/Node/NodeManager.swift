@@ -333,12 +333,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           workerExited(.init(pid: pid, exitCode: exitCode, signal: signal))
         }
       case .failure(let error):
-        log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
-        perform(state.withLock { s in
+        // While the node stops, launches still queued fail by design: nothing to say or retry.
+        let actions = state.withLock { s -> [LeaseQueue.Action]? in
           let stop = s.workers.launchFailed(id)
+          if s.shuttingDown { return nil }
           let rejected = stop ? s.queue.workersFailToStart(detail: "worker processes cannot be started: \(error.message)") : []
           return rejected + s.queue.workerLaunchFailed(id)
-        })
+        }
+        guard let actions else { return }
+        log.error("worker/spawn-failed", metadata: ["error": "\(error)"])
+        perform(actions)
       }
     }
   }

@@ -367,9 +367,16 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   // MARK: - references
 
   public mutating func localRefAdded(_ id: ObjectID, owner: Swiftray_Address?, now: UInt64) -> Effects {
-    if let owner, owners[id] == nil, owner.workerID != selfAddress.workerID { owners[id] = owner }
+    // One lookup of `owners` (this runs once per ref unpickled).
+    let borrowed: Bool
+    if let owner, owner.workerID != selfAddress.workerID {
+      if owners.index(forKey: id) == nil { owners[id] = owner }
+      borrowed = true
+    } else {
+      borrowed = owners.index(forKey: id) != nil
+    }
     var e = Effects()
-    refActionsDecided(refs.localRefAdded(id, borrowed: owners[id] != nil), now: now, &e)
+    refActionsDecided(refs.localRefAdded(id, borrowed: borrowed), now: now, &e)
     return e
   }
 

@@ -70,12 +70,14 @@ public struct ReferenceTable: Sendable {
 
   /// A Python `ObjectRef` was made. `borrowed`: the ref is owned by another process.
   public mutating func localRefAdded(_ id: ObjectID, borrowed: Bool = false) -> [Action] {
-    var r = refs[id] ?? Reference(owned: false)
-    r.localRefs.saturatingIncrement()
-    let register = borrowed && !r.owned && r.registrations == 0
-    if register { r.registrations = 1 }
-    refs[id] = r
-    return register ? [.register(id)] : []
+    // Changed in place (one hash lookup: this runs once per ref unpickled).
+    func add(_ r: inout Reference) -> Bool {
+      r.localRefs.saturatingIncrement()
+      let register = borrowed && !r.owned && r.registrations == 0
+      if register { r.registrations = 1 }
+      return register
+    }
+    return add(&refs[id, default: Reference(owned: false)]) ? [.register(id)] : []
   }
 
   public mutating func localRefRemoved(_ id: ObjectID) -> [Action] {
