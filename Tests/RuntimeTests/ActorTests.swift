@@ -189,6 +189,23 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(d.outOfScope(actorID(2)).isEmpty)  // detached: handles do not count
   }
 
+  @Test func aTickAsksAgainForWhatIsDueOnlyAndADeathCancelsARetry() {
+    var d = ActorDirectory(leaseRetryNanos: 1000)
+    for n in 1...50 { _ = alive(&d, actorID(UInt64(n))) }  // settled: never asked again
+    for n in 51...53 { _ = try! d.actorRegistered(creationSpec(actorID(UInt64(n)), owner: owner)).get() }
+    _ = d.leaseRejected(actorID(51), detail: "no node has GPU", now: 0)   // again at 1000
+    _ = d.leaseRequestFailed(actorID(52), now: 0)                         // again at 100
+    _ = d.leaseRequestFailed(actorID(53), now: 0)
+    _ = d.killRequested(actorID(53), noRestart: true, reason: "kill()")
+    #expect(d.nextDeadline() == 100)
+    let early = d.tick(now: 100)
+    #expect(early.count == 1 && early.contains { if case .requestLease(actorID(52), _) = $0 { true } else { false } })
+    #expect(d.nextDeadline() == 1000)
+    let late = d.tick(now: 1000)
+    #expect(late.count == 1 && late.contains { if case .requestLease(actorID(51), _) = $0 { true } else { false } })
+    #expect(d.nextDeadline() == nil && d.tick(now: .max).isEmpty, "the dead one is not asked for")
+  }
+
   @Test func anInfeasibleActorWaitsAndIsAskedForAgainLater() {
     var d = ActorDirectory(leaseRetryNanos: 1000)
     _ = try! d.actorRegistered(creationSpec(actorID(1), owner: owner)).get()

@@ -64,6 +64,9 @@ public struct ActorDirectory: Sendable {
   /// The leases its actors hold, by node (NodeManager address): a node's report is
   /// answered with them (`leases(on:)`) without a scan of every actor.
   private var leasesByNode: [String: Set<UInt64>] = [:]
+  /// The actors with a lease retry set (`retryAt`): what a tick looks at, so a tick
+  /// costs what is due, not a scan of every actor.
+  private var retrying: Set<ActorID> = []
   public let leaseRetryNanos: UInt64
 
   public init(leaseRetryNanos: UInt64 = 1_000_000_000) {
@@ -182,6 +185,7 @@ public struct ActorDirectory: Sendable {
     guard var e = actors[id], e.requesting else { return [] }
     e.requesting = false
     e.retryAt = now + leaseRetryNanos
+    retrying.insert(id)
     let changed = e.info.detail != detail
     e.info.detail = detail
     if changed { e.info.version += 1 }
@@ -194,6 +198,7 @@ public struct ActorDirectory: Sendable {
     guard var e = actors[id], e.requesting else { return [] }
     e.requesting = false
     e.retryAt = now + leaseRetryNanos / 10
+    retrying.insert(id)
     actors[id] = e
     return []
   }
@@ -288,9 +293,15 @@ public struct ActorDirectory: Sendable {
 
   /// Lease requests to send again (rejected shapes, transport failures).
   public mutating func tick(now: UInt64) -> [Action] {
+    // Decided over the set, then applied (the set is not changed while it is walked).
+    let due = retrying.filter { id in
+      guard let e = actors[id], let at = e.retryAt else { return true }  // gone: dropped below
+      return !e.requesting && e.lease == nil && now >= at && (e.info.state == .pending || e.info.state == .restarting)
+    }
     var actions: [Action] = []
-    for (id, var e) in actors where !e.requesting && e.lease == nil {
-      guard let at = e.retryAt, now >= at, e.info.state == .pending || e.info.state == .restarting else { continue }
+    for id in due {
+      retrying.remove(id)
+      guard var e = actors[id], e.retryAt != nil else { continue }
       e.retryAt = nil
       e.requesting = true
       actors[id] = e
@@ -300,16 +311,19 @@ public struct ActorDirectory: Sendable {
   }
 
   public func nextDeadline() -> UInt64? {
-    actors.values.compactMap { $0.requesting ? nil : $0.retryAt }.min()
+    retrying.compactMap { id in actors[id].flatMap { $0.requesting ? nil : $0.retryAt } }.min()
   }
 
   /// Forgets dead actors beyond the newest `keep` (bounded table; names are freed at death).
   public mutating func trimDead(keep: Int) {
+    // At once while the whole table is within the bound (it runs on every tick).
+    guard actors.count > keep else { return }
     let dead = actors.filter { $0.value.info.state == .dead }
     guard dead.count > keep else { return }
     for (id, _) in dead.sorted(by: { $0.value.info.version < $1.value.info.version }).prefix(dead.count - keep) {
       index(old: actors[id]?.lease, new: nil)
       actors[id] = nil
+      retrying.remove(id)
     }
   }
 
@@ -372,6 +386,7 @@ public struct ActorDirectory: Sendable {
     index(old: e.lease, new: nil)
     e.lease = nil
     e.retryAt = nil
+    retrying.remove(id)
     e.requesting = false  // a lease granted from now on goes back
     e.info.state = .dead
     e.info.deathCause = cause
