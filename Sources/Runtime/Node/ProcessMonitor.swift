@@ -67,8 +67,7 @@ public final class ProcessMonitor: Sendable {
     var forkServer: ForkServerLink?
     /// Ends the server reported before `spawn` learnt the pid (a child that died at
     /// once). Bounded: a pid nobody claims is dropped with the oldest.
-    var unclaimedExits: [Int32: Int32] = [:]
-    var unclaimedOrder: [Int32] = []
+    var unclaimedExits = RecentMap<Int32, Int32>(capacity: ProcessMonitor.maxUnclaimedExits)
   }
   static let maxUnclaimedExits = 1024
   /// How long after the fork server's start a new worker waits for it to be ready
@@ -271,7 +270,7 @@ public final class ProcessMonitor: Sendable {
     state.withLock { s in
       var c = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: -1)
       c.forked = true
-      c.pendingExit = s.unclaimedExits.removeValue(forKey: pid)
+      c.pendingExit = s.unclaimedExits.remove(pid)
       if s.forkServer?.gone == true { c.pidFD = sr_pidfd_open(pid) }
       s.children[pid] = c
     }
@@ -420,11 +419,7 @@ public final class ProcessMonitor: Sendable {
             s.children[pid]?.pendingExit = status
             ended.append(pid)
           } else {
-            s.unclaimedExits[pid] = status
-            s.unclaimedOrder.append(pid)
-            if s.unclaimedOrder.count > Self.maxUnclaimedExits {
-              s.unclaimedExits[s.unclaimedOrder.removeFirst()] = nil
-            }
+            s.unclaimedExits.insert(status, for: pid)
           }
           return false
         }

@@ -48,12 +48,11 @@ public struct WorkerPool: Sendable {
 
   public private(set) var processes: [WorkerID: Process] = [:]
   var byPid: [Int32: WorkerID] = [:]
-  var exits: [WorkerID: Swiftray_WorkerExitInfo] = [:]
-  var exitOrder: [WorkerID] = []
+  var exits = RecentMap<WorkerID, Swiftray_WorkerExitInfo>(capacity: maxExitsKept)
   /// Exits of pids not known yet, by pid: a worker can end (or its exit be seen) before
   /// the launcher returns its pid. Claimed by `spawned`; bounded (oldest dropped).
-  var earlyExits: [Int32: (exitCode: Int32, signal: Int32)] = [:]
-  var earlyExitOrder: [Int32] = []
+  var earlyExits = RecentMap<Int32, EarlyExit>(capacity: maxEarlyExits)
+  struct EarlyExit: Sendable { var exitCode: Int32; var signal: Int32 }
   public static let maxEarlyExits = 256
   public var earlyExitCount: Int { earlyExits.count }
   var stderrTail: [Int32: [String]] = [:]
@@ -104,6 +103,12 @@ public struct WorkerPool: Sendable {
   public mutating func launchFailed(_ id: WorkerID) -> Bool {
     guard processes[id]?.pid == 0 else { return false }
     processes[id] = nil
+    return startFailed()
+  }
+
+  /// One more worker failed to start (its launch, or itself before registering). True
+  /// when that makes a crash loop: stop starting them (the count starts again).
+  private mutating func startFailed() -> Bool {
     consecutiveStartFailures += 1
     guard consecutiveStartFailures >= Self.crashLoopLimit else { return false }
     consecutiveStartFailures = 0
@@ -118,8 +123,7 @@ public struct WorkerPool: Sendable {
     p.pid = pid
     processes[id] = p
     byPid[pid] = id
-    if let early = earlyExits.removeValue(forKey: pid) {
-      earlyExitOrder.removeAll { $0 == pid }
+    if let early = earlyExits.remove(pid) {
       return .ended(exitCode: early.exitCode, signal: early.signal)
     }
     return p.killOnSpawn ? .kill(pid) : .none
@@ -163,10 +167,7 @@ public struct WorkerPool: Sendable {
   /// A pid not known yet is kept (bounded) for `spawned` to claim.
   public mutating func exited(pid: Int32, exitCode: Int32, signal: Int32, node: NodeID, shuttingDown: Bool) -> Exit? {
     guard let id = byPid.removeValue(forKey: pid), let proc = processes.removeValue(forKey: id) else {
-      if pid > 0, earlyExits.updateValue((exitCode, signal), forKey: pid) == nil {
-        earlyExitOrder.append(pid)
-        if earlyExitOrder.count > Self.maxEarlyExits { earlyExits[earlyExitOrder.removeFirst()] = nil }
-      }
+      if pid > 0 { earlyExits.insert(EarlyExit(exitCode: exitCode, signal: signal), for: pid) }
       return nil
     }
     var info = Swiftray_WorkerExitInfo()
@@ -183,19 +184,18 @@ public struct WorkerPool: Sendable {
     if let r = proc.killReason { detail += "; \(r)" }
     let tail = stderrTail.removeValue(forKey: pid) ?? []
     var failedStart: String?
+    // A worker that cannot start at all (broken environment) must not respawn forever.
+    var stop = false
     if proc.endpoint.isEmpty {
-      consecutiveStartFailures += 1
       detail += " before it registered"
       if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
-      if !shuttingDown { failedStart = detail }
+      if !shuttingDown {
+        failedStart = detail
+        stop = startFailed()
+      }
     }
     info.detail = detail
-    exits[id] = info
-    exitOrder.append(id)
-    if exitOrder.count > Self.maxExitsKept { exits[exitOrder.removeFirst()] = nil }
-    // A worker that cannot start at all (broken environment) must not respawn forever.
-    let stop = !shuttingDown && consecutiveStartFailures >= Self.crashLoopLimit
-    if stop { consecutiveStartFailures = 0 }
+    exits.insert(info, for: id)
     return Exit(id: id, info: info, failedStart: failedStart, stopStarting: stop)
   }
 }
