@@ -89,3 +89,50 @@ def test_an_infeasible_task_warns_naming_the_resource_and_get_times_out(ray2, ca
         return 2
 
     assert swiftray.get(fine.remote(), timeout=30) == 2
+
+
+def test_short_tasks_pipelined_behind_a_task_that_blocks_are_handed_back(tmp_path):
+    # Tasks measured short are pushed several to a worker at once (task_pipeline_depth).
+    # The first one here blocks until the second has run; on one CPU both go to the same
+    # worker, so unless the blocked worker hands the second back (to run on another
+    # worker while this one lends its CPU) the pair never finishes.
+    swiftray.shutdown()
+    swiftray.init(num_cpus=1, _system_config={"task_pipeline_depth": 8})
+    try:
+        @swiftray.remote(num_cpus=0)
+        class Signal:
+            def __init__(self):
+                self.set = False
+
+            def send(self):
+                self.set = True
+
+            def is_set(self):
+                return self.set
+
+        @swiftray.remote
+        def noop():
+            return os.getpid()
+
+        @swiftray.remote
+        def wait_for(signal):
+            deadline = time.time() + 60
+            while not swiftray.get(signal.is_set.remote()):
+                assert time.time() < deadline, "the task it waits for never ran"
+                time.sleep(0.01)
+            return os.getpid()
+
+        @swiftray.remote
+        def send(signal):
+            swiftray.get(signal.send.remote())
+            return os.getpid()
+
+        signal = Signal.remote()
+        for _ in range(3):  # the shape's tasks are short: later ones are pipelined
+            assert len(swiftray.get([noop.remote() for _ in range(50)], timeout=60)) == 50
+        waiter, sender = swiftray.get([wait_for.remote(signal), send.remote(signal)], timeout=90)
+        assert waiter != sender
+        # Handed-back tasks are queued again, not lost or run twice.
+        assert len(set(swiftray.get([noop.remote() for _ in range(200)], timeout=60))) >= 1
+    finally:
+        swiftray.shutdown()

@@ -112,6 +112,10 @@ public nonisolated struct Swiftray_PushTaskReply: Sendable {
 
   public var lostDetail: String = String()
 
+  /// The task did not run: it was queued behind a task that blocked (in get or wait)
+  /// on the same worker, so the worker handed it back. The owner queues it again.
+  public var handedBack: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1015,7 +1019,7 @@ nonisolated extension Swiftray_ReturnObject: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0\u{3}handed_back\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1030,6 +1034,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
       case 5: try { try decoder.decodeSingularStringField(value: &self.actorCreationError) }()
       case 6: try { try decoder.decodeRepeatedBytesField(value: &self.lostArguments) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.lostDetail) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.handedBack) }()
       default: break
       }
     }
@@ -1057,6 +1062,9 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if !self.lostDetail.isEmpty {
       try visitor.visitSingularStringField(value: self.lostDetail, fieldNumber: 7)
     }
+    if self.handedBack != false {
+      try visitor.visitSingularBoolField(value: self.handedBack, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1068,6 +1076,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.actorCreationError != rhs.actorCreationError {return false}
     if lhs.lostArguments != rhs.lostArguments {return false}
     if lhs.lostDetail != rhs.lostDetail {return false}
+    if lhs.handedBack != rhs.handedBack {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -47,6 +47,61 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.numLeases == 0)
   }
 
+  /// A shape whose tasks ran short is pipelined: several tasks to one worker at once.
+  @Test mutating func shortTasksArePipelinedAndLongOnesAreNot() {
+    var p = settings
+    p.pipelineDepth = 3
+    p.pipelineBelowNanos = 1 * ms
+    var s = NormalTaskSubmitter(settings: p)
+    let ts = (0..<8).map { _ in gen.next() }
+    let r = requests(s.taskReady(ts[0], key: cpu1, now: 0))
+    for t in ts.dropFirst() { _ = s.taskReady(t, key: cpu1, now: 0) }
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    // Nothing measured yet: one at a time.
+    #expect(pushes(s.leaseGranted(requestID: r[0], lease: lease, now: 0)) == [ts[0]])
+    // It took 0.1 ms: the shape is short, so the lease is filled to the depth.
+    #expect(pushes(s.taskReplied(ts[0], leaseID: 1, now: ms / 10)) == [ts[1], ts[2], ts[3]])
+    #expect(s.taskReplied(ts[1], leaseID: 1, now: ms / 5).count == 1)  // one in, one out
+    // A task that took long brings the average above the bound: one at a time again.
+    #expect(pushes(s.taskReplied(ts[2], leaseID: 1, now: 20 * ms)) == [])
+    #expect(pushes(s.taskReplied(ts[3], leaseID: 1, now: 40 * ms)) == [])  // ts[4] still in flight
+    #expect(pushes(s.taskReplied(ts[4], leaseID: 1, now: 60 * ms)) == [ts[5]])
+    #expect(pushes(s.taskReplied(ts[5], leaseID: 1, now: 80 * ms)) == [ts[6]])
+    #expect(s.numQueued == 1)
+  }
+
+  /// A worker whose running task blocked hands back what waits behind it: the task is
+  /// queued first again, goes to another lease, and the blocked lease takes one at a
+  /// time until it is idle.
+  @Test mutating func aHandedBackTaskIsQueuedFirstAndTheLeaseTakesOneAtATime() {
+    var p = settings
+    p.pipelineDepth = 4
+    p.pipelineBelowNanos = 1 * ms
+    var s = NormalTaskSubmitter(settings: p)
+    let warm = gen.next()
+    let r = requests(s.taskReady(warm, key: cpu1, now: 0))
+    let l1 = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    _ = s.leaseGranted(requestID: r[0], lease: l1, now: 0)
+    _ = s.taskReplied(warm, leaseID: 1, now: ms / 10)
+    let a = gen.next(), b = gen.next(), c = gen.next()
+    #expect(pushes(s.taskReady(a, key: cpu1, now: ms)) == [a])
+    #expect(pushes(s.taskReady(b, key: cpu1, now: ms)) == [b])
+    #expect(pushes(s.taskReady(c, key: cpu1, now: ms)) == [c])
+    // `a` blocks: its worker hands back b and c. They are queued, not pushed to l1 again.
+    let back = s.taskHandedBack(b, leaseID: 1, now: 2 * ms)
+    #expect(pushes(back).isEmpty && requests(back).count == 1)
+    let back2 = s.taskHandedBack(c, leaseID: 1, now: 2 * ms)
+    #expect(pushes(back2).isEmpty)
+    #expect(s.numQueued == 2 && s.isInFlight(a, on: 1) && !s.isInFlight(b, on: 1))
+    // A second lease takes them in their order, one at a time (the shape no longer short).
+    let l2 = NormalTaskSubmitter.GrantedLease(leaseID: 2, worker: .random())
+    #expect(pushes(s.leaseGranted(requestID: requests(back)[0], lease: l2, now: 3 * ms)) == [b])
+    #expect(pushes(s.taskReplied(b, leaseID: 2, now: 4 * ms)) == [c])
+    // A reply of a task no longer in flight there changes nothing.
+    #expect(s.taskReplied(b, leaseID: 1, now: 4 * ms).isEmpty)
+    #expect(s.taskHandedBack(b, leaseID: 1, now: 4 * ms).isEmpty)
+  }
+
   @Test mutating func anOwnerThatShutsDownGivesBackEveryLeaseAndCancelsEveryRequest() {
     var s = NormalTaskSubmitter(settings: settings)
     let t1 = gen.next(), t2 = gen.next(), t3 = gen.next()

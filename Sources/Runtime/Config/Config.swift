@@ -10,6 +10,13 @@ public struct Config: Sendable, Equatable {
   public var leaseIdleLingerMs = 10
   /// Tasks pushed to one leased worker before replies come back.
   public var maxTasksInFlightPerWorker = 1
+  /// Tasks pushed to one leased worker while the tasks of its shape are short (below
+  /// `task_pipeline_below_us` each, on average of late): the worker finds the next one
+  /// already there. A worker whose task blocks in `get`/`wait` hands back what waits
+  /// behind it, so what a blocked task waits for is never stuck behind it.
+  public var taskPipelineDepth = 4
+  /// What counts as short for `task_pipeline_depth`; 0 turns pipelining off.
+  public var taskPipelineBelowUs = 1000
   /// Tasks one worker holds queued (an actor's calls, mostly); pushes beyond are
   /// refused with an error naming this setting.
   public var maxQueuedTasksPerWorker = 100_000
@@ -87,6 +94,8 @@ public struct Config: Sendable, Equatable {
     "max_direct_call_object_size": \.maxDirectCallObjectSize,
     "lease_idle_linger_ms": \.leaseIdleLingerMs,
     "max_tasks_in_flight_per_worker": \.maxTasksInFlightPerWorker,
+    "task_pipeline_depth": \.taskPipelineDepth,
+    "task_pipeline_below_us": \.taskPipelineBelowUs,
     "max_queued_tasks_per_worker": \.maxQueuedTasksPerWorker,
     "max_pending_lease_requests_per_shape": \.maxPendingLeaseRequestsPerShape,
     "max_pending_lease_requests_per_node": \.maxPendingLeaseRequestsPerNode,
@@ -130,6 +139,8 @@ public struct Config: Sendable, Equatable {
     "object_manager_pull_timeout_ms": 100...3_600_000,
     "node_manager_rpc_timeout_ms": 100...3_600_000,
     "max_tasks_in_flight_per_worker": 1...1_000_000,
+    "task_pipeline_depth": 1...1024,
+    "task_pipeline_below_us": 0...60_000_000,
     "max_queued_tasks_per_worker": 1...100_000_000,
     "max_pending_lease_requests_per_shape": 1...1_000_000,
     "max_pending_lease_requests_per_node": 1...10_000_000,

@@ -131,7 +131,9 @@ public final class CoreWorker: Sendable {
       maxPendingLeaseRequests: options.config.maxPendingLeaseRequestsPerShape,
       maxTasksInFlightPerWorker: options.config.maxTasksInFlightPerWorker,
       idleLingerNanos: UInt64(options.config.leaseIdleLingerMs) * 1_000_000,
-      infeasibleRetryNanos: UInt64(options.config.infeasibleRetryMs) * 1_000_000)
+      infeasibleRetryNanos: UInt64(options.config.infeasibleRetryMs) * 1_000_000,
+      pipelineDepth: options.config.taskPipelineDepth,
+      pipelineBelowNanos: UInt64(options.config.taskPipelineBelowUs) * 1000)
     nodeManager = try ControlPlane.connect(options.nodeManager, group: group, auth: options.auth)
     control = try ControlPlane.connect(options.control, group: group, auth: options.auth)
     let job: JobID
@@ -385,7 +387,13 @@ public final class CoreWorker: Sendable {
     let start = DispatchTime.now().uptimeNanoseconds
     if lanes.readWhileWaiting(nanos: nanos, wake: w.wake, until: { w.isReleased }) { return true }
     let spent = DispatchTime.now().uptimeNanoseconds &- start
-    return w.wait(nanos: nanos > spent ? nanos - spent : 0)
+    let left = nanos > spent ? nanos - spent : 0
+    // A worker's task thread blocked in a task keeps answering its lanes (pushes
+    // are handed back: `TaskExecutor.runningTaskBlocked`).
+    if executor.lanes != nil, executor.onTaskThread, currentTaskID != nil {
+      return executor.serveLanesWhileBlocked(w, nanos: left)
+    }
+    return w.wait(nanos: left)
   }
 
   /// Ends a wait: unregisters it from the ids that have not arrived. True when enough
@@ -426,6 +434,7 @@ public final class CoreWorker: Sendable {
   /// Tells the NodeManager this worker is blocked in `get` (lend its CPUs) or not.
   public func setBlocked(_ blocked: Bool) {
     guard !options.isDriver else { return }
+    executor.runningTaskBlocked(blocked)
     let nm = nodeManager
     let wid = options.workerID
     notifications.yield {

@@ -98,10 +98,10 @@ public final class LaneServer: @unchecked Sendable {
     wake.signal()
   }
 
-  /// Waits up to `timeoutNanos` for lanes or `wake`, then serves what arrived: lanes
-  /// accepted, preambles checked, queued replies sent, and each frame handed to
-  /// `handle` (on this thread). Returns early when `wake` was signalled.
-  public func poll(timeoutNanos: UInt64, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
+  /// Waits up to `timeoutNanos` for lanes or `wake` (or `also`), then serves what
+  /// arrived: lanes accepted, preambles checked, queued replies sent, and each frame
+  /// handed to `handle` (on this thread). Returns early when a wakeup was signalled.
+  public func poll(timeoutNanos: UInt64, also: Wakeup? = nil, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
     if closing.load(ordering: .acquiring) {
       for (fd, c) in conns { drop(fd, c) }
       var p = pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)
@@ -113,6 +113,7 @@ public final class LaneServer: @unchecked Sendable {
     buffer.removeAll(keepingCapacity: true)
     buffer.append(pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0))
     buffer.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
+    buffer.append(pollfd(fd: also?.fd ?? -1, events: Int16(POLLIN), revents: 0))  // fd -1: ignored
     for (fd, c) in conns {
       var events = Int16(POLLIN)
       if c.socket.wantsWrite { events |= Int16(POLLOUT) }
@@ -124,7 +125,8 @@ public final class LaneServer: @unchecked Sendable {
     if n > 0 {
       if buffer[0].revents != 0 { wake.reset() }
       if buffer[1].revents != 0 { accept(now: DispatchTime.now().uptimeNanoseconds) }
-      for p in buffer.dropFirst(2) where p.revents != 0 {
+      if buffer[2].revents != 0 { also?.reset() }
+      for p in buffer.dropFirst(3) where p.revents != 0 {
         serve(p.fd, writable: p.revents & Int16(POLLOUT) != 0, handle: handle)
       }
     }

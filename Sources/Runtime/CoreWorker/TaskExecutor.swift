@@ -21,6 +21,9 @@ final class TaskExecutor: Sendable {
     /// The placement strategy of the task or actor running here (placement groups only).
     var runningStrategy: SchedulingKey.Strategy?
     var leaseGate: LeaseGate
+    /// The running task is blocked in `get`/`wait` on the task thread: normal tasks
+    /// pushed meanwhile are handed back to their owners (`handBackIfBlocked`).
+    var blocked = false
     /// Refused pushes are logged, but not one line each.
     var refusalLog = LogThrottle()
   }
@@ -39,6 +42,8 @@ final class TaskExecutor: Sendable {
   nonisolated(unsafe) private var busy = false
   /// This worker's lanes (`Lane`), polled by the task thread in `next`; nil in a driver.
   nonisolated(unsafe) var lanes: LaneServer?
+  /// The thread that runs tasks (the first to call `next`; one for the worker's life).
+  nonisolated(unsafe) private var taskThread: pthread_t?
   let maxQueued: Int
   let workerID: WorkerID
   let log = Logger(label: "swiftray.executor")
@@ -66,11 +71,13 @@ final class TaskExecutor: Sendable {
     let owner = req.spec.hasActorCreation ? req.leaseOwner : req.spec.owner.workerID
     let maxQueued = maxQueued
     let now = clock.now()
-    enum Verdict { case admit, refuse(String) }
+    enum Verdict { case admit, handBack, refuse(String) }
     let (verdict, held): (Verdict, Int?) = state.withLock { s in
       var verdict = Verdict.admit
       if underLease, case .refuse(let why) = s.leaseGate.admit(leaseID: req.leaseID, grant: req.leaseGrant, owner: owner) {
         verdict = .refuse(why)
+      } else if s.blocked && req.spec.actorID.isEmpty {
+        return (.handBack, nil)
       } else if s.queue.count >= maxQueued {
         // Bounded: callers pushing faster than this worker runs cannot grow its queue
         // without end (an actor's callers, chiefly).
@@ -87,6 +94,9 @@ final class TaskExecutor: Sendable {
     case .admit:
       if !onTaskThread { ready.signal() }
       return
+    case .handBack:
+      Self.handBack(responder)
+      return
     case .refuse(let w): why = w
     }
     if let held {
@@ -99,6 +109,7 @@ final class TaskExecutor: Sendable {
   /// by lane is read, admitted and run by this one thread.
   func next(timeoutNanos: UInt64) -> CoreWorker.Execution? {
     LockDiscipline.mayBlock("waiting for the next task")
+    if taskThread == nil { taskThread = pthread_self() }
     let start = DispatchTime.now().uptimeNanoseconds
     var spinning = busy && lanes != nil && spin.begin()
     var last = start
@@ -117,24 +128,70 @@ final class TaskExecutor: Sendable {
       }
       if let lanes {
         if spinning { sched_yield() }  // a thread waiting for this CPU goes first
-        lanes.poll(timeoutNanos: spinning ? 0 : timeoutNanos - waited) { frame, responder in
-          switch frame.body {
-          case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
-          case .cancelTask(let req)?:
-            // Its push came first on this lane, so it is queued or done by now (the
-            // same cancel also came by the data plane, for a task running meanwhile).
-            var r = Swiftray_CancelTaskReply()
-            r.attempted = TaskID(binary: req.taskID).map { cancel($0) } ?? false
-            responder.respond(.cancelTaskReply(r))
-          default:
-            responder.respond(.error(.with { $0.message = "a lane carries tasks and their cancels only; use the data plane" }))
-          }
-        }
+        lanes.poll(timeoutNanos: spinning ? 0 : timeoutNanos - waited, handle: serveLane)
       } else {
         var p = pollfd(fd: ready.fd, events: Int16(POLLIN), revents: 0)
         if Glibc.poll(&p, 1, Int32(clamping: (timeoutNanos - waited + 999_999) / 1_000_000)) > 0 { ready.reset() }
       }
     }
+  }
+
+  /// One frame read from a lane, on the task thread.
+  private func serveLane(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
+    switch frame.body {
+    case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
+    case .cancelTask(let req)?:
+      // Its push came first on this lane, so it is queued or done by now (the
+      // same cancel also came by the data plane, for a task running meanwhile).
+      var r = Swiftray_CancelTaskReply()
+      r.attempted = TaskID(binary: req.taskID).map { cancel($0) } ?? false
+      responder.respond(.cancelTaskReply(r))
+    default:
+      responder.respond(.error(.with { $0.message = "a lane carries tasks and their cancels only; use the data plane" }))
+    }
+  }
+
+  private static func handBack(_ responder: DataPlaneResponder) {
+    var r = Swiftray_PushTaskReply()
+    r.handedBack = true
+    responder.respond(.pushTaskReply(r))
+  }
+
+  /// Whether the caller is the task thread (the one that reads the lanes).
+  var onTaskThread: Bool { taskThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+
+  /// The running task blocks (`blocked`) in `get`/`wait` on the task thread, or goes on.
+  /// While it is blocked, the normal tasks queued behind it, and those pushed
+  /// meanwhile, go back to their owners unrun: what a blocked task waits for may be
+  /// one of them (pipelined behind it, `task_pipeline_depth`), and its owner can run
+  /// them on another worker (the node lends this one's CPUs). Actor calls stay.
+  /// Threading: the task thread only.
+  func runningTaskBlocked(_ blocked: Bool) {
+    guard onTaskThread else { return }
+    let back: [CoreWorker.Execution] = state.withLock { s in
+      s.blocked = blocked
+      guard blocked, s.queue.contains(where: { $0.spec.actorID.isEmpty }) else { return [] }
+      let back = Array(s.queue.lazy.filter { $0.spec.actorID.isEmpty })
+      s.queue.removeAll { $0.spec.actorID.isEmpty }
+      return back
+    }
+    for e in back { Self.handBack(e.responder) }
+    // Pushes already on the lanes are read now, and so handed back too.
+    if blocked { lanes?.poll(timeoutNanos: 0, handle: serveLane) }
+  }
+
+  /// The task thread waits, blocked, for `waiter` up to `nanos`, reading its lanes
+  /// meanwhile (a push that comes is handed back at once, a cancel served). True when
+  /// released. Threading: the task thread only, while `runningTaskBlocked(true)`.
+  func serveLanesWhileBlocked(_ waiter: ObjectWaiter, nanos: UInt64) -> Bool {
+    guard let lanes, onTaskThread else { return waiter.wait(nanos: nanos) }
+    let start = DispatchTime.now().uptimeNanoseconds
+    while !waiter.isReleased {
+      let waited = DispatchTime.now().uptimeNanoseconds &- start
+      guard waited < nanos else { break }
+      lanes.poll(timeoutNanos: nanos - waited, also: waiter.wake, handle: serveLane)
+    }
+    return waiter.isReleased
   }
 
   private func popNext() -> CoreWorker.Execution? {

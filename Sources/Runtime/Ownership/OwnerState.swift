@@ -492,6 +492,10 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
                                    now: UInt64) -> (lostArgumentNodes: Set<Data>?, Effects) {
     var e = Effects()
     guard submitter.isInFlight(tid, on: leaseID) else { return (nil, e) }
+    if reply.handedBack {
+      absorb(submitter.taskHandedBack(tid, leaseID: leaseID, now: now), now: now, &e)
+      return (nil, e)
+    }
     absorb(submitter.taskReplied(tid, leaseID: leaseID, now: now), now: now, &e)
     if !reply.lostArguments.isEmpty {
       // The nodes the worker tried: those of the arguments as they were sent (since

@@ -13,18 +13,27 @@ public struct NormalTaskSubmitter: Sendable {
   public struct Settings: Sendable, Equatable {
     /// Lease requests outstanding per shape at once.
     public var maxPendingLeaseRequests: Int
-    /// Tasks pushed to one leased worker before the first replies.
+    /// Tasks pushed to one leased worker before the first replies, whatever they cost.
     public var maxTasksInFlightPerWorker: Int
     /// How long an idle lease is kept for the next task of its shape.
     public var idleLingerNanos: UInt64
     /// Retry delay after the node said the shape is infeasible (a node may join).
     public var infeasibleRetryNanos: UInt64
+    /// Tasks pushed to one leased worker while the tasks of its shape are short (they
+    /// ran, of late, under `pipelineBelowNanos` each on average): the worker finds its
+    /// next task already there, with no round trip to the owner between the two.
+    public var pipelineDepth: Int
+    /// What counts as short; 0 never pipelines beyond `maxTasksInFlightPerWorker`.
+    public var pipelineBelowNanos: UInt64
     public init(maxPendingLeaseRequests: Int = 10, maxTasksInFlightPerWorker: Int = 1,
-                idleLingerNanos: UInt64 = 10_000_000, infeasibleRetryNanos: UInt64 = 1_000_000_000) {
+                idleLingerNanos: UInt64 = 10_000_000, infeasibleRetryNanos: UInt64 = 1_000_000_000,
+                pipelineDepth: Int = 1, pipelineBelowNanos: UInt64 = 0) {
       self.maxPendingLeaseRequests = maxPendingLeaseRequests
       self.maxTasksInFlightPerWorker = maxTasksInFlightPerWorker
       self.idleLingerNanos = idleLingerNanos
       self.infeasibleRetryNanos = infeasibleRetryNanos
+      self.pipelineDepth = pipelineDepth
+      self.pipelineBelowNanos = pipelineBelowNanos
     }
   }
 
@@ -39,6 +48,12 @@ public struct NormalTaskSubmitter: Sendable {
     var key: Key
     var inFlight: Set<TaskID> = []
     var idleSince: UInt64?
+    /// When the worker began the task it runs now (as the owner sees it: the push to
+    /// an idle lease, or the reply of the task before).
+    var headStart: UInt64 = 0
+    /// Its worker handed a task back (the task it runs blocked): one task at a time on
+    /// it until it is idle again.
+    var handedBack = false
   }
 
   struct KeyState: Sendable {
@@ -47,6 +62,9 @@ public struct NormalTaskSubmitter: Sendable {
     var pendingRequests: Set<UInt64> = []
     var retryAt: UInt64?
     var warned = false
+    /// The running average of how long its tasks took on their workers (weight 1/4
+    /// to the newest); nil until one is measured, or after a task of it blocked.
+    var recentNanos: UInt64?
   }
 
   public enum Action: Sendable, Equatable {
@@ -149,11 +167,45 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// A pushed task got its reply. The lease takes the next task or goes idle.
   public mutating func taskReplied(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
-    guard var l = leases[leaseID] else { return [] }
-    l.inFlight.remove(task)
+    guard var l = leases[leaseID], l.inFlight.remove(task) != nil else { return [] }
+    // FIFO on the worker: the task replied ran from the later of its push and the
+    // reply before it; the next one (if pushed) starts now.
+    let took = now &- l.headStart
+    l.headStart = now
+    if l.inFlight.isEmpty { l.idleSince = now; l.handedBack = false }
+    leases[leaseID] = l
+    if !l.handedBack, let recent = keys[l.key]?.recentNanos {
+      keys[l.key]?.recentNanos = (recent / 4) * 3 + took / 4
+    } else if !l.handedBack {
+      keys[l.key]?.recentNanos = took
+    }
+    return schedule(l.key, now: now)
+  }
+
+  /// The worker of `leaseID` handed `task` back unrun: the task running there blocked
+  /// (in `get`/`wait`), and what waits behind a blocked task may be what it waits
+  /// for. The task goes back to the front of its queue, the lease takes one task at a
+  /// time until idle, and its shape no longer counts as short.
+  public mutating func taskHandedBack(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
+    guard var l = leases[leaseID], l.inFlight.remove(task) != nil else { return [] }
+    l.handedBack = !l.inFlight.isEmpty
     if l.inFlight.isEmpty { l.idleSince = now }
     leases[leaseID] = l
+    // Back in submission order: before the first queued task submitted after it
+    // (a worker hands several back in their order; the scan stops near the front).
+    var ks = keys.removeValue(forKey: l.key) ?? KeyState()
+    ks.queue.insert(task, at: ks.queue.firstIndex { $0.counter > task.counter } ?? ks.queue.endIndex)
+    ks.recentNanos = nil
+    keys[l.key] = ks
     return schedule(l.key, now: now)
+  }
+
+  /// How many tasks a lease of this shape may have in flight.
+  func depth(_ ks: KeyState, _ l: LeaseState) -> Int {
+    let fixed = settings.maxTasksInFlightPerWorker
+    guard !l.handedBack else { return 1 }
+    guard let recent = ks.recentNanos, recent < settings.pipelineBelowNanos else { return fixed }
+    return max(fixed, settings.pipelineDepth)
   }
 
   /// The connection to the leased worker broke: its in-flight tasks are lost.
@@ -217,8 +269,10 @@ public struct NormalTaskSubmitter: Sendable {
     let leaseIDs = ks.leases.sorted { (leases[$0]?.inFlight.count ?? 0, $0) < (leases[$1]?.inFlight.count ?? 0, $1) }
     for lid in leaseIDs {
       guard var l = leases[lid] else { continue }
-      while !ks.queue.isEmpty && l.inFlight.count < settings.maxTasksInFlightPerWorker {
+      let depth = depth(ks, l)
+      while !ks.queue.isEmpty && l.inFlight.count < depth {
         let t = ks.queue.removeFirst()
+        if l.inFlight.isEmpty { l.headStart = now }
         l.inFlight.insert(t)
         l.idleSince = nil
         actions.append(.push(t, lease: l.lease))
