@@ -56,6 +56,32 @@ import Testing
     #expect(Lane.encode(Swiftray_DataFrame()) == [0, 0, 0, 0])
   }
 
+  /// A push is encoded level by level (its spec once); it reads back as the same frame,
+  /// whatever the sizes (lengths of one, two and three varint bytes).
+  @Test func aPushEncodedLevelByLevelReadsBackAsTheSameFrame() throws {
+    for size in [0, 100, 20_000] {
+      var frame = Swiftray_DataFrame()
+      frame.id = 1 << 40
+      var push = Swiftray_PushTaskRequest()
+      push.spec.name = "g"
+      push.spec.owner.workerID = Data(repeating: 3, count: 28)
+      push.spec.resources.quantities = ["CPU": 10_000, "custom": 5]
+      var arg = Swiftray_TaskArg()
+      arg.value.data = Data(repeating: 1, count: size)
+      push.spec.args = [arg, arg]
+      push.gpuIds = [0, 3]
+      push.leaseID = 12
+      push.leaseGrant = Data(repeating: 9, count: size / 2)
+      frame.body = .pushTask(push)
+      let framed = try #require(Lane.encode(frame))
+      var reader = FrameReader(max: 1 << 20)
+      framed.withUnsafeBytes { reader.append($0) }
+      guard case .frame(let f) = reader.next() else { Issue.record("no frame"); return }
+      #expect(try Swiftray_DataFrame(serializedBytes: Array(f)) == frame, "size \(size)")
+      #expect(framed.count == 4 + (try frame.serializedBytes() as [UInt8]).count)
+    }
+  }
+
   @Test func idsReadTheSameFromEveryKindOfByteCollection() throws {
     let task = TaskID(prefix: 0x0102_0304_0506_0708, counter: 0xFFEE_DDCC_BBAA_9988, job: 42)
     let object = ObjectID.forReturn(of: task, index: 0xA1B2_C3D4)

@@ -28,8 +28,50 @@ public enum Lane {
   /// `frame` encoded with its length in front, or nil when it cannot be encoded.
   /// Encoded straight behind its length (`LengthPrefixed`): one buffer, no copy.
   public static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
+    if case .pushTask(let req)? = frame.body, req.hasSpec { return encodePush(frame, req) }
     guard let framed: LengthPrefixed = try? frame.serializedBytes(partial: true), framed.fits else { return nil }
     return framed.bytes
+  }
+
+  /// A push, encoded level by level. SwiftProtobuf sizes a nested message once more
+  /// for every level above it, so a task's spec (two levels down, itself a tree) is
+  /// walked four times when the frame is encoded whole; here it is encoded once and
+  /// the two levels above are put around it by hand. A decoder reads the same message
+  /// (fields may come in any order).
+  static func encodePush(_ frame: Swiftray_DataFrame, _ req: Swiftray_PushTaskRequest) -> [UInt8]? {
+    var rest = req
+    rest.clearSpec()
+    var head = frame
+    head.body = nil
+    guard let spec: [UInt8] = try? req.spec.serializedBytes(partial: true),
+          let restBytes: [UInt8] = try? rest.serializedBytes(partial: true),
+          let headBytes: [UInt8] = try? head.serializedBytes(partial: true) else { return nil }
+    let pushLength = 1 + varintSize(spec.count) + spec.count + restBytes.count
+    let total = headBytes.count + 1 + varintSize(pushLength) + pushLength
+    guard total <= Int(UInt32.max) else { return nil }
+    var out = [UInt8]()
+    out.reserveCapacity(4 + total)
+    withUnsafeBytes(of: UInt32(total).bigEndian) { out.append(contentsOf: $0) }
+    out.append(contentsOf: headBytes)
+    out.append(0x52)  // field 10 (push_task), length-delimited
+    appendVarint(&out, pushLength)
+    out.append(0x0A)  // field 1 (spec), length-delimited
+    appendVarint(&out, spec.count)
+    out.append(contentsOf: spec)
+    out.append(contentsOf: restBytes)
+    return out
+  }
+
+  static func varintSize(_ n: Int) -> Int {
+    var v = UInt64(n), size = 1
+    while v >= 0x80 { v >>= 7; size += 1 }
+    return size
+  }
+
+  static func appendVarint(_ out: inout [UInt8], _ n: Int) {
+    var v = UInt64(n)
+    while v >= 0x80 { out.append(UInt8(truncatingIfNeeded: v) | 0x80); v >>= 7 }
+    out.append(UInt8(v))
   }
 
   public static func lengthPrefixed(_ body: [UInt8]) -> [UInt8] {
