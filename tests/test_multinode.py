@@ -441,3 +441,51 @@ def test_a_node_whose_head_is_gone_stops_after_the_reconnect_timeout(cluster):
     # Its workers would serve a cluster that no longer exists: it stops, cleanly.
     assert _wait_until(lambda: not pid_alive(node["pid"]), timeout=20)
     assert _wait_until(lambda: not os.path.exists(node["session"]), timeout=5)
+
+
+def test_a_blocked_worker_on_another_node_hands_back_what_was_pipelined_behind_it(cluster):
+    # The same as on one node (tests/test_scheduling.py), but the worker is on another
+    # node: its tasks come over the data plane, not a lane.
+    from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    cluster.add_node(num_cpus=1)
+    far = cluster.add_node(num_cpus=1)
+    swiftray.init(address=cluster.address, _system_config={"task_pipeline_depth": 8, "task_pipeline_below_us": 10_000_000})
+    far_id = _node_of(far["session"])["NodeID"]
+    time.sleep(1)  # NodeManagers refresh their view of the cluster every 0.5 s
+    pinned = NodeAffinitySchedulingStrategy(far_id, soft=False)
+
+    @swiftray.remote(num_cpus=0)
+    class Signal:
+        def __init__(self):
+            self.set = False
+
+        def send(self):
+            self.set = True
+
+        def is_set(self):
+            return self.set
+
+    @swiftray.remote
+    def where():
+        return swiftray.get_runtime_context().get_node_id()
+
+    @swiftray.remote
+    def wait_for(signal):
+        deadline = time.time() + 60
+        while not swiftray.get(signal.is_set.remote()):
+            assert time.time() < deadline, "the task it waits for never ran"
+            time.sleep(0.01)
+        return os.getpid()
+
+    @swiftray.remote
+    def send(signal):
+        swiftray.get(signal.send.remote())
+        return os.getpid()
+
+    signal = Signal.remote()
+    for _ in range(3):  # "short" (below 10 s): later tasks of this shape are pipelined
+        assert set(swiftray.get([where.options(scheduling_strategy=pinned).remote() for _ in range(50)],
+                                timeout=60)) == {far_id}
+    waiter, sender = swiftray.get([wait_for.options(scheduling_strategy=pinned).remote(signal),
+                                   send.options(scheduling_strategy=pinned).remote(signal)], timeout=90)
+    assert waiter != sender

@@ -97,7 +97,7 @@ def test_short_tasks_pipelined_behind_a_task_that_blocks_are_handed_back(tmp_pat
     # worker, so unless the blocked worker hands the second back (to run on another
     # worker while this one lends its CPU) the pair never finishes.
     swiftray.shutdown()
-    swiftray.init(num_cpus=1, _system_config={"task_pipeline_depth": 8})
+    swiftray.init(num_cpus=1, _system_config={"task_pipeline_depth": 8, "task_pipeline_below_us": 10_000_000})
     try:
         @swiftray.remote(num_cpus=0)
         class Signal:
@@ -128,7 +128,7 @@ def test_short_tasks_pipelined_behind_a_task_that_blocks_are_handed_back(tmp_pat
             return os.getpid()
 
         signal = Signal.remote()
-        for _ in range(3):  # the shape's tasks are short: later ones are pipelined
+        for _ in range(3):  # the shape's tasks are "short" (below 10 s): later ones are pipelined
             assert len(swiftray.get([noop.remote() for _ in range(50)], timeout=60)) == 50
         waiter, sender = swiftray.get([wait_for.remote(signal), send.remote(signal)], timeout=90)
         assert waiter != sender
