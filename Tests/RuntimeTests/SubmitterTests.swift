@@ -102,6 +102,23 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.taskHandedBack(b, leaseID: 1, now: 4 * ms).isEmpty)
   }
 
+  /// A worker that hands back its only task (nothing runs there to block) breaks the
+  /// protocol: the task is queued again, and that lease is given up and disconnected,
+  /// so the task cannot bounce between the owner and that worker.
+  @Test mutating func aWorkerThatHandsBackItsOnlyTaskLosesItsLease() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let t = gen.next()
+    let r = requests(s.taskReady(t, key: cpu1, now: 0))
+    let l1 = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    #expect(pushes(s.leaseGranted(requestID: r[0], lease: l1, now: 0)) == [t])
+    let a = s.taskHandedBack(t, leaseID: 1, now: 1 * ms)
+    #expect(a.first == .returnLease(leaseID: 1, disconnect: true))
+    #expect(pushes(a).isEmpty && requests(a).count == 1)
+    #expect(s.numLeases == 0 && s.numQueued == 1 && !s.isInFlight(t, on: 1))
+    let l2 = NormalTaskSubmitter.GrantedLease(leaseID: 2, worker: .random())
+    #expect(pushes(s.leaseGranted(requestID: requests(a)[0], lease: l2, now: 2 * ms)) == [t])
+  }
+
   @Test mutating func anOwnerThatShutsDownGivesBackEveryLeaseAndCancelsEveryRequest() {
     var s = NormalTaskSubmitter(settings: settings)
     let t1 = gen.next(), t2 = gen.next(), t3 = gen.next()

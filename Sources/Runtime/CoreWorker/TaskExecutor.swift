@@ -22,7 +22,7 @@ final class TaskExecutor: Sendable {
     var runningStrategy: SchedulingKey.Strategy?
     var leaseGate: LeaseGate
     /// The running task is blocked in `get`/`wait` on the task thread: normal tasks
-    /// pushed meanwhile are handed back to their owners (`handBackIfBlocked`).
+    /// pushed meanwhile are handed back to their owners (`runningTaskBlocked`).
     var blocked = false
     /// Refused pushes are logged, but not one line each.
     var refusalLog = LogThrottle()

@@ -184,20 +184,31 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// The worker of `leaseID` handed `task` back unrun: the task running there blocked
   /// (in `get`/`wait`), and what waits behind a blocked task may be what it waits
-  /// for. The task goes back to the front of its queue, the lease takes one task at a
-  /// time until idle, and its shape no longer counts as short.
+  /// for. The task goes back into its queue in submission order, the lease takes one
+  /// task at a time until idle, and its shape no longer counts as short.
+  ///
+  /// Only a task queued behind a running one is ever handed back, so that task is
+  /// still in flight on the lease. A worker that hands back its only task breaks the
+  /// protocol (and would bounce it for ever): the task is queued again all the same,
+  /// and the lease is given back with `disconnect` (its node stops that worker).
   public mutating func taskHandedBack(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
     guard var l = leases[leaseID], l.inFlight.remove(task) != nil else { return [] }
-    l.handedBack = !l.inFlight.isEmpty
-    if l.inFlight.isEmpty { l.idleSince = now }
-    leases[leaseID] = l
+    var actions: [Action] = []
+    if l.inFlight.isEmpty {
+      leases[leaseID] = nil
+      keys[l.key]?.leases.remove(leaseID)
+      actions.append(.returnLease(leaseID: leaseID, disconnect: true))
+    } else {
+      l.handedBack = true
+      leases[leaseID] = l
+    }
     // Back in submission order: before the first queued task submitted after it
     // (a worker hands several back in their order; the scan stops near the front).
     var ks = keys.removeValue(forKey: l.key) ?? KeyState()
     ks.queue.insert(task, at: ks.queue.firstIndex { $0.counter > task.counter } ?? ks.queue.endIndex)
     ks.recentNanos = nil
     keys[l.key] = ks
-    return schedule(l.key, now: now)
+    return actions + schedule(l.key, now: now)
   }
 
   /// How many tasks a lease of this shape may have in flight.
