@@ -147,6 +147,39 @@ def make_certificates(folder, name="cluster", hosts=("127.0.0.1",)):
                     "SWIFTRAY_TLS_SERVER_KEY": key, "SWIFTRAY_TLS_CA_CERT": ca}}
 
 
+def signal_and_waiter():
+    """A `Signal` actor class (num_cpus=0) and two tasks on it: `wait_for(signal)` blocks in
+    `get` until `send(signal)` has run; each returns its worker's pid. Defined per call,
+    so they travel by value to any cluster."""
+    import time
+
+    @swiftray.remote(num_cpus=0)
+    class Signal:
+        def __init__(self):
+            self.set = False
+
+        def send(self):
+            self.set = True
+
+        def is_set(self):
+            return self.set
+
+    @swiftray.remote
+    def wait_for(signal):
+        deadline = time.time() + 60
+        while not swiftray.get(signal.is_set.remote()):
+            assert time.time() < deadline, "the task it waits for never ran"
+            time.sleep(0.01)
+        return os.getpid()
+
+    @swiftray.remote
+    def send(signal):
+        swiftray.get(signal.send.remote())
+        return os.getpid()
+
+    return Signal, wait_for, send
+
+
 def wait_until(pred, timeout=10.0):
     """Polls `pred` until it holds or `timeout` passes; returns its last value."""
     import time

@@ -3,7 +3,7 @@ import os
 import time
 
 import swiftray
-from conftest import run_script, wait_until as _wait_until
+from conftest import run_script, signal_and_waiter, wait_until as _wait_until
 
 
 def _node_of(session):
@@ -454,33 +454,11 @@ def test_a_blocked_worker_on_another_node_hands_back_what_was_pipelined_behind_i
     time.sleep(1)  # NodeManagers refresh their view of the cluster every 0.5 s
     pinned = NodeAffinitySchedulingStrategy(far_id, soft=False)
 
-    @swiftray.remote(num_cpus=0)
-    class Signal:
-        def __init__(self):
-            self.set = False
-
-        def send(self):
-            self.set = True
-
-        def is_set(self):
-            return self.set
+    Signal, wait_for, send = signal_and_waiter()
 
     @swiftray.remote
     def where():
         return swiftray.get_runtime_context().get_node_id()
-
-    @swiftray.remote
-    def wait_for(signal):
-        deadline = time.time() + 60
-        while not swiftray.get(signal.is_set.remote()):
-            assert time.time() < deadline, "the task it waits for never ran"
-            time.sleep(0.01)
-        return os.getpid()
-
-    @swiftray.remote
-    def send(signal):
-        swiftray.get(signal.send.remote())
-        return os.getpid()
 
     signal = Signal.remote()
     for _ in range(3):  # "short" (below 10 s): later tasks of this shape are pipelined
