@@ -222,6 +222,58 @@ def test_async_actor_overlaps_calls_on_its_event_loop(ray2):
     assert _max_overlap(spans) == 2
 
 
+@swiftray.remote
+def _plus_one(x):
+    return x + 1
+
+
+@swiftray.remote
+class AsyncUser:
+    """Calls that use the cluster from an async actor's event loop."""
+
+    async def awaits(self, x):
+        return await _plus_one.remote(x)
+
+    async def gets(self, x):
+        return swiftray.get(_plus_one.remote(x))  # blocks its loop, as in Ray
+
+    async def gathers(self, n):
+        import asyncio
+        return sum(await asyncio.gather(*[_plus_one.remote(i) for i in range(n)]))
+
+    def plain(self, x):
+        return x * 2
+
+
+def test_async_actor_awaits_refs_gets_and_serves_a_burst_in_order(ray2):
+    a = AsyncUser.remote()
+    assert swiftray.get(a.awaits.remote(1)) == 2
+    assert swiftray.get(a.gets.remote(2)) == 3
+    assert swiftray.get(a.gathers.remote(20)) == sum(range(1, 21))
+    # A burst larger than one take of the event loop, with a sync method mixed in.
+    refs = [a.plain.remote(i) if i % 2 else a.awaits.remote(i) for i in range(3000)]
+    assert swiftray.get(refs) == [i * 2 if i % 2 else i + 1 for i in range(3000)]
+
+
+@swiftray.remote
+class Meeting:
+    def __init__(self, size):
+        import threading
+        self.barrier = threading.Barrier(size, timeout=20)
+
+    def meet(self):
+        self.barrier.wait()  # only passes when `size` calls run at the same time
+        return True
+
+
+def test_threaded_actor_runs_max_concurrency_calls_at_once_again_and_again(ray2):
+    # Each round needs all three calls running together: a call left waiting behind
+    # a busy thread (while a thread slot is free) would break the barrier.
+    m = Meeting.options(max_concurrency=3).remote(3)
+    for _ in range(5):
+        assert swiftray.get([m.meet.remote() for _ in range(3)], timeout=60) == [True] * 3
+
+
 def test_max_pending_calls_refuses_more_calls(ray2):
     s = Sleeper.options(max_pending_calls=2).remote()
     first = [s.span.remote(0.5), s.span.remote(0.5)]

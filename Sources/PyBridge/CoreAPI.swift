@@ -46,6 +46,9 @@ enum CoreAPI {
       guard let s = session() else { return nil }
       return Py.bool(s.core.takeInterrupt())
     }, doc: "take_interrupt(): True when a cancel aimed at the running task sent the SIGINT being handled."),
+    .init(name: "take_executions", fn: takeExecutions, doc: "take_executions(max): up to max tasks pushed here, without waiting, as worker_loop hands them to execute (each replies with finish_task)."),
+    .init(name: "executions_fd", fn: { _, _, _ in session().map { Py.int(Int($0.core.executionsFD)) } }, doc: "executions_fd(): readable when take_executions may find a task (for an event loop to watch)."),
+    .init(name: "leave_worker_loop", fn: { _, _, _ in leaveLoop = true; return Py.none }, doc: "leave_worker_loop(): worker_loop returns True after the task running now."),
     .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
   ] + actorMethods + placementGroupMethods
 
@@ -563,40 +566,63 @@ enum CoreAPI {
         if Session.active == nil { return Py.none }
         continue
       }
-      let spec = e.spec
-      let pins = StoredValues.pinAll(core, spec.args.map { a in
-        if case .value(let v)? = a.kind, let id = ObjectID(binary: a.objectID) { return (id, v) }
-        return nil
-      })
-      if let lost = StoredValues.lostArguments(spec, pins) {
-        // Not the task's failure: its owner rebuilds or re-resolves them and sends it again.
-        core.objectStore.unpin(zip(spec.args, pins).compactMap { a, p in
-          if case .success? = p { return ObjectID(binary: a.objectID) } else { return nil }
-        })
-        withoutGIL { core.finish(e, reply: lost) }
-        continue
-      }
-      let token = nextToken
-      nextToken += 1
-      let task = Py.tuple([
-        Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
-        Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
-        Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
-        Py.list(e.gpuIDs.map { Py.int(Int($0)) }), resourcesDict(spec),
-      ])
-      // Registered before the call: a pool thread may finish it before execute returns.
-      deferred[token] = e
+      guard let (task, token) = taskTuple(core, e) else { continue }
       let result = PyObject_CallOneArg(execute, task)
       sr_DecRef(task)
       if let result, Py.isNone(result) {
-        // Runs on the actor's thread pool or event loop; it replies with finish_task.
+        // Runs on the actor's thread pool; it replies with finish_task.
         sr_DecRef(result)
         continue
       }
       deferred[token] = nil
-      let reply = buildReply(core, spec, result)
+      let reply = buildReply(core, e.spec, result)
       withoutGIL { core.finish(e, reply: reply) }
+      if leaveLoop {
+        leaveLoop = false
+        return Py.bool(true)
+      }
     }
+  }
+
+  /// Set by `leave_worker_loop`: `worker_loop` returns True after the task running now
+  /// (an async actor's creation: its calls then run on the main thread's event loop).
+  /// Guarded by the GIL.
+  nonisolated(unsafe) static var leaveLoop = false
+
+  /// The tuple `execute` takes for `e`, and its token, registered in `deferred` (a pool
+  /// thread may finish it before `execute` returns); nil when an argument was lost (the
+  /// reply that says so is sent: not the task's failure, its owner rebuilds the
+  /// argument and sends it again). Holds the GIL.
+  static func taskTuple(_ core: CoreWorker, _ e: CoreWorker.Execution) -> (task: PyPtr, token: Int)? {
+    let spec = e.spec
+    let pins = StoredValues.pinAll(core, spec.args.map { a in
+      if case .value(let v)? = a.kind, let id = ObjectID(binary: a.objectID) { return (id, v) }
+      return nil
+    })
+    if let lost = StoredValues.lostArguments(spec, pins) {
+      core.objectStore.unpin(zip(spec.args, pins).compactMap { a, p in
+        if case .success? = p { return ObjectID(binary: a.objectID) } else { return nil }
+      })
+      withoutGIL { core.finish(e, reply: lost) }
+      return nil
+    }
+    let token = nextToken
+    nextToken += 1
+    deferred[token] = e
+    return (Py.tuple([
+      Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
+      Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
+      Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
+      Py.list(e.gpuIDs.map { Py.int(Int($0)) }), resourcesDict(spec),
+    ]), token)
+  }
+
+  static let takeExecutions: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "take_executions"), let s = session(), let max = Py.toInt(args[0]) else { return nil }
+    let core = s.core
+    let taken = withoutGIL { core.takeExecutions(max: Swift.max(0, Swift.min(max, 1 << 16))) }
+    return Py.list(taken.compactMap { taskTuple(core, $0)?.task })
   }
 
   static let finishTask: CoreModule.FastFn = { _, a, n in

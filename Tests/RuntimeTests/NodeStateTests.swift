@@ -144,6 +144,27 @@ private let anyKey = SchedulingKey(shape: cpu1, proto: .init())
     #expect(p.count == 0)
   }
 
+  /// Workers killed from outside before they registered (SIGKILL, SIGTERM) are not a
+  /// crash loop; three that crash on their own (a signal such as SIGSEGV) are.
+  @Test func onlyWorkersThatEndOnTheirOwnBeforeRegisteringCountAsACrashLoop() {
+    var p = WorkerPool()
+    var pid: Int32 = 100
+    func startAndEnd(signal: Int32) -> WorkerPool.Exit? {
+      let w = WorkerID.random()
+      pid += 1
+      p.launching(w)
+      p.spawned(w, pid: pid)
+      return p.exited(pid: pid, exitCode: -1, signal: signal, node: node, shuttingDown: false)
+    }
+    for _ in 0..<(WorkerPool.crashLoopLimit * 2) {
+      let e = startAndEnd(signal: SIGKILL)
+      #expect(e?.stopStarting == false && e?.failedStart == nil)
+    }
+    #expect(startAndEnd(signal: SIGTERM)?.stopStarting == false)
+    let crashes = (0..<WorkerPool.crashLoopLimit).map { _ in startAndEnd(signal: SIGSEGV)?.stopStarting }
+    #expect(crashes == [false, false, true])
+  }
+
   @Test func aKillBeforeThePidIsKnownHappensWhenItIs() {
     var p = WorkerPool()
     let w = WorkerID.random()

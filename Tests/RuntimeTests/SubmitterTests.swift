@@ -47,15 +47,15 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.numLeases == 0)
   }
 
-  /// A shape whose tasks ran short is pipelined: several tasks to one worker at once.
+  /// A function whose tasks ran short is pipelined: several tasks to one worker at once.
   @Test mutating func shortTasksArePipelinedAndLongOnesAreNot() {
     var p = settings
     p.pipelineDepth = 3
     p.pipelineBelowNanos = 1 * ms
     var s = NormalTaskSubmitter(settings: p)
     let ts = (0..<8).map { _ in gen.next() }
-    let r = requests(s.taskReady(ts[0], key: cpu1, now: 0))
-    for t in ts.dropFirst() { _ = s.taskReady(t, key: cpu1, now: 0) }
+    let r = requests(s.taskReady(ts[0], key: cpu1, function: 7, now: 0))
+    for t in ts.dropFirst() { _ = s.taskReady(t, key: cpu1, function: 7, now: 0) }
     let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
     // Nothing measured yet: one at a time.
     #expect(pushes(s.leaseGranted(requestID: r[0], lease: lease, now: 0)) == [ts[0]])
@@ -70,6 +70,42 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.numQueued == 1)
   }
 
+  /// Pipelining never queues a task behind one that may run long: behind a task of a
+  /// function not measured yet (a new function of a shape whose tasks were short), the
+  /// next waits for another lease; and leases each take one task before any a second.
+  @Test mutating func noTaskWaitsBehindAnUnmeasuredOneAndLeasesTakeOneEachFirst() {
+    var p = settings
+    p.pipelineDepth = 4
+    p.pipelineBelowNanos = 1 * ms
+    var s = NormalTaskSubmitter(settings: p)
+    let warm = (0..<2).map { _ in gen.next() }
+    let r = requests(s.taskReady(warm[0], key: cpu1, function: 7, now: 0))
+      + requests(s.taskReady(warm[1], key: cpu1, function: 7, now: 0))
+    let l1 = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    let l2 = NormalTaskSubmitter.GrantedLease(leaseID: 2, worker: .random())
+    #expect(pushes(s.leaseGranted(requestID: r[0], lease: l1, now: 0)) == [warm[0]])
+    #expect(pushes(s.leaseGranted(requestID: r[1], lease: l2, now: 0)) == [warm[1]])
+    _ = s.taskReplied(warm[0], leaseID: 1, now: ms / 10)
+    _ = s.taskReplied(warm[1], leaseID: 2, now: ms / 10)  // function 7 is short now
+    // Two short tasks on two idle leases: one each, not both on the first.
+    let a = gen.next(), b = gen.next()
+    _ = s.taskReady(a, key: cpu1, function: 7, now: ms)
+    _ = s.taskReady(b, key: cpu1, function: 7, now: ms)
+    #expect(s.isInFlight(a, on: 1) && s.isInFlight(b, on: 2))
+    _ = s.taskReplied(a, leaseID: 1, now: ms + ms / 10)
+    _ = s.taskReplied(b, leaseID: 2, now: ms + ms / 10)
+    // A function never measured: one per lease, the third waits in the owner's queue.
+    let m = (0..<3).map { _ in gen.next() }
+    for t in m { _ = s.taskReady(t, key: cpu1, function: 9, now: 2 * ms) }
+    #expect(s.isInFlight(m[0], on: 1) && s.isInFlight(m[1], on: 2) && s.numQueued == 1)
+    // A short task may wait behind a short one (pipelined), never behind function 9's.
+    let c = gen.next()
+    _ = s.taskReady(c, key: cpu1, function: 7, now: 2 * ms)
+    #expect(s.numQueued == 2)
+    #expect(pushes(s.taskReplied(m[0], leaseID: 1, now: 30 * ms)) == [m[2]])  // 9 is long
+    #expect(s.numQueued == 1)
+  }
+
   /// A worker whose running task blocked hands back what waits behind it: the task is
   /// queued first again, goes to another lease, and the blocked lease takes one at a
   /// time until it is idle.
@@ -79,14 +115,14 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     p.pipelineBelowNanos = 1 * ms
     var s = NormalTaskSubmitter(settings: p)
     let warm = gen.next()
-    let r = requests(s.taskReady(warm, key: cpu1, now: 0))
+    let r = requests(s.taskReady(warm, key: cpu1, function: 7, now: 0))
     let l1 = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
     _ = s.leaseGranted(requestID: r[0], lease: l1, now: 0)
     _ = s.taskReplied(warm, leaseID: 1, now: ms / 10)
     let a = gen.next(), b = gen.next(), c = gen.next()
-    #expect(pushes(s.taskReady(a, key: cpu1, now: ms)) == [a])
-    #expect(pushes(s.taskReady(b, key: cpu1, now: ms)) == [b])
-    #expect(pushes(s.taskReady(c, key: cpu1, now: ms)) == [c])
+    #expect(pushes(s.taskReady(a, key: cpu1, function: 7, now: ms)) == [a])
+    #expect(pushes(s.taskReady(b, key: cpu1, function: 7, now: ms)) == [b])
+    #expect(pushes(s.taskReady(c, key: cpu1, function: 7, now: ms)) == [c])
     // `a` blocks: its worker hands back b and c. They are queued, not pushed to l1 again.
     let back = s.taskHandedBack(b, leaseID: 1, now: 2 * ms)
     #expect(pushes(back).isEmpty && requests(back).count == 1)

@@ -20,9 +20,8 @@ class _ActorState:
     actor_id = None
     class_name = ""
     reconstructed = False
-    pool = None   # threaded actors: calls run here
-    loop = None   # async actors: calls run as coroutines on this loop's thread
-    slots = None  # async actors: bounds concurrent calls (max_concurrency)
+    pool = None   # threaded actors: calls run on these threads (_CallThreads)
+    calls = None  # async actors: calls run as coroutines on the main thread (_AsyncCalls)
 
 
 actor = _ActorState()
@@ -256,23 +255,10 @@ def _create_actor(fid, name, arglist, actor_id, creation):
         tb = _user_traceback()
         return [], True, False, False, f"{type(e).__name__}: {e}\n{tb}"
     if creation["is_async"]:
-        import asyncio  # only async actors pay for it (~30 ms of a worker's start)
-        actor.slots = None
-        actor.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(actor.loop)
-            actor.slots = asyncio.Semaphore(creation["max_concurrency"])
-            ready.set()
-            actor.loop.run_forever()
-
-        threading.Thread(target=run, name="swiftray-actor-loop", daemon=True).start()
-        ready.wait()
+        actor.calls = _AsyncCalls(creation["max_concurrency"])
+        _core.leave_worker_loop()  # main() then serves its calls on the event loop
     elif creation["max_concurrency"] > 1:
-        import concurrent.futures
-        actor.pool = concurrent.futures.ThreadPoolExecutor(creation["max_concurrency"],
-                                                           thread_name_prefix="swiftray-actor")
+        actor.pool = _CallThreads(creation["max_concurrency"])
     return [], False, False, False
 
 
@@ -293,26 +279,122 @@ def _run_method(name, method, arglist, num_returns):
         return _fail(name, num_returns, _user_traceback(), e)
 
 
-async def _run_async_method(name, method, arglist, num_returns, token):
-    import asyncio
-    async with actor.slots:
+class _AsyncCalls:
+    """An async actor's calls, run as coroutines on an event loop on the main thread.
+
+    Threading: the main thread only. After the constructor, worker_loop hands the
+    thread over (leave_worker_loop) and serve() runs the loop until shutdown; the loop
+    watches the core's executions fd and takes every call queued at once, so a call
+    costs no thread hand-off, and a burst one wake-up. At most max_concurrency run;
+    the rest stay queued in the core (bounded, max_queued_tasks_per_worker)."""
+
+    def __init__(self, max_concurrency):
+        import asyncio  # only async actors pay for it (~30 ms of a worker's start)
+        self.loop = asyncio.new_event_loop()
+        self.limit = max_concurrency
+        self.running = 0
+        self.more = False  # calls may wait in the core for a free slot
+
+    def serve(self):
+        import asyncio
+        asyncio.set_event_loop(self.loop)
+        fd = _core.executions_fd()
+        self.loop.add_reader(fd, self.take)
+        self.loop.call_soon(self.take)
+        self.loop.call_later(1.0, self.watch)
         try:
-            try:
-                args, kwargs = _args(arglist)
-            except _ArgError as e:
-                out = _arg_failure(name, num_returns, e.error)
-            else:
-                result = getattr(actor.instance, method)(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                out = _returns(result, num_returns, name), False, False, False
-        except ActorExit:
-            _exit_actor()
-        except asyncio.CancelledError:
-            out = [], False, False, True
-        except Exception as e:
-            out = _fail(name, num_returns, _user_traceback(), e)
-    _core.finish_task(token, out)
+            self.loop.run_forever()
+        finally:
+            self.loop.remove_reader(fd)
+
+    def watch(self):
+        if not _core.is_initialized():
+            self.loop.stop()
+        else:
+            self.loop.call_later(1.0, self.watch)
+
+    def take(self):
+        room = self.limit - self.running
+        tasks = _core.take_executions(max(room, 0))
+        self.more = len(tasks) >= room
+        start = self.loop.create_task
+        for task in tasks:
+            method, token = task[8], task[10]
+            _enter_job(task[0])
+            if not method or actor.instance is None:
+                out = execute(task)
+                if out is not None:
+                    _core.finish_task(token, out)
+                continue
+            self.running += 1
+            start(self.call(task[2], method, task[3], task[4], token))
+
+    async def call(self, name, method, arglist, num_returns, token):
+        try:
+            out = await _run_async_method(name, method, arglist, num_returns)
+        finally:
+            self.running -= 1
+            if self.more:
+                self.more = False
+                self.loop.call_soon(self.take)
+        _core.finish_task(token, out)
+
+
+class _CallThreads:
+    """A threaded actor's calls and the threads (at most max_concurrency, started as
+    calls need them) that run them.
+
+    Threading: put() is called on the main thread; the threads take calls from a
+    SimpleQueue (one lock-free put per call, where ThreadPoolExecutor built a future,
+    a work item and took two locks). Each call takes an idle thread's token or starts
+    a thread, so a call never waits behind a busy one while fewer than
+    max_concurrency run (a call may block until another call arrives)."""
+
+    def __init__(self, max_concurrency):
+        import queue
+        self.calls = queue.SimpleQueue()
+        self.limit = max_concurrency
+        self.started = 0
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def put(self, call):
+        with self.lock:
+            start = self.idle == 0 and self.started < self.limit
+            if start:
+                self.started += 1
+            elif self.idle:
+                self.idle -= 1
+        self.calls.put(call)
+        if start:
+            threading.Thread(target=self.run, name=f"swiftray-actor-{self.started}", daemon=True).start()
+
+    def run(self):
+        calls, lock = self.calls, self.lock
+        while True:
+            name, method, arglist, num_returns, token = calls.get()
+            _core.finish_task(token, _run_method(name, method, arglist, num_returns))
+            with lock:
+                self.idle += 1
+
+
+async def _run_async_method(name, method, arglist, num_returns):
+    import asyncio
+    try:
+        try:
+            args, kwargs = _args(arglist)
+        except _ArgError as e:
+            return _arg_failure(name, num_returns, e.error)
+        result = getattr(actor.instance, method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return _returns(result, num_returns, name), False, False, False
+    except ActorExit:
+        _exit_actor()
+    except asyncio.CancelledError:
+        return [], False, False, True
+    except Exception as e:
+        return _fail(name, num_returns, _user_traceback(), e)
 
 
 def _call_actor(name, method, arglist, num_returns, token):
@@ -320,14 +402,8 @@ def _call_actor(name, method, arglist, num_returns, token):
         err = exceptions.RaySystemError(f"no actor lives in this worker to run {name}")
         data = _serialization.error_to_bytes(exceptions.RayTaskError(name, str(err), err))
         return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, False, False
-    if actor.loop is not None:
-        import asyncio
-        asyncio.run_coroutine_threadsafe(_run_async_method(name, method, arglist, num_returns, token), actor.loop)
-        return None
     if actor.pool is not None:
-        def run():
-            _core.finish_task(token, _run_method(name, method, arglist, num_returns))
-        actor.pool.submit(run)
+        actor.pool.put((name, method, arglist, num_returns, token))
         return None
     return _run_method(name, method, arglist, num_returns)
 
@@ -335,7 +411,9 @@ def _call_actor(name, method, arglist, num_returns, token):
 def _on_sigint(signum, frame):
     # cancel() interrupts the running task with SIGINT; the core says whether this one
     # is for the task running now (one that lands after its task ended is dropped).
-    if _core.take_interrupt():
+    # An async actor's calls share the main thread's event loop: an interrupt there
+    # would end the loop, not the one call, so it is dropped.
+    if _core.take_interrupt() and actor.calls is None:
         raise KeyboardInterrupt
 
 
@@ -351,7 +429,8 @@ def main():
     # code and the processes it starts do not see it.
     os.environ.pop("SWIFTRAY_LEASE_KEY", None)
     try:
-        _core.worker_loop(execute)
+        if _core.worker_loop(execute) and actor.calls is not None:
+            actor.calls.serve()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

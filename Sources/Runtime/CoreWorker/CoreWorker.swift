@@ -510,6 +510,17 @@ public final class CoreWorker: Sendable {
     return e
   }
 
+  /// Up to `max` tasks pushed to this worker, without waiting (`TaskExecutor.take`).
+  /// Threading: the task thread, between waits on `executionsFD`.
+  public func takeExecutions(max: Int) -> [Execution] {
+    let taken = executor.take(max: max)
+    if let job = taken.last.flatMap({ JobID(binary: $0.spec.jobID) }) { state.withLock { $0.job = job } }
+    return taken
+  }
+
+  /// Readable when `takeExecutions` may find a task (level-triggered).
+  public var executionsFD: Int32 { executor.readinessFD }
+
   public var currentTaskID: TaskID? { executor.running }
 
   /// Called by the interrupt handler on the thread that runs tasks: true (once per

@@ -62,6 +62,8 @@ public final class LaneServer: @unchecked Sendable {
     var authed = false
     /// When an unauthenticated lane is closed (monotonic nanoseconds).
     let handshakeDeadline: UInt64
+    /// Whether `readiness` watches this lane for writability too.
+    var watchingWrites = false
   }
 
   let path: String
@@ -72,6 +74,10 @@ public final class LaneServer: @unchecked Sendable {
   private var conns: [Int32: Conn] = [:]
   private var buffer: [pollfd] = []
   private let closing = Atomic<Bool>(false)
+  /// An epoll set of the wake-up, the listener and every lane: readable when a `poll`
+  /// has something to serve. For a thread that waits on its own event loop instead of
+  /// in `poll` (an async actor's main thread: asyncio watches this one fd).
+  public let readiness: Int32 = sr_epoll_create()
 
   public init(path: String, auth: ClusterAuth, wake: Wakeup) throws(SwiftrayError) {
     self.path = path
@@ -87,7 +93,11 @@ public final class LaneServer: @unchecked Sendable {
     }
     chmod(path, 0o600)  // this user's processes only, as the data-plane socket
     listenFD = fd
+    _ = sr_epoll_set(readiness, wake.fd, Int32(SR_LANE_IN), 1)
+    _ = sr_epoll_set(readiness, fd, Int32(SR_LANE_IN), 1)
   }
+
+  deinit { Glibc.close(readiness) }
 
   /// Closes the listener now, and every lane at the next `poll` (their owners see them
   /// close then; a worker's exit closes them in any case).
@@ -104,6 +114,7 @@ public final class LaneServer: @unchecked Sendable {
   public func poll(timeoutNanos: UInt64, also: Wakeup? = nil, handle: (Swiftray_DataFrame, DataPlaneResponder) -> Void) {
     if closing.load(ordering: .acquiring) {
       for (fd, c) in conns { drop(fd, c) }
+      _ = sr_epoll_del(readiness, listenFD)  // shut down, it would read as ready for good
       var p = pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0)
       if Glibc.poll(&p, 1, Int32(clamping: (timeoutNanos + 999_999) / 1_000_000)) > 0 { wake.reset() }
       return
@@ -114,11 +125,18 @@ public final class LaneServer: @unchecked Sendable {
     buffer.append(pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0))
     buffer.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
     buffer.append(pollfd(fd: also?.fd ?? -1, events: Int16(POLLIN), revents: 0))  // fd -1: ignored
+    var toggled: [(fd: Int32, writes: Bool)] = []  // rare: allocates only when used
     for (fd, c) in conns {
       var events = Int16(POLLIN)
-      if c.socket.wantsWrite { events |= Int16(POLLOUT) }
+      let writes = c.socket.wantsWrite
+      if writes { events |= Int16(POLLOUT) }
+      if writes != c.watchingWrites { toggled.append((fd, writes)) }
       buffer.append(pollfd(fd: fd, events: events, revents: 0))
       if !c.authed { timeout = min(timeout, c.handshakeDeadline > now ? c.handshakeDeadline - now : 0) }
+    }
+    for t in toggled {
+      _ = sr_epoll_set(readiness, t.fd, Int32(SR_LANE_IN) | (t.writes ? Int32(SR_LANE_OUT) : 0), 0)
+      conns[t.fd]?.watchingWrites = t.writes
     }
     let ms = Int32(clamping: (timeout + 999_999) / 1_000_000)
     let n = buffer.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), ms) }
@@ -143,6 +161,7 @@ public final class LaneServer: @unchecked Sendable {
       conns[fd] = Conn(socket: LaneSocket(fd: fd),
                        reader: FrameReader(max: AuthGate.magic.count + ClusterAuth.maximumLength),
                        handshakeDeadline: deadline)
+      _ = sr_epoll_set(readiness, fd, Int32(SR_LANE_IN), 1)
     }
   }
 
@@ -182,6 +201,7 @@ public final class LaneServer: @unchecked Sendable {
 
   private func drop(_ fd: Int32, _ c: Conn) {
     conns[fd] = nil
+    _ = sr_epoll_del(readiness, fd)
     c.socket.close()
   }
 }

@@ -136,6 +136,21 @@ final class TaskExecutor: Sendable {
     }
   }
 
+  /// Without waiting: serves what the lanes hold, then takes up to `max` queued tasks
+  /// (with `max` 0 it only reads the lanes, so `readinessFD` stops being readable; what
+  /// it leaves stays queued, bounded). For a task thread that waits on its own event
+  /// loop (an async actor's), watching `readinessFD`. Threading: the task thread.
+  func take(max: Int) -> [CoreWorker.Execution] {
+    if taskThread == nil { taskThread = pthread_self() }
+    if let lanes { lanes.poll(timeoutNanos: 0, handle: serveLane) } else { ready.reset() }
+    var taken: [CoreWorker.Execution] = []
+    while taken.count < max, let e = popNext() { taken.append(e) }
+    return taken
+  }
+
+  /// Readable when `take` may find something (the lanes' epoll set, else `ready`).
+  var readinessFD: Int32 { lanes?.readiness ?? ready.fd }
+
   /// One frame read from a lane, on the task thread.
   private func serveLane(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
     switch frame.body {

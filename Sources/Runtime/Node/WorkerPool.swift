@@ -189,7 +189,9 @@ public struct WorkerPool: Sendable {
     if proc.endpoint.isEmpty {
       detail += " before it registered"
       if !tail.isEmpty { detail += "; its last output:\n  " + tail.suffix(8).joined(separator: "\n  ") }
-      if !shuttingDown {
+      // Killed from outside (SIGKILL, SIGTERM: a user, a chaos test, the OOM killer)
+      // says nothing about the environment: only other ends count as a crash loop.
+      if !shuttingDown && signal != SIGKILL && signal != SIGTERM {
         failedStart = detail
         stop = startFailed()
       }

@@ -623,8 +623,17 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       return
     }
     if !spec.actorID.isEmpty { return queueActorSteps(actorSubmitter.callReady(tid), &e) }
-    absorb(submitter.taskReady(tid, key: SchedulingKey(shape: ResourceSet(proto: spec.resources), proto: spec.strategy), now: now),
+    absorb(submitter.taskReady(tid, key: SchedulingKey(shape: ResourceSet(proto: spec.resources), proto: spec.strategy),
+                               function: Self.functionTag(spec.function.functionID), now: now),
            now: now, &e)
+  }
+
+  /// 64 bits of a function's id (a digest of the function), never 0 (which the
+  /// submitter reads as unknown).
+  static func functionTag(_ id: Data) -> NormalTaskSubmitter.FunctionTag {
+    var tag: UInt64 = 0
+    for b in id.prefix(8) { tag = tag << 8 | UInt64(b) }
+    return tag == 0 ? 1 : tag
   }
 
   public static func errorObject(_ code: SwiftrayError.Code, _ message: String) -> Swiftray_RayObject {

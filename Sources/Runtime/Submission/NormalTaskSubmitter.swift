@@ -9,6 +9,10 @@ import DequeModule
 /// Threading: value type, owned by the CoreWorker shell under its lock.
 public struct NormalTaskSubmitter: Sendable {
   public typealias Key = SchedulingKey
+  /// Which function a task runs (any 64 bits of its id): durations are measured, and
+  /// pipelining decided, per function, as a function's tasks resemble each other and
+  /// another function's need not (0: unknown, never measured short).
+  public typealias FunctionTag = UInt64
 
   public struct Settings: Sendable, Equatable {
     /// Lease requests outstanding per shape at once.
@@ -19,9 +23,12 @@ public struct NormalTaskSubmitter: Sendable {
     public var idleLingerNanos: UInt64
     /// Retry delay after the node said the shape is infeasible (a node may join).
     public var infeasibleRetryNanos: UInt64
-    /// Tasks pushed to one leased worker while the tasks of its shape are short (they
-    /// ran, of late, under `pipelineBelowNanos` each on average): the worker finds its
-    /// next task already there, with no round trip to the owner between the two.
+    /// Tasks pushed to one leased worker while every task in flight there is of a
+    /// function that is short (its tasks ran, of late, under `pipelineBelowNanos` each
+    /// on average): the worker finds its next task already there, with no round trip to
+    /// the owner between the two. A task is never queued behind one that may run long
+    /// (of a function not measured yet, or measured long), and leases of a shape take
+    /// one task each before any takes a second.
     public var pipelineDepth: Int
     /// What counts as short; 0 never pipelines beyond `maxTasksInFlightPerWorker`.
     public var pipelineBelowNanos: UInt64
@@ -46,7 +53,8 @@ public struct NormalTaskSubmitter: Sendable {
   struct LeaseState: Sendable {
     var lease: GrantedLease
     var key: Key
-    var inFlight: Set<TaskID> = []
+    /// Each task in flight and its function.
+    var inFlight: [TaskID: FunctionTag] = [:]
     var idleSince: UInt64?
     /// When the worker began the task it runs now (as the owner sees it: the push to
     /// an idle lease, or the reply of the task before).
@@ -57,14 +65,16 @@ public struct NormalTaskSubmitter: Sendable {
   }
 
   struct KeyState: Sendable {
-    var queue: Deque<TaskID> = []
+    var queue: Deque<Queued> = []
     var leases: Set<UInt64> = []
     var pendingRequests: Set<UInt64> = []
     var retryAt: UInt64?
     var warned = false
-    /// The running average of how long its tasks took on their workers (weight 1/4
-    /// to the newest); nil until one is measured, or after a task of it blocked.
-    var recentNanos: UInt64?
+  }
+
+  struct Queued: Sendable {
+    var task: TaskID
+    var function: FunctionTag
   }
 
   public enum Action: Sendable, Equatable {
@@ -86,6 +96,11 @@ public struct NormalTaskSubmitter: Sendable {
   private var leases: [UInt64: LeaseState] = [:]
   private var requestKeys: [UInt64: Key] = [:]
   private var nextRequestID: UInt64
+  /// Per function, the running average of how long its tasks took on their workers
+  /// (weight 1/4 to the newest); absent until one is measured, or after a task of it
+  /// blocked. A cache: emptied when it reaches `maxMeasuredFunctions`.
+  private var recentNanos: [FunctionTag: UInt64] = [:]
+  static let maxMeasuredFunctions = 4096
 
   public init(settings: Settings = Settings(), firstRequestID: UInt64 = 1) {
     self.settings = settings
@@ -95,17 +110,17 @@ public struct NormalTaskSubmitter: Sendable {
   public var numLeases: Int { leases.count }
   public var numQueued: Int { keys.values.reduce(0) { $0 + $1.queue.count } }
   public func leaseOf(task: TaskID) -> GrantedLease? {
-    leases.values.first { $0.inFlight.contains(task) }?.lease
+    leases.values.first { $0.inFlight[task] != nil }?.lease
   }
 
   // MARK: events
 
-  public mutating func taskReady(_ task: TaskID, key shape: ResourceSet, now: UInt64) -> [Action] {
-    taskReady(task, key: Key(shape), now: now)
+  public mutating func taskReady(_ task: TaskID, key shape: ResourceSet, function: FunctionTag = 0, now: UInt64) -> [Action] {
+    taskReady(task, key: Key(shape), function: function, now: now)
   }
 
-  public mutating func taskReady(_ task: TaskID, key: Key, now: UInt64) -> [Action] {
-    keys[key, default: KeyState()].queue.append(task)
+  public mutating func taskReady(_ task: TaskID, key: Key, function: FunctionTag = 0, now: UInt64) -> [Action] {
+    keys[key, default: KeyState()].queue.append(Queued(task: task, function: function))
     return schedule(key, now: now)
   }
 
@@ -137,7 +152,7 @@ public struct NormalTaskSubmitter: Sendable {
                                    code: SwiftrayError.Code = .system) -> [Action] {
     guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys.removeValue(forKey: key) else { return [] }
     ks.pendingRequests.remove(requestID)
-    let failed = Array(ks.queue)
+    let failed = ks.queue.map(\.task)
     ks.queue.removeAll()
     keys[key] = ks
     return (failed.isEmpty ? [] : [.tasksFailed(failed, detail: detail, code: code)]) + schedule(key, now: now)
@@ -162,23 +177,19 @@ public struct NormalTaskSubmitter: Sendable {
   /// already counted lost (its worker's node was declared dead while the reply was on
   /// its way, as across a partition that healed).
   public func isInFlight(_ task: TaskID, on leaseID: UInt64) -> Bool {
-    leases[leaseID]?.inFlight.contains(task) ?? false
+    leases[leaseID]?.inFlight[task] != nil
   }
 
   /// A pushed task got its reply. The lease takes the next task or goes idle.
   public mutating func taskReplied(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
-    guard var l = leases[leaseID], l.inFlight.remove(task) != nil else { return [] }
+    guard var l = leases[leaseID], let function = l.inFlight.removeValue(forKey: task) else { return [] }
     // FIFO on the worker: the task replied ran from the later of its push and the
     // reply before it; the next one (if pushed) starts now.
     let took = now &- l.headStart
     l.headStart = now
     if l.inFlight.isEmpty { l.idleSince = now; l.handedBack = false }
     leases[leaseID] = l
-    if !l.handedBack, let recent = keys[l.key]?.recentNanos {
-      keys[l.key]?.recentNanos = (recent / 4) * 3 + took / 4
-    } else if !l.handedBack {
-      keys[l.key]?.recentNanos = took
-    }
+    if !l.handedBack { measured(function, took: took) }
     return schedule(l.key, now: now)
   }
 
@@ -192,7 +203,11 @@ public struct NormalTaskSubmitter: Sendable {
   /// protocol (and would bounce it for ever): the task is queued again all the same,
   /// and the lease is given back with `disconnect` (its node stops that worker).
   public mutating func taskHandedBack(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
-    guard var l = leases[leaseID], l.inFlight.remove(task) != nil else { return [] }
+    guard var l = leases[leaseID], let function = l.inFlight.removeValue(forKey: task) else { return [] }
+    // FIFO: the task running there, the one that blocked, is the earliest in flight.
+    if let running = l.inFlight.min(by: { $0.key.counter < $1.key.counter }) {
+      recentNanos[running.value] = nil
+    }
     var actions: [Action] = []
     if l.inFlight.isEmpty {
       leases[leaseID] = nil
@@ -205,18 +220,32 @@ public struct NormalTaskSubmitter: Sendable {
     // Back in submission order: before the first queued task submitted after it
     // (a worker hands several back in their order; the scan stops near the front).
     var ks = keys.removeValue(forKey: l.key) ?? KeyState()
-    ks.queue.insert(task, at: ks.queue.firstIndex { $0.counter > task.counter } ?? ks.queue.endIndex)
-    ks.recentNanos = nil
+    ks.queue.insert(Queued(task: task, function: function),
+                    at: ks.queue.firstIndex { $0.task.counter > task.counter } ?? ks.queue.endIndex)
     keys[l.key] = ks
     return actions + schedule(l.key, now: now)
   }
 
-  /// How many tasks a lease of this shape may have in flight.
-  func depth(_ ks: KeyState, _ l: LeaseState) -> Int {
+  private mutating func measured(_ function: FunctionTag, took: UInt64) {
+    if let recent = recentNanos[function] {
+      recentNanos[function] = (recent / 4) * 3 + took / 4
+    } else {
+      if recentNanos.count >= Self.maxMeasuredFunctions { recentNanos.removeAll() }
+      recentNanos[function] = took
+    }
+  }
+
+  private func isShort(_ function: FunctionTag) -> Bool {
+    guard function != 0, let recent = recentNanos[function] else { return false }
+    return recent < settings.pipelineBelowNanos
+  }
+
+  /// How many tasks a lease may have in flight: `maxTasksInFlightPerWorker`, or the
+  /// pipeline's depth while everything in flight there is short (`allShort`).
+  func depth(_ l: LeaseState, allShort: Bool) -> Int {
     let fixed = settings.maxTasksInFlightPerWorker
     guard !l.handedBack else { return 1 }
-    guard let recent = ks.recentNanos, recent < settings.pipelineBelowNanos else { return fixed }
-    return max(fixed, settings.pipelineDepth)
+    return allShort ? max(fixed, settings.pipelineDepth) : fixed
   }
 
   /// The connection to the leased worker broke: its in-flight tasks are lost.
@@ -225,7 +254,7 @@ public struct NormalTaskSubmitter: Sendable {
     keys[l.key]?.leases.remove(leaseID)
     var actions: [Action] = [.returnLease(leaseID: leaseID, disconnect: true)]
     if !l.inFlight.isEmpty {
-      actions.append(.tasksLost(l.inFlight.sorted { $0.counter < $1.counter }, lease: l.lease))
+      actions.append(.tasksLost(l.inFlight.keys.sorted { $0.counter < $1.counter }, lease: l.lease))
     }
     return actions + schedule(l.key, now: now)
   }
@@ -234,7 +263,7 @@ public struct NormalTaskSubmitter: Sendable {
   public mutating func taskCanceled(_ task: TaskID, now: UInt64) -> (removed: Bool, actions: [Action]) {
     // A scan of the queues (cancels are rare); the queue changes in place.
     for key in keys.keys {
-      if let i = keys[key]?.queue.firstIndex(of: task) {
+      if let i = keys[key]?.queue.firstIndex(where: { $0.task == task }) {
         keys[key]?.queue.remove(at: i)
         return (true, schedule(key, now: now))
       }
@@ -276,18 +305,32 @@ public struct NormalTaskSubmitter: Sendable {
     // change to the queue copy it whole (copy-on-write), a cost that grows with the queue.
     guard var ks = keys.removeValue(forKey: key) else { return [] }
     var actions: [Action] = []
-    // 1. Fill leases that have room, least loaded first.
-    let leaseIDs = ks.leases.sorted { (leases[$0]?.inFlight.count ?? 0, $0) < (leases[$1]?.inFlight.count ?? 0, $1) }
-    for lid in leaseIDs {
-      guard var l = leases[lid] else { continue }
-      let depth = depth(ks, l)
-      while !ks.queue.isEmpty && l.inFlight.count < depth {
-        let t = ks.queue.removeFirst()
-        if l.inFlight.isEmpty { l.headStart = now }
-        l.inFlight.insert(t)
-        l.idleSince = nil
-        actions.append(.push(t, lease: l.lease))
+    // 1. Fill leases that have room, in rounds of one task each, least loaded first:
+    // no lease takes a second task while another of the shape has none.
+    var open: [(id: UInt64, lease: LeaseState, allShort: Bool)] = ks.leases.compactMap { lid in
+      leases[lid].map { l in (lid, l, l.inFlight.values.allSatisfy(isShort)) }
+    }
+    open.sort { ($0.lease.inFlight.count, $0.id) < ($1.lease.inFlight.count, $1.id) }
+    while !ks.queue.isEmpty {
+      // Each round fills up to one more than the least loaded lease that has room (so
+      // it pushes at least once): rounds are bounded by the pushes.
+      var low = Int.max
+      for o in open where o.lease.inFlight.count < depth(o.lease, allShort: o.allShort) {
+        low = min(low, o.lease.inFlight.count)
       }
+      guard low < Int.max else { break }
+      for i in open.indices where !ks.queue.isEmpty {
+        guard open[i].lease.inFlight.count <= low,
+              open[i].lease.inFlight.count < depth(open[i].lease, allShort: open[i].allShort) else { continue }
+        let q = ks.queue.removeFirst()
+        if open[i].lease.inFlight.isEmpty { open[i].lease.headStart = now }
+        open[i].lease.inFlight[q.task] = q.function
+        open[i].lease.idleSince = nil
+        open[i].allShort = open[i].allShort && isShort(q.function)
+        actions.append(.push(q.task, lease: open[i].lease.lease))
+      }
+    }
+    for (lid, l, _) in open {
       // 2. Return leases idle past the linger.
       if let s = l.idleSince, l.inFlight.isEmpty, ks.queue.isEmpty, now >= s + settings.idleLingerNanos {
         leases[lid] = nil
@@ -310,7 +353,7 @@ public struct NormalTaskSubmitter: Sendable {
         nextRequestID += 1
         // Each request speaks for a different queued task, so several requests can
         // follow the arguments of several tasks to their nodes.
-        let task = ks.queue[min(ks.pendingRequests.count, ks.queue.count - 1)]
+        let task = ks.queue[min(ks.pendingRequests.count, ks.queue.count - 1)].task
         ks.pendingRequests.insert(r)
         requestKeys[r] = key
         actions.append(.requestLease(requestID: r, key: key, forTask: task))
