@@ -101,7 +101,9 @@ public struct ActorTaskSubmitter: Sendable {
   public mutating func callReady(_ task: TaskID) -> [Action] {
     guard let id = callActor[task] else { return [] }
     withActor(id) { a in
-      if let i = a.queue.firstIndex(where: { $0.task == task }) { a.queue[i].ready = true }
+      // From the back: a call without pending arguments is ready as it is submitted,
+      // the last one queued (calls wait here while the actor starts: no O(queue) scan).
+      if let i = a.queue.lastIndex(where: { $0.task == task }) { a.queue[i].ready = true }
     }
     return flush(id)
   }
