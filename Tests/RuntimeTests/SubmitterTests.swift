@@ -16,6 +16,15 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
   let settings = NormalTaskSubmitter.Settings(maxPendingLeaseRequests: 2, maxTasksInFlightPerWorker: 1,
                                               idleLingerNanos: 10 * ms, infeasibleRetryNanos: 1000 * ms)
 
+  /// A submitter that pipelines up to `depth` tasks of a function whose tasks ran
+  /// under 1 ms.
+  func pipelining(depth: Int) -> NormalTaskSubmitter {
+    var p = settings
+    p.pipelineDepth = depth
+    p.pipelineBelowNanos = 1 * ms
+    return NormalTaskSubmitter(settings: p)
+  }
+
   @Test mutating func aTaskAsksForALeaseAndIsPushedWhenGranted() {
     var s = NormalTaskSubmitter(settings: settings)
     let t = gen.next()
@@ -49,10 +58,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
 
   /// A function whose tasks ran short is pipelined: several tasks to one worker at once.
   @Test mutating func shortTasksArePipelinedAndLongOnesAreNot() {
-    var p = settings
-    p.pipelineDepth = 3
-    p.pipelineBelowNanos = 1 * ms
-    var s = NormalTaskSubmitter(settings: p)
+    var s = pipelining(depth: 3)
     let ts = (0..<8).map { _ in gen.next() }
     let r = requests(s.taskReady(ts[0], key: cpu1, function: 7, now: 0))
     for t in ts.dropFirst() { _ = s.taskReady(t, key: cpu1, function: 7, now: 0) }
@@ -74,10 +80,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
   /// function not measured yet (a new function of a shape whose tasks were short), the
   /// next waits for another lease; and leases each take one task before any a second.
   @Test mutating func noTaskWaitsBehindAnUnmeasuredOneAndLeasesTakeOneEachFirst() {
-    var p = settings
-    p.pipelineDepth = 4
-    p.pipelineBelowNanos = 1 * ms
-    var s = NormalTaskSubmitter(settings: p)
+    var s = pipelining(depth: 4)
     let warm = (0..<2).map { _ in gen.next() }
     let r = requests(s.taskReady(warm[0], key: cpu1, function: 7, now: 0))
       + requests(s.taskReady(warm[1], key: cpu1, function: 7, now: 0))
@@ -110,10 +113,7 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
   /// queued first again, goes to another lease, and the blocked lease takes one at a
   /// time until it is idle.
   @Test mutating func aHandedBackTaskIsQueuedFirstAndTheLeaseTakesOneAtATime() {
-    var p = settings
-    p.pipelineDepth = 4
-    p.pipelineBelowNanos = 1 * ms
-    var s = NormalTaskSubmitter(settings: p)
+    var s = pipelining(depth: 4)
     let warm = gen.next()
     let r = requests(s.taskReady(warm, key: cpu1, function: 7, now: 0))
     let l1 = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
