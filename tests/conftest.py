@@ -44,41 +44,72 @@ def run_script(tmp_path, source, timeout=120, args=(), via=None, env=None):
 
 
 class Cluster:
-    """Node daemons on 127.0.0.1 with their own ports, resources and temp dir (like Ray's
-    cluster_utils.Cluster): the first added is the head. Stopped by pid."""
+    """Node daemons with their own ports, resources and temp dir (like Ray's
+    cluster_utils.Cluster): the first added is the head. Stopped by pid.
 
-    def __init__(self, health_check_period_ms=200, health_check_failure_threshold=3, env=None):
+    On 127.0.0.1 by default. Given `hosts` (a tests/hosts.py `Hosts`), the head runs here
+    on the bridge's address and every other node on a host of its own (its own IP, /tmp
+    and /dev/shm; its address detected, not given): `add_node(host=...)` picks one, else
+    the next unused, `host="here"` this namespace (beside the head, as a driver's own node)."""
+
+    def __init__(self, health_check_period_ms=200, health_check_failure_threshold=3, env=None, hosts=None):
         import tempfile
         self.root = tempfile.mkdtemp(prefix="sr", dir="/tmp")  # short: Unix socket paths are limited
         self.env = dict(os.environ, SWIFTRAY_PYTHON=sys.executable,
                         SWIFTRAY_HEALTH_CHECK_PERIOD_MS=str(health_check_period_ms),
                         SWIFTRAY_HEALTH_CHECK_FAILURE_THRESHOLD=str(health_check_failure_threshold),
                         SWIFTRAY_HEALTH_CHECK_TIMEOUT_MS="1000", **(env or {}))
+        self.hosts = hosts
         self.address = None
-        self.nodes = []  # dicts: pid, session
+        self.nodes = []  # dicts: pid, session (as its host names it), host (None: here), files (the session, from here)
 
-    def add_node(self, num_cpus=1, resources=None, object_store_memory=None, head_port=None):
+    def add_node(self, num_cpus=1, resources=None, object_store_memory=None, head_port=None, host=None):
         """The first node is the head (a free port); `head_port` starts a head again there."""
         import json
-        args = [sys.executable, "-m", "swiftray", "start", "--num-cpus", str(num_cpus), "--temp-dir", self.root]
-        if head_port is not None:
-            args += ["--head", "--port", str(head_port)]
+        args = [sys.executable, "-m", "swiftray", "start", "--num-cpus", str(num_cpus)]
+        head = head_port is not None or self.address is None
+        if head:
+            args += ["--head", "--port", str(head_port or 0),
+                     "--node-ip-address", self.hosts.ip if self.hosts else "127.0.0.1"]
         else:
-            args += ["--head", "--port", "0"] if self.address is None else ["--address", self.address]
+            args += ["--address", self.address]
+        if self.hosts and not head and host != "here":
+            if host is None:
+                used = {n["host"] for n in self.nodes}
+                host = next((h for h in self.hosts if h not in used), None) or self.hosts.add()
+            args += ["--temp-dir", "/tmp/sr"]  # the host's own /tmp
+        else:
+            host = None
+            args += ["--temp-dir", self.root]
         if resources:
             args += ["--resources", json.dumps(resources)]
         if object_store_memory:
             args += ["--object-store-memory", str(object_store_memory)]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=self.env)
+        if host is None:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=self.env)
+        else:
+            out = host.run(args, timeout=60, env=self.env)
         assert out.returncode == 0, out.stdout + out.stderr
         fields = dict(line.split(":", 1) for line in out.stdout.splitlines() if line.startswith(("Session:", "Address:")))
         if self.address is None:
             self.address = fields["Address"].strip()
         session = fields["Session"].strip()
-        with open(os.path.join(session, "daemon.pid")) as f:
-            node = {"pid": int(f.read()), "session": session}
+        files = host.path(session) if host else session
+        with open(os.path.join(files, "daemon.pid")) as f:
+            node = {"pid": int(f.read()), "session": session, "host": host, "files": files}
         self.nodes.append(node)
         return node
+
+    def run_driver(self, node, tmp_path, source, timeout=120, args=()):
+        """`source` as a driver process on `node`'s machine, joined through its session."""
+        if node["host"] is None:
+            return run_script(tmp_path, source, timeout=timeout, args=(node["session"], *args))
+        host = node["host"]
+        name = f"driver-{os.urandom(4).hex()}.py"
+        with open(host.path(f"/tmp/{name}"), "w") as f:
+            f.write(textwrap.dedent(source))
+        e = dict(os.environ, SWIFTRAY_PYTHON=sys.executable)
+        return host.run([sys.executable, f"/tmp/{name}", node["session"], *args], cwd="/tmp", timeout=timeout, env=e)
 
     def kill_node(self, node, sig=9):
         os.kill(node["pid"], sig)
@@ -180,6 +211,42 @@ def signal_and_waiter():
     return Signal, wait_for, send
 
 
+def counter_actor(resource):
+    """A `Counter` actor class needing one unit of `resource` (max_restarts=1,
+    max_task_retries=1): `hit()` counts its calls and returns (pid, node id, count), so
+    a test sees which incarnation answered and whether its state is fresh."""
+    @swiftray.remote(resources={resource: 1}, max_restarts=1, max_task_retries=1)
+    class Counter:
+        def __init__(self):
+            self.calls = 0
+
+        def hit(self):
+            self.calls += 1
+            return os.getpid(), swiftray.get_runtime_context().get_node_id(), self.calls
+
+    return Counter
+
+
+def recorder_on(node_id):
+    """A `Recorder` actor pinned to node `node_id` (num_cpus=0): tasks anywhere call
+    `add.remote(x)`, the test reads `items.remote()`. For what tasks on other machines
+    report, which a shared file cannot carry between hosts."""
+    from swiftray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @swiftray.remote(num_cpus=0)
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, x):
+            self.seen.append(x)
+
+        def items(self):
+            return list(self.seen)
+
+    return Recorder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+
+
 def wait_until(pred, timeout=10.0):
     """Polls `pred` until it holds or `timeout` passes; returns its last value."""
     import time
@@ -215,3 +282,82 @@ def cluster():
     yield c
     swiftray.shutdown()
     c.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    """Network-namespace hosts (tests/hosts.py), made once per run and torn down after;
+    more are added as clusters ask for them."""
+    from hosts import Hosts
+    hs = Hosts(3)
+    yield hs
+    hs.close()
+
+
+# A driver (argv[1]: its node's session) that runs a no-op task after another, printing
+# "ok" for each, until something raises: then "ERROR <type> <message>". For drivers on
+# a host that is then cut off.
+GET_LOOP_DRIVER = """
+import sys, time
+import swiftray
+swiftray.init(address=sys.argv[1])
+
+@swiftray.remote
+def one():
+    return 1
+
+try:
+    while True:
+        assert swiftray.get(one.remote(), timeout=300) == 1
+        print("ok", flush=True)
+        time.sleep(0.05)
+except Exception as e:
+    print("ERROR", type(e).__name__, str(e).replace("\\n", " ")[:600], flush=True)
+"""
+
+
+def clean_hosts(hosts):
+    """Heals every cut and kills what a test left on the hosts (their holders stay)."""
+    hosts.heal()
+    for h in hosts:
+        for p in h.pids():
+            if p != h.holder.pid:
+                try:
+                    os.kill(p, 9)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture(params=["loopback", "hosts"])
+def any_cluster(request):
+    """A `Cluster` on 127.0.0.1, and again with every node but the head on a host of its
+    own: the same test runs on both."""
+    swiftray.shutdown()
+    hs = request.getfixturevalue("hosts") if request.param == "hosts" else None
+    c = Cluster(hosts=hs)
+    yield c
+    if hs:
+        hs.heal()
+    swiftray.shutdown()
+    c.shutdown()
+    if hs:
+        clean_hosts(hs)
+
+
+@pytest.fixture
+def host_cluster(hosts):
+    """A `Cluster` factory on the network-namespace hosts: `host_cluster(**Cluster args)`;
+    every cut is healed and everything stopped after the test."""
+    made = []
+
+    def make(**kw):
+        made.append(Cluster(hosts=hosts, **kw))
+        return made[-1]
+
+    swiftray.shutdown()
+    yield make
+    hosts.heal()
+    swiftray.shutdown()
+    for c in made:
+        c.shutdown()
+    clean_hosts(hosts)

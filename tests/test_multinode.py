@@ -1,9 +1,19 @@
-"""Clusters of several node daemons on 127.0.0.1 (distinct ports, resources, temp dirs)."""
+"""Clusters of several node daemons (distinct ports, resources, temp dirs), on 127.0.0.1
+and again on network-namespace hosts of their own."""
 import os
 import time
 
+import pytest
+
 import swiftray
-from conftest import run_script, signal_and_waiter, wait_until as _wait_until
+from conftest import recorder_on, run_script, signal_and_waiter, wait_until as _wait_until
+
+
+@pytest.fixture
+def cluster(any_cluster):
+    """Each test here runs twice: all nodes on 127.0.0.1, then every node but the head on
+    a network-namespace host of its own (tests/hosts.py)."""
+    return any_cluster
 
 
 def _node_of(session):
@@ -30,14 +40,27 @@ def test_nodes_join_the_head_and_are_listed_alive_with_their_resources(cluster):
     assert swiftray.get(where.remote()) == _node_of(head["session"])["NodeID"]
 
 
-def test_a_driver_started_on_a_worker_node_runs_its_tasks_there(cluster):
+def test_a_driver_started_on_a_worker_node_runs_its_tasks_there(cluster, tmp_path):
     cluster.add_node(num_cpus=1)
     worker = cluster.add_node(num_cpus=1)
-    swiftray.init(address=worker["session"])
-    me = swiftray.get_runtime_context().get_node_id()
-    assert me == _node_of(worker["session"])["NodeID"]
-    # One at a time, its own idle node takes them (the hybrid policy packs locally first).
-    assert [swiftray.get(where.remote()) for _ in range(4)] == [me] * 4
+    swiftray.init(address=cluster.address)
+    worker_id = _node_of(worker["session"])["NodeID"]
+    # A driver on that node's machine, joined through its session directory.
+    out = cluster.run_driver(worker, tmp_path, """
+        import sys
+        import swiftray
+
+        @swiftray.remote
+        def where():
+            return swiftray.get_runtime_context().get_node_id()
+
+        swiftray.init(address=sys.argv[1])
+        me = swiftray.get_runtime_context().get_node_id()
+        # One at a time, its own idle node takes them (the hybrid policy packs locally first).
+        print("RESULT", me, *[swiftray.get(where.remote()) for _ in range(4)])
+    """)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert next(line for line in out.stdout.splitlines() if line.startswith("RESULT")).split()[1:] == [worker_id] * 5
 
 
 def test_a_killed_node_daemon_is_marked_dead_within_the_health_check_time(cluster):
@@ -80,24 +103,23 @@ def test_tasks_and_actors_needing_a_nodes_custom_resource_run_there(cluster):
     assert swiftray.get(s.get.remote("a")) == 1
 
 
-def test_tasks_running_on_a_killed_node_are_retried_on_another(cluster, tmp_path):
-    cluster.add_node(num_cpus=1)
+def test_tasks_running_on_a_killed_node_are_retried_on_another(cluster):
+    head = cluster.add_node(num_cpus=1)
     first = cluster.add_node(num_cpus=1, resources={"r": 1})
     second = cluster.add_node(num_cpus=1, resources={"r": 1})
     swiftray.init(address=cluster.address)
-    marker = tmp_path / "started"
+    started = recorder_on(_node_of(head["session"])["NodeID"])
 
     @swiftray.remote(resources={"r": 1}, max_retries=2)
-    def slow(path):
-        import os
+    def slow(started):
         import time as t
-        open(path, "a").write(swiftray.get_runtime_context().get_node_id() + "\n")
+        swiftray.get(started.add.remote(swiftray.get_runtime_context().get_node_id()))
         t.sleep(3)
         return swiftray.get_runtime_context().get_node_id()
 
-    ref = slow.remote(str(marker))
-    assert _wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=30)
-    started_on = marker.read_text().split()[0]
+    ref = slow.remote(started)
+    assert _wait_until(lambda: swiftray.get(started.items.remote()), timeout=30)
+    started_on = swiftray.get(started.items.remote())[0]
     victim = first if _node_of(first["session"])["NodeID"] == started_on else second
     survivor = second if victim is first else first
     cluster.kill_node(victim)
@@ -371,13 +393,14 @@ def _ip_and_node():
 
 def test_get_node_ip_address_is_the_ip_of_the_callers_node(cluster):
     head = cluster.add_node(num_cpus=1)
-    cluster.add_node(num_cpus=1, resources={"there": 1})
+    there = cluster.add_node(num_cpus=1, resources={"there": 1})
     swiftray.init(address=cluster.address)
     assert _wait_until(lambda: len([n for n in swiftray.nodes() if n["Alive"]]) == 2)
     by_id = {n["NodeID"]: n["NodeManagerAddress"] for n in swiftray.nodes()}
     assert swiftray.util.get_node_ip_address() == by_id[_node_of(head["session"])["NodeID"]]
     ip, node = swiftray.get(_ip_and_node.options(resources={"there": 1}).remote(), timeout=60)
-    assert ip == by_id[node] and ip == "127.0.0.1"
+    # On its own host, the node found its address itself (no --node-ip-address given).
+    assert ip == by_id[node] == (there["host"].ip if there["host"] else "127.0.0.1")
 
 
 def test_a_long_temp_dir_works_and_its_sockets_are_kept_short(tmp_path):

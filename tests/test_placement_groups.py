@@ -1,6 +1,7 @@
 """Placement groups: bundles reserved all or nothing, tasks and actors confined to them,
 removal, waiting, and rescheduling after a node dies. Single-node tests use a local
-cluster; multi-node ones real node daemons on 127.0.0.1."""
+cluster; multi-node ones real node daemons, on 127.0.0.1 and again on network-namespace
+hosts."""
 import time
 
 import pytest
@@ -12,6 +13,13 @@ from swiftray.exceptions import (ActorDiedError, ActorPlacementGroupRemoved, Get
 from swiftray.util import (get_current_placement_group, get_placement_group, placement_group,
                            placement_group_table, remove_placement_group)
 from swiftray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as InGroup
+
+
+@pytest.fixture
+def cluster(any_cluster):
+    """The multi-node tests run twice: on 127.0.0.1, and with every node but the head on
+    a network-namespace host of its own (tests/hosts.py)."""
+    return any_cluster
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Recovery across node death (lineage reconstruction) and head restarts: real node daemons
-on 127.0.0.1."""
+on 127.0.0.1 and on network-namespace hosts."""
 import os
 import threading
 import time
@@ -11,6 +11,13 @@ import swiftray
 from conftest import wait_until
 
 N = (4 << 20) // 8  # 4 MiB of float64: stored in the node's object store, not inline
+
+
+@pytest.fixture
+def cluster(any_cluster):
+    """Each test here runs twice: all nodes on 127.0.0.1, then every node but the head on
+    a network-namespace host of its own (tests/hosts.py)."""
+    return any_cluster
 
 
 def _dead(session):
@@ -166,16 +173,8 @@ def test_a_node_paused_past_its_health_checks_is_fenced_when_it_wakes(cluster):
     victim = cluster.add_node(num_cpus=1, resources={"r": 1})
     swiftray.init(address=cluster.address)
 
-    @swiftray.remote(resources={"r": 1}, max_restarts=1, max_task_retries=1)
-    class Counter:
-        def __init__(self):
-            self.calls = 0
-
-        def hit(self):
-            self.calls += 1
-            return os.getpid(), swiftray.get_runtime_context().get_node_id(), self.calls
-
-    c = Counter.remote()
+    from conftest import counter_actor
+    c = counter_actor("r").remote()
     old_pid, node, calls = swiftray.get(c.hit.remote())
     assert (node, calls) == (_node_id(victim["session"]), 1)
     spare = cluster.add_node(num_cpus=1, resources={"r": 1})
@@ -291,8 +290,9 @@ def test_work_on_other_nodes_goes_on_while_the_head_is_down_and_the_driver_recon
     cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
     head = cluster.add_node(num_cpus=1)
     worker = cluster.add_node(num_cpus=2, resources={"w": 4})
+    mine = cluster.add_node(num_cpus=1, host="here")
     port = int(cluster.address.rsplit(":", 1)[1])
-    swiftray.init(address=worker["session"], namespace="app")  # this driver lives on the worker node
+    swiftray.init(address=mine["session"], namespace="app")  # this driver lives on a node that is not the head
 
     @swiftray.remote(resources={"w": 1})
     def square(x):
@@ -370,8 +370,13 @@ def test_an_actor_whose_driver_died_while_the_head_was_down_dies_when_the_head_i
         "h = Held.options(name='held').remote()\n"
         "print(swiftray.get(h.pid.remote()), flush=True)\n"
         "time.sleep(600)\n")
-    owner = subprocess.Popen([sys.executable, str(script), worker["session"]], stdout=subprocess.PIPE, text=True,
-                             env=dict(os.environ, SWIFTRAY_REDIS_ADDRESS=redis_address))
+    env = dict(os.environ, SWIFTRAY_REDIS_ADDRESS=redis_address)
+    if worker["host"]:  # the driver runs on the worker node's machine
+        owner = worker["host"].popen([sys.executable, "-c", script.read_text(), worker["session"]],
+                                     stdout=subprocess.PIPE, text=True, env=env)
+    else:
+        owner = subprocess.Popen([sys.executable, str(script), worker["session"]], stdout=subprocess.PIPE, text=True,
+                                 env=env)
     actor_pid = int(owner.stdout.readline())
     cluster.kill_node(head)
     owner.send_signal(signal.SIGKILL)  # no goodbye: its node notices within a second
@@ -435,7 +440,7 @@ def test_a_node_that_dies_while_the_head_is_down_is_found_dead_by_the_new_head(c
     # the live ones, not registered again yet, are never announced dead meanwhile.
     cluster.env["SWIFTRAY_REDIS_ADDRESS"] = redis_address
     head = cluster.add_node(num_cpus=1)
-    keeper = cluster.add_node(num_cpus=1)  # the driver's node
+    keeper = cluster.add_node(num_cpus=1, host="here")  # the driver's node
     victim = cluster.add_node(num_cpus=1, resources={"r": 1})
     port = int(cluster.address.rsplit(":", 1)[1])
     swiftray.init(address=keeper["session"])

@@ -372,6 +372,11 @@ enum CoreAPI {
       let wait = min(left ?? slice, slice)
       if withoutGIL({ core.wait(pending, nanos: wait) }) { return core.endWait(pending) }
       if PyErr_CheckSignals() != 0 { _ = core.endWait(pending); return nil }
+      if let lost = core.localNodeLost.withLock({ $0 }) {
+        if core.endWait(pending) { return true }
+        _ = ErrorMapping.raise(lost)
+        return nil
+      }
       if let left, left <= wait { return core.endWait(pending) }
     }
   }
@@ -497,6 +502,7 @@ enum CoreAPI {
           ("NodeManagerAddress", Py.str(node.ipAddress)),
           ("NodeManagerEndpoint", Py.str(node.nodeManagerEndpoint)),
           ("NodeManagerTCPAddress", Py.str(node.nodeManagerAddress)),
+          ("NodeManagerPort", Py.int({ if case .tcp(_, let p)? = Endpoint(node.nodeManagerAddress) { return p } else { return 0 } }())),
           ("SessionDir", Py.str(node.sessionDir)),
           ("DeathDetail", Py.str(node.deathDetail)),
           ("Resources", resourcesDict(node.total)),

@@ -17,8 +17,8 @@ struct Start: ParsableCommand {
   var address: String?
   @Option(help: "TCP port of the head's ControlService (default 6379; 0 picks a free one).")
   var port: Int = 6379
-  @Option(name: .customLong("node-ip-address"), help: "The IP address other nodes reach this node at (default 127.0.0.1).")
-  var nodeIPAddress: String = "127.0.0.1"
+  @Option(name: .customLong("node-ip-address"), help: "The IP address other nodes reach this node at (default: the address of the interface that routes to the head; on the head, of its default route, else 127.0.0.1).")
+  var nodeIPAddress: String?
   @Option(name: .customLong("num-cpus"), help: "CPUs of this node (default: all).")
   var numCPUs: Double?
   @Option(name: .customLong("num-gpus"), help: "GPUs of this node (default: 0).")
@@ -40,6 +40,9 @@ struct Start: ParsableCommand {
     if head == (address != nil) { throw ValidationError("give either --head (start a cluster) or --address=HOST:PORT (join one)") }
     if let a = address, Self.endpoint(a) == nil { throw ValidationError("--address must be HOST:PORT, got \(a)") }
     if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
+    if let ip = nodeIPAddress, !NodeAddress.isIPAddress(ip) {
+      throw ValidationError("--node-ip-address must be an IPv4 or IPv6 address of this machine, got \(ip)")
+    }
     let most = Int64(ResourceSet.maxUnits)
     if let n = numCPUs, !(n >= 0 && n <= ResourceSet.maxUnits) { throw ValidationError("--num-cpus must be 0 ... \(most)") }
     if let n = numGPUs, !(n >= 0 && n <= ResourceSet.maxUnits) { throw ValidationError("--num-gpus must be 0 ... \(most)") }
@@ -170,6 +173,13 @@ struct Start: ParsableCommand {
     throw ValidationError("the node daemon did not come up within 60 s (log: \(logPath))")
   }
 
+  /// `--node-ip-address`, or the address of the interface that routes to the head.
+  func advertisedAddress() -> String {
+    if let nodeIPAddress { return nodeIPAddress }
+    guard let a = address, case .tcp(let host, let port)? = Self.endpoint(a) else { return NodeAddress.detect(head: nil) }
+    return NodeAddress.detect(head: (host, port))
+  }
+
   /// Runs the node in this process until SIGTERM/SIGINT.
   func serve() throws {
     TasksOnEventLoops.install()
@@ -201,7 +211,7 @@ struct Start: ParsableCommand {
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
       root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
-      nodeIP: nodeIPAddress, controlStorage: storage, auth: auth)
+      nodeIP: advertisedAddress(), controlStorage: storage, auth: auth)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     DaemonIdentity.record(in: cluster.sessionDir)

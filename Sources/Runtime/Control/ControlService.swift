@@ -44,6 +44,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let pool: DataPlaneClientPool
   /// gRPC clients of the NodeManagers, by address.
   let nodeClients: ControlClients
+  /// Actor-creation lease requests out to nodes, ended when their node is declared dead.
+  let leaseCalls = CallsByNode()
   let config: Config
   let log = Logger(label: "swiftray.control")
   let healthLoop = Locked<Task<Void, Never>?>(nil)
@@ -121,6 +123,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
     _ = try ResourceSet.checked(request.node.total, field: "total")
     _ = try ResourceSet.checked(request.node.available, field: "available")
+    try await checkReachable(request.node)
     state.withLock { s in
       persist(s.nodes.registered(request.node))  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes
       for w in request.recentWorkerExits.prefix(WorkerDeathLog.maxPerAnswer) { s.workerDeaths.died(w) }
@@ -128,6 +131,25 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     startHealthChecks()
     placementKicks.yield()
     return Swiftray_RegisterNodeReply()
+  }
+
+  /// A node that joins over TCP must be reachable at the address it advertises (health
+  /// checks, leases and object pulls all dial it there): one stats call with the health
+  /// check's deadline before it is listed, so a wrong `--node-ip-address` fails `swiftray
+  /// start` with a message rather than a node that every check later declares dead.
+  func checkReachable(_ node: Swiftray_NodeInfo) async throws {
+    let address = node.nodeManagerAddress
+    guard !address.isEmpty, let nm = nodeClient(address) else { return }
+    do {
+      _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
+        Swiftray_GetNodeStatsRequest(), options: ControlPlane.deadline(milliseconds: max(1000, min(config.healthCheckTimeoutMs, 10_000))))
+    } catch {
+      nodeClients.remove([address])
+      throw RPCError(
+        code: .failedPrecondition,
+        message: "the head cannot reach this node at the address it advertises, \(address) (\(ControlPlane.error(error, calling: "GetNodeStats", at: Endpoint(address) ?? .unix(address)).message)). "
+          + "Give `swiftray start` a --node-ip-address of this machine that the head can reach (and open its ports).")
+    }
   }
 
   // MARK: health checks
@@ -183,7 +205,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let short = NodeID(binary: id)?.hex.prefix(12) ?? "?"
     perform(state.withLock { $0.actors.nodeDied(endpoints, detail: "its node \(short) died: \(detail)") })
     performGroups(state.withLock { $0.groups.nodeDied(id) })
-    // Closed without waiting: this runs in a Task, which must not block.
+    // Closed without waiting: this runs in a Task, which must not block. A creation
+    // waiting there for a lease is asked again elsewhere at once.
+    leaseCalls.nodeDied(Array(endpoints))
     nodeClients.remove(endpoints)
   }
 
@@ -478,7 +502,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       perform(state.withLock { $0.actors.leaseRequestFailed(id, now: now) })
       return
     }
-    let leases = LeaseClient(local: nil, nodes: nodeClients, maxHops: 1)
+    let leases = LeaseClient(local: nil, nodes: nodeClients, maxHops: 1, watch: leaseCalls)
     Task { [self] in
       var req = Swiftray_RequestWorkerLeaseRequest()
       req.leaseRequestID = randomWord() >> 1

@@ -18,11 +18,24 @@ extension CoreWorker {
                                 _ body: @escaping @Sendable (Swiftray_ControlService.Client<ControlPlane.Transport>) async throws -> T) throws -> T {
     let c = control
     let patience = controlPatience
-    return try blockingAwait(timeout: timeout + patience) {
-      do { return try await ControlPlane.whileUnavailable(patience: patience) { try await body(Swiftray_ControlService.Client(wrapping: c.client)) } }
-      catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
+    let answered = Locked(false)
+    do {
+      return try blockingAwait(timeout: timeout + patience) {
+        do {
+          defer { answered.withLock { $0 = true } }
+          return try await ControlPlane.whileUnavailable(patience: patience) { try await body(Swiftray_ControlService.Client(wrapping: c.client)) }
+        } catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
+      }
+    } catch where !answered.withLock({ $0 }) {
+      // Silence, not a refusal: packets to the head vanish (a partition, a firewall) or
+      // it hangs. Say so, and which limits ran out.
+      throw SwiftrayError(.system, "\(method) to the head at \(c.endpoint) got no answer within \(Self.seconds(timeout + patience)) s "
+        + "(\(Self.seconds(timeout)) s for the call, then gcs_rpc_server_reconnect_timeout_s=\(Self.seconds(patience))): the head is "
+        + "unreachable from this machine (a network partition or a firewall) or hangs")
     }
   }
+
+  static func seconds(_ d: Duration) -> Int64 { d.components.seconds }
 
   public func kvPut(namespace: String, key: Data, value: Data, overwrite: Bool) throws -> Bool {
     var req = Swiftray_KVPutRequest()

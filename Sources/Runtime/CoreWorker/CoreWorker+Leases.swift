@@ -50,7 +50,7 @@ extension CoreWorker {
   func requestLease(_ requestID: UInt64, _ key: SchedulingKey, preferred: Data?) {
     let owner = address
     let job = jobID
-    let leases = LeaseClient(local: nodeManager, nodes: otherNodes, maxHops: Self.maxLeaseHops)
+    let leases = LeaseClient(local: nodeManager, nodes: otherNodes, maxHops: Self.maxLeaseHops, watch: leaseCalls)
     Task { [self] in
       if case .placementGroup(let g, _, _) = key.strategy { await placementGroupRegistered(g) }
       var req = Swiftray_RequestWorkerLeaseRequest()
@@ -133,7 +133,7 @@ extension CoreWorker {
             req, options: ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs))
         : nil
       let how = cause?.found == true ? cause!.exit.detail
-        : nodeDeath.map { "worker \(lease.worker.hex.prefix(12)) was on \($0)" }
+        : nodeDeath.map { "worker \(lease.worker.hex.prefix(12)) was lost with its node (\($0))" }
         ?? "worker \(lease.worker.hex.prefix(12)) died (its exit status is unknown)"
       let now = self.now()
       owner { $0.tasksLostWithWorker(tids, how: how, now: now) }

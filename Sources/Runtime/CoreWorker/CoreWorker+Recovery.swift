@@ -19,6 +19,7 @@ extension CoreWorker {
     let why = "node \(short) died: \(d.detail.isEmpty ? "it stopped answering health checks" : d.detail)"
     let now = self.now()
     let here = (node: Data(options.nodeID.binary), store: objectStore.remoteAddress)
+    leaseCalls.nodeDied([d.nodeManagerAddress, d.nodeManagerEndpoint])
     owner { $0.nodeDied(d.nodeID, nodeManagers: [d.nodeManagerAddress, d.nodeManagerEndpoint], why: why, here: here, now: now) }
   }
 

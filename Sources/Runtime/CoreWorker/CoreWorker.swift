@@ -118,6 +118,10 @@ public final class CoreWorker: Sendable {
   let registering = DispatchGroup()
   /// NodeManagers of other nodes this process leased from, by endpoint.
   let otherNodes: ControlClients
+  /// Lease requests out to other nodes, ended when their node is declared dead.
+  let leaseCalls = CallsByNode()
+  /// Set once this process's node is gone (its registration connection closed): why.
+  public let localNodeLost = Locked<SwiftrayError?>(nil)
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
 
@@ -231,6 +235,16 @@ public final class CoreWorker: Sendable {
         }
       case .failure(let e):
         first = .failure(SwiftrayError(.localRayletDied, "cannot register with the node at \(store): \(e.message)"))
+        // Lost after it registered: this process's node is gone. A worker exits on its
+        // own (its store is gone); a driver's waits end with this instead of hanging.
+        box.core?.localNodeLost.withLock { l in
+          if l == nil {
+            l = SwiftrayError(.localRayletDied, "this process's node (at \(store)) is gone: \(e.message). It stops when "
+              + "it cannot reach the head for gcs_rpc_server_reconnect_timeout_s, when the head declared it dead "
+              + "(fenced), or when it was stopped or killed; its log is daemon.log in its session directory. "
+              + "Start a node on this machine and call init() again")
+          }
+        }
       }
       // Only the first answer counts (a registration is answered once; a connection
       // lost later only ends the subscription).

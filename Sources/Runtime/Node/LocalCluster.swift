@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCore
 import NIOPosix
 import RuntimeProto
 
@@ -207,6 +208,8 @@ public final class LocalCluster: Sendable {
       for s in servers { s.shutdown() }
       let e = ControlPlane.error(error, calling: "RegisterNode", at: controlEP)
       if e.code == .authentication { throw e }
+      // The head's own words when it refused this node (it cannot reach it back).
+      if let rpc = error as? RPCError, rpc.code == .failedPrecondition { throw SwiftrayError(.invalidArgument, rpc.message) }
       throw SwiftrayError(.system, "cannot register this node with the ControlService at \(controlEP): \(error)")
     }
     nm.registration.withLock { $0 = registration }

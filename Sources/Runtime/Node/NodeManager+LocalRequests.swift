@@ -119,9 +119,11 @@ extension NodeManager {
 
   /// Passes on, once each, the nodes the ControlService now lists as dead.
   func publishDeaths(of nodes: [Swiftray_NodeInfo]) {
+    var stores: [String] = []
     let (fresh, subs) = state.withLock { s -> ([Swiftray_NodeDeath], [DataPlaneResponder]) in
       var fresh: [Swiftray_NodeDeath] = []
       for n in nodes where NodeTable.isDead(n) && s.deadNodes[n.nodeID] == nil {
+        if !n.storeAddress.isEmpty { stores.append(n.storeAddress) }
         var d = Swiftray_NodeDeath()
         d.nodeID = n.nodeID
         d.nodeManagerAddress = n.nodeManagerAddress
@@ -132,6 +134,7 @@ extension NodeManager {
       }
       return (fresh, fresh.isEmpty ? [] : Array(s.deathSubscribers.values))
     }
+    if !stores.isEmpty { store.storesGone(stores) }
     for d in fresh { for r in subs { r.respond(.nodeDeath(d)) } }
   }
 

@@ -147,6 +147,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs)
   }
 
+  /// A report's deadline: the call deadline, or the patience left since the head last
+  /// answered if that is shorter (at least 1 s).
+  func reportOptions(since lastContact: UInt64, patience: UInt64) -> CallOptions {
+    let spent = clock.now() &- lastContact
+    let leftMs = spent >= patience ? 0 : Int(min((patience - spent) / 1_000_000, UInt64(Int32.max)))
+    return ControlPlane.deadline(milliseconds: max(1000, min(options.config.nodeManagerRpcTimeoutMs, leftMs)))
+  }
+
   /// How long a bundle or a ControlService lease the head does not list stays before it
   /// goes: longer than a whole placement round (a prepare and a commit, each up to the
   /// node call deadline) or a lease's answer, plus a report's own deadline, so nothing a
@@ -178,8 +186,11 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           report.bundleEpoch = s.bundleEpoch
           report.infeasibleDemand = s.queue.pending.prefix(100).map { $0.shape.union($0.placement).proto }
         }
-        // A head that hangs (no answer, TCP open) counts as unreachable, as one that died.
-        if let reply = try? await client.reportResources(report, options: headCallOptions) {
+        // A head that hangs (no answer, TCP open) counts as unreachable, as one that died;
+        // the report waits no longer than the patience left, so a node cut off from its
+        // head stops about `gcsRpcServerReconnectTimeoutS` after the last answer, not a
+        // whole call deadline later.
+        if let reply = try? await client.reportResources(report, options: reportOptions(since: lastContact, patience: patience)) {
           lastContact = clock.now()
           if reply.declaredDead, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
             // Fenced: a partition or a pause outlived the health checks. Its actors run

@@ -188,6 +188,13 @@ public final class ObjectStore: Sendable {
 
   /// The stores of the nodes alive in the cluster view (their TCP addresses): the only
   /// ones this store pulls from. Pins that waited for a view are decided now. Any thread.
+  /// The nodes of these stores were declared dead: pulls from them fail now (their
+  /// readers go on to the rebuild) instead of at the chunk deadline, which a silent
+  /// partition would otherwise make them wait out.
+  public func storesGone(_ addresses: [String]) {
+    for a in addresses { if let ep = Endpoint(a) { peers.close(ep) } }
+  }
+
   public func setPullSources(_ sources: Set<String>) {
     let (allowed, refused) = state.withLock { $0.sources.viewChanged(sources) }
     let now = Clocks.current.now()

@@ -655,20 +655,34 @@ public final class DataPlaneClientPool: Sendable {
     for (body, w) in orphans { c.request(body, w) }
   }
 
+  /// Closes the connection to `endpoint` (its requests in flight fail, and so do those
+  /// waiting for it): the peer is known gone, so nothing should wait out a deadline or
+  /// a keep-alive for its silence. A later request connects anew.
+  public func close(_ endpoint: Endpoint) {
+    LockDiscipline.mustNotHoldLock("DataPlaneClientPool.close")
+    guard let e = state.withLock({ $0.entries.removeValue(forKey: endpoint) }) else { return }
+    Self.close(e, endpoint, why: ": its node is gone")
+  }
+
   /// Closes every connection; requests still waiting for one fail.
   public func closeAll() {
-    let all: [Entry] = state.withLock { s in
+    let all: [Endpoint: Entry] = state.withLock { s in
       defer { s.entries.removeAll() }
-      return Array(s.entries.values)
+      return s.entries
     }
-    for e in all {
-      switch e.phase {
-      case .connected(let c), .draining(let c):
-        c.close()
-        for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection to \(c.endpoint) was closed")) }
-      case .connecting:
-        for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection was closed before it was made")) }
-      }
+    for (endpoint, e) in all { Self.close(e, endpoint, why: "") }
+  }
+
+  /// Closes a removed entry's connection and fails what waited for it. (A connect
+  /// still in flight finds no entry of its attempt when it completes, and closes what
+  /// it made.)
+  private static func close(_ e: Entry, _ endpoint: Endpoint, why: String) {
+    switch e.phase {
+    case .connected(let c), .draining(let c):
+      c.close()
+      for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection to \(endpoint) was closed\(why)")) }
+    case .connecting:
+      for (_, w) in e.queued { w.fail(SwiftrayError(.system, "the connection to \(endpoint) was closed before it was made\(why)")) }
     }
   }
 }
