@@ -81,9 +81,17 @@ class Host:
         self.ip_cmd("route", "add", "default", "via", h.ip)
         # The holder keeps the mount namespace (its own /tmp and /dev/shm) for every later
         # command; `unshare` makes its mounts private, so nothing leaks to this machine.
+        # The code under test stays visible when it lives under /tmp (a fresh clone in CI):
+        # as on real machines that each have the project checked out at the same path.
+        # Bound into the host's /tmp first, so it shows through once that is mounted.
+        shares = ""
+        for d in h.shared:
+            inside = os.path.join(self.tmp, os.path.relpath(d, "/tmp"))
+            os.makedirs(inside, exist_ok=True)
+            shares += f"mount --bind {d} {inside} && "
         self.holder = subprocess.Popen(
             ["ip", "netns", "exec", self.name, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f"mount --bind {self.tmp} /tmp && mount --bind {self.shm} /dev/shm && echo ready && exec sleep 100000000"],
+             f"{shares}mount --bind {self.tmp} /tmp && mount --bind {self.shm} /dev/shm && echo ready && exec sleep 100000000"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         line = self.holder.stdout.readline().strip()
         if line != "ready":
@@ -146,6 +154,8 @@ class Hosts:
         self.root = f"/tmp/srh-{self.tag}"
         self.hosts = []
         self._cuts = set()  # pairs cut by cut_between
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.shared = [repo] if repo.startswith("/tmp/") else []
         os.makedirs(REGISTRY, exist_ok=True)
         self._record()
         try:
