@@ -83,7 +83,7 @@ class Host:
         # command; `unshare` makes its mounts private, so nothing leaks to this machine.
         # The code under test stays visible when it lives under /tmp (a fresh clone in CI):
         # as on real machines that each have the project checked out at the same path.
-        # Bound into the host's /tmp first, so it shows through once that is mounted.
+        # Bound into the host's /tmp first, and carried along by its recursive bind.
         shares = ""
         for d in h.shared:
             inside = os.path.join(self.tmp, os.path.relpath(d, "/tmp"))
@@ -91,7 +91,7 @@ class Host:
             shares += f"mount --bind {d} {inside} && "
         self.holder = subprocess.Popen(
             ["ip", "netns", "exec", self.name, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f"{shares}mount --bind {self.tmp} /tmp && mount --bind {self.shm} /dev/shm && echo ready && exec sleep 100000000"],
+             f"{shares}mount --rbind {self.tmp} /tmp && mount --bind {self.shm} /dev/shm && echo ready && exec sleep 100000000"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         line = self.holder.stdout.readline().strip()
         if line != "ready":
