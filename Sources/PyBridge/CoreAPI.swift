@@ -36,6 +36,13 @@ enum CoreAPI {
     .init(name: "kv_put", fn: kvPut, doc: "kv_put(namespace, key, value, overwrite) -> bool"),
     .init(name: "kv_get", fn: kvGet, doc: "kv_get(namespace, key) -> bytes | None"),
     .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
+    .init(name: "query_state", fn: queryState,
+          doc: "query_state(kind, filters: [(key, op, value)], limit, detail) -> (json: bytes, total, returned, dropped, warnings)"),
+    .init(name: "flush_task_events", fn: { _, _, _ in
+      guard let s = session() else { return nil }
+      withoutGIL { s.core.flushTaskEvents() }
+      return Py.none
+    }, doc: "flush_task_events(): send this process's task events to the head now"),
     .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
     .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
     .init(name: "memory_summary", fn: memorySummary, doc: "memory_summary() -> str: the text of `swiftray memory` for this node"),
@@ -509,6 +516,33 @@ enum CoreAPI {
           ("Available", resourcesDict(node.available)),
         ])
       })
+    })
+  }
+
+  static let queryState: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(4, "query_state"), let s = session(), let kind = Py.toString(args[0]), let items = Py.sequence(args[1]),
+      let limit = Py.toInt(args[2])
+    else { return nil }
+    var req = Swiftray_ListStateRequest()
+    req.kind = kind
+    req.limit = Int32(clamping: limit)
+    req.detail = PyObject_IsTrue(args[3]) == 1
+    for item in items {
+      guard let t = Py.sequence(item), t.count == 3, let k = Py.toString(t[0]), let op = Py.toString(t[1]), let v = Py.toString(t[2]) else {
+        PyErr_Clear()
+        return ErrorMapping.raise(SwiftrayError(.invalidArgument, "each filter is a (key, predicate, value) tuple of strings"))
+      }
+      var f = Swiftray_StateFilter()
+      f.key = k; f.op = op; f.value = v
+      req.filters.append(f)
+    }
+    return blocking("ListState", {
+      if kind == "tasks" || kind == "summary-tasks" || kind == "timeline" { s.core.flushTaskEvents() }
+      return try s.core.queryState(req)
+    }, then: { r in
+      Py.tuple([Py.bytes(r.json), Py.int(Int(r.total)), Py.int(Int(r.returned)), Py.int(Int(clamping: r.droppedEvents)),
+                Py.list(r.warnings.map(Py.str))])
     })
   }
 

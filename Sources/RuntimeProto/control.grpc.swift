@@ -256,6 +256,32 @@ public enum Swiftray_ControlService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReportTaskEvents" metadata.
+        public enum ReportTaskEvents: Sendable {
+            /// Request type for "ReportTaskEvents".
+            public typealias Input = Swiftray_ReportTaskEventsRequest
+            /// Response type for "ReportTaskEvents".
+            public typealias Output = Swiftray_ReportTaskEventsReply
+            /// Descriptor for "ReportTaskEvents".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "ReportTaskEvents",
+                type: .unary
+            )
+        }
+        /// Namespace for "ListState" metadata.
+        public enum ListState: Sendable {
+            /// Request type for "ListState".
+            public typealias Input = Swiftray_ListStateRequest
+            /// Response type for "ListState".
+            public typealias Output = Swiftray_ListStateReply
+            /// Descriptor for "ListState".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.ControlService"),
+                method: "ListState",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "swiftray.ControlService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             RegisterNode.descriptor,
@@ -275,7 +301,9 @@ public enum Swiftray_ControlService: Sendable {
             RemovePlacementGroup.descriptor,
             GetPlacementGroup.descriptor,
             GetAllPlacementGroups.descriptor,
-            WaitPlacementGroup.descriptor
+            WaitPlacementGroup.descriptor,
+            ReportTaskEvents.descriptor,
+            ListState.descriptor
         ]
     }
 }
@@ -553,6 +581,34 @@ extension Swiftray_ControlService {
             request: GRPCCore.StreamingServerRequest<Swiftray_WaitPlacementGroupRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_WaitPlacementGroupReply>
+
+        /// Handle the "ReportTaskEvents" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ReportTaskEventsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ReportTaskEventsReply` messages.
+        func reportTaskEvents(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ReportTaskEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportTaskEventsReply>
+
+        /// Handle the "ListState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ListStateRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ListStateReply` messages.
+        func listState(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ListStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListStateReply>
     }
 
     /// Service protocol for the "swiftray.ControlService" service.
@@ -814,6 +870,34 @@ extension Swiftray_ControlService {
             request: GRPCCore.ServerRequest<Swiftray_WaitPlacementGroupRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swiftray_WaitPlacementGroupReply>
+
+        /// Handle the "ReportTaskEvents" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportTaskEventsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_ReportTaskEventsReply` message.
+        func reportTaskEvents(
+            request: GRPCCore.ServerRequest<Swiftray_ReportTaskEventsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_ReportTaskEventsReply>
+
+        /// Handle the "ListState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListStateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ListStateReply` messages.
+        func listState(
+            request: GRPCCore.ServerRequest<Swiftray_ListStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListStateReply>
     }
 
     /// Simple service protocol for the "swiftray.ControlService" service.
@@ -1073,6 +1157,35 @@ extension Swiftray_ControlService {
             request: Swiftray_WaitPlacementGroupRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Swiftray_WaitPlacementGroupReply
+
+        /// Handle the "ReportTaskEvents" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ReportTaskEventsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_ReportTaskEventsReply` to respond with.
+        func reportTaskEvents(
+            request: Swiftray_ReportTaskEventsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_ReportTaskEventsReply
+
+        /// Handle the "ListState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ListStateRequest` message.
+        ///   - response: A response stream of `Swiftray_ListStateReply` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func listState(
+            request: Swiftray_ListStateRequest,
+            response: GRPCCore.RPCWriter<Swiftray_ListStateReply>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -1273,6 +1386,28 @@ extension Swiftray_ControlService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitPlacementGroupReply>(),
             handler: { request, context in
                 try await self.waitPlacementGroup(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.ReportTaskEvents.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReportTaskEventsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReportTaskEventsReply>(),
+            handler: { request, context in
+                try await self.reportTaskEvents(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_ControlService.Method.ListState.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListStateRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListStateReply>(),
+            handler: { request, context in
+                try await self.listState(
                     request: request,
                     context: context
                 )
@@ -1480,6 +1615,28 @@ extension Swiftray_ControlService.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reportTaskEvents(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ReportTaskEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ReportTaskEventsReply> {
+        let response = try await self.reportTaskEvents(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listState(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ListStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListStateReply> {
+        let response = try await self.listState(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -1717,6 +1874,36 @@ extension Swiftray_ControlService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func reportTaskEvents(
+        request: GRPCCore.ServerRequest<Swiftray_ReportTaskEventsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_ReportTaskEventsReply> {
+        return GRPCCore.ServerResponse<Swiftray_ReportTaskEventsReply>(
+            message: try await self.reportTaskEvents(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listState(
+        request: GRPCCore.ServerRequest<Swiftray_ListStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListStateReply> {
+        return GRPCCore.StreamingServerResponse<Swiftray_ListStateReply>(
+            metadata: [:],
+            producer: { writer in
+                try await self.listState(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -2070,6 +2257,44 @@ extension Swiftray_ControlService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_WaitPlacementGroupReply>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_WaitPlacementGroupReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReportTaskEvents" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportTaskEventsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReportTaskEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReportTaskEventsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reportTaskEvents<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReportTaskEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReportTaskEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReportTaskEventsReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportTaskEventsReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListStateRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListStateRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListStateReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listState<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListStateReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_ListStateReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2628,6 +2853,64 @@ extension Swiftray_ControlService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReportTaskEvents" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ReportTaskEventsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ReportTaskEventsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ReportTaskEventsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reportTaskEvents<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ReportTaskEventsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ReportTaskEventsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ReportTaskEventsReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportTaskEventsReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.ReportTaskEvents.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "ListState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListStateRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListStateRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListStateReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listState<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListStateReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_ListStateReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Swiftray_ControlService.Method.ListState.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -3079,6 +3362,54 @@ extension Swiftray_ControlService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_WaitPlacementGroupRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_WaitPlacementGroupReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportTaskEvents" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ReportTaskEventsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportTaskEvents<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ReportTaskEventsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportTaskEventsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reportTaskEvents(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ReportTaskEventsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ReportTaskEventsReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListState" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ListStateRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listState<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ListStateRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_ListStateReply>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.listState(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListStateRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListStateReply>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3604,6 +3935,62 @@ extension Swiftray_ControlService.ClientProtocol {
             metadata: metadata
         )
         return try await self.waitPlacementGroup(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportTaskEvents" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportTaskEvents<Result>(
+        _ message: Swiftray_ReportTaskEventsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ReportTaskEventsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ReportTaskEventsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reportTaskEvents(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListState" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listState<Result>(
+        _ message: Swiftray_ListStateRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_ListStateReply>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ListStateRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listState(
             request: request,
             options: options,
             onResponse: handleResponse

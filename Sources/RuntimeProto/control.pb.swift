@@ -167,6 +167,13 @@ public nonisolated struct Swiftray_RegisterJobRequest: Sendable {
 
   public var driverID: Data = Data()
 
+  /// What the state API shows of the job: the driver's command line and machine.
+  public var entrypoint: String = String()
+
+  public var nodeID: Data = Data()
+
+  public var nodeIp: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1067,6 +1074,254 @@ public nonisolated struct Swiftray_WaitPlacementGroupReply: Sendable {
   fileprivate var _group: Swiftray_PlacementGroupInfo? = nil
 }
 
+/// One state change of a task attempt (DESIGN §13), recorded by its owner (submitted,
+/// waiting, scheduled, finished, failed) or its executor (running, ended).
+public nonisolated struct Swiftray_TaskEvent: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var taskID: Data {
+    get {_storage._taskID}
+    set {_uniqueStorage()._taskID = newValue}
+  }
+
+  public var attempt: Int32 {
+    get {_storage._attempt}
+    set {_uniqueStorage()._attempt = newValue}
+  }
+
+  /// TaskEventState's raw value.
+  public var state: Int32 {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  /// The sender's monotonic clock (ReportTaskEventsRequest maps it to wall time).
+  public var timeNs: UInt64 {
+    get {_storage._timeNs}
+    set {_uniqueStorage()._timeNs = newValue}
+  }
+
+  /// FAILED: Ray's error type (TASK_EXECUTION_EXCEPTION, WORKER_DIED, ...) and message.
+  public var errorType: String {
+    get {_storage._errorType}
+    set {_uniqueStorage()._errorType = newValue}
+  }
+
+  public var errorMessage: String {
+    get {_storage._errorMessage}
+    set {_uniqueStorage()._errorMessage = newValue}
+  }
+
+  /// SUBMITTED_TO_WORKER: where the owner sent it.
+  public var nodeID: Data {
+    get {_storage._nodeID}
+    set {_uniqueStorage()._nodeID = newValue}
+  }
+
+  public var workerID: Data {
+    get {_storage._workerID}
+    set {_uniqueStorage()._workerID = newValue}
+  }
+
+  public var workerPid: Int32 {
+    get {_storage._workerPid}
+    set {_uniqueStorage()._workerPid = newValue}
+  }
+
+  /// From the executor (running, ended): its span's end and the arguments' bytes.
+  public var fromExecutor: Bool {
+    get {_storage._fromExecutor}
+    set {_uniqueStorage()._fromExecutor = newValue}
+  }
+
+  public var endNs: UInt64 {
+    get {_storage._endNs}
+    set {_uniqueStorage()._endNs = newValue}
+  }
+
+  public var argBytes: UInt64 {
+    get {_storage._argBytes}
+    set {_uniqueStorage()._argBytes = newValue}
+  }
+
+  public var returnBytes: UInt64 {
+    get {_storage._returnBytes}
+    set {_uniqueStorage()._returnBytes = newValue}
+  }
+
+  /// From the owner, with FINISHED/FAILED: the span the worker reported in its reply
+  /// (wall clock, ns).
+  public var startWallNs: UInt64 {
+    get {_storage._startWallNs}
+    set {_uniqueStorage()._startWallNs = newValue}
+  }
+
+  public var endWallNs: UInt64 {
+    get {_storage._endWallNs}
+    set {_uniqueStorage()._endWallNs = newValue}
+  }
+
+  /// What the task is, as an index into its batch's `infos` (1-based; 0: not said), and
+  /// the task that submitted it: a batch describes each function once.
+  public var infoIndex: Int32 {
+    get {_storage._infoIndex}
+    set {_uniqueStorage()._infoIndex = newValue}
+  }
+
+  public var parentTaskID: Data {
+    get {_storage._parentTaskID}
+    set {_uniqueStorage()._parentTaskID = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Swiftray_TaskEventInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var funcOrClassName: String = String()
+
+  /// TaskEventType's raw value.
+  public var type: Int32 = 0
+
+  public var jobID: Data = Data()
+
+  public var parentTaskID: Data = Data()
+
+  public var actorID: Data = Data()
+
+  public var requiredResources: Swiftray_ResourceShape {
+    get {_requiredResources ?? Swiftray_ResourceShape()}
+    set {_requiredResources = newValue}
+  }
+  /// Returns true if `requiredResources` has been explicitly set.
+  public var hasRequiredResources: Bool {self._requiredResources != nil}
+  /// Clears the value of `requiredResources`. Subsequent reads from it will return its default value.
+  public mutating func clearRequiredResources() {self._requiredResources = nil}
+
+  public var placementGroupID: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _requiredResources: Swiftray_ResourceShape? = nil
+}
+
+/// A batch of one process's events; its clocks map the events' times to wall time.
+public nonisolated struct Swiftray_ReportTaskEventsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var workerID: Data = Data()
+
+  public var nodeID: Data = Data()
+
+  public var pid: Int32 = 0
+
+  public var monotonicNowNs: UInt64 = 0
+
+  public var wallNowNs: UInt64 = 0
+
+  public var events: [Swiftray_TaskEvent] = []
+
+  /// Events this process dropped since its last batch (its buffer was full).
+  public var dropped: UInt64 = 0
+
+  public var isDriver: Bool = false
+
+  /// The tasks' descriptions the events point at (`TaskEvent.info_index`).
+  public var infos: [Swiftray_TaskEventInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ReportTaskEventsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A query of the state API: `kind` tasks, actors, nodes, workers, placement-groups,
+/// jobs; "summary-tasks", "summary-actors"; "timeline".
+public nonisolated struct Swiftray_StateFilter: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: String = String()
+
+  public var op: String = String()
+
+  public var value: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ListStateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: String = String()
+
+  public var filters: [Swiftray_StateFilter] = []
+
+  /// 0: the default (100); at most max_state_api_limit.
+  public var limit: Int32 = 0
+
+  public var detail: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Streamed: the JSON comes in chunks of at most 1 MiB, in order; the first message
+/// carries the counts and warnings.
+public nonisolated struct Swiftray_ListStateReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A JSON array of rows (an object for summaries; the timeline's trace array).
+  public var json: Data = Data()
+
+  /// Rows that matched (before the limit).
+  public var total: Int64 = 0
+
+  public var returned: Int64 = 0
+
+  /// Task events dropped on the way (full buffers in processes or at the head).
+  public var droppedEvents: UInt64 = 0
+
+  /// Why the answer may be incomplete (empty when it is not).
+  public var warnings: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Swiftray_RequestWorkerLeaseRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1924,7 +2179,7 @@ nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterJobRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0\u{3}driver_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0\u{3}driver_id\0\u{1}entrypoint\0\u{3}node_id\0\u{3}node_ip\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1935,6 +2190,9 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
       case 1: try { try decoder.decodeSingularStringField(value: &self.driverEndpoint) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.driverPid) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.driverID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.entrypoint) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.nodeIp) }()
       default: break
       }
     }
@@ -1950,6 +2208,15 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
     if !self.driverID.isEmpty {
       try visitor.visitSingularBytesField(value: self.driverID, fieldNumber: 3)
     }
+    if !self.entrypoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.entrypoint, fieldNumber: 4)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.nodeID, fieldNumber: 5)
+    }
+    if !self.nodeIp.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeIp, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1957,6 +2224,9 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
     if lhs.driverEndpoint != rhs.driverEndpoint {return false}
     if lhs.driverPid != rhs.driverPid {return false}
     if lhs.driverID != rhs.driverID {return false}
+    if lhs.entrypoint != rhs.entrypoint {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.nodeIp != rhs.nodeIp {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3428,6 +3698,477 @@ nonisolated extension Swiftray_WaitPlacementGroupReply: SwiftProtobuf.Message, S
   public static func ==(lhs: Swiftray_WaitPlacementGroupReply, rhs: Swiftray_WaitPlacementGroupReply) -> Bool {
     if lhs.found != rhs.found {return false}
     if lhs._group != rhs._group {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_TaskEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TaskEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}state\0\u{3}time_ns\0\u{4}\u{2}error_type\0\u{3}error_message\0\u{3}node_id\0\u{3}worker_id\0\u{3}from_executor\0\u{3}end_ns\0\u{3}arg_bytes\0\u{3}return_bytes\0\u{3}worker_pid\0\u{3}start_wall_ns\0\u{3}end_wall_ns\0\u{3}info_index\0\u{3}parent_task_id\0\u{c}\u{5}\u{1}")
+
+  fileprivate class _StorageClass {
+    var _taskID: Data = Data()
+    var _attempt: Int32 = 0
+    var _state: Int32 = 0
+    var _timeNs: UInt64 = 0
+    var _errorType: String = String()
+    var _errorMessage: String = String()
+    var _nodeID: Data = Data()
+    var _workerID: Data = Data()
+    var _workerPid: Int32 = 0
+    var _fromExecutor: Bool = false
+    var _endNs: UInt64 = 0
+    var _argBytes: UInt64 = 0
+    var _returnBytes: UInt64 = 0
+    var _startWallNs: UInt64 = 0
+    var _endWallNs: UInt64 = 0
+    var _infoIndex: Int32 = 0
+    var _parentTaskID: Data = Data()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _taskID = source._taskID
+      _attempt = source._attempt
+      _state = source._state
+      _timeNs = source._timeNs
+      _errorType = source._errorType
+      _errorMessage = source._errorMessage
+      _nodeID = source._nodeID
+      _workerID = source._workerID
+      _workerPid = source._workerPid
+      _fromExecutor = source._fromExecutor
+      _endNs = source._endNs
+      _argBytes = source._argBytes
+      _returnBytes = source._returnBytes
+      _startWallNs = source._startWallNs
+      _endWallNs = source._endWallNs
+      _infoIndex = source._infoIndex
+      _parentTaskID = source._parentTaskID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularBytesField(value: &_storage._taskID) }()
+        case 2: try { try decoder.decodeSingularInt32Field(value: &_storage._attempt) }()
+        case 3: try { try decoder.decodeSingularInt32Field(value: &_storage._state) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._timeNs) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._errorType) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._errorMessage) }()
+        case 8: try { try decoder.decodeSingularBytesField(value: &_storage._nodeID) }()
+        case 9: try { try decoder.decodeSingularBytesField(value: &_storage._workerID) }()
+        case 10: try { try decoder.decodeSingularBoolField(value: &_storage._fromExecutor) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._endNs) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._argBytes) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._returnBytes) }()
+        case 14: try { try decoder.decodeSingularInt32Field(value: &_storage._workerPid) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._startWallNs) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._endWallNs) }()
+        case 17: try { try decoder.decodeSingularInt32Field(value: &_storage._infoIndex) }()
+        case 18: try { try decoder.decodeSingularBytesField(value: &_storage._parentTaskID) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._taskID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._taskID, fieldNumber: 1)
+      }
+      if _storage._attempt != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._attempt, fieldNumber: 2)
+      }
+      if _storage._state != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._state, fieldNumber: 3)
+      }
+      if _storage._timeNs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._timeNs, fieldNumber: 4)
+      }
+      if !_storage._errorType.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._errorType, fieldNumber: 6)
+      }
+      if !_storage._errorMessage.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._errorMessage, fieldNumber: 7)
+      }
+      if !_storage._nodeID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._nodeID, fieldNumber: 8)
+      }
+      if !_storage._workerID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._workerID, fieldNumber: 9)
+      }
+      if _storage._fromExecutor != false {
+        try visitor.visitSingularBoolField(value: _storage._fromExecutor, fieldNumber: 10)
+      }
+      if _storage._endNs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._endNs, fieldNumber: 11)
+      }
+      if _storage._argBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._argBytes, fieldNumber: 12)
+      }
+      if _storage._returnBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._returnBytes, fieldNumber: 13)
+      }
+      if _storage._workerPid != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._workerPid, fieldNumber: 14)
+      }
+      if _storage._startWallNs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._startWallNs, fieldNumber: 15)
+      }
+      if _storage._endWallNs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._endWallNs, fieldNumber: 16)
+      }
+      if _storage._infoIndex != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._infoIndex, fieldNumber: 17)
+      }
+      if !_storage._parentTaskID.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._parentTaskID, fieldNumber: 18)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_TaskEvent, rhs: Swiftray_TaskEvent) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._taskID != rhs_storage._taskID {return false}
+        if _storage._attempt != rhs_storage._attempt {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._timeNs != rhs_storage._timeNs {return false}
+        if _storage._errorType != rhs_storage._errorType {return false}
+        if _storage._errorMessage != rhs_storage._errorMessage {return false}
+        if _storage._nodeID != rhs_storage._nodeID {return false}
+        if _storage._workerID != rhs_storage._workerID {return false}
+        if _storage._workerPid != rhs_storage._workerPid {return false}
+        if _storage._fromExecutor != rhs_storage._fromExecutor {return false}
+        if _storage._endNs != rhs_storage._endNs {return false}
+        if _storage._argBytes != rhs_storage._argBytes {return false}
+        if _storage._returnBytes != rhs_storage._returnBytes {return false}
+        if _storage._startWallNs != rhs_storage._startWallNs {return false}
+        if _storage._endWallNs != rhs_storage._endWallNs {return false}
+        if _storage._infoIndex != rhs_storage._infoIndex {return false}
+        if _storage._parentTaskID != rhs_storage._parentTaskID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_TaskEventInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TaskEventInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}func_or_class_name\0\u{1}type\0\u{3}job_id\0\u{3}parent_task_id\0\u{3}actor_id\0\u{3}required_resources\0\u{3}placement_group_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.funcOrClassName) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.type) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.jobID) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.parentTaskID) }()
+      case 6: try { try decoder.decodeSingularBytesField(value: &self.actorID) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._requiredResources) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.funcOrClassName.isEmpty {
+      try visitor.visitSingularStringField(value: self.funcOrClassName, fieldNumber: 2)
+    }
+    if self.type != 0 {
+      try visitor.visitSingularInt32Field(value: self.type, fieldNumber: 3)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.jobID, fieldNumber: 4)
+    }
+    if !self.parentTaskID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.parentTaskID, fieldNumber: 5)
+    }
+    if !self.actorID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.actorID, fieldNumber: 6)
+    }
+    try { if let v = self._requiredResources {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
+    if !self.placementGroupID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.placementGroupID, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_TaskEventInfo, rhs: Swiftray_TaskEventInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.funcOrClassName != rhs.funcOrClassName {return false}
+    if lhs.type != rhs.type {return false}
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.parentTaskID != rhs.parentTaskID {return false}
+    if lhs.actorID != rhs.actorID {return false}
+    if lhs._requiredResources != rhs._requiredResources {return false}
+    if lhs.placementGroupID != rhs.placementGroupID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportTaskEventsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}pid\0\u{3}monotonic_now_ns\0\u{3}wall_now_ns\0\u{1}events\0\u{1}dropped\0\u{3}is_driver\0\u{1}infos\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.workerID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.monotonicNowNs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.wallNowNs) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.dropped) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.isDriver) }()
+      case 9: try { try decoder.decodeRepeatedMessageField(value: &self.infos) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.workerID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.workerID, fieldNumber: 1)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.nodeID, fieldNumber: 2)
+    }
+    if self.pid != 0 {
+      try visitor.visitSingularInt32Field(value: self.pid, fieldNumber: 3)
+    }
+    if self.monotonicNowNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.monotonicNowNs, fieldNumber: 4)
+    }
+    if self.wallNowNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.wallNowNs, fieldNumber: 5)
+    }
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 6)
+    }
+    if self.dropped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.dropped, fieldNumber: 7)
+    }
+    if self.isDriver != false {
+      try visitor.visitSingularBoolField(value: self.isDriver, fieldNumber: 8)
+    }
+    if !self.infos.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.infos, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReportTaskEventsRequest, rhs: Swiftray_ReportTaskEventsRequest) -> Bool {
+    if lhs.workerID != rhs.workerID {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.pid != rhs.pid {return false}
+    if lhs.monotonicNowNs != rhs.monotonicNowNs {return false}
+    if lhs.wallNowNs != rhs.wallNowNs {return false}
+    if lhs.events != rhs.events {return false}
+    if lhs.dropped != rhs.dropped {return false}
+    if lhs.isDriver != rhs.isDriver {return false}
+    if lhs.infos != rhs.infos {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReportTaskEventsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportTaskEventsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReportTaskEventsReply, rhs: Swiftray_ReportTaskEventsReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_StateFilter: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StateFilter"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}op\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.key) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.op) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.key.isEmpty {
+      try visitor.visitSingularStringField(value: self.key, fieldNumber: 1)
+    }
+    if !self.op.isEmpty {
+      try visitor.visitSingularStringField(value: self.op, fieldNumber: 2)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_StateFilter, rhs: Swiftray_StateFilter) -> Bool {
+    if lhs.key != rhs.key {return false}
+    if lhs.op != rhs.op {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListStateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListStateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}filters\0\u{1}limit\0\u{1}detail\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.filters) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.limit) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.detail) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.filters.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.filters, fieldNumber: 2)
+    }
+    if self.limit != 0 {
+      try visitor.visitSingularInt32Field(value: self.limit, fieldNumber: 3)
+    }
+    if self.detail != false {
+      try visitor.visitSingularBoolField(value: self.detail, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListStateRequest, rhs: Swiftray_ListStateRequest) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.filters != rhs.filters {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.detail != rhs.detail {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListStateReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListStateReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}json\0\u{1}total\0\u{1}returned\0\u{3}dropped_events\0\u{1}warnings\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.json) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.total) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.returned) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.droppedEvents) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.warnings) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.json.isEmpty {
+      try visitor.visitSingularBytesField(value: self.json, fieldNumber: 1)
+    }
+    if self.total != 0 {
+      try visitor.visitSingularInt64Field(value: self.total, fieldNumber: 2)
+    }
+    if self.returned != 0 {
+      try visitor.visitSingularInt64Field(value: self.returned, fieldNumber: 3)
+    }
+    if self.droppedEvents != 0 {
+      try visitor.visitSingularUInt64Field(value: self.droppedEvents, fieldNumber: 4)
+    }
+    if !self.warnings.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.warnings, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListStateReply, rhs: Swiftray_ListStateReply) -> Bool {
+    if lhs.json != rhs.json {return false}
+    if lhs.total != rhs.total {return false}
+    if lhs.returned != rhs.returned {return false}
+    if lhs.droppedEvents != rhs.droppedEvents {return false}
+    if lhs.warnings != rhs.warnings {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -116,6 +116,12 @@ public nonisolated struct Swiftray_PushTaskReply: Sendable {
   /// on the same worker, so the worker handed it back. The owner queues it again.
   public var handedBack: Bool = false
 
+  /// When the worker started and ended it (wall clock, ns): the owner records the span,
+  /// so it survives a worker that exits before sending its own events.
+  public var startedWallNs: UInt64 = 0
+
+  public var endedWallNs: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1019,7 +1025,7 @@ nonisolated extension Swiftray_ReturnObject: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0\u{3}handed_back\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0\u{3}handed_back\0\u{3}started_wall_ns\0\u{3}ended_wall_ns\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1035,6 +1041,8 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
       case 6: try { try decoder.decodeRepeatedBytesField(value: &self.lostArguments) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.lostDetail) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.handedBack) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.startedWallNs) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.endedWallNs) }()
       default: break
       }
     }
@@ -1065,6 +1073,12 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if self.handedBack != false {
       try visitor.visitSingularBoolField(value: self.handedBack, fieldNumber: 8)
     }
+    if self.startedWallNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.startedWallNs, fieldNumber: 9)
+    }
+    if self.endedWallNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.endedWallNs, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1077,6 +1091,8 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.lostArguments != rhs.lostArguments {return false}
     if lhs.lostDetail != rhs.lostDetail {return false}
     if lhs.handedBack != rhs.handedBack {return false}
+    if lhs.startedWallNs != rhs.startedWallNs {return false}
+    if lhs.endedWallNs != rhs.endedWallNs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

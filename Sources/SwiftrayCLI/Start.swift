@@ -305,18 +305,9 @@ struct Status: ParsableCommand {
   var address: String?
 
   func run() throws {
-    let control: Endpoint
-    var session: String?
-    if let a = address, let ep = Start.endpoint(a), !FileManager.default.fileExists(atPath: a) {
-      control = ep
-    } else if let s = address ?? LocalCluster.newestLiveSession() {
-      session = s
-      control = LocalCluster.controlEndpoint(session: s)
-    } else {
-      print("No running swiftray cluster found on this machine; give --address=HOST:PORT.")
-      throw ExitCode(1)
-    }
-    let auth = try ClusterAuth.required(for: "ask the cluster at \(control) for its status", session: session)
+    let target = try ClusterTarget(address)
+    let control = target.control
+    let auth = try ClusterAuth.required(for: "ask the cluster at \(control) for its status", session: target.session)
     let state = try LocalCluster.clusterState(control: control, group: .singletonMultiThreadedEventLoopGroup, groups: true, auth: auth)
     print(StatusReport.format(state.nodes, groups: state.groups))
   }

@@ -13,7 +13,8 @@ struct SwiftrayCommand: ParsableCommand {
     commandName: "swiftray",
     abstract: "Ray's programming model for Python, with a Swift core.",
     version: SwiftrayVersion.string,
-    subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self, GetAuthToken.self]
+    subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self, GetAuthToken.self,
+                  ListState.self, GetState.self, SummaryState.self, Timeline.self]
   )
 }
 

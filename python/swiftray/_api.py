@@ -281,6 +281,20 @@ def nodes():
     return _core.nodes()
 
 
+def timeline(filename=None):
+    """The cluster's task timeline as Chrome trace events (load the file in
+    chrome://tracing or https://ui.perfetto.dev): a row per worker per node, a span per
+    task and actor call. Writes JSON to `filename` when given, else returns the list."""
+    from swiftray.util import state
+    events = state._timeline_events()
+    if filename is None:
+        return events
+    import json
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
+
+
 def cluster_resources():
     _ensure_init()
     total = {}

@@ -86,6 +86,16 @@ public struct Config: Sendable, Equatable {
   /// 1: a node forks its workers from a fork server (an interpreter that imported the
   /// worker's modules once; `ForkServer`) once it is ready; 0: spawns each worker.
   public var workerForkServer = 1
+  /// 1: owners and workers record their tasks' state changes and send them to the
+  /// head (the state API, `summary`, the timeline); 0: nothing is recorded.
+  public var enableTaskEvents = 1
+  /// How often a process sends its task events to the head (Ray's default).
+  public var taskEventsReportIntervalMs = 1000
+  /// Task events one process keeps while the head has not taken them; past it the
+  /// oldest are dropped and counted (never blocking a task).
+  public var taskEventsMaxNumStatusEventsBufferOnWorker = 100_000
+  /// Task attempts the head keeps for the state API; past it the oldest are evicted.
+  public var taskEventsMaxNumTaskInGcs = 100_000
 
   public init() {}
 
@@ -122,6 +132,10 @@ public struct Config: Sendable, Equatable {
     "task_lanes": \.taskLanes,
     "task_lane_spin_us": \.taskLaneSpinUs,
     "worker_fork_server": \.workerForkServer,
+    "enable_task_events": \.enableTaskEvents,
+    "task_events_report_interval_ms": \.taskEventsReportIntervalMs,
+    "task_events_max_num_status_events_buffer_on_worker": \.taskEventsMaxNumStatusEventsBufferOnWorker,
+    "task_events_max_num_task_in_gcs": \.taskEventsMaxNumTaskInGcs,
   ]
 
   /// The values each key accepts; anything else (from a variable, a flag or
@@ -156,6 +170,10 @@ public struct Config: Sendable, Equatable {
     "task_lanes": 0...1,
     "task_lane_spin_us": 0...100_000,
     "worker_fork_server": 0...1,
+    "enable_task_events": 0...1,
+    "task_events_report_interval_ms": 10...3_600_000,
+    "task_events_max_num_status_events_buffer_on_worker": 100...100_000_000,
+    "task_events_max_num_task_in_gcs": 100...100_000_000,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).

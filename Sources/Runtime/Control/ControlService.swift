@@ -37,9 +37,15 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     var kvBytes = 0
     /// Workers and drivers that exited, for the nodes to pass on to owners.
     var workerDeaths = WorkerDeathLog()
+    var jobs = JobTable()
   }
 
   let state: Locked<State>
+  /// Task attempts from every process's events: a lock of its own, so a batch never
+  /// waits behind the control tables.
+  let events: Locked<TaskEventTable>
+  /// The node whose NodeManager runs beside this service (`list nodes`' head).
+  public let headNode = Locked(Data())
   let group: MultiThreadedEventLoopGroup
   let pool: DataPlaneClientPool
   /// gRPC clients of the NodeManagers, by address.
@@ -73,6 +79,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     }
     self.pool = DataPlaneClientPool(group: group, auth: auth)
     self.nodeClients = ControlClients(group: group, auth: auth)
+    self.events = Locked(TaskEventTable(capacity: config.taskEventsMaxNumTaskInGcs))
     self.state = Locked(State(nodes: NodeTable(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold))))
     let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     self.placementKicks = cont
@@ -233,6 +240,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let job = state.withLock { s in
       let j = s.nextJob
       s.nextJob += 1
+      s.jobs.started(JobID(j), request, nowMs: Self.wallMs())
       var next = s.nextJob
       writer.write(ControlTable.jobs, Data("next".utf8), Data(bytes: &next, count: 4))  // lock-ok: an enqueue, in order
       return j
@@ -392,6 +400,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func reportWorkerFailure(request: Swiftray_ReportWorkerFailureRequest, context: ServerContext) async throws -> Swiftray_ReportWorkerFailureReply {
     perform(state.withLock { s in
       s.workerDeaths.died(request.exit.workerID)
+      s.jobs.driversExited([request.exit.workerID], why: "its driver exited: \(request.exit.detail.prefix(500))", nowMs: Self.wallMs())
       return s.actors.workerDied(request.exit.workerID, detail: request.exit.detail)
     })
     performGroups(state.withLock { $0.groups.creatorDied(request.exit.workerID) })
@@ -400,6 +409,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
 
   public func markJobFinished(request: Swiftray_MarkJobFinishedRequest, context: ServerContext) async throws -> Swiftray_MarkJobFinishedReply {
     let job = JobID(binary: request.jobID).map { " (job \($0.hex))" } ?? ""
+    if let id = JobID(binary: request.jobID) { state.withLock { $0.jobs.ended(id, status: .succeeded, nowMs: Self.wallMs()) } }
     perform(state.withLock { $0.actors.driverExited(request.driverID, detail: "the driver that created it exited\(job)") })
     performGroups(state.withLock { $0.groups.jobFinished(request.jobID) })
     return Swiftray_MarkJobFinishedReply()

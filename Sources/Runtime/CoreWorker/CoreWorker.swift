@@ -69,6 +69,8 @@ public final class CoreWorker: Sendable {
     /// The GPUs of the lease it runs under (an actor's: those of its creation).
     public let gpuIDs: [Int32]
     let responder: DataPlaneResponder
+    /// When the task thread took it (wall clock, ns): the span's start, sent back in the reply.
+    var startedWallNs: UInt64 = 0
   }
 
   /// A remote reader waiting at this owner for a value not here yet.
@@ -124,6 +126,10 @@ public final class CoreWorker: Sendable {
   public let localNodeLost = Locked<SwiftrayError?>(nil)
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
+  /// Sends task events to the head every `task_events_report_interval_ms`.
+  let eventReporter = Locked<Task<Void, Never>?>(nil)
+  /// Task events a failed batch lost, told to the head with the next one.
+  let eventsUnsent = Locked<UInt64>(0)
 
   public init(options: Options, group: MultiThreadedEventLoopGroup, jobID: JobID?,
               warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws {
@@ -150,6 +156,10 @@ public final class CoreWorker: Sendable {
         reply = try blockingAwait(timeout: .seconds(30)) {
           var req = Swiftray_RegisterJobRequest()
           req.driverPid = getpid()
+          req.driverID = Data(options.workerID.binary)
+          req.nodeID = Data(options.nodeID.binary)
+          req.nodeIp = options.nodeIP ?? "127.0.0.1"
+          req.entrypoint = Self.commandLine()
           return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
         }
       } catch { throw ControlPlane.error(error, calling: "RegisterJob", at: options.control) }
@@ -189,10 +199,13 @@ public final class CoreWorker: Sendable {
     if tcpServer != nil { addr.localEndpoint = endpoint.description }
     addr.pid = getpid()
     address = addr
+    let events = TaskEventBuffer(capacity: options.config.taskEventsMaxNumStatusEventsBufferOnWorker,
+                                 enabled: options.config.enableTaskEvents == 1)
     state = Locked(Owner(submitter: NormalTaskSubmitter(settings: settings, firstRequestID: randomWord() >> 16),
-                         idGen: TaskIDGenerator(job: job), selfAddress: addr, maxLineageBytes: options.config.maxLineageBytes))
+                         idGen: TaskIDGenerator(job: job), selfAddress: addr, maxLineageBytes: options.config.maxLineageBytes,
+                         taskEvents: events))
     executor = TaskExecutor(workerID: options.workerID, grants: options.leaseGrants,
-                            maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock)
+                            maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock, taskEvents: events)
     if !options.isDriver, options.config.taskLanes == 1, let lanePath = Lane.path(forWorker: endpoint) {
       executor.lanes = try LaneServer(path: lanePath, auth: options.auth, wake: executor.ready)
       executor.spin = SpinPolicy(budgetNanos: UInt64(options.config.taskLaneSpinUs) * 1000)
@@ -203,6 +216,15 @@ public final class CoreWorker: Sendable {
     Task { for await job in stream { await job() } }
     box.core = self
     try registerWithNode()
+    startTaskEventReporter()
+  }
+
+  /// This process's command line (a driver's entrypoint), from /proc: an embedded
+  /// runtime's `CommandLine` may be empty. At most 4 KiB.
+  static func commandLine() -> String {
+    guard let raw = FileManager.default.contents(atPath: "/proc/self/cmdline") else { return CommandLine.arguments.joined(separator: " ") }
+    let parts = raw.split(separator: 0, omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }
+    return String(parts.joined(separator: " ").prefix(4096))
   }
 
   /// Registers this process with its node over the node's Unix socket (the data-plane
@@ -552,7 +574,9 @@ public final class CoreWorker: Sendable {
   /// still held them.
   public func finish(_ e: Execution, reply: Swiftray_PushTaskReply) {
     var reply = reply
-    executor.finished()
+    reply.startedWallNs = e.startedWallNs
+    reply.endedWallNs = Self.wallNanos()
+    executor.finished(e.spec, reply)
     if reply.returns.contains(where: { !$0.object.nestedRefs.isEmpty }) {
       state.withLock { s in
         for i in reply.returns.indices where !reply.returns[i].object.nestedRefs.isEmpty {
@@ -575,6 +599,8 @@ public final class CoreWorker: Sendable {
   public func shutdown() {
     prepareShutdown()
     returnLeasesAtExit()
+    eventReporter.withLock { $0 }?.cancel()
+    flushTaskEvents(timeout: .seconds(1))
     if let t = logForwarding.withLock({ $0 }) {
       _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }
       t.cancel()

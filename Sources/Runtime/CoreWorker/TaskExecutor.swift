@@ -26,6 +26,15 @@ final class TaskExecutor: Sendable {
     var blocked = false
     /// Refused pushes are logged, but not one line each.
     var refusalLog = LogThrottle()
+    /// Constructors' ends on their way to the head (a task's owner records its end).
+    var taskEvents: TaskEventBuffer
+    /// Tasks started and not ended: a drain announces those it has not yet (RUNNING), so
+    /// a short task costs no event here at all.
+    var started: [TaskID: StartedTask] = [:]
+  }
+
+  struct StartedTask {
+    var taskID: Data, attempt: Int32, at: UInt64, announced = false
   }
 
   let state: Locked<State>
@@ -52,11 +61,12 @@ final class TaskExecutor: Sendable {
 
   let clock: any RuntimeClock
 
-  init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int, clock: any RuntimeClock = Clocks.current) {
+  init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int, clock: any RuntimeClock = Clocks.current,
+       taskEvents: TaskEventBuffer = TaskEventBuffer(capacity: 100_000)) {
     self.workerID = workerID
     self.clock = clock
     self.maxQueued = maxQueued
-    state = Locked(State(leaseGate: LeaseGate(grants: grants, worker: Data(workerID.binary))))
+    state = Locked(State(leaseGate: LeaseGate(grants: grants, worker: Data(workerID.binary)), taskEvents: taskEvents))
   }
 
   var running: TaskID? { state.withLock { $0.running } }
@@ -211,8 +221,11 @@ final class TaskExecutor: Sendable {
 
   private func popNext() -> CoreWorker.Execution? {
     state.withLock { s in
-      guard let e = s.queue.popFirst() else { return nil }
-      s.running = TaskID(binary: e.spec.taskID)
+      guard var e = s.queue.popFirst() else { return nil }
+      let tid = TaskID(binary: e.spec.taskID)
+      s.running = tid
+      e.startedWallNs = CoreWorker.wallNanos()
+      if s.taskEvents.enabled, let tid { s.started[tid] = StartedTask(taskID: e.spec.taskID, attempt: e.spec.attempt, at: clock.now()) }
       s.interruptTarget = nil
       // An actor's methods run in its constructor's placement group.
       if e.spec.actorID.isEmpty || e.spec.hasActorCreation {
@@ -223,7 +236,41 @@ final class TaskExecutor: Sendable {
     }
   }
 
-  func finished() { state.withLock { $0.running = nil } }
+  /// `spec` ended with `reply`. Its owner records the span from the reply; only an
+  /// actor's constructor, whose reply goes to the head, is recorded here.
+  func finished(_ spec: Swiftray_TaskSpec, _ reply: Swiftray_PushTaskReply) {
+    let now = clock.now()
+    state.withLock { s in
+      s.running = nil
+      guard s.taskEvents.enabled else { return }
+      if let tid = TaskID(binary: spec.taskID) { s.started[tid] = nil }
+      guard spec.hasActorCreation else { return }
+      s.taskEvents.record(spec, reply.isApplicationError ? .failed : .finished, now: now) { ev in
+        ev.fromExecutor = true
+        ev.endNs = now
+        ev.argBytes = TaskEventBuffer.argBytes(spec)
+        if reply.isApplicationError { ev.errorType = TaskErrorType.execution }
+      }
+    }
+  }
+
+  /// Takes the spans recorded since the last call.
+  func drainTaskEvents(max: Int) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo], dropped: UInt64, taken: Int) {
+    state.withLock { s in
+      var out = s.taskEvents.drain(max: max)
+      for (tid, t) in s.started where !t.announced && out.events.count < max {
+        s.started[tid]?.announced = true
+        var e = Swiftray_TaskEvent()
+        e.taskID = t.taskID
+        e.attempt = t.attempt
+        e.state = TaskEventState.running.rawValue
+        e.timeNs = t.at
+        e.fromExecutor = true
+        out.events.append(e)
+      }
+      return out
+    }
+  }
 
   /// Called by the interrupt handler on the task thread: true (once per interrupt sent)
   /// when a cancel aimed at the task running now asked for it.

@@ -6,11 +6,12 @@ import Foundation
 /// Hex helpers shared by every ID type.
 enum Hex {
   static func encode<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
-    let digits: [Character] = Array("0123456789abcdef")
-    var s = ""
-    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 0xF)]) }
-    return s
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.underestimatedCount * 2)
+    for b in bytes { out.append(digit(b >> 4)); out.append(digit(b & 0xF)) }
+    return String(decoding: out, as: UTF8.self)
   }
+  @inline(__always) static func digit(_ n: UInt8) -> UInt8 { n < 10 ? 48 + n : 87 + n }
   static func decode(_ hex: String) -> [UInt8]? {
     let chars = Array(hex.utf8)
     guard chars.count % 2 == 0 else { return nil }

@@ -178,6 +178,7 @@ public final class LocalCluster: Sendable {
     case .worker(let c):
       controlEP = c
     }
+    control?.headNode.withLock { $0 = Data(nodeID.binary) }
     var nmOptions = NodeManager.Options(
       nodeID: nodeID, resources: resources, sessionDir: session, workerExecutable: workerExecutable,
       workerEnvironment: workerEnvironment, controlEndpoint: controlEP, config: config,

@@ -151,6 +151,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   let putTask: TaskID
   var putCounter: UInt32 = 0
   var tickAt: UInt64?
+  /// This owner's task state changes, on their way to the head (`drainTaskEvents`).
+  public var taskEvents: TaskEventBuffer
   /// Owned stored objects whose primary is on another node and of which this node's
   /// store pulled a copy: if that node dies, the copy is promoted instead of rebuilding.
   var localCopies: Set<ObjectID> = []
@@ -158,7 +160,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   public internal(set) var shuttingDown = false
 
   public init(submitter: NormalTaskSubmitter, idGen: TaskIDGenerator, selfAddress: Swiftray_Address,
-              maxLineageBytes: Int = 1 << 30) {
+              maxLineageBytes: Int = 1 << 30, taskEvents: TaskEventBuffer = TaskEventBuffer(capacity: 100_000)) {
+    self.taskEvents = taskEvents
     var gen = idGen
     putTask = gen.next()
     self.idGen = gen
@@ -243,6 +246,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     if resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil }) {
       taskReady(tid, now: now, &e)
     } else {
+      taskEvents.record(spec, .pendingArgsAvail, now: now, info: true)
       for d in deps where store[d] == nil { startFetch(d, &e) }
     }
     return .success((tid, ids, e))
@@ -552,14 +556,41 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       switch a {
       case .complete(let tid):
         guard let reply else { continue }
+        if let spec = tasks.spec(tid) {
+          taskEvents.record(spec, reply.isApplicationError ? .failed : .finished, now: now) { ev in
+            if reply.isApplicationError { ev.errorType = TaskErrorType.execution }
+            TaskEventBuffer.span(&ev, spec, reply)
+            // An actor call ran on its actor's worker (a normal task's was named at its push).
+            if !spec.actorID.isEmpty, let actor = TaskID(binary: spec.actorID), let a = actorSubmitter.address(actor) {
+              ev.workerID = a.workerID
+              ev.nodeID = a.nodeID
+              ev.workerPid = a.pid
+            }
+          }
+        }
         // Read before the returns arrive: a getter may drop them at once and with them
         // the task's entry (lineage), and the argument refs must still be released.
         let args = tasks.argRefs(tid)
         objectsArrived(reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }, now: now, &e)
         taskDone(tid, args: args, now: now, &e)
-      case .resubmit(let tid, _):
+      case .resubmit(let tid, let reason):
+        if let spec = tasks.spec(tid) {
+          // The attempt that failed (the spec counts the next one already).
+          taskEvents.record(spec, .failed, now: now) { ev in
+            ev.attempt = spec.attempt &- 1
+            ev.errorType = reply?.isApplicationError == true ? TaskErrorType.execution : TaskErrorType.of(.workerCrashed)
+            ev.errorMessage = String(reason.prefix(TaskEventBuffer.maxMessageBytes))
+            TaskEventBuffer.span(&ev, spec, reply)
+          }
+        }
         taskReady(tid, now: now, &e)
       case .fail(let tid, let error):
+        if let spec = tasks.spec(tid) {
+          taskEvents.record(spec, .failed, now: now) { ev in
+            ev.errorType = TaskErrorType.of(error.code)
+            ev.errorMessage = String(error.message.prefix(TaskEventBuffer.maxMessageBytes))
+          }
+        }
         let n = Int(max(tasks.spec(tid)?.numReturns ?? 0, 0))
         let args = tasks.argRefs(tid)
         let obj = Self.errorObject(error.code, error.message)
@@ -615,6 +646,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       _ = resolver.taskArrived(tid, dependencies: missing, isReady: { _ in false })
       return
     }
+    taskEvents.record(spec, spec.actorID.isEmpty || spec.hasActorCreation ? .pendingNodeAssignment : .submittedToWorker,
+                      now: now, info: true)
     if spec.hasActorCreation {
       if syncCreations.contains(tid) { syncReady.insert(tid) } else {
         actorOutbox.append(.create(tid))

@@ -2,7 +2,7 @@
 as `ray.util.X` is after `import ray`)."""
 import os
 
-from swiftray.util import accelerators, actor_pool, scheduling_strategies  # noqa: F401 - attributes, as in Ray
+from swiftray.util import accelerators, actor_pool, scheduling_strategies, state  # noqa: F401 - attributes, as in Ray
 from swiftray.util.actor_pool import ActorPool
 from swiftray.util.check_serialize import inspect_serializability
 from swiftray.util.debug import disable_log_once_globally, enable_periodic_logging, log_once

@@ -1,0 +1,272 @@
+import Foundation
+import GRPCCore
+import RuntimeProto
+
+/// The state API at the head (DESIGN §13): task events in, `list`/`get`/`summary` and
+/// the timeline out, all answered from the head's own tables.
+///
+/// Threading: gRPC handlers; each reads one table under its lock and builds its answer
+/// after.
+extension ControlService {
+  /// Most events one batch may carry; a process sends more in several.
+  public static let maxEventsPerBatch = 10_000
+  /// Longest name, error type and error message an event may carry.
+  static let maxEventText = 64 * 1024
+  /// Most rows one query returns.
+  public static let maxStateLimit = 1_000_000
+  public static let defaultStateLimit = 100
+
+  public func reportTaskEvents(request: Swiftray_ReportTaskEventsRequest, context: ServerContext) async throws -> Swiftray_ReportTaskEventsReply {
+    try Self.check(request)
+    events.withLock { $0.apply(request) }
+    return Swiftray_ReportTaskEventsReply()
+  }
+
+  /// A batch is checked whole before any of it is taken: sizes and texts in bounds.
+  public static func check(_ r: Swiftray_ReportTaskEventsRequest) throws {
+    guard r.events.count <= maxEventsPerBatch, r.infos.count <= maxEventsPerBatch else {
+      throw RPCError(code: .invalidArgument, message: "\(r.events.count) task events and \(r.infos.count) descriptions in one batch "
+        + "(at most \(maxEventsPerBatch) each)")
+    }
+    for e in r.events {
+      guard e.errorType.utf8.count <= maxEventText, e.errorMessage.utf8.count <= maxEventText, e.taskID.count <= 64,
+        e.nodeID.count <= 64, e.workerID.count <= 64, e.parentTaskID.count <= 64
+      else { throw RPCError(code: .invalidArgument, message: "a task event with a field beyond its bound") }
+    }
+    for i in r.infos {
+      guard i.name.utf8.count <= maxEventText, i.funcOrClassName.utf8.count <= maxEventText,
+        i.requiredResources.quantities.count <= 1024
+      else { throw RPCError(code: .invalidArgument, message: "a task description with a field beyond its bound") }
+    }
+  }
+
+  /// Most bytes of JSON in one streamed message (under gRPC's 4 MiB message limit).
+  public static let stateChunkBytes = 1 << 20
+  /// Most bytes of JSON a client takes in one answer.
+  public static let maxStateAnswerBytes = 1 << 30
+
+  public func listState(request: Swiftray_ListStateRequest, response: RPCWriter<Swiftray_ListStateReply>,
+                        context: ServerContext) async throws {
+    var whole = try answer(request)
+    let json = whole.json
+    var offset = 0
+    repeat {
+      let end = min(offset + Self.stateChunkBytes, json.count)
+      whole.json = json.subdata(in: offset..<end)
+      try await response.write(whole)
+      whole = Swiftray_ListStateReply()
+      offset = end
+    } while offset < json.count
+  }
+
+  /// A state query's answer, streamed in chunks; reassembled, bounded by `maxStateAnswerBytes`.
+  public static func fetchState(_ client: Swiftray_ControlService.Client<ControlPlane.Transport>, _ req: Swiftray_ListStateRequest,
+                                options: CallOptions = .defaults) async throws -> Swiftray_ListStateReply {
+    try await client.listState(req, options: options) { response in
+      var whole: Swiftray_ListStateReply?
+      var json = Data()
+      for try await part in response.messages {
+        guard json.count + part.json.count <= maxStateAnswerBytes else {
+          throw RPCError(code: .resourceExhausted, message: "the head's answer passed \(maxStateAnswerBytes >> 20) MiB: ask for fewer rows (--limit)")
+        }
+        json.append(part.json)
+        if whole == nil { whole = part }
+      }
+      var out = whole ?? Swiftray_ListStateReply()
+      out.json = json
+      return out
+    }
+  }
+
+  func answer(_ request: Swiftray_ListStateRequest) throws -> Swiftray_ListStateReply {
+    let q = try StateQuery(request)
+    var reply = Swiftray_ListStateReply()
+    let rows: (rows: [StateValue], total: Int)
+    switch q.kind {
+    case .tasks:
+      rows = events.withLock { $0.rows(filters: q.filters, limit: q.limit, detail: q.detail) }
+    case .summaryTasks:
+      let s = events.withLock { $0.summary(filters: q.filters) }
+      rows = ([s], 1)
+    case .timeline:
+      let ips = Dictionary(state.withLock { $0.nodes.all }.map { ($0.nodeID, $0.ipAddress) }, uniquingKeysWith: { a, _ in a })
+      let t = events.withLock { $0.timeline { ips[$0] ?? "?" } }
+      rows = ([t], 1)
+    case .actors, .summaryActors:
+      let all = state.withLock { s in s.actors.actors.values.map { ($0.info, $0.spec, $0.awaitingArguments) } }
+      let table = all.sorted { $0.0.actorID.lexicographicallyPrecedes($1.0.actorID) }.map { Self.actorRow($0.0, spec: $0.1, awaitingArguments: $0.2) }
+      rows = q.kind == .actors ? q.select(table) : ([Self.actorSummary(table.filter { r in StateFilter.all(q.filters) { r[$0] } })], 1)
+    case .nodes:
+      let (nodes, head) = (state.withLock { $0.nodes.all }, headNode.withLock { $0 })
+      rows = q.select(nodes.map { Self.nodeRow($0, head: head) })
+    case .placementGroups:
+      rows = q.select(state.withLock { $0.groups.all }.map { Self.groupRow($0) })
+    case .jobs:
+      let t = state.withLock { $0.jobs }
+      rows = q.select(t.jobs.values.sorted { $0.id.value < $1.id.value }.map { StateRow(t.row($0)) })
+    }
+    let dropped = events.withLock { ($0.evicted, $0.droppedAtSources) }
+    reply.json = q.kind == .summaryTasks || q.kind == .summaryActors || q.kind == .timeline
+      ? Data((rows.rows.first ?? .null).json.utf8) : StateJSON.array(rows.rows)
+    reply.total = Int64(rows.total)
+    reply.returned = Int64(rows.rows.count)
+    reply.droppedEvents = dropped.0 &+ dropped.1
+    if q.kind.readsTaskEvents, dropped.0 > 0 || dropped.1 > 0 {
+      reply.warnings.append("\(dropped.1) task events were dropped by processes whose buffers were full and \(dropped.0) task "
+        + "attempts were evicted at the head (task_events_max_num_task_in_gcs): counts may be short")
+    }
+    return reply
+  }
+}
+
+/// One row of a table as ordered columns, with lookup by column for filters.
+public struct StateRow: Sendable {
+  public var columns: [(String, StateValue)]
+  public init(_ columns: [(String, StateValue)]) { self.columns = columns }
+  public subscript(_ key: String) -> StateValue { columns.first { $0.0 == key }?.1 ?? .null }
+}
+
+/// A checked `ListStateRequest`: a known kind, filters on its columns with `=`/`!=`,
+/// a limit in range.
+public struct StateQuery: Sendable {
+  public enum Kind: String, CaseIterable, Sendable {
+    case tasks, actors, nodes, jobs, timeline
+    case placementGroups = "placement-groups"
+    case summaryTasks = "summary-tasks"
+    case summaryActors = "summary-actors"
+
+    public var readsTaskEvents: Bool { self == .tasks || self == .summaryTasks || self == .timeline }
+    public var columns: [String] {
+      switch self {
+      case .tasks, .summaryTasks: TaskEventTable.columns + TaskEventTable.detailColumns
+      case .actors, .summaryActors: ControlService.actorColumns
+      case .nodes: ControlService.nodeColumns
+      case .placementGroups: ControlService.groupColumns
+      case .jobs: JobTable.columns
+      case .timeline: []
+      }
+    }
+  }
+
+  public let kind: Kind
+  public let filters: [StateFilter]
+  public let limit: Int
+  public let detail: Bool
+
+  public init(_ r: Swiftray_ListStateRequest) throws {
+    guard let kind = Kind(rawValue: r.kind) else {
+      throw RPCError(code: .invalidArgument, message: "unknown state kind '\(r.kind.prefix(64))'; known: "
+        + Kind.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+    guard r.limit >= 0, r.limit <= ControlService.maxStateLimit else {
+      throw RPCError(code: .invalidArgument, message: "limit \(r.limit) is out of range: 1 ... \(ControlService.maxStateLimit)")
+    }
+    guard r.filters.count <= 64 else { throw RPCError(code: .invalidArgument, message: "\(r.filters.count) filters (at most 64)") }
+    self.filters = try r.filters.map { f in
+      guard kind.columns.contains(f.key) else {
+        throw RPCError(code: .invalidArgument, message: "cannot filter \(kind.rawValue) on '\(f.key.prefix(64))'; "
+          + "the columns are: \(kind.columns.joined(separator: ", "))")
+      }
+      guard let op = StateFilter.Op(rawValue: f.op) else {
+        throw RPCError(code: .invalidArgument, message: "unknown filter operator '\(f.op.prefix(8))': use = or !=")
+      }
+      guard f.value.utf8.count <= 4096 else { throw RPCError(code: .invalidArgument, message: "a filter value beyond 4096 bytes") }
+      return StateFilter(key: f.key, op: op, value: f.value)
+    }
+    self.kind = kind
+    self.limit = r.limit == 0 ? ControlService.defaultStateLimit : Int(r.limit)
+    self.detail = r.detail
+  }
+
+  /// The rows matching every filter, at most `limit`, and how many matched.
+  func select(_ rows: [StateRow]) -> (rows: [StateValue], total: Int) {
+    let matched = rows.filter { r in StateFilter.all(filters) { r[$0] } }
+    return (matched.prefix(limit).map { .object($0.columns) }, matched.count)
+  }
+}
+
+extension ControlService {
+  static let actorColumns = ["actor_id", "class_name", "state", "job_id", "name", "node_id", "pid", "ray_namespace",
+                             "is_detached", "num_restarts", "max_restarts", "death_cause", "required_resources",
+                             "placement_group_id", "worker_id"]
+  static let nodeColumns = ["node_id", "node_ip", "is_head_node", "state", "state_message", "node_name",
+                            "resources_total", "resources_available", "start_time_ms", "labels"]
+  static let groupColumns = ["placement_group_id", "name", "creator_job_id", "state", "strategy", "is_detached",
+                             "state_message", "bundles"]
+
+  static func actorRow(_ i: Swiftray_ActorInfo, spec: Swiftray_TaskSpec, awaitingArguments: Bool) -> StateRow {
+    let state: String
+    switch i.state {
+    case .pending: state = awaitingArguments ? "DEPENDENCIES_UNREADY" : "PENDING_CREATION"
+    case .alive: state = "ALIVE"
+    case .restarting: state = "RESTARTING"
+    case .dead: state = "DEAD"
+    case .UNRECOGNIZED: state = "UNKNOWN"
+    }
+    let placement = spec.actorCreation.hasPlacementResources ? spec.actorCreation.placementResources : spec.resources
+    return StateRow([
+      ("actor_id", StateValue.hex(i.actorID)), ("class_name", .string(spec.actorCreation.className)), ("state", .string(state)),
+      ("job_id", StateValue.hex(spec.jobID)), ("name", .string(i.name)),
+      ("node_id", i.state == .alive ? StateValue.hex(i.address.nodeID) : .null),
+      ("pid", i.state == .alive && i.pid > 0 ? .int(i.pid) : .null), ("ray_namespace", .string(i.namespace)),
+      ("is_detached", .bool(i.detached)), ("num_restarts", .int(Int64(i.numRestarts))),
+      ("max_restarts", .int(Int64(i.maxRestarts))),
+      ("death_cause", i.state == .dead ? .object([("type", .string(String(describing: i.deathCause).uppercased())),
+                                                  ("message", .string(i.detail))]) : .null),
+      ("required_resources", resources(placement)),
+      ("placement_group_id", spec.strategy.kind == .placementGroup ? StateValue.hex(spec.strategy.placementGroupID) : .null),
+      ("worker_id", i.state == .alive ? StateValue.hex(i.address.workerID) : .null),
+    ])
+  }
+
+  /// Ray's `summarize_actors`: per class, a count per state.
+  static func actorSummary(_ rows: [StateRow]) -> StateValue {
+    var byClass: [String: [String: Int64]] = [:]
+    for r in rows { byClass[r["class_name"].filterText, default: [:]][r["state"].filterText, default: 0] += 1 }
+    let summary: [(String, StateValue)] = byClass.sorted { $0.key < $1.key }.map { c in
+      (c.key, .object([("class_name", .string(c.key)),
+                       ("state_counts", .object(c.value.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) }))]))
+    }
+    return .object([("cluster", .object([("summary", .object(summary)), ("total_actors", .int(Int64(rows.count))),
+                                         ("summary_by", .string("class"))]))])
+  }
+
+  static func resources(_ shape: Swiftray_ResourceShape) -> StateValue {
+    .object(ResourceSet(proto: shape).asUnits.sorted { $0.key < $1.key }.map { ($0.key, .double($0.value)) })
+  }
+
+  static func nodeRow(_ n: Swiftray_NodeInfo, head: Data) -> StateRow {
+    StateRow([
+      ("node_id", StateValue.hex(n.nodeID)), ("node_ip", .string(n.ipAddress)), ("is_head_node", .bool(!head.isEmpty && n.nodeID == head)),
+      ("state", .string(NodeTable.isDead(n) ? "DEAD" : "ALIVE")), ("state_message", n.deathDetail.isEmpty ? .null : .string(n.deathDetail)),
+      ("node_name", .string(n.ipAddress)), ("resources_total", resources(n.total)),
+      ("resources_available", resources(n.available)), ("start_time_ms", .int(n.startTimeMs)), ("labels", .object([])),
+    ])
+  }
+
+  static func groupRow(_ g: Swiftray_PlacementGroupInfo) -> StateRow {
+    let state: String
+    switch g.state {
+    case .pending: state = "PENDING"
+    case .created: state = "CREATED"
+    case .removed: state = "REMOVED"
+    case .rescheduling: state = "RESCHEDULING"
+    case .UNRECOGNIZED: state = "UNKNOWN"
+    }
+    let bundles: [StateValue] = g.bundles.enumerated().map { i, b in
+      .object([("bundle_id", .int(Int64(i))),
+               ("node_id", i < g.bundleNodes.count ? StateValue.hex(g.bundleNodes[i]) : .null),
+               ("unit_resources", resources(b))])
+    }
+    return StateRow([
+      ("placement_group_id", StateValue.hex(g.placementGroupID)), ("name", .string(g.name)),
+      ("creator_job_id", StateValue.hex(g.creatorJobID)), ("state", .string(state)), ("strategy", .string(g.strategy)),
+      ("is_detached", .bool(g.detached)), ("state_message", g.detail.isEmpty ? .null : .string(g.detail)),
+      ("bundles", .array(bundles)),
+    ])
+  }
+}
+
+extension ControlService {
+  static func wallMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+}

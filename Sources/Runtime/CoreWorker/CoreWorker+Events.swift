@@ -1,0 +1,93 @@
+import Foundation
+import GRPCCore
+import RuntimeProto
+
+/// Task events to the head (DESIGN §13): the owner's state changes and the executor's
+/// spans leave in batches every `task_events_report_interval_ms`, never on the task path.
+/// A batch the head does not take is dropped and counted (the next batch says how many).
+///
+/// Threading: the reporter is one Task; `flushTaskEvents` blocks its caller (GIL
+/// released), bounded.
+extension CoreWorker {
+  /// Events in one batch (the head's bound on a batch).
+  static var eventBatch: Int { ControlService.maxEventsPerBatch }
+
+  /// Starts the periodic reporter (nothing when task events are off).
+  func startTaskEventReporter() {
+    guard options.config.enableTaskEvents == 1 else { return }
+    let interval = Duration.milliseconds(options.config.taskEventsReportIntervalMs)
+    let task = Task { [weak self] in
+      while !Task.isCancelled {
+        try? await Task.sleep(for: interval)
+        guard let self else { return }
+        await self.sendTaskEvents()
+      }
+    }
+    eventReporter.withLock { $0 = task }
+  }
+
+  /// Sends what is buffered now, batch by batch, until nothing is left (events recorded
+  /// meanwhile go with the next round).
+  func sendTaskEvents() async {
+    for _ in 0..<1000 {
+      // Records move out under the owner's lock; the batch is built after it.
+      let taken = state.withLock { $0.taskEvents.take(max: Self.eventBatch) }
+      let built = TaskEventBuffer.messages(taken.records)
+      let own = (events: built.events, infos: built.infos, dropped: taken.dropped, taken: taken.records.count)
+      let spans = executor.drainTaskEvents(max: max(Self.eventBatch - own.events.count, 0))
+      let unsent = eventsUnsent.withLock { n in defer { n = 0 }; return n }
+      // One table of descriptions: the executor's indices move past the owner's.
+      let shift = Int32(own.infos.count)
+      let events = own.events + spans.events.map { e in
+        var e = e
+        if e.infoIndex > 0 { e.infoIndex += shift }
+        return e
+      }
+      let dropped = own.dropped &+ spans.dropped &+ unsent
+      if events.isEmpty && dropped == 0 { return }
+      var req = Swiftray_ReportTaskEventsRequest()
+      req.workerID = address.workerID
+      req.nodeID = address.nodeID
+      req.pid = address.pid
+      req.isDriver = options.isDriver
+      req.events = events
+      req.infos = own.infos + spans.infos
+      req.dropped = dropped
+      req.monotonicNowNs = now()
+      req.wallNowNs = Self.wallNanos()
+      do {
+        _ = try await Swiftray_ControlService.Client(wrapping: control.client)
+          .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))
+      } catch {
+        // The head is away (restarting, a partition): these are lost, and counted.
+        eventsUnsent.withLock { $0 &+= UInt64(events.count) &+ dropped }
+        return
+      }
+      // A full take may have left more behind (folding makes a batch smaller than its take).
+      if own.taken < Self.eventBatch && spans.taken < Self.eventBatch - own.events.count { return }
+    }
+  }
+
+  /// Sends this process's buffered task events now (before a state query, at exit).
+  /// Blocks (GIL released), at most `timeout`.
+  public func flushTaskEvents(timeout: Duration = .seconds(5)) {
+    guard options.config.enableTaskEvents == 1 else { return }
+    _ = try? blockingAwait(timeout: timeout) { [self] in await sendTaskEvents() }
+  }
+
+  static func wallNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(max(ts.tv_sec, 0)) &* 1_000_000_000 &+ UInt64(max(ts.tv_nsec, 0))
+  }
+
+  /// A state-API query of the head (`list`, `get`, `summary`, `timeline`), answered as
+  /// JSON. Blocks (GIL released), bounded.
+  public func queryState(_ req: Swiftray_ListStateRequest, timeout: Duration = .seconds(60)) throws -> Swiftray_ListStateReply {
+    try callControl("ListState", timeout: timeout) { [req] c in
+      do { return try await ControlService.fetchState(c, req) } catch let e as RPCError where e.code == .invalidArgument {
+        throw SwiftrayError(.invalidArgument, e.message)  // the query's own mistake: say it as is
+      }
+    }
+  }
+}

@@ -1,0 +1,260 @@
+import DequeModule
+import Foundation
+import RuntimeProto
+
+/// A task attempt's state, with Ray's names (`ray list tasks`' STATE column). The raw
+/// values travel in `Swiftray_TaskEvent.state`; their order is the order an attempt
+/// moves through them, so the head keeps the furthest one it heard of.
+public enum TaskEventState: Int32, Sendable, CaseIterable, Comparable {
+  case pendingArgsAvail = 1
+  case pendingNodeAssignment = 2
+  case submittedToWorker = 3
+  case running = 4
+  case finished = 5
+  case failed = 6
+
+  public var rayName: String {
+    switch self {
+    case .pendingArgsAvail: "PENDING_ARGS_AVAIL"
+    case .pendingNodeAssignment: "PENDING_NODE_ASSIGNMENT"
+    case .submittedToWorker: "SUBMITTED_TO_WORKER"
+    case .running: "RUNNING"
+    case .finished: "FINISHED"
+    case .failed: "FAILED"
+    }
+  }
+  public var isTerminal: Bool { self == .finished || self == .failed }
+  public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Ray's task types (`TYPE` column).
+public enum TaskEventType: Int32, Sendable {
+  case normalTask = 0, actorCreationTask = 1, actorTask = 2
+
+  public var rayName: String {
+    switch self {
+    case .normalTask: "NORMAL_TASK"
+    case .actorCreationTask: "ACTOR_CREATION_TASK"
+    case .actorTask: "ACTOR_TASK"
+    }
+  }
+
+  public init(_ spec: Swiftray_TaskSpec) {
+    self = spec.hasActorCreation ? .actorCreationTask : spec.actorID.isEmpty ? .normalTask : .actorTask
+  }
+}
+
+/// Ray's `error_type` for a failure of ours.
+public enum TaskErrorType {
+  public static let execution = "TASK_EXECUTION_EXCEPTION"
+
+  public static func of(_ code: SwiftrayError.Code) -> String {
+    switch code {
+    case .taskError: execution
+    case .workerCrashed: "WORKER_DIED"
+    case .taskCancelled: "TASK_CANCELLED"
+    case .objectLost, .reconstructionFailed, .objectFreed, .ownerDied: "DEPENDENCY_RESOLUTION_FAILED"
+    case .nodeDied: "NODE_DIED"
+    case .localRayletDied: "LOCAL_RAYLET_DIED"
+    case .unschedulable: "TASK_UNSCHEDULABLE_ERROR"
+    case .actorDied: "ACTOR_DIED"
+    case .actorUnavailable: "ACTOR_UNAVAILABLE"
+    case .actorUnschedulable: "ACTOR_UNSCHEDULABLE_ERROR"
+    case .taskPlacementGroupRemoved, .actorPlacementGroupRemoved: "TASK_PLACEMENT_GROUP_REMOVED"
+    case .pendingCallsLimitExceeded: "PENDING_CALLS_LIMIT_EXCEEDED"
+    case .objectStoreFull: "OUT_OF_MEMORY"
+    default: code.rawValue
+    }
+  }
+}
+
+/// One state change as a process records it: a plain value (no message built on the
+/// task path); the fields carry `Swiftray_TaskEvent`'s names.
+public struct TaskEventRecord: Sendable {
+  public var taskID: Data
+  public var attempt: Int32
+  public var state: TaskEventState
+  public var timeNs: UInt64
+  /// The spec, to describe the task with when the event leaves (`info`).
+  var spec: SpecSummary?
+  public var workerID = Data(), nodeID = Data()
+  public var workerPid: Int32 = 0
+  public var errorType = "", errorMessage = ""
+  public var startWallNs: UInt64 = 0, endWallNs: UInt64 = 0, endNs: UInt64 = 0
+  public var argBytes: UInt64 = 0, returnBytes: UInt64 = 0
+  public var fromExecutor = false
+
+  /// What the event's `info` needs of a spec, without its arguments (kept while
+  /// the event waits, they would hold the arguments' bytes).
+  struct SpecSummary: Sendable {
+    var name: String, function: String, jobID: Data, parent: Data, actorID: Data
+    var isCreation: Bool, className: String, resources: Swiftray_ResourceShape, strategy: Swiftray_SchedulingStrategy
+    init(_ spec: Swiftray_TaskSpec) {
+      name = spec.name; function = spec.function.name; jobID = spec.jobID; parent = spec.parentTaskID; actorID = spec.actorID
+      isCreation = spec.hasActorCreation
+      className = isCreation ? spec.actorCreation.className : ""
+      resources = isCreation && spec.actorCreation.hasPlacementResources ? spec.actorCreation.placementResources : spec.resources
+      strategy = spec.strategy
+    }
+
+    var info: Swiftray_TaskEventInfo {
+      var i = Swiftray_TaskEventInfo()
+      i.name = name
+      i.funcOrClassName = isCreation && !className.isEmpty ? className : function.isEmpty ? name : function
+      i.type = (isCreation ? TaskEventType.actorCreationTask : actorID.isEmpty ? .normalTask : .actorTask).rawValue
+      i.jobID = jobID
+      i.actorID = actorID
+      i.requiredResources = resources
+      if strategy.kind == .placementGroup { i.placementGroupID = strategy.placementGroupID }
+      return i
+    }
+  }
+
+  /// Takes in a later event of the same attempt: its state, and whatever it adds.
+  mutating func fold(_ later: TaskEventRecord) {
+    state = later.state
+    if later.spec != nil { spec = later.spec }
+    if !later.workerID.isEmpty { workerID = later.workerID; nodeID = later.nodeID; workerPid = later.workerPid }
+    if !later.errorType.isEmpty { errorType = later.errorType; errorMessage = later.errorMessage }
+    if later.startWallNs > 0 { startWallNs = later.startWallNs; endWallNs = later.endWallNs }
+    if later.argBytes > 0 { argBytes = later.argBytes }
+    if later.returnBytes > 0 { returnBytes = later.returnBytes }
+    if later.endNs > 0 { endNs = later.endNs } else if later.state.isTerminal { endNs = later.timeNs }
+  }
+
+  /// The message; `infoIndex`: where its description sits in the batch (1-based).
+  func message(infoIndex: Int32) -> Swiftray_TaskEvent {
+    var e = Swiftray_TaskEvent()
+    e.taskID = taskID
+    e.attempt = attempt
+    e.state = state.rawValue
+    e.timeNs = timeNs
+    if let spec {
+      e.infoIndex = infoIndex
+      e.parentTaskID = spec.parent
+    }
+    e.workerID = workerID; e.nodeID = nodeID; e.workerPid = workerPid
+    e.errorType = errorType; e.errorMessage = errorMessage
+    e.startWallNs = startWallNs; e.endWallNs = endWallNs; e.endNs = endNs
+    e.argBytes = argBytes; e.returnBytes = returnBytes
+    e.fromExecutor = fromExecutor
+    return e
+  }
+}
+
+/// A process's task events on their way to the head: a bounded ring that drops its
+/// oldest events (counted) when the head cannot keep up, so recording never waits.
+///
+/// Threading: a value type; its owner holds it under a lock it already takes (the
+/// owner's, the executor's). `record` is an append; `drain` folds each attempt's events
+/// into one and builds the messages, off the task path.
+public struct TaskEventBuffer: Sendable {
+  public private(set) var events: Deque<TaskEventRecord> = []
+  /// Events dropped since the last drain.
+  public private(set) var dropped: UInt64 = 0
+  public let capacity: Int
+  /// Longest error message an event carries (a traceback's head).
+  public static let maxMessageBytes = 4096
+  /// False: `record` does nothing (`enable_task_events=0`).
+  public let enabled: Bool
+
+  public init(capacity: Int, enabled: Bool = true) {
+    self.capacity = max(capacity, 1)
+    self.enabled = enabled
+  }
+
+  public var isEmpty: Bool { events.isEmpty && dropped == 0 }
+
+  public mutating func record(_ e: TaskEventRecord) {
+    guard enabled else { return }
+    if events.count >= capacity {
+      events.removeFirst()
+      dropped &+= 1
+    }
+    events.append(e)
+  }
+
+  /// A state change of `spec`'s current attempt at `now`; `info`: describe the task.
+  public mutating func record(_ spec: Swiftray_TaskSpec, _ state: TaskEventState, now: UInt64, info: Bool = false,
+                              edit: (inout TaskEventRecord) -> Void = { _ in }) {
+    guard enabled else { return }
+    var e = TaskEventRecord(taskID: spec.taskID, attempt: spec.attempt, state: state, timeNs: now,
+                            spec: info ? TaskEventRecord.SpecSummary(spec) : nil)
+    edit(&e)
+    record(e)
+  }
+
+  /// Bytes of a task's arguments as sent: inline values and stored objects.
+  public static func argBytes(_ spec: Swiftray_TaskSpec) -> UInt64 {
+    spec.args.reduce(0) { $0 &+ UInt64($1.value.data.count) &+ $1.value.storeSize }
+  }
+
+  /// Bytes of a reply's returns.
+  public static func returnBytes(_ reply: Swiftray_PushTaskReply) -> UInt64 {
+    reply.returns.reduce(0) { $0 &+ UInt64($1.object.data.count) &+ $1.object.storeSize }
+  }
+
+  /// The worker's span from its reply, on the owner's event that ends the attempt.
+  static func span(_ ev: inout TaskEventRecord, _ spec: Swiftray_TaskSpec, _ reply: Swiftray_PushTaskReply?) {
+    guard let reply, reply.startedWallNs > 0 else { return }
+    ev.startWallNs = reply.startedWallNs
+    ev.endWallNs = reply.endedWallNs
+    ev.argBytes = argBytes(spec)
+    ev.returnBytes = returnBytes(reply)
+  }
+
+  /// Takes at most `max` records (the oldest first) and the dropped count: under the
+  /// lock that holds the buffer, a move; `messages` builds the batch after.
+  public mutating func take(max: Int) -> (records: [TaskEventRecord], dropped: UInt64) {
+    let n = Swift.min(max, events.count)
+    let out = Array(events.prefix(n))
+    // The ring keeps its storage: it fills at the same pace again before the next take.
+    if n == events.count { events.removeAll(keepingCapacity: true) } else { events.removeFirst(n) }
+    defer { dropped = 0 }
+    return (out, dropped)
+  }
+
+  /// `take` and `messages` at once (for callers that hold no one else's lock).
+  public mutating func drain(max: Int) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo], dropped: UInt64, taken: Int) {
+    let (records, dropped) = take(max: max)
+    let (events, infos) = Self.messages(records)
+    return (events, infos, dropped, records.count)
+  }
+
+  /// A batch's messages: each attempt's records folded into one event (its latest state,
+  /// with what the earlier ones said), each distinct description once.
+  public static func messages(_ records: [TaskEventRecord]) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
+    var folded: [TaskEventRecord] = []
+    folded.reserveCapacity(records.count)
+    var at: [Attempt: Int] = [:]
+    for e in records {
+      let key = Attempt(task: e.taskID, attempt: e.attempt)
+      if let i = at[key] { folded[i].fold(e) } else { at[key] = folded.count; folded.append(e) }
+    }
+    var infos: [Swiftray_TaskEventInfo] = []
+    var infoAt: [SpecKey: Int32] = [:]
+    let events = folded.map { e -> Swiftray_TaskEvent in
+      guard let spec = e.spec else { return e.message(infoIndex: 0) }
+      let key = SpecKey(spec)
+      if let i = infoAt[key] { return e.message(infoIndex: i) }
+      infos.append(spec.info)
+      infoAt[key] = Int32(infos.count)
+      return e.message(infoIndex: Int32(infos.count))
+    }
+    return (events, infos)
+  }
+
+  struct Attempt: Hashable { var task: Data; var attempt: Int32 }
+
+  /// What tells two descriptions apart (the parent is the event's): plain fields, cheaper
+  /// to hash than the messages.
+  struct SpecKey: Hashable {
+    var name: String, function: String, jobID: Data, actorID: Data, isCreation: Bool, className: String
+    var resources: [String: Int64], placementGroup: Data
+    init(_ s: TaskEventRecord.SpecSummary) {
+      name = s.name; function = s.function; jobID = s.jobID; actorID = s.actorID; isCreation = s.isCreation
+      className = s.className; resources = s.resources.quantities
+      placementGroup = s.strategy.kind == .placementGroup ? s.strategy.placementGroupID : Data()
+    }
+  }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import GRPCCore
+import Runtime
+import RuntimeProto
+import Testing
+
+/// Task events from owners and executors, the head's table of attempts, and the state
+/// API's edge (DESIGN §13).
+@Suite struct TaskEventTests {
+  static let worker = Data(repeating: 7, count: 28), node = Data(repeating: 9, count: 28)
+
+  static func task(_ n: UInt64) -> TaskID { TaskID(prefix: 1, counter: n, job: 1) }
+
+  static func spec(_ n: UInt64, name: String = "f", attempt: Int32 = 0) -> Swiftray_TaskSpec {
+    var s = Swiftray_TaskSpec()
+    s.taskID = Data(task(n).binary)
+    s.jobID = Data(JobID(1).binary)
+    s.name = name
+    s.function.name = name
+    s.attempt = attempt
+    return s
+  }
+
+  static func batch(_ events: [Swiftray_TaskEvent], pid: Int32 = 42, fromWorker: Data = worker,
+                    monotonic: UInt64 = 1_000, wall: UInt64 = 2_000_000_000_000_000_000) -> Swiftray_ReportTaskEventsRequest {
+    var b = Swiftray_ReportTaskEventsRequest()
+    b.events = events
+    b.workerID = fromWorker
+    b.nodeID = node
+    b.pid = pid
+    b.monotonicNowNs = monotonic
+    b.wallNowNs = wall
+    // What the events' `info_index` 1 points at (every task here is `f`).
+    var f = Swiftray_TaskEventInfo()
+    f.name = "f"; f.funcOrClassName = "f"; f.jobID = Data(JobID(1).binary)
+    b.infos = [f]
+    return b
+  }
+
+  static func event(_ n: UInt64, _ state: TaskEventState, at t: UInt64 = 500, attempt: Int32 = 0, info: Bool = false,
+                    edit: (inout TaskEventRecord) -> Void = { _ in }) -> Swiftray_TaskEvent {
+    var buffer = TaskEventBuffer(capacity: 10)
+    buffer.record(spec(n, attempt: attempt), state, now: t, info: info, edit: edit)
+    return buffer.drain(max: 1).events[0]
+  }
+
+  static func row(_ t: TaskEventTable, _ n: UInt64) -> [String: StateValue] {
+    let (rows, _) = t.rows(filters: [StateFilter(key: "task_id", op: .equal, value: task(n).hex)], limit: 10, detail: true)
+    guard case .object(let kv)? = rows.first else { return [:] }
+    return Dictionary(kv, uniquingKeysWith: { a, _ in a })
+  }
+
+  @Test func aFullBufferDropsItsOldestEventsAndCountsThem() {
+    var b = TaskEventBuffer(capacity: 3)
+    for n in 1...5 { b.record(Self.spec(UInt64(n)), .finished, now: UInt64(n)) }
+    let first = b.drain(max: 2)
+    #expect(first.events.map(\.timeNs) == [3, 4] && first.dropped == 2)
+    let second = b.drain(max: 10)
+    #expect(second.events.map(\.timeNs) == [5] && second.dropped == 0 && b.isEmpty)
+    var off = TaskEventBuffer(capacity: 3, enabled: false)
+    off.record(Self.spec(1), .running, now: 1)
+    #expect(off.isEmpty)
+  }
+
+  @Test func ownerAndExecutorEventsMergeInWhicheverOrderTheyArrive() {
+    let submitted = Self.event(1, .pendingNodeAssignment, at: 100, info: true)
+    let pushed = Self.event(1, .submittedToWorker, at: 200) { $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = 42 }
+    let finished = Self.event(1, .finished, at: 900) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
+    let running = Self.event(1, .running, at: 300) { $0.fromExecutor = true }
+    var a = TaskEventTable(capacity: 10), b = TaskEventTable(capacity: 10)
+    a.apply(Self.batch([submitted, pushed, finished], pid: 1, fromWorker: Data(repeating: 1, count: 28)))
+    a.apply(Self.batch([running]))
+    b.apply(Self.batch([running]))
+    b.apply(Self.batch([submitted, pushed, finished], pid: 1, fromWorker: Data(repeating: 1, count: 28)))
+    for t in [a, b] {
+      let r = Self.row(t, 1)
+      #expect(r["state"] == .string("FINISHED") && r["name"] == .string("f") && r["worker_pid"] == .int(42))
+      #expect(r["worker_id"] == .string(Self.worker.map { String(format: "%02x", $0) }.joined()))
+      #expect(r["start_time_ms"] == .int(0) && r["arg_bytes"] == .int(10) && r["return_bytes"] == .int(3))
+    }
+  }
+
+  @Test func theOwnersEndStandsAndNoEventMovesAnAttemptBack() {
+    var t = TaskEventTable(capacity: 10)
+    t.apply(Self.batch([Self.event(1, .failed) { $0.errorType = "WORKER_DIED"; $0.errorMessage = "gone" }]))
+    t.apply(Self.batch([Self.event(1, .running) { $0.fromExecutor = true }, Self.event(1, .submittedToWorker)]))
+    let r = Self.row(t, 1)
+    #expect(r["state"] == .string("FAILED") && r["error_type"] == .string("WORKER_DIED") && r["error_message"] == .string("gone"))
+    // A second attempt is a row of its own.
+    t.apply(Self.batch([Self.event(1, .pendingNodeAssignment, attempt: 1, info: true)]))
+    #expect(t.count == 2)
+  }
+
+  @Test func theHeadKeepsTheNewestAttemptsAndCountsWhatItEvicted() {
+    var t = TaskEventTable(capacity: 2)
+    t.apply(Self.batch((1...3).map { Self.event($0, .finished, info: true) }))
+    #expect(t.count == 2 && t.evicted == 1 && Self.row(t, 1).isEmpty && !Self.row(t, 3).isEmpty)
+    var dropped = Self.batch([])
+    dropped.dropped = 5
+    t.apply(dropped)
+    #expect(t.droppedAtSources == 5)
+  }
+
+  @Test func timesFromAPeerNeverTrapAndMapToItsWallClock() {
+    var t = TaskEventTable(capacity: 10)
+    // An event "from the future" and one from before the wall clock's start.
+    t.apply(Self.batch([Self.event(1, .pendingNodeAssignment, at: .max, info: true)], monotonic: 10, wall: 7_000_000))
+    t.apply(Self.batch([Self.event(2, .pendingNodeAssignment, at: 0, info: true)], monotonic: .max, wall: 1))
+    #expect(Self.row(t, 1)["creation_time_ms"] == .int(7) && Self.row(t, 2)["creation_time_ms"] == .null)
+  }
+
+  @Test func summaryCountsAttemptsByFunctionAndTheTimelineHasASpanPerRun() {
+    var t = TaskEventTable(capacity: 10)
+    t.apply(Self.batch([
+      Self.event(1, .finished, info: true) {
+        $0.startWallNs = 1_000_000; $0.endWallNs = 3_000_000; $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = 42
+      },
+      Self.event(2, .failed, info: true), Self.event(3, .running, info: true) { $0.fromExecutor = true },
+    ]))
+    guard case .object(let top) = t.summary(filters: []), case .object(let cluster)? = top.first?.1,
+      case .object(let summary)? = cluster.first?.1, case .object(let f)? = summary.first?.1
+    else { Issue.record("no summary"); return }
+    #expect(f.first { $0.0 == "state_counts" }?.1 == .object([("FAILED", .int(1)), ("FINISHED", .int(1)), ("RUNNING", .int(1))]))
+    guard case .array(let events) = t.timeline(nodeIP: { _ in "10.0.0.1" }) else { Issue.record("no trace"); return }
+    let spans = events.filter { $0.json.contains("\"ph\": \"X\"") }
+    #expect(spans.count == 2)  // the finished one and the running one: the failed one never started
+    #expect(events.contains { $0.json.contains("Node 10.0.0.1") } && spans.allSatisfy { $0.json.contains("\"tid\": 42") })
+  }
+
+  @Test func jsonKeepsColumnOrderAndEscapesWhatItMust() throws {
+    let v = StateValue.object([("z", .string("a\"b\\c\nd\u{1}é")), ("a", .array([.int(-3), .double(1.5), .null, .bool(true)]))])
+    let text = v.json
+    #expect(text.hasPrefix("{\"z\": \"a\\\"b\\\\c\\nd\\u0001é\""))
+    #expect(StateJSON.parse(Data(text.utf8)) == v)
+    #expect(StateJSON.parse(Data("[1, 2".utf8)) == nil && StateJSON.parse(Data("{} x".utf8)) == nil)
+    #expect(StateJSON.parse(Data(String(repeating: "[", count: 100_000).utf8)) == nil)  // nesting is bounded
+  }
+
+  @Test func aQueryIsCheckedAtTheEdge() throws {
+    func query(_ edit: (inout Swiftray_ListStateRequest) -> Void) throws -> StateQuery {
+      var r = Swiftray_ListStateRequest()
+      r.kind = "tasks"
+      edit(&r)
+      return try StateQuery(r)
+    }
+    #expect(try query { _ in }.limit == 100)
+    #expect(throws: RPCError.self) { try query { $0.kind = "widgets" } }
+    #expect(throws: RPCError.self) { try query { $0.limit = -1 } }
+    #expect(throws: RPCError.self) { try query { $0.limit = Int32(ControlService.maxStateLimit) + 1 } }
+    #expect(throws: RPCError.self) { try query { $0.filters = [.with { $0.key = "colour"; $0.op = "=" }] } }
+    #expect(throws: RPCError.self) { try query { $0.filters = [.with { $0.key = "state"; $0.op = "~" }] } }
+    let q = try query { $0.filters = [.with { $0.key = "state"; $0.op = "!="; $0.value = "finished" }] }
+    #expect(q.filters[0].matches(.string("RUNNING")) && !q.filters[0].matches(.string("FINISHED")))
+  }
+
+  @Test func aBatchBeyondItsBoundsIsRefusedWhole() {
+    #expect(throws: RPCError.self) {
+      try ControlService.check(Self.batch(Array(repeating: Self.event(1, .running), count: ControlService.maxEventsPerBatch + 1)))
+    }
+    #expect(throws: RPCError.self) {
+      try ControlService.check(Self.batch([Self.event(1, .failed) { $0.errorMessage = String(repeating: "x", count: 1 << 17) }]))
+    }
+    #expect(throws: Never.self) { try ControlService.check(Self.batch([Self.event(1, .failed, info: true)])) }
+  }
+
+  @Test func rowsPrintAsRaysTableAndAsYAML() {
+    let rows: [StateValue] = [.object([("task_id", .string("ab")), ("state", .string("RUNNING")), ("resources", .object([("CPU", .double(1))]))]),
+                              .object([("task_id", .string("abcdef")), ("state", .null), ("resources", .object([]))])]
+    let table = StateFormat.table.render(rows).split(separator: "\n").map(String.init)
+    #expect(table == ["TASK_ID  STATE    RESOURCES", "ab       RUNNING  {\"CPU\": 1}", "abcdef            {}"])
+    #expect(StateFormat.yaml.render([rows[0]]) == "- task_id: ab\n  state: RUNNING\n  resources:\n    CPU: 1\n")
+    #expect(StateFormat.yaml.render([.object([("v", .string("yes"))])]) == "- v: \"yes\"\n")
+  }
+}
