@@ -84,13 +84,14 @@ extension ControlService {
     let rows: (rows: [StateValue], total: Int)
     switch q.kind {
     case .tasks:
-      rows = events.withLock { $0.rows(filters: q.filters, limit: q.limit, detail: q.detail) }
+      // A copy (the table's storage is shared until the next batch changes it): rows are
+      // built outside the lock, so a large answer never holds up the batches.
+      rows = events.withLock { $0 }.rows(filters: q.filters, limit: q.limit, detail: q.detail)
     case .summaryTasks:
-      let s = events.withLock { $0.summary(filters: q.filters) }
-      rows = ([s], 1)
+      rows = ([events.withLock { $0 }.summary(filters: q.filters)], 1)
     case .timeline:
       let ips = Dictionary(state.withLock { $0.nodes.all }.map { ($0.nodeID, $0.ipAddress) }, uniquingKeysWith: { a, _ in a })
-      let t = events.withLock { $0.timeline { ips[$0] ?? "?" } }
+      let t = events.withLock { $0 }.timeline { ips[$0] ?? "?" }
       rows = ([t], 1)
     case .actors, .summaryActors:
       let all = state.withLock { s in s.actors.actors.values.map { ($0.info, $0.spec, $0.awaitingArguments) } }

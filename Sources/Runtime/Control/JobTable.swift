@@ -20,12 +20,17 @@ public struct JobTable: Sendable {
   }
 
   public static let keptFinished = 10_000
+  /// Most jobs kept at all: drivers that vanished unseen must not grow the table.
+  public static let kept = 100_000
   public private(set) var jobs: [UInt32: Job] = [:]
   private var finished: Deque<UInt32> = []
+  private var order: Deque<UInt32> = []
 
   public init() {}
 
   public mutating func started(_ id: JobID, _ r: Swiftray_RegisterJobRequest, nowMs: Int64) {
+    order.append(id.value)
+    while jobs.count >= Self.kept, let old = order.popFirst() { jobs[old] = nil }
     jobs[id.value] = Job(id: id, entrypoint: String(r.entrypoint.prefix(4096)), driverID: r.driverID, driverPid: r.driverPid,
                          nodeID: r.nodeID, nodeIP: String(r.nodeIp.prefix(256)), startTimeMs: nowMs)
   }

@@ -12,19 +12,19 @@ extension CoreWorker {
   /// Events in one batch (the head's bound on a batch).
   static var eventBatch: Int { ControlService.maxEventsPerBatch }
 
-  /// Starts the periodic reporter (nothing when task events are off).
+  /// Arms the periodic report on the worker's clock (virtual in simulations); each round
+  /// arms the next, until `stopTaskEventReporter`. Nothing when task events are off.
   func startTaskEventReporter() {
-    guard options.config.enableTaskEvents == 1 else { return }
-    let interval = Duration.milliseconds(options.config.taskEventsReportIntervalMs)
-    let task = Task { [weak self] in
-      while !Task.isCancelled {
-        try? await Task.sleep(for: interval)
-        guard let self else { return }
-        await self.sendTaskEvents()
+    guard options.config.enableTaskEvents == 1, !eventReporterStopped.withLock({ $0 }) else { return }
+    clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [weak self] in
+      Task { [weak self] in
+        await self?.sendTaskEvents()
+        self?.startTaskEventReporter()
       }
     }
-    eventReporter.withLock { $0 = task }
   }
+
+  func stopTaskEventReporter() { eventReporterStopped.withLock { $0 = true } }
 
   /// Sends what is buffered now, batch by batch, until nothing is left (events recorded
   /// meanwhile go with the next round).

@@ -126,8 +126,8 @@ public final class CoreWorker: Sendable {
   public let localNodeLost = Locked<SwiftrayError?>(nil)
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
-  /// Sends task events to the head every `task_events_report_interval_ms`.
-  let eventReporter = Locked<Task<Void, Never>?>(nil)
+  /// Set at shutdown: the periodic task-event report is not armed again.
+  let eventReporterStopped = Locked(false)
   /// Task events a failed batch lost, told to the head with the next one.
   let eventsUnsent = Locked<UInt64>(0)
 
@@ -599,7 +599,7 @@ public final class CoreWorker: Sendable {
   public func shutdown() {
     prepareShutdown()
     returnLeasesAtExit()
-    eventReporter.withLock { $0 }?.cancel()
+    stopTaskEventReporter()
     flushTaskEvents(timeout: .seconds(1))
     if let t = logForwarding.withLock({ $0 }) {
       _ = try? blockingAwait(timeout: .seconds(1)) { await t.value }

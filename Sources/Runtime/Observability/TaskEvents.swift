@@ -205,12 +205,16 @@ public struct TaskEventBuffer: Sendable {
 
   /// Takes at most `max` records (the oldest first) and the dropped count: under the
   /// lock that holds the buffer, a move; `messages` builds the batch after.
-  public mutating func take(max: Int) -> (records: [TaskEventRecord], dropped: UInt64) {
-    let n = Swift.min(max, events.count)
-    let out = Array(events.prefix(n))
-    // The ring keeps its storage: it fills at the same pace again before the next take.
-    if n == events.count { events.removeAll(keepingCapacity: true) } else { events.removeFirst(n) }
+  public mutating func take(max: Int) -> (records: Deque<TaskEventRecord>, dropped: UInt64) {
     defer { dropped = 0 }
+    guard events.count > max else {
+      // All of it: a swap, O(1) under the caller's lock.
+      var out: Deque<TaskEventRecord> = []
+      swap(&out, &events)
+      return (out, dropped)
+    }
+    let out = Deque(events.prefix(max))
+    events.removeFirst(max)
     return (out, dropped)
   }
 
@@ -223,7 +227,7 @@ public struct TaskEventBuffer: Sendable {
 
   /// A batch's messages: each attempt's records folded into one event (its latest state,
   /// with what the earlier ones said), each distinct description once.
-  public static func messages(_ records: [TaskEventRecord]) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
+  public static func messages(_ records: some Collection<TaskEventRecord>) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
     var folded: [TaskEventRecord] = []
     folded.reserveCapacity(records.count)
     var at: [Attempt: Int] = [:]
