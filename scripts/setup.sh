@@ -15,5 +15,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check cloudpickle numpy pytest grpcio
+python3 -m pip install -q --disable-pip-version-check cloudpickle numpy pytest grpcio prometheus_client
 python3 -m pip install -q --disable-pip-version-check ./python

@@ -90,13 +90,15 @@ class Cluster:
         else:
             out = host.run(args, timeout=60, env=self.env)
         assert out.returncode == 0, out.stdout + out.stderr
-        fields = dict(line.split(":", 1) for line in out.stdout.splitlines() if line.startswith(("Session:", "Address:")))
+        fields = dict(line.split(":", 1) for line in out.stdout.splitlines()
+                      if line.startswith(("Session:", "Address:", "Metrics (Prometheus):")))
         if self.address is None:
             self.address = fields["Address"].strip()
         session = fields["Session"].strip()
         files = host.path(session) if host else session
         with open(os.path.join(files, "daemon.pid")) as f:
-            node = {"pid": int(f.read()), "session": session, "host": host, "files": files}
+            node = {"pid": int(f.read()), "session": session, "host": host, "files": files,
+                    "metrics": fields.get("Metrics (Prometheus)", "").strip()}
         self.nodes.append(node)
         return node
 
@@ -247,14 +249,15 @@ def recorder_on(node_id):
     return Recorder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
 
 
-def wait_until(pred, timeout=10.0):
-    """Polls `pred` until it holds or `timeout` passes; returns its last value."""
+def wait_until(pred, timeout=10.0, interval=0.02):
+    """Polls `pred` every `interval` s until it holds or `timeout` passes; returns its
+    last value."""
     import time
     end = time.time() + timeout
     while time.time() < end:
         if pred():
             return True
-        time.sleep(0.02)
+        time.sleep(interval)
     return pred()
 
 

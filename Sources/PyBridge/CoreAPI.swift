@@ -43,6 +43,16 @@ enum CoreAPI {
       withoutGIL { s.core.flushTaskEvents() }
       return Py.none
     }, doc: "flush_task_events(): send this process's task events to the head now"),
+    .init(name: "metric_define", fn: metricDefine,
+          doc: "metric_define(kind: 0 counter | 1 gauge | 2 histogram, name, description, tag_keys, boundaries) -> handle"),
+    .init(name: "metric_record", fn: { _, a, n in
+      let args = Args(a, n)
+      guard args.need(3, "metric_record"), let s = session(), let handle = Py.toInt(args[0]),
+        let value = Py.toDouble(args[1]), let tags = Py.sequence(args[2])?.compactMap({ Py.toString($0) })
+      else { return nil }
+      s.core.recordMetric(handle: handle, tags: tags, value: value)
+      return Py.none
+    }, doc: "metric_record(handle, value, tag_values): one record of a user metric (sent with the next report)"),
     .init(name: "node_stats", fn: nodeStats, doc: "node_stats() -> dict (this node's workers and resources)"),
     .init(name: "context", fn: context, doc: "context() -> dict of job, node, worker and task ids"),
     .init(name: "memory_summary", fn: memorySummary, doc: "memory_summary() -> str: the text of `swiftray memory` for this node"),
@@ -144,6 +154,8 @@ enum CoreAPI {
     let logToDriver = PyObject_IsTrue(item("log_to_driver") ?? sr_True()) == 1
     let storeMemory = Py.isNone(item("object_store_memory")) ? nil : Py.toInt(item("object_store_memory"))
     let spillDir = Py.isNone(item("object_spilling_directory")) ? nil : Py.toString(item("object_spilling_directory"))
+    // Checked in Python (0 ... 65535); a plain init() opens no TCP port.
+    let metricsPort = Py.isNone(item("metrics_export_port")) ? nil : Py.toInt(item("metrics_export_port"))
     if PyErr_Occurred() != nil { return nil }
     var env = ProcessInfo.processInfo.environment
     env["SWIFTRAY_PYTHON"] = python
@@ -159,7 +171,7 @@ enum CoreAPI {
       let cluster = try LocalCluster.start(
         resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
         workerEnvironment: env, prestartWorkers: prestart, objectStoreMemory: storeMemory,
-        spillDirectory: spillDir, group: group, auth: auth)
+        spillDirectory: spillDir, group: group, auth: auth, metricsExportPort: metricsPort)
       let core: CoreWorker
       do {
         core = try CoreWorker(
@@ -511,12 +523,33 @@ enum CoreAPI {
           ("NodeManagerTCPAddress", Py.str(node.nodeManagerAddress)),
           ("NodeManagerPort", Py.int({ if case .tcp(_, let p)? = Endpoint(node.nodeManagerAddress) { return p } else { return 0 } }())),
           ("SessionDir", Py.str(node.sessionDir)),
+          ("MetricsExportPort", Py.int(Int(node.metricsExportPort))),
           ("DeathDetail", Py.str(node.deathDetail)),
           ("Resources", resourcesDict(node.total)),
           ("Available", resourcesDict(node.available)),
         ])
       })
     })
+  }
+
+  static let metricDefine: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(5, "metric_define"), let s = session(), let kind = Py.toInt(args[0]),
+      let name = Py.toString(args[1]), let description = Py.toString(args[2]),
+      let keys = Py.sequence(args[3])?.compactMap({ Py.toString($0) }),
+      let boundaries = Py.sequence(args[4])?.compactMap({ Py.toDouble($0) })
+    else { return nil }
+    guard let k = MetricDefinition.Kind(rawValue: kind) else {
+      return ErrorMapping.raise(SwiftrayError(.invalidArgument, "unknown metric kind \(kind)"))
+    }
+    do {
+      return Py.int(try s.core.defineMetric(MetricDefinition(kind: k, name: name, description: description,
+                                                             tagKeys: keys, boundaries: boundaries)))
+    } catch let e as SwiftrayError {
+      return ErrorMapping.raise(e)
+    } catch {
+      return ErrorMapping.raise(SwiftrayError(.system, "\(error)"))
+    }
   }
 
   static let queryState: CoreModule.FastFn = { _, a, n in

@@ -77,6 +77,9 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
   /// networked): stores pull only from the stores of nodes in their cluster view.
   public var storeAddress: String = String()
 
+  /// The port of the node's Prometheus endpoint (`/metrics`); 0: it serves none.
+  public var metricsExportPort: Int32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1244,6 +1247,12 @@ public nonisolated struct Swiftray_ReportTaskEventsRequest: Sendable {
   /// The tasks' descriptions the events point at (`TaskEvent.info_index`).
   public var infos: [Swiftray_TaskEventInfo] = []
 
+  /// User metrics (`swiftray.util.metrics`) recorded since the last batch, one sample per
+  /// series; and how many records this process dropped (its bounds were full).
+  public var metrics: [Swiftray_MetricSample] = []
+
+  public var metricsDropped: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1255,6 +1264,73 @@ public nonisolated struct Swiftray_ReportTaskEventsReply: Sendable {
   // methods supported on all messages.
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One series of a user metric: its definition (repeated in each sample, so the head
+/// needs no state per process) and what was recorded since the last sample: a counter's
+/// increase, a gauge's last value, a histogram's observations.
+public nonisolated struct Swiftray_MetricSample: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Swiftray_MetricSample.Kind = .counter
+
+  public var name: String = String()
+
+  public var description_p: String = String()
+
+  public var tagKeys: [String] = []
+
+  public var tagValues: [String] = []
+
+  public var boundaries: [Double] = []
+
+  public var value: Double = 0
+
+  public var observations: [Double] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case counter // = 0
+    case gauge // = 1
+    case histogram // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .counter
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .counter
+      case 1: self = .gauge
+      case 2: self = .histogram
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .counter: return 0
+      case .gauge: return 1
+      case .histogram: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Swiftray_MetricSample.Kind] = [
+      .counter,
+      .gauge,
+      .histogram,
+    ]
+
+  }
 
   public init() {}
 }
@@ -1952,7 +2028,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0\u{3}metrics_export_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1972,6 +2048,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 10: try { try decoder.decodeSingularStringField(value: &self.deathDetail) }()
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pendingDemand) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.storeAddress) }()
+      case 13: try { try decoder.decodeSingularInt32Field(value: &self.metricsExportPort) }()
       default: break
       }
     }
@@ -2018,6 +2095,9 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.storeAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.storeAddress, fieldNumber: 12)
     }
+    if self.metricsExportPort != 0 {
+      try visitor.visitSingularInt32Field(value: self.metricsExportPort, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2034,6 +2114,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.deathDetail != rhs.deathDetail {return false}
     if lhs.pendingDemand != rhs.pendingDemand {return false}
     if lhs.storeAddress != rhs.storeAddress {return false}
+    if lhs.metricsExportPort != rhs.metricsExportPort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3952,7 +4033,7 @@ nonisolated extension Swiftray_TaskEventInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportTaskEventsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}pid\0\u{3}monotonic_now_ns\0\u{3}wall_now_ns\0\u{1}events\0\u{1}dropped\0\u{3}is_driver\0\u{1}infos\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}pid\0\u{3}monotonic_now_ns\0\u{3}wall_now_ns\0\u{1}events\0\u{1}dropped\0\u{3}is_driver\0\u{1}infos\0\u{1}metrics\0\u{3}metrics_dropped\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3969,6 +4050,8 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.dropped) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.isDriver) }()
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.infos) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.metricsDropped) }()
       default: break
       }
     }
@@ -4002,6 +4085,12 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
     if !self.infos.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.infos, fieldNumber: 9)
     }
+    if !self.metrics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 10)
+    }
+    if self.metricsDropped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.metricsDropped, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4015,6 +4104,8 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
     if lhs.dropped != rhs.dropped {return false}
     if lhs.isDriver != rhs.isDriver {return false}
     if lhs.infos != rhs.infos {return false}
+    if lhs.metrics != rhs.metrics {return false}
+    if lhs.metricsDropped != rhs.metricsDropped {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4037,6 +4128,75 @@ nonisolated extension Swiftray_ReportTaskEventsReply: SwiftProtobuf.Message, Swi
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
+}
+
+nonisolated extension Swiftray_MetricSample: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MetricSample"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}name\0\u{1}description\0\u{3}tag_keys\0\u{3}tag_values\0\u{1}boundaries\0\u{1}value\0\u{1}observations\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.tagKeys) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.tagValues) }()
+      case 6: try { try decoder.decodeRepeatedDoubleField(value: &self.boundaries) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.value) }()
+      case 8: try { try decoder.decodeRepeatedDoubleField(value: &self.observations) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.kind != .counter {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.description_p.isEmpty {
+      try visitor.visitSingularStringField(value: self.description_p, fieldNumber: 3)
+    }
+    if !self.tagKeys.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.tagKeys, fieldNumber: 4)
+    }
+    if !self.tagValues.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.tagValues, fieldNumber: 5)
+    }
+    if !self.boundaries.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.boundaries, fieldNumber: 6)
+    }
+    if self.value.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.value, fieldNumber: 7)
+    }
+    if !self.observations.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.observations, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_MetricSample, rhs: Swiftray_MetricSample) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.description_p != rhs.description_p {return false}
+    if lhs.tagKeys != rhs.tagKeys {return false}
+    if lhs.tagValues != rhs.tagValues {return false}
+    if lhs.boundaries != rhs.boundaries {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.observations != rhs.observations {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_MetricSample.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0COUNTER\0\u{1}GAUGE\0\u{1}HISTOGRAM\0")
 }
 
 nonisolated extension Swiftray_StateFilter: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -33,6 +33,8 @@ struct Start: ParsableCommand {
   var redisPassword: String?
   @Option(name: .customLong("redis-password-file"), help: "A file holding the Redis password (head only).")
   var redisPasswordFile: String?
+  @Option(name: .customLong("metrics-export-port"), help: "Port of this node's Prometheus endpoint, http://NODE-IP:PORT/metrics (default 0: a free one, shown by `start` and in `ray.nodes()` as MetricsExportPort).")
+  var metricsExportPort: Int = 0
   @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
   var block = false
 
@@ -40,6 +42,7 @@ struct Start: ParsableCommand {
     if head == (address != nil) { throw ValidationError("give either --head (start a cluster) or --address=HOST:PORT (join one)") }
     if let a = address, Self.endpoint(a) == nil { throw ValidationError("--address must be HOST:PORT, got \(a)") }
     if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
+    if metricsExportPort < 0 || metricsExportPort > 65535 { throw ValidationError("--metrics-export-port must be 0-65535") }
     if let ip = nodeIPAddress, !NodeAddress.isIPAddress(ip) {
       throw ValidationError("--node-ip-address must be an IPv4 or IPv6 address of this machine, got \(ip)")
     }
@@ -142,13 +145,14 @@ struct Start: ParsableCommand {
       if let text = try? String(contentsOfFile: ready, encoding: .utf8), !text.isEmpty {
         let session = text.trimmingCharacters(in: .whitespacesAndNewlines)
         unlink(logPath)
-        let parts = session.split(separator: "\n", maxSplits: 1).map(String.init)
+        let parts = session.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
         let cluster = parts.count > 1 ? parts[1] : ""
+        let metrics = parts.count > 2 && !parts[2].isEmpty ? "\nMetrics (Prometheus): \(parts[2])" : ""
         if head {
           print("""
             swiftray head node started (pid \(pid)).
             Session: \(parts[0])
-            Address: \(cluster)
+            Address: \(cluster)\(metrics)
             To connect from Python on this machine:
               import swiftray
               swiftray.init(address="auto")
@@ -158,7 +162,7 @@ struct Start: ParsableCommand {
         } else {
           print("""
             swiftray node started (pid \(pid)) and joined the cluster at \(cluster).
-            Session: \(parts[0])
+            Session: \(parts[0])\(metrics)
             To stop it: swiftray stop
             """)
         }
@@ -211,7 +215,7 @@ struct Start: ParsableCommand {
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
       root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
-      nodeIP: advertisedAddress(), controlStorage: storage, auth: auth)
+      nodeIP: advertisedAddress(), controlStorage: storage, auth: auth, metricsExportPort: metricsExportPort)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     DaemonIdentity.record(in: cluster.sessionDir)
@@ -219,7 +223,8 @@ struct Start: ParsableCommand {
     let log = open(cluster.sessionDir + "/daemon.log", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
     if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
     if let ready = ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] {
-      try? (cluster.sessionDir + "\n" + clusterAddress).write(toFile: ready, atomically: true, encoding: .utf8)
+      let metrics = cluster.metricsServer.map { "http://\(NodeAddress.hostForURL($0.host)):\($0.port)/metrics" } ?? ""
+      try? (cluster.sessionDir + "\n" + clusterAddress + "\n" + metrics).write(toFile: ready, atomically: true, encoding: .utf8)
     } else {
       print("swiftray node running; session \(cluster.sessionDir), cluster address \(clusterAddress). "
         + "Connect with swiftray.init(address=\"auto\").")

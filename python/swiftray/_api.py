@@ -33,12 +33,16 @@ def is_initialized():
 
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
          namespace=None, ignore_reinit_error=False, logging_level=logging.INFO, log_to_driver=True,
-         include_dashboard=None, object_spilling_directory=None, _system_config=None, **kwargs):
+         include_dashboard=None, object_spilling_directory=None, _system_config=None,
+         _metrics_export_port=None, **kwargs):
     """Starts a local cluster of one node inside this process and connects to it.
 
     object_store_memory: bytes of the node's shared-memory object store (default 30 % of
     RAM, or SWIFTRAY_OBJECT_STORE_MEMORY). object_spilling_directory: where objects are
-    spilled when the store passes 80 % (default: the session's temp dir)."""
+    spilled when the store passes 80 % (default: the session's temp dir).
+    _metrics_export_port: serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: a
+    free port, see `nodes()[0]["MetricsExportPort"]`); by default a local cluster opens
+    no TCP port."""
     if kwargs:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
     with _lock:
@@ -52,9 +56,11 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
         if address not in (None, "local"):
-            if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None:
+            if (num_cpus is not None or num_gpus is not None or resources is not None
+                    or object_store_memory is not None or _metrics_export_port is not None):
                 raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
-                                 "object_store_memory must not be provided: the cluster's nodes set them.")
+                                 "object_store_memory (nor _metrics_export_port) must not be provided: the "
+                                 "cluster's nodes set them.")
             session = _resolve_address(address)
             info = _core.connect_driver(session, bool(log_to_driver))
             return _started(info, namespace, logging_level)
@@ -75,6 +81,11 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                              f"got {object_store_memory!r}")
         if object_spilling_directory is not None and not isinstance(object_spilling_directory, (str, os.PathLike)):
             raise TypeError(f"object_spilling_directory must be a path, got {object_spilling_directory!r}")
+        if _metrics_export_port is not None and (isinstance(_metrics_export_port, bool)
+                                                 or not isinstance(_metrics_export_port, int)
+                                                 or not 0 <= _metrics_export_port <= 65535):
+            raise ValueError(f"_metrics_export_port must be a port number 0-65535 (0: a free one), "
+                             f"got {_metrics_export_port!r}")
         if _system_config is not None and not isinstance(_system_config, dict):
             raise TypeError("_system_config must be a dict")
         cpus = os.cpu_count() if num_cpus is None else num_cpus
@@ -92,6 +103,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
             "object_store_memory": object_store_memory,
             "object_spilling_directory": (os.path.abspath(os.fspath(object_spilling_directory))
                                           if object_spilling_directory is not None else None),
+            "metrics_export_port": _metrics_export_port,
         }
         info = _core.init(opts)
         return _started(info, namespace, logging_level)

@@ -18,12 +18,67 @@ extension ControlService {
 
   public func reportTaskEvents(request: Swiftray_ReportTaskEventsRequest, context: ServerContext) async throws -> Swiftray_ReportTaskEventsReply {
     try Self.check(request)
-    events.withLock { $0.apply(request) }
+    if !request.events.isEmpty || request.dropped > 0 { events.withLock { $0.apply(request) } }
+    if !request.metrics.isEmpty || request.metricsDropped > 0 {
+      await userMetrics.apply(request.metrics, dropped: request.metricsDropped)
+    }
     return Swiftray_ReportTaskEventsReply()
+  }
+
+  /// This service owns actors' creation tasks: their end (and the worker's span) goes
+  /// into the table when the worker replies, so an actor killed before its worker's
+  /// next report still shows its constructor finished.
+  func recordCreationEnded(_ spec: Swiftray_TaskSpec, on worker: Swiftray_Address, reply: Swiftray_PushTaskReply, error: String?) {
+    guard config.enableTaskEvents == 1 else { return }
+    var e = Swiftray_TaskEvent()
+    e.taskID = spec.taskID
+    e.attempt = spec.attempt
+    e.state = (error == nil ? TaskEventState.finished : .failed).rawValue
+    e.workerID = worker.workerID
+    e.nodeID = worker.nodeID
+    e.workerPid = worker.pid
+    e.startWallNs = reply.startedWallNs
+    e.endWallNs = reply.endedWallNs
+    if let error {
+      e.errorType = TaskErrorType.execution
+      e.errorMessage = String(error.utf8.prefix(Self.maxEventText)) ?? ""
+    }
+    var batch = Swiftray_ReportTaskEventsRequest()
+    batch.wallNowNs = CoreWorker.wallNanos()  // event time 0 = now
+    batch.events = [e]
+    events.withLock { $0.apply(batch) }
+  }
+
+  /// The cluster's tasks, actors and nodes for the head's `/metrics`.
+  public func headMetrics() -> HeadMetricsSample {
+    var h = HeadMetricsSample()
+    (h.tasks, h.eventsDroppedAtSources, h.eventsEvicted) = events.withLock { ($0.stateCounts, $0.droppedAtSources, $0.evicted) }
+    let (actors, nodes) = state.withLock { s in
+      (s.actors.actors.values.map { ($0.info.state, $0.awaitingArguments, $0.spec.actorCreation.className) }, s.nodes.all)
+    }
+    for (st, waiting, cls) in actors {
+      h.actors[ActorCountKey(state: Self.actorStateName(st, awaitingArguments: waiting), className: cls), default: 0] += 1
+    }
+    h.deadNodes = nodes.filter(NodeTable.isDead).count
+    h.aliveNodes = nodes.filter(\.alive).count
+    return h
   }
 
   /// A batch is checked whole before any of it is taken: sizes and texts in bounds.
   public static func check(_ r: Swiftray_ReportTaskEventsRequest) throws {
+    guard r.metrics.count <= UserMetricsBuffer.maxSeries,
+      r.metrics.reduce(0, { $0 + $1.observations.count }) <= UserMetricsBuffer.maxObservations
+    else {
+      throw RPCError(code: .invalidArgument, message: "\(r.metrics.count) metric samples in one batch (at most "
+        + "\(UserMetricsBuffer.maxSeries), with at most \(UserMetricsBuffer.maxObservations) observations)")
+    }
+    for m in r.metrics {
+      // Texts in bounds before anything reads them; the definitions are checked at the sink.
+      guard m.name.utf8.count <= MetricDefinition.maxName, m.description_p.utf8.count <= MetricDefinition.maxDescription,
+        m.tagKeys.count <= MetricDefinition.maxTagKeys, m.tagValues.count <= MetricDefinition.maxTagKeys,
+        m.boundaries.count <= MetricDefinition.maxBoundaries
+      else { throw RPCError(code: .invalidArgument, message: "a metric sample with a field beyond its bound") }
+    }
     guard r.events.count <= maxEventsPerBatch, r.infos.count <= maxEventsPerBatch else {
       throw RPCError(code: .invalidArgument, message: "\(r.events.count) task events and \(r.infos.count) descriptions in one batch "
         + "(at most \(maxEventsPerBatch) each)")
@@ -195,15 +250,19 @@ extension ControlService {
   static let groupColumns = ["placement_group_id", "name", "creator_job_id", "state", "strategy", "is_detached",
                              "state_message", "bundles"]
 
-  static func actorRow(_ i: Swiftray_ActorInfo, spec: Swiftray_TaskSpec, awaitingArguments: Bool) -> StateRow {
-    let state: String
-    switch i.state {
-    case .pending: state = awaitingArguments ? "DEPENDENCIES_UNREADY" : "PENDING_CREATION"
-    case .alive: state = "ALIVE"
-    case .restarting: state = "RESTARTING"
-    case .dead: state = "DEAD"
-    case .UNRECOGNIZED: state = "UNKNOWN"
+  /// Ray's name of an actor's state.
+  static func actorStateName(_ s: Swiftray_ActorInfo.State, awaitingArguments: Bool) -> String {
+    switch s {
+    case .pending: awaitingArguments ? "DEPENDENCIES_UNREADY" : "PENDING_CREATION"
+    case .alive: "ALIVE"
+    case .restarting: "RESTARTING"
+    case .dead: "DEAD"
+    case .UNRECOGNIZED: "UNKNOWN"
     }
+  }
+
+  static func actorRow(_ i: Swiftray_ActorInfo, spec: Swiftray_TaskSpec, awaitingArguments: Bool) -> StateRow {
+    let state = actorStateName(i.state, awaitingArguments: awaitingArguments)
     let placement = spec.actorCreation.hasPlacementResources ? spec.actorCreation.placementResources : spec.resources
     return StateRow([
       ("actor_id", StateValue.hex(i.actorID)), ("class_name", .string(spec.actorCreation.className)), ("state", .string(state)),

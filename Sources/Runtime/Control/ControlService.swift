@@ -46,6 +46,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   let events: Locked<TaskEventTable>
   /// The node whose NodeManager runs beside this service (`list nodes`' head).
   public let headNode = Locked(Data())
+  /// Every process's user metrics, summed, for the head node's `/metrics`.
+  public let userMetrics = UserMetricsSink()
   let group: MultiThreadedEventLoopGroup
   let pool: DataPlaneClientPool
   /// gRPC clients of the NodeManagers, by address.
@@ -562,6 +564,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       let error: String? = reply.actorCreationError.isEmpty
         ? (reply.isApplicationError ? "the constructor failed (no traceback was sent)" : nil)
         : reply.actorCreationError
+      recordCreationEnded(spec, on: lease.worker, reply: reply, error: error)
       perform(state.withLock { $0.actors.creationReplied(id, lease: lease, error: error) })
     }
   }

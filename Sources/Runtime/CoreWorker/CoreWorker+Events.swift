@@ -13,9 +13,10 @@ extension CoreWorker {
   static var eventBatch: Int { ControlService.maxEventsPerBatch }
 
   /// Arms the periodic report on the worker's clock (virtual in simulations); each round
-  /// arms the next, until `stopTaskEventReporter`. Nothing when task events are off.
+  /// arms the next, until `stopTaskEventReporter`. It runs with task events off too: it
+  /// carries the user metrics.
   func startTaskEventReporter() {
-    guard options.config.enableTaskEvents == 1, !eventReporterStopped.withLock({ $0 }) else { return }
+    guard !eventReporterStopped.withLock({ $0 }) else { return }
     clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [weak self] in
       Task { [weak self] in
         await self?.sendTaskEvents()
@@ -27,8 +28,13 @@ extension CoreWorker {
   func stopTaskEventReporter() { eventReporterStopped.withLock { $0 = true } }
 
   /// Sends what is buffered now, batch by batch, until nothing is left (events recorded
-  /// meanwhile go with the next round).
+  /// meanwhile go with the next round). User metrics ride with the first batch.
   func sendTaskEvents() async {
+    var metrics = userMetrics.withLock { $0.isEmpty ? nil : $0.take() }
+    defer {
+      // Not delivered (the head was away): back under what was recorded since.
+      if let m = metrics { userMetrics.withLock { $0.putBack(m.samples, dropped: m.dropped) } }
+    }
     for _ in 0..<1000 {
       // Records move out under the owner's lock; the batch is built after it.
       let taken = state.withLock { $0.taskEvents.take(max: Self.eventBatch) }
@@ -44,8 +50,12 @@ extension CoreWorker {
         return e
       }
       let dropped = own.dropped &+ spans.dropped &+ unsent
-      if events.isEmpty && dropped == 0 { return }
+      if events.isEmpty && dropped == 0 && metrics == nil { return }
       var req = Swiftray_ReportTaskEventsRequest()
+      if let m = metrics {
+        req.metrics = m.samples
+        req.metricsDropped = m.dropped
+      }
       req.workerID = address.workerID
       req.nodeID = address.nodeID
       req.pid = address.pid
@@ -63,6 +73,7 @@ extension CoreWorker {
         eventsUnsent.withLock { $0 &+= UInt64(events.count) &+ dropped }
         return
       }
+      metrics = nil
       // A full take may have left more behind (folding makes a batch smaller than its take).
       if own.taken < Self.eventBatch && spans.taken < Self.eventBatch - own.events.count { return }
     }
@@ -71,8 +82,24 @@ extension CoreWorker {
   /// Sends this process's buffered task events now (before a state query, at exit).
   /// Blocks (GIL released), at most `timeout`.
   public func flushTaskEvents(timeout: Duration = .seconds(5)) {
-    guard options.config.enableTaskEvents == 1 else { return }
     _ = try? blockingAwait(timeout: timeout) { [self] in await sendTaskEvents() }
+  }
+
+  /// Defines a user metric of this process (the same definition gets the same handle).
+  /// Any thread.
+  public func defineMetric(_ d: MetricDefinition) throws -> Int {
+    switch userMetrics.withLock({ $0.define(d) }) {
+    case .success(let h): return h
+    case .failure(.invalid(let why)): throw SwiftrayError(.invalidArgument, why)
+    case .failure(.tooMany):
+      throw SwiftrayError(.invalidArgument, "this process defined more than \(UserMetricsBuffer.maxDefinitions) metrics")
+    }
+  }
+
+  /// One record of a user metric (the caller checked its tags); dropped and counted when
+  /// this process's bounds are full. Any thread; never blocks.
+  public func recordMetric(handle: Int, tags: [String], value: Double) {
+    userMetrics.withLock { _ = $0.record(handle: handle, tags: tags, value: value) }
   }
 
   static func wallNanos() -> UInt64 {

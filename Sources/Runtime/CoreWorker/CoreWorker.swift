@@ -130,6 +130,8 @@ public final class CoreWorker: Sendable {
   let eventReporterStopped = Locked(false)
   /// Task events a failed batch lost, told to the head with the next one.
   let eventsUnsent = Locked<UInt64>(0)
+  /// User metrics recorded since the last report (`swiftray.util.metrics`).
+  let userMetrics = Locked(UserMetricsBuffer())
 
   public init(options: Options, group: MultiThreadedEventLoopGroup, jobID: JobID?,
               warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws {

@@ -17,6 +17,8 @@ public final class LocalCluster: Sendable {
   /// Where this node's ControlService is (a Unix socket on the head, TCP elsewhere).
   public let controlEndpoint: Endpoint
   let servers: [ControlPlane.Server]
+  /// The node's Prometheus endpoint, when it serves one.
+  public let metricsServer: HTTPServer?
   /// This node as registered (its TCP addresses when networked).
   public let node: Swiftray_NodeInfo
 
@@ -129,6 +131,7 @@ public final class LocalCluster: Sendable {
                            group: MultiThreadedEventLoopGroup, root: String = SessionPaths.sessionsRoot(),
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
                            controlStorage: (any ControlStorage)? = nil, auth: ClusterAuth,
+                           metricsExportPort: Int? = nil,
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
     do {
@@ -138,7 +141,8 @@ public final class LocalCluster: Sendable {
       return try start(session: session, resources: resources, config: config, workerExecutable: workerExecutable,
                        workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
-                       role: role, nodeIP: nodeIP, controlStorage: controlStorage, auth: auth, warn: warn)
+                       role: role, nodeIP: nodeIP, controlStorage: controlStorage, auth: auth,
+                       metricsExportPort: metricsExportPort, warn: warn)
     } catch {
       SessionPaths.removeSession(session)
       throw error
@@ -148,7 +152,8 @@ public final class LocalCluster: Sendable {
   static func start(session: String, resources: ResourceSet, config: Config, workerExecutable: String,
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
-                    controlStorage: (any ControlStorage)?, auth: ClusterAuth, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+                    controlStorage: (any ControlStorage)?, auth: ClusterAuth, metricsExportPort: Int?,
+                    warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let networked: Bool
     switch role {
     case .head(let port): networked = port != nil
@@ -195,6 +200,18 @@ public final class LocalCluster: Sendable {
       node.nodeManagerAddress = tcp.endpoint.description
     }
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
+    var metricsServer: HTTPServer?
+    if let port = metricsExportPort {
+      do {
+        metricsServer = try serveMetrics(host: nodeIP, port: port, node: nm, control: control, group: group)
+      } catch {
+        nm.shutdown()
+        for s in servers { s.shutdown() }
+        throw SwiftrayError(.invalidArgument, "cannot serve metrics on \(nodeIP):\(port): \(error). Is the port taken? "
+          + "Use --metrics-export-port 0 for a free one.")
+      }
+      node.metricsExportPort = Int32(metricsServer?.port ?? 0)
+    }
     let registration = node
     let c = try ControlPlane.connect(controlEP, group: group, auth: auth)
     defer { c.shutdown() }
@@ -207,6 +224,7 @@ public final class LocalCluster: Sendable {
     } catch {
       nm.shutdown()
       for s in servers { s.shutdown() }
+      metricsServer?.shutdown()
       let e = ControlPlane.error(error, calling: "RegisterNode", at: controlEP)
       if e.code == .authentication { throw e }
       // The head's own words when it refused this node (it cannot reach it back).
@@ -218,7 +236,28 @@ public final class LocalCluster: Sendable {
     try? controlEP.description.write(toFile: session + "/control.address", atomically: true, encoding: .utf8)
     nm.start()
     return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
-                        controlEndpoint: controlEP, servers: servers, node: registration)
+                        controlEndpoint: controlEP, servers: servers, node: registration, metricsServer: metricsServer)
+  }
+
+  /// The node's `/metrics` (Prometheus text, readable without the cluster token, as
+  /// Ray's: it holds counts and sizes only); `/` says where it is.
+  static func serveMetrics(host: String, port: Int, node nm: NodeManager, control: ControlService?,
+                           group: MultiThreadedEventLoopGroup) throws -> HTTPServer {
+    var head: (@Sendable () -> HeadMetricsSample)?
+    if let control { head = { control.headMetrics() } }
+    let exporter = MetricsExporter(node: { nm.metricsSample(nodeIP: host) }, head: head, user: control?.userMetrics)
+    let handler: HTTPServer.Handler = { request in
+      switch request.path {
+      case "/metrics":
+        let body = await exporter.render()
+        return HTTPResponse(.ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)
+      case "/":
+        return HTTPResponse.text(.ok, "swiftray node metrics: GET /metrics")
+      default:
+        return HTTPResponse.text(.notFound, "no such page: \(request.path) (try /metrics)")
+      }
+    }
+    return try blockingAwait { try await HTTPServer.serve(host: host, port: port, group: group, handler: handler) }
   }
 
   /// Where a node's ControlService is, from its session directory.
@@ -239,13 +278,14 @@ public final class LocalCluster: Sendable {
   }
 
   init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService?,
-       controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo) {
+       controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo, metricsServer: HTTPServer?) {
     self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
-    self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node
+    self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node; self.metricsServer = metricsServer
   }
 
   /// Stops every worker, then the services, then removes the session directory.
   public func shutdown() {
+    metricsServer?.shutdown()
     nodeManager.shutdown()
     control?.shutdown()
     for s in servers.reversed() { s.shutdown() }

@@ -272,6 +272,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     return n
   }
 
+  /// What this node's `/metrics` shows of it. Any thread.
+  public func metricsSample(nodeIP: String) -> NodeMetricsSample {
+    var n = NodeMetricsSample(nodeIP: nodeIP)
+    let (total, available, workers, idle) = state.withLock {
+      ($0.queue.total, $0.queue.available, $0.workers.count, $0.queue.idleWorkerCount)
+    }
+    n.resourcesTotal = total.asUnits
+    n.resourcesAvailable = available.asUnits
+    n.workers = workers
+    n.idleWorkers = idle
+    n.store = store.stats
+    return n
+  }
+
   // MARK: actions
 
   func perform(_ actions: [LeaseQueue.Action]) {

@@ -73,6 +73,27 @@ public struct TaskEventTable: Sendable {
 
   public var count: Int { records.count }
 
+  /// Attempts by their latest state and function (Prometheus `ray_tasks`): every attempt
+  /// the head heard of, evicted ones too, so finished counts only grow. At most
+  /// `maxCountedNames` names; later ones count under "(other)".
+  public struct CountKey: Hashable, Sendable {
+    public var state: TaskEventState
+    public var name: String
+    public var isRetry: Bool
+    public init(state: TaskEventState, name: String, isRetry: Bool) { self.state = state; self.name = name; self.isRetry = isRetry }
+  }
+  public private(set) var stateCounts: [CountKey: Int] = [:]
+  private var countedNames: Set<String> = []
+  public static let maxCountedNames = 1000
+
+  private mutating func countKey(_ r: Record, attempt: Int32) -> CountKey {
+    var name = r.info?.name ?? ""
+    if !countedNames.contains(name) {
+      if countedNames.count < Self.maxCountedNames { countedNames.insert(name) } else { name = "(other)" }
+    }
+    return CountKey(state: r.state, name: name, isRetry: attempt > 0)
+  }
+
   /// One process's batch; its events' monotonic times map to wall time through the
   /// clocks it read when it sent them.
   public mutating func apply(_ batch: Swiftray_ReportTaskEventsRequest) {
@@ -83,11 +104,19 @@ public struct TaskEventTable: Sendable {
       guard let task = TaskID(binary: e.taskID), let state = TaskEventState(rawValue: e.state) else { continue }
       let wall = Self.wall(e.timeNs, batch)
       let key = Key(task: task, attempt: e.attempt)
-      if records[key] == nil { admit(key) }
+      let existing = records[key]
+      let before: CountKey? = if let existing { countKey(existing, attempt: key.attempt) } else { nil }
+      if before == nil { admit(key) }
       let assigned = e.workerID.isEmpty ? nil : self.process(worker: e.workerID, node: e.nodeID, pid: e.workerPid, isDriver: false)
       records[key]!.merge(e, state: state, wall: wall, end: e.endNs == 0 ? 0 : Self.wall(e.endNs, batch),
                           process: process, assigned: assigned,
                           info: e.infoIndex > 0 && Int(e.infoIndex) <= infos.count ? infos[Int(e.infoIndex) - 1] : nil)
+      let merged = records[key]!
+      let after = countKey(merged, attempt: key.attempt)
+      if before != after {
+        if let before { stateCounts[before, default: 0] -= 1 }
+        stateCounts[after, default: 0] += 1
+      }
     }
   }
 

@@ -46,6 +46,9 @@ public enum NodeAddress {
   }
 
   /// True when `text` is a numeric IPv4 or IPv6 address (what a node may advertise).
+  /// The host as a URL writes it (an IPv6 address in brackets).
+  public static func hostForURL(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
+
   public static func isIPAddress(_ text: String) -> Bool {
     var v4 = in_addr()
     var v6 = in6_addr()
