@@ -98,7 +98,7 @@ let package = Package(
     ),
     .testTarget(
       name: "RuntimeTests",
-      dependencies: ["Runtime", .product(name: "NIOPosix", package: "swift-nio"),
+      dependencies: ["Runtime", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
                      .product(name: "GRPCCore", package: "grpc-swift-2"),
                      .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf")],
       swiftSettings: swift6

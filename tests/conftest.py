@@ -91,14 +91,15 @@ class Cluster:
             out = host.run(args, timeout=60, env=self.env)
         assert out.returncode == 0, out.stdout + out.stderr
         fields = dict(line.split(":", 1) for line in out.stdout.splitlines()
-                      if line.startswith(("Session:", "Address:", "Metrics (Prometheus):")))
+                      if line.startswith(("Session:", "Address:", "Metrics (Prometheus):", "Dashboard (login link")))
         if self.address is None:
             self.address = fields["Address"].strip()
         session = fields["Session"].strip()
         files = host.path(session) if host else session
         with open(os.path.join(files, "daemon.pid")) as f:
             node = {"pid": int(f.read()), "session": session, "host": host, "files": files,
-                    "metrics": fields.get("Metrics (Prometheus)", "").strip()}
+                    "metrics": fields.get("Metrics (Prometheus)", "").strip(),
+                    "dashboard": fields.get("Dashboard (login link, keep it private)", "").strip()}
         self.nodes.append(node)
         return node
 

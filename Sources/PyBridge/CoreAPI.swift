@@ -156,6 +156,9 @@ enum CoreAPI {
     let spillDir = Py.isNone(item("object_spilling_directory")) ? nil : Py.toString(item("object_spilling_directory"))
     // Checked in Python (0 ... 65535); a plain init() opens no TCP port.
     let metricsPort = Py.isNone(item("metrics_export_port")) ? nil : Py.toInt(item("metrics_export_port"))
+    // Checked in Python too: only with include_dashboard=True.
+    let dashboardHost = Py.isNone(item("dashboard_host")) ? nil : Py.toString(item("dashboard_host"))
+    let dashboardPort = Py.isNone(item("dashboard_port")) ? nil : Py.toInt(item("dashboard_port"))
     if PyErr_Occurred() != nil { return nil }
     var env = ProcessInfo.processInfo.environment
     env["SWIFTRAY_PYTHON"] = python
@@ -171,7 +174,10 @@ enum CoreAPI {
       let cluster = try LocalCluster.start(
         resources: ResourceSet(units: resources), config: config, workerExecutable: exe,
         workerEnvironment: env, prestartWorkers: prestart, objectStoreMemory: storeMemory,
-        spillDirectory: spillDir, group: group, auth: auth, metricsExportPort: metricsPort)
+        spillDirectory: spillDir, group: group, auth: auth, metricsExportPort: metricsPort,
+        dashboard: dashboardHost.map { Dashboard.Options(host: $0, port: dashboardPort ?? 8265,
+                                                         assets: Dashboard.Options.assets(besideExecutable: exe),
+                                                         fallBack: dashboardPort == nil) })
       let core: CoreWorker
       do {
         core = try CoreWorker(
@@ -248,6 +254,9 @@ enum CoreAPI {
       ("control", Py.str(core.options.control.description)),
       // The node's address as the cluster lists it (a node without networking: loopback).
       ("node_ip", Py.str(core.options.nodeIP ?? "127.0.0.1")),
+      // The login link of the dashboard this process serves (init(include_dashboard=True)).
+      ("dashboard_login_url", s.cluster?.dashboardServer.map { Py.str(Dashboard.loginURL(host: $0.host, port: $0.port, auth: s.core.options.auth)) } ?? Py.none),
+      ("dashboard_url", s.cluster?.dashboardServer.map { Py.str("\(NodeAddress.hostForURL($0.host)):\($0.port)") } ?? Py.none),
     ])
   }
 

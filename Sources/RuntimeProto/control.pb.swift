@@ -80,6 +80,11 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
   /// The port of the node's Prometheus endpoint (`/metrics`); 0: it serves none.
   public var metricsExportPort: Int32 = 0
 
+  /// The node's object store, as its last report said (bytes).
+  public var objectStoreUsed: UInt64 = 0
+
+  public var objectStoreCapacity: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -285,6 +290,11 @@ public nonisolated struct Swiftray_ReportResourcesRequest: Sendable {
   /// bundles there; a report older than a change the head already saw answered is stale
   /// and its resources are not taken.
   public var bundleEpoch: UInt64 = 0
+
+  /// The node's object store now (bytes), for the dashboard's overview.
+  public var objectStoreUsed: UInt64 = 0
+
+  public var objectStoreCapacity: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2028,7 +2038,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0\u{3}metrics_export_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0\u{3}metrics_export_port\0\u{3}object_store_used\0\u{3}object_store_capacity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2049,6 +2059,8 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pendingDemand) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.storeAddress) }()
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.metricsExportPort) }()
+      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreUsed) }()
+      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreCapacity) }()
       default: break
       }
     }
@@ -2098,6 +2110,12 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.metricsExportPort != 0 {
       try visitor.visitSingularInt32Field(value: self.metricsExportPort, fieldNumber: 13)
     }
+    if self.objectStoreUsed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectStoreUsed, fieldNumber: 14)
+    }
+    if self.objectStoreCapacity != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectStoreCapacity, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2115,6 +2133,8 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.pendingDemand != rhs.pendingDemand {return false}
     if lhs.storeAddress != rhs.storeAddress {return false}
     if lhs.metricsExportPort != rhs.metricsExportPort {return false}
+    if lhs.objectStoreUsed != rhs.objectStoreUsed {return false}
+    if lhs.objectStoreCapacity != rhs.objectStoreCapacity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2490,7 +2510,7 @@ nonisolated extension Swiftray_KVGetReply: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportResourcesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0\u{1}total\0\u{3}bundle_epoch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}available\0\u{3}infeasible_demand\0\u{1}total\0\u{3}bundle_epoch\0\u{3}object_store_used\0\u{3}object_store_capacity\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2503,6 +2523,8 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.infeasibleDemand) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._total) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bundleEpoch) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreUsed) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreCapacity) }()
       default: break
       }
     }
@@ -2528,6 +2550,12 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     if self.bundleEpoch != 0 {
       try visitor.visitSingularUInt64Field(value: self.bundleEpoch, fieldNumber: 5)
     }
+    if self.objectStoreUsed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectStoreUsed, fieldNumber: 6)
+    }
+    if self.objectStoreCapacity != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectStoreCapacity, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2537,6 +2565,8 @@ nonisolated extension Swiftray_ReportResourcesRequest: SwiftProtobuf.Message, Sw
     if lhs.infeasibleDemand != rhs.infeasibleDemand {return false}
     if lhs._total != rhs._total {return false}
     if lhs.bundleEpoch != rhs.bundleEpoch {return false}
+    if lhs.objectStoreUsed != rhs.objectStoreUsed {return false}
+    if lhs.objectStoreCapacity != rhs.objectStoreCapacity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -35,6 +35,12 @@ struct Start: ParsableCommand {
   var redisPasswordFile: String?
   @Option(name: .customLong("metrics-export-port"), help: "Port of this node's Prometheus endpoint, http://NODE-IP:PORT/metrics (default 0: a free one, shown by `start` and in `ray.nodes()` as MetricsExportPort).")
   var metricsExportPort: Int = 0
+  @Option(name: .customLong("include-dashboard"), help: "Serve the web dashboard on the head (true or false; default true).")
+  var includeDashboard: Bool = true
+  @Option(name: .customLong("dashboard-host"), help: "Address the dashboard listens on (default 127.0.0.1; 0.0.0.0 for every interface).")
+  var dashboardHost: String = "127.0.0.1"
+  @Option(name: .customLong("dashboard-port"), help: "Port of the dashboard (default 8265, or a free one when 8265 is taken; 0: a free one).")
+  var dashboardPort: Int?
   @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
   var block = false
 
@@ -43,6 +49,10 @@ struct Start: ParsableCommand {
     if let a = address, Self.endpoint(a) == nil { throw ValidationError("--address must be HOST:PORT, got \(a)") }
     if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
     if metricsExportPort < 0 || metricsExportPort > 65535 { throw ValidationError("--metrics-export-port must be 0-65535") }
+    if let p = dashboardPort, p < 0 || p > 65535 { throw ValidationError("--dashboard-port must be 0-65535") }
+    if !NodeAddress.isIPAddress(dashboardHost) {
+      throw ValidationError("--dashboard-host must be an IP address (127.0.0.1, 0.0.0.0, …), got \(dashboardHost)")
+    }
     if let ip = nodeIPAddress, !NodeAddress.isIPAddress(ip) {
       throw ValidationError("--node-ip-address must be an IPv4 or IPv6 address of this machine, got \(ip)")
     }
@@ -145,9 +155,10 @@ struct Start: ParsableCommand {
       if let text = try? String(contentsOfFile: ready, encoding: .utf8), !text.isEmpty {
         let session = text.trimmingCharacters(in: .whitespacesAndNewlines)
         unlink(logPath)
-        let parts = session.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        let parts = session.split(separator: "\n", maxSplits: 3, omittingEmptySubsequences: false).map(String.init)
         let cluster = parts.count > 1 ? parts[1] : ""
-        let metrics = parts.count > 2 && !parts[2].isEmpty ? "\nMetrics (Prometheus): \(parts[2])" : ""
+        let dashboard = parts.count > 3 && !parts[3].isEmpty ? "\nDashboard (login link, keep it private): \(parts[3])" : ""
+        let metrics = (parts.count > 2 && !parts[2].isEmpty ? "\nMetrics (Prometheus): \(parts[2])" : "") + dashboard
         if head {
           print("""
             swiftray head node started (pid \(pid)).
@@ -215,7 +226,11 @@ struct Start: ParsableCommand {
       workerExecutable: selfExecutable(), workerEnvironment: ProcessInfo.processInfo.environment,
       prestartWorkers: Int(units["CPU"] ?? 0), objectStoreMemory: objectStoreMemory, group: group,
       root: root, role: address.flatMap(Self.endpoint).map { .worker(control: $0) } ?? .head(port: port),
-      nodeIP: advertisedAddress(), controlStorage: storage, auth: auth, metricsExportPort: metricsExportPort)
+      nodeIP: advertisedAddress(), controlStorage: storage, auth: auth, metricsExportPort: metricsExportPort,
+      dashboard: head && includeDashboard
+        ? Dashboard.Options(host: dashboardHost, port: dashboardPort ?? 8265,
+                            assets: Dashboard.Options.assets(besideExecutable: selfExecutable()), fallBack: dashboardPort == nil)
+        : nil)
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     DaemonIdentity.record(in: cluster.sessionDir)
@@ -224,7 +239,9 @@ struct Start: ParsableCommand {
     if log >= 0, ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] != nil { dup2(log, 1); dup2(log, 2) }
     if let ready = ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] {
       let metrics = cluster.metricsServer.map { "http://\(NodeAddress.hostForURL($0.host)):\($0.port)/metrics" } ?? ""
-      try? (cluster.sessionDir + "\n" + clusterAddress + "\n" + metrics).write(toFile: ready, atomically: true, encoding: .utf8)
+      let dashboard = cluster.dashboardServer.map { Dashboard.loginURL(host: $0.host, port: $0.port, auth: auth) } ?? ""
+      try? [cluster.sessionDir, clusterAddress, metrics, dashboard].joined(separator: "\n")
+        .write(toFile: ready, atomically: true, encoding: .utf8)
     } else {
       print("swiftray node running; session \(cluster.sessionDir), cluster address \(clusterAddress). "
         + "Connect with swiftray.init(address=\"auto\").")

@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import NIOPosix
 import Runtime
 import RuntimeProto
@@ -240,5 +241,34 @@ import Testing
     }
     #expect(two.components(separatedBy: "HTTP/1.1 200 OK").count == 3 && two.hasSuffix("up 2"))
     #expect(two.range(of: "up 1")!.lowerBound < two.range(of: "up 2")!.lowerBound)
+  }
+}
+
+/// Who may see the dashboard (DESIGN §13): the token in either header, the login link's
+/// cookie, and nothing else.
+@Suite struct DashboardAuthTests {
+  static let token = "t0k3n-of-the-cluster-0123456789abcdef"
+  static let auth = DashboardAuth(try! ClusterAuth(token: token, source: "test"))
+
+  static func request(_ uri: String, _ headers: [(String, String)] = []) -> HTTPRequest {
+    HTTPRequest(method: .GET, uri: uri, headers: HTTPHeaders(headers))
+  }
+
+  @Test func eitherBearerHeaderOrTheCookieSignsIn() {
+    #expect(Self.auth.check(Self.request("/", [("Authorization", "Bearer \(Self.token)")])) == .allowed)
+    #expect(Self.auth.check(Self.request("/", [("x-ray-authorization", "Bearer \(Self.token)")])) == .allowed)
+    #expect(Self.auth.check(Self.request("/", [("Cookie", "a=b; \(DashboardAuth.cookie)=\(Self.token)")])) == .allowed)
+    for bad in [[], [("Authorization", "Bearer nope")], [("Authorization", Self.token)],
+                [("Cookie", "\(DashboardAuth.cookie)=nope")], [("Cookie", "other=\(Self.token)")]] {
+      guard case .refused = Self.auth.check(Self.request("/api/v0/tasks", bad)) else {
+        Issue.record("signed in with \(bad)"); continue
+      }
+    }
+  }
+
+  @Test func aLoginLinkSetsTheCookieAndDropsTheToken() {
+    #expect(Self.auth.check(Self.request("/?token=\(Self.token)"))
+      == .login(location: "/", cookie: "\(DashboardAuth.cookie)=\(Self.token); Path=/; HttpOnly; SameSite=Strict"))
+    guard case .refused = Self.auth.check(Self.request("/?token=wrong")) else { Issue.record("a wrong link signed in"); return }
   }
 }

@@ -46,7 +46,7 @@ def _files(bin_dir):
     for root, dirs, files in os.walk(pkg):
         dirs[:] = [d for d in dirs if d not in ("__pycache__", "_bin")]
         for f in files:
-            if f.endswith((".py", ".typed")):
+            if f.endswith((".py", ".typed", ".html", ".js", ".css")):
                 full = os.path.join(root, f)
                 items.append((os.path.relpath(full, HERE), full))
     items.append((f"{NAME}/_core{sysconfig.get_config_var('EXT_SUFFIX')}",

@@ -33,16 +33,18 @@ def is_initialized():
 
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
          namespace=None, ignore_reinit_error=False, logging_level=logging.INFO, log_to_driver=True,
-         include_dashboard=None, object_spilling_directory=None, _system_config=None,
-         _metrics_export_port=None, **kwargs):
+         include_dashboard=None, dashboard_host="127.0.0.1", dashboard_port=None, object_spilling_directory=None,
+         _system_config=None, _metrics_export_port=None, **kwargs):
     """Starts a local cluster of one node inside this process and connects to it.
 
     object_store_memory: bytes of the node's shared-memory object store (default 30 % of
     RAM, or SWIFTRAY_OBJECT_STORE_MEMORY). object_spilling_directory: where objects are
     spilled when the store passes 80 % (default: the session's temp dir).
     _metrics_export_port: serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: a
-    free port, see `nodes()[0]["MetricsExportPort"]`); by default a local cluster opens
-    no TCP port."""
+    free port, see `nodes()[0]["MetricsExportPort"]`). include_dashboard=True: serve the
+    web dashboard on dashboard_host:dashboard_port (default 127.0.0.1:8265, or a free port
+    when 8265 is taken; 0: a free one) and print its login link. By default a local
+    cluster opens no TCP port."""
     if kwargs:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
     with _lock:
@@ -86,6 +88,13 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                                                  or not 0 <= _metrics_export_port <= 65535):
             raise ValueError(f"_metrics_export_port must be a port number 0-65535 (0: a free one), "
                              f"got {_metrics_export_port!r}")
+        if include_dashboard not in (None, True, False):
+            raise TypeError(f"include_dashboard must be True, False or None, got {include_dashboard!r}")
+        if dashboard_port is not None and (isinstance(dashboard_port, bool) or not isinstance(dashboard_port, int)
+                                           or not 0 <= dashboard_port <= 65535):
+            raise ValueError(f"dashboard_port must be a port number 0-65535 (0: a free one), got {dashboard_port!r}")
+        if not isinstance(dashboard_host, str) or not dashboard_host:
+            raise TypeError(f"dashboard_host must be an IP address as a str, got {dashboard_host!r}")
         if _system_config is not None and not isinstance(_system_config, dict):
             raise TypeError("_system_config must be a dict")
         cpus = os.cpu_count() if num_cpus is None else num_cpus
@@ -104,8 +113,13 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
             "object_spilling_directory": (os.path.abspath(os.fspath(object_spilling_directory))
                                           if object_spilling_directory is not None else None),
             "metrics_export_port": _metrics_export_port,
+            "dashboard_host": dashboard_host if include_dashboard else None,
+            "dashboard_port": dashboard_port,
         }
         info = _core.init(opts)
+        if info.get("dashboard_login_url"):
+            # As Ray prints where its dashboard is; the link signs a browser in (as Jupyter's).
+            print(f"View the dashboard at {info['dashboard_login_url']}", file=sys.stderr, flush=True)
         return _started(info, namespace, logging_level)
 
 

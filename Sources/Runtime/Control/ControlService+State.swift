@@ -246,7 +246,8 @@ extension ControlService {
                              "is_detached", "num_restarts", "max_restarts", "death_cause", "required_resources",
                              "placement_group_id", "worker_id"]
   static let nodeColumns = ["node_id", "node_ip", "is_head_node", "state", "state_message", "node_name",
-                            "resources_total", "resources_available", "start_time_ms", "labels"]
+                            "resources_total", "resources_available", "start_time_ms", "labels",
+                            "object_store_used_memory", "object_store_total_memory"]
   static let groupColumns = ["placement_group_id", "name", "creator_job_id", "state", "strategy", "is_detached",
                              "state_message", "bundles"]
 
@@ -301,6 +302,8 @@ extension ControlService {
       ("state", .string(NodeTable.isDead(n) ? "DEAD" : "ALIVE")), ("state_message", n.deathDetail.isEmpty ? .null : .string(n.deathDetail)),
       ("node_name", .string(n.ipAddress)), ("resources_total", resources(n.total)),
       ("resources_available", resources(n.available)), ("start_time_ms", .int(n.startTimeMs)), ("labels", .object([])),
+      ("object_store_used_memory", .int(Int64(clamping: n.objectStoreUsed))),
+      ("object_store_total_memory", .int(Int64(clamping: n.objectStoreCapacity))),
     ])
   }
 

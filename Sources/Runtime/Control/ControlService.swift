@@ -304,7 +304,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let verdict: NodeTable.ReportVerdict
     (verdict, held) = state.withLock { s in
       let verdict = s.nodes.reported(request.nodeID, available: request.available, total: request.hasTotal ? request.total : nil,
-                                     demand: request.infeasibleDemand, bundleEpoch: request.bundleEpoch)
+                                     demand: request.infeasibleDemand, bundleEpoch: request.bundleEpoch,
+                                     store: (request.objectStoreUsed, request.objectStoreCapacity))
       // Only a live node it knows hears what it holds (a dead one is fenced).
       guard verdict == .taken, let n = s.nodes[request.nodeID] else { return (verdict, nil) }
       return (verdict, (s.groups.bundles(on: request.nodeID), s.actors.leases(on: [n.nodeManagerAddress, n.nodeManagerEndpoint])))

@@ -115,7 +115,8 @@ public struct NodeTable: Sendable {
   /// Its resources are not taken while the head changes bundles there or when the
   /// report predates a change the head saw answered (`BundleSync`); its demand is.
   public mutating func reported(_ id: Data, available: Swiftray_ResourceShape, total: Swiftray_ResourceShape?,
-                                demand: [Swiftray_ResourceShape], bundleEpoch: UInt64 = 0) -> ReportVerdict {
+                                demand: [Swiftray_ResourceShape], bundleEpoch: UInt64 = 0,
+                                store: (used: UInt64, capacity: UInt64) = (0, 0)) -> ReportVerdict {
     guard let n = nodes[id] else { return .register }
     guard n.alive else { return n.deathDetail == Self.awaitingRegistration ? .register : .fenced(detail: n.deathDetail) }
     let sync = bundleSync[id] ?? BundleSync()
@@ -125,6 +126,8 @@ public struct NodeTable: Sendable {
       if bundleEpoch > sync.epochSeen { bundleSync[id, default: BundleSync()].epochSeen = bundleEpoch }
     }
     nodes[id]?.pendingDemand = Array(demand.prefix(Self.demandKept))
+    nodes[id]?.objectStoreUsed = store.used
+    nodes[id]?.objectStoreCapacity = store.capacity
     return .taken
   }
 

@@ -19,6 +19,8 @@ public final class LocalCluster: Sendable {
   let servers: [ControlPlane.Server]
   /// The node's Prometheus endpoint, when it serves one.
   public let metricsServer: HTTPServer?
+  /// The head's dashboard, when it serves one.
+  public let dashboardServer: HTTPServer?
   /// This node as registered (its TCP addresses when networked).
   public let node: Swiftray_NodeInfo
 
@@ -131,7 +133,7 @@ public final class LocalCluster: Sendable {
                            group: MultiThreadedEventLoopGroup, root: String = SessionPaths.sessionsRoot(),
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
                            controlStorage: (any ControlStorage)? = nil, auth: ClusterAuth,
-                           metricsExportPort: Int? = nil,
+                           metricsExportPort: Int? = nil, dashboard: Dashboard.Options? = nil,
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
     do {
@@ -142,7 +144,7 @@ public final class LocalCluster: Sendable {
                        workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
                        role: role, nodeIP: nodeIP, controlStorage: controlStorage, auth: auth,
-                       metricsExportPort: metricsExportPort, warn: warn)
+                       metricsExportPort: metricsExportPort, dashboard: dashboard, warn: warn)
     } catch {
       SessionPaths.removeSession(session)
       throw error
@@ -153,7 +155,7 @@ public final class LocalCluster: Sendable {
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
                     controlStorage: (any ControlStorage)?, auth: ClusterAuth, metricsExportPort: Int?,
-                    warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+                    dashboard: Dashboard.Options?, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let networked: Bool
     switch role {
     case .head(let port): networked = port != nil
@@ -212,6 +214,18 @@ public final class LocalCluster: Sendable {
       }
       node.metricsExportPort = Int32(metricsServer?.port ?? 0)
     }
+    var dashboardServer: HTTPServer?
+    if let d = dashboard, let control {
+      do {
+        dashboardServer = try serveDashboard(d, control: control, auth: auth, group: group, warn: warn)
+      } catch {
+        nm.shutdown()
+        for s in servers { s.shutdown() }
+        metricsServer?.shutdown()
+        throw SwiftrayError(.invalidArgument, "cannot serve the dashboard on \(d.host):\(d.port): \(error). Is the port taken? "
+          + "Use --dashboard-port 0 for a free one, or --include-dashboard false.")
+      }
+    }
     let registration = node
     let c = try ControlPlane.connect(controlEP, group: group, auth: auth)
     defer { c.shutdown() }
@@ -225,6 +239,7 @@ public final class LocalCluster: Sendable {
       nm.shutdown()
       for s in servers { s.shutdown() }
       metricsServer?.shutdown()
+      dashboardServer?.shutdown()
       let e = ControlPlane.error(error, calling: "RegisterNode", at: controlEP)
       if e.code == .authentication { throw e }
       // The head's own words when it refused this node (it cannot reach it back).
@@ -236,7 +251,22 @@ public final class LocalCluster: Sendable {
     try? controlEP.description.write(toFile: session + "/control.address", atomically: true, encoding: .utf8)
     nm.start()
     return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
-                        controlEndpoint: controlEP, servers: servers, node: registration, metricsServer: metricsServer)
+                        controlEndpoint: controlEP, servers: servers, node: registration, metricsServer: metricsServer,
+                        dashboardServer: dashboardServer)
+  }
+
+  /// The head's web UI (`Dashboard`): on the asked port, or on a free one when the
+  /// default is taken (another cluster on this machine).
+  static func serveDashboard(_ d: Dashboard.Options, control: ControlService, auth: ClusterAuth,
+                             group: MultiThreadedEventLoopGroup, warn: @Sendable (String) -> Void) throws -> HTTPServer {
+    let ui = Dashboard(control: control, auth: auth, assets: d.assets)
+    let handler: HTTPServer.Handler = { request in await ui.handle(request) }
+    do {
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: d.port, group: group, handler: handler) }
+    } catch where d.fallBack && d.port != 0 {
+      warn("port \(d.port) is taken; the dashboard serves on a free port instead (see the URL printed at start)")
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: 0, group: group, handler: handler) }
+    }
   }
 
   /// The node's `/metrics` (Prometheus text, readable without the cluster token, as
@@ -278,13 +308,16 @@ public final class LocalCluster: Sendable {
   }
 
   init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService?,
-       controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo, metricsServer: HTTPServer?) {
+       controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo, metricsServer: HTTPServer?,
+       dashboardServer: HTTPServer?) {
     self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
     self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node; self.metricsServer = metricsServer
+    self.dashboardServer = dashboardServer
   }
 
   /// Stops every worker, then the services, then removes the session directory.
   public func shutdown() {
+    dashboardServer?.shutdown()
     metricsServer?.shutdown()
     nodeManager.shutdown()
     control?.shutdown()

@@ -180,6 +180,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         let client = Swiftray_ControlService.Client(wrapping: c.client)
         var report = Swiftray_ReportResourcesRequest()
         report.nodeID = Data(options.nodeID.binary)
+        let store = store.stats
+        report.objectStoreUsed = store.used
+        report.objectStoreCapacity = store.capacity
         state.withLock { s in
           report.available = s.queue.available.proto
           report.total = s.queue.total.proto
