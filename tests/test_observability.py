@@ -331,3 +331,41 @@ def test_tasks_on_two_nodes_are_listed_on_their_nodes_and_timeline_rows(cluster)
     assert len(names) == 2 and all(n.startswith("Node 127.0.0.1 (") for n in names.values())
     spans = [e for e in events if e["ph"] == "X"]
     assert {e["args"]["node_id"] for e in spans} == {near, far} and {e["pid"] for e in spans} == set(names)
+
+
+LOG_DRIVER = """
+import time, swiftray
+swiftray.init(num_cpus=4, _system_config={"dedup_logs_agg_window_ms": 500})
+
+@swiftray.remote(num_cpus=1)
+class Loader:
+    def load(self, i):
+        print(f"loading model shard {i} took 0.{i}s", flush=True)
+        for step in range(3):
+            print(f"step {step} of worker {i}", flush=True)
+        return i
+
+loaders = [Loader.remote() for _ in range(4)]
+swiftray.get([l.load.remote(i) for i, l in enumerate(loaders)])
+time.sleep(1.5)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_the_driver_sums_up_a_line_many_workers_print(tmp_path, dedup):
+    env = None if dedup else {"RAY_DEDUP_LOGS": "0"}
+    r = run_script(tmp_path, LOG_DRIVER, env=env)
+    assert r.returncode == 0, r.stderr
+    shards = [l for l in r.stdout.splitlines() if "loading model shard" in l]
+    if dedup:
+        # The first at once; the other three in one line when the window ended.
+        assert len(shards) == 2, r.stdout
+        assert "[repeated 3x across cluster]" in shards[1] and "repeated" not in shards[0]
+    else:
+        assert len(shards) == 4 and not any("repeated" in l for l in shards), r.stdout
+    # A worker's own repeats are all shown: the first to print a step prints all three.
+    steps = [l for l in r.stdout.splitlines() if " of worker " in l and "repeated" not in l]
+    origin = steps[0].split(")", 1)[0]
+    assert len([l for l in steps if l.startswith(origin + ")")]) == 3, r.stdout
+    assert r.stdout.strip().endswith("done")

@@ -272,3 +272,35 @@ import Testing
     guard case .refused = Self.auth.check(Self.request("/?token=wrong")) else { Issue.record("a wrong link signed in"); return }
   }
 }
+
+/// The driver's deduplication of workers' output (`LogDedup`).
+@Suite struct LogDedupTests {
+  static func line(_ pid: Int32, _ text: String) -> LogDedup.Line { .init(pid: pid, text: text, isErr: false) }
+
+  @Test func wordsWithDigitsAreTheSameAndNumbersAloneAreNeverHeld() {
+    #expect(LogDedup.key("loaded 12 rows in 0.5s") == LogDedup.key("loaded 7 rows in 1.25s"))
+    #expect(LogDedup.key("loaded 12 rows") != LogDedup.key("loaded 12 files"))
+    #expect(LogDedup.key("12 3.5") == "")
+  }
+
+  @Test func otherWorkersRepeatsAreSummedUpWhenTheWindowEnds() {
+    var d = LogDedup(windowNs: 100)
+    #expect(d.arrived([Self.line(1, "loading weights 1")], now: 0) == [Self.line(1, "loading weights 1")])
+    #expect(d.arrived([Self.line(2, "loading weights 2"), Self.line(3, "loading weights 3")], now: 10).isEmpty)
+    // Its own repeat is shown at once; numbers-only lines too.
+    #expect(d.arrived([Self.line(1, "loading weights 9"), Self.line(2, "42")], now: 20)
+      == [Self.line(1, "loading weights 9"), Self.line(2, "42")])
+    #expect(d.windowsEnded(now: 50).isEmpty)
+    #expect(d.windowsEnded(now: 100) == [Self.line(3, "loading weights 3 [repeated 2x across cluster]")])
+    // A new window starts with the next line; a line past the window ends the old one first.
+    #expect(d.arrived([Self.line(4, "loading weights 4")], now: 200) == [Self.line(4, "loading weights 4")])
+    _ = d.arrived([Self.line(5, "loading weights 5")], now: 210)
+    #expect(d.arrived([Self.line(6, "loading weights 6")], now: 400)
+      == [Self.line(5, "loading weights 5 [repeated 1x across cluster]"), Self.line(6, "loading weights 6")])
+    _ = d.arrived([Self.line(7, "loading weights 7")], now: 410)
+    #expect(d.windowsEnded(now: .max) == [Self.line(7, "loading weights 7 [repeated 1x across cluster]")])
+    var off = LogDedup(windowNs: 100, enabled: false)
+    let all = [Self.line(1, "x"), Self.line(2, "x")]
+    #expect(off.arrived(all, now: 0) == all)
+  }
+}

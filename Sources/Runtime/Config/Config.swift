@@ -96,6 +96,10 @@ public struct Config: Sendable, Equatable {
   public var taskEventsMaxNumStatusEventsBufferOnWorker = 100_000
   /// Task attempts the head keeps for the state API; past it the oldest are evicted.
   public var taskEventsMaxNumTaskInGcs = 100_000
+  /// 1: a driver prints a line several workers repeat within the window once, then
+  /// `[repeated Nx across cluster]` (Ray's log deduplication); 0: every line.
+  public var dedupLogs = 1
+  public var dedupLogsAggWindowMs = 5000
 
   public init() {}
 
@@ -136,6 +140,8 @@ public struct Config: Sendable, Equatable {
     "task_events_report_interval_ms": \.taskEventsReportIntervalMs,
     "task_events_max_num_status_events_buffer_on_worker": \.taskEventsMaxNumStatusEventsBufferOnWorker,
     "task_events_max_num_task_in_gcs": \.taskEventsMaxNumTaskInGcs,
+    "dedup_logs": \.dedupLogs,
+    "dedup_logs_agg_window_ms": \.dedupLogsAggWindowMs,
   ]
 
   /// The values each key accepts; anything else (from a variable, a flag or
@@ -174,6 +180,8 @@ public struct Config: Sendable, Equatable {
     "task_events_report_interval_ms": 10...3_600_000,
     "task_events_max_num_status_events_buffer_on_worker": 100...100_000_000,
     "task_events_max_num_task_in_gcs": 100...100_000_000,
+    "dedup_logs": 0...1,
+    "dedup_logs_agg_window_ms": 100...3_600_000,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).

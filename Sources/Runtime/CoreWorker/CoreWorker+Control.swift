@@ -80,21 +80,71 @@ extension CoreWorker {
   public func forwardWorkerLogs() {
     let nm = nodeManager
     let subscribed = AsyncLatch()
+    // Lines repeated by several workers are summed up (`LogDedup`), unless turned off
+    // (`dedup_logs=0`, or Ray's RAY_DEDUP_LOGS=0).
+    let dedupOn = options.config.dedupLogs == 1 && ProcessInfo.processInfo.environment["RAY_DEDUP_LOGS"] != "0"
+    let printer = LogPrinter(LogDedup(windowNs: UInt64(options.config.dedupLogsAggWindowMs) * 1_000_000, enabled: dedupOn),
+                             clock: options.clock)
+    let period = Duration.milliseconds(max(100, options.config.dedupLogsAggWindowMs / 4))
     let task = Task {
-      do {
-        try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
-          for try await batch in response.messages {
-            if batch.lines.isEmpty { subscribed.open(); continue }
-            var text = ""
-            for line in batch.lines { text += "(pid=\(batch.pid)) \(line)\n" }
-            text.withUTF8 { buf in _ = write(batch.isErr ? 2 : 1, buf.baseAddress, buf.count) }
+      await withTaskGroup(of: Void.self) { group in
+        group.addTask {
+          do {
+            try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
+              for try await batch in response.messages {
+                if batch.lines.isEmpty { subscribed.open(); continue }
+                printer.arrived(batch.lines.map { LogDedup.Line(pid: batch.pid, text: $0, isErr: batch.isErr) })
+              }
+            }
+          } catch {}
+          subscribed.open()  // ended or refused: nothing more to wait for
+        }
+        // Summaries go out as their windows end, batches or not.
+        if dedupOn {
+          group.addTask {
+            while !Task.isCancelled {
+              try? await Task.sleep(for: period)
+              printer.flush(all: false)
+            }
           }
         }
-      } catch {}
-      subscribed.open()  // ended or refused: nothing more to wait for
+        await group.next()
+        group.cancelAll()
+      }
+      printer.flush(all: true)
     }
     logForwarding.withLock { $0 = task }
     _ = try? blockingAwait(timeout: .seconds(2)) { await subscribed.wait() }
   }
 
+}
+
+/// Prints workers' lines in the driver (stdout or stderr, `(pid=N) line`), through its
+/// deduplication.
+///
+/// Threading: any thread; the lock is held to decide, the writes happen after it.
+final class LogPrinter: Sendable {
+  let dedup: Locked<LogDedup>
+  let clock: any RuntimeClock
+
+  init(_ dedup: LogDedup, clock: any RuntimeClock) { self.dedup = Locked(dedup); self.clock = clock }
+
+  func arrived(_ lines: [LogDedup.Line]) {
+    let now = clock.now()
+    let out = dedup.withLock { $0.arrived(lines, now: now) }
+    emit(out)
+  }
+
+  func flush(all: Bool) {
+    let now: UInt64 = all ? .max : clock.now()
+    let out = dedup.withLock { $0.windowsEnded(now: now) }
+    emit(out)
+  }
+
+  func emit(_ lines: [LogDedup.Line]) {
+    var out = "", err = ""
+    for l in lines { if l.isErr { err += l.printed + "\n" } else { out += l.printed + "\n" } }
+    if !out.isEmpty { out.withUTF8 { buf in _ = write(1, buf.baseAddress, buf.count) } }
+    if !err.isEmpty { err.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) } }
+  }
 }
