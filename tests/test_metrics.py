@@ -65,7 +65,7 @@ def test_task_actor_and_user_metrics_match_the_workload(metered, tmp_path):
     def work(i, secret):
         Counter("work_done", description="Work items done.", tag_keys=("kind",)).inc(tags={"kind": "even" if i % 2 == 0 else "odd"})
         Histogram("work_size", description="Sizes.", boundaries=[1, 3]).observe(i)
-        return os.getpid()
+        return i
 
     @swiftray.remote(max_retries=0)
     def broken():
@@ -83,7 +83,7 @@ def test_task_actor_and_user_metrics_match_the_workload(metered, tmp_path):
         def ping(self):
             return "pong"
 
-    pids = swiftray.get([work.remote(i, "s3cr3t-argument-value") for i in range(6)], timeout=60)
+    swiftray.get([work.remote(i, "s3cr3t-argument-value") for i in range(6)], timeout=60)
     # Recorded in workers, sent with their next report: in before any worker is killed
     # (a killed process loses what it recorded since its last report).
     assert eventually(lambda: value(scrape(metered)[0], "ray_work_size_count") == 6), scrape(metered)[1]
@@ -121,7 +121,6 @@ def test_task_actor_and_user_metrics_match_the_workload(metered, tmp_path):
     assert not any(n == "ray_tasks" and dict(labels)["State"] not in ("FINISHED", "FAILED") and v
                    for (n, labels), v in s.items())
     # User metrics, summed over the workers that recorded them and the driver.
-    assert len(set(pids)) >= 1
     assert value(s, "ray_work_done_total", kind="even") == 3 + 2
     assert value(s, "ray_work_done_total", kind="odd") == 3
     assert value(s, "ray_queue_depth") == 7
