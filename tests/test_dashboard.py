@@ -78,6 +78,35 @@ def test_every_page_and_api_call_needs_the_token_but_health_checks(dashboard):
     assert status == 400 and "cannot filter tasks on 'colour'" in json.loads(body)["msg"]
 
 
+def test_the_api_lists_workers_and_serves_their_logs(dashboard):
+    base, token, _ = dashboard
+    auth = {"Authorization": f"Bearer {token}"}
+
+    @swiftray.remote
+    def hello():
+        print("hello-from-the-worker")
+        return os.getpid()
+
+    pid = swiftray.get(hello.remote(), timeout=60)
+    node = swiftray.nodes()[0]["NodeID"]
+    status, _, body = fetch(base + "/api/v0/workers", auth)
+    workers = json.loads(body)["data"]["result"]["result"]
+    mine = [w for w in workers if w["pid"] == pid]
+    assert status == 200 and mine and mine[0]["is_alive"] and mine[0]["node_id"] == node
+    listing = json.loads(fetch(base + f"/api/v0/logs?node_id={node}", auth)[2])["data"]["result"][node]
+    name = f"worker-{mine[0]['worker_id']}-{pid}.out"
+    assert name in [f["name"] for f in listing]
+
+    def text():
+        return fetch(base + f"/api/v0/logs/file?node_id={node}&filename={name}&lines=5", auth)
+    assert wait_until(lambda: text()[2] == b"hello-from-the-worker\n", timeout=10), text()
+    # The token guards logs as everything else; only plain file names of live nodes are read.
+    assert fetch(base + f"/api/v0/logs/file?node_id={node}&filename={name}")[0] == 401
+    for query, status in ((f"node_id={node}&filename=../daemon.log", 400), (f"node_id={node}&filename=nope.out", 404),
+                          ("node_id=00ff&filename=daemon.log", 404), ("filename=daemon.log", 400)):
+        assert fetch(base + "/api/v0/logs/file?" + query, auth)[0] == status, query
+
+
 def test_a_plain_init_serves_no_dashboard():
     swiftray.shutdown()
     info = swiftray.init(num_cpus=1)
@@ -112,9 +141,10 @@ def test_the_dashboard_shows_nodes_and_live_tasks_in_a_real_browser(dashboard, t
 
     @swiftray.remote
     def quick(i):
-        return i
+        print(f"quick-{i}-was-here")
+        return os.getpid()
 
-    swiftray.get([quick.remote(i) for i in range(20)], timeout=60)
+    quick_pid = swiftray.get([quick.remote(i) for i in range(20)], timeout=60)[-1]
     running = [crunch.remote(release) for _ in range(2)]
     node_id = swiftray.nodes()[0]["NodeID"]
     driver = browser()
@@ -148,6 +178,18 @@ def test_the_dashboard_shows_nodes_and_live_tasks_in_a_real_browser(dashboard, t
         assert wait_until(lambda: "crunch" in driver.execute_script(
             "return document.getElementById('stream-legend').textContent"), timeout=30)
         driver.save_screenshot(os.path.join(ARTIFACTS, "dashboard-stream.png"))
+        # Workers and their logs: the worker that ran `quick` shows what it printed.
+        driver.get(base + "/#logs")
+        link = ("return [...document.querySelectorAll('#workers-table tbody tr')]"
+                f".filter(tr => tr.cells[3].textContent === '{quick_pid}').length")
+        assert wait_until(lambda: driver.execute_script(link) == 1, timeout=30)
+        driver.execute_script("[...document.querySelectorAll('#workers-table tbody tr')]"
+                              f".find(tr => tr.cells[3].textContent === '{quick_pid}').querySelector('a.log-link').click()")
+        assert wait_until(lambda: "quick-19-was-here" in driver.execute_script(
+            "return document.getElementById('log-text').textContent"), timeout=30)
+        files = "return [...document.querySelectorAll('#logfiles-table td a')].map(a => a.textContent)"
+        assert wait_until(lambda: any(f.endswith(f"-{quick_pid}.out") for f in driver.execute_script(files)), timeout=30)
+        driver.save_screenshot(os.path.join(ARTIFACTS, "dashboard-logs.png"))
         # Nothing came from anywhere but the head.
         urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(base + "/") for u in urls), urls

@@ -4124,6 +4124,32 @@ public enum Swiftray_NodeManagerService: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "ListLogs" metadata.
+        public enum ListLogs: Sendable {
+            /// Request type for "ListLogs".
+            public typealias Input = Swiftray_ListLogsRequest
+            /// Response type for "ListLogs".
+            public typealias Output = Swiftray_ListLogsReply
+            /// Descriptor for "ListLogs".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "ListLogs",
+                type: .unary
+            )
+        }
+        /// Namespace for "GetLog" metadata.
+        public enum GetLog: Sendable {
+            /// Request type for "GetLog".
+            public typealias Input = Swiftray_GetLogRequest
+            /// Response type for "GetLog".
+            public typealias Output = Swiftray_LogChunk
+            /// Descriptor for "GetLog".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swiftray.NodeManagerService"),
+                method: "GetLog",
+                type: .serverStreaming
+            )
+        }
         /// Namespace for "PrepareBundles" metadata.
         public enum PrepareBundles: Sendable {
             /// Request type for "PrepareBundles".
@@ -4174,6 +4200,8 @@ public enum Swiftray_NodeManagerService: Sendable {
             GetNodeStats.descriptor,
             FreeObjects.descriptor,
             SubscribeLogs.descriptor,
+            ListLogs.descriptor,
+            GetLog.descriptor,
             PrepareBundles.descriptor,
             CommitBundles.descriptor,
             ReturnBundles.descriptor
@@ -4337,6 +4365,34 @@ extension Swiftray_NodeManagerService {
             request: GRPCCore.StreamingServerRequest<Swiftray_SubscribeLogsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
+
+        /// Handle the "ListLogs" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_ListLogsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_ListLogsReply` messages.
+        func listLogs(
+            request: GRPCCore.StreamingServerRequest<Swiftray_ListLogsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListLogsReply>
+
+        /// Handle the "GetLog" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swiftray_GetLogRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_LogChunk` messages.
+        func getLog(
+            request: GRPCCore.StreamingServerRequest<Swiftray_GetLogRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogChunk>
 
         /// Handle the "PrepareBundles" method.
         ///
@@ -4524,6 +4580,34 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch>
 
+        /// Handle the "ListLogs" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListLogsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swiftray_ListLogsReply` message.
+        func listLogs(
+            request: GRPCCore.ServerRequest<Swiftray_ListLogsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swiftray_ListLogsReply>
+
+        /// Handle the "GetLog" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetLogRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swiftray_LogChunk` messages.
+        func getLog(
+            request: GRPCCore.ServerRequest<Swiftray_GetLogRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogChunk>
+
         /// Handle the "PrepareBundles" method.
         ///
         /// - Parameters:
@@ -4709,6 +4793,35 @@ extension Swiftray_NodeManagerService {
             context: GRPCCore.ServerContext
         ) async throws
 
+        /// Handle the "ListLogs" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_ListLogsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swiftray_ListLogsReply` to respond with.
+        func listLogs(
+            request: Swiftray_ListLogsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swiftray_ListLogsReply
+
+        /// Handle the "GetLog" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swiftray_GetLogRequest` message.
+        ///   - response: A response stream of `Swiftray_LogChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func getLog(
+            request: Swiftray_GetLogRequest,
+            response: GRPCCore.RPCWriter<Swiftray_LogChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "PrepareBundles" method.
         ///
         /// - Parameters:
@@ -4857,6 +4970,28 @@ extension Swiftray_NodeManagerService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.ListLogs.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListLogsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListLogsReply>(),
+            handler: { request, context in
+                try await self.listLogs(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swiftray_NodeManagerService.Method.GetLog.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_GetLogRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_LogChunk>(),
+            handler: { request, context in
+                try await self.getLog(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Swiftray_NodeManagerService.Method.PrepareBundles.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_PrepareBundlesRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_PrepareBundlesReply>(),
@@ -4988,6 +5123,28 @@ extension Swiftray_NodeManagerService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogBatch> {
         let response = try await self.subscribeLogs(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
+
+    public func listLogs(
+        request: GRPCCore.StreamingServerRequest<Swiftray_ListLogsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_ListLogsReply> {
+        let response = try await self.listLogs(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getLog(
+        request: GRPCCore.StreamingServerRequest<Swiftray_GetLogRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogChunk> {
+        let response = try await self.getLog(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -5143,6 +5300,36 @@ extension Swiftray_NodeManagerService.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.subscribeLogs(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func listLogs(
+        request: GRPCCore.ServerRequest<Swiftray_ListLogsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swiftray_ListLogsReply> {
+        return GRPCCore.ServerResponse<Swiftray_ListLogsReply>(
+            message: try await self.listLogs(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getLog(
+        request: GRPCCore.ServerRequest<Swiftray_GetLogRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swiftray_LogChunk> {
+        return GRPCCore.StreamingServerResponse<Swiftray_LogChunk>(
+            metadata: [:],
+            producer: { writer in
+                try await self.getLog(
                     request: request.message,
                     response: writer,
                     context: context
@@ -5379,6 +5566,44 @@ extension Swiftray_NodeManagerService {
             deserializer: some GRPCCore.MessageDeserializer<Swiftray_LogBatch>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogBatch>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListLogs" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListLogsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListLogsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListLogsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listLogs<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListLogsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListLogsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListLogsReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListLogsReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetLog" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetLogRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetLogRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_LogChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getLog<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetLogRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetLogRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_LogChunk>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogChunk>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "PrepareBundles" method.
@@ -5732,6 +5957,64 @@ extension Swiftray_NodeManagerService {
             )
         }
 
+        /// Call the "ListLogs" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_ListLogsRequest` message.
+        ///   - serializer: A serializer for `Swiftray_ListLogsRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_ListLogsReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listLogs<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_ListLogsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_ListLogsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_ListLogsReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListLogsReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.ListLogs.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "GetLog" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swiftray_GetLogRequest` message.
+        ///   - serializer: A serializer for `Swiftray_GetLogRequest` messages.
+        ///   - deserializer: A deserializer for `Swiftray_LogChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getLog<Result>(
+            request: GRPCCore.ClientRequest<Swiftray_GetLogRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swiftray_GetLogRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swiftray_LogChunk>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Swiftray_NodeManagerService.Method.GetLog.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "PrepareBundles" method.
         ///
         /// - Parameters:
@@ -6050,6 +6333,54 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_SubscribeLogsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_LogBatch>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListLogs" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_ListLogsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listLogs<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_ListLogsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListLogsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listLogs(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_ListLogsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_ListLogsReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetLog" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swiftray_GetLogRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getLog<Result>(
+        request: GRPCCore.ClientRequest<Swiftray_GetLogRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.getLog(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swiftray_GetLogRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swiftray_LogChunk>(),
             options: options,
             onResponse: handleResponse
         )
@@ -6392,6 +6723,62 @@ extension Swiftray_NodeManagerService.ClientProtocol {
             metadata: metadata
         )
         return try await self.subscribeLogs(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListLogs" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listLogs<Result>(
+        _ message: Swiftray_ListLogsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swiftray_ListLogsReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_ListLogsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listLogs(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetLog" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getLog<Result>(
+        _ message: Swiftray_GetLogRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Swiftray_LogChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swiftray_GetLogRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getLog(
             request: request,
             options: options,
             onResponse: handleResponse

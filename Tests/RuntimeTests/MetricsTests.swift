@@ -221,8 +221,14 @@ import Testing
     let server = try await HTTPServer.serve(host: "127.0.0.1", port: 0, group: MultiThreadedEventLoopGroup.singleton) { r in
       r.path == "/metrics" ? HTTPResponse(body: Array("up \(r.query["x"] ?? "-")".utf8)) : .text(.notFound, "no")
     }
-    defer { server.shutdown() }
-    let port = server.port
+    // shutdown() waits for the channel to close: on a thread of its own, never this task's.
+    var failure: (any Error)?
+    do { try await Self.exchanges(server.port) } catch { failure = error }
+    try await onOwnThread { server.shutdown() }
+    if let failure { throw failure }
+  }
+
+  static func exchanges(_ port: Int) async throws {
     let got = try await onOwnThread { try Self.exchange(port, "GET /metrics?x=a%20b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") }
     #expect(got.hasPrefix("HTTP/1.1 200 OK") && got.hasSuffix("\r\n\r\nup a b"))
     let head = try await onOwnThread { try Self.exchange(port, "HEAD /metrics HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n") }
@@ -270,6 +276,12 @@ import Testing
     #expect(Self.auth.check(Self.request("/?token=\(Self.token)"))
       == .login(location: "/", cookie: "\(DashboardAuth.cookie)=\(Self.token); Path=/; HttpOnly; SameSite=Strict"))
     guard case .refused = Self.auth.check(Self.request("/?token=wrong")) else { Issue.record("a wrong link signed in"); return }
+  }
+
+  @Test func withoutATokenALoginLinkSetsNoCookie() {
+    // Whatever the link carried (here a line break and a forged header) never reaches a header.
+    let open = DashboardAuth(ClusterAuth.disabled)
+    #expect(open.check(Self.request("/?token=x%0d%0aSet-Cookie:%20evil=1")) == .login(location: "/", cookie: nil))
   }
 }
 

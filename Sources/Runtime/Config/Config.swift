@@ -100,6 +100,11 @@ public struct Config: Sendable, Equatable {
   /// `[repeated Nx across cluster]` (Ray's log deduplication); 0: every line.
   public var dedupLogs = 1
   public var dedupLogsAggWindowMs = 5000
+  /// A worker's log file (`<session>/logs/worker-*.out|.err`) is rotated past this size
+  /// (Ray's RAY_ROTATION_MAX_BYTES), keeping `log_rotation_backup_count` old ones
+  /// (`.1` the newest): a chatty worker fills no disk.
+  public var logRotationMaxBytes = 512 * 1024 * 1024
+  public var logRotationBackupCount = 5
 
   public init() {}
 
@@ -142,7 +147,13 @@ public struct Config: Sendable, Equatable {
     "task_events_max_num_task_in_gcs": \.taskEventsMaxNumTaskInGcs,
     "dedup_logs": \.dedupLogs,
     "dedup_logs_agg_window_ms": \.dedupLogsAggWindowMs,
+    "log_rotation_max_bytes": \.logRotationMaxBytes,
+    "log_rotation_backup_count": \.logRotationBackupCount,
   ]
+
+  /// Ray's environment variables we read as the same settings.
+  static let rayAliases = [("RAY_ROTATION_MAX_BYTES", "log_rotation_max_bytes"),
+                           ("RAY_ROTATION_BACKUP_COUNT", "log_rotation_backup_count")]
 
   /// The values each key accepts; anything else (from a variable, a flag or
   /// `_system_config`) is refused naming the key and the range, before it is used.
@@ -182,6 +193,8 @@ public struct Config: Sendable, Equatable {
     "task_events_max_num_task_in_gcs": 100...100_000_000,
     "dedup_logs": 0...1,
     "dedup_logs_agg_window_ms": 100...3_600_000,
+    "log_rotation_max_bytes": 4096...(1 << 40),
+    "log_rotation_backup_count": 0...100,
   ]
   /// The range of keys not named in `ranges` (small enough that a value in
   /// milliseconds times 10^6 still fits in 64 bits).
@@ -211,6 +224,14 @@ public struct Config: Sendable, Equatable {
     for (name, path) in keys {
       let variable = "SWIFTRAY_" + name.uppercased()
       guard let v = environment[variable] else { continue }
+      guard let i = Int(trimmed(v)) else {
+        throw SwiftrayError(.invalidArgument, "\(variable)='\(v.prefix(40))' is not an integer")
+      }
+      c[keyPath: path] = try checked(name, i, from: variable)
+    }
+    // Ray's own variables for the same settings, when ours are not set.
+    for (variable, name) in rayAliases where environment["SWIFTRAY_" + name.uppercased()] == nil {
+      guard let v = environment[variable], let path = keys[name] else { continue }
       guard let i = Int(trimmed(v)) else {
         throw SwiftrayError(.invalidArgument, "\(variable)='\(v.prefix(40))' is not an integer")
       }

@@ -102,7 +102,9 @@ extension ControlService {
 
   public func listState(request: Swiftray_ListStateRequest, response: RPCWriter<Swiftray_ListStateReply>,
                         context: ServerContext) async throws {
-    var whole = try answer(request)
+    // Workers are known to their nodes, not to the head: asked first, then answered as any table.
+    let fetched = request.kind == StateQuery.Kind.workers.rawValue ? await workerRows() : ([], [])
+    var whole = try answer(request, fetched: fetched)
     let json = whole.json
     var offset = 0
     repeat {
@@ -133,9 +135,11 @@ extension ControlService {
     }
   }
 
-  func answer(_ request: Swiftray_ListStateRequest) throws -> Swiftray_ListStateReply {
+  /// `fetched`: the rows (and warnings) of a table gathered from the nodes (`workers`).
+  func answer(_ request: Swiftray_ListStateRequest, fetched: ([StateRow], [String]) = ([], [])) throws -> Swiftray_ListStateReply {
     let q = try StateQuery(request)
     var reply = Swiftray_ListStateReply()
+    reply.warnings = fetched.1
     let rows: (rows: [StateValue], total: Int)
     switch q.kind {
     case .tasks:
@@ -157,6 +161,8 @@ extension ControlService {
       rows = q.select(nodes.map { Self.nodeRow($0, head: head) })
     case .placementGroups:
       rows = q.select(state.withLock { $0.groups.all }.map { Self.groupRow($0) })
+    case .workers:
+      rows = q.select(fetched.0)
     case .jobs:
       let t = state.withLock { $0.jobs }
       rows = q.select(t.jobs.values.sorted { $0.id.value < $1.id.value }.map { StateRow(t.row($0)) })
@@ -186,7 +192,7 @@ public struct StateRow: Sendable {
 /// a limit in range.
 public struct StateQuery: Sendable {
   public enum Kind: String, CaseIterable, Sendable {
-    case tasks, actors, nodes, jobs, timeline
+    case tasks, actors, nodes, jobs, timeline, workers
     case placementGroups = "placement-groups"
     case summaryTasks = "summary-tasks"
     case summaryActors = "summary-actors"
@@ -199,6 +205,7 @@ public struct StateQuery: Sendable {
       case .nodes: ControlService.nodeColumns
       case .placementGroups: ControlService.groupColumns
       case .jobs: JobTable.columns
+      case .workers: ControlService.workerColumns
       case .timeline: []
       }
     }
@@ -278,6 +285,84 @@ extension ControlService {
       ("placement_group_id", spec.strategy.kind == .placementGroup ? StateValue.hex(spec.strategy.placementGroupID) : .null),
       ("worker_id", i.state == .alive ? StateValue.hex(i.address.workerID) : .null),
     ])
+  }
+
+  static let workerColumns = ["worker_id", "is_alive", "worker_type", "exit_type", "exit_detail", "pid", "node_id", "ip"]
+
+  /// Every live node's workers and drivers, and the recent exits each keeps: asked of
+  /// all nodes at once, each within node_manager_rpc_timeout_ms; a node that does not
+  /// answer is named in a warning.
+  func workerRows() async -> ([StateRow], [String]) {
+    let nodes = state.withLock { $0.nodes.all }.filter(\.alive)
+    let options = nodeCallOptions
+    let answers = await withTaskGroup(of: (Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?).self) { g in
+      for n in nodes {
+        let c = nodeClient(Self.address(of: n))
+        g.addTask {
+          guard let c else { return (n, nil) }
+          let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(.with { $0.withWorkers = true },
+                                                                                                options: options)
+          return (n, r)
+        }
+      }
+      var all: [(Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?)] = []
+      for await a in g { all.append(a) }
+      return all
+    }
+    var rows: [StateRow] = []
+    var warnings: [String] = []
+    for (n, reply) in answers.sorted(by: { $0.0.nodeID.lexicographicallyPrecedes($1.0.nodeID) }) {
+      guard let reply else {
+        warnings.append("node \(Hex.encode(n.nodeID)) (\(n.ipAddress)) did not answer: its workers are missing")
+        continue
+      }
+      let node = StateValue.hex(n.nodeID), ip = StateValue.string(n.ipAddress)
+      for w in reply.workers.sorted(by: { $0.pid < $1.pid }) {
+        rows.append(StateRow([("worker_id", .hex(w.workerID)), ("is_alive", .bool(true)),
+                              ("worker_type", .string(w.isDriver ? "DRIVER" : "WORKER")), ("exit_type", .null),
+                              ("exit_detail", .null), ("pid", .int(Int64(w.pid))), ("node_id", node), ("ip", ip)]))
+      }
+      for e in reply.exits.sorted(by: { $0.pid < $1.pid }) {
+        rows.append(StateRow([("worker_id", .hex(e.workerID)), ("is_alive", .bool(false)), ("worker_type", .string("WORKER")),
+                              ("exit_type", .string(e.intended ? "INTENDED_SYSTEM_EXIT" : "SYSTEM_ERROR")),
+                              ("exit_detail", .string(e.detail)), ("pid", .int(Int64(e.pid))), ("node_id", node), ("ip", ip)]))
+      }
+    }
+    return (rows, warnings)
+  }
+
+  /// The live node with this id (hex), and a client of its NodeManager.
+  func nodeManager(hex: String) throws -> (Swiftray_NodeInfo, ControlPlane.Connection) {
+    let wanted = hex.lowercased()
+    guard let n = state.withLock({ $0.nodes.all }).first(where: { Hex.encode($0.nodeID) == wanted }) else {
+      throw RPCError(code: .notFound, message: "no node with id '\(hex.prefix(64))' (`swiftray list nodes` shows them)")
+    }
+    guard n.alive, let c = nodeClient(Self.address(of: n)) else {
+      throw RPCError(code: .unavailable, message: "node \(wanted) is not alive: its logs are on its machine, in its session's logs folder")
+    }
+    return (n, c)
+  }
+
+  /// The log files of a node (newest first), for the dashboard.
+  public func logFiles(node hex: String) async throws -> [Swiftray_LogFileInfo] {
+    let (_, c) = try nodeManager(hex: hex)
+    return try await Swiftray_NodeManagerService.Client(wrapping: c.client).listLogs(.init(), options: nodeCallOptions).files
+  }
+
+  /// The last `lines` lines of a node's log file (at most NodeLogs.maxTailBytes), for the dashboard.
+  public func logTail(node hex: String, name: String, lines: Int) async throws -> Data {
+    let (_, c) = try nodeManager(hex: hex)
+    var req = Swiftray_GetLogRequest()
+    req.name = name
+    req.tailLines = Int32(clamping: lines)
+    return try await Swiftray_NodeManagerService.Client(wrapping: c.client).getLog(req, options: nodeCallOptions) { response in
+      var out = Data()
+      for try await chunk in response.messages {
+        guard out.count + chunk.data.count <= NodeLogs.maxTailBytes + NodeLogs.maxChunk else { break }
+        out += chunk.data
+      }
+      return out
+    }
   }
 
   /// Ray's `summarize_actors`: per class, a count per state.

@@ -4,8 +4,8 @@ import Foundation
 @inline(__always) public func randomWord() -> UInt64 { UInt64.random(in: .min ... .max) }
 
 /// Hex helpers shared by every ID type.
-enum Hex {
-  static func encode<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
+public enum Hex {
+  public static func encode<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
     var out: [UInt8] = []
     out.reserveCapacity(bytes.underestimatedCount * 2)
     for b in bytes { out.append(digit(b >> 4)); out.append(digit(b & 0xF)) }

@@ -203,25 +203,29 @@ public final class LocalCluster: Sendable {
     }
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
     var metricsServer: HTTPServer?
+    var dashboardServer: HTTPServer?
+    // What a start that fails past this point has to stop again (blocking: this thread is the caller's).
+    func abandon() {
+      nm.shutdown()
+      for s in servers { s.shutdown() }
+      metricsServer?.shutdown()
+      dashboardServer?.shutdown()
+    }
     if let port = metricsExportPort {
       do {
         metricsServer = try serveMetrics(host: nodeIP, port: port, node: nm, control: control, group: group)
       } catch {
-        nm.shutdown()
-        for s in servers { s.shutdown() }
+        abandon()
         throw SwiftrayError(.invalidArgument, "cannot serve metrics on \(nodeIP):\(port): \(error). Is the port taken? "
           + "Use --metrics-export-port 0 for a free one.")
       }
       node.metricsExportPort = Int32(metricsServer?.port ?? 0)
     }
-    var dashboardServer: HTTPServer?
     if let d = dashboard, let control {
       do {
         dashboardServer = try serveDashboard(d, control: control, auth: auth, group: group, warn: warn)
       } catch {
-        nm.shutdown()
-        for s in servers { s.shutdown() }
-        metricsServer?.shutdown()
+        abandon()
         throw SwiftrayError(.invalidArgument, "cannot serve the dashboard on \(d.host):\(d.port): \(error). Is the port taken? "
           + "Use --dashboard-port 0 for a free one, or --include-dashboard false.")
       }
@@ -236,10 +240,7 @@ public final class LocalCluster: Sendable {
         return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
       }
     } catch {
-      nm.shutdown()
-      for s in servers { s.shutdown() }
-      metricsServer?.shutdown()
-      dashboardServer?.shutdown()
+      abandon()
       let e = ControlPlane.error(error, calling: "RegisterNode", at: controlEP)
       if e.code == .authentication { throw e }
       // The head's own words when it refused this node (it cannot reach it back).

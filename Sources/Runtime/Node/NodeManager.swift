@@ -101,6 +101,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// This node's lease-grant key (a fresh one per daemon), and what it signs with.
   let leaseKey = LeaseGrants.generateKey()
   let leaseGrants: LeaseGrants
+  /// Where workers' output is kept (`<session>/logs`), for `swiftray logs`.
+  let logFiles: WorkerLogWriter
 
   /// `launcher`: how workers start (nil: processes, `ProcessMonitor`).
   public init(options: Options, store: ObjectStore, clock: any RuntimeClock = Clocks.current,
@@ -109,6 +111,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     self.clock = clock
     self.store = store
     leaseGrants = LeaseGrants(hex: leaseKey)!
+    logFiles = WorkerLogWriter(session: options.sessionDir, maxBytes: options.config.logRotationMaxBytes,
+                               backups: options.config.logRotationBackupCount)
     control = ControlClients(group: .singletonMultiThreadedEventLoopGroup, auth: options.auth)
     let limits = LeaseQueue.Limits(maxStartingWorkers: options.config.maximumStartupConcurrency,
                                    maxWorkers: options.config.maxWorkersPerNode)
@@ -411,15 +415,20 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     batch.pid = pid
     batch.isErr = isErr
     batch.lines = lines
-    let subs = state.withLock { s -> [AsyncStream<Swiftray_LogBatch>.Continuation] in
+    let (subs, id) = state.withLock { s -> ([AsyncStream<Swiftray_LogBatch>.Continuation], WorkerID?) in
       s.workers.output(pid: pid, isErr: isErr, lines: lines)
-      return Array(s.logSubscribers.values)
+      return (Array(s.logSubscribers.values), s.workers.byPid[pid])
     }
     for c in subs { c.yield(batch) }
+    // On the monitor's thread, which this blocking write may hold up a little; drivers got the lines first.
+    logFiles.append(LogFileName.worker(id, pid: pid, isErr: isErr), lines)
   }
 
   func workerExited(_ status: ProcessMonitor.ExitStatus) {
     store.processDied(status.pid)
+    let id = state.withLock { $0.workers.byPid[status.pid] }
+    logFiles.closeFiles([true, false].map { LogFileName.worker(id, pid: status.pid, isErr: $0) }
+      + [true, false].map { LogFileName.worker(nil, pid: status.pid, isErr: $0) })
     var report: Swiftray_WorkerExitInfo?
     var failedStart: String?
     let actions: [LeaseQueue.Action] = state.withLock { s in
@@ -699,8 +708,46 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       r.numWorkers = Int32(s.workers.count)
       r.numIdleWorkers = Int32(s.queue.idleWorkerCount)
       r.workerPids = s.workers.pids
+      if request.withWorkers { (r.workers, r.exits) = s.workers.listing }
     }
     return r
+  }
+
+  public func listLogs(request: Swiftray_ListLogsRequest, context: ServerContext) async throws -> Swiftray_ListLogsReply {
+    let logs = NodeLogs(session: options.sessionDir)
+    let files = try await NodeLogs.offLoop { logs.list() }
+    return .with { r in
+      r.files = files.map { f in .with { $0.name = f.name; $0.size = f.size; $0.modifiedMs = f.modifiedMs } }
+    }
+  }
+
+  /// A log file's tail, then (with `follow`) what it gains, polled every quarter second
+  /// until the caller hangs up or this node stops.
+  public func getLog(request: Swiftray_GetLogRequest, response: RPCWriter<Swiftray_LogChunk>, context: ServerContext) async throws {
+    let logs = NodeLogs(session: options.sessionDir)
+    let name = request.name
+    guard logs.path(name) != nil else {
+      throw RPCError(code: .invalidArgument, message: "'\(name.prefix(64))' is not a log file name (see `swiftray logs` for the list)")
+    }
+    let lines = Int(max(0, min(request.tailLines, 1_000_000)))
+    var offset: Int64
+    do {
+      let first = try await NodeLogs.offLoop { try logs.tail(name, lines: lines) }
+      offset = first.end
+      for start in stride(from: 0, to: first.data.count, by: NodeLogs.maxChunk) {
+        try await response.write(.with { $0.data = Data(first.data[start..<min(start + NodeLogs.maxChunk, first.data.count)]) })
+      }
+    } catch is NodeLogs.ReadError {
+      throw RPCError(code: .notFound, message: "no log file '\(name)' on node \(options.nodeID.hex)")
+    }
+    guard request.follow else { return }
+    while !state.withLock({ $0.shuttingDown }) {
+      try await Task.sleep(for: .milliseconds(250))
+      let from = offset
+      guard let next = try? await NodeLogs.offLoop({ try logs.read(name, from: from) }) else { continue }
+      offset = next.end
+      if !next.data.isEmpty { try await response.write(.with { $0.data = Data(next.data) }) }
+    }
   }
 
   public func subscribeLogs(request: Swiftray_SubscribeLogsRequest, response: RPCWriter<Swiftray_LogBatch>, context: ServerContext) async throws {
@@ -753,6 +800,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       return Array(s.logSubscribers.values)
     }
     for c in subs { c.finish() }
+    logFiles.closeAll()
     controlReports.finish()
     control.shutdown()
   }

@@ -16,6 +16,8 @@ struct RecentMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
   init(capacity: Int) { self.capacity = max(1, capacity) }
 
   var count: Int { entries.count }
+  /// Every value kept, in no order.
+  var values: [Value] { entries.values.map(\.value) }
   subscript(key: Key) -> Value? { entries[key]?.value }
 
   mutating func insert(_ value: Value, for key: Key) {

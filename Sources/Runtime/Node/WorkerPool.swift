@@ -66,6 +66,17 @@ public struct WorkerPool: Sendable {
 
   public init() {}
 
+  /// Its live workers and drivers and how recent workers ended, for `list workers`.
+  public var listing: (live: [Swiftray_WorkerProcess], exits: [Swiftray_WorkerExitInfo]) {
+    var live = processes.values.map { p in
+      Swiftray_WorkerProcess.with { $0.workerID = Data(p.id.binary); $0.pid = p.pid; $0.registered = !p.endpoint.isEmpty }
+    }
+    for (pid, ids) in drivers {
+      for id in ids { live.append(.with { $0.workerID = Data(id.binary); $0.pid = pid; $0.isDriver = true; $0.registered = true }) }
+    }
+    return (live, exits.values)
+  }
+
   /// A driver connected. True for the first driver of its process: watch that process.
   /// A pid that cannot be a process (≤ 0, from a confused or hostile peer) is not kept.
   public mutating func driverConnected(_ id: WorkerID, pid: Int32) -> Bool {

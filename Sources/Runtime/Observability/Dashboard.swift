@@ -16,15 +16,18 @@ public struct DashboardAuth: Sendable {
     case allowed
     /// A good login link: set the cookie and send the browser to `location` (the link
     /// without its token, so the token leaves the address bar and the history).
-    case login(location: String, cookie: String)
+    /// `cookie` is nil when the cluster has no token (nothing to remember).
+    case login(location: String, cookie: String?)
     case refused(String)
   }
 
   public func check(_ r: HTTPRequest) -> Verdict {
     if let presented = r.query["token"] {
+      // The cookie carries the cluster's own token, never the text the request brought
+      // (which could hold a line break and forge headers).
+      guard let token = auth.tokenText else { return .login(location: r.path, cookie: nil) }
       guard auth.accepts(Array(presented.utf8)) else { return .refused("this login link's token is not the cluster's") }
-      let cookie = "\(Self.cookie)=\(presented); Path=/; HttpOnly; SameSite=Strict"
-      return .login(location: r.path, cookie: cookie)
+      return .login(location: r.path, cookie: "\(Self.cookie)=\(token); Path=/; HttpOnly; SameSite=Strict")
     }
     if !auth.isEnabled { return .allowed }
     for name in ["authorization", "x-ray-authorization"] {
@@ -89,31 +92,33 @@ public struct Dashboard: Sendable {
   /// What `/api/v0/<route>` asks the state API for.
   static let routes: [String: StateQuery.Kind] = [
     "tasks": .tasks, "actors": .actors, "nodes": .nodes, "jobs": .jobs, "placement_groups": .placementGroups,
-    "tasks/summarize": .summaryTasks, "actors/summarize": .summaryActors, "timeline": .timeline,
+    "tasks/summarize": .summaryTasks, "actors/summarize": .summaryActors, "timeline": .timeline, "workers": .workers,
   ]
 
   public func handle(_ r: HTTPRequest) async -> HTTPResponse {
-    var response = route(r)
+    var response = await route(r)
     response.headers += Self.securityHeaders
     return response
   }
 
-  func route(_ r: HTTPRequest) -> HTTPResponse {
+  func route(_ r: HTTPRequest) async -> HTTPResponse {
     if Self.healthPaths.contains(r.path) { return .text(.ok, "success") }
     switch auth.check(r) {
     case .refused(let why):
       return HTTPResponse(.unauthorized, contentType: "text/html; charset=utf-8",
                           body: Array("<!doctype html><title>swiftray dashboard</title><p>Not signed in: \(Self.escape(why)).</p>".utf8))
     case .login(let location, let cookie):
-      return HTTPResponse(.seeOther, headers: [("Location", location.isEmpty ? "/" : location), ("Set-Cookie", cookie)])
+      let go = ("Location", location.isEmpty ? "/" : location)
+      return HTTPResponse(.seeOther, headers: cookie.map { [go, ("Set-Cookie", $0)] } ?? [go])
     case .allowed:
       break
     }
     if r.path == "/" { return file("index.html") }
     if r.path.hasPrefix("/static/") { return file(String(r.path.dropFirst("/static/".count))) }
     if r.path.hasPrefix("/api/v0/"), let kind = Self.routes[String(r.path.dropFirst("/api/v0/".count))] {
-      return state(kind, r.query)
+      return await state(kind, r.query)
     }
+    if r.path == "/api/v0/logs" || r.path == "/api/v0/logs/file" { return await logs(r.path, r.query) }
     return .text(.notFound, "no such page: \(r.path)")
   }
 
@@ -127,8 +132,38 @@ public struct Dashboard: Sendable {
     return HTTPResponse(.ok, contentType: type, body: Array(data))
   }
 
+  /// Ray's log routes: `/api/v0/logs?node_id=…` lists a node's files
+  /// (`{"result": true, "data": {"result": {"<node id>": [{name, size, modified_ms}]}}}`);
+  /// `/api/v0/logs/file?node_id=…&filename=…&lines=N` is the file's last N lines as text.
+  func logs(_ path: String, _ q: [String: String]) async -> HTTPResponse {
+    guard let node = q["node_id"], !node.isEmpty else { return Self.failure(.badRequest, "give node_id (`/api/v0/nodes` lists them)") }
+    do {
+      if path == "/api/v0/logs" {
+        let files = try await control.logFiles(node: node)
+        let rows = files.map { f in
+          StateValue.object([("name", .string(f.name)), ("size", .int(f.size)), ("modified_ms", .int(f.modifiedMs))])
+        }
+        return HTTPResponse(.ok, contentType: "application/json",
+                            body: Array("{\"result\":true,\"msg\":\"\",\"data\":{\"result\":{\(StateValue.string(node).json):".utf8)
+                              + StateJSON.array(rows) + Array("}}}".utf8))
+      }
+      guard let name = q["filename"], LogFileName.isValid(name) else { return Self.failure(.badRequest, "give filename, one of the node's log files") }
+      let lines = q["lines"].flatMap { Int($0) } ?? 1000
+      let text = try await control.logTail(node: node, name: name, lines: max(1, min(lines, 100_000)))
+      return HTTPResponse(.ok, contentType: "text/plain; charset=utf-8", body: Array(text))
+    } catch let e as RPCError {
+      return Self.failure(e.code == .notFound ? .notFound : .badRequest, e.message)
+    } catch {
+      return Self.failure(.badGateway, "\(error)")
+    }
+  }
+
+  static func failure(_ status: HTTPResponseStatus, _ why: String) -> HTTPResponse {
+    HTTPResponse(status, contentType: "application/json", body: Array("{\"result\":false,\"msg\":\(StateValue.string(why).json),\"data\":{}}".utf8))
+  }
+
   /// Ray's state-API answer shape: `{"result": true, "msg": …, "data": {"result": {"total", "result": rows}}}`.
-  func state(_ kind: StateQuery.Kind, _ q: [String: String]) -> HTTPResponse {
+  func state(_ kind: StateQuery.Kind, _ q: [String: String]) async -> HTTPResponse {
     var req = Swiftray_ListStateRequest()
     req.kind = kind.rawValue
     req.limit = Int32(clamping: q["limit"].flatMap { Int($0) } ?? 100)
@@ -141,16 +176,14 @@ public struct Dashboard: Sendable {
       req.filters = [f]
     }
     do {
-      let a = try control.answer(req)
+      let a = try control.answer(req, fetched: kind == .workers ? await control.workerRows() : ([], []))
       let warnings = a.warnings.map { StateValue.string($0).json }.joined(separator: ",")
       var body = Array("{\"result\":true,\"msg\":\"\",\"data\":{\"result\":{\"total\":\(a.total),\"warnings\":[\(warnings)],\"result\":".utf8)
       body += a.json
       body += Array("}}}".utf8)
       return HTTPResponse(.ok, contentType: "application/json", body: body)
     } catch {
-      let why = (error as? RPCError)?.message ?? "\(error)"
-      return HTTPResponse(.badRequest, contentType: "application/json",
-                          body: Array("{\"result\":false,\"msg\":\(StateValue.string(why).json),\"data\":{}}".utf8))
+      return Self.failure(.badRequest, (error as? RPCError)?.message ?? "\(error)")
     }
   }
 

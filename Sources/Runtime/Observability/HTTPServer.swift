@@ -148,17 +148,13 @@ final class HTTPRequestHandler: ChannelInboundHandler {
       buf.writeBytes(r.body)
       context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
     }
-    let done = context.writeAndFlushPromise()
+    let done = context.eventLoop.makePromise(of: Void.self)
     context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
     if !keepAlive {
       let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
       done.futureResult.whenComplete { _ in ctx.value.close(promise: nil) }
     }
   }
-}
-
-extension ChannelHandlerContext {
-  fileprivate func writeAndFlushPromise() -> EventLoopPromise<Void> { eventLoop.makePromise() }
 }
 
 extension HTTPResponse {

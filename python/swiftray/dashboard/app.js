@@ -171,7 +171,58 @@ async function jobs() {
     (j.driver_info || {}).node_ip_address, time(j.start_time), time(j.end_time)]);
 }
 
-const views = { overview, tasks, stream, actors, groups, jobs };
+// Workers (asked of every node) and a node's log files; the chosen file's last lines
+// follow along while the tab is open.
+let logChoice = null;  // { node, name }
+function openLog(node, name) {
+  logChoice = { node, name };
+  document.getElementById("log-title").textContent = `${name} (node ${short(node)})`;
+  refresh();
+}
+async function logs() {
+  const workers = (await api("/api/v0/workers?limit=10000")).result;
+  fill("workers-table", workers, (w) => {
+    const out = el("a", { href: "#logs", class: "log-link" }, "stdout");
+    const err = el("a", { href: "#logs", class: "log-link" }, "stderr");
+    const file = (ext) => `worker-${w.worker_id}-${w.pid}.${ext}`;
+    out.addEventListener("click", () => openLog(w.node_id, file("out")));
+    err.addEventListener("click", () => openLog(w.node_id, file("err")));
+    return [el("td", { title: w.worker_id }, short(w.worker_id)), w.worker_type, w.is_alive ? "yes" : "no", w.pid,
+      short(w.node_id), w.ip, el("td", { class: "error" }, w.exit_detail || ""),
+      w.worker_type === "WORKER" ? el("td", {}, out, " ", err) : ""];
+  });
+  const nodes = (await api("/api/v0/nodes?limit=10000")).result.filter((n) => n.state === "ALIVE");
+  const select = document.getElementById("log-node");
+  const ids = nodes.map((n) => n.node_id);
+  if (Array.from(select.options).map((o) => o.value).join() !== ids.join()) {
+    const keep = select.value;
+    select.replaceChildren(...nodes.map((n) => el("option", { value: n.node_id }, `${short(n.node_id)} (${n.node_ip})`)));
+    if (ids.includes(keep)) select.value = keep;
+  }
+  if (select.value) {
+    const listing = await api(`/api/v0/logs?node_id=${encodeURIComponent(select.value)}`);
+    const node = select.value;
+    fill("logfiles-table", listing[node] || [], (f) => {
+      const a = el("a", { href: "#logs", class: "log-link" }, f.name);
+      a.addEventListener("click", () => openLog(node, f.name));
+      return [el("td", {}, a), bytes(f.size), new Date(f.modified_ms).toLocaleTimeString()];
+    });
+  }
+  if (logChoice) {
+    const lines = Number(document.getElementById("log-lines").value) || 1000;
+    const q = `node_id=${encodeURIComponent(logChoice.node)}&filename=${encodeURIComponent(logChoice.name)}&lines=${lines}`;
+    const r = await fetch(`/api/v0/logs/file?${q}`, { credentials: "same-origin", cache: "no-store" });
+    const pre = document.getElementById("log-text");
+    const text = r.ok ? await r.text() : `(cannot read it: HTTP ${r.status})`;
+    if (pre.textContent !== text) {
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent = text;
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    }
+  }
+}
+
+const views = { overview, tasks, stream, actors, groups, jobs, logs };
 
 async function refresh() {
   const status = document.getElementById("status");
@@ -194,7 +245,9 @@ function show(tab) {
 
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 window.addEventListener("DOMContentLoaded", () => {
-  for (const id of ["task-state", "task-name", "task-limit"]) document.getElementById(id).addEventListener("change", refresh);
+  for (const id of ["task-state", "task-name", "task-limit", "log-node", "log-lines"]) {
+    document.getElementById(id).addEventListener("change", refresh);
+  }
   show(location.hash.slice(1) || "overview");
   setInterval(refresh, REFRESH_MS);
 });

@@ -1,0 +1,149 @@
+"""`swiftray logs` and `list workers` (issue 20): what each worker printed is kept in
+its node's session (`logs/worker-<id>-<pid>.out|.err`) and read from any node through
+the cluster, by file name, process, task or actor; `--follow` keeps printing."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import swiftray
+from conftest import wait_until
+
+CLI = [sys.executable, "-m", "swiftray"]
+
+
+def cli(*args, session):
+    return subprocess.run(CLI + list(args) + ["--address", session], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def two_nodes(cluster):
+    """A head (1 CPU) and a second node with the resource 'far'; this process drives."""
+    head = cluster.add_node(num_cpus=1)
+    far = cluster.add_node(num_cpus=1, resources={"far": 1})
+    swiftray.shutdown()
+    swiftray.init(address=head["session"], _system_config={"task_events_report_interval_ms": 100})
+    yield head, far
+    swiftray.shutdown()
+
+
+def test_logs_reads_what_a_worker_printed_on_another_node(two_nodes):
+    head, far = two_nodes
+    session = head["session"]
+
+    @swiftray.remote(resources={"far": 1})
+    def shout(word):
+        print(f"out-{word}")
+        print(f"err-{word}", file=sys.stderr)
+        return os.getpid(), swiftray.get_runtime_context().get_task_id(), swiftray.get_runtime_context().get_node_id()
+
+    @swiftray.remote(num_cpus=0)
+    class Speaker:
+        def say(self, word):
+            print(f"actor-{word}")
+            return os.getpid()
+
+    pid, task_id, node_id = swiftray.get(shout.remote("alpha"), timeout=60)
+    for w in ("beta", "gamma"):
+        assert swiftray.get(shout.remote(w), timeout=60)[0] == pid
+    speaker = Speaker.remote()
+    actor_pid = swiftray.get(speaker.say.remote("delta"), timeout=60)
+    far_node = json.loads(cli("list", "nodes", "--format", "json", "--filter", "state=ALIVE", session=session).stdout)
+    assert node_id in {n["node_id"] for n in far_node}
+
+    # The listing names each node and its workers' files, the far one included.
+    listing = cli("logs", session=session)
+    assert listing.returncode == 0, listing.stderr
+    assert f"Node {node_id}" in listing.stdout
+    assert f"-{pid}.out" in listing.stdout and f"-{pid}.err" in listing.stdout and "daemon.log" in listing.stdout
+
+    def logs(*args):
+        out = cli("logs", *args, session=session)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    # By process (on its node), by task, by stream, with a tail.
+    def printed():
+        return logs("--pid", str(pid), "--node-id", node_id)
+    assert wait_until(lambda: printed() == ["out-alpha", "out-beta", "out-gamma"], timeout=10), printed()
+    assert logs("--pid", str(pid), "--tail", "1") == ["out-gamma"]
+    assert logs("--task-id", task_id) == ["out-alpha", "out-beta", "out-gamma"]
+    assert logs("--task-id", task_id, "--err", "--tail", "2") == ["err-beta", "err-gamma"]
+    # By actor: its worker's file on the head.
+    actors = json.loads(cli("list", "actors", "--format", "json", session=session).stdout)
+    actor_id = actors[0]["actor_id"]
+    assert logs("--actor-id", actor_id) == ["actor-delta"]
+    assert actors[0]["pid"] == actor_pid
+    # By name (a glob naming one file).
+    assert logs(f"worker-*-{pid}.err", "--tail", "1") == ["err-gamma"]
+
+    # Bad input: a clear error, exit status non-zero.
+    for args, message in ((["nope.txt"], "no log file of 'nope.txt'"),
+                          (["--pid", str(pid), "--task-id", task_id], "give one of --actor-id, --task-id and --pid"),
+                          (["--task-id", "ff" * 24], "no worker known for task"),
+                          (["--node-id", "00ff"], "no live node with id 00ff"),
+                          (["--tail=-3"], "--tail must be 0 ... 1000000")):
+        out = cli("logs", *args, session=session)
+        assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+
+
+def test_logs_follow_prints_what_the_worker_prints_next(two_nodes):
+    head, _ = two_nodes
+
+    @swiftray.remote(resources={"far": 1})
+    def say(word):
+        print(f"said-{word}")
+        return os.getpid()
+
+    pid = swiftray.get(say.remote("first"), timeout=60)
+    follower = subprocess.Popen(CLI + ["logs", "--pid", str(pid), "--follow", "--address", head["session"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline().strip() == "said-first"
+        assert swiftray.get(say.remote("second"), timeout=60) == pid
+        assert follower.stdout.readline().strip() == "said-second"
+        assert follower.poll() is None  # still following
+    finally:
+        follower.kill()
+        follower.wait(timeout=10)
+
+
+def test_list_workers_shows_live_workers_and_how_dead_ones_ended(two_nodes):
+    head, _ = two_nodes
+    session = head["session"]
+
+    @swiftray.remote(resources={"far": 1}, max_retries=0)
+    def die():
+        os._exit(3)
+
+    @swiftray.remote(num_cpus=0)
+    def pid():
+        return os.getpid(), swiftray.get_runtime_context().get_node_id()
+
+    live_pid, live_node = swiftray.get(pid.remote(), timeout=60)
+    with pytest.raises(swiftray.exceptions.WorkerCrashedError):
+        swiftray.get(die.remote(), timeout=60)
+
+    def rows():
+        return json.loads(cli("list", "workers", "--format", "json", "--limit", "1000", session=session).stdout)
+
+    def settled():
+        r = rows()
+        return any(w["pid"] == live_pid and w["is_alive"] for w in r) and any(not w["is_alive"] for w in r)
+    assert wait_until(settled, timeout=20), rows()
+    workers = rows()
+    live = next(w for w in workers if w["pid"] == live_pid)
+    assert live["worker_type"] == "WORKER" and live["node_id"] == live_node
+    assert live["ip"] == "127.0.0.1"
+    dead = [w for w in workers if not w["is_alive"]]
+    assert dead[0]["exit_type"] == "SYSTEM_ERROR" and "exited with code 3" in dead[0]["exit_detail"], dead
+    # This driver is a DRIVER of the head node.
+    assert any(w["worker_type"] == "DRIVER" and w["pid"] == os.getpid() for w in workers)
+    # One by id, and filters on its columns.
+    one = cli("get", "worker", live["worker_id"], "--format", "json", session=session)
+    assert json.loads(one.stdout)[0]["pid"] == live_pid
+    alive = json.loads(cli("list", "workers", "--format", "json", "--filter", "is_alive=false", session=session).stdout)
+    assert alive and all(not w["is_alive"] for w in alive)
