@@ -190,6 +190,11 @@ def test_the_dashboard_shows_nodes_and_live_tasks_in_a_real_browser(dashboard, t
         files = "return [...document.querySelectorAll('#logfiles-table td a')].map(a => a.textContent)"
         assert wait_until(lambda: any(f.endswith(f"-{quick_pid}.out") for f in driver.execute_script(files)), timeout=30)
         driver.save_screenshot(os.path.join(ARTIFACTS, "dashboard-logs.png"))
+        # Objects: the references this driver holds (the running tasks' results among them).
+        driver.get(base + "/#objects")
+        held = "return [...document.querySelectorAll('#objects-table tbody tr')].map(tr => tr.cells[0].title)"
+        assert wait_until(lambda: {r.hex() for r in running} <= set(driver.execute_script(held)), timeout=30)
+        driver.save_screenshot(os.path.join(ARTIFACTS, "dashboard-objects.png"))
         # Nothing came from anywhere but the head.
         urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(base + "/") for u in urls), urls

@@ -70,6 +70,8 @@ def test_logs_reads_what_a_worker_printed_on_another_node(two_nodes):
         return logs("--pid", str(pid), "--node-id", node_id)
     assert wait_until(lambda: printed() == ["out-alpha", "out-beta", "out-gamma"], timeout=10), printed()
     assert logs("--pid", str(pid), "--tail", "1") == ["out-gamma"]
+    # Once the head has the task's events (sent every 100 ms here).
+    assert wait_until(lambda: cli("logs", "--task-id", task_id, session=session).returncode == 0, timeout=10)
     assert logs("--task-id", task_id) == ["out-alpha", "out-beta", "out-gamma"]
     assert logs("--task-id", task_id, "--err", "--tail", "2") == ["err-beta", "err-gamma"]
     # By actor: its worker's file on the head.
@@ -147,3 +149,64 @@ def test_list_workers_shows_live_workers_and_how_dead_ones_ended(two_nodes):
     assert json.loads(one.stdout)[0]["pid"] == live_pid
     alive = json.loads(cli("list", "workers", "--format", "json", "--filter", "is_alive=false", session=session).stdout)
     assert alive and all(not w["is_alive"] for w in alive)
+
+
+def test_list_objects_shows_every_processes_references(two_nodes, tmp_path):
+    import numpy as np
+    from swiftray.util import state
+    head, far = two_nodes
+    release = str(tmp_path / "release")
+
+    @swiftray.remote(num_cpus=0, resources={"far": 0.01})
+    class Holder:
+        def keep(self, refs):
+            self.refs = refs  # a borrowed reference, held by this worker
+            return os.getpid()
+
+    @swiftray.remote
+    def waits(x):
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        return len(x)
+
+    big = swiftray.put(np.zeros(200_000))  # 1.6 MB: in the node's shared-memory store
+    small = swiftray.put("tiny")           # inline in this driver
+    holder = Holder.remote()
+    holder_pid = swiftray.get(holder.keep.remote([big]), timeout=60)
+    pending = waits.remote(swiftray.put("only the task holds this"))
+    try:
+        def rows():
+            return {(r["object_id"], r["pid"]): r for r in state.list_objects(limit=10000, raise_on_missing_output=False)}
+        me = os.getpid()
+        assert wait_until(lambda: (big.hex(), holder_pid) in rows(), timeout=20), rows()
+        r = rows()
+        mine = r[(big.hex(), me)]
+        assert mine["is_owner"] and mine["type"] == "DRIVER" and mine["in_object_store"] and mine["object_size"] >= 1_600_000
+        assert mine["num_borrowers"] == 1 and mine["reference_type"] == "LOCAL_REFERENCE" and mine["task_status"] == "FINISHED"
+        borrowed = r[(big.hex(), holder_pid)]
+        assert not borrowed["is_owner"] and borrowed["type"] == "WORKER" and borrowed["node_id"] == far_node_id(head)
+        tiny = r[(small.hex(), me)]
+        assert not tiny["in_object_store"] and 0 < tiny["object_size"] < 100
+        assert r[(pending.hex(), me)]["task_status"] == "PENDING"
+        used = [x for x in r.values() if x["reference_type"] == "USED_BY_PENDING_TASK"]
+        assert len(used) == 1 and used[0]["pid"] == me
+        # By id, in every process that holds it; and from the CLI, filtered.
+        assert {x["pid"] for x in state.get_objects(big)} == {me, holder_pid}
+        out = cli("list", "objects", "--format", "json", "--filter", "reference_type=USED_BY_PENDING_TASK", session=head["session"])
+        assert [x["object_id"] for x in json.loads(out.stdout)] == [used[0]["object_id"]], out.stderr
+        summary = state.summarize_objects(raise_on_missing_output=False)["cluster"]
+        assert summary["total_objects"] == len(rows()) and summary["total_size_mb"] >= 1.5  # big: its borrower has not read it, so counts no size
+        group = summary["summary"]["disabled"]
+        assert group["ref_type_counts"]["USED_BY_PENDING_TASK"] == 1 and group["task_state_counts"]["PENDING"] >= 1
+        table = cli("summary", "objects", session=head["session"])
+        assert table.returncode == 0 and "total_objects" in table.stdout
+        # Workers from Python too.
+        assert state.get_worker(borrowed["worker_id"])["pid"] == holder_pid
+    finally:
+        open(release, "w").close()
+    assert swiftray.get(pending, timeout=60) == len("only the task holds this")
+
+
+def far_node_id(head):
+    nodes = json.loads(cli("list", "nodes", "--format", "json", session=head["session"]).stdout)
+    return next(n["node_id"] for n in nodes if not n["is_head_node"])

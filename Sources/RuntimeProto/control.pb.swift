@@ -1879,6 +1879,8 @@ public nonisolated struct Swiftray_WorkerProcess: Sendable {
 
   public var registered: Bool = false
 
+  public var endpoint: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -5255,7 +5257,7 @@ nonisolated extension Swiftray_GetNodeStatsReply: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Swiftray_WorkerProcess: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerProcess"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}pid\0\u{3}is_driver\0\u{1}registered\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}pid\0\u{3}is_driver\0\u{1}registered\0\u{1}endpoint\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5267,6 +5269,7 @@ nonisolated extension Swiftray_WorkerProcess: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.pid) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.isDriver) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.registered) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
       default: break
       }
     }
@@ -5285,6 +5288,9 @@ nonisolated extension Swiftray_WorkerProcess: SwiftProtobuf.Message, SwiftProtob
     if self.registered != false {
       try visitor.visitSingularBoolField(value: self.registered, fieldNumber: 4)
     }
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5293,6 +5299,7 @@ nonisolated extension Swiftray_WorkerProcess: SwiftProtobuf.Message, SwiftProtob
     if lhs.pid != rhs.pid {return false}
     if lhs.isDriver != rhs.isDriver {return false}
     if lhs.registered != rhs.registered {return false}
+    if lhs.endpoint != rhs.endpoint {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

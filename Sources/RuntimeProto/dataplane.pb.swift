@@ -243,6 +243,62 @@ public nonisolated struct Swiftray_ErrorReply: Sendable {
   public init() {}
 }
 
+/// The references a process holds (owned or borrowed), for the state API: at most `limit`
+/// rows (the process caps it), and how many there are.
+public nonisolated struct Swiftray_ListObjectsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var limit: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ObjectRefRow: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectID: Data = Data()
+
+  /// Bytes of its value where this process knows them; -1 when it does not.
+  public var size: Int64 = 0
+
+  /// Ray's: LOCAL_REFERENCE, USED_BY_PENDING_TASK, CAPTURED_IN_OBJECT, PINNED_IN_MEMORY.
+  public var referenceType: String = String()
+
+  /// FINISHED (its value exists), PENDING (its task has not finished), NIL (borrowed, not fetched here).
+  public var taskStatus: String = String()
+
+  public var owned: Bool = false
+
+  public var borrowers: Int32 = 0
+
+  /// Its value is in a node's shared-memory store (not inline in this process).
+  public var inStore: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swiftray_ListObjectsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var rows: [Swiftray_ObjectRefRow] = []
+
+  public var total: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// The node's object store, served by its NodeManager on a data-plane socket: a process
 /// creates an object in the shared arena, writes it, seals it; readers pin it (restoring
 /// it from disk if spilled) and map it; owners delete it.
@@ -880,6 +936,23 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .kvGetReply(newValue)}
   }
 
+  /// The head asks a process for the references it holds (`swiftray list objects`).
+  public var listObjects: Swiftray_ListObjectsRequest {
+    get {
+      if case .listObjects(let v)? = _storage._body {return v}
+      return Swiftray_ListObjectsRequest()
+    }
+    set {_uniqueStorage()._body = .listObjects(newValue)}
+  }
+
+  public var listObjectsReply: Swiftray_ListObjectsReply {
+    get {
+      if case .listObjectsReply(let v)? = _storage._body {return v}
+      return Swiftray_ListObjectsReply()
+    }
+    set {_uniqueStorage()._body = .listObjectsReply(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -918,6 +991,9 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     /// values never change are cached there: functions, job records).
     case kvGet(Swiftray_KVGetRequest)
     case kvGetReply(Swiftray_KVGetReply)
+    /// The head asks a process for the references it holds (`swiftray list objects`).
+    case listObjects(Swiftray_ListObjectsRequest)
+    case listObjectsReply(Swiftray_ListObjectsReply)
 
   }
 
@@ -1271,6 +1347,131 @@ nonisolated extension Swiftray_ErrorReply: SwiftProtobuf.Message, SwiftProtobuf.
 
   public static func ==(lhs: Swiftray_ErrorReply, rhs: Swiftray_ErrorReply) -> Bool {
     if lhs.message != rhs.message {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListObjectsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}limit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt32Field(value: &self.limit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.limit != 0 {
+      try visitor.visitSingularInt32Field(value: self.limit, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListObjectsRequest, rhs: Swiftray_ListObjectsRequest) -> Bool {
+    if lhs.limit != rhs.limit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ObjectRefRow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ObjectRefRow"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{1}size\0\u{3}reference_type\0\u{3}task_status\0\u{1}owned\0\u{1}borrowers\0\u{3}in_store\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.size) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.referenceType) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.taskStatus) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.owned) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self.borrowers) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.inStore) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularInt64Field(value: self.size, fieldNumber: 2)
+    }
+    if !self.referenceType.isEmpty {
+      try visitor.visitSingularStringField(value: self.referenceType, fieldNumber: 3)
+    }
+    if !self.taskStatus.isEmpty {
+      try visitor.visitSingularStringField(value: self.taskStatus, fieldNumber: 4)
+    }
+    if self.owned != false {
+      try visitor.visitSingularBoolField(value: self.owned, fieldNumber: 5)
+    }
+    if self.borrowers != 0 {
+      try visitor.visitSingularInt32Field(value: self.borrowers, fieldNumber: 6)
+    }
+    if self.inStore != false {
+      try visitor.visitSingularBoolField(value: self.inStore, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ObjectRefRow, rhs: Swiftray_ObjectRefRow) -> Bool {
+    if lhs.objectID != rhs.objectID {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.referenceType != rhs.referenceType {return false}
+    if lhs.taskStatus != rhs.taskStatus {return false}
+    if lhs.owned != rhs.owned {return false}
+    if lhs.borrowers != rhs.borrowers {return false}
+    if lhs.inStore != rhs.inStore {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ListObjectsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListObjectsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}total\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.rows) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.total) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rows.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rows, fieldNumber: 1)
+    }
+    if self.total != 0 {
+      try visitor.visitSingularInt64Field(value: self.total, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ListObjectsReply, rhs: Swiftray_ListObjectsReply) -> Bool {
+    if lhs.rows != rhs.rows {return false}
+    if lhs.total != rhs.total {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1852,7 +2053,7 @@ nonisolated extension Swiftray_KeepAlive: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0\u{3}list_objects\0\u{3}list_objects_reply\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
@@ -2268,6 +2469,32 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
             _storage._body = .kvGetReply(v)
           }
         }()
+        case 42: try {
+          var v: Swiftray_ListObjectsRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .listObjects(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .listObjects(v)
+          }
+        }()
+        case 43: try {
+          var v: Swiftray_ListObjectsReply?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .listObjectsReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .listObjectsReply(v)
+          }
+        }()
         default: break
         }
       }
@@ -2402,6 +2629,14 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       case .kvGetReply?: try {
         guard case .kvGetReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+      }()
+      case .listObjects?: try {
+        guard case .listObjects(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 42)
+      }()
+      case .listObjectsReply?: try {
+        guard case .listObjectsReply(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
       }()
       case nil: break
       }

@@ -62,14 +62,14 @@ func stateFilters(_ texts: [String]) throws -> [Swiftray_StateFilter] {
 }
 
 enum StateKind: String, ExpressibleByArgument, CaseIterable {
-  case tasks, actors, nodes, jobs, workers
+  case tasks, actors, nodes, jobs, workers, objects
   case placementGroups = "placement-groups"
 }
 
 struct ListState: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "list", abstract: "List the cluster's tasks, actors, nodes, workers, jobs or placement groups (Ray's `ray list`).")
-  @Argument(help: "tasks | actors | nodes | workers | jobs | placement-groups")
+    commandName: "list", abstract: "List the cluster's tasks, actors, objects, nodes, workers, jobs or placement groups (Ray's `ray list`).")
+  @Argument(help: "tasks | actors | objects | nodes | workers | jobs | placement-groups")
   var kind: StateKind
   @Option(name: .long, help: "KEY=VALUE or KEY!=VALUE; repeat to require several (e.g. --filter state=RUNNING).")
   var filter: [String] = []
@@ -143,8 +143,8 @@ struct GetState: ParsableCommand {
 
 struct SummaryState: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "summary", abstract: "Count tasks by function and state, or actors by class and state (Ray's `ray summary`).")
-  @Argument(help: "tasks | actors")
+    commandName: "summary", abstract: "Count tasks by function and state, actors by class and state, or objects (Ray's `ray summary`).")
+  @Argument(help: "tasks | actors | objects")
   var kind: String
   @Option(help: "table | json | yaml")
   var format: StateFormat = .table
@@ -152,7 +152,9 @@ struct SummaryState: ParsableCommand {
   var address: String?
 
   func run() throws {
-    guard kind == "tasks" || kind == "actors" else { throw ValidationError("summary of 'tasks' or 'actors', not '\(kind)'") }
+    guard ["tasks", "actors", "objects"].contains(kind) else {
+      throw ValidationError("summary of 'tasks', 'actors' or 'objects', not '\(kind)'")
+    }
     var req = Swiftray_ListStateRequest()
     req.kind = "summary-\(kind)"
     let reply = try ClusterTarget(address).query(req)

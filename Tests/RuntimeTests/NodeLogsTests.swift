@@ -1,5 +1,6 @@
 import Foundation
 import Runtime
+import RuntimeProto
 import Testing
 
 /// Workers' log files (`NodeLogs`, `WorkerLogWriter`, `LogTail`, `LogFileName`): what a
@@ -84,5 +85,34 @@ import Testing
     #expect(try Config.resolve(environment: ["RAY_ROTATION_BACKUP_COUNT": "0"]).logRotationBackupCount == 0)
     #expect(throws: SwiftrayError.self) { try Config.resolve(environment: ["RAY_ROTATION_BACKUP_COUNT": "-1"]) }
     #expect(throws: SwiftrayError.self) { try Config.resolve(environment: ["RAY_ROTATION_MAX_BYTES": "lots"]) }
+  }
+}
+
+/// What `list objects` says of one process's references (`ObjectListing`).
+@Suite struct ObjectListingTests {
+  static func id(_ n: UInt32) -> ObjectID { ObjectID(task: TaskID(prefix: 7, counter: 1, job: 1), index: n) }
+
+  @Test func rowsNameWhyEachReferenceLivesAndWhatIsKnownOfItsValue() {
+    var refs: [ObjectID: ReferenceTable.Reference] = [
+      Self.id(1): .init(owned: true, localRefs: 1, submittedTaskRefs: 2),
+      Self.id(2): .init(owned: true, submittedTaskRefs: 1),
+      Self.id(3): .init(owned: false, contained: 1),
+      Self.id(4): .init(owned: true),
+    ]
+    refs[Self.id(4)]!.borrowers[WorkerID.random()] = 1
+    var values = ObjectTable()
+    values[Self.id(1)] = .with { $0.data = Data(repeating: 1, count: 10) }
+    values[Self.id(4)] = .with { $0.storeSize = 5_000_000 }
+    let (rows, total) = ObjectListing.rows(refs: refs, values: values, limit: 10)
+    #expect(total == 4)
+    let by = Dictionary(uniqueKeysWithValues: rows.map { (ObjectID(binary: $0.objectID)!, $0) })
+    #expect(by[Self.id(1)]!.referenceType == "LOCAL_REFERENCE" && by[Self.id(1)]!.size == 10 && by[Self.id(1)]!.taskStatus == "FINISHED")
+    #expect(by[Self.id(2)]!.referenceType == "USED_BY_PENDING_TASK" && by[Self.id(2)]!.size == -1 && by[Self.id(2)]!.taskStatus == "PENDING")
+    #expect(by[Self.id(3)]!.referenceType == "CAPTURED_IN_OBJECT" && !by[Self.id(3)]!.owned && by[Self.id(3)]!.taskStatus == "NIL")
+    #expect(by[Self.id(4)]!.referenceType == "PINNED_IN_MEMORY" && by[Self.id(4)]!.inStore && by[Self.id(4)]!.size == 5_000_000
+      && by[Self.id(4)]!.borrowers == 1)
+    // A cut keeps the lowest ids, whatever the dictionary's order.
+    let cut = ObjectListing.rows(refs: refs, values: values, limit: 2)
+    #expect(cut.total == 4 && cut.rows.map { ObjectID(binary: $0.objectID)! } == [Self.id(1), Self.id(2)])
   }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import GRPCCore
 import RuntimeProto
 
@@ -103,7 +104,7 @@ extension ControlService {
   public func listState(request: Swiftray_ListStateRequest, response: RPCWriter<Swiftray_ListStateReply>,
                         context: ServerContext) async throws {
     // Workers are known to their nodes, not to the head: asked first, then answered as any table.
-    let fetched = request.kind == StateQuery.Kind.workers.rawValue ? await workerRows() : ([], [])
+    let fetched = await fetchFromNodes(request)
     var whole = try answer(request, fetched: fetched)
     let json = whole.json
     var offset = 0
@@ -135,7 +136,21 @@ extension ControlService {
     }
   }
 
-  /// `fetched`: the rows (and warnings) of a table gathered from the nodes (`workers`).
+  /// The rows (and warnings) of a table the nodes and processes hold (workers, objects),
+  /// asked of them; nothing for the head's own tables.
+  func fetchFromNodes(_ request: Swiftray_ListStateRequest) async -> ([StateRow], [String]) {
+    switch StateQuery.Kind(rawValue: request.kind) {
+    case .workers?: return await workerRows()
+    case .objects?, .summaryObjects?:
+      // Each process lists up to the limit (filters apply after); a summary counts everything.
+      let limit = request.kind == StateQuery.Kind.summaryObjects.rawValue ? ObjectListing.maxRows
+        : request.limit <= 0 ? ControlService.defaultStateLimit : Int(request.limit)
+      return await objectRows(limit: request.filters.isEmpty ? limit : ObjectListing.maxRows)
+    default: return ([], [])
+    }
+  }
+
+  /// `fetched`: the rows (and warnings) of a table gathered from the nodes (`fetchFromNodes`).
   func answer(_ request: Swiftray_ListStateRequest, fetched: ([StateRow], [String]) = ([], [])) throws -> Swiftray_ListStateReply {
     let q = try StateQuery(request)
     var reply = Swiftray_ListStateReply()
@@ -161,14 +176,16 @@ extension ControlService {
       rows = q.select(nodes.map { Self.nodeRow($0, head: head) })
     case .placementGroups:
       rows = q.select(state.withLock { $0.groups.all }.map { Self.groupRow($0) })
-    case .workers:
+    case .workers, .objects:
       rows = q.select(fetched.0)
+    case .summaryObjects:
+      rows = ([Self.objectSummary(fetched.0.filter { r in StateFilter.all(q.filters) { r[$0] } })], 1)
     case .jobs:
       let t = state.withLock { $0.jobs }
       rows = q.select(t.jobs.values.sorted { $0.id.value < $1.id.value }.map { StateRow(t.row($0)) })
     }
     let dropped = events.withLock { ($0.evicted, $0.droppedAtSources) }
-    reply.json = q.kind == .summaryTasks || q.kind == .summaryActors || q.kind == .timeline
+    reply.json = q.kind == .summaryTasks || q.kind == .summaryActors || q.kind == .summaryObjects || q.kind == .timeline
       ? Data((rows.rows.first ?? .null).json.utf8) : StateJSON.array(rows.rows)
     reply.total = Int64(rows.total)
     reply.returned = Int64(rows.rows.count)
@@ -192,10 +209,11 @@ public struct StateRow: Sendable {
 /// a limit in range.
 public struct StateQuery: Sendable {
   public enum Kind: String, CaseIterable, Sendable {
-    case tasks, actors, nodes, jobs, timeline, workers
+    case tasks, actors, nodes, jobs, timeline, workers, objects
     case placementGroups = "placement-groups"
     case summaryTasks = "summary-tasks"
     case summaryActors = "summary-actors"
+    case summaryObjects = "summary-objects"
 
     public var readsTaskEvents: Bool { self == .tasks || self == .summaryTasks || self == .timeline }
     public var columns: [String] {
@@ -206,6 +224,7 @@ public struct StateQuery: Sendable {
       case .placementGroups: ControlService.groupColumns
       case .jobs: JobTable.columns
       case .workers: ControlService.workerColumns
+      case .objects, .summaryObjects: ControlService.objectColumns
       case .timeline: []
       }
     }
@@ -293,25 +312,9 @@ extension ControlService {
   /// all nodes at once, each within node_manager_rpc_timeout_ms; a node that does not
   /// answer is named in a warning.
   func workerRows() async -> ([StateRow], [String]) {
-    let nodes = state.withLock { $0.nodes.all }.filter(\.alive)
-    let options = nodeCallOptions
-    let answers = await withTaskGroup(of: (Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?).self) { g in
-      for n in nodes {
-        let c = nodeClient(Self.address(of: n))
-        g.addTask {
-          guard let c else { return (n, nil) }
-          let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(.with { $0.withWorkers = true },
-                                                                                                options: options)
-          return (n, r)
-        }
-      }
-      var all: [(Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?)] = []
-      for await a in g { all.append(a) }
-      return all
-    }
     var rows: [StateRow] = []
     var warnings: [String] = []
-    for (n, reply) in answers.sorted(by: { $0.0.nodeID.lexicographicallyPrecedes($1.0.nodeID) }) {
+    for (n, reply) in await nodeWorkers() {
       guard let reply else {
         warnings.append("node \(Hex.encode(n.nodeID)) (\(n.ipAddress)) did not answer: its workers are missing")
         continue
@@ -329,6 +332,118 @@ extension ControlService {
       }
     }
     return (rows, warnings)
+  }
+
+  /// Every live node's answer about its workers (nil: it did not answer in time), in node id order.
+  func nodeWorkers() async -> [(Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?)] {
+    let nodes = state.withLock { $0.nodes.all }.filter(\.alive)
+    let options = nodeCallOptions
+    let answers = await withTaskGroup(of: (Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?).self) { g in
+      for n in nodes {
+        let c = nodeClient(Self.address(of: n))
+        g.addTask {
+          guard let c else { return (n, nil) }
+          let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(.with { $0.withWorkers = true },
+                                                                                                options: options)
+          return (n, r)
+        }
+      }
+      var all: [(Swiftray_NodeInfo, Swiftray_GetNodeStatsReply?)] = []
+      for await a in g { all.append(a) }
+      return all
+    }
+    return answers.sorted { $0.0.nodeID.lexicographicallyPrecedes($1.0.nodeID) }
+  }
+
+  static let objectColumns = ["object_id", "object_size", "task_status", "reference_type", "call_site", "type", "pid", "ip",
+                              "node_id", "worker_id", "is_owner", "num_borrowers", "in_object_store"]
+
+  /// The references every live process (worker or driver) holds, asked of each at once
+  /// on its data-plane address within node_manager_rpc_timeout_ms; at most `limit` from
+  /// each. Processes or nodes that do not answer are named in warnings.
+  func objectRows(limit: Int) async -> ([StateRow], [String]) {
+    var warnings: [String] = []
+    var asks: [(Swiftray_NodeInfo, Swiftray_WorkerProcess, Endpoint)] = []
+    for (n, reply) in await nodeWorkers() {
+      guard let reply else {
+        warnings.append("node \(Hex.encode(n.nodeID)) (\(n.ipAddress)) did not answer: its processes' objects are missing")
+        continue
+      }
+      for w in reply.workers where !w.endpoint.isEmpty {
+        if let ep = Endpoint(w.endpoint) { asks.append((n, w, ep)) }
+      }
+    }
+    let deadline = TimeAmount.milliseconds(Int64(config.nodeManagerRpcTimeoutMs))
+    let request = Swiftray_DataFrame.OneOf_Body.listObjects(.with { $0.limit = Int32(clamping: min(limit, ObjectListing.maxRows)) })
+    let pool = self.pool
+    let answers = await withTaskGroup(of: (Swiftray_NodeInfo, Swiftray_WorkerProcess, Result<Swiftray_ListObjectsReply, SwiftrayError>).self) { g in
+      for (n, w, ep) in asks {
+        g.addTask {
+          let r: Result<Swiftray_ListObjectsReply, SwiftrayError> = await withCheckedContinuation { c in
+            pool.requestWithPayload(ep, request, deadline: deadline) { result in
+              switch result {
+              case .success((let frame, _)):
+                if case .listObjectsReply(let reply)? = frame.body { c.resume(returning: .success(reply)) } else {
+                  c.resume(returning: .failure(SwiftrayError(.system, "\(ep) answered \(String(describing: frame.body).prefix(200))")))
+                }
+              case .failure(let e): c.resume(returning: .failure(e))
+              }
+            }
+          }
+          return (n, w, r)
+        }
+      }
+      var all: [(Swiftray_NodeInfo, Swiftray_WorkerProcess, Result<Swiftray_ListObjectsReply, SwiftrayError>)] = []
+      for await a in g { all.append(a) }
+      return all
+    }
+    var rows: [StateRow] = []
+    for (n, w, r) in answers.sorted(by: { (Hex.encode($0.0.nodeID), $0.1.pid) < (Hex.encode($1.0.nodeID), $1.1.pid) }) {
+      switch r {
+      case .failure(let e):
+        // A worker that exited meanwhile has nothing to list; others are worth a word.
+        warnings.append("\(w.isDriver ? "driver" : "worker") pid \(w.pid) on node \(Hex.encode(n.nodeID).prefix(12)) did not list its objects: \(e.message)")
+      case .success(let reply):
+        if reply.total > Int64(reply.rows.count) {
+          warnings.append("pid \(w.pid) on node \(Hex.encode(n.nodeID).prefix(12)) holds \(reply.total) references; \(reply.rows.count) listed")
+        }
+        let node = StateValue.hex(n.nodeID), ip = StateValue.string(n.ipAddress), worker = StateValue.hex(w.workerID)
+        let type = StateValue.string(w.isDriver ? "DRIVER" : "WORKER")
+        for o in reply.rows {
+          rows.append(StateRow([
+            ("object_id", .hex(o.objectID)), ("object_size", o.size >= 0 ? .int(o.size) : .null), ("task_status", .string(o.taskStatus)),
+            ("reference_type", .string(o.referenceType)), ("call_site", .string("disabled")), ("type", type),
+            ("pid", .int(Int64(w.pid))), ("ip", ip), ("node_id", node), ("worker_id", worker), ("is_owner", .bool(o.owned)),
+            ("num_borrowers", .int(Int64(o.borrowers))), ("in_object_store", .bool(o.inStore)),
+          ]))
+        }
+      }
+    }
+    return (rows, warnings)
+  }
+
+  /// Ray's `summarize_objects` (call sites are not recorded: one group, "disabled").
+  static func objectSummary(_ rows: [StateRow]) -> StateValue {
+    var size: Int64 = 0
+    var states: [String: Int64] = [:], types: [String: Int64] = [:]
+    var workers = Set<String>(), nodes = Set<String>()
+    for r in rows {
+      if case .int(let b) = r["object_size"] { size &+= b }
+      states[r["task_status"].filterText, default: 0] += 1
+      types[r["reference_type"].filterText, default: 0] += 1
+      workers.insert(r["worker_id"].filterText)
+      nodes.insert(r["node_id"].filterText)
+    }
+    let mb = Double(size) / 1_048_576
+    let counts = { (d: [String: Int64]) in StateValue.object(d.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) }) }
+    let group: StateValue = .object([
+      ("total_objects", .int(Int64(rows.count))), ("total_size_mb", .double(mb)), ("total_num_workers", .int(Int64(workers.count))),
+      ("total_num_nodes", .int(Int64(nodes.count))), ("task_state_counts", counts(states)), ("ref_type_counts", counts(types)),
+    ])
+    return .object([("cluster", .object([
+      ("summary", .object(rows.isEmpty ? [] : [("disabled", group)])), ("total_objects", .int(Int64(rows.count))),
+      ("total_size_mb", .double(mb)), ("callsite_enabled", .bool(false)), ("summary_by", .string("callsite")),
+    ]))])
   }
 
   /// The live node with this id (hex), and a client of its NodeManager.

@@ -660,6 +660,14 @@ public final class CoreWorker: Sendable {
       var r = Swiftray_CancelTaskReply()
       r.attempted = executor.cancel(tid)
       responder.respond(.cancelTaskReply(r))
+    case .listObjects(let req):
+      // A snapshot under the lock (the tables are shared until the next change), rows
+      // built off the event loop.
+      let (refs, values) = state.withLock { ($0.refs.refs, $0.store) }
+      Task {
+        let (rows, total) = ObjectListing.rows(refs: refs, values: values, limit: Int(req.limit))
+        responder.respond(.listObjectsReply(.with { $0.rows = rows; $0.total = Int64(total) }))
+      }
     default:
       break
     }

@@ -67,6 +67,9 @@ extension NodeManager {
     var r = Swiftray_RegisterWorkerReply()
     r.nodeID = Data(options.nodeID.binary)
     r.controlEndpoint = options.controlEndpoint.description
+    if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid > 0 {
+      state.withLock { $0.workers.driverRegistered(id, pid: request.pid, endpoint: String(request.endpoint.prefix(1024))) }
+    }
     if request.isDriver, let id = WorkerID(binary: request.workerID), request.pid > 0, request.pid != getpid() {
       let pid = request.pid
       if state.withLock({ $0.workers.driverConnected(id, pid: pid) }) {

@@ -66,14 +66,24 @@ public struct WorkerPool: Sendable {
 
   public init() {}
 
+  /// Drivers that registered here, with where they answer (the state API asks them
+  /// for their objects); bounded, the oldest forgotten first.
+  var driverEndpoints = RecentMap<WorkerID, Swiftray_WorkerProcess>(capacity: maxDriversListed)
+  public static let maxDriversListed = 1024
+
+  /// A driver registered (`endpoint`: its data-plane address).
+  public mutating func driverRegistered(_ id: WorkerID, pid: Int32, endpoint: String) {
+    driverEndpoints.insert(.with { $0.workerID = Data(id.binary); $0.pid = pid; $0.isDriver = true; $0.registered = true
+                                   $0.endpoint = endpoint }, for: id)
+  }
+
   /// Its live workers and drivers and how recent workers ended, for `list workers`.
   public var listing: (live: [Swiftray_WorkerProcess], exits: [Swiftray_WorkerExitInfo]) {
     var live = processes.values.map { p in
-      Swiftray_WorkerProcess.with { $0.workerID = Data(p.id.binary); $0.pid = p.pid; $0.registered = !p.endpoint.isEmpty }
+      Swiftray_WorkerProcess.with { $0.workerID = Data(p.id.binary); $0.pid = p.pid; $0.registered = !p.endpoint.isEmpty
+                                    $0.endpoint = p.endpoint }
     }
-    for (pid, ids) in drivers {
-      for id in ids { live.append(.with { $0.workerID = Data(id.binary); $0.pid = pid; $0.isDriver = true; $0.registered = true }) }
-    }
+    live += driverEndpoints.values
     return (live, exits.values)
   }
 
@@ -92,7 +102,9 @@ public struct WorkerPool: Sendable {
   /// A driver's process ended: the drivers it was (their leases here go, their exits
   /// are reported).
   public mutating func driverProcessEnded(pid: Int32) -> [WorkerID] {
-    drivers.removeValue(forKey: pid) ?? []
+    let ids = drivers.removeValue(forKey: pid) ?? []
+    for id in ids { _ = driverEndpoints.remove(id) }
+    return ids
   }
 
   public var driverCount: Int { drivers.values.reduce(0) { $0 + $1.count } }

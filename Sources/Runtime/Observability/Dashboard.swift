@@ -93,6 +93,7 @@ public struct Dashboard: Sendable {
   static let routes: [String: StateQuery.Kind] = [
     "tasks": .tasks, "actors": .actors, "nodes": .nodes, "jobs": .jobs, "placement_groups": .placementGroups,
     "tasks/summarize": .summaryTasks, "actors/summarize": .summaryActors, "timeline": .timeline, "workers": .workers,
+    "objects": .objects, "objects/summarize": .summaryObjects,
   ]
 
   public func handle(_ r: HTTPRequest) async -> HTTPResponse {
@@ -176,7 +177,7 @@ public struct Dashboard: Sendable {
       req.filters = [f]
     }
     do {
-      let a = try control.answer(req, fetched: kind == .workers ? await control.workerRows() : ([], []))
+      let a = try control.answer(req, fetched: await control.fetchFromNodes(req))
       let warnings = a.warnings.map { StateValue.string($0).json }.joined(separator: ",")
       var body = Array("{\"result\":true,\"msg\":\"\",\"data\":{\"result\":{\"total\":\(a.total),\"warnings\":[\(warnings)],\"result\":".utf8)
       body += a.json

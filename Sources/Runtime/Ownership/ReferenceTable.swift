@@ -35,6 +35,9 @@ public struct ReferenceTable: Sendable {
     /// Serialized outside any value the core tracks (e.g. captured by a pickled
     /// function): kept for the owner's lifetime.
     public var escaped = false
+    public init(owned: Bool, localRefs: Int32 = 0, submittedTaskRefs: Int32 = 0, contained: Int32 = 0) {
+      self.owned = owned; self.localRefs = localRefs; self.submittedTaskRefs = submittedTaskRefs; self.contained = contained
+    }
     public var isInUse: Bool {
       localRefs > 0 || submittedTaskRefs > 0 || contained > 0 || !borrowers.isEmpty || escaped
     }

@@ -159,6 +159,21 @@ async function actors() {
     short(a.node_id), a.pid == null ? "" : a.pid, a.num_restarts, a.death_cause ? JSON.stringify(a.death_cause) : ""]);
 }
 
+async function objects() {
+  const summary = (await api("/api/v0/objects/summarize")).result.cluster;
+  const group = (summary.summary || {}).disabled || { ref_type_counts: {} };
+  document.getElementById("objects-cards").replaceChildren(card(summary.total_objects, "references"),
+    card(`${summary.total_size_mb.toFixed(1)} MiB`, "known size"),
+    ...Object.entries(group.ref_type_counts).map(([k, v]) => card(v, k)));
+  const nodes = (await api("/api/v0/nodes?limit=10000")).result.filter((n) => n.state === "ALIVE");
+  fill("stores-table", nodes, (n) => [el("td", { title: n.node_id }, short(n.node_id)), n.node_ip,
+    usage(n.object_store_used_memory || 0, n.object_store_total_memory || 0, bytes)]);
+  const rows = (await api("/api/v0/objects?limit=2000")).result;
+  fill("objects-table", rows, (o) => [el("td", { title: o.object_id, class: "mono" }, o.object_id),
+    o.object_size == null ? "?" : bytes(o.object_size), state(o.task_status), o.reference_type, o.is_owner ? "owner" : "borrower",
+    o.num_borrowers, o.type, o.pid, short(o.node_id), o.in_object_store ? "yes" : "no"]);
+}
+
 async function groups() {
   const rows = (await api("/api/v0/placement_groups?limit=10000")).result;
   fill("groups-table", rows, (p) => [short(p.placement_group_id), p.name, state(p.state), p.strategy, JSON.stringify(p.bundles)]);
@@ -222,7 +237,7 @@ async function logs() {
   }
 }
 
-const views = { overview, tasks, stream, actors, groups, jobs, logs };
+const views = { overview, tasks, stream, actors, objects, groups, jobs, logs };
 
 async function refresh() {
   const status = document.getElementById("status");

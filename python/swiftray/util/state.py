@@ -46,6 +46,14 @@ class JobState(StateRow):
     pass
 
 
+class WorkerState(StateRow):
+    pass
+
+
+class ObjectState(StateRow):
+    pass
+
+
 def _filters(filters):
     out = []
     for f in filters or ():
@@ -89,12 +97,16 @@ ActorState.example = 'filters=[("state", "=", "ALIVE")]'
 NodeState.example = 'filters=[("state", "=", "ALIVE")]'
 PlacementGroupState.example = 'filters=[("state", "=", "CREATED")]'
 JobState.example = 'filters=[("status", "=", "RUNNING")]'
+WorkerState.example = 'filters=[("is_alive", "=", "true")] (asked of every node)'
+ObjectState.example = 'filters=[("reference_type", "=", "LOCAL_REFERENCE")] (asked of every worker and driver)'
 
 list_tasks = _lister("tasks", TaskState, "task attempts")
 list_actors = _lister("actors", ActorState, "actors")
 list_nodes = _lister("nodes", NodeState, "nodes")
 list_placement_groups = _lister("placement-groups", PlacementGroupState, "placement groups")
 list_jobs = _lister("jobs", JobState, "jobs")
+list_workers = _lister("workers", WorkerState, "worker and driver processes, and recent exits")
+list_objects = _lister("objects", ObjectState, "object references each worker and driver holds")
 
 
 def _id_hex(id, what):
@@ -134,6 +146,18 @@ def get_job(id, address=None, timeout=30, _explain=False):
     return _get_one("jobs", JobState, "job_id", id, "job")
 
 
+def get_worker(id, address=None, timeout=30, _explain=False):
+    return _get_one("workers", WorkerState, "worker_id", id, "worker")
+
+
+def get_objects(id, address=None, timeout=30, _explain=False):
+    """Every process's reference to an object (by hex id or ObjectRef): a list."""
+    hex_id = id.hex() if hasattr(id, "hex") and callable(id.hex) else id
+    if not isinstance(hex_id, str):
+        raise TypeError(f"object id must be a hex string or an ObjectRef, not {type(id).__name__}")
+    return _list("objects", ObjectState, [("object_id", "=", hex_id)], 10000, True, False)
+
+
 def summarize_tasks(address=None, timeout=30, raise_on_missing_output=True, _explain=False):
     """Per function or class: its type and a count of attempts in each state."""
     out, _ = _query("summary-tasks", None, 1, False, raise_on_missing_output)
@@ -142,6 +166,12 @@ def summarize_tasks(address=None, timeout=30, raise_on_missing_output=True, _exp
 
 def summarize_actors(address=None, timeout=30, raise_on_missing_output=True, _explain=False):
     out, _ = _query("summary-actors", None, 1, False, raise_on_missing_output)
+    return out
+
+
+def summarize_objects(address=None, timeout=30, raise_on_missing_output=True, _explain=False):
+    """Objects' counts, sizes, task states and reference types (one group: call sites are not recorded)."""
+    out, _ = _query("summary-objects", None, 1, False, raise_on_missing_output)
     return out
 
 
