@@ -210,3 +210,49 @@ def test_list_objects_shows_every_processes_references(two_nodes, tmp_path):
 def far_node_id(head):
     nodes = json.loads(cli("list", "nodes", "--format", "json", session=head["session"]).stdout)
     return next(n["node_id"] for n in nodes if not n["is_head_node"])
+
+
+def test_object_events_record_seals_pulls_spills_and_frees_and_the_timeline_shows_transfers(cluster, tmp_path):
+    import numpy as np
+    from swiftray.util import state
+    head = cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
+    cluster.add_node(num_cpus=1, resources={"far": 1})
+    swiftray.shutdown()
+    swiftray.init(address=head["session"])
+    try:
+        @swiftray.remote(resources={"far": 1})
+        def total(a):
+            return float(a.sum())
+
+        first = swiftray.put(np.ones(1_000_000))  # 8 MB, sealed on the head's store
+        assert swiftray.get(total.remote(first), timeout=60) == 1_000_000.0  # pulled by the far node
+        # More than the store's spill threshold (80 of 100 MB): older objects go to disk.
+        more = [swiftray.put(np.full(2_500_000, i, dtype=np.float64)) for i in range(5)]  # 5 × 20 MB
+        assert float(swiftray.get(first).sum()) == 1_000_000.0  # read back (restored if it was spilled)
+        first_hex = first.hex()
+        del first
+        far_id = far_node_id(head)
+
+        def events(**match):
+            rows = state.list_object_events(limit=10000, raise_on_missing_output=False)
+            return [r for r in rows if all(r[k] == v for k, v in match.items())]
+        assert wait_until(lambda: events(object_id=first_hex, event="PULLED"), timeout=20), events(object_id=first_hex)
+        pulled = events(object_id=first_hex, event="PULLED")[0]
+        assert pulled["node_id"] == far_id and pulled["object_size"] >= 8_000_000 and pulled["peer"]
+        assert pulled["end_time_ms"] >= pulled["start_time_ms"] > 0
+        sealed = events(object_id=first_hex, event="SEALED")
+        assert sealed and sealed[0]["node_id"] != far_id
+        assert wait_until(lambda: events(event="SPILLED"), timeout=30), events()
+        assert wait_until(lambda: events(object_id=first_hex, event="FREED"), timeout=30), events(object_id=first_hex)
+        # The CLI lists the same, filtered.
+        out = cli("list", "object-events", "--format", "json", "--filter", f"object_id={first_hex}", session=head["session"])
+        assert {"SEALED", "PULLED", "FREED"} <= {r["event"] for r in json.loads(out.stdout)}, out.stderr
+        # The timeline has the pull as a span on the far node's object-store row.
+        trace = swiftray.timeline()
+        spans = [e for e in trace if e.get("ph") == "X" and e.get("cat") == "object::pulled"]
+        assert any(e["args"]["object_id"] == first_hex and e["args"]["node_id"] == far_id for e in spans), spans
+        names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in trace if e.get("ph") == "M" and e["name"] == "thread_name"}
+        assert any(names.get((e["pid"], e["tid"])) == "object store" for e in spans)
+        del more
+    finally:
+        swiftray.shutdown()

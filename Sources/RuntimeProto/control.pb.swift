@@ -1263,6 +1263,12 @@ public nonisolated struct Swiftray_ReportTaskEventsRequest: Sendable {
 
   public var metricsDropped: UInt64 = 0
 
+  /// A node's object store: what happened to objects there (from its NodeManager), and
+  /// how many such events it dropped (its ring was full).
+  public var objectEvents: [Swiftray_ObjectEvent] = []
+
+  public var objectEventsDropped: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1272,6 +1278,31 @@ public nonisolated struct Swiftray_ReportTaskEventsReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// An object's lifecycle in one node's store: sealed (created), pulled from another node
+/// (a span, `peer` the source store), spilled to / restored from disk (spans), freed,
+/// evicted (a pulled copy dropped for room), a pull that failed (`peer`: why).
+public nonisolated struct Swiftray_ObjectEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var objectID: Data = Data()
+
+  public var kind: Int32 = 0
+
+  public var size: UInt64 = 0
+
+  public var startWallNs: UInt64 = 0
+
+  public var endWallNs: UInt64 = 0
+
+  public var peer: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4165,7 +4196,7 @@ nonisolated extension Swiftray_TaskEventInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReportTaskEventsRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}pid\0\u{3}monotonic_now_ns\0\u{3}wall_now_ns\0\u{1}events\0\u{1}dropped\0\u{3}is_driver\0\u{1}infos\0\u{1}metrics\0\u{3}metrics_dropped\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{3}node_id\0\u{1}pid\0\u{3}monotonic_now_ns\0\u{3}wall_now_ns\0\u{1}events\0\u{1}dropped\0\u{3}is_driver\0\u{1}infos\0\u{1}metrics\0\u{3}metrics_dropped\0\u{3}object_events\0\u{3}object_events_dropped\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4184,6 +4215,8 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.infos) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.metricsDropped) }()
+      case 12: try { try decoder.decodeRepeatedMessageField(value: &self.objectEvents) }()
+      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.objectEventsDropped) }()
       default: break
       }
     }
@@ -4223,6 +4256,12 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
     if self.metricsDropped != 0 {
       try visitor.visitSingularUInt64Field(value: self.metricsDropped, fieldNumber: 11)
     }
+    if !self.objectEvents.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.objectEvents, fieldNumber: 12)
+    }
+    if self.objectEventsDropped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.objectEventsDropped, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4238,6 +4277,8 @@ nonisolated extension Swiftray_ReportTaskEventsRequest: SwiftProtobuf.Message, S
     if lhs.infos != rhs.infos {return false}
     if lhs.metrics != rhs.metrics {return false}
     if lhs.metricsDropped != rhs.metricsDropped {return false}
+    if lhs.objectEvents != rhs.objectEvents {return false}
+    if lhs.objectEventsDropped != rhs.objectEventsDropped {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4257,6 +4298,61 @@ nonisolated extension Swiftray_ReportTaskEventsReply: SwiftProtobuf.Message, Swi
   }
 
   public static func ==(lhs: Swiftray_ReportTaskEventsReply, rhs: Swiftray_ReportTaskEventsReply) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ObjectEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ObjectEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}object_id\0\u{1}kind\0\u{1}size\0\u{3}start_wall_ns\0\u{3}end_wall_ns\0\u{1}peer\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.objectID) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.startWallNs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.endWallNs) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.peer) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.objectID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.objectID, fieldNumber: 1)
+    }
+    if self.kind != 0 {
+      try visitor.visitSingularInt32Field(value: self.kind, fieldNumber: 2)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 3)
+    }
+    if self.startWallNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.startWallNs, fieldNumber: 4)
+    }
+    if self.endWallNs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.endWallNs, fieldNumber: 5)
+    }
+    if !self.peer.isEmpty {
+      try visitor.visitSingularStringField(value: self.peer, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ObjectEvent, rhs: Swiftray_ObjectEvent) -> Bool {
+    if lhs.objectID != rhs.objectID {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.startWallNs != rhs.startWallNs {return false}
+    if lhs.endWallNs != rhs.endWallNs {return false}
+    if lhs.peer != rhs.peer {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -63,13 +63,14 @@ func stateFilters(_ texts: [String]) throws -> [Swiftray_StateFilter] {
 
 enum StateKind: String, ExpressibleByArgument, CaseIterable {
   case tasks, actors, nodes, jobs, workers, objects
+  case objectEvents = "object-events"
   case placementGroups = "placement-groups"
 }
 
 struct ListState: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "list", abstract: "List the cluster's tasks, actors, objects, nodes, workers, jobs or placement groups (Ray's `ray list`).")
-  @Argument(help: "tasks | actors | objects | nodes | workers | jobs | placement-groups")
+  @Argument(help: "tasks | actors | objects | object-events | nodes | workers | jobs | placement-groups")
   var kind: StateKind
   @Option(name: .long, help: "KEY=VALUE or KEY!=VALUE; repeat to require several (e.g. --filter state=RUNNING).")
   var filter: [String] = []
@@ -109,7 +110,7 @@ struct ListState: ParsableCommand {
 struct GetState: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "get", abstract: "Show one task (every attempt), actor, node, worker, job or placement group by id (Ray's `ray get`).")
-  @Argument(help: "task | actor | node | worker | job | placement-group")
+  @Argument(help: "task | actor | object | node | worker | job | placement-group")
   var kind: String
   @Argument(help: "Its id (hex).")
   var id: String
@@ -119,7 +120,7 @@ struct GetState: ParsableCommand {
   var address: String?
 
   static let keys = ["task": ("tasks", "task_id"), "actor": ("actors", "actor_id"), "node": ("nodes", "node_id"),
-                     "worker": ("workers", "worker_id"),
+                     "worker": ("workers", "worker_id"), "object": ("objects", "object_id"),
                      "job": ("jobs", "job_id"), "placement-group": ("placement-groups", "placement_group_id")]
 
   func run() throws {

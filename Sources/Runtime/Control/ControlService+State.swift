@@ -20,6 +20,9 @@ extension ControlService {
   public func reportTaskEvents(request: Swiftray_ReportTaskEventsRequest, context: ServerContext) async throws -> Swiftray_ReportTaskEventsReply {
     try Self.check(request)
     if !request.events.isEmpty || request.dropped > 0 { events.withLock { $0.apply(request) } }
+    if !request.objectEvents.isEmpty || request.objectEventsDropped > 0 {
+      objectEvents.withLock { $0.apply(node: request.nodeID, request.objectEvents, dropped: request.objectEventsDropped) }
+    }
     if !request.metrics.isEmpty || request.metricsDropped > 0 {
       await userMetrics.apply(request.metrics, dropped: request.metricsDropped)
     }
@@ -79,6 +82,12 @@ extension ControlService {
         m.tagKeys.count <= MetricDefinition.maxTagKeys, m.tagValues.count <= MetricDefinition.maxTagKeys,
         m.boundaries.count <= MetricDefinition.maxBoundaries
       else { throw RPCError(code: .invalidArgument, message: "a metric sample with a field beyond its bound") }
+    }
+    guard r.objectEvents.count <= maxEventsPerBatch, r.nodeID.count <= 64,
+      r.objectEvents.allSatisfy({ $0.objectID.count <= 64 && $0.peer.utf8.count <= 1024 })
+    else {
+      throw RPCError(code: .invalidArgument, message: "\(r.objectEvents.count) object events in one batch (at most \(maxEventsPerBatch)), "
+        + "or one with a field beyond its bound")
     }
     guard r.events.count <= maxEventsPerBatch, r.infos.count <= maxEventsPerBatch else {
       throw RPCError(code: .invalidArgument, message: "\(r.events.count) task events and \(r.infos.count) descriptions in one batch "
@@ -165,7 +174,7 @@ extension ControlService {
       rows = ([events.withLock { $0 }.summary(filters: q.filters)], 1)
     case .timeline:
       let ips = Dictionary(state.withLock { $0.nodes.all }.map { ($0.nodeID, $0.ipAddress) }, uniquingKeysWith: { a, _ in a })
-      let t = events.withLock { $0 }.timeline { ips[$0] ?? "?" }
+      let t = events.withLock { $0 }.timeline(nodeIP: { ips[$0] ?? "?" }, objects: objectEvents.withLock { $0 })
       rows = ([t], 1)
     case .actors, .summaryActors:
       let all = state.withLock { s in s.actors.actors.values.map { ($0.info, $0.spec, $0.awaitingArguments) } }
@@ -178,6 +187,11 @@ extension ControlService {
       rows = q.select(state.withLock { $0.groups.all }.map { Self.groupRow($0) })
     case .workers, .objects:
       rows = q.select(fetched.0)
+    case .objectEvents:
+      let ips = Dictionary(state.withLock { $0.nodes.all }.map { ($0.nodeID, $0.ipAddress) }, uniquingKeysWith: { a, _ in a })
+      let table = objectEvents.withLock { $0 }
+      // Newest first, as tasks.
+      rows = q.select(table.entries.reversed().map { ObjectEventTable.row($0) { ips[$0] ?? "?" } })
     case .summaryObjects:
       rows = ([Self.objectSummary(fetched.0.filter { r in StateFilter.all(q.filters) { r[$0] } })], 1)
     case .jobs:
@@ -210,6 +224,7 @@ public struct StateRow: Sendable {
 public struct StateQuery: Sendable {
   public enum Kind: String, CaseIterable, Sendable {
     case tasks, actors, nodes, jobs, timeline, workers, objects
+    case objectEvents = "object-events"
     case placementGroups = "placement-groups"
     case summaryTasks = "summary-tasks"
     case summaryActors = "summary-actors"
@@ -225,6 +240,7 @@ public struct StateQuery: Sendable {
       case .jobs: JobTable.columns
       case .workers: ControlService.workerColumns
       case .objects, .summaryObjects: ControlService.objectColumns
+      case .objectEvents: ObjectEventTable.columns
       case .timeline: []
       }
     }

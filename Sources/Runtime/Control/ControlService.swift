@@ -44,6 +44,8 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   /// Task attempts from every process's events: a lock of its own, so a batch never
   /// waits behind the control tables.
   let events: Locked<TaskEventTable>
+  /// Objects' lifecycle in the nodes' stores (the newest task_events_max_num_task_in_gcs).
+  let objectEvents: Locked<ObjectEventTable>
   /// The node whose NodeManager runs beside this service (`list nodes`' head).
   public let headNode = Locked(Data())
   /// Every process's user metrics, summed, for the head node's `/metrics`.
@@ -82,6 +84,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     self.pool = DataPlaneClientPool(group: group, auth: auth)
     self.nodeClients = ControlClients(group: group, auth: auth)
     self.events = Locked(TaskEventTable(capacity: config.taskEventsMaxNumTaskInGcs))
+    self.objectEvents = Locked(ObjectEventTable(capacity: config.taskEventsMaxNumTaskInGcs))
     self.state = Locked(State(nodes: NodeTable(health: NodeHealth(failureThreshold: config.healthCheckFailureThreshold))))
     let (kicks, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     self.placementKicks = cont

@@ -103,9 +103,7 @@ extension CoreWorker {
   }
 
   static func wallNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(max(ts.tv_sec, 0)) &* 1_000_000_000 &+ UInt64(max(ts.tv_nsec, 0))
+    WallClock.nanos()
   }
 
   /// A state-API query of the head (`list`, `get`, `summary`, `timeline`), answered as

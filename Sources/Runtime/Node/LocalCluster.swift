@@ -164,7 +164,8 @@ public final class LocalCluster: Sendable {
     let store = try ObjectStore(
       options: .init(capacity: objectStoreMemory ?? ObjectStore.defaultCapacity, sessionDir: session,
                      spillDirectory: spillDirectory, remoteHost: networked ? nodeIP : nil,
-                     pull: .init(chunkTimeoutMs: config.objectManagerPullTimeoutMs)),
+                     pull: .init(chunkTimeoutMs: config.objectManagerPullTimeoutMs),
+                     recordEvents: config.enableTaskEvents == 1),
       group: group, auth: auth, warn: warn)
     let nodeID = NodeID.random()
     var servers: [ControlPlane.Server] = []

@@ -220,10 +220,24 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           lost("the ControlService at \(options.controlEndpoint) has been unreachable for "
             + "\(options.config.gcsRpcServerReconnectTimeoutS) s (gcs_rpc_server_reconnect_timeout_s)")
         }
+        await reportObjectEvents(client)
         await refreshClusterView(client)
       }
       await clock.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
     }
+  }
+
+  /// What happened to objects in this node's store since the last round, to the head
+  /// (lost if the head does not take it: events are best effort).
+  func reportObjectEvents(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
+    let (events, dropped) = store.takeObjectEvents(max: ControlService.maxEventsPerBatch)
+    guard !events.isEmpty || dropped > 0 else { return }
+    var r = Swiftray_ReportTaskEventsRequest()
+    r.nodeID = Data(options.nodeID.binary)
+    r.wallNowNs = WallClock.nanos()
+    r.objectEvents = events
+    r.objectEventsDropped = dropped
+    _ = try? await client.reportTaskEvents(r, options: headCallOptions)
   }
 
   func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {

@@ -26,11 +26,13 @@ public final class ObjectStore: Sendable {
     /// Serve other nodes on TCP on this host (a free port); nil: this node only.
     public var remoteHost: String?
     public var pull: PullQueue.Config
+    /// Record objects' lifecycle events for the head (`enable_task_events`).
+    public var recordEvents: Bool
     public init(capacity: Int, spillThreshold: Double = 0.8, sessionDir: String, spillDirectory: String? = nil,
-                remoteHost: String? = nil, pull: PullQueue.Config = .init()) {
+                remoteHost: String? = nil, pull: PullQueue.Config = .init(), recordEvents: Bool = true) {
       self.capacity = capacity; self.spillThreshold = spillThreshold
       self.sessionDir = sessionDir; self.spillDirectory = spillDirectory
-      self.remoteHost = remoteHost; self.pull = pull
+      self.remoteHost = remoteHost; self.pull = pull; self.recordEvents = recordEvents
     }
   }
 
@@ -59,6 +61,7 @@ public final class ObjectStore: Sendable {
     var restoredTotal: UInt64 = 0
     var pulledTotal: UInt64 = 0
     var evictedTotal: UInt64 = 0
+    var objectEvents: ObjectEventLog
     var closed = false
     /// The stores of the cluster view: the only ones pulled from.
     var sources = PullSources<(Swiftray_PinObjectRequest, DataPlaneResponder)>()
@@ -119,7 +122,8 @@ public final class ObjectStore: Sendable {
     base = RawPointer(p: p)
     spillDir = (options.spillDirectory ?? options.sessionDir) + "/\(tag)_spill"
     state = Locked(State(store: StoreState(limits: .init(capacity: cap, spillThreshold: options.spillThreshold)),
-                        pulls: PullQueue(config: options.pull)))
+                        pulls: PullQueue(config: options.pull),
+                        objectEvents: ObjectEventLog(enabled: options.recordEvents)))
     endpoint = Self.endpoint(sessionDir: options.sessionDir)
     peers = DataPlaneClientPool(group: group, auth: auth)
     let box = WeakBox()
@@ -228,7 +232,12 @@ public final class ObjectStore: Sendable {
     case .pinObject(let req): pin(req, responder, now: now)
     case .sealObject(let req):
       guard let id = ObjectID(binary: req.objectID) else { return responder.respond(.ack(.init())) }
-      let actions = state.withLock { req.abort ? $0.store.aborted(id) : $0.store.sealed(id) }
+      let wall = WallClock.nanos()
+      let actions = state.withLock { s in
+        guard !req.abort else { return s.store.aborted(id) }
+        s.objectEvents.record(id, .sealed, size: s.store.entries[id]?.size ?? 0, wallNs: wall)
+        return s.store.sealed(id)
+      }
       responder.respond(.ack(.init()))
       perform(actions)
     case .unpinObjects(let req):
@@ -238,7 +247,13 @@ public final class ObjectStore: Sendable {
       responder.respond(.ack(.init()))
       perform(actions)
     case .deleteObjects(let req):
-      let actions = state.withLock { s in req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { s.store.deleted($0) } }
+      let wall = WallClock.nanos()
+      let actions = state.withLock { s in
+        req.objectIds.compactMap(ObjectID.init(binary:)).flatMap { id in
+          if let e = s.store.entries[id], !e.deleted { s.objectEvents.record(id, .freed, size: e.size, wallNs: wall) }
+          return s.store.deleted(id)
+        }
+      }
       responder.respond(.ack(.init()))
       perform(actions)
     case .promoteObjects(let req):
@@ -324,7 +339,9 @@ public final class ObjectStore: Sendable {
           let (c, more) = s.store.createRequested(id, size: Int(req.size), creator: 0, owner: 0, now: now, secondary: true)
           actions += more
           switch c {
-          case .created: pulls = s.pulls.started(id, size: Int(req.size), source: req.pullFrom); r = .wait
+          case .created:
+            pulls = s.pulls.started(id, size: Int(req.size), source: req.pullFrom); r = .wait
+            s.objectEvents.began(id, .pulled, wallNs: WallClock.nanos(), peer: req.pullFrom)
           case .exists, .waitForSpill: r = .wait
           case .full(let e): r = .full(e)
           }
@@ -402,12 +419,17 @@ public final class ObjectStore: Sendable {
           chunkReplied(c, r)
         }
       case .complete(let id):
+        let wall = WallClock.nanos()
         perform(state.withLock { s in
-          s.pulledTotal += UInt64(s.store.entries[id]?.size ?? 0)
+          let size = s.store.entries[id]?.size ?? 0
+          s.pulledTotal += UInt64(size)
+          s.objectEvents.record(id, .pulled, size: size, wallNs: wall)
           return s.store.sealed(id)
         })
       case .fail(let id, let reason):
+        let wall = WallClock.nanos()
         let (actions, pins) = state.withLock { s -> ([StoreState.Action], [DataPlaneResponder]) in
+          s.objectEvents.record(id, .pullFailed, size: s.store.entries[id]?.size ?? 0, wallNs: wall, peer: reason)
           var pins: [DataPlaneResponder] = []
           s.waiting.removeAll { w in
             guard case .pin(let req, let r) = w, req.objectID == Data(id.binary) else { return false }
@@ -466,16 +488,23 @@ public final class ObjectStore: Sendable {
       switch a {
       case .spill(let id, let off, let size):
         io.async { [self] in
+          let began = WallClock.nanos()
           let ok = writeFile(spillPath(id), from: base.p + off, count: size)
           if !ok { warn("could not spill object \(id.hex) to \(spillDir): \(String(cString: strerror(errno))); it stays in memory") }
+          let wall = WallClock.nanos()
           perform(state.withLock { s in
-            if ok { s.spilledTotal += UInt64(size) }
-            return ok ? s.store.spillFinished(id) : s.store.spillFailed(id)
+            guard ok else { return s.store.spillFailed(id) }
+            s.spilledTotal += UInt64(size)
+            s.objectEvents.began(id, .spilled, wallNs: began)
+            s.objectEvents.record(id, .spilled, size: size, wallNs: wall)
+            return s.store.spillFinished(id)
           })
         }
       case .restore(let id, let off, let size):
         io.async { [self] in
+          let began = WallClock.nanos()
           let ok = readFile(spillPath(id), into: base.p + off, count: size)
+          let wall = WallClock.nanos()
           if !ok {
             warn("object \(id.hex) could not be read back from its spill file \(spillPath(id)) (missing, short or "
               + "unreadable): it is lost on this node; its owner rebuilds it or reports it lost")
@@ -483,13 +512,19 @@ public final class ObjectStore: Sendable {
           perform(state.withLock { s in
             guard ok else { return s.store.restoreFailed(id) }
             s.restoredTotal += UInt64(size)
+            s.objectEvents.began(id, .restored, wallNs: began)
+            s.objectEvents.record(id, .restored, size: size, wallNs: wall)
             return s.store.restoreFinished(id)
           })
         }
       case .deleteSpillFile(let id):
         io.async { [self] in unlink(spillPath(id)) }
-      case .evicted(_, let size):
-        state.withLock { $0.evictedTotal += UInt64(size) }
+      case .evicted(let id, let size):
+        let wall = WallClock.nanos()
+        state.withLock { s in
+          s.evictedTotal += UInt64(size)
+          s.objectEvents.record(id, .evicted, size: size, wallNs: wall)
+        }
       case .retryWaiting:
         let waiting = state.withLock { s -> [Waiting] in let w = s.waiting; s.waiting = []; return w }
         let now = Clocks.current.now()
@@ -502,6 +537,12 @@ public final class ObjectStore: Sendable {
         }
       }
     }
+  }
+
+  /// What happened to objects here since the last call (at most `max`), and how many
+  /// events the ring dropped: for the NodeManager's reports to the head.
+  public func takeObjectEvents(max: Int) -> (events: [Swiftray_ObjectEvent], dropped: UInt64) {
+    state.withLock { $0.objectEvents.take(max: max) }
   }
 
   func spillPath(_ id: ObjectID) -> String { "\(spillDir)/\(id.hex)" }

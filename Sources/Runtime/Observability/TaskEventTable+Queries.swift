@@ -56,21 +56,24 @@ extension TaskEventTable {
   /// A Chrome trace (the Trace Event Format `chrome://tracing` and Perfetto read): a
   /// process per node, a thread per worker (its pid), a complete event per attempt
   /// that ran, with its name, ids and bytes in and out. `nodeIP` names a node.
-  public func timeline(nodeIP: (Data) -> String) -> StateValue {
+  /// `objects`: the nodes' object events, whose pulls, spills and restores become spans
+  /// on a row of each node's process.
+  public func timeline(nodeIP: (Data) -> String, objects: ObjectEventTable = ObjectEventTable(capacity: 1)) -> StateValue {
     var nodes: [UniqueID: Int64] = [:]
     var threads: Set<[Int64]> = []
     var events: [StateValue] = []
+    // A node's trace process, named on first use.
+    func pid(of node: UniqueID) -> Int64 {
+      if let n = nodes[node] { return n }
+      let pid = Int64(nodes.count + 1)
+      nodes[node] = pid
+      events.append(.object([("name", .string("process_name")), ("ph", .string("M")), ("pid", .int(pid)),
+                             ("args", .object([("name", .string("Node \(nodeIP(Data(node.binary))) (\(node.hex.prefix(8)))"))]))]))
+      return pid
+    }
     for key in order {
       guard let r = records[key], let p = r.executor ?? r.assigned, r.started != 0 else { continue }
-      let pid: Int64
-      if let n = nodes[p.node] {
-        pid = n
-      } else {
-        pid = Int64(nodes.count + 1)
-        nodes[p.node] = pid
-        events.append(.object([("name", .string("process_name")), ("ph", .string("M")), ("pid", .int(pid)),
-                               ("args", .object([("name", .string("Node \(nodeIP(Data(p.node.binary))) (\(p.node.hex.prefix(8)))"))]))]))
-      }
+      let pid = pid(of: p.node)
       let tid = Int64(p.pid)
       if threads.insert([pid, tid]).inserted {
         events.append(.object([("name", .string("thread_name")), ("ph", .string("M")), ("pid", .int(pid)), ("tid", .int(tid)),
@@ -94,7 +97,8 @@ extension TaskEventTable {
       ]
       events.append(.object(span))
     }
-    return .array(events)
+    let spans = objects.timeline { node in UniqueID(binary: node).map { pid(of: $0) } ?? 0 }
+    return .array(events + spans)
   }
 }
 

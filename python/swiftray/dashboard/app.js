@@ -172,6 +172,10 @@ async function objects() {
   fill("objects-table", rows, (o) => [el("td", { title: o.object_id, class: "mono" }, o.object_id),
     o.object_size == null ? "?" : bytes(o.object_size), state(o.task_status), o.reference_type, o.is_owner ? "owner" : "borrower",
     o.num_borrowers, o.type, o.pid, short(o.node_id), o.in_object_store ? "yes" : "no"]);
+  const events = (await api("/api/v0/object_events?limit=200")).result;
+  fill("object-events-table", events, (e) => [new Date(e.end_time_ms).toLocaleTimeString(), e.event,
+    el("td", { title: e.object_id, class: "mono" }, e.object_id), bytes(e.object_size), short(e.node_id),
+    `${e.end_time_ms - e.start_time_ms} ms`, e.peer || ""]);
 }
 
 async function groups() {

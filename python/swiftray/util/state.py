@@ -54,6 +54,10 @@ class ObjectState(StateRow):
     pass
 
 
+class ObjectEventState(StateRow):
+    pass
+
+
 def _filters(filters):
     out = []
     for f in filters or ():
@@ -98,6 +102,7 @@ NodeState.example = 'filters=[("state", "=", "ALIVE")]'
 PlacementGroupState.example = 'filters=[("state", "=", "CREATED")]'
 JobState.example = 'filters=[("status", "=", "RUNNING")]'
 WorkerState.example = 'filters=[("is_alive", "=", "true")] (asked of every node)'
+ObjectEventState.example = 'filters=[("event", "=", "PULLED")] (newest first)'
 ObjectState.example = 'filters=[("reference_type", "=", "LOCAL_REFERENCE")] (asked of every worker and driver)'
 
 list_tasks = _lister("tasks", TaskState, "task attempts")
@@ -107,6 +112,8 @@ list_placement_groups = _lister("placement-groups", PlacementGroupState, "placem
 list_jobs = _lister("jobs", JobState, "jobs")
 list_workers = _lister("workers", WorkerState, "worker and driver processes, and recent exits")
 list_objects = _lister("objects", ObjectState, "object references each worker and driver holds")
+list_object_events = _lister("object-events", ObjectEventState,
+                             "objects' lifecycle in the nodes' stores (sealed, pulled, spilled, restored, freed, evicted)")
 
 
 def _id_hex(id, what):
