@@ -207,6 +207,34 @@ def test_nodes_and_jobs_are_listed(workload):
     assert "pytest" in j["entrypoint"] or "py.test" in j["entrypoint"]
 
 
+def test_cluster_events_trace_each_actor_node_and_job_through_its_states(workload):
+    actors = {a["class_name"]: a["actor_id"] for a in state.list_actors()}
+    events = state.list_cluster_events(limit=1000)
+    assert [e["time"] for e in events] == sorted((e["time"] for e in events), reverse=True)  # newest first
+
+    def states(entity):
+        return [e["state"] for e in reversed(events) if e["entity_id"] == entity]
+    assert states(actors["Victim"]) == ["PENDING_CREATION", "ALIVE", "DEAD"]
+    assert states(actors["Counter"]) == ["PENDING_CREATION", "ALIVE"]
+    dead = next(e for e in events if e["entity_id"] == actors["Victim"] and e["state"] == "DEAD")
+    assert dead["severity"] == "ERROR" and dead["source_type"] == "ACTOR" and "kill" in dead["message"].lower()
+    [node] = state.list_nodes()
+    assert states(node["node_id"]) == ["ALIVE"]
+    job = swiftray.get_runtime_context().get_job_id()
+    assert states(job) == ["RUNNING"]
+    only = state.list_cluster_events(filters=[("source_type", "=", "NODE")])
+    assert {e["entity_id"] for e in only} == {node["node_id"]}
+    out = cli("list", "cluster-events", "--format", "json", "--filter", "state=DEAD", session=workload["session"])
+    assert [e["entity_id"] for e in json.loads(out.stdout)] == [actors["Victim"]], out.stderr
+    # A placement group's life.
+    from swiftray.util import placement_group, remove_placement_group
+    pg = placement_group([{"CPU": 0.5}])
+    swiftray.get(pg.ready(), timeout=30)
+    remove_placement_group(pg)
+    pg_events = state.list_cluster_events(filters=[("source_type", "=", "PLACEMENT_GROUP")])
+    assert [e["state"] for e in reversed(pg_events)] == ["PENDING", "CREATED", "REMOVED"]
+
+
 def test_filters_and_limits(workload):
     wait_settled()
     assert len(state.list_tasks(limit=2)) == 2

@@ -64,13 +64,14 @@ func stateFilters(_ texts: [String]) throws -> [Swiftray_StateFilter] {
 enum StateKind: String, ExpressibleByArgument, CaseIterable {
   case tasks, actors, nodes, jobs, workers, objects
   case objectEvents = "object-events"
+  case clusterEvents = "cluster-events"
   case placementGroups = "placement-groups"
 }
 
 struct ListState: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "list", abstract: "List the cluster's tasks, actors, objects, nodes, workers, jobs or placement groups (Ray's `ray list`).")
-  @Argument(help: "tasks | actors | objects | object-events | nodes | workers | jobs | placement-groups")
+  @Argument(help: "tasks | actors | objects | object-events | cluster-events | nodes | workers | jobs | placement-groups")
   var kind: StateKind
   @Option(name: .long, help: "KEY=VALUE or KEY!=VALUE; repeat to require several (e.g. --filter state=RUNNING).")
   var filter: [String] = []

@@ -51,3 +51,20 @@ import Testing
     #expect(f["ph"] == .string("X") && f["pid"] == .int(7) && f["ts"] == .double(2000) && f["dur"] == .double(3000))
   }
 }
+
+/// The head's lifecycle logs (`LifecycleLog`): bounded, merged newest first.
+@Suite struct LifecycleLogTests {
+  @Test func logsAreBoundedAndMergeNewestFirstKeepingEachLogsOrder() {
+    var actors = LifecycleLog(capacity: 2)
+    var nodes = LifecycleLog()
+    nodes.changed("NODE", Data([1]), "ALIVE", "registered")
+    actors.changed("ACTOR", Data([2]), "PENDING_CREATION")
+    actors.changed("ACTOR", Data([2]), "ALIVE")
+    actors.changed("ACTOR", Data([2]), "DEAD", String(repeating: "x", count: 5000))
+    #expect(actors.entries.map(\.state) == ["ALIVE", "DEAD"])
+    #expect(actors.entries[1].message.count == LifecycleLog.maxMessage)
+    let rows = LifecycleLog.rows([actors, nodes])
+    #expect(rows.map { $0["state"] } == [.string("DEAD"), .string("ALIVE"), .string("ALIVE")])
+    #expect(rows[0]["severity"] == .string("ERROR") && rows[2]["source_type"] == .string("NODE") && rows[2]["entity_id"] == .string("01"))
+  }
+}

@@ -60,6 +60,8 @@ public struct ActorDirectory: Sendable {
   }
 
   private(set) var actors: [ActorID: Entry] = [:]
+  /// Every actor's state changes (bounded), for `list cluster-events`.
+  public private(set) var lifecycle = LifecycleLog()
   private var names: [String: [String: ActorID]] = [:]
   /// The leases its actors hold, by node (NodeManager address): a node's report is
   /// answered with them (`leases(on:)`) without a scan of every actor.
@@ -147,6 +149,7 @@ public struct ActorDirectory: Sendable {
     var info = Swiftray_ActorInfo()
     info.actorID = spec.actorID
     info.state = .pending
+    lifecycle.changed("ACTOR", spec.actorID, "PENDING_CREATION", "actor \(c.className) created")
     info.version = 1
     info.name = c.name
     info.namespace = c.namespace
@@ -239,6 +242,7 @@ public struct ActorDirectory: Sendable {
     }
     guard e.info.state == .pending || e.info.state == .restarting else { return [] }
     e.info.state = .alive
+    lifecycle.changed("ACTOR", e.info.actorID, "ALIVE", "on node \(Hex.encode(lease.worker.nodeID).prefix(12)), worker pid \(lease.worker.pid)")
     e.info.address = lease.worker
     e.info.pid = Int64(lease.worker.pid)
     e.info.detail = ""
@@ -357,6 +361,7 @@ public struct ActorDirectory: Sendable {
       e.info.address = Swiftray_Address()
       let why = e.restartReason ?? detail
       e.restartReason = nil
+      lifecycle.changed("ACTOR", e.info.actorID, "RESTARTING", "its worker died (\(why))")
       e.info.detail = "its worker died (\(why)); restarting it (restart \(e.info.numRestarts) of "
         + "\(e.info.maxRestarts < 0 ? "unlimited" : String(e.info.maxRestarts)), max_restarts=\(e.info.maxRestarts))"
       e.info.version += 1
@@ -389,6 +394,7 @@ public struct ActorDirectory: Sendable {
     retrying.remove(id)
     e.requesting = false  // a lease granted from now on goes back
     e.info.state = .dead
+    lifecycle.changed("ACTOR", e.info.actorID, "DEAD", detail)
     e.info.deathCause = cause
     e.info.detail = detail
     e.info.address = Swiftray_Address()

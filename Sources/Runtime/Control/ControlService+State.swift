@@ -187,6 +187,10 @@ extension ControlService {
       rows = q.select(state.withLock { $0.groups.all }.map { Self.groupRow($0) })
     case .workers, .objects:
       rows = q.select(fetched.0)
+    case .clusterEvents:
+      // Copies of the four logs under the lock; merged and built after.
+      let logs = state.withLock { s in [s.actors.lifecycle, s.groups.lifecycle, s.nodes.lifecycle, s.jobs.lifecycle] }
+      rows = q.select(LifecycleLog.rows(logs))
     case .objectEvents:
       let ips = Dictionary(state.withLock { $0.nodes.all }.map { ($0.nodeID, $0.ipAddress) }, uniquingKeysWith: { a, _ in a })
       let table = objectEvents.withLock { $0 }
@@ -225,6 +229,7 @@ public struct StateQuery: Sendable {
   public enum Kind: String, CaseIterable, Sendable {
     case tasks, actors, nodes, jobs, timeline, workers, objects
     case objectEvents = "object-events"
+    case clusterEvents = "cluster-events"
     case placementGroups = "placement-groups"
     case summaryTasks = "summary-tasks"
     case summaryActors = "summary-actors"
@@ -241,6 +246,7 @@ public struct StateQuery: Sendable {
       case .workers: ControlService.workerColumns
       case .objects, .summaryObjects: ControlService.objectColumns
       case .objectEvents: ObjectEventTable.columns
+      case .clusterEvents: LifecycleLog.columns
       case .timeline: []
       }
     }

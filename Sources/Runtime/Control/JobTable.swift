@@ -25,6 +25,8 @@ public struct JobTable: Sendable {
   public private(set) var jobs: [UInt32: Job] = [:]
   private var finished: Deque<UInt32> = []
   private var order: Deque<UInt32> = []
+  /// Jobs starting and ending (bounded), for `list cluster-events`.
+  public private(set) var lifecycle = LifecycleLog()
 
   public init() {}
 
@@ -33,12 +35,14 @@ public struct JobTable: Sendable {
     while jobs.count >= Self.kept, let old = order.popFirst() { jobs[old] = nil }
     jobs[id.value] = Job(id: id, entrypoint: String(r.entrypoint.prefix(4096)), driverID: r.driverID, driverPid: r.driverPid,
                          nodeID: r.nodeID, nodeIP: String(r.nodeIp.prefix(256)), startTimeMs: nowMs)
+    lifecycle.changed("JOB", Data(id.binary), "RUNNING", "driver pid \(r.driverPid) on \(r.nodeIp.prefix(256))")
   }
 
   /// The driver said it finished (`shutdown`, exit), or it died (`status` failed).
   public mutating func ended(_ id: JobID, status: Status, message: String = "", nowMs: Int64) {
     guard var j = jobs[id.value], j.status == .running else { return }
     j.status = status
+    lifecycle.changed("JOB", Data(id.binary), status.rawValue, message)
     j.endTimeMs = nowMs
     j.message = message
     jobs[id.value] = j

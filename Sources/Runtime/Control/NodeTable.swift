@@ -34,6 +34,8 @@ public struct NodeTable: Sendable {
     var epochSeen: UInt64 = 0
   }
   public var health: NodeHealth
+  /// Nodes joining and dying (bounded), for `list cluster-events`.
+  public private(set) var lifecycle = LifecycleLog()
 
   public init(health: NodeHealth) { self.health = health }
 
@@ -59,6 +61,7 @@ public struct NodeTable: Sendable {
   public mutating func registered(_ node: Swiftray_NodeInfo) -> Swiftray_NodeInfo {
     var node = node
     node.alive = true
+    lifecycle.changed("NODE", node.nodeID, "ALIVE", "registered at \(node.ipAddress)")
     nodes[node.nodeID] = node
     // Registering (again) starts its bundle epochs anew; changes still in flight stay
     // counted until they end.
@@ -157,6 +160,7 @@ public struct NodeTable: Sendable {
     guard var n = nodes[id] else { return nil }
     n.alive = false
     n.deathDetail = detail
+    lifecycle.changed("NODE", id, "DEAD", detail)
     nodes[id] = n
     health.nodeRemoved(id)
     deadOrder.append(id)

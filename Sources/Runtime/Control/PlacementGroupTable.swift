@@ -40,6 +40,8 @@ public struct PlacementGroupTable: Sendable {
   private var names: [String: [String: Data]] = [:]
   private var order: [Data] = []
   private var removedCount = 0
+  /// Every group's state changes (bounded), for `list cluster-events`.
+  public private(set) var lifecycle = LifecycleLog()
   /// The groups holding bundles on each node (not removed): a node's report is answered
   /// with its bundles without a scan of every group.
   private var byNode: [Data: Set<Data>] = [:]
@@ -93,6 +95,7 @@ public struct PlacementGroupTable: Sendable {
     }
     var i = info
     i.state = .pending
+    lifecycle.changed("PLACEMENT_GROUP", i.placementGroupID, "PENDING", "\(i.bundles.count) bundle(s), \(i.strategy)")
     i.bundleNodes = Array(repeating: Data(), count: info.bundles.count)
     i.version = 1
     groups[i.placementGroupID] = Entry(info: i)
@@ -121,6 +124,7 @@ public struct PlacementGroupTable: Sendable {
     let old = e.info.bundleNodes
     e.info.bundleNodes = nodes
     e.info.state = .created
+    lifecycle.changed("PLACEMENT_GROUP", id, "CREATED", "on \(Set(nodes).count) node(s)")
     e.info.detail = ""
     e.info.infeasible = false
     e.info.version += 1
@@ -178,6 +182,7 @@ public struct PlacementGroupTable: Sendable {
       e.info.bundleNodes = e.info.bundleNodes.map { $0 == node ? Data() : $0 }
       e.info.state = .rescheduling
       e.info.detail = "a node holding some of its bundles died; placing them again"
+      lifecycle.changed("PLACEMENT_GROUP", id, "RESCHEDULING", e.info.detail)
       e.info.version += 1
       groups[id] = e
       reindex(id, old: old, new: e.info)
@@ -232,6 +237,7 @@ public struct PlacementGroupTable: Sendable {
     guard var e = groups[id] else { return [] }
     let held = Array(Set(e.info.bundleNodes.filter { !$0.isEmpty }))
     e.info.state = .removed
+    lifecycle.changed("PLACEMENT_GROUP", id, "REMOVED", detail)
     removedCount += 1
     e.info.detail = detail
     e.info.version += 1

@@ -93,7 +93,7 @@ public struct Dashboard: Sendable {
   static let routes: [String: StateQuery.Kind] = [
     "tasks": .tasks, "actors": .actors, "nodes": .nodes, "jobs": .jobs, "placement_groups": .placementGroups,
     "tasks/summarize": .summaryTasks, "actors/summarize": .summaryActors, "timeline": .timeline, "workers": .workers,
-    "objects": .objects, "objects/summarize": .summaryObjects, "object_events": .objectEvents,
+    "objects": .objects, "objects/summarize": .summaryObjects, "object_events": .objectEvents, "cluster_events": .clusterEvents,
   ]
 
   public func handle(_ r: HTTPRequest) async -> HTTPResponse {

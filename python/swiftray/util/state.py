@@ -58,6 +58,10 @@ class ObjectEventState(StateRow):
     pass
 
 
+class ClusterEventState(StateRow):
+    pass
+
+
 def _filters(filters):
     out = []
     for f in filters or ():
@@ -102,6 +106,7 @@ NodeState.example = 'filters=[("state", "=", "ALIVE")]'
 PlacementGroupState.example = 'filters=[("state", "=", "CREATED")]'
 JobState.example = 'filters=[("status", "=", "RUNNING")]'
 WorkerState.example = 'filters=[("is_alive", "=", "true")] (asked of every node)'
+ClusterEventState.example = 'filters=[("source_type", "=", "ACTOR")] (newest first)'
 ObjectEventState.example = 'filters=[("event", "=", "PULLED")] (newest first)'
 ObjectState.example = 'filters=[("reference_type", "=", "LOCAL_REFERENCE")] (asked of every worker and driver)'
 
@@ -112,6 +117,8 @@ list_placement_groups = _lister("placement-groups", PlacementGroupState, "placem
 list_jobs = _lister("jobs", JobState, "jobs")
 list_workers = _lister("workers", WorkerState, "worker and driver processes, and recent exits")
 list_objects = _lister("objects", ObjectState, "object references each worker and driver holds")
+list_cluster_events = _lister("cluster-events", ClusterEventState,
+                              "actors', placement groups', nodes' and jobs' state changes")
 list_object_events = _lister("object-events", ObjectEventState,
                              "objects' lifecycle in the nodes' stores (sealed, pulled, spilled, restored, freed, evicted)")
 
