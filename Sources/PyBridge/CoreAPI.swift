@@ -190,6 +190,9 @@ enum CoreAPI {
         throw error
       }
       if logToDriver { core.forwardWorkerLogs() }
+      if let head = cluster.control {
+        core.localHead.withLock { $0 = { [weak head] r in try await head?.takeTaskEvents(r) } }
+      }
       return Session(core: core, cluster: cluster)
     }, then: activate)
   }

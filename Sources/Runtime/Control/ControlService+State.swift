@@ -18,6 +18,13 @@ extension ControlService {
   public static let defaultStateLimit = 100
 
   public func reportTaskEvents(request: Swiftray_ReportTaskEventsRequest, context: ServerContext) async throws -> Swiftray_ReportTaskEventsReply {
+    try await takeTaskEvents(request)
+    return Swiftray_ReportTaskEventsReply()
+  }
+
+  /// A batch of events, checked whole, then applied: from the RPC, or handed over
+  /// directly by a driver in this same process (no encoding, no connection).
+  public func takeTaskEvents(_ request: Swiftray_ReportTaskEventsRequest) async throws {
     try Self.check(request)
     if !request.events.isEmpty || request.dropped > 0 { events.withLock { $0.apply(request) } }
     if !request.objectEvents.isEmpty || request.objectEventsDropped > 0 {
@@ -26,7 +33,6 @@ extension ControlService {
     if !request.metrics.isEmpty || request.metricsDropped > 0 {
       await userMetrics.apply(request.metrics, dropped: request.metricsDropped)
     }
-    return Swiftray_ReportTaskEventsReply()
   }
 
   /// This service owns actors' creation tasks: their end (and the worker's span) goes

@@ -66,8 +66,12 @@ extension CoreWorker {
       req.monotonicNowNs = now()
       req.wallNowNs = Self.wallNanos()
       do {
-        _ = try await Swiftray_ControlService.Client(wrapping: control.client)
-          .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))
+        if let head = localHead.withLock({ $0 }) {
+          try await head(req)
+        } else {
+          _ = try await Swiftray_ControlService.Client(wrapping: control.client)
+            .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))
+        }
       } catch {
         // The head is away (restarting, a partition): these are lost, and counted.
         eventsUnsent.withLock { $0 &+= UInt64(events.count) &+ dropped }

@@ -13,7 +13,7 @@ public final class LocalCluster: Sendable {
   public let nodeID: NodeID
   public let nodeManager: NodeManager
   /// The ControlService, on the head node only.
-  let control: ControlService?
+  public let control: ControlService?
   /// Where this node's ControlService is (a Unix socket on the head, TCP elsewhere).
   public let controlEndpoint: Endpoint
   let servers: [ControlPlane.Server]

@@ -208,8 +208,10 @@ public struct TaskEventBuffer: Sendable {
   public mutating func take(max: Int) -> (records: Deque<TaskEventRecord>, dropped: UInt64) {
     defer { dropped = 0 }
     guard events.count > max else {
-      // All of it: a swap, O(1) under the caller's lock.
+      // All of it: a swap, O(1) under the caller's lock. The next round starts with room
+      // for as many (growing a ring of records copies them all).
       var out: Deque<TaskEventRecord> = []
+      out.reserveCapacity(Swift.min(events.count, capacity))
       swap(&out, &events)
       return (out, dropped)
     }
