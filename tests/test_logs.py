@@ -103,10 +103,18 @@ def test_logs_follow_prints_what_the_worker_prints_next(two_nodes):
     pid = swiftray.get(say.remote("first"), timeout=60)
     follower = subprocess.Popen(CLI + ["logs", "--pid", str(pid), "--follow", "--address", head["session"]],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import queue
+    import threading
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x.strip()) for x in follower.stdout], daemon=True).start()
+
+    def line(timeout=30):
+        # A follower that printed nothing fails the test instead of hanging it.
+        return lines.get(timeout=timeout)
     try:
-        assert follower.stdout.readline().strip() == "said-first"
+        assert line() == "said-first"
         assert swiftray.get(say.remote("second"), timeout=60) == pid
-        assert follower.stdout.readline().strip() == "said-second"
+        assert line() == "said-second"
         assert follower.poll() is None  # still following
     finally:
         follower.kill()
@@ -192,6 +200,8 @@ def test_list_objects_shows_every_processes_references(two_nodes, tmp_path):
         assert len(used) == 1 and used[0]["pid"] == me
         # By id, in every process that holds it; and from the CLI, filtered.
         assert {x["pid"] for x in state.get_objects(big)} == {me, holder_pid}
+        got = cli("get", "object", big.hex(), "--format", "json", session=head["session"])
+        assert {x["pid"] for x in json.loads(got.stdout)} == {me, holder_pid}, got.stderr
         out = cli("list", "objects", "--format", "json", "--filter", "reference_type=USED_BY_PENDING_TASK", session=head["session"])
         assert [x["object_id"] for x in json.loads(out.stdout)] == [used[0]["object_id"]], out.stderr
         summary = state.summarize_objects(raise_on_missing_output=False)["cluster"]

@@ -102,7 +102,7 @@ public struct NodeLogs: Sendable {
   /// from the start, within the same bound) and the offset where the file ended.
   public func tail(_ name: String, lines: Int) throws(ReadError) -> (data: [UInt8], end: Int64) {
     guard let p = path(name) else { throw .missing(name) }
-    let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw .missing(name) }
     defer { close(fd) }
     var st = stat()
@@ -136,11 +136,11 @@ public struct NodeLogs: Sendable {
   /// A file shorter than `offset` was rotated or truncated: read it from its start.
   public func read(_ name: String, from offset: Int64) throws(ReadError) -> (data: [UInt8], end: Int64) {
     guard let p = path(name) else { throw .missing(name) }
-    let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw .missing(name) }
     defer { close(fd) }
     var st = stat()
-    guard fstat(fd, &st) == 0 else { throw .missing(name) }
+    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw .missing(name) }
     let size = Int64(st.st_size)
     let start = size < offset ? 0 : offset
     let n = Int(min(size - start, Int64(Self.maxChunk)))

@@ -55,6 +55,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     var workers = WorkerPool()
     var logSubscribers: [UInt64: AsyncStream<Swiftray_LogBatch>.Continuation] = [:]
+    /// `GetLog` calls following a file now (at most `maxLogFollowers`).
+    var logFollowers = 0
     /// Processes of this node registered on its Unix socket (each answered with every
     /// death, `registerLocal`), and the deaths seen so far.
     var deathSubscribers: [UInt64: DataPlaneResponder] = [:]
@@ -101,6 +103,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// This node's lease-grant key (a fresh one per daemon), and what it signs with.
   let leaseKey = LeaseGrants.generateKey()
   let leaseGrants: LeaseGrants
+  static let maxLogFollowers = 64
   /// Where workers' output is kept (`<session>/logs`), for `swiftray logs`.
   let logFiles: WorkerLogWriter
 
@@ -755,6 +758,16 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       throw RPCError(code: .notFound, message: "no log file '\(name)' on node \(options.nodeID.hex)")
     }
     guard request.follow else { return }
+    // Each follower polls its file: a bounded number at once.
+    guard state.withLock({ s -> Bool in
+      guard s.logFollowers < Self.maxLogFollowers else { return false }
+      s.logFollowers += 1
+      return true
+    }) else {
+      throw RPCError(code: .resourceExhausted, message: "node \(options.nodeID.hex) already has \(Self.maxLogFollowers) logs followed; "
+        + "stop one (or leave out --follow)")
+    }
+    defer { state.withLock { $0.logFollowers -= 1 } }
     while !state.withLock({ $0.shuttingDown }) {
       try await Task.sleep(for: .milliseconds(250))
       let from = offset

@@ -495,8 +495,7 @@ public final class ObjectStore: Sendable {
           perform(state.withLock { s in
             guard ok else { return s.store.spillFailed(id) }
             s.spilledTotal += UInt64(size)
-            s.objectEvents.began(id, .spilled, wallNs: began)
-            s.objectEvents.record(id, .spilled, size: size, wallNs: wall)
+            s.objectEvents.record(id, .spilled, size: size, wallNs: wall, startNs: began)
             return s.store.spillFinished(id)
           })
         }
@@ -512,8 +511,7 @@ public final class ObjectStore: Sendable {
           perform(state.withLock { s in
             guard ok else { return s.store.restoreFailed(id) }
             s.restoredTotal += UInt64(size)
-            s.objectEvents.began(id, .restored, wallNs: began)
-            s.objectEvents.record(id, .restored, size: size, wallNs: wall)
+            s.objectEvents.record(id, .restored, size: size, wallNs: wall, startNs: began)
             return s.store.restoreFinished(id)
           })
         }

@@ -52,13 +52,15 @@ public struct ObjectEventLog: Sendable {
   /// A span of `kind` began for `id` (a pull from `peer`, a spill, a restore).
   public mutating func began(_ id: ObjectID, _ kind: ObjectEventKind, wallNs: UInt64, peer: String = "") {
     guard enabled, begun.count < capacity else { return }
-    begun[SpanKey(id: id, kind: kind.rawValue), default: (wallNs, peer)] = (wallNs, peer)
+    begun[SpanKey(id: id, kind: kind.rawValue)] = (wallNs, peer)
   }
 
-  /// `kind` happened to `id` (ending its span, when one began).
-  public mutating func record(_ id: ObjectID, _ kind: ObjectEventKind, size: Int, wallNs: UInt64, peer: String = "") {
+  /// `kind` happened to `id` (ending its span: the one `began` noted, or from `startNs`).
+  public mutating func record(_ id: ObjectID, _ kind: ObjectEventKind, size: Int, wallNs: UInt64, peer: String = "",
+                              startNs: UInt64? = nil) {
     guard enabled else { return }
     let start = begun.removeValue(forKey: SpanKey(id: id, kind: (kind == .pullFailed ? ObjectEventKind.pulled : kind).rawValue))
+      ?? startNs.map { ($0, "") }
     var e = Swiftray_ObjectEvent()
     e.objectID = Data(id.binary)
     e.kind = kind.rawValue
@@ -71,11 +73,6 @@ public struct ObjectEventLog: Sendable {
       dropped &+= 1
     }
     events.append(e)
-  }
-
-  /// A span that began ended without its event (a failed spill or restore).
-  public mutating func abandoned(_ id: ObjectID, _ kind: ObjectEventKind) {
-    begun[SpanKey(id: id, kind: kind.rawValue)] = nil
   }
 
   /// Everything recorded (at most `max`, the oldest first) and the dropped count.

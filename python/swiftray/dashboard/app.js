@@ -159,7 +159,12 @@ async function actors() {
     short(a.node_id), a.pid == null ? "" : a.pid, a.num_restarts, a.death_cause ? JSON.stringify(a.death_cause) : ""]);
 }
 
+// Asking every process for its references costs them a copy of their tables: every 5 s.
+const OBJECTS_EVERY_MS = 5000;
+let objectsAt = 0;
 async function objects() {
+  if (Date.now() - objectsAt < OBJECTS_EVERY_MS) return;
+  objectsAt = Date.now();
   const summary = (await api("/api/v0/objects/summarize")).result.cluster;
   const group = (summary.summary || {}).disabled || { ref_type_counts: {} };
   document.getElementById("objects-cards").replaceChildren(card(summary.total_objects, "references"),
@@ -257,6 +262,7 @@ async function refresh() {
 
 function show(tab) {
   activeTab = views[tab] ? tab : "overview";
+  objectsAt = 0;  // a tab just opened shows what is there now
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === activeTab);
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.tab === activeTab);
   refresh();
