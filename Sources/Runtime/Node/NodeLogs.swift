@@ -101,32 +101,32 @@ public struct NodeLogs: Sendable {
   /// The last `lines` lines of file `name` (at most `maxTailBytes` of them; `lines` ≤ 0:
   /// from the start, within the same bound) and the offset where the file ended.
   public func tail(_ name: String, lines: Int) throws(ReadError) -> (data: [UInt8], end: Int64) {
-    guard let p = path(name) else { throw .missing(name) }
-    let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-    guard fd >= 0 else { throw .missing(name) }
+    let (fd, size) = try openRegular(name)
     defer { close(fd) }
-    var st = stat()
-    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw .missing(name) }
-    let size = Int64(st.st_size)
     if lines <= 0 {
-      let n = Int(min(size, Int64(Self.maxTailBytes)))
-      var buf = [UInt8](repeating: 0, count: n)
-      let got = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, n, 0) }
-      return (Array(buf.prefix(max(0, got))), Int64(max(0, got)))
+      let data = Self.read(fd, count: Int(min(size, Int64(Self.maxTailBytes))), at: 0)
+      return (data, Int64(data.count))
     }
-    // Backwards in blocks until enough newlines (or the bound, or the start).
-    var chunk: [UInt8] = []
+    // Backwards in blocks until enough newlines (or the bound, or the start); joined
+    // once at the end, not copied again with each block.
+    var blocks: [[UInt8]] = []
+    var newlines = 0, bytes = 0
     var from = size
     let block: Int64 = 64 * 1024
-    while from > 0 && chunk.count < Self.maxTailBytes {
+    while from > 0 && bytes < Self.maxTailBytes {
       let n = Int(min(block, from))
       from -= Int64(n)
-      var buf = [UInt8](repeating: 0, count: n)
-      let got = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, n, off_t(from)) }
-      guard got == n else { break }
-      chunk = buf + chunk
+      let buf = Self.read(fd, count: n, at: from)
+      guard buf.count == n else { break }
+      blocks.append(buf)
+      bytes += n
+      newlines += buf.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+      // One newline more than lines asked: the last line's own may be among them.
+      guard newlines > lines || from == 0 else { continue }
+      let chunk = Array(blocks.reversed().joined())
       if let s = LogTail.start(of: chunk, lines: lines, atStart: from == 0) { return (Array(chunk[s...]), size) }
     }
+    let chunk = Array(blocks.reversed().joined())
     // The bound: start at the first whole line of what was read.
     let s = from == 0 ? 0 : (chunk.firstIndex(of: 10).map { $0 + 1 } ?? 0)
     return (Array(chunk[s...]), size)
@@ -135,19 +135,33 @@ public struct NodeLogs: Sendable {
   /// What file `name` gained past `offset` (at most `maxChunk`), and where it now ends.
   /// A file shorter than `offset` was rotated or truncated: read it from its start.
   public func read(_ name: String, from offset: Int64) throws(ReadError) -> (data: [UInt8], end: Int64) {
+    let (fd, size) = try openRegular(name)
+    defer { close(fd) }
+    let start = size < offset || offset < 0 ? 0 : offset
+    let data = Self.read(fd, count: Int(min(size - start, Int64(Self.maxChunk))), at: start)
+    return (data, start + Int64(data.count))
+  }
+
+  /// File `name` opened for reading (the caller closes it) and its size: a regular file
+  /// only (never a link, and a FIFO never blocks the open).
+  func openRegular(_ name: String) throws(ReadError) -> (fd: Int32, size: Int64) {
     guard let p = path(name) else { throw .missing(name) }
     let fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     guard fd >= 0 else { throw .missing(name) }
-    defer { close(fd) }
     var st = stat()
-    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw .missing(name) }
-    let size = Int64(st.st_size)
-    let start = size < offset ? 0 : offset
-    let n = Int(min(size - start, Int64(Self.maxChunk)))
-    guard n > 0 else { return ([], start) }
-    var buf = [UInt8](repeating: 0, count: n)
-    let got = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, n, off_t(start)) }
-    return (Array(buf.prefix(max(0, got))), start + Int64(max(0, got)))
+    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+      close(fd)
+      throw .missing(name)
+    }
+    return (fd, Int64(st.st_size))
+  }
+
+  /// Up to `count` bytes at `offset` (fewer at the end of the file, none on an error).
+  static func read(_ fd: Int32, count: Int, at offset: Int64) -> [UInt8] {
+    guard count > 0 else { return [] }
+    var buf = [UInt8](repeating: 0, count: count)
+    let got = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+    return Array(buf.prefix(max(0, got)))
   }
 
   /// Runs `body` on NIO's blocking-I/O thread pool: file reads off the caller's thread.
