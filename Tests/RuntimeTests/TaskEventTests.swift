@@ -62,6 +62,31 @@ import Testing
     #expect(off.isEmpty)
   }
 
+  @Test func aBatchFoldsEachAttemptOnceAndDescribesEachFunctionOnce() {
+    var b = TaskEventBuffer(capacity: 100)
+    // Two tasks of `f`, interleaved, one retried; a task of `g`; then `f` again.
+    b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
+    b.record(Self.spec(2), .pendingNodeAssignment, now: 2, info: true)
+    b.record(Self.spec(1), .submittedToWorker, now: 3) { $0.workerID = Self.worker; $0.workerPid = 7 }
+    b.record(Self.spec(1), .failed, now: 4)
+    b.record(Self.spec(1, attempt: 1), .finished, now: 5)
+    b.record(Self.spec(3, name: "g"), .finished, now: 6, info: true)
+    b.record(Self.spec(2), .finished, now: 7)
+    b.record(Self.spec(4), .pendingNodeAssignment, now: 8, info: true)
+    // An id of the wrong length (a peer's mistake) is its own attempt, never merged.
+    var odd = Self.spec(5)
+    odd.taskID = Data([1, 2, 3])
+    b.record(odd, .finished, now: 9)
+    let out = b.drain(max: 100)
+    #expect(out.taken == 9)
+    #expect(out.events.map(\.state) == [TaskEventState.failed, .finished, .finished, .finished, .pendingNodeAssignment, .finished].map(\.rawValue))
+    #expect(out.events.map(\.attempt) == [0, 0, 1, 0, 0, 0])
+    #expect(out.events[0].workerPid == 7 && out.events[0].timeNs == 1)
+    #expect(out.events[5].taskID == Data([1, 2, 3]))
+    #expect(out.infos.map(\.name) == ["f", "g"])
+    #expect(out.events.map(\.infoIndex) == [1, 1, 0, 2, 1, 0])
+  }
+
   @Test func ownerAndExecutorEventsMergeInWhicheverOrderTheyArrive() {
     let submitted = Self.event(1, .pendingNodeAssignment, at: 100, info: true)
     let pushed = Self.event(1, .submittedToWorker, at: 200) { $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = 42 }

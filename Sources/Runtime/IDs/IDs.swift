@@ -53,6 +53,12 @@ enum WordBytes {
     for _ in 0..<8 { v = v << 8 | UInt64(b[i]); i = b.index(after: i) }
     return v
   }
+  /// `Data` (every id off the wire): one load from its bytes, past the generic path's
+  /// closure and checks (ids are parsed several times per task).
+  @inline(__always)
+  static func word(_ b: Data, at offset: Int) -> UInt64 {
+    b.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
+  }
   static func word32(_ b: some Collection<UInt8>, at offset: Int) -> UInt32 {
     if let v = b.withContiguousStorageIfAvailable({
       UInt32(bigEndian: UnsafeRawBufferPointer($0).loadUnaligned(fromByteOffset: offset, as: UInt32.self))
@@ -112,6 +118,11 @@ public struct TaskID: Hashable, Sendable, CustomStringConvertible {
   }
   public var binary: [UInt8] { WordBytes.pack([prefix, counter, job]) }
   public init?(binary b: some Collection<UInt8>) {
+    guard b.count == 24 else { return nil }
+    prefix = WordBytes.word(b, at: 0); counter = WordBytes.word(b, at: 8); job = WordBytes.word(b, at: 16)
+  }
+  /// The same from `Data` (ids off the wire, parsed several times per task): direct loads.
+  public init?(binary b: Data) {
     guard b.count == 24 else { return nil }
     prefix = WordBytes.word(b, at: 0); counter = WordBytes.word(b, at: 8); job = WordBytes.word(b, at: 16)
   }

@@ -16,8 +16,7 @@ extension TaskEventTable {
     var out: [StateValue] = []
     var total = 0
     let columns = detail ? Self.columns + Self.detailColumns : Self.columns
-    for key in order.reversed() {
-      guard let r = records[key] else { continue }
+    for (key, r) in rows.reversed() {
       guard StateFilter.all(filters, { r.field($0, key) }) else { continue }
       total += 1
       if out.count < limit { out.append(.object(columns.map { ($0, r.field($0, key)) })) }
@@ -30,8 +29,8 @@ extension TaskEventTable {
     var byName: [String: (type: String, counts: [String: Int64])] = [:]
     var names: [String] = []
     var total: Int64 = 0, actorTasks: Int64 = 0, actorsScheduled: Int64 = 0
-    for key in order {
-      guard let r = records[key], StateFilter.all(filters, { r.field($0, key) }) else { continue }
+    for (key, r) in rows {
+      guard StateFilter.all(filters, { r.field($0, key) }) else { continue }
       let name = r.info?.funcOrClassName ?? "?"
       let type = r.info?.type ?? .normalTask
       if byName[name] == nil { names.append(name); byName[name] = (type.rayName, [:]) }
@@ -71,8 +70,8 @@ extension TaskEventTable {
                              ("args", .object([("name", .string("Node \(nodeIP(Data(node.binary))) (\(node.hex.prefix(8)))"))]))]))
       return pid
     }
-    for key in order {
-      guard let r = records[key], let p = r.executor ?? r.assigned, r.started != 0 else { continue }
+    for (key, r) in rows {
+      guard let p = r.executor ?? r.assigned, r.started != 0 else { continue }
       let pid = pid(of: p.node)
       let tid = Int64(p.pid)
       if threads.insert([pid, tid]).inserted {

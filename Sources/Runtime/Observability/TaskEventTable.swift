@@ -13,7 +13,10 @@ public struct TaskEventTable: Sendable {
   final class Info: Sendable {
     let name: String, funcOrClassName: String, type: TaskEventType, job: Data, actor: Data
     let resources: [(String, Double)], placementGroup: Data
-    init(_ i: Swiftray_TaskEventInfo) {
+    /// Where `stateCounts` counts its tasks (`countNames`), decided once when interned.
+    let countName: Int32
+    init(_ i: Swiftray_TaskEventInfo, countName: Int32) {
+      self.countName = countName
       name = i.name; funcOrClassName = i.funcOrClassName; type = TaskEventType(rawValue: i.type) ?? .normalTask
       job = i.jobID; actor = i.actorID; placementGroup = i.placementGroupID
       resources = ResourceSet(proto: i.requiredResources).asUnits.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
@@ -50,8 +53,13 @@ public struct TaskEventTable: Sendable {
     var argBytes: UInt64 = 0, returnBytes: UInt64 = 0
   }
 
-  private(set) var records: [Key: Record] = [:]
-  private(set) var order: Deque<Key> = []
+  /// The attempts, oldest first (eviction is first in, first out); `slot` finds one by
+  /// its key. The records live in the ring, the map holds only positions: growing the
+  /// map (it doubles up to `capacity`) moves small entries, not the records.
+  private(set) var rows: Deque<(key: Key, record: Record)> = []
+  private var slot: [Key: Int] = [:]
+  /// The position `rows[0]` was given when it came (positions only grow).
+  private var firstPosition = 0
   /// What tells one `Info` from another, cheaper to hash than the message.
   struct InfoKey: Hashable {
     var name: String, funcOrClassName: String, type: Int32, job: Data, actor: Data, placementGroup: Data
@@ -71,7 +79,12 @@ public struct TaskEventTable: Sendable {
 
   public init(capacity: Int) { self.capacity = max(capacity, 1) }
 
-  public var count: Int { records.count }
+  public var count: Int { rows.count }
+
+  /// The record of `key`, if the table holds it.
+  func record(_ key: Key) -> Record? {
+    slot[key].map { rows[$0 - firstPosition].record }
+  }
 
   /// Attempts by their latest state and function (Prometheus `ray_tasks`): every attempt
   /// the head heard of, evicted ones too, so finished counts only grow. At most
@@ -82,16 +95,35 @@ public struct TaskEventTable: Sendable {
     public var isRetry: Bool
     public init(state: TaskEventState, name: String, isRetry: Bool) { self.state = state; self.name = name; self.isRetry = isRetry }
   }
-  public private(set) var stateCounts: [CountKey: Int] = [:]
-  private var countedNames: Set<String> = []
+  /// Attempts by their latest state and function, as `stateCounts` gives them; the
+  /// function is an index into `countNames`, so a state change hashes no string.
+  private struct Counted: Hashable { var state: TaskEventState; var name: Int32; var isRetry: Bool }
+  private var counts: [Counted: Int] = [:]
+  /// Names `Counted` points at: 0 is "" (an attempt not yet described), then each name
+  /// once, at most `maxCountedNames`; later names count under "(other)" (index 1).
+  private var countNames: [String] = ["", "(other)"]
+  private var countNameIndex: [String: Int32] = ["": 0]
   public static let maxCountedNames = 1000
 
-  private mutating func countKey(_ r: Record, attempt: Int32) -> CountKey {
-    var name = r.info?.name ?? ""
-    if !countedNames.contains(name) {
-      if countedNames.count < Self.maxCountedNames { countedNames.insert(name) } else { name = "(other)" }
+  public var stateCounts: [CountKey: Int] {
+    var out: [CountKey: Int] = [:]
+    for (k, n) in counts {
+      out[CountKey(state: k.state, name: countNames[Int(k.name)], isRetry: k.isRetry), default: 0] += n
     }
-    return CountKey(state: r.state, name: name, isRetry: attempt > 0)
+    return out
+  }
+
+  private mutating func countName(_ name: String) -> Int32 {
+    if let i = countNameIndex[name] { return i }
+    guard countNameIndex.count < Self.maxCountedNames else { return 1 }
+    let i = Int32(countNames.count)
+    countNames.append(name)
+    countNameIndex[name] = i
+    return i
+  }
+
+  private static func counted(_ r: Record, attempt: Int32) -> Counted {
+    Counted(state: r.state, name: r.info?.countName ?? 0, isRetry: attempt > 0)
   }
 
   /// One process's batch; its events' monotonic times map to wall time through the
@@ -100,22 +132,39 @@ public struct TaskEventTable: Sendable {
     droppedAtSources &+= batch.dropped
     let process = self.process(batch)
     let infos = batch.infos.map { intern($0) }
+    // Most of a batch's events name the same few workers: the last few are kept at hand
+    // (a compare of their bytes, not a parse and a lookup).
+    var recent: [(worker: Data, pid: Int32, process: Process)] = []
     for e in batch.events {
       guard let task = TaskID(binary: e.taskID), let state = TaskEventState(rawValue: e.state) else { continue }
       let wall = Self.wall(e.timeNs, batch)
       let key = Key(task: task, attempt: e.attempt)
-      let existing = records[key]
-      let before: CountKey? = if let existing { countKey(existing, attempt: key.attempt) } else { nil }
-      if before == nil { admit(key) }
-      let assigned = e.workerID.isEmpty ? nil : self.process(worker: e.workerID, node: e.nodeID, pid: e.workerPid, isDriver: false)
-      records[key]!.merge(e, state: state, wall: wall, end: e.endNs == 0 ? 0 : Self.wall(e.endNs, batch),
-                          process: process, assigned: assigned,
-                          info: e.infoIndex > 0 && Int(e.infoIndex) <= infos.count ? infos[Int(e.infoIndex) - 1] : nil)
-      let merged = records[key]!
-      let after = countKey(merged, attempt: key.attempt)
+      var assigned: Process?
+      if !e.workerID.isEmpty {
+        if let hit = recent.first(where: { $0.pid == e.workerPid && $0.worker == e.workerID }) { assigned = hit.process } else {
+          let p = self.process(worker: e.workerID, node: e.nodeID, pid: e.workerPid, isDriver: false)
+          if recent.count == 8 { recent.removeFirst() }
+          recent.append((e.workerID, e.workerPid, p))
+          assigned = p
+        }
+      }
+      let info = e.infoIndex > 0 && Int(e.infoIndex) <= infos.count ? infos[Int(e.infoIndex) - 1] : nil
+      let end = e.endNs == 0 ? 0 : Self.wall(e.endNs, batch)
+      // One lookup: an attempt already here is merged in place.
+      let i: Int
+      let before: Counted?
+      if let found = slot[key] {
+        i = found - firstPosition
+        before = Self.counted(rows[i].record, attempt: key.attempt)
+      } else {
+        i = admit(key)
+        before = nil
+      }
+      rows[i].record.merge(e, state: state, wall: wall, end: end, process: process, assigned: assigned, info: info)
+      let after = Self.counted(rows[i].record, attempt: key.attempt)
       if before != after {
-        if let before { stateCounts[before, default: 0] -= 1 }
-        stateCounts[after, default: 0] += 1
+        if let before { counts[before, default: 0] -= 1 }
+        counts[after, default: 0] += 1
       }
     }
   }
@@ -127,12 +176,17 @@ public struct TaskEventTable: Sendable {
     return b.wallNowNs >= back ? b.wallNowNs - back : 0
   }
 
-  private mutating func admit(_ key: Key) {
-    while records.count >= capacity, let old = order.popFirst() {
-      if records.removeValue(forKey: old) != nil { evicted &+= 1 }
+  /// A new attempt's empty record (evicting the oldest past `capacity`); its index in
+  /// `rows`.
+  private mutating func admit(_ key: Key) -> Int {
+    while rows.count >= capacity, let old = rows.popFirst() {
+      slot[old.key] = nil
+      firstPosition += 1
+      evicted &+= 1
     }
-    records[key] = Record()
-    order.append(key)
+    slot[key] = firstPosition + rows.count
+    rows.append((key, Record()))
+    return rows.count - 1
   }
 
   /// The batch's sender, shared by the attempts it ran (the cache is emptied when it
@@ -157,7 +211,7 @@ public struct TaskEventTable: Sendable {
     let key = InfoKey(i)
     if let hit = infos[key] { return hit }
     if infos.count >= capacity { infos.removeAll(keepingCapacity: true) }
-    let made = Info(i)
+    let made = Info(i, countName: countName(i.name))
     infos[key] = made
     return made
   }

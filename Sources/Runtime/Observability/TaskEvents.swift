@@ -85,10 +85,12 @@ public struct TaskEventRecord: Sendable {
   public var fromExecutor = false
 
   /// What the event's `info` needs of a spec, without its arguments (kept while
-  /// the event waits, they would hold the arguments' bytes).
-  struct SpecSummary: Sendable {
-    var name: String, function: String, jobID: Data, parent: Data, actorID: Data
-    var isCreation: Bool, className: String, resources: Swiftray_ResourceShape, strategy: Swiftray_SchedulingStrategy
+  /// the event waits, they would hold the arguments' bytes). A class: a record is
+  /// copied several times on its way (into the ring, folded, into the batch), and
+  /// each copy is then one retain, not one per field.
+  final class SpecSummary: Sendable {
+    let name: String, function: String, jobID: Data, parent: Data, actorID: Data
+    let isCreation: Bool, className: String, resources: Swiftray_ResourceShape, strategy: Swiftray_SchedulingStrategy
     init(_ spec: Swiftray_TaskSpec) {
       name = spec.name; function = spec.function.name; jobID = spec.jobID; parent = spec.parentTaskID; actorID = spec.actorID
       isCreation = spec.hasActorCreation
@@ -233,24 +235,50 @@ public struct TaskEventBuffer: Sendable {
     var folded: [TaskEventRecord] = []
     folded.reserveCapacity(records.count)
     var at: [Attempt: Int] = [:]
+    at.reserveCapacity(records.count)
     for e in records {
-      let key = Attempt(task: e.taskID, attempt: e.attempt)
+      let key = Attempt(e)
       if let i = at[key] { folded[i].fold(e) } else { at[key] = folded.count; folded.append(e) }
     }
     var infos: [Swiftray_TaskEventInfo] = []
     var infoAt: [SpecKey: Int32] = [:]
+    // Tasks of one function come in runs: the last description is compared before any
+    // is hashed.
+    var last: (key: SpecKey, index: Int32)?
     let events = folded.map { e -> Swiftray_TaskEvent in
       guard let spec = e.spec else { return e.message(infoIndex: 0) }
       let key = SpecKey(spec)
-      if let i = infoAt[key] { return e.message(infoIndex: i) }
-      infos.append(spec.info)
-      infoAt[key] = Int32(infos.count)
-      return e.message(infoIndex: Int32(infos.count))
+      if let last, last.key == key { return e.message(infoIndex: last.index) }
+      let index: Int32
+      if let i = infoAt[key] { index = i } else {
+        infos.append(spec.info)
+        index = Int32(infos.count)
+        infoAt[key] = index
+      }
+      last = (key, index)
+      return e.message(infoIndex: index)
     }
     return (events, infos)
   }
 
-  struct Attempt: Hashable { var task: Data; var attempt: Int32 }
+  /// An attempt, by its id's words (hashing three words costs less than hashing bytes);
+  /// an id of another length (a peer's mistake) keeps its bytes.
+  struct Attempt: Hashable {
+    var words: (UInt64, UInt64, UInt64), attempt: Int32, other: Data
+    init(_ e: TaskEventRecord) {
+      attempt = e.attempt
+      if let id = TaskID(binary: e.taskID) { words = (id.prefix, id.counter, id.job); other = Data() } else {
+        words = (0, 0, 0); other = e.taskID
+      }
+    }
+    static func == (a: Self, b: Self) -> Bool {
+      a.words == b.words && a.attempt == b.attempt && a.other == b.other
+    }
+    func hash(into h: inout Hasher) {
+      h.combine(words.1); h.combine(words.0); h.combine(words.2); h.combine(attempt)
+      if !other.isEmpty { h.combine(other) }
+    }
+  }
 
   /// What tells two descriptions apart (the parent is the event's): plain fields, cheaper
   /// to hash than the messages.
