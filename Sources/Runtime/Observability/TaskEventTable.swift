@@ -81,11 +81,6 @@ public struct TaskEventTable: Sendable {
 
   public var count: Int { rows.count }
 
-  /// The record of `key`, if the table holds it.
-  func record(_ key: Key) -> Record? {
-    slot[key].map { rows[$0 - firstPosition].record }
-  }
-
   /// Attempts by their latest state and function (Prometheus `ray_tasks`): every attempt
   /// the head heard of, evicted ones too, so finished counts only grow. At most
   /// `maxCountedNames` names; later ones count under "(other)".

@@ -261,22 +261,14 @@ public struct TaskEventBuffer: Sendable {
     return (events, infos)
   }
 
-  /// An attempt, by its id's words (hashing three words costs less than hashing bytes);
+  /// An attempt, by its parsed id (hashing three words costs less than hashing bytes);
   /// an id of another length (a peer's mistake) keeps its bytes.
   struct Attempt: Hashable {
-    var words: (UInt64, UInt64, UInt64), attempt: Int32, other: Data
+    var id: TaskID?, other: Data, attempt: Int32
     init(_ e: TaskEventRecord) {
+      id = TaskID(binary: e.taskID)
+      other = id == nil ? e.taskID : Data()
       attempt = e.attempt
-      if let id = TaskID(binary: e.taskID) { words = (id.prefix, id.counter, id.job); other = Data() } else {
-        words = (0, 0, 0); other = e.taskID
-      }
-    }
-    static func == (a: Self, b: Self) -> Bool {
-      a.words == b.words && a.attempt == b.attempt && a.other == b.other
-    }
-    func hash(into h: inout Hasher) {
-      h.combine(words.1); h.combine(words.0); h.combine(words.2); h.combine(attempt)
-      if !other.isEmpty { h.combine(other) }
     }
   }
 
