@@ -27,6 +27,7 @@ python3 benchmarks/core_figures.py --json benchmarks/results/core_figures.json
 python3 benchmarks/in_flight.py --json benchmarks/results/in_flight.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
 python3 benchmarks/worker_start.py --json benchmarks/results/worker_start.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
 python3 benchmarks/multinode.py --json benchmarks/results/multinode.json $([ -z "${NO_RAY:-}" ] && echo --ray-python "$SWIFTRAY_BENCH_RAY_PYTHON")
+python3 benchmarks/runtime_env.py --json benchmarks/results/runtime_env.json
 python3 benchmarks/recovery.py --health-check-period-ms 1000 --failure-threshold 3
 python3 benchmarks/recovery.py --health-check-period-ms 3000 --failure-threshold 5
 ./scripts/simulate.sh --scale --scale-tasks 100000 --scale-nodes 100 --json benchmarks/results/scale-small.json

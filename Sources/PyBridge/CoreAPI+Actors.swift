@@ -59,6 +59,8 @@ extension CoreAPI {
     let isAsync = PyObject_IsTrue(item("is_async") ?? sr_False()) == 1
     let detached = PyObject_IsTrue(item("detached") ?? sr_False()) == 1
     guard let strategy = schedulingStrategy(item("scheduling_strategy")) else { return nil }
+    let runtimeEnv = item("runtime_env").flatMap { Py.isNone($0) ? "" : Py.toString($0) } ?? ""
+    if PyErr_Occurred() != nil { return nil }
     var fn = Swiftray_FunctionDescriptor()
     fn.functionID = Data(fid)
     fn.name = className
@@ -66,7 +68,7 @@ extension CoreAPI {
       className: className, resources: ResourceSet(units: resources), placement: ResourceSet(units: placement),
       maxRestarts: maxRestarts, maxTaskRetries: maxTaskRetries, maxConcurrency: maxConcurrency, isAsync: isAsync,
       maxPendingCalls: maxPending, name: name, namespace: namespace, detached: detached, handleMeta: Data(meta),
-      strategy: strategy)
+      strategy: strategy, runtimeEnv: runtimeEnv)
     let core = s.core
     return withTaskArguments(core, items) { taskArgs in
       blocking("creating actor \(className)", { try core.createActor(function: fn, args: taskArgs, options: options) },

@@ -35,6 +35,9 @@ enum CoreAPI {
     .init(name: "cancel", fn: cancel, doc: "cancel(id, force) -> bool"),
     .init(name: "kv_put", fn: kvPut, doc: "kv_put(namespace, key, value, overwrite) -> bool"),
     .init(name: "kv_get", fn: kvGet, doc: "kv_get(namespace, key) -> bytes | None"),
+    .init(name: "package_exists", fn: packageExists, doc: "package_exists(uri) -> bool: the head's package store holds it"),
+    .init(name: "package_upload", fn: packageUpload, doc: "package_upload(uri, data): put a runtime_env package (checked against its SHA-256)"),
+    .init(name: "prepare_runtime_env", fn: prepareRuntimeEnv, doc: "prepare_runtime_env(json): have this node set the environment up now (eager_install)"),
     .init(name: "nodes", fn: nodes, doc: "nodes() -> [dict]"),
     .init(name: "query_state", fn: queryState,
           doc: "query_state(kind, filters: [(key, op, value)], limit, detail) -> (json: bytes, total, returned, dropped, warnings)"),
@@ -517,6 +520,26 @@ enum CoreAPI {
     guard args.need(2, "kv_get"), let s = session(), let ns = Py.toString(args[0]), let k = Py.toBytes(args[1]) else { return nil }
     return blocking("KVGet", { try s.core.kvGet(namespace: ns, key: Data(k)) },
                     then: { v in v.map { Py.bytes($0) } ?? Py.none })
+  }
+
+  static let packageExists: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "package_exists"), let s = session(), let uri = Py.toString(args[0]) else { return nil }
+    return blocking("checking the package store", { try s.core.packageExists(uri) }, then: { Py.bool($0) })
+  }
+
+  static let packageUpload: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "package_upload"), let s = session(), let uri = Py.toString(args[0]), let data = Py.toBytes(args[1]) else { return nil }
+    let bytes = Data(data)
+    return blocking("uploading \(uri)", { try s.core.uploadPackage(uri, bytes) }, then: { _ in Py.none })
+  }
+
+  static let prepareRuntimeEnv: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "prepare_runtime_env"), let s = session(), let json = Py.toString(args[0]) else { return nil }
+    s.core.prepareRuntimeEnv(json)
+    return Py.none
   }
 
   static func resourcesDict(_ r: Swiftray_ResourceShape) -> PyPtr {

@@ -24,6 +24,7 @@ enum ErrorMapping {
     case .pendingCallsLimitExceeded: return "PendingCallsLimitExceeded"
     case .taskPlacementGroupRemoved: return "TaskPlacementGroupRemoved"
     case .actorPlacementGroupRemoved: return "ActorPlacementGroupRemoved"
+    case .runtimeEnvSetupFailed: return "RuntimeEnvSetupError"
     case .authentication: return "AuthenticationError"
     case .invalidArgument, .notInitialized, .system: return "RaySystemError"
     }

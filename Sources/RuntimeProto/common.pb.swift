@@ -372,6 +372,13 @@ public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
   /// Clears the value of `strategy`. Subsequent reads from it will return its default value.
   public mutating func clearStrategy() {_uniqueStorage()._strategy = nil}
 
+  /// The runtime environment it runs in: the language layer's canonical JSON (sorted
+  /// keys; "" = the node's own). Workers are pooled per environment (DESIGN §13).
+  public var runtimeEnv: String {
+    get {_storage._runtimeEnv}
+    set {_uniqueStorage()._runtimeEnv = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -840,7 +847,7 @@ nonisolated extension Swiftray_SchedulingStrategy.Kind: SwiftProtobuf._ProtoName
 
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0\u{3}runtime_env\0")
 
   fileprivate class _StorageClass {
     var _taskID: Data = Data()
@@ -864,6 +871,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _callerID: Data = Data()
     var _methodName: String = String()
     var _strategy: Swiftray_SchedulingStrategy? = nil
+    var _runtimeEnv: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -895,6 +903,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _callerID = source._callerID
       _methodName = source._methodName
       _strategy = source._strategy
+      _runtimeEnv = source._runtimeEnv
     }
   }
 
@@ -934,6 +943,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 19: try { try decoder.decodeSingularBytesField(value: &_storage._callerID) }()
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._methodName) }()
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
+        case 22: try { try decoder.decodeSingularStringField(value: &_storage._runtimeEnv) }()
         default: break
         }
       }
@@ -1009,6 +1019,9 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       try { if let v = _storage._strategy {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
       } }()
+      if !_storage._runtimeEnv.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._runtimeEnv, fieldNumber: 22)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1039,6 +1052,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._callerID != rhs_storage._callerID {return false}
         if _storage._methodName != rhs_storage._methodName {return false}
         if _storage._strategy != rhs_storage._strategy {return false}
+        if _storage._runtimeEnv != rhs_storage._runtimeEnv {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1517,6 +1517,13 @@ public nonisolated struct Swiftray_RequestWorkerLeaseRequest: @unchecked Sendabl
     set {_uniqueStorage()._forControl = newValue}
   }
 
+  /// The runtime environment its worker needs (TaskSpec.runtime_env): set up on the node
+  /// before the lease is granted.
+  public var runtimeEnv: String {
+    get {_storage._runtimeEnv}
+    set {_uniqueStorage()._runtimeEnv = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1578,6 +1585,10 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
     /// The node already has `max_pending_lease_requests_per_node` requests waiting
     /// (`detail` says so): ask again shortly.
     case busy // = 7
+
+    /// The runtime environment could not be set up on this node (`detail`: why, with the
+    /// tail of the set-up's output). The owner fails the tasks that need it.
+    case runtimeEnvSetupFailed // = 8
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1594,6 +1605,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case 5: self = .placementGroupRemoved
       case 6: self = .placementGroupPending
       case 7: self = .busy
+      case 8: self = .runtimeEnvSetupFailed
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1608,6 +1620,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       case .placementGroupRemoved: return 5
       case .placementGroupPending: return 6
       case .busy: return 7
+      case .runtimeEnvSetupFailed: return 8
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1622,6 +1635,7 @@ public nonisolated struct Swiftray_RequestWorkerLeaseReply: Sendable {
       .placementGroupRemoved,
       .placementGroupPending,
       .busy,
+      .runtimeEnvSetupFailed,
     ]
 
   }
@@ -4564,7 +4578,7 @@ nonisolated extension Swiftray_ListStateReply: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestWorkerLeaseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0\u{3}for_control\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}lease_request_id\0\u{1}resources\0\u{1}owner\0\u{3}job_id\0\u{3}task_name\0\u{3}grant_or_reject\0\u{3}placement_resources\0\u{1}strategy\0\u{3}preferred_node\0\u{3}for_control\0\u{3}runtime_env\0")
 
   fileprivate class _StorageClass {
     var _leaseRequestID: UInt64 = 0
@@ -4577,6 +4591,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
     var _strategy: Swiftray_SchedulingStrategy? = nil
     var _preferredNode: Data = Data()
     var _forControl: Bool = false
+    var _runtimeEnv: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4597,6 +4612,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       _strategy = source._strategy
       _preferredNode = source._preferredNode
       _forControl = source._forControl
+      _runtimeEnv = source._runtimeEnv
     }
   }
 
@@ -4625,6 +4641,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
         case 9: try { try decoder.decodeSingularBytesField(value: &_storage._preferredNode) }()
         case 10: try { try decoder.decodeSingularBoolField(value: &_storage._forControl) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._runtimeEnv) }()
         default: break
         }
       }
@@ -4667,6 +4684,9 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
       if _storage._forControl != false {
         try visitor.visitSingularBoolField(value: _storage._forControl, fieldNumber: 10)
       }
+      if !_storage._runtimeEnv.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._runtimeEnv, fieldNumber: 11)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4686,6 +4706,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseRequest: SwiftProtobuf.Message,
         if _storage._strategy != rhs_storage._strategy {return false}
         if _storage._preferredNode != rhs_storage._preferredNode {return false}
         if _storage._forControl != rhs_storage._forControl {return false}
+        if _storage._runtimeEnv != rhs_storage._runtimeEnv {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4760,7 +4781,7 @@ nonisolated extension Swiftray_RequestWorkerLeaseReply: SwiftProtobuf.Message, S
 }
 
 nonisolated extension Swiftray_RequestWorkerLeaseReply.Status: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0\u{1}BUSY\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0GRANTED\0\u{1}SPILLBACK\0\u{1}CANCELED\0\u{1}INFEASIBLE\0\u{1}WORKER_START_FAILED\0\u{1}PLACEMENT_GROUP_REMOVED\0\u{1}PLACEMENT_GROUP_PENDING\0\u{1}BUSY\0\u{1}RUNTIME_ENV_SETUP_FAILED\0")
 }
 
 nonisolated extension Swiftray_FreeObjectsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -441,9 +441,9 @@ final class SimCluster {
         reply(n, local) { $0.status = .canceled }
       case .workerStartFailed(let local, let detail):
         reply(n, local) { $0.status = .workerStartFailed; $0.detail = detail }
-      case .startWorker:
+      case .startWorker(let env):
         let id = WorkerID(a: rng.next(), b: rng.next(), c: rng.next(), d: UInt32(n))
-        perform(node: n, node.queue.workerStarting(id))
+        perform(node: n, node.queue.workerStarting(id, env: env))
         time.after(rng.between(5 * ms, 30 * ms) * node.slowness, "worker \(id.hex.prefix(6)) starts on n\(n)") { [self] in
           guard node.alive else { return }
           workers[id] = Worker(id: id, node: n)

@@ -65,7 +65,7 @@ private func grants(_ actions: [LeaseQueue.Action]) -> [UInt64] {
     let a = q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner))
     let b = q.leaseRequested(.init(id: 2, shape: cpus(1), owner: owner))
     let c = q.leaseRequested(.init(id: 3, shape: cpus(1), owner: owner))
-    let starts = (a + b + c).filter { $0 == .startWorker }.count
+    let starts = (a + b + c).filter { $0 == .startWorker(env: "") }.count
     #expect(starts == 2, "bounded by maxStartingWorkers")
     let w = WorkerID.random()
     _ = q.workerStarting(w)
@@ -74,11 +74,11 @@ private func grants(_ actions: [LeaseQueue.Action]) -> [UInt64] {
 
   @Test func aLaunchThatFailsFreesItsPlaceForTheNextStart() {
     var q = LeaseQueue(total: cpus(2), limits: .init(maxStartingWorkers: 1, maxWorkers: 8))
-    #expect(q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner)).filter { $0 == .startWorker }.count == 1)
+    #expect(q.leaseRequested(.init(id: 1, shape: cpus(1), owner: owner)).filter { $0 == .startWorker(env: "") }.count == 1)
     let w = WorkerID.random()
     _ = q.workerStarting(w)
     #expect(q.startingWorkerCount == 1)
-    #expect(q.workerLaunchFailed(w) == [.startWorker], "another starts for the request waiting")
+    #expect(q.workerLaunchFailed(w) == [.startWorker(env: "")], "another starts for the request waiting")
     #expect(q.startingWorkerCount == 1)
     let again = WorkerID.random()
     _ = q.workerStarting(again)

@@ -1,6 +1,7 @@
 """The driver-facing calls: init, shutdown, get, put, wait, cancel, cluster queries.
 Thin: validation and (de)serialization here, everything else in the Swift core."""
 import atexit
+import json
 import logging
 import operator
 import os
@@ -8,7 +9,7 @@ import sys
 import threading
 import uuid
 
-from swiftray import _core, _serialization, exceptions
+from swiftray import _core, _runtime_env, _serialization, exceptions
 from swiftray.object_ref import ObjectRef
 
 logger = logging.getLogger("swiftray")
@@ -34,7 +35,7 @@ def is_initialized():
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
          namespace=None, ignore_reinit_error=False, logging_level=logging.INFO, log_to_driver=True,
          include_dashboard=None, dashboard_host="127.0.0.1", dashboard_port=None, object_spilling_directory=None,
-         _system_config=None, _metrics_export_port=None, **kwargs):
+         _system_config=None, _metrics_export_port=None, runtime_env=None, **kwargs):
     """Starts a local cluster of one node inside this process and connects to it.
 
     object_store_memory: bytes of the node's shared-memory object store (default 30 % of
@@ -44,9 +45,11 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
     free port, see `nodes()[0]["MetricsExportPort"]`). include_dashboard=True: serve the
     web dashboard on dashboard_host:dashboard_port (default 127.0.0.1:8265, or a free port
     when 8265 is taken; 0: a free one) and print its login link. By default a local
-    cluster opens no TCP port."""
+    cluster opens no TCP port. runtime_env: the job's runtime environment (env_vars,
+    working_dir, py_modules, pip, excludes, config), which its tasks and actors inherit."""
     if kwargs:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    _runtime_env.validate(runtime_env)  # bad input fails before any cluster starts
     with _lock:
         if _core.is_initialized():
             if ignore_reinit_error:
@@ -65,7 +68,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
                                  "cluster's nodes set them.")
             session = _resolve_address(address)
             info = _core.connect_driver(session, bool(log_to_driver))
-            return _started(info, namespace, logging_level)
+            return _started(info, namespace, logging_level, runtime_env)
         for name, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ValueError(f"{name} must be a non-negative number, got {v!r}")
@@ -120,20 +123,64 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
         if info.get("dashboard_login_url"):
             # As Ray prints where its dashboard is; the link signs a browser in (as Jupyter's).
             print(f"View the dashboard at {info['dashboard_login_url']}", file=sys.stderr, flush=True)
-        return _started(info, namespace, logging_level)
+        return _started(info, namespace, logging_level, runtime_env)
 
 
-def _started(info, namespace, logging_level):
+class _PackageStore:
+    """The head's package store as `_runtime_env.prepare` uses it."""
+
+    @staticmethod
+    def exists(uri):
+        return _core.package_exists(uri)
+
+    @staticmethod
+    def upload(uri, data):
+        _core.package_upload(uri, data)
+
+
+_PACKAGES = _PackageStore()
+
+
+def current_runtime_env():
+    """The canonical runtime_env (JSON, "" for none) new tasks and actors inherit: the
+    job's in a driver, the worker's own in a worker (as Ray's nested tasks)."""
+    from swiftray import _worker
+    if _worker._running_as_worker:
+        return _worker._runtime_env_json
+    return _state.get("runtime_env", "")
+
+
+def resolve_runtime_env(option):
+    """A task's or actor's runtime_env option merged over the one it inherits, with its
+    local folders packed and uploaded (once): the canonical JSON the core gets."""
+    parent = current_runtime_env()
+    if option is None:
+        return parent
+    return _runtime_env.resolve(option, parent, _PACKAGES)
+
+
+def _started(info, namespace, logging_level, runtime_env=None):
     logging.getLogger("swiftray").setLevel(logging_level)
     _state["session"] += 1
     _state["info"] = info
+    # A new cluster holds none of the packages uploaded to an earlier one.
+    _runtime_env.forget_uploads()
+    try:
+        _state["runtime_env"] = _runtime_env.resolve(runtime_env, "", _PACKAGES) if runtime_env else ""
+    except BaseException:
+        _core.shutdown()
+        _state["info"] = None
+        raise
+    if _state["runtime_env"] and json.loads(_state["runtime_env"]).get("config", {}).get("eager_install", True):
+        # As Ray: the job's environment is set up on this node now, not by its first task.
+        _core.prepare_runtime_env(_state["runtime_env"])
     # As Ray: a job without a namespace gets an anonymous one of its own.
     _state["namespace"] = namespace or f"anonymous-{uuid.uuid4()}"
     # Workers import this driver's modules with its sys.path (they may have been
     # started for another driver).
     # Its tasks and actors run in its namespace.
     record = {"sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
-              "namespace": _state["namespace"]}
+              "namespace": _state["namespace"], "runtime_env": _state["runtime_env"]}
     _core.kv_put("job", job_key(info["job_id"]), _serialization.dumps(record), True)
     return info
 

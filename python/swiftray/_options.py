@@ -12,6 +12,7 @@ TASK_DEFAULTS = {
     "name": None,
     "scheduling_strategy": None,
     "accelerator_type": None,
+    "runtime_env": None,
 }
 
 ACTOR_DEFAULTS = {
@@ -29,6 +30,7 @@ ACTOR_DEFAULTS = {
     "get_if_exists": False,
     "scheduling_strategy": None,
     "accelerator_type": None,
+    "runtime_env": None,
 }
 
 # Options that only make sense on an actor class (checked once the class is known).
@@ -43,7 +45,7 @@ METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None}
 
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
-    "max_calls", "runtime_env", "label_selector", "_metadata",
+    "max_calls", "label_selector", "_metadata",
     "concurrency_groups", "enable_task_events", "_labels",
 }
 # Ray's older spelling of PlacementGroupSchedulingStrategy, still accepted.
@@ -98,7 +100,7 @@ def validate_task_options(options):
             raise ValueError(
                 f"Invalid option keyword {k} for remote functions. "
                 f"Valid ones are {sorted(TASK_DEFAULTS)}.")
-        if v is None and k in ("memory", "resources", "name", "scheduling_strategy", "accelerator_type"):
+        if v is None and k in ("memory", "resources", "name", "scheduling_strategy", "accelerator_type", "runtime_env"):
             continue
         if k in ("num_cpus", "num_gpus", "memory"):
             _number(k, v)
@@ -127,6 +129,9 @@ def validate_task_options(options):
             if not isinstance(v, str) or not v:
                 raise TypeError(f"The option 'accelerator_type' must be a non-empty str such as "
                                 f"swiftray.util.accelerators.NVIDIA_TESLA_V100, got {v!r}.")
+        elif k == "runtime_env":
+            from swiftray import _runtime_env
+            _runtime_env.validate(v)
         elif k == "scheduling_strategy":
             from swiftray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
                                                              PlacementGroupSchedulingStrategy)
@@ -149,9 +154,10 @@ def validate_actor_options(options):
             hint = " (num_returns is set per method with @swiftray.method(num_returns=...))" if k == "num_returns" else ""
             raise ValueError(f"Invalid option keyword {k} for actors{hint}. Valid ones are {sorted(ACTOR_DEFAULTS)}.")
         if v is None and k in ("num_cpus", "memory", "resources", "name", "namespace", "lifetime",
-                               "scheduling_strategy", "max_concurrency", "accelerator_type"):
+                               "scheduling_strategy", "max_concurrency", "accelerator_type", "runtime_env"):
             continue
-        if k in ("num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "name", "accelerator_type"):
+        if k in ("num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "name", "accelerator_type",
+                 "runtime_env"):
             validate_task_options({k: v})
         elif k in ("max_restarts", "max_task_retries", "max_pending_calls"):
             _int(k, v, -1)

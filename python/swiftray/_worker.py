@@ -1,9 +1,11 @@
 """The Python half of a worker process: runs the tasks the core hands it, on the main
 thread. Started by the Swift host (`swiftray worker`), never by hand."""
 import inspect
+import json
 import os
 import pickle
 import signal
+import site
 import sys
 import threading
 import traceback
@@ -126,11 +128,53 @@ def _arg_failure(name, num_returns, err):
 
 
 _job = {"key": None}
+# This worker's runtime_env, as the core gave it (canonical JSON; "" for none).
+_runtime_env_json = ""
+# Whether the runtime_env ships code (a working_dir or py_modules): then that code, not
+# the driver's sys.path on a shared filesystem, is what tasks import.
+_ships_code = False
+
+
+def _apply_runtime_env():
+    """Applies what the node set up for this worker's runtime_env (env vars, working
+    folder, shipped code and installed packages on sys.path) before any user code runs.
+    The context is popped so the processes the user's code starts do not inherit it."""
+    global _runtime_env_json, _ships_code
+    raw = os.environ.pop("SWIFTRAY_RUNTIME_ENV_CONTEXT", "")
+    if not raw:
+        return
+    try:
+        context = json.loads(raw)
+    except ValueError as e:
+        raise RuntimeError(f"SWIFTRAY_RUNTIME_ENV_CONTEXT is not valid JSON ({e}); "
+                           f"the node and this worker disagree on its format") from None
+    os.environ.update(context.get("env_vars") or {})
+    if context.get("cwd"):
+        os.chdir(context["cwd"])
+    # Site dirs first, then sys_path in front of them: shipped code wins over installed
+    # packages, which win over the system's (as Ray, whose PYTHONPATH precedes the venv).
+    for d in reversed(context.get("site_dirs") or ()):
+        _add_site_dir_first(d)
+    sys_path = list(context.get("sys_path") or ())
+    sys.path[:] = sys_path + [p for p in sys.path if p not in sys_path]
+    _runtime_env_json = context.get("runtime_env") or ""
+    _ships_code = bool(context.get("cwd") or sys_path)
+
+
+def _add_site_dir_first(d):
+    """site.addsitedir appends (and runs the dir's .pth files); the entries it added move
+    to the front so a venv's packages shadow the system's."""
+    before = set(sys.path)
+    site.addsitedir(d)
+    added = [d] + [p for p in sys.path if p not in before and p != d]
+    moved = set(added)
+    sys.path[:] = added + [p for p in sys.path if p not in moved]
 
 
 def _enter_job(task_id):
-    """A task of a job this worker has not served yet: add that driver's sys.path, and
-    run in its namespace (an actor keeps its creator's, whoever calls it)."""
+    """A task of a job this worker has not served yet: add that driver's sys.path (unless
+    the runtime_env ships the code), and run in its namespace (an actor keeps its
+    creator's, whoever calls it)."""
     key = str(int.from_bytes(task_id[16:24], "big")).encode()
     if key == _job["key"]:
         return
@@ -141,7 +185,7 @@ def _enter_job(task_id):
     record = pickle.loads(blob)
     if isinstance(record, list):  # a driver of an earlier version
         record = {"sys_path": record}
-    for p in record.get("sys_path", ()):
+    for p in () if _ships_code else record.get("sys_path", ()):
         if p not in sys.path:
             sys.path.append(p)
     if record.get("namespace") and actor.instance is None:
@@ -423,6 +467,7 @@ _running_as_worker = False
 def main():
     global _running_as_worker
     _running_as_worker = True
+    _apply_runtime_env()
     signal.signal(signal.SIGINT, _on_sigint)
     _core.connect_worker()
     # The node's lease-grant key was for the core (which cleared its own copy); user

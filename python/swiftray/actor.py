@@ -80,6 +80,7 @@ class ActorClass(Exported):
             "is_async": self._is_async, "name": name, "namespace": namespace, "detached": detached,
             "handle_meta": pickle.dumps(meta),
             "scheduling_strategy": _options.strategy_for_core(options["scheduling_strategy"]),
+            "runtime_env": _api.resolve_runtime_env(options["runtime_env"]),
         }
         arglist = pack_call(self._name, args, kwargs, what="actor constructor")
         try:

@@ -102,23 +102,25 @@ class RemoteFunction(Exported):
         """What submit_task needs from `options`, derived once per options dict (the
         retry filter is a pickle): nothing per call but the arguments."""
         key = id(options)
+        parent_env = _api.current_runtime_env()
         cached = self._submissions.get(key)
-        if cached is not None and cached[0] is options:
+        if cached is not None and cached[0] is options and cached[2] is parent_env:
             return cached[1]
         retry = options["retry_exceptions"]
         fields = (options["name"] or self._name, options["num_returns"], _options.resource_shape(options),
                   options["max_retries"], retry is not False,
                   b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)),
-                  _options.strategy_for_core(options["scheduling_strategy"]))
-        self._submissions[key] = (options, fields)
+                  _options.strategy_for_core(options["scheduling_strategy"]),
+                  _api.resolve_runtime_env(options["runtime_env"]))
+        self._submissions[key] = (options, fields, parent_env)
         return fields
 
     def _remote(self, args, kwargs, options):
         _api._ensure_init()
         fid = self._function_id()
         arglist = pack_call(self._name, args, kwargs)
-        name, num_returns, shape, max_retries, retry, retry_filter, strategy = self._submission(options)
-        ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter, strategy)
+        name, num_returns, shape, max_retries, retry, retry_filter, strategy, env = self._submission(options)
+        ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter, strategy, env)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns == 1:
             return out[0]

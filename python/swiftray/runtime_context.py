@@ -24,6 +24,18 @@ class RuntimeContext:
         a = _hosted_actor()
         return a.actor_id.hex() if a is not None and a.actor_id is not None else None
 
+    def get_runtime_env_string(self):
+        """The runtime_env this code runs in, as JSON (as Ray's): the job's in a driver,
+        the task's or actor's in a worker; package URIs stand for shipped folders."""
+        _api._ensure_init()
+        return _api.current_runtime_env() or "{}"
+
+    @property
+    def runtime_env(self):
+        """The runtime_env this code runs in, as a dict."""
+        import json
+        return json.loads(self.get_runtime_env_string())
+
     @property
     def namespace(self):
         return _api._state.get("namespace")

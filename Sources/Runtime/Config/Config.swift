@@ -105,6 +105,16 @@ public struct Config: Sendable, Equatable {
   /// (`.1` the newest): a chatty worker fills no disk.
   public var logRotationMaxBytes = 512 * 1024 * 1024
   public var logRotationBackupCount = 5
+  /// Bytes a node's runtime-environment cache (unpacked packages, pip virtualenvs) may
+  /// hold before the ones no worker uses are deleted, least recently used first (Ray's
+  /// per-plugin cache is 10 GB).
+  public var runtimeEnvCacheMaxBytes = 10 << 30
+  /// An environment no worker has used this long is deleted from a node's cache even
+  /// when the cache is within its size.
+  public var runtimeEnvCacheTtlS = 3600
+  /// Largest package (a zipped working_dir or py_module) the head's package store takes
+  /// (Ray: 500 MiB).
+  public var runtimeEnvMaxPackageBytes = 500 << 20
 
   public init() {}
 
@@ -149,6 +159,9 @@ public struct Config: Sendable, Equatable {
     "dedup_logs_agg_window_ms": \.dedupLogsAggWindowMs,
     "log_rotation_max_bytes": \.logRotationMaxBytes,
     "log_rotation_backup_count": \.logRotationBackupCount,
+    "runtime_env_cache_max_bytes": \.runtimeEnvCacheMaxBytes,
+    "runtime_env_cache_ttl_s": \.runtimeEnvCacheTtlS,
+    "runtime_env_max_package_bytes": \.runtimeEnvMaxPackageBytes,
   ]
 
   /// Ray's environment variables we read as the same settings.
@@ -160,6 +173,9 @@ public struct Config: Sendable, Equatable {
   static let ranges: [String: ClosedRange<Int>] = [
     "max_data_plane_frame_bytes": (1 << 20)...(1 << 30),
     "max_kv_bytes": (1 << 20)...(1 << 40),
+    "runtime_env_cache_max_bytes": 0...(1 << 50),
+    "runtime_env_cache_ttl_s": 0...(365 * 86_400),
+    "runtime_env_max_package_bytes": (1 << 10)...(4 << 30),
     "max_connections_per_listener": 16...(1 << 20),
     "connection_handshake_timeout_ms": 100...600_000,
     "data_plane_keepalive_ms": 50...600_000,

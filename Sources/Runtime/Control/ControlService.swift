@@ -530,6 +530,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
       req.grantOrReject = pinned
       req.jobID = spec.jobID
       req.taskName = spec.name
+      req.runtimeEnv = spec.runtimeEnv
       let (reply, answered) = await leases.request(req, at: node)
       let node = answered ?? node
       let now = clock.now()
@@ -542,7 +543,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
                                        hostAlive: s.nodes[reply.worker.nodeID]?.alive == true, now: now)
         case .infeasible:
           return s.actors.leaseRejected(id, detail: "no node has the resources it needs: \(reply.detail)", now: now)
-        case .workerStartFailed:
+        case .workerStartFailed, .runtimeEnvSetupFailed:
           return s.actors.workersFailToStart(id, detail: reply.detail)
         case .placementGroupRemoved:
           return s.actors.placementGroupGone(id, detail: reply.detail)

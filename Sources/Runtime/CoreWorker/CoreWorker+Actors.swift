@@ -25,9 +25,13 @@ extension CoreWorker {
     public var detached: Bool
     public var handleMeta: Data
     public var strategy: SchedulingKey.Strategy
+    /// Canonical JSON of its runtime environment ("" none).
+    public var runtimeEnv: String
     public init(className: String, resources: ResourceSet, placement: ResourceSet, maxRestarts: Int,
                 maxTaskRetries: Int, maxConcurrency: Int, isAsync: Bool, maxPendingCalls: Int, name: String,
-                namespace: String, detached: Bool, handleMeta: Data, strategy: SchedulingKey.Strategy = .default) {
+                namespace: String, detached: Bool, handleMeta: Data, strategy: SchedulingKey.Strategy = .default,
+                runtimeEnv: String = "") {
+      self.runtimeEnv = runtimeEnv
       self.className = className; self.resources = resources; self.placement = placement
       self.maxRestarts = maxRestarts; self.maxTaskRetries = maxTaskRetries; self.maxConcurrency = maxConcurrency
       self.isAsync = isAsync; self.maxPendingCalls = maxPendingCalls; self.name = name
@@ -44,6 +48,7 @@ extension CoreWorker {
     spec.function = function
     spec.name = "\(o.className).__init__"
     spec.numReturns = 0
+    spec.runtimeEnv = o.runtimeEnv
     let strategy = strategyOrCaptured(o.strategy)
     spec.strategy = SchedulingKey(o.resources, strategy: strategy).strategyProto
     spec.resources = SchedulingKey.shape(o.resources, under: strategy).proto

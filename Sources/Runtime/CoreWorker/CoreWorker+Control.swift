@@ -61,6 +61,26 @@ extension CoreWorker {
     }
   }
 
+  /// Whether the head's package store holds package `uri` whole (its manifest is there).
+  public func packageExists(_ uri: String) throws -> Bool {
+    guard let p = RuntimeEnv.Package(uri: uri) else {
+      throw SwiftrayError(.invalidArgument, "a package URI is pkg://<sha256 hex>.zip, got \(uri.prefix(100))")
+    }
+    return try kvGet(namespace: PackageStore.namespace, key: PackageStore.manifestKey(p)) != nil
+  }
+
+  /// Puts package `uri` into the head's package store: its chunks, then its manifest
+  /// (`PackageStore`). Refused unless `data`'s SHA-256 is the one `uri` names.
+  public func uploadPackage(_ uri: String, _ data: Data) throws {
+    let p = try PackageStore.checked(uri: uri, data, maxBytes: options.config.runtimeEnvMaxPackageBytes)
+    let chunks = PackageStore.chunks(data)
+    for (i, chunk) in chunks.enumerated() {
+      _ = try kvPut(namespace: PackageStore.namespace, key: PackageStore.chunkKey(p, i), value: chunk, overwrite: true)
+    }
+    let manifest = PackageStore.Manifest(size: data.count, chunks: chunks.count)
+    _ = try kvPut(namespace: PackageStore.namespace, key: PackageStore.manifestKey(p), value: PackageStore.encode(manifest), overwrite: true)
+  }
+
   public func allNodes() throws -> [Swiftray_NodeInfo] {
     try callControl("GetAllNodes") { try await $0.getAllNodes(Swiftray_GetAllNodesRequest()).nodes }
   }

@@ -57,6 +57,7 @@ extension CoreWorker {
       req.leaseRequestID = requestID
       req.resources = key.shape.proto
       req.strategy = key.strategyProto
+      req.runtimeEnv = key.runtimeEnv
       req.owner = owner
       req.jobID = Data(job.binary)
       if let preferred { req.preferredNode = preferred }
@@ -65,6 +66,31 @@ extension CoreWorker {
       self.owner { $0.leaseReplied(requestID, reply, node: node, now: now) }
     }
   }
+
+  /// Has this node set up runtime environment `json` before the first task needs it
+  /// (`config.eager_install`, for a job's environment): a lease of no resources in it,
+  /// given back at once, which leaves a worker of that environment idle here. Never
+  /// blocks; a failure is the first task's to report.
+  public func prepareRuntimeEnv(_ json: String) {
+    let nm = nodeManager, owner = address, job = jobID
+    let me = Data(options.workerID.binary)
+    Task {
+      var req = Swiftray_RequestWorkerLeaseRequest()
+      req.leaseRequestID = UInt64.random(in: 1 ... (1 << 62))
+      req.owner = owner
+      req.jobID = Data(job.binary)
+      req.runtimeEnv = json
+      req.grantOrReject = true  // here: this is the node the driver's tasks start from
+      let client = Swiftray_NodeManagerService.Client(wrapping: nm.client)
+      guard let r = try? await client.requestWorkerLease(req, options: ControlPlane.deadline(milliseconds: Self.eagerInstallDeadlineMs)),
+            r.status == .granted else { return }
+      _ = try? await client.returnWorkerLease(.with { $0.leaseID = r.leaseID; $0.ownerWorkerID = me },
+                                              options: ControlPlane.deadline(milliseconds: 10_000))
+    }
+  }
+
+  /// The longest an eager set-up is waited for (a pip install may take long).
+  static let eagerInstallDeadlineMs = 3_600_000
 
   /// A client of another node's NodeManager (spillback), made once.
   func nodeClient(_ endpoint: String) -> ControlPlane.Connection? { otherNodes.client(endpoint) }

@@ -335,8 +335,10 @@ public final class CoreWorker: Sendable {
     let strategy: SchedulingKey.Strategy
 
     public init(function: Swiftray_FunctionDescriptor, name: String, numReturns: Int, resources: ResourceSet,
-                maxRetries: Int, retryExceptions: Bool, retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default) {
+                maxRetries: Int, retryExceptions: Bool, retryExceptionFilter: Data, strategy: SchedulingKey.Strategy = .default,
+                runtimeEnv: String = "") {
       var spec = Swiftray_TaskSpec()
+      spec.runtimeEnv = runtimeEnv
       spec.function = function
       spec.name = name
       spec.numReturns = Int32(clamping: numReturns)

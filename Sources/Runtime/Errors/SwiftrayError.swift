@@ -22,6 +22,8 @@ public struct SwiftrayError: Error, Sendable, Equatable, CustomStringConvertible
     case pendingCallsLimitExceeded = "PENDING_CALLS_LIMIT_EXCEEDED"
     case taskPlacementGroupRemoved = "TASK_PLACEMENT_GROUP_REMOVED"
     case actorPlacementGroupRemoved = "ACTOR_PLACEMENT_GROUP_REMOVED"
+    /// A task's runtime environment could not be set up on the node picked for it.
+    case runtimeEnvSetupFailed = "RUNTIME_ENV_SETUP_FAILED"
     case invalidArgument = "INVALID_ARGUMENT"
     case notInitialized = "NOT_INITIALIZED"
     /// A peer refused this process's cluster token, or none was found.

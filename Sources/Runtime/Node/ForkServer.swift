@@ -26,10 +26,11 @@ public enum ForkServer {
   public static let maxRequestBytes = 256 << 10
   public static let noticeBytes = 12
 
-  /// The only variable a node sets differently for each worker; any other difference
+  /// The only variables a node sets differently for each worker (its id, and its
+  /// runtime environment's context, which the worker applies itself); any other difference
   /// from the server's own environment means the worker is spawned instead (its
   /// interpreter would have started differently).
-  public static let perWorkerKeys: Set<String> = ["SWIFTRAY_WORKER_ID"]
+  public static let perWorkerKeys: Set<String> = ["SWIFTRAY_WORKER_ID", "SWIFTRAY_RUNTIME_ENV_CONTEXT"]
 
   public enum Notice: Equatable, Sendable {
     case ready(pid: Int32)

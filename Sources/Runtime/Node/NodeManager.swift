@@ -80,6 +80,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     /// return), sent with each report and answer so the head can tell a report taken
     /// before its latest change (`NodeTable.BundleSync`).
     var bundleEpoch: UInt64 = 0
+    /// What each runtime environment set up here gives its workers (`RuntimeEnv.context`),
+    /// by `RuntimeEnv.key`; forgotten as the cache forgets it (`sweepRuntimeEnvs`), and
+    /// at most `maxRuntimeEnvs` (more are refused as busy until some are forgotten).
+    var envContexts: [String: String] = [:]
+    /// Lease requests waiting for their runtime environment's set-up (bounded like the
+    /// queue, by `max_pending_lease_requests_per_node`).
+    var awaitingSetUp = 0
   }
 
   public let options: Options
@@ -106,6 +113,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   static let maxLogFollowers = 64
   /// Where workers' output is kept (`<session>/logs`), for `swiftray logs`.
   let logFiles: WorkerLogWriter
+  /// Sets up runtime environments (made on first use: most nodes never need one).
+  let envAgent = Locked<RuntimeEnvAgent?>(nil)
 
   /// `launcher`: how workers start (nil: processes, `ProcessMonitor`).
   public init(options: Options, store: ObjectStore, clock: any RuntimeClock = Clocks.current,
@@ -147,6 +156,13 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     }
     perform(state.withLock { $0.queue.prestart(count: options.prestartWorkers) })
     Task { await syncClusterView() }
+    Task { [weak self, clock] in
+      while true {
+        await clock.sleep(for: NodeManager.runtimeEnvSweepPeriod)
+        guard let self, !self.state.withLock({ $0.shuttingDown }) else { return }
+        await self.sweepRuntimeEnvs()
+      }
+    }
   }
 
   /// Deadline of the node's reports to the head (`node_manager_rpc_timeout_ms`).
@@ -351,26 +367,28 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         var r = Swiftray_RequestWorkerLeaseReply()
         r.status = .canceled
         state.withLock { $0.takeReply(requestID) }?.resume(returning: r)
-      case .startWorker:
-        startWorker()
+      case .startWorker(let env):
+        startWorker(env: env)
       case .killWorker(let id):
         if let pid = state.withLock({ $0.workers.kill(id) }) { monitor.signal(pid, SIGKILL) }
       }
     }
   }
 
-  private func startWorker() {
+  private func startWorker(env: String) {
     let id = WorkerID.random()
-    let stopping = state.withLock { s -> Bool in
-      if s.shuttingDown { _ = s.queue.workerStartFailed(); return true }
+    let context = state.withLock { s -> String?? in
+      if s.shuttingDown { _ = s.queue.workerStartFailed(env: env); return .none }
       // Known before its pid: the worker may register (over the node's socket) before
       // the launcher returns, and must not be turned away then.
       s.workers.launching(id)
-      _ = s.queue.workerStarting(id)
-      return false
+      _ = s.queue.workerStarting(id, env: env)
+      return .some(env.isEmpty ? nil : s.envContexts[env])
     }
-    if stopping { return }
-    monitor.launch(executable: options.workerExecutable, arguments: ["worker"], environment: workerEnvironment(for: id)) {
+    guard let context else { return }
+    var environment = workerEnvironment(for: id)
+    environment[Self.runtimeEnvContextKey] = context
+    monitor.launch(executable: options.workerExecutable, arguments: ["worker"], environment: environment) {
       [self] result in
       switch result {
       case .success(let pid):
@@ -395,6 +413,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       }
     }
   }
+
+  /// The variable that gives a worker its runtime environment's context (JSON; the
+  /// worker applies it before any user code, `_worker._apply_runtime_env`).
+  public static let runtimeEnvContextKey = "SWIFTRAY_RUNTIME_ENV_CONTEXT"
 
   /// A worker's whole environment; without `id`, the fork server's (every worker's
   /// but `ForkServer.perWorkerKeys`).
@@ -505,7 +527,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let needs = req.shape.union(req.placement)
     let preferred = request.preferredNode.isEmpty ? nil : request.preferredNode
     // Unless a node already spilled it here, the request goes where its strategy says.
-    let routed = !request.grantOrReject
+    var routed = !request.grantOrReject
     if routed && !state.withLock({ $0.queue.total.contains(needs) }), let c = controlClient() {
       // This node can never fit it and the view of the others is up to one report
       // period old: a node may just have joined. Look again before calling it infeasible.
@@ -516,6 +538,44 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       }
       await refreshClusterView(client)
     }
+    let busy = Swiftray_RequestWorkerLeaseReply.with {
+      $0.status = .busy
+      $0.detail = "node \(nodeHex) already has \(maxWaiting) lease requests waiting (max_pending_lease_requests_per_node); ask again later"
+    }
+    // A runtime environment is set up before the request is queued: routed first, so
+    // a request another node should take costs no set-up here.
+    let runtimeEnv: RuntimeEnv?
+    do { runtimeEnv = try RuntimeEnv.parse(request.runtimeEnv) } catch {
+      return Self.runtimeEnvFailed("node \(nodeHex) refused its runtime_env: \(error.message)")
+    }
+    if let env = runtimeEnv, state.withLock({ $0.envContexts[env.key] == nil }) {
+      enum Admit { case reply(Swiftray_RequestWorkerLeaseReply), setUp }
+      let admit = state.withLock { s -> Admit in
+        if routed, let r = route(&s, key, needs: needs, preferred: preferred) { return .reply(r) }
+        guard s.awaitingSetUp + s.queue.pending.count < maxWaiting else { return .reply(busy) }
+        guard s.envContexts.count + s.awaitingSetUp < Self.maxRuntimeEnvs else {
+          return .reply(.with {
+            $0.status = .busy
+            $0.detail = "node \(nodeHex) holds \(Self.maxRuntimeEnvs) runtime environments; unused ones are forgotten within minutes"
+          })
+        }
+        s.awaitingSetUp += 1
+        return .setUp
+      }
+      if case .reply(let r) = admit { return r }
+      routed = false
+      let outcome = await runtimeEnvAgent().setUp(env, now: { [clock] in clock.now() })
+      state.withLock { $0.awaitingSetUp -= 1 }
+      switch outcome {
+      case .failure(let e):
+        return Self.runtimeEnvFailed("the runtime_env could not be set up on node \(nodeHex): \(e.message)")
+      case .success(let context):
+        state.withLock { $0.envContexts[env.key] = context }
+      }
+      if Task.isCancelled { var r = Swiftray_RequestWorkerLeaseReply(); r.status = .canceled; return r }
+    }
+    req.env = runtimeEnv?.key ?? ""
+    let routedHere = routed
     // The caller gave up: its deadline passed (the handler's task is cancelled), or its
     // connection went (gRPC says so only through the RPC's cancellation handle). Either
     // way the waiting request leaves the queue rather than be granted to nobody.
@@ -531,28 +591,10 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           var r = Swiftray_RequestWorkerLeaseReply()
           // Stopping: nothing will be granted any more; say so rather than hang the caller.
           if s.shuttingDown { r.status = .canceled; return .reply(r) }
-          if routed {
-            let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: s.queue.total,
-                                         available: s.queue.uncommitted, alive: true, startTimeMs: 0)
-            switch s.cluster.route(key, needs: needs, me: me, preferred: preferred) {
-            case .local: break
-            case .spillback(let address):
-              r.status = .spillback
-              r.retryAtEndpoint = address
-              return .reply(r)
-            case .reject(let detail):
-              r.status = .infeasible
-              r.detail = detail
-              return .reply(r)
-            }
-          }
+          if routedHere, let elsewhere = route(&s, key, needs: needs, preferred: preferred) { return .reply(elsewhere) }
           // Bounded: owners keep a few requests per shape, so a full queue means a
           // flood; the owner asks again shortly.
-          guard s.queue.pending.count < maxWaiting else {
-            r.status = .busy
-            r.detail = "node \(nodeHex) already has \(maxWaiting) lease requests waiting (max_pending_lease_requests_per_node); ask again later"
-            return .reply(r)
-          }
+          guard s.queue.pending.count + s.awaitingSetUp < maxWaiting else { return .reply(busy) }
           guard let id = s.requestIDs.admit(requestKey) else {
             r.status = .infeasible
             r.detail = "lease request \(request.leaseRequestID) of this owner is already waiting on this node"
@@ -568,6 +610,71 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         }
       }
     } onCancel: { withdraw() } } onCancelRPC: { withdraw() }
+  }
+
+  /// Where a request goes by its strategy: nil for here, else the spillback or the
+  /// refusal to answer. Under the state lock.
+  func route(_ s: inout State, _ key: SchedulingKey, needs: ResourceSet, preferred: Data?) -> Swiftray_RequestWorkerLeaseReply? {
+    let me = NodePicker.NodeView(id: Data(options.nodeID.binary), address: endpoint.description, total: s.queue.total,
+                                 available: s.queue.uncommitted, alive: true, startTimeMs: 0)
+    var r = Swiftray_RequestWorkerLeaseReply()
+    switch s.cluster.route(key, needs: needs, me: me, preferred: preferred) {
+    case .local: return nil
+    case .spillback(let address):
+      r.status = .spillback
+      r.retryAtEndpoint = address
+    case .reject(let detail):
+      r.status = .infeasible
+      r.detail = detail
+    }
+    return r
+  }
+
+  static let runtimeEnvSweepPeriod: Duration = .seconds(60)
+  static let maxRuntimeEnvs = 4096
+
+  static func runtimeEnvFailed(_ detail: String) -> Swiftray_RequestWorkerLeaseReply {
+    var r = Swiftray_RequestWorkerLeaseReply()
+    r.status = .runtimeEnvSetupFailed
+    r.detail = detail
+    return r
+  }
+
+  /// The node's runtime-environment agent, made on first use. Its set-up steps run
+  /// `$SWIFTRAY_PYTHON -m swiftray._runtime_env_setup` with the workers' environment.
+  func runtimeEnvAgent() -> RuntimeEnvAgent {
+    envAgent.withLock { a in
+      if let a { return a }
+      var env = options.workerEnvironment
+      if let paths = env["SWIFTRAY_SYS_PATH"].flatMap({ try? JSONDecoder().decode([String].self, from: Data($0.utf8)) }) {
+        env["PYTHONPATH"] = (paths + [env["PYTHONPATH"]].compactMap { $0 }).joined(separator: ":")
+      }
+      // The worker executable is the package's `_bin/swiftray`; the script lies beside `_bin`.
+      let script = URL(fileURLWithPath: options.workerExecutable).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("_runtime_env_setup.py").path
+      let made = RuntimeEnvAgent(root: options.sessionDir + "/runtime_resources", python: env["SWIFTRAY_PYTHON"] ?? "python3",
+                                 script: FileManager.default.fileExists(atPath: script) ? script : nil, environment: env, maxPackageBytes: options.config.runtimeEnvMaxPackageBytes) { [weak self] key in
+        guard let self, let c = self.controlClient() else { throw SwiftrayError(.system, "this node has no connection to the head") }
+        var req = Swiftray_KVGetRequest()
+        req.namespace = PackageStore.namespace
+        req.key = key
+        let r = try await Swiftray_ControlService.Client(wrapping: c.client).kvGet(req, options: self.headCallOptions)
+        return r.found ? r.value : nil
+      }
+      a = made
+      return made
+    }
+  }
+
+  /// Deletes what no live environment uses from the node's runtime-environment cache
+  /// (`RuntimeEnvCache`), and forgets the contexts of environments nothing uses.
+  func sweepRuntimeEnvs() async {
+    guard let agent = envAgent.withLock({ $0 }) else { return }
+    let inUse = state.withLock { $0.queue.environmentsInUse }
+    let (deleted, forgotten) = await agent.sweep(inUse: inUse, now: clock.now(), maxBytes: options.config.runtimeEnvCacheMaxBytes,
+                                                 ttlNanos: UInt64(options.config.runtimeEnvCacheTtlS) * 1_000_000_000)
+    state.withLock { s in for k in forgotten { s.envContexts[k] = nil } }
+    if !deleted.isEmpty { log.info("runtime-env/evicted", metadata: ["resources": "\(deleted)"]) }
   }
 
   /// For a request inside placement group `group` that this node cannot fit: asks the
@@ -822,6 +929,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let hard = clock.deadline(after: .seconds(2))
     while !monitor.livePids.isEmpty && clock.now() < hard { usleep(5_000) }
     monitor.shutdown()
+    envAgent.withLock { $0 }.map { a in Task { await a.shutdown() } }
     let subs = state.withLock { s in
       defer { s.logSubscribers.removeAll() }
       return Array(s.logSubscribers.values)

@@ -116,6 +116,8 @@ extension OwnerState {
         actions = submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now)
       case .placementGroupRemoved:
         actions = submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now, code: .taskPlacementGroupRemoved)
+      case .runtimeEnvSetupFailed:
+        actions = submitter.leaseFailed(requestID: requestID, detail: reply.detail, now: now, code: .runtimeEnvSetupFailed)
       default:
         // Waits for its group to be placed, for room in the node's queue, or another
         // answer: asked again shortly, without a warning.

@@ -656,7 +656,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       return
     }
     if !spec.actorID.isEmpty { return queueActorSteps(actorSubmitter.callReady(tid), &e) }
-    absorb(submitter.taskReady(tid, key: SchedulingKey(shape: ResourceSet(proto: spec.resources), proto: spec.strategy),
+    absorb(submitter.taskReady(tid, key: SchedulingKey(shape: ResourceSet(proto: spec.resources), proto: spec.strategy, runtimeEnv: spec.runtimeEnv),
                                function: Self.functionTag(spec.function.functionID), now: now),
            now: now, &e)
   }

@@ -30,10 +30,13 @@ public struct LeaseQueue: Sendable {
     public var movable: Bool
     /// Asked by the ControlService for an actor: its lease lives while the head lists it.
     public var forControl: Bool
+    /// The runtime environment its worker must have (`RuntimeEnv.key`; "" the node's
+    /// own): granted only a worker of that environment.
+    public var env: String
     public init(id: UInt64, shape: ResourceSet, owner: WorkerID, placement: ResourceSet = ResourceSet(), movable: Bool = false,
-                forControl: Bool = false) {
+                forControl: Bool = false, env: String = "") {
       self.id = id; self.shape = shape; self.owner = owner; self.placement = placement; self.movable = movable
-      self.forControl = forControl
+      self.forControl = forControl; self.env = env
     }
     public var needsFree: ResourceSet { shape.union(placement) }
   }
@@ -69,6 +72,8 @@ public struct LeaseQueue: Sendable {
     public var state: WorkerState
     /// Blocked in `get` while leased: its CPUs are lent back to the node.
     public var blocked = false
+    /// Its runtime environment (`RuntimeEnv.key`; "" the node's own): it serves no other.
+    public var env = ""
   }
 
   public enum Action: Sendable, Equatable {
@@ -81,8 +86,9 @@ public struct LeaseQueue: Sendable {
     case canceled(requestID: UInt64)
     /// Workers cannot start here; `detail` says how the last one died.
     case workerStartFailed(requestID: UInt64, detail: String)
-    /// Spawn a worker process; report it with `workerStarting`.
-    case startWorker
+    /// Spawn a worker process in runtime environment `env` ("" the node's own); report
+    /// it with `workerStarting`.
+    case startWorker(env: String)
     case killWorker(WorkerID)
   }
 
@@ -110,9 +116,14 @@ public struct LeaseQueue: Sendable {
   public private(set) var leases: [UInt64: Lease] = [:]
   /// The ControlService's leases its last lists left out, since when (node clock).
   var unlistedSince: [UInt64: UInt64] = [:]
-  private var idle: [WorkerID] = []
-  /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`.
-  private var requestedStarts = 0
+  /// Idle workers by runtime environment.
+  private var idle: [String: [WorkerID]] = [:]
+  /// Workers asked for by `.startWorker` but not yet reported by `workerStarting`, by
+  /// runtime environment.
+  private var requestedStarts: [String: Int] = [:]
+  private var requestedStartCount: Int { requestedStarts.values.reduce(0, +) }
+  /// Idle workers killed to make room for another environment's, until they exit.
+  private var evicting: Set<WorkerID> = []
   private var nextLeaseID: UInt64
   public let limits: Limits
 
@@ -123,29 +134,41 @@ public struct LeaseQueue: Sendable {
     self.gpus = GPUInstances(count: Int(max(0, total[ResourceSet.gpu]) / ResourceSet.unit))
   }
 
-  public var idleWorkerCount: Int { idle.count }
+  public var idleWorkerCount: Int { idle.values.reduce(0) { $0 + $1.count } }
   public var startingWorkerCount: Int {
-    requestedStarts + workers.values.filter { $0.state == .starting }.count
+    requestedStartCount + workers.values.filter { $0.state == .starting }.count
+  }
+  func startingWorkers(_ env: String) -> Int {
+    (requestedStarts[env] ?? 0) + workers.values.filter { $0.state == .starting && $0.env == env }.count
+  }
+  /// Runtime environments of the workers alive or starting here (their caches are in use).
+  public var environmentsInUse: Set<String> {
+    Set(workers.values.map(\.env)).union(requestedStarts.keys).union(pending.map(\.env)).subtracting([""])
   }
 
   // MARK: events
 
   /// Start-up: keep `count` workers warm so the first tasks need no process spawn.
   public mutating func prestart(count: Int) -> [Action] {
-    let n = max(0, min(count, limits.maxWorkers) - workers.count - requestedStarts)
-    requestedStarts += n
-    return Array(repeating: .startWorker, count: n)
+    let n = max(0, min(count, limits.maxWorkers) - workers.count - requestedStartCount)
+    requestedStarts["", default: 0] += n
+    return Array(repeating: .startWorker(env: ""), count: n)
   }
 
-  public mutating func workerStarting(_ id: WorkerID) -> [Action] {
-    requestedStarts = max(0, requestedStarts - 1)
-    workers[id] = Worker(id: id, state: .starting)
+  public mutating func workerStarting(_ id: WorkerID, env: String = "") -> [Action] {
+    startClaimed(env)
+    workers[id] = Worker(id: id, state: .starting, env: env)
     return []
   }
 
+  private mutating func startClaimed(_ env: String) {
+    let left = (requestedStarts[env] ?? 0) - 1
+    requestedStarts[env] = left > 0 ? left : nil
+  }
+
   /// A spawn that failed before the process existed.
-  public mutating func workerStartFailed() -> [Action] {
-    requestedStarts = max(0, requestedStarts - 1)
+  public mutating func workerStartFailed(env: String = "") -> [Action] {
+    startClaimed(env)
     return []
   }
 
@@ -161,7 +184,7 @@ public struct LeaseQueue: Sendable {
     guard var w = workers[id], w.state == .starting else { return [] }
     w.state = .idle
     workers[id] = w
-    idle.append(id)
+    idle[w.env, default: []].append(id)
     return dispatch()
   }
 
@@ -212,7 +235,7 @@ public struct LeaseQueue: Sendable {
       } else {
         w.state = .idle; w.blocked = false
         workers[lease.worker] = w
-        idle.append(lease.worker)
+        idle[w.env, default: []].append(lease.worker)
       }
     }
     return actions + dispatch()
@@ -223,8 +246,10 @@ public struct LeaseQueue: Sendable {
   /// are killed (as Ray does).
   public mutating func workerExited(_ id: WorkerID) -> [Action] {
     var actions: [Action] = []
+    evicting.remove(id)
     if let w = workers.removeValue(forKey: id) {
-      idle.removeAll { $0 == id }
+      idle[w.env]?.removeAll { $0 == id }
+      if idle[w.env]?.isEmpty == true { idle[w.env] = nil }
       if case .leased(let leaseID) = w.state, let lease = leases.removeValue(forKey: leaseID) {
         release(lease, blocked: w.blocked)
       }
@@ -498,12 +523,13 @@ public struct LeaseQueue: Sendable {
   /// and asks for workers when resources are free but no idle worker is.
   private mutating func dispatch() -> [Action] {
     var actions: [Action] = []
-    var waitingForWorker = 0
+    var waitingForWorker: [String: Int] = [:]
     var i = 0
     while i < pending.count {
       let req = pending[i]
       if available.contains(req.needsFree), canTakeGPUs(req.shape) {
-        if let wid = idle.popLast() {
+        if let wid = idle[req.env]?.popLast() {
+          if idle[req.env]?.isEmpty == true { idle[req.env] = nil }
           var lease = Lease(id: nextLeaseID, worker: wid, shape: req.shape, owner: req.owner)
           lease.forControl = req.forControl
           assignGPUs(&lease)
@@ -515,15 +541,43 @@ public struct LeaseQueue: Sendable {
           actions.append(.grant(requestID: req.id, lease: lease))
           continue
         }
-        waitingForWorker += 1
+        waitingForWorker[req.env, default: 0] += 1
       }
       i += 1
     }
-    let starting = startingWorkerCount
-    let room = min(limits.maxStartingWorkers - starting, limits.maxWorkers - workers.count - requestedStarts)
-    let n = max(0, min(waitingForWorker - starting, room))
-    requestedStarts += n
-    actions.append(contentsOf: Array(repeating: .startWorker, count: n))
+    var room = min(limits.maxStartingWorkers - startingWorkerCount,
+                   limits.maxWorkers - (workers.count - evicting.count) - requestedStartCount)
+    var started = 0
+    for env in waitingForWorker.keys.sorted() {
+      let n = max(0, min(waitingForWorker[env]! - startingWorkers(env), room))
+      guard n > 0 else { continue }
+      room -= n; started += n
+      requestedStarts[env, default: 0] += n
+      actions.append(contentsOf: Array(repeating: .startWorker(env: env), count: n))
+    }
+    if started > 0 || waitingForWorker.keys.contains(where: { idle[$0] == nil && startingWorkers($0) == 0 }) {
+      actions += evictIdle(keeping: Set(waitingForWorker.keys))
+    }
+    return actions
+  }
+
+  /// Workers serve one runtime environment each, so a node running tasks of several
+  /// keeps workers of each: past one worker per CPU (or `maxWorkers`), idle workers of
+  /// environments nothing waits for are killed, the longest idle first, to make room.
+  private mutating func evictIdle(keeping wanted: Set<String>) -> [Action] {
+    let cpus = Int(max(0, total[ResourceSet.cpu]) / ResourceSet.unit)
+    var excess = (workers.count - evicting.count) + requestedStartCount - min(max(1, cpus), limits.maxWorkers)
+    guard excess > 0 else { return [] }
+    var actions: [Action] = []
+    for env in idle.keys.sorted() where !wanted.contains(env) {
+      while excess > 0, let wid = idle[env]?.first {
+        idle[env]?.removeFirst()
+        if idle[env]?.isEmpty == true { idle[env] = nil }
+        evicting.insert(wid)
+        excess -= 1
+        actions.append(.killWorker(wid))
+      }
+    }
     return actions
   }
 }

@@ -14,13 +14,17 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
   }
   public var shape: ResourceSet
   public var strategy: Strategy
+  /// The runtime environment's canonical JSON ("" none): a lease's worker has one
+  /// environment, so tasks of different ones never share a lease.
+  public var runtimeEnv: String
 
-  public init(_ shape: ResourceSet, strategy: Strategy = .default) {
-    self.shape = shape; self.strategy = strategy
+  public init(_ shape: ResourceSet, strategy: Strategy = .default, runtimeEnv: String = "") {
+    self.shape = shape; self.strategy = strategy; self.runtimeEnv = runtimeEnv
   }
 
-  public init(shape: ResourceSet, proto: Swiftray_SchedulingStrategy) {
+  public init(shape: ResourceSet, proto: Swiftray_SchedulingStrategy, runtimeEnv: String = "") {
     self.shape = shape
+    self.runtimeEnv = runtimeEnv
     switch proto.kind {
     case .spread: strategy = .spread
     case .nodeAffinity: strategy = NodeID(binary: proto.nodeID).map { .nodeAffinity($0, soft: proto.soft) } ?? .default
