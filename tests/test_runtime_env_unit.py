@@ -2,8 +2,6 @@
 upload and inheritance (_runtime_env), the node's setup script (_runtime_env_setup) and
 the worker's application of the node's context (_worker._apply_runtime_env)."""
 import hashlib
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -19,31 +17,11 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[1] / "python"
+from swiftray import _runtime_env as rt
+from swiftray import _runtime_env_setup
 
-
-def _source_env():
-    """The environment for subprocesses: the repo's python/ first, so they run the code
-    under test even when the installed swiftray predates it."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SOURCE), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def _load_runtime_env():
-    """swiftray._runtime_env as installed, or the repo's copy when the install predates it
-    (the module is stdlib-only, so it loads on its own)."""
-    try:
-        return importlib.import_module("swiftray._runtime_env")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("_swiftray_runtime_env_src",
-                                                      SOURCE / "swiftray" / "_runtime_env.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-rt = _load_runtime_env()
+# The node runs the set-up script by its file, isolated (`python -I`), as here.
+SETUP_SCRIPT = _runtime_env_setup.__file__
 
 
 class FakeStore:
@@ -440,8 +418,8 @@ def test_resolve_is_cheap_when_repeated(tmp_path, monkeypatch):
 
 
 def _setup(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "swiftray._runtime_env_setup", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=_source_env())
+    return subprocess.run([sys.executable, "-I", SETUP_SCRIPT, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _zip_with(path, entries):
@@ -548,8 +526,7 @@ def test_worker_applies_the_context(tmp_path):
                           "left": os.environ.get("SWIFTRAY_RUNTIME_ENV_CONTEXT"),
                           "json": _worker._runtime_env_json, "ships": _worker._ships_code}))
     """)
-    env = _source_env()
-    env["SWIFTRAY_RUNTIME_ENV_CONTEXT"] = json.dumps(context)
+    env = dict(os.environ, SWIFTRAY_RUNTIME_ENV_CONTEXT=json.dumps(context))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
