@@ -165,8 +165,11 @@ def _started(info, namespace, logging_level, runtime_env=None):
     _state["info"] = info
     # A new cluster holds none of the packages uploaded to an earlier one.
     _runtime_env.forget_uploads()
+    # A submitted job's driver: the head set the job's runtime_env up for it (its
+    # packages are in the store); init's own runtime_env goes over it, as a task's would.
+    job_env = os.environ.get("SWIFTRAY_JOB_RUNTIME_ENV", "")
     try:
-        _state["runtime_env"] = _runtime_env.resolve(runtime_env, "", _PACKAGES) if runtime_env else ""
+        _state["runtime_env"] = _runtime_env.resolve(runtime_env, job_env, _PACKAGES) if runtime_env else job_env
     except BaseException:
         _core.shutdown()
         _state["info"] = None

@@ -8,6 +8,9 @@ def binary_path():
 
 
 def main():
+    if sys.argv[1:2] == ["job"]:  # Ray's `ray job …`: an HTTP client, in Python
+        from swiftray import _job_cli
+        sys.exit(_job_cli.main(sys.argv[2:]))
     exe = binary_path()
     env = dict(os.environ)
     # Hosted interpreters (`swiftray run`, workers) use this Python's environment.

@@ -259,6 +259,11 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   static let maxKVKeyBytes = 64 << 10
 
   public func kvPut(request: Swiftray_KVPutRequest, context: ServerContext) async throws -> Swiftray_KVPutReply {
+    try await putKV(request)
+  }
+
+  /// A KV put, bounded by `max_kv_bytes` (RPCs and the head's own HTTP routes).
+  func putKV(_ request: Swiftray_KVPutRequest) async throws -> Swiftray_KVPutReply {
     var r = Swiftray_KVPutReply()
     guard request.namespace.utf8.count <= Self.maxKVNamespaceBytes, request.key.count <= Self.maxKVKeyBytes else {
       throw RPCError(code: .invalidArgument,
@@ -287,6 +292,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   }
 
   public func kvGet(request: Swiftray_KVGetRequest, context: ServerContext) async throws -> Swiftray_KVGetReply {
+    try await getKV(request)
+  }
+
+  func getKV(_ request: Swiftray_KVGetRequest) async throws -> Swiftray_KVGetReply {
     var r = Swiftray_KVGetReply()
     let v: Data?
     do { v = try await storage.get(ControlTable.kv(request.namespace), request.key) }

@@ -21,6 +21,8 @@ public final class LocalCluster: Sendable {
   public let metricsServer: HTTPServer?
   /// The head's dashboard, when it serves one.
   public let dashboardServer: HTTPServer?
+  /// Runs submitted jobs (with the dashboard, on the head).
+  public let jobs: JobManager?
   /// This node as registered (its TCP addresses when networked).
   public let node: Swiftray_NodeInfo
 
@@ -205,12 +207,14 @@ public final class LocalCluster: Sendable {
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
     var metricsServer: HTTPServer?
     var dashboardServer: HTTPServer?
+    var jobs: JobManager?
     // What a start that fails past this point has to stop again (blocking: this thread is the caller's).
     func abandon() {
       nm.shutdown()
       for s in servers { s.shutdown() }
       metricsServer?.shutdown()
       dashboardServer?.shutdown()
+      jobs?.shutdown()
     }
     if let port = metricsExportPort {
       do {
@@ -223,8 +227,12 @@ public final class LocalCluster: Sendable {
       node.metricsExportPort = Int32(metricsServer?.port ?? 0)
     }
     if let d = dashboard, let control {
+      // The head runs submitted jobs' drivers beside itself, joined through its session.
+      let manager = JobManager(storage: control.storage, node: nm, address: session, environment: workerEnvironment)
+      try? blockingAwait(timeout: .seconds(30)) { try await manager.restore() }
+      jobs = manager
       do {
-        dashboardServer = try serveDashboard(d, control: control, auth: auth, group: group, warn: warn)
+        dashboardServer = try serveDashboard(d, control: control, auth: auth, jobs: manager, group: group, warn: warn)
       } catch {
         abandon()
         throw SwiftrayError(.invalidArgument, "cannot serve the dashboard on \(d.host):\(d.port): \(error). Is the port taken? "
@@ -254,20 +262,21 @@ public final class LocalCluster: Sendable {
     nm.start()
     return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
                         controlEndpoint: controlEP, servers: servers, node: registration, metricsServer: metricsServer,
-                        dashboardServer: dashboardServer)
+                        dashboardServer: dashboardServer, jobs: jobs)
   }
 
   /// The head's web UI (`Dashboard`): on the asked port, or on a free one when the
   /// default is taken (another cluster on this machine).
-  static func serveDashboard(_ d: Dashboard.Options, control: ControlService, auth: ClusterAuth,
+  static func serveDashboard(_ d: Dashboard.Options, control: ControlService, auth: ClusterAuth, jobs: JobManager?,
                              group: MultiThreadedEventLoopGroup, warn: @Sendable (String) -> Void) throws -> HTTPServer {
-    let ui = Dashboard(control: control, auth: auth, assets: d.assets)
+    let ui = Dashboard(control: control, auth: auth, assets: d.assets, jobs: jobs)
     let handler: HTTPServer.Handler = { request in await ui.handle(request) }
+    let limit: HTTPServer.BodyLimit = { ui.bodyLimit($0) }
     do {
-      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: d.port, group: group, handler: handler) }
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: d.port, group: group, bodyLimit: limit, handler: handler) }
     } catch where d.fallBack && d.port != 0 {
       warn("port \(d.port) is taken; the dashboard serves on a free port instead (see the URL printed at start)")
-      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: 0, group: group, handler: handler) }
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: 0, group: group, bodyLimit: limit, handler: handler) }
     }
   }
 
@@ -311,15 +320,16 @@ public final class LocalCluster: Sendable {
 
   init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService?,
        controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo, metricsServer: HTTPServer?,
-       dashboardServer: HTTPServer?) {
+       dashboardServer: HTTPServer?, jobs: JobManager?) {
     self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
     self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node; self.metricsServer = metricsServer
-    self.dashboardServer = dashboardServer
+    self.dashboardServer = dashboardServer; self.jobs = jobs
   }
 
   /// Stops every worker, then the services, then removes the session directory.
   public func shutdown() {
     dashboardServer?.shutdown()
+    jobs?.shutdown()
     metricsServer?.shutdown()
     nodeManager.shutdown()
     control?.shutdown()

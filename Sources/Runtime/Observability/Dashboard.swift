@@ -79,9 +79,18 @@ public struct Dashboard: Sendable {
   let control: ControlService
   let auth: DashboardAuth
   let assets: String
+  /// Runs submitted jobs (the Jobs API); nil: the API answers 404.
+  let jobs: JobManager?
 
-  public init(control: ControlService, auth: ClusterAuth, assets: String) {
-    self.control = control; self.auth = DashboardAuth(auth); self.assets = assets
+  public init(control: ControlService, auth: ClusterAuth, assets: String, jobs: JobManager? = nil) {
+    self.control = control; self.auth = DashboardAuth(auth); self.assets = assets; self.jobs = jobs
+  }
+
+  /// What a request may send as its body: a package or a job submission once signed
+  /// in (`runtime_env_max_package_bytes` and a little), nothing before.
+  public func bodyLimit(_ r: HTTPRequest) -> Int {
+    guard case .allowed = auth.check(r) else { return 0 }
+    return control.config.runtimeEnvMaxPackageBytes + (64 << 10)
   }
 
   static let healthPaths: Set<String> = ["/api/gcs_healthz", "/api/healthz", "/api/local_raylet_healthz"]
@@ -114,6 +123,7 @@ public struct Dashboard: Sendable {
     case .allowed:
       break
     }
+    if let answer = await jobsRoute(r) { return answer }
     if r.path == "/" { return file("index.html") }
     if r.path.hasPrefix("/static/") { return file(String(r.path.dropFirst("/static/".count))) }
     if r.path.hasPrefix("/api/v0/"), let kind = Self.routes[String(r.path.dropFirst("/api/v0/".count))] {

@@ -12,10 +12,13 @@ public struct HTTPRequest: Sendable {
   /// The query's parameters, percent-decoded (the first of a repeated name).
   public var query: [String: String]
   public var headers: HTTPHeaders
+  /// The request's body (POST and PUT, on a server that takes bodies).
+  public var body: [UInt8] = []
 
-  public init(method: HTTPMethod, uri: String, headers: HTTPHeaders) {
+  public init(method: HTTPMethod, uri: String, headers: HTTPHeaders, body: [UInt8] = []) {
     self.method = method
     self.headers = headers
+    self.body = body
     let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
     path = parts.first.map(String.init) ?? "/"
     var q: [String: String] = [:]
@@ -52,8 +55,11 @@ public struct HTTPResponse: Sendable {
 /// to an async handler whose answer is written back in order (NIO's pipelining helper).
 /// Bounded like every listener here: at most `max_connections_per_listener` connections,
 /// a connection silent for `data_plane_idle_timeout_ms` is closed, a request head is at
-/// most NIO's 80 KiB, and a request with a body (nothing here takes one) is answered
-/// 413 and its connection closed without the body being kept.
+/// most NIO's 80 KiB, and a body is taken only by a server given `bodyLimit` (the
+/// dashboard's Jobs API), up to the size it gives for the request's head (0 for one not
+/// signed in: nothing is buffered before authentication): a larger one, or one sent to
+/// a server that takes none, is answered 413 and its connection closed without the rest
+/// being kept.
 ///
 /// Threading: `serve`/`shutdown` from any thread (not an event loop); the handler runs on
 /// a Swift concurrency task, never on an event loop.
@@ -70,7 +76,12 @@ public final class HTTPServer: Sendable {
     port = channel.localAddress?.port ?? 0
   }
 
-  public static func serve(host: String, port: Int, group: EventLoopGroup, handler: @escaping Handler) async throws -> HTTPServer {
+  /// The most body bytes a request (its head: method, path, headers) may send.
+  /// Runs on an event loop: pure and quick.
+  public typealias BodyLimit = @Sendable (HTTPRequest) -> Int
+
+  public static func serve(host: String, port: Int, group: EventLoopGroup, bodyLimit: BodyLimit? = nil,
+                           handler: @escaping Handler) async throws -> HTTPServer {
     let limits = NetworkLimits.current
     let limiter = ConnectionLimiter(cap: limits.maxConnectionsPerListener)
     let channel = try await ServerBootstrap(group: group)
@@ -83,7 +94,7 @@ public final class HTTPServer: Sendable {
           try ops.addHandler(PeerLiveness(keepAlive: .milliseconds(Int64(limits.keepAliveMs)),
                                           idleTimeout: .milliseconds(Int64(limits.idleTimeoutMs)), pings: false))
           try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-          try ops.addHandler(HTTPRequestHandler(handler: handler))
+          try ops.addHandler(HTTPRequestHandler(handler: handler, bodyLimit: bodyLimit))
         }
       }
       .bind(host: host, port: port).get()
@@ -100,30 +111,48 @@ final class HTTPRequestHandler: ChannelInboundHandler {
   typealias InboundIn = HTTPServerRequestPart
   typealias OutboundOut = HTTPServerResponsePart
   let handler: HTTPServer.Handler
+  let bodyLimit: HTTPServer.BodyLimit?
+  /// The current request's body bound (`bodyLimit` of its head).
+  var maxBodyBytes = 0
   var head: HTTPRequestHead?
+  var body: [UInt8] = []
   var refused = false
+  static let methodsWithBody: [HTTPMethod] = [.POST, .PUT]
 
-  init(handler: @escaping HTTPServer.Handler) { self.handler = handler }
+  init(handler: @escaping HTTPServer.Handler, bodyLimit: HTTPServer.BodyLimit?) { self.handler = handler; self.bodyLimit = bodyLimit }
+
+  var allowed: [HTTPMethod] { bodyLimit != nil ? [.DELETE, .GET, .HEAD, .POST, .PUT] : [.GET, .HEAD] }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     switch unwrapInboundIn(data) {
     case .head(let h):
       head = h
+      body = []
       refused = false
-    case .body:
-      // Nothing here takes a body: refuse at its first byte, keep none of it.
+      maxBodyBytes = Self.methodsWithBody.contains(h.method)
+        ? max(0, bodyLimit?(HTTPRequest(method: h.method, uri: h.uri, headers: h.headers)) ?? 0) : 0
+    case .body(let chunk):
       guard !refused, let h = head else { return }
-      refused = true
-      write(context, version: h.version, keepAlive: false, head: h.method == .HEAD,
-            .text(.payloadTooLarge, "this server takes no request body"))
+      // Kept only up to the bound, and only for the methods that carry one: refused at
+      // the first byte past it, the rest never kept.
+      guard body.count + chunk.readableBytes <= maxBodyBytes else {
+        refused = true
+        body = []
+        return write(context, version: h.version, keepAlive: false, head: h.method == .HEAD,
+                     .text(.payloadTooLarge, bodyLimit == nil ? "this server takes no request body"
+                       : "a request body may have at most \(maxBodyBytes) bytes here (sign in first)"))
+      }
+      body += chunk.readableBytesView
     case .end:
       guard let h = head, !refused else { return }
       head = nil
-      guard h.method == .GET || h.method == .HEAD else {
+      guard allowed.contains(h.method) else {
+        let names = allowed.map { $0.rawValue }.joined(separator: ", ")
         return write(context, version: h.version, keepAlive: h.isKeepAlive, head: false,
-                     HTTPResponse.text(.methodNotAllowed, "only GET and HEAD").adding(("Allow", "GET, HEAD")))
+                     HTTPResponse.text(.methodNotAllowed, "only \(names)").adding(("Allow", names)))
       }
-      let request = HTTPRequest(method: h.method, uri: h.uri, headers: h.headers)
+      let request = HTTPRequest(method: h.method, uri: h.uri, headers: h.headers, body: body)
+      body = []
       let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
       let me = NIOLoopBound(self, eventLoop: context.eventLoop)
       let loop = context.eventLoop

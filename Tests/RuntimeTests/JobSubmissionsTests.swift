@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+import Runtime
+
+private func record(_ id: String, _ entrypoint: String = "python run.py") -> JobSubmissions.Record {
+  JobSubmissions.Record(submission_id: id, entrypoint: entrypoint)
+}
+
+@Suite struct JobSubmissionsTests {
+  @Test func aJobGoesFromPendingThroughRunningToSucceededOrFailedByItsExit() throws {
+    var jobs = JobSubmissions()
+    let actions = try jobs.submitted(record("a"), now: 100)
+    #expect(actions.count == 2 && jobs.records["a"]?.status == .pending && jobs.records["a"]?.start_time == 100)
+    guard case .launch(let r) = actions.last else { Issue.record("no launch"); return }
+    #expect(r.submission_id == "a")
+    _ = jobs.driverStarted("a", pid: 42)
+    #expect(jobs.records["a"]?.status == .running && jobs.records["a"]?.driver_pid == 42)
+    _ = jobs.ended("a", pid: 42, exitCode: 0, signal: 0, now: 200)
+    #expect(jobs.records["a"]?.status == .succeeded && jobs.records["a"]?.end_time == 200 && jobs.records["a"]?.driver_exit_code == 0)
+    _ = try jobs.submitted(record("b"), now: 300)
+    _ = jobs.driverStarted("b", pid: 43)
+    _ = jobs.ended("b", pid: 43, exitCode: 3, signal: 0, now: 400)
+    #expect(jobs.records["b"]?.status == .failed && jobs.records["b"]?.driver_exit_code == 3)
+    #expect(jobs.records["b"]?.message.contains("exit code 3") == true)
+    _ = try jobs.submitted(record("c"), now: 500)
+    _ = jobs.driverFailedToStart("c", why: "runtime_env setup failed: pip", runtimeEnv: true, now: 600)
+    #expect(jobs.records["c"]?.status == .failed && jobs.records["c"]?.error_type == "RUNTIME_ENV_SETUP_FAILED")
+    #expect(jobs.all.map(\.submission_id) == ["a", "b", "c"])
+  }
+
+  @Test func aStopSignalsARunningDriverAndItsEndIsStopped() throws {
+    var jobs = JobSubmissions()
+    _ = try jobs.submitted(record("a"), now: 0)
+    // Stopped while pending: signalled as soon as it starts.
+    #expect(try jobs.stopRequested("a").stopping)
+    #expect(jobs.driverStarted("a", pid: 7).contains(.stop(pid: 7)))
+    _ = jobs.ended("a", pid: 7, exitCode: nil, signal: 15, now: 1)
+    #expect(jobs.records["a"]?.status == .stopped && jobs.records["a"]?.driver_exit_code == -15)
+    #expect(try jobs.stopRequested("a").stopping == false, "an ended job is not stopped again")
+    _ = try jobs.submitted(record("b"), now: 2)
+    _ = jobs.driverStarted("b", pid: 8)
+    #expect(try jobs.stopRequested("b").actions.contains(.stop(pid: 8)))
+    #expect(throws: JobSubmissions.Refusal.notFound("x")) { _ = try jobs.stopRequested("x") }
+  }
+
+  @Test func submissionsAreCheckedAndOnlyEndedJobsAreDeleted() throws {
+    var jobs = JobSubmissions()
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(record("a", "  "), now: 0) }
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(record("../x"), now: 0) }
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(record(String(repeating: "a", count: 300)), now: 0) }
+    var negative = record("n")
+    negative.entrypoint_num_cpus = -1
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(negative, now: 0) }
+    _ = try jobs.submitted(record("a"), now: 0)
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(record("a"), now: 1) }
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.deleted("a") }
+    _ = jobs.driverStarted("a", pid: 9)
+    _ = jobs.ended("a", pid: 9, exitCode: 0, signal: 0, now: 2)
+    #expect(try jobs.deleted("a") == [.erase("a")] && jobs.records.isEmpty)
+  }
+
+  @Test func jobsThatWereGoingWhenTheHeadStoppedAreFailedWhenItRestarts() throws {
+    var before = JobSubmissions()
+    _ = try before.submitted(record("done"), now: 0)
+    _ = before.driverStarted("done", pid: 1)
+    _ = before.ended("done", pid: 1, exitCode: 0, signal: 0, now: 1)
+    _ = try before.submitted(record("going"), now: 2)
+    _ = before.driverStarted("going", pid: 2)
+    let stored = try before.all.map { try JSONDecoder().decode(JobSubmissions.Record.self, from: JSONEncoder().encode($0)) }
+    var after = JobSubmissions()
+    let actions = after.restored(stored, now: 10)
+    #expect(after.records["done"]?.status == .succeeded)
+    #expect(after.records["going"]?.status == .failed && after.records["going"]?.end_time == 10)
+    #expect(actions.count == 1)
+  }
+}
