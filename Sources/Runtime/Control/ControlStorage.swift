@@ -48,15 +48,18 @@ public final class InMemoryControlStorage: ControlStorage {
 ///
 /// Threading: `write` from any thread; it does not wait.
 final class StorageWriter: Sendable {
-  let continuation: AsyncStream<(String, Data, Data)>.Continuation
+  /// A value to put, or nil: delete the key.
+  let continuation: AsyncStream<(String, Data, Data?)>.Continuation
   let task: Task<Void, Never>
 
   init(_ storage: any ControlStorage, onError: @escaping @Sendable (String, Error) -> Void) {
-    let (stream, continuation) = AsyncStream<(String, Data, Data)>.makeStream()
+    let (stream, continuation) = AsyncStream<(String, Data, Data?)>.makeStream()
     self.continuation = continuation
     task = Task {
       for await (table, key, value) in stream {
-        do { _ = try await storage.put(table, key, value, overwrite: true) } catch { onError(table, error) }
+        do {
+          if let value { _ = try await storage.put(table, key, value, overwrite: true) } else { try await storage.delete(table, key) }
+        } catch { onError(table, error) }
       }
     }
   }
@@ -66,5 +69,7 @@ final class StorageWriter: Sendable {
   /// unbounded buffer, so it never runs anyone's code; and a caller writes inside the
   /// critical section that made the change, so writes of one key keep their order.
   func write(_ table: String, _ key: Data, _ value: Data) { continuation.yield((table, key, value)) }
+  /// Queues a delete, in order with the writes (as `write`).
+  func erase(_ table: String, _ key: Data) { continuation.yield((table, key, nil)) }
   func close() { continuation.finish() }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// The head's job manager (Ray Jobs): runs each submitted entrypoint as a supervised
 /// driver process on the head, in the job's runtime environment (set up by the head's
@@ -24,6 +25,9 @@ public final class JobManager: Sendable {
   }
   let state = Locked(State())
   let storage: any ControlStorage
+  /// Record writes in the order they were decided (a job that ends at once must not be
+  /// stored as running after its end).
+  let writer: StorageWriter
   let node: NodeManager
   let logsDir: String
   let driverEnvironment: [String: String]
@@ -35,6 +39,8 @@ public final class JobManager: Sendable {
   public init(storage: any ControlStorage, node: NodeManager, address: String, environment: [String: String],
               clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
     self.storage = storage; self.node = node; self.clock = clock
+    let log = Logger(label: "swiftray.jobs")
+    writer = StorageWriter(storage) { table, error in log.error("jobs/storage-failed", metadata: ["table": "\(table)", "error": "\(error)"]) }
     logsDir = node.options.sessionDir + "/logs"
     var env = environment
     env["SWIFTRAY_ADDRESS"] = address
@@ -47,26 +53,31 @@ public final class JobManager: Sendable {
   public func restore() async throws {
     let stored = try await storage.getAll(Self.table).values.compactMap { try? JSONDecoder().decode(JobSubmissions.Record.self, from: $0) }
     let now = clock()
-    perform(state.withLock { $0.jobs.restored(stored, now: now) })
+    perform(decide { $0.jobs.restored(stored, now: now) })
   }
 
   // MARK: requests
 
   public func submit(_ record: JobSubmissions.Record) throws(JobSubmissions.Refusal) -> String {
     let now = clock()
-    let actions = try state.withLock { s throws(JobSubmissions.Refusal) in try s.jobs.submitted(record, now: now) }
+    let actions = try decide { s throws(JobSubmissions.Refusal) in try s.jobs.submitted(record, now: now) }
     perform(actions)
     return record.submission_id
   }
 
   public func stop(_ id: String) throws(JobSubmissions.Refusal) -> Bool {
-    let (stopping, actions) = try state.withLock { s throws(JobSubmissions.Refusal) in try s.jobs.stopRequested(id) }
+    var stopping = false
+    let actions = try decide { s throws(JobSubmissions.Refusal) in
+      let (going, actions) = try s.jobs.stopRequested(id)
+      stopping = going
+      return actions
+    }
     perform(actions)
     return stopping
   }
 
   public func delete(_ id: String) throws(JobSubmissions.Refusal) {
-    let actions = try state.withLock { s throws(JobSubmissions.Refusal) in try s.jobs.deleted(id) }
+    let actions = try decide { s throws(JobSubmissions.Refusal) in try s.jobs.deleted(id) }
     perform(actions)
     try? FileManager.default.removeItem(atPath: logPath(id))
   }
@@ -94,17 +105,33 @@ public final class JobManager: Sendable {
 
   // MARK: actions
 
+  /// Runs a decision under the lock. Its records are queued for storage in the same
+  /// critical section (an enqueue, never a call out), so they are stored in the order
+  /// they were decided; the rest of its actions are for `perform`, after the lock.
+  func decide<E: Error>(_ body: (inout State) throws(E) -> [JobSubmissions.Action]) throws(E) -> [JobSubmissions.Action] {
+    try state.withLock { s throws(E) in
+      let actions = try body(&s)
+      for a in actions {
+        switch a {
+        case .persist(let r):
+          if let data = try? JSONEncoder().encode(r) {
+            writer.write(Self.table, Data(r.submission_id.utf8), data)  // lock-ok: an enqueue (StorageWriter.write), in the order of the decisions
+          }
+        case .erase(let id):
+          writer.erase(Self.table, Data(id.utf8))  // lock-ok: an enqueue (StorageWriter.erase), in the order of the decisions
+        case .launch, .stop: break
+        }
+      }
+      return actions
+    }
+  }
+
+  /// Carries out what `decide` left: launches and stops.
   func perform(_ actions: [JobSubmissions.Action]) {
     for a in actions {
       switch a {
-      case .persist(let r):
-        let storage = self.storage
-        if let data = try? JSONEncoder().encode(r) {
-          Task { _ = try? await storage.put(Self.table, Data(r.submission_id.utf8), data, overwrite: true) }
-        }
-      case .erase(let id):
-        let storage = self.storage
-        Task { try? await storage.delete(Self.table, Data(id.utf8)) }
+      case .persist, .erase:
+        break  // queued by `decide`
       case .launch(let r):
         Task { await launch(r) }
       case .stop(let pid):
@@ -146,18 +173,18 @@ public final class JobManager: Sendable {
         env["SWIFTRAY_JOB_RUNTIME_ENV"] = runtimeEnv.json
         switch await node.runtimeEnvAgent().setUp(runtimeEnv, now: { DispatchTime.now().uptimeNanoseconds }) {
         case .failure(let e):
-          return perform(state.withLock { $0.jobs.driverFailedToStart(id, why: "runtime_env setup failed: \(e.message)", runtimeEnv: true, now: clock()) })
+          return perform(decide { $0.jobs.driverFailedToStart(id, why: "runtime_env setup failed: \(e.message)", runtimeEnv: true, now: clock()) })
         case .success(let context):
           cwd = Self.apply(context, to: &env)
         }
       }
     } catch {
-      return perform(state.withLock { $0.jobs.driverFailedToStart(id, why: "bad runtime_env: \(error.message)", runtimeEnv: true, now: clock()) })
+      return perform(decide { $0.jobs.driverFailedToStart(id, why: "bad runtime_env: \(error.message)", runtimeEnv: true, now: clock()) })
     }
     do {
       try FileManager.default.createDirectory(atPath: logsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     } catch {
-      return perform(state.withLock { $0.jobs.driverFailedToStart(id, why: "cannot make \(logsDir): \(error)", runtimeEnv: false, now: clock()) })
+      return perform(decide { $0.jobs.driverFailedToStart(id, why: "cannot make \(logsDir): \(error)", runtimeEnv: false, now: clock()) })
     }
     FileManager.default.createFile(atPath: logPath(id), contents: nil, attributes: [.posixPermissions: 0o600])
     let shell = Self.supervisorScript(entrypoint: r.entrypoint, cwd: cwd, log: logPath(id))
@@ -167,10 +194,10 @@ public final class JobManager: Sendable {
     }
     switch result {
     case .failure(let e):
-      perform(state.withLock { $0.jobs.driverFailedToStart(id, why: "cannot start the entrypoint: \(e.message)", runtimeEnv: false, now: clock()) })
+      perform(decide { $0.jobs.driverFailedToStart(id, why: "cannot start the entrypoint: \(e.message)", runtimeEnv: false, now: clock()) })
     case .success(let pid):
       let now = clock()
-      let actions = state.withLock { s -> [JobSubmissions.Action] in
+      let actions = decide { s in
         s.byPid[pid] = id
         let started = s.jobs.driverStarted(id, pid: pid)
         guard let early = s.earlyExits.remove(pid) else { return started }
@@ -210,7 +237,7 @@ public final class JobManager: Sendable {
 
   func exited(_ status: ProcessMonitor.ExitStatus) {
     let now = clock()
-    let actions = state.withLock { s -> [JobSubmissions.Action] in
+    let actions = decide { s in
       guard let id = s.byPid.removeValue(forKey: status.pid) else {
         s.earlyExits.insert(status, for: status.pid)
         return []
@@ -230,5 +257,6 @@ public final class JobManager: Sendable {
     let pids = state.withLock { Array($0.byPid.keys) }
     for p in pids { signalGroup(p, SIGTERM) }
     monitor.withLock { $0 }?.shutdown()
+    writer.close()
   }
 }
