@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Real Ray's job client in a venv of its own (tests/test_jobs.py drives a swiftray head with it).
+bash scripts/ray-venv.sh
+export SWIFTRAY_TEST_RAY_PYTHON="$PWD/.bench-venv-ray/bin/python"
 # Every breach of the lock rule traps with its reason (Sources/Runtime/Concurrency/Locked.swift).
 export SWIFTRAY_LOCK_CHECKS=1
 python3 scripts/check-locks.py

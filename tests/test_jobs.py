@@ -184,3 +184,108 @@ def test_job_records_survive_a_head_restart_on_redis(cluster, redis_address):
     jobs = {j.submission_id: j for j in client.list_jobs()}
     assert jobs["before-done"].status == JobStatus.SUCCEEDED and jobs["before-done"].driver_exit_code == 0
     assert jobs["before-going"].status == JobStatus.FAILED and "restarted" in jobs["before-going"].message
+
+
+# Real Ray's client (Ray 2.60 in its own venv, made by scripts/ray-venv.sh; never a
+# dependency of swiftray) against a swiftray head: it uploads the working_dir as Ray
+# packs it (gcs://_ray_pkg_<hash>.zip), submits, follows the logs over the WebSocket
+# route and reads the job back.
+RAY_CLIENT = """
+import asyncio, json, sys
+from ray.job_submission import JobStatus, JobSubmissionClient
+base, token, proj, py = sys.argv[1:5]
+c = JobSubmissionClient(base, headers={"Authorization": f"Bearer {token}"})
+job = c.submit_job(entrypoint=f"{py} main.py", runtime_env={"working_dir": proj, "env_vars": {"STAGE": "ray"}},
+                   metadata={"via": "ray"})
+
+async def follow():
+    return "".join([lines async for lines in c.tail_job_logs(job)])
+
+followed = asyncio.run(follow())
+info = c.get_job_info(job)
+# The package is not uploaded again (GET says it is there).
+again = c.submit_job(entrypoint=f"{py} -c 'import helper; print(helper.square(5))'", runtime_env={"working_dir": proj})
+while not c.get_job_status(again).is_terminal():
+    pass
+print(json.dumps({"followed": followed, "status": str(info.status), "exit": info.driver_exit_code,
+                  "working_dir": info.runtime_env["working_dir"], "metadata": info.metadata,
+                  "listed": sorted(j.submission_id for j in c.list_jobs()), "job": job,
+                  "again": str(c.get_job_status(again)), "again_logs": c.get_job_logs(again)}))
+"""
+
+
+def _ray_python():
+    """The Ray venv's python: $SWIFTRAY_TEST_RAY_PYTHON, else the repository's .bench-venv-ray."""
+    py = os.environ.get("SWIFTRAY_TEST_RAY_PYTHON") or os.path.join(os.path.dirname(__file__), "..", ".bench-venv-ray", "bin", "python")
+    if not os.path.exists(py):
+        pytest.fail(f"no Ray venv at {py}: run scripts/ray-venv.sh (scripts/test.sh does) to make one")
+    return py
+
+
+def test_real_rays_client_submits_and_follows_a_job(head, tmp_path):
+    base, token, client, _ = head
+    proj = _project(tmp_path)
+    out = subprocess.run([_ray_python(), "-c", RAY_CLIENT, base, token, str(proj), sys.executable],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    seen = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert seen["status"] == "SUCCEEDED" and seen["exit"] == 0
+    followed = seen["followed"]
+    assert "STAGE ray" in followed and "RESULT 0 49" in followed and "RESULT 2 81" in followed and "DONE" in followed
+    # Ray's package, stored by the SHA-256 of its bytes, is what the job ran from.
+    assert seen["working_dir"].startswith("pkg://") and seen["metadata"]["via"] == "ray"
+    assert seen["job"] in seen["listed"]
+    assert seen["again"] == "SUCCEEDED" and "25" in seen["again_logs"]
+    # The same job, read by swiftray's own client, ran from the package stored for it.
+    assert client.get_job_status(seen["job"]) == JobStatus.SUCCEEDED
+    # Ray's `ray job submit` (token auth as Ray's: RAY_AUTH_MODE=token, RAY_AUTH_TOKEN)
+    # follows the job to its end.
+    ray_cli = os.path.join(os.path.dirname(_ray_python()), "ray")
+    out = subprocess.run([ray_cli, "job", "submit", "--address", base, "--working-dir", str(proj), "--submission-id", "ray-cli-1",
+                          "--runtime-env-json", '{"env_vars": {"STAGE": "ray-cli"}}', "--", sys.executable, "main.py"],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "STAGE ray-cli" in out.stdout and "RESULT 2 81" in out.stdout and "Job 'ray-cli-1' succeeded" in out.stderr + out.stdout
+
+
+def test_the_logs_websocket_needs_the_cluster_token(head):
+    base, _, client, _ = head
+    job = client.submit_job(entrypoint="echo hi")
+    import http.client
+    host = urllib.parse.urlsplit(base).netloc
+    conn = http.client.HTTPConnection(host, timeout=10)
+    conn.request("GET", f"/api/jobs/{job}/logs/tail", headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert conn.getresponse().status == 401
+
+
+def test_entrypoint_resources_are_held_while_the_driver_runs(head):
+    _, _, client, _ = head
+    # Both of the head's CPUs for the first entrypoint: the second waits, PENDING, until
+    # the first ends, as Ray's does while its supervisor cannot be placed.
+    first = client.submit_job(entrypoint="sleep 600", entrypoint_num_cpus=2)
+    _wait_status(client, first, {JobStatus.RUNNING})
+    second = client.submit_job(entrypoint="echo second ran", entrypoint_num_cpus=1, entrypoint_resources={})
+    waiting = client.submit_job(entrypoint="echo never", entrypoint_num_cpus=1.5)
+    time.sleep(2)
+    assert client.get_job_status(second) == JobStatus.PENDING
+    assert "waiting for resources" in client.get_job_info(second).message
+    assert client.get_job_info(second).entrypoint_num_cpus == 1
+    # A stop ends a job that waits for its resources; the other still waits.
+    assert client.stop_job(waiting) is True
+    assert _wait_status(client, waiting, {JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED}) == JobStatus.STOPPED
+    assert client.get_job_status(second) == JobStatus.PENDING
+    client.stop_job(first)
+    assert _wait_status(client, second, {JobStatus.SUCCEEDED, JobStatus.FAILED}) == JobStatus.SUCCEEDED
+    assert "second ran" in client.get_job_logs(second)
+    assert "never" not in client.get_job_logs(waiting)
+    # The CPUs came back: a job that needs both runs again.
+    again = client.submit_job(entrypoint="true", entrypoint_num_cpus=2)
+    assert _wait_status(client, again, {JobStatus.SUCCEEDED, JobStatus.FAILED}) == JobStatus.SUCCEEDED
+    # More than the head has at all fails at once, saying where entrypoints run.
+    gpu = client.submit_job(entrypoint="true", entrypoint_num_gpus=1)
+    assert _wait_status(client, gpu, {JobStatus.FAILED, JobStatus.SUCCEEDED}) == JobStatus.FAILED
+    assert "head node" in client.get_job_info(gpu).message and "GPU" in client.get_job_info(gpu).message
+    with pytest.raises(RuntimeError, match="entrypoint_num_cpus"):
+        client.submit_job(entrypoint="true", entrypoint_resources={"CPU": 1})

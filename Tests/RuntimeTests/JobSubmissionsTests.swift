@@ -31,8 +31,10 @@ private func record(_ id: String, _ entrypoint: String = "python run.py") -> Job
   @Test func aStopSignalsARunningDriverAndItsEndIsStopped() throws {
     var jobs = JobSubmissions()
     _ = try jobs.submitted(record("a"), now: 0)
-    // Stopped while pending: signalled as soon as it starts.
-    #expect(try jobs.stopRequested("a").stopping)
+    // Stopped while pending: its launch (a wait for resources) is cancelled, and it is
+    // signalled should it start anyway.
+    let pending = try jobs.stopRequested("a")
+    #expect(pending.stopping && pending.actions.contains(.cancelLaunch("a")))
     #expect(jobs.driverStarted("a", pid: 7).contains(.stop(pid: 7)))
     _ = jobs.ended("a", pid: 7, exitCode: nil, signal: 15, now: 1)
     #expect(jobs.records["a"]?.status == .stopped && jobs.records["a"]?.driver_exit_code == -15)
@@ -51,6 +53,21 @@ private func record(_ id: String, _ entrypoint: String = "python run.py") -> Job
     var negative = record("n")
     negative.entrypoint_num_cpus = -1
     #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(negative, now: 0) }
+    var cpuByName = record("c")
+    cpuByName.entrypoint_resources = ["CPU": 1]
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(cpuByName, now: 0) }
+    var hugeMemory = record("m")
+    hugeMemory.entrypoint_memory = .infinity
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(hugeMemory, now: 0) }
+    var many = record("r")
+    many.entrypoint_resources = Dictionary(uniqueKeysWithValues: (0...JobSubmissions.maxEntrypointResources).map { ("r\($0)", 1.0) })
+    #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(many, now: 0) }
+    var reserved = record("ok")
+    reserved.entrypoint_num_cpus = 1.5
+    reserved.entrypoint_memory = 1_048_576
+    reserved.entrypoint_resources = ["accel": 2]
+    #expect(reserved.reservation == ResourceSet(units: ["CPU": 1.5, "memory": 1048576, "accel": 2]))
+    #expect(record("none").reservation.isEmpty)
     _ = try jobs.submitted(record("a"), now: 0)
     #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.submitted(record("a"), now: 1) }
     #expect(throws: JobSubmissions.Refusal.self) { _ = try jobs.deleted("a") }

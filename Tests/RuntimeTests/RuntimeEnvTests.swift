@@ -81,6 +81,27 @@ private func grantedWorker(_ actions: [LeaseQueue.Action]) -> WorkerID? {
     #expect(chunks.reduce(Data(), +) == data)
   }
 
+  @Test func raysPackageNamesAreCheckedAndTheirAliasesNameOnlyOurPackages() {
+    #expect(PackageStore.isRayPackageName("_ray_pkg_029f88d5ecc55e1e.zip"))
+    for bad in ["_ray_pkg_x.whl", "ray_pkg_1.zip", "_ray_pkg_../../x.zip", "_ray_pkg_a/b.zip", "_ray_pkg_" + String(repeating: "a", count: 200) + ".zip"] {
+      #expect(!PackageStore.isRayPackageName(Substring(bad)), "\(bad)")
+    }
+    #expect(PackageStore.aliasKey("_ray_pkg_1.zip") == Data("gcs://_ray_pkg_1.zip".utf8))
+    #expect(PackageStore.decodeAlias(Data(pkgA.utf8))?.uri == pkgA)
+    #expect(PackageStore.decodeAlias(Data("gcs://_ray_pkg_1.zip".utf8)) == nil)
+    #expect(PackageStore.decodeAlias(Data(repeating: 65, count: 1000)) == nil)
+  }
+
+  @Test func aFollowedLogIsSentInWholeCharactersAndOnlyItsTailRouteIsAWebSocket() {
+    let text = String(repeating: "é", count: 5) + "x"  // 11 bytes
+    let frames = Dashboard.frames(text, max: 4)
+    #expect(frames.joined() == text && frames.allSatisfy { $0.utf8.count <= 4 && !$0.contains("\u{FFFD}") })
+    #expect(Dashboard.frames("").isEmpty)
+    #expect(Dashboard.tailedJob("/api/jobs/raysubmit_1/logs/tail") == "raysubmit_1")
+    #expect(Dashboard.tailedJob("/api/jobs/raysubmit_1/logs") == nil)
+    #expect(Dashboard.tailedJob("/api/jobs/a/b/logs/tail") == nil)
+  }
+
   @Test func aManifestReadBackIsRangeChecked() {
     let m = PackageStore.Manifest(size: 5_000_000, chunks: 3)
     #expect(PackageStore.decodeManifest(PackageStore.encode(m), maxBytes: 10 << 20) == m)

@@ -1,5 +1,7 @@
 import Foundation
+import GRPCCore
 import Logging
+import RuntimeProto
 
 /// The head's job manager (Ray Jobs): runs each submitted entrypoint as a supervised
 /// driver process on the head, in the job's runtime environment (set up by the head's
@@ -22,6 +24,11 @@ public final class JobManager: Sendable {
     /// Ends seen before the launch said the pid (a driver that exits at once), claimed
     /// by the launch; bounded.
     var earlyExits = RecentMap<Int32, ProcessMonitor.ExitStatus>(capacity: 256)
+    /// Launches not yet started (cancelled by a stop), by job; bounded by the job table
+    /// (an erased job's goes too).
+    var launches: [String: Task<Void, Never>] = [:]
+    /// The lease each running job's entrypoint holds its resources with, by job.
+    var reservations: [String: UInt64] = [:]
   }
   let state = Locked(State())
   let storage: any ControlStorage
@@ -33,6 +40,8 @@ public final class JobManager: Sendable {
   let driverEnvironment: [String: String]
   let monitor = Locked<ProcessMonitor?>(nil)
   let clock: @Sendable () -> Int64
+  /// Who the reservations' leases are for (the node's lease table names an owner).
+  let owner = WorkerID.random()
 
   /// `address`: what a driver joins (`SWIFTRAY_ADDRESS`, the head node's session);
   /// `environment`: the drivers' base environment (the head's own).
@@ -119,7 +128,7 @@ public final class JobManager: Sendable {
           }
         case .erase(let id):
           writer.erase(Self.table, Data(id.utf8))  // lock-ok: an enqueue (StorageWriter.erase), in the order of the decisions
-        case .launch, .stop: break
+        case .launch, .stop, .cancelLaunch: break
         }
       }
       return actions
@@ -130,10 +139,18 @@ public final class JobManager: Sendable {
   func perform(_ actions: [JobSubmissions.Action]) {
     for a in actions {
       switch a {
-      case .persist, .erase:
+      case .persist(let r) where r.status.isTerminal:
+        // Queued by `decide`; a job that ended gives its entrypoint's resources back.
+        releaseReservation(of: r.submission_id)
+      case .persist:
         break  // queued by `decide`
+      case .erase(let id):
+        state.withLock { _ = $0.launches.removeValue(forKey: id) }
       case .launch(let r):
-        Task { await launch(r) }
+        let task = Task { await launch(r) }
+        state.withLock { $0.launches[r.submission_id] = task }
+      case .cancelLaunch(let id):
+        state.withLock { $0.launches[id] }?.cancel()
       case .stop(let pid):
         signalGroup(pid, SIGTERM)
         Task { [weak self] in
@@ -162,9 +179,29 @@ public final class JobManager: Sendable {
     }
   }
 
-  /// Sets the job's environment up on the head's node, then starts its entrypoint.
+  /// Holds the job's entrypoint resources on the head's node, sets its environment up
+  /// there, then starts its entrypoint.
   func launch(_ r: JobSubmissions.Record) async {
     let id = r.submission_id
+    defer { state.withLock { _ = $0.launches.removeValue(forKey: id) } }
+    let needs = r.reservation
+    if !needs.isEmpty {
+      switch await reserve(needs, for: id) {
+      case .failure(let e):
+        return perform(decide { $0.jobs.driverFailedToStart(id, why: e.why, runtimeEnv: false, now: clock()) })
+      case .success(let lease):
+        // Ended meanwhile (stopped): the lease goes back at once.
+        let kept = state.withLock { s in
+          guard s.jobs.records[id]?.status == .pending, s.jobs.records[id]?.stop_requested == false else { return false }
+          s.reservations[id] = lease
+          return true
+        }
+        if !kept {
+          await returnLease(lease)
+          return perform(decide { $0.jobs.driverFailedToStart(id, why: "stopped before it started", runtimeEnv: false, now: clock()) })
+        }
+      }
+    }
     var env = driverEnvironment
     env["SWIFTRAY_SUBMISSION_ID"] = id
     var cwd: String?
@@ -232,6 +269,53 @@ public final class JobManager: Sendable {
   }
 
   static func quoted(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+
+  // MARK: entrypoint resources
+
+  /// Holds `needs` on the head's node for a job's entrypoint, as Ray's supervisor actor
+  /// holds them: a lease of the node (its worker idles), waited for while the node is
+  /// busy. The wait ends early when the launch's task is cancelled (a stop). Fails at
+  /// once when the head's node does not have that much at all: entrypoints run there.
+  func reserve(_ needs: ResourceSet, for id: String) async -> Result<UInt64, ReservationFailure> {
+    let total = node.totalResources
+    guard total.contains(needs) else {
+      return .failure(ReservationFailure(why: "The entrypoint asks for \(needs) but the head node has \(total) in all; swiftray runs entrypoints on "
+        + "the head node: ask for less, or start the head with more (swiftray start --head --num-cpus/--num-gpus/--resources)."))
+    }
+    var req = Swiftray_RequestWorkerLeaseRequest()
+    req.leaseRequestID = UInt64.random(in: 1 ... (1 << 62))
+    req.resources = needs.proto
+    req.owner = .with { $0.workerID = Data(owner.binary); $0.nodeID = Data(node.options.nodeID.binary) }
+    req.taskName = "entrypoint of job \(id)"
+    req.grantOrReject = true  // here: the driver runs on this node
+    let reply: Swiftray_RequestWorkerLeaseReply
+    do {
+      reply = try await node.requestWorkerLease(request: req, context: Self.inProcess(Swiftray_NodeManagerService.Method.RequestWorkerLease.descriptor))
+    } catch {
+      return .failure(ReservationFailure(why: "The head node refused the entrypoint's resources: \(error)"))
+    }
+    switch reply.status {
+    case .granted: return .success(reply.leaseID)
+    case .canceled: return .failure(ReservationFailure(why: "The job was stopped while it waited for its entrypoint's resources."))
+    default: return .failure(ReservationFailure(why: "The head node cannot hold the entrypoint's resources \(needs): \(reply.detail)"))
+    }
+  }
+
+  struct ReservationFailure: Error { var why: String }
+
+  func releaseReservation(of id: String) {
+    guard let lease = state.withLock({ $0.reservations.removeValue(forKey: id) }) else { return }
+    Task { await returnLease(lease) }
+  }
+
+  func returnLease(_ lease: UInt64) async {
+    _ = try? await node.returnWorkerLease(request: .with { $0.leaseID = lease; $0.ownerWorkerID = Data(owner.binary) },
+                                          context: Self.inProcess(Swiftray_NodeManagerService.Method.ReturnWorkerLease.descriptor))
+  }
+
+  static func inProcess(_ method: MethodDescriptor) -> ServerContext {
+    ServerContext(descriptor: method, remotePeer: "in-process:jobs", localPeer: "in-process", cancellation: .init())
+  }
 
   // MARK: monitor callbacks
 

@@ -31,12 +31,24 @@ public struct JobSubmissions: Sendable {
     public var entrypoint_num_cpus: Double = 0
     public var entrypoint_num_gpus: Double = 0
     public var entrypoint_resources: [String: Double] = [:]
+    /// Bytes (Ray's `entrypoint_memory`); nil: none.
+    public var entrypoint_memory: Double?
     /// Set by the head: whether a stop was asked for (its end is then STOPPED).
     public var stop_requested = false
     public var driver_pid: Int32?
 
     public init(submission_id: String, entrypoint: String) {
       self.submission_id = submission_id; self.entrypoint = entrypoint
+    }
+
+    /// What the entrypoint holds on its node while it runs (Ray: its supervisor actor's
+    /// resources), in the scheduler's names.
+    public var reservation: ResourceSet {
+      var units = entrypoint_resources
+      units[ResourceSet.cpu] = entrypoint_num_cpus
+      units[ResourceSet.gpu] = entrypoint_num_gpus
+      units[ResourceSet.memory] = entrypoint_memory ?? 0
+      return ResourceSet(units: units)
     }
   }
 
@@ -56,11 +68,14 @@ public struct JobSubmissions: Sendable {
     case launch(Record)
     /// Signal the driver (SIGTERM; SIGKILL after the grace period if it lives on).
     case stop(pid: Int32)
+    /// Stop the launch of a job not started yet (its wait for resources, its set-up).
+    case cancelLaunch(String)
   }
 
   public static let maxJobs = 10_000
   public static let maxEntrypointBytes = 64 << 10
   public static let maxMetadataBytes = 16 << 10
+  public static let maxEntrypointResources = 64
   public static let maxSubmissionIDBytes = 256
 
   public private(set) var records: [String: Record] = [:]
@@ -101,9 +116,18 @@ public struct JobSubmissions: Sendable {
     guard r.metadata.reduce(0, { $0 + $1.key.utf8.count + $1.value.utf8.count }) <= Self.maxMetadataBytes else {
       throw .badSubmission("metadata may hold at most \(Self.maxMetadataBytes) bytes")
     }
-    for (name, q) in r.entrypoint_resources.merging(["num_cpus": r.entrypoint_num_cpus, "num_gpus": r.entrypoint_num_gpus], uniquingKeysWith: { a, _ in a })
-    where !(q >= 0 && q <= 1e9) {
-      throw .badSubmission("entrypoint resource \(name) must be a number from 0 to 1e9, got \(q)")
+    guard r.entrypoint_resources.count <= Self.maxEntrypointResources else {
+      throw .badSubmission("entrypoint_resources may name at most \(Self.maxEntrypointResources) resources")
+    }
+    let named = r.entrypoint_resources.merging(["num_cpus": r.entrypoint_num_cpus, "num_gpus": r.entrypoint_num_gpus], uniquingKeysWith: { a, _ in a })
+    for (name, q) in named where !(q >= 0 && q <= 1e9) || name.isEmpty || name.utf8.count > 256 {
+      throw .badSubmission("entrypoint resource \(name.prefix(256)) must be a number from 0 to 1e9, got \(q)")
+    }
+    for name in [ResourceSet.cpu, ResourceSet.gpu, ResourceSet.memory] where r.entrypoint_resources[name] != nil {
+      throw .badSubmission("entrypoint_resources may not name \(name): use entrypoint_num_cpus, entrypoint_num_gpus or entrypoint_memory")
+    }
+    if let m = r.entrypoint_memory, !(m >= 0 && m <= 1e15) {
+      throw .badSubmission("entrypoint_memory must be a number of bytes from 0 to 1e15, got \(m)")
     }
     guard records[r.submission_id] == nil else {
       throw .exists("Job with submission_id \(r.submission_id) already exists. Please use a different submission_id.")
@@ -116,7 +140,7 @@ public struct JobSubmissions: Sendable {
       actions.append(.erase(oldest))
     }
     r.status = .pending
-    r.message = "Job has not started yet; its runtime environment is being set up."
+    r.message = "Job has not started yet. It may be waiting for resources (CPUs, GPUs, memory, custom resources) to become available. It may be waiting for the runtime environment to be set up."
     r.start_time = now
     r.end_time = nil
     r.stop_requested = false
@@ -175,7 +199,7 @@ public struct JobSubmissions: Sendable {
     r.stop_requested = true
     records[id] = r
     if let pid = r.driver_pid, r.status == .running { return (true, [.persist(r), .stop(pid: pid)]) }
-    return (true, [.persist(r)])
+    return (true, [.persist(r), .cancelLaunch(id)])
   }
 
   /// `delete`: only a job that ended.

@@ -50,6 +50,25 @@ public enum PackageStore {
     return p
   }
 
+  /// Where the packages Ray's own clients upload (`gcs://_ray_pkg_<hash>.zip`, named by
+  /// Ray's hash of the folder, not of the zip) are mapped to the `pkg://` URI of their
+  /// bytes: the node fetches and checks only `pkg://` packages.
+  public static let aliasNamespace = "runtime_env_package_aliases"
+
+  /// A package name Ray's client uses after `/api/packages/gcs/`: `_ray_pkg_` and at
+  /// most 200 letters, digits, `_`, `-`, `.`, ending `.zip`.
+  public static func isRayPackageName(_ name: Substring) -> Bool {
+    name.hasPrefix("_ray_pkg_") && name.hasSuffix(".zip") && name.utf8.count <= 200
+      && name.utf8.allSatisfy { $0 == 45 || $0 == 46 || $0 == 95 || (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) }
+  }
+
+  public static func aliasKey(_ name: Substring) -> Data { Data("gcs://\(name)".utf8) }
+
+  /// The `pkg://` URI an alias entry names, checked like any value read back.
+  public static func decodeAlias(_ data: Data) -> RuntimeEnv.Package? {
+    data.count <= 100 ? RuntimeEnv.Package(uri: String(decoding: data, as: UTF8.self)) : nil
+  }
+
   public static func digest(_ data: Data) -> String {
     SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
   }

@@ -273,10 +273,10 @@ public final class LocalCluster: Sendable {
     let handler: HTTPServer.Handler = { request in await ui.handle(request) }
     let limit: HTTPServer.BodyLimit = { ui.bodyLimit($0) }
     do {
-      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: d.port, group: group, bodyLimit: limit, handler: handler) }
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: d.port, group: group, bodyLimit: limit, webSocket: ui.logsTail, handler: handler) }
     } catch where d.fallBack && d.port != 0 {
       warn("port \(d.port) is taken; the dashboard serves on a free port instead (see the URL printed at start)")
-      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: 0, group: group, bodyLimit: limit, handler: handler) }
+      return try blockingAwait { try await HTTPServer.serve(host: d.host, port: 0, group: group, bodyLimit: limit, webSocket: ui.logsTail, handler: handler) }
     }
   }
 

@@ -508,6 +508,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   // MARK: gRPC service
 
+  /// What this node has in all (its capacity, not what is free).
+  public var totalResources: ResourceSet { state.withLock { $0.queue.total } }
+
   public func requestWorkerLease(request: Swiftray_RequestWorkerLeaseRequest, context: ServerContext) async throws -> Swiftray_RequestWorkerLeaseReply {
     let shape = try ResourceSet.checked(request.resources, field: "resources")
     let placement = try ResourceSet.checked(request.placementResources, field: "placement_resources")

@@ -80,8 +80,10 @@ public final class HTTPServer: Sendable {
   /// Runs on an event loop: pure and quick.
   public typealias BodyLimit = @Sendable (HTTPRequest) -> Int
 
+  /// `webSocket`: a route upgraded to a WebSocket when it accepts the request's head
+  /// (others go to `handler` as plain requests).
   public static func serve(host: String, port: Int, group: EventLoopGroup, bodyLimit: BodyLimit? = nil,
-                           handler: @escaping Handler) async throws -> HTTPServer {
+                           webSocket: WebSocketRoute? = nil, handler: @escaping Handler) async throws -> HTTPServer {
     let limits = NetworkLimits.current
     let limiter = ConnectionLimiter(cap: limits.maxConnectionsPerListener)
     let channel = try await ServerBootstrap(group: group)
@@ -93,8 +95,15 @@ public final class HTTPServer: Sendable {
           let ops = channel.pipeline.syncOperations
           try ops.addHandler(PeerLiveness(keepAlive: .milliseconds(Int64(limits.keepAliveMs)),
                                           idleTimeout: .milliseconds(Int64(limits.idleTimeoutMs)), pings: false))
-          try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-          try ops.addHandler(HTTPRequestHandler(handler: handler, bodyLimit: bodyLimit))
+          // An upgraded connection leaves HTTP: the upgrader removes NIO's handlers, this
+          // removes ours.
+          let upgrade: NIOHTTPServerUpgradeConfiguration? = webSocket.map { route in
+            (upgraders: [route.upgrader()], completionHandler: { context in
+              context.pipeline.syncOperations.removeHandler(name: HTTPRequestHandler.name, promise: nil)
+            })
+          }
+          try ops.configureHTTPServerPipeline(withPipeliningAssistance: true, withServerUpgrade: upgrade, withErrorHandling: true)
+          try ops.addHandler(HTTPRequestHandler(handler: handler, bodyLimit: bodyLimit), name: HTTPRequestHandler.name)
         }
       }
       .bind(host: host, port: port).get()
@@ -107,7 +116,7 @@ public final class HTTPServer: Sendable {
 /// Reads a request's head and end, runs the handler off the loop, writes its answer.
 ///
 /// Threading: one per connection, only touched on its event loop.
-final class HTTPRequestHandler: ChannelInboundHandler {
+final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
   typealias InboundIn = HTTPServerRequestPart
   typealias OutboundOut = HTTPServerResponsePart
   let handler: HTTPServer.Handler
@@ -118,6 +127,7 @@ final class HTTPRequestHandler: ChannelInboundHandler {
   var body: [UInt8] = []
   var refused = false
   static let methodsWithBody: [HTTPMethod] = [.POST, .PUT]
+  static let name = "swiftray.http"
 
   init(handler: @escaping HTTPServer.Handler, bodyLimit: HTTPServer.BodyLimit?) { self.handler = handler; self.bodyLimit = bodyLimit }
 
