@@ -598,6 +598,14 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
           // Bounded: owners keep a few requests per shape, so a full queue means a
           // flood; the owner asks again shortly.
           guard s.queue.pending.count + s.awaitingSetUp < maxWaiting else { return .reply(busy) }
+          // The cache sweep may have forgotten the environment since it was looked up
+          // (nothing used it yet): a worker started now would lack it. The owner asks
+          // again, and that request sets it up anew (from the files, when they are left).
+          if let env = runtimeEnv, s.envContexts[env.key] == nil {
+            r.status = .busy
+            r.detail = "node \(nodeHex) just evicted this runtime environment from its cache; ask again"
+            return .reply(r)
+          }
           guard let id = s.requestIDs.admit(requestKey) else {
             r.status = .infeasible
             r.detail = "lease request \(request.leaseRequestID) of this owner is already waiting on this node"
