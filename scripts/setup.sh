@@ -5,7 +5,8 @@
 # iproute2 and util-linux, whose ip, nsenter and unshare make the network-namespace
 # hosts of the multi-node and partition tests; chromium and chromium-driver, in which
 # the dashboard's test drives the page headless), Python packages (prometheus_client
-# parses /metrics in the tests, selenium drives chromium), and `pip install ./python` (which builds the Swift core in release mode).
+# parses /metrics in the tests, selenium drives chromium, joblib's Parallel runs on the
+# ray backend), and `pip install ./python` (which builds the Swift core in release mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -16,5 +17,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check cloudpickle numpy pytest grpcio prometheus_client selenium
+python3 -m pip install -q --disable-pip-version-check cloudpickle numpy pytest grpcio prometheus_client selenium joblib
 python3 -m pip install -q --disable-pip-version-check ./python

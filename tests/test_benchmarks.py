@@ -80,3 +80,10 @@ def test_the_control_calls_benchmark_runs(tmp_path):
     assert [r["setting"] for r in rows] == ["default", "SWIFTRAY_TASKS_ON_EVENT_LOOPS=1"]
     for r in rows:
         assert r["kv_get_wall_us"] > 0 and r["kv_get_cpu_us"] >= 0 and r["pg_ready_us"] > 0 and r["pg_remove_us"] > 0, r
+
+
+def test_the_util_library_benchmark_runs(tmp_path):
+    out = tmp_path / "ul.json"
+    run([os.path.join(BENCH, "util_library.py"), "--items", "200", "--queue-ops", "20", "--rounds", "1", "--json", str(out)])
+    m = json.loads(out.read_text())["medians"]["swiftray"]
+    assert m["queue_put_get_per_s"] > 0 and m["pool_map_items_per_s"] > 0

@@ -68,6 +68,19 @@ enum CoreAPI {
     }, doc: "take_interrupt(): True when a cancel aimed at the running task sent the SIGINT being handled."),
     .init(name: "take_executions", fn: takeExecutions, doc: "take_executions(max): up to max tasks pushed here, without waiting, as worker_loop hands them to execute (each replies with finish_task)."),
     .init(name: "executions_fd", fn: { _, _, _ in session().map { Py.int(Int($0.core.executionsFD)) } }, doc: "executions_fd(): readable when take_executions may find a task (for an event loop to watch)."),
+    .init(name: "notify_when_available", fn: { _, a, n in
+      let args = Args(a, n)
+      guard args.need(2, "notify_when_available"), let s = session(), let id = objectID(args[0]), let t = Py.toInt(args[1]) else { return nil }
+      guard t >= 0 else { return Py.raise(sr_ExcValueError(), "a token is a non-negative int") }
+      s.core.notifyWhenAvailable(id, token: UInt64(t))
+      return Py.none
+    }, doc: "notify_when_available(id, token): token is in take_available() once the object is available here (readable: available_fd())."),
+    .init(name: "available_fd", fn: { _, _, _ in session().map { Py.int(Int($0.core.availability.fd)) } },
+          doc: "available_fd(): readable while take_available() has tokens."),
+    .init(name: "take_available", fn: { _, _, _ in
+      guard let s = session() else { return nil }
+      return Py.list(s.core.availability.take().map { Py.int(Int(truncatingIfNeeded: $0)) })
+    }, doc: "take_available() -> [token]: the tokens whose objects became available since the last call."),
     .init(name: "leave_worker_loop", fn: { _, _, _ in leaveLoop = true; return Py.none }, doc: "leave_worker_loop(): worker_loop returns True after the task running now."),
     .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
   ] + actorMethods + placementGroupMethods

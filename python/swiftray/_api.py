@@ -10,6 +10,7 @@ import threading
 import uuid
 
 from swiftray import _core, _runtime_env, _serialization, exceptions
+from swiftray import object_ref
 from swiftray.object_ref import ObjectRef
 
 logger = logging.getLogger("swiftray")
@@ -255,6 +256,7 @@ def _ensure_init():
 def shutdown():
     """Stops every worker and the local cluster; nothing is left behind."""
     with _lock:
+        object_ref._availability.reset()
         _core.shutdown()
         _state["info"] = None
 

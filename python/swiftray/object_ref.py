@@ -1,5 +1,6 @@
 """ObjectRef: a future for a value owned by some process in the cluster."""
 import threading
+import weakref
 
 from swiftray import _core
 
@@ -68,25 +69,132 @@ class ObjectRef:
         return (_rebuild, (self._id, _core.owner_address(self._id)))
 
     def future(self):
-        """A concurrent.futures.Future resolved with the value (or its error)."""
+        """A concurrent.futures.Future resolved with the value (or its error), without a
+        thread of its own (`_availability`)."""
         import concurrent.futures  # imported on first use: most programs never ask
-
-        from swiftray import _api
         fut = concurrent.futures.Future()
-
-        def resolve():
-            try:
-                fut.set_result(_api.get(self))
-            except BaseException as e:  # the future carries the error
-                fut.set_exception(e)
-
-        threading.Thread(target=resolve, daemon=True, name="swiftray-future").start()
+        _availability.when_available(self, lambda ref: _settle(fut, ref))
         return fut
 
     def as_future(self):
-        """An asyncio future for this ref, on the running loop."""
+        """The asyncio future of this ref on the running loop (one per ref and loop):
+        completed on the loop (call_soon_threadsafe) when the core says the object is
+        here."""
         import asyncio
-        return asyncio.wrap_future(self.future())
+        loop = asyncio.get_running_loop()
+        fut = _loop_futures.get(self)
+        if fut is None or fut.get_loop() is not loop:
+            fut = loop.create_future()
+            _loop_futures[self] = fut
+            _availability.when_available(self, lambda ref: loop.call_soon_threadsafe(_settle, fut, ref))
+        return fut
 
     def __await__(self):
         return self.as_future().__await__()
+
+    # The asyncio future protocol, through `as_future`: asyncio takes a ref wherever it
+    # takes a future (`asyncio.wait(refs)`, `gather`, `wait_for`), which Ray's refs
+    # are not on Python 3.11.
+    _asyncio_future_blocking = False
+
+    def get_loop(self):
+        return self.as_future().get_loop()
+
+    def done(self):
+        return self.as_future().done()
+
+    def cancelled(self):
+        return self.as_future().cancelled()
+
+    def result(self):
+        return self.as_future().result()
+
+    def exception(self):
+        return self.as_future().exception()
+
+    def add_done_callback(self, fn, *, context=None):
+        self.as_future().add_done_callback(fn, context=context)
+
+    def remove_done_callback(self, fn):
+        return self.as_future().remove_done_callback(fn)
+
+    def cancel(self, msg=None):
+        """Cancels the awaiting (not the task: `swiftray.cancel(ref)` does that)."""
+        return self.as_future().cancel(msg)
+
+
+def _settle(fut, ref):
+    """Completes `fut` with the value of `ref`, which is available here (so `get`
+    returns at once), or with its error; nothing when the future was cancelled."""
+    from swiftray import _api
+    if fut.cancelled() or fut.done():
+        return
+    try:
+        value = _api.get(ref)
+    except BaseException as e:  # the future carries the error
+        fut.set_exception(e)
+    else:
+        fut.set_result(value)
+
+
+class _Availability:
+    """Awaits objects for asyncio and concurrent futures with one thread for the whole
+    process, however many refs are awaited: each ref is registered with the core under
+    a token (`notify_when_available`), and the thread, blocked in `select` on the core's
+    eventfd with the GIL released, runs the callbacks of the tokens the core posts."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._callbacks = {}  # token -> (ref, callback)
+        self._next = 0
+        self._thread = None
+        self._pid = None
+        self._generation = 0
+
+    def reset(self):
+        """The core shut down: its fd and its registrations are gone; the thread ends
+        within a second, and the next await starts another for the next core."""
+        with self._lock:
+            self._generation += 1
+            self._callbacks.clear()
+            self._thread = None
+
+    def when_available(self, ref, callback):
+        from swiftray import _api
+        _api._ensure_init()
+        import os
+        with self._lock:
+            self._next += 1
+            token = self._next
+            # The ref is kept until its callback ran, so its object stays in scope.
+            self._callbacks[token] = (ref, callback)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, args=(_core.available_fd(), self._generation),
+                                                daemon=True, name="swiftray-availability")
+                self._thread.start()
+        _core.notify_when_available(ref._id, token)
+
+    def _run(self, fd, generation):
+        import select
+        # The timeout only notices a shutdown (`reset`): arrivals wake the select.
+        while generation == self._generation:
+            try:
+                if not select.select([fd], [], [], 1.0)[0] or generation != self._generation:
+                    continue
+                tokens = _core.take_available()
+            except Exception:
+                return  # the core shut down (its fd closed)
+            for token in tokens:
+                with self._lock:
+                    entry = self._callbacks.pop(token, None)
+                if entry is not None:
+                    try:
+                        entry[1](entry[0])
+                    except Exception:  # a loop closed meanwhile: its future is gone
+                        pass
+
+
+_availability = _Availability()
+# The asyncio future of each awaited ref (as_future), for as long as the ref lives.
+_loop_futures = weakref.WeakKeyDictionary()

@@ -102,6 +102,8 @@ public final class CoreWorker: Sendable {
   let state: Locked<Owner>
   let registrations = Locked(Registrations())
   let executor: TaskExecutor
+  /// Objects awaited without a thread (`notifyWhenAvailable`).
+  public let availability = AvailabilityNotices()
   let pool: DataPlaneClientPool
   /// Lanes to the workers of this node (tasks and actor calls only).
   let lanes: LaneClients
@@ -418,7 +420,7 @@ public final class CoreWorker: Sendable {
   /// End every wait that is not ready with `endWait`.
   public func startWait(_ ids: [ObjectID], needed: Int) -> PendingWait {
     let unique = ids.count == 1 ? ids : Array(Set(ids))
-    let waiter = owner { $0.waitStarted(unique, needed: needed, makeWaiter: ObjectWaiter.init(needed:)) }
+    let waiter = owner { $0.waitStarted(unique, needed: needed, makeWaiter: { ObjectWaiter(needed: $0) }) }
     return PendingWait(ids: unique, needed: needed, waiter: waiter)
   }
 

@@ -10,13 +10,21 @@ final class ObjectWaiter: Sendable {
   /// polls it beside the lane. The waiting thread's own (it loops on `isReleased`, so a
   /// late signal of its previous wait costs one extra look, nothing else).
   let wake: Wakeup
-  /// Made by the thread that will wait (`CoreWorker.startWait`).
-  init(needed: Int) {
+  /// Instead of waking a thread: what a release does (`notifyWhenAvailable`: no thread
+  /// waits). Called after the owner's lock, on the thread that released it.
+  let onRelease: (@Sendable () -> Void)?
+  /// Made by the thread that will wait (`CoreWorker.startWait`), or with `onRelease`
+  /// for no thread.
+  init(needed: Int, onRelease: (@Sendable () -> Void)? = nil) {
     remaining = Atomic(needed)
-    wake = Wakeup.forThisThread()
+    self.onRelease = onRelease
+    wake = onRelease == nil ? Wakeup.forThisThread() : Self.unused
   }
+  /// The wakeup of a waiter no thread waits on (never signalled).
+  static let unused = Wakeup()
   func arrived() {
     if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+      if let onRelease { return onRelease() }
       sem.signal()
       wake.signal()
     }
