@@ -317,6 +317,30 @@ def test_an_async_actor_awaits_another_actor_without_blocking_its_loop(ray_modul
     assert swiftray.get(asked, timeout=60) == [0, 1, 2]
 
 
+def test_awaiting_works_in_a_driver_holding_more_than_1024_descriptors():
+    # select() cannot watch a descriptor numbered past FD_SETSIZE; the thread that
+    # completes awaited refs must still see its core's.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1400:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    swiftray.shutdown()
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        swiftray.init(num_cpus=1)
+        assert swiftray._core.available_fd() > 1024
+        assert _slow_square.remote(4, 0).future().result(timeout=30) == 16
+
+        async def one(ref):
+            return await ref
+        assert asyncio.run(asyncio.wait_for(one(_slow_square.remote(5, 0)), 30)) == 25
+    finally:
+        swiftray.shutdown()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_awaiting_works_again_after_shutdown_and_a_new_init():
     async def one(ref):
         return await ref

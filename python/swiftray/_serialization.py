@@ -1,8 +1,10 @@
 """Values <-> bytes with cloudpickle (pickle protocol 5). Refs inside values stay refs
 (ObjectRef.__reduce__). Errors say which object could not be pickled and where."""
+import collections
 import io
 import pickle
 import struct
+import types
 
 import cloudpickle
 
@@ -18,22 +20,38 @@ def dumps(value):
     return _dumps(value)
 
 
-class _CustomPickler(cloudpickle.CloudPickler):
-    """cloudpickle, with the classes of `util.register_serializer` pickled their way."""
+def _code_reduce(code):
+    """cloudpickle's reduction of a code object, keeping its file name: cloudpickle >= 3.1.3
+    writes "<dynamic-code>" instead, and a remote traceback then names no file and shows
+    no source line. The file name is argument 10 of types.CodeType on every Python we
+    support (3.8 through 3.13)."""
+    ctor, args = _cloudpickle_code_reduce(code)
+    if len(args) > 10 and args[10] == "<dynamic-code>":
+        args = args[:10] + (code.co_filename,) + args[11:]
+    return ctor, args
+
+
+_cloudpickle_code_reduce = cloudpickle.CloudPickler.dispatch_table[types.CodeType]
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, keeping code objects' file names, and pickling the classes of
+    `util.register_serializer` their way."""
+
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce},
+                                          cloudpickle.CloudPickler.dispatch_table)
 
     def reducer_override(self, obj):
-        custom = _custom.reducer(obj)
-        if custom is not None:
-            return custom
+        if _custom._serializers:
+            custom = _custom.reducer(obj)
+            if custom is not None:
+                return custom
         return super().reducer_override(obj)
 
 
 def _dumps(value, buffer_callback=None):
-    # The plain (C-accelerated) path unless a serializer is registered.
-    if not _custom._serializers:
-        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
     out = io.BytesIO()
-    _CustomPickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
     return out.getvalue()
 
 

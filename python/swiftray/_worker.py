@@ -469,7 +469,14 @@ def main():
     _running_as_worker = True
     _apply_runtime_env()
     signal.signal(signal.SIGINT, _on_sigint)
-    _core.connect_worker()
+    try:
+        _core.connect_worker()
+    except exceptions.LocalRayletDiedError as e:
+        # A node that stops while this worker starts refuses it: that is no failure to
+        # report (a traceback on the driver's console at every shutdown would be noise).
+        if "shutting down" not in str(e):
+            print(f"swiftray worker: {e}", file=sys.stderr)
+        return 1
     # The node's lease-grant key was for the core (which cleared its own copy); user
     # code and the processes it starts do not see it.
     os.environ.pop("SWIFTRAY_LEASE_KEY", None)

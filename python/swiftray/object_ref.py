@@ -177,10 +177,13 @@ class _Availability:
 
     def _run(self, fd, generation):
         import select
-        # The timeout only notices a shutdown (`reset`): arrivals wake the select.
+        # poll, not select: a driver may hold more than FD_SETSIZE (1024) descriptors.
+        # The timeout only notices a shutdown (`reset`): arrivals wake the poll.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while generation == self._generation:
             try:
-                if not select.select([fd], [], [], 1.0)[0] or generation != self._generation:
+                if not poller.poll(1000) or generation != self._generation:
                     continue
                 tokens = _core.take_available()
             except Exception:

@@ -64,6 +64,9 @@ public final class ProcessMonitor: Sendable {
     var children: [Int32: Child] = [:]
     var watched: [Int32: Watched] = [:]
     var stopped = false
+    /// The monitor thread ended and closed what it held (`closeDescriptors`): a child
+    /// registered after that has its descriptors closed at once.
+    var drained = false
     var forkServer: ForkServerLink?
     /// Ends the server reported before `spawn` learnt the pid (a child that died at
     /// once). Bounded: a pid nobody claims is dropped with the oldest.
@@ -220,9 +223,16 @@ public final class ProcessMonitor: Sendable {
     _ = fcntl(out[0], F_SETFL, O_NONBLOCK)
     _ = fcntl(err[0], F_SETFL, O_NONBLOCK)
     let pidFD = sr_pidfd_open(pid)
-    state.withLock {
-      $0.children[pid] = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: pidFD)
-      register(&$0, pid)
+    let kept = state.withLock { s -> Bool in
+      guard !s.drained else { return false }
+      s.children[pid] = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: pidFD)
+      register(&s, pid)
+      return true
+    }
+    guard kept else {
+      for fd in [out[0], err[0], pidFD] where fd >= 0 { close(fd) }
+      Self.killAndReap([pid])
+      throw SwiftrayError(.system, "the node is stopping; no worker started")
     }
     wake()
     return pid
@@ -267,12 +277,19 @@ public final class ProcessMonitor: Sendable {
     }
     _ = fcntl(out[0], F_SETFL, O_NONBLOCK)
     _ = fcntl(err[0], F_SETFL, O_NONBLOCK)
-    state.withLock { s in
+    let kept = state.withLock { s -> Bool in
+      guard !s.drained else { return false }
       var c = Child(pid: pid, outFD: out[0], errFD: err[0], pidFD: -1)
       c.forked = true
       c.pendingExit = s.unclaimedExits.remove(pid)
       if s.forkServer?.gone == true { c.pidFD = sr_pidfd_open(pid) }
       s.children[pid] = c
+      return true
+    }
+    guard kept else {
+      close(out[0]); close(err[0])
+      kill(pid, SIGKILL)
+      return nil
     }
     wake()
     return pid
@@ -346,7 +363,7 @@ public final class ProcessMonitor: Sendable {
       let (children, watched, stopped, notices) = state.withLock {
         ($0.children, $0.watched, $0.stopped, $0.forkServer.flatMap { $0.gone ? nil : $0.noticeFD })
       }
-      if stopped { break }
+      if stopped { return closeDescriptors() }
       var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
                  pollfd(fd: notices ?? -1, events: Int16(POLLIN), revents: 0)]
       var fdOwner: [Int32] = [0, 0]  // the child each entry of `fds` is for
@@ -386,6 +403,46 @@ public final class ProcessMonitor: Sendable {
         w.onGone()
       }
     }
+  }
+
+  /// The monitor thread's last act, once stopped: closes every descriptor it read
+  /// (children's pipes and pidfds, watched pidfds, the fork server's notices) and reaps
+  /// the fork server `shutdown` killed, so a driver that starts and stops many local
+  /// clusters keeps no descriptor or zombie of theirs. The wake and lifeline pipes and
+  /// the fork server's request socket go with the monitor (`deinit`): `wake` and a
+  /// `spawn` already past its look may still use them.
+  private func closeDescriptors() {
+    let (children, watched, server) = state.withLock { s in
+      s.drained = true
+      defer { s.children.removeAll(); s.watched.removeAll() }
+      return (s.children, s.watched, s.forkServer)
+    }
+    for c in children.values {
+      for fd in [c.outFD, c.errFD, c.pidFD] where fd >= 0 { close(fd) }
+    }
+    for w in watched.values where w.pidFD >= 0 { close(w.pidFD) }
+    if let server, !server.gone { close(server.noticeFD) }
+    // Our own children still listed (the fork server, a worker started while the node
+    // stopped) would be nobody's to reap once this thread ends.
+    Self.killAndReap(children.values.filter { !$0.forked }.map(\.pid))
+  }
+
+  /// SIGKILLs `pids` (children of this process) and reaps them, waiting at most 2 s for
+  /// all: a process killed that way ends at once unless the kernel holds it.
+  static func killAndReap(_ pids: [Int32]) {
+    var left = Set(pids)
+    for pid in left { kill(pid, SIGKILL) }
+    let deadline = ContinuousClock.now + .seconds(2)
+    while !left.isEmpty && ContinuousClock.now < deadline {
+      var status: Int32 = 0
+      left = left.filter { waitpid($0, &status, WNOHANG) == 0 }
+      if !left.isEmpty { usleep(2_000) }
+    }
+  }
+
+  deinit {
+    for fd in [wakeRead, wakeWrite, lifelineRead, lifelineWrite] { close(fd) }
+    if let f = state.withLock({ $0.forkServer }) { close(f.requestFD) }
   }
 
   /// Reads the fork server's notices (non-blocking): it is ready; a child ended.

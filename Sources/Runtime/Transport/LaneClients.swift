@@ -236,6 +236,13 @@ public final class LaneClients: Sendable {
     var one: UInt64 = 1
     _ = Glibc.write(stopFD, &one, 8)
   }
+
+  /// The reactor thread holds the clients while it runs, so none of its descriptors
+  /// can be closed under it.
+  deinit {
+    Glibc.close(epfd)
+    Glibc.close(stopFD)
+  }
 }
 
 /// One lane to one worker: the requests waiting for its replies.
