@@ -84,6 +84,7 @@ def test_the_control_calls_benchmark_runs(tmp_path):
 
 def test_the_util_library_benchmark_runs(tmp_path):
     out = tmp_path / "ul.json"
-    run([os.path.join(BENCH, "util_library.py"), "--items", "200", "--queue-ops", "20", "--rounds", "1", "--json", str(out)])
+    run([os.path.join(BENCH, "util_library.py"), "--items", "200", "--queue-ops", "20", "--stream-items", "50",
+         "--rounds", "1", "--json", str(out)])
     m = json.loads(out.read_text())["medians"]["swiftray"]
-    assert m["queue_put_get_per_s"] > 0 and m["pool_map_items_per_s"] > 0
+    assert m["queue_put_get_per_s"] > 0 and m["pool_map_items_per_s"] > 0 and m["stream_items_per_s"] > 0

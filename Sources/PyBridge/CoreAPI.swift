@@ -83,7 +83,7 @@ enum CoreAPI {
     }, doc: "take_available() -> [token]: the tokens whose objects became available since the last call."),
     .init(name: "leave_worker_loop", fn: { _, _, _ in leaveLoop = true; return Py.none }, doc: "leave_worker_loop(): worker_loop returns True after the task running now."),
     .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
-  ] + actorMethods + placementGroupMethods
+  ] + actorMethods + placementGroupMethods + generatorMethods
 
   static func session() -> Session? {
     if let s = Session.active { return s }
@@ -732,7 +732,7 @@ enum CoreAPI {
     deferred[token] = e
     return (Py.tuple([
       Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
-      Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
+      Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(spec.streaming ? -1 : Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
       Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
       Py.list(e.gpuIDs.map { Py.int(Int($0)) }), resourcesDict(spec),
     ]), token)

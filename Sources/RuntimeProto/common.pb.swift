@@ -379,6 +379,21 @@ public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
     set {_uniqueStorage()._runtimeEnv = newValue}
   }
 
+  /// A generator whose items stream to the owner as they are yielded
+  /// (num_returns="streaming"): return 0 is the stream's end (the item count, or the
+  /// error that ended it); item i is return i+1, reported by ReportGeneratorItemRequest.
+  public var streaming: Bool {
+    get {_storage._streaming}
+    set {_uniqueStorage()._streaming = newValue}
+  }
+
+  /// > 0: the worker pauses while this many items wait unconsumed at the owner
+  /// (Ray's _generator_backpressure_num_objects); 0 or less: no limit.
+  public var generatorBackpressure: Int64 {
+    get {_storage._generatorBackpressure}
+    set {_uniqueStorage()._generatorBackpressure = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -847,7 +862,7 @@ nonisolated extension Swiftray_SchedulingStrategy.Kind: SwiftProtobuf._ProtoName
 
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0\u{3}runtime_env\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0\u{3}runtime_env\0\u{1}streaming\0\u{3}generator_backpressure\0")
 
   fileprivate class _StorageClass {
     var _taskID: Data = Data()
@@ -872,6 +887,8 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _methodName: String = String()
     var _strategy: Swiftray_SchedulingStrategy? = nil
     var _runtimeEnv: String = String()
+    var _streaming: Bool = false
+    var _generatorBackpressure: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -904,6 +921,8 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _methodName = source._methodName
       _strategy = source._strategy
       _runtimeEnv = source._runtimeEnv
+      _streaming = source._streaming
+      _generatorBackpressure = source._generatorBackpressure
     }
   }
 
@@ -944,6 +963,8 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._methodName) }()
         case 21: try { try decoder.decodeSingularMessageField(value: &_storage._strategy) }()
         case 22: try { try decoder.decodeSingularStringField(value: &_storage._runtimeEnv) }()
+        case 23: try { try decoder.decodeSingularBoolField(value: &_storage._streaming) }()
+        case 24: try { try decoder.decodeSingularInt64Field(value: &_storage._generatorBackpressure) }()
         default: break
         }
       }
@@ -1022,6 +1043,12 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       if !_storage._runtimeEnv.isEmpty {
         try visitor.visitSingularStringField(value: _storage._runtimeEnv, fieldNumber: 22)
       }
+      if _storage._streaming != false {
+        try visitor.visitSingularBoolField(value: _storage._streaming, fieldNumber: 23)
+      }
+      if _storage._generatorBackpressure != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._generatorBackpressure, fieldNumber: 24)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1053,6 +1080,8 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._methodName != rhs_storage._methodName {return false}
         if _storage._strategy != rhs_storage._strategy {return false}
         if _storage._runtimeEnv != rhs_storage._runtimeEnv {return false}
+        if _storage._streaming != rhs_storage._streaming {return false}
+        if _storage._generatorBackpressure != rhs_storage._generatorBackpressure {return false}
         return true
       }
       if !storagesAreEqual {return false}

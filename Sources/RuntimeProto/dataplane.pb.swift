@@ -122,6 +122,71 @@ public nonisolated struct Swiftray_PushTaskReply: Sendable {
 
   public var endedWallNs: UInt64 = 0
 
+  /// A streaming generator: how many items it reported (each acknowledged before this
+  /// reply left).
+  public var streamedItems: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A streaming generator's item, from the worker running it to the task's owner, sent as
+/// soon as it is yielded. `index` counts from 0; a retried attempt reports its items
+/// again and the owner keeps the first of each.
+public nonisolated struct Swiftray_ReportGeneratorItemRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var taskID: Data = Data()
+
+  public var index: UInt64 = 0
+
+  public var object: Swiftray_RayObject {
+    get {_object ?? Swiftray_RayObject()}
+    set {_object = newValue}
+  }
+  /// Returns true if `object` has been explicitly set.
+  public var hasObject: Bool {self._object != nil}
+  /// Clears the value of `object`. Subsequent reads from it will return its default value.
+  public mutating func clearObject() {self._object = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _object: Swiftray_RayObject? = nil
+}
+
+/// The reader's progress: `consumed` items taken; `closed`: the reader dropped the
+/// generator (the worker stops producing).
+public nonisolated struct Swiftray_GeneratorProgress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var consumed: UInt64 = 0
+
+  public var closed: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A worker `generator_backpressure` items ahead of the reader: answered (GeneratorProgress)
+/// once the reader took `consumed` items or dropped the generator, else within a second
+/// (the worker asks again).
+public nonisolated struct Swiftray_WaitGeneratorConsumedRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var taskID: Data = Data()
+
+  public var consumed: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -953,6 +1018,30 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._body = .listObjectsReply(newValue)}
   }
 
+  public var reportGeneratorItem: Swiftray_ReportGeneratorItemRequest {
+    get {
+      if case .reportGeneratorItem(let v)? = _storage._body {return v}
+      return Swiftray_ReportGeneratorItemRequest()
+    }
+    set {_uniqueStorage()._body = .reportGeneratorItem(newValue)}
+  }
+
+  public var generatorProgress: Swiftray_GeneratorProgress {
+    get {
+      if case .generatorProgress(let v)? = _storage._body {return v}
+      return Swiftray_GeneratorProgress()
+    }
+    set {_uniqueStorage()._body = .generatorProgress(newValue)}
+  }
+
+  public var waitGeneratorConsumed: Swiftray_WaitGeneratorConsumedRequest {
+    get {
+      if case .waitGeneratorConsumed(let v)? = _storage._body {return v}
+      return Swiftray_WaitGeneratorConsumedRequest()
+    }
+    set {_uniqueStorage()._body = .waitGeneratorConsumed(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -994,6 +1083,9 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     /// The head asks a process for the references it holds (`swiftray list objects`).
     case listObjects(Swiftray_ListObjectsRequest)
     case listObjectsReply(Swiftray_ListObjectsReply)
+    case reportGeneratorItem(Swiftray_ReportGeneratorItemRequest)
+    case generatorProgress(Swiftray_GeneratorProgress)
+    case waitGeneratorConsumed(Swiftray_WaitGeneratorConsumedRequest)
 
   }
 
@@ -1101,7 +1193,7 @@ nonisolated extension Swiftray_ReturnObject: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PushTaskReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0\u{3}handed_back\0\u{3}started_wall_ns\0\u{3}ended_wall_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}returns\0\u{3}is_application_error\0\u{3}is_retryable_error\0\u{3}was_cancelled\0\u{3}actor_creation_error\0\u{3}lost_arguments\0\u{3}lost_detail\0\u{3}handed_back\0\u{3}started_wall_ns\0\u{3}ended_wall_ns\0\u{3}streamed_items\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1119,6 +1211,7 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
       case 8: try { try decoder.decodeSingularBoolField(value: &self.handedBack) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.startedWallNs) }()
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.endedWallNs) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.streamedItems) }()
       default: break
       }
     }
@@ -1155,6 +1248,9 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if self.endedWallNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.endedWallNs, fieldNumber: 10)
     }
+    if self.streamedItems != 0 {
+      try visitor.visitSingularUInt64Field(value: self.streamedItems, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1169,6 +1265,121 @@ nonisolated extension Swiftray_PushTaskReply: SwiftProtobuf.Message, SwiftProtob
     if lhs.handedBack != rhs.handedBack {return false}
     if lhs.startedWallNs != rhs.startedWallNs {return false}
     if lhs.endedWallNs != rhs.endedWallNs {return false}
+    if lhs.streamedItems != rhs.streamedItems {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_ReportGeneratorItemRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReportGeneratorItemRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}index\0\u{1}object\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._object) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.taskID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.taskID, fieldNumber: 1)
+    }
+    if self.index != 0 {
+      try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 2)
+    }
+    try { if let v = self._object {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_ReportGeneratorItemRequest, rhs: Swiftray_ReportGeneratorItemRequest) -> Bool {
+    if lhs.taskID != rhs.taskID {return false}
+    if lhs.index != rhs.index {return false}
+    if lhs._object != rhs._object {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_GeneratorProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GeneratorProgress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}consumed\0\u{1}closed\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.consumed) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.closed) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.consumed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.consumed, fieldNumber: 1)
+    }
+    if self.closed != false {
+      try visitor.visitSingularBoolField(value: self.closed, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_GeneratorProgress, rhs: Swiftray_GeneratorProgress) -> Bool {
+    if lhs.consumed != rhs.consumed {return false}
+    if lhs.closed != rhs.closed {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swiftray_WaitGeneratorConsumedRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WaitGeneratorConsumedRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}consumed\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.consumed) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.taskID.isEmpty {
+      try visitor.visitSingularBytesField(value: self.taskID, fieldNumber: 1)
+    }
+    if self.consumed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.consumed, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swiftray_WaitGeneratorConsumedRequest, rhs: Swiftray_WaitGeneratorConsumedRequest) -> Bool {
+    if lhs.taskID != rhs.taskID {return false}
+    if lhs.consumed != rhs.consumed {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2053,7 +2264,7 @@ nonisolated extension Swiftray_KeepAlive: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0\u{3}list_objects\0\u{3}list_objects_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0\u{3}list_objects\0\u{3}list_objects_reply\0\u{3}report_generator_item\0\u{3}generator_progress\0\u{3}wait_generator_consumed\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
@@ -2495,6 +2706,45 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
             _storage._body = .listObjectsReply(v)
           }
         }()
+        case 44: try {
+          var v: Swiftray_ReportGeneratorItemRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .reportGeneratorItem(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .reportGeneratorItem(v)
+          }
+        }()
+        case 45: try {
+          var v: Swiftray_GeneratorProgress?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .generatorProgress(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .generatorProgress(v)
+          }
+        }()
+        case 46: try {
+          var v: Swiftray_WaitGeneratorConsumedRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .waitGeneratorConsumed(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .waitGeneratorConsumed(v)
+          }
+        }()
         default: break
         }
       }
@@ -2637,6 +2887,18 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       case .listObjectsReply?: try {
         guard case .listObjectsReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 43)
+      }()
+      case .reportGeneratorItem?: try {
+        guard case .reportGeneratorItem(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 44)
+      }()
+      case .generatorProgress?: try {
+        guard case .generatorProgress(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 45)
+      }()
+      case .waitGeneratorConsumed?: try {
+        guard case .waitGeneratorConsumed(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 46)
       }()
       case nil: break
       }

@@ -11,7 +11,7 @@ import uuid
 
 from swiftray import _core, _runtime_env, _serialization, exceptions
 from swiftray import object_ref
-from swiftray.object_ref import ObjectRef
+from swiftray.object_ref import ObjectRef, ObjectRefGenerator
 
 logger = logging.getLogger("swiftray")
 _lock = threading.RLock()
@@ -269,6 +269,9 @@ def _check_refs(object_refs, what):
     if not set(map(type, object_refs)) - {ObjectRef}:
         return
     for r in object_refs:
+        if isinstance(r, ObjectRefGenerator):
+            raise TypeError(f"{what} expects ObjectRefs, got an ObjectRefGenerator: iterate it "
+                            "(`for ref in gen: swiftray.get(ref)`), or pass it to wait().")
         if not isinstance(r, ObjectRef):
             raise TypeError(f"{what} expects ObjectRefs, got {type(r).__name__} {r!r}")
 
@@ -286,7 +289,7 @@ def get(object_refs, *, timeout=None):
     """The value of one ref, or a list of values for a list of refs."""
     _ensure_init()
     single = isinstance(object_refs, ObjectRef)
-    refs = [object_refs] if single else object_refs
+    refs = [object_refs] if single or isinstance(object_refs, ObjectRefGenerator) else object_refs
     if not isinstance(refs, (list, tuple)):
         raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}")
     _check_refs(refs, "get()")
@@ -311,6 +314,8 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
                         else f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     # Checks and ids at C speed (map, set): a loop of waits over a shrinking list (the
     # usual "process results as they come") costs O(len) per call in C, not in Python.
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return _wait_with_generators(list(object_refs), num_returns, timeout)
     _check_refs(object_refs, "wait()")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
@@ -332,6 +337,35 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
 _ref_id = operator.attrgetter("_id")
 
 
+def _wait_with_generators(items, num_returns, timeout):
+    """wait() over refs and streaming generators: a generator is ready once its next ref
+    can be taken without waiting (its item arrived, or its stream ended)."""
+    import time
+    for r in items:
+        if not isinstance(r, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"wait() expects ObjectRefs or ObjectRefGenerators, got {type(r).__name__} {r!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}.")
+    if num_returns > len(items):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait().")
+    if len(set(map(id, items))) != len(items):
+        raise ValueError("Wait requires a list of unique object refs.")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        groups = [r._awaited_ids() if isinstance(r, ObjectRefGenerator) else [r._id] for r in items]
+        ids = list(dict.fromkeys(i for g in groups for i in g))
+        here = {ids[p] for p in _core.wait(ids, len(ids), 0)}
+        ready = [i for i, g in enumerate(groups) if any(x in here for x in g)]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if len(ready) >= num_returns or left == 0:
+            ready = ready[:num_returns]
+            return [items[i] for i in ready], _without(items, ready)
+        pending = [x for x in ids if x not in here]
+        _core.wait(pending, 1, left)  # one more arrival (or the time is up), then count again
+
+
 def _without(items, positions):
     """`items` (a list or tuple) as a list, less the ascending `positions`: slices
     joined, so taking few out of many costs no Python-level loop over the rest."""
@@ -349,6 +383,8 @@ def cancel(object_ref, *, force=False, recursive=True):
     one gets KeyboardInterrupt (force=True kills its worker). `get` then raises
     TaskCancelledError."""
     _ensure_init()
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()  # the generator's task
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     _core.cancel(object_ref._id, bool(force))

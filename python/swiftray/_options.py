@@ -13,6 +13,8 @@ TASK_DEFAULTS = {
     "scheduling_strategy": None,
     "accelerator_type": None,
     "runtime_env": None,
+    # Ray's: a streaming generator pauses while this many items wait unread (-1: never).
+    "_generator_backpressure_num_objects": -1,
 }
 
 ACTOR_DEFAULTS = {
@@ -39,9 +41,9 @@ ACTOR_ONLY = {
     "lifetime", "get_if_exists", "concurrency_groups",
 }
 # ... and those only for functions.
-TASK_ONLY = {"num_returns", "max_retries", "retry_exceptions"}
+TASK_ONLY = {"num_returns", "max_retries", "retry_exceptions", "_generator_backpressure_num_objects"}
 
-METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None}
+METHOD_DEFAULTS = {"num_returns": 1, "max_task_retries": None, "name": None, "_generator_backpressure_num_objects": -1}
 
 # Ray options that swiftray knows but does not implement yet: a clear error, not a no-op.
 _NOT_YET = {
@@ -89,6 +91,31 @@ def _int(name, v, minimum):
         raise ValueError(f"The option '{name}' must be >= {minimum}, got {v!r}.")
 
 
+def _num_returns(v):
+    if isinstance(v, str):
+        if v == "dynamic":
+            raise ValueError("num_returns='dynamic' is not supported by swiftray yet: use num_returns='streaming' "
+                             "(Ray's default for generators), which yields each ref as soon as its value exists.")
+        if v != "streaming":
+            raise TypeError(f"The option 'num_returns' must be an int >= 0 or 'streaming', got {v!r}.")
+        return
+    _int("num_returns", v, 0)
+
+
+def _backpressure(v):
+    _int("_generator_backpressure_num_objects", v, -1)
+    if v == 0:
+        raise ValueError("The option '_generator_backpressure_num_objects' must be -1 (no limit) or >= 1, got 0.")
+
+
+def returns_code(num_returns, backpressure):
+    """num_returns for the core: the count, or for a streaming generator -1 (no
+    back-pressure) or -(k + 1) (it pauses while k items wait unread)."""
+    if num_returns != "streaming":
+        return num_returns
+    return -1 if backpressure is None or backpressure < 1 else -(backpressure + 1)
+
+
 def validate_task_options(options):
     """Checks names and types; raises ValueError/TypeError naming the option. Returns
     the options (the legacy placement group options folded into the strategy)."""
@@ -105,7 +132,9 @@ def validate_task_options(options):
         if k in ("num_cpus", "num_gpus", "memory"):
             _number(k, v)
         elif k == "num_returns":
-            _int(k, v, 0)
+            _num_returns(v)
+        elif k == "_generator_backpressure_num_objects":
+            _backpressure(v)
         elif k == "max_retries":
             _int(k, v, -1)
         elif k == "resources":
@@ -182,7 +211,9 @@ def validate_method_options(options):
         if k not in METHOD_DEFAULTS:
             raise ValueError(f"Invalid option keyword {k} for actor methods. Valid ones are {sorted(METHOD_DEFAULTS)}.")
         if k == "num_returns":
-            _int(k, v, 0)
+            _num_returns(v)
+        elif k == "_generator_backpressure_num_objects":
+            _backpressure(v)
         elif k == "max_task_retries" and v is not None:
             _int(k, v, -1)
         elif k == "name" and v is not None and not isinstance(v, str):

@@ -1,5 +1,6 @@
 """The Python half of a worker process: runs the tasks the core hands it, on the main
 thread. Started by the Swift host (`swiftray worker`), never by hand."""
+import collections.abc
 import inspect
 import json
 import os
@@ -73,6 +74,105 @@ def _args(arglist):
     return tuple(_resolve(a, values) for a in args), {k: _resolve(v, values) for k, v in kwargs.items()}
 
 
+STREAMING = -1  # num_returns of a streaming generator's execution (its reply is the item count)
+
+
+def _slots(num_returns):
+    # A streaming generator has one return: the stream's end.
+    return 1 if num_returns == STREAMING else num_returns
+
+
+def _item(value, index, name):
+    try:
+        return (_serialization.pack_checked(value, f"item {index} of generator {name}").for_core(), b"")
+    except Exception as e:
+        return _error_item(name, e)
+
+
+def _error_item(name, e):
+    err = exceptions.RayTaskError(name, _user_traceback(), e)
+    return (_serialization.error_to_bytes(err), _serialization.TASK_ERROR_METADATA)
+
+
+def _not_a_generator(result, name):
+    return TypeError(f"{name} was called with num_returns='streaming' but returned a {type(result).__name__}, "
+                     "not a generator: use `yield` in it, or another num_returns.")
+
+
+def _stream(result, token, name):
+    """Runs a streaming generator on this thread: each item is reported to the owner as
+    it is yielded (the core pauses here while the reader is `generator_backpressure`
+    items behind, and says when the reader dropped the generator). An exception the
+    generator raises is its last item. The reply: the item count."""
+    if inspect.isasyncgen(result):
+        return _stream_async_on_own_loop(result, token, name)
+    if not inspect.isgenerator(result) and not isinstance(result, collections.abc.Iterator):
+        raise _not_a_generator(result, name)
+    index = 0
+    while True:
+        try:
+            value = next(result)
+        except StopIteration:
+            break
+        except Exception as e:
+            _report(token, index, _error_item(name, e))
+            index += 1
+            break
+        index += 1
+        if _report(token, index - 1, _item(value, index - 1, name)):
+            result.close()
+            break
+    return _count(index)
+
+
+def _report(token, index, item):
+    """True when the reader dropped the generator (stop producing)."""
+    step = _core.report_generator_item(token, index, item)
+    if step == 2:  # paused: the reader is too far behind
+        return _core.wait_generator_consumed(token, index)
+    return step == 1
+
+
+async def _report_async(token, index, item):
+    step = _core.report_generator_item(token, index, item)
+    if step == 2:  # paused, without blocking the actor's event loop
+        import asyncio
+        return await asyncio.get_running_loop().run_in_executor(None, _core.wait_generator_consumed, token, index)
+    return step == 1
+
+
+async def _stream_async(result, token, name):
+    """As _stream, for an async generator (async actors)."""
+    if not inspect.isasyncgen(result):
+        if inspect.isgenerator(result):
+            return _stream(result, token, name)
+        raise _not_a_generator(result, name)
+    index = 0
+    while True:
+        try:
+            value = await result.__anext__()
+        except StopAsyncIteration:
+            break
+        except Exception as e:
+            await _report_async(token, index, _error_item(name, e))
+            index += 1
+            break
+        index += 1
+        if await _report_async(token, index - 1, _item(value, index - 1, name)):
+            await result.aclose()
+            break
+    return _count(index)
+
+
+def _stream_async_on_own_loop(result, token, name):
+    import asyncio
+    return asyncio.run(_stream_async(result, token, name))
+
+
+def _count(n):
+    return [(_serialization.pack_checked(n, "a generator's item count").for_core(), b"")]
+
+
 def _returns(result, num_returns, name):
     if num_returns == 1:
         if result is None:
@@ -114,7 +214,7 @@ def _fail(name, num_returns, exc_info_tb, e, retry_filter=b""):
         allowed = pickle.loads(retry_filter)
         retryable = allowed is True or isinstance(e, allowed)
     data = _serialization.error_to_bytes(err)
-    return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, retryable, False
+    return [(data, _serialization.TASK_ERROR_METADATA)] * _slots(num_returns), True, retryable, False
 
 
 def _arg_failure(name, num_returns, err):
@@ -124,7 +224,7 @@ def _arg_failure(name, num_returns, err):
     else:
         data = _serialization.error_to_bytes(exceptions.RayTaskError(
             name, f"an argument of {name} failed: {type(err).__name__}: {err}", err))
-    return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, False, False
+    return [(data, _serialization.TASK_ERROR_METADATA)] * _slots(num_returns), True, False, False
 
 
 _job = {"key": None}
@@ -255,6 +355,8 @@ def execute(task):
             return _arg_failure(name, num_returns, e.error)
         fn = _function(fid)
         result = fn(*args, **kwargs)
+        if num_returns == STREAMING:
+            return _stream(result, token, name), False, False, False
         return _returns(result, num_returns, name), False, False, False
     except KeyboardInterrupt:
         return [], False, False, True
@@ -306,7 +408,7 @@ def _create_actor(fid, name, arglist, actor_id, creation):
     return [], False, False, False
 
 
-def _run_method(name, method, arglist, num_returns):
+def _run_method(name, method, arglist, num_returns, token):
     """One call on this thread (sync actors, and threaded actors' pool threads)."""
     try:
         try:
@@ -314,6 +416,8 @@ def _run_method(name, method, arglist, num_returns):
         except _ArgError as e:
             return _arg_failure(name, num_returns, e.error)
         result = getattr(actor.instance, method)(*args, **kwargs)
+        if num_returns == STREAMING:
+            return _stream(result, token, name), False, False, False
         return _returns(result, num_returns, name), False, False, False
     except ActorExit:
         _exit_actor()
@@ -375,7 +479,7 @@ class _AsyncCalls:
 
     async def call(self, name, method, arglist, num_returns, token):
         try:
-            out = await _run_async_method(name, method, arglist, num_returns)
+            out = await _run_async_method(name, method, arglist, num_returns, token)
         finally:
             self.running -= 1
             if self.more:
@@ -417,12 +521,12 @@ class _CallThreads:
         calls, lock = self.calls, self.lock
         while True:
             name, method, arglist, num_returns, token = calls.get()
-            _core.finish_task(token, _run_method(name, method, arglist, num_returns))
+            _core.finish_task(token, _run_method(name, method, arglist, num_returns, token))
             with lock:
                 self.idle += 1
 
 
-async def _run_async_method(name, method, arglist, num_returns):
+async def _run_async_method(name, method, arglist, num_returns, token):
     import asyncio
     try:
         try:
@@ -430,6 +534,8 @@ async def _run_async_method(name, method, arglist, num_returns):
         except _ArgError as e:
             return _arg_failure(name, num_returns, e.error)
         result = getattr(actor.instance, method)(*args, **kwargs)
+        if num_returns == STREAMING:
+            return await _stream_async(result, token, name), False, False, False
         if inspect.isawaitable(result):
             result = await result
         return _returns(result, num_returns, name), False, False, False
@@ -445,11 +551,11 @@ def _call_actor(name, method, arglist, num_returns, token):
     if actor.instance is None:
         err = exceptions.RaySystemError(f"no actor lives in this worker to run {name}")
         data = _serialization.error_to_bytes(exceptions.RayTaskError(name, str(err), err))
-        return [(data, _serialization.TASK_ERROR_METADATA)] * num_returns, True, False, False
+        return [(data, _serialization.TASK_ERROR_METADATA)] * _slots(num_returns), True, False, False
     if actor.pool is not None:
         actor.pool.put((name, method, arglist, num_returns, token))
         return None
-    return _run_method(name, method, arglist, num_returns)
+    return _run_method(name, method, arglist, num_returns, token)
 
 
 def _on_sigint(signum, frame):

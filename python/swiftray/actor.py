@@ -5,7 +5,7 @@ import pickle
 import weakref
 
 from swiftray import _api, _core, _options, exceptions
-from swiftray.object_ref import ObjectRef
+from swiftray.object_ref import ObjectRef, ObjectRefGenerator
 from swiftray.remote_function import BoundOptions, Exported, pack_call
 
 
@@ -31,7 +31,10 @@ def _methods_of(cls):
         fn = inspect.unwrap(member)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             is_async = True
-        opts = dict(_options.METHOD_DEFAULTS, **getattr(member, "__swiftray_method_options__", {}))
+        defaults = _options.METHOD_DEFAULTS
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            defaults = dict(defaults, num_returns="streaming")  # as Ray: a method that yields streams
+        opts = dict(defaults, **getattr(member, "__swiftray_method_options__", {}))
         methods[name] = opts
     return methods, is_async
 
@@ -141,7 +144,7 @@ class ActorHandle:
         return ActorMethod(self, name, opts)
 
     def _call(self, method_name, args, kwargs, options):
-        num_returns = options["num_returns"]
+        num_returns = _options.returns_code(options["num_returns"], options.get("_generator_backpressure_num_objects"))
         retries = options["max_task_retries"]
         if retries is None:
             retries = self._meta.get("max_task_retries", 0)
@@ -149,6 +152,8 @@ class ActorHandle:
         arglist = pack_call(label, args, kwargs, what="actor method")
         ids = _core.submit_actor_task(self._actor_id, method_name, label, arglist, num_returns, retries)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
+        if num_returns < 0:
+            return ObjectRefGenerator(out[0])
         if num_returns == 1:
             return out[0]
         return out if num_returns else None

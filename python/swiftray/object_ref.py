@@ -160,20 +160,28 @@ class _Availability:
             self._thread = None
 
     def when_available(self, ref, callback):
+        """Calls `callback(ref)` on this object's thread once `ref`'s object is here."""
+        _core.notify_when_available(ref._id, self._register(ref, callback))
+
+    def when_generator_ready(self, generator, callback):
+        """Calls `callback(generator)` once its next item arrived or its stream ended."""
+        _core.notify_when_generator_ready(generator._task_id, self._register(generator, callback))
+
+    def _register(self, subject, callback):
         from swiftray import _api
         _api._ensure_init()
         import os
         with self._lock:
             self._next += 1
             token = self._next
-            # The ref is kept until its callback ran, so its object stays in scope.
-            self._callbacks[token] = (ref, callback)
+            # The subject is kept until its callback ran, so its object stays in scope.
+            self._callbacks[token] = (subject, callback)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, args=(_core.available_fd(), self._generation),
                                                 daemon=True, name="swiftray-availability")
                 self._thread.start()
-        _core.notify_when_available(ref._id, token)
+        return token
 
     def _run(self, fd, generation):
         import select
@@ -201,3 +209,96 @@ class _Availability:
 _availability = _Availability()
 # The asyncio future of each awaited ref (as_future), for as long as the ref lives.
 _loop_futures = weakref.WeakKeyDictionary()
+
+
+class ObjectRefGenerator:
+    """The refs of a streaming generator task or actor method (`num_returns="streaming"`,
+    the default for functions that `yield`), in the order they were yielded, each as
+    soon as it is: iterate it (`next`, `for`, `async for`), or pass it to `wait`.
+
+    The worker reports every item to this process (the owner) as it is produced, and
+    pauses while `_generator_backpressure_num_objects` items wait here unread. An
+    exception the generator raises is its last item (`get` of that ref raises it); a
+    task that failed otherwise (its worker died past its retries, it was cancelled)
+    ends the stream with a ref holding that error. A task retried after its worker died
+    yields again from the start, and the items already here are not repeated.
+
+    Threading: one reader at a time; the value is consumed by iterating it."""
+
+    def __init__(self, end_ref):
+        # Return 0 of the task: resolved once the generator finished (with the item
+        # count) or failed.
+        self._end = end_ref
+        self._task_id = end_ref.binary()[:24]
+        self._finished = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ref = self._next_sync(None)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def _next_sync(self, timeout_s=None):
+        """The next ref; None once the stream ended; `ObjectRef.nil()`-like None plus a
+        timeout error when `timeout_s` passes first (Ray returns a nil ref there)."""
+        if self._finished:
+            return None
+        kind, id_bytes = _core.generator_next(self._task_id, timeout_s)
+        if kind == 2:
+            self._finished = True
+            return None
+        if kind == 3:
+            from swiftray import exceptions
+            raise exceptions.GetTimeoutError(f"The generator's next item did not arrive within {timeout_s} s.")
+        return ObjectRef(id_bytes, _add_ref=False)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import asyncio
+        while True:
+            if self._finished:
+                raise StopAsyncIteration
+            kind, id_bytes = _core.generator_next(self._task_id, 0)
+            if kind == 2:
+                self._finished = True
+                raise StopAsyncIteration
+            if kind != 3:
+                return ObjectRef(id_bytes, _add_ref=False)
+            # Not yet: the core posts a token when it is (no thread of ours waits).
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            _availability.when_generator_ready(
+                self, lambda gen: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None)))
+            await fut
+
+    def completed(self):
+        """A ref resolved once the generator task finished (or failed)."""
+        return self._end
+
+    def is_finished(self):
+        """True once every item was read and the task ended."""
+        return self._finished
+
+    def task_id(self):
+        return self._task_id.hex()
+
+    def _awaited_ids(self):
+        return _core.generator_awaited(self._task_id)
+
+    def __repr__(self):
+        return f"ObjectRefGenerator({self._task_id.hex()})"
+
+    def __reduce__(self):
+        raise TypeError("An ObjectRefGenerator cannot be passed to other tasks or actors: iterate it where it "
+                        "was made and pass the refs it yields.")
+
+    def __del__(self):
+        try:
+            _core.generator_close(self._task_id)
+        except Exception:
+            pass

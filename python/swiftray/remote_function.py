@@ -1,9 +1,10 @@
 """@remote functions: RemoteFunction.remote() submits a task to the Swift core."""
 import functools
 import hashlib
+import inspect
 
 from swiftray import _api, _core, _options, _serialization
-from swiftray.object_ref import ObjectRef
+from swiftray.object_ref import ObjectRef, ObjectRefGenerator
 
 
 class _ArgSlot:
@@ -83,7 +84,11 @@ class RemoteFunction(Exported):
         self._function = function
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         self._module = getattr(function, "__module__", "")
-        self._options = dict(_options.TASK_DEFAULTS, **options)
+        defaults = _options.TASK_DEFAULTS
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            # As Ray: a function that yields streams its values unless told otherwise.
+            defaults = dict(defaults, num_returns="streaming")
+        self._options = dict(defaults, **options)
         self._submissions = {}  # id(options) -> (options, submit_task fields)
         functools.update_wrapper(self, function)
 
@@ -107,7 +112,9 @@ class RemoteFunction(Exported):
         if cached is not None and cached[0] is options and cached[2] is parent_env:
             return cached[1]
         retry = options["retry_exceptions"]
-        fields = (options["name"] or self._name, options["num_returns"], _options.resource_shape(options),
+        fields = (options["name"] or self._name,
+                  _options.returns_code(options["num_returns"], options["_generator_backpressure_num_objects"]),
+                  _options.resource_shape(options),
                   options["max_retries"], retry is not False,
                   b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)),
                   _options.strategy_for_core(options["scheduling_strategy"]),
@@ -122,6 +129,8 @@ class RemoteFunction(Exported):
         name, num_returns, shape, max_retries, retry, retry_filter, strategy, env = self._submission(options)
         ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter, strategy, env)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
+        if num_returns < 0:
+            return ObjectRefGenerator(out[0])
         if num_returns == 1:
             return out[0]
         return out if num_returns else None

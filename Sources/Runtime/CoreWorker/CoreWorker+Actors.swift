@@ -110,7 +110,7 @@ extension CoreWorker {
     spec.actorID = Data(actor.binary)
     spec.methodName = method
     spec.name = name
-    spec.numReturns = Int32(numReturns)
+    Self.setReturns(&spec, numReturns)
     spec.callerID = Data(options.workerID.binary)
     return try submit(spec, args: args, kind: .actorCall(actor, maxTaskRetries: maxTaskRetries)).returns
   }

@@ -120,6 +120,8 @@ public final class CoreWorker: Sendable {
   /// Borrower registrations sent and not yet acknowledged: a task's reply waits for
   /// them, so its submitter cannot drop a ref before the owner counts this process.
   let registering = DispatchGroup()
+  /// Streaming generators running here: their reports to their owners, by task.
+  let generatorReports = Locked<[TaskID: GeneratorReport]>([:])
   /// NodeManagers of other nodes this process leased from, by endpoint.
   let otherNodes: ControlClients
   /// Lease requests out to other nodes, ended when their node is declared dead.
@@ -343,7 +345,7 @@ public final class CoreWorker: Sendable {
       spec.runtimeEnv = runtimeEnv
       spec.function = function
       spec.name = name
-      spec.numReturns = Int32(clamping: numReturns)
+      CoreWorker.setReturns(&spec, numReturns)
       spec.maxRetries = Int32(clamping: maxRetries)
       spec.retryExceptions = retryExceptions
       spec.retryExceptionFilter = retryExceptionFilter
@@ -585,6 +587,7 @@ public final class CoreWorker: Sendable {
     var reply = reply
     reply.startedWallNs = e.startedWallNs
     reply.endedWallNs = Self.wallNanos()
+
     executor.finished(e.spec, reply)
     if reply.returns.contains(where: { !$0.object.nestedRefs.isEmpty }) {
       state.withLock { s in
@@ -595,6 +598,19 @@ public final class CoreWorker: Sendable {
     }
     LockDiscipline.mayBlock("a task's reply waiting for its borrower registrations")
     _ = registering.wait(timeout: .now() + .seconds(10))
+    if e.spec.streaming, let tid = TaskID(binary: e.spec.taskID) {
+      // Every report answered, or one failed: then the owner lacks items, and the
+      // stream ends with the reason rather than short.
+      let (items, failure) = generatorFinished(tid)
+      reply.streamedItems = UInt64(items)
+      if let failure, !reply.isApplicationError, !reply.wasCancelled {
+        reply.isApplicationError = true
+        reply.returns = [.with {
+          $0.objectID = Data(ObjectID.forReturn(of: tid, index: 0).binary)
+          $0.object = Self.errorObject(.system, "streaming generator \(e.spec.name) lost an item on its way to its owner: \(failure)")
+        }]
+      }
+    }
     e.responder.respond(.pushTaskReply(reply))
   }
 
@@ -667,6 +683,8 @@ public final class CoreWorker: Sendable {
       var r = Swiftray_CancelTaskReply()
       r.attempted = executor.cancel(tid)
       responder.respond(.cancelTaskReply(r))
+    case .reportGeneratorItem, .waitGeneratorConsumed:
+      handleGeneratorFrame(frame, responder)
     case .listObjects(let req):
       // A snapshot under the lock (the tables are shared until the next change), rows
       // built off the event loop.
@@ -709,6 +727,7 @@ public final class CoreWorker: Sendable {
     if let p = e.promote { promote(p.ids, why: p.why) }
     if let at = e.armTick { armTick(at) }
     if e.actorSteps { performActorSteps() }
+    if !e.generatorProgress.isEmpty || !e.expirePolls.isEmpty { performGeneratorEffects(e) }
   }
 
   /// Asks a borrowed object's owner for its value.

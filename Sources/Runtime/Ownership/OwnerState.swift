@@ -92,6 +92,11 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     public var warnings: [String] = []
     /// Actor steps were queued (the shell drains them in order).
     public var actorSteps = false
+    /// Workers waiting for a streaming generator's reader, to answer with its progress.
+    public var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] = []
+    /// Held back-pressure waits to answer within a second if still held
+    /// (`generatorPollExpired`).
+    public var expirePolls: [(TaskID, UInt64)] = []
     public init() {}
   }
 
@@ -121,6 +126,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   // The owner's tables.
   public internal(set) var refs = ReferenceTable()
   public internal(set) var tasks = TaskManager()
+  /// Streaming generators submitted here (`num_returns="streaming"`).
+  public internal(set) var streams = GeneratorStreams<Requester>()
   var resolver = DependencyResolver()
   public internal(set) var submitter: NormalTaskSubmitter
   var actorSubmitter = ActorTaskSubmitter()
@@ -242,6 +249,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     // The task holds its ref arguments and the refs inside its value arguments.
     refs.submittedTaskRefsAdded(deps + nested + held)
     tasks.taskSubmitted(tid, spec: spec, extraRefs: held)
+    if spec.streaming { streams.started(tid) }
     let store = self.store
     if resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil }) {
       taskReady(tid, now: now, &e)
@@ -571,6 +579,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         // Read before the returns arrive: a getter may drop them at once and with them
         // the task's entry (lineage), and the argument refs must still be released.
         let args = tasks.argRefs(tid)
+        generatorEnded(tid, succeeded: !reply.isApplicationError && !reply.wasCancelled, now: now, &e)
         objectsArrived(reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }, now: now, &e)
         taskDone(tid, args: args, now: now, &e)
       case .resubmit(let tid, let reason):
@@ -594,6 +603,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         let n = Int(max(tasks.spec(tid)?.numReturns ?? 0, 0))
         let args = tasks.argRefs(tid)
         let obj = Self.errorObject(error.code, error.message)
+        generatorEnded(tid, succeeded: false, now: now, &e)
         objectsArrived((0..<n).map { (ObjectID.forReturn(of: tid, index: $0), obj) }, now: now, &e)
         taskDone(tid, args: args, now: now, &e)
       }

@@ -197,6 +197,12 @@ public struct TaskManager: Sendable {
     }
     if e.status == .pending { return .alreadyRunning }
     let name = e.spec.name
+    if e.spec.streaming {
+      // Its stream ended: a second run's reports would not be kept (nor should a reader
+      // see a stream twice), so nothing would bring the object back.
+      return .fail(SwiftrayError(.reconstructionFailed, "Object \(object.hex) was lost (\(why)) and cannot be rebuilt: "
+        + "it is an item of streaming generator \(name), and items of a finished stream are not rebuilt."))
+    }
     if e.spec.maxRetries == 0 {
       return .fail(SwiftrayError(.reconstructionFailed, "Object \(object.hex) was lost (\(why)) and cannot be rebuilt: "
         + "its task \(name) has max_retries=0, so it is never re-executed. Set max_retries > 0 to let lost objects be rebuilt."))
