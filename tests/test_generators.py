@@ -41,6 +41,19 @@ def endless():
 
 
 @swiftray.remote
+async def async_ticks(n):
+    for i in range(n):
+        await asyncio.sleep(0.01)
+        yield i
+
+
+@swiftray.remote(max_concurrency=2)
+class ThreadedProducer:
+    def numbers(self, n):
+        yield from range(n)
+
+
+@swiftray.remote
 class Producer:
     def numbers(self, n):
         for i in range(n):
@@ -132,6 +145,14 @@ def test_actor_methods_stream_from_sync_and_async_generators(ray_module):
     assert [swiftray.get(r) for r in gen] == [100, 101, 102]
 
 
+def test_async_generator_tasks_and_threaded_actor_generators_stream_too(ray_module):
+    assert [swiftray.get(r) for r in async_ticks.remote(3)] == [0, 1, 2]
+    t = ThreadedProducer.remote()
+    a, b = t.numbers.remote(3), t.numbers.remote(2)
+    assert [swiftray.get(r) for r in a] == [0, 1, 2]
+    assert [swiftray.get(r) for r in b] == [0, 1]
+
+
 def test_async_for_reads_a_generator_on_an_event_loop(ray_module):
     async def main():
         out = []
@@ -182,9 +203,35 @@ def test_a_value_that_does_not_pickle_fails_at_its_item(ray_module):
         swiftray.get(next(gen))
 
 
+@swiftray.remote(num_returns="dynamic")
+def split(n):
+    for i in range(n):
+        yield i * i
+
+
+@swiftray.remote
+def total(gen):
+    # A ref argument arrives as its value: the DynamicObjectRefGenerator.
+    return sum(swiftray.get(list(gen)))
+
+
+def test_a_dynamic_generator_returns_one_ref_whose_value_lists_every_item(ray_module):
+    ref = split.remote(4)
+    assert isinstance(ref, swiftray.ObjectRef)
+    gen = swiftray.get(ref)
+    assert isinstance(gen, swiftray.DynamicObjectRefGenerator) and len(gen) == 4
+    assert [swiftray.get(r) for r in gen] == [0, 1, 4, 9]
+    # Passed on, the ref lists the same items, read from this process (their owner).
+    assert swiftray.get(total.remote(ref)) == 14
+    # The items live while a ref to them does, not longer.
+    items = list(gen)
+    del gen, ref
+    assert swiftray.get(items[-1]) == 9
+    p = Producer.remote()
+    assert [swiftray.get(r) for r in swiftray.get(p.numbers.options(num_returns="dynamic").remote(2))] == [0, 10]
+
+
 def test_bad_generator_options_and_uses_are_clear_errors(ray_module):
-    with pytest.raises(ValueError, match="streaming"):
-        ticks.options(num_returns="dynamic")
     with pytest.raises(TypeError, match="num_returns"):
         ticks.options(num_returns="lots")
     with pytest.raises(ValueError, match="_generator_backpressure_num_objects"):

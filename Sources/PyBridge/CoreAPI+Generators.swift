@@ -12,6 +12,11 @@ extension CoreAPI {
           doc: "report_generator_item(token, index, (data, metadata)) -> 0 go on | 1 stop (reader gone) | 2 paused (call wait_generator_consumed)"),
     .init(name: "wait_generator_consumed", fn: waitGeneratorConsumed,
           doc: "wait_generator_consumed(token, index) -> bool: blocks while the reader is too far behind; True: stop"),
+    .init(name: "generator_owner", fn: { _, a, n in
+      let args = Args(a, n)
+      guard args.need(1, "generator_owner"), let e = streamingExecution(args[0]) else { return nil }
+      return Py.bytes((try? e.spec.owner.serializedBytes()) ?? [UInt8]())
+    }, doc: "generator_owner(token) -> bytes: the owner's address of the generator running under token"),
     .init(name: "generator_next", fn: generatorNext,
           doc: "generator_next(task_id, timeout) -> (0, id) item | (1, id) error | (2, None) end | (3, None) timed out"),
     .init(name: "generator_close", fn: { _, a, n in

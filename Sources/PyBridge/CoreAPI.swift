@@ -732,7 +732,7 @@ enum CoreAPI {
     deferred[token] = e
     return (Py.tuple([
       Py.bytes(spec.taskID), Py.bytes(spec.function.functionID), Py.str(spec.name),
-      Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(spec.streaming ? -1 : Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
+      Py.list(zip(spec.args, pins).map { argTuple(core, $0, $1) }), Py.int(spec.dynamicReturns ? -2 : spec.streaming ? -1 : Int(spec.numReturns)), Py.bytes(spec.retryExceptionFilter),
       Py.int(Int(spec.attempt)), Py.bytes(spec.actorID), Py.str(spec.methodName), actorCreationDict(spec), Py.int(token),
       Py.list(e.gpuIDs.map { Py.int(Int($0)) }), resourcesDict(spec),
     ]), token)

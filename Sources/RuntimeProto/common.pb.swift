@@ -394,6 +394,14 @@ public nonisolated struct Swiftray_TaskSpec: @unchecked Sendable {
     set {_uniqueStorage()._generatorBackpressure = newValue}
   }
 
+  /// num_returns="dynamic": a streaming generator whose end (return 0) is, once it
+  /// succeeded, a value holding refs to all its items (the owner adds them to it), and
+  /// whose items nobody reads one by one.
+  public var dynamicReturns: Bool {
+    get {_storage._dynamicReturns}
+    set {_uniqueStorage()._dynamicReturns = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -862,7 +870,7 @@ nonisolated extension Swiftray_SchedulingStrategy.Kind: SwiftProtobuf._ProtoName
 
 nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TaskSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0\u{3}runtime_env\0\u{1}streaming\0\u{3}generator_backpressure\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{3}job_id\0\u{3}parent_task_id\0\u{1}owner\0\u{1}function\0\u{1}args\0\u{3}num_returns\0\u{1}resources\0\u{3}max_retries\0\u{3}retry_exceptions\0\u{3}retry_exception_filter\0\u{1}attempt\0\u{1}name\0\u{1}depth\0\u{3}submit_seq\0\u{3}actor_id\0\u{3}actor_creation\0\u{3}actor_seq\0\u{3}caller_id\0\u{3}method_name\0\u{1}strategy\0\u{3}runtime_env\0\u{1}streaming\0\u{3}generator_backpressure\0\u{3}dynamic_returns\0")
 
   fileprivate class _StorageClass {
     var _taskID: Data = Data()
@@ -889,6 +897,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _runtimeEnv: String = String()
     var _streaming: Bool = false
     var _generatorBackpressure: Int64 = 0
+    var _dynamicReturns: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -923,6 +932,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _runtimeEnv = source._runtimeEnv
       _streaming = source._streaming
       _generatorBackpressure = source._generatorBackpressure
+      _dynamicReturns = source._dynamicReturns
     }
   }
 
@@ -965,6 +975,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 22: try { try decoder.decodeSingularStringField(value: &_storage._runtimeEnv) }()
         case 23: try { try decoder.decodeSingularBoolField(value: &_storage._streaming) }()
         case 24: try { try decoder.decodeSingularInt64Field(value: &_storage._generatorBackpressure) }()
+        case 25: try { try decoder.decodeSingularBoolField(value: &_storage._dynamicReturns) }()
         default: break
         }
       }
@@ -1049,6 +1060,9 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       if _storage._generatorBackpressure != 0 {
         try visitor.visitSingularInt64Field(value: _storage._generatorBackpressure, fieldNumber: 24)
       }
+      if _storage._dynamicReturns != false {
+        try visitor.visitSingularBoolField(value: _storage._dynamicReturns, fieldNumber: 25)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1082,6 +1096,7 @@ nonisolated extension Swiftray_TaskSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._runtimeEnv != rhs_storage._runtimeEnv {return false}
         if _storage._streaming != rhs_storage._streaming {return false}
         if _storage._generatorBackpressure != rhs_storage._generatorBackpressure {return false}
+        if _storage._dynamicReturns != rhs_storage._dynamicReturns {return false}
         return true
       }
       if !storagesAreEqual {return false}

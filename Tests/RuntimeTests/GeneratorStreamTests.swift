@@ -223,4 +223,34 @@ private func endReply(_ tid: TaskID, items: Int) -> Swiftray_PushTaskReply {
     }
     #expect(e.code == .reconstructionFailed && e.message.contains("streaming generator"))
   }
+
+  @Test func aDynamicGeneratorsEndHoldsItsItemsOnceItSucceededAndFreesThemWithIt() throws {
+    var o = makeOwner()
+    var spec = Swiftray_TaskSpec()
+    spec.name = "dyn"
+    spec.maxRetries = 1
+    CoreWorker.setReturns(&spec, CoreWorker.dynamicReturnsCode)
+    #expect(spec.streaming && spec.dynamicReturns && spec.numReturns == 1)
+    let (tid, returns, e) = try o.taskSubmitted(spec, args: [], kind: .normal, parent: nil, now: 0).get()
+    let request = try #require(e.leases.compactMap { step -> UInt64? in
+      if case .request(let r, _, _) = step { return r } else { return nil }
+    }.first)
+    var grant = Swiftray_RequestWorkerLeaseReply()
+    grant.status = .granted
+    grant.leaseID = 5
+    grant.worker.workerID = Data(WorkerID.random().binary)
+    grant.worker.endpoint = "unix:/tmp/worker.sock"
+    grant.leaseGrant = Data([1])
+    _ = o.leaseReplied(request, grant, node: nil, now: 1)
+    _ = o.generatorItemReported(tid, index: 0, object: value("a"), now: 2)
+    _ = o.generatorItemReported(tid, index: 1, object: value("b"), now: 2)
+    _ = o.taskReplied(tid, leaseID: 5, reply: endReply(tid, items: 2), now: 3)
+    let end = returns[0]
+    let items = [1, 2].map { ObjectID.forReturn(of: tid, index: $0) }
+    #expect(o.store[end]?.nestedRefs.map(\.objectID) == items.map { Data($0.binary) }, "the end lists its items")
+    #expect(items.allSatisfy { o.store[$0] != nil }, "held by the end")
+    #expect(o.streams.count == 0, "no reader: the stream is gone")
+    _ = o.localRefRemoved(end, now: 4)
+    #expect(items.allSatisfy { o.store[$0] == nil }, "freed with it")
+  }
 }

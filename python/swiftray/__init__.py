@@ -13,7 +13,7 @@ from swiftray import _core, actor, exceptions, util
 from swiftray._api import (available_resources, cancel, cluster_resources, get, init, is_initialized,
                            nodes, put, shutdown, timeline, wait)
 from swiftray.actor import ActorHandle, exit_actor, get_actor, kill, method
-from swiftray.object_ref import ObjectRef
+from swiftray.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from swiftray.remote_function import remote
 from swiftray.runtime_context import get_gpu_ids, get_runtime_context
 
@@ -21,6 +21,7 @@ __version__ = _core.version()
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "ObjectRef",
+    "ObjectRefGenerator", "DynamicObjectRefGenerator",
     "get_runtime_context", "nodes", "timeline", "cluster_resources", "available_resources", "exceptions", "util",
     "method", "kill", "get_actor", "ActorHandle", "actor", "get_gpu_ids", "exit_actor",
 ]

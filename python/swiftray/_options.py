@@ -91,13 +91,13 @@ def _int(name, v, minimum):
         raise ValueError(f"The option '{name}' must be >= {minimum}, got {v!r}.")
 
 
+DYNAMIC_RETURNS = -(1 << 31)  # num_returns="dynamic" for the core (CoreWorker.dynamicReturnsCode)
+
+
 def _num_returns(v):
     if isinstance(v, str):
-        if v == "dynamic":
-            raise ValueError("num_returns='dynamic' is not supported by swiftray yet: use num_returns='streaming' "
-                             "(Ray's default for generators), which yields each ref as soon as its value exists.")
-        if v != "streaming":
-            raise TypeError(f"The option 'num_returns' must be an int >= 0 or 'streaming', got {v!r}.")
+        if v not in ("streaming", "dynamic"):
+            raise TypeError(f"The option 'num_returns' must be an int >= 0, 'streaming' or 'dynamic', got {v!r}.")
         return
     _int("num_returns", v, 0)
 
@@ -109,8 +109,10 @@ def _backpressure(v):
 
 
 def returns_code(num_returns, backpressure):
-    """num_returns for the core: the count, or for a streaming generator -1 (no
-    back-pressure) or -(k + 1) (it pauses while k items wait unread)."""
+    """num_returns for the core: the count; for a streaming generator -1 (no
+    back-pressure) or -(k + 1) (it pauses while k items wait unread); DYNAMIC_RETURNS."""
+    if num_returns == "dynamic":
+        return DYNAMIC_RETURNS
     if num_returns != "streaming":
         return num_returns
     return -1 if backpressure is None or backpressure < 1 else -(backpressure + 1)

@@ -74,12 +74,14 @@ def _args(arglist):
     return tuple(_resolve(a, values) for a in args), {k: _resolve(v, values) for k, v in kwargs.items()}
 
 
-STREAMING = -1  # num_returns of a streaming generator's execution (its reply is the item count)
+# num_returns < 0: a generator. -1 streaming (its reply is the item count); DYNAMIC
+# (num_returns="dynamic"): its reply unpickles as the DynamicObjectRefGenerator of its items.
+DYNAMIC = -2
 
 
 def _slots(num_returns):
-    # A streaming generator has one return: the stream's end.
-    return 1 if num_returns == STREAMING else num_returns
+    # A generator has one return: the stream's end.
+    return 1 if num_returns < 0 else num_returns
 
 
 def _item(value, index, name):
@@ -99,13 +101,13 @@ def _not_a_generator(result, name):
                      "not a generator: use `yield` in it, or another num_returns.")
 
 
-def _stream(result, token, name):
+def _stream(result, token, name, dynamic_task=None):
     """Runs a streaming generator on this thread: each item is reported to the owner as
     it is yielded (the core pauses here while the reader is `generator_backpressure`
     items behind, and says when the reader dropped the generator). An exception the
     generator raises is its last item. The reply: the item count."""
     if inspect.isasyncgen(result):
-        return _stream_async_on_own_loop(result, token, name)
+        return _stream_async_on_own_loop(result, token, name, dynamic_task)
     if not inspect.isgenerator(result) and not isinstance(result, collections.abc.Iterator):
         raise _not_a_generator(result, name)
     index = 0
@@ -122,7 +124,7 @@ def _stream(result, token, name):
         if _report(token, index - 1, _item(value, index - 1, name)):
             result.close()
             break
-    return _count(index)
+    return _count(index, token, dynamic_task)
 
 
 def _report(token, index, item):
@@ -141,11 +143,11 @@ async def _report_async(token, index, item):
     return step == 1
 
 
-async def _stream_async(result, token, name):
+async def _stream_async(result, token, name, dynamic_task=None):
     """As _stream, for an async generator (async actors)."""
     if not inspect.isasyncgen(result):
         if inspect.isgenerator(result):
-            return _stream(result, token, name)
+            return _stream(result, token, name, dynamic_task)
         raise _not_a_generator(result, name)
     index = 0
     while True:
@@ -161,16 +163,30 @@ async def _stream_async(result, token, name):
         if await _report_async(token, index - 1, _item(value, index - 1, name)):
             await result.aclose()
             break
-    return _count(index)
+    return _count(index, token, dynamic_task)
 
 
-def _stream_async_on_own_loop(result, token, name):
+def _stream_async_on_own_loop(result, token, name, dynamic_task=None):
     import asyncio
-    return asyncio.run(_stream_async(result, token, name))
+    return asyncio.run(_stream_async(result, token, name, dynamic_task))
 
 
-def _count(n):
-    return [(_serialization.pack_checked(n, "a generator's item count").for_core(), b"")]
+def _count(n, token, task_id=None):
+    # A dynamic generator's end unpickles, wherever it is read, as refs to its n items
+    # (owned by its caller, which holds them for as long as this value lives).
+    value = n if task_id is None else _DynamicRefs(task_id, n, _core.generator_owner(token))
+    return [(_serialization.pack_checked(value, "a generator's item count").for_core(), b"")]
+
+
+class _DynamicRefs:
+    __slots__ = ("task_id", "count", "owner")
+
+    def __init__(self, task_id, count, owner):
+        self.task_id, self.count, self.owner = task_id, count, owner
+
+    def __reduce__(self):
+        from swiftray.object_ref import _dynamic_generator
+        return (_dynamic_generator, (self.task_id, self.count, self.owner))
 
 
 def _returns(result, num_returns, name):
@@ -346,7 +362,7 @@ def execute(task):
         _hold(gpu_ids, resources)
         return _create_actor(fid, name, arglist, actor_id, creation)
     if method:
-        return _call_actor(name, method, arglist, num_returns, token)
+        return _call_actor(name, method, arglist, num_returns, token, task_id)
     saved = _hold(gpu_ids, resources)
     try:
         try:
@@ -355,8 +371,8 @@ def execute(task):
             return _arg_failure(name, num_returns, e.error)
         fn = _function(fid)
         result = fn(*args, **kwargs)
-        if num_returns == STREAMING:
-            return _stream(result, token, name), False, False, False
+        if num_returns < 0:
+            return _stream(result, token, name, task_id if num_returns == DYNAMIC else None), False, False, False
         return _returns(result, num_returns, name), False, False, False
     except KeyboardInterrupt:
         return [], False, False, True
@@ -408,7 +424,7 @@ def _create_actor(fid, name, arglist, actor_id, creation):
     return [], False, False, False
 
 
-def _run_method(name, method, arglist, num_returns, token):
+def _run_method(name, method, arglist, num_returns, token, task_id=None):
     """One call on this thread (sync actors, and threaded actors' pool threads)."""
     try:
         try:
@@ -416,8 +432,8 @@ def _run_method(name, method, arglist, num_returns, token):
         except _ArgError as e:
             return _arg_failure(name, num_returns, e.error)
         result = getattr(actor.instance, method)(*args, **kwargs)
-        if num_returns == STREAMING:
-            return _stream(result, token, name), False, False, False
+        if num_returns < 0:
+            return _stream(result, token, name, task_id if num_returns == DYNAMIC else None), False, False, False
         return _returns(result, num_returns, name), False, False, False
     except ActorExit:
         _exit_actor()
@@ -475,11 +491,11 @@ class _AsyncCalls:
                     _core.finish_task(token, out)
                 continue
             self.running += 1
-            start(self.call(task[2], method, task[3], task[4], token))
+            start(self.call(task[2], method, task[3], task[4], token, task[0]))
 
-    async def call(self, name, method, arglist, num_returns, token):
+    async def call(self, name, method, arglist, num_returns, token, task_id):
         try:
-            out = await _run_async_method(name, method, arglist, num_returns, token)
+            out = await _run_async_method(name, method, arglist, num_returns, token, task_id)
         finally:
             self.running -= 1
             if self.more:
@@ -520,13 +536,13 @@ class _CallThreads:
     def run(self):
         calls, lock = self.calls, self.lock
         while True:
-            name, method, arglist, num_returns, token = calls.get()
-            _core.finish_task(token, _run_method(name, method, arglist, num_returns, token))
+            name, method, arglist, num_returns, token, task_id = calls.get()
+            _core.finish_task(token, _run_method(name, method, arglist, num_returns, token, task_id))
             with lock:
                 self.idle += 1
 
 
-async def _run_async_method(name, method, arglist, num_returns, token):
+async def _run_async_method(name, method, arglist, num_returns, token, task_id=None):
     import asyncio
     try:
         try:
@@ -534,8 +550,9 @@ async def _run_async_method(name, method, arglist, num_returns, token):
         except _ArgError as e:
             return _arg_failure(name, num_returns, e.error)
         result = getattr(actor.instance, method)(*args, **kwargs)
-        if num_returns == STREAMING:
-            return await _stream_async(result, token, name), False, False, False
+        if num_returns < 0:
+            dynamic_task = task_id if num_returns == DYNAMIC else None
+            return await _stream_async(result, token, name, dynamic_task), False, False, False
         if inspect.isawaitable(result):
             result = await result
         return _returns(result, num_returns, name), False, False, False
@@ -547,15 +564,15 @@ async def _run_async_method(name, method, arglist, num_returns, token):
         return _fail(name, num_returns, _user_traceback(), e)
 
 
-def _call_actor(name, method, arglist, num_returns, token):
+def _call_actor(name, method, arglist, num_returns, token, task_id):
     if actor.instance is None:
         err = exceptions.RaySystemError(f"no actor lives in this worker to run {name}")
         data = _serialization.error_to_bytes(exceptions.RayTaskError(name, str(err), err))
         return [(data, _serialization.TASK_ERROR_METADATA)] * _slots(num_returns), True, False, False
     if actor.pool is not None:
-        actor.pool.put((name, method, arglist, num_returns, token))
+        actor.pool.put((name, method, arglist, num_returns, token, task_id))
         return None
-    return _run_method(name, method, arglist, num_returns, token)
+    return _run_method(name, method, arglist, num_returns, token, task_id)
 
 
 def _on_sigint(signum, frame):

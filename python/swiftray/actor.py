@@ -153,7 +153,8 @@ class ActorHandle:
         ids = _core.submit_actor_task(self._actor_id, method_name, label, arglist, num_returns, retries)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns < 0:
-            return ObjectRefGenerator(out[0])
+            # "dynamic": the ref whose value lists the items; else the stream itself.
+            return out[0] if num_returns == _options.DYNAMIC_RETURNS else ObjectRefGenerator(out[0])
         if num_returns == 1:
             return out[0]
         return out if num_returns else None

@@ -302,3 +302,27 @@ class ObjectRefGenerator:
             _core.generator_close(self._task_id)
         except Exception:
             pass
+
+
+class DynamicObjectRefGenerator:
+    """What `get` returns for the ref of a `num_returns="dynamic"` task: the refs of
+    every value its generator yielded, in order (owned by the caller, held for as long
+    as the task's ref or this object is)."""
+
+    def __init__(self, refs):
+        self._refs = refs
+
+    def __iter__(self):
+        return iter(self._refs)
+
+    def __len__(self):
+        return len(self._refs)
+
+    def __repr__(self):
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
+
+
+def _dynamic_generator(task_id, count, owner):
+    # The items are returns 1..count of the task (ObjectID = task id + big-endian
+    # index, return i at index i + 1), owned by the task's caller (`owner`).
+    return DynamicObjectRefGenerator([_rebuild(task_id + (i + 2).to_bytes(4, "big"), owner) for i in range(count)])

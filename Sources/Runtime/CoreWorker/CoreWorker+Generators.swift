@@ -42,9 +42,13 @@ final class GeneratorReport: Sendable {
 }
 
 extension CoreWorker {
+  /// `num_returns="dynamic"` as the language layer passes it to `setReturns`.
+  public static let dynamicReturnsCode = Int(Int32.min)
+
   /// A submission's returns as the language layer counts them: `code` >= 0 returns that
   /// many objects; -1 is a streaming generator (one return, its end); -k-1 (k >= 1) a
-  /// streaming generator that pauses while k items wait unconsumed.
+  /// streaming generator that pauses while k items wait unconsumed; `dynamicReturnsCode`
+  /// a dynamic generator (its end holds refs to all its items).
   public static func setReturns(_ spec: inout Swiftray_TaskSpec, _ code: Int) {
     if code >= 0 {
       spec.numReturns = Int32(clamping: code)
@@ -52,7 +56,11 @@ extension CoreWorker {
     }
     spec.numReturns = 1
     spec.streaming = true
-    spec.generatorBackpressure = code == -1 ? 0 : Int64(clamping: -(code + 1))
+    if code == dynamicReturnsCode {
+      spec.dynamicReturns = true
+    } else {
+      spec.generatorBackpressure = code == -1 ? 0 : Int64(clamping: -(code + 1))
+    }
   }
 
   /// How the executing thread goes on after reporting an item.

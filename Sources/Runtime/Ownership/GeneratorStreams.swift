@@ -116,6 +116,9 @@ public struct GeneratorStreams<Poller: Sendable>: Sendable {
     return (.error, [])
   }
 
+  /// How many items arrived in order (all of a stream that ended well).
+  public func kept(_ tid: TaskID) -> Int? { streams[tid].map(\.contiguous) }
+
   /// The index the reader waits for (the item after what it took); nil once the stream
   /// ended or was dropped (no item is to come).
   public func awaited(_ tid: TaskID) -> Int? {

@@ -79,10 +79,15 @@ extension OwnerState {
   /// The reader dropped its generator: items it never took are released (and freed).
   public mutating func generatorClosed(_ tid: TaskID, now: UInt64) -> Effects {
     var e = Effects()
+    dropStream(tid, now: now, &e)
+    return e
+  }
+
+  /// Closes the stream: the items it still holds for a reader are released.
+  mutating func dropStream(_ tid: TaskID, now: UInt64, _ e: inout Effects) {
     let (unconsumed, due) = streams.closed(tid)
     answerPolls(tid, due, &e)
     refActionsDecided(unconsumed.flatMap { refs.localRefRemoved(ObjectID.forReturn(of: tid, index: $0 + 1)) }, now: now, &e)
-    return e
   }
 
   /// A worker waits (back-pressure) until the reader took `want` items: answered now,
@@ -107,9 +112,18 @@ extension OwnerState {
     return e
   }
 
-  /// The streaming task ended (its reply came, or it failed for good).
-  mutating func generatorEnded(_ tid: TaskID, succeeded: Bool, now: UInt64, _ e: inout Effects) {
+  /// The streaming task ended (its reply came, or it failed for good), before its
+  /// `returns` are stored: a dynamic generator's end, when it succeeded, gets refs to
+  /// every item (held by it from then on).
+  mutating func generatorEnded(_ tid: TaskID, succeeded: Bool, returns: inout [(ObjectID, Swiftray_RayObject)],
+                               now: UInt64, _ e: inout Effects) {
     guard streams.isStreaming(tid) else { return }
+    if succeeded, tasks.spec(tid)?.dynamicReturns == true, let n = streams.kept(tid), !returns.isEmpty {
+      let me = selfAddress
+      returns[0].1.nestedRefs = (0..<n).map { i in
+        .with { $0.objectID = Data(ObjectID.forReturn(of: tid, index: i + 1).binary); $0.owner = me }
+      }
+    }
     // Readers waiting for the next item wait for the end too: the item will not come.
     if let i = streams.awaited(tid) {
       let item = ObjectID.forReturn(of: tid, index: i + 1)
@@ -118,6 +132,13 @@ extension OwnerState {
     let (dropped, due) = streams.ended(tid, succeeded: succeeded)
     answerPolls(tid, due, &e)
     refActionsDecided(dropped.flatMap { refs.localRefRemoved(ObjectID.forReturn(of: tid, index: $0 + 1)) }, now: now, &e)
+  }
+
+  /// After a streaming task's returns are stored: a dynamic generator has no reader,
+  /// so the stream lets its items go (its end holds them now, or they are freed).
+  mutating func generatorSettled(_ tid: TaskID, now: UInt64, _ e: inout Effects) {
+    guard streams.isStreaming(tid), tasks.spec(tid)?.dynamicReturns == true else { return }
+    dropStream(tid, now: now, &e)
   }
 
   private func answerPolls(_ tid: TaskID, _ due: [(UInt64, Requester)], _ e: inout Effects) {

@@ -579,8 +579,10 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         // Read before the returns arrive: a getter may drop them at once and with them
         // the task's entry (lineage), and the argument refs must still be released.
         let args = tasks.argRefs(tid)
-        generatorEnded(tid, succeeded: !reply.isApplicationError && !reply.wasCancelled, now: now, &e)
-        objectsArrived(reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }, now: now, &e)
+        var returned = reply.returns.compactMap { r in ObjectID(binary: r.objectID).map { ($0, r.object) } }
+        generatorEnded(tid, succeeded: !reply.isApplicationError && !reply.wasCancelled, returns: &returned, now: now, &e)
+        objectsArrived(returned, now: now, &e)
+        generatorSettled(tid, now: now, &e)
         taskDone(tid, args: args, now: now, &e)
       case .resubmit(let tid, let reason):
         if let spec = tasks.spec(tid) {
@@ -603,8 +605,10 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         let n = Int(max(tasks.spec(tid)?.numReturns ?? 0, 0))
         let args = tasks.argRefs(tid)
         let obj = Self.errorObject(error.code, error.message)
-        generatorEnded(tid, succeeded: false, now: now, &e)
-        objectsArrived((0..<n).map { (ObjectID.forReturn(of: tid, index: $0), obj) }, now: now, &e)
+        var returned = (0..<n).map { (ObjectID.forReturn(of: tid, index: $0), obj) }
+        generatorEnded(tid, succeeded: false, returns: &returned, now: now, &e)
+        objectsArrived(returned, now: now, &e)
+        generatorSettled(tid, now: now, &e)
         taskDone(tid, args: args, now: now, &e)
       }
     }
