@@ -196,11 +196,14 @@ def test_a_value_that_does_not_pickle_fails_at_its_item(ray_module):
     def bad():
         yield 1
         yield threading.Lock()
+        yield 2  # never made: the unpicklable item ended the stream
 
     gen = bad.remote()
     assert swiftray.get(next(gen)) == 1
     with pytest.raises(Exception, match="item 1 of generator"):
         swiftray.get(next(gen))
+    with pytest.raises(StopIteration):  # the stream's last item
+        next(gen)
 
 
 @swiftray.remote(num_returns="dynamic")

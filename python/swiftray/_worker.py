@@ -85,10 +85,11 @@ def _slots(num_returns):
 
 
 def _item(value, index, name):
+    """(item, ok): a value that does not pickle becomes an error item, the stream's last."""
     try:
-        return (_serialization.pack_checked(value, f"item {index} of generator {name}").for_core(), b"")
+        return (_serialization.pack_checked(value, f"item {index} of generator {name}").for_core(), b""), True
     except Exception as e:
-        return _error_item(name, e)
+        return _error_item(name, e), False
 
 
 def _error_item(name, e):
@@ -120,9 +121,10 @@ def _stream(result, token, name, dynamic_task=None):
             _report(token, index, _error_item(name, e))
             index += 1
             break
+        item, ok = _item(value, index, name)
         index += 1
-        if _report(token, index - 1, _item(value, index - 1, name)):
-            result.close()
+        if _report(token, index - 1, item) or not ok:
+            getattr(result, "close", lambda: None)()
             break
     return _count(index, token, dynamic_task)
 
@@ -159,8 +161,9 @@ async def _stream_async(result, token, name, dynamic_task=None):
             await _report_async(token, index, _error_item(name, e))
             index += 1
             break
+        item, ok = _item(value, index, name)
         index += 1
-        if await _report_async(token, index - 1, _item(value, index - 1, name)):
+        if await _report_async(token, index - 1, item) or not ok:
             await result.aclose()
             break
     return _count(index, token, dynamic_task)
