@@ -103,15 +103,18 @@ def test_an_exception_is_raised_at_the_item_where_it_happened(ray_module):
 def test_back_pressure_pauses_the_generator_until_the_reader_catches_up(ray_module):
     gen = eager.remote(6)
     time.sleep(1.0)  # the generator could make all six meanwhile, were it not held back
-    read_at = []
+    asked_at = []  # when the reader asked for each item (before it was taken)
     made_at = []
-    for ref in gen:
-        read_at.append(time.time())
+    while True:
+        asked_at.append(time.time())
+        ref = next(gen, None)
+        if ref is None:
+            break
         made_at.append(swiftray.get(ref)[1])
     assert len(made_at) == 6
-    # Two items wait unread at most: item 3 can only be made once item 1 was read.
-    assert made_at[3] >= read_at[1]
-    assert made_at[5] >= read_at[3]
+    # Two items wait unread at most: item 3 can only be made once item 1 was asked for.
+    assert made_at[3] >= asked_at[1]
+    assert made_at[5] >= asked_at[3]
 
 
 def test_a_killed_generator_worker_is_retried_and_the_stream_goes_on_without_repeats(ray_module, tmp_path):

@@ -76,6 +76,9 @@ extension CoreWorker {
   /// in this node's store) to its owner. Never blocks; the reply of the task waits for
   /// every report's acknowledgement (`generatorFinished`), so the owner has all items first.
   public func reportGeneratorItem(_ spec: Swiftray_TaskSpec, index: Int, object: Swiftray_RayObject) throws(SwiftrayError) -> ItemStep {
+    guard (0...GeneratorStreams<Int>.maxIndex).contains(index) else {
+      throw SwiftrayError(.invalidArgument, "item index \(index) is out of range")
+    }
     guard let tid = TaskID(binary: spec.taskID), let ep = reach(spec.owner) else {
       throw SwiftrayError(.system, "a streaming generator's task has no reachable owner")
     }
@@ -108,6 +111,9 @@ extension CoreWorker {
   /// one that does not answer in 10 s fails the task.
   public func waitGeneratorConsumed(_ spec: Swiftray_TaskSpec, index: Int) throws(SwiftrayError) -> Bool {
     LockDiscipline.mayBlock("a streaming generator waiting for its reader")
+    // The spec's numbers came from a peer and the index from the language layer: both
+    // are checked before the arithmetic below.
+    guard (0...GeneratorStreams<Int>.maxIndex).contains(index), spec.generatorBackpressure > 0 else { return false }
     guard let tid = TaskID(binary: spec.taskID), let ep = reach(spec.owner),
       let report = generatorReports.withLock({ $0[tid] })
     else { return true }
