@@ -98,9 +98,10 @@ def ab(args):
 
 
 # Frames that are task-event work: the owner's and executor's rings, the batches, the
-# head's table.
+# head's table, and the closures that fill in a record (their mangled names take an
+# `inout TaskEventRecord` as "…EventRecordVzXE…").
 EVENT_FRAMES = ("TaskEventBuffer", "TaskEventRecord", "TaskEventTable", "sendTaskEvents", "takeTaskEvents",
-                "drainTaskEvents")
+                "drainTaskEvents", "EventRecordVzXE")
 
 WORKLOAD = r"""
 import sys, time

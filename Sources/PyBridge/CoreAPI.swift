@@ -207,7 +207,7 @@ enum CoreAPI {
       }
       if logToDriver { core.forwardWorkerLogs() }
       if let head = cluster.control {
-        core.localHead.withLock { $0 = { [weak head] r in try await head?.takeTaskEvents(r) } }
+        core.localHead.withLock { $0 = { [weak head] r, records in try await head?.takeTaskEvents(r, records: records) } }
       }
       return Session(core: core, cluster: cluster)
     }, then: activate)

@@ -78,13 +78,75 @@ import Testing
     odd.taskID = Data([1, 2, 3])
     b.record(odd, .finished, now: 9)
     let out = b.drain(max: 100)
-    #expect(out.taken == 9)
+    #expect(out.taken == 6)  // each attempt's changes were folded into one record as they came
     #expect(out.events.map(\.state) == [TaskEventState.failed, .finished, .finished, .finished, .pendingNodeAssignment, .finished].map(\.rawValue))
     #expect(out.events.map(\.attempt) == [0, 0, 1, 0, 0, 0])
     #expect(out.events[0].workerPid == 7 && out.events[0].timeNs == 1)
     #expect(out.events[5].taskID == Data([1, 2, 3]))
     #expect(out.infos.map(\.name) == ["f", "g"])
     #expect(out.events.map(\.infoIndex) == [1, 1, 0, 2, 1, 0])
+  }
+
+  @Test func anAttemptKeepsOneRecordInTheRingUntilItIsTaken() {
+    var b = TaskEventBuffer(capacity: 3)
+    b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
+    b.record(Self.spec(1), .submittedToWorker, now: 2) { $0.workerID = Self.worker; $0.workerPid = 7 }
+    b.record(Self.spec(1), .finished, now: 3)
+    #expect(b.events.count == 1 && b.events[0].state == .finished && b.events[0].workerPid == 7 && b.events[0].timeNs == 1)
+    // A retry is an attempt of its own; so is an id that does not parse, every time.
+    b.record(Self.spec(1, attempt: 1), .pendingNodeAssignment, now: 4)
+    var odd = Self.spec(2)
+    odd.taskID = Data([1, 2, 3])
+    b.record(odd, .pendingNodeAssignment, now: 5)
+    #expect(b.events.count == 3)
+    // Full: a new attempt drops the oldest record (counted); a change of one still held
+    // folds into it.
+    b.record(Self.spec(3), .pendingNodeAssignment, now: 6)
+    b.record(Self.spec(1, attempt: 1), .running, now: 7)
+    #expect(b.events.map(\.timeNs) == [4, 5, 6] && b.events[0].state == .running)
+    // What a partial take moved out is not folded into again: the next change starts a
+    // record of its own, which the head merges.
+    let first = b.take(max: 1)
+    #expect(first.records.count == 1 && first.dropped == 1)
+    b.record(Self.spec(1, attempt: 1), .finished, now: 8)
+    b.record(Self.spec(3), .finished, now: 9)
+    #expect(b.events.map(\.timeNs) == [5, 6, 8] && b.events[1].state == .finished)
+  }
+
+  @Test func anOwnersRecordsHandedOverInItsOwnProcessMakeTheRowsItsMessagesMake() {
+    var b = TaskEventBuffer(capacity: 100)
+    for n: UInt64 in 1...6 { b.record(Self.spec(n, name: n % 2 == 0 ? "f" : "g"), .pendingNodeAssignment, now: 100 + n, info: true) }
+    for n: UInt64 in 1...5 {
+      b.record(Self.spec(n), .submittedToWorker, now: 200 + n) {
+        $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = Int32(40 + n)
+      }
+    }
+    b.record(Self.spec(1), .finished, now: 300) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
+    b.record(Self.spec(2), .failed, now: 301) { $0.errorType = "WORKER_DIED"; $0.errorMessage = "exit code 3" }
+    b.record(Self.spec(3, attempt: 1), .pendingNodeAssignment, now: 302, info: true)
+    var actorCall = Self.spec(7, name: "A.m")
+    actorCall.actorID = Data(repeating: 5, count: 24)
+    actorCall.strategy.kind = .placementGroup
+    actorCall.strategy.placementGroupID = Data(repeating: 6, count: 18)
+    b.record(actorCall, .submittedToWorker, now: 303, info: true)
+    let taken = b.take(max: 100).records
+    var wire = Self.batch([], pid: 1, fromWorker: Data(repeating: 1, count: 28), monotonic: 1_000, wall: 2_000_000_000_000)
+    let built = TaskEventBuffer.messages(taken)
+    wire.events = built.events
+    wire.infos = built.infos
+    var byMessage = TaskEventTable(capacity: 100), byRecord = TaskEventTable(capacity: 100)
+    byMessage.apply(wire)
+    var bare = wire
+    bare.events = []
+    bare.infos = []
+    byRecord.apply(bare)
+    byRecord.apply(taken, from: bare)
+    let (a, n) = byMessage.rows(filters: [], limit: 100, detail: true)
+    let (r, m) = byRecord.rows(filters: [], limit: 100, detail: true)
+    #expect(n == 8 && m == 8)
+    #expect(a.map(\.json) == r.map(\.json))
+    #expect(byMessage.stateCounts == byRecord.stateCounts)
+    #expect(Self.row(byRecord, 2)["error_type"] == .string("WORKER_DIED") && Self.row(byRecord, 1)["arg_bytes"] == .int(10))
   }
 
   @Test func ownerAndExecutorEventsMergeInWhicheverOrderTheyArrive() {

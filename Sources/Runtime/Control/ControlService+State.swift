@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import NIOCore
 import GRPCCore
@@ -24,9 +25,16 @@ extension ControlService {
 
   /// A batch of events, checked whole, then applied: from the RPC, or handed over
   /// directly by a driver in this same process (no encoding, no connection).
-  public func takeTaskEvents(_ request: Swiftray_ReportTaskEventsRequest) async throws {
+  /// `records`: an owner's folded records, handed over as they are by a driver in this
+  /// process (`request` then carries its sender, clocks and the rest).
+  public func takeTaskEvents(_ request: Swiftray_ReportTaskEventsRequest, records: Deque<TaskEventRecord> = []) async throws {
     try Self.check(request)
-    if !request.events.isEmpty || request.dropped > 0 { events.withLock { $0.apply(request) } }
+    if !request.events.isEmpty || request.dropped > 0 || !records.isEmpty {
+      events.withLock { t in
+        t.apply(request)
+        if !records.isEmpty { t.apply(records, from: request) }
+      }
+    }
     if !request.objectEvents.isEmpty || request.objectEventsDropped > 0 {
       objectEvents.withLock { $0.apply(node: request.nodeID, request.objectEvents, dropped: request.objectEventsDropped) }
     }

@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import GRPCCore
 import RuntimeProto
@@ -35,10 +36,14 @@ extension CoreWorker {
       // Not delivered (the head was away): back under what was recorded since.
       if let m = metrics { userMetrics.withLock { $0.putBack(m.samples, dropped: m.dropped) } }
     }
+    let head = localHead.withLock { $0 }
     for _ in 0..<1000 {
-      // Records move out under the owner's lock; the batch is built after it.
+      // Records move out under the owner's lock; the batch is built after it. A head in
+      // this process takes the records as they are (no message built or parsed).
       let taken = state.withLock { $0.taskEvents.take(max: Self.eventBatch) }
-      let built = TaskEventBuffer.messages(taken.records)
+      let records: Deque<TaskEventRecord> = head == nil ? [] : taken.records
+      let built: (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) =
+        head == nil ? TaskEventBuffer.messages(taken.records) : ([], [])
       let own = (events: built.events, infos: built.infos, dropped: taken.dropped, taken: taken.records.count)
       let spans = executor.drainTaskEvents(max: max(Self.eventBatch - own.events.count, 0))
       let unsent = eventsUnsent.withLock { n in defer { n = 0 }; return n }
@@ -50,7 +55,7 @@ extension CoreWorker {
         return e
       }
       let dropped = own.dropped &+ spans.dropped &+ unsent
-      if events.isEmpty && dropped == 0 && metrics == nil { return }
+      if events.isEmpty && records.isEmpty && dropped == 0 && metrics == nil { return }
       var req = Swiftray_ReportTaskEventsRequest()
       if let m = metrics {
         req.metrics = m.samples
@@ -66,15 +71,15 @@ extension CoreWorker {
       req.monotonicNowNs = now()
       req.wallNowNs = Self.wallNanos()
       do {
-        if let head = localHead.withLock({ $0 }) {
-          try await head(req)
+        if let head {
+          try await head(req, records)
         } else {
           _ = try await Swiftray_ControlService.Client(wrapping: control.client)
             .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))
         }
       } catch {
         // The head is away (restarting, a partition): these are lost, and counted.
-        eventsUnsent.withLock { $0 &+= UInt64(events.count) &+ dropped }
+        eventsUnsent.withLock { $0 &+= UInt64(events.count) &+ UInt64(records.count) &+ dropped }
         return
       }
       metrics = nil

@@ -77,7 +77,14 @@ public struct TaskEventTable: Sendable {
   public private(set) var evicted: UInt64 = 0
   public private(set) var droppedAtSources: UInt64 = 0
 
-  public init(capacity: Int) { self.capacity = max(capacity, 1) }
+  public init(capacity: Int) {
+    self.capacity = max(capacity, 1)
+    // Room for a full table at once (pages are touched only as rows come): growing a
+    // map of this size rehashes every entry, on the path of every batch.
+    let room = min(self.capacity, 1 << 20)
+    slot.reserveCapacity(room)
+    rows.reserveCapacity(room)
+  }
 
   public var count: Int { rows.count }
 
@@ -91,9 +98,16 @@ public struct TaskEventTable: Sendable {
     public init(state: TaskEventState, name: String, isRetry: Bool) { self.state = state; self.name = name; self.isRetry = isRetry }
   }
   /// Attempts by their latest state and function, as `stateCounts` gives them; the
-  /// function is an index into `countNames`, so a state change hashes no string.
-  private struct Counted: Hashable { var state: TaskEventState; var name: Int32; var isRetry: Bool }
-  private var counts: [Counted: Int] = [:]
+  /// function is an index into `countNames`, and the count sits at `Counted.slot` of a
+  /// flat array, so a state change hashes nothing.
+  private struct Counted: Equatable {
+    var state: TaskEventState; var name: Int32; var isRetry: Bool
+    static let slotsPerName = 16  // states 1...6, each first or a retry
+    var slot: Int { (Int(name) * 8 + Int(state.rawValue)) * 2 + (isRetry ? 1 : 0) }
+  }
+  private var counts: [Int] = Array(repeating: 0, count: 2 * Counted.slotsPerName)
+  /// Slots ever counted: a state all of whose attempts moved on still shows, as 0.
+  private var counted: [Bool] = Array(repeating: false, count: 2 * Counted.slotsPerName)
   /// Names `Counted` points at: 0 is "" (an attempt not yet described), then each name
   /// once, at most `maxCountedNames`; later names count under "(other)" (index 1).
   private var countNames: [String] = ["", "(other)"]
@@ -102,8 +116,10 @@ public struct TaskEventTable: Sendable {
 
   public var stateCounts: [CountKey: Int] {
     var out: [CountKey: Int] = [:]
-    for (k, n) in counts {
-      out[CountKey(state: k.state, name: countNames[Int(k.name)], isRetry: k.isRetry), default: 0] += n
+    for (slot, n) in counts.enumerated() where counted[slot] {
+      guard let state = TaskEventState(rawValue: Int32((slot / 2) % 8)) else { continue }
+      let name = countNames[slot / Counted.slotsPerName]
+      out[CountKey(state: state, name: name, isRetry: slot % 2 == 1), default: 0] += n
     }
     return out
   }
@@ -113,6 +129,8 @@ public struct TaskEventTable: Sendable {
     guard countNameIndex.count < Self.maxCountedNames else { return 1 }
     let i = Int32(countNames.count)
     countNames.append(name)
+    counts.append(contentsOf: repeatElement(0, count: Counted.slotsPerName))
+    counted.append(contentsOf: repeatElement(false, count: Counted.slotsPerName))
     countNameIndex[name] = i
     return i
   }
@@ -127,40 +145,91 @@ public struct TaskEventTable: Sendable {
     droppedAtSources &+= batch.dropped
     let process = self.process(batch)
     let infos = batch.infos.map { intern($0) }
-    // Most of a batch's events name the same few workers: the last few are kept at hand
-    // (a compare of their bytes, not a parse and a lookup).
-    var recent: [(worker: Data, pid: Int32, process: Process)] = []
+    var recent = RecentProcesses()
     for e in batch.events {
       guard let task = TaskID(binary: e.taskID), let state = TaskEventState(rawValue: e.state) else { continue }
-      let wall = Self.wall(e.timeNs, batch)
-      let key = Key(task: task, attempt: e.attempt)
-      var assigned: Process?
-      if !e.workerID.isEmpty {
-        if let hit = recent.first(where: { $0.pid == e.workerPid && $0.worker == e.workerID }) { assigned = hit.process } else {
-          let p = self.process(worker: e.workerID, node: e.nodeID, pid: e.workerPid, isDriver: false)
-          if recent.count == 8 { recent.removeFirst() }
-          recent.append((e.workerID, e.workerPid, p))
-          assigned = p
+      let assigned = e.workerID.isEmpty ? nil : recent.process(e.workerID, pid: e.workerPid, node: e.nodeID, in: &self)
+      let info = e.infoIndex > 0 && Int(e.infoIndex) <= infos.count ? infos[Int(e.infoIndex) - 1] : nil
+      let change = Change(state: state, wall: Self.wall(e.timeNs, batch), end: e.endNs == 0 ? 0 : Self.wall(e.endNs, batch),
+                          fromExecutor: e.fromExecutor, parent: TaskID(binary: e.parentTaskID),
+                          startWallNs: e.startWallNs, endWallNs: e.endWallNs, argBytes: e.argBytes, returnBytes: e.returnBytes,
+                          errorType: e.errorType, errorMessage: e.errorMessage)
+      upsert(Key(task: task, attempt: e.attempt)) { $0.merge(change, process: process, assigned: assigned, info: info) }
+    }
+  }
+
+  /// A batch handed over by an owner in this same process (`init()`'s local cluster):
+  /// its folded records as they are, with the batch's sender and clocks (`records`'
+  /// own `dropped` and texts were bounded where they were made). No message is built
+  /// or parsed, and a run of tasks sharing one description interns it once.
+  public mutating func apply(_ records: Deque<TaskEventRecord>, from batch: Swiftray_ReportTaskEventsRequest) {
+    let process = self.process(batch)
+    var recent = RecentProcesses()
+    var last: (spec: TaskEventRecord.SpecSummary, info: Info)?
+    // By index, reading fields in place: a record is large, and copying one out retains
+    // and releases every field it holds.
+    for i in records.indices {
+      guard let task = records[i].id else { continue }
+      let worker = records[i].workerID
+      let assigned = worker.isEmpty ? nil : recent.process(worker, pid: records[i].workerPid, node: records[i].nodeID, in: &self)
+      var info: Info?
+      var parent: TaskID?
+      if let spec = records[i].spec {
+        parent = TaskID(binary: spec.parent)
+        if let last, last.spec.describesSame(as: spec) { info = last.info } else {
+          let made = intern(spec.info)
+          last = (spec, made)
+          info = made
         }
       }
-      let info = e.infoIndex > 0 && Int(e.infoIndex) <= infos.count ? infos[Int(e.infoIndex) - 1] : nil
-      let end = e.endNs == 0 ? 0 : Self.wall(e.endNs, batch)
-      // One lookup: an attempt already here is merged in place.
-      let i: Int
-      let before: Counted?
-      if let found = slot[key] {
-        i = found - firstPosition
-        before = Self.counted(rows[i].record, attempt: key.attempt)
-      } else {
-        i = admit(key)
-        before = nil
-      }
-      rows[i].record.merge(e, state: state, wall: wall, end: end, process: process, assigned: assigned, info: info)
-      let after = Self.counted(rows[i].record, attempt: key.attempt)
-      if before != after {
-        if let before { counts[before, default: 0] -= 1 }
-        counts[after, default: 0] += 1
-      }
+      let endNs = records[i].endNs
+      let change = Change(state: records[i].state, wall: Self.wall(records[i].timeNs, batch), end: endNs == 0 ? 0 : Self.wall(endNs, batch),
+                          fromExecutor: records[i].fromExecutor, parent: parent,
+                          startWallNs: records[i].startWallNs, endWallNs: records[i].endWallNs,
+                          argBytes: records[i].argBytes, returnBytes: records[i].returnBytes,
+                          errorType: records[i].errorType, errorMessage: records[i].errorMessage)
+      upsert(Key(task: task, attempt: records[i].attempt)) { $0.merge(change, process: process, assigned: assigned, info: info) }
+    }
+  }
+
+  /// What one event says of its attempt, from a message or a record.
+  struct Change {
+    var state: TaskEventState, wall: UInt64, end: UInt64, fromExecutor: Bool, parent: TaskID?
+    var startWallNs: UInt64, endWallNs: UInt64, argBytes: UInt64, returnBytes: UInt64
+    var errorType: String, errorMessage: String
+  }
+
+  /// Merges into `key`'s record, admitting it when new (one lookup), and keeps
+  /// `counts` in step.
+  private mutating func upsert(_ key: Key, _ merge: (inout Record) -> Void) {
+    let i: Int
+    let before: Counted?
+    if let found = slot[key] {
+      i = found - firstPosition
+      before = Self.counted(rows[i].record, attempt: key.attempt)
+    } else {
+      i = admit(key)
+      before = nil
+    }
+    merge(&rows[i].record)
+    let after = Self.counted(rows[i].record, attempt: key.attempt)
+    if before != after {
+      if let before { counts[before.slot] -= 1 }
+      counts[after.slot] += 1
+      counted[after.slot] = true
+    }
+  }
+
+  /// Most of a batch's events name the same few workers: the last few are kept at hand
+  /// (a compare of their bytes, not a parse and a lookup).
+  struct RecentProcesses {
+    var entries: [(worker: Data, pid: Int32, process: Process)] = []
+    mutating func process(_ worker: Data, pid: Int32, node: Data, in table: inout TaskEventTable) -> Process {
+      if let hit = entries.first(where: { $0.pid == pid && $0.worker == worker }) { return hit.process }
+      let p = table.process(worker: worker, node: node, pid: pid, isDriver: false)
+      if entries.count == 8 { entries.removeFirst() }
+      entries.append((worker, pid, p))
+      return p
     }
   }
 
@@ -191,7 +260,7 @@ public struct TaskEventTable: Sendable {
   }
 
   /// A worker as its batches or an owner's events name it.
-  private mutating func process(worker w: Data, node: Data, pid: Int32, isDriver: Bool) -> Process {
+  fileprivate mutating func process(worker w: Data, node: Data, pid: Int32, isDriver: Bool) -> Process {
     let worker = UniqueID(binary: w) ?? .nil_
     if let p = processes[worker], p.pid == pid { return p }
     if processes.count >= capacity { processes.removeAll(keepingCapacity: true) }
@@ -213,10 +282,11 @@ public struct TaskEventTable: Sendable {
 }
 
 extension TaskEventTable.Record {
-  mutating func merge(_ e: Swiftray_TaskEvent, state s: TaskEventState, wall: UInt64, end: UInt64,
-                      process: TaskEventTable.Process, assigned a: TaskEventTable.Process?, info i: TaskEventTable.Info?) {
+  mutating func merge(_ e: TaskEventTable.Change, process: TaskEventTable.Process, assigned a: TaskEventTable.Process?,
+                      info i: TaskEventTable.Info?) {
+    let s = e.state, wall = e.wall, end = e.end
     if let i { info = i }
-    if let p = TaskID(binary: e.parentTaskID) { parent = p }
+    if let p = e.parent { parent = p }
     if created == 0 || (wall != 0 && wall < created) { created = wall }
     if e.fromExecutor {
       executor = process

@@ -72,6 +72,8 @@ public enum TaskErrorType {
 /// task path); the fields carry `Swiftray_TaskEvent`'s names.
 public struct TaskEventRecord: Sendable {
   public var taskID: Data
+  /// `taskID` parsed (nil: not an id, a peer's mistake; such a record is never folded).
+  public var id: TaskID?
   public var attempt: Int32
   public var state: TaskEventState
   public var timeNs: UInt64
@@ -90,13 +92,36 @@ public struct TaskEventRecord: Sendable {
   /// each copy is then one retain, not one per field.
   final class SpecSummary: Sendable {
     let name: String, function: String, jobID: Data, parent: Data, actorID: Data
-    let isCreation: Bool, className: String, resources: Swiftray_ResourceShape, strategy: Swiftray_SchedulingStrategy
+    let isCreation: Bool, className: String
+    /// The resources it asks for, and its placement group (empty: none).
+    let quantities: [String: Int64], placementGroup: Data
     init(_ spec: Swiftray_TaskSpec) {
       name = spec.name; function = spec.function.name; jobID = spec.jobID; parent = spec.parentTaskID; actorID = spec.actorID
       isCreation = spec.hasActorCreation
       className = isCreation ? spec.actorCreation.className : ""
-      resources = isCreation && spec.actorCreation.hasPlacementResources ? spec.actorCreation.placementResources : spec.resources
-      strategy = spec.strategy
+      quantities = (isCreation && spec.actorCreation.hasPlacementResources ? spec.actorCreation.placementResources : spec.resources).quantities
+      let strategy = spec.strategy
+      placementGroup = strategy.kind == .placementGroup ? strategy.placementGroupID : Data()
+    }
+
+    /// True when `spec` would be summarised as this one is, its parent included: a run
+    /// of one function's tasks then shares one summary (no allocation or release per
+    /// task, and the batch and the head recognise it by identity).
+    func describes(_ spec: Swiftray_TaskSpec) -> Bool {
+      guard !isCreation, !spec.hasActorCreation, spec.name == name, spec.actorID == actorID,
+        spec.parentTaskID == parent, spec.jobID == jobID, spec.function.name == function,
+        spec.resources.quantities == quantities
+      else { return false }
+      let strategy = spec.strategy
+      return strategy.kind == .placementGroup ? strategy.placementGroupID == placementGroup : placementGroup.isEmpty
+    }
+
+    /// True when `o` describes its task as this one does (the parent is the event's):
+    /// a run of one function's tasks shares one description, recognised by comparing
+    /// with the last one (plain fields; no hashing).
+    func describesSame(as o: SpecSummary) -> Bool {
+      self === o || (name == o.name && function == o.function && isCreation == o.isCreation && actorID == o.actorID
+        && jobID == o.jobID && className == o.className && quantities == o.quantities && placementGroup == o.placementGroup)
     }
 
     var info: Swiftray_TaskEventInfo {
@@ -106,8 +131,8 @@ public struct TaskEventRecord: Sendable {
       i.type = (isCreation ? TaskEventType.actorCreationTask : actorID.isEmpty ? .normalTask : .actorTask).rawValue
       i.jobID = jobID
       i.actorID = actorID
-      i.requiredResources = resources
-      if strategy.kind == .placementGroup { i.placementGroupID = strategy.placementGroupID }
+      i.requiredResources.quantities = quantities
+      i.placementGroupID = placementGroup
       return i
     }
   }
@@ -146,12 +171,17 @@ public struct TaskEventRecord: Sendable {
 
 /// A process's task events on their way to the head: a bounded ring that drops its
 /// oldest events (counted) when the head cannot keep up, so recording never waits.
+/// Each attempt has one record in the ring, folded in place as its state moves on (one
+/// lookup by its id), so a batch leaves as it is.
 ///
 /// Threading: a value type; its owner holds it under a lock it already takes (the
-/// owner's, the executor's). `record` is an append; `drain` folds each attempt's events
-/// into one and builds the messages, off the task path.
+/// owner's, the executor's). `record` is an append or an in-place fold; `take` a swap.
 public struct TaskEventBuffer: Sendable {
   public private(set) var events: Deque<TaskEventRecord> = []
+  /// Where each id's newest record sits, as an absolute position (`events[p - base]`); a
+  /// position below `base` was taken or dropped.
+  private var latest: [TaskID: Int] = [:]
+  private var base = 0
   /// Events dropped since the last drain.
   public private(set) var dropped: UInt64 = 0
   public let capacity: Int
@@ -159,6 +189,8 @@ public struct TaskEventBuffer: Sendable {
   public static let maxMessageBytes = 4096
   /// False: `record` does nothing (`enable_task_events=0`).
   public let enabled: Bool
+  /// The last summary made, shared while tasks of the same function follow.
+  private var lastSummary: TaskEventRecord.SpecSummary?
 
   public init(capacity: Int, enabled: Bool = true) {
     self.capacity = max(capacity, 1)
@@ -169,19 +201,43 @@ public struct TaskEventBuffer: Sendable {
 
   public mutating func record(_ e: TaskEventRecord) {
     guard enabled else { return }
-    if events.count >= capacity {
-      events.removeFirst()
+    var e = e
+    if e.id == nil { e.id = TaskID(binary: e.taskID) }
+    if let id = e.id, let p = latest[id], p >= base, events[p - base].attempt == e.attempt {
+      events[p - base].fold(e)
+      return
+    }
+    if events.count >= capacity, let old = events.popFirst() {
+      if let oid = old.id, latest[oid] == base { latest[oid] = nil }
+      base += 1
       dropped &+= 1
     }
+    if let id = e.id {
+      // Positions left behind by partial takes are dropped before they add up.
+      if latest.count >= 2 * capacity { reindex() }
+      latest[id] = base + events.count
+    }
     events.append(e)
+  }
+
+  private mutating func reindex() {
+    latest.removeAll(keepingCapacity: true)
+    for (i, e) in events.enumerated() { if let id = e.id { latest[id] = base + i } }
   }
 
   /// A state change of `spec`'s current attempt at `now`; `info`: describe the task.
   public mutating func record(_ spec: Swiftray_TaskSpec, _ state: TaskEventState, now: UInt64, info: Bool = false,
                               edit: (inout TaskEventRecord) -> Void = { _ in }) {
     guard enabled else { return }
-    var e = TaskEventRecord(taskID: spec.taskID, attempt: spec.attempt, state: state, timeNs: now,
-                            spec: info ? TaskEventRecord.SpecSummary(spec) : nil)
+    var summary: TaskEventRecord.SpecSummary?
+    if info {
+      if let last = lastSummary, last.describes(spec) { summary = last } else {
+        summary = TaskEventRecord.SpecSummary(spec)
+        lastSummary = summary
+      }
+    }
+    let raw = spec.taskID
+    var e = TaskEventRecord(taskID: raw, id: TaskID(binary: raw), attempt: spec.attempt, state: state, timeNs: now, spec: summary)
     edit(&e)
     record(e)
   }
@@ -215,10 +271,13 @@ public struct TaskEventBuffer: Sendable {
       var out: Deque<TaskEventRecord> = []
       out.reserveCapacity(Swift.min(events.count, capacity))
       swap(&out, &events)
+      latest.removeAll(keepingCapacity: true)
+      base = 0
       return (out, dropped)
     }
     let out = Deque(events.prefix(max))
     events.removeFirst(max)
+    base += max
     return (out, dropped)
   }
 
@@ -229,24 +288,17 @@ public struct TaskEventBuffer: Sendable {
     return (events, infos, dropped, records.count)
   }
 
-  /// A batch's messages: each attempt's records folded into one event (its latest state,
-  /// with what the earlier ones said), each distinct description once.
+  /// A batch's messages (each attempt's record was folded as it was made), each distinct
+  /// description once.
   public static func messages(_ records: some Collection<TaskEventRecord>) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
-    var folded: [TaskEventRecord] = []
-    folded.reserveCapacity(records.count)
-    var at: [Attempt: Int] = [:]
-    at.reserveCapacity(records.count)
-    for e in records {
-      let key = Attempt(e)
-      if let i = at[key] { folded[i].fold(e) } else { at[key] = folded.count; folded.append(e) }
-    }
     var infos: [Swiftray_TaskEventInfo] = []
     var infoAt: [SpecKey: Int32] = [:]
     // Tasks of one function come in runs: the last description is compared before any
     // is hashed.
-    var last: (key: SpecKey, index: Int32)?
-    let events = folded.map { e -> Swiftray_TaskEvent in
+    var last: (spec: TaskEventRecord.SpecSummary, key: SpecKey, index: Int32)?
+    let events = records.map { e -> Swiftray_TaskEvent in
       guard let spec = e.spec else { return e.message(infoIndex: 0) }
+      if let last, last.spec.describesSame(as: spec) { return e.message(infoIndex: last.index) }
       let key = SpecKey(spec)
       if let last, last.key == key { return e.message(infoIndex: last.index) }
       let index: Int32
@@ -255,21 +307,10 @@ public struct TaskEventBuffer: Sendable {
         index = Int32(infos.count)
         infoAt[key] = index
       }
-      last = (key, index)
+      last = (spec, key, index)
       return e.message(infoIndex: index)
     }
     return (events, infos)
-  }
-
-  /// An attempt, by its parsed id (hashing three words costs less than hashing bytes);
-  /// an id of another length (a peer's mistake) keeps its bytes.
-  struct Attempt: Hashable {
-    var id: TaskID?, other: Data, attempt: Int32
-    init(_ e: TaskEventRecord) {
-      id = TaskID(binary: e.taskID)
-      other = id == nil ? e.taskID : Data()
-      attempt = e.attempt
-    }
   }
 
   /// What tells two descriptions apart (the parent is the event's): plain fields, cheaper
@@ -279,8 +320,7 @@ public struct TaskEventBuffer: Sendable {
     var resources: [String: Int64], placementGroup: Data
     init(_ s: TaskEventRecord.SpecSummary) {
       name = s.name; function = s.function; jobID = s.jobID; actorID = s.actorID; isCreation = s.isCreation
-      className = s.className; resources = s.resources.quantities
-      placementGroup = s.strategy.kind == .placementGroup ? s.strategy.placementGroupID : Data()
+      className = s.className; resources = s.quantities; placementGroup = s.placementGroup
     }
   }
 }

@@ -55,8 +55,11 @@ public struct ActorTaskSubmitter: Sendable {
 
   public init() {}
 
+  /// Where `id` lives while it is alive. Reads the entry in place (a copy of it would
+  /// retain and release its queues; this is asked once per finished call).
   public func address(_ id: ActorID) -> Swiftray_Address? {
-    actors[id].flatMap { $0.info.state == .alive ? $0.info.address : nil }
+    guard let i = actors.index(forKey: id), actors.values[i].info.state == .alive else { return nil }
+    return actors.values[i].info.address
   }
 
   // MARK: events
