@@ -199,9 +199,8 @@ public struct TaskEventBuffer: Sendable {
 
   public var isEmpty: Bool { events.isEmpty && dropped == 0 }
 
-  public mutating func record(_ e: TaskEventRecord) {
+  public mutating func record(_ e: consuming TaskEventRecord) {
     guard enabled else { return }
-    var e = e
     if e.id == nil { e.id = TaskID(binary: e.taskID) }
     if let id = e.id, let p = latest[id], p >= base, events[p - base].attempt == e.attempt {
       events[p - base].fold(e)
