@@ -183,6 +183,24 @@ private func nodeInfo(_ i: UInt8, start: Int64 = 0) -> Swiftray_NodeInfo {
     #expect(t[Data([5])].map(NodeTable.isDead) == true, "dead before the restart: still listed dead, for nodes yet to hear")
   }
 
+  /// Found by a CI run: after a head restart, a node pulling from a live node that had
+  /// not registered again yet dropped its store from the allowed sources and refused the
+  /// pull once its patience ran out.
+  @Test func aNodeAwaitingRegistrationStillServesPullsButADeadOneDoesNot() {
+    var t = NodeTable(health: NodeHealth(failureThreshold: 1))
+    var waiting = nodeInfo(3), gone = nodeInfo(5), alive = nodeInfo(6), storeless = nodeInfo(7)
+    waiting.storeAddress = "tcp:10.0.0.3:1"; gone.storeAddress = "tcp:10.0.0.5:1"
+    alive.storeAddress = "tcp:10.0.0.6:1"
+    waiting.alive = true; gone.alive = false; gone.deathDetail = "missed 5 health checks"
+    t.restored(waiting)
+    t.restored(gone)
+    _ = t.registered(alive)
+    _ = t.registered(storeless)
+    #expect(NodeTable.pullableStores(t.all) == ["tcp:10.0.0.3:1", "tcp:10.0.0.6:1"])
+    _ = t.died(Data([3]), detail: "missed 5 health checks")
+    #expect(NodeTable.pullableStores(t.all) == ["tcp:10.0.0.6:1"], "declared dead: no longer a source")
+  }
+
   @Test func deadNodesKeptAreBoundedAndTheTableIsInStartOrder() {
     var t = NodeTable(health: NodeHealth(failureThreshold: 1))
     for i in 0..<(NodeTable.deadNodesKept + 5) {

@@ -77,6 +77,15 @@ public struct NodeTable: Sendable {
     !node.alive && node.deathDetail != awaitingRegistration
   }
 
+  /// The object stores a node may pull from, given the head's list: those of nodes not
+  /// dead (`isDead`). A node only waiting to register again after a head restart keeps
+  /// its store in the list — dropping it would refuse pulls from a live node while the
+  /// head recovers, once the pulls' patience ran out (found by a CI run of the
+  /// head-restart test).
+  public static func pullableStores(_ nodes: [Swiftray_NodeInfo]) -> Set<String> {
+    Set(nodes.lazy.filter { !isDead($0) && !$0.storeAddress.isEmpty }.map(\.storeAddress))
+  }
+
 
   /// A node the head knew before it restarted (from storage): not alive until it
   /// registers again, but not dead either (`isDead`); health checks start at once, so

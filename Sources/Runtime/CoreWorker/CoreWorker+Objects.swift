@@ -90,7 +90,7 @@ extension CoreWorker {
     if byNode.keys.contains(where: { known[$0] == nil }),
       let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init(), options: options).nodes {
       known = [:]
-      for n in nodes where n.alive { known[n.nodeID] = n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress }
+      for n in nodes where !NodeTable.isDead(n) { known[n.nodeID] = n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress }
       let table = known
       registrations.withLock { $0.nodeManagers = table }
     }

@@ -266,7 +266,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let nodes = reply.nodes
     publishDeaths(of: nodes)
     publishWorkerDeaths(reply)
-    store.setPullSources(Set(nodes.filter { $0.alive && !$0.storeAddress.isEmpty }.map(\.storeAddress)))
+    store.setPullSources(NodeTable.pullableStores(nodes))
     let view = nodes.map { n in
       NodePicker.NodeView(id: n.nodeID, address: n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress,
                           total: ResourceSet(proto: n.total), available: ResourceSet(proto: n.available),
