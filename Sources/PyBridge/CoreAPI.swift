@@ -575,6 +575,7 @@ enum CoreAPI {
           ("DeathDetail", Py.str(node.deathDetail)),
           ("Resources", resourcesDict(node.total)),
           ("Available", resourcesDict(node.available)),
+          ("Labels", Py.dict(node.labels.sorted { $0.key < $1.key }.map { ($0.key, Py.str($0.value)) })),
         ])
       })
     })

@@ -85,6 +85,10 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
 
   public var objectStoreCapacity: UInt64 = 0
 
+  /// The node's labels (`swiftray start --labels k=v,…`, Ray's node labels), shown by
+  /// `list nodes` and `nodes()`; bounded by the node that sets them.
+  public var labels: Dictionary<String,String> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -93,30 +97,33 @@ public nonisolated struct Swiftray_NodeInfo: Sendable {
   fileprivate var _available: Swiftray_ResourceShape? = nil
 }
 
-public nonisolated struct Swiftray_RegisterNodeRequest: Sendable {
+public nonisolated struct Swiftray_RegisterNodeRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var node: Swiftray_NodeInfo {
-    get {_node ?? Swiftray_NodeInfo()}
-    set {_node = newValue}
+    get {_storage._node ?? Swiftray_NodeInfo()}
+    set {_uniqueStorage()._node = newValue}
   }
   /// Returns true if `node` has been explicitly set.
-  public var hasNode: Bool {self._node != nil}
+  public var hasNode: Bool {_storage._node != nil}
   /// Clears the value of `node`. Subsequent reads from it will return its default value.
-  public mutating func clearNode() {self._node = nil}
+  public mutating func clearNode() {_uniqueStorage()._node = nil}
 
   /// Workers of this node that exited lately (at most 1,000): a head that restarted lost
   /// its log of exits, so a node registering again reports its own once more (owners
   /// that already dropped them as borrowers ignore them).
-  public var recentWorkerExits: [Data] = []
+  public var recentWorkerExits: [Data] {
+    get {_storage._recentWorkerExits}
+    set {_uniqueStorage()._recentWorkerExits = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _node: Swiftray_NodeInfo? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Swiftray_RegisterNodeReply: Sendable {
@@ -2185,7 +2192,7 @@ fileprivate nonisolated let _protobuf_package = "swiftray"
 
 nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0\u{3}metrics_export_port\0\u{3}object_store_used\0\u{3}object_store_capacity\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}node_manager_endpoint\0\u{3}ip_address\0\u{1}total\0\u{1}available\0\u{1}alive\0\u{3}session_dir\0\u{3}start_time_ms\0\u{3}node_manager_address\0\u{3}death_detail\0\u{3}pending_demand\0\u{3}store_address\0\u{3}metrics_export_port\0\u{3}object_store_used\0\u{3}object_store_capacity\0\u{1}labels\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2208,6 +2215,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.metricsExportPort) }()
       case 14: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreUsed) }()
       case 15: try { try decoder.decodeSingularUInt64Field(value: &self.objectStoreCapacity) }()
+      case 16: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
       default: break
       }
     }
@@ -2263,6 +2271,9 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.objectStoreCapacity != 0 {
       try visitor.visitSingularUInt64Field(value: self.objectStoreCapacity, fieldNumber: 15)
     }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2282,6 +2293,7 @@ nonisolated extension Swiftray_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.metricsExportPort != rhs.metricsExportPort {return false}
     if lhs.objectStoreUsed != rhs.objectStoreUsed {return false}
     if lhs.objectStoreCapacity != rhs.objectStoreCapacity {return false}
+    if lhs.labels != rhs.labels {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2291,36 +2303,74 @@ nonisolated extension Swiftray_RegisterNodeRequest: SwiftProtobuf.Message, Swift
   public static let protoMessageName: String = _protobuf_package + ".RegisterNodeRequest"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}recent_worker_exits\0")
 
+  fileprivate class _StorageClass {
+    var _node: Swiftray_NodeInfo? = nil
+    var _recentWorkerExits: [Data] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _node = source._node
+      _recentWorkerExits = source._recentWorkerExits
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._node) }()
-      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.recentWorkerExits) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._node) }()
+        case 2: try { try decoder.decodeRepeatedBytesField(value: &_storage._recentWorkerExits) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._node {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if !self.recentWorkerExits.isEmpty {
-      try visitor.visitRepeatedBytesField(value: self.recentWorkerExits, fieldNumber: 2)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._node {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._recentWorkerExits.isEmpty {
+        try visitor.visitRepeatedBytesField(value: _storage._recentWorkerExits, fieldNumber: 2)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_RegisterNodeRequest, rhs: Swiftray_RegisterNodeRequest) -> Bool {
-    if lhs._node != rhs._node {return false}
-    if lhs.recentWorkerExits != rhs.recentWorkerExits {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._node != rhs_storage._node {return false}
+        if _storage._recentWorkerExits != rhs_storage._recentWorkerExits {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -43,6 +43,19 @@ struct Start: ParsableCommand {
   var dashboardPort: Int?
   @Flag(help: "Stay in the foreground until stopped (SIGTERM/SIGINT).")
   var block = false
+  @Option(name: .customLong("dashboard-agent-listen-port"), help: "Serve this node's health endpoints (/api/healthz, /api/local_raylet_healthz; no token needed, nothing else shown) on this port of every interface, as Ray's dashboard agent (KubeRay probes 52365). Default: none.")
+  var dashboardAgentListenPort: Int?
+  @Option(help: "Bytes of memory this node offers to tasks and actors that ask for `memory` (default: all of RAM).")
+  var memory: Int?
+  @Option(help: "This node's labels, KEY=VALUE pairs separated by commas (shown by `list nodes` and `nodes()`).")
+  var labels: String?
+  @Flag(name: .customLong("no-monitor"), help: "Accepted for Ray's command line: swiftray runs no autoscaler monitor.")
+  var noMonitor = false
+  /// Options of Ray's `ray start` that swiftray does not use, accepted only when run as
+  /// `ray` (KubeRay passes its own and users' `rayStartParams`: an unknown one must not
+  /// fail the pod); as `swiftray start`, a typo is an error.
+  @Argument(parsing: .allUnrecognized, help: .hidden)
+  var otherOptions: [String] = []
 
   func validate() throws {
     if head == (address != nil) { throw ValidationError("give either --head (start a cluster) or --address=HOST:PORT (join one)") }
@@ -50,6 +63,20 @@ struct Start: ParsableCommand {
     if port < 0 || port > 65535 { throw ValidationError("--port must be 0-65535") }
     if metricsExportPort < 0 || metricsExportPort > 65535 { throw ValidationError("--metrics-export-port must be 0-65535") }
     if let p = dashboardPort, p < 0 || p > 65535 { throw ValidationError("--dashboard-port must be 0-65535") }
+    if let p = dashboardAgentListenPort, p < 0 || p > 65535 { throw ValidationError("--dashboard-agent-listen-port must be 0-65535") }
+    if let m = memory, !(m >= 0 && Double(m) <= ResourceSet.maxUnits) {
+      throw ValidationError("--memory must be a number of bytes, 0 ... \(Int64(ResourceSet.maxUnits))")
+    }
+    do { _ = try NodeLabels.parse(labels ?? "") } catch { throw ValidationError(error.message) }
+    if !otherOptions.isEmpty {
+      guard RayCommandLine.invokedAsRay else {
+        throw ValidationError("unknown option(s) \(otherOptions.joined(separator: " ")) (see `swiftray start --help`)")
+      }
+      // Once, by the command the user ran (the daemon it starts runs with the same words).
+      if !block || ProcessInfo.processInfo.environment["SWIFTRAY_START_READY_FILE"] == nil {
+        for note in RayCommandLine.ignoredNotes(otherOptions) { CoreWorker.writeStderr(note + "\n") }
+      }
+    }
     if !NodeAddress.isIPAddress(dashboardHost) {
       throw ValidationError("--dashboard-host must be an IP address (127.0.0.1, 0.0.0.0, …), got \(dashboardHost)")
     }
@@ -208,7 +235,7 @@ struct Start: ParsableCommand {
     var units = try customResources()
     units["CPU"] = numCPUs ?? Double(ProcessInfo.processInfo.activeProcessorCount)
     if let g = numGPUs, g > 0 { units["GPU"] = g }
-    units["memory"] = Double(ProcessInfo.processInfo.physicalMemory)
+    units["memory"] = memory.map(Double.init) ?? Double(ProcessInfo.processInfo.physicalMemory)
     let config = try Config.resolve()
     let auth = try clusterAuth(announce: false)
     let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
@@ -230,7 +257,8 @@ struct Start: ParsableCommand {
       dashboard: head && includeDashboard
         ? Dashboard.Options(host: dashboardHost, port: dashboardPort ?? 8265,
                             assets: Dashboard.Options.assets(besideExecutable: selfExecutable()), fallBack: dashboardPort == nil)
-        : nil)
+        : nil,
+      agentPort: dashboardAgentListenPort, labels: try NodeLabels.parse(labels ?? ""))
     let clusterAddress = address ?? cluster.controlAddress ?? ""
     try? "\(getpid())\n".write(toFile: cluster.sessionDir + "/daemon.pid", atomically: true, encoding: .utf8)
     DaemonIdentity.record(in: cluster.sessionDir)

@@ -14,7 +14,7 @@ struct SwiftrayCommand: ParsableCommand {
     abstract: "Ray's programming model for Python, with a Swift core.",
     version: SwiftrayVersion.string,
     subcommands: [Start.self, Stop.self, Status.self, Run.self, Worker.self, Memory.self, GetAuthToken.self,
-                  ListState.self, GetState.self, SummaryState.self, Timeline.self, Logs.self]
+                  ListState.self, GetState.self, SummaryState.self, Timeline.self, Logs.self, HealthCheck.self]
   )
 }
 

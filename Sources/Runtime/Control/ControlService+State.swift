@@ -537,7 +537,7 @@ extension ControlService {
       ("node_id", StateValue.hex(n.nodeID)), ("node_ip", .string(n.ipAddress)), ("is_head_node", .bool(!head.isEmpty && n.nodeID == head)),
       ("state", .string(NodeTable.isDead(n) ? "DEAD" : "ALIVE")), ("state_message", n.deathDetail.isEmpty ? .null : .string(n.deathDetail)),
       ("node_name", .string(n.ipAddress)), ("resources_total", resources(n.total)),
-      ("resources_available", resources(n.available)), ("start_time_ms", .int(n.startTimeMs)), ("labels", .object([])),
+      ("resources_available", resources(n.available)), ("start_time_ms", .int(n.startTimeMs)), ("labels", .object(n.labels.sorted { $0.key < $1.key }.map { ($0.key, StateValue.string($0.value)) })),
       ("object_store_used_memory", .int(Int64(clamping: n.objectStoreUsed))),
       ("object_store_total_memory", .int(Int64(clamping: n.objectStoreCapacity))),
     ])

@@ -135,6 +135,10 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
   public func registerNode(request: Swiftray_RegisterNodeRequest, context: ServerContext) async throws -> Swiftray_RegisterNodeReply {
     _ = try ResourceSet.checked(request.node.total, field: "total")
     _ = try ResourceSet.checked(request.node.available, field: "available")
+    guard NodeLabels.valid(request.node.labels) else {
+      throw RPCError(code: .invalidArgument, message: "the node's labels are not valid (at most \(NodeLabels.maxLabels), "
+        + "keys and values of 1-\(NodeLabels.maxLength) letters, digits, '-', '_' or '.')")
+    }
     try await checkReachable(request.node)
     state.withLock { s in
       persist(s.nodes.registered(request.node))  // lock-ok: an enqueue (StorageWriter.write), in the order of the changes

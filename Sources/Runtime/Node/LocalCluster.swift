@@ -21,6 +21,8 @@ public final class LocalCluster: Sendable {
   public let metricsServer: HTTPServer?
   /// The head's dashboard, when it serves one.
   public let dashboardServer: HTTPServer?
+  /// The node's health endpoints for probes (`AgentHealth`), when asked for a port.
+  public let agentServer: HTTPServer?
   /// Runs submitted jobs (with the dashboard, on the head).
   public let jobs: JobManager?
   /// This node as registered (its TCP addresses when networked).
@@ -136,6 +138,7 @@ public final class LocalCluster: Sendable {
                            role: Role = .head(port: nil), nodeIP: String = "127.0.0.1",
                            controlStorage: (any ControlStorage)? = nil, auth: ClusterAuth,
                            metricsExportPort: Int? = nil, dashboard: Dashboard.Options? = nil,
+                           agentPort: Int? = nil, labels: [String: String] = [:],
                            warn: @escaping @Sendable (String) -> Void = { CoreWorker.writeStderr("(swiftray) WARNING: \($0)\n") }) throws -> LocalCluster {
     let session = try makeSessionDir(root: root)
     do {
@@ -146,7 +149,8 @@ public final class LocalCluster: Sendable {
                        workerEnvironment: workerEnvironment, prestartWorkers: prestartWorkers,
                        objectStoreMemory: objectStoreMemory, spillDirectory: spillDirectory, group: group,
                        role: role, nodeIP: nodeIP, controlStorage: controlStorage, auth: auth,
-                       metricsExportPort: metricsExportPort, dashboard: dashboard, warn: warn)
+                       metricsExportPort: metricsExportPort, dashboard: dashboard, agentPort: agentPort, labels: labels,
+                       warn: warn)
     } catch {
       SessionPaths.removeSession(session)
       throw error
@@ -157,7 +161,8 @@ public final class LocalCluster: Sendable {
                     workerEnvironment: [String: String], prestartWorkers: Int, objectStoreMemory: Int?,
                     spillDirectory: String?, group: MultiThreadedEventLoopGroup, role: Role, nodeIP: String,
                     controlStorage: (any ControlStorage)?, auth: ClusterAuth, metricsExportPort: Int?,
-                    dashboard: Dashboard.Options?, warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
+                    dashboard: Dashboard.Options?, agentPort: Int?, labels: [String: String],
+                    warn: @escaping @Sendable (String) -> Void) throws -> LocalCluster {
     let networked: Bool
     switch role {
     case .head(let port): networked = port != nil
@@ -199,6 +204,7 @@ public final class LocalCluster: Sendable {
     servers.append(try blockingAwait { try await ControlPlane.serve([nm], at: nmEP, group: group, auth: auth) })
     var node = nm.nodeInfo
     node.ipAddress = nodeIP
+    node.labels = labels
     if networked {
       let tcp = try blockingAwait { try await ControlPlane.serve([nm], at: .tcp(host: nodeIP, port: 0), group: group, auth: auth) }
       servers.append(tcp)
@@ -207,6 +213,7 @@ public final class LocalCluster: Sendable {
     node.startTimeMs = Int64(Date().timeIntervalSince1970 * 1000)
     var metricsServer: HTTPServer?
     var dashboardServer: HTTPServer?
+    var agentServer: HTTPServer?
     var jobs: JobManager?
     // What a start that fails past this point has to stop again (blocking: this thread is the caller's).
     func abandon() {
@@ -214,6 +221,7 @@ public final class LocalCluster: Sendable {
       for s in servers { s.shutdown() }
       metricsServer?.shutdown()
       dashboardServer?.shutdown()
+      agentServer?.shutdown()
       jobs?.shutdown()
     }
     if let port = metricsExportPort {
@@ -225,6 +233,18 @@ public final class LocalCluster: Sendable {
           + "Use --metrics-export-port 0 for a free one.")
       }
       node.metricsExportPort = Int32(metricsServer?.port ?? 0)
+    }
+    if let port = agentPort {
+      do {
+        // Every interface: kubelet probes come to localhost, others to the pod's address.
+        agentServer = try blockingAwait {
+          try await HTTPServer.serve(host: "0.0.0.0", port: port, group: group) { r in AgentHealth.answer(r.path, nm.agentHealthSample()) }
+        }
+      } catch {
+        abandon()
+        throw SwiftrayError(.invalidArgument, "cannot serve the health endpoints on port \(port) (--dashboard-agent-listen-port): "
+          + "\(error). Is the port taken?")
+      }
     }
     if let d = dashboard, let control {
       // The head runs submitted jobs' drivers beside itself, joined through its session.
@@ -262,7 +282,7 @@ public final class LocalCluster: Sendable {
     nm.start()
     return LocalCluster(sessionDir: session, nodeID: nodeID, nodeManager: nm, control: control,
                         controlEndpoint: controlEP, servers: servers, node: registration, metricsServer: metricsServer,
-                        dashboardServer: dashboardServer, jobs: jobs)
+                        dashboardServer: dashboardServer, agentServer: agentServer, jobs: jobs)
   }
 
   /// The head's web UI (`Dashboard`): on the asked port, or on a free one when the
@@ -320,15 +340,16 @@ public final class LocalCluster: Sendable {
 
   init(sessionDir: String, nodeID: NodeID, nodeManager: NodeManager, control: ControlService?,
        controlEndpoint: Endpoint, servers: [ControlPlane.Server], node: Swiftray_NodeInfo, metricsServer: HTTPServer?,
-       dashboardServer: HTTPServer?, jobs: JobManager?) {
+       dashboardServer: HTTPServer?, agentServer: HTTPServer? = nil, jobs: JobManager?) {
     self.sessionDir = sessionDir; self.nodeID = nodeID; self.nodeManager = nodeManager; self.control = control
     self.controlEndpoint = controlEndpoint; self.servers = servers; self.node = node; self.metricsServer = metricsServer
-    self.dashboardServer = dashboardServer; self.jobs = jobs
+    self.dashboardServer = dashboardServer; self.agentServer = agentServer; self.jobs = jobs
   }
 
   /// Stops every worker, then the services, then removes the session directory.
   public func shutdown() {
     dashboardServer?.shutdown()
+    agentServer?.shutdown()
     jobs?.shutdown()
     metricsServer?.shutdown()
     nodeManager.shutdown()

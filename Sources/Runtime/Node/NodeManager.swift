@@ -105,6 +105,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   public let registration = Locked<Swiftray_NodeInfo?>(nil)
   /// Called once when the ControlService stays unreachable (see `syncClusterView`).
   public let controlLost = Locked<(@Sendable (String) -> Void)?>(nil)
+  /// When the head last answered this node's report (`clock`), for `/api/healthz`.
+  let headAnswered = Locked<UInt64?>(nil)
   let controlReports: AsyncStream<@Sendable () async -> Void>.Continuation
   nonisolated(unsafe) var monitor: (any WorkerLauncher)!  // set once in init, before any use
   /// This node's lease-grant key (a fresh one per daemon), and what it signs with.
@@ -218,6 +220,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         // whole call deadline later.
         if let reply = try? await client.reportResources(report, options: reportOptions(since: lastContact, patience: patience)) {
           lastContact = clock.now()
+          headAnswered.withLock { [lastContact] in $0 = lastContact }
           if reply.declaredDead, let lost = controlLost.withLock({ h in defer { h = nil }; return h }) {
             // Fenced: a partition or a pause outlived the health checks. Its actors run
             // elsewhere now and its objects were rebuilt: acting on them would run an
@@ -244,6 +247,17 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       }
       await clock.sleep(for: .milliseconds(max(10, options.config.resourceReportPeriodMs)))
     }
+  }
+
+  /// What this node's `/api/healthz` reports: up unless stopping; the head reachable
+  /// while it answered within five report rounds (at least 5 s), as a probe should see
+  /// a head that stopped answering well before the node gives up on it.
+  public func agentHealthSample() -> AgentHealth.Sample {
+    let now = clock.now()
+    let up = !state.withLock { $0.shuttingDown }
+    let since = headAnswered.withLock { $0 }.map { now >= $0 ? now - $0 : 0 }
+    let stale = max(UInt64(5_000), UInt64(clamping: options.config.resourceReportPeriodMs) &* 5) &* 1_000_000
+    return AgentHealth.Sample(rayletUp: up, sinceHeadNanos: since, staleAfterNanos: stale)
   }
 
   /// What happened to objects in this node's store since the last round, to the head
