@@ -204,10 +204,19 @@ def test_kuberay_runs_a_swiftray_cluster_and_a_rayjob_with_its_own_commands(pods
     status = _sh(sub, senv, f"ray status --address {SVC}:6379")
     assert status.returncode == 0 and "Nodes: 2 alive" in status.stdout, status.stdout + status.stderr
 
-    # The RayJob submitter, verbatim: waits for the dashboard, finds no such job, submits
-    # it, follows its logs until it ends, and exits.
+    # `kubectl exec` into a pod, then `python script.py`: init() joins the pod's cluster
+    # through KubeRay's RAY_ADDRESS (127.0.0.1:6379 on the head, the Service on workers).
     with open(head.path("/tmp/sample.py"), "w") as f:
         f.write(SAMPLE)
+    with open(worker.path("/tmp/sample.py"), "w") as f:
+        f.write(SAMPLE)
+    for h, e in ((head, henv), (worker, wenv)):
+        ran = h.run(["python", "/tmp/sample.py"], env=dict(e, GREETING="exec"), timeout=120)
+        assert ran.returncode == 0 and "squares [0, 1, 4, 9, 16, 25, 36, 49] exec" in ran.stdout, ran.stdout + ran.stderr
+        assert "alive nodes 2" in ran.stdout, ran.stdout
+
+    # The RayJob submitter, verbatim: waits for the dashboard, finds no such job, submits
+    # it, follows its logs until it ends, and exits.
     run = _sh(sub, senv, submitter("rayjob-sample", "python /tmp/sample.py"), timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "squares [0, 1, 4, 9, 16, 25, 36, 49] hello" in run.stdout and "alive nodes 2" in run.stdout, run.stdout

@@ -58,7 +58,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None, object_s
             raise RuntimeError("Maybe you called swiftray.init twice by accident? "
                                "This error can be suppressed by passing in 'ignore_reinit_error=True' "
                                "or by calling 'swiftray.shutdown()' prior to 'swiftray.init()'.")
-        address = address or os.environ.get("SWIFTRAY_ADDRESS") or None
+        address = address or os.environ.get("SWIFTRAY_ADDRESS") or _ray_address() or None
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise TypeError(f"namespace must be a non-empty str, got {namespace!r}")
         if address not in (None, "local"):
@@ -196,6 +196,14 @@ def job_key(job_id_hex):
 def _sessions_root():
     """This user's sessions folder, as the core computes it ($TMPDIR/swiftray-<uid>)."""
     return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"swiftray-{os.getuid()}")
+
+
+def _ray_address():
+    """$RAY_ADDRESS, as Ray's init() reads it (KubeRay sets it in every pod: `kubectl exec`
+    then `python script.py` joins the pod's cluster); an http:// one is the Jobs API's,
+    for `ray job`, not a cluster to join."""
+    a = os.environ.get("RAY_ADDRESS", "")
+    return None if a.startswith(("http://", "https://")) else a
 
 
 def _resolve_address(address):

@@ -189,6 +189,13 @@ public final class LocalCluster: Sendable {
         let tcp = Endpoint.tcp(host: nodeIP, port: port)
         do { servers.append(try blockingAwait { try await ControlPlane.serve([c], at: tcp, group: group, auth: auth) }) }
         catch { throw SwiftrayError(.invalidArgument, "cannot listen on \(nodeIP):\(port) for the ControlService: \(error). Is the port taken? Use --port 0 for a free one.") }
+        // A fixed port answers on loopback too, as Ray's GCS does on every interface:
+        // KubeRay's head pod says RAY_ADDRESS=127.0.0.1:6379 to the drivers run there.
+        // Best effort: a loopback port taken by something else leaves the node as it was.
+        if port != 0, !NodeAddress.isLoopback(nodeIP),
+          let loop = try? blockingAwait({ try await ControlPlane.serve([c], at: .tcp(host: "127.0.0.1", port: port), group: group, auth: auth) }) {
+          servers.append(loop)
+        }
       }
     case .worker(let c):
       controlEP = c

@@ -49,6 +49,12 @@ public enum NodeAddress {
   /// The host as a URL writes it (an IPv6 address in brackets).
   public static func hostForURL(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
 
+  /// True for an address of this machine's loopback (127.0.0.0/8, ::1) or every
+  /// interface (0.0.0.0, ::), which a listener there already covers.
+  public static func isLoopback(_ text: String) -> Bool {
+    text.hasPrefix("127.") || text == "::1" || text == "0.0.0.0" || text == "::" || text == "localhost"
+  }
+
   public static func isIPAddress(_ text: String) -> Bool {
     var v4 = in_addr()
     var v6 = in6_addr()
