@@ -280,3 +280,75 @@ def test_swiftray_start_refuses_what_ray_start_only_notes(tmp_path):
         out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--head", "--port", "0",
                               "--temp-dir", str(tmp_path), *args], capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and says in out.stderr, (args, out.stdout, out.stderr)
+
+
+def _memory_cgroup():
+    """A fresh memory cgroup under this process's own (v2 when it has the memory
+    controller, else v1's), as a container's would be: its directory and limit file."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for hid, controllers, path in lines:
+        if hid == "0" and not controllers:
+            for mount in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                base = mount + path.rstrip("/")
+                try:
+                    with open(os.path.join(base, "cgroup.subtree_control")) as f:
+                        enabled = "memory" in f.read().split()
+                except OSError:
+                    continue
+                if enabled:
+                    return base + f"/swiftray-test-{os.getpid()}", "memory.max"
+    for hid, controllers, path in lines:
+        if "memory" in controllers.split(","):
+            return f"/sys/fs/cgroup/memory{path.rstrip('/')}/swiftray-test-{os.getpid()}", "memory.limit_in_bytes"
+    pytest.fail("no memory cgroup to make a container's limit in: " + str(lines))
+
+
+def test_a_containers_memory_limit_is_what_a_node_counts(tmp_path):
+    """Under a pod's memory limit (a cgroup's), the node's `memory` resource is the limit,
+    not the machine's RAM, and its object store 30 % of it — as under KubeRay, where the
+    machine may have far more than the pod may use."""
+    directory, limit_file = _memory_cgroup()
+    limit = 3 << 30
+    os.mkdir(directory)
+    try:
+        with open(os.path.join(directory, limit_file), "w") as f:
+            f.write(str(limit))
+        probe = ("import swiftray as ray; from swiftray import _core; print(_core.usable_memory()); "
+                 "ray.init(num_cpus=1); print(int(ray.cluster_resources()['memory'])); ray.shutdown()")
+        out = subprocess.run(["sh", "-c", f'echo $$ > {directory}/cgroup.procs && exec "$0" -c "$1"', sys.executable, probe],
+                             capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.split() == [str(limit), str(limit)], out.stdout
+        # A node daemon started there counts the same, and sizes its store by it.
+        node = subprocess.run(["sh", "-c", f'echo $$ > {directory}/cgroup.procs && exec "$0" -m swiftray start --head '
+                               f'--port 0 --num-cpus 1 --include-dashboard false --temp-dir {tmp_path}', sys.executable],
+                              capture_output=True, text=True, timeout=120)
+        assert node.returncode == 0, node.stdout + node.stderr
+        try:
+            nodes = json.loads(subprocess.run([sys.executable, "-m", "swiftray", "list", "nodes", "--format", "json", "--detail",
+                                               "--address", node.stdout.split("Session:")[1].split()[0]],
+                                              capture_output=True, text=True, timeout=60).stdout)
+            assert nodes[0]["resources_total"]["memory"] == limit
+            assert nodes[0]["object_store_total_memory"] == limit // 10 * 3 // 4096 * 4096 or \
+                abs(nodes[0]["object_store_total_memory"] - limit * 0.3) < (1 << 20), nodes[0]
+        finally:
+            subprocess.run([sys.executable, "-m", "swiftray", "stop", "--temp-dir", str(tmp_path)], capture_output=True, timeout=60)
+    finally:
+        # Empty once its processes are gone.
+        for _ in range(100):
+            try:
+                os.rmdir(directory)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_a_head_reads_kuberays_redis_address(tmp_path):
+    """KubeRay's GCS fault tolerance gives the head RAY_REDIS_ADDRESS: it is the head's
+    storage (here one nothing answers at, so the start fails saying so)."""
+    env = {k: v for k, v in os.environ.items() if k != "SWIFTRAY_REDIS_ADDRESS"}
+    env["RAY_REDIS_ADDRESS"] = "127.0.0.1:1"
+    out = subprocess.run([sys.executable, "-m", "swiftray", "start", "--head", "--port", "0", "--temp-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0 and "127.0.0.1:1" in out.stdout + out.stderr, out.stdout + out.stderr

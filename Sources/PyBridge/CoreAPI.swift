@@ -14,6 +14,8 @@ enum CoreAPI {
       guard let root = Py.toString(Args(a, n)[0]) else { return nil }
       return LocalCluster.newestLiveSession(root: root).map { Py.str($0) } ?? Py.none
     }, doc: "newest_session(root) -> str | None: the newest running cluster's session directory."),
+    .init(name: "usable_memory", fn: { _, _, _ in Py.int(Int(clamping: MachineMemory.current)) },
+          doc: "usable_memory() -> int: bytes of memory this process may use (its container's limit, else the machine's)."),
     .init(name: "local_node_session", fn: { _, a, n in
       guard let text = Py.toString(Args(a, n)[0]), let ep = Endpoint(text) else { return nil }
       return blocking("asking the cluster at \(text) for its nodes", {

@@ -25,7 +25,7 @@ struct Start: ParsableCommand {
   var numGPUs: Double?
   @Option(help: "Custom resources of this node as JSON, e.g. '{\"disk\": 2}'.")
   var resources: String?
-  @Option(name: .customLong("object-store-memory"), help: "Bytes of the node's shared-memory object store (default 30% of RAM).")
+  @Option(name: .customLong("object-store-memory"), help: "Bytes of the node's shared-memory object store (default 30% of the memory the node may use: its container's limit, else RAM).")
   var objectStoreMemory: Int?
   @Option(name: .customLong("temp-dir"), help: "Root of session directories (default: this user's $TMPDIR/swiftray-<uid>, 0700).")
   var tempDir: String?
@@ -45,7 +45,7 @@ struct Start: ParsableCommand {
   var block = false
   @Option(name: .customLong("dashboard-agent-listen-port"), help: "Serve this node's health endpoints (/api/healthz, /api/local_raylet_healthz; no token needed, nothing else shown) on this port of every interface, as Ray's dashboard agent (KubeRay probes 52365). Default: none.")
   var dashboardAgentListenPort: Int?
-  @Option(help: "Bytes of memory this node offers to tasks and actors that ask for `memory` (default: all of RAM).")
+  @Option(help: "Bytes of memory this node offers to tasks and actors that ask for `memory` (default: all it may use: its container's limit, else RAM).")
   var memory: Int?
   @Option(help: "This node's labels, KEY=VALUE pairs separated by commas (shown by `list nodes` and `nodes()`).")
   var labels: String?
@@ -235,14 +235,16 @@ struct Start: ParsableCommand {
     var units = try customResources()
     units["CPU"] = numCPUs ?? Double(ProcessInfo.processInfo.activeProcessorCount)
     if let g = numGPUs, g > 0 { units["GPU"] = g }
-    units["memory"] = memory.map(Double.init) ?? Double(ProcessInfo.processInfo.physicalMemory)
+    units["memory"] = memory.map(Double.init) ?? Double(MachineMemory.current)
     let config = try Config.resolve()
     let auth = try clusterAuth(announce: false)
     let group = MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup
     // A head with SWIFTRAY_REDIS_ADDRESS keeps the ControlService's tables in that Redis
     // (and finds them there after a restart); without it they live in memory, as Ray's.
     var storage: (any ControlStorage)? = nil
-    if head, let redis = ProcessInfo.processInfo.environment["SWIFTRAY_REDIS_ADDRESS"], !redis.isEmpty {
+    // (KubeRay's GCS fault tolerance sets Ray's name for it, RAY_REDIS_ADDRESS.)
+    let env = ProcessInfo.processInfo.environment
+    if head, let redis = [env["SWIFTRAY_REDIS_ADDRESS"], env["RAY_REDIS_ADDRESS"]].compactMap({ $0 }).first(where: { !$0.isEmpty }) {
       let r = try RedisControlStorage(address: redis, password: try redisPasswordGiven(), group: group,
                                         commandTimeoutMs: config.redisCommandTimeoutMs)
       try blockingAwait(timeout: .seconds(10)) { try await r.check() }

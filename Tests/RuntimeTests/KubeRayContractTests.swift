@@ -61,3 +61,39 @@ import Testing
     for path in ["/", "/api/v0/tasks", "/metrics", "/api/jobs/"] { #expect(AgentHealth.answer(path, ok).status == .notFound) }
   }
 }
+
+@Suite struct MachineMemoryTests {
+  let gib: UInt64 = 1 << 30
+
+  @Test func aContainersLimitBoundsWhatTheNodeCounts() {
+    #expect(MachineMemory.usable(physical: 64 * gib, limits: ["5368709120\n", nil]) == 5 * gib)
+    #expect(MachineMemory.usable(physical: 64 * gib, limits: [nil, "1073741824", "2147483648"]) == gib, "the tightest")
+    #expect(MachineMemory.usable(physical: 64 * gib, limits: ["max\n"]) == 64 * gib, "no limit")
+    #expect(MachineMemory.usable(physical: 64 * gib, limits: ["9223372036854771712"]) == 64 * gib, "cgroup v1's 'unlimited'")
+    for junk in ["", "-5", "0", "12abc", "184467440737095516160"] {
+      #expect(MachineMemory.usable(physical: 8 * gib, limits: [junk]) == 8 * gib, "\(junk)")
+    }
+  }
+
+  @Test func theLimitFilesAreTheProcessCgroupsAndTheirAncestors() {
+    let hybrid = "4:memory:/process_api/abc\n3:cpuset:/\n0::/\n"
+    #expect(MachineMemory.limitFiles(procSelfCgroup: hybrid) == [
+      "/sys/fs/cgroup/memory/process_api/abc/memory.limit_in_bytes", "/sys/fs/cgroup/memory/process_api/memory.limit_in_bytes",
+      "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/unified/memory.max",
+    ])
+    #expect(MachineMemory.limitFiles(procSelfCgroup: "0::/kubepods/pod1\n") == [
+      "/sys/fs/cgroup/kubepods/pod1/memory.max", "/sys/fs/cgroup/unified/kubepods/pod1/memory.max",
+      "/sys/fs/cgroup/kubepods/memory.max", "/sys/fs/cgroup/unified/kubepods/memory.max",
+      "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/unified/memory.max",
+    ])
+    #expect(MachineMemory.limitFiles(procSelfCgroup: "garbage\n5:memory:relative\n").isEmpty)
+    let deep = "0::" + String(repeating: "/a", count: 100) + "\n"
+    #expect(MachineMemory.limitFiles(procSelfCgroup: deep).count == 2 * 33, "32 levels and the root")
+  }
+
+  @Test func theStoreTakesThirtyPercentOfItAtLeast75MiB() {
+    #expect(MachineMemory.defaultStoreCapacity(usable: 10 * gib) == Int(3 * gib))
+    #expect(MachineMemory.defaultStoreCapacity(usable: 100 << 20) == 75 << 20)
+    #expect(MachineMemory.defaultStoreCapacity(usable: .max) > 0)
+  }
+}

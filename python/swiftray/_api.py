@@ -23,10 +23,8 @@ def _bin_path():
 
 
 def _total_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
+    """The memory a local cluster offers: its container's limit, else the machine's."""
+    return _core.usable_memory()
 
 
 def is_initialized():

@@ -36,10 +36,9 @@ public final class ObjectStore: Sendable {
     }
   }
 
-  /// Ray's default capacity: 30 % of physical memory, at least 75 MiB.
-  public static var defaultCapacity: Int {
-    max(75 << 20, Int(Double(ProcessInfo.processInfo.physicalMemory) * 0.3))
-  }
+  /// Ray's default capacity: 30 % of the memory this process may use (a container's
+  /// limit, else the machine's), at least 75 MiB.
+  public static var defaultCapacity: Int { MachineMemory.defaultStoreCapacity(usable: MachineMemory.current) }
 
   enum Waiting {
     case create(Swiftray_CreateObjectRequest, DataPlaneResponder)
