@@ -245,6 +245,7 @@ def test_kuberay_runs_a_swiftray_cluster_and_a_rayjob_with_its_own_commands(pods
     assert info["submission_id"] == "http-mode-job" and info["entrypoint"] == "python /tmp/sample.py"
     assert info["metadata"] == {"owner": "operator"} and info["start_time"] <= info["end_time"]
     assert info["runtime_env"]["env_vars"] == {"GREETING": "http"}
+    assert info["status"] == "SUCCEEDED" and info["error_type"] is None and {"job_id", "message"} <= set(info)
     with open(head.path("/tmp/sleeper.py"), "w") as f:
         f.write(SLEEPER)
     code, _ = _http("POST", f"{base}/api/jobs/", token=token, body={"entrypoint": "python /tmp/sleeper.py",
