@@ -294,19 +294,18 @@ public struct TaskEventBuffer: Sendable {
     var infoAt: [SpecKey: Int32] = [:]
     // Tasks of one function come in runs: the last description is compared before any
     // is hashed.
-    var last: (spec: TaskEventRecord.SpecSummary, key: SpecKey, index: Int32)?
+    var last: (spec: TaskEventRecord.SpecSummary, index: Int32)?
     let events = records.map { e -> Swiftray_TaskEvent in
       guard let spec = e.spec else { return e.message(infoIndex: 0) }
       if let last, last.spec.describesSame(as: spec) { return e.message(infoIndex: last.index) }
       let key = SpecKey(spec)
-      if let last, last.key == key { return e.message(infoIndex: last.index) }
       let index: Int32
       if let i = infoAt[key] { index = i } else {
         infos.append(spec.info)
         index = Int32(infos.count)
         infoAt[key] = index
       }
-      last = (spec, key, index)
+      last = (spec, index)
       return e.message(infoIndex: index)
     }
     return (events, infos)
