@@ -7,6 +7,7 @@ deploy/ray-alias, as in the image), with the environment KubeRay sets; the opera
 HTTP-mode calls are made as it makes them, and with real Ray's JobSubmissionClient."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,25 @@ HEAD_COMMAND = ("ulimit -n ${RAY_START_ULIMIT_OPEN_FILES:-65536}; ray start --he
 WORKER_COMMAND = (f"ulimit -n ${{RAY_START_ULIMIT_OPEN_FILES:-65536}}; ray start  --address={SVC}:6379  --block  "
                   "--dashboard-agent-listen-port=52365  --labels=zone=us-east-1a,tier=cpu  --memory=1073741824  "
                   "--metrics-export-port=8080  --num-cpus=1  --resources='{\"w\":2}' ")
-INIT_CONTAINER = (f"until ray health-check --address {SVC}:6379 > /dev/null 2>&1; "
-                  "do echo wait for GCS to be ready; sleep 5; done")
+# pod.go's worker init container ("wait-gcs-ready"), run by `/bin/bash -c --`.
+INIT_CONTAINER = f"""SECONDS=0
+while true; do
+  if (( SECONDS <= 120 )); then
+    if ray health-check --address {SVC}:6379 > /dev/null 2>&1; then
+      echo "GCS is ready."
+      break
+    fi
+    echo "$SECONDS seconds elapsed: Waiting for GCS to be ready."
+  else
+    if ray health-check --address {SVC}:6379; then
+      echo "GCS is ready. Any error messages above can be safely ignored."
+      break
+    fi
+    echo "$SECONDS seconds elapsed: Still waiting for GCS to be ready."
+  fi
+  sleep 5
+done
+"""
 # The exec probes for rayVersion < 2.53 (workers: the first part; the head: both).
 RAYLET_PROBE = "wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
 GCS_PROBE = "wget --tries 1 -T 10 -q -O- http://localhost:8265/api/gcs_healthz | grep success"
@@ -179,6 +197,8 @@ def test_kuberay_runs_a_swiftray_cluster_and_a_rayjob_with_its_own_commands(pods
     assert init.poll() is None, "ray health-check passed with no head: " + init.stdout.read()
     head_pod = start(head, "headgroup", HEAD_COMMAND)
     assert init.wait(timeout=90) == 0
+    said = init.stdout.read()
+    assert "Waiting for GCS to be ready." in said and said.rstrip().endswith("GCS is ready."), said
     worker_pod = start(worker, "workergroup", WORKER_COMMAND)
 
     # Readiness: the exec probes (rayVersion < 2.53) and the HTTP one (>= 2.53), no token.
@@ -245,7 +265,12 @@ def test_kuberay_runs_a_swiftray_cluster_and_a_rayjob_with_its_own_commands(pods
     assert info["submission_id"] == "http-mode-job" and info["entrypoint"] == "python /tmp/sample.py"
     assert info["metadata"] == {"owner": "operator"} and info["start_time"] <= info["end_time"]
     assert info["runtime_env"]["env_vars"] == {"GREETING": "http"}
-    assert info["status"] == "SUCCEEDED" and info["error_type"] is None and {"job_id", "message"} <= set(info)
+    assert info["status"] == "SUCCEEDED" and info["error_type"] is None and "message" in info
+    # The job its driver registered, and that driver, as Ray's JobDetails name them.
+    assert re.fullmatch(r"[0-9a-f]{8}", info["job_id"]) and info["driver_info"]["node_ip_address"] == head.ip, info
+    jobs = json.loads(_sh(sub, senv, f"swiftray list jobs --address {SVC}:6379 --format json").stdout)
+    mine = [j for j in jobs if j["job_id"] == info["job_id"]]
+    assert mine and mine[0]["submission_id"] == "http-mode-job" and mine[0]["type"] == "SUBMISSION", jobs
     with open(head.path("/tmp/sleeper.py"), "w") as f:
         f.write(SLEEPER)
     code, _ = _http("POST", f"{base}/api/jobs/", token=token, body={"entrypoint": "python /tmp/sleeper.py",

@@ -189,6 +189,10 @@ public nonisolated struct Swiftray_RegisterJobRequest: Sendable {
 
   public var nodeIp: String = String()
 
+  /// The Jobs API submission whose entrypoint this driver runs (empty: none), so the
+  /// submission's details name the job and its driver.
+  public var submissionID: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2477,7 +2481,7 @@ nonisolated extension Swiftray_GetAllNodesReply: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterJobRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0\u{3}driver_id\0\u{1}entrypoint\0\u{3}node_id\0\u{3}node_ip\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}driver_endpoint\0\u{3}driver_pid\0\u{3}driver_id\0\u{1}entrypoint\0\u{3}node_id\0\u{3}node_ip\0\u{3}submission_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2491,6 +2495,7 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
       case 4: try { try decoder.decodeSingularStringField(value: &self.entrypoint) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.nodeID) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.nodeIp) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.submissionID) }()
       default: break
       }
     }
@@ -2515,6 +2520,9 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
     if !self.nodeIp.isEmpty {
       try visitor.visitSingularStringField(value: self.nodeIp, fieldNumber: 6)
     }
+    if !self.submissionID.isEmpty {
+      try visitor.visitSingularStringField(value: self.submissionID, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2525,6 +2533,7 @@ nonisolated extension Swiftray_RegisterJobRequest: SwiftProtobuf.Message, SwiftP
     if lhs.entrypoint != rhs.entrypoint {return false}
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.nodeIp != rhs.nodeIp {return false}
+    if lhs.submissionID != rhs.submissionID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Runtime
+import RuntimeProto
 
 private func record(_ id: String, _ entrypoint: String = "python run.py") -> JobSubmissions.Record {
   JobSubmissions.Record(submission_id: id, entrypoint: entrypoint)
@@ -89,5 +90,40 @@ private func record(_ id: String, _ entrypoint: String = "python run.py") -> Job
     #expect(after.records["done"]?.status == .succeeded)
     #expect(after.records["going"]?.status == .failed && after.records["going"]?.end_time == 10)
     #expect(actions.count == 1)
+  }
+}
+
+@Suite struct JobTableSubmissionTests {
+  func request(pid: Int32, submission: String = "") -> Swiftray_RegisterJobRequest {
+    var r = Swiftray_RegisterJobRequest()
+    r.driverPid = pid
+    r.driverID = Data([UInt8(pid)])
+    r.entrypoint = "python job.py"
+    r.submissionID = submission
+    return r
+  }
+
+  @Test func aSubmissionsDriverIsFoundByItsSubmissionAndListedAsOne() {
+    var t = JobTable()
+    t.started(JobID(1), request(pid: 10), nowMs: 1)
+    t.started(JobID(2), request(pid: 11, submission: "raysubmit_a"), nowMs: 2)
+    #expect(t.job(submission: "raysubmit_a")?.id == JobID(2))
+    #expect(t.job(submission: "other") == nil && t.job(submission: "") == nil, "a hand-started driver is no submission's")
+    let row = Dictionary(uniqueKeysWithValues: t.row(t.jobs[2]!).map { ($0.0, $0.1) })
+    #expect(row["submission_id"] == .string("raysubmit_a") && row["type"] == .string("SUBMISSION"))
+    #expect(Dictionary(uniqueKeysWithValues: t.row(t.jobs[1]!).map { ($0.0, $0.1) })["type"] == .string("DRIVER"))
+    let long = String(repeating: "x", count: 1000)
+    t.started(JobID(3), request(pid: 12, submission: long), nowMs: 3)
+    #expect(t.jobs[3]?.submissionID.count == 256, "a peer's id is bounded")
+  }
+
+  @Test func aForgottenJobLeavesNoSubmissionBehind() {
+    var t = JobTable()
+    for i in 0..<(JobTable.keptFinished + 2) {
+      t.started(JobID(UInt32(i)), request(pid: 1, submission: "s\(i)"), nowMs: Int64(i))
+      t.ended(JobID(UInt32(i)), status: .succeeded, nowMs: Int64(i))
+    }
+    #expect(t.job(submission: "s0") == nil && t.job(submission: "s1") == nil, "the oldest finished were forgotten")
+    #expect(t.job(submission: "s\(JobTable.keptFinished + 1)") != nil)
   }
 }

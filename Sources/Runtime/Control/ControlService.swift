@@ -258,6 +258,9 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     return r
   }
 
+  /// The job the driver of a Jobs API submission registered, if it did.
+  public func job(submission: String) -> JobTable.Job? { state.withLock { $0.jobs.job(submission: submission) } }
+
   /// Longest KV namespace and key (function ids and job keys are far shorter).
   static let maxKVNamespaceBytes = 256
   static let maxKVKeyBytes = 64 << 10

@@ -13,6 +13,8 @@ public struct JobTable: Sendable {
     public var id: JobID
     public var status: Status = .running
     public var entrypoint: String
+    /// The Jobs API submission it runs ("": a driver started by hand).
+    public var submissionID = ""
     public var driverID: Data, driverPid: Int32, nodeID: Data, nodeIP: String
     /// Wall-clock milliseconds.
     public var startTimeMs: Int64, endTimeMs: Int64 = 0
@@ -25,6 +27,8 @@ public struct JobTable: Sendable {
   public private(set) var jobs: [UInt32: Job] = [:]
   private var finished: Deque<UInt32> = []
   private var order: Deque<UInt32> = []
+  /// The newest job of each submission (bounded with `jobs`).
+  private var bySubmission: [String: UInt32] = [:]
   /// Jobs starting and ending (bounded), for `list cluster-events`.
   public private(set) var lifecycle = LifecycleLog()
 
@@ -32,9 +36,11 @@ public struct JobTable: Sendable {
 
   public mutating func started(_ id: JobID, _ r: Swiftray_RegisterJobRequest, nowMs: Int64) {
     order.append(id.value)
-    while jobs.count >= Self.kept, let old = order.popFirst() { jobs[old] = nil }
-    jobs[id.value] = Job(id: id, entrypoint: String(r.entrypoint.prefix(4096)), driverID: r.driverID, driverPid: r.driverPid,
-                         nodeID: r.nodeID, nodeIP: String(r.nodeIp.prefix(256)), startTimeMs: nowMs)
+    while jobs.count >= Self.kept, let old = order.popFirst() { forget(old) }
+    let submission = String(r.submissionID.prefix(256))
+    jobs[id.value] = Job(id: id, entrypoint: String(r.entrypoint.prefix(4096)), submissionID: submission, driverID: r.driverID,
+                         driverPid: r.driverPid, nodeID: r.nodeID, nodeIP: String(r.nodeIp.prefix(256)), startTimeMs: nowMs)
+    if !submission.isEmpty { bySubmission[submission] = id.value }
     lifecycle.changed("JOB", Data(id.binary), "RUNNING", "driver pid \(r.driverPid) on \(r.nodeIp.prefix(256))")
   }
 
@@ -47,8 +53,15 @@ public struct JobTable: Sendable {
     j.message = message
     jobs[id.value] = j
     finished.append(id.value)
-    while finished.count > Self.keptFinished, let old = finished.popFirst() { jobs[old] = nil }
+    while finished.count > Self.keptFinished, let old = finished.popFirst() { forget(old) }
   }
+
+  private mutating func forget(_ id: UInt32) {
+    if let s = jobs.removeValue(forKey: id)?.submissionID, bySubmission[s] == id { bySubmission[s] = nil }
+  }
+
+  /// The driver's job of a Jobs API submission (its newest, should it have run twice).
+  public func job(submission: String) -> Job? { bySubmission[submission].flatMap { jobs[$0] } }
 
   /// The jobs of drivers that exited (their worker ids): failed, unless they said so.
   public mutating func driversExited(_ drivers: Set<Data>, why: String, nowMs: Int64) {
@@ -62,8 +75,8 @@ public struct JobTable: Sendable {
                                "end_time", "driver_info"]
 
   public func row(_ j: Job) -> [(String, StateValue)] {
-    [("job_id", .string(j.id.hex)), ("submission_id", .null), ("entrypoint", .string(j.entrypoint)),
-     ("type", .string("DRIVER")), ("status", .string(j.status.rawValue)), ("message", .string(j.message)),
+    [("job_id", .string(j.id.hex)), ("submission_id", j.submissionID.isEmpty ? .null : .string(j.submissionID)),
+     ("entrypoint", .string(j.entrypoint)), ("type", .string(j.submissionID.isEmpty ? "DRIVER" : "SUBMISSION")), ("status", .string(j.status.rawValue)), ("message", .string(j.message)),
      ("start_time", .int(j.startTimeMs)), ("end_time", j.endTimeMs == 0 ? .null : .int(j.endTimeMs)),
      ("driver_info", .object([("id", StateValue.hex(j.driverID)), ("node_ip_address", .string(j.nodeIP)),
                               ("node_id", StateValue.hex(j.nodeID)), ("pid", .string(String(j.driverPid)))]))]

@@ -169,6 +169,7 @@ public final class CoreWorker: Sendable {
           req.nodeID = Data(options.nodeID.binary)
           req.nodeIp = options.nodeIP ?? "127.0.0.1"
           req.entrypoint = Self.commandLine()
+          req.submissionID = ProcessInfo.processInfo.environment["SWIFTRAY_SUBMISSION_ID"] ?? ""
           return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
         }
       } catch { throw ControlPlane.error(error, calling: "RegisterJob", at: options.control) }

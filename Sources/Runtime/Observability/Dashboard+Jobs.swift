@@ -23,11 +23,11 @@ extension Dashboard {
     guard let jobs else { return Self.failure(.notFound, "this head runs no job manager") }
     let parts = r.path.split(separator: "/").dropFirst(2).map(String.init)  // after "api", "jobs"
     let method = r.method
-    if parts.isEmpty && method == .GET { return Self.json(jobs.jobs.map(Self.details)) }
+    if parts.isEmpty && method == .GET { return Self.json(jobs.jobs.map { Self.details($0, driver: control.job(submission: $0.submission_id)) }) }
     if parts.isEmpty && method == .POST { return await submit(r.body, jobs) }
     if parts.count == 1 && method == .GET {
       guard let job = jobs.job(parts[0]) else { return Self.failure(.notFound, "Job \(parts[0]) does not exist") }
-      return Self.json(Self.details(job))
+      return Self.json(Self.details(job, driver: control.job(submission: job.submission_id)))
     }
     if parts.count == 1 && method == .DELETE {
       do throws(JobSubmissions.Refusal) {
@@ -164,16 +164,21 @@ extension Dashboard {
     return "raysubmit_" + String((0..<16).map { _ in alphabet.randomElement()! })
   }
 
-  /// A record as Ray's `JobDetails`.
-  static func details(_ r: JobSubmissions.Record) -> [String: Any] {
+  /// A record as Ray's `JobDetails`; `driver`: the job its driver registered (none
+  /// before it started).
+  static func details(_ r: JobSubmissions.Record, driver: JobTable.Job?) -> [String: Any] {
     var d: [String: Any] = [
-      "type": "SUBMISSION", "job_id": NSNull(), "submission_id": r.submission_id, "driver_info": NSNull(),
+      "type": "SUBMISSION", "job_id": driver.map { $0.id.hex } ?? NSNull(), "submission_id": r.submission_id,
+      "driver_info": driver.map { j -> [String: Any] in
+        ["id": Hex.encode(j.driverID), "node_ip_address": j.nodeIP, "pid": String(j.driverPid)]
+      } ?? NSNull(),
       "status": r.status.rawValue, "entrypoint": r.entrypoint, "message": r.message,
       "error_type": r.error_type ?? NSNull(), "start_time": r.start_time, "end_time": r.end_time ?? NSNull(),
       "metadata": r.metadata, "driver_exit_code": r.driver_exit_code.map { Int($0) } ?? NSNull(),
       "entrypoint_num_cpus": r.entrypoint_num_cpus, "entrypoint_num_gpus": r.entrypoint_num_gpus,
       "entrypoint_resources": r.entrypoint_resources, "entrypoint_memory": r.entrypoint_memory.flatMap { Int64(exactly: $0.rounded()) } ?? NSNull(),
-      "driver_agent_http_address": NSNull(), "driver_node_id": NSNull(),
+      "driver_agent_http_address": NSNull(),
+      "driver_node_id": driver.map { j -> Any in Hex.encode(j.nodeID) } ?? NSNull(),
     ]
     d["runtime_env"] = r.runtime_env.isEmpty ? [String: Any]()
       : (try? JSONSerialization.jsonObject(with: Data(r.runtime_env.utf8))) ?? [String: Any]()
