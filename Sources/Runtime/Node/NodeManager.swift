@@ -256,7 +256,9 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let now = clock.now()
     let up = !state.withLock { $0.shuttingDown }
     let since = headAnswered.withLock { $0 }.map { now >= $0 ? now - $0 : 0 }
-    let stale = max(UInt64(5_000), UInt64(clamping: options.config.resourceReportPeriodMs) &* 5) &* 1_000_000
+    // The period is a setting: bounded (an hour) before it is multiplied.
+    let periodMs = UInt64(clamping: min(max(options.config.resourceReportPeriodMs, 0), 3_600_000))
+    let stale = max(5_000, periodMs * 5) * 1_000_000
     return AgentHealth.Sample(rayletUp: up, sinceHeadNanos: since, staleAfterNanos: stale)
   }
 

@@ -22,8 +22,6 @@ public enum AgentHealth {
     }
   }
 
-  public static let paths: Set<String> = ["/api/healthz", "/api/local_raylet_healthz"]
-
   public static func answer(_ path: String, _ s: Sample) -> HTTPResponse {
     switch path {
     case "/api/local_raylet_healthz":
