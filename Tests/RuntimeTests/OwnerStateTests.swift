@@ -85,6 +85,42 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
 }
 
 @Suite struct OwnerStateTests {
+  /// The worker a finished actor call's event names is the actor's incarnation's at the
+  /// time, also after a restart (the owner keeps it at hand between calls).
+  @Test func aFinishedActorCallsEventNamesTheWorkerOfItsActorsIncarnation() throws {
+    var o = makeOwner()
+    let actor = TaskID(prefix: 9, counter: 1, job: 1)
+    _ = o.actorHandleAdded(actor, maxPendingCalls: -1)
+    func alive(version: UInt64, restarts: Int32, worker: WorkerID, pid: Int32) -> Swiftray_ActorInfo {
+      var i = Swiftray_ActorInfo()
+      i.actorID = Data(actor.binary)
+      i.state = .alive
+      i.version = version
+      i.numRestarts = restarts
+      i.address = address(worker)
+      i.address.pid = pid
+      return i
+    }
+    func call(incarnation: Int32) throws -> TaskEventRecord {
+      var spec = taskSpec("A.m")
+      spec.actorID = Data(actor.binary)
+      let (tid, _, _) = try o.taskSubmitted(spec, args: [], kind: .actorCall(actor, maxTaskRetries: 0), parent: nil, now: 0).get()
+      _ = o.takeActorSteps()
+      o.actorStepsDone()
+      _ = o.actorCallReplied(tid, incarnation: incarnation, reply: reply(tid, value: "1"), now: 1 * ms)
+      let records = o.taskEvents.take(max: 10).records
+      return try #require(records.first { $0.id == tid })
+    }
+    let first = WorkerID.random(), second = WorkerID.random()
+    _ = o.actorInfo(alive(version: 2, restarts: 0, worker: first, pid: 11))
+    let a = try call(incarnation: 0), b = try call(incarnation: 0)
+    #expect(a.state == .finished && a.workerID == Data(first.binary) && a.workerPid == 11)
+    #expect(b.workerID == Data(first.binary) && b.worker === a.worker, "one worker object per incarnation")
+    _ = o.actorInfo(alive(version: 4, restarts: 1, worker: second, pid: 12))
+    let c = try call(incarnation: 1)
+    #expect(c.state == .finished && c.workerID == Data(second.binary) && c.workerPid == 12)
+  }
+
   @Test func aTaskIsLeasedPushedAndItsReplyWakesItsReaderAndTheIdleLeaseGoesBack() throws {
     var o = makeOwner()
     let worker = WorkerID.random()

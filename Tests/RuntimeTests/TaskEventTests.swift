@@ -67,37 +67,64 @@ import Testing
     // Two tasks of `f`, interleaved, one retried; a task of `g`; then `f` again.
     b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
     b.record(Self.spec(2), .pendingNodeAssignment, now: 2, info: true)
-    b.record(Self.spec(1), .submittedToWorker, now: 3) { $0.workerID = Self.worker; $0.workerPid = 7 }
+    b.record(Self.spec(1), .submittedToWorker, now: 3) { $0.worker = .init(workerID: Self.worker, nodeID: Data(), pid: 7) }
     b.record(Self.spec(1), .failed, now: 4)
     b.record(Self.spec(1, attempt: 1), .finished, now: 5)
     b.record(Self.spec(3, name: "g"), .finished, now: 6, info: true)
     b.record(Self.spec(2), .finished, now: 7)
     b.record(Self.spec(4), .pendingNodeAssignment, now: 8, info: true)
-    // An id of the wrong length (a peer's mistake) is its own attempt, never merged.
+    // An id of the wrong length (a peer's mistake) is not recorded: no head could file it.
     var odd = Self.spec(5)
     odd.taskID = Data([1, 2, 3])
     b.record(odd, .finished, now: 9)
     let out = b.drain(max: 100)
-    #expect(out.taken == 6)  // each attempt's changes were folded into one record as they came
-    #expect(out.events.map(\.state) == [TaskEventState.failed, .finished, .finished, .finished, .pendingNodeAssignment, .finished].map(\.rawValue))
-    #expect(out.events.map(\.attempt) == [0, 0, 1, 0, 0, 0])
+    #expect(out.taken == 5)  // each attempt's changes were folded into one record as they came
+    #expect(out.events.map(\.state) == [TaskEventState.failed, .finished, .finished, .finished, .pendingNodeAssignment].map(\.rawValue))
+    #expect(out.events.map(\.attempt) == [0, 0, 1, 0, 0])
     #expect(out.events[0].workerPid == 7 && out.events[0].timeNs == 1)
-    #expect(out.events[5].taskID == Data([1, 2, 3]))
+    #expect(out.events[0].taskID == Data(Self.task(1).binary))
     #expect(out.infos.map(\.name) == ["f", "g"])
-    #expect(out.events.map(\.infoIndex) == [1, 1, 0, 2, 1, 0])
+    #expect(out.events.map(\.infoIndex) == [1, 1, 0, 2, 1])
+  }
+
+  /// Ids from this owner's generator (consecutive counters, gaps for puts), from another
+  /// generator, a retry of an old task and a jump past the window: each attempt's changes
+  /// still fold into its one record.
+  @Test func changesFoldIntoTheirAttemptsRecordWhereverItsIdFalls() {
+    var b = TaskEventBuffer(capacity: 1000)
+    func other(_ n: UInt64) -> Swiftray_TaskSpec {
+      var s = Self.spec(n)
+      s.taskID = Data(TaskID(prefix: 2, counter: n, job: 1).binary)
+      return s
+    }
+    let far = UInt64(RecordPositions.maxGap) + 50
+    let specs = [Self.spec(10), Self.spec(11), Self.spec(15), other(3), other(12), Self.spec(12), Self.spec(5), Self.spec(15 + far)]
+    for (i, s) in specs.enumerated() { b.record(s, .pendingNodeAssignment, now: UInt64(i + 1), info: true) }
+    for s in specs.reversed() { b.record(s, .submittedToWorker, now: 100) }
+    for s in specs { b.record(s, .finished, now: 200) }
+    b.record(Self.spec(11, attempt: 1), .pendingNodeAssignment, now: 300)
+    #expect(b.events.count == specs.count + 1)
+    #expect(b.events.prefix(specs.count).allSatisfy { $0.state == .finished && $0.endNs == 200 })
+    #expect(b.events.map(\.timeNs) == Array(1...UInt64(specs.count)) + [300])
+    // After a take, the same ids start records of their own again.
+    _ = b.take(max: 100)
+    for s in specs { b.record(s, .finished, now: 400) }
+    #expect(b.events.count == specs.count && b.events.allSatisfy { $0.timeNs == 400 })
   }
 
   @Test func anAttemptKeepsOneRecordInTheRingUntilItIsTaken() {
     var b = TaskEventBuffer(capacity: 3)
     b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
-    b.record(Self.spec(1), .submittedToWorker, now: 2) { $0.workerID = Self.worker; $0.workerPid = 7 }
+    b.record(Self.spec(1), .submittedToWorker, now: 2) { $0.worker = .init(workerID: Self.worker, nodeID: Data(), pid: 7) }
     b.record(Self.spec(1), .finished, now: 3)
     #expect(b.events.count == 1 && b.events[0].state == .finished && b.events[0].workerPid == 7 && b.events[0].timeNs == 1)
-    // A retry is an attempt of its own; so is an id that does not parse, every time.
+    // A retry is an attempt of its own; an id that does not parse is not recorded.
     b.record(Self.spec(1, attempt: 1), .pendingNodeAssignment, now: 4)
     var odd = Self.spec(2)
     odd.taskID = Data([1, 2, 3])
     b.record(odd, .pendingNodeAssignment, now: 5)
+    #expect(b.events.count == 2)
+    b.record(Self.spec(2), .pendingNodeAssignment, now: 5)
     #expect(b.events.count == 3)
     // Full: a new attempt drops the oldest record (counted); a change of one still held
     // folds into it.
@@ -118,11 +145,11 @@ import Testing
     for n: UInt64 in 1...6 { b.record(Self.spec(n, name: n % 2 == 0 ? "f" : "g"), .pendingNodeAssignment, now: 100 + n, info: true) }
     for n: UInt64 in 1...5 {
       b.record(Self.spec(n), .submittedToWorker, now: 200 + n) {
-        $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = Int32(40 + n)
+        $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: Int32(40 + n))
       }
     }
     b.record(Self.spec(1), .finished, now: 300) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
-    b.record(Self.spec(2), .failed, now: 301) { $0.errorType = "WORKER_DIED"; $0.errorMessage = "exit code 3" }
+    b.record(Self.spec(2), .failed, now: 301) { $0.failure = .init(type: "WORKER_DIED", message: "exit code 3") }
     b.record(Self.spec(3, attempt: 1), .pendingNodeAssignment, now: 302, info: true)
     var actorCall = Self.spec(7, name: "A.m")
     actorCall.actorID = Data(repeating: 5, count: 24)
@@ -151,7 +178,7 @@ import Testing
 
   @Test func ownerAndExecutorEventsMergeInWhicheverOrderTheyArrive() {
     let submitted = Self.event(1, .pendingNodeAssignment, at: 100, info: true)
-    let pushed = Self.event(1, .submittedToWorker, at: 200) { $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = 42 }
+    let pushed = Self.event(1, .submittedToWorker, at: 200) { $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: 42) }
     let finished = Self.event(1, .finished, at: 900) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
     let running = Self.event(1, .running, at: 300) { $0.fromExecutor = true }
     var a = TaskEventTable(capacity: 10), b = TaskEventTable(capacity: 10)
@@ -169,7 +196,7 @@ import Testing
 
   @Test func theOwnersEndStandsAndNoEventMovesAnAttemptBack() {
     var t = TaskEventTable(capacity: 10)
-    t.apply(Self.batch([Self.event(1, .failed) { $0.errorType = "WORKER_DIED"; $0.errorMessage = "gone" }]))
+    t.apply(Self.batch([Self.event(1, .failed) { $0.failure = .init(type: "WORKER_DIED", message: "gone") }]))
     t.apply(Self.batch([Self.event(1, .running) { $0.fromExecutor = true }, Self.event(1, .submittedToWorker)]))
     let r = Self.row(t, 1)
     #expect(r["state"] == .string("FAILED") && r["error_type"] == .string("WORKER_DIED") && r["error_message"] == .string("gone"))
@@ -200,7 +227,7 @@ import Testing
     var t = TaskEventTable(capacity: 10)
     t.apply(Self.batch([
       Self.event(1, .finished, info: true) {
-        $0.startWallNs = 1_000_000; $0.endWallNs = 3_000_000; $0.workerID = Self.worker; $0.nodeID = Self.node; $0.workerPid = 42
+        $0.startWallNs = 1_000_000; $0.endWallNs = 3_000_000; $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: 42)
       },
       Self.event(2, .failed, info: true), Self.event(3, .running, info: true) { $0.fromExecutor = true },
     ]))
@@ -245,7 +272,7 @@ import Testing
       try ControlService.check(Self.batch(Array(repeating: Self.event(1, .running), count: ControlService.maxEventsPerBatch + 1)))
     }
     #expect(throws: RPCError.self) {
-      try ControlService.check(Self.batch([Self.event(1, .failed) { $0.errorMessage = String(repeating: "x", count: 1 << 17) }]))
+      try ControlService.check(Self.batch([Self.event(1, .failed) { $0.failure = .init(type: "X", message: String(repeating: "x", count: 1 << 17)) }]))
     }
     #expect(throws: Never.self) { try ControlService.check(Self.batch([Self.event(1, .failed, info: true)])) }
   }

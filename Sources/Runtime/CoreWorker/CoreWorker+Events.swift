@@ -39,13 +39,15 @@ extension CoreWorker {
     let head = localHead.withLock { $0 }
     for _ in 0..<1000 {
       // Records move out under the owner's lock; the batch is built after it. A head in
-      // this process takes the records as they are (no message built or parsed).
-      let taken = state.withLock { $0.taskEvents.take(max: Self.eventBatch) }
+      // this process takes the records as they are (no message built or parsed), all at
+      // once: a batch's bound is for messages, and the ring is bounded already.
+      let max = head == nil ? Self.eventBatch : Int.max
+      let taken = state.withLock { $0.taskEvents.take(max: max) }
       let records: Deque<TaskEventRecord> = head == nil ? [] : taken.records
       let built: (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) =
         head == nil ? TaskEventBuffer.messages(taken.records) : ([], [])
       let own = (events: built.events, infos: built.infos, dropped: taken.dropped, taken: taken.records.count)
-      let spans = executor.drainTaskEvents(max: max(Self.eventBatch - own.events.count, 0))
+      let spans = executor.drainTaskEvents(max: Swift.max(Self.eventBatch - own.events.count, 0))
       let unsent = eventsUnsent.withLock { n in defer { n = 0 }; return n }
       // One table of descriptions: the executor's indices move past the owner's.
       let shift = Int32(own.infos.count)

@@ -249,7 +249,7 @@ final class TaskExecutor: Sendable {
         ev.fromExecutor = true
         ev.endNs = now
         ev.argBytes = TaskEventBuffer.argBytes(spec)
-        if reply.isApplicationError { ev.errorType = TaskErrorType.execution }
+        if reply.isApplicationError { ev.failure = .execution }
       }
     }
   }

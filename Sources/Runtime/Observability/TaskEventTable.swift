@@ -31,10 +31,7 @@ public struct TaskEventTable: Sendable {
     }
   }
 
-  final class Failure: Sendable {
-    let type: String, message: String
-    init(type: String, message: String) { self.type = type; self.message = message }
-  }
+  typealias Failure = TaskEventRecord.Failure
 
   struct Key: Hashable { var task: TaskID; var attempt: Int32 }
 
@@ -153,7 +150,7 @@ public struct TaskEventTable: Sendable {
       let change = Change(state: state, wall: Self.wall(e.timeNs, batch), end: e.endNs == 0 ? 0 : Self.wall(e.endNs, batch),
                           fromExecutor: e.fromExecutor, parent: TaskID(binary: e.parentTaskID),
                           startWallNs: e.startWallNs, endWallNs: e.endWallNs, argBytes: e.argBytes, returnBytes: e.returnBytes,
-                          errorType: e.errorType, errorMessage: e.errorMessage)
+                          failure: e.errorType.isEmpty ? nil : Failure(type: e.errorType, message: e.errorMessage))
       upsert(Key(task: task, attempt: e.attempt)) { $0.merge(change, process: process, assigned: assigned, info: info) }
     }
   }
@@ -168,10 +165,19 @@ public struct TaskEventTable: Sendable {
     var last: (spec: TaskEventRecord.SpecSummary, info: Info)?
     // By index, reading fields in place: a record is large, and copying one out retains
     // and releases every field it holds.
+    // Records name a few workers, each by one shared object: the last one's process is
+    // kept at hand (an identity compare).
+    var lastWorker: (worker: TaskEventRecord.Worker, process: Process)?
     for i in records.indices {
-      guard let task = records[i].id else { continue }
-      let worker = records[i].workerID
-      let assigned = worker.isEmpty ? nil : recent.process(worker, pid: records[i].workerPid, node: records[i].nodeID, in: &self)
+      let task = records[i].id
+      var assigned: Process?
+      if let w = records[i].worker {
+        if let lw = lastWorker, lw.worker === w { assigned = lw.process } else {
+          let p = recent.process(w.workerID, pid: w.pid, node: w.nodeID, in: &self)
+          lastWorker = (w, p)
+          assigned = p
+        }
+      }
       var info: Info?
       var parent: TaskID?
       if let spec = records[i].spec {
@@ -187,7 +193,7 @@ public struct TaskEventTable: Sendable {
                           fromExecutor: records[i].fromExecutor, parent: parent,
                           startWallNs: records[i].startWallNs, endWallNs: records[i].endWallNs,
                           argBytes: records[i].argBytes, returnBytes: records[i].returnBytes,
-                          errorType: records[i].errorType, errorMessage: records[i].errorMessage)
+                          failure: records[i].failure)
       upsert(Key(task: task, attempt: records[i].attempt)) { $0.merge(change, process: process, assigned: assigned, info: info) }
     }
   }
@@ -196,16 +202,20 @@ public struct TaskEventTable: Sendable {
   struct Change {
     var state: TaskEventState, wall: UInt64, end: UInt64, fromExecutor: Bool, parent: TaskID?
     var startWallNs: UInt64, endWallNs: UInt64, argBytes: UInt64, returnBytes: UInt64
-    var errorType: String, errorMessage: String
+    var failure: Failure?
   }
 
   /// Merges into `key`'s record, admitting it when new (one lookup), and keeps
   /// `counts` in step.
   private mutating func upsert(_ key: Key, _ merge: (inout Record) -> Void) {
+    // One lookup finds the attempt or files it at the next position (evicting the
+    // oldest keeps `firstPosition + rows.count`, the next position, as it is).
+    let next = firstPosition + rows.count
+    let position = Self.claim(&slot[key, default: -1], next)
     let i: Int
     let before: Counted?
-    if let found = slot[key] {
-      i = found - firstPosition
+    if position != next {
+      i = position - firstPosition
       before = Self.counted(rows[i].record, attempt: key.attempt)
     } else {
       i = admit(key)
@@ -241,16 +251,21 @@ public struct TaskEventTable: Sendable {
   }
 
   /// A new attempt's empty record (evicting the oldest past `capacity`); its index in
-  /// `rows`.
+  /// `rows`. `upsert` filed its position in `slot` already.
   private mutating func admit(_ key: Key) -> Int {
     while rows.count >= capacity, let old = rows.popFirst() {
       slot[old.key] = nil
       firstPosition += 1
       evicted &+= 1
     }
-    slot[key] = firstPosition + rows.count
     rows.append((key, Record()))
     return rows.count - 1
+  }
+
+  /// The position held in `slot`, or `next` given to a key just filed (-1).
+  private static func claim(_ p: inout Int, _ next: Int) -> Int {
+    if p < 0 { p = next }
+    return p
   }
 
   /// The batch's sender, shared by the attempts it ran (the cache is emptied when it
@@ -297,7 +312,7 @@ extension TaskEventTable.Record {
       // The executor's end stands until the owner's word arrives.
       if s.isTerminal, !ownerEnded {
         state = s
-        if s == .failed, !e.errorType.isEmpty { failure = .init(type: e.errorType, message: e.errorMessage) }
+        if s == .failed, let f = e.failure { failure = f }
       } else if !s.isTerminal, s > state, !state.isTerminal {
         state = s
       }
@@ -315,7 +330,7 @@ extension TaskEventTable.Record {
       state = s
       ownerEnded = true
       if ended == 0 { ended = end != 0 ? end : wall }
-      failure = s == .failed ? .init(type: e.errorType, message: e.errorMessage) : nil
+      failure = s == .failed ? e.failure ?? TaskEventTable.Failure(type: "") : nil
     } else if s > state, !state.isTerminal {
       state = s
     }

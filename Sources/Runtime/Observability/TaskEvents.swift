@@ -69,22 +69,50 @@ public enum TaskErrorType {
 }
 
 /// One state change as a process records it: a plain value (no message built on the
-/// task path); the fields carry `Swiftray_TaskEvent`'s names.
+/// task path); the fields carry `Swiftray_TaskEvent`'s names. Small (about 100 bytes,
+/// three references): a record is moved into the ring, folded in place, and moved out
+/// to the head, and what many records share (the description, the worker) or few carry
+/// (a failure) is held by reference.
 public struct TaskEventRecord: Sendable {
-  public var taskID: Data
-  /// `taskID` parsed (nil: not an id, a peer's mistake; such a record is never folded).
-  public var id: TaskID?
+  public var id: TaskID
   public var attempt: Int32
   public var state: TaskEventState
+  public var fromExecutor = false
   public var timeNs: UInt64
   /// The spec, to describe the task with when the event leaves (`info`).
   var spec: SpecSummary?
-  public var workerID = Data(), nodeID = Data()
-  public var workerPid: Int32 = 0
-  public var errorType = "", errorMessage = ""
+  /// Where the attempt was sent (one object per lease or actor incarnation).
+  public var worker: Worker?
+  public var failure: Failure?
   public var startWallNs: UInt64 = 0, endWallNs: UInt64 = 0, endNs: UInt64 = 0
   public var argBytes: UInt64 = 0, returnBytes: UInt64 = 0
-  public var fromExecutor = false
+
+  public init(id: TaskID, attempt: Int32, state: TaskEventState, timeNs: UInt64) {
+    self.id = id; self.attempt = attempt; self.state = state; self.timeNs = timeNs
+  }
+
+  public var taskID: Data { Data(id.binary) }
+  public var workerID: Data { worker?.workerID ?? Data() }
+  public var nodeID: Data { worker?.nodeID ?? Data() }
+  public var workerPid: Int32 { worker?.pid ?? 0 }
+  public var errorType: String { failure?.type ?? "" }
+  public var errorMessage: String { failure?.message ?? "" }
+
+  /// A worker as events name it, made once per lease or actor incarnation and shared by
+  /// the attempts sent there (the head maps it to its own by identity).
+  public final class Worker: Sendable {
+    public let workerID: Data, nodeID: Data, pid: Int32
+    public init(workerID: Data, nodeID: Data, pid: Int32) { self.workerID = workerID; self.nodeID = nodeID; self.pid = pid }
+    public convenience init(_ a: Swiftray_Address) { self.init(workerID: a.workerID, nodeID: a.nodeID, pid: a.pid) }
+  }
+
+  /// Why an attempt failed: Ray's `error_type` and the message (bounded where made).
+  public final class Failure: Sendable {
+    public let type: String, message: String
+    public init(type: String, message: String = "") { self.type = type; self.message = message }
+    /// The task raised: shared by every such event.
+    public static let execution = Failure(type: TaskErrorType.execution)
+  }
 
   /// What the event's `info` needs of a spec, without its arguments (kept while
   /// the event waits, they would hold the arguments' bytes). A class: a record is
@@ -106,12 +134,17 @@ public struct TaskEventRecord: Sendable {
 
     /// True when `spec` would be summarised as this one is, its parent included: a run
     /// of one function's tasks then shares one summary (no allocation or release per
-    /// task, and the batch and the head recognise it by identity).
+    /// task, and the batch and the head recognise it by identity). The fields that
+    /// differ most often between runs are compared first.
     func describes(_ spec: Swiftray_TaskSpec) -> Bool {
-      guard !isCreation, !spec.hasActorCreation, spec.name == name, spec.actorID == actorID,
-        spec.parentTaskID == parent, spec.jobID == jobID, spec.function.name == function,
-        spec.resources.quantities == quantities
+      // (An actor's calls name no function: reading one copies the whole descriptor.)
+      guard !isCreation, spec.name == name, spec.actorID == actorID, spec.parentTaskID == parent,
+        spec.hasFunction ? spec.function.name == function : function.isEmpty,
+        !spec.hasActorCreation, spec.jobID == jobID
       else { return false }
+      // An actor's calls ask for nothing and are placed with their actor.
+      if !actorID.isEmpty { return quantities.isEmpty && placementGroup.isEmpty && !spec.hasResources && !spec.hasStrategy }
+      guard spec.resources.quantities == quantities else { return false }
       let strategy = spec.strategy
       return strategy.kind == .placementGroup ? strategy.placementGroupID == placementGroup : placementGroup.isEmpty
     }
@@ -141,8 +174,8 @@ public struct TaskEventRecord: Sendable {
   mutating func fold(_ later: TaskEventRecord) {
     state = later.state
     if later.spec != nil { spec = later.spec }
-    if !later.workerID.isEmpty { workerID = later.workerID; nodeID = later.nodeID; workerPid = later.workerPid }
-    if !later.errorType.isEmpty { errorType = later.errorType; errorMessage = later.errorMessage }
+    if later.worker != nil { worker = later.worker }
+    if later.failure != nil { failure = later.failure }
     if later.startWallNs > 0 { startWallNs = later.startWallNs; endWallNs = later.endWallNs }
     if later.argBytes > 0 { argBytes = later.argBytes }
     if later.returnBytes > 0 { returnBytes = later.returnBytes }
@@ -152,7 +185,7 @@ public struct TaskEventRecord: Sendable {
   /// The message; `infoIndex`: where its description sits in the batch (1-based).
   func message(infoIndex: Int32) -> Swiftray_TaskEvent {
     var e = Swiftray_TaskEvent()
-    e.taskID = taskID
+    e.taskID = Data(id.binary)
     e.attempt = attempt
     e.state = state.rawValue
     e.timeNs = timeNs
@@ -180,7 +213,7 @@ public struct TaskEventBuffer: Sendable {
   public private(set) var events: Deque<TaskEventRecord> = []
   /// Where each id's newest record sits, as an absolute position (`events[p - base]`); a
   /// position below `base` was taken or dropped.
-  private var latest: [TaskID: Int] = [:]
+  private var latest = RecordPositions()
   private var base = 0
   /// Events dropped since the last drain.
   public private(set) var dropped: UInt64 = 0
@@ -201,42 +234,40 @@ public struct TaskEventBuffer: Sendable {
 
   public mutating func record(_ e: consuming TaskEventRecord) {
     guard enabled else { return }
-    if e.id == nil { e.id = TaskID(binary: e.taskID) }
-    if let id = e.id, let p = latest[id], p >= base, events[p - base].attempt == e.attempt {
+    if let p = latest[e.id], p >= base, events[p - base].attempt == e.attempt {
       events[p - base].fold(e)
       return
     }
     if events.count >= capacity, let old = events.popFirst() {
-      if let oid = old.id, latest[oid] == base { latest[oid] = nil }
+      latest.dropped(old.id, at: base)
       base += 1
       dropped &+= 1
     }
-    if let id = e.id {
-      // Positions left behind by partial takes are dropped before they add up.
-      if latest.count >= 2 * capacity { reindex() }
-      latest[id] = base + events.count
-    }
+    // Positions left behind by partial takes are dropped before they add up.
+    if latest.count >= 2 * capacity { reindex() }
+    latest[e.id] = base + events.count
     events.append(e)
   }
 
   private mutating func reindex() {
-    latest.removeAll(keepingCapacity: true)
-    for (i, e) in events.enumerated() { if let id = e.id { latest[id] = base + i } }
+    latest.removeAll()
+    for i in events.indices { latest[events[i].id] = base + i }
   }
 
-  /// A state change of `spec`'s current attempt at `now`; `info`: describe the task.
+  /// A state change of `spec`'s current attempt at `now`; `info`: describe the task. An
+  /// id that does not parse (a peer's mistake) is not recorded: the head could not
+  /// file it.
   public mutating func record(_ spec: Swiftray_TaskSpec, _ state: TaskEventState, now: UInt64, info: Bool = false,
                               edit: (inout TaskEventRecord) -> Void = { _ in }) {
-    guard enabled else { return }
-    var summary: TaskEventRecord.SpecSummary?
+    guard enabled, let id = TaskID(binary: spec.taskID) else { return }
+    var e = TaskEventRecord(id: id, attempt: spec.attempt, state: state, timeNs: now)
     if info {
-      if let last = lastSummary, last.describes(spec) { summary = last } else {
-        summary = TaskEventRecord.SpecSummary(spec)
-        lastSummary = summary
+      if let last = lastSummary, last.describes(spec) { e.spec = last } else {
+        let made = TaskEventRecord.SpecSummary(spec)
+        lastSummary = made
+        e.spec = made
       }
     }
-    let raw = spec.taskID
-    var e = TaskEventRecord(taskID: raw, id: TaskID(binary: raw), attempt: spec.attempt, state: state, timeNs: now, spec: summary)
     edit(&e)
     record(e)
   }
@@ -270,13 +301,22 @@ public struct TaskEventBuffer: Sendable {
       var out: Deque<TaskEventRecord> = []
       out.reserveCapacity(Swift.min(events.count, capacity))
       swap(&out, &events)
-      latest.removeAll(keepingCapacity: true)
+      latest.removeAll()
       base = 0
+      return (out, dropped)
+    }
+    // Part of it: the smaller side is copied (a record copy retains its references).
+    let keep = events.count - max
+    base += max
+    if keep < max {
+      var out: Deque<TaskEventRecord> = []
+      swap(&out, &events)
+      events = Deque(out.suffix(keep))
+      out.removeLast(keep)
       return (out, dropped)
     }
     let out = Deque(events.prefix(max))
     events.removeFirst(max)
-    base += max
     return (out, dropped)
   }
 
@@ -320,5 +360,68 @@ public struct TaskEventBuffer: Sendable {
       name = s.name; function = s.function; jobID = s.jobID; actorID = s.actorID; isCreation = s.isCreation
       className = s.className; resources = s.quantities; placementGroup = s.placementGroup
     }
+  }
+}
+
+/// The ring positions of attempts' records, by task id. An owner's ids come from one
+/// generator (one prefix, counters in order) and each task's first event comes when it
+/// is submitted, so most ids fall in a window of consecutive counters: an array indexed
+/// by counter, no hashing. Ids outside it (another generator's, a retry of a task older
+/// than the window) go to a map.
+///
+/// Threading: a value type inside `TaskEventBuffer`.
+public struct RecordPositions: Sendable {
+  /// The window's first id; `window[i]`: position of counter `start.counter + i` (-1: none).
+  private var start: TaskID?
+  private var window: [Int] = []
+  private var others: [TaskID: Int] = [:]
+  /// Counters skipped inside the window before an id is sent to `others` instead (a
+  /// generator's ids also name puts and actors, which have no task events).
+  public static let maxGap: UInt64 = 1024
+
+  var count: Int { window.count + others.count }
+
+  private func slot(_ id: TaskID) -> Int? {
+    guard let s = start, id.prefix == s.prefix, id.job == s.job, id.counter >= s.counter else { return nil }
+    let i = id.counter - s.counter
+    return i < UInt64(window.count) ? Int(i) : nil
+  }
+
+  subscript(id: TaskID) -> Int? {
+    get {
+      if let i = slot(id) { return window[i] >= 0 ? window[i] : nil }
+      return others.isEmpty ? nil : others[id]
+    }
+    set {
+      if let i = slot(id) { window[i] = newValue ?? -1; return }
+      if let p = newValue, extend(id, p) { return }
+      others[id] = newValue
+    }
+  }
+
+  /// Appends `id` at the window's end when it follows it closely (or starts the window).
+  private mutating func extend(_ id: TaskID, _ position: Int) -> Bool {
+    guard let s = start else {
+      start = id
+      window.append(position)
+      return true
+    }
+    guard id.prefix == s.prefix, id.job == s.job, id.counter >= s.counter else { return false }
+    let i = id.counter - s.counter
+    guard i >= UInt64(window.count), i - UInt64(window.count) <= Self.maxGap else { return false }
+    window.append(contentsOf: repeatElement(-1, count: Int(i) - window.count))
+    window.append(position)
+    return true
+  }
+
+  /// `id`'s record left the ring from `position`: forget it unless a newer one is kept.
+  mutating func dropped(_ id: TaskID, at position: Int) {
+    if self[id] == position { self[id] = nil }
+  }
+
+  mutating func removeAll() {
+    start = nil
+    window.removeAll(keepingCapacity: true)
+    others.removeAll(keepingCapacity: true)
   }
 }

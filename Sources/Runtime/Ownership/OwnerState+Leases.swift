@@ -6,6 +6,8 @@ import RuntimeProto
 struct HeldLeases: Sendable {
   struct Lease: Sendable {
     var worker: Swiftray_Address
+    /// The worker as task events name it, shared by the lease's tasks.
+    var eventWorker: TaskEventRecord.Worker
     var grant: Data
     var gpuIDs: [Int32]
     /// Another node's NodeManager (after a spillback); nil: this node's.
@@ -37,11 +39,7 @@ extension OwnerState {
         e.leases.append(.cancelRequest(requestID: requestID))
       case .push(let tid, let lease):
         guard let held = leases.byID[lease.leaseID], let spec = tasks.spec(tid) else { continue }
-        taskEvents.record(spec, .submittedToWorker, now: now) { ev in
-          ev.nodeID = held.worker.nodeID
-          ev.workerID = held.worker.workerID
-          ev.workerPid = held.worker.pid
-        }
+        taskEvents.record(spec, .submittedToWorker, now: now) { $0.worker = held.eventWorker }
         e.leases.append(.push(tid, spec: spec, lease: lease, worker: held.worker, gpuIDs: held.gpuIDs, grant: held.grant))
       case .returnLease(let leaseID, let disconnect):
         e.leases.append(.giveBack(leaseID: leaseID, disconnect: disconnect, node: leases.forget(leaseID)))
@@ -106,7 +104,8 @@ extension OwnerState {
           absorb(submitter.leaseRequestFailed(requestID: requestID, now: now), now: now, &e)
           return e
         }
-        leases.byID[reply.leaseID] = .init(worker: reply.worker, grant: reply.leaseGrant, gpuIDs: reply.gpuIds, node: node)
+        leases.byID[reply.leaseID] = .init(worker: reply.worker, eventWorker: .init(reply.worker), grant: reply.leaseGrant,
+                                           gpuIDs: reply.gpuIds, node: node)
         actions = submitter.leaseGranted(requestID: requestID, lease: .init(leaseID: reply.leaseID, worker: wid), now: now)
       case .infeasible:
         actions = submitter.leaseRejected(requestID: requestID, detail: reply.detail, now: now)

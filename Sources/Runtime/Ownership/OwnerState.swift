@@ -160,6 +160,10 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   var tickAt: UInt64?
   /// This owner's task state changes, on their way to the head (`drainTaskEvents`).
   public var taskEvents: TaskEventBuffer
+  /// The last actor whose finished calls were recorded, the submitter's `epoch` then,
+  /// and its worker as events name it: an actor's calls name one worker until its
+  /// state changes (no lookup or copy of its address per call).
+  private var actorWorkerMemo: (actor: Data, epoch: UInt64, worker: TaskEventRecord.Worker?)?
   /// Owned stored objects whose primary is on another node and of which this node's
   /// store pulled a copy: if that node dies, the copy is promoted instead of rebuilding.
   var localCopies: Set<ObjectID> = []
@@ -558,6 +562,16 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     return e
   }
 
+  /// Where the actor named by `actorID` (empty: not an actor call) lives now, as task
+  /// events name it; nil when it is not alive.
+  mutating func actorEventWorker(_ actorID: Data) -> TaskEventRecord.Worker? {
+    guard !actorID.isEmpty else { return nil }
+    if let m = actorWorkerMemo, m.epoch == actorSubmitter.epoch, m.actor == actorID { return m.worker }
+    let worker = TaskID(binary: actorID).flatMap { actorSubmitter.address($0) }.map(TaskEventRecord.Worker.init)
+    actorWorkerMemo = (actorID, actorSubmitter.epoch, worker)
+    return worker
+  }
+
   mutating func taskActionsDecided(_ actions: [TaskManager.Action], reply: Swiftray_PushTaskReply?, now: UInt64,
                                    _ e: inout Effects) {
     for a in actions {
@@ -565,15 +579,12 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       case .complete(let tid):
         guard let reply else { continue }
         if let spec = tasks.spec(tid) {
+          // An actor call ran on its actor's worker (a normal task's was named at its push).
+          let actorWorker = taskEvents.enabled ? actorEventWorker(spec.actorID) : nil
           taskEvents.record(spec, reply.isApplicationError ? .failed : .finished, now: now) { ev in
-            if reply.isApplicationError { ev.errorType = TaskErrorType.execution }
+            if reply.isApplicationError { ev.failure = .execution }
             TaskEventBuffer.span(&ev, spec, reply)
-            // An actor call ran on its actor's worker (a normal task's was named at its push).
-            if !spec.actorID.isEmpty, let actor = TaskID(binary: spec.actorID), let a = actorSubmitter.address(actor) {
-              ev.workerID = a.workerID
-              ev.nodeID = a.nodeID
-              ev.workerPid = a.pid
-            }
+            if let actorWorker { ev.worker = actorWorker }
           }
         }
         // Read before the returns arrive: a getter may drop them at once and with them
@@ -589,8 +600,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
           // The attempt that failed (the spec counts the next one already).
           taskEvents.record(spec, .failed, now: now) { ev in
             ev.attempt = spec.attempt &- 1
-            ev.errorType = reply?.isApplicationError == true ? TaskErrorType.execution : TaskErrorType.of(.workerCrashed)
-            ev.errorMessage = String(reason.prefix(TaskEventBuffer.maxMessageBytes))
+            ev.failure = .init(type: reply?.isApplicationError == true ? TaskErrorType.execution : TaskErrorType.of(.workerCrashed),
+                               message: String(reason.prefix(TaskEventBuffer.maxMessageBytes)))
             TaskEventBuffer.span(&ev, spec, reply)
           }
         }
@@ -598,8 +609,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       case .fail(let tid, let error):
         if let spec = tasks.spec(tid) {
           taskEvents.record(spec, .failed, now: now) { ev in
-            ev.errorType = TaskErrorType.of(error.code)
-            ev.errorMessage = String(error.message.prefix(TaskEventBuffer.maxMessageBytes))
+            ev.failure = .init(type: TaskErrorType.of(error.code), message: String(error.message.prefix(TaskEventBuffer.maxMessageBytes)))
           }
         }
         let n = Int(max(tasks.spec(tid)?.numReturns ?? 0, 0))

@@ -52,6 +52,9 @@ public struct ActorTaskSubmitter: Sendable {
 
   private var actors: [ActorID: Actor] = [:]
   private var callActor: [TaskID: ActorID] = [:]
+  /// Moves whenever an actor's state may have changed (what `address` answers): a
+  /// caller's memo of an address holds while it stays.
+  public private(set) var epoch: UInt64 = 0
 
   public init() {}
 
@@ -165,6 +168,7 @@ public struct ActorTaskSubmitter: Sendable {
   /// death): nothing is sent there; the caller waits for the next state.
   public mutating func actorInfo(_ info: Swiftray_ActorInfo, hostDead: Bool = false) -> [Action] {
     guard let id = TaskID(binary: info.actorID), var a = actors[id] else { return [] }
+    epoch &+= 1
     a.watching = false
     if hostDead && info.state == .alive {
       if info.version > a.info.version { a.info = info }
@@ -268,7 +272,10 @@ public struct ActorTaskSubmitter: Sendable {
 
   /// This process no longer holds a handle and has nothing pending for the actor.
   public mutating func handleReleased(_ id: ActorID) {
-    if let a = actors[id], a.pending == 0 { actors[id] = nil }
+    if let a = actors[id], a.pending == 0 {
+      actors[id] = nil
+      epoch &+= 1
+    }
   }
 
   // MARK: internals
