@@ -52,7 +52,10 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
       ],
-      swiftSettings: swift6
+      // Generated code only: each message's accessors reach its storage class, and the
+      // run-time exclusivity check on every such access took ~1.5 % of a busy cluster's
+      // CPU (perf, 1:1 actor calls). The generator's accesses never overlap.
+      swiftSettings: swift6 + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
     ),
     // POSIX helpers for process management (no Python).
     .target(name: "CSwiftray", path: "Sources/CSwiftray"),

@@ -101,7 +101,7 @@ def ab(args):
 # head's table, and the closures that fill in a record (their mangled names take an
 # `inout TaskEventRecord` as "…EventRecordVzXE…").
 EVENT_FRAMES = ("TaskEventBuffer", "TaskEventRecord", "TaskEventTable", "sendTaskEvents", "takeTaskEvents",
-                "drainTaskEvents", "EventRecordVzXE", "RecordPositions", "actorEventWorker")
+                "drainTaskEvents", "EventRecordVzXE", "RecordPositions", "actorEventWorker", "StartedTasks")
 
 WORKLOAD = r"""
 import sys, time

@@ -101,24 +101,25 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
       i.address.pid = pid
       return i
     }
-    func call(incarnation: Int32) throws -> TaskEventRecord {
+    func call(incarnation: Int32) throws -> (state: TaskEventState, worker: TaskEventRecord.Worker?) {
       var spec = taskSpec("A.m")
       spec.actorID = Data(actor.binary)
       let (tid, _, _) = try o.taskSubmitted(spec, args: [], kind: .actorCall(actor, maxTaskRetries: 0), parent: nil, now: 0).get()
       _ = o.takeActorSteps()
       o.actorStepsDone()
       _ = o.actorCallReplied(tid, incarnation: incarnation, reply: reply(tid, value: "1"), now: 1 * ms)
-      let records = o.taskEvents.take(max: 10).records
-      return try #require(records.first { $0.id == tid })
+      let batch = o.taskEvents.take(max: 10).batch
+      let r = try #require(batch.records.first { $0.id == tid })
+      return (r.state, batch.worker(r))
     }
     let first = WorkerID.random(), second = WorkerID.random()
     _ = o.actorInfo(alive(version: 2, restarts: 0, worker: first, pid: 11))
     let a = try call(incarnation: 0), b = try call(incarnation: 0)
-    #expect(a.state == .finished && a.workerID == Data(first.binary) && a.workerPid == 11)
-    #expect(b.workerID == Data(first.binary) && b.worker === a.worker, "one worker object per incarnation")
+    #expect(a.state == .finished && a.worker?.workerID == Data(first.binary) && a.worker?.pid == 11)
+    #expect(b.worker?.workerID == Data(first.binary) && b.worker === a.worker, "one worker object per incarnation")
     _ = o.actorInfo(alive(version: 4, restarts: 1, worker: second, pid: 12))
     let c = try call(incarnation: 1)
-    #expect(c.state == .finished && c.workerID == Data(second.binary) && c.workerPid == 12)
+    #expect(c.state == .finished && c.worker?.workerID == Data(second.binary) && c.worker?.pid == 12)
   }
 
   @Test func aTaskIsLeasedPushedAndItsReplyWakesItsReaderAndTheIdleLeaseGoesBack() throws {

@@ -38,9 +38,9 @@ import Testing
   }
 
   static func event(_ n: UInt64, _ state: TaskEventState, at t: UInt64 = 500, attempt: Int32 = 0, info: Bool = false,
-                    edit: (inout TaskEventRecord) -> Void = { _ in }) -> Swiftray_TaskEvent {
+                    worker: TaskEventRecord.Worker? = nil, edit: (inout TaskEventRecord) -> Void = { _ in }) -> Swiftray_TaskEvent {
     var buffer = TaskEventBuffer(capacity: 10)
-    buffer.record(spec(n, attempt: attempt), state, now: t, info: info, edit: edit)
+    buffer.record(spec(n, attempt: attempt), state, now: t, info: info, worker: worker, edit: edit)
     return buffer.drain(max: 1).events[0]
   }
 
@@ -67,7 +67,7 @@ import Testing
     // Two tasks of `f`, interleaved, one retried; a task of `g`; then `f` again.
     b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
     b.record(Self.spec(2), .pendingNodeAssignment, now: 2, info: true)
-    b.record(Self.spec(1), .submittedToWorker, now: 3) { $0.worker = .init(workerID: Self.worker, nodeID: Data(), pid: 7) }
+    b.record(Self.spec(1), .submittedToWorker, now: 3, worker: .init(workerID: Self.worker, nodeID: Data(), pid: 7))
     b.record(Self.spec(1), .failed, now: 4)
     b.record(Self.spec(1, attempt: 1), .finished, now: 5)
     b.record(Self.spec(3, name: "g"), .finished, now: 6, info: true)
@@ -104,7 +104,7 @@ import Testing
     for s in specs { b.record(s, .finished, now: 200) }
     b.record(Self.spec(11, attempt: 1), .pendingNodeAssignment, now: 300)
     #expect(b.events.count == specs.count + 1)
-    #expect(b.events.prefix(specs.count).allSatisfy { $0.state == .finished && $0.endNs == 200 })
+    #expect(b.events.prefix(specs.count).allSatisfy { $0.state == .finished && $0.endNs == 200 && $0.hasSummary })
     #expect(b.events.map(\.timeNs) == Array(1...UInt64(specs.count)) + [300])
     // After a take, the same ids start records of their own again.
     _ = b.take(max: 100)
@@ -112,12 +112,31 @@ import Testing
     #expect(b.events.count == specs.count && b.events.allSatisfy { $0.timeNs == 400 })
   }
 
+  /// Records name their description and worker by index into what the buffer keeps:
+  /// past `capacity` of them (records dropped meanwhile) only those still named are
+  /// kept, and a partial take's records still name theirs.
+  @Test func descriptionsAndWorkersStayNamedAcrossDropsCompactionsAndPartialTakes() {
+    var b = TaskEventBuffer(capacity: 3)
+    for n: UInt64 in 1...10 {
+      b.record(Self.spec(n, name: "f\(n)"), .pendingNodeAssignment, now: n, info: true,
+               worker: .init(workerID: Data(repeating: UInt8(n), count: 28), nodeID: Self.node, pid: Int32(n)))
+    }
+    #expect(b.events.map(\.timeNs) == [8, 9, 10] && b.dropped == 7)
+    #expect(b.events.map { b.worker($0)?.pid } == [8, 9, 10])
+    let first = b.take(max: 1)
+    let (events, infos) = TaskEventBuffer.messages(first.batch)
+    #expect(infos.map(\.name) == ["f8"] && events.map(\.workerPid) == [8])
+    let rest = b.drain(max: 10)
+    #expect(rest.infos.map(\.name) == ["f9", "f10"] && rest.events.map(\.workerPid) == [9, 10])
+    #expect(rest.events.map(\.infoIndex) == [1, 2])
+  }
+
   @Test func anAttemptKeepsOneRecordInTheRingUntilItIsTaken() {
     var b = TaskEventBuffer(capacity: 3)
     b.record(Self.spec(1), .pendingNodeAssignment, now: 1, info: true)
-    b.record(Self.spec(1), .submittedToWorker, now: 2) { $0.worker = .init(workerID: Self.worker, nodeID: Data(), pid: 7) }
+    b.record(Self.spec(1), .submittedToWorker, now: 2, worker: .init(workerID: Self.worker, nodeID: Data(), pid: 7))
     b.record(Self.spec(1), .finished, now: 3)
-    #expect(b.events.count == 1 && b.events[0].state == .finished && b.events[0].workerPid == 7 && b.events[0].timeNs == 1)
+    #expect(b.events.count == 1 && b.events[0].state == .finished && b.worker(b.events[0])?.pid == 7 && b.events[0].timeNs == 1)
     // A retry is an attempt of its own; an id that does not parse is not recorded.
     b.record(Self.spec(1, attempt: 1), .pendingNodeAssignment, now: 4)
     var odd = Self.spec(2)
@@ -134,7 +153,7 @@ import Testing
     // What a partial take moved out is not folded into again: the next change starts a
     // record of its own, which the head merges.
     let first = b.take(max: 1)
-    #expect(first.records.count == 1 && first.dropped == 1)
+    #expect(first.batch.count == 1 && first.dropped == 1)
     b.record(Self.spec(1, attempt: 1), .finished, now: 8)
     b.record(Self.spec(3), .finished, now: 9)
     #expect(b.events.map(\.timeNs) == [5, 6, 8] && b.events[1].state == .finished)
@@ -144,9 +163,7 @@ import Testing
     var b = TaskEventBuffer(capacity: 100)
     for n: UInt64 in 1...6 { b.record(Self.spec(n, name: n % 2 == 0 ? "f" : "g"), .pendingNodeAssignment, now: 100 + n, info: true) }
     for n: UInt64 in 1...5 {
-      b.record(Self.spec(n), .submittedToWorker, now: 200 + n) {
-        $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: Int32(40 + n))
-      }
+      b.record(Self.spec(n), .submittedToWorker, now: 200 + n, worker: .init(workerID: Self.worker, nodeID: Self.node, pid: Int32(40 + n)))
     }
     b.record(Self.spec(1), .finished, now: 300) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
     b.record(Self.spec(2), .failed, now: 301) { $0.failure = .init(type: "WORKER_DIED", message: "exit code 3") }
@@ -156,7 +173,7 @@ import Testing
     actorCall.strategy.kind = .placementGroup
     actorCall.strategy.placementGroupID = Data(repeating: 6, count: 18)
     b.record(actorCall, .submittedToWorker, now: 303, info: true)
-    let taken = b.take(max: 100).records
+    let taken = b.take(max: 100).batch
     var wire = Self.batch([], pid: 1, fromWorker: Data(repeating: 1, count: 28), monotonic: 1_000, wall: 2_000_000_000_000)
     let built = TaskEventBuffer.messages(taken)
     wire.events = built.events
@@ -178,7 +195,7 @@ import Testing
 
   @Test func ownerAndExecutorEventsMergeInWhicheverOrderTheyArrive() {
     let submitted = Self.event(1, .pendingNodeAssignment, at: 100, info: true)
-    let pushed = Self.event(1, .submittedToWorker, at: 200) { $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: 42) }
+    let pushed = Self.event(1, .submittedToWorker, at: 200, worker: .init(workerID: Self.worker, nodeID: Self.node, pid: 42))
     let finished = Self.event(1, .finished, at: 900) { $0.startWallNs = 5_000; $0.endWallNs = 9_000; $0.argBytes = 10; $0.returnBytes = 3 }
     let running = Self.event(1, .running, at: 300) { $0.fromExecutor = true }
     var a = TaskEventTable(capacity: 10), b = TaskEventTable(capacity: 10)
@@ -226,8 +243,8 @@ import Testing
   @Test func summaryCountsAttemptsByFunctionAndTheTimelineHasASpanPerRun() {
     var t = TaskEventTable(capacity: 10)
     t.apply(Self.batch([
-      Self.event(1, .finished, info: true) {
-        $0.startWallNs = 1_000_000; $0.endWallNs = 3_000_000; $0.worker = .init(workerID: Self.worker, nodeID: Self.node, pid: 42)
+      Self.event(1, .finished, info: true, worker: .init(workerID: Self.worker, nodeID: Self.node, pid: 42)) {
+        $0.startWallNs = 1_000_000; $0.endWallNs = 3_000_000
       },
       Self.event(2, .failed, info: true), Self.event(3, .running, info: true) { $0.fromExecutor = true },
     ]))
@@ -284,5 +301,34 @@ import Testing
     #expect(table == ["TASK_ID  STATE    RESOURCES", "ab       RUNNING  {\"CPU\": 1}", "abcdef            {}"])
     #expect(StateFormat.yaml.render([rows[0]]) == "- task_id: ab\n  state: RUNNING\n  resources:\n    CPU: 1\n")
     #expect(StateFormat.yaml.render([.object([("v", .string("yes"))])]) == "- v: \"yes\"\n")
+  }
+}
+
+/// An executor's started tasks: each is announced RUNNING once while it runs, whichever
+/// order tasks end in (one at a time, or many at once as an async actor runs them).
+@Suite struct StartedTasksTests {
+  static func spec(_ n: UInt64) -> Swiftray_TaskSpec { TaskEventTests.spec(n) }
+
+  func announced(_ s: inout StartedTasks) -> [UInt64] {
+    var events: [Swiftray_TaskEvent] = []
+    s.announce(into: &events, max: 100)
+    return events.compactMap { TaskID(binary: $0.taskID)?.counter }.sorted()
+  }
+
+  @Test func eachRunningTaskIsAnnouncedOnceAndAnEndedOneNever() {
+    var s = StartedTasks()
+    s.began(TaskEventTests.task(1), Self.spec(1), at: 10)
+    s.ended(Self.spec(1))
+    #expect(announced(&s).isEmpty, "a task that ended before the drain costs no event")
+    for n: UInt64 in 2...4 { s.began(TaskEventTests.task(n), Self.spec(n), at: 10 + n) }
+    s.ended(Self.spec(2))  // not the newest: ends from the map
+    #expect(announced(&s) == [3, 4])
+    #expect(announced(&s).isEmpty, "announced once")
+    s.began(TaskEventTests.task(5), Self.spec(5), at: 20)
+    s.ended(Self.spec(4))
+    #expect(announced(&s) == [5])
+    s.ended(Self.spec(3)); s.ended(Self.spec(5))
+    s.began(TaskEventTests.task(6), Self.spec(6), at: 30)
+    #expect(announced(&s) == [6])
   }
 }

@@ -27,7 +27,7 @@ extension ControlService {
   /// directly by a driver in this same process (no encoding, no connection).
   /// `records`: an owner's folded records, handed over as they are by a driver in this
   /// process (`request` then carries its sender, clocks and the rest).
-  public func takeTaskEvents(_ request: Swiftray_ReportTaskEventsRequest, records: Deque<TaskEventRecord> = []) async throws {
+  public func takeTaskEvents(_ request: Swiftray_ReportTaskEventsRequest, records: TaskEventBatch = TaskEventBatch()) async throws {
     try Self.check(request)
     if !request.events.isEmpty || request.dropped > 0 || !records.isEmpty {
       events.withLock { t in

@@ -42,11 +42,13 @@ extension CoreWorker {
       // this process takes the records as they are (no message built or parsed), all at
       // once: a batch's bound is for messages, and the ring is bounded already.
       let max = head == nil ? Self.eventBatch : Int.max
-      let taken = state.withLock { $0.taskEvents.take(max: max) }
-      let records: Deque<TaskEventRecord> = head == nil ? [] : taken.records
+      var taken = state.withLock { $0.taskEvents.take(max: max) }
+      let takenCount = taken.batch.count
+      var records = TaskEventBatch()
+      if head != nil { swap(&records, &taken.batch) }
       let built: (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) =
-        head == nil ? TaskEventBuffer.messages(taken.records) : ([], [])
-      let own = (events: built.events, infos: built.infos, dropped: taken.dropped, taken: taken.records.count)
+        head == nil ? TaskEventBuffer.messages(taken.batch) : ([], [])
+      let own = (events: built.events, infos: built.infos, dropped: taken.dropped, taken: takenCount)
       let spans = executor.drainTaskEvents(max: Swift.max(Self.eventBatch - own.events.count, 0))
       let unsent = eventsUnsent.withLock { n in defer { n = 0 }; return n }
       // One table of descriptions: the executor's indices move past the owner's.
@@ -75,6 +77,10 @@ extension CoreWorker {
       do {
         if let head {
           try await head(req, records)
+          // Emptied here (not under the lock), the ring goes back for the next take:
+          // its memory is mapped and warm.
+          records.records.removeAll(keepingCapacity: true)
+          state.withLock { $0.taskEvents.recycle(&records.records) }
         } else {
           _ = try await Swiftray_ControlService.Client(wrapping: control.client)
             .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))

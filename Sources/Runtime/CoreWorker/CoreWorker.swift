@@ -136,7 +136,7 @@ public final class CoreWorker: Sendable {
   let eventsUnsent = Locked<UInt64>(0)
   /// The head when it lives in this process (a driver's local cluster): batches go to
   /// it directly rather than encoded over a connection. Set once, before tasks run.
-  public let localHead = Locked<(@Sendable (Swiftray_ReportTaskEventsRequest, Deque<TaskEventRecord>) async throws -> Void)?>(nil)
+  public let localHead = Locked<(@Sendable (Swiftray_ReportTaskEventsRequest, TaskEventBatch) async throws -> Void)?>(nil)
   /// User metrics recorded since the last report (`swiftray.util.metrics`).
   let userMetrics = Locked(UserMetricsBuffer())
 

@@ -159,32 +159,39 @@ public struct TaskEventTable: Sendable {
   /// its folded records as they are, with the batch's sender and clocks (`records`'
   /// own `dropped` and texts were bounded where they were made). No message is built
   /// or parsed, and a run of tasks sharing one description interns it once.
-  public mutating func apply(_ records: Deque<TaskEventRecord>, from batch: Swiftray_ReportTaskEventsRequest) {
+  public mutating func apply(_ taken: TaskEventBatch, from batch: Swiftray_ReportTaskEventsRequest) {
     let process = self.process(batch)
     var recent = RecentProcesses()
+    // The batch names each description and worker once: each is made into the head's
+    // own (interned) at its first use, by index.
+    var described = [(info: Info, parent: TaskID?)?](repeating: nil, count: taken.summaries.count)
+    var assignedAt = [Process?](repeating: nil, count: taken.workers.count)
     var last: (spec: TaskEventRecord.SpecSummary, info: Info)?
-    // By index, reading fields in place: a record is large, and copying one out retains
-    // and releases every field it holds.
-    // Records name a few workers, each by one shared object: the last one's process is
-    // kept at hand (an identity compare).
-    var lastWorker: (worker: TaskEventRecord.Worker, process: Process)?
+    let records = taken.records
+    // By index, reading fields in place.
     for i in records.indices {
       let task = records[i].id
       var assigned: Process?
-      if let w = records[i].worker {
-        if let lw = lastWorker, lw.worker === w { assigned = lw.process } else {
-          let p = recent.process(w.workerID, pid: w.pid, node: w.nodeID, in: &self)
-          lastWorker = (w, p)
+      let w = Int(records[i].worker) - 1
+      if w >= 0 && w < assignedAt.count {
+        if let p = assignedAt[w] { assigned = p } else {
+          let worker = taken.workers[w]
+          let p = recent.process(worker.workerID, pid: worker.pid, node: worker.nodeID, in: &self)
+          assignedAt[w] = p
           assigned = p
         }
       }
       var info: Info?
       var parent: TaskID?
-      if let spec = records[i].spec {
-        parent = TaskID(binary: spec.parent)
-        if let last, last.spec.describesSame(as: spec) { info = last.info } else {
-          let made = intern(spec.info)
+      let k = Int(records[i].summary) - 1
+      if k >= 0 && k < described.count {
+        if let d = described[k] { (info, parent) = d } else {
+          // Consecutive descriptions of one run are equal: interned once.
+          let spec = taken.summaries[k]
+          let made = last.flatMap { $0.spec.describesSame(as: spec) ? $0.info : nil } ?? intern(spec.info)
           last = (spec, made)
+          parent = TaskID(binary: spec.parent)
+          described[k] = (made, parent)
           info = made
         }
       }

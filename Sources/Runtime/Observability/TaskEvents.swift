@@ -69,20 +69,23 @@ public enum TaskErrorType {
 }
 
 /// One state change as a process records it: a plain value (no message built on the
-/// task path); the fields carry `Swiftray_TaskEvent`'s names. Small (about 100 bytes,
-/// three references): a record is moved into the ring, folded in place, and moved out
-/// to the head, and what many records share (the description, the worker) or few carry
-/// (a failure) is held by reference.
+/// task path); the fields carry `Swiftray_TaskEvent`'s names. Small (about 100 bytes)
+/// and, but for a failure, free of references: what many records share (the
+/// description, the worker) sits once in the batch (`TaskEventBatch`) and a record
+/// holds its index. A record is moved into the ring, folded in place and moved out to
+/// the head; counting references on a description every record shares, from the
+/// threads that record and the one that takes, cost more than the rest of it.
 public struct TaskEventRecord: Sendable {
   public var id: TaskID
   public var attempt: Int32
   public var state: TaskEventState
   public var fromExecutor = false
   public var timeNs: UInt64
-  /// The spec, to describe the task with when the event leaves (`info`).
-  var spec: SpecSummary?
-  /// Where the attempt was sent (one object per lease or actor incarnation).
-  public var worker: Worker?
+  /// The spec's description, to send with the event (`info`): 1 + its index in the
+  /// batch's `summaries` (0: none).
+  var summary: Int32 = 0
+  /// Where the attempt was sent: 1 + its index in the batch's `workers` (0: not named).
+  var worker: Int32 = 0
   public var failure: Failure?
   public var startWallNs: UInt64 = 0, endWallNs: UInt64 = 0, endNs: UInt64 = 0
   public var argBytes: UInt64 = 0, returnBytes: UInt64 = 0
@@ -92,11 +95,9 @@ public struct TaskEventRecord: Sendable {
   }
 
   public var taskID: Data { Data(id.binary) }
-  public var workerID: Data { worker?.workerID ?? Data() }
-  public var nodeID: Data { worker?.nodeID ?? Data() }
-  public var workerPid: Int32 { worker?.pid ?? 0 }
   public var errorType: String { failure?.type ?? "" }
   public var errorMessage: String { failure?.message ?? "" }
+  public var hasSummary: Bool { summary != 0 }
 
   /// A worker as events name it, made once per lease or actor incarnation and shared by
   /// the attempts sent there (the head maps it to its own by identity).
@@ -173,8 +174,8 @@ public struct TaskEventRecord: Sendable {
   /// Takes in a later event of the same attempt: its state, and whatever it adds.
   mutating func fold(_ later: TaskEventRecord) {
     state = later.state
-    if later.spec != nil { spec = later.spec }
-    if later.worker != nil { worker = later.worker }
+    if later.summary != 0 { summary = later.summary }
+    if later.worker != 0 { worker = later.worker }
     if later.failure != nil { failure = later.failure }
     if later.startWallNs > 0 { startWallNs = later.startWallNs; endWallNs = later.endWallNs }
     if later.argBytes > 0 { argBytes = later.argBytes }
@@ -182,8 +183,9 @@ public struct TaskEventRecord: Sendable {
     if later.endNs > 0 { endNs = later.endNs } else if later.state.isTerminal { endNs = later.timeNs }
   }
 
-  /// The message; `infoIndex`: where its description sits in the batch (1-based).
-  func message(infoIndex: Int32) -> Swiftray_TaskEvent {
+  /// The message; `infoIndex`: where its description sits in the message batch
+  /// (1-based), `spec` and `worker` what the record's indices name.
+  func message(infoIndex: Int32, spec: SpecSummary?, worker: Worker?) -> Swiftray_TaskEvent {
     var e = Swiftray_TaskEvent()
     e.taskID = Data(id.binary)
     e.attempt = attempt
@@ -193,13 +195,36 @@ public struct TaskEventRecord: Sendable {
       e.infoIndex = infoIndex
       e.parentTaskID = spec.parent
     }
-    e.workerID = workerID; e.nodeID = nodeID; e.workerPid = workerPid
+    if let worker { e.workerID = worker.workerID; e.nodeID = worker.nodeID; e.workerPid = worker.pid }
     e.errorType = errorType; e.errorMessage = errorMessage
     e.startWallNs = startWallNs; e.endWallNs = endWallNs; e.endNs = endNs
     e.argBytes = argBytes; e.returnBytes = returnBytes
     e.fromExecutor = fromExecutor
     return e
   }
+}
+
+/// Records and what their indices name: a buffer's pending events, or a batch taken
+/// from it. Read a record's description and worker through the batch it came in.
+///
+/// Threading: a value type.
+public struct TaskEventBatch: Sendable {
+  public internal(set) var records: Deque<TaskEventRecord> = []
+  var summaries: [TaskEventRecord.SpecSummary] = []
+  var workers: [TaskEventRecord.Worker] = []
+
+  public init() {}
+
+  func summary(_ r: TaskEventRecord) -> TaskEventRecord.SpecSummary? {
+    r.summary > 0 && Int(r.summary) <= summaries.count ? summaries[Int(r.summary) - 1] : nil
+  }
+
+  public func worker(_ r: TaskEventRecord) -> TaskEventRecord.Worker? {
+    r.worker > 0 && Int(r.worker) <= workers.count ? workers[Int(r.worker) - 1] : nil
+  }
+
+  public var count: Int { records.count }
+  public var isEmpty: Bool { records.isEmpty }
 }
 
 /// A process's task events on their way to the head: a bounded ring that drops its
@@ -210,7 +235,9 @@ public struct TaskEventRecord: Sendable {
 /// Threading: a value type; its owner holds it under a lock it already takes (the
 /// owner's, the executor's). `record` is an append or an in-place fold; `take` a swap.
 public struct TaskEventBuffer: Sendable {
-  public private(set) var events: Deque<TaskEventRecord> = []
+  /// The ring, with the descriptions and workers its records name.
+  public private(set) var pending = TaskEventBatch()
+  public var events: Deque<TaskEventRecord> { pending.records }
   /// Where each id's newest record sits, as an absolute position (`events[p - base]`); a
   /// position below `base` was taken or dropped.
   private var latest = RecordPositions()
@@ -222,54 +249,112 @@ public struct TaskEventBuffer: Sendable {
   public static let maxMessageBytes = 4096
   /// False: `record` does nothing (`enable_task_events=0`).
   public let enabled: Bool
-  /// The last summary made, shared while tasks of the same function follow.
-  private var lastSummary: TaskEventRecord.SpecSummary?
+  /// The last summary made, shared while tasks of the same function follow, and its
+  /// index in `pending.summaries` (0: not there since the last take).
+  private var lastSummary: (summary: TaskEventRecord.SpecSummary, index: Int32)?
+  /// The last worker named, likewise.
+  private var lastWorker: (worker: TaskEventRecord.Worker, index: Int32)?
+  /// A ring taken before and emptied by its taker (`recycle`), used by the next take:
+  /// recording then writes to memory already mapped and in cache.
+  private var spare: Deque<TaskEventRecord>?
 
   public init(capacity: Int, enabled: Bool = true) {
     self.capacity = max(capacity, 1)
     self.enabled = enabled
   }
 
-  public var isEmpty: Bool { events.isEmpty && dropped == 0 }
+  public var isEmpty: Bool { pending.records.isEmpty && dropped == 0 }
+
+  /// The worker `r` (a record in the ring) names.
+  public func worker(_ r: TaskEventRecord) -> TaskEventRecord.Worker? { pending.worker(r) }
 
   public mutating func record(_ e: consuming TaskEventRecord) {
     guard enabled else { return }
-    if let p = latest[e.id], p >= base, events[p - base].attempt == e.attempt {
-      events[p - base].fold(e)
+    if let p = latest[e.id], p >= base, pending.records[p - base].attempt == e.attempt {
+      pending.records[p - base].fold(e)
       return
     }
-    if events.count >= capacity, let old = events.popFirst() {
+    if pending.records.count >= capacity, let old = pending.records.popFirst() {
       latest.dropped(old.id, at: base)
       base += 1
       dropped &+= 1
     }
     // Positions left behind by partial takes are dropped before they add up.
     if latest.count >= 2 * capacity { reindex() }
-    latest[e.id] = base + events.count
-    events.append(e)
+    latest[e.id] = base + pending.records.count
+    pending.records.append(e)
   }
 
   private mutating func reindex() {
     latest.removeAll()
-    for i in events.indices { latest[events[i].id] = base + i }
+    for i in pending.records.indices { latest[pending.records[i].id] = base + i }
   }
 
-  /// A state change of `spec`'s current attempt at `now`; `info`: describe the task. An
-  /// id that does not parse (a peer's mistake) is not recorded: the head could not
-  /// file it.
+  /// A state change of `spec`'s current attempt at `now`; `info`: describe the task;
+  /// `worker`: where it was sent. An id that does not parse (a peer's mistake) is not
+  /// recorded: the head could not file it.
   public mutating func record(_ spec: Swiftray_TaskSpec, _ state: TaskEventState, now: UInt64, info: Bool = false,
-                              edit: (inout TaskEventRecord) -> Void = { _ in }) {
+                              worker: TaskEventRecord.Worker? = nil, edit: (inout TaskEventRecord) -> Void = { _ in }) {
     guard enabled, let id = TaskID(binary: spec.taskID) else { return }
     var e = TaskEventRecord(id: id, attempt: spec.attempt, state: state, timeNs: now)
-    if info {
-      if let last = lastSummary, last.describes(spec) { e.spec = last } else {
-        let made = TaskEventRecord.SpecSummary(spec)
-        lastSummary = made
-        e.spec = made
-      }
-    }
+    // Before either index is taken: a compaction renumbers what the ring names.
+    if pending.summaries.count >= capacity || pending.workers.count >= capacity { compact() }
+    if info { e.summary = summaryIndex(spec) }
+    if let worker { e.worker = workerIndex(worker) }
     edit(&e)
     record(e)
+  }
+
+  /// The index of `spec`'s description in `pending`, the last one's while it describes
+  /// `spec`.
+  private mutating func summaryIndex(_ spec: Swiftray_TaskSpec) -> Int32 {
+    let summary: TaskEventRecord.SpecSummary
+    if let last = lastSummary, last.summary.describes(spec) {
+      if last.index != 0 { return last.index }
+      summary = last.summary
+    } else {
+      summary = TaskEventRecord.SpecSummary(spec)
+    }
+    pending.summaries.append(summary)
+    let index = Int32(pending.summaries.count)
+    lastSummary = (summary, index)
+    return index
+  }
+
+  private mutating func workerIndex(_ worker: TaskEventRecord.Worker) -> Int32 {
+    if let last = lastWorker, last.index != 0, last.worker === worker { return last.index }
+    pending.workers.append(worker)
+    let index = Int32(pending.workers.count)
+    lastWorker = (worker, index)
+    return index
+  }
+
+  /// Keeps only the descriptions and workers the ring's records still name (after many
+  /// were dropped with their records): O(ring), at most once per `capacity` additions.
+  private mutating func compact() {
+    var summaries: [TaskEventRecord.SpecSummary] = [], workers: [TaskEventRecord.Worker] = []
+    var summaryAt: [Int32: Int32] = [:], workerAt: [Int32: Int32] = [:]
+    for i in pending.records.indices {
+      let r = pending.records[i]
+      if r.summary != 0 {
+        if summaryAt[r.summary] == nil, let s = pending.summary(r) {
+          summaries.append(s)
+          summaryAt[r.summary] = Int32(summaries.count)
+        }
+        pending.records[i].summary = summaryAt[r.summary] ?? 0
+      }
+      if r.worker != 0 {
+        if workerAt[r.worker] == nil, let w = pending.worker(r) {
+          workers.append(w)
+          workerAt[r.worker] = Int32(workers.count)
+        }
+        pending.records[i].worker = workerAt[r.worker] ?? 0
+      }
+    }
+    pending.summaries = summaries
+    pending.workers = workers
+    lastSummary = lastSummary.map { ($0.summary, 0) }
+    lastWorker = lastWorker.map { ($0.worker, 0) }
   }
 
   /// Bytes of a task's arguments as sent: inline values and stored objects.
@@ -291,53 +376,74 @@ public struct TaskEventBuffer: Sendable {
     ev.returnBytes = returnBytes(reply)
   }
 
-  /// Takes at most `max` records (the oldest first) and the dropped count: under the
-  /// lock that holds the buffer, a move; `messages` builds the batch after.
-  public mutating func take(max: Int) -> (records: Deque<TaskEventRecord>, dropped: UInt64) {
+  /// Takes at most `max` records (the oldest first), with what they name, and the
+  /// dropped count: under the lock that holds the buffer, a move; `messages` builds the
+  /// batch after.
+  public mutating func take(max: Int) -> (batch: TaskEventBatch, dropped: UInt64) {
     defer { dropped = 0 }
-    guard events.count > max else {
+    guard pending.records.count > max else {
       // All of it: a swap, O(1) under the caller's lock. The next round starts with room
       // for as many (growing a ring of records copies them all).
-      var out: Deque<TaskEventRecord> = []
-      out.reserveCapacity(Swift.min(events.count, capacity))
-      swap(&out, &events)
+      var ring: Deque<TaskEventRecord> = []
+      if spare != nil {
+        swap(&ring, &spare!)
+        spare = nil
+      }
+      ring.reserveCapacity(Swift.min(pending.records.count, capacity))
+      var out = TaskEventBatch()
+      out.records = ring
+      swap(&out, &pending)
       latest.removeAll()
       base = 0
+      lastSummary = lastSummary.map { ($0.summary, 0) }
+      lastWorker = lastWorker.map { ($0.worker, 0) }
       return (out, dropped)
     }
-    // Part of it: the smaller side is copied (a record copy retains its references).
-    let keep = events.count - max
+    // Part of it: the smaller side is copied; both share what the records name.
+    var out = TaskEventBatch()
+    out.summaries = pending.summaries
+    out.workers = pending.workers
+    let keep = pending.records.count - max
     base += max
     if keep < max {
-      var out: Deque<TaskEventRecord> = []
-      swap(&out, &events)
-      events = Deque(out.suffix(keep))
-      out.removeLast(keep)
-      return (out, dropped)
+      swap(&out.records, &pending.records)
+      pending.records = Deque(out.records.suffix(keep))
+      out.records.removeLast(keep)
+    } else {
+      out.records = Deque(pending.records.prefix(max))
+      pending.records.removeFirst(max)
     }
-    let out = Deque(events.prefix(max))
-    events.removeFirst(max)
     return (out, dropped)
+  }
+
+  /// Gives back a ring `take` handed out, once emptied (an empty one holds no records;
+  /// its room is at most what the ring held).
+  public mutating func recycle(_ ring: inout Deque<TaskEventRecord>) {
+    guard ring.isEmpty, spare == nil else { return }
+    var r: Deque<TaskEventRecord> = []
+    swap(&r, &ring)
+    spare = r
   }
 
   /// `take` and `messages` at once (for callers that hold no one else's lock).
   public mutating func drain(max: Int) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo], dropped: UInt64, taken: Int) {
-    let (records, dropped) = take(max: max)
-    let (events, infos) = Self.messages(records)
-    return (events, infos, dropped, records.count)
+    let (batch, dropped) = take(max: max)
+    let (events, infos) = Self.messages(batch)
+    return (events, infos, dropped, batch.count)
   }
 
   /// A batch's messages (each attempt's record was folded as it was made), each distinct
   /// description once.
-  public static func messages(_ records: some Collection<TaskEventRecord>) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
+  public static func messages(_ batch: TaskEventBatch) -> (events: [Swiftray_TaskEvent], infos: [Swiftray_TaskEventInfo]) {
     var infos: [Swiftray_TaskEventInfo] = []
     var infoAt: [SpecKey: Int32] = [:]
     // Tasks of one function come in runs: the last description is compared before any
     // is hashed.
     var last: (spec: TaskEventRecord.SpecSummary, index: Int32)?
-    let events = records.map { e -> Swiftray_TaskEvent in
-      guard let spec = e.spec else { return e.message(infoIndex: 0) }
-      if let last, last.spec.describesSame(as: spec) { return e.message(infoIndex: last.index) }
+    let events = batch.records.map { e -> Swiftray_TaskEvent in
+      let worker = batch.worker(e)
+      guard let spec = batch.summary(e) else { return e.message(infoIndex: 0, spec: nil, worker: worker) }
+      if let last, last.spec.describesSame(as: spec) { return e.message(infoIndex: last.index, spec: spec, worker: worker) }
       let key = SpecKey(spec)
       let index: Int32
       if let i = infoAt[key] { index = i } else {
@@ -346,7 +452,7 @@ public struct TaskEventBuffer: Sendable {
         infoAt[key] = index
       }
       last = (spec, index)
-      return e.message(infoIndex: index)
+      return e.message(infoIndex: index, spec: spec, worker: worker)
     }
     return (events, infos)
   }

@@ -39,7 +39,7 @@ extension OwnerState {
         e.leases.append(.cancelRequest(requestID: requestID))
       case .push(let tid, let lease):
         guard let held = leases.byID[lease.leaseID], let spec = tasks.spec(tid) else { continue }
-        taskEvents.record(spec, .submittedToWorker, now: now) { $0.worker = held.eventWorker }
+        taskEvents.record(spec, .submittedToWorker, now: now, worker: held.eventWorker)
         e.leases.append(.push(tid, spec: spec, lease: lease, worker: held.worker, gpuIDs: held.gpuIDs, grant: held.grant))
       case .returnLease(let leaseID, let disconnect):
         e.leases.append(.giveBack(leaseID: leaseID, disconnect: disconnect, node: leases.forget(leaseID)))

@@ -581,10 +581,9 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         if let spec = tasks.spec(tid) {
           // An actor call ran on its actor's worker (a normal task's was named at its push).
           let actorWorker = taskEvents.enabled ? actorEventWorker(spec.actorID) : nil
-          taskEvents.record(spec, reply.isApplicationError ? .failed : .finished, now: now) { ev in
+          taskEvents.record(spec, reply.isApplicationError ? .failed : .finished, now: now, worker: actorWorker) { ev in
             if reply.isApplicationError { ev.failure = .execution }
             TaskEventBuffer.span(&ev, spec, reply)
-            if let actorWorker { ev.worker = actorWorker }
           }
         }
         // Read before the returns arrive: a getter may drop them at once and with them
