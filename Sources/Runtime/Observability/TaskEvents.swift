@@ -100,7 +100,8 @@ public struct TaskEventRecord: Sendable {
   public var hasSummary: Bool { summary != 0 }
 
   /// A worker as events name it, made once per lease or actor incarnation and shared by
-  /// the attempts sent there (the head maps it to its own by identity).
+  /// the attempts sent there (a batch holds it once; the head maps it to its own once
+  /// per batch).
   public final class Worker: Sendable {
     public let workerID: Data, nodeID: Data, pid: Int32
     public init(workerID: Data, nodeID: Data, pid: Int32) { self.workerID = workerID; self.nodeID = nodeID; self.pid = pid }
@@ -116,9 +117,8 @@ public struct TaskEventRecord: Sendable {
   }
 
   /// What the event's `info` needs of a spec, without its arguments (kept while
-  /// the event waits, they would hold the arguments' bytes). A class: a record is
-  /// copied several times on its way (into the ring, folded, into the batch), and
-  /// each copy is then one retain, not one per field.
+  /// the event waits, they would hold the arguments' bytes). A class, held once per
+  /// batch (`TaskEventBatch.summaries`), named by the records it describes.
   final class SpecSummary: Sendable {
     let name: String, function: String, jobID: Data, parent: Data, actorID: Data
     let isCreation: Bool, className: String
@@ -134,9 +134,9 @@ public struct TaskEventRecord: Sendable {
     }
 
     /// True when `spec` would be summarised as this one is, its parent included: a run
-    /// of one function's tasks then shares one summary (no allocation or release per
-    /// task, and the batch and the head recognise it by identity). The fields that
-    /// differ most often between runs are compared first.
+    /// of one function's tasks then shares one summary (no allocation per task; its
+    /// batch holds it once, and the head interns it once). The fields that differ most
+    /// often between runs are compared first.
     func describes(_ spec: Swiftray_TaskSpec) -> Bool {
       // (An actor's calls name no function: reading one copies the whole descriptor.)
       guard !isCreation, spec.name == name, spec.actorID == actorID, spec.parentTaskID == parent,
