@@ -127,6 +127,41 @@ private let mib = 1 << 20
     #expect(s.used == 70 * mib)
   }
 
+  /// A task rebuilt on a node that holds a pulled copy of its return is told `exists`
+  /// and reports the object stored there: the copy must then stay (be the primary),
+  /// or the owner later finds its one location empty and calls the object freed.
+  @Test mutating func aPrimaryCreateMeetingAPulledCopyKeepsItAsThePrimary() {
+    var s = StoreState(limits: .init(capacity: 40 * mib, spillThreshold: 1.0))
+    let copy = oid(), arriving = oid()
+    _ = s.createRequested(copy, size: 20 * mib, creator: 0, owner: 0, now: 1, secondary: true)
+    _ = s.sealed(copy)
+    #expect(s.createRequested(copy, size: 20 * mib, creator: 5, owner: 4, now: 2).0 == .exists)
+    #expect(s.entries[copy]?.secondary == false && s.entries[copy]?.owner == 4)
+    // Room for a 30 MiB object is no longer made by dropping it: it is spilled instead.
+    let (o, acts) = s.createRequested(oid(), size: 30 * mib, creator: 1, owner: 1, now: 3)
+    #expect(o == .waitForSpill && acts == [.spill(copy, offset: 0, size: 20 * mib)])
+    // A copy still being pulled may yet fail: the create waits for it to settle.
+    _ = s.createRequested(arriving, size: mib, creator: 0, owner: 0, now: 4, secondary: true)
+    #expect(s.createRequested(arriving, size: mib, creator: 5, owner: 4, now: 5).0 == .waitForPull)
+    #expect(s.sealed(arriving) == [.retryWaiting])
+    #expect(s.createRequested(arriving, size: mib, creator: 5, owner: 4, now: 6).0 == .exists)
+    #expect(s.entries[arriving]?.secondary == false)
+    // The owner's death frees it like any primary.
+    _ = s.processDied(4)
+    #expect(s.entries[arriving] == nil)
+    // A failed pull drops the copy; asked again, the create writes it.
+    let failed = oid()
+    _ = s.createRequested(failed, size: mib, creator: 0, owner: 0, now: 7, secondary: true)
+    #expect(s.createRequested(failed, size: mib, creator: 5, owner: 4, now: 8).0 == .waitForPull)
+    #expect(s.aborted(failed).contains(.retryWaiting))
+    guard case .created = s.createRequested(failed, size: mib, creator: 5, owner: 4, now: 9).0 else {
+      Issue.record("not created after the pull failed"); return
+    }
+    // A second pull of a primary is told it exists and leaves it the primary.
+    #expect(s.createRequested(failed, size: mib, creator: 0, owner: 0, now: 10, secondary: true).0 == .exists)
+    #expect(s.entries[failed]?.secondary == false)
+  }
+
   @Test mutating func aCreateThatDoesNotFitEvictsSecondaryCopiesFirst() {
     var s = StoreState(limits: .init(capacity: 40 * mib, spillThreshold: 1.0))
     let copy = oid(), primary = oid()

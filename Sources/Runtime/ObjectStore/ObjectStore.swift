@@ -304,7 +304,10 @@ public final class ObjectStore: Sendable {
     let (outcome, actions) = state.withLock { s in
       let r = s.store.createRequested(id, size: Int(req.size), creator: UInt64(req.creatorPid),
                                       owner: UInt64(req.ownerPid), now: now)
-      if case .waitForSpill = r.0 { s.waiting.append(.create(req, responder)) }
+      switch r.0 {
+      case .waitForSpill, .waitForPull: s.waiting.append(.create(req, responder))
+      default: break
+      }
       return r
     }
     var reply = Swiftray_CreateObjectReply()
@@ -312,7 +315,7 @@ public final class ObjectStore: Sendable {
     case .created(let off): reply.status = .created; reply.offset = UInt64(off); responder.respond(.createObjectReply(reply))
     case .exists: reply.status = .exists; responder.respond(.createObjectReply(reply))
     case .full(let e): reply.status = .full; reply.error = e.message; responder.respond(.createObjectReply(reply))
-    case .waitForSpill: break
+    case .waitForSpill, .waitForPull: break
     }
     perform(actions)
   }
@@ -341,7 +344,7 @@ public final class ObjectStore: Sendable {
           case .created:
             pulls = s.pulls.started(id, size: Int(req.size), source: req.pullFrom); r = .wait
             s.objectEvents.began(id, .pulled, wallNs: WallClock.nanos(), peer: req.pullFrom)
-          case .exists, .waitForSpill: r = .wait
+          case .exists, .waitForSpill, .waitForPull: r = .wait
           case .full(let e): r = .full(e)
           }
         }

@@ -65,6 +65,9 @@ public struct StoreState: Sendable {
     case exists
     /// Room is being made by spilling; ask again on `retryWaiting`.
     case waitForSpill
+    /// A pulled copy of it is still arriving; ask again on `retryWaiting` (the pull
+    /// either seals it, and this create then keeps it as the primary, or drops it).
+    case waitForPull
     case full(SwiftrayError)
   }
 
@@ -116,9 +119,23 @@ public struct StoreState: Sendable {
 
   /// Process `creator` wants to write an object of `size` bytes owned by process `owner`.
   /// `secondary`: a copy being pulled from another node (see `Entry.secondary`).
+  ///
+  /// A primary create (a task's return, a put, a rebuild) that meets a pulled copy
+  /// keeps that copy as the primary: its creator is told `exists` and will report the
+  /// object stored here, so the copy must no longer be evictable, or the owner would
+  /// later find its only location empty and call the object freed.
   public mutating func createRequested(_ id: ObjectID, size: Int, creator: UInt64, owner: UInt64,
                                        now: UInt64, secondary: Bool = false) -> (CreateOutcome, [Action]) {
-    if let e = entries[id], !e.deleted { return (.exists, []) }
+    if var e = entries[id], !e.deleted {
+      guard e.secondary && !secondary else { return (.exists, []) }
+      // Not yet whole: the pull may still fail and drop it, so say `exists` only after.
+      if e.residence == .creating { return (.waitForPull, []) }
+      e.secondary = false
+      e.owner = owner
+      e.lastUsed = now
+      entries[id] = e
+      return (.exists, [])
+    }
     lost[id] = nil  // made again (rebuilt): no longer lost
     if Allocator.rounded(size) > allocator.capacity {
       return (.full(fullError(id, size, why: "the object is larger than the whole store")), [])

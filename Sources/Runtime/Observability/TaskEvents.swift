@@ -94,9 +94,9 @@ public struct TaskEventRecord: Sendable {
     self.id = id; self.attempt = attempt; self.state = state; self.timeNs = timeNs
   }
 
-  public var taskID: Data { Data(id.binary) }
   public var errorType: String { failure?.type ?? "" }
   public var errorMessage: String { failure?.message ?? "" }
+  /// Whether the record names a description in its batch (its first attempt's record).
   public var hasSummary: Bool { summary != 0 }
 
   /// A worker as events name it, made once per lease or actor incarnation and shared by
