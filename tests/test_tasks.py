@@ -209,6 +209,29 @@ def test_a_wait_loop_leaves_no_reader_registered_on_the_refs_still_pending(ray2)
     assert swiftray._core.core_stats()["waited_objects"] == 0
 
 
+def test_a_wait_loop_over_thousands_of_refs_hands_each_back_once_in_input_order(ray2):
+    refs = [swiftray.put(i) for i in range(1500)] + [double.remote(i) for i in range(1500)]
+    refs = refs[::2] + refs[1::2]  # puts and task returns interleaved
+    pending, seen = list(refs), []
+    while pending:
+        before = list(pending)
+        ready, rest = swiftray.wait(pending, num_returns=min(7, len(pending)), timeout=60)
+        assert type(ready) is list and type(rest) is list and rest is not pending
+        assert pending == before, "the caller's list is left as it was"
+        where = {r: i for i, r in enumerate(before)}
+        assert sorted(where[r] for r in ready + rest) == list(range(len(before)))
+        assert [where[r] for r in ready] == sorted(where[r] for r in ready)  # both sides in input order
+        assert [where[r] for r in rest] == sorted(where[r] for r in rest)
+        seen += ready
+        pending = rest
+    assert sorted(seen, key={r: i for i, r in enumerate(refs)}.get) == refs and len(set(seen)) == len(refs)
+    # A repeat far down a long list is still refused, and a tuple is still accepted.
+    with pytest.raises(ValueError, match="unique"):
+        swiftray.wait(refs[:2000] + [refs[1500]])
+    ready, rest = swiftray.wait(tuple(refs[:10]), num_returns=10)
+    assert ready == refs[:10] and rest == []
+
+
 def test_a_get_over_thousands_of_refs_returns_every_value_in_order(ray_module):
     refs = [double.remote(i) for i in range(2500)]
     assert swiftray.get(refs) == [2 * i for i in range(2500)]

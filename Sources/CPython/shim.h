@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -104,6 +105,22 @@ static inline Py_ssize_t sr_BytesSize(PyObject *o) { return PyBytes_GET_SIZE(o);
 static inline void sr_IncRef(PyObject *o) { Py_INCREF(o); }
 static inline void sr_DecRef(PyObject *o) { Py_DECREF(o); }
 static inline void sr_XDecRef(PyObject *o) { Py_XDECREF(o); }
+
+// Slots of a `__slots__` class read in place: wait() over thousands of refs reads each
+// ref's id without an attribute lookup per ref.
+static inline PyObject *sr_Type(PyObject *o) { return (PyObject *)Py_TYPE(o); }
+/// The offset of object slot `name` of class `type`, or -1 when it has none.
+static inline Py_ssize_t sr_SlotOffset(PyObject *type, const char *name) {
+  PyObject *d = PyObject_GetAttrString(type, name);
+  if (!d) { PyErr_Clear(); return -1; }
+  Py_ssize_t off = -1;
+  if (Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX)
+    off = ((PyMemberDescrObject *)d)->d_member->offset;
+  Py_DECREF(d);
+  return off;
+}
+/// The slot's value (borrowed; NULL when unset).
+static inline PyObject *sr_SlotGet(PyObject *o, Py_ssize_t off) { return *(PyObject **)((char *)o + off); }
 
 // A zero-filled PyModuleDef with the head initialised; Swift fills the rest.
 static inline PyModuleDef sr_ModuleDefInit(void) {

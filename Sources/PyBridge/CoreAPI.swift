@@ -30,6 +30,7 @@ enum CoreAPI {
     .init(name: "put", fn: put, doc: "put(data: bytes) -> id"),
     .init(name: "get", fn: get, doc: "get(ids, timeout) -> [data | (data, metadata) | exception]"),
     .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
+    .init(name: "wait_refs", fn: waitRefs, doc: "wait_refs(refs, num_returns, timeout, ObjectRef) -> (ready, not_ready) | None"),
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
     .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
     .init(name: "ref_escaped", fn: refEscaped, doc: "ref_escaped(id): the ref was serialized into a value."),
@@ -483,6 +484,60 @@ enum CoreAPI {
       ready = s.core.firstAvailable(ids, limit: k)
     }
     return Py.list(ready.map { Py.int($0) })
+  }
+
+  /// `wait()` over a list of plain refs, all of it here: types, ids and uniqueness
+  /// checked, and both result lists built, without a Python-level pass (a loop of waits
+  /// over a shrinking list is O(len) per call either way; here each item costs a few
+  /// nanoseconds). None, with no error set, when an item is not exactly `ref_type` (a
+  /// generator, a subclass, a mistake): the caller takes the general path, which also
+  /// says what is wrong. The items are held in a tuple while the GIL is released.
+  static let waitRefs: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(4, "wait_refs"), let s = session(), let seq = args[0], let k = Py.toInt(args[1]),
+      let timeout = timeoutNanos(args[2]), let refType = args[3]
+    else { return nil }
+    guard let offset = idSlot(refType) else { return Py.none }
+    guard let items = PySequence_Tuple(seq) else { return nil }
+    defer { sr_DecRef(items) }
+    let count = PyTuple_Size(items)
+    var ids: [ObjectID] = []
+    ids.reserveCapacity(count)
+    for i in 0..<count {
+      let it = PyTuple_GetItem(items, i)!
+      guard sr_Type(it) == refType, let raw = sr_SlotGet(it, offset), let id = objectID(raw) else {
+        PyErr_Clear(); return Py.none
+      }
+      ids.append(id)
+    }
+    if ObjectID.firstDuplicate(in: ids) != nil {
+      PyErr_SetString(sr_ExcValueError(), "Wait requires a list of unique object refs."); return nil
+    }
+    var ready = s.core.firstAvailable(ids, limit: k)
+    if ready.count < k {
+      guard blockingWait(s.core, ids, needed: k, timeout: timeout) != nil else { return nil }
+      ready = s.core.firstAvailable(ids, limit: k)
+    }
+    let readyList = PyList_New(ready.count)!, rest = PyList_New(count - ready.count)!
+    var (r, o) = (0, 0)
+    for i in 0..<count {
+      let it = PyTuple_GetItem(items, i)!
+      sr_IncRef(it)
+      if r < ready.count && ready[r] == i { PyList_SetItem(readyList, r, it); r += 1 } else { PyList_SetItem(rest, o, it); o += 1 }
+    }
+    return Py.tuple([readyList, rest])
+  }
+
+  /// The offset of the `_id` slot of the ObjectRef class (looked up once). Guarded by the GIL.
+  nonisolated(unsafe) static var idSlotCache: (type: PyPtr, offset: Int)?
+
+  static func idSlot(_ type: PyPtr) -> Int? {
+    if let c = idSlotCache, c.type == type { return c.offset }
+    let off = sr_SlotOffset(type, "_id")
+    guard off >= 0 else { return nil }
+    sr_IncRef(type)  // kept: the cache compares its address
+    idSlotCache = (type, off)
+    return off
   }
 
   static let addLocalRef: CoreModule.FastFn = { _, a, n in

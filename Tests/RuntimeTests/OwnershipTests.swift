@@ -321,6 +321,26 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(JobID(binary: JobID(9).binary) == JobID(9))
   }
 
+  /// wait() refuses a list naming one object twice: found wherever the pair sits, among
+  /// ids that differ only in a field the hash mixes in (counter, index, prefix, job).
+  @Test func theFirstRepeatedIdIsFoundAndDistinctIdsPass() {
+    var g = TaskIDGenerator(job: JobID(7), prefix: 5)
+    var ids = (0..<3000).map { i in ObjectID.forReturn(of: g.next(), index: i % 3) }
+    ids += (0..<50).map { ObjectID.forPut(by: TaskID(prefix: 5, counter: 99_999, job: 7), index: UInt32($0)) }
+    ids += (0..<50).map { ObjectID.forReturn(of: TaskID(prefix: UInt64($0), counter: 99_999, job: 7), index: 0) }
+    ids += (0..<50).map { ObjectID.forReturn(of: TaskID(prefix: 5, counter: 99_999, job: UInt64($0) + 100), index: 0) }
+    #expect(ObjectID.firstDuplicate(in: ids) == nil)
+    #expect(ObjectID.firstDuplicate(in: []) == nil && ObjectID.firstDuplicate(in: [ids[0]]) == nil)
+    var rng = SeededRandom(seed: 3)
+    for _ in 0..<50 {
+      let a = Int(rng.next() % UInt64(ids.count)), b = Int(rng.next() % UInt64(ids.count))
+      guard a != b else { continue }
+      var twice = ids
+      twice[b] = ids[a]
+      #expect(ObjectID.firstDuplicate(in: twice) == max(a, b))
+    }
+  }
+
   @Test func resourceArithmeticIsExactForFractions() {
     var r = ResourceSet(units: ["CPU": 1])
     for _ in 0..<10 { r = r - ResourceSet(units: ["CPU": 0.1]) }

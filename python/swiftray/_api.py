@@ -318,11 +318,18 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef" if isinstance(object_refs, ObjectRef)
                         else f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
-    # Checks and ids at C speed (map, set): a loop of waits over a shrinking list (the
-    # usual "process results as they come") costs O(len) per call in C, not in Python.
-    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
-        return _wait_with_generators(list(object_refs), num_returns, timeout)
-    _check_refs(object_refs, "wait()")
+    # A loop of waits over a shrinking list (the usual "process results as they come")
+    # costs O(len) per call: for plain refs and valid options the core does all of it
+    # (checks, ids, both lists); anything else takes the path below, which says what is wrong.
+    if (type(num_returns) is int and 0 < num_returns <= len(object_refs)
+            and (timeout is None or (type(timeout) in (int, float) and timeout >= 0))):
+        both = _core.wait_refs(object_refs, num_returns, timeout, ObjectRef)
+        if both is not None:
+            return both
+    if set(map(type, object_refs)) - {ObjectRef}:
+        if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+            return _wait_with_generators(list(object_refs), num_returns, timeout)
+        _check_refs(object_refs, "wait()")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
     if not object_refs:  # as Ray: nothing to wait for, whatever num_returns says

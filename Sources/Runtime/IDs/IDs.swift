@@ -166,6 +166,35 @@ public struct ObjectID: Hashable, Sendable, CustomStringConvertible {
   public var description: String { hex }
 }
 
+extension ObjectID {
+  /// The position of the first id in `ids` equal to an earlier one; nil when all differ.
+  /// Threading: pure. O(n) with an open-addressed table and a multiply-shift hash (ids
+  /// from one owner differ in their counter): `Set`'s SipHash cost more than all the rest
+  /// of `wait()` over a list of refs.
+  public static func firstDuplicate(in ids: [ObjectID]) -> Int? {
+    guard ids.count > 1 else { return nil }
+    let bits = max(4, Int.bitWidth - (ids.count * 2 - 1).leadingZeroBitCount)
+    let mask = (1 << bits) - 1
+    var slots = [Int](repeating: -1, count: 1 << bits)
+    return slots.withUnsafeMutableBufferPointer { slots in
+      ids.withUnsafeBufferPointer { ids in
+        for (i, id) in ids.enumerated() {
+          var h = id.task.counter &* 0x9E37_79B9_7F4A_7C15
+          h ^= id.task.prefix ^ (id.task.job &* 0xC2B2_AE3D_27D4_EB4F) ^ (UInt64(id.index) &* 0x1656_67B1_9E37_79F9)
+          h = (h ^ (h >> 31)) &* 0xBF58_476D_1CE4_E5B9
+          var slot = Int(truncatingIfNeeded: h >> UInt64(64 - bits))
+          while slots[slot] >= 0 {
+            if ids[slots[slot]] == id { return i }
+            slot = (slot + 1) & mask
+          }
+          slots[slot] = i
+        }
+        return nil
+      }
+    }
+  }
+}
+
 /// Makes task IDs for one process. Threading: not thread-safe; owned by one state.
 public struct TaskIDGenerator: Sendable {
   public let prefix: UInt64
