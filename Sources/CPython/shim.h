@@ -121,6 +121,10 @@ static inline Py_ssize_t sr_SlotOffset(PyObject *type, const char *name) {
 }
 /// The slot's value (borrowed; NULL when unset).
 static inline PyObject *sr_SlotGet(PyObject *o, Py_ssize_t off) { return *(PyObject **)((char *)o + off); }
+/// Stores `v` (a new reference, stolen) in an unset slot of a fresh instance.
+static inline void sr_SlotInit(PyObject *o, Py_ssize_t off, PyObject *v) { *(PyObject **)((char *)o + off) = v; }
+/// A bare instance of class `type` (what object.__new__ makes), or NULL with an error set.
+static inline PyObject *sr_Alloc(PyObject *type) { return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0); }
 
 // A zero-filled PyModuleDef with the head initialised; Swift fills the rest.
 static inline PyModuleDef sr_ModuleDefInit(void) {

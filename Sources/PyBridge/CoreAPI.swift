@@ -32,6 +32,8 @@ enum CoreAPI {
     .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
     .init(name: "wait_refs", fn: waitRefs, doc: "wait_refs(refs, num_returns, timeout, ObjectRef) -> (ready, not_ready) | None"),
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
+    .init(name: "set_ref_type", fn: setRefType, doc: "set_ref_type(ObjectRef): the class rebuild_ref makes"),
+    .init(name: "rebuild_ref", fn: rebuildRef, doc: "rebuild_ref(id, owner: bytes | None) -> ObjectRef (unpickling)"),
     .init(name: "remove_local_ref", fn: removeLocalRef, doc: "remove_local_ref(id)"),
     .init(name: "ref_escaped", fn: refEscaped, doc: "ref_escaped(id): the ref was serialized into a value."),
     .init(name: "owner_address", fn: ownerAddress, doc: "owner_address(id) -> bytes"),
@@ -538,6 +540,36 @@ enum CoreAPI {
     sr_IncRef(type)  // kept: the cache compares its address
     idSlotCache = (type, off)
     return off
+  }
+
+  /// The ObjectRef class (set once at import) and the offset of its `_id` slot.
+  /// Guarded by the GIL.
+  nonisolated(unsafe) static var refClass: (type: PyPtr, idOffset: Int)?
+
+  static let setRefType: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(1, "set_ref_type"), let type = args[0] else { return nil }
+    guard let off = idSlot(type) else {
+      PyErr_SetString(sr_ExcTypeError(), "set_ref_type() needs a class with an `_id` slot"); return nil
+    }
+    refClass = (type, off)
+    return Py.none
+  }
+
+  /// Unpickles an ObjectRef in one call (the reconstructor its `__reduce__` names): a
+  /// bare instance with its id slot set, and a local reference added. A value holding
+  /// thousands of refs paid a Python frame and `object.__new__` for each before.
+  static let rebuildRef: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "rebuild_ref"), let raw = args[0] else { return nil }
+    guard let cls = refClass else {
+      PyErr_SetString(sr_ExcRuntimeError(), "swiftray.object_ref is not imported"); return nil
+    }
+    guard let id = objectID(raw), let r = sr_Alloc(cls.type) else { return nil }
+    sr_IncRef(raw)
+    sr_SlotInit(r, cls.idOffset, raw)
+    Session.active?.core.addLocalRef(id, owner: address(args[1]))
+    return r
   }
 
   static let addLocalRef: CoreModule.FastFn = { _, a, n in

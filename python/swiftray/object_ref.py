@@ -10,18 +10,6 @@ from swiftray import _core
 collector = threading.local()
 
 
-def _rebuild(id_bytes, owner):
-    # One Python frame per ref unpickled, not two (no __init__ call): a value holding
-    # thousands of refs pays this for each.
-    r = _new(ObjectRef)
-    r._id = id_bytes
-    _core.add_local_ref(id_bytes, owner)
-    return r
-
-
-_new = object.__new__
-
-
 class ObjectRef:
     """A reference to an object. Hashable, picklable: pickling it inside a value makes
     the receiver a borrower that can `get` it from its owner."""
@@ -66,7 +54,7 @@ class ObjectRef:
             refs.append(self)
         else:  # pickled outside a value the core tracks: keep it for the owner's life
             _core.ref_escaped(self._id)
-        return (_rebuild, (self._id, _core.owner_address(self._id)))
+        return (_core.rebuild_ref, (self._id, _core.owner_address(self._id)))
 
     def future(self):
         """A concurrent.futures.Future resolved with the value (or its error), without a
@@ -121,6 +109,10 @@ class ObjectRef:
     def cancel(self, msg=None):
         """Cancels the awaiting (not the task: `swiftray.cancel(ref)` does that)."""
         return self.as_future().cancel(msg)
+
+
+# Unpickling a ref is one core call (`rebuild_ref`) that makes an instance of this class.
+_core.set_ref_type(ObjectRef)
 
 
 def _settle(fut, ref):
@@ -325,4 +317,4 @@ class DynamicObjectRefGenerator:
 def _dynamic_generator(task_id, count, owner):
     # The items are returns 1..count of the task (ObjectID = task id + big-endian
     # index, return i at index i + 1), owned by the task's caller (`owner`).
-    return DynamicObjectRefGenerator([_rebuild(task_id + (i + 2).to_bytes(4, "big"), owner) for i in range(count)])
+    return DynamicObjectRefGenerator([_core.rebuild_ref(task_id + (i + 2).to_bytes(4, "big"), owner) for i in range(count)])
