@@ -25,9 +25,9 @@ import Synchronization
 /// itself, on every call, whatever the timing (`SWIFTRAY_LOCK_CHECKS=1`, set by the
 /// tests, turns every breach into a trap that names it).
 public struct Locked<Value: ~Copyable>: ~Copyable, Sendable {
-  let mutex: Mutex<Value>
+  @usableFromInline let mutex: Mutex<Value>
   /// Identifies this lock in the thread's held-lock bookkeeping.
-  let id: UInt
+  @usableFromInline let id: UInt
 
   public init(_ value: consuming sending Value) {
     mutex = Mutex(value)
@@ -36,6 +36,10 @@ public struct Locked<Value: ~Copyable>: ~Copyable, Sendable {
 
   /// Runs `body` with the value, under the lock. `body` decides and returns; it acts on
   /// nothing outside the value (see the type's rule).
+  ///
+  /// Inlinable: otherwise the generic body, met from another file or module, was run
+  /// unspecialised and looked up `Mutex<Value>`'s metadata at run time on every call.
+  @inlinable
   public borrowing func withLock<R: ~Copyable, E: Error>(
     file: StaticString = #fileID, line: UInt = #line,
     _ body: (inout sending Value) throws(E) -> sending R
@@ -61,6 +65,7 @@ public enum LockDiscipline {
     return String(cString: v) == "1"
   }()
 
+  @usableFromInline
   static func entering(_ id: UInt, file: StaticString, line: UInt) {
     switch sr_lock_enter(id) {
     case 0: return
