@@ -363,6 +363,35 @@ private func placed(_ o: BundlePlacement.Outcome) -> [Data]? {
     #expect(t.named("gang", namespace: "ns") == nil && t.info(id)?.state == .removed)
   }
 
+  /// `waiting` looks only at groups not yet settled, yet keeps creation order through
+  /// every transition: placed, refused, rescheduled after a node died, removed.
+  @Test func waitingGroupsComeOldestFirstWhateverHappenedToTheOthers() throws {
+    var t = PlacementGroupTable()
+    let ids = try (0..<6).map { _ -> Data in let g = group(); _ = try t.created(g).get(); return g.placementGroupID }
+    #expect(t.waiting == ids)
+    for id in ids { _ = t.placementStarted(id) }
+    #expect(t.waiting.isEmpty)
+    _ = t.placed(ids[0], nodes: [Data([1]), Data([1])])
+    _ = t.placed(ids[1], nodes: [Data([2]), Data([2])])
+    _ = t.placementFailed(ids[4], detail: "busy", infeasible: false)
+    _ = t.placementFailed(ids[2], detail: "busy", infeasible: false)
+    _ = t.removeRequested(ids[3])
+    _ = t.placed(ids[3], nodes: [Data([1]), Data([1])])  // its round ends after the removal
+    #expect(t.waiting == [ids[2], ids[4]])
+    _ = t.nodeDied(Data([1]))
+    #expect(t.waiting == [ids[0], ids[2], ids[4]])
+    _ = t.removeRequested(ids[2])
+    _ = t.placed(ids[5], nodes: [Data([2]), Data([2])])
+    #expect(t.waiting == [ids[0], ids[4]])
+    t.trimRemoved(keep: 0)
+    #expect(t.waiting == [ids[0], ids[4]])
+    // A restored table (a head restart) waits on what was pending there, in creation order.
+    var r = PlacementGroupTable()
+    let infos = [ids[4], ids[1], ids[0]].compactMap { t.info($0) }
+    _ = r.restore(infos)
+    #expect(Set(r.waiting) == [ids[0], ids[4]])
+  }
+
   @Test func removedWhilePlacingItsRoundsReservationGoesBack() throws {
     var t = PlacementGroupTable()
     let g = group()

@@ -114,9 +114,13 @@ extension ControlService {
   /// never those placed elsewhere. (Groups being reserved are not waiting: no pass takes
   /// them twice; a node a concurrent pass already filled refuses, and the group retries.)
   func placeWaitingGroups() {
+    // Most passes (a kick per removal, per report) find nothing waiting: no view then,
+    // which costs every node's resources, renamed bundle resources included.
+    let waiting = state.withLock { $0.groups.waiting }
+    guard !waiting.isEmpty else { return }
     var view = state.withLock { s in Dictionary(s.nodes.views.map { ($0.id, $0) }) { a, _ in a } }
     var rounds: [Round] = []
-    for id in state.withLock({ $0.groups.waiting }) {
+    for id in waiting {
       guard let info = state.withLock({ $0.groups.placementStarted(id) }) else { continue }
       guard let strategy = BundlePlacement.Strategy(rawValue: info.strategy) else { continue }
       let bundles = info.bundles.map { ResourceSet(proto: $0) }

@@ -17,6 +17,8 @@ public struct PlacementGroupTable: Sendable {
     /// Warned that it cannot be placed now / with the nodes there are.
     var warnedWaiting = false
     var warnedInfeasible = false
+    /// Its place in `order` (creation order): waiting groups are placed oldest first.
+    var seq = 0
   }
 
   public enum Action: Sendable, Equatable {
@@ -39,6 +41,11 @@ public struct PlacementGroupTable: Sendable {
   private(set) var groups: [Data: Entry] = [:]
   private var names: [String: [String: Data]] = [:]
   private var order: [Data] = []
+  private var nextSeq = 0
+  /// The groups pending or rescheduling (placing or not): what `waiting` looks at, so a
+  /// pass costs nothing per group already created or removed (it runs on every report
+  /// and every removal, and the table keeps up to 2,000 removed groups).
+  private var unsettled: Set<Data> = []
   private var removedCount = 0
   /// Every group's state changes (bounded), for `list cluster-events`.
   public private(set) var lifecycle = LifecycleLog()
@@ -76,10 +83,19 @@ public struct PlacementGroupTable: Sendable {
 
   /// Groups waiting to be placed, oldest first, that no round is placing now.
   public var waiting: [Data] {
-    order.filter { id in
-      guard let e = groups[id] else { return false }
-      return !e.placing && (e.info.state == .pending || e.info.state == .rescheduling)
-    }
+    unsettled.compactMap { id in groups[id].flatMap { $0.placing ? nil : ($0.seq, id) } }
+      .sorted { $0.0 < $1.0 }.map(\.1)
+  }
+
+  /// Files a new or restored entry at the end of `order`.
+  private mutating func append(_ e: Entry) {
+    var e = e
+    let id = e.info.placementGroupID
+    nextSeq += 1
+    e.seq = nextSeq
+    groups[id] = e
+    order.append(id)
+    if e.info.state == .pending || e.info.state == .rescheduling { unsettled.insert(id) }
   }
 
   // MARK: events
@@ -98,8 +114,7 @@ public struct PlacementGroupTable: Sendable {
     lifecycle.changed("PLACEMENT_GROUP", i.placementGroupID, "PENDING", "\(i.bundles.count) bundle(s), \(i.strategy)")
     i.bundleNodes = Array(repeating: Data(), count: info.bundles.count)
     i.version = 1
-    groups[i.placementGroupID] = Entry(info: i)
-    order.append(i.placementGroupID)
+    append(Entry(info: i))
     if !i.name.isEmpty { names[i.namespace, default: [:]][i.name] = i.placementGroupID }
     return .success([.published(i.placementGroupID), .placeWaiting])
   }
@@ -124,6 +139,7 @@ public struct PlacementGroupTable: Sendable {
     let old = e.info.bundleNodes
     e.info.bundleNodes = nodes
     e.info.state = .created
+    unsettled.remove(id)
     lifecycle.changed("PLACEMENT_GROUP", id, "CREATED", "on \(Set(nodes).count) node(s)")
     e.info.detail = ""
     e.info.infeasible = false
@@ -181,6 +197,7 @@ public struct PlacementGroupTable: Sendable {
       let old = e.info.bundleNodes
       e.info.bundleNodes = e.info.bundleNodes.map { $0 == node ? Data() : $0 }
       e.info.state = .rescheduling
+      unsettled.insert(id)
       e.info.detail = "a node holding some of its bundles died; placing them again"
       lifecycle.changed("PLACEMENT_GROUP", id, "RESCHEDULING", e.info.detail)
       e.info.version += 1
@@ -213,9 +230,8 @@ public struct PlacementGroupTable: Sendable {
   /// Takes up the groups a previous ControlService recorded (a head restart on Redis).
   public mutating func restore(_ infos: [Info]) -> [Action] {
     for i in infos.sorted(by: { $0.createdMs < $1.createdMs }) where groups[i.placementGroupID] == nil {
-      groups[i.placementGroupID] = Entry(info: i)
+      append(Entry(info: i))
       reindex(i.placementGroupID, old: [], new: i)
-      order.append(i.placementGroupID)
       if !i.name.isEmpty && i.state != .removed { names[i.namespace, default: [:]][i.name] = i.placementGroupID }
     }
     return [.placeWaiting]
@@ -237,6 +253,7 @@ public struct PlacementGroupTable: Sendable {
     guard var e = groups[id] else { return [] }
     let held = Array(Set(e.info.bundleNodes.filter { !$0.isEmpty }))
     e.info.state = .removed
+    unsettled.remove(id)
     lifecycle.changed("PLACEMENT_GROUP", id, "REMOVED", detail)
     removedCount += 1
     e.info.detail = detail
