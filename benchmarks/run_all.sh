@@ -11,9 +11,10 @@ if [ -z "${NO_RAY:-}" ] && [ -z "${SWIFTRAY_BENCH_RAY_PYTHON:-}" ]; then
     python3 -m venv .bench-venv-ray
     .bench-venv-ray/bin/pip install -q --disable-pip-version-check ray==2.60.0 numpy
   fi
-  # The peers of the task workloads live in the same venv (never project dependencies).
-  if ! .bench-venv-ray/bin/python -c "import joblib, distributed" 2>/dev/null; then
-    .bench-venv-ray/bin/pip install -q --disable-pip-version-check joblib distributed
+  # The peers of the task workloads live in the same venv (never project dependencies);
+  # numpy too, which Ray's own rows with arrays need (a venv made without it lost them).
+  if ! .bench-venv-ray/bin/python -c "import joblib, distributed, numpy" 2>/dev/null; then
+    .bench-venv-ray/bin/pip install -q --disable-pip-version-check joblib distributed numpy
   fi
   export SWIFTRAY_BENCH_RAY_PYTHON="$PWD/.bench-venv-ray/bin/python"
 fi

@@ -30,7 +30,7 @@ enum CoreAPI {
     .init(name: "put", fn: put, doc: "put(data: bytes) -> id"),
     .init(name: "get", fn: get, doc: "get(ids, timeout) -> [data | (data, metadata) | exception]"),
     .init(name: "wait", fn: wait, doc: "wait(ids, num_returns, timeout) -> [bool]"),
-    .init(name: "wait_refs", fn: waitRefs, doc: "wait_refs(refs, num_returns, timeout, ObjectRef) -> (ready, not_ready) | None"),
+    .init(name: "wait_refs", fn: waitRefs, doc: "wait_refs(refs, num_returns, timeout) -> (ready, not_ready) | None"),
     .init(name: "add_local_ref", fn: addLocalRef, doc: "add_local_ref(id, owner: bytes | None)"),
     .init(name: "set_ref_type", fn: setRefType, doc: "set_ref_type(ObjectRef): the class rebuild_ref makes"),
     .init(name: "rebuild_ref", fn: rebuildRef, doc: "rebuild_ref(id, owner: bytes | None) -> ObjectRef (unpickling)"),
@@ -491,18 +491,21 @@ enum CoreAPI {
   /// `wait()` over a list of plain refs, all of it here: types, ids and uniqueness
   /// checked, and both result lists built, without a Python-level pass (a loop of waits
   /// over a shrinking list is O(len) per call either way; here each item costs a few
-  /// nanoseconds). None, with no error set, when an item is not exactly `ref_type` (a
+  /// nanoseconds). None, with no error set, when an item is not exactly an ObjectRef (a
   /// generator, a subclass, a mistake): the caller takes the general path, which also
   /// says what is wrong. The items are held in a tuple while the GIL is released.
   static let waitRefs: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
-    guard args.need(4, "wait_refs"), let s = session(), let seq = args[0], let k = Py.toInt(args[1]),
-      let timeout = timeoutNanos(args[2]), let refType = args[3]
+    guard args.need(3, "wait_refs"), let s = session(), let seq = args[0], let k = Py.toInt(args[1]),
+      let timeout = timeoutNanos(args[2])
     else { return nil }
-    guard let offset = idSlot(refType) else { return Py.none }
+    guard let (refType, offset) = refClass else { return Py.none }  // not imported yet: the general path
     guard let items = PySequence_Tuple(seq) else { return nil }
     defer { sr_DecRef(items) }
     let count = PyTuple_Size(items)
+    guard k >= 1, k <= count else {
+      PyErr_SetString(sr_ExcValueError(), "num_returns must be 1...\(count), got \(k)"); return nil
+    }
     var ids: [ObjectID] = []
     ids.reserveCapacity(count)
     for i in 0..<count {
@@ -530,28 +533,19 @@ enum CoreAPI {
     return Py.tuple([readyList, rest])
   }
 
-  /// The offset of the `_id` slot of the ObjectRef class (looked up once). Guarded by the GIL.
-  nonisolated(unsafe) static var idSlotCache: (type: PyPtr, offset: Int)?
-
-  static func idSlot(_ type: PyPtr) -> Int? {
-    if let c = idSlotCache, c.type == type { return c.offset }
-    let off = sr_SlotOffset(type, "_id")
-    guard off >= 0 else { return nil }
-    sr_IncRef(type)  // kept: the cache compares its address
-    idSlotCache = (type, off)
-    return off
-  }
-
-  /// The ObjectRef class (set once at import) and the offset of its `_id` slot.
-  /// Guarded by the GIL.
+  /// The ObjectRef class (set once, at import of `swiftray.object_ref`) and the offset
+  /// of its `_id` slot: `rebuild_ref` makes instances of it, `wait_refs` reads their ids
+  /// in place. Guarded by the GIL.
   nonisolated(unsafe) static var refClass: (type: PyPtr, idOffset: Int)?
 
   static let setRefType: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
     guard args.need(1, "set_ref_type"), let type = args[0] else { return nil }
-    guard let off = idSlot(type) else {
+    let off = sr_SlotOffset(type, "_id")
+    guard off >= 0 else {
       PyErr_SetString(sr_ExcTypeError(), "set_ref_type() needs a class with an `_id` slot"); return nil
     }
+    sr_IncRef(type)  // kept for the process's life: instances are made of it
     refClass = (type, off)
     return Py.none
   }

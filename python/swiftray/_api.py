@@ -323,7 +323,7 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     # (checks, ids, both lists); anything else takes the path below, which says what is wrong.
     if (type(num_returns) is int and 0 < num_returns <= len(object_refs)
             and (timeout is None or (type(timeout) in (int, float) and timeout >= 0))):
-        both = _core.wait_refs(object_refs, num_returns, timeout, ObjectRef)
+        both = _core.wait_refs(object_refs, num_returns, timeout)
         if both is not None:
             return both
     if set(map(type, object_refs)) - {ObjectRef}:
