@@ -83,6 +83,33 @@ private let mib = 1 << 20
     #expect(s.used == 0)
   }
 
+  @Test mutating func aSizeFromAPeerBeyondAnyStoreIsRefusedNotTrapped() {
+    var s = StoreState(limits: .init(capacity: 10 * mib))
+    for wire in [UInt64.max, UInt64(Int.max), 1 << 60] {
+      guard case .full(let e) = s.createRequested(oid(), size: StoreState.size(wire), creator: 1, owner: 1, now: 0).0 else {
+        Issue.record("a size of \(wire) bytes was not refused"); continue
+      }
+      #expect(e.message.contains("larger than the whole store"))
+    }
+    #expect(s.used == 0)
+  }
+
+  @Test mutating func aRebuildOfAFreedObjectStillMappedWaitsForTheReaderToLetGo() {
+    var s = StoreState(limits: .init(capacity: 10 * mib))
+    let a = oid()
+    Self.make(&s, a, 4 * mib)
+    #expect(Self.pin(&s, a, reader: 9))
+    _ = s.deleted(a)
+    // Lineage makes the same id again while the old copy is still mapped.
+    #expect(s.createRequested(a, size: 4 * mib, creator: 5, owner: 1, now: 2).0 == .waitForCopy)
+    #expect(s.unpinned(a, reader: 9) == [.retryWaiting])
+    #expect(s.used == 0, "the old extent is released, not lost under a new entry")
+    #expect(s.createRequested(a, size: 4 * mib, creator: 5, owner: 1, now: 3).0 == .created(offset: 0))
+    _ = s.sealed(a)
+    #expect(s.deleted(a) == [.retryWaiting])
+    #expect(s.used == 0 && s.entries.isEmpty)
+  }
+
   @Test mutating func anObjectDeletedWhileBeingWrittenKeepsItsExtentUntilSealed() {
     var s = StoreState(limits: .init(capacity: 10 * mib))
     let a = oid()
@@ -142,7 +169,7 @@ private let mib = 1 << 20
     #expect(o == .waitForSpill && acts == [.spill(copy, offset: 0, size: 20 * mib)])
     // A copy still being pulled may yet fail: the create waits for it to settle.
     _ = s.createRequested(arriving, size: mib, creator: 0, owner: 0, now: 4, secondary: true)
-    #expect(s.createRequested(arriving, size: mib, creator: 5, owner: 4, now: 5).0 == .waitForPull)
+    #expect(s.createRequested(arriving, size: mib, creator: 5, owner: 4, now: 5).0 == .waitForCopy)
     #expect(s.sealed(arriving) == [.retryWaiting])
     #expect(s.createRequested(arriving, size: mib, creator: 5, owner: 4, now: 6).0 == .exists)
     #expect(s.entries[arriving]?.secondary == false)
@@ -152,7 +179,7 @@ private let mib = 1 << 20
     // A failed pull drops the copy; asked again, the create writes it.
     let failed = oid()
     _ = s.createRequested(failed, size: mib, creator: 0, owner: 0, now: 7, secondary: true)
-    #expect(s.createRequested(failed, size: mib, creator: 5, owner: 4, now: 8).0 == .waitForPull)
+    #expect(s.createRequested(failed, size: mib, creator: 5, owner: 4, now: 8).0 == .waitForCopy)
     #expect(s.aborted(failed).contains(.retryWaiting))
     guard case .created = s.createRequested(failed, size: mib, creator: 5, owner: 4, now: 9).0 else {
       Issue.record("not created after the pull failed"); return

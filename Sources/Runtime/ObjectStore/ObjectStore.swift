@@ -302,10 +302,10 @@ public final class ObjectStore: Sendable {
   func create(_ req: Swiftray_CreateObjectRequest, _ responder: DataPlaneResponder, now: UInt64) {
     guard let id = ObjectID(binary: req.objectID) else { return }
     let (outcome, actions) = state.withLock { s in
-      let r = s.store.createRequested(id, size: Int(req.size), creator: UInt64(req.creatorPid),
+      let r = s.store.createRequested(id, size: StoreState.size(req.size), creator: UInt64(req.creatorPid),
                                       owner: UInt64(req.ownerPid), now: now)
       switch r.0 {
-      case .waitForSpill, .waitForPull: s.waiting.append(.create(req, responder))
+      case .waitForSpill, .waitForCopy: s.waiting.append(.create(req, responder))
       default: break
       }
       return r
@@ -315,7 +315,7 @@ public final class ObjectStore: Sendable {
     case .created(let off): reply.status = .created; reply.offset = UInt64(off); responder.respond(.createObjectReply(reply))
     case .exists: reply.status = .exists; responder.respond(.createObjectReply(reply))
     case .full(let e): reply.status = .full; reply.error = e.message; responder.respond(.createObjectReply(reply))
-    case .waitForSpill, .waitForPull: break
+    case .waitForSpill, .waitForCopy: break
     }
     perform(actions)
   }
@@ -338,13 +338,13 @@ public final class ObjectStore: Sendable {
           r = .wait  // freed while being pulled: wait for that pull to settle
         } else {
           // Not here: reserve its extent as a secondary copy and pull it.
-          let (c, more) = s.store.createRequested(id, size: Int(req.size), creator: 0, owner: 0, now: now, secondary: true)
+          let (c, more) = s.store.createRequested(id, size: StoreState.size(req.size), creator: 0, owner: 0, now: now, secondary: true)
           actions += more
           switch c {
           case .created:
-            pulls = s.pulls.started(id, size: Int(req.size), source: req.pullFrom); r = .wait
+            pulls = s.pulls.started(id, size: StoreState.size(req.size), source: req.pullFrom); r = .wait
             s.objectEvents.began(id, .pulled, wallNs: WallClock.nanos(), peer: req.pullFrom)
-          case .exists, .waitForSpill, .waitForPull: r = .wait
+          case .exists, .waitForSpill, .waitForCopy: r = .wait
           case .full(let e): r = .full(e)
           }
         }
@@ -383,7 +383,7 @@ public final class ObjectStore: Sendable {
     switch outcome {
     case .pinned(let off, let size):
       reply.objectSize = UInt64(size)
-      let (from, count) = (Int(req.offset), Int(req.length))
+      let (from, count) = (StoreState.size(req.offset), StoreState.size(req.length))  // a peer's numbers: clamped, the sum cannot overflow
       var payload = responder.allocator.buffer(capacity: 0)
       if from + count > size {
         reply.status = .failed

@@ -65,9 +65,12 @@ public struct StoreState: Sendable {
     case exists
     /// Room is being made by spilling; ask again on `retryWaiting`.
     case waitForSpill
-    /// A pulled copy of it is still arriving; ask again on `retryWaiting` (the pull
-    /// either seals it, and this create then keeps it as the primary, or drops it).
-    case waitForPull
+    /// An earlier copy of the id is not settled; ask again on `retryWaiting`. Either a
+    /// pulled copy is still arriving (the pull seals it, and this create then keeps it
+    /// as the primary, or drops it), or a freed copy is still mapped by a reader or
+    /// being written (its extent is released when that ends; writing over the entry
+    /// now would lose that extent for good).
+    case waitForCopy
     case full(SwiftrayError)
   }
 
@@ -124,16 +127,19 @@ public struct StoreState: Sendable {
   /// keeps that copy as the primary: its creator is told `exists` and will report the
   /// object stored here, so the copy must no longer be evictable, or the owner would
   /// later find its only location empty and call the object freed.
+  /// A size from a peer's request, clamped so that no arithmetic on it can overflow:
+  /// anything above 2^48 bytes is larger than any store and is refused as such.
+  public static func size(_ wire: UInt64) -> Int { Int(min(wire, 1 << 48)) }
+
   public mutating func createRequested(_ id: ObjectID, size: Int, creator: UInt64, owner: UInt64,
                                        now: UInt64, secondary: Bool = false) -> (CreateOutcome, [Action]) {
-    if var e = entries[id], !e.deleted {
+    if let e = entries[id] {
+      if e.deleted { return (.waitForCopy, []) }
       guard e.secondary && !secondary else { return (.exists, []) }
       // Not yet whole: the pull may still fail and drop it, so say `exists` only after.
-      if e.residence == .creating { return (.waitForPull, []) }
-      e.secondary = false
-      e.owner = owner
-      e.lastUsed = now
-      entries[id] = e
+      if e.residence == .creating { return (.waitForCopy, []) }
+      _ = promoted(id, owner: owner)
+      entries[id]?.lastUsed = now
       return (.exists, [])
     }
     lost[id] = nil  // made again (rebuilt): no longer lost
