@@ -104,7 +104,8 @@ let package = Package(
       name: "RuntimeTests",
       dependencies: ["Runtime", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
                      .product(name: "GRPCCore", package: "grpc-swift-2"),
-                     .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf")],
+                     .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                     .product(name: "SwiftProtobuf", package: "swift-protobuf")],
       swiftSettings: swift6
     ),
   ]

@@ -28,7 +28,13 @@ public enum Lane {
   /// `frame` encoded with its length in front, or nil when it cannot be encoded.
   /// Encoded straight behind its length (`LengthPrefixed`): one buffer, no copy.
   public static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
-    if case .pushTask(let req)? = frame.body, req.hasSpec { return encodePush(frame, req) }
+    switch frame.body {
+    case .pushTask(let req)? where req.hasSpec:
+      if let bytes = encodePush(frame, req) { return bytes }
+    case .pushTaskReply(let reply)?:
+      if let bytes = encodeReply(frame, reply) { return bytes }
+    default: break
+    }
     guard let framed: LengthPrefixed = try? frame.serializedBytes(partial: true), framed.fits else { return nil }
     return framed.bytes
   }
@@ -41,37 +47,42 @@ public enum Lane {
   static func encodePush(_ frame: Swiftray_DataFrame, _ req: Swiftray_PushTaskRequest) -> [UInt8]? {
     var rest = req
     rest.clearSpec()
-    var head = frame
-    head.body = nil
     guard let spec: [UInt8] = try? req.spec.serializedBytes(partial: true),
-          let restBytes: [UInt8] = try? rest.serializedBytes(partial: true),
-          let headBytes: [UInt8] = try? head.serializedBytes(partial: true) else { return nil }
-    let pushLength = 1 + varintSize(spec.count) + spec.count + restBytes.count
-    let total = headBytes.count + 1 + varintSize(pushLength) + pushLength
+          let restBytes: [UInt8] = try? rest.serializedBytes(partial: true) else { return nil }
+    return framed(frame, bodyField: 10) { w in  // push_task
+      w.key(1, wireType: 2)  // spec
+      w.varint(UInt64(spec.count))
+      w.raw(spec)
+      w.raw(restBytes)
+      return true
+    }
+  }
+
+  /// A task's reply, written by hand whole (`WireWriter`); nil when some part of it
+  /// has fields this build does not know (then SwiftProtobuf encodes it).
+  static func encodeReply(_ frame: Swiftray_DataFrame, _ reply: Swiftray_PushTaskReply) -> [UInt8]? {
+    framed(frame, bodyField: 11) { $0.pushTaskReply(reply) }  // push_task_reply
+  }
+
+  /// `frame`'s own fields, then its body as field `bodyField` written by `body` (run
+  /// once to count, once to write), all behind the frame's length.
+  private static func framed(_ frame: Swiftray_DataFrame, bodyField: UInt64,
+                             _ body: (inout WireWriter) -> Bool) -> [UInt8]? {
+    var count = WireWriter.counting()
+    guard count.frameHead(frame) else { return nil }
+    var bodyCount = WireWriter.counting()
+    guard body(&bodyCount) else { return nil }
+    count.key(bodyField, wireType: 2)
+    count.varint(UInt64(bodyCount.size))
+    let total = count.size + bodyCount.size
     guard total <= Int(UInt32.max) else { return nil }
-    var out = [UInt8]()
-    out.reserveCapacity(4 + total)
-    withUnsafeBytes(of: UInt32(total).bigEndian) { out.append(contentsOf: $0) }
-    out.append(contentsOf: headBytes)
-    out.append(0x52)  // field 10 (push_task), length-delimited
-    appendVarint(&out, pushLength)
-    out.append(0x0A)  // field 1 (spec), length-delimited
-    appendVarint(&out, spec.count)
-    out.append(contentsOf: spec)
-    out.append(contentsOf: restBytes)
-    return out
-  }
-
-  static func varintSize(_ n: Int) -> Int {
-    var v = UInt64(n), size = 1
-    while v >= 0x80 { v >>= 7; size += 1 }
-    return size
-  }
-
-  static func appendVarint(_ out: inout [UInt8], _ n: Int) {
-    var v = UInt64(n)
-    while v >= 0x80 { out.append(UInt8(truncatingIfNeeded: v) | 0x80); v >>= 7 }
-    out.append(UInt8(v))
+    var w = WireWriter.writing(capacity: 4 + total)
+    withUnsafeBytes(of: UInt32(total).bigEndian) { w.raw($0) }
+    _ = w.frameHead(frame)
+    w.key(bodyField, wireType: 2)
+    w.varint(UInt64(bodyCount.size))
+    _ = body(&w)
+    return w.bytes
   }
 
   public static func lengthPrefixed(_ body: [UInt8]) -> [UInt8] {

@@ -1,0 +1,142 @@
+import Foundation
+import RuntimeProto
+import SwiftProtobuf
+
+/// Protobuf's binary wire format written by hand, for the frames of the hot path (a
+/// task's reply, the head of every lane frame). SwiftProtobuf sizes a nested message
+/// once more for every level above it and goes through a visitor per field; a reply
+/// is three levels deep, so that cost more than the bytes. Here each level is counted
+/// with a plain integer pass and written once.
+///
+/// Threading: a value type, used by one thread.
+///
+/// The output decodes as the message written would: fields at their defaults are
+/// skipped as SwiftProtobuf skips them, a set sub-message is written even when empty.
+/// A message with unknown fields is not written here (the callers fall back to
+/// SwiftProtobuf), so nothing decoded from a newer peer is dropped; a field added to
+/// one of these messages and not here fails `LaneTests`' every-field round trip.
+struct WireWriter {
+  /// Bytes written (or, counting, that would be).
+  private(set) var size = 0
+  /// Nil while only counting.
+  private(set) var bytes: [UInt8]?
+
+  static func counting() -> WireWriter { WireWriter(size: 0, bytes: nil) }
+
+  static func writing(capacity: Int) -> WireWriter {
+    var out = [UInt8]()
+    out.reserveCapacity(capacity)
+    return WireWriter(size: 0, bytes: out)
+  }
+
+  mutating func byte(_ b: UInt8) {
+    size += 1
+    bytes?.append(b)
+  }
+
+  mutating func varint(_ value: UInt64) {
+    var v = value
+    while v >= 0x80 {
+      byte(UInt8(truncatingIfNeeded: v) | 0x80)
+      v >>= 7
+    }
+    byte(UInt8(v))
+  }
+
+  mutating func key(_ field: UInt64, wireType: UInt8) { varint(field << 3 | UInt64(wireType)) }
+
+  mutating func raw<C: Collection>(_ data: C) where C.Element == UInt8 {
+    size += data.count
+    bytes?.append(contentsOf: data)
+  }
+
+  mutating func uint64(_ field: UInt64, _ v: UInt64) {
+    guard v != 0 else { return }
+    key(field, wireType: 0)
+    varint(v)
+  }
+
+  /// An int32 is written as its sign-extended 64-bit varint (ten bytes when negative).
+  mutating func int32(_ field: UInt64, _ v: Int32) { uint64(field, UInt64(bitPattern: Int64(v))) }
+
+  mutating func bool(_ field: UInt64, _ v: Bool) { uint64(field, v ? 1 : 0) }
+
+  mutating func bytes(_ field: UInt64, _ d: Data, always: Bool = false) {
+    guard always || !d.isEmpty else { return }
+    key(field, wireType: 2)
+    varint(UInt64(d.count))
+    raw(d)
+  }
+
+  mutating func string(_ field: UInt64, _ s: String) {
+    guard !s.isEmpty else { return }
+    key(field, wireType: 2)
+    varint(UInt64(s.utf8.count))
+    raw(s.utf8)
+  }
+
+  /// A sub-message written by `body`, behind its length (counted first).
+  mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Void) {
+    var count = WireWriter.counting()
+    body(&count)
+    key(field, wireType: 2)
+    varint(UInt64(count.size))
+    if bytes == nil { size += count.size } else { body(&self) }
+  }
+
+  /// A sub-message SwiftProtobuf encodes (the rare ones: nested refs, addresses).
+  mutating func message<M: SwiftProtobuf.Message>(_ field: UInt64, encoding m: M) -> Bool {
+    guard let encoded: [UInt8] = try? m.serializedBytes(partial: true) else { return false }
+    key(field, wireType: 2)
+    varint(UInt64(encoded.count))
+    raw(encoded)
+    return true
+  }
+}
+
+extension WireWriter {
+  /// A frame's own fields (all but its body). False: it has fields this build does
+  /// not know.
+  mutating func frameHead(_ f: Swiftray_DataFrame) -> Bool {
+    guard f.unknownFields.data.isEmpty else { return false }
+    uint64(1, f.id)
+    uint64(2, f.payloadSize)
+    return true
+  }
+
+  /// A task's reply, whole. False: some part of it has fields this build does not know.
+  mutating func pushTaskReply(_ r: Swiftray_PushTaskReply) -> Bool {
+    guard r.unknownFields.data.isEmpty else { return false }
+    var ok = true
+    for ret in r.returns {
+      guard ret.unknownFields.data.isEmpty, !ret.hasObject || ret.object.unknownFields.data.isEmpty else { return false }
+      message(1) { w in
+        w.bytes(1, ret.objectID)
+        if ret.hasObject { w.message(2) { w in if !w.rayObject(ret.object) { ok = false } } }
+      }
+      guard ok else { return false }
+    }
+    bool(2, r.isApplicationError)
+    bool(3, r.isRetryableError)
+    bool(4, r.wasCancelled)
+    string(5, r.actorCreationError)
+    for lost in r.lostArguments { bytes(6, lost, always: true) }
+    string(7, r.lostDetail)
+    bool(8, r.handedBack)
+    uint64(9, r.startedWallNs)
+    uint64(10, r.endedWallNs)
+    uint64(11, r.streamedItems)
+    return true
+  }
+
+  /// A value as the core holds it. False: a nested ref could not be encoded.
+  mutating func rayObject(_ o: Swiftray_RayObject) -> Bool {
+    bytes(1, o.data)
+    bytes(2, o.metadata)
+    for ref in o.nestedRefs { guard message(3, encoding: ref) else { return false } }
+    uint64(4, o.storeSize)
+    bytes(5, o.storeNode)
+    string(6, o.storeAddress)
+    return true
+  }
+}
