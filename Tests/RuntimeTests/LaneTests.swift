@@ -117,31 +117,34 @@ import Testing
     }
   }
 
+  /// Messages of type `M` with one field set each, for every field the generated code
+  /// knows: found by decoding each field number with each kind of value.
+  static func oneFieldEach<M: SwiftProtobuf.Message>(_: M.Type) -> (messages: [M], fields: Set<UInt64>) {
+    var out: [M] = [], fields = Set<UInt64>()
+    for field in UInt64(1)...60 {
+      let key = { (wire: UInt64) -> [UInt8] in
+        let k = field << 3 | wire
+        return k < 0x80 ? [UInt8(k)] : [UInt8(k & 0x7F) | 0x80, UInt8(k >> 7)]
+      }
+      let values: [[UInt8]] = [
+        key(0) + [1], key(0) + [0xAC, 0x02],  // varints: 1, 300
+        key(2) + [0], key(2) + [2, 0x61, 0x62],  // empty, "ab"
+        key(2) + [2, 0x18, 0x07],  // a sub-message with field 3 = 7
+      ]
+      for v in values {
+        guard let m = try? M(serializedBytes: v), m.unknownFields.data.isEmpty else { continue }
+        out.append(m)
+        fields.insert(field)
+      }
+    }
+    return (out, fields)
+  }
+
   /// Each message a reply is written with by hand (`WireWriter`), with one field set at
   /// a time, every field the generated code knows found by decoding each field number
   /// with each kind of value: the frame is byte for byte what SwiftProtobuf writes. A
   /// field added to the proto and not to `WireWriter` fails here.
   @Test func everyFieldOfAReplyIsWrittenByHandAsSwiftProtobufWritesIt() throws {
-    func oneFieldEach<M: SwiftProtobuf.Message>(_: M.Type) -> (messages: [M], fields: Set<UInt64>) {
-      var out: [M] = [], fields = Set<UInt64>()
-      for field in UInt64(1)...60 {
-        let key = { (wire: UInt64) -> [UInt8] in
-          let k = field << 3 | wire
-          return k < 0x80 ? [UInt8(k)] : [UInt8(k & 0x7F) | 0x80, UInt8(k >> 7)]
-        }
-        let values: [[UInt8]] = [
-          key(0) + [1], key(0) + [0xAC, 0x02],  // varints: 1, 300
-          key(2) + [0], key(2) + [2, 0x61, 0x62],  // empty, "ab"
-          key(2) + [2, 0x18, 0x07],  // a sub-message with field 3 = 7
-        ]
-        for v in values {
-          guard let m = try? M(serializedBytes: v), m.unknownFields.data.isEmpty else { continue }
-          out.append(m)
-          fields.insert(field)
-        }
-      }
-      return (out, fields)
-    }
     func check(_ reply: Swiftray_PushTaskReply, _ what: String) throws {
       var frame = Swiftray_DataFrame()
       frame.id = 9
@@ -149,10 +152,11 @@ import Testing
       let framed = try #require(Lane.encode(frame))
       let whole: [UInt8] = try frame.serializedBytes()
       #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
+      #expect(Lane.decode(framed[4...]) == frame, "\(what) read back")
     }
-    let replies = oneFieldEach(Swiftray_PushTaskReply.self)
-    let returns = oneFieldEach(Swiftray_ReturnObject.self)
-    let objects = oneFieldEach(Swiftray_RayObject.self)
+    let replies = Self.oneFieldEach(Swiftray_PushTaskReply.self)
+    let returns = Self.oneFieldEach(Swiftray_ReturnObject.self)
+    let objects = Self.oneFieldEach(Swiftray_RayObject.self)
     // The generator finds the fields there are (if the proto grows, so does this).
     #expect(replies.fields.isSuperset(of: Set(1...11)) && returns.fields == [1, 2] && objects.fields.isSuperset(of: Set(1...6)))
     for (i, r) in replies.messages.enumerated() { try check(r, "reply variant \(i)") }
@@ -171,6 +175,49 @@ import Testing
     frame.body = .pushTaskReply(reply)
     let framed = try #require(Lane.encode(frame))
     #expect(try Swiftray_DataFrame(serializedBytes: Array(framed.dropFirst(4))) == frame)
+  }
+
+  /// Replies are read by hand; whatever the bytes (valid frames of every kind, then
+  /// bytes flipped, cut, inserted), the frame read is SwiftProtobuf's, or nil when
+  /// SwiftProtobuf refuses them.
+  @Test func aReplyReadByHandIsWhatSwiftProtobufReadsWhateverTheBytes() throws {
+    var seeds: [[UInt8]] = []
+    for o in Self.oneFieldEach(Swiftray_RayObject.self).messages + [Swiftray_RayObject()] {
+      var reply = Swiftray_PushTaskReply()
+      reply.returns = [.with { $0.objectID = Data(repeating: 4, count: 28); $0.object = o }, .with { $0.objectID = Data([1]) }]
+      reply.endedWallNs = 1 << 62
+      reply.lostDetail = "n\u{e9}ud"
+      reply.lostArguments = [Data([9, 9])]
+      var frame = Swiftray_DataFrame()
+      frame.id = 300
+      frame.body = .pushTaskReply(reply)
+      let bytes: [UInt8] = try frame.serializedBytes()
+      #expect(bytes.withUnsafeBytes { WireReader.replyFrame($0) } == frame, "a valid reply is read by hand")
+      seeds.append(bytes)
+    }
+    var push = Swiftray_DataFrame()
+    push.body = .pushTask(.with { $0.spec.name = "f" })
+    seeds.append(try push.serializedBytes())
+    var rng = SeededRandom(seed: 18)
+    var agreedNonNil = 0
+    for i in 0..<6000 {
+      var b = seeds[i % seeds.count]
+      if i >= seeds.count {
+        for _ in 0..<(1 + Int(rng.next() % 3)) where !b.isEmpty {
+          let at = Int(rng.next() % UInt64(b.count))
+          switch rng.next() % 4 {
+          case 0: b[at] = UInt8(truncatingIfNeeded: rng.next())
+          case 1: b[at] ^= 0x80
+          case 2: b.removeSubrange(at...)
+          default: b.insert(UInt8(truncatingIfNeeded: rng.next()), at: at)
+          }
+        }
+      }
+      let expected = try? Swiftray_DataFrame(serializedBytes: b)
+      #expect(Lane.decode(b[...]) == expected, "bytes \(b)")
+      if expected != nil { agreedNonNil += 1 }
+    }
+    #expect(agreedNonNil > 600, "the mutations left enough frames whole to compare")
   }
 
   @Test func idsReadTheSameFromEveryKindOfByteCollection() throws {

@@ -687,8 +687,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// 64 bits of a function's id (a digest of the function), never 0 (which the
   /// submitter reads as unknown).
   static func functionTag(_ id: Data) -> NormalTaskSubmitter.FunctionTag {
-    var tag: UInt64 = 0
-    for b in id.prefix(8) { tag = tag << 8 | UInt64(b) }
+    // Through the raw bytes: slicing and iterating a `Data` cost ~0.5 µs a task.
+    let tag = id.withUnsafeBytes { raw in raw.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
     return tag == 0 ? 1 : tag
   }
 

@@ -93,9 +93,11 @@ public enum Lane {
     return out
   }
 
-  static func decode(_ bytes: ArraySlice<UInt8>) -> Swiftray_DataFrame? {
+  /// A frame's bytes (its length already cut off) decoded, or nil when they are not a
+  /// frame. A task's reply is read by hand (`WireReader`), anything else by SwiftProtobuf.
+  public static func decode(_ bytes: ArraySlice<UInt8>) -> Swiftray_DataFrame? {
     bytes.withUnsafeBytes { raw in
-      try? Swiftray_DataFrame(serializedBytes: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none))
+      WireReader.replyFrame(raw) ?? (try? Swiftray_DataFrame(serializedBytes: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none)))
     }
   }
 

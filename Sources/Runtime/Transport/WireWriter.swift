@@ -140,3 +140,143 @@ extension WireWriter {
     return true
   }
 }
+
+/// The reading side of `WireWriter`: a lane's most common frame, a task's reply, read
+/// by hand. Anything it does not expect (another body, a field it does not know, a
+/// sub-message met twice, which protobuf would merge, a varint past 64 bits, a length
+/// past the end, a string that is not UTF-8) makes it return nil; the caller then
+/// decodes with SwiftProtobuf, which takes or refuses the bytes as it always did. So
+/// this decides nothing about what is valid: it only skips the visitor machinery for
+/// the frames it recognises (`LaneTests` checks it agrees with SwiftProtobuf on
+/// mutated frames).
+///
+/// Threading: a value type over bytes the caller keeps alive, used by one thread.
+public struct WireReader {
+  private let raw: UnsafeRawBufferPointer
+  private var at = 0
+
+  init(_ raw: UnsafeRawBufferPointer) { self.raw = raw }
+
+  var atEnd: Bool { at >= raw.count }
+
+  mutating func varint() -> UInt64? {
+    var value: UInt64 = 0, shift: UInt64 = 0
+    while at < raw.count {
+      let b = raw[at]
+      at += 1
+      if shift == 63 && b > 1 { return nil }  // past 64 bits
+      value |= UInt64(b & 0x7F) << shift
+      if b < 0x80 { return value }
+      shift += 7
+      if shift > 63 { return nil }
+    }
+    return nil
+  }
+
+  mutating func key() -> (field: UInt64, wire: UInt64)? {
+    guard let k = varint(), k >> 3 != 0 else { return nil }
+    return (k >> 3, k & 7)
+  }
+
+  mutating func lengthDelimited() -> UnsafeRawBufferPointer? {
+    guard let n = varint(), n <= UInt64(raw.count - at) else { return nil }
+    let start = at
+    at += Int(n)
+    return UnsafeRawBufferPointer(rebasing: raw[start..<at])
+  }
+
+  mutating func data() -> Data? {
+    guard let b = lengthDelimited() else { return nil }
+    return b.isEmpty ? Data() : Data(bytes: b.baseAddress!, count: b.count)
+  }
+
+  mutating func string() -> String? {
+    guard let b = lengthDelimited() else { return nil }
+    return String(validating: b, as: UTF8.self)
+  }
+
+  /// A frame whose body is a task's reply, or nil (see the type's comment).
+  public static func replyFrame(_ raw: UnsafeRawBufferPointer) -> Swiftray_DataFrame? {
+    var r = WireReader(raw)
+    var f = Swiftray_DataFrame()
+    var body: Swiftray_PushTaskReply?
+    while !r.atEnd {
+      guard let (field, wire) = r.key() else { return nil }
+      switch (field, wire) {
+      case (1, 0): guard let v = r.varint() else { return nil }; f.id = v
+      case (2, 0): guard let v = r.varint() else { return nil }; f.payloadSize = v
+      case (11, 2):
+        guard body == nil, let b = r.lengthDelimited(), let reply = pushTaskReply(b) else { return nil }
+        body = reply
+      default: return nil
+      }
+    }
+    guard let body else { return nil }
+    f.body = .pushTaskReply(body)
+    return f
+  }
+
+  static func pushTaskReply(_ raw: UnsafeRawBufferPointer) -> Swiftray_PushTaskReply? {
+    var r = WireReader(raw)
+    var m = Swiftray_PushTaskReply()
+    var returns: [Swiftray_ReturnObject] = [], lost: [Data] = []
+    while !r.atEnd {
+      guard let (field, wire) = r.key() else { return nil }
+      switch (field, wire) {
+      case (1, 2): guard let b = r.lengthDelimited(), let ret = returnObject(b) else { return nil }; returns.append(ret)
+      case (2, 0): guard let v = r.varint() else { return nil }; m.isApplicationError = v != 0
+      case (3, 0): guard let v = r.varint() else { return nil }; m.isRetryableError = v != 0
+      case (4, 0): guard let v = r.varint() else { return nil }; m.wasCancelled = v != 0
+      case (5, 2): guard let s = r.string() else { return nil }; m.actorCreationError = s
+      case (6, 2): guard let d = r.data() else { return nil }; lost.append(d)
+      case (7, 2): guard let s = r.string() else { return nil }; m.lostDetail = s
+      case (8, 0): guard let v = r.varint() else { return nil }; m.handedBack = v != 0
+      case (9, 0): guard let v = r.varint() else { return nil }; m.startedWallNs = v
+      case (10, 0): guard let v = r.varint() else { return nil }; m.endedWallNs = v
+      case (11, 0): guard let v = r.varint() else { return nil }; m.streamedItems = v
+      default: return nil
+      }
+    }
+    m.returns = returns
+    m.lostArguments = lost
+    return m
+  }
+
+  static func returnObject(_ raw: UnsafeRawBufferPointer) -> Swiftray_ReturnObject? {
+    var r = WireReader(raw)
+    var m = Swiftray_ReturnObject()
+    while !r.atEnd {
+      guard let (field, wire) = r.key() else { return nil }
+      switch (field, wire) {
+      case (1, 2): guard let d = r.data() else { return nil }; m.objectID = d
+      case (2, 2):
+        guard !m.hasObject, let b = r.lengthDelimited(), let o = rayObject(b) else { return nil }
+        m.object = o
+      default: return nil
+      }
+    }
+    return m
+  }
+
+  static func rayObject(_ raw: UnsafeRawBufferPointer) -> Swiftray_RayObject? {
+    var r = WireReader(raw)
+    var m = Swiftray_RayObject()
+    var refs: [Swiftray_ObjectReference] = []
+    while !r.atEnd {
+      guard let (field, wire) = r.key() else { return nil }
+      switch (field, wire) {
+      case (1, 2): guard let d = r.data() else { return nil }; m.data = d
+      case (2, 2): guard let d = r.data() else { return nil }; m.metadata = d
+      case (3, 2):
+        guard let d = r.data(), let ref = try? Swiftray_ObjectReference(serializedBytes: d) else { return nil }
+        refs.append(ref)
+      case (4, 0): guard let v = r.varint() else { return nil }; m.storeSize = v
+      case (5, 2): guard let d = r.data() else { return nil }; m.storeNode = d
+      case (6, 2): guard let s = r.string() else { return nil }; m.storeAddress = s
+      default: return nil
+      }
+    }
+    m.nestedRefs = refs
+    return m
+  }
+}
