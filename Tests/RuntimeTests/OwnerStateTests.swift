@@ -122,6 +122,46 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
     #expect(c.state == .finished && c.worker?.workerID == Data(second.binary) && c.worker?.pid == 12)
   }
 
+  /// The steps the shell drains carry each call's spec, read with the outbox, and one
+  /// drainer at a time: the next round comes only after the last is done.
+  @Test func actorCallsAreTakenWithTheirSpecsOneDrainerAtATime() throws {
+    var o = makeOwner()
+    let actor = TaskID(prefix: 9, counter: 2, job: 1)
+    _ = o.actorHandleAdded(actor, maxPendingCalls: -1)
+    var info = Swiftray_ActorInfo()
+    info.actorID = Data(actor.binary)
+    info.state = .alive
+    info.version = 2
+    info.address = address(WorkerID.random())
+    _ = o.actorInfo(info)
+    _ = o.takeActorSteps()
+    o.actorStepsDone()
+    func submit(_ name: String) throws -> TaskID {
+      var spec = taskSpec(name)
+      spec.actorID = Data(actor.binary)
+      return try o.taskSubmitted(spec, args: [], kind: .actorCall(actor, maxTaskRetries: 0), parent: nil, now: 0).get().0
+    }
+    let first = try submit("A.first"), second = try submit("A.second")
+    let taken = o.takeActorStepsWithSpecs()
+    let round = try #require(taken)
+    #expect(round.steps.count == 2 && round.specs.count == 2)
+    for (step, spec, tid, name) in zip4(round.steps, round.specs, [first, second], ["A.first", "A.second"]) {
+      guard case .call(.push(let pushed, _, _)) = step else { Issue.record("not a push: \(step)"); continue }
+      #expect(pushed == tid && spec?.taskID == Data(tid.binary) && spec?.name == name)
+    }
+    let third = try submit("A.third")
+    let whileDraining = o.takeActorStepsWithSpecs()
+    #expect(whileDraining == nil, "another thread drains: it takes the next round")
+    o.actorStepsDone()
+    let after = o.takeActorStepsWithSpecs()
+    let next = try #require(after)
+    #expect(next.specs.map { $0?.taskID } == [Data(third.binary)])
+  }
+
+  private func zip4<A, B, C, D>(_ a: [A], _ b: [B], _ c: [C], _ d: [D]) -> [(A, B, C, D)] {
+    (0..<min(a.count, b.count, c.count, d.count)).map { (a[$0], b[$0], c[$0], d[$0]) }
+  }
+
   @Test func aTaskIsLeasedPushedAndItsReplyWakesItsReaderAndTheIdleLeaseGoesBack() throws {
     var o = makeOwner()
     let worker = WorkerID.random()

@@ -151,17 +151,23 @@ extension CoreWorker {
   /// Carries out queued actor steps. One thread at a time drains the queue (others
   /// leave their steps to it), so calls reach an actor's connection in sequence order.
   func performActorSteps() {
-    while true {
-      guard let steps = state.withLock({ $0.takeActorSteps() }) else { return }
-      for step in steps { perform(step) }
-      state.withLock { $0.actorStepsDone() }
+    var round = state.withLock { $0.takeActorStepsWithSpecs() }
+    while let (steps, specs) = round {
+      for (step, spec) in zip(steps, specs) { perform(step, spec: spec) }
+      // The round done and the next taken in one lock.
+      round = state.withLock { s in
+        s.actorStepsDone()
+        return s.takeActorStepsWithSpecs()
+      }
     }
   }
 
-  private func perform(_ step: ActorStep) {
+  /// `spec`: a call's, read when the step was taken (nil: its task is gone).
+  private func perform(_ step: ActorStep, spec: Swiftray_TaskSpec?) {
     switch step {
     case .create(let tid): _ = registerActor(tid, sync: false)
-    case .call(.push(let tid, let addr, let incarnation)): pushActorCall(tid, addr, incarnation)
+    case .call(.push(let tid, let addr, let incarnation)):
+      if let spec { pushActorCall(tid, spec, addr, incarnation) }
     case .call(.fail(let tid, let error)):
       let now = self.now()
       owner { $0.taskFailed(tid, error: error, now: now) }
@@ -226,8 +232,7 @@ extension CoreWorker {
     owner { $0.creationFailed(tid, e) }
   }
 
-  func pushActorCall(_ tid: TaskID, _ addr: Swiftray_Address, _ incarnation: Int32) {
-    guard let spec = state.withLock({ $0.tasks.spec(tid) }) else { return }
+  func pushActorCall(_ tid: TaskID, _ spec: Swiftray_TaskSpec, _ addr: Swiftray_Address, _ incarnation: Int32) {
     send(tid, spec, to: addr) { [self] reply in
       let now = self.now()
       owner { $0.actorCallReplied(tid, incarnation: incarnation, reply: reply, now: now) }

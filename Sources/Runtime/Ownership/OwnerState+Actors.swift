@@ -30,6 +30,18 @@ extension OwnerState {
 
   public mutating func actorStepsDone() { actorDraining = false }
 
+  /// `takeActorSteps`, with the spec of each call to push (nil for other steps, and
+  /// for a call whose task is gone) read in the same lock: pushing a call then takes
+  /// the lock no more (with calls streaming, the submitting thread and the thread
+  /// taking replies met on it at every call).
+  public mutating func takeActorStepsWithSpecs() -> (steps: [ActorStep], specs: [Swiftray_TaskSpec?])? {
+    guard let steps = takeActorSteps() else { return nil }
+    return (steps, steps.map { step in
+      if case .call(.push(let tid, _, _)) = step { return tasks.spec(tid) }
+      return nil
+    })
+  }
+
   /// The address of an actor's current incarnation, when known.
   public func actorAddress(_ actor: ActorID) -> Swiftray_Address? { actorSubmitter.address(actor) }
 
