@@ -145,9 +145,8 @@ import Testing
   /// with each kind of value: the frame is byte for byte what SwiftProtobuf writes. A
   /// field added to the proto and not to `WireWriter` fails here.
   @Test func everyFieldOfAReplyIsWrittenByHandAsSwiftProtobufWritesIt() throws {
-    func check(_ reply: Swiftray_PushTaskReply, _ what: String) throws {
-      var frame = Swiftray_DataFrame()
-      frame.id = 9
+    func check(_ reply: Swiftray_PushTaskReply, _ what: String, head: Swiftray_DataFrame = .with { $0.id = 9 }) throws {
+      var frame = head
       frame.body = .pushTaskReply(reply)
       let framed = try #require(Lane.encode(frame))
       let whole: [UInt8] = try frame.serializedBytes()
@@ -160,6 +159,10 @@ import Testing
     // The generator finds the fields there are (if the proto grows, so does this).
     #expect(replies.fields.isSuperset(of: Set(1...11)) && returns.fields == [1, 2] && objects.fields.isSuperset(of: Set(1...6)))
     for (i, r) in replies.messages.enumerated() { try check(r, "reply variant \(i)") }
+    // The frame's own fields (those outside its body) are written by hand too.
+    let heads = Self.oneFieldEach(Swiftray_DataFrame.self).messages.filter { $0.body == nil }
+    #expect(heads.count >= 2)
+    for (i, h) in heads.enumerated() { try check(.with { $0.endedWallNs = 5 }, "frame variant \(i)", head: h) }
     for (i, ret) in returns.messages.enumerated() { try check(.with { $0.returns = [ret, ret] }, "return variant \(i)") }
     for (i, o) in objects.messages.enumerated() {
       try check(.with { $0.returns = [.with { $0.objectID = Data([1, 2]); $0.object = o }] }, "object variant \(i)")

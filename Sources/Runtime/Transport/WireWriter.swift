@@ -195,87 +195,96 @@ public struct WireReader {
     return String(validating: b, as: UTF8.self)
   }
 
+  /// Calls `field` for each field of the message in `raw`, with the reader at the
+  /// field's value; false when a key cannot be read or `field` refuses its field.
+  static func eachField(_ raw: UnsafeRawBufferPointer,
+                        _ field: (inout WireReader, _ number: UInt64, _ wireType: UInt64) -> Bool) -> Bool {
+    var r = WireReader(raw)
+    while !r.atEnd {
+      guard let (number, wire) = r.key(), field(&r, number, wire) else { return false }
+    }
+    return true
+  }
+
   /// A frame whose body is a task's reply, or nil (see the type's comment).
   public static func replyFrame(_ raw: UnsafeRawBufferPointer) -> Swiftray_DataFrame? {
-    var r = WireReader(raw)
     var f = Swiftray_DataFrame()
     var body: Swiftray_PushTaskReply?
-    while !r.atEnd {
-      guard let (field, wire) = r.key() else { return nil }
+    let whole = eachField(raw) { r, field, wire in
       switch (field, wire) {
-      case (1, 0): guard let v = r.varint() else { return nil }; f.id = v
-      case (2, 0): guard let v = r.varint() else { return nil }; f.payloadSize = v
+      case (1, 0): guard let v = r.varint() else { return false }; f.id = v
+      case (2, 0): guard let v = r.varint() else { return false }; f.payloadSize = v
       case (11, 2):
-        guard body == nil, let b = r.lengthDelimited(), let reply = pushTaskReply(b) else { return nil }
+        guard body == nil, let b = r.lengthDelimited(), let reply = pushTaskReply(b) else { return false }
         body = reply
-      default: return nil
+      default: return false
       }
+      return true
     }
-    guard let body else { return nil }
+    guard whole, let body else { return nil }
     f.body = .pushTaskReply(body)
     return f
   }
 
   static func pushTaskReply(_ raw: UnsafeRawBufferPointer) -> Swiftray_PushTaskReply? {
-    var r = WireReader(raw)
     var m = Swiftray_PushTaskReply()
     var returns: [Swiftray_ReturnObject] = [], lost: [Data] = []
-    while !r.atEnd {
-      guard let (field, wire) = r.key() else { return nil }
+    let whole = eachField(raw) { r, field, wire in
       switch (field, wire) {
-      case (1, 2): guard let b = r.lengthDelimited(), let ret = returnObject(b) else { return nil }; returns.append(ret)
-      case (2, 0): guard let v = r.varint() else { return nil }; m.isApplicationError = v != 0
-      case (3, 0): guard let v = r.varint() else { return nil }; m.isRetryableError = v != 0
-      case (4, 0): guard let v = r.varint() else { return nil }; m.wasCancelled = v != 0
-      case (5, 2): guard let s = r.string() else { return nil }; m.actorCreationError = s
-      case (6, 2): guard let d = r.data() else { return nil }; lost.append(d)
-      case (7, 2): guard let s = r.string() else { return nil }; m.lostDetail = s
-      case (8, 0): guard let v = r.varint() else { return nil }; m.handedBack = v != 0
-      case (9, 0): guard let v = r.varint() else { return nil }; m.startedWallNs = v
-      case (10, 0): guard let v = r.varint() else { return nil }; m.endedWallNs = v
-      case (11, 0): guard let v = r.varint() else { return nil }; m.streamedItems = v
-      default: return nil
+      case (1, 2): guard let b = r.lengthDelimited(), let ret = returnObject(b) else { return false }; returns.append(ret)
+      case (2, 0): guard let v = r.varint() else { return false }; m.isApplicationError = v != 0
+      case (3, 0): guard let v = r.varint() else { return false }; m.isRetryableError = v != 0
+      case (4, 0): guard let v = r.varint() else { return false }; m.wasCancelled = v != 0
+      case (5, 2): guard let s = r.string() else { return false }; m.actorCreationError = s
+      case (6, 2): guard let d = r.data() else { return false }; lost.append(d)
+      case (7, 2): guard let s = r.string() else { return false }; m.lostDetail = s
+      case (8, 0): guard let v = r.varint() else { return false }; m.handedBack = v != 0
+      case (9, 0): guard let v = r.varint() else { return false }; m.startedWallNs = v
+      case (10, 0): guard let v = r.varint() else { return false }; m.endedWallNs = v
+      case (11, 0): guard let v = r.varint() else { return false }; m.streamedItems = v
+      default: return false
       }
+      return true
     }
+    guard whole else { return nil }
     m.returns = returns
     m.lostArguments = lost
     return m
   }
 
   static func returnObject(_ raw: UnsafeRawBufferPointer) -> Swiftray_ReturnObject? {
-    var r = WireReader(raw)
     var m = Swiftray_ReturnObject()
-    while !r.atEnd {
-      guard let (field, wire) = r.key() else { return nil }
+    let whole = eachField(raw) { r, field, wire in
       switch (field, wire) {
-      case (1, 2): guard let d = r.data() else { return nil }; m.objectID = d
+      case (1, 2): guard let d = r.data() else { return false }; m.objectID = d
       case (2, 2):
-        guard !m.hasObject, let b = r.lengthDelimited(), let o = rayObject(b) else { return nil }
+        guard !m.hasObject, let b = r.lengthDelimited(), let o = rayObject(b) else { return false }
         m.object = o
-      default: return nil
+      default: return false
       }
+      return true
     }
-    return m
+    return whole ? m : nil
   }
 
   static func rayObject(_ raw: UnsafeRawBufferPointer) -> Swiftray_RayObject? {
-    var r = WireReader(raw)
     var m = Swiftray_RayObject()
     var refs: [Swiftray_ObjectReference] = []
-    while !r.atEnd {
-      guard let (field, wire) = r.key() else { return nil }
+    let whole = eachField(raw) { r, field, wire in
       switch (field, wire) {
-      case (1, 2): guard let d = r.data() else { return nil }; m.data = d
-      case (2, 2): guard let d = r.data() else { return nil }; m.metadata = d
+      case (1, 2): guard let d = r.data() else { return false }; m.data = d
+      case (2, 2): guard let d = r.data() else { return false }; m.metadata = d
       case (3, 2):
-        guard let d = r.data(), let ref = try? Swiftray_ObjectReference(serializedBytes: d) else { return nil }
+        guard let d = r.data(), let ref = try? Swiftray_ObjectReference(serializedBytes: d) else { return false }
         refs.append(ref)
-      case (4, 0): guard let v = r.varint() else { return nil }; m.storeSize = v
-      case (5, 2): guard let d = r.data() else { return nil }; m.storeNode = d
-      case (6, 2): guard let s = r.string() else { return nil }; m.storeAddress = s
-      default: return nil
+      case (4, 0): guard let v = r.varint() else { return false }; m.storeSize = v
+      case (5, 2): guard let d = r.data() else { return false }; m.storeNode = d
+      case (6, 2): guard let s = r.string() else { return false }; m.storeAddress = s
+      default: return false
       }
+      return true
     }
+    guard whole else { return nil }
     m.nestedRefs = refs
     return m
   }
