@@ -74,13 +74,19 @@ import Testing
       push.leaseID = 12
       push.leaseGrant = Data(repeating: 9, count: size / 2)
       frame.body = .pushTask(push)
-      let framed = try #require(Lane.encode(frame))
-      var reader = FrameReader(max: 1 << 20)
-      framed.withUnsafeBytes { reader.append($0) }
-      guard case .frame(let f) = reader.next() else { Issue.record("no frame"); return }
-      #expect(try Swiftray_DataFrame(serializedBytes: Array(f)) == frame, "size \(size)")
-      #expect(framed.count == 4 + (try frame.serializedBytes() as [UInt8]).count)
+      try Self.readsBackWhole(frame, "size \(size)")
     }
+  }
+
+  /// `frame`, encoded by `Lane.encode` and cut by a `FrameReader`, reads back as itself
+  /// (SwiftProtobuf decoding it) and is as long as SwiftProtobuf's encoding.
+  static func readsBackWhole(_ frame: Swiftray_DataFrame, _ what: String) throws {
+    let framed = try #require(Lane.encode(frame))
+    var reader = FrameReader(max: 1 << 23)
+    framed.withUnsafeBytes { reader.append($0) }
+    guard case .frame(let f) = reader.next() else { Issue.record("no frame: \(what)"); return }
+    #expect(try Swiftray_DataFrame(serializedBytes: Array(f)) == frame, "\(what)")
+    #expect(framed.count == 4 + (try frame.serializedBytes() as [UInt8]).count, "\(what)")
   }
 
   /// A reply is encoded level by level too (each returned object once): it reads back
@@ -108,12 +114,7 @@ import Testing
       reply.endedWallNs = 1_700_000_000_000_000_123
       reply.lostArguments = size == 127 ? [Data(repeating: 8, count: 28)] : []
       frame.body = .pushTaskReply(reply)
-      let framed = try #require(Lane.encode(frame))
-      var reader = FrameReader(max: 1 << 23)
-      framed.withUnsafeBytes { reader.append($0) }
-      guard case .frame(let f) = reader.next() else { Issue.record("no frame at size \(size)"); return }
-      #expect(try Swiftray_DataFrame(serializedBytes: Array(f)) == frame, "size \(size)")
-      #expect(framed.count == 4 + (try frame.serializedBytes() as [UInt8]).count)
+      try Self.readsBackWhole(frame, "size \(size)")
     }
   }
 

@@ -56,9 +56,6 @@ struct WireWriter {
     varint(v)
   }
 
-  /// An int32 is written as its sign-extended 64-bit varint (ten bytes when negative).
-  mutating func int32(_ field: UInt64, _ v: Int32) { uint64(field, UInt64(bitPattern: Int64(v))) }
-
   mutating func bool(_ field: UInt64, _ v: Bool) { uint64(field, v ? 1 : 0) }
 
   mutating func bytes(_ field: UInt64, _ d: Data, always: Bool = false) {
