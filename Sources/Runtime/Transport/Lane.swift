@@ -29,7 +29,7 @@ public enum Lane {
   /// Encoded straight behind its length (`LengthPrefixed`): one buffer, no copy.
   public static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
     switch frame.body {
-    case .pushTask(let req)? where req.hasSpec:
+    case .pushTask(let req)?:
       if let bytes = encodePush(frame, req) { return bytes }
     case .pushTaskReply(let reply)?:
       if let bytes = encodeReply(frame, reply) { return bytes }
@@ -39,23 +39,12 @@ public enum Lane {
     return framed.bytes
   }
 
-  /// A push, encoded level by level. SwiftProtobuf sizes a nested message once more
-  /// for every level above it, so a task's spec (two levels down, itself a tree) is
-  /// walked four times when the frame is encoded whole; here it is encoded once and
-  /// the two levels above are put around it by hand. A decoder reads the same message
-  /// (fields may come in any order).
+  /// A push, written by hand whole (`WireWriter`): SwiftProtobuf sizes a nested
+  /// message once more for every level above it, and a spec is a tree two levels down.
+  /// Nil when some part of it has fields this build does not know (then SwiftProtobuf
+  /// encodes it).
   static func encodePush(_ frame: Swiftray_DataFrame, _ req: Swiftray_PushTaskRequest) -> [UInt8]? {
-    var rest = req
-    rest.clearSpec()
-    guard let spec: [UInt8] = try? req.spec.serializedBytes(partial: true),
-          let restBytes: [UInt8] = try? rest.serializedBytes(partial: true) else { return nil }
-    return framed(frame, bodyField: 10) { w in  // push_task
-      w.key(1, wireType: 2)  // spec
-      w.varint(UInt64(spec.count))
-      w.raw(spec)
-      w.raw(restBytes)
-      return true
-    }
+    framed(frame, bodyField: 10) { $0.pushTaskRequest(req) }  // push_task
   }
 
   /// A task's reply, written by hand whole (`WireWriter`); nil when some part of it
@@ -94,10 +83,11 @@ public enum Lane {
   }
 
   /// A frame's bytes (its length already cut off) decoded, or nil when they are not a
-  /// frame. A task's reply is read by hand (`WireReader`), anything else by SwiftProtobuf.
+  /// frame. A task pushed and a task's reply are read by hand (`WireReader`), anything
+  /// else by SwiftProtobuf.
   public static func decode(_ bytes: ArraySlice<UInt8>) -> Swiftray_DataFrame? {
     bytes.withUnsafeBytes { raw in
-      WireReader.replyFrame(raw) ?? (try? Swiftray_DataFrame(serializedBytes: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none)))
+      WireReader.frame(raw) ?? (try? Swiftray_DataFrame(serializedBytes: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!), count: raw.count, deallocator: .none)))
     }
   }
 

@@ -72,16 +72,24 @@ struct WireWriter {
     raw(s.utf8)
   }
 
-  /// A sub-message written by `body`, behind its length (counted first).
-  mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Void) {
+  mutating func int32(_ field: UInt64, _ v: Int32) { uint64(field, UInt64(bitPattern: Int64(v))) }
+
+  mutating func int64(_ field: UInt64, _ v: Int64) { uint64(field, UInt64(bitPattern: v)) }
+
+  /// A sub-message written by `body`, behind its length (counted first). False (and
+  /// nothing written): `body` refused its message.
+  @discardableResult
+  mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Bool) -> Bool {
     var count = WireWriter.counting()
-    body(&count)
+    guard body(&count) else { return false }
     key(field, wireType: 2)
     varint(UInt64(count.size))
-    if bytes == nil { size += count.size } else { body(&self) }
+    if bytes == nil { size += count.size } else { _ = body(&self) }
+    return true
   }
 
-  /// A sub-message SwiftProtobuf encodes (the rare ones: nested refs, addresses).
+  /// A sub-message SwiftProtobuf encodes (the rare ones: an actor's creation options,
+  /// a scheduling strategy).
   mutating func message<M: SwiftProtobuf.Message>(_ field: UInt64, encoding m: M) -> Bool {
     guard let encoded: [UInt8] = try? m.serializedBytes(partial: true) else { return false }
     key(field, wireType: 2)
@@ -104,14 +112,12 @@ extension WireWriter {
   /// A task's reply, whole. False: some part of it has fields this build does not know.
   mutating func pushTaskReply(_ r: Swiftray_PushTaskReply) -> Bool {
     guard r.unknownFields.data.isEmpty else { return false }
-    var ok = true
     for ret in r.returns {
-      guard ret.unknownFields.data.isEmpty, !ret.hasObject || ret.object.unknownFields.data.isEmpty else { return false }
-      message(1) { w in
+      guard message(1, { w in
+        guard ret.unknownFields.data.isEmpty else { return false }
         w.bytes(1, ret.objectID)
-        if ret.hasObject { w.message(2) { w in if !w.rayObject(ret.object) { ok = false } } }
-      }
-      guard ok else { return false }
+        return !ret.hasObject || w.message(2) { $0.rayObject(ret.object) }
+      }) else { return false }
     }
     bool(2, r.isApplicationError)
     bool(3, r.isRetryableError)
@@ -126,20 +132,115 @@ extension WireWriter {
     return true
   }
 
-  /// A value as the core holds it. False: a nested ref could not be encoded.
+  /// A value as the core holds it. False: it has fields this build does not know.
   mutating func rayObject(_ o: Swiftray_RayObject) -> Bool {
+    guard o.unknownFields.data.isEmpty else { return false }
     bytes(1, o.data)
     bytes(2, o.metadata)
-    for ref in o.nestedRefs { guard message(3, encoding: ref) else { return false } }
+    for ref in o.nestedRefs { guard message(3, { $0.objectReference(ref) }) else { return false } }
     uint64(4, o.storeSize)
     bytes(5, o.storeNode)
     string(6, o.storeAddress)
     return true
   }
+
+  /// A task pushed to its worker, whole. False: some part of it has fields this build
+  /// does not know.
+  mutating func pushTaskRequest(_ r: Swiftray_PushTaskRequest) -> Bool {
+    guard r.unknownFields.data.isEmpty else { return false }
+    if r.hasSpec { guard message(1, { $0.taskSpec(r.spec) }) else { return false } }
+    if !r.gpuIds.isEmpty {  // packed, as proto3 writes repeated numbers
+      var count = WireWriter.counting()
+      for g in r.gpuIds { count.varint(UInt64(bitPattern: Int64(g))) }
+      key(2, wireType: 2)
+      varint(UInt64(count.size))
+      for g in r.gpuIds { varint(UInt64(bitPattern: Int64(g))) }
+    }
+    uint64(3, r.leaseID)
+    bytes(4, r.leaseGrant)
+    bytes(5, r.leaseOwner)
+    return true
+  }
+
+  mutating func taskSpec(_ s: Swiftray_TaskSpec) -> Bool {
+    guard s.unknownFields.data.isEmpty else { return false }
+    bytes(1, s.taskID)
+    bytes(2, s.jobID)
+    bytes(3, s.parentTaskID)
+    if s.hasOwner { guard message(4, { $0.address(s.owner) }) else { return false } }
+    if s.hasFunction {
+      let f = s.function
+      guard f.unknownFields.data.isEmpty else { return false }
+      message(5) { w in w.bytes(1, f.functionID); w.string(2, f.name); return true }
+    }
+    for arg in s.args { guard message(6, { $0.taskArg(arg) }) else { return false } }
+    int32(7, s.numReturns)
+    if s.hasResources {
+      let r = s.resources
+      guard r.unknownFields.data.isEmpty else { return false }
+      message(8) { w in
+        // Entries in the dictionary's own order, each with key and value even when
+        // empty or zero: as SwiftProtobuf writes a map.
+        for (name, quantity) in r.quantities {
+          w.message(1) { e in
+            e.key(1, wireType: 2); e.varint(UInt64(name.utf8.count)); e.raw(name.utf8)
+            e.key(2, wireType: 0); e.varint(UInt64(bitPattern: quantity))
+            return true
+          }
+        }
+        return true
+      }
+    }
+    int32(9, s.maxRetries)
+    bool(10, s.retryExceptions)
+    bytes(11, s.retryExceptionFilter)
+    int32(12, s.attempt)
+    string(13, s.name)
+    int32(14, s.depth)
+    uint64(15, s.submitSeq)
+    bytes(16, s.actorID)
+    if s.hasActorCreation { guard message(17, encoding: s.actorCreation) else { return false } }
+    uint64(18, s.actorSeq)
+    bytes(19, s.callerID)
+    string(20, s.methodName)
+    if s.hasStrategy { guard message(21, encoding: s.strategy) else { return false } }
+    string(22, s.runtimeEnv)
+    bool(23, s.streaming)
+    int64(24, s.generatorBackpressure)
+    bool(25, s.dynamicReturns)
+    return true
+  }
+
+  mutating func taskArg(_ a: Swiftray_TaskArg) -> Bool {
+    guard a.unknownFields.data.isEmpty else { return false }
+    switch a.kind {
+    case .ref(let ref)?: guard message(1, { $0.objectReference(ref) }) else { return false }
+    case .value(let value)?: guard message(2, { $0.rayObject(value) }) else { return false }
+    case nil: break
+    }
+    bytes(3, a.objectID)
+    return true
+  }
+
+  mutating func objectReference(_ r: Swiftray_ObjectReference) -> Bool {
+    guard r.unknownFields.data.isEmpty else { return false }
+    bytes(1, r.objectID)
+    return !r.hasOwner || message(2) { $0.address(r.owner) }
+  }
+
+  mutating func address(_ a: Swiftray_Address) -> Bool {
+    guard a.unknownFields.data.isEmpty else { return false }
+    bytes(1, a.workerID)
+    bytes(2, a.nodeID)
+    string(3, a.endpoint)
+    int32(4, a.pid)
+    string(5, a.localEndpoint)
+    return true
+  }
 }
 
-/// The reading side of `WireWriter`: a lane's most common frame, a task's reply, read
-/// by hand. Anything it does not expect (another body, a field it does not know, a
+/// The reading side of `WireWriter`: a lane's most common frames, a task pushed and its
+/// reply, read by hand. Anything it does not expect (another body, a field it does not know, a
 /// sub-message met twice, which protobuf would merge, a varint past 64 bits, a length
 /// past the end, a string that is not UTF-8) makes it return nil; the caller then
 /// decodes with SwiftProtobuf, which takes or refuses the bytes as it always did. So
@@ -203,24 +304,175 @@ public struct WireReader {
     return true
   }
 
-  /// A frame whose body is a task's reply, or nil (see the type's comment).
-  public static func replyFrame(_ raw: UnsafeRawBufferPointer) -> Swiftray_DataFrame? {
+  /// A frame whose body is a task pushed or a task's reply, or nil (see the type's
+  /// comment).
+  public static func frame(_ raw: UnsafeRawBufferPointer) -> Swiftray_DataFrame? {
     var f = Swiftray_DataFrame()
-    var body: Swiftray_PushTaskReply?
+    var body: Swiftray_DataFrame.OneOf_Body?
     let whole = eachField(raw) { r, field, wire in
       switch (field, wire) {
       case (1, 0): guard let v = r.varint() else { return false }; f.id = v
       case (2, 0): guard let v = r.varint() else { return false }; f.payloadSize = v
+      case (10, 2):
+        guard body == nil, let b = r.lengthDelimited(), let push = pushTaskRequest(b) else { return false }
+        body = .pushTask(push)
       case (11, 2):
         guard body == nil, let b = r.lengthDelimited(), let reply = pushTaskReply(b) else { return false }
-        body = reply
+        body = .pushTaskReply(reply)
       default: return false
       }
       return true
     }
     guard whole, let body else { return nil }
-    f.body = .pushTaskReply(body)
+    f.body = body
     return f
+  }
+
+  static func pushTaskRequest(_ raw: UnsafeRawBufferPointer) -> Swiftray_PushTaskRequest? {
+    var m = Swiftray_PushTaskRequest()
+    var gpus: [Int32] = []
+    let whole = eachField(raw) { r, field, wire in
+      switch (field, wire) {
+      case (1, 2): guard !m.hasSpec, let b = r.lengthDelimited(), let s = taskSpec(b) else { return false }; m.spec = s
+      case (2, 0): guard let v = r.varint() else { return false }; gpus.append(Int32(truncatingIfNeeded: v))
+      case (2, 2):  // packed
+        guard let b = r.lengthDelimited() else { return false }
+        var p = WireReader(b)
+        while !p.atEnd {
+          guard let v = p.varint() else { return false }
+          gpus.append(Int32(truncatingIfNeeded: v))
+        }
+      case (3, 0): guard let v = r.varint() else { return false }; m.leaseID = v
+      case (4, 2): guard let d = r.data() else { return false }; m.leaseGrant = d
+      case (5, 2): guard let d = r.data() else { return false }; m.leaseOwner = d
+      default: return false
+      }
+      return true
+    }
+    guard whole else { return nil }
+    m.gpuIds = gpus
+    return m
+  }
+
+  static func taskSpec(_ raw: UnsafeRawBufferPointer) -> Swiftray_TaskSpec? {
+    var s = Swiftray_TaskSpec()
+    var args: [Swiftray_TaskArg] = []
+    let whole = eachField(raw) { r, field, wire in
+      switch (field, wire) {
+      case (1, 2): guard let d = r.data() else { return false }; s.taskID = d
+      case (2, 2): guard let d = r.data() else { return false }; s.jobID = d
+      case (3, 2): guard let d = r.data() else { return false }; s.parentTaskID = d
+      case (4, 2): guard !s.hasOwner, let b = r.lengthDelimited(), let a = address(b) else { return false }; s.owner = a
+      case (5, 2):
+        guard !s.hasFunction, let b = r.lengthDelimited() else { return false }
+        var f = Swiftray_FunctionDescriptor()
+        guard eachField(b, { r, field, wire in
+          switch (field, wire) {
+          case (1, 2): guard let d = r.data() else { return false }; f.functionID = d
+          case (2, 2): guard let n = r.string() else { return false }; f.name = n
+          default: return false
+          }
+          return true
+        }) else { return false }
+        s.function = f
+      case (6, 2): guard let b = r.lengthDelimited(), let a = taskArg(b) else { return false }; args.append(a)
+      case (7, 0): guard let v = r.varint() else { return false }; s.numReturns = Int32(truncatingIfNeeded: v)
+      case (8, 2):
+        guard !s.hasResources, let b = r.lengthDelimited(), let q = quantities(b) else { return false }
+        s.resources.quantities = q
+      case (9, 0): guard let v = r.varint() else { return false }; s.maxRetries = Int32(truncatingIfNeeded: v)
+      case (10, 0): guard let v = r.varint() else { return false }; s.retryExceptions = v != 0
+      case (11, 2): guard let d = r.data() else { return false }; s.retryExceptionFilter = d
+      case (12, 0): guard let v = r.varint() else { return false }; s.attempt = Int32(truncatingIfNeeded: v)
+      case (13, 2): guard let n = r.string() else { return false }; s.name = n
+      case (14, 0): guard let v = r.varint() else { return false }; s.depth = Int32(truncatingIfNeeded: v)
+      case (15, 0): guard let v = r.varint() else { return false }; s.submitSeq = v
+      case (16, 2): guard let d = r.data() else { return false }; s.actorID = d
+      case (17, 2):
+        guard !s.hasActorCreation, let d = r.data(),
+              let c = try? Swiftray_ActorCreationSpec(serializedBytes: d) else { return false }
+        s.actorCreation = c
+      case (18, 0): guard let v = r.varint() else { return false }; s.actorSeq = v
+      case (19, 2): guard let d = r.data() else { return false }; s.callerID = d
+      case (20, 2): guard let n = r.string() else { return false }; s.methodName = n
+      case (21, 2):
+        guard !s.hasStrategy, let d = r.data(),
+              let st = try? Swiftray_SchedulingStrategy(serializedBytes: d) else { return false }
+        s.strategy = st
+      case (22, 2): guard let n = r.string() else { return false }; s.runtimeEnv = n
+      case (23, 0): guard let v = r.varint() else { return false }; s.streaming = v != 0
+      case (24, 0): guard let v = r.varint() else { return false }; s.generatorBackpressure = Int64(bitPattern: v)
+      case (25, 0): guard let v = r.varint() else { return false }; s.dynamicReturns = v != 0
+      default: return false
+      }
+      return true
+    }
+    guard whole else { return nil }
+    s.args = args
+    return s
+  }
+
+  /// A resource map's entries; nil for an entry with anything but a key and a value.
+  static func quantities(_ raw: UnsafeRawBufferPointer) -> [String: Int64]? {
+    var q: [String: Int64] = [:]
+    let whole = eachField(raw) { r, field, wire in
+      guard field == 1, wire == 2, let b = r.lengthDelimited() else { return false }
+      var name = "", quantity: Int64 = 0
+      guard eachField(b, { e, field, wire in
+        switch (field, wire) {
+        case (1, 2): guard let n = e.string() else { return false }; name = n
+        case (2, 0): guard let v = e.varint() else { return false }; quantity = Int64(bitPattern: v)
+        default: return false
+        }
+        return true
+      }) else { return false }
+      q[name] = quantity
+      return true
+    }
+    return whole ? q : nil
+  }
+
+  static func taskArg(_ raw: UnsafeRawBufferPointer) -> Swiftray_TaskArg? {
+    var m = Swiftray_TaskArg()
+    let whole = eachField(raw) { r, field, wire in
+      switch (field, wire) {
+      case (1, 2): guard m.kind == nil, let b = r.lengthDelimited(), let ref = objectReference(b) else { return false }; m.kind = .ref(ref)
+      case (2, 2): guard m.kind == nil, let b = r.lengthDelimited(), let o = rayObject(b) else { return false }; m.kind = .value(o)
+      case (3, 2): guard let d = r.data() else { return false }; m.objectID = d
+      default: return false
+      }
+      return true
+    }
+    return whole ? m : nil
+  }
+
+  static func objectReference(_ raw: UnsafeRawBufferPointer) -> Swiftray_ObjectReference? {
+    var m = Swiftray_ObjectReference()
+    let whole = eachField(raw) { r, field, wire in
+      switch (field, wire) {
+      case (1, 2): guard let d = r.data() else { return false }; m.objectID = d
+      case (2, 2): guard !m.hasOwner, let b = r.lengthDelimited(), let a = address(b) else { return false }; m.owner = a
+      default: return false
+      }
+      return true
+    }
+    return whole ? m : nil
+  }
+
+  static func address(_ raw: UnsafeRawBufferPointer) -> Swiftray_Address? {
+    var m = Swiftray_Address()
+    let whole = eachField(raw) { r, field, wire in
+      switch (field, wire) {
+      case (1, 2): guard let d = r.data() else { return false }; m.workerID = d
+      case (2, 2): guard let d = r.data() else { return false }; m.nodeID = d
+      case (3, 2): guard let n = r.string() else { return false }; m.endpoint = n
+      case (4, 0): guard let v = r.varint() else { return false }; m.pid = Int32(truncatingIfNeeded: v)
+      case (5, 2): guard let n = r.string() else { return false }; m.localEndpoint = n
+      default: return false
+      }
+      return true
+    }
+    return whole ? m : nil
   }
 
   static func pushTaskReply(_ raw: UnsafeRawBufferPointer) -> Swiftray_PushTaskReply? {
@@ -271,9 +523,7 @@ public struct WireReader {
       switch (field, wire) {
       case (1, 2): guard let d = r.data() else { return false }; m.data = d
       case (2, 2): guard let d = r.data() else { return false }; m.metadata = d
-      case (3, 2):
-        guard let d = r.data(), let ref = try? Swiftray_ObjectReference(serializedBytes: d) else { return false }
-        refs.append(ref)
+      case (3, 2): guard let b = r.lengthDelimited(), let ref = objectReference(b) else { return false }; refs.append(ref)
       case (4, 0): guard let v = r.varint() else { return false }; m.storeSize = v
       case (5, 2): guard let d = r.data() else { return false }; m.storeNode = d
       case (6, 2): guard let s = r.string() else { return false }; m.storeAddress = s
