@@ -195,6 +195,9 @@ import Testing
     let functions = Self.oneFieldEach(Swiftray_FunctionDescriptor.self)
     let shapes = Self.oneFieldEach(Swiftray_ResourceShape.self)
     let objects = Self.oneFieldEach(Swiftray_RayObject.self)
+    let strategies = Self.oneFieldEach(Swiftray_SchedulingStrategy.self)
+    #expect(strategies.fields.isSuperset(of: Set(1...6)))
+    for (i, st) in strategies.messages.enumerated() { try check(.with { $0.spec.strategy = st }, "strategy variant \(i)") }
     #expect(pushes.fields.isSuperset(of: Set(1...5)) && specs.fields.isSuperset(of: Set(1...25))
             && args.fields == [1, 2, 3] && refs.fields == [1, 2] && addresses.fields.isSuperset(of: Set(1...5))
             && functions.fields == [1, 2] && shapes.fields == [1])
@@ -217,6 +220,8 @@ import Testing
       $0.spec.numReturns = -1
       $0.spec.generatorBackpressure = -3
       $0.spec.owner.pid = -5
+      $0.spec.strategy.bundleIndex = -1
+      $0.spec.strategy.kind = .placementGroup
       $0.spec.resources.quantities = ["CPU": -10_000, "": 0, "GPU": 20_000]
     }, "numbers below zero, three resources")
   }

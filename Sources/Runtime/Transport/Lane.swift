@@ -65,13 +65,13 @@ public enum Lane {
     count.varint(UInt64(bodyCount.size))
     let total = count.size + bodyCount.size
     guard total <= Int(UInt32.max) else { return nil }
-    var w = WireWriter.writing(capacity: 4 + total)
-    withUnsafeBytes(of: UInt32(total).bigEndian) { w.raw($0) }
-    _ = w.frameHead(frame)
-    w.key(bodyField, wireType: 2)
-    w.varint(UInt64(bodyCount.size))
-    _ = body(&w)
-    return w.bytes
+    return WireWriter.written(count: 4 + total) { w in
+      withUnsafeBytes(of: UInt32(total).bigEndian) { w.raw($0) }
+      _ = w.frameHead(frame)
+      w.key(bodyField, wireType: 2)
+      w.varint(UInt64(bodyCount.size))
+      return body(&w)
+    }
   }
 
   public static func lengthPrefixed(_ body: [UInt8]) -> [UInt8] {

@@ -18,23 +18,44 @@ import SwiftProtobuf
 struct WireWriter {
   /// Bytes written (or, counting, that would be).
   private(set) var size = 0
-  /// Nil while only counting.
-  private(set) var bytes: [UInt8]?
+  /// Where bytes go; nil while only counting. Writes past `capacity` are dropped
+  /// (`overflowed`), so a count and a write that disagree cannot corrupt memory.
+  private let out: UnsafeMutableRawPointer?
+  private let capacity: Int
 
-  static func counting() -> WireWriter { WireWriter(size: 0, bytes: nil) }
+  static func counting() -> WireWriter { WireWriter(out: nil, capacity: 0) }
 
-  static func writing(capacity: Int) -> WireWriter {
-    var out = [UInt8]()
-    out.reserveCapacity(capacity)
-    return WireWriter(size: 0, bytes: out)
+  private init(out: UnsafeMutableRawPointer?, capacity: Int) {
+    self.out = out
+    self.capacity = capacity
+  }
+
+  /// True when more was written than `capacity`.
+  var overflowed: Bool { out != nil && size > capacity }
+
+  /// `count` bytes made by `body` writing from the start, or nil when `body` refused
+  /// or did not write exactly `count` bytes.
+  static func written(count: Int, _ body: (inout WireWriter) -> Bool) -> [UInt8]? {
+    var whole = true
+    let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+      var w = WireWriter(out: buffer.baseAddress.map { UnsafeMutableRawPointer($0) }, capacity: count)
+      whole = body(&w) && !w.overflowed && w.size == count
+      // Everything is initialised when whole; otherwise the array is dropped empty.
+      initialized = whole ? count : 0
+    }
+    return whole ? bytes : nil
   }
 
   mutating func byte(_ b: UInt8) {
+    if let out, size < capacity { out.storeBytes(of: b, toByteOffset: size, as: UInt8.self) }
     size += 1
-    bytes?.append(b)
   }
 
   mutating func varint(_ value: UInt64) {
+    guard out != nil else {
+      size += Self.varintSize(value)
+      return
+    }
     var v = value
     while v >= 0x80 {
       byte(UInt8(truncatingIfNeeded: v) | 0x80)
@@ -43,11 +64,25 @@ struct WireWriter {
     byte(UInt8(v))
   }
 
+  static func varintSize(_ v: UInt64) -> Int { (64 - (v | 1).leadingZeroBitCount + 6) / 7 }
+
   mutating func key(_ field: UInt64, wireType: UInt8) { varint(field << 3 | UInt64(wireType)) }
 
-  mutating func raw<C: Collection>(_ data: C) where C.Element == UInt8 {
-    size += data.count
-    bytes?.append(contentsOf: data)
+  /// `count` bytes from `source`.
+  mutating func raw(_ source: UnsafeRawBufferPointer) {
+    if let out, let base = source.baseAddress, source.count <= capacity - size {
+      (out + size).copyMemory(from: base, byteCount: source.count)
+    }
+    size += source.count
+  }
+
+  mutating func raw(_ d: Data) {
+    if out == nil { size += d.count } else { d.withUnsafeBytes { raw($0) } }
+  }
+
+  mutating func raw(_ s: String) {
+    var s = s
+    if out == nil { size += s.utf8.count } else { s.withUTF8 { raw(UnsafeRawBufferPointer($0)) } }
   }
 
   mutating func uint64(_ field: UInt64, _ v: UInt64) {
@@ -69,7 +104,7 @@ struct WireWriter {
     guard !s.isEmpty else { return }
     key(field, wireType: 2)
     varint(UInt64(s.utf8.count))
-    raw(s.utf8)
+    raw(s)
   }
 
   mutating func int32(_ field: UInt64, _ v: Int32) { uint64(field, UInt64(bitPattern: Int64(v))) }
@@ -84,17 +119,16 @@ struct WireWriter {
     guard body(&count) else { return false }
     key(field, wireType: 2)
     varint(UInt64(count.size))
-    if bytes == nil { size += count.size } else { _ = body(&self) }
+    if out == nil { size += count.size } else { _ = body(&self) }
     return true
   }
 
-  /// A sub-message SwiftProtobuf encodes (the rare ones: an actor's creation options,
-  /// a scheduling strategy).
+  /// A sub-message SwiftProtobuf encodes (the rare one: an actor's creation options).
   mutating func message<M: SwiftProtobuf.Message>(_ field: UInt64, encoding m: M) -> Bool {
     guard let encoded: [UInt8] = try? m.serializedBytes(partial: true) else { return false }
     key(field, wireType: 2)
     varint(UInt64(encoded.count))
-    raw(encoded)
+    encoded.withUnsafeBytes { raw($0) }
     return true
   }
 }
@@ -183,7 +217,7 @@ extension WireWriter {
         // empty or zero: as SwiftProtobuf writes a map.
         for (name, quantity) in r.quantities {
           w.message(1) { e in
-            e.key(1, wireType: 2); e.varint(UInt64(name.utf8.count)); e.raw(name.utf8)
+            e.key(1, wireType: 2); e.varint(UInt64(name.utf8.count)); e.raw(name)
             e.key(2, wireType: 0); e.varint(UInt64(bitPattern: quantity))
             return true
           }
@@ -203,7 +237,19 @@ extension WireWriter {
     uint64(18, s.actorSeq)
     bytes(19, s.callerID)
     string(20, s.methodName)
-    if s.hasStrategy { guard message(21, encoding: s.strategy) else { return false } }
+    if s.hasStrategy {
+      let st = s.strategy
+      guard st.unknownFields.data.isEmpty else { return false }
+      message(21) { w in
+        w.int32(1, Int32(truncatingIfNeeded: st.kind.rawValue))
+        w.bytes(2, st.nodeID)
+        w.bool(3, st.soft)
+        w.bytes(4, st.placementGroupID)
+        w.int32(5, st.bundleIndex)
+        w.bool(6, st.captureChildTasks)
+        return true
+      }
+    }
     string(22, s.runtimeEnv)
     bool(23, s.streaming)
     int64(24, s.generatorBackpressure)
