@@ -62,6 +62,19 @@ public struct NormalTaskSubmitter: Sendable {
     /// Its worker handed a task back (the task it runs blocked): one task at a time on
     /// it until it is idle again.
     var handedBack = false
+
+    /// `task` replied at `now`: its function, how long it ran, whether the lease had
+    /// handed a task back (its timing is not the function's), and its key; nil when
+    /// it was not in flight here.
+    mutating func replied(_ task: TaskID, now: UInt64) -> (FunctionTag, UInt64, Bool, Key)? {
+      guard let function = inFlight.removeValue(forKey: task) else { return nil }
+      // FIFO on the worker: the task replied ran from the later of its push and the
+      // reply before it; the next one (if pushed) starts now.
+      let took = now &- headStart
+      headStart = now
+      if inFlight.isEmpty { idleSince = now; handedBack = false }
+      return (function, took, handedBack, key)
+    }
   }
 
   struct KeyState: Sendable {
@@ -182,15 +195,11 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// A pushed task got its reply. The lease takes the next task or goes idle.
   public mutating func taskReplied(_ task: TaskID, leaseID: UInt64, now: UInt64) -> [Action] {
-    guard var l = leases[leaseID], let function = l.inFlight.removeValue(forKey: task) else { return [] }
-    // FIFO on the worker: the task replied ran from the later of its push and the
-    // reply before it; the next one (if pushed) starts now.
-    let took = now &- l.headStart
-    l.headStart = now
-    if l.inFlight.isEmpty { l.idleSince = now; l.handedBack = false }
-    leases[leaseID] = l
-    if !l.handedBack { measured(function, took: took) }
-    return schedule(l.key, now: now)
+    // Changed in place: a copy taken out and written back would copy its table of
+    // tasks in flight at the first change (copy-on-write), once per reply.
+    guard let (function, took, handedBack, key) = leases[leaseID]?.replied(task, now: now) else { return [] }
+    if !handedBack { measured(function, took: took) }
+    return schedule(key, now: now)
   }
 
   /// The worker of `leaseID` handed `task` back unrun: the task running there blocked
@@ -307,38 +316,46 @@ public struct NormalTaskSubmitter: Sendable {
     var actions: [Action] = []
     // 1. Fill leases that have room, in rounds of one task each, least loaded first:
     // no lease takes a second task while another of the shape has none.
-    var open: [(id: UInt64, lease: LeaseState, allShort: Bool)] = ks.leases.compactMap { lid in
-      leases[lid].map { l in (lid, l, l.inFlight.values.allSatisfy(isShort)) }
-    }
-    open.sort { ($0.lease.inFlight.count, $0.id) < ($1.lease.inFlight.count, $1.id) }
-    while !ks.queue.isEmpty {
-      // Each round fills up to one more than the least loaded lease that has room (so
-      // it pushes at least once): rounds are bounded by the pushes.
-      var low = Int.max
-      for o in open where o.lease.inFlight.count < depth(o.lease, allShort: o.allShort) {
-        low = min(low, o.lease.inFlight.count)
+    if !ks.queue.isEmpty {
+      // The leases too are taken out while tasks are pushed to them (each push changes
+      // its lease's table of tasks in flight), and put back after.
+      var open: [(id: UInt64, lease: LeaseState, allShort: Bool)] = ks.leases.compactMap { lid in
+        leases.removeValue(forKey: lid).map { l in (lid, l, l.inFlight.values.allSatisfy(isShort)) }
       }
-      guard low < Int.max else { break }
-      for i in open.indices where !ks.queue.isEmpty {
-        guard open[i].lease.inFlight.count <= low,
-              open[i].lease.inFlight.count < depth(open[i].lease, allShort: open[i].allShort) else { continue }
-        let q = ks.queue.removeFirst()
-        if open[i].lease.inFlight.isEmpty { open[i].lease.headStart = now }
-        open[i].lease.inFlight[q.task] = q.function
-        open[i].lease.idleSince = nil
-        open[i].allShort = open[i].allShort && isShort(q.function)
-        actions.append(.push(q.task, lease: open[i].lease.lease))
+      open.sort { ($0.lease.inFlight.count, $0.id) < ($1.lease.inFlight.count, $1.id) }
+      while !ks.queue.isEmpty {
+        // Each round fills up to one more than the least loaded lease that has room (so
+        // it pushes at least once): rounds are bounded by the pushes.
+        var low = Int.max
+        for o in open where o.lease.inFlight.count < depth(o.lease, allShort: o.allShort) {
+          low = min(low, o.lease.inFlight.count)
+        }
+        guard low < Int.max else { break }
+        for i in open.indices where !ks.queue.isEmpty {
+          guard open[i].lease.inFlight.count <= low,
+                open[i].lease.inFlight.count < depth(open[i].lease, allShort: open[i].allShort) else { continue }
+          let q = ks.queue.removeFirst()
+          if open[i].lease.inFlight.isEmpty { open[i].lease.headStart = now }
+          open[i].lease.inFlight[q.task] = q.function
+          open[i].lease.idleSince = nil
+          open[i].allShort = open[i].allShort && isShort(q.function)
+          actions.append(.push(q.task, lease: open[i].lease.lease))
+        }
       }
+      for o in open { leases[o.id] = o.lease }
     }
-    for (lid, l, _) in open {
-      // 2. Return leases idle past the linger.
-      if let s = l.idleSince, l.inFlight.isEmpty, ks.queue.isEmpty, now >= s + settings.idleLingerNanos {
+    // 2. Return leases idle past the linger (only when nothing is queued: a lease with
+    // a task pushed just now is not idle), in the order of their ids.
+    if ks.queue.isEmpty {
+      var idle: [UInt64] = []
+      for lid in ks.leases {
+        if let l = leases[lid], let s = l.idleSince, l.inFlight.isEmpty, now >= s + settings.idleLingerNanos { idle.append(lid) }
+      }
+      for lid in idle.sorted() {
         leases[lid] = nil
         ks.leases.remove(lid)
         actions.append(.returnLease(leaseID: lid, disconnect: false))
-        continue
       }
-      leases[lid] = l
     }
     // 3. Ask for more leases for what is still queued, or cancel what is not needed.
     if ks.queue.isEmpty {
