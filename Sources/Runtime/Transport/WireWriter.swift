@@ -147,10 +147,13 @@ extension WireWriter {
   mutating func pushTaskReply(_ r: Swiftray_PushTaskReply) -> Bool {
     guard r.unknownFields.data.isEmpty else { return false }
     for ret in r.returns {
+      // Each sub-message is taken out of its parent once: its closure runs once to
+      // count at every level above it, and once to write.
+      let object = ret.hasObject ? ret.object : nil
       guard message(1, { w in
         guard ret.unknownFields.data.isEmpty else { return false }
         w.bytes(1, ret.objectID)
-        return !ret.hasObject || w.message(2) { $0.rayObject(ret.object) }
+        return object.map { o in w.message(2) { $0.rayObject(o) } } ?? true
       }) else { return false }
     }
     bool(2, r.isApplicationError)
@@ -182,7 +185,10 @@ extension WireWriter {
   /// does not know.
   mutating func pushTaskRequest(_ r: Swiftray_PushTaskRequest) -> Bool {
     guard r.unknownFields.data.isEmpty else { return false }
-    if r.hasSpec { guard message(1, { $0.taskSpec(r.spec) }) else { return false } }
+    if r.hasSpec {
+      let spec = r.spec
+      guard message(1, { $0.taskSpec(spec) }) else { return false }
+    }
     if !r.gpuIds.isEmpty {  // packed, as proto3 writes repeated numbers
       var count = WireWriter.counting()
       for g in r.gpuIds { count.varint(UInt64(bitPattern: Int64(g))) }
@@ -201,7 +207,10 @@ extension WireWriter {
     bytes(1, s.taskID)
     bytes(2, s.jobID)
     bytes(3, s.parentTaskID)
-    if s.hasOwner { guard message(4, { $0.address(s.owner) }) else { return false } }
+    if s.hasOwner {
+      let owner = s.owner
+      guard message(4, { $0.address(owner) }) else { return false }
+    }
     if s.hasFunction {
       let f = s.function
       guard f.unknownFields.data.isEmpty else { return false }
@@ -271,7 +280,9 @@ extension WireWriter {
   mutating func objectReference(_ r: Swiftray_ObjectReference) -> Bool {
     guard r.unknownFields.data.isEmpty else { return false }
     bytes(1, r.objectID)
-    return !r.hasOwner || message(2) { $0.address(r.owner) }
+    guard r.hasOwner else { return true }
+    let owner = r.owner
+    return message(2) { $0.address(owner) }
   }
 
   mutating func address(_ a: Swiftray_Address) -> Bool {
