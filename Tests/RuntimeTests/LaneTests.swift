@@ -81,7 +81,7 @@ import Testing
   /// `frame`, encoded by `Lane.encode` and cut by a `FrameReader`, reads back as itself
   /// (SwiftProtobuf decoding it) and is as long as SwiftProtobuf's encoding.
   static func readsBackWhole(_ frame: Swiftray_DataFrame, _ what: String) throws {
-    let framed = try #require(Lane.encode(frame))
+    let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
     var reader = FrameReader(max: 1 << 23)
     framed.withUnsafeBytes { reader.append($0) }
     guard case .frame(let f) = reader.next() else { Issue.record("no frame: \(what)"); return }
@@ -153,10 +153,10 @@ import Testing
     func check(_ reply: Swiftray_PushTaskReply, _ what: String, head: Swiftray_DataFrame = .with { $0.id = 9 }) throws {
       var frame = head
       frame.body = .pushTaskReply(reply)
-      let framed = try #require(Lane.encode(frame))
+      let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
       let whole: [UInt8] = try frame.serializedBytes()
       #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
-      #expect(Lane.decode(framed[4...]) == frame, "\(what) read back")
+      #expect(framed[4...].withUnsafeBytes { WireReader.frame($0) } == frame, "\(what) read back by hand")
     }
     let replies = Self.oneFieldEach(Swiftray_PushTaskReply.self)
     let returns = Self.oneFieldEach(Swiftray_ReturnObject.self)
@@ -182,7 +182,7 @@ import Testing
       var frame = Swiftray_DataFrame()
       frame.id = 4
       frame.body = .pushTask(push)
-      let framed = try #require(Lane.encode(frame))
+      let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
       let whole: [UInt8] = try frame.serializedBytes()
       #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
       #expect(framed[4...].withUnsafeBytes { WireReader.frame($0) } == frame, "\(what) read back by hand")
@@ -226,15 +226,22 @@ import Testing
     }, "numbers below zero, three resources")
   }
 
-  /// A reply holding fields this build does not know is encoded whole, keeping them.
+  /// A reply (or a push) holding fields this build does not know is encoded by
+  /// SwiftProtobuf, keeping them.
   @Test func aReplyWithUnknownFieldsKeepsThem() throws {
     var reply = try Swiftray_PushTaskReply(serializedBytes: [0xF8, 0x03, 0x05])  // field 63 = 5
     #expect(!reply.unknownFields.data.isEmpty)
     reply.startedWallNs = 3
     var frame = Swiftray_DataFrame()
     frame.body = .pushTaskReply(reply)
+    #expect(Lane.encodedByHand(frame) == nil, "not by hand: it would drop them")
     let framed = try #require(Lane.encode(frame))
     #expect(try Swiftray_DataFrame(serializedBytes: Array(framed.dropFirst(4))) == frame)
+    var push = Swiftray_DataFrame()
+    push.body = .pushTask(.with { $0.spec.args = [.with { $0.value = try! Swiftray_RayObject(serializedBytes: [0xF8, 0x03, 0x05]) }] })
+    #expect(Lane.encodedByHand(push) == nil, "nor a push with one deep in its spec")
+    let pushed = try #require(Lane.encode(push))
+    #expect(try Swiftray_DataFrame(serializedBytes: Array(pushed.dropFirst(4))) == push)
   }
 
   /// Pushes and replies are read by hand; whatever the bytes (valid frames of every kind, then

@@ -28,29 +28,21 @@ public enum Lane {
   /// `frame` encoded with its length in front, or nil when it cannot be encoded.
   /// Encoded straight behind its length (`LengthPrefixed`): one buffer, no copy.
   public static func encode(_ frame: Swiftray_DataFrame) -> [UInt8]? {
-    switch frame.body {
-    case .pushTask(let req)?:
-      if let bytes = encodePush(frame, req) { return bytes }
-    case .pushTaskReply(let reply)?:
-      if let bytes = encodeReply(frame, reply) { return bytes }
-    default: break
-    }
+    if let bytes = encodedByHand(frame) { return bytes }
     guard let framed: LengthPrefixed = try? frame.serializedBytes(partial: true), framed.fits else { return nil }
     return framed.bytes
   }
 
-  /// A push, written by hand whole (`WireWriter`): SwiftProtobuf sizes a nested
-  /// message once more for every level above it, and a spec is a tree two levels down.
-  /// Nil when some part of it has fields this build does not know (then SwiftProtobuf
-  /// encodes it).
-  static func encodePush(_ frame: Swiftray_DataFrame, _ req: Swiftray_PushTaskRequest) -> [UInt8]? {
-    framed(frame, bodyField: 10) { $0.pushTaskRequest(req) }  // push_task
-  }
-
-  /// A task's reply, written by hand whole (`WireWriter`); nil when some part of it
-  /// has fields this build does not know (then SwiftProtobuf encodes it).
-  static func encodeReply(_ frame: Swiftray_DataFrame, _ reply: Swiftray_PushTaskReply) -> [UInt8]? {
-    framed(frame, bodyField: 11) { $0.pushTaskReply(reply) }  // push_task_reply
+  /// A push or a task's reply written by hand whole (`WireWriter`) behind its length:
+  /// SwiftProtobuf sizes a nested message once more for every level above it, and a
+  /// spec is a tree two levels down. Nil for any other frame, and for one with fields
+  /// this build does not know (`encode` then has SwiftProtobuf write it).
+  public static func encodedByHand(_ frame: Swiftray_DataFrame) -> [UInt8]? {
+    switch frame.body {
+    case .pushTask(let req)?: return framed(frame, bodyField: 10) { $0.pushTaskRequest(req) }
+    case .pushTaskReply(let reply)?: return framed(frame, bodyField: 11) { $0.pushTaskReply(reply) }
+    default: return nil
+    }
   }
 
   /// `frame`'s own fields, then its body as field `bodyField` written by `body` (run
@@ -58,19 +50,12 @@ public enum Lane {
   private static func framed(_ frame: Swiftray_DataFrame, bodyField: UInt64,
                              _ body: (inout WireWriter) -> Bool) -> [UInt8]? {
     var count = WireWriter.counting()
-    guard count.frameHead(frame) else { return nil }
-    var bodyCount = WireWriter.counting()
-    guard body(&bodyCount) else { return nil }
-    count.key(bodyField, wireType: 2)
-    count.varint(UInt64(bodyCount.size))
-    let total = count.size + bodyCount.size
+    guard count.frameHead(frame), count.message(bodyField, body) else { return nil }
+    let total = count.size
     guard total <= Int(UInt32.max) else { return nil }
-    return WireWriter.written(count: 4 + total) { w in
+    return WireWriter.written(count: 4 + total, lengths: count.lengths) { w in
       withUnsafeBytes(of: UInt32(total).bigEndian) { w.raw($0) }
-      _ = w.frameHead(frame)
-      w.key(bodyField, wireType: 2)
-      w.varint(UInt64(bodyCount.size))
-      return body(&w)
+      return w.frameHead(frame) && w.message(bodyField, body)
     }
   }
 

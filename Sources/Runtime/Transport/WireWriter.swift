@@ -5,8 +5,9 @@ import SwiftProtobuf
 /// Protobuf's binary wire format written by hand, for the frames of the hot path (a
 /// task's reply, the head of every lane frame). SwiftProtobuf sizes a nested message
 /// once more for every level above it and goes through a visitor per field; a reply
-/// is three levels deep, so that cost more than the bytes. Here each level is counted
-/// with a plain integer pass and written once.
+/// is three levels deep, so that cost more than the bytes. Here a message is counted
+/// once, whole, with plain integer arithmetic (each sub-message's length noted in the
+/// order met), then written once, the lengths read back in the same order.
 ///
 /// Threading: a value type, used by one thread.
 ///
@@ -22,24 +23,34 @@ struct WireWriter {
   /// (`overflowed`), so a count and a write that disagree cannot corrupt memory.
   private let out: UnsafeMutableRawPointer?
   private let capacity: Int
+  /// The length of each sub-message, in the order `message` meets them: noted while
+  /// counting, read back (from `nextLength`) while writing.
+  private(set) var lengths: [Int]
+  private var nextLength = 0
 
-  static func counting() -> WireWriter { WireWriter(out: nil, capacity: 0) }
+  static func counting() -> WireWriter {
+    var lengths: [Int] = []
+    lengths.reserveCapacity(16)  // a push with a few arguments: one allocation
+    return WireWriter(out: nil, capacity: 0, lengths: lengths)
+  }
 
-  private init(out: UnsafeMutableRawPointer?, capacity: Int) {
+  private init(out: UnsafeMutableRawPointer?, capacity: Int, lengths: [Int]) {
     self.out = out
     self.capacity = capacity
+    self.lengths = lengths
   }
 
   /// True when more was written than `capacity`.
   var overflowed: Bool { out != nil && size > capacity }
 
-  /// `count` bytes made by `body` writing from the start, or nil when `body` refused
-  /// or did not write exactly `count` bytes.
-  static func written(count: Int, _ body: (inout WireWriter) -> Bool) -> [UInt8]? {
+  /// `count` bytes made by `body` writing from the start with the sub-message lengths
+  /// a count of the same `body` noted, or nil when `body` refused, or did not write
+  /// exactly `count` bytes and meet exactly those sub-messages.
+  static func written(count: Int, lengths: [Int], _ body: (inout WireWriter) -> Bool) -> [UInt8]? {
     var whole = true
     let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-      var w = WireWriter(out: buffer.baseAddress.map { UnsafeMutableRawPointer($0) }, capacity: count)
-      whole = body(&w) && !w.overflowed && w.size == count
+      var w = WireWriter(out: buffer.baseAddress.map { UnsafeMutableRawPointer($0) }, capacity: count, lengths: lengths)
+      whole = body(&w) && !w.overflowed && w.size == count && w.nextLength == lengths.count
       // Everything is initialised when whole; otherwise the array is dropped empty.
       initialized = whole ? count : 0
     }
@@ -111,16 +122,29 @@ struct WireWriter {
 
   mutating func int64(_ field: UInt64, _ v: Int64) { uint64(field, UInt64(bitPattern: v)) }
 
-  /// A sub-message written by `body`, behind its length (counted first). False (and
-  /// nothing written): `body` refused its message.
+  /// A sub-message written by `body`, behind its length. False: `body` refused its
+  /// message, or (writing) wrote other than the length counted for it.
   @discardableResult
   mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Bool) -> Bool {
-    var count = WireWriter.counting()
-    guard body(&count) else { return false }
+    if out == nil {
+      // Counted in place; the slot noted first, so lengths stay in the order met.
+      let slot = lengths.count
+      lengths.append(0)
+      let start = size
+      guard body(&self) else { return false }
+      let length = size - start
+      lengths[slot] = length
+      key(field, wireType: 2)
+      varint(UInt64(length))
+      return true
+    }
+    guard nextLength < lengths.count else { return false }
+    let length = lengths[nextLength]
+    nextLength += 1
     key(field, wireType: 2)
-    varint(UInt64(count.size))
-    if out == nil { size += count.size } else { _ = body(&self) }
-    return true
+    varint(UInt64(length))
+    let start = size
+    return body(&self) && size - start == length
   }
 
   /// A sub-message SwiftProtobuf encodes (the rare one: an actor's creation options).
@@ -147,8 +171,7 @@ extension WireWriter {
   mutating func pushTaskReply(_ r: Swiftray_PushTaskReply) -> Bool {
     guard r.unknownFields.data.isEmpty else { return false }
     for ret in r.returns {
-      // Each sub-message is taken out of its parent once: its closure runs once to
-      // count at every level above it, and once to write.
+      // Taken out of its parent once, not once per pass.
       let object = ret.hasObject ? ret.object : nil
       guard message(1, { w in
         guard ret.unknownFields.data.isEmpty else { return false }
@@ -190,7 +213,7 @@ extension WireWriter {
       guard message(1, { $0.taskSpec(spec) }) else { return false }
     }
     if !r.gpuIds.isEmpty {  // packed, as proto3 writes repeated numbers
-      var count = WireWriter.counting()
+      var count = WireWriter(out: nil, capacity: 0, lengths: [])
       for g in r.gpuIds { count.varint(UInt64(bitPattern: Int64(g))) }
       key(2, wireType: 2)
       varint(UInt64(count.size))
