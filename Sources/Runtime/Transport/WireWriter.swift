@@ -3,9 +3,9 @@ import RuntimeProto
 import SwiftProtobuf
 
 /// Protobuf's binary wire format written by hand, for the frames of the hot path (a
-/// task's reply, the head of every lane frame). SwiftProtobuf sizes a nested message
-/// once more for every level above it and goes through a visitor per field; a reply
-/// is three levels deep, so that cost more than the bytes. Here a message is counted
+/// task pushed and its reply). SwiftProtobuf sizes a nested message once more for
+/// every level above it and goes through a visitor per field; a reply is three levels
+/// deep and a push's spec deeper, so that cost more than the bytes. Here a message is counted
 /// once, whole, with plain integer arithmetic (each sub-message's length noted in the
 /// order met), then written once, the lengths read back in the same order.
 ///
