@@ -145,6 +145,15 @@ import Testing
     return (out, fields)
   }
 
+  /// `frame` is written by hand byte for byte as SwiftProtobuf writes it (behind its
+  /// length), and read back by hand as itself.
+  static func writtenAndReadByHand(_ frame: Swiftray_DataFrame, _ what: String) throws {
+    let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
+    let whole: [UInt8] = try frame.serializedBytes()
+    #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
+    #expect(framed[4...].withUnsafeBytes { WireReader.frame($0) } == frame, "\(what) read back by hand")
+  }
+
   /// Each message a reply is written with by hand (`WireWriter`), with one field set at
   /// a time, every field the generated code knows found by decoding each field number
   /// with each kind of value: the frame is byte for byte what SwiftProtobuf writes. A
@@ -153,10 +162,7 @@ import Testing
     func check(_ reply: Swiftray_PushTaskReply, _ what: String, head: Swiftray_DataFrame = .with { $0.id = 9 }) throws {
       var frame = head
       frame.body = .pushTaskReply(reply)
-      let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
-      let whole: [UInt8] = try frame.serializedBytes()
-      #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
-      #expect(framed[4...].withUnsafeBytes { WireReader.frame($0) } == frame, "\(what) read back by hand")
+      try Self.writtenAndReadByHand(frame, what)
     }
     let replies = Self.oneFieldEach(Swiftray_PushTaskReply.self)
     let returns = Self.oneFieldEach(Swiftray_ReturnObject.self)
@@ -182,10 +188,7 @@ import Testing
       var frame = Swiftray_DataFrame()
       frame.id = 4
       frame.body = .pushTask(push)
-      let framed = try #require(Lane.encodedByHand(frame), "\(what) written by hand")
-      let whole: [UInt8] = try frame.serializedBytes()
-      #expect(framed == Array(withUnsafeBytes(of: UInt32(whole.count).bigEndian) { Array($0) }) + whole, "\(what)")
-      #expect(framed[4...].withUnsafeBytes { WireReader.frame($0) } == frame, "\(what) read back by hand")
+      try Self.writtenAndReadByHand(frame, what)
     }
     let pushes = Self.oneFieldEach(Swiftray_PushTaskRequest.self)
     let specs = Self.oneFieldEach(Swiftray_TaskSpec.self)
