@@ -2151,12 +2151,18 @@ public nonisolated struct Swiftray_ReturnBundlesRequest: Sendable {
   /// Only these bundles (an undone prepare); empty: all of the group's on this node.
   public var indices: [Int32] = []
 
+  /// Answer with the node's resources after the return (`total`, `available`). Unset
+  /// when the head already took the return into its view: the node's whole view holds
+  /// every live group's renamed resources, so sending it on each removal would cost in
+  /// proportion to the groups alive.
+  public var resourcesWanted: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// The node's resources after the return.
+/// The node's resources after the return (when asked for), and its bundle epoch.
 public nonisolated struct Swiftray_ReturnBundlesReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -5932,7 +5938,7 @@ nonisolated extension Swiftray_CommitBundlesReply: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Swiftray_ReturnBundlesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReturnBundlesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_group_id\0\u{1}indices\0\u{3}resources_wanted\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5942,6 +5948,7 @@ nonisolated extension Swiftray_ReturnBundlesRequest: SwiftProtobuf.Message, Swif
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.placementGroupID) }()
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.indices) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.resourcesWanted) }()
       default: break
       }
     }
@@ -5954,12 +5961,16 @@ nonisolated extension Swiftray_ReturnBundlesRequest: SwiftProtobuf.Message, Swif
     if !self.indices.isEmpty {
       try visitor.visitPackedInt32Field(value: self.indices, fieldNumber: 2)
     }
+    if self.resourcesWanted != false {
+      try visitor.visitSingularBoolField(value: self.resourcesWanted, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swiftray_ReturnBundlesRequest, rhs: Swiftray_ReturnBundlesRequest) -> Bool {
     if lhs.placementGroupID != rhs.placementGroupID {return false}
     if lhs.indices != rhs.indices {return false}
+    if lhs.resourcesWanted != rhs.resourcesWanted {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

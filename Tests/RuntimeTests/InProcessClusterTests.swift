@@ -253,6 +253,56 @@ final class InProcessCluster: Sendable {
     try await onOwnThread { cluster.shutdown() }
   }
 
+  /// Removing a group frees its bundle in the head's view of the node at once — before
+  /// any report from the node — and the view the head works out is the one the node
+  /// then reports. The node's answer to a return carries its whole view (every live
+  /// group's renamed resources: a cost that grows with the groups alive) only when the
+  /// head asks for it.
+  @Test func aRemovedGroupIsFreedInTheHeadsViewAtOnceAndTheNodeSendsItsViewOnlyWhenAsked() async throws {
+    let cluster = try await InProcessCluster(nodes: 1, config: Self.config, cpus: 2)
+    let node = cluster.nodes[0]
+    func view() async throws -> Swiftray_NodeInfo? {
+      try await cluster.client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes.first { $0.nodeID == Data(node.id.binary) }
+    }
+    var g = Swiftray_PlacementGroupInfo()
+    g.placementGroupID = Data(PlacementGroupID.random().binary)
+    g.strategy = "PACK"
+    g.detached = true
+    g.bundles = [ResourceSet(units: ["CPU": 2]).proto]
+    let hex = try #require(PlacementGroupID(binary: g.placementGroupID)).hex
+    _ = try await cluster.client.createPlacementGroup(.with { $0.group = g })
+    try await cluster.run(for: .seconds(10)) { try await cluster.group(g.placementGroupID).state == .created }
+    let held = try #require(try await view())
+    #expect(held.available.quantities["CPU", default: 0] == 0)
+    #expect(held.total.quantities.keys.contains { $0.hasSuffix(hex) })
+
+    _ = try await cluster.client.removePlacementGroup(.with { $0.placementGroupID = g.placementGroupID })
+    // No virtual time has passed: no report from the node came in.
+    let freed = try #require(try await view())
+    #expect(freed.available.quantities["CPU"] == 2 * ResourceSet.unit)
+    #expect(!freed.total.quantities.keys.contains { $0.hasSuffix(hex) })
+    #expect(!freed.available.quantities.keys.contains { $0.hasSuffix(hex) })
+    // The node's reports after its return agree with the view worked out here.
+    try await cluster.run(for: .seconds(1))
+    let reported = try #require(try await view())
+    #expect(reported.total.quantities == freed.total.quantities)
+    #expect(reported.available.quantities == freed.available.quantities)
+
+    let toNode = try ControlPlane.connect(node.endpoint, group: cluster.group, auth: cluster.auth)
+    let nodeClient = Swiftray_NodeManagerService.Client(wrapping: toNode.client)
+    let other = Data(PlacementGroupID.random().binary)
+    let bare = try await nodeClient.returnBundles(.with { $0.placementGroupID = other })
+    #expect(!bare.hasTotal && !bare.hasAvailable && bare.bundleEpoch > 0)
+    let full = try await nodeClient.returnBundles(.with { $0.placementGroupID = other; $0.resourcesWanted = true })
+    #expect(full.total.quantities["CPU"] == 2 * ResourceSet.unit)
+    #expect(full.available.quantities["CPU"] == 2 * ResourceSet.unit)
+    #expect(full.bundleEpoch > bare.bundleEpoch)
+    try await onOwnThread {
+      toNode.shutdown()
+      cluster.shutdown()
+    }
+  }
+
   /// Tasks on the real shells end to end, in one process: a driver's `CoreWorker` leases
   /// workers from the real NodeManagers (started by `InProcessWorkers`), pushes tasks
   /// over the in-memory data plane and gathers their returns; a task whose worker dies

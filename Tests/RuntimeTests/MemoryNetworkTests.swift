@@ -155,6 +155,59 @@ import Testing
     try await group.shutdownGracefully()
   }
 
+  /// A client of a socket this process serves calls the service itself (`LocalCall`:
+  /// no streams, no server task) with gRPC's outcomes: the reply, the same state as the
+  /// socket's callers see, and — for a method that waits — the call's deadline and the
+  /// caller's cancellation, which answer the caller at once. A memory endpoint keeps
+  /// gRPC (tests cut its links); once the server stops, calls go by gRPC and fail.
+  @Test func aServiceThisProcessServesIsCalledDirectlyWithGRPCsOutcomes() async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let auth = try ClusterAuth(token: ClusterAuth.generate(), source: "test")
+    let control = ControlService(group: group, auth: auth)
+    let ep = Endpoint.unix(NSTemporaryDirectory() + "direct-\(UInt32.random(in: 0 ... .max)).sock")
+    let server = try await ControlPlane.serve([control], at: ep, group: group, auth: auth)
+    let conn = try ControlPlane.connect(ep, group: group, auth: auth)
+    let direct = conn.controlService
+    #expect(direct is LocalControlServiceClient)
+    let put = Self.putF
+    #expect(try await direct.kvPut(put).added)
+    let socket = try ControlPlane.connect(ep, group: group, auth: auth, viaTwin: false)
+    #expect(!(socket.controlService is LocalControlServiceClient))
+    #expect(try await !socket.controlService.kvPut(put).added, "one service behind both")
+
+    // An actor announced and never placed: a wait for its next state is a long poll.
+    var spec = Swiftray_TaskSpec()
+    let actor = TaskID(prefix: 7, counter: 1, job: 1)
+    spec.taskID = Data(actor.binary)
+    spec.actorID = Data(actor.binary)
+    spec.actorCreation.className = "Waits"
+    _ = try await direct.createActor(.with { $0.spec = spec; $0.awaitingArguments = true })
+    let wait = Swiftray_WaitActorStateRequest.with { $0.actorID = spec.actorID; $0.afterVersion = 1_000; $0.timeoutMs = 60_000 }
+    let start = ContinuousClock.now
+    let late = await #expect(throws: RPCError.self) {
+      _ = try await direct.waitActorState(wait, options: ControlPlane.deadline(milliseconds: 100))
+    }
+    #expect(late?.code == .deadlineExceeded)
+    let waiter = Task { try await direct.waitActorState(wait) }
+    try await Task.sleep(for: .milliseconds(50))
+    waiter.cancel()
+    let cancelled = await #expect(throws: RPCError.self) { _ = try await waiter.value }
+    #expect(cancelled?.code == .cancelled)
+    #expect(ContinuousClock.now - start < .seconds(30), "neither waited for the poll's own end")
+
+    // The twin goes with its server: so do direct calls.
+    let memory = try ControlPlane.connect(.memory(Self.unique("nothing")), group: group, auth: auth)
+    #expect(!(memory.controlService is LocalControlServiceClient))
+    try await onOwnThread { server.shutdown() }
+    #expect(!(conn.controlService is LocalControlServiceClient))
+    await #expect(throws: RPCError.self) { _ = try await conn.controlService.kvPut(put) }
+    try await onOwnThread {
+      for c in [conn, socket, memory] { c.shutdown() }
+      control.shutdown()
+    }
+    try await group.shutdownGracefully()
+  }
+
   /// One key-value write, the same each time (the second is refused: the key exists).
   static let putF: Swiftray_KVPutRequest = {
     var put = Swiftray_KVPutRequest()

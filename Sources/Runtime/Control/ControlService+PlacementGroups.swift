@@ -34,7 +34,7 @@ extension ControlService {
     // The view here frees the bundles at once, so a group created right after sees the
     // resources (the nodes' own return follows on the same connections).
     for case .returnBundles(let group, let nodes) in actions { bundlesFreedInView(group, on: nodes) }
-    performGroups(actions, returnsStarted: true)
+    performGroups(actions, freedInView: true)
     return r
   }
 
@@ -75,17 +75,18 @@ extension ControlService {
 
   // MARK: actions
 
-  /// `returnsStarted`: the bundle changes of the returns are already counted in flight
-  /// (`bundlesFreedInView` did, with its credit); otherwise they are counted here.
-  func performGroups(_ actions: [PlacementGroupTable.Action], returnsStarted: Bool = false) {
+  /// `freedInView`: the returns are already in the view here and their bundle changes
+  /// counted in flight (`bundlesFreedInView` did both); otherwise they are counted here
+  /// and the view is taken from the nodes' answers.
+  func performGroups(_ actions: [PlacementGroupTable.Action], freedInView: Bool = false) {
     for a in actions {
       switch a {
       case .placeWaiting:
         placementKicks.yield()
       case .returnBundles(let group, let nodes):
-        if !returnsStarted { state.withLock { s in for node in nodes { s.nodes.bundleChangeStarted(node) } } }
+        if !freedInView { state.withLock { s in for node in nodes { s.nodes.bundleChangeStarted(node) } } }
         Task { [self] in
-          for node in nodes { await returnBundles(group, on: node) }
+          for node in nodes { await returnBundles(group, on: node, takeView: !freedInView) }
           placementKicks.yield()  // resources freed: a waiting group may fit now
         }
       case .published(let id):
@@ -185,7 +186,7 @@ extension ControlService {
     await withTaskGroup(of: (Data, Swiftray_PrepareBundlesReply?).self) { g in
       for (node, req) in prepares {
         guard let c = clients[node] else { continue }
-        g.addTask { (node, try? await Swiftray_NodeManagerService.Client(wrapping: c.client).prepareBundles(req, options: options)) }
+        g.addTask { (node, try? await c.nodeManagerService.prepareBundles(req, options: options)) }
       }
       for await (node, reply) in g {
         reservation.prepared(node: node, answers: reply?.prepared ?? [])
@@ -198,14 +199,14 @@ extension ControlService {
         guard let c = clients[node] else { continue }
         var req = Swiftray_CommitBundlesRequest()
         req.placementGroupIds = groups
-        g.addTask { (node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).commitBundles(req, options: options))?.bundleEpoch ?? 0) }
+        g.addTask { (node, (try? await c.nodeManagerService.commitBundles(req, options: options))?.bundleEpoch ?? 0) }
       }
       for u in undo {
         guard let c = clients[u.node] else { continue }
         var req = Swiftray_ReturnBundlesRequest()
         req.placementGroupID = u.group
         req.indices = u.indices.map(Int32.init)
-        g.addTask { (u.node, (try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: options))?.bundleEpoch ?? 0) }
+        g.addTask { (u.node, (try? await c.nodeManagerService.returnBundles(req, options: options))?.bundleEpoch ?? 0) }
       }
       for await (node, epoch) in g { epochs[node] = max(epochs[node] ?? 0, epoch) }
     }
@@ -242,37 +243,44 @@ extension ControlService {
   /// reverse; what tasks still hold of them is dropped with them).
   static func bundlesInView(_ s: inout State, node: Data, group: String, _ bundles: [(index: Int, shape: ResourceSet)],
                             committed: Bool) {
-    guard let n = s.nodes[node] else { return }
-    var total = ResourceSet(proto: n.total), available = ResourceSet(proto: n.available)
-    for (i, shape) in bundles {
-      let added = BundleResources.committed(shape, group: group, index: i)
-      if committed {
-        total = total + added
-        available = available - shape + added
-      } else {
-        total = total - added
-        available = ResourceSet(fixedPoint: (available - added).quantities.filter { $0.value > 0 }) + shape
+    // In place, touching the bundles' names only: the node's shapes hold every live
+    // group's renamed resources.
+    s.nodes.changeResources(node) { total, available in
+      for (i, shape) in bundles {
+        let added = BundleResources.committed(shape, group: group, index: i)
+        if committed {
+          ResourceSet.add(added, to: &total.quantities)
+          ResourceSet.add(shape, to: &available.quantities, negated: true)
+          ResourceSet.add(added, to: &available.quantities)
+        } else {
+          ResourceSet.add(added, to: &total.quantities, negated: true)
+          // What tasks still held of the bundle goes with it (never below nothing).
+          ResourceSet.add(added, to: &available.quantities, negated: true, droppingNonPositive: true)
+          ResourceSet.add(shape, to: &available.quantities)
+        }
       }
     }
-    s.nodes.resourcesChanged(node, total: total.proto, available: available.proto)
   }
 
-  /// Gives a removed group's bundles back on `node` (its workers there are killed) and
-  /// takes the node's resources after that into the view here.
+  /// Gives a removed group's bundles back on `node` (its workers there are killed) and,
+  /// with `takeView`, takes the node's resources after that into the view here (without,
+  /// the view already has the return: `bundlesFreedInView`, and the node's next report
+  /// after this change corrects any drift, as after a commit).
   /// Ends the bundle change counted for it (`bundleChangeStarted`), answered or not.
-  func returnBundles(_ group: Data, on node: Data) async {
+  func returnBundles(_ group: Data, on node: Data, takeView: Bool) async {
     guard let address = state.withLock({ $0.nodes[node].map(Self.address) }), let c = nodeClient(address) else {
       state.withLock { $0.nodes.bundleChangeEnded(node, epoch: 0) }
       return
     }
     var req = Swiftray_ReturnBundlesRequest()
     req.placementGroupID = group
-    guard let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).returnBundles(req, options: nodeCallOptions) else {
+    req.resourcesWanted = takeView
+    guard let r = try? await c.nodeManagerService.returnBundles(req, options: nodeCallOptions) else {
       state.withLock { $0.nodes.bundleChangeEnded(node, epoch: 0) }
       return
     }
     state.withLock { s in
-      s.nodes.resourcesChanged(node, total: r.total, available: r.available)
+      if takeView { s.nodes.resourcesChanged(node, total: r.total, available: r.available) }
       s.nodes.bundleChangeEnded(node, epoch: r.bundleEpoch)
     }
   }

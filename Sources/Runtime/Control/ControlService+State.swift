@@ -141,7 +141,7 @@ extension ControlService {
   }
 
   /// A state query's answer, streamed in chunks; reassembled, bounded by `maxStateAnswerBytes`.
-  public static func fetchState(_ client: Swiftray_ControlService.Client<ControlPlane.Transport>, _ req: Swiftray_ListStateRequest,
+  public static func fetchState(_ client: any Swiftray_ControlService.ClientProtocol, _ req: Swiftray_ListStateRequest,
                                 options: CallOptions = .defaults) async throws -> Swiftray_ListStateReply {
     try await client.listState(req, options: options) { response in
       var whole: Swiftray_ListStateReply?
@@ -379,7 +379,7 @@ extension ControlService {
         let c = nodeClient(Self.address(of: n))
         g.addTask {
           guard let c else { return (n, nil) }
-          let r = try? await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(.with { $0.withWorkers = true },
+          let r = try? await c.nodeManagerService.getNodeStats(Swiftray_GetNodeStatsRequest.with { $0.withWorkers = true },
                                                                                                 options: options)
           return (n, r)
         }
@@ -497,7 +497,7 @@ extension ControlService {
   /// The log files of a node (newest first), for the dashboard.
   public func logFiles(node hex: String) async throws -> [Swiftray_LogFileInfo] {
     let (_, c) = try nodeManager(hex: hex)
-    return try await Swiftray_NodeManagerService.Client(wrapping: c.client).listLogs(.init(), options: nodeCallOptions).files
+    return try await c.nodeManagerService.listLogs(Swiftray_ListLogsRequest(), options: nodeCallOptions).files
   }
 
   /// The last `lines` lines of a node's log file (at most NodeLogs.maxTailBytes), for the dashboard.
@@ -506,7 +506,7 @@ extension ControlService {
     var req = Swiftray_GetLogRequest()
     req.name = name
     req.tailLines = Int32(clamping: lines)
-    return try await Swiftray_NodeManagerService.Client(wrapping: c.client).getLog(req, options: nodeCallOptions) { response in
+    return try await c.nodeManagerService.getLog(req, options: nodeCallOptions) { response in
       var out = Data()
       for try await chunk in response.messages {
         guard out.count + chunk.data.count <= NodeLogs.maxTailBytes + NodeLogs.maxChunk else { break }

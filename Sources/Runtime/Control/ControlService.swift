@@ -157,7 +157,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     let address = node.nodeManagerAddress
     guard !address.isEmpty, let nm = nodeClient(address) else { return }
     do {
-      _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
+      _ = try await nm.nodeManagerService.getNodeStats(
         Swiftray_GetNodeStatsRequest(), options: ControlPlane.deadline(milliseconds: max(1000, min(config.healthCheckTimeoutMs, 10_000))))
     } catch {
       nodeClients.remove([address])
@@ -199,7 +199,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
     Task { [self] in
       let options = ControlPlane.deadline(milliseconds: timeout)
       do {
-        _ = try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(
+        _ = try await nm.nodeManagerService.getNodeStats(
           Swiftray_GetNodeStatsRequest(), options: options)
         state.withLock { $0.nodes.health.checkSucceeded(id) }
       } catch {
@@ -478,7 +478,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           req.leaseID = lease.leaseID
           req.disconnectWorker = disconnect
           req.ownerWorkerID = Data(leaseOwner.binary)
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req, options: nodeCallOptions)
+          _ = try? await nm.nodeManagerService.returnWorkerLease(req, options: nodeCallOptions)
         }
       case .killWorker(let lease, let reason):
         guard let nm = nodeClient(lease.node) else { continue }
@@ -486,7 +486,7 @@ public final class ControlService: Swiftray_ControlService.SimpleServiceProtocol
           var req = Swiftray_KillWorkerRequest()
           req.workerID = lease.worker.workerID
           req.reason = reason
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req, options: nodeCallOptions)
+          _ = try? await nm.nodeManagerService.killWorker(req, options: nodeCallOptions)
         }
       case .recorded(let id):
         state.withLock { s in

@@ -181,6 +181,21 @@ public struct NodeTable: Sendable {
 
   /// The head's view of a node's resources changed before its next report (bundles
   /// committed or given back there).
+  /// Changes `id`'s resources in place: each shape is taken out of its node while it
+  /// changes, so a change costs what it touches, not a copy of every name the node has
+  /// (a copy left in the table would make the first change copy the whole map).
+  mutating func changeResources(_ id: Data, _ change: (_ total: inout Swiftray_ResourceShape,
+                                                       _ available: inout Swiftray_ResourceShape) -> Void) {
+    guard var n = nodes.removeValue(forKey: id) else { return }
+    var total = n.total, available = n.available
+    n.clearTotal()
+    n.clearAvailable()
+    change(&total, &available)
+    n.total = total
+    n.available = available
+    nodes[id] = n
+  }
+
   public mutating func resourcesChanged(_ id: Data, total: Swiftray_ResourceShape, available: Swiftray_ResourceShape) {
     nodes[id]?.total = total
     nodes[id]?.available = available

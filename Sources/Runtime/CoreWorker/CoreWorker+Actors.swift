@@ -200,7 +200,7 @@ extension CoreWorker {
       do {
         // Idempotent: the directory ignores an actor id it has.
         let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
-          try await Swiftray_ControlService.Client(wrapping: c.client).createActor(req)
+          try await c.controlService.createActor(req)
         }
         return r.error.isEmpty ? nil : SwiftrayError(.invalidArgument, r.error)
       } catch { return ControlPlane.error(error, calling: "CreateActor", at: c.endpoint) }
@@ -255,7 +255,7 @@ extension CoreWorker {
         req.timeoutMs = 10_000
         do {
           let r = try await ControlPlane.whileUnavailable(patience: patience) { [req] in
-            try await Swiftray_ControlService.Client(wrapping: c.client).waitActorState(req)
+            try await c.controlService.waitActorState(req)
           }
           if state.withLock({ $0.shuttingDown }) { return }
           if !r.found {
@@ -289,7 +289,7 @@ extension CoreWorker {
       req.actorID = Data(actor.binary)
       req.outOfScope = true
       _ = try? await ControlPlane.whileUnavailable(patience: patience) { [req] in
-        try await Swiftray_ControlService.Client(wrapping: c.client).killActor(req)
+        try await c.controlService.killActor(req)
       }
     }
   }
@@ -305,7 +305,7 @@ extension CoreWorker {
       var req = Swiftray_MarkJobFinishedRequest()
       req.jobID = Data(job.binary)
       req.driverID = Data(me.binary)
-      _ = try await Swiftray_ControlService.Client(wrapping: c.client).markJobFinished(req)
+      _ = try await c.controlService.markJobFinished(req)
     }
   }
 }

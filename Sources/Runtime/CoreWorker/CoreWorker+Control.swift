@@ -15,7 +15,7 @@ extension CoreWorker {
   /// failure mapped to the runtime's error naming the method and the endpoint. While
   /// the head is unreachable it is tried again, for `controlPatience`.
   func callControl<T: Sendable>(_ method: String, timeout: Duration = .seconds(30),
-                                _ body: @escaping @Sendable (Swiftray_ControlService.Client<ControlPlane.Transport>) async throws -> T) throws -> T {
+                                _ body: @escaping @Sendable (any Swiftray_ControlService.ClientProtocol) async throws -> T) throws -> T {
     let c = control
     let patience = controlPatience
     let answered = Locked(false)
@@ -23,7 +23,7 @@ extension CoreWorker {
       return try blockingAwait(timeout: timeout + patience) {
         do {
           defer { answered.withLock { $0 = true } }
-          return try await ControlPlane.whileUnavailable(patience: patience) { try await body(Swiftray_ControlService.Client(wrapping: c.client)) }
+          return try await ControlPlane.whileUnavailable(patience: patience) { try await body(c.controlService) }
         } catch { throw ControlPlane.error(error, calling: method, at: c.endpoint) }
       }
     } catch where !answered.withLock({ $0 }) {
@@ -88,7 +88,7 @@ extension CoreWorker {
   public func nodeStats() throws -> Swiftray_GetNodeStatsReply {
     let nm = nodeManager
     return try blockingAwait {
-      do { return try await Swiftray_NodeManagerService.Client(wrapping: nm.client).getNodeStats(Swiftray_GetNodeStatsRequest()) }
+      do { return try await nm.nodeManagerService.getNodeStats(Swiftray_GetNodeStatsRequest()) }
       catch { throw ControlPlane.error(error, calling: "GetNodeStats", at: nm.endpoint) }
     }
   }
@@ -110,7 +110,7 @@ extension CoreWorker {
       await withTaskGroup(of: Void.self) { group in
         group.addTask {
           do {
-            try await Swiftray_NodeManagerService.Client(wrapping: nm.client).subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
+            try await nm.nodeManagerService.subscribeLogs(Swiftray_SubscribeLogsRequest()) { response in
               for try await batch in response.messages {
                 if batch.lines.isEmpty { subscribed.open(); continue }
                 printer.arrived(batch.lines.map { LogDedup.Line(pid: batch.pid, text: $0, isErr: batch.isErr) })

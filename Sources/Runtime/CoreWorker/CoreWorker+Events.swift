@@ -82,7 +82,7 @@ extension CoreWorker {
           records.records.removeAll(keepingCapacity: true)
           state.withLock { $0.taskEvents.recycle(&records.records) }
         } else {
-          _ = try await Swiftray_ControlService.Client(wrapping: control.client)
+          _ = try await control.controlService
             .reportTaskEvents(req, options: ControlPlane.deadline(milliseconds: 10_000))
         }
       } catch {

@@ -19,7 +19,7 @@ extension CoreWorker {
         var req = Swiftray_CancelWorkerLeaseRequest()
         req.leaseRequestID = requestID
         req.ownerWorkerID = me
-        _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).cancelWorkerLease(req)
+        _ = try? await nm.nodeManagerService.cancelWorkerLease(req)
       }
     case .push(let tid, let spec, let lease, let worker, let gpus, let grant):
       send(tid, spec, to: worker, gpuIDs: gpus, lease: (lease.leaseID, grant)) { [self] reply in
@@ -36,7 +36,7 @@ extension CoreWorker {
         req.leaseID = leaseID
         req.disconnectWorker = disconnect
         req.ownerWorkerID = me
-        _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).returnWorkerLease(req)
+        _ = try? await nm.nodeManagerService.returnWorkerLease(req)
       }
     case .lost(let tids, let lease, let node, let nodeDeath):
       tasksLost(tids, lease, node: node, nodeDeath: nodeDeath)
@@ -81,7 +81,7 @@ extension CoreWorker {
       req.jobID = Data(job.binary)
       req.runtimeEnv = json
       req.grantOrReject = true  // here: this is the node the driver's tasks start from
-      let client = Swiftray_NodeManagerService.Client(wrapping: nm.client)
+      let client = nm.nodeManagerService
       guard let r = try? await client.requestWorkerLease(req, options: ControlPlane.deadline(milliseconds: Self.eagerInstallDeadlineMs)),
             r.status == .granted else { return }
       _ = try? await client.returnWorkerLease(.with { $0.leaseID = r.leaseID; $0.ownerWorkerID = me },
@@ -155,7 +155,7 @@ extension CoreWorker {
       var req = Swiftray_GetWorkerFailureCauseRequest()
       req.workerID = Data(lease.worker.binary)
       let cause = nodeDeath == nil
-        ? try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).getWorkerFailureCause(
+        ? try? await nm.nodeManagerService.getWorkerFailureCause(
             req, options: ControlPlane.deadline(milliseconds: options.config.nodeManagerRpcTimeoutMs))
         : nil
       let how = cause?.found == true ? cause!.exit.detail
@@ -187,7 +187,7 @@ extension CoreWorker {
       await withTaskGroup(of: Void.self) { g in
         for (conn, step) in sendable {
           g.addTask {
-            let nm = Swiftray_NodeManagerService.Client(wrapping: conn.client)
+            let nm = conn.nodeManagerService
             switch step {
             case .giveBack(let leaseID, _, _):
               _ = try? await nm.returnWorkerLease(.with { $0.leaseID = leaseID; $0.ownerWorkerID = me })

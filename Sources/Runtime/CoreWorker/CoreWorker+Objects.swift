@@ -88,7 +88,7 @@ extension CoreWorker {
     let options = ControlPlane.deadline(milliseconds: Self.freeDeadlineMs)
     var known = registrations.withLock { $0.nodeManagers }
     if byNode.keys.contains(where: { known[$0] == nil }),
-      let nodes = try? await Swiftray_ControlService.Client(wrapping: control.client).getAllNodes(.init(), options: options).nodes {
+      let nodes = try? await control.controlService.getAllNodes(Swiftray_GetAllNodesRequest(), options: options).nodes {
       known = [:]
       for n in nodes where !NodeTable.isDead(n) { known[n.nodeID] = n.nodeManagerAddress.isEmpty ? n.nodeManagerEndpoint : n.nodeManagerAddress }
       let table = known
@@ -98,8 +98,8 @@ extension CoreWorker {
       for (node, ids) in byNode {
         guard let address = known[node], let nm = nodeClient(address) else { continue }
         g.addTask {
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client)
-            .freeObjects(.with { $0.objectIds = ids.map { Data($0.binary) } }, options: options)
+          _ = try? await nm.nodeManagerService
+            .freeObjects(Swiftray_FreeObjectsRequest.with { $0.objectIds = ids.map { Data($0.binary) } }, options: options)
         }
       }
     }

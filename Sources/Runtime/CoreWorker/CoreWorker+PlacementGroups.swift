@@ -78,13 +78,13 @@ extension CoreWorker {
   /// `afterGroupOps` with one ControlService call, tried again while the head is
   /// unreachable (it may be restarting); a failure in the end is warned about.
   func groupCall(_ id: PlacementGroupID, _ what: String, method: String,
-                 _ call: @escaping @Sendable (Swiftray_ControlService.Client<ControlPlane.Transport>) async throws -> Void) {
+                 _ call: @escaping @Sendable (any Swiftray_ControlService.ClientProtocol) async throws -> Void) {
     let c = control
     let patience = controlPatience
     let log = warn
     afterGroupOps(id) {
       do {
-        try await ControlPlane.whileUnavailable(patience: patience) { try await call(Swiftray_ControlService.Client(wrapping: c.client)) }
+        try await ControlPlane.whileUnavailable(patience: patience) { try await call(c.controlService) }
       } catch {
         log("Placement group \(id.hex) could not be \(what): \(ControlPlane.error(error, calling: method, at: c.endpoint).message)")
       }
@@ -171,7 +171,7 @@ extension CoreWorker {
         req.placementGroupID = Data(id.binary)
         req.timeoutMs = 10_000
         guard let r = try? await ControlPlane.whileUnavailable(patience: patience, { [req] in
-          try await Swiftray_ControlService.Client(wrapping: c.client).waitPlacementGroup(req)
+          try await c.controlService.waitPlacementGroup(req)
         }) else {
           await clock.sleep(for: .milliseconds(200))
           continue

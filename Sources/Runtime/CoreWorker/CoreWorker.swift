@@ -170,7 +170,7 @@ public final class CoreWorker: Sendable {
           req.nodeIp = options.nodeIP ?? "127.0.0.1"
           req.entrypoint = Self.commandLine()
           req.submissionID = ProcessInfo.processInfo.environment["SWIFTRAY_SUBMISSION_ID"] ?? ""
-          return try await Swiftray_ControlService.Client(wrapping: control.client).registerJob(req)
+          return try await control.controlService.registerJob(req)
         }
       } catch { throw ControlPlane.error(error, calling: "RegisterJob", at: options.control) }
       job = JobID(binary: reply.jobID) ?? JobID(0)
@@ -489,7 +489,7 @@ public final class CoreWorker: Sendable {
       var req = Swiftray_WorkerBlockedRequest()
       req.workerID = Data(wid.binary)
       req.blocked = blocked
-      _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).workerBlocked(req)
+      _ = try? await nm.nodeManagerService.workerBlocked(req)
     }
   }
 
@@ -529,7 +529,7 @@ public final class CoreWorker: Sendable {
           var req = Swiftray_KillWorkerRequest()
           req.workerID = Data(worker.binary)
           req.reason = "killed by cancel(force=True)"
-          _ = try? await Swiftray_NodeManagerService.Client(wrapping: nm.client).killWorker(req)
+          _ = try? await nm.nodeManagerService.killWorker(req)
         }
       } else if let ep = reach(addr) {
         var req = Swiftray_CancelTaskRequest()

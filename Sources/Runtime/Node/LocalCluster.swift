@@ -96,7 +96,7 @@ public final class LocalCluster: Sendable {
     let c = try ControlPlane.connect(control, group: group, auth: auth)
     defer { c.shutdown() }
     return try blockingAwait(timeout: .seconds(10)) {
-      let client = Swiftray_ControlService.Client(wrapping: c.client)
+      let client = c.controlService
       do {
         let nodes = try await client.getAllNodes(Swiftray_GetAllNodesRequest()).nodes
         let all = groups ? try await client.getAllPlacementGroups(Swiftray_GetAllPlacementGroupsRequest()).groups : []
@@ -110,7 +110,7 @@ public final class LocalCluster: Sendable {
     let c = try ControlPlane.connect(nodeManager, group: group, auth: auth)
     defer { c.shutdown() }
     return try blockingAwait(timeout: .seconds(10)) {
-      do { return try await Swiftray_NodeManagerService.Client(wrapping: c.client).getNodeStats(Swiftray_GetNodeStatsRequest()).node }
+      do { return try await c.nodeManagerService.getNodeStats(Swiftray_GetNodeStatsRequest()).node }
       catch { throw ControlPlane.error(error, calling: "GetNodeStats", at: nodeManager) }
     }
   }
@@ -273,7 +273,7 @@ public final class LocalCluster: Sendable {
       _ = try blockingAwait(timeout: .seconds(30)) {
         var req = Swiftray_RegisterNodeRequest()
         req.node = registration
-        return try await Swiftray_ControlService.Client(wrapping: c.client).registerNode(req)
+        return try await c.controlService.registerNode(req)
       }
     } catch {
       abandon()

@@ -109,7 +109,7 @@ extension NodeManager {
       do {
         guard let c = controlClient() else { throw SwiftrayError(.system, "this node has no client for the head") }
         let reply = try await ControlPlane.whileUnavailable(patience: patience, orTimedOut: true) {
-          try await Swiftray_ControlService.Client(wrapping: c.client).kvGet(req, options: callOptions)
+          try await c.controlService.kvGet(req, options: callOptions)
         }
         if reply.found { state.withLock { $0.kvCache.found(req.namespace, req.key, reply.value) } }
         responder.respond(.kvGetReply(reply))

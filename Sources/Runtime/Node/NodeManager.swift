@@ -202,7 +202,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     let patience = Duration.seconds(max(1, options.config.gcsRpcServerReconnectTimeoutS)).clampedNanoseconds
     while !state.withLock({ $0.shuttingDown }) {
       if let c = controlClient() {
-        let client = Swiftray_ControlService.Client(wrapping: c.client)
+        let client = c.controlService
         var report = Swiftray_ReportResourcesRequest()
         report.nodeID = Data(options.nodeID.binary)
         let store = store.stats
@@ -264,7 +264,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
 
   /// What happened to objects in this node's store since the last round, to the head
   /// (lost if the head does not take it: events are best effort).
-  func reportObjectEvents(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
+  func reportObjectEvents(_ client: some Swiftray_ControlService.ClientProtocol) async {
     let (events, dropped) = store.takeObjectEvents(max: ControlService.maxEventsPerBatch)
     guard !events.isEmpty || dropped > 0 else { return }
     var r = Swiftray_ReportTaskEventsRequest()
@@ -275,7 +275,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     _ = try? await client.reportTaskEvents(r, options: headCallOptions)
   }
 
-  func refreshClusterView(_ client: Swiftray_ControlService.Client<some ClientTransport>) async {
+  func refreshClusterView(_ client: some Swiftray_ControlService.ClientProtocol) async {
     var req = Swiftray_GetAllNodesRequest()
     (req.workerDeathsLog, req.workerDeathsNext) = state.withLock { $0.workerDeathsSeen }
     guard let reply = try? await client.getAllNodes(req, options: headCallOptions) else { return }
@@ -515,7 +515,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
       // reports queued behind this one (a failure report is idempotent at the head).
       let options = headCallOptions
       _ = try? await ControlPlane.whileUnavailable(patience: patience, orTimedOut: true) {
-        try await Swiftray_ControlService.Client(wrapping: c.client).reportWorkerFailure(req, options: options)
+        try await c.controlService.reportWorkerFailure(req, options: options)
       }
     }
   }
@@ -550,7 +550,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     if routed && !state.withLock({ $0.queue.total.contains(needs) }), let c = controlClient() {
       // This node can never fit it and the view of the others is up to one report
       // period old: a node may just have joined. Look again before calling it infeasible.
-      let client = Swiftray_ControlService.Client(wrapping: c.client)
+      let client = c.controlService
       if let group = BundleResources.groups(in: needs).first,
          let r = await placementGroupAnswer(group, needs: needs, client) {
         return r
@@ -685,7 +685,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
         var req = Swiftray_KVGetRequest()
         req.namespace = PackageStore.namespace
         req.key = key
-        let r = try await Swiftray_ControlService.Client(wrapping: c.client).kvGet(req, options: self.headCallOptions)
+        let r = try await c.controlService.kvGet(req, options: self.headCallOptions)
         return r.found ? r.value : nil
       }
       a = made
@@ -708,7 +708,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
   /// head about the group; `BundleResources.leaseAnswer` decides the reply (nil: it is
   /// placed; routing finds its bundles' node). Nil too when the head does not answer.
   func placementGroupAnswer(_ group: String, needs: ResourceSet,
-                            _ client: Swiftray_ControlService.Client<some ClientTransport>) async -> Swiftray_RequestWorkerLeaseReply? {
+                            _ client: some Swiftray_ControlService.ClientProtocol) async -> Swiftray_RequestWorkerLeaseReply? {
     var req = Swiftray_GetPlacementGroupRequest()
     req.placementGroupID = Data(PlacementGroupID(hex: group)?.binary ?? [])
     guard let reply = try? await client.getPlacementGroup(req, options: headCallOptions) else { return nil }
@@ -775,7 +775,8 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     perform(state.withLock { s in
       defer {
         s.bundleEpoch &+= 1
-        r.total = s.queue.total.proto; r.available = s.queue.available.proto; r.bundleEpoch = s.bundleEpoch
+        r.bundleEpoch = s.bundleEpoch
+        if request.resourcesWanted { r.total = s.queue.total.proto; r.available = s.queue.available.proto }
       }
       return s.queue.bundlesReturned(group: group, only: only)
     })

@@ -272,7 +272,7 @@ public struct LeaseQueue: Sendable {
     else { return [] }
     w.blocked = true
     workers[id] = w
-    available = available + Self.cpuPart(lease.shape)
+    available += Self.cpuPart(lease.shape)
     return dispatch()
   }
 
@@ -283,7 +283,7 @@ public struct LeaseQueue: Sendable {
     else { return [] }
     w.blocked = false
     workers[id] = w
-    available = available - Self.cpuPart(lease.shape)
+    available -= Self.cpuPart(lease.shape)
     return []
   }
 
@@ -320,7 +320,7 @@ public struct LeaseQueue: Sendable {
       shares[i] = taken
     }
     gpus = pool
-    available = available - need
+    available -= need
     for (i, b) in fresh {
       let mine = shares[i] ?? []
       bundles[group, default: [:]][i] = Bundle(base: b, gpuShares: mine, gpuPool: GPUInstances(shares: mine), since: now)
@@ -335,8 +335,8 @@ public struct LeaseQueue: Sendable {
       let added = BundleResources.committed(b.base, group: group, index: i)
       mine[i]?.added = added
       mine[i]?.since = now
-      total = total + added
-      available = available + added
+      total += added
+      available += added
     }
     bundles[group] = mine
     return dispatch()
@@ -430,8 +430,8 @@ public struct LeaseQueue: Sendable {
   /// A bundle leaves this node: what it set aside goes back, and a committed one's
   /// resources (its group's names) are no more.
   private mutating func resourcesReturned(of b: Bundle) {
-    if let added = b.added { total = total - added; available = available - added }
-    available = available + b.base
+    if let added = b.added { total -= added; available -= added }
+    available += b.base
     gpus.give(b.gpuShares)
   }
 
@@ -458,7 +458,7 @@ public struct LeaseQueue: Sendable {
   }
 
   private mutating func release(_ lease: Lease, blocked: Bool) {
-    available = available + (blocked ? lease.shape - Self.cpuPart(lease.shape) : lease.shape)
+    available += (blocked ? lease.shape - Self.cpuPart(lease.shape) : lease.shape)
     if let b = lease.gpuBundle {
       // Back to the bundle they came from (gone with its group if that was removed).
       bundles[b.group]?[b.index]?.gpuPool.give(lease.gpus)
@@ -536,7 +536,7 @@ public struct LeaseQueue: Sendable {
           nextLeaseID += 1
           leases[lease.id] = lease
           workers[wid]?.state = .leased(lease.id)
-          available = available - req.shape
+          available -= req.shape
           pending.remove(at: i)
           actions.append(.grant(requestID: req.id, lease: lease))
           continue

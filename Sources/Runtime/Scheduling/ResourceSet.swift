@@ -69,14 +69,30 @@ public struct ResourceSet: Hashable, Sendable, CustomStringConvertible {
   /// Sums and differences saturate at Int64's ends: quantities are checked where they
   /// enter (`checked`), and an accounting slip must not trap a node.
   public static func + (l: ResourceSet, r: ResourceSet) -> ResourceSet {
-    var q = l.quantities
-    for (k, v) in r.quantities { q[k] = saturated((q[k] ?? 0).addingReportingOverflow(v)) }
-    return ResourceSet(fixedPoint: q)
+    var x = l
+    x += r
+    return x
   }
   public static func - (l: ResourceSet, r: ResourceSet) -> ResourceSet {
-    var q = l.quantities
-    for (k, v) in r.quantities { q[k] = saturated((q[k] ?? 0).subtractingReportingOverflow(v)) }
-    return ResourceSet(fixedPoint: q)
+    var x = l
+    x -= r
+    return x
+  }
+  /// In place, touching only `r`'s names: O(|r|) however many names `l` holds (a node's
+  /// view holds every placement group's renamed resources; a whole pass per lease or
+  /// bundle would grow with the groups alive).
+  public static func += (l: inout ResourceSet, r: ResourceSet) { add(r, to: &l.quantities) }
+  public static func -= (l: inout ResourceSet, r: ResourceSet) { add(r, to: &l.quantities, negated: true) }
+
+  /// `q` plus (or, `negated`, minus) `r`, saturating, changing only `r`'s names: a name
+  /// that ends at 0 (or, `droppingNonPositive`, at or below 0) leaves `q`. The one
+  /// piece of arithmetic for sets and for shapes kept as protos (`NodeTable`).
+  static func add(_ r: ResourceSet, to q: inout [String: Int64], negated: Bool = false, droppingNonPositive: Bool = false) {
+    for (k, v) in r.quantities {
+      let old = q[k] ?? 0
+      let new = saturated(negated ? old.subtractingReportingOverflow(v) : old.addingReportingOverflow(v))
+      if new == 0 || (droppingNonPositive && new < 0) { q.removeValue(forKey: k) } else { q[k] = new }
+    }
   }
   /// An overflowed result wrapped past one end: pin it to that end instead.
   private static func saturated(_ r: (partialValue: Int64, overflow: Bool)) -> Int64 {

@@ -53,7 +53,7 @@ public struct LeaseClient: Sendable {
   /// hears that node died (a silent partition would hold it for the keep-alive's ~50 s).
   func ask(_ conn: ControlPlane.Connection, _ req: Swiftray_RequestWorkerLeaseRequest, at node: String?) async
     -> Swiftray_RequestWorkerLeaseReply? {
-    let client = Swiftray_NodeManagerService.Client(wrapping: conn.client)
+    let client = conn.nodeManagerService
     guard let watch, let node else { return try? await client.requestWorkerLease(req) }
     let call = Task { try? await client.requestWorkerLease(req) }
     let token = watch.register(node) { call.cancel() }

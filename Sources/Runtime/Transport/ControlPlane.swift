@@ -3,6 +3,7 @@ import GRPCCore
 import NIOCore
 import GRPCNIOTransportHTTP2
 import NIOPosix
+import RuntimeProto
 import Synchronization
 
 /// The control plane (DESIGN §5): gRPC servers and clients over Unix sockets or TCP
@@ -64,7 +65,7 @@ public enum ControlPlane {
 
   /// A memory server for `services` named `name` (the process's `MemoryNetwork`).
   static func serveInMemory(_ services: [any RegistrableRPCService], name: String, auth: ClusterAuth) throws -> Server {
-    let memory = MemoryServerTransport()
+    let memory = MemoryServerTransport(services: services)
     try MemoryNetwork.shared.serveControl(name, memory)
     let server = GRPCServer(transport: ControlServerTransport(kind: .memory(memory)), services: services,
                             interceptors: [BearerTokenCheck(auth: auth)])
@@ -169,8 +170,28 @@ public enum ControlPlane {
     enum Run { case idle, starting(Client), running(Client, Task<Void, Never>), stopped(Client?) }
     private let run = Locked(Run.idle)
 
-    init(endpoint: Endpoint, inProcess: Bool = false, make: @escaping @Sendable () -> Client) {
-      self.make = make; self.endpoint = endpoint; self.inProcess = inProcess
+    /// The in-process twin this connection's calls go to (nil: a socket, or a memory
+    /// endpoint — those keep gRPC, with the cuts and heals tests make on them).
+    let twin: String?
+    init(endpoint: Endpoint, inProcess: Bool = false, twin: String? = nil, make: @escaping @Sendable () -> Client) {
+      self.make = make; self.endpoint = endpoint; self.inProcess = inProcess; self.twin = twin
+    }
+
+    /// The head's ControlService: called directly (`LocalCall`) while this process
+    /// serves it through the twin, else by gRPC.
+    public var controlService: any Swiftray_ControlService.ClientProtocol {
+      if let twin, let s = MemoryNetwork.shared.localService(twin, (any Swiftray_ControlService.SimpleServiceProtocol).self) {
+        return LocalControlServiceClient(service: s, connection: self)
+      }
+      return Swiftray_ControlService.Client(wrapping: client)
+    }
+
+    /// A node's NodeManagerService, as `controlService`.
+    public var nodeManagerService: any Swiftray_NodeManagerService.ClientProtocol {
+      if let twin, let s = MemoryNetwork.shared.localService(twin, (any Swiftray_NodeManagerService.SimpleServiceProtocol).self) {
+        return LocalNodeManagerServiceClient(service: s, connection: self)
+      }
+      return Swiftray_NodeManagerService.Client(wrapping: client)
     }
 
     /// The client, built and its connections started on first use. No lock held: may
@@ -253,7 +274,8 @@ public enum ControlPlane {
     LockDiscipline.mustNotHoldLock("ControlPlane.connect")
     let interceptors: [any ClientInterceptor] = auth.bearer.map { [BearerToken(value: $0)] } ?? []
     if let name = memoryName(for: endpoint, viaTwin: viaTwin) {
-      return Connection(endpoint: endpoint, inProcess: true) {
+      let twin: String? = if case .memory = endpoint { nil } else { name }
+      return Connection(endpoint: endpoint, inProcess: true, twin: twin) {
         GRPCClient(transport: ControlClientTransport(kind: .memory(MemoryClientTransport(name: name, network: .shared))),
                    interceptors: interceptors)
       }

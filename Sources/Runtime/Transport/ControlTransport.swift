@@ -1,6 +1,7 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import NIOCore
+import Synchronization
 
 /// The control plane's transports (issue 17's seam): gRPC over HTTP/2 on sockets in
 /// production, or over a `MemoryNetwork` in one process. One concrete type each way, so
@@ -144,8 +145,15 @@ public final class MemoryServerTransport: Sendable {
   typealias Call = (RPCStream<Inbound, Outbound>, ServerContext)
   let calls: AsyncStream<Call>
   let incoming: AsyncStream<Call>.Continuation
+  /// The services it serves, for callers in this process that call them directly
+  /// (`LocalCall`) until it begins to shut down.
+  let services: [any Sendable]
+  let open = Atomic<Bool>(true)
 
-  init() { (calls, incoming) = AsyncStream<Call>.makeStream() }
+  init(services: [any Sendable] = []) {
+    (calls, incoming) = AsyncStream<Call>.makeStream()
+    self.services = services
+  }
 
   func accept(_ stream: RPCStream<Inbound, Outbound>, _ context: ServerContext) throws {
     if case .terminated = incoming.yield((stream, context)) {
@@ -162,7 +170,10 @@ public final class MemoryServerTransport: Sendable {
     }
   }
 
-  func beginGracefulShutdown() { incoming.finish() }
+  func beginGracefulShutdown() {
+    open.store(false, ordering: .releasing)
+    incoming.finish()
+  }
 }
 
 /// Writes a call's messages into the stream its peer reads. Threading: any task.

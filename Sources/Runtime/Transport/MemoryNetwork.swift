@@ -155,6 +155,14 @@ public final class MemoryNetwork: Sendable {
     if taken { throw SwiftrayError(.system, "memory:\(name) is already served") }
   }
 
+  /// The service of type `S` served at `name` now, for a caller in this process to call
+  /// directly (`LocalCall`); nil when none is (or the link is cut).
+  func localService<S>(_ name: String, _ type: S.Type) -> S? {
+    guard let t = state.withLock({ $0.cut.contains(name) ? nil : $0.control[name] }),
+          t.open.load(ordering: .acquiring) else { return nil }
+    return t.services.lazy.compactMap { $0 as? S }.first
+  }
+
   /// Whether a gRPC server is served at `name` now.
   func servesControl(_ name: String) -> Bool {
     state.withLock { $0.control[name] != nil && !$0.cut.contains(name) }
