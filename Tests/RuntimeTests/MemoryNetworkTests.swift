@@ -117,13 +117,20 @@ import Testing
     try await group.shutdownGracefully()
   }
 
-  @Test func aSocketServedByThisProcessIsCalledThroughItsInProcessTwin() async throws {
+  /// A ControlService served on a Unix socket of this process (and so by its twin too),
+  /// and a connection to it from this process.
+  static func controlOnSocket(_ tag: String) async throws
+    -> (MultiThreadedEventLoopGroup, ClusterAuth, ControlService, Endpoint, ControlPlane.Server, ControlPlane.Connection) {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let auth = try ClusterAuth(token: ClusterAuth.generate(), source: "test")
     let control = ControlService(group: group, auth: auth)
-    let ep = Endpoint.unix(NSTemporaryDirectory() + "twin-\(UInt32.random(in: 0 ... .max)).sock")
+    let ep = Endpoint.unix(NSTemporaryDirectory() + "\(tag)-\(UInt32.random(in: 0 ... .max)).sock")
     let server = try await ControlPlane.serve([control], at: ep, group: group, auth: auth)
-    let conn = try ControlPlane.connect(ep, group: group, auth: auth)
+    return (group, auth, control, ep, server, try ControlPlane.connect(ep, group: group, auth: auth))
+  }
+
+  @Test func aSocketServedByThisProcessIsCalledThroughItsInProcessTwin() async throws {
+    let (group, auth, control, ep, server, conn) = try await Self.controlOnSocket("twin")
     #expect(conn.inProcess, "a client in the server's process calls through memory")
     let client = Swiftray_ControlService.Client(wrapping: conn.client)
     let put = Self.putF
@@ -161,12 +168,7 @@ import Testing
   /// caller's cancellation, which answer the caller at once. A memory endpoint keeps
   /// gRPC (tests cut its links); once the server stops, calls go by gRPC and fail.
   @Test func aServiceThisProcessServesIsCalledDirectlyWithGRPCsOutcomes() async throws {
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let auth = try ClusterAuth(token: ClusterAuth.generate(), source: "test")
-    let control = ControlService(group: group, auth: auth)
-    let ep = Endpoint.unix(NSTemporaryDirectory() + "direct-\(UInt32.random(in: 0 ... .max)).sock")
-    let server = try await ControlPlane.serve([control], at: ep, group: group, auth: auth)
-    let conn = try ControlPlane.connect(ep, group: group, auth: auth)
+    let (group, auth, control, ep, server, conn) = try await Self.controlOnSocket("direct")
     let direct = conn.controlService
     #expect(direct is LocalControlServiceClient)
     let put = Self.putF
@@ -183,7 +185,6 @@ import Testing
     spec.actorCreation.className = "Waits"
     _ = try await direct.createActor(.with { $0.spec = spec; $0.awaitingArguments = true })
     let wait = Swiftray_WaitActorStateRequest.with { $0.actorID = spec.actorID; $0.afterVersion = 1_000; $0.timeoutMs = 60_000 }
-    let start = ContinuousClock.now
     let late = await #expect(throws: RPCError.self) {
       _ = try await direct.waitActorState(wait, options: ControlPlane.deadline(milliseconds: 100))
     }
@@ -192,8 +193,8 @@ import Testing
     try await Task.sleep(for: .milliseconds(50))
     waiter.cancel()
     let cancelled = await #expect(throws: RPCError.self) { _ = try await waiter.value }
+    // (Had either waited for the poll's own end, it would have been answered, not thrown at.)
     #expect(cancelled?.code == .cancelled)
-    #expect(ContinuousClock.now - start < .seconds(30), "neither waited for the poll's own end")
 
     // The twin goes with its server: so do direct calls.
     let memory = try ControlPlane.connect(.memory(Self.unique("nothing")), group: group, auth: auth)

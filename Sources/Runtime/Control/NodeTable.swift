@@ -179,8 +179,6 @@ public struct NodeTable: Sendable {
     return n
   }
 
-  /// The head's view of a node's resources changed before its next report (bundles
-  /// committed or given back there).
   /// Changes `id`'s resources in place: each shape is taken out of its node while it
   /// changes, so a change costs what it touches, not a copy of every name the node has
   /// (a copy left in the table would make the first change copy the whole map).
@@ -196,6 +194,8 @@ public struct NodeTable: Sendable {
     nodes[id] = n
   }
 
+  /// The head's view of a node's resources changed before its next report (bundles
+  /// committed or given back there).
   public mutating func resourcesChanged(_ id: Data, total: Swiftray_ResourceShape, available: Swiftray_ResourceShape) {
     nodes[id]?.total = total
     nodes[id]?.available = available

@@ -43,6 +43,7 @@ enum LocalCall {
   static func rpcError(_ error: any Error) -> RPCError {
     if let e = error as? RPCError { return e }
     if let e = error as? any RPCErrorConvertible { return RPCError(e) }
+    if error is CancellationError { return RPCError(code: .cancelled, message: "the call was cancelled") }
     return RPCError(code: .unknown, message: "Service method threw an unknown error.")
   }
 
