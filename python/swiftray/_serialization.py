@@ -4,6 +4,7 @@ import collections
 import io
 import pickle
 import struct
+import sys
 import types
 
 import cloudpickle
@@ -65,6 +66,7 @@ MAGIC = b"SRV1"
 ALIGN = 64
 _HEAD = struct.Struct("<4sIQ")
 _ENTRY = struct.Struct("<QQ")
+_HEAD_ONE = struct.Struct("<4sIQQQ")  # the header of a value with one buffer
 
 
 class Packed:
@@ -98,6 +100,8 @@ def _is_plain(value, depth=0):
     t = type(value)
     if t in _PLAIN:
         return True
+    if t.__module__ == "numpy":
+        return _is_plain_numpy(value, t)
     if depth >= 3:
         return False
     if t is tuple or t is list:
@@ -118,27 +122,30 @@ def _is_plain(value, depth=0):
 
 
 def pack(value):
-    if _is_plain(value) and not _custom._serializers:
-        stream = pickle.dumps(value, protocol=5)
-        return Packed([stream], [0], len(stream), [])
     buffers = []
-    outer = getattr(collector, "refs", None)
-    collector.refs = refs = []
-    try:
-        stream = _dumps(value, buffer_callback=buffers.append)
-    finally:
-        collector.refs = outer
+    if _is_plain(value) and not _custom._serializers:
+        # The C pickler alone: nothing in a plain value needs cloudpickle, and no ref
+        # can hide in it.
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        refs = ()
+    else:
+        outer = getattr(collector, "refs", None)
+        collector.refs = refs = []
+        try:
+            stream = _dumps(value, buffer_callback=buffers.append)
+        finally:
+            collector.refs = outer
     if not buffers:
         # No out-of-band buffer: the pickle stream alone (`unpack` tells it from the
         # header by its first bytes). Small values then fit inside the core's object
         # records without a separate allocation.
-        return Packed([stream], [0], len(stream), list({r._id: r for r in refs}.values()))
-    raws = []
-    for b in buffers:
-        try:
-            raws.append(b.raw())
-        except BufferError:  # not contiguous: let pickle copy it in-band order
-            raws.append(memoryview(bytes(b)))
+        return Packed([stream], [0], len(stream), _distinct(refs))
+    raws = [_raw(b) for b in buffers]
+    if len(raws) == 1:  # the common case (one array), without the general loop
+        raw = raws[0]
+        off = (_HEAD_ONE.size + len(stream) + ALIGN - 1) // ALIGN * ALIGN
+        return Packed([_HEAD_ONE.pack(MAGIC, 1, len(stream), off, raw.nbytes) + stream, raw], [0, off],
+                      off + raw.nbytes, _distinct(refs))
     header_len = _HEAD.size + _ENTRY.size * len(raws)
     pos = header_len + len(stream)
     entries = []
@@ -151,7 +158,18 @@ def pack(value):
         header += _ENTRY.pack(off, n)
     parts = [bytes(header) + stream] + raws
     offsets = [0] + [off for off, _ in entries]
-    return Packed(parts, offsets, pos, list({r._id: r for r in refs}.values()))
+    return Packed(parts, offsets, pos, _distinct(refs))
+
+
+def _raw(buffer):
+    try:
+        return buffer.raw()
+    except BufferError:  # not contiguous: let pickle copy it in-band order
+        return memoryview(bytes(buffer))
+
+
+def _distinct(refs):
+    return list({r._id: r for r in refs}.values()) if refs else []
 
 
 def unpack(data):
@@ -279,3 +297,15 @@ def value_from_core(item):
             return True, err.as_instanceof_cause()
         return True, err
     return False, loads(data, metadata)
+
+
+def _is_plain_numpy(value, t):
+    """numpy's own arrays and scalars of a dtype without Python objects: they reduce to
+    numpy's functions and a buffer (out of band, protocol 5), which the C pickler writes
+    as cloudpickle would. Subclasses may be defined in `__main__`: cloudpickle's."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return False
+    if t is not np.ndarray and not issubclass(t, np.generic):
+        return False
+    return not value.dtype.hasobject
