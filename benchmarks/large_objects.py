@@ -51,7 +51,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", choices=["swiftray", "ray", "both"], default="swiftray")
     ap.add_argument("--sizes-mib", default="100,512,1024")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ray-python", default=os.environ.get("SWIFTRAY_BENCH_RAY_PYTHON"))
     ap.add_argument("--json")
     args = ap.parse_args()

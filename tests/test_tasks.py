@@ -251,6 +251,10 @@ def test_calls_under_many_distinct_options_each_run_with_their_own(ray_module):
     got = swiftray.get(refs)
     assert got[:300] == pytest.approx([(i + 1) / 1000 for i in range(300)])
     assert got[300] == 1
+    # What the function keeps per set of options is bounded: a program calling
+    # `.options(...)` per call makes a new set each time.
+    from swiftray import remote_function
+    assert len(cpus._submissions) <= remote_function._CACHED_OPTIONS
 
     @swiftray.remote
     def pair(i):

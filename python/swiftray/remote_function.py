@@ -7,6 +7,11 @@ from swiftray import _api, _core, _options, _serialization
 from swiftray.object_ref import ObjectRef, ObjectRefGenerator
 
 
+# Option sets whose derived call fields a function or handle keeps (a program usually
+# has a few; one calling `.options(...)` per call makes a new set each time).
+_CACHED_OPTIONS = 64
+
+
 class _ArgSlot:
     """Stands in, inside the pickled call, for a top-level ObjectRef argument: the core
     resolves the ref and the worker puts its value back in this slot."""
@@ -119,6 +124,8 @@ class RemoteFunction(Exported):
                   b"" if retry is False else _serialization.dumps(True if retry is True else tuple(retry)),
                   _options.strategy_for_core(options["scheduling_strategy"]),
                   _api.resolve_runtime_env(options["runtime_env"]))
+        if len(self._submissions) >= _CACHED_OPTIONS:  # `.options(...)` makes a dict per call
+            self._submissions.clear()
         self._submissions[key] = (options, fields, parent_env)
         return fields
 
