@@ -152,3 +152,26 @@ def test_a_value_holding_ten_thousand_refs_can_be_put_passed_and_got(ray2):
     assert swiftray.get(swiftray.get(big)[9999]) == 9999, "the put value holds them"
     del back, big
     assert settled(empty), swiftray._core.core_stats()
+
+
+def test_refs_unpickled_from_a_value_work_as_any_ref_and_cost_the_cyclic_collector_nothing(ray2):
+    # An ObjectRef holds its id bytes only, so it can be in no cycle: the ones a value
+    # brings back are left to reference counting (thousands at once made the collector
+    # run pass after pass over them), and behave as any ref.
+    import weakref
+
+    @swiftray.remote
+    def make(n):
+        return [swiftray.put(i) for i in range(n)]
+
+    back = swiftray.get(make.remote(2000))
+    assert all(type(r) is swiftray.ObjectRef for r in back)
+    assert not any(gc.is_tracked(r) for r in back)
+    assert swiftray.get(back[::500]) == [0, 500, 1000, 1500]
+    again = swiftray.get(swiftray.put(back))
+    assert again == back and {hash(r) for r in again} == {hash(r) for r in back}
+    probe = weakref.ref(back[7])
+    assert probe() is back[7]
+    del back, again
+    gc.collect()
+    assert probe() is None

@@ -117,10 +117,27 @@ enum CoreAPI {
   }
 
   /// The last owner address parsed: refs arrive in runs from one owner (a list of 10k
-  /// refs unpickled at once), so parsing each would dominate. Guarded by the GIL.
-  nonisolated(unsafe) static var lastAddress: (bytes: [UInt8], address: Swiftray_Address)?
+  /// refs unpickled at once), so parsing each would dominate. Guarded by the GIL;
+  /// forgotten when a session starts or ends.
+  nonisolated(unsafe) static var lastAddress: AddressMemo?
 
-  static func address(_ o: PyPtr?) -> Swiftray_Address? {
+  /// A parsed owner address. A class, not a tuple: reading a tuple copied the bytes and
+  /// every field of the address. Threading: the GIL.
+  final class AddressMemo {
+    let bytes: [UInt8]
+    let address: Swiftray_Address
+    private var selfFor: ObjectIdentifier?
+    private var isSelfFor = false
+    init(_ bytes: [UInt8], _ address: Swiftray_Address) { self.bytes = bytes; self.address = address }
+    /// Whether this is the address of `core`'s own process (compared once per core).
+    func isSelf(_ core: CoreWorker) -> Bool {
+      let k = ObjectIdentifier(core)
+      if selfFor != k { selfFor = k; isSelfFor = address.workerID == core.address.workerID }
+      return isSelfFor
+    }
+  }
+
+  static func addressMemo(_ o: PyPtr?) -> AddressMemo? {
     guard let o, !Py.isNone(o), sr_IsBytes(o) != 0 else { PyErr_Clear(); return nil }
     let n = sr_BytesSize(o)
     let raw = UnsafeRawBufferPointer(start: sr_BytesData(o), count: n)
@@ -128,12 +145,25 @@ enum CoreAPI {
     // when a value holding thousands of refs from one owner is unpickled.
     if let last = lastAddress, last.bytes.count == n,
        n == 0 || last.bytes.withUnsafeBytes({ memcmp($0.baseAddress!, raw.baseAddress!, n) }) == 0 {
-      return last.address
+      return last
     }
     let bytes = [UInt8](raw)
     guard let a = try? Swiftray_Address(serializedBytes: bytes) else { return nil }
-    lastAddress = (bytes, a)
-    return a
+    let memo = AddressMemo(bytes, a)
+    lastAddress = memo
+    return memo
+  }
+
+  static func address(_ o: PyPtr?) -> Swiftray_Address? { addressMemo(o)?.address }
+
+  /// A Python ObjectRef of `id` was made; `o`: its owner's address (bytes), or None for
+  /// this process. A borrowed ref's address is copied only when its owner is new here.
+  static func addLocalRef(_ core: CoreWorker, _ id: ObjectID, owner o: PyPtr?) {
+    if let memo = addressMemo(o), !memo.isSelf(core) {
+      core.addBorrowedRef(id) { memo.address }
+    } else {
+      core.addLocalRef(id, owner: nil)
+    }
   }
 
   /// Seconds (None = forever) to nanoseconds.
@@ -220,6 +250,7 @@ enum CoreAPI {
 
   static func activate(_ s: Session) -> PyPtr? {
     Session.current.withLock { $0 = s }
+    lastAddress = nil
     return contextDict(s)
   }
 
@@ -260,6 +291,7 @@ enum CoreAPI {
   }
 
   static func shutdown() -> PyPtr? {
+    lastAddress = nil
     guard let s = Session.current.withLock({ cur -> Session? in let s = cur; cur = nil; return s }) else { return Py.none }
     withoutGIL { s.shutdown() }
     return Py.none
@@ -559,10 +591,10 @@ enum CoreAPI {
     guard let cls = refClass else {
       PyErr_SetString(sr_ExcRuntimeError(), "swiftray.object_ref is not imported"); return nil
     }
-    guard let id = objectID(raw), let r = sr_Alloc(cls.type) else { return nil }
+    guard let id = objectID(raw), let r = sr_AllocUntracked(cls.type) else { return nil }
     sr_IncRef(raw)
     sr_SlotInit(r, cls.idOffset, raw)
-    Session.active?.core.addLocalRef(id, owner: address(args[1]))
+    if let core = Session.active?.core { addLocalRef(core, id, owner: args[1]) }
     return r
   }
 
@@ -570,7 +602,7 @@ enum CoreAPI {
     let args = Args(a, n)
     guard let s = Session.active else { return Py.none }
     guard let id = objectID(args[0]) else { return nil }
-    s.core.addLocalRef(id, owner: address(args[1]))
+    addLocalRef(s.core, id, owner: args[1])
     return Py.none
   }
 

@@ -330,6 +330,29 @@ final class InProcessCluster: Sendable {
     try await onOwnThread { cluster.shutdown() }
   }
 
+  /// A driver holds itself (through its servers' handler, its registration and its event
+  /// reporter) only until `shutdown`: dropped after it, it is freed, whatever ran on it.
+  @Test func aDriverIsFreedOnceShutDownAndDropped() async throws {
+    let cluster = try await InProcessCluster(nodes: 1, config: Self.config, cpus: 1) { spec in
+      .returning(Data([7]), for: spec)
+    }
+    final class Watch: @unchecked Sendable { weak var core: CoreWorker? }
+    let watch = Watch()
+    do {
+      let driver = try await onOwnThread { try cluster.driver() }
+      watch.core = driver
+      let ids = driver.submitTask(function: Swiftray_FunctionDescriptor(), name: "one", args: [], numReturns: 1,
+                                  resources: ResourceSet(units: ["CPU": 1]), maxRetries: 0, retryExceptions: false,
+                                  retryExceptionFilter: Data())
+      let done = try await cluster.whileTimeRuns { driver.waitFor(ids, needed: 1, timeoutNanos: 30_000_000_000) }
+      #expect(done, "its task finished")
+      try await onOwnThread { driver.shutdown() }
+    }
+    try await cluster.run(for: .seconds(30)) { watch.core == nil }
+    #expect(watch.core == nil, "nothing holds a driver past its shutdown")
+    try await onOwnThread { cluster.shutdown() }
+  }
+
   /// An actor on the real shells: created through the head's `ActorDirectory` on a
   /// worker of a real NodeManager, its calls run in order; when its worker dies mid-call,
   /// that call fails with the actor's death (no retries asked for), the head restarts it

@@ -276,6 +276,41 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
     #expect(enough, "a reader that timed out as the value came still gets it")
   }
 
+  /// A ref of another process made here again and again (a value of thousands of refs
+  /// unpickled in a loop) records its owner once: the first owner named stays, and the
+  /// address is not even read after that. Dropped by every holder, it registers its
+  /// removal with that owner.
+  @Test func aBorrowedRefRecordsItsOwnerOnceAndReadsNoAddressAfterThat() {
+    var o = makeOwner()
+    let theirs = ObjectID.forPut(by: otherTask(job: 2), index: 1)
+    let first = address(.random(), node: .random())
+    let made = o.borrowedRefAdded(theirs, owner: { first }, now: 0)
+    #expect(made.borrowerChanges == [.init(owner: first, object: theirs, borrower: me, added: true, count: 1)])
+    let again = o.borrowedRefAdded(theirs, owner: { Issue.record("the address was read again"); return address(.random()) }, now: 0)
+    #expect(again.isEmpty, "registered once; nothing to carry out")
+    #expect(o.ownerAddress(theirs) == first)
+    _ = o.localRefRemoved(theirs, now: 0)
+    let gone = o.localRefRemoved(theirs, now: 0)
+    #expect(gone.borrowerChanges == [.init(owner: first, object: theirs, borrower: me, added: false, count: 1)])
+    #expect(o.owners[theirs] == nil && o.stats.references == 0)
+  }
+
+  /// `Effects` holds nothing until a field is set, and copies as a value: changing a
+  /// copy leaves the original as it was.
+  @Test func effectsAreEmptyUntilSetAndCopyAsValues() {
+    var a = Owner.Effects()
+    #expect(a.isEmpty && a.fetches.isEmpty && a.armTick == nil && !a.actorSteps)
+    let id = ObjectID.forPut(by: otherTask(job: 2), index: 1)
+    a.fetches.append(id)
+    #expect(!a.isEmpty && a.fetches == [id])
+    var b = a
+    b.fetches.append(id)
+    b.armTick = 5
+    b.warnings += ["w"]
+    #expect(a.fetches == [id] && a.armTick == nil && a.warnings.isEmpty, "the original is unchanged")
+    #expect(b.fetches == [id, id] && b.armTick == 5 && b.warnings == ["w"])
+  }
+
   @Test func aRemoteReaderWaitsForAValueBeingComputedAndIsAnsweredWhenItComes() throws {
     var o = makeOwner()
     let (tid, ret, _) = try submitAndPush(&o, lease: 1, worker: .random())

@@ -18,10 +18,12 @@ extension CoreWorker {
   /// carries the user metrics.
   func startTaskEventReporter() {
     guard !eventReporterStopped.withLock({ $0 }) else { return }
-    clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [weak self] in
-      Task { [weak self] in
-        await self?.sendTaskEvents()
-        self?.startTaskEventReporter()
+    // Strong, not weak (`CoreBox` says why): the chain ends at `stopTaskEventReporter`.
+    clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [self] in
+      Task { [self] in
+        guard !eventReporterStopped.withLock({ $0 }) else { return }
+        await sendTaskEvents()
+        startTaskEventReporter()
       }
     }
   }

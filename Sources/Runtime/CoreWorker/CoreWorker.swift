@@ -108,6 +108,7 @@ public final class CoreWorker: Sendable {
   /// Lanes to the workers of this node (tasks and actor calls only).
   let lanes: LaneClients
   let server: DataPlaneServer
+  let selfBox = CoreBox()
   let tcpServer: DataPlaneServer?
   let nodeManager: ControlPlane.Connection
   let control: ControlPlane.Connection
@@ -194,7 +195,7 @@ public final class CoreWorker: Sendable {
         + "paths (\(path.utf8.count) bytes; the limit is 103): use a shorter temp dir.")
     }
     // `server` needs `self` in its handler; a box breaks the init-order knot.
-    let box = WeakBox()
+    let box = selfBox
     let handler: DataPlaneServer.Handler = { frame, responder in box.core?.handle(frame, responder) }
     server = try DataPlaneServer(group: group, endpoint: endpoint, auth: options.auth, handler: handler)
     // On a networked node other nodes reach this process over TCP; its own node keeps
@@ -224,7 +225,7 @@ public final class CoreWorker: Sendable {
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
     Task { for await job in stream { await job() } }
-    box.core = self
+    selfBox.set(self)
     try registerWithNode()
     startTaskEventReporter()
   }
@@ -252,8 +253,7 @@ public final class CoreWorker: Sendable {
     req.isDriver = options.isDriver
     let answer = Locked<Result<Void, SwiftrayError>?>(nil)
     let answered = DispatchSemaphore(value: 0)
-    let box = WeakBox()
-    box.core = self
+    let box = selfBox
     let store = objectStore.endpoint
     pool.subscribe(store, .registerWorker(req)) { r in
       let first: Result<Void, SwiftrayError>
@@ -293,9 +293,15 @@ public final class CoreWorker: Sendable {
     try answer.withLock { $0! }.get()
   }
 
-  final class WeakBox: @unchecked Sendable {
-    // Written once during init before the server can deliver a frame.
-    weak var core: CoreWorker?
+  /// This worker, for the callbacks of what it owns (its servers, its registration):
+  /// a strong reference, dropped at `shutdown`. Not a weak one: a weak reference gives
+  /// the CoreWorker a side table for good, and every retain and release of it (several
+  /// per task and per ref) then takes the runtime's slow path.
+  /// Threading: any thread.
+  final class CoreBox: Sendable {
+    private let held = Locked<CoreWorker?>(nil)
+    var core: CoreWorker? { held.withLock { $0 } }
+    func set(_ c: CoreWorker?) { held.withLock { $0 = c } }
   }
 
   @Sendable static func exitStoreGone(_ e: SwiftrayError) {
@@ -494,13 +500,16 @@ public final class CoreWorker: Sendable {
   }
 
   public func addLocalRef(_ id: ObjectID, owner: Swiftray_Address?) {
-    let now = self.now()
-    self.owner { $0.localRefAdded(id, owner: owner, now: now) }
+    self.owner { $0.localRefAdded(id, owner: owner, now: self.now()) }
+  }
+
+  /// A ref owned by another process was made here (`OwnerState.borrowedRefAdded`).
+  public func addBorrowedRef(_ id: ObjectID, owner: () -> Swiftray_Address) {
+    self.owner { $0.borrowedRefAdded(id, owner: owner, now: self.now()) }
   }
 
   public func removeLocalRef(_ id: ObjectID) {
-    let now = self.now()
-    owner { $0.localRefRemoved(id, now: now) }
+    owner { $0.localRefRemoved(id, now: self.now()) }
   }
 
   /// The ref was serialized into a value that may reach a borrower.
@@ -640,6 +649,7 @@ public final class CoreWorker: Sendable {
     nodeManager.shutdown()
     control.shutdown()
     otherNodes.shutdown()
+    selfBox.set(nil)
   }
 
   // MARK: - data-plane requests
@@ -704,6 +714,7 @@ public final class CoreWorker: Sendable {
   /// Carries out what an owner event decided, in order: fetches, lease work, frees,
   /// borrower changes, wake-ups and answers, warnings, actor steps, the tick timer.
   func perform(_ e: Owner.Effects) {
+    if e.isEmpty { return }
     for id in e.fetches { fetch(id) }
     for step in e.leases { perform(step) }
     deleteStored(e.freeStored)

@@ -73,31 +73,130 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     case lost([TaskID], lease: NormalTaskSubmitter.GrantedLease, node: String?, nodeDeath: String?)
   }
 
-  /// The work an event leaves for the shell, in the order it should be done.
+  /// The work an event leaves for the shell, in the order it should be done
+  /// (`CoreWorker.perform`). Most events leave none: the fields then live nowhere (`storage` is nil), so making, moving and
+  /// dropping an empty one costs no retain or release of a dozen empty arrays (a ref
+  /// added or dropped, once per ref unpickled, did that). Copy-on-write, as the arrays
+  /// it holds.
   public struct Effects: Sendable {
+    final class Storage: @unchecked Sendable {
+      var fetches: [ObjectID] = []
+      var leases: [LeaseStep] = []
+      var wake: [Waiter] = []
+      var replies: [(to: Requester, object: Swiftray_RayObject)] = []
+      var freeStored: [(ObjectID, Swiftray_RayObject)] = []
+      var borrowerChanges: [BorrowerChange] = []
+      var actorsOutOfScope: [ActorID] = []
+      var promote: (ids: [ObjectID], why: String)? = nil
+      var armTick: UInt64? = nil
+      var warnings: [String] = []
+      var actorSteps: Bool = false
+      var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] = []
+      var expirePolls: [(TaskID, UInt64)] = []
+      init() {}
+      func copy() -> Storage {
+        let c = Storage()
+        c.fetches = fetches
+        c.leases = leases
+        c.wake = wake
+        c.replies = replies
+        c.freeStored = freeStored
+        c.borrowerChanges = borrowerChanges
+        c.actorsOutOfScope = actorsOutOfScope
+        c.promote = promote
+        c.armTick = armTick
+        c.warnings = warnings
+        c.actorSteps = actorSteps
+        c.generatorProgress = generatorProgress
+        c.expirePolls = expirePolls
+        return c
+      }
+    }
+    private var storage: Storage?
+    public init() {}
+    /// Nothing to carry out (no field was ever set).
+    public var isEmpty: Bool { storage == nil }
+    /// The storage to change: made on first use, copied when shared.
+    private var unique: Storage {
+      mutating get {
+        if storage == nil { storage = Storage() } else if !isKnownUniquelyReferenced(&storage!) { storage = storage!.copy() }
+        return storage!
+      }
+    }
     /// Borrowed values to ask their owners for.
-    public var fetches: [ObjectID] = []
-    public var leases: [LeaseStep] = []
-    public var wake: [Waiter] = []
-    public var replies: [(to: Requester, object: Swiftray_RayObject)] = []
+    public var fetches: [ObjectID] {
+      get { storage?.fetches ?? [] }
+      set { unique.fetches = newValue }
+      _modify { let s = unique; yield &s.fetches }
+    }
+    public var leases: [LeaseStep] {
+      get { storage?.leases ?? [] }
+      set { unique.leases = newValue }
+      _modify { let s = unique; yield &s.leases }
+    }
+    public var wake: [Waiter] {
+      get { storage?.wake ?? [] }
+      set { unique.wake = newValue }
+      _modify { let s = unique; yield &s.wake }
+    }
+    public var replies: [(to: Requester, object: Swiftray_RayObject)] {
+      get { storage?.replies ?? [] }
+      set { unique.replies = newValue }
+      _modify { let s = unique; yield &s.replies }
+    }
     /// Owned stored values to free where they live.
-    public var freeStored: [(ObjectID, Swiftray_RayObject)] = []
-    public var borrowerChanges: [BorrowerChange] = []
+    public var freeStored: [(ObjectID, Swiftray_RayObject)] {
+      get { storage?.freeStored ?? [] }
+      set { unique.freeStored = newValue }
+      _modify { let s = unique; yield &s.freeStored }
+    }
+    public var borrowerChanges: [BorrowerChange] {
+      get { storage?.borrowerChanges ?? [] }
+      set { unique.borrowerChanges = newValue }
+      _modify { let s = unique; yield &s.borrowerChanges }
+    }
     /// Actors created here whose every handle is gone.
-    public var actorsOutOfScope: [ActorID] = []
+    public var actorsOutOfScope: [ActorID] {
+      get { storage?.actorsOutOfScope ?? [] }
+      set { unique.actorsOutOfScope = newValue }
+      _modify { let s = unique; yield &s.actorsOutOfScope }
+    }
     /// Copies this node's store pulled, to make primary (their node died, `why`).
-    public var promote: (ids: [ObjectID], why: String)?
+    public var promote: (ids: [ObjectID], why: String)? {
+      get { storage?.promote ?? nil }
+      set { unique.promote = newValue }
+      _modify { let s = unique; yield &s.promote }
+    }
     /// The time to run `tick` at, when a timer must be armed for it.
-    public var armTick: UInt64?
-    public var warnings: [String] = []
+    public var armTick: UInt64? {
+      get { storage?.armTick ?? nil }
+      set { unique.armTick = newValue }
+      _modify { let s = unique; yield &s.armTick }
+    }
+    public var warnings: [String] {
+      get { storage?.warnings ?? [] }
+      set { unique.warnings = newValue }
+      _modify { let s = unique; yield &s.warnings }
+    }
     /// Actor steps were queued (the shell drains them in order).
-    public var actorSteps = false
+    public var actorSteps: Bool {
+      get { storage?.actorSteps ?? false }
+      set { unique.actorSteps = newValue }
+      _modify { let s = unique; yield &s.actorSteps }
+    }
     /// Workers waiting for a streaming generator's reader, to answer with its progress.
-    public var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] = []
+    public var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] {
+      get { storage?.generatorProgress ?? [] }
+      set { unique.generatorProgress = newValue }
+      _modify { let s = unique; yield &s.generatorProgress }
+    }
     /// Held back-pressure waits to answer within a second if still held
     /// (`generatorPollExpired`).
-    public var expirePolls: [(TaskID, UInt64)] = []
-    public init() {}
+    public var expirePolls: [(TaskID, UInt64)] {
+      get { storage?.expirePolls ?? [] }
+      set { unique.expirePolls = newValue }
+      _modify { let s = unique; yield &s.expirePolls }
+    }
   }
 
   public enum RemoteGet: Sendable {
@@ -382,25 +481,37 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
 
   // MARK: - references
 
-  public mutating func localRefAdded(_ id: ObjectID, owner: Swiftray_Address?, now: UInt64) -> Effects {
-    // One lookup of `owners` (this runs once per ref unpickled).
-    let borrowed: Bool
+  /// `now` is read only when the change needs it (rarely: this runs once per ref
+  /// unpickled, and a clock read cost as much as the rest of it).
+  public mutating func localRefAdded(_ id: ObjectID, owner: Swiftray_Address?, now: @autoclosure () -> UInt64) -> Effects {
     if let owner, owner.workerID != selfAddress.workerID {
-      if owners.index(forKey: id) == nil { owners[id] = owner }
-      borrowed = true
-    } else {
-      borrowed = owners.index(forKey: id) != nil
+      return borrowedRefAdded(id, owner: { owner }, now: now())
     }
     var e = Effects()
-    refActionsDecided(refs.localRefAdded(id, borrowed: borrowed), now: now, &e)
+    refActionsDecided(refs.localRefAdded(id, borrowed: owners.index(forKey: id) != nil), now: now(), &e)
     return e
   }
 
-  public mutating func localRefRemoved(_ id: ObjectID, now: UInt64) -> Effects {
+  /// A ref owned by another process was made here. `owner` is read (an address copied)
+  /// only when no owner is recorded for `id` yet.
+  public mutating func borrowedRefAdded(_ id: ObjectID, owner: () -> Swiftray_Address,
+                                        now: @autoclosure () -> UInt64) -> Effects {
+    // One lookup of `owners`: an absent owner is inserted by the same access.
+    Self.touch(&owners[id, default: owner()])
     var e = Effects()
-    refActionsDecided(refs.localRefRemoved(id), now: now, &e)
+    refActionsDecided(refs.localRefAdded(id, borrowed: true), now: now(), &e)
     return e
   }
+
+  public mutating func localRefRemoved(_ id: ObjectID, now: @autoclosure () -> UInt64) -> Effects {
+    var e = Effects()
+    refActionsDecided(refs.localRefRemoved(id), now: now(), &e)
+    return e
+  }
+
+  /// An access that changes nothing: `touch(&map[k, default: v])` inserts `v` when `k`
+  /// is absent, with one hash lookup.
+  @inline(__always) static func touch<T>(_ value: inout T) {}
 
   /// The ref was serialized into a value that may reach a borrower.
   public mutating func refEscaped(_ id: ObjectID) { refs.refEscaped(id) }
@@ -460,7 +571,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
 
   /// Carries out reference-count decisions: frees owned values (and what they contain,
   /// recursively), forgets borrowed ones, and tells owners of borrowers.
-  mutating func refActionsDecided(_ actions: [ReferenceTable.Action], now: UInt64, _ e: inout Effects) {
+  mutating func refActionsDecided(_ actions: [ReferenceTable.Action], now: @autoclosure () -> UInt64, _ e: inout Effects) {
     guard !actions.isEmpty else { return }
     var abandoned: [TaskManager.Action] = []
     var work = actions
@@ -493,7 +604,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
         }
       }
     }
-    taskActionsDecided(abandoned, reply: nil, now: now, &e)
+    if !abandoned.isEmpty { taskActionsDecided(abandoned, reply: nil, now: now(), &e) }
   }
 
   // MARK: - task outcomes

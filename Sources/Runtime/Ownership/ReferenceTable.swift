@@ -84,9 +84,12 @@ public struct ReferenceTable: Sendable {
   }
 
   public mutating func localRefRemoved(_ id: ObjectID) -> [Action] {
-    guard var r = refs[id] else { return [] }
-    r.localRefs = max(0, r.localRefs - 1)
-    return update(id, r)
+    // One hash lookup (this runs once per ref dropped): changed, and removed, by index.
+    guard let i = refs.index(forKey: id) else { return [] }
+    refs.values[i].localRefs = max(0, refs.values[i].localRefs - 1)
+    if refs.values[i].isInUse { return [] }
+    let r = refs.remove(at: i).value
+    return [r.owned ? .free(id) : .forget(id, registrations: Int(r.registrations))]
   }
 
   public mutating func submittedTaskRefsAdded(_ ids: [ObjectID]) {
