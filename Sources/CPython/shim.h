@@ -125,6 +125,9 @@ static inline PyObject *sr_SlotGet(PyObject *o, Py_ssize_t off) { return *(PyObj
 static inline void sr_SlotInit(PyObject *o, Py_ssize_t off, PyObject *v) { *(PyObject **)((char *)o + off) = v; }
 /// A bare instance of class `type` (what object.__new__ makes), or NULL with an error set.
 static inline PyObject *sr_Alloc(PyObject *type) { return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0); }
+/// Makes `f` the finalizer of instances of heap type `type` (in place of the slot that
+/// calls its Python `__del__`). Subclasses made before keep theirs.
+static inline void sr_SetFinalize(PyObject *type, destructor f) { ((PyTypeObject *)type)->tp_finalize = f; }
 /// The same, left out of the cyclic garbage collector's lists: for instances that can
 /// hold no reference back to a container (an ObjectRef holds its id bytes only), so
 /// the collector never needs to look at them, and thousands made at once cost no passes.

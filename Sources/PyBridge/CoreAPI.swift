@@ -579,7 +579,18 @@ enum CoreAPI {
     }
     sr_IncRef(type)  // kept for the process's life: instances are made of it
     refClass = (type, off)
+    sr_SetFinalize(type, refFinalize)
     return Py.none
+  }
+
+  /// The ObjectRef class's finalizer, in place of its Python `__del__` (a Python frame
+  /// for every ref dropped): the local reference goes, as `remove_local_ref` does.
+  /// Runs with the GIL held, possibly after shutdown (then it does nothing); never
+  /// raises (it leaves the error indicator as it found it).
+  static let refFinalize: @convention(c) (PyPtr?) -> Void = { o in
+    guard let o, let cls = refClass, let raw = sr_SlotGet(o, cls.idOffset), sr_IsBytes(raw) != 0,
+          sr_BytesSize(raw) == 28, let core = Session.active?.core, let id = objectID(raw) else { return }
+    core.removeLocalRef(id)
   }
 
   /// Unpickles an ObjectRef in one call (the reconstructor its `__reduce__` names): a

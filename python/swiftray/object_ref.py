@@ -22,6 +22,8 @@ class ObjectRef:
             _core.add_local_ref(id_bytes, owner)
 
     def __del__(self):
+        # `set_ref_type` (below) replaces this with the core's own finalizer, which does
+        # the same without a Python frame per ref dropped; subclasses keep this one.
         try:
             _core.remove_local_ref(self._id)
         except Exception:
