@@ -496,10 +496,11 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// only when no owner is recorded for `id` yet.
   public mutating func borrowedRefAdded(_ id: ObjectID, owner: () -> Swiftray_Address,
                                         now: @autoclosure () -> UInt64) -> Effects {
-    // One lookup of `owners`: an absent owner is inserted by the same access.
-    Self.touch(&owners[id, default: owner()])
+    let (actions, recorded) = refs.borrowedRefAdded(id)
+    // Looked up only the first time (an absent owner inserted by the same access).
+    if !recorded { Self.touch(&owners[id, default: owner()]) }
     var e = Effects()
-    refActionsDecided(refs.localRefAdded(id, borrowed: true), now: now(), &e)
+    refActionsDecided(actions, now: now(), &e)
     return e
   }
 

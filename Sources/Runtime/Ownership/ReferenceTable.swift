@@ -35,6 +35,9 @@ public struct ReferenceTable: Sendable {
     /// Serialized outside any value the core tracks (e.g. captured by a pickled
     /// function): kept for the owner's lifetime.
     public var escaped = false
+    /// Its owner's address was recorded (`OwnerState.owners`) through `borrowedRefAdded`:
+    /// that record goes only with this entry (`.forget`), so while this is set it stands.
+    public var ownerRecorded = false
     public init(owned: Bool, localRefs: Int32 = 0, submittedTaskRefs: Int32 = 0, contained: Int32 = 0) {
       self.owned = owned; self.localRefs = localRefs; self.submittedTaskRefs = submittedTaskRefs; self.contained = contained
     }
@@ -81,6 +84,21 @@ public struct ReferenceTable: Sendable {
       return register
     }
     return add(&refs[id, default: Reference(owned: false)]) ? [.register(id)] : []
+  }
+
+  /// `localRefAdded(id, borrowed: true)` that also says whether the owner's address
+  /// was recorded before (and from now on counts it as recorded): the caller records it
+  /// when not, and spares itself that lookup on every later ref of the object.
+  public mutating func borrowedRefAdded(_ id: ObjectID) -> (actions: [Action], ownerRecorded: Bool) {
+    func add(_ r: inout Reference) -> (Bool, Bool) {
+      r.localRefs.saturatingIncrement()
+      let register = !r.owned && r.registrations == 0
+      if register { r.registrations = 1 }
+      defer { r.ownerRecorded = true }
+      return (register, r.ownerRecorded)
+    }
+    let (register, recorded) = add(&refs[id, default: Reference(owned: false)])
+    return (register ? [.register(id)] : [], recorded)
   }
 
   public mutating func localRefRemoved(_ id: ObjectID) -> [Action] {
