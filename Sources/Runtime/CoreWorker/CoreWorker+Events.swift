@@ -17,18 +17,31 @@ extension CoreWorker {
   /// arms the next, until `stopTaskEventReporter`. It runs with task events off too: it
   /// carries the user metrics.
   func startTaskEventReporter() {
-    guard !eventReporterStopped.withLock({ $0 }) else { return }
-    // Strong, not weak (`CoreBox` says why): the chain ends at `stopTaskEventReporter`.
-    clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [self] in
+    guard !eventReporter.withLock({ $0.stopped }) else { return }
+    // Strong, not weak (`CoreBox` says why): `stopTaskEventReporter` cancels the timer,
+    // so nothing holds this worker past its shutdown.
+    let timer = clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [self] in
       Task { [self] in
-        guard !eventReporterStopped.withLock({ $0 }) else { return }
+        guard !eventReporter.withLock({ $0.stopped }) else { return }
         await sendTaskEvents()
         startTaskEventReporter()
       }
     }
+    let stoppedMeanwhile = eventReporter.withLock { r in
+      if !r.stopped { r.timer = timer }
+      return r.stopped
+    }
+    if stoppedMeanwhile { timer.cancel() }
   }
 
-  func stopTaskEventReporter() { eventReporterStopped.withLock { $0 = true } }
+  func stopTaskEventReporter() {
+    let timer = eventReporter.withLock { r in
+      r.stopped = true
+      defer { r.timer = nil }
+      return r.timer
+    }
+    timer?.cancel()
+  }
 
   /// Sends what is buffered now, batch by batch, until nothing is left (events recorded
   /// meanwhile go with the next round). User metrics ride with the first batch.

@@ -131,8 +131,9 @@ public final class CoreWorker: Sendable {
   public let localNodeLost = Locked<SwiftrayError?>(nil)
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
-  /// Set at shutdown: the periodic task-event report is not armed again.
-  let eventReporterStopped = Locked(false)
+  /// The periodic task-event report: stopped at shutdown (not armed again), and its
+  /// next round's timer, which holds this worker, cancelled then.
+  let eventReporter = Locked<(stopped: Bool, timer: ScheduledTimer?)>((false, nil))
   /// Task events a failed batch lost, told to the head with the next one.
   let eventsUnsent = Locked<UInt64>(0)
   /// The head when it lives in this process (a driver's local cluster): batches go to

@@ -74,12 +74,12 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   }
 
   /// The work an event leaves for the shell, in the order it should be done
-  /// (`CoreWorker.perform`). Most events leave none: the fields then live nowhere (`storage` is nil), so making, moving and
-  /// dropping an empty one costs no retain or release of a dozen empty arrays (a ref
-  /// added or dropped, once per ref unpickled, did that). Copy-on-write, as the arrays
-  /// it holds.
+  /// (`CoreWorker.perform`). Most events leave none: the fields then live nowhere
+  /// (`box` is nil), so making, moving and dropping an empty one costs no retain or
+  /// release of a dozen empty arrays (a ref added or dropped, once per ref unpickled,
+  /// did that). A value: a copy changed later is copied first.
   public struct Effects: Sendable {
-    final class Storage: @unchecked Sendable {
+    struct Fields {
       var fetches: [ObjectID] = []
       var leases: [LeaseStep] = []
       var wake: [Waiter] = []
@@ -93,109 +93,100 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       var actorSteps: Bool = false
       var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] = []
       var expirePolls: [(TaskID, UInt64)] = []
-      init() {}
-      func copy() -> Storage {
-        let c = Storage()
-        c.fetches = fetches
-        c.leases = leases
-        c.wake = wake
-        c.replies = replies
-        c.freeStored = freeStored
-        c.borrowerChanges = borrowerChanges
-        c.actorsOutOfScope = actorsOutOfScope
-        c.promote = promote
-        c.armTick = armTick
-        c.warnings = warnings
-        c.actorSteps = actorSteps
-        c.generatorProgress = generatorProgress
-        c.expirePolls = expirePolls
-        return c
-      }
     }
-    private var storage: Storage?
+    final class Box: @unchecked Sendable {
+      var fields = Fields()
+    }
+    private var box: Box?
     public init() {}
     /// Nothing to carry out (no field was ever set).
-    public var isEmpty: Bool { storage == nil }
-    /// The storage to change: made on first use, copied when shared.
-    private var unique: Storage {
+    public var isEmpty: Bool { box == nil }
+    /// The box to change: made on first use, copied when shared.
+    private var unique: Box {
       mutating get {
-        if storage == nil { storage = Storage() } else if !isKnownUniquelyReferenced(&storage!) { storage = storage!.copy() }
-        return storage!
+        if box == nil {
+          box = Box()
+        } else if !isKnownUniquelyReferenced(&box!) {
+          let copy = Box()
+          copy.fields = box!.fields
+          box = copy
+        }
+        return box!
       }
     }
     /// Borrowed values to ask their owners for.
     public var fetches: [ObjectID] {
-      get { storage?.fetches ?? [] }
-      set { unique.fetches = newValue }
-      _modify { let s = unique; yield &s.fetches }
+      get { box?.fields.fetches ?? [] }
+      set { unique.fields.fetches = newValue }
+      _modify { let b = unique; yield &b.fields.fetches }
     }
     public var leases: [LeaseStep] {
-      get { storage?.leases ?? [] }
-      set { unique.leases = newValue }
-      _modify { let s = unique; yield &s.leases }
+      get { box?.fields.leases ?? [] }
+      set { unique.fields.leases = newValue }
+      _modify { let b = unique; yield &b.fields.leases }
     }
     public var wake: [Waiter] {
-      get { storage?.wake ?? [] }
-      set { unique.wake = newValue }
-      _modify { let s = unique; yield &s.wake }
+      get { box?.fields.wake ?? [] }
+      set { unique.fields.wake = newValue }
+      _modify { let b = unique; yield &b.fields.wake }
     }
     public var replies: [(to: Requester, object: Swiftray_RayObject)] {
-      get { storage?.replies ?? [] }
-      set { unique.replies = newValue }
-      _modify { let s = unique; yield &s.replies }
+      get { box?.fields.replies ?? [] }
+      set { unique.fields.replies = newValue }
+      _modify { let b = unique; yield &b.fields.replies }
     }
     /// Owned stored values to free where they live.
     public var freeStored: [(ObjectID, Swiftray_RayObject)] {
-      get { storage?.freeStored ?? [] }
-      set { unique.freeStored = newValue }
-      _modify { let s = unique; yield &s.freeStored }
+      get { box?.fields.freeStored ?? [] }
+      set { unique.fields.freeStored = newValue }
+      _modify { let b = unique; yield &b.fields.freeStored }
     }
     public var borrowerChanges: [BorrowerChange] {
-      get { storage?.borrowerChanges ?? [] }
-      set { unique.borrowerChanges = newValue }
-      _modify { let s = unique; yield &s.borrowerChanges }
+      get { box?.fields.borrowerChanges ?? [] }
+      set { unique.fields.borrowerChanges = newValue }
+      _modify { let b = unique; yield &b.fields.borrowerChanges }
     }
     /// Actors created here whose every handle is gone.
     public var actorsOutOfScope: [ActorID] {
-      get { storage?.actorsOutOfScope ?? [] }
-      set { unique.actorsOutOfScope = newValue }
-      _modify { let s = unique; yield &s.actorsOutOfScope }
+      get { box?.fields.actorsOutOfScope ?? [] }
+      set { unique.fields.actorsOutOfScope = newValue }
+      _modify { let b = unique; yield &b.fields.actorsOutOfScope }
     }
     /// Copies this node's store pulled, to make primary (their node died, `why`).
     public var promote: (ids: [ObjectID], why: String)? {
-      get { storage?.promote ?? nil }
-      set { unique.promote = newValue }
-      _modify { let s = unique; yield &s.promote }
+      get { box?.fields.promote ?? nil }
+      set { unique.fields.promote = newValue }
+      _modify { let b = unique; yield &b.fields.promote }
     }
     /// The time to run `tick` at, when a timer must be armed for it.
     public var armTick: UInt64? {
-      get { storage?.armTick ?? nil }
-      set { unique.armTick = newValue }
-      _modify { let s = unique; yield &s.armTick }
+      get { box?.fields.armTick ?? nil }
+      set { unique.fields.armTick = newValue }
+      _modify { let b = unique; yield &b.fields.armTick }
     }
     public var warnings: [String] {
-      get { storage?.warnings ?? [] }
-      set { unique.warnings = newValue }
-      _modify { let s = unique; yield &s.warnings }
+      get { box?.fields.warnings ?? [] }
+      set { unique.fields.warnings = newValue }
+      _modify { let b = unique; yield &b.fields.warnings }
     }
     /// Actor steps were queued (the shell drains them in order).
     public var actorSteps: Bool {
-      get { storage?.actorSteps ?? false }
-      set { unique.actorSteps = newValue }
-      _modify { let s = unique; yield &s.actorSteps }
+      get { box?.fields.actorSteps ?? false }
+      set { unique.fields.actorSteps = newValue }
+      _modify { let b = unique; yield &b.fields.actorSteps }
     }
     /// Workers waiting for a streaming generator's reader, to answer with its progress.
     public var generatorProgress: [(to: Requester, consumed: Int, closed: Bool)] {
-      get { storage?.generatorProgress ?? [] }
-      set { unique.generatorProgress = newValue }
-      _modify { let s = unique; yield &s.generatorProgress }
+      get { box?.fields.generatorProgress ?? [] }
+      set { unique.fields.generatorProgress = newValue }
+      _modify { let b = unique; yield &b.fields.generatorProgress }
     }
     /// Held back-pressure waits to answer within a second if still held
     /// (`generatorPollExpired`).
     public var expirePolls: [(TaskID, UInt64)] {
-      get { storage?.expirePolls ?? [] }
-      set { unique.expirePolls = newValue }
-      _modify { let s = unique; yield &s.expirePolls }
+      get { box?.fields.expirePolls ?? [] }
+      set { unique.fields.expirePolls = newValue }
+      _modify { let b = unique; yield &b.fields.expirePolls }
     }
   }
 
