@@ -18,11 +18,10 @@ extension CoreWorker {
   /// carries the user metrics.
   func startTaskEventReporter() {
     guard !eventReporter.withLock({ $0.stopped }) else { return }
-    // Strong, not weak (`CoreBox` says why): `stopTaskEventReporter` cancels the timer,
-    // so nothing holds this worker past its shutdown.
-    let timer = clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [self] in
-      Task { [self] in
-        guard !eventReporter.withLock({ $0.stopped }) else { return }
+    // `stopTaskEventReporter` cancels the timer: no round runs after shutdown.
+    let timer = clock.schedule(after: .milliseconds(options.config.taskEventsReportIntervalMs)) { [weak self] in
+      Task { [weak self] in
+        guard let self, !eventReporter.withLock({ $0.stopped }) else { return }
         await sendTaskEvents()
         startTaskEventReporter()
       }

@@ -226,7 +226,7 @@ public final class CoreWorker: Sendable {
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
     notifications = cont
     Task { for await job in stream { await job() } }
-    selfBox.set(self)
+    selfBox.core = self
     try registerWithNode()
     startTaskEventReporter()
   }
@@ -294,15 +294,14 @@ public final class CoreWorker: Sendable {
     try answer.withLock { $0! }.get()
   }
 
-  /// This worker, for the callbacks of what it owns (its servers, its registration):
-  /// a strong reference, dropped at `shutdown`. Not a weak one: a weak reference gives
-  /// the CoreWorker a side table for good, and every retain and release of it (several
-  /// per task and per ref) then takes the runtime's slow path.
-  /// Threading: any thread.
-  final class CoreBox: Sendable {
-    private let held = Locked<CoreWorker?>(nil)
-    var core: CoreWorker? { held.withLock { $0 } }
-    func set(_ c: CoreWorker?) { held.withLock { $0 = c } }
+  /// This worker, for the callbacks of what it owns (its servers, its registration).
+  /// Weak, so a worker dropped after `shutdown` is freed at once. (A weak reference
+  /// gives the CoreWorker a side table, so its retains take the runtime's slow path; a
+  /// strong one cleared at shutdown kept a descriptor per init/shutdown cycle in the
+  /// full suite, so it waits for its holder to be found.)
+  final class CoreBox: @unchecked Sendable {
+    // Written once during init before the server can deliver a frame.
+    weak var core: CoreWorker?
   }
 
   @Sendable static func exitStoreGone(_ e: SwiftrayError) {
@@ -650,7 +649,6 @@ public final class CoreWorker: Sendable {
     nodeManager.shutdown()
     control.shutdown()
     otherNodes.shutdown()
-    selfBox.set(nil)
   }
 
   // MARK: - data-plane requests
