@@ -266,6 +266,28 @@ private func actorID(_ n: UInt64) -> ActorID { TaskID(prefix: 7, counter: n, job
     #expect(pushes(s.callReady(call(3))) == [call(3)])
   }
 
+  /// Calls cancelled while they wait for the actor are never sent; the rest go in
+  /// sequence order, and a call removed once is not removed again.
+  @Test func callsCancelledBeforeTheyAreSentAreSkippedAndTheRestKeepTheirOrder() {
+    var s = ActorTaskSubmitter()
+    _ = s.handleAdded(actor, maxPendingCalls: -1)
+    for n: UInt64 in 1...300 {
+      _ = try! s.callSubmitted(call(n), actor: actor, maxTaskRetries: 0).get()
+      _ = s.callReady(call(n))
+    }
+    let cancelled = Set<UInt64>([1, 2, 150, 299, 300] + Array(stride(from: 10, to: 100, by: 7)))
+    for n in cancelled.sorted(by: >) {
+      let removed = s.callRemoved(call(n))
+      #expect(removed)
+    }
+    let again = s.callRemoved(call(150))
+    #expect(!again, "removed already")
+    let sent = pushes(s.actorInfo(info(.alive, version: 2)))
+    #expect(sent == (1...300).filter { !cancelled.contains($0) }.map(call))
+    let late = s.callRemoved(call(3))
+    #expect(!late, "sent: no longer the submitter's to remove")
+  }
+
   @Test func maxPendingCallsRefusesTheNextCall() {
     var s = ActorTaskSubmitter()
     _ = s.handleAdded(actor, maxPendingCalls: 1)

@@ -210,6 +210,56 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(removed)
     #expect(a == [.cancelLeaseRequest(requestID: r[0])])
   }
+
+  /// Cancels anywhere in a deep queue: the rest are pushed in submission order, each
+  /// exactly once; a task pushed or cancelled already is not removed again; the
+  /// entries cancelled tasks leave behind stay bounded by those still queued.
+  @Test mutating func cancelsInADeepQueueKeepTheRestInOrderAndLeaveItsEntriesBounded() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let tasks = (0..<2_000).map { _ in gen.next() }
+    var r: [UInt64] = []
+    for t in tasks { r += requests(s.taskReady(t, key: cpu1, now: 0)) }
+    // From the back, from the front and every third one in between.
+    let cancelled = Set(tasks.suffix(500) + tasks.prefix(100) + stride(from: 100, to: 1_500, by: 3).map { tasks[$0] })
+    for t in tasks where cancelled.contains(t) {
+      let removed = s.taskCanceled(t, now: 0).removed
+      #expect(removed)
+      #expect(s.numQueueEntries <= 2 * s.numQueued + 33)
+    }
+    let again = s.taskCanceled(tasks[0], now: 0).removed
+    #expect(!again, "cancelled already")
+    #expect(s.numQueued == tasks.count - cancelled.count)
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    var pushed = pushes(s.leaseGranted(requestID: r[0], lease: lease, now: 0))
+    let inFlight = s.taskCanceled(pushed[0], now: 0).removed
+    #expect(!inFlight, "in flight: not in the queue")
+    while let last = pushed.last, pushed.count < tasks.count {
+      let next = pushes(s.taskReplied(last, leaseID: 1, now: 1))
+      if next.isEmpty { break }
+      pushed += next
+    }
+    #expect(pushed == tasks.filter { !cancelled.contains($0) })
+    #expect(s.numQueued == 0 && s.numQueueEntries == 0)
+  }
+
+  /// A lease request names a queued task (for its arguments' locality), never a
+  /// cancelled one.
+  @Test mutating func leaseRequestsNameTasksStillQueued() {
+    var s = NormalTaskSubmitter(settings: .init(maxPendingLeaseRequests: 1))
+    let t1 = gen.next(), t2 = gen.next(), t3 = gen.next()
+    let first = s.taskReady(t1, key: cpu1, now: 0)
+    _ = s.taskReady(t2, key: cpu1, now: 0)
+    _ = s.taskReady(t3, key: cpu1, now: 0)
+    guard case .requestLease(let r1, _, let forTask)? = first.first else { Issue.record("no request"); return }
+    #expect(forTask == t1)
+    let c1 = s.taskCanceled(t1, now: 0).removed, c2 = s.taskCanceled(t2, now: 0).removed
+    #expect(c1 && c2)
+    // The node refused the request as infeasible; the retry names the task left.
+    _ = s.leaseRejected(requestID: r1, detail: "busy", now: 0)
+    let again = s.tick(now: 2_000 * ms)
+    guard case .requestLease(_, _, let named)? = again.first else { Issue.record("no retry: \(again)"); return }
+    #expect(named == t3)
+  }
 }
 
 @Suite struct SubmitterFailureTests {

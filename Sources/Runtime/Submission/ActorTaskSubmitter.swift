@@ -127,23 +127,30 @@ public struct ActorTaskSubmitter: Sendable {
 
   /// The connection to the worker the call was sent to broke before its reply.
   public mutating func callLost(_ task: TaskID, incarnation: Int32) -> [Action] {
-    guard let id = callActor[task], var a = actors[id], a.inFlight[task]?.sentTo == incarnation,
-      let c = a.inFlight.removeValue(forKey: task)
-    else { return [] }
-    a.lost.append(c)
-    // Stop sending to that incarnation: what became of it, the ControlService will say.
-    a.suspect = true
-    actors[id] = a
-    return startWatch(id)
+    guard let id = callActor[task] else { return [] }
+    // In place: one call lost of many must not copy the actor's queue (copy-on-write).
+    let lost = withActor(id) { a -> Bool in
+      guard a.inFlight[task]?.sentTo == incarnation, let c = a.inFlight.removeValue(forKey: task) else { return false }
+      a.lost.append(c)
+      // Stop sending to that incarnation: what became of it, the ControlService will say.
+      a.suspect = true
+      return true
+    } ?? false
+    return lost ? startWatch(id) : []
   }
 
   /// The call was cancelled or failed before it was sent.
   public mutating func callRemoved(_ task: TaskID) -> Bool {
-    guard let id = callActor[task], var a = actors[id], let i = a.queue.firstIndex(where: { $0.task == task }) else { return false }
-    a.queue.remove(at: i)
-    actors[id] = a
-    callActor[task] = nil
-    return true
+    guard let id = callActor[task] else { return false }
+    // In place: a copy taken out and written back copied the actor's whole queue per
+    // cancel. The scan is of the calls queued before it (cancels are rare).
+    let removed = withActor(id) { a -> Bool in
+      guard let i = a.queue.firstIndex(where: { $0.task == task }) else { return false }
+      a.queue.remove(at: i)
+      return true
+    } ?? false
+    if removed { callActor[task] = nil }
+    return removed
   }
 
   /// A node this caller learned is dead. Incarnations there get no more calls (their

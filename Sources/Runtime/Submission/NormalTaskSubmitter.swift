@@ -78,7 +78,7 @@ public struct NormalTaskSubmitter: Sendable {
   }
 
   struct KeyState: Sendable {
-    var queue: Deque<Queued> = []
+    var queue = ReadyQueue()
     var leases: Set<UInt64> = []
     var pendingRequests: Set<UInt64> = []
     var retryAt: UInt64?
@@ -88,6 +88,86 @@ public struct NormalTaskSubmitter: Sendable {
   struct Queued: Sendable {
     var task: TaskID
     var function: FunctionTag
+  }
+
+  /// One shape's ready tasks, first in first out, from which any task can be removed
+  /// (`cancel`) at a cost that does not grow with the queue: a removed task leaves its
+  /// entry behind, skipped when it reaches the front, and entries are compacted once
+  /// removed ones could outnumber the rest.
+  ///
+  /// Threading: a value type, inside the submitter.
+  struct ReadyQueue: Sendable {
+    /// In order: each task queued, and each removed one not yet skipped (`stale`).
+    private var entries: Deque<Queued> = []
+    /// The tasks queued.
+    private var members: Set<TaskID> = []
+    /// Tasks removed whose entries are still in `entries`.
+    private var stale: Set<TaskID> = []
+
+    var count: Int { members.count }
+    var entryCount: Int { entries.count }
+    var isEmpty: Bool { members.isEmpty }
+    func contains(_ task: TaskID) -> Bool { members.contains(task) }
+    /// The tasks queued, in order.
+    var tasks: [TaskID] { entries.compactMap { members.contains($0.task) ? $0.task : nil } }
+
+    mutating func append(_ q: Queued) {
+      guard members.insert(q.task).inserted else { return }
+      // Queued again after its removal (not a path the owner takes): its entry serves.
+      if stale.remove(q.task) == nil { entries.append(q) }
+    }
+
+    /// Back at its place among the tasks submitted before and after it
+    /// (`TaskID.counter`): a task handed back, usually near the front.
+    mutating func insertInOrder(_ q: Queued) {
+      guard members.insert(q.task).inserted else { return }
+      if stale.remove(q.task) != nil { return }
+      entries.insert(q, at: entries.firstIndex { $0.task.counter > q.task.counter } ?? entries.endIndex)
+    }
+
+    mutating func popFirst() -> Queued? {
+      while let q = entries.popFirst() {
+        if members.remove(q.task) != nil { return q }
+        stale.remove(q.task)
+      }
+      return nil
+    }
+
+    /// The `n`-th task from the front (0: the first), or the last when fewer are queued.
+    func task(near n: Int) -> TaskID? {
+      var seen = 0
+      var last: TaskID?
+      for q in entries where members.contains(q.task) {
+        if seen == n { return q.task }
+        seen += 1
+        last = q.task
+      }
+      return last
+    }
+
+    /// Removes `task`; false when it is not queued here.
+    mutating func remove(_ task: TaskID) -> Bool {
+      guard members.remove(task) != nil else { return false }
+      stale.insert(task)
+      // The front stays a queued task, and removed entries never outnumber the rest by
+      // much: each compaction is paid for by as many removals.
+      while let f = entries.first, stale.contains(f.task) {
+        entries.removeFirst()
+        stale.remove(f.task)
+      }
+      if stale.count > members.count + 32 {
+        let stale = self.stale
+        entries.removeAll { stale.contains($0.task) }
+        self.stale.removeAll()
+      }
+      return true
+    }
+
+    mutating func removeAll() {
+      entries.removeAll()
+      members.removeAll()
+      stale.removeAll()
+    }
   }
 
   public enum Action: Sendable, Equatable {
@@ -122,6 +202,9 @@ public struct NormalTaskSubmitter: Sendable {
 
   public var numLeases: Int { leases.count }
   public var numQueued: Int { keys.values.reduce(0) { $0 + $1.queue.count } }
+  /// Entries the shapes' queues hold, removed ones included (what `ReadyQueue`'s
+  /// compaction bounds).
+  public var numQueueEntries: Int { keys.values.reduce(0) { $0 + $1.queue.entryCount } }
   public func leaseOf(task: TaskID) -> GrantedLease? {
     leases.values.first { $0.inFlight[task] != nil }?.lease
   }
@@ -165,7 +248,7 @@ public struct NormalTaskSubmitter: Sendable {
                                    code: SwiftrayError.Code = .system) -> [Action] {
     guard let key = requestKeys.removeValue(forKey: requestID), var ks = keys.removeValue(forKey: key) else { return [] }
     ks.pendingRequests.remove(requestID)
-    let failed = ks.queue.map(\.task)
+    let failed = ks.queue.tasks
     ks.queue.removeAll()
     keys[key] = ks
     return (failed.isEmpty ? [] : [.tasksFailed(failed, detail: detail, code: code)]) + schedule(key, now: now)
@@ -229,8 +312,7 @@ public struct NormalTaskSubmitter: Sendable {
     // Back in submission order: before the first queued task submitted after it
     // (a worker hands several back in their order; the scan stops near the front).
     var ks = keys.removeValue(forKey: l.key) ?? KeyState()
-    ks.queue.insert(Queued(task: task, function: function),
-                    at: ks.queue.firstIndex { $0.task.counter > task.counter } ?? ks.queue.endIndex)
+    ks.queue.insertInOrder(Queued(task: task, function: function))
     keys[l.key] = ks
     return actions + schedule(l.key, now: now)
   }
@@ -270,14 +352,13 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// Removes a queued (not yet pushed) task. True when it was queued.
   public mutating func taskCanceled(_ task: TaskID, now: UInt64) -> (removed: Bool, actions: [Action]) {
-    // A scan of the queues (cancels are rare); the queue changes in place.
-    for key in keys.keys {
-      if let i = keys[key]?.queue.firstIndex(where: { $0.task == task }) {
-        keys[key]?.queue.remove(at: i)
-        return (true, schedule(key, now: now))
-      }
-    }
-    return (false, [])
+    // Found by a look at each shape (few), then removed where it lies: changed while
+    // the table was being iterated, the queue was copied whole (copy-on-write), a cost
+    // per cancel that grew with the tasks queued.
+    guard let i = keys.firstIndex(where: { $0.value.queue.contains(task) }) else { return (false, []) }
+    let key = keys.keys[i]
+    _ = keys.values[i].queue.remove(task)
+    return (true, schedule(key, now: now))
   }
 
   /// Periodic: return leases idle past the linger, retry rejected shapes.
@@ -334,7 +415,7 @@ public struct NormalTaskSubmitter: Sendable {
         for i in open.indices where !ks.queue.isEmpty {
           guard open[i].lease.inFlight.count <= low,
                 open[i].lease.inFlight.count < depth(open[i].lease, allShort: open[i].allShort) else { continue }
-          let q = ks.queue.removeFirst()
+          guard let q = ks.queue.popFirst() else { break }
           if open[i].lease.inFlight.isEmpty { open[i].lease.headStart = now }
           open[i].lease.inFlight[q.task] = q.function
           open[i].lease.idleSince = nil
@@ -370,7 +451,7 @@ public struct NormalTaskSubmitter: Sendable {
         nextRequestID += 1
         // Each request speaks for a different queued task, so several requests can
         // follow the arguments of several tasks to their nodes.
-        let task = ks.queue[min(ks.pendingRequests.count, ks.queue.count - 1)].task
+        guard let task = ks.queue.task(near: ks.pendingRequests.count) else { break }
         ks.pendingRequests.insert(r)
         requestKeys[r] = key
         actions.append(.requestLease(requestID: r, key: key, forTask: task))
