@@ -188,6 +188,30 @@ private let crash = SwiftrayError(.workerCrashed, "worker 123 exited with signal
     #expect(removed)
     #expect(r.objectAvailable(o) == [ts[0], ts[1], ts[3], ts[4]])
   }
+
+  /// Thousands of tasks wait for one object that never arrives and most are removed
+  /// (cancelled), in any order: the waiter list stays bounded by those still waiting,
+  /// and the rest wake once each, in arrival order, when another of their arguments
+  /// arrives. A task removed and queued again wakes once.
+  @Test mutating func removingManyWaitersKeepsTheRestInOrderAndTheListsBounded() {
+    var r = DependencyResolver()
+    let never = ObjectID.forReturn(of: gen.next(), index: 0), o = ObjectID.forReturn(of: gen.next(), index: 0)
+    let ts = (0..<3_000).map { _ in gen.next() }
+    for t in ts { _ = r.taskArrived(t, dependencies: [never, o], isReady: { _ in false }) }
+    let kept = Set(stride(from: 0, to: ts.count, by: 10).map { ts[$0] })
+    for t in ts.reversed() where !kept.contains(t) {
+      let removed = r.taskRemoved(t)
+      #expect(removed)
+      #expect(r.numWaiterEntries <= 2 * (2 * r.numWaitingTasks + 33))  // two lists
+    }
+    let again = r.taskRemoved(ts[1])
+    #expect(!again, "removed already")
+    // Queued again after its removal, now waiting for `o` only.
+    _ = r.taskArrived(ts[1], dependencies: [o], isReady: { _ in false })
+    #expect(r.objectAvailable(o) == [ts[1]])
+    #expect(r.objectAvailable(never) == ts.filter { kept.contains($0) })
+    #expect(r.numWaitingTasks == 0 && r.numWaiterEntries == 0)
+  }
 }
 
 @Suite struct ReferenceTableTests {

@@ -132,7 +132,8 @@ public final class CoreWorker: Sendable {
   /// Where user-facing warnings go (stderr of this process by default).
   let warn: @Sendable (String) -> Void
   /// The periodic task-event report: stopped at shutdown (not armed again), and its
-  /// next round's timer, which holds this worker, cancelled then.
+  /// next round's timer cancelled then (it holds the worker weakly, so that only
+  /// frees the timer's slot on the clock early).
   let eventReporter = Locked<(stopped: Bool, timer: ScheduledTimer?)>((false, nil))
   /// Task events a failed batch lost, told to the head with the next one.
   let eventsUnsent = Locked<UInt64>(0)
