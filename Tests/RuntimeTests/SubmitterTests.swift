@@ -242,6 +242,26 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.numQueued == 0 && s.numQueueEntries == 0)
   }
 
+  /// A queue emptied by cancels (and asked about a task it never had) takes new tasks
+  /// and pushes them in order, leaving nothing behind.
+  @Test mutating func aQueueEmptiedByCancelsTakesNewTasksInOrder() {
+    var s = NormalTaskSubmitter(settings: settings)
+    let a = gen.next(), b = gen.next()
+    _ = s.taskReady(a, key: cpu1, now: 0)
+    _ = s.taskReady(b, key: cpu1, now: 0)
+    let stranger = s.taskCanceled(gen.next(), now: 0).removed
+    let ca = s.taskCanceled(a, now: 0).removed, cb = s.taskCanceled(b, now: 0).removed
+    #expect(!stranger && ca && cb)
+    #expect(s.numQueued == 0 && s.numQueueEntries == 0)
+    let c = gen.next(), d = gen.next()
+    let r = requests(s.taskReady(c, key: cpu1, now: 1))
+    _ = s.taskReady(d, key: cpu1, now: 1)
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 4, worker: .random())
+    #expect(pushes(s.leaseGranted(requestID: r[0], lease: lease, now: 2)) == [c])
+    #expect(pushes(s.taskReplied(c, leaseID: 4, now: 3)) == [d])
+    #expect(s.numQueued == 0 && s.numQueueEntries == 0)
+  }
+
   /// A lease request names a queued task (for its arguments' locality), never a
   /// cancelled one.
   @Test mutating func leaseRequestsNameTasksStillQueued() {

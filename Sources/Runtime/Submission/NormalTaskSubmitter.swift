@@ -93,42 +93,53 @@ public struct NormalTaskSubmitter: Sendable {
   /// One shape's ready tasks, first in first out, from which any task can be removed
   /// (`cancel`) at a cost that does not grow with the queue: a removed task leaves its
   /// entry behind, skipped when it reaches the front, and entries are compacted once
-  /// removed ones could outnumber the rest.
+  /// removed ones could outnumber the rest. The set of the tasks queued is built at the
+  /// first removal (as many steps as tasks queued, each of which was submitted) and
+  /// dropped once the queue empties, so a queue no cancel touched costs no more than
+  /// its entries.
   ///
   /// Threading: a value type, inside the submitter.
   struct ReadyQueue: Sendable {
-    /// In order: each task queued, and each removed one not yet skipped (`stale`).
+    /// In order: each task queued and, once `members` is set, the entries of removed
+    /// tasks (not in `members`) not skipped yet.
     private var entries: Deque<Queued> = []
-    /// The tasks queued.
-    private var members: Set<TaskID> = []
-    /// Tasks removed whose entries are still in `entries`.
-    private var stale: Set<TaskID> = []
+    /// The tasks queued, from the first removal until the queue empties; nil: every
+    /// entry is a queued task.
+    private var members: Set<TaskID>?
 
-    var count: Int { members.count }
+    var count: Int { members?.count ?? entries.count }
     var entryCount: Int { entries.count }
-    var isEmpty: Bool { members.isEmpty }
-    func contains(_ task: TaskID) -> Bool { members.contains(task) }
-    /// The tasks queued, in order.
-    var tasks: [TaskID] { entries.compactMap { members.contains($0.task) ? $0.task : nil } }
+    var isEmpty: Bool { count == 0 }
+
+    /// The tasks queued, in order, each once (a task queued again after its removal,
+    /// not a path the owner takes, has two entries).
+    var tasks: [TaskID] {
+      guard let members else { return entries.map(\.task) }
+      var seen = Set<TaskID>()
+      return entries.compactMap { members.contains($0.task) && seen.insert($0.task).inserted ? $0.task : nil }
+    }
+
+    private func isQueued(_ task: TaskID) -> Bool { members?.contains(task) ?? true }
 
     mutating func append(_ q: Queued) {
-      guard members.insert(q.task).inserted else { return }
-      // Queued again after its removal (not a path the owner takes): its entry serves.
-      if stale.remove(q.task) == nil { entries.append(q) }
+      if members != nil, members!.insert(q.task).inserted == false { return }
+      entries.append(q)
     }
 
     /// Back at its place among the tasks submitted before and after it
     /// (`TaskID.counter`): a task handed back, usually near the front.
     mutating func insertInOrder(_ q: Queued) {
-      guard members.insert(q.task).inserted else { return }
-      if stale.remove(q.task) != nil { return }
+      if members != nil, members!.insert(q.task).inserted == false { return }
       entries.insert(q, at: entries.firstIndex { $0.task.counter > q.task.counter } ?? entries.endIndex)
     }
 
     mutating func popFirst() -> Queued? {
       while let q = entries.popFirst() {
-        if members.remove(q.task) != nil { return q }
-        stale.remove(q.task)
+        guard members != nil else { return q }
+        if members!.remove(q.task) != nil {
+          if members!.isEmpty { dropIndex() }
+          return q
+        }
       }
       return nil
     }
@@ -137,7 +148,7 @@ public struct NormalTaskSubmitter: Sendable {
     func task(near n: Int) -> TaskID? {
       var seen = 0
       var last: TaskID?
-      for q in entries where members.contains(q.task) {
+      for q in entries where isQueued(q.task) {
         if seen == n { return q.task }
         seen += 1
         last = q.task
@@ -147,27 +158,29 @@ public struct NormalTaskSubmitter: Sendable {
 
     /// Removes `task`; false when it is not queued here.
     mutating func remove(_ task: TaskID) -> Bool {
-      guard members.remove(task) != nil else { return false }
-      stale.insert(task)
+      if members == nil {
+        guard !entries.isEmpty else { return false }
+        members = Set(entries.lazy.map(\.task))
+      }
+      guard members!.remove(task) != nil else { return false }
+      if members!.isEmpty { dropIndex(); return true }
       // The front stays a queued task, and removed entries never outnumber the rest by
       // much: each compaction is paid for by as many removals.
-      while let f = entries.first, stale.contains(f.task) {
-        entries.removeFirst()
-        stale.remove(f.task)
-      }
-      if stale.count > members.count + 32 {
-        let stale = self.stale
-        entries.removeAll { stale.contains($0.task) }
-        self.stale.removeAll()
+      while let f = entries.first, !members!.contains(f.task) { entries.removeFirst() }
+      if entries.count > 2 * members!.count + 32 {
+        let members = self.members!
+        entries.removeAll { !members.contains($0.task) }
       }
       return true
     }
 
-    mutating func removeAll() {
+    /// Nothing queued: what entries are left were removed.
+    private mutating func dropIndex() {
       entries.removeAll()
-      members.removeAll()
-      stale.removeAll()
+      members = nil
     }
+
+    mutating func removeAll() { dropIndex() }
   }
 
   public enum Action: Sendable, Equatable {
@@ -352,13 +365,15 @@ public struct NormalTaskSubmitter: Sendable {
 
   /// Removes a queued (not yet pushed) task. True when it was queued.
   public mutating func taskCanceled(_ task: TaskID, now: UInt64) -> (removed: Bool, actions: [Action]) {
-    // Found by a look at each shape (few), then removed where it lies: changed while
-    // the table was being iterated, the queue was copied whole (copy-on-write), a cost
-    // per cancel that grew with the tasks queued.
-    guard let i = keys.firstIndex(where: { $0.value.queue.contains(task) }) else { return (false, []) }
-    let key = keys.keys[i]
-    _ = keys.values[i].queue.remove(task)
-    return (true, schedule(key, now: now))
+    // Each shape's queue (few) is asked where it lies: changed while the table was
+    // being iterated by `for`, a queue was copied whole (copy-on-write), a cost per
+    // cancel that grew with the tasks queued.
+    var i = keys.startIndex
+    while i != keys.endIndex {
+      if keys.values[i].queue.remove(task) { return (true, schedule(keys.keys[i], now: now)) }
+      keys.formIndex(after: &i)
+    }
+    return (false, [])
   }
 
   /// Periodic: return leases idle past the linger, retry rejected shapes.
