@@ -68,6 +68,21 @@ def test_values_of_many_sizes_come_back_identical_via_put_returns_and_args(store
     assert wait_until(lambda: stats()["num_objects"] == 0), stats()
 
 
+def test_a_large_value_of_many_parts_is_copied_exactly(store_cluster):
+    # Over 16 MiB a driver's put is copied by several threads, each a slice of the
+    # object; these parts straddle the slices' edges at odd offsets.
+    rng = np.random.default_rng(7)
+    parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in (9 * MiB + 7, 1, 13 * MiB + 1, 3 * MiB - 5, 0)]
+    value = {"parts": parts, "meta": list(range(100))}
+    back = swiftray.get(swiftray.put(value))
+    assert back["meta"] == value["meta"]
+    assert [len(b) for b in back["parts"]] == [len(p) for p in parts]
+    assert all(np.array_equal(a, b) for a, b in zip(parts, back["parts"]))
+    # The same value as a task's argument and its return (a worker copies on one thread).
+    again = swiftray.get(identity.remote(value))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again["parts"]))
+
+
 def test_large_values_live_in_the_store_and_small_ones_inline(store_cluster):
     small = swiftray.put(b"x" * (INLINE - 200))
     assert stats()["num_objects"] == 0

@@ -38,7 +38,7 @@ enum StoredValues {
   /// by this process (one local reference). nil with a Python exception set on failure.
   static func place(_ core: CoreWorker, _ o: PyPtr?) -> Placed? {
     let r = write(core, o, inline: { Placed.inline($0) }, store: { p throws(SwiftrayError) in
-      .stored(try core.putStored(size: p.total, nested: p.nested) { p.copy(into: $0) })
+      .stored(try core.putStored(size: p.total, nested: p.nested) { p.copy(into: $0, threads: Py.PackedValue.copyThreads(core)) })
     })
     switch r {
     case nil: return nil
