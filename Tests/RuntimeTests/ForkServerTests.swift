@@ -76,6 +76,25 @@ import Testing
     #expect(Set(lines) == ["launched 5", "launched 6"])
   }
 
+  /// `stopAndWait` returns with every child it still listed killed and reaped: not
+  /// even a zombie is left for the caller to find (`shutdown` alone leaves that to the
+  /// monitor thread, after it returns).
+  @Test func stopAndWaitReturnsWithItsChildrenReaped() async throws {
+    let monitor = ProcessMonitor(onOutput: { _, _, _ in }, onExit: { _ in })
+    let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Int32, SwiftrayError>, Never>) in
+      monitor.launch(executable: "/bin/sh", arguments: ["-c", "exec sleep 30"], environment: [:]) { c.resume(returning: $0) }
+    }
+    guard case .success(let pid) = result else { Issue.record("sleep did not start: \(result)"); return }
+    #expect(kill(pid, 0) == 0)
+    let gone = try await onOwnThread { () -> Bool in
+      monitor.stopAndWait()
+      let gone = kill(pid, 0) == -1 && errno == ESRCH
+      monitor.stopAndWait()  // again: returns at once
+      return gone
+    }
+    #expect(gone)
+  }
+
   @Test func aLaunchThatCannotStartSaysWhy() async throws {
     let monitor = ProcessMonitor(onOutput: { _, _, _ in }, onExit: { _ in })
     defer { monitor.shutdown() }

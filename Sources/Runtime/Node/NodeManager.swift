@@ -956,7 +956,7 @@ public final class NodeManager: Swiftray_NodeManagerService.SimpleServiceProtoco
     for p in monitor.livePids { monitor.signal(p, SIGKILL) }
     let hard = clock.deadline(after: .seconds(2))
     while !monitor.livePids.isEmpty && clock.now() < hard { usleep(5_000) }
-    monitor.shutdown()
+    monitor.stopAndWait()
     envAgent.withLock { $0 }.map { a in Task { await a.shutdown() } }
     let subs = state.withLock { s in
       defer { s.logSubscribers.removeAll() }

@@ -67,6 +67,9 @@ public final class ProcessMonitor: Sendable {
     /// The monitor thread ended and closed what it held (`closeDescriptors`): a child
     /// registered after that has its descriptors closed at once.
     var drained = false
+    /// `stopAndWait` closed the wake and lifeline pipes and the fork server's request
+    /// socket (both threads had ended): `wake` and `deinit` leave them alone.
+    var ownDescriptorsClosed = false
     var forkServer: ForkServerLink?
     /// Ends the server reported before `spawn` learnt the pid (a child that died at
     /// once). Bounded: a pid nobody claims is dropped with the oldest.
@@ -88,6 +91,8 @@ public final class ProcessMonitor: Sendable {
   /// Starts waiting for the launcher thread (`launch`), first come first served.
   let launches = Locked(Deque<Launch>())
   let launchReady = DispatchSemaphore(value: 0)
+  /// Signalled by the monitor and the launcher thread as each ends (`stopAndWait`).
+  let threadEnded = DispatchSemaphore(value: 0)
   struct Launch {
     let executable: String
     let arguments: [String]
@@ -129,6 +134,7 @@ public final class ProcessMonitor: Sendable {
   }
 
   private func launchLoop() {
+    defer { threadEnded.signal() }
     while true {
       launchReady.wait()
       let (next, stopped) = (launches.withLock { $0.popFirst() }, state.withLock { $0.stopped })
@@ -350,12 +356,42 @@ public final class ProcessMonitor: Sendable {
     launchReady.signal()
   }
 
+  /// Stops, as `shutdown`, then waits (at most 5 s) for the monitor and
+  /// launcher threads to end, and closes the monitor's own pipes and sockets: on
+  /// return the fork server is reaped and nothing of the monitor's stays open, so a
+  /// driver that starts and stops local clusters one after another keeps no
+  /// descriptor or zombie, not even for a moment. A thread that has not ended in time
+  /// (a spawn stuck in a process start) leaves those descriptors to `deinit`.
+  /// Blocks: call from a thread of your own, never from a Task or an event loop.
+  public func stopAndWait() {
+    LockDiscipline.mayBlock("ProcessMonitor.stopAndWait")
+    shutdown()
+    guard !state.withLock({ $0.ownDescriptorsClosed }) else { return }
+    // The monitor thread's last act reaps the fork server, bounded by 2 s (`killAndReap`).
+    let deadline = DispatchTime.now() + .seconds(5)
+    guard threadEnded.wait(timeout: deadline) == .success else { return }
+    guard threadEnded.wait(timeout: deadline) == .success else { threadEnded.signal(); return }
+    // Only `wake` (from `watch`) may still touch these: it looks under the same lock.
+    state.withLock { s in
+      guard !s.ownDescriptorsClosed else { return }
+      s.ownDescriptorsClosed = true
+      for fd in [wakeRead, wakeWrite, lifelineRead, lifelineWrite] { close(fd) }
+      if let f = s.forkServer { close(f.requestFD) }
+    }
+  }
+
+  /// Under the state lock (a non-blocking write, no callback): the pipe may have been
+  /// closed by `stopAndWait`, and its number reused since.
   private func wake() {
-    var b: UInt8 = 1
-    _ = write(wakeWrite, &b, 1)
+    state.withLock { s in
+      guard !s.ownDescriptorsClosed else { return }
+      var b: UInt8 = 1
+      _ = write(wakeWrite, &b, 1)
+    }
   }
 
   private func loop() {
+    defer { threadEnded.signal() }
     // The monitor thread's one read buffer for every child's pipes.
     var scratch = [UInt8](repeating: 0, count: 65536)
     var lastSweep = ContinuousClock.now
@@ -409,8 +445,9 @@ public final class ProcessMonitor: Sendable {
   /// (children's pipes and pidfds, watched pidfds, the fork server's notices) and reaps
   /// the fork server `shutdown` killed, so a driver that starts and stops many local
   /// clusters keeps no descriptor or zombie of theirs. The wake and lifeline pipes and
-  /// the fork server's request socket go with the monitor (`deinit`): `wake` and a
-  /// `spawn` already past its look may still use them.
+  /// the fork server's request socket go with the monitor (`deinit`), or `stopAndWait`
+  /// once both threads ended: `wake` and a `spawn` already past its look may still use
+  /// them.
   private func closeDescriptors() {
     let (children, watched, server) = state.withLock { s in
       s.drained = true
@@ -441,8 +478,10 @@ public final class ProcessMonitor: Sendable {
   }
 
   deinit {
+    let (closed, server) = state.withLock { ($0.ownDescriptorsClosed, $0.forkServer) }
+    guard !closed else { return }
     for fd in [wakeRead, wakeWrite, lifelineRead, lifelineWrite] { close(fd) }
-    if let f = state.withLock({ $0.forkServer }) { close(f.requestFD) }
+    if let server { close(server.requestFD) }
   }
 
   /// Reads the fork server's notices (non-blocking): it is ready; a child ended.

@@ -22,11 +22,17 @@ public protocol WorkerLauncher: Sendable {
   func watch(_ pid: Int32, onGone: @escaping @Sendable () -> Void)
   /// Stops watching; later exits are not reported.
   func shutdown()
+  /// `shutdown`, returning once the launcher's threads ended and its descriptors are
+  /// closed (bounded). Blocks: from a thread of your own.
+  func stopAndWait()
 }
 
 extension ProcessMonitor: WorkerLauncher {}
 
 extension WorkerLauncher {
+  /// Launchers without threads or descriptors of their own stop at once.
+  public func stopAndWait() { shutdown() }
+
   /// Launchers whose `spawn` does not block start inline.
   public func launch(executable: String, arguments: [String], environment: [String: String],
                      completion: @escaping @Sendable (Result<Int32, SwiftrayError>) -> Void) {

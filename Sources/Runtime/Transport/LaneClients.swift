@@ -181,7 +181,8 @@ public final class LaneClients: Sendable {
   }
 
   private func startReactor() {
-    let t = Thread { [self] in reactor() }
+    // Held only while the reactor runs, not for the rest of the thread's teardown.
+    let t = Thread { [weak self] in self?.reactor() }
     t.name = "swiftray-lanes"
     t.stackSize = 1 << 20
     t.start()
