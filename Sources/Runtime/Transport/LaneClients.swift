@@ -181,8 +181,11 @@ public final class LaneClients: Sendable {
   }
 
   private func startReactor() {
-    // Held only while the reactor runs, not for the rest of the thread's teardown.
-    let t = Thread { [weak self] in self?.reactor() }
+    // Held only while the reactor runs, not until the thread object goes (a shut-down
+    // core is then freed at once); not weak either, which would move every retain of
+    // these clients to the slow path of a side table.
+    let me = Unmanaged.passRetained(self)
+    let t = Thread { me.takeRetainedValue().reactor() }
     t.name = "swiftray-lanes"
     t.stackSize = 1 << 20
     t.start()
