@@ -276,6 +276,32 @@ private func submitAndPush(_ o: inout Owner, _ spec: Swiftray_TaskSpec = taskSpe
     #expect(enough, "a reader that timed out as the value came still gets it")
   }
 
+  /// A wait over refs of every kind: an owned one still being computed is waited for;
+  /// one put by a task of ours still running elsewhere is borrowed (its maker owns it)
+  /// and fetched; one owned, freed and no longer computed reads as freed at once. A
+  /// wait that ends unregisters from every ref it waited on, whichever woke it.
+  @Test func aWaitOverRefsOfEveryKindFetchesTheBorrowedOneAndLeavesNoWaiterBehind() throws {
+    var o = makeOwner()
+    let (tid, pending, _) = try submitAndPush(&o, lease: 1, worker: .random())
+    let putByIt = ObjectID.forPut(by: tid, index: 1)
+    _ = o.localRefAdded(putByIt, owner: address(.random(), node: .random()), now: 0)
+    let freed = ObjectID.forReturn(of: TaskID(prefix: 5, counter: 5, job: 1), index: 0)
+    let (waiter, asked) = o.waitStarted([pending, putByIt, freed], needed: 2, makeWaiter: Reader.init(needed:))
+    let w = try #require(waiter, "one of the two needed is here (the freed one, as its error)")
+    #expect(w.needed == 1)
+    #expect(asked.fetches == [putByIt], "borrowed, though its task is pending here")
+    #expect(errorCode(o.store[freed]) == .objectFreed)
+    #expect(o.stats.waitedObjects == 2)
+    let (_, woken) = o.taskReplied(tid, leaseID: 1, reply: reply(tid, value: "v"), now: 0)
+    #expect(woken.wake.contains { $0 === w })
+    let enough = o.waitEnded([pending, putByIt, freed], needed: 2, waiter: w)
+    #expect(enough)
+    #expect(o.stats.waitedObjects == 0, "unregistered from the borrowed ref too")
+    // The same wait again finds enough at once and registers nothing.
+    let (none, _) = o.waitStarted([pending, putByIt, freed], needed: 2, makeWaiter: Reader.init(needed:))
+    #expect(none == nil && o.stats.waitedObjects == 0)
+  }
+
   /// A ref of another process made here again and again (a value of thousands of refs
   /// unpickled in a loop) records its owner once: the first owner named stays, and the
   /// address is not even read after that. Dropped by every holder, it registers its

@@ -23,6 +23,11 @@ public struct ObjectTable: Sendable {
     set { boxes[id] = newValue.map(Box.init) }
   }
 
+  /// Whether `id` is held: a lookup that copies nothing (the per-id checks of `wait`
+  /// and of arrivals).
+  @inline(__always)
+  public func contains(_ id: ObjectID) -> Bool { boxes.index(forKey: id) != nil }
+
   @discardableResult
   public mutating func removeValue(forKey id: ObjectID) -> Swiftray_RayObject? {
     boxes.removeValue(forKey: id)?.object

@@ -34,7 +34,7 @@ extension OwnerState {
     case .notKept:
       // A retried attempt that wrote the item to the same store found it there and
       // reported that very copy: it must stay.
-      if object.storeSize > 0, store[id]?.storeNode != object.storeNode || store[id] == nil {
+      if object.storeSize > 0, store[id]?.storeNode != object.storeNode || !store.contains(id) {
         e.freeStored.append((id, object))
       }
     case .new:
@@ -71,7 +71,7 @@ extension OwnerState {
   public mutating func generatorWaitStarted(_ tid: TaskID, waiter: Waiter) -> Bool {
     guard let i = streams.awaited(tid) else { return false }
     let ids = [ObjectID.forReturn(of: tid, index: i + 1), ObjectID.forReturn(of: tid, index: 0)]
-    guard !ids.contains(where: { store[$0] != nil }) else { return false }
+    guard !ids.contains(where: { store.contains($0) }) else { return false }
     for id in ids { waiters[id, default: []].append(waiter) }
     return true
   }
@@ -127,7 +127,7 @@ extension OwnerState {
     // Readers waiting for the next item wait for the end too: the item will not come.
     if let i = streams.awaited(tid) {
       let item = ObjectID.forReturn(of: tid, index: i + 1)
-      if store[item] == nil { waiters[item] = nil }
+      if !store.contains(item) { waiters[item] = nil }
     }
     let (dropped, due) = streams.ended(tid, succeeded: succeeded)
     answerPolls(tid, due, &e)

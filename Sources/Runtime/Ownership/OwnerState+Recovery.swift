@@ -39,7 +39,7 @@ extension OwnerState {
 
   /// A copy of owned `id` was pinned in this node's store, pulled from another node.
   public mutating func copyPinned(_ id: ObjectID) {
-    if owners[id] == nil && store[id] != nil { localCopies.insert(id) }
+    if owners[id] == nil && store.contains(id) { localCopies.insert(id) }
   }
 
   /// True once every one of `nodes` was declared dead.
@@ -68,8 +68,8 @@ extension OwnerState {
     if owners[id] != nil, let cached = store[id], cached.storeNode == lostNode, cached.nestedRefs.isEmpty {
       store[id] = nil
     }
-    if store[id] == nil { startFetch(id, &e) }
-    return (store[id] != nil || owners[id] != nil || tasks.isPending(id.task), e)
+    if !store.contains(id) { startFetch(id, &e) }
+    return (store.contains(id) || owners[id] != nil || tasks.isPending(id.task), e)
   }
 
   /// This node's store lost owned `id` (a spill file it could not read back) whose
@@ -80,7 +80,7 @@ extension OwnerState {
     // Only the descriptor that failed: another reader may have started the rebuild
     // (the entry is then gone until it is done).
     guard owners[id] == nil, let cached = store[id], cached.storeSize > 0, cached == o
-    else { return (owners[id] == nil && (store[id] != nil || tasks.isPending(id.task)), e) }
+    else { return (owners[id] == nil && (store.contains(id) || tasks.isPending(id.task)), e) }
     if let t = objectLost(id, why: why) { resolveAgain(t, now: now, &e) }
     return (true, e)
   }
@@ -161,7 +161,7 @@ extension OwnerState {
       refs.submittedTaskRefsAdded(held)
     }
     var nested: [TaskID] = []
-    for id in deps where store[id] == nil && owners[id] == nil && !tasks.isPending(id.task) {
+    for id in deps where !store.contains(id) && owners[id] == nil && !tasks.isPending(id.task) {
       // Owned and freed once used: rebuilt through its own kept lineage.
       let why = "it is needed to rebuild the return values of task \(spec.name) (\(t.hex))"
       let verdict: TaskManager.Rebuild = id.isPut
@@ -175,7 +175,7 @@ extension OwnerState {
     }
     for n in nested { resolveAgain(n, now: now, &e) }
     let store = self.store
-    if resolver.taskArrived(t, dependencies: deps, isReady: { store[$0] != nil }) { return taskReady(t, now: now, &e) }
-    for id in deps where self.store[id] == nil { startFetch(id, &e) }
+    if resolver.taskArrived(t, dependencies: deps, isReady: { store.contains($0) }) { return taskReady(t, now: now, &e) }
+    for id in deps where !self.store.contains(id) { startFetch(id, &e) }
   }
 }

@@ -345,11 +345,11 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     tasks.taskSubmitted(tid, spec: spec, extraRefs: held)
     if spec.streaming { streams.started(tid) }
     let store = self.store
-    if resolver.taskArrived(tid, dependencies: deps, isReady: { store[$0] != nil }) {
+    if resolver.taskArrived(tid, dependencies: deps, isReady: { store.contains($0) }) {
       taskReady(tid, now: now, &e)
     } else {
       taskEvents.record(spec, .pendingArgsAvail, now: now, info: true)
-      for d in deps where store[d] == nil { startFetch(d, &e) }
+      for d in deps where !store.contains(d) { startFetch(d, &e) }
     }
     return .success((tid, ids, e))
   }
@@ -385,16 +385,20 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
     var e = Effects()
     let need = min(needed, ids.count)
     var missing: [ObjectID] = []
-    for id in ids where store[id] == nil { missing.append(id) }
+    for id in ids where !store.contains(id) { missing.append(id) }
     if ids.count - missing.count >= need { return (nil, e) }
-    for id in missing where !startFetch(id, &e) {
-      if owners[id] == nil && !refs.isInScope(id) && !tasks.isPending(id.task) {
-        // Owned here, out of scope and not being computed: it was freed. (A value in
-        // scope may be between its task's reply and the store: wait for it.)
-        store[id] = Self.errorObject(.objectFreed, "Object \(id.hex) was freed: no reference to it remained in its owner.")
-      }
+    // Each id looked up as few times as it can be (a wait over many refs, again and
+    // again as they come in, is the pattern of `wait` in a loop). Borrowed ones first:
+    // one put by a task of ours still running elsewhere is borrowed, not pending here.
+    var stillMissing: [ObjectID] = []
+    stillMissing.reserveCapacity(missing.count)
+    for id in missing {
+      if owners[id] != nil { _ = startFetch(id, &e); stillMissing.append(id); continue }
+      if tasks.isPending(id.task) || refs.isInScope(id) { stillMissing.append(id); continue }
+      // Owned here, out of scope and not being computed: it was freed. (A value in
+      // scope may be between its task's reply and the store: wait for it.)
+      store[id] = Self.errorObject(.objectFreed, "Object \(id.hex) was freed: no reference to it remained in its owner.")
     }
-    let stillMissing = missing.filter { store[$0] == nil }
     let have = ids.count - stillMissing.count
     if have >= need { return (nil, e) }
     let w = makeWaiter(need - have)
@@ -404,11 +408,14 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
 
   /// A reader's wait timed out: unregisters it. True when enough arrived meanwhile.
   public mutating func waitEnded(_ ids: [ObjectID], needed: Int, waiter: Waiter) -> Bool {
+    var have = 0
     for id in ids {
-      waiters[id]?.removeAll { $0 === waiter }
-      if waiters[id]?.isEmpty == true { waiters[id] = nil }
+      if store.contains(id) { have += 1 }
+      guard let i = waiters.index(forKey: id) else { continue }
+      waiters.values[i].removeAll { $0 === waiter }
+      if waiters.values[i].isEmpty { waiters.remove(at: i) }
     }
-    return ids.filter { store[$0] != nil }.count >= min(needed, ids.count)
+    return have >= min(needed, ids.count)
   }
 
   /// Another process asks for a value owned (or being computed) here.
@@ -439,7 +446,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// Marks a borrowed object as being fetched from its owner. True when it is to be sent.
   @discardableResult
   mutating func startFetch(_ id: ObjectID, _ e: inout Effects) -> Bool {
-    guard owners[id] != nil, store[id] == nil, !fetching.contains(id) else { return false }
+    guard owners[id] != nil, !store.contains(id), !fetching.contains(id) else { return false }
     fetching.insert(id)
     e.fetches.append(id)
     return true
@@ -456,8 +463,8 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
       for (_, n) in nested { refActions += refs.registrationsReceived(n, count: 1, me: me) }
       // A freed owned object must not come back to life from a late reply (nor a
       // value be stored twice).
-      if store[id] != nil || (owners[id] == nil && !refs.isInScope(id) && !tasks.isPending(id.task)) {
-        if o.storeSize > 0 && store[id] == nil { e.freeStored.append((id, o)) }
+      if store.contains(id) || (owners[id] == nil && !refs.isInScope(id) && !tasks.isPending(id.task)) {
+        if o.storeSize > 0 && !store.contains(id) { e.freeStored.append((id, o)) }
         refActions += refs.containedRefsRemoved(nested.map(\.1))
         continue
       }
@@ -815,7 +822,7 @@ public struct OwnerState<Waiter: AnyObject & Sendable, Requester: Sendable>: Sen
   /// Positions of the first `limit` available ids, in input order.
   public func firstAvailable(_ ids: [ObjectID], limit: Int) -> [Int] {
     var out: [Int] = []
-    for (i, id) in ids.enumerated() where store[id] != nil {
+    for (i, id) in ids.enumerated() where store.contains(id) {
       out.append(i)
       if out.count == limit { break }
     }
