@@ -63,6 +63,30 @@ def test_refs_as_arguments_are_resolved_and_chain(ray_module):
     assert swiftray.get(add.remote(a, b=10)) == 12
 
 
+def test_calls_of_refs_only_put_each_value_in_its_own_place(ray_module):
+    # Calls whose arguments are all refs share one pickled call per number of refs:
+    # each call still gets its own values, in order, whatever came before.
+    @swiftray.remote
+    def echo(*args):
+        return args
+
+    @swiftray.remote
+    class Echo:
+        def call(self, *args):
+            return args
+
+    e = Echo.remote()
+    for n in [1, 3, 2, 1, 9, 3]:
+        refs = [swiftray.put(f"v{n}.{i}") for i in range(n)]
+        want = tuple(f"v{n}.{i}" for i in range(n))
+        assert swiftray.get(echo.remote(*refs)) == want
+        assert swiftray.get(e.call.remote(*refs)) == want
+        assert swiftray.get(echo.remote(*reversed(refs))) == want[::-1]
+    # A ref produced by a task, and refs beside plain values, as before.
+    assert swiftray.get(echo.remote(double.remote(4), swiftray.put(1))) == (8, 1)
+    assert swiftray.get(echo.remote(swiftray.put(1), 2)) == (1, 2)
+
+
 def test_results_read_the_instant_they_arrive_are_never_lost(ray_module):
     # A get racing its task's reply once saw the object as freed.
     for i in range(3000):

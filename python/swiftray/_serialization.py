@@ -96,6 +96,13 @@ class Packed:
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 
 
+def register_plain(t):
+    """Values holding instances of class `t` take the C pickler too: `t` must be
+    importable by name and reduce to plain values (a call's argument slots)."""
+    global _PLAIN
+    _PLAIN = _PLAIN | {t}
+
+
 def _is_plain(value, depth=0):
     t = type(value)
     if t in _PLAIN:
