@@ -27,6 +27,33 @@ import Testing
     }
   }
 
+  /// A lane reads frame after frame for as long as a worker lives: taking each as it
+  /// comes must neither move the reader to fresh storage per frame nor let its storage
+  /// creep up; and the storage one large frame needed is let go once it is read.
+  @Test func aReaderTakingFramesAsTheyComeKeepsItsStorageBounded() {
+    var reader = FrameReader(max: 1 << 24)
+    let small = Lane.lengthPrefixed([UInt8](repeating: 7, count: 300))
+    // A burst read at once (a lane reads up to 1 MiB per wake-up), then frames one by one.
+    let burst = (0..<2_000).flatMap { _ in small }
+    burst.withUnsafeBytes { reader.append($0) }
+    var inBurst = 0
+    while case .frame = reader.next() { inBurst += 1 }
+    #expect(inBurst == 2_000)
+    for _ in 0..<20_000 {
+      small.withUnsafeBytes { reader.append($0) }
+      guard case .frame(let f) = reader.next() else { Issue.record("no frame"); return }
+      #expect(f.count == 300)
+    }
+    #expect(reader.storageCapacity <= 1 << 20, "storage grew to \(reader.storageCapacity) bytes")
+    Lane.lengthPrefixed([UInt8](repeating: 1, count: 4 << 20)).withUnsafeBytes { reader.append($0) }
+    guard case .frame(let big) = reader.next() else { Issue.record("no large frame"); return }
+    #expect(big.count == 4 << 20)
+    small.withUnsafeBytes { reader.append($0) }
+    #expect(reader.storageCapacity <= 1 << 20, "a read large frame's storage was kept")
+    guard case .frame(let after) = reader.next() else { Issue.record("no frame after the large one"); return }
+    #expect(after.count == 300 && reader.buffered == 0)
+  }
+
   @Test func aLengthBeyondTheLimitIsReportedBeforeItsBytesArrive() {
     var reader = FrameReader(max: 100)
     let header = Lane.lengthPrefixed([UInt8](repeating: 1, count: 101)).prefix(4)

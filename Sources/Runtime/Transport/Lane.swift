@@ -141,11 +141,24 @@ public struct FrameReader {
 
   /// Bytes received and not yet handed out as frames.
   public var buffered: Int { buffer.count - start }
+  /// Bytes of storage the reader holds (tests: it stays bounded).
+  public var storageCapacity: Int { buffer.capacity }
+
+  /// Storage up to this size is kept for the next frames once all are read; a larger
+  /// one (a large frame's) is let go.
+  static let keptCapacity = 1 << 20
 
   public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-    // Handed-out frames are dropped from the front only once they are the larger part,
-    // so a stream of small frames never moves the buffer per frame.
-    if start > 0, start >= buffer.count - start {
+    if start > 0, start == buffer.count {
+      // Every frame handed out (they are valid until this call, so none holds the
+      // storage now): start over in place. Emptying the buffer in `next`, while the
+      // frame it returns still held the storage, made each frame allocate storage of
+      // the buffer's whole capacity, and that capacity crept up a page per frame.
+      if buffer.capacity > Self.keptCapacity { buffer = [] } else { buffer.removeAll(keepingCapacity: true) }
+      start = 0
+    } else if start > 0, start >= buffer.count - start {
+      // Handed-out frames are dropped from the front only once they are the larger
+      // part, so a stream of small frames never moves the buffer per frame.
       buffer.removeSubrange(0..<start)
       start = 0
     }
@@ -163,7 +176,6 @@ public struct FrameReader {
     guard buffer.count >= end else { return .incomplete }
     let frame = buffer[(start + 4)..<end]
     start = end
-    if start == buffer.count { buffer.removeAll(keepingCapacity: true); start = 0 }
     return .frame(frame)
   }
 }
