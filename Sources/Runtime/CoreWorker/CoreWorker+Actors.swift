@@ -150,8 +150,9 @@ extension CoreWorker {
 
   /// Carries out queued actor steps. One thread at a time drains the queue (others
   /// leave their steps to it), so calls reach an actor's connection in sequence order.
-  func performActorSteps() {
-    var round = state.withLock { $0.takeActorStepsWithSpecs() }
+  /// `first`: steps already taken (`takeActorRound`), else they are taken here.
+  func performActorSteps(first: ActorRound? = nil) {
+    var round = first ?? state.withLock { $0.takeActorStepsWithSpecs() }
     while let (steps, specs) = round {
       for (step, spec) in zip(steps, specs) { perform(step, spec: spec) }
       // The round done and the next taken in one lock.

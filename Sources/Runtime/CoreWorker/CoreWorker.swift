@@ -326,13 +326,27 @@ public final class CoreWorker: Sendable {
   /// Feeds one event to the owner's state under the lock, then carries out its effects.
   @discardableResult
   func owner<T>(_ event: (inout Owner) -> (T, Owner.Effects)) -> T {
-    let (result, effects) = state.withLock { event(&$0) }
-    perform(effects)
+    let (result, effects, round) = state.withLock { s in
+      let (result, effects) = event(&s)
+      return (result, effects, Self.takeActorRound(effects, &s))
+    }
+    perform(effects, actorRound: round)
     return result
   }
 
   func owner(_ event: (inout Owner) -> Owner.Effects) {
-    perform(state.withLock { event(&$0) })
+    let (effects, round) = state.withLock { s in
+      let effects = event(&s)
+      return (effects, Self.takeActorRound(effects, &s))
+    }
+    perform(effects, actorRound: round)
+  }
+
+  /// The actor steps an event queued, taken in the event's own lock: with calls
+  /// streaming, the submitting thread and the thread taking replies met on the owner
+  /// lock once more per call when the steps were taken in a lock of their own.
+  static func takeActorRound(_ effects: Owner.Effects, _ s: inout Owner) -> ActorRound? {
+    effects.actorSteps ? s.takeActorStepsWithSpecs() : nil
   }
 
   // MARK: - owner API
@@ -409,9 +423,13 @@ public final class CoreWorker: Sendable {
   func submit(_ spec: Swiftray_TaskSpec, args: [TaskArgument], kind: Owner.TaskKind) throws(SwiftrayError) -> (task: TaskID, returns: [ObjectID]) {
     let parent = runningTask
     let now = self.now()
-    let admitted = state.withLock { $0.taskSubmitted(spec, args: args, kind: kind, parent: parent, now: now) }
+    let (admitted, round) = state.withLock { s -> (Result<(task: TaskID, returns: [ObjectID], effects: Owner.Effects), SwiftrayError>, ActorRound?) in
+      let admitted = s.taskSubmitted(spec, args: args, kind: kind, parent: parent, now: now)
+      guard case .success(let ok) = admitted else { return (admitted, nil) }
+      return (admitted, Self.takeActorRound(ok.effects, &s))
+    }
     let (tid, returns, effects) = try admitted.get()
-    perform(effects)
+    perform(effects, actorRound: round)
     return (tid, returns)
   }
 
@@ -713,7 +731,8 @@ public final class CoreWorker: Sendable {
 
   /// Carries out what an owner event decided, in order: fetches, lease work, frees,
   /// borrower changes, wake-ups and answers, warnings, actor steps, the tick timer.
-  func perform(_ e: Owner.Effects) {
+  /// `actorRound`: the actor steps `e` queued, already taken in the lock `e` came from.
+  func perform(_ e: Owner.Effects, actorRound: ActorRound? = nil) {
     if e.isEmpty { return }
     for id in e.fetches { fetch(id) }
     for step in e.leases { perform(step) }
@@ -738,7 +757,7 @@ public final class CoreWorker: Sendable {
     e.warnings.forEach(warn)
     if let p = e.promote { promote(p.ids, why: p.why) }
     if let at = e.armTick { armTick(at) }
-    if e.actorSteps { performActorSteps() }
+    if e.actorSteps { performActorSteps(first: actorRound) }
     if !e.generatorProgress.isEmpty || !e.expirePolls.isEmpty { performGeneratorEffects(e) }
   }
 

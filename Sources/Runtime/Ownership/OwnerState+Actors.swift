@@ -8,6 +8,9 @@ public enum ActorStep: Sendable {
   case create(TaskID)
 }
 
+/// Actor steps taken to carry out, with the spec of each call to push (`takeActorStepsWithSpecs`).
+public typealias ActorRound = (steps: [ActorStep], specs: [Swiftray_TaskSpec?])
+
 /// Actors, the owner and caller side (DESIGN §3): creations (the handle object owns the
 /// actor's lifetime) and calls (`ActorTaskSubmitter` orders them per caller). Steps
 /// leave through an outbox that one shell thread at a time drains, so calls reach an
@@ -34,7 +37,7 @@ extension OwnerState {
   /// for a call whose task is gone) read in the same lock: pushing a call then takes
   /// the lock no more (with calls streaming, the submitting thread and the thread
   /// taking replies met on it at every call).
-  public mutating func takeActorStepsWithSpecs() -> (steps: [ActorStep], specs: [Swiftray_TaskSpec?])? {
+  public mutating func takeActorStepsWithSpecs() -> ActorRound? {
     guard let steps = takeActorSteps() else { return nil }
     return (steps, steps.map { step in
       if case .call(.push(let tid, _, _)) = step { return tasks.spec(tid) }

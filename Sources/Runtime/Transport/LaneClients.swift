@@ -254,7 +254,6 @@ public final class LaneClients: Sendable {
 /// holds `beginRead` (the reactor, or a thread waiting for a reply: `readWhileWaiting`).
 final class LaneClient: Sendable {
   struct State {
-    var nextID: UInt64 = 1
     var pending: [UInt64: DataPlaneConnection.Waiter] = [:]
     var closed: SwiftrayError?
   }
@@ -262,6 +261,9 @@ final class LaneClient: Sendable {
   let endpoint: Endpoint
   let path: String
   let state = Locked(State())
+  /// Taken outside `state`, so a frame is encoded before its request takes the lock
+  /// that the thread delivering replies needs too.
+  let nextID = Atomic<UInt64>(1)
   /// Read by one thread at a time: whoever holds `reading` (`beginRead`).
   nonisolated(unsafe) var reader = FrameReader(max: NetworkLimits.current.maxFrameBytes)
   let reading = Atomic<Bool>(false)
@@ -283,17 +285,23 @@ final class LaneClient: Sendable {
                group: EventLoopGroup, blocked: () -> Void) {
     var f = Swiftray_DataFrame()
     f.body = body
+    f.id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
     enum Step { case send([UInt8]), failed(SwiftrayError) }
     // Frames leave in the order their `socket.write` calls ran (the socket's own queue
     // keeps it), as a data-plane connection's leave in the order of `request` calls.
-    let step: Step = state.withLock { s in
-      if let e = s.closed { return .failed(e) }
-      f.id = s.nextID
-      guard let bytes = Lane.encode(f) else { return .failed(SwiftrayError(.system, "could not encode a data-plane frame")) }
-      if let why = DataPlane.tooLarge(bytes.count - 4) { return .failed(SwiftrayError(.invalidArgument, why)) }
-      s.nextID += 1
-      s.pending[f.id] = waiter
-      return .send(bytes)
+    let step: Step
+    if let bytes = Lane.encode(f) {
+      if let why = DataPlane.tooLarge(bytes.count - 4) {
+        step = .failed(SwiftrayError(.invalidArgument, why))
+      } else {
+        step = state.withLock { s in
+          if let e = s.closed { return .failed(e) }
+          s.pending[f.id] = waiter
+          return .send(bytes)
+        }
+      }
+    } else {
+      step = .failed(SwiftrayError(.system, "could not encode a data-plane frame"))
     }
     switch step {
     case .failed(let e):
@@ -314,23 +322,32 @@ final class LaneClient: Sendable {
   /// what cannot be a reply).
   func readReplies() -> Bool {
     let r = socket.read(into: &reader)
-    while true {
+    var frames: [Swiftray_DataFrame] = []
+    var open = r != .closed
+    reading: while true {
       switch reader.next() {
       case .incomplete:
-        return r != .closed
+        break reading
       case .tooLarge:
-        return false
+        open = false
+        break reading
       case .frame(let bytes):
-        guard let frame = Lane.decode(bytes) else { return false }
-        deliver(frame)
+        guard let frame = Lane.decode(bytes) else { open = false; break reading }
+        frames.append(frame)
       }
     }
+    deliver(frames)
+    return open
   }
 
-  private func deliver(_ frame: Swiftray_DataFrame) {
+  /// Hands each reply to its waiter; the waiters of all the replies one read brought
+  /// are taken in one lock.
+  private func deliver(_ frames: [Swiftray_DataFrame]) {
+    guard !frames.isEmpty else { return }
     LockDiscipline.mustNotHoldLock("a lane reply callback")
     // Lanes carry requests answered once (a subscription goes by the data plane).
-    state.withLock({ $0.pending.removeValue(forKey: frame.id) })?.succeed(frame, payload: nil)
+    let waiters = state.withLock { s in frames.map { s.pending.removeValue(forKey: $0.id) } }
+    for (frame, waiter) in zip(frames, waiters) { waiter?.succeed(frame, payload: nil) }
   }
 
   func failAll(_ error: SwiftrayError) {
