@@ -20,6 +20,26 @@ def test_pack_aligns_out_of_band_buffers_and_unpack_returns_views():
     assert not out["a"].flags.writeable  # a view of the stored bytes, as in Ray
 
 
+def test_a_call_of_small_arrays_is_one_pickle_and_a_large_array_stays_out_of_band():
+    from swiftray.remote_function import pack_call
+    from swiftray._worker import _args
+    small = (np.arange(6, dtype="<i4").reshape(2, 3), np.array(3.5), np.zeros(0), 7, "text")
+    (kind, blob), = pack_call("f", small, {})
+    assert kind == 0 and isinstance(blob, bytes) and blob[:4] != ser.MAGIC  # no out-of-band buffer
+    args, kwargs = _args([(0, blob)])
+    assert kwargs == {} and args[3:] == (7, "text")
+    for got, sent in zip(args[:3], small[:3]):
+        assert got.dtype == sent.dtype and got.shape == sent.shape and np.array_equal(got, sent)
+        assert not got.flags.writeable  # read-only, as an out-of-band view is
+    large = np.arange(ser.SMALL_ARRAY // 8 + 1, dtype=np.float64)
+    (kind, packed), = pack_call("f", (large, np.ones(2)), {})
+    parts, offsets, total, refs = packed
+    assert len(parts) == 2 and offsets[1] % ser.ALIGN == 0  # the large one alone, out of band
+    data = ser.Packed(parts, offsets, total).tobytes()
+    args, _ = _args([(0, data)])
+    assert np.array_equal(args[0], large) and np.array_equal(args[1], np.ones(2))
+
+
 def test_non_contiguous_arrays_round_trip():
     a = np.arange(100).reshape(10, 10)[:, ::3]
     assert np.array_equal(ser.unpack(ser.pack(a).tobytes()), a)

@@ -58,6 +58,9 @@ def _args(arglist):
     if not arglist:
         return (), {}
     blob = arglist[0][1]
+    if len(arglist) == 1:
+        # No ref among the arguments, so no slot to fill: the call as it was pickled.
+        return _serialization.unpack(blob)
     values = []
     for item in arglist[1:]:
         kind = item[0]

@@ -66,6 +66,7 @@ class BoundOptions:
 
 
 _MAX_CACHED_SLOTS = 8
+_NO_KWARGS = {}  # pickled, never changed
 _refs_only_calls = {}  # number of refs -> the core's entry for the pickled call
 
 
@@ -85,6 +86,11 @@ def pack_call(name, args, kwargs, what="task"):
             call = (tuple(_ArgSlot(i) for i in range(len(args))), {})
             head = _refs_only_calls[len(args)] = (0, _serialization.pack(call).tobytes())
         return [head] + [(1, r._id) for r in args]
+    if not kwargs and _serialization.is_plain(args):
+        # Plain values only (numbers, strings, bytes, arrays...): no ref can be among
+        # them, so the call is pickled as it is, with no slots to make.
+        small = _serialization.has_small_array(args)
+        return [(0, _serialization.pack_plain((args, _NO_KWARGS), small_arrays=small))]
     refs = []
 
     def slot(v):
