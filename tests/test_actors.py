@@ -256,6 +256,57 @@ def test_async_actor_awaits_refs_gets_and_serves_a_burst_in_order(ray2):
 
 
 @swiftray.remote
+class LoopUser:
+    """An async actor whose calls wait on its event loop's own timers and descriptors."""
+
+    async def after(self, delay):
+        import asyncio
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_later(delay, fut.set_result, delay)
+        return await fut
+
+    async def in_thread(self, x):
+        import asyncio
+        return await asyncio.get_running_loop().run_in_executor(None, pow, x, 2)
+
+    async def quick(self, i):
+        return i
+
+    async def look(self, readable, timeout):
+        import os
+        from swiftray import _core
+        r, w = os.pipe()
+        try:
+            if readable:
+                os.write(w, b"x")
+            return _core.spin_until_readable(r, timeout)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    async def look_at_bad_descriptor(self):
+        from swiftray import _core
+        try:
+            _core.spin_until_readable(-1, 0.01)
+        except ValueError as e:
+            return str(e)
+
+
+def test_async_actor_loop_serves_its_timers_and_descriptors_between_calls(ray2):
+    # Before it sleeps, the loop looks for events without sleeping for a moment: the
+    # events it finds (or sleeps for) must be its own timers and descriptors as well.
+    a = LoopUser.remote()
+    slow = [a.after.remote(0.2), a.in_thread.remote(7)]
+    assert swiftray.get([a.quick.remote(i) for i in range(500)]) == list(range(500))
+    assert swiftray.get(slow, timeout=30) == [0.2, 49]
+    time.sleep(0.5)  # idle: its looks stop paying and back off; a call and a timer still wake it
+    assert swiftray.get(a.after.remote(0.05), timeout=30) == 0.05
+    assert swiftray.get([a.look.remote(True, 1.0), a.look.remote(False, 0.0)], timeout=30) == [True, False]
+    assert "not a file descriptor" in swiftray.get(a.look_at_bad_descriptor.remote(), timeout=30)
+
+
+@swiftray.remote
 class Meeting:
     def __init__(self, size):
         import threading

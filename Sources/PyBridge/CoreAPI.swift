@@ -72,6 +72,7 @@ enum CoreAPI {
       return Py.bool(s.core.takeInterrupt())
     }, doc: "take_interrupt(): True when a cancel aimed at the running task sent the SIGINT being handled."),
     .init(name: "take_executions", fn: takeExecutions, doc: "take_executions(max): up to max tasks pushed here, without waiting, as worker_loop hands them to execute (each replies with finish_task)."),
+    .init(name: "spin_until_readable", fn: spinUntilReadable, doc: "spin_until_readable(fd, timeout): looks at fd without sleeping for a moment (GIL released), as the core does for its next task; True when fd became readable. For an async actor's event loop about to sleep (timeout: its wait in seconds, or None)."),
     .init(name: "executions_fd", fn: { _, _, _ in session().map { Py.int(Int($0.core.executionsFD)) } }, doc: "executions_fd(): readable when take_executions may find a task (for an event loop to watch)."),
     .init(name: "notify_when_available", fn: { _, a, n in
       let args = Args(a, n)
@@ -871,6 +872,23 @@ enum CoreAPI {
     let core = s.core
     let taken = withoutGIL { core.takeExecutions(max: Swift.max(0, Swift.min(max, 1 << 16))) }
     return Py.list(taken.compactMap { taskTuple(core, $0)?.task })
+  }
+
+  static let spinUntilReadable: CoreModule.FastFn = { _, a, n in
+    let args = Args(a, n)
+    guard args.need(2, "spin_until_readable"), let s = session(), let fd = Py.toInt(args[0]) else { return nil }
+    guard let descriptor = Int32(exactly: fd), descriptor >= 0 else {
+      PyErr_SetString(sr_ExcValueError(), "spin_until_readable(): \(fd) is not a file descriptor")
+      return nil
+    }
+    var nanos = UInt64.max
+    if !Py.isNone(args[1]) {
+      guard let seconds = Py.toDouble(args[1]) else { return nil }
+      // Range-checked before converting: a NaN or a huge timeout must not trap.
+      nanos = seconds.isFinite && seconds > 0 ? UInt64(Swift.min(seconds, 1e9) * 1e9) : 0
+    }
+    let core = s.core
+    return Py.bool(withoutGIL { core.spinUntilReadable(descriptor, nanos: nanos) })
   }
 
   static let finishTask: CoreModule.FastFn = { _, a, n in

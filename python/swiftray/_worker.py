@@ -449,6 +449,22 @@ def _run_method(name, method, arglist, num_returns, token, task_id=None):
         return _fail(name, num_returns, _user_traceback(), e)
 
 
+def _spinning_selector():
+    import selectors
+
+    class SpinningSelector(selectors.DefaultSelector):
+        """Before the loop sleeps, looks for events without sleeping for a moment (the
+        core's spin policy, GIL released): a caller in a loop sends its next call within
+        microseconds, and a thread that has not gone to sleep needs no wake-up."""
+
+        def select(self, timeout=None):
+            if (timeout is None or timeout > 0) and _core.spin_until_readable(self.fileno(), timeout):
+                timeout = 0
+            return super().select(timeout)
+
+    return SpinningSelector()
+
+
 class _AsyncCalls:
     """An async actor's calls, run as coroutines on an event loop on the main thread.
 
@@ -460,7 +476,7 @@ class _AsyncCalls:
 
     def __init__(self, max_concurrency):
         import asyncio  # only async actors pay for it (~30 ms of a worker's start)
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.SelectorEventLoop(_spinning_selector())
         self.limit = max_concurrency
         self.running = 0
         self.more = False  # calls may wait in the core for a free slot

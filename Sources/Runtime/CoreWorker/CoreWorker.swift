@@ -594,6 +594,12 @@ public final class CoreWorker: Sendable {
     return taken
   }
 
+  /// Looks at `fd` without sleeping for a moment (`TaskExecutor.spinUntilReadable`):
+  /// for an async actor's event loop about to sleep. Threading: the task thread.
+  public func spinUntilReadable(_ fd: Int32, nanos: UInt64) -> Bool {
+    executor.spinUntilReadable(fd, nanos: nanos)
+  }
+
   /// Readable when `takeExecutions` may find a task (level-triggered).
   public var executionsFD: Int32 { executor.readinessFD }
 

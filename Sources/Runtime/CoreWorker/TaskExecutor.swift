@@ -152,6 +152,34 @@ final class TaskExecutor: Sendable {
     return taken
   }
 
+  /// For a task thread that waits on an event loop of its own (an async actor's), just
+  /// before that loop would sleep: looks at `fd` (the loop's poller) without sleeping
+  /// for at most `nanos` and the spin budget, as `next` looks at its lanes after a task
+  /// (`SpinPolicy`: spins that do not pay make the next waits skip it). True when `fd`
+  /// is or became readable. Threading: the task thread, GIL released.
+  func spinUntilReadable(_ fd: Int32, nanos: UInt64) -> Bool {
+    LockDiscipline.mayBlock("looking for the next call")
+    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    if Glibc.poll(&p, 1, 0) > 0 { return true }
+    guard spin.begin() else { return false }
+    let start = DispatchTime.now().uptimeNanoseconds
+    var last = start
+    while true {
+      p.revents = 0
+      if Glibc.poll(&p, 1, 0) > 0 {
+        spin.paid()
+        return true
+      }
+      let now = DispatchTime.now().uptimeNanoseconds
+      let elapsed = now &- start
+      // The loop's own deadline (a timer due) ends the look without counting it a miss.
+      if elapsed >= nanos { return false }
+      guard spin.look(elapsed: elapsed, sinceLast: now &- last) else { return false }
+      last = now
+      sched_yield()  // a thread waiting for this CPU goes first
+    }
+  }
+
   /// Readable when `take` may find something (the lanes' epoll set, else `ready`).
   var readinessFD: Int32 { lanes?.readiness ?? ready.fd }
 
