@@ -54,6 +54,28 @@ import Testing
     #expect(after.count == 300 && reader.buffered == 0)
   }
 
+  /// `receive` reads into storage the reader keeps: what a read returns is appended, a
+  /// read of nothing (or an error) appends nothing.
+  @Test func framesReceivedIntoTheReadersOwnStorageArriveWhole() {
+    let frames: [[UInt8]] = (0..<20).map { i in [UInt8](repeating: UInt8(i), count: i * 5_000) }
+    var stream = Self.bytes(frames)[...]
+    var reader = FrameReader(max: 1 << 20)
+    var got: [[UInt8]] = []
+    while !stream.isEmpty {
+      let n = reader.receive { buf in
+        let n = Swift.min(buf.count, stream.count)
+        stream.prefix(n).withUnsafeBytes { buf.copyMemory(from: $0) }
+        stream = stream.dropFirst(n)
+        return n
+      }
+      #expect(n > 0 && n <= FrameReader.scratchBytes)
+      #expect(reader.receive { _ in 0 } == 0)
+      #expect(reader.receive { _ in -1 } == -1)
+      while case .frame(let f) = reader.next() { got.append(Array(f)) }
+    }
+    #expect(got == frames && reader.buffered == 0)
+  }
+
   @Test func aLengthBeyondTheLimitIsReportedBeforeItsBytesArrive() {
     var reader = FrameReader(max: 100)
     let header = Lane.lengthPrefixed([UInt8](repeating: 1, count: 101)).prefix(4)

@@ -148,6 +148,24 @@ public struct FrameReader {
   /// one (a large frame's) is let go.
   static let keptCapacity = 1 << 20
 
+  /// Bytes one `receive` reads at most.
+  public static let scratchBytes = 65536
+  /// Where `receive` reads: kept from read to read (a 64 KiB array made and freed per
+  /// read cost an allocation, and its free made malloc consolidate its fast bins).
+  private var scratch: [UInt8] = []
+
+  /// Appends what `read` puts into the buffer it is given (`scratchBytes` long) and
+  /// returns what `read` returned (the bytes read, or 0 or less for none).
+  public mutating func receive(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
+    var s: [UInt8] = []
+    swap(&s, &scratch)
+    if s.isEmpty { s = [UInt8](repeating: 0, count: Self.scratchBytes) }
+    let n = s.withUnsafeMutableBytes { read($0) }
+    if n > 0 { s.withUnsafeBytes { append(UnsafeRawBufferPointer(rebasing: $0[0..<Swift.min(n, $0.count)])) } }
+    scratch = s
+    return n
+  }
+
   public mutating func append(_ bytes: UnsafeRawBufferPointer) {
     if start > 0, start == buffer.count {
       // Every frame handed out (they are valid until this call, so none holds the
@@ -300,14 +318,11 @@ final class LaneSocket: Sendable {
   /// does not starve the others).
   func read(into reader: inout FrameReader) -> ReadResult {
     var got = false
-    // Uninitialized on purpose: recv fills what is read, and only that is used.
-    var buf = [UInt8](unsafeUninitializedCapacity: 65536) { _, n in n = 65536 }
     for _ in 0..<16 {
-      let n = buf.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+      let n = reader.receive { Glibc.recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
       if n > 0 {
         got = true
-        buf.withUnsafeBytes { reader.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        if n < buf.count { return .data }
+        if n < FrameReader.scratchBytes { return .data }
         continue
       }
       if n < 0 && errno == EINTR { continue }
