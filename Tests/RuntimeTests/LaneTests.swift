@@ -68,12 +68,18 @@ import Testing
         stream = stream.dropFirst(n)
         return n
       }
-      #expect(n > 0 && n <= FrameReader.scratchBytes)
+      #expect(n > 0 && n == Swift.min(FrameReader.scratchBytes, n + stream.count))
       #expect(reader.receive { _ in 0 } == 0)
       #expect(reader.receive { _ in -1 } == -1)
       while case .frame(let f) = reader.next() { got.append(Array(f)) }
     }
     #expect(got == frames && reader.buffered == 0)
+    // A reader for a handshake (a small limit) reads 4 KiB at a time, and 64 KiB once
+    // its limit is raised.
+    var handshake = FrameReader(max: 100)
+    #expect(handshake.receive { $0.count } == 4096)
+    handshake.max = 1 << 20
+    #expect(handshake.receive { $0.count } == FrameReader.scratchBytes)
   }
 
   @Test func aLengthBeyondTheLimitIsReportedBeforeItsBytesArrive() {

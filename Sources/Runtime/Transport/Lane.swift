@@ -153,13 +153,16 @@ public struct FrameReader {
   /// Where `receive` reads: kept from read to read (a 64 KiB array made and freed per
   /// read cost an allocation, and its free made malloc consolidate its fast bins).
   private var scratch: [UInt8] = []
+  /// What one `receive` reads: `scratchBytes`, less while `max` is small (a connection
+  /// not yet authenticated keeps 4 KiB, not 64, however many a peer opens).
+  public var scratchSize: Int { Swift.min(Self.scratchBytes, Swift.max(max, 4092) + 4) }
 
-  /// Appends what `read` puts into the buffer it is given (`scratchBytes` long) and
+  /// Appends what `read` puts into the buffer it is given (`scratchSize` long) and
   /// returns what `read` returned (the bytes read, or 0 or less for none).
   public mutating func receive(_ read: (UnsafeMutableRawBufferPointer) -> Int) -> Int {
     var s: [UInt8] = []
     swap(&s, &scratch)
-    if s.isEmpty { s = [UInt8](repeating: 0, count: Self.scratchBytes) }
+    if s.count != scratchSize { s = [UInt8](repeating: 0, count: scratchSize) }
     let n = s.withUnsafeMutableBytes { read($0) }
     if n > 0 { s.withUnsafeBytes { append(UnsafeRawBufferPointer(rebasing: $0[0..<Swift.min(n, $0.count)])) } }
     scratch = s
@@ -322,7 +325,7 @@ final class LaneSocket: Sendable {
       let n = reader.receive { Glibc.recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
       if n > 0 {
         got = true
-        if n < FrameReader.scratchBytes { return .data }
+        if n < reader.scratchSize { return .data }
         continue
       }
       if n < 0 && errno == EINTR { continue }
