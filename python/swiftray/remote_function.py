@@ -90,7 +90,10 @@ def pack_call(name, args, kwargs, what="task"):
         # Plain values only (numbers, strings, bytes, arrays...): no ref can be among
         # them, so the call is pickled as it is, with no slots to make.
         small = _serialization.has_small_array(args)
-        return [(0, _serialization.pack_plain((args, _NO_KWARGS), small_arrays=small))]
+        try:
+            return [(0, _serialization.pack_plain((args, _NO_KWARGS), small_arrays=small))]
+        except Exception as e:
+            raise _locate_bad_argument(name, args, kwargs, e, what) from None
     refs = []
 
     def slot(v):
