@@ -220,3 +220,6 @@ int sr_accept_nonblocking(int listen_fd) { return accept4(listen_fd, NULL, NULL,
 static _Thread_local int sr_last_lane_fd = -1;
 void sr_set_last_lane(int fd) { sr_last_lane_fd = fd; }
 int sr_last_lane(void) { return sr_last_lane_fd; }
+static _Thread_local int sr_reading_for_fd = -1;
+void sr_set_reading_for(int fd) { sr_reading_for_fd = fd; }
+int sr_reading_for(void) { return sr_reading_for_fd; }

@@ -34,6 +34,28 @@ private func requests(_ a: [NormalTaskSubmitter.Action]) -> [UInt64] {
     #expect(s.leaseGranted(requestID: r[0], lease: lease, now: 1) == [.push(t, lease: lease)])
   }
 
+  /// A key's hash is worked out once, from all its fields: keys built apart from equal
+  /// fields are one key; a key differing in any field is another, and its tasks never
+  /// ride the first key's lease.
+  @Test mutating func keysAreEqualExactlyWhenShapeStrategyAndEnvironmentAre() {
+    let a = SchedulingKey(cpu1)
+    let b = SchedulingKey(shape: ResourceSet(units: ["CPU": 1.0]), proto: .init())
+    let others = [SchedulingKey(cpu1, strategy: .spread), SchedulingKey(cpu1, runtimeEnv: #"{"env_vars":{"A":"1"}}"#),
+                  SchedulingKey(ResourceSet(units: ["CPU": 2])), SchedulingKey(ResourceSet(units: ["CPU": 1, "GPU": 1]))]
+    #expect(a == b && a.hashValue == b.hashValue)
+    for o in others { #expect(a != o && b != o, "\(o)") }
+    #expect(Set([a, b] + others).count == 1 + others.count)
+    var s = NormalTaskSubmitter(settings: settings)
+    let t1 = gen.next(), t2 = gen.next(), t3 = gen.next()
+    let r = requests(s.taskReady(t1, key: a, now: 0))
+    let lease = NormalTaskSubmitter.GrantedLease(leaseID: 1, worker: .random())
+    _ = s.leaseGranted(requestID: r[0], lease: lease, now: 0)
+    _ = s.taskReplied(t1, leaseID: 1, now: 1)
+    #expect(s.taskReady(t2, key: b, now: 2) == [.push(t2, lease: lease)])
+    _ = s.taskReplied(t2, leaseID: 1, now: 3)
+    #expect(pushes(s.taskReady(t3, key: others[0], now: 4)).isEmpty)
+  }
+
   @Test mutating func leaseRequestsAreBoundedPerShape() {
     var s = NormalTaskSubmitter(settings: settings)
     var all: [UInt64] = []

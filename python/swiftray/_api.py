@@ -143,8 +143,10 @@ _PACKAGES = _PackageStore()
 def current_runtime_env():
     """The canonical runtime_env (JSON, "" for none) new tasks and actors inherit: the
     job's in a driver, the worker's own in a worker (as Ray's nested tasks)."""
-    from swiftray import _worker
-    if _worker._running_as_worker:
+    # Looked up, not imported: an import statement per task costs more than the rest
+    # (and a process that never imported the worker module is no worker).
+    _worker = sys.modules.get("swiftray._worker")
+    if _worker is not None and _worker._running_as_worker:
         return _worker._runtime_env_json
     return _state.get("runtime_env", "")
 
@@ -294,6 +296,12 @@ def put(value):
 def get(object_refs, *, timeout=None):
     """The value of one ref, or a list of values for a list of refs."""
     _ensure_init()
+    if type(object_refs) is ObjectRef and timeout is None:
+        # `get(f.remote())`: nothing to check, no list to build.
+        is_error, v = _serialization.value_from_core(_core.get([object_refs._id], None)[0])
+        if is_error:
+            raise v
+        return v
     single = isinstance(object_refs, ObjectRef)
     refs = [object_refs] if single or isinstance(object_refs, ObjectRefGenerator) else object_refs
     if not isinstance(refs, (list, tuple)):

@@ -253,6 +253,8 @@ def _distinct(refs):
 def unpack(data):
     """The value stored in `data` (bytes or a buffer); numpy arrays and other
     out-of-band buffers are views of `data`, read-only, not copies."""
+    if type(data) is bytes and not data.startswith(MAGIC):
+        return pickle.loads(data)  # a plain pickle (a small value): no view to make
     mv = memoryview(data).cast("B")
     if mv[:4] != MAGIC:
         return pickle.loads(mv)

@@ -151,12 +151,12 @@ class ActorHandle:
         label = options["name"] or f"{self._meta['class_name']}.{method_name}"
         arglist = pack_call(label, args, kwargs, what="actor method")
         ids = _core.submit_actor_task(self._actor_id, method_name, label, arglist, num_returns, retries)
+        if num_returns == 1:
+            return ObjectRef(ids[0], _add_ref=False)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns < 0:
             # "dynamic": the ref whose value lists the items; else the stream itself.
             return out[0] if num_returns == _options.DYNAMIC_RETURNS else ObjectRefGenerator(out[0])
-        if num_returns == 1:
-            return out[0]
         return out if num_returns else None
 
     def __reduce__(self):

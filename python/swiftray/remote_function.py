@@ -161,12 +161,12 @@ class RemoteFunction(Exported):
         arglist = pack_call(self._name, args, kwargs)
         name, num_returns, shape, max_retries, retry, retry_filter, strategy, env = self._submission(options)
         ids = _core.submit_task(fid, name, arglist, num_returns, shape, max_retries, retry, retry_filter, strategy, env)
+        if num_returns == 1:
+            return ObjectRef(ids[0], _add_ref=False)
         out = [ObjectRef(i, _add_ref=False) for i in ids]
         if num_returns < 0:
             # "dynamic": the ref whose value lists the items; else the stream itself.
             return out[0] if num_returns == _options.DYNAMIC_RETURNS else ObjectRefGenerator(out[0])
-        if num_returns == 1:
-            return out[0]
         return out if num_returns else None
 
 

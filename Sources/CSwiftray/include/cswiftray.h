@@ -68,5 +68,9 @@ int sr_accept_nonblocking(int listen_fd);
 // The lane the calling thread last wrote a request to (-1: none); thread-local.
 void sr_set_last_lane(int fd);
 int sr_last_lane(void);
+// The wakeup (eventfd) of the wait the calling thread serves by reading a lane itself
+// (-1: none); thread-local. A release on that very thread need not signal it.
+void sr_set_reading_for(int fd);
+int sr_reading_for(void);
 
 #endif

@@ -1,3 +1,4 @@
+import CSwiftray
 import Dispatch
 import Synchronization
 
@@ -26,7 +27,10 @@ final class ObjectWaiter: Sendable {
     if remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
       if let onRelease { return onRelease() }
       sem.signal()
-      wake.signal()
+      // Released by the thread that waits, while it reads a lane for this wait
+      // (`readWhileWaiting`): it looks at `isReleased` after every read, so the
+      // eventfd's write, and its reset by that thread's next wait, are saved.
+      if sr_reading_for() != wake.fd { wake.signal() }
     }
   }
   /// Enough arrived (the count reached zero).

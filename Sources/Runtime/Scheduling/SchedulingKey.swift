@@ -12,19 +12,23 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
     /// to the bundle's resources (`BundleResources.inside`), so it routes as DEFAULT.
     case placementGroup(PlacementGroupID, index: Int, captureChildTasks: Bool)
   }
-  public var shape: ResourceSet
-  public var strategy: Strategy
+  public let shape: ResourceSet
+  public let strategy: Strategy
   /// The runtime environment's canonical JSON ("" none): a lease's worker has one
   /// environment, so tasks of different ones never share a lease.
-  public var runtimeEnv: String
+  public let runtimeEnv: String
+  /// The fields' hash, worked out once: an owner looks a key up at each event of its
+  /// tasks (submitted, pushed, replied), and hashing a shape hashes every resource's
+  /// name. Of this process only (`Hasher` is seeded per process), never stored.
+  private let fieldsHash: Int
 
   public init(_ shape: ResourceSet, strategy: Strategy = .default, runtimeEnv: String = "") {
     self.shape = shape; self.strategy = strategy; self.runtimeEnv = runtimeEnv
+    fieldsHash = Self.hash(shape, strategy, runtimeEnv)
   }
 
   public init(shape: ResourceSet, proto: Swiftray_SchedulingStrategy, runtimeEnv: String = "") {
-    self.shape = shape
-    self.runtimeEnv = runtimeEnv
+    let strategy: Strategy
     switch proto.kind {
     case .spread: strategy = .spread
     case .nodeAffinity: strategy = NodeID(binary: proto.nodeID).map { .nodeAffinity($0, soft: proto.soft) } ?? .default
@@ -34,7 +38,22 @@ public struct SchedulingKey: Hashable, Sendable, CustomStringConvertible {
       } ?? .default
     default: strategy = .default
     }
+    self.init(shape, strategy: strategy, runtimeEnv: runtimeEnv)
   }
+
+  private static func hash(_ shape: ResourceSet, _ strategy: Strategy, _ runtimeEnv: String) -> Int {
+    var h = Hasher()
+    h.combine(shape)
+    h.combine(strategy)
+    h.combine(runtimeEnv)
+    return h.finalize()
+  }
+
+  public static func == (a: SchedulingKey, b: SchedulingKey) -> Bool {
+    a.fieldsHash == b.fieldsHash && a.shape == b.shape && a.strategy == b.strategy && a.runtimeEnv == b.runtimeEnv
+  }
+
+  public func hash(into hasher: inout Hasher) { hasher.combine(fieldsHash) }
 
   public var strategyProto: Swiftray_SchedulingStrategy {
     var p = Swiftray_SchedulingStrategy()

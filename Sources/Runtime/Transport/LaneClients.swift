@@ -78,6 +78,8 @@ public final class LaneClients: Sendable {
     sr_set_last_lane(-1)
     guard let c = state.withLock({ $0.byFD[fd] }), c.hasPending, c.beginRead() else { return done() }
     c.foreground.withLock { $0 = wake }
+    sr_set_reading_for(wake.fd)
+    defer { sr_set_reading_for(-1) }
     _ = sr_epoll_set(epfd, fd, 0, 0)  // disarmed: the reactor sleeps through these replies
     let start = DispatchTime.now().uptimeNanoseconds
     var spinning = spin.withLock { $0.begin() }
