@@ -298,10 +298,7 @@ def get(object_refs, *, timeout=None):
     _ensure_init()
     if type(object_refs) is ObjectRef and timeout is None:
         # `get(f.remote())`: nothing to check, no list to build.
-        is_error, v = _serialization.value_from_core(_core.get([object_refs._id], None)[0])
-        if is_error:
-            raise v
-        return v
+        return _value(_core.get([object_refs._id], None)[0])
     single = isinstance(object_refs, ObjectRef)
     refs = [object_refs] if single or isinstance(object_refs, ObjectRefGenerator) else object_refs
     if not isinstance(refs, (list, tuple)):
@@ -309,14 +306,16 @@ def get(object_refs, *, timeout=None):
     _check_refs(refs, "get()")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
-    items = _core.get(list(map(_ref_id, refs)), timeout)
-    values = []
-    for item in items:
-        is_error, v = _serialization.value_from_core(item)
-        if is_error:
-            raise v
-        values.append(v)
+    values = [_value(item) for item in _core.get(list(map(_ref_id, refs)), timeout)]
     return values[0] if single else values
+
+
+def _value(item):
+    """The value of one entry of `_core.get`'s result; raises the error it holds."""
+    is_error, v = _serialization.value_from_core(item)
+    if is_error:
+        raise v
+    return v
 
 
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
