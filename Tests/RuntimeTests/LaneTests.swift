@@ -80,6 +80,9 @@ import Testing
     #expect(handshake.receive { $0.count } == 4096)
     handshake.max = 1 << 20
     #expect(handshake.receive { $0.count } == FrameReader.scratchBytes)
+    // No limit, however large, overflows the read's size.
+    var unlimited = FrameReader(max: .max)
+    #expect(unlimited.receive { $0.count } == FrameReader.scratchBytes)
   }
 
   @Test func aLengthBeyondTheLimitIsReportedBeforeItsBytesArrive() {

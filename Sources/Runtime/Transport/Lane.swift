@@ -154,8 +154,9 @@ public struct FrameReader {
   /// read cost an allocation, and its free made malloc consolidate its fast bins).
   private var scratch: [UInt8] = []
   /// What one `receive` reads: `scratchBytes`, less while `max` is small (a connection
-  /// not yet authenticated keeps 4 KiB, not 64, however many a peer opens).
-  public var scratchSize: Int { Swift.min(Self.scratchBytes, Swift.max(max, 4092) + 4) }
+  /// not yet authenticated keeps 4 KiB, not 64, however many a peer opens). `max` is
+  /// capped before the length prefix is added, so no limit can overflow it.
+  public var scratchSize: Int { Swift.max(Swift.min(max, Self.scratchBytes - 4), 4092) + 4 }
 
   /// Appends what `read` puts into the buffer it is given (`scratchSize` long) and
   /// returns what `read` returned (the bytes read, or 0 or less for none).
