@@ -723,7 +723,7 @@ def test_liveness_and_bound_settings_are_range_checked_before_anything_starts():
     with pytest.raises(ValueError, match="data_plane_idle_timeout_ms .* at least twice data_plane_keepalive_ms"):
         swiftray.init(num_cpus=1, _system_config={"data_plane_keepalive_ms": 800, "data_plane_idle_timeout_ms": 1000})
     for key, bad in (("max_queued_tasks_per_worker", 0), ("max_kv_bytes", 1), ("grpc_client_keepalive_time_ms", -5),
-                     ("max_pending_lease_requests_per_node", 0),
+                     ("max_pending_lease_requests_per_node", 0), ("task_reply_batch", 5000),
                      ("lease_idle_linger_ms", 10**15)):  # once a trap: 10^15 ms in ns overflowed 64 bits
         with pytest.raises(ValueError, match=f"{key} = {bad} is out of range"):
             swiftray.init(num_cpus=1, _system_config={key: bad})

@@ -67,6 +67,9 @@ enum CoreAPI {
     .init(name: "store_stats", fn: storeStats, doc: "store_stats() -> dict: this node's object store (capacity, used, pinned, spilled)"),
     .init(name: "core_stats", fn: coreStats, doc: "core_stats() -> dict: sizes of this process's ownership tables"),
     .init(name: "worker_loop", fn: workerLoop, doc: "worker_loop(execute): run pushed tasks on this (main) thread until shutdown; execute returning None defers the reply."),
+    .init(name: "release_held_replies", fn: { _, _, _ in
+      session().map { s in withoutGIL { s.core.releaseHeldReplies() }; return Py.none }
+    }, doc: "release_held_replies(): sends now the replies of finished tasks held to go with a later one (before this process ends on purpose)."),
     .init(name: "take_interrupt", fn: { _, _, _ in
       guard let s = session() else { return nil }
       return Py.bool(s.core.takeInterrupt())

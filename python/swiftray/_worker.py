@@ -397,6 +397,9 @@ def _exit_actor():
     """exit_actor() was called in this actor: the head records an intended death (no
     restart; its callers get ActorDiedError saying so), then the process ends."""
     try:
+        # The calls that finished before this one still answer (a reply may be held to
+        # go with the next one).
+        _core.release_held_replies()
         _core.kill_actor(actor.actor_id, True, "exit_actor() was called in it (an intended exit; it is not restarted)")
     finally:
         sys.stdout.flush()

@@ -83,6 +83,10 @@ public struct Config: Sendable, Equatable {
   /// thread still awake needs no wake-up: the round trip of a sync call halves. Each
   /// look yields the CPU to any thread waiting for it first; 0 never spins.
   public var taskLaneSpinUs = 500
+  /// Replies a worker's task thread holds while more tasks wait in its queue, to send
+  /// them together with a later one (one wake-up of the owner for several; each held at
+  /// most a millisecond, `ReplyHold`); 0 sends each at once.
+  public var taskReplyBatch = 16
   /// 1: a node forks its workers from a fork server (an interpreter that imported the
   /// worker's modules once; `ForkServer`) once it is ready; 0: spawns each worker.
   public var workerForkServer = 1
@@ -150,6 +154,7 @@ public struct Config: Sendable, Equatable {
     "node_manager_rpc_timeout_ms": \.nodeManagerRpcTimeoutMs,
     "task_lanes": \.taskLanes,
     "task_lane_spin_us": \.taskLaneSpinUs,
+    "task_reply_batch": \.taskReplyBatch,
     "worker_fork_server": \.workerForkServer,
     "enable_task_events": \.enableTaskEvents,
     "task_events_report_interval_ms": \.taskEventsReportIntervalMs,
@@ -202,6 +207,7 @@ public struct Config: Sendable, Equatable {
     "gcs_rpc_server_reconnect_timeout_s": 1...31_536_000,
     "task_lanes": 0...1,
     "task_lane_spin_us": 0...100_000,
+    "task_reply_batch": 0...1024,
     "worker_fork_server": 0...1,
     "enable_task_events": 0...1,
     "task_events_report_interval_ms": 10...3_600_000,

@@ -218,10 +218,12 @@ public final class CoreWorker: Sendable {
                          idGen: TaskIDGenerator(job: job), selfAddress: addr, maxLineageBytes: options.config.maxLineageBytes,
                          taskEvents: events))
     executor = TaskExecutor(workerID: options.workerID, grants: options.leaseGrants,
-                            maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock, taskEvents: events)
+                            maxQueued: options.config.maxQueuedTasksPerWorker, clock: options.clock, taskEvents: events,
+                            maxHeldReplies: options.config.taskReplyBatch)
     if !options.isDriver, options.config.taskLanes == 1, let lanePath = Lane.path(forWorker: endpoint) {
       executor.lanes = try LaneServer(path: lanePath, auth: options.auth, wake: executor.ready)
       executor.spin = SpinPolicy(budgetNanos: UInt64(options.config.taskLaneSpinUs) * 1000)
+      if options.config.taskReplyBatch > 0 { executor.replies.start() }
     }
     // One sender keeps NodeManager notifications (blocked/unblocked) in order.
     let (stream, cont) = AsyncStream<@Sendable () async -> Void>.makeStream(bufferingPolicy: .unbounded)
@@ -646,8 +648,12 @@ public final class CoreWorker: Sendable {
         }]
       }
     }
-    e.responder.respond(.pushTaskReply(reply))
+    executor.reply(e.responder, .pushTaskReply(reply))
   }
+
+  /// Sends the replies held for later (`ReplyHold`) now: before this process ends on
+  /// purpose (`exit_actor`), so the calls that finished before it still answer.
+  public func releaseHeldReplies() { executor.replies.releaseAll() }
 
   /// First step of shutdown: from now on worker deaths are expected, not failures.
   public func prepareShutdown() {
@@ -657,6 +663,7 @@ public final class CoreWorker: Sendable {
   /// Closes servers and connections. Worker output already on its way is printed
   /// first (bounded), so a driver that exits right after `get` loses no lines.
   public func shutdown() {
+    executor.replies.stop()
     prepareShutdown()
     returnLeasesAtExit()
     stopTaskEventReporter()

@@ -45,6 +45,19 @@ final class TaskExecutor: Sendable {
   nonisolated(unsafe) private var busy = false
   /// This worker's lanes (`Lane`), polled by the task thread in `next`; nil in a driver.
   nonisolated(unsafe) var lanes: LaneServer?
+  /// Replies held while more tasks are queued (`ReplyHold`), and their flusher.
+  let replies: ReplyFlusher
+  /// How the task thread's replies may be held (`ReplyHold`); the task thread's own.
+  enum ReplyMode {
+    /// Each goes at once (no lanes, or no task taken yet).
+    case immediate
+    /// Tasks taken one at a time (`next`): held while another is queued.
+    case oneByOne
+    /// Tasks taken in batches by an event loop (`take`, an async actor's): held while
+    /// the loop runs, sent before it sleeps (`spinUntilReadable`).
+    case loop
+  }
+  nonisolated(unsafe) private var replyMode = ReplyMode.immediate
   /// The thread that runs tasks (the first to call `next`; one for the worker's life).
   nonisolated(unsafe) private var taskThread: pthread_t?
   let maxQueued: Int
@@ -56,8 +69,9 @@ final class TaskExecutor: Sendable {
   let clock: any RuntimeClock
 
   init(workerID: WorkerID, grants: LeaseGrants?, maxQueued: Int, clock: any RuntimeClock = Clocks.current,
-       taskEvents: TaskEventBuffer = TaskEventBuffer(capacity: 100_000)) {
+       taskEvents: TaskEventBuffer = TaskEventBuffer(capacity: 100_000), maxHeldReplies: Int = 0) {
     self.workerID = workerID
+    replies = ReplyFlusher(maxHeld: maxHeldReplies)
     self.clock = clock
     self.maxQueued = maxQueued
     state = Locked(State(leaseGate: LeaseGate(grants: grants, worker: Data(workerID.binary)), taskEvents: taskEvents))
@@ -114,6 +128,7 @@ final class TaskExecutor: Sendable {
   func next(timeoutNanos: UInt64) -> CoreWorker.Execution? {
     LockDiscipline.mayBlock("waiting for the next task")
     if taskThread == nil { taskThread = pthread_self() }
+    if lanes != nil { replyMode = .oneByOne }
     let start = DispatchTime.now().uptimeNanoseconds
     var spinning = busy && lanes != nil && spin.begin()
     var last = start
@@ -146,6 +161,7 @@ final class TaskExecutor: Sendable {
   /// loop (an async actor's), watching `readinessFD`. Threading: the task thread.
   func take(max: Int) -> [CoreWorker.Execution] {
     if taskThread == nil { taskThread = pthread_self() }
+    if lanes != nil { replyMode = .loop }
     if let lanes { lanes.poll(timeoutNanos: 0, handle: serveLane) } else { ready.reset() }
     var taken: [CoreWorker.Execution] = []
     while taken.count < max, let e = popNext() { taken.append(e) }
@@ -159,6 +175,8 @@ final class TaskExecutor: Sendable {
   /// is or became readable. Threading: the task thread, GIL released.
   func spinUntilReadable(_ fd: Int32, nanos: UInt64) -> Bool {
     LockDiscipline.mayBlock("looking for the next call")
+    // The loop is about to sleep: what its calls hold goes now.
+    if replyMode == .loop { replies.releaseAll() }
     var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     if Glibc.poll(&p, 1, 0) > 0 { return true }
     guard spin.begin() else { return false }
@@ -223,6 +241,8 @@ final class TaskExecutor: Sendable {
       return back
     }
     for e in back { Self.handBack(e.responder) }
+    // What it waits for may be a result whose reply is held here.
+    if blocked { replies.releaseAll() }
     // Pushes already on the lanes are read now, and so handed back too.
     if blocked { lanes?.poll(timeoutNanos: 0, handle: serveLane) }
   }
@@ -256,6 +276,17 @@ final class TaskExecutor: Sendable {
       }
       return e
     }
+  }
+
+  /// Sends a finished task's reply. On the task thread of a worker that takes its
+  /// tasks one at a time (`next`), a reply may wait for a later one (`ReplyHold`) while
+  /// another task is queued; on an event loop's (`take`, an async actor's), until the
+  /// loop sleeps (`spinUntilReadable`). Elsewhere (a threaded actor's threads) it goes
+  /// at once.
+  func reply(_ responder: DataPlaneResponder, _ body: Swiftray_DataFrame.OneOf_Body) {
+    guard replyMode != .immediate, onTaskThread else { return responder.respond(body) }
+    let more = replyMode == .loop || state.withLock { !$0.queue.isEmpty }
+    replies.reply(responder, body, moreQueued: more)
   }
 
   /// `spec` ended with `reply`. Its owner records the span from the reply; only an

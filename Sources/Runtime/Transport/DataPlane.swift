@@ -132,22 +132,35 @@ public struct DataPlaneResponder: Sendable {
   init(memory: MemoryReply) { peer = .memory(memory); id = memory.id }
   init(lane: LaneSocket, id: UInt64, wake: Wakeup) { peer = .lane(lane, wake: wake); self.id = id }
 
-  public func respond(_ body: Swiftray_DataFrame.OneOf_Body) {
-    LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
+  /// The lane the reply goes by, if it goes by one.
+  var laneSocket: LaneSocket? {
+    if case .lane(let socket, _) = peer { return socket }
+    return nil
+  }
+
+  /// The reply's frame as its lane carries it (one that would be too large becomes an
+  /// error reply saying so); nil when it cannot be encoded.
+  func laneFrame(_ body: Swiftray_DataFrame.OneOf_Body) -> [UInt8]? {
     var f = Swiftray_DataFrame()
     f.id = id
     f.body = body
+    guard let bytes = Lane.encode(f) else { return nil }
+    guard let why = DataPlane.tooLarge(bytes.count - 4) else { return bytes }
+    f.body = .error(.with { $0.message = why })
+    return Lane.encode(f)
+  }
+
+  public func respond(_ body: Swiftray_DataFrame.OneOf_Body) {
+    LockDiscipline.mustNotHoldLock("DataPlaneResponder.respond")
     if case .lane(let socket, let wake) = peer {
-      guard var bytes = Lane.encode(f) else { return }
-      if let why = DataPlane.tooLarge(bytes.count - 4) {
-        f.body = .error(.with { $0.message = why })
-        guard let small = Lane.encode(f) else { return }
-        bytes = small
-      }
+      guard let bytes = laneFrame(body) else { return }
       // Written from this thread; what the socket does not take now its poller sends.
       if socket.write(bytes) == .queued { wake.signal() }
       return
     }
+    var f = Swiftray_DataFrame()
+    f.id = id
+    f.body = body
     guard var buf = DataPlane.encode(f, allocator: allocator) else { return }
     if let why = DataPlane.tooLarge(buf.readableBytes) {
       // The requester gets an error it can show instead of a connection its peer closes.

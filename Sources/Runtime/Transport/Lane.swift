@@ -221,11 +221,14 @@ final class LaneSocket: Sendable {
     /// A thread is sending now: others append behind it, and it sends theirs too.
     var writing = false
     var closed = false
+    /// Frames wait on purpose (`hold`), not for the socket: its poller leaves them.
+    var holding = false
 
     /// Up to `limit` bytes of frames from the front, for the thread that sends them.
     mutating func take(limit: Int = 1 << 20) -> [ArraySlice<UInt8>] {
       var out: [ArraySlice<UInt8>] = []
       var size = 0
+      holding = false
       while size < limit, let first = pending.popFirst() {
         out.append(first[sentOfFirst...])
         size += first.count - sentOfFirst
@@ -241,19 +244,52 @@ final class LaneSocket: Sendable {
   init(fd: Int32) { self.fd = fd }
 
   /// True while bytes wait for the socket to become writable.
-  var wantsWrite: Bool { output.withLock { !$0.pending.isEmpty && !$0.writing && !$0.closed } }
+  var wantsWrite: Bool { output.withLock { !$0.pending.isEmpty && !$0.writing && !$0.closed && !$0.holding } }
 
   /// Sends `bytes` after everything written before; returns at once.
   @discardableResult
   func write(_ bytes: [UInt8]) -> WriteResult {
-    let mine: Bool? = output.withLock { o in
+    let mine: [ArraySlice<UInt8>]? = output.withLock { o in
       if o.closed { return nil }
-      if o.writing || !o.pending.isEmpty { o.pending.append(bytes); return false }
+      if o.writing { o.pending.append(bytes); return [] }
       o.writing = true
-      return true
+      if o.pending.isEmpty { return [bytes[...]] }
+      // Held frames (`hold`), or the rest of a send that would have blocked: in order.
+      o.pending.append(bytes)
+      return o.take()
     }
     guard let mine else { return .closed }
-    return mine ? send([bytes[...]]) : .queued
+    return mine.isEmpty ? .queued : send(mine)
+  }
+
+  /// Queues `bytes` behind what waits without sending: a reply held while more tasks are
+  /// queued goes with the next one sent (`write`, `flush`), one send for several.
+  @discardableResult
+  func hold(_ bytes: [UInt8]) -> WriteResult {
+    output.withLock { o in
+      if o.closed { return .closed }
+      o.pending.append(bytes)
+      o.holding = true
+      return .queued
+    }
+  }
+
+  /// Runs of small frames joined into one buffer each, so one `send` takes them all.
+  static func coalesced(_ frames: [ArraySlice<UInt8>], limit: Int = 64 << 10) -> [ArraySlice<UInt8>] {
+    var out: [ArraySlice<UInt8>] = []
+    var run: [UInt8] = []
+    for f in frames {
+      if f.count >= limit {
+        if !run.isEmpty { out.append(run[...]); run = [] }
+        out.append(f)
+        continue
+      }
+      if run.count + f.count > limit { out.append(run[...]); run = [] }
+      if run.isEmpty { run.reserveCapacity(min(limit, frames.count * f.count)) }
+      run.append(contentsOf: f)
+    }
+    if !run.isEmpty { out.append(run[...]) }
+    return out
   }
 
   /// Sends what waits (the poller saw the socket writable).
@@ -275,6 +311,7 @@ final class LaneSocket: Sendable {
   private func send(_ first: [ArraySlice<UInt8>]) -> WriteResult {
     var frames = first
     while true {
+      if frames.count > 1 { frames = Self.coalesced(frames) }
       var index = 0
       var offset = 0
       var broken = false
