@@ -12,6 +12,15 @@ import swiftray
 from swiftray.exceptions import ActorDiedError
 
 
+def _until_exists(path):
+    """Runs until `path` exists (the driver creates it once it has every earlier result),
+    at most two minutes; whether it does."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return os.path.exists(path)
+
+
 @swiftray.remote
 class Gate:
     def __init__(self):
@@ -25,11 +34,7 @@ class Gate:
         return i
 
     def wait_for(self, path):
-        # Runs until the driver has every earlier result (it then creates `path`).
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return os.path.exists(path)
+        return _until_exists(path)
 
     def read(self, refs):
         return swiftray.get(refs[0])
@@ -62,10 +67,7 @@ def test_quick_tasks_pipelined_to_one_worker_do_not_wait_behind_a_long_one(tmp_p
 
         @swiftray.remote
         def wait_for(path):
-            deadline = time.monotonic() + 120
-            while not os.path.exists(path) and time.monotonic() < deadline:
-                time.sleep(0.002)
-            return os.path.exists(path)
+            return _until_exists(path)
 
         assert swiftray.get([quick.remote(i) for i in range(200)], timeout=60) == list(range(200))  # measured short
         for round in range(5):
@@ -97,11 +99,7 @@ class AsyncGate:
         return i
 
     async def block_until(self, path):
-        # Holds the actor's event loop itself (no await) until the driver has the rest.
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return os.path.exists(path)
+        return _until_exists(path)  # holds the actor's event loop itself (no await)
 
     async def sleep_until(self, path):
         import asyncio
