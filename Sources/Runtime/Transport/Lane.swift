@@ -345,6 +345,8 @@ final class LaneSocket: Sendable {
           for f in unsent.reversed() { o.pending.prepend(Array(f)) }
           o.sentOfFirst = sentOfFirst
           o.writing = false
+          // Now they wait for the socket, frames held meanwhile with them: its poller sends.
+          o.holding = false
           return (.queued, [])
         }
         if o.pending.isEmpty { o.writing = false; return (.sent, []) }
