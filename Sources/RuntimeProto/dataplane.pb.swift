@@ -758,6 +758,14 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._payloadSize = newValue}
   }
 
+  /// A request sent while its sender had others to the same peer in flight: the sender
+  /// is not waiting for this reply before it sends again, so the worker need not stay
+  /// awake (spin) for its next request; it sleeps until that arrives.
+  public var moreInFlight: Bool {
+    get {_storage._moreInFlight}
+    set {_uniqueStorage()._moreInFlight = newValue}
+  }
+
   public var body: OneOf_Body? {
     get {return _storage._body}
     set {_uniqueStorage()._body = newValue}
@@ -2264,11 +2272,12 @@ nonisolated extension Swiftray_KeepAlive: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DataFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{4}\u{8}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0\u{3}list_objects\0\u{3}list_objects_reply\0\u{3}report_generator_item\0\u{3}generator_progress\0\u{3}wait_generator_consumed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payload_size\0\u{3}more_in_flight\0\u{4}\u{7}push_task\0\u{3}push_task_reply\0\u{3}get_object\0\u{3}get_object_reply\0\u{3}cancel_task\0\u{3}cancel_task_reply\0\u{1}error\0\u{4}\u{4}create_object\0\u{3}create_object_reply\0\u{3}seal_object\0\u{3}pin_object\0\u{3}pin_object_reply\0\u{3}unpin_objects\0\u{3}delete_objects\0\u{1}ack\0\u{3}store_stats\0\u{3}store_stats_reply\0\u{3}add_borrower\0\u{3}remove_borrower\0\u{3}read_chunk\0\u{3}read_chunk_reply\0\u{3}promote_objects\0\u{3}promote_objects_reply\0\u{3}keep_alive\0\u{3}register_worker\0\u{3}register_worker_reply\0\u{3}node_death\0\u{3}kv_get\0\u{3}kv_get_reply\0\u{3}list_objects\0\u{3}list_objects_reply\0\u{3}report_generator_item\0\u{3}generator_progress\0\u{3}wait_generator_consumed\0")
 
   fileprivate class _StorageClass {
     var _id: UInt64 = 0
     var _payloadSize: UInt64 = 0
+    var _moreInFlight: Bool = false
     var _body: Swiftray_DataFrame.OneOf_Body?
 
       // This property is used as the initial default value for new instances of the type.
@@ -2282,6 +2291,7 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
     init(copying source: _StorageClass) {
       _id = source._id
       _payloadSize = source._payloadSize
+      _moreInFlight = source._moreInFlight
       _body = source._body
     }
   }
@@ -2303,6 +2313,7 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
         switch fieldNumber {
         case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._id) }()
         case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._payloadSize) }()
+        case 3: try { try decoder.decodeSingularBoolField(value: &_storage._moreInFlight) }()
         case 10: try {
           var v: Swiftray_PushTaskRequest?
           var hadOneofValue = false
@@ -2763,6 +2774,9 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._payloadSize != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._payloadSize, fieldNumber: 2)
       }
+      if _storage._moreInFlight != false {
+        try visitor.visitSingularBoolField(value: _storage._moreInFlight, fieldNumber: 3)
+      }
       switch _storage._body {
       case .pushTask?: try {
         guard case .pushTask(let v)? = _storage._body else { preconditionFailure() }
@@ -2913,6 +2927,7 @@ nonisolated extension Swiftray_DataFrame: SwiftProtobuf.Message, SwiftProtobuf._
         let rhs_storage = _args.1
         if _storage._id != rhs_storage._id {return false}
         if _storage._payloadSize != rhs_storage._payloadSize {return false}
+        if _storage._moreInFlight != rhs_storage._moreInFlight {return false}
         if _storage._body != rhs_storage._body {return false}
         return true
       }

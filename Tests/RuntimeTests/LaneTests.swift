@@ -230,7 +230,7 @@ import Testing
     for (i, r) in replies.messages.enumerated() { try check(r, "reply variant \(i)") }
     // The frame's own fields (those outside its body) are written by hand too.
     let heads = Self.oneFieldEach(Swiftray_DataFrame.self).messages.filter { $0.body == nil }
-    #expect(heads.count >= 2)
+    #expect(heads.count >= 3)
     for (i, h) in heads.enumerated() { try check(.with { $0.endedWallNs = 5 }, "frame variant \(i)", head: h) }
     for (i, ret) in returns.messages.enumerated() { try check(.with { $0.returns = [ret, ret] }, "return variant \(i)") }
     for (i, o) in objects.messages.enumerated() {
@@ -406,19 +406,23 @@ import Testing
   }
 
   /// A worker's side of lanes, polled by a thread of its own as a worker's task thread
-  /// polls it; it answers each pushed task with its task id.
+  /// polls it; it answers each pushed task with its task id (and in `lostDetail`,
+  /// "more" when the push came marked `moreInFlight`). `holdUntil`: it answers nothing
+  /// until that many pushes arrived, then all of them.
   final class EchoWorker: Sendable {
     let server: LaneServer
     let stop = Atomic<Bool>(false)
     let done = DispatchSemaphore(value: 0)
     let path: String
 
-    init(auth: ClusterAuth) throws {
+    init(auth: ClusterAuth, holdUntil: Int = 0) throws {
       let dir = NSTemporaryDirectory() + "lane-\(UInt32.random(in: 0 ... .max))"
       try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       path = dir + "/w-0123456789abcdef.lane"
       server = try LaneServer(path: path, auth: auth, wake: Wakeup())
       let thread = Thread { [self] in
+        var held: [(Swiftray_PushTaskReply, DataPlaneResponder)] = []
+        var served = 0
         while !stop.load(ordering: .acquiring) {
           server.poll(timeoutNanos: 20_000_000) { frame, responder in
             guard case .pushTask(let req)? = frame.body else {
@@ -426,7 +430,13 @@ import Testing
             }
             var reply = Swiftray_PushTaskReply()
             reply.returns = [.with { $0.objectID = req.spec.taskID }]
-            responder.respond(.pushTaskReply(reply))
+            reply.lostDetail = frame.moreInFlight ? "more" : ""
+            served += 1
+            held.append((reply, responder))
+            if served >= holdUntil {
+              for (r, to) in held { to.respond(.pushTaskReply(r)) }
+              held = []
+            }
           }
         }
         done.signal()
@@ -444,6 +454,11 @@ import Testing
   }
 
   static func push(_ lanes: LaneClients, _ ep: Endpoint, _ id: UInt32, padding: Int = 0) async -> Result<Data, SwiftrayError> {
+    await pushReply(lanes, ep, id, padding: padding).map { $0.returns[0].objectID }
+  }
+
+  static func pushReply(_ lanes: LaneClients, _ ep: Endpoint, _ id: UInt32, padding: Int = 0) async
+    -> Result<Swiftray_PushTaskReply, SwiftrayError> {
     await withCheckedContinuation { c in
       var req = Swiftray_PushTaskRequest()
       req.spec.taskID = withUnsafeBytes(of: id.bigEndian) { Data($0) }
@@ -451,10 +466,10 @@ import Testing
       let sent = lanes.request(ep, .pushTask(req), .frame({ r in
         switch r {
         case .success(let f):
-          guard case .pushTaskReply(let rep)? = f.body, let first = rep.returns.first else {
+          guard case .pushTaskReply(let rep)? = f.body, !rep.returns.isEmpty else {
             return c.resume(returning: .failure(SwiftrayError(.system, "unexpected reply \(f)")))
           }
-          c.resume(returning: .success(first.objectID))
+          c.resume(returning: .success(rep))
         case .failure(let e): c.resume(returning: .failure(e))
         }
       }))
@@ -477,6 +492,35 @@ import Testing
     for (i, r) in results {
       #expect((try? r.get()) == withUnsafeBytes(of: i.bigEndian) { Data($0) }, "request \(i)")
     }
+    lanes.closeAll()
+    worker.shutdown()
+    try await group.shutdownGracefully()
+  }
+
+  /// A push sent while many others wait for their replies on the same lane is marked
+  /// `moreInFlight` (its worker then sleeps for the next instead of spinning); one sent
+  /// alone, or behind a few (pipelined tasks), is not.
+  @Test func aPushBehindManyInFlightIsMarkedAsStreaming() async throws {
+    let n = LaneClients.streamingInFlight + 4
+    let worker = try EchoWorker(auth: .disabled, holdUntil: n + 1)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: .disabled, group: group)
+    // The worker answers nothing before all have come, so push k has k ahead of it.
+    var replies: [UInt32: Swiftray_PushTaskReply] = [:]
+    await withTaskGroup(of: (UInt32, Result<Swiftray_PushTaskReply, SwiftrayError>).self) { g in
+      for i in 0...n {
+        g.addTask { (UInt32(i), await Self.pushReply(lanes, worker.endpoint, UInt32(i))) }
+        // Sent in this order: the next goes once this one is on the lane.
+        while lanes.inFlight(worker.endpoint) <= i { await Task.yield() }
+      }
+      for await (i, r) in g { replies[i] = try? r.get() }
+    }
+    for i in 0...n {
+      let marked = try #require(replies[UInt32(i)], "push \(i) answered").lostDetail == "more"
+      #expect(marked == (i >= LaneClients.streamingInFlight), "push \(i), \(i) in flight ahead of it")
+    }
+    // All answered: the next goes alone, unmarked.
+    #expect(try await Self.pushReply(lanes, worker.endpoint, 99).get().lostDetail == "")
     lanes.closeAll()
     worker.shutdown()
     try await group.shutdownGracefully()

@@ -101,18 +101,22 @@ class ActorClass(Exported):
 
 
 class ActorMethod:
-    """`handle.method`: `.remote(...)` calls it; `.options(...)` for one call."""
-    __slots__ = ("_handle", "_name", "_options")
+    """`handle.method`: `.remote(...)` calls it; `.options(...)` for one call. `_plan`:
+    what every call sends besides its arguments (the handle keeps it per method)."""
+    __slots__ = ("_handle", "_name", "_options", "_plan")
 
-    def __init__(self, handle, name, options):
-        self._handle, self._name, self._options = handle, name, options
+    def __init__(self, handle, name, options, plan=None):
+        self._handle, self._name, self._options, self._plan = handle, name, options, plan
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Actor methods cannot be called directly. Instead of running 'object.{self._name}()', "
                         f"try 'object.{self._name}.remote()'.")
 
     def remote(self, *args, **kwargs):
-        return self._handle._call(self._name, args, kwargs, self._options)
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._handle._plan(self._name, self._options)
+        return self._handle._call(self._name, args, kwargs, plan)
 
     def options(self, **options):
         _options.validate_method_options(options)
@@ -132,23 +136,35 @@ class ActorHandle:
         self._meta = meta
         # None for a handle from get_actor: it does not keep the actor alive.
         self._ref = ref
+        self._method_plans = {}  # name -> (options, plan): `__getattr__`
         if _received or ref is None:
             _core.actor_handle_added(actor_id, meta.get("max_pending_calls", -1))
 
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        opts = self._meta["methods"].get(name)
-        if opts is None:
-            raise AttributeError(f"'{self._meta['class_name']}' actor has no method '{name}'")
-        return ActorMethod(self, name, opts)
+        # The plan of each method is worked out once per handle. Not the method object
+        # itself: it refers to the handle, and a cycle would keep the actor alive after
+        # its last handle is gone until the garbage collector runs.
+        plans = self._method_plans
+        known = plans.get(name)
+        if known is None:
+            opts = self._meta["methods"].get(name)
+            if opts is None:
+                raise AttributeError(f"'{self._meta['class_name']}' actor has no method '{name}'")
+            known = plans[name] = (opts, self._plan(name, opts))
+        return ActorMethod(self, name, known[0], known[1])
 
-    def _call(self, method_name, args, kwargs, options):
+    def _plan(self, method_name, options):
+        """(label, num_returns for the core, retries) of a method's calls under `options`."""
         num_returns = _options.returns_code(options["num_returns"], options.get("_generator_backpressure_num_objects"))
         retries = options["max_task_retries"]
         if retries is None:
             retries = self._meta.get("max_task_retries", 0)
-        label = options["name"] or f"{self._meta['class_name']}.{method_name}"
+        return options["name"] or f"{self._meta['class_name']}.{method_name}", num_returns, retries
+
+    def _call(self, method_name, args, kwargs, plan):
+        label, num_returns, retries = plan
         arglist = pack_call(label, args, kwargs, what="actor method")
         ids = _core.submit_actor_task(self._actor_id, method_name, label, arglist, num_returns, retries)
         if num_returns == 1:

@@ -43,6 +43,10 @@ final class TaskExecutor: Sendable {
   /// The task thread's own: whether its last `next` returned a task (an idle worker
   /// does not spin).
   nonisolated(unsafe) private var busy = false
+  /// The task thread's own: whether the last task read from a lane came from a caller
+  /// streaming (`moreInFlight`): its next comes without this thread spinning for it
+  /// (a spin there only takes a CPU the caller needs), so the wait sleeps.
+  nonisolated(unsafe) private var callerStreams = false
   /// This worker's lanes (`Lane`), polled by the task thread in `next`; nil in a driver.
   nonisolated(unsafe) var lanes: LaneServer?
   /// Replies held while more tasks are queued (`ReplyHold`), and their flusher.
@@ -130,7 +134,7 @@ final class TaskExecutor: Sendable {
     if taskThread == nil { taskThread = pthread_self() }
     if lanes != nil { replyMode = .oneByOne }
     let start = DispatchTime.now().uptimeNanoseconds
-    var spinning = busy && lanes != nil && spin.begin()
+    var spinning = busy && lanes != nil && !callerStreams && spin.begin()
     var last = start
     while true {
       if let e = popNext() {
@@ -179,7 +183,7 @@ final class TaskExecutor: Sendable {
     if replyMode == .loop { replies.releaseAll() }
     var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
     if Glibc.poll(&p, 1, 0) > 0 { return true }
-    guard spin.begin() else { return false }
+    guard !callerStreams, spin.begin() else { return false }
     let start = DispatchTime.now().uptimeNanoseconds
     var last = start
     while true {
@@ -204,7 +208,9 @@ final class TaskExecutor: Sendable {
   /// One frame read from a lane, on the task thread.
   private func serveLane(_ frame: Swiftray_DataFrame, _ responder: DataPlaneResponder) {
     switch frame.body {
-    case .pushTask(let req)?: admit(req, responder, onTaskThread: true)
+    case .pushTask(let req)?:
+      callerStreams = frame.moreInFlight
+      admit(req, responder, onTaskThread: true)
     case .cancelTask(let req)?:
       // Its push came first on this lane, so it is queued or done by now (the
       // same cancel also came by the data plane, for a task running meanwhile).

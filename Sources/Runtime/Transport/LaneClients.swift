@@ -42,6 +42,19 @@ public final class LaneClients: Sendable {
   /// only between tasks, so a lane cannot carry keep-alives itself.
   public typealias Witness = @Sendable (Endpoint, _ dead: @escaping @Sendable () -> Void) -> Void
 
+  /// A request sent with at least this many others in flight on its lane is marked
+  /// `moreInFlight`: its sender streams and will not wait for the reply before sending
+  /// again, so the worker sleeps until the next request instead of spinning for it.
+  /// Above `task_pipeline_depth` (4): tasks pipelined to a leased worker each wait for
+  /// a reply to free their room, and that worker's spin pays.
+  public static let streamingInFlight = 8
+
+  /// Requests waiting for their replies on the lane to `endpoint` (0 without one).
+  public func inFlight(_ endpoint: Endpoint) -> Int {
+    guard case .lane(let c)? = state.withLock({ $0.routes[endpoint] }) else { return 0 }
+    return c.inFlight.load(ordering: .relaxed)
+  }
+
   /// `enabled` false: every request goes by the data plane.
   public init(auth: ClusterAuth, group: EventLoopGroup, enabled: Bool = true, spinMicros: Int = 0, witness: Witness? = nil) {
     self.spin = Locked(SpinPolicy(budgetNanos: UInt64(max(spinMicros, 0)) * 1000))
@@ -266,6 +279,9 @@ final class LaneClient: Sendable {
   /// Taken outside `state`, so a frame is encoded before its request takes the lock
   /// that the thread delivering replies needs too.
   let nextID = Atomic<UInt64>(1)
+  /// `state.pending.count`, kept beside it (changed under `state`'s lock) so a request
+  /// reads it before it takes that lock.
+  let inFlight = Atomic<Int>(0)
   /// Read by one thread at a time: whoever holds `reading` (`beginRead`).
   nonisolated(unsafe) var reader = FrameReader(max: NetworkLimits.current.maxFrameBytes)
   let reading = Atomic<Bool>(false)
@@ -288,6 +304,7 @@ final class LaneClient: Sendable {
     var f = Swiftray_DataFrame()
     f.body = body
     f.id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+    f.moreInFlight = inFlight.load(ordering: .relaxed) >= LaneClients.streamingInFlight
     enum Step { case send([UInt8]), failed(SwiftrayError) }
     // Frames leave in the order their `socket.write` calls ran (the socket's own queue
     // keeps it), as a data-plane connection's leave in the order of `request` calls.
@@ -299,6 +316,7 @@ final class LaneClient: Sendable {
         step = state.withLock { s in
           if let e = s.closed { return .failed(e) }
           s.pending[f.id] = waiter
+          inFlight.store(s.pending.count, ordering: .relaxed)
           return .send(bytes)
         }
       }
@@ -348,7 +366,10 @@ final class LaneClient: Sendable {
     guard !frames.isEmpty else { return }
     LockDiscipline.mustNotHoldLock("a lane reply callback")
     // Lanes carry requests answered once (a subscription goes by the data plane).
-    let waiters = state.withLock { s in frames.map { s.pending.removeValue(forKey: $0.id) } }
+    let waiters = state.withLock { s in
+      defer { inFlight.store(s.pending.count, ordering: .relaxed) }
+      return frames.map { s.pending.removeValue(forKey: $0.id) }
+    }
     for (frame, waiter) in zip(frames, waiters) { waiter?.succeed(frame, payload: nil) }
   }
 
@@ -357,7 +378,7 @@ final class LaneClient: Sendable {
     let waiters: [DataPlaneConnection.Waiter] = state.withLock { s in
       if s.closed != nil { return [] }
       s.closed = error
-      defer { s.pending.removeAll() }
+      defer { s.pending.removeAll(); inFlight.store(0, ordering: .relaxed) }
       return Array(s.pending.values)
     }
     for w in waiters { w.fail(error) }

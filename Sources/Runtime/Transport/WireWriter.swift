@@ -164,6 +164,7 @@ extension WireWriter {
     guard f.unknownFields.data.isEmpty else { return false }
     uint64(1, f.id)
     uint64(2, f.payloadSize)
+    bool(3, f.moreInFlight)
     return true
   }
 
@@ -393,6 +394,7 @@ public struct WireReader {
       switch (field, wire) {
       case (1, 0): guard let v = r.varint() else { return false }; f.id = v
       case (2, 0): guard let v = r.varint() else { return false }; f.payloadSize = v
+      case (3, 0): guard let v = r.varint() else { return false }; f.moreInFlight = v != 0
       case (10, 2):
         guard body == nil, let b = r.lengthDelimited(), let push = pushTaskRequest(b) else { return false }
         body = .pushTask(push)
