@@ -808,8 +808,13 @@ enum CoreAPI {
     // breaks a blocking call such as time.sleep, which then raises KeyboardInterrupt.
     let mainThread = pthread_self()
     core.setInterruptHandler { pthread_kill(mainThread, SIGINT) }
+    // The last task went to the actor's thread pool: the next one already queued is
+    // taken without letting go of the GIL (a threaded actor's calls that one read
+    // brought are handed over in one hold of it, not one GIL hand-off each).
+    var handedOver = false
     while true {
-      guard let e = withoutGIL({ core.nextExecution(timeoutNanos: 1_000_000_000) }) else {
+      let queued = handedOver ? core.queuedExecution() : nil
+      guard let e = queued ?? withoutGIL({ core.nextExecution(timeoutNanos: 1_000_000_000) }) else {
         if PyErr_CheckSignals() != 0 {
           // A cancel that arrived after its task finished: not for us.
           if PyErr_ExceptionMatches(sr_ExcKeyboardInterrupt()) != 0 { PyErr_Clear(); continue }
@@ -824,8 +829,10 @@ enum CoreAPI {
       if let result, Py.isNone(result) {
         // Runs on the actor's thread pool; it replies with finish_task.
         sr_DecRef(result)
+        handedOver = true
         continue
       }
+      handedOver = false
       deferred[token] = nil
       let reply = buildReply(core, e.spec, result)
       withoutGIL { core.finish(e, reply: reply) }

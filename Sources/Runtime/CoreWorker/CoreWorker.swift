@@ -588,6 +588,16 @@ public final class CoreWorker: Sendable {
     return e
   }
 
+  /// The next task already queued here, without reading the lanes or waiting; nil
+  /// when none is. For the task thread that hands a threaded actor's calls to its pool:
+  /// it hands over all that one read of its lanes brought under one hold of the GIL.
+  /// Threading: the task thread.
+  public func queuedExecution() -> Execution? {
+    guard let e = executor.popQueued() else { return nil }
+    if let job = JobID(binary: e.spec.jobID) { state.withLock { $0.job = job } }
+    return e
+  }
+
   /// Up to `max` tasks pushed to this worker, without waiting (`TaskExecutor.take`).
   /// Threading: the task thread, between waits on `executionsFD`.
   public func takeExecutions(max: Int) -> [Execution] {

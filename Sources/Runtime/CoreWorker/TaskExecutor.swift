@@ -159,6 +159,14 @@ final class TaskExecutor: Sendable {
     }
   }
 
+  /// The next queued task, without reading the lanes or waiting (`next` reads them).
+  /// Threading: the task thread.
+  func popQueued() -> CoreWorker.Execution? {
+    guard let e = popNext() else { return nil }
+    busy = true
+    return e
+  }
+
   /// Without waiting: serves what the lanes hold, then takes up to `max` queued tasks
   /// (with `max` 0 it only reads the lanes, so `readinessFD` stops being readable; what
   /// it leaves stays queued, bounded). For a task thread that waits on its own event
