@@ -425,9 +425,10 @@ def main():
     selected = [n for n, _ in WORKLOADS if args.filter.lower() in n.lower()]
     records = []
     width = max(len(n) for n in selected) if selected else 10
-    header = f"{'workload':{width}}  {'swiftray /s':>24}"
-    if "ray" in impls:
-        header += f"  {'Ray /s':>24}  {'ratio':>8}"
+    header = f"{'workload':{width}}" + "".join(f"  {label:>24}" for impl, label in
+                                               (("swiftray", "swiftray /s"), ("ray", "Ray /s")) if impl in impls)
+    if len(impls) == 2:
+        header += f"  {'ratio':>8}"
     print(header)
     print("-" * len(header))
     for i, name in enumerate(selected):
@@ -437,11 +438,11 @@ def main():
             rec = run_one(pythons[impl], impl, name, args)
             row[impl] = rec
             records.append(rec)
-        line = f"{name:{width}}  {fmt(row.get('swiftray')):>24}"
-        if "ray" in impls:
+        line = f"{name:{width}}" + "".join(f"  {fmt(row[impl]):>24}" for impl in ("swiftray", "ray") if impl in impls)
+        if len(impls) == 2:
             s, r = row["swiftray"].get("per_second"), row["ray"].get("per_second")
             ratio = f"{s / r:.2f}x" if s and r else "-"
-            line += f"  {fmt(row['ray']):>24}  {ratio:>8}"
+            line += f"  {ratio:>8}"
         print(line, flush=True)
         for rec in row.values():
             if rec.get("error"):

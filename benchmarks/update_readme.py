@@ -102,7 +102,8 @@ def render():
     fl = load("in_flight.json")
     if fl:
         out += ["", "#### Work in flight (`benchmarks/in_flight.py`)", "",
-                "N no-op tasks submitted at once, then gathered with one `get`; each N in a fresh driver. "
+                "N no-op tasks submitted at once, then gathered with one `get`; each N in a fresh driver, "
+                "in rounds (up to 10, at most 100,000 tasks in all), tasks/s from the median round. "
                 "A per-event cost that grew with the work in flight would show as tasks/s falling with N." + provenance(fl), "",
                 "| implementation | N | tasks/s | vs the smallest N | driver peak RSS (MiB) | driver RSS growth per task (KiB) |",
                 "|---|---:|---:|---:|---:|---:|"]
