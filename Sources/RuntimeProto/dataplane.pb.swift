@@ -758,9 +758,10 @@ public nonisolated struct Swiftray_DataFrame: @unchecked Sendable {
     set {_uniqueStorage()._payloadSize = newValue}
   }
 
-  /// A request sent while its sender had others to the same peer in flight: the sender
-  /// is not waiting for this reply before it sends again, so the worker need not stay
-  /// awake (spin) for its next request; it sleeps until that arrives.
+  /// A request sent while its sender had many others to the same peer in flight (8 on
+  /// a lane: LaneClients.streamingInFlight): the sender is not waiting for this reply
+  /// before it sends again, so the worker need not stay awake (spin) for its next
+  /// request; it sleeps until that arrives.
   public var moreInFlight: Bool {
     get {_storage._moreInFlight}
     set {_uniqueStorage()._moreInFlight = newValue}

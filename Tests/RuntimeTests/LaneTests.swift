@@ -510,8 +510,17 @@ import Testing
     await withTaskGroup(of: (UInt32, Result<Swiftray_PushTaskReply, SwiftrayError>).self) { g in
       for i in 0...n {
         g.addTask { (UInt32(i), await Self.pushReply(lanes, worker.endpoint, UInt32(i))) }
-        // Sent in this order: the next goes once this one is on the lane.
-        while lanes.inFlight(worker.endpoint) <= i { await Task.yield() }
+        // Sent in this order: the next goes once this one is on the lane (the last
+        // one's arrival has the worker answer them all at once).
+        guard i < n else { break }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while lanes.inFlight(worker.endpoint) <= i, ContinuousClock.now < deadline { await Task.yield() }
+        if lanes.inFlight(worker.endpoint) <= i {
+          // Never held by the worker: fail what waits rather than wait for ever.
+          Issue.record("push \(i) did not go out on the lane")
+          lanes.closeAll()
+          break
+        }
       }
       for await (i, r) in g { replies[i] = try? r.get() }
     }
