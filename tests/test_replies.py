@@ -81,13 +81,18 @@ def test_quick_tasks_pipelined_to_one_worker_do_not_wait_behind_a_long_one(tmp_p
         swiftray.shutdown()
 
 
-def test_results_of_a_threaded_actors_quick_calls_do_not_wait_behind_a_long_one(ray2, tmp_path):
+@pytest.mark.parametrize("slow_first", [True, False])
+def test_results_of_a_threaded_actors_quick_calls_do_not_wait_behind_a_long_one(ray2, tmp_path, slow_first):
+    # Slow last: the thread that ran the quick calls holds their replies while calls
+    # are queued, then runs the long one, which ends only once the driver has them all.
     a = Gate.options(max_concurrency=4).remote()
     assert swiftray.get(a.echo.remote(-1), timeout=60) == -1
     for round in range(5):
         go = tmp_path / f"go{round}"
-        slow = a.wait_for.remote(str(go))
+        slow = a.wait_for.remote(str(go)) if slow_first else None
         quick = [a.echo.remote(i) for i in range(300)]
+        if not slow_first:
+            slow = a.wait_for.remote(str(go))
         assert swiftray.get(quick, timeout=60) == list(range(300))
         go.touch()
         assert swiftray.get(slow, timeout=60) is True

@@ -91,7 +91,7 @@ enum CoreAPI {
       return Py.list(s.core.availability.take().map { Py.int(Int(truncatingIfNeeded: $0)) })
     }, doc: "take_available() -> [token]: the tokens whose objects became available since the last call."),
     .init(name: "leave_worker_loop", fn: { _, _, _ in leaveLoop = true; return Py.none }, doc: "leave_worker_loop(): worker_loop returns True after the task running now."),
-    .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result): reply for a deferred execution (threaded/async actors)."),
+    .init(name: "finish_task", fn: finishTask, doc: "finish_task(token, result[, more]): reply for a deferred execution (threaded/async actors); more: the calling thread runs another call next, so the reply may wait for that one's."),
   ] + actorMethods + placementGroupMethods + generatorMethods
 
   static func session() -> Session? {
@@ -904,10 +904,17 @@ enum CoreAPI {
   static let finishTask: CoreModule.FastFn = { _, a, n in
     let args = Args(a, n)
     guard args.need(2, "finish_task"), let s = session(), let token = Py.toInt(args[0]) else { return nil }
+    // A third argument: this thread runs another call next (its reply may wait for it).
+    var more: Bool?
+    if args.count > 2, let m = args[2] {
+      let truth = PyObject_IsTrue(m)
+      guard truth >= 0 else { return nil }
+      more = truth == 1
+    }
     guard let e = deferred.removeValue(forKey: token) else { return Py.none }
     if let r = args[1] { sr_IncRef(r) }
     let reply = buildReply(s.core, e.spec, args[1])
-    withoutGIL { s.core.finish(e, reply: reply) }
+    withoutGIL { s.core.finish(e, reply: reply, moreQueued: more) }
     return Py.none
   }
 

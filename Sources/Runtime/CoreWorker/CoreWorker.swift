@@ -630,7 +630,10 @@ public final class CoreWorker: Sendable {
   /// (bounded): call with the GIL released. The language layer has registered the
   /// owner for refs inside the returns already (`registerReceiver`), while the values
   /// still held them.
-  public func finish(_ e: Execution, reply: Swiftray_PushTaskReply) {
+  /// `moreQueued`: set by a thread other than the task thread (a threaded actor's) that
+  /// runs another call right after this one: its reply may wait for that one's
+  /// (`ReplyHold`). Nil: the task thread decides from its own queue.
+  public func finish(_ e: Execution, reply: Swiftray_PushTaskReply, moreQueued: Bool? = nil) {
     var reply = reply
     reply.startedWallNs = e.startedWallNs
     reply.endedWallNs = Self.wallNanos()
@@ -658,7 +661,7 @@ public final class CoreWorker: Sendable {
         }]
       }
     }
-    executor.reply(e.responder, .pushTaskReply(reply))
+    executor.reply(e.responder, .pushTaskReply(reply), moreQueued: moreQueued)
   }
 
   /// Sends the replies held for later (`ReplyHold`) now: before this process ends on

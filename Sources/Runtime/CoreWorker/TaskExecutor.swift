@@ -295,9 +295,12 @@ final class TaskExecutor: Sendable {
   /// Sends a finished task's reply. On the task thread of a worker that takes its
   /// tasks one at a time (`next`), a reply may wait for a later one (`ReplyHold`) while
   /// another task is queued; on an event loop's (`take`, an async actor's), until the
-  /// loop sleeps (`spinUntilReadable`). Elsewhere (a threaded actor's threads) it goes
-  /// at once.
-  func reply(_ responder: DataPlaneResponder, _ body: Swiftray_DataFrame.OneOf_Body) {
+  /// loop sleeps (`spinUntilReadable`). A threaded actor's thread says itself whether it
+  /// runs another call next (`moreQueued`); else it goes at once.
+  func reply(_ responder: DataPlaneResponder, _ body: Swiftray_DataFrame.OneOf_Body, moreQueued: Bool? = nil) {
+    if let moreQueued, replyMode != .immediate {
+      return replies.reply(responder, body, moreQueued: moreQueued)
+    }
     guard replyMode != .immediate, onTaskThread else { return responder.respond(body) }
     let more = replyMode == .loop || state.withLock { !$0.queue.isEmpty }
     replies.reply(responder, body, moreQueued: more)
