@@ -127,9 +127,47 @@ def _rebuild_handle(actor_id, meta, ref):
     return ActorHandle(actor_id, meta, ref, _received=True)
 
 
+class _MethodAttribute:
+    """`handle.method` on the handle class made for an actor's methods
+    (`_handle_class`): found on the class, where `__getattr__` ran only after the
+    ordinary lookup failed and built an AttributeError (0.9 us a call, 0.3 this way)."""
+    __slots__ = ("_name",)
+
+    def __init__(self, name):
+        self._name = name
+
+    def __get__(self, handle, owner=None):
+        if handle is None:
+            return self
+        known = handle._method_plans.get(self._name)
+        if known is None:
+            return handle.__getattr__(self._name)
+        return ActorMethod(handle, self._name, known[0], known[1])
+
+
+_handle_classes = {}  # method names -> the ActorHandle subclass with them (one per actor class)
+
+
+def _handle_class(meta):
+    names = frozenset(meta.get("methods", ()))
+    cls = _handle_classes.get(names)
+    if cls is None:
+        # A name the handle itself uses (`_call`, `_plan`, ...) stays the handle's.
+        attrs = {n: _MethodAttribute(n) for n in names if not hasattr(ActorHandle, n)}
+        attrs["__slots__"] = ()
+        cls = _handle_classes[names] = type("ActorHandle", (ActorHandle,), attrs)
+        cls.__qualname__ = ActorHandle.__qualname__
+        cls.__module__ = ActorHandle.__module__
+    return cls
+
+
 class ActorHandle:
     """A handle to an actor: call its methods with `handle.method.remote(...)`. Picklable:
     pass it to tasks and other actors, or inside values."""
+
+    def __new__(cls, actor_id, meta, ref=None, _received=False):
+        # An instance of the subclass that has this actor's methods as attributes.
+        return object.__new__(_handle_class(meta) if cls is ActorHandle else cls)
 
     def __init__(self, actor_id, meta, ref=None, _received=False):
         self._actor_id = actor_id
