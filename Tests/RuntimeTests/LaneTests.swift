@@ -535,6 +535,26 @@ import Testing
     try await group.shutdownGracefully()
   }
 
+  /// Pushes behind many in flight are corked (`LaneClients.maxCorked`), yet every one
+  /// reaches a worker that answers nothing until all of them came: neither replies nor
+  /// a thread waiting are needed to send corked frames (the reactor's patience is).
+  @Test func corkedPushesReachAWorkerThatAnswersOnlyOnceAllCame() async throws {
+    let n = LaneClients.streamingInFlight + LaneClients.maxCorked + 5
+    let worker = try EchoWorker(auth: .disabled, holdUntil: n)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let lanes = LaneClients(auth: .disabled, group: group)
+    let answered = await withTaskGroup(of: Bool.self) { g in
+      for i in 0..<n { g.addTask { (try? await Self.push(lanes, worker.endpoint, UInt32(i)).get()) != nil } }
+      var count = 0
+      for await ok in g where ok { count += 1 }
+      return count
+    }
+    #expect(answered == n)
+    lanes.closeAll()
+    worker.shutdown()
+    try await group.shutdownGracefully()
+  }
+
   /// Frames far larger than the socket's buffer: the writer leaves what the socket does
   /// not take for the reactor, and every frame still arrives whole and in order.
   @Test func framesLargerThanTheSocketBufferArriveWhole() async throws {

@@ -31,6 +31,16 @@ public final class LaneClients: Sendable {
   let epfd: Int32
   /// Written to stop the reactor (`closeAll`).
   let stopFD: Int32
+  /// Written to wake the reactor that sleeps without a deadline when a lane corks its
+  /// first frame (`corked`): it then sleeps at most `corkPatienceMs`.
+  let kickFD: Int32
+  /// Lanes with corked frames (a hint for the reactor's deadline; see `corked`).
+  let corkedLanes = Atomic<Int>(0)
+  /// The reactor sleeps with no deadline (nothing corked, nothing in flight when it
+  /// looked). Paired with `corkedLanes` (both sequentially consistent): a writer that
+  /// corks a lane's first frame either is seen by the reactor before it sleeps or sees
+  /// it asleep and kicks it.
+  let reactorSleepsForever = Atomic<Bool>(false)
   let enabled: Bool
   /// How long a thread reading its reply looks without sleeping (`task_lane_spin_us`),
   /// and when threads stop spinning (shared: they contend for the same CPUs).
@@ -49,6 +59,24 @@ public final class LaneClients: Sendable {
   /// a reply to free their room, and that worker's spin pays.
   public static let streamingInFlight = 8
 
+  /// A request marked `moreInFlight` is corked (held on its lane, `LaneSocket.hold`)
+  /// rather than sent alone: its worker has at least `streamingInFlight` requests ahead
+  /// of it to run, so it loses nothing by getting it with the next ones in one `send`
+  /// (one system call and one wake-up of the worker for several; the `send` per call
+  /// was a tenth of a streaming caller's thread). Corked frames leave when
+  /// `maxCorked` wait, when a reply comes on the lane (its worker is getting through
+  /// its queue), before a thread blocks for a result, and at the latest when the
+  /// reactor's deadline passes: `corkPatienceMs`, or `inFlightPatienceMs` when the
+  /// frame was corked while the reactor slept with that one (requests ahead that never
+  /// answer, e.g. calls waiting for the corked one, cannot keep it back for longer).
+  public static let maxCorked = 16
+  static let corkPatienceMs: Int32 = 1
+  /// The reactor's deadline while requests are in flight and none corked: a lane may
+  /// cork its first frame without kicking a reactor that sleeps this long at most (a
+  /// kick per corked run would cost a wake-up of the reactor each; 200 looks a second
+  /// while a call runs long cost nothing to speak of).
+  static let inFlightPatienceMs: Int32 = 5
+
   /// Requests waiting for their replies on the lane to `endpoint` (0 without one).
   public func inFlight(_ endpoint: Endpoint) -> Int {
     guard case .lane(let c)? = state.withLock({ $0.routes[endpoint] }) else { return 0 }
@@ -64,7 +92,9 @@ public final class LaneClients: Sendable {
     self.witness = witness
     epfd = sr_epoll_create()
     stopFD = sr_eventfd()
+    kickFD = sr_eventfd()
     _ = sr_epoll_set(epfd, stopFD, Int32(SR_LANE_IN), 1)
+    _ = sr_epoll_set(epfd, kickFD, Int32(SR_LANE_IN), 1)
   }
 
   /// Sends `body` to the worker at `endpoint` by its lane and returns true, or returns
@@ -73,9 +103,39 @@ public final class LaneClients: Sendable {
                       _ waiter: DataPlaneConnection.Waiter) -> Bool {
     LockDiscipline.mustNotHoldLock("LaneClients.request")
     guard enabled, case .unix = endpoint, let client = client(endpoint) else { return false }
-    client.request(body, waiter, group: group) { [self] in watchWrites(client) }
+    switch client.request(body, waiter, group: group) {
+    case .sent: break
+    case .blocked: watchWrites(client)
+    case .corkedFirst: corkedFirst()
+    case .uncorked(let blocked):
+      corkedLanes.subtract(1, ordering: .sequentiallyConsistent)
+      if blocked { watchWrites(client) }
+    }
     sr_set_last_lane(client.socket.fd)
     return true
+  }
+
+  /// A lane corked its first frame: the reactor must not sleep past `corkPatienceMs`.
+  private func corkedFirst() {
+    corkedLanes.add(1, ordering: .sequentiallyConsistent)
+    if reactorSleepsForever.load(ordering: .sequentiallyConsistent) {
+      var one: UInt64 = 1
+      _ = Glibc.write(kickFD, &one, 8)
+    }
+  }
+
+  /// Sends `c`'s corked frames now, if any. Any thread.
+  private func uncork(_ c: LaneClient) {
+    guard c.corked.exchange(0, ordering: .acquiringAndReleasing) > 0 else { return }
+    corkedLanes.subtract(1, ordering: .sequentiallyConsistent)
+    if c.socket.flush() == .queued { watchWrites(c) }
+  }
+
+  /// Sends every lane's corked frames (a thread is about to block for a result, or the
+  /// reactor's patience ran out).
+  func uncorkAll() {
+    guard corkedLanes.load(ordering: .sequentiallyConsistent) > 0 else { return }
+    for c in state.withLock({ Array($0.byFD.values) }) { uncork(c) }
   }
 
   /// Called by a thread about to block for a result (GIL released): when this thread's
@@ -86,6 +146,8 @@ public final class LaneClients: Sendable {
   /// Only the first wait after a request does this (the next ones sleep as usual).
   func readWhileWaiting(nanos: UInt64, wake: Wakeup, until done: () -> Bool) -> Bool {
     LockDiscipline.mayBlock("reading a lane while waiting")
+    // What this thread waits for may be corked: nothing is kept back while it waits.
+    uncorkAll()
     let fd = sr_last_lane()
     guard fd >= 0 else { return done() }
     sr_set_last_lane(-1)
@@ -118,7 +180,10 @@ public final class LaneClients: Sendable {
       guard n > 0 else { continue }
       if fds[1].revents != 0 { wake.reset() }
       if fds[0].revents & Int16(POLLOUT) != 0 { c.socket.flush() }
-      if fds[0].revents != 0 { open = c.readReplies() }
+      if fds[0].revents != 0 {
+        uncork(c)  // a reply: its worker gets through its queue, so it gets the next ones
+        open = c.readReplies()
+      }
     }
     if spinning, done() { spin.withLock { $0.paid() } }
     c.foreground.withLock { $0 = nil }
@@ -213,14 +278,24 @@ public final class LaneClients: Sendable {
     var events = [Int32](repeating: 0, count: 64)
     let inBit = Int32(SR_LANE_IN), outBit = Int32(SR_LANE_OUT), hupBit = Int32(SR_LANE_HUP)
     while true {
-      let n = sr_epoll_wait(epfd, &fds, &events, 64, -1)
+      let n = sr_epoll_wait(epfd, &fds, &events, 64, sleepDeadline())
+      reactorSleepsForever.store(false, ordering: .relaxed)
       if n < 0 { if errno == EINTR { continue }; return }
+      // Slept to its deadline: corked frames waited long enough.
+      if n == 0 { uncorkAll() }
       for i in 0..<Int(n) {
         let fd = fds[i]
         if fd == stopFD { return }
+        if fd == kickFD {
+          var count: UInt64 = 0
+          _ = Glibc.read(kickFD, &count, 8)
+          continue
+        }
         // A lane a waiting thread reads itself (`readWhileWaiting`) is left to it.
         guard let c = state.withLock({ $0.byFD[fd] }), c.beginRead() else { continue }
         if events[i] & outBit != 0, c.socket.flush() != .queued { rearm(c) }
+        // A reply: its worker gets through its queue, so it gets the next ones first.
+        if events[i] & inBit != 0 { uncork(c) }
         let open = events[i] & (inBit | hupBit) == 0 || c.readReplies()
         c.endRead()
         if !open { drop(c) }
@@ -228,11 +303,31 @@ public final class LaneClients: Sendable {
     }
   }
 
+  /// How long the reactor may sleep: `corkPatienceMs` while a lane has corked frames,
+  /// `inFlightPatienceMs` while requests are in flight, else until something happens
+  /// (then a lane that corks its first frame kicks it: `corkedFirst`).
+  private func sleepDeadline() -> Int32 {
+    reactorSleepsForever.store(true, ordering: .sequentiallyConsistent)
+    if corkedLanes.load(ordering: .sequentiallyConsistent) > 0 {
+      reactorSleepsForever.store(false, ordering: .relaxed)
+      return Self.corkPatienceMs
+    }
+    if state.withLock({ $0.byFD.values.contains { $0.inFlight.load(ordering: .relaxed) > 0 } }) {
+      reactorSleepsForever.store(false, ordering: .relaxed)
+      return Self.inFlightPatienceMs
+    }
+    return -1
+  }
+
   /// A lane that closed (or whose worker stopped answering): its requests fail as a
   /// lost data-plane connection's do, and the worker is no longer reached by it.
   /// Any thread; more than once is harmless.
   private func drop(_ c: LaneClient) {
     _ = sr_epoll_del(epfd, c.socket.fd)
+    // Its corked frames go with it: the reactor no longer needs a deadline for them.
+    if c.corked.exchange(0, ordering: .acquiringAndReleasing) > 0 {
+      corkedLanes.subtract(1, ordering: .sequentiallyConsistent)
+    }
     state.withLock { s in
       if s.byFD[c.socket.fd] === c { s.byFD[c.socket.fd] = nil }
       if case .lane(let x)? = s.routes[c.endpoint], x === c { s.routes[c.endpoint] = nil }
@@ -261,6 +356,7 @@ public final class LaneClients: Sendable {
   deinit {
     Glibc.close(epfd)
     Glibc.close(stopFD)
+    Glibc.close(kickFD)
   }
 }
 
@@ -282,6 +378,10 @@ final class LaneClient: Sendable {
   /// `state.pending.count`, kept beside it (changed under `state`'s lock) so a request
   /// reads it before it takes that lock.
   let inFlight = Atomic<Int>(0)
+  /// Frames corked on this lane since it last sent (`LaneClients.maxCorked`): counted
+  /// after the frame is held, zeroed before the lane is flushed, so a frame held while
+  /// a flush runs is either sent by it or counted for the next.
+  let corked = Atomic<Int>(0)
   /// Read by one thread at a time: whoever holds `reading` (`beginRead`).
   nonisolated(unsafe) var reader = FrameReader(max: NetworkLimits.current.maxFrameBytes)
   let reading = Atomic<Bool>(false)
@@ -297,10 +397,14 @@ final class LaneClient: Sendable {
 
   init(socket: LaneSocket, endpoint: Endpoint, path: String) { self.socket = socket; self.endpoint = endpoint; self.path = path }
 
-  /// Writes the request's frame from this thread; `blocked` runs when the socket did
-  /// not take all of it (the reactor then sends the rest).
+  enum Sent { case sent, blocked, corkedFirst, uncorked(blocked: Bool) }
+
+  /// Writes the request's frame from this thread, or corks it (`LaneClients.maxCorked`).
+  /// `.blocked`: the socket did not take all of it (the reactor must send the rest);
+  /// `.corkedFirst`: it is the first frame corked (the reactor must not sleep long);
+  /// `.uncorked`: it went with the frames corked before it (the lane counts no more).
   func request(_ body: Swiftray_DataFrame.OneOf_Body, _ waiter: DataPlaneConnection.Waiter,
-               group: EventLoopGroup, blocked: () -> Void) {
+               group: EventLoopGroup) -> Sent {
     var f = Swiftray_DataFrame()
     f.body = body
     f.id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -326,14 +430,24 @@ final class LaneClient: Sendable {
     switch step {
     case .failed(let e):
       group.next().execute { waiter.fail(e) }
+      return .sent
     case .send(let bytes):
+      if f.moreInFlight {
+        // Held first, counted after (see `corked`). Closed: as below.
+        guard socket.hold(bytes) != .closed else { return .sent }
+        let held = corked.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
+        if held < LaneClients.maxCorked { return held == 1 ? .corkedFirst : .sent }
+        // Enough corked: they all go now, with this one.
+        guard corked.exchange(0, ordering: .acquiringAndReleasing) > 0 else { return .sent }
+        return .uncorked(blocked: socket.flush() == .queued)
+      }
       switch socket.write(bytes) {
-      case .sent: break
-      case .queued: blocked()
+      case .sent: return .sent
+      case .queued: return .blocked
       case .closed:
         // Whoever closed the lane fails its requests, this one with them: `failAll`
         // either ran after the insert above or refused it.
-        break
+        return .sent
       }
     }
   }
