@@ -144,6 +144,35 @@ def test_calls_that_finished_before_exit_actor_still_return_their_results(ray2):
         swiftray.get(bye, timeout=60)
 
 
+@swiftray.remote
+class Rendezvous:
+    """Calls that wait (each on a thread of the actor) until another call opens them."""
+
+    def __init__(self):
+        import threading
+        self.open = threading.Event()
+
+    def wait_then_mark(self, path):
+        if self.open.wait(120):
+            with open(path, "w"):
+                pass
+
+    def release(self):
+        self.open.set()
+
+
+def test_a_call_sent_behind_many_that_wait_for_it_runs_without_the_caller_waiting(ray2, tmp_path):
+    # The last calls go with many in flight on the lane, so they are corked; the calls
+    # ahead never answer until the last has run, and the driver never blocks for a
+    # result: only the lane's own deadline can send them.
+    a = Rendezvous.options(max_concurrency=16).remote()
+    paths = [str(tmp_path / f"m{i}") for i in range(12)]
+    refs = [a.wait_then_mark.remote(p) for p in paths]
+    opener = a.release.remote()
+    assert all(_until_exists(p) for p in paths)
+    assert swiftray.get(refs + [opener], timeout=60) == [None] * 13
+
+
 @pytest.mark.parametrize("batch", [0, 1, 1024])
 def test_every_setting_of_task_reply_batch_returns_every_result_in_order(batch):
     swiftray.shutdown()
