@@ -119,10 +119,15 @@ public struct ActorTaskSubmitter: Sendable {
   /// the reply was on its way (a partition that healed), and the call was resent to the
   /// next incarnation or failed. Callers see one incarnation's answer, never a stale one.
   public mutating func callReplied(_ task: TaskID, incarnation: Int32) -> Bool {
-    guard let id = callActor[task], actors[id]?.inFlight[task]?.sentTo == incarnation else { return false }
-    callActor[task] = nil
-    actors[id]?.inFlight[task] = nil
-    return true
+    guard let id = callActor[task] else { return false }
+    // In place (one lookup): reading `actors[id]?...` copied the actor's whole state.
+    let accepted = withActor(id) { a -> Bool in
+      guard let i = a.inFlight.index(forKey: task), a.inFlight.values[i].sentTo == incarnation else { return false }
+      a.inFlight.remove(at: i)
+      return true
+    } ?? false
+    if accepted { callActor[task] = nil }
+    return accepted
   }
 
   /// The connection to the worker the call was sent to broke before its reply.
@@ -304,25 +309,29 @@ public struct ActorTaskSubmitter: Sendable {
 
   /// Sends queued calls in sequence order while the head of the queue is ready.
   private mutating func flush(_ id: ActorID) -> [Action] {
-    if var a = actors[id], a.info.state == .dead {
-      // Calls made after the actor died fail at once, with its death cause.
-      let error = Self.deathError(a.info, id)
-      let calls = Array(a.queue)
-      a.queue = []
-      actors[id] = a
-      return calls.map { c in callActor[c.task] = nil; return .fail(c.task, error) }
-    }
-    guard actors[id]?.info.state == .alive, actors[id]?.suspect == false else { return [] }
-    return withActor(id) { a in
+    enum Outcome { case send([Action]), dead([TaskID], SwiftrayError) }
+    // One lookup, in place (a copy taken out of `actors` per call retained all its parts).
+    let outcome = withActor(id) { a -> Outcome in
+      if a.info.state == .dead {
+        // Calls made after the actor died fail at once, with its death cause.
+        let calls = a.queue.map(\.task)
+        a.queue = []
+        return .dead(calls, Self.deathError(a.info, id))
+      }
+      guard a.info.state == .alive, !a.suspect else { return .send([]) }
       var actions: [Action] = []
-      while var c = a.queue.first, c.ready {
-        a.queue.removeFirst()
+      while a.queue.first?.ready == true, var c = a.queue.popFirst() {
         c.sentTo = a.info.numRestarts
         a.inFlight[c.task] = c
         actions.append(.push(c.task, to: a.info.address, incarnation: c.sentTo))
       }
-      return actions
-    } ?? []
+      return .send(actions)
+    }
+    switch outcome {
+    case nil: return []
+    case .send(let actions)?: return actions
+    case .dead(let calls, let error)?: return calls.map { t in callActor[t] = nil; return .fail(t, error) }
+    }
   }
 
   /// Changes actor `id`'s state where it lies; nil for an actor not known here. A copy
@@ -331,8 +340,8 @@ public struct ActorTaskSubmitter: Sendable {
   /// with the calls outstanding.
   @discardableResult
   private mutating func withActor<R>(_ id: ActorID, _ body: (inout Actor) -> R) -> R? {
-    guard actors[id] != nil else { return nil }
-    return body(&actors[id]!)
+    guard let i = actors.index(forKey: id) else { return nil }
+    return body(&actors.values[i])
   }
 
   static func describe(_ info: Swiftray_ActorInfo, _ id: ActorID) -> String {
