@@ -196,10 +196,17 @@ class _DynamicRefs:
         return (_dynamic_generator, (self.task_id, self.count, self.owner))
 
 
+# Returned as they are most often: the pickle stream is the packed value (no layout, no
+# out-of-band buffer, no ref can hide in them), made by the C pickler alone.
+_SCALARS = frozenset((bytes, str, int, float, bool))
+
+
 def _returns(result, num_returns, name):
     if num_returns == 1:
         if result is None:
             return [(_serialization.pack_constant("none", None).for_core(), b"")]
+        if type(result) in _SCALARS and not _serialization._custom._serializers:
+            return [(pickle.dumps(result, protocol=5), b"")]
         return [(_serialization.pack_checked(result, f"the return value of task {name}").for_core(), b"")]
     if num_returns == 0:
         return []
@@ -250,7 +257,7 @@ def _arg_failure(name, num_returns, err):
     return [(data, _serialization.TASK_ERROR_METADATA)] * _slots(num_returns), True, False, False
 
 
-_job = {"key": None}
+_job = {"key": None, "raw": None}
 # This worker's runtime_env, as the core gave it (canonical JSON; "" for none).
 _runtime_env_json = ""
 # Whether the runtime_env ships code (a working_dir or py_modules): then that code, not
@@ -298,7 +305,11 @@ def _enter_job(task_id):
     """A task of a job this worker has not served yet: add that driver's sys.path (unless
     the runtime_env ships the code), and run in its namespace (an actor keeps its
     creator's, whoever calls it)."""
-    key = str(int.from_bytes(task_id[16:24], "big")).encode()
+    raw = task_id[16:24]
+    if raw == _job["raw"]:  # the job of the last task, as almost always: nothing to do
+        return
+    _job["raw"] = raw
+    key = str(int.from_bytes(raw, "big")).encode()
     if key == _job["key"]:
         return
     _job["key"] = key
