@@ -146,12 +146,15 @@ class _MethodAttribute:
 
 
 _handle_classes = {}  # method names -> the ActorHandle subclass with them (one per actor class)
+_MAX_HANDLE_CLASSES = 1024  # handles unpickled here name their methods: bounded all the same
 
 
 def _handle_class(meta):
-    names = frozenset(meta.get("methods", ()))
+    names = frozenset(n for n in meta.get("methods", ()) if isinstance(n, str))
     cls = _handle_classes.get(names)
     if cls is None:
+        if len(_handle_classes) >= _MAX_HANDLE_CLASSES:
+            return ActorHandle  # its methods found through __getattr__, as before
         # A name the handle itself uses (`_call`, `_plan`, ...) stays the handle's.
         attrs = {n: _MethodAttribute(n) for n in names if not hasattr(ActorHandle, n)}
         attrs["__slots__"] = ()
